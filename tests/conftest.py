@@ -1,0 +1,6 @@
+"""Shared pytest fixtures: each real stand-in (emulators, S3 server) lives in tests/support."""
+
+pytest_plugins = [
+    "tests.support.cos",
+    "tests.support.wechat",
+]
