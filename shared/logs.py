@@ -1,0 +1,103 @@
+"""JSON logs, one object per line on stdout (SCF ships stdout to CLS).
+
+Redaction happens here, in the formatter, for every record from every library
+(httpx logs request URLs, which carry access tokens and signatures), so no call
+site has to remember it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import logging
+import re
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from typing import Any
+
+REDACTED = "[redacted]"
+
+_context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("log_context", default={})  # noqa: B039
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+
+_PATTERNS: list[tuple[re.Pattern[str], str]] = [
+    # any URL's query string: access_token=..., COS q-signature=..., MinApp codes
+    (re.compile(r"(https?://[^\s\"'<>?]+)\?[^\s\"'<>]*"), rf"\1?{REDACTED}"),
+    (re.compile(r"(?i)\bBearer\s+[A-Za-z0-9._~+/=-]+"), f"Bearer {REDACTED}"),
+    # token-like parameters outside URLs, in JSON bodies or form data
+    (
+        re.compile(
+            r"""(?i)(["']?\b(?:[a-z_]*access_token|refresh_token|[a-z_]*secret|secret_?key|"""
+            r"""client_secret|authorization|code|token|q-signature)["']?\s*[:=]\s*["']?)"""
+            r"""(?!Bearer )[^\s"'&,}]+"""
+        ),
+        rf"\1{REDACTED}",
+    ),
+]
+
+
+def register_secret(value: str | None) -> None:
+    """Remember a secret value (app secret, fetched token) so it is masked wherever it appears."""
+    if value and len(value) >= 6:
+        with _secrets_lock:
+            _secrets.add(value)
+
+
+def redact(text: str) -> str:
+    with _secrets_lock:
+        known = sorted(_secrets, key=len, reverse=True)
+    for secret in known:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+@contextlib.contextmanager
+def log_context(**fields: str | None) -> Iterator[None]:
+    """Attach fields (run_id, job_id, ...) to every log line written inside the block."""
+    merged = {**_context.get(), **{k: v for k, v in fields.items() if v is not None}}
+    token = _context.set(merged)
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+_STANDARD_ATTRS = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            **_context.get(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD_ATTRS and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return redact(json.dumps(entry, ensure_ascii=False, default=str))
+
+
+def configure_logging(level: int | str = logging.INFO, stream: Any = None) -> None:
+    """Route every logger through one JSON handler; safe to call on every invocation."""
+    handler = logging.StreamHandler(stream or sys.stdout)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        if isinstance(existing.formatter, JsonFormatter) or getattr(existing, "_scf", False):
+            root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(level)

@@ -1,0 +1,59 @@
+"""What the pipeline needs from a platform. Providers know URLs and errcodes; they know
+nothing about COS or the state table beyond the small token cache they are handed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal, Protocol, TypeVar
+
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from shared.errors import Retryable
+
+
+@dataclass(frozen=True)
+class Progress:
+    state: Literal["running", "ready", "failed"]
+    expected_records: int | None = None
+    message: str = ""
+
+
+class TokenCache(Protocol):
+    """Tokens shared across invocations (the state table implements this)."""
+
+    def cache_get(self, key: str, now: datetime) -> str | None: ...
+
+    def cache_put(self, key: str, value: str, expires_at: datetime) -> None: ...
+
+    def cache_delete(self, key: str) -> None: ...
+
+
+class Provider(Protocol):
+    file_type: str  # json | csv: decides the extension and how records are counted
+
+    def targets(self) -> list[str]:
+        """The collections/tables to back up."""
+
+    def start(self, target: str, job_id: str) -> str:
+        """Begin an export; returns the platform's job id."""
+
+    def check(self, target: str, remote_id: str) -> Progress: ...
+
+    def open(self, target: str, remote_id: str) -> Iterator[bytes]:
+        """Stream the finished export's bytes."""
+
+
+T = TypeVar("T")
+
+
+def with_retries(call: Callable[[], T], *, attempts: int, base_seconds: float) -> T:
+    """Run `call`, retrying `Retryable` failures with exponential backoff, then re-raise."""
+    retrying = Retrying(
+        retry=retry_if_exception_type(Retryable),
+        stop=stop_after_attempt(attempts),
+        wait=wait_exponential(multiplier=base_seconds, max=30),
+        reraise=True,
+    )
+    return retrying(call)

@@ -1,0 +1,121 @@
+"""Every invalid config gets an error naming the field, the value and the fix."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.cli import main as cli
+from shared.config import ConfigError, config_json_schema, load_config, parse_config
+
+ENV = {"WECHAT_SECRET": "s3cr3t-value-123", "BUCKET": "backups-1250000000"}
+GOOD: dict[str, Any] = {
+    "destination": {"bucket": "${BUCKET}", "region": "ap-guangzhou", "prefix": "/db/backups/"},
+    "sources": [{
+        "type": "wechat", "name": "shop", "appid": "wx0123456789abcdef",
+        "secret": "${WECHAT_SECRET}", "env": "shop-1a2b", "collections": ["orders", "users"],
+        "queries": {"orders": "db.collection('orders').where({paid: true}).get()"},
+    }],
+}
+
+
+def problems(mutate: Any, environ: dict[str, str] = ENV) -> list[str]:
+    document = copy.deepcopy(GOOD)
+    mutate(document)
+    with pytest.raises(ConfigError) as info:
+        parse_config(document, environ=environ)
+    return info.value.problems
+
+
+def test_valid_config_expands_references() -> None:
+    config = parse_config(GOOD, environ=ENV)
+    assert config.destination.bucket == "backups-1250000000"
+    assert config.destination.prefix == "db/backups"
+    source = config.sources[0]
+    assert source.secret.get_secret_value() == "s3cr3t-value-123"
+    assert "s3cr3t" not in repr(config)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda d: d["sources"][0].update(secret="literal-secret"),
+         "sources[0].secret: secrets may not be written into the config"),
+        (lambda d: d["sources"][0].update(secret="${MISSING_VAR}"),
+         "sources[0].secret: environment variable MISSING_VAR is not set"),
+        (lambda d: d["sources"][0].update(colections=["x"]),
+         "sources[0].colections: unknown field; did you mean 'collections'?"),
+        (lambda d: d["sources"][0].update(file_type="xml"),
+         "sources[0].file_type: Input should be 'json' or 'csv' (got \"xml\")"),
+        (lambda d: d["sources"][0].update(type="firebase"), "sources[0]: type must be one of: wechat"),
+        (lambda d: d["destination"].pop("bucket"), "destination.bucket: required field is missing"),
+        (lambda d: d["destination"].update(prefix="a/../b"), "destination.prefix: must not contain '.' or '..'"),
+        (lambda d: d["destination"].update(endpoint="ftp://x"), "destination.endpoint: must look like http(s)://"),
+        (lambda d: d["sources"][0].update(appid="12345"), "sources[0].appid: String should match pattern"),
+        (lambda d: d["sources"][0].update(collections=[]), "sources[0].collections: List should have at least 1 item"),
+        (lambda d: d["sources"][0].update(collections=["a", "a"]), "collections listed twice: a"),
+        (lambda d: d["sources"][0].update(queries={"orders": "db.collection('users').get()"}),
+         "must start with db.collection('orders')"),
+        (lambda d: d["sources"].append(copy.deepcopy(d["sources"][0])), "source names must be unique; rename shop"),
+        (lambda d: d.update(state={"url": "postgres://x"}), "state.url: only sqlite:///PATH is supported"),
+        (lambda d: d["destination"].update(part_size_mb=1), "destination.part_size_mb: Input should be greater than or equal to 5"),
+        (lambda d: d["destination"].update(bucket="${NOPE}"), "destination.bucket: environment variable NOPE is not set"),
+    ],
+)
+def test_invalid_configs_name_field_value_and_fix(mutate: Any, expected: str) -> None:
+    found = problems(mutate)
+    assert any(expected in p for p in found), found
+
+
+def test_all_problems_are_reported_at_once() -> None:
+    found = problems(lambda d: (d["sources"][0].update(file_type="xml"), d["destination"].pop("region")))
+    assert len(found) == 2
+
+
+def test_secret_values_are_never_echoed() -> None:
+    found = problems(lambda d: (d["sources"][0].update(secret="hunter2-literal"),
+                                d["sources"][0].update(extra_field=1)))
+    assert not any("hunter2" in p for p in found)
+
+
+def test_load_config_reports_file_and_yaml_problems(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found; create it or set BAAS_BACKUP_CONFIG"):
+        load_config(tmp_path / "missing.yaml", environ={})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("destination: [\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        load_config(bad, environ={})
+
+
+def test_config_path_comes_from_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps(GOOD), encoding="utf-8")
+    config = load_config(environ={**ENV, "BAAS_BACKUP_CONFIG": str(path)})
+    assert config.sources[0].name == "shop"
+
+
+def test_json_schema_describes_the_config_and_is_committed() -> None:
+    schema = config_json_schema()
+    assert "destination" in schema["properties"]
+    committed = Path(__file__).resolve().parent.parent / "config.schema.json"
+    assert json.loads(committed.read_text(encoding="utf-8")) == schema, (
+        "config.schema.json is stale: run `python -m shared.cli schema > config.schema.json`"
+    )
+
+
+def test_cli_validate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps(GOOD), encoding="utf-8")
+    assert cli(["--config", str(path), "validate"]) == 0
+    assert "config OK: 1 source(s), 2 listed collection(s)" in capsys.readouterr().out
+    broken = copy.deepcopy(GOOD)
+    broken["sources"][0]["file_type"] = "xml"
+    path.write_text(json.dumps(broken), encoding="utf-8")
+    assert cli(["--config", str(path), "validate"]) == 2
+    assert "sources[0].file_type" in capsys.readouterr().err
