@@ -3,4 +3,5 @@
 pytest_plugins = [
     "tests.support.cos",
     "tests.support.wechat",
+    "tests.support.backup",
 ]

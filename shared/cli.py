@@ -1,0 +1,154 @@
+"""Command line for local use against real platforms or emulators:
+`validate`, `schema`, `run` (start a run and drive it to the end), `status`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from shared.app import build_context
+from shared.config import ConfigError, config_json_schema, load_config
+from shared.jobs import Job, Run, RunStatus
+from shared.logs import configure_logging
+from shared.pipeline import Context, UnknownSource, poll, start_run
+from shared.state import StateStore, open_store
+
+if TYPE_CHECKING:  # rich is a CLI-only dependency, kept out of the deployed functions
+    from rich.table import Table
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="baas-backup", description=__doc__)
+    parser.add_argument("--config", help="config file (default: $BAAS_BACKUP_CONFIG or backup.yaml)")
+    parser.add_argument("--verbose", action="store_true", help="JSON logs at INFO on stderr")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("validate", help="check the config and say what it backs up")
+    commands.add_parser("schema", help="print the config's JSON Schema")
+    run = commands.add_parser("run", help="back up now and wait for the run to end")
+    run.add_argument("--source", action="append", help="only this source (repeatable)")
+    run.add_argument("--tick", type=float, default=1.0, help="seconds between polls")
+    status = commands.add_parser("status", help="recent runs, or the jobs of one run")
+    status.add_argument("run_id", nargs="?")
+    status.add_argument("--limit", type=int, default=10)
+    args = parser.parse_args(argv)
+
+    if args.command == "schema":
+        print(json.dumps(config_json_schema(), indent=2, ensure_ascii=False))
+        return 0
+    configure_logging(logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if args.command == "validate":
+        targets = sum(len(getattr(s, "collections", [])) for s in config.sources)
+        print(f"config OK: {len(config.sources)} source(s), {targets} listed collection(s), "
+              f"backing up to {config.destination.bucket}/{config.destination.prefix}")
+        return 0
+    if args.command == "status":
+        return _status(open_store(config.state.url), args.run_id, args.limit)
+    try:
+        return _run(build_context(config), args.source, args.tick)
+    except UnknownSource as exc:
+        print(exc, file=sys.stderr)
+        return 2
+
+
+def _run(ctx: Context, sources: list[str] | None, tick: float) -> int:
+    run, _ = start_run(ctx, idempotency_key=f"cli:{uuid.uuid4()}", trigger="cli", sources=sources)
+    display = ProgressDisplay(run.run_id)
+    while True:
+        poll(ctx)
+        current = ctx.store.get_run(run.run_id)
+        jobs = ctx.store.list_jobs(run.run_id)
+        display.update(jobs)
+        if current is not None and current.status is not RunStatus.RUNNING:
+            display.close(current, jobs)
+            return 0 if current.status is RunStatus.SUCCEEDED else 1
+        time.sleep(tick)
+
+
+class ProgressDisplay:
+    """A live table on a terminal; one line per change when output is a pipe or file."""
+
+    def __init__(self, run_id: str) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self.run_id = run_id
+        self.console = Console()
+        self.live = Live(console=self.console, auto_refresh=False) if self.console.is_terminal else None
+        self.seen: dict[str, str] = {}
+        if self.live:
+            self.live.start()
+        else:
+            print(f"run {run_id} started", flush=True)
+
+    def update(self, jobs: list[Job]) -> None:
+        if self.live:
+            self.live.update(job_table(f"run {self.run_id}", jobs), refresh=True)
+            return
+        for job in jobs:
+            state = job.status.value + (f" ({job.error})" if job.status.value == "failed" else "")
+            if self.seen.get(job.job_id) != state:
+                self.seen[job.job_id] = state
+                print(f"  {job.source}/{job.target}: {state}", flush=True)
+
+    def close(self, run: Run, jobs: list[Job]) -> None:
+        if self.live:
+            self.live.stop()
+        else:
+            self.console.print(job_table(f"run {run.run_id}", jobs))
+        print(f"run {run.run_id} {run.status.value}: {json.dumps(run.summary)}", flush=True)
+
+
+def job_table(title: str, jobs: list[Job]) -> Table:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in ("source", "collection", "status", "records", "bytes", "sha256", "object key / error"):
+        table.add_column(column, overflow="fold")
+    for job in jobs:
+        result = job.result
+        table.add_row(
+            job.source, job.target, job.status.value,
+            str(result.records) if result else "", str(result.bytes) if result else "",
+            result.sha256[:16] if result else "",
+            result.key if result else (job.error or ""),
+            style="red" if job.status.value == "failed" else None,
+        )
+    return table
+
+
+def _status(store: StateStore, run_id: str | None, limit: int) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if run_id:
+        jobs = store.list_jobs(run_id)
+        if not jobs:
+            print(f"no run {run_id!r} in the state table", file=sys.stderr)
+            return 1
+        console.print(job_table(f"run {run_id}", jobs))
+        return 0
+    table = Table(title="recent runs")
+    for column in ("run", "trigger", "status", "jobs", "done", "failed", "records", "bytes"):
+        table.add_column(column)
+    for run in store.list_runs(limit):
+        s = run.summary or {}
+        table.add_row(run.run_id, run.trigger, run.status.value, *(str(s.get(k, "")) for k in
+                      ("jobs", "done", "failed", "records", "bytes")))
+    console.print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Reading a backup object back and comparing it with the source documents."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+
+def parse_jsonl(data: bytes) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in data.decode("utf-8").splitlines() if line]
+
+
+def _csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def parse_csv(data: bytes) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(data.decode("utf-8"), newline="")))
+
+
+def docs_as_csv_rows(docs: list[dict[str, Any]]) -> list[dict[str, str]]:
+    columns: dict[str, None] = {"_id": None} if docs else {}
+    for doc in docs:
+        columns.update(dict.fromkeys(doc))
+    return [{c: _csv_cell(doc.get(c)) for c in columns} for doc in docs]
+
+
+def assert_object_equals_docs(data: bytes, docs: list[dict[str, Any]], file_type: str) -> None:
+    if file_type == "csv":
+        assert parse_csv(data) == docs_as_csv_rows(docs)
+    else:
+        assert parse_jsonl(data) == docs

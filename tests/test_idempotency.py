@@ -1,0 +1,105 @@
+"""SCF retries async invocations and timers overlap: re-running a handler with the same
+event must create nothing twice."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+from scripts.sample_data import make_docs
+from shared.jobs import JobStatus, RunStatus
+from shared.state import open_store
+from tests.support.backup import LocalBackup
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMER_EVENT = {"Type": "Timer", "TriggerName": "nightly", "Time": "2026-11-21T02:00:00Z", "Message": ""}
+
+
+def load_handler(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"{name}_index", ROOT / "functions" / name / "index.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def deployed(local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LocalBackup:
+    """The handlers read their config the way SCF gives it to them: file + environment."""
+    local.seed("orders", make_docs(20))
+    local.seed("users", make_docs(5, prefix="u"))
+    config = local.config(local.wechat_source(collections=["orders", "users"]))
+    document: dict[str, Any] = json.loads(config.model_dump_json())
+    document["sources"][0]["secret"] = "${WECHAT_SECRET}"
+    for field in ("secret_id", "secret_key"):
+        document["destination"].pop(field, None)
+    path = tmp_path / "backup.yaml"
+    path.write_text(yaml.safe_dump(document, allow_unicode=True), encoding="utf-8")
+    monkeypatch.setenv("BAAS_BACKUP_CONFIG", str(path))
+    for name, value in local.environ.items():
+        monkeypatch.setenv(name, value)
+    return local
+
+
+class RecordingDispatcher:
+    def __init__(self) -> None:
+        self.job_ids: list[str] = []
+
+    def dispatch(self, job_id: str) -> None:
+        self.job_ids.append(job_id)
+
+
+def test_retried_timer_trigger_starts_one_run(deployed: LocalBackup) -> None:
+    trigger = load_handler("trigger")
+
+    first = trigger.main_handler(dict(TIMER_EVENT), None)
+    again = trigger.main_handler(dict(TIMER_EVENT), None)
+
+    assert first["created"] is True and again["created"] is False
+    assert first["run_id"] == again["run_id"]
+    assert len(deployed.emulator.export_jobs()) == 2  # one per collection, not four
+    store = open_store(deployed.state_url)
+    assert len(store.list_runs()) == 1
+
+
+def test_poller_and_finisher_twice_copy_once(deployed: LocalBackup, monkeypatch: pytest.MonkeyPatch) -> None:
+    trigger, poller, finisher = (load_handler(n) for n in ("trigger", "poller", "finisher"))
+    dispatched = RecordingDispatcher()
+    import shared.entrypoints as entrypoints
+
+    real_build = entrypoints.build_context
+    monkeypatch.setattr(entrypoints, "build_context",
+                        lambda config: real_build(config, dispatcher=dispatched))
+    run_id = trigger.main_handler(dict(TIMER_EVENT), None)["run_id"]
+
+    for _ in range(50):  # timer ticks, each one delivered twice
+        poller.main_handler(dict(TIMER_EVENT), None)
+        poller.main_handler(dict(TIMER_EVENT), None)
+        if len(set(dispatched.job_ids)) == 2:
+            break
+    assert len(set(dispatched.job_ids)) == 2
+    for job_id in sorted(set(dispatched.job_ids)):
+        outcomes = [finisher.main_handler({"job_id": job_id}, None)["outcome"] for _ in range(2)]
+        assert outcomes == ["done", "done"]  # the second is a no-op on a done job
+
+    store = open_store(deployed.state_url)
+    run = store.get_run(run_id)
+    assert run is not None and run.status is RunStatus.SUCCEEDED
+    assert all(j.status is JobStatus.DONE and j.attempts == 0 for j in store.list_jobs(run_id))
+    keys = [o.key for o in deployed.store.list(deployed.destination.prefix)]
+    assert len(keys) == 2 * 2 + 1  # data + manifest per collection, one run manifest
+    assert len(deployed.emulator.export_jobs()) == 2
+
+
+def test_finisher_rejects_a_malformed_event(deployed: LocalBackup) -> None:
+    finisher = load_handler("finisher")
+
+    answer = finisher.main_handler({"jobid": "x"}, None)
+
+    assert "job_id" in answer["error"]

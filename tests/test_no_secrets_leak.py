@@ -1,0 +1,57 @@
+"""The app secret, access tokens and signed URL query strings never reach a log line,
+a stored error or a manifest, even when things go wrong."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+
+from scripts.sample_data import make_docs
+from shared.logs import configure_logging
+from tests.support.backup import SECRET, LocalBackup, backup_now
+
+LEAKS = [
+    re.compile(r"access_token=(?!\[redacted\])"),
+    re.compile(r"q-signature=(?!\[redacted\])"),
+    re.compile(r"q-sign-time=(?!\[redacted\])"),
+]
+
+
+def assert_clean(text: str, tokens: list[str]) -> None:
+    assert SECRET not in text
+    for token in tokens:
+        assert token not in text
+    for pattern in LEAKS:
+        assert not pattern.search(text), pattern.pattern
+
+
+def test_logs_state_and_manifests_hold_no_secrets(local: LocalBackup) -> None:
+    captured = io.StringIO()
+    configure_logging(logging.DEBUG, stream=captured)
+    local.seed("orders", make_docs(500))
+    local.seed("users", make_docs(5))
+    local.emulator.fail_export("shop-prod-1a2b3c", "users", "boom")
+    config = local.config(local.wechat_source(collections=["orders", "users"]))
+    backup_now(local.context(config), key="one")
+    local.emulator.expire_tokens()
+    local.emulator.expire_next_links(1)
+    local.emulator.truncate_downloads(1)
+    ctx = local.context(config)
+
+    run = backup_now(ctx, key="two")
+
+    logs = captured.getvalue()
+    tokens = local.emulator.issued_tokens()
+    assert len(tokens) >= 2 and "HTTP Request" in logs  # httpx's own URL lines were captured
+    assert_clean(logs, tokens)
+    stored = json.dumps([j.model_dump(mode="json") for j in ctx.store.list_jobs(run.run_id)])
+    assert_clean(stored, tokens)
+    for obj in local.store.list(config.destination.prefix):
+        if obj.key.endswith(".json"):
+            assert_clean(local.store.read(obj.key).decode(), tokens)
+    for line in logs.splitlines():  # one JSON object per line, each naming its run
+        entry = json.loads(line)
+        if entry["logger"].startswith("shared.pipeline") and "job_id" in entry:
+            assert "run_id" in entry

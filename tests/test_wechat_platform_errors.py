@@ -1,0 +1,124 @@
+"""Token caching and refresh, busy retries, and errcodes that must fail loudly."""
+
+from __future__ import annotations
+
+import pytest
+
+from scripts.sample_data import make_docs
+from shared.jobs import JobStatus, RunStatus
+from tests.support.backup import LocalBackup, backup_now
+
+TOKEN = "/cgi-bin/stable_token"
+
+
+def test_token_is_cached_and_shared_across_invocations(local: LocalBackup) -> None:
+    local.seed("orders", make_docs(3))
+    config = local.config()
+
+    backup_now(local.context(config), key="first")
+    backup_now(local.context(config), key="second")  # a new "invocation": fresh objects
+
+    assert local.emulator.calls[TOKEN] == 1
+
+
+@pytest.mark.parametrize("fault", ["expire_tokens", "invalidate_tokens"])
+def test_rejected_token_is_refreshed_once(local: LocalBackup, fault: str) -> None:
+    local.seed("orders", make_docs(3))
+    config = local.config()
+    backup_now(local.context(config), key="first")
+    getattr(local.emulator, fault)()
+
+    run = backup_now(local.context(config), key="second")
+
+    assert run.status is RunStatus.SUCCEEDED
+    assert local.emulator.calls[TOKEN] == 2
+
+
+def test_token_rejected_twice_fails_with_a_clear_message(local: LocalBackup) -> None:
+    local.seed("orders", make_docs(3))
+    local.emulator.inject_errcode("/tcb/databasemigrateexport", 40014, times=10, errmsg="invalid credential")
+    ctx = local.context(local.config())
+
+    run = backup_now(ctx)
+
+    (job,) = ctx.store.list_jobs(run.run_id)
+    assert job.status is JobStatus.FAILED
+    assert "40014" in (job.error or "") and "freshly issued token" in (job.error or "")
+    assert local.emulator.calls["/tcb/databasemigrateexport"] == 2
+
+
+def test_busy_errcode_is_retried_with_backoff(local: LocalBackup) -> None:
+    docs = make_docs(7)
+    local.seed("orders", docs)
+    local.emulator.inject_errcode("/tcb/databasemigrateexport", -1, times=2)
+    ctx = local.context(local.config())
+
+    run = backup_now(ctx)
+
+    assert run.status is RunStatus.SUCCEEDED
+    assert local.emulator.calls["/tcb/databasemigrateexport"] == 3
+    assert len(local.emulator.export_jobs()) == 1
+
+
+def test_busy_beyond_in_call_retries_is_retried_by_later_polls(local: LocalBackup) -> None:
+    local.seed("orders", make_docs(7))
+    local.emulator.inject_errcode("/tcb/databasemigratequeryinfo", -1000, times=4)
+    ctx = local.context(local.config())
+
+    run = backup_now(ctx)
+
+    assert run.status is RunStatus.SUCCEEDED
+
+
+@pytest.mark.parametrize(
+    ("errcode", "words"),
+    [
+        (85088, "cloud development is not enabled"),
+        (40164, "fixed egress IP"),
+        (40097, "rejected as invalid"),
+    ],
+)
+def test_configuration_errors_fail_without_retry(local: LocalBackup, errcode: int, words: str) -> None:
+    local.seed("orders", make_docs(3))
+    local.emulator.inject_errcode("/tcb/databasemigrateexport", errcode, times=10, errmsg="x")
+    ctx = local.context(local.config())
+
+    run = backup_now(ctx)
+
+    (job,) = ctx.store.list_jobs(run.run_id)
+    assert job.status is JobStatus.FAILED and words in (job.error or "")
+    assert local.emulator.calls["/tcb/databasemigrateexport"] == 1
+
+
+def test_missing_collection_says_how_to_fix(local: LocalBackup) -> None:
+    ctx = local.context(local.config(local.wechat_source(collections=["nope"])))
+
+    run = backup_now(ctx)
+
+    (job,) = ctx.store.list_jobs(run.run_id)
+    assert job.status is JobStatus.FAILED
+    assert "does not exist" in (job.error or "") and "remove it" in (job.error or "")
+
+
+def test_wrong_app_secret_says_so(local: LocalBackup) -> None:
+    local.seed("orders", make_docs(3))
+    local.environ["WECHAT_SECRET"] = "not-the-secret"
+    ctx = local.context(local.config())
+
+    run = backup_now(ctx)
+
+    (job,) = ctx.store.list_jobs(run.run_id)
+    assert job.status is JobStatus.FAILED and "appid or app secret" in (job.error or "")
+    assert "not-the-secret" not in (job.error or "")
+
+
+def test_export_past_its_deadline_is_failed(local: LocalBackup) -> None:
+    local.seed("orders", make_docs(3))
+    local.emulator.polls_until_ready = 10_000
+    ctx = local.context(local.config(export_deadline_minutes=0.01))
+
+    run = backup_now(ctx)
+
+    (job,) = ctx.store.list_jobs(run.run_id)
+    assert job.status is JobStatus.FAILED
+    assert "did not finish within" in (job.error or "") and job.remote_id in (job.error or "")
