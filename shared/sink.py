@@ -1,0 +1,342 @@
+"""Object storage for backups: streamed, verified writes into a Tencent COS bucket.
+
+An object only ever appears at its key complete and checked: a stream is cut into parts of
+`destination.part_size_mb` (one PUT when it fits in one part, a multipart upload otherwise),
+the caller sees the byte count and SHA-256 before the commit and may refuse it, any failure
+aborts the upload, and after the commit a HEAD confirms the stored size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from qcloud_cos import CosConfig, CosS3Client
+from qcloud_cos.cos_exception import CosClientError, CosServiceError
+
+from shared.config import Destination
+
+log = logging.getLogger(__name__)
+
+# At DEBUG the SDK logs request headers, signing keys and the session token.
+_sdk_log = logging.getLogger("qcloud_cos")
+if _sdk_log.level == logging.NOTSET:
+    _sdk_log.setLevel(logging.WARNING)
+
+ROLE_ENV = ("TENCENTCLOUD_SECRETID", "TENCENTCLOUD_SECRETKEY", "TENCENTCLOUD_SESSIONTOKEN")
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class StreamSummary:
+    """What was streamed, known before the object is committed."""
+
+    bytes: int
+    sha256: str  # hex
+    parts: int  # uploaded parts; a single PUT counts as one
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+
+
+class CommitRefused(Exception):
+    """Raised by a `before_commit` callback to refuse a stream; the upload is aborted."""
+
+
+class SinkError(Exception):
+    """A storage operation failed. The message names the key and COS error code, never secrets."""
+
+    def __init__(self, message: str, *, key: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.code = code
+
+
+class ObjectStore(Protocol):
+    def put_stream(
+        self,
+        key: str,
+        chunks: Iterable[bytes],
+        *,
+        content_type: str,
+        before_commit: Callable[[StreamSummary], None] | None = None,
+    ) -> StreamSummary: ...
+
+    def put_json(self, key: str, document: Mapping[str, Any]) -> None: ...
+
+    def head(self, key: str) -> ObjectInfo | None: ...
+
+    def read(self, key: str) -> bytes: ...
+
+    def iter_read(self, key: str, chunk_size: int = MIB) -> Iterator[bytes]: ...
+
+    def list(self, prefix: str) -> list[ObjectInfo]: ...
+
+    def delete(self, key: str) -> None: ...
+
+
+class _Parts:
+    """Cuts `chunks` into parts of exactly `size` bytes (the last may be shorter), hashing them.
+
+    Always yields at least one (possibly empty) part. `finished` turns true when the part
+    just returned is the last one, so a caller knows whether one PUT is enough.
+    """
+
+    def __init__(self, chunks: Iterable[bytes], size: int) -> None:
+        self._chunks = iter(chunks)
+        self._size = size
+        self._rest = memoryview(b"")  # unconsumed tail of the current chunk
+        self._sha256 = hashlib.sha256()
+        self.bytes = 0
+        self.count = 0
+        self.finished = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        if self.finished:
+            raise StopIteration
+        buffer = bytearray()
+        while True:
+            if not self._rest:
+                try:
+                    self._rest = memoryview(next(self._chunks))
+                except StopIteration:
+                    self.finished = True
+                    break
+                continue
+            if len(buffer) == self._size:  # full, and more data follows
+                break
+            room = self._size - len(buffer)
+            buffer += self._rest[:room]
+            self._rest = self._rest[room:]
+        part = bytes(buffer)
+        self._sha256.update(part)
+        self.bytes += len(part)
+        self.count += 1
+        return part
+
+    def summary(self) -> StreamSummary:
+        return StreamSummary(bytes=self.bytes, sha256=self._sha256.hexdigest(), parts=self.count)
+
+
+def _error_details(exc: CosServiceError) -> tuple[str, str | None]:
+    """The COS error code and request id (the SDK's own getters fail on partial answers)."""
+    digest = exc.get_digest_msg()
+    if isinstance(digest, dict) and digest.get("code"):
+        return str(digest["code"]), digest.get("requestid")
+    # Some S3-compatible servers answer XML the SDK cannot digest: find the code ourselves.
+    match = re.search(r"<Code>([^<]+)</Code>", str(exc.get_origin_msg()))
+    return (match.group(1) if match else "Unknown"), None
+
+
+@contextmanager
+def _cos_errors(action: str, key: str) -> Iterator[None]:
+    """Turn SDK errors into SinkError: key, COS error code and request id, nothing signed."""
+    try:
+        yield
+    except CosServiceError as exc:
+        code, request_id = _error_details(exc)
+        message = f"COS {action} of {key!r} failed: {code} (HTTP {exc.get_status_code()}"
+        message += f", request id {request_id})" if request_id else ")"
+        raise SinkError(message, key=key, code=code) from None
+    except CosClientError as exc:
+        raise SinkError(f"COS {action} of {key!r} failed: {exc}", key=key) from None
+
+
+def _cos_config(destination: Destination, environ: Mapping[str, str]) -> CosConfig:
+    options: dict[str, Any] = {"Region": destination.region}
+    if destination.endpoint:
+        # IP/Port send the request there while the Host header still names the bucket.
+        url = urlsplit(destination.endpoint)
+        options.update(Scheme=url.scheme, IP=url.hostname, Port=url.port)
+    if destination.anonymous:
+        options["Anonymous"] = True
+    elif destination.secret_id is not None and destination.secret_key is not None:
+        options["SecretId"] = destination.secret_id.get_secret_value()
+        options["SecretKey"] = destination.secret_key.get_secret_value()
+    else:
+        secret_id, secret_key, token = (environ.get(name) for name in ROLE_ENV)
+        if not (secret_id and secret_key):
+            raise SinkError(
+                "no COS credentials: set destination.secret_id and destination.secret_key "
+                "(as ${ENV_VAR} references), or run on SCF with an execution role, which "
+                f"provides {', '.join(ROLE_ENV)}"
+            )
+        options.update(SecretId=secret_id, SecretKey=secret_key, Token=token or None)
+    return CosConfig(**options)
+
+
+class CosObjectStore:
+    """ObjectStore over cos-python-sdk-v5.
+
+    Credentials are read once, here: build a new store per invocation, since the SCF
+    role's temporary keys expire.
+    """
+
+    list_page_size = 1000
+
+    def __init__(self, destination: Destination, environ: Mapping[str, str] | None = None) -> None:
+        with _cos_errors("setup", destination.bucket):
+            config = _cos_config(destination, os.environ if environ is None else environ)
+        self._client = CosS3Client(config)
+        self._bucket = destination.bucket
+        self._part_size = destination.part_size_mb * MIB
+        self._encryption: dict[str, str] = (
+            {"ServerSideEncryption": destination.server_side_encryption}
+            if destination.server_side_encryption
+            else {}
+        )
+
+    def put_stream(
+        self,
+        key: str,
+        chunks: Iterable[bytes],
+        *,
+        content_type: str,
+        before_commit: Callable[[StreamSummary], None] | None = None,
+    ) -> StreamSummary:
+        """Stream `chunks` into `key` holding about one part in memory; see the module doc."""
+        parts = _Parts(chunks, self._part_size)
+        upload_id: str | None = None
+        etags: list[dict[str, Any]] = []
+        try:
+            for data in parts:
+                if parts.finished and upload_id is None:  # the whole stream fits in one part
+                    if before_commit is not None:
+                        before_commit(parts.summary())
+                    self._put(key, data, content_type)
+                    break
+                if upload_id is None:
+                    upload_id = self._create_multipart(key, content_type)
+                etags.append(self._upload_part(key, upload_id, parts.count, data))
+                del data  # free the part before the next one is buffered
+            if upload_id is not None:
+                if before_commit is not None:
+                    before_commit(parts.summary())
+                with _cos_errors("complete upload", key):
+                    self._client.complete_multipart_upload(
+                        Bucket=self._bucket,
+                        Key=key,
+                        UploadId=upload_id,
+                        MultipartUpload={"Part": etags},
+                    )
+        except BaseException:
+            if upload_id is not None:
+                self._abort(key, upload_id)
+            raise
+        summary = parts.summary()
+        self._verify_size(key, summary.bytes)
+        return summary
+
+    def put_json(self, key: str, document: Mapping[str, Any]) -> None:
+        body = json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8")
+        self._put(key, body, "application/json")
+
+    def head(self, key: str) -> ObjectInfo | None:
+        try:
+            with _cos_errors("head", key):
+                headers = self._client.head_object(Bucket=self._bucket, Key=key)
+        except SinkError as exc:
+            if exc.code in ("NoSuchResource", "NoSuchKey"):
+                return None
+            raise
+        lowered = {name.lower(): value for name, value in headers.items()}
+        return ObjectInfo(key=key, size=int(lowered["content-length"]))
+
+    def read(self, key: str) -> bytes:
+        return b"".join(self.iter_read(key))
+
+    def iter_read(self, key: str, chunk_size: int = MIB) -> Iterator[bytes]:
+        with _cos_errors("download", key):
+            body = self._client.get_object(Bucket=self._bucket, Key=key)["Body"]
+        try:
+            yield from body.get_stream(chunk_size)
+        except OSError as exc:  # requests' errors are OSErrors too
+            raise SinkError(
+                f"COS download of {key!r} broke off: {type(exc).__name__}", key=key
+            ) from None
+
+    def delete(self, key: str) -> None:
+        with _cos_errors("delete", key):
+            self._client.delete_object(Bucket=self._bucket, Key=key)
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        """Every object under `prefix`, across all pages."""
+        found: list[ObjectInfo] = []
+        marker = ""
+        while True:
+            with _cos_errors("list", prefix):
+                page = self._client.list_objects(
+                    Bucket=self._bucket, Prefix=prefix, Marker=marker, MaxKeys=self.list_page_size
+                )
+            contents = page.get("Contents", [])
+            found.extend(ObjectInfo(key=c["Key"], size=int(c["Size"])) for c in contents)
+            if page.get("IsTruncated") != "true" or not contents:
+                return found
+            marker = contents[-1]["Key"]  # NextMarker is only promised with a delimiter
+
+    def _put(self, key: str, body: bytes, content_type: str) -> None:
+        with _cos_errors("upload", key):
+            self._client.put_object(
+                Bucket=self._bucket,
+                Key=key,
+                Body=body,
+                EnableMD5=True,
+                ContentType=content_type,
+                **self._encryption,
+            )
+
+    def _create_multipart(self, key: str, content_type: str) -> str:
+        with _cos_errors("start upload", key):
+            created = self._client.create_multipart_upload(
+                Bucket=self._bucket, Key=key, ContentType=content_type, **self._encryption
+            )
+        return str(created["UploadId"])
+
+    def _upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> dict[str, Any]:
+        with _cos_errors(f"upload of part {number}", key):
+            sent = self._client.upload_part(
+                Bucket=self._bucket,
+                Key=key,
+                Body=data,
+                PartNumber=number,
+                UploadId=upload_id,
+                EnableMD5=True,
+            )
+        return {"PartNumber": number, "ETag": sent["ETag"]}
+
+    def _abort(self, key: str, upload_id: str) -> None:
+        try:
+            with _cos_errors("abort upload", key):
+                self._client.abort_multipart_upload(
+                    Bucket=self._bucket, Key=key, UploadId=upload_id
+                )
+        except SinkError as exc:  # the original error matters more; COS expires stale parts
+            log.warning("%s; upload %s left for the bucket lifecycle to clean", exc, upload_id)
+
+    def _verify_size(self, key: str, expected: int) -> None:
+        stored = self.head(key)
+        if stored is not None and stored.size == expected:
+            return
+        if stored is not None:
+            self.delete(key)
+        found = "nothing" if stored is None else f"{stored.size} bytes"
+        raise SinkError(
+            f"COS object {key!r} holds {found} after upload, but {expected} bytes were streamed;"
+            " it was deleted",
+            key=key,
+            code="SizeMismatch",
+        )
