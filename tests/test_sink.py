@@ -20,7 +20,7 @@ from shared.sink import (
     SinkError,
     StreamSummary,
 )
-from tests.support.cos import cos_client
+from scripts.s3_server import cos_client
 
 MIB = 1 << 20
 
