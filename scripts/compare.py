@@ -34,7 +34,10 @@ def docs_as_csv_rows(docs: list[dict[str, Any]]) -> list[dict[str, str]]:
 
 
 def assert_object_equals_docs(data: bytes, docs: list[dict[str, Any]], file_type: str) -> None:
-    if file_type == "csv":
-        assert parse_csv(data) == docs_as_csv_rows(docs)
-    else:
-        assert parse_jsonl(data) == docs
+    """Raise AssertionError unless the backup holds exactly `docs`, in order."""
+    found: list[Any] = parse_csv(data) if file_type == "csv" else parse_jsonl(data)
+    expected: list[Any] = docs_as_csv_rows(docs) if file_type == "csv" else docs
+    if found != expected:
+        first = next((i for i, (a, b) in enumerate(zip(found, expected, strict=False)) if a != b), None)
+        detail = f"; first difference at record {first}: {found[first]!r} != {expected[first]!r}" if first is not None else ""
+        raise AssertionError(f"backup holds {len(found)} records, source {len(expected)}{detail}")

@@ -32,7 +32,6 @@ DEFAULT_CONFIG_PATH = "backup.yaml"
 
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _WHOLE_REFERENCE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
-_SECRET_MARKER = "secret"  # json_schema_extra flag for fields that must be ${ENV} references
 
 
 class ConfigError(ValueError):
@@ -87,7 +86,7 @@ EnvStr = Annotated[str, BeforeValidator(_expand_references)]
 Secret = Annotated[
     SecretStr,
     BeforeValidator(_resolve_secret),
-    Field(json_schema_extra={_SECRET_MARKER: True, "pattern": _WHOLE_REFERENCE.pattern}),
+    Field(json_schema_extra={"writeOnly": True, "pattern": _WHOLE_REFERENCE.pattern}),
 ]
 
 

@@ -263,7 +263,7 @@ def finish(ctx: Context, job_id: str) -> str:
             job.status is JobStatus.COPYING and job.lease_expired(now)
         ):
             log.info("nothing to copy", extra={"status": job.status.value})
-            return job.status.value
+            return str(job.status.value)
         lease_until = now + timedelta(seconds=ctx.config.timing.copy_lease_seconds)
         claimed = ctx.store.save_job(job.moved_to(
             JobStatus.COPYING,

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
+from scripts.compare import assert_object_equals_docs
 from scripts.sample_data import make_docs
 from shared.jobs import JobStatus, RunStatus
 from shared.layout import data_key
 from tests.support.backup import ENV_ID, LocalBackup, backup_now
-from tests.support.compare import assert_object_equals_docs
 
 
 @pytest.mark.parametrize("file_type", ["json", "csv"])

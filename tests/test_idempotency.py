@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
+import shared.app
+import shared.entrypoints
 from scripts.sample_data import make_docs
 from shared.jobs import JobStatus, RunStatus
 from shared.state import open_store
@@ -71,10 +73,8 @@ def test_retried_timer_trigger_starts_one_run(deployed: LocalBackup) -> None:
 def test_poller_and_finisher_twice_copy_once(deployed: LocalBackup, monkeypatch: pytest.MonkeyPatch) -> None:
     trigger, poller, finisher = (load_handler(n) for n in ("trigger", "poller", "finisher"))
     dispatched = RecordingDispatcher()
-    import shared.entrypoints as entrypoints
-
-    real_build = entrypoints.build_context
-    monkeypatch.setattr(entrypoints, "build_context",
+    real_build = shared.app.build_context
+    monkeypatch.setattr(shared.entrypoints, "build_context",
                         lambda config: real_build(config, dispatcher=dispatched))
     run_id = trigger.main_handler(dict(TIMER_EVENT), None)["run_id"]
 

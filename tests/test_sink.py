@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from scripts.s3_server import cos_client
 from shared.config import Destination
 from shared.sink import (
     CommitRefused,
@@ -20,7 +21,6 @@ from shared.sink import (
     SinkError,
     StreamSummary,
 )
-from scripts.s3_server import cos_client
 
 MIB = 1 << 20
 

@@ -121,4 +121,4 @@ def test_export_past_its_deadline_is_failed(local: LocalBackup) -> None:
 
     (job,) = ctx.store.list_jobs(run.run_id)
     assert job.status is JobStatus.FAILED
-    assert "did not finish within" in (job.error or "") and job.remote_id in (job.error or "")
+    assert "did not finish within" in (job.error or "") and str(job.remote_id) in (job.error or "")

@@ -746,6 +746,11 @@ class WeChatEmulator:
             self._expire_links_left = 0
             self._doomed_signatures.clear()
 
+    def issued_tokens(self) -> list[str]:
+        """Every access token handed out so far (tests look for leaks of them)."""
+        with self._lock:
+            return list(self._tokens)
+
     def expire_tokens(self) -> None:
         with self._lock:
             for token in self._tokens.values():

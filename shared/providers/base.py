@@ -31,7 +31,9 @@ class TokenCache(Protocol):
 
 
 class Provider(Protocol):
-    file_type: str  # json | csv: decides the extension and how records are counted
+    @property
+    def file_type(self) -> str:
+        """json | csv: decides the extension and how records are counted."""
 
     def targets(self) -> list[str]:
         """The collections/tables to back up."""
