@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from rich.console import Console
 from rich.table import Table
 
 from scripts.compare import assert_object_equals_docs
 from scripts.emulators.wechat import WeChatEmulator
 from scripts.s3_server import create_bucket, start_s3_server, stop_s3_server
 from scripts.sample_data import make_docs
+from shared.cli import console
 from shared.cli import main as cli
 from shared.config import load_config
 from shared.sink import CosObjectStore
@@ -74,10 +74,7 @@ def _show_bucket(config_path: Path, emulator: WeChatEmulator) -> bool:
         table.add_row(manifest["source"], manifest["collection"], str(manifest["records"]),
                       str(manifest["bytes"]), manifest["sha256"],
                       manifest["object_key"], "yes" if equal else "NO")
-    console = Console()
-    if not console.is_terminal:
-        console.width = 200  # a pipe or log file: do not fold keys and hashes
-    console.print(table)
+    console().print(table)
     return all_equal and bool(manifests)
 
 

@@ -20,6 +20,7 @@ from shared.pipeline import Context, UnknownSource, poll, start_run
 from shared.state import StateStore, open_store
 
 if TYPE_CHECKING:  # rich is a CLI-only dependency, kept out of the deployed functions
+    from rich.console import Console
     from rich.table import Table
 
 
@@ -79,11 +80,10 @@ class ProgressDisplay:
     """A live table on a terminal; one line per change when output is a pipe or file."""
 
     def __init__(self, run_id: str) -> None:
-        from rich.console import Console
         from rich.live import Live
 
         self.run_id = run_id
-        self.console = Console()
+        self.console = console()
         self.live = Live(console=self.console, auto_refresh=False) if self.console.is_terminal else None
         self.seen: dict[str, str] = {}
         if self.live:
@@ -109,6 +109,14 @@ class ProgressDisplay:
         print(f"run {run.run_id} {run.status.value}: {json.dumps(run.summary)}", flush=True)
 
 
+def console() -> Console:
+    """A terminal's own width; wide when piped, so keys and hashes are not folded."""
+    from rich.console import Console
+
+    found = Console()
+    return found if found.is_terminal else Console(width=220)
+
+
 def job_table(title: str, jobs: list[Job]) -> Table:
     from rich.table import Table
 
@@ -128,16 +136,15 @@ def job_table(title: str, jobs: list[Job]) -> Table:
 
 
 def _status(store: StateStore, run_id: str | None, limit: int) -> int:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    out = console()
     if run_id:
         jobs = store.list_jobs(run_id)
         if not jobs:
             print(f"no run {run_id!r} in the state table", file=sys.stderr)
             return 1
-        console.print(job_table(f"run {run_id}", jobs))
+        out.print(job_table(f"run {run_id}", jobs))
         return 0
     table = Table(title="recent runs")
     for column in ("run", "trigger", "status", "jobs", "done", "failed", "records", "bytes"):
@@ -146,7 +153,7 @@ def _status(store: StateStore, run_id: str | None, limit: int) -> int:
         s = run.summary or {}
         table.add_row(run.run_id, run.trigger, run.status.value, *(str(s.get(k, "")) for k in
                       ("jobs", "done", "failed", "records", "bytes")))
-    console.print(table)
+    out.print(table)
     return 0
 
 
