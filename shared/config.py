@@ -178,6 +178,14 @@ class Timing(_Model):
     retry_base_seconds: float = Field(
         default=1.0, ge=0, description="First in-call retry delay; doubles each try."
     )
+    start_budget_seconds: float = Field(
+        default=60, gt=0,
+        description="How long the trigger starts exports before leaving the rest to the poller.",
+    )
+    poll_budget_seconds: float = Field(
+        default=240, gt=0,
+        description="How long one poller tick works; keep it below the poller's SCF timeout.",
+    )
 
 
 class WeChatSource(_Model):

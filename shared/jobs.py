@@ -18,7 +18,7 @@ import hashlib
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 
 def utcnow() -> datetime:
@@ -62,17 +62,48 @@ class RunStatus(str, enum.Enum):
     FAILED = "failed"
 
 
-class JobResult(BaseModel):
-    """What a finished copy produced in the bucket."""
+class StoredObject(BaseModel):
+    """One verified object in the bucket."""
 
     model_config = ConfigDict(frozen=True)
 
     key: str
-    manifest_key: str
     bytes: int
     sha256: str
     records: int
-    parts: int = 1
+    upload_parts: int = 1  # multipart upload parts it was sent in
+
+
+class JobResult(BaseModel):
+    """What a finished copy produced: one object, or numbered parts of one backup."""
+
+    model_config = ConfigDict(frozen=True)
+
+    manifest_key: str
+    objects: list[StoredObject] = Field(min_length=1)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def key(self) -> str:
+        return self.objects[0].key
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def bytes(self) -> int:
+        return sum(o.bytes for o in self.objects)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def records(self) -> int:
+        return sum(o.records for o in self.objects)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def sha256(self) -> str:
+        """The object's sha256; for several parts, the sha256 of their sha256s in order."""
+        if len(self.objects) == 1:
+            return self.objects[0].sha256
+        return hashlib.sha256("\n".join(o.sha256 for o in self.objects).encode()).hexdigest()
 
 
 class Job(BaseModel):
@@ -93,6 +124,7 @@ class Job(BaseModel):
     lease_until: datetime | None = None
     remote_id: str | None = None  # the platform's export job id
     expected_records: int | None = None  # what the platform says it exported
+    part_records: list[int | None] | None = None  # per part, when an export came in parts
     checkpoint: dict[str, Any] | None = None  # provider-specific progress (paged sources)
     progress_records: int | None = None
     result: JobResult | None = None

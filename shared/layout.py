@@ -28,6 +28,12 @@ def data_key(prefix: str, run_id: str, source: str, target: str, file_type: str)
     return _join(run_folder(prefix, run_id), safe_segment(source), name)
 
 
+def part_key(data_object_key: str, number: int) -> str:
+    """`orders.jsonl` -> `orders.part-0002.jsonl`: numbered parts of one backup."""
+    stem, _, extension = data_object_key.rpartition(".")
+    return f"{stem}.part-{number:04d}.{extension}"
+
+
 def manifest_key(data_object_key: str) -> str:
     return f"{data_object_key}.manifest.json"
 

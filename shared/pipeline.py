@@ -24,12 +24,13 @@ from shared.jobs import (
     JobStatus,
     Run,
     RunStatus,
+    StoredObject,
     backoff,
     job_id_for,
     run_id_for,
     utcnow,
 )
-from shared.layout import CONTENT_TYPES, data_key, manifest_key, run_manifest_key
+from shared.layout import CONTENT_TYPES, data_key, manifest_key, part_key, run_manifest_key
 from shared.logs import log_context, redact
 from shared.providers.base import Provider, with_retries
 from shared.records import counter_for
@@ -60,10 +61,17 @@ class UnknownSource(ValueError):
 
 # start ---------------------------------------------------------------------------
 def start_run(
-    ctx: Context, *, idempotency_key: str, trigger: str, sources: list[str] | None = None
+    ctx: Context,
+    *,
+    idempotency_key: str,
+    trigger: str,
+    sources: list[str] | None = None,
+    collections: dict[str, list[str]] | None = None,
 ) -> tuple[Run, bool]:
-    """Record a run and its jobs once per idempotency key, then start what can start."""
-    chosen = _choose_sources(ctx.config, sources)
+    """Record a run and its jobs once per idempotency key, then start what can start
+    within the time budget; the poller starts the rest."""
+    chosen = _choose_sources(ctx.config, sources or (list(collections) if collections else None))
+    targets = {name: _choose_targets(ctx, name, (collections or {}).get(name)) for name in chosen}
     now = ctx.clock()
     run_id = run_id_for(idempotency_key, now)
     deadline = now + timedelta(minutes=ctx.config.timing.export_deadline_minutes)
@@ -79,7 +87,7 @@ def start_run(
             updated_at=now,
         )
         for name in chosen
-        for target in ctx.provider_for(name).targets()
+        for target in targets[name]
     ]
     run = Run(run_id=run_id, idempotency_key=idempotency_key, trigger=trigger,
               sources=chosen, created_at=now)
@@ -89,10 +97,38 @@ def start_run(
             log.info("run already recorded for this request; nothing new started")
             return run, False
         log.info("run recorded", extra={"jobs": len(jobs), "sources": chosen})
+        budget = _Budget(ctx, ctx.config.timing.start_budget_seconds)
         for job in ctx.store.list_jobs(run.run_id):
+            if budget.spent():
+                log.info("start budget spent; the poller starts the remaining exports")
+                break
             if job.status is JobStatus.PENDING:
                 _advance(ctx, job)
     return run, True
+
+
+def _choose_targets(ctx: Context, source: str, wanted: list[str] | None) -> list[str]:
+    available = ctx.provider_for(source).targets()
+    if not wanted:
+        return available
+    unknown = sorted(set(wanted) - set(available))
+    if unknown:
+        raise UnknownSource(
+            f"source {source!r} has no collection(s) {', '.join(unknown)}; "
+            f"it backs up: {', '.join(available)}"
+        )
+    return [t for t in available if t in wanted]
+
+
+class _Budget:
+    """Wall-clock allowance of one invocation, so a function ends before SCF's timeout."""
+
+    def __init__(self, ctx: Context, seconds: float) -> None:
+        self._ctx = ctx
+        self._until = ctx.clock() + timedelta(seconds=seconds)
+
+    def spent(self) -> bool:
+        return self._ctx.clock() >= self._until
 
 
 def _choose_sources(config: Config, names: list[str] | None) -> list[str]:
@@ -114,10 +150,15 @@ class PollSummary:
     closed_runs: list[str] = field(default_factory=list)
 
 
-def poll(ctx: Context, limit: int = 200) -> PollSummary:
-    """Move every due job one step forward, then close runs whose jobs all ended."""
+def poll(ctx: Context, limit: int = 500) -> PollSummary:
+    """Move every due job one step forward within the time budget, then close runs
+    whose jobs all ended. Jobs not reached stay due for the next tick."""
     summary = PollSummary()
+    budget = _Budget(ctx, ctx.config.timing.poll_budget_seconds)
     for job in ctx.store.due_jobs(ctx.clock(), limit):
+        if budget.spent():
+            log.info("poll budget spent; the rest waits for the next tick")
+            break
         _advance(ctx, job)
         summary.advanced += 1
     summary.closed_runs = close_finished_runs(ctx)
@@ -181,13 +222,17 @@ def _check_export(ctx: Context, job: Job, now: datetime) -> None:
         _save(ctx, job.moved_to(JobStatus.PENDING, remote_id=None, next_check_at=now,
                                 error=redact(str(exc))))
         return
+    if progress.remote_id and progress.remote_id != job.remote_id:
+        job = job.model_copy(update={"remote_id": progress.remote_id})
     if progress.state == "running":
         _save(ctx, job.model_copy(update={"next_check_at": now + _check_interval(ctx, job, now)}))
     elif progress.state == "failed":
         _fail(ctx, job, progress.message, now)
     else:
-        log.info("export ready", extra={"expected_records": progress.expected_records})
-        _hand_off(ctx, job.moved_to(JobStatus.READY, expected_records=progress.expected_records), now)
+        log.info("export ready", extra={"expected_records": progress.expected_records,
+                                        "parts": len(progress.part_records or [None])})
+        _hand_off(ctx, job.moved_to(JobStatus.READY, expected_records=progress.expected_records,
+                                    part_records=progress.part_records), now)
 
 
 def _check_interval(ctx: Context, job: Job, now: datetime) -> timedelta:
@@ -275,24 +320,47 @@ def finish(ctx: Context, job_id: str) -> str:
         if claimed is None:
             return "claimed-elsewhere"
         log.info("copy started", extra={"target": job.target})
+        hold = CopyHold(ctx, claimed)
         try:
-            result = with_retries(lambda: _copy(ctx, claimed), attempts=2,
+            result = with_retries(lambda: _copy(ctx, hold), attempts=2,
                                   base_seconds=ctx.config.timing.retry_base_seconds)
+        except LeaseLost:
+            log.warning("another finisher took this job over; stopping here")
+            return "claimed-elsewhere"
         except Exception as exc:
             if not isinstance(exc, PlatformError):
                 log.exception("unexpected error while copying")
                 exc = Retryable(f"internal error: {type(exc).__name__}: {exc}")
             if isinstance(exc, Fatal):
-                _fail(ctx, claimed, str(exc), ctx.clock())
+                _fail(ctx, hold.job, str(exc), ctx.clock())
                 return JobStatus.FAILED.value
-            _release_after_error(ctx, claimed, exc)
+            _release_after_error(ctx, hold.job, exc)
             return "retry"
-        done = _save(ctx, claimed.moved_to(JobStatus.DONE, result=result, error=None,
-                                           finished_at=ctx.clock(), lease_owner=None,
-                                           lease_until=None))
+        done = _save(ctx, hold.job.moved_to(JobStatus.DONE, result=result, error=None,
+                                            finished_at=ctx.clock(), lease_owner=None,
+                                            lease_until=None))
         log.info("copy done", extra={"key": result.key, "bytes": result.bytes,
                                      "records": result.records, "sha256": result.sha256})
         return JobStatus.DONE.value if done else "claimed-elsewhere"
+
+
+class LeaseLost(Exception):
+    """Another finisher took the job over; this one stops without touching it."""
+
+
+class CopyHold:
+    """A finisher's hold on the job it copies, following the job's stored version as
+    checkpoints are written, so the final write is compare-and-set on the latest one."""
+
+    def __init__(self, ctx: Context, job: Job) -> None:
+        self._ctx = ctx
+        self.job = job
+
+    def checkpoint(self, **changes: Any) -> None:
+        saved = self._ctx.store.save_job(self.job.model_copy(update=changes))
+        if saved is None:
+            raise LeaseLost(self.job.job_id)
+        self.job = saved
 
 
 def _release_after_error(ctx: Context, job: Job, exc: Exception) -> None:
@@ -311,32 +379,48 @@ def _release_after_error(ctx: Context, job: Job, exc: Exception) -> None:
     ))
 
 
-def _copy(ctx: Context, job: Job) -> JobResult:
-    assert job.remote_id is not None
+def _copy(ctx: Context, hold: CopyHold) -> JobResult:
+    """Copy every part not copied yet; parts already stored by an earlier try are kept."""
+    job = hold.job
     provider = ctx.provider_for(job.source)
-    file_type = provider.file_type
-    prefix = ctx.config.destination.prefix
-    key = data_key(prefix, job.run_id, job.source, job.target, file_type)
-    counter = counter_for(file_type)
+    base = data_key(ctx.config.destination.prefix, job.run_id, job.source, job.target,
+                    provider.file_type)
+    expected = job.part_records or [job.expected_records]
+    stored = [StoredObject.model_validate(o) for o in (job.checkpoint or {}).get("copied", [])]
+    for index in range(len(stored), len(expected)):
+        key = base if len(expected) == 1 else part_key(base, index + 1)
+        label = repr(job.target) if len(expected) == 1 else (
+            f"part {index + 1} of {len(expected)} of {job.target!r}")
+        stored.append(_copy_part(ctx, provider, job, part=index, key=key,
+                                 expected=expected[index], label=label))
+        if len(expected) > 1:
+            hold.checkpoint(checkpoint={"copied": [o.model_dump() for o in stored]})
+    result = JobResult(manifest_key=manifest_key(base), objects=stored)
+    ctx.sink.put_json(result.manifest_key,
+                      _job_manifest(ctx, hold.job, result, provider.file_type))
+    return result
+
+
+def _copy_part(ctx: Context, provider: Provider, job: Job, *, part: int, key: str,
+               expected: int | None, label: str) -> StoredObject:
+    counter = counter_for(provider.file_type)
 
     def counted() -> Iterator[bytes]:
-        for chunk in provider.open(job.target, job.remote_id or ""):
+        for chunk in provider.open(job.target, job.remote_id or "", part):
             counter.feed(chunk)
             yield chunk
 
     def verify(summary: StreamSummary) -> None:
-        if job.expected_records is not None and counter.total != job.expected_records:
+        if expected is not None and counter.total != expected:
             raise VerificationFailed(
-                f"record count mismatch for {job.target!r}: the platform reported "
-                f"{job.expected_records}, the export file holds {counter.total}; not stored"
+                f"record count mismatch for {label}: the platform reported {expected}, "
+                f"the export file holds {counter.total}; not stored"
             )
 
-    summary = ctx.sink.put_stream(key, counted(), content_type=CONTENT_TYPES[file_type],
+    summary = ctx.sink.put_stream(key, counted(), content_type=CONTENT_TYPES[provider.file_type],
                                   before_commit=verify)
-    result = JobResult(key=key, manifest_key=manifest_key(key), bytes=summary.bytes,
-                       sha256=summary.sha256, records=counter.total, parts=summary.parts)
-    ctx.sink.put_json(result.manifest_key, _job_manifest(ctx, job, result, file_type))
-    return result
+    return StoredObject(key=key, bytes=summary.bytes, sha256=summary.sha256,
+                        records=counter.total, upload_parts=summary.parts)
 
 
 def _job_manifest(ctx: Context, job: Job, result: JobResult, file_type: str) -> dict[str, Any]:
@@ -355,6 +439,7 @@ def _job_manifest(ctx: Context, job: Job, result: JobResult, file_type: str) -> 
         "sha256": result.sha256,
         "records": result.records,
         "platform_reported_records": job.expected_records,
+        "objects": [o.model_dump(exclude={"upload_parts"}) for o in result.objects],
         "export_started_at": _iso(job.started_at),
         "copied_at": _iso(ctx.clock()),
     }

@@ -58,7 +58,7 @@ def test_large_collection_is_copied_exactly(local: LocalBackup, file_type: str) 
     (job,) = ctx.store.list_jobs(run.run_id)
     assert job.status is JobStatus.DONE and job.result is not None
     assert job.result.records == 200_000
-    assert job.result.parts > 1  # really went through a multipart upload
+    assert job.result.objects[0].upload_parts > 1  # really went through a multipart upload
     assert_object_equals_docs(local.store.read(job.result.key), docs, file_type)
 
 

@@ -18,6 +18,11 @@ class Progress:
     state: Literal["running", "ready", "failed"]
     expected_records: int | None = None
     message: str = ""
+    # An export that came in several parts: the expected records of each, in order.
+    part_records: list[int | None] | None = None
+    # A provider that tracks more than one platform job (e.g. a split export) hands
+    # back its updated handle here; the pipeline stores it as the job's remote_id.
+    remote_id: str | None = None
 
 
 class TokenCache(Protocol):
@@ -43,8 +48,8 @@ class Provider(Protocol):
 
     def check(self, target: str, remote_id: str) -> Progress: ...
 
-    def open(self, target: str, remote_id: str) -> Iterator[bytes]:
-        """Stream the finished export's bytes."""
+    def open(self, target: str, remote_id: str, part: int = 0) -> Iterator[bytes]:
+        """Stream the bytes of a finished export (of its `part`-th part, from 0)."""
 
 
 T = TypeVar("T")

@@ -125,8 +125,10 @@ class WeChatProvider:
             )
         raise Retryable(f"WeChat export job {remote_id} has an unknown status {status!r}")
 
-    def open(self, target: str, remote_id: str) -> Iterator[bytes]:
+    def open(self, target: str, remote_id: str, part: int = 0) -> Iterator[bytes]:
         """Stream the export; a link that expired (403) is replaced once by a fresh one."""
+        if part:
+            raise Fatal(f"WeChat exports come in one part; part {part} does not exist")
         for attempt in range(2):
             url = self._file_url(remote_id)
             with self._http.stream("GET", url) as response:
