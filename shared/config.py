@@ -242,12 +242,31 @@ class WeChatSource(_Model):
 Source = Annotated[Union[WeChatSource], Field(discriminator="type")]  # noqa: UP007
 
 
+class Webhook(_Model):
+    """A chat robot or any HTTPS endpoint that is told how a run ended."""
+
+    url: Secret = Field(description="Webhook URL as ${ENV_VAR}: robot URLs carry their key.")
+    format: Literal["wecom", "dingtalk", "feishu", "json"] = Field(
+        default="json", description="wecom/dingtalk/feishu robot message, or the run summary as JSON."
+    )
+
+
+class Notify(_Model):
+    """Who is told when a run ends, and when."""
+
+    on: Literal["failure", "always"] = Field(
+        default="failure", description="Notify only runs with failed jobs, or every run."
+    )
+    webhooks: list[Webhook] = Field(default_factory=list)
+
+
 class Config(_Model):
     """The whole backup configuration."""
 
     destination: Destination
     state: StateSettings = Field(default_factory=StateSettings)
     timing: Timing = Field(default_factory=Timing)
+    notify: Notify = Field(default_factory=Notify)
     sources: list[Source] = Field(min_length=1)
 
     @field_validator("sources")
@@ -267,7 +286,7 @@ class Config(_Model):
 
 
 # Field names holding secrets: their typed value is never echoed in an error.
-SECRET_FIELDS = frozenset({"secret", "secret_id", "secret_key"})
+SECRET_FIELDS = frozenset({"secret", "secret_id", "secret_key", "url"})
 SOURCE_TYPES: dict[str, type[BaseModel]] = {"wechat": WeChatSource}
 
 

@@ -32,6 +32,7 @@ from shared.jobs import (
 )
 from shared.layout import CONTENT_TYPES, data_key, manifest_key, part_key, run_manifest_key
 from shared.logs import log_context, redact
+from shared.notify import notify_run
 from shared.providers.base import Provider, with_retries
 from shared.records import counter_for
 from shared.sink import ObjectStore, StreamSummary
@@ -484,6 +485,8 @@ def _close_run(ctx: Context, run: Run, jobs: list[Job]) -> bool:
         "status": status, "finished_at": now, "manifest_key": key, "summary": summary}))
     if saved is None:
         return False
+    notify_run(ctx.config.notify, saved, jobs,
+               retry_base_seconds=ctx.config.timing.retry_base_seconds)
     if status is RunStatus.SUCCEEDED:
         log.info("run succeeded", extra=summary)
     else:

@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.support.cos",
     "tests.support.wechat",
     "tests.support.backup",
+    "tests.support.webhook",
 ]

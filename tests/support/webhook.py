@@ -1,0 +1,45 @@
+"""A chat-robot webhook on loopback that records what it is sent."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+
+class WebhookReceiver:
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self.answers: list[tuple[int, dict[str, Any]]] = []  # queued replies; default 200 ok
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                receiver.messages.append(json.loads(self.rfile.read(length)))
+                status, body = receiver.answers.pop(0) if receiver.answers else (200, {"errcode": 0})
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/cgi-bin/webhook/send?key=robot-key-5e6f7a8b"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def webhook() -> Iterator[WebhookReceiver]:
+    receiver = WebhookReceiver()
+    yield receiver
+    receiver.server.shutdown()
+    receiver.server.server_close()
