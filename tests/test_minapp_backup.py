@@ -1,0 +1,369 @@
+"""MinApp tables end to end over real HTTP: MinApp emulator (and WeChat emulator) ->
+pipeline -> real COS SDK -> S3 server."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+
+from scripts.compare import assert_object_equals_docs
+from scripts.emulators.minapp import MinAppEmulator
+from scripts.sample_data import make_docs
+from shared.jobs import JobStatus, RunStatus
+from shared.layout import data_key, part_key
+from tests.support.backup import LocalBackup, backup_now
+from tests.support.minapp import CLIENT_ID, assert_export_equals_records, backup_jumping
+
+
+def records(count: int, seed: int = 21, prefix: str = "r") -> list[dict[str, Any]]:
+    """Sample records without WeChat's `_id`: MinApp adds its own `id`."""
+    return [{k: v for k, v in doc.items() if k != "_id"} for doc in make_docs(count, seed, prefix)]
+
+
+def our_jobs(emulator: MinAppEmulator, table: int) -> list[dict[str, Any]]:
+    return [j for j in emulator.export_jobs(table) if j["client_id"] == CLIENT_ID]
+
+
+@pytest.mark.parametrize("file_type", ["json", "csv"])
+def test_wechat_and_minapp_in_one_run_equal_their_sources(
+        local: LocalBackup, minapp_emulator: MinAppEmulator, file_type: str) -> None:
+    local.seed("orders", make_docs(250, seed=1))
+    minapp_emulator.add_table(1001, records(300))
+    minapp_emulator.add_table(1002, records(40, seed=22, prefix="u"))
+    minapp_emulator.add_table(1003, [])
+    config = local.config(
+        local.wechat_source(file_type=file_type),
+        local.minapp_source(minapp_emulator, tables=[1001, "1002", {"id": 1003}],
+                            file_type=file_type),
+    )
+    ctx = local.context(config)
+
+    run = backup_now(ctx)
+
+    assert run.status is RunStatus.SUCCEEDED
+    jobs = {(j.source, j.target): j for j in ctx.store.list_jobs(run.run_id)}
+    assert set(jobs) == {("shop", "orders"), ("app", "1001"), ("app", "1002"), ("app", "1003")}
+    wechat = jobs[("shop", "orders")]
+    assert wechat.result is not None
+    assert_object_equals_docs(local.store.read(wechat.result.key),
+                              local.emulator.docs("shop-prod-1a2b3c", "orders"), file_type)
+    for table in (1001, 1002, 1003):
+        job = jobs[("app", str(table))]
+        assert job.status is JobStatus.DONE and job.result is not None
+        source = minapp_emulator.records(table)
+        assert job.result.key == data_key(config.destination.prefix, run.run_id, "app",
+                                          str(table), file_type)
+        data = local.store.read(job.result.key)
+        assert_export_equals_records(data, source, file_type)
+        manifest = json.loads(local.store.read(job.result.manifest_key))
+        assert manifest["platform"] == "minapp"
+        assert manifest["records"] == len(source) == job.result.records
+        assert manifest["bytes"] == len(data)
+        assert manifest["platform_job_id"] == job.remote_id
+        assert len(our_jobs(minapp_emulator, table)) == 1
+    # the signed download link is all a download gets: no token goes with it
+    assert minapp_emulator.download_authorization
+    assert set(minapp_emulator.download_authorization) == {None}
+
+
+def test_export_options_are_passed_through(local: LocalBackup,
+                                           minapp_emulator: MinAppEmulator) -> None:
+    source = records(60)
+    minapp_emulator.add_table(1001, source)
+    table = {"id": 1001, "where": {"paid": {"$eq": True}}, "include_keys": ["id", "total", "paid"],
+             "order_by": ["-total"]}
+    ctx = local.context(local.config(local.minapp_source(minapp_emulator, tables=[table])))
+
+    run = backup_now(ctx)
+
+    assert run.status is RunStatus.SUCCEEDED
+    (job,) = ctx.store.list_jobs(run.run_id)
+    (platform_job,) = our_jobs(minapp_emulator, 1001)
+    assert platform_job["mode"] == "part"
+    assert platform_job["options"] == {k: v for k, v in table.items() if k != "id"}
+    paid = sorted((r for r in minapp_emulator.records(1001) if r["paid"]),
+                  key=lambda r: -r["total"])
+    expected = [{k: r[k] for k in ("id", "total", "paid")} for r in paid]
+    assert job.result is not None
+    assert_export_equals_records(local.store.read(job.result.key), expected, "json")
+
+
+def test_test_environment_is_chosen_by_env_id(local: LocalBackup,
+                                              minapp_emulator: MinAppEmulator) -> None:
+    minapp_emulator.add_env("test-env-7")
+    minapp_emulator.add_table(1001, records(5))
+    minapp_emulator.add_table(1001, records(9, seed=3, prefix="t"), env="test-env-7")
+    ctx = local.context(local.config(local.minapp_source(minapp_emulator, env_id="test-env-7")))
+
+    run = backup_now(ctx)
+
+    (job,) = ctx.store.list_jobs(run.run_id)
+    assert job.result is not None and job.result.records == 9
+    assert_export_equals_records(local.store.read(job.result.key),
+                                 minapp_emulator.records(1001, env="test-env-7"), "json")
+
+
+def test_one_job_per_minute_is_waited_for_not_duplicated(
+        local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
+    minapp_emulator.job_window = 0.5
+    minapp_emulator.add_table(1001, records(30))
+    minapp_emulator.add_table(1002, records(10, prefix="u"))
+    minapp_emulator.create_console_job(1001)  # someone just exported 1001 from the console
+    ctx = local.context(local.config(local.minapp_source(minapp_emulator, tables=[1001, 1002])))
+
+    run = backup_jumping(ctx)
+
+    assert run.status is RunStatus.SUCCEEDED
+    assert minapp_emulator.calls["export"] >= 3  # 1001 refused at least once, then created
+    assert len(our_jobs(minapp_emulator, 1001)) == 1
+    assert len(our_jobs(minapp_emulator, 1002)) == 1
+    jobs = {j.target: j for j in ctx.store.list_jobs(run.run_id)}
+    assert jobs["1001"].attempts == 0  # waiting is not a failed try
+    assert jobs["1001"].result is not None
+    assert_export_equals_records(local.store.read(jobs["1001"].result.key),
+                                 minapp_emulator.records(1001), "json")
+
+
+def test_lost_answer_to_create_adopts_the_job_it_made(
+        local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
+    minapp_emulator.add_table(1001, records(20))
+    minapp_emulator.lose_create_answers(1)
+    ctx = local.context(local.config(local.minapp_source(minapp_emulator)))
+
+    run = backup_jumping(ctx)
+
+    assert run.status is RunStatus.SUCCEEDED
+    assert len(our_jobs(minapp_emulator, 1001)) == 1
+    (job,) = ctx.store.list_jobs(run.run_id)
+    assert job.remote_id == our_jobs(minapp_emulator, 1001)[0]["job_id"]
+
+
+def test_recorded_start_is_not_repeated_when_the_state_write_was_lost(
+        local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
+    minapp_emulator.add_table(1001, records(5))
+    config = local.config(local.minapp_source(minapp_emulator))
+    provider = local.context(config).provider_for("app")
+
+    first = provider.start("1001", "run-1.app.abc")
+    again = provider.start("1001", "run-1.app.abc")  # e.g. the poller died before saving
+
+    assert again == first
+    assert len(our_jobs(minapp_emulator, 1001)) == 1
+
+
+@pytest.mark.parametrize("file_type", ["json", "csv"])
+def test_table_over_the_row_limit_is_split_into_parts(
+        local: LocalBackup, minapp_emulator: MinAppEmulator, file_type: str) -> None:
+    minapp_emulator.max_export_rows = 1000
+    minapp_emulator.job_window = 0.05
+    source = records(2600)
+    minapp_emulator.add_table(1001, source)  # created_at: three records per second
+    table = {"id": 1001, "split": {"key": "created_at", "rows_per_part": 400}}
+    config = local.config(local.minapp_source(minapp_emulator, tables=[table],
+                                              file_type=file_type, max_export_rows=1000))
+    ctx = local.context(config)
+
+    run = backup_jumping(ctx)
+
+    assert run.status is RunStatus.SUCCEEDED
+    (job,) = ctx.store.list_jobs(run.run_id)
+    assert job.result is not None
+    parts = math.ceil(2600 / 400)
+    assert len(job.result.objects) == parts
+    platform_jobs = our_jobs(minapp_emulator, 1001)
+    assert len(platform_jobs) == parts  # one platform job per part, none twice
+    assert all(j["mode"] == "part" and j["records"] <= 1000 for j in platform_jobs)
+    base = data_key(config.destination.prefix, run.run_id, "app", "1001", file_type)
+    everything = minapp_emulator.records(1001)
+    start = 0
+    for number, stored in enumerate(job.result.objects, start=1):
+        assert stored.key == part_key(base, number)
+        assert 0 < stored.records <= 1000
+        piece = everything[start:start + stored.records]
+        assert_export_equals_records(local.store.read(stored.key), piece, file_type)
+        start += stored.records
+    assert start == len(source) == job.result.records
+    assert local.store.head(base) is None  # parts only, no whole-table object
+    manifest = json.loads(local.store.read(job.result.manifest_key))
+    assert [o["key"] for o in manifest["objects"]] == [o.key for o in job.result.objects]
+    assert manifest["records"] == 2600
+
+
+def test_split_on_a_key_with_too_many_equal_values_says_so(
+        local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
+    minapp_emulator.max_export_rows = 1000
+    minapp_emulator.add_table(1001, [{"kind": "a" if i % 10 else "b"} for i in range(1500)])
+    table = {"id": 1001, "split": {"key": "kind", "rows_per_part": 500}}
+    ctx = local.context(local.config(local.minapp_source(minapp_emulator, tables=[table],
+                                                         max_export_rows=1000)))
+
+    run = backup_now(ctx)
+
+    (job,) = ctx.store.list_jobs(run.run_id)
+    assert job.status is JobStatus.FAILED
+    assert "too many records share one value of 'kind'" in (job.error or "")
+    assert our_jobs(minapp_emulator, 1001) == []  # found out before exporting anything
+
+
+def test_table_over_the_limit_without_split_says_how_to_split(
+        local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
+    minapp_emulator.max_export_rows = 1000
+    minapp_emulator.add_table(1001, records(1200))
+    ctx = local.context(local.config(local.minapp_source(minapp_emulator, max_export_rows=1000)))
+
+    run = backup_now(ctx)
+
+    (job,) = ctx.store.list_jobs(run.run_id)
+    assert job.status is JobStatus.FAILED
+    error = job.error or ""
+    assert "holds 1200 rows" in error and "split: {key: created_at, rows_per_part:" in error
+    assert minapp_emulator.calls["export"] == 1
+
+
+def test_invalid_where_fails_without_retry(local: LocalBackup,
+                                           minapp_emulator: MinAppEmulator) -> None:
+    minapp_emulator.add_table(1001, records(10))
+    table = {"id": 1001, "where": {"total": {"$near": 3}}}
+    ctx = local.context(local.config(local.minapp_source(minapp_emulator, tables=[table])))
+
+    run = backup_now(ctx)
+
+    (job,) = ctx.store.list_jobs(run.run_id)
+    assert job.status is JobStatus.FAILED
+    assert "$near" in (job.error or "") and "check the table's export options" in (job.error or "")
+    assert minapp_emulator.calls["export"] == 1
+
+
+def test_unknown_table_says_how_to_fix(local: LocalBackup,
+                                       minapp_emulator: MinAppEmulator) -> None:
+    ctx = local.context(local.config(local.minapp_source(minapp_emulator, tables=[4040])))
+
+    run = backup_now(ctx)
+
+    (job,) = ctx.store.list_jobs(run.run_id)
+    assert job.status is JobStatus.FAILED
+    assert "no table 4040" in (job.error or "") and "fix the table id" in (job.error or "")
+
+
+def test_expired_token_is_refreshed_once(local: LocalBackup,
+                                         minapp_emulator: MinAppEmulator) -> None:
+    minapp_emulator.add_table(1001, records(8))
+    minapp_emulator.job_window = 0
+    config = local.config(local.minapp_source(minapp_emulator))
+    backup_now(local.context(config), key="first")
+    assert minapp_emulator.calls["authorize"] == 1
+    minapp_emulator.expire_tokens()
+
+    run = backup_now(local.context(config), key="second")  # a new invocation, cached token
+
+    assert run.status is RunStatus.SUCCEEDED
+    assert minapp_emulator.calls["authorize"] == 2
+    assert minapp_emulator.calls["authorize_redirect"] == 2
+    assert minapp_emulator.calls["access_token"] == 2
+
+
+def test_token_refused_after_refresh_fails_clearly(local: LocalBackup,
+                                                   minapp_emulator: MinAppEmulator) -> None:
+    minapp_emulator.add_table(1001, records(3))
+    minapp_emulator.inject("export", 401, times=2)
+    ctx = local.context(local.config(local.minapp_source(minapp_emulator)))
+
+    run = backup_now(ctx)
+
+    (job,) = ctx.store.list_jobs(run.run_id)
+    assert job.status is JobStatus.FAILED
+    assert "freshly issued token was refused" in (job.error or "")
+    assert minapp_emulator.calls["authorize"] == 2
+
+
+def test_wrong_client_secret_says_so(local: LocalBackup,
+                                     minapp_emulator: MinAppEmulator) -> None:
+    minapp_emulator.add_table(1001, records(3))
+    source = local.minapp_source(minapp_emulator)
+    local.environ["MINAPP_CLIENT_SECRET"] = "not-the-client-secret"
+    ctx = local.context(local.config(source))
+
+    run = backup_now(ctx)
+
+    (job,) = ctx.store.list_jobs(run.run_id)
+    assert job.status is JobStatus.FAILED
+    assert "client_id or client_secret of source 'app' is wrong" in (job.error or "")
+    assert "not-the-client-secret" not in (job.error or "")
+    assert minapp_emulator.calls["authorize"] == 1
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_status_access_not_enabled_says_where_to_enable_it(
+        local: LocalBackup, minapp_emulator: MinAppEmulator, status: int) -> None:
+    minapp_emulator.add_table(1001, records(3))
+    minapp_emulator.deny_status_access(status)
+    ctx = local.context(local.config(local.minapp_source(minapp_emulator)))
+
+    run = backup_now(ctx)
+
+    (job,) = ctx.store.list_jobs(run.run_id)
+    assert job.status is JobStatus.FAILED
+    assert f"HTTP {status}" in (job.error or "")
+    assert "settings → SDK → general" in (job.error or "")
+    assert minapp_emulator.calls["job"] == (2 if status == 401 else 1)  # 401: one fresh token
+
+
+def test_forgotten_job_is_restarted(local: LocalBackup,
+                                    minapp_emulator: MinAppEmulator) -> None:
+    minapp_emulator.job_window = 0.2
+    minapp_emulator.add_table(1001, records(25))
+    minapp_emulator.inject("job", 404, body={"error_msg": "Not found."})
+    ctx = local.context(local.config(local.minapp_source(minapp_emulator)))
+
+    run = backup_jumping(ctx)
+
+    assert run.status is RunStatus.SUCCEEDED
+    platform_jobs = our_jobs(minapp_emulator, 1001)
+    assert len(platform_jobs) == 2  # the forgotten one, and the one that was copied
+    (job,) = ctx.store.list_jobs(run.run_id)
+    assert job.remote_id == platform_jobs[1]["job_id"]
+    assert job.result is not None
+    assert_export_equals_records(local.store.read(job.result.key),
+                                 minapp_emulator.records(1001), "json")
+
+
+def test_export_that_never_finishes_fails_at_its_deadline(
+        local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
+    minapp_emulator.add_table(1001, records(3))
+    minapp_emulator.add_table(1002, records(4))
+    minapp_emulator.stall_exports(1001)
+    ctx = local.context(local.config(local.minapp_source(minapp_emulator, tables=[1001, 1002]),
+                                     export_deadline_minutes=0.01))
+
+    run = backup_now(ctx)
+
+    assert run.status is RunStatus.FAILED
+    jobs = {j.target: j for j in ctx.store.list_jobs(run.run_id)}
+    assert jobs["1002"].status is JobStatus.DONE
+    failed = jobs["1001"]
+    assert failed.status is JobStatus.FAILED
+    assert "did not finish within 0.01 minutes" in (failed.error or "")
+    assert (failed.remote_id or "?") in (failed.error or "")
+    manifest = json.loads(local.store.read(run.manifest_key or ""))
+    assert [j["collection"] for j in manifest["jobs"] if j["status"] == "failed"] == ["1001"]
+
+
+def test_expired_link_and_cut_download_are_retried(local: LocalBackup,
+                                                   minapp_emulator: MinAppEmulator) -> None:
+    minapp_emulator.add_table(1001, records(3000))
+    minapp_emulator.expire_next_links(1)
+    minapp_emulator.truncate_downloads(1)
+    ctx = local.context(local.config(local.minapp_source(minapp_emulator)))
+
+    run = backup_now(ctx)
+
+    assert run.status is RunStatus.SUCCEEDED
+    (job,) = ctx.store.list_jobs(run.run_id)
+    assert job.result is not None
+    assert_export_equals_records(local.store.read(job.result.key),
+                                 minapp_emulator.records(1001), "json")
+    assert minapp_emulator.download_statuses.count(403) == 1
+    assert len(our_jobs(minapp_emulator, 1001)) == 1
