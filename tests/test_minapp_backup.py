@@ -367,3 +367,18 @@ def test_expired_link_and_cut_download_are_retried(local: LocalBackup,
                                  minapp_emulator.records(1001), "json")
     assert minapp_emulator.download_statuses.count(403) == 1
     assert len(our_jobs(minapp_emulator, 1001)) == 1
+
+
+def test_json_export_that_is_not_json_lines_is_never_stored(
+        local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
+    minapp_emulator.json_array_exports = True
+    minapp_emulator.add_table(1001, records(30))
+    config = local.config(local.minapp_source(minapp_emulator))
+    ctx = local.context(config)
+
+    run = backup_now(ctx)
+
+    (job,) = ctx.store.list_jobs(run.run_id)
+    assert job.status is JobStatus.FAILED
+    assert "not one JSON object per line (it starts with '[')" in (job.error or "")
+    assert local.store.list(f"{config.destination.prefix}/runs/{run.run_id}/app") == []

@@ -259,7 +259,10 @@ def csv_columns(records: Iterable[dict[str, Any]]) -> list[str]:
 
 
 def _write_export(out: io.TextIOBase, records: list[dict[str, Any]], file_type: str,
-                  headers: list[str] | None = None) -> int:
+                  headers: list[str] | None = None, json_array: bool = False) -> int:
+    if file_type == "json" and json_array:
+        out.write(json.dumps(records, ensure_ascii=False))
+        return len(records)
     if file_type == "json":
         for record in records:
             out.write(_jsonl_line(record))
@@ -383,6 +386,9 @@ class MinAppEmulator:
         self.link_ttl = link_ttl
         self.job_window = job_window
         self.max_export_rows = max_export_rows
+        # The docs do not show the JSON layout; JSON Lines is assumed. True writes one JSON
+        # array instead, to prove a wrong assumption stops a backup rather than miscounts it.
+        self.json_array_exports = False
         self.port = port
         self.base_url = ""
         self.calls: collections.Counter[str] = collections.Counter()
@@ -604,7 +610,7 @@ class MinAppEmulator:
         path = os.path.join(self._tmpdir, f"{job.job_id}.{job.file_type}")
         with open(path, "w", encoding="utf-8", newline="") as out:
             count = _write_export(out, records, job.file_type,
-                                  job.options.get("csv_customize_headers"))
+                                  job.options.get("csv_customize_headers"), self.json_array_exports)
         with self._lock:
             job.data_path = path
             job.records = count

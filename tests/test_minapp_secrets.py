@@ -1,0 +1,67 @@
+"""MinApp's client secret, sign-in codes, access and refresh tokens and signed download
+links never reach a log line, a stored error or a manifest, even when things go wrong."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+
+from scripts.emulators.minapp import MinAppEmulator
+from scripts.sample_data import make_docs
+from shared.logs import configure_logging
+from tests.support.backup import LocalBackup
+from tests.support.minapp import CLIENT_SECRET, backup_jumping
+
+LEAKS = [
+    re.compile(r"[?&]sign=(?!\[redacted\])"),
+    re.compile(r"[?&]code=(?!\[redacted\])"),
+    re.compile(r"Bearer (?!\[redacted\])"),
+]
+
+
+def assert_clean(text: str, secrets: list[str]) -> None:
+    assert CLIENT_SECRET not in text
+    for secret in secrets:
+        assert secret not in text
+    for pattern in LEAKS:
+        assert not pattern.search(text), pattern.pattern
+
+
+def test_logs_state_and_manifests_hold_no_minapp_secrets(
+        local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
+    captured = io.StringIO()
+    configure_logging(logging.DEBUG, stream=captured)
+    rows = [{k: v for k, v in d.items() if k != "_id"} for d in make_docs(900)]
+    minapp_emulator.add_table(1001, rows)
+    minapp_emulator.add_table(1002, rows[:5])
+    minapp_emulator.max_export_rows = 500
+    minapp_emulator.job_window = 0.05
+    # 4040 does not exist: its job fails, so an error is stored
+    tables = [{"id": 1001, "split": {"key": "created_at", "rows_per_part": 400}}, 1002, 4040]
+    config = local.config(local.minapp_source(minapp_emulator, tables=tables,
+                                              max_export_rows=500))
+    backup_jumping(local.context(config), key="one")
+    minapp_emulator.expire_tokens()
+    minapp_emulator.expire_next_links(1)
+    minapp_emulator.truncate_downloads(1)
+    minapp_emulator.lose_create_answers(1)
+    minapp_emulator.inject("job", 503)
+    ctx = local.context(config)
+
+    run = backup_jumping(ctx, key="two")
+
+    logs = captured.getvalue()
+    secrets = minapp_emulator.issued_tokens()
+    assert len(secrets) >= 6  # two sign-ins: codes, access and refresh tokens
+    assert "HTTP Request" in logs and "/api/oauth2/authorize/" in logs  # httpx's URL lines
+    assert_clean(logs, secrets)
+    jobs = ctx.store.list_jobs(run.run_id)
+    assert [j.target for j in jobs if j.status.value == "failed"] == ["4040"]
+    assert minapp_emulator.download_statuses.count(403) == 1
+    assert_clean(json.dumps([j.model_dump(mode="json") for j in jobs]), secrets)
+    for obj in local.store.list(config.destination.prefix):
+        if obj.key.endswith(".json"):
+            assert_clean(local.store.read(obj.key).decode(), secrets)
+    assert set(minapp_emulator.download_authorization) == {None}
