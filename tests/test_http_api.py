@@ -1,0 +1,525 @@
+"""The HTTP API through the real trigger handler (functions/trigger/index.py) with API
+Gateway events, against the local setup (WeChat emulator, moto S3, SQLite). Every
+answer is checked against docs/openapi.yaml on the way."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from openapi_schema_validator import OAS31Validator
+from openapi_spec_validator import validate as validate_spec
+
+import shared.http_api
+from scripts.sample_data import make_docs
+from shared.app import build_context
+from shared.config import load_config
+from shared.http_api import MAX_BODY_BYTES, ROUTES, TOKEN_ENV
+from shared.local_server import LocalApiServer
+from shared.pipeline import Context
+from shared.state import open_store
+from tests.support.backup import ENV_ID, SECRET, LocalBackup, drive
+from tests.test_idempotency import load_handler
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC = yaml.safe_load((ROOT / "docs" / "openapi.yaml").read_text(encoding="utf-8"))
+TOKEN = "test-api-token-0a1b2c3d4e5f6a7b8c9d"
+
+
+# helpers shared with test_status_page.py ----------------------------------------------
+def _schema_validator(schema: dict[str, Any]) -> OAS31Validator:
+    # the components ride along so that "#/components/schemas/..." resolves
+    return OAS31Validator({**schema, "components": SPEC["components"]})
+
+
+def _spec_path(path: str) -> str:
+    """The OpenAPI path template a concrete path belongs to."""
+    for template in SPEC["paths"]:
+        regex = "^" + re.sub(r"\\\{\w+\\\}", "[^/]+", re.escape(template)) + "/?$"
+        if re.match(regex, path.split("?", maxsplit=1)[0]):
+            return str(template)
+    raise AssertionError(f"{path} is not in docs/openapi.yaml")
+
+
+def check_against_spec(method: str, path: str, response: dict[str, Any]) -> None:
+    """The status is documented for the route and a JSON body validates against its schema."""
+    status = str(response["statusCode"])
+    headers = {k.lower(): v for k, v in response["headers"].items()}
+    try:
+        operation = SPEC["paths"][_spec_path(path)][method.lower()]
+    except (AssertionError, KeyError):
+        assert status in ("404", "405", "503", "413", "400"), (method, path, status)
+        assert json.loads(response["body"]).keys() == {"error", "field"}
+        return
+    documented = operation["responses"].get(status)
+    assert documented is not None, f"{method} {path} answered {status}, not in docs/openapi.yaml"
+    if "$ref" in documented:
+        documented = SPEC["components"]["responses"][documented["$ref"].rsplit("/", 1)[1]]
+    content_type = headers["content-type"].split(";")[0]
+    assert content_type in documented["content"], (method, path, status, content_type)
+    if content_type == "application/json":
+        _schema_validator(documented["content"][content_type]["schema"]).validate(
+            json.loads(response["body"]))
+    for name in documented.get("headers", {}):
+        assert name.lower() in headers, f"{method} {path} {status} lacks header {name}"
+
+
+def api_event(method: str, path: str, *, token: str | None = TOKEN, body: Any = None,
+              raw_body: str | None = None, headers: dict[str, str] | None = None,
+              query: dict[str, Any] | None = None, base64_body: bool = False,
+              api_path: str = "/") -> dict[str, Any]:
+    """An API Gateway event as SCF delivers it (see API-NOTES.md)."""
+    text = raw_body if raw_body is not None else ("" if body is None else json.dumps(body))
+    all_headers = {"host": "service-test.gz.apigw.tencentcs.com", "user-agent": "pytest"}
+    if body is not None:
+        all_headers["content-type"] = "application/json"
+    if token is not None:
+        all_headers["authorization"] = f"Bearer {token}"
+    all_headers.update(headers or {})
+    if base64_body:
+        text = base64.b64encode(text.encode()).decode()
+    return {
+        "httpMethod": method, "path": path, "headers": all_headers,
+        "queryString": query or {}, "queryStringParameters": query or {}, "pathParameters": {},
+        "body": text, "isBase64Encoded": base64_body,
+        "requestContext": {"serviceId": "service-test", "path": api_path, "httpMethod": method,
+                           "requestId": "req-1", "sourceIp": "203.0.113.9", "stage": "release"},
+    }
+
+
+@dataclass
+class Api:
+    local: LocalBackup
+    config_path: Path
+
+    def __post_init__(self) -> None:
+        self.trigger = load_handler("trigger")
+
+    def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any, dict[str, str]]:
+        response = self.trigger.main_handler(api_event(method, path, **kwargs), None)
+        assert response["isBase64Encoded"] is False
+        mount = kwargs.get("api_path", "/").rstrip("/")
+        check_against_spec(method, path.removeprefix(mount) or "/", response)
+        headers = {k.lower(): v for k, v in response["headers"].items()}
+        body = response["body"]
+        if headers["content-type"].startswith("application/json"):
+            body = json.loads(body)
+        return response["statusCode"], body, headers
+
+    def context(self) -> Context:
+        return build_context(load_config(self.config_path), environ=self.local.environ)
+
+    def runs(self) -> list[Any]:
+        return open_store(self.local.state_url).list_runs(100)
+
+    def exports(self) -> int:
+        return len(self.local.emulator.export_jobs())
+
+
+def deploy(local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Api:
+    """Config file and environment as SCF gives them to the trigger: two sources."""
+    local.seed("orders", make_docs(20))
+    local.seed("users", make_docs(5, prefix="u"))
+    config = local.config(local.wechat_source(collections=["orders", "users"]),
+                          local.wechat_source(name="archive", collections=["orders"], file_type="csv"))
+    document: dict[str, Any] = json.loads(config.model_dump_json())
+    for source in document["sources"]:
+        source["secret"] = "${WECHAT_SECRET}"
+    for name in ("secret_id", "secret_key"):
+        document["destination"].pop(name, None)
+    path = tmp_path / "backup.yaml"
+    path.write_text(yaml.safe_dump(document, allow_unicode=True), encoding="utf-8")
+    monkeypatch.setenv("BAAS_BACKUP_CONFIG", str(path))
+    for name, value in local.environ.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    return Api(local, path)
+
+
+@pytest.fixture
+def api(local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Api:
+    return deploy(local, tmp_path, monkeypatch)
+
+
+def finish_run(api: Api, run_id: str) -> None:
+    run = api.context().store.get_run(run_id)
+    assert run is not None
+    drive(api.context(), run)
+
+
+# the contract -------------------------------------------------------------------------
+def test_openapi_document_is_valid_and_matches_the_routes() -> None:
+    validate_spec(SPEC)
+    routed = {(route.pattern, method.lower()) for route in ROUTES for method in route.methods}
+    documented = {(path, method) for path, item in SPEC["paths"].items() for method in item
+                  if method in ("get", "post", "put", "patch", "delete", "head", "options")}
+    assert routed == documented
+
+
+# auth -----------------------------------------------------------------------------------
+DATA_ROUTES = [("GET", "/runs"), ("POST", "/runs"), ("GET", "/runs/20261121T020000Z-1a2b3c4d")]
+EVERY_ROUTE = [("GET", "/"), *DATA_ROUTES]
+
+
+@pytest.mark.parametrize("value", [None, "", "   ", "short-token"])
+def test_every_route_is_closed_without_a_configured_token(
+    api: Api, monkeypatch: pytest.MonkeyPatch, value: str | None
+) -> None:
+    if value is None:
+        monkeypatch.delenv(TOKEN_ENV)
+    else:
+        monkeypatch.setenv(TOKEN_ENV, value)
+    for method, path in [*EVERY_ROUTE, ("GET", "/nowhere")]:
+        for token in (TOKEN, value or None, None):
+            status, body, _ = api.call(method, path, token=token, body={} if method == "POST" else None)
+            assert status == 503, (method, path)
+            assert TOKEN_ENV in body["error"] and "set" in body["error"]
+    # an oversized body is refused as closed too, not parsed first
+    status, body, _ = api.call("POST", "/runs", raw_body="x" * (MAX_BODY_BYTES * 2))
+    assert status == 503
+    assert api.runs() == [] and api.exports() == 0
+
+
+@pytest.mark.parametrize("method,path", DATA_ROUTES)
+def test_data_routes_refuse_a_missing_or_wrong_token(api: Api, method: str, path: str) -> None:
+    attempts: list[dict[str, Any]] = [
+        {"token": None},
+        {"token": "wrong-token-of-some-length-0000"},
+        {"token": TOKEN[:-1]},
+        {"token": TOKEN + "x"},
+        {"token": None, "headers": {"authorization": f"Basic {TOKEN}"}},
+        {"token": None, "headers": {"authorization": "Bearer "}},
+        {"token": None, "query": {"token": TOKEN}},  # only the header counts
+    ]
+    for attempt in attempts:
+        status, body, headers = api.call(method, path, body={} if method == "POST" else None, **attempt)
+        assert status == 401, attempt
+        assert headers["www-authenticate"].startswith("Bearer")
+        assert body["field"] == "Authorization"
+        assert TOKEN not in json.dumps(body)
+    assert api.runs() == [] and api.exports() == 0
+
+
+def test_wrong_token_is_named_invalid(api: Api) -> None:
+    _, body, headers = api.call("GET", "/runs", token="wrong-token-of-some-length-0000")
+    assert 'error="invalid_token"' in headers["www-authenticate"]
+    assert "wrong" in body["error"]
+    _, body, headers = api.call("GET", "/runs", token=None)
+    assert "invalid_token" not in headers["www-authenticate"]
+    assert "Authorization: Bearer" in body["error"]
+
+
+def test_the_bearer_scheme_is_case_insensitive(api: Api) -> None:
+    status, _, _ = api.call("GET", "/runs", token=None, headers={"Authorization": f"bearer {TOKEN}"})
+    assert status == 200
+
+
+# POST /runs ----------------------------------------------------------------------------
+def test_post_runs_backs_up_everything(api: Api) -> None:
+    status, body, headers = api.call("POST", "/runs")
+
+    assert status == 202 and body["created"] is True
+    assert body["status_url"] == f"/runs/{body['run_id']}"
+    assert headers["cache-control"] == "no-store"
+    finish_run(api, body["run_id"])
+    status, run, _ = api.call("GET", body["status_url"])
+    assert status == 200
+    assert run["status"] == "succeeded" and run["trigger"] == "http"
+    assert {(j["source"], j["collection"]) for j in run["jobs"]} == {
+        ("shop", "orders"), ("shop", "users"), ("archive", "orders")}
+    for job in run["jobs"]:
+        assert job["status"] == "done"
+        assert job["records"] == (5 if job["collection"] == "users" else 20)
+        assert job["bytes"] > 0 and len(job["sha256"]) == 64
+        assert job["object_keys"] and job["object_keys"][0].startswith(f"backups/runs/{run['run_id']}/")
+        assert api.local.store.read(job["object_keys"][0])  # the key names a real object
+        assert job["duration_seconds"] >= 0
+    assert run["totals"] == {"jobs": 3, "done": 3, "failed": 0, "records": 45,
+                             "bytes": sum(j["bytes"] for j in run["jobs"])}
+    assert run["jobs_by_status"]["done"] == 3
+    assert run["manifest_key"] and api.local.store.read(run["manifest_key"])
+
+
+def test_post_runs_with_a_subset(api: Api) -> None:
+    _, by_source, _ = api.call("POST", "/runs", body={"sources": ["archive"]})
+    _, by_collection, _ = api.call("POST", "/runs", body={"collections": {"shop": ["users"]}})
+    _, both, _ = api.call("POST", "/runs", body={"sources": ["shop", "archive"],
+                                                 "collections": {"shop": ["orders"]}})
+
+    def targets(run_id: str) -> set[tuple[str, str]]:
+        _, run, _ = api.call("GET", f"/runs/{run_id}")
+        return {(j["source"], j["collection"]) for j in run["jobs"]}
+
+    assert targets(by_source["run_id"]) == {("archive", "orders")}
+    assert targets(by_collection["run_id"]) == {("shop", "users")}
+    assert targets(both["run_id"]) == {("shop", "orders"), ("archive", "orders")}
+    assert api.exports() == 4
+    _, run, _ = api.call("GET", f"/runs/{by_source['run_id']}")
+    assert run["sources"] == ["archive"]
+
+
+def test_post_runs_answers_quickly_and_leaves_the_rest_to_the_poller(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shared.http_api, "HTTP_START_BUDGET_SECONDS", 1e-9)
+
+    status, body, _ = api.call("POST", "/runs")
+
+    assert status == 202 and api.exports() == 0  # recorded, nothing started yet
+    _, run, _ = api.call("GET", body["status_url"])
+    assert run["jobs_by_status"]["pending"] == 3
+    finish_run(api, body["run_id"])
+    assert api.call("GET", body["status_url"])[1]["status"] == "succeeded"
+
+
+def test_a_resend_with_the_same_idempotency_key_returns_the_same_run(api: Api) -> None:
+    key = {"Idempotency-Key": "3f1c7a52-5b1e-4f59-9d1d-4a0b6c7e8f90"}
+    body = {"collections": {"shop": ["orders"]}}
+
+    first = api.call("POST", "/runs", body=body, headers=key)
+    again = api.call("POST", "/runs", body=body, headers=key)
+
+    assert first[0] == again[0] == 202
+    assert first[1]["created"] is True and again[1]["created"] is False
+    assert first[1]["run_id"] == again[1]["run_id"]
+    assert api.exports() == 1 and len(api.runs()) == 1
+    assert api.runs()[0].idempotency_key == f"http:{key['Idempotency-Key']}"
+    # the same key for another request is refused, not merged into the first run
+    status, conflict, _ = api.call("POST", "/runs", body={"sources": ["archive"]}, headers=key)
+    assert status == 409 and conflict["field"] == "Idempotency-Key"
+    assert first[1]["run_id"] in conflict["error"]
+    # without a key every POST is a new run
+    assert api.call("POST", "/runs", body=body)[1]["run_id"] != api.call("POST", "/runs", body=body)[1]["run_id"]
+    assert api.exports() == 3 and len(api.runs()) == 3
+
+
+@pytest.mark.parametrize("body,field,words", [
+    ({"sources": ["shop", "crm"]}, "sources[1]", ["'crm'", "shop, archive"]),
+    ({"collections": {"crm": ["orders"]}}, "collections.crm", ["'crm'", "shop, archive"]),
+    ({"collections": {"shop": ["orders", "payments"]}}, "collections.shop[1]",
+     ["'payments'", "orders, users"]),
+    ({"sources": ["archive"], "collections": {"shop": ["orders"]}}, "collections.shop",
+     ["not in sources"]),
+])
+def test_unknown_sources_and_collections_name_the_configured_ones(
+    api: Api, body: dict[str, Any], field: str, words: list[str]
+) -> None:
+    status, answer, _ = api.call("POST", "/runs", body=body)
+
+    assert status == 400 and answer["field"] == field
+    for word in words:
+        assert word in answer["error"]
+    assert api.runs() == [] and api.exports() == 0
+
+
+@pytest.mark.parametrize("kwargs,status,field,words", [
+    ({"raw_body": '{"sources": ["shop"'}, 400, "body", ["not valid JSON", "line 1"]),
+    ({"raw_body": '["shop"]'}, 400, "body", ["JSON object"]),
+    ({"raw_body": "null"}, 400, "body", ["JSON object"]),
+    ({"body": {"sources": "shop"}}, 400, "sources", ["valid list", '"shop"']),
+    ({"body": {"sources": [1]}}, 400, "sources[0]", ["valid string"]),
+    ({"body": {"collections": {"shop": "orders"}}}, 400, "collections.shop", ["valid list"]),
+    ({"body": {"collections": ["orders"]}}, 400, "collections", ["valid dictionary"]),
+    ({"body": {"source": ["shop"]}}, 400, "source", ["unknown field", "'sources'"]),
+    ({"body": {"sources": []}}, 400, "sources", ["must not be empty"]),
+    ({"body": {"collections": {}}}, 400, "collections", ["must not be empty"]),
+    ({"raw_body": '{"sources": ["shop"]}', "headers": {"content-type": "text/plain"}}, 415,
+     "Content-Type", ["JSON"]),
+    ({"raw_body": "not base64!", "base64_body": False, "headers": {}}, 400, "body", ["JSON"]),
+    ({"body": {}, "headers": {"Idempotency-Key": "has spaces in it"}}, 400, "Idempotency-Key",
+     ["visible ASCII"]),
+    ({"body": {}, "headers": {"Idempotency-Key": "k" * 201}}, 400, "Idempotency-Key", ["200"]),
+    ({"raw_body": json.dumps({"sources": ["shop"], "pad": "x" * MAX_BODY_BYTES})}, 413, "body",
+     ["limit is 16384"]),
+    ({"raw_body": json.dumps({"pad": "x" * MAX_BODY_BYTES}), "base64_body": True}, 413, "body",
+     ["limit"]),
+])
+def test_malformed_requests_start_nothing(
+    api: Api, kwargs: dict[str, Any], status: int, field: str, words: list[str]
+) -> None:
+    answer_status, answer, _ = api.call("POST", "/runs", **kwargs)
+
+    assert answer_status == status, answer
+    assert answer["field"] == field
+    for word in words:
+        assert word in answer["error"]
+    assert api.runs() == [] and api.exports() == 0
+
+
+def test_bodies_in_base64_and_undecodable_ones(api: Api) -> None:
+    status, body, _ = api.call("POST", "/runs", body={"sources": ["archive"]}, base64_body=True)
+    assert status == 202 and body["created"] is True
+
+    event = api_event("POST", "/runs", raw_body="%%% not base64 %%%")
+    event["isBase64Encoded"] = "true"  # some gateways send the flag as a string
+    answer = api.trigger.main_handler(event, None)
+    assert answer["statusCode"] == 400 and "base64" in json.loads(answer["body"])["error"]
+
+    event = api_event("POST", "/runs")
+    event["body"] = base64.b64encode(b'{"sources": ["\xff"]}').decode()
+    event["isBase64Encoded"] = True
+    answer = api.trigger.main_handler(event, None)
+    assert answer["statusCode"] == 400 and "UTF-8" in json.loads(answer["body"])["error"]
+    assert api.exports() == 1
+
+
+# GET /runs, GET /runs/{id} -------------------------------------------------------------------
+def test_runs_are_listed_newest_first_in_pages(api: Api) -> None:
+    started = [api.call("POST", "/runs", body={"sources": ["archive"]})[1]["run_id"] for _ in range(3)]
+
+    _, first, _ = api.call("GET", "/runs", query={"limit": "2"})
+    _, second, _ = api.call("GET", "/runs", query={"limit": "2", "before": first["next"]})
+    _, everything, _ = api.call("GET", "/runs")
+
+    newest_first = sorted(started, reverse=True)
+    assert [r["run_id"] for r in first["runs"]] == newest_first[:2]
+    assert first["next"] == newest_first[1]
+    assert [r["run_id"] for r in second["runs"]] == newest_first[2:]
+    assert second["next"] is None
+    assert [r["run_id"] for r in everything["runs"]] == newest_first and everything["next"] is None
+    assert all(r["totals"]["jobs"] == 1 and r["trigger"] == "http" for r in everything["runs"])
+
+
+@pytest.mark.parametrize("query,field", [
+    ({"limit": "0"}, "limit"), ({"limit": "101"}, "limit"), ({"limit": "ten"}, "limit"),
+    ({"limit": "-1"}, "limit"), ({"before": "yesterday"}, "before"), ({"page": "2"}, "page"),
+    ({"limit": ["1", "2"]}, "limit"),
+])
+def test_bad_list_parameters_are_named(api: Api, query: dict[str, Any], field: str) -> None:
+    status, body, _ = api.call("GET", "/runs", query=query)
+    assert status == 400 and body["field"] == field
+
+
+def test_an_unknown_run_is_404(api: Api) -> None:
+    for run_id in ("20261121T020000Z-1a2b3c4d", "not-a-run", "..%2F..%2Fetc"):
+        status, body, _ = api.call("GET", f"/runs/{run_id}")
+        assert status == 404 and body["field"] == "run_id"
+
+
+def test_a_failed_job_says_why_and_leaks_nothing(api: Api) -> None:
+    api.local.emulator.fail_export(
+        ENV_ID, "users",
+        "export crashed; log at https://cos.example.com/x.log?q-signature=abcdef0123456789&token=zzz")
+    _, started, _ = api.call("POST", "/runs", body={"sources": ["shop"]})
+    finish_run(api, started["run_id"])
+
+    _, run, _ = api.call("GET", f"/runs/{started['run_id']}")
+    _, listing, _ = api.call("GET", "/runs")
+
+    jobs = {j["collection"]: j for j in run["jobs"]}
+    assert run["status"] == "failed" and run["totals"]["failed"] == 1
+    assert jobs["orders"]["status"] == "done" and jobs["orders"]["error"] is None
+    assert jobs["users"]["status"] == "failed"
+    assert "export crashed" in jobs["users"]["error"]
+    assert jobs["users"]["object_keys"] == [] and jobs["users"]["records"] is None
+    everything = json.dumps([run, listing])
+    for secret in [SECRET, TOKEN, "abcdef0123456789", *api.local.emulator.issued_tokens()]:
+        assert secret not in everything
+    assert "access_token" not in everything and "q-sign" not in everything
+    for job in run["jobs"]:
+        assert not {"lease_owner", "checkpoint", "lease_until"} & job.keys()
+
+
+def test_errors_are_redacted_again_on_the_way_out(api: Api) -> None:
+    """Should an unredacted error ever reach the state table, the API still masks it."""
+    _, started, _ = api.call("POST", "/runs", body={"sources": ["archive"]})
+    store = api.context().store
+    (job,) = store.list_jobs(started["run_id"])
+    leaky = "retrying https://dl.example.com/f.json?sign=s3cr3t-link-0000 with access_token=tok-123456"
+    assert store.save_job(job.model_copy(update={"error": leaky})) is not None
+
+    _, run, _ = api.call("GET", f"/runs/{started['run_id']}")
+
+    error = run["jobs"][0]["error"]
+    assert "https://dl.example.com/f.json" in error
+    assert "s3cr3t-link-0000" not in error and "tok-123456" not in error
+
+
+# routing --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method,path,allow", [
+    ("DELETE", "/runs", "GET, POST"), ("PUT", "/runs/20261121T020000Z-1a2b3c4d", "GET"),
+    ("POST", "/", "GET"), ("PATCH", "/runs", "GET, POST"),
+])
+def test_a_wrong_method_is_405_with_allow(api: Api, method: str, path: str, allow: str) -> None:
+    status, body, headers = api.call(method, path)
+    assert status == 405 and headers["allow"] == allow and allow in body["error"]
+    assert api.runs() == []
+
+
+def test_an_unknown_path_is_404_listing_the_routes(api: Api) -> None:
+    status, body, _ = api.call("GET", "/admin", token=None)
+    assert status == 404 and "/runs/{run_id}" in body["error"]
+
+
+def test_the_api_can_be_mounted_below_a_path(api: Api) -> None:
+    status, body, _ = api.call("GET", "/backup/runs", api_path="/backup")
+    assert status == 200 and body == {"runs": [], "next": None}
+    status, page, _ = api.call("GET", "/backup", api_path="/backup", token=None)
+    assert status == 200 and "<html" in page
+
+
+def test_the_page_shell_is_served_without_the_token_and_without_data(api: Api) -> None:
+    _, started, _ = api.call("POST", "/runs", body={"sources": ["archive"]})
+
+    status, html, headers = api.call("GET", "/", token=None)
+
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    assert started["run_id"] not in html and "archive" not in html
+    assert '<meta name="viewport" content="width=device-width' in html
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html), "no external assets"
+    assert "sessionStorage" in html
+    csp = headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "connect-src 'self'" in csp
+    assert "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
+    assert headers["referrer-policy"] == "no-referrer"
+
+
+def test_an_invalid_config_is_reported_to_the_owner_only(api: Api) -> None:
+    api.config_path.write_text("destination: {bucket: b}\nsources: []\n", encoding="utf-8")
+
+    assert api.call("GET", "/runs", token=None)[0] == 401
+    status, body, _ = api.call("GET", "/runs")
+    assert status == 500 and "config" in body["error"] and "sources" in body["error"]
+
+
+# real HTTP --------------------------------------------------------------------------------------
+@pytest.fixture
+def server(api: Api) -> Iterator[str]:
+    local_server = LocalApiServer(lambda event: api.trigger.main_handler(event, None))
+    url = local_server.start()
+    try:
+        yield url
+    finally:
+        local_server.stop()
+
+
+def test_the_local_server_speaks_real_http(api: Api, server: str) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with httpx.Client(base_url=server, timeout=30) as client:
+        page = client.get("/")
+        started = client.post("/runs", json={"sources": ["archive"]},
+                              headers={**auth, "Idempotency-Key": "local-1"})
+        resent = client.post("/runs", json={"sources": ["archive"]},
+                             headers={**auth, "Idempotency-Key": "local-1"})
+        listed = client.get("/runs", params={"limit": 5}, headers=auth)
+        refused = client.get("/runs")
+        too_big = client.post("/runs", content=b"{" + b" " * (MAX_BODY_BYTES * 4) + b"}",
+                              headers={**auth, "Content-Type": "application/json"})
+        binary = client.post("/runs", content=b'{"sources": ["\xff"]}',
+                             headers={**auth, "Content-Type": "application/json"})
+
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert started.status_code == 202 and resent.json()["run_id"] == started.json()["run_id"]
+    assert listed.json()["runs"][0]["run_id"] == started.json()["run_id"]
+    assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Bearer")
+    assert too_big.status_code == 413 and too_big.json()["field"] == "body"
+    assert binary.status_code == 400 and "UTF-8" in binary.json()["error"]
+    assert api.exports() == 1
