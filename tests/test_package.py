@@ -177,7 +177,7 @@ def test_a_whole_backup_runs_through_the_packaged_handlers(
         "destination": local.destination.model_dump(exclude={"secret_id", "secret_key"}),
         "state": {"url": local.state_url},
         "timing": FAST_TIMING,
-        "dispatch": {"endpoint": "${TENCENTCLOUD_API}"},  # everything else: the deployed defaults
+        "dispatch": {"endpoint": "${TC_API_ENDPOINT}"},  # everything else: the deployed defaults
         "sources": [local.wechat_source(collections=list(docs))],
     }, allow_unicode=True), encoding="utf-8")
     environ = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "LANG": "C.UTF-8",
@@ -196,7 +196,7 @@ def test_a_whole_backup_runs_through_the_packaged_handlers(
         tencentcloud.add_key(ROLE["TENCENTCLOUD_SECRETID"], ROLE["TENCENTCLOUD_SECRETKEY"],
                              ROLE["TENCENTCLOUD_SESSIONTOKEN"], allow=["default/baas-backup-finisher"])
         tencentcloud.add_function("baas-backup-finisher", finisher_instance)
-        environ["TENCENTCLOUD_API"] = tencentcloud.url
+        environ["TC_API_ENDPOINT"] = tencentcloud.url
 
         trigger = Instance(code, "trigger", environ)
         started = trigger.call("trigger", timer("nightly"))
