@@ -1,0 +1,231 @@
+"""OneDB backups end to end: the emulator over real HTTP, the real COS SDK against moto,
+SQLite state, the pipeline's own poller and finisher (in-process here; killed processes
+are in test_onedb_resume.py)."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from scripts.emulators.onedb import OneDBEmulator, generated_row
+from shared.jobs import JobStatus
+from shared.logs import configure_logging
+from shared.pipeline import Context, finish, poll, start_run
+from tests.support.backup import LocalBackup, backup_now, drive
+from tests.support.onedb import APP, ENV_ID, KEY_SECRET, onedb_source
+
+POSTS = [
+    {"ids": {"userId": "u2", "postId": 1}, "columns": {"title": "第二个 🐼", "likes": 3}},
+    {"ids": {"userId": "u1", "postId": 10}, "columns": {"title": "ten\nlines", "likes": 0}},
+    {"ids": {"userId": "u1", "postId": 2}, "columns": {"title": "two", "likes": 7,
+                                                       "tags": ["a", {"b": None}]}},
+]
+SORTED_POSTS = [POSTS[2], POSTS[1], POSTS[0]]  # (userId, postId) ascending, numbers as numbers
+
+
+def _lines(local: LocalBackup, key: str) -> list[dict[str, Any]]:
+    data = local.store.read(key)
+    assert data == b"" or data.endswith(b"\n")
+    return [json.loads(line) for line in data.decode("utf-8").splitlines()]
+
+
+def _object_key(ctx: Context, run_id: str, target: str) -> str:
+    job = next(j for j in ctx.store.list_jobs(run_id) if j.target == target)
+    assert job.status is JobStatus.DONE, job.error
+    assert job.result is not None
+    return job.result.key
+
+
+def test_tables_are_backed_up_in_key_order(local: LocalBackup, onedb_emulator: OneDBEmulator) -> None:
+    onedb_emulator.add_table(ENV_ID, APP, "posts", ["userId", "postId"], POSTS)
+    onedb_emulator.add_generated_table(ENV_ID, APP, "events", 12_345)
+    onedb_emulator.add_table(ENV_ID, APP, "empty", ["id"], [])
+    source = onedb_source(local, onedb_emulator, tables=[
+        "events", {"name": "posts", "keys": ["userId", "postId"]}, {"name": "empty", "keys": ["id"]}])
+    ctx = local.context(local.config(source))
+    run = backup_now(ctx)
+    assert run.status.value == "succeeded"
+    assert _lines(local, _object_key(ctx, run.run_id, "posts")) == SORTED_POSTS
+    assert _lines(local, _object_key(ctx, run.run_id, "events")) == [
+        generated_row(i) for i in range(12_345)]
+    assert local.store.read(_object_key(ctx, run.run_id, "empty")) == b""
+    events = next(j for j in ctx.store.list_jobs(run.run_id) if j.target == "events")
+    assert events.result is not None and events.result.records == 12_345
+    assert events.progress_records == 12_345
+    manifest = json.loads(local.store.read(events.result.manifest_key))
+    assert manifest["platform"] == "onedb" and manifest["records"] == 12_345
+    assert manifest["sha256"] == events.result.sha256
+    assert onedb_emulator.calls["getMany"] >= 3 + 1 + 1  # 5000 rows a call
+
+
+def test_filter_and_get_columns(local: LocalBackup, onedb_emulator: OneDBEmulator) -> None:
+    onedb_emulator.add_generated_table(ENV_ID, APP, "events", 20_000)
+    onedb_emulator.page_cap = 3000  # short pages, some with no matching row at all
+    source = onedb_source(local, onedb_emulator, tables=[{
+        "name": "events", "getColumns": ["score", "city"],
+        "filter": {"conditionList": [{"column": "city", "symbol": "=", "value": "上海"},
+                                     {"column": "score", "symbol": "<", "value": 100}]}}])
+    ctx = local.context(local.config(source))
+    run = backup_now(ctx)
+    expected = []
+    for i in range(20_000):
+        row = generated_row(i)
+        if row["columns"]["city"] == "上海" and row["columns"]["score"] < 100:
+            expected.append({"ids": row["ids"], "columns": {
+                "score": row["columns"]["score"], "city": "上海"}})
+    assert 0 < len(expected) < 1000
+    assert _lines(local, _object_key(ctx, run.run_id, "events")) == expected
+
+
+def test_parts_budget_pauses_and_resumes_without_burning_attempts(
+    local: LocalBackup, onedb_emulator: OneDBEmulator
+) -> None:
+    """A finisher out of time parks what it read and leaves the job to the next one."""
+    onedb_emulator.add_generated_table(ENV_ID, APP, "events", 120_000)  # ~12 MB: 3 parts
+    onedb_emulator.latency = 0.02
+    source = onedb_source(local, onedb_emulator)
+    config = local.config(source, finish_budget_seconds=0.15)
+    config = config.model_copy(update={"destination": config.destination.model_copy(
+        update={"part_size_mb": 5})})
+    outcomes: list[str] = []
+
+    class Counting:
+        def dispatch(self, job_id: str) -> None:
+            outcomes.append(finish(ctx, job_id))
+
+    ctx = local.context(config, dispatcher=Counting())
+    run, _ = start_run(ctx, idempotency_key="budget", trigger="test")
+    run = drive(ctx, run)
+    assert run.status.value == "succeeded", [j.error for j in ctx.store.list_jobs(run.run_id)]
+    assert outcomes.count("paused") >= 3 and outcomes[-1] == "done"
+    job = ctx.store.list_jobs(run.run_id)[0]
+    assert job.attempts == 0
+    assert job.result is not None and job.result.objects[0].upload_parts == 3
+    assert _lines(local, job.result.key) == [generated_row(i) for i in range(120_000)]
+    assert local.store.head(job.result.key + ".parked") is None
+
+
+def test_transient_platform_errors_are_retried(local: LocalBackup, onedb_emulator: OneDBEmulator) -> None:
+    onedb_emulator.add_generated_table(ENV_ID, APP, "events", 11_000)
+    onedb_emulator.inject("busy", 2)
+    onedb_emulator.inject("http_502")
+    onedb_emulator.inject("drop")
+    onedb_emulator.inject("reject_token")  # signed again once
+    ctx = local.context(local.config(onedb_source(local, onedb_emulator)))
+    run = backup_now(ctx)
+    assert _lines(local, _object_key(ctx, run.run_id, "events")) == [
+        generated_row(i) for i in range(11_000)]
+
+
+def test_rate_limit_waits_without_failing(local: LocalBackup, onedb_emulator: OneDBEmulator) -> None:
+    onedb_emulator.add_generated_table(ENV_ID, APP, "events", 6_000)
+    onedb_emulator.inject("rate_limit", 4)  # more than max_attempts (3) tries
+    ctx = local.context(local.config(onedb_source(local, onedb_emulator)))
+    run = backup_now(ctx)
+    job = ctx.store.list_jobs(run.run_id)[0]
+    assert job.status is JobStatus.DONE, job.error
+    assert job.attempts == 0
+
+
+def _failed_with(local: LocalBackup, ctx: Context) -> str:
+    run = backup_now(ctx)
+    assert run.status.value == "failed"
+    job = ctx.store.list_jobs(run.run_id)[0]
+    assert job.status is JobStatus.FAILED
+    assert job.error is not None
+    manifest = json.loads(local.store.read(run.manifest_key or ""))
+    assert manifest["jobs"][0]["error"] == job.error
+    return job.error
+
+
+def test_missing_table_fails_with_what_to_fix(local: LocalBackup, onedb_emulator: OneDBEmulator) -> None:
+    ctx = local.context(local.config(onedb_source(local, onedb_emulator, tables=["orderz"])))
+    error = _failed_with(local, ctx)
+    assert "has no table 'orderz'" in error and "app_id" in error
+
+
+def test_wrong_key_secret_fails_after_one_fresh_token(local: LocalBackup, onedb_emulator: OneDBEmulator) -> None:
+    onedb_emulator.add_generated_table(ENV_ID, APP, "events", 10)
+    onedb_emulator.set_key_secret(ENV_ID, "key-2f9a41", "rotated-secret-000000")
+    ctx = local.context(local.config(onedb_source(local, onedb_emulator)))
+    error = _failed_with(local, ctx)
+    assert "freshly signed token was rejected too" in error and "key_secret" in error
+    assert KEY_SECRET not in error
+
+
+def test_key_without_cdb_permission(local: LocalBackup, onedb_emulator: OneDBEmulator) -> None:
+    onedb_emulator.add_key(ENV_ID, "key-no-cdb", KEY_SECRET, cdb=False)
+    onedb_emulator.add_generated_table(ENV_ID, APP, "events", 10)
+    ctx = local.context(local.config(onedb_source(local, onedb_emulator, keyid="key-no-cdb")))
+    assert "AppHub" in _failed_with(local, ctx)
+
+
+def test_wrong_primary_key_columns(local: LocalBackup, onedb_emulator: OneDBEmulator) -> None:
+    onedb_emulator.add_generated_table(ENV_ID, APP, "events", 10)
+    ctx = local.context(local.config(onedb_source(local, onedb_emulator, keys=["id"])))
+    error = _failed_with(local, ctx)
+    assert "keys (the primary key columns" in error and "userId" in error
+
+
+def test_no_secret_or_token_leaks(local: LocalBackup, onedb_emulator: OneDBEmulator) -> None:
+    onedb_emulator.add_generated_table(ENV_ID, APP, "events", 7_000)
+    onedb_emulator.inject("reject_token")
+    onedb_emulator.inject("busy")
+    logs = io.StringIO()
+    configure_logging(logging.DEBUG, stream=logs)
+    try:
+        ctx = local.context(local.config(onedb_source(local, onedb_emulator)))
+        run = backup_now(ctx)
+        onedb_emulator.set_key_secret(ENV_ID, "key-2f9a41", "another-secret-11111")
+        failed = backup_now(ctx, key="second")
+    finally:
+        logging.getLogger().handlers.clear()
+    assert run.status.value == "succeeded" and failed.status.value == "failed"
+    tokens = set(onedb_emulator.tokens)
+    assert len(tokens) >= 3
+    database = Path(local.state_url.removeprefix("sqlite:///"))
+    state = "".join(p.read_bytes().decode("utf-8", "replace")
+                    for p in database.parent.glob(database.name + "*"))  # with the WAL
+    manifests = "".join(local.store.read(o.key).decode() for o in local.store.list("")
+                        if o.key.endswith(".json"))
+    for where, text in (("logs", logs.getvalue()), ("state", state), ("manifests", manifests)):
+        assert KEY_SECRET not in text, where
+        for token in tokens:
+            assert token not in text, where
+
+
+def test_reclaim_after_progress_does_not_burn_attempts(
+    local: LocalBackup, onedb_emulator: OneDBEmulator
+) -> None:
+    """The poller hands out again a copy whose lease ran out; progress keeps the attempts."""
+    onedb_emulator.add_generated_table(ENV_ID, APP, "events", 10)
+
+    class Ignore:
+        def dispatch(self, job_id: str) -> None:
+            """The test plays the finisher itself."""
+
+    ctx = local.context(local.config(onedb_source(local, onedb_emulator), copy_lease_seconds=60),
+                        dispatcher=Ignore())
+    run, _ = start_run(ctx, idempotency_key="reclaim", trigger="test")
+    job = ctx.store.list_jobs(run.run_id)[0]
+    assert job.status is JobStatus.READY  # no export job: ready at once
+    stalled = ctx.store.save_job(job.moved_to(
+        JobStatus.COPYING, lease_owner="gone", lease_until=job.created_at,
+        next_check_at=job.created_at,
+        checkpoint={"paged": {"key": "k", "steps": 4, "steps_at_claim": 1}}))
+    assert stalled is not None
+    poll(ctx)
+    again = ctx.store.get_job(job.job_id)
+    assert again is not None and again.status is JobStatus.READY and again.attempts == 0
+    # The same again with no progress since the claim: that is a failed try.
+    stalled = ctx.store.save_job(again.moved_to(
+        JobStatus.COPYING, lease_owner="gone", lease_until=job.created_at,
+        next_check_at=job.created_at,
+        checkpoint={"paged": {"key": "k", "steps": 4, "steps_at_claim": 4}}))
+    assert stalled is not None
+    poll(ctx)
+    again = ctx.store.get_job(job.job_id)
+    assert again is not None and again.status is JobStatus.READY and again.attempts == 1

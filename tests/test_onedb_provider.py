@@ -1,0 +1,167 @@
+"""The OneDB provider against the emulator: signed tokens, paging, error classes."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import jwt
+import pytest
+
+from scripts.emulators.onedb import OneDBEmulator, generated_row
+from shared.config import OneDBSource, Timing, parse_config
+from shared.errors import Fatal, Retryable, RetryLater, TokenRejected
+from shared.logs import redact
+from shared.providers.base import PagedProvider
+from shared.providers.onedb import OneDBProvider, classify
+from tests.support.onedb import APP, ENV_ID, KEY_ID, KEY_SECRET
+
+TIMING = Timing(retry_base_seconds=0.01)
+
+
+def _source(emulator: OneDBEmulator, **overrides: Any) -> OneDBSource:
+    document = {
+        "destination": {"bucket": "b-1250000000", "region": "ap-guangzhou"},
+        "sources": [{"type": "onedb", "name": "crm", "region": "cn-east-1", "envid": ENV_ID,
+                     "keyid": KEY_ID, "key_secret": "${SECRET}", "app_id": APP,
+                     "keys": ["userId", "seq"], "tables": ["events"],
+                     "api_base": emulator.base_url, **overrides}],
+    }
+    source = parse_config(document, environ={"SECRET": KEY_SECRET}).sources[0]
+    assert isinstance(source, OneDBSource)
+    return source
+
+
+def _all_rows(provider: OneDBProvider, target: str = "events") -> list[Any]:
+    rows: list[Any] = []
+    cursor = None
+    while True:
+        page = provider.fetch_page(target, cursor)
+        rows.extend(page.rows)
+        if page.next_cursor is None:
+            return rows
+        cursor = page.next_cursor
+
+
+def test_is_a_paged_provider(onedb_emulator: OneDBEmulator) -> None:
+    provider = OneDBProvider(_source(onedb_emulator), TIMING)
+    assert isinstance(provider, PagedProvider)
+    assert provider.targets() == ["events"]
+    with pytest.raises(Fatal):
+        provider.start("events", "job")
+
+
+def test_pages_the_whole_key_range(onedb_emulator: OneDBEmulator) -> None:
+    onedb_emulator.add_generated_table(ENV_ID, APP, "events", 10_001)
+    provider = OneDBProvider(_source(onedb_emulator), TIMING)
+    assert _all_rows(provider) == [generated_row(i) for i in range(10_001)]
+    assert onedb_emulator.calls["getMany"] == 3  # 5000 rows a call
+    first = provider.request_for("events", None)
+    assert first["ids"] == {"userId": "CDB:tableMinId", "seq": "CDB:tableMinId"}
+    assert first["endIds"] == {"userId": "CDB:tableMaxId", "seq": "CDB:tableMaxId"}
+    assert first["orderType"] == "asc" and first["rowsLimit"] == 5000
+
+
+def test_tokens_are_short_lived_hs256_jwts_signed_again_before_expiry(
+    onedb_emulator: OneDBEmulator,
+) -> None:
+    onedb_emulator.add_generated_table(ENV_ID, APP, "events", 10)
+    provider = OneDBProvider(_source(onedb_emulator), TIMING, token_ttl=2, token_renew=1)
+    provider.fetch_page("events", None)
+    provider.fetch_page("events", None)
+    time.sleep(1.2)  # under a second left: the next call signs a new token
+    provider.fetch_page("events", None)
+    tokens = onedb_emulator.tokens
+    assert len(tokens) == 3 and tokens[0] == tokens[1] != tokens[2]
+    header = jwt.get_unverified_header(tokens[0])
+    assert header["alg"] == "HS256"
+    claims = jwt.decode(tokens[0], KEY_SECRET, algorithms=["HS256"])
+    assert claims["identity"] == "cdb" and claims["exp"] - claims["iat"] == 2
+    default = OneDBProvider(_source(onedb_emulator), TIMING)
+    default.fetch_page("events", None)
+    claims = jwt.decode(onedb_emulator.tokens[-1], KEY_SECRET, algorithms=["HS256"])
+    assert claims["exp"] - claims["iat"] <= 300
+    assert redact(f"token {onedb_emulator.tokens[-1]} and {KEY_SECRET}") == (
+        "token [redacted] and [redacted]")
+
+
+def test_a_rejected_token_is_signed_again_once(onedb_emulator: OneDBEmulator) -> None:
+    onedb_emulator.add_generated_table(ENV_ID, APP, "events", 10)
+    provider = OneDBProvider(_source(onedb_emulator), TIMING)
+    provider.fetch_page("events", None)
+    onedb_emulator.revoke_tokens()
+    assert len(provider.fetch_page("events", None).rows) == 10
+    assert len(set(onedb_emulator.tokens)) == 2
+    onedb_emulator.set_key_secret(ENV_ID, KEY_ID, "rotated-000000000")
+    with pytest.raises(Fatal, match="freshly signed token was rejected too"):
+        provider.fetch_page("events", None)
+
+
+def test_busy_is_retried_in_the_call(onedb_emulator: OneDBEmulator) -> None:
+    onedb_emulator.add_generated_table(ENV_ID, APP, "events", 10)
+    onedb_emulator.inject("busy")
+    onedb_emulator.inject("drop")
+    provider = OneDBProvider(_source(onedb_emulator), TIMING)
+    assert len(provider.fetch_page("events", None).rows) == 10
+    onedb_emulator.inject("busy", 3)
+    with pytest.raises(Retryable, match="busy"):
+        provider.fetch_page("events", None)
+
+
+def _answer(title: str) -> dict[str, Any]:
+    return {"errCode": 1, "type": "cdb/getMany", "title": title, "detail": "{}",
+            "instance": json.dumps({"requestId": "req-123"})}
+
+
+@pytest.mark.parametrize(("title", "kind", "says"), [
+    ("token无效 (invalid token)", TokenRejected, "req-123"),
+    ("jwt expired", TokenRejected, "jwt expired"),
+    ("该密匙未开通云数据库应用权限", Fatal, "AppHub"),
+    ("环境密匙不存在", Fatal, "fix keyid"),
+    ("环境不存在", Fatal, "fix envid or region"),
+    ("数据表不存在", Fatal, "has no table 'events'"),
+    ("请求过于频繁", RetryLater, "rate limited"),
+    ("系统繁忙，请稍后重试", Retryable, "busy"),
+    ("参数错误: rowsLimit", Fatal, "check its keys"),
+    ("something new", Retryable, "not a known OneDB error"),
+])
+def test_err_codes_are_classified(onedb_emulator: OneDBEmulator, title: str, kind: type,
+                                  says: str) -> None:
+    error = classify(_answer(title), _source(onedb_emulator), "events")
+    assert type(error) is kind and says in str(error)
+
+
+def test_rows_are_written_as_compact_json_lines(onedb_emulator: OneDBEmulator) -> None:
+    huge = 2**70  # beyond orjson: parsed and written by the standard library instead
+    rows = [{"ids": {"id": "a"}, "columns": {"t": "换行\n🐼", "big": huge, "f": 0.1}},
+            {"ids": {"id": "b"}, "columns": {}}]
+    onedb_emulator.add_table(ENV_ID, APP, "odd", ["id"], rows)
+    provider = OneDBProvider(_source(onedb_emulator, tables=[{"name": "odd", "keys": ["id"]}]),
+                             TIMING)
+    data = provider.encode_rows(provider.fetch_page("odd", None).rows)
+    assert data.decode("utf-8").splitlines() == [
+        '{"ids":{"id":"a"},"columns":{"t":"换行\\n🐼","big":1180591620717411303424,"f":0.1}}',
+        '{"ids":{"id":"b"},"columns":{}}',
+    ]
+    plain = provider.encode_rows([generated_row(0)])
+    assert plain == (json.dumps(generated_row(0), ensure_ascii=False, separators=(",", ":"))
+                     + "\n").encode()
+
+
+def test_a_cursor_that_does_not_move_stops_the_copy(onedb_emulator: OneDBEmulator) -> None:
+    onedb_emulator.add_generated_table(ENV_ID, APP, "events", 10_000)
+    provider = OneDBProvider(_source(onedb_emulator), TIMING)
+    cursor = provider.fetch_page("events", None).next_cursor
+    onedb_emulator.inject("stuck_cursor")
+    with pytest.raises(Fatal, match="nextId did not move"):
+        provider.fetch_page("events", cursor)
+
+
+def test_next_id_of_an_unknown_shape_stops_the_copy() -> None:
+    from shared.providers.onedb import _next_ids
+
+    with pytest.raises(Fatal, match="unknown shape"):
+        _next_ids({"id": "x"}, "events")
+    assert _next_ids(None, "events") is None
+    assert _next_ids({"ids": {"a": 1}}, "events") == {"a": 1}
