@@ -25,7 +25,6 @@ from shared.config import load_config
 from shared.http_api import MAX_BODY_BYTES, ROUTES, TOKEN_ENV
 from shared.local_server import LocalApiServer
 from shared.pipeline import Context
-from shared.state import open_store
 from tests.support.backup import ENV_ID, SECRET, LocalBackup, drive
 from tests.test_idempotency import load_handler
 
@@ -118,7 +117,7 @@ class Api:
         return build_context(load_config(self.config_path), environ=self.local.environ)
 
     def runs(self) -> list[Any]:
-        return open_store(self.local.state_url).list_runs(100)
+        return self.context().store.list_runs(100)
 
     def exports(self) -> int:
         return len(self.local.emulator.export_jobs())
