@@ -64,8 +64,10 @@ PRUNE = (
     "sqlalchemy/testing",  # SQLAlchemy's own test suite support
     "sqlalchemy/dialects/postgresql", "sqlalchemy/dialects/mssql",
     "sqlalchemy/dialects/oracle",  # state URLs are sqlite:// or mysql+pymysql://
+    "*/tests", "*/test",  # libraries' own tests
+    "**/*.pyi",  # type stubs
 )
-PRUNE_VERSION = 1  # bump when NOT_NEEDED/PRUNE change, so cached deps are rebuilt
+PRUNE_VERSION = 2  # bump when NOT_NEEDED/PRUNE change, so cached deps are rebuilt
 TARGET = {"python_version": "3.10", "sys_platform": "linux", "platform_system": "Linux",
           "platform_machine": "x86_64", "implementation_name": "cpython",
           "platform_python_implementation": "CPython", "os_name": "posix"}
