@@ -596,3 +596,125 @@ def test_command_line_prints_base_url_and_serves(tmp_path: Path) -> None:
     finally:
         process.terminate()
         assert process.wait(timeout=10) == 0
+
+
+# --------------------------------------------------------------------------- third-party platform
+
+COMPONENT = "wx00000000000000c1"
+COMPONENT_SECRET = "component-secret-123"
+TICKET = "ticket@@@current"
+OTHER_APPID = "wx1111111111111111"
+OTHER_ENV = "other-9z8y"
+
+
+@pytest.fixture
+def platform(api: Api) -> Api:
+    """`api`'s mini program and another one, both authorizing one platform."""
+    emulator = api.emulator
+    emulator.add_component(COMPONENT, COMPONENT_SECRET, TICKET)
+    emulator.add_app(OTHER_APPID, "unused-secret")
+    emulator.add_env(OTHER_APPID, OTHER_ENV)
+    emulator.add_collection(ENV, "orders", [{"_id": "o1", "n": 1}, {"_id": "o2", "n": 2}])
+    emulator.add_collection(OTHER_ENV, "users", [{"_id": "u1"}])
+    return api
+
+
+def component_token(api: Api, **overrides: Any) -> dict[str, Any]:
+    body = {"component_appid": COMPONENT, "component_appsecret": COMPONENT_SECRET,
+            "component_verify_ticket": TICKET, **overrides}
+    result: dict[str, Any] = api.client.post("/cgi-bin/component/api_component_token", json=body).json()
+    return result
+
+
+def authorizer_token(api: Api, component: str, appid: str, refresh: str) -> dict[str, Any]:
+    body = {"component_appid": COMPONENT, "authorizer_appid": appid,
+            "authorizer_refresh_token": refresh}
+    result: dict[str, Any] = api.client.post(
+        "/cgi-bin/component/api_authorizer_token",
+        params={"component_access_token": component}, json=body).json()
+    return result
+
+
+def test_component_token_needs_secret_and_a_current_ticket(platform: Api) -> None:
+    issued = component_token(platform)
+    assert issued["expires_in"] == 7200 and issued["component_access_token"]
+    assert component_token(platform, component_appsecret="x")["errcode"] == 40125
+    assert component_token(platform, component_verify_ticket="old")["errcode"] == 61006
+    assert component_token(platform, component_appid="wx9999999999999999")["errcode"] == 61011
+    platform.emulator.set_verify_ticket(COMPONENT, TICKET, expired=True)
+    assert component_token(platform)["errcode"] == 61005
+    platform.emulator.set_verify_ticket(COMPONENT, "ticket@@@new")
+    assert "component_access_token" in component_token(platform, component_verify_ticket="ticket@@@new")
+
+
+def test_componenttcb_calls_reach_only_authorized_mini_programs(platform: Api) -> None:
+    component = component_token(platform)["component_access_token"]
+    listing = platform.call("/componenttcb/dbcollection", {"env": ENV, "action": "get"}, component)
+    assert listing["errcode"] == 61003  # not authorized yet
+    platform.emulator.authorize(COMPONENT, APPID)
+
+    listing = platform.call("/componenttcb/dbcollection", {"env": ENV, "action": "get"}, component)
+    assert listing["total"] == 1 and [c["name"] for c in listing["collections"]] == ["orders"]
+    assert "pager" not in listing
+    by_query = platform.client.post("/componenttcb/dbcollection", json={"env": ENV},
+                                    params={"access_token": component, "action": "get"}).json()
+    assert by_query["total"] == 1
+    body = {"env": ENV, "file_path": "x.json", "file_type": 1, "query": "db.collection('orders').get()"}
+    job = platform.call("/componenttcb/dbexport", body, component)["job_id"]
+    states = [platform.call("/componenttcb/dbmigrationstate", {"env": ENV, "job_id": job},
+                            component)["status"] for _ in range(4)]
+    assert states == ["waiting", "migrating", "migrating", "success"]
+    # A component token is not an app token, and the other way round.
+    assert platform.call("/tcb/databasecollectionget", {"env": ENV}, component)["errcode"] == 48001
+    assert platform.call("/componenttcb/dbexport", body)["errcode"] == 48001
+    other = platform.call("/componenttcb/dbcollection", {"env": OTHER_ENV, "action": "get"}, component)
+    assert other["errcode"] == 61003
+
+
+def test_authorizer_token_from_refresh_token_works_on_tcb(platform: Api) -> None:
+    refresh = platform.emulator.authorize(COMPONENT, OTHER_APPID)
+    component = component_token(platform)["component_access_token"]
+    issued = authorizer_token(platform, component, OTHER_APPID, refresh)
+    assert issued["authorizer_refresh_token"] == refresh and issued["expires_in"] == 7200
+    token = issued["authorizer_access_token"]
+    listing = platform.call("/tcb/databasecollectionget", {"env": OTHER_ENV}, token)
+    assert [c["name"] for c in listing["collections"]] == ["users"]
+    assert platform.call("/tcb/databasecollectionget", {"env": ENV}, token)["errcode"] == 40097
+    assert platform.emulator.token_info(token)["kind"] == "authorizer"
+
+    assert authorizer_token(platform, component, OTHER_APPID, "wrong")["errcode"] == 61023
+    assert authorizer_token(platform, component, APPID, refresh)["errcode"] == 61003
+    assert authorizer_token(platform, platform.token, OTHER_APPID, refresh)["errcode"] == 48001
+    platform.emulator.rotate_refresh_tokens = True
+    rotated = authorizer_token(platform, component, OTHER_APPID, refresh)["authorizer_refresh_token"]
+    assert rotated != refresh
+    assert authorizer_token(platform, component, OTHER_APPID, refresh)["errcode"] == 61023
+    platform.emulator.revoke_authorization(COMPONENT, OTHER_APPID)
+    assert authorizer_token(platform, component, OTHER_APPID, rotated)["errcode"] == 61003
+
+
+def test_export_concurrency_limit_answers_501004_until_an_export_ends(api: Api) -> None:
+    for name in ("a", "b", "c"):
+        api.emulator.add_collection(ENV, name, [{"_id": name}])
+    api.emulator.export_concurrency_limit = 2
+    first, second = api.export("a"), api.export("b")
+    body = {"env": ENV, "file_path": "c.json", "file_type": 1, "query": "db.collection('c').get()"}
+    refused = api.call("/tcb/databasemigrateexport", body)
+    assert refused["errcode"] == -501004
+    assert api.emulator.running_exports(ENV) == 2
+    assert api.finish(first)["status"] == "success"
+    assert api.emulator.running_exports(ENV) == 1
+    assert api.call("/tcb/databasemigrateexport", body)["errcode"] == 0
+    assert api.finish(second)["status"] == "success"
+
+
+def test_listing_page_limit_and_token_info(api: Api) -> None:
+    api.emulator.max_listing_page = 10
+    assert api.call("/tcb/databasecollectionget", {"env": ENV, "limit": 11})["errcode"] == 40097
+    assert api.call("/tcb/databasecollectionget", {"env": ENV, "limit": 10})["errcode"] == 0
+    params = {"grant_type": "client_credential", "appid": APPID, "secret": SECRET}
+    legacy = api.client.get("/cgi-bin/token", params=params).json()["access_token"]
+    assert api.emulator.token_info(legacy)["revoke_at"] is None
+    api.client.get("/cgi-bin/token", params=params)
+    info = api.emulator.token_info(legacy)
+    assert info["valid"] and info["revoke_at"] is not None  # retired about 5 minutes later

@@ -6,6 +6,10 @@ to 127.0.0.1) that answers the calls a backup needs:
 - ``POST /cgi-bin/stable_token`` and the legacy ``GET /cgi-bin/token``;
 - ``POST /tcb/databasecollectionget``;
 - ``POST /tcb/databasemigrateexport`` and ``POST /tcb/databasemigratequeryinfo``;
+- third-party platforms: ``POST /cgi-bin/component/api_component_token``,
+  ``POST /cgi-bin/component/api_authorizer_token`` (refresh), and the component-token
+  calls ``POST /componenttcb/dbexport``, ``/componenttcb/dbmigrationstate`` and
+  ``/componenttcb/dbcollection`` (``action=get``); authorizer tokens work on ``/tcb/*``;
 - ``GET /_files/{job_id}/{file_path}?q-sign-...``: pre-signed, COS-style download
   links for finished exports, streamed from disk in 1 MiB chunks.
 
@@ -67,6 +71,7 @@ MAX_BODY = 16 * 1024 * 1024
 JSON_CONTENT_TYPE = "application/json; encoding=utf-8"
 
 FILES_PREFIX = "/_files/"
+AUTHORIZER_TOKEN = "/cgi-bin/component/api_authorizer_token"
 FILES_CALL_KEY = "/_files"
 
 
@@ -444,8 +449,8 @@ def _xml_escape(text: str) -> str:
 @dataclass
 class _Token:
     value: str
-    appid: str
-    kind: str  # "stable" or "legacy"
+    appid: str  # the mini program's, or the platform's for a component token
+    kind: str  # "stable", "legacy", "component" or "authorizer"
     expires_at: float
     revoked: bool = False
     revoke_at: float | None = None
@@ -466,6 +471,22 @@ class _App:
     tcb_enabled: bool
     stable_token: str | None = None
     legacy_token: str | None = None
+
+
+@dataclass
+class _Component:
+    """A third-party platform and the mini programs that authorized it."""
+
+    appid: str
+    secret: str
+    ticket: str
+    ticket_expired: bool = False
+    refresh_tokens: dict[str, str] = field(default_factory=dict)  # authorizer appid -> token
+
+
+APP_TOKEN_KINDS = frozenset({"stable", "legacy", "authorizer"})
+COMPONENT_PATHS = ("/componenttcb/dbexport", "/componenttcb/dbmigrationstate", "/componenttcb/dbcollection")
+FINAL_STATUSES = frozenset({"success", "fail"})
 
 
 @dataclass
@@ -501,6 +522,11 @@ class _Job:
     data_path: str | None = None
     record_count: int = 0
     error: str | None = None
+
+    @property
+    def running(self) -> bool:
+        """Holds an export slot until its end (success or fail) has been reported."""
+        return self.status not in FINAL_STATUSES
 
 
 @dataclass(frozen=True)
@@ -544,6 +570,12 @@ class WeChatEmulator:
       time with a freshly signed ``file_url`` valid ``link_ttl`` seconds.
     - ``calls`` counts requests per path; every download counts under ``"/_files"``.
     - Collections are listed sorted by name.
+    - ``export_concurrency_limit``: at most this many exports run at once per environment
+      (an export runs until its end has been reported); one more is refused with
+      ``export_limit_errcode`` (-501004), like the real platform's concurrency limit.
+    - ``max_listing_page``: a collection listing asking for more is refused (40097).
+    - ``rotate_refresh_tokens``: ``api_authorizer_token`` hands back a new refresh token
+      each time and the old one stops working.
     """
 
     def __init__(
@@ -558,12 +590,18 @@ class WeChatEmulator:
         self.token_ttl = token_ttl
         self.link_ttl = link_ttl
         self.port = port
+        self.export_concurrency_limit: int | None = None
+        self.export_limit_errcode = -501004
+        self.max_listing_page: int | None = None
+        self.rotate_refresh_tokens = False
         self.base_url = ""
         self.calls: collections.Counter[str] = collections.Counter()
         self._lock = threading.RLock()
         self._apps: dict[str, _App] = {}
         self._envs: dict[str, _Env] = {}
         self._tokens: dict[str, _Token] = {}
+        self._components: dict[str, _Component] = {}
+        self._created_while_listing: dict[str, list[str]] = {}
         self._jobs: dict[int, _Job] = {}
         self._next_job_id = 100_000_001
         self._injections: dict[str, collections.deque[_Injection]] = {}
@@ -633,6 +671,44 @@ class WeChatEmulator:
     def add_app(self, appid: str, secret: str, *, tcb_enabled: bool = True) -> None:
         with self._lock:
             self._apps[appid] = _App(appid, secret, tcb_enabled)
+
+    def add_component(self, component_appid: str, secret: str, verify_ticket: str) -> None:
+        """A third-party platform with its appsecret and current component_verify_ticket."""
+        with self._lock:
+            self._components[component_appid] = _Component(component_appid, secret, verify_ticket)
+
+    def set_verify_ticket(self, component_appid: str, ticket: str, *, expired: bool = False) -> None:
+        """WeChat pushed a new ticket (or the current one ran out: ``expired=True``)."""
+        with self._lock:
+            component = self._components[component_appid]
+            component.ticket, component.ticket_expired = ticket, expired
+
+    def authorize(self, component_appid: str, appid: str) -> str:
+        """The mini program ``appid`` (added with ``add_app``) authorizes the platform;
+        returns its authorizer_refresh_token."""
+        with self._lock:
+            if appid not in self._apps:
+                raise KeyError(f"unknown appid {appid!r}: call add_app first")
+            refresh = f"refreshtoken@@@{secrets.token_urlsafe(32)}"
+            self._components[component_appid].refresh_tokens[appid] = refresh
+            return refresh
+
+    def revoke_authorization(self, component_appid: str, appid: str) -> None:
+        with self._lock:
+            self._components[component_appid].refresh_tokens.pop(appid, None)
+
+    def token_info(self, value: str) -> dict[str, Any]:
+        """What the emulator knows about an issued token (kind, appid, whether and when it
+        stops working), for tests about who breaks whose token."""
+        with self._lock:
+            token = self._tokens[value]
+            problem = token.problem(time.time())
+            return {"kind": token.kind, "appid": token.appid, "valid": problem is None,
+                    "revoke_at": token.revoke_at, "expires_at": token.expires_at}
+
+    def running_exports(self, env: str) -> int:
+        with self._lock:
+            return sum(1 for job in self._jobs.values() if job.env == env and job.running)
 
     def add_env(self, appid: str, env: str) -> None:
         with self._lock:
@@ -735,10 +811,17 @@ class WeChatEmulator:
         with self._lock:
             self._expire_links_left += times
 
-    def clear_faults(self) -> None:
-        """Forget injected errcodes, failing exports, misreported counts, truncations and
-        doomed links."""
+    def create_while_listing(self, env: str, names: list[str]) -> None:
+        """The next listing page answered for ``env`` is followed at once by the creation of
+        these (empty) collections: the environment changes while a client pages through it."""
         with self._lock:
+            self._created_while_listing.setdefault(env, []).extend(names)
+
+    def clear_faults(self) -> None:
+        """Forget injected errcodes, failing exports, misreported counts, truncations,
+        doomed links and pending collection creations."""
+        with self._lock:
+            self._created_while_listing.clear()
             self._injections.clear()
             self._failing.clear()
             self._count_deltas.clear()
@@ -784,7 +867,7 @@ class WeChatEmulator:
                 return None
             return queue.popleft()
 
-    def _issue_token(self, app: _App, kind: str, now: float) -> _Token:
+    def _issue_token(self, app: _App | _Component, kind: str, now: float) -> _Token:
         token = _Token(_token_value(), app.appid, kind, now + self.token_ttl)
         self._tokens[token.value] = token
         return token
@@ -823,15 +906,29 @@ class WeChatEmulator:
                 "/tcb/databasecollectionget": self._api_collection_get,
                 "/tcb/databasemigrateexport": self._api_export,
                 "/tcb/databasemigratequeryinfo": self._api_query_info,
+                "/componenttcb/dbexport": self._api_export,
+                "/componenttcb/dbmigrationstate": self._api_query_info,
+                "/componenttcb/dbcollection": self._api_component_collections,
             }
-            if path != "/cgi-bin/stable_token" and path not in handlers:
+            token_calls: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+                "/cgi-bin/stable_token": self._api_stable_token,
+                "/cgi-bin/component/api_component_token": self._api_component_token,
+            }
+            if path not in token_calls and path not in handlers and path != AUTHORIZER_TOKEN:
                 return 404, {"errcode": 404, "errmsg": f"no such api {path}"}
             if method != "POST":
                 raise _ApiError(43002, "require POST method")
-            if path == "/cgi-bin/stable_token":
-                return 200, self._api_stable_token(self._json_body(body))
-            app = self._check_token(params)
+            if path in token_calls:
+                return 200, token_calls[path](self._json_body(body))
+            if path == AUTHORIZER_TOKEN:
+                return 200, self._api_authorizer_token(params, self._json_body(body))
             payload = self._json_body(body)
+            if "action" in params and "action" not in payload:  # dbcollection takes it either way
+                payload["action"] = params["action"][0]
+            if path in COMPONENT_PATHS:
+                app = self._component_target(self._check_token(params, {"component"}), payload)
+            else:
+                app = self._apps[self._check_token(params, APP_TOKEN_KINDS).appid]
             if not app.tcb_enabled:
                 raise _ApiError(85088, "no qbase privilege")
             result = handlers[path](app, payload)
@@ -851,18 +948,76 @@ class WeChatEmulator:
             raise _ApiError(47001, "data format error")
         return payload
 
-    def _check_token(self, params: dict[str, list[str]]) -> _App:
-        value = (params.get("access_token") or [""])[0]
+    def _check_token(
+        self, params: dict[str, list[str]], kinds: frozenset[str] | set[str], name: str = "access_token"
+    ) -> _Token:
+        value = (params.get(name) or [""])[0]
         if not value:
-            raise _ApiError(41001, "access_token missing")
+            raise _ApiError(41001, f"{name} missing")
         with self._lock:
             token = self._tokens.get(value)
             if token is None:
-                raise _ApiError(40014, "invalid access_token")
+                raise _ApiError(40014, f"invalid {name}")
             problem = token.problem(time.time())
             if problem is not None:
                 raise problem
-            return self._apps[token.appid]
+            if token.kind not in kinds:
+                raise _ApiError(48001, "api unauthorized")
+            return token
+
+    def _component_target(self, token: _Token, payload: dict[str, Any]) -> _App:
+        """The mini program owning ``payload["env"]``, if it authorized the token's platform."""
+        with self._lock:
+            name = payload.get("env")
+            if name is None:
+                raise _missing("env")
+            env = self._envs.get(name) if isinstance(name, str) else None
+            if env is None:
+                raise _invalid(f"env {name} not found")
+            if env.appid not in self._components[token.appid].refresh_tokens:
+                raise _ApiError(61003, "component is not authorized by this account")
+            return self._apps[env.appid]
+
+    def _api_component_token(self, payload: dict[str, Any]) -> dict[str, Any]:
+        now = time.time()
+        with self._lock:
+            component = self._components.get(str(payload.get("component_appid") or ""))
+            if component is None:
+                raise _ApiError(61011, "invalid component")
+            secret = payload.get("component_appsecret")
+            if not isinstance(secret, str) or not hmac.compare_digest(component.secret, secret):
+                raise _ApiError(40125, "invalid appsecret")
+            ticket = payload.get("component_verify_ticket")
+            if not isinstance(ticket, str) or not hmac.compare_digest(component.ticket, ticket):
+                raise _ApiError(61006, "component ticket is invalid")
+            if component.ticket_expired:
+                raise _ApiError(61005, "component ticket is expired")
+            token = self._issue_token(component, "component", now)
+            return {"component_access_token": token.value, "expires_in": int(self.token_ttl)}
+
+    def _api_authorizer_token(
+        self, params: dict[str, list[str]], payload: dict[str, Any]
+    ) -> dict[str, Any]:
+        name = "component_access_token" if "component_access_token" in params else "access_token"
+        token = self._check_token(params, {"component"}, name)
+        now = time.time()
+        with self._lock:
+            component = self._components[token.appid]
+            if payload.get("component_appid") != component.appid:
+                raise _invalid("component_appid does not match the component_access_token")
+            appid = str(payload.get("authorizer_appid") or "")
+            current = component.refresh_tokens.get(appid)
+            if current is None:
+                raise _ApiError(61003, "component is not authorized by this account")
+            offered = payload.get("authorizer_refresh_token")
+            if not isinstance(offered, str) or not hmac.compare_digest(current, offered):
+                raise _ApiError(61023, "refresh_token is invalid")
+            if self.rotate_refresh_tokens:
+                current = f"refreshtoken@@@{secrets.token_urlsafe(32)}"
+                component.refresh_tokens[appid] = current
+            issued = self._issue_token(self._apps[appid], "authorizer", now)
+            return {"authorizer_access_token": issued.value, "expires_in": int(self.token_ttl),
+                    "authorizer_refresh_token": current}
 
     def _check_app(self, appid: Any, secret: Any, grant_type: Any) -> _App:
         if grant_type != "client_credential":
@@ -937,13 +1092,26 @@ class WeChatEmulator:
             raise _invalid(f"{name} must be an integer >= {minimum}")
         return value
 
-    def _api_collection_get(self, app: _App, payload: dict[str, Any]) -> dict[str, Any]:
+    def _api_component_collections(self, app: _App, payload: dict[str, Any]) -> dict[str, Any]:
+        """componenttcb/dbcollection: ``action`` get (default limit 20) answers ``total``."""
+        if payload.get("action") != "get":
+            raise _invalid("action must be get (add and del are not emulated)")
+        listing = self._api_collection_get(app, payload, default_limit=20)
+        return {"collections": listing["collections"], "total": listing["pager"]["Total"]}
+
+    def _api_collection_get(
+        self, app: _App, payload: dict[str, Any], default_limit: int = 10
+    ) -> dict[str, Any]:
         with self._lock:
             env = self._require_env(app, payload)
-            limit = self._int_param(payload, "limit", 10, 1)
+            limit = self._int_param(payload, "limit", default_limit, 1)
             offset = self._int_param(payload, "offset", 0, 0)
+            if self.max_listing_page is not None and limit > self.max_listing_page:
+                raise _invalid(f"limit must be at most {self.max_listing_page}")
             ordered = sorted(env.collections.values(), key=lambda c: c.name)
             page = ordered[offset : offset + limit]
+            for name in self._created_while_listing.pop(env.env, []):
+                env.collections[name] = _Collection(name, 0, 0, docs=[])  # after this page
             return {
                 "collections": [
                     {
@@ -982,6 +1150,11 @@ class WeChatEmulator:
             coll = env.collections.get(query.collection)
             if coll is None:
                 raise _ApiError(-502005, "database collection not exists")
+            limit = self.export_concurrency_limit
+            if limit is not None and sum(
+                1 for j in self._jobs.values() if j.env == env.env and j.running
+            ) >= limit:
+                raise _ApiError(self.export_limit_errcode, "exceed max concurrent export limit")
             if self._tmpdir is None:
                 raise _ApiError(-1, "system error")
             key = (env.env, coll.name)
