@@ -1,70 +1,52 @@
 """WeChat Cloud Development (CloudBase/TCB) over its HTTP API.
 
-Token from `cgi-bin/stable_token` (never the legacy `cgi-bin/token`, which breaks the
-user's other servers), export with `tcb/databasemigrateexport`, progress with
-`tcb/databasemigratequeryinfo`, then a download of the pre-signed `file_url`.
+Discovery with `tcb/databasecollectionget` (every run, for `collections: all`), export with
+`tcb/databasemigrateexport`, progress with `tcb/databasemigratequeryinfo`, then a download
+of the pre-signed `file_url`. A mini program reached through a third-party platform with the
+platform's component token uses the `componenttcb/*` equivalents instead. Where the token
+comes from is `wechat_tokens`' business; errcodes are classified in `wechat_api`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from shared.config import Timing, WeChatSource
-from shared.errors import Fatal, Forgotten, PlatformError, Retryable, RetryLater, TokenRejected
+from shared.errors import Fatal, Retryable, RetryLater
 from shared.http import describe_transport_error, make_client
-from shared.logs import register_secret
-from shared.providers.base import Progress, TokenCache, with_retries
+from shared.providers.base import Progress, TokenCache
+from shared.providers.wechat_api import InvalidRequest, WeChatApi
+from shared.providers.wechat_tokens import app_scope, app_token, platform_app_token
 
 log = logging.getLogger(__name__)
 
 FILE_TYPES = {"json": 1, "csv": 2}
-TOKEN_ERRCODES = {40001, 40014, 41001, 42001}
-BUSY_ERRCODES = {-1, -1000}
-LATER_ERRCODES = {-501003, -501004, -501015, 45009, 45011}
-INVALID_REQUEST_ERRCODES = {40097, 40101, 43002, 44002, 47001}
-TOKEN_EARLY_REFRESH = timedelta(minutes=5)
 DOWNLOAD_CHUNK = 1 << 20
-QUERY_INFO = "/tcb/databasemigratequeryinfo"
+LISTING_PAGE = 100  # collections asked for per listing call (WeChat's own default is 10 or 20)
+LISTING_TRIES = 3  # listings repeated while the environment changes under them
 
 
-def _errcode_error(path: str, errcode: int, errmsg: str, source: WeChatSource) -> PlatformError:
-    """Map a WeChat errcode to what the pipeline should do about it."""
-    where = f"WeChat {path} errcode {errcode} ({errmsg})"
-    if errcode in BUSY_ERRCODES:
-        return Retryable(f"{where}: platform busy, will retry")
-    if errcode in LATER_ERRCODES:
-        return RetryLater(f"{where}: quota or concurrency limit, will try again later")
-    if errcode in TOKEN_ERRCODES:
-        return TokenRejected(where)
-    if errcode == 40164:
-        return Fatal(
-            f"{where}: this function's outbound IP is not on the mini program's IP allow-list. "
-            "Give the SCF functions a fixed egress IP (VPC + NAT gateway, or SCF's fixed public "
-            "egress IP setting) and add it under WeChat console > Development > API IP allow-list"
-        )
-    if errcode in (40013, 40125, 41002, 41004):
-        return Fatal(f"{where}: appid or app secret of source {source.name!r} is wrong; fix them")
-    if errcode == 85088:
-        return Fatal(
-            f"{where}: cloud development is not enabled for appid {source.appid}; "
-            "enable it or fix the appid"
-        )
-    if errcode == -502005:
-        return Fatal(
-            f"{where}: the collection does not exist in env {source.env!r}; "
-            "create it or remove it from the source's collections"
-        )
-    if errcode == 40097 and path == QUERY_INFO:
-        return Forgotten(f"{where}: WeChat no longer knows this export job")
-    if errcode in INVALID_REQUEST_ERRCODES:
-        return Fatal(f"{where}: the request was rejected as invalid; check env and query")
-    return Fatal(f"{where}: not a known retryable error")
+@dataclass(frozen=True)
+class Routes:
+    """The same three operations, as plain TCB calls or as third-party platform calls."""
+
+    export: str
+    status: str
+    listing: str
+    listing_default_page: int
+    listing_action: bool  # componenttcb/dbcollection does several things; "get" lists
+
+
+TCB = Routes("/tcb/databasemigrateexport", "/tcb/databasemigratequeryinfo",
+             "/tcb/databasecollectionget", 10, listing_action=False)
+COMPONENT_TCB = Routes("/componenttcb/dbexport", "/componenttcb/dbmigrationstate",
+                       "/componenttcb/dbcollection", 20, listing_action=True)
 
 
 class WeChatProvider:
@@ -74,55 +56,138 @@ class WeChatProvider:
         cache: TokenCache,
         timing: Timing,
         client: httpx.Client | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self.source = source
         self.file_type = source.file_type
-        self._cache = cache
-        self._timing = timing
         self._http = client or make_client()
-        self._cache_key = f"wechat:stable_token:{source.appid}"
-        register_secret(source.secret.get_secret_value())
+        scope = app_scope(source)
+        if source.platform is None:
+            tokens, via_component = app_token(source, cache, self._http, scope), False
+        else:
+            tokens, via_component = platform_app_token(source, cache, self._http, scope, environ)
+        self.routes = COMPONENT_TCB if via_component else TCB
+        self._api = WeChatApi(source.api_base, tokens, scope, self._http,
+                              retry_base_seconds=timing.retry_base_seconds)
+        self._discovery: dict[str, Any] | None = None
+        self._starts_paused: str | None = None
 
-    # discovery and export ------------------------------------------------------
+    # discovery -------------------------------------------------------------------------
     def targets(self) -> list[str]:
-        return list(self.source.collections)
+        """The listed collections, or with `collections: all` every collection the
+        environment has right now that passes include/exclude."""
+        if self.source.collections != "all":
+            self._discovery = None
+            return list(self.source.collections)
+        found = self._list_collections()
+        chosen = [name for name in found if self.source.wanted(name)]
+        self._discovery = {
+            "found": found,
+            "excluded": [name for name in found if not self.source.wanted(name)],
+        }
+        log.info("collections discovered", extra={
+            "source": self.source.name, "found": len(found), "chosen": len(chosen)})
+        return chosen
 
+    def discovery(self) -> dict[str, Any] | None:
+        """What the last `targets()` found, for the run manifest (None: nothing discovered)."""
+        return self._discovery
+
+    def _list_collections(self) -> list[str]:
+        """Page until the reported total; a listing during which the environment changed
+        (collections created or dropped between pages) is taken again."""
+        page = LISTING_PAGE
+        for _ in range(LISTING_TRIES):
+            try:
+                names, consistent = self._one_listing(page)
+            except InvalidRequest as exc:
+                if page == self.routes.listing_default_page:
+                    raise
+                log.warning("WeChat refused the listing page size; using its default",
+                            extra={"reason": str(exc), "page": page})
+                page = self.routes.listing_default_page
+                names, consistent = self._one_listing(page)
+            if consistent:
+                return names
+            log.info("the collection list changed while it was read; reading it again")
+        raise Retryable(f"the collections of env {self.source.env!r} kept changing while "
+                        "being listed; will list them again")
+
+    def _one_listing(self, page: int) -> tuple[list[str], bool]:
+        names: list[str] = []
+        totals: set[int | None] = set()
+        offset = 0
+        while True:
+            answer = self._listing_page(offset, page)
+            items = answer.get("collections") or []
+            total = _total(answer)
+            totals.add(total)
+            names.extend(str(item["name"]) for item in items)
+            offset += len(items)
+            if not items or (total is not None and offset >= total) or (
+                    total is None and len(items) < page):
+                break
+        unique = list(dict.fromkeys(names))
+        consistent = len(totals) == 1 and (total is None or len(unique) == len(names) == total)
+        return unique, consistent
+
+    def _listing_page(self, offset: int, limit: int) -> dict[str, Any]:
+        body: dict[str, Any] = {"env": self.source.env, "limit": limit, "offset": offset}
+        params = None
+        if self.routes.listing_action:
+            body["action"] = "get"
+            params = {"action": "get"}
+        return self._api.call(self.routes.listing, body, params)
+
+    # export ------------------------------------------------------------------------------
     def query_for(self, target: str) -> str:
         default = f"db.collection({json.dumps(target, ensure_ascii=False)}).get()"
         return self.source.queries.get(target, default)
 
     def start(self, target: str, job_id: str) -> str:
+        """Begin an export. Once WeChat says its export quota or concurrency is used up, the
+        remaining starts of this invocation wait without asking until an export finishes."""
+        if self._starts_paused:
+            raise RetryLater(self._starts_paused)
         body = {
             "env": self.source.env,
             "file_path": f"baas-backup/{job_id}.{'csv' if self.file_type == 'csv' else 'json'}",
             "file_type": FILE_TYPES[self.file_type],
             "query": self.query_for(target),
         }
-        answer = self._call("/tcb/databasemigrateexport", body)
+        try:
+            answer = self._api.call(self.routes.export, body)
+        except RetryLater as exc:
+            self._starts_paused = (f"{exc} (no further exports started in env "
+                                   f"{self.source.env!r} until a running one finishes)")
+            raise
         job = answer.get("job_id")
         if job in (None, ""):
-            raise Retryable("WeChat databasemigrateexport answered without a job_id")
+            raise Retryable(f"WeChat {self.routes.export} answered without a job_id")
         return str(job)
 
+    def start_blocked(self) -> str | None:
+        """Why no export should be started now (WeChat's quota or concurrency limit was hit
+        in this invocation and no export has finished since), or None."""
+        return self._starts_paused
+
     def check(self, target: str, remote_id: str) -> Progress:
-        info = self._query_info(remote_id)
+        info = self._status(remote_id)
         status = info.get("status")
         if status in ("waiting", "migrating", "pending", "running"):
             return Progress("running")
+        self._starts_paused = None  # a slot is free again
+        message = info.get("error_msg") or info.get("err_msg") or "no message"
         if status == "success":
             failed = int(info.get("record_fail") or 0)
             if failed:
                 return Progress(
                     "failed",
-                    message=f"WeChat exported {target!r} with {failed} failed records: "
-                    f"{info.get('error_msg') or 'no message'}",
+                    message=f"WeChat exported {target!r} with {failed} failed records: {message}",
                 )
             return Progress("ready", expected_records=int(info.get("record_success") or 0))
         if status == "fail":
-            return Progress(
-                "failed",
-                message=f"WeChat export job {remote_id} failed: {info.get('error_msg') or 'no message'}",
-            )
+            return Progress("failed", message=f"WeChat export job {remote_id} failed: {message}")
         raise Retryable(f"WeChat export job {remote_id} has an unknown status {status!r}")
 
     def open(self, target: str, remote_id: str, part: int = 0) -> Iterator[bytes]:
@@ -152,90 +217,19 @@ class WeChatProvider:
                 return
         raise Retryable(f"WeChat gave an expired download link twice for export {remote_id}")
 
-    # platform calls ------------------------------------------------------------
-    def _query_info(self, remote_id: str) -> dict[str, Any]:
-        return self._call(QUERY_INFO, {"env": self.source.env, "job_id": int(remote_id)})
+    def _status(self, remote_id: str) -> dict[str, Any]:
+        return self._api.call(self.routes.status, {"env": self.source.env, "job_id": int(remote_id)})
 
     def _file_url(self, remote_id: str) -> str:
-        info = self._query_info(remote_id)
+        info = self._status(remote_id)
         url = info.get("file_url")
         if info.get("status") != "success" or not url:
             raise Retryable(f"WeChat export {remote_id} has no download link yet")
         return str(url)
 
-    def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST with the access token; busy answers are retried, a rejected token is
-        refreshed once."""
 
-        def attempt() -> dict[str, Any]:
-            try:
-                return self._post(path, body, self._token())
-            except TokenRejected:
-                rejected = self._cache.cache_get(self._cache_key, _now())
-                self._cache.cache_delete(self._cache_key)
-                log.warning("WeChat rejected the access token; fetching a new one once")
-                try:
-                    return self._post(path, body, self._token(avoid=rejected))
-                except TokenRejected as again:
-                    raise Fatal(f"{again}: a freshly issued token was rejected too") from None
-
-        return with_retries(
-            attempt, attempts=3, base_seconds=self._timing.retry_base_seconds
-        )
-
-    def _post(self, path: str, body: dict[str, Any], token: str) -> dict[str, Any]:
-        url = f"{self.source.api_base}{path}"
-        try:
-            response = self._http.post(url, params={"access_token": token}, json=body)
-        except httpx.TransportError as exc:
-            raise Retryable(f"WeChat {path}: {describe_transport_error(exc)}") from None
-        if response.status_code >= 500:
-            raise Retryable(f"WeChat {path}: HTTP {response.status_code}")
-        try:
-            answer: dict[str, Any] = response.json()
-        except ValueError:
-            raise Retryable(f"WeChat {path}: answer is not JSON (HTTP {response.status_code})") from None
-        errcode = int(answer.get("errcode") or 0)
-        if errcode:
-            raise _errcode_error(path, errcode, str(answer.get("errmsg", "")), self.source)
-        return answer
-
-    def _token(self, avoid: str | None = None) -> str:
-        cached = self._cache.cache_get(self._cache_key, _now())
-        if cached and cached != avoid:
-            register_secret(cached)
-            return cached
-        token, expires_in = self._fetch_token(force_refresh=False)
-        if token == avoid:
-            # stable_token hands back the same token while it thinks it valid; force once
-            token, expires_in = self._fetch_token(force_refresh=True)
-        expires_at = _now() + timedelta(seconds=expires_in) - TOKEN_EARLY_REFRESH
-        self._cache.cache_put(self._cache_key, token, expires_at)
-        return token
-
-    def _fetch_token(self, *, force_refresh: bool) -> tuple[str, int]:
-        body = {
-            "grant_type": "client_credential",
-            "appid": self.source.appid,
-            "secret": self.source.secret.get_secret_value(),
-            "force_refresh": force_refresh,
-        }
-        path = "/cgi-bin/stable_token"
-        try:
-            response = self._http.post(f"{self.source.api_base}{path}", json=body)
-        except httpx.TransportError as exc:
-            raise Retryable(f"WeChat {path}: {describe_transport_error(exc)}") from None
-        if response.status_code >= 500:
-            raise Retryable(f"WeChat {path}: HTTP {response.status_code}")
-        answer = response.json()
-        errcode = int(answer.get("errcode") or 0)
-        if errcode:
-            error = _errcode_error(path, errcode, str(answer.get("errmsg", "")), self.source)
-            raise Fatal(str(error)) if isinstance(error, TokenRejected) else error
-        token = str(answer["access_token"])
-        register_secret(token)
-        return token, int(answer.get("expires_in") or 7200)
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
+def _total(answer: dict[str, Any]) -> int | None:
+    """How many collections the environment has: `pager.Total` (tcb) or `total` (componenttcb)."""
+    pager = answer.get("pager")
+    value = pager.get("Total") if isinstance(pager, dict) else answer.get("total")
+    return int(value) if isinstance(value, (int, str)) and str(value).isdigit() else None
