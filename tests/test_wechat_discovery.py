@@ -1,0 +1,133 @@
+"""`collections: all`: every run lists the environment anew (include/exclude applied), the run
+manifest says what was found and left out, and a listing that fails is never silent."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from scripts.compare import assert_object_equals_docs
+from scripts.sample_data import make_docs
+from shared.jobs import JobStatus, Run, RunStatus
+from shared.pipeline import Context
+from tests.support.backup import ENV_ID, LocalBackup, backup_now
+
+LISTING = "/tcb/databasecollectionget"
+
+
+def run_manifest(local: LocalBackup, run: Run) -> dict[str, Any]:
+    manifest: dict[str, Any] = json.loads(local.store.read(run.manifest_key or ""))
+    return manifest
+
+
+def assert_backed_up(local: LocalBackup, ctx: Context, run: Run, expected: dict[str, list[Any]]) -> None:
+    jobs = {j.target: j for j in ctx.store.list_jobs(run.run_id)}
+    assert set(jobs) == set(expected)
+    for name, docs in expected.items():
+        result = jobs[name].result
+        assert jobs[name].status is JobStatus.DONE and result is not None, jobs[name].error
+        assert_object_equals_docs(local.store.read(result.key), docs, "json")
+
+
+def test_every_run_backs_up_the_collections_that_exist_then(local: LocalBackup) -> None:
+    data = {"orders": make_docs(30, seed=1), "商品 products": make_docs(5, seed=2, prefix="p"),
+            "users": make_docs(3, seed=3, prefix="u"), "tmp_import": make_docs(2, seed=4),
+            "tmp_old": []}
+    for name, docs in data.items():
+        local.seed(name, docs)
+    config = local.config(local.wechat_source(collections="all", exclude=["tmp_*"]))
+
+    first = backup_now(local.context(config), key="night-1")
+
+    kept = {name: docs for name, docs in data.items() if not name.startswith("tmp_")}
+    assert first.status is RunStatus.SUCCEEDED
+    assert_backed_up(local, local.context(config), first, kept)
+    discovery = run_manifest(local, first)["discovery"]["shop"]
+    assert discovery == {"found": sorted(data), "excluded": ["tmp_import", "tmp_old"]}
+
+    reviews = make_docs(7, seed=5, prefix="r")
+    local.seed("reviews", reviews)  # created during the day
+    ctx = local.context(config)
+    second = backup_now(ctx, key="night-2")
+
+    assert second.status is RunStatus.SUCCEEDED
+    assert_backed_up(local, ctx, second, {**kept, "reviews": reviews})
+    assert "reviews" in run_manifest(local, second)["discovery"]["shop"]["found"]
+
+
+def test_include_patterns_and_a_query_for_a_discovered_collection(local: LocalBackup) -> None:
+    orders = make_docs(40, seed=1)
+    for name, docs in {"orders": orders, "orders_2024": make_docs(3), "users": make_docs(2),
+                       "logs": make_docs(2)}.items():
+        local.seed(name, docs)
+    source = local.wechat_source(
+        collections="all", include=["order*", "user?"], exclude=["*_2024"],
+        queries={"orders": "db.collection('orders').where({paid: true}).get()"})
+    ctx = local.context(local.config(source))
+
+    run = backup_now(ctx)
+
+    assert run.status is RunStatus.SUCCEEDED
+    assert_backed_up(local, ctx, run, {"orders": [d for d in orders if d["paid"]], "users": make_docs(2)})
+    assert run_manifest(local, run)["discovery"]["shop"]["excluded"] == ["logs", "orders_2024"]
+
+
+def test_listing_pages_until_the_total(local: LocalBackup) -> None:
+    for index in range(250):
+        local.seed(f"c{index:03d}", [{"_id": f"d{index}"}])
+    ctx = local.context(local.config(local.wechat_source(collections="all", include=["c00?"])))
+
+    run = backup_now(ctx)
+
+    assert run.status is RunStatus.SUCCEEDED
+    assert sorted(j.target for j in ctx.store.list_jobs(run.run_id)) == [f"c00{i}" for i in range(10)]
+    assert len(run_manifest(local, run)["discovery"]["shop"]["found"]) == 250
+    assert local.emulator.calls[LISTING] == 3  # pages of 100
+
+
+def test_a_refused_page_size_falls_back_to_wechats_default(local: LocalBackup) -> None:
+    for index in range(25):
+        local.seed(f"c{index:02d}", [])
+    local.emulator.max_listing_page = 10
+    ctx = local.context(local.config(local.wechat_source(collections="all")))
+
+    run = backup_now(ctx)
+
+    assert run.status is RunStatus.SUCCEEDED
+    assert len(ctx.store.list_jobs(run.run_id)) == 25
+    assert local.emulator.calls[LISTING] == 1 + 3  # the refused page, then 10 + 10 + 5
+
+
+def test_collections_created_while_listing_are_not_missed(local: LocalBackup) -> None:
+    for index in range(150):
+        local.seed(f"c{index:03d}", [])
+    # created right after the first page: they sort first, shifting every later offset
+    local.emulator.create_while_listing(ENV_ID, ["a-new-1", "a-new-2"])
+    ctx = local.context(local.config(local.wechat_source(collections="all", include=["a-*", "c149"])))
+
+    run = backup_now(ctx)
+
+    assert sorted(j.target for j in ctx.store.list_jobs(run.run_id)) == ["a-new-1", "a-new-2", "c149"]
+    assert len(run_manifest(local, run)["discovery"]["shop"]["found"]) == 152
+    assert local.emulator.calls[LISTING] == 2 + 2  # one inconsistent listing, then a clean one
+
+
+def test_a_source_that_cannot_be_listed_fails_the_run_while_others_are_backed_up(
+    local: LocalBackup,
+) -> None:
+    orders = make_docs(12)
+    local.seed("orders", orders)
+    local.emulator.inject_errcode(LISTING, 85088, times=10, errmsg="no qbase privilege")
+    config = local.config(local.wechat_source("listed"),
+                          local.wechat_source("discovering", collections="all"))
+    ctx = local.context(config)
+
+    run = backup_now(ctx)
+
+    assert run.status is RunStatus.FAILED
+    assert_backed_up(local, ctx, run, {"orders": orders})
+    manifest = run_manifest(local, run)
+    assert manifest["status"] == "failed"
+    assert "cloud development is not enabled" in manifest["discovery"]["discovering"]["error"]
+    assert manifest["summary"]["sources_not_listed"] == ["discovering"]
+    assert local.emulator.calls[LISTING] == 1  # a configuration error is not retried

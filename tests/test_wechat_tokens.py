@@ -1,0 +1,215 @@
+"""Who owns the access token. End to end over real HTTP, with "the user's other server"
+played by the test: it fetches its own tokens from the emulator and, for the external modes,
+serves them from a small token service on loopback."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+
+from scripts.compare import assert_object_equals_docs
+from scripts.sample_data import make_docs
+from shared.jobs import JobStatus, Run, RunStatus
+from shared.pipeline import Context
+from tests.support.backup import APPID, SECRET, LocalBackup, backup_now
+
+STABLE = "/cgi-bin/stable_token"
+LEGACY = "/cgi-bin/token"
+EXPORT = "/tcb/databasemigrateexport"
+SERVICE_KEY = "Bearer token-service-key-123"
+
+
+class TokenService:
+    """The user's token service: GET answers the token it currently holds."""
+
+    def __init__(self) -> None:
+        self.token = ""
+        self.requests: list[str | None] = []  # Authorization header of each request
+        service = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                service.requests.append(self.headers.get("Authorization"))
+                if self.headers.get("Authorization") != SERVICE_KEY:
+                    self.send_response(401)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                body = json.dumps({"access_token": service.token, "expires_in": 7000}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/wechat/{APPID}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def token_service() -> Iterator[TokenService]:
+    service = TokenService()
+    yield service
+    service.close()
+
+
+def users_server_token(local: LocalBackup, legacy: bool = False) -> str:
+    """What the mini program's own server does to get its token."""
+    base = local.emulator.base_url
+    if legacy:
+        params = {"grant_type": "client_credential", "appid": APPID, "secret": SECRET}
+        answer = httpx.get(f"{base}{LEGACY}", params=params).json()
+    else:
+        body = {"grant_type": "client_credential", "appid": APPID, "secret": SECRET}
+        answer = httpx.post(f"{base}{STABLE}", json=body).json()
+    token: str = answer["access_token"]
+    return token
+
+
+def only_job(ctx: Context, run: Run) -> Any:
+    (job,) = ctx.store.list_jobs(run.run_id)
+    return job
+
+
+def assert_orders_backed_up(local: LocalBackup, ctx: Context, run: Run, docs: list[dict[str, Any]]) -> None:
+    assert run.status is RunStatus.SUCCEEDED
+    job = only_job(ctx, run)
+    assert job.result is not None
+    assert_object_equals_docs(local.store.read(job.result.key), docs, "json")
+
+
+def test_default_stable_token_leaves_the_users_own_token_alone(local: LocalBackup) -> None:
+    docs = make_docs(20)
+    local.seed("orders", docs)
+    theirs = users_server_token(local, legacy=True)
+    ctx = local.context(local.config())
+
+    assert_orders_backed_up(local, ctx, backup_now(ctx), docs)
+
+    assert local.emulator.calls[STABLE] == 1 and local.emulator.calls[LEGACY] == 1  # theirs only
+    assert local.emulator.token_info(theirs)["revoke_at"] is None
+
+
+def test_legacy_token_works_but_retires_the_users_token(local: LocalBackup) -> None:
+    docs = make_docs(20)
+    local.seed("orders", docs)
+    theirs = users_server_token(local, legacy=True)
+    config = local.config(local.wechat_source(token="legacy_token"))
+    ctx = local.context(config)
+
+    assert_orders_backed_up(local, ctx, backup_now(ctx, key="one"), docs)
+    backup_now(local.context(config), key="two")  # the fetched token is cached and shared
+
+    assert local.emulator.calls[LEGACY] == 2 and local.emulator.calls[STABLE] == 0
+    # This is why it is never the default: the other server's token stops working soon.
+    assert local.emulator.token_info(theirs)["revoke_at"] is not None
+
+
+def test_token_from_the_environment_is_used_as_given(local: LocalBackup) -> None:
+    docs = make_docs(20)
+    local.seed("orders", docs)
+    local.environ["WECHAT_SHOP_TOKEN"] = users_server_token(local)
+    source = local.wechat_source(token={"access_token": "${WECHAT_SHOP_TOKEN}"})
+    del source["secret"]  # an external token needs no app secret
+    ctx = local.context(local.config(source))
+
+    assert_orders_backed_up(local, ctx, backup_now(ctx), docs)
+
+    assert local.emulator.calls[STABLE] == 1 and local.emulator.calls[LEGACY] == 0  # theirs
+
+
+def test_a_rejected_token_from_the_environment_fails_loudly(local: LocalBackup) -> None:
+    local.seed("orders", make_docs(5))
+    token = users_server_token(local)
+    local.environ["WECHAT_SHOP_TOKEN"] = token
+    local.emulator.invalidate_tokens()
+    ctx = local.context(local.config(local.wechat_source(token={"access_token": "${WECHAT_SHOP_TOKEN}"})))
+
+    run = backup_now(ctx)
+
+    job = only_job(ctx, run)
+    assert run.status is RunStatus.FAILED and job.status is JobStatus.FAILED
+    assert "never renews a token it does not own" in (job.error or "")
+    assert "40014" in (job.error or "") and token not in (job.error or "")
+    assert local.emulator.calls[STABLE] == 1 and local.emulator.calls[LEGACY] == 0
+    assert local.emulator.calls[EXPORT] == 1
+
+
+def test_token_from_the_users_token_service(local: LocalBackup, token_service: TokenService) -> None:
+    docs = make_docs(20)
+    local.seed("orders", docs)
+    token_service.token = users_server_token(local, legacy=True)
+    local.environ["TOKEN_SERVICE_KEY"] = SERVICE_KEY
+    source = local.wechat_source(token={"url": token_service.url, "authorization": "${TOKEN_SERVICE_KEY}"})
+    ctx = local.context(local.config(source))
+
+    assert_orders_backed_up(local, ctx, backup_now(ctx), docs)
+
+    assert token_service.requests and set(token_service.requests) == {SERVICE_KEY}
+    assert local.emulator.calls[LEGACY] == 1 and local.emulator.calls[STABLE] == 0  # theirs
+
+
+def test_a_rotation_by_the_token_service_is_followed(local: LocalBackup, token_service: TokenService) -> None:
+    docs = make_docs(20)
+    local.seed("orders", docs)
+    token_service.token = users_server_token(local)
+    local.environ["TOKEN_SERVICE_KEY"] = SERVICE_KEY
+    config = local.config(local.wechat_source(
+        token={"url": token_service.url, "authorization": "${TOKEN_SERVICE_KEY}"}))
+    ctx = local.context(config)  # one invocation: it holds the token it was given
+    backup_now(ctx, key="one")
+    asked = len(token_service.requests)
+    local.emulator.invalidate_tokens()  # their server rotated the token ...
+    token_service.token = users_server_token(local)  # ... and serves the new one
+
+    assert_orders_backed_up(local, ctx, backup_now(ctx, key="two"), docs)
+
+    assert len(token_service.requests) == asked + 1  # asked again once, after the rejection
+
+
+def test_a_token_service_serving_a_rejected_token_fails_loudly(
+    local: LocalBackup, token_service: TokenService,
+) -> None:
+    local.seed("orders", make_docs(5))
+    token_service.token = users_server_token(local)
+    local.emulator.invalidate_tokens()
+    local.environ["TOKEN_SERVICE_KEY"] = SERVICE_KEY
+    ctx = local.context(local.config(local.wechat_source(
+        token={"url": token_service.url, "authorization": "${TOKEN_SERVICE_KEY}"})))
+
+    run = backup_now(ctx)
+
+    error = only_job(ctx, run).error or ""
+    assert run.status is RunStatus.FAILED
+    assert "handed back the same token" in error and "never renews" in error
+    assert local.emulator.calls[STABLE] == 1  # theirs only
+
+
+def test_a_token_service_refusing_us_says_what_to_check(
+    local: LocalBackup, token_service: TokenService,
+) -> None:
+    local.seed("orders", make_docs(5))
+    local.environ["TOKEN_SERVICE_KEY"] = "Bearer wrong-key-456"
+    ctx = local.context(local.config(local.wechat_source(
+        token={"url": token_service.url + "?key=abc", "authorization": "${TOKEN_SERVICE_KEY}"})))
+
+    run = backup_now(ctx)
+
+    error = only_job(ctx, run).error or ""
+    assert run.status is RunStatus.FAILED
+    assert "answered HTTP 401" in error and "check the url and authorization" in error
+    assert "key=abc" not in error and "wrong-key" not in error
