@@ -108,7 +108,7 @@ def test_test_environment_is_chosen_by_env_id(local: LocalBackup,
 
 def test_one_job_per_minute_is_waited_for_not_duplicated(
         local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
-    minapp_emulator.job_window = 0.5
+    minapp_emulator.job_window = 1.5  # long enough that our first try surely falls inside
     minapp_emulator.add_table(1001, records(30))
     minapp_emulator.add_table(1002, records(10, prefix="u"))
     minapp_emulator.create_console_job(1001)  # someone just exported 1001 from the console

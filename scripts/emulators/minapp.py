@@ -410,7 +410,6 @@ class MinAppEmulator:
         self._status_denied: int | None = None
         self._truncate_left = 0
         self._expire_links_left = 0
-        self._doomed_signatures: collections.Counter[str] = collections.Counter()
         self._sign_key = secrets.token_bytes(20)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -565,7 +564,8 @@ class MinAppEmulator:
             return [*self._tokens, *self._refresh_tokens, *self._issued_codes]
 
     def expire_next_links(self, times: int = 1) -> None:
-        """The next ``times`` download links are refused as expired (403) once each."""
+        """The next ``times`` downloads with a valid link are refused as expired (403), as
+        when a link runs out between the status query and the download."""
         with self._lock:
             self._expire_links_left += times
 
@@ -618,14 +618,10 @@ class MinAppEmulator:
     def _sign(self, path: str, expires: int) -> str:
         return hmac.new(self._sign_key, f"{path}\n{expires}".encode(), hashlib.sha256).hexdigest()
 
-    def _download_url(self, job: _Job, *, doom: bool = True) -> str:
+    def _download_url(self, job: _Job) -> str:
         path = f"{FILES_PREFIX}{job.job_id}/{job.file_name}"
         expires = int(time.time() + self.link_ttl)
         signature = self._sign(path, expires)
-        with self._lock:
-            if doom and self._expire_links_left > 0:
-                self._expire_links_left -= 1
-                self._doomed_signatures[signature] += 1
         return f"{self.base_url}{quote(path)}?{urlencode({'e': expires, 'sign': signature})}"
 
     # ----------------------------------------------------------------- OAuth
@@ -733,12 +729,12 @@ class MinAppEmulator:
             return injected.status, injected.body
         return 201, {"status": "ok", "job_id": job.job_id}
 
-    def _job_info(self, job: _Job, status: str, *, doom: bool = True) -> dict[str, Any]:
+    def _job_info(self, job: _Job, status: str) -> dict[str, Any]:
         finished = status == "finish"
         return {
             "job_id": job.job_id, "status": status, "operation": "export",
             "file_name": job.file_name if finished else None, "file_type": job.file_type,
-            "download_url": self._download_url(job, doom=doom) if finished else None,
+            "download_url": self._download_url(job) if finished else None,
             "created_at": int(job.created_at), "updated_at": int(job.updated_at),
         }
 
@@ -771,7 +767,7 @@ class MinAppEmulator:
             jobs = sorted((j for j in self._jobs.values() if not j.forgotten
                            and j.table.table_id == table_id and j.table.env == env),
                           key=lambda j: j.created_at, reverse=True)
-            page = [self._job_info(j, j.status, doom=False) for j in jobs[offset:offset + limit]]
+            page = [self._job_info(j, j.status) for j in jobs[offset:offset + limit]]
         return {"meta": _meta(limit, offset, len(jobs)), "objects": page}
 
     def _records(self, env: str, table_id: str, params: dict[str, list[str]]) -> dict[str, Any]:
@@ -845,9 +841,9 @@ class MinAppEmulator:
                                                             self._sign(path, int(expires))):
             return 403, None, False
         with self._lock:
-            doomed = self._doomed_signatures[signature] > 0
+            doomed = self._expire_links_left > 0
             if doomed:
-                self._doomed_signatures[signature] -= 1
+                self._expire_links_left -= 1
             if doomed or int(expires) < time.time():
                 return 403, None, False
             job_id, _, name = path[len(FILES_PREFIX):].partition("/")

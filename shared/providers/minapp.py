@@ -49,7 +49,9 @@ LIST_OPTIONS = ("include_keys", "exclude_keys", "order_by", "csv_customize_heade
 RECENT_JOB_SECONDS = 90
 ADOPT_SKEW_SECONDS = 10  # our clock vs the platform's when adopting a job a lost answer made
 TOKEN_EARLY_REFRESH = timedelta(minutes=5)
-MARKER_TTL = timedelta(days=2)
+# Markers bridge the moment between creating a platform job and the pipeline recording
+# it (at most a poller's start claim, two minutes); an hour is plenty.
+MARKER_TTL = timedelta(hours=1)
 DOWNLOAD_CHUNK = 1 << 20
 STATUS_ACCESS_HINT = (
     "reading export job status through the API must be enabled in the MinApp console "
@@ -216,6 +218,8 @@ class MinAppProvider:
         if waiting is not None:
             self._start_part(target, handle, waiting)
         if all(p["done"] for p in parts):
+            for index in range(len(parts)):
+                self._cache.cache_delete(self._part_marker(handle["job"], index))
             return Progress("ready", part_records=[None] * len(parts), remote_id=_dump(handle))
         return Progress("running", remote_id=_dump(handle))
 
