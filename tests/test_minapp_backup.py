@@ -192,6 +192,31 @@ def test_table_over_the_row_limit_is_split_into_parts(
     assert manifest["records"] == 2600
 
 
+def test_split_keeps_the_tables_own_where_and_options(
+        local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
+    minapp_emulator.max_export_rows = 1000
+    minapp_emulator.job_window = 0.05
+    minapp_emulator.add_table(1001, records(2600))
+    table = {"id": 1001, "where": {"paid": {"$eq": True}}, "exclude_keys": ["items"],
+             "split": {"key": "id", "rows_per_part": 600}}
+    ctx = local.context(local.config(local.minapp_source(minapp_emulator, tables=[table],
+                                                         max_export_rows=1000)))
+
+    run = backup_jumping(ctx)
+
+    assert run.status is RunStatus.SUCCEEDED
+    (job,) = ctx.store.list_jobs(run.run_id)
+    assert job.result is not None and len(job.result.objects) > 2
+    wanted = sorted((r for r in minapp_emulator.records(1001) if r["paid"]), key=lambda r: r["id"])
+    expected = [{k: v for k, v in r.items() if k != "items"} for r in wanted]
+    found: list[dict[str, Any]] = []
+    for stored in job.result.objects:
+        lines = local.store.read(stored.key).decode().splitlines()
+        found.extend(sorted((json.loads(line) for line in lines), key=lambda r: r["id"]))
+    assert found == expected  # every paid record once, in key ranges, without `items`
+    assert all(j["options"]["exclude_keys"] == ["items"] for j in our_jobs(minapp_emulator, 1001))
+
+
 def test_split_on_a_key_with_too_many_equal_values_says_so(
         local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
     minapp_emulator.max_export_rows = 1000
