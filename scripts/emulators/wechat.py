@@ -1525,6 +1525,8 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--polls-until-ready", type=int, default=2)
     parser.add_argument("--token-ttl", type=int, default=7200)
     parser.add_argument("--link-ttl", type=int, default=3600)
+    parser.add_argument("--export-concurrency-limit", type=int, default=None,
+                        help="answer -501004 to exports beyond this many running per env")
     return parser
 
 
@@ -1536,6 +1538,7 @@ def main(argv: list[str] | None = None) -> int:
         link_ttl=args.link_ttl,
         port=args.port,
     )
+    emulator.export_concurrency_limit = args.export_concurrency_limit
     for spec in args.app:
         emulator.add_app(*_split_pair(spec, "APPID:SECRET"))
     for spec in args.disabled_app:
