@@ -376,11 +376,12 @@ def test_export_that_never_finishes_fails_at_its_deadline(
     assert [j["collection"] for j in manifest["jobs"] if j["status"] == "failed"] == ["1001"]
 
 
-def test_expired_link_and_cut_download_are_retried(local: LocalBackup,
+def test_expired_link_and_cut_download_are_retried_through_redirects(local: LocalBackup,
                                                    minapp_emulator: MinAppEmulator) -> None:
     minapp_emulator.add_table(1001, records(3000))
     minapp_emulator.expire_next_links(1)
     minapp_emulator.truncate_downloads(1)
+    minapp_emulator.redirect_downloads = True  # links that go through a CDN-like 302
     ctx = local.context(local.config(local.minapp_source(minapp_emulator)))
 
     run = backup_now(ctx)

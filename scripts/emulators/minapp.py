@@ -82,6 +82,7 @@ AUTHORIZE = "/api/oauth2/hydrogen/openapi/authorize/"
 AUTHORIZE_REDIRECT = "/api/oauth2/authorize/"
 ACCESS_TOKEN = "/api/oauth2/access_token/"
 FILES_PREFIX = "/_files/"
+CDN_PREFIX = "/_cdn/"  # a hop that redirects (302) to the file, like a CDN in front of it
 SESSION_COOKIE = "sessionid"
 ENV_HEADER = "X-Hydrogen-Env-ID"
 MAX_BODY = 16 * 1024 * 1024
@@ -389,6 +390,7 @@ class MinAppEmulator:
         # The docs do not show the JSON layout; JSON Lines is assumed. True writes one JSON
         # array instead, to prove a wrong assumption stops a backup rather than miscounts it.
         self.json_array_exports = False
+        self.redirect_downloads = False  # True: download links go through a 302 first
         self.port = port
         self.base_url = ""
         self.calls: collections.Counter[str] = collections.Counter()
@@ -622,7 +624,8 @@ class MinAppEmulator:
         path = f"{FILES_PREFIX}{job.job_id}/{job.file_name}"
         expires = int(time.time() + self.link_ttl)
         signature = self._sign(path, expires)
-        return f"{self.base_url}{quote(path)}?{urlencode({'e': expires, 'sign': signature})}"
+        shown = CDN_PREFIX + path[len(FILES_PREFIX):] if self.redirect_downloads else path
+        return f"{self.base_url}{quote(shown)}?{urlencode({'e': expires, 'sign': signature})}"
 
     # ----------------------------------------------------------------- OAuth
 
@@ -1004,6 +1007,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         body = self.rfile.read(length) if length else b""
         emulator = self.server.emulator
+        if split.path.startswith(CDN_PREFIX) and method == "GET":
+            location = FILES_PREFIX + split.path[len(CDN_PREFIX):] + "?" + split.query
+            self._send(302, b"", "text/plain", {"Location": location})
+            return
         if split.path.startswith(FILES_PREFIX):
             if method != "GET":
                 self._send(405, b"", "text/plain")

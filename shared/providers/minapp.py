@@ -149,8 +149,9 @@ class MinAppProvider:
         job = self._part_job(remote_id, part)
         for attempt in range(2):
             url = self._download_url(target, job)
-            # The link is signed and may point at another host: no token goes with it.
-            with self._http.stream("GET", url) as response:
+            # The link is signed and may point at (or redirect to) another host, such as
+            # a CDN: no token goes with it.
+            with self._http.stream("GET", url, follow_redirects=True) as response:
                 if response.status_code in (403, 404, 410) and attempt == 0:
                     log.info("download link refused; asking MinApp for a fresh one",
                              extra={"http_status": response.status_code})
