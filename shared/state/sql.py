@@ -1,18 +1,35 @@
-"""The state table on SQLAlchemy Core: SQLite embedded by default; the same statements
-serve a server database. Each row keeps its whole model as JSON plus the few columns
-that queries filter on, so new fields need no migration."""
+"""The state table on SQLAlchemy Core: SQLite for one machine, MySQL (TencentDB for MySQL,
+TDSQL-C) through PyMySQL for functions that share it. Each row keeps its whole model as
+JSON plus the few columns that queries filter on, so new fields need no migration.
+
+MySQL details that matter for correctness:
+- keys compare byte for byte (utf8mb4_bin): idempotency keys "A" and "a" are two runs, and
+  run ids order as in SQLite;
+- times are DOUBLE (a MySQL FLOAT would round an epoch timestamp to minutes);
+- a compare-and-set always bumps `version`, so `rowcount` (matched rows: SQLAlchemy sets the
+  FOUND_ROWS client flag for PyMySQL) is 1 exactly when the write won;
+- READ COMMITTED, pre-pinged pooled connections (SCF freezes a container between
+  invocations and the server drops idle connections), and a retry on deadlocks.
+"""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.dialects import mysql, sqlite
+from sqlalchemy.engine import Engine, make_url
 
 from shared.jobs import Job, JobStatus, Run, RunStatus
 
 _metadata = sa.MetaData()
+_MYSQL_TABLE: dict[str, Any] = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+_Doc = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql")  # TEXT stops at 64 KB on MySQL
 
 runs = sa.Table(
     "runs",
@@ -21,7 +38,8 @@ runs = sa.Table(
     sa.Column("idempotency_key", sa.String(255), nullable=False, unique=True),
     sa.Column("status", sa.String(16), nullable=False, index=True),
     sa.Column("version", sa.Integer, nullable=False),
-    sa.Column("doc", sa.Text, nullable=False),
+    sa.Column("doc", _Doc, nullable=False),
+    **_MYSQL_TABLE,
 )
 
 jobs = sa.Table(
@@ -30,10 +48,11 @@ jobs = sa.Table(
     sa.Column("job_id", sa.String(128), primary_key=True),
     sa.Column("run_id", sa.String(64), nullable=False, index=True),
     sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("next_check_at", sa.Float, nullable=False),
+    sa.Column("next_check_at", sa.Double, nullable=False),
     sa.Column("version", sa.Integer, nullable=False),
-    sa.Column("doc", sa.Text, nullable=False),
+    sa.Column("doc", _Doc, nullable=False),
     sa.Index("ix_jobs_due", "status", "next_check_at"),
+    **_MYSQL_TABLE,
 )
 
 cache = sa.Table(
@@ -41,10 +60,17 @@ cache = sa.Table(
     _metadata,
     sa.Column("key", sa.String(255), primary_key=True),
     sa.Column("value", sa.Text, nullable=False),
-    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Double, nullable=False),
+    **_MYSQL_TABLE,
 )
 
 _UNFINISHED = [s.value for s in JobStatus if not s.terminal]
+_MYSQL_RETRYABLE = {1213, 1205}  # deadlock found; lock wait timeout
+T = TypeVar("T")
+
+# One engine per server URL and process: a warm SCF container reuses its connections.
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
 
 
 def _sqlite_engine(url: str) -> Engine:
@@ -63,18 +89,78 @@ def _sqlite_engine(url: str) -> Engine:
     return engine
 
 
+def _mysql_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if "charset" not in parsed.query:
+        parsed = parsed.update_query_dict({"charset": "utf8mb4"})  # emoji in collection names
+    return sa.create_engine(
+        parsed,
+        pool_pre_ping=True,
+        pool_recycle=600,
+        pool_size=2,
+        max_overflow=8,
+        isolation_level="READ COMMITTED",
+        connect_args={"connect_timeout": 10},
+    )
+
+
+def _create_tables(engine: Engine) -> None:
+    """Create what is missing. Functions starting at once on a new database race here: the
+    loser's CREATE finds the table or index made after its check, and checks again (each
+    failure means another function got further, so a few rounds always suffice)."""
+    rounds = 2 * len(_metadata.tables) + 4
+    for attempt in range(rounds):
+        try:
+            _metadata.create_all(engine)
+            return
+        except sa.exc.DatabaseError as exc:
+            if "already exists" not in str(exc.orig) or attempt == rounds - 1:
+                raise
+
+
+def _engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = _sqlite_engine(url)  # a file: cheap to open, nothing to keep warm
+        _create_tables(engine)
+        return engine
+    with _engines_lock:
+        cached = _engines.get(url)
+        if cached is None:
+            cached = _engines[url] = _mysql_engine(url)
+            _create_tables(cached)
+        return cached
+
+
 class SqlStateStore:
     def __init__(self, url: str) -> None:
-        self.engine = _sqlite_engine(url) if url.startswith("sqlite") else sa.create_engine(url)
-        _metadata.create_all(self.engine)
+        self.engine = _engine(url)
+        self._mysql = self.engine.dialect.name == "mysql"
+
+    def __repr__(self) -> str:
+        return f"SqlStateStore({self.engine.url!r})"  # SQLAlchemy masks the password
+
+    def _retrying(self, action: Callable[[], T]) -> T:
+        """Run a transaction again when MySQL picked it as a deadlock victim."""
+        for attempt in range(5):
+            try:
+                return action()
+            except sa.exc.OperationalError as exc:
+                code = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
+                if not self._mysql or code not in _MYSQL_RETRYABLE or attempt == 4:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     # runs -----------------------------------------------------------------
     def create_run(self, run: Run, new_jobs: list[Job]) -> tuple[Run, bool]:
-        try:
+        def insert() -> None:
             with self.engine.begin() as conn:
                 conn.execute(runs.insert().values(**_run_row(run)))
                 if new_jobs:
                     conn.execute(jobs.insert(), [_job_row(j) for j in new_jobs])
+
+        try:
+            self._retrying(insert)
         except sa.exc.IntegrityError:
             with self.engine.connect() as conn:
                 doc = conn.execute(
@@ -103,13 +189,16 @@ class SqlStateStore:
     def save_run(self, run: Run) -> Run | None:
         stored = run.model_copy(update={"version": run.version + 1})
         row = _run_row(stored)
-        with self.engine.begin() as conn:
-            result = conn.execute(
-                runs.update()
-                .where(runs.c.run_id == run.run_id, runs.c.version == run.version)
-                .values(status=row["status"], version=row["version"], doc=row["doc"])
-            )
-        return stored if result.rowcount == 1 else None
+
+        def update() -> int:
+            with self.engine.begin() as conn:
+                return conn.execute(
+                    runs.update()
+                    .where(runs.c.run_id == run.run_id, runs.c.version == run.version)
+                    .values(status=row["status"], version=row["version"], doc=row["doc"])
+                ).rowcount
+
+        return stored if self._retrying(update) == 1 else None
 
     # jobs -----------------------------------------------------------------
     def get_job(self, job_id: str) -> Job | None:
@@ -135,13 +224,16 @@ class SqlStateStore:
     def save_job(self, job: Job) -> Job | None:
         stored = job.model_copy(update={"version": job.version + 1, "updated_at": _now()})
         row = _job_row(stored)
-        with self.engine.begin() as conn:
-            result = conn.execute(
-                jobs.update()
-                .where(jobs.c.job_id == job.job_id, jobs.c.version == job.version)
-                .values({k: v for k, v in row.items() if k not in ("job_id", "run_id")})
-            )
-        return stored if result.rowcount == 1 else None
+
+        def update() -> int:
+            with self.engine.begin() as conn:
+                return conn.execute(
+                    jobs.update()
+                    .where(jobs.c.job_id == job.job_id, jobs.c.version == job.version)
+                    .values({k: v for k, v in row.items() if k not in ("job_id", "run_id")})
+                ).rowcount
+
+        return stored if self._retrying(update) == 1 else None
 
     # token cache ------------------------------------------------------------
     def cache_get(self, key: str, now: datetime) -> str | None:
@@ -153,9 +245,26 @@ class SqlStateStore:
         return value
 
     def cache_put(self, key: str, value: str, expires_at: datetime) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(cache.delete().where(cache.c.key == key))
-            conn.execute(cache.insert().values(key=key, value=value, expires_at=expires_at.timestamp()))
+        """An upsert: two functions fetching a token at once must not collide on the key."""
+        row = {"key": key, "value": value, "expires_at": expires_at.timestamp()}
+        statement: Any
+        if self._mysql:
+            statement = mysql.insert(cache).values(**row)
+            statement = statement.on_duplicate_key_update(
+                value=statement.inserted.value, expires_at=statement.inserted.expires_at
+            )
+        else:
+            statement = sqlite.insert(cache).values(**row)
+            statement = statement.on_conflict_do_update(
+                index_elements=[cache.c.key],
+                set_={"value": statement.excluded.value, "expires_at": statement.excluded.expires_at},
+            )
+
+        def upsert() -> None:
+            with self.engine.begin() as conn:
+                conn.execute(statement)
+
+        self._retrying(upsert)
 
     def cache_delete(self, key: str) -> None:
         with self.engine.begin() as conn:
