@@ -3,10 +3,19 @@ functions racing on the same job cannot both win."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from shared.jobs import Job, Run
+
+if TYPE_CHECKING:
+    from shared.config import Destination, StateSettings
+
+
+class StateBackendError(RuntimeError):
+    """The state backend failed or does not keep its promises (e.g. a bucket that lets a
+    create-only write overwrite). The message names the object or table, never a secret."""
 
 
 class StateStore(Protocol):
@@ -41,7 +50,22 @@ class StateStore(Protocol):
     def cache_delete(self, key: str) -> None: ...
 
 
-def open_store(url: str) -> StateStore:
+def open_store(
+    state: StateSettings | str,
+    destination: Destination | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> StateStore:
+    """The backend `state.url` names. `cos://` keeps the state in `destination`'s bucket;
+    a plain string is an already resolved URL (password included)."""
+    url = state if isinstance(state, str) else state.resolved_url()
+    if url.startswith("cos://"):
+        if destination is None:
+            raise ValueError("state.url cos:// keeps the state in the destination bucket; "
+                             "open_store needs that destination")
+        from shared.state.cos import CosStateStore
+
+        return CosStateStore(destination, environ)
     from shared.state.sql import SqlStateStore
 
     return SqlStateStore(url)
