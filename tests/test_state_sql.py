@@ -1,98 +1,156 @@
-"""The SQLite state table: idempotent runs and compare-and-set job writes, under real
-concurrency (threads and processes on one database file)."""
+"""state.url: the forms it accepts, the MySQL password as a secret, and what the SQL
+backend must survive on a real MariaDB (dropped connections). The behaviour every backend
+shares is in test_state_contract.py."""
 
 from __future__ import annotations
 
-import multiprocessing
-from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
-from pathlib import Path
+import copy
+import logging
+from typing import Any
 
+import pymysql
 import pytest
+import sqlalchemy as sa
 
+from shared.config import ConfigError, StateSettings, parse_config
 from shared.jobs import IllegalTransition, Job, JobStatus, Run, utcnow
+from shared.logs import JsonFormatter, redact
 from shared.state import open_store
+from shared.state.sql import SqlStateStore
+from tests.support.mysql import MariaDB
+
+PASSWORD = "Tr0ub4dor-and-3-horses"
+ENV = {"MYSQL_PASSWORD": PASSWORD, "WECHAT_SECRET": "app-secret-123456", "DB_HOST": "db.internal"}
+BASE: dict[str, Any] = {
+    "destination": {"bucket": "backups-1250000000", "region": "ap-guangzhou"},
+    "sources": [{"type": "wechat", "name": "shop", "appid": "wx0123456789abcdef",
+                 "secret": "${WECHAT_SECRET}", "env": "shop-1a2b", "collections": ["orders"]}],
+}
 
 
-def make_run(key: str = "k", run_id: str = "r1") -> tuple[Run, list[Job]]:
+def config_with(url: str | None) -> Any:
+    document = copy.deepcopy(BASE)
+    if url is not None:
+        document["state"] = {"url": url}
+    return parse_config(document, environ=ENV)
+
+
+def problems_with(url: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        config_with(url)
+    return info.value.problems
+
+
+# state.url ---------------------------------------------------------------------------
+def test_default_is_the_destination_bucket() -> None:
+    config = config_with(None)
+    assert config.state.url == "cos://" and config.state.backend == "cos"
+
+
+@pytest.mark.parametrize(("url", "resolved", "backend"), [
+    ("cos://", "cos://", "cos"),
+    ("sqlite:////tmp/state.sqlite3", "sqlite:////tmp/state.sqlite3", "sqlite"),
+    ("sqlite:///relative.sqlite3", "sqlite:///relative.sqlite3", "sqlite"),
+    ("mysql+pymysql://backup:${MYSQL_PASSWORD}@${DB_HOST}:3306/baas",
+     f"mysql+pymysql://backup:{PASSWORD}@db.internal:3306/baas", "mysql"),
+    ("mysql+pymysql://backup@10.0.0.5/baas?charset=utf8mb4",
+     "mysql+pymysql://backup@10.0.0.5/baas?charset=utf8mb4", "mysql"),
+])
+def test_accepted_urls(url: str, resolved: str, backend: str) -> None:
+    state = config_with(url).state
+    assert state.url == url and state.resolved_url() == resolved and state.backend == backend
+
+
+def test_password_with_url_characters_survives() -> None:
+    state = StateSettings.model_validate(
+        {"url": "mysql+pymysql://u:${P}@h/db"}, context={"environ": {"P": "p@ss/w:rd%!"}})
+    assert sa.engine.make_url(state.resolved_url()).password == "p@ss/w:rd%!"
+
+
+def test_mysql_password_never_shows() -> None:
+    config = config_with("mysql+pymysql://backup:${MYSQL_PASSWORD}@db:3306/baas")
+    for text in (repr(config), str(config), repr(config.state), config.model_dump_json(),
+                 str(config.model_dump())):
+        assert PASSWORD not in text
+    assert "${MYSQL_PASSWORD}" in repr(config.state)
+    # registered as a secret: masked in every log line and redacted message
+    assert PASSWORD not in redact(f"connect to {config.state.resolved_url()} failed")
+    record = logging.LogRecord("x", logging.ERROR, __file__, 1, "url %s", (config.state.resolved_url(),), None)
+    assert PASSWORD not in JsonFormatter().format(record)
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("mysql+pymysql://backup:hunter2-literal@db/baas", "the MySQL password may not be written into the config"),
+    ("mysql+pymysql://backup:hunter2/lit@eral@db/baas", "the MySQL password may not be written into the config"),
+    ("mysql+pymysql://backup:${NOT_SET}@db/baas", "environment variable NOT_SET (the MySQL password) is not set"),
+    ("mysql+pymysql://backup:${MYSQL_PASSWORD}@db", "needs a host and a database"),
+    ("mysql://backup:${MYSQL_PASSWORD}@db/baas", "use the PyMySQL driver: mysql+pymysql://"),
+    ("postgresql://backup:hunter2-literal@db/baas", "url must be one of cos://"),
+    ("cos://other-bucket/state", "cos:// takes no bucket or path"),
+    ("sqlite://relative", "write sqlite:///PATH"),
+    ("sqlite:///${NOPE}/state.sqlite3", "environment variable NOPE is not set"),
+    ("just a path", "url must be one of cos://"),
+])
+def test_bad_urls_say_what_is_accepted_and_never_echo_a_password(url: str, expected: str) -> None:
+    found = problems_with(url)
+    assert len(found) == 1 and found[0].startswith("state: url"), found
+    assert expected in found[0], found
+    assert "hunter2" not in found[0]
+    if "must be one of" in expected:
+        assert all(form in found[0] for form in ("cos://", "sqlite:///PATH", "mysql+pymysql://"))
+
+
+# MySQL on a real server ------------------------------------------------------------
+def test_store_repr_and_login_errors_hide_the_password(mysql_url: str, mariadb: MariaDB) -> None:
+    assert mariadb.password not in repr(open_store(mysql_url))
+    wrong = mysql_url.replace(mariadb.password, "wrong-password-123")
+    with pytest.raises(sa.exc.OperationalError) as failed:
+        open_store(wrong)
+    assert "Access denied" in str(failed.value) and "wrong-password-123" not in str(failed.value)
+
+
+def test_connection_killed_by_the_server_is_replaced(mysql_url: str, mariadb: MariaDB, mysql_database: str) -> None:
+    """SCF freezes containers between invocations; the server drops idle connections
+    (wait_timeout, failovers). The next invocation must not fail on a dead connection."""
+    store = open_store(mysql_url)
+    assert isinstance(store, SqlStateStore)
     now = utcnow()
-    run = Run(run_id=run_id, idempotency_key=key, trigger="test", created_at=now)
-    jobs = [Job(job_id=f"{run_id}.j{i}", run_id=run_id, source="s", target=f"t{i}",
-                next_check_at=now, created_at=now, updated_at=now) for i in range(3)]
-    return run, jobs
+    store.create_run(Run(run_id="r1", idempotency_key="k", trigger="t", created_at=now), [])
+    with store.engine.connect() as conn:
+        pooled_id = conn.execute(sa.text("SELECT CONNECTION_ID()")).scalar()
+    with mariadb.connect() as admin, admin.cursor() as cursor:
+        cursor.execute(f"KILL CONNECTION {int(pooled_id)}")  # type: ignore[arg-type]
+    assert store.get_run("r1") is not None
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT CONNECTION_ID()")).scalar() != pooled_id
 
 
-def test_same_idempotency_key_stores_one_run(tmp_path: Path) -> None:
-    store = open_store(f"sqlite:///{tmp_path}/s.db")
-    first, created = store.create_run(*make_run())
-    again, created_again = store.create_run(*make_run(run_id="r2"))
-    assert created and not created_again and again.run_id == first.run_id
-    assert [r.run_id for r in store.list_runs()] == ["r1"]
-    assert len(store.list_jobs("r1")) == 3 and store.list_jobs("r2") == []
+def test_tables_are_byte_exact_utf8mb4(mysql_url: str, mariadb: MariaDB, mysql_database: str) -> None:
+    open_store(mysql_url)
+    with mariadb.connect(mysql_database) as conn, conn.cursor() as cursor:
+        cursor.execute("SELECT table_name, table_collation, engine FROM information_schema.tables "
+                       "WHERE table_schema = %s ORDER BY table_name", (mysql_database,))
+        assert cursor.fetchall() == (("cache", "utf8mb4_bin", "InnoDB"), ("jobs", "utf8mb4_bin", "InnoDB"),
+                                     ("runs", "utf8mb4_bin", "InnoDB"))
+        cursor.execute("SELECT column_name, data_type FROM information_schema.columns WHERE "
+                       "table_schema = %s AND column_name IN ('next_check_at', 'expires_at', 'doc')",
+                       (mysql_database,))
+        assert sorted(cursor.fetchall()) == [("doc", "mediumtext"), ("doc", "mediumtext"),
+                                             ("expires_at", "double"), ("next_check_at", "double")]
 
 
-def test_stale_write_loses(tmp_path: Path) -> None:
-    store = open_store(f"sqlite:///{tmp_path}/s.db")
-    _, jobs = make_run()
-    store.create_run(make_run()[0], jobs)
-    saved = store.save_job(jobs[0].moved_to(JobStatus.EXPORTING, remote_id="1"))
-    assert saved is not None and saved.version == 1
-    assert store.save_job(jobs[0].moved_to(JobStatus.FAILED, error="x")) is None
-    stored = store.get_job(jobs[0].job_id)
-    assert stored is not None and stored.status is JobStatus.EXPORTING
+def test_mariadb_fixture_connects_with_the_password_only(mariadb: MariaDB) -> None:
+    with pytest.raises(pymysql.err.OperationalError):
+        pymysql.connect(host=mariadb.host, port=mariadb.port, user=mariadb.user, password="nope")
 
 
-def test_due_jobs_skip_finished_and_future(tmp_path: Path) -> None:
-    store = open_store(f"sqlite:///{tmp_path}/s.db")
-    run, jobs = make_run()
-    store.create_run(run, jobs)
-    store.save_job(jobs[1].model_copy(update={"next_check_at": utcnow() + timedelta(hours=1)}))
-    store.save_job(jobs[2].failed("x", utcnow()))
-    assert [j.job_id for j in store.due_jobs(utcnow())] == [jobs[0].job_id]
-
-
+# the job status machine, which every store relies on --------------------------------
 def test_illegal_transition_is_refused() -> None:
-    _, jobs = make_run()
-    done = jobs[0].moved_to(JobStatus.READY).moved_to(JobStatus.COPYING).moved_to(JobStatus.DONE)
+    now = utcnow()
+    job = Job(job_id="j", run_id="r", source="s", target="t", next_check_at=now,
+              created_at=now, updated_at=now)
+    done = job.moved_to(JobStatus.READY).moved_to(JobStatus.COPYING).moved_to(JobStatus.DONE)
     with pytest.raises(IllegalTransition):
         done.moved_to(JobStatus.COPYING)
     with pytest.raises(IllegalTransition):
-        jobs[0].moved_to(JobStatus.DONE)
-
-
-def test_token_cache_expires(tmp_path: Path) -> None:
-    store = open_store(f"sqlite:///{tmp_path}/s.db")
-    store.cache_put("k", "v", utcnow() + timedelta(seconds=60))
-    assert store.cache_get("k", utcnow()) == "v"
-    assert store.cache_get("k", utcnow() + timedelta(seconds=61)) is None
-    store.cache_delete("k")
-    assert store.cache_get("k", utcnow()) is None
-
-
-def _claim_all(url: str, worker: str) -> list[str]:
-    store = open_store(url)
-    won = []
-    for job in store.list_jobs("r1"):
-        if job.status is JobStatus.PENDING and store.save_job(
-            job.moved_to(JobStatus.EXPORTING, remote_id=worker)
-        ):
-            won.append(job.job_id)
-    return won
-
-
-def test_racing_threads_each_job_claimed_once(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/s.db"
-    open_store(url).create_run(*make_run())
-    with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(lambda w: _claim_all(url, f"w{w}"), range(8)))
-    claimed = [j for r in results for j in r]
-    assert sorted(claimed) == sorted(j.job_id for j in open_store(url).list_jobs("r1"))
-
-
-def test_racing_processes_each_job_claimed_once(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/s.db"
-    open_store(url).create_run(*make_run())
-    with multiprocessing.get_context("spawn").Pool(4) as pool:
-        results = pool.starmap(_claim_all, [(url, f"p{i}") for i in range(4)])
-    claimed = [j for r in results for j in r]
-    assert sorted(claimed) == sorted(j.job_id for j in open_store(url).list_jobs("r1"))
+        job.moved_to(JobStatus.DONE)

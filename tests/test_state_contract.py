@@ -1,0 +1,542 @@
+"""One contract for every state backend: SQLite, MySQL (a real MariaDB started by
+scripts/mariadb) and objects in COS (the real SDK against moto's S3 server).
+
+The races run for real: threads and spawned processes against one store, with the
+pipeline's own claim rules (compare-and-set on version, leases). Nothing may be lost,
+done twice or created twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from shared.config import Destination
+from shared.jobs import Job, JobStatus, Run, RunStatus, utcnow
+from shared.sink import cos_client
+from shared.state import StateStore, open_store
+from shared.state.base import StateBackendError
+from shared.state.cos import PRUNE_AFTER, CosStateStore
+from tests.support.mysql import PASSWORD_ENV, MariaDB
+
+if TYPE_CHECKING:
+    from tests.support.backup import LocalBackup
+
+# Spawned race workers import this module: moto and the emulators are imported where
+# used, so a worker is up in well under a second.
+
+BACKENDS = ["sqlite", "mysql", "cos"]
+SPAWN = multiprocessing.get_context("spawn")
+
+
+def _warm(_: int) -> None:
+    time.sleep(0.3)
+
+
+@pytest.fixture(scope="module")
+def processes() -> Iterator[Any]:
+    """Four spawned processes for the races, past their imports before any race's start
+    time is chosen (a race then starts within milliseconds in every process)."""
+    with SPAWN.Pool(4) as pool:
+        pool.map(_warm, range(4), chunksize=1)
+        yield pool
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    """Everything a thread or a spawned process needs to open its own store."""
+
+    kind: str
+    url: str
+    destination: Destination | None = None
+
+    def open(self) -> StateStore:
+        return open_store(self.url, self.destination)
+
+
+@pytest.fixture
+def atomic_moto(monkeypatch: pytest.MonkeyPatch) -> None:
+    """moto checks If-None-Match and then stores the object in two steps, with other request
+    threads free to run in between; COS and S3 decide a conditional PUT atomically. One lock
+    across moto's PUT handler makes the stand-in keep that promise, so the races below test
+    our code and not moto's."""
+    from moto.s3.responses import S3Response
+
+    lock = threading.Lock()
+    original = S3Response.put_object
+
+    def put_object(self: Any) -> Any:
+        with lock:
+            return original(self)
+
+    monkeypatch.setattr(S3Response, "put_object", put_object)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    kind = request.param
+    if kind == "sqlite":
+        return Backend(kind, f"sqlite:///{tmp_path / 'state.sqlite3'}")
+    if kind == "mysql":
+        return Backend(kind, request.getfixturevalue("mysql_url"))
+    request.getfixturevalue("atomic_moto")
+    return Backend(kind, "cos://", request.getfixturevalue("destination"))
+
+
+@pytest.fixture
+def store(backend: Backend) -> StateStore:
+    return backend.open()
+
+
+def make_run(key: str = "k", run_id: str = "r1", jobs: int = 3, at: datetime | None = None,
+             **run_fields: Any) -> tuple[Run, list[Job]]:
+    now = at or utcnow()
+    run = Run(run_id=run_id, idempotency_key=key, trigger="test", created_at=now, **run_fields)
+    made = [Job(job_id=f"{run_id}.j{i}", run_id=run_id, source="s", target=f"t{i}",
+                next_check_at=now, created_at=now, updated_at=now) for i in range(jobs)]
+    return run, made
+
+
+# the contract, one behaviour at a time -------------------------------------------
+def test_create_run_is_idempotent(store: StateStore) -> None:
+    first, created = store.create_run(*make_run())
+    again, created_again = store.create_run(*make_run(run_id="r2"))
+    assert created and not created_again
+    assert again.run_id == first.run_id == "r1"
+    assert [r.run_id for r in store.list_runs()] == ["r1"]
+    assert [j.job_id for j in store.list_jobs("r1")] == ["r1.j0", "r1.j1", "r1.j2"]
+    assert store.list_jobs("r2") == [] and store.get_run("r2") is None
+
+
+def test_idempotency_keys_and_ids_are_exact(store: StateStore) -> None:
+    """Keys differing only in case are two runs (MySQL's default collation would merge
+    them); unicode survives (utf8mb4)."""
+    store.create_run(*make_run(key="Timer:Nightly", run_id="r1"))
+    _, created = store.create_run(*make_run(key="timer:nightly", run_id="r2"))
+    assert created
+    now = utcnow()
+    job = Job(job_id="r3.商品 🛒", run_id="r3", source="s", target="商品 products 🛒",
+              next_check_at=now, created_at=now, updated_at=now)
+    store.create_run(Run(run_id="r3", idempotency_key="k3 键", trigger="t", created_at=now), [job])
+    stored = store.get_job(job.job_id)
+    assert stored is not None and stored.target == "商品 products 🛒"
+
+
+def test_missing_records_read_as_none(store: StateStore) -> None:
+    assert store.get_run("nope") is None and store.get_job("nope") is None
+    assert store.list_jobs("nope") == [] and store.list_runs() == [] and store.open_runs() == []
+    _, jobs = make_run()
+    assert store.save_job(jobs[0]) is None  # nothing stored: nothing to compare with
+    assert store.get_job(jobs[0].job_id) is None
+    run, _ = make_run()
+    assert store.save_run(run) is None and store.get_run(run.run_id) is None
+
+
+def test_job_saves_are_compare_and_set(store: StateStore) -> None:
+    run, jobs = make_run()
+    store.create_run(run, jobs)
+    saved = store.save_job(jobs[0].moved_to(JobStatus.EXPORTING, remote_id="e1"))
+    assert saved is not None and saved.version == 1
+    assert store.save_job(jobs[0].moved_to(JobStatus.FAILED, error="stale")) is None
+    again = store.save_job(saved.model_copy(update={"attempts": 1}))  # same status: still a write
+    assert again is not None and again.version == 2
+    assert store.save_job(saved) is None
+    stored = store.get_job(jobs[0].job_id)
+    assert stored is not None and stored.version == 2 and stored.status is JobStatus.EXPORTING
+    assert stored.remote_id == "e1" and stored.attempts == 1
+
+
+def test_run_saves_are_compare_and_set_and_close(store: StateStore) -> None:
+    run, jobs = make_run()
+    store.create_run(run, jobs)
+    store.create_run(*make_run(key="k2", run_id="r2"))
+    assert sorted(r.run_id for r in store.open_runs()) == ["r1", "r2"]
+    closed = store.save_run(run.model_copy(update={
+        "status": RunStatus.SUCCEEDED, "finished_at": utcnow(), "summary": {"jobs": 3}}))
+    assert closed is not None and closed.version == 1
+    assert store.save_run(run.model_copy(update={"status": RunStatus.FAILED})) is None
+    assert [r.run_id for r in store.open_runs()] == ["r2"]
+    stored = store.get_run("r1")
+    assert stored is not None and stored.status is RunStatus.SUCCEEDED and stored.summary == {"jobs": 3}
+
+
+def test_due_jobs_are_unfinished_and_due_oldest_first(store: StateStore) -> None:
+    now = utcnow()
+    run, jobs = make_run(jobs=5, at=now - timedelta(minutes=10))
+    store.create_run(run, jobs)
+    store.save_job(jobs[0].model_copy(update={"next_check_at": now - timedelta(minutes=1)}))
+    store.save_job(jobs[1].model_copy(update={"next_check_at": now + timedelta(seconds=5)}))
+    store.save_job(jobs[2].failed("broken", now))
+    store.save_job(jobs[3].moved_to(JobStatus.READY).moved_to(JobStatus.COPYING)
+                   .moved_to(JobStatus.DONE, finished_at=now))
+    # jobs[4] stays due since ten minutes ago: the oldest
+    assert [j.job_id for j in store.due_jobs(now)] == [jobs[4].job_id, jobs[0].job_id]
+    assert [j.job_id for j in store.due_jobs(now, limit=1)] == [jobs[4].job_id]
+    # seconds matter: a FLOAT column would round an epoch to minutes
+    assert jobs[1].job_id not in [j.job_id for j in store.due_jobs(now + timedelta(seconds=4))]
+    assert jobs[1].job_id in [j.job_id for j in store.due_jobs(now + timedelta(seconds=6))]
+
+
+def test_runs_list_newest_first_in_pages(store: StateStore) -> None:
+    base = utcnow()
+    for i in range(5):
+        store.create_run(*make_run(key=f"k{i}", run_id=f"2026112{i}T020000Z-aaaa", jobs=1,
+                                   at=base + timedelta(days=i)))
+    first = store.list_runs(limit=2)
+    assert [r.run_id for r in first] == ["20261124T020000Z-aaaa", "20261123T020000Z-aaaa"]
+    second = store.list_runs(limit=2, before=first[-1].run_id)
+    assert [r.run_id for r in second] == ["20261122T020000Z-aaaa", "20261121T020000Z-aaaa"]
+    assert [r.run_id for r in store.list_runs(limit=10, before=second[-1].run_id)] == [
+        "20261120T020000Z-aaaa"]
+
+
+def test_token_cache_expires_and_overwrites(store: StateStore) -> None:
+    now = utcnow()
+    assert store.cache_get("wechat:wx1", now) is None
+    store.cache_put("wechat:wx1", "token-1", now + timedelta(seconds=60))
+    assert store.cache_get("wechat:wx1", now) == "token-1"
+    assert store.cache_get("wechat:wx1", now + timedelta(seconds=61)) is None
+    store.cache_put("wechat:wx1", "token-2", now + timedelta(seconds=120))
+    assert store.cache_get("wechat:wx1", now + timedelta(seconds=61)) == "token-2"
+    assert store.cache_get("wechat:wx2", now) is None
+    store.cache_delete("wechat:wx1")
+    store.cache_delete("wechat:wx1")  # deleting nothing is fine
+    assert store.cache_get("wechat:wx1", now) is None
+
+
+def test_racing_token_fetches_leave_one_token(backend: Backend) -> None:
+    """Functions that fetch a token at once all write it; none may fail on the key."""
+    expires = utcnow() + timedelta(hours=1)
+
+    def put(i: int) -> None:
+        backend.open().cache_put("wechat:wx1", f"token-{i}", expires)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(put, range(16)))
+    assert backend.open().cache_get("wechat:wx1", utcnow()) in {f"token-{i}" for i in range(16)}
+
+
+# races: threads and processes ----------------------------------------------------
+def _first_open(backend: Backend, name: str, start_at: float) -> bool:
+    time.sleep(max(0.0, start_at - time.time()))
+    store = backend.open()  # on a new database: creates the tables
+    return store.create_run(*make_run(key=name, run_id=name, jobs=1))[1]
+
+
+def _first_opens(backend: Backend, name: str, start_at: float) -> list[bool]:
+    with ThreadPoolExecutor(2) as pool:
+        return list(pool.map(lambda i: _first_open(backend, f"{name}t{i}", start_at), range(2)))
+
+
+def test_functions_first_opening_a_new_store_at_once(backend: Backend, processes: Any) -> None:
+    """The first timer after deploying starts several functions on an empty database."""
+    start_at = time.time() + 1
+    created = [c for cs in processes.starmap(_first_opens, [(backend, f"p{i}", start_at)
+                                                            for i in range(4)]) for c in cs]
+    assert created == [True] * 8
+    assert len(backend.open().list_runs()) == 8
+
+
+STEP_FOR = {JobStatus.PENDING: "start", JobStatus.EXPORTING: "ready", JobStatus.READY: "claim",
+            JobStatus.COPYING: "done"}
+
+
+def _poller(backend: Backend, run_id: str, worker: str, start_at: float, seconds: float) -> list[tuple[str, str, str]]:
+    """A poller that moves due jobs one step, as the pipeline does: every step a
+    compare-and-set, the copy only by the holder of a live lease. Returns the steps it won."""
+    store = backend.open()
+    won: list[tuple[str, str, str]] = []
+    time.sleep(max(0.0, start_at - time.time()))
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        now = utcnow()
+        due = [j for j in store.due_jobs(now) if j.run_id == run_id]
+        if not due:
+            if all(j.status.terminal for j in store.list_jobs(run_id)):
+                break
+            time.sleep(0.005)
+            continue
+        for job in due:
+            step = STEP_FOR[job.status]
+            if job.status is JobStatus.PENDING:
+                moved = job.moved_to(JobStatus.EXPORTING, remote_id=worker)
+            elif job.status is JobStatus.EXPORTING:
+                moved = job.moved_to(JobStatus.READY, expected_records=1)
+            elif job.status is JobStatus.READY:
+                moved = job.moved_to(JobStatus.COPYING, lease_owner=worker,
+                                     lease_until=now + timedelta(minutes=5))
+            elif job.lease_owner == worker:
+                moved = job.moved_to(JobStatus.DONE, finished_at=now, lease_owner=None,
+                                     checkpoint={"copied_by": worker})
+            else:
+                continue  # someone else holds the copy's lease
+            if store.save_job(moved) is not None:
+                won.append((job.job_id, step, worker))
+    return won
+
+
+def _threaded_pollers(backend: Backend, run_id: str, name: str, threads: int, start_at: float,
+                      seconds: float) -> list[tuple[str, str, str]]:
+    with ThreadPoolExecutor(threads) as pool:
+        results = pool.map(lambda i: _poller(backend, run_id, f"{name}.t{i}", start_at, seconds),
+                           range(threads))
+        return [w for r in results for w in r]
+
+
+def test_racing_pollers_do_every_step_exactly_once(backend: Backend, processes: Any) -> None:
+    """Three processes of three threads poll the same run at once."""
+    store = backend.open()
+    run, jobs = make_run(jobs=8)
+    store.create_run(run, jobs)
+    start_at = time.time() + 1
+    won = [w for ws in processes.starmap(
+        _threaded_pollers, [(backend, run.run_id, f"p{i}", 3, start_at, 60) for i in range(3)]
+    ) for w in ws]
+    steps = Counter((job_id, step) for job_id, step, _ in won)
+    assert steps == {(j.job_id, s): 1 for j in jobs for s in ("start", "ready", "claim", "done")}
+    claimers = {job_id: worker for job_id, step, worker in won if step == "claim"}
+    finishers = {job_id: worker for job_id, step, worker in won if step == "done"}
+    assert finishers == claimers  # only the lease holder finished the copy
+    final = store.list_jobs(run.run_id)
+    assert [j.status for j in final] == [JobStatus.DONE] * 8
+    assert all(j.checkpoint == {"copied_by": claimers[j.job_id]} for j in final)
+    assert len({w for _, _, w in won}) > 1  # the work really was shared
+
+
+def _trigger(backend: Backend, key: str, run_id: str, start_at: float) -> tuple[str, bool]:
+    store = backend.open()
+    run, jobs = make_run(key=key, run_id=run_id, jobs=4)
+    time.sleep(max(0.0, start_at - time.time()))
+    stored, created = store.create_run(run, jobs)
+    return stored.run_id, created
+
+
+def _threaded_triggers(backend: Backend, key: str, name: str, start_at: float) -> list[tuple[str, bool]]:
+    with ThreadPoolExecutor(3) as pool:
+        return list(pool.map(lambda i: _trigger(backend, key, f"{name}-{i}", start_at), range(3)))
+
+
+def test_retried_triggers_record_one_run(backend: Backend, processes: Any) -> None:
+    """A trigger retried while its first invocation runs: the same idempotency key from
+    four processes of three threads, each naming the run differently (other seconds)."""
+    start_at = time.time() + 1
+    results = [r for rs in processes.starmap(
+        _threaded_triggers, [(backend, "timer:nightly:2026-11-21T02:00:00Z", f"run{i}", start_at)
+                             for i in range(4)]
+    ) for r in rs]
+    assert sum(created for _, created in results) == 1
+    winner = next(run_id for run_id, created in results if created)
+    assert {run_id for run_id, _ in results} == {winner}
+    store = backend.open()
+    assert [r.run_id for r in store.list_runs()] == [winner]
+    assert [r.run_id for r in store.open_runs()] == [winner]
+    assert len(store.list_jobs(winner)) == 4
+    assert len(store.due_jobs(utcnow())) == 4
+
+
+def _finisher(backend: Backend, job_id: str, worker: str, start_at: float, lease: float,
+              copy_seconds: float) -> dict[str, Any]:
+    """pipeline.finish's claim rule: a ready job, or a copy whose lease ran out."""
+    store = backend.open()
+    time.sleep(max(0.0, start_at - time.time()))
+    job = store.get_job(job_id)
+    assert job is not None
+    now = utcnow()
+    if not (job.status is JobStatus.READY
+            or (job.status is JobStatus.COPYING and job.lease_expired(now))):
+        return {"worker": worker, "claimed": False, "done": False}
+    until = now + timedelta(seconds=lease)
+    claimed = store.save_job(job.moved_to(JobStatus.COPYING, lease_owner=worker, lease_until=until,
+                                          next_check_at=until, attempts=job.attempts + 1))
+    if claimed is None:
+        return {"worker": worker, "claimed": False, "done": False}
+    time.sleep(copy_seconds)  # copying
+    done = store.save_job(claimed.moved_to(
+        JobStatus.DONE, finished_at=utcnow(), lease_owner=None, lease_until=None,
+        checkpoint={"copied_by": worker}))
+    return {"worker": worker, "claimed": True, "done": done is not None}
+
+
+def test_retried_finisher_waits_for_the_lease(backend: Backend, processes: Any) -> None:
+    """The finisher is invoked again (SCF retry, poller re-dispatch) while the first copy
+    runs: within the lease nobody else claims; after it, exactly one retry does, and the
+    first copier can no longer mark the job done."""
+    store = backend.open()
+    run, jobs = make_run(jobs=2)
+    store.create_run(run, jobs)
+    for job in jobs:
+        store.save_job(job.moved_to(JobStatus.READY, expected_records=1))
+    within, after = jobs
+    with ThreadPoolExecutor(2) as threads:
+        start_at = time.time() + 1
+        # The first copies: within its 30 s lease, and past its 1.5 s lease.
+        first_within = threads.submit(_finisher, backend, within.job_id, "first", start_at, 30, 3)
+        first_after = threads.submit(_finisher, backend, after.job_id, "first", start_at, 1.5, 4)
+        retries_within = processes.starmap_async(_finisher, [
+            (backend, within.job_id, f"retry{i}", start_at + 1, 30, 0) for i in range(4)])
+        retries_after = processes.starmap_async(_finisher, [
+            (backend, after.job_id, f"retry{i}", start_at + 2.5, 30, 0) for i in range(4)])
+        outcomes_within = [first_within.result(), *retries_within.get(60)]
+        outcomes_after = [first_after.result(), *retries_after.get(60)]
+
+    assert [o["worker"] for o in outcomes_within if o["claimed"]] == ["first"]
+    assert [o["worker"] for o in outcomes_within if o["done"]] == ["first"]
+    claimed_after = [o["worker"] for o in outcomes_after if o["claimed"]]
+    assert claimed_after[0] == "first" and len(claimed_after) == 2  # one retry took over
+    assert [o["worker"] for o in outcomes_after if o["done"]] == [claimed_after[1]]
+    stored = store.get_job(after.job_id)
+    assert stored is not None and stored.status is JobStatus.DONE
+    assert stored.checkpoint == {"copied_by": claimed_after[1]}
+
+
+# the whole pipeline on each server backend ------------------------------------------
+@pytest.mark.parametrize("kind", ["cos", "mysql"])
+def test_backup_runs_on_the_backend(kind: str, local: LocalBackup, request: pytest.FixtureRequest) -> None:
+    from tests.support.backup import backup_now
+
+    if kind == "mysql":
+        server: MariaDB = request.getfixturevalue("mariadb")
+        database = request.getfixturevalue("mysql_database")
+        local = dataclasses.replace(local, state_url=server.config_url(database),
+                                    environ={**local.environ, PASSWORD_ENV: server.password})
+    else:
+        local = dataclasses.replace(local, state_url="cos://")
+    local.seed("orders", [{"_id": str(i), "商品": "🛒"} for i in range(30)])
+    ctx = local.context(local.config())
+    assert type(ctx.store).__name__ == {"cos": "CosStateStore", "mysql": "SqlStateStore"}[kind]
+    run = backup_now(ctx)
+    assert run.status is RunStatus.SUCCEEDED and run.summary and run.summary["records"] == 30
+    assert ctx.store.open_runs() == [] and ctx.store.due_jobs(utcnow()) == []
+    if kind == "mysql":
+        assert server.password not in repr(ctx.config) and server.password not in repr(ctx.store)
+    else:
+        keys = [o.key for o in local.store.list(f"{local.destination.prefix}/_state/")]
+        assert any("/_state/claims/" in k for k in keys) and any("/_state/runs/" in k for k in keys)
+
+
+# COS: what moto does, and the guards that depend on it ------------------------------
+def test_moto_honours_if_none_match_and_ignores_forbid_overwrite(destination: Destination) -> None:
+    """The facts the COS store's tests stand on. If moto changes, this says so first."""
+    from qcloud_cos.cos_exception import CosServiceError
+
+    client = cos_client(destination)
+    bucket = destination.bucket
+    client.put_object(Bucket=bucket, Key="k", Body=b"1")
+    with pytest.raises(CosServiceError) as refused:
+        client.put_object(Bucket=bucket, Key="k", Body=b"2", IfNoneMatch="*")
+    assert refused.value.get_status_code() == 412
+    client.put_object(Bucket=bucket, Key="k", Body=b"3", Metadata={"x-cos-forbid-overwrite": "true"})
+    body = client.get_object(Bucket=bucket, Key="k")["Body"].get_raw_stream().read()
+    assert body == b"3"  # moto overwrote: only If-None-Match protects the tests' races
+
+
+def test_bucket_that_overwrites_is_refused_loudly(destination: Destination, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that ignores both headers (a versioned COS bucket ignores forbid-overwrite)
+    must stop the store at once, not let two pollers both win."""
+    from moto.s3.responses import S3Response
+
+    original = S3Response.put_object
+
+    def ignoring_conditions(self: Any) -> Any:
+        self.headers = {k: v for k, v in self.headers.items() if k.lower() != "if-none-match"}
+        return original(self)
+
+    monkeypatch.setattr(S3Response, "put_object", ignoring_conditions)
+    with pytest.raises(StateBackendError, match="overwrite an existing object") as refused:
+        open_store("cos://", destination)
+    assert "mysql+pymysql://" in str(refused.value)
+
+
+def test_sdk_retry_of_our_own_create_still_counts_as_ours(destination: Destination, atomic_moto: None) -> None:
+    """The SDK resends a PUT whose answer got lost; the resend meets our own first write and
+    is refused. The writer token inside the object tells it was us."""
+    store = CosStateStore(destination)
+    client = store._client
+    original = client.put_object
+
+    def sent_twice(**kwargs: Any) -> Any:
+        original(**kwargs)
+        return original(**kwargs)
+
+    run, jobs = make_run()
+    client.put_object = sent_twice
+    try:
+        stored, created = store.create_run(run, jobs)
+        saved = store.save_job(jobs[0].moved_to(JobStatus.EXPORTING))
+    finally:
+        client.put_object = original
+    assert created and stored.run_id == run.run_id
+    assert saved is not None and saved.version == 1
+
+
+def test_run_whose_creator_died_after_the_claim_is_finished_by_the_poller(
+    destination: Destination, atomic_moto: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    crashing = CosStateStore(destination)
+
+    def crash(claim: str, intent: dict[str, Any]) -> None:
+        raise RuntimeError("function timed out")
+
+    monkeypatch.setattr(crashing, "_materialize", crash)
+    run, jobs = make_run()
+    with pytest.raises(RuntimeError):
+        crashing.create_run(run, jobs)
+    poller = CosStateStore(destination)
+    assert poller.get_run(run.run_id) is None  # only the claim was written
+    # The claim object is the commit point: a retried trigger gets the same run ...
+    assert CosStateStore(destination).create_run(*make_run(run_id="r2"))[1] is False
+    # ... and so does the poller, which finishes writing it.
+    assert [r.run_id for r in poller.open_runs()] == [run.run_id]
+    assert [j.job_id for j in poller.due_jobs(utcnow())] == [j.job_id for j in jobs]
+
+
+def test_pruning_keeps_the_last_version_and_stale_writers_lose(destination: Destination, atomic_moto: None) -> None:
+    store = CosStateStore(destination)
+    run, jobs = make_run(jobs=1)
+    store.create_run(run, jobs)
+    stale = store.get_job(jobs[0].job_id)
+    assert stale is not None
+    job: Job | None = stale
+    for status in (JobStatus.EXPORTING, JobStatus.READY, JobStatus.COPYING):
+        assert job is not None
+        job = store.save_job(job.moved_to(status))
+    assert job is not None
+    done = store.save_job(job.moved_to(JobStatus.DONE, finished_at=utcnow()))
+    assert done is not None and done.version == 4
+    closed = store.save_run(run.model_copy(update={"status": RunStatus.SUCCEEDED}))
+    assert closed is not None
+
+    state = f"{destination.prefix}/_state/"
+    listing = CosObjectListing(destination)
+    assert store.prune(utcnow()) == 0  # too early: a slow function may still hold a version
+    assert len(listing.keys(state + "jobs/")) == 5
+    assert store.prune(utcnow() + PRUNE_AFTER + timedelta(minutes=1)) == 1
+    assert [k.rsplit("/", 1)[1] for k in listing.keys(state + "jobs/")] == ["v0000000004.json"]
+    assert [k.rsplit("/", 1)[1] for k in listing.keys(state + "runs/")] == ["v0000000001.json"]
+    assert listing.keys(state + "closed/") == [] and listing.keys(state + "open-jobs/") == []
+
+    # A writer still holding version 0 finds version 1 free again, and must still lose.
+    assert store.save_job(stale.moved_to(JobStatus.FAILED, error="late")) is None
+    final = store.get_job(jobs[0].job_id)
+    assert final is not None and final.status is JobStatus.DONE and final.version == 4
+    assert [k.rsplit("/", 1)[1] for k in listing.keys(state + "jobs/")] == ["v0000000004.json"]
+
+
+@dataclasses.dataclass
+class CosObjectListing:
+    destination: Destination
+
+    def keys(self, prefix: str) -> list[str]:
+        page = cos_client(self.destination).list_objects(
+            Bucket=self.destination.bucket, Prefix=prefix, MaxKeys=1000)
+        return [c["Key"] for c in page.get("Contents", [])]
