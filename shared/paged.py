@@ -18,7 +18,10 @@ them is bounded, so memory is about one part plus a few pages whatever the table
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import functools
+import gc
 import hashlib
 import logging
 import queue
@@ -102,6 +105,15 @@ def progressed(job: Job) -> bool:
     after real progress is a resumption, not a failed try."""
     saved = (job.checkpoint or {}).get(CHECKPOINT)
     return isinstance(saved, dict) and int(saved.get("steps", 0)) > int(saved.get("steps_at_claim", 0))
+
+
+def rebased(job: Job) -> dict[str, Any] | None:
+    """The job's checkpoint with its progress counted from now, written whenever the job
+    changes hands, so each stretch of progress excuses one reclaim or error, not more."""
+    saved = (job.checkpoint or {}).get(CHECKPOINT)
+    if not isinstance(saved, dict):
+        return job.checkpoint
+    return {**(job.checkpoint or {}), CHECKPOINT: {**saved, "steps_at_claim": saved.get("steps", 0)}}
 
 
 def copy_table(ctx: Context, hold: CopyHold, provider: PagedProvider, key: str) -> StoredObject:
@@ -192,12 +204,12 @@ class _PagedCopy:
 
     def _page(self, state: PagedState) -> None:
         buffer, buffered_rows, cursor = self._unpark(state)
-        prefetch = _Prefetch(lambda c: self.provider.fetch_page(self.target, c), cursor,
-                             PREFETCH_PAGES)
-        try:
-            for page in prefetch:
-                buffer += self.provider.encode_rows(page.rows)
-                buffered_rows += len(page.rows)
+        fetch = functools.partial(self.provider.fetch_page, self.target)
+        with _settled_heap(), _Prefetch(fetch, cursor, PREFETCH_PAGES) as pages:
+            for page in pages:
+                data, rows = self.provider.encode_page(page)
+                buffer += data
+                buffered_rows += rows
                 last = page.next_cursor is None
                 if len(buffer) >= self.part_size or last:
                     self._upload_part(state, bytes(buffer), buffered_rows, page.next_cursor, last)
@@ -209,8 +221,6 @@ class _PagedCopy:
                     log.info("time budget spent; the next invocation resumes the copy",
                              extra={"rows_so_far": state.rows})
                     raise CopyPaused("time budget spent while paging")
-        finally:
-            prefetch.close()
 
     def _unpark(self, state: PagedState) -> tuple[bytearray, int, dict[str, Any] | None]:
         """Start from the parked rows, or read them again if their object is gone."""
@@ -389,6 +399,21 @@ class _Prefetch:
             if value.next_cursor is None:
                 return
 
-    def close(self) -> None:
+    def __enter__(self) -> _Prefetch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=120)  # a call under way ends within the HTTP timeout
+
+
+@contextlib.contextmanager
+def _settled_heap() -> Iterator[None]:
+    """Keep the cyclic GC off everything that existed before paging began (modules,
+    clients, config): each page makes some 15,000 dicts, and the full collections they
+    trigger would otherwise walk the whole heap again and again, stalling the reads."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()

@@ -91,21 +91,55 @@ def test_parts_budget_pauses_and_resumes_without_burning_attempts(
     config = config.model_copy(update={"destination": config.destination.model_copy(
         update={"part_size_mb": 5})})
     outcomes: list[str] = []
+    parked: list[int] = []  # rows read but not in a part when a finisher paused
 
     class Counting:
         def dispatch(self, job_id: str) -> None:
             outcomes.append(finish(ctx, job_id))
+            job = ctx.store.get_job(job_id)
+            assert job is not None
+            state = (job.checkpoint or {}).get("paged") or {}
+            if outcomes[-1] == "paused" and state.get("parked"):
+                assert local.store.head(state["parked"]["key"]) is not None
+                parked.append(state["parked"]["rows"])
+                assert job.progress_records == sum(p["rows"] for p in state["parts"]) + parked[-1]
 
     ctx = local.context(config, dispatcher=Counting())
     run, _ = start_run(ctx, idempotency_key="budget", trigger="test")
     run = drive(ctx, run)
     assert run.status.value == "succeeded", [j.error for j in ctx.store.list_jobs(run.run_id)]
     assert outcomes.count("paused") >= 3 and outcomes[-1] == "done"
+    assert parked and all(rows > 0 for rows in parked)
     job = ctx.store.list_jobs(run.run_id)[0]
     assert job.attempts == 0
     assert job.result is not None and job.result.objects[0].upload_parts == 3
     assert _lines(local, job.result.key) == [generated_row(i) for i in range(120_000)]
     assert local.store.head(job.result.key + ".parked") is None
+
+
+def test_lost_parked_rows_are_read_again(local: LocalBackup, onedb_emulator: OneDBEmulator) -> None:
+    onedb_emulator.add_generated_table(ENV_ID, APP, "events", 60_000)
+    onedb_emulator.latency = 0.02
+    config = local.config(onedb_source(local, onedb_emulator), finish_budget_seconds=0.1)
+    deleted: list[str] = []
+
+    class Losing:
+        def dispatch(self, job_id: str) -> None:
+            if finish(ctx, job_id) == "paused":
+                job = ctx.store.get_job(job_id)
+                assert job is not None
+                parked = (job.checkpoint or {})["paged"].get("parked")
+                if parked and not deleted:
+                    local.store.delete(parked["key"])
+                    deleted.append(parked["key"])
+
+    ctx = local.context(config, dispatcher=Losing())
+    run, _ = start_run(ctx, idempotency_key="lost", trigger="test")
+    run = drive(ctx, run)
+    assert deleted
+    job = ctx.store.list_jobs(run.run_id)[0]
+    assert job.status is JobStatus.DONE and job.result is not None, job.error
+    assert _lines(local, job.result.key) == [generated_row(i) for i in range(60_000)]
 
 
 def test_transient_platform_errors_are_retried(local: LocalBackup, onedb_emulator: OneDBEmulator) -> None:
@@ -220,11 +254,12 @@ def test_reclaim_after_progress_does_not_burn_attempts(
     poll(ctx)
     again = ctx.store.get_job(job.job_id)
     assert again is not None and again.status is JobStatus.READY and again.attempts == 0
-    # The same again with no progress since the claim: that is a failed try.
+    # The next finisher dies before saving anything (not even where it began): the
+    # progress before excused one reclaim only, so this one is a failed try.
+    assert again.checkpoint == {"paged": {"key": "k", "steps": 4, "steps_at_claim": 4}}
     stalled = ctx.store.save_job(again.moved_to(
         JobStatus.COPYING, lease_owner="gone", lease_until=job.created_at,
-        next_check_at=job.created_at,
-        checkpoint={"paged": {"key": "k", "steps": 4, "steps_at_claim": 4}}))
+        next_check_at=job.created_at))
     assert stalled is not None
     poll(ctx)
     again = ctx.store.get_job(job.job_id)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -118,15 +119,15 @@ def test_bad_requests_answer_err_code(posts: OneDBEmulator, change: dict[str, An
     assert "requestId" in answer["instance"] and "tableId" in answer["detail"]
 
 
-@pytest.mark.parametrize(("token", "title"), [
-    (_token(secret="not-the-secret"), "token无效"),
-    (_token(identity="user"), "身份不是cdb"),
-    (_token(exp=int(time.time()) - 10), "已过期"),
-    (_token(exp=None), "过期时间"),
-    ("not-a-jwt", "token无效"),
+@pytest.mark.parametrize(("token", "title"), [  # signed when the test runs, not collected
+    (lambda: _token(secret="not-the-secret"), "token无效"),
+    (lambda: _token(identity="user"), "身份不是cdb"),
+    (lambda: _token(exp=int(time.time()) - 10), "已过期"),
+    (lambda: _token(exp=None), "过期时间"),
+    (lambda: "not-a-jwt", "token无效"),
 ])
-def test_tokens_are_verified(posts: OneDBEmulator, token: str, title: str) -> None:
-    assert title in _call(posts, _many(), token=token)["title"]
+def test_tokens_are_verified(posts: OneDBEmulator, token: Callable[[], str], title: str) -> None:
+    assert title in _call(posts, _many(), token=token())["title"]
 
 
 def test_unknown_env_key_and_missing_permission(posts: OneDBEmulator) -> None:

@@ -13,7 +13,7 @@ from scripts.emulators.onedb import OneDBEmulator, generated_row
 from shared.config import OneDBSource, Timing, parse_config
 from shared.errors import Fatal, Retryable, RetryLater, TokenRejected
 from shared.logs import redact
-from shared.providers.base import PagedProvider
+from shared.providers.base import Page, PagedProvider
 from shared.providers.onedb import OneDBProvider, classify
 from tests.support.onedb import APP, ENV_ID, KEY_ID, KEY_SECRET
 
@@ -33,12 +33,19 @@ def _source(emulator: OneDBEmulator, **overrides: Any) -> OneDBSource:
     return source
 
 
+def _rows(provider: OneDBProvider, page: Page) -> list[Any]:
+    data, count = provider.encode_page(page)
+    rows = [json.loads(line) for line in data.decode("utf-8").splitlines()]
+    assert len(rows) == count
+    return rows
+
+
 def _all_rows(provider: OneDBProvider, target: str = "events") -> list[Any]:
     rows: list[Any] = []
     cursor = None
     while True:
         page = provider.fetch_page(target, cursor)
-        rows.extend(page.rows)
+        rows.extend(_rows(provider, page))
         if page.next_cursor is None:
             return rows
         cursor = page.next_cursor
@@ -57,6 +64,8 @@ def test_pages_the_whole_key_range(onedb_emulator: OneDBEmulator) -> None:
     provider = OneDBProvider(_source(onedb_emulator), TIMING)
     assert _all_rows(provider) == [generated_row(i) for i in range(10_001)]
     assert onedb_emulator.calls["getMany"] == 3  # 5000 rows a call
+    page = provider.fetch_page("events", None)
+    assert isinstance(page.answer, bytes)  # rows decoded later, off the reading thread
     first = provider.request_for("events", None)
     assert first["ids"] == {"userId": "CDB:tableMinId", "seq": "CDB:tableMinId"}
     assert first["endIds"] == {"userId": "CDB:tableMaxId", "seq": "CDB:tableMaxId"}
@@ -91,7 +100,7 @@ def test_a_rejected_token_is_signed_again_once(onedb_emulator: OneDBEmulator) ->
     provider = OneDBProvider(_source(onedb_emulator), TIMING)
     provider.fetch_page("events", None)
     onedb_emulator.revoke_tokens()
-    assert len(provider.fetch_page("events", None).rows) == 10
+    assert len(_rows(provider, provider.fetch_page("events", None))) == 10
     assert len(set(onedb_emulator.tokens)) == 2
     onedb_emulator.set_key_secret(ENV_ID, KEY_ID, "rotated-000000000")
     with pytest.raises(Fatal, match="freshly signed token was rejected too"):
@@ -103,7 +112,7 @@ def test_busy_is_retried_in_the_call(onedb_emulator: OneDBEmulator) -> None:
     onedb_emulator.inject("busy")
     onedb_emulator.inject("drop")
     provider = OneDBProvider(_source(onedb_emulator), TIMING)
-    assert len(provider.fetch_page("events", None).rows) == 10
+    assert len(_rows(provider, provider.fetch_page("events", None))) == 10
     onedb_emulator.inject("busy", 3)
     with pytest.raises(Retryable, match="busy"):
         provider.fetch_page("events", None)
@@ -134,12 +143,13 @@ def test_err_codes_are_classified(onedb_emulator: OneDBEmulator, title: str, kin
 
 def test_rows_are_written_as_compact_json_lines(onedb_emulator: OneDBEmulator) -> None:
     huge = 2**70  # beyond orjson: parsed and written by the standard library instead
-    rows = [{"ids": {"id": "a"}, "columns": {"t": "换行\n🐼", "big": huge, "f": 0.1}},
-            {"ids": {"id": "b"}, "columns": {}}]
+    rows: list[dict[str, Any]] = [
+        {"ids": {"id": "a"}, "columns": {"t": "换行\n🐼", "big": huge, "f": 0.1}},
+        {"ids": {"id": "b"}, "columns": {}}]
     onedb_emulator.add_table(ENV_ID, APP, "odd", ["id"], rows)
     provider = OneDBProvider(_source(onedb_emulator, tables=[{"name": "odd", "keys": ["id"]}]),
                              TIMING)
-    data = provider.encode_rows(provider.fetch_page("odd", None).rows)
+    data, _ = provider.encode_page(provider.fetch_page("odd", None))
     assert data.decode("utf-8").splitlines() == [
         '{"ids":{"id":"a"},"columns":{"t":"换行\\n🐼","big":1180591620717411303424,"f":0.1}}',
         '{"ids":{"id":"b"},"columns":{}}',
@@ -165,3 +175,16 @@ def test_next_id_of_an_unknown_shape_stops_the_copy() -> None:
         _next_ids({"id": "x"}, "events")
     assert _next_ids(None, "events") is None
     assert _next_ids({"ids": {"a": 1}}, "events") == {"a": 1}
+
+
+def test_tricky_rows_and_keys_page_exactly(onedb_emulator: OneDBEmulator) -> None:
+    """A column called nextId, and integer keys beyond 64 bits in the cursor itself."""
+    rows = [{"ids": {"id": 2**64 + i}, "columns": {"nextId": {"ids": {"id": 1}}, "n": i}}
+            for i in range(6)]
+    rows.append({"ids": {"id": 5}, "columns": {"nextId": "\"nextId\":{}", "n": -1}})
+    onedb_emulator.add_table(ENV_ID, APP, "tricky", ["id"], rows)
+    onedb_emulator.page_cap = 2  # every page ends with a cursor
+    provider = OneDBProvider(_source(onedb_emulator, tables=[{"name": "tricky", "keys": ["id"]}]),
+                             TIMING)
+    assert _all_rows(provider, "tricky") == [rows[-1], *rows[:-1]]
+    assert onedb_emulator.calls["getMany"] == 4
