@@ -15,6 +15,8 @@ import yaml
 from rich.table import Table
 
 from scripts.compare import assert_object_equals_docs
+from scripts.emulators.minapp import MinAppEmulator, render_export
+from scripts.emulators.onedb import OneDBEmulator
 from scripts.emulators.wechat import WeChatEmulator
 from scripts.s3_server import create_bucket, start_s3_server, stop_s3_server
 from scripts.sample_data import make_docs
@@ -36,8 +38,62 @@ COLLECTIONS: dict[str, list[dict[str, Any]]] = {
     "audit_log": [],
 }
 
+# MinApp: a table over the (demo-sized) per-export row limit is exported in parts.
+MINAPP_CLIENT_ID = "demo5eed0000minapp01"
+MINAPP_SECRET = "demo-minapp-client-secret-0000"  # the emulator's
+MINAPP_MAX_ROWS = 2000  # MinApp's real limit is 1,000,000 rows per export
+MINAPP_TABLES: dict[int, list[dict[str, Any]]] = {
+    1001: [{k: v for k, v in d.items() if k != "_id"} for d in make_docs(5000, seed=21, prefix="o")],
+    1002: [{k: v for k, v in d.items() if k != "_id"} for d in make_docs(300, seed=22, prefix="m")],
+}
 
-def _write_config(folder: Path, wechat_url: str, s3_url: str) -> Path:
+
+def _minapp_source(minapp_url: str) -> dict[str, Any]:
+    return {"type": "minapp", "name": "app", "client_id": MINAPP_CLIENT_ID,
+            "client_secret": "${DEMO_MINAPP_SECRET}", "file_type": "json",
+            "tables": [{"id": 1001, "split": {"key": "created_at", "rows_per_part": 1500}}, 1002],
+            "max_export_rows": MINAPP_MAX_ROWS, "api_base": minapp_url}
+
+
+# OneDB: no export job; the finisher pages through each table (5000 rows a call).
+ONEDB_ENV, ONEDB_KEY_ID, ONEDB_APP = "demo-onedb-env", "demo-onedb-key", "user"
+ONEDB_SECRET = "demo-onedb-key-secret-0000"  # the emulator's
+ONEDB_EVENTS = 120_000  # generated rows: several parts and pages
+
+
+def _onedb_emulator() -> OneDBEmulator:
+    onedb = OneDBEmulator()
+    onedb.add_key(ONEDB_ENV, ONEDB_KEY_ID, ONEDB_SECRET)
+    onedb.add_generated_table(ONEDB_ENV, ONEDB_APP, "events", ONEDB_EVENTS)
+    posts = [{"ids": {"userId": f"用户{n % 7}", "postId": n},  # composite primary key
+              "columns": {k: v for k, v in d.items() if k != "_id"}}
+             for n, d in enumerate(make_docs(400, seed=31, prefix="p"))]
+    onedb.add_table(ONEDB_ENV, ONEDB_APP, "posts", ["userId", "postId"], posts)
+    onedb.add_table(ONEDB_ENV, ONEDB_APP, "empty", ["id"], [])
+    return onedb
+
+
+def _add_onedb_source(config_path: Path, onedb_url: str) -> None:
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    config["sources"].append({
+        "type": "onedb", "name": "crm", "region": "cn-east-1", "envid": ONEDB_ENV,
+        "keyid": ONEDB_KEY_ID, "key_secret": "${DEMO_ONEDB_SECRET}", "app_id": ONEDB_APP,
+        "keys": ["userId", "seq"],
+        "tables": ["events", {"name": "posts", "keys": ["userId", "postId"]},
+                   {"name": "empty", "keys": ["id"]}],
+        "api_base": onedb_url})
+    config_path.write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False),
+                           encoding="utf-8")
+
+
+def _onedb_equal(store: CosObjectStore, manifest: dict[str, Any], onedb: OneDBEmulator) -> bool:
+    """Every row, in key order, once: the object's lines against the table."""
+    lines = store.read(manifest["object_key"]).decode("utf-8").splitlines()
+    rows = list(onedb.rows(ONEDB_ENV, ONEDB_APP, manifest["collection"]))
+    return [json.loads(line) for line in lines] == rows
+
+
+def _write_config(folder: Path, wechat_url: str, s3_url: str, minapp_url: str) -> Path:
     config = {
         "destination": {"bucket": BUCKET, "region": "ap-guangzhou", "prefix": "baas-backup",
                         "endpoint": s3_url, "anonymous": True},
@@ -50,6 +106,7 @@ def _write_config(folder: Path, wechat_url: str, s3_url: str) -> Path:
             {"type": "wechat", "name": "shop-csv", "appid": APPID,
              "secret": "${DEMO_WECHAT_SECRET}", "env": ENV_ID, "collections": ["orders"],
              "file_type": "csv", "api_base": wechat_url},
+            _minapp_source(minapp_url),
         ],
     }
     path = folder / "backup.yaml"
@@ -57,7 +114,8 @@ def _write_config(folder: Path, wechat_url: str, s3_url: str) -> Path:
     return path
 
 
-def _show_bucket(config_path: Path, emulator: WeChatEmulator) -> bool:
+def _show_bucket(config_path: Path, emulator: WeChatEmulator, minapp: MinAppEmulator,
+                 onedb: OneDBEmulator) -> bool:
     config = load_config(config_path)
     store = CosObjectStore(config.destination)
     table = Table(title=f"what landed in bucket {BUCKET}")
@@ -67,15 +125,36 @@ def _show_bucket(config_path: Path, emulator: WeChatEmulator) -> bool:
     manifests = [o for o in store.list(config.destination.prefix) if o.key.endswith(".manifest.json")]
     for info in sorted(manifests, key=lambda o: o.key):
         manifest = json.loads(store.read(info.key))
-        data = store.read(manifest["object_key"])
-        equal = _equals_source(data, emulator.docs(ENV_ID, manifest["collection"]),
-                               manifest["file_type"])
+        if manifest["platform"] == "minapp":
+            equal = _minapp_equal(store, manifest, minapp)
+        elif manifest["platform"] == "onedb":
+            equal = _onedb_equal(store, manifest, onedb)
+        else:
+            data = store.read(manifest["object_key"])
+            equal = _equals_source(data, emulator.docs(ENV_ID, manifest["collection"]),
+                                   manifest["file_type"])
         all_equal &= equal
         table.add_row(manifest["source"], manifest["collection"], str(manifest["records"]),
                       str(manifest["bytes"]), manifest["sha256"],
-                      manifest["object_key"], "yes" if equal else "NO")
+                      manifest["object_key"] + _more_parts(manifest), "yes" if equal else "NO")
     console().print(table)
     return all_equal and bool(manifests)
+
+
+def _more_parts(manifest: dict[str, Any]) -> str:
+    extra = len(manifest.get("objects") or []) - 1
+    return f" (+ {extra} more parts)" if extra > 0 else ""
+
+
+def _minapp_equal(store: CosObjectStore, manifest: dict[str, Any], minapp: MinAppEmulator) -> bool:
+    """Each stored part is byte for byte MinApp's export of its slice of the table."""
+    records, start = minapp.records(manifest["collection"]), 0
+    for part in manifest["objects"]:
+        piece = records[start:start + part["records"]]
+        if store.read(part["key"]) != render_export(piece, manifest["file_type"]):
+            return False
+        start += part["records"]
+    return start == len(records)
 
 
 def _equals_source(data: bytes, docs: list[dict[str, Any]], file_type: str) -> bool:
@@ -96,18 +175,30 @@ def main() -> int:
 
     s3, s3_url = start_s3_server()
     create_bucket(s3_url, BUCKET)
-    with WeChatEmulator(polls_until_ready=2) as emulator:
+    # One export per table per second instead of MinApp's per minute, so parts start quickly.
+    minapp = MinAppEmulator(job_window=1, max_export_rows=MINAPP_MAX_ROWS)
+    minapp.add_client(MINAPP_CLIENT_ID, MINAPP_SECRET)
+    for table_id, records in MINAPP_TABLES.items():
+        minapp.add_table(table_id, records)
+    with WeChatEmulator(polls_until_ready=2) as emulator, minapp, _onedb_emulator() as onedb:
         emulator.add_app(APPID, SECRET)
         emulator.add_env(APPID, ENV_ID)
         for name, docs in COLLECTIONS.items():
             emulator.add_collection(ENV_ID, name, docs)
-        config_path = _write_config(folder, emulator.base_url, s3_url)
+        config_path = _write_config(folder, emulator.base_url, s3_url, minapp.base_url)
+        _add_onedb_source(config_path, onedb.base_url)
+        os.environ["DEMO_ONEDB_SECRET"] = ONEDB_SECRET
         os.environ["DEMO_WECHAT_SECRET"] = SECRET
+        os.environ["DEMO_MINAPP_SECRET"] = MINAPP_SECRET
         print(f"WeChat emulator at {emulator.base_url}, S3 server at {s3_url}")
+        print(f"MinApp emulator at {minapp.base_url} (table 1001 is over its {MINAPP_MAX_ROWS}-row "
+              "export limit: split into parts)")
+        print(f"OneDB emulator at {onedb.base_url} (tables paged by the finisher, "
+              f"{ONEDB_EVENTS} rows in events)")
         print(f"config: {config_path}\n")
         code = cli(["--config", str(config_path), "run", "--tick", "0.3"])
         print()
-        equal = _show_bucket(config_path, emulator)
+        equal = _show_bucket(config_path, emulator, minapp, onedb)
         cli(["--config", str(config_path), "status"])
     stop_s3_server(s3)
     print("every object equals its source collection" if equal else "MISMATCH: see the table")

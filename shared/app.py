@@ -5,18 +5,29 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from shared.config import Config, Source, Timing, WeChatSource
-from shared.dispatch import Dispatcher, InProcessDispatcher
+from shared.config import Config, MinAppSource, OneDBSource, Source, Timing, WeChatSource
+from shared.dispatch import Dispatcher, dispatcher_for
 from shared.pipeline import Context, finish
 from shared.providers.base import Provider, TokenCache
-from shared.providers.wechat import WeChatProvider
 from shared.sink import CosObjectStore
 from shared.state import open_store
 
 
 def build_provider(source: Source, cache: TokenCache, timing: Timing) -> Provider:
+    # Each platform's module is imported only when a source of that type is configured,
+    # so a cold start loads just what the config uses.
     if isinstance(source, WeChatSource):
+        from shared.providers.wechat import WeChatProvider
+
         return WeChatProvider(source, cache, timing)
+    if isinstance(source, MinAppSource):
+        from shared.providers.minapp import MinAppProvider
+
+        return MinAppProvider(source, cache, timing)
+    if isinstance(source, OneDBSource):
+        from shared.providers.onedb import OneDBProvider
+
+        return OneDBProvider(source, timing)  # signs its own short-lived tokens: no cache
     raise TypeError(f"no provider for source type {type(source).__name__}")
 
 
@@ -26,7 +37,7 @@ def build_context(
     environ: Mapping[str, str] | None = None,
     dispatcher: Dispatcher | None = None,
 ) -> Context:
-    store = open_store(config.state.url)
+    store = open_store(config.state, config.destination, environ=environ)
     sink = CosObjectStore(config.destination, environ if environ is not None else os.environ)
     providers: dict[str, Provider] = {}
 
@@ -35,7 +46,10 @@ def build_context(
             providers[name] = build_provider(config.source(name), store, config.timing)
         return providers[name]
 
-    # The in-process dispatcher closes over `context`, which exists by the time it runs.
+    # The in-process dispatcher closes over `context`, which exists by the time it runs;
+    # config.dispatch picks it (local runs) or SCF's async Invoke of the finisher (hosted).
     context = Context(config=config, store=store, sink=sink, provider_for=provider_for,
-                      dispatcher=dispatcher or InProcessDispatcher(lambda job_id: finish(context, job_id)))
+                      dispatcher=dispatcher or dispatcher_for(
+                          config, environ if environ is not None else os.environ,
+                          lambda job_id: finish(context, job_id)))
     return context

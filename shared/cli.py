@@ -1,5 +1,5 @@
 """Command line for local use against real platforms or emulators:
-`validate`, `schema`, `run` (start a run and drive it to the end), `status`."""
+`validate`, `schema`, `run` (start a run and drive it to the end), `status`, `serve`."""
 
 from __future__ import annotations
 
@@ -37,6 +37,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = commands.add_parser("status", help="recent runs, or the jobs of one run")
     status.add_argument("run_id", nargs="?")
     status.add_argument("--limit", type=int, default=10)
+    serve = commands.add_parser("serve", help="the HTTP API and status page on this machine")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--poll-seconds", type=float, default=5.0,
+                       help="drive runs forward like the poller's timer (0: off)")
     args = parser.parse_args(argv)
 
     if args.command == "schema":
@@ -49,12 +54,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     if args.command == "validate":
-        targets = sum(len(getattr(s, "collections", [])) for s in config.sources)
-        print(f"config OK: {len(config.sources)} source(s), {targets} listed collection(s), "
-              f"backing up to {config.destination.bucket}/{config.destination.prefix}")
+        print(f"config OK: {len(config.sources)} source(s), backing up to "
+              f"{config.destination.bucket}/{config.destination.prefix}")
+        for source in config.sources:
+            listed = getattr(source, "collections", None) or getattr(source, "tables", None)
+            what = "every collection" if listed == "all" else ", ".join(map(str, listed or []))
+            print(f"  {source.name} ({source.type}): {what}")
         return 0
     if args.command == "status":
-        return _status(open_store(config.state.url), args.run_id, args.limit)
+        return _status(open_store(config.state, config.destination), args.run_id, args.limit)
+    if args.command == "serve":
+        from shared.local_server import serve as serve_api
+
+        return serve_api(config, args.config, args.host, args.port, args.poll_seconds)
     try:
         return _run(build_context(config), args.source, args.tick)
     except UnknownSource as exc:

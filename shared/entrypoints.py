@@ -49,12 +49,15 @@ def _is_timer(event: dict[str, Any]) -> bool:
 
 
 def handle_trigger(event: dict[str, Any]) -> dict[str, Any]:
-    """Timer: the scheduled backup (a retried timer event maps to the same run)."""
-    ctx = _context()
+    """Timer: the scheduled backup (a retried timer event maps to the same run).
+    API Gateway: the HTTP API (shared/http_api.py); the context is built only for a
+    caller who passed authentication."""
     if "httpMethod" in event:
-        return {"isBase64Encoded": False, "statusCode": 501,
-                "headers": {"Content-Type": "application/json"},
-                "body": '{"error": "the HTTP API is not enabled in this version"}'}
+        configure_logging()
+        from shared.http_api import handle_event  # only the HTTP trigger needs the API
+
+        return handle_event(event, _context)
+    ctx = _context()
     if _is_timer(event):
         timer = TimerEvent.model_validate(event)
         key = f"timer:{timer.TriggerName}:{timer.Time}"

@@ -42,7 +42,7 @@ MAX_IDEMPOTENCY_KEY = 200
 HTTP_START_BUDGET_SECONDS = 10.0  # keep POST /runs well inside API Gateway's backend timeout
 DEFAULT_PAGE = 20
 MAX_PAGE = 100
-RUN_ID = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$")
+RUN_ID = re.compile(r"^[0-9]{8}T[0-9]{6}([0-9]{3})?Z-[0-9a-f]{8}$")
 _KEY_CHARS = re.compile(r"^[\x21-\x7e]+$")  # visible ASCII: safe in a header and a log line
 
 JSON_TYPE = "application/json; charset=utf-8"
@@ -396,7 +396,7 @@ def _list_runs(request: Request, params: Mapping[str, str], context: ContextFact
     limit = _limit(request.query.get("limit"))
     before = request.query.get("before") or None
     if before is not None and not RUN_ID.match(before):
-        raise HttpError(400, f"before must be a run id like 20261121T020000Z-1a2b3c4d "
+        raise HttpError(400, f"before must be a run id like 20261121T020000123Z-1a2b3c4d "
                              f"(the 'next' of the previous page), got {before[:80]!r}", "before")
     store = _pipeline(context).store
     runs = store.list_runs(limit + 1, before)

@@ -5,7 +5,7 @@ A run is one backup of a set of sources; it owns one job per collection/table.
     pending ──start──► exporting ──ready──► ready ──claim──► copying ──► done
        ▲  │                │                 ▲                 │
        │  └────────────────┴──► failed ◄─────┴─────────────────┘
-       └── restart (platform forgot the export)   lease expired ─► ready
+       └── restart (platform forgot the export, even mid-copy)   lease expired ─► ready
 
 Every change goes through `Job.moved_to`, which refuses transitions the machine does
 not have, so a bug surfaces as an error instead of a silently wrong backup.
@@ -45,8 +45,8 @@ _ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
                                     JobStatus.FAILED}),
     JobStatus.READY: frozenset({JobStatus.READY, JobStatus.COPYING, JobStatus.PENDING,
                                 JobStatus.FAILED}),
-    JobStatus.COPYING: frozenset({JobStatus.COPYING, JobStatus.READY, JobStatus.DONE,
-                                  JobStatus.FAILED}),
+    JobStatus.COPYING: frozenset({JobStatus.COPYING, JobStatus.READY, JobStatus.PENDING,
+                                  JobStatus.DONE, JobStatus.FAILED}),
     JobStatus.DONE: frozenset(),
     JobStatus.FAILED: frozenset(),
 }
@@ -161,12 +161,16 @@ class Run(BaseModel):
     finished_at: datetime | None = None
     manifest_key: str | None = None
     summary: dict[str, Any] | None = None
+    # Per discovering source: {"found": [...], "excluded": [...]}, or {"error": ...} when its
+    # collections could not be listed. Written into the run manifest.
+    discovery: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 def run_id_for(idempotency_key: str, at: datetime) -> str:
-    """Sortable and derived from the key, so a retried trigger names the same run."""
+    """Sortable to the millisecond, and tagged with the key so retries are recognisable."""
     digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:8]
-    return f"{at.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}-{digest}"
+    moment = at.astimezone(timezone.utc)
+    return f"{moment:%Y%m%dT%H%M%S}{moment.microsecond // 1000:03d}Z-{digest}"
 
 
 def job_id_for(run_id: str, source: str, target: str) -> str:

@@ -34,6 +34,9 @@ def run_text(run: Run, jobs: list[Job]) -> str:
         f"{summary.get('done', 0)}/{summary.get('jobs', len(jobs))} collections copied, "
         f"{summary.get('records', 0)} records, {summary.get('bytes', 0)} bytes"
     ]
+    for source, found in sorted(run.discovery.items()):
+        if "error" in found:
+            lines.append(f"- {source}: could not list its collections: {found['error']}")
     for job in failed[:MAX_FAILURES_LISTED]:
         lines.append(f"- {job.source}/{job.target}: {job.error or 'failed'}")
     if len(failed) > MAX_FAILURES_LISTED:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from shared import paged
 from shared.config import Config
 from shared.dispatch import Dispatcher
 from shared.errors import Fatal, Forgotten, PlatformError, Retryable, RetryLater, VerificationFailed
@@ -72,7 +73,7 @@ def start_run(
     """Record a run and its jobs once per idempotency key, then start what can start
     within the time budget; the poller starts the rest."""
     chosen = _choose_sources(ctx.config, sources or (list(collections) if collections else None))
-    targets = {name: _choose_targets(ctx, name, (collections or {}).get(name)) for name in chosen}
+    targets, discovery = _discover(ctx, chosen, collections)
     now = ctx.clock()
     run_id = run_id_for(idempotency_key, now)
     deadline = now + timedelta(minutes=ctx.config.timing.export_deadline_minutes)
@@ -91,7 +92,7 @@ def start_run(
         for target in targets[name]
     ]
     run = Run(run_id=run_id, idempotency_key=idempotency_key, trigger=trigger,
-              sources=chosen, created_at=now)
+              sources=chosen, created_at=now, discovery=discovery)
     run, created = ctx.store.create_run(run, jobs)
     with log_context(run_id=run.run_id):
         if not created:
@@ -106,6 +107,30 @@ def start_run(
             if job.status is JobStatus.PENDING:
                 _advance(ctx, job)
     return run, True
+
+
+def _discover(
+    ctx: Context, chosen: list[str], collections: dict[str, list[str]] | None
+) -> tuple[dict[str, list[str]], dict[str, dict[str, Any]]]:
+    """Each source's targets for this run, and what discovery found (for the run manifest).
+    A source whose collections cannot be listed gets no jobs: its error is recorded on the
+    run, which then ends failed, while the other sources are backed up."""
+    targets: dict[str, list[str]] = {}
+    discovery: dict[str, dict[str, Any]] = {}
+    for name in chosen:
+        try:
+            targets[name] = _choose_targets(ctx, name, (collections or {}).get(name))
+        except PlatformError as exc:
+            message = redact(str(exc))
+            log.error("could not list the source's collections", extra={"source": name,
+                                                                        "reason": message})
+            targets[name], discovery[name] = [], {"error": message}
+            continue
+        report = getattr(ctx.provider_for(name), "discovery", None)  # providers that discover
+        found: dict[str, Any] | None = report() if callable(report) else None
+        if found is not None:
+            discovery[name] = found
+    return targets, discovery
 
 
 def _choose_targets(ctx: Context, source: str, wanted: list[str] | None) -> list[str]:
@@ -194,8 +219,17 @@ def _past_deadline(job: Job, now: datetime) -> bool:
 
 
 def _start_export(ctx: Context, job: Job, now: datetime) -> None:
+    if paged.is_paged(ctx.provider_for(job.source)):  # pages the table itself: no export job
+        _hand_off(ctx, job.moved_to(JobStatus.READY, started_at=job.started_at or now,
+                                    lease_owner=None, lease_until=None), now)
+        return
     if job.lease_owner and not job.lease_expired(now):
         return  # another poller is starting it right now
+    blocked = getattr(ctx.provider_for(job.source), "start_blocked", None)
+    reason: str | None = blocked() if callable(blocked) else None
+    if reason:  # the platform said "no more exports for now" in this invocation: wait, one write
+        _save(ctx, job.model_copy(update={"next_check_at": now + RETRY_LATER, "error": redact(reason)}))
+        return
     claimed = ctx.store.save_job(job.model_copy(update={
         "lease_owner": ctx.worker, "lease_until": now + START_CLAIM,
         "next_check_at": now + START_CLAIM,
@@ -253,6 +287,12 @@ def _hand_off(ctx: Context, job: Job, now: datetime) -> None:
 
 
 def _reclaim_copy(ctx: Context, job: Job, now: datetime) -> None:
+    if paged.progressed(job):  # cut off (killed, timed out) after real progress: resume it
+        log.warning("paged copy stopped after saving progress; handing it out again",
+                    extra={"rows_so_far": job.progress_records})
+        _hand_off(ctx, job.moved_to(JobStatus.READY, lease_owner=None, lease_until=None,
+                                    checkpoint=paged.rebased(job)), now)
+        return
     if job.attempts + 1 >= ctx.config.timing.max_attempts:
         _fail(ctx, job, f"copy did not finish after {job.attempts + 1} tries; last error: "
                         f"{job.error or 'the finisher stopped without a word (timeout?)'}", now)
@@ -316,7 +356,9 @@ def finish(ctx: Context, job_id: str) -> str:
             lease_owner=ctx.worker,
             lease_until=lease_until,
             next_check_at=lease_until,
-            attempts=job.attempts + (1 if job.status is JobStatus.COPYING else 0),
+            attempts=job.attempts + (1 if job.status is JobStatus.COPYING
+                                     and not paged.progressed(job) else 0),
+            checkpoint=paged.rebased(job),
         ))
         if claimed is None:
             return "claimed-elsewhere"
@@ -328,6 +370,18 @@ def finish(ctx: Context, job_id: str) -> str:
         except LeaseLost:
             log.warning("another finisher took this job over; stopping here")
             return "claimed-elsewhere"
+        except Forgotten as exc:  # the export vanished before we could copy it: start over
+            log.warning("platform forgot the export during the copy; starting it again",
+                        extra={"reason": redact(str(exc))})
+            _save(ctx, hold.job.moved_to(
+                JobStatus.PENDING, remote_id=None, expected_records=None, part_records=None,
+                checkpoint=None, lease_owner=None, lease_until=None, next_check_at=ctx.clock(),
+                error=redact(str(exc))))
+            return "restarted"
+        except paged.CopyPaused:  # out of time; the poller hands it to the next invocation
+            _save(ctx, hold.job.moved_to(JobStatus.READY, lease_owner=None, lease_until=None,
+                                         next_check_at=ctx.clock()))
+            return "paused"
         except Exception as exc:
             if not isinstance(exc, PlatformError):
                 log.exception("unexpected error while copying")
@@ -367,14 +421,16 @@ class CopyHold:
 def _release_after_error(ctx: Context, job: Job, exc: Exception) -> None:
     now = ctx.clock()
     message = redact(str(exc))
-    if job.attempts + 1 >= ctx.config.timing.max_attempts:
+    # Neither a copy that got further (paged) nor a platform asking to wait is a failed try.
+    tries = job.attempts + (0 if paged.progressed(job) or isinstance(exc, RetryLater) else 1)
+    if tries >= ctx.config.timing.max_attempts:
         _fail(ctx, job, f"copy failed after {job.attempts + 1} tries: {message}", now)
         return
     log.warning("copy failed; will retry", extra={"reason": message})
     timing = ctx.config.timing
     _save(ctx, job.moved_to(
-        JobStatus.READY, attempts=job.attempts + 1, error=message, lease_owner=None,
-        lease_until=None,
+        JobStatus.READY, attempts=tries, error=message, lease_owner=None,
+        lease_until=None, checkpoint=paged.rebased(job),
         next_check_at=now + backoff(job.attempts, timing.first_check_seconds,
                                     timing.max_check_interval_seconds),
     ))
@@ -386,6 +442,12 @@ def _copy(ctx: Context, hold: CopyHold) -> JobResult:
     provider = ctx.provider_for(job.source)
     base = data_key(ctx.config.destination.prefix, job.run_id, job.source, job.target,
                     provider.file_type)
+    if paged.is_paged(provider):  # no export file: pages go straight into the object
+        result = JobResult(manifest_key=manifest_key(base),
+                           objects=[paged.copy_table(ctx, hold, provider, base)])
+        ctx.sink.put_json(result.manifest_key,
+                          _job_manifest(ctx, hold.job, result, provider.file_type))
+        return result
     expected = job.part_records or [job.expected_records]
     stored = [StoredObject.model_validate(o) for o in (job.checkpoint or {}).get("copied", [])]
     for index in range(len(stored), len(expected)):
@@ -462,14 +524,17 @@ def close_finished_runs(ctx: Context) -> list[str]:
 def _close_run(ctx: Context, run: Run, jobs: list[Job]) -> bool:
     now = ctx.clock()
     failed = [j for j in jobs if j.status is JobStatus.FAILED]
-    summary = {
+    unlisted = {s: d["error"] for s, d in run.discovery.items() if "error" in d}
+    summary: dict[str, Any] = {
         "jobs": len(jobs),
         "done": len(jobs) - len(failed),
         "failed": len(failed),
         "bytes": sum(j.result.bytes for j in jobs if j.result),
         "records": sum(j.result.records for j in jobs if j.result),
     }
-    status = RunStatus.SUCCEEDED if jobs and not failed else RunStatus.FAILED
+    if unlisted:
+        summary["sources_not_listed"] = sorted(unlisted)
+    status = RunStatus.SUCCEEDED if jobs and not failed and not unlisted else RunStatus.FAILED
     key = run_manifest_key(ctx.config.destination.prefix, run.run_id)
     ctx.sink.put_json(key, {
         "format": MANIFEST_FORMAT,
@@ -479,6 +544,7 @@ def _close_run(ctx: Context, run: Run, jobs: list[Job]) -> bool:
         "started_at": _iso(run.created_at),
         "finished_at": _iso(now),
         "summary": summary,
+        "discovery": run.discovery,  # per source: collections found and excluded, or the error
         "jobs": [_job_entry(j) for j in jobs],
     })
     saved = ctx.store.save_run(run.model_copy(update={
@@ -491,7 +557,8 @@ def _close_run(ctx: Context, run: Run, jobs: list[Job]) -> bool:
         log.info("run succeeded", extra=summary)
     else:
         log.error("run finished with failures", extra={
-            **summary, "failures": {f"{j.source}/{j.target}": j.error for j in failed}})
+            **summary, "failures": {**{f"{j.source}/{j.target}": j.error for j in failed},
+                                    **{f"{s}/*": error for s, error in unlisted.items()}}})
     return True
 
 

@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from qcloud_cos import CosConfig, CosS3Client
@@ -179,6 +179,14 @@ def _cos_config(destination: Destination, environ: Mapping[str, str]) -> CosConf
     return CosConfig(**options)
 
 
+def cos_client(destination: Destination, environ: Mapping[str, str] | None = None) -> CosS3Client:
+    """The SDK client for `destination`, used by the sink and the COS state store. Credentials
+    are read now: build a new client per invocation, since the SCF role's keys expire."""
+    with _cos_errors("setup", destination.bucket):
+        config = _cos_config(destination, os.environ if environ is None else environ)
+    return CosS3Client(config)
+
+
 class CosObjectStore:
     """ObjectStore over cos-python-sdk-v5.
 
@@ -189,9 +197,7 @@ class CosObjectStore:
     list_page_size = 1000
 
     def __init__(self, destination: Destination, environ: Mapping[str, str] | None = None) -> None:
-        with _cos_errors("setup", destination.bucket):
-            config = _cos_config(destination, os.environ if environ is None else environ)
-        self._client = CosS3Client(config)
+        self._client = cos_client(destination, environ)
         self._bucket = destination.bucket
         self._part_size = destination.part_size_mb * MIB
         self._encryption: dict[str, str] = (
@@ -340,3 +346,67 @@ class CosObjectStore:
             key=key,
             code="SizeMismatch",
         )
+
+    # resumable multipart uploads: paged sources (OneDB) write one object over several
+    # invocations, keeping the upload id and the parts' ETags in the state table.
+    def begin_upload(self, key: str, content_type: str) -> str:
+        """Start a multipart upload that may outlive this process; returns its upload id."""
+        return self._create_multipart(key, content_type)
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+        """Upload part `number` (uploading the same number again replaces it); its ETag."""
+        return str(self._upload_part(key, upload_id, number, data)["ETag"])
+
+    def complete_upload(self, key: str, upload_id: str, parts: Iterable[tuple[int, str]]) -> None:
+        """Commit the upload from (part number, ETag) pairs in order."""
+        with _cos_errors("complete upload", key):
+            self._client.complete_multipart_upload(
+                Bucket=self._bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Part": [{"PartNumber": n, "ETag": etag} for n, etag in parts]},
+            )
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        """Abort an upload; one that is already gone (completed, aborted, expired) is fine."""
+        try:
+            with _cos_errors("abort upload", key):
+                self._client.abort_multipart_upload(
+                    Bucket=self._bucket, Key=key, UploadId=upload_id
+                )
+        except SinkError as exc:
+            if exc.code != "NoSuchUpload":
+                raise
+
+    def open_uploads(self, key: str) -> tuple[str, ...]:
+        """Ids of the unfinished multipart uploads of exactly `key`, e.g. left by a process
+        killed before it could record its upload id."""
+        found: tuple[str, ...] = ()
+        key_marker = upload_marker = ""
+        while True:
+            with _cos_errors("list uploads", key):
+                page = self._client.list_multipart_uploads(
+                    Bucket=self._bucket, Prefix=key, KeyMarker=key_marker,
+                    UploadIdMarker=upload_marker,
+                )
+            uploads = page.get("Upload", [])
+            found += tuple(str(u["UploadId"]) for u in uploads if u.get("Key") == key)
+            if page.get("IsTruncated") != "true" or not uploads:
+                return found
+            key_marker, upload_marker = uploads[-1]["Key"], uploads[-1]["UploadId"]
+
+
+@runtime_checkable
+class ResumableUploads(Protocol):
+    """What a paged copy needs besides `ObjectStore`: multipart uploads whose id and parts
+    are kept by the caller, so an upload started by one process is finished by another."""
+
+    def begin_upload(self, key: str, content_type: str) -> str: ...
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str: ...
+
+    def complete_upload(self, key: str, upload_id: str, parts: Iterable[tuple[int, str]]) -> None: ...
+
+    def abort_upload(self, key: str, upload_id: str) -> None: ...
+
+    def open_uploads(self, key: str) -> tuple[str, ...]: ...

@@ -3,6 +3,9 @@
 pytest_plugins = [
     "tests.support.cos",
     "tests.support.wechat",
+    "tests.support.minapp",
     "tests.support.backup",
+    "tests.support.onedb",
+    "tests.support.mysql",
     "tests.support.webhook",
 ]

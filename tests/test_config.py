@@ -10,7 +10,13 @@ from typing import Any
 import pytest
 
 from shared.cli import main as cli
-from shared.config import ConfigError, config_json_schema, load_config, parse_config
+from shared.config import (
+    ConfigError,
+    WeChatSource,
+    config_json_schema,
+    load_config,
+    parse_config,
+)
 
 ENV = {"WECHAT_SECRET": "s3cr3t-value-123", "BUCKET": "backups-1250000000"}
 GOOD: dict[str, Any] = {
@@ -36,6 +42,7 @@ def test_valid_config_expands_references() -> None:
     assert config.destination.bucket == "backups-1250000000"
     assert config.destination.prefix == "db/backups"
     source = config.sources[0]
+    assert isinstance(source, WeChatSource) and source.secret is not None
     assert source.secret.get_secret_value() == "s3cr3t-value-123"
     assert "s3cr3t" not in repr(config)
 
@@ -51,7 +58,7 @@ def test_valid_config_expands_references() -> None:
          "sources[0].colections: unknown field; did you mean 'collections'?"),
         (lambda d: d["sources"][0].update(file_type="xml"),
          "sources[0].file_type: Input should be 'json' or 'csv' (got \"xml\")"),
-        (lambda d: d["sources"][0].update(type="firebase"), "sources[0]: type must be one of: wechat"),
+        (lambda d: d["sources"][0].update(type="firebase"), "sources[0]: type must be one of: wechat, onedb, wechat-platform, minapp"),
         (lambda d: d["destination"].pop("bucket"), "destination.bucket: required field is missing"),
         (lambda d: d["destination"].update(prefix="a/../b"), "destination.prefix: must not contain '.' or '..'"),
         (lambda d: d["destination"].update(endpoint="ftp://x"), "destination.endpoint: must look like http(s)://"),
@@ -61,7 +68,7 @@ def test_valid_config_expands_references() -> None:
         (lambda d: d["sources"][0].update(queries={"orders": "db.collection('users').get()"}),
          "must start with db.collection('orders')"),
         (lambda d: d["sources"].append(copy.deepcopy(d["sources"][0])), "source names must be unique; rename shop"),
-        (lambda d: d.update(state={"url": "postgres://x"}), "state.url: only sqlite:///PATH is supported"),
+        (lambda d: d.update(state={"url": "postgres://x"}), "state: url must be one of cos://"),
         (lambda d: d["destination"].update(part_size_mb=1), "destination.part_size_mb: Input should be greater than or equal to 5"),
         (lambda d: d["destination"].update(bucket="${NOPE}"), "destination.bucket: environment variable NOPE is not set"),
     ],
@@ -113,7 +120,8 @@ def test_cli_validate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: p
     path = tmp_path / "c.yaml"
     path.write_text(json.dumps(GOOD), encoding="utf-8")
     assert cli(["--config", str(path), "validate"]) == 0
-    assert "config OK: 1 source(s), 2 listed collection(s)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "config OK: 1 source(s)" in out and "shop (wechat): orders, users" in out
     broken = copy.deepcopy(GOOD)
     broken["sources"][0]["file_type"] = "xml"
     path.write_text(json.dumps(broken), encoding="utf-8")

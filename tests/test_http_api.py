@@ -164,7 +164,7 @@ def test_openapi_document_is_valid_and_matches_the_routes() -> None:
 
 
 # auth -----------------------------------------------------------------------------------
-DATA_ROUTES = [("GET", "/runs"), ("POST", "/runs"), ("GET", "/runs/20261121T020000Z-1a2b3c4d")]
+DATA_ROUTES = [("GET", "/runs"), ("POST", "/runs"), ("GET", "/runs/20261121T020000123Z-1a2b3c4d")]
 EVERY_ROUTE = [("GET", "/"), *DATA_ROUTES]
 
 
@@ -398,7 +398,7 @@ def test_bad_list_parameters_are_named(api: Api, query: dict[str, Any], field: s
 
 
 def test_an_unknown_run_is_404(api: Api) -> None:
-    for run_id in ("20261121T020000Z-1a2b3c4d", "not-a-run", "..%2F..%2Fetc"):
+    for run_id in ("20261121T020000123Z-1a2b3c4d", "not-a-run", "..%2F..%2Fetc"):
         status, body, _ = api.call("GET", f"/runs/{run_id}")
         assert status == 404 and body["field"] == "run_id"
 
@@ -444,7 +444,7 @@ def test_errors_are_redacted_again_on_the_way_out(api: Api) -> None:
 
 # routing --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("method,path,allow", [
-    ("DELETE", "/runs", "GET, POST"), ("PUT", "/runs/20261121T020000Z-1a2b3c4d", "GET"),
+    ("DELETE", "/runs", "GET, POST"), ("PUT", "/runs/20261121T020000123Z-1a2b3c4d", "GET"),
     ("POST", "/", "GET"), ("PATCH", "/runs", "GET, POST"),
 ])
 def test_a_wrong_method_is_405_with_allow(api: Api, method: str, path: str, allow: str) -> None:

@@ -302,7 +302,7 @@ def cron_field_ok(field: str, low: int, high: int) -> bool:
 
 
 def test_timers_have_seven_field_crons_and_are_enabled() -> None:
-    triggers = {t["function"]: t for t in serverless()["inputs"]["triggers"]}
+    triggers = {t["function"]: t for t in serverless()["inputs"]["triggers"] if t["type"] == "timer"}
     assert set(triggers) == {"trigger", "poller"}
     for trigger in triggers.values():
         assert trigger["type"] == "timer"
@@ -313,6 +313,13 @@ def test_timers_have_seven_field_crons_and_are_enabled() -> None:
     assert triggers["poller"]["parameters"]["cronExpression"].split()[:3] == ["0", "*/1", "*"]
     assert triggers["trigger"]["parameters"]["cronExpression"].split()[3:6] == ["*", "*", "*"]
     assert not cron_field_ok("60", 0, 59) and not cron_field_ok("*/0", 0, 59)
+
+
+def test_http_api_reaches_only_the_trigger() -> None:
+    gateways = [t for t in serverless()["inputs"]["triggers"] if t["type"] == "apigw"]
+    assert [g["function"] for g in gateways] == ["trigger"]
+    keys = {e["key"] for e in serverless()["inputs"]["environments"]}
+    assert "BAAS_BACKUP_API_TOKEN" in keys
 
 
 # -- the CAM policy ------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
@@ -50,6 +50,32 @@ class Provider(Protocol):
 
     def open(self, target: str, remote_id: str, part: int = 0) -> Iterator[bytes]:
         """Stream the bytes of a finished export (of its `part`-th part, from 0)."""
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a table read by a paged provider: the platform's answer, kept as the
+    provider likes (its rows are decoded by `encode_page`, off the reading thread), and
+    where the next page starts."""
+
+    answer: Any
+    next_cursor: dict[str, Any] | None  # None: this was the last page
+
+
+@runtime_checkable
+class PagedProvider(Provider, Protocol):
+    """A platform without export jobs (OneDB): the finisher pages through each table
+    itself (shared/paged.py), checkpointing the cursor, so a killed copy resumes where it
+    stopped. The pipeline never calls `start`, `check` or `open` on it."""
+
+    def fetch_page(self, target: str, cursor: dict[str, Any] | None) -> Page:
+        """The page starting at `cursor` (None: the table's start). Pages are in key order,
+        and the same cursor gives the same page again, so a page can be re-read. Returns as
+        soon as the next cursor is known, so the next call can go out at once."""
+
+    def encode_page(self, page: Page) -> tuple[bytes, int]:
+        """The page's rows as lines of the backup file (JSON Lines: one row per line),
+        and how many rows that is."""
 
 
 T = TypeVar("T")

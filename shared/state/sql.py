@@ -263,6 +263,8 @@ class SqlStateStore:
         def upsert() -> None:
             with self.engine.begin() as conn:
                 conn.execute(statement)
+                # Expired entries (old tokens, short-lived markers) are dropped as we go.
+                conn.execute(cache.delete().where(cache.c.expires_at < time.time() - 86400))
 
         self._retrying(upsert)
 

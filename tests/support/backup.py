@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from scripts.emulators.minapp import MinAppEmulator
 from scripts.emulators.wechat import WeChatEmulator
 from shared.app import build_context
 from shared.config import Config, Destination, parse_config
@@ -17,6 +18,8 @@ from shared.dispatch import Dispatcher
 from shared.jobs import Run, RunStatus
 from shared.pipeline import Context, poll, start_run
 from shared.sink import CosObjectStore
+from tests.support.minapp import CLIENT_ID as MINAPP_CLIENT_ID
+from tests.support.minapp import CLIENT_SECRET as MINAPP_CLIENT_SECRET
 
 APPID = "wx0123456789abcdef"
 SECRET = "app-secret-9f8e7d6c5b4a"
@@ -62,6 +65,16 @@ class LocalBackup:
 
     def seed(self, name: str, docs: list[dict[str, Any]]) -> None:
         self.emulator.add_collection(ENV_ID, name, docs)
+
+    def minapp_source(self, emulator: MinAppEmulator, name: str = "app",
+                      **overrides: Any) -> dict[str, Any]:
+        """A MinApp source on `emulator` (the `minapp_emulator` fixture's client)."""
+        self.environ["MINAPP_CLIENT_SECRET"] = MINAPP_CLIENT_SECRET
+        return {
+            "type": "minapp", "name": name, "client_id": MINAPP_CLIENT_ID,
+            "client_secret": "${MINAPP_CLIENT_SECRET}", "tables": [1001],
+            "api_base": emulator.base_url, **overrides,
+        }
 
 
 def drive(ctx: Context, run: Run, timeout: float = 120) -> Run:
