@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from shared.config import Config, MinAppSource, OneDBSource, Source, Timing, WeChatSource
+from shared.config import Config, Source, Timing
 from shared.dispatch import Dispatcher, dispatcher_for
 from shared.pipeline import Context, finish
 from shared.providers.base import Provider, TokenCache
 from shared.sink import CosObjectStore
+from shared.sources.minapp import MinAppSource
+from shared.sources.onedb import OneDBSource
+from shared.sources.wechat import WeChatSource
 from shared.state import open_store
 
 

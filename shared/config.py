@@ -11,16 +11,12 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
     BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
     PrivateAttr,
     SecretStr,
@@ -30,12 +26,20 @@ from pydantic import (
     model_validator,
 )
 
+from shared.config_fields import (
+    REFERENCE,
+    WHOLE_REFERENCE,
+    ConfigModel,
+    EnvStr,
+    Secret,
+    environ_of,
+)
+from shared.sources.minapp import MinAppSource
+from shared.sources.onedb import OneDBSource
+from shared.sources.wechat import WeChatPlatformSource, WeChatSource
+
 CONFIG_PATH_ENV = "BAAS_BACKUP_CONFIG"
 DEFAULT_CONFIG_PATH = "backup.yaml"
-
-_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_WHOLE_REFERENCE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
-
 
 class ConfigError(ValueError):
     """An invalid config; `problems` holds one human-readable line per problem."""
@@ -45,59 +49,7 @@ class ConfigError(ValueError):
         super().__init__(f"{source} is invalid:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
-def _environ(info: ValidationInfo) -> Mapping[str, str]:
-    context = info.context or {}
-    environ = context.get("environ")
-    return environ if environ is not None else os.environ
-
-
-def _expand_references(value: Any, info: ValidationInfo) -> Any:
-    """Replace ${NAME} inside plain strings with the variable's value."""
-    if not isinstance(value, str):
-        return value
-    environ = _environ(info)
-
-    def substitute(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name not in environ:
-            raise ValueError(f"environment variable {name} is not set; export it or edit the value")
-        return environ[name]
-
-    return _REFERENCE.sub(substitute, value)
-
-
-def _resolve_secret(value: Any, info: ValidationInfo) -> Any:
-    """Secrets must be a single ${NAME} reference, so no secret is ever committed."""
-    if isinstance(value, SecretStr):
-        return value
-    if not isinstance(value, str):
-        raise ValueError("must be a ${ENV_VAR} reference string")
-    match = _WHOLE_REFERENCE.match(value.strip())
-    if match is None:
-        raise ValueError(
-            "secrets may not be written into the config; put it in an environment "
-            "variable and write ${VAR_NAME} here"
-        )
-    name = match.group(1)
-    secret = _environ(info).get(name)
-    if not secret:
-        raise ValueError(f"environment variable {name} is not set or empty; export it")
-    return SecretStr(secret)
-
-
-EnvStr = Annotated[str, BeforeValidator(_expand_references)]
-Secret = Annotated[
-    SecretStr,
-    BeforeValidator(_resolve_secret),
-    Field(json_schema_extra={"writeOnly": True, "pattern": _WHOLE_REFERENCE.pattern}),
-]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Destination(_Model):
+class Destination(ConfigModel):
     """Where backups land: a COS bucket (or any S3-compatible server for local runs)."""
 
     bucket: EnvStr = Field(description="COS bucket, named `name-APPID`.")
@@ -180,7 +132,7 @@ def _resolve_state_url(url: str, environ: Mapping[str, str]) -> str:
     password: str | None = None
     match = _MYSQL_PASSWORD.match(url)
     if match:
-        reference = _WHOLE_REFERENCE.match(match.group(2))
+        reference = WHOLE_REFERENCE.match(match.group(2))
         if reference is None:
             raise ValueError("url: the MySQL password may not be written into the config; put it "
                              "in an environment variable and write USER:${VAR_NAME}@HOST")
@@ -212,10 +164,10 @@ def _expand_with(value: str, environ: Mapping[str, str]) -> str:
                              "or edit the value")
         return environ[match.group(1)]
 
-    return _REFERENCE.sub(substitute, value)
+    return REFERENCE.sub(substitute, value)
 
 
-class StateSettings(_Model):
+class StateSettings(ConfigModel):
     """The state table: runs, jobs, cached tokens.
 
     `url` keeps what was written (${VAR} references, never a password); the resolved URL is
@@ -234,7 +186,7 @@ class StateSettings(_Model):
     @model_validator(mode="after")
     def _resolve(self, info: ValidationInfo) -> StateSettings:
         # Checked here rather than on the field, so no error line can echo the URL's password.
-        self._resolved = SecretStr(_resolve_state_url(self.url.strip(), _environ(info)))
+        self._resolved = SecretStr(_resolve_state_url(self.url.strip(), environ_of(info)))
         return self
 
     @property
@@ -247,7 +199,7 @@ class StateSettings(_Model):
         return self._resolved.get_secret_value()
 
 
-class Timing(_Model):
+class Timing(ConfigModel):
     """How patient the product is with platforms; the defaults suit SCF's one-minute timer."""
 
     first_check_seconds: float = Field(default=5, ge=0, description="Wait before the first check.")
@@ -281,577 +233,6 @@ class Timing(_Model):
     )
 
 
-WECHAT_APPID = r"^wx[0-9a-f]{16}$"
-WECHAT_API_BASE = "https://api.weixin.qq.com"
-COLLECTIONS_HELP = "a list of collection names, or all (every collection, listed anew at each run)"
-
-
-def _collections(value: Any, info: ValidationInfo) -> Any:
-    """`all`, or a list of distinct names (${VAR} allowed in each)."""
-    if isinstance(value, str):
-        if value.strip() == "all":
-            return "all"
-        raise ValueError(f"must be {COLLECTIONS_HELP}")
-    if not isinstance(value, list):
-        raise ValueError(f"must be {COLLECTIONS_HELP}")
-    if not value:
-        raise ValueError("List should have at least 1 item; list the collections or write all")
-    if not all(isinstance(name, str) for name in value):
-        raise ValueError("collection names must be strings; quote names that look like numbers")
-    names = [_expand_references(name, info) for name in value]
-    dupes = sorted({c for c in names if names.count(c) > 1})
-    if dupes:
-        raise ValueError(f"collections listed twice: {', '.join(dupes)}; list each once")
-    if any(not c for c in names):
-        raise ValueError("empty collection name; remove it")
-    return names
-
-
-Collections = Annotated[Union[Literal["all"], list[str]], BeforeValidator(_collections)]  # noqa: UP007
-
-
-class _WeChatCollections(_Model):
-    """One cloud environment of one mini program and what to back up in it."""
-
-    name: EnvStr = Field(
-        pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="Short id used in object keys: a-z 0-9 -."
-    )
-    appid: EnvStr = Field(pattern=WECHAT_APPID, description="Mini program appid.")
-    env: EnvStr = Field(min_length=1, description="Cloud environment id.")
-    collections: Collections = Field(
-        description="Collections to back up: a list, or `all` (listed anew at every run)."
-    )
-    include: list[str] = Field(
-        default_factory=list,
-        description="With `collections: all`: only collections matching one of these glob "
-        "patterns (`*`, `?`, `[abc]`), e.g. `order*`.",
-    )
-    exclude: list[str] = Field(
-        default_factory=list,
-        description="With `collections: all`: skip collections matching one of these glob "
-        "patterns, e.g. `tmp_*`.",
-    )
-    file_type: Literal["json", "csv"] = Field(default="json", description="Export format.")
-    queries: dict[str, str] = Field(
-        default_factory=dict,
-        description="Per-collection export query, e.g. db.collection('orders').where({...}).get().",
-    )
-
-    @field_validator("include", "exclude")
-    @classmethod
-    def _patterns(cls, value: list[str]) -> list[str]:
-        if any(not isinstance(p, str) or not p.strip() for p in value):
-            raise ValueError("empty pattern; remove it")
-        return value
-
-    def wanted(self, collection: str) -> bool:
-        """Whether a discovered collection passes `include` and `exclude`."""
-        included = not self.include or any(fnmatchcase(collection, p) for p in self.include)
-        return included and not any(fnmatchcase(collection, p) for p in self.exclude)
-
-    @model_validator(mode="after")
-    def _filters_and_queries(self) -> _WeChatCollections:
-        if self.collections != "all" and (self.include or self.exclude):
-            raise ValueError(
-                "include and exclude filter the collections found at each run; use them with "
-                "collections: all, or edit the collections list instead"
-            )
-        if self.collections != "all":
-            unknown = sorted(set(self.queries) - set(self.collections))
-            if unknown:
-                raise ValueError(
-                    f"queries given for collections not listed: {', '.join(unknown)}; "
-                    "add them to collections or remove the query"
-                )
-        for collection, query in self.queries.items():
-            if not re.match(rf"""^\s*db\.collection\(\s*(['"]){re.escape(collection)}\1\s*\)""", query):
-                raise ValueError(
-                    f"query for {collection!r} must start with db.collection('{collection}')"
-                )
-            if self.collections == "all" and not self.wanted(collection):
-                raise ValueError(
-                    f"a query is given for {collection!r}, but include/exclude leave it out; "
-                    "remove the query or change the patterns"
-                )
-        return self
-
-
-def _base_url(value: str) -> str:
-    if not re.match(r"^https?://[^\s]+$", value):
-        raise ValueError("must be an http(s):// URL")
-    return value.rstrip("/")
-
-
-class TokenService(_Model):
-    """Where a token that another system owns comes from. This product only reads it: it
-    never renews or rotates it, and a token WeChat rejects fails the job loudly."""
-
-    access_token: Secret | None = Field(
-        default=None, description="The token itself, as ${ENV_VAR} (kept fresh by its owner)."
-    )
-    url: EnvStr | None = Field(
-        default=None,
-        description='Your token service: a GET answering {"access_token": "...", "expires_in": 7200}.',
-    )
-    authorization: Secret | None = Field(
-        default=None, description="Authorization header sent to `url`, as ${ENV_VAR}."
-    )
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str | None) -> str | None:
-        return None if value is None else _base_url(value)
-
-    def _external_problem(self, others: str = "") -> str | None:
-        given = [f for f in ("access_token", "url") if getattr(self, f) is not None]
-        if len(given) != 1:
-            return f"give exactly one of access_token or url{others}"
-        if self.authorization is not None and self.url is None:
-            return "authorization is sent to url; add url or remove authorization"
-        return None
-
-
-class ExternalToken(TokenService):
-    """A token that another system owns: given as ${ENV_VAR} or fetched from `url`."""
-
-    @model_validator(mode="after")
-    def _one_way(self) -> ExternalToken:
-        problem = self._external_problem()
-        if problem:
-            raise ValueError(problem)
-        return self
-
-
-def _token_shorthand(value: Any) -> Any:
-    """`token: legacy_token` means {mode: legacy_token}; {access_token|url: ...} is external."""
-    if isinstance(value, str):
-        return {"mode": value}
-    if isinstance(value, dict) and "mode" not in value and ({"access_token", "url"} & set(value)):
-        return {**value, "mode": "external"}
-    return value
-
-
-class WeChatToken(TokenService):
-    """How the source gets its access token."""
-
-    mode: Literal["stable_token", "legacy_token", "external"] = Field(
-        default="stable_token",
-        description="stable_token (default: never disturbs your other servers), legacy_token "
-        "(cgi-bin/token: breaks your other servers' tokens; only if you must), or external "
-        "(a token you own, from access_token or url).",
-    )
-
-    @model_validator(mode="after")
-    def _fields_fit_mode(self) -> WeChatToken:
-        if self.mode == "external":
-            problem = self._external_problem(" with mode external")
-            if problem:
-                raise ValueError(problem)
-        elif self.access_token or self.url or self.authorization:
-            raise ValueError(
-                f"access_token, url and authorization are for mode external, not {self.mode}; "
-                "remove them or set mode: external"
-            )
-        return self
-
-
-class WeChatSource(_WeChatCollections):
-    """A WeChat Cloud Development (CloudBase) environment reached with the mini program's own
-    access token."""
-
-    type: Literal["wechat"]
-    secret: Secret | None = Field(
-        default=None,
-        description="App secret, as ${ENV_VAR}; needed by token modes stable_token and legacy_token.",
-    )
-    token: Annotated[WeChatToken, BeforeValidator(_token_shorthand)] = Field(
-        default_factory=WeChatToken,
-        description="stable_token (default), legacy_token, or a token you own: "
-        "{access_token: ${VAR}} or {url: https://..., authorization: ${VAR}}.",
-    )
-    api_base: EnvStr = Field(
-        default=WECHAT_API_BASE, description="API base URL (private gateways, tests)."
-    )
-    # Set only on the per-app sources a `wechat-platform` entry expands into.
-    _platform: PlatformAccess | None = PrivateAttr(default=None)
-
-    @property
-    def platform(self) -> PlatformAccess | None:
-        """The third-party platform this mini program is reached through, if any."""
-        return self._platform
-
-    @field_validator("api_base")
-    @classmethod
-    def _api_base(cls, value: str) -> str:
-        return _base_url(value)
-
-    @model_validator(mode="after")
-    def _secret_for_mode(self) -> WeChatSource:
-        if self.token.mode != "external" and self.secret is None:
-            raise ValueError(
-                f"secret is required with token mode {self.token.mode}; add secret: ${{VAR}}, "
-                "or use a token you own (token: {access_token: ${VAR}})"
-            )
-        return self
-
-
-class AuthorizerToken(TokenService):
-    """An authorized mini program's authorizer_access_token, for the plain /tcb/* calls."""
-
-    refresh_token: Secret | None = Field(
-        default=None,
-        description="authorizer_refresh_token, as ${ENV_VAR}: the token is then obtained "
-        "with the platform's component token (cgi-bin/component/api_authorizer_token).",
-    )
-
-    @model_validator(mode="after")
-    def _one_way(self) -> AuthorizerToken:
-        if self.refresh_token is not None:
-            if self.access_token or self.url or self.authorization:
-                raise ValueError(
-                    "give exactly one of refresh_token, access_token or url; remove the others"
-                )
-            return self
-        problem = self._external_problem(", or refresh_token")
-        if problem:
-            raise ValueError(problem)
-        return self
-
-
-class WeChatPlatformApp(_WeChatCollections):
-    """A mini program that authorized the third-party platform; a source of its own."""
-
-    authorizer_token: AuthorizerToken | None = Field(
-        default=None,
-        description="Omit to use componenttcb/* with the platform's component token; or "
-        "{refresh_token: ${VAR}} / {access_token: ${VAR}} / {url: ...} for /tcb/* calls "
-        "with an authorizer_access_token.",
-    )
-
-
-@dataclass(frozen=True)
-class PlatformAccess:
-    """How a mini program under a `wechat-platform` source is reached."""
-
-    platform: WeChatPlatformSource
-    authorizer_token: AuthorizerToken | None  # None: componenttcb/* with the component token
-
-
-VERIFY_TICKET_ENV = "WECHAT_COMPONENT_VERIFY_TICKET"
-
-
-class WeChatPlatformSource(_Model):
-    """A WeChat third-party platform (开放平台 component) backing up the mini programs that
-    authorized it. Each entry of `apps` is a source of its own in runs, keys and manifests."""
-
-    type: Literal["wechat-platform"]
-    component_appid: EnvStr = Field(pattern=WECHAT_APPID, description="The platform's appid.")
-    component_secret: Secret | None = Field(
-        default=None, description="The platform's appsecret, as ${ENV_VAR}."
-    )
-    verify_ticket: Secret | None = Field(
-        default=None,
-        description="component_verify_ticket, as ${ENV_VAR}. If omitted, read from "
-        f"${VERIFY_TICKET_ENV} when a component token has to be fetched.",
-    )
-    component_token: ExternalToken | None = Field(
-        default=None,
-        description="Instead of component_secret: a component_access_token you own "
-        "({access_token: ${VAR}} or {url: ...}).",
-    )
-    api_base: EnvStr = Field(
-        default=WECHAT_API_BASE, description="API base URL (private gateways, tests)."
-    )
-    apps: list[WeChatPlatformApp] = Field(
-        min_length=1, description="The authorized mini programs to back up."
-    )
-
-    @field_validator("api_base")
-    @classmethod
-    def _api_base(cls, value: str) -> str:
-        return _base_url(value)
-
-    @model_validator(mode="after")
-    def _component_credentials(self) -> WeChatPlatformSource:
-        if self.component_secret is not None and self.component_token is not None:
-            raise ValueError(
-                "give component_secret (the product fetches component tokens) or "
-                "component_token (a token you own), not both"
-            )
-        if self.verify_ticket is not None and self.component_secret is None:
-            raise ValueError("verify_ticket goes with component_secret; add component_secret or remove it")
-        needing = [a.name for a in self.apps if a.authorizer_token is None
-                   or a.authorizer_token.refresh_token is not None]
-        if needing and self.component_secret is None and self.component_token is None:
-            raise ValueError(
-                f"apps {', '.join(needing)} need the platform's component_access_token; add "
-                "component_secret: ${VAR} (and verify_ticket), or component_token"
-            )
-        return self
-
-    def app_sources(self) -> list[WeChatSource]:
-        """One `wechat` source per app, reached through this platform."""
-        sources = []
-        for app in self.apps:
-            fields = {name: getattr(app, name) for name in _WeChatCollections.model_fields}
-            source = WeChatSource.model_construct(
-                type="wechat", secret=None, token=WeChatToken(), api_base=self.api_base, **fields
-            )
-            source._platform = PlatformAccess(self, app.authorizer_token)
-            sources.append(source)
-        return sources
-
-
-class OneDBCondition(_Model):
-    """One getMany filter condition: `column symbol value`."""
-
-    column: str = Field(min_length=1, description="Column compared.")
-    symbol: Literal["=", "!=", ">", ">=", "<", "<="] = Field(description="Comparison.")
-    value: bool | int | float | str = Field(description="Value compared with.")
-
-
-class OneDBFilter(_Model):
-    """A getMany `filter`, sent to OneDB as written (same field names as its API)."""
-
-    conditionList: list[OneDBCondition] = Field(min_length=1, description="Conditions.")
-    conditionLogical: Literal["and", "or", "not"] = Field(
-        default="and", description="and: all hold; or: any holds; not: the one condition fails."
-    )
-
-    @model_validator(mode="after")
-    def _not_takes_one(self) -> OneDBFilter:
-        if self.conditionLogical == "not" and len(self.conditionList) != 1:
-            raise ValueError("conditionLogical 'not' takes exactly one condition; split the rest")
-        return self
-
-
-class OneDBTable(_Model):
-    """One OneDB table to back up; a plain string in `tables` is the same as `{name: ...}`."""
-
-    name: EnvStr = Field(min_length=1, description="Table id (tableId).")
-    keys: list[str] | None = Field(
-        default=None, min_length=1,
-        description="Primary key columns, in key order; default: the source's keys.",
-    )
-    filter: OneDBFilter | None = Field(default=None, description="Back up only matching rows.")
-    getColumns: list[str] | None = Field(
-        default=None, min_length=1, description="Back up only these columns (ids always)."
-    )
-
-
-def _table_entry(value: Any) -> Any:
-    return {"name": value} if isinstance(value, str) else value
-
-
-ONEDB_REGION = r"^[a-z0-9][a-z0-9-]{0,62}$"
-
-
-class OneDBSource(_Model):
-    """Tables of a 清林云 OneDB environment, paged through by the finisher itself."""
-
-    type: Literal["onedb"]
-    name: EnvStr = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="Short id for keys.")
-    region: EnvStr = Field(
-        pattern=ONEDB_REGION,
-        description="Region code from the console overview, e.g. cn-east-1; the API is "
-        "https://<region>.baasapi.com/cdb.",
-    )
-    envid: EnvStr = Field(min_length=1, description="Environment id.")
-    keyid: EnvStr = Field(min_length=1, description="Environment key id (with the cdb app granted).")
-    key_secret: Secret = Field(description="The environment key's secret, as ${ENV_VAR}.")
-    app_id: EnvStr = Field(min_length=1, description="The app owning the tables (appId), e.g. user.")
-    keys: list[str] | None = Field(
-        default=None, min_length=1,
-        description="Primary key columns shared by the tables that do not list their own.",
-    )
-    tables: list[Annotated[OneDBTable, BeforeValidator(_table_entry)]] = Field(
-        min_length=1, description="Tables to back up: names, or {name, keys, filter, getColumns}."
-    )
-    api_base: EnvStr | None = Field(
-        default=None,
-        description="API base URL for private clouds or tests; default https://<region>.baasapi.com.",
-    )
-
-    @property
-    def endpoint(self) -> str:
-        return f"{self.api_base or f'https://{self.region}.baasapi.com'}/cdb"
-
-    def table(self, name: str) -> OneDBTable:
-        for table in self.tables:
-            if table.name == name:
-                return table
-        raise KeyError(name)
-
-    @field_validator("api_base")
-    @classmethod
-    def _https_only(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        # The token can read and delete every table: never send it in clear over a network.
-        if not re.match(r"^(https://[^\s/]+|http://(127\.0\.0\.1|localhost)(:[0-9]+)?)/?$", value):
-            raise ValueError(
-                "must be https://host[:port] with no path (http:// only for 127.0.0.1 or "
-                "localhost); /cdb is added"
-            )
-        return value.rstrip("/")
-
-    @model_validator(mode="after")
-    def _tables_are_complete(self) -> OneDBSource:
-        names = [t.name for t in self.tables]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"tables listed twice: {', '.join(dupes)}; list each once")
-        keyless = [t.name for t in self.tables if not (t.keys or self.keys)]
-        if keyless:
-            raise ValueError(
-                f"primary key columns unknown for table(s) {', '.join(keyless)}; add "
-                "keys: [<key column>, ...] to the source or to each of those tables"
-            )
-        return self
-
-
-def _minapp_table_id(value: Any) -> Any:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    if isinstance(value, str) and re.fullmatch(r"\s*[1-9][0-9]*\s*", value):
-        return value.strip()
-    raise ValueError(
-        "must be a MinApp table id, a number such as 1001 (console: 数据表 → the table's ID); "
-        "table names are not accepted by the export API"
-    )
-
-
-def _minapp_table_entry(value: Any) -> Any:
-    return {"id": value} if isinstance(value, (int, str)) and not isinstance(value, bool) else value
-
-
-MinAppTableId = Annotated[str, BeforeValidator(_minapp_table_id)]
-
-
-def _plain_ids_too(schema: dict[str, Any]) -> None:
-    """The schema of `tables`: an item is a table object or a plain id."""
-    schema["items"] = {"anyOf": [schema["items"], {"type": "integer", "minimum": 1},
-                                 {"type": "string", "pattern": r"^[1-9][0-9]*$"}]}
-MINAPP_MAX_EXPORT_ROWS = 1_000_000
-
-
-class MinAppSplit(_Model):
-    """Export a table over MinApp's per-job row limit in parts cut by ranges of `key`."""
-
-    key: EnvStr = Field(
-        min_length=1,
-        description="Field the parts are cut by: a number or string every record has, ideally "
-        "(nearly) unique, e.g. created_at or id.",
-    )
-    rows_per_part: int = Field(
-        default=900_000, ge=1, le=MINAPP_MAX_EXPORT_ROWS,
-        description="Rows per part; keep some room below the limit for records added meanwhile.",
-    )
-
-
-class MinAppTable(_Model):
-    """One MinApp table; a plain id in `tables` is the same as `{id: ...}`. The export
-    options are passed to MinApp's export API as written."""
-
-    id: MinAppTableId = Field(
-        description="Table id (a number).", json_schema_extra={"type": ["integer", "string"]}
-    )
-    mode: Literal["all", "part"] | None = Field(
-        default=None, description="all: every record; part: those matching where. Default: part "
-        "when where is given, else all.",
-    )
-    where: dict[str, Any] | None = Field(
-        default=None, description='Query, e.g. {"status": {"$eq": "paid"}}; needs mode part.'
-    )
-    include_keys: list[str] | None = Field(default=None, min_length=1, description="Only these fields.")
-    exclude_keys: list[str] | None = Field(default=None, min_length=1, description="Leave these fields out.")
-    order_by: list[str] | None = Field(
-        default=None, min_length=1, description="Sort fields; -field for descending."
-    )
-    csv_customize_headers: list[str] | None = Field(
-        default=None, min_length=1, description="Column names of a CSV export."
-    )
-    timestamp_convert_keys: list[str] | None = Field(
-        default=None, min_length=1, description="Fields whose timestamps MinApp converts to dates."
-    )
-    split: MinAppSplit | None = Field(
-        default=None, description="Export in parts; needed for tables over 1,000,000 rows."
-    )
-
-    @model_validator(mode="after")
-    def _where_needs_part(self) -> MinAppTable:
-        if self.where is not None and self.mode == "all":
-            raise ValueError(f"table {self.id}: where only applies with mode: part; set mode: "
-                             "part or remove where")
-        return self
-
-
-class MinAppSource(_Model):
-    """Tables of a MinApp (知晓云) app, exported through its OpenAPI."""
-
-    type: Literal["minapp"]
-    name: EnvStr = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="Short id for keys.")
-    client_id: EnvStr = Field(min_length=1, description="OpenAPI client ID.")
-    client_secret: Secret = Field(description="OpenAPI client secret, as ${ENV_VAR}.")
-    env_id: EnvStr | None = Field(
-        default=None, description="Test environment id (X-Hydrogen-Env-ID); omit for production."
-    )
-    tables: list[Annotated[MinAppTable, BeforeValidator(_minapp_table_entry)]] = Field(
-        min_length=1, description="Tables to back up: ids, or {id, export options, split}.",
-        json_schema_extra=_plain_ids_too,
-    )
-    file_type: Literal["json", "csv"] = Field(default="json", description="Export format.")
-    max_export_rows: int = Field(
-        default=MINAPP_MAX_EXPORT_ROWS, ge=1,
-        description="MinApp's row limit per export job; change only if MinApp changes it.",
-    )
-    api_base: EnvStr = Field(
-        default="https://cloud.minapp.com", description="API base URL (private gateways, tests)."
-    )
-
-    def table(self, table_id: str) -> MinAppTable:
-        for table in self.tables:
-            if table.id == table_id:
-                return table
-        raise KeyError(table_id)
-
-    @field_validator("tables", mode="before")
-    @classmethod
-    def _no_listing(cls, value: Any) -> Any:
-        if isinstance(value, str) and value.strip().lower() == "all":
-            raise ValueError(
-                "MinApp's documented OpenAPI has no table listing, so 'all' cannot be "
-                "discovered; list the table ids (console: 数据表 → each table's ID)"
-            )
-        return value
-
-    @field_validator("api_base")
-    @classmethod
-    def _base_url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^\s/]+/?$", value):
-            raise ValueError("must be http(s)://host[:port] with no path")
-        return value.rstrip("/")
-
-    @model_validator(mode="after")
-    def _tables_are_consistent(self) -> MinAppSource:
-        ids = [t.id for t in self.tables]
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
-        if dupes:
-            raise ValueError(f"tables listed twice: {', '.join(dupes)}; list each once")
-        for table in self.tables:
-            if table.csv_customize_headers and self.file_type != "csv":
-                raise ValueError(f"table {table.id}: csv_customize_headers needs file_type: csv; "
-                                 "remove it or export CSV")
-            if table.split and table.split.rows_per_part > self.max_export_rows:
-                raise ValueError(
-                    f"table {table.id}: split.rows_per_part {table.split.rows_per_part} is over "
-                    f"max_export_rows {self.max_export_rows}; lower it"
-                )
-        return self
-
-
-# What a run backs up: validation turns each wechat-platform entry into one WeChatSource per
-# mini program, so the validated `Config.sources` holds only these.
 RunSource = Union[WeChatSource, OneDBSource, MinAppSource]  # noqa: UP007
 # What the config file's `sources` may hold.
 Source = Annotated[
@@ -860,7 +241,7 @@ Source = Annotated[
 ]
 
 
-class Webhook(_Model):
+class Webhook(ConfigModel):
     """A chat robot or any HTTPS endpoint that is told how a run ended."""
 
     url: Secret = Field(description="Webhook URL as ${ENV_VAR}: robot URLs carry their key.")
@@ -869,7 +250,7 @@ class Webhook(_Model):
     )
 
 
-class Notify(_Model):
+class Notify(ConfigModel):
     """Who is told when a run ends, and when."""
 
     on: Literal["failure", "always"] = Field(
@@ -881,7 +262,7 @@ class Notify(_Model):
 _SCF_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,58}[A-Za-z0-9]$")
 
 
-class DispatchSettings(_Model):
+class DispatchSettings(ConfigModel):
     """How the poller hands a ready export to the finisher."""
 
     mode: Literal["auto", "local", "scf"] = Field(
@@ -929,7 +310,7 @@ class DispatchSettings(_Model):
         return value.rstrip("/") if value else value
 
 
-class Config(_Model):
+class Config(ConfigModel):
     """The whole backup configuration."""
 
     destination: Destination

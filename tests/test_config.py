@@ -10,13 +10,8 @@ from typing import Any
 import pytest
 
 from shared.cli import main as cli
-from shared.config import (
-    ConfigError,
-    WeChatSource,
-    config_json_schema,
-    load_config,
-    parse_config,
-)
+from shared.config import ConfigError, config_json_schema, load_config, parse_config
+from shared.sources.wechat import WeChatSource
 
 ENV = {"WECHAT_SECRET": "s3cr3t-value-123", "BUCKET": "backups-1250000000"}
 GOOD: dict[str, Any] = {

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from shared.config import ConfigError, OneDBSource, config_json_schema, parse_config
+from shared.config import ConfigError, config_json_schema, parse_config
+from shared.sources.onedb import OneDBSource
 
 ENVIRON = {"ONEDB_KEY_SECRET": "key-secret-value-1234"}
 

@@ -10,11 +10,12 @@ import jwt
 import pytest
 
 from scripts.emulators.onedb import OneDBEmulator, generated_row
-from shared.config import OneDBSource, Timing, parse_config
+from shared.config import Timing, parse_config
 from shared.errors import Fatal, Retryable, RetryLater, TokenRejected
 from shared.logs import redact
 from shared.providers.base import Page, PagedProvider
 from shared.providers.onedb import OneDBProvider, classify
+from shared.sources.onedb import OneDBSource
 from tests.support.onedb import APP, ENV_ID, KEY_ID, KEY_SECRET
 
 TIMING = Timing(retry_base_seconds=0.01)

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from shared.config import ConfigError, WeChatSource, config_json_schema, parse_config
+from shared.config import ConfigError, config_json_schema, parse_config
+from shared.sources.wechat import WeChatSource
 
 ENV = {"S": "app-secret-123456", "T": "token-value-123456", "R": "refresh-123456"}
 BASE: dict[str, Any] = {"destination": {"bucket": "b-1250000000", "region": "ap-guangzhou"},

@@ -14,10 +14,10 @@ import pytest
 
 from scripts.compare import assert_object_equals_docs
 from scripts.sample_data import make_docs
-from shared.config import VERIFY_TICKET_ENV
 from shared.jobs import JobStatus, Run, RunStatus
 from shared.logs import configure_logging
 from shared.pipeline import Context
+from shared.sources.wechat import VERIFY_TICKET_ENV
 from tests.support.backup import LocalBackup, backup_now
 
 COMPONENT = "wx00000000000000c1"

@@ -27,11 +27,12 @@ from typing import Any, TypeVar
 
 import httpx
 
-from shared.config import MinAppSource, MinAppTable, Timing
+from shared.config import Timing
 from shared.errors import Fatal, Forgotten, PlatformError, Retryable, RetryLater
 from shared.http import describe_transport_error, make_client
 from shared.logs import register_secret
 from shared.providers.base import Progress, TokenCache, with_retries
+from shared.sources.minapp import MinAppSource, MinAppTable
 
 log = logging.getLogger(__name__)
 

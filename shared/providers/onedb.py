@@ -28,11 +28,12 @@ import jwt
 import jwt.warnings
 import orjson
 
-from shared.config import OneDBSource, OneDBTable, Timing
+from shared.config import Timing
 from shared.errors import Fatal, PlatformError, Retryable, RetryLater, TokenRejected
 from shared.http import describe_transport_error, make_client
 from shared.logs import register_secret
 from shared.providers.base import Page, Progress, with_retries
+from shared.sources.onedb import OneDBSource, OneDBTable
 
 log = logging.getLogger(__name__)
 

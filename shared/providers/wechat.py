@@ -17,12 +17,13 @@ from typing import Any
 
 import httpx
 
-from shared.config import Timing, WeChatSource
+from shared.config import Timing
 from shared.errors import Fatal, Retryable, RetryLater
 from shared.http import describe_transport_error, make_client
 from shared.providers.base import Progress, TokenCache
 from shared.providers.wechat_api import InvalidRequest, WeChatApi
 from shared.providers.wechat_tokens import app_scope, app_token, platform_app_token
+from shared.sources.wechat import WeChatSource
 
 log = logging.getLogger(__name__)
 

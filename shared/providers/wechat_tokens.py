@@ -25,7 +25,6 @@ from typing import Any
 
 import httpx
 
-from shared.config import VERIFY_TICKET_ENV, PlatformAccess, TokenService, WeChatSource
 from shared.errors import Fatal, PlatformError, Retryable, TokenRejected
 from shared.http import describe_transport_error
 from shared.logs import register_secret
@@ -38,6 +37,7 @@ from shared.providers.wechat_api import (
     exchange,
     shown_url,
 )
+from shared.sources.wechat import VERIFY_TICKET_ENV, PlatformAccess, TokenService, WeChatSource
 
 log = logging.getLogger(__name__)
 
