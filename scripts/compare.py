@@ -12,7 +12,7 @@ def parse_jsonl(data: bytes) -> list[dict[str, Any]]:
     return [json.loads(line) for line in data.decode("utf-8").splitlines() if line]
 
 
-def _csv_cell(value: Any) -> str:
+def csv_cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -30,7 +30,7 @@ def docs_as_csv_rows(docs: list[dict[str, Any]]) -> list[dict[str, str]]:
     columns: dict[str, None] = {"_id": None} if docs else {}
     for doc in docs:
         columns.update(dict.fromkeys(doc))
-    return [{c: _csv_cell(doc.get(c)) for c in columns} for doc in docs]
+    return [{c: csv_cell(doc.get(c)) for c in columns} for doc in docs]
 
 
 def assert_object_equals_docs(data: bytes, docs: list[dict[str, Any]], file_type: str) -> None:

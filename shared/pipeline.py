@@ -126,24 +126,26 @@ def _discover(
                                                                         "reason": message})
             targets[name], discovery[name] = [], {"error": message}
             continue
-        report = getattr(ctx.provider_for(name), "discovery", None)  # providers that discover
-        found: dict[str, Any] | None = report() if callable(report) else None
+        found = ctx.provider_for(name).discovery()
         if found is not None:
             discovery[name] = found
     return targets, discovery
 
 
 def _choose_targets(ctx: Context, source: str, wanted: list[str] | None) -> list[str]:
-    available = ctx.provider_for(source).targets()
+    return _subset(ctx.provider_for(source).targets(), wanted, lambda unknown, available: (
+        f"source {source!r} has no collection(s) {unknown}; it backs up: {available}"))
+
+
+def _subset(available: list[str], wanted: list[str] | None,
+            complaint: Callable[[str, str], str]) -> list[str]:
+    """`wanted` in the order of `available`, or all of it; a name not available is an error."""
     if not wanted:
         return available
     unknown = sorted(set(wanted) - set(available))
     if unknown:
-        raise UnknownSource(
-            f"source {source!r} has no collection(s) {', '.join(unknown)}; "
-            f"it backs up: {', '.join(available)}"
-        )
-    return [t for t in available if t in wanted]
+        raise UnknownSource(complaint(", ".join(unknown), ", ".join(available)))
+    return [name for name in available if name in wanted]
 
 
 class _Budget:
@@ -158,15 +160,8 @@ class _Budget:
 
 
 def _choose_sources(config: Config, names: list[str] | None) -> list[str]:
-    known = [s.name for s in config.sources]
-    if not names:
-        return known
-    unknown = sorted(set(names) - set(known))
-    if unknown:
-        raise UnknownSource(
-            f"unknown source(s): {', '.join(unknown)}; configured sources are: {', '.join(known)}"
-        )
-    return [n for n in known if n in names]
+    return _subset([s.name for s in config.sources], names, lambda unknown, available: (
+        f"unknown source(s): {unknown}; configured sources are: {available}"))
 
 
 # poll ----------------------------------------------------------------------------
@@ -225,8 +220,7 @@ def _start_export(ctx: Context, job: Job, now: datetime) -> None:
         return
     if job.lease_owner and not job.lease_expired(now):
         return  # another poller is starting it right now
-    blocked = getattr(ctx.provider_for(job.source), "start_blocked", None)
-    reason: str | None = blocked() if callable(blocked) else None
+    reason = ctx.provider_for(job.source).start_blocked()
     if reason:  # the platform said "no more exports for now" in this invocation: wait, one write
         _save(ctx, job.model_copy(update={"next_check_at": now + RETRY_LATER, "error": redact(reason)}))
         return

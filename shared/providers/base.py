@@ -43,6 +43,14 @@ class Provider(Protocol):
     def targets(self) -> list[str]:
         """The collections/tables to back up."""
 
+    def discovery(self) -> dict[str, Any] | None:
+        """What the last `targets()` found and left out, for the run manifest; None for
+        providers that back up a fixed list."""
+
+    def start_blocked(self) -> str | None:
+        """Why no export may start in this invocation (the platform's concurrency limit was
+        hit), or None."""
+
     def start(self, target: str, job_id: str) -> str:
         """Begin an export; returns the platform's job id."""
 

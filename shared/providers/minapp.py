@@ -114,6 +114,12 @@ class MinAppProvider:
         register_secret(source.client_secret.get_secret_value())
 
     # discovery and export ------------------------------------------------------
+    def discovery(self) -> dict[str, Any] | None:
+        return None  # tables are listed in the config
+
+    def start_blocked(self) -> str | None:
+        return None
+
     def targets(self) -> list[str]:
         return [table.id for table in self.source.tables]
 

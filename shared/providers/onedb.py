@@ -129,6 +129,12 @@ class OneDBProvider:
         register_secret(source.key_secret.get_secret_value())
 
     # the Provider protocol ---------------------------------------------------
+    def discovery(self) -> dict[str, Any] | None:
+        return None  # tables are listed in the config
+
+    def start_blocked(self) -> str | None:
+        return None
+
     def targets(self) -> list[str]:
         return [t.name for t in self.source.tables]
 

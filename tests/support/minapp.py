@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from scripts.compare import csv_cell
 from scripts.emulators.minapp import MinAppEmulator
 from shared.jobs import Run, RunStatus, utcnow
 from shared.pipeline import Context, poll, start_run
@@ -37,16 +38,6 @@ def minapp_emulator() -> Iterator[MinAppEmulator]:
         emulator.stop()
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
 def assert_export_equals_records(data: bytes, records: list[dict[str, Any]],
                                  file_type: str) -> None:
     """The backup holds exactly `records`, in order: JSON Lines parsed back, or CSV rows
@@ -62,7 +53,7 @@ def assert_export_equals_records(data: bytes, records: list[dict[str, Any]],
         return
     columns = ["id"] + [k for k in dict.fromkeys(k for r in records for k in r) if k != "id"]
     assert rows[0] == columns
-    expected = [[_cell(r.get(c)) for c in columns] for r in records]
+    expected = [[csv_cell(r.get(c)) for c in columns] for r in records]
     assert rows[1:] == expected, f"{len(rows) - 1} rows in the backup, {len(records)} in the source"
 
 
