@@ -140,6 +140,7 @@ def dependencies(python310: str | None) -> Path:
     if (cached / ".complete").exists():
         return cached
     shutil.rmtree(DEPS_CACHE, ignore_errors=True)  # older builds' caches
+    BUILD.mkdir(parents=True, exist_ok=True)  # a fresh clone has no build/ yet
     staging = Path(tempfile.mkdtemp(prefix="deps-", dir=BUILD))
 
     def pip_install(*args: str) -> None:
