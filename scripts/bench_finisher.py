@@ -65,14 +65,19 @@ def _start(cmd: list[str]) -> tuple[subprocess.Popen[str], str]:
     return process, process.stdout.readline().strip()
 
 
-def _finish_in_child(config_path: Path, job_id: str) -> dict[str, Any]:
-    started = time.perf_counter()
+def _run_child(module: str, config_path: Path, job_id: str, env: dict[str, str]) -> dict[str, Any]:
+    """Run `module --child CONFIG JOB_ID` in a process of its own; its last line, parsed."""
     out = subprocess.run(
-        [sys.executable, "-m", "scripts.bench_finisher", "--child", str(config_path), job_id],
-        check=True, capture_output=True, text=True, cwd=ROOT,
-        env={**os.environ, "BENCH_SECRET": SECRET},
+        [sys.executable, "-m", module, "--child", str(config_path), job_id],
+        check=True, capture_output=True, text=True, cwd=ROOT, env={**os.environ, **env},
     ).stdout
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def _finish_in_child(config_path: Path, job_id: str) -> dict[str, Any]:
+    started = time.perf_counter()
+    result = _run_child("scripts.bench_finisher", config_path, job_id, {"BENCH_SECRET": SECRET})
     result["seconds"] = time.perf_counter() - started
     return result
 

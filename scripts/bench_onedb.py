@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ import httpx
 import jwt
 import yaml
 
-from scripts.bench_finisher import _peak_rss_mb
+from scripts.bench_finisher import _peak_rss_mb, _run_child, _start
 from scripts.emulators.onedb import MAX_ID, MIN_ID
 from shared.app import build_context
 from shared.config import load_config
@@ -42,12 +41,6 @@ SECRET = "bench-onedb-key-secret-0000"
 APP = "user"
 BUCKET = "bench-1250000000"
 TARGET = 0.85  # of the platform-bound limit
-
-
-def _start(cmd: list[str]) -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    assert process.stdout is not None
-    return process, process.stdout.readline().strip()
 
 
 def seconds_per_call(base_url: str, calls: int) -> list[float]:
@@ -70,13 +63,7 @@ def seconds_per_call(base_url: str, calls: int) -> list[float]:
 
 
 def _finish_in_child(config_path: Path, job_id: str) -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, "-m", "scripts.bench_onedb", "--child", str(config_path), job_id],
-        check=True, capture_output=True, text=True, cwd=ROOT,
-        env={**os.environ, "BENCH_ONEDB_SECRET": SECRET},
-    ).stdout
-    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-    return result
+    return _run_child("scripts.bench_onedb", config_path, job_id, {"BENCH_ONEDB_SECRET": SECRET})
 
 
 def child(config_path: str, job_id: str) -> None:

@@ -53,19 +53,22 @@ import json
 import os
 import re
 import secrets
-import shutil
-import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
+
+from scripts.emulators.http_base import (
+    DispatchHandler,
+    EmulatorServer,
+    LocalEmulator,
+    json_bytes,
+    serve_until_terminated,
+)
 
 __all__ = [
     "DEFAULT_ENV",
@@ -357,7 +360,7 @@ def _record_id(table_id: str, index: int) -> str:
 # --------------------------------------------------------------------------- the emulator
 
 
-class MinAppEmulator:
+class MinAppEmulator(LocalEmulator):
     """The emulated platform: clients, environments, tables, tokens and export jobs.
 
     Thread-safe. ``polls_until_ready``, ``token_ttl``, ``code_ttl``, ``link_ttl``,
@@ -369,6 +372,9 @@ class MinAppEmulator:
       seconds (a fresh one on every query); a stalled job stays ``ready`` forever.
     - ``calls`` counts requests per route name (see ``ROUTES``).
     """
+
+    thread_name = "minapp-emulator"
+    tmp_prefix = "minapp-emulator-"
 
     def __init__(
         self,
@@ -413,49 +419,11 @@ class MinAppEmulator:
         self._truncate_left = 0
         self._expire_links_left = 0
         self._sign_key = secrets.token_bytes(20)
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self._tmpdir: str | None = None
 
     # ----------------------------------------------------------------- lifecycle
 
-    def start(self) -> str:
-        """Start serving in a background thread; return the base URL."""
-        with self._lock:
-            if self._server is not None:
-                raise RuntimeError("emulator already started")
-            self._tmpdir = tempfile.mkdtemp(prefix="minapp-emulator-")
-            server = _Server(("127.0.0.1", self.port), self)
-            self._server = server
-            host, port = server.server_address[:2]
-            self.base_url = f"http://{host!s}:{port}"
-            self._thread = threading.Thread(target=server.serve_forever,
-                                            kwargs={"poll_interval": 0.05},
-                                            name="minapp-emulator", daemon=True)
-            self._thread.start()
-            return self.base_url
-
-    def stop(self) -> None:
-        """Stop serving and delete every export file. Safe to call twice."""
-        with self._lock:
-            server, thread, tmpdir = self._server, self._thread, self._tmpdir
-            self._server = self._thread = self._tmpdir = None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
-        if tmpdir is not None:
-            shutil.rmtree(tmpdir, ignore_errors=True)
-
-    def __enter__(self) -> MinAppEmulator:
-        if self._server is None:
-            self.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
+    def _make_server(self, address: tuple[str, int]) -> _Server:
+        return _Server(address, _Handler, self)
 
     # ----------------------------------------------------------------- data
 
@@ -960,36 +928,12 @@ def _check_options(payload: dict[str, Any], file_type: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- HTTP layer
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], emulator: MinAppEmulator) -> None:
-        self.emulator = emulator
-        super().__init__(address, _Handler)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            return
-        super().handle_error(request, client_address)
+_Server = EmulatorServer[MinAppEmulator]
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(DispatchHandler):
     server_version = "minapp-emulator"
-    sys_version = ""
-    timeout = 60
-    disable_nagle_algorithm = True
     server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silent: request lines carry codes and signatures."""
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
 
     def do_PUT(self) -> None:
         self._dispatch("PUT")
@@ -1031,20 +975,8 @@ class _Handler(BaseHTTPRequestHandler):
                                                           self.headers, body, cookies)
         except Exception:
             status, payload, extra = 500, {"error_msg": "Internal Server Error"}, {}
-        data = json.dumps(payload, ensure_ascii=False).encode("utf-8") if payload else b""
+        data = json_bytes(payload) if payload else b""
         self._send(status, data, JSON_CONTENT_TYPE, extra)
-
-    def _send(self, status: int, data: bytes, content_type: str,
-              extra: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in (extra or {}).items():
-            self.send_header(name, value)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(data)
 
     def _stream(self, file_path: str, truncate: bool) -> None:
         with open(file_path, "rb") as handle:
@@ -1126,19 +1058,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--table expects [ENV:]TABLE_ID:PATH, got {spec!r}")
         emulator.add_table(table, list(_iter_jsonl(path)), env=env)
 
-    def _terminate(signum: int, frame: Any) -> None:
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, _terminate)
-    print(emulator.start(), flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        emulator.stop()
-    return 0
+    return serve_until_terminated(emulator)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ import collections
 import contextlib
 import json
 import secrets
-import signal
 import socket
 import sys
 import threading
@@ -41,13 +40,19 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any, overload
 
 import jwt
 import jwt.warnings
 import orjson
+
+from scripts.emulators.http_base import (
+    EmulatorServer,
+    LocalEmulator,
+    QuietHandler,
+    json_bytes,
+    serve_until_terminated,
+)
 
 # Key secrets are the platform's to choose; PyJWT would warn about short ones on every call.
 if hasattr(jwt.warnings, "InsecureKeyLengthWarning"):
@@ -225,7 +230,7 @@ class _Env:
     tables: dict[tuple[str, str], _Table] = field(default_factory=dict)
 
 
-class OneDBEmulator:
+class OneDBEmulator(LocalEmulator):
     """The emulated platform: environments, keys, tables, and the getMany cursor.
 
     Thread-safe. ``latency``, ``page_cap`` (at most this many rows scanned per call,
@@ -233,6 +238,8 @@ class OneDBEmulator:
     attributes and may be changed at any time. ``calls`` counts requests per action;
     ``tokens`` lists every bearer token received and ``claims`` their verified claims.
     """
+
+    thread_name = "onedb-emulator"
 
     def __init__(self, *, latency: float = 0.0, page_cap: int | None = None, port: int = 0) -> None:
         self.latency = latency
@@ -247,48 +254,12 @@ class OneDBEmulator:
         self._envs: dict[str, _Env] = {}
         self._revoked: set[str] = set()
         self._faults: collections.deque[str] = collections.deque()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
     # ----------------------------------------------------------------- lifecycle
+    # start() returns the base URL (the API is at /cdb); see LocalEmulator.
 
-    def start(self) -> str:
-        """Start serving in a background thread; return the base URL (the API is at /cdb)."""
-        with self._lock:
-            if self._server is not None:
-                raise RuntimeError("emulator already started")
-            server = _Server(("127.0.0.1", self.port), self)
-            self._server = server
-            host, port = server.server_address[:2]
-            self.base_url = f"http://{host!s}:{port}"
-            self._thread = threading.Thread(
-                target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                name="onedb-emulator", daemon=True,
-            )
-            self._thread.start()
-            return self.base_url
-
-    def stop(self) -> None:
-        """Stop serving. Safe to call twice."""
-        with self._lock:
-            server, thread = self._server, self._thread
-            self._server = self._thread = None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
-
-    def __enter__(self) -> OneDBEmulator:
-        if self._server is None:
-            self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def _make_server(self, address: tuple[str, int]) -> _Server:
+        return _Server(address, _Handler, self)
 
     # ----------------------------------------------------------------- data
 
@@ -514,30 +485,12 @@ def _error_body(exc: _CdbError, body: dict[str, Any], headers: Any = None) -> di
 # --------------------------------------------------------------------------- HTTP layer
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], emulator: OneDBEmulator) -> None:
-        self.emulator = emulator
-        super().__init__(address, _Handler)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            return
-        super().handle_error(request, client_address)
+_Server = EmulatorServer[OneDBEmulator]
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(QuietHandler):
     server_version = "onedb-emulator"
-    sys_version = ""
-    timeout = 60
-    disable_nagle_algorithm = True
     server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silent: headers carry bearer tokens."""
 
     def do_POST(self) -> None:
         began = time.monotonic()
@@ -558,7 +511,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             data = orjson.dumps(answer)
         except TypeError:  # what orjson cannot write (integers beyond 64 bits, NaN)
-            data = json.dumps(answer, ensure_ascii=False).encode("utf-8")
+            data = json_bytes(answer)
         rest = emulator.latency - (time.monotonic() - began)
         if rest > 0:
             time.sleep(rest)
@@ -611,19 +564,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--generated expects ENV:APP:TABLE:COUNT, got {spec!r}")
         emulator.add_generated_table(parts[0], parts[1], parts[2], int(parts[3]))
 
-    def _terminate(signum: int, frame: Any) -> None:
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, _terminate)
-    print(emulator.start(), flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        emulator.stop()
-    return 0
+    return serve_until_terminated(emulator)
 
 
 if __name__ == "__main__":

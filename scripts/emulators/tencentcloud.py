@@ -37,8 +37,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
+
+from scripts.emulators.http_base import BackgroundServer, LocalEmulator, json_bytes
 
 __all__ = ["Invocation", "TencentCloudEmulator", "main"]
 
@@ -105,7 +106,7 @@ def tc3_signature(secret_key: str, date: str, service: str, string_to_sign: str)
     return hmac.new(signing_key, string_to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
-class TencentCloudEmulator:
+class TencentCloudEmulator(LocalEmulator):
     """The fake API: keys, functions, recorded invocations, injected faults. Thread-safe.
 
     ``async_retry_delay`` is how long a failed ``Event`` handler waits before SCF would run
@@ -129,45 +130,22 @@ class TencentCloudEmulator:
         self._faults: collections.deque[tuple[str, str]] = collections.deque()
         self._invocations: list[Invocation] = []
         self._workers: list[threading.Thread] = []
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
     # ----------------------------------------------------------------- lifecycle
 
     def start(self) -> str:
         with self._lock:
-            if self._server is not None:
+            if self._serving is not None:
                 raise RuntimeError("emulator already started")
-            server = _Server(("127.0.0.1", self.port), self)
-            self._server = server
-            host, port = server.server_address[:2]
-            self.endpoint = f"{host!s}:{port}"
-            self.url = f"http://{self.endpoint}"
-            self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                            name="tencentcloud-emulator", daemon=True)
-            self._thread.start()
+            self._serving = BackgroundServer(_Server(("127.0.0.1", self.port), self),
+                                             "tencentcloud-emulator")
+            self.endpoint, self.url = self._serving.endpoint, self._serving.url
             return self.url
 
     def stop(self, wait: float = 30) -> None:
         """Wait for running handlers (up to `wait` seconds), then stop serving."""
         self.wait_idle(wait, raise_on_timeout=False)
-        with self._lock:
-            server, thread = self._server, self._thread
-            self._server = self._thread = None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
-
-    def __enter__(self) -> TencentCloudEmulator:
-        if self._server is None:
-            self.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
+        super().stop()
 
     # ----------------------------------------------------------------- setup
 
@@ -380,7 +358,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         pass  # quiet: tests read the recorded calls instead
 
     def _answer(self, document: dict[str, Any]) -> None:
-        payload = json.dumps(document, ensure_ascii=False).encode("utf-8")
+        payload = json_bytes(document)
         self.send_response(200)
         self.send_header("Content-Type", "application/json")  # the SDK parses errors only then
         self.send_header("Content-Length", str(len(payload)))

@@ -35,19 +35,22 @@ import json
 import os
 import re
 import secrets
-import shutil
-import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+from scripts.emulators.http_base import (
+    DispatchHandler,
+    EmulatorServer,
+    LocalEmulator,
+    json_bytes,
+    serve_until_terminated,
+)
 
 __all__ = [
     "FILE_TYPE_CSV",
@@ -558,7 +561,7 @@ def _default_id(env: str, name: str, index: int) -> str:
 # --------------------------------------------------------------------------- the emulator
 
 
-class WeChatEmulator:
+class WeChatEmulator(LocalEmulator):
     """The emulated platform: apps, environments, collections, tokens and export jobs.
 
     All methods are thread-safe. ``link_ttl``, ``token_ttl`` and ``polls_until_ready``
@@ -577,6 +580,9 @@ class WeChatEmulator:
     - ``rotate_refresh_tokens``: ``api_authorizer_token`` hands back a new refresh token
       each time and the old one stops working.
     """
+
+    thread_name = "wechat-emulator"
+    tmp_prefix = "wechat-emulator-"
 
     def __init__(
         self,
@@ -612,59 +618,18 @@ class WeChatEmulator:
         self._doomed_signatures: collections.Counter[str] = collections.Counter()
         self.download_statuses: list[int] = []
         self._secret_key = secrets.token_hex(20)
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self._tmpdir: str | None = None
         self._stopping = threading.Event()
 
     # ----------------------------------------------------------------- lifecycle
 
-    def start(self) -> str:
-        """Start serving in a background thread; return the base URL."""
-        with self._lock:
-            if self._server is not None:
-                raise RuntimeError("emulator already started")
-            self._stopping.clear()
-            self._tmpdir = tempfile.mkdtemp(prefix="wechat-emulator-")
-            server = _Server(("127.0.0.1", self.port), self)
-            self._server = server
-            host, port = server.server_address[:2]
-            self.base_url = f"http://{host!s}:{port}"
-            self._thread = threading.Thread(
-                target=server.serve_forever,
-                kwargs={"poll_interval": 0.05},
-                name="wechat-emulator",
-                daemon=True,
-            )
-            self._thread.start()
-            return self.base_url
+    def _make_server(self, address: tuple[str, int]) -> _Server:
+        return _Server(address, _Handler, self)
 
-    def stop(self) -> None:
-        """Stop serving and delete every export file. Safe to call twice."""
-        with self._lock:
-            server, thread, tmpdir = self._server, self._thread, self._tmpdir
-            self._server = self._thread = self._tmpdir = None
-            self._stopping.set()
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
-        if tmpdir is not None:
-            shutil.rmtree(tmpdir, ignore_errors=True)
+    def _on_start(self) -> None:
+        self._stopping.clear()
 
-    def __enter__(self) -> WeChatEmulator:
-        if self._server is None:
-            self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def _on_stop(self) -> None:
+        self._stopping.set()
 
     # ----------------------------------------------------------------- data
 
@@ -1315,41 +1280,16 @@ class WeChatEmulator:
 # --------------------------------------------------------------------------- HTTP layer
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], emulator: WeChatEmulator) -> None:
-        self.emulator = emulator
-        super().__init__(address, _Handler)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        exc = sys.exc_info()[1]
-        if isinstance(exc, (ConnectionError, TimeoutError)):
-            return
-        super().handle_error(request, client_address)
+_Server = EmulatorServer[WeChatEmulator]
 
 
 _RANGE_RE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
 _UNSATISFIABLE = (-1, -1)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(DispatchHandler):
     server_version = "wechat-emulator"
-    sys_version = ""
-    timeout = 60
-    disable_nagle_algorithm = True  # small JSON answers: no delayed-ACK stalls
     server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silent: request lines carry access tokens and signatures."""
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
 
     def _dispatch(self, method: str) -> None:
         split = urlsplit(self.path)
@@ -1375,8 +1315,7 @@ class _Handler(BaseHTTPRequestHandler):
             status, payload = emulator._handle_api(method, split.path, params, body)
         except Exception:
             status, payload = 500, {"errcode": -1, "errmsg": "system error"}
-        data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
-        self._send(status, data, JSON_CONTENT_TYPE)
+        self._send(status, json_bytes(payload), JSON_CONTENT_TYPE)
 
     def _read_body(self) -> bytes:
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
@@ -1398,15 +1337,6 @@ class _Handler(BaseHTTPRequestHandler):
         if length < 0 or length > MAX_BODY:
             raise ValueError("bad Content-Length")
         return self.rfile.read(length) if length else b""
-
-    def _send(self, status: int, data: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(data)
 
     def _download(self, path: str, params: dict[str, list[str]]) -> None:
         decision = self.server.emulator._authorize_download(path, params)
@@ -1557,20 +1487,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--docs expects ENV:NAME:PATH, got {spec!r}")
         emulator.add_collection(env, name, list(_iter_jsonl_file(path)))
 
-    def _terminate(signum: int, frame: Any) -> None:
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, _terminate)
-    base_url = emulator.start()
-    print(base_url, flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        emulator.stop()
-    return 0
+    return serve_until_terminated(emulator)
 
 
 if __name__ == "__main__":
