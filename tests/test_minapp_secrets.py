@@ -6,27 +6,17 @@ from __future__ import annotations
 import io
 import json
 import logging
-import re
 
 from scripts.emulators.minapp import MinAppEmulator
 from scripts.sample_data import make_docs
 from shared.logs import configure_logging
 from tests.support.backup import LocalBackup
+from tests.support.leaks import assert_no_secrets
 from tests.support.minapp import CLIENT_SECRET, backup_jumping
-
-LEAKS = [
-    re.compile(r"[?&]sign=(?!\[redacted\])"),
-    re.compile(r"[?&]code=(?!\[redacted\])"),
-    re.compile(r"Bearer (?!\[redacted\])"),
-]
 
 
 def assert_clean(text: str, secrets: list[str]) -> None:
-    assert CLIENT_SECRET not in text
-    for secret in secrets:
-        assert secret not in text
-    for pattern in LEAKS:
-        assert not pattern.search(text), pattern.pattern
+    assert_no_secrets(text, [CLIENT_SECRET, *secrets])
 
 
 def test_logs_state_and_manifests_hold_no_minapp_secrets(

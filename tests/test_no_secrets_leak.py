@@ -6,25 +6,15 @@ from __future__ import annotations
 import io
 import json
 import logging
-import re
 
 from scripts.sample_data import make_docs
 from shared.logs import configure_logging
 from tests.support.backup import SECRET, LocalBackup, backup_now
-
-LEAKS = [
-    re.compile(r"access_token=(?!\[redacted\])"),
-    re.compile(r"q-signature=(?!\[redacted\])"),
-    re.compile(r"q-sign-time=(?!\[redacted\])"),
-]
+from tests.support.leaks import assert_no_secrets
 
 
-def assert_clean(text: str, tokens: list[str]) -> None:
-    assert SECRET not in text
-    for token in tokens:
-        assert token not in text
-    for pattern in LEAKS:
-        assert not pattern.search(text), pattern.pattern
+def assert_clean(text: str, secrets: list[str]) -> None:
+    assert_no_secrets(text, [SECRET, *secrets])
 
 
 def test_logs_state_and_manifests_hold_no_secrets(local: LocalBackup) -> None:
