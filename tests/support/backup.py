@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,7 +77,8 @@ class LocalBackup:
         }
 
 
-def drive(ctx: Context, run: Run, timeout: float = 120) -> Run:
+def drive(ctx: Context, run: Run, timeout: float = 120,
+          between_polls: Callable[[], None] | None = None) -> Run:
     """Poll until the run closes, like the poller's timer would, only faster."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -86,6 +87,8 @@ def drive(ctx: Context, run: Run, timeout: float = 120) -> Run:
         assert current is not None
         if current.status is not RunStatus.RUNNING:
             return current
+        if between_polls:
+            between_polls()
         time.sleep(0.01)
     raise AssertionError(f"run {run.run_id} did not finish within {timeout} s")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -14,8 +13,8 @@ import pytest
 
 from scripts.compare import csv_cell
 from scripts.emulators.minapp import MinAppEmulator
-from shared.jobs import Run, RunStatus, utcnow
-from shared.pipeline import Context, poll, start_run
+from shared.jobs import Run, utcnow
+from shared.pipeline import Context, start_run
 
 CLIENT_ID = "a4d2d62965ddb57fa4d6"
 CLIENT_SECRET = "minapp-client-secret-5f6e7d8c9b"
@@ -77,15 +76,12 @@ def backup_jumping(ctx: Context, key: str = "test", timeout: float = 60) -> Run:
     clock = JumpClock()
     ctx.clock = clock
     run, _ = start_run(ctx, idempotency_key=key, trigger="test")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        poll(ctx)
-        current = ctx.store.get_run(run.run_id)
-        assert current is not None
-        if current.status is not RunStatus.RUNNING:
-            return current
+
+    def jump_over_waits() -> None:
         due = [j.next_check_at for j in ctx.store.list_jobs(run.run_id) if not j.status.terminal]
         if due:
             clock.jump_to(min(due))
-        time.sleep(0.01)
-    raise AssertionError(f"run {run.run_id} did not finish within {timeout} s")
+
+    from tests.support.backup import drive  # backup.py imports this module
+
+    return drive(ctx, run, timeout, between_polls=jump_over_waits)
