@@ -140,13 +140,17 @@ class SqlStateStore:
         return f"SqlStateStore({self.engine.url!r})"  # SQLAlchemy masks the password
 
     def _retrying(self, action: Callable[[], T]) -> T:
-        """Run a transaction again when MySQL picked it as a deadlock victim."""
+        """Run a transaction again when MySQL picked it as a deadlock victim, or when SQLite
+        answered "database is locked" without waiting: in WAL mode a transaction whose
+        snapshot went stale is refused at once, busy timeout or not."""
         for attempt in range(5):
             try:
                 return action()
             except sa.exc.OperationalError as exc:
                 code = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
-                if not self._mysql or code not in _MYSQL_RETRYABLE or attempt == 4:
+                retryable = (code in _MYSQL_RETRYABLE if self._mysql
+                             else "locked" in str(exc.orig) or "busy" in str(exc.orig))
+                if not retryable or attempt == 4:
                     raise
                 time.sleep(0.05 * (attempt + 1))
         raise AssertionError("unreachable")
