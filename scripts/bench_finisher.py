@@ -21,10 +21,12 @@ from typing import Any
 
 import yaml
 
-from shared.app import build_context
+from shared.bootstrap import build_context
 from shared.config import load_config
-from shared.jobs import JobStatus
-from shared.pipeline import finish, poll, start_run
+from shared.domain.jobs import JobStatus
+from shared.service.finish import finish
+from shared.service.poll import poll
+from shared.service.start import start_run
 
 ROOT = Path(__file__).resolve().parent.parent
 APPID = "wx00000000000be4c4"
@@ -86,7 +88,7 @@ def child(config_path: str, job_id: str) -> None:
     """Runs in its own process: one finisher invocation, then its peak RSS."""
     ctx = build_context(load_config(config_path))
     outcome = finish(ctx, job_id)
-    job = ctx.store.get_job(job_id)
+    job = ctx.state.get_job(job_id)
     assert job is not None
     print(json.dumps({"outcome": outcome, "peak_rss_mb": _peak_rss_mb(),
                       "bytes": job.result.bytes if job.result else 0, "error": job.error}))
@@ -109,9 +111,9 @@ def main() -> int:
     big_count = write_export_file(big, int(args.gib * (1 << 30)))
     small_count = write_export_file(small, 200_000)
 
-    s3, s3_url = _start([sys.executable, "-m", "scripts.s3_server", "--bucket", BUCKET])
+    s3, s3_url = _start([sys.executable, "-m", "devkit.s3_server", "--bucket", BUCKET])
     emulator, wechat_url = _start([
-        sys.executable, "-m", "scripts.emulators.wechat", "--port", "0",
+        sys.executable, "-m", "devkit.emulators.wechat", "--port", "0",
         "--app", f"{APPID}:{SECRET}", "--env", f"{APPID}:{ENV_ID}",
         "--jsonl", f"{ENV_ID}:big:{big}:{big_count}", "--jsonl", f"{ENV_ID}:small:{small}:{small_count}",
     ])
@@ -157,9 +159,9 @@ def _wait_until_ready(config_path: Path) -> dict[str, str]:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         poll(ctx)
-        jobs = ctx.store.list_jobs(run.run_id)
+        jobs = ctx.state.list_jobs(run.run_id)
         if all(j.status is JobStatus.READY for j in jobs):
-            return {j.target: j.job_id for j in jobs}
+            return {j.collection: j.job_id for j in jobs}
         time.sleep(0.1)
     raise SystemExit("exports did not become ready")
 

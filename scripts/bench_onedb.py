@@ -26,13 +26,14 @@ import httpx
 import jwt
 import yaml
 
+from devkit.emulators.onedb import MAX_ID, MIN_ID
 from scripts.bench_finisher import _peak_rss_mb, _run_child, _start
-from scripts.emulators.onedb import MAX_ID, MIN_ID
-from shared.app import build_context
+from shared.bootstrap import build_context
 from shared.config import load_config
-from shared.jobs import JobStatus
-from shared.pipeline import finish, start_run
-from shared.providers.onedb import ROWS_LIMIT
+from shared.domain.jobs import JobStatus
+from shared.platforms.onedb.platform import ROWS_LIMIT
+from shared.service.finish import finish
+from shared.service.start import start_run
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV_ID = "bench-env"
@@ -72,7 +73,7 @@ def child(config_path: str, job_id: str) -> None:
     began = time.perf_counter()
     outcome = finish(ctx, job_id)
     seconds = time.perf_counter() - began
-    job = ctx.store.get_job(job_id)
+    job = ctx.state.get_job(job_id)
     assert job is not None
     print(json.dumps({"outcome": outcome, "seconds": seconds, "peak_rss_mb": _peak_rss_mb(),
                       "rows": job.result.records if job.result else 0,
@@ -86,9 +87,9 @@ def _ready_jobs(config_path: Path) -> dict[str, str]:
 
     ctx = build_context(load_config(config_path), dispatcher=Ignore())
     run, _ = start_run(ctx, idempotency_key=f"bench:{time.time()}", trigger="bench")
-    jobs = ctx.store.list_jobs(run.run_id)
+    jobs = ctx.state.list_jobs(run.run_id)
     assert all(j.status is JobStatus.READY for j in jobs), [j.status for j in jobs]
-    return {j.target: j.job_id for j in jobs}
+    return {j.collection: j.job_id for j in jobs}
 
 
 def main() -> int:
@@ -106,9 +107,9 @@ def main() -> int:
     work = ROOT / ".bench"
     work.mkdir(exist_ok=True)
     medium_rows = max(ROWS_LIMIT, args.rows // 5)
-    s3, s3_url = _start([sys.executable, "-m", "scripts.s3_server", "--bucket", BUCKET])
+    s3, s3_url = _start([sys.executable, "-m", "devkit.s3_server", "--bucket", BUCKET])
     emulator, onedb_url = _start([
-        sys.executable, "-m", "scripts.emulators.onedb", "--latency", str(args.latency),
+        sys.executable, "-m", "devkit.emulators.onedb", "--latency", str(args.latency),
         "--key", f"{ENV_ID}:{KEY_ID}:{SECRET}",
         "--generated", f"{ENV_ID}:{APP}:small:{ROWS_LIMIT}",
         "--generated", f"{ENV_ID}:{APP}:medium:{medium_rows}",

@@ -14,16 +14,16 @@ from typing import Any
 import yaml
 from rich.table import Table
 
-from scripts.compare import assert_object_equals_docs
-from scripts.emulators.minapp import MinAppEmulator, render_export
-from scripts.emulators.onedb import OneDBEmulator
-from scripts.emulators.wechat import WeChatEmulator
-from scripts.s3_server import create_bucket, start_s3_server, stop_s3_server
-from scripts.sample_data import make_docs
-from shared.cli import console
-from shared.cli import main as cli
+from devkit.compare import assert_object_equals_docs
+from devkit.emulators.minapp import MinAppEmulator, render_export
+from devkit.emulators.onedb import OneDBEmulator
+from devkit.emulators.wechat import WeChatEmulator
+from devkit.s3_server import create_bucket, start_s3_server, stop_s3_server
+from devkit.sample_data import make_docs
+from shared.adapters.cos.objects import CosObjectStore
 from shared.config import load_config
-from shared.sink import CosObjectStore
+from shared.entrypoints.cli import console
+from shared.entrypoints.cli import main as cli
 
 ROOT = Path(__file__).resolve().parent.parent
 APPID = "wx5eed0000deadbeef"

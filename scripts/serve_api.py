@@ -16,13 +16,13 @@ from pathlib import Path
 
 import yaml
 
-from scripts.emulators.wechat import WeChatEmulator
-from scripts.s3_server import create_bucket, start_s3_server, stop_s3_server
-from scripts.sample_data import make_docs
-from shared.cli import main as cli
+from devkit.emulators.wechat import WeChatEmulator
+from devkit.s3_server import create_bucket, start_s3_server, stop_s3_server
+from devkit.sample_data import make_docs
 from shared.config import load_config
-from shared.http_api import TOKEN_ENV
-from shared.local_server import serve
+from shared.entrypoints.cli import main as cli
+from shared.entrypoints.http_api import TOKEN_ENV
+from shared.entrypoints.local_server import serve
 
 ROOT = Path(__file__).resolve().parent.parent
 APPID = "wx5eed0000deadbeef"

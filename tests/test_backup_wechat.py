@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from scripts.compare import assert_object_equals_docs
-from scripts.sample_data import make_docs
-from shared.jobs import JobStatus, RunStatus
-from shared.layout import data_key
+from devkit.compare import assert_object_equals_docs
+from devkit.sample_data import make_docs
+from shared.domain.jobs import JobStatus, RunStatus
+from shared.domain.layout import data_key
 from tests.support.backup import ENV_ID, LocalBackup, backup_now
 
 
@@ -28,21 +28,21 @@ def test_every_object_equals_its_collection(local: LocalBackup, file_type: str) 
     run = backup_now(ctx)
 
     assert run.status is RunStatus.SUCCEEDED
-    jobs = {j.target: j for j in ctx.store.list_jobs(run.run_id)}
+    jobs = {j.collection: j for j in ctx.state.list_jobs(run.run_id)}
     for name, docs in collections.items():
         job = jobs[name]
         assert job.status is JobStatus.DONE and job.result is not None
         assert job.result.key.startswith(f"{config.destination.prefix}/runs/{run.run_id}/shop/")
         assert "/../" not in job.result.key
-        data = local.store.read(job.result.key)
+        data = local.objects.read(job.result.key)
         assert_object_equals_docs(data, docs, file_type)
-        manifest = json.loads(local.store.read(job.result.manifest_key))
+        manifest = json.loads(local.objects.read(job.result.manifest_key))
         assert manifest["collection"] == name
         assert manifest["records"] == len(docs) == job.result.records
         assert manifest["bytes"] == len(data)
         assert manifest["run_id"] == run.run_id
-        assert manifest["platform_job_id"] == job.remote_id
-    run_manifest = json.loads(local.store.read(run.manifest_key or ""))
+        assert manifest["platform_job_id"] == job.platform_job_id
+    run_manifest = json.loads(local.objects.read(run.manifest_key or ""))
     assert run_manifest["status"] == "succeeded"
     assert {j["collection"] for j in run_manifest["jobs"]} == set(collections)
 
@@ -55,11 +55,11 @@ def test_large_collection_is_copied_exactly(local: LocalBackup, file_type: str) 
 
     run = backup_now(ctx)
 
-    (job,) = ctx.store.list_jobs(run.run_id)
+    (job,) = ctx.state.list_jobs(run.run_id)
     assert job.status is JobStatus.DONE and job.result is not None
     assert job.result.records == 200_000
     assert job.result.objects[0].upload_parts > 1  # really went through a multipart upload
-    assert_object_equals_docs(local.store.read(job.result.key), docs, file_type)
+    assert_object_equals_docs(local.objects.read(job.result.key), docs, file_type)
 
 
 def test_failed_export_fails_only_its_job(local: LocalBackup) -> None:
@@ -71,11 +71,11 @@ def test_failed_export_fails_only_its_job(local: LocalBackup) -> None:
     run = backup_now(ctx)
 
     assert run.status is RunStatus.FAILED
-    jobs = {j.target: j for j in ctx.store.list_jobs(run.run_id)}
+    jobs = {j.collection: j for j in ctx.state.list_jobs(run.run_id)}
     assert jobs["orders"].status is JobStatus.DONE
     assert jobs["users"].status is JobStatus.FAILED
     assert "导出失败: collection locked" in (jobs["users"].error or "")
-    manifest = json.loads(local.store.read(run.manifest_key or ""))
+    manifest = json.loads(local.objects.read(run.manifest_key or ""))
     failed = [j for j in manifest["jobs"] if j["status"] == "failed"]
     assert failed[0]["collection"] == "users" and "collection locked" in failed[0]["error"]
 
@@ -88,11 +88,11 @@ def test_record_count_mismatch_fails_and_stores_nothing(local: LocalBackup) -> N
 
     run = backup_now(ctx)
 
-    (job,) = ctx.store.list_jobs(run.run_id)
+    (job,) = ctx.state.list_jobs(run.run_id)
     assert job.status is JobStatus.FAILED
     assert "record count mismatch" in (job.error or "") and "51" in (job.error or "")
     key = data_key(config.destination.prefix, run.run_id, "shop", "orders", "json")
-    assert local.store.head(key) is None
+    assert local.objects.head(key) is None
 
 
 def test_truncated_download_is_retried(local: LocalBackup) -> None:
@@ -103,9 +103,9 @@ def test_truncated_download_is_retried(local: LocalBackup) -> None:
 
     run = backup_now(ctx)
 
-    (job,) = ctx.store.list_jobs(run.run_id)
+    (job,) = ctx.state.list_jobs(run.run_id)
     assert job.status is JobStatus.DONE and job.result is not None
-    assert_object_equals_docs(local.store.read(job.result.key), docs, "json")
+    assert_object_equals_docs(local.objects.read(job.result.key), docs, "json")
     assert local.emulator.calls["/_files"] >= 2
 
 
@@ -117,10 +117,10 @@ def test_download_cut_every_time_is_never_stored_as_done(local: LocalBackup) -> 
 
     run = backup_now(ctx)
 
-    (job,) = ctx.store.list_jobs(run.run_id)
+    (job,) = ctx.state.list_jobs(run.run_id)
     assert job.status is JobStatus.FAILED
     assert "cut off" in (job.error or "")
-    assert local.store.list(config.destination.prefix + "/runs/" + run.run_id + "/shop") == []
+    assert local.objects.list(config.destination.prefix + "/runs/" + run.run_id + "/shop") == []
 
 
 def test_expired_download_link_is_replaced(local: LocalBackup) -> None:
@@ -131,7 +131,7 @@ def test_expired_download_link_is_replaced(local: LocalBackup) -> None:
 
     run = backup_now(ctx)
 
-    (job,) = ctx.store.list_jobs(run.run_id)
+    (job,) = ctx.state.list_jobs(run.run_id)
     assert job.status is JobStatus.DONE and job.result is not None
-    assert_object_equals_docs(local.store.read(job.result.key), docs, "json")
+    assert_object_equals_docs(local.objects.read(job.result.key), docs, "json")
     assert local.emulator.download_statuses.count(403) == 1

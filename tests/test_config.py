@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from shared.cli import main as cli
 from shared.config import ConfigError, config_json_schema, load_config, parse_config
-from shared.sources.wechat import WeChatSource
+from shared.entrypoints.cli import main as cli
+from shared.platforms.wechat.settings import WeChatSource
 
 ENV = {"WECHAT_SECRET": "s3cr3t-value-123", "BUCKET": "backups-1250000000"}
 GOOD: dict[str, Any] = {
@@ -105,7 +105,7 @@ def test_json_schema_describes_the_config_and_is_committed() -> None:
     assert "destination" in schema["properties"]
     committed = Path(__file__).resolve().parent.parent / "config.schema.json"
     assert json.loads(committed.read_text(encoding="utf-8")) == schema, (
-        "config.schema.json is stale: run `python -m shared.cli schema > config.schema.json`"
+        "config.schema.json is stale: run `python -m shared.entrypoints.cli schema > config.schema.json`"
     )
 
 

@@ -13,20 +13,20 @@ from typing import Any
 import pytest
 import yaml
 
-from scripts.compare import assert_object_equals_docs
-from scripts.emulators.tencentcloud import TencentCloudEmulator
-from scripts.sample_data import make_docs
-from shared.config import Config, ConfigError, DispatchSettings, parse_config
-from shared.dispatch import (
+from devkit.compare import assert_object_equals_docs
+from devkit.emulators.tencentcloud import TencentCloudEmulator
+from devkit.sample_data import make_docs
+from shared.adapters.dispatch import (
     InProcessDispatcher,
     ScfDispatcher,
     ScfTarget,
     dispatcher_for,
     resolve_mode,
 )
-from shared.entrypoints import handle_finisher
-from shared.errors import Fatal, Retryable, RetryLater
-from shared.jobs import JobStatus, RunStatus
+from shared.config import Config, ConfigError, DispatchSettings, parse_config
+from shared.domain.errors import Fatal, Retryable, RetryLater
+from shared.domain.jobs import JobStatus, RunStatus
+from shared.entrypoints.scf import handle_finisher
 from shared.logs import configure_logging
 from tests.support.backup import FAST_TIMING, LocalBackup, backup_now
 
@@ -281,14 +281,14 @@ def test_a_whole_backup_goes_through_async_invoke(
     tencentcloud.wait_idle()
 
     assert run.status is RunStatus.SUCCEEDED
-    jobs = ctx.store.list_jobs(run.run_id)
+    jobs = ctx.state.list_jobs(run.run_id)
     assert sorted(c.event["job_id"] for c in tencentcloud.invocations) == sorted(j.job_id for j in jobs)
     assert all(c.invocation_type == "Event" and c.error is None for c in tencentcloud.invocations)
     assert {c.result["outcome"] for c in tencentcloud.invocations} == {"done"}
     for job in jobs:
         assert job.status is JobStatus.DONE and job.result is not None
-        assert_object_equals_docs(local.store.read(job.result.key), docs[job.target], "json")
-    assert json.loads(local.store.read(run.manifest_key or ""))["status"] == "succeeded"
+        assert_object_equals_docs(local.objects.read(job.result.key), docs[job.collection], "json")
+    assert json.loads(local.objects.read(run.manifest_key or ""))["status"] == "succeeded"
 
 
 def test_a_role_that_may_not_invoke_fails_the_jobs_loudly(
@@ -303,9 +303,9 @@ def test_a_role_that_may_not_invoke_fails_the_jobs_loudly(
     run = backup_now(ctx)
 
     assert run.status is RunStatus.FAILED
-    for job in ctx.store.list_jobs(run.run_id):
+    for job in ctx.state.list_jobs(run.run_id):
         assert job.status is JobStatus.FAILED
         assert "scf:InvokeFunction" in (job.error or "")
     assert tencentcloud.invocations == []
-    manifest = json.loads(local.store.read(run.manifest_key or ""))
+    manifest = json.loads(local.objects.read(run.manifest_key or ""))
     assert all("scf:InvokeFunction" in (j.get("error") or "") for j in manifest["jobs"])

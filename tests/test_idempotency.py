@@ -3,32 +3,23 @@ event must create nothing twice."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
 
-import shared.app
-import shared.entrypoints
-from scripts.sample_data import make_docs
-from shared.jobs import JobStatus, RunStatus
-from shared.state import open_store
+import shared.bootstrap
+import shared.entrypoints.scf
+from devkit.sample_data import make_docs
+from shared.adapters.state import open_store
+from shared.domain.jobs import JobStatus, RunStatus
 from tests.support.backup import LocalBackup
+from tests.support.handlers import load_handler
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMER_EVENT = {"Type": "Timer", "TriggerName": "nightly", "Time": "2026-11-21T02:00:00Z", "Message": ""}
-
-
-def load_handler(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"{name}_index", ROOT / "functions" / name / "index.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
@@ -73,9 +64,9 @@ def test_retried_timer_trigger_starts_one_run(deployed: LocalBackup) -> None:
 def test_poller_and_finisher_twice_copy_once(deployed: LocalBackup, monkeypatch: pytest.MonkeyPatch) -> None:
     trigger, poller, finisher = (load_handler(n) for n in ("trigger", "poller", "finisher"))
     dispatched = RecordingDispatcher()
-    real_build = shared.app.build_context
-    monkeypatch.setattr(shared.entrypoints, "build_context",
-                        lambda config: real_build(config, dispatcher=dispatched))
+    real_build = shared.bootstrap.build_context
+    monkeypatch.setattr(shared.entrypoints.scf, "build_context",
+                        lambda config, **options: real_build(config, dispatcher=dispatched, **options))
     run_id = trigger.main_handler(dict(TIMER_EVENT), None)["run_id"]
 
     for _ in range(50):  # timer ticks, each one delivered twice
@@ -92,7 +83,7 @@ def test_poller_and_finisher_twice_copy_once(deployed: LocalBackup, monkeypatch:
     run = store.get_run(run_id)
     assert run is not None and run.status is RunStatus.SUCCEEDED
     assert all(j.status is JobStatus.DONE and j.attempts == 0 for j in store.list_jobs(run_id))
-    keys = [o.key for o in deployed.store.list(deployed.destination.prefix)]
+    keys = [o.key for o in deployed.objects.list(deployed.destination.prefix)]
     assert len(keys) == 2 * 2 + 1  # data + manifest per collection, one run manifest
     assert len(deployed.emulator.export_jobs()) == 2
 

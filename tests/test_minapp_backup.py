@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 
-from scripts.compare import assert_object_equals_docs
-from scripts.emulators.minapp import MinAppEmulator
-from scripts.sample_data import make_docs
-from shared.jobs import JobStatus, RunStatus
-from shared.layout import data_key, part_key
+from devkit.compare import assert_object_equals_docs
+from devkit.emulators.minapp import MinAppEmulator
+from devkit.sample_data import make_docs
+from shared.domain.jobs import JobStatus, RunStatus
+from shared.domain.layout import data_key, part_key
+from shared.platforms.minapp.platform import MinAppClient
 from tests.support.backup import LocalBackup, backup_now
 from tests.support.minapp import CLIENT_ID, assert_export_equals_records, backup_jumping
 
@@ -44,11 +45,11 @@ def test_wechat_and_minapp_in_one_run_equal_their_sources(
     run = backup_now(ctx)
 
     assert run.status is RunStatus.SUCCEEDED
-    jobs = {(j.source, j.target): j for j in ctx.store.list_jobs(run.run_id)}
+    jobs = {(j.source, j.collection): j for j in ctx.state.list_jobs(run.run_id)}
     assert set(jobs) == {("shop", "orders"), ("app", "1001"), ("app", "1002"), ("app", "1003")}
     wechat = jobs[("shop", "orders")]
     assert wechat.result is not None
-    assert_object_equals_docs(local.store.read(wechat.result.key),
+    assert_object_equals_docs(local.objects.read(wechat.result.key),
                               local.emulator.docs("shop-prod-1a2b3c", "orders"), file_type)
     for table in (1001, 1002, 1003):
         job = jobs[("app", str(table))]
@@ -56,13 +57,13 @@ def test_wechat_and_minapp_in_one_run_equal_their_sources(
         source = minapp_emulator.records(table)
         assert job.result.key == data_key(config.destination.prefix, run.run_id, "app",
                                           str(table), file_type)
-        data = local.store.read(job.result.key)
+        data = local.objects.read(job.result.key)
         assert_export_equals_records(data, source, file_type)
-        manifest = json.loads(local.store.read(job.result.manifest_key))
+        manifest = json.loads(local.objects.read(job.result.manifest_key))
         assert manifest["platform"] == "minapp"
         assert manifest["records"] == len(source) == job.result.records
         assert manifest["bytes"] == len(data)
-        assert manifest["platform_job_id"] == job.remote_id
+        assert manifest["platform_job_id"] == job.platform_job_id
         assert len(our_jobs(minapp_emulator, table)) == 1
     # the signed download link is all a download gets: no token goes with it
     assert minapp_emulator.download_authorization
@@ -80,7 +81,7 @@ def test_export_options_are_passed_through(local: LocalBackup,
     run = backup_now(ctx)
 
     assert run.status is RunStatus.SUCCEEDED
-    (job,) = ctx.store.list_jobs(run.run_id)
+    (job,) = ctx.state.list_jobs(run.run_id)
     (platform_job,) = our_jobs(minapp_emulator, 1001)
     assert platform_job["mode"] == "part"
     assert platform_job["options"] == {k: v for k, v in table.items() if k != "id"}
@@ -88,7 +89,7 @@ def test_export_options_are_passed_through(local: LocalBackup,
                   key=lambda r: -r["total"])
     expected = [{k: r[k] for k in ("id", "total", "paid")} for r in paid]
     assert job.result is not None
-    assert_export_equals_records(local.store.read(job.result.key), expected, "json")
+    assert_export_equals_records(local.objects.read(job.result.key), expected, "json")
 
 
 def test_test_environment_is_chosen_by_env_id(local: LocalBackup,
@@ -100,9 +101,9 @@ def test_test_environment_is_chosen_by_env_id(local: LocalBackup,
 
     run = backup_now(ctx)
 
-    (job,) = ctx.store.list_jobs(run.run_id)
+    (job,) = ctx.state.list_jobs(run.run_id)
     assert job.result is not None and job.result.records == 9
-    assert_export_equals_records(local.store.read(job.result.key),
+    assert_export_equals_records(local.objects.read(job.result.key),
                                  minapp_emulator.records(1001, env="test-env-7"), "json")
 
 
@@ -120,10 +121,10 @@ def test_one_job_per_minute_is_waited_for_not_duplicated(
     assert minapp_emulator.calls["export"] >= 3  # 1001 refused at least once, then created
     assert len(our_jobs(minapp_emulator, 1001)) == 1
     assert len(our_jobs(minapp_emulator, 1002)) == 1
-    jobs = {j.target: j for j in ctx.store.list_jobs(run.run_id)}
+    jobs = {j.collection: j for j in ctx.state.list_jobs(run.run_id)}
     assert jobs["1001"].attempts == 0  # waiting is not a failed try
     assert jobs["1001"].result is not None
-    assert_export_equals_records(local.store.read(jobs["1001"].result.key),
+    assert_export_equals_records(local.objects.read(jobs["1001"].result.key),
                                  minapp_emulator.records(1001), "json")
 
 
@@ -137,15 +138,16 @@ def test_lost_answer_to_create_adopts_the_job_it_made(
 
     assert run.status is RunStatus.SUCCEEDED
     assert len(our_jobs(minapp_emulator, 1001)) == 1
-    (job,) = ctx.store.list_jobs(run.run_id)
-    assert job.remote_id == our_jobs(minapp_emulator, 1001)[0]["job_id"]
+    (job,) = ctx.state.list_jobs(run.run_id)
+    assert job.platform_job_id == our_jobs(minapp_emulator, 1001)[0]["job_id"]
 
 
 def test_recorded_start_is_not_repeated_when_the_state_write_was_lost(
         local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
     minapp_emulator.add_table(1001, records(5))
     config = local.config(local.minapp_source(minapp_emulator))
-    provider = local.context(config).provider_for("app")
+    provider = local.context(config).platforms.get("app")
+    assert isinstance(provider, MinAppClient)
 
     first = provider.start("1001", "run-1.app.abc")
     again = provider.start("1001", "run-1.app.abc")  # e.g. the poller died before saving
@@ -169,7 +171,7 @@ def test_table_over_the_row_limit_is_split_into_parts(
     run = backup_jumping(ctx)
 
     assert run.status is RunStatus.SUCCEEDED
-    (job,) = ctx.store.list_jobs(run.run_id)
+    (job,) = ctx.state.list_jobs(run.run_id)
     assert job.result is not None
     parts = math.ceil(2600 / 400)
     assert len(job.result.objects) == parts
@@ -183,11 +185,11 @@ def test_table_over_the_row_limit_is_split_into_parts(
         assert stored.key == part_key(base, number)
         assert 0 < stored.records <= 1000
         piece = everything[start:start + stored.records]
-        assert_export_equals_records(local.store.read(stored.key), piece, file_type)
+        assert_export_equals_records(local.objects.read(stored.key), piece, file_type)
         start += stored.records
     assert start == len(source) == job.result.records
-    assert local.store.head(base) is None  # parts only, no whole-table object
-    manifest = json.loads(local.store.read(job.result.manifest_key))
+    assert local.objects.head(base) is None  # parts only, no whole-table object
+    manifest = json.loads(local.objects.read(job.result.manifest_key))
     assert [o["key"] for o in manifest["objects"]] == [o.key for o in job.result.objects]
     assert manifest["records"] == 2600
 
@@ -205,13 +207,13 @@ def test_split_keeps_the_tables_own_where_and_options(
     run = backup_jumping(ctx)
 
     assert run.status is RunStatus.SUCCEEDED
-    (job,) = ctx.store.list_jobs(run.run_id)
+    (job,) = ctx.state.list_jobs(run.run_id)
     assert job.result is not None and len(job.result.objects) > 2
     wanted = sorted((r for r in minapp_emulator.records(1001) if r["paid"]), key=lambda r: r["id"])
     expected = [{k: v for k, v in r.items() if k != "items"} for r in wanted]
     found: list[dict[str, Any]] = []
     for stored in job.result.objects:
-        lines = local.store.read(stored.key).decode().splitlines()
+        lines = local.objects.read(stored.key).decode().splitlines()
         found.extend(sorted((json.loads(line) for line in lines), key=lambda r: r["id"]))
     assert found == expected  # every paid record once, in key ranges, without `items`
     assert all(j["options"]["exclude_keys"] == ["items"] for j in our_jobs(minapp_emulator, 1001))
@@ -227,7 +229,7 @@ def test_split_on_a_key_with_too_many_equal_values_says_so(
 
     run = backup_now(ctx)
 
-    (job,) = ctx.store.list_jobs(run.run_id)
+    (job,) = ctx.state.list_jobs(run.run_id)
     assert job.status is JobStatus.FAILED
     assert "too many records share one value of 'kind'" in (job.error or "")
     assert our_jobs(minapp_emulator, 1001) == []  # found out before exporting anything
@@ -241,7 +243,7 @@ def test_table_over_the_limit_without_split_says_how_to_split(
 
     run = backup_now(ctx)
 
-    (job,) = ctx.store.list_jobs(run.run_id)
+    (job,) = ctx.state.list_jobs(run.run_id)
     assert job.status is JobStatus.FAILED
     error = job.error or ""
     assert "holds 1200 rows" in error and "split: {key: created_at, rows_per_part:" in error
@@ -256,7 +258,7 @@ def test_invalid_where_fails_without_retry(local: LocalBackup,
 
     run = backup_now(ctx)
 
-    (job,) = ctx.store.list_jobs(run.run_id)
+    (job,) = ctx.state.list_jobs(run.run_id)
     assert job.status is JobStatus.FAILED
     assert "$near" in (job.error or "") and "check the table's export options" in (job.error or "")
     assert minapp_emulator.calls["export"] == 1
@@ -268,7 +270,7 @@ def test_unknown_table_says_how_to_fix(local: LocalBackup,
 
     run = backup_now(ctx)
 
-    (job,) = ctx.store.list_jobs(run.run_id)
+    (job,) = ctx.state.list_jobs(run.run_id)
     assert job.status is JobStatus.FAILED
     assert "no table 4040" in (job.error or "") and "fix the table id" in (job.error or "")
 
@@ -298,7 +300,7 @@ def test_token_refused_after_refresh_fails_clearly(local: LocalBackup,
 
     run = backup_now(ctx)
 
-    (job,) = ctx.store.list_jobs(run.run_id)
+    (job,) = ctx.state.list_jobs(run.run_id)
     assert job.status is JobStatus.FAILED
     assert "freshly issued token was refused" in (job.error or "")
     assert minapp_emulator.calls["authorize"] == 2
@@ -313,7 +315,7 @@ def test_wrong_client_secret_says_so(local: LocalBackup,
 
     run = backup_now(ctx)
 
-    (job,) = ctx.store.list_jobs(run.run_id)
+    (job,) = ctx.state.list_jobs(run.run_id)
     assert job.status is JobStatus.FAILED
     assert "client_id or client_secret of source 'app' is wrong" in (job.error or "")
     assert "not-the-client-secret" not in (job.error or "")
@@ -329,7 +331,7 @@ def test_status_access_not_enabled_says_where_to_enable_it(
 
     run = backup_now(ctx)
 
-    (job,) = ctx.store.list_jobs(run.run_id)
+    (job,) = ctx.state.list_jobs(run.run_id)
     assert job.status is JobStatus.FAILED
     assert f"HTTP {status}" in (job.error or "")
     assert "settings → SDK → general" in (job.error or "")
@@ -348,10 +350,10 @@ def test_forgotten_job_is_restarted(local: LocalBackup,
     assert run.status is RunStatus.SUCCEEDED
     platform_jobs = our_jobs(minapp_emulator, 1001)
     assert len(platform_jobs) == 2  # the forgotten one, and the one that was copied
-    (job,) = ctx.store.list_jobs(run.run_id)
-    assert job.remote_id == platform_jobs[1]["job_id"]
+    (job,) = ctx.state.list_jobs(run.run_id)
+    assert job.platform_job_id == platform_jobs[1]["job_id"]
     assert job.result is not None
-    assert_export_equals_records(local.store.read(job.result.key),
+    assert_export_equals_records(local.objects.read(job.result.key),
                                  minapp_emulator.records(1001), "json")
 
 
@@ -366,13 +368,13 @@ def test_export_that_never_finishes_fails_at_its_deadline(
     run = backup_now(ctx)
 
     assert run.status is RunStatus.FAILED
-    jobs = {j.target: j for j in ctx.store.list_jobs(run.run_id)}
+    jobs = {j.collection: j for j in ctx.state.list_jobs(run.run_id)}
     assert jobs["1002"].status is JobStatus.DONE
     failed = jobs["1001"]
     assert failed.status is JobStatus.FAILED
     assert "did not finish within 0.01 minutes" in (failed.error or "")
-    assert (failed.remote_id or "?") in (failed.error or "")
-    manifest = json.loads(local.store.read(run.manifest_key or ""))
+    assert (failed.platform_job_id or "?") in (failed.error or "")
+    manifest = json.loads(local.objects.read(run.manifest_key or ""))
     assert [j["collection"] for j in manifest["jobs"] if j["status"] == "failed"] == ["1001"]
 
 
@@ -387,9 +389,9 @@ def test_expired_link_and_cut_download_are_retried_through_redirects(local: Loca
     run = backup_now(ctx)
 
     assert run.status is RunStatus.SUCCEEDED
-    (job,) = ctx.store.list_jobs(run.run_id)
+    (job,) = ctx.state.list_jobs(run.run_id)
     assert job.result is not None
-    assert_export_equals_records(local.store.read(job.result.key),
+    assert_export_equals_records(local.objects.read(job.result.key),
                                  minapp_emulator.records(1001), "json")
     assert minapp_emulator.download_statuses.count(403) == 1
     assert len(our_jobs(minapp_emulator, 1001)) == 1
@@ -404,7 +406,7 @@ def test_json_export_that_is_not_json_lines_is_never_stored(
 
     run = backup_now(ctx)
 
-    (job,) = ctx.store.list_jobs(run.run_id)
+    (job,) = ctx.state.list_jobs(run.run_id)
     assert job.status is JobStatus.FAILED
     assert "not one JSON object per line (it starts with '[')" in (job.error or "")
-    assert local.store.list(f"{config.destination.prefix}/runs/{run.run_id}/app") == []
+    assert local.objects.list(f"{config.destination.prefix}/runs/{run.run_id}/app") == []

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from shared.config import ConfigError, config_json_schema, parse_config
-from shared.sources.minapp import MinAppSource
+from shared.platforms.minapp.settings import MinAppSource
 
 ENV = {"MINAPP_SECRET": "client-secret-value-42"}
 GOOD: dict[str, Any] = {

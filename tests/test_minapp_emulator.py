@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from scripts.emulators.minapp import MinAppEmulator, WhereError, matches_where, sort_records
+from devkit.emulators.minapp import MinAppEmulator, WhereError, matches_where, sort_records
 from tests.support.minapp import CLIENT_ID, CLIENT_SECRET
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -267,7 +267,7 @@ def test_main_serves_until_terminated(tmp_path: Path) -> None:
     table = tmp_path / "orders.jsonl"
     table.write_text('{"name": "张三"}\n{"name": "b"}\n', encoding="utf-8")
     process = subprocess.Popen(
-        [sys.executable, "-m", "scripts.emulators.minapp", "--client", f"{CLIENT_ID}:{CLIENT_SECRET}",
+        [sys.executable, "-m", "devkit.emulators.minapp", "--client", f"{CLIENT_ID}:{CLIENT_SECRET}",
          "--table", f"1001:{table}"],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
     try:

@@ -7,8 +7,8 @@ import io
 import json
 import logging
 
-from scripts.emulators.minapp import MinAppEmulator
-from scripts.sample_data import make_docs
+from devkit.emulators.minapp import MinAppEmulator
+from devkit.sample_data import make_docs
 from shared.logs import configure_logging
 from tests.support.backup import LocalBackup
 from tests.support.leaks import assert_no_secrets
@@ -47,11 +47,11 @@ def test_logs_state_and_manifests_hold_no_minapp_secrets(
     assert len(secrets) >= 6  # two sign-ins: codes, access and refresh tokens
     assert "HTTP Request" in logs and "/api/oauth2/authorize/" in logs  # httpx's URL lines
     assert_clean(logs, secrets)
-    jobs = ctx.store.list_jobs(run.run_id)
-    assert [j.target for j in jobs if j.status.value == "failed"] == ["4040"]
+    jobs = ctx.state.list_jobs(run.run_id)
+    assert [j.collection for j in jobs if j.status.value == "failed"] == ["4040"]
     assert minapp_emulator.download_statuses.count(403) == 1
     assert_clean(json.dumps([j.model_dump(mode="json") for j in jobs]), secrets)
-    for obj in local.store.list(config.destination.prefix):
+    for obj in local.objects.list(config.destination.prefix):
         if obj.key.endswith(".json"):
-            assert_clean(local.store.read(obj.key).decode(), secrets)
+            assert_clean(local.objects.read(obj.key).decode(), secrets)
     assert set(minapp_emulator.download_authorization) == {None}

@@ -7,7 +7,7 @@ import io
 import json
 import logging
 
-from scripts.sample_data import make_docs
+from devkit.sample_data import make_docs
 from shared.logs import configure_logging
 from tests.support.backup import SECRET, LocalBackup, backup_now
 from tests.support.leaks import assert_no_secrets
@@ -36,12 +36,12 @@ def test_logs_state_and_manifests_hold_no_secrets(local: LocalBackup) -> None:
     tokens = local.emulator.issued_tokens()
     assert len(tokens) >= 2 and "HTTP Request" in logs  # httpx's own URL lines were captured
     assert_clean(logs, tokens)
-    stored = json.dumps([j.model_dump(mode="json") for j in ctx.store.list_jobs(run.run_id)])
+    stored = json.dumps([j.model_dump(mode="json") for j in ctx.state.list_jobs(run.run_id)])
     assert_clean(stored, tokens)
-    for obj in local.store.list(config.destination.prefix):
+    for obj in local.objects.list(config.destination.prefix):
         if obj.key.endswith(".json"):
-            assert_clean(local.store.read(obj.key).decode(), tokens)
+            assert_clean(local.objects.read(obj.key).decode(), tokens)
     for line in logs.splitlines():  # one JSON object per line, each naming its run
         entry = json.loads(line)
-        if entry["logger"].startswith("shared.pipeline") and "job_id" in entry:
+        if entry["logger"].startswith("shared.service") and "job_id" in entry:
             assert "run_id" in entry

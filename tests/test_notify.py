@@ -5,10 +5,10 @@ from __future__ import annotations
 import io
 import logging
 
-from scripts.sample_data import make_docs
+from devkit.sample_data import make_docs
 from shared.config import Config, Notify
 from shared.logs import configure_logging
-from shared.pipeline import close_finished_runs
+from shared.service.close import close_finished_runs
 from tests.support.backup import ENV_ID, LocalBackup, backup_now
 from tests.support.webhook import WebhookReceiver
 

@@ -10,10 +10,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from scripts.emulators.onedb import OneDBEmulator, generated_row
-from shared.jobs import JobStatus
+from devkit.emulators.onedb import OneDBEmulator, generated_row
+from shared.domain.jobs import JobStatus
 from shared.logs import configure_logging
-from shared.pipeline import Context, finish, poll, start_run
+from shared.service.context import Context
+from shared.service.finish import finish
+from shared.service.poll import poll
+from shared.service.start import start_run
 from tests.support.backup import LocalBackup, backup_now, drive
 from tests.support.onedb import APP, ENV_ID, KEY_SECRET, onedb_source
 
@@ -27,13 +30,13 @@ SORTED_POSTS = [POSTS[2], POSTS[1], POSTS[0]]  # (userId, postId) ascending, num
 
 
 def _lines(local: LocalBackup, key: str) -> list[dict[str, Any]]:
-    data = local.store.read(key)
+    data = local.objects.read(key)
     assert data == b"" or data.endswith(b"\n")
     return [json.loads(line) for line in data.decode("utf-8").splitlines()]
 
 
 def _object_key(ctx: Context, run_id: str, target: str) -> str:
-    job = next(j for j in ctx.store.list_jobs(run_id) if j.target == target)
+    job = next(j for j in ctx.state.list_jobs(run_id) if j.collection == target)
     assert job.status is JobStatus.DONE, job.error
     assert job.result is not None
     return job.result.key
@@ -51,11 +54,11 @@ def test_tables_are_backed_up_in_key_order(local: LocalBackup, onedb_emulator: O
     assert _lines(local, _object_key(ctx, run.run_id, "posts")) == SORTED_POSTS
     assert _lines(local, _object_key(ctx, run.run_id, "events")) == [
         generated_row(i) for i in range(12_345)]
-    assert local.store.read(_object_key(ctx, run.run_id, "empty")) == b""
-    events = next(j for j in ctx.store.list_jobs(run.run_id) if j.target == "events")
+    assert local.objects.read(_object_key(ctx, run.run_id, "empty")) == b""
+    events = next(j for j in ctx.state.list_jobs(run.run_id) if j.collection == "events")
     assert events.result is not None and events.result.records == 12_345
     assert events.progress_records == 12_345
-    manifest = json.loads(local.store.read(events.result.manifest_key))
+    manifest = json.loads(local.objects.read(events.result.manifest_key))
     assert manifest["platform"] == "onedb" and manifest["records"] == 12_345
     assert manifest["sha256"] == events.result.sha256
     assert onedb_emulator.calls["getMany"] >= 3 + 1 + 1  # 5000 rows a call
@@ -96,25 +99,25 @@ def test_parts_budget_pauses_and_resumes_without_burning_attempts(
     class Counting:
         def dispatch(self, job_id: str) -> None:
             outcomes.append(finish(ctx, job_id))
-            job = ctx.store.get_job(job_id)
+            job = ctx.state.get_job(job_id)
             assert job is not None
             state = (job.checkpoint or {}).get("paged") or {}
             if outcomes[-1] == "paused" and state.get("parked"):
-                assert local.store.head(state["parked"]["key"]) is not None
+                assert local.objects.head(state["parked"]["key"]) is not None
                 parked.append(state["parked"]["rows"])
                 assert job.progress_records == sum(p["rows"] for p in state["parts"]) + parked[-1]
 
     ctx = local.context(config, dispatcher=Counting())
     run, _ = start_run(ctx, idempotency_key="budget", trigger="test")
     run = drive(ctx, run)
-    assert run.status.value == "succeeded", [j.error for j in ctx.store.list_jobs(run.run_id)]
+    assert run.status.value == "succeeded", [j.error for j in ctx.state.list_jobs(run.run_id)]
     assert outcomes.count("paused") >= 3 and outcomes[-1] == "done"
     assert parked and all(rows > 0 for rows in parked)
-    job = ctx.store.list_jobs(run.run_id)[0]
+    job = ctx.state.list_jobs(run.run_id)[0]
     assert job.attempts == 0
     assert job.result is not None and job.result.objects[0].upload_parts == 3
     assert _lines(local, job.result.key) == [generated_row(i) for i in range(120_000)]
-    assert local.store.head(job.result.key + ".parked") is None
+    assert local.objects.head(job.result.key + ".parked") is None
 
 
 def test_lost_parked_rows_are_read_again(local: LocalBackup, onedb_emulator: OneDBEmulator) -> None:
@@ -126,18 +129,18 @@ def test_lost_parked_rows_are_read_again(local: LocalBackup, onedb_emulator: One
     class Losing:
         def dispatch(self, job_id: str) -> None:
             if finish(ctx, job_id) == "paused":
-                job = ctx.store.get_job(job_id)
+                job = ctx.state.get_job(job_id)
                 assert job is not None
                 parked = (job.checkpoint or {})["paged"].get("parked")
                 if parked and not deleted:
-                    local.store.delete(parked["key"])
+                    local.objects.delete(parked["key"])
                     deleted.append(parked["key"])
 
     ctx = local.context(config, dispatcher=Losing())
     run, _ = start_run(ctx, idempotency_key="lost", trigger="test")
     run = drive(ctx, run)
     assert deleted
-    job = ctx.store.list_jobs(run.run_id)[0]
+    job = ctx.state.list_jobs(run.run_id)[0]
     assert job.status is JobStatus.DONE and job.result is not None, job.error
     assert _lines(local, job.result.key) == [generated_row(i) for i in range(60_000)]
 
@@ -159,7 +162,7 @@ def test_rate_limit_waits_without_failing(local: LocalBackup, onedb_emulator: On
     onedb_emulator.inject("rate_limit", 4)  # more than max_attempts (3) tries
     ctx = local.context(local.config(onedb_source(local, onedb_emulator)))
     run = backup_now(ctx)
-    job = ctx.store.list_jobs(run.run_id)[0]
+    job = ctx.state.list_jobs(run.run_id)[0]
     assert job.status is JobStatus.DONE, job.error
     assert job.attempts == 0
 
@@ -167,10 +170,10 @@ def test_rate_limit_waits_without_failing(local: LocalBackup, onedb_emulator: On
 def _failed_with(local: LocalBackup, ctx: Context) -> str:
     run = backup_now(ctx)
     assert run.status.value == "failed"
-    job = ctx.store.list_jobs(run.run_id)[0]
+    job = ctx.state.list_jobs(run.run_id)[0]
     assert job.status is JobStatus.FAILED
     assert job.error is not None
-    manifest = json.loads(local.store.read(run.manifest_key or ""))
+    manifest = json.loads(local.objects.read(run.manifest_key or ""))
     assert manifest["jobs"][0]["error"] == job.error
     return job.error
 
@@ -223,7 +226,7 @@ def test_no_secret_or_token_leaks(local: LocalBackup, onedb_emulator: OneDBEmula
     database = Path(local.state_url.removeprefix("sqlite:///"))
     state = "".join(p.read_bytes().decode("utf-8", "replace")
                     for p in database.parent.glob(database.name + "*"))  # with the WAL
-    manifests = "".join(local.store.read(o.key).decode() for o in local.store.list("")
+    manifests = "".join(local.objects.read(o.key).decode() for o in local.objects.list("")
                         if o.key.endswith(".json"))
     for where, text in (("logs", logs.getvalue()), ("state", state), ("manifests", manifests)):
         assert KEY_SECRET not in text, where
@@ -244,23 +247,23 @@ def test_reclaim_after_progress_does_not_burn_attempts(
     ctx = local.context(local.config(onedb_source(local, onedb_emulator), copy_lease_seconds=60),
                         dispatcher=Ignore())
     run, _ = start_run(ctx, idempotency_key="reclaim", trigger="test")
-    job = ctx.store.list_jobs(run.run_id)[0]
+    job = ctx.state.list_jobs(run.run_id)[0]
     assert job.status is JobStatus.READY  # no export job: ready at once
-    stalled = ctx.store.save_job(job.moved_to(
+    stalled = ctx.state.save_job(job.moved_to(
         JobStatus.COPYING, lease_owner="gone", lease_until=job.created_at,
         next_check_at=job.created_at,
         checkpoint={"paged": {"key": "k", "steps": 4, "steps_at_claim": 1}}))
     assert stalled is not None
     poll(ctx)
-    again = ctx.store.get_job(job.job_id)
+    again = ctx.state.get_job(job.job_id)
     assert again is not None and again.status is JobStatus.READY and again.attempts == 0
     # The next finisher dies before saving anything (not even where it began): the
     # progress before excused one reclaim only, so this one is a failed try.
     assert again.checkpoint == {"paged": {"key": "k", "steps": 4, "steps_at_claim": 4}}
-    stalled = ctx.store.save_job(again.moved_to(
+    stalled = ctx.state.save_job(again.moved_to(
         JobStatus.COPYING, lease_owner="gone", lease_until=job.created_at,
         next_check_at=job.created_at))
     assert stalled is not None
     poll(ctx)
-    again = ctx.store.get_job(job.job_id)
+    again = ctx.state.get_job(job.job_id)
     assert again is not None and again.status is JobStatus.READY and again.attempts == 1

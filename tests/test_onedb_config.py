@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from shared.config import ConfigError, config_json_schema, parse_config
-from shared.sources.onedb import OneDBSource
+from shared.platforms.onedb.settings import OneDBSource
 
 ENVIRON = {"ONEDB_KEY_SECRET": "key-secret-value-1234"}
 

@@ -13,7 +13,7 @@ import httpx
 import jwt
 import pytest
 
-from scripts.emulators.onedb import MAX_ID, MIN_ID, OneDBEmulator, generated_row
+from devkit.emulators.onedb import MAX_ID, MIN_ID, OneDBEmulator, generated_row
 from tests.support.onedb import APP, ENV_ID, KEY_ID, KEY_SECRET, ROOT
 
 POSTS = [
@@ -186,7 +186,7 @@ def test_generated_tables_cost_no_memory(onedb_emulator: OneDBEmulator) -> None:
 
 def test_runs_as_a_process_of_its_own() -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "scripts.emulators.onedb", "--key", f"{ENV_ID}:{KEY_ID}:{KEY_SECRET}",
+        [sys.executable, "-m", "devkit.emulators.onedb", "--key", f"{ENV_ID}:{KEY_ID}:{KEY_SECRET}",
          "--generated", f"{ENV_ID}:{APP}:events:12", "--latency", "0.01"],
         cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:

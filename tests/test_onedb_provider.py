@@ -9,16 +9,18 @@ from typing import Any
 import jwt
 import pytest
 
-from scripts.emulators.onedb import OneDBEmulator, generated_row
-from shared.config import Timing, parse_config
-from shared.errors import Fatal, Retryable, RetryLater, TokenRejected
+from devkit.emulators.onedb import OneDBEmulator, generated_row
+from shared.config import parse_config
+from shared.domain.errors import Fatal, Retryable, RetryLater, TokenRejected
 from shared.logs import redact
-from shared.providers.base import Page, PagedProvider
-from shared.providers.onedb import OneDBProvider, classify
-from shared.sources.onedb import OneDBSource
+from shared.platforms import registry
+from shared.platforms.onedb.platform import OneDBClient, classify
+from shared.platforms.onedb.settings import OneDBSource
+from shared.ports import Page, PagedPlatform, PlatformServices
+from tests.fakes import MemoryState
 from tests.support.onedb import APP, ENV_ID, KEY_ID, KEY_SECRET
 
-TIMING = Timing(retry_base_seconds=0.01)
+SERVICES = PlatformServices(tokens=MemoryState(), retry_base_seconds=0.01)
 
 
 def _source(emulator: OneDBEmulator, **overrides: Any) -> OneDBSource:
@@ -34,14 +36,14 @@ def _source(emulator: OneDBEmulator, **overrides: Any) -> OneDBSource:
     return source
 
 
-def _rows(provider: OneDBProvider, page: Page) -> list[Any]:
+def _rows(provider: OneDBClient, page: Page) -> list[Any]:
     data, count = provider.encode_page(page)
     rows = [json.loads(line) for line in data.decode("utf-8").splitlines()]
     assert len(rows) == count
     return rows
 
 
-def _all_rows(provider: OneDBProvider, target: str = "events") -> list[Any]:
+def _all_rows(provider: OneDBClient, target: str = "events") -> list[Any]:
     rows: list[Any] = []
     cursor = None
     while True:
@@ -53,16 +55,15 @@ def _all_rows(provider: OneDBProvider, target: str = "events") -> list[Any]:
 
 
 def test_is_a_paged_provider(onedb_emulator: OneDBEmulator) -> None:
-    provider = OneDBProvider(_source(onedb_emulator), TIMING)
-    assert isinstance(provider, PagedProvider)
-    assert provider.targets() == ["events"]
-    with pytest.raises(Fatal):
-        provider.start("events", "job")
+    provider = OneDBClient(_source(onedb_emulator), SERVICES)
+    assert isinstance(provider, PagedPlatform)
+    assert provider.collections() == ["events"]
+    assert registry.entry("onedb").kind == "paged"  # no export jobs: the finisher pages it
 
 
 def test_pages_the_whole_key_range(onedb_emulator: OneDBEmulator) -> None:
     onedb_emulator.add_generated_table(ENV_ID, APP, "events", 10_001)
-    provider = OneDBProvider(_source(onedb_emulator), TIMING)
+    provider = OneDBClient(_source(onedb_emulator), SERVICES)
     assert _all_rows(provider) == [generated_row(i) for i in range(10_001)]
     assert onedb_emulator.calls["getMany"] == 3  # 5000 rows a call
     page = provider.fetch_page("events", None)
@@ -77,7 +78,7 @@ def test_tokens_are_short_lived_hs256_jwts_signed_again_before_expiry(
     onedb_emulator: OneDBEmulator,
 ) -> None:
     onedb_emulator.add_generated_table(ENV_ID, APP, "events", 10)
-    provider = OneDBProvider(_source(onedb_emulator), TIMING, token_ttl=3, token_renew=1)
+    provider = OneDBClient(_source(onedb_emulator), SERVICES, token_ttl=3, token_renew=1)
     provider.fetch_page("events", None)
     provider.fetch_page("events", None)  # iat is whole seconds: at least 2 s are left
     time.sleep(2.1)  # under a second left: the next call signs a new token
@@ -89,7 +90,7 @@ def test_tokens_are_short_lived_hs256_jwts_signed_again_before_expiry(
     claims = jwt.decode(tokens[0], KEY_SECRET, algorithms=["HS256"],
                         options={"verify_exp": False})
     assert claims["identity"] == "cdb" and claims["exp"] - claims["iat"] == 3
-    default = OneDBProvider(_source(onedb_emulator), TIMING)
+    default = OneDBClient(_source(onedb_emulator), SERVICES)
     default.fetch_page("events", None)
     claims = jwt.decode(onedb_emulator.tokens[-1], KEY_SECRET, algorithms=["HS256"])
     assert claims["exp"] - claims["iat"] <= 300
@@ -99,7 +100,7 @@ def test_tokens_are_short_lived_hs256_jwts_signed_again_before_expiry(
 
 def test_a_rejected_token_is_signed_again_once(onedb_emulator: OneDBEmulator) -> None:
     onedb_emulator.add_generated_table(ENV_ID, APP, "events", 10)
-    provider = OneDBProvider(_source(onedb_emulator), TIMING)
+    provider = OneDBClient(_source(onedb_emulator), SERVICES)
     provider.fetch_page("events", None)
     onedb_emulator.revoke_tokens()
     assert len(_rows(provider, provider.fetch_page("events", None))) == 10
@@ -113,7 +114,7 @@ def test_busy_is_retried_in_the_call(onedb_emulator: OneDBEmulator) -> None:
     onedb_emulator.add_generated_table(ENV_ID, APP, "events", 10)
     onedb_emulator.inject("busy")
     onedb_emulator.inject("drop")
-    provider = OneDBProvider(_source(onedb_emulator), TIMING)
+    provider = OneDBClient(_source(onedb_emulator), SERVICES)
     assert len(_rows(provider, provider.fetch_page("events", None))) == 10
     onedb_emulator.inject("busy", 3)
     with pytest.raises(Retryable, match="busy"):
@@ -149,8 +150,8 @@ def test_rows_are_written_as_compact_json_lines(onedb_emulator: OneDBEmulator) -
         {"ids": {"id": "a"}, "columns": {"t": "换行\n🐼", "big": huge, "f": 0.1}},
         {"ids": {"id": "b"}, "columns": {}}]
     onedb_emulator.add_table(ENV_ID, APP, "odd", ["id"], rows)
-    provider = OneDBProvider(_source(onedb_emulator, tables=[{"name": "odd", "keys": ["id"]}]),
-                             TIMING)
+    provider = OneDBClient(_source(onedb_emulator, tables=[{"name": "odd", "keys": ["id"]}]),
+                             SERVICES)
     data, _ = provider.encode_page(provider.fetch_page("odd", None))
     assert data.decode("utf-8").splitlines() == [
         '{"ids":{"id":"a"},"columns":{"t":"换行\\n🐼","big":1180591620717411303424,"f":0.1}}',
@@ -163,7 +164,7 @@ def test_rows_are_written_as_compact_json_lines(onedb_emulator: OneDBEmulator) -
 
 def test_a_cursor_that_does_not_move_stops_the_copy(onedb_emulator: OneDBEmulator) -> None:
     onedb_emulator.add_generated_table(ENV_ID, APP, "events", 10_000)
-    provider = OneDBProvider(_source(onedb_emulator), TIMING)
+    provider = OneDBClient(_source(onedb_emulator), SERVICES)
     cursor = provider.fetch_page("events", None).next_cursor
     onedb_emulator.inject("stuck_cursor")
     with pytest.raises(Fatal, match="nextId did not move"):
@@ -171,7 +172,7 @@ def test_a_cursor_that_does_not_move_stops_the_copy(onedb_emulator: OneDBEmulato
 
 
 def test_next_id_of_an_unknown_shape_stops_the_copy() -> None:
-    from shared.providers.onedb import _next_ids
+    from shared.platforms.onedb.platform import _next_ids
 
     with pytest.raises(Fatal, match="unknown shape"):
         _next_ids({"id": "x"}, "events")
@@ -186,7 +187,7 @@ def test_tricky_rows_and_keys_page_exactly(onedb_emulator: OneDBEmulator) -> Non
     rows.append({"ids": {"id": 5}, "columns": {"nextId": "\"nextId\":{}", "n": -1}})
     onedb_emulator.add_table(ENV_ID, APP, "tricky", ["id"], rows)
     onedb_emulator.page_cap = 2  # every page ends with a cursor
-    provider = OneDBProvider(_source(onedb_emulator, tables=[{"name": "tricky", "keys": ["id"]}]),
-                             TIMING)
+    provider = OneDBClient(_source(onedb_emulator, tables=[{"name": "tricky", "keys": ["id"]}]),
+                             SERVICES)
     assert _all_rows(provider, "tricky") == [rows[-1], *rows[:-1]]
     assert onedb_emulator.calls["getMany"] == 4

@@ -12,11 +12,14 @@ from pathlib import Path
 import orjson
 import yaml
 
-from scripts.emulators.onedb import OneDBEmulator, generated_row
+from devkit.emulators.onedb import OneDBEmulator, generated_row
+from shared.adapters.cos.objects import CosObjectStore
 from shared.config import Config
-from shared.jobs import JobStatus
-from shared.pipeline import Context, finish, poll, start_run
-from shared.sink import CosObjectStore
+from shared.domain.jobs import JobStatus
+from shared.service.context import Context
+from shared.service.finish import finish
+from shared.service.poll import poll
+from shared.service.start import start_run
 from tests.support.backup import LocalBackup
 from tests.support.onedb import (
     APP,
@@ -55,7 +58,7 @@ def _setup(local: LocalBackup, emulator: OneDBEmulator, tmp_path: Path,
     recorder = Recorder()
     ctx = local.context(config, dispatcher=recorder)
     run, _ = start_run(ctx, idempotency_key="resume", trigger="test")
-    job = ctx.store.list_jobs(run.run_id)[0]
+    job = ctx.state.list_jobs(run.run_id)[0]
     assert job.status is JobStatus.READY and recorder.dispatched == [job.job_id]
     return config, path, ctx, recorder, job.job_id
 
@@ -79,7 +82,7 @@ def _reclaim(ctx: Context, recorder: Recorder, job_id: str) -> None:
     time.sleep(LEASE + 0.1)
     before = len(recorder.dispatched)
     poll(ctx)
-    job = ctx.store.get_job(job_id)
+    job = ctx.state.get_job(job_id)
     assert job is not None and job.status is JobStatus.READY
     assert job.attempts == 0  # real progress was made: no try is burnt
     assert recorder.dispatched[before:] == [job_id]
@@ -113,13 +116,13 @@ def test_million_rows_survive_two_kills(
 
     last = finisher_process(path, job_id, local.environ)
     assert last.wait(timeout=300) == 0, last.stderr.read().decode()[-2000:]
-    job = ctx.store.get_job(job_id)
+    job = ctx.state.get_job(job_id)
     assert job is not None and job.status is JobStatus.DONE, job and job.error
     assert job.attempts == 0
     assert job.result is not None and job.result.records == rows
-    _assert_object_is_the_table(local.store, job.result.key, rows)
+    _assert_object_is_the_table(local.objects, job.result.key, rows)
     assert CosObjectStore(local.destination).open_uploads(job.result.key) == ()
-    manifest = json.loads(local.store.read(job.result.manifest_key))
+    manifest = json.loads(local.objects.read(job.result.manifest_key))
     assert manifest["records"] == rows and manifest["sha256"] == job.result.sha256
 
 
@@ -135,10 +138,10 @@ def test_a_part_uploaded_but_not_checkpointed_is_uploaded_again(
     assert saved_parts(doc) == 1  # part 2 is in COS but not in the checkpoint
     _reclaim(ctx, recorder, job_id)
     assert finish(ctx, job_id) == "done"
-    job = ctx.store.get_job(job_id)
+    job = ctx.state.get_job(job_id)
     assert job is not None and job.result is not None
     assert job.result.records == rows and job.result.objects[0].upload_parts == 4
-    _assert_object_is_the_table(local.store, job.result.key, rows)
+    _assert_object_is_the_table(local.objects, job.result.key, rows)
 
 
 def test_killed_before_saving_its_upload_id_leaves_no_upload_behind(
@@ -147,7 +150,7 @@ def test_killed_before_saving_its_upload_id_leaves_no_upload_behind(
     """An upload started by a finisher that died before saving its id is aborted."""
     rows = 1_000
     config, _, ctx, _, job_id = _setup(local, onedb_emulator, tmp_path, rows)
-    job = ctx.store.get_job(job_id)
+    job = ctx.state.get_job(job_id)
     assert job is not None
     store = CosObjectStore(config.destination, local.environ)
     key = f"{config.destination.prefix}/runs/{job.run_id}/crm/events.jsonl"
@@ -155,4 +158,4 @@ def test_killed_before_saving_its_upload_id_leaves_no_upload_behind(
     assert store.open_uploads(key) == (orphan,)
     assert finish(ctx, job_id) == "done"
     assert store.open_uploads(key) == ()
-    _assert_object_is_the_table(local.store, key, rows)
+    _assert_object_is_the_table(local.objects, key, rows)

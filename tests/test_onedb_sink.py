@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import hashlib
 
+from shared.adapters.cos.objects import CosObjectStore
 from shared.config import Destination
-from shared.sink import CosObjectStore, ResumableUploads
+from shared.ports import ResumableUploads
 
 MIB = 1 << 20
 

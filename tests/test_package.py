@@ -20,6 +20,9 @@ from typing import Any
 import pytest
 import yaml
 
+from devkit.compare import assert_object_equals_docs
+from devkit.emulators.tencentcloud import TencentCloudEmulator
+from devkit.sample_data import make_docs
 from scripts.build_package import (
     HANDLERS,
     PY310_EXTENSION,
@@ -28,11 +31,8 @@ from scripts.build_package import (
     isolated_python,
     render_cam_policy,
 )
-from scripts.compare import assert_object_equals_docs
-from scripts.emulators.tencentcloud import TencentCloudEmulator
-from scripts.sample_data import make_docs
 from shared.config import DispatchSettings, Timing
-from shared.layout import run_manifest_key
+from shared.domain.layout import run_manifest_key
 from tests.support.backup import FAST_TIMING, SECRET, LocalBackup
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,7 +97,9 @@ def test_zip_is_small_and_holds_the_handlers_and_the_config(built: tuple[Path, P
         tree = ast.parse((code / f"{name}.py").read_text(encoding="utf-8"))
         assert any(isinstance(node, ast.FunctionDef) and node.name == "main_handler" for node in tree.body)
     assert (code / "backup.yaml").read_text(encoding="utf-8").startswith("# the config given")
-    assert (code / "shared" / "entrypoints.py").is_file()
+    assert (code / "shared" / "entrypoints" / "scf.py").is_file()
+    assert (code / "shared" / "entrypoints" / "page" / "status.html").is_file()  # package data
+    assert not (code / "devkit").exists()  # the emulators are never shipped
     names = {p.name for p in code.iterdir()}
     assert not names & {"tests", "scripts", "functions", "bin", "Crypto", "anyio", "_yaml"}
 
@@ -208,7 +210,7 @@ def test_a_whole_backup_runs_through_the_packaged_handlers(
         manifest_key = run_manifest_key(local.destination.prefix, run_id)
         deadline = time.monotonic() + 120
         ticks: list[dict[str, Any]] = []
-        while not any(o.key == manifest_key for o in local.store.list(manifest_key)):
+        while not any(o.key == manifest_key for o in local.objects.list(manifest_key)):
             assert time.monotonic() < deadline, f"run did not finish; poller said {ticks[-3:]}"
             ticks.append(poller.call("poller", timer("every-minute")))
             time.sleep(0.05)
@@ -223,11 +225,11 @@ def test_a_whole_backup_runs_through_the_packaged_handlers(
     # only the poller hands off, so only the poller loads the Tencent Cloud SDK
     assert not started["sdk_loaded"] and ticks[-1]["sdk_loaded"]
     assert not any(r["sdk_loaded"] for r in finisher_runs)
-    manifest = json.loads(local.store.read(manifest_key))
+    manifest = json.loads(local.objects.read(manifest_key))
     assert manifest["status"] == "succeeded", manifest
     jobs = {j["collection"]: j for j in manifest["jobs"]}
     for name, rows in docs.items():
-        assert_object_equals_docs(local.store.read(jobs[name]["key"]), rows, "json")
+        assert_object_equals_docs(local.objects.read(jobs[name]["key"]), rows, "json")
     calls = tencentcloud.invocations
     assert sorted(c.event["job_id"] for c in calls) == sorted(r["result"]["job_id"] for r in finisher_runs)
     assert len(calls) == len(docs) and all(c.invocation_type == "Event" for c in calls)

@@ -10,11 +10,11 @@ import random
 
 import pytest
 
-from scripts.compare import docs_as_csv_rows
-from scripts.sample_data import make_docs
-from shared.layout import data_key, safe_segment
+from devkit.compare import docs_as_csv_rows
+from devkit.sample_data import make_docs
+from shared.domain.layout import data_key, safe_segment
+from shared.domain.records import CsvCounter, JsonLinesCounter
 from shared.logs import JsonFormatter, log_context, redact, register_secret
-from shared.records import CsvCounter, JsonLinesCounter
 
 
 def chunked(data: bytes, seed: int) -> list[bytes]:

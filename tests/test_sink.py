@@ -11,16 +11,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from scripts.s3_server import cos_client
+from devkit.s3_server import cos_client
+from shared.adapters.cos.objects import CosObjectStore
 from shared.config import Destination
-from shared.sink import (
-    CommitRefused,
-    CosObjectStore,
-    ObjectInfo,
-    ObjectStore,
-    SinkError,
-    StreamSummary,
-)
+from shared.domain.errors import CommitRefused, StorageError
+from shared.ports import ObjectInfo, ObjectStore, StreamSummary
 
 MIB = 1 << 20
 
@@ -151,7 +146,7 @@ class LossyStore(CosObjectStore):
 def test_size_mismatch_deletes_and_names_the_key(
     destination: Destination, object_store: CosObjectStore
 ) -> None:
-    with pytest.raises(SinkError, match="backups/short") as caught:
+    with pytest.raises(StorageError, match="backups/short") as caught:
         LossyStore(destination).put_stream("backups/short", [b"abc"], content_type="x/y")
     assert caught.value.code == "SizeMismatch"
     assert object_store.head("backups/short") is None
@@ -186,20 +181,20 @@ def test_json_list_read_delete(object_store: CosObjectStore) -> None:
 
 
 def test_errors_name_the_key_and_code(object_store: CosObjectStore) -> None:
-    with pytest.raises(SinkError, match=r"'backups/missing'.*NoSuchKey") as caught:
+    with pytest.raises(StorageError, match=r"'backups/missing'.*NoSuchKey") as caught:
         object_store.read("backups/missing")
     assert caught.value.key == "backups/missing"
 
 
 def test_missing_bucket_is_reported(destination: Destination) -> None:
     store = CosObjectStore(destination.model_copy(update={"bucket": "absent-1250000000"}))
-    with pytest.raises(SinkError, match="NoSuchBucket"):
+    with pytest.raises(StorageError, match="NoSuchBucket"):
         store.put_stream("backups/k", [b"x"], content_type="x/y")
 
 
 def test_no_credentials_is_a_clear_error(destination: Destination) -> None:
     closed = destination.model_copy(update={"anonymous": False})
-    with pytest.raises(SinkError, match="secret_id") as caught:
+    with pytest.raises(StorageError, match="secret_id") as caught:
         CosObjectStore(closed, environ={})
     assert "TENCENTCLOUD_SECRETID" in str(caught.value)
 
@@ -228,7 +223,8 @@ MEMORY_PROBE = textwrap.dedent(
     """
     import sys
     from shared.config import Destination
-    from shared.sink import CommitRefused, CosObjectStore
+    from shared.adapters.cos.objects import CosObjectStore
+    from shared.domain.errors import CommitRefused
 
     def peak_rss_kib():  # this process's own high-water mark (ru_maxrss counts the parent's)
         with open("/proc/self/status") as status:

@@ -12,11 +12,11 @@ import pymysql
 import pytest
 import sqlalchemy as sa
 
+from shared.adapters.sql_state import SqlStateStore
+from shared.adapters.state import open_store
 from shared.config import ConfigError, StateSettings, parse_config
-from shared.jobs import IllegalTransition, Job, JobStatus, Run, utcnow
+from shared.domain.jobs import IllegalTransition, Job, JobStatus, Run, utcnow
 from shared.logs import JsonFormatter, redact
-from shared.state import open_store
-from shared.state.sql import SqlStateStore
 from tests.support.mysql import MariaDB
 
 PASSWORD = "Tr0ub4dor-and-3-horses"
@@ -147,7 +147,7 @@ def test_mariadb_fixture_connects_with_the_password_only(mariadb: MariaDB) -> No
 # the job status machine, which every store relies on --------------------------------
 def test_illegal_transition_is_refused() -> None:
     now = utcnow()
-    job = Job(job_id="j", run_id="r", source="s", target="t", next_check_at=now,
+    job = Job(job_id="j", run_id="r", source="s", collection="t", next_check_at=now,
               created_at=now, updated_at=now)
     done = job.moved_to(JobStatus.READY).moved_to(JobStatus.COPYING).moved_to(JobStatus.DONE)
     with pytest.raises(IllegalTransition):

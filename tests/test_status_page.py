@@ -18,9 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.http_api import TOKEN_ENV
+from shared.entrypoints.http_api import TOKEN_ENV
+from tests.support.api import TOKEN, Api, deploy
 from tests.support.backup import ENV_ID, LocalBackup
-from tests.test_http_api import TOKEN, Api, deploy
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOT = ROOT / "docs" / "status-page.png"
@@ -102,7 +102,7 @@ def served(local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     port = free_port()
     log = (tmp_path / "serve.log").open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "--config", str(api.config_path), "serve",
+        [sys.executable, "-m", "shared.entrypoints.cli", "--config", str(api.config_path), "serve",
          "--port", str(port), "--poll-seconds", "0.1"],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, TOKEN_ENV: TOKEN})
     url = f"http://127.0.0.1:{port}/"

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from shared.config import ConfigError, config_json_schema, parse_config
-from shared.sources.wechat import WeChatSource
+from shared.platforms.wechat.settings import WeChatSource
 
 ENV = {"S": "app-secret-123456", "T": "token-value-123456", "R": "refresh-123456"}
 BASE: dict[str, Any] = {"destination": {"bucket": "b-1250000000", "region": "ap-guangzhou"},

@@ -6,27 +6,27 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from scripts.compare import assert_object_equals_docs
-from scripts.sample_data import make_docs
-from shared.jobs import JobStatus, Run, RunStatus
-from shared.pipeline import Context
+from devkit.compare import assert_object_equals_docs
+from devkit.sample_data import make_docs
+from shared.domain.jobs import JobStatus, Run, RunStatus
+from shared.service.context import Context
 from tests.support.backup import ENV_ID, LocalBackup, backup_now
 
 LISTING = "/tcb/databasecollectionget"
 
 
 def run_manifest(local: LocalBackup, run: Run) -> dict[str, Any]:
-    manifest: dict[str, Any] = json.loads(local.store.read(run.manifest_key or ""))
+    manifest: dict[str, Any] = json.loads(local.objects.read(run.manifest_key or ""))
     return manifest
 
 
 def assert_backed_up(local: LocalBackup, ctx: Context, run: Run, expected: dict[str, list[Any]]) -> None:
-    jobs = {j.target: j for j in ctx.store.list_jobs(run.run_id)}
+    jobs = {j.collection: j for j in ctx.state.list_jobs(run.run_id)}
     assert set(jobs) == set(expected)
     for name, docs in expected.items():
         result = jobs[name].result
         assert jobs[name].status is JobStatus.DONE and result is not None, jobs[name].error
-        assert_object_equals_docs(local.store.read(result.key), docs, "json")
+        assert_object_equals_docs(local.objects.read(result.key), docs, "json")
 
 
 def test_every_run_backs_up_the_collections_that_exist_then(local: LocalBackup) -> None:
@@ -80,7 +80,7 @@ def test_listing_pages_until_the_total(local: LocalBackup) -> None:
     run = backup_now(ctx)
 
     assert run.status is RunStatus.SUCCEEDED
-    assert sorted(j.target for j in ctx.store.list_jobs(run.run_id)) == [f"c00{i}" for i in range(10)]
+    assert sorted(j.collection for j in ctx.state.list_jobs(run.run_id)) == [f"c00{i}" for i in range(10)]
     assert len(run_manifest(local, run)["discovery"]["shop"]["found"]) == 250
     assert local.emulator.calls[LISTING] == 3  # pages of 100
 
@@ -94,7 +94,7 @@ def test_a_refused_page_size_falls_back_to_wechats_default(local: LocalBackup) -
     run = backup_now(ctx)
 
     assert run.status is RunStatus.SUCCEEDED
-    assert len(ctx.store.list_jobs(run.run_id)) == 25
+    assert len(ctx.state.list_jobs(run.run_id)) == 25
     assert local.emulator.calls[LISTING] == 1 + 3  # the refused page, then 10 + 10 + 5
 
 
@@ -107,7 +107,7 @@ def test_collections_created_while_listing_are_not_missed(local: LocalBackup) ->
 
     run = backup_now(ctx)
 
-    assert sorted(j.target for j in ctx.store.list_jobs(run.run_id)) == ["a-new-1", "a-new-2", "c149"]
+    assert sorted(j.collection for j in ctx.state.list_jobs(run.run_id)) == ["a-new-1", "a-new-2", "c149"]
     assert len(run_manifest(local, run)["discovery"]["shop"]["found"]) == 152
     assert local.emulator.calls[LISTING] == 2 + 2  # one inconsistent listing, then a clean one
 

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from scripts.emulators.wechat import (
+from devkit.emulators.wechat import (
     QueryError,
     WeChatEmulator,
     parse_query,
@@ -567,7 +567,7 @@ def test_command_line_prints_base_url_and_serves(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "scripts.emulators.wechat",
+            "devkit.emulators.wechat",
             "--port",
             "0",
             "--app",

@@ -12,12 +12,12 @@ from typing import Any
 import httpx
 import pytest
 
-from scripts.compare import assert_object_equals_docs
-from scripts.sample_data import make_docs
-from shared.jobs import JobStatus, Run, RunStatus
+from devkit.compare import assert_object_equals_docs
+from devkit.sample_data import make_docs
+from shared.domain.jobs import JobStatus, Run, RunStatus
 from shared.logs import configure_logging
-from shared.pipeline import Context
-from shared.sources.wechat import VERIFY_TICKET_ENV
+from shared.platforms.wechat.settings import VERIFY_TICKET_ENV
+from shared.service.context import Context
 from tests.support.backup import LocalBackup, backup_now
 
 COMPONENT = "wx00000000000000c1"
@@ -83,14 +83,14 @@ def platform(local: LocalBackup) -> Platform:
 def assert_every_object_equals_its_source(local: LocalBackup, ctx: Context, run: Run,
                                           expected: dict[tuple[str, str], str]) -> None:
     """`expected` maps (source name, collection) to the env holding the data."""
-    jobs = {(j.source, j.target): j for j in ctx.store.list_jobs(run.run_id)}
+    jobs = {(j.source, j.collection): j for j in ctx.state.list_jobs(run.run_id)}
     assert set(jobs) == set(expected)
     for (source, collection), env in expected.items():
         job = jobs[(source, collection)]
         assert job.status is JobStatus.DONE and job.result is not None, job.error
         assert f"/runs/{run.run_id}/{source}/" in job.result.key
-        assert_object_equals_docs(local.store.read(job.result.key), DATA[(env, collection)], "json")
-        manifest = json.loads(local.store.read(job.result.manifest_key))
+        assert_object_equals_docs(local.objects.read(job.result.key), DATA[(env, collection)], "json")
+        manifest = json.loads(local.objects.read(job.result.manifest_key))
         assert manifest["source"] == source and manifest["platform"] == "wechat"
 
 
@@ -110,7 +110,7 @@ def test_two_authorized_mini_programs_in_one_run(platform: Platform) -> None:
     assert calls["/componenttcb/dbcollection"] == 1 and calls["/componenttcb/dbexport"] == 2
     assert calls["/tcb/databasemigrateexport"] == 2 and calls["/tcb/databasecollectionget"] == 0
     assert calls[COMPONENT_TOKEN] == 1 and calls[AUTHORIZER_TOKEN] == 1
-    manifest = json.loads(local.store.read(run.manifest_key or ""))
+    manifest = json.loads(local.objects.read(run.manifest_key or ""))
     assert manifest["discovery"]["shop-a"]["found"] == ["orders", "会员 members"]
     assert {(j["source"], j["collection"]) for j in manifest["jobs"]} == set(EVERYTHING)
 
@@ -164,7 +164,7 @@ def test_an_expired_verify_ticket_fails_loudly_with_the_fix(platform: Platform) 
 
     assert run.status is RunStatus.FAILED
     assert "component_verify_ticket is expired or invalid" in run.discovery["shop-a"]["error"]
-    for job in ctx.store.list_jobs(run.run_id):  # shop-b needs the component token too
+    for job in ctx.state.list_jobs(run.run_id):  # shop-b needs the component token too
         assert job.status is JobStatus.FAILED and "61005" in (job.error or "")
         assert TICKET not in (job.error or "")
 
@@ -180,7 +180,7 @@ def test_a_refresh_token_handed_back_by_wechat_is_kept(platform: Platform) -> No
     run = backup_now(ctx, key="night-2")
 
     # Succeeds only with the refresh token WeChat handed back: the configured one is used up.
-    assert run.status is RunStatus.SUCCEEDED, [j.error for j in ctx.store.list_jobs(run.run_id)]
+    assert run.status is RunStatus.SUCCEEDED, [j.error for j in ctx.state.list_jobs(run.run_id)]
     # night-1; night-2: refused once for the expired component token, then with a fresh one
     assert emulator.calls[AUTHORIZER_TOKEN] == 3
 
@@ -233,10 +233,10 @@ def test_platform_secrets_and_tokens_never_reach_logs_state_or_manifests(platfor
     run = backup_now(ctx, key="two")
 
     secrets = [COMPONENT_SECRET, TICKET, platform.refresh_b, *emulator.issued_tokens()]
-    stored = json.dumps([j.model_dump(mode="json") for j in ctx.store.list_jobs(run.run_id)])
+    stored = json.dumps([j.model_dump(mode="json") for j in ctx.state.list_jobs(run.run_id)])
     stored += json.dumps(run.model_dump(mode="json"))
-    objects = "".join(platform.local.store.read(o.key).decode()
-                      for o in platform.local.store.list(config.destination.prefix)
+    objects = "".join(platform.local.objects.read(o.key).decode()
+                      for o in platform.local.objects.list(config.destination.prefix)
                       if o.key.endswith(".json"))
     logs = captured.getvalue()
     assert "HTTP Request" in logs and "refreshtoken@@@" not in logs

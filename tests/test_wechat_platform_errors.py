@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from scripts.sample_data import make_docs
-from shared.jobs import JobStatus, RunStatus
+from devkit.sample_data import make_docs
+from shared.domain.jobs import JobStatus, RunStatus
 from tests.support.backup import LocalBackup, backup_now
 
 TOKEN = "/cgi-bin/stable_token"
@@ -41,7 +41,7 @@ def test_token_rejected_twice_fails_with_a_clear_message(local: LocalBackup) -> 
 
     run = backup_now(ctx)
 
-    (job,) = ctx.store.list_jobs(run.run_id)
+    (job,) = ctx.state.list_jobs(run.run_id)
     assert job.status is JobStatus.FAILED
     assert "40014" in (job.error or "") and "freshly issued token" in (job.error or "")
     assert local.emulator.calls["/tcb/databasemigrateexport"] == 2
@@ -85,7 +85,7 @@ def test_configuration_errors_fail_without_retry(local: LocalBackup, errcode: in
 
     run = backup_now(ctx)
 
-    (job,) = ctx.store.list_jobs(run.run_id)
+    (job,) = ctx.state.list_jobs(run.run_id)
     assert job.status is JobStatus.FAILED and words in (job.error or "")
     assert local.emulator.calls["/tcb/databasemigrateexport"] == 1
 
@@ -95,7 +95,7 @@ def test_missing_collection_says_how_to_fix(local: LocalBackup) -> None:
 
     run = backup_now(ctx)
 
-    (job,) = ctx.store.list_jobs(run.run_id)
+    (job,) = ctx.state.list_jobs(run.run_id)
     assert job.status is JobStatus.FAILED
     assert "does not exist" in (job.error or "") and "remove it" in (job.error or "")
 
@@ -107,7 +107,7 @@ def test_wrong_app_secret_says_so(local: LocalBackup) -> None:
 
     run = backup_now(ctx)
 
-    (job,) = ctx.store.list_jobs(run.run_id)
+    (job,) = ctx.state.list_jobs(run.run_id)
     assert job.status is JobStatus.FAILED and "appid or app secret" in (job.error or "")
     assert "not-the-secret" not in (job.error or "")
 
@@ -119,6 +119,6 @@ def test_export_past_its_deadline_is_failed(local: LocalBackup) -> None:
 
     run = backup_now(ctx)
 
-    (job,) = ctx.store.list_jobs(run.run_id)
+    (job,) = ctx.state.list_jobs(run.run_id)
     assert job.status is JobStatus.FAILED
-    assert "did not finish within" in (job.error or "") and str(job.remote_id) in (job.error or "")
+    assert "did not finish within" in (job.error or "") and str(job.platform_job_id) in (job.error or "")

@@ -17,11 +17,13 @@ from typing import Any
 
 import pytest
 
-from scripts.compare import assert_object_equals_docs
-from scripts.sample_data import make_docs
+from devkit.compare import assert_object_equals_docs
+from devkit.sample_data import make_docs
 from shared.config import Config
-from shared.jobs import JobStatus, Run, RunStatus, utcnow
-from shared.pipeline import Context, poll, start_run
+from shared.domain.jobs import JobStatus, Run, RunStatus, utcnow
+from shared.service.context import Context
+from shared.service.poll import poll
+from shared.service.start import start_run
 from tests.support.backup import ENV_ID, LocalBackup
 
 COLLECTIONS = 500
@@ -71,8 +73,8 @@ def run_by_timer(local: LocalBackup, config: Config, clock: TimerClock, run: Run
         slowest = max(slowest, time.perf_counter() - began)
         ticks += 1
         assert local.emulator.running_exports(ENV_ID) <= CONCURRENCY
-        assert not [j for j in ctx.store.list_jobs(run.run_id) if j.status is JobStatus.FAILED]
-        current = ctx.store.get_run(run.run_id)
+        assert not [j for j in ctx.state.list_jobs(run.run_id) if j.status is JobStatus.FAILED]
+        current = ctx.state.get_run(run.run_id)
         assert current is not None
         if current.status is not RunStatus.RUNNING:
             return current, ticks, slowest
@@ -80,12 +82,12 @@ def run_by_timer(local: LocalBackup, config: Config, clock: TimerClock, run: Run
 
 
 def assert_all_backed_up(local: LocalBackup, ctx: Context, run: Run, data: dict[str, list[Any]]) -> None:
-    jobs = {j.target: j for j in ctx.store.list_jobs(run.run_id)}
+    jobs = {j.collection: j for j in ctx.state.list_jobs(run.run_id)}
     assert set(jobs) == set(data)
     for name, docs in data.items():
         result = jobs[name].result
         assert jobs[name].status is JobStatus.DONE and result is not None, jobs[name].error
-        assert_object_equals_docs(local.store.read(result.key), docs, "json")
+        assert_object_equals_docs(local.objects.read(result.key), docs, "json")
 
 
 def test_500_collections_in_one_run_and_a_new_one_the_next_night(in_memory_state: LocalBackup) -> None:
@@ -105,7 +107,7 @@ def test_500_collections_in_one_run_and_a_new_one_the_next_night(in_memory_state
     trigger_seconds = time.perf_counter() - began
     assert created and local.emulator.calls[LISTING] == 5  # pages of 100
     ctx = invocation(local, config, clock)
-    jobs = ctx.store.list_jobs(run.run_id)
+    jobs = ctx.state.list_jobs(run.run_id)
     assert len(jobs) == COLLECTIONS
     statuses = [j.status for j in jobs]
     assert statuses.count(JobStatus.EXPORTING) == CONCURRENCY

@@ -13,10 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
-from scripts.compare import assert_object_equals_docs
-from scripts.sample_data import make_docs
-from shared.jobs import JobStatus, Run, RunStatus
-from shared.pipeline import Context
+from devkit.compare import assert_object_equals_docs
+from devkit.sample_data import make_docs
+from shared.domain.jobs import JobStatus, Run, RunStatus
+from shared.service.context import Context
 from tests.support.backup import APPID, SECRET, LocalBackup, backup_now
 
 STABLE = "/cgi-bin/stable_token"
@@ -81,7 +81,7 @@ def users_server_token(local: LocalBackup, legacy: bool = False) -> str:
 
 
 def only_job(ctx: Context, run: Run) -> Any:
-    (job,) = ctx.store.list_jobs(run.run_id)
+    (job,) = ctx.state.list_jobs(run.run_id)
     return job
 
 
@@ -89,7 +89,7 @@ def assert_orders_backed_up(local: LocalBackup, ctx: Context, run: Run, docs: li
     assert run.status is RunStatus.SUCCEEDED
     job = only_job(ctx, run)
     assert job.result is not None
-    assert_object_equals_docs(local.store.read(job.result.key), docs, "json")
+    assert_object_equals_docs(local.objects.read(job.result.key), docs, "json")
 
 
 def test_default_stable_token_leaves_the_users_own_token_alone(local: LocalBackup) -> None:

@@ -2,8 +2,8 @@
 
 from typing import Any
 
-from shared.entrypoints import handle_finisher
+from shared.entrypoints.scf import handle_finisher
 
 
 def main_handler(event: dict[str, Any], context: object) -> dict[str, Any]:
-    return handle_finisher(event)
+    return handle_finisher(event, context)

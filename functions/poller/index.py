@@ -2,8 +2,8 @@
 
 from typing import Any
 
-from shared.entrypoints import handle_poller
+from shared.entrypoints.scf import handle_poller
 
 
 def main_handler(event: dict[str, Any], context: object) -> dict[str, Any]:
-    return handle_poller(event)
+    return handle_poller(event, context)

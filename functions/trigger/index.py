@@ -2,8 +2,8 @@
 
 from typing import Any
 
-from shared.entrypoints import handle_trigger
+from shared.entrypoints.scf import handle_trigger
 
 
 def main_handler(event: dict[str, Any], context: object) -> dict[str, Any]:
-    return handle_trigger(event)
+    return handle_trigger(event, context)

@@ -10,14 +10,16 @@ from typing import Any
 
 import pytest
 
-from scripts.emulators.minapp import MinAppEmulator
-from scripts.emulators.wechat import WeChatEmulator
-from shared.app import build_context
+from devkit.emulators.minapp import MinAppEmulator
+from devkit.emulators.wechat import WeChatEmulator
+from shared.adapters.cos.objects import CosObjectStore
+from shared.bootstrap import build_context
 from shared.config import Config, Destination, parse_config
-from shared.dispatch import Dispatcher
-from shared.jobs import Run, RunStatus
-from shared.pipeline import Context, poll, start_run
-from shared.sink import CosObjectStore
+from shared.domain.jobs import Run, RunStatus
+from shared.ports import Dispatcher
+from shared.service.context import Context
+from shared.service.poll import poll
+from shared.service.start import start_run
 from tests.support.minapp import CLIENT_ID as MINAPP_CLIENT_ID
 from tests.support.minapp import CLIENT_SECRET as MINAPP_CLIENT_SECRET
 
@@ -60,7 +62,7 @@ class LocalBackup:
         return build_context(config, environ=self.environ, dispatcher=dispatcher)
 
     @property
-    def store(self) -> CosObjectStore:
+    def objects(self) -> CosObjectStore:
         return CosObjectStore(self.destination, self.environ)
 
     def seed(self, name: str, docs: list[dict[str, Any]]) -> None:
@@ -83,7 +85,7 @@ def drive(ctx: Context, run: Run, timeout: float = 120,
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         poll(ctx)
-        current = ctx.store.get_run(run.run_id)
+        current = ctx.state.get_run(run.run_id)
         assert current is not None
         if current.status is not RunStatus.RUNNING:
             return current

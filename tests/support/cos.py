@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from scripts.s3_server import REGION, create_bucket, start_s3_server, stop_s3_server
+from devkit.s3_server import REGION, create_bucket, start_s3_server, stop_s3_server
+from shared.adapters.cos.objects import CosObjectStore
 from shared.config import Destination
-from shared.sink import CosObjectStore
 
 
 @pytest.fixture(scope="session")

@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
-from scripts.compare import csv_cell
-from scripts.emulators.minapp import MinAppEmulator
-from shared.jobs import Run, utcnow
-from shared.pipeline import Context, start_run
+from devkit.compare import csv_cell
+from devkit.emulators.minapp import MinAppEmulator
+from shared.domain.jobs import Run, utcnow
+from shared.service.context import Context
+from shared.service.start import start_run
 
 CLIENT_ID = "a4d2d62965ddb57fa4d6"
 CLIENT_SECRET = "minapp-client-secret-5f6e7d8c9b"
@@ -78,7 +79,7 @@ def backup_jumping(ctx: Context, key: str = "test", timeout: float = 60) -> Run:
     run, _ = start_run(ctx, idempotency_key=key, trigger="test")
 
     def jump_over_waits() -> None:
-        due = [j.next_check_at for j in ctx.store.list_jobs(run.run_id) if not j.status.terminal]
+        due = [j.next_check_at for j in ctx.state.list_jobs(run.run_id) if not j.status.terminal]
         if due:
             clock.jump_to(min(due))
 

@@ -77,7 +77,7 @@ def mysql_database(mariadb: MariaDB) -> Iterator[str]:
     with mariadb.connect() as conn, conn.cursor() as cursor:
         cursor.execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
     yield name
-    from shared.state import sql
+    from shared.adapters import sql_state as sql
 
     engine = sql._engines.pop(mariadb.url(name), None)
     if engine is not None:

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from scripts.emulators.onedb import OneDBEmulator
+from devkit.emulators.onedb import OneDBEmulator
 from tests.support.backup import LocalBackup
 
 ENV_ID = "onedb-env-7c1d"
@@ -124,16 +124,16 @@ def _child(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     os.environ["BAAS_BACKUP_CONFIG"] = args.config
     if args.die_after_part is None:
-        from shared.entrypoints import handle_finisher  # what SCF runs
+        from shared.entrypoints.scf import handle_finisher  # what SCF runs
 
         print(json.dumps(handle_finisher({"job_id": args.job_id})), flush=True)
         return 0
-    from shared.app import build_context
+    from shared.bootstrap import build_context
     from shared.config import load_config
-    from shared.pipeline import finish
+    from shared.service.finish import finish
 
     ctx = build_context(load_config(args.config))
-    ctx.sink = _DyingSink(ctx.sink, args.die_after_part)
+    ctx.objects = _DyingSink(ctx.objects, args.die_after_part)
     print(json.dumps({"outcome": finish(ctx, args.job_id)}), flush=True)
     return 0
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from scripts.emulators.wechat import WeChatEmulator
+from devkit.emulators.wechat import WeChatEmulator
 
 
 @pytest.fixture

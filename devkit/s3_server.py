@@ -1,0 +1,66 @@
+"""moto's S3 server standing in for COS on loopback, and the bucket the backups go to.
+
+    python -m devkit.s3_server --bucket NAME   # prints the endpoint URL, runs until killed
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import threading
+
+from moto.s3.models import s3_backends
+from moto.server import ThreadedMotoServer
+from qcloud_cos import CosConfig, CosS3Client
+
+REGION = "ap-guangzhou"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_s3_server(port: int = 0) -> tuple[ThreadedMotoServer, str]:
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    port = port or free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    return server, f"http://127.0.0.1:{port}"
+
+
+def stop_s3_server(server: ThreadedMotoServer) -> None:
+    """Stop and drop the stored objects now; left to interpreter exit, moto's key
+    finalizers print tracebacks."""
+    server.stop()
+    for regions in s3_backends.values():
+        for backend in regions.values():
+            backend.reset()
+
+
+def cos_client(endpoint: str) -> CosS3Client:
+    """An unsigned SDK client for the local server (moto cannot check COS signatures)."""
+    host, port = endpoint.removeprefix("http://").split(":")
+    return CosS3Client(CosConfig(Region=REGION, Scheme="http", IP=host, Port=int(port), Anonymous=True))
+
+
+def create_bucket(endpoint: str, bucket: str) -> None:
+    cos_client(endpoint).create_bucket(Bucket=bucket)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--bucket", action="append", default=["bench-1250000000"])
+    args = parser.parse_args()
+    _, url = start_s3_server(args.port)
+    for bucket in args.bucket:
+        create_bucket(url, bucket)
+    print(url, flush=True)
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

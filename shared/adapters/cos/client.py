@@ -1,0 +1,82 @@
+"""The one COS client: credentials (keys from the config, or the SCF role's temporary
+keys), the SDK's errors mapped into the domain's StorageError at this edge, and the SDK's
+logging kept quiet. The object store and the COS state store both build on it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+from qcloud_cos import CosConfig, CosS3Client
+from qcloud_cos.cos_exception import CosClientError, CosServiceError
+
+from shared.config import Destination
+from shared.domain.errors import StorageError
+
+# At DEBUG the SDK logs request headers, signing keys and the session token.
+_sdk_log = logging.getLogger("qcloud_cos")
+if _sdk_log.level == logging.NOTSET:
+    _sdk_log.setLevel(logging.WARNING)
+
+ROLE_ENV = ("TENCENTCLOUD_SECRETID", "TENCENTCLOUD_SECRETKEY", "TENCENTCLOUD_SESSIONTOKEN")
+MIB = 1 << 20
+
+
+def _error_details(exc: CosServiceError) -> tuple[str, str | None]:
+    """The COS error code and request id (the SDK's own getters fail on partial answers)."""
+    digest = exc.get_digest_msg()
+    if isinstance(digest, dict) and digest.get("code"):
+        return str(digest["code"]), digest.get("requestid")
+    # Some S3-compatible servers answer XML the SDK cannot digest: find the code ourselves.
+    match = re.search(r"<Code>([^<]+)</Code>", str(exc.get_origin_msg()))
+    return (match.group(1) if match else "Unknown"), None
+
+
+@contextmanager
+def cos_errors(action: str, key: str) -> Iterator[None]:
+    """Turn SDK errors into StorageError: key, COS error code and request id, nothing signed."""
+    try:
+        yield
+    except CosServiceError as exc:
+        code, request_id = _error_details(exc)
+        message = f"COS {action} of {key!r} failed: {code} (HTTP {exc.get_status_code()}"
+        message += f", request id {request_id})" if request_id else ")"
+        raise StorageError(message, key=key, code=code) from None
+    except CosClientError as exc:
+        raise StorageError(f"COS {action} of {key!r} failed: {exc}", key=key) from None
+
+
+def _cos_config(destination: Destination, environ: Mapping[str, str]) -> CosConfig:
+    options: dict[str, Any] = {"Region": destination.region}
+    if destination.endpoint:
+        # IP/Port send the request there while the Host header still names the bucket.
+        url = urlsplit(destination.endpoint)
+        options.update(Scheme=url.scheme, IP=url.hostname, Port=url.port)
+    if destination.anonymous:
+        options["Anonymous"] = True
+    elif destination.secret_id is not None and destination.secret_key is not None:
+        options["SecretId"] = destination.secret_id.get_secret_value()
+        options["SecretKey"] = destination.secret_key.get_secret_value()
+    else:
+        secret_id, secret_key, token = (environ.get(name) for name in ROLE_ENV)
+        if not (secret_id and secret_key):
+            raise StorageError(
+                "no COS credentials: set destination.secret_id and destination.secret_key "
+                "(as ${ENV_VAR} references), or run on SCF with an execution role, which "
+                f"provides {', '.join(ROLE_ENV)}"
+            )
+        options.update(SecretId=secret_id, SecretKey=secret_key, Token=token or None)
+    return CosConfig(**options)
+
+
+def cos_client(destination: Destination, environ: Mapping[str, str] | None = None) -> CosS3Client:
+    """The SDK client for `destination`, used by the sink and the COS state store. Credentials
+    are read now: build a new client per invocation, since the SCF role's keys expire."""
+    with cos_errors("setup", destination.bucket):
+        config = _cos_config(destination, os.environ if environ is None else environ)
+    return CosS3Client(config)

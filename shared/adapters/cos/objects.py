@@ -1,0 +1,278 @@
+"""Object storage for backups: streamed, verified writes into a Tencent COS bucket.
+
+An object only ever appears at its key complete and checked: a stream is cut into parts of
+`destination.part_size_mb` (one PUT when it fits in one part, a multipart upload otherwise),
+the caller sees the byte count and SHA-256 before the commit and may refuse it, any failure
+aborts the upload, and after the commit a HEAD confirms the stored size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from shared.adapters.cos.client import cos_client, cos_errors
+from shared.config import Destination
+from shared.domain.errors import StorageError
+from shared.ports import MIB, ObjectInfo, StreamSummary
+
+log = logging.getLogger(__name__)
+
+
+
+class _Parts:
+    """Cuts `chunks` into parts of exactly `size` bytes (the last may be shorter), hashing them.
+
+    Always yields at least one (possibly empty) part. `finished` turns true when the part
+    just returned is the last one, so a caller knows whether one PUT is enough.
+    """
+
+    def __init__(self, chunks: Iterable[bytes], size: int) -> None:
+        self._chunks = iter(chunks)
+        self._size = size
+        self._rest = memoryview(b"")  # unconsumed tail of the current chunk
+        self._sha256 = hashlib.sha256()
+        self.bytes = 0
+        self.count = 0
+        self.finished = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        if self.finished:
+            raise StopIteration
+        buffer = bytearray()
+        while True:
+            if not self._rest:
+                try:
+                    self._rest = memoryview(next(self._chunks))
+                except StopIteration:
+                    self.finished = True
+                    break
+                continue
+            if len(buffer) == self._size:  # full, and more data follows
+                break
+            room = self._size - len(buffer)
+            buffer += self._rest[:room]
+            self._rest = self._rest[room:]
+        part = bytes(buffer)
+        self._sha256.update(part)
+        self.bytes += len(part)
+        self.count += 1
+        return part
+
+    def summary(self) -> StreamSummary:
+        return StreamSummary(bytes=self.bytes, sha256=self._sha256.hexdigest(), parts=self.count)
+
+
+class CosObjectStore:
+    """ObjectStore over cos-python-sdk-v5.
+
+    Credentials are read once, here: build a new store per invocation, since the SCF
+    role's temporary keys expire.
+    """
+
+    list_page_size = 1000
+
+    def __init__(self, destination: Destination, environ: Mapping[str, str] | None = None) -> None:
+        self._client = cos_client(destination, environ)
+        self._bucket = destination.bucket
+        self._part_size = destination.part_size_mb * MIB
+        self._encryption: dict[str, str] = (
+            {"ServerSideEncryption": destination.server_side_encryption}
+            if destination.server_side_encryption
+            else {}
+        )
+
+    def put_stream(
+        self,
+        key: str,
+        chunks: Iterable[bytes],
+        *,
+        content_type: str,
+        before_commit: Callable[[StreamSummary], None] | None = None,
+    ) -> StreamSummary:
+        """Stream `chunks` into `key` holding about one part in memory; see the module doc."""
+        parts = _Parts(chunks, self._part_size)
+        upload_id: str | None = None
+        etags: list[dict[str, Any]] = []
+        try:
+            for data in parts:
+                if parts.finished and upload_id is None:  # the whole stream fits in one part
+                    if before_commit is not None:
+                        before_commit(parts.summary())
+                    self._put(key, data, content_type)
+                    break
+                if upload_id is None:
+                    upload_id = self._create_multipart(key, content_type)
+                etags.append(self._upload_part(key, upload_id, parts.count, data))
+                del data  # free the part before the next one is buffered
+            if upload_id is not None:
+                if before_commit is not None:
+                    before_commit(parts.summary())
+                with cos_errors("complete upload", key):
+                    self._client.complete_multipart_upload(
+                        Bucket=self._bucket,
+                        Key=key,
+                        UploadId=upload_id,
+                        MultipartUpload={"Part": etags},
+                    )
+        except BaseException:
+            if upload_id is not None:
+                self._abort(key, upload_id)
+            raise
+        summary = parts.summary()
+        self._verify_size(key, summary.bytes)
+        return summary
+
+    def put_json(self, key: str, document: Mapping[str, Any]) -> None:
+        body = json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8")
+        self._put(key, body, "application/json")
+
+    def head(self, key: str) -> ObjectInfo | None:
+        try:
+            with cos_errors("head", key):
+                headers = self._client.head_object(Bucket=self._bucket, Key=key)
+        except StorageError as exc:
+            if exc.code in ("NoSuchResource", "NoSuchKey"):
+                return None
+            raise
+        lowered = {name.lower(): value for name, value in headers.items()}
+        return ObjectInfo(key=key, size=int(lowered["content-length"]))
+
+    def read(self, key: str) -> bytes:
+        return b"".join(self.iter_read(key))
+
+    def iter_read(self, key: str, chunk_size: int = MIB) -> Iterator[bytes]:
+        with cos_errors("download", key):
+            body = self._client.get_object(Bucket=self._bucket, Key=key)["Body"]
+        try:
+            yield from body.get_stream(chunk_size)
+        except OSError as exc:  # requests' errors are OSErrors too
+            raise StorageError(
+                f"COS download of {key!r} broke off: {type(exc).__name__}", key=key
+            ) from None
+
+    def delete(self, key: str) -> None:
+        with cos_errors("delete", key):
+            self._client.delete_object(Bucket=self._bucket, Key=key)
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        """Every object under `prefix`, across all pages."""
+        found: list[ObjectInfo] = []
+        marker = ""
+        while True:
+            with cos_errors("list", prefix):
+                page = self._client.list_objects(
+                    Bucket=self._bucket, Prefix=prefix, Marker=marker, MaxKeys=self.list_page_size
+                )
+            contents = page.get("Contents", [])
+            found.extend(ObjectInfo(key=c["Key"], size=int(c["Size"])) for c in contents)
+            if page.get("IsTruncated") != "true" or not contents:
+                return found
+            marker = contents[-1]["Key"]  # NextMarker is only promised with a delimiter
+
+    def _put(self, key: str, body: bytes, content_type: str) -> None:
+        with cos_errors("upload", key):
+            self._client.put_object(
+                Bucket=self._bucket,
+                Key=key,
+                Body=body,
+                EnableMD5=True,
+                ContentType=content_type,
+                **self._encryption,
+            )
+
+    def _create_multipart(self, key: str, content_type: str) -> str:
+        with cos_errors("start upload", key):
+            created = self._client.create_multipart_upload(
+                Bucket=self._bucket, Key=key, ContentType=content_type, **self._encryption
+            )
+        return str(created["UploadId"])
+
+    def _upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> dict[str, Any]:
+        with cos_errors(f"upload of part {number}", key):
+            sent = self._client.upload_part(
+                Bucket=self._bucket,
+                Key=key,
+                Body=data,
+                PartNumber=number,
+                UploadId=upload_id,
+                EnableMD5=True,
+            )
+        return {"PartNumber": number, "ETag": sent["ETag"]}
+
+    def _abort(self, key: str, upload_id: str) -> None:
+        try:
+            with cos_errors("abort upload", key):
+                self._client.abort_multipart_upload(
+                    Bucket=self._bucket, Key=key, UploadId=upload_id
+                )
+        except StorageError as exc:  # the original error matters more; COS expires stale parts
+            log.warning("%s; upload %s left for the bucket lifecycle to clean", exc, upload_id)
+
+    def _verify_size(self, key: str, expected: int) -> None:
+        stored = self.head(key)
+        if stored is not None and stored.size == expected:
+            return
+        if stored is not None:
+            self.delete(key)
+        found = "nothing" if stored is None else f"{stored.size} bytes"
+        raise StorageError(
+            f"COS object {key!r} holds {found} after upload, but {expected} bytes were streamed;"
+            " it was deleted",
+            key=key,
+            code="SizeMismatch",
+        )
+
+    # resumable multipart uploads: paged sources (OneDB) write one object over several
+    # invocations, keeping the upload id and the parts' ETags in the state table.
+    def begin_upload(self, key: str, content_type: str) -> str:
+        """Start a multipart upload that may outlive this process; returns its upload id."""
+        return self._create_multipart(key, content_type)
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+        """Upload part `number` (uploading the same number again replaces it); its ETag."""
+        return str(self._upload_part(key, upload_id, number, data)["ETag"])
+
+    def complete_upload(self, key: str, upload_id: str, parts: Iterable[tuple[int, str]]) -> None:
+        """Commit the upload from (part number, ETag) pairs in order."""
+        with cos_errors("complete upload", key):
+            self._client.complete_multipart_upload(
+                Bucket=self._bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Part": [{"PartNumber": n, "ETag": etag} for n, etag in parts]},
+            )
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        """Abort an upload; one that is already gone (completed, aborted, expired) is fine."""
+        try:
+            with cos_errors("abort upload", key):
+                self._client.abort_multipart_upload(
+                    Bucket=self._bucket, Key=key, UploadId=upload_id
+                )
+        except StorageError as exc:
+            if exc.code != "NoSuchUpload":
+                raise
+
+    def open_uploads(self, key: str) -> tuple[str, ...]:
+        """Ids of the unfinished multipart uploads of exactly `key`, e.g. left by a process
+        killed before it could record its upload id."""
+        found: tuple[str, ...] = ()
+        key_marker = upload_marker = ""
+        while True:
+            with cos_errors("list uploads", key):
+                page = self._client.list_multipart_uploads(
+                    Bucket=self._bucket, Prefix=key, KeyMarker=key_marker,
+                    UploadIdMarker=upload_marker,
+                )
+            uploads = page.get("Upload", [])
+            found += tuple(str(u["UploadId"]) for u in uploads if u.get("Key") == key)
+            if page.get("IsTruncated") != "true" or not uploads:
+                return found
+            key_marker, upload_marker = uploads[-1]["Key"], uploads[-1]["UploadId"]

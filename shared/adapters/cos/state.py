@@ -1,0 +1,406 @@
+"""The state table as objects in the backup bucket: nothing more to run on SCF.
+
+Concurrency control without a database (the full argument is in docs/state-on-cos.md):
+every write that must not be lost to a race is a *create-only* PUT (`If-None-Match: *` plus
+`x-cos-forbid-overwrite: true`), which exactly one writer wins.
+
+- A record (run or job) is a folder of immutable versions `v0000000000.json`, `...01.json`;
+  the highest number is the record. Saving version N+1 is a create-only PUT of that key, so
+  compare-and-set on `version` holds: two writers holding version N cannot both win.
+- A run's idempotency key is claimed by a create-only object holding the run and its jobs.
+  That claim is the commit point; writing the records and index entries afterwards is a
+  replay anyone may finish (a retried trigger, or the poller healing a crashed one).
+- Index entries (`open-runs/`, `open-jobs/`, `run-jobs/`) keep the poller from reading
+  every record ever written; they are hints, written before the records and removed after
+  a record ends, and whoever reads a finished record through one deletes the stale hint.
+- Two days after a run closes, its records are pruned to their last version.
+
+The store proves once per process that the bucket refuses a second create-only PUT, and
+refuses to work otherwise: a bucket that silently overwrites would break every guarantee.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+from urllib.parse import quote, unquote
+
+from qcloud_cos.cos_exception import CosClientError, CosServiceError
+
+from shared.adapters.cos.client import cos_client
+from shared.config import Destination
+from shared.domain.errors import StateError
+from shared.domain.jobs import Job, Run, RunStatus, utcnow
+
+log = logging.getLogger(__name__)
+
+PRUNE_AFTER = timedelta(days=2)  # longer than any SCF invocation can hold a version it read
+_VERSION = re.compile(r"/v(\d{10})\.json$")
+_REFUSED = (409, 412)  # x-cos-forbid-overwrite answers 409; If-None-Match answers 412
+_READERS = 8  # parallel GETs when one call reads many records
+_CREATE_TRIES = 5
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_verified: set[tuple[str, str, str]] = set()  # (endpoint, bucket, root) proven to refuse overwrites
+_verified_lock = threading.Lock()
+
+
+def _segment(ident: str) -> str:
+    """An id as one key segment, whatever characters it holds."""
+    return quote(ident, safe="-_.~")
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class CosStateStore:
+    """StateStore over objects under `<destination.prefix>/_state/` in the destination bucket."""
+
+    def __init__(self, destination: Destination, environ: Mapping[str, str] | None = None) -> None:
+        self._client = cos_client(destination, environ)
+        self._bucket = destination.bucket
+        self._root = f"{destination.prefix}/_state/" if destination.prefix else "_state/"
+        self._encryption: dict[str, str] = (
+            {"ServerSideEncryption": destination.server_side_encryption}
+            if destination.server_side_encryption
+            else {}
+        )
+        self._check_create_only(destination.endpoint or destination.region)
+
+    def __repr__(self) -> str:
+        return f"CosStateStore(bucket={self._bucket!r}, root={self._root!r})"
+
+    # runs -----------------------------------------------------------------
+    def create_run(self, run: Run, jobs: list[Job]) -> tuple[Run, bool]:
+        claim = f"{self._root}claims/{_digest(run.idempotency_key)}.json"
+        intent: dict[str, Any] = {
+            "idempotency_key": run.idempotency_key,
+            "run": run.model_dump(mode="json"),
+            "jobs": [job.model_dump(mode="json") for job in jobs],
+        }
+        won = self._create_json(claim, intent)
+        if not won:
+            stored_intent = self._get_json(claim)
+            if stored_intent is None:
+                raise StateError(f"COS state: claim {claim!r} was refused but cannot be read")
+            intent = stored_intent
+        self._materialize(claim, intent)
+        run_id = str(intent["run"]["run_id"])
+        stored = self.get_run(run_id)
+        if stored is None:
+            raise StateError(f"COS state: run {run_id!r} unreadable right after it was written")
+        if won:
+            self.prune(utcnow())
+        return stored, won
+
+    def get_run(self, run_id: str) -> Run | None:
+        doc = self._latest(self._record("runs", run_id))
+        return Run.model_validate(doc) if doc is not None else None
+
+    def list_runs(self, limit: int = 20, before: str | None = None) -> list[Run]:
+        base = f"{self._root}runs/"
+        _, folders = self._list(base, delimiter="/")
+        ids = sorted((unquote(f[len(base):].rstrip("/")) for f in folders), reverse=True)
+        if before:
+            ids = [i for i in ids if i < before]
+        return [r for r in self._map(self.get_run, ids[:limit]) if r is not None]
+
+    def open_runs(self) -> list[Run]:
+        found = self._map(self._open_run, self._names(f"{self._root}open-runs/"))
+        return [r for r in found if r is not None]
+
+    def save_run(self, run: Run) -> Run | None:
+        stored = run.model_copy(update={"version": run.version + 1})
+        if not self._compare_and_set(self._record("runs", run.run_id), run.version, stored):
+            return None
+        if stored.status is not RunStatus.RUNNING:
+            self._put_json(f"{self._root}closed/{_segment(run.run_id)}",
+                           {"finished_at": utcnow().isoformat()})
+            self._delete(f"{self._root}open-runs/{_segment(run.run_id)}")
+        return stored
+
+    # jobs -----------------------------------------------------------------
+    def get_job(self, job_id: str) -> Job | None:
+        doc = self._latest(self._record("jobs", job_id))
+        return Job.model_validate(doc) if doc is not None else None
+
+    def list_jobs(self, run_id: str) -> list[Job]:
+        ids = self._names(f"{self._root}run-jobs/{_segment(run_id)}/")
+        found = [j for j in self._map(self.get_job, ids) if j is not None]
+        return sorted(found, key=lambda j: j.job_id)
+
+    def due_jobs(self, now: datetime, limit: int = 100) -> list[Job]:
+        index = f"{self._root}open-jobs/"
+        ids = self._names(index)
+        due = []
+        for job_id, job in zip(ids, self._map(self.get_job, ids), strict=True):
+            if job is None:
+                continue  # its run is being written right now
+            if job.status.terminal:
+                self._delete(index + _segment(job_id))  # a stale hint: the job ended
+            elif job.next_check_at <= now:
+                due.append(job)
+        return sorted(due, key=lambda j: j.next_check_at)[:limit]
+
+    def save_job(self, job: Job) -> Job | None:
+        stored = job.model_copy(update={"version": job.version + 1, "updated_at": utcnow()})
+        if not self._compare_and_set(self._record("jobs", job.job_id), job.version, stored):
+            return None
+        if stored.status.terminal:
+            self._delete(f"{self._root}open-jobs/{_segment(job.job_id)}")
+        return stored
+
+    # token cache ------------------------------------------------------------
+    def cache_get(self, key: str, now: datetime) -> str | None:
+        doc = self._get_json(self._cache_key(key))
+        if doc is None or datetime.fromisoformat(doc["expires_at"]) <= now:
+            return None
+        return str(doc["value"])
+
+    def cache_put(self, key: str, value: str, expires_at: datetime) -> None:
+        self._put_json(self._cache_key(key), {"value": value, "expires_at": expires_at.isoformat()})
+
+    def cache_delete(self, key: str) -> None:
+        self._delete(self._cache_key(key))
+
+    # pruning ---------------------------------------------------------------
+    def prune(self, now: datetime) -> int:
+        """Cut the records of runs closed more than PRUNE_AFTER ago down to their last
+        version; the number of runs pruned."""
+        base = f"{self._root}closed/"
+        pruned = 0
+        for run_id in self._names(base):
+            marker = self._get_json(base + _segment(run_id))
+            if marker is None or now - datetime.fromisoformat(marker["finished_at"]) < PRUNE_AFTER:
+                continue
+            job_ids = self._names(f"{self._root}run-jobs/{_segment(run_id)}/")
+            records = [self._record("runs", run_id)] + [self._record("jobs", j) for j in job_ids]
+            self._map(self._prune_record, records)
+            self._delete(base + _segment(run_id))
+            pruned += 1
+        return pruned
+
+    def _prune_record(self, record: str) -> None:
+        # Oldest first: the ghost check in _compare_and_set relies on version N being gone
+        # before N+1 is.
+        for number in self._versions(record)[:-1]:
+            self._delete(self._version_key(record, number))
+
+    # records ---------------------------------------------------------------
+    def _record(self, kind: str, ident: str) -> str:
+        return f"{self._root}{kind}/{_segment(ident)}/"
+
+    @staticmethod
+    def _version_key(record: str, number: int) -> str:
+        return f"{record}v{number:010d}.json"
+
+    def _versions(self, record: str) -> list[int]:
+        keys, _ = self._list(record)
+        return sorted(int(m.group(1)) for k in keys if (m := _VERSION.search(k)))
+
+    def _latest(self, record: str) -> dict[str, Any] | None:
+        for number in reversed(self._versions(record)):
+            stored = self._get_json(self._version_key(record, number))
+            if stored is not None:  # else deleted since the listing (a ghost): look lower
+                document: dict[str, Any] = stored["doc"]
+                return document
+        return None
+
+    def _compare_and_set(self, record: str, version: int, stored: Run | Job) -> bool:
+        """Write version+1 if nobody has; true when this call's write is the record now."""
+        new_key = self._version_key(record, version + 1)
+        if not self._create_json(new_key, {"doc": stored.model_dump(mode="json")}):
+            return False  # somebody else wrote version+1: we lost the race
+        # The key was free. It is also free when the record never existed, or when pruning
+        # removed it (and, before it, version N): then this write is a ghost below the
+        # record's real head. Version N still being there rules both out.
+        if not self._exists(self._version_key(record, version)):
+            self._delete(new_key)
+            return False
+        return True
+
+    def _materialize(self, claim: str, intent: dict[str, Any]) -> None:
+        """Write what a claim promises; safe to repeat, by anyone, at any time."""
+        run = Run.model_validate(intent["run"])
+        jobs = [Job.model_validate(j) for j in intent["jobs"]]
+        run_segment = _segment(run.run_id)
+
+        def index(job: Job) -> None:
+            self._put_json(f"{self._root}run-jobs/{run_segment}/{_segment(job.job_id)}", {})
+            if not job.status.terminal:
+                self._put_json(f"{self._root}open-jobs/{_segment(job.job_id)}", {})
+
+        # Index entries first, so no record is ever out of the poller's sight.
+        if run.status is RunStatus.RUNNING:
+            self._put_json(f"{self._root}open-runs/{run_segment}", {"claim": claim})
+        self._map(index, jobs)
+        # Version 0, create-only: a replay leaves records that have moved on alone.
+        self._map(lambda j: self._create_json(
+            self._version_key(self._record("jobs", j.job_id), 0), {"doc": j.model_dump(mode="json")}
+        ), jobs)
+        self._create_json(self._version_key(self._record("runs", run.run_id), 0),
+                          {"doc": run.model_dump(mode="json")})
+
+    def _open_run(self, run_id: str) -> Run | None:
+        marker_key = f"{self._root}open-runs/{_segment(run_id)}"
+        run = self.get_run(run_id)
+        if run is None:  # being created, or its creator died after the claim: finish it
+            marker = self._get_json(marker_key)
+            intent = self._get_json(marker["claim"]) if marker else None
+            if marker is None or intent is None:
+                return None
+            log.info("finishing a run whose creation was cut short", extra={"run_id": run_id})
+            self._materialize(marker["claim"], intent)
+            run = self.get_run(run_id)
+        if run is not None and run.status is not RunStatus.RUNNING:
+            self._delete(marker_key)  # a stale hint: the run ended
+            return None
+        return run
+
+    def _cache_key(self, key: str) -> str:
+        return f"{self._root}cache/{_digest(key)}.json"
+
+    def _names(self, prefix: str) -> list[str]:
+        keys, _ = self._list(prefix)
+        return [unquote(k[len(prefix):]) for k in keys if "/" not in k[len(prefix):]]
+
+    def _map(self, fn: Callable[[T], R], items: list[T]) -> list[R]:
+        if len(items) <= 1:
+            return [fn(i) for i in items]
+        with ThreadPoolExecutor(min(_READERS, len(items))) as pool:
+            return list(pool.map(fn, items))
+
+    # objects ---------------------------------------------------------------
+    def _check_create_only(self, endpoint: str) -> None:
+        """Prove that this bucket refuses a second create-only PUT, once per process."""
+        marker = (endpoint, self._bucket, self._root)
+        with _verified_lock:
+            if marker in _verified:
+                return
+        probe = f"{self._root}probe/{uuid.uuid4().hex}.json"
+        try:
+            if not self._create_json(probe, {"probe": "first"}):
+                raise StateError(f"COS state: a fresh probe object {probe!r} was refused")
+            if self._create_json(probe, {"probe": "second"}):
+                raise StateError(
+                    f"COS bucket {self._bucket!r} let a create-only PUT (If-None-Match: *, "
+                    "x-cos-forbid-overwrite: true) overwrite an existing object, so the state "
+                    "store cannot tell which of two racing functions won. Use a bucket without "
+                    "versioning (COS ignores x-cos-forbid-overwrite on versioned buckets), or "
+                    "keep the state in MySQL: state.url: mysql+pymysql://..."
+                )
+        finally:
+            self._delete(probe)
+        with _verified_lock:
+            _verified.add(marker)
+
+    def _create_json(self, key: str, document: dict[str, Any]) -> bool:
+        """Create-only PUT; true if this call created the object. An SDK retry of our own
+        successful PUT is refused too, so a refusal is checked against our writer token."""
+        token = uuid.uuid4().hex
+        body = json.dumps({**document, "writer": token}, ensure_ascii=False).encode("utf-8")
+        for attempt in range(_CREATE_TRIES):
+            try:
+                with self._errors("create-only upload", key):
+                    self._client.put_object(
+                        Bucket=self._bucket, Key=key, Body=body, ContentType="application/json",
+                        IfNoneMatch="*", Metadata={"x-cos-forbid-overwrite": "true"},
+                        **self._encryption,
+                    )
+                return True
+            except _Refused:
+                existing = self._get_json(key)
+            if existing is not None:
+                return existing.get("writer") == token
+            # Refused, yet nothing there: a conflicting write was in flight and failed. Again.
+            time.sleep(0.05 * (attempt + 1))
+        raise StateError(f"COS state: create-only upload of {key!r} kept conflicting")
+
+    def _put_json(self, key: str, document: dict[str, Any]) -> None:
+        body = json.dumps(document, ensure_ascii=False).encode("utf-8")
+        with self._errors("upload", key):
+            self._client.put_object(Bucket=self._bucket, Key=key, Body=body,
+                                    ContentType="application/json", **self._encryption)
+
+    def _get_json(self, key: str) -> dict[str, Any] | None:
+        try:
+            with self._errors("download", key):
+                response = self._client.get_object(Bucket=self._bucket, Key=key)
+                body = b"".join(response["Body"].get_stream(64 * 1024))
+        except _Missing:
+            return None
+        try:
+            document: dict[str, Any] = json.loads(body)
+        except ValueError:
+            raise StateError(f"COS state object {key!r} is not JSON; was it cut off?") from None
+        return document
+
+    def _exists(self, key: str) -> bool:
+        try:
+            with self._errors("head", key):
+                self._client.head_object(Bucket=self._bucket, Key=key)
+        except _Missing:
+            return False
+        return True
+
+    def _delete(self, key: str) -> None:
+        try:
+            with self._errors("delete", key):
+                self._client.delete_object(Bucket=self._bucket, Key=key)
+        except _Missing:
+            pass
+
+    def _list(self, prefix: str, delimiter: str = "") -> tuple[list[str], list[str]]:
+        """Every key and common prefix under `prefix`, across pages."""
+        keys: list[str] = []
+        folders: list[str] = []
+        marker = ""
+        while True:
+            with self._errors("list", prefix):
+                page = self._client.list_objects(Bucket=self._bucket, Prefix=prefix,
+                                                 Delimiter=delimiter, Marker=marker, MaxKeys=1000)
+            keys.extend(c["Key"] for c in page.get("Contents", []))
+            folders.extend(p["Prefix"] for p in page.get("CommonPrefixes", []))
+            if page.get("IsTruncated") != "true":
+                return keys, folders
+            marker = page.get("NextMarker") or max(keys[-1:] + folders[-1:])
+
+    @contextmanager
+    def _errors(self, action: str, key: str) -> Iterator[None]:
+        """SDK errors as StateError naming the key and COS code, never a signature;
+        404 and create-only refusals as the private signals the callers handle."""
+        try:
+            yield
+        except CosServiceError as exc:
+            status = int(exc.get_status_code())
+            if status == 404:
+                raise _Missing from None
+            if status in _REFUSED and action == "create-only upload":
+                raise _Refused from None
+            code = exc.get_error_code()
+            raise StateError(
+                f"COS {action} of {key!r} in {self._bucket!r} failed: HTTP {status} {code}"
+            ) from None
+        except CosClientError as exc:
+            raise StateError(f"COS {action} of {key!r} failed: {exc}") from None
+
+
+class _Missing(Exception):
+    """404: no such object."""
+
+
+class _Refused(Exception):
+    """409/412 on a create-only PUT: the key is taken."""

@@ -1,0 +1,209 @@
+"""How a ready job reaches the finisher: in-process locally; SCF async invoke when hosted.
+
+On SCF the poller asks the Tencent Cloud API to run the finisher function with the event
+`{"job_id": ...}` (`Invoke`, `InvocationType="Event"`), signed with the execution role's
+temporary keys. A hand-off that is lost or doubled is harmless: the finisher claims a job
+with compare-and-set, and the poller hands a job out again when its copy lease runs out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+
+from shared.config import Config, DispatchSettings
+from shared.domain.errors import BackupError, Fatal, Retryable, RetryLater
+from shared.logs import register_secret
+from shared.ports import Dispatcher
+
+log = logging.getLogger(__name__)
+
+# The execution role's temporary keys; SCF sets them for every invocation and they expire.
+ROLE_ENV = ("TENCENTCLOUD_SECRETID", "TENCENTCLOUD_SECRETKEY", "TENCENTCLOUD_SESSIONTOKEN")
+# Set by SCF in every function's environment; how mode `auto` knows it is hosted.
+SCF_MARKER_ENV = "SCF_FUNCTIONNAME"
+REGION_ENV = "TENCENTCLOUD_REGION"
+REQUEST_TIMEOUT_SECONDS = 15
+
+
+class InProcessDispatcher:
+    """Runs the finisher right here (local runs, tests): same code path, no cloud."""
+
+    def __init__(self, finish: Callable[[str], object]) -> None:
+        self._finish = finish
+
+    def dispatch(self, job_id: str) -> None:
+        self._finish(job_id)
+
+
+class DispatchError(BackupError):
+    """Raised as Retryable/RetryLater/Fatal subclasses below; carries the API's code."""
+
+    code: str = ""
+
+
+class _Throttled(RetryLater, DispatchError):
+    pass
+
+
+class _Transient(Retryable, DispatchError):
+    pass
+
+
+class _Refused(Fatal, DispatchError):
+    pass
+
+
+def _classify(code: str, message: str, request_id: str | None, target: ScfTarget) -> DispatchError:
+    """One SDK error → the class the service layer acts on, with what to fix in the message."""
+    said = f"{code}: {message}" + (f" (request id {request_id})" if request_id else "")
+    function = f"function {target.function!r} in namespace {target.namespace!r}, region {target.region}"
+    error: DispatchError
+    if code.startswith("RequestLimitExceeded"):
+        error = _Throttled(f"Tencent Cloud API rate limit while invoking the finisher; will retry: {said}")
+    elif code.startswith(("AuthFailure.UnauthorizedOperation", "UnauthorizedOperation")):
+        error = _Refused(
+            f"the execution role may not invoke the finisher ({said}); give the role "
+            f"scf:InvokeFunction on qcs::scf:{target.region}:uin/<UIN>:namespace/{target.namespace}"
+            f"/function/{target.function} (see docs/cam-policy.json)"
+        )
+    elif code == "AuthFailure.SignatureExpire":
+        error = _Refused(
+            f"the API says the request is too old ({said}); the clock of this machine is more "
+            "than 5 minutes off, or the role's keys expired: fix the clock or re-run"
+        )
+    elif code.startswith(("AuthFailure", "InvalidCredential")):
+        error = _Refused(
+            f"the API rejected the function's credentials ({said}); set the execution role "
+            f"(serverless.yml `role`) and do not override {', '.join(ROLE_ENV)}"
+        )
+    elif code.startswith("ResourceNotFound"):
+        error = _Refused(
+            f"no {function} ({said}); deploy it (serverless.yml) or fix dispatch.finisher_function, "
+            "dispatch.namespace or dispatch.region in the config"
+        )
+    elif code.startswith(("InvalidParameter", "MissingParameter", "UnknownParameter",
+                          "InvalidAction", "UnsupportedRegion", "NoSuchVersion")):
+        error = _Refused(f"the API refused the invocation of {function} ({said}); "
+                         "check the dispatch section of the config")
+    else:  # InternalError, ServiceUnavailable, network errors, anything new: retried, then fails
+        error = _Transient(f"invoking the finisher failed; will retry: {said}")
+    error.code = code
+    return error
+
+
+class ScfTarget:
+    """Where the finisher lives and how to reach the API."""
+
+    def __init__(self, settings: DispatchSettings, region: str) -> None:
+        self.function = settings.finisher_function
+        self.namespace = settings.namespace
+        self.region = region
+        self.endpoint = settings.endpoint
+
+
+class ScfDispatcher:
+    """Hands a job to the finisher function with an async SCF `Invoke`."""
+
+    def __init__(
+        self,
+        target: ScfTarget,
+        environ: Mapping[str, str],
+        *,
+        attempts: int = 4,
+        base_seconds: float = 1.0,
+    ) -> None:
+        self.target = target
+        self._environ = environ
+        self._attempts = attempts
+        self._base_seconds = base_seconds
+        self._client: Any = None
+        self._client_keys: tuple[str, str, str | None] | None = None
+
+    def dispatch(self, job_id: str) -> None:
+        retrying = Retrying(
+            retry=retry_if_exception_type((Retryable, RetryLater)),
+            stop=stop_after_attempt(self._attempts),
+            wait=wait_random_exponential(multiplier=self._base_seconds, max=20),
+            reraise=True,
+        )
+        result = retrying(lambda: self._invoke(job_id))
+        log.info("job handed to the finisher", extra={
+            "finisher": self.target.function, "invocation": "Event", **result})
+
+    def _credentials(self) -> tuple[str, str, str | None]:
+        """Read at every call: the role's keys expire and SCF sets fresh ones per invocation."""
+        secret_id, secret_key, token = (self._environ.get(name) or None for name in ROLE_ENV)
+        if not (secret_id and secret_key):
+            raise _Refused(
+                "no credentials to invoke the finisher: attach an execution role to the poller "
+                f"function (serverless.yml `role`), which provides {', '.join(ROLE_ENV)}; "
+                "or set dispatch.mode: local to copy inside the poller"
+            )
+        for value in (secret_id, secret_key, token):
+            register_secret(value)  # masked in every log line from here on
+        return secret_id, secret_key, token
+
+    def _scf_client(self) -> Any:
+        keys = self._credentials()
+        if self._client is None or keys != self._client_keys:
+            # Imported here: only the poller hands off, so the other functions never load the SDK.
+            from tencentcloud.common.credential import Credential
+            from tencentcloud.common.profile.client_profile import ClientProfile
+            from tencentcloud.common.profile.http_profile import HttpProfile
+            from tencentcloud.scf.v20180416.scf_client import ScfClient
+
+            http = HttpProfile(reqTimeout=REQUEST_TIMEOUT_SECONDS)
+            if self.target.endpoint:
+                url = urlsplit(self.target.endpoint)
+                http = HttpProfile(protocol=url.scheme, endpoint=url.netloc,
+                                   reqTimeout=REQUEST_TIMEOUT_SECONDS)
+            # The region breaker would swallow errors (the SDK returns None); keep it off.
+            profile = ClientProfile(httpProfile=http, disable_region_breaker=True)
+            self._client = ScfClient(Credential(*keys), self.target.region, profile)
+            self._client_keys = keys
+        return self._client
+
+    def _invoke(self, job_id: str) -> dict[str, str]:
+        from tencentcloud.common.exception.tencent_cloud_sdk_exception import (
+            TencentCloudSDKException,
+        )
+        from tencentcloud.scf.v20180416.models import InvokeRequest
+
+        request = InvokeRequest()
+        request.FunctionName = self.target.function
+        request.Namespace = self.target.namespace
+        request.Qualifier = "$LATEST"
+        request.InvocationType = "Event"
+        request.ClientContext = json.dumps({"job_id": job_id})
+        try:
+            response = self._scf_client().Invoke(request)
+        except TencentCloudSDKException as exc:
+            raise _classify(str(exc.get_code() or "ClientError"), str(exc.get_message() or ""),
+                            exc.get_request_id(), self.target) from None
+        result = response.Result
+        return {"request_id": str(response.RequestId or ""),
+                "function_request_id": str(getattr(result, "FunctionRequestId", "") or "")}
+
+
+def resolve_mode(settings: DispatchSettings, environ: Mapping[str, str]) -> str:
+    if settings.mode != "auto":
+        return settings.mode
+    return "scf" if environ.get(SCF_MARKER_ENV) else "local"
+
+
+def dispatcher_for(
+    config: Config, environ: Mapping[str, str], finish: Callable[[str], object]
+) -> Dispatcher:
+    """The dispatcher the config asks for; `finish` runs a job in-process (mode local)."""
+    settings = config.dispatch
+    if resolve_mode(settings, environ) == "local":
+        return InProcessDispatcher(finish)
+    region = settings.region or environ.get(REGION_ENV) or config.destination.region
+    return ScfDispatcher(ScfTarget(settings, region), environ,
+                         base_seconds=config.timing.retry_base_seconds)

@@ -1,0 +1,57 @@
+"""The composition root: config → context (state store, object store, platforms,
+dispatcher, notifier). The one place that knows every adapter."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from shared.adapters.cos.objects import CosObjectStore
+from shared.adapters.dispatch import dispatcher_for
+from shared.adapters.state import open_store
+from shared.adapters.webhooks import WebhookNotifier
+from shared.config import Config
+from shared.platforms import registry
+from shared.ports import Dispatcher, Kind, Platform, PlatformServices
+from shared.service.context import Context
+from shared.service.finish import finish
+
+
+class ConfiguredPlatforms:
+    """The `Platforms` port: each source's client, built on first use from the registry
+    (so a cold start imports only the platforms the config uses)."""
+
+    def __init__(self, config: Config, services: PlatformServices) -> None:
+        self._config = config
+        self._services = services
+        self._built: dict[str, Platform] = {}
+
+    def get(self, source: str) -> Platform:
+        if source not in self._built:
+            settings = self._config.source(source)
+            self._built[source] = registry.entry(settings.type).build(settings, self._services)
+        return self._built[source]
+
+    def kind(self, source: str) -> Kind:
+        return registry.entry(self._config.source(source).type).kind
+
+
+def build_context(
+    config: Config,
+    *,
+    environ: Mapping[str, str] | None = None,
+    dispatcher: Dispatcher | None = None,
+    stop_by: float | None = None,
+) -> Context:
+    env = environ if environ is not None else os.environ
+    state = open_store(config.state, config.destination, environ=environ)
+    services = PlatformServices(tokens=state, retry_base_seconds=config.timing.retry_base_seconds)
+    # The in-process dispatcher closes over `context`, which exists by the time it runs;
+    # config.dispatch picks it (local runs) or SCF's async Invoke of the finisher (hosted).
+    context = Context(
+        config=config, state=state, objects=CosObjectStore(config.destination, env),
+        platforms=ConfiguredPlatforms(config, services),
+        dispatcher=dispatcher or dispatcher_for(config, env, lambda job_id: finish(context, job_id)),
+        notifier=WebhookNotifier(config.notify, config.timing.retry_base_seconds),
+        stop_by=stop_by)
+    return context

@@ -1,0 +1,93 @@
+"""The building blocks of every settings model: `${VAR}` expansion, secrets that may only
+be `${VAR}` references, and the strict base model (unknown fields are errors)."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+)
+
+REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+WHOLE_REFERENCE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+
+
+def environ_of(info: ValidationInfo) -> Mapping[str, str]:
+    context = info.context or {}
+    environ = context.get("environ")
+    return environ if environ is not None else os.environ
+
+
+def expand_references(value: Any, info: ValidationInfo) -> Any:
+    """Replace ${NAME} inside plain strings with the variable's value."""
+    if not isinstance(value, str):
+        return value
+    environ = environ_of(info)
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in environ:
+            raise ValueError(f"environment variable {name} is not set; export it or edit the value")
+        return environ[name]
+
+    return REFERENCE.sub(substitute, value)
+
+
+def resolve_secret(value: Any, info: ValidationInfo) -> Any:
+    """Secrets must be a single ${NAME} reference, so no secret is ever committed."""
+    if isinstance(value, SecretStr):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("must be a ${ENV_VAR} reference string")
+    match = WHOLE_REFERENCE.match(value.strip())
+    if match is None:
+        raise ValueError(
+            "secrets may not be written into the config; put it in an environment "
+            "variable and write ${VAR_NAME} here"
+        )
+    name = match.group(1)
+    secret = environ_of(info).get(name)
+    if not secret:
+        raise ValueError(f"environment variable {name} is not set or empty; export it")
+    return SecretStr(secret)
+
+
+EnvStr = Annotated[str, BeforeValidator(expand_references)]
+Secret = Annotated[
+    SecretStr,
+    BeforeValidator(resolve_secret),
+    Field(json_schema_extra={"writeOnly": True, "pattern": WHOLE_REFERENCE.pattern}),
+]
+
+
+class ConfigModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceSettings(ConfigModel):
+    """Base of every platform's source settings (an entry of `sources`). Each platform
+    declares `type: Literal["<its type>"]` and `name`; the registry maps the type to it."""
+
+    if TYPE_CHECKING:
+        type: str
+        name: str
+
+    def expand(self) -> list[SourceSettings]:
+        """The sources this entry stands for: itself, or several (one per mini program
+        of a third-party platform)."""
+        return [self]
+
+
+def base_url(value: str) -> str:
+    if not re.match(r"^https?://[^\s]+$", value):
+        raise ValueError("must be an http(s):// URL")
+    return value.rstrip("/")

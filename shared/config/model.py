@@ -1,0 +1,502 @@
+"""Settings: one YAML file validated with pydantic, secrets only as ${ENV_VAR} references.
+
+Every validation problem becomes one line naming the field, the bad value (never for
+secret fields) and the fix, so a user can repair a config without reading code.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+import yaml
+from pydantic import (
+    BaseModel,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+from shared.config.fields import (
+    REFERENCE,
+    WHOLE_REFERENCE,
+    ConfigModel,
+    EnvStr,
+    Secret,
+    SourceSettings,
+    environ_of,
+)
+from shared.platforms import registry
+
+CONFIG_PATH_ENV = "BAAS_BACKUP_CONFIG"
+DEFAULT_CONFIG_PATH = "backup.yaml"
+
+class ConfigError(ValueError):
+    """An invalid config; `problems` holds one human-readable line per problem."""
+
+    def __init__(self, problems: list[str], source: str = "config") -> None:
+        self.problems = problems
+        super().__init__(f"{source} is invalid:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class Destination(ConfigModel):
+    """Where backups land: a COS bucket (or any S3-compatible server for local runs)."""
+
+    bucket: EnvStr = Field(description="COS bucket, named `name-APPID`.")
+    region: EnvStr = Field(description="COS region, e.g. ap-guangzhou.")
+    prefix: EnvStr = Field(
+        default="baas-backup", description="Every object key starts with this folder."
+    )
+    endpoint: EnvStr | None = Field(
+        default=None,
+        description="Override for an S3/COS-compatible server, e.g. http://127.0.0.1:9000.",
+    )
+    anonymous: bool = Field(
+        default=False, description="Send unsigned requests (only for local test servers)."
+    )
+    secret_id: Secret | None = Field(
+        default=None,
+        description="API key id; omit to use the SCF execution role's temporary keys.",
+    )
+    secret_key: Secret | None = Field(default=None, description="API key secret.")
+    part_size_mb: int = Field(
+        default=8, ge=5, le=1024, description="Multipart part size; memory use is about one part."
+    )
+    server_side_encryption: Literal["AES256"] | None = Field(
+        default="AES256", description="COS server-side encryption; null to turn it off."
+    )
+
+    @field_validator("prefix")
+    @classmethod
+    def _clean_prefix(cls, value: str) -> str:
+        parts = [p for p in value.split("/") if p]
+        if any(p in (".", "..") for p in parts):
+            raise ValueError("must not contain '.' or '..' segments; use a plain folder name")
+        return "/".join(parts)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+/?$", value):
+            raise ValueError("must look like http(s)://host[:port] with no path")
+        return value.rstrip("/") if value else value
+
+    @model_validator(mode="after")
+    def _keys_come_in_pairs(self) -> Destination:
+        if (self.secret_id is None) != (self.secret_key is None):
+            raise ValueError("secret_id and secret_key go together; set both or neither")
+        return self
+
+
+_STATE_URL_FORMS = (
+    "cos:// (the default: in destination.bucket under <prefix>/_state/), sqlite:///PATH "
+    "(one machine), or mysql+pymysql://USER:${PASSWORD_VAR}@HOST:3306/DATABASE"
+)
+_MYSQL_PASSWORD = re.compile(r"^(mysql\+pymysql://[^:@/]*:)([^@]*)(@)")
+_PASSWORD_SLOT = "baas-backup-password-slot"  # noqa: S105 (a placeholder)
+
+
+def _resolve_state_url(url: str, environ: Mapping[str, str]) -> str:
+    """Expand ${VAR}s in a state URL and check its form. Messages never quote the URL: a
+    misplaced literal password must not end up in an error."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from shared.logs import register_secret
+
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if url == "cos://":
+        return url
+    if scheme == "cos":
+        raise ValueError("url: cos:// takes no bucket or path; the state always goes into "
+                         "destination.bucket under <prefix>/_state/, so write just cos://")
+    if scheme == "sqlite":
+        if not url.startswith("sqlite:///") or url == "sqlite:///":
+            raise ValueError("url: write sqlite:///PATH, e.g. sqlite:////tmp/state.sqlite3")
+        return str(_expand_with(url, environ))
+    if scheme in ("mysql", "mysql+mysqldb", "mariadb", "mariadb+pymysql"):
+        raise ValueError(f"url: use the PyMySQL driver: mysql+pymysql://... instead of {scheme}://")
+    if scheme != "mysql+pymysql":
+        shown = f"a {scheme}:// URL" if scheme and scheme.isascii() and len(scheme) < 20 else "that"
+        raise ValueError(f"url must be one of {_STATE_URL_FORMS}; got {shown}")
+    password: str | None = None
+    match = _MYSQL_PASSWORD.match(url)
+    if match:
+        reference = WHOLE_REFERENCE.match(match.group(2))
+        if reference is None:
+            raise ValueError("url: the MySQL password may not be written into the config; put it "
+                             "in an environment variable and write USER:${VAR_NAME}@HOST")
+        password = environ.get(reference.group(1))
+        if not password:
+            raise ValueError(f"url: environment variable {reference.group(1)} (the MySQL "
+                             "password) is not set or empty; export it")
+        register_secret(password)
+        url = match.group(1) + _PASSWORD_SLOT + match.group(3) + url[match.end():]
+    expanded = _expand_with(url, environ)
+    try:
+        parsed = make_url(expanded)
+    except (ArgumentError, ValueError):
+        raise ValueError("url: not a valid mysql+pymysql://USER:${PASSWORD_VAR}@HOST:PORT/DATABASE "
+                         "URL") from None
+    if parsed.password not in (None, _PASSWORD_SLOT):
+        raise ValueError("url: the MySQL password may not be written into the config; put it "
+                         "in an environment variable and write USER:${VAR_NAME}@HOST")
+    if not parsed.host or not parsed.database:
+        raise ValueError("url: a MySQL URL needs a host and a database: "
+                         "mysql+pymysql://USER:${PASSWORD_VAR}@HOST:3306/DATABASE")
+    return parsed.set(password=password).render_as_string(hide_password=False)
+
+
+def _expand_with(value: str, environ: Mapping[str, str]) -> str:
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(1) not in environ:
+            raise ValueError(f"url: environment variable {match.group(1)} is not set; export it "
+                             "or edit the value")
+        return environ[match.group(1)]
+
+    return REFERENCE.sub(substitute, value)
+
+
+class StateSettings(ConfigModel):
+    """The state table: runs, jobs, cached tokens.
+
+    `url` keeps what was written (${VAR} references, never a password); the resolved URL is
+    private, so neither repr() nor an error can show the password.
+    """
+
+    url: str = Field(
+        default="cos://",
+        description="Where runs, jobs and cached tokens live: cos:// (the default: in "
+        "destination.bucket under <prefix>/_state/, nothing else to run), sqlite:///PATH (one "
+        "machine: local runs and tests) or mysql+pymysql://USER:${PASSWORD_VAR}@HOST:3306/DATABASE "
+        "(TencentDB for MySQL, TDSQL-C). ${VAR} works anywhere in it; a password must be one.",
+    )
+    _resolved: SecretStr = PrivateAttr(default_factory=lambda: SecretStr(""))
+
+    @model_validator(mode="after")
+    def _resolve(self, info: ValidationInfo) -> StateSettings:
+        # Checked here rather than on the field, so no error line can echo the URL's password.
+        self._resolved = SecretStr(_resolve_state_url(self.url.strip(), environ_of(info)))
+        return self
+
+    @property
+    def backend(self) -> Literal["cos", "sqlite", "mysql"]:
+        url = self.resolved_url()
+        return "cos" if url.startswith("cos:") else "sqlite" if url.startswith("sqlite:") else "mysql"
+
+    def resolved_url(self) -> str:
+        """The URL to connect with, password included: for open_store, never for display."""
+        return self._resolved.get_secret_value()
+
+
+class Timing(ConfigModel):
+    """How patient the product is with platforms; the defaults suit SCF's one-minute timer."""
+
+    first_check_seconds: float = Field(default=5, ge=0, description="Wait before the first check.")
+    max_check_interval_seconds: float = Field(
+        default=300, gt=0, description="Backoff cap between status checks of one export."
+    )
+    export_deadline_minutes: float = Field(
+        default=360, gt=0, description="An export still unfinished after this is failed."
+    )
+    copy_lease_seconds: float = Field(
+        default=960, gt=0, description="A copy not finished within this is handed out again."
+    )
+    max_attempts: int = Field(
+        default=5, ge=1, description="Tries per job for starting and copying before failing."
+    )
+    retry_base_seconds: float = Field(
+        default=1.0, ge=0, description="First in-call retry delay; doubles each try."
+    )
+    start_budget_seconds: float = Field(
+        default=60, gt=0,
+        description="How long the trigger starts exports before leaving the rest to the poller.",
+    )
+    poll_budget_seconds: float = Field(
+        default=240, gt=0,
+        description="How long one poller tick works; keep it below the poller's SCF timeout.",
+    )
+    finish_budget_seconds: float = Field(
+        default=720, gt=0,
+        description="How long one finisher invocation pages a table (OneDB) before leaving the "
+        "rest to the next; keep it well below the finisher's SCF timeout.",
+    )
+
+
+
+class Webhook(ConfigModel):
+    """A chat robot or any HTTPS endpoint that is told how a run ended."""
+
+    url: Secret = Field(description="Webhook URL as ${ENV_VAR}: robot URLs carry their key.")
+    format: Literal["wecom", "dingtalk", "feishu", "json"] = Field(
+        default="json", description="wecom/dingtalk/feishu robot message, or the run summary as JSON."
+    )
+
+
+class Notify(ConfigModel):
+    """Who is told when a run ends, and when."""
+
+    on: Literal["failure", "always"] = Field(
+        default="failure", description="Notify only runs with failed jobs, or every run."
+    )
+    webhooks: list[Webhook] = Field(default_factory=list)
+
+
+_SCF_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,58}[A-Za-z0-9]$")
+
+
+class DispatchSettings(ConfigModel):
+    """How the poller hands a ready export to the finisher."""
+
+    mode: Literal["auto", "local", "scf"] = Field(
+        default="auto",
+        description="local: the finisher runs inside the poller; scf: async Invoke of the finisher "
+        "function; auto: scf when running on SCF (SCF_FUNCTIONNAME is set), local otherwise.",
+    )
+    finisher_function: EnvStr = Field(
+        default="baas-backup-finisher", description="Name of the finisher's SCF function."
+    )
+    namespace: EnvStr = Field(default="default", description="SCF namespace of the finisher.")
+    region: EnvStr | None = Field(
+        default=None,
+        description="Region of the finisher; default: the poller's own (TENCENTCLOUD_REGION on "
+        "SCF), else destination.region.",
+    )
+    endpoint: EnvStr | None = Field(
+        default=None,
+        description="Tencent Cloud API endpoint override, e.g. https://scf.internal.tencentcloudapi.com "
+        "inside a VPC, or http://127.0.0.1:PORT for a local fake.",
+    )
+
+    @field_validator("finisher_function", "namespace")
+    @classmethod
+    def _scf_name(cls, value: str) -> str:
+        if not _SCF_NAME.match(value):
+            raise ValueError(
+                "must be an SCF name: 2-60 letters, digits, '-' or '_', starting with a letter "
+                "and ending with a letter or digit"
+            )
+        return value
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[a-z]{2,}(-[a-z0-9]+)+$", value):
+            raise ValueError("must be a Tencent Cloud region such as ap-guangzhou")
+        return value
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+/?$", value):
+            raise ValueError("must look like https://host[:port] with no path")
+        return value.rstrip("/") if value else value
+
+
+class Config(ConfigModel):
+    """The whole backup configuration."""
+
+    destination: Destination
+    state: StateSettings = Field(default_factory=StateSettings)
+    timing: Timing = Field(default_factory=Timing)
+    notify: Notify = Field(default_factory=Notify)
+    dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
+    # Validated as the registered platforms' settings models (see `config_model`).
+    sources: list[SourceSettings] = Field(min_length=1)
+
+    @field_validator("sources")
+    @classmethod
+    def _one_entry_per_source(cls, value: list[SourceSettings]) -> list[SourceSettings]:
+        """An entry may stand for several sources (each mini program of a third-party
+        platform is a source of its own)."""
+        return [source for entry in value for source in entry.expand()]
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, value: list[SourceSettings]) -> list[SourceSettings]:
+        names = [s.name for s in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"source names must be unique; rename {', '.join(dupes)}")
+        return value
+
+    def source(self, name: str) -> SourceSettings:
+        for source in self.sources:
+            if source.name == name:
+                return source
+        raise KeyError(name)
+
+
+_models: dict[int, type[Config]] = {}
+
+
+def config_model() -> type[Config]:
+    """`Config` with `sources` validated against every registered platform's settings
+    model, told apart by `type`; rebuilt when the registry changes."""
+    version = registry.version()
+    if version not in _models:
+        models = tuple(e.settings_model() for e in registry.entries())
+        entry_type: Any = Annotated[Union[models], Field(discriminator="type")]  # noqa: UP007
+        _models.clear()
+        _models[version] = create_model(
+            "Config", __base__=Config, __doc__=Config.__doc__,
+            sources=(list[entry_type], Field(min_length=1)))
+    return _models[version]
+
+
+def _source_types() -> dict[str, type[BaseModel]]:
+    return {e.type: e.settings_model() for e in registry.entries()}
+
+
+# Field names holding secrets: their typed value is never echoed in an error.
+# Field names holding secrets (every `SecretStr` field of every model, platforms' included):
+# their typed value is never echoed in an error.
+_GENERIC_SECRETS = frozenset({"secret", "secret_id", "secret_key", "url", "access_token",
+                              "refresh_token", "authorization"})
+
+
+def _secret_fields() -> frozenset[str]:
+    found: set[str] = set(_GENERIC_SECRETS)
+    seen: set[type[BaseModel]] = set()
+    pending: list[type[BaseModel]] = [config_model()]
+    while pending:
+        model = pending.pop()
+        if model in seen:
+            continue
+        seen.add(model)
+        for name, info in model.model_fields.items():
+            if _mentions(info.annotation, SecretStr):
+                found.add(name)
+            pending.extend(_models_in(info.annotation))
+    return frozenset(found)
+
+
+def _mentions(annotation: Any, kind: type) -> bool:
+    if annotation is kind:
+        return True
+    return any(_mentions(argument, kind) for argument in get_args(annotation))
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for argument in get_args(annotation) for m in _models_in(argument)]
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part in _source_types():
+            continue  # the discriminator tag adds nothing for a reader
+        else:
+            text += f".{part}" if text else part
+    return text or "(top level)"
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model that owns the last element of `loc`, for "did you mean" hints."""
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        if isinstance(part, int) or part == "sources":
+            continue
+        if part in _source_types():
+            model = _source_types()[part]
+            continue
+        annotation = model.model_fields[part].annotation if part in model.model_fields else None
+        nested = _nested_model(annotation)
+        if nested is None:
+            return None
+        model = nested
+    return model
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    """The model in `X`, `X | None`, `list[X]` or `Annotated[X, ...]` (e.g. OneDB tables)."""
+    if get_origin(annotation) is None:
+        is_model = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        return annotation if is_model else None
+    for argument in get_args(annotation):
+        found = _nested_model(argument)
+        if found is not None:
+            return found
+    return None
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    loc = tuple(error["loc"])
+    where = _location(loc)
+    kind = error["type"]
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if kind == "missing":
+        return f"{where}: required field is missing; add it"
+    if kind == "extra_forbidden":
+        name = str(loc[-1])
+        model = _model_at(loc)
+        close = difflib.get_close_matches(name, list(model.model_fields) if model else [], n=1)
+        hint = f"did you mean {close[0]!r}?" if close else "remove it"
+        return f"{where}: unknown field; {hint}"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        return f"{where}: type must be one of: {', '.join(_source_types())}"
+    last = str(loc[-1]) if loc else ""
+    if last in _secret_fields():
+        return f"{where}: {message}"  # never echo what was typed into a secret field
+    value = error.get("input")
+    if isinstance(value, (dict, list)):
+        return f"{where}: {message}"  # a whole section could carry a literal secret
+    shown = json.dumps(value, ensure_ascii=False, default=str)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return f"{where}: {message} (got {shown})"
+
+
+def parse_config(
+    data: Any, *, environ: Mapping[str, str] | None = None, source: str = "config"
+) -> Config:
+    """Validate an already-loaded YAML document."""
+    if not isinstance(data, dict):
+        raise ConfigError(["(top level): expected a mapping with destination and sources"], source)
+    try:
+        return config_model().model_validate(data, context={"environ": environ})
+    except ValidationError as exc:
+        raise ConfigError([_describe(e) for e in exc.errors(include_url=False)], source) from None
+
+
+def load_config(path: str | os.PathLike[str] | None = None, *, environ: Mapping[str, str] | None = None) -> Config:
+    """Load the config from `path`, else $BAAS_BACKUP_CONFIG, else ./backup.yaml."""
+    env = environ if environ is not None else os.environ
+    chosen = Path(path or env.get(CONFIG_PATH_ENV) or DEFAULT_CONFIG_PATH)
+    try:
+        text = chosen.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            [f"file not found; create it or set {CONFIG_PATH_ENV} to its path"], str(chosen)
+        ) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        raise ConfigError([f"not valid YAML at {where}: {getattr(exc, 'problem', exc)}"], str(chosen)) from None
+    return parse_config(data, environ=env, source=str(chosen))
+
+
+def config_json_schema() -> dict[str, Any]:
+    """JSON Schema of the config file, for editors (yaml-language-server)."""
+    schema = config_model().model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "baas-backup configuration"
+    return schema
+
+

@@ -1,0 +1,185 @@
+"""Runs, jobs and the job status machine.
+
+A run is one backup of a set of sources; it owns one job per collection/table.
+
+    pending ──start──► exporting ──ready──► ready ──claim──► copying ──► done
+       ▲  │                │                 ▲                 │
+       │  └────────────────┴──► failed ◄─────┴─────────────────┘
+       └── restart (platform forgot the export, even mid-copy)   lease expired ─► ready
+
+Every change goes through `Job.moved_to`, which refuses transitions the machine does
+not have, so a bug surfaces as an error instead of a silently wrong backup.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, computed_field
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class JobStatus(str, enum.Enum):
+    PENDING = "pending"
+    EXPORTING = "exporting"
+    READY = "ready"
+    COPYING = "copying"
+    DONE = "done"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobStatus.DONE, JobStatus.FAILED)
+
+
+_ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.PENDING: frozenset({JobStatus.PENDING, JobStatus.EXPORTING, JobStatus.READY,
+                                  JobStatus.FAILED}),
+    JobStatus.EXPORTING: frozenset({JobStatus.EXPORTING, JobStatus.READY, JobStatus.PENDING,
+                                    JobStatus.FAILED}),
+    JobStatus.READY: frozenset({JobStatus.READY, JobStatus.COPYING, JobStatus.PENDING,
+                                JobStatus.FAILED}),
+    JobStatus.COPYING: frozenset({JobStatus.COPYING, JobStatus.READY, JobStatus.PENDING,
+                                  JobStatus.DONE, JobStatus.FAILED}),
+    JobStatus.DONE: frozenset(),
+    JobStatus.FAILED: frozenset(),
+}
+
+
+class IllegalTransition(RuntimeError):
+    pass
+
+
+class RunStatus(str, enum.Enum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class StoredObject(BaseModel):
+    """One verified object in the bucket."""
+
+    model_config = ConfigDict(frozen=True)
+
+    key: str
+    bytes: int
+    sha256: str
+    records: int
+    upload_parts: int = 1  # multipart upload parts it was sent in
+
+
+class JobResult(BaseModel):
+    """What a finished copy produced: one object, or numbered parts of one backup."""
+
+    model_config = ConfigDict(frozen=True)
+
+    manifest_key: str
+    objects: list[StoredObject] = Field(min_length=1)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def key(self) -> str:
+        return self.objects[0].key
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def bytes(self) -> int:
+        return sum(o.bytes for o in self.objects)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def records(self) -> int:
+        return sum(o.records for o in self.objects)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def sha256(self) -> str:
+        """The object's sha256; for several parts, the sha256 of their sha256s in order."""
+        if len(self.objects) == 1:
+            return self.objects[0].sha256
+        return hashlib.sha256("\n".join(o.sha256 for o in self.objects).encode()).hexdigest()
+
+
+class Job(BaseModel):
+    """One collection/table of one source in one run."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: str
+    run_id: str
+    source: str
+    # Stored state written before the vocabulary settled said `target` and `remote_id`.
+    collection: str = Field(validation_alias=AliasChoices("collection", "target"))
+    status: JobStatus = JobStatus.PENDING
+    version: int = 0  # bumped by the store on every write: optimistic concurrency
+    attempts: int = 0
+    next_check_at: datetime
+    deadline_at: datetime | None = None
+    lease_owner: str | None = None
+    lease_until: datetime | None = None
+    platform_job_id: str | None = Field(  # the platform's export job id
+        default=None, validation_alias=AliasChoices("platform_job_id", "remote_id"))
+    expected_records: int | None = None  # what the platform says it exported
+    part_records: list[int | None] | None = None  # per part, when an export came in parts
+    checkpoint: dict[str, Any] | None = None  # the copier's own progress (paged copies)
+    progress_records: int | None = None
+    result: JobResult | None = None
+    error: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    def moved_to(self, status: JobStatus, **changes: Any) -> Job:
+        if status not in _ALLOWED[self.status]:
+            raise IllegalTransition(f"job {self.job_id}: {self.status.value} -> {status.value}")
+        return self.model_copy(update={"status": status, **changes})
+
+    def failed(self, error: str, now: datetime) -> Job:
+        return self.moved_to(
+            JobStatus.FAILED, error=error, finished_at=now, lease_owner=None, lease_until=None
+        )
+
+    def lease_expired(self, now: datetime) -> bool:
+        return self.lease_until is None or self.lease_until <= now
+
+
+class Run(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    idempotency_key: str
+    trigger: str  # timer | http | cli
+    status: RunStatus = RunStatus.RUNNING
+    version: int = 0
+    sources: list[str] = Field(default_factory=list)
+    created_at: datetime
+    finished_at: datetime | None = None
+    manifest_key: str | None = None
+    summary: dict[str, Any] | None = None
+    # Per discovering source: {"found": [...], "excluded": [...]}, or {"error": ...} when its
+    # collections could not be listed. Written into the run manifest.
+    discovery: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+def run_id_for(idempotency_key: str, at: datetime) -> str:
+    """Sortable to the millisecond, and tagged with the key so retries are recognisable."""
+    digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:8]
+    moment = at.astimezone(timezone.utc)
+    return f"{moment:%Y%m%dT%H%M%S}{moment.microsecond // 1000:03d}Z-{digest}"
+
+
+def job_id_for(run_id: str, source: str, collection: str) -> str:
+    digest = hashlib.sha256(f"{source}\x00{collection}".encode()).hexdigest()[:12]
+    return f"{run_id}.{source}.{digest}"
+
+
+def backoff(attempt: int, first: float, cap: float) -> timedelta:
+    """Exponential spacing of checks: first, 2*first, 4*first ... capped."""
+    return timedelta(seconds=min(cap, first * (2 ** max(0, attempt))))

@@ -1,0 +1,505 @@
+"""The HTTP trigger (API Gateway): start a backup, list runs, show one run, and the
+status page. Public on the internet, so it lets in only its owner: every data route
+needs the bearer token from $BAAS_BACKUP_API_TOKEN, and with no token configured every
+route answers 503 (closed, never open).
+
+Routes are pure functions from a parsed `Request` (and a service context, built only
+after the caller is let in) to a `Response`; `handle_event` adapts API Gateway events.
+docs/openapi.yaml describes these routes; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import hmac
+import json
+import logging
+import os
+import re
+import uuid
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
+
+from shared.config import ConfigError
+from shared.domain.jobs import Job, JobStatus, Run
+from shared.entrypoints import status_page
+from shared.logs import log_context, redact, register_secret
+from shared.service.context import Context
+from shared.service.start import UnknownSource, start_run
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "BAAS_BACKUP_API_TOKEN"  # noqa: S105 (the variable's name, not a token)
+MIN_TOKEN_LENGTH = 16
+MAX_BODY_BYTES = 16 * 1024
+MAX_IDEMPOTENCY_KEY = 200
+HTTP_START_BUDGET_SECONDS = 10.0  # keep POST /runs well inside API Gateway's backend timeout
+DEFAULT_PAGE = 20
+MAX_PAGE = 100
+RUN_ID = re.compile(r"^[0-9]{8}T[0-9]{6}([0-9]{3})?Z-[0-9a-f]{8}$")
+_KEY_CHARS = re.compile(r"^[\x21-\x7e]+$")  # visible ASCII: safe in a header and a log line
+
+JSON_TYPE = "application/json; charset=utf-8"
+_NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+
+
+# requests and responses ------------------------------------------------------------
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    headers: Mapping[str, str] = field(default_factory=dict)  # names in lower case
+    query: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    request_id: str = ""
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def to_event(self) -> dict[str, Any]:
+        """The shape API Gateway's SCF integration wants back."""
+        return {"isBase64Encoded": False, "statusCode": self.status,
+                "headers": dict(self.headers), "body": self.body}
+
+
+def json_response(status: int, document: Any, headers: Mapping[str, str] | None = None) -> Response:
+    body = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+    return Response(status, body, {"Content-Type": JSON_TYPE, **_NO_STORE, **(headers or {})})
+
+
+class HttpError(Exception):
+    """Ends a request with `{"error": message, "field": field}`."""
+
+    def __init__(self, status: int, message: str, field: str | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+        self.headers = dict(headers or {})
+
+    def response(self) -> Response:
+        return json_response(self.status, {"error": self.message, "field": self.field}, self.headers)
+
+
+# API Gateway events ----------------------------------------------------------------
+def request_from_event(event: Mapping[str, Any]) -> Request:
+    """An API Gateway event as a Request; an oversized or undecodable body is an HttpError."""
+    headers = {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items()}
+    context = event.get("requestContext") or {}
+    raw = event.get("body") or ""
+    if not isinstance(raw, str):
+        raise HttpError(400, "the request body must be text", "body")
+    # base64 grows a body by a third: refuse before decoding anything large
+    if len(raw) > MAX_BODY_BYTES * 4 // 3 + 4:
+        raise _too_large(len(raw))
+    if _truthy(event.get("isBase64Encoded", False)):
+        try:
+            body = base64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError):
+            raise HttpError(400, "isBase64Encoded is true but the body is not valid base64",
+                            "body") from None
+    else:
+        body = raw.encode("utf-8", "surrogatepass")
+    if len(body) > MAX_BODY_BYTES:
+        raise _too_large(len(body))
+    return Request(
+        method=str(event.get("httpMethod") or "GET").upper(),
+        path=_route_path(str(event.get("path") or "/"), str(context.get("path") or "")),
+        headers=headers,
+        query=_query(event),
+        body=body,
+        request_id=str(context.get("requestId") or ""),
+    )
+
+
+def _too_large(size: int) -> HttpError:
+    return HttpError(413, f"the request body is {size} bytes; the limit is {MAX_BODY_BYTES} "
+                          "bytes (a run request is a few hundred)", "body")
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or str(value).lower() == "true"
+
+
+def _route_path(path: str, api_path: str) -> str:
+    """The path below the API's own path, so the API can be mounted at /backup as well as /.
+
+    API Gateway prefix-matches plain API paths and passes the full request path (without
+    the stage); `requestContext.path` is the API's configured path.
+    """
+    if api_path and api_path != "/" and not re.search(r"[{}=^~]", api_path):
+        base = api_path.rstrip("/")
+        if path == base or path.startswith(base + "/"):
+            path = path[len(base):]
+    return path if path.startswith("/") else "/" + path
+
+
+def _query(event: Mapping[str, Any]) -> dict[str, str]:
+    raw = event.get("queryString") or event.get("queryStringParameters") or {}
+    query: dict[str, str] = {}
+    for name, given in raw.items():
+        value = given
+        if isinstance(given, list):
+            if len(given) != 1:
+                raise HttpError(400, f"query parameter {name!r} is given {len(given)} times; "
+                                     "give it once", str(name))
+            value = given[0]
+        query[str(name)] = "" if value is None else str(value)
+    return query
+
+
+# routing ---------------------------------------------------------------------------
+ContextFactory = Callable[[], Context]
+Handler = Callable[[Request, Mapping[str, str], ContextFactory], Response]
+
+
+@dataclass(frozen=True)
+class Route:
+    pattern: str  # OpenAPI style: /runs/{run_id}
+    methods: Mapping[str, Handler]
+    public: frozenset[str] = frozenset()  # methods served without the token (the page shell)
+
+    def match(self, path: str) -> dict[str, str] | None:
+        regex = "^" + re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(self.pattern)) + "/?$"
+        found = re.match(regex, path)
+        return found.groupdict() if found else None
+
+
+def handle_event(event: Mapping[str, Any], context: ContextFactory,
+                 environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """One API Gateway event in, one API Gateway response out."""
+    try:
+        request = request_from_event(event)
+    except HttpError as exc:
+        token_problem = _token_problem(os.environ if environ is None else environ)
+        return (token_problem or exc).response().to_event()
+    return handle(request, context, environ).to_event()
+
+
+def handle(request: Request, context: ContextFactory,
+           environ: Mapping[str, str] | None = None) -> Response:
+    with log_context(request_id=request.request_id or None):
+        try:
+            response = _dispatch(request, context, os.environ if environ is None else environ)
+        except HttpError as exc:
+            response = exc.response()
+        except Exception:  # a bug answers 500 without details; the log has them
+            log.exception("HTTP request failed", extra={"method": request.method, "path": request.path})
+            response = json_response(500, {"error": "internal error; see the trigger function's logs",
+                                           "field": None})
+        log.info("HTTP request", extra={"method": request.method, "path": request.path,
+                                        "status": response.status})
+        return response
+
+
+def _dispatch(request: Request, context: ContextFactory, environ: Mapping[str, str]) -> Response:
+    problem = _token_problem(environ)
+    if problem:
+        raise problem
+    for route in ROUTES:
+        params = route.match(request.path)
+        if params is None:
+            continue
+        handler = route.methods.get(request.method)
+        if handler is None:
+            allowed = ", ".join(route.methods)
+            raise HttpError(405, f"{request.method} is not allowed on {route.pattern}; use {allowed}",
+                            None, {"Allow": allowed})
+        if request.method not in route.public:
+            _authenticate(request, environ[TOKEN_ENV])
+        return handler(request, params, context)
+    routes = ", ".join(f"{' '.join(r.methods)} {r.pattern}" for r in ROUTES)
+    raise HttpError(404, f"no route for {request.path!r}; the routes are: {routes}", None)
+
+
+def _token_problem(environ: Mapping[str, str]) -> HttpError | None:
+    token = environ.get(TOKEN_ENV, "")
+    if not token.strip():
+        return HttpError(503, f"the HTTP API is closed: set the environment variable {TOKEN_ENV} "
+                              "of the trigger function to a long random token "
+                              "(python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+    if len(token) < MIN_TOKEN_LENGTH or token != token.strip():
+        return HttpError(503, f"the HTTP API is closed: {TOKEN_ENV} must be at least "
+                              f"{MIN_TOKEN_LENGTH} characters without surrounding spaces; set a "
+                              "long random token (python -c 'import secrets; "
+                              "print(secrets.token_urlsafe(32))')")
+    register_secret(token)  # masked wherever it might appear in a log line
+    return None
+
+
+def _authenticate(request: Request, expected: str) -> None:
+    challenge = 'Bearer realm="baas-backup"'
+    header = request.header("authorization") or ""
+    scheme, _, presented = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        raise HttpError(401, "this route needs the API token: send the header "
+                             f"'Authorization: Bearer <token>' with the value of {TOKEN_ENV}",
+                        "Authorization", {"WWW-Authenticate": challenge})
+    if not hmac.compare_digest(presented.strip().encode("utf-8"), expected.encode("utf-8")):
+        raise HttpError(401, f"the bearer token is wrong; use the value of {TOKEN_ENV}",
+                        "Authorization",
+                        {"WWW-Authenticate": challenge + ', error="invalid_token"'})
+
+
+def _service(context: ContextFactory) -> Context:
+    try:
+        return context()
+    except ConfigError as exc:
+        # after authentication only: the owner needs to know, and config errors never echo secrets
+        raise HttpError(500, f"the trigger function's config is invalid: {exc}") from None
+
+
+# POST /runs ------------------------------------------------------------------------
+class StartRunBody(BaseModel):
+    """What to back up; everything when both are left out."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sources: list[StrictStr] | None = Field(default=None, min_length=1)
+    collections: dict[StrictStr, list[StrictStr]] | None = Field(default=None, min_length=1)
+
+
+def _start_run(request: Request, params: Mapping[str, str], context: ContextFactory) -> Response:
+    body = _parse_body(request)
+    key = _idempotency_key(request)
+    ctx = _service(context)
+    sources, collections = _check_selection(ctx, body)
+    idempotency_key = f"http:{key}" if key else f"http:{uuid.uuid4()}"
+    try:
+        run, created = start_run(_quick(ctx), idempotency_key=idempotency_key, trigger="http",
+                                 sources=sources, collections=collections)
+    except UnknownSource as exc:
+        raise HttpError(400, str(exc), None) from None
+    if not created:
+        _same_request_or_conflict(ctx, run, sources, collections)
+    return json_response(202, {"run_id": run.run_id, "created": created,
+                               "status_url": f"/runs/{run.run_id}"})
+
+
+def _quick(ctx: Context) -> Context:
+    """The same context with a short start budget: a person (and API Gateway's backend
+    timeout) waits for this answer; the poller starts whatever is left a minute later."""
+    timing = ctx.config.timing
+    if timing.start_budget_seconds <= HTTP_START_BUDGET_SECONDS:
+        return ctx
+    quick = timing.model_copy(update={"start_budget_seconds": HTTP_START_BUDGET_SECONDS})
+    return dataclasses.replace(ctx, config=ctx.config.model_copy(update={"timing": quick}))
+
+
+def _parse_body(request: Request) -> StartRunBody:
+    if not request.body.strip():
+        return StartRunBody()
+    content_type = (request.header("content-type") or "application/json").split(";")[0].strip()
+    if content_type.lower() != "application/json":
+        raise HttpError(415, f"the body must be JSON (Content-Type: application/json), "
+                             f"not {content_type!r}", "Content-Type")
+    try:
+        document = json.loads(request.body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise HttpError(400, "the body is not UTF-8 text", "body") from None
+    except json.JSONDecodeError as exc:
+        raise HttpError(400, f"the body is not valid JSON: {exc.msg} at line {exc.lineno} "
+                             f"column {exc.colno}", "body") from None
+    if not isinstance(document, dict):
+        raise HttpError(400, 'the body must be a JSON object like {"sources": ["shop"]}', "body")
+    try:
+        return StartRunBody.model_validate(document)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        described = [_describe(e) for e in errors]
+        raise HttpError(400, "; ".join(text for _, text in described), described[0][0]) from None
+
+
+def _describe(error: Mapping[str, Any]) -> tuple[str, str]:
+    where = ""
+    for part in error["loc"]:
+        where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else str(part))
+    where = where.removesuffix(".[key]")
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return where, f"{where}: unknown field; the fields are 'sources' and 'collections'"
+    if kind == "too_short":
+        return where, f"{where}: must not be empty; leave it out to back up everything"
+    shown = json.dumps(error.get("input"), ensure_ascii=False, default=str)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return where, f"{where}: {error['msg']} (got {shown})"
+
+
+def _idempotency_key(request: Request) -> str | None:
+    key = request.header("idempotency-key")
+    if key is None:
+        return None
+    key = key.strip()
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY or not _KEY_CHARS.match(key):
+        raise HttpError(400, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII "
+                             "characters without spaces, e.g. a UUID", "Idempotency-Key")
+    return key
+
+
+def _check_selection(
+    ctx: Context, body: StartRunBody
+) -> tuple[list[str] | None, dict[str, list[str]] | None]:
+    """Names every unknown source or collection with the configured ones, before anything starts."""
+    known = [s.name for s in ctx.config.sources]
+    for index, name in enumerate(body.sources or []):
+        if name not in known:
+            raise HttpError(400, f"unknown source {name!r}; configured sources are: "
+                                 f"{', '.join(known)}", f"sources[{index}]")
+    for name, wanted in (body.collections or {}).items():
+        if name not in known:
+            raise HttpError(400, f"collections names unknown source {name!r}; configured sources "
+                                 f"are: {', '.join(known)}", f"collections.{name}")
+        if body.sources is not None and name not in body.sources:
+            raise HttpError(400, f"collections names source {name!r}, which is not in sources; "
+                                 "add it to sources or leave sources out", f"collections.{name}")
+        available = ctx.platforms.get(name).collections()
+        for index, collection in enumerate(wanted):
+            if collection not in available:
+                raise HttpError(400, f"source {name!r} has no collection {collection!r}; it backs "
+                                     f"up: {', '.join(available)}", f"collections.{name}[{index}]")
+    return body.sources, body.collections
+
+
+def _same_request_or_conflict(ctx: Context, run: Run, sources: list[str] | None,
+                              collections: dict[str, list[str]] | None) -> None:
+    """A resend returns its run; another request under a used key is refused, not merged."""
+    names = sources or list(collections or {}) or [s.name for s in ctx.config.sources]
+    wanted = {(name, collection) for name in names
+              for collection in ((collections or {}).get(name) or ctx.platforms.get(name).collections())}
+    recorded = {(job.source, job.collection) for job in ctx.state.list_jobs(run.run_id)}
+    if wanted != recorded:
+        raise HttpError(409, f"this Idempotency-Key was already used for run {run.run_id} with "
+                             "other sources or collections; send a new key for a new run",
+                        "Idempotency-Key")
+
+
+# GET /runs, GET /runs/{run_id} -------------------------------------------------------
+def _list_runs(request: Request, params: Mapping[str, str], context: ContextFactory) -> Response:
+    for name in request.query:
+        if name not in ("limit", "before"):
+            raise HttpError(400, f"unknown query parameter {name!r}; use limit and before", name)
+    limit = _limit(request.query.get("limit"))
+    before = request.query.get("before") or None
+    if before is not None and not RUN_ID.match(before):
+        raise HttpError(400, f"before must be a run id like 20261121T020000123Z-1a2b3c4d "
+                             f"(the 'next' of the previous page), got {before[:80]!r}", "before")
+    store = _service(context).state
+    runs = store.list_runs(limit + 1, before)
+    page = runs[:limit]
+    return json_response(200, {
+        "runs": [run_view(run, store.list_jobs(run.run_id)) for run in page],
+        "next": page[-1].run_id if len(runs) > limit else None,
+    })
+
+
+def _limit(text: str | None) -> int:
+    if text is None or text == "":
+        return DEFAULT_PAGE
+    if not re.fullmatch(r"[0-9]{1,4}", text) or not 1 <= int(text) <= MAX_PAGE:
+        raise HttpError(400, f"limit must be a whole number from 1 to {MAX_PAGE}, "
+                             f"got {text[:20]!r}", "limit")
+    return int(text)
+
+
+def _get_run(request: Request, params: Mapping[str, str], context: ContextFactory) -> Response:
+    run_id = params["run_id"]
+    store = _service(context).state
+    run = store.get_run(run_id) if RUN_ID.match(run_id) else None
+    if run is None:
+        raise HttpError(404, f"no run {run_id[:80]!r}; GET /runs lists the runs", "run_id")
+    jobs = store.list_jobs(run_id)
+    return json_response(200, {**run_view(run, jobs), "jobs": [job_view(job) for job in jobs]})
+
+
+def run_view(run: Run, jobs: list[Job]) -> dict[str, Any]:
+    """A run as the API shows it: totals from its jobs, so a running run has them too."""
+    states = Counter(job.status.value for job in jobs)
+    return {
+        "run_id": run.run_id,
+        "trigger": run.trigger,
+        "status": run.status.value,
+        "sources": list(run.sources),
+        "created_at": _iso(run.created_at),
+        "finished_at": _iso(run.finished_at),
+        "duration_seconds": _seconds(run.created_at, run.finished_at),
+        "manifest_key": run.manifest_key,
+        "jobs_by_status": {status.value: states.get(status.value, 0) for status in JobStatus},
+        "totals": {
+            "jobs": len(jobs),
+            "done": states.get(JobStatus.DONE.value, 0),
+            "failed": states.get(JobStatus.FAILED.value, 0),
+            "records": sum(job.result.records for job in jobs if job.result),
+            "bytes": sum(job.result.bytes for job in jobs if job.result),
+        },
+    }
+
+
+def job_view(job: Job) -> dict[str, Any]:
+    """Everything a person needs about a job, nothing that opens anything: no leases,
+    no checkpoints, no links; errors were redacted when stored and are again here."""
+    result = job.result
+    return {
+        "job_id": job.job_id,
+        "source": job.source,
+        "collection": job.collection,
+        "status": job.status.value,
+        "attempts": job.attempts,
+        "platform_job_id": job.platform_job_id,
+        "expected_records": job.expected_records,
+        "records": result.records if result else None,
+        "bytes": result.bytes if result else None,
+        "sha256": result.sha256 if result else None,
+        "object_keys": [o.key for o in result.objects] if result else [],
+        "manifest_key": result.manifest_key if result else None,
+        "error": redact(job.error) if job.error else None,
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+        "updated_at": _iso(job.updated_at),
+        "duration_seconds": _seconds(job.started_at or job.created_at, job.finished_at),
+    }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return round((end - start).total_seconds(), 3)
+
+
+# GET / -------------------------------------------------------------------------------
+def _page(request: Request, params: Mapping[str, str], context: ContextFactory) -> Response:
+    """The page shell only: it holds no data and fetches the JSON routes with the token."""
+    return Response(200, status_page.HTML, {
+        "Content-Type": "text/html; charset=utf-8",
+        "Content-Security-Policy": status_page.CONTENT_SECURITY_POLICY,
+        "Referrer-Policy": "no-referrer",
+        "X-Frame-Options": "DENY",
+        **_NO_STORE,
+    })
+
+
+ROUTES: list[Route] = [
+    Route("/", {"GET": _page}, public=frozenset({"GET"})),
+    Route("/runs", {"GET": _list_runs, "POST": _start_run}),
+    Route("/runs/{run_id}", {"GET": _get_run}),
+]

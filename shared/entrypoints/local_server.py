@@ -1,0 +1,151 @@
+"""The HTTP API on this machine: real HTTP requests become API Gateway events for the
+same handler the trigger function runs, so the status page can be used and tested
+without a cloud. `baas-backup serve` runs it, with the poller's work done in a thread."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from shared.entrypoints.http_api import MAX_BODY_BYTES, TOKEN_ENV
+
+if TYPE_CHECKING:
+    from shared.config import Config
+
+log = logging.getLogger(__name__)
+
+EventHandler = Callable[[dict[str, Any]], dict[str, Any]]
+STAGE = "local"
+
+
+def api_gateway_event(method: str, target: str, headers: dict[str, str], body: bytes,
+                      client_ip: str) -> dict[str, Any]:
+    """The event API Gateway would send for this request (fields as in API-NOTES.md)."""
+    parts = urlsplit(target)
+    query: dict[str, Any] = {
+        name: values[0] if len(values) == 1 else values
+        for name, values in parse_qs(parts.query, keep_blank_values=True).items()
+    }
+    try:
+        text, encoded = body.decode("utf-8"), False
+    except UnicodeDecodeError:
+        text, encoded = base64.b64encode(body).decode("ascii"), True
+    return {
+        "httpMethod": method,
+        "path": unquote(parts.path) or "/",
+        "headers": {name.lower(): value for name, value in headers.items()},
+        "queryString": query,
+        "queryStringParameters": query,
+        "pathParameters": {},
+        "headerParameters": {},
+        "stageVariables": {"stage": STAGE},
+        "body": text,
+        "isBase64Encoded": encoded,
+        "requestContext": {
+            "serviceId": "local", "path": "/", "httpMethod": method, "stage": STAGE,
+            "requestId": str(uuid.uuid4()), "sourceIp": client_ip,
+        },
+    }
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "baas-backup-local"
+    protocol_version = "HTTP/1.1"
+    handle_event: EventHandler  # set on the subclass made per server
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        # read one byte past the limit so the handler can refuse it; never the whole body
+        body = self.rfile.read(min(length, MAX_BODY_BYTES + 1)) if length > 0 else b""
+        if length > len(body):
+            self.close_connection = True
+        event = api_gateway_event(self.command, self.path, dict(self.headers.items()), body,
+                                  self.client_address[0])
+        try:
+            answer = self.handle_event(event)
+        except Exception:  # what SCF would report as a function error
+            log.exception("the handler raised")
+            answer = {"statusCode": 502, "headers": {"Content-Type": "application/json"},
+                      "body": '{"error": "the handler raised; see the log", "field": null}'}
+        payload = answer.get("body") or ""
+        data = base64.b64decode(payload) if answer.get("isBase64Encoded") else payload.encode("utf-8")
+        self.send_response(int(answer["statusCode"]))
+        for name, value in (answer.get("headers") or {}).items():
+            self.send_header(name, str(value))
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = _serve
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # the handler writes one JSON log line per request
+
+
+class LocalApiServer:
+    """A threaded HTTP server around an event handler; `start()` serves in the background."""
+
+    def __init__(self, handle_event: EventHandler, host: str = "127.0.0.1", port: int = 0) -> None:
+        handler = type("Handler", (_Handler,), {"handle_event": staticmethod(handle_event)})
+        self.httpd = ThreadingHTTPServer((host, port), handler)
+        self.httpd.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host!s}:{port}/"
+
+    def start(self) -> str:
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="local-api", daemon=True)
+        self._thread.start()
+        return self.url
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        if self._thread:
+            self._thread.join(timeout=10)
+
+
+def serve(config: Config, config_path: str | None, host: str, port: int, poll_seconds: float) -> int:
+    """`baas-backup serve`: the trigger's HTTP API here, and the poller every few seconds."""
+    from shared.bootstrap import build_context
+    from shared.config import CONFIG_PATH_ENV
+    from shared.entrypoints.scf import handle_trigger
+    from shared.service.poll import poll
+
+    if config_path:  # the handler finds its config the way SCF gives it: by environment
+        os.environ[CONFIG_PATH_ENV] = os.path.abspath(config_path)
+    stop = threading.Event()
+    if poll_seconds > 0:
+        ctx = build_context(config)
+
+        def poller() -> None:
+            while not stop.wait(poll_seconds):
+                try:
+                    poll(ctx)
+                except Exception:  # keep serving; the next tick tries again
+                    log.exception("local poll failed")
+
+        threading.Thread(target=poller, name="local-poller", daemon=True).start()
+    server = LocalApiServer(handle_trigger, host, port)
+    token_note = ("" if os.environ.get(TOKEN_ENV, "").strip()
+                  else f" -- {TOKEN_ENV} is not set: every route answers 503 until it is")
+    print(f"serving the HTTP API and status page on {server.url}{token_note}", flush=True)
+    try:
+        server.httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        server.httpd.server_close()
+    return 0

@@ -1,0 +1,1 @@
+"""The minapp platform: its settings model, its client and its quirks."""

@@ -1,0 +1,575 @@
+"""MinApp (知晓云) tables over its OpenAPI.
+
+Sign-in is two steps: `authorize` (JSON; the platform may redirect, so a client of its
+own follows redirects and keeps cookies) gives a code, `access_token` (multipart form)
+turns it into a bearer token, cached in the state table until shortly before it
+expires. Export: create a job per table, poll its status (pending → ready → finish),
+download `download_url` (a signed link: no token is sent to it).
+
+The platform allows one export job per table per minute and at most 1,000,000 rows
+per job. A table configured with `split` is exported in several `part` jobs cut by
+`where` ranges on a key; the boundaries come from the record API sorted by that key,
+and each range is counted before anything starts, so every part is known to fit. The
+part jobs start one per allowed minute from `check()`; their ids travel in the job's
+remote id (a JSON handle), and a marker in the state table keeps a job started but
+not yet recorded from being started twice.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any, TypeVar
+
+import httpx
+
+from shared.adapters.http import describe_transport_error, make_client
+from shared.domain.errors import BackupError, Fatal, Forgotten, Retryable, RetryLater
+from shared.logs import register_secret
+from shared.platforms.minapp.settings import MinAppSource, MinAppTable
+from shared.ports import PlatformServices, Progress
+from shared.retry import with_retries
+
+log = logging.getLogger(__name__)
+
+AUTHORIZE = "/api/oauth2/hydrogen/openapi/authorize/"
+ACCESS_TOKEN = "/api/oauth2/access_token/"  # noqa: S105 (a path)
+EXPORT = "/oserve/v1.5/table/{table}/export/"
+EXPORT_JOB = "/oserve/v1.5/table/{table}/export/{job}/"
+RECORDS = "/oserve/v2.4/table/{table}/record/"
+ENV_HEADER = "X-Hydrogen-Env-ID"
+LIST_OPTIONS = ("include_keys", "exclude_keys", "order_by", "csv_customize_headers",
+                "timestamp_convert_keys")
+
+# One job per table per minute; a job the platform lists as younger than this (with
+# room for clock skew) explains a 400 on create.
+RECENT_JOB_SECONDS = 90
+ADOPT_SKEW_SECONDS = 10  # our clock vs the platform's when adopting a job a lost answer made
+TOKEN_EARLY_REFRESH = timedelta(minutes=5)
+# Markers bridge the moment between creating a platform job and the service recording
+# it (at most a poller's start claim, two minutes); an hour is plenty.
+MARKER_TTL = timedelta(hours=1)
+DOWNLOAD_CHUNK = 1 << 20
+STATUS_ACCESS_HINT = (
+    "reading export job status through the API must be enabled in the MinApp console "
+    "(设置 → SDK → 通用 / settings → SDK → general); enable it and run again"
+)
+
+T = TypeVar("T")
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _error_text(response: httpx.Response) -> str:
+    """The platform's own words from an error answer, short."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200] or "no message"
+    if isinstance(body, dict):
+        for name in ("error_msg", "message", "detail", "error_description", "error"):
+            if body.get(name):
+                return str(body[name])[:200]
+    return json.dumps(body, ensure_ascii=False)[:200]
+
+
+def _and(*conditions: dict[str, Any]) -> dict[str, Any]:
+    present = [c for c in conditions if c]
+    if len(present) <= 1:
+        return present[0] if present else {}
+    return {"$and": present}
+
+
+def split_ranges(base: dict[str, Any], key: str, bounds: list[Any]) -> list[dict[str, Any]]:
+    """`where` of each part: key < b1, b1 <= key < b2, ..., key >= bn (within `base`)."""
+    edges: list[Any] = [None, *bounds, None]
+    ranges = []
+    for low, high in itertools.pairwise(edges):
+        ranges.append(_and(base,
+                           {key: {"$gte": low}} if low is not None else {},
+                           {key: {"$lt": high}} if high is not None else {}))
+    return ranges
+
+
+class MinAppClient:
+    def __init__(
+        self,
+        source: MinAppSource,
+        services: PlatformServices,
+        client: httpx.Client | None = None,
+    ) -> None:
+        self.source = source
+        self.file_type = source.file_type
+        self._cache = services.tokens
+        self._retry_base = services.retry_base_seconds
+        self._http = client or make_client()
+        self._token_key = f"minapp:access_token:{source.api_base}:{source.client_id}"
+        register_secret(source.client_secret.get_secret_value())
+
+    # discovery and export ------------------------------------------------------
+    def discovery(self) -> dict[str, Any] | None:
+        return None  # tables are listed in the config
+
+    def start_blocked(self) -> str | None:
+        return None
+
+    def collections(self) -> list[str]:
+        return [table.id for table in self.source.tables]
+
+    def start(self, collection: str, job_id: str) -> str:
+        """Create the table's export (its first part when split). A job already started
+        for this job (whose start was not recorded) is handed back instead."""
+        marker = f"minapp:started:{job_id}"
+        known = self._cache.cache_get(marker, _now())
+        if known and not self._forgotten(known):
+            log.info("export already started for this job; not starting another",
+                     extra={"collection": collection})
+            return known
+        options = self._options(collection)
+        plan = self._plan(collection, options) if options.split else None
+        if plan is None:
+            handle = self._create(collection, self._body(options), job_id)
+        else:
+            first = self._create(collection, self._body(options, plan[0]), f"{job_id}:1")
+            self._cache.cache_put(self._part_marker(job_id, 0), first, _now() + MARKER_TTL)
+            parts: list[dict[str, Any]] = [{"where": w, "id": None, "done": False} for w in plan]
+            parts[0]["id"] = first
+            handle = _dump({"job": job_id, "key": options.split.key if options.split else "",
+                            "parts": parts})
+        self._cache.cache_put(marker, handle, _now() + MARKER_TTL)
+        return handle
+
+    def check(self, collection: str, platform_job_id: str) -> Progress:
+        if platform_job_id.startswith("{"):
+            return self._check_parts(collection, json.loads(platform_job_id))
+        return self._progress(collection, platform_job_id, self._status(collection, platform_job_id))
+
+    def open(self, collection: str, platform_job_id: str, part: int = 0) -> Iterator[bytes]:
+        """Stream a finished export; a link refused as expired is replaced once."""
+        job = self._part_job(platform_job_id, part)
+        for attempt in range(2):
+            url = self._download_url(collection, job)
+            # The link is signed and may point at (or redirect to) another host, such as
+            # a CDN: no token goes with it.
+            with self._http.stream("GET", url, follow_redirects=True) as response:
+                if response.status_code in (403, 404, 410) and attempt == 0:
+                    log.info("download link refused; asking MinApp for a fresh one",
+                             extra={"http_status": response.status_code})
+                    continue
+                if response.status_code != 200:
+                    raise Retryable(f"download of MinApp export {job} answered HTTP "
+                                    f"{response.status_code}")
+                yield from self._checked_bytes(response, job)
+                return
+        raise Retryable(f"MinApp gave a refused download link twice for export {job}")
+
+    # split exports -------------------------------------------------------------
+    def _plan(self, collection: str, options: MinAppTable) -> list[dict[str, Any]] | None:
+        """The `where` of each part, or None when the table fits in one export."""
+        split = options.split
+        assert split is not None
+        base = options.where or {}
+        total = self._count(collection, base)
+        if total <= split.rows_per_part:
+            return None
+        bounds: list[Any] = []
+        for offset in range(split.rows_per_part, total, split.rows_per_part):
+            value = self._value_at(collection, base, split.key, offset)
+            if not bounds or value != bounds[-1]:
+                bounds.append(value)
+        wheres = split_ranges(base, split.key, bounds)
+        counts = [self._count(collection, where) for where in wheres]
+        limit = self.source.max_export_rows
+        for index, count in enumerate(counts):
+            if count > limit:
+                raise Fatal(
+                    f"split of MinApp table {collection} on {split.key!r}: part {index + 1} would hold "
+                    f"{count} rows, over MinApp's {limit} per export, because too many records "
+                    f"share one value of {split.key!r}; split on a key with (nearly) unique "
+                    "values, e.g. id or created_at"
+                )
+        if sum(counts) < total:
+            raise Fatal(
+                f"split of MinApp table {collection} on {split.key!r} would cover {sum(counts)} of "
+                f"{total} rows: some records have no value for {split.key!r} (or were deleted "
+                "while the split was planned); split on a key every record has, e.g. created_at"
+            )
+        log.info("table split into parts", extra={"collection": collection, "rows": total,
+                                                  "parts": len(wheres), "part_rows": counts})
+        return wheres
+
+    def _check_parts(self, collection: str, handle: dict[str, Any]) -> Progress:
+        parts: list[dict[str, Any]] = handle["parts"]
+        for index, part in enumerate(parts):
+            if not part["id"] or part["done"]:
+                continue
+            try:
+                progress = self._progress(collection, part["id"], self._status(collection, part["id"]))
+            except Forgotten as exc:
+                log.warning("MinApp forgot a part's export; starting that part again",
+                            extra={"part": index + 1, "reason": str(exc)})
+                self._cache.cache_delete(self._part_marker(handle["job"], index))
+                part["id"] = None
+                continue
+            if progress.state == "failed":
+                return Progress("failed", platform_job_id=_dump(handle),
+                                message=f"part {index + 1} of {len(parts)}: {progress.message}")
+            part["done"] = progress.state == "ready"
+        waiting = next((i for i, p in enumerate(parts) if not p["id"]), None)
+        if waiting is not None:
+            self._start_part(collection, handle, waiting)
+        if all(p["done"] for p in parts):
+            for index in range(len(parts)):
+                self._cache.cache_delete(self._part_marker(handle["job"], index))
+            return Progress("ready", part_records=[None] * len(parts), platform_job_id=_dump(handle))
+        return Progress("running", platform_job_id=_dump(handle))
+
+    def _start_part(self, collection: str, handle: dict[str, Any], index: int) -> None:
+        part = handle["parts"][index]
+        marker = self._part_marker(handle["job"], index)
+        known = self._cache.cache_get(marker, _now())
+        if known and not self._forgotten(known):
+            part["id"] = known
+            return
+        body = self._body(self._options(collection), part["where"])
+        try:
+            part["id"] = self._create(collection, body, f"{handle['job']}:{index + 1}")
+        except RetryLater as exc:
+            log.info("next part waits for MinApp's one export per table per minute",
+                     extra={"part": index + 1, "reason": str(exc)})
+            return
+        self._cache.cache_put(marker, part["id"], _now() + MARKER_TTL)
+        log.info("part export started", extra={"part": index + 1, "parts": len(handle["parts"]),
+                                               "platform_job_id": part["id"]})
+
+    @staticmethod
+    def _part_marker(job_id: str, index: int) -> str:
+        return f"minapp:part:{job_id}:{index}"
+
+    @staticmethod
+    def _part_job(platform_job_id: str, part: int) -> str:
+        if not platform_job_id.startswith("{"):
+            if part:
+                raise Fatal(f"MinApp export {platform_job_id} has one part; part {part + 1} does not exist")
+            return platform_job_id
+        parts = json.loads(platform_job_id)["parts"]
+        if not 0 <= part < len(parts) or not parts[part]["id"]:
+            raise Fatal(f"MinApp split export has no started part {part + 1}")
+        return str(parts[part]["id"])
+
+    # one platform job ------------------------------------------------------------
+    def _options(self, collection: str) -> MinAppTable:
+        return self.source.table(collection)
+
+    def _body(self, options: MinAppTable,
+              part_where: dict[str, Any] | None = None) -> dict[str, Any]:
+        if part_where is not None:
+            mode, where = "part", part_where
+        else:
+            where = options.where or {}
+            mode = options.mode or ("part" if where else "all")
+        body: dict[str, Any] = {"file_type": self.file_type, "mode": mode}
+        if mode == "part" and where:
+            body["where"] = where
+        for name in LIST_OPTIONS:
+            value = getattr(options, name)
+            if value:
+                body[name] = list(value)
+        return body
+
+    def _create(self, collection: str, body: dict[str, Any], attempt: str) -> str:
+        """Create one export job. When an earlier try's answer was lost, the job it may
+        have created is adopted rather than a second one made."""
+
+        def once() -> str:
+            unsure_key = f"minapp:unsure:{attempt}"
+            unsure = self._cache.cache_get(unsure_key, _now())
+            if unsure:
+                adopted = self._job_created_since(collection, float(unsure) - ADOPT_SKEW_SECONDS)
+                if adopted:
+                    log.info("adopting the export job an unanswered request created",
+                             extra={"platform_job_id": adopted, "collection": collection})
+                    self._cache.cache_delete(unsure_key)
+                    return adopted
+            self._token()  # sign in first, so a failure below is the export call's own
+            sent_at = time.time()
+            try:
+                response = self._api("POST", EXPORT.format(table=collection), json_body=body)
+            except Retryable:
+                # The platform may have created the job before the answer was lost.
+                self._cache.cache_put(unsure_key, repr(sent_at), _now() + MARKER_TTL)
+                raise
+            if response.status_code in (200, 201):
+                job = _json(response).get("job_id")
+                if not job:
+                    self._cache.cache_put(unsure_key, repr(sent_at), _now() + MARKER_TTL)
+                    raise Retryable(f"MinApp created an export of table {collection} without a job_id")
+                self._cache.cache_delete(unsure_key)
+                log.info("MinApp export job created", extra={"platform_job_id": job,
+                                                             "collection": collection})
+                return str(job)
+            raise self._create_refused(collection, body, response)
+
+        return self._retrying(once)
+
+    def _create_refused(self, collection: str, body: dict[str, Any],
+                        response: httpx.Response) -> BackupError:
+        status, said = response.status_code, _error_text(response)
+        where = f"MinApp refused to export table {collection} (HTTP {status}: {said})"
+        if status == 400:
+            recent = self._recent_jobs(collection)
+            if recent:
+                return RetryLater(
+                    f"{where}: another export of this table started within the last minute "
+                    f"(platform job {recent[0]}); MinApp allows one a minute, trying again later"
+                )
+            rows = self._count_or_none(collection, body.get("where") or {})
+            limit = self.source.max_export_rows
+            if rows is not None and rows > limit:
+                return Fatal(
+                    f"{where}: it holds {rows} rows, more than MinApp exports in one job "
+                    f"({limit}). Split it: in source {self.source.name!r} write the table as "
+                    f"{{id: {collection}, split: {{key: created_at, rows_per_part: 900000}}}} "
+                    "(key: a field every record has, ideally unique, e.g. id or created_at)"
+                )
+            return Fatal(f"{where}: check the table's export options (where, include_keys, "
+                         "exclude_keys, order_by, csv_customize_headers, timestamp_convert_keys)")
+        if status == 401:
+            return Fatal(f"{where}: a freshly issued token was refused; check that the client "
+                         f"{self.source.client_id!r} may use the OpenAPI")
+        if status == 403:
+            return Fatal(f"{where}: the client {self.source.client_id!r} may not export this "
+                         "table; grant it data access in the MinApp console")
+        if status == 404:
+            env = f" in test environment {self.source.env_id!r}" if self.source.env_id else ""
+            return Fatal(f"{where}: no table {collection}{env}; fix the table id in the source's tables")
+        if status == 429:
+            return RetryLater(f"{where}: rate limited, trying again later")
+        return Fatal(f"{where}: not a known answer")
+
+    def _status(self, collection: str, job: str) -> dict[str, Any]:
+        response = self._retrying(lambda: self._api("GET", EXPORT_JOB.format(table=collection, job=job)))
+        if response.status_code == 200:
+            return _json(response)
+        where = (f"MinApp export job {job} of table {collection}: HTTP {response.status_code} "
+                 f"({_error_text(response)})")
+        if response.status_code == 404:
+            self._cache.cache_put(f"minapp:forgotten:{job}", "1", _now() + MARKER_TTL)
+            raise Forgotten(f"{where}: MinApp no longer knows this job")
+        if response.status_code in (401, 403):
+            raise Fatal(f"{where}: {STATUS_ACCESS_HINT}")
+        raise Fatal(f"{where}: not a known answer")
+
+    def _progress(self, collection: str, job: str, info: dict[str, Any]) -> Progress:
+        status = info.get("status")
+        if status in ("pending", "ready"):
+            return Progress("running")
+        if status == "finish":
+            return Progress("ready")
+        if status in ("fail", "failed", "error"):
+            said = info.get("error_msg") or info.get("message") or "no message"
+            return Progress("failed", message=f"MinApp export job {job} of table {collection} "
+                                              f"failed: {said}")
+        raise Retryable(f"MinApp export job {job} has an unknown status {status!r}")
+
+    def _download_url(self, collection: str, job: str) -> str:
+        info = self._status(collection, job)
+        url = info.get("download_url")
+        if info.get("status") != "finish" or not url:
+            raise Retryable(f"MinApp export {job} has no download link yet")
+        return str(url)
+
+    def _checked_bytes(self, response: httpx.Response, job: str) -> Iterator[bytes]:
+        received = 0
+        try:
+            for chunk in response.iter_bytes(DOWNLOAD_CHUNK):
+                if not received and chunk:
+                    self._check_format(chunk, job)
+                received += len(chunk)
+                yield chunk
+        except httpx.TransportError as exc:
+            raise Retryable(f"download of MinApp export {job} was cut off after {received} "
+                            f"bytes ({describe_transport_error(exc)})") from None
+
+    def _check_format(self, head: bytes, job: str) -> None:
+        """The format is taken on trust from MinApp's docs; a file that is not what the
+        record counter expects stops the copy instead of being stored miscounted."""
+        if head.startswith((b"PK\x03\x04", b"\x1f\x8b")):
+            raise Fatal(f"MinApp sent export {job} compressed (zip/gzip); this version stores "
+                        "plain JSON Lines or CSV only")
+        first = head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
+        if self.file_type == "json" and first and first != b"{":
+            raise Fatal(f"MinApp's JSON export {job} is not one JSON object per line (it starts "
+                        f"with {first.decode('latin-1')!r}); this version cannot count its records")
+
+    # platform job list and records ---------------------------------------------------
+    def _jobs(self, collection: str) -> list[dict[str, Any]]:
+        """The table's export jobs: the first page and, when there are more, the last."""
+        path = EXPORT.format(table=collection)
+        pages = [self._read(path, {"limit": 20, "offset": 0}, "list its export jobs")]
+        total = int(pages[0].get("meta", {}).get("total_count") or 0)
+        if total > 20:
+            pages.append(self._read(path, {"limit": 20, "offset": total - 20},
+                                    "list its export jobs"))
+        return [job for page in pages for job in page.get("objects") or []]
+
+    def _recent_jobs(self, collection: str) -> list[str]:
+        since = time.time() - RECENT_JOB_SECONDS
+        return [str(j.get("job_id")) for j in self._jobs(collection)
+                if float(j.get("created_at") or 0) >= since]
+
+    def _job_created_since(self, collection: str, since: float) -> str | None:
+        found = sorted((float(j.get("created_at") or 0), str(j.get("job_id")))
+                       for j in self._jobs(collection)
+                       if float(j.get("created_at") or 0) >= since
+                       and j.get("file_type") in (None, self.file_type))
+        return found[0][1] if found else None
+
+    def _count(self, collection: str, where: dict[str, Any]) -> int:
+        params: dict[str, Any] = {"limit": 1, "return_total_count": 1}
+        if where:
+            params["where"] = json.dumps(where, ensure_ascii=False)
+        answer = self._read(RECORDS.format(table=collection), params, "count its records")
+        total = answer.get("meta", {}).get("total_count")
+        if not isinstance(total, int):
+            raise Fatal(f"MinApp's record API answered for table {collection} without "
+                        "meta.total_count; counting rows for a split needs it")
+        return total
+
+    def _count_or_none(self, collection: str, where: dict[str, Any]) -> int | None:
+        try:
+            return self._count(collection, where)
+        except BackupError as exc:
+            log.warning("could not count the table's rows", extra={"reason": str(exc)})
+            return None
+
+    def _value_at(self, collection: str, where: dict[str, Any], key: str, offset: int) -> Any:
+        params: dict[str, Any] = {"order_by": key, "limit": 1, "offset": offset, "keys": key}
+        if where:
+            params["where"] = json.dumps(where, ensure_ascii=False)
+        objects = self._read(RECORDS.format(table=collection), params, "read split boundaries")
+        records = objects.get("objects") or []
+        value = records[0].get(key) if records and isinstance(records[0], dict) else None
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise Fatal(f"split of MinApp table {collection} on {key!r}: the record at position "
+                        f"{offset} has {'no value' if value is None else 'a non-scalar value'} "
+                        f"for {key!r}; split on a number or string field every record has, "
+                        "e.g. created_at")
+        return value
+
+    def _read(self, path: str, params: dict[str, Any], purpose: str) -> dict[str, Any]:
+        response = self._retrying(lambda: self._api("GET", path, params=params))
+        if response.status_code == 200:
+            return _json(response)
+        where = (f"MinApp refused to {purpose} ({path}: HTTP {response.status_code}: "
+                 f"{_error_text(response)})")
+        if response.status_code in (401, 403) and "/export/" in path:
+            raise Fatal(f"{where}: {STATUS_ACCESS_HINT}")
+        if response.status_code == 404:
+            raise Fatal(f"{where}: check the table id")
+        raise Fatal(where)
+
+    # HTTP and tokens -------------------------------------------------------------
+    def _retrying(self, call: Callable[[], T]) -> T:
+        return with_retries(call, attempts=3, base_seconds=self._retry_base)
+
+    def _api(self, method: str, path: str, *, params: dict[str, Any] | None = None,
+             json_body: dict[str, Any] | None = None) -> httpx.Response:
+        """One OpenAPI call; a token refused with 401 is replaced once. Network errors
+        and 5xx are Retryable; every other answer goes back to the caller."""
+        token = self._token()
+        response = self._send(method, path, token, params, json_body)
+        if response.status_code == 401:
+            log.warning("MinApp refused the access token; signing in again once")
+            self._cache.cache_delete(self._token_key)
+            response = self._send(method, path, self._token(avoid=token), params, json_body)
+        return response
+
+    def _send(self, method: str, path: str, token: str, params: dict[str, Any] | None,
+              json_body: dict[str, Any] | None) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"}
+        if self.source.env_id:
+            headers[ENV_HEADER] = self.source.env_id
+        try:
+            response = self._http.request(method, f"{self.source.api_base}{path}", params=params,
+                                          json=json_body, headers=headers)
+        except httpx.TransportError as exc:
+            raise Retryable(f"MinApp {method} {path}: {describe_transport_error(exc)}") from None
+        if response.status_code >= 500:
+            raise Retryable(f"MinApp {method} {path}: HTTP {response.status_code}")
+        return response
+
+    def _forgotten(self, job: str) -> bool:
+        return self._cache.cache_get(f"minapp:forgotten:{job}", _now()) is not None
+
+    def _token(self, avoid: str | None = None) -> str:
+        cached = self._cache.cache_get(self._token_key, _now())
+        if cached and cached != avoid:
+            register_secret(cached)
+            return cached
+        token, expires_in = self._retrying(self._sign_in)
+        early = min(TOKEN_EARLY_REFRESH, timedelta(seconds=expires_in / 10))
+        self._cache.cache_put(self._token_key, token,
+                              _now() + timedelta(seconds=expires_in) - early)
+        return token
+
+    def _sign_in(self) -> tuple[str, int]:
+        """authorize → code → access_token, in a client of its own that follows the
+        platform's redirects and keeps its cookies for this one sign-in."""
+        source = self.source
+        secret = source.client_secret.get_secret_value()
+        with make_client(follow_redirects=True) as auth:
+            answer = self._oauth(AUTHORIZE, lambda url: auth.post(
+                url, json={"client_id": source.client_id, "client_secret": secret}))
+            code = answer.get("code")
+            if not code:
+                raise Retryable("MinApp authorize answered without a code")
+            register_secret(str(code))
+            fields = {"client_id": source.client_id, "client_secret": secret,
+                      "code": str(code), "grant_type": "authorization_code"}
+            answer = self._oauth(ACCESS_TOKEN, lambda url: auth.post(
+                url, files={name: (None, value) for name, value in fields.items()}))
+        token = answer.get("access_token")
+        if not token:
+            raise Retryable("MinApp access_token answered without an access_token")
+        register_secret(str(token))
+        register_secret(str(answer.get("refresh_token") or ""))
+        log.info("signed in to MinApp", extra={"expires_in": answer.get("expires_in")})
+        return str(token), int(answer.get("expires_in") or 3600)
+
+    def _oauth(self, path: str, send: Callable[[str], httpx.Response]) -> dict[str, Any]:
+        try:
+            response = send(f"{self.source.api_base}{path}")
+        except httpx.TransportError as exc:
+            raise Retryable(f"MinApp {path}: {describe_transport_error(exc)}") from None
+        step = f"MinApp sign-in ({path}) answered HTTP {response.status_code} ({_error_text(response)})"
+        if response.status_code >= 500:
+            raise Retryable(step)
+        if response.status_code in (401, 403) or (
+                response.status_code == 400 and "client" in _error_text(response)):
+            raise Fatal(f"{step}: client_id or client_secret of source {self.source.name!r} is "
+                        "wrong; copy them from the MinApp console")
+        if response.status_code != 200:
+            raise Retryable(step)  # e.g. a code that expired on the way: sign in again
+        return _json(response)
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        raise Retryable(f"MinApp answered HTTP {response.status_code} with something other "
+                        "than JSON") from None
+    if not isinstance(body, dict):
+        raise Retryable(f"MinApp answered HTTP {response.status_code} with unexpected JSON")
+    return body
+
+
+def _dump(handle: dict[str, Any]) -> str:
+    return json.dumps(handle, ensure_ascii=False, separators=(",", ":"))

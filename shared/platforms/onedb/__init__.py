@@ -1,0 +1,1 @@
+"""The onedb platform: its settings model, its client and its quirks."""

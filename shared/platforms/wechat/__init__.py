@@ -1,0 +1,1 @@
+"""The wechat platform: its settings model, its client and its quirks."""

@@ -1,0 +1,194 @@
+"""One conversation with the WeChat API: a POST carrying a token, its errcode classified for
+the service layer, and a rejected token renewed once by whoever owns it.
+
+Every WeChat answer is HTTP 200 with `{"errcode": 0, ...}` or a non-zero errcode. URLs carry
+tokens, so no URL with a query string ever goes into a message.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import httpx
+
+from shared.adapters.http import describe_transport_error
+from shared.domain.errors import BackupError, Fatal, Forgotten, Retryable, RetryLater, TokenRejected
+from shared.retry import with_retries
+
+log = logging.getLogger(__name__)
+
+TOKEN_ERRCODES = {40001, 40014, 41001, 42001}
+BUSY_ERRCODES = {-1, -1000}
+LATER_ERRCODES = {-501003, -501004, -501015, 45009, 45011}
+INVALID_REQUEST_ERRCODES = {40097, 40101, 43002, 44002, 47001}
+CREDENTIAL_ERRCODES = {40013, 40125, 41002, 41004, 61011}
+STATUS_PATHS = {"/tcb/databasemigratequeryinfo", "/componenttcb/dbmigrationstate"}
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Who is calling, so that an error can say exactly what to fix."""
+
+    source: str
+    appid: str
+    env: str
+    credentials: str  # what a wrong appid/secret means here, e.g. "appid or secret of source 'shop'"
+    allow_list: str  # where a fixed egress IP has to be allow-listed
+
+
+WECHAT_ALLOW_LIST = "the mini program's API IP allow-list (WeChat console > Development > Development settings)"
+PLATFORM_ALLOW_LIST = (
+    "the third-party platform's IP allow-list (open platform console > your platform > "
+    "development settings)"
+)
+
+
+class InvalidRequest(Fatal):
+    """WeChat refused the request itself (40097 invalid args, 40101 missing parameter, ...)."""
+
+    def __init__(self, message: str, errcode: int) -> None:
+        super().__init__(message)
+        self.errcode = errcode
+
+
+class TokenSource(Protocol):
+    """Hands out the token a call needs; `renew` is asked once when WeChat rejects it."""
+
+    def token(self) -> str: ...
+
+    def renew(self, rejected: str, reason: str) -> str:
+        """A token other than `rejected`, or Fatal when there is none to be had (e.g. a token
+        another system owns: this product never renews those)."""
+
+
+def classify(path: str, errcode: int, errmsg: str, scope: Scope) -> BackupError:
+    """Map a WeChat errcode to what the service layer should do about it."""
+    where = f"WeChat {path} errcode {errcode} ({errmsg})"
+    if errcode in BUSY_ERRCODES:
+        return Retryable(f"{where}: platform busy, will retry")
+    if errcode in LATER_ERRCODES:
+        return RetryLater(f"{where}: quota or concurrency limit, will try again later")
+    if errcode in TOKEN_ERRCODES:
+        return TokenRejected(where)
+    if errcode in (40164, 61004):
+        return Fatal(
+            f"{where}: this function's outbound IP is not on {scope.allow_list}. Give the SCF "
+            "functions a fixed egress IP (SCF's fixed public egress IP setting, or a VPC with a "
+            "NAT gateway) and add that IP to the allow-list"
+        )
+    if errcode in CREDENTIAL_ERRCODES:
+        return Fatal(f"{where}: the {scope.credentials} is wrong; fix it")
+    if errcode == 85088:
+        return Fatal(
+            f"{where}: cloud development is not enabled for appid {scope.appid}; "
+            "enable it or fix the appid"
+        )
+    if errcode == -502005:
+        return Fatal(
+            f"{where}: the collection does not exist in env {scope.env!r}; "
+            "create it or remove it from the source's collections"
+        )
+    if errcode in (61005, 61006):
+        return Fatal(
+            f"{where}: the component_verify_ticket is expired or invalid. WeChat pushes a new one "
+            "every 10 minutes to the platform's authorization event URL; put the latest in "
+            "verify_ticket (or $WECHAT_COMPONENT_VERIFY_TICKET)"
+        )
+    if errcode in (61023, 61003):
+        return Fatal(
+            f"{where}: mini program {scope.appid} has not authorized the platform, or its "
+            "authorizer_refresh_token is no longer valid; have it authorize the platform again "
+            "and update authorizer_token.refresh_token"
+        )
+    if errcode == 48001:
+        return Fatal(
+            f"{where}: this token may not call this API; for a third-party platform, the mini "
+            f"program {scope.appid} must grant the platform its cloud development permissions"
+        )
+    if errcode == 40097 and path in STATUS_PATHS:
+        return Forgotten(f"{where}: WeChat no longer knows this export job")
+    if errcode in INVALID_REQUEST_ERRCODES:
+        return InvalidRequest(f"{where}: the request was rejected as invalid; check env and query", errcode)
+    return Fatal(f"{where}: not a known retryable error")
+
+
+def shown_url(url: str) -> str:
+    """A URL fit for a message: no query string (it may carry a key)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+
+
+def exchange(
+    http: httpx.Client,
+    method: str,
+    url: str,
+    *,
+    path: str,
+    scope: Scope,
+    params: dict[str, str] | None = None,
+    json: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One request to WeChat: network trouble and 5xx are Retryable, errcodes classified."""
+    try:
+        response = http.request(method, url, params=params, json=json)
+    except httpx.TransportError as exc:
+        raise Retryable(f"WeChat {path}: {describe_transport_error(exc)}") from None
+    if response.status_code >= 500:
+        raise Retryable(f"WeChat {path}: HTTP {response.status_code}")
+    try:
+        answer = response.json()
+    except ValueError:
+        raise Retryable(f"WeChat {path}: answer is not JSON (HTTP {response.status_code})") from None
+    if not isinstance(answer, dict):
+        raise Retryable(f"WeChat {path}: answer is not a JSON object")
+    errcode = int(answer.get("errcode") or 0)
+    if errcode:
+        raise classify(path, errcode, str(answer.get("errmsg", "")), scope)
+    return answer
+
+
+class WeChatApi:
+    """POSTs to one API base with tokens from one `TokenSource`."""
+
+    def __init__(
+        self,
+        base: str,
+        tokens: TokenSource,
+        scope: Scope,
+        http: httpx.Client,
+        *,
+        retry_base_seconds: float,
+    ) -> None:
+        self._base = base
+        self._tokens = tokens
+        self.scope = scope
+        self._http = http
+        self._retry_base = retry_base_seconds
+
+    def call(
+        self, path: str, body: dict[str, Any], params: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Busy answers are retried with backoff; a rejected token is renewed once."""
+
+        def attempt() -> dict[str, Any]:
+            token = self._tokens.token()
+            try:
+                return self._post(path, body, token, params)
+            except TokenRejected as exc:
+                log.warning("WeChat rejected the access token; asking its owner for another once")
+                fresh = self._tokens.renew(token, str(exc))
+                try:
+                    return self._post(path, body, fresh, params)
+                except TokenRejected as again:
+                    raise Fatal(f"{again}: a freshly issued token was rejected too") from None
+
+        return with_retries(attempt, attempts=3, base_seconds=self._retry_base)
+
+    def _post(
+        self, path: str, body: dict[str, Any], token: str, params: dict[str, str] | None
+    ) -> dict[str, Any]:
+        return exchange(self._http, "POST", f"{self._base}{path}", path=path, scope=self.scope,
+                        params={**(params or {}), "access_token": token}, json=body)

@@ -1,0 +1,234 @@
+"""WeChat Cloud Development (CloudBase/TCB) over its HTTP API.
+
+Discovery with `tcb/databasecollectionget` (every run, for `collections: all`), export with
+`tcb/databasemigrateexport`, progress with `tcb/databasemigratequeryinfo`, then a download
+of the pre-signed `file_url`. A mini program reached through a third-party platform with the
+platform's component token uses the `componenttcb/*` equivalents instead. Where the token
+comes from is `wechat_tokens`' business; errcodes are classified in `wechat_api`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from shared.adapters.http import describe_transport_error, make_client
+from shared.domain.errors import Fatal, Retryable, RetryLater
+from shared.platforms.wechat.api import InvalidRequest, WeChatApi
+from shared.platforms.wechat.settings import WeChatSource
+from shared.platforms.wechat.tokens import app_scope, app_token, platform_app_token
+from shared.ports import PlatformServices, Progress
+
+log = logging.getLogger(__name__)
+
+FILE_TYPES = {"json": 1, "csv": 2}
+DOWNLOAD_CHUNK = 1 << 20
+LISTING_PAGE = 100  # collections asked for per listing call (WeChat's own default is 10 or 20)
+LISTING_TRIES = 3  # listings repeated while the environment changes under them
+
+
+@dataclass(frozen=True)
+class Routes:
+    """The same three operations, as plain TCB calls or as third-party platform calls."""
+
+    export: str
+    status: str
+    listing: str
+    listing_default_page: int
+    listing_action: bool  # componenttcb/dbcollection does several things; "get" lists
+
+
+TCB = Routes("/tcb/databasemigrateexport", "/tcb/databasemigratequeryinfo",
+             "/tcb/databasecollectionget", 10, listing_action=False)
+COMPONENT_TCB = Routes("/componenttcb/dbexport", "/componenttcb/dbmigrationstate",
+                       "/componenttcb/dbcollection", 20, listing_action=True)
+
+
+class WeChatClient:
+    def __init__(
+        self,
+        source: WeChatSource,
+        services: PlatformServices,
+        client: httpx.Client | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.source = source
+        self.file_type = source.file_type
+        self._http = client or make_client()
+        scope = app_scope(source)
+        if source.platform is None:
+            tokens, via_component = app_token(source, services.tokens, self._http, scope), False
+        else:
+            tokens, via_component = platform_app_token(source, services.tokens, self._http, scope, environ)
+        self.routes = COMPONENT_TCB if via_component else TCB
+        self._api = WeChatApi(source.api_base, tokens, scope, self._http,
+                              retry_base_seconds=services.retry_base_seconds)
+        self._discovery: dict[str, Any] | None = None
+        self._starts_paused: str | None = None
+
+    # discovery -------------------------------------------------------------------------
+    def collections(self) -> list[str]:
+        """The listed collections, or with `collections: all` every collection the
+        environment has right now that passes include/exclude."""
+        if self.source.collections != "all":
+            self._discovery = None
+            return list(self.source.collections)
+        found = self._list_collections()
+        chosen = [name for name in found if self.source.wanted(name)]
+        self._discovery = {
+            "found": found,
+            "excluded": [name for name in found if not self.source.wanted(name)],
+        }
+        log.info("collections discovered", extra={
+            "source": self.source.name, "found": len(found), "chosen": len(chosen)})
+        return chosen
+
+    def discovery(self) -> dict[str, Any] | None:
+        """What the last `collections()` found, for the run manifest (None: nothing discovered)."""
+        return self._discovery
+
+    def _list_collections(self) -> list[str]:
+        """Page until the reported total; a listing during which the environment changed
+        (collections created or dropped between pages) is taken again."""
+        page = LISTING_PAGE
+        for _ in range(LISTING_TRIES):
+            try:
+                names, consistent = self._one_listing(page)
+            except InvalidRequest as exc:
+                if page == self.routes.listing_default_page:
+                    raise
+                log.warning("WeChat refused the listing page size; using its default",
+                            extra={"reason": str(exc), "page": page})
+                page = self.routes.listing_default_page
+                names, consistent = self._one_listing(page)
+            if consistent:
+                return names
+            log.info("the collection list changed while it was read; reading it again")
+        raise Retryable(f"the collections of env {self.source.env!r} kept changing while "
+                        "being listed; will list them again")
+
+    def _one_listing(self, page: int) -> tuple[list[str], bool]:
+        names: list[str] = []
+        totals: set[int | None] = set()
+        offset = 0
+        while True:
+            answer = self._listing_page(offset, page)
+            items = answer.get("collections") or []
+            total = _total(answer)
+            totals.add(total)
+            names.extend(str(item["name"]) for item in items)
+            offset += len(items)
+            if not items or (total is not None and offset >= total) or (
+                    total is None and len(items) < page):
+                break
+        unique = list(dict.fromkeys(names))
+        consistent = len(totals) == 1 and (total is None or len(unique) == len(names) == total)
+        return unique, consistent
+
+    def _listing_page(self, offset: int, limit: int) -> dict[str, Any]:
+        body: dict[str, Any] = {"env": self.source.env, "limit": limit, "offset": offset}
+        params = None
+        if self.routes.listing_action:
+            body["action"] = "get"
+            params = {"action": "get"}
+        return self._api.call(self.routes.listing, body, params)
+
+    # export ------------------------------------------------------------------------------
+    def query_for(self, collection: str) -> str:
+        default = f"db.collection({json.dumps(collection, ensure_ascii=False)}).get()"
+        return self.source.queries.get(collection, default)
+
+    def start(self, collection: str, job_id: str) -> str:
+        """Begin an export. Once WeChat says its export quota or concurrency is used up, the
+        remaining starts of this invocation wait without asking until an export finishes."""
+        if self._starts_paused:
+            raise RetryLater(self._starts_paused)
+        body = {
+            "env": self.source.env,
+            "file_path": f"baas-backup/{job_id}.{'csv' if self.file_type == 'csv' else 'json'}",
+            "file_type": FILE_TYPES[self.file_type],
+            "query": self.query_for(collection),
+        }
+        try:
+            answer = self._api.call(self.routes.export, body)
+        except RetryLater as exc:
+            self._starts_paused = (f"{exc} (no further exports started in env "
+                                   f"{self.source.env!r} until a running one finishes)")
+            raise
+        job = answer.get("job_id")
+        if job in (None, ""):
+            raise Retryable(f"WeChat {self.routes.export} answered without a job_id")
+        return str(job)
+
+    def start_blocked(self) -> str | None:
+        """Why no export should be started now (WeChat's quota or concurrency limit was hit
+        in this invocation and no export has finished since), or None."""
+        return self._starts_paused
+
+    def check(self, collection: str, platform_job_id: str) -> Progress:
+        info = self._status(platform_job_id)
+        status = info.get("status")
+        if status in ("waiting", "migrating", "pending", "running"):
+            return Progress("running")
+        self._starts_paused = None  # a slot is free again
+        message = info.get("error_msg") or info.get("err_msg") or "no message"
+        if status == "success":
+            failed = int(info.get("record_fail") or 0)
+            if failed:
+                return Progress(
+                    "failed",
+                    message=f"WeChat exported {collection!r} with {failed} failed records: {message}",
+                )
+            return Progress("ready", expected_records=int(info.get("record_success") or 0))
+        if status == "fail":
+            return Progress("failed", message=f"WeChat export job {platform_job_id} failed: {message}")
+        raise Retryable(f"WeChat export job {platform_job_id} has an unknown status {status!r}")
+
+    def open(self, collection: str, platform_job_id: str, part: int = 0) -> Iterator[bytes]:
+        """Stream the export; a link that expired (403) is replaced once by a fresh one."""
+        if part:
+            raise Fatal(f"WeChat exports come in one part; part {part} does not exist")
+        for attempt in range(2):
+            url = self._file_url(platform_job_id)
+            with self._http.stream("GET", url) as response:
+                if response.status_code == 403 and attempt == 0:
+                    log.info("download link expired; asking WeChat for a fresh one")
+                    continue
+                if response.status_code != 200:
+                    raise Retryable(
+                        f"download of WeChat export {platform_job_id} answered HTTP {response.status_code}"
+                    )
+                received = 0
+                try:
+                    for chunk in response.iter_bytes(DOWNLOAD_CHUNK):
+                        received += len(chunk)
+                        yield chunk
+                except httpx.TransportError as exc:
+                    raise Retryable(
+                        f"download of WeChat export {platform_job_id} was cut off after {received} "
+                        f"bytes ({describe_transport_error(exc)})"
+                    ) from None
+                return
+        raise Retryable(f"WeChat gave an expired download link twice for export {platform_job_id}")
+
+    def _status(self, platform_job_id: str) -> dict[str, Any]:
+        return self._api.call(self.routes.status, {"env": self.source.env, "job_id": int(platform_job_id)})
+
+    def _file_url(self, platform_job_id: str) -> str:
+        info = self._status(platform_job_id)
+        url = info.get("file_url")
+        if info.get("status") != "success" or not url:
+            raise Retryable(f"WeChat export {platform_job_id} has no download link yet")
+        return str(url)
+
+
+def _total(answer: dict[str, Any]) -> int | None:
+    """How many collections the environment has: `pager.Total` (tcb) or `total` (componenttcb)."""
+    pager = answer.get("pager")
+    value = pager.get("Total") if isinstance(pager, dict) else answer.get("total")
+    return int(value) if isinstance(value, (int, str)) and str(value).isdigit() else None

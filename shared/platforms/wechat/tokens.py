@@ -1,0 +1,327 @@
+"""Where a WeChat source's access token comes from, and who may renew it.
+
+- `stable_token` (default): `cgi-bin/stable_token` hands every caller the same token, so
+  fetching it never disturbs the user's other servers.
+- `legacy_token`: `cgi-bin/token`; each call invalidates the previous token about five minutes
+  later, breaking every other server of the mini program. Only when chosen explicitly.
+- an external token the user owns (${ENV} or their token service's URL): read, never renewed;
+  if WeChat rejects it the job fails saying so.
+- third-party platform: the `component_access_token` (from the platform's appid, secret and
+  verify ticket, or external), and a mini program's `authorizer_access_token` (from its
+  refresh token with the component token, or external).
+
+Tokens the product fetches itself are shared through the state table's cache by all three
+functions, until five minutes before they expire.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import httpx
+
+from shared.adapters.http import describe_transport_error
+from shared.domain.errors import BackupError, Fatal, Retryable, TokenRejected
+from shared.logs import register_secret
+from shared.platforms.wechat.api import (
+    PLATFORM_ALLOW_LIST,
+    WECHAT_ALLOW_LIST,
+    Scope,
+    TokenSource,
+    exchange,
+    shown_url,
+)
+from shared.platforms.wechat.settings import (
+    VERIFY_TICKET_ENV,
+    PlatformAccess,
+    TokenService,
+    WeChatSource,
+)
+from shared.ports import TokenCache
+
+log = logging.getLogger(__name__)
+
+EARLY_REFRESH = timedelta(minutes=5)
+DEFAULT_TTL = 7200
+REFRESH_TOKEN_TTL = timedelta(days=30)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _credential_error(error: BackupError, scope: Scope) -> BackupError:
+    """At a token endpoint a "token" errcode means the credentials themselves are wrong."""
+    if isinstance(error, TokenRejected):
+        return Fatal(f"{error}: the {scope.credentials} is wrong; fix it")
+    return error
+
+
+class CachedToken:
+    """A token this product fetches itself, shared through the state table's cache."""
+
+    def __init__(self, cache: TokenCache, key: str,
+                 fetch: Callable[[str | None], tuple[str, int]]) -> None:
+        self._cache = cache
+        self._key = key
+        self._fetch = fetch  # (token to avoid) -> (token, expires_in)
+
+    def token(self) -> str:
+        cached = self._cache.cache_get(self._key, _now())
+        if cached:
+            register_secret(cached)
+            return cached
+        return self._fetch_and_store(None)
+
+    def renew(self, rejected: str, reason: str) -> str:
+        cached = self._cache.cache_get(self._key, _now())
+        if cached and cached != rejected:
+            return cached  # another function renewed it meanwhile
+        self._cache.cache_delete(self._key)
+        return self._fetch_and_store(rejected)
+
+    def _fetch_and_store(self, avoid: str | None) -> str:
+        token, expires_in = self._fetch(avoid)
+        register_secret(token)
+        self._cache.cache_put(self._key, token, _now() + timedelta(seconds=expires_in) - EARLY_REFRESH)
+        return token
+
+
+class OwnedToken:
+    """A token another system owns: from the config (${ENV}) or from the owner's token
+    service. Never renewed here; a rejected token is asked for again only from its owner."""
+
+    def __init__(self, settings: TokenService, what: str, http: httpx.Client) -> None:
+        self._settings = settings
+        self._what = what  # e.g. "the access token of source 'shop'"
+        self._http = http
+        self._held: str | None = None
+        self._held_until = 0.0
+
+    def token(self) -> str:
+        if self._settings.access_token is not None:
+            value = self._settings.access_token.get_secret_value()
+            register_secret(value)
+            return value
+        if self._held is None or time.monotonic() >= self._held_until:
+            return self._ask_service()
+        return self._held
+
+    def renew(self, rejected: str, reason: str) -> str:
+        owner = "its ${ENV} variable" if self._settings.url is None else "your token service"
+        advice = (f"{reason}: WeChat rejected {self._what}, which comes from {owner}. "
+                  "baas-backup never renews a token it does not own; ")
+        if self._settings.url is None:
+            raise Fatal(advice + "put a valid token into the variable (it is read at each "
+                                 "invocation) or let the product fetch one (token: stable_token)")
+        fresh = self._ask_service()
+        if fresh == rejected:
+            raise Fatal(advice + "the token service handed back the same token; fix the "
+                                 "service so that it serves a current token")
+        return fresh
+
+    def _ask_service(self) -> str:
+        url = self._settings.url
+        assert url is not None
+        headers = {}
+        if self._settings.authorization is not None:
+            headers["Authorization"] = self._settings.authorization.get_secret_value()
+        where = f"token service {shown_url(url)}"
+        try:
+            response = self._http.get(url, headers=headers)
+        except httpx.TransportError as exc:
+            raise Retryable(f"{where}: {describe_transport_error(exc)}") from None
+        if response.status_code >= 500:
+            raise Retryable(f"{where}: HTTP {response.status_code}")
+        if response.status_code != 200:
+            raise Fatal(f"{where} answered HTTP {response.status_code}; check the url and "
+                        "authorization of the token settings")
+        try:
+            answer = response.json()
+            token = str(answer["access_token"])
+            expires_in = int(answer.get("expires_in") or 300)
+        except (ValueError, KeyError, TypeError):
+            raise Fatal(f'{where} must answer JSON like {{"access_token": "...", "expires_in": '
+                        "7200}; it did not") from None
+        if not token:
+            raise Fatal(f"{where} answered an empty access_token")
+        register_secret(token)
+        # Held for this invocation; asked again when its stated lifetime runs out or WeChat
+        # rejects it, so a long invocation follows the owner's rotations.
+        self._held, self._held_until = token, time.monotonic() + max(30, expires_in - 60)
+        return token
+
+
+# app tokens ----------------------------------------------------------------------------
+def app_token(source: WeChatSource, cache: TokenCache, http: httpx.Client, scope: Scope) -> TokenSource:
+    """The token of a mini program reached with its own credentials."""
+    mode = source.token.mode
+    if mode == "external":
+        return OwnedToken(source.token, f"the access token of source {source.name!r}", http)
+    assert source.secret is not None  # config validation requires it for these modes
+    secret = source.secret.get_secret_value()
+    register_secret(secret)
+    base = source.api_base
+
+    def stable(avoid: str | None) -> tuple[str, int]:
+        token, expires_in = _stable_token(http, base, source.appid, secret, scope, force=False)
+        if token == avoid:  # stable_token hands back the same token while it thinks it valid
+            token, expires_in = _stable_token(http, base, source.appid, secret, scope, force=True)
+        return token, expires_in
+
+    def legacy(avoid: str | None) -> tuple[str, int]:
+        path = "/cgi-bin/token"
+        params = {"grant_type": "client_credential", "appid": source.appid, "secret": secret}
+        try:
+            answer = exchange(http, "GET", f"{base}{path}", path=path, scope=scope, params=params)
+        except BackupError as exc:
+            raise _credential_error(exc, scope) from None
+        log.warning("fetched a token with the legacy cgi-bin/token: the previous token of this "
+                    "mini program stops working in about 5 minutes", extra={"appid": source.appid})
+        return str(answer["access_token"]), int(answer.get("expires_in") or DEFAULT_TTL)
+
+    if mode == "legacy_token":
+        return CachedToken(cache, f"wechat:legacy_token:{source.appid}", legacy)
+    return CachedToken(cache, f"wechat:stable_token:{source.appid}", stable)
+
+
+def _stable_token(http: httpx.Client, base: str, appid: str, secret: str, scope: Scope, *,
+                  force: bool) -> tuple[str, int]:
+    path = "/cgi-bin/stable_token"
+    body = {"grant_type": "client_credential", "appid": appid, "secret": secret,
+            "force_refresh": force}
+    try:
+        answer = exchange(http, "POST", f"{base}{path}", path=path, scope=scope, json=body)
+    except BackupError as exc:
+        raise _credential_error(exc, scope) from None
+    return str(answer["access_token"]), int(answer.get("expires_in") or DEFAULT_TTL)
+
+
+def app_scope(source: WeChatSource) -> Scope:
+    access = source.platform
+    if access is None:
+        return Scope(source.name, source.appid, source.env,
+                     f"appid or app secret of source {source.name!r}", WECHAT_ALLOW_LIST)
+    return Scope(source.name, source.appid, source.env,
+                 f"component_appid or component_secret of the wechat-platform of source "
+                 f"{source.name!r}", PLATFORM_ALLOW_LIST)
+
+
+# third-party platform ------------------------------------------------------------------
+def component_token(access: PlatformAccess, cache: TokenCache, http: httpx.Client, scope: Scope,
+                    environ: Mapping[str, str] | None = None) -> TokenSource:
+    """The platform's component_access_token: fetched with its secret and verify ticket, or
+    one the user owns."""
+    platform = access.platform
+    if platform.component_token is not None:
+        return OwnedToken(platform.component_token,
+                          f"the component_access_token of platform {platform.component_appid}", http)
+    assert platform.component_secret is not None  # config validation requires one of the two
+    secret = platform.component_secret.get_secret_value()
+    register_secret(secret)
+
+    def fetch(avoid: str | None) -> tuple[str, int]:
+        path = "/cgi-bin/component/api_component_token"
+        body = {"component_appid": platform.component_appid, "component_appsecret": secret,
+                "component_verify_ticket": _verify_ticket(access, environ)}
+        try:
+            answer = exchange(http, "POST", f"{platform.api_base}{path}", path=path, scope=scope,
+                              json=body)
+        except BackupError as exc:
+            raise _credential_error(exc, scope) from None
+        return str(answer["component_access_token"]), int(answer.get("expires_in") or DEFAULT_TTL)
+
+    return CachedToken(cache, f"wechat:component_token:{platform.component_appid}", fetch)
+
+
+def _verify_ticket(access: PlatformAccess, environ: Mapping[str, str] | None) -> str:
+    """From the config, else read now from the environment: the ticket changes every few
+    hours, so it is wanted only when a component token must really be fetched."""
+    if access.platform.verify_ticket is not None:
+        ticket = access.platform.verify_ticket.get_secret_value()
+    else:
+        ticket = (environ if environ is not None else os.environ).get(VERIFY_TICKET_ENV, "")
+    if not ticket:
+        raise Fatal(
+            "a component_access_token has to be fetched but there is no component_verify_ticket: "
+            f"set verify_ticket: ${{VAR}} on the wechat-platform source or export {VERIFY_TICKET_ENV}"
+        )
+    register_secret(ticket)
+    return ticket
+
+
+class RefreshedAuthorizerToken(CachedToken):
+    """A mini program's authorizer_access_token, obtained with its refresh token and the
+    platform's component token. A refresh token WeChat hands back in exchange is kept in the
+    cache and used from then on."""
+
+    def __init__(self, access: PlatformAccess, component: TokenSource, cache: TokenCache,
+                 http: httpx.Client, scope: Scope) -> None:
+        assert access.authorizer_token is not None and access.authorizer_token.refresh_token
+        platform = access.platform
+        super().__init__(cache, f"wechat:authorizer_token:{platform.component_appid}:{scope.appid}",
+                         self._exchange)
+        self._configured_refresh = access.authorizer_token.refresh_token.get_secret_value()
+        register_secret(self._configured_refresh)
+        self._refresh_key = f"wechat:authorizer_refresh:{platform.component_appid}:{scope.appid}"
+        self._component = component
+        self._http = http
+        self._scope = scope
+        self._platform = platform
+
+    def _exchange(self, avoid: str | None) -> tuple[str, int]:
+        kept = self._cache.cache_get(self._refresh_key, _now())
+        try:
+            return self._exchange_with(kept or self._configured_refresh)
+        except Fatal:
+            if not kept or kept == self._configured_refresh:
+                raise
+            log.warning("the kept authorizer refresh token was refused; trying the configured one")
+            self._cache.cache_delete(self._refresh_key)
+            return self._exchange_with(self._configured_refresh)
+
+    def _exchange_with(self, refresh: str) -> tuple[str, int]:
+        path = "/cgi-bin/component/api_authorizer_token"
+        body = {"component_appid": self._platform.component_appid,
+                "authorizer_appid": self._scope.appid, "authorizer_refresh_token": refresh}
+
+        def post(component_token: str) -> dict[str, Any]:
+            return exchange(self._http, "POST", f"{self._platform.api_base}{path}", path=path,
+                            scope=self._scope, params={"component_access_token": component_token},
+                            json=body)
+
+        component_token = self._component.token()
+        try:
+            answer = post(component_token)
+        except TokenRejected as exc:
+            try:
+                answer = post(self._component.renew(component_token, str(exc)))
+            except TokenRejected as again:
+                raise Fatal(f"{again}: a freshly issued component token was rejected too") from None
+        token = str(answer["authorizer_access_token"])
+        handed_back = str(answer.get("authorizer_refresh_token") or "")
+        if handed_back and handed_back != refresh:
+            register_secret(handed_back)
+            self._cache.cache_put(self._refresh_key, handed_back, _now() + REFRESH_TOKEN_TTL)
+        return token, int(answer.get("expires_in") or DEFAULT_TTL)
+
+
+def platform_app_token(source: WeChatSource, cache: TokenCache, http: httpx.Client, scope: Scope,
+                       environ: Mapping[str, str] | None = None) -> tuple[TokenSource, bool]:
+    """The token for a mini program under a wechat-platform, and whether it is the component
+    token (used with componenttcb/*) rather than an authorizer token (plain /tcb/*)."""
+    access = source.platform
+    assert access is not None
+    authorizer = access.authorizer_token
+    if authorizer is not None and authorizer.refresh_token is None:
+        return OwnedToken(authorizer, f"the authorizer_access_token of source {source.name!r}",
+                          http), False
+    component = component_token(access, cache, http, scope, environ)
+    if authorizer is None:
+        return component, True
+    return RefreshedAuthorizerToken(access, component, cache, http, scope), False

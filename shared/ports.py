@@ -1,0 +1,217 @@
+"""Every protocol the service layer works against, on one page: the state store, the
+object store (with resumable uploads), the dispatcher, the platforms (export kind and
+paged kind) and the clock. Adapters and platforms implement them; the service layer and
+the tests' fakes see nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from shared.domain.jobs import Job, Run
+
+MIB = 1 << 20
+Clock = Callable[[], datetime]
+Kind = Literal["export", "paged"]  # how a platform's data is copied
+
+
+# platforms ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Progress:
+    state: Literal["running", "ready", "failed"]
+    expected_records: int | None = None
+    message: str = ""
+    # An export that came in several parts: the expected records of each, in order.
+    part_records: list[int | None] | None = None
+    # A platform that tracks more than one platform job (e.g. a split export) hands
+    # back its updated handle here; the service stores it as the job's platform_job_id.
+    platform_job_id: str | None = None
+
+
+class TokenCache(Protocol):
+    """Tokens shared across invocations (the state table implements this)."""
+
+    def cache_get(self, key: str, now: datetime) -> str | None: ...
+
+    def cache_put(self, key: str, value: str, expires_at: datetime) -> None: ...
+
+    def cache_delete(self, key: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class PlatformServices:
+    """What a platform client is handed besides its settings: the shared token cache and
+    how long to wait between in-call retries."""
+
+    tokens: TokenCache
+    retry_base_seconds: float
+
+
+class Platform(Protocol):
+    """What every platform offers. Platforms know URLs and errcodes; they know nothing
+    about COS or the state table beyond the token cache they are handed."""
+
+    @property
+    def file_type(self) -> str:
+        """json | csv: decides the extension and how records are counted."""
+
+    def collections(self) -> list[str]:
+        """The collections to back up (a table is a collection too)."""
+
+    def discovery(self) -> dict[str, Any] | None:
+        """What the last `collections()` found and left out, for the run manifest; None for
+        platforms that back up a fixed list."""
+
+
+class ExportPlatform(Platform, Protocol):
+    """A platform that exports a collection as an asynchronous job and hands over a file."""
+
+    def start_blocked(self) -> str | None:
+        """Why no export may start in this invocation (the platform's concurrency limit was
+        hit), or None."""
+
+    def start(self, collection: str, job_id: str) -> str:
+        """Begin an export; returns the platform's job id."""
+
+    def check(self, collection: str, platform_job_id: str) -> Progress: ...
+
+    def open(self, collection: str, platform_job_id: str, part: int = 0) -> Iterator[bytes]:
+        """Stream the bytes of a finished export (of its `part`-th part, from 0)."""
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a table read by a paged platform: the platform's answer, kept as the
+    platform likes (its rows are decoded by `encode_page`, off the reading thread), and
+    where the next page starts."""
+
+    answer: Any
+    next_cursor: dict[str, Any] | None  # None: this was the last page
+
+
+@runtime_checkable
+class PagedPlatform(Platform, Protocol):
+    """A platform without export jobs (OneDB): the finisher pages through each table
+    itself (shared/service/copy_paged.py), checkpointing the cursor, so a killed copy
+    resumes where it stopped."""
+
+    def fetch_page(self, collection: str, cursor: dict[str, Any] | None) -> Page:
+        """The page starting at `cursor` (None: the table's start). Pages are in key order,
+        and the same cursor gives the same page again, so a page can be re-read. Returns as
+        soon as the next cursor is known, so the next call can go out at once."""
+
+    def encode_page(self, page: Page) -> tuple[bytes, int]:
+        """The page's rows as lines of the backup file (JSON Lines: one row per line),
+        and how many rows that is."""
+
+
+class Platforms(Protocol):
+    """The configured sources' platforms, built on first use."""
+
+    def get(self, source: str) -> Platform: ...
+
+    def kind(self, source: str) -> Kind: ...
+
+
+# objects ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StreamSummary:
+    """What was streamed, known before the object is committed."""
+
+    bytes: int
+    sha256: str  # hex
+    parts: int  # uploaded parts; a single PUT counts as one
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+
+
+class ObjectStore(Protocol):
+    def put_stream(
+        self,
+        key: str,
+        chunks: Iterable[bytes],
+        *,
+        content_type: str,
+        before_commit: Callable[[StreamSummary], None] | None = None,
+    ) -> StreamSummary: ...
+
+    def put_json(self, key: str, document: Mapping[str, Any]) -> None: ...
+
+    def head(self, key: str) -> ObjectInfo | None: ...
+
+    def read(self, key: str) -> bytes: ...
+
+    def iter_read(self, key: str, chunk_size: int = MIB) -> Iterator[bytes]: ...
+
+    def list(self, prefix: str) -> list[ObjectInfo]: ...
+
+    def delete(self, key: str) -> None: ...
+
+
+@runtime_checkable
+class ResumableUploads(Protocol):
+    """What a paged copy needs besides `ObjectStore`: multipart uploads whose id and parts
+    are kept by the caller, so an upload started by one process is finished by another."""
+
+    def begin_upload(self, key: str, content_type: str) -> str: ...
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str: ...
+
+    def complete_upload(self, key: str, upload_id: str, parts: Iterable[tuple[int, str]]) -> None: ...
+
+    def abort_upload(self, key: str, upload_id: str) -> None: ...
+
+    def open_uploads(self, key: str) -> tuple[str, ...]: ...
+
+
+# state --------------------------------------------------------------------------------
+class StateStore(TokenCache, Protocol):
+    """Runs, jobs and cached tokens. Writes are compare-and-set on `version`, so two
+    functions racing on the same job cannot both win."""
+
+    def create_run(self, run: Run, jobs: list[Job]) -> tuple[Run, bool]:
+        """Store a run and its jobs atomically; if a run with the same idempotency key
+        exists, store nothing and return that run with False."""
+
+    def get_run(self, run_id: str) -> Run | None: ...
+
+    def list_runs(self, limit: int = 20, before: str | None = None) -> list[Run]:
+        """Newest first; `before` is a run id to page from."""
+
+    def open_runs(self) -> list[Run]: ...
+
+    def save_run(self, run: Run) -> Run | None:
+        """Write if the stored version equals run.version; the stored run, or None."""
+
+    def get_job(self, job_id: str) -> Job | None: ...
+
+    def list_jobs(self, run_id: str) -> list[Job]: ...
+
+    def due_jobs(self, now: datetime, limit: int = 100) -> list[Job]:
+        """Unfinished jobs whose next_check_at has come, oldest first."""
+
+    def save_job(self, job: Job) -> Job | None:
+        """Write if the stored version equals job.version; the stored job, or None."""
+
+
+# telling people ------------------------------------------------------------------------
+class Notifier(Protocol):
+    """Tells people how a run ended (webhooks); never raises: a notification that cannot
+    be delivered is logged, and never keeps a run from closing."""
+
+    def notify(self, run: Run, jobs: list[Job]) -> None: ...
+
+
+# dispatch -----------------------------------------------------------------------------
+class Dispatcher(Protocol):
+    """Hands a ready job to the finisher (in-process locally, SCF async Invoke hosted)."""
+
+    def dispatch(self, job_id: str) -> None: ...

@@ -1,0 +1,113 @@
+"""Finish: claim a ready job with a lease, copy its data into the bucket with the
+platform kind's copier, verify it, write its manifest, mark it done."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from shared.domain.errors import BackupError, Fatal, Forgotten, Retryable, RetryLater
+from shared.domain.jobs import Job, JobResult, JobStatus, backoff
+from shared.domain.layout import data_key
+from shared.domain.manifest import JobManifest, as_document
+from shared.logs import log_context, redact
+from shared.retry import with_retries
+from shared.service.context import Context, fail, save
+from shared.service.copiers import copier_for
+from shared.service.copying import Copier, CopyHold, CopyPaused, LeaseLost
+
+log = logging.getLogger(__name__)
+
+
+def finish(ctx: Context, job_id: str) -> str:
+    """Copy a ready job's data into the bucket, verify it, write its manifest; the outcome."""
+    job = ctx.state.get_job(job_id)
+    if job is None:
+        log.warning("finisher got an unknown job", extra={"job_id": job_id})
+        return "unknown"
+    with log_context(run_id=job.run_id, job_id=job.job_id):
+        now = ctx.clock()
+        if job.status is not JobStatus.READY and not (
+            job.status is JobStatus.COPYING and job.lease_expired(now)
+        ):
+            log.info("nothing to copy", extra={"status": job.status.value})
+            return str(job.status.value)
+        copier = copier_for(ctx, job.source)
+        lease_until = now + timedelta(seconds=ctx.config.timing.copy_lease_seconds)
+        claimed = ctx.state.save_job(job.moved_to(
+            JobStatus.COPYING,
+            lease_owner=ctx.worker,
+            lease_until=lease_until,
+            next_check_at=lease_until,
+            attempts=job.attempts + (1 if job.status is JobStatus.COPYING
+                                     and not copier.progressed(job) else 0),
+            checkpoint=copier.rebased(job),
+        ))
+        if claimed is None:
+            return "claimed-elsewhere"
+        log.info("copy started", extra={"collection": job.collection})
+        hold = CopyHold(ctx, claimed)
+        try:
+            result = with_retries(lambda: _copy(ctx, copier, hold), attempts=2,
+                                  base_seconds=ctx.config.timing.retry_base_seconds)
+        except LeaseLost:
+            log.warning("another finisher took this job over; stopping here")
+            return "claimed-elsewhere"
+        except Forgotten as exc:  # the export vanished before we could copy it: start over
+            log.warning("platform forgot the export during the copy; starting it again",
+                        extra={"reason": redact(str(exc))})
+            save(ctx, hold.job.moved_to(
+                JobStatus.PENDING, platform_job_id=None, expected_records=None, part_records=None,
+                checkpoint=None, lease_owner=None, lease_until=None, next_check_at=ctx.clock(),
+                error=redact(str(exc))))
+            return "restarted"
+        except CopyPaused:  # out of time; the poller hands it to the next invocation
+            save(ctx, hold.job.moved_to(JobStatus.READY, lease_owner=None, lease_until=None,
+                                        next_check_at=ctx.clock()))
+            return "paused"
+        except Exception as exc:
+            if not isinstance(exc, BackupError):
+                log.exception("unexpected error while copying")
+                exc = Retryable(f"internal error: {type(exc).__name__}: {exc}")
+            if isinstance(exc, Fatal):
+                fail(ctx, hold.job, str(exc), ctx.clock())
+                return JobStatus.FAILED.value
+            return _release_after_error(ctx, copier, hold.job, exc)
+        done = save(ctx, hold.job.moved_to(JobStatus.DONE, result=result, error=None,
+                                           finished_at=ctx.clock(), lease_owner=None,
+                                           lease_until=None))
+        log.info("copy done", extra={"key": result.key, "bytes": result.bytes,
+                                     "records": result.records, "sha256": result.sha256})
+        return JobStatus.DONE.value if done else "claimed-elsewhere"
+
+
+def _copy(ctx: Context, copier: Copier, hold: CopyHold) -> JobResult:
+    job = hold.job
+    platform = ctx.platforms.get(job.source)
+    base = data_key(ctx.config.destination.prefix, job.run_id, job.source, job.collection,
+                    platform.file_type)
+    result = copier.copy(ctx, hold, base)
+    manifest = JobManifest.of(hold.job, result, platform=ctx.config.source(job.source).type,
+                              file_type=platform.file_type, copied_at=ctx.clock())
+    ctx.objects.put_json(result.manifest_key, as_document(manifest))
+    return result
+
+
+def _release_after_error(ctx: Context, copier: Copier, job: Job, exc: Exception) -> str:
+    """Back to ready for a later try, or failed after the last one; the outcome."""
+    now = ctx.clock()
+    message = redact(str(exc))
+    # Neither a copy that got further nor a platform asking to wait is a failed try.
+    tries = job.attempts + (0 if copier.progressed(job) or isinstance(exc, RetryLater) else 1)
+    if tries >= ctx.config.timing.max_attempts:
+        fail(ctx, job, f"copy failed after {job.attempts + 1} tries: {message}", now)
+        return JobStatus.FAILED.value
+    log.warning("copy failed; will retry", extra={"reason": message})
+    timing = ctx.config.timing
+    save(ctx, job.moved_to(
+        JobStatus.READY, attempts=tries, error=message, lease_owner=None,
+        lease_until=None, checkpoint=copier.rebased(job),
+        next_check_at=now + backoff(job.attempts, timing.first_check_seconds,
+                                    timing.max_check_interval_seconds),
+    ))
+    return "retry"

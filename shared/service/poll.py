@@ -1,0 +1,179 @@
+"""Poll: move every due job one step forward (start its export, check it, hand it to the
+finisher, take back a copy whose lease ran out, give up past the deadline) within the
+time budget, then close runs whose jobs all ended. Jobs not reached stay due."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import cast
+
+from shared.domain.errors import BackupError, Forgotten, Retryable, RetryLater
+from shared.domain.jobs import Job, JobStatus, backoff
+from shared.logs import log_context, redact
+from shared.ports import ExportPlatform
+from shared.service.close import close_finished_runs
+from shared.service.context import Budget, Context, fail, save
+from shared.service.copiers import copier_for
+
+log = logging.getLogger(__name__)
+
+START_CLAIM = timedelta(seconds=120)  # how long one poller owns a pending job while starting it
+RETRY_LATER = timedelta(seconds=60)
+
+
+@dataclass
+class PollSummary:
+    advanced: int = 0
+    closed_runs: list[str] = field(default_factory=list)
+
+
+def poll(ctx: Context, limit: int = 500) -> PollSummary:
+    summary = PollSummary()
+    budget = Budget(ctx, ctx.config.timing.poll_budget_seconds)
+    for job in ctx.state.due_jobs(ctx.clock(), limit):
+        if budget.spent():
+            log.info("poll budget spent; the rest waits for the next tick")
+            break
+        advance(ctx, job)
+        summary.advanced += 1
+    summary.closed_runs = close_finished_runs(ctx)
+    return summary
+
+
+def advance(ctx: Context, job: Job) -> None:
+    """One step of one job; a failure is classified, never raised to the caller."""
+    with log_context(run_id=job.run_id, job_id=job.job_id):
+        now = ctx.clock()
+        try:
+            if job.status in (JobStatus.PENDING, JobStatus.EXPORTING) and _past_deadline(job, now):
+                minutes = ctx.config.timing.export_deadline_minutes
+                fail(ctx, job, f"export did not finish within {minutes:g} minutes "
+                               f"(platform job {job.platform_job_id or 'never started'})", now)
+            elif job.status is JobStatus.PENDING:
+                _start_export(ctx, job, now)
+            elif job.status is JobStatus.EXPORTING:
+                _check_export(ctx, job, now)
+            elif job.status is JobStatus.READY:
+                hand_off(ctx, job, now)
+            elif job.status is JobStatus.COPYING and job.lease_expired(now):
+                _reclaim_copy(ctx, job, now)
+        except BackupError as exc:
+            on_error(ctx, job, exc, now)
+        except Exception as exc:  # a bug must not stall the other jobs, nor stay silent
+            log.exception("unexpected error while advancing job")
+            on_error(ctx, job, Retryable(f"internal error: {type(exc).__name__}: {exc}"), now)
+
+
+def _past_deadline(job: Job, now: datetime) -> bool:
+    return job.deadline_at is not None and now >= job.deadline_at
+
+
+def _start_export(ctx: Context, job: Job, now: datetime) -> None:
+    if not copier_for(ctx, job.source).exports:  # the copy reads the data itself
+        hand_off(ctx, job.moved_to(JobStatus.READY, started_at=job.started_at or now,
+                                   lease_owner=None, lease_until=None), now)
+        return
+    if job.lease_owner and not job.lease_expired(now):
+        return  # another poller is starting it right now
+    platform = cast(ExportPlatform, ctx.platforms.get(job.source))
+    reason = platform.start_blocked()
+    if reason:  # the platform said "no more exports for now" in this invocation: wait, one write
+        save(ctx, job.model_copy(update={"next_check_at": now + RETRY_LATER, "error": redact(reason)}))
+        return
+    claimed = ctx.state.save_job(job.model_copy(update={
+        "lease_owner": ctx.worker, "lease_until": now + START_CLAIM,
+        "next_check_at": now + START_CLAIM,
+    }))
+    if claimed is None:
+        return  # lost the race to another poller
+    platform_job_id = platform.start(job.collection, job.job_id)
+    log.info("export started", extra={"platform_job_id": platform_job_id,
+                                      "collection": job.collection})
+    save(ctx, claimed.moved_to(
+        JobStatus.EXPORTING,
+        platform_job_id=platform_job_id,
+        started_at=claimed.started_at or now,
+        next_check_at=now + timedelta(seconds=ctx.config.timing.first_check_seconds),
+        lease_owner=None,
+        lease_until=None,
+    ))
+
+
+def _check_export(ctx: Context, job: Job, now: datetime) -> None:
+    assert job.platform_job_id is not None
+    platform = cast(ExportPlatform, ctx.platforms.get(job.source))
+    try:
+        progress = platform.check(job.collection, job.platform_job_id)
+    except Forgotten as exc:
+        log.warning("platform forgot the export; starting it again", extra={"reason": str(exc)})
+        save(ctx, job.moved_to(JobStatus.PENDING, platform_job_id=None, next_check_at=now,
+                               error=redact(str(exc))))
+        return
+    if progress.platform_job_id and progress.platform_job_id != job.platform_job_id:
+        job = job.model_copy(update={"platform_job_id": progress.platform_job_id})
+    if progress.state == "running":
+        save(ctx, job.model_copy(update={"next_check_at": now + _check_interval(ctx, job, now)}))
+    elif progress.state == "failed":
+        fail(ctx, job, progress.message, now)
+    else:
+        log.info("export ready", extra={"expected_records": progress.expected_records,
+                                        "parts": len(progress.part_records or [None])})
+        hand_off(ctx, job.moved_to(JobStatus.READY, expected_records=progress.expected_records,
+                                   part_records=progress.part_records), now)
+
+
+def _check_interval(ctx: Context, job: Job, now: datetime) -> timedelta:
+    """Check often at first and ever less often as an export drags on."""
+    timing = ctx.config.timing
+    elapsed = (now - (job.started_at or now)).total_seconds()
+    seconds = min(timing.max_check_interval_seconds, max(timing.first_check_seconds, elapsed / 4))
+    return timedelta(seconds=seconds)
+
+
+def hand_off(ctx: Context, job: Job, now: datetime) -> None:
+    """Give a ready job to the finisher; if it never claims it, the poller tries again later."""
+    lease = timedelta(seconds=ctx.config.timing.copy_lease_seconds)
+    saved = save(ctx, job.model_copy(update={"next_check_at": now + lease}))
+    if saved is not None:
+        ctx.dispatcher.dispatch(saved.job_id)
+
+
+def _reclaim_copy(ctx: Context, job: Job, now: datetime) -> None:
+    copier = copier_for(ctx, job.source)
+    if copier.progressed(job):  # cut off (killed, timed out) after real progress: resume it
+        log.warning("copy stopped after saving progress; handing it out again",
+                    extra={"rows_so_far": job.progress_records})
+        hand_off(ctx, job.moved_to(JobStatus.READY, lease_owner=None, lease_until=None,
+                                   checkpoint=copier.rebased(job)), now)
+        return
+    if job.attempts + 1 >= ctx.config.timing.max_attempts:
+        fail(ctx, job, f"copy did not finish after {job.attempts + 1} tries; last error: "
+                       f"{job.error or 'the finisher stopped without a word (timeout?)'}", now)
+        return
+    log.warning("copy lease expired; handing the job out again")
+    hand_off(ctx, job.moved_to(JobStatus.READY, attempts=job.attempts + 1,
+                               lease_owner=None, lease_until=None), now)
+
+
+def on_error(ctx: Context, job: Job, exc: Exception, now: datetime) -> None:
+    current = ctx.state.get_job(job.job_id) or job  # a claim may have bumped the version
+    if current.status.terminal:
+        return
+    message = redact(str(exc))
+    timing = ctx.config.timing
+    if isinstance(exc, RetryLater):
+        log.info("platform asks to wait", extra={"reason": message})
+        save(ctx, current.model_copy(update={
+            "next_check_at": now + RETRY_LATER, "error": message,
+            "lease_owner": None, "lease_until": None}))
+    elif isinstance(exc, Retryable) and current.attempts + 1 < timing.max_attempts:
+        log.warning("transient error; will retry", extra={"reason": message})
+        save(ctx, current.model_copy(update={
+            "attempts": current.attempts + 1, "error": message,
+            "next_check_at": now + backoff(current.attempts, timing.first_check_seconds,
+                                           timing.max_check_interval_seconds),
+            "lease_owner": None, "lease_until": None}))
+    else:
+        fail(ctx, current, message, now)

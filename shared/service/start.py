@@ -1,0 +1,111 @@
+"""Start a run: record it and its jobs once per idempotency key, then start what can
+start within the time budget; the poller starts the rest."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from shared.config import Config
+from shared.domain.errors import BackupError
+from shared.domain.jobs import Job, JobStatus, Run, job_id_for, run_id_for
+from shared.logs import log_context, redact
+from shared.service.context import Budget, Context
+from shared.service.poll import advance
+
+log = logging.getLogger(__name__)
+
+
+class UnknownSource(ValueError):
+    pass
+
+
+def start_run(
+    ctx: Context,
+    *,
+    idempotency_key: str,
+    trigger: str,
+    sources: list[str] | None = None,
+    collections: dict[str, list[str]] | None = None,
+) -> tuple[Run, bool]:
+    chosen = _choose_sources(ctx.config, sources or (list(collections) if collections else None))
+    found, discovery = _discover(ctx, chosen, collections)
+    now = ctx.clock()
+    run_id = run_id_for(idempotency_key, now)
+    deadline = now + timedelta(minutes=ctx.config.timing.export_deadline_minutes)
+    jobs = [
+        Job(
+            job_id=job_id_for(run_id, name, collection),
+            run_id=run_id,
+            source=name,
+            collection=collection,
+            next_check_at=now,
+            deadline_at=deadline,
+            created_at=now,
+            updated_at=now,
+        )
+        for name in chosen
+        for collection in found[name]
+    ]
+    run = Run(run_id=run_id, idempotency_key=idempotency_key, trigger=trigger,
+              sources=chosen, created_at=now, discovery=discovery)
+    run, created = ctx.state.create_run(run, jobs)
+    with log_context(run_id=run.run_id):
+        if not created:
+            log.info("run already recorded for this request; nothing new started")
+            return run, False
+        log.info("run recorded", extra={"jobs": len(jobs), "sources": chosen})
+        budget = Budget(ctx, ctx.config.timing.start_budget_seconds)
+        for job in ctx.state.list_jobs(run.run_id):
+            if budget.spent():
+                log.info("start budget spent; the poller starts the remaining exports")
+                break
+            if job.status is JobStatus.PENDING:
+                advance(ctx, job)
+    return run, True
+
+
+def _discover(
+    ctx: Context, chosen: list[str], wanted: dict[str, list[str]] | None
+) -> tuple[dict[str, list[str]], dict[str, dict[str, Any]]]:
+    """Each source's collections for this run, and what discovery found (for the run
+    manifest). A source whose collections cannot be listed gets no jobs: its error is
+    recorded on the run, which then ends failed, while the other sources are backed up."""
+    found: dict[str, list[str]] = {}
+    discovery: dict[str, dict[str, Any]] = {}
+    for name in chosen:
+        try:
+            found[name] = choose_collections(ctx, name, (wanted or {}).get(name))
+        except BackupError as exc:
+            message = redact(str(exc))
+            log.error("could not list the source's collections", extra={"source": name,
+                                                                        "reason": message})
+            found[name], discovery[name] = [], {"error": message}
+            continue
+        listed = ctx.platforms.get(name).discovery()
+        if listed is not None:
+            discovery[name] = listed
+    return found, discovery
+
+
+def choose_collections(ctx: Context, source: str, wanted: list[str] | None) -> list[str]:
+    return subset(ctx.platforms.get(source).collections(), wanted, lambda unknown, available: (
+        f"source {source!r} has no collection(s) {unknown}; it backs up: {available}"))
+
+
+def subset(available: list[str], wanted: list[str] | None,
+           complaint: Callable[[str, str], str]) -> list[str]:
+    """`wanted` in the order of `available`, or all of it; a name not available is an error."""
+    if not wanted:
+        return available
+    unknown = sorted(set(wanted) - set(available))
+    if unknown:
+        raise UnknownSource(complaint(", ".join(unknown), ", ".join(available)))
+    return [name for name in available if name in wanted]
+
+
+def _choose_sources(config: Config, names: list[str] | None) -> list[str]:
+    return subset([s.name for s in config.sources], names, lambda unknown, available: (
+        f"unknown source(s): {unknown}; configured sources are: {available}"))

@@ -1,0 +1,139 @@
+"""The HTTP API as SCF runs it: events into the real trigger handler
+(functions/trigger/index.py), every answer checked against docs/openapi.yaml."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from openapi_schema_validator import OAS31Validator
+
+from devkit.sample_data import make_docs
+from shared.bootstrap import build_context
+from shared.config import load_config
+from shared.entrypoints.http_api import TOKEN_ENV
+from shared.service.context import Context
+from tests.support.backup import LocalBackup
+from tests.support.handlers import load_handler
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+SPEC = yaml.safe_load((ROOT / "docs" / "openapi.yaml").read_text(encoding="utf-8"))
+TOKEN = "test-api-token-0a1b2c3d4e5f6a7b8c9d"
+
+
+# helpers shared with test_status_page.py ----------------------------------------------
+def _schema_validator(schema: dict[str, Any]) -> OAS31Validator:
+    # the components ride along so that "#/components/schemas/..." resolves
+    return OAS31Validator({**schema, "components": SPEC["components"]})
+
+
+def _spec_path(path: str) -> str:
+    """The OpenAPI path template a concrete path belongs to."""
+    for template in SPEC["paths"]:
+        regex = "^" + re.sub(r"\\\{\w+\\\}", "[^/]+", re.escape(template)) + "/?$"
+        if re.match(regex, path.split("?", maxsplit=1)[0]):
+            return str(template)
+    raise AssertionError(f"{path} is not in docs/openapi.yaml")
+
+
+def check_against_spec(method: str, path: str, response: dict[str, Any]) -> None:
+    """The status is documented for the route and a JSON body validates against its schema."""
+    status = str(response["statusCode"])
+    headers = {k.lower(): v for k, v in response["headers"].items()}
+    try:
+        operation = SPEC["paths"][_spec_path(path)][method.lower()]
+    except (AssertionError, KeyError):
+        assert status in ("404", "405", "503", "413", "400"), (method, path, status)
+        assert json.loads(response["body"]).keys() == {"error", "field"}
+        return
+    documented = operation["responses"].get(status)
+    assert documented is not None, f"{method} {path} answered {status}, not in docs/openapi.yaml"
+    if "$ref" in documented:
+        documented = SPEC["components"]["responses"][documented["$ref"].rsplit("/", 1)[1]]
+    content_type = headers["content-type"].split(";")[0]
+    assert content_type in documented["content"], (method, path, status, content_type)
+    if content_type == "application/json":
+        _schema_validator(documented["content"][content_type]["schema"]).validate(
+            json.loads(response["body"]))
+    for name in documented.get("headers", {}):
+        assert name.lower() in headers, f"{method} {path} {status} lacks header {name}"
+
+
+def api_event(method: str, path: str, *, token: str | None = TOKEN, body: Any = None,
+              raw_body: str | None = None, headers: dict[str, str] | None = None,
+              query: dict[str, Any] | None = None, base64_body: bool = False,
+              api_path: str = "/") -> dict[str, Any]:
+    """An API Gateway event as SCF delivers it (see API-NOTES.md)."""
+    text = raw_body if raw_body is not None else ("" if body is None else json.dumps(body))
+    all_headers = {"host": "service-test.gz.apigw.tencentcs.com", "user-agent": "pytest"}
+    if body is not None:
+        all_headers["content-type"] = "application/json"
+    if token is not None:
+        all_headers["authorization"] = f"Bearer {token}"
+    all_headers.update(headers or {})
+    if base64_body:
+        text = base64.b64encode(text.encode()).decode()
+    return {
+        "httpMethod": method, "path": path, "headers": all_headers,
+        "queryString": query or {}, "queryStringParameters": query or {}, "pathParameters": {},
+        "body": text, "isBase64Encoded": base64_body,
+        "requestContext": {"serviceId": "service-test", "path": api_path, "httpMethod": method,
+                           "requestId": "req-1", "sourceIp": "203.0.113.9", "stage": "release"},
+    }
+
+
+@dataclass
+class Api:
+    local: LocalBackup
+    config_path: Path
+
+    def __post_init__(self) -> None:
+        self.trigger = load_handler("trigger")
+
+    def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any, dict[str, str]]:
+        response = self.trigger.main_handler(api_event(method, path, **kwargs), None)
+        assert response["isBase64Encoded"] is False
+        mount = kwargs.get("api_path", "/").rstrip("/")
+        check_against_spec(method, path.removeprefix(mount) or "/", response)
+        headers = {k.lower(): v for k, v in response["headers"].items()}
+        body = response["body"]
+        if headers["content-type"].startswith("application/json"):
+            body = json.loads(body)
+        return response["statusCode"], body, headers
+
+    def context(self) -> Context:
+        return build_context(load_config(self.config_path), environ=self.local.environ)
+
+    def runs(self) -> list[Any]:
+        return self.context().state.list_runs(100)
+
+    def exports(self) -> int:
+        return len(self.local.emulator.export_jobs())
+
+
+def deploy(local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Api:
+    """Config file and environment as SCF gives them to the trigger: two sources."""
+    local.seed("orders", make_docs(20))
+    local.seed("users", make_docs(5, prefix="u"))
+    config = local.config(local.wechat_source(collections=["orders", "users"]),
+                          local.wechat_source(name="archive", collections=["orders"], file_type="csv"))
+    document: dict[str, Any] = json.loads(config.model_dump_json())
+    for source in document["sources"]:
+        source["secret"] = "${WECHAT_SECRET}"
+    for name in ("secret_id", "secret_key"):
+        document["destination"].pop(name, None)
+    path = tmp_path / "backup.yaml"
+    path.write_text(yaml.safe_dump(document, allow_unicode=True), encoding="utf-8")
+    monkeypatch.setenv("BAAS_BACKUP_CONFIG", str(path))
+    for name, value in local.environ.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    return Api(local, path)
+
+
