@@ -21,12 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from shared.adapters.cos.client import cos_client
+from shared.adapters.cos.state import PRUNE_AFTER, CosStateStore
+from shared.adapters.state import open_store
 from shared.config import Destination
-from shared.jobs import Job, JobStatus, Run, RunStatus, utcnow
-from shared.sink import cos_client
-from shared.state import StateStore, open_store
-from shared.state.base import StateBackendError
-from shared.state.cos import PRUNE_AFTER, CosStateStore
+from shared.domain.errors import StateError
+from shared.domain.jobs import Job, JobStatus, Run, RunStatus, utcnow
+from shared.ports import StateStore
+from tests.fakes import MemoryState
 from tests.support.mysql import PASSWORD_ENV, MariaDB
 
 if TYPE_CHECKING:
@@ -84,7 +86,10 @@ def atomic_moto(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    kind = request.param
+    return _backend(request, request.param, tmp_path)
+
+
+def _backend(request: pytest.FixtureRequest, kind: str, tmp_path: Path) -> Backend:
     if kind == "sqlite":
         return Backend(kind, f"sqlite:///{tmp_path / 'state.sqlite3'}")
     if kind == "mysql":
@@ -93,16 +98,20 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     return Backend(kind, "cos://", request.getfixturevalue("destination"))
 
 
-@pytest.fixture
-def store(backend: Backend) -> StateStore:
-    return backend.open()
+@pytest.fixture(params=[*BACKENDS, "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> StateStore:
+    """Every backend, and the unit tests' in-memory fake, which must keep the same
+    contract (the race tests below need real processes, so they leave the fake out)."""
+    if request.param == "memory":
+        return MemoryState()
+    return _backend(request, request.param, tmp_path).open()
 
 
 def make_run(key: str = "k", run_id: str = "r1", jobs: int = 3, at: datetime | None = None,
              **run_fields: Any) -> tuple[Run, list[Job]]:
     now = at or utcnow()
     run = Run(run_id=run_id, idempotency_key=key, trigger="test", created_at=now, **run_fields)
-    made = [Job(job_id=f"{run_id}.j{i}", run_id=run_id, source="s", target=f"t{i}",
+    made = [Job(job_id=f"{run_id}.j{i}", run_id=run_id, source="s", collection=f"t{i}",
                 next_check_at=now, created_at=now, updated_at=now) for i in range(jobs)]
     return run, made
 
@@ -125,11 +134,11 @@ def test_idempotency_keys_and_ids_are_exact(store: StateStore) -> None:
     _, created = store.create_run(*make_run(key="timer:nightly", run_id="r2"))
     assert created
     now = utcnow()
-    job = Job(job_id="r3.商品 🛒", run_id="r3", source="s", target="商品 products 🛒",
+    job = Job(job_id="r3.商品 🛒", run_id="r3", source="s", collection="商品 products 🛒",
               next_check_at=now, created_at=now, updated_at=now)
     store.create_run(Run(run_id="r3", idempotency_key="k3 键", trigger="t", created_at=now), [job])
     stored = store.get_job(job.job_id)
-    assert stored is not None and stored.target == "商品 products 🛒"
+    assert stored is not None and stored.collection == "商品 products 🛒"
 
 
 def test_missing_records_read_as_none(store: StateStore) -> None:
@@ -145,7 +154,7 @@ def test_missing_records_read_as_none(store: StateStore) -> None:
 def test_job_saves_are_compare_and_set(store: StateStore) -> None:
     run, jobs = make_run()
     store.create_run(run, jobs)
-    saved = store.save_job(jobs[0].moved_to(JobStatus.EXPORTING, remote_id="e1"))
+    saved = store.save_job(jobs[0].moved_to(JobStatus.EXPORTING, platform_job_id="e1"))
     assert saved is not None and saved.version == 1
     assert store.save_job(jobs[0].moved_to(JobStatus.FAILED, error="stale")) is None
     again = store.save_job(saved.model_copy(update={"attempts": 1}))  # same status: still a write
@@ -153,7 +162,7 @@ def test_job_saves_are_compare_and_set(store: StateStore) -> None:
     assert store.save_job(saved) is None
     stored = store.get_job(jobs[0].job_id)
     assert stored is not None and stored.version == 2 and stored.status is JobStatus.EXPORTING
-    assert stored.remote_id == "e1" and stored.attempts == 1
+    assert stored.platform_job_id == "e1" and stored.attempts == 1
 
 
 def test_run_saves_are_compare_and_set_and_close(store: StateStore) -> None:
@@ -269,7 +278,7 @@ def _poller(backend: Backend, run_id: str, worker: str, start_at: float, seconds
         for job in due:
             step = STEP_FOR[job.status]
             if job.status is JobStatus.PENDING:
-                moved = job.moved_to(JobStatus.EXPORTING, remote_id=worker)
+                moved = job.moved_to(JobStatus.EXPORTING, platform_job_id=worker)
             elif job.status is JobStatus.EXPORTING:
                 moved = job.moved_to(JobStatus.READY, expected_records=1)
             elif job.status is JobStatus.READY:
@@ -413,14 +422,14 @@ def test_backup_runs_on_the_backend(kind: str, local: LocalBackup, request: pyte
         local = dataclasses.replace(local, state_url="cos://")
     local.seed("orders", [{"_id": str(i), "商品": "🛒"} for i in range(30)])
     ctx = local.context(local.config())
-    assert type(ctx.store).__name__ == {"cos": "CosStateStore", "mysql": "SqlStateStore"}[kind]
+    assert type(ctx.state).__name__ == {"cos": "CosStateStore", "mysql": "SqlStateStore"}[kind]
     run = backup_now(ctx)
     assert run.status is RunStatus.SUCCEEDED and run.summary and run.summary["records"] == 30
-    assert ctx.store.open_runs() == [] and ctx.store.due_jobs(utcnow()) == []
+    assert ctx.state.open_runs() == [] and ctx.state.due_jobs(utcnow()) == []
     if kind == "mysql":
-        assert server.password not in repr(ctx.config) and server.password not in repr(ctx.store)
+        assert server.password not in repr(ctx.config) and server.password not in repr(ctx.state)
     else:
-        keys = [o.key for o in local.store.list(f"{local.destination.prefix}/_state/")]
+        keys = [o.key for o in local.objects.list(f"{local.destination.prefix}/_state/")]
         assert any("/_state/claims/" in k for k in keys) and any("/_state/runs/" in k for k in keys)
 
 
@@ -452,7 +461,7 @@ def test_bucket_that_overwrites_is_refused_loudly(destination: Destination, monk
         return original(self)
 
     monkeypatch.setattr(S3Response, "put_object", ignoring_conditions)
-    with pytest.raises(StateBackendError, match="overwrite an existing object") as refused:
+    with pytest.raises(StateError, match="overwrite an existing object") as refused:
         open_store("cos://", destination)
     assert "mysql+pymysql://" in str(refused.value)
 

@@ -1,0 +1,250 @@
+"""The service layer's branches over in-memory fakes: leases lost and expired, an
+export forgotten mid-copy, a copy paused by its budget, retry accounting, closing a run
+and notifying once. Each test is milliseconds: no HTTP, no bucket, no database."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import timedelta
+
+import pytest
+
+from shared.domain.errors import Forgotten, Retryable, RetryLater, StorageError
+from shared.domain.jobs import JobStatus, RunStatus
+from shared.ports import Progress
+from shared.service.close import close_finished_runs
+from shared.service.finish import finish
+from shared.service.poll import poll
+from tests.unit.support import ScriptedExport, ScriptedPages, seed_run, unit
+
+ROWS = [{"_id": f"d{i}", "n": i} for i in range(5)]
+
+
+def test_a_pending_export_is_started_checked_handed_off_and_copied() -> None:
+    u = unit(ScriptedExport({"orders": ROWS}, checks=[Progress("running")]))
+    [job] = seed_run(u)
+
+    poll(u.ctx)  # start
+    assert u.job(job.job_id).status is JobStatus.EXPORTING
+    u.clock.advance(10)
+    poll(u.ctx)  # still running: checked again later, not at once
+    assert u.job(job.job_id).next_check_at > u.clock()
+    u.clock.advance(60)
+    poll(u.ctx)  # ready: handed to the finisher
+    assert u.dispatcher.dispatched == [job.job_id]
+    assert finish(u.ctx, job.job_id) == "done"
+    done = u.job(job.job_id)
+    assert done.result is not None and done.result.records == len(ROWS)
+    assert u.objects.read(done.result.key).count(b"\n") == len(ROWS)
+    assert json.loads(u.objects.read(done.result.manifest_key))["records"] == len(ROWS)
+
+
+def test_a_finisher_that_loses_its_lease_mid_copy_stops_without_touching_the_job() -> None:
+    platform = ScriptedExport({"orders": ROWS})
+    u = unit(platform)
+    [job] = seed_run(u, JobStatus.READY, part_records=[5, 5])
+
+    def taken_over(collection: str, part: int) -> None:
+        if part == 0:  # another finisher claims the job while this one copies part 1
+            current = u.job(job.job_id)
+            u.state.save_job(current.model_copy(update={"lease_owner": "someone-else"}))
+
+    platform.on_open = taken_over
+    assert finish(u.ctx, job.job_id) == "claimed-elsewhere"
+    after = u.job(job.job_id)
+    assert after.status is JobStatus.COPYING and after.lease_owner == "someone-else"
+    assert after.result is None
+
+
+def test_an_expired_copy_lease_is_taken_back_and_counted_as_a_try() -> None:
+    u = unit(ScriptedExport({"orders": ROWS}))
+    [job] = seed_run(u, JobStatus.COPYING, lease_owner="gone", attempts=0,
+                     lease_until=None)
+    u.put(u.job(job.job_id).model_copy(update={"lease_until": u.clock() - timedelta(seconds=1)}))
+
+    poll(u.ctx)
+
+    reclaimed = u.job(job.job_id)
+    assert reclaimed.status is JobStatus.READY and reclaimed.attempts == 1
+    assert reclaimed.lease_owner is None and u.dispatcher.dispatched == [job.job_id]
+
+
+def test_a_copy_lease_that_expires_at_the_last_try_fails_the_job() -> None:
+    u = unit(ScriptedExport({"orders": ROWS}), max_attempts=2)
+    [job] = seed_run(u, JobStatus.COPYING, lease_owner="gone", attempts=1)
+    u.put(u.job(job.job_id).model_copy(update={"lease_until": u.clock() - timedelta(seconds=1)}))
+
+    poll(u.ctx)
+
+    failed = u.job(job.job_id)
+    assert failed.status is JobStatus.FAILED and "after 2 tries" in (failed.error or "")
+
+
+def test_an_export_forgotten_mid_copy_is_started_again() -> None:
+    platform = ScriptedExport({"orders": ROWS})
+    u = unit(platform)
+    [job] = seed_run(u, JobStatus.READY, platform_job_id="export-0", expected_records=5)
+
+    def forgotten(collection: str, part: int) -> None:
+        raise Forgotten("the platform has no export export-0")
+
+    platform.on_open = forgotten
+    assert finish(u.ctx, job.job_id) == "restarted"
+    restarted = u.job(job.job_id)
+    assert restarted.status is JobStatus.PENDING and restarted.platform_job_id is None
+    assert not u.objects.objects  # nothing half-written
+    platform.on_open = None
+    poll(u.ctx)
+    assert platform.started == ["orders"]  # a fresh export
+
+
+def test_a_paged_copy_paused_by_its_budget_resumes_where_it_stopped() -> None:
+    rows = [{"_id": f"r{i}"} for i in range(9)]
+    platform = ScriptedPages({"events": rows}, page_rows=2)
+    u = unit(platform, kind="paged")
+    [job] = seed_run(u, JobStatus.READY)
+
+    u.ctx.stop_by = time.monotonic()  # the invocation is out of time at once
+    assert finish(u.ctx, job.job_id) == "paused"
+    paused = u.job(job.job_id)
+    assert paused.status is JobStatus.READY and paused.attempts == 0
+    read_first = platform.fetched
+    assert 0 < read_first < 5
+
+    u.ctx.stop_by = None
+    assert finish(u.ctx, job.job_id) == "done"
+    done = u.job(job.job_id)
+    assert done.result is not None and done.result.records == 9
+    lines = u.objects.read(done.result.key).splitlines()
+    assert [json.loads(line) for line in lines] == rows  # no row lost or doubled
+    assert platform.fetched < read_first + 5  # resumed, not started over
+
+
+def test_a_transient_copy_failure_is_retried_and_counted() -> None:
+    platform = ScriptedExport({"orders": ROWS})
+    u = unit(platform, max_attempts=3)
+    [job] = seed_run(u, JobStatus.READY, expected_records=5)
+
+    def flaky(collection: str, part: int) -> None:
+        raise Retryable("download cut off")
+
+    platform.on_open = flaky
+    assert finish(u.ctx, job.job_id) == "retry"
+    first = u.job(job.job_id)
+    assert first.status is JobStatus.READY and first.attempts == 1
+    assert first.next_check_at > u.clock()  # backed off
+    assert finish(u.ctx, job.job_id) == "retry"
+    assert finish(u.ctx, job.job_id) == "failed"
+    assert "after 3 tries" in (u.job(job.job_id).error or "")
+
+
+def test_a_platform_asking_to_wait_is_not_a_failed_try() -> None:
+    platform = ScriptedExport({"orders": ROWS})
+    u = unit(platform, max_attempts=2)
+    [job] = seed_run(u, JobStatus.READY, expected_records=5)
+
+    def busy(collection: str, part: int) -> None:
+        raise RetryLater("rate limited")
+
+    platform.on_open = busy
+    for _ in range(4):
+        assert finish(u.ctx, job.job_id) == "retry"
+    assert u.job(job.job_id).attempts == 0 and u.job(job.job_id).status is JobStatus.READY
+
+
+def test_check_errors_are_retried_with_backoff_or_waited_for() -> None:
+    platform = ScriptedExport({"orders": ROWS})
+    u = unit(platform, max_attempts=3)
+    [job] = seed_run(u, JobStatus.EXPORTING, platform_job_id="export-1")
+
+    def check(collection: str, platform_job_id: str) -> Progress:
+        raise errors.pop(0)
+
+    errors: list[Exception] = [RetryLater("quota"), Retryable("system busy")]
+    platform.check = check  # type: ignore[method-assign]
+    poll(u.ctx)
+    waited = u.job(job.job_id)
+    assert waited.attempts == 0 and waited.next_check_at == u.clock() + timedelta(seconds=60)
+    u.clock.advance(60)
+    poll(u.ctx)
+    retried = u.job(job.job_id)
+    assert retried.attempts == 1 and retried.status is JobStatus.EXPORTING
+
+
+def test_a_storage_failure_during_an_export_copy_is_a_plain_retry(
+        caplog: pytest.LogCaptureFixture) -> None:
+    u = unit(ScriptedExport({"orders": ROWS}))
+    [job] = seed_run(u, JobStatus.READY, expected_records=5)
+    u.objects.fail_puts = 10
+
+    with caplog.at_level(logging.INFO):
+        assert finish(u.ctx, job.job_id) == "retry"
+
+    assert "InternalError" in (u.job(job.job_id).error or "")
+    assert not [r for r in caplog.records if "unexpected" in r.getMessage()]
+    u.objects.fail_puts = 0
+    assert finish(u.ctx, job.job_id) == "done"
+
+
+def test_a_storage_failure_once_is_retried_within_the_same_invocation() -> None:
+    u = unit(ScriptedExport({"orders": ROWS}))
+    [job] = seed_run(u, JobStatus.READY, expected_records=5)
+    u.objects.fail_puts = 1
+    assert finish(u.ctx, job.job_id) == "done"
+    assert u.job(job.job_id).attempts == 0
+
+
+def test_a_run_is_closed_and_notified_once() -> None:
+    u = unit(ScriptedExport({"orders": ROWS, "users": ROWS[:2]}))
+    jobs = seed_run(u, JobStatus.READY)
+    for job in jobs:
+        assert finish(u.ctx, job.job_id) == "done"
+
+    assert close_finished_runs(u.ctx) == [jobs[0].run_id]
+    assert close_finished_runs(u.ctx) == []  # already closed: no second notification
+    assert len(u.notifier.sent) == 1
+    run, listed = u.notifier.sent[0]
+    assert run.status is RunStatus.SUCCEEDED and len(listed) == 2
+    manifest = json.loads(u.objects.read(run.manifest_key or ""))
+    assert manifest["status"] == "succeeded" and manifest["summary"]["records"] == 7
+
+
+def test_a_run_with_a_failed_job_closes_failed_and_says_why() -> None:
+    u = unit(ScriptedExport({"orders": ROWS}, checks=[Progress("failed", message="boom")]))
+    [job] = seed_run(u, JobStatus.EXPORTING, platform_job_id="export-1")
+
+    summary = poll(u.ctx)
+
+    assert summary.closed_runs == [job.run_id]
+    run, _ = u.notifier.sent[0]
+    assert run.status is RunStatus.FAILED
+    manifest = json.loads(u.objects.read(run.manifest_key or ""))
+    assert manifest["jobs"][0]["error"] == "boom"
+
+
+def test_a_job_past_its_deadline_fails_naming_the_platform_job() -> None:
+    u = unit(ScriptedExport({"orders": ROWS}, checks=[Progress("running")] * 10))
+    [job] = seed_run(u, JobStatus.EXPORTING, platform_job_id="export-9")
+    u.clock.advance(7 * 3600)
+
+    poll(u.ctx)
+
+    failed = u.job(job.job_id)
+    assert failed.status is JobStatus.FAILED and "export-9" in (failed.error or "")
+
+
+def test_the_poll_budget_leaves_jobs_for_the_next_tick() -> None:
+    u = unit(ScriptedExport({f"c{i}": ROWS for i in range(5)}))
+    seed_run(u)
+    u.ctx.stop_by = time.monotonic()
+
+    summary = poll(u.ctx)
+
+    assert summary.advanced == 0
+    assert all(j.status is JobStatus.PENDING for j in u.state.jobs.values())
+
+
+def test_a_storage_error_is_in_the_error_tree() -> None:
+    assert issubclass(StorageError, Retryable)
