@@ -14,6 +14,7 @@ MySQL details that matter for correctness:
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.engine import Engine, make_url
 
+from shared.domain.errors import StateError
 from shared.domain.jobs import Job, JobStatus, Run, RunStatus
 
 _metadata = sa.MetaData()
@@ -131,6 +133,29 @@ def _engine(url: str) -> Engine:
         return cached
 
 
+def _errors_mapped(cls: type[T]) -> type[T]:
+    """Every public method raises the domain's StateError instead of SQLAlchemy's errors,
+    so the service layer handles a database outage by class (a retry), not as a bug. The
+    message names the operation and the driver's error, never the URL or its password."""
+
+    def mapped(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(*args, **kwargs)
+            except sa.exc.SQLAlchemyError as exc:
+                cause = getattr(exc, "orig", None) or exc
+                raise StateError(f"state table: {name} failed: {type(cause).__name__}: "
+                                 f"{str(cause).splitlines()[0][:200]}") from None
+        return call
+
+    for name, member in list(vars(cls).items()):
+        if callable(member) and not name.startswith("_"):
+            setattr(cls, name, mapped(name, member))
+    return cls
+
+
+@_errors_mapped
 class SqlStateStore:
     def __init__(self, url: str) -> None:
         self.engine = _engine(url)
