@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
 
 from devkit.sample_data import make_docs
 from shared.config import Config, Notify
+from shared.entrypoints.cli import main as cli
 from shared.logs import configure_logging
 from shared.service.close import close_finished_runs
 from tests.support.backup import ENV_ID, LocalBackup, backup_now
@@ -66,3 +73,47 @@ def test_refused_notification_is_retried_then_logged(local: LocalBackup, webhook
     assert run.status.value == "failed"  # the run still closed
     assert "could not deliver the run notification" in captured.getvalue()
     assert "93000" in captured.getvalue()
+
+
+def test_a_collection_wiped_at_the_source_is_reported_as_suspect(
+        local: LocalBackup, webhook: WebhookReceiver) -> None:
+    """The nightly run that backs up an emptied collection succeeds (that is what the
+    platform holds) but is never quiet, and the backup is flagged everywhere."""
+    local.seed("orders", make_docs(10))
+    local.seed("users", make_docs(3))
+    ctx = local.context(config_with_hook(local, webhook, "failure", "wecom"))
+    backup_now(ctx, key="before")
+    assert webhook.messages == []
+
+    local.emulator.add_collection(ENV_ID, "orders", [])  # wiped
+    run = backup_now(ctx, key="after")
+
+    assert run.status.value == "succeeded"
+    (message,) = webhook.messages
+    content = message["text"]["content"]
+    assert "suspect: shop/orders has 0 records, down from 10" in content
+    orders = next(j for j in ctx.state.list_jobs(run.run_id) if j.collection == "orders")
+    assert orders.suspect and orders.previous_records == 10 and not orders.good
+    assert orders.result is not None
+    manifest = json.loads(local.objects.read(orders.result.manifest_key))
+    assert manifest["suspect"] is True and manifest["previous_records"] == 10
+    run_manifest = json.loads(local.objects.read(run.manifest_key or ""))
+    assert {j["collection"]: j["suspect"] for j in run_manifest["jobs"]} == {"orders": True, "users": False}
+
+    assert cli(["--config", str(write_config(local, ctx)), "ack", run.run_id, "shop", "orders"]) == 0
+    acknowledged = next(j for j in ctx.state.list_jobs(run.run_id) if j.collection == "orders")
+    assert acknowledged.good
+    assert "acknowledged_at" in json.loads(local.objects.read(orders.result.manifest_key))
+    # the next run compares with the acknowledged backup: no new alarm for the same zero
+    backup_now(ctx, key="later")
+    assert len(webhook.messages) == 1
+
+
+def write_config(local: LocalBackup, ctx: Any) -> Path:
+    path = Path(local.state_url.removeprefix("sqlite:///")).with_name("backup.yaml")
+    document = ctx.config.model_dump(mode="json", exclude_none=True, exclude={"sources", "notify"})
+    document["sources"] = [local.wechat_source(collections=["orders", "users"])]
+    path.write_text(yaml.safe_dump(document, allow_unicode=True), encoding="utf-8")
+    for name, value in local.environ.items():
+        os.environ[name] = value
+    return path

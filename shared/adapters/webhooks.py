@@ -30,7 +30,7 @@ def run_text(run: Run, jobs: list[Job]) -> str:
     failed = [j for j in jobs if j.status is JobStatus.FAILED]
     ok = run.status is RunStatus.SUCCEEDED
     lines = [
-        f"{'✅' if ok else '❌'} backup run {run.run_id} {run.status.value}: "
+        f"{('⚠️' if summary.get('suspect') else '✅') if ok else '❌'} backup run {run.run_id} {run.status.value}: "
         f"{summary.get('done', 0)}/{summary.get('jobs', len(jobs))} collections copied, "
         f"{summary.get('records', 0)} records, {summary.get('bytes', 0)} bytes"
     ]
@@ -39,6 +39,10 @@ def run_text(run: Run, jobs: list[Job]) -> str:
             lines.append(f"- {source}: could not list its collections: {found['error']}")
     for job in failed[:MAX_FAILURES_LISTED]:
         lines.append(f"- {job.source}/{job.collection}: {job.error or 'failed'}")
+    for item in summary.get("suspect", [])[:MAX_FAILURES_LISTED]:
+        lines.append(f"- ⚠️ suspect: {item['source']}/{item['collection']} has "
+                     f"{item['records']} records, down from {item['previous_records']} in its "
+                     "last good backup; acknowledge it if the drop was intended")
     if len(failed) > MAX_FAILURES_LISTED:
         lines.append(f"... and {len(failed) - MAX_FAILURES_LISTED} more; see the run manifest")
     if run.manifest_key:
@@ -65,7 +69,8 @@ def payload(webhook: Webhook, run: Run, jobs: list[Job]) -> dict[str, Any]:
 
 def notify_run(settings: Notify, run: Run, jobs: list[Job],
                client: httpx.Client | None = None, retry_base_seconds: float = 1.0) -> None:
-    if settings.on == "failure" and run.status is RunStatus.SUCCEEDED:
+    suspect = bool((run.summary or {}).get("suspect"))
+    if settings.on == "failure" and run.status is RunStatus.SUCCEEDED and not suspect:
         return
     http = client or make_client()
     for index, webhook in enumerate(settings.webhooks):

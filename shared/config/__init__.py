@@ -4,6 +4,7 @@ registry), field building blocks (`fields`) and error formatting."""
 from shared.config.model import (
     CONFIG_PATH_ENV,
     DEFAULT_CONFIG_PATH,
+    Alerts,
     Config,
     ConfigError,
     Destination,
@@ -19,7 +20,19 @@ from shared.config.model import (
 )
 
 __all__ = [
-    "CONFIG_PATH_ENV", "DEFAULT_CONFIG_PATH", "Config", "ConfigError", "Destination",
-    "DispatchSettings", "Notify", "StateSettings", "Timing", "Webhook", "config_json_schema",
-    "config_model", "load_config", "parse_config",
+    "CONFIG_PATH_ENV",
+    "DEFAULT_CONFIG_PATH",
+    "Alerts",
+    "Config",
+    "ConfigError",
+    "Destination",
+    "DispatchSettings",
+    "Notify",
+    "StateSettings",
+    "Timing",
+    "Webhook",
+    "config_json_schema",
+    "config_model",
+    "load_config",
+    "parse_config",
 ]

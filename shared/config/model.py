@@ -199,6 +199,16 @@ class StateSettings(ConfigModel):
         return self._resolved.get_secret_value()
 
 
+class Alerts(ConfigModel):
+    """When a backup that succeeded is still worth a message."""
+
+    drop_percent: float = Field(
+        default=50, gt=0, le=100,
+        description="A collection whose record count fell by at least this much since its "
+        "newest good backup (or to zero) is marked suspect and reported.",
+    )
+
+
 class Timing(ConfigModel):
     """How patient the product is with platforms; the defaults suit SCF's one-minute timer."""
 
@@ -310,6 +320,7 @@ class Config(ConfigModel):
     state: StateSettings = Field(default_factory=StateSettings)
     timing: Timing = Field(default_factory=Timing)
     notify: Notify = Field(default_factory=Notify)
+    alerts: Alerts = Field(default_factory=Alerts)
     dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
     # Validated as the registered platforms' settings models (see `config_model`).
     sources: list[SourceSettings] = Field(min_length=1)

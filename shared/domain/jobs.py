@@ -135,6 +135,16 @@ class Job(BaseModel):
     updated_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # Suspect: done, but far fewer records than the collection's newest good backup had
+    # (`previous_records`); not good for retention until a user acknowledges the drop.
+    suspect: bool = False
+    previous_records: int | None = None
+    acknowledged_at: datetime | None = None
+
+    @property
+    def good(self) -> bool:
+        """A backup to count on: copied, verified, and not an unexplained drop."""
+        return self.status is JobStatus.DONE and (not self.suspect or self.acknowledged_at is not None)
 
     def moved_to(self, status: JobStatus, **changes: Any) -> Job:
         if status not in _ALLOWED[self.status]:

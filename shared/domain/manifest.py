@@ -48,10 +48,14 @@ class JobManifest(BaseModel):
     objects: list[ManifestObject]
     export_started_at: Time | None
     copied_at: Time | None
+    # far fewer records than the collection's newest good backup (`previous_records`)
+    suspect: bool = False
+    previous_records: int | None = None
 
     @classmethod
     def of(cls, job: Job, result: JobResult, *, platform: str, file_type: str,
-           copied_at: datetime) -> JobManifest:
+           copied_at: datetime, suspect: bool = False,
+           previous_records: int | None = None) -> JobManifest:
         return cls(
             source=job.source, platform=platform, collection=job.collection, run_id=job.run_id,
             job_id=job.job_id, platform_job_id=job.platform_job_id, file_type=file_type,
@@ -59,7 +63,8 @@ class JobManifest(BaseModel):
             records=result.records, platform_reported_records=job.expected_records,
             objects=[ManifestObject.model_validate(o.model_dump(exclude={"upload_parts"}))
                      for o in result.objects],
-            export_started_at=job.started_at, copied_at=copied_at,
+            export_started_at=job.started_at, copied_at=copied_at, suspect=suspect,
+            previous_records=previous_records,
         )
 
 
@@ -72,6 +77,7 @@ class RunManifestJob(BaseModel):
     platform_job_id: str | None
     attempts: int
     error: str | None
+    suspect: bool = False
 
     @classmethod
     def of(cls, job: Job) -> RunManifestJob:
@@ -79,6 +85,7 @@ class RunManifestJob(BaseModel):
             "source": job.source, "collection": job.collection, "status": job.status,
             "platform_job_id": job.platform_job_id, "attempts": job.attempts,
             "error": job.error if job.status is JobStatus.FAILED else None,
+            "suspect": job.suspect and job.acknowledged_at is None,
             **(job.result.model_dump() if job.result else {}),
         })
 

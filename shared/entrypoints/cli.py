@@ -21,6 +21,7 @@ from shared.ports import StateStore
 from shared.service.context import Context
 from shared.service.poll import poll
 from shared.service.start import UnknownSource, start_run
+from shared.service.suspicion import NotSuspect, acknowledge
 
 if TYPE_CHECKING:  # rich is a CLI-only dependency, kept out of the deployed functions
     from rich.console import Console
@@ -40,6 +41,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = commands.add_parser("status", help="recent runs, or the jobs of one run")
     status.add_argument("run_id", nargs="?")
     status.add_argument("--limit", type=int, default=10)
+    ack = commands.add_parser("ack", help="acknowledge a suspect backup (an intended drop)")
+    ack.add_argument("run_id")
+    ack.add_argument("source")
+    ack.add_argument("collection")
     serve = commands.add_parser("serve", help="the HTTP API and status page on this machine")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8080)
@@ -66,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "status":
         return _status(open_store(config.state, config.destination), args.run_id, args.limit)
+    if args.command == "ack":
+        return _acknowledge(build_context(config), args.run_id, args.source, args.collection)
     if args.command == "serve":
         from shared.entrypoints.local_server import serve as serve_api
 
@@ -75,6 +82,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UnknownSource as exc:
         print(exc, file=sys.stderr)
         return 2
+
+
+def _acknowledge(ctx: Context, run_id: str, source: str, collection: str) -> int:
+    try:
+        job = acknowledge(ctx, run_id, source, collection)
+    except NotSuspect as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(f"acknowledged: {source}/{collection} in run {run_id} "
+          f"({job.result.records if job.result else 0} records, down from "
+          f"{job.previous_records}) now counts as a good backup")
+    return 0
 
 
 def _run(ctx: Context, sources: list[str] | None, tick: float) -> int:

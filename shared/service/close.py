@@ -40,6 +40,11 @@ def _close_run(ctx: Context, run: Run, jobs: list[Job]) -> bool:
     }
     if unlisted:
         summary["sources_not_listed"] = sorted(unlisted)
+    suspect = [j for j in jobs if j.suspect and j.acknowledged_at is None]
+    if suspect:
+        summary["suspect"] = [{"source": j.source, "collection": j.collection,
+                               "records": j.result.records if j.result else 0,
+                               "previous_records": j.previous_records} for j in suspect]
     status = RunStatus.SUCCEEDED if jobs and not failed and not unlisted else RunStatus.FAILED
     key = run_manifest_key(ctx.config.destination.prefix, run.run_id)
     manifest = RunManifest.of(run, jobs, status=status, summary=summary, finished_at=now)
