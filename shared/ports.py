@@ -204,10 +204,14 @@ class StateStore(TokenCache, Protocol):
 
 # telling people ------------------------------------------------------------------------
 class Notifier(Protocol):
-    """Tells people how a run ended (webhooks); never raises: a notification that cannot
-    be delivered is logged, and never keeps a run from closing."""
+    """Tells people how a run ended (webhooks, heartbeat) and raises alerts; never
+    raises itself: a message that cannot be delivered is logged, and never keeps a run
+    from closing."""
 
     def notify(self, run: Run, jobs: list[Job]) -> None: ...
+
+    def alert(self, text: str) -> None:
+        """A message about the backups as a whole (they stopped, they recovered)."""
 
 
 # dispatch -----------------------------------------------------------------------------

@@ -200,6 +200,10 @@ class RecordingDispatcher:
 class RecordingNotifier:
     def __init__(self) -> None:
         self.sent: list[tuple[Run, list[Job]]] = []
+        self.alerts: list[str] = []
 
     def notify(self, run: Run, jobs: list[Job]) -> None:
         self.sent.append((run, jobs))
+
+    def alert(self, text: str) -> None:
+        self.alerts.append(text)

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from devkit.sample_data import make_docs
@@ -117,3 +118,26 @@ def write_config(local: LocalBackup, ctx: Any) -> Path:
     for name, value in local.environ.items():
         os.environ[name] = value
     return path
+
+
+@pytest.mark.parametrize(("style", "ok_path", "fail_path"), [
+    ("healthchecks", "/ping/abc", "/ping/abc/fail"),
+    ("cronitor", "/ping/abc?state=complete&message=run", "/ping/abc?state=fail&message=run"),
+    ("uptime-kuma", "/ping/abc?status=up&msg=run", "/ping/abc?status=down&msg=run"),
+])
+def test_the_heartbeat_is_pinged_after_every_run(
+        local: LocalBackup, webhook: WebhookReceiver, style: str, ok_path: str, fail_path: str) -> None:
+    local.seed("orders", make_docs(3))
+    local.seed("users", make_docs(3))
+    local.environ["HEARTBEAT_URL"] = f"http://127.0.0.1:{webhook.server.server_port}/ping/abc"
+    config = local.config(local.wechat_source(collections=["orders", "users"]))
+    notify = Notify.model_validate({"heartbeat": {"url": "${HEARTBEAT_URL}", "style": style}},
+                                   context={"environ": local.environ})
+    ctx = local.context(config.model_copy(update={"notify": notify}))
+
+    backup_now(ctx, key="good")
+    local.emulator.fail_export(ENV_ID, "users", "boom")
+    backup_now(ctx, key="bad")
+
+    assert [p.split("+")[0].split("%20")[0] for p in webhook.pings] == [ok_path, fail_path]
+    assert webhook.messages == []  # no webhooks configured: only the pings

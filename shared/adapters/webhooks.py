@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -52,10 +53,8 @@ def run_text(run: Run, jobs: list[Job]) -> str:
 
 def payload(webhook: Webhook, run: Run, jobs: list[Job]) -> dict[str, Any]:
     text = run_text(run, jobs)
-    if webhook.format in ("wecom", "dingtalk"):  # both robots take the same text message
-        return {"msgtype": "text", "text": {"content": text}}
-    if webhook.format == "feishu":
-        return {"msg_type": "text", "content": {"text": text}}
+    if webhook.format != "json":
+        return text_payload(webhook, text)
     return {
         "run_id": run.run_id,
         "status": run.status.value,
@@ -72,22 +71,35 @@ def notify_run(settings: Notify, run: Run, jobs: list[Job],
     suspect = bool((run.summary or {}).get("suspect"))
     if settings.on == "failure" and run.status is RunStatus.SUCCEEDED and not suspect:
         return
-    http = client or make_client()
+    _deliver(settings, "run notification", lambda webhook: payload(webhook, run, jobs),
+             client or make_client(), retry_base_seconds)
+
+
+def _deliver(settings: Notify, what: str, body_for: Callable[[Webhook], dict[str, Any]],
+             http: httpx.Client, retry_base_seconds: float) -> None:
     for index, webhook in enumerate(settings.webhooks):
         url = webhook.url.get_secret_value()
         register_secret(url)
         try:
-            send = functools.partial(_post, http, url, payload(webhook, run, jobs))
+            send = functools.partial(_post, http, url, body_for(webhook))
             with_retries(send, attempts=3, base_seconds=retry_base_seconds)
         except Retryable as exc:
-            log.error("could not deliver the run notification",
+            log.error(f"could not deliver the {what}",
                       extra={"webhook": f"notify.webhooks[{index}]", "reason": str(exc)})
         else:
-            log.info("run notification sent", extra={"webhook": f"notify.webhooks[{index}]"})
+            log.info(f"{what} sent", extra={"webhook": f"notify.webhooks[{index}]"})
+
+
+def text_payload(webhook: Webhook, text: str) -> dict[str, Any]:
+    if webhook.format in ("wecom", "dingtalk"):  # both robots take the same text message
+        return {"msgtype": "text", "text": {"content": text}}
+    if webhook.format == "feishu":
+        return {"msg_type": "text", "content": {"text": text}}
+    return {"alert": True, "text": text}
 
 
 class WebhookNotifier:
-    """The `Notifier` port over `notify.webhooks`."""
+    """The `Notifier` port over `notify.webhooks` and `notify.heartbeat`."""
 
     def __init__(self, settings: Notify, retry_base_seconds: float = 1.0) -> None:
         self._settings = settings
@@ -95,6 +107,16 @@ class WebhookNotifier:
 
     def notify(self, run: Run, jobs: list[Job]) -> None:
         notify_run(self._settings, run, jobs, retry_base_seconds=self._retry_base)
+        if self._settings.heartbeat is not None:
+            from shared.adapters.heartbeat import ping
+
+            ok = run.status is RunStatus.SUCCEEDED
+            ping(self._settings.heartbeat, ok, f"run {run.run_id} {run.status.value}",
+                 retry_base_seconds=self._retry_base)
+
+    def alert(self, text: str) -> None:
+        _deliver(self._settings, "alert", lambda webhook: text_payload(webhook, text),
+                 make_client(), self._retry_base)
 
 
 def _post(http: httpx.Client, url: str, body: dict[str, Any]) -> None:

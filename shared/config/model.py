@@ -207,6 +207,11 @@ class Alerts(ConfigModel):
         description="A collection whose record count fell by at least this much since its "
         "newest good backup (or to zero) is marked suspect and reported.",
     )
+    stale_after_hours: float = Field(
+        default=26, gt=0,
+        description="Alert (once, until it ends) when no run has succeeded for this long, or "
+        "a run is still running this long after it started.",
+    )
 
 
 class Timing(ConfigModel):
@@ -253,6 +258,17 @@ class Webhook(ConfigModel):
     )
 
 
+class Heartbeat(ConfigModel):
+    """A dead-man switch: an outside monitor that alerts when the pings stop."""
+
+    url: Secret = Field(description="Ping URL as ${ENV_VAR}: ping URLs carry their key.")
+    style: Literal["healthchecks", "cronitor", "uptime-kuma"] = Field(
+        default="healthchecks",
+        description="healthchecks: the URL, or URL/fail; cronitor: ?state=complete|fail; "
+        "uptime-kuma (push monitor): ?status=up|down&msg=...",
+    )
+
+
 class Notify(ConfigModel):
     """Who is told when a run ends, and when."""
 
@@ -260,6 +276,8 @@ class Notify(ConfigModel):
         default="failure", description="Notify only runs with failed jobs, or every run."
     )
     webhooks: list[Webhook] = Field(default_factory=list)
+    heartbeat: Heartbeat | None = Field(
+        default=None, description="Pinged after every run, success or failure form.")
 
 
 _SCF_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,58}[A-Za-z0-9]$")

@@ -14,6 +14,7 @@ import pytest
 class WebhookReceiver:
     def __init__(self) -> None:
         self.messages: list[dict[str, Any]] = []
+        self.pings: list[str] = []  # paths (with query) of GET requests: heartbeat pings
         self.answers: list[tuple[int, dict[str, Any]]] = []  # queued replies; default 200 ok
         receiver = self
 
@@ -28,6 +29,14 @@ class WebhookReceiver:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                receiver.pings.append(self.path)
+                status, _ = receiver.answers.pop(0) if receiver.answers else (200, {})
+                self.send_response(status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"OK")
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

@@ -133,7 +133,7 @@ policies = st.builds(Policy, keep_last=st.integers(0, 5), keep_daily=st.integers
                      ).filter(Policy.keeps_anything)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(histories(), policies)
 def test_the_newest_good_backup_of_every_collection_always_survives(
         backups: list[Backup], policy: Policy) -> None:
@@ -157,7 +157,7 @@ def test_the_newest_good_backup_of_every_collection_always_survives(
             assert not backup.running and not backup.restoring
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(histories(), policies)
 def test_keeping_is_stable_when_pruned_again(backups: list[Backup], policy: Policy) -> None:
     """Pruning twice deletes nothing the first prune kept: what a policy keeps, it keeps
