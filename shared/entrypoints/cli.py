@@ -41,6 +41,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = commands.add_parser("status", help="recent runs, or the jobs of one run")
     status.add_argument("run_id", nargs="?")
     status.add_argument("--limit", type=int, default=10)
+    verify = commands.add_parser("verify", help="check a run's backups in the bucket again")
+    verify.add_argument("run_id", nargs="?", default="latest", help="a run id, or latest")
+    verify.add_argument("--source")
+    verify.add_argument("--collection")
+    verify.add_argument("--quick", action="store_true",
+                        help="sizes and CRC64 from a HEAD only, reading no data")
+    verify.add_argument("--json", action="store_true", help="the report as JSON")
     ack = commands.add_parser("ack", help="acknowledge a suspect backup (an intended drop)")
     ack.add_argument("run_id")
     ack.add_argument("source")
@@ -71,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "status":
         return _status(open_store(config.state, config.destination), args.run_id, args.limit)
+    if args.command == "verify":
+        return _verify(build_context(config), args)
     if args.command == "ack":
         return _acknowledge(build_context(config), args.run_id, args.source, args.collection)
     if args.command == "serve":
@@ -82,6 +91,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UnknownSource as exc:
         print(exc, file=sys.stderr)
         return 2
+
+
+def _verify(ctx: Context, args: argparse.Namespace) -> int:
+    from shared.service.verify import NothingToVerify, latest_run, verify_run
+
+    try:
+        run_id = latest_run(ctx) if args.run_id == "latest" else args.run_id
+        report = verify_run(ctx, run_id, source=args.source, collection=args.collection,
+                            quick=args.quick)
+    except NothingToVerify as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2, ensure_ascii=False))
+        return 0 if report.ok else 1
+    from rich.table import Table
+
+    table = Table(title=f"verify run {run_id}{' (quick)' if args.quick else ''}")
+    for column in ("source", "collection", "object", "bytes", "records", "crc64", "result"):
+        table.add_column(column)
+    for item in report.objects:
+        result = "ok" if item.ok else "; ".join(f"{p.what}: {p.detail}" for p in item.problems)
+        table.add_row(item.source, item.collection, item.key, str(item.bytes or ""),
+                      "" if item.records is None else str(item.records), item.crc64, result)
+    out = console()
+    out.print(table)
+    for problem in report.problems:
+        out.print(f"{problem.what}: {problem.where}: {problem.detail}")
+    print(f"{'all backups verified' if report.ok else 'PROBLEMS FOUND'}: "
+          f"{sum(o.ok for o in report.objects)}/{len(report.objects)} objects ok")
+    return 0 if report.ok else 1
 
 
 def _acknowledge(ctx: Context, run_id: str, source: str, collection: str) -> int:
