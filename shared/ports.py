@@ -201,6 +201,9 @@ class StateStore(TokenCache, Protocol):
     def save_job(self, job: Job) -> Job | None:
         """Write if the stored version equals job.version; the stored job, or None."""
 
+    def delete_run(self, run_id: str) -> None:
+        """Forget a closed run and its jobs (retention); deleting twice is harmless."""
+
 
 # telling people ------------------------------------------------------------------------
 class Notifier(Protocol):

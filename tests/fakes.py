@@ -79,6 +79,12 @@ class MemoryState:
             self.writes += 1
             return stored
 
+    def delete_run(self, run_id: str) -> None:
+        with self._lock:
+            self.runs.pop(run_id, None)
+            for job_id in [i for i, j in self.jobs.items() if j.run_id == run_id]:
+                del self.jobs[job_id]
+
     def cache_get(self, key: str, now: datetime) -> str | None:
         found = self.cache.get(key)
         return found[0] if found and found[1] > now else None

@@ -151,6 +151,27 @@ def test_missing_records_read_as_none(store: StateStore) -> None:
     assert store.save_run(run) is None and store.get_run(run.run_id) is None
 
 
+def test_a_closed_run_can_be_deleted_with_its_jobs(store: StateStore) -> None:
+    for key, run_id in (("k1", "r1"), ("k2", "r2")):
+        run, jobs = make_run(key=key, run_id=run_id)
+        store.create_run(run, jobs)
+        for job in store.list_jobs(run_id):
+            assert store.save_job(job.moved_to(JobStatus.FAILED, error="x")) is not None
+        stored = store.get_run(run_id)
+        assert stored is not None
+        assert store.save_run(stored.model_copy(update={"status": RunStatus.FAILED})) is not None
+
+    store.delete_run("r1")
+    store.delete_run("r1")  # twice is harmless
+
+    assert store.get_run("r1") is None and store.list_jobs("r1") == []
+    assert store.get_job("r1.j0") is None
+    assert [r.run_id for r in store.list_runs()] == ["r2"]
+    assert len(store.list_jobs("r2")) == 3
+    again, created = store.create_run(*make_run(key="k1", run_id="r3"))
+    assert created and again.run_id == "r3"  # the deleted run's key is free again
+
+
 def test_job_saves_are_compare_and_set(store: StateStore) -> None:
     run, jobs = make_run()
     store.create_run(run, jobs)

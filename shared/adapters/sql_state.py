@@ -264,6 +264,14 @@ class SqlStateStore:
 
         return stored if self._retrying(update) == 1 else None
 
+    def delete_run(self, run_id: str) -> None:
+        def delete() -> None:
+            with self.engine.begin() as conn:
+                conn.execute(jobs.delete().where(jobs.c.run_id == run_id))
+                conn.execute(runs.delete().where(runs.c.run_id == run_id))
+
+        self._retrying(delete)
+
     # token cache ------------------------------------------------------------
     def cache_get(self, key: str, now: datetime) -> str | None:
         query = sa.select(cache.c.value).where(

@@ -199,6 +199,58 @@ class StateSettings(ConfigModel):
         return self._resolved.get_secret_value()
 
 
+class KeepRules(ConfigModel):
+    """restic's `forget --keep-*` rules, per collection (README "Keeping backups")."""
+
+    keep_last: int | None = Field(default=None, ge=0, description="Keep the n newest good backups.")
+    keep_daily: int | None = Field(
+        default=None, ge=0, description="Keep the newest good backup of each of the last n days.")
+    keep_weekly: int | None = Field(
+        default=None, ge=0, description="Keep the newest good backup of each of the last n ISO weeks.")
+    keep_monthly: int | None = Field(
+        default=None, ge=0, description="Keep the newest good backup of each of the last n months.")
+
+
+class Retention(KeepRules):
+    """Which backups are kept; the rest are deleted after each run (and by `baas-backup
+    prune`). Without this section nothing is ever deleted."""
+
+    time_zone: str = Field(
+        default="Asia/Shanghai", description="Days, weeks and months are counted in this zone.")
+    sources: dict[str, KeepRules] = Field(
+        default_factory=dict, description="Per source name: rules that replace the ones above.")
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("must be an IANA time zone such as Asia/Shanghai or UTC") from None
+        return value
+
+    @model_validator(mode="after")
+    def _keeps_something(self) -> Retention:
+        for name in [None, *self.sources]:
+            rules = self.rules_for(name)
+            if not any((rules.keep_last, rules.keep_daily, rules.keep_weekly, rules.keep_monthly)):
+                where = f"sources.{name}" if name else "the top level"
+                raise ValueError(f"the policy at {where} would keep nothing, so every backup "
+                                 "would be deleted; set keep_last, keep_daily, keep_weekly or "
+                                 "keep_monthly to at least 1")
+        return self
+
+    def rules_for(self, source: str | None) -> KeepRules:
+        """The top-level rules, with what the source's own entry sets instead."""
+        override = self.sources.get(source or "")
+        if override is None:
+            return self
+        return KeepRules.model_validate({**self.model_dump(include=set(KeepRules.model_fields)),
+                                         **override.model_dump(exclude_unset=True)})
+
+
 class Alerts(ConfigModel):
     """When a backup that succeeded is still worth a message."""
 
@@ -339,6 +391,7 @@ class Config(ConfigModel):
     timing: Timing = Field(default_factory=Timing)
     notify: Notify = Field(default_factory=Notify)
     alerts: Alerts = Field(default_factory=Alerts)
+    retention: Retention | None = None
     dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
     # Validated as the registered platforms' settings models (see `config_model`).
     sources: list[SourceSettings] = Field(min_length=1)
@@ -358,6 +411,14 @@ class Config(ConfigModel):
         if dupes:
             raise ValueError(f"source names must be unique; rename {', '.join(dupes)}")
         return value
+
+    @model_validator(mode="after")
+    def _retention_names_sources(self) -> Config:
+        unknown = sorted(set(self.retention.sources if self.retention else {})
+                         - {s.name for s in self.sources})
+        if unknown:
+            raise ValueError(f"retention.sources names no configured source: {', '.join(unknown)}")
+        return self
 
     def source(self, name: str) -> SourceSettings:
         for source in self.sources:

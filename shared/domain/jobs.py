@@ -140,6 +140,7 @@ class Job(BaseModel):
     suspect: bool = False
     previous_records: int | None = None
     acknowledged_at: datetime | None = None
+    pruned_at: datetime | None = None  # retention deleted its objects
 
     @property
     def good(self) -> bool:

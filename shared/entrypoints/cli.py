@@ -48,6 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     verify.add_argument("--quick", action="store_true",
                         help="sizes and CRC64 from a HEAD only, reading no data")
     verify.add_argument("--json", action="store_true", help="the report as JSON")
+    prune = commands.add_parser("prune", help="apply the retention policy now")
+    prune.add_argument("--dry-run", action="store_true", help="say what would go; delete nothing")
     ack = commands.add_parser("ack", help="acknowledge a suspect backup (an intended drop)")
     ack.add_argument("run_id")
     ack.add_argument("source")
@@ -80,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _status(open_store(config.state, config.destination), args.run_id, args.limit)
     if args.command == "verify":
         return _verify(build_context(config), args)
+    if args.command == "prune":
+        return _prune(build_context(config), args.dry_run)
     if args.command == "ack":
         return _acknowledge(build_context(config), args.run_id, args.source, args.collection)
     if args.command == "serve":
@@ -122,6 +126,32 @@ def _verify(ctx: Context, args: argparse.Namespace) -> int:
     print(f"{'all backups verified' if report.ok else 'PROBLEMS FOUND'}: "
           f"{sum(o.ok for o in report.objects)}/{len(report.objects)} objects ok")
     return 0 if report.ok else 1
+
+
+def _prune(ctx: Context, dry_run: bool) -> int:
+    from rich.table import Table
+
+    from shared.service.prune import prune
+
+    if ctx.config.retention is None:
+        print("no retention policy in the config: nothing is ever deleted (README "
+              "\"Keeping backups\")", file=sys.stderr)
+        return 2
+    decided = prune(ctx, dry_run=dry_run)
+    table = Table(title=f"retention{' (dry run: nothing deleted)' if dry_run else ''}")
+    for column in ("source", "collection", "run", "records", "verdict", "why"):
+        table.add_column(column)
+    for decision in decided.decisions:
+        job = decided.jobs[decision.backup.backup_id]
+        records = str(job.result.records) if job.result else ""
+        verdict = "keep" if decision.keep else ("would delete" if dry_run else "deleted")
+        table.add_row(job.source, job.collection, job.run_id, records, verdict,
+                      ", ".join(decision.reasons))
+    console().print(table)
+    gone = len(decided.doomed)
+    print(f"{'would delete' if dry_run else 'deleted'} {gone} backup(s); kept "
+          f"{len(decided.decisions) - gone}")
+    return 0
 
 
 def _acknowledge(ctx: Context, run_id: str, source: str, collection: str) -> int:

@@ -11,11 +11,13 @@ from shared.domain.layout import run_manifest_key
 from shared.domain.manifest import RunManifest, as_document
 from shared.logs import log_context
 from shared.service.context import Context
+from shared.service.prune import prune
 
 log = logging.getLogger(__name__)
 
 
 def close_finished_runs(ctx: Context) -> list[str]:
+    """Close what ended; then, if a run closed and a retention policy is set, prune."""
     closed = []
     for run in ctx.state.open_runs():
         jobs = ctx.state.list_jobs(run.run_id)
@@ -24,6 +26,11 @@ def close_finished_runs(ctx: Context) -> list[str]:
         with log_context(run_id=run.run_id):
             if _close_run(ctx, run, jobs):
                 closed.append(run.run_id)
+    if closed and ctx.config.retention is not None:
+        try:
+            prune(ctx)
+        except Exception:  # a prune that fails must not keep runs from closing; it runs again
+            log.exception("retention could not be applied; the next closing run tries again")
     return closed
 
 

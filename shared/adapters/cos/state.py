@@ -163,6 +163,25 @@ class CosStateStore:
             self._delete(f"{self._root}open-jobs/{_segment(job.job_id)}")
         return stored
 
+    def delete_run(self, run_id: str) -> None:
+        """Jobs first, then the run, then its markers and its claim: a run still listed
+        may have lost jobs already, never the reverse. Like a deleted SQL row, the
+        idempotency key is free again afterwards."""
+        run = self.get_run(run_id)
+        index = f"{self._root}run-jobs/{_segment(run_id)}/"
+        job_ids = self._names(index)
+        self._map(self._delete_record, [self._record("jobs", j) for j in job_ids])
+        self._map(self._delete, [index + _segment(j) for j in job_ids])
+        self._delete_record(self._record("runs", run_id))
+        for marker in ("closed", "open-runs"):
+            self._delete(f"{self._root}{marker}/{_segment(run_id)}")
+        if run is not None:
+            self._delete(f"{self._root}claims/{_digest(run.idempotency_key)}.json")
+
+    def _delete_record(self, record: str) -> None:
+        for number in self._versions(record):  # oldest first, as pruning does
+            self._delete(self._version_key(record, number))
+
     # token cache ------------------------------------------------------------
     def cache_get(self, key: str, now: datetime) -> str | None:
         doc = self._get_json(self._cache_key(key))
