@@ -251,6 +251,16 @@ class Retention(KeepRules):
                                          **override.model_dump(exclude_unset=True)})
 
 
+class VerifySettings(ConfigModel):
+    """Checking each run's backups again as the run closes."""
+
+    after_run: Literal["off", "quick", "full"] = Field(
+        default="quick",
+        description="quick: sizes (and CRC64) from a HEAD per object; full: read every object "
+        "back (costs a download of the whole backup); off. A failed check fails the run.",
+    )
+
+
 class Alerts(ConfigModel):
     """When a backup that succeeded is still worth a message."""
 
@@ -391,6 +401,7 @@ class Config(ConfigModel):
     timing: Timing = Field(default_factory=Timing)
     notify: Notify = Field(default_factory=Notify)
     alerts: Alerts = Field(default_factory=Alerts)
+    verify: VerifySettings = Field(default_factory=VerifySettings)
     retention: Retention | None = None
     dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
     # Validated as the registered platforms' settings models (see `config_model`).

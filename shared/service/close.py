@@ -34,6 +34,21 @@ def close_finished_runs(ctx: Context) -> list[str]:
     return closed
 
 
+def _verify(ctx: Context, run: Run, jobs: list[Job]) -> dict[str, Any] | None:
+    """`verify.after_run`: the run's backups checked again before it is called done."""
+    mode = ctx.config.verify.after_run
+    if mode == "off" or not any(j.status is JobStatus.DONE for j in jobs):
+        return None
+    from shared.service.verify import verify_jobs
+
+    report = verify_jobs(ctx, run.run_id, jobs, quick=mode == "quick")
+    problems = [f"{o.source}/{o.collection} {p.what}: {p.detail}"
+                for o in report.objects for p in o.problems]
+    if problems:
+        log.error("verify after the run found problems", extra={"problems": problems})
+    return {"mode": mode, "ok": report.ok, "objects": len(report.objects), "problems": problems}
+
+
 def _close_run(ctx: Context, run: Run, jobs: list[Job]) -> bool:
     now = ctx.clock()
     failed = [j for j in jobs if j.status is JobStatus.FAILED]
@@ -52,7 +67,11 @@ def _close_run(ctx: Context, run: Run, jobs: list[Job]) -> bool:
         summary["suspect"] = [{"source": j.source, "collection": j.collection,
                                "records": j.result.records if j.result else 0,
                                "previous_records": j.previous_records} for j in suspect]
-    status = RunStatus.SUCCEEDED if jobs and not failed and not unlisted else RunStatus.FAILED
+    verified = _verify(ctx, run, jobs)
+    if verified is not None:
+        summary["verify"] = verified
+    status = (RunStatus.SUCCEEDED if jobs and not failed and not unlisted
+              and (verified is None or verified["ok"]) else RunStatus.FAILED)
     key = run_manifest_key(ctx.config.destination.prefix, run.run_id)
     manifest = RunManifest.of(run, jobs, status=status, summary=summary, finished_at=now)
     ctx.objects.put_json(key, as_document(manifest))

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.domain.errors import StorageError
-from shared.domain.jobs import JobStatus, RunStatus
+from shared.domain.jobs import Job, JobStatus, RunStatus
 from shared.domain.layout import run_manifest_key
 from shared.domain.records import counter_for
 from shared.service.context import Context
@@ -89,6 +89,19 @@ def verify_run(ctx: Context, run_id: str, *, source: str | None = None,
     return report
 
 
+def verify_jobs(ctx: Context, run_id: str, jobs: list[Job], *, quick: bool) -> Report:
+    """Verify the done jobs of a run that is closing (before its run manifest exists)."""
+    report = Report(run_id=run_id, quick=quick)
+    for entry in _entries(jobs):
+        report.objects.extend(_verify_backup(ctx, entry, quick))
+    return report
+
+
+def _entries(jobs: list[Job]) -> list[dict[str, Any]]:
+    return [{"source": j.source, "collection": j.collection, **j.result.model_dump()}
+            for j in jobs if j.status is JobStatus.DONE and j.result and j.pruned_at is None]
+
+
 def _backups(ctx: Context, run_id: str, report: Report) -> list[dict[str, Any]]:
     """The run's done backups, from its run manifest in the bucket (what a user restores
     from); from the state store when the run manifest itself is missing."""
@@ -103,8 +116,7 @@ def _backups(ctx: Context, run_id: str, report: Report) -> list[dict[str, Any]]:
         raise NothingToVerify(f"no run {run_id!r}: neither its run manifest nor its record exists")
     report.problems.append(Problem("missing manifest", key, "the run manifest is missing; "
                                    "checking the backups the state store lists"))
-    return [{"source": j.source, "collection": j.collection, **j.result.model_dump()}
-            for j in jobs if j.status is JobStatus.DONE and j.result]
+    return _entries(jobs)
 
 
 def _verify_backup(ctx: Context, entry: dict[str, Any], quick: bool) -> list[Checked]:
