@@ -225,10 +225,10 @@ def _s(kind: str, **rules: Any) -> Schema:
 # serverless-components/tencent-scf serverless.component.yml (v0.9.7): memory list
 MEMORY_SIZES = [64, *range(128, 3072 + 1, 128)]
 # tencent-scf serverless.component.yml `runtime.allow` (2022) plus Python3.9 and
-# Python3.10, which SCF runs (cloud.tencent.com/document/product/583/73483, Python
-# runtimes) and the published component must accept, since its current documentation
-# (product/1154/43228) already goes beyond that source (the `http` event). Only a real
-# deploy confirms it (README: first-night checklist).
+# Python3.10, SCF runtimes that came after that source. No component source read for
+# these rules lists them; the published `scf` component is newer than its public source
+# (its documentation, product/1154/43228, has the `http` event the source lacks), and
+# only a real deploy confirms that it accepts Python3.10 (README: first-night checklist).
 SCF_RUNTIMES_SOURCE = ["Python2.7", "Python3.6", "Python3.7", "Nodejs6.10", "Nodejs8.9",
                        "Nodejs10.15", "Nodejs12.16", "Nodejs14.18", "Nodejs16.13", "Php5",
                        "Php7", "Php7.4", "Php8.0", "Go1", "Java8", "Java11", "CustomRuntime"]
