@@ -240,7 +240,7 @@ MULTI_SCF_RUNTIMES = SCF_RUNTIMES_SOURCE
 REGIONS = ["ap-beijing", "ap-chengdu", "ap-chongqing", "ap-guangzhou", "ap-hongkong",
            "ap-mumbai", "ap-seoul", "ap-shanghai", "ap-shanghai-fsi", "ap-shenzhen-fsi",
            "ap-singapore", "ap-tokyo", "eu-frankfurt", "na-siliconvalley", "na-toronto"]
-# SCF timeout: 1-900 s (tencent-scf docs/configure.md `timeout`; product/583/11637).
+# SCF timeout: 1-900 s (tencent-scf docs/configure.md `timeout`).
 SCF_MAX_TIMEOUT = 900
 # RetryNum: function errors are retried at most twice (product/583/41138); the toolkit
 # sends the value as is (src/modules/scf/entities/scf.ts updateAsyncRetry()).
@@ -490,8 +490,10 @@ class Product:
 
 
 SECRET_WORDS = ("SECRET", "TOKEN", "PASSWORD", "KEY")
-RESERVED_ENV_PREFIXES = ("SCF_", "QCLOUD_", "TENCENTCLOUD_")  # product/583/30228
-ENV_LIMIT_BYTES = 4096  # all variables of a function together (product/583/30228)
+# SCF environment variables (its docs, 环境变量): these prefixes are reserved, and all of a
+# function's variables together may take 4 KB; the rules tests/test_package.py already used.
+RESERVED_ENV_PREFIXES = ("SCF_", "QCLOUD_", "TENCENTCLOUD_")
+ENV_LIMIT_BYTES = 4096
 ROLES = {"trigger": "trigger.main_handler", "poller": "poller.main_handler",
          "finisher": "finisher.main_handler"}
 
