@@ -448,3 +448,18 @@ inputs:
             method: ANY
             serviceTimeout: 30
 """
+
+
+def test_instance_folders_must_be_direct_sub_folders(tmp_path: Path) -> None:
+    """Why the instances are scf-*/ and not functions/<name>/: `scf deploy` looks for
+    instance files only one folder down (serverless-cloud-framework v1.3.0,
+    src/libs/utils/basic.js runningTemplate() and utils.js getTemplate(): readdirSync(root),
+    no recursion), so nested folders would deploy nothing."""
+    (tmp_path / "serverless.yml").write_text((ROOT / "serverless.yml").read_text(encoding="utf-8"))
+    for folder in ("scf-trigger", "scf-poller", "scf-finisher"):
+        nested = tmp_path / "functions" / folder.removeprefix("scf-")
+        nested.mkdir(parents=True)
+        (nested / "serverless.yml").write_text((ROOT / folder / "serverless.yml").read_text(encoding="utf-8"))
+    nested_project = load_project(tmp_path)
+    assert nested_project.instances == {}
+    assert check_project(nested_project, example_environ(), product()) != []
