@@ -80,6 +80,14 @@ def _remaining_seconds(context: object) -> float | None:
         return None
 
 
+def _request_id(invocation: object) -> str:
+    """SCF's request id from the handler's context (`request_id`, product/583/9210); a
+    Function URL event carries none of its own (product/583/96099)."""
+    value = (invocation.get("request_id") if isinstance(invocation, Mapping)
+             else getattr(invocation, "request_id", None))
+    return value if isinstance(value, str) else ""
+
+
 def _context(invocation: object = None, started: float | None = None) -> Context:
     started = time.monotonic() if started is None else started
     configure_logging()
@@ -101,7 +109,8 @@ def handle_trigger(event: dict[str, Any], invocation: object = None) -> dict[str
             handle_event,  # only the HTTP trigger needs the API
         )
 
-        return handle_event(event, lambda: _context(invocation, started))
+        return handle_event(event, lambda: _context(invocation, started),
+                            request_id=_request_id(invocation))
     ctx = _context(invocation)
     if _is_timer(event):
         timer = TimerEvent.model_validate(event)
