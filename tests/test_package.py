@@ -250,6 +250,7 @@ COS_ACTIONS = {
     "complete_multipart_upload": "name/cos:CompleteMultipartUpload",
     "abort_multipart_upload": "name/cos:AbortMultipartUpload",
     "list_objects": "name/cos:GetBucket", "list_multipart_uploads": "name/cos:ListMultipartUploads",
+    "get_bucket_versioning": "name/cos:GetBucketVersioning",  # doctor: does forbid-overwrite hold?
 }
 
 
@@ -274,8 +275,9 @@ def test_cam_policy_names_exactly_the_backup_prefix_and_the_finisher() -> None:
     found = grants(document)
     assert set(found) == {COS_OBJECTS, COS_BUCKET, FINISHER}
     assert found[FINISHER] == {"scf:InvokeFunction"}
-    assert found[COS_BUCKET] == {"name/cos:GetBucket", "name/cos:ListMultipartUploads"}
-    bucket_actions = {"name/cos:GetBucket", "name/cos:ListMultipartUploads"}
+    bucket_actions = {"name/cos:GetBucket", "name/cos:ListMultipartUploads",
+                      "name/cos:GetBucketVersioning"}
+    assert found[COS_BUCKET] == bucket_actions
     assert found[COS_OBJECTS] == set(COS_ACTIONS.values()) - bucket_actions
     listing = [s for s in document["statement"] if s["action"] == ["name/cos:GetBucket"]]
     assert listing and listing[0]["condition"] == {"string_like": {"cos:prefix": "<PREFIX>/*"}}

@@ -540,6 +540,30 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
     return round((end - start).total_seconds(), 3)
 
 
+# POST /doctor ------------------------------------------------------------------------
+class DoctorBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    notify: bool = False  # send each webhook a test message
+
+
+def _doctor(request: Request, params: Mapping[str, str], context: ContextFactory) -> Response:
+    """Every doctor check with the trigger function's role, network and egress IP; 200 with
+    the report whether or not the checks pass (`ok` says which)."""
+    body = DoctorBody()
+    if request.body.strip():
+        try:
+            body = DoctorBody.model_validate_json(request.body)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            where = ".".join(str(part) for part in first["loc"]) or "body"
+            raise HttpError(400, f'the body must be {{"notify": true}} or empty: {where}: '
+                                 f"{first['msg']}", where) from None
+    from shared.entrypoints.scf import run_doctor  # the same report as {"doctor": true}
+
+    return json_response(200, run_doctor(notify=body.notify))
+
+
 # GET / -------------------------------------------------------------------------------
 def _page(request: Request, params: Mapping[str, str], context: ContextFactory) -> Response:
     """The page shell only: it holds no data and fetches the JSON routes with the token."""
@@ -556,4 +580,5 @@ ROUTES: list[Route] = [
     Route("/", {"GET": _page}, public=frozenset({"GET"})),
     Route("/runs", {"GET": _list_runs, "POST": _start_run}),
     Route("/runs/{run_id}", {"GET": _get_run}),
+    Route("/doctor", {"POST": _doctor}),
 ]

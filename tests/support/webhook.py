@@ -15,6 +15,7 @@ class WebhookReceiver:
     def __init__(self) -> None:
         self.messages: list[dict[str, Any]] = []
         self.answers: list[tuple[int, dict[str, Any]]] = []  # queued replies; default 200 ok
+        self.gets = 0
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -28,6 +29,12 @@ class WebhookReceiver:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+
+            def do_GET(self) -> None:  # robots refuse a GET; it still shows they are there
+                receiver.gets += 1
+                self.send_response(405)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
