@@ -143,4 +143,5 @@ def probe_webhook(webhook: Webhook, index: int, send: bool, client: httpx.Client
     except httpx.TransportError as exc:
         raise Fatal(f"{where} is unreachable from here: {describe_transport_error(exc)}; check "
                     "the URL and that this network reaches it") from None
-    return f"{where} answers (HTTP {response.status_code} to a GET); --notify sends a test message"
+    return (f"{where} answers (HTTP {response.status_code} to a GET); doctor --notify (or "
+            "\"notify\": true) sends it a test message")
