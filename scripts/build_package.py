@@ -1,4 +1,4 @@
-"""Builds build/package, what serverless.yml deploys to SCF, and zips it.
+"""Builds build/package, what scf-*/serverless.yml deploy to SCF (`src`), and zips it.
 
 - The runtime dependencies are installed as CPython 3.10 manylinux x86_64 wheels,
   whatever Python runs this, pinned to the versions the tests ran with. They are cached
@@ -229,7 +229,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=PACKAGE, help="package directory (default build/package)")
     parser.add_argument("--uin", help="your account id (UIN), filled into build/cam-policy.json")
     parser.add_argument("--region", default=os.environ.get("REGION", "ap-guangzhou"),
-                        help="region the functions are deployed in (serverless.yml's $REGION)")
+                        help="region the functions are deployed in (.env's REGION)")
     args = parser.parse_args()
     if args.config and not args.config.is_file():
         parser.error(f"--config {args.config}: no such file")
@@ -238,7 +238,7 @@ def main() -> int:
     print(f"{out} ready; {archive}: {archive.stat().st_size / 1e6:.1f} MB zipped")
     if not args.config:
         print("note: no --config given, so no backup.yaml is in the package; the functions "
-              "read $BAAS_BACKUP_CONFIG (serverless.yml: /var/user/backup.yaml)", file=sys.stderr)
+              "read $BAAS_BACKUP_CONFIG (scf-*/serverless.yml: /var/user/backup.yaml)", file=sys.stderr)
         return 0
     rendered = render_cam_policy(args.config, uin=args.uin, region=args.region, environ=os.environ)
     policy = BUILD / "cam-policy.json"

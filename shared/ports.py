@@ -222,3 +222,40 @@ class Dispatcher(Protocol):
     """Hands a ready job to the finisher (in-process locally, SCF async Invoke hosted)."""
 
     def dispatch(self, job_id: str) -> None: ...
+
+
+# the doctor ----------------------------------------------------------------------------
+# Each probe makes a few real calls and returns what it proved, in a sentence; when
+# something is wrong it raises BackupError (or ConfigError) saying what and how to fix it.
+@runtime_checkable
+class CredentialProbe(Protocol):
+    """A platform client that can prove its source's credentials work with one cheap call."""
+
+    def probe(self) -> str: ...
+
+
+class Deployment(Protocol):
+    """What `doctor` checks besides the config and the sources."""
+
+    def bucket(self) -> str:
+        """The destination bucket answers a listing under the prefix with these keys."""
+
+    def objects(self) -> str:
+        """A probe object under the prefix is written, read back and deleted."""
+
+    def create_only(self) -> str | None:
+        """A second create-only writer is refused and bucket versioning was never enabled;
+        None when the state is not kept in the bucket (nothing relies on it)."""
+
+    def state(self) -> str:
+        """The state backend answers a read."""
+
+    def finisher(self) -> str | None:
+        """The finisher function can be invoked with these credentials; None when the
+        config copies in-process (dispatch.mode local)."""
+
+    def webhooks(self) -> int:
+        """How many webhooks are configured."""
+
+    def webhook(self, index: int, send: bool) -> str:
+        """The webhook answers; with `send`, it accepts a test message."""

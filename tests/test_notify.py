@@ -130,6 +130,7 @@ def test_the_heartbeat_is_pinged_after_every_run(
     local.seed("orders", make_docs(3))
     local.seed("users", make_docs(3))
     local.environ["HEARTBEAT_URL"] = f"http://127.0.0.1:{webhook.server.server_port}/ping/abc"
+    webhook.get_status = 200
     config = local.config(local.wechat_source(collections=["orders", "users"]))
     notify = Notify.model_validate({"heartbeat": {"url": "${HEARTBEAT_URL}", "style": style}},
                                    context={"environ": local.environ})

@@ -16,7 +16,7 @@ import httpx
 
 from shared.adapters.http import describe_transport_error, make_client
 from shared.config import Notify, Webhook
-from shared.domain.errors import Retryable
+from shared.domain.errors import Fatal, Retryable
 from shared.domain.jobs import Job, JobStatus, Run, RunStatus
 from shared.logs import register_secret
 from shared.retry import with_retries
@@ -53,10 +53,20 @@ def run_text(run: Run, jobs: list[Job]) -> str:
     return "\n".join(lines)
 
 
+def _robot_text(webhook: Webhook, text: str) -> dict[str, Any] | None:
+    """A robot's text message; None for plain JSON webhooks."""
+    if webhook.format in ("wecom", "dingtalk"):  # both robots take the same text message
+        return {"msgtype": "text", "text": {"content": text}}
+    if webhook.format == "feishu":
+        return {"msg_type": "text", "content": {"text": text}}
+    return None
+
+
 def payload(webhook: Webhook, run: Run, jobs: list[Job]) -> dict[str, Any]:
     text = run_text(run, jobs)
-    if webhook.format != "json":
-        return text_payload(webhook, text)
+    robot = _robot_text(webhook, text)
+    if robot is not None:
+        return robot
     return {
         "run_id": run.run_id,
         "status": run.status.value,
@@ -93,11 +103,8 @@ def _deliver(settings: Notify, what: str, body_for: Callable[[Webhook], dict[str
 
 
 def text_payload(webhook: Webhook, text: str) -> dict[str, Any]:
-    if webhook.format in ("wecom", "dingtalk"):  # both robots take the same text message
-        return {"msgtype": "text", "text": {"content": text}}
-    if webhook.format == "feishu":
-        return {"msg_type": "text", "content": {"text": text}}
-    return {"alert": True, "text": text}
+    """An alert's message: a robot's text message, or `{"alert": true, "text": ...}`."""
+    return _robot_text(webhook, text) or {"alert": True, "text": text}
 
 
 class WebhookNotifier:
@@ -138,3 +145,31 @@ def _post(http: httpx.Client, url: str, body: dict[str, Any]) -> None:
         if code not in (0, None, "0"):
             raise Retryable(f"webhook refused the message: code {code} "
                             f"({answer.get('errmsg') or answer.get('msg') or 'no message'})")
+
+
+TEST_TEXT = "baas-backup doctor: a test message; no backup ran"
+
+
+def probe_webhook(webhook: Webhook, index: int, send: bool, client: httpx.Client | None = None) -> str:
+    """`doctor`: the webhook answers an HTTP GET (any status: it is there); with `send`, it
+    accepts a test message in its format. The URL carries the robot's key: only its host
+    is ever shown."""
+    url = webhook.url.get_secret_value()
+    register_secret(url)
+    where = f"notify.webhooks[{index}] ({webhook.format}, host {httpx.URL(url).host})"
+    http = client or make_client()
+    if send:
+        body = _robot_text(webhook, TEST_TEXT) or {"doctor": True, "text": TEST_TEXT}
+        try:
+            _post(http, url, body)
+        except Retryable as exc:
+            raise Fatal(f"{where}: {exc}; check the URL (its key) and the robot's security "
+                        "settings (keywords, IP allow-list)") from None
+        return f"{where} accepted a test message"
+    try:
+        response = http.get(url)
+    except httpx.TransportError as exc:
+        raise Fatal(f"{where} is unreachable from here: {describe_transport_error(exc)}; check "
+                    "the URL and that this network reaches it") from None
+    return (f"{where} answers (HTTP {response.status_code} to a GET); doctor --notify (or "
+            "\"notify\": true) sends it a test message")

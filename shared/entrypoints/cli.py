@@ -1,5 +1,6 @@
 """Command line for local use against real platforms or emulators:
-`validate`, `schema`, `run` (start a run and drive it to the end), `status`, `serve`."""
+`validate`, `schema`, `run` (start a run and drive it to the end), `status`, `serve`,
+`doctor` (check a real deployment)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from shared.adapters.state import open_store
-from shared.bootstrap import build_context
+from shared.bootstrap import build_context, doctor_subject
 from shared.config import ConfigError, config_json_schema, load_config
 from shared.domain.jobs import Job, Run, RunStatus
 from shared.logs import configure_logging
 from shared.ports import StateStore
 from shared.service.context import Context
+from shared.service.doctor import diagnose
 from shared.service.poll import poll
 from shared.service.start import UnknownSource, start_run
 from shared.service.suspicion import NotSuspect, acknowledge
@@ -28,7 +30,7 @@ if TYPE_CHECKING:  # rich is a CLI-only dependency, kept out of the deployed fun
     from rich.table import Table
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="baas-backup", description=__doc__)
     parser.add_argument("--config", help="config file (default: $BAAS_BACKUP_CONFIG or backup.yaml)")
     parser.add_argument("--verbose", action="store_true", help="JSON logs at INFO on stderr")
@@ -59,12 +61,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--poll-seconds", type=float, default=5.0,
                        help="drive runs forward like the poller's timer (0: off)")
-    args = parser.parse_args(argv)
+    doctor = commands.add_parser(
+        "doctor", help="check a real deployment: config, bucket, state, sources, finisher, webhooks",
+        description="Checks the deployment for real with this machine's credentials "
+        "(destination.secret_id/secret_key, or TENCENTCLOUD_SECRETID/_SECRETKEY for the bucket "
+        "and the finisher) and says, for each check, ok or what is wrong and how to fix it. "
+        "Exits 1 when any check fails. Inside SCF: invoke the trigger with {\"doctor\": true}, "
+        "or POST /doctor on its Function URL.")
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor.add_argument("--notify", action="store_true",
+                        help="send each webhook a test message (default: only check it answers)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
 
     if args.command == "schema":
         print(json.dumps(config_json_schema(), indent=2, ensure_ascii=False))
         return 0
     configure_logging(logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr)
+    if args.command == "doctor":
+        return _doctor(args.config, as_json=args.json, notify=args.notify)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -164,6 +182,13 @@ def _acknowledge(ctx: Context, run_id: str, source: str, collection: str) -> int
           f"({job.result.records if job.result else 0} records, down from "
           f"{job.previous_records}) now counts as a good backup")
     return 0
+
+
+def _doctor(config_path: str | None, *, as_json: bool, notify: bool) -> int:
+    report = diagnose(lambda: doctor_subject(load_config(config_path)), notify=notify)
+    print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) if as_json else report.text(),
+          flush=True)
+    return 0 if report.ok else 1
 
 
 def _run(ctx: Context, sources: list[str] | None, tick: float) -> int:

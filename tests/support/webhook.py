@@ -16,6 +16,8 @@ class WebhookReceiver:
         self.messages: list[dict[str, Any]] = []
         self.pings: list[str] = []  # paths (with query) of GET requests: heartbeat pings
         self.answers: list[tuple[int, dict[str, Any]]] = []  # queued replies; default 200 ok
+        self.gets = 0
+        self.get_status = 405  # robots refuse a GET; a heartbeat test sets 200
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -30,13 +32,12 @@ class WebhookReceiver:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def do_GET(self) -> None:
+            def do_GET(self) -> None:  # robots refuse a GET (405); heartbeat monitors answer 200
+                receiver.gets += 1
                 receiver.pings.append(self.path)
-                status, _ = receiver.answers.pop(0) if receiver.answers else (200, {})
-                self.send_response(status)
-                self.send_header("Content-Length", "2")
+                self.send_response(receiver.get_status)
+                self.send_header("Content-Length", "0")
                 self.end_headers()
-                self.wfile.write(b"OK")
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

@@ -69,7 +69,8 @@ def _digest(text: str) -> str:
 class CosStateStore:
     """StateStore over objects under `<destination.prefix>/_state/` in the destination bucket."""
 
-    def __init__(self, destination: Destination, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(self, destination: Destination, environ: Mapping[str, str] | None = None,
+                 *, verify: bool = True) -> None:
         self._client = cos_client(destination, environ)
         self._bucket = destination.bucket
         self._root = f"{destination.prefix}/_state/" if destination.prefix else "_state/"
@@ -78,7 +79,9 @@ class CosStateStore:
             if destination.server_side_encryption
             else {}
         )
-        self._check_create_only(destination.endpoint or destination.region)
+        self._endpoint = destination.endpoint or destination.region
+        if verify:  # `doctor` opens the store unverified and runs the probe itself
+            self.check_create_only()
 
     def __repr__(self) -> str:
         return f"CosStateStore(bucket={self._bucket!r}, root={self._root!r})"
@@ -303,11 +306,12 @@ class CosStateStore:
             return list(pool.map(fn, items))
 
     # objects ---------------------------------------------------------------
-    def _check_create_only(self, endpoint: str) -> None:
-        """Prove that this bucket refuses a second create-only PUT, once per process."""
-        marker = (endpoint, self._bucket, self._root)
+    def check_create_only(self, *, again: bool = False) -> None:
+        """Prove that this bucket refuses a second create-only PUT, once per process (or
+        `again`, whatever this process proved before)."""
+        marker = (self._endpoint, self._bucket, self._root)
         with _verified_lock:
-            if marker in _verified:
+            if marker in _verified and not again:
                 return
         probe = f"{self._root}probe/{uuid.uuid4().hex}.json"
         try:
@@ -325,6 +329,26 @@ class CosStateStore:
             self._delete(probe)
         with _verified_lock:
             _verified.add(marker)
+
+    def versioning(self) -> str | None:
+        """The bucket's versioning status (GetBucketVersioning): "Enabled", "Suspended", or
+        None when it was never enabled: GET Bucket versioning returns no status for a bucket
+        that never had it, and once enabled it can only be suspended, never switched off
+        (cloud.tencent.com/document/api/436/19889). COS ignores x-cos-forbid-overwrite on a
+        bucket that has had versioning (PUT Object, cloud.tencent.com/document/api/436/7749)."""
+        try:
+            with self._errors("read versioning of", self._bucket):
+                answer = self._client.get_bucket_versioning(Bucket=self._bucket)
+        except _Missing:
+            return None
+        status = answer.get("Status") if isinstance(answer, dict) else None
+        if status in (None, ""):
+            return None
+        if status not in ("Enabled", "Suspended"):
+            raise StateError(f"COS answered GetBucketVersioning of {self._bucket!r} with status "
+                             f"{status!r}, not Enabled or Suspended; check the bucket's "
+                             "versioning in the COS console")
+        return str(status)
 
     def _create_json(self, key: str, document: dict[str, Any]) -> bool:
         """Create-only PUT; true if this call created the object. An SDK retry of our own

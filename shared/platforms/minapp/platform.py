@@ -42,6 +42,7 @@ EXPORT = "/oserve/v1.5/table/{table}/export/"
 EXPORT_JOB = "/oserve/v1.5/table/{table}/export/{job}/"
 RECORDS = "/oserve/v2.4/table/{table}/record/"
 ENV_HEADER = "X-Hydrogen-Env-ID"
+PROBE_JOB = "0" * 32  # shaped like MinApp's job ids; none is all zeros
 LIST_OPTIONS = ("include_keys", "exclude_keys", "order_by", "csv_customize_headers",
                 "timestamp_convert_keys")
 
@@ -407,6 +408,30 @@ class MinAppClient:
         if self.file_type == "json" and first and first != b"{":
             raise Fatal(f"MinApp's JSON export {job} is not one JSON object per line (it starts "
                         f"with {first.decode('latin-1')!r}); this version cannot count its records")
+
+    # doctor --------------------------------------------------------------------------
+    def probe(self) -> str:
+        """`doctor`: a sign-in (the doctor's token cache starts empty), a count of the first
+        table's records, and a status read of a job id that cannot exist (GET
+        /oserve/v1.5/table/:table_id/export/:job_id/, 获取单个导出任务信息 in MinApp's data
+        import/export docs): 404 means job status may be read through the API, 401/403
+        that it is not enabled in the console."""
+        tables = self.collections()
+        if not tables:
+            raise Fatal(f"source {self.source.name!r} lists no tables; add some to tables")
+        table = tables[0]
+        records = self._count(table, {})
+        path = EXPORT_JOB.format(table=table, job=PROBE_JOB)
+        response = self._retrying(lambda: self._api("GET", path))
+        if response.status_code in (401, 403):
+            raise Fatal(f"MinApp refused to read an export job's status (HTTP "
+                        f"{response.status_code}: {_error_text(response)}): {STATUS_ACCESS_HINT}")
+        if response.status_code not in (200, 404):
+            raise Fatal(f"MinApp answered HTTP {response.status_code} to a job status read "
+                        f"({_error_text(response)}); expected 404 for a job that does not "
+                        "exist; check api_base")
+        return (f"signed in as client {self.source.client_id}; table {table} has {records} "
+                "record(s); export job status can be read through the API")
 
     # platform job list and records ---------------------------------------------------
     def _jobs(self, collection: str) -> list[dict[str, Any]]:

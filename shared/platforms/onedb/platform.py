@@ -181,6 +181,16 @@ class OneDBClient:
         dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
         return b"".join([dumps(item, option=newline) for item in items])
 
+    # doctor ----------------------------------------------------------------------
+    def probe(self) -> str:
+        """`doctor`: one getMany of one row of the first table, signed with the key: it
+        fails with the AppHub advice when the key is not granted the cdb app."""
+        table = self.collections()[0]
+        body = {**self.request_for(table, None), "rowsLimit": 1}
+        self._call(body, table)
+        return (f"key {self.source.keyid!r} of environment {self.source.envid!r} read one row "
+                f"of table {table!r} with getMany")
+
     # calls -----------------------------------------------------------------------
     def _table(self, collection: str) -> OneDBTable:
         try:

@@ -76,8 +76,9 @@ def classify(path: str, errcode: int, errmsg: str, scope: Scope) -> BackupError:
     if errcode in (40164, 61004):
         return Fatal(
             f"{where}: this function's outbound IP is not on {scope.allow_list}. Give the SCF "
-            "functions a fixed egress IP (SCF's fixed public egress IP setting, or a VPC with a "
-            "NAT gateway) and add that IP to the allow-list"
+            "functions a fixed egress IP (`eip: true` in all three scf-*/serverless.yml, or a "
+            "VPC with a NAT gateway), deploy, and add that IP (SCF console: function -> network "
+            "configuration) to the allow-list"
         )
     if errcode in CREDENTIAL_ERRCODES:
         return Fatal(f"{where}: the {scope.credentials} is wrong; fix it")

@@ -130,6 +130,17 @@ class WeChatClient:
         consistent = len(totals) == 1 and (total is None or len(unique) == len(names) == total)
         return unique, consistent
 
+    # doctor ------------------------------------------------------------------------------
+    def probe(self) -> str:
+        """`doctor`: a token (fetched now: the doctor's token cache starts empty) and one
+        collection listing of the env (databasecollectionget, limit 1), from this network.
+        An IP allow-list refusal (errcode 40164 / 61004) comes back as the egress-IP advice."""
+        answer = self._listing_page(0, 1)
+        total = _total(answer)
+        counted = f"{total} collection(s)" if total is not None else "a collection listing"
+        return (f"token fetched for appid {self.source.appid}; env {self.source.env!r} answered "
+                f"with {counted}")
+
     def _listing_page(self, offset: int, limit: int) -> dict[str, Any]:
         body: dict[str, Any] = {"env": self.source.env, "limit": limit, "offset": offset}
         params = None
