@@ -51,7 +51,8 @@ def test_openapi_document_is_valid_and_matches_the_routes() -> None:
 
 
 # auth -----------------------------------------------------------------------------------
-DATA_ROUTES = [("GET", "/runs"), ("POST", "/runs"), ("GET", "/runs/20261121T020000123Z-1a2b3c4d")]
+DATA_ROUTES = [("GET", "/runs"), ("POST", "/runs"), ("GET", "/runs/20261121T020000123Z-1a2b3c4d"),
+               ("POST", "/runs/20261121T020000123Z-1a2b3c4d/acknowledge"), ("GET", "/collections")]
 EVERY_ROUTE = [("GET", "/"), *DATA_ROUTES]
 
 
@@ -132,6 +133,43 @@ def test_post_runs_backs_up_everything(api: Api) -> None:
                              "bytes": sum(j["bytes"] for j in run["jobs"])}
     assert run["jobs_by_status"]["done"] == 3
     assert run["manifest_key"] and api.local.objects.read(run["manifest_key"])
+
+
+def test_a_wiped_collection_is_flagged_and_acknowledged_over_http(api: Api) -> None:
+    first = api.call("POST", "/runs", headers={"Idempotency-Key": "night-1"})[1]["run_id"]
+    finish_run(api, first)
+    api.local.emulator.add_collection(ENV_ID, "orders", [])  # wiped at the source
+    second = api.call("POST", "/runs", headers={"Idempotency-Key": "night-2"})[1]["run_id"]
+    finish_run(api, second)
+
+    _, run, _ = api.call("GET", f"/runs/{second}")
+    flags = {(j["source"], j["collection"]): (j["suspect"], j["previous_records"]) for j in run["jobs"]}
+    assert flags == {("shop", "orders"): (True, 20), ("archive", "orders"): (True, 20),
+                     ("shop", "users"): (False, 5)}
+    _, listed, _ = api.call("GET", "/collections")
+    shop_orders = next(c for c in listed["collections"]
+                       if (c["source"], c["collection"]) == ("shop", "orders"))
+    assert shop_orders["latest"]["suspect"] and shop_orders["latest"]["records"] == 0
+    assert shop_orders["last_good"]["run_id"] == first and shop_orders["last_good"]["records"] == 20
+    assert shop_orders["last_good"]["age_seconds"] >= 0 and listed["retention"] is False
+
+    path = f"/runs/{second}/acknowledge"
+    status, job, _ = api.call("POST", path, body={"source": "shop", "collection": "orders"})
+    assert status == 200 and job["suspect"] is False and job["acknowledged_at"]
+    assert api.call("POST", path, body={"source": "shop", "collection": "orders"})[0] == 200
+    status, problem, _ = api.call("POST", path, body={"source": "shop", "collection": "users"})
+    assert status == 409 and "not suspect" in problem["error"]
+    status, problem, _ = api.call("POST", path, body={"source": "shop", "collection": "nope"})
+    assert status == 404
+    status, problem, _ = api.call("POST", path, body={"source": "shop"})
+    assert status == 400 and problem["field"] == "collection"
+    status, problem, _ = api.call("POST", "/runs/20200101T000000000Z-00000000/acknowledge",
+                                  body={"source": "shop", "collection": "orders"})
+    assert status == 404 and problem["field"] == "run_id"
+    _, listed, _ = api.call("GET", "/collections")
+    shop_orders = next(c for c in listed["collections"]
+                       if (c["source"], c["collection"]) == ("shop", "orders"))
+    assert shop_orders["last_good"]["run_id"] == second  # the acknowledged drop is good now
 
 
 def test_post_runs_with_a_subset(api: Api) -> None:

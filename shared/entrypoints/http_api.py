@@ -510,6 +510,7 @@ def job_view(job: Job) -> dict[str, Any]:
     result = job.result
     return {
         "job_id": job.job_id,
+        "run_id": job.run_id,
         "source": job.source,
         "collection": job.collection,
         "status": job.status.value,
@@ -527,6 +528,11 @@ def job_view(job: Job) -> dict[str, Any]:
         "finished_at": _iso(job.finished_at),
         "updated_at": _iso(job.updated_at),
         "duration_seconds": _seconds(job.started_at or job.created_at, job.finished_at),
+        # far fewer records than the collection's last good backup, not acknowledged yet
+        "suspect": job.suspect and job.acknowledged_at is None,
+        "previous_records": job.previous_records,
+        "acknowledged_at": _iso(job.acknowledged_at),
+        "pruned": job.pruned_at is not None,  # retention deleted its objects
     }
 
 
@@ -538,6 +544,47 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
     if start is None or end is None:
         return None
     return round((end - start).total_seconds(), 3)
+
+
+# POST /runs/{run_id}/acknowledge ----------------------------------------------------
+class AcknowledgeBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source: StrictStr = Field(min_length=1, max_length=200)
+    collection: StrictStr = Field(min_length=1, max_length=1000)
+
+
+def _acknowledge(request: Request, params: Mapping[str, str], context: ContextFactory) -> Response:
+    """A suspect backup's drop was intended: it counts as good from now on."""
+    from shared.service.suspicion import NotSuspect, acknowledge
+
+    run_id = params["run_id"]
+    try:
+        body = AcknowledgeBody.model_validate_json(request.body or b"{}")
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        raise HttpError(400, f'the body must be {{"source": "...", "collection": "..."}}: '
+                             f"{where}: {first['msg']}", where) from None
+    ctx = _service(context)
+    if not RUN_ID.match(run_id) or ctx.state.get_run(run_id) is None:
+        raise HttpError(404, f"no run {run_id[:80]!r}; GET /runs lists the runs", "run_id")
+    try:
+        job = acknowledge(ctx, run_id, body.source, body.collection)
+    except NotSuspect as exc:
+        status = 404 if "has no backup" in str(exc) else 409
+        raise HttpError(status, str(exc), "collection") from None
+    return json_response(200, job_view(job))
+
+
+# GET /collections ----------------------------------------------------------------------
+def _collections(request: Request, params: Mapping[str, str], context: ContextFactory) -> Response:
+    from shared.service.overview import collections
+
+    ctx = _service(context)
+    now = ctx.clock()
+    return json_response(200, {"collections": [c.view(now) for c in collections(ctx)],
+                               "retention": ctx.config.retention is not None})
 
 
 # POST /doctor ------------------------------------------------------------------------
@@ -580,5 +627,7 @@ ROUTES: list[Route] = [
     Route("/", {"GET": _page}, public=frozenset({"GET"})),
     Route("/runs", {"GET": _list_runs, "POST": _start_run}),
     Route("/runs/{run_id}", {"GET": _get_run}),
+    Route("/runs/{run_id}/acknowledge", {"POST": _acknowledge}),
+    Route("/collections", {"GET": _collections}),
     Route("/doctor", {"POST": _doctor}),
 ]
