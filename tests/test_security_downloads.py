@@ -24,7 +24,7 @@ from shared.adapters.http import (
 )
 from shared.domain.jobs import JobStatus, RunStatus
 from tests.support.backup import LocalBackup, backup_now
-from tests.support.hostile import Answer, Hostile, cut_without_length, gzipped, plain, redirect
+from tests.support.hostile import Hostile, cut_without_length, every_path, gzipped, plain, redirect
 
 
 def resolver(names: dict[str, str]) -> Callable[[str, int], list[str]]:
@@ -157,7 +157,7 @@ def test_minapp_download_redirected_to_a_private_address_is_never_fetched(
     monkeypatch.setattr(http, "system_resolver", resolver({"db.internal.example": "10.0.0.7"}))
     minapp_emulator.add_table(1001, [{"name": "a"}])
     minapp_emulator.link_base = hostile.base  # a real CDN-like hop, then the private network
-    hostile.answers = _every_path(redirect(f"http://db.internal.example:{hostile.port}/x", 302))
+    hostile.answers = every_path(redirect(f"http://db.internal.example:{hostile.port}/x", 302))
     ctx = local.context(local.config(local.minapp_source(minapp_emulator)))
 
     run = backup_now(ctx)
@@ -172,7 +172,7 @@ def test_wechat_gzip_bomb_fails_the_job_and_stores_nothing(
         local: LocalBackup, hostile: Hostile) -> None:
     local.seed("orders", make_docs(3, seed=1))
     local.emulator.link_base = hostile.base
-    hostile.answers = _every_path(gzipped(b"\n" * (32 << 20)))
+    hostile.answers = every_path(gzipped(b"\n" * (32 << 20)))
     ctx = local.context(local.config())
 
     run = backup_now(ctx)
@@ -185,7 +185,7 @@ def test_wechat_gzip_bomb_fails_the_job_and_stores_nothing(
 def test_three_empty_lines_are_not_three_records(local: LocalBackup, hostile: Hostile) -> None:
     local.seed("orders", make_docs(3, seed=1))
     local.emulator.link_base = hostile.base
-    hostile.answers = _every_path(plain(b"\n\n\n"))
+    hostile.answers = every_path(plain(b"\n\n\n"))
     ctx = local.context(local.config())
 
     run = backup_now(ctx)
@@ -200,7 +200,7 @@ def test_minapp_download_cut_without_a_length_is_never_done(
         local: LocalBackup, minapp_emulator: MinAppEmulator, hostile: Hostile) -> None:
     minapp_emulator.add_table(1001, [{"name": "a"}, {"name": "b"}])
     minapp_emulator.link_base = hostile.base
-    hostile.answers = _every_path(cut_without_length(b'{"name": "a"}\n'))
+    hostile.answers = every_path(cut_without_length(b'{"name": "a"}\n'))
     ctx = local.context(local.config(local.minapp_source(minapp_emulator)))
 
     run = backup_now(ctx)
@@ -210,12 +210,3 @@ def test_minapp_download_cut_without_a_length_is_never_done(
     assert "neither Content-Length nor chunked" in (job.error or "")
     assert not [o for o in local.objects.list("") if o.key.endswith(".jsonl")]
 
-
-def _every_path(answer: Answer) -> dict[str, Answer]:
-    """Answers for any path (the platform picks the file's path)."""
-
-    class Every(dict[str, Answer]):
-        def get(self, key: str, default: object = None) -> Answer:
-            return answer
-
-    return Every()

@@ -128,6 +128,16 @@ def cut_without_length(data: bytes) -> Answer:
     return answer
 
 
+def every_path(answer: Answer) -> dict[str, Answer]:
+    """Answers for any path (when the platform picks the file's path)."""
+
+    class Every(dict[str, Answer]):
+        def get(self, key: str, default: object = None) -> Answer:
+            return answer
+
+    return Every()
+
+
 @pytest.fixture
 def hostile() -> Iterator[Hostile]:
     server = Hostile()
