@@ -5,10 +5,15 @@ past the invocation's time. WeChat emulator, real COS SDK against the S3 server.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import time
 from typing import Any
 
+import orjson
+
 from devkit.compare import assert_object_equals_docs
+from devkit.emulators.onedb import OneDBEmulator, generated_row
 from devkit.sample_data import make_docs
 from shared.domain.jobs import Job, JobStatus
 from shared.domain.layout import data_key
@@ -19,6 +24,8 @@ from shared.service.start import start_run
 from tests.fakes import RecordingDispatcher
 from tests.support.backup import ENV_ID, LocalBackup
 from tests.support.hostile import Hostile, drip, every_path
+from tests.support.onedb import APP, onedb_source
+from tests.support.onedb import ENV_ID as ONEDB_ENV
 
 
 def ready_job(local: LocalBackup, docs: int = 40) -> tuple[Context, Job]:
@@ -112,3 +119,30 @@ def test_a_slow_download_stops_at_the_invocations_time_limit(
     assert "time ran out" in (after.error or "")
     assert local.objects.head(expected_key(ctx, job)) is None
 
+
+
+def test_paged_rows_parked_at_another_key_are_read_again_not_taken(
+        local: LocalBackup, onedb_emulator: OneDBEmulator) -> None:
+    """A checkpoint naming some other object (with its true size and MD5) as the parked
+    rows: the rows are read from OneDB again, never taken from that object."""
+    onedb_emulator.add_generated_table(ONEDB_ENV, APP, "events", 50)
+    dispatcher = RecordingDispatcher()
+    ctx = local.context(local.config(onedb_source(local, onedb_emulator)), dispatcher=dispatcher)
+    start_run(ctx, idempotency_key="p", trigger="test")
+    [job_id] = dispatcher.dispatched
+    job = ctx.state.get_job(job_id)
+    assert job is not None
+    planted = b'{"id": "planted", "note": "not from the table"}\n'
+    local.objects.put_stream("elsewhere/planted.bin", [planted], content_type="text/plain")
+    key = data_key(ctx.config.destination.prefix, job.run_id, job.source, job.collection, "json")
+    parked = {"key": "elsewhere/planted.bin", "bytes": len(planted), "rows": 1,
+              "md5": hashlib.md5(planted, usedforsecurity=False).hexdigest(), "cursor": None}
+    assert ctx.state.save_job(job.model_copy(update={"checkpoint": {"paged": {
+        "key": key, "parked": parked}}})) is not None
+
+    assert finish(ctx, job_id) == "done"
+
+    lines = local.objects.read(key).splitlines()
+    assert len(lines) == 50 and b"planted" not in b"".join(lines)
+    assert [json.loads(line) for line in lines] == [
+        json.loads(orjson.dumps(generated_row(i))) for i in range(50)]
