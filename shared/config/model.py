@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from shared.config.fields import (
+    HTTPS_ONLY,
     REFERENCE,
     WHOLE_REFERENCE,
     ConfigModel,
@@ -35,6 +36,7 @@ from shared.config.fields import (
     Secret,
     SourceSettings,
     environ_of,
+    is_secure_url,
 )
 from shared.platforms import registry
 
@@ -88,7 +90,9 @@ class Destination(ConfigModel):
     @classmethod
     def _check_endpoint(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^https?://[^/\s]+/?$", value):
-            raise ValueError("must look like http(s)://host[:port] with no path")
+            raise ValueError("must look like https://host[:port] with no path")
+        if value is not None and not is_secure_url(value):  # signed requests, object data
+            raise ValueError(HTTPS_ONLY)
         return value.rstrip("/") if value else value
 
     @model_validator(mode="after")
@@ -242,6 +246,14 @@ class Webhook(ConfigModel):
         default="json", description="wecom/dingtalk/feishu robot message, or the run summary as JSON."
     )
 
+    @field_validator("url")
+    @classmethod
+    def _https(cls, value: SecretStr) -> SecretStr:
+        # a robot URL carries its key, and the message names what failed
+        if not is_secure_url(value.get_secret_value()):
+            raise ValueError(HTTPS_ONLY)
+        return value
+
 
 class Notify(ConfigModel):
     """Who is told when a run ends, and when."""
@@ -300,6 +312,8 @@ class DispatchSettings(ConfigModel):
     def _endpoint(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^https?://[^/\s]+/?$", value):
             raise ValueError("must look like https://host[:port] with no path")
+        if value is not None and not is_secure_url(value):  # signed API requests
+            raise ValueError(HTTPS_ONLY)
         return value.rstrip("/") if value else value
 
 
