@@ -59,3 +59,14 @@ def test_plain_http_to_another_host_is_refused(name: str) -> None:
                                  "http://localhost:9000"])
 def test_https_and_local_http_are_accepted(name: str, url: str) -> None:
     parse(PLACES[name][0], url)
+
+
+def test_errors_show_the_text_as_written_not_the_expanded_value() -> None:
+    document = copy.deepcopy(BASE)
+    document["sources"][0].update(name="${NAME}", appid="${APPID}")
+    environ = {**ENV, "NAME": "Private Name!", "APPID": "not-an-appid-but-a-secret"}
+    with pytest.raises(ConfigError) as info:
+        parse_config(document, environ=environ, source="/srv/app/backup.yaml")
+    text = "\n".join(info.value.problems)
+    assert '(got "${NAME}")' in text and '(got "${APPID}")' in text
+    assert "Private Name" not in str(info.value) and "not-an-appid" not in str(info.value)

@@ -448,7 +448,27 @@ def _nested_model(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _describe(error: Mapping[str, Any]) -> str:
+_NOT_WRITTEN = object()
+
+
+def _written(document: Any, loc: tuple[int | str, ...]) -> Any:
+    """The value at `loc` as the config's text has it (`${VAR}` unexpanded), or
+    `_NOT_WRITTEN` when `loc` names no single written value."""
+    current = document
+    for part in loc:
+        listed = isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current)
+        if listed or (isinstance(current, dict) and part in current):
+            current = current[part]
+        elif isinstance(current, dict) and part in _source_types():
+            continue  # the discriminator tag is in the error's location, not the document
+        elif isinstance(current, str):
+            return current  # a shorthand (token: legacy_token) stands for the section
+        else:
+            return _NOT_WRITTEN
+    return current
+
+
+def _describe(error: Mapping[str, Any], document: Any = None) -> str:
     loc = tuple(error["loc"])
     where = _location(loc)
     kind = error["type"]
@@ -466,8 +486,9 @@ def _describe(error: Mapping[str, Any]) -> str:
     last = str(loc[-1]) if loc else ""
     if last in _secret_fields():
         return f"{where}: {message}"  # never echo what was typed into a secret field
-    value = error.get("input")
-    if isinstance(value, (dict, list)):
+    # What was written, never what a ${VAR} expanded to (the variable may hold anything)
+    value = _written(document, loc)
+    if value is _NOT_WRITTEN or isinstance(value, (dict, list)):
         return f"{where}: {message}"  # a whole section could carry a literal secret
     shown = json.dumps(value, ensure_ascii=False, default=str)
     if len(shown) > 80:
@@ -484,7 +505,7 @@ def parse_config(
     try:
         return config_model().model_validate(data, context={"environ": environ})
     except ValidationError as exc:
-        raise ConfigError([_describe(e) for e in exc.errors(include_url=False)], source) from None
+        raise ConfigError([_describe(e, data) for e in exc.errors(include_url=False)], source) from None
 
 
 def load_config(path: str | os.PathLike[str] | None = None, *, environ: Mapping[str, str] | None = None) -> Config:
