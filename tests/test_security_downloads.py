@@ -23,6 +23,7 @@ from shared.adapters.http import (
     make_download_client,
 )
 from shared.domain.jobs import JobStatus, RunStatus
+from shared.domain.records import JsonLinesCounter
 from tests.support.backup import LocalBackup, backup_now
 from tests.support.hostile import Hostile, cut_without_length, every_path, gzipped, plain, redirect
 
@@ -210,3 +211,10 @@ def test_minapp_download_cut_without_a_length_is_never_done(
     assert "neither Content-Length nor chunked" in (job.error or "")
     assert not [o for o in local.objects.list("") if o.key.endswith(".jsonl")]
 
+
+
+def test_a_record_is_a_line_that_parses_as_an_object() -> None:
+    counter = JsonLinesCounter()
+    for chunk in (b'\xef\xbb\xbf{"a": 1}\n\n   \n[1]\n"text"\nnot json\n{"b"', b': 2}\n{"c": 3}'):
+        counter.feed(chunk)
+    assert counter.total == 3 and counter.invalid == 3
