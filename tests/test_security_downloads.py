@@ -77,6 +77,8 @@ def test_loopback_is_allowed_only_when_the_platform_api_is_on_loopback(hostile: 
 
     emulated = make_download_client(api_base="http://127.0.0.1:9", resolver=names)
     assert fetch(emulated, url) == b'{"a": 1}\n'
+    # connected to the checked address, still naming the host (signed links cover it)
+    assert hostile.seen[0].headers["Host"] == f"files.example.com:{hostile.port}"
     hosted = make_download_client(api_base="https://cloud.minapp.com", resolver=names)
     with pytest.raises(RefusedTarget, match="loopback"):
         fetch(hosted, url)

@@ -86,7 +86,9 @@ class GuardedTransport(httpx.HTTPTransport):
     """Checks each request's host (every redirect hop is a request) before connecting."""
 
     def __init__(self, *, allow_loopback: bool, resolver: Resolver | None = None) -> None:
-        super().__init__()
+        # No kept-alive connections: a pooled one is matched by address, and a TLS
+        # session verified for one host name must not carry another host's request.
+        super().__init__(limits=httpx.Limits(max_keepalive_connections=0))
         self._allow_loopback = allow_loopback
         self._resolve = resolver or system_resolver
 
