@@ -56,7 +56,7 @@ def test_valid_config_expands_references() -> None:
         (lambda d: d["sources"][0].update(type="firebase"), "sources[0]: type must be one of: wechat, onedb, wechat-platform, minapp"),
         (lambda d: d["destination"].pop("bucket"), "destination.bucket: required field is missing"),
         (lambda d: d["destination"].update(prefix="a/../b"), "destination.prefix: must not contain '.' or '..'"),
-        (lambda d: d["destination"].update(endpoint="ftp://x"), "destination.endpoint: must look like http(s)://"),
+        (lambda d: d["destination"].update(endpoint="ftp://x"), "destination.endpoint: must look like https://"),
         (lambda d: d["sources"][0].update(appid="12345"), "sources[0].appid: String should match pattern"),
         (lambda d: d["sources"][0].update(collections=[]), "sources[0].collections: List should have at least 1 item"),
         (lambda d: d["sources"][0].update(collections=["a", "a"]), "collections listed twice: a"),

@@ -71,7 +71,7 @@ def test_valid_minapp_source() -> None:
         (lambda s: s["tables"][2].update(mode="some"),
          "sources[0].tables[2].mode: Input should be 'all' or 'part' (got \"some\")"),
         (lambda s: s.update(file_type="xlsx"), "sources[0].file_type: Input should be 'json' or 'csv'"),
-        (lambda s: s.update(api_base="ftp://x"), "sources[0].api_base: must be http(s)://host"),
+        (lambda s: s.update(api_base="ftp://x"), "sources[0].api_base: must be https://host"),
         (lambda s: s.pop("client_id"), "sources[0].client_id: required field is missing"),
         (lambda s: s.update(client_secret="${NOT_SET}"),
          "sources[0].client_secret: environment variable NOT_SET is not set"),

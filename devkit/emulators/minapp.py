@@ -399,6 +399,7 @@ class MinAppEmulator(LocalEmulator):
         self.redirect_downloads = False  # True: download links go through a 302 first
         self.port = port
         self.base_url = ""
+        self.link_base: str | None = None  # where download_url points; None: this emulator
         self.calls: collections.Counter[str] = collections.Counter()
         self.download_statuses: list[int] = []
         self.download_authorization: list[str | None] = []
@@ -593,7 +594,7 @@ class MinAppEmulator(LocalEmulator):
         expires = int(time.time() + self.link_ttl)
         signature = self._sign(path, expires)
         shown = CDN_PREFIX + path[len(FILES_PREFIX):] if self.redirect_downloads else path
-        return f"{self.base_url}{quote(shown)}?{urlencode({'e': expires, 'sign': signature})}"
+        return f"{self.link_base or self.base_url}{quote(shown)}?{urlencode({'e': expires, 'sign': signature})}"
 
     # ----------------------------------------------------------------- OAuth
 

@@ -601,6 +601,7 @@ class WeChatEmulator(LocalEmulator):
         self.max_listing_page: int | None = None
         self.rotate_refresh_tokens = False
         self.base_url = ""
+        self.link_base: str | None = None  # where file_url points; None: this emulator
         self.calls: collections.Counter[str] = collections.Counter()
         self._lock = threading.RLock()
         self._apps: dict[str, _App] = {}
@@ -848,7 +849,7 @@ class WeChatEmulator(LocalEmulator):
                 self._expire_links_left -= 1
                 self._doomed_signatures[signature] += 1
         return (
-            f"{self.base_url}{quote(path)}?q-sign-algorithm=sha1&q-ak={SIGN_ACCESS_KEY}"
+            f"{self.link_base or self.base_url}{quote(path)}?q-sign-algorithm=sha1&q-ak={SIGN_ACCESS_KEY}"
             f"&q-sign-time={key_time}&q-key-time={key_time}&q-url-param-list="
             f"&q-signature={signature}"
         )

@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from shared.config.fields import (
+    HTTPS_ONLY,
     REFERENCE,
     WHOLE_REFERENCE,
     ConfigModel,
@@ -35,6 +36,7 @@ from shared.config.fields import (
     Secret,
     SourceSettings,
     environ_of,
+    is_secure_url,
 )
 from shared.platforms import registry
 
@@ -88,7 +90,9 @@ class Destination(ConfigModel):
     @classmethod
     def _check_endpoint(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^https?://[^/\s]+/?$", value):
-            raise ValueError("must look like http(s)://host[:port] with no path")
+            raise ValueError("must look like https://host[:port] with no path")
+        if value is not None and not is_secure_url(value):  # signed requests, object data
+            raise ValueError(HTTPS_ONLY)
         return value.rstrip("/") if value else value
 
     @model_validator(mode="after")
@@ -319,6 +323,14 @@ class Webhook(ConfigModel):
         default="json", description="wecom/dingtalk/feishu robot message, or the run summary as JSON."
     )
 
+    @field_validator("url")
+    @classmethod
+    def _https(cls, value: SecretStr) -> SecretStr:
+        # a robot URL carries its key, and the message names what failed
+        if not is_secure_url(value.get_secret_value()):
+            raise ValueError(HTTPS_ONLY)
+        return value
+
 
 class Heartbeat(ConfigModel):
     """A dead-man switch: an outside monitor that alerts when the pings stop."""
@@ -390,6 +402,8 @@ class DispatchSettings(ConfigModel):
     def _endpoint(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^https?://[^/\s]+/?$", value):
             raise ValueError("must look like https://host[:port] with no path")
+        if value is not None and not is_secure_url(value):  # signed API requests
+            raise ValueError(HTTPS_ONLY)
         return value.rstrip("/") if value else value
 
 
@@ -535,7 +549,27 @@ def _nested_model(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _describe(error: Mapping[str, Any]) -> str:
+_NOT_WRITTEN = object()
+
+
+def _written(document: Any, loc: tuple[int | str, ...]) -> Any:
+    """The value at `loc` as the config's text has it (`${VAR}` unexpanded), or
+    `_NOT_WRITTEN` when `loc` names no single written value."""
+    current = document
+    for part in loc:
+        listed = isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current)
+        if listed or (isinstance(current, dict) and part in current):
+            current = current[part]
+        elif isinstance(current, dict) and part in _source_types():
+            continue  # the discriminator tag is in the error's location, not the document
+        elif isinstance(current, str):
+            return current  # a shorthand (token: legacy_token) stands for the section
+        else:
+            return _NOT_WRITTEN
+    return current
+
+
+def _describe(error: Mapping[str, Any], document: Any = None) -> str:
     loc = tuple(error["loc"])
     where = _location(loc)
     kind = error["type"]
@@ -553,8 +587,9 @@ def _describe(error: Mapping[str, Any]) -> str:
     last = str(loc[-1]) if loc else ""
     if last in _secret_fields():
         return f"{where}: {message}"  # never echo what was typed into a secret field
-    value = error.get("input")
-    if isinstance(value, (dict, list)):
+    # What was written, never what a ${VAR} expanded to (the variable may hold anything)
+    value = _written(document, loc)
+    if value is _NOT_WRITTEN or isinstance(value, (dict, list)):
         return f"{where}: {message}"  # a whole section could carry a literal secret
     shown = json.dumps(value, ensure_ascii=False, default=str)
     if len(shown) > 80:
@@ -571,7 +606,7 @@ def parse_config(
     try:
         return config_model().model_validate(data, context={"environ": environ})
     except ValidationError as exc:
-        raise ConfigError([_describe(e) for e in exc.errors(include_url=False)], source) from None
+        raise ConfigError([_describe(e, data) for e in exc.errors(include_url=False)], source) from None
 
 
 def load_config(path: str | os.PathLike[str] | None = None, *, environ: Mapping[str, str] | None = None) -> Config:

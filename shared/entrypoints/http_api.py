@@ -315,7 +315,9 @@ def _service(context: ContextFactory) -> Context:
         return context()
     except ConfigError as exc:
         # after authentication only: the owner needs to know, and config errors never echo secrets
-        raise HttpError(500, f"the trigger function's config is invalid: {exc}") from None
+        # the problems only: where the config file lives is none of a caller's business
+        raise HttpError(500, "the trigger function's config is invalid: "
+                             + "; ".join(exc.problems)) from None
 
 
 # POST /runs ------------------------------------------------------------------------
@@ -369,6 +371,9 @@ def _parse_body(request: Request) -> StartRunBody:
     except json.JSONDecodeError as exc:
         raise HttpError(400, f"the body is not valid JSON: {exc.msg} at line {exc.lineno} "
                              f"column {exc.colno}", "body") from None
+    except (RecursionError, ValueError):  # nested past the parser's depth, a huge number
+        raise HttpError(400, "the body is JSON this API does not take: nested too deep or "
+                             'a number too long; send {"sources": [...]}', "body") from None
     if not isinstance(document, dict):
         raise HttpError(400, 'the body must be a JSON object like {"sources": ["shop"]}', "body")
     try:

@@ -218,6 +218,10 @@ class _PagedCopy:
         parked = state.parked
         if parked is None:
             return bytearray(), 0, state.cursor
+        if parked.key != f"{self.key}.parked":  # never rows from some other object
+            log.warning("parked rows recorded at another key; reading them from OneDB again",
+                        extra={"parked_key": parked.key})
+            return bytearray(), 0, parked.cursor
         try:
             data = self.ctx.objects.read(parked.key)
         except StorageError:

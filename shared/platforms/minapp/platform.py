@@ -27,7 +27,14 @@ from typing import Any, TypeVar
 
 import httpx
 
-from shared.adapters.http import describe_transport_error, make_client
+from shared.adapters.http import (
+    OffOrigin,
+    describe_transport_error,
+    download_chunks,
+    make_client,
+    make_download_client,
+    same_origin_only,
+)
 from shared.domain.errors import BackupError, Fatal, Forgotten, Retryable, RetryLater
 from shared.logs import register_secret
 from shared.platforms.minapp.settings import MinAppSource, MinAppTable
@@ -54,7 +61,6 @@ TOKEN_EARLY_REFRESH = timedelta(minutes=5)
 # Markers bridge the moment between creating a platform job and the service recording
 # it (at most a poller's start claim, two minutes); an hour is plenty.
 MARKER_TTL = timedelta(hours=1)
-DOWNLOAD_CHUNK = 1 << 20
 STATUS_ACCESS_HINT = (
     "reading export job status through the API must be enabled in the MinApp console "
     "(设置 → SDK → 通用 / settings → SDK → general); enable it and run again"
@@ -110,6 +116,9 @@ class MinAppClient:
         self._cache = services.tokens
         self._retry_base = services.retry_base_seconds
         self._http = client or make_client()
+        # download_url is chosen by MinApp: fetched only from public addresses, never
+        # inflated without a bound (see shared.adapters.http)
+        self._download = make_download_client(api_base=source.api_base)
         self._token_key = f"minapp:access_token:{source.api_base}:{source.client_id}"
         register_secret(source.client_secret.get_secret_value())
 
@@ -158,7 +167,7 @@ class MinAppClient:
             url = self._download_url(collection, job)
             # The link is signed and may point at (or redirect to) another host, such as
             # a CDN: no token goes with it.
-            with self._http.stream("GET", url, follow_redirects=True) as response:
+            with self._download.stream("GET", url) as response:
                 if response.status_code in (403, 404, 410) and attempt == 0:
                     log.info("download link refused; asking MinApp for a fresh one",
                              extra={"http_status": response.status_code})
@@ -389,7 +398,8 @@ class MinAppClient:
     def _checked_bytes(self, response: httpx.Response, job: str) -> Iterator[bytes]:
         received = 0
         try:
-            for chunk in response.iter_bytes(DOWNLOAD_CHUNK):
+            # MinApp reports no record count: only the transport can prove the file whole
+            for chunk in download_chunks(response, require_length=True):
                 if not received and chunk:
                     self._check_format(chunk, job)
                 received += len(chunk)
@@ -550,6 +560,10 @@ class MinAppClient:
         source = self.source
         secret = source.client_secret.get_secret_value()
         with make_client(follow_redirects=True) as auth:
+            # MinApp's OpenAPI authorization (授权) may answer with redirects that set a
+            # cookie; followed within api_base's origin only, since a 307/308 re-posts the
+            # body, client secret included (RFC 9110 section 15.4.8).
+            auth.event_hooks["request"] = [same_origin_only(source.api_base)]
             answer = self._oauth(AUTHORIZE, lambda url: auth.post(
                 url, json={"client_id": source.client_id, "client_secret": secret}))
             code = answer.get("code")
@@ -573,6 +587,11 @@ class MinAppClient:
             response = send(f"{self.source.api_base}{path}")
         except httpx.TransportError as exc:
             raise Retryable(f"MinApp {path}: {describe_transport_error(exc)}") from None
+        except OffOrigin as exc:
+            raise Fatal(
+                f"MinApp sign-in ({path}) was {exc}, another origin; the client secret is not "
+                f"sent there. Check api_base of source {self.source.name!r} (MinApp's own is "
+                "https://cloud.minapp.com)") from None
         step = f"MinApp sign-in ({path}) answered HTTP {response.status_code} ({_error_text(response)})"
         if response.status_code >= 500:
             raise Retryable(step)

@@ -13,10 +13,12 @@ from pydantic import (
 )
 
 from shared.config.fields import (
+    HTTPS_ONLY,
     ConfigModel,
     EnvStr,
     Secret,
     SourceSettings,
+    is_secure_url,
 )
 
 
@@ -139,7 +141,9 @@ class MinAppSource(SourceSettings):
     @classmethod
     def base_url(cls, value: str) -> str:
         if not re.match(r"^https?://[^\s/]+/?$", value):
-            raise ValueError("must be http(s)://host[:port] with no path")
+            raise ValueError("must be https://host[:port] with no path")
+        if not is_secure_url(value):  # the client secret and bearer token go there
+            raise ValueError(HTTPS_ONLY)
         return value.rstrip("/")
 
     @model_validator(mode="after")

@@ -17,7 +17,12 @@ from typing import Any
 
 import httpx
 
-from shared.adapters.http import describe_transport_error, make_client
+from shared.adapters.http import (
+    describe_transport_error,
+    download_chunks,
+    make_client,
+    make_download_client,
+)
 from shared.domain.errors import Fatal, Retryable, RetryLater
 from shared.platforms.wechat.api import InvalidRequest, WeChatApi
 from shared.platforms.wechat.settings import WeChatSource
@@ -27,7 +32,6 @@ from shared.ports import PlatformServices, Progress
 log = logging.getLogger(__name__)
 
 FILE_TYPES = {"json": 1, "csv": 2}
-DOWNLOAD_CHUNK = 1 << 20
 LISTING_PAGE = 100  # collections asked for per listing call (WeChat's own default is 10 or 20)
 LISTING_TRIES = 3  # listings repeated while the environment changes under them
 
@@ -60,6 +64,9 @@ class WeChatClient:
         self.source = source
         self.file_type = source.file_type
         self._http = client or make_client()
+        # file_url is chosen by WeChat: fetched only from public addresses, never inflated
+        # without a bound (see shared.adapters.http)
+        self._download = make_download_client(api_base=source.api_base)
         scope = app_scope(source)
         if source.platform is None:
             tokens, via_component = app_token(source, services.tokens, self._http, scope), False
@@ -206,7 +213,7 @@ class WeChatClient:
             raise Fatal(f"WeChat exports come in one part; part {part} does not exist")
         for attempt in range(2):
             url = self._file_url(platform_job_id)
-            with self._http.stream("GET", url) as response:
+            with self._download.stream("GET", url) as response:
                 if response.status_code == 403 and attempt == 0:
                     log.info("download link expired; asking WeChat for a fresh one")
                     continue
@@ -216,7 +223,7 @@ class WeChatClient:
                     )
                 received = 0
                 try:
-                    for chunk in response.iter_bytes(DOWNLOAD_CHUNK):
+                    for chunk in download_chunks(response):
                         received += len(chunk)
                         yield chunk
                 except httpx.TransportError as exc:
