@@ -40,6 +40,9 @@ def _close_run(ctx: Context, run: Run, jobs: list[Job]) -> bool:
     }
     if unlisted:
         summary["sources_not_listed"] = sorted(unlisted)
+    if not jobs and not unlisted:  # never quiet, even if no source said why
+        unlisted = {"*": "the run had no collection or table to back up"}
+        summary["sources_not_listed"] = ["*"]
     status = RunStatus.SUCCEEDED if jobs and not failed and not unlisted else RunStatus.FAILED
     key = run_manifest_key(ctx.config.destination.prefix, run.run_id)
     manifest = RunManifest.of(run, jobs, status=status, summary=summary, finished_at=now)

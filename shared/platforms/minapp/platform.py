@@ -158,16 +158,18 @@ class MinAppClient:
             # The link is signed and may point at (or redirect to) another host, such as
             # a CDN: no token goes with it.
             with self._http.stream("GET", url, follow_redirects=True) as response:
-                if response.status_code in (403, 404, 410) and attempt == 0:
-                    log.info("download link refused; asking MinApp for a fresh one",
-                             extra={"http_status": response.status_code})
-                    continue
+                if response.status_code in (403, 404, 410):
+                    if attempt == 0:
+                        log.info("download link refused; asking MinApp for a fresh one",
+                                 extra={"http_status": response.status_code})
+                        continue
+                    raise Retryable(f"MinApp gave a refused download link twice for export "
+                                    f"{job} (HTTP {response.status_code} the second time)")
                 if response.status_code != 200:
                     raise Retryable(f"download of MinApp export {job} answered HTTP "
                                     f"{response.status_code}")
                 yield from self._checked_bytes(response, job)
                 return
-        raise Retryable(f"MinApp gave a refused download link twice for export {job}")
 
     # split exports -------------------------------------------------------------
     def _plan(self, collection: str, options: MinAppTable) -> list[dict[str, Any]] | None:
@@ -393,8 +395,9 @@ class MinAppClient:
                     self._check_format(chunk, job)
                 received += len(chunk)
                 yield chunk
-        except httpx.TransportError as exc:
-            raise Retryable(f"download of MinApp export {job} was cut off after {received} "
+        except httpx.TransportError as exc:  # counted off the wire, not per handed-on chunk
+            raise Retryable(f"download of MinApp export {job} was cut off after "
+                            f"{response.num_bytes_downloaded} "
                             f"bytes ({describe_transport_error(exc)})") from None
 
     def _check_format(self, head: bytes, job: str) -> None:

@@ -86,6 +86,20 @@ class WeChatClient:
         }
         log.info("collections discovered", extra={
             "source": self.source.name, "found": len(found), "chosen": len(chosen)})
+        if not found:
+            raise Fatal(
+                f"source {self.source.name!r}: WeChat {self.routes.listing} listed no collection "
+                f"in env {self.source.env!r}; check the env id, that the env has collections, "
+                "and for a third-party platform that the mini program granted the platform its "
+                "cloud development permission sets"
+            )
+        if not chosen:
+            raise Fatal(
+                f"source {self.source.name!r}: include/exclude left none of the {len(found)} "
+                f"collections WeChat {self.routes.listing} found in env {self.source.env!r} "
+                f"({', '.join(found[:20])}{', ...' if len(found) > 20 else ''}); fix the "
+                "source's include/exclude patterns"
+            )
         return chosen
 
     def discovery(self) -> dict[str, Any] | None:
@@ -118,7 +132,7 @@ class WeChatClient:
         offset = 0
         while True:
             answer = self._listing_page(offset, page)
-            items = answer.get("collections") or []
+            items = self._listed_items(answer)
             total = _total(answer)
             totals.add(total)
             names.extend(str(item["name"]) for item in items)
@@ -129,6 +143,24 @@ class WeChatClient:
         unique = list(dict.fromkeys(names))
         consistent = len(totals) == 1 and (total is None or len(unique) == len(names) == total)
         return unique, consistent
+
+    def _listed_items(self, answer: dict[str, Any]) -> list[dict[str, Any]]:
+        """`collections: [{name, count, ...}]` as documented for databasecollectionget
+        (https://developers.weixin.qq.com/miniprogram/dev/wxcloud/reference-http-api/database/databaseCollectionGet.html)
+        and componenttcb/dbcollection; any other shape fails loudly rather than reading as
+        "no collections"."""
+        items = answer.get("collections", [] if "pager" in answer or "total" in answer else None)
+        if not isinstance(items, list) or not all(
+                isinstance(item, dict) and isinstance(item.get("name"), str) for item in items):
+            fields = ", ".join(sorted(answer)) or "none"
+            raise Fatal(
+                f"source {self.source.name!r}: WeChat {self.routes.listing} for env "
+                f"{self.source.env!r} answered in a shape this product does not recognise "
+                f"(fields: {fields}; expected `collections`: a list of objects with `name`, and "
+                "`pager.Total` or `total`); check the env id and the platform's permission "
+                "sets, and report the answer's fields if they are right"
+            )
+        return items
 
     def _listing_page(self, offset: int, limit: int) -> dict[str, Any]:
         body: dict[str, Any] = {"env": self.source.env, "limit": limit, "offset": offset}
@@ -196,25 +228,25 @@ class WeChatClient:
         for attempt in range(2):
             url = self._file_url(platform_job_id)
             with self._http.stream("GET", url) as response:
-                if response.status_code == 403 and attempt == 0:
-                    log.info("download link expired; asking WeChat for a fresh one")
-                    continue
+                if response.status_code == 403:
+                    if attempt == 0:
+                        log.info("download link expired; asking WeChat for a fresh one")
+                        continue
+                    raise Retryable(f"WeChat gave an expired download link twice for export "
+                                    f"{platform_job_id} (HTTP 403 both times)")
                 if response.status_code != 200:
                     raise Retryable(
                         f"download of WeChat export {platform_job_id} answered HTTP {response.status_code}"
                     )
-                received = 0
                 try:
-                    for chunk in response.iter_bytes(DOWNLOAD_CHUNK):
-                        received += len(chunk)
-                        yield chunk
+                    yield from response.iter_bytes(DOWNLOAD_CHUNK)
                 except httpx.TransportError as exc:
+                    # bytes off the wire so far, not only those already handed on in chunks
                     raise Retryable(
-                        f"download of WeChat export {platform_job_id} was cut off after {received} "
-                        f"bytes ({describe_transport_error(exc)})"
+                        f"download of WeChat export {platform_job_id} was cut off after "
+                        f"{response.num_bytes_downloaded} bytes ({describe_transport_error(exc)})"
                     ) from None
                 return
-        raise Retryable(f"WeChat gave an expired download link twice for export {platform_job_id}")
 
     def _status(self, platform_job_id: str) -> dict[str, Any]:
         return self._api.call(self.routes.status, {"env": self.source.env, "job_id": int(platform_job_id)})
