@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +166,32 @@ def test_rate_limit_waits_without_failing(local: LocalBackup, onedb_emulator: On
     job = ctx.state.list_jobs(run.run_id)[0]
     assert job.status is JobStatus.DONE, job.error
     assert job.attempts == 0
+
+
+def test_a_rate_limited_table_is_copied_in_one_go_at_about_the_allowed_rate(
+    local: LocalBackup, onedb_emulator: OneDBEmulator
+) -> None:
+    """Refused pages are asked again in place: no aborted attempt, no restart."""
+    onedb_emulator.add_generated_table(ENV_ID, APP, "events", 30_000)
+    onedb_emulator.page_cap = 1_000  # 30 calls
+    onedb_emulator.rate_limit = 10  # calls a second
+    outcomes: list[str] = []
+
+    class Direct:
+        def dispatch(self, job_id: str) -> None:
+            outcomes.append(finish(ctx, job_id))
+
+    ctx = local.context(local.config(onedb_source(local, onedb_emulator)), dispatcher=Direct())
+    began = time.monotonic()
+    run, _ = start_run(ctx, idempotency_key="limited", trigger="test")
+    seconds = time.monotonic() - began
+
+    assert outcomes == ["done"]  # one finisher invocation, no restart from a checkpoint
+    assert onedb_emulator.refused > 0  # the limit did push back
+    assert onedb_emulator.calls["getMany"] == 30  # each page read once (refusals not counted)
+    job = ctx.state.list_jobs(run.run_id)[0]
+    assert job.result is not None and job.result.records == 30_000
+    assert seconds < 30 / 10 * 3  # close to the allowed rate, not stalled
 
 
 def _failed_with(local: LocalBackup, ctx: Context) -> str:

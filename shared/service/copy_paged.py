@@ -34,12 +34,20 @@ from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import BaseModel, Field
 
-from shared.domain.errors import BackupError, Fatal, Retryable, StorageError, VerificationFailed
+from shared.domain.errors import (
+    BackupError,
+    Fatal,
+    RateLimited,
+    Retryable,
+    StorageError,
+    VerificationFailed,
+)
 from shared.domain.jobs import Job, JobResult, StoredObject
 from shared.domain.layout import CONTENT_TYPES, manifest_key
 from shared.domain.records import JsonLinesCounter
 from shared.ports import MIB, Page, PagedPlatform, ResumableUploads
 from shared.service.copying import CopyHold, CopyPaused
+from shared.service.pacing import Pacer
 
 if TYPE_CHECKING:
     from shared.service.context import Context
@@ -48,7 +56,7 @@ log = logging.getLogger(__name__)
 
 _deadlines: weakref.WeakKeyDictionary[CopyHold, float] = weakref.WeakKeyDictionary()
 CHECKPOINT = "paged"  # the job's checkpoint holds {"paged": PagedState}
-PREFETCH_PAGES = 3  # pages read ahead of the encoder
+PREFETCH_PAGES = 3  # pages read ahead of the encoder at most (fewer under a rate limit)
 MAX_PARTS = 10_000  # COS's limit per multipart upload
 READ_CHUNK = MIB
 
@@ -196,7 +204,8 @@ class _PagedCopy:
     def _page(self, state: PagedState) -> None:
         buffer, buffered_rows, cursor = self._unpark(state)
         fetch = functools.partial(self.platform.fetch_page, self.collection)
-        with _settled_heap(), _Prefetch(fetch, cursor, PREFETCH_PAGES) as pages:
+        pacer = Pacer(PREFETCH_PAGES, deadline=self.deadline)
+        with _settled_heap(), _Prefetch(fetch, cursor, pacer) as pages:
             for page in pages:
                 data, rows = self.platform.encode_page(page)
                 buffer += data
@@ -345,14 +354,17 @@ def _md5(data: bytes) -> str:
 
 
 class _Prefetch:
-    """Reads pages in a thread of its own, at most `depth` pages ahead of the reader;
-    the fetcher's error is raised in the reader's thread, in order."""
+    """Reads pages in a thread of its own, at most `pacer.depth` pages ahead of the reader;
+    a page refused for a rate limit is asked again in place after the pacer's wait (see
+    shared/service/pacing.py); the fetcher's error is raised in the reader's thread, in
+    order."""
 
     def __init__(self, fetch: Callable[[dict[str, Any] | None], Page],
-                 cursor: dict[str, Any] | None, depth: int) -> None:
+                 cursor: dict[str, Any] | None, pacer: Pacer) -> None:
         self._fetch = fetch
         self._cursor = cursor
-        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+        self.pacer = pacer
+        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=pacer.max_depth)
         self._stop = threading.Event()
         context = contextvars.copy_context()  # log lines keep the run and job ids
         self._thread = threading.Thread(target=context.run, args=(self._run,),
@@ -363,14 +375,34 @@ class _Prefetch:
         cursor = self._cursor
         try:
             while not self._stop.is_set():
-                page = self._fetch(cursor)
-                if not self._put(("page", page)) or page.next_cursor is None:
+                page = self._paced_fetch(cursor)
+                if page is None or not self._put(("page", page)) or page.next_cursor is None:
                     return
                 cursor = page.next_cursor
         except BackupError as exc:
             self._put(("error", exc))
         except Exception as exc:
             self._put(("error", Retryable(f"reading pages failed: {type(exc).__name__}: {exc}")))
+
+    def _paced_fetch(self, cursor: dict[str, Any] | None) -> Page | None:
+        """One page, asked again in place while the platform says "too many calls";
+        None when stopped meanwhile."""
+        while not self._stop.is_set():
+            while self._queue.qsize() >= self.pacer.depth:  # read-ahead shrunk: wait
+                if self._stop.wait(0.01):
+                    return None
+            self.pacer.wait_turn(self._stop)
+            try:
+                page = self._fetch(cursor)
+            except RateLimited as exc:
+                wait = self.pacer.refused(exc)  # raises once the refusal persists
+                log.info("platform rate limit; asking for the page again",
+                         extra={"wait_seconds": round(wait, 3), "read_ahead": self.pacer.depth})
+                self._stop.wait(wait)
+                continue
+            self.pacer.accepted()
+            return page
+        return None
 
     def _put(self, item: tuple[str, Any]) -> bool:
         while not self._stop.is_set():
