@@ -250,6 +250,21 @@ def test_table_over_the_limit_without_split_says_how_to_split(
     assert minapp_emulator.calls["export"] == 1
 
 
+def test_a_refusal_for_size_says_how_to_split_even_when_the_limit_is_set_higher(
+        local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
+    minapp_emulator.max_export_rows = 1000  # MinApp's own limit, lower than the source says
+    minapp_emulator.add_table(1001, records(1200))
+    ctx = local.context(local.config(local.minapp_source(minapp_emulator)))
+
+    run = backup_now(ctx)
+
+    (job,) = ctx.state.list_jobs(run.run_id)
+    assert job.status is JobStatus.FAILED
+    error = job.error or ""
+    assert "导出数据量超过" in error and "split: {key: created_at, rows_per_part:" in error, error
+    assert "check the table's export options" not in error
+
+
 def test_invalid_where_fails_without_retry(local: LocalBackup,
                                            minapp_emulator: MinAppEmulator) -> None:
     minapp_emulator.add_table(1001, records(10))

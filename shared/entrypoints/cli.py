@@ -12,6 +12,8 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from pydantic import BaseModel
+
 from shared.adapters.state import open_store
 from shared.bootstrap import build_context
 from shared.config import ConfigError, config_json_schema, load_config
@@ -61,8 +63,13 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{config.destination.bucket}/{config.destination.prefix}")
         for source in config.sources:
             listed = getattr(source, "collections", None) or getattr(source, "tables", None)
-            what = "every collection" if listed == "all" else ", ".join(map(str, listed or []))
-            print(f"  {source.name} ({source.type}): {what}")
+            if listed == "all":
+                print(f"  {source.name} ({source.type}): every collection/table it has"
+                      f"{_patterns(source)}")
+                continue
+            print(f"  {source.name} ({source.type}):")
+            for item in listed or []:
+                print(f"    - {_describe(item)}")
         return 0
     if args.command == "status":
         return _status(open_store(config.state, config.destination), args.run_id, args.limit)
@@ -75,6 +82,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UnknownSource as exc:
         print(exc, file=sys.stderr)
         return 2
+
+
+def _describe(item: object) -> str:
+    """A table or collection as a person reads it: its id or name, then what is set."""
+    if not isinstance(item, BaseModel):
+        return str(item)
+    fields = item.model_dump(mode="json", exclude_defaults=True, exclude_none=True)
+    head = str(fields.pop("id", None) or fields.pop("name", None) or "")
+    options = ", ".join(f"{key}: {json.dumps(value, ensure_ascii=False)}"
+                        for key, value in fields.items())
+    return f"{head} ({options})" if options else head
+
+
+def _patterns(source: object) -> str:
+    include, exclude = getattr(source, "include", None), getattr(source, "exclude", None)
+    said = [f"include {', '.join(include)}" if include else "",
+            f"exclude {', '.join(exclude)}" if exclude else ""]
+    return f" ({'; '.join(s for s in said if s)})" if any(said) else ""
 
 
 def _run(ctx: Context, sources: list[str] | None, tick: float) -> int:

@@ -66,6 +66,21 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+# MinApp's refusal of an export over its row limit, e.g. "导出数据量超过 100W" (the console's
+# data export notes cap one export at 1,000,000 rows); matched on the words, not the number.
+_TOO_LARGE = ("超过", "超出", "上限", "exceed", "too large", "too many")
+
+
+def _says_too_large(said: str) -> bool:
+    text = said.lower()
+    return any(word in text for word in _TOO_LARGE)
+
+
+def _rows_per_part(limit: int) -> int:
+    """A part size with room under the limit (rows added while a part exports)."""
+    return max(1, limit * 9 // 10)
+
+
 def _error_text(response: httpx.Response) -> str:
     """The platform's own words from an error answer, short."""
     try:
@@ -333,12 +348,17 @@ class MinAppClient:
                 )
             rows = self._count_or_none(collection, body.get("where") or {})
             limit = self.source.max_export_rows
-            if rows is not None and rows > limit:
+            over = rows is not None and rows > limit
+            if over or _says_too_large(said):
+                holds = f"it holds {rows} rows, more" if rows is not None else "it holds more"
                 return Fatal(
-                    f"{where}: it holds {rows} rows, more than MinApp exports in one job "
-                    f"({limit}). Split it: in source {self.source.name!r} write the table as "
-                    f"{{id: {collection}, split: {{key: created_at, rows_per_part: 900000}}}} "
-                    "(key: a field every record has, ideally unique, e.g. id or created_at)"
+                    f"{where}: {holds} than MinApp exports in one job "
+                    f"({limit} by this source's max_export_rows). Split it: in source "
+                    f"{self.source.name!r} write the table as "
+                    f"{{id: {collection}, split: {{key: created_at, rows_per_part: "
+                    f"{_rows_per_part(limit)}}}}} (key: a field every record has, ideally "
+                    "unique, e.g. id or created_at), and set max_export_rows to MinApp's limit "
+                    "if it is lower"
                 )
             return Fatal(f"{where}: check the table's export options (where, include_keys, "
                          "exclude_keys, order_by, csv_customize_headers, timestamp_convert_keys)")
