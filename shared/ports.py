@@ -30,6 +30,9 @@ class Progress:
     # A platform that tracks more than one platform job (e.g. a split export) hands
     # back its updated handle here; the service stores it as the job's platform_job_id.
     platform_job_id: str | None = None
+    # What the platform itself says the collection holds (e.g. WeChat's databasecollectionget
+    # `count`), given only for an unfiltered export: a free cross-check of expected_records.
+    platform_count: int | None = None
 
 
 class TokenCache(Protocol):

@@ -37,6 +37,8 @@ def run_text(run: Run, jobs: list[Job]) -> str:
     for source, found in sorted(run.discovery.items()):
         if "error" in found:
             lines.append(f"- {source}: nothing backed up: {found['error']}")
+    for where, warning in sorted(summary.get("count_warnings", {}).items()):
+        lines.append(f"- warning {where}: {warning}")
     for job in failed[:MAX_FAILURES_LISTED]:
         lines.append(f"- {job.source}/{job.collection}: {job.error or 'failed'}")
     if len(failed) > MAX_FAILURES_LISTED:

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import cast
 
 from shared.domain.errors import BackupError, Forgotten, Retryable, RetryLater
-from shared.domain.jobs import Job, JobStatus, backoff
+from shared.domain.jobs import Job, JobStatus, backoff, count_warning
 from shared.logs import log_context, redact
 from shared.ports import ExportPlatform
 from shared.service.close import close_finished_runs
@@ -120,8 +120,13 @@ def _check_export(ctx: Context, job: Job, now: datetime) -> None:
     else:
         log.info("export ready", extra={"expected_records": progress.expected_records,
                                         "parts": len(progress.part_records or [None])})
-        hand_off(ctx, job.moved_to(JobStatus.READY, expected_records=progress.expected_records,
-                                   part_records=progress.part_records), now)
+        ready = job.moved_to(JobStatus.READY, expected_records=progress.expected_records,
+                             part_records=progress.part_records,
+                             platform_collection_count=progress.platform_count)
+        warning = count_warning(ready)
+        if warning:
+            log.warning("export count far from the platform's count", extra={"reason": warning})
+        hand_off(ctx, ready, now)
 
 
 def _check_interval(ctx: Context, job: Job, now: datetime) -> timedelta:

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from shared.adapters.http import describe_transport_error, make_client
-from shared.domain.errors import Fatal, Retryable, RetryLater
+from shared.domain.errors import BackupError, Fatal, Retryable, RetryLater
 from shared.platforms.wechat.api import InvalidRequest, WeChatApi
 from shared.platforms.wechat.settings import WeChatSource
 from shared.platforms.wechat.tokens import app_scope, app_token, platform_app_token
@@ -69,6 +69,7 @@ class WeChatClient:
         self._api = WeChatApi(source.api_base, tokens, scope, self._http,
                               retry_base_seconds=services.retry_base_seconds)
         self._discovery: dict[str, Any] | None = None
+        self._counts: dict[str, int] | None = None  # per collection, from the last listing
         self._starts_paused: str | None = None
 
     # discovery -------------------------------------------------------------------------
@@ -128,6 +129,7 @@ class WeChatClient:
 
     def _one_listing(self, page: int) -> tuple[list[str], bool]:
         names: list[str] = []
+        counts: dict[str, int] = {}
         totals: set[int | None] = set()
         offset = 0
         while True:
@@ -136,12 +138,15 @@ class WeChatClient:
             total = _total(answer)
             totals.add(total)
             names.extend(str(item["name"]) for item in items)
+            counts.update({str(item["name"]): item["count"] for item in items
+                           if isinstance(item.get("count"), int)})
             offset += len(items)
             if not items or (total is not None and offset >= total) or (
                     total is None and len(items) < page):
                 break
         unique = list(dict.fromkeys(names))
         consistent = len(totals) == 1 and (total is None or len(unique) == len(names) == total)
+        self._counts = counts
         return unique, consistent
 
     def _listed_items(self, answer: dict[str, Any]) -> list[dict[str, Any]]:
@@ -216,7 +221,8 @@ class WeChatClient:
                     "failed",
                     message=f"WeChat exported {collection!r} with {failed} failed records: {message}",
                 )
-            return Progress("ready", expected_records=int(info.get("record_success") or 0))
+            return Progress("ready", expected_records=int(info.get("record_success") or 0),
+                            platform_count=self._count_of(collection))
         if status == "fail":
             return Progress("failed", message=f"WeChat export job {platform_job_id} failed: {message}")
         raise Retryable(f"WeChat export job {platform_job_id} has an unknown status {status!r}")
@@ -247,6 +253,23 @@ class WeChatClient:
                         f"{response.num_bytes_downloaded} bytes ({describe_transport_error(exc)})"
                     ) from None
                 return
+
+    def _count_of(self, collection: str) -> int | None:
+        """The collection's document `count` from databasecollectionget (API-NOTES; the
+        listing's documented fields: name, count, size, index_count, index_size), for an
+        unfiltered export only: a query of the user's own exports fewer on purpose. One
+        listing serves every export that finishes in this invocation; a listing that fails
+        only costs the cross-check."""
+        if collection in self.source.queries:
+            return None
+        if self._counts is None or collection not in self._counts:
+            try:
+                self._list_collections()
+            except BackupError as exc:
+                log.warning("could not list collections to cross-check the export's count",
+                            extra={"reason": str(exc)})
+                return None
+        return (self._counts or {}).get(collection)
 
     def _status(self, platform_job_id: str) -> dict[str, Any]:
         return self._api.call(self.routes.status, {"env": self.source.env, "job_id": int(platform_job_id)})
