@@ -128,12 +128,14 @@ class StreamSummary:
     bytes: int
     sha256: str  # hex
     parts: int  # uploaded parts; a single PUT counts as one
+    crc64: str | None = None  # CRC64-ECMA of the bytes sent, decimal as COS writes it
 
 
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str
     size: int
+    crc64: str | None = None  # COS's x-cos-hash-crc64ecma, when the store gives one
 
 
 class ObjectStore(Protocol):

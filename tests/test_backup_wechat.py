@@ -151,3 +151,17 @@ def test_a_link_expired_twice_says_so(local: LocalBackup) -> None:
     (job,) = ctx.state.list_jobs(run.run_id)
     assert job.status is JobStatus.FAILED
     assert "expired download link twice" in (job.error or ""), job.error
+
+
+def test_the_manifest_records_the_objects_crc64_as_cos_reports_it(local: LocalBackup) -> None:
+    local.seed("orders", make_docs(50))
+    ctx = local.context(local.config())
+
+    run = backup_now(ctx)
+
+    (job,) = ctx.state.list_jobs(run.run_id)
+    assert job.result is not None
+    manifest = json.loads(local.objects.read(job.result.manifest_key))
+    stored = local.objects.head(job.result.key)
+    assert stored is not None and stored.crc64 is not None
+    assert manifest["objects"][0]["crc64"] == stored.crc64

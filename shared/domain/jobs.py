@@ -72,6 +72,7 @@ class StoredObject(BaseModel):
     sha256: str
     records: int
     upload_parts: int = 1  # multipart upload parts it was sent in
+    crc64: str | None = None  # CRC64-ECMA computed while sending, equal to COS's
 
 
 class JobResult(BaseModel):

@@ -25,6 +25,7 @@ class ManifestObject(BaseModel):
     bytes: int
     sha256: str
     records: int
+    crc64: str | None = None  # CRC64-ECMA (decimal), as COS's x-cos-hash-crc64ecma says
 
 
 class JobManifest(BaseModel):

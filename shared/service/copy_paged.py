@@ -10,7 +10,9 @@ its time budget parks the rows it has read but not uploaded in a small side obje
 even a very selective filter always moves on.
 
 The job is done only once the completed object, read back from COS, has the bytes, rows
-and per-part MD5s that were saved; its SHA-256 is computed in that same read.
+and per-part MD5s that were saved, and a CRC64-ECMA equal both to the one kept over the
+parts as they were sent and to COS's own `x-cos-hash-crc64ecma`; its SHA-256 is computed
+in that same read.
 
 Overlap: a thread reads pages ahead while this one encodes and uploads. The queue between
 them is bounded, so memory is about one part plus a few pages whatever the table's size.
@@ -45,6 +47,7 @@ from shared.domain.errors import (
 from shared.domain.jobs import Job, JobResult, StoredObject
 from shared.domain.layout import CONTENT_TYPES, manifest_key
 from shared.domain.records import JsonLinesCounter
+from shared.integrity import Crc64, crc64
 from shared.ports import MIB, Page, PagedPlatform, ResumableUploads
 from shared.service.copying import CopyHold, CopyPaused
 from shared.service.pacing import Pacer
@@ -87,6 +90,8 @@ class PagedState(BaseModel):
     parts: list[SavedPart] = Field(default_factory=list)
     parked: Parked | None = None
     completed: bool = False  # the multipart upload was completed
+    # CRC64-ECMA of the saved parts in order (None: a checkpoint written before it was kept)
+    crc64: int | None = None
     steps: int = 0  # progress saves so far
     steps_at_claim: int = 0  # `steps` when the current finisher took the job
 
@@ -198,6 +203,7 @@ class _PagedCopy:
 
         self._sink_call(abort_stale)
         state.upload_id = self._sink_call(lambda: self.uploads.begin_upload(self.key, self.content_type))
+        state.crc64 = 0
         self._save(state, progress=False)
         log.info("paged copy started", extra={"collection": self.collection, "key": self.key})
 
@@ -266,6 +272,8 @@ class _PagedCopy:
         etag = self._sink_call(lambda: self.uploads.upload_part(self.key, upload_id, number, data))
         state.parts.append(SavedPart(number=number, etag=etag, bytes=len(data), rows=rows,
                                      md5=_md5(data)))
+        if state.crc64 is not None:
+            state.crc64 = crc64(data, state.crc64)
         state.cursor, state.exhausted, state.parked = following, last, None
         self._save(state)
         log.info("part uploaded", extra={"part": number, "rows_so_far": state.rows})
@@ -296,6 +304,7 @@ class _PagedCopy:
     def _verify(self, state: PagedState) -> StoredObject:
         """Read the object back: bytes, rows and each part's MD5 must be what was sent."""
         sha256 = hashlib.sha256()
+        read_crc = Crc64()
         counter = JsonLinesCounter()
         parts = iter(state.parts)
         current = next(parts, None)
@@ -306,6 +315,7 @@ class _PagedCopy:
         try:
             for chunk in self.ctx.objects.iter_read(self.key, READ_CHUNK):
                 sha256.update(chunk)
+                read_crc.update(chunk)
                 counter.feed(chunk)
                 total += len(chunk)
                 view = memoryview(chunk)
@@ -328,6 +338,12 @@ class _PagedCopy:
             problems.append(f"{counter.total} rows instead of {state.rows}")
         if bad_parts:
             problems.append(f"parts {bad_parts} differ from what was uploaded")
+        if state.crc64 is not None and read_crc.crc != state.crc64:
+            problems.append(f"CRC64 {read_crc.value} instead of {state.crc64} (what was sent)")
+        stored = self._sink_call(lambda: self.ctx.objects.head(self.key))
+        if stored is not None and stored.crc64 is not None and stored.crc64 != read_crc.value:
+            problems.append(f"a CRC64 of {stored.crc64} by COS's account, but {read_crc.value} "
+                            "as read back")
         if problems:
             self._sink_call(lambda: self.ctx.objects.delete(self.key))
             raise VerificationFailed(
@@ -338,7 +354,8 @@ class _PagedCopy:
         except StorageError as exc:
             log.warning("could not delete parked rows", extra={"reason": str(exc)})
         return StoredObject(key=self.key, bytes=total, sha256=sha256.hexdigest(),
-                            records=counter.total, upload_parts=len(state.parts))
+                            records=counter.total, upload_parts=len(state.parts),
+                            crc64=read_crc.value)
 
     @staticmethod
     def _sink_call(call: Callable[[], Any]) -> Any:
