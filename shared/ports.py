@@ -176,6 +176,9 @@ class ResumableUploads(Protocol):
 
     def open_uploads(self, key: str) -> tuple[str, ...]: ...
 
+    def uploads_under(self, prefix: str) -> tuple[tuple[str, str], ...]:
+        """(key, upload id) of every unfinished multipart upload under `prefix`."""
+
 
 # state --------------------------------------------------------------------------------
 class StateStore(TokenCache, Protocol):

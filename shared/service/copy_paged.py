@@ -152,9 +152,13 @@ class _PagedCopy:
         if not state.completed:
             if state.upload_id is None:
                 self._begin(state)
-            if not state.exhausted:
-                self._page(state)
-            self._complete(state)
+            try:
+                if not state.exhausted:
+                    self._page(state)
+                self._complete(state)
+            except Fatal:  # the job fails: nobody will resume this upload
+                self._forget(state)
+                raise
             if self._spent():
                 raise CopyPaused("time budget spent after completing the upload; verified next")
         return self._verify(state)

@@ -16,6 +16,7 @@ from shared.ports import ExportPlatform
 from shared.service.close import close_finished_runs
 from shared.service.context import Budget, Context, fail, save
 from shared.service.copiers import copier_for
+from shared.service.sweep import sweep_uploads
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ def poll(ctx: Context, limit: int = 500) -> PollSummary:
         advance(ctx, job)
         summary.advanced += 1
     summary.closed_runs = close_finished_runs(ctx)
+    sweep_uploads(ctx)
     return summary
 
 

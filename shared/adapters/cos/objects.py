@@ -277,16 +277,22 @@ class CosObjectStore:
     def open_uploads(self, key: str) -> tuple[str, ...]:
         """Ids of the unfinished multipart uploads of exactly `key`, e.g. left by a process
         killed before it could record its upload id."""
-        found: tuple[str, ...] = ()
+        return tuple(upload for found, upload in self.uploads_under(key) if found == key)
+
+    def uploads_under(self, prefix: str) -> tuple[tuple[str, str], ...]:
+        """(key, upload id) of every unfinished multipart upload under `prefix`."""
+        found: tuple[tuple[str, str], ...] = ()
         key_marker = upload_marker = ""
         while True:
-            with cos_errors("list uploads", key):
+            with cos_errors("list uploads", prefix):
                 page = self._client.list_multipart_uploads(
-                    Bucket=self._bucket, Prefix=key, KeyMarker=key_marker,
+                    Bucket=self._bucket, Prefix=prefix, KeyMarker=key_marker,
                     UploadIdMarker=upload_marker,
                 )
             uploads = page.get("Upload", [])
-            found += tuple(str(u["UploadId"]) for u in uploads if u.get("Key") == key)
+            if isinstance(uploads, dict):  # the SDK gives one upload as a dict, not a list
+                uploads = [uploads]
+            found += tuple((str(u["Key"]), str(u["UploadId"])) for u in uploads)
             if page.get("IsTruncated") != "true" or not uploads:
                 return found
             key_marker, upload_marker = uploads[-1]["Key"], uploads[-1]["UploadId"]
