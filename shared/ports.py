@@ -33,6 +33,9 @@ class Progress:
     # What the platform itself says the collection holds (e.g. WeChat's databasecollectionget
     # `count`), given only for an unfiltered export: a free cross-check of expected_records.
     platform_count: int | None = None
+    # A running export with something to do at a known moment (e.g. the next part of a split
+    # export once the platform's per-table window reopens): check again within this long.
+    check_within_seconds: float | None = None
 
 
 class TokenCache(Protocol):

@@ -165,7 +165,7 @@ def test_table_over_the_row_limit_is_split_into_parts(
     minapp_emulator.add_table(1001, source)  # created_at: three records per second
     table = {"id": 1001, "split": {"key": "created_at", "rows_per_part": 400}}
     config = local.config(local.minapp_source(minapp_emulator, tables=[table],
-                                              file_type=file_type, max_export_rows=1000))
+                                              file_type=file_type, max_export_rows=1000, export_interval_seconds=0.05))
     ctx = local.context(config)
 
     run = backup_jumping(ctx)
@@ -194,6 +194,24 @@ def test_table_over_the_row_limit_is_split_into_parts(
     assert manifest["records"] == 2600
 
 
+def test_the_next_part_is_created_when_the_tables_window_reopens_not_every_tick(
+        local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
+    minapp_emulator.max_export_rows = 1000
+    minapp_emulator.job_window = 0.4
+    minapp_emulator.add_table(1001, records(1100))
+    table = {"id": 1001, "split": {"key": "created_at", "rows_per_part": 400}}
+    config = local.config(local.minapp_source(
+        minapp_emulator, tables=[table], max_export_rows=1000, export_interval_seconds=0.4))
+    ctx = local.context(config)
+
+    run = backup_now(ctx)
+
+    assert run.status is RunStatus.SUCCEEDED
+    (job,) = ctx.state.list_jobs(run.run_id)
+    assert job.result is not None and len(job.result.objects) == 3
+    assert minapp_emulator.calls["export"] == 3  # one create per part: none refused
+
+
 def test_split_keeps_the_tables_own_where_and_options(
         local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
     minapp_emulator.max_export_rows = 1000
@@ -202,7 +220,7 @@ def test_split_keeps_the_tables_own_where_and_options(
     table = {"id": 1001, "where": {"paid": {"$eq": True}}, "exclude_keys": ["items"],
              "split": {"key": "id", "rows_per_part": 600}}
     ctx = local.context(local.config(local.minapp_source(minapp_emulator, tables=[table],
-                                                         max_export_rows=1000)))
+                                                         max_export_rows=1000, export_interval_seconds=0.05)))
 
     run = backup_jumping(ctx)
 
@@ -225,7 +243,7 @@ def test_split_on_a_key_with_too_many_equal_values_says_so(
     minapp_emulator.add_table(1001, [{"kind": "a" if i % 10 else "b"} for i in range(1500)])
     table = {"id": 1001, "split": {"key": "kind", "rows_per_part": 500}}
     ctx = local.context(local.config(local.minapp_source(minapp_emulator, tables=[table],
-                                                         max_export_rows=1000)))
+                                                         max_export_rows=1000, export_interval_seconds=0.05)))
 
     run = backup_now(ctx)
 
@@ -239,7 +257,7 @@ def test_table_over_the_limit_without_split_says_how_to_split(
         local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
     minapp_emulator.max_export_rows = 1000
     minapp_emulator.add_table(1001, records(1200))
-    ctx = local.context(local.config(local.minapp_source(minapp_emulator, max_export_rows=1000)))
+    ctx = local.context(local.config(local.minapp_source(minapp_emulator, max_export_rows=1000, export_interval_seconds=0.05)))
 
     run = backup_now(ctx)
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
 from devkit.emulators.onedb import OneDBEmulator
 from devkit.sample_data import make_docs
 from shared.domain.jobs import JobStatus
@@ -14,6 +16,12 @@ from shared.service.poll import poll
 from shared.service.start import start_run
 from tests.support.backup import LocalBackup, backup_now
 from tests.support.onedb import APP, ENV_ID, onedb_source
+
+
+@pytest.fixture(autouse=True)
+def sweep_every_poll(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The poller sweeps at most once a minute; these tests look at every poll."""
+    monkeypatch.setattr("shared.service.sweep.SWEEP_EVERY", 0.0)
 
 
 class Ignore:

@@ -116,7 +116,10 @@ def _check_export(ctx: Context, job: Job, now: datetime) -> None:
     if progress.platform_job_id and progress.platform_job_id != job.platform_job_id:
         job = job.model_copy(update={"platform_job_id": progress.platform_job_id})
     if progress.state == "running":
-        save(ctx, job.model_copy(update={"next_check_at": now + _check_interval(ctx, job, now)}))
+        interval = _check_interval(ctx, job, now)
+        if progress.check_within_seconds is not None:
+            interval = min(interval, timedelta(seconds=max(0.0, progress.check_within_seconds)))
+        save(ctx, job.model_copy(update={"next_check_at": now + interval}))
     elif progress.state == "failed":
         fail(ctx, job, progress.message, now)
     else:

@@ -7,6 +7,8 @@ for stale parts stays as a second one)."""
 from __future__ import annotations
 
 import logging
+import time
+import weakref
 
 from shared.domain.errors import StorageError
 from shared.domain.jobs import Job, JobStatus
@@ -18,11 +20,20 @@ from shared.service.copy_paged import CHECKPOINT
 log = logging.getLogger(__name__)
 
 
-def sweep_uploads(ctx: Context) -> int:
-    """Abort the abandoned uploads under `<prefix>/runs/`; how many were aborted."""
+SWEEP_EVERY = 60.0  # seconds: at most one listing a minute per object store (poller tick)
+_last_sweep: weakref.WeakKeyDictionary[object, float] = weakref.WeakKeyDictionary()
+
+
+def sweep_uploads(ctx: Context, *, every: float | None = None) -> int:
+    """Abort the abandoned uploads under `<prefix>/runs/`; how many were aborted. Runs at
+    most once per `every` seconds for one object store (a poller invocation builds its own)."""
     uploads = ctx.objects
     if not isinstance(uploads, ResumableUploads):
         return 0
+    now = time.monotonic()
+    if now - _last_sweep.get(uploads, float("-inf")) < (SWEEP_EVERY if every is None else every):
+        return 0
+    _last_sweep[uploads] = now
     runs = run_folder(ctx.config.destination.prefix, "") + "/"
     try:
         found = uploads.uploads_under(runs)  # listed before the jobs are read: see _abandoned

@@ -152,11 +152,12 @@ class MinAppClient:
             handle = self._create(collection, self._body(options), job_id)
         else:
             first = self._create(collection, self._body(options, plan[0]), f"{job_id}:1")
+            window_at = time.time()  # after MinApp's own clock started the table's window
             self._cache.cache_put(self._part_marker(job_id, 0), first, _now() + MARKER_TTL)
             parts: list[dict[str, Any]] = [{"where": w, "id": None, "done": False} for w in plan]
             parts[0]["id"] = first
             handle = _dump({"job": job_id, "key": options.split.key if options.split else "",
-                            "parts": parts})
+                            "parts": parts, "window_at": window_at})
         self._cache.cache_put(marker, handle, _now() + MARKER_TTL)
         return handle
 
@@ -239,13 +240,25 @@ class MinAppClient:
                                 message=f"part {index + 1} of {len(parts)}: {progress.message}")
             part["done"] = progress.state == "ready"
         waiting = next((i for i, p in enumerate(parts) if not p["id"]), None)
+        reopens = None
         if waiting is not None:
-            self._start_part(collection, handle, waiting)
+            reopens = self._window_reopens(handle)
+            if reopens <= 0:
+                self._start_part(collection, handle, waiting)
+                reopens = self._window_reopens(handle)
         if all(p["done"] for p in parts):
             for index in range(len(parts)):
                 self._cache.cache_delete(self._part_marker(handle["job"], index))
             return Progress("ready", part_records=[None] * len(parts), platform_job_id=_dump(handle))
-        return Progress("running", platform_job_id=_dump(handle))
+        return Progress("running", platform_job_id=_dump(handle),
+                        check_within_seconds=reopens if waiting is not None else None)
+
+    def _window_reopens(self, handle: dict[str, Any]) -> float:
+        """Seconds until the table may take its next export job: MinApp refuses a second
+        one within a minute (data export API, 400: "1min 内多次创建任务"; see
+        ifanrx/hydrogen-sdk-doc open-api/data/table export). 0 or less: now."""
+        started = float(handle.get("window_at") or 0.0)
+        return started + self.source.export_interval_seconds - time.time()
 
     def _start_part(self, collection: str, handle: dict[str, Any], index: int) -> None:
         part = handle["parts"][index]
@@ -261,6 +274,8 @@ class MinAppClient:
             log.info("next part waits for MinApp's one export per table per minute",
                      extra={"part": index + 1, "reason": str(exc)})
             return
+        finally:  # taken after MinApp's own clock started the window; a refusal used it too
+            handle["window_at"] = time.time()
         self._cache.cache_put(marker, part["id"], _now() + MARKER_TTL)
         log.info("part export started", extra={"part": index + 1, "parts": len(handle["parts"]),
                                                "platform_job_id": part["id"]})

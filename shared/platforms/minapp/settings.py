@@ -115,6 +115,11 @@ class MinAppSource(SourceSettings):
         default=MINAPP_MAX_EXPORT_ROWS, ge=1,
         description="MinApp's row limit per export job; change only if MinApp changes it.",
     )
+    export_interval_seconds: float = Field(
+        default=60.0, ge=0,
+        description="MinApp allows one export job per table per minute: the parts of a split "
+        "table are started this far apart; change only if MinApp changes it.",
+    )
     api_base: EnvStr = Field(
         default="https://cloud.minapp.com", description="API base URL (private gateways, tests)."
     )
