@@ -443,3 +443,52 @@ def test_json_export_that_is_not_json_lines_is_never_stored(
     assert job.status is JobStatus.FAILED
     assert "not one JSON object per line (it starts with '[')" in (job.error or "")
     assert local.objects.list(f"{config.destination.prefix}/runs/{run.run_id}/app") == []
+
+
+def test_all_tables_are_listed_at_each_run_with_include_and_exclude(
+        local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
+    minapp_emulator.add_table(1001, records(30), name="orders")
+    minapp_emulator.add_table(1002, records(5, seed=22, prefix="u"), name="users")
+    minapp_emulator.add_table(1003, records(2, seed=23), name="orders_tmp")
+    source = local.minapp_source(minapp_emulator, tables="all", include=["order*"],
+                                 exclude=["*_tmp"])
+    ctx = local.context(local.config(source))
+
+    run = backup_now(ctx)
+
+    assert run.status is RunStatus.SUCCEEDED
+    (job,) = ctx.state.list_jobs(run.run_id)
+    assert job.collection == "1001" and job.result is not None
+    assert_export_equals_records(local.objects.read(job.result.key),
+                                 minapp_emulator.records(1001), "json")
+    discovery = json.loads(local.objects.read(run.manifest_key or ""))["discovery"]["app"]
+    assert discovery["found"] == ["orders", "orders_tmp", "users"]
+    assert discovery["excluded"] == ["orders_tmp", "users"]
+    assert minapp_emulator.calls["tables"] >= 1
+
+
+def test_tables_given_by_name_are_resolved_at_each_run(
+        local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
+    minapp_emulator.add_table(1001, records(30), name="orders")
+    minapp_emulator.add_table(1002, records(5, seed=22, prefix="u"), name="users")
+    source = local.minapp_source(minapp_emulator, tables=["users", {"name": "orders", "mode": "all"}])
+    ctx = local.context(local.config(source))
+
+    run = backup_now(ctx)
+
+    assert run.status is RunStatus.SUCCEEDED
+    assert sorted(j.collection for j in ctx.state.list_jobs(run.run_id)) == ["1001", "1002"]
+    discovery = json.loads(local.objects.read(run.manifest_key or ""))["discovery"]["app"]
+    assert discovery["resolved"] == {"users": "1002", "orders": "1001"}
+
+
+def test_an_unknown_table_name_fails_the_source_naming_it(
+        local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
+    minapp_emulator.add_table(1001, records(3), name="orders")
+    ctx = local.context(local.config(local.minapp_source(minapp_emulator, tables=["ordres"])))
+
+    run = backup_now(ctx)
+
+    assert run.status is RunStatus.FAILED
+    error = json.loads(local.objects.read(run.manifest_key or ""))["discovery"]["app"]["error"]
+    assert "'ordres'" in error and "check the name" in error

@@ -41,6 +41,8 @@ ACCESS_TOKEN = "/api/oauth2/access_token/"  # noqa: S105 (a path)
 EXPORT = "/oserve/v1.5/table/{table}/export/"
 EXPORT_JOB = "/oserve/v1.5/table/{table}/export/{job}/"
 RECORDS = "/oserve/v2.4/table/{table}/record/"
+TABLES = "/oserve/v1.8/table/"  # the app's tables; `?name=` finds one by exact name
+TABLE_PAGE = 100
 ENV_HEADER = "X-Hydrogen-Env-ID"
 LIST_OPTIONS = ("include_keys", "exclude_keys", "order_by", "csv_customize_headers",
                 "timestamp_convert_keys")
@@ -126,16 +128,83 @@ class MinAppClient:
         self._http = client or make_client()
         self._token_key = f"minapp:access_token:{source.api_base}:{source.client_id}"
         register_secret(source.client_secret.get_secret_value())
+        self._discovery: dict[str, Any] | None = None
 
     # discovery and export ------------------------------------------------------
     def discovery(self) -> dict[str, Any] | None:
-        return None  # tables are listed in the config
+        """What the last `collections()` found (None: only ids were configured)."""
+        return self._discovery
 
     def start_blocked(self) -> str | None:
         return None
 
     def collections(self) -> list[str]:
-        return [table.id for table in self.source.tables]
+        """Table ids for this run: `tables: all` lists the app's tables (include/exclude on
+        their names), and a table given by name is resolved to its id, each run anew."""
+        self._discovery = None
+        if self.source.tables == "all":
+            found = self._list_tables()
+            kept = {name: table for name, table in found.items() if self.source.wanted(name)}
+            self._discovery = {"found": sorted(found), "excluded": sorted(set(found) - set(kept)),
+                               "ids": {name: found[name] for name in sorted(found)}}
+            if not found:
+                raise Fatal(f"source {self.source.name!r}: MinApp {TABLES} listed no table"
+                            f"{self._env_note()}; check the client's data permissions and env_id")
+            if not kept:
+                raise Fatal(f"source {self.source.name!r}: include/exclude left none of the "
+                            f"{len(found)} tables MinApp {TABLES} found ({', '.join(sorted(found)[:20])})"
+                            "; fix the source's include/exclude patterns")
+            return list(kept.values())
+        ids, resolved = [], {}
+        for table in self.source.listed:
+            if table.id is not None:
+                ids.append(table.id)
+                continue
+            assert table.name is not None
+            resolved[table.name] = self._table_id(table.name)
+            ids.append(resolved[table.name])
+        if resolved:
+            self._discovery = {"resolved": resolved}
+        return ids
+
+    def _env_note(self) -> str:
+        return f" in test environment {self.source.env_id!r}" if self.source.env_id else ""
+
+    def _list_tables(self) -> dict[str, str]:
+        """Every table of the app, name -> id, paged by `meta.next` (MinApp OpenAPI table
+        list, ifanrx/hydrogen-sdk-doc open-api/data/table.md: {meta: {limit, offset, next,
+        total_count}, objects: [{id, name, ...}]})."""
+        found: dict[str, str] = {}
+        offset = 0
+        while True:
+            answer = self._read(TABLES, {"limit": TABLE_PAGE, "offset": offset}, "list tables")
+            objects = self._listed_tables(answer)
+            found.update({str(o["name"]): str(o["id"]) for o in objects})
+            meta = answer.get("meta") or {}
+            offset += len(objects)
+            if not objects or not meta.get("next"):
+                return found
+
+    def _table_id(self, name: str) -> str:
+        """The id of the table called exactly `name` (`?name=` is an exact match)."""
+        objects = self._listed_tables(self._read(TABLES, {"name": name}, f"find table {name!r}"))
+        ids = [str(o["id"]) for o in objects if o.get("name") == name]
+        if len(ids) != 1:
+            raise Fatal(f"source {self.source.name!r}: MinApp has {'no' if not ids else len(ids)} "
+                        f"table(s) named {name!r}{self._env_note()}; check the name (console: "
+                        "数据表) or give the table's id")
+        return ids[0]
+
+    def _listed_tables(self, answer: dict[str, Any]) -> list[dict[str, Any]]:
+        objects = answer.get("objects")
+        if not isinstance(objects, list) or not all(
+                isinstance(o, dict) and isinstance(o.get("name"), str)
+                and isinstance(o.get("id"), (int, str)) for o in objects):
+            fields = ", ".join(sorted(answer)) or "none"
+            raise Fatal(f"source {self.source.name!r}: MinApp {TABLES} answered in a shape this "
+                        f"product does not recognise (fields: {fields}; expected `objects`: "
+                        "tables with `id` and `name`, and `meta`)")
+        return objects
 
     def start(self, collection: str, job_id: str) -> str:
         """Create the table's export (its first part when split). A job already started
@@ -297,7 +366,19 @@ class MinAppClient:
 
     # one platform job ------------------------------------------------------------
     def _options(self, collection: str) -> MinAppTable:
-        return self.source.table(collection)
+        """The configured options of table id `collection`: by id, by a name that resolves
+        to it, or none at all (tables: all)."""
+        try:
+            return self.source.table(collection)
+        except KeyError:
+            pass
+        for table in self.source.listed:
+            if table.name is not None and self._table_id(table.name) == collection:
+                return table
+        if self.source.tables == "all":
+            return MinAppTable(id=collection)
+        raise Fatal(f"table {collection} is not in source {self.source.name!r} any more; was "
+                    "the config changed during the run?")
 
     def _body(self, options: MinAppTable,
               part_where: dict[str, Any] | None = None) -> dict[str, Any]:
