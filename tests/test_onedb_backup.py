@@ -201,6 +201,30 @@ def test_a_rate_limited_table_is_copied_in_one_go_at_about_the_allowed_rate(
     assert seconds < 30 / 10 * 3  # close to the allowed rate, not stalled
 
 
+def test_a_refusal_that_persists_leaves_the_copy_to_a_later_invocation(
+    local: LocalBackup, onedb_emulator: OneDBEmulator
+) -> None:
+    onedb_emulator.add_generated_table(ENV_ID, APP, "events", 6_000)
+    onedb_emulator.rate_limit = 0  # every call refused, Retry-After: 1
+    outcomes: list[str] = []
+
+    class Direct:
+        def dispatch(self, job_id: str) -> None:
+            outcomes.append(finish(ctx, job_id))
+
+    config = local.config(onedb_source(local, onedb_emulator), finish_budget_seconds=0.5)
+    ctx = local.context(config, dispatcher=Direct())
+    run, _ = start_run(ctx, idempotency_key="refused", trigger="test")
+
+    (job,) = ctx.state.list_jobs(run.run_id)
+    assert outcomes == ["retry"] and job.status is JobStatus.READY
+    assert job.attempts == 0 and "429" in (job.error or "")  # waiting is not a failed try
+
+    onedb_emulator.rate_limit = None
+    run = drive(ctx, run)
+    assert run.status.value == "succeeded" and outcomes[-1] == "done"
+
+
 def test_the_paged_copys_crc64_is_recorded_and_a_damaged_object_never_done(
     local: LocalBackup, onedb_emulator: OneDBEmulator, cos_layer: CosLayer
 ) -> None:
