@@ -255,9 +255,9 @@ class WeChatClient:
                 return
 
     def _count_of(self, collection: str) -> int | None:
-        """The collection's document `count` from databasecollectionget (API-NOTES; the
-        listing's documented fields: name, count, size, index_count, index_size), for an
-        unfiltered export only: a query of the user's own exports fewer on purpose. One
+        """The collection's document `count` from databasecollectionget (WeChat's HTTP API
+        page databaseCollectionGet documents each listed collection's name, count, size,
+        index_count and index_size), for an unfiltered export only: a query of the user's own exports fewer on purpose. One
         listing serves every export that finishes in this invocation; a listing that fails
         only costs the cross-check."""
         if collection in self.source.queries:
