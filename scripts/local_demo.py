@@ -45,6 +45,7 @@ COLLECTIONS: dict[str, list[dict[str, Any]]] = {
 MINAPP_CLIENT_ID = "demo5eed0000minapp01"
 MINAPP_SECRET = "demo-minapp-client-secret-0000"  # the emulator's
 MINAPP_MAX_ROWS = 2000  # MinApp's real limit is 1,000,000 rows per export
+MINAPP_WINDOW = 1  # seconds between two exports of a table (MinApp's real window: a minute)
 MINAPP_TABLES: dict[int, list[dict[str, Any]]] = {
     1001: [{k: v for k, v in d.items() if k != "_id"} for d in make_docs(5000, seed=21, prefix="o")],
     1002: [{k: v for k, v in d.items() if k != "_id"} for d in make_docs(300, seed=22, prefix="m")],
@@ -55,7 +56,8 @@ def _minapp_source(minapp_url: str) -> dict[str, Any]:
     return {"type": "minapp", "name": "app", "client_id": MINAPP_CLIENT_ID,
             "client_secret": "${DEMO_MINAPP_SECRET}", "file_type": "json",
             "tables": [{"id": 1001, "split": {"key": "created_at", "rows_per_part": 1500}}, 1002],
-            "max_export_rows": MINAPP_MAX_ROWS, "api_base": minapp_url}
+            "max_export_rows": MINAPP_MAX_ROWS, "api_base": minapp_url,
+            "export_interval_seconds": MINAPP_WINDOW}
 
 
 # OneDB: no export job; the finisher pages through each table (5000 rows a call).
@@ -199,7 +201,7 @@ def main() -> int:
     s3, s3_url = start_s3_server()
     create_bucket(s3_url, BUCKET)
     # One export per table per second instead of MinApp's per minute, so parts start quickly.
-    minapp = MinAppEmulator(job_window=1, max_export_rows=MINAPP_MAX_ROWS)
+    minapp = MinAppEmulator(job_window=MINAPP_WINDOW, max_export_rows=MINAPP_MAX_ROWS)
     minapp.add_client(MINAPP_CLIENT_ID, MINAPP_SECRET)
     for table_id, records in MINAPP_TABLES.items():
         minapp.add_table(table_id, records)

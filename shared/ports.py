@@ -30,6 +30,12 @@ class Progress:
     # A platform that tracks more than one platform job (e.g. a split export) hands
     # back its updated handle here; the service stores it as the job's platform_job_id.
     platform_job_id: str | None = None
+    # What the platform itself says the collection holds (e.g. WeChat's databasecollectionget
+    # `count`), given only for an unfiltered export: a free cross-check of expected_records.
+    platform_count: int | None = None
+    # A running export with something to do at a known moment (e.g. the next part of a split
+    # export once the platform's per-table window reopens): check again within this long.
+    check_within_seconds: float | None = None
 
 
 class TokenCache(Protocol):
@@ -125,12 +131,14 @@ class StreamSummary:
     bytes: int
     sha256: str  # hex
     parts: int  # uploaded parts; a single PUT counts as one
+    crc64: str | None = None  # CRC64-ECMA of the bytes sent, decimal as COS writes it
 
 
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str
     size: int
+    crc64: str | None = None  # COS's x-cos-hash-crc64ecma, when the store gives one
 
 
 class ObjectStore(Protocol):
@@ -170,6 +178,9 @@ class ResumableUploads(Protocol):
     def abort_upload(self, key: str, upload_id: str) -> None: ...
 
     def open_uploads(self, key: str) -> tuple[str, ...]: ...
+
+    def uploads_under(self, prefix: str) -> tuple[tuple[str, str], ...]:
+        """(key, upload id) of every unfinished multipart upload under `prefix`."""
 
 
 # state --------------------------------------------------------------------------------

@@ -172,6 +172,9 @@ class MemoryObjects:
     def open_uploads(self, key: str) -> tuple[str, ...]:
         return tuple(i for i, u in self.uploads.items() if u.key == key)
 
+    def uploads_under(self, prefix: str) -> tuple[tuple[str, str], ...]:
+        return tuple((u.key, i) for i, u in self.uploads.items() if u.key.startswith(prefix))
+
     def _upload(self, key: str, upload_id: str) -> _Upload:
         upload = self.uploads.get(upload_id)
         if upload is None or upload.key != key:

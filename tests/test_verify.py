@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from devkit.cos_layer import CosLayer
 from devkit.sample_data import make_docs
 from shared.adapters.cos.objects import CosObjectStore
 from shared.domain.jobs import Run
@@ -48,7 +49,7 @@ def test_an_intact_run_verifies(backed_up: tuple[Run, Path], capsys: pytest.Capt
     code, report = verify(path, capsys, "latest")
     assert code == 0 and report["ok"] and report["run_id"] == run.run_id
     assert sorted((o["collection"], o["records"]) for o in report["objects"]) == [("orders", 50), ("users", 7)]
-    assert {o["crc64"] for o in report["objects"]} <= {"not recorded", "not reported", "ok"}
+    assert {o["crc64"] for o in report["objects"]} == {"ok"}  # recorded, and COS agrees
     assert cli(["--config", str(path), "verify"]) == 0  # the table, for a person
     assert "all backups verified: 2/2 objects ok" in capsys.readouterr().out
 
@@ -109,7 +110,10 @@ def test_quick_reads_no_object_data(local: LocalBackup, backed_up: tuple[Run, Pa
 
     code, report = verify(path, capsys, run.run_id, "--quick")
 
-    assert code == 0 and report["quick"]  # a flipped byte keeps the size: quick cannot see it
+    # a flipped byte keeps the size, but COS's CRC64 of the object no longer matches
+    assert code == 1 and report["quick"]
+    bad = next(o for o in report["objects"] if o["collection"] == "orders")
+    assert [p["what"] for p in bad["problems"]] == ["crc64"] and bad["records"] is None
     assert all(k.endswith(".json") for k in read), read  # manifests only, never an object
     _rewrite(local, orders_key(local, run), lambda d: d[:-10])
     code, report = verify(path, capsys, run.run_id, "--quick", "--collection", "orders")
@@ -120,3 +124,27 @@ def test_nothing_to_verify_is_said(backed_up: tuple[Run, Path], capsys: pytest.C
     _, path = backed_up
     assert cli(["--config", str(path), "verify", "20200101T000000000Z-00000000"]) == 2
     assert "no run" in capsys.readouterr().err
+
+
+def test_a_crc64_that_cos_disagrees_with_is_found_by_quick(
+        local: LocalBackup, backed_up: tuple[Run, Path], capsys: pytest.CaptureFixture[str],
+        cos_layer: CosLayer) -> None:
+    run, path = backed_up
+    cos_layer.corrupt_crc.add(orders_key(local, run))
+    code, report = verify(path, capsys, run.run_id, "--quick")
+    assert code == 1
+    bad = next(o for o in report["objects"] if o["collection"] == "orders")
+    assert bad["crc64"] == "mismatch" and bad["problems"][0]["what"] == "crc64"
+
+
+def test_a_manifest_from_before_crc64_says_so_and_passes(
+        local: LocalBackup, backed_up: tuple[Run, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    run, path = backed_up
+    manifest_key = f"{orders_key(local, run)}.manifest.json"
+    manifest = json.loads(local.objects.read(manifest_key))
+    for item in manifest["objects"]:
+        item.pop("crc64", None)
+    local.objects.put_json(manifest_key, manifest)
+    code, report = verify(path, capsys, run.run_id)
+    assert code == 0
+    assert next(o for o in report["objects"] if o["collection"] == "orders")["crc64"] == "not recorded"

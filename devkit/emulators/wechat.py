@@ -577,6 +577,8 @@ class WeChatEmulator(LocalEmulator):
       (an export runs until its end has been reported); one more is refused with
       ``export_limit_errcode`` (-501004), like the real platform's concurrency limit.
     - ``max_listing_page``: a collection listing asking for more is refused (40097).
+    - ``listing_answer``: rewrites each collection-listing answer (a platform whose answer
+      has another shape).
     - ``rotate_refresh_tokens``: ``api_authorizer_token`` hands back a new refresh token
       each time and the old one stops working.
     """
@@ -599,6 +601,7 @@ class WeChatEmulator(LocalEmulator):
         self.export_concurrency_limit: int | None = None
         self.export_limit_errcode = -501004
         self.max_listing_page: int | None = None
+        self.listing_answer: Callable[[dict[str, Any]], dict[str, Any]] | None = None
         self.rotate_refresh_tokens = False
         self.base_url = ""
         self.link_base: str | None = None  # where file_url points; None: this emulator
@@ -898,6 +901,9 @@ class WeChatEmulator(LocalEmulator):
             if not app.tcb_enabled:
                 raise _ApiError(85088, "no qbase privilege")
             result = handlers[path](app, payload)
+            if self.listing_answer and path in ("/tcb/databasecollectionget",
+                                                "/componenttcb/dbcollection"):
+                result = self.listing_answer(result)
             return 200, {"errcode": 0, "errmsg": "ok", **result}
         except _ApiError as err:
             return err.http_status, {"errcode": err.errcode, "errmsg": err.errmsg}

@@ -37,7 +37,9 @@ def run_text(run: Run, jobs: list[Job]) -> str:
     ]
     for source, found in sorted(run.discovery.items()):
         if "error" in found:
-            lines.append(f"- {source}: could not list its collections: {found['error']}")
+            lines.append(f"- {source}: nothing backed up: {found['error']}")
+    for where, warning in sorted(summary.get("count_warnings", {}).items()):
+        lines.append(f"- warning {where}: {warning}")
     for job in failed[:MAX_FAILURES_LISTED]:
         lines.append(f"- {job.source}/{job.collection}: {job.error or 'failed'}")
     for problem in (summary.get("verify") or {}).get("problems", [])[:MAX_FAILURES_LISTED]:
@@ -72,8 +74,11 @@ def payload(webhook: Webhook, run: Run, jobs: list[Job]) -> dict[str, Any]:
         "status": run.status.value,
         "summary": run.summary,
         "manifest_key": run.manifest_key,
-        "failures": [{"source": j.source, "collection": j.collection, "error": j.error}
-                     for j in jobs if j.status is JobStatus.FAILED],
+        "failures": [
+            *({"source": source, "collection": "*", "error": found["error"]}
+              for source, found in sorted(run.discovery.items()) if "error" in found),
+            *({"source": j.source, "collection": j.collection, "error": j.error}
+              for j in jobs if j.status is JobStatus.FAILED)],
         "text": text,
     }
 

@@ -508,12 +508,18 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
     return [m for argument in get_args(annotation) for m in _models_in(argument)]
 
 
+def _branch(part: int | str) -> bool:
+    """A union's branch label in an error location, e.g. `literal['all']` or `list[...]`
+    (MinApp's `tables: all | [...]`): it says nothing to a reader."""
+    return isinstance(part, str) and re.match(r"^(literal|list|function-[a-z]+)\[", part) is not None
+
+
 def _location(loc: tuple[int | str, ...]) -> str:
     text = ""
     for part in loc:
         if isinstance(part, int):
             text += f"[{part}]"
-        elif part in _source_types():
+        elif part in _source_types() or _branch(part):
             continue  # the discriminator tag adds nothing for a reader
         else:
             text += f".{part}" if text else part
@@ -524,7 +530,7 @@ def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
     """The model that owns the last element of `loc`, for "did you mean" hints."""
     model: type[BaseModel] = Config
     for part in loc[:-1]:
-        if isinstance(part, int) or part == "sources":
+        if isinstance(part, int) or part == "sources" or _branch(part):
             continue
         if part in _source_types():
             model = _source_types()[part]
@@ -606,7 +612,10 @@ def parse_config(
     try:
         return config_model().model_validate(data, context={"environ": environ})
     except ValidationError as exc:
-        raise ConfigError([_describe(e, data) for e in exc.errors(include_url=False)], source) from None
+        errors = exc.errors(include_url=False)
+        # `x: all | [...]` written as a list: the "should be 'all'" branch is noise
+        meant = [e for e in errors if not any(str(p).startswith("literal[") for p in e["loc"])]
+        raise ConfigError([_describe(e, data) for e in meant or errors], source) from None
 
 
 def load_config(path: str | os.PathLike[str] | None = None, *, environ: Mapping[str, str] | None = None) -> Config:

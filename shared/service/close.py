@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from shared.domain.jobs import Job, JobStatus, Run, RunStatus
+from shared.domain.jobs import Job, JobStatus, Run, RunStatus, count_warning
 from shared.domain.layout import run_manifest_key
 from shared.domain.manifest import RunManifest, as_document
 from shared.logs import log_context
@@ -62,6 +62,12 @@ def _close_run(ctx: Context, run: Run, jobs: list[Job]) -> bool:
     }
     if unlisted:
         summary["sources_not_listed"] = sorted(unlisted)
+    counts = {f"{j.source}/{j.collection}": w for j in jobs if (w := count_warning(j))}
+    if counts:
+        summary["count_warnings"] = counts
+    if not jobs and not unlisted:  # never quiet, even if no source said why
+        unlisted = {"*": "the run had no collection or table to back up"}
+        summary["sources_not_listed"] = ["*"]
     suspect = [j for j in jobs if j.suspect and j.acknowledged_at is None]
     if suspect:
         summary["suspect"] = [{"source": j.source, "collection": j.collection,

@@ -120,4 +120,4 @@ def _copy_part(ctx: Context, platform: ExportPlatform, job: Job, *, part: int, k
     summary = ctx.objects.put_stream(key, counted(), content_type=CONTENT_TYPES[platform.file_type],
                                      before_commit=verify)
     return StoredObject(key=key, bytes=summary.bytes, sha256=summary.sha256,
-                        records=counter.total, upload_parts=summary.parts)
+                        records=counter.total, upload_parts=summary.parts, crc64=summary.crc64)

@@ -157,7 +157,7 @@ def _verify_object(ctx: Context, entry: dict[str, Any], recorded: dict[str, Any]
     if info.size != recorded.get("bytes"):
         checked.problems.append(Problem("size", key, f"{info.size} bytes, the manifest says "
                                                       f"{recorded.get('bytes')}"))
-    _compare_crc64(checked, recorded.get("crc64"), getattr(info, "crc64", None))
+    _compare_crc64(checked, recorded.get("crc64"), info.crc64)
     if quick:
         return checked
     sha256, counter, total = hashlib.sha256(), counter_for(file_type), 0

@@ -17,9 +17,12 @@ from typing import Any
 from shared.adapters.cos.client import cos_client, cos_errors
 from shared.config import Destination
 from shared.domain.errors import StorageError
+from shared.integrity import Crc64
 from shared.ports import MIB, ObjectInfo, StreamSummary
 
 log = logging.getLogger(__name__)
+# COS's CRC64-ECMA of every object (https://cloud.tencent.com/document/product/436/40334)
+CRC64_HEADER = "x-cos-hash-crc64ecma"
 
 
 
@@ -35,6 +38,7 @@ class _Parts:
         self._size = size
         self._rest = memoryview(b"")  # unconsumed tail of the current chunk
         self._sha256 = hashlib.sha256()
+        self._crc64 = Crc64()  # fed in stream order, part by part
         self.bytes = 0
         self.count = 0
         self.finished = False
@@ -61,12 +65,14 @@ class _Parts:
             self._rest = self._rest[room:]
         part = bytes(buffer)
         self._sha256.update(part)
+        self._crc64.update(part)
         self.bytes += len(part)
         self.count += 1
         return part
 
     def summary(self) -> StreamSummary:
-        return StreamSummary(bytes=self.bytes, sha256=self._sha256.hexdigest(), parts=self.count)
+        return StreamSummary(bytes=self.bytes, sha256=self._sha256.hexdigest(), parts=self.count,
+                             crc64=self._crc64.value)
 
 
 class CosObjectStore:
@@ -126,7 +132,7 @@ class CosObjectStore:
                 self._abort(key, upload_id)
             raise
         summary = parts.summary()
-        self._verify_size(key, summary.bytes)
+        self._verify_stored(key, summary)
         return summary
 
     def put_json(self, key: str, document: Mapping[str, Any]) -> None:
@@ -142,7 +148,8 @@ class CosObjectStore:
                 return None
             raise
         lowered = {name.lower(): value for name, value in headers.items()}
-        return ObjectInfo(key=key, size=int(lowered["content-length"]))
+        return ObjectInfo(key=key, size=int(lowered["content-length"]),
+                          crc64=lowered.get(CRC64_HEADER))
 
     def read(self, key: str) -> bytes:
         return b"".join(self.iter_read(key))
@@ -215,15 +222,22 @@ class CosObjectStore:
         except StorageError as exc:  # the original error matters more; COS expires stale parts
             log.warning("%s; upload %s left for the bucket lifecycle to clean", exc, upload_id)
 
-    def _verify_size(self, key: str, expected: int) -> None:
+    def _verify_stored(self, key: str, sent: StreamSummary) -> None:
+        """The stored object has the size and the CRC64 of what was sent (COS reports the
+        CRC64 of every object; a store that reports none is checked on size alone)."""
         stored = self.head(key)
-        if stored is not None and stored.size == expected:
+        if stored is not None and stored.size == sent.bytes and (
+                stored.crc64 is None or stored.crc64 == sent.crc64):
             return
         if stored is not None:
             self.delete(key)
+        if stored is not None and stored.size == sent.bytes:
+            raise StorageError(
+                f"COS object {key!r} has CRC64 {stored.crc64} after upload, but what was "
+                f"streamed has CRC64 {sent.crc64}; it was deleted", key=key, code="CrcMismatch")
         found = "nothing" if stored is None else f"{stored.size} bytes"
         raise StorageError(
-            f"COS object {key!r} holds {found} after upload, but {expected} bytes were streamed;"
+            f"COS object {key!r} holds {found} after upload, but {sent.bytes} bytes were streamed;"
             " it was deleted",
             key=key,
             code="SizeMismatch",
@@ -263,16 +277,22 @@ class CosObjectStore:
     def open_uploads(self, key: str) -> tuple[str, ...]:
         """Ids of the unfinished multipart uploads of exactly `key`, e.g. left by a process
         killed before it could record its upload id."""
-        found: tuple[str, ...] = ()
+        return tuple(upload for found, upload in self.uploads_under(key) if found == key)
+
+    def uploads_under(self, prefix: str) -> tuple[tuple[str, str], ...]:
+        """(key, upload id) of every unfinished multipart upload under `prefix`."""
+        found: tuple[tuple[str, str], ...] = ()
         key_marker = upload_marker = ""
         while True:
-            with cos_errors("list uploads", key):
+            with cos_errors("list uploads", prefix):
                 page = self._client.list_multipart_uploads(
-                    Bucket=self._bucket, Prefix=key, KeyMarker=key_marker,
+                    Bucket=self._bucket, Prefix=prefix, KeyMarker=key_marker,
                     UploadIdMarker=upload_marker,
                 )
             uploads = page.get("Upload", [])
-            found += tuple(str(u["UploadId"]) for u in uploads if u.get("Key") == key)
+            if isinstance(uploads, dict):  # the SDK gives one upload as a dict, not a list
+                uploads = [uploads]
+            found += tuple((str(u["Key"]), str(u["UploadId"])) for u in uploads)
             if page.get("IsTruncated") != "true" or not uploads:
                 return found
             key_marker, upload_marker = uploads[-1]["Key"], uploads[-1]["UploadId"]

@@ -321,9 +321,12 @@ class CosStateStore:
                 raise StateError(
                     f"COS bucket {self._bucket!r} let a create-only PUT (If-None-Match: *, "
                     "x-cos-forbid-overwrite: true) overwrite an existing object, so the state "
-                    "store cannot tell which of two racing functions won. Use a bucket without "
-                    "versioning (COS ignores x-cos-forbid-overwrite on versioned buckets), or "
-                    "keep the state in MySQL: state.url: mysql+pymysql://..."
+                    "store cannot tell which of two racing functions won. COS ignores "
+                    "x-cos-forbid-overwrite on a bucket whose versioning is enabled or suspended "
+                    "(once enabled, versioning can only be suspended, never turned off: "
+                    "https://cloud.tencent.com/document/product/436/19883). Use a bucket that "
+                    "never had versioning, or keep the state in MySQL: state.url: "
+                    "mysql+pymysql://..."
                 )
         finally:
             self._delete(probe)
