@@ -51,6 +51,7 @@ class CosLayer:
         self._lock = threading.Lock()  # check-then-create is one step, as on COS
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        _cos_headers_as_s3(environ)
         method = environ.get("REQUEST_METHOD", "")
         query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
         bucket, key = _target(environ)
@@ -82,6 +83,9 @@ class CosLayer:
 
         body = list(self.app(environ, capture))
         headers = list(captured["headers"])
+        for name, value in list(headers):  # moto answers S3's header; COS names its own
+            if name.lower() == "x-amz-storage-class":
+                headers.append(("x-cos-storage-class", _COS_CLASS.get(value, value)))
         if captured["status"].startswith("200"):
             value = _crc_of(bucket, key)
             if value is not None:
@@ -90,6 +94,30 @@ class CosLayer:
                 headers.append(("x-cos-hash-crc64ecma", str(value)))
         start_response(captured["status"], headers, captured["exc_info"])
         return body
+
+
+# COS storage classes as moto knows them (moto refuses a GET of GLACIER objects until
+# restored, as COS does for ARCHIVE), and back.
+_S3_CLASS = {"ARCHIVE": "GLACIER", "DEEP_ARCHIVE": "DEEP_ARCHIVE", "STANDARD_IA": "STANDARD_IA",
+             "INTELLIGENT_TIERING": "INTELLIGENT_TIERING", "STANDARD": "STANDARD",
+             "MAZ_STANDARD": "STANDARD", "MAZ_STANDARD_IA": "STANDARD_IA",
+             "MAZ_INTELLIGENT_TIERING": "INTELLIGENT_TIERING"}
+_COS_CLASS = {"GLACIER": "ARCHIVE"}
+
+
+def _cos_headers_as_s3(environ: dict[str, Any]) -> None:
+    """The COS SDK's x-cos-* request headers that moto needs as x-amz-*: storage class,
+    copy source (`<bucket>.cos.<region>.myqcloud.com/<key>`) and metadata directive."""
+    storage = environ.pop("HTTP_X_COS_STORAGE_CLASS", None)
+    if storage:
+        environ["HTTP_X_AMZ_STORAGE_CLASS"] = _S3_CLASS.get(storage, storage)
+    source = environ.pop("HTTP_X_COS_COPY_SOURCE", None)
+    if source:
+        host, _, key = source.partition("/")
+        environ["HTTP_X_AMZ_COPY_SOURCE"] = f"/{host.split('.')[0]}/{key}"
+    directive = environ.pop("HTTP_X_COS_METADATA_DIRECTIVE", None)
+    if directive:
+        environ["HTTP_X_AMZ_METADATA_DIRECTIVE"] = "REPLACE" if directive == "Replaced" else "COPY"
 
 
 def _target(environ: dict[str, Any]) -> tuple[str, str]:

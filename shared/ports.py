@@ -139,6 +139,7 @@ class ObjectInfo:
     key: str
     size: int
     crc64: str | None = None  # COS's x-cos-hash-crc64ecma, when the store gives one
+    storage_class: str = "STANDARD"  # x-cos-storage-class; absent means STANDARD
 
 
 class ObjectStore(Protocol):
@@ -162,6 +163,9 @@ class ObjectStore(Protocol):
     def list(self, prefix: str) -> list[ObjectInfo]: ...
 
     def delete(self, key: str) -> None: ...
+
+    def set_storage_class(self, key: str, storage_class: str) -> None:
+        """Move an object to another storage class in place (same key, same content)."""
 
 
 @runtime_checkable

@@ -108,6 +108,7 @@ class MemoryObjects:
 
     def __init__(self) -> None:
         self.objects: dict[str, bytes] = {}
+        self.classes: dict[str, str] = {}  # key -> storage class, when not STANDARD
         self.uploads: dict[str, _Upload] = {}
         self.fail_puts = 0
         self._ids = itertools.count(1)
@@ -133,12 +134,16 @@ class MemoryObjects:
 
     def head(self, key: str) -> ObjectInfo | None:
         data = self.objects.get(key)
-        return None if data is None else ObjectInfo(key=key, size=len(data))
+        return None if data is None else ObjectInfo(
+            key=key, size=len(data), storage_class=self.classes.get(key, "STANDARD"))
 
     def read(self, key: str) -> bytes:
         return b"".join(self.iter_read(key))
 
     def iter_read(self, key: str, chunk_size: int = MIB) -> Iterator[bytes]:
+        if self.classes.get(key) in ("ARCHIVE", "DEEP_ARCHIVE"):
+            raise StorageError(f"COS download of {key!r} failed: InvalidObjectState (HTTP 403)",
+                               key=key, code="InvalidObjectState")
         if key not in self.objects:
             raise StorageError(f"COS download of {key!r} failed: NoSuchKey (HTTP 404)",
                                key=key, code="NoSuchKey")
@@ -151,6 +156,13 @@ class MemoryObjects:
 
     def delete(self, key: str) -> None:
         self.objects.pop(key, None)
+        self.classes.pop(key, None)
+
+    def set_storage_class(self, key: str, storage_class: str) -> None:
+        if key not in self.objects:
+            raise StorageError(f"COS storage class change of {key!r} failed: no such object",
+                               key=key, code="NoSuchKey")
+        self.classes[key] = storage_class
 
     def begin_upload(self, key: str, content_type: str) -> str:
         upload_id = f"upload-{next(self._ids)}"

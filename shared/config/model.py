@@ -51,6 +51,11 @@ class ConfigError(ValueError):
         super().__init__(f"{source} is invalid:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
+# COS's storage classes (cloud.tencent.com/document/product/436/33417, 存储类型概述).
+StorageClass = Literal["STANDARD", "STANDARD_IA", "INTELLIGENT_TIERING", "ARCHIVE", "DEEP_ARCHIVE",
+                       "MAZ_STANDARD", "MAZ_STANDARD_IA", "MAZ_INTELLIGENT_TIERING"]
+
+
 class Destination(ConfigModel):
     """Where backups land: a COS bucket (or any S3-compatible server for local runs)."""
 
@@ -74,9 +79,23 @@ class Destination(ConfigModel):
     part_size_mb: int = Field(
         default=8, ge=5, le=1024, description="Multipart part size; memory use is about one part."
     )
+    storage_class: StorageClass | None = Field(
+        default=None,
+        description="COS storage class of new backup objects (default: the bucket's, STANDARD). "
+        "ARCHIVE and DEEP_ARCHIVE objects must be restored before they can be read.",
+    )
     server_side_encryption: Literal["AES256"] | None = Field(
         default="AES256", description="COS server-side encryption; null to turn it off."
     )
+
+    @field_validator("storage_class")
+    @classmethod
+    def _readable_class(cls, value: str | None) -> str | None:
+        if value in ("ARCHIVE", "DEEP_ARCHIVE"):
+            raise ValueError("new backups are read back to be verified, which an archived object "
+                             "cannot be; use STANDARD_IA here and retention.cold_after_days to "
+                             "archive the backups you keep")
+        return value
 
     @field_validator("prefix")
     @classmethod
@@ -223,6 +242,12 @@ class Retention(KeepRules):
         default="Asia/Shanghai", description="Days, weeks and months are counted in this zone.")
     sources: dict[str, KeepRules] = Field(
         default_factory=dict, description="Per source name: rules that replace the ones above.")
+    cold_after_days: float | None = Field(
+        default=None, gt=0,
+        description="Kept backups older than this move to cold_storage_class (their manifests "
+        "stay where they are, so verify --quick still works).")
+    cold_storage_class: StorageClass = Field(
+        default="ARCHIVE", description="Where kept backups go after cold_after_days.")
 
     @field_validator("time_zone")
     @classmethod

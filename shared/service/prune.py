@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from shared.domain.errors import StorageError
@@ -96,10 +97,36 @@ def prune(ctx: Context, *, dry_run: bool = False) -> Plan:
         for info in ctx.objects.list(run_folder(ctx.config.destination.prefix, run_id) + "/"):
             _delete(ctx, info.key)
         ctx.state.delete_run(run_id)
-    if deleted or emptied:
-        _record(ctx, decided, deleted, emptied)
-        log.info("pruned", extra={"backups": len(deleted), "runs": len(emptied)})
+    cooled = _cool(ctx, decided)
+    if deleted or emptied or cooled:
+        _record(ctx, decided, deleted, emptied, cooled)
+        log.info("pruned", extra={"backups": len(deleted), "runs": len(emptied),
+                                  "moved_to_cold": len(cooled)})
     return decided
+
+
+def _cool(ctx: Context, decided: Plan) -> list[str]:
+    """`retention.cold_after_days`: kept backups that old move to the cold storage class
+    (data objects only: manifests stay readable); the keys moved."""
+    retention = ctx.config.retention
+    if retention is None or retention.cold_after_days is None:
+        return []
+    cutoff = ctx.clock() - timedelta(days=retention.cold_after_days)
+    moved = []
+    for decision in decided.decisions:
+        job = decided.jobs[decision.backup.backup_id]
+        if not decision.keep or job.result is None or (job.finished_at or cutoff) > cutoff:
+            continue
+        for stored in job.result.objects:
+            try:
+                info = ctx.objects.head(stored.key)
+                if info is not None and info.storage_class != retention.cold_storage_class:
+                    ctx.objects.set_storage_class(stored.key, retention.cold_storage_class)
+                    moved.append(stored.key)
+            except StorageError as exc:  # the next prune tries again
+                log.warning("could not move a backup to cold storage",
+                            extra={"key": stored.key, "reason": str(exc)})
+    return moved
 
 
 def _all_runs(ctx: Context) -> list[Run]:
@@ -128,7 +155,8 @@ def _mark_pruned(ctx: Context, job: Job) -> None:
         current = ctx.state.get_job(job.job_id)  # another prune got there first, or a write
 
 
-def _record(ctx: Context, decided: Plan, deleted: list[dict[str, Any]], emptied: list[str]) -> None:
+def _record(ctx: Context, decided: Plan, deleted: list[dict[str, Any]], emptied: list[str],
+            cooled: list[str]) -> None:
     now = ctx.clock()
     key = prune_record_key(ctx.config.destination.prefix,
                            f"{now:%Y%m%dT%H%M%S%f}-{ctx.worker.split(':')[-1]}")
@@ -136,6 +164,7 @@ def _record(ctx: Context, decided: Plan, deleted: list[dict[str, Any]], emptied:
         "pruned_at": now.isoformat(),
         "deleted": deleted,
         "runs_deleted": emptied,
+        "moved_to_cold": cooled,
         "kept": [{"source": d.backup.collection[0], "collection": d.backup.collection[1],
                   "run_id": decided.jobs[d.backup.backup_id].run_id, "why": d.reasons}
                  for d in decided.decisions if d.keep],

@@ -19,6 +19,7 @@ from shared.domain.records import counter_for
 from shared.service.context import Context
 
 READ_CHUNK = 1 << 20
+ARCHIVED = frozenset({"ARCHIVE", "DEEP_ARCHIVE"})  # COS classes that must be restored to read
 
 
 class NothingToVerify(ValueError):
@@ -27,7 +28,7 @@ class NothingToVerify(ValueError):
 
 @dataclass(frozen=True)
 class Problem:
-    what: str  # missing object | missing manifest | size | sha256 | crc64 | count
+    what: str  # missing object | missing manifest | size | sha256 | crc64 | count | archived
     where: str  # the object or manifest key
     detail: str
 
@@ -159,6 +160,12 @@ def _verify_object(ctx: Context, entry: dict[str, Any], recorded: dict[str, Any]
                                                       f"{recorded.get('bytes')}"))
     _compare_crc64(checked, recorded.get("crc64"), info.crc64)
     if quick:
+        return checked
+    if info.storage_class in ARCHIVED:
+        checked.problems.append(Problem(
+            "archived", key, f"stored as {info.storage_class}, which cannot be read until it is "
+            "restored (COS console: 恢复 / POST Object restore, then wait for the copy); its size "
+            "and CRC64 were checked: verify --quick checks archived backups without reading"))
         return checked
     sha256, counter, total = hashlib.sha256(), counter_for(file_type), 0
     try:

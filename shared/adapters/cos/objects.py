@@ -88,11 +88,15 @@ class CosObjectStore:
         self._client = cos_client(destination, environ)
         self._bucket = destination.bucket
         self._part_size = destination.part_size_mb * MIB
+        # Headers of every new object: encryption and storage class.
         self._encryption: dict[str, str] = (
             {"ServerSideEncryption": destination.server_side_encryption}
             if destination.server_side_encryption
             else {}
         )
+        if destination.storage_class:
+            self._encryption["StorageClass"] = destination.storage_class
+        self._region = destination.region
 
     def put_stream(
         self,
@@ -137,7 +141,7 @@ class CosObjectStore:
 
     def put_json(self, key: str, document: Mapping[str, Any]) -> None:
         body = json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8")
-        self._put(key, body, "application/json")
+        self._put(key, body, "application/json", data=False)
 
     def head(self, key: str) -> ObjectInfo | None:
         try:
@@ -149,10 +153,35 @@ class CosObjectStore:
             raise
         lowered = {name.lower(): value for name, value in headers.items()}
         return ObjectInfo(key=key, size=int(lowered["content-length"]),
-                          crc64=lowered.get(CRC64_HEADER))
+                          crc64=lowered.get(CRC64_HEADER),
+                          storage_class=lowered.get("x-cos-storage-class", "STANDARD"))
 
     def read(self, key: str) -> bytes:
         return b"".join(self.iter_read(key))
+
+    def set_storage_class(self, key: str, storage_class: str) -> None:
+        """COS changes an object's class by copying it onto itself, which needs the
+        metadata directive `Replaced` (cloud.tencent.com/document/product/436/10881, PUT
+        Object - Copy: "若拷贝的源与目标相同…必须为 Replaced"), so the content type and
+        encryption are given again. One request copies at most 5 GB."""
+        info = self.head(key)
+        if info is None:
+            raise StorageError(f"COS storage class change of {key!r} failed: no such object",
+                               key=key, code="NoSuchKey")
+        if info.size > 5 * 1024 * MIB:
+            raise StorageError(f"COS storage class change of {key!r}: over 5 GB, which one copy "
+                               "cannot move; a COS lifecycle rule can", key=key,
+                               code="EntityTooLarge")
+        with cos_errors("head", key):
+            headers = self._client.head_object(Bucket=self._bucket, Key=key)
+        content_type = {k.lower(): v for k, v in headers.items()}.get(
+            "content-type", "application/octet-stream")
+        options = {k: v for k, v in self._encryption.items() if k != "StorageClass"}
+        with cos_errors("storage class change", key):
+            self._client.copy_object(
+                Bucket=self._bucket, Key=key, CopyStatus="Replaced", ContentType=content_type,
+                CopySource={"Bucket": self._bucket, "Key": key, "Region": self._region},
+                StorageClass=storage_class, **options)
 
     def iter_read(self, key: str, chunk_size: int = MIB) -> Iterator[bytes]:
         with cos_errors("download", key):
@@ -183,7 +212,10 @@ class CosObjectStore:
                 return found
             marker = contents[-1]["Key"]  # NextMarker is only promised with a delimiter
 
-    def _put(self, key: str, body: bytes, content_type: str) -> None:
+    def _put(self, key: str, body: bytes, content_type: str, *, data: bool = True) -> None:
+        """Manifests and records (`data=False`) stay in the bucket's default class."""
+        options = self._encryption if data else {
+            k: v for k, v in self._encryption.items() if k != "StorageClass"}
         with cos_errors("upload", key):
             self._client.put_object(
                 Bucket=self._bucket,
@@ -191,7 +223,7 @@ class CosObjectStore:
                 Body=body,
                 EnableMD5=True,
                 ContentType=content_type,
-                **self._encryption,
+                **options,
             )
 
     def _create_multipart(self, key: str, content_type: str) -> str:
