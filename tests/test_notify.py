@@ -77,7 +77,7 @@ def test_refused_notification_is_retried_then_logged(local: LocalBackup, webhook
 
 
 def test_a_collection_wiped_at_the_source_is_reported_as_suspect(
-        local: LocalBackup, webhook: WebhookReceiver) -> None:
+        local: LocalBackup, webhook: WebhookReceiver, capsys: pytest.CaptureFixture[str]) -> None:
     """The nightly run that backs up an emptied collection succeeds (that is what the
     platform holds) but is never quiet, and the backup is flagged everywhere."""
     local.seed("orders", make_docs(10))
@@ -101,7 +101,10 @@ def test_a_collection_wiped_at_the_source_is_reported_as_suspect(
     run_manifest = json.loads(local.objects.read(run.manifest_key or ""))
     assert {j["collection"]: j["suspect"] for j in run_manifest["jobs"]} == {"orders": True, "users": False}
 
-    assert cli(["--config", str(write_config(local, ctx)), "ack", run.run_id, "shop", "orders"]) == 0
+    config_path = str(write_config(local, ctx))
+    assert cli(["--config", config_path, "status", run.run_id]) == 0
+    assert "suspect (was 10)" in capsys.readouterr().out
+    assert cli(["--config", config_path, "ack", run.run_id, "shop", "orders"]) == 0
     acknowledged = next(j for j in ctx.state.list_jobs(run.run_id) if j.collection == "orders")
     assert acknowledged.good
     assert "acknowledged_at" in json.loads(local.objects.read(orders.result.manifest_key))

@@ -326,12 +326,15 @@ def job_table(title: str, jobs: list[Job]) -> Table:
         table.add_column(column, overflow="fold")
     for job in jobs:
         result = job.result
+        suspect = job.suspect and job.acknowledged_at is None
+        status = f"{job.status.value} ⚠ suspect (was {job.previous_records})" if suspect else (
+            job.status.value + (" (pruned)" if job.pruned_at else ""))
         table.add_row(
-            job.source, job.collection, job.status.value,
+            job.source, job.collection, status,
             str(result.records) if result else "", str(result.bytes) if result else "",
             result.sha256[:16] if result else "",
             result.key if result else (job.error or ""),
-            style="red" if job.status.value == "failed" else None,
+            style="red" if job.status.value == "failed" else ("yellow" if suspect else None),
         )
     return table
 
