@@ -4,6 +4,7 @@ dispatcher, notifier). The one place that knows every adapter."""
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping
 
 from shared.adapters.cos.objects import CosObjectStore
@@ -25,12 +26,14 @@ class ConfiguredPlatforms:
         self._config = config
         self._services = services
         self._built: dict[str, Platform] = {}
+        self._lock = threading.Lock()  # the poller advances jobs from several threads
 
     def get(self, source: str) -> Platform:
-        if source not in self._built:
-            settings = self._config.source(source)
-            self._built[source] = registry.entry(settings.type).build(settings, self._services)
-        return self._built[source]
+        with self._lock:
+            if source not in self._built:
+                settings = self._config.source(source)
+                self._built[source] = registry.entry(settings.type).build(settings, self._services)
+            return self._built[source]
 
     def kind(self, source: str) -> Kind:
         return registry.entry(self._config.source(source).type).kind

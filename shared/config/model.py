@@ -237,6 +237,21 @@ class Timing(ConfigModel):
         default=240, gt=0,
         description="How long one poller tick works; keep it below the poller's SCF timeout.",
     )
+    poll_concurrency: int = Field(
+        default=32, ge=1, le=256,
+        description="Jobs one poller tick advances at once (each is mostly waiting on a "
+        "platform or the state store).",
+    )
+    platform_calls_per_source: int = Field(
+        default=16, ge=1, le=256,
+        description="Platform calls in flight at once per source, so one slow or "
+        "rate-limited source cannot take every poller worker.",
+    )
+    platform_calls_per_type: int = Field(
+        default=32, ge=1, le=256,
+        description="Platform calls in flight at once per platform type (wechat, minapp, "
+        "...), across its sources.",
+    )
     finish_budget_seconds: float = Field(
         default=720, gt=0,
         description="How long one finisher invocation pages a table (OneDB) before leaving the "
