@@ -14,8 +14,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
-
 from shared.config import Config, DispatchSettings
 from shared.domain.errors import BackupError, Fatal, Retryable, RetryLater
 from shared.logs import register_secret
@@ -126,6 +124,13 @@ class ScfDispatcher:
         self._client_keys: tuple[str, str, str | None] | None = None
 
     def dispatch(self, job_id: str) -> None:
+        from tenacity import (  # on first use: not every invocation dispatches (cold start)
+            Retrying,
+            retry_if_exception_type,
+            stop_after_attempt,
+            wait_random_exponential,
+        )
+
         retrying = Retrying(
             retry=retry_if_exception_type((Retryable, RetryLater)),
             stop=stop_after_attempt(self._attempts),

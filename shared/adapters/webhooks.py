@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
-
-from shared.adapters.http import describe_transport_error, make_client
 from shared.config import Notify, Webhook
 from shared.domain.errors import Retryable
 from shared.domain.jobs import Job, JobStatus, Run, RunStatus
 from shared.logs import register_secret
 from shared.retry import with_retries
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 MAX_FAILURES_LISTED = 20
@@ -67,6 +67,8 @@ def notify_run(settings: Notify, run: Run, jobs: list[Job],
                client: httpx.Client | None = None, retry_base_seconds: float = 1.0) -> None:
     if settings.on == "failure" and run.status is RunStatus.SUCCEEDED:
         return
+    from shared.adapters.http import make_client  # httpx only when a run is reported
+
     http = client or make_client()
     for index, webhook in enumerate(settings.webhooks):
         url = webhook.url.get_secret_value()
@@ -93,6 +95,10 @@ class WebhookNotifier:
 
 
 def _post(http: httpx.Client, url: str, body: dict[str, Any]) -> None:
+    import httpx
+
+    from shared.adapters.http import describe_transport_error
+
     try:
         response = http.post(url, json=body)
     except httpx.TransportError as exc:
