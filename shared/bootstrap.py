@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from shared.adapters.cos.objects import CosObjectStore
 from shared.adapters.dispatch import dispatcher_for
 from shared.adapters.state import open_store
+from shared.adapters.token_memo import MemoTokenCache
 from shared.adapters.webhooks import WebhookNotifier
 from shared.config import Config
 from shared.platforms import registry
@@ -48,7 +49,8 @@ def build_context(
 ) -> Context:
     env = environ if environ is not None else os.environ
     state = open_store(config.state, config.destination, environ=environ)
-    services = PlatformServices(tokens=state, retry_base_seconds=config.timing.retry_base_seconds)
+    services = PlatformServices(tokens=MemoTokenCache(state),
+                                retry_base_seconds=config.timing.retry_base_seconds)
     # The in-process dispatcher closes over `context`, which exists by the time it runs;
     # config.dispatch picks it (local runs) or SCF's async Invoke of the finisher (hosted).
     context = Context(
