@@ -31,7 +31,7 @@ class PollSummary:
     closed_runs: list[str] = field(default_factory=list)
 
 
-def poll(ctx: Context, limit: int = 500) -> PollSummary:
+def poll(ctx: Context, limit: int = 2000) -> PollSummary:
     """Advance the due jobs, several at once: up to `timing.poll_concurrency` jobs, and per
     source and per platform type at most `timing.platform_calls_per_source` /
     `platform_calls_per_type` jobs (each makes at most one platform call at a time, so
