@@ -126,7 +126,9 @@ class CosObjectStore:
                 before_commit(parts.summary())
             self._put(key, first, content_type)
         else:
-            self._put_multipart(key, content_type, first, parts, before_commit)
+            head = [first]  # handed over in a list, so this frame keeps no reference to it
+            del first
+            self._put_multipart(key, content_type, head, parts, before_commit)
         summary = parts.summary()
         self._verify_size(key, summary.bytes)
         return summary
@@ -135,7 +137,7 @@ class CosObjectStore:
         self,
         key: str,
         content_type: str,
-        first: bytes,
+        head: list[bytes],
         parts: _Parts,
         before_commit: Callable[[StreamSummary], None] | None,
     ) -> None:
@@ -144,7 +146,7 @@ class CosObjectStore:
         etags: list[dict[str, Any]] = []
         pool = ThreadPoolExecutor(self._concurrency, thread_name_prefix="cos-part")
         try:
-            number, data = 1, first
+            number, data = 1, head.pop()
             while True:
                 while len(in_flight) >= self._concurrency:  # bound memory: wait for a slot
                     etags += _collect(in_flight, FIRST_COMPLETED)
