@@ -1,10 +1,18 @@
-"""Peak memory and throughput of the finisher copying a large WeChat export into COS.
+"""Throughput and peak memory of the finisher copying a large WeChat export into COS,
+against `rclone copyurl` copying the same signed link into the same S3 server.
 
 The emulator and the S3 server run as separate processes; each finisher runs in a
-process of its own so its peak RSS (VmHWM) is its own. The baseline is the same
-finisher copying a tiny export in the same run: the ratio shows what the size adds.
+process of its own so its peak RSS (VmHWM) is its own. Measured in the same run:
 
-    scripts/bench finisher --gib 1
+- `--pairs` alternating pairs over a `--mib` export: the finisher (one invocation, from
+  the ready job to the verified object) and `rclone copyurl` (multipart like the
+  finisher: `upload_cutoff 0`, the same part size, its default 4 parts at once; `no_head`
+  because moto answers its post-upload HEAD unlike COS); the ratio of their throughputs;
+- peak RSS copying a `--gib` export, against the same finisher copying a 200 kB export.
+
+rclone is Debian's package, installed with apt-get when missing.
+
+    scripts/bench finisher [--gib 1] [--mib 267] [--pairs 3] [--concurrency 4]
 """
 
 from __future__ import annotations
@@ -13,6 +21,8 @@ import argparse
 import json
 import os
 import resource
+import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -86,56 +96,117 @@ def _finish_in_child(config_path: Path, job_id: str) -> dict[str, Any]:
 
 def child(config_path: str, job_id: str) -> None:
     """Runs in its own process: one finisher invocation, then its peak RSS."""
+    started = time.perf_counter()
     ctx = build_context(load_config(config_path))
     outcome = finish(ctx, job_id)
+    invocation = time.perf_counter() - started
     job = ctx.state.get_job(job_id)
     assert job is not None
-    print(json.dumps({"outcome": outcome, "peak_rss_mb": _peak_rss_mb(),
+    print(json.dumps({"outcome": outcome, "peak_rss_mb": _peak_rss_mb(), "invocation_s": invocation,
                       "bytes": job.result.bytes if job.result else 0, "error": job.error}))
 
 
+def ensure_rclone() -> str:
+    """rclone from Debian's package (apt-get), installed when missing."""
+    found = shutil.which("rclone")
+    if found:
+        return found
+    print("installing rclone (Debian package) ...", flush=True)
+    subprocess.run(["apt-get", "install", "-y", "-q", "rclone"], check=True,
+                   env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+                   stdout=subprocess.DEVNULL)
+    found = shutil.which("rclone")
+    if found is None:
+        raise SystemExit("rclone is still missing after apt-get install rclone")
+    return found
+
+
+def rclone_copy(rclone: str, url: str, s3_url: str, key: str, part_mib: int) -> float:
+    """Seconds `rclone copyurl` takes to copy `url` into BUCKET/key on the S3 server."""
+    started = time.perf_counter()
+    subprocess.run([
+        rclone, "copyurl", url, f":s3:{BUCKET}/{key}",
+        "--s3-provider", "Other", "--s3-endpoint", s3_url, "--s3-region", "ap-guangzhou",
+        "--s3-access-key-id", "bench", "--s3-secret-access-key", "bench",
+        "--s3-no-head", "--s3-upload-cutoff", "0", "--s3-chunk-size", f"{part_mib}M",
+        "--s3-upload-concurrency", "4", "--config", "/dev/null", "-q",
+    ], check=True, env={k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"})
+    # (plain HTTP on loopback: a custom CA bundle only makes rclone's S3 client refuse to start)
+    return time.perf_counter() - started
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--gib", type=float, default=1.0, help="size of the large export")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gib", type=float, default=1.0, help="size of the export for peak RSS")
+    parser.add_argument("--mib", type=float, default=267, help="size of the export raced against rclone")
+    parser.add_argument("--pairs", type=int, default=3, help="alternating finisher/rclone pairs")
+    parser.add_argument("--concurrency", type=int, default=None,
+                        help="destination.part_concurrency (default: the product's default)")
     parser.add_argument("--child", nargs=2, metavar=("CONFIG", "JOB_ID"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(*args.child)
         return 0
 
+    rclone = ensure_rclone() if args.pairs else ""
     work = ROOT / ".bench"
     work.mkdir(exist_ok=True)
     big = work / "big.jsonl"
     small = work / "small.jsonl"
-    print(f"writing a {args.gib:g} GiB export file ...", flush=True)
+    race = work / "race.jsonl"
+    print(f"writing a {args.gib:g} GiB and a {args.mib:g} MiB export file ...", flush=True)
     big_count = write_export_file(big, int(args.gib * (1 << 30)))
     small_count = write_export_file(small, 200_000)
+    race_count = write_export_file(race, int(args.mib * (1 << 20)))
 
     s3, s3_url = _start([sys.executable, "-m", "devkit.s3_server", "--bucket", BUCKET])
     emulator, wechat_url = _start([
         sys.executable, "-m", "devkit.emulators.wechat", "--port", "0",
         "--app", f"{APPID}:{SECRET}", "--env", f"{APPID}:{ENV_ID}",
         "--jsonl", f"{ENV_ID}:big:{big}:{big_count}", "--jsonl", f"{ENV_ID}:small:{small}:{small_count}",
+        "--jsonl", f"{ENV_ID}:race:{race}:{race_count}",
     ])
     try:
         config_path = work / "bench.yaml"
         (work / "state.sqlite3").unlink(missing_ok=True)
+        destination: dict[str, Any] = {"bucket": BUCKET, "region": "ap-guangzhou",
+                                       "endpoint": s3_url, "anonymous": True, "prefix": "bench"}
+        if args.concurrency:
+            destination["part_concurrency"] = args.concurrency
         config_path.write_text(yaml.safe_dump({
-            "destination": {"bucket": BUCKET, "region": "ap-guangzhou", "endpoint": s3_url,
-                            "anonymous": True, "prefix": "bench"},
+            "destination": destination,
             "state": {"url": f"sqlite:///{work / 'state.sqlite3'}"},
             "timing": {"first_check_seconds": 0.1},
             "sources": [{"type": "wechat", "name": "bench", "appid": APPID,
                          "secret": "${BENCH_SECRET}", "env": ENV_ID,
-                         "collections": ["small", "big"], "api_base": wechat_url}],
+                         "collections": ["small", "big", "race"], "api_base": wechat_url}],
         }))
         os.environ["BENCH_SECRET"] = SECRET
-        ready = _wait_until_ready(config_path)
+        race_rates: list[tuple[float, float]] = []
+        for pair in range(args.pairs):
+            ready = _wait_until_ready(config_path, ["race"])
+            link = _download_link(config_path, ready["race"])
+            ours = _finish_in_child(config_path, ready["race"])
+            assert ours["outcome"] == "done", ours
+            theirs = rclone_copy(rclone, link, s3_url, f"rclone/race-{pair}.jsonl", 8)
+            mib = ours["bytes"] / (1 << 20)
+            race_rates.append((mib / ours["seconds"], mib / theirs))
+            print(f"pair {pair + 1}: finisher {mib / ours['seconds']:.1f} MiB/s "
+                  f"({mib / ours['invocation_s']:.1f} MiB/s without the process start), "
+                  f"rclone copyurl {mib / theirs:.1f} MiB/s", flush=True)
+        ready = _wait_until_ready(config_path, ["small", "big"])
         baseline = _finish_in_child(config_path, ready["small"])
         large = _finish_in_child(config_path, ready["big"])
     finally:
         emulator.terminate()
         s3.terminate()
+
+    if race_rates:
+        ratios = [ours / theirs for ours, theirs in race_rates]
+        print(f"finisher / rclone copyurl over {args.mib:g} MiB, {len(ratios)} alternating pairs: "
+              f"median {statistics.median(ratios):.2f} (range {min(ratios):.2f}-{max(ratios):.2f}); "
+              f"finisher median {statistics.median(r for r, _ in race_rates):.1f} MiB/s, rclone "
+              f"median {statistics.median(r for _, r in race_rates):.1f} MiB/s")
 
     for name, result in (("baseline (200 kB export)", baseline), (f"{args.gib:g} GiB export", large)):
         rate = result["bytes"] / (1 << 20) / result["seconds"]
@@ -147,15 +218,26 @@ def main() -> int:
     return 0 if large["outcome"] == "done" and large["peak_rss_mb"] < LIMIT_MB else 1
 
 
-def _wait_until_ready(config_path: Path) -> dict[str, str]:
-    """Start the run and poll until both exports are ready; nothing is copied here."""
+def _download_link(config_path: Path, job_id: str) -> str:
+    """The export's signed download link, as the finisher would be given it."""
+    ctx = build_context(load_config(config_path))
+    job = ctx.state.get_job(job_id)
+    assert job is not None and job.platform_job_id
+    platform = ctx.platforms.get(job.source)
+    return str(platform._file_url(job.platform_job_id))  # type: ignore[attr-defined]
+
+
+def _wait_until_ready(config_path: Path, collections: list[str]) -> dict[str, str]:
+    """Start a run of `collections` and poll until their exports are ready; nothing is
+    copied here."""
 
     class Ignore:
         def dispatch(self, job_id: str) -> None:
             """The benchmark runs the finisher itself, in a process of its own."""
 
     ctx = build_context(load_config(config_path), dispatcher=Ignore())
-    run, _ = start_run(ctx, idempotency_key=f"bench:{time.time()}", trigger="bench")
+    run, _ = start_run(ctx, idempotency_key=f"bench:{time.time()}", trigger="bench",
+                       collections={"bench": collections})
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         poll(ctx)

@@ -4,11 +4,13 @@ dispatcher, notifier). The one place that knows every adapter."""
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping
 
 from shared.adapters.cos.objects import CosObjectStore
 from shared.adapters.dispatch import dispatcher_for
 from shared.adapters.state import open_store
+from shared.adapters.token_memo import MemoTokenCache
 from shared.adapters.webhooks import WebhookNotifier
 from shared.config import Config
 from shared.platforms import registry
@@ -26,12 +28,14 @@ class ConfiguredPlatforms:
         self._config = config
         self._services = services
         self._built: dict[str, Platform] = {}
+        self._lock = threading.Lock()  # the poller advances jobs from several threads
 
     def get(self, source: str) -> Platform:
-        if source not in self._built:
-            settings = self._config.source(source)
-            self._built[source] = registry.entry(settings.type).build(settings, self._services)
-        return self._built[source]
+        with self._lock:
+            if source not in self._built:
+                settings = self._config.source(source)
+                self._built[source] = registry.entry(settings.type).build(settings, self._services)
+            return self._built[source]
 
     def kind(self, source: str) -> Kind:
         return registry.entry(self._config.source(source).type).kind
@@ -46,7 +50,8 @@ def build_context(
 ) -> Context:
     env = environ if environ is not None else os.environ
     state = open_store(config.state, config.destination, environ=environ)
-    services = PlatformServices(tokens=state, retry_base_seconds=config.timing.retry_base_seconds)
+    services = PlatformServices(tokens=MemoTokenCache(state),
+                                retry_base_seconds=config.timing.retry_base_seconds)
     # The in-process dispatcher closes over `context`, which exists by the time it runs;
     # config.dispatch picks it (local runs) or SCF's async Invoke of the finisher (hosted).
     context = Context(

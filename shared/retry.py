@@ -6,8 +6,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
-
 from shared.domain.errors import Retryable
 
 T = TypeVar("T")
@@ -15,6 +13,9 @@ T = TypeVar("T")
 
 def with_retries(call: Callable[[], T], *, attempts: int, base_seconds: float) -> T:
     """Run `call`, retrying `Retryable` failures with exponential backoff, then re-raise."""
+    # imported on first use: a poller tick with nothing to do never needs it (cold start)
+    from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
     retrying = Retrying(
         retry=retry_if_exception_type(Retryable),
         stop=stop_after_attempt(attempts),

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from devkit.cos_layer import CosLayer
 from devkit.emulators.minapp import MinAppEmulator
 from devkit.emulators.onedb import OneDBEmulator
 from devkit.emulators.tencentcloud import TencentCloudEmulator
@@ -187,6 +188,7 @@ def overwrite_allowed(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
         return original(self)
 
     monkeypatch.setattr(S3Response, "put_object", ignoring_conditions)
+    monkeypatch.setattr(CosLayer, "ignore_forbid_overwrite", True)
 
 
 def versioning_suspended(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -251,6 +251,9 @@ COS_ACTIONS = {
     "abort_multipart_upload": "name/cos:AbortMultipartUpload",
     "list_objects": "name/cos:GetBucket", "list_multipart_uploads": "name/cos:ListMultipartUploads",
     "get_bucket_versioning": "name/cos:GetBucketVersioning",  # doctor: does forbid-overwrite hold?
+    # retention's move to a cold class copies an object onto itself: PUT Object - Copy needs
+    # PutObject on the target (GetObject on the source is granted above)
+    "copy_object": "name/cos:PutObject",
 }
 
 

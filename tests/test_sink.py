@@ -7,10 +7,14 @@ import json
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import crcmod
 import pytest
+from qcloud_cos.cos_exception import CosClientError
 
 from devkit.cos_layer import CosLayer
 from devkit.s3_server import cos_client
@@ -143,6 +147,83 @@ def test_refused_rerun_keeps_the_previous_object(object_store: CosObjectStore) -
     assert object_store.read("backups/k") == b"good"
 
 
+class PartSpy:
+    """Wraps the SDK client's upload_part: counts parts in flight, can delay or fail one."""
+
+    def __init__(self, store: CosObjectStore, *, slow: int = 0, failing: int = 0) -> None:
+        self._upload_part = store._client.upload_part
+        self._lock = threading.Lock()
+        self.slow, self.failing = slow, failing
+        self.in_flight = self.most_in_flight = 0
+        self.finished: list[int] = []
+        store._client.upload_part = self
+
+    def __call__(self, **kwargs: Any) -> dict[str, Any]:
+        number = kwargs["PartNumber"]
+        with self._lock:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            time.sleep(0.4 if number == self.slow else 0.05)
+            if number == self.failing:
+                raise CosClientError("connection reset while sending the part")
+            sent: dict[str, Any] = self._upload_part(**kwargs)
+            self.finished.append(number)
+            return sent
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+
+def concurrent_store(destination: Destination, concurrency: int) -> CosObjectStore:
+    return CosObjectStore(
+        destination.model_copy(update={"part_size_mb": 5, "part_concurrency": concurrency})
+    )
+
+
+def test_parts_committed_in_order_whatever_order_they_finish(destination: Destination) -> None:
+    store = concurrent_store(destination, 3)
+    spy = PartSpy(store, slow=1)  # part 1 finishes last of its batch
+    data = pattern(23 * MIB)  # 5 parts, the last short
+    summary = store.put_stream("backups/ordered", odd_chunks(data), content_type="x/y")
+    assert spy.finished[0] != 1 and sorted(spy.finished) == [1, 2, 3, 4, 5]
+    assert (summary.bytes, summary.sha256, summary.parts) == (
+        len(data), hashlib.sha256(data).hexdigest(), 5)
+    assert summary.crc64 == str(crcmod.mkCrcFun(0x142F0E1EBA9EA3693, initCrc=0,
+                                                xorOut=0xFFFFFFFFFFFFFFFF, rev=True)(data))
+    assert store.read("backups/ordered") == data
+
+
+@pytest.mark.parametrize("concurrency", [1, 2, 4])
+def test_parts_in_flight_never_exceed_the_setting(
+    destination: Destination, concurrency: int
+) -> None:
+    store = concurrent_store(destination, concurrency)
+    spy = PartSpy(store)
+    store.put_stream("backups/bounded", odd_chunks(pattern(40 * MIB)), content_type="x/y")
+    assert spy.most_in_flight == concurrency  # reached, never passed
+
+
+def test_failing_part_aborts_and_stops_reading(
+    destination: Destination, s3_server: str, bucket: str
+) -> None:
+    store = concurrent_store(destination, 2)
+    spy = PartSpy(store, failing=3)
+    read: list[int] = []
+
+    def source() -> Iterator[bytes]:
+        for number in range(40):  # 200 MiB if read to the end
+            read.append(number)
+            yield pattern(5 * MIB)
+
+    with pytest.raises(StorageError, match=r"part 3 of 'backups/x'.*connection reset"):
+        store.put_stream("backups/x", source(), content_type="x/y")
+    assert store.head("backups/x") is None
+    assert open_uploads(s3_server, bucket) == []
+    assert len(read) <= 3 + 2 + 1  # stopped soon after the failure, not at the end
+    assert spy.in_flight == 0  # nothing still sending after the abort
+
+
 class LossyStore(CosObjectStore):
     """Reports one byte less than stored: stands in for a server that lost data."""
 
@@ -238,9 +319,10 @@ MEMORY_PROBE = textwrap.dedent(
         with open("/proc/self/status") as status:
             return int(next(line for line in status if line.startswith("VmHWM:")).split()[1])
 
-    endpoint, bucket, total_mib = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    endpoint, bucket, total_mib, concurrency = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     store = CosObjectStore(Destination.model_validate(
-        {"bucket": bucket, "region": "ap-guangzhou", "endpoint": endpoint, "anonymous": True}
+        {"bucket": bucket, "region": "ap-guangzhou", "endpoint": endpoint, "anonymous": True,
+         "part_concurrency": concurrency}
     ))
     block = bytes(range(256)) * (1 << 14)  # 4 MiB to slice from
 
@@ -267,10 +349,12 @@ MEMORY_PROBE = textwrap.dedent(
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
-def test_memory_stays_near_one_part(s3_server: str, bucket: str) -> None:
-    # Default 8 MiB parts: the store holds at most a part buffer plus the part being sent.
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_memory_stays_near_the_parts_in_flight(s3_server: str, bucket: str, concurrency: int) -> None:
+    # Default 8 MiB parts: the store holds the part being read plus `concurrency` parts
+    # being sent; one at a time stays within the bound it always had.
     probe = subprocess.run(
-        [sys.executable, "-c", MEMORY_PROBE, s3_server, bucket, "200"],
+        [sys.executable, "-c", MEMORY_PROBE, s3_server, bucket, "200", str(concurrency)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -278,7 +362,8 @@ def test_memory_stays_near_one_part(s3_server: str, bucket: str) -> None:
     )
     assert probe.returncode == 0, probe.stderr
     growth_mib = int(probe.stdout.strip())
-    assert growth_mib < 60, f"peak RSS grew by {growth_mib} MiB while streaming 200 MiB"
+    bound = 60 + (concurrency - 1) * 8  # each further part in flight adds one 8 MiB part
+    assert growth_mib < bound, f"peak RSS grew by {growth_mib} MiB while streaming 200 MiB"
 
 
 @pytest.mark.parametrize("size", [1000, 12 * MIB + 3])  # one PUT; a multipart upload

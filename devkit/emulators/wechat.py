@@ -581,6 +581,9 @@ class WeChatEmulator(LocalEmulator):
       has another shape).
     - ``rotate_refresh_tokens``: ``api_authorizer_token`` hands back a new refresh token
       each time and the old one stops working.
+    - ``latency``: seconds every API call (not a download) takes before it is answered, like
+      a distant platform; ``api_in_flight``/``api_most_in_flight`` count API calls being
+      answered at once, and ``api_spans`` keeps each call's (start, end) monotonic times.
     """
 
     thread_name = "wechat-emulator"
@@ -603,6 +606,9 @@ class WeChatEmulator(LocalEmulator):
         self.max_listing_page: int | None = None
         self.listing_answer: Callable[[dict[str, Any]], dict[str, Any]] | None = None
         self.rotate_refresh_tokens = False
+        self.latency = 0.0
+        self.api_in_flight = self.api_most_in_flight = 0
+        self.api_spans: list[tuple[float, float]] = []
         self.base_url = ""
         self.link_base: str | None = None  # where file_url points; None: this emulator
         self.calls: collections.Counter[str] = collections.Counter()
@@ -820,6 +826,23 @@ class WeChatEmulator(LocalEmulator):
         if target is None:
             raise KeyError(f"unknown env {env!r}: call add_env first")
         return target
+
+    def _answer_api(
+        self, method: str, path: str, params: dict[str, list[str]], body: bytes
+    ) -> tuple[int, dict[str, Any]]:
+        """One API call, after `latency` seconds, counted while in flight."""
+        started = time.monotonic()
+        with self._lock:
+            self.api_in_flight += 1
+            self.api_most_in_flight = max(self.api_most_in_flight, self.api_in_flight)
+        try:
+            if self.latency:
+                time.sleep(self.latency)
+            return self._handle_api(method, path, params, body)
+        finally:
+            with self._lock:
+                self.api_in_flight -= 1
+                self.api_spans.append((started, time.monotonic()))
 
     def _count(self, path: str) -> None:
         with self._lock:
@@ -1319,7 +1342,7 @@ class _Handler(DispatchHandler):
             self._download(unquote(split.path), params)
             return
         try:
-            status, payload = emulator._handle_api(method, split.path, params, body)
+            status, payload = emulator._answer_api(method, split.path, params, body)
         except Exception:
             status, payload = 500, {"errcode": -1, "errmsg": "system error"}
         self._send(status, json_bytes(payload), JSON_CONTENT_TYPE)
@@ -1462,6 +1485,8 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--polls-until-ready", type=int, default=2)
     parser.add_argument("--token-ttl", type=int, default=7200)
     parser.add_argument("--link-ttl", type=int, default=3600)
+    parser.add_argument("--latency-ms", type=float, default=0.0,
+                        help="milliseconds every API call takes before it is answered")
     parser.add_argument("--export-concurrency-limit", type=int, default=None,
                         help="answer -501004 to exports beyond this many running per env")
     return parser
@@ -1476,6 +1501,7 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
     )
     emulator.export_concurrency_limit = args.export_concurrency_limit
+    emulator.latency = args.latency_ms / 1000
     for spec in args.app:
         emulator.add_app(*_split_pair(spec, "APPID:SECRET"))
     for spec in args.disabled_app:

@@ -1,6 +1,11 @@
 """SCF handler of the finisher function (handler: index.main_handler)."""
 
+import os
 from typing import Any
+
+# No pydantic plugins are used: skip pydantic's scan of every installed package's entry
+# points on the first model build (a cold-start cost).
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 from shared.entrypoints.scf import handle_finisher
 

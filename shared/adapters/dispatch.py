@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
-
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from shared.config import Config, DispatchSettings
 from shared.domain.errors import BackupError, Fatal, Retryable, RetryLater
@@ -36,9 +35,13 @@ class InProcessDispatcher:
 
     def __init__(self, finish: Callable[[str], object]) -> None:
         self._finish = finish
+        # The poller advances jobs from several threads: copies still run one at a time
+        # here, so a local run's memory stays that of one finisher.
+        self._one_at_a_time = threading.Lock()
 
     def dispatch(self, job_id: str) -> None:
-        self._finish(job_id)
+        with self._one_at_a_time:
+            self._finish(job_id)
 
 
 class DispatchError(BackupError):
@@ -126,6 +129,13 @@ class ScfDispatcher:
         self._client_keys: tuple[str, str, str | None] | None = None
 
     def dispatch(self, job_id: str) -> None:
+        from tenacity import (  # on first use: not every invocation dispatches (cold start)
+            Retrying,
+            retry_if_exception_type,
+            stop_after_attempt,
+            wait_random_exponential,
+        )
+
         retrying = Retrying(
             retry=retry_if_exception_type((Retryable, RetryLater)),
             stop=stop_after_attempt(self._attempts),

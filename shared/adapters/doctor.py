@@ -113,14 +113,14 @@ class CloudDeployment:
             raise StateError(f"{exc}; the role needs name/cos:GetBucketVersioning on the bucket "
                              "(docs/cam-policy.json) so that doctor can tell whether "
                              "x-cos-forbid-overwrite holds") from None
-        store.check_create_only(again=True)
-        if status is not None:
+        if status is not None:  # the cause to name, whatever the probe would say
             raise StateError(
                 f"bucket {self._bucket!r} has had versioning enabled (it is {status} now; once "
                 "enabled it can only be suspended). COS ignores x-cos-forbid-overwrite on such a "
                 "bucket, so the COS state store cannot rely on create-only writes there: put the "
                 "backups in a new bucket that never had versioning, or keep the state in MySQL "
                 "(state.url: mysql+pymysql://...)")
+        store.check_create_only(again=True)
         return ("a second create-only PUT of a probe object was refused, and the bucket never "
                 "had versioning (x-cos-forbid-overwrite holds)")
 

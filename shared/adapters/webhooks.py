@@ -10,16 +10,16 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
-
-from shared.adapters.http import describe_transport_error, make_client
 from shared.config import Notify, Webhook
 from shared.domain.errors import Fatal, Retryable
 from shared.domain.jobs import Job, JobStatus, Run, RunStatus
 from shared.logs import register_secret
 from shared.retry import with_retries
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 MAX_FAILURES_LISTED = 20
@@ -88,6 +88,8 @@ def notify_run(settings: Notify, run: Run, jobs: list[Job],
     suspect = bool((run.summary or {}).get("suspect"))
     if settings.on == "failure" and run.status is RunStatus.SUCCEEDED and not suspect:
         return
+    from shared.adapters.http import make_client  # httpx only when a run is reported
+
     _deliver(settings, "run notification", lambda webhook: payload(webhook, run, jobs),
              client or make_client(), retry_base_seconds)
 
@@ -129,11 +131,17 @@ class WebhookNotifier:
                  retry_base_seconds=self._retry_base)
 
     def alert(self, text: str) -> None:
+        from shared.adapters.http import make_client
+
         _deliver(self._settings, "alert", lambda webhook: text_payload(webhook, text),
                  make_client(), self._retry_base)
 
 
 def _post(http: httpx.Client, url: str, body: dict[str, Any]) -> None:
+    import httpx
+
+    from shared.adapters.http import describe_transport_error
+
     try:
         response = http.post(url, json=body)
     except httpx.TransportError as exc:
@@ -159,6 +167,10 @@ def probe_webhook(webhook: Webhook, index: int, send: bool, client: httpx.Client
     """`doctor`: the webhook answers an HTTP GET (any status: it is there); with `send`, it
     accepts a test message in its format. The URL carries the robot's key: only its host
     is ever shown."""
+    import httpx
+
+    from shared.adapters.http import describe_transport_error, make_client
+
     url = webhook.url.get_secret_value()
     register_secret(url)
     where = f"notify.webhooks[{index}] ({webhook.format}, host {httpx.URL(url).host})"

@@ -77,7 +77,18 @@ class Destination(ConfigModel):
     )
     secret_key: Secret | None = Field(default=None, description="API key secret.")
     part_size_mb: int = Field(
-        default=8, ge=5, le=1024, description="Multipart part size; memory use is about one part."
+        default=8,
+        ge=5,
+        le=1024,
+        description="Multipart part size. The finisher holds about "
+        "(part_concurrency + 1) * part_size_mb in memory.",
+    )
+    part_concurrency: int = Field(
+        default=4,
+        ge=1,
+        le=32,
+        description="Multipart parts uploaded at once by the finisher (measured: 4 is about "
+        "as fast as more, see README Benchmarks).",
     )
     storage_class: StorageClass | None = Field(
         default=None,
@@ -331,6 +342,21 @@ class Timing(ConfigModel):
     poll_budget_seconds: float = Field(
         default=240, gt=0,
         description="How long one poller tick works; keep it below the poller's SCF timeout.",
+    )
+    poll_concurrency: int = Field(
+        default=32, ge=1, le=256,
+        description="Jobs one poller tick advances at once (each is mostly waiting on a "
+        "platform or the state store).",
+    )
+    platform_calls_per_source: int = Field(
+        default=16, ge=1, le=256,
+        description="Platform calls in flight at once per source, so one slow or "
+        "rate-limited source cannot take every poller worker.",
+    )
+    platform_calls_per_type: int = Field(
+        default=32, ge=1, le=256,
+        description="Platform calls in flight at once per platform type (wechat, minapp, "
+        "...), across its sources.",
     )
     finish_budget_seconds: float = Field(
         default=720, gt=0,

@@ -19,7 +19,7 @@ Time = Annotated[datetime, PlainSerializer(lambda moment: moment.isoformat(), re
 class ManifestObject(BaseModel):
     """One object of a backup (a split export has several, in order)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)  # built on first use: cold start
 
     key: str
     bytes: int
@@ -31,7 +31,7 @@ class ManifestObject(BaseModel):
 class JobManifest(BaseModel):
     """`<object>.manifest.json`: one collection's backup in one run."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)  # built on first use: cold start
 
     format: int = Field(default=MANIFEST_FORMAT, le=MANIFEST_FORMAT)
     source: str
@@ -76,7 +76,7 @@ class JobManifest(BaseModel):
 
 
 class RunManifestJob(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)  # built on first use: cold start
 
     source: str
     collection: str
@@ -103,7 +103,7 @@ class RunManifestJob(BaseModel):
 class RunManifest(BaseModel):
     """`<prefix>/runs/<run_id>/run.manifest.json`: how a run ended."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)  # built on first use: cold start
 
     format: int = Field(default=MANIFEST_FORMAT, le=MANIFEST_FORMAT)
     run_id: str

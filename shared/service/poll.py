@@ -5,6 +5,7 @@ time budget, then close runs whose jobs all ended. Jobs not reached stay due."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import cast
@@ -16,6 +17,7 @@ from shared.ports import ExportPlatform
 from shared.service.close import close_finished_runs
 from shared.service.context import Budget, Context, fail, save
 from shared.service.copiers import copier_for
+from shared.service.lanes import run_in_lanes
 from shared.service.sweep import sweep_uploads
 from shared.service.watch import watch
 
@@ -31,19 +33,35 @@ class PollSummary:
     closed_runs: list[str] = field(default_factory=list)
 
 
-def poll(ctx: Context, limit: int = 500) -> PollSummary:
+def poll(ctx: Context, limit: int = 2000) -> PollSummary:
+    """Advance the due jobs, several at once: up to `timing.poll_concurrency` jobs, and per
+    source and per platform type at most `timing.platform_calls_per_source` /
+    `platform_calls_per_type` jobs (each makes at most one platform call at a time, so
+    that caps the calls in flight). Every write stays a compare-and-set."""
     summary = PollSummary()
-    budget = Budget(ctx, ctx.config.timing.poll_budget_seconds)
-    for job in ctx.state.due_jobs(ctx.clock(), limit):
-        if budget.spent():
-            log.info("poll budget spent; the rest waits for the next tick")
-            break
-        advance(ctx, job)
-        summary.advanced += 1
+    timing = ctx.config.timing
+    budget = Budget(ctx, timing.poll_budget_seconds)
+    summary.advanced = run_in_lanes(
+        ctx.state.due_jobs(ctx.clock(), limit),
+        lambda job: advance(ctx, job),
+        lanes=lambda job: _lanes(ctx, job),
+        workers=timing.poll_concurrency,
+        keep_going=lambda: not budget.spent(),
+    )
     summary.closed_runs = close_finished_runs(ctx)
     sweep_uploads(ctx)
     watch(ctx)
     return summary
+
+
+def _lanes(ctx: Context, job: Job) -> dict[Hashable, int]:
+    timing = ctx.config.timing
+    try:
+        platform_type = ctx.config.source(job.source).type
+    except KeyError:  # a source since removed from the config: advance() reports it
+        platform_type = "?"
+    return {("source", job.source): timing.platform_calls_per_source,
+            ("type", platform_type): timing.platform_calls_per_type}
 
 
 def advance(ctx: Context, job: Job) -> None:

@@ -2,7 +2,8 @@
 
 An object only ever appears at its key complete and checked: a stream is cut into parts of
 `destination.part_size_mb` (one PUT when it fits in one part, a multipart upload otherwise),
-the caller sees the byte count and SHA-256 before the commit and may refuse it, any failure
+up to `destination.part_concurrency` parts upload at once (committed by part number), the
+caller sees the byte count and SHA-256 before the commit and may refuse it, any failure
 aborts the upload, and after the commit a HEAD confirms the stored size.
 """
 
@@ -12,6 +13,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from shared.adapters.cos.client import cos_client, cos_errors
@@ -23,7 +25,6 @@ from shared.ports import MIB, ObjectInfo, StreamSummary
 log = logging.getLogger(__name__)
 # COS's CRC64-ECMA of every object (https://cloud.tencent.com/document/product/436/40334)
 CRC64_HEADER = "x-cos-hash-crc64ecma"
-
 
 
 class _Parts:
@@ -64,6 +65,8 @@ class _Parts:
             buffer += self._rest[:room]
             self._rest = self._rest[room:]
         part = bytes(buffer)
+        # Every stream hash is fed here, on the caller's thread, in stream order, before
+        # the part goes to the upload pool: another hasher slots in beside this one.
         self._sha256.update(part)
         self._crc64.update(part)
         self.bytes += len(part)
@@ -73,6 +76,16 @@ class _Parts:
     def summary(self) -> StreamSummary:
         return StreamSummary(bytes=self.bytes, sha256=self._sha256.hexdigest(), parts=self.count,
                              crc64=self._crc64.value)
+
+
+def _collect(
+    in_flight: set[Future[dict[str, Any]]], return_when: str
+) -> list[dict[str, Any]]:
+    """Wait for finished part uploads, remove them from `in_flight`, return their ETags;
+    the first failure is raised (the caller aborts)."""
+    done, _ = wait(in_flight, return_when=return_when)
+    in_flight -= done
+    return [future.result() for future in done]
 
 
 class CosObjectStore:
@@ -88,6 +101,7 @@ class CosObjectStore:
         self._client = cos_client(destination, environ)
         self._bucket = destination.bucket
         self._part_size = destination.part_size_mb * MIB
+        self._concurrency = destination.part_concurrency
         # Headers of every new object: encryption and storage class.
         self._encryption: dict[str, str] = (
             {"ServerSideEncryption": destination.server_side_encryption}
@@ -106,38 +120,70 @@ class CosObjectStore:
         content_type: str,
         before_commit: Callable[[StreamSummary], None] | None = None,
     ) -> StreamSummary:
-        """Stream `chunks` into `key` holding about one part in memory; see the module doc."""
+        """Stream `chunks` into `key`, uploading up to `part_concurrency` parts at once.
+
+        Memory bound: peak ≈ (part_concurrency + 1) * part_size + one source chunk, i.e.
+        the parts in flight plus the part being read. Parts are cut and hashed here, in
+        stream order, on the calling thread; only the PUTs run in the pool, so a hasher
+        fed by `_Parts` sees exactly the bytes of the object in order. The commit lists
+        parts by number whatever order their uploads ended in; any failure (a part, the
+        source, `before_commit`) stops reading, waits for the parts in flight, then aborts.
+        """
         parts = _Parts(chunks, self._part_size)
-        upload_id: str | None = None
-        etags: list[dict[str, Any]] = []
-        try:
-            for data in parts:
-                if parts.finished and upload_id is None:  # the whole stream fits in one part
-                    if before_commit is not None:
-                        before_commit(parts.summary())
-                    self._put(key, data, content_type)
-                    break
-                if upload_id is None:
-                    upload_id = self._create_multipart(key, content_type)
-                etags.append(self._upload_part(key, upload_id, parts.count, data))
-                del data  # free the part before the next one is buffered
-            if upload_id is not None:
-                if before_commit is not None:
-                    before_commit(parts.summary())
-                with cos_errors("complete upload", key):
-                    self._client.complete_multipart_upload(
-                        Bucket=self._bucket,
-                        Key=key,
-                        UploadId=upload_id,
-                        MultipartUpload={"Part": etags},
-                    )
-        except BaseException:
-            if upload_id is not None:
-                self._abort(key, upload_id)
-            raise
+        first = next(parts)
+        if parts.finished:  # the whole stream fits in one part: one PUT
+            if before_commit is not None:
+                before_commit(parts.summary())
+            self._put(key, first, content_type)
+        else:
+            head = [first]  # handed over in a list, so this frame keeps no reference to it
+            del first
+            self._put_multipart(key, content_type, head, parts, before_commit)
         summary = parts.summary()
         self._verify_stored(key, summary)
         return summary
+
+    def _put_multipart(
+        self,
+        key: str,
+        content_type: str,
+        head: list[bytes],
+        parts: _Parts,
+        before_commit: Callable[[StreamSummary], None] | None,
+    ) -> None:
+        upload_id = self._create_multipart(key, content_type)
+        in_flight: set[Future[dict[str, Any]]] = set()
+        etags: list[dict[str, Any]] = []
+        pool = ThreadPoolExecutor(self._concurrency, thread_name_prefix="cos-part")
+        try:
+            number, data = 1, head.pop()
+            while True:
+                while len(in_flight) >= self._concurrency:  # bound memory: wait for a slot
+                    etags += _collect(in_flight, FIRST_COMPLETED)
+                in_flight.add(pool.submit(self._upload_part, key, upload_id, number, data))
+                del data  # the pool holds the part now; freed as soon as it is sent
+                try:  # read the next part while up to `concurrency` parts are being sent
+                    data, number = next(parts), number + 1
+                except StopIteration:
+                    break
+            etags += _collect(in_flight, ALL_COMPLETED)
+            if before_commit is not None:
+                before_commit(parts.summary())
+            with cos_errors("complete upload", key):
+                self._client.complete_multipart_upload(
+                    Bucket=self._bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    MultipartUpload={"Part": sorted(etags, key=lambda e: e["PartNumber"])},
+                )
+        except BaseException:
+            for future in in_flight:
+                future.cancel()
+            wait(in_flight)  # no part may land after the abort
+            self._abort(key, upload_id)
+            raise
+        finally:
+            pool.shutdown(wait=True)
 
     def put_json(self, key: str, document: Mapping[str, Any]) -> None:
         body = json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8")
