@@ -5,12 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
 from devkit.sample_data import make_docs
 from shared.config import Config, Notify
@@ -77,7 +74,8 @@ def test_refused_notification_is_retried_then_logged(local: LocalBackup, webhook
 
 
 def test_a_collection_wiped_at_the_source_is_reported_as_suspect(
-        local: LocalBackup, webhook: WebhookReceiver, capsys: pytest.CaptureFixture[str]) -> None:
+        local: LocalBackup, webhook: WebhookReceiver, capsys: pytest.CaptureFixture[str],
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The nightly run that backs up an emptied collection succeeds (that is what the
     platform holds) but is never quiet, and the backup is flagged everywhere."""
     local.seed("orders", make_docs(10))
@@ -101,7 +99,9 @@ def test_a_collection_wiped_at_the_source_is_reported_as_suspect(
     run_manifest = json.loads(local.objects.read(run.manifest_key or ""))
     assert {j["collection"]: j["suspect"] for j in run_manifest["jobs"]} == {"orders": True, "users": False}
 
-    config_path = str(write_config(local, ctx))
+    config_path = str(local.config_file(
+        ctx.config, [local.wechat_source(collections=["orders", "users"])],
+        tmp_path / "backup.yaml", monkeypatch))
     assert cli(["--config", config_path, "status", run.run_id]) == 0
     assert "suspect (was 10)" in capsys.readouterr().out
     assert cli(["--config", config_path, "ack", run.run_id, "shop", "orders"]) == 0
@@ -111,16 +111,6 @@ def test_a_collection_wiped_at_the_source_is_reported_as_suspect(
     # the next run compares with the acknowledged backup: no new alarm for the same zero
     backup_now(ctx, key="later")
     assert len(webhook.messages) == 1
-
-
-def write_config(local: LocalBackup, ctx: Any) -> Path:
-    path = Path(local.state_url.removeprefix("sqlite:///")).with_name("backup.yaml")
-    document = ctx.config.model_dump(mode="json", exclude_none=True, exclude={"sources", "notify"})
-    document["sources"] = [local.wechat_source(collections=["orders", "users"])]
-    path.write_text(yaml.safe_dump(document, allow_unicode=True), encoding="utf-8")
-    for name, value in local.environ.items():
-        os.environ[name] = value
-    return path
 
 
 @pytest.mark.parametrize(("style", "ok_path", "fail_path"), [

@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from devkit.sample_data import make_docs
-from shared.config import Config, ConfigError, parse_config
+from shared.config import Config, ConfigError
 from shared.domain.jobs import Run
 from shared.entrypoints.cli import main as cli
 from shared.service.prune import prune
@@ -21,12 +20,8 @@ from tests.support.backup import ENV_ID, LocalBackup, backup_now
 
 
 def with_retention(local: LocalBackup, **retention: Any) -> Config:
-    config = local.config(local.wechat_source(collections=["orders", "users"]))
-    document = config.model_dump(mode="json", exclude_none=True, exclude={"sources"})
-    document["sources"] = [local.wechat_source(collections=["orders", "users"])]
-    if retention:
-        document["retention"] = retention
-    return parse_config(document, environ=local.environ)
+    return local.config(local.wechat_source(collections=["orders", "users"]),
+                        sections={"retention": retention} if retention else None)
 
 
 def runs_made(local: LocalBackup, count: int) -> list[Run]:
@@ -45,11 +40,8 @@ def test_prune_deletes_what_the_policy_does_not_keep(
         capsys: pytest.CaptureFixture[str]) -> None:
     runs = runs_made(local, 4)
     config = with_retention(local, keep_last=2)
-    path = tmp_path / "backup.yaml"
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json", exclude_none=True) | {
-        "sources": [local.wechat_source(collections=["orders", "users"])]}, allow_unicode=True))
-    for name, value in local.environ.items():
-        monkeypatch.setenv(name, value)
+    path = local.config_file(config, [local.wechat_source(collections=["orders", "users"])],
+                             tmp_path / "backup.yaml", monkeypatch)
     before = {r.run_id: keys_of(local, r) for r in runs}
 
     assert cli(["--config", str(path), "prune", "--dry-run"]) == 0
@@ -123,9 +115,7 @@ def test_a_wiped_collection_never_costs_its_last_good_copy(local: LocalBackup) -
 def test_bad_policies_are_config_errors(local: LocalBackup, retention: dict[str, Any],
                                         message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        with_retention(local, **retention) if retention else parse_config(
-            {**with_retention(local).model_dump(mode="json", exclude_none=True, exclude={"sources"}),
-             "sources": [local.wechat_source()], "retention": {}}, environ=local.environ)
+        local.config(local.wechat_source(), sections={"retention": retention})
 
 
 def test_a_source_override_replaces_only_what_it_sets(local: LocalBackup) -> None:

@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from devkit.sample_data import make_docs
-from shared.config import Config, ConfigError, parse_config
+from shared.config import Config, ConfigError
 from shared.domain.errors import StorageError
 from shared.entrypoints.cli import main as cli
 from shared.service.prune import prune
@@ -22,24 +21,10 @@ from tests.support.backup import LocalBackup, backup_now
 
 def configured(local: LocalBackup, destination: dict[str, Any] | None = None,
                **retention: Any) -> Config:
-    base = local.config(local.wechat_source(collections=["orders", "users"]))
-    document = base.model_dump(mode="json", exclude_none=True, exclude={"sources"})
-    document["sources"] = [local.wechat_source(collections=["orders", "users"])]
-    document["destination"].update(destination or {})
+    sections: dict[str, Any] = {"destination": destination or {}}
     if retention:
-        document["retention"] = retention
-    return parse_config(document, environ=local.environ)
-
-
-def config_file(local: LocalBackup, config: Config, tmp_path: Path,
-                monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "backup.yaml"
-    document = config.model_dump(mode="json", exclude_none=True)
-    document["sources"] = [local.wechat_source(collections=["orders", "users"])]
-    path.write_text(yaml.safe_dump(document, allow_unicode=True), encoding="utf-8")
-    for name, value in local.environ.items():
-        monkeypatch.setenv(name, value)
-    return path
+        sections["retention"] = retention
+    return local.config(local.wechat_source(collections=["orders", "users"]), sections=sections)
 
 
 def test_new_backups_go_in_the_chosen_class_and_manifests_stay_standard(local: LocalBackup) -> None:
@@ -86,7 +71,8 @@ def test_kept_backups_move_to_the_cold_class_and_verify_says_how_to_read_them(
     assert sorted(record["moved_to_cold"]) == sorted(data)
     prune(local.context(cold))  # again: nothing left to move, nothing breaks
 
-    path = config_file(local, cold, tmp_path, monkeypatch)
+    path = local.config_file(cold, [local.wechat_source(collections=["orders", "users"])],
+                             tmp_path / "backup.yaml", monkeypatch)
     assert cli(["--config", str(path), "verify", run.run_id, "--quick"]) == 0
     capsys.readouterr()
     assert cli(["--config", str(path), "verify", run.run_id, "--json"]) == 1

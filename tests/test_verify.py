@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from devkit.cos_layer import CosLayer
 from devkit.sample_data import make_docs
@@ -23,15 +22,10 @@ from tests.support.backup import LocalBackup, backup_now
 def backed_up(local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Run, Path]:
     local.seed("orders", make_docs(50))
     local.seed("users", make_docs(7, prefix="u"))
-    config = local.config(local.wechat_source(collections=["orders", "users"]))
+    sources = [local.wechat_source(collections=["orders", "users"])]
+    config = local.config(*sources)
     run = backup_now(local.context(config))
-    path = tmp_path / "backup.yaml"
-    document = config.model_dump(mode="json", exclude_none=True, exclude={"sources"})
-    document["sources"] = [local.wechat_source(collections=["orders", "users"])]
-    path.write_text(yaml.safe_dump(document, allow_unicode=True), encoding="utf-8")
-    for name, value in local.environ.items():
-        monkeypatch.setenv(name, value)
-    return run, path
+    return run, local.config_file(config, sources, tmp_path / "backup.yaml", monkeypatch)
 
 
 def verify(path: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:
