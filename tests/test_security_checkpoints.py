@@ -146,3 +146,25 @@ def test_paged_rows_parked_at_another_key_are_read_again_not_taken(
     assert len(lines) == 50 and b"planted" not in b"".join(lines)
     assert [json.loads(line) for line in lines] == [
         json.loads(orjson.dumps(generated_row(i))) for i in range(50)]
+
+
+def test_a_part_of_the_right_size_whose_crc64_differs_is_copied_again(local: LocalBackup) -> None:
+    ctx, job = ready_job(local)
+    assert finish(ctx, job.job_id) == "done"
+    done = ctx.state.get_job(job.job_id)
+    assert done is not None and done.result is not None and done.result.objects[0].crc64
+    key = done.result.key
+    original = local.objects.read(key)
+    swapped = original.replace(b"d", b"e", 1)  # same size, other content
+    assert len(swapped) == len(original) and swapped != original
+    local.objects.put_stream(key, [swapped], content_type="text/plain")
+    again = ctx.state.save_job(done.model_copy(update={
+        "status": JobStatus.READY, "result": None,
+        "checkpoint": {"copied": [o.model_dump() for o in done.result.objects]}}))
+    assert again is not None
+    downloads = local.emulator.calls["/_files"]
+
+    assert finish(ctx, job.job_id) == "done"
+
+    assert local.emulator.calls["/_files"] > downloads  # not trusted: copied again
+    assert local.objects.read(key) == original

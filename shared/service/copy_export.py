@@ -91,6 +91,8 @@ def _doubt(ctx: Context, part: StoredObject, key: str, expected: int | None) -> 
         return f"{key!r} is not in the bucket"
     if found.size != part.bytes:
         return f"{key!r} holds {found.size} bytes, {part.bytes} were recorded"
+    if part.crc64 is not None and found.crc64 is not None and found.crc64 != part.crc64:
+        return f"{key!r} has CRC64 {found.crc64}, {part.crc64} was recorded"
     return None
 
 
