@@ -617,8 +617,8 @@ def _written(document: Any, loc: tuple[int | str, ...]) -> Any:
         listed = isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current)
         if listed or (isinstance(current, dict) and part in current):
             current = current[part]
-        elif isinstance(current, dict) and part in _source_types():
-            continue  # the discriminator tag is in the error's location, not the document
+        elif isinstance(part, str) and (part in _source_types() or _branch(part)):
+            continue  # a discriminator tag or union branch label: in the location only
         elif isinstance(current, str):
             return current  # a shorthand (token: legacy_token) stands for the section
         else:
