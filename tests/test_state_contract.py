@@ -286,6 +286,7 @@ def _poller(backend: Backend, run_id: str, worker: str, start_at: float, seconds
     """A poller that moves due jobs one step, as the pipeline does: every step a
     compare-and-set, the copy only by the holder of a live lease. Returns the steps it won."""
     store = backend.open()
+    store.get_run(run_id)  # connect before the start, so every poller starts the race ready
     won: list[tuple[str, str, str]] = []
     time.sleep(max(0.0, start_at - time.time()))
     deadline = time.monotonic() + seconds

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -77,6 +78,7 @@ class WeChatClient:
                               retry_base_seconds=services.retry_base_seconds)
         self._discovery: dict[str, Any] | None = None
         self._counts: dict[str, int] | None = None  # per collection, from the last listing
+        self._counts_lock = threading.Lock()  # the poller checks exports from several threads
         self._starts_paused: str | None = None
 
     # discovery -------------------------------------------------------------------------
@@ -280,14 +282,15 @@ class WeChatClient:
         only costs the cross-check."""
         if collection in self.source.queries:
             return None
-        if self._counts is None or collection not in self._counts:
-            try:
-                self._list_collections()
-            except BackupError as exc:
-                log.warning("could not list collections to cross-check the export's count",
-                            extra={"reason": str(exc)})
-                return None
-        return (self._counts or {}).get(collection)
+        with self._counts_lock:  # one listing, whichever export asks first
+            if self._counts is None or collection not in self._counts:
+                try:
+                    self._list_collections()
+                except BackupError as exc:
+                    log.warning("could not list collections to cross-check the export's count",
+                                extra={"reason": str(exc)})
+                    return None
+            return (self._counts or {}).get(collection)
 
     def _status(self, platform_job_id: str) -> dict[str, Any]:
         return self._api.call(self.routes.status, {"env": self.source.env, "job_id": int(platform_job_id)})
