@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -94,7 +95,17 @@ def _sqlite_engine(url: str) -> Engine:
     @sa.event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+        cursor.execute("PRAGMA busy_timeout=30000")
+        # Readers never block the writer. Functions opening a new file at once race to
+        # switch it to WAL, and that switch answers "locked" at once rather than waiting.
+        for attempt in range(200):
+            try:
+                cursor.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 199:
+                    raise
+                time.sleep(0.05)
         # In WAL mode NORMAL syncs at checkpoints, not at every commit: a crash of the
         # process loses nothing, a power cut may lose the last commits but never corrupts
         # (sqlite.org/pragma.html#pragma_synchronous). Commit fsyncs were most of a tick.
