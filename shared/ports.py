@@ -115,6 +115,69 @@ class PagedPlatform(Platform, Protocol):
         and how many rows that is."""
 
 
+# restoring ------------------------------------------------------------------------------
+RestoreMode = Literal["new", "insert", "upsert"]  # new: into a collection made for it
+
+
+@dataclass(frozen=True)
+class ImportProgress:
+    """How a platform's import job stands (WeChat's databasemigratequeryinfo)."""
+
+    state: Literal["running", "done", "failed"]
+    imported: int | None = None  # records the platform says it wrote
+    rejected: int | None = None  # records the platform says it could not write
+    message: str = ""
+
+
+@runtime_checkable
+class RestorablePlatform(Platform, Protocol):
+    """What every platform that can put a backup back offers: the target collection's
+    existence, creation and size. A restore goes into a new collection by default, so
+    the original is never touched unless the user names it with insert or upsert."""
+
+    @property
+    def restore_modes(self) -> frozenset[str]:
+        """The RestoreMode values this platform supports (MinApp's import cannot upsert)."""
+
+    def target_exists(self, collection: str) -> bool: ...
+
+    def create_target(self, collection: str, like: str) -> None:
+        """Create the empty collection/table `collection`, shaped like `like` (the
+        original: MinApp copies its schema). Raises Fatal, saying what to do, where the
+        platform cannot create one (OneDB tables are made in its console)."""
+
+    def count(self, collection: str) -> int:
+        """How many records the collection/table holds now."""
+
+
+@runtime_checkable
+class FileImportPlatform(RestorablePlatform, Protocol):
+    """A platform that imports a whole backup file (WeChat, MinApp)."""
+
+    def send_import(self, collection: str, mode: RestoreMode, file_type: str, name: str,
+                    chunks: Iterable[bytes], size: int) -> str | None:
+        """Upload one backup file (`size` bytes, streamed from `chunks`, never held whole)
+        and start importing it into `collection`; the platform's import id, or None when
+        the platform gives none and reports no progress (MinApp e-mails the result: the
+        service then counts the target's records)."""
+
+    def check_import(self, collection: str, import_id: str) -> ImportProgress: ...
+
+
+RowOutcome = Literal["written", "kept"]  # kept: insert mode found the row already there
+
+
+@runtime_checkable
+class RowImportPlatform(RestorablePlatform, PagedPlatform, Protocol):
+    """A platform written row by row (OneDB). The rows are the backup's lines; reading
+    the target back for the final comparison uses `fetch_page`/`encode_page`."""
+
+    def write_row(self, collection: str, mode: RestoreMode, line: bytes) -> RowOutcome:
+        """Write one backup line's row. Idempotent: writing the same row again (a resumed
+        restore re-sends the rows after its last checkpoint) leaves one row. Safe to call
+        from several threads at once."""
+
+
 class Platforms(Protocol):
     """The configured sources' platforms, built on first use."""
 
