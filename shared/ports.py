@@ -154,7 +154,7 @@ class RestorablePlatform(Platform, Protocol):
 class FileImportPlatform(RestorablePlatform, Protocol):
     """A platform that imports a whole backup file (WeChat, MinApp)."""
 
-    def send_import(self, collection: str, mode: RestoreMode, file_type: str, name: str,
+    def send_import(self, collection: str, mode: RestoreMode, *, file_type: str, name: str,
                     chunks: Iterable[bytes], size: int) -> str | None:
         """Upload one backup file (`size` bytes, streamed from `chunks`, never held whole)
         and start importing it into `collection`; the platform's import id, or None when

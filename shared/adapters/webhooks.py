@@ -30,6 +30,8 @@ def run_text(run: Run, jobs: list[Job]) -> str:
     summary = run.summary or {}
     failed = [j for j in jobs if j.status is JobStatus.FAILED]
     ok = run.status is RunStatus.SUCCEEDED
+    if run.operation == "restore":
+        return _restore_text(run, jobs, ok)
     lines = [
         f"{('⚠️' if summary.get('suspect') else '✅') if ok else '❌'} backup run {run.run_id} {run.status.value}: "
         f"{summary.get('done', 0)}/{summary.get('jobs', len(jobs))} collections copied, "
@@ -52,6 +54,20 @@ def run_text(run: Run, jobs: list[Job]) -> str:
         lines.append(f"... and {len(failed) - MAX_FAILURES_LISTED} more; see the run manifest")
     if run.manifest_key:
         lines.append(f"run manifest: {run.manifest_key}")
+    return "\n".join(lines)
+
+
+def _restore_text(run: Run, jobs: list[Job], ok: bool) -> str:
+    lines = [f"{'✅' if ok else '❌'} restore {run.run_id} {run.status.value}"]
+    for job in jobs:
+        order = job.restore
+        if order is None:
+            continue
+        lines.append(f"{job.source}/{order.collection} from backup run {order.backup_run_id} "
+                     f"into {job.source}/{order.target} (mode {order.mode}): "
+                     f"{job.progress_records or 0} of {order.records} records")
+        if job.error and job.status is JobStatus.FAILED:
+            lines.append(f"- {job.error}")
     return "\n".join(lines)
 
 
@@ -123,7 +139,7 @@ class WebhookNotifier:
 
     def notify(self, run: Run, jobs: list[Job]) -> None:
         notify_run(self._settings, run, jobs, retry_base_seconds=self._retry_base)
-        if self._settings.heartbeat is not None:
+        if self._settings.heartbeat is not None and run.operation == "backup":
             from shared.adapters.heartbeat import ping
 
             ok = run.status is RunStatus.SUCCEEDED

@@ -363,6 +363,11 @@ class Timing(ConfigModel):
         description="How long one finisher invocation pages a table (OneDB) before leaving the "
         "rest to the next; keep it well below the finisher's SCF timeout.",
     )
+    restore_row_concurrency: int = Field(
+        default=8, ge=1, le=64,
+        description="Rows written at once by a restore into a row-by-row platform (OneDB), "
+        "within its rate limit.",
+    )
 
 
 

@@ -1,11 +1,16 @@
 """Runs, jobs and the job status machine.
 
-A run is one backup of a set of sources; it owns one job per collection/table.
+A run is one backup of a set of sources; it owns one job per collection/table. A restore
+is a run too (`operation` "restore") with one job, whose `restore` says what goes where.
 
     pending ──start──► exporting ──ready──► ready ──claim──► copying ──► done
        ▲  │                │                 ▲                 │
        │  └────────────────┴──► failed ◄─────┴─────────────────┘
        └── restart (platform forgot the export, even mid-copy)   lease expired ─► ready
+
+A restore job goes pending ─► ready ─► copying (the finisher sends the backup to the
+platform) ─► importing (the platform's own import job runs; the poller checks it) ─► done,
+or straight from copying to done when the rows are written one by one.
 
 Every change goes through `Job.moved_to`, which refuses transitions the machine does
 not have, so a bug surfaces as an error instead of a silently wrong backup.
@@ -16,7 +21,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, computed_field
 
@@ -30,6 +35,7 @@ class JobStatus(str, enum.Enum):
     EXPORTING = "exporting"
     READY = "ready"
     COPYING = "copying"
+    IMPORTING = "importing"  # restores: the platform's import job is running
     DONE = "done"
     FAILED = "failed"
 
@@ -46,7 +52,8 @@ _ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.READY: frozenset({JobStatus.READY, JobStatus.COPYING, JobStatus.PENDING,
                                 JobStatus.FAILED}),
     JobStatus.COPYING: frozenset({JobStatus.COPYING, JobStatus.READY, JobStatus.PENDING,
-                                  JobStatus.DONE, JobStatus.FAILED}),
+                                  JobStatus.IMPORTING, JobStatus.DONE, JobStatus.FAILED}),
+    JobStatus.IMPORTING: frozenset({JobStatus.IMPORTING, JobStatus.DONE, JobStatus.FAILED}),
     JobStatus.DONE: frozenset(),
     JobStatus.FAILED: frozenset(),
 }
@@ -107,6 +114,23 @@ class JobResult(BaseModel):
         return hashlib.sha256("\n".join(o.sha256 for o in self.objects).encode()).hexdigest()
 
 
+class RestoreOrder(BaseModel):
+    """What a restore writes where: a done backup (its objects, as its manifest lists them)
+    into `target` of the same source, in `mode`. Fixed when the restore is requested."""
+
+    model_config = ConfigDict(frozen=True)
+
+    backup_run_id: str
+    backup_job_id: str
+    collection: str  # the collection the backup is of
+    target: str  # the collection written to
+    mode: str  # new | insert | upsert (ports.RestoreMode)
+    file_type: str  # json | csv
+    objects: list[StoredObject] = Field(min_length=1)
+    records: int  # what the backup holds (its manifest's count)
+    forced: bool = False  # started although the backup's verify found problems
+
+
 class Job(BaseModel):
     """One collection/table of one source in one run."""
 
@@ -143,11 +167,13 @@ class Job(BaseModel):
     previous_records: int | None = None
     acknowledged_at: datetime | None = None
     pruned_at: datetime | None = None  # retention deleted its objects
+    restore: RestoreOrder | None = None  # set on a restore's job only
 
     @property
     def good(self) -> bool:
         """A backup to count on: copied, verified, and not an unexplained drop."""
-        return self.status is JobStatus.DONE and (not self.suspect or self.acknowledged_at is not None)
+        return (self.status is JobStatus.DONE and self.restore is None
+                and (not self.suspect or self.acknowledged_at is not None))
 
     def moved_to(self, status: JobStatus, **changes: Any) -> Job:
         if status not in _ALLOWED[self.status]:
@@ -167,6 +193,7 @@ class Run(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     run_id: str
+    operation: Literal["backup", "restore"] = "backup"
     idempotency_key: str
     trigger: str  # timer | http | cli
     status: RunStatus = RunStatus.RUNNING

@@ -44,3 +44,7 @@ def prune_record_key(prefix: str, name: str) -> str:
 
 def run_manifest_key(prefix: str, run_id: str) -> str:
     return _join(run_folder(prefix, run_id), "run-manifest.json")
+
+
+def restore_manifest_key(prefix: str, restore_id: str) -> str:
+    return _join(prefix, "restores", f"{safe_segment(restore_id)}.json")

@@ -1,7 +1,7 @@
 """Command line for local use against real platforms or emulators:
 `validate`, `schema`, `run` (start a run and drive it to the end), `poll` (move every open
-run forward once), `status`, `verify`, `prune`, `ack`, `serve`, `doctor` (check a real
-deployment).
+run forward once), `status`, `verify`, `restore` (put a backup back and wait for it),
+`prune`, `ack`, `serve`, `doctor` (check a real deployment).
 
 A local process that was killed leaves its jobs leased to it; `run` and `poll` take back
 at once every lease held by a process of this machine that no longer exists, instead of
@@ -60,6 +60,21 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--quick", action="store_true",
                         help="sizes and CRC64 from a HEAD only, reading no data")
     verify.add_argument("--json", action="store_true", help="the report as JSON")
+    restore = commands.add_parser(
+        "restore", help="put a backup back into its platform and wait for it to end",
+        description="By default the backup goes into a new collection/table named after the "
+        "original and the run (shown before anything is written); the original is written "
+        "only with --mode insert or upsert and --into naming it.")
+    restore.add_argument("run_id", help="the backup run (`status` lists them)")
+    restore.add_argument("source")
+    restore.add_argument("collection", help="the collection/table backed up")
+    restore.add_argument("--into", help="the collection/table to write (default: a new one)")
+    restore.add_argument("--mode", choices=("new", "insert", "upsert"), default="new")
+    restore.add_argument("--force", action="store_true",
+                         help="restore even though the backup's verify found problems")
+    restore.add_argument("--yes", action="store_true",
+                         help="write into an existing collection without asking")
+    restore.add_argument("--tick", type=float, default=1.0, help="seconds between polls")
     prune = commands.add_parser("prune", help="apply the retention policy now")
     prune.add_argument("--dry-run", action="store_true", help="say what would go; delete nothing")
     ack = commands.add_parser("ack", help="acknowledge a suspect backup (an intended drop)")
@@ -117,6 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _verify(build_context(config), args)
     if args.command == "prune":
         return _prune(build_context(config), args.dry_run)
+    if args.command == "restore":
+        return _restore(build_context(config), args)
     if args.command == "ack":
         return _acknowledge(build_context(config), args.run_id, args.source, args.collection)
     if args.command == "serve":
@@ -136,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _verify(ctx: Context, args: argparse.Namespace) -> int:
-    from shared.service.verify import NothingToVerify, latest_run, verify_run
+    from shared.service.verify import NothingToVerify, latest_run, record, verify_run
 
     try:
         run_id = latest_run(ctx) if args.run_id == "latest" else args.run_id
@@ -145,6 +162,7 @@ def _verify(ctx: Context, args: argparse.Namespace) -> int:
     except NothingToVerify as exc:
         print(exc, file=sys.stderr)
         return 2
+    record(ctx, report)
     if args.json:
         print(json.dumps(report.as_json(), indent=2, ensure_ascii=False))
         return 0 if report.ok else 1
@@ -262,9 +280,40 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _restore(ctx: Context, args: argparse.Namespace) -> int:
+    from shared.service.restore.plan import RestoreRefused, plan_restore, start_restore
+
+    release_dead_local_leases(ctx)
+    try:
+        plan = plan_restore(ctx, args.run_id, args.source, args.collection, into=args.into,
+                            mode=args.mode, force=args.force)
+    except RestoreRefused as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    order = plan.order
+    print(f"restore {args.source}/{order.collection} from run {order.backup_run_id} "
+          f"({order.records} records in {len(order.objects)} object(s)) into "
+          f"{args.source}/{order.target} (mode {order.mode}"
+          f"{', the collection exists' if plan.target_exists else ', a new collection'})")
+    for problem in plan.problems:
+        print(f"  forced past a verify problem: {problem}")
+    if plan.writes_into_existing and not args.yes and (
+            not sys.stdin.isatty() or input(f"write into {order.target}? type its name: ") != order.target):
+        print(f"not confirmed: nothing written. Add --yes to write into {order.target}",
+              file=sys.stderr)
+        return 2
+    run, _ = start_restore(ctx, plan, idempotency_key=f"cli:{uuid.uuid4()}", trigger="cli")
+    return _drive(ctx, run, args.tick)
+
+
 def _run(ctx: Context, sources: list[str] | None, tick: float) -> int:
     release_dead_local_leases(ctx)  # a killed earlier run finishes alongside this one
     run, _ = start_run(ctx, idempotency_key=f"cli:{uuid.uuid4()}", trigger="cli", sources=sources)
+    return _drive(ctx, run, tick)
+
+
+def _drive(ctx: Context, run: Run, tick: float) -> int:
+    """Poll until the run (a backup or a restore) ends; its outcome as the exit code."""
     display = ProgressDisplay(run.run_id)
     while True:
         poll(ctx)
@@ -329,11 +378,14 @@ def job_table(title: str, jobs: list[Job]) -> Table:
         suspect = job.suspect and job.acknowledged_at is None
         status = f"{job.status.value} ⚠ suspect (was {job.previous_records})" if suspect else (
             job.status.value + (" (pruned)" if job.pruned_at else ""))
+        records = result.records if result else job.progress_records if job.restore else None
+        where = (f"restored from {job.restore.collection} of run {job.restore.backup_run_id} "
+                 f"(mode {job.restore.mode})" if job.restore else "")
         table.add_row(
             job.source, job.collection, status,
-            str(result.records) if result else "", str(result.bytes) if result else "",
+            "" if records is None else str(records), str(result.bytes) if result else "",
             result.sha256[:16] if result else "",
-            result.key if result else (job.error or ""),
+            result.key if result else (job.error or where),
             style="red" if job.status.value == "failed" else ("yellow" if suspect else None),
         )
     return table
@@ -351,12 +403,13 @@ def _status(store: StateStore, run_id: str | None, limit: int) -> int:
         out.print(job_table(f"run {run_id}", jobs))
         return 0
     table = Table(title="recent runs")
-    for column in ("run", "trigger", "status", "jobs", "done", "failed", "records", "bytes"):
+    for column in ("run", "operation", "trigger", "status", "jobs", "done", "failed", "records",
+                   "bytes"):
         table.add_column(column)
     for run in store.list_runs(limit):
         s = run.summary or {}
-        table.add_row(run.run_id, run.trigger, run.status.value, *(str(s.get(k, "")) for k in
-                      ("jobs", "done", "failed", "records", "bytes")))
+        table.add_row(run.run_id, run.operation, run.trigger, run.status.value,
+                      *(str(s.get(k, "")) for k in ("jobs", "done", "failed", "records", "bytes")))
     out.print(table)
     for run in store.open_runs():
         print(f"run {run.run_id} is open; it waits for:")
@@ -376,6 +429,7 @@ def waiting_for(jobs: list[Job]) -> list[str]:
             "pending": f"its export to be started (next try {when})",
             "exporting": f"the platform's export {job.platform_job_id} (next check {when})",
             "ready": f"a finisher to copy it (handed out again {when} if none does)",
+            "importing": f"the platform's import of the restore (next check {when})",
         }.get(job.status.value)
         if job.status.value == "copying":
             until = f"{job.lease_until:%Y-%m-%d %H:%M:%S} UTC" if job.lease_until else when

@@ -1,5 +1,6 @@
 """The trigger function's HTTP API (its Function URL, or an API Gateway trigger a user
-still has): start a backup, list runs, show one run, and the status page. Public on the
+still has): start a backup, list runs, show one run, verify and restore (routes in
+http_restores.py), and the status page. Public on the
 internet (the Function URL's authType is NONE), so it lets in only its owner: every data
 route needs the bearer token from $BAAS_BACKUP_API_TOKEN, and with no token configured
 every route answers 503 (closed, never open).
@@ -24,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
@@ -310,7 +311,7 @@ def _authenticate(request: Request, expected: str) -> None:
                         {"WWW-Authenticate": challenge + ', error="invalid_token"'})
 
 
-def _service(context: ContextFactory) -> Context:
+def service(context: ContextFactory) -> Context:
     try:
         return context()
     except ConfigError as exc:
@@ -332,12 +333,12 @@ class StartRunBody(BaseModel):
 
 def _start_run(request: Request, params: Mapping[str, str], context: ContextFactory) -> Response:
     body = _parse_body(request)
-    key = _idempotency_key(request)
-    ctx = _service(context)
+    key = idempotency_key(request)
+    ctx = service(context)
     sources, collections = _check_selection(ctx, body)
-    idempotency_key = f"http:{key}" if key else f"http:{uuid.uuid4()}"
     try:
-        run, created = start_run(_quick(ctx), idempotency_key=idempotency_key, trigger="http",
+        run, created = start_run(quick(ctx), trigger="http",
+                                 idempotency_key=f"http:{key}" if key else f"http:{uuid.uuid4()}",
                                  sources=sources, collections=collections)
     except UnknownSource as exc:
         raise HttpError(400, str(exc), None) from None
@@ -347,7 +348,7 @@ def _start_run(request: Request, params: Mapping[str, str], context: ContextFact
                                "status_url": f"/runs/{run.run_id}"})
 
 
-def _quick(ctx: Context) -> Context:
+def quick(ctx: Context) -> Context:
     """The same context with a short start budget: a person (and an API Gateway's backend
     timeout, for users who still have one) waits for this answer; the poller starts whatever is left a minute later."""
     timing = ctx.config.timing
@@ -360,6 +361,13 @@ def _quick(ctx: Context) -> Context:
 def _parse_body(request: Request) -> StartRunBody:
     if not request.body.strip():
         return StartRunBody()
+    return valid(StartRunBody, json_object(request))
+
+
+def json_object(request: Request) -> dict[str, Any]:
+    """The request's JSON object body ({} when empty); HttpError naming what is wrong."""
+    if not request.body.strip():
+        return {}
     content_type = (request.header("content-type") or "application/json").split(";")[0].strip()
     if content_type.lower() != "application/json":
         raise HttpError(415, f"the body must be JSON (Content-Type: application/json), "
@@ -373,25 +381,32 @@ def _parse_body(request: Request) -> StartRunBody:
                              f"column {exc.colno}", "body") from None
     except (RecursionError, ValueError):  # nested past the parser's depth, a huge number
         raise HttpError(400, "the body is JSON this API does not take: nested too deep or "
-                             'a number too long; send {"sources": [...]}', "body") from None
+                             "a number too long", "body") from None
     if not isinstance(document, dict):
-        raise HttpError(400, 'the body must be a JSON object like {"sources": ["shop"]}', "body")
+        raise HttpError(400, "the body must be a JSON object", "body")
+    return document
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def valid(model: type[M], document: dict[str, Any]) -> M:
+    """The body as `model`, or HttpError naming every field that is wrong and how."""
     try:
-        return StartRunBody.model_validate(document)
+        return model.model_validate(document)
     except ValidationError as exc:
-        errors = exc.errors(include_url=False)
-        described = [_describe(e) for e in errors]
+        described = [_describe(e, sorted(model.model_fields)) for e in exc.errors(include_url=False)]
         raise HttpError(400, "; ".join(text for _, text in described), described[0][0]) from None
 
 
-def _describe(error: Mapping[str, Any]) -> tuple[str, str]:
+def _describe(error: Mapping[str, Any], fields: list[str]) -> tuple[str, str]:
     where = ""
     for part in error["loc"]:
         where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else str(part))
     where = where.removesuffix(".[key]")
     kind = error["type"]
     if kind == "extra_forbidden":
-        return where, f"{where}: unknown field; the fields are 'sources' and 'collections'"
+        return where, f"{where}: unknown field; the fields are {', '.join(map(repr, fields))}"
     if kind == "too_short":
         return where, f"{where}: must not be empty; leave it out to back up everything"
     shown = json.dumps(error.get("input"), ensure_ascii=False, default=str)
@@ -400,7 +415,7 @@ def _describe(error: Mapping[str, Any]) -> tuple[str, str]:
     return where, f"{where}: {error['msg']} (got {shown})"
 
 
-def _idempotency_key(request: Request) -> str | None:
+def idempotency_key(request: Request) -> str | None:
     key = request.header("idempotency-key")
     if key is None:
         return None
@@ -458,8 +473,15 @@ def _list_runs(request: Request, params: Mapping[str, str], context: ContextFact
     if before is not None and not RUN_ID.match(before):
         raise HttpError(400, f"before must be a run id like 20261121T020000123Z-1a2b3c4d "
                              f"(the 'next' of the previous page), got {before[:80]!r}", "before")
-    store = _service(context).state
-    runs = store.list_runs(limit + 1, before)
+    store = service(context).state
+    runs: list[Run] = []  # backups only: restores are listed by GET /restores
+    cursor = before
+    while len(runs) <= limit:
+        listed = store.list_runs(limit + 1, cursor)
+        runs += [run for run in listed if run.operation == "backup"]
+        if len(listed) <= limit:
+            break
+        cursor = listed[-1].run_id
     page = runs[:limit]
     return json_response(200, {
         "runs": [run_view(run, store.list_jobs(run.run_id)) for run in page],
@@ -478,7 +500,7 @@ def _limit(text: str | None) -> int:
 
 def _get_run(request: Request, params: Mapping[str, str], context: ContextFactory) -> Response:
     run_id = params["run_id"]
-    store = _service(context).state
+    store = service(context).state
     run = store.get_run(run_id) if RUN_ID.match(run_id) else None
     if run is None:
         raise HttpError(404, f"no run {run_id[:80]!r}; GET /runs lists the runs", "run_id")
@@ -494,8 +516,8 @@ def run_view(run: Run, jobs: list[Job]) -> dict[str, Any]:
         "trigger": run.trigger,
         "status": run.status.value,
         "sources": list(run.sources),
-        "created_at": _iso(run.created_at),
-        "finished_at": _iso(run.finished_at),
+        "created_at": iso(run.created_at),
+        "finished_at": iso(run.finished_at),
         "duration_seconds": _seconds(run.created_at, run.finished_at),
         "manifest_key": run.manifest_key,
         "jobs_by_status": {status.value: states.get(status.value, 0) for status in JobStatus},
@@ -528,20 +550,20 @@ def job_view(job: Job) -> dict[str, Any]:
         "object_keys": [o.key for o in result.objects] if result else [],
         "manifest_key": result.manifest_key if result else None,
         "error": redact(job.error) if job.error else None,
-        "created_at": _iso(job.created_at),
-        "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at),
-        "updated_at": _iso(job.updated_at),
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+        "updated_at": iso(job.updated_at),
         "duration_seconds": _seconds(job.started_at or job.created_at, job.finished_at),
         # far fewer records than the collection's last good backup, not acknowledged yet
         "suspect": job.suspect and job.acknowledged_at is None,
         "previous_records": job.previous_records,
-        "acknowledged_at": _iso(job.acknowledged_at),
+        "acknowledged_at": iso(job.acknowledged_at),
         "pruned": job.pruned_at is not None,  # retention deleted its objects
     }
 
 
-def _iso(moment: datetime | None) -> str | None:
+def iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment else None
 
 
@@ -571,7 +593,7 @@ def _acknowledge(request: Request, params: Mapping[str, str], context: ContextFa
         where = ".".join(str(part) for part in first["loc"]) or "body"
         raise HttpError(400, f'the body must be {{"source": "...", "collection": "..."}}: '
                              f"{where}: {first['msg']}", where) from None
-    ctx = _service(context)
+    ctx = service(context)
     if not RUN_ID.match(run_id) or ctx.state.get_run(run_id) is None:
         raise HttpError(404, f"no run {run_id[:80]!r}; GET /runs lists the runs", "run_id")
     try:
@@ -586,7 +608,7 @@ def _acknowledge(request: Request, params: Mapping[str, str], context: ContextFa
 def _collections(request: Request, params: Mapping[str, str], context: ContextFactory) -> Response:
     from shared.service.overview import collections
 
-    ctx = _service(context)
+    ctx = service(context)
     now = ctx.clock()
     return json_response(200, {"collections": [c.view(now) for c in collections(ctx)],
                                "retention": ctx.config.retention is not None})
@@ -628,11 +650,24 @@ def _page(request: Request, params: Mapping[str, str], context: ContextFactory) 
     })
 
 
+def _later(name: str) -> Handler:
+    """A handler of shared/entrypoints/http_restores.py, imported on its first request."""
+    def handler(request: Request, params: Mapping[str, str], context: ContextFactory) -> Response:
+        from shared.entrypoints import http_restores
+
+        found: Handler = getattr(http_restores, name)
+        return found(request, params, context)
+    return handler
+
+
 ROUTES: list[Route] = [
     Route("/", {"GET": _page}, public=frozenset({"GET"})),
     Route("/runs", {"GET": _list_runs, "POST": _start_run}),
     Route("/runs/{run_id}", {"GET": _get_run}),
     Route("/runs/{run_id}/acknowledge", {"POST": _acknowledge}),
+    Route("/runs/{run_id}/verify", {"POST": _later("post_verify")}),
+    Route("/restores", {"GET": _later("list_restores"), "POST": _later("post_restore")}),
+    Route("/restores/{restore_id}", {"GET": _later("get_restore")}),
     Route("/collections", {"GET": _collections}),
     Route("/doctor", {"POST": _doctor}),
 ]

@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 from shared.domain.jobs import Job, JobStatus, Run, RunStatus, count_warning
-from shared.domain.layout import run_manifest_key
+from shared.domain.layout import restore_manifest_key, run_manifest_key
 from shared.domain.manifest import RunManifest, as_document
 from shared.logs import log_context
 from shared.service.context import Context
@@ -24,7 +24,9 @@ def close_finished_runs(ctx: Context) -> list[str]:
         if not all(j.status.terminal for j in jobs):
             continue
         with log_context(run_id=run.run_id):
-            if _close_run(ctx, run, jobs):
+            if run.operation == "restore":
+                _close_restore(ctx, run, jobs)
+            elif _close_run(ctx, run, jobs):
                 closed.append(run.run_id)
     if closed and ctx.config.retention is not None:
         try:
@@ -39,11 +41,10 @@ def _verify(ctx: Context, run: Run, jobs: list[Job]) -> dict[str, Any] | None:
     mode = ctx.config.verify.after_run
     if mode == "off" or not any(j.status is JobStatus.DONE for j in jobs):
         return None
-    from shared.service.verify import verify_jobs
+    from shared.service.verify import problem_lines, verify_jobs
 
     report = verify_jobs(ctx, run.run_id, jobs, quick=mode == "quick")
-    problems = [f"{o.source}/{o.collection} {p.what}: {p.detail}"
-                for o in report.objects for p in o.problems]
+    problems = problem_lines(report)
     if problems:
         log.error("verify after the run found problems", extra={"problems": problems})
     return {"mode": mode, "ok": report.ok, "objects": len(report.objects), "problems": problems}
@@ -93,3 +94,28 @@ def _close_run(ctx: Context, run: Run, jobs: list[Job]) -> bool:
             **summary, "failures": {**{f"{j.source}/{j.collection}": j.error for j in failed},
                                     **{f"{s}/*": error for s, error in unlisted.items()}}})
     return True
+
+
+def _close_restore(ctx: Context, run: Run, jobs: list[Job]) -> None:
+    """A restore's record in the bucket (`<prefix>/restores/<id>.json`), its final status
+    and one notification, like a backup run's."""
+    now = ctx.clock()
+    ok = bool(jobs) and all(j.status is JobStatus.DONE for j in jobs)
+    status = RunStatus.SUCCEEDED if ok else RunStatus.FAILED
+    restored = [{"source": j.source, **j.restore.model_dump(mode="json", exclude={"objects"}),
+                 "objects": [o.key for o in j.restore.objects], "status": j.status.value,
+                 "records_written": j.progress_records, "error": j.error,
+                 **{k: v for k, v in (j.checkpoint or {}).items()
+                    if k in ("before", "after", "imported", "rejected", "written", "kept")}}
+                for j in jobs if j.restore is not None]
+    summary: dict[str, Any] = {"restores": restored}
+    key = restore_manifest_key(ctx.config.destination.prefix, run.run_id)
+    ctx.objects.put_json(key, {"format": 1, "restore_id": run.run_id, "trigger": run.trigger,
+                               "status": status.value, "started_at": run.created_at.isoformat(),
+                               "finished_at": now.isoformat(), **summary})
+    saved = ctx.state.save_run(run.model_copy(update={
+        "status": status, "finished_at": now, "manifest_key": key, "summary": summary}))
+    if saved is None:
+        return
+    ctx.notifier.notify(saved, jobs)
+    (log.info if ok else log.error)("restore " + status.value, extra=summary)

@@ -26,6 +26,10 @@ def finish(ctx: Context, job_id: str) -> str:
     if job is None:
         log.warning("finisher got an unknown job", extra={"job_id": job_id})
         return "unknown"
+    if job.restore is not None:
+        from shared.service.restore.send import finish_restore
+
+        return finish_restore(ctx, job)
     with log_context(run_id=job.run_id, job_id=job.job_id):
         now = ctx.clock()
         if job.status is not JobStatus.READY and not (

@@ -47,6 +47,8 @@ class CollectionState:
 def collections(ctx: Context) -> list[CollectionState]:
     found: dict[tuple[str, str], CollectionState] = {}
     for run in ctx.state.list_runs(limit=RUNS_LOOKED_AT):  # newest first
+        if run.operation != "backup":
+            continue
         for job in ctx.state.list_jobs(run.run_id):
             if not job.status.terminal:
                 continue

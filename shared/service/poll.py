@@ -69,7 +69,11 @@ def advance(ctx: Context, job: Job) -> None:
     with log_context(run_id=job.run_id, job_id=job.job_id):
         now = ctx.clock()
         try:
-            if job.status in (JobStatus.PENDING, JobStatus.EXPORTING) and _past_deadline(job, now):
+            if job.restore is not None:
+                from shared.service.restore.check import advance_restore
+
+                advance_restore(ctx, job, now)
+            elif job.status in (JobStatus.PENDING, JobStatus.EXPORTING) and _past_deadline(job, now):
                 minutes = ctx.config.timing.export_deadline_minutes
                 fail(ctx, job, f"export did not finish within {minutes:g} minutes "
                                f"(platform job {job.platform_job_id or 'never started'})", now)

@@ -59,7 +59,12 @@ def plan(ctx: Context) -> Plan:
     if retention is None:
         return result
     backups: dict[str, list[Backup]] = {}
+    from shared.service.restore.plan import restoring
+
+    being_restored = restoring(ctx)
     for run in _all_runs(ctx):
+        if run.operation != "backup":
+            continue
         result.runs[run.run_id] = run
         for job in ctx.state.list_jobs(run.run_id):
             result.jobs[job.job_id] = job
@@ -68,7 +73,8 @@ def plan(ctx: Context) -> Plan:
             backups.setdefault(job.source, []).append(Backup(
                 backup_id=job.job_id, collection=(job.source, job.collection),
                 taken_at=job.finished_at or run.created_at,
-                suspect=not job.good, running=run.status is RunStatus.RUNNING))
+                suspect=not job.good, running=run.status is RunStatus.RUNNING,
+                restoring=job.job_id in being_restored))
     for source, found in sorted(backups.items()):
         rules = retention.rules_for(source)
         policy = Policy(keep_last=rules.keep_last or 0, keep_daily=rules.keep_daily or 0,

@@ -14,7 +14,7 @@ from typing import Any
 
 from shared.domain.errors import StorageError
 from shared.domain.jobs import Job, JobStatus, RunStatus
-from shared.domain.layout import run_manifest_key
+from shared.domain.layout import run_folder, run_manifest_key
 from shared.domain.records import counter_for
 from shared.service.context import Context
 
@@ -71,7 +71,7 @@ class Report:
 
 def latest_run(ctx: Context) -> str:
     for run in ctx.state.list_runs(limit=50):
-        if run.status is not RunStatus.RUNNING:
+        if run.status is not RunStatus.RUNNING and run.operation == "backup":
             return run.run_id
     raise NothingToVerify("no finished run to verify yet")
 
@@ -197,3 +197,30 @@ def _compare_crc64(checked: Checked, recorded: object, reported: object) -> None
         checked.crc64 = "mismatch"
         checked.problems.append(Problem("crc64", checked.key, f"COS reports CRC64 {reported}, "
                                                                f"the manifest recorded {recorded}"))
+
+
+def record(ctx: Context, report: Report) -> None:
+    """A verify asked for on its own (CLI, HTTP) is reported like a backup's failure: kept
+    on the run in the state store and in the bucket next to the run, and, when it found
+    problems, sent as an alert."""
+    now = ctx.clock()
+    problems = problem_lines(report)
+    result = {"at": now.isoformat(), "quick": report.quick, "ok": report.ok, "problems": problems}
+    key = f"{run_folder(ctx.config.destination.prefix, report.run_id)}/verify-{now:%Y%m%dT%H%M%S%f}.json"
+    ctx.objects.put_json(key, report.as_json())
+    for _ in range(3):  # compare-and-set: another writer may have changed the run meanwhile
+        run = ctx.state.get_run(report.run_id)
+        if run is None:
+            break
+        summary = {**(run.summary or {}), "last_verify": {**result, "report_key": key}}
+        if ctx.state.save_run(run.model_copy(update={"summary": summary})) is not None:
+            break
+    if not report.ok:
+        lines = "\n".join(f"- {line}" for line in problems[:20])
+        ctx.notifier.alert(f"❌ verify of backup run {report.run_id} found problems:\n{lines}\n"
+                           f"report: {key}")
+
+
+def problem_lines(report: Report) -> list[str]:
+    return ([f"{o.source}/{o.collection} {p.what}: {p.detail}" for o in report.objects
+             for p in o.problems] + [f"{p.what}: {p.where}: {p.detail}" for p in report.problems])

@@ -40,7 +40,7 @@ def watch(ctx: Context) -> str | None:
 
 
 def _problem(ctx: Context, now: datetime, limit: timedelta) -> str | None:
-    runs = ctx.state.list_runs(limit=RUNS_LOOKED_AT)
+    runs = [r for r in ctx.state.list_runs(limit=RUNS_LOOKED_AT) if r.operation == "backup"]
     hours = limit.total_seconds() / 3600
     for run in runs:
         if run.status is RunStatus.RUNNING and now - run.created_at > limit:

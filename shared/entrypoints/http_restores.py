@@ -1,0 +1,137 @@
+"""The HTTP API's restore and verify routes (imported on their first request):
+POST /restores, GET /restores, GET /restores/{restore_id}, POST /runs/{run_id}/verify."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
+
+from shared.domain.jobs import Job, Run
+from shared.entrypoints.http_api import (
+    RUN_ID,
+    ContextFactory,
+    HttpError,
+    Request,
+    Response,
+    idempotency_key,
+    iso,
+    json_object,
+    json_response,
+    quick,
+    service,
+    valid,
+)
+from shared.logs import redact
+from shared.service.restore.plan import RestoreRefused, plan_restore, start_restore
+
+RESTORES_LISTED = 20
+RUNS_LOOKED_AT = 200
+
+
+class RestoreBody(BaseModel):
+    """POST /restores: which backup goes where, and how."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: StrictStr = Field(min_length=1, max_length=64)
+    source: StrictStr = Field(min_length=1, max_length=200)
+    collection: StrictStr = Field(min_length=1, max_length=1000)
+    into: StrictStr | None = Field(default=None, min_length=1, max_length=1000)
+    mode: Literal["new", "insert", "upsert"] = "new"
+    confirm: StrictStr | None = None  # the target's name, to write into an existing one
+    force: StrictBool = False  # restore although the backup's verify found problems
+    preview: StrictBool = False  # only say what would be written where
+
+
+def post_restore(request: Request, params: Mapping[str, str], context: ContextFactory) -> Response:
+    body = valid(RestoreBody, json_object(request))
+    key = idempotency_key(request)
+    ctx = service(context)
+    if body.source not in [s.name for s in ctx.config.sources]:
+        raise HttpError(400, f"unknown source {body.source!r}; configured sources are: "
+                             f"{', '.join(s.name for s in ctx.config.sources)}", "source")
+    try:
+        plan = plan_restore(ctx, body.run_id, body.source, body.collection, into=body.into,
+                            mode=body.mode, force=body.force)
+        if body.preview:
+            return json_response(200, {"plan": plan.view()})
+        target = plan.order.target
+        if plan.writes_into_existing and body.confirm != target:
+            raise HttpError(400, f"mode {body.mode} writes into {body.source}/{target}, which "
+                                 f'may hold data: send "confirm": "{target}" to go ahead',
+                            "confirm")
+        run, created = start_restore(quick(ctx), plan, trigger="http",
+                                     idempotency_key=f"http-restore:{key or uuid.uuid4()}")
+    except RestoreRefused as exc:
+        raise HttpError(exc.status, str(exc), exc.field) from None
+    return json_response(202, {"restore_id": run.run_id, "created": created,
+                               "status_url": f"/restores/{run.run_id}", "plan": plan.view()})
+
+
+def list_restores(request: Request, params: Mapping[str, str], context: ContextFactory) -> Response:
+    store = service(context).state
+    restores = [run for run in store.list_runs(RUNS_LOOKED_AT) if run.operation == "restore"]
+    return json_response(200, {"restores": [restore_view(run, store.list_jobs(run.run_id))
+                                            for run in restores[:RESTORES_LISTED]]})
+
+
+def get_restore(request: Request, params: Mapping[str, str], context: ContextFactory) -> Response:
+    restore_id = params["restore_id"]
+    store = service(context).state
+    run = store.get_run(restore_id) if RUN_ID.match(restore_id) else None
+    if run is None or run.operation != "restore":
+        raise HttpError(404, f"no restore {restore_id[:80]!r}; GET /restores lists them",
+                        "restore_id")
+    return json_response(200, restore_view(run, store.list_jobs(restore_id)))
+
+
+def restore_view(run: Run, jobs: list[Job]) -> dict[str, Any]:
+    """A restore as the API shows it: what goes where, how far it got, how it ended."""
+    job = next((j for j in jobs if j.restore is not None), None)
+    view: dict[str, Any] = {"restore_id": run.run_id, "status": run.status.value,
+                            "trigger": run.trigger, "created_at": iso(run.created_at),
+                            "finished_at": iso(run.finished_at), "manifest_key": run.manifest_key}
+    if job is None or job.restore is None:
+        return view
+    order, point = job.restore, job.checkpoint or {}
+    return {**view, "source": job.source, "collection": order.collection, "target": order.target,
+            "mode": order.mode, "backup_run_id": order.backup_run_id, "records": order.records,
+            "forced": order.forced, "step": job.status.value, "attempts": job.attempts,
+            "progress": {"objects_sent": len(point.get("sent", [])),
+                         "objects": len(order.objects), "rows_written": point.get("rows"),
+                         "records_before": point.get("before"), "records_after": point.get("after"),
+                         "imported": point.get("imported"), "rejected": point.get("rejected"),
+                         "restored": job.progress_records},
+            "error": redact(job.error) if job.error else None}
+
+
+class VerifyBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    quick: StrictBool = True  # sizes and CRC64 from HEADs; false streams every object back
+    source: StrictStr | None = None
+    collection: StrictStr | None = None
+
+
+def post_verify(request: Request, params: Mapping[str, str], context: ContextFactory) -> Response:
+    """Verify a run's backups now; 200 with the report (`ok` says whether they passed).
+    A failed verify is recorded on the run and sent as an alert."""
+    from shared.service.verify import NothingToVerify, latest_run, record, verify_run
+
+    body = valid(VerifyBody, json_object(request))
+    ctx = service(context)
+    run_id = params["run_id"]
+    try:
+        if run_id == "latest":
+            run_id = latest_run(ctx)
+        elif not RUN_ID.match(run_id) or ctx.state.get_run(run_id) is None:
+            raise HttpError(404, f"no run {run_id[:80]!r}; GET /runs lists the runs", "run_id")
+        report = verify_run(ctx, run_id, source=body.source, collection=body.collection,
+                            quick=body.quick)
+    except NothingToVerify as exc:
+        raise HttpError(404, str(exc), "run_id") from None
+    record(ctx, report)
+    return json_response(200, report.as_json())

@@ -1,0 +1,176 @@
+"""Plan and start a restore: which backup goes where and how, checked before anything is
+written, then recorded as a run of its own (operation "restore") with one job that the
+poller and the finisher carry out like a backup's."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from shared.domain.jobs import Job, JobStatus, RestoreOrder, Run, RunStatus, job_id_for, run_id_for
+from shared.logs import log_context
+from shared.ports import RestorablePlatform
+from shared.service.context import Context
+
+log = logging.getLogger(__name__)
+
+MODES = ("new", "insert", "upsert")
+
+
+class RestoreRefused(ValueError):
+    """The restore cannot start as asked; the message says why and what to do.
+    `status` is the HTTP status it maps to; `field` the input it is about."""
+
+    def __init__(self, message: str, *, field: str | None = None, status: int = 400) -> None:
+        super().__init__(message)
+        self.field = field
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Exactly what a restore will write where; shown before it starts."""
+
+    source: str
+    order: RestoreOrder
+    target_exists: bool
+    problems: list[str]  # what the backup's quick verify found (empty: it passed)
+
+    @property
+    def writes_into_existing(self) -> bool:
+        return self.order.mode != "new"
+
+    def view(self) -> dict[str, Any]:
+        order = self.order
+        return {
+            "source": self.source, "backup_run_id": order.backup_run_id,
+            "collection": order.collection, "target": order.target, "mode": order.mode,
+            "target_exists": self.target_exists, "records": order.records,
+            "bytes": sum(o.bytes for o in order.objects), "objects": [o.key for o in order.objects],
+            "file_type": order.file_type, "verify_problems": self.problems,
+            "forced": order.forced,
+            "confirm_needed": self.writes_into_existing,
+        }
+
+
+def default_target(collection: str, backup_run_id: str) -> str:
+    """`orders` backed up in run 20261128T030000123Z-… -> `orders_r202611280300`: a name
+    that says what it holds and sorts by backup time."""
+    return f"{collection}_r{backup_run_id[:8]}{backup_run_id[9:13]}"
+
+
+def plan_restore(ctx: Context, run_id: str, source: str, collection: str, *,
+                 into: str | None = None, mode: str = "new", force: bool = False) -> Plan:
+    """Check everything a restore needs, writing nothing; RestoreRefused says what is wrong."""
+    if mode not in MODES:
+        raise RestoreRefused(f"mode must be one of {', '.join(MODES)}, got {mode!r}", field="mode")
+    backup = _backup(ctx, run_id, source, collection)
+    assert backup.result is not None
+    platform = ctx.platforms.get(source)
+    if not isinstance(platform, RestorablePlatform):
+        raise RestoreRefused(f"source {source!r} is of a platform type that cannot restore "
+                             f"({ctx.config.source(source).type})", field="source")
+    if mode not in platform.restore_modes:
+        raise RestoreRefused(f"source {source!r} ({ctx.config.source(source).type}) restores only "
+                             f"in mode {' or '.join(sorted(platform.restore_modes))}, not {mode!r}",
+                             field="mode")
+    target = into or (collection if mode != "new" else default_target(collection, run_id))
+    exists = platform.target_exists(target)
+    if mode == "new" and exists and platform.count(target) > 0:
+        raise RestoreRefused(
+            f"{source}/{target} exists and holds records; mode new writes only into a new or "
+            "empty collection: choose another name (into), or write into it on purpose with "
+            "mode insert or upsert", field="into", status=409)
+    _not_busy(ctx, source, target)
+    problems = _quick_verify(ctx, backup)
+    if problems and not force:
+        raise RestoreRefused(
+            f"the backup of {source}/{collection} in run {run_id} failed its verify: "
+            + "; ".join(problems) + ". Restore it anyway only if you know why (force)",
+            field="force", status=409)
+    order = RestoreOrder(
+        backup_run_id=run_id, backup_job_id=backup.job_id, collection=collection, target=target,
+        mode=mode, file_type=platform.file_type, objects=backup.result.objects,
+        records=backup.result.records, forced=bool(problems))
+    return Plan(source=source, order=order, target_exists=exists, problems=problems)
+
+
+def start_restore(ctx: Context, plan: Plan, *, idempotency_key: str,
+                  trigger: str) -> tuple[Run, bool]:
+    """Record the restore and hand it on; the same key again returns the same restore."""
+    now = ctx.clock()
+    run_id = run_id_for(idempotency_key, now)
+    job = Job(job_id=job_id_for(run_id, plan.source, plan.order.target), run_id=run_id,
+              source=plan.source, collection=plan.order.target, restore=plan.order,
+              next_check_at=now,
+              deadline_at=now + timedelta(minutes=ctx.config.timing.export_deadline_minutes),
+              created_at=now, updated_at=now)
+    run = Run(run_id=run_id, operation="restore", idempotency_key=idempotency_key,
+              trigger=trigger, sources=[plan.source], created_at=now)
+    run, created = ctx.state.create_run(run, [job])
+    if not created:
+        recorded = [j.restore for j in ctx.state.list_jobs(run.run_id)]
+        if run.operation != "restore" or recorded != [plan.order]:
+            raise RestoreRefused(f"this idempotency key was already used for {run.operation} "
+                                 f"{run.run_id}; send a new key for a new restore",
+                                 field="Idempotency-Key", status=409)
+        return run, False
+    with log_context(run_id=run.run_id):
+        log.info("restore recorded", extra={"source": plan.source, **plan.view()})
+        from shared.service.poll import advance  # the poll module imports this package
+
+        for recorded_job in ctx.state.list_jobs(run.run_id):
+            advance(ctx, recorded_job)
+    return run, True
+
+
+def _backup(ctx: Context, run_id: str, source: str, collection: str) -> Job:
+    run = ctx.state.get_run(run_id)
+    if run is None or run.operation != "backup":
+        raise RestoreRefused(f"no backup run {run_id!r}; GET /runs (or `baas-backup status`) "
+                             "lists them", field="run_id", status=404)
+    for job in ctx.state.list_jobs(run_id):
+        if job.source != source or job.collection != collection:
+            continue
+        if job.status is not JobStatus.DONE or job.result is None:
+            raise RestoreRefused(f"the backup of {source}/{collection} in run {run_id} did not "
+                                 f"finish ({job.status.value}); pick a run where it is done",
+                                 field="collection", status=409)
+        if job.pruned_at is not None:
+            raise RestoreRefused(f"the backup of {source}/{collection} in run {run_id} was "
+                                 "deleted by retention; pick a newer run", field="run_id",
+                                 status=410)
+        return job
+    raise RestoreRefused(f"run {run_id} has no backup of {source}/{collection}",
+                         field="collection", status=404)
+
+
+def _not_busy(ctx: Context, source: str, target: str) -> None:
+    """Two restores writing into one collection at once would mix their rows."""
+    for run in ctx.state.open_runs():
+        if run.operation != "restore":
+            continue
+        for job in ctx.state.list_jobs(run.run_id):
+            if job.source == source and job.collection == target and not job.status.terminal:
+                raise RestoreRefused(f"restore {run.run_id} is writing into {source}/{target} "
+                                     "right now; wait for it to end (GET /restores/"
+                                     f"{run.run_id})", field="into", status=409)
+
+
+def _quick_verify(ctx: Context, backup: Job) -> list[str]:
+    """Sizes, CRC64 and the manifest from HEADs only: cheap enough to run on every request.
+    The SHA-256 is checked as the finisher streams the object to the platform."""
+    from shared.service.verify import verify_jobs
+
+    report = verify_jobs(ctx, backup.run_id, [backup], quick=True)
+    return [f"{p.what}: {p.detail}" for o in report.objects for p in o.problems] + [
+        f"{p.what}: {p.detail}" for p in report.problems]
+
+
+def restoring(ctx: Context) -> set[str]:
+    """The backup job ids an open restore reads from: retention keeps them."""
+    return {job.restore.backup_job_id for run in ctx.state.open_runs()
+            if run.operation == "restore" and run.status is RunStatus.RUNNING
+            for job in ctx.state.list_jobs(run.run_id) if job.restore is not None}
