@@ -1,0 +1,317 @@
+"""Restores through the service layer over fakes: the plan's refusals, a file import
+followed to its end, an import that falls short, a platform without import status
+(counted instead), a damaged backup, and a row-by-row restore killed and resumed. The
+same flows run against the emulators over HTTP in tests/test_restore_*.py."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from shared.domain.jobs import JobStatus, RunStatus
+from shared.ports import ImportProgress, RestoreMode, RowOutcome
+from shared.service.close import close_finished_runs
+from shared.service.finish import finish
+from shared.service.poll import poll
+from shared.service.restore.plan import RestoreRefused, plan_restore, restoring, start_restore
+from shared.service.verify import latest_run
+from tests.unit.support import ScriptedExport, ScriptedPages, Unit, seed_run, unit
+
+ROWS = [{"_id": f"d{i}", "n": i} for i in range(5)]
+
+
+@dataclass
+class ImportingExport(ScriptedExport):
+    """An export platform that also imports: files land in `data` when the import ends."""
+
+    modes: frozenset[str] = frozenset({"new", "insert", "upsert"})
+    reports: bool = True  # False: no import id, no status (MinApp)
+    polls_before_done: int = 1
+    shortfall: int = 0  # records the import "rejects"
+    imports: dict[str, tuple[str, list[dict[str, Any]], int]] = field(default_factory=dict)
+    sent_names: list[str] = field(default_factory=list)
+
+    @property
+    def restore_modes(self) -> frozenset[str]:
+        return self.modes
+
+    def target_exists(self, collection: str) -> bool:
+        return collection in self.data
+
+    def create_target(self, collection: str, like: str) -> None:
+        self.data.setdefault(collection, [])
+
+    def count(self, collection: str) -> int:
+        return len(self.data.get(collection, []))
+
+    def send_import(self, collection: str, mode: RestoreMode, *, file_type: str, name: str,
+                    chunks: Iterable[bytes], size: int) -> str | None:
+        body = b"".join(chunks)  # a fake may hold it: the real ones stream
+        assert len(body) == size
+        docs = [json.loads(line) for line in body.splitlines() if line.strip()]
+        self.sent_names.append(name)
+        import_id = f"import-{len(self.imports) + 1}"
+        self.imports[import_id] = (collection, docs, self.polls_before_done)
+        if not self.reports:
+            self._apply(import_id)
+            return None
+        return import_id
+
+    def check_import(self, collection: str, import_id: str) -> ImportProgress:
+        target, docs, left = self.imports[import_id]
+        if left > 0:
+            self.imports[import_id] = (target, docs, left - 1)
+            return ImportProgress("running")
+        imported = self._apply(import_id)
+        return ImportProgress("done", imported=imported, rejected=len(docs) - imported)
+
+    def _apply(self, import_id: str) -> int:
+        target, docs, _ = self.imports[import_id]
+        kept = docs[:len(docs) - self.shortfall]
+        if self.data.get(target) is None or not any(d in self.data[target] for d in kept):
+            self.data.setdefault(target, []).extend(kept)
+        return len(kept)
+
+
+class Killed(BaseException):
+    """The process died: nothing of the finisher runs after it."""
+
+
+@dataclass
+class WritablePages(ScriptedPages):
+    """A row-by-row platform: rows keyed by `_id`; `die_after` kills the writer."""
+
+    die_after: int | None = None
+    calls: int = 0
+    exists: set[str] = field(default_factory=set)
+
+    @property
+    def restore_modes(self) -> frozenset[str]:
+        return frozenset({"new", "insert", "upsert"})
+
+    def target_exists(self, collection: str) -> bool:
+        return collection in self.data or collection in self.exists
+
+    def create_target(self, collection: str, like: str) -> None:
+        self.data.setdefault(collection, [])
+
+    def count(self, collection: str) -> int:
+        return len(self.data.get(collection, []))
+
+    def write_row(self, collection: str, mode: RestoreMode, line: bytes) -> RowOutcome:
+        self.calls += 1
+        if self.die_after is not None and self.calls > self.die_after:
+            raise Killed()
+        row = json.loads(line)
+        rows = self.data.setdefault(collection, [])
+        for index, there in enumerate(rows):
+            if there["_id"] == row["_id"]:
+                if mode == "upsert":
+                    rows[index] = row
+                return "kept" if mode != "upsert" else "written"
+        rows.append(row)
+        return "written"
+
+
+def backed_up(u: Unit) -> str:
+    """Back up every collection of the unit's platform; the run id."""
+    jobs = seed_run(u)
+    for _ in range(5):
+        poll(u.ctx)
+        u.clock.advance(70)
+        for job_id in u.dispatcher.dispatched:
+            finish(u.ctx, job_id)
+    close_finished_runs(u.ctx)
+    assert all(u.job(job.job_id).status is JobStatus.DONE for job in jobs)
+    return jobs[0].run_id
+
+
+def drive(u: Unit, restore_id: str, rounds: int = 10) -> None:
+    for _ in range(rounds):
+        poll(u.ctx)
+        for job_id in list(u.dispatcher.dispatched):
+            finish(u.ctx, job_id)
+        u.dispatcher.dispatched.clear()
+        run = u.state.get_run(restore_id)
+        if run is not None and run.status is not RunStatus.RUNNING:
+            return
+        u.clock.advance(70)
+
+
+def test_a_restore_into_a_new_collection_is_followed_to_its_end_and_reported() -> None:
+    platform = ImportingExport({"orders": list(ROWS)}, polls_before_done=2)
+    u = unit(platform)
+    backup = backed_up(u)
+    plan = plan_restore(u.ctx, backup, "shop", "orders")
+    assert plan.order.target == f"orders_r{backup[:8]}{backup[9:13]}"
+    assert not plan.target_exists and not plan.writes_into_existing
+    run, created = start_restore(u.ctx, plan, idempotency_key="r1", trigger="test")
+    assert created and run.operation == "restore"
+    assert start_restore(u.ctx, plan, idempotency_key="r1", trigger="test") == (run, False)
+
+    drive(u, run.run_id)
+    [job] = u.state.list_jobs(run.run_id)
+    assert job.status is JobStatus.DONE, job.error
+    assert platform.data[plan.order.target] == ROWS
+    assert platform.data["orders"] == ROWS  # the original untouched
+    assert (job.checkpoint or {})["imported"] == len(ROWS)
+    closed = u.state.get_run(run.run_id)
+    assert closed is not None and closed.status is RunStatus.SUCCEEDED
+    assert closed.manifest_key and closed.manifest_key.endswith(f"restores/{run.run_id}.json")
+    record = json.loads(u.objects.read(closed.manifest_key))
+    assert record["restores"][0]["target"] == plan.order.target
+    assert u.notifier.sent[-1][0].run_id == run.run_id
+    assert latest_run(u.ctx) == backup  # a restore is not a backup to verify
+
+
+def test_an_import_that_writes_fewer_records_than_the_backup_fails_saying_so() -> None:
+    platform = ImportingExport({"orders": list(ROWS)})
+    u = unit(platform)
+    backup = backed_up(u)
+    platform.shortfall = 2
+    run, _ = start_restore(u.ctx, plan_restore(u.ctx, backup, "shop", "orders"),
+                           idempotency_key="r", trigger="test")
+    drive(u, run.run_id)
+    [job] = u.state.list_jobs(run.run_id)
+    assert job.status is JobStatus.FAILED
+    assert "imported 3 of the backup's 5 records" in (job.error or "")
+    assert u.state.get_run(run.run_id).status is RunStatus.FAILED  # type: ignore[union-attr]
+
+
+def test_a_platform_without_import_status_is_checked_by_counting_until_the_deadline() -> None:
+    platform = ImportingExport({"orders": list(ROWS)}, reports=False,
+                               modes=frozenset({"new", "insert"}))
+    u = unit(platform, export_deadline_minutes=10)
+    backup = backed_up(u)
+    with pytest.raises(RestoreRefused, match="restores only in mode insert or new"):
+        plan_restore(u.ctx, backup, "shop", "orders", mode="upsert")
+    run, _ = start_restore(u.ctx, plan_restore(u.ctx, backup, "shop", "orders"),
+                           idempotency_key="ok", trigger="test")
+    drive(u, run.run_id)
+    [job] = u.state.list_jobs(run.run_id)
+    assert job.status is JobStatus.DONE and job.progress_records == len(ROWS)
+
+    platform.shortfall = 1  # records that never arrive: the count stays short
+    run, _ = start_restore(u.ctx, plan_restore(u.ctx, backup, "shop", "orders", into="again"),
+                           idempotency_key="short", trigger="test")
+    drive(u, run.run_id, rounds=20)
+    [job] = u.state.list_jobs(run.run_id)
+    assert job.status is JobStatus.FAILED
+    assert "did not end within 10 minutes" in (job.error or "")
+    assert "holds 4 records; 5 expected" in (job.error or "")
+    assert "e-mail" in (job.error or "")
+
+
+def test_the_plan_refuses_what_would_lose_or_mix_data() -> None:
+    platform = ImportingExport({"orders": list(ROWS), "full": [{"_id": "x"}]},
+                               polls_before_done=50)
+    u = unit(platform)
+    backup = backed_up(u)
+    cases: list[tuple[dict[str, Any], int, str]] = [
+        ({"run_id": "20990101T000000000Z-00000000"}, 404, "no backup run"),
+        ({"collection": "nope"}, 404, "has no backup of shop/nope"),
+        ({"into": "full"}, 409, "exists and holds records"),
+        ({"mode": "replace"}, 400, "mode must be one of"),
+    ]
+    for change, status, words in cases:
+        ask: dict[str, Any] = {"run_id": backup, "collection": "orders", **change}
+        with pytest.raises(RestoreRefused, match=words) as refused:
+            plan_restore(u.ctx, ask.pop("run_id"), "shop", ask.pop("collection"), **ask)
+        assert refused.value.status == status
+    start_restore(u.ctx, plan_restore(u.ctx, backup, "shop", "orders", into="busy"),
+                  idempotency_key="busy", trigger="test")
+    with pytest.raises(RestoreRefused, match="is writing into shop/busy") as refused:
+        plan_restore(u.ctx, backup, "shop", "orders", into="busy")
+    assert refused.value.status == 409
+    [backup_job] = [j for j in u.state.list_jobs(backup) if j.collection == "orders"]
+    assert backup_job.job_id in restoring(u.ctx)  # retention keeps what is being restored
+
+
+def test_a_backup_that_fails_its_verify_is_refused_unless_forced_and_a_damaged_one_imports_nothing() -> None:
+    platform = ImportingExport({"orders": list(ROWS)})
+    u = unit(platform)
+    backup = backed_up(u)
+    [job] = u.state.list_jobs(backup)
+    assert job.result is not None
+    key = job.result.objects[0].key
+    good = u.objects.read(key)
+    u.objects.delete(key)
+    with pytest.raises(RestoreRefused, match="failed its verify: missing object") as refused:
+        plan_restore(u.ctx, backup, "shop", "orders")
+    assert refused.value.status == 409 and refused.value.field == "force"
+
+    u.objects.put_stream(key, [good[:-3] + b"X}\n"], content_type="x")  # same size, one byte off
+    plan = plan_restore(u.ctx, backup, "shop", "orders", force=True)
+    assert plan.order.forced or not plan.problems  # the fake store keeps no CRC64
+    run, _ = start_restore(u.ctx, plan, idempotency_key="bad", trigger="test")
+    drive(u, run.run_id)
+    [restore] = u.state.list_jobs(run.run_id)
+    assert restore.status is JobStatus.FAILED
+    assert "no longer matches its manifest" in (restore.error or "")
+    assert platform.imports == {}  # the upload was cut before any import started
+
+
+def test_a_row_restore_killed_mid_way_resumes_without_losing_or_doubling_a_row() -> None:
+    rows = [{"_id": f"r{i:05d}", "n": i} for i in range(2600)]
+    platform = WritablePages({"orders": rows}, page_rows=500)
+    u = unit(platform, kind="paged", restore_row_concurrency=4)
+    backup = backed_up(u)
+    platform.die_after = 1700  # mid-way through the second window of 1000
+    run, _ = start_restore(u.ctx, plan_restore(u.ctx, backup, "shop", "orders", into="copy"),
+                           idempotency_key="rows", trigger="test")
+    [job] = u.state.list_jobs(run.run_id)
+    with pytest.raises(Killed):
+        finish(u.ctx, job.job_id)
+    stopped = u.job(job.job_id)
+    assert stopped.status is JobStatus.COPYING and (stopped.checkpoint or {})["line"] == 1000
+
+    platform.die_after = None
+    u.clock.advance(u.ctx.config.timing.copy_lease_seconds + 1)
+    drive(u, run.run_id)
+    done = u.job(job.job_id)
+    assert done.status is JobStatus.DONE, done.error
+    assert sorted(platform.data["copy"], key=lambda r: r["n"]) == rows  # every row, once
+    point = done.checkpoint or {}
+    assert point["rows"] == 2600 and point["missing"] == 0 and point["after"] == 2600
+    assert done.attempts == 0  # a resumption after progress is not a failed try
+
+
+def test_a_row_restore_upserts_into_the_original_and_insert_keeps_what_is_there() -> None:
+    rows = [{"_id": f"r{i}", "n": i} for i in range(30)]
+    platform = WritablePages({"orders": [dict(r) for r in rows]}, page_rows=7)
+    u = unit(platform, kind="paged")
+    backup = backed_up(u)
+    platform.data["orders"][3]["n"] = -1  # changed since the backup
+    del platform.data["orders"][10:]  # and most rows lost
+    run, _ = start_restore(u.ctx, plan_restore(u.ctx, backup, "shop", "orders", mode="insert"),
+                           idempotency_key="ins", trigger="test")
+    drive(u, run.run_id)
+    [job] = u.state.list_jobs(run.run_id)
+    assert job.status is JobStatus.DONE, job.error
+    assert (job.checkpoint or {})["kept"] == 10 and platform.data["orders"][3]["n"] == -1
+    run, _ = start_restore(u.ctx, plan_restore(u.ctx, backup, "shop", "orders", mode="upsert"),
+                           idempotency_key="ups", trigger="test")
+    drive(u, run.run_id)
+    assert sorted(platform.data["orders"], key=lambda r: r["n"]) == rows
+
+
+def test_the_lease_of_a_restore_renews_with_each_saved_window() -> None:
+    rows = [{"_id": f"r{i:05d}", "n": i} for i in range(2100)]
+    platform = WritablePages({"orders": rows}, page_rows=1000)
+    u = unit(platform, kind="paged")
+    backup = backed_up(u)
+    run, _ = start_restore(u.ctx, plan_restore(u.ctx, backup, "shop", "orders", into="c"),
+                           idempotency_key="lease", trigger="test")
+    [job] = u.state.list_jobs(run.run_id)
+    platform.die_after = 1500
+    with pytest.raises(Killed):
+        finish(u.ctx, job.job_id)
+    stopped = u.job(job.job_id)
+    assert stopped.lease_until is not None
+    assert stopped.lease_until >= u.clock() + timedelta(
+        seconds=u.ctx.config.timing.copy_lease_seconds - 1)
