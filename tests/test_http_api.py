@@ -52,7 +52,9 @@ def test_openapi_document_is_valid_and_matches_the_routes() -> None:
 
 # auth -----------------------------------------------------------------------------------
 DATA_ROUTES = [("GET", "/runs"), ("POST", "/runs"), ("GET", "/runs/20261121T020000123Z-1a2b3c4d"),
-               ("POST", "/runs/20261121T020000123Z-1a2b3c4d/acknowledge"), ("GET", "/collections")]
+               ("POST", "/runs/20261121T020000123Z-1a2b3c4d/acknowledge"), ("GET", "/collections"),
+               ("POST", "/runs/20261121T020000123Z-1a2b3c4d/verify"), ("GET", "/restores"),
+               ("POST", "/restores"), ("GET", "/restores/20261121T020000123Z-1a2b3c4d")]
 EVERY_ROUTE = [("GET", "/"), *DATA_ROUTES]
 
 

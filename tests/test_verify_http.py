@@ -1,0 +1,67 @@
+"""POST /runs/{run_id}/verify through the real trigger handler: an intact run passes, a
+damaged one is named, recorded on the run and in the bucket; quick is the default."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.support.api import Api, deploy
+from tests.support.backup import LocalBackup, drive
+
+
+@pytest.fixture
+def api(local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Api:
+    return deploy(local, tmp_path, monkeypatch)
+
+
+def backed_up(api: Api) -> dict[str, object]:
+    status, body, _ = api.call("POST", "/runs")
+    assert status == 202
+    run = api.context().state.get_run(body["run_id"])
+    assert run is not None
+    drive(api.context(), run)
+    status, detail, _ = api.call("GET", f"/runs/{body['run_id']}")
+    assert status == 200
+    return dict(detail)
+
+
+def test_verify_over_http_passes_an_intact_run_and_names_damage(api: Api) -> None:
+    run = backed_up(api)
+    run_id = str(run["run_id"])
+    status, report, _ = api.call("POST", "/runs/latest/verify")
+    assert status == 200 and report["ok"] and report["quick"] and report["run_id"] == run_id
+    assert {o["crc64"] for o in report["objects"]} == {"ok"}
+
+    jobs = run["jobs"]
+    assert isinstance(jobs, list)
+    key = next(j["object_keys"][0] for j in jobs
+               if (j["source"], j["collection"]) == ("shop", "orders"))
+    data = api.local.objects.read(key)
+    api.local.objects.put_stream(key, [data[:50] + bytes([data[50] ^ 1]) + data[51:]],
+                                 content_type="application/x-ndjson")
+    status, report, _ = api.call("POST", f"/runs/{run_id}/verify",
+                                 body={"quick": False, "source": "shop"})
+    assert status == 200 and not report["ok"] and not report["quick"]
+    bad = [o for o in report["objects"] if not o["ok"]]
+    assert [o["collection"] for o in bad] == ["orders"]
+    assert {p["what"] for p in bad[0]["problems"]} == {"sha256", "crc64"}
+
+    stored = api.context().state.get_run(run_id)
+    assert stored is not None and stored.summary is not None
+    last = stored.summary["last_verify"]
+    assert last["ok"] is False and any("sha256" in p for p in last["problems"])
+    assert json.loads(api.local.objects.read(last["report_key"]))["ok"] is False
+
+
+def test_verify_over_http_says_what_is_wrong_with_the_request(api: Api) -> None:
+    status, body, _ = api.call("POST", "/runs/20261121T020000123Z-1a2b3c4d/verify")
+    assert status == 404 and body["field"] == "run_id"
+    status, body, _ = api.call("POST", "/runs/latest/verify")
+    assert status == 404 and "no finished run" in body["error"]
+    status, body, _ = api.call("POST", "/runs/latest/verify", body={"quick": "yes"})
+    assert status == 400 and body["field"] == "quick"
+    status, body, _ = api.call("POST", "/runs/latest/verify", body={"fast": True})
+    assert status == 400 and body["field"] == "fast" and "'quick'" in body["error"]
