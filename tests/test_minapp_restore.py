@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import time
+import tracemalloc
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,7 +21,7 @@ from shared.config import parse_config
 from shared.domain.errors import Fatal, RateLimited, Retryable
 from shared.logs import configure_logging
 from shared.platforms.minapp.platform import MinAppClient
-from shared.platforms.minapp.restore import upload_name
+from shared.platforms.minapp.restore import restore_table_name, upload_name
 from shared.platforms.minapp.settings import MinAppSource
 from shared.ports import FileImportPlatform, PlatformServices, RestorablePlatform
 from tests.fakes import MemoryState
@@ -457,3 +458,125 @@ def test_restore_logs_hold_no_secret(client: MinAppClient, minapp_emulator: MinA
     assert len(secrets) >= 6
     for text in (logs, str(refused.value), str(invalid.value), json.dumps(minapp_emulator.import_reports())):
         assert_no_secrets(text, [CLIENT_SECRET, *secrets])
+
+
+# bounded memory -----------------------------------------------------------------------
+def test_a_file_larger_than_memory_budgets_is_sent_in_pieces(
+        client: MinAppClient, minapp_emulator: MinAppEmulator) -> None:
+    minapp_emulator.add_table(1001, [{"note": "x", "n": 1}], name="orders")
+    minapp_emulator.wipe_table(1001)
+    line = json.dumps({"note": "备注" * 100, "n": 7}, ensure_ascii=False).encode() + b"\n"
+    rows = (24 << 20) // len(line)
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(rows // 64):
+            yield line * 64
+
+    size = len(line) * 64 * (rows // 64)
+    tracemalloc.start()
+    try:
+        client.send_import("1001", "insert", "json", "1001.jsonl", chunks(), size)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert size > 20 << 20 and peak < 8 << 20  # client and emulator both stream
+    assert minapp_emulator.pending_imports() + len(minapp_emulator.import_reports()) == 1
+
+
+# a name for a new table -----------------------------------------------------------------
+def test_default_target_is_a_name_minapp_takes(client: MinAppClient,
+                                               minapp_emulator: MinAppEmulator) -> None:
+    minapp_emulator.add_table(1001, records(2), name="orders")
+    minapp_emulator.add_table(1002, records(2), name="_userprofile")
+    run_id = "20261121T020000123Z-1a2b3c4d"
+
+    assert client.default_target("1001", run_id) == "orders_r20261121T020000"
+    assert client.default_target("1002", run_id) == "userprofile_r20261121T020000"
+    assert restore_table_name("订单", run_id) == "table_r20261121T020000"
+    assert restore_table_name("9lives" + "x" * 40, run_id) == "t9lives" + "x" * 8 + "_r20261121T020000"
+    for original in ("orders", "a" * 40, "9", "订单"):
+        name = restore_table_name(original, run_id)
+        assert len(name) <= 32 and name[0].isalpha()
+    client.create_target(client.default_target("1001", run_id), "1001")
+    assert client.target_exists("orders_r20261121T020000")
+
+
+# the emulator's reading of the import ---------------------------------------------------
+def token_for(emulator: MinAppEmulator) -> dict[str, str]:
+    with httpx.Client(follow_redirects=True) as auth:
+        code = auth.post(f"{emulator.base_url}/api/oauth2/hydrogen/openapi/authorize/",
+                         json={"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}).json()["code"]
+        fields = {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "code": code,
+                  "grant_type": "authorization_code"}
+        answer = auth.post(f"{emulator.base_url}/api/oauth2/access_token/",
+                           files={k: (None, v) for k, v in fields.items()}).json()
+    return {"Authorization": f"Bearer {answer['access_token']}"}
+
+
+def test_emulator_import_reads_chunked_bodies_and_refuses_what_is_not_a_file(
+        minapp_emulator: MinAppEmulator) -> None:
+    minapp_emulator.add_table(1001, records(3), name="orders")
+    data = render_export(minapp_emulator.records(1001), "json")
+    minapp_emulator.wipe_table(1001)
+    url = f"{minapp_emulator.base_url}/oserve/v1/table/1001/import/"
+    headers = token_for(minapp_emulator)
+
+    def body(name: str = "file", filename: str = "t.json") -> Iterator[bytes]:
+        yield (f'--XyZ\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"'
+               "\r\n\r\n").encode()
+        yield from pieces(data, 7)
+        yield b"\r\n--XyZ--\r\n"
+
+    multipart = {**headers, "Content-Type": "multipart/form-data; boundary=XyZ"}
+    chunked = httpx.post(url, headers=multipart, content=body())  # no length: chunked
+    assert chunked.status_code == 201 and chunked.json() == {"status": "ok"}
+    for status, kwargs in [
+        (400, {"headers": multipart, "content": body(name="upload")}),
+        (400, {"headers": multipart, "content": body(filename="t.txt")}),
+        (400, {"headers": {**headers, "Content-Type": "application/json"}, "content": data}),
+        (400, {"headers": headers, "files": {"file": ("t.csv", b"a,a\n1,2\n")}}),
+        (400, {"headers": headers, "files": {"file": ("t.json", b"\xff\xfe{}\n")}}),
+        (401, {"files": {"file": ("t.json", data)}}),
+    ]:
+        answer = httpx.post(url, **kwargs)  # type: ignore[arg-type]
+        assert answer.status_code == status, answer.text
+    assert httpx.post(url.replace("1001", "4040"), headers=headers,
+                      files={"file": ("t.json", data)}).status_code == 404
+    minapp_emulator.settle_imports()
+    assert len(minapp_emulator.records(1001)) == 3 and len(minapp_emulator.import_reports()) == 1
+
+
+def test_emulator_table_create_follows_table_md(minapp_emulator: MinAppEmulator) -> None:
+    minapp_emulator.add_table(1001, [], name="orders")
+    url = f"{minapp_emulator.base_url}/oserve/v1.8/table/"
+    headers = token_for(minapp_emulator)
+    good = {"name": "Table199", "schema": {"fields": [{"name": "String", "type": "string"}]},
+            **PERMS}
+
+    made = httpx.post(url, headers=headers, json=good)
+    assert made.status_code == 201 and made.json()["name"] == "Table199"
+    detail = httpx.get(f"{url}{made.json()['id']}/", headers=headers).json()
+    assert detail["schema"] == good["schema"] and detail["write_perm"] == PERMS["write_perm"]
+    assert httpx.get(f"{url}4040/", headers=headers).status_code == 404
+    for bad in [{**good},  # the name is taken now
+                {**good, "name": "9table"},
+                {**good, "name": "t2", "schema": {"fields": [{"name": "id", "type": "string"}]}},
+                {**good, "name": "t3", "schema": {"fields": [{"name": "a", "type": "array"}]}},
+                {k: v for k, v in {**good, "name": "t4"}.items() if k != "write_perm"}]:
+        assert httpx.post(url, headers=headers, json=bad).status_code == 400, bad
+
+
+def test_emulator_fails_an_import_as_a_whole_when_told(client: MinAppClient,
+                                                      minapp_emulator: MinAppEmulator) -> None:
+    minapp_emulator.add_table(1001, records(3), name="orders")
+    data = render_export(minapp_emulator.records(1001), "json")
+    minapp_emulator.wipe_table(1001)
+    minapp_emulator.fail_imports(1, "导入失败: 服务繁忙")
+
+    send(client, "1001", data)
+
+    minapp_emulator.settle_imports()
+    (report,) = minapp_emulator.import_reports()
+    assert report["status"] == "failed" and report["message"] == "导入失败: 服务繁忙"
+    assert client.count("1001") == 0

@@ -1353,10 +1353,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--link-ttl", type=int, default=3600)
     parser.add_argument("--job-window", type=float, default=60.0)
     parser.add_argument("--max-export-rows", type=int, default=1_000_000)
+    parser.add_argument("--import-delay", type=float, default=0.2,
+                        help="seconds before an accepted import's records appear")
     args = parser.parse_args(argv)
     emulator = MinAppEmulator(polls_until_ready=args.polls_until_ready, token_ttl=args.token_ttl,
                               link_ttl=args.link_ttl, job_window=args.job_window,
                               max_export_rows=args.max_export_rows, port=args.port)
+    emulator.import_delay = args.import_delay
     for spec in args.client:
         client_id, sep, secret = spec.partition(":")
         if not (client_id and sep and secret):

@@ -27,6 +27,7 @@ Our reading of MinApp's documents (each a lead to confirm on the real platform):
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import re
 from collections.abc import Iterable, Iterator
@@ -302,7 +303,8 @@ def receive_multipart(content_type: str, chunks: Iterable[bytes], file_field: st
             if len(small) > MAX_SMALL_FIELD:
                 raise MultipartError(f"field {name!r} is too large")
 
-    for chunk in (*chunks, None):
+    pending: Iterable[bytes | None] = itertools.chain(chunks, [None])
+    for chunk in pending:
         if chunk is not None:
             buffer += chunk
         while True:

@@ -58,6 +58,16 @@ def is_table_id(collection: str) -> bool:
     return collection.isdigit()
 
 
+def restore_table_name(original: str, run_id: str) -> str:
+    """A name MinApp takes (TABLE_NAME) for a restore of table `original` (its name) from
+    run `run_id` (20261121T020000123Z-1a2b3c4d -> orders_r20261121T020000)."""
+    stamp = re.sub(r"[^A-Za-z0-9]", "", run_id)[:15] or "restore"
+    stem = re.sub(r"[^A-Za-z0-9_]+", "_", original).strip("_") or "table"
+    if not stem[0].isalpha():
+        stem = f"t{stem}"
+    return f"{stem[:32 - len(stamp) - 2]}_r{stamp}"
+
+
 def upload_name(name: str, file_type: str) -> str:
     """The file name sent with an import: `name`'s stem in plain ASCII, with the extension
     of the format (.json for JSON Lines, .csv), since MinApp reads the type from it."""
@@ -136,6 +146,17 @@ class MinAppRestore:
         return RESTORE_MODES
 
     # the target table -------------------------------------------------------------
+    def default_target(self, collection: str, run_id: str) -> str:
+        """Not in the port: a new table's name for restoring `collection` (a table id or
+        name) from run `run_id`, made from the original's name, since MinApp names start
+        with a letter (table.md 创建数据表) and a backup's collection is a table id."""
+        name = collection
+        if is_table_id(collection):
+            detail = self._detail(collection)
+            assert detail is not None
+            name = str(detail.get("name") or f"table{collection}")
+        return restore_table_name(name, run_id)
+
     def target_exists(self, collection: str) -> bool:
         """A table id: its detail answers (404: no). A name: the table list's exact
         `?name=` match finds it (table.md 获取数据表列表)."""
