@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import time
 import tracemalloc
 from collections.abc import Iterator
@@ -319,6 +320,11 @@ def test_a_file_shorter_or_longer_than_its_size_is_not_imported(
 
     minapp_emulator.settle_imports()
     assert minapp_emulator.pending_imports() == 0 and client.count("1001") == 0
+    assert minapp_emulator._tmpdir is not None
+    deadline = time.monotonic() + 5  # the emulator drops what it received of a cut body
+    while any(n.startswith("import-") for n in os.listdir(minapp_emulator._tmpdir)):
+        assert time.monotonic() < deadline, os.listdir(minapp_emulator._tmpdir)
+        time.sleep(0.02)
 
 
 def test_sending_the_same_file_twice_is_two_tasks_but_kept_ids_are_not_doubled(

@@ -952,6 +952,9 @@ class MinAppEmulator(LocalEmulator):
         except MultipartError as exc:
             os.unlink(target)
             return 400, {"error_msg": f"无效的文件: {exc}"}
+        except BaseException:  # the body ended early: nothing is kept
+            os.unlink(target)
+            raise
         if found is None:
             os.unlink(target)
             return 400, {"error_msg": "无效的文件: no file in the field `file`"}
