@@ -70,7 +70,8 @@ def restore_table_name(original: str, run_id: str) -> str:
 
 def upload_name(name: str, file_type: str) -> str:
     """The file name sent with an import: `name`'s stem in plain ASCII, with the extension
-    of the format (.json for JSON Lines, .csv), since MinApp reads the type from it."""
+    of the format (.json for JSON Lines, .csv): the import takes no file_type parameter,
+    so the name is what can tell it (our reading of the seed's 数据导入)."""
     stem = name.replace("\\", "/").rsplit("/", 1)[-1]
     for ext in (".jsonl", ".json", ".csv"):
         if stem.lower().endswith(ext):
