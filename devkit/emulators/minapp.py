@@ -20,7 +20,17 @@ A real HTTP server (stdlib ``ThreadingHTTPServer`` in a background thread, bound
 - ``GET /oserve/v2.4/table/:table_id/record/``: records with ``where`` (JSON),
   ``order_by``, ``limit`` (≤ 1000), ``offset``, ``keys``, ``return_total_count``;
 - ``GET /_files/:job_id/:file_name?e=EXPIRY&sign=SIG``: the export file, a signed link
-  that expires after ``link_ttl`` seconds (403 then, like a CDN).
+  that expires after ``link_ttl`` seconds (403 then, like a CDN);
+- ``GET /oserve/v1.8/table/``: the app's tables (``?name=`` an exact name), with their
+  schema and permissions; ``GET /oserve/v1.8/table/:table_id/``: one table (404 unknown);
+  ``POST /oserve/v1.8/table/`` (JSON ``name``, ``schema``, ``row_read_perm``,
+  ``row_write_perm``, ``write_perm``) → 201 the new table; 400 for a name taken or invalid
+  data;
+- ``POST /oserve/v1/table/:table_id/import/`` (multipart/form-data, the file in ``file``,
+  read as a stream, ``Content-Length`` or chunked) → 201 ``{status: ok}``, 400 for an
+  invalid file; the records appear ``import_delay`` seconds later, and what MinApp would
+  e-mail is kept (``import_reports``). See ``devkit.emulators.minapp_import`` for how a
+  file is read.
 
 Every ``/oserve`` call needs ``Authorization: Bearer <token>``; the optional
 ``X-Hydrogen-Env-ID`` header selects a test environment (``add_env``). Errors are
@@ -58,7 +68,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
@@ -68,6 +78,17 @@ from devkit.emulators.http_base import (
     LocalEmulator,
     json_bytes,
     serve_until_terminated,
+)
+from devkit.emulators.minapp_import import (
+    FIELD_TYPES,
+    ImportFileError,
+    MultipartError,
+    check_import_file,
+    infer_schema,
+    is_builtin,
+    read_import_records,
+    receive_multipart,
+    valid_name,
 )
 
 __all__ = [
@@ -97,10 +118,13 @@ BASE_CREATED_AT = 1_700_000_000
 _EXPORT_RE = re.compile(r"^/oserve/v1\.5/table/([^/]+)/export/$")
 _JOB_RE = re.compile(r"^/oserve/v1\.5/table/([^/]+)/export/([^/]+)/$")
 _RECORDS_RE = re.compile(r"^/oserve/v2\.4/table/([^/]+)/record/$")
+_TABLE_RE = re.compile(r"^/oserve/v1\.8/table/([^/]+)/$")
+IMPORT_RE = re.compile(r"^/oserve/v1/table/([^/]+)/import/$")
+DEFAULT_PERM = ["user:*"]
 
 # Names under which `calls` counts requests and faults are injected.
 ROUTES = ("authorize", "authorize_redirect", "access_token", "export", "job", "jobs",
-          "records", "download", "tables")
+          "records", "download", "tables", "table", "create_table", "import")
 _TABLES = "/oserve/v1.8/table/"
 
 
@@ -321,6 +345,32 @@ class _Table:
     env: str
     records: list[dict[str, Any]]
     name: str = ""
+    schema: dict[str, Any] = field(default_factory=lambda: {"fields": []})
+    write_perm: list[str] = field(default_factory=lambda: list(DEFAULT_PERM))
+    row_read_perm: list[str] = field(default_factory=lambda: list(DEFAULT_PERM))
+    row_write_perm: list[str] = field(default_factory=lambda: list(DEFAULT_PERM))
+    created_at: int = BASE_CREATED_AT
+
+    def info(self) -> dict[str, Any]:
+        """The table as table.md's list and detail answers show it."""
+        return {"id": int(self.table_id) if self.table_id.isdigit() else self.table_id,
+                "name": self.name, "protected_fields": None,
+                "schema": json.loads(json.dumps(self.schema)), "write_perm": list(self.write_perm),
+                "default_row_perm": {"_read_perm": list(self.row_read_perm),
+                                     "_write_perm": list(self.row_write_perm)},
+                "created_at": self.created_at, "updated_at": self.created_at}
+
+
+@dataclass
+class _Import:
+    """An import task MinApp accepted; applied at `due_at`."""
+
+    table: _Table
+    path: str
+    file_name: str
+    file_type: str
+    due_at: float
+    fail: str | None = None  # fail as a whole with this message (fail_imports)
 
 
 @dataclass
@@ -399,6 +449,8 @@ class MinAppEmulator(LocalEmulator):
         # array instead, to prove a wrong assumption stops a backup rather than miscounts it.
         self.json_array_exports = False
         self.redirect_downloads = False  # True: download links go through a 302 first
+        # An import task runs this long after MinApp accepted its file (a scheduled task).
+        self.import_delay = 0.2
         self.port = port
         self.base_url = ""
         self.link_base: str | None = None  # where download_url points; None: this emulator
@@ -422,6 +474,9 @@ class MinAppEmulator(LocalEmulator):
         self._truncate_left = 0
         self._expire_links_left = 0
         self._sign_key = secrets.token_bytes(20)
+        self._imports: list[_Import] = []
+        self._import_reports: list[dict[str, Any]] = []
+        self._fail_imports: collections.deque[str] = collections.deque()
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -440,10 +495,12 @@ class MinAppEmulator(LocalEmulator):
             self._envs.add(env_id)
 
     def add_table(self, table_id: int | str, records: list[dict[str, Any]], *,
-                  env: str = DEFAULT_ENV, name: str | None = None) -> None:
+                  env: str = DEFAULT_ENV, name: str | None = None,
+                  schema: dict[str, Any] | None = None) -> None:
         """Create or replace a table. Records get MinApp's system fields when they lack
         them: a stable ``id``, ``created_at`` (three records per second, so the field has
-        duplicates like a real table) and ``updated_at``."""
+        duplicates like a real table) and ``updated_at``. The schema is `schema`, or one
+        inferred from the records (each field typed by its first non-null value)."""
         table = str(table_id)
         copied: list[dict[str, Any]] = json.loads(json.dumps(records))
         normalised = []
@@ -456,14 +513,66 @@ class MinAppEmulator(LocalEmulator):
         with self._lock:
             if env not in self._envs:
                 raise KeyError(f"unknown env {env!r}: call add_env first")
-            self._tables[(env, table)] = _Table(table, env, normalised, name or f"table_{table}")
+            self._tables[(env, table)] = _Table(
+                table, env, normalised, name or f"table_{table}",
+                json.loads(json.dumps(schema)) if schema is not None else infer_schema(normalised))
 
     def records(self, table_id: int | str, *, env: str = DEFAULT_ENV) -> list[dict[str, Any]]:
-        """A copy of the table's records, as an ``all`` export holds them."""
+        """A copy of the table's records, as an ``all`` export holds them (imports that
+        are due applied first)."""
         with self._lock:
+            self._apply_due_imports()
             table = self._tables[(env, str(table_id))]
             copy: list[dict[str, Any]] = json.loads(json.dumps(table.records))
             return copy
+
+    def wipe_table(self, table_id: int | str, *, env: str = DEFAULT_ENV) -> int:
+        """Delete every record of the table (the table and its schema stay); how many."""
+        with self._lock:
+            self._apply_due_imports()
+            table = self._tables[(env, str(table_id))]
+            count = len(table.records)
+            table.records = []
+            return count
+
+    def table_id(self, name: str, *, env: str = DEFAULT_ENV) -> str:
+        """The id of the table called `name` (KeyError when none is)."""
+        with self._lock:
+            for (table_env, table_id), table in self._tables.items():
+                if table_env == env and table.name == name:
+                    return table_id
+        raise KeyError(f"no table named {name!r} in env {env!r}")
+
+    def table_info(self, table_id: int | str, *, env: str = DEFAULT_ENV) -> dict[str, Any]:
+        """The table as the detail API answers: id, name, schema, permissions."""
+        with self._lock:
+            return self._tables[(env, str(table_id))].info()
+
+    def pending_imports(self) -> int:
+        """Import tasks accepted and not applied yet."""
+        with self._lock:
+            self._apply_due_imports()
+            return len(self._imports)
+
+    def settle_imports(self) -> None:
+        """Apply every accepted import now, due or not."""
+        with self._lock:
+            self._apply_due_imports(everything=True)
+
+    def import_reports(self) -> list[dict[str, Any]]:
+        """What MinApp would e-mail for each applied import, oldest first: ``table``,
+        ``env``, ``file_name``, ``file_type``, ``status`` (done | failed), ``imported``,
+        ``skipped`` (the reasons), ``dropped_values``, ``message``."""
+        with self._lock:
+            self._apply_due_imports()
+            copy: list[dict[str, Any]] = json.loads(json.dumps(self._import_reports))
+            return copy
+
+    def fail_imports(self, times: int = 1, message: str = "导入失败") -> None:
+        """The next ``times`` accepted imports fail as a whole when they run (nothing is
+        written; the report says `message`)."""
+        with self._lock:
+            self._fail_imports.extend([message] * times)
 
     def export_jobs(self, table_id: int | str | None = None) -> list[dict[str, Any]]:
         """Every export job created so far (forgotten ones too), oldest first."""
@@ -755,11 +864,142 @@ class MinAppEmulator(LocalEmulator):
                             key=lambda t: int(t.table_id) if t.table_id.isdigit() else 0)
             if name:
                 tables = [t for t in tables if t.name == name]
-            page: list[dict[str, Any]] = [{"id": int(t.table_id) if t.table_id.isdigit() else t.table_id,
-                     "name": t.name, "protected_fields": None, "schema": {"fields": []},
-                     "created_at": BASE_CREATED_AT, "updated_at": BASE_CREATED_AT}
-                    for t in tables[offset:offset + limit]]
+            page = [t.info() for t in tables[offset:offset + limit]]
         return {"meta": _meta(limit, offset, len(tables)), "objects": page}
+
+    def _table_detail(self, env: str, table_id: str) -> dict[str, Any]:
+        with self._lock:
+            return self._table(env, table_id).info()
+
+    def _create_table(self, env: str, body: bytes) -> dict[str, Any]:
+        """POST /oserve/v1.8/table/ (table.md 创建数据表): every parameter is required;
+        400 for a name taken (表名已存在) or invalid data (不合法的数据)."""
+        payload = _json_object(body)
+        unknown = sorted(set(payload) - {"name", "schema", "row_read_perm", "row_write_perm",
+                                         "write_perm"})
+        if unknown:
+            raise _error(400, f"不合法的数据: unknown parameter(s) {', '.join(unknown)}")
+        name = payload.get("name")
+        if not valid_name(name):
+            raise _error(400, "不合法的数据: name must be a letter then letters, digits or _, "
+                              "at most 32")
+        perms = {}
+        for key in ("row_read_perm", "row_write_perm", "write_perm"):
+            value = payload.get(key)
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise _error(400, f"不合法的数据: {key} must be a list of strings")
+            perms[key] = list(value)
+        schema = payload.get("schema")
+        fields = schema.get("fields") if isinstance(schema, dict) else None
+        if not isinstance(fields, list):
+            raise _error(400, "不合法的数据: schema must be {fields: [...]}")
+        seen: set[str] = set()
+        for entry in fields:
+            if not isinstance(entry, dict) or not valid_name(entry.get("name")) \
+                    or entry.get("type") not in FIELD_TYPES:
+                raise _error(400, f"不合法的数据: field {entry!r} needs a valid name and type")
+            field_name = str(entry["name"])
+            if is_builtin(field_name) or field_name in seen:
+                raise _error(400, f"不合法的数据: field {field_name!r} is built in or repeated")
+            if entry["type"] == "array" and not isinstance(entry.get("items"), dict):
+                raise _error(400, f"不合法的数据: array field {field_name!r} needs items")
+            seen.add(field_name)
+        with self._lock:
+            if any(t.name == name for (e, _), t in self._tables.items() if e == env):
+                raise _error(400, f"表名已存在: {name}")
+            numbers = [int(t) for (_, t) in self._tables if t.isdigit()]
+            table_id = str(max([1000, *numbers]) + 1)
+            table = _Table(table_id, env, [], str(name), {"fields": json.loads(json.dumps(fields))},
+                           perms["write_perm"], perms["row_read_perm"], perms["row_write_perm"],
+                           int(time.time()))
+            self._tables[(env, table_id)] = table
+            return table.info()
+
+    # ----------------------------------------------------------------- imports
+
+    def _import_refusal(self, method: str, path: str, headers: Any) -> tuple[int, dict[str, Any]] | None:
+        """The answer to an import request decided before its body is read, or None."""
+        self._count("import")
+        injected = self._take_injection("import")
+        if injected is not None:
+            return injected.status, injected.body
+        try:
+            if method != "POST":
+                raise _error(405, f"{method} not allowed")
+            self._bearer(headers)
+            env = self._env_of(headers)
+            match = IMPORT_RE.match(path)
+            assert match is not None
+            with self._lock:
+                self._apply_due_imports()
+                self._table(env, unquote(match.group(1)))
+        except _HttpError as err:
+            return err.status, err.body
+        return None
+
+    def _accept_import(self, path: str, headers: Any,
+                       chunks: Iterable[bytes]) -> tuple[int, dict[str, Any]]:
+        """Read the multipart body into a file, check it is a file the import can read,
+        and schedule the import task."""
+        match = IMPORT_RE.match(path)
+        assert match is not None and self._tmpdir is not None
+        env = self._env_of(headers)
+        target = os.path.join(self._tmpdir, f"import-{secrets.token_hex(8)}")
+        try:
+            with open(target, "wb") as out:
+                found, _ = receive_multipart(str(headers.get("Content-Type") or ""), chunks,
+                                             "file", out)
+        except MultipartError as exc:
+            os.unlink(target)
+            return 400, {"error_msg": f"无效的文件: {exc}"}
+        except BaseException:  # the body ended early: nothing is kept
+            os.unlink(target)
+            raise
+        if found is None:
+            os.unlink(target)
+            return 400, {"error_msg": "无效的文件: no file in the field `file`"}
+        file_type = os.path.splitext(found.filename)[1].lower().lstrip(".")
+        try:
+            if file_type not in ("json", "csv"):
+                raise ImportFileError(f"{found.filename!r} is neither .csv nor .json")
+            check_import_file(target, file_type)
+        except ImportFileError as exc:
+            os.unlink(target)
+            return 400, {"error_msg": f"无效的文件: {exc}"}
+        with self._lock:
+            table = self._table(env, unquote(match.group(1)))
+            fail = self._fail_imports.popleft() if self._fail_imports else None
+            self._imports.append(_Import(table, target, found.filename, file_type,
+                                         time.time() + self.import_delay, fail))
+        return 201, {"status": "ok"}
+
+    def _apply_due_imports(self, everything: bool = False) -> None:
+        """Run the import tasks whose time has come, in the order they were accepted."""
+        with self._lock:
+            now = time.time()
+            while self._imports and (everything or self._imports[0].due_at <= now):
+                task = self._imports.pop(0)
+                table = task.table
+                report: dict[str, Any] = {"table": table.table_id, "env": table.env,
+                                          "file_name": task.file_name, "file_type": task.file_type,
+                                          "status": "failed", "imported": 0, "skipped": [],
+                                          "dropped_values": 0, "message": task.fail or ""}
+                if task.fail is None and self._tables.get((table.env, table.table_id)) is table:
+                    taken = {str(r.get("id")) for r in table.records}
+                    outcome = read_import_records(task.path, task.file_type, table.schema, taken,
+                                                  lambda: secrets.token_hex(12))
+                    stamp = int(now)
+                    for record in outcome.records:
+                        record.setdefault("created_at", stamp)
+                        record.setdefault("updated_at", stamp)
+                    table.records.extend(outcome.records)
+                    report.update(status="done", imported=len(outcome.records),
+                                  skipped=outcome.skipped, dropped_values=outcome.dropped_values)
+                elif task.fail is None:
+                    report["message"] = "the table was deleted"
+                self._import_reports.append(report)
+                with contextlib.suppress(OSError):
+                    os.unlink(task.path)
 
     def _records(self, env: str, table_id: str, params: dict[str, list[str]]) -> dict[str, Any]:
         limit = _int_param(params, "limit", 20, 1, MAX_RECORD_LIMIT)
@@ -791,6 +1031,7 @@ class MinAppEmulator(LocalEmulator):
         if route is None:
             return 404, {"error_msg": f"no such API: {method} {path}"}, {}
         self._count(route)
+        self._apply_due_imports()
         injected = self._take_injection(route)
         if injected is not None and not injected.then_create:
             return injected.status, injected.body, {}
@@ -805,6 +1046,8 @@ class MinAppEmulator(LocalEmulator):
             env = self._env_of(headers)
             if route == "tables":
                 return 200, self._table_list(env, params), {}
+            if route == "create_table":
+                return 201, self._create_table(env, body), {}
             assert match is not None
             table_id = unquote(match.group(1))
             if route == "export":
@@ -814,6 +1057,8 @@ class MinAppEmulator(LocalEmulator):
                 return 200, self._job_status(env, table_id, unquote(match.group(2))), {}
             if route == "jobs":
                 return 200, self._job_list(env, table_id, params), {}
+            if route == "table":
+                return 200, self._table_detail(env, table_id), {}
             return 200, self._records(env, table_id, params), {}
         except _HttpError as err:
             return err.status, err.body, {}
@@ -863,8 +1108,11 @@ def _route(method: str, path: str) -> tuple[str | None, re.Match[str] | None]:
         return "authorize_redirect", None
     if path == ACCESS_TOKEN and method == "POST":
         return "access_token", None
-    if path == _TABLES and method == "GET":
-        return "tables", None
+    if path == _TABLES:
+        return ("tables" if method == "GET" else "create_table" if method == "POST" else None), None
+    match = _TABLE_RE.match(path)
+    if match and method == "GET":
+        return "table", match
     match = _EXPORT_RE.match(path)
     if match:
         return ("export" if method == "POST" else "jobs" if method == "GET" else None), match
@@ -968,6 +1216,9 @@ class _Handler(DispatchHandler):
     def _dispatch(self, method: str) -> None:
         split = urlsplit(self.path)
         params = parse_qs(split.query, keep_blank_values=True)
+        if IMPORT_RE.match(split.path):
+            self._import(method, split.path)
+            return
         length = int(self.headers.get("Content-Length") or 0)
         if length < 0 or length > MAX_BODY:
             self.close_connection = True
@@ -1001,6 +1252,48 @@ class _Handler(DispatchHandler):
             status, payload, extra = 500, {"error_msg": "Internal Server Error"}, {}
         data = json_bytes(payload) if payload else b""
         self._send(status, data, JSON_CONTENT_TYPE, extra)
+
+    def _import(self, method: str, path: str) -> None:
+        """An import: its body is read as a stream (never whole), also when refused."""
+        emulator = self.server.emulator
+        try:
+            refused = emulator._import_refusal(method, path, self.headers)
+            if refused is None:
+                status, payload = emulator._accept_import(path, self.headers, self._body_chunks())
+            else:
+                for _ in self._body_chunks():  # read and drop it, so the answer is heard
+                    pass
+                status, payload = refused
+        except (ValueError, ConnectionError):
+            self.close_connection = True
+            status, payload = 400, {"error_msg": "the request body could not be read"}
+        except Exception:
+            self.close_connection = True
+            status, payload = 500, {"error_msg": "Internal Server Error"}
+        self._send(status, json_bytes(payload), JSON_CONTENT_TYPE)
+
+    def _body_chunks(self) -> Iterator[bytes]:
+        """The request body in pieces: Content-Length or chunked transfer coding."""
+        if "chunked" in str(self.headers.get("Transfer-Encoding") or "").lower():
+            while True:
+                size = int(self.rfile.readline(1024).split(b";")[0].strip() or b"x", 16)
+                if size == 0:
+                    while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                        pass
+                    return
+                yield from self._exactly(size)
+                self.rfile.readline(8)
+        else:
+            yield from self._exactly(int(self.headers.get("Content-Length") or 0))
+
+    def _exactly(self, length: int) -> Iterator[bytes]:
+        left = length
+        while left > 0:
+            piece = self.rfile.read(min(CHUNK_SIZE, left))
+            if not piece:
+                raise ConnectionError("the body ended early")
+            left -= len(piece)
+            yield piece
 
     def _stream(self, file_path: str, truncate: bool) -> None:
         with open(file_path, "rb") as handle:
@@ -1063,10 +1356,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--link-ttl", type=int, default=3600)
     parser.add_argument("--job-window", type=float, default=60.0)
     parser.add_argument("--max-export-rows", type=int, default=1_000_000)
+    parser.add_argument("--import-delay", type=float, default=0.2,
+                        help="seconds before an accepted import's records appear")
     args = parser.parse_args(argv)
     emulator = MinAppEmulator(polls_until_ready=args.polls_until_ready, token_ttl=args.token_ttl,
                               link_ttl=args.link_ttl, job_window=args.job_window,
                               max_export_rows=args.max_export_rows, port=args.port)
+    emulator.import_delay = args.import_delay
     for spec in args.client:
         client_id, sep, secret = spec.partition(":")
         if not (client_id and sep and secret):

@@ -37,6 +37,7 @@ from shared.adapters.http import (
 )
 from shared.domain.errors import BackupError, Fatal, Forgotten, Retryable, RetryLater
 from shared.logs import register_secret
+from shared.platforms.minapp.restore import MinAppRestore
 from shared.platforms.minapp.settings import MinAppSource, MinAppTable
 from shared.ports import PlatformServices, Progress
 from shared.retry import with_retries
@@ -121,7 +122,9 @@ def split_ranges(base: dict[str, Any], key: str, bounds: list[Any]) -> list[dict
     return ranges
 
 
-class MinAppClient:
+class MinAppClient(MinAppRestore):
+    """A MinApp source: backups here, restores in shared.platforms.minapp.restore."""
+
     def __init__(
         self,
         source: MinAppSource,
