@@ -151,6 +151,14 @@ class RestorablePlatform(Platform, Protocol):
 
 
 @runtime_checkable
+class TargetNaming(Protocol):
+    """A platform whose collection names have rules of their own (MinApp: a table id
+    cannot name a new table) names a restore's new collection itself."""
+
+    def default_target(self, collection: str, run_id: str) -> str: ...
+
+
+@runtime_checkable
 class FileImportPlatform(RestorablePlatform, Protocol):
     """A platform that imports a whole backup file (WeChat, MinApp)."""
 

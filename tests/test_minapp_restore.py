@@ -69,7 +69,7 @@ def pieces(data: bytes, size: int = 1000) -> Iterator[bytes]:
 
 def send(client: MinAppClient, table: str, data: bytes, file_type: str = "json",
          name: str = "1001.jsonl", mode: str = "new") -> str | None:
-    return client.send_import(table, mode, file_type, name, pieces(data), len(data))  # type: ignore[arg-type]
+    return client.send_import(table, mode, file_type=file_type, name=name, chunks=pieces(data), size=len(data))  # type: ignore[arg-type]
 
 
 def wait_for_count(client: MinAppClient, table: str, wanted: int, timeout: float = 5) -> None:
@@ -209,7 +209,7 @@ def test_the_body_is_streamed_with_a_content_length_and_read_only_while_sending(
             seen.append(request)
 
     client._http.event_hooks["request"] = [on_request]
-    client.send_import("1001", "insert", "json", "runs/x/app/1001.jsonl", chunks(), len(data))
+    client.send_import("1001", "insert", file_type="json", name="runs/x/app/1001.jsonl", chunks=chunks(), size=len(data))
 
     (request,) = seen
     assert "transfer-encoding" not in request.headers
@@ -253,9 +253,9 @@ def test_a_missing_table_fails_before_the_file_is_read(client: MinAppClient,
         yield b""
 
     with pytest.raises(Fatal, match="no table 4040"):
-        client.send_import("4040", "new", "json", "x.jsonl", never(), 10)
+        client.send_import("4040", "new", file_type="json", name="x.jsonl", chunks=never(), size=10)
     with pytest.raises(Fatal, match="no table"):
-        client.send_import("nothere", "new", "json", "x.jsonl", never(), 10)
+        client.send_import("nothere", "new", file_type="json", name="x.jsonl", chunks=never(), size=10)
     assert minapp_emulator.calls["import"] == 0
 
 
@@ -314,9 +314,9 @@ def test_a_file_shorter_or_longer_than_its_size_is_not_imported(
     minapp_emulator.wipe_table(1001)
 
     with pytest.raises(Retryable, match=f"ended after {len(data) - 10} of {len(data)} bytes"):
-        client.send_import("1001", "new", "json", "a.jsonl", pieces(data[:-10]), len(data))
+        client.send_import("1001", "new", file_type="json", name="a.jsonl", chunks=pieces(data[:-10]), size=len(data))
     with pytest.raises(Fatal, match="longer than"):
-        client.send_import("1001", "new", "json", "a.jsonl", pieces(data), len(data) - 10)
+        client.send_import("1001", "new", file_type="json", name="a.jsonl", chunks=pieces(data), size=len(data) - 10)
 
     minapp_emulator.settle_imports()
     assert minapp_emulator.pending_imports() == 0 and client.count("1001") == 0
@@ -403,8 +403,7 @@ def test_a_backup_imports_back_equal_after_the_table_was_wiped(
     minapp_emulator.wipe_table(1001)
     before = client.count("1001")
 
-    client.send_import("1001", "insert", file_type, stored.key,
-                       local.objects.iter_read(stored.key, chunk_size=4096), stored.bytes)
+    client.send_import("1001", "insert", file_type=file_type, name=stored.key, chunks=local.objects.iter_read(stored.key, chunk_size=4096), size=stored.bytes)
 
     wait_for_count(client, "1001", before + stored.records)
     restored = minapp_emulator.records(1001)
@@ -432,8 +431,7 @@ def test_a_split_backup_imports_each_part_into_a_new_table(
     client.create_target("orders_r", "1001")
 
     for stored in job.result.objects:
-        client.send_import("orders_r", "new", "json", stored.key,
-                           local.objects.iter_read(stored.key, chunk_size=65536), stored.bytes)
+        client.send_import("orders_r", "new", file_type="json", name=stored.key, chunks=local.objects.iter_read(stored.key, chunk_size=65536), size=stored.bytes)
 
     wait_for_count(client, "orders_r", 2600)
     restored = minapp_emulator.records(minapp_emulator.table_id("orders_r"))
@@ -481,7 +479,7 @@ def test_a_file_larger_than_memory_budgets_is_sent_in_pieces(
     size = len(line) * 64 * (rows // 64)
     tracemalloc.start()
     try:
-        client.send_import("1001", "insert", "json", "1001.jsonl", chunks(), size)
+        client.send_import("1001", "insert", file_type="json", name="1001.jsonl", chunks=chunks(), size=size)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -12,7 +12,10 @@ from typing import Any
 from shared.config import Config, parse_config
 from shared.domain.jobs import Job, JobStatus, Run, job_id_for
 from shared.ports import Kind, Page, Platform, Progress
+from shared.service.close import close_finished_runs
 from shared.service.context import Context
+from shared.service.finish import finish
+from shared.service.poll import poll
 from tests.fakes import (
     MemoryObjects,
     MemoryState,
@@ -150,3 +153,16 @@ def seed_run(u: Unit, status: JobStatus = JobStatus.PENDING, **job: Any) -> list
             for c in u.ctx.platforms.get("shop").collections()]
     u.state.create_run(run, jobs)
     return jobs
+
+
+def backed_up(u: Unit) -> str:
+    """Back up every collection of the unit's platform; the run id."""
+    jobs = seed_run(u)
+    for _ in range(5):
+        poll(u.ctx)
+        u.clock.advance(70)
+        for job_id in u.dispatcher.dispatched:
+            finish(u.ctx, job_id)
+    close_finished_runs(u.ctx)
+    assert all(u.job(job.job_id).status is JobStatus.DONE for job in jobs)
+    return jobs[0].run_id

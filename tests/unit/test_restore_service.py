@@ -15,12 +15,11 @@ import pytest
 
 from shared.domain.jobs import JobStatus, RunStatus
 from shared.ports import ImportProgress, RestoreMode, RowOutcome
-from shared.service.close import close_finished_runs
 from shared.service.finish import finish
 from shared.service.poll import poll
 from shared.service.restore.plan import RestoreRefused, plan_restore, restoring, start_restore
 from shared.service.verify import latest_run
-from tests.unit.support import ScriptedExport, ScriptedPages, Unit, seed_run, unit
+from tests.unit.support import ScriptedExport, ScriptedPages, Unit, backed_up, unit
 
 ROWS = [{"_id": f"d{i}", "n": i} for i in range(5)]
 
@@ -116,19 +115,6 @@ class WritablePages(ScriptedPages):
                 return "kept" if mode != "upsert" else "written"
         rows.append(row)
         return "written"
-
-
-def backed_up(u: Unit) -> str:
-    """Back up every collection of the unit's platform; the run id."""
-    jobs = seed_run(u)
-    for _ in range(5):
-        poll(u.ctx)
-        u.clock.advance(70)
-        for job_id in u.dispatcher.dispatched:
-            finish(u.ctx, job_id)
-    close_finished_runs(u.ctx)
-    assert all(u.job(job.job_id).status is JobStatus.DONE for job in jobs)
-    return jobs[0].run_id
 
 
 def drive(u: Unit, restore_id: str, rounds: int = 10) -> None:

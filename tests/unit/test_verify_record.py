@@ -4,8 +4,9 @@ bucket, and as an alert only when it found problems."""
 from __future__ import annotations
 
 from shared.service.verify import record, verify_run
-from tests.unit.support import ScriptedExport, unit
-from tests.unit.test_restore_service import ROWS, backed_up
+from tests.unit.support import ScriptedExport, backed_up, unit
+
+ROWS = [{"_id": f"d{i}", "n": i} for i in range(5)]
 
 
 def test_a_failed_verify_is_recorded_and_alerted_and_a_passing_one_is_only_recorded() -> None:

@@ -231,7 +231,7 @@ class MinAppRestore:
         return perms
 
     # the import -------------------------------------------------------------------
-    def send_import(self, collection: str, mode: RestoreMode, file_type: str, name: str,  # noqa: PLR0917 (the port)
+    def send_import(self, collection: str, mode: RestoreMode, *, file_type: str, name: str,
                     chunks: Iterable[bytes], size: int) -> str | None:
         """POST the file to the table's import (multipart/form-data, field `file`), streamed
         from `chunks` with a Content-Length. None: MinApp gives no import id; the result is

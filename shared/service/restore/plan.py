@@ -11,7 +11,7 @@ from typing import Any
 
 from shared.domain.jobs import Job, JobStatus, RestoreOrder, Run, RunStatus, job_id_for, run_id_for
 from shared.logs import log_context
-from shared.ports import RestorablePlatform
+from shared.ports import RestorablePlatform, TargetNaming
 from shared.service.context import Context
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,10 @@ def plan_restore(ctx: Context, run_id: str, source: str, collection: str, *,
         raise RestoreRefused(f"source {source!r} ({ctx.config.source(source).type}) restores only "
                              f"in mode {' or '.join(sorted(platform.restore_modes))}, not {mode!r}",
                              field="mode")
-    target = into or (collection if mode != "new" else default_target(collection, run_id))
+    target = into or collection
+    if into is None and mode == "new":
+        target = (platform.default_target(collection, run_id) if isinstance(platform, TargetNaming)
+                  else default_target(collection, run_id))
     exists = platform.target_exists(target)
     if mode == "new" and exists and platform.count(target) > 0:
         raise RestoreRefused(
