@@ -104,7 +104,7 @@ def restore_view(run: Run, jobs: list[Job]) -> dict[str, Any]:
                          "objects": len(order.objects), "rows_written": point.get("rows"),
                          "records_before": point.get("before"), "records_after": point.get("after"),
                          "imported": point.get("imported"), "rejected": point.get("rejected"),
-                         "restored": job.progress_records},
+                         "restored": job.progress_records, "note": point.get("note")},
             "error": redact(job.error) if job.error else None}
 
 

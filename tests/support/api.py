@@ -154,11 +154,18 @@ def deploy(local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     """Config file and environment as SCF gives them to the trigger: two sources."""
     local.seed("orders", make_docs(20))
     local.seed("users", make_docs(5, prefix="u"))
-    config = local.config(local.wechat_source(collections=["orders", "users"]),
-                          local.wechat_source(name="archive", collections=["orders"], file_type="csv"))
-    document: dict[str, Any] = json.loads(config.model_dump_json())
-    for source in document["sources"]:
-        source["secret"] = "${WECHAT_SECRET}"
+    return deploy_sources(local, tmp_path, monkeypatch,
+                          local.wechat_source(collections=["orders", "users"]),
+                          local.wechat_source(name="archive", collections=["orders"],
+                                              file_type="csv"))
+
+
+def deploy_sources(local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                   *sources: dict[str, Any], **timing: Any) -> Api:
+    """The trigger deployed with these sources (secrets as ${VAR}, as written)."""
+    config = local.config(*sources, **timing)
+    document: dict[str, Any] = json.loads(config.model_dump_json(exclude={"sources"}))
+    document["sources"] = list(sources)
     for name in ("secret_id", "secret_key"):
         document["destination"].pop(name, None)
     path = tmp_path / "backup.yaml"

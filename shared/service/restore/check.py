@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
 from shared.domain.jobs import Job, JobStatus, RestoreOrder
 from shared.ports import FileImportPlatform, ImportProgress
@@ -68,46 +68,55 @@ def _check_imports(ctx: Context, job: Job, now: datetime) -> None:
         _later(ctx, job, now)
         return
     after = platform.count(order.target)
-    problem = _shortfall(order, point, results, after, reported=len(ids) == len(point["sent"]))
-    if problem is None:
-        imported = sum(r.imported or 0 for r in results) if ids else after - int(point["before"])
+    reported = (sum(r.imported or 0 for r in results), sum(r.rejected or 0 for r in results))
+    outcome, note = _judge(order, point, after, reported if len(ids) == len(point["sent"]) else None)
+    if outcome == "done":
+        imported = reported[0] if ids else after - int(point["before"])
         save(ctx, job.moved_to(
             JobStatus.DONE, progress_records=imported, finished_at=now, error=None,
-            checkpoint={**point, "after": after, "imported": imported,
-                        "rejected": sum(r.rejected or 0 for r in results)}))
+            checkpoint={**point, "after": after, "imported": imported, "rejected": reported[1],
+                        **({"note": note} if note else {})}))
         log.info("restore done", extra={"target": order.target, "imported": imported,
-                                        "records_after": after})
-    elif ids:  # the platform says it ended: what it wrote is final
-        fail(ctx, job, problem, now)
+                                        "records_after": after, "note": note})
+    elif outcome == "fail":
+        fail(ctx, job, note or "the import fell short", now)
     else:  # records still arriving (MinApp): look again, until the deadline
-        save(ctx, job.model_copy(update={"error": problem}))
+        seen = {} if point.get("seen") == after else {"seen": after, "seen_at": now.isoformat()}
+        save(ctx, job.model_copy(update={"error": note, "checkpoint": {**point, **seen}}))
         _later(ctx, job, now)
 
 
-def _shortfall(order: RestoreOrder, point: dict[str, object], results: list[ImportProgress],
-               after: int, *, reported: bool) -> str | None:
-    """Why the import does not (yet) hold the backup's records, or None."""
-    before = int(cast(int, point["before"]))
-    if reported:
-        imported = sum(r.imported or 0 for r in results)
-        rejected = sum(r.rejected or 0 for r in results)
-        if imported != order.records:
-            why = (" (in mode insert, a document whose _id is already there is rejected: "
-                   "use mode upsert to overwrite it)" if rejected and order.mode == "insert" else "")
-            return (f"the platform imported {imported} of the backup's {order.records} records "
-                    f"into {order.target} and rejected {rejected}{why}")
-        if order.mode == "new" and after != order.records:
-            return (f"the platform reports {imported} records imported, but {order.target} "
-                    f"holds {after}; check the collection")
-        return None
-    if order.mode == "upsert":
-        return None if after >= order.records else (
-            f"{order.target} holds {after} records, fewer than the backup's {order.records}")
-    if after >= before + order.records:
-        return None
-    return (f"{order.target} holds {after} records; {before + order.records} expected "
-            f"({before} before plus the backup's {order.records}). The platform reports imports "
-            "by e-mail to the account that created them: check it for rejected records")
+def _judge(order: RestoreOrder, point: dict[str, Any], after: int,
+           reported: tuple[int, int] | None) -> tuple[str, str | None]:
+    """done | wait | fail, and what to say. A platform that reports its import must have
+    written every record (in mode insert, the rejected ones may be records already there,
+    which insert keeps); one that does not is judged by counting the target."""
+    before = int(point["before"])
+    if reported is not None:
+        imported, rejected = reported
+        if imported == order.records:
+            if order.mode == "new" and after != order.records:
+                return "fail", (f"the platform reports {imported} records imported, but "
+                                f"{order.target} holds {after}; check the collection")
+            return "done", None
+        if order.mode == "insert" and before and imported + rejected == order.records:
+            return "done", (f"{rejected} of the backup's records were not inserted: records "
+                            f"with their ids were already in {order.target} and insert keeps "
+                            "them (mode upsert overwrites them)")
+        why = (" (in mode insert, a record whose id is already there is rejected: use mode "
+               "upsert to overwrite it)" if rejected and order.mode == "insert" else "")
+        return "fail", (f"the platform imported {imported} of the backup's {order.records} "
+                        f"records into {order.target} and rejected {rejected}{why}")
+    if after >= before + order.records or (order.mode == "upsert" and after >= order.records):
+        return "done", None
+    if order.mode == "insert" and before and after >= order.records and point.get("seen") == after:
+        return "done", (f"{order.target} went from {before} to {after} records and stopped "
+                        "there: backup records whose ids were already in it are kept as they "
+                        "were (the platform reports its import by e-mail only)")
+    return "wait", (f"{order.target} holds {after} records; {before + order.records} expected "
+                    f"({before} before plus the backup's {order.records}). The platform "
+                    "reports imports by e-mail to the account that created them: check it for "
+                    "rejected records")
 
 
 def _later(ctx: Context, job: Job, now: datetime) -> None:
