@@ -17,9 +17,11 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import threading
 import time
 import uuid
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -32,6 +34,7 @@ import orjson
 from shared.adapters.http import describe_transport_error, make_client
 from shared.domain.errors import BackupError, Fatal, RateLimited, Retryable, TokenRejected
 from shared.logs import register_secret
+from shared.platforms.onedb.restore import RowRestore
 from shared.platforms.onedb.settings import OneDBSource, OneDBTable
 from shared.ports import Page, PlatformServices
 from shared.retry import with_retries
@@ -64,6 +67,18 @@ def _has(text: str, words: tuple[str, ...]) -> bool:
     return any(word in text for word in words)
 
 
+class TableUnknown(Fatal):
+    """OneDB answered that the app has no such table."""
+
+
+def known_refusal(answer: dict[str, Any]) -> bool:
+    """Is this errCode answer one classify() recognises as being about the environment, the
+    key, the table, the token or the platform's load (not about the request itself)?"""
+    text = f"{answer.get('title') or ''} {answer.get('type') or ''}".lower()
+    return any(_has(text, words) for words in
+               (_PERMISSION, _KEY_UNKNOWN, _ENV_UNKNOWN, _TABLE_UNKNOWN, _TOKEN, _LATER, _BUSY))
+
+
 def classify(answer: dict[str, Any], source: OneDBSource, table: str) -> BackupError:
     """Map an errCode answer to what the service layer should do about it."""
     title = str(answer.get("title") or "")
@@ -84,8 +99,8 @@ def classify(answer: dict[str, Any], source: OneDBSource, table: str) -> BackupE
         return Fatal(f"{where}: environment {source.envid!r} does not exist in region "
                      f"{source.region!r}; fix envid or region")
     if _has(text, _TABLE_UNKNOWN):
-        return Fatal(f"{where}: app {source.app_id!r} has no table {table!r}; fix app_id or "
-                     "remove the table from the source's tables")
+        return TableUnknown(f"{where}: app {source.app_id!r} has no table {table!r}; fix app_id "
+                            "or remove the table from the source's tables")
     if _has(text, _TOKEN):
         return TokenRejected(where)
     if _has(text, _LATER):
@@ -129,8 +144,9 @@ def _failed(answer: dict[str, Any]) -> bool:
     return answer.get("errCode") not in (None, 0, "0", "")
 
 
-class OneDBClient:
-    """A paged platform (see `shared.ports.PagedPlatform`): `fetch_page` and `encode_page`."""
+class OneDBClient(RowRestore):
+    """A paged platform (see `shared.ports.PagedPlatform`): `fetch_page` and `encode_page`;
+    restored row by row (`shared.ports.RowImportPlatform`, in restore.py)."""
 
     file_type = "json"
 
@@ -144,6 +160,8 @@ class OneDBClient:
         self._token_renew = token_renew
         self._bearer: str | None = None
         self._bearer_expires = 0.0
+        self._token_lock = threading.Lock()  # restores write rows from many threads
+        self._target_keys: dict[str, list[str]] = {}  # restore targets not in tables
         register_secret(source.key_secret.get_secret_value())
 
     # the PagedPlatform protocol ---------------------------------------------------
@@ -156,7 +174,7 @@ class OneDBClient:
     def request_for(self, collection: str, cursor: dict[str, Any] | None) -> dict[str, Any]:
         """The getMany body for the page starting at `cursor` (None: the first row)."""
         table = self._table(collection)
-        keys = table.keys or self.source.keys or []
+        keys = self._keys(table)
         body: dict[str, Any] = {
             "appId": self.source.app_id,
             "tableId": table.name,
@@ -175,7 +193,7 @@ class OneDBClient:
     def fetch_page(self, collection: str, cursor: dict[str, Any] | None) -> Page:
         answer = self._call(self.request_for(collection, cursor), collection)
         table = self._table(collection)
-        following = _next_ids(answer.next_id, collection, list(table.keys or self.source.keys or []))
+        following = _next_ids(answer.next_id, collection, self._keys(table))
         if following is not None and following == cursor:
             raise Fatal(f"OneDB getMany of {collection!r} gave back the cursor it was asked for "
                         "(nextId did not move); paging would never end")
@@ -213,22 +231,36 @@ class OneDBClient:
 
     # calls -----------------------------------------------------------------------
     def _table(self, collection: str) -> OneDBTable:
+        """The table's settings; a table not in `tables` (a restore's target) is read
+        whole, with the key columns `restore_keys` finds for it."""
         try:
             return self.source.table(collection)
         except KeyError:
-            raise Fatal(f"table {collection!r} is not in source {self.source.name!r}; add it to tables") from None
+            pass
+        keys = self.restore_keys(collection)
+        if keys is None:
+            raise Fatal(f"table {collection!r} is not in source {self.source.name!r} and its "
+                        "primary key columns are unknown; add it to tables with its keys "
+                        f"({{name: {collection}, keys: [...]}}) or set keys on the source")
+        return OneDBTable(name=collection, keys=keys)
 
-    def _call(self, body: dict[str, Any], collection: str) -> _Answer:
+    def _keys(self, table: OneDBTable) -> list[str]:
+        return list(table.keys or self.source.keys or [])
+
+    def _call(self, body: dict[str, Any], collection: str,
+              accept: Callable[[dict[str, Any]], bool] | None = None, *,
+              raw: bytes | None = None) -> _Answer:
         """POST with a bearer token; busy answers are retried, a rejected token is signed
-        again once."""
+        again once. An errCode answer `accept` returns True for is returned, not raised.
+        `raw`: `body` already encoded (restore.py writes rows exactly as they were read)."""
 
         def attempt() -> _Answer:
             try:
-                return self._post(body, collection, self._token())
+                return self._post(body, collection, self._token(), accept, raw)
             except TokenRejected:
                 log.warning("OneDB rejected the token; signing a new one once")
                 try:
-                    return self._post(body, collection, self._token(fresh=True))
+                    return self._post(body, collection, self._token(fresh=True), accept, raw)
                 except TokenRejected as again:
                     raise Fatal(
                         f"{again}: a freshly signed token was rejected too. Check that "
@@ -238,21 +270,28 @@ class OneDBClient:
 
         return with_retries(attempt, attempts=3, base_seconds=self._retry_base)
 
-    def _post(self, body: dict[str, Any], collection: str, token: str) -> _Answer:
+    def _post(self, body: dict[str, Any], collection: str, token: str,
+              accept: Callable[[dict[str, Any]], bool] | None = None,
+              raw: bytes | None = None) -> _Answer:
         headers = {"envid": self.source.envid, "keyid": self.source.keyid,
                    "Authorization": f"Bearer {token}"}
+        call = f"OneDB {body.get('action')} of {collection!r}"
         try:
-            response = self._http.post(self.source.endpoint, json=body, headers=headers)
+            if raw is not None:
+                response = self._http.post(self.source.endpoint, content=raw,
+                                           headers={**headers, "Content-Type": "application/json"})
+            else:
+                response = self._http.post(self.source.endpoint, json=body, headers=headers)
         except httpx.TransportError as exc:
-            raise Retryable(f"OneDB getMany of {collection!r}: {describe_transport_error(exc)}") from None
+            raise Retryable(f"{call}: {describe_transport_error(exc)}") from None
         status = response.status_code
         if status >= 500:
-            raise Retryable(f"OneDB getMany of {collection!r}: HTTP {status}")
+            raise Retryable(f"{call}: HTTP {status}")
         if status == 429:  # RFC 9110 §10.2.3: Retry-After is seconds or an HTTP date
-            raise RateLimited(f"OneDB getMany of {collection!r}: HTTP 429, rate limited",
+            raise RateLimited(f"{call}: HTTP 429, rate limited",
                               retry_after=_retry_after(response.headers.get("Retry-After")))
         if status in (401, 403):
-            raise TokenRejected(f"OneDB getMany of {collection!r}: HTTP {status}")
+            raise TokenRejected(f"{call}: HTTP {status}")
         if status != 200:
             raise Fatal(f"OneDB answered HTTP {status} at {self.source.endpoint}; check region "
                         "and api_base")
@@ -263,32 +302,37 @@ class OneDBClient:
         try:
             answer = _parse(content)
         except ValueError:
-            raise Retryable(f"OneDB getMany of {collection!r}: answer is not JSON") from None
+            raise Retryable(f"{call}: answer is not JSON") from None
+        if answer is None and body.get("action") == "get":
+            return _Answer(None, None)  # "如果没有该条数据，则会返回null" (API doc, get)
         if not isinstance(answer, dict):
-            raise Retryable(f"OneDB getMany of {collection!r}: answer is not a JSON object")
+            raise Retryable(f"{call}: answer is not a JSON object")
         if _failed(answer):
+            if accept is not None and accept(answer):
+                return _Answer(answer, None)
             raise classify(answer, self.source, collection)
         return _Answer(answer, answer.get("nextId"))
 
     def _token(self, *, fresh: bool = False) -> str:
         """The bearer token, signed again when it is close to expiring (or when asked)."""
-        now = time.time()
-        if fresh or self._bearer is None or now >= self._bearer_expires - self._token_renew:
-            issued = int(now)
-            claims = {"identity": "cdb", "iat": issued, "exp": issued + int(self._token_ttl),
-                      "jti": uuid.uuid4().hex}
-            self._bearer = jwt.encode(claims, self.source.key_secret.get_secret_value(),
-                                      algorithm="HS256")
-            self._bearer_expires = issued + self._token_ttl
-            register_secret(self._bearer)
-        return self._bearer
+        with self._token_lock:
+            now = time.time()
+            if fresh or self._bearer is None or now >= self._bearer_expires - self._token_renew:
+                issued = int(now)
+                claims = {"identity": "cdb", "iat": issued, "exp": issued + int(self._token_ttl),
+                          "jti": uuid.uuid4().hex}
+                bearer = jwt.encode(claims, self.source.key_secret.get_secret_value(),
+                                    algorithm="HS256")
+                register_secret(bearer)  # masked in logs before any call carries it
+                self._bearer, self._bearer_expires = bearer, issued + self._token_ttl
+            return self._bearer
 
 
 @dataclass(frozen=True)
 class _Answer:
     """A successful getMany: decoded, or still raw with its nextId read from the tail."""
 
-    body: dict[str, Any] | bytes
+    body: dict[str, Any] | bytes | None  # None: `get` found no row
     next_id: Any
 
 
