@@ -172,7 +172,7 @@ def test_a_cursor_that_does_not_move_stops_the_copy(onedb_emulator: OneDBEmulato
 
 
 def test_next_id_is_read_both_ways_and_anything_else_stops_the_copy() -> None:
-    from shared.platforms.onedb.platform import _next_ids
+    from shared.platforms.onedb.wire import _next_ids
 
     keys = ["userId", "seq"]
     assert _next_ids(None, "events", keys) is None

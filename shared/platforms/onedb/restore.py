@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from shared.domain.errors import Fatal, RateLimited, Retryable
+from shared.platforms.onedb import wire
 from shared.ports import RestoreMode, RowOutcome
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ class RowRestore:
 
         def _call(self, body: dict[str, Any], collection: str,
                   accept: Callable[[dict[str, Any]], bool] | None = None, *,
-                  raw: bytes | None = None) -> cdb._Answer: ...
+                  raw: bytes | None = None) -> wire._Answer: ...
 
         def _table(self, collection: str) -> OneDBTable: ...
 
@@ -108,7 +109,7 @@ class RowRestore:
         """One getMany of at most one row; "table not found" means it does not exist."""
         try:
             self._call(self._whole_range(collection, None, 1), collection)
-        except cdb.TableUnknown:
+        except wire.TableUnknown:
             return False
         return True
 
@@ -132,7 +133,7 @@ class RowRestore:
         waited_since: float | None = None
         while True:
             try:
-                answer = self._call(self._whole_range(collection, cursor, cdb.ROWS_LIMIT), collection)
+                answer = self._call(self._whole_range(collection, cursor, wire.ROWS_LIMIT), collection)
             except RateLimited as exc:  # a count is a few calls: waited out here
                 now = time.monotonic()
                 waited_since = now if waited_since is None else waited_since
@@ -140,13 +141,13 @@ class RowRestore:
                     raise
                 time.sleep(min(30.0, exc.retry_after or COUNT_WAIT))
                 continue
-            except cdb.TableUnknown as exc:
+            except wire.TableUnknown as exc:
                 raise self._missing(collection, exc) from None
             waited_since = None
             body = answer.body
             if isinstance(body, bytes):
                 try:
-                    body = cdb._parse(body)
+                    body = wire._parse(body)
                 except ValueError:
                     raise Retryable(f"OneDB getMany of {collection!r} answered a page that "
                                     "is not JSON") from None
@@ -154,7 +155,7 @@ class RowRestore:
             if not isinstance(data, list):
                 raise Retryable(f"OneDB getMany of {collection!r} answered without a data list")
             rows += len(data)
-            following = cdb._next_ids(answer.next_id, collection, self._range_keys(collection))
+            following = wire._next_ids(answer.next_id, collection, self._range_keys(collection))
             if following is None:
                 return rows
             if following == cursor:
@@ -176,17 +177,17 @@ class RowRestore:
             action, condition = "create", CREATE_NEW
         body = {"appId": self.source.app_id, "tableId": collection, "action": action,
                 "ids": ids, "columns": columns, "condition": {"type": condition}}
-        maybe_conflict = (lambda a: not cdb.known_refusal(a)) if condition == CREATE_NEW else None
+        maybe_conflict = (lambda a: not wire.known_refusal(a)) if condition == CREATE_NEW else None
         try:
             answer = self._call(body, collection, maybe_conflict, raw=_encode(body, exact))
-        except cdb.TableUnknown as exc:
+        except wire.TableUnknown as exc:
             raise self._missing(collection, exc) from None
         result = answer.body
-        if isinstance(result, dict) and cdb._failed(result):  # a refused notExist create
+        if isinstance(result, dict) and wire._failed(result):  # a refused notExist create
             title = f"{result.get('title') or ''}".lower()
-            if cdb._has(title, CONFLICT) or self._row_exists(collection, ids, result):
+            if wire._has(title, CONFLICT) or self._row_exists(collection, ids, result):
                 return "kept"
-            raise cdb.classify(result, self.source, collection)
+            raise wire.classify(result, self.source, collection)
         if not isinstance(result, dict) or "ids" not in result:
             shape = sorted(result) if isinstance(result, dict) else type(result).__name__
             raise Retryable(f"OneDB {action} of {collection!r} answered {shape}, not the ids "
@@ -202,8 +203,8 @@ class RowRestore:
         keys = self._range_keys(collection)
         return {
             "appId": self.source.app_id, "tableId": collection, "action": "getMany",
-            "ids": cursor if cursor is not None else {k: cdb.MIN_ID for k in keys},
-            "endIds": {k: cdb.MAX_ID for k in keys}, "orderType": "asc",
+            "ids": cursor if cursor is not None else {k: wire.MIN_ID for k in keys},
+            "endIds": {k: wire.MAX_ID for k in keys}, "orderType": "asc",
             "rowsLimit": limit, "getColumns": list(keys),
         }
 
@@ -259,7 +260,7 @@ def _read_line(line: bytes, collection: str) -> tuple[dict[str, Any], dict[str, 
     text = line.strip()
     row: Any = None
     exact = False
-    if text.translate(cdb._DIGITS_TO_ZERO).find(cdb._LONG_RUN) < 0:
+    if text.translate(wire._DIGITS_TO_ZERO).find(wire._LONG_RUN) < 0:
         with contextlib.suppress(orjson.JSONDecodeError):  # NaN, lone surrogates
             row = orjson.loads(text)
     if row is None:
@@ -285,8 +286,3 @@ def _encode(body: dict[str, Any], exact: bool) -> bytes:
         return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate: kept as its \\u escape
         return json.dumps(body, separators=(",", ":")).encode("ascii")
-
-
-# At the end: platform.py (the client) mixes RowRestore in, and this module uses its
-# helpers at call time, whichever of the two is imported first.
-from shared.platforms.onedb import platform as cdb  # noqa: E402
