@@ -24,7 +24,9 @@ A real HTTP server (stdlib ``ThreadingHTTPServer`` in a background thread, bound
   ``Retry-After``.
 
 Generated tables cost no memory: row ``i`` is computed from ``i`` (:func:`generated_row`),
-so a 1,000,000-row table is as cheap as an empty one. ``latency`` makes every call take at
+so a 1,000,000-row table is as cheap as an empty one, until its first write: the rows are
+then computed once and held (keep written generated tables to a few hundred thousand rows;
+``wipe`` first when the table is to be restored, which holds nothing). ``latency`` makes every call take at
 least that long (work included), like a platform with a fixed answer time.
 
 Tests drive it in-process through :class:`OneDBEmulator`; a separate process:

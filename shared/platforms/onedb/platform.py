@@ -9,7 +9,9 @@ short-lived and signed again before it expires.
 Errors come as HTTP 200 with an `errCode` (usually 1) and a `title` saying what went
 wrong; they are classified from the title. The platform's exact titles are not
 documented: anything not recognised is retried a bounded number of times and then fails
-with OneDB's own words, so a wrong guess is loud, never silent.
+with OneDB's own words, so a wrong guess is loud, never silent (wire.py: markers, error
+classes, answer parsing, the cursor). Restoring writes the rows back one by one with
+`create` (restore.py, mixed into the client).
 """
 
 from __future__ import annotations
