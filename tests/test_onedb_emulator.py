@@ -201,3 +201,78 @@ def test_runs_as_a_process_of_its_own() -> None:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+# writes (restore) -------------------------------------------------------------------------
+def _write(action: str, ids: dict[str, Any], columns: dict[str, Any] | None = None,
+           **condition: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"appId": APP, "tableId": "posts", "action": action, "ids": ids}
+    if columns is not None:
+        body["columns"] = columns
+    if condition:
+        body["condition"] = condition
+    return body
+
+
+def test_create_follows_its_condition(posts: OneDBEmulator) -> None:
+    there, new = {"userId": "a", "postId": 9}, {"userId": "a", "postId": 11}
+    refused = _call(posts, _write("create", there, {"n": 0}, type="notExist"))
+    assert refused["errCode"] == 1 and "已存在" in refused["title"]
+    assert refused["type"] == "cdb/create"
+    refused = _call(posts, _write("create", new, {"n": 0}, type="exist"))
+    assert refused["errCode"] == 1 and "不存在" in refused["title"]
+    assert _call(posts, _write("create", new, {"n": 6}, type="notExist")) == {"ids": new}
+    assert _call(posts, _write("create", there, {"m": 1})) == {"ids": there}  # ignore: default
+    rows = posts.table_rows(ENV_ID, APP, "posts")
+    assert {"ids": there, "columns": {"m": 1}} in rows  # overwritten whole
+    assert {"ids": new, "columns": {"n": 6}} in rows and len(rows) == 6
+    made = _call(posts, _write("create", {"userId": "z", "postId": "CDB:nanoId"}, {}))
+    assert len(made["ids"]["postId"]) == 21
+    odd = _call(posts, _write("create", new, {}, type="sometimes"))
+    assert odd["errCode"] == 1 and "condition.type" in odd["title"]
+
+
+def test_update_merges_columns_and_delete_removes(posts: OneDBEmulator) -> None:
+    row = {"userId": "b", "postId": 1}
+    assert _call(posts, _write("update", row, {"k": 2})) == {"ids": row}
+    assert {"ids": row, "columns": {"n": 1, "k": 2}} in posts.table_rows(ENV_ID, APP, "posts")
+    skipped = _call(posts, _write("update", row, {"k": 3}, type="ignore",
+                                  conditionList=[{"column": "n", "symbol": "=", "value": 9}]))
+    assert skipped["errCode"] == 1
+    missing = {"userId": "q", "postId": 1}
+    assert _call(posts, _write("update", missing, {"k": 1}, type="exist"))["errCode"] == 1
+    assert _call(posts, _write("update", missing, {"k": 1})) == {"ids": missing}  # upsert
+    assert _call(posts, _write("delete", missing)) == {"success": True}
+    assert _call(posts, _write("delete", missing)) == {"success": True}  # ignore: fine
+    assert _call(posts, _write("delete", missing, type="exist"))["errCode"] == 1
+    assert len(posts.table_rows(ENV_ID, APP, "posts")) == 5
+    assert posts.wipe(ENV_ID, APP, "posts") == 5
+    assert _call(posts, _many())["data"] == []
+
+
+def test_the_rate_limit_counts_writes_too(posts: OneDBEmulator) -> None:
+    posts.rate_limit = 2
+    headers = {"envid": ENV_ID, "keyid": KEY_ID, "Authorization": f"Bearer {_token()}"}
+    statuses = [httpx.post(f"{posts.base_url}/cdb", headers=headers, timeout=10,
+                           json=_write("create", {"userId": "r", "postId": i}, {})).status_code
+                for i in range(4)]
+    assert statuses == [200, 200, 429, 429] and posts.refused == 2
+
+
+def test_a_process_of_its_own_holds_an_empty_target_table() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "devkit.emulators.onedb", "--key", f"{ENV_ID}:{KEY_ID}:{KEY_SECRET}",
+         "--table", f"{ENV_ID}:{APP}:posts:userId,postId"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        base_url = process.stdout.readline().strip()
+        headers = {"envid": ENV_ID, "keyid": KEY_ID, "Authorization": f"Bearer {_token()}"}
+        created = httpx.post(f"{base_url}/cdb", headers=headers, timeout=10,
+                             json=_write("create", {"userId": "a", "postId": 1}, {"n": 1}))
+        assert created.json() == {"ids": {"userId": "a", "postId": 1}}
+        answer = httpx.post(f"{base_url}/cdb", json=_many(), headers=headers, timeout=10).json()
+        assert answer["data"] == [{"ids": {"userId": "a", "postId": 1}, "columns": {"n": 1}}]
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

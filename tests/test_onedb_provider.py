@@ -14,7 +14,7 @@ from shared.config import parse_config
 from shared.domain.errors import Fatal, RateLimited, Retryable, TokenRejected
 from shared.logs import redact
 from shared.platforms import registry
-from shared.platforms.onedb.platform import OneDBClient, classify
+from shared.platforms.onedb.platform import OneDBClient, TableUnknown, classify
 from shared.platforms.onedb.settings import OneDBSource
 from shared.ports import Page, PagedPlatform, PlatformServices
 from tests.fakes import MemoryState
@@ -132,7 +132,7 @@ def _answer(title: str) -> dict[str, Any]:
     ("该密匙未开通云数据库应用权限", Fatal, "AppHub"),
     ("环境密匙不存在", Fatal, "fix keyid"),
     ("环境不存在", Fatal, "fix envid or region"),
-    ("数据表不存在", Fatal, "has no table 'events'"),
+    ("数据表不存在", TableUnknown, "has no table 'events'"),
     ("请求过于频繁", RateLimited, "rate limited"),
     ("系统繁忙，请稍后重试", Retryable, "busy"),
     ("参数错误: rowsLimit", Fatal, "check its keys"),
@@ -172,7 +172,7 @@ def test_a_cursor_that_does_not_move_stops_the_copy(onedb_emulator: OneDBEmulato
 
 
 def test_next_id_is_read_both_ways_and_anything_else_stops_the_copy() -> None:
-    from shared.platforms.onedb.platform import _next_ids
+    from shared.platforms.onedb.wire import _next_ids
 
     keys = ["userId", "seq"]
     assert _next_ids(None, "events", keys) is None

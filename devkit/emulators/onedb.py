@@ -11,13 +11,22 @@ A real HTTP server (stdlib ``ThreadingHTTPServer`` in a background thread, bound
   ``filter`` (applied to the scanned rows, so a page may come back short or empty with a
   ``nextId``), ``getColumns``, and the ``nextId`` cursor (``{"ids": ...}`` of the next row,
   null after the last page); ``action: get`` for one row;
+- writes: ``create`` (``condition.type`` ignore / exist / notExist, the id values
+  ``CDB:nanoId`` and ``CDB:timeId``), ``update`` (the same conditions plus column
+  conditions; columns merged into the row) and ``delete``, as the API document describes
+  them; a failed condition answers errCode 1 with ``conflict_title`` / ``missing_title``;
 - composite primary keys, compared column by column (numbers before strings);
 - errors as HTTP 200 with ``errCode`` 1 and a ``title``/``type``/``detail``/``instance``
   body (bad or expired tokens, unknown environment/key/table, missing permission, bad
-  arguments), plus injectable faults (busy, rate limit, HTTP 502, dropped connection).
+  arguments), plus injectable faults (busy, rate limit, HTTP 502, dropped connection,
+  a write applied and then its connection dropped), per action;
+- a rate limit (calls a second, every action counted) answered with HTTP 429 and
+  ``Retry-After``.
 
 Generated tables cost no memory: row ``i`` is computed from ``i`` (:func:`generated_row`),
-so a 1,000,000-row table is as cheap as an empty one. ``latency`` makes every call take at
+so a 1,000,000-row table is as cheap as an empty one, until its first write: the rows are
+then computed once and held (keep written generated tables to a few hundred thousand rows;
+``wipe`` first when the table is to be restored, which holds nothing). ``latency`` makes every call take at
 least that long (work included), like a platform with a fixed answer time.
 
 Tests drive it in-process through :class:`OneDBEmulator`; a separate process:
@@ -34,6 +43,7 @@ import contextlib
 import json
 import secrets
 import socket
+import string
 import sys
 import threading
 import time
@@ -69,7 +79,13 @@ MAX_GENERATED = 8 * 10**10  # userId keeps its 10 digits, so string order is row
 _CITIES = ("上海", "北京", "深圳", "杭州", "成都")
 DROP = 0  # _handle status: close the connection without answering
 RETRY_AFTER = 1  # seconds a 429 asks the caller to wait (HTTP allows whole seconds only)
-FAULTS = ("busy", "rate_limit", "http_502", "drop", "reject_token", "stuck_cursor")
+FAULTS = ("busy", "rate_limit", "http_502", "drop", "reject_token", "stuck_cursor",
+          "drop_after_write")
+ACTIONS = ("get", "getMany", "create", "update", "delete")
+CONDITIONS = ("ignore", "exist", "notExist")
+NANO_ID = "CDB:nanoId"  # create: a 21-character random id
+TIME_ID = "CDB:timeId"  # create: 13-digit milliseconds and 10 random characters
+_NANO_ALPHABET = string.ascii_letters + string.digits + "_-"
 
 
 def generated_row(index: int) -> dict[str, Any]:
@@ -110,6 +126,9 @@ ENV_UNKNOWN = "环境不存在 (environment not found)"
 KEY_UNKNOWN = "环境密匙不存在 (environment key not found)"
 NO_PERMISSION = "该密匙未开通云数据库应用权限 (key has no permission for app cdb)"
 TABLE_UNKNOWN = "数据表不存在 (table not found)"
+# The document does not give these titles; Tablestore-like words are our guess.
+ROW_EXISTS = "条件检查失败：该ID的数据已存在 (condition check failed: the row already exists)"
+ROW_MISSING = "条件检查失败：该ID的数据不存在 (condition check failed: no such row)"
 BUSY = "系统繁忙，请稍后重试 (system busy, try again later)"
 RATE_LIMITED = "请求过于频繁 (too many requests)"
 
@@ -143,6 +162,39 @@ class _Table:
 
     def sort_key(self, ids: dict[str, Any]) -> tuple[tuple[int, Any], ...]:
         return tuple(_value_rank(ids[k]) for k in self.keys)
+
+    # writes (the caller holds the emulator's lock) ---------------------------------
+    def find(self, ids: dict[str, Any]) -> tuple[int, bool]:
+        """(index of the first row >= ids, whether that row has these ids)."""
+        wanted = self.sort_key(ids)
+        index = bisect.bisect_left(_SortKeys(self), wanted)
+        return index, index < self.count and self.sort_key(self.row(index)["ids"]) == wanted
+
+    def _held(self) -> list[dict[str, Any]]:
+        """The rows as a list, computing a generated table's rows on its first write."""
+        if self._rows is None:
+            self._rows = [generated_row(i) for i in range(self.count)]
+        return self._rows
+
+    def put(self, row: dict[str, Any]) -> None:
+        """Insert the row, or replace the row with the same ids."""
+        index, found = self.find(row["ids"])
+        rows = self._held()
+        if found:
+            rows[index] = row
+        else:
+            rows.insert(index, row)
+            self.count += 1
+
+    def remove(self, ids: dict[str, Any]) -> bool:
+        index, found = self.find(ids)
+        if found:
+            del self._held()[index]
+            self.count -= 1
+        return found
+
+    def clear(self) -> None:
+        self._rows, self.count = [], 0
 
 
 class _SortKeys(Sequence[tuple[tuple[int, Any], ...]]):
@@ -239,6 +291,9 @@ class OneDBEmulator(LocalEmulator):
     a second the environment allows; beyond it HTTP 429 with ``Retry-After``, counted in
     ``refused``) and ``require_expiry`` are plain attributes and may be changed at any time. ``calls`` counts requests per action;
     ``tokens`` lists every bearer token received and ``claims`` their verified claims.
+    ``conflict_title`` / ``missing_title`` are the titles of a failed write condition.
+    For tests: :meth:`table_rows` (read a table back), :meth:`wipe` (delete its rows),
+    :meth:`add_table` with no rows (an empty table, as made in the console).
     """
 
     thread_name = "onedb-emulator"
@@ -249,6 +304,8 @@ class OneDBEmulator(LocalEmulator):
         self.require_expiry = True
         self.rate_limit: float | None = None
         self.bare_next_id = False  # nextId as the bare ids object (the other reading)
+        self.conflict_title = ROW_EXISTS  # create/update notExist on an existing row
+        self.missing_title = ROW_MISSING  # create/update/delete exist on a missing row
         self.refused = 0
         self._admitted: collections.deque[float] = collections.deque()  # last second's calls
         self.port = port
@@ -259,7 +316,7 @@ class OneDBEmulator(LocalEmulator):
         self._lock = threading.RLock()
         self._envs: dict[str, _Env] = {}
         self._revoked: set[str] = set()
-        self._faults: collections.deque[str] = collections.deque()
+        self._faults: dict[str, collections.deque[str]] = collections.defaultdict(collections.deque)
 
     # ----------------------------------------------------------------- lifecycle
     # start() returns the base URL (the API is at /cdb); see LocalEmulator.
@@ -303,14 +360,35 @@ class OneDBEmulator(LocalEmulator):
         found = self._env(envid).tables[(app, table)]
         return (found.row(i) for i in range(found.count))
 
+    def table_rows(self, envid: str, app: str, table: str) -> list[dict[str, Any]]:
+        """A copy of every row of the table now, in ascending key order."""
+        with self._lock:
+            found = self._env(envid).tables[(app, table)]
+            return [json.loads(json.dumps(found.row(i))) for i in range(found.count)]
+
+    def wipe(self, envid: str, app: str, table: str) -> int:
+        """Delete every row of the table (it stays, empty, with its keys); rows deleted."""
+        with self._lock:
+            found = self._env(envid).tables[(app, table)]
+            deleted = found.count
+            found.clear()
+            return deleted
+
+    def has_table(self, envid: str, app: str, table: str) -> bool:
+        with self._lock:
+            return (app, table) in self._env(envid).tables
+
     # ----------------------------------------------------------------- faults
 
-    def inject(self, fault: str, times: int = 1) -> None:
-        """The next `times` getMany calls fail with `fault` (one of FAULTS)."""
+    def inject(self, fault: str, times: int = 1, action: str = "getMany") -> None:
+        """The next `times` calls of `action` fail with `fault` (one of FAULTS).
+        ``drop_after_write``: the write is done, then the connection drops unanswered."""
         if fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}; one of {', '.join(FAULTS)}")
+        if action not in ACTIONS:
+            raise ValueError(f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
         with self._lock:
-            self._faults.extend([fault] * times)
+            self._faults[action].extend([fault] * times)
 
     def revoke_tokens(self) -> None:
         """Every token received so far is rejected from now on."""
@@ -338,8 +416,12 @@ class OneDBEmulator(LocalEmulator):
             return True
 
     def _take_fault(self) -> str | None:
+        return self._take_action_fault("getMany")
+
+    def _take_action_fault(self, action: Any) -> str | None:
         with self._lock:
-            return self._faults.popleft() if self._faults else None
+            waiting = self._faults.get(str(action))
+            return waiting.popleft() if waiting else None
 
     def _authenticate(self, headers: Any) -> _Env:
         envid, keyid = headers.get("envid"), headers.get("keyid")
@@ -378,7 +460,8 @@ class OneDBEmulator(LocalEmulator):
 
     def _answer(self, headers: Any, body: dict[str, Any]) -> dict[str, Any]:
         action = body.get("action")
-        self.calls[str(action)] += 1
+        with self._lock:
+            self.calls[str(action)] += 1
         env = self._authenticate(headers)
         for name in ("appId", "tableId", "action"):
             if not isinstance(body.get(name), str) or not body[name]:
@@ -391,15 +474,57 @@ class OneDBEmulator(LocalEmulator):
             isinstance(columns, list) and all(isinstance(c, str) for c in columns)
         ):
             raise _bad_args("getColumns 必须是字符串数组 (must be a list of names)")
-        if action == "getMany":
-            return self._get_many(table, body, columns)
-        if action == "get":
-            ids = self._ids(table, body.get("ids"), "ids", sentinels=False)
-            index = self._position(table, ids, first=True)
-            if index < table.count and table.sort_key(table.row(index)["ids"]) == table.sort_key(ids):
-                return _select(table.row(index), columns)
-            return None  # type: ignore[return-value]  # the API answers null
+        with self._lock:  # a page or a write sees the table as one moment
+            if action == "getMany":
+                return self._get_many(table, body, columns)
+            if action == "get":
+                ids = self._ids(table, body.get("ids"), "ids", sentinels=False)
+                index, found = table.find(ids)
+                if found:
+                    return _select(table.row(index), columns)
+                return None  # type: ignore[return-value]  # the API answers null
+            if action in ("create", "update", "delete"):
+                return self._write(table, str(action), body)
         raise _bad_args(f"action {action!r} 不受模拟器支持 (not emulated)")
+
+    def _write(self, table: _Table, action: str, body: dict[str, Any]) -> dict[str, Any]:
+        """create / update / delete of one row, under its condition (API doc, each action)."""
+        condition = body.get("condition") or {}
+        if not isinstance(condition, dict):
+            raise _bad_args("condition 必须是对象 (must be an object)")
+        kind = condition.get("type", "ignore")
+        if kind not in CONDITIONS:
+            raise _bad_args(f"condition.type {kind!r} 无效 (ignore, exist or notExist)")
+        value = body.get("ids")
+        if action == "create" and isinstance(value, dict):
+            value = {k: _made_up_id(v) for k, v in value.items()}
+        ids = self._ids(table, value, "ids", sentinels=False)
+        for name, key in ids.items():
+            if isinstance(key, bool) or not isinstance(key, (str, int)):
+                raise _bad_args(f"主键 {name} 的值必须是字符串或整数 (key values are strings or integers)")
+        index, found = table.find(ids)
+        if kind == "notExist" and found:
+            raise _CdbError(self.conflict_title)
+        if kind == "exist" and not found:
+            raise _CdbError(self.missing_title)
+        if action == "delete":
+            table.remove(ids)
+            return {"success": True}
+        columns = body.get("columns")
+        if not isinstance(columns, dict):
+            raise _bad_args("columns 必须是对象 (columns is required, an object)")
+        if action == "create":  # the whole row: an existing one is overwritten
+            table.put({"ids": ids, "columns": columns})
+            return {"ids": ids}
+        if body.get("updateType"):
+            raise _bad_args(f"updateType {body['updateType']!r} 不受模拟器支持 (not emulated)")
+        checked = _check_filter({k: condition[k] for k in ("conditionList", "conditionLogical")
+                                 if k in condition} or None)
+        current = table.row(index)["columns"] if found else {}
+        if found and not _passes(current, checked):
+            raise _CdbError(self.missing_title)
+        table.put({"ids": ids, "columns": {**current, **columns}})
+        return {"ids": ids}
 
     @staticmethod
     def _ids(table: _Table, value: Any, name: str, *, sentinels: bool = True) -> dict[str, Any]:
@@ -464,8 +589,9 @@ class OneDBEmulator(LocalEmulator):
         if scheme == "Bearer" and token:
             with self._lock:
                 self.tokens.append(token)
-        fault = self._take_fault() if body.get("action") == "getMany" else None
-        if body.get("action") == "getMany" and not self._admit():
+        action = body.get("action")
+        fault = self._take_fault() if action == "getMany" else self._take_action_fault(action)
+        if not self._admit():  # every action counts against the environment's rate
             return 429, {"message": "Too Many Requests", "retryAfter": RETRY_AFTER}
         if fault == "http_502":
             return 502, {"message": "bad gateway"}
@@ -479,11 +605,22 @@ class OneDBEmulator(LocalEmulator):
             if fault == "reject_token":
                 raise _CdbError(TOKEN_INVALID)
             answer = self._answer(headers, body)
+            if fault == "drop_after_write":  # done, but the caller never hears of it
+                return DROP, None
             if fault == "stuck_cursor":  # a platform bug: the cursor asked for comes back
                 answer["nextId"] = {"ids": body.get("ids")}
             return 200, answer
         except _CdbError as exc:
             return 200, _error_body(exc, body, headers)
+
+
+def _made_up_id(value: Any) -> Any:
+    """create's special id values (API doc, "create"): a random id in place of the marker."""
+    if value == NANO_ID:
+        return "".join(secrets.choice(_NANO_ALPHABET) for _ in range(21))
+    if value == TIME_ID:
+        return f"{int(time.time() * 1000):013d}{secrets.token_hex(5)}"
+    return value
 
 
 def _select(row: dict[str, Any], columns: list[str] | None) -> dict[str, Any]:
@@ -572,10 +709,12 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--latency", type=float, default=0.0, help="seconds every call takes at least")
     parser.add_argument("--page-cap", type=int, default=None, help="rows scanned per call at most")
     parser.add_argument("--rate-limit", type=float, default=None,
-                        help="getMany calls a second allowed (beyond: HTTP 429)")
+                        help="calls a second allowed, every action (beyond: HTTP 429)")
     parser.add_argument("--key", action="append", default=[], metavar="ENV:KEYID:SECRET")
     parser.add_argument("--generated", action="append", default=[], metavar="ENV:APP:TABLE:COUNT",
                         help="a table of COUNT rows computed from their index")
+    parser.add_argument("--table", action="append", default=[], metavar="ENV:APP:TABLE:KEY[,KEY]",
+                        help="an empty table with these primary key columns (a restore target)")
     return parser
 
 
@@ -593,6 +732,11 @@ def main(argv: list[str] | None = None) -> int:
         if len(parts) != 4 or not all(parts) or not parts[3].isdigit():
             raise SystemExit(f"--generated expects ENV:APP:TABLE:COUNT, got {spec!r}")
         emulator.add_generated_table(parts[0], parts[1], parts[2], int(parts[3]))
+    for spec in args.table:
+        parts = spec.split(":")
+        if len(parts) != 4 or not all(parts):
+            raise SystemExit(f"--table expects ENV:APP:TABLE:KEY[,KEY], got {spec!r}")
+        emulator.add_table(parts[0], parts[1], parts[2], parts[3].split(","), [])
 
     return serve_until_terminated(emulator)
 
