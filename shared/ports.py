@@ -159,6 +159,14 @@ class TargetNaming(Protocol):
 
 
 @runtime_checkable
+class TargetShape(Protocol):
+    """A platform that must be told which collection a restore's target is shaped like
+    before it can read it (OneDB: the target's key columns are the original's)."""
+
+    def restoring_into(self, target: str, original: str) -> None: ...
+
+
+@runtime_checkable
 class FileImportPlatform(RestorablePlatform, Protocol):
     """A platform that imports a whole backup file (WeChat, MinApp)."""
 

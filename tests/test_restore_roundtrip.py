@@ -5,6 +5,7 @@ record. Every answer is checked against docs/openapi.yaml on the way."""
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,13 @@ from typing import Any
 import pytest
 
 from devkit.emulators.minapp import MinAppEmulator
+from devkit.emulators.onedb import OneDBEmulator
 from devkit.sample_data import make_docs
 from shared.domain.jobs import RunStatus
+from shared.service.poll import poll
 from tests.support.api import Api, deploy_sources
 from tests.support.backup import LocalBackup, drive
+from tests.support.onedb import APP, ENV_ID, finisher_process, onedb_source, stored_job
 
 
 def backed_up(api: Api, source: str, collection: str) -> str:
@@ -101,3 +105,69 @@ def test_minapp_split_backup_restored_into_a_new_table_then_into_the_original(
     assert "kept as they were" in back["progress"]["note"]
     assert sorted(minapp_emulator.records(1001), key=lambda r: r["id"]) == sorted(
         original, key=lambda r: r["id"])
+
+
+# OneDB ----------------------------------------------------------------------------------
+LEASE = 2.0
+
+
+class Recorder:
+    """Notes hand-offs; the test starts each finisher itself, as a process, as SCF would."""
+
+    def __init__(self) -> None:
+        self.dispatched: list[str] = []
+
+    def dispatch(self, job_id: str) -> None:
+        self.dispatched.append(job_id)
+
+
+def _rows_saved(state_url: str, job_id: str) -> tuple[str, int]:
+    doc = stored_job(state_url, job_id)
+    return str(doc["status"]), int((doc.get("checkpoint") or {}).get("rows", 0))
+
+
+def test_onedb_100k_rows_restore_killed_mid_way_resumes_without_losing_or_doubling_a_row(
+        local: LocalBackup, onedb_emulator: OneDBEmulator, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = 100_000
+    onedb_emulator.add_generated_table(ENV_ID, APP, "events", rows)
+    api = deploy_sources(local, tmp_path, monkeypatch, onedb_source(local, onedb_emulator),
+                         copy_lease_seconds=LEASE, restore_row_concurrency=16)
+    run_id = backed_up(api, "crm", "events")
+    original = onedb_emulator.table_rows(ENV_ID, APP, "events")
+    assert onedb_emulator.wipe(ENV_ID, APP, "events") == rows
+
+    status, body, _ = api.call("POST", "/restores", body={
+        "run_id": run_id, "source": "crm", "collection": "events", "into": "events"})
+    assert status == 202, body  # an emptied table takes mode new: nothing to overwrite
+    recorder = Recorder()
+    ctx = api.local.context(api.context().config, dispatcher=recorder)
+    poll(ctx)
+    [job_id] = recorder.dispatched
+
+    process = finisher_process(api.config_path, job_id, local.environ)
+    try:
+        deadline = time.monotonic() + 300
+        while _rows_saved(local.state_url, job_id)[1] < 30_000:
+            assert process.poll() is None, process.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "no 30,000 rows saved within 300 s"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait(timeout=30)
+    step, saved = _rows_saved(local.state_url, job_id)
+    assert step == "copying" and 30_000 <= saved < rows
+
+    time.sleep(LEASE + 0.1)  # the dead finisher's lease runs out; the poller hands it on
+    poll(ctx)
+    assert recorder.dispatched == [job_id, job_id]
+    last = finisher_process(api.config_path, job_id, local.environ)
+    assert last.wait(timeout=600) == 0, last.stderr.read().decode()[-2000:]
+    poll(ctx)  # closes the restore
+
+    status, view, _ = api.call("GET", body["status_url"])
+    assert status == 200 and view["status"] == "succeeded", view
+    assert view["attempts"] == 0  # resumed after progress: no try burnt
+    progress = view["progress"]
+    assert progress["rows_written"] == rows and progress["records_after"] == rows
+    assert onedb_emulator.table_rows(ENV_ID, APP, "events") == original  # once each, in order

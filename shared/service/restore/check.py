@@ -15,7 +15,7 @@ from typing import Any, cast
 from shared.domain.jobs import Job, JobStatus, RestoreOrder
 from shared.ports import FileImportPlatform, ImportProgress
 from shared.service.context import Context, fail, save
-from shared.service.restore.send import progressed, rebased
+from shared.service.restore.send import progressed, rebased, target_platform
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,8 @@ def _reclaim(ctx: Context, job: Job, now: datetime) -> None:
 def _check_imports(ctx: Context, job: Job, now: datetime) -> None:
     order = job.restore
     assert order is not None
-    platform = cast(FileImportPlatform, ctx.platforms.get(job.source))
+    platform = cast(FileImportPlatform,
+                    target_platform(ctx, job.source, order.target, order.collection))
     point = dict(job.checkpoint or {})
     ids = [i for i in point.get("sent", []) if i]
     results: list[ImportProgress] = [platform.check_import(order.target, i) for i in ids]

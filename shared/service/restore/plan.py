@@ -11,7 +11,7 @@ from typing import Any
 
 from shared.domain.jobs import Job, JobStatus, RestoreOrder, Run, RunStatus, job_id_for, run_id_for
 from shared.logs import log_context
-from shared.ports import RestorablePlatform, TargetNaming
+from shared.ports import RestorablePlatform, TargetNaming, TargetShape
 from shared.service.context import Context
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,8 @@ def plan_restore(ctx: Context, run_id: str, source: str, collection: str, *,
     if into is None and mode == "new":
         target = (platform.default_target(collection, run_id) if isinstance(platform, TargetNaming)
                   else default_target(collection, run_id))
+    if isinstance(platform, TargetShape):
+        platform.restoring_into(target, collection)
     exists = platform.target_exists(target)
     if mode == "new" and exists and platform.count(target) > 0:
         raise RestoreRefused(
@@ -102,7 +104,7 @@ def plan_restore(ctx: Context, run_id: str, source: str, collection: str, *,
 
 def start_restore(ctx: Context, plan: Plan, *, idempotency_key: str,
                   trigger: str) -> tuple[Run, bool]:
-    """Record the restore and hand it on; the same key again returns the same restore."""
+    """Record the restore; the same key again returns the same restore."""
     now = ctx.clock()
     run_id = run_id_for(idempotency_key, now)
     job = Job(job_id=job_id_for(run_id, plan.source, plan.order.target), run_id=run_id,
@@ -121,11 +123,10 @@ def start_restore(ctx: Context, plan: Plan, *, idempotency_key: str,
                                  field="Idempotency-Key", status=409)
         return run, False
     with log_context(run_id=run.run_id):
-        log.info("restore recorded", extra={"source": plan.source, **plan.view()})
-        from shared.service.poll import advance  # the poll module imports this package
-
-        for recorded_job in ctx.state.list_jobs(run.run_id):
-            advance(ctx, recorded_job)
+        # The poller's next tick hands it to the finisher (its job is due now): started
+        # here, an in-process finisher would keep the HTTP answer waiting for the restore.
+        log.info("restore recorded; the poller starts it", extra={"source": plan.source,
+                                                                   **plan.view()})
     return run, True
 
 

@@ -23,7 +23,7 @@ from typing import Any, cast
 from shared.domain.errors import BackupError, Fatal, Retryable, RetryLater, VerificationFailed
 from shared.domain.jobs import Job, JobStatus, RestoreOrder, StoredObject, backoff
 from shared.logs import log_context, redact
-from shared.ports import FileImportPlatform, RestorablePlatform, RowImportPlatform
+from shared.ports import FileImportPlatform, RestorablePlatform, RowImportPlatform, TargetShape
 from shared.service.context import Budget, Context, fail, save
 from shared.service.copying import CopyHold, CopyPaused, LeaseLost
 
@@ -79,9 +79,17 @@ def finish_restore(ctx: Context, job: Job) -> str:
             return _after_error(ctx, hold.job, exc)
 
 
+def target_platform(ctx: Context, source: str, target: str, original: str) -> RestorablePlatform:
+    """The source's platform, told what the restore's target is shaped like."""
+    platform = ctx.platforms.get(source)
+    if isinstance(platform, TargetShape):
+        platform.restoring_into(target, original)
+    return cast(RestorablePlatform, platform)
+
+
 def _send(ctx: Context, hold: CopyHold) -> str:
     order = _order(hold.job)
-    platform = cast(RestorablePlatform, ctx.platforms.get(hold.job.source))
+    platform = target_platform(ctx, hold.job.source, order.target, order.collection)
     budget = Budget(ctx, ctx.config.timing.finish_budget_seconds)
     _prepare(ctx, hold, platform, order)
     if isinstance(platform, RowImportPlatform):
