@@ -11,6 +11,7 @@ import tracemalloc
 from collections.abc import Iterator
 from typing import Any, cast
 
+import httpx
 import pytest
 
 from devkit.compare import docs_as_csv_rows
@@ -20,7 +21,7 @@ from shared.logs import configure_logging
 from shared.platforms.wechat import platform as wechat_platform
 from shared.platforms.wechat.platform import WeChatClient
 from shared.ports import FileImportPlatform, ImportProgress, RestorablePlatform
-from tests.support.backup import ENV_ID, LocalBackup
+from tests.support.backup import APPID, ENV_ID, SECRET, LocalBackup
 from tests.support.leaks import assert_no_secrets
 
 UPLOAD = "/tcb/uploadfile"
@@ -536,3 +537,88 @@ def test_no_token_or_upload_credential_reaches_the_logs(shop: LocalBackup) -> No
     secrets = shop.emulator.issued_tokens() + shop.emulator.issued_upload_secrets()
     assert len(secrets) >= 6
     assert_no_secrets(text + str(refused.value) + str(redirected.value), secrets)
+
+
+def test_a_listing_without_counts_fails_loudly(shop: LocalBackup) -> None:
+    shop.emulator.listing_answer = lambda answer: {**answer, "collections": [
+        {"name": item["name"]} for item in answer["collections"]]}
+
+    with pytest.raises(Fatal, match="without a numeric `count`"):
+        client_for(shop).count("orders")
+
+
+# the emulator's reading of the storage and import documents ----------------------------------
+def _api(local: LocalBackup, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    token = httpx.post(f"{local.emulator.base_url}/cgi-bin/stable_token", json={
+        "grant_type": "client_credential", "appid": APPID, "secret": SECRET}).json()["access_token"]
+    answer: dict[str, Any] = httpx.post(f"{local.emulator.base_url}{path}",
+                                        params={"access_token": token}, json=body).json()
+    return answer
+
+
+def _form(answer: dict[str, Any], path: str, data: bytes, **changes: str) -> httpx.Response:
+    fields = {"key": path, "Signature": answer["authorization"],
+              "x-cos-security-token": answer["token"], "x-cos-meta-fileid": answer["cos_file_id"],
+              **changes}
+    return httpx.post(answer["url"], data=fields, files={"file": ("f", data)})
+
+
+def test_the_emulated_storage_checks_the_form_like_cos(shop: LocalBackup) -> None:
+    answer = _api(shop, UPLOAD, {"env": ENV_ID, "path": "p/a.json"})
+    assert answer["errcode"] == 0 and answer["file_id"].startswith("cloud://")
+
+    assert _form(answer, "p/a.json", b"x", **{"x-cos-security-token": "forged"}).status_code == 403
+    assert _form(answer, "p/a.json", b"x", Signature="q-signature=forged").status_code == 403
+    assert _form(answer, "p/b.json", b"x").status_code == 400  # key is not the granted path
+    unsized = httpx.post(answer["url"], content=iter([b"x"]),
+                         headers={"Content-Type": "multipart/form-data; boundary=b"})
+    assert unsized.status_code == 411 and b"MissingContentLength" in unsized.content
+    assert shop.emulator.stored_paths(ENV_ID) == []
+
+    assert _form(answer, "p/a.json", b'{"_id":"x"}\n').status_code == 204
+    assert shop.emulator.stored_file(ENV_ID, "p/a.json") == b'{"_id":"x"}\n'
+
+
+def test_an_emulated_upload_link_runs_out(shop: LocalBackup) -> None:
+    shop.emulator.upload_ttl = -1
+    answer = _api(shop, UPLOAD, {"env": ENV_ID, "path": "p/a.json"})
+
+    refused = _form(answer, "p/a.json", b"x")
+
+    assert refused.status_code == 403 and b"Request has expired" in refused.content
+
+
+def test_the_emulated_import_reads_csv_by_its_header(shop: LocalBackup) -> None:
+    shop.emulator.add_collection(ENV_ID, "people", [])
+    answer = _api(shop, UPLOAD, {"env": ENV_ID, "path": "p/a.csv"})
+    data = "_id,name,age,tags\n1,张三,45,\"[1,2]\"\n2,李四,,x\n3,ragged\n4,王五,1e3,\n".encode()
+    assert _form(answer, "p/a.csv", data).status_code == 204
+    job = _api(shop, IMPORT, {"env": ENV_ID, "collection_name": "people", "file_path": "p/a.csv",
+                              "file_type": 2, "stop_on_error": False, "conflict_mode": 1})["job_id"]
+
+    for _ in range(4):
+        info = _api(shop, "/tcb/databasemigratequeryinfo", {"env": ENV_ID, "job_id": job})
+
+    assert (info["status"], info["record_success"], info["record_fail"]) == ("success", 3, 1)
+    assert shop.emulator.docs(ENV_ID, "people") == [
+        {"_id": "1", "name": "张三", "age": 45, "tags": "[1,2]"},
+        {"_id": "2", "name": "李四", "tags": "x"},
+        {"_id": "4", "name": "王五", "age": "1e3"},
+    ]
+
+
+def test_the_emulated_import_can_stop_on_the_first_error_or_miss_its_file(shop: LocalBackup) -> None:
+    answer = _api(shop, UPLOAD, {"env": ENV_ID, "path": "p/a.json"})
+    assert _form(answer, "p/a.json", b'{"_id":"a"}\nnope\n{"_id":"b"}\n').status_code == 204
+    stopping = _api(shop, IMPORT, {"env": ENV_ID, "collection_name": "orders", "file_path": "p/a.json",
+                                   "file_type": 1, "stop_on_error": True, "conflict_mode": 2})["job_id"]
+    missing = _api(shop, IMPORT, {"env": ENV_ID, "collection_name": "orders", "file_path": "p/none",
+                                  "file_type": 1, "stop_on_error": False, "conflict_mode": 2})["job_id"]
+
+    for _ in range(4):
+        stopped = _api(shop, "/tcb/databasemigratequeryinfo", {"env": ENV_ID, "job_id": stopping})
+        lost = _api(shop, "/tcb/databasemigratequeryinfo", {"env": ENV_ID, "job_id": missing})
+
+    assert stopped["status"] == "fail" and "record 2" in stopped["error_msg"]
+    assert stopped["record_success"] == 1 and stopped["record_fail"] == 1
+    assert lost["status"] == "fail" and "not found" in lost["error_msg"]
