@@ -622,3 +622,17 @@ def test_the_emulated_import_can_stop_on_the_first_error_or_miss_its_file(shop: 
     assert stopped["status"] == "fail" and "record 2" in stopped["error_msg"]
     assert stopped["record_success"] == 1 and stopped["record_fail"] == 1
     assert lost["status"] == "fail" and "not found" in lost["error_msg"]
+
+
+def test_a_plain_http_upload_url_is_refused_off_loopback(
+        shop: LocalBackup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The emulator is on loopback (http allowed there); anywhere else the form's
+    credentials travel only over https."""
+    from shared.platforms.wechat import restore as wechat_restore
+
+    monkeypatch.setattr(wechat_restore, "is_loopback_url", lambda url: False)
+
+    with pytest.raises(Fatal, match="plain-http upload URL"):
+        client_for(shop).send_import("orders", "insert", file_type="json", name="a.json",
+                                     chunks=[b"{}\n"], size=3)
+    assert shop.emulator.upload_requests == []

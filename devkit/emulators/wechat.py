@@ -752,6 +752,7 @@ class WeChatEmulator(LocalEmulator):
 
     def _on_start(self) -> None:
         self._stopping.clear()
+        self._stored.clear()  # the files lived in the temporary directory of the last start
 
     def _on_stop(self) -> None:
         self._stopping.set()

@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 import httpx
 
-from shared.adapters.http import describe_transport_error
+from shared.adapters.http import describe_transport_error, is_loopback_url
 from shared.domain.errors import Fatal, Forgotten, Retryable
 from shared.logs import register_secret
 from shared.platforms.wechat.api import shown_url
@@ -213,6 +213,10 @@ class WeChatRestore:
                 f"WeChat {self._restore_routes.upload} for env {self.source.env!r} answered in a "
                 f"shape this product does not recognise (fields: {', '.join(sorted(answer)) or 'none'}; "
                 "expected `url`, `token` and `authorization` as strings)")
+        if str(fields["url"]).startswith("http://") and not is_loopback_url(self.source.api_base):
+            raise Fatal(f"WeChat {self._restore_routes.upload} handed out a plain-http upload URL "
+                        f"({shown_url(str(fields['url']))}); the form's credentials are sent only "
+                        "over https")
         token, authorization = str(fields["token"]), str(fields["authorization"])
         register_secret(token)
         register_secret(authorization)
