@@ -636,3 +636,33 @@ def test_a_plain_http_upload_url_is_refused_off_loopback(
         client_for(shop).send_import("orders", "insert", file_type="json", name="a.json",
                                      chunks=[b"{}\n"], size=3)
     assert shop.emulator.upload_requests == []
+
+
+# through the service, as the poller and the finisher run it ------------------------------------
+@pytest.mark.parametrize("file_type", ["json", "csv"])
+def test_a_backup_restored_by_the_service_equals_the_original(shop: LocalBackup, file_type: str) -> None:
+    """Back up, wipe the source, restore into the original (upsert) and into a new
+    collection: both hold the original's documents (CSV: its cells)."""
+    from shared.domain.jobs import JobStatus, RunStatus
+    from shared.service.restore.plan import plan_restore, start_restore
+    from tests.support.backup import backup_now, drive
+
+    ctx = shop.context(shop.config(shop.wechat_source(file_type=file_type)))
+    original = shop.emulator.docs(ENV_ID, "orders")
+    backup = backup_now(ctx)
+    assert backup.status is RunStatus.SUCCEEDED
+    shop.emulator.clear_collection(ENV_ID, "orders")
+
+    def same(docs: list[dict[str, Any]]) -> bool:
+        return docs == original if file_type == "json" else docs_as_csv_rows(docs) == docs_as_csv_rows(original)
+
+    for key, mode in (("into-original", "upsert"), ("into-new", "new")):
+        plan = plan_restore(ctx, backup.run_id, "shop", "orders", mode=mode)
+        run, _ = start_restore(ctx, plan, idempotency_key=key, trigger="test")
+        closed = drive(ctx, run)
+        (job,) = ctx.state.list_jobs(run.run_id)
+        assert job.status is JobStatus.DONE, job.error
+        assert closed.status is RunStatus.SUCCEEDED
+        assert (job.checkpoint or {}).get("imported") == 40
+        assert same(shop.emulator.docs(ENV_ID, plan.order.target)), plan.order.target
+    assert shop.emulator.has_collection(ENV_ID, plan.order.target) and plan.order.target != "orders"
