@@ -6,6 +6,11 @@ to 127.0.0.1) that answers the calls a backup needs:
 - ``POST /cgi-bin/stable_token`` and the legacy ``GET /cgi-bin/token``;
 - ``POST /tcb/databasecollectionget``;
 - ``POST /tcb/databasemigrateexport`` and ``POST /tcb/databasemigratequeryinfo``;
+- restoring: ``POST /tcb/databasecollectionadd``, ``POST /tcb/uploadfile`` (a COS-style form
+  upload to ``POST /_cos/{env}/{path}`` on this emulator, which stands for the env's storage)
+  and ``POST /tcb/databasemigrateimport`` (polled with databasemigratequeryinfo), plus their
+  component-token forms ``/componenttcb/uploadfile``, ``/componenttcb/dbimport`` and
+  ``/componenttcb/dbcollection`` (``action=add``);
 - third-party platforms: ``POST /cgi-bin/component/api_component_token``,
   ``POST /cgi-bin/component/api_authorizer_token`` (refresh), and the component-token
   calls ``POST /componenttcb/dbexport``, ``/componenttcb/dbmigrationstate`` and
@@ -74,6 +79,9 @@ MAX_BODY = 16 * 1024 * 1024
 JSON_CONTENT_TYPE = "application/json; encoding=utf-8"
 
 FILES_PREFIX = "/_files/"
+COS_PREFIX = "/_cos/"  # the env's own storage: where uploadfile's form POSTs go
+REDIRECTED_PREFIX = "/_redirected/"  # where `redirect_uploads` sends an upload (never followed)
+IMPORT_DONE_MESSAGE = "导入完成."
 AUTHORIZER_TOKEN = "/cgi-bin/component/api_authorizer_token"
 FILES_CALL_KEY = "/_files"
 
@@ -411,6 +419,64 @@ def _iter_jsonl_file(path: str, stop: threading.Event | None = None) -> Iterator
             yield doc
 
 
+# --------------------------------------------------------------------------- import formats
+
+_TYPE_NAMES = {FILE_TYPE_JSON: "JSON Lines", FILE_TYPE_CSV: "CSV"}
+
+
+def _bad_key(key: str) -> bool:
+    """WeChat's import guide: a key may not start or end with '.' nor hold '..'
+    (https://developers.weixin.qq.com/miniprogram/dev/wxcloud/guide/database/import.html)."""
+    return key.startswith(".") or key.endswith(".") or ".." in key
+
+
+def _csv_value(cell: str) -> Any:
+    """A CSV cell as a value: the guide's CSV example (`_id,age` / `xxxxxx,45`) stands for the
+    same records as its JSON example (`"age": 45`), so a cell that is a number is one; every
+    other cell is a string. Only a cell that the export would write back identically is read
+    as a number, so a CSV export, imported and exported again, gives the same cells."""
+    if _NUMBER_RE.fullmatch(cell):
+        number: int | float = float(cell) if any(c in cell for c in ".eE") else int(cell)
+        if json.dumps(number) == cell:
+            return number
+    return cell
+
+
+def _read_import_file(path: str, file_type: int) -> Iterator[dict[str, Any] | str]:
+    """Each record of an import file: a document, or a string saying why the record is
+    refused. JSON is JSON Lines (blank lines skipped); CSV's first row names the keys, and
+    an empty cell leaves its key out (CSV cannot tell null, "" and a missing key apart)."""
+    with open(path, encoding="utf-8", newline="") as handle:
+        if file_type == FILE_TYPE_CSV:
+            rows = csv.reader(handle)
+            header = next(rows, None)
+            if header is None:
+                return
+            for row in rows:
+                if not row:
+                    continue
+                if len(row) != len(header):
+                    yield f"{len(row)} cells under a header of {len(header)}"
+                    continue
+                yield {key: (cell if key == "_id" else _csv_value(cell))
+                       for key, cell in zip(header, row, strict=True) if cell != ""}
+            return
+        for line in handle:
+            if not line.strip():
+                continue
+            try:
+                doc = json.loads(line)
+            except ValueError as exc:
+                yield f"not JSON ({exc})"
+                continue
+            if not isinstance(doc, dict):
+                yield "not a JSON object"
+            elif any(_bad_key(key) for key in doc):
+                yield "a key starts or ends with '.' or holds '..'"
+            else:
+                yield doc
+
+
 # --------------------------------------------------------------------------- COS-style signing
 
 
@@ -418,9 +484,9 @@ def _hmac_sha1(key: str, message: str) -> str:
     return hmac.new(key.encode("utf-8"), message.encode("utf-8"), hashlib.sha1).hexdigest()
 
 
-def _cos_signature(secret_key: str, key_time: str, path: str) -> str:
+def _cos_signature(secret_key: str, key_time: str, path: str, method: str = "get") -> str:
     sign_key = _hmac_sha1(secret_key, key_time)
-    http_string = f"get\n{path}\n\n\n"
+    http_string = f"{method}\n{path}\n\n\n"
     string_to_sign = f"sha1\n{key_time}\n{hashlib.sha1(http_string.encode('utf-8')).hexdigest()}\n"
     return _hmac_sha1(sign_key, string_to_sign)
 
@@ -488,7 +554,8 @@ class _Component:
 
 
 APP_TOKEN_KINDS = frozenset({"stable", "legacy", "authorizer"})
-COMPONENT_PATHS = ("/componenttcb/dbexport", "/componenttcb/dbmigrationstate", "/componenttcb/dbcollection")
+COMPONENT_PATHS = ("/componenttcb/dbexport", "/componenttcb/dbmigrationstate", "/componenttcb/dbcollection",
+                   "/componenttcb/uploadfile", "/componenttcb/dbimport")
 FINAL_STATUSES = frozenset({"success", "fail"})
 
 
@@ -550,6 +617,35 @@ class _Injection:
     errmsg: str
 
 
+@dataclass(frozen=True)
+class _UploadGrant:
+    """What one uploadfile answer allows: a form POST of `path` into `env`'s storage."""
+
+    env: str
+    path: str
+    token: str
+    cos_file_id: str
+    expires_at: float
+
+
+@dataclass
+class _ImportJob:
+    job_id: int
+    env: str
+    collection: str
+    file_type: int
+    file_path: str
+    stop_on_error: bool
+    conflict_mode: int
+    polls_until_ready: int
+    fail_message: str | None
+    polls: int = 0
+    status: str = "waiting"
+    record_success: int = 0
+    record_fail: int = 0
+    error: str = ""
+
+
 def _token_value() -> str:
     return f"{secrets.randbelow(90) + 10}_{secrets.token_urlsafe(96)}"
 
@@ -584,6 +680,15 @@ class WeChatEmulator(LocalEmulator):
     - ``latency``: seconds every API call (not a download) takes before it is answered, like
       a distant platform; ``api_in_flight``/``api_most_in_flight`` count API calls being
       answered at once, and ``api_spans`` keeps each call's (start, end) monotonic times.
+
+    Restoring (see "restore" below): ``uploadfile`` hands out a form upload into the env's
+    storage (this emulator, under ``/_cos/``) signed for ``upload_ttl`` seconds; an import job
+    moves like an export (``waiting``, ``migrating`` for ``polls_until_ready`` queries, then
+    ``success``/``fail``) and writes its documents into the collection when it ends.
+    ``upload_requests`` keeps each form upload's path, query string and headers (for leak
+    tests); ``redirect_uploads`` answers every upload with a 307 to ``/_redirected/...``
+    (counted under ``"/_redirected"`` in ``calls`` if anyone follows it); ``upload_answer``
+    rewrites each uploadfile answer (a platform whose answer has another shape).
     """
 
     thread_name = "wechat-emulator"
@@ -629,6 +734,16 @@ class WeChatEmulator(LocalEmulator):
         self.download_statuses: list[int] = []
         self._secret_key = secrets.token_hex(20)
         self._stopping = threading.Event()
+        # restoring
+        self.upload_ttl = 3600
+        self.redirect_uploads = False
+        self.upload_answer: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+        self.upload_requests: list[dict[str, Any]] = []
+        self._grants: dict[str, _UploadGrant] = {}  # by the authorization's q-signature
+        self._stored: dict[tuple[str, str], str] = {}  # (env, path) -> file on disk
+        self._imports: dict[int, _ImportJob] = {}
+        self._failing_imports: dict[tuple[str, str], str] = {}
+        self._upload_refusals: collections.deque[int] = collections.deque()
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -637,6 +752,7 @@ class WeChatEmulator(LocalEmulator):
 
     def _on_start(self) -> None:
         self._stopping.clear()
+        self._stored.clear()  # the files lived in the temporary directory of the last start
 
     def _on_stop(self) -> None:
         self._stopping.set()
@@ -734,6 +850,65 @@ class WeChatEmulator(LocalEmulator):
         assert path is not None
         return list(_iter_jsonl_file(path))
 
+    # ----------------------------------------------------------------- restore
+
+    def clear_collection(self, env: str, name: str) -> None:
+        """Delete every document of the collection (it stays, empty): a wiped source."""
+        with self._lock:
+            coll = self._env(env).collections.get(name)
+            if coll is None:
+                raise KeyError(f"unknown collection {name!r} in env {env!r}")
+            coll.docs, coll.path, coll.count, coll.size = [], None, 0, 0
+
+    def drop_collection(self, env: str, name: str) -> None:
+        """Delete the collection itself (a later import into it is refused with -502005)."""
+        with self._lock:
+            self._env(env).collections.pop(name, None)
+
+    def has_collection(self, env: str, name: str) -> bool:
+        with self._lock:
+            return name in self._env(env).collections
+
+    def stored_file(self, env: str, path: str) -> bytes:
+        """The bytes a form upload stored at `path` in the env's storage."""
+        with self._lock:
+            disk = self._stored[(env, path.lstrip("/"))]
+        with open(disk, "rb") as handle:
+            return handle.read()
+
+    def stored_paths(self, env: str) -> list[str]:
+        with self._lock:
+            return sorted(path for (owner, path) in self._stored if owner == env)
+
+    def import_jobs(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [
+                {"job_id": job.job_id, "env": job.env, "collection": job.collection,
+                 "file_type": job.file_type, "file_path": job.file_path,
+                 "conflict_mode": job.conflict_mode, "stop_on_error": job.stop_on_error,
+                 "status": job.status, "polls": job.polls,
+                 "record_success": job.record_success, "record_fail": job.record_fail}
+                for job in self._imports.values()
+            ]
+
+    def fail_import(self, env: str, collection: str, message: str) -> None:
+        """Imports into this collection started from now on end in ``fail`` with `message`
+        and write nothing."""
+        with self._lock:
+            self._failing_imports[(env, collection)] = message
+
+    def refuse_next_uploads(self, times: int = 1, status: int = 403) -> None:
+        """The next `times` form uploads are refused with this HTTP status and a COS-style
+        XML error (403: the signature ran out between uploadfile and the upload)."""
+        with self._lock:
+            self._upload_refusals.extend([status] * times)
+
+    def issued_upload_secrets(self) -> list[str]:
+        """Every upload token and authorization handed out (tests look for leaks of them)."""
+        with self._lock:
+            return [value for signature, grant in self._grants.items()
+                    for value in (grant.token, signature)]
+
     def export_jobs(self) -> list[dict[str, Any]]:
         with self._lock:
             return [
@@ -793,9 +968,11 @@ class WeChatEmulator(LocalEmulator):
             self._created_while_listing.setdefault(env, []).extend(names)
 
     def clear_faults(self) -> None:
-        """Forget injected errcodes, failing exports, misreported counts, truncations,
-        doomed links and pending collection creations."""
+        """Forget injected errcodes, failing exports and imports, misreported counts,
+        truncations, doomed links, refused uploads and pending collection creations."""
         with self._lock:
+            self._failing_imports.clear()
+            self._upload_refusals.clear()
             self._created_while_listing.clear()
             self._injections.clear()
             self._failing.clear()
@@ -901,6 +1078,11 @@ class WeChatEmulator(LocalEmulator):
                 "/componenttcb/dbexport": self._api_export,
                 "/componenttcb/dbmigrationstate": self._api_query_info,
                 "/componenttcb/dbcollection": self._api_component_collections,
+                "/tcb/databasecollectionadd": self._api_collection_add,
+                "/tcb/uploadfile": self._api_upload_file,
+                "/tcb/databasemigrateimport": self._api_import,
+                "/componenttcb/uploadfile": self._api_upload_file,
+                "/componenttcb/dbimport": self._api_import,
             }
             token_calls: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
                 "/cgi-bin/stable_token": self._api_stable_token,
@@ -927,6 +1109,8 @@ class WeChatEmulator(LocalEmulator):
             if self.listing_answer and path in ("/tcb/databasecollectionget",
                                                 "/componenttcb/dbcollection"):
                 result = self.listing_answer(result)
+            if self.upload_answer and path in ("/tcb/uploadfile", "/componenttcb/uploadfile"):
+                result = self.upload_answer(result)
             return 200, {"errcode": 0, "errmsg": "ok", **result}
         except _ApiError as err:
             return err.http_status, {"errcode": err.errcode, "errmsg": err.errmsg}
@@ -1088,9 +1272,12 @@ class WeChatEmulator(LocalEmulator):
         return value
 
     def _api_component_collections(self, app: _App, payload: dict[str, Any]) -> dict[str, Any]:
-        """componenttcb/dbcollection: ``action`` get (default limit 20) answers ``total``."""
+        """componenttcb/dbcollection: ``action`` get (default limit 20) answers ``total``;
+        ``add`` creates a collection like databasecollectionadd."""
+        if payload.get("action") == "add":
+            return self._api_collection_add(app, payload)
         if payload.get("action") != "get":
-            raise _invalid("action must be get (add and del are not emulated)")
+            raise _invalid("action must be get or add (del is not emulated)")
         listing = self._api_collection_get(app, payload, default_limit=20)
         return {"collections": listing["collections"], "total": listing["pager"]["Total"]}
 
@@ -1120,6 +1307,183 @@ class WeChatEmulator(LocalEmulator):
                 ],
                 "pager": {"Offset": offset, "Limit": limit, "Total": len(ordered)},
             }
+
+    def _api_collection_add(self, app: _App, payload: dict[str, Any]) -> dict[str, Any]:
+        """databasecollectionadd {env, collection_name}. An existing name is refused with
+        -502006, the code WeChat's cloud database uses for a collection that already exists
+        (read from wx-server-sdk users' code; WeChat's errcode page is not explicit)."""
+        with self._lock:
+            env = self._require_env(app, payload, "collection_name")
+            name = payload["collection_name"]
+            if not isinstance(name, str) or not name.strip():
+                raise _invalid("collection_name must be a non-empty string")
+            if name in env.collections:
+                raise _ApiError(-502006, "database collection already exists")
+            env.collections[name] = _Collection(name, 0, 0, docs=[])
+            return {}
+
+    @staticmethod
+    def _storage_path(value: Any, what: str) -> str:
+        if not isinstance(value, str) or not value.strip("/"):
+            raise _invalid(f"{what} must be a non-empty string")
+        path = value.lstrip("/")
+        if "\\" in path or any(part in ("", ".", "..") for part in path.split("/")):
+            raise _invalid(f"{what} {path!r} is not a valid path")
+        return path
+
+    def _api_upload_file(self, app: _App, payload: dict[str, Any]) -> dict[str, Any]:
+        """uploadfile {env, path} -> a COS form upload into the env's storage
+        (https://developers.weixin.qq.com/miniprogram/dev/wxcloud/reference-http-api/storage/uploadFile.html)."""
+        with self._lock:
+            env = self._require_env(app, payload, "path")
+            path = self._storage_path(payload["path"], "path")
+            start = int(time.time())
+            key_time = f"{start};{start + int(self.upload_ttl)}"
+            cos_path = f"{COS_PREFIX}{env.env}/{path}"
+            signature = _cos_signature(self._secret_key, key_time, cos_path, "post")
+            grant = _UploadGrant(env.env, path, secrets.token_urlsafe(48),
+                                 secrets.token_urlsafe(24), start + int(self.upload_ttl))
+            self._grants[signature] = grant
+            return {
+                "url": f"{self.base_url}{quote(cos_path)}",
+                "token": grant.token,
+                "authorization": (f"q-sign-algorithm=sha1&q-ak={SIGN_ACCESS_KEY}&q-sign-time="
+                                  f"{key_time}&q-key-time={key_time}&q-header-list="
+                                  f"&q-url-param-list=&q-signature={signature}"),
+                "file_id": f"cloud://{env.env}.emulator/{path}",
+                "cos_file_id": grant.cos_file_id,
+            }
+
+    def _api_import(self, app: _App, payload: dict[str, Any]) -> dict[str, Any]:
+        """databasemigrateimport {env, collection_name, file_path, file_type, stop_on_error,
+        conflict_mode} -> job_id (all six are required by WeChat's page)."""
+        with self._lock:
+            env = self._require_env(app, payload, "collection_name", "file_path", "file_type",
+                                    "stop_on_error", "conflict_mode")
+            name, file_type = payload["collection_name"], payload["file_type"]
+            stop, mode = payload["stop_on_error"], payload["conflict_mode"]
+            path = self._storage_path(payload["file_path"], "file_path")
+            if not isinstance(name, str) or not name:
+                raise _invalid("collection_name must be a non-empty string")
+            if type(file_type) is not int or file_type not in (FILE_TYPE_JSON, FILE_TYPE_CSV):
+                raise _invalid("file_type must be 1 (JSON) or 2 (CSV)")
+            if not isinstance(stop, bool):
+                raise _invalid("stop_on_error must be a boolean")
+            if type(mode) is not int or mode not in (1, 2):
+                raise _invalid("conflict_mode must be 1 (INSERT) or 2 (UPSERT)")
+            if name not in env.collections:
+                raise _ApiError(-502005, "database collection not exists")
+            job = _ImportJob(self._next_job_id, env.env, name, file_type, path, stop, mode,
+                             max(0, int(self.polls_until_ready)),
+                             self._failing_imports.get((env.env, name)))
+            self._next_job_id += 1
+            self._imports[job.job_id] = job
+            return {"job_id": job.job_id}
+
+    def _import_info(self, job: _ImportJob) -> dict[str, Any]:
+        """One status query of an import: it ends (and writes its documents) at the query
+        an export would end at."""
+        job.polls += 1
+        if job.status not in FINAL_STATUSES:
+            if job.polls == 1:
+                job.status = "waiting"
+            elif job.polls <= 1 + job.polls_until_ready:
+                job.status = "migrating"
+            else:
+                self._run_import(job)
+        return {"status": job.status, "record_success": job.record_success,
+                "record_fail": job.record_fail, "error_msg": job.error, "file_url": ""}
+
+    def _run_import(self, job: _ImportJob) -> None:
+        if job.fail_message is not None:
+            job.status, job.error = "fail", job.fail_message
+            return
+        disk = self._stored.get((job.env, job.file_path))
+        coll = self._envs[job.env].collections.get(job.collection)
+        if disk is None or coll is None:
+            job.status = "fail"
+            job.error = (f"file {job.file_path} not found in storage" if disk is None
+                         else f"collection {job.collection} not exists")
+            return
+        if coll.docs is None:  # a file-backed collection becomes an in-memory one
+            assert coll.path is not None
+            coll.docs, coll.path = list(_iter_jsonl_file(coll.path)), None
+        position = {doc.get("_id"): index for index, doc in enumerate(coll.docs)}
+        try:
+            records = list(_read_import_file(disk, job.file_type))
+        except (UnicodeDecodeError, csv.Error) as exc:
+            job.status, job.error = "fail", f"file is not UTF-8 {_TYPE_NAMES[job.file_type]}: {exc}"
+            return
+        problems: list[str] = []
+        for number, record in enumerate(records, start=1):
+            problem = record if isinstance(record, str) else None
+            if isinstance(record, dict):
+                doc = record if "_id" in record else {"_id": secrets.token_hex(16), **record}
+                at = position.get(doc["_id"])
+                if at is None:
+                    position[doc["_id"]] = len(coll.docs)
+                    coll.docs.append(doc)
+                elif job.conflict_mode == 2:
+                    coll.docs[at] = doc
+                else:
+                    problem = f"duplicate _id {doc['_id']!r}"
+            if problem is None:
+                job.record_success += 1
+                continue
+            job.record_fail += 1
+            problems.append(f"record {number}: {problem}")
+            if job.stop_on_error:
+                break
+        coll.count = len(coll.docs)
+        coll.size = sum(len(_jsonl_line(doc).encode("utf-8")) for doc in coll.docs)
+        if problems and job.stop_on_error:
+            job.status, job.error = "fail", f"import stopped at {problems[0]}"
+            return
+        job.status = "success"
+        job.error = IMPORT_DONE_MESSAGE + (f" {len(problems)} failed, first: {problems[0]}"
+                                           if problems else "")
+
+    def _take_upload_refusal(self) -> int | None:
+        with self._lock:
+            return self._upload_refusals.popleft() if self._upload_refusals else None
+
+    def _check_upload(self, cos_path: str, fields: dict[str, str]) -> _Refusal | _UploadGrant:
+        """A form upload's fields against the grant its Signature names."""
+        refused = self._take_upload_refusal()
+        if refused is not None:
+            return _Refusal(refused, _cos_error_xml("AccessDenied", "Request has expired", cos_path))
+        authorization = fields.get("Signature", "")
+        signature = (parse_qs(authorization).get("q-signature") or [""])[0]
+        with self._lock:
+            grant = self._grants.get(signature)
+        denied = _Refusal(403, _cos_error_xml(
+            "SignatureDoesNotMatch", "The Signature you specified is invalid.", cos_path))
+        if grant is None or cos_path != f"{COS_PREFIX}{grant.env}/{grant.path}":
+            return denied
+        if fields.get("key") != grant.path:
+            return _Refusal(400, _cos_error_xml("InvalidArgument", "key does not match", cos_path))
+        if not hmac.compare_digest(fields.get("x-cos-security-token", ""), grant.token):
+            return _Refusal(403, _cos_error_xml("InvalidAccessKeyId", "invalid security token", cos_path))
+        fileid = fields.get("x-cos-meta-fileid")
+        if fileid is not None and fileid != grant.cos_file_id:  # optional metadata, but not wrong
+            return _Refusal(400, _cos_error_xml("InvalidArgument", "bad x-cos-meta-fileid", cos_path))
+        if time.time() > grant.expires_at:
+            return _Refusal(403, _cos_error_xml("AccessDenied", "Request has expired", cos_path))
+        return grant
+
+    def _store_upload(self, grant: _UploadGrant, spooled: str) -> None:
+        assert self._tmpdir is not None
+        with self._lock:
+            target = self._stored.get((grant.env, grant.path))
+            if target is None:
+                target = os.path.join(self._tmpdir, "storage", secrets.token_hex(8))
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.replace(spooled, target)
+            self._stored[(grant.env, grant.path)] = target
+
+    def _record_upload_request(self, path: str, query: str, headers: dict[str, str]) -> None:
+        with self._lock:
+            self.upload_requests.append({"path": path, "query": query, "headers": headers})
 
     def _api_export(self, app: _App, payload: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
@@ -1221,6 +1585,9 @@ class WeChatEmulator(LocalEmulator):
             job_id = payload["job_id"]
             if isinstance(job_id, bool) or not isinstance(job_id, int):
                 raise _invalid("job_id must be a number")
+            imported = self._imports.get(job_id)
+            if imported is not None and imported.env == env.env:
+                return self._import_info(imported)
             job = self._jobs.get(job_id)
             if job is None or job.env != env.env:
                 raise _invalid(f"job_id {job_id} not found")
@@ -1317,6 +1684,86 @@ _RANGE_RE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
 _UNSATISFIABLE = (-1, -1)
 
 
+MAX_FORM_FIELD = 64 * 1024
+
+
+class _FormReader:
+    """A multipart/form-data body read as it arrives (never held whole): the small fields
+    in memory, the ``file`` field written to disk."""
+
+    def __init__(self, stream: Any, length: int, boundary: bytes) -> None:
+        self._stream = stream
+        self._left = length
+        self._buffer = bytearray()
+        self._delimiter = b"--" + boundary
+
+    def _fill(self, wanted: int) -> None:
+        while len(self._buffer) < wanted and self._left > 0:
+            data = self._stream.read(min(CHUNK_SIZE, self._left))
+            if not data:
+                raise ValueError("the body ended before its Content-Length")
+            self._left -= len(data)
+            self._buffer += data
+
+    def drain(self) -> None:
+        self._buffer.clear()
+        while self._left > 0:
+            data = self._stream.read(min(CHUNK_SIZE, self._left))
+            if not data:
+                return
+            self._left -= len(data)
+
+    def _until(self, marker: bytes, sink: Callable[[bytes], object], limit: int | None) -> None:
+        """Hand `sink` everything up to `marker` and drop the marker."""
+        given = 0
+        while True:
+            self._fill(len(marker) + CHUNK_SIZE)
+            at = self._buffer.find(marker)
+            end = at if at >= 0 else max(0, len(self._buffer) - len(marker) + 1)
+            if end:
+                given += end
+                if limit is not None and given > limit:
+                    raise ValueError("a form field is too long")
+                sink(bytes(self._buffer[:end]))
+                del self._buffer[:end]
+            if at >= 0:
+                del self._buffer[: len(marker)]
+                return
+            if self._left == 0:
+                raise ValueError("a form part has no closing boundary")
+
+    def parse(self, file_path: str) -> tuple[dict[str, str], bool]:
+        """The text fields, and whether a ``file`` field was written to `file_path`."""
+        fields: dict[str, str] = {}
+        got_file = False
+        self._until(self._delimiter, lambda _: None, MAX_FORM_FIELD)
+        while True:
+            self._fill(2)
+            ending = bytes(self._buffer[:2])
+            del self._buffer[:2]
+            if ending == b"--":
+                self.drain()
+                return fields, got_file
+            if ending != b"\r\n":
+                raise ValueError("malformed boundary line")
+            head = bytearray()
+            self._until(b"\r\n\r\n", head.extend, MAX_FORM_FIELD)
+            disposition = next((line for line in head.decode("utf-8").split("\r\n")
+                                if line.lower().startswith("content-disposition:")), "")
+            match = re.search(r'\bname="([^"]*)"', disposition)
+            if match is None:
+                raise ValueError("a form part has no name")
+            closing = b"\r\n" + self._delimiter
+            if match.group(1) == "file":
+                with open(file_path, "wb") as out:
+                    self._until(closing, out.write, None)
+                got_file = True
+            else:
+                value = bytearray()
+                self._until(closing, value.extend, MAX_FORM_FIELD)
+                fields[match.group(1)] = value.decode("utf-8")
+
+
 class _Handler(DispatchHandler):
     server_version = "wechat-emulator"
     server: _Server
@@ -1324,6 +1771,9 @@ class _Handler(DispatchHandler):
     def _dispatch(self, method: str) -> None:
         split = urlsplit(self.path)
         params = parse_qs(split.query, keep_blank_values=True)
+        if method == "POST" and split.path.startswith((COS_PREFIX, REDIRECTED_PREFIX)):
+            self._upload(split.path, split.query)
+            return
         try:
             body = self._read_body()
         except ValueError:
@@ -1346,6 +1796,53 @@ class _Handler(DispatchHandler):
         except Exception:
             status, payload = 500, {"errcode": -1, "errmsg": "system error"}
         self._send(status, json_bytes(payload), JSON_CONTENT_TYPE)
+
+    def _upload(self, raw_path: str, query: str) -> None:
+        """A COS-style form upload (PostObject) into the env's storage: 204 when stored."""
+        emulator = self.server.emulator
+        path = unquote(raw_path)
+        if path.startswith(REDIRECTED_PREFIX):
+            emulator._count(REDIRECTED_PREFIX.rstrip("/"))
+        else:
+            emulator._count(COS_PREFIX.rstrip("/"))
+            emulator._record_upload_request(path, query, {k.lower(): v for k, v in self.headers.items()})
+        length_header = self.headers.get("Content-Length")
+        if length_header is None or not length_header.isdigit():
+            self.close_connection = True
+            self._send(411, _cos_error_xml("MissingContentLength", "Content-Length is required", path),
+                       "application/xml")
+            return
+        match = re.search(r"boundary=\"?([^\";]+)\"?", self.headers.get("Content-Type") or "")
+        reader = _FormReader(self.rfile, int(length_header), (match.group(1) if match else "").encode())
+        if emulator.redirect_uploads and not path.startswith(REDIRECTED_PREFIX):
+            reader.drain()
+            self._send(307, b"", "application/xml",
+                       {"Location": f"{emulator.base_url}{REDIRECTED_PREFIX}{path[len(COS_PREFIX):]}"})
+            return
+        if match is None or path.startswith(REDIRECTED_PREFIX):
+            reader.drain()
+            self._send(400, _cos_error_xml("MalformedPOSTRequest", "not a form upload", path),
+                       "application/xml")
+            return
+        assert emulator._tmpdir is not None
+        spooled = os.path.join(emulator._tmpdir, f"upload-{secrets.token_hex(8)}")
+        try:
+            fields, got_file = reader.parse(spooled)
+        except (ValueError, UnicodeDecodeError) as exc:
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                os.remove(spooled)
+            self._send(400, _cos_error_xml("MalformedPOSTRequest", str(exc), path), "application/xml")
+            return
+        decision = emulator._check_upload(path, fields) if got_file else _Refusal(
+            400, _cos_error_xml("MalformedPOSTRequest", "no file field", path))
+        if isinstance(decision, _Refusal):
+            with contextlib.suppress(OSError):
+                os.remove(spooled)
+            self._send(decision.status, decision.body, "application/xml")
+            return
+        emulator._store_upload(decision, spooled)
+        self._send(204, b"", "application/xml", {"x-cos-request-id": secrets.token_hex(16)})
 
     def _read_body(self) -> bytes:
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():

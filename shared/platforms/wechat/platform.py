@@ -2,7 +2,7 @@
 
 Discovery with `tcb/databasecollectionget` (every run, for `collections: all`), export with
 `tcb/databasemigrateexport`, progress with `tcb/databasemigratequeryinfo`, then a download
-of the pre-signed `file_url`. A mini program reached through a third-party platform with the
+of the pre-signed `file_url`. Restoring is `restore.WeChatRestore`'s business. A mini program reached through a third-party platform with the
 platform's component token uses the `componenttcb/*` equivalents instead. Where the token
 comes from is `wechat_tokens`' business; errcodes are classified in `wechat_api`.
 """
@@ -26,6 +26,7 @@ from shared.adapters.http import (
 )
 from shared.domain.errors import BackupError, Fatal, Retryable, RetryLater
 from shared.platforms.wechat.api import InvalidRequest, WeChatApi
+from shared.platforms.wechat.restore import WeChatRestore
 from shared.platforms.wechat.settings import WeChatSource
 from shared.platforms.wechat.tokens import app_scope, app_token, platform_app_token
 from shared.ports import PlatformServices, Progress
@@ -54,7 +55,7 @@ COMPONENT_TCB = Routes("/componenttcb/dbexport", "/componenttcb/dbmigrationstate
                        "/componenttcb/dbcollection", 20, listing_action=True)
 
 
-class WeChatClient:
+class WeChatClient(WeChatRestore):
     def __init__(
         self,
         source: WeChatSource,
