@@ -12,12 +12,14 @@ from typing import Any
 
 import pytest
 
+from devkit.compare import docs_as_csv_rows
 from devkit.emulators.minapp import MinAppEmulator
 from devkit.emulators.onedb import OneDBEmulator
 from devkit.sample_data import make_docs
 from shared.domain.jobs import RunStatus
 from shared.service.poll import poll
-from tests.support.api import Api, deploy_sources
+from tests.support.api import Api, deploy, deploy_sources
+from tests.support.backup import ENV_ID as ENV_ID_WECHAT
 from tests.support.backup import LocalBackup, drive
 from tests.support.onedb import APP, ENV_ID, finisher_process, onedb_source, stored_job
 
@@ -171,3 +173,107 @@ def test_onedb_100k_rows_restore_killed_mid_way_resumes_without_losing_or_doubli
     progress = view["progress"]
     assert progress["rows_written"] == rows and progress["records_after"] == rows
     assert onedb_emulator.table_rows(ENV_ID, APP, "events") == original  # once each, in order
+
+
+# WeChat ---------------------------------------------------------------------------------
+COMPONENT, COMPONENT_SECRET = "wx00000000000000c1", "component-secret-8a7b6c"
+TICKET = "ticket@@@5f4e3d2c1b"
+APP_A, ENV_A = "wx000000000000000a", "shop-a-prod-1a"
+
+
+@pytest.mark.parametrize(("source", "file_type"), [("shop", "json"), ("archive", "csv")])
+def test_wechat_backup_wiped_and_restored_over_http_into_a_new_collection_and_the_original(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str,
+        file_type: str) -> None:
+    api = deploy(local, tmp_path, monkeypatch)  # shop: JSON Lines; archive: CSV
+    original = local.emulator.docs(ENV_ID_WECHAT, "orders")
+    run_id = backed_up(api, source, "orders")
+    local.emulator.clear_collection(ENV_ID_WECHAT, "orders")
+
+    def same(docs: list[dict[str, Any]]) -> bool:  # CSV keeps cells, not types
+        if file_type == "json":
+            return docs == original
+        return docs_as_csv_rows(docs) == docs_as_csv_rows(original)
+
+    status, preview, _ = api.call("POST", "/restores", body={
+        "run_id": run_id, "source": source, "collection": "orders", "preview": True})
+    assert status == 200 and preview["plan"]["target"] == f"orders_r{run_id[:8]}{run_id[9:13]}"
+    assert preview["plan"]["records"] == 20 and not preview["plan"]["target_exists"]
+    assert api.runs()[0].run_id == run_id  # a preview starts nothing
+
+    fresh = restored(api, run_id=run_id, source=source, collection="orders")
+    assert fresh["status"] == "succeeded" and fresh["progress"]["imported"] == 20, fresh
+    assert same(local.emulator.docs(ENV_ID_WECHAT, fresh["target"]))
+    assert local.emulator.docs(ENV_ID_WECHAT, "orders") == []  # the original untouched
+
+    back = restored(api, run_id=run_id, source=source, collection="orders", mode="upsert",
+                    confirm="orders")
+    assert back["status"] == "succeeded" and back["target"] == "orders", back
+    assert same(local.emulator.docs(ENV_ID_WECHAT, "orders"))
+    status, listed, _ = api.call("GET", "/restores")
+    assert [r["restore_id"] for r in listed["restores"]][:2] == [back["restore_id"],
+                                                                fresh["restore_id"]]
+    status, runs, _ = api.call("GET", "/runs")
+    assert [r["run_id"] for r in runs["runs"]] == [run_id]  # restores are not backup runs
+
+
+def test_a_third_party_platform_app_is_restored_over_http(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    emulator = local.emulator
+    emulator.add_component(COMPONENT, COMPONENT_SECRET, TICKET)
+    emulator.add_app(APP_A, "own-secret-never-used")
+    emulator.add_env(APP_A, ENV_A)
+    emulator.add_collection(ENV_A, "orders", make_docs(60, seed=3))
+    emulator.authorize(COMPONENT, APP_A)
+    local.environ.update(COMPONENT_SECRET=COMPONENT_SECRET, COMPONENT_TICKET=TICKET)
+    api = deploy_sources(local, tmp_path, monkeypatch, {
+        "type": "wechat-platform", "component_appid": COMPONENT,
+        "component_secret": "${COMPONENT_SECRET}", "verify_ticket": "${COMPONENT_TICKET}",
+        "api_base": emulator.base_url,
+        "apps": [{"name": "shop-a", "appid": APP_A, "env": ENV_A, "collections": ["orders"]}]})
+    original = emulator.docs(ENV_A, "orders")
+    run_id = backed_up(api, "shop-a", "orders")
+    emulator.clear_collection(ENV_A, "orders")
+
+    view = restored(api, run_id=run_id, source="shop-a", collection="orders", into="orders")
+    assert view["status"] == "succeeded", view
+    assert emulator.docs(ENV_A, "orders") == original
+
+
+def test_restore_requests_are_checked_before_anything_is_written(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    api = deploy(local, tmp_path, monkeypatch)
+    run_id = backed_up(api, "shop", "orders")
+    ask = {"run_id": run_id, "source": "shop", "collection": "orders"}
+    cases: list[tuple[dict[str, Any], int, str | None, str]] = [
+        ({"mode": "upsert"}, 400, "confirm", '"confirm": "orders"'),
+        ({"mode": "upsert", "confirm": "order"}, 400, "confirm", "confirm"),
+        ({"into": "users"}, 409, "into", "holds records"),
+        ({"source": "nope"}, 400, "source", "configured sources are: shop, archive"),
+        ({"collection": "users"}, 404, "collection", "has no backup of shop/users"),
+        ({"run_id": "20261121T020000123Z-1a2b3c4d"}, 404, "run_id", "no backup run"),
+        ({"mode": "replace"}, 400, "mode", "mode"),
+        ({"colection": "x"}, 400, "colection", "unknown field"),
+    ]
+    for change, status, field, words in cases:
+        code, body, _ = api.call("POST", "/restores", body={**ask, **change})
+        assert (code, body["field"]) == (status, field), (change, body)
+        assert words in body["error"], (change, body)
+    code, body, _ = api.call("POST", "/restores", body={"source": "shop"})
+    assert (code == 400 and body["field"] == "collection") or body["field"] == "run_id"
+    assert [r.operation for r in api.runs()] == ["backup"]  # nothing was started
+
+    key = {"Idempotency-Key": "restore-once"}
+    code, first, _ = api.call("POST", "/restores", body=ask, headers=key)
+    code_again, again, _ = api.call("POST", "/restores", body=ask, headers=key)
+    assert (code, code_again) == (202, 202) and again["restore_id"] == first["restore_id"]
+    assert again["created"] is False
+    code, other, _ = api.call("POST", "/restores", body={**ask, "into": "elsewhere"},
+                              headers=key)
+    assert code == 409 and other["field"] == "Idempotency-Key"
+    code, busy, _ = api.call("POST", "/restores", body=ask)
+    assert code == 409 and "right now" in busy["error"]
+    code, missing, _ = api.call("GET", "/restores/20261121T020000123Z-1a2b3c4d")
+    assert code == 404 and missing["field"] == "restore_id"
+    code, missing, _ = api.call("GET", f"/restores/{run_id}")  # a backup run is no restore
+    assert code == 404

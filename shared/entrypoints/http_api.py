@@ -337,7 +337,7 @@ def _start_run(request: Request, params: Mapping[str, str], context: ContextFact
     ctx = service(context)
     sources, collections = _check_selection(ctx, body)
     try:
-        run, created = start_run(quick(ctx), trigger="http",
+        run, created = start_run(_quick(ctx), trigger="http",
                                  idempotency_key=f"http:{key}" if key else f"http:{uuid.uuid4()}",
                                  sources=sources, collections=collections)
     except UnknownSource as exc:
@@ -348,7 +348,7 @@ def _start_run(request: Request, params: Mapping[str, str], context: ContextFact
                                "status_url": f"/runs/{run.run_id}"})
 
 
-def quick(ctx: Context) -> Context:
+def _quick(ctx: Context) -> Context:
     """The same context with a short start budget: a person (and an API Gateway's backend
     timeout, for users who still have one) waits for this answer; the poller starts whatever is left a minute later."""
     timing = ctx.config.timing

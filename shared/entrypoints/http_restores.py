@@ -20,7 +20,6 @@ from shared.entrypoints.http_api import (
     iso,
     json_object,
     json_response,
-    quick,
     service,
     valid,
 )
@@ -53,9 +52,10 @@ def post_restore(request: Request, params: Mapping[str, str], context: ContextFa
     if body.source not in [s.name for s in ctx.config.sources]:
         raise HttpError(400, f"unknown source {body.source!r}; configured sources are: "
                              f"{', '.join(s.name for s in ctx.config.sources)}", "source")
+    recorded_key = f"http-restore:{key or uuid.uuid4()}"
     try:
         plan = plan_restore(ctx, body.run_id, body.source, body.collection, into=body.into,
-                            mode=body.mode, force=body.force)
+                            mode=body.mode, force=body.force, idempotency_key=recorded_key)
         if body.preview:
             return json_response(200, {"plan": plan.view()})
         target = plan.order.target
@@ -63,8 +63,7 @@ def post_restore(request: Request, params: Mapping[str, str], context: ContextFa
             raise HttpError(400, f"mode {body.mode} writes into {body.source}/{target}, which "
                                  f'may hold data: send "confirm": "{target}" to go ahead',
                             "confirm")
-        run, created = start_restore(quick(ctx), plan, trigger="http",
-                                     idempotency_key=f"http-restore:{key or uuid.uuid4()}")
+        run, created = start_restore(ctx, plan, trigger="http", idempotency_key=recorded_key)
     except RestoreRefused as exc:
         raise HttpError(exc.status, str(exc), exc.field) from None
     return json_response(202, {"restore_id": run.run_id, "created": created,

@@ -62,8 +62,10 @@ def default_target(collection: str, backup_run_id: str) -> str:
 
 
 def plan_restore(ctx: Context, run_id: str, source: str, collection: str, *,
-                 into: str | None = None, mode: str = "new", force: bool = False) -> Plan:
-    """Check everything a restore needs, writing nothing; RestoreRefused says what is wrong."""
+                 into: str | None = None, mode: str = "new", force: bool = False,
+                 idempotency_key: str | None = None) -> Plan:
+    """Check everything a restore needs, writing nothing; RestoreRefused says what is wrong.
+    A restore recorded under `idempotency_key` is this request's own, resent."""
     if mode not in MODES:
         raise RestoreRefused(f"mode must be one of {', '.join(MODES)}, got {mode!r}", field="mode")
     backup = _backup(ctx, run_id, source, collection)
@@ -88,7 +90,7 @@ def plan_restore(ctx: Context, run_id: str, source: str, collection: str, *,
             f"{source}/{target} exists and holds records; mode new writes only into a new or "
             "empty collection: choose another name (into), or write into it on purpose with "
             "mode insert or upsert", field="into", status=409)
-    _not_busy(ctx, source, target)
+    _not_busy(ctx, source, target, idempotency_key)
     problems = _quick_verify(ctx, backup)
     if problems and not force:
         raise RestoreRefused(
@@ -151,10 +153,10 @@ def _backup(ctx: Context, run_id: str, source: str, collection: str) -> Job:
                          field="collection", status=404)
 
 
-def _not_busy(ctx: Context, source: str, target: str) -> None:
+def _not_busy(ctx: Context, source: str, target: str, idempotency_key: str | None) -> None:
     """Two restores writing into one collection at once would mix their rows."""
     for run in ctx.state.open_runs():
-        if run.operation != "restore":
+        if run.operation != "restore" or run.idempotency_key == idempotency_key:
             continue
         for job in ctx.state.list_jobs(run.run_id):
             if job.source == source and job.collection == target and not job.status.terminal:
