@@ -1,7 +1,9 @@
 """A complete backup on the local default: the WeChat emulator serving a sample
 environment, moto's S3 server standing in for COS, SQLite state. Runs the same CLI a
 user runs, then reads back what landed in the bucket and checks it against the source,
-and ends with `doctor` (the local fake of the Tencent Cloud API holds the finisher)."""
+verifies the run, empties a collection and restores it from the backup (checking it
+equals the original), and ends with `doctor` (the local fake of the Tencent Cloud API
+holds the finisher)."""
 
 from __future__ import annotations
 
@@ -182,6 +184,26 @@ def _minapp_equal(store: CosObjectStore, manifest: dict[str, Any], minapp: MinAp
     return start == len(records)
 
 
+def _restore_round_trip(config_path: Path, emulator: WeChatEmulator) -> bool:
+    """An accident and its repair: the `users` collection is emptied, then restored from
+    the run just made into the emptied collection (mode new takes an empty one), and
+    compared with the original document for document."""
+    from shared.bootstrap import build_context
+    from shared.service.verify import latest_run
+
+    run_id = latest_run(build_context(load_config(config_path)))
+    emulator.clear_collection(ENV_ID, "users")
+    print(f"\n(the users collection was emptied by accident: {len(emulator.docs(ENV_ID, 'users'))} "
+          "documents left)")
+    print(f"$ baas-backup restore {run_id} shop users --into users")
+    code = cli(["--config", str(config_path), "restore", run_id, "shop", "users",
+                "--into", "users", "--tick", "0.3"])
+    same = emulator.docs(ENV_ID, "users") == COLLECTIONS["users"]
+    print(f"users after the restore: {len(emulator.docs(ENV_ID, 'users'))} documents, "
+          + ("equal to the original" if same else "NOT equal to the original"))
+    return code == 0 and same
+
+
 def _equals_source(data: bytes, docs: list[dict[str, Any]], file_type: str) -> bool:
     try:
         assert_object_equals_docs(data, docs, file_type)
@@ -227,12 +249,15 @@ def main() -> int:
         equal = _show_bucket(config_path, emulator, minapp, onedb)
         cli(["--config", str(config_path), "status"])
         print("every object equals its source collection" if equal else "MISMATCH: see the table")
+        print("\n$ baas-backup verify latest")
+        verified = cli(["--config", str(config_path), "verify", "latest"])
+        restored = _restore_round_trip(config_path, emulator)
         print("\n$ baas-backup doctor")
         os.environ.update(ROLE)
         checked = cli(["--config", str(config_path), "doctor"])
         cloud.stop()
     stop_s3_server(s3)
-    return 0 if code == 0 and equal and checked == 0 else 1
+    return 0 if code == 0 and equal and verified == 0 and restored and checked == 0 else 1
 
 
 if __name__ == "__main__":
