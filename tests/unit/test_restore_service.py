@@ -250,6 +250,7 @@ def test_a_row_restore_killed_mid_way_resumes_without_losing_or_doubling_a_row()
     platform.die_after = 1700  # mid-way through the second window of 1000
     run, _ = start_restore(u.ctx, plan_restore(u.ctx, backup, "shop", "orders", into="copy"),
                            idempotency_key="rows", trigger="test")
+    poll(u.ctx)  # hands the restore to the finisher
     [job] = u.state.list_jobs(run.run_id)
     with pytest.raises(Killed):
         finish(u.ctx, job.job_id)
@@ -293,6 +294,7 @@ def test_the_lease_of_a_restore_renews_with_each_saved_window() -> None:
     backup = backed_up(u)
     run, _ = start_restore(u.ctx, plan_restore(u.ctx, backup, "shop", "orders", into="c"),
                            idempotency_key="lease", trigger="test")
+    poll(u.ctx)
     [job] = u.state.list_jobs(run.run_id)
     platform.die_after = 1500
     with pytest.raises(Killed):

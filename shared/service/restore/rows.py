@@ -15,17 +15,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Iterator
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 from shared.domain.errors import RateLimited, VerificationFailed
 from shared.domain.jobs import RestoreOrder, StoredObject
 from shared.ports import RowImportPlatform, RowOutcome
-from shared.retry import with_retries
 from shared.service.context import Budget, Context
 from shared.service.copying import CopyHold, CopyPaused
-from shared.service.pacing import Pacer
 from shared.service.restore.send import checked, save_point
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def write_rows(ctx: Context, hold: CopyHold, platform: RowImportPlatform, order:
             _check_object(ctx, stored)
         save_point(ctx, hold, checked=True)
     workers = ctx.config.timing.restore_row_concurrency
-    writer = _Writer(platform, order, workers, ctx.config.timing.retry_base_seconds)
+    writer = _Writer(platform, order)
     with ThreadPoolExecutor(workers, thread_name_prefix="restore-rows") as pool:
         while (index := int((hold.job.checkpoint or {}).get("object", 0))) < len(order.objects):
             line = int((hold.job.checkpoint or {}).get("line", 0))
@@ -69,34 +69,91 @@ def _saved(ctx: Context, hold: CopyHold, outcomes: list[RowOutcome], **position:
 
 
 class _Writer:
-    """One row at a time from many threads, spaced by one pacer under the rate limit."""
+    """One row at a time from many threads, their starts spaced by one RateGate."""
 
-    def __init__(self, platform: RowImportPlatform, order: RestoreOrder, workers: int,
-                 retry_base: float) -> None:
+    def __init__(self, platform: RowImportPlatform, order: RestoreOrder) -> None:
         self._platform = platform
         self._order = order
-        self._pacer = Pacer(workers)
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._retry_base = retry_base
+        self._gate = RateGate()
 
     def write(self, line: bytes) -> RowOutcome:
-        while True:
-            with self._lock:
-                self._pacer.wait_turn(self._stop)
+        while True:  # the platform's client retries transient errors itself
+            started = self._gate.turn()
             try:
-                outcome = with_retries(
-                    lambda: self._platform.write_row(self._order.target,
-                                                     cast(Any, self._order.mode), line),
-                    attempts=3, base_seconds=self._retry_base)
+                outcome = self._platform.write_row(self._order.target,
+                                                   cast(Any, self._order.mode), line)
             except RateLimited as exc:
-                with self._lock:
-                    wait = self._pacer.refused(exc)  # raises once refusals outlast patience
-                self._stop.wait(wait)
+                time.sleep(self._gate.refused(exc, started))
                 continue
-            with self._lock:
-                self._pacer.accepted()
+            self._gate.accepted(started)
             return outcome
+
+
+class RateGate:
+    """Spaces the starts of calls made from many threads so that together they stay just
+    under a platform's rate limit, learnt from its refusals.
+
+    Unpaced until the first refusal; then the calls accepted in the last second are about
+    the limit, and calls start that far apart (a little more). Every second without a
+    refusal the spacing shrinks a little, so a limit that rises is found again; a refusal
+    of a call started under the current spacing widens it. The calls in flight when the
+    platform first refused are refused together: they count once. The refused call itself
+    waits at least the platform's Retry-After; the others go on at the new spacing."""
+
+    WINDOW = 1.0  # seconds over which accepted calls estimate the limit
+    MARGIN = 1.02  # spacing kept above that estimate
+    SLOW_DOWN = 1.1  # spacing after a further refusal, relative to before
+    SPEED_UP = 1.02  # spacing divided by this after each second without a refusal
+    PATIENCE = 120.0  # seconds of nothing but refusals before the restore is left for later
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._interval = 0.0
+        self._next = 0.0  # the earliest start of the next call
+        self._accepted: deque[float] = deque()  # starts of calls accepted within WINDOW
+        self._changed_at = float("-inf")  # when the spacing last changed
+        self._refused_since: float | None = None
+
+    def turn(self) -> float:
+        """Wait for this call's start; the start."""
+        with self._lock:
+            now = self._clock()
+            start = max(now, self._next)
+            self._next = start + self._interval
+        if start > now:
+            time.sleep(start - now)
+        return start
+
+    def accepted(self, started: float) -> None:
+        with self._lock:
+            now = self._clock()
+            self._refused_since = None
+            self._accepted.append(started)
+            while self._accepted and self._accepted[0] < now - self.WINDOW:
+                self._accepted.popleft()
+            if self._interval and now - self._changed_at >= self.WINDOW:
+                self._interval /= self.SPEED_UP
+                self._changed_at = now
+
+    def refused(self, exc: RateLimited, started: float) -> float:
+        """Seconds the refused call waits before asking again; raises `exc` once refusals
+        have lasted PATIENCE seconds without a call accepted."""
+        with self._lock:
+            now = self._clock()
+            if self._refused_since is None:
+                self._refused_since = now
+            elif now - self._refused_since > self.PATIENCE:
+                raise exc
+            if started >= self._changed_at:  # started under the current spacing
+                if self._interval == 0.0:
+                    recent = sum(1 for t in self._accepted if t >= now - self.WINDOW)
+                    self._interval = self.MARGIN * self.WINDOW / max(1, recent)
+                else:
+                    self._interval *= self.SLOW_DOWN
+                self._changed_at = now
+                self._next = max(self._next, now + self._interval)
+            return max(exc.retry_after or 0.0, self._interval)
 
 
 def _lines(ctx: Context, stored: StoredObject, skip: int) -> Iterator[bytes]:
