@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import struct
 import subprocess
@@ -361,7 +362,7 @@ def open_run(tab: Tab, run_id: str) -> None:
 
 
 def test_a_restore_is_previewed_started_and_followed_to_its_end_from_the_page(
-    toy_served: tuple[Path, str], tmp_path: Path
+    toy_served: tuple[Path, str], local: LocalBackup, tmp_path: Path
 ) -> None:
     data_file, url = toy_served
     run_id = back_up(url, {})
@@ -396,6 +397,7 @@ def test_a_restore_is_previewed_started_and_followed_to_its_end_from_the_page(
         assert f"toy / orders → {target}" in progress and "step done" in progress
         assert "objects sent 1/1" in progress and "12 imported" in progress
         assert "records before 0, after 12" in progress
+        (tmp_path / "restore-done.png").write_bytes(tab.screenshot())
         tab.wait(f"{q(f'#restores [data-restore-id={json.dumps(restore_id)}][data-restore-status=succeeded]')}",
                  "the restore in the Restores section")
         tap(tab, "#restore-cancel")
@@ -406,6 +408,9 @@ def test_a_restore_is_previewed_started_and_followed_to_its_end_from_the_page(
     auth = {"Authorization": f"Bearer {TOKEN}"}
     listed = httpx.get(url + "restores", headers=auth, timeout=30).json()["restores"]
     assert [r["restore_id"] for r in listed] == [restore_id]  # one tap, one restore
+    stored = local.context(local.config()).state.get_run(restore_id)
+    assert stored is not None and stored.trigger == "http"
+    assert re.fullmatch(r"http-restore:page-restore-[0-9a-f-]{36}", stored.idempotency_key)
 
 
 def test_writing_into_the_existing_collection_needs_its_name_typed(
@@ -413,9 +418,6 @@ def test_writing_into_the_existing_collection_needs_its_name_typed(
 ) -> None:
     data_file, url = toy_served
     run_id = back_up(url, {})
-    data = toy_restore.read(data_file)
-    data["tables"]["orders"] = []  # wiped at the source
-    toy_restore.write(data_file, data)
 
     with phone(tmp_path, url) as tab:
         open_run(tab, run_id)
@@ -435,10 +437,31 @@ def test_writing_into_the_existing_collection_needs_its_name_typed(
         type_into(tab, "#restore-confirm", "orders")
         assert start_enabled(tab)
 
+        # every record is still there: insert rejects them all, and the page says so
         tap(tab, "#restore-start")
-        tab.wait(f"{q('#restore-progress [data-restore-status=succeeded]')}", "the restore succeeded",
+        tab.wait(q("#restore-progress [data-restore-status=failed]"), "the restore failed", timeout=60)
+        progress = tab.eval(f"{q('#restore-progress')}.textContent")
+        assert "imported 0 of the backup's 12 records into orders and rejected 12" in progress
+        assert "use mode upsert" in progress and "The restore failed" in progress
+        tap(tab, "#restore-cancel")
+
+        data = toy_restore.read(data_file)
+        data["tables"]["orders"] = []  # wiped at the source: now insert puts it all back
+        toy_restore.write(data_file, data)
+        tap(tab, restore_button(run_id))
+        tap(tab, "#restore-form input[value=insert]")
+        wait_for_plan(tab, "orders")
+        assert not start_enabled(tab)  # typed again for every restore
+        type_into(tab, "#restore-confirm", "orders")
+        tap(tab, "#restore-start")
+        tab.wait(q("#restore-progress [data-restore-status=succeeded]"), "the restore succeeded",
                  timeout=60)
         assert "mode insert" in tab.eval(f"{q('#restore-progress')}.textContent")
+        tab.wait("document.querySelectorAll('#restores [data-restore-id]').length === 2",
+                 "both restores listed")
+        listed = tab.eval("[...document.querySelectorAll('#restores [data-restore-id]')]"
+                          ".map((r) => r.dataset.restoreStatus)")
+        assert listed == ["succeeded", "failed"]  # newest first
 
     assert toy_restore.read(data_file)["tables"]["orders"] == ROWS
 

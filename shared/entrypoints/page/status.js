@@ -344,8 +344,8 @@ async function loadRestores() {
 
 // The restore dialog: a preview (what will be written where), then the real request, then
 // the restore's progress until it ends.
-const restore = { job: null, seq: 0, plan: null, key: null, starting: false, following: null,
-                  followTimer: null, typingTimer: null };
+const restore = { job: null, opened: 0, seq: 0, plan: null, key: null, starting: false,
+                  following: null, followTimer: null, typingTimer: null };
 
 function restoreMode() { return document.querySelector("#restore-form input[name=mode]:checked").value; }
 
@@ -435,7 +435,9 @@ async function previewRestore() {
 }
 
 function openRestore(job) {
+  restore.opened++;
   restore.job = job;
+  $("restore-setup").inert = false;
   restore.starting = false;
   restore.following = null;
   clearTimeout(restore.followTimer);
@@ -461,10 +463,15 @@ async function startRestore() {
   restoreReady();
   $("restore-error").textContent = "";
   restore.key = restore.key || freshKey("page-restore-");  // kept if this request is sent again
-  const seq = restore.seq;
+  const opened = restore.opened;
+  $("restore-setup").inert = true;  // what was asked for stays what is shown
   try {
     const answer = await postJson("restores", restoreRequest(false), { "Idempotency-Key": restore.key });
-    if (seq !== restore.seq) return;
+    if (opened !== restore.opened || !$("restore").open) {  // closed meanwhile: it started all the same
+      say("Started restore " + answer.restore_id + ".");
+      loadRestores();
+      return;
+    }
     restore.seq++;  // this dialog now shows the restore, not the form
     $("restore-setup").classList.add("hidden");
     $("restore-start").classList.add("hidden");
@@ -477,11 +484,15 @@ async function startRestore() {
     followRestore(answer.restore_id);
   } catch (error) {
     if (error.status === 401) { $("restore").close(); failed(error); return; }
+    if (opened !== restore.opened) return;
     if (error.field === "force") showProblems([error.message]);
     else $("restore-error").textContent = error.message;
   } finally {
-    restore.starting = false;
-    restoreReady();
+    if (opened === restore.opened) {
+      $("restore-setup").inert = false;
+      restore.starting = false;
+      restoreReady();
+    }
   }
 }
 
