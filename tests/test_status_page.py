@@ -487,6 +487,11 @@ def test_verify_shows_a_missing_backup_object_and_a_restore_of_it_needs_force(
         tab.wait(f"{q(ok)}.dataset.verify", "the verify of the intact run")
         assert tab.eval(f"{q(ok)}.dataset.verify") == "ok"
         assert "✓ 1 backup object" in tab.eval(f"{q(ok)}.textContent")
+        tab.eval(f"{q('#updated')}.textContent = ''")
+        tap(tab, "#refresh")  # the list is redrawn: opened cards and verify answers stay
+        tab.wait(f"{q('#updated')}.textContent", "the list redrawn")
+        assert tab.eval(f"{q(f'details[data-run-id={json.dumps(damaged)}]')}.open")
+        assert tab.eval(f"{q(result)}.dataset.verify") == "problems"
 
         tap(tab, restore_button(damaged))
         tab.wait(f"!{q('#restore-problems')}.classList.contains('hidden')", "the verify problems")

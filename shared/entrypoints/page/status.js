@@ -222,10 +222,11 @@ function collectionTable(listing) {
     el("tbody", {}, ...listing.collections.map((c) => collectionRow(c, listing.retention))));
 }
 
-function runCard(run, detail) {
+function runCard(run, detail, wasOpen) {
   const t = run.totals;
+  const open = wasOpen === undefined ? detail && run.status !== "succeeded" : wasOpen;
   const card = el("details", { class: "run " + run.status, "data-run-id": run.run_id,
-                               "data-run-status": run.status, open: detail && (run.status !== "succeeded") },
+                               "data-run-status": run.status, open },
     el("summary", {},
       el("div", { class: "run-title" },
         el("span", { class: "badge " + run.status }, run.status),
@@ -252,8 +253,11 @@ function runCard(run, detail) {
 }
 
 // Verify: the run's backups checked again in the bucket (sizes and CRC64, no data read).
+const verifyResults = new Map();  // run id -> its verify's answer, kept when the list is redrawn
+
 function verifyActions(run) {
-  const result = el("div", { class: "verify-result", "aria-live": "polite" });
+  const result = verifyResults.get(run.run_id) || el("div", { class: "verify-result", "aria-live": "polite" });
+  verifyResults.set(run.run_id, result);
   const button = el("button", { type: "button", class: "verify", "data-run-id": run.run_id }, "Verify");
   button.addEventListener("click", () => verifyRun(button, run, result));
   return el("div", { class: "run-actions" }, button, result);
@@ -548,7 +552,10 @@ async function load() {
           "bytes per run", bytes);
     chart($("chart-duration"), runs.filter((r) => r.finished_at), (r) => r.duration_seconds,
           "duration per run", seconds);
-    $("runs").replaceChildren(...runs.map((run, i) => runCard(run, details[i])));
+    // a card the user opened or closed stays so when the list is redrawn
+    const opened = new Map([...$("runs").querySelectorAll("details[data-run-id]")]
+      .map((card) => [card.dataset.runId, card.open]));
+    $("runs").replaceChildren(...runs.map((run, i) => runCard(run, details[i], opened.get(run.run_id))));
     if (!runs.length) $("runs").append(el("p", { class: "meta" }, "No runs yet. Start one with “Back up now”."));
     const running = runs.some((r) => r.status === "running");
     $("updated").textContent = "updated " + new Date().toLocaleTimeString() + (running ? " · refreshing while runs are going" : "");
