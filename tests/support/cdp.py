@@ -121,16 +121,20 @@ class Tab:
                            f"{details.get('exception', {}).get('description') or details}")
         return answer["result"].get("value")
 
-    def wait(self, expression: str, what: str, timeout: float = 30) -> Any:
-        """Evaluate `expression` until it is truthy; its value (an element counts as true)."""
+    def wait(self, expression: str, what: str, timeout: float = 30,
+             describe: str | None = None) -> Any:
+        """Evaluate `expression` until it is truthy; its value (an element counts as true).
+        On a timeout the error shows the value of `describe`, an expression saying what the
+        page shows instead."""
         deadline = time.monotonic() + timeout
         while True:
             value = self.eval(f"(() => {{ const v = ({expression}); return v instanceof Node || v; }})()")
             if value:
                 return value
             if time.monotonic() > deadline:
+                shown = f"; the page shows {self.eval(describe)!r}" if describe else ""
                 raise AssertionError(f"the page did not show {what} within {timeout:g} s; "
-                                     f"last value {value!r}; page logged: {self.logged()}")
+                                     f"last value {value!r}{shown}; page logged: {self.logged()}")
             time.sleep(0.1)
 
     def screenshot(self) -> bytes:

@@ -530,6 +530,9 @@ async function followRestore(id) {
 }
 
 function closedRestore() {
+  // The close event comes a task after close(): if a tap has opened the dialog again
+  // meanwhile, this event is about the earlier restore, and the new one is left alone.
+  if ($("restore").open) return;
   restore.seq++;
   restore.following = null;
   clearTimeout(restore.followTimer);
