@@ -3,9 +3,11 @@
 const TOKEN_KEY = "baas-backup-token";
 const LIST_SIZE = 30;      // runs in the charts and the list
 const DETAILED = 10;       // runs whose jobs are fetched at once; the rest on request
+const RESTORE_POLL_MS = 3000;  // how often a running restore is asked how far it got
 const BASE = location.pathname.endsWith("/") ? location.pathname : location.pathname + "/";
 const $ = (id) => document.getElementById(id);
 let refreshTimer = null;
+let restoresTimer = null;
 
 // The token: once from the form or from #token=..., then only in this tab's sessionStorage.
 (function tokenFromFragment() {
@@ -62,7 +64,18 @@ function say(text, bad) {
 }
 
 class ApiError extends Error {
-  constructor(status, message) { super(message); this.status = status; }
+  constructor(status, message, field) { super(message); this.status = status; this.field = field || null; }
+}
+
+// A new Idempotency-Key: a resent request with it lands on what the first one started.
+function freshKey(prefix) {
+  return prefix + (crypto.randomUUID ? crypto.randomUUID()
+                                     : String(Date.now()) + Math.random().toString(16).slice(2));
+}
+
+function postJson(path, body, headers) {
+  return api(path, { method: "POST", body: JSON.stringify(body),
+                     headers: Object.assign({ "Content-Type": "application/json" }, headers || {}) });
 }
 
 async function api(path, options) {
@@ -77,13 +90,16 @@ async function api(path, options) {
                           "integrated response (集成响应) for this API in API Gateway.");
   }
   if (!response.ok) {
-    throw new ApiError(response.status, (body && body.error) || ("HTTP " + response.status));
+    throw new ApiError(response.status, (body && body.error) || ("HTTP " + response.status),
+                       body && body.field);
   }
   return body;
 }
 
 function showLogin(reason) {
   sessionStorage.removeItem(TOKEN_KEY);
+  clearTimeout(restoresTimer);
+  if ($("restore").open) $("restore").close();
   $("login").classList.remove("hidden");
   $("app").classList.add("hidden");
   $("actions").classList.add("hidden");
@@ -136,11 +152,17 @@ function jobItem(job) {
     numbers.push((job.status === "failed" ? "failed after " : "") + seconds(job.duration_seconds));
   }
   if (job.attempts) numbers.push(job.attempts + (job.attempts === 1 ? " retry" : " retries"));
+  let restoreButton = null;
+  if (job.status === "done" && !job.pruned) {  // only a finished backup still in the bucket
+    restoreButton = el("button", { type: "button", class: "restore", "data-run-id": job.run_id,
+                             "data-source": job.source, "data-collection": job.collection }, "Restore");
+    restoreButton.addEventListener("click", () => openRestore(job));
+  }
   return el("li", { class: "job " + job.status, "data-job-id": job.job_id, "data-job-status": job.status,
                     "data-collection": job.collection, "data-source": job.source },
     el("div", { class: "job-title" },
       el("span", { class: "job-name" }, job.source + " / " + job.collection),
-      el("span", { class: "badge " + job.status }, job.status)),
+      el("span", { class: "badge " + job.status }, job.status), restoreButton),
     el("div", { class: "meta" }, numbers.join(" · ")),
     job.suspect ? el("div", { class: "suspect" },
       "⚠ suspect: " + count(job.records) + " records, down from " + count(job.previous_records) +
@@ -200,10 +222,11 @@ function collectionTable(listing) {
     el("tbody", {}, ...listing.collections.map((c) => collectionRow(c, listing.retention))));
 }
 
-function runCard(run, detail) {
+function runCard(run, detail, wasOpen) {
   const t = run.totals;
+  const open = wasOpen === undefined ? detail && run.status !== "succeeded" : wasOpen;
   const card = el("details", { class: "run " + run.status, "data-run-id": run.run_id,
-                               "data-run-status": run.status, open: detail && (run.status !== "succeeded") },
+                               "data-run-status": run.status, open },
     el("summary", {},
       el("div", { class: "run-title" },
         el("span", { class: "badge " + run.status }, run.status),
@@ -212,6 +235,7 @@ function runCard(run, detail) {
         [run.trigger, when(run.created_at), seconds(run.duration_seconds),
          t.done + "/" + t.jobs + " done" + (t.failed ? ", " + t.failed + " failed" : ""),
          count(t.records) + " records", bytes(t.bytes)].join(" · "))));
+  if (run.status !== "running") card.append(verifyActions(run));
   const list = el("ul", { class: "jobs" });
   card.append(list);
   const fill = (full) => {
@@ -228,12 +252,301 @@ function runCard(run, detail) {
   return card;
 }
 
+// Verify: the run's backups checked again in the bucket (sizes and CRC64, no data read).
+const verifyResults = new Map();  // run id -> its verify's answer, kept when the list is redrawn
+
+function verifyActions(run) {
+  const result = verifyResults.get(run.run_id) || el("div", { class: "verify-result", "aria-live": "polite" });
+  verifyResults.set(run.run_id, result);
+  const button = el("button", { type: "button", class: "verify", "data-run-id": run.run_id }, "Verify");
+  button.addEventListener("click", () => verifyRun(button, run, result));
+  return el("div", { class: "run-actions" }, button, result);
+}
+
+function problemText(p) { return p.what + ": " + p.detail + (p.where ? " (" + p.where + ")" : ""); }
+
+async function verifyRun(button, run, result) {
+  button.disabled = true;
+  button.textContent = "Verifying …";
+  result.removeAttribute("data-verify");
+  result.replaceChildren(el("span", { class: "meta" }, "checking the backups in the bucket …"));
+  try {
+    const report = await postJson("runs/" + encodeURIComponent(run.run_id) + "/verify", { quick: true });
+    const problems = report.problems.concat(...report.objects.map((o) => o.problems));
+    result.setAttribute("data-verify", report.ok ? "ok" : "problems");
+    if (report.ok) {
+      const unchecked = report.objects.filter((o) => o.crc64 !== "ok").length;
+      result.replaceChildren(el("div", { class: "ok" },
+        "✓ " + report.objects.length + (report.objects.length === 1 ? " backup object" : " backup objects") +
+        " and their manifests are in the bucket with the recorded sizes" +
+        (unchecked ? " (" + unchecked + " without a CRC64 to compare)" : " and CRC64") + "."));
+    } else {
+      result.replaceChildren(
+        el("div", { class: "error" }, "✗ Verify found " + problems.length +
+           (problems.length === 1 ? " problem" : " problems") + ":"),
+        el("ul", { class: "problem-list" }, ...problems.map((p) => el("li", {}, problemText(p)))));
+    }
+  } catch (error) {
+    if (error.status === 401) { failed(error); return; }
+    result.setAttribute("data-verify", "error");
+    result.replaceChildren(el("div", { class: "error" }, "Verify did not run: " + error.message));
+  } finally {
+    button.disabled = false;
+    button.textContent = "Verify";
+  }
+}
+
+// Restores: the list, newest first, refreshed while one is running.
+function restoreFacts(r) {
+  const p = r.progress || {};
+  const facts = [];
+  if (r.step) facts.push("step " + r.step);
+  if (p.objects) facts.push("objects sent " + p.objects_sent + "/" + p.objects);
+  if (p.rows_written !== null && p.rows_written !== undefined) facts.push(count(p.rows_written) + " rows written");
+  if (p.imported !== null && p.imported !== undefined) facts.push(count(p.imported) + " imported");
+  if (p.rejected) facts.push(count(p.rejected) + " rejected");
+  if (p.records_before !== null && p.records_before !== undefined) {
+    facts.push("records before " + count(p.records_before) +
+               (p.records_after !== null && p.records_after !== undefined ? ", after " + count(p.records_after) : ""));
+  }
+  if (r.attempts) facts.push(r.attempts + (r.attempts === 1 ? " retry" : " retries"));
+  return facts;
+}
+
+function restoreItem(r) {
+  const known = r.source !== undefined;
+  return el("div", { class: "restore-item " + r.status, "data-restore-id": r.restore_id,
+                     "data-restore-status": r.status },
+    el("div", { class: "job-title" },
+      el("span", { class: "badge " + r.status }, r.status),
+      el("span", { class: "job-name" }, known ? r.source + " / " + r.collection + " → " + r.target : r.restore_id)),
+    known ? el("div", { class: "meta" }, ["mode " + r.mode, count(r.records) + " records from run " + r.backup_run_id,
+                                          "started " + when(r.created_at),
+                                          r.finished_at ? "ended " + when(r.finished_at) : null]
+                                         .filter(Boolean).join(" · ")) : null,
+    el("div", { class: "meta restore-progress" }, restoreFacts(r).join(" · ")),
+    r.forced ? el("div", { class: "meta" }, "forced although the backup failed its verify") : null,
+    r.error ? el("div", { class: r.status === "failed" ? "error" : "meta" },
+                 (r.status === "failed" ? "" : "last retry: ") + r.error) : null,
+    el("div", { class: "key" }, "restore " + r.restore_id));
+}
+
+async function loadRestores() {
+  clearTimeout(restoresTimer);
+  try {
+    const listing = await api("restores");
+    const restores = listing.restores.slice().sort((a, b) => (b.created_at || "").localeCompare(a.created_at || ""));
+    $("restores").replaceChildren(...restores.map(restoreItem));
+    if (!restores.length) {
+      $("restores").append(el("p", { class: "meta" }, "No restores yet: open a run below and tap Restore on a finished backup."));
+    }
+    if (restores.some((r) => r.status === "running")) restoresTimer = setTimeout(loadRestores, RESTORE_POLL_MS);
+  } catch (error) {
+    failed(error);
+  }
+}
+
+// The restore dialog: a preview (what will be written where), then the real request, then
+// the restore's progress until it ends.
+const restore = { job: null, opened: 0, seq: 0, plan: null, key: null, starting: false,
+                  following: null, followTimer: null, typingTimer: null };
+
+function restoreMode() { return document.querySelector("#restore-form input[name=mode]:checked").value; }
+
+function restoreRequest(preview) {
+  const job = restore.job;
+  const body = { run_id: job.run_id, source: job.source, collection: job.collection,
+                 mode: restoreMode(), force: $("restore-force").checked, preview };
+  const into = $("restore-into").value.trim();
+  if (into) body.into = into;
+  if (!preview && body.mode !== "new") body.confirm = $("restore-confirm").value;
+  return body;
+}
+
+const MODE_TEXT = {
+  new: "new: into a new (or empty) collection; the original is not touched",
+  insert: "insert: added to what is there; records whose _id is already there are rejected",
+  upsert: "upsert: added to what is there, overwriting records with the same _id",
+};
+
+function planView(plan) {
+  const row = (label, field, ...value) => [el("dt", {}, label), el("dd", { "data-field": field }, ...value)];
+  return [
+    el("p", { class: "plan-summary" }, "Writes " + count(plan.records) + " records of " + plan.source + " / " +
+       plan.collection + " (backup run " + plan.backup_run_id + ") into " + plan.source + " / " + plan.target +
+       (plan.target_exists ? ", which exists." : ", a new collection the restore creates.")),
+    el("dl", {},
+      ...row("source", "source", plan.source),
+      ...row("collection", "collection", plan.collection),
+      ...row("backup run", "backup_run_id", plan.backup_run_id),
+      ...row("writes into", "target", el("strong", {}, plan.target)),
+      ...row("target exists", "target_exists", plan.target_exists ? "yes" : "no: it will be created"),
+      ...row("mode", "mode", MODE_TEXT[plan.mode] || plan.mode),
+      ...row("records", "records", count(plan.records)),
+      ...row("size", "bytes", bytes(plan.bytes) + " of " + plan.file_type.toUpperCase()),
+      ...row(plan.objects.length === 1 ? "object" : "objects (" + plan.objects.length + ")", "objects",
+             ...plan.objects.map((key) => el("div", { class: "key" }, key)))),
+  ];
+}
+
+function showProblems(lines) {
+  const box = $("restore-problems");
+  box.classList.toggle("hidden", !lines.length);
+  box.replaceChildren(...(lines.length ? [
+    el("div", {}, "This backup fails its verify:"),
+    el("ul", { class: "problem-list" }, ...lines.map((line) => el("li", {}, line)))] : []));
+  $("restore-force-label").classList.toggle("hidden", !lines.length && !$("restore-force").checked);
+}
+
+function restoreReady() {
+  const plan = restore.plan;
+  const confirmed = !plan || !plan.confirm_needed || $("restore-confirm").value === plan.target;
+  $("restore-start").disabled = !plan || restore.starting || !confirmed ||
+    (plan.verify_problems.length > 0 && !$("restore-force").checked);
+}
+
+async function previewRestore() {
+  clearTimeout(restore.typingTimer);
+  const seq = ++restore.seq;
+  restore.plan = null;
+  restore.key = null;  // a new plan gets a new key when it is started
+  restoreReady();
+  $("restore-loading").classList.remove("hidden");
+  $("restore-error").textContent = "";
+  try {
+    const answer = await postJson("restores", restoreRequest(true));
+    if (seq !== restore.seq) return;
+    const plan = answer.plan;
+    restore.plan = plan;
+    $("restore-plan").replaceChildren(...planView(plan));
+    $("restore-plan").classList.remove("stale");
+    showProblems(plan.verify_problems);
+    $("restore-confirm-box").classList.toggle("hidden", !plan.confirm_needed);
+    $("restore-confirm-name").textContent = plan.target;
+    if (!$("restore-into").value.trim()) $("restore-into").placeholder = plan.target;
+  } catch (error) {
+    if (seq !== restore.seq) return;
+    if (error.status === 401) { $("restore").close(); failed(error); return; }
+    $("restore-plan").replaceChildren();
+    $("restore-plan").classList.remove("stale");
+    $("restore-confirm-box").classList.add("hidden");
+    if (error.field === "force") showProblems([error.message]);
+    else $("restore-error").textContent = error.message;
+  } finally {
+    if (seq === restore.seq) $("restore-loading").classList.add("hidden");
+    restoreReady();
+  }
+}
+
+function openRestore(job) {
+  restore.opened++;
+  restore.job = job;
+  $("restore-setup").inert = false;
+  restore.starting = false;
+  restore.following = null;
+  clearTimeout(restore.followTimer);
+  $("restore-form").reset();
+  $("restore-into").placeholder = "";
+  $("restore-title").textContent = "Restore " + job.source + " / " + job.collection;
+  $("restore-setup").classList.remove("hidden");
+  $("restore-progress").classList.add("hidden");
+  $("restore-progress").replaceChildren();
+  $("restore-start").classList.remove("hidden");
+  $("restore-cancel").textContent = "Cancel";
+  $("restore-plan").replaceChildren();
+  $("restore-confirm-box").classList.add("hidden");
+  $("restore-force-label").classList.add("hidden");
+  showProblems([]);
+  $("restore").showModal();
+  previewRestore();
+}
+
+async function startRestore() {
+  if (!restore.plan || restore.starting) return;
+  restore.starting = true;
+  restoreReady();
+  $("restore-error").textContent = "";
+  restore.key = restore.key || freshKey("page-restore-");  // kept if this request is sent again
+  const opened = restore.opened;
+  $("restore-setup").inert = true;  // what was asked for stays what is shown
+  try {
+    const answer = await postJson("restores", restoreRequest(false), { "Idempotency-Key": restore.key });
+    if (opened !== restore.opened || !$("restore").open) {  // closed meanwhile: it started all the same
+      say("Started restore " + answer.restore_id + ".");
+      loadRestores();
+      return;
+    }
+    restore.seq++;  // this dialog now shows the restore, not the form
+    $("restore-setup").classList.add("hidden");
+    $("restore-start").classList.add("hidden");
+    $("restore-cancel").textContent = "Close";
+    const plan = answer.plan;
+    showRestoreProgress({ restore_id: answer.restore_id, status: "running", source: plan.source,
+                          collection: plan.collection, target: plan.target, mode: plan.mode,
+                          backup_run_id: plan.backup_run_id, records: plan.records, forced: plan.forced });
+    say("Started restore " + answer.restore_id + " into " + plan.source + " / " + plan.target + ".");
+    followRestore(answer.restore_id);
+  } catch (error) {
+    if (error.status === 401) { $("restore").close(); failed(error); return; }
+    if (opened !== restore.opened) return;
+    if (error.field === "force") showProblems([error.message]);
+    else $("restore-error").textContent = error.message;
+  } finally {
+    if (opened === restore.opened) {
+      $("restore-setup").inert = false;
+      restore.starting = false;
+      restoreReady();
+    }
+  }
+}
+
+function showRestoreProgress(r) {
+  const box = $("restore-progress");
+  box.classList.remove("hidden");
+  const ended = r.status !== "running";
+  box.replaceChildren(restoreItem(r), el("p", { class: "meta" }, ended
+    ? (r.status === "succeeded" ? "The restore finished." : "The restore failed; the error above says why.")
+    : "Following it every " + RESTORE_POLL_MS / 1000 + " s; you may close this, it goes on."));
+}
+
+async function followRestore(id) {
+  restore.following = id;
+  clearTimeout(restore.followTimer);
+  try {
+    const r = await api("restores/" + encodeURIComponent(id));
+    if (restore.following !== id) return;
+    showRestoreProgress(r);
+    const listed = document.querySelector('#restores [data-restore-id="' + CSS.escape(id) + '"]');
+    if (listed) listed.replaceWith(restoreItem(r));
+    else loadRestores();
+    if (r.status === "running") restore.followTimer = setTimeout(() => followRestore(id), RESTORE_POLL_MS);
+    else loadRestores();
+  } catch (error) {
+    if (restore.following !== id) return;
+    if (error.status === 401) { $("restore").close(); failed(error); return; }
+    $("restore-error").textContent = "Could not ask how the restore stands: " + error.message + "; trying again.";
+    restore.followTimer = setTimeout(() => followRestore(id), RESTORE_POLL_MS);
+  }
+}
+
+function closedRestore() {
+  // The close event comes a task after close(): if a tap has opened the dialog again
+  // meanwhile, this event is about the earlier restore, and the new one is left alone.
+  if ($("restore").open) return;
+  restore.seq++;
+  restore.following = null;
+  clearTimeout(restore.followTimer);
+  clearTimeout(restore.typingTimer);
+  loadRestores();
+}
+
 async function load() {
   clearTimeout(refreshTimer);
   if (!sessionStorage.getItem(TOKEN_KEY)) { showLogin(""); return; }
   showApp();
   try {
-    const [page, listing] = await Promise.all([api("runs?limit=" + LIST_SIZE), api("collections")]);
+    const [page, listing] = await Promise.all([api("runs?limit=" + LIST_SIZE), api("collections"),
+                                               loadRestores()]);
     $("collections").replaceChildren(collectionTable(listing));
     const runs = page.runs;
     const details = await Promise.all(runs.slice(0, DETAILED).map(
@@ -242,7 +555,10 @@ async function load() {
           "bytes per run", bytes);
     chart($("chart-duration"), runs.filter((r) => r.finished_at), (r) => r.duration_seconds,
           "duration per run", seconds);
-    $("runs").replaceChildren(...runs.map((run, i) => runCard(run, details[i])));
+    // a card the user opened or closed stays so when the list is redrawn
+    const opened = new Map([...$("runs").querySelectorAll("details[data-run-id]")]
+      .map((card) => [card.dataset.runId, card.open]));
+    $("runs").replaceChildren(...runs.map((run, i) => runCard(run, details[i], opened.get(run.run_id))));
     if (!runs.length) $("runs").append(el("p", { class: "meta" }, "No runs yet. Start one with “Back up now”."));
     const running = runs.some((r) => r.status === "running");
     $("updated").textContent = "updated " + new Date().toLocaleTimeString() + (running ? " · refreshing while runs are going" : "");
@@ -256,11 +572,9 @@ async function load() {
 async function backUpNow() {
   const button = $("run-now");
   button.disabled = true;
-  const key = (crypto.randomUUID ? crypto.randomUUID() : String(Date.now()) + Math.random().toString(16).slice(2));
   try {
     // one key per tap: a resent request lands on the same run
-    const answer = await api("runs", { method: "POST", body: "{}",
-      headers: { "Content-Type": "application/json", "Idempotency-Key": "page-" + key } });
+    const answer = await postJson("runs", {}, { "Idempotency-Key": freshKey("page-") });
     say("Started run " + answer.run_id + ".");
     await load();
   } catch (error) {
@@ -281,4 +595,24 @@ $("login").addEventListener("submit", (event) => {
 $("run-now").addEventListener("click", backUpNow);
 $("refresh").addEventListener("click", load);
 $("forget").addEventListener("click", () => { say(""); showLogin("Token forgotten in this tab."); });
+$("restore-form").addEventListener("submit", (event) => event.preventDefault());
+document.querySelectorAll("#restore-form input[name=mode]").forEach((radio) => {
+  radio.addEventListener("change", () => {
+    $("restore-confirm").value = "";  // typed for the old target
+    previewRestore();
+  });
+});
+$("restore-into").addEventListener("input", () => {
+  clearTimeout(restore.typingTimer);
+  restore.seq++;  // what is shown is for the old name until the preview answers
+  restore.plan = null;
+  restoreReady();
+  $("restore-plan").classList.add("stale");
+  restore.typingTimer = setTimeout(previewRestore, 500);
+});
+$("restore-force").addEventListener("change", previewRestore);
+$("restore-confirm").addEventListener("input", restoreReady);
+$("restore-start").addEventListener("click", startRestore);
+$("restore-cancel").addEventListener("click", () => $("restore").close());
+$("restore").addEventListener("close", closedRestore);
 load();
