@@ -354,8 +354,8 @@ def fits_the_screen(tab: Tab) -> None:
     assert sizes["page"] <= NARROW[0], sizes
 
 
-def restore_button(run_id: str) -> str:
-    return f'button.restore[data-run-id="{run_id}"][data-source="toy"][data-collection="orders"]'
+def restore_button(run_id: str, source: str = "toy") -> str:
+    return f'button.restore[data-run-id="{run_id}"][data-source="{source}"][data-collection="orders"]'
 
 
 def open_run(tab: Tab, run_id: str) -> None:
@@ -367,24 +367,28 @@ def open_run(tab: Tab, run_id: str) -> None:
 
 
 def test_a_restore_is_previewed_started_and_followed_to_its_end_from_the_page(
-    toy_served: tuple[Path, str], local: LocalBackup, tmp_path: Path
+    served: tuple[Api, str], tmp_path: Path
 ) -> None:
-    data_file, url = toy_served
-    run_id = back_up(url, {})
+    """The WeChat emulator: the page's restore goes through the real platform client."""
+    api, url = served
+    emulator = api.local.emulator
+    original = emulator.docs(ENV_ID, "orders")
+    run_id = back_up(url, {"collections": {"shop": ["orders"]}})
+    emulator.clear_collection(ENV_ID, "orders")  # the accident
     target = f"orders_r{run_id[:8]}{run_id[9:13]}"  # the new collection a restore makes
 
     with phone(tmp_path, url) as tab:
         tab.wait(q("#restores p.meta"), "the empty Restores section")
         open_run(tab, run_id)
-        tap(tab, restore_button(run_id))
+        tap(tab, restore_button(run_id, "shop"))
         shown = wait_for_plan(tab, target)
-        assert shown["source"] == "toy" and shown["collection"] == "orders"
+        assert shown["source"] == "shop" and shown["collection"] == "orders"
         assert shown["backup_run_id"] == run_id
         assert shown["target_exists"].startswith("no") and shown["mode"].startswith("new:")
-        assert shown["records"] == "12" and "JSON" in shown["bytes"]
-        assert shown["objects"] == f"backups/runs/{run_id}/toy/orders.jsonl"
+        assert shown["records"] == "20" and "JSON" in shown["bytes"]
+        assert shown["objects"] == f"backups/runs/{run_id}/shop/orders.jsonl"
         summary = tab.eval(f"{q('.plan-summary')}.textContent")
-        assert f"Writes 12 records of toy / orders (backup run {run_id}) into toy / {target}" in summary
+        assert f"Writes 20 records of shop / orders (backup run {run_id}) into shop / {target}" in summary
         assert tab.eval(f"{q('#restore-confirm-box')}.classList.contains('hidden')")  # mode new
         assert tab.eval(f"{q('#restore-force-label')}.classList.contains('hidden')")  # verify passed
         fits_the_screen(tab)
@@ -399,21 +403,21 @@ def test_a_restore_is_previewed_started_and_followed_to_its_end_from_the_page(
         tab.wait(f"{q('#restore-progress [data-restore-status=succeeded]')}", "the restore succeeded",
                  timeout=60)
         progress = tab.eval(f"{q('#restore-progress')}.textContent")
-        assert f"toy / orders → {target}" in progress and "step done" in progress
-        assert "objects sent 1/1" in progress and "12 imported" in progress
-        assert "records before 0, after 12" in progress
+        assert f"shop / orders → {target}" in progress and "step done" in progress
+        assert "objects sent 1/1" in progress and "20 imported" in progress
+        assert "records before 0, after 20" in progress
         (tmp_path / "restore-done.png").write_bytes(tab.screenshot())
         tab.wait(f"{q(f'#restores [data-restore-id={json.dumps(restore_id)}][data-restore-status=succeeded]')}",
                  "the restore in the Restores section")
         tap(tab, "#restore-cancel")
         assert not tab.eval(f"{q('#restore')}.open")
 
-    tables = toy_restore.read(data_file)["tables"]
-    assert tables[target] == ROWS and tables["orders"] == ROWS  # the original untouched
+    assert emulator.docs(ENV_ID, target) == original  # record for record
+    assert emulator.docs(ENV_ID, "orders") == []  # the original untouched
     auth = {"Authorization": f"Bearer {TOKEN}"}
     listed = httpx.get(url + "restores", headers=auth, timeout=30).json()["restores"]
     assert [r["restore_id"] for r in listed] == [restore_id]  # one tap, one restore
-    stored = local.context(local.config()).state.get_run(restore_id)
+    stored = api.context().state.get_run(restore_id)
     assert stored is not None and stored.trigger == "http"
     assert re.fullmatch(r"http-restore:page-restore-[0-9a-f-]{36}", stored.idempotency_key)
 
@@ -442,12 +446,14 @@ def test_writing_into_the_existing_collection_needs_its_name_typed(
         type_into(tab, "#restore-confirm", "orders")
         assert start_enabled(tab)
 
-        # every record is still there: insert rejects them all, and the page says so
+        # every record is still there: insert keeps them all, and the page says so
         tap(tab, "#restore-start")
-        tab.wait(q("#restore-progress [data-restore-status=failed]"), "the restore failed", timeout=60)
+        tab.wait(q("#restore-progress [data-restore-status=succeeded]"), "the restore ended",
+                 timeout=60)
         progress = tab.eval(f"{q('#restore-progress')}.textContent")
-        assert "imported 0 of the backup's 12 records into orders and rejected 12" in progress
-        assert "use mode upsert" in progress and "The restore failed" in progress
+        assert "12 rejected" in progress
+        assert "12 of the backup's records were not inserted" in progress
+        assert "insert keeps them" in progress
         tap(tab, "#restore-cancel")
 
         data = toy_restore.read(data_file)
@@ -466,7 +472,7 @@ def test_writing_into_the_existing_collection_needs_its_name_typed(
                  "both restores listed")
         listed = tab.eval("[...document.querySelectorAll('#restores [data-restore-id]')]"
                           ".map((r) => r.dataset.restoreStatus)")
-        assert listed == ["succeeded", "failed"]  # newest first
+        assert listed == ["succeeded", "succeeded"]
 
     assert toy_restore.read(data_file)["tables"]["orders"] == ROWS
 

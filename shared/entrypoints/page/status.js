@@ -310,6 +310,7 @@ function restoreFacts(r) {
                (p.records_after !== null && p.records_after !== undefined ? ", after " + count(p.records_after) : ""));
   }
   if (r.attempts) facts.push(r.attempts + (r.attempts === 1 ? " retry" : " retries"));
+  if (p.note) facts.push(p.note);
   return facts;
 }
 
