@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, cast
 
 from shared.domain.errors import RateLimited, VerificationFailed
@@ -41,31 +41,53 @@ def write_rows(ctx: Context, hold: CopyHold, platform: RowImportPlatform, order:
             _check_object(ctx, stored)
         save_point(ctx, hold, checked=True)
     workers = ctx.config.timing.restore_row_concurrency
-    writer = _Writer(platform, order)
     with ThreadPoolExecutor(workers, thread_name_prefix="restore-rows") as pool:
+        rows = _Rows(ctx, hold, pool, _Writer(platform, order), budget, in_flight=2 * workers)
         while (index := int((hold.job.checkpoint or {}).get("object", 0))) < len(order.objects):
-            line = int((hold.job.checkpoint or {}).get("line", 0))
-            window: list[bytes] = []
-            for row in _lines(ctx, order.objects[index], skip=line):
-                window.append(row)
-                if len(window) == WINDOW:
-                    line += len(window)
-                    _saved(ctx, hold, list(pool.map(writer.write, window)), object=index, line=line)
-                    window = []
-                    if budget.spent():
-                        log.info("restore paused at its time budget", extra={"line": line})
-                        raise CopyPaused()
-            _saved(ctx, hold, list(pool.map(writer.write, window)), object=index + 1, line=0)
+            rows.write_object(order.objects[index], index)
     return _compare(ctx, hold, platform, order)
 
 
-def _saved(ctx: Context, hold: CopyHold, outcomes: list[RowOutcome], **position: int) -> None:
-    """The position after a window of rows, with the counts so far."""
-    point = hold.job.checkpoint or {}
-    written = int(point.get("written", 0)) + outcomes.count("written")
-    kept = int(point.get("kept", 0)) + outcomes.count("kept")
-    save_point(ctx, hold, **position, written=written, kept=kept,
-               rows=int(point.get("rows", 0)) + len(outcomes))
+class _Rows:
+    """One object's rows from the saved line on, `in_flight` at once. The position is saved
+    whenever WINDOW more rows in order have been written: a slow row (one waiting out a
+    rate limit) never holds up the others, only the saved position."""
+
+    def __init__(self, ctx: Context, hold: CopyHold, pool: ThreadPoolExecutor, writer: _Writer,
+                 budget: Budget, *, in_flight: int) -> None:
+        self._ctx, self._hold, self._pool, self._writer = ctx, hold, pool, writer
+        self._budget = budget
+        self._in_flight = in_flight
+        self._flight: deque[Future[RowOutcome]] = deque()
+        self._done: list[RowOutcome] = []
+        self._line = 0
+
+    def write_object(self, stored: StoredObject, index: int) -> None:
+        self._line = int((self._hold.job.checkpoint or {}).get("line", 0))
+        for row in _lines(self._ctx, stored, skip=self._line):
+            self._flight.append(self._pool.submit(self._writer.write, row))
+            self._settle(index, self._in_flight)
+        self._settle(index, 0)
+        self._save(object=index + 1, line=0)
+
+    def _settle(self, index: int, keep: int) -> None:
+        """Take the finished rows at the head, waiting while more than `keep` are out."""
+        while len(self._flight) > keep or (self._flight and self._flight[0].done()):
+            self._done.append(self._flight.popleft().result())
+            self._line += 1
+            if len(self._done) == WINDOW:
+                self._save(object=index, line=self._line)
+                if self._budget.spent():
+                    log.info("restore paused at its time budget", extra={"line": self._line})
+                    raise CopyPaused()
+
+    def _save(self, **position: int) -> None:
+        point = self._hold.job.checkpoint or {}
+        save_point(self._ctx, self._hold, **position,
+                   written=int(point.get("written", 0)) + self._done.count("written"),
+                   kept=int(point.get("kept", 0)) + self._done.count("kept"),
+                   rows=int(point.get("rows", 0)) + len(self._done))
+        self._done.clear()
 
 
 class _Writer:
