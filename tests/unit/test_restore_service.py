@@ -15,6 +15,7 @@ import pytest
 
 from shared.domain.jobs import JobStatus, RunStatus
 from shared.ports import ImportProgress, RestoreMode, RowOutcome
+from shared.service.close import close_finished_runs
 from shared.service.finish import finish
 from shared.service.poll import poll
 from shared.service.restore.plan import RestoreRefused, plan_restore, restoring, start_restore
@@ -303,3 +304,36 @@ def test_the_lease_of_a_restore_renews_with_each_saved_window() -> None:
     assert stopped.lease_until is not None
     assert stopped.lease_until >= u.clock() + timedelta(
         seconds=u.ctx.config.timing.copy_lease_seconds - 1)
+
+
+def test_retention_keeps_a_backup_while_a_restore_reads_it() -> None:
+    from shared.config.model import Retention
+    from shared.service.prune import plan as retention_plan
+    from shared.service.start import start_run
+
+    platform = ImportingExport({"orders": list(ROWS)}, polls_before_done=50)
+    u = unit(platform)
+    older = backed_up(u)
+    u.clock.advance(3600)
+    newer, _ = start_run(u.ctx, idempotency_key="newer", trigger="test")
+    for _ in range(5):
+        poll(u.ctx)
+        u.clock.advance(70)
+        for job_id in u.dispatcher.dispatched:
+            finish(u.ctx, job_id)
+    close_finished_runs(u.ctx)
+    u.ctx.config = u.ctx.config.model_copy(update={"retention": Retention(keep_last=1)})
+
+    def verdicts() -> dict[str, tuple[bool, list[str]]]:
+        decided = retention_plan(u.ctx)
+        return {decided.jobs[d.backup.backup_id].run_id: (d.keep, d.reasons)
+                for d in decided.decisions}
+
+    assert verdicts()[older][0] is False  # keep_last 1: the older backup would go
+    run, _ = start_restore(u.ctx, plan_restore(u.ctx, older, "shop", "orders"),
+                           idempotency_key="reading", trigger="test")
+    keep, reasons = verdicts()[older]
+    assert keep and "being restored" in reasons
+    assert verdicts()[newer.run_id][0] is True
+    drive(u, run.run_id, rounds=60)  # the restore ends (its import is slow): the hold ends
+    assert verdicts()[older][0] is False
