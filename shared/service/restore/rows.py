@@ -125,7 +125,8 @@ class RateGate:
     WINDOW = 1.0  # seconds over which accepted calls estimate the limit
     MARGIN = 1.02  # spacing kept above that estimate
     SLOW_DOWN = 1.1  # spacing after a further refusal, relative to before
-    SPEED_UP = 1.02  # spacing divided by this after each second without a refusal
+    SPEED_UP = 1.005  # spacing divided by this after each second without a refusal: a
+    # refusal stalls the calls then in flight for its Retry-After, so probing is slow
     PATIENCE = 120.0  # seconds of nothing but refusals before the restore is left for later
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
