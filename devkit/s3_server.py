@@ -1,4 +1,5 @@
-"""moto's S3 server standing in for COS on loopback, and the bucket the backups go to.
+"""moto's S3 server standing in for COS on loopback (behind `devkit.cos_layer`, which adds
+COS's x-cos-forbid-overwrite and x-cos-hash-crc64ecma), and the bucket the backups go to.
 
     python -m devkit.s3_server --bucket NAME   # prints the endpoint URL, runs until killed
 """
@@ -10,9 +11,17 @@ import logging
 import socket
 import threading
 
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
 from moto.s3.models import s3_backends
 from moto.server import ThreadedMotoServer
 from qcloud_cos import CosConfig, CosS3Client
+from werkzeug.serving import make_server
+
+from devkit.cos_layer import CosLayer
 
 REGION = "ap-guangzhou"
 
@@ -23,10 +32,24 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_s3_server(port: int = 0) -> tuple[ThreadedMotoServer, str]:
+class CosLikeServer(ThreadedMotoServer):
+    """moto's threaded server behind `CosLayer`: COS's forbid-overwrite header and CRC64."""
+
+    def __init__(self, ip_address: str, port: int) -> None:
+        super().__init__(ip_address=ip_address, port=port, verbose=False)
+        self.layer = CosLayer(DomainDispatcherApplication(create_backend_app))
+
+    def _server_entry(self) -> None:
+        self._server = make_server(self._ip_address, self._port, self.layer, True,
+                                   request_handler=MotoRequestHandler)
+        self._server_ready_event.set()
+        self._server.serve_forever()
+
+
+def start_s3_server(port: int = 0) -> tuple[CosLikeServer, str]:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     port = port or free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = CosLikeServer("127.0.0.1", port)
     server.start()
     return server, f"http://127.0.0.1:{port}"
 

@@ -1,7 +1,8 @@
-"""Builds build/package, what serverless.yml deploys to SCF, and zips it.
+"""Builds build/package, what scf-*/serverless.yml deploy to SCF (`src`), and zips it.
 
 - The runtime dependencies are installed as CPython 3.10 manylinux x86_64 wheels,
-  whatever Python runs this, pinned to the versions the tests ran with. They are cached
+  whatever Python runs this, pinned by requirements/runtime.lock: the versions
+  scripts/setup installs and the tests run with. They are cached
   in build/deps/<hash> so a rebuild after a code change takes seconds.
 - Parts the functions never import are left out (see NOT_NEEDED and PRUNE): the zip
   stays small and SCF unpacks it faster.
@@ -30,11 +31,9 @@ import sys
 import tempfile
 import zipfile
 from collections.abc import Iterable, Mapping
-from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 import yaml
-from packaging.requirements import Requirement
 from pydantic import ValidationError
 
 from shared.config import Destination, DispatchSettings
@@ -46,6 +45,8 @@ ARCHIVE = BUILD / "baas-backup.zip"
 DEPS_CACHE = BUILD / "deps"
 HANDLERS = ("trigger", "poller", "finisher")
 CAM_POLICY = ROOT / "docs" / "cam-policy.json"
+# The one source of the package's versions (and of what scripts/setup installs).
+RUNTIME_LOCK = ROOT / "requirements" / "runtime.lock"
 
 # Published as a source package only; it falls back to pure Python when its C
 # extension does not load, so building it here is safe for any target.
@@ -74,24 +75,36 @@ TARGET = {"python_version": "3.10", "sys_platform": "linux", "platform_system": 
 PY310_EXTENSION = re.compile(r"\.(cpython-310-x86_64-linux-gnu|abi3)\.so$")
 
 
-def pinned_runtime_closure(project: str = "baas-backup") -> list[str]:
-    """`name==version` for every runtime dependency, as tested in this environment."""
+def pinned_runtime_closure(lock: Path = RUNTIME_LOCK) -> list[str]:
+    """`name==version` for every runtime dependency the functions import, from the runtime
+    lock: the versions the tests ran with (scripts/setup installs the same lock). What is
+    only there for a NOT_NEEDED package (its `# via` names nothing else) is left out too."""
     pins: dict[str, str] = {}
-    pending = [Requirement(r) for r in distribution(project).requires or []]
-    while pending:
-        requirement = pending.pop()
-        if requirement.marker and not requirement.marker.evaluate({**TARGET, "extra": ""}):
-            continue
-        name = requirement.name.lower().replace("_", "-")
-        if name in pins or name in NOT_NEEDED:
-            continue
-        try:
-            dist = distribution(requirement.name)
-        except PackageNotFoundError:
-            raise SystemExit(f"{requirement.name} is not installed; run scripts/setup first") from None
-        pins[name] = dist.version
-        pending.extend(Requirement(r) for r in dist.requires or [])
-    return sorted(f"{name}=={version}" for name, version in pins.items())
+    needed_by: dict[str, set[str]] = {}
+    current = ""
+    for line in lock.read_text(encoding="utf-8").splitlines():
+        pin = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", line)
+        via = re.match(r"^\s+#\s+(?:via\s+)?([A-Za-z0-9][A-Za-z0-9._-]*)(\s+\(.*\))?\s*$", line)
+        if pin:
+            current = _normal(pin.group(1))
+            pins[current] = pin.group(2)
+            needed_by[current] = set()
+        elif via and current:
+            needed_by[current].add(_normal(via.group(1)))
+    if not pins:
+        raise SystemExit(f"{lock} pins nothing; regenerate it (see its first lines)")
+    left_out = set(NOT_NEEDED)
+    while True:
+        orphans = {name for name, users in needed_by.items()
+                   if name not in left_out and users and users <= left_out}
+        if not orphans:
+            break
+        left_out |= orphans
+    return sorted(f"{name}=={version}" for name, version in pins.items() if name not in left_out)
+
+
+def _normal(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
 
 
 def find_python310() -> str | None:
@@ -229,7 +242,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=PACKAGE, help="package directory (default build/package)")
     parser.add_argument("--uin", help="your account id (UIN), filled into build/cam-policy.json")
     parser.add_argument("--region", default=os.environ.get("REGION", "ap-guangzhou"),
-                        help="region the functions are deployed in (serverless.yml's $REGION)")
+                        help="region the functions are deployed in (.env's REGION)")
     args = parser.parse_args()
     if args.config and not args.config.is_file():
         parser.error(f"--config {args.config}: no such file")
@@ -238,7 +251,7 @@ def main() -> int:
     print(f"{out} ready; {archive}: {archive.stat().st_size / 1e6:.1f} MB zipped")
     if not args.config:
         print("note: no --config given, so no backup.yaml is in the package; the functions "
-              "read $BAAS_BACKUP_CONFIG (serverless.yml: /var/user/backup.yaml)", file=sys.stderr)
+              "read $BAAS_BACKUP_CONFIG (scf-*/serverless.yml: /var/user/backup.yaml)", file=sys.stderr)
         return 0
     rendered = render_cam_policy(args.config, uin=args.uin, region=args.region, environ=os.environ)
     policy = BUILD / "cam-policy.json"

@@ -1,6 +1,7 @@
 """A complete backup on the local default: the WeChat emulator serving a sample
 environment, moto's S3 server standing in for COS, SQLite state. Runs the same CLI a
-user runs, then reads back what landed in the bucket and checks it against the source."""
+user runs, then reads back what landed in the bucket and checks it against the source,
+and ends with `doctor` (the local fake of the Tencent Cloud API holds the finisher)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from rich.table import Table
 from devkit.compare import assert_object_equals_docs
 from devkit.emulators.minapp import MinAppEmulator, render_export
 from devkit.emulators.onedb import OneDBEmulator
+from devkit.emulators.tencentcloud import TencentCloudEmulator
 from devkit.emulators.wechat import WeChatEmulator
 from devkit.s3_server import create_bucket, start_s3_server, stop_s3_server
 from devkit.sample_data import make_docs
@@ -24,6 +26,7 @@ from shared.adapters.cos.objects import CosObjectStore
 from shared.config import load_config
 from shared.entrypoints.cli import console
 from shared.entrypoints.cli import main as cli
+from shared.entrypoints.scf import handle_finisher
 
 ROOT = Path(__file__).resolve().parent.parent
 APPID = "wx5eed0000deadbeef"
@@ -42,6 +45,7 @@ COLLECTIONS: dict[str, list[dict[str, Any]]] = {
 MINAPP_CLIENT_ID = "demo5eed0000minapp01"
 MINAPP_SECRET = "demo-minapp-client-secret-0000"  # the emulator's
 MINAPP_MAX_ROWS = 2000  # MinApp's real limit is 1,000,000 rows per export
+MINAPP_WINDOW = 1  # seconds between two exports of a table (MinApp's real window: a minute)
 MINAPP_TABLES: dict[int, list[dict[str, Any]]] = {
     1001: [{k: v for k, v in d.items() if k != "_id"} for d in make_docs(5000, seed=21, prefix="o")],
     1002: [{k: v for k, v in d.items() if k != "_id"} for d in make_docs(300, seed=22, prefix="m")],
@@ -52,7 +56,8 @@ def _minapp_source(minapp_url: str) -> dict[str, Any]:
     return {"type": "minapp", "name": "app", "client_id": MINAPP_CLIENT_ID,
             "client_secret": "${DEMO_MINAPP_SECRET}", "file_type": "json",
             "tables": [{"id": 1001, "split": {"key": "created_at", "rows_per_part": 1500}}, 1002],
-            "max_export_rows": MINAPP_MAX_ROWS, "api_base": minapp_url}
+            "max_export_rows": MINAPP_MAX_ROWS, "api_base": minapp_url,
+            "export_interval_seconds": MINAPP_WINDOW}
 
 
 # OneDB: no export job; the finisher pages through each table (5000 rows a call).
@@ -93,12 +98,32 @@ def _onedb_equal(store: CosObjectStore, manifest: dict[str, Any], onedb: OneDBEm
     return [json.loads(line) for line in lines] == rows
 
 
-def _write_config(folder: Path, wechat_url: str, s3_url: str, minapp_url: str) -> Path:
+# The local fake of the Tencent Cloud API, holding the finisher function, and a role's
+# temporary keys it accepts: what `doctor` checks the hand-off to the finisher against.
+ROLE = {"TENCENTCLOUD_SECRETID": "AKIDdemo00000000000000001",
+        "TENCENTCLOUD_SECRETKEY": "demo-role-secret-key-0000",
+        "TENCENTCLOUD_SESSIONTOKEN": "demo-role-session-token-0000"}
+FINISHER = "baas-backup-finisher"
+
+
+def _tencent_cloud() -> TencentCloudEmulator:
+    cloud = TencentCloudEmulator()
+    cloud.add_key(ROLE["TENCENTCLOUD_SECRETID"], ROLE["TENCENTCLOUD_SECRETKEY"],
+                  ROLE["TENCENTCLOUD_SESSIONTOKEN"], allow=[f"default/{FINISHER}"])
+    cloud.add_function(FINISHER, handle_finisher)
+    cloud.start()
+    return cloud
+
+
+def _write_config(folder: Path, wechat_url: str, s3_url: str, minapp_url: str,
+                  cloud_url: str) -> Path:
     config = {
         "destination": {"bucket": BUCKET, "region": "ap-guangzhou", "prefix": "baas-backup",
                         "endpoint": s3_url, "anonymous": True},
         "state": {"url": f"sqlite:///{folder / 'state.sqlite3'}"},
         "timing": {"first_check_seconds": 0.5, "max_check_interval_seconds": 2},
+        # `run` copies in-process here (no SCF); `doctor` checks the finisher through the fake
+        "dispatch": {"endpoint": cloud_url, "region": "ap-guangzhou"},
         "sources": [
             {"type": "wechat", "name": "shop", "appid": APPID, "secret": "${DEMO_WECHAT_SECRET}",
              "env": ENV_ID, "collections": ["orders", "users", "商品 products", "audit_log"],
@@ -176,7 +201,7 @@ def main() -> int:
     s3, s3_url = start_s3_server()
     create_bucket(s3_url, BUCKET)
     # One export per table per second instead of MinApp's per minute, so parts start quickly.
-    minapp = MinAppEmulator(job_window=1, max_export_rows=MINAPP_MAX_ROWS)
+    minapp = MinAppEmulator(job_window=MINAPP_WINDOW, max_export_rows=MINAPP_MAX_ROWS)
     minapp.add_client(MINAPP_CLIENT_ID, MINAPP_SECRET)
     for table_id, records in MINAPP_TABLES.items():
         minapp.add_table(table_id, records)
@@ -185,7 +210,8 @@ def main() -> int:
         emulator.add_env(APPID, ENV_ID)
         for name, docs in COLLECTIONS.items():
             emulator.add_collection(ENV_ID, name, docs)
-        config_path = _write_config(folder, emulator.base_url, s3_url, minapp.base_url)
+        cloud = _tencent_cloud()
+        config_path = _write_config(folder, emulator.base_url, s3_url, minapp.base_url, cloud.url)
         _add_onedb_source(config_path, onedb.base_url)
         os.environ["DEMO_ONEDB_SECRET"] = ONEDB_SECRET
         os.environ["DEMO_WECHAT_SECRET"] = SECRET
@@ -200,9 +226,13 @@ def main() -> int:
         print()
         equal = _show_bucket(config_path, emulator, minapp, onedb)
         cli(["--config", str(config_path), "status"])
+        print("every object equals its source collection" if equal else "MISMATCH: see the table")
+        print("\n$ baas-backup doctor")
+        os.environ.update(ROLE)
+        checked = cli(["--config", str(config_path), "doctor"])
+        cloud.stop()
     stop_s3_server(s3)
-    print("every object equals its source collection" if equal else "MISMATCH: see the table")
-    return 0 if code == 0 and equal else 1
+    return 0 if code == 0 and equal and checked == 0 else 1
 
 
 if __name__ == "__main__":

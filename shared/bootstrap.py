@@ -16,6 +16,7 @@ from shared.config import Config
 from shared.platforms import registry
 from shared.ports import Dispatcher, Kind, Platform, PlatformServices
 from shared.service.context import Context
+from shared.service.doctor import Subject
 from shared.service.finish import finish
 
 
@@ -60,3 +61,14 @@ def build_context(
         notifier=WebhookNotifier(config.notify, config.timing.retry_base_seconds),
         stop_by=stop_by)
     return context
+
+
+def doctor_subject(config: Config, environ: Mapping[str, str] | None = None) -> Subject:
+    """What `doctor` examines: the real bucket, state, finisher and webhooks, and each
+    source's client with a token cache of its own (so every token is fetched for real)."""
+    from shared.adapters.doctor import CloudDeployment, FreshTokens
+
+    env = environ if environ is not None else os.environ
+    services = PlatformServices(tokens=FreshTokens(), retry_base_seconds=config.timing.retry_base_seconds)
+    return Subject(config=config, deployment=CloudDeployment(config, env),
+                   platforms=ConfiguredPlatforms(config, services))

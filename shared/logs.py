@@ -2,7 +2,8 @@
 
 Redaction happens here, in the formatter, for every record from every library
 (httpx logs request URLs, which carry access tokens and signatures), so no call
-site has to remember it.
+site has to remember it. It runs on each value before JSON encoding: encoding escapes
+`"`, `\\` and control characters, and a secret holding one would no longer match.
 """
 
 from __future__ import annotations
@@ -27,13 +28,15 @@ _secrets_lock = threading.Lock()
 _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     # any URL's query string: access_token=..., COS q-signature=..., MinApp codes
     (re.compile(r"(https?://[^\s\"'<>?]+)\?[^\s\"'<>]*"), rf"\1?{REDACTED}"),
-    (re.compile(r"(?i)\bBearer\s+[A-Za-z0-9._~+/=-]+"), f"Bearer {REDACTED}"),
+    # credentials in Authorization headers: the whole value up to a space or quote (a
+    # bearer token may hold ':'; Basic is base64 of user:password)
+    (re.compile(r"(?i)\b(Bearer|Basic)\s+[^\s\"'<>,;]+"), rf"\1 {REDACTED}"),
     # token-like parameters outside URLs, in JSON bodies or form data
     (
         re.compile(
             r"""(?i)(["']?\b(?:[a-z_]*access_token|refresh_token|[a-z_]*secret|secret_?key|"""
-            r"""client_secret|authorization|code|token|q-signature)["']?\s*[:=]\s*["']?)"""
-            r"""(?!Bearer )[^\s"'&,}]+"""
+            r"""client_secret|authorization|code|token|q-signature|q-ak|x-cos-security-token|"""
+            r"""password)["']?\s*[:=]\s*["']?)(?!Bearer |Basic )[^\s"'&,}]+"""
         ),
         rf"\1{REDACTED}",
     ),
@@ -88,7 +91,20 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return redact(json.dumps(entry, ensure_ascii=False, default=str))
+        return json.dumps(_redacted(entry), ensure_ascii=False)
+
+
+def _redacted(value: Any) -> Any:
+    """Every string in a log entry redacted, anything else made a string first."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {str(k): _redacted(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_redacted(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return redact(str(value))
 
 
 def configure_logging(level: int | str = logging.INFO, stream: Any = None) -> None:

@@ -30,6 +30,12 @@ class Progress:
     # A platform that tracks more than one platform job (e.g. a split export) hands
     # back its updated handle here; the service stores it as the job's platform_job_id.
     platform_job_id: str | None = None
+    # What the platform itself says the collection holds (e.g. WeChat's databasecollectionget
+    # `count`), given only for an unfiltered export: a free cross-check of expected_records.
+    platform_count: int | None = None
+    # A running export with something to do at a known moment (e.g. the next part of a split
+    # export once the platform's per-table window reopens): check again within this long.
+    check_within_seconds: float | None = None
 
 
 class TokenCache(Protocol):
@@ -125,12 +131,15 @@ class StreamSummary:
     bytes: int
     sha256: str  # hex
     parts: int  # uploaded parts; a single PUT counts as one
+    crc64: str | None = None  # CRC64-ECMA of the bytes sent, decimal as COS writes it
 
 
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str
     size: int
+    crc64: str | None = None  # COS's x-cos-hash-crc64ecma, when the store gives one
+    storage_class: str = "STANDARD"  # x-cos-storage-class; absent means STANDARD
 
 
 class ObjectStore(Protocol):
@@ -155,6 +164,9 @@ class ObjectStore(Protocol):
 
     def delete(self, key: str) -> None: ...
 
+    def set_storage_class(self, key: str, storage_class: str) -> None:
+        """Move an object to another storage class in place (same key, same content)."""
+
 
 @runtime_checkable
 class ResumableUploads(Protocol):
@@ -170,6 +182,9 @@ class ResumableUploads(Protocol):
     def abort_upload(self, key: str, upload_id: str) -> None: ...
 
     def open_uploads(self, key: str) -> tuple[str, ...]: ...
+
+    def uploads_under(self, prefix: str) -> tuple[tuple[str, str], ...]:
+        """(key, upload id) of every unfinished multipart upload under `prefix`."""
 
 
 # state --------------------------------------------------------------------------------
@@ -201,13 +216,20 @@ class StateStore(TokenCache, Protocol):
     def save_job(self, job: Job) -> Job | None:
         """Write if the stored version equals job.version; the stored job, or None."""
 
+    def delete_run(self, run_id: str) -> None:
+        """Forget a closed run and its jobs (retention); deleting twice is harmless."""
+
 
 # telling people ------------------------------------------------------------------------
 class Notifier(Protocol):
-    """Tells people how a run ended (webhooks); never raises: a notification that cannot
-    be delivered is logged, and never keeps a run from closing."""
+    """Tells people how a run ended (webhooks, heartbeat) and raises alerts; never
+    raises itself: a message that cannot be delivered is logged, and never keeps a run
+    from closing."""
 
     def notify(self, run: Run, jobs: list[Job]) -> None: ...
+
+    def alert(self, text: str) -> None:
+        """A message about the backups as a whole (they stopped, they recovered)."""
 
 
 # dispatch -----------------------------------------------------------------------------
@@ -215,3 +237,40 @@ class Dispatcher(Protocol):
     """Hands a ready job to the finisher (in-process locally, SCF async Invoke hosted)."""
 
     def dispatch(self, job_id: str) -> None: ...
+
+
+# the doctor ----------------------------------------------------------------------------
+# Each probe makes a few real calls and returns what it proved, in a sentence; when
+# something is wrong it raises BackupError (or ConfigError) saying what and how to fix it.
+@runtime_checkable
+class CredentialProbe(Protocol):
+    """A platform client that can prove its source's credentials work with one cheap call."""
+
+    def probe(self) -> str: ...
+
+
+class Deployment(Protocol):
+    """What `doctor` checks besides the config and the sources."""
+
+    def bucket(self) -> str:
+        """The destination bucket answers a listing under the prefix with these keys."""
+
+    def objects(self) -> str:
+        """A probe object under the prefix is written, read back and deleted."""
+
+    def create_only(self) -> str | None:
+        """A second create-only writer is refused and bucket versioning was never enabled;
+        None when the state is not kept in the bucket (nothing relies on it)."""
+
+    def state(self) -> str:
+        """The state backend answers a read."""
+
+    def finisher(self) -> str | None:
+        """The finisher function can be invoked with these credentials; None when the
+        config copies in-process (dispatch.mode local)."""
+
+    def webhooks(self) -> int:
+        """How many webhooks are configured."""
+
+    def webhook(self, index: int, send: bool) -> str:
+        """The webhook answers; with `send`, it accepts a test message."""

@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.support.onedb",
     "tests.support.mysql",
     "tests.support.webhook",
+    "tests.support.hostile",
 ]

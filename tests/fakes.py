@@ -79,6 +79,12 @@ class MemoryState:
             self.writes += 1
             return stored
 
+    def delete_run(self, run_id: str) -> None:
+        with self._lock:
+            self.runs.pop(run_id, None)
+            for job_id in [i for i, j in self.jobs.items() if j.run_id == run_id]:
+                del self.jobs[job_id]
+
     def cache_get(self, key: str, now: datetime) -> str | None:
         found = self.cache.get(key)
         return found[0] if found and found[1] > now else None
@@ -102,6 +108,7 @@ class MemoryObjects:
 
     def __init__(self) -> None:
         self.objects: dict[str, bytes] = {}
+        self.classes: dict[str, str] = {}  # key -> storage class, when not STANDARD
         self.uploads: dict[str, _Upload] = {}
         self.fail_puts = 0
         self._ids = itertools.count(1)
@@ -127,12 +134,16 @@ class MemoryObjects:
 
     def head(self, key: str) -> ObjectInfo | None:
         data = self.objects.get(key)
-        return None if data is None else ObjectInfo(key=key, size=len(data))
+        return None if data is None else ObjectInfo(
+            key=key, size=len(data), storage_class=self.classes.get(key, "STANDARD"))
 
     def read(self, key: str) -> bytes:
         return b"".join(self.iter_read(key))
 
     def iter_read(self, key: str, chunk_size: int = MIB) -> Iterator[bytes]:
+        if self.classes.get(key) in ("ARCHIVE", "DEEP_ARCHIVE"):
+            raise StorageError(f"COS download of {key!r} failed: InvalidObjectState (HTTP 403)",
+                               key=key, code="InvalidObjectState")
         if key not in self.objects:
             raise StorageError(f"COS download of {key!r} failed: NoSuchKey (HTTP 404)",
                                key=key, code="NoSuchKey")
@@ -145,6 +156,13 @@ class MemoryObjects:
 
     def delete(self, key: str) -> None:
         self.objects.pop(key, None)
+        self.classes.pop(key, None)
+
+    def set_storage_class(self, key: str, storage_class: str) -> None:
+        if key not in self.objects:
+            raise StorageError(f"COS storage class change of {key!r} failed: no such object",
+                               key=key, code="NoSuchKey")
+        self.classes[key] = storage_class
 
     def begin_upload(self, key: str, content_type: str) -> str:
         upload_id = f"upload-{next(self._ids)}"
@@ -165,6 +183,9 @@ class MemoryObjects:
 
     def open_uploads(self, key: str) -> tuple[str, ...]:
         return tuple(i for i, u in self.uploads.items() if u.key == key)
+
+    def uploads_under(self, prefix: str) -> tuple[tuple[str, str], ...]:
+        return tuple((u.key, i) for i, u in self.uploads.items() if u.key.startswith(prefix))
 
     def _upload(self, key: str, upload_id: str) -> _Upload:
         upload = self.uploads.get(upload_id)
@@ -200,6 +221,10 @@ class RecordingDispatcher:
 class RecordingNotifier:
     def __init__(self) -> None:
         self.sent: list[tuple[Run, list[Job]]] = []
+        self.alerts: list[str] = []
 
     def notify(self, run: Run, jobs: list[Job]) -> None:
         self.sent.append((run, jobs))
+
+    def alert(self, text: str) -> None:
+        self.alerts.append(text)

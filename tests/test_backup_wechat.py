@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -120,6 +121,9 @@ def test_download_cut_every_time_is_never_stored_as_done(local: LocalBackup) -> 
     (job,) = ctx.state.list_jobs(run.run_id)
     assert job.status is JobStatus.FAILED
     assert "cut off" in (job.error or "")
+    # counted over the whole stream, not per handed-on chunk (a short file is one chunk)
+    said = re.search(r"cut off after (\d+) bytes", job.error or "")
+    assert said is not None and int(said.group(1)) > 0, job.error
     assert local.objects.list(config.destination.prefix + "/runs/" + run.run_id + "/shop") == []
 
 
@@ -135,3 +139,29 @@ def test_expired_download_link_is_replaced(local: LocalBackup) -> None:
     assert job.status is JobStatus.DONE and job.result is not None
     assert_object_equals_docs(local.objects.read(job.result.key), docs, "json")
     assert local.emulator.download_statuses.count(403) == 1
+
+
+def test_a_link_expired_twice_says_so(local: LocalBackup) -> None:
+    local.seed("orders", make_docs(10))
+    local.emulator.expire_next_links(100)
+    ctx = local.context(local.config())
+
+    run = backup_now(ctx)
+
+    (job,) = ctx.state.list_jobs(run.run_id)
+    assert job.status is JobStatus.FAILED
+    assert "expired download link twice" in (job.error or ""), job.error
+
+
+def test_the_manifest_records_the_objects_crc64_as_cos_reports_it(local: LocalBackup) -> None:
+    local.seed("orders", make_docs(50))
+    ctx = local.context(local.config())
+
+    run = backup_now(ctx)
+
+    (job,) = ctx.state.list_jobs(run.run_id)
+    assert job.result is not None
+    manifest = json.loads(local.objects.read(job.result.manifest_key))
+    stored = local.objects.head(job.result.key)
+    assert stored is not None and stored.crc64 is not None
+    assert manifest["objects"][0]["crc64"] == stored.crc64

@@ -56,7 +56,7 @@ def test_valid_config_expands_references() -> None:
         (lambda d: d["sources"][0].update(type="firebase"), "sources[0]: type must be one of: wechat, onedb, wechat-platform, minapp"),
         (lambda d: d["destination"].pop("bucket"), "destination.bucket: required field is missing"),
         (lambda d: d["destination"].update(prefix="a/../b"), "destination.prefix: must not contain '.' or '..'"),
-        (lambda d: d["destination"].update(endpoint="ftp://x"), "destination.endpoint: must look like http(s)://"),
+        (lambda d: d["destination"].update(endpoint="ftp://x"), "destination.endpoint: must look like https://"),
         (lambda d: d["sources"][0].update(appid="12345"), "sources[0].appid: String should match pattern"),
         (lambda d: d["sources"][0].update(collections=[]), "sources[0].collections: List should have at least 1 item"),
         (lambda d: d["sources"][0].update(collections=["a", "a"]), "collections listed twice: a"),
@@ -116,9 +116,34 @@ def test_cli_validate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: p
     path.write_text(json.dumps(GOOD), encoding="utf-8")
     assert cli(["--config", str(path), "validate"]) == 0
     out = capsys.readouterr().out
-    assert "config OK: 1 source(s)" in out and "shop (wechat): orders, users" in out
+    assert "config OK: 1 source(s)" in out and "shop (wechat):\n    - orders\n    - users" in out
     broken = copy.deepcopy(GOOD)
     broken["sources"][0]["file_type"] = "xml"
     path.write_text(json.dumps(broken), encoding="utf-8")
     assert cli(["--config", str(path), "validate"]) == 2
     assert "sources[0].file_type" in capsys.readouterr().err
+
+
+def test_cli_validate_prints_minapp_and_onedb_tables_readably(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    for name, value in {**ENV, "MINAPP_SECRET": "minapp-secret", "ONEDB_SECRET": "s"}.items():
+        monkeypatch.setenv(name, value)
+    document = {
+        "destination": GOOD["destination"],
+        "sources": [
+            {"type": "minapp", "name": "app", "client_id": "c", "client_secret": "${MINAPP_SECRET}",
+             "tables": [1001, {"id": 1002, "split": {"key": "created_at"}}]},
+            {"type": "onedb", "name": "crm", "region": "cn-east-1", "envid": "e", "keyid": "k",
+             "key_secret": "${ONEDB_SECRET}", "app_id": "user", "keys": ["id"],
+             "tables": ["events", {"name": "posts", "getColumns": ["title"]}]},
+        ],
+    }
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps(document), encoding="utf-8")
+
+    assert cli(["--config", str(path), "validate"]) == 0
+
+    out = capsys.readouterr().out
+    assert "    - 1001\n" in out and '    - 1002 (split: {"key": "created_at"})' in out
+    assert "    - events\n" in out and '    - posts (getColumns: ["title"])' in out
+    assert "MinAppTable(" not in out and "OneDBTable(" not in out and "id=" not in out

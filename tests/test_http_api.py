@@ -1,5 +1,5 @@
-"""The HTTP API through the real trigger handler (functions/trigger/index.py) with API
-Gateway events, against the local setup (WeChat emulator, moto S3, SQLite). Every
+"""The HTTP API through the real trigger handler (functions/trigger/index.py) with
+Function URL events (API Gateway events where a test's name says so), against the local setup (WeChat emulator, moto S3, SQLite). Every
 answer is checked against docs/openapi.yaml on the way."""
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ from tests.support.api import (
     SPEC,
     TOKEN,
     Api,
-    api_event,
+    check_response_shape,
     deploy,
+    gateway_event,
+    url_event,
 )
 from tests.support.backup import ENV_ID, SECRET, LocalBackup, drive
 
@@ -49,7 +51,8 @@ def test_openapi_document_is_valid_and_matches_the_routes() -> None:
 
 
 # auth -----------------------------------------------------------------------------------
-DATA_ROUTES = [("GET", "/runs"), ("POST", "/runs"), ("GET", "/runs/20261121T020000123Z-1a2b3c4d")]
+DATA_ROUTES = [("GET", "/runs"), ("POST", "/runs"), ("GET", "/runs/20261121T020000123Z-1a2b3c4d"),
+               ("POST", "/runs/20261121T020000123Z-1a2b3c4d/acknowledge"), ("GET", "/collections")]
 EVERY_ROUTE = [("GET", "/"), *DATA_ROUTES]
 
 
@@ -130,6 +133,43 @@ def test_post_runs_backs_up_everything(api: Api) -> None:
                              "bytes": sum(j["bytes"] for j in run["jobs"])}
     assert run["jobs_by_status"]["done"] == 3
     assert run["manifest_key"] and api.local.objects.read(run["manifest_key"])
+
+
+def test_a_wiped_collection_is_flagged_and_acknowledged_over_http(api: Api) -> None:
+    first = api.call("POST", "/runs", headers={"Idempotency-Key": "night-1"})[1]["run_id"]
+    finish_run(api, first)
+    api.local.emulator.add_collection(ENV_ID, "orders", [])  # wiped at the source
+    second = api.call("POST", "/runs", headers={"Idempotency-Key": "night-2"})[1]["run_id"]
+    finish_run(api, second)
+
+    _, run, _ = api.call("GET", f"/runs/{second}")
+    flags = {(j["source"], j["collection"]): (j["suspect"], j["previous_records"]) for j in run["jobs"]}
+    assert flags == {("shop", "orders"): (True, 20), ("archive", "orders"): (True, 20),
+                     ("shop", "users"): (False, 5)}
+    _, listed, _ = api.call("GET", "/collections")
+    shop_orders = next(c for c in listed["collections"]
+                       if (c["source"], c["collection"]) == ("shop", "orders"))
+    assert shop_orders["latest"]["suspect"] and shop_orders["latest"]["records"] == 0
+    assert shop_orders["last_good"]["run_id"] == first and shop_orders["last_good"]["records"] == 20
+    assert shop_orders["last_good"]["age_seconds"] >= 0 and listed["retention"] is False
+
+    path = f"/runs/{second}/acknowledge"
+    status, job, _ = api.call("POST", path, body={"source": "shop", "collection": "orders"})
+    assert status == 200 and job["suspect"] is False and job["acknowledged_at"]
+    assert api.call("POST", path, body={"source": "shop", "collection": "orders"})[0] == 200
+    status, problem, _ = api.call("POST", path, body={"source": "shop", "collection": "users"})
+    assert status == 409 and "not suspect" in problem["error"]
+    status, problem, _ = api.call("POST", path, body={"source": "shop", "collection": "nope"})
+    assert status == 404
+    status, problem, _ = api.call("POST", path, body={"source": "shop"})
+    assert status == 400 and problem["field"] == "collection"
+    status, problem, _ = api.call("POST", "/runs/20200101T000000000Z-00000000/acknowledge",
+                                  body={"source": "shop", "collection": "orders"})
+    assert status == 404 and problem["field"] == "run_id"
+    _, listed, _ = api.call("GET", "/collections")
+    shop_orders = next(c for c in listed["collections"]
+                       if (c["source"], c["collection"]) == ("shop", "orders"))
+    assert shop_orders["last_good"]["run_id"] == second  # the acknowledged drop is good now
 
 
 def test_post_runs_with_a_subset(api: Api) -> None:
@@ -217,13 +257,15 @@ def test_unknown_sources_and_collections_name_the_configured_ones(
     ({"body": {"collections": {}}}, 400, "collections", ["must not be empty"]),
     ({"raw_body": '{"sources": ["shop"]}', "headers": {"content-type": "text/plain"}}, 415,
      "Content-Type", ["JSON"]),
-    ({"raw_body": "not base64!", "base64_body": False, "headers": {}}, 400, "body", ["JSON"]),
+    ({"raw_body": "not base64!", "headers": {}}, 400, "body", ["JSON"]),
+    ({"raw_body": "eyJzb3VyY2VzIjogW119"}, 400, "body", ["not valid JSON"]),  # no base64 flag: text
     ({"body": {}, "headers": {"Idempotency-Key": "has spaces in it"}}, 400, "Idempotency-Key",
      ["visible ASCII"]),
     ({"body": {}, "headers": {"Idempotency-Key": "k" * 201}}, 400, "Idempotency-Key", ["200"]),
     ({"raw_body": json.dumps({"sources": ["shop"], "pad": "x" * MAX_BODY_BYTES})}, 413, "body",
      ["limit is 16384"]),
-    ({"raw_body": json.dumps({"pad": "x" * MAX_BODY_BYTES}), "base64_body": True}, 413, "body",
+    ({"raw_body": json.dumps({"pad": "x" * MAX_BODY_BYTES}), "base64_body": True, "gateway": True},
+     413, "body",
      ["limit"]),
 ])
 def test_malformed_requests_start_nothing(
@@ -238,21 +280,83 @@ def test_malformed_requests_start_nothing(
     assert api.runs() == [] and api.exports() == 0
 
 
-def test_bodies_in_base64_and_undecodable_ones(api: Api) -> None:
-    status, body, _ = api.call("POST", "/runs", body={"sources": ["archive"]}, base64_body=True)
+def test_api_gateway_bodies_in_base64_and_undecodable_ones(api: Api) -> None:
+    status, body, _ = api.call("POST", "/runs", body={"sources": ["archive"]}, base64_body=True,
+                               gateway=True)
     assert status == 202 and body["created"] is True
 
-    event = api_event("POST", "/runs", raw_body="%%% not base64 %%%")
+    event = gateway_event("POST", "/runs", raw_body="%%% not base64 %%%")
     event["isBase64Encoded"] = "true"  # some gateways send the flag as a string
     answer = api.trigger.main_handler(event, None)
     assert answer["statusCode"] == 400 and "base64" in json.loads(answer["body"])["error"]
 
-    event = api_event("POST", "/runs")
+    event = gateway_event("POST", "/runs")
     event["body"] = base64.b64encode(b'{"sources": ["\xff"]}').decode()
     event["isBase64Encoded"] = True
     answer = api.trigger.main_handler(event, None)
     assert answer["statusCode"] == 400 and "UTF-8" in json.loads(answer["body"])["error"]
     assert api.exports() == 1
+
+
+# the two HTTP entries ---------------------------------------------------------------------
+def test_the_documented_function_url_event_starts_a_run(api: Api) -> None:
+    """The event of product/583/96099's example, with this API's path, token and body."""
+    event = {
+        "body": json.dumps({"sources": ["archive"]}),
+        "headers": {"accept": "*/*", "accept-encoding": "gzip, deflate, br",
+                    "cache-control": "no-cache", "connection": "keep-alive",
+                    "content-length": "25", "content-type": "application/json",
+                    "authorization": f"Bearer {TOKEN}", "x-scf-remote-addr": "111.206.96.145"},
+        "httpMethod": "POST",
+        "path": "/runs",
+        "queryString": {},
+    }
+    answer = api.trigger.main_handler(event, None)
+    assert set(answer) == {"statusCode", "headers", "body"}  # Function URL's response fields
+    assert answer["statusCode"] == 202 and json.loads(answer["body"])["created"] is True
+
+
+def test_api_gateway_events_still_work(api: Api) -> None:
+    status, started, _ = api.call("POST", "/runs", body={"sources": ["archive"]}, gateway=True,
+                                  headers={"Idempotency-Key": "gw-1"})
+    assert status == 202
+    status, listed, _ = api.call("GET", "/runs", query={"limit": "5"}, gateway=True)
+    assert status == 200 and listed["runs"][0]["run_id"] == started["run_id"]
+    status, one, _ = api.call("GET", started["status_url"], gateway=True)
+    assert status == 200 and one["run_id"] == started["run_id"]
+    status, _, headers = api.call("GET", "/", token=None, gateway=True)
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    assert api.call("GET", "/runs", token=None, gateway=True)[0] == 401
+
+
+def test_a_function_url_path_is_not_treated_as_mounted(api: Api) -> None:
+    """A Function URL serves the whole host: /backup/runs is not /runs there."""
+    status, body, _ = api.call("GET", "/backup/runs")
+    assert status == 404 and "/runs/{run_id}" in body["error"]
+
+
+@pytest.mark.parametrize("field,value", [("path", None), ("path", 7), ("headers", ["a"]),
+                                         ("queryString", "a=1"), ("httpMethod", 1)])
+def test_an_unrecognised_event_shape_names_the_field_and_the_document(
+    api: Api, field: str, value: Any
+) -> None:
+    event = url_event("GET", "/runs")
+    if value is None:
+        del event[field]
+    else:
+        event[field] = value
+    answer = api.trigger.main_handler(event, None)
+    error = json.loads(answer["body"])
+    assert answer["statusCode"] == 500 and error["field"] == field
+    assert "product/583/96099" in error["error"] and repr(field) in error["error"]
+
+
+def test_the_scf_request_id_is_logged_for_function_url_requests(
+    api: Api, capsys: pytest.CaptureFixture[str]
+) -> None:
+    api.trigger.main_handler(url_event("GET", "/runs"), {"request_id": "scf-req-42"})
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert any(e.get("request_id") == "scf-req-42" and e["message"] == "HTTP request" for e in lines)
 
 
 # GET /runs, GET /runs/{id} -------------------------------------------------------------------
@@ -343,10 +447,10 @@ def test_an_unknown_path_is_404_listing_the_routes(api: Api) -> None:
     assert status == 404 and "/runs/{run_id}" in body["error"]
 
 
-def test_the_api_can_be_mounted_below_a_path(api: Api) -> None:
-    status, body, _ = api.call("GET", "/backup/runs", api_path="/backup")
+def test_an_api_gateway_api_can_be_mounted_below_a_path(api: Api) -> None:
+    status, body, _ = api.call("GET", "/backup/runs", api_path="/backup", gateway=True)
     assert status == 200 and body == {"runs": [], "next": None}
-    status, page, _ = api.call("GET", "/backup", api_path="/backup", token=None)
+    status, page, _ = api.call("GET", "/backup", api_path="/backup", token=None, gateway=True)
     assert status == 200 and "<html" in page
 
 
@@ -375,9 +479,20 @@ def test_an_invalid_config_is_reported_to_the_owner_only(api: Api) -> None:
 
 
 # real HTTP --------------------------------------------------------------------------------------
+SEEN_EVENTS: list[dict[str, Any]] = []
+
+
 @pytest.fixture
 def server(api: Api) -> Iterator[str]:
-    local_server = LocalApiServer(lambda event: api.trigger.main_handler(event, None))
+    SEEN_EVENTS.clear()
+
+    def handle(event: dict[str, Any]) -> dict[str, Any]:
+        SEEN_EVENTS.append(event)
+        answer: dict[str, Any] = api.trigger.main_handler(event, None)
+        check_response_shape(answer, gateway=False)
+        return answer
+
+    local_server = LocalApiServer(handle)
     url = local_server.start()
     try:
         yield url
@@ -407,3 +522,8 @@ def test_the_local_server_speaks_real_http(api: Api, server: str) -> None:
     assert too_big.status_code == 413 and too_big.json()["field"] == "body"
     assert binary.status_code == 400 and "UTF-8" in binary.json()["error"]
     assert api.exports() == 1
+    # what the local server sends is a Function URL event (product/583/96099)
+    assert SEEN_EVENTS and all(set(e) == {"httpMethod", "path", "headers", "queryString", "body"}
+                               for e in SEEN_EVENTS)
+    assert SEEN_EVENTS[0]["headers"]["x-scf-remote-addr"] == "127.0.0.1"
+    assert {"limit": "5"} in [e["queryString"] for e in SEEN_EVENTS]

@@ -165,7 +165,7 @@ def test_table_over_the_row_limit_is_split_into_parts(
     minapp_emulator.add_table(1001, source)  # created_at: three records per second
     table = {"id": 1001, "split": {"key": "created_at", "rows_per_part": 400}}
     config = local.config(local.minapp_source(minapp_emulator, tables=[table],
-                                              file_type=file_type, max_export_rows=1000))
+                                              file_type=file_type, max_export_rows=1000, export_interval_seconds=0.05))
     ctx = local.context(config)
 
     run = backup_jumping(ctx)
@@ -194,6 +194,24 @@ def test_table_over_the_row_limit_is_split_into_parts(
     assert manifest["records"] == 2600
 
 
+def test_the_next_part_is_created_when_the_tables_window_reopens_not_every_tick(
+        local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
+    minapp_emulator.max_export_rows = 1000
+    minapp_emulator.job_window = 0.4
+    minapp_emulator.add_table(1001, records(1100))
+    table = {"id": 1001, "split": {"key": "created_at", "rows_per_part": 400}}
+    config = local.config(local.minapp_source(
+        minapp_emulator, tables=[table], max_export_rows=1000, export_interval_seconds=0.4))
+    ctx = local.context(config)
+
+    run = backup_now(ctx)
+
+    assert run.status is RunStatus.SUCCEEDED
+    (job,) = ctx.state.list_jobs(run.run_id)
+    assert job.result is not None and len(job.result.objects) == 3
+    assert minapp_emulator.calls["export"] == 3  # one create per part: none refused
+
+
 def test_split_keeps_the_tables_own_where_and_options(
         local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
     minapp_emulator.max_export_rows = 1000
@@ -202,7 +220,7 @@ def test_split_keeps_the_tables_own_where_and_options(
     table = {"id": 1001, "where": {"paid": {"$eq": True}}, "exclude_keys": ["items"],
              "split": {"key": "id", "rows_per_part": 600}}
     ctx = local.context(local.config(local.minapp_source(minapp_emulator, tables=[table],
-                                                         max_export_rows=1000)))
+                                                         max_export_rows=1000, export_interval_seconds=0.05)))
 
     run = backup_jumping(ctx)
 
@@ -225,7 +243,7 @@ def test_split_on_a_key_with_too_many_equal_values_says_so(
     minapp_emulator.add_table(1001, [{"kind": "a" if i % 10 else "b"} for i in range(1500)])
     table = {"id": 1001, "split": {"key": "kind", "rows_per_part": 500}}
     ctx = local.context(local.config(local.minapp_source(minapp_emulator, tables=[table],
-                                                         max_export_rows=1000)))
+                                                         max_export_rows=1000, export_interval_seconds=0.05)))
 
     run = backup_now(ctx)
 
@@ -239,7 +257,7 @@ def test_table_over_the_limit_without_split_says_how_to_split(
         local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
     minapp_emulator.max_export_rows = 1000
     minapp_emulator.add_table(1001, records(1200))
-    ctx = local.context(local.config(local.minapp_source(minapp_emulator, max_export_rows=1000)))
+    ctx = local.context(local.config(local.minapp_source(minapp_emulator, max_export_rows=1000, export_interval_seconds=0.05)))
 
     run = backup_now(ctx)
 
@@ -248,6 +266,21 @@ def test_table_over_the_limit_without_split_says_how_to_split(
     error = job.error or ""
     assert "holds 1200 rows" in error and "split: {key: created_at, rows_per_part:" in error
     assert minapp_emulator.calls["export"] == 1
+
+
+def test_a_refusal_for_size_says_how_to_split_even_when_the_limit_is_set_higher(
+        local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
+    minapp_emulator.max_export_rows = 1000  # MinApp's own limit, lower than the source says
+    minapp_emulator.add_table(1001, records(1200))
+    ctx = local.context(local.config(local.minapp_source(minapp_emulator)))
+
+    run = backup_now(ctx)
+
+    (job,) = ctx.state.list_jobs(run.run_id)
+    assert job.status is JobStatus.FAILED
+    error = job.error or ""
+    assert "导出数据量超过" in error and "split: {key: created_at, rows_per_part:" in error, error
+    assert "check the table's export options" not in error
 
 
 def test_invalid_where_fails_without_retry(local: LocalBackup,
@@ -410,3 +443,52 @@ def test_json_export_that_is_not_json_lines_is_never_stored(
     assert job.status is JobStatus.FAILED
     assert "not one JSON object per line (it starts with '[')" in (job.error or "")
     assert local.objects.list(f"{config.destination.prefix}/runs/{run.run_id}/app") == []
+
+
+def test_all_tables_are_listed_at_each_run_with_include_and_exclude(
+        local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
+    minapp_emulator.add_table(1001, records(30), name="orders")
+    minapp_emulator.add_table(1002, records(5, seed=22, prefix="u"), name="users")
+    minapp_emulator.add_table(1003, records(2, seed=23), name="orders_tmp")
+    source = local.minapp_source(minapp_emulator, tables="all", include=["order*"],
+                                 exclude=["*_tmp"])
+    ctx = local.context(local.config(source))
+
+    run = backup_now(ctx)
+
+    assert run.status is RunStatus.SUCCEEDED
+    (job,) = ctx.state.list_jobs(run.run_id)
+    assert job.collection == "1001" and job.result is not None
+    assert_export_equals_records(local.objects.read(job.result.key),
+                                 minapp_emulator.records(1001), "json")
+    discovery = json.loads(local.objects.read(run.manifest_key or ""))["discovery"]["app"]
+    assert discovery["found"] == ["orders", "orders_tmp", "users"]
+    assert discovery["excluded"] == ["orders_tmp", "users"]
+    assert minapp_emulator.calls["tables"] >= 1
+
+
+def test_tables_given_by_name_are_resolved_at_each_run(
+        local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
+    minapp_emulator.add_table(1001, records(30), name="orders")
+    minapp_emulator.add_table(1002, records(5, seed=22, prefix="u"), name="users")
+    source = local.minapp_source(minapp_emulator, tables=["users", {"name": "orders", "mode": "all"}])
+    ctx = local.context(local.config(source))
+
+    run = backup_now(ctx)
+
+    assert run.status is RunStatus.SUCCEEDED
+    assert sorted(j.collection for j in ctx.state.list_jobs(run.run_id)) == ["1001", "1002"]
+    discovery = json.loads(local.objects.read(run.manifest_key or ""))["discovery"]["app"]
+    assert discovery["resolved"] == {"users": "1002", "orders": "1001"}
+
+
+def test_an_unknown_table_name_fails_the_source_naming_it(
+        local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
+    minapp_emulator.add_table(1001, records(3), name="orders")
+    ctx = local.context(local.config(local.minapp_source(minapp_emulator, tables=["ordres"])))
+
+    run = backup_now(ctx)
+
+    assert run.status is RunStatus.FAILED
+    error = json.loads(local.objects.read(run.manifest_key or ""))["discovery"]["app"]["error"]
+    assert "'ordres'" in error and "check the name" in error

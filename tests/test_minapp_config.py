@@ -37,7 +37,7 @@ def problems(mutate: Any) -> list[str]:
 def test_valid_minapp_source() -> None:
     source = parse_config(GOOD, environ=ENV).sources[0]
     assert isinstance(source, MinAppSource)
-    assert [t.id for t in source.tables] == ["1001", "1002", "1003"]
+    assert [t.id for t in source.listed] == ["1001", "1002", "1003"]
     assert source.client_secret.get_secret_value() == "client-secret-value-42"
     table = source.table("1003")
     assert table.split is not None and table.split.rows_per_part == 500000
@@ -46,14 +46,31 @@ def test_valid_minapp_source() -> None:
     assert "client-secret-value-42" not in repr(source)
 
 
+def test_all_tables_and_table_names() -> None:
+    document = copy.deepcopy(GOOD)
+    document["sources"][0].update(tables="all", include=["order*"], exclude=["*_tmp"])
+    source = parse_config(document, environ=ENV).sources[0]
+    assert isinstance(source, MinAppSource) and source.tables == "all" and source.listed == []
+    assert source.wanted("orders") and not source.wanted("orders_tmp") and not source.wanted("users")
+    document["sources"][0].update(tables=["orders", 1002, {"name": "users", "mode": "all"}],
+                                  include=None, exclude=None)
+    del document["sources"][0]["include"], document["sources"][0]["exclude"]
+    source = parse_config(document, environ=ENV).sources[0]
+    assert isinstance(source, MinAppSource)
+    assert [(t.id, t.name) for t in source.listed] == [(None, "orders"), ("1002", None), (None, "users")]
+
+
 @pytest.mark.parametrize(
     ("mutate", "expected"),
     [
-        (lambda s: s.update(tables="all"),
-         "sources[0].tables: MinApp's documented OpenAPI has no table listing"),
-        (lambda s: s.update(tables=["orders"]),
+        (lambda s: s.update(tables=["0"]),
          "sources[0].tables[0].id: must be a MinApp table id, a number such as 1001"),
-        (lambda s: s.update(tables=[]), "sources[0].tables: List should have at least 1 item"),
+        (lambda s: s.update(tables=[{"id": 1001, "name": "orders"}]),
+         "a table needs exactly one of id and name"),
+        (lambda s: s.update(include=["o*"]), "include/exclude apply to tables: all"),
+        (lambda s: s.update(tables=["orders", {"name": "orders"}]),
+         "tables listed twice: 'orders'; list each once"),
+        (lambda s: s.update(tables=[]), "sources[0].tables: Value should have at least 1 item"),
         (lambda s: s.update(tables=[1001, "1001"]), "tables listed twice: 1001; list each once"),
         (lambda s: s["tables"][2].update(mode="all"),
          "table 1003: where only applies with mode: part; set mode: part or remove where"),
@@ -71,7 +88,7 @@ def test_valid_minapp_source() -> None:
         (lambda s: s["tables"][2].update(mode="some"),
          "sources[0].tables[2].mode: Input should be 'all' or 'part' (got \"some\")"),
         (lambda s: s.update(file_type="xlsx"), "sources[0].file_type: Input should be 'json' or 'csv'"),
-        (lambda s: s.update(api_base="ftp://x"), "sources[0].api_base: must be http(s)://host"),
+        (lambda s: s.update(api_base="ftp://x"), "sources[0].api_base: must be https://host"),
         (lambda s: s.pop("client_id"), "sources[0].client_id: required field is missing"),
         (lambda s: s.update(client_secret="${NOT_SET}"),
          "sources[0].client_secret: environment variable NOT_SET is not set"),

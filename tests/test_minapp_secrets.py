@@ -31,7 +31,7 @@ def test_logs_state_and_manifests_hold_no_minapp_secrets(
     # 4040 does not exist: its job fails, so an error is stored
     tables = [{"id": 1001, "split": {"key": "created_at", "rows_per_part": 400}}, 1002, 4040]
     config = local.config(local.minapp_source(minapp_emulator, tables=tables,
-                                              max_export_rows=500))
+                                              max_export_rows=500, export_interval_seconds=0.05))
     backup_jumping(local.context(config), key="one")
     minapp_emulator.expire_tokens()
     minapp_emulator.expire_next_links(1)

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
+from pathlib import Path
+
+import pytest
 
 from devkit.sample_data import make_docs
 from shared.config import Config, Notify
+from shared.entrypoints.cli import main as cli
 from shared.logs import configure_logging
 from shared.service.close import close_finished_runs
 from tests.support.backup import ENV_ID, LocalBackup, backup_now
@@ -66,3 +71,67 @@ def test_refused_notification_is_retried_then_logged(local: LocalBackup, webhook
     assert run.status.value == "failed"  # the run still closed
     assert "could not deliver the run notification" in captured.getvalue()
     assert "93000" in captured.getvalue()
+
+
+def test_a_collection_wiped_at_the_source_is_reported_as_suspect(
+        local: LocalBackup, webhook: WebhookReceiver, capsys: pytest.CaptureFixture[str],
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The nightly run that backs up an emptied collection succeeds (that is what the
+    platform holds) but is never quiet, and the backup is flagged everywhere."""
+    local.seed("orders", make_docs(10))
+    local.seed("users", make_docs(3))
+    ctx = local.context(config_with_hook(local, webhook, "failure", "wecom"))
+    backup_now(ctx, key="before")
+    assert webhook.messages == []
+
+    local.emulator.add_collection(ENV_ID, "orders", [])  # wiped
+    run = backup_now(ctx, key="after")
+
+    assert run.status.value == "succeeded"
+    (message,) = webhook.messages
+    content = message["text"]["content"]
+    assert "suspect: shop/orders has 0 records, down from 10" in content
+    orders = next(j for j in ctx.state.list_jobs(run.run_id) if j.collection == "orders")
+    assert orders.suspect and orders.previous_records == 10 and not orders.good
+    assert orders.result is not None
+    manifest = json.loads(local.objects.read(orders.result.manifest_key))
+    assert manifest["suspect"] is True and manifest["previous_records"] == 10
+    run_manifest = json.loads(local.objects.read(run.manifest_key or ""))
+    assert {j["collection"]: j["suspect"] for j in run_manifest["jobs"]} == {"orders": True, "users": False}
+
+    config_path = str(local.config_file(
+        ctx.config, [local.wechat_source(collections=["orders", "users"])],
+        tmp_path / "backup.yaml", monkeypatch))
+    assert cli(["--config", config_path, "status", run.run_id]) == 0
+    assert "suspect (was 10)" in capsys.readouterr().out
+    assert cli(["--config", config_path, "ack", run.run_id, "shop", "orders"]) == 0
+    acknowledged = next(j for j in ctx.state.list_jobs(run.run_id) if j.collection == "orders")
+    assert acknowledged.good
+    assert "acknowledged_at" in json.loads(local.objects.read(orders.result.manifest_key))
+    # the next run compares with the acknowledged backup: no new alarm for the same zero
+    backup_now(ctx, key="later")
+    assert len(webhook.messages) == 1
+
+
+@pytest.mark.parametrize(("style", "ok_path", "fail_path"), [
+    ("healthchecks", "/ping/abc", "/ping/abc/fail"),
+    ("cronitor", "/ping/abc?state=complete&message=run", "/ping/abc?state=fail&message=run"),
+    ("uptime-kuma", "/ping/abc?status=up&msg=run", "/ping/abc?status=down&msg=run"),
+])
+def test_the_heartbeat_is_pinged_after_every_run(
+        local: LocalBackup, webhook: WebhookReceiver, style: str, ok_path: str, fail_path: str) -> None:
+    local.seed("orders", make_docs(3))
+    local.seed("users", make_docs(3))
+    local.environ["HEARTBEAT_URL"] = f"http://127.0.0.1:{webhook.server.server_port}/ping/abc"
+    webhook.get_status = 200
+    config = local.config(local.wechat_source(collections=["orders", "users"]))
+    notify = Notify.model_validate({"heartbeat": {"url": "${HEARTBEAT_URL}", "style": style}},
+                                   context={"environ": local.environ})
+    ctx = local.context(config.model_copy(update={"notify": notify}))
+
+    backup_now(ctx, key="good")
+    local.emulator.fail_export(ENV_ID, "users", "boom")
+    backup_now(ctx, key="bad")
+
+    assert [p.split("+")[0].split("%20")[0] for p in webhook.pings] == [ok_path, fail_path]
+    assert webhook.messages == []  # no webhooks configured: only the pings

@@ -81,3 +81,18 @@ def test_an_aborted_upload_is_gone(objects: ObjectStore) -> None:
     with pytest.raises(StorageError):
         objects.complete_upload("p/gone", upload, [(1, "etag")])
     assert objects.head("p/gone") is None
+
+
+def test_storage_classes(objects: ObjectStore) -> None:
+    objects.put_stream("p/cold", [b"x" * 100], content_type="text/plain")
+    info = objects.head("p/cold")
+    assert info is not None and info.storage_class == "STANDARD"
+    objects.set_storage_class("p/cold", "STANDARD_IA")
+    info = objects.head("p/cold")
+    assert info is not None and info.storage_class == "STANDARD_IA" and info.size == 100
+    assert objects.read("p/cold") == b"x" * 100
+    objects.set_storage_class("p/cold", "ARCHIVE")
+    with pytest.raises(StorageError):  # archived: restore before reading
+        objects.read("p/cold")
+    with pytest.raises(StorageError):
+        objects.set_storage_class("p/none", "ARCHIVE")

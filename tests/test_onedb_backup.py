@@ -7,11 +7,16 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
+import crcmod
+
+from devkit.cos_layer import CosLayer
 from devkit.emulators.onedb import OneDBEmulator, generated_row
 from shared.domain.jobs import JobStatus
+from shared.domain.layout import data_key
 from shared.logs import configure_logging
 from shared.service.context import Context
 from shared.service.finish import finish
@@ -19,6 +24,9 @@ from shared.service.poll import poll
 from shared.service.start import start_run
 from tests.support.backup import LocalBackup, backup_now, drive
 from tests.support.onedb import APP, ENV_ID, KEY_SECRET, onedb_source
+
+# CRC64-ECMA as COS reports it (the COS SDK's parameters), independent of the product's code
+crc64_of = crcmod.mkCrcFun(0x142F0E1EBA9EA3693, initCrc=0, xorOut=0xFFFFFFFFFFFFFFFF, rev=True)
 
 POSTS = [
     {"ids": {"userId": "u2", "postId": 1}, "columns": {"title": "第二个 🐼", "likes": 3}},
@@ -165,6 +173,86 @@ def test_rate_limit_waits_without_failing(local: LocalBackup, onedb_emulator: On
     job = ctx.state.list_jobs(run.run_id)[0]
     assert job.status is JobStatus.DONE, job.error
     assert job.attempts == 0
+
+
+def test_a_rate_limited_table_is_copied_in_one_go_at_about_the_allowed_rate(
+    local: LocalBackup, onedb_emulator: OneDBEmulator
+) -> None:
+    """Refused pages are asked again in place: no aborted attempt, no restart."""
+    onedb_emulator.add_generated_table(ENV_ID, APP, "events", 30_000)
+    onedb_emulator.page_cap = 1_000  # 30 calls
+    onedb_emulator.rate_limit = 10  # calls a second
+    outcomes: list[str] = []
+
+    class Direct:
+        def dispatch(self, job_id: str) -> None:
+            outcomes.append(finish(ctx, job_id))
+
+    ctx = local.context(local.config(onedb_source(local, onedb_emulator)), dispatcher=Direct())
+    began = time.monotonic()
+    run, _ = start_run(ctx, idempotency_key="limited", trigger="test")
+    seconds = time.monotonic() - began
+
+    assert outcomes == ["done"]  # one finisher invocation, no restart from a checkpoint
+    assert onedb_emulator.refused > 0  # the limit did push back
+    assert onedb_emulator.calls["getMany"] == 30  # each page read once (refusals not counted)
+    job = ctx.state.list_jobs(run.run_id)[0]
+    assert job.result is not None and job.result.records == 30_000
+    assert seconds < 30 / 10 * 3  # close to the allowed rate, not stalled
+
+
+def test_a_refusal_that_persists_leaves_the_copy_to_a_later_invocation(
+    local: LocalBackup, onedb_emulator: OneDBEmulator
+) -> None:
+    onedb_emulator.add_generated_table(ENV_ID, APP, "events", 6_000)
+    onedb_emulator.rate_limit = 0  # every call refused, Retry-After: 1
+    outcomes: list[str] = []
+
+    class Direct:
+        def dispatch(self, job_id: str) -> None:
+            outcomes.append(finish(ctx, job_id))
+
+    config = local.config(onedb_source(local, onedb_emulator), finish_budget_seconds=0.5)
+    ctx = local.context(config, dispatcher=Direct())
+    run, _ = start_run(ctx, idempotency_key="refused", trigger="test")
+
+    (job,) = ctx.state.list_jobs(run.run_id)
+    assert outcomes == ["retry"] and job.status is JobStatus.READY
+    assert job.attempts == 0 and "429" in (job.error or "")  # waiting is not a failed try
+
+    onedb_emulator.rate_limit = None
+    run = drive(ctx, run)
+    assert run.status.value == "succeeded" and outcomes[-1] == "done"
+
+
+def test_the_paged_copys_crc64_is_recorded_and_a_damaged_object_never_done(
+    local: LocalBackup, onedb_emulator: OneDBEmulator, cos_layer: CosLayer
+) -> None:
+    onedb_emulator.add_generated_table(ENV_ID, APP, "events", 12_000)
+    onedb_emulator.add_generated_table(ENV_ID, APP, "damaged", 3_000)
+    source = onedb_source(local, onedb_emulator, tables=["events", "damaged"])
+    config = local.config(source)
+
+    class Later:
+        def dispatch(self, job_id: str) -> None:
+            """The test drives the finisher itself, once the damage is set up."""
+
+    ctx = local.context(config, dispatcher=Later())
+    run, _ = start_run(ctx, idempotency_key="crc", trigger="test")
+    for job in ctx.state.list_jobs(run.run_id):
+        if job.collection == "damaged":
+            cos_layer.corrupt_crc.add(data_key(config.destination.prefix, run.run_id, "crm",
+                                               "damaged", "json"))
+        finish(ctx, job.job_id)
+
+    jobs = {j.collection: j for j in ctx.state.list_jobs(run.run_id)}
+    done = jobs["events"].result
+    assert done is not None
+    data = local.objects.read(done.key)
+    manifest = json.loads(local.objects.read(done.manifest_key))
+    assert manifest["objects"][0]["crc64"] == str(crc64_of(data))
+    damaged = jobs["damaged"]
+    assert damaged.status is not JobStatus.DONE and "CRC64" in (damaged.error or ""), damaged.error
 
 
 def _failed_with(local: LocalBackup, ctx: Context) -> str:

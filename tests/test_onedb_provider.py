@@ -11,7 +11,7 @@ import pytest
 
 from devkit.emulators.onedb import OneDBEmulator, generated_row
 from shared.config import parse_config
-from shared.domain.errors import Fatal, Retryable, RetryLater, TokenRejected
+from shared.domain.errors import Fatal, RateLimited, Retryable, TokenRejected
 from shared.logs import redact
 from shared.platforms import registry
 from shared.platforms.onedb.platform import OneDBClient, classify
@@ -133,7 +133,7 @@ def _answer(title: str) -> dict[str, Any]:
     ("环境密匙不存在", Fatal, "fix keyid"),
     ("环境不存在", Fatal, "fix envid or region"),
     ("数据表不存在", Fatal, "has no table 'events'"),
-    ("请求过于频繁", RetryLater, "rate limited"),
+    ("请求过于频繁", RateLimited, "rate limited"),
     ("系统繁忙，请稍后重试", Retryable, "busy"),
     ("参数错误: rowsLimit", Fatal, "check its keys"),
     ("something new", Retryable, "not a known OneDB error"),
@@ -171,13 +171,31 @@ def test_a_cursor_that_does_not_move_stops_the_copy(onedb_emulator: OneDBEmulato
         provider.fetch_page("events", cursor)
 
 
-def test_next_id_of_an_unknown_shape_stops_the_copy() -> None:
+def test_next_id_is_read_both_ways_and_anything_else_stops_the_copy() -> None:
     from shared.platforms.onedb.platform import _next_ids
 
-    with pytest.raises(Fatal, match="unknown shape"):
-        _next_ids({"id": "x"}, "events")
-    assert _next_ids(None, "events") is None
-    assert _next_ids({"ids": {"a": 1}}, "events") == {"a": 1}
+    keys = ["userId", "seq"]
+    assert _next_ids(None, "events", keys) is None
+    assert _next_ids({"ids": {"userId": "u", "seq": 1}}, "events", keys) == {"userId": "u", "seq": 1}
+    assert _next_ids({"userId": "u", "seq": 1}, "events", keys) == {"userId": "u", "seq": 1}
+    for odd in ({"id": "x"}, {"userId": "u"}, {"ids": {"userId": "u"}},
+                {"ids": {"userId": "u", "seq": 1}, "more": 1}, ["u", 1]):
+        with pytest.raises(Fatal, match="unknown shape") as caught:
+            _next_ids(odd, "events", keys)
+        assert "userId" in str(caught.value)  # names the key columns expected
+
+
+@pytest.mark.parametrize("bare", [False, True])
+def test_a_table_pages_to_its_end_with_either_next_id_reading(
+    onedb_emulator: OneDBEmulator, bare: bool,
+) -> None:
+    onedb_emulator.add_generated_table(ENV_ID, APP, "events", 12_000)
+    onedb_emulator.bare_next_id = bare
+    provider = OneDBClient(_source(onedb_emulator), SERVICES)
+
+    rows = _all_rows(provider, "events")
+
+    assert len(rows) == 12_000 and onedb_emulator.calls["getMany"] == 3
 
 
 def test_tricky_rows_and_keys_page_exactly(onedb_emulator: OneDBEmulator) -> None:

@@ -12,9 +12,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import crcmod
 import pytest
 from qcloud_cos.cos_exception import CosClientError
 
+from devkit.cos_layer import CosLayer
 from devkit.s3_server import cos_client
 from shared.adapters.cos.objects import CosObjectStore
 from shared.config import Destination
@@ -40,6 +42,12 @@ def odd_chunks(
         offset, turn = offset + size, turn + 1
 
 
+def crc(data: bytes) -> str:
+    """CRC64-ECMA as COS reports it, computed independently of the product's code."""
+    function = crcmod.mkCrcFun(0x142F0E1EBA9EA3693, initCrc=0, xorOut=0xFFFFFFFFFFFFFFFF, rev=True)
+    return str(function(data))
+
+
 def open_uploads(s3_server: str, bucket: str) -> list[object]:
     return list(cos_client(s3_server).list_multipart_uploads(Bucket=bucket).get("Upload", []))
 
@@ -63,7 +71,7 @@ def test_small_stream_is_one_put(object_store: CosObjectStore) -> None:
         before_commit=seen.append,
     )
     data = b'{"a": 1}\n{"b": 2}\n'
-    assert summary == StreamSummary(len(data), hashlib.sha256(data).hexdigest(), 1)
+    assert summary == StreamSummary(len(data), hashlib.sha256(data).hexdigest(), 1, crc(data))
     assert seen == [summary]
     assert object_store.read("backups/a.jsonl") == data
 
@@ -79,8 +87,8 @@ def test_multipart_round_trip(five_mib_store: CosObjectStore, s3_server, bucket)
     summary = five_mib_store.put_stream(
         "backups/big.bin", odd_chunks(data), content_type="application/octet-stream"
     )
-    assert summary == StreamSummary(len(data), hashlib.sha256(data).hexdigest(), 3)
-    assert five_mib_store.head("backups/big.bin") == ObjectInfo("backups/big.bin", len(data))
+    assert summary == StreamSummary(len(data), hashlib.sha256(data).hexdigest(), 3, crc(data))
+    assert five_mib_store.head("backups/big.bin") == ObjectInfo("backups/big.bin", len(data), crc(data))
     assert b"".join(five_mib_store.iter_read("backups/big.bin", chunk_size=MIB)) == data
     assert open_uploads(s3_server, bucket) == []
 
@@ -124,7 +132,7 @@ def test_broken_source_leaves_nothing(
 def test_rerun_replaces_the_object(five_mib_store: CosObjectStore) -> None:
     five_mib_store.put_stream("backups/r.bin", odd_chunks(pattern(6 * MIB)), content_type="x/y")
     five_mib_store.put_stream("backups/r.bin", [b"second run"], content_type="x/y")
-    assert five_mib_store.list("backups/") == [five_mib_store.head("backups/r.bin")]
+    assert five_mib_store.list("backups/") == [ObjectInfo("backups/r.bin", len(b"second run"))]
     assert five_mib_store.read("backups/r.bin") == b"second run"
 
 
@@ -179,7 +187,10 @@ def test_parts_committed_in_order_whatever_order_they_finish(destination: Destin
     data = pattern(23 * MIB)  # 5 parts, the last short
     summary = store.put_stream("backups/ordered", odd_chunks(data), content_type="x/y")
     assert spy.finished[0] != 1 and sorted(spy.finished) == [1, 2, 3, 4, 5]
-    assert summary == StreamSummary(bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), parts=5)
+    assert (summary.bytes, summary.sha256, summary.parts) == (
+        len(data), hashlib.sha256(data).hexdigest(), 5)
+    assert summary.crc64 == str(crcmod.mkCrcFun(0x142F0E1EBA9EA3693, initCrc=0,
+                                                xorOut=0xFFFFFFFFFFFFFFFF, rev=True)(data))
     assert store.read("backups/ordered") == data
 
 
@@ -218,7 +229,7 @@ class LossyStore(CosObjectStore):
 
     def head(self, key: str) -> ObjectInfo | None:
         found = super().head(key)
-        return found and ObjectInfo(found.key, found.size - 1)
+        return found and ObjectInfo(found.key, found.size - 1, found.crc64)
 
 
 def test_size_mismatch_deletes_and_names_the_key(
@@ -353,3 +364,31 @@ def test_memory_stays_near_the_parts_in_flight(s3_server: str, bucket: str, conc
     growth_mib = int(probe.stdout.strip())
     bound = 60 + (concurrency - 1) * 8  # each further part in flight adds one 8 MiB part
     assert growth_mib < bound, f"peak RSS grew by {growth_mib} MiB while streaming 200 MiB"
+
+
+@pytest.mark.parametrize("size", [1000, 12 * MIB + 3])  # one PUT; a multipart upload
+def test_crc64_is_computed_while_streaming_and_equals_coss(
+        five_mib_store: CosObjectStore, size: int) -> None:
+    data = pattern(size)
+
+    summary = five_mib_store.put_stream("backups/crc.bin", odd_chunks(data),
+                                        content_type="application/octet-stream")
+
+    # CRC-64/XZ (ECMA-182 reflected): the COS SDK's own parameters; check value of 123456789
+    expected = crcmod.mkCrcFun(0x142F0E1EBA9EA3693, initCrc=0, xorOut=0xFFFFFFFFFFFFFFFF, rev=True)
+    assert expected(b"123456789") == 0x995DC9BBDF1939FA
+    assert summary.crc64 == str(expected(data))
+    stored = five_mib_store.head("backups/crc.bin")
+    assert stored is not None and stored.crc64 == summary.crc64
+
+
+def test_an_object_whose_crc64_differs_is_deleted_not_kept(
+        five_mib_store: CosObjectStore, cos_layer: CosLayer) -> None:
+    cos_layer.corrupt_crc.add("backups/damaged.bin")
+
+    with pytest.raises(StorageError, match="CRC64") as caught:
+        five_mib_store.put_stream("backups/damaged.bin", [pattern(6 * MIB)],
+                                  content_type="application/octet-stream")
+
+    assert caught.value.code == "CrcMismatch"
+    assert five_mib_store.head("backups/damaged.bin") is None

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from devkit.cos_layer import CosLayer
 from shared.adapters.cos.client import cos_client
 from shared.adapters.cos.state import PRUNE_AFTER, CosStateStore
 from shared.adapters.state import open_store
@@ -151,6 +152,27 @@ def test_missing_records_read_as_none(store: StateStore) -> None:
     assert store.save_run(run) is None and store.get_run(run.run_id) is None
 
 
+def test_a_closed_run_can_be_deleted_with_its_jobs(store: StateStore) -> None:
+    for key, run_id in (("k1", "r1"), ("k2", "r2")):
+        run, jobs = make_run(key=key, run_id=run_id)
+        store.create_run(run, jobs)
+        for job in store.list_jobs(run_id):
+            assert store.save_job(job.moved_to(JobStatus.FAILED, error="x")) is not None
+        stored = store.get_run(run_id)
+        assert stored is not None
+        assert store.save_run(stored.model_copy(update={"status": RunStatus.FAILED})) is not None
+
+    store.delete_run("r1")
+    store.delete_run("r1")  # twice is harmless
+
+    assert store.get_run("r1") is None and store.list_jobs("r1") == []
+    assert store.get_job("r1.j0") is None
+    assert [r.run_id for r in store.list_runs()] == ["r2"]
+    assert len(store.list_jobs("r2")) == 3
+    again, created = store.create_run(*make_run(key="k1", run_id="r3"))
+    assert created and again.run_id == "r3"  # the deleted run's key is free again
+
+
 def test_job_saves_are_compare_and_set(store: StateStore) -> None:
     run, jobs = make_run()
     store.create_run(run, jobs)
@@ -264,6 +286,7 @@ def _poller(backend: Backend, run_id: str, worker: str, start_at: float, seconds
     """A poller that moves due jobs one step, as the pipeline does: every step a
     compare-and-set, the copy only by the holder of a live lease. Returns the steps it won."""
     store = backend.open()
+    store.get_run(run_id)  # connect before the start, so every poller starts the race ready
     won: list[tuple[str, str, str]] = []
     time.sleep(max(0.0, start_at - time.time()))
     deadline = time.monotonic() + seconds
@@ -434,36 +457,55 @@ def test_backup_runs_on_the_backend(kind: str, local: LocalBackup, request: pyte
 
 
 # COS: what moto does, and the guards that depend on it ------------------------------
-def test_moto_honours_if_none_match_and_ignores_forbid_overwrite(destination: Destination) -> None:
-    """The facts the COS store's tests stand on. If moto changes, this says so first."""
+def test_the_test_servers_cos_layer_forbids_overwrites_like_cos(destination: Destination) -> None:
+    """The facts the COS store's tests stand on: the test server drops If-None-Match (not
+    documented for COS) and honours x-cos-forbid-overwrite, except on a bucket whose
+    versioning was ever enabled."""
     from qcloud_cos.cos_exception import CosServiceError
 
     client = cos_client(destination)
     bucket = destination.bucket
+
+    def body() -> bytes:
+        return bytes(client.get_object(Bucket=bucket, Key="k")["Body"].get_raw_stream().read())
+
     client.put_object(Bucket=bucket, Key="k", Body=b"1")
+    client.put_object(Bucket=bucket, Key="k", Body=b"2", IfNoneMatch="*")
+    assert body() == b"2"  # If-None-Match alone protects nothing here
     with pytest.raises(CosServiceError) as refused:
-        client.put_object(Bucket=bucket, Key="k", Body=b"2", IfNoneMatch="*")
-    assert refused.value.get_status_code() == 412
-    client.put_object(Bucket=bucket, Key="k", Body=b"3", Metadata={"x-cos-forbid-overwrite": "true"})
-    body = client.get_object(Bucket=bucket, Key="k")["Body"].get_raw_stream().read()
-    assert body == b"3"  # moto overwrote: only If-None-Match protects the tests' races
+        client.put_object(Bucket=bucket, Key="k", Body=b"3", Metadata={"x-cos-forbid-overwrite": "true"})
+    assert refused.value.get_status_code() == 409 and body() == b"2"
+    client.put_bucket_versioning(Bucket=bucket, Status="Enabled")
+    client.put_bucket_versioning(Bucket=bucket, Status="Suspended")
+    client.put_object(Bucket=bucket, Key="k", Body=b"4", Metadata={"x-cos-forbid-overwrite": "true"})
+    assert body() == b"4"  # ever versioned: the header is void
 
 
-def test_bucket_that_overwrites_is_refused_loudly(destination: Destination, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A server that ignores both headers (a versioned COS bucket ignores forbid-overwrite)
-    must stop the store at once, not let two pollers both win."""
-    from moto.s3.responses import S3Response
+def test_create_only_writes_rest_on_the_cos_header(destination: Destination, cos_layer: CosLayer) -> None:
+    store = CosStateStore(destination)
+    refused_before = cos_layer.forbidden_overwrites
 
-    original = S3Response.put_object
+    assert store._create_json("state-test/one.json", {"n": 1}) is True
+    assert store._create_json("state-test/one.json", {"n": 2}) is False
 
-    def ignoring_conditions(self: Any) -> Any:
-        self.headers = {k: v for k, v in self.headers.items() if k.lower() != "if-none-match"}
-        return original(self)
+    assert cos_layer.forbidden_overwrites > refused_before
+    assert store._get_json("state-test/one.json") is not None
 
-    monkeypatch.setattr(S3Response, "put_object", ignoring_conditions)
+
+@pytest.mark.parametrize("history", [["Enabled"], ["Enabled", "Suspended"]])
+def test_a_bucket_whose_versioning_was_ever_enabled_is_refused_loudly(
+        destination: Destination, history: list[str]) -> None:
+    """COS ignores x-cos-forbid-overwrite on a bucket whose versioning is enabled or was
+    (suspended): the store must stop at once, not let two pollers both win."""
+    client = cos_client(destination)
+    for status in history:
+        client.put_bucket_versioning(Bucket=destination.bucket, Status=status)
+
     with pytest.raises(StateError, match="overwrite an existing object") as refused:
         open_store("cos://", destination)
-    assert "mysql+pymysql://" in str(refused.value)
+
+    message = str(refused.value)
+    assert "enabled or suspended" in message and "mysql+pymysql://" in message
 
 
 def test_sdk_retry_of_our_own_create_still_counts_as_ours(destination: Destination, atomic_moto: None) -> None:

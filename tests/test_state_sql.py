@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 import pymysql
@@ -15,6 +17,7 @@ import sqlalchemy as sa
 from shared.adapters.sql_state import SqlStateStore
 from shared.adapters.state import open_store
 from shared.config import ConfigError, StateSettings, parse_config
+from shared.domain.errors import StateError
 from shared.domain.jobs import IllegalTransition, Job, JobStatus, Run, utcnow
 from shared.logs import JsonFormatter, redact
 from tests.support.mysql import MariaDB
@@ -154,3 +157,12 @@ def test_illegal_transition_is_refused() -> None:
         done.moved_to(JobStatus.COPYING)
     with pytest.raises(IllegalTransition):
         job.moved_to(JobStatus.DONE)
+
+
+def test_database_failures_surface_as_state_errors(tmp_path: Path) -> None:
+    """Mapped at the adapter's edge, so the service layer retries them by class."""
+    store = open_store(f"sqlite:///{tmp_path / 'state.sqlite3'}")
+    with sqlite3.connect(tmp_path / "state.sqlite3") as conn:
+        conn.execute("DROP TABLE jobs")
+    with pytest.raises(StateError, match="get_job failed: OperationalError: no such table: jobs"):
+        store.get_job("j")

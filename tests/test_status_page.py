@@ -206,3 +206,29 @@ def test_status_page_asks_for_the_token_and_shows_no_data_without_it(
         assert not [e for e in elements if e.attrs.get("data-run-id") == run_id]
     refused = next(e for e in wrong if e.attrs.get("id") == "login-error")
     assert "refused" in refused.content
+
+
+def test_status_page_shows_collections_and_flags_a_suspect_backup(
+    served: tuple[Api, str], tmp_path: Path
+) -> None:
+    api, url = served
+    binary = chromium()
+    back_up(url, {"sources": ["shop"]})
+    api.local.emulator.add_collection(ENV_ID, "orders", [])  # wiped at the source
+    wiped = back_up(url, {"sources": ["shop"]})
+
+    elements = parse(headless(binary, f"{url}#token={TOKEN}", tmp_path / "profile", "--dump-dom"))
+
+    rows = {(e.attrs["data-source"], e.attrs["data-collection"]): e
+            for e in elements if e.tag == "tr" and "data-collection" in e.attrs}
+    assert set(rows) == {("shop", "orders"), ("shop", "users")}
+    orders = rows[("shop", "orders")]
+    assert orders.attrs["data-suspect"] == "yes" and "suspect" in orders.attrs["class"].split()
+    assert "20 records" in orders.content  # the last good backup, with its age
+    assert "min ago" in orders.content and "⚠ suspect: 0 (was 20)" in orders.content
+    assert rows[("shop", "users")].attrs["data-suspect"] == "no"
+    job = next(e for e in elements if e.tag == "li" and e.attrs.get("data-collection") == "orders"
+               and e.attrs.get("data-job-id", "").startswith(wiped))
+    assert "suspect: 0 records, down from 20" in job.content
+    button = next(e for e in elements if e.tag == "button" and e.attrs.get("data-run-id") == wiped)
+    assert "acknowledge" in button.attrs["class"]

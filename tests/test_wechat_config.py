@@ -100,7 +100,7 @@ def app(**changes: Any) -> dict[str, Any]:
         ({**WECHAT, "token": {"mode": "legacy_token", "url": "https://t.example"}},
          "sources[0].token: access_token, url and authorization are for mode external, "
          "not legacy_token"),
-        ({**WECHAT, "token": {"url": "ftp://t.example"}}, "sources[0].token.url: must be an http(s):// URL"),
+        ({**WECHAT, "token": {"url": "ftp://t.example"}}, "sources[0].token.url: must be an https:// URL"),
         ({**WECHAT, "secret": None},
          "sources[0]: secret is required with token mode stable_token; add secret: ${VAR}, or "
          "use a token you own"),

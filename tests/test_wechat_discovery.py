@@ -8,9 +8,11 @@ from typing import Any
 
 from devkit.compare import assert_object_equals_docs
 from devkit.sample_data import make_docs
+from shared.config import Notify
 from shared.domain.jobs import JobStatus, Run, RunStatus
 from shared.service.context import Context
 from tests.support.backup import ENV_ID, LocalBackup, backup_now
+from tests.support.webhook import WebhookReceiver
 
 LISTING = "/tcb/databasecollectionget"
 
@@ -130,4 +132,80 @@ def test_a_source_that_cannot_be_listed_fails_the_run_while_others_are_backed_up
     assert manifest["status"] == "failed"
     assert "cloud development is not enabled" in manifest["discovery"]["discovering"]["error"]
     assert manifest["summary"]["sources_not_listed"] == ["discovering"]
-    assert local.emulator.calls[LISTING] == 1  # a configuration error is not retried
+    # a configuration error is not retried: one listing by the discovering source, one by the
+    # listed source for its count cross-check (which costs only the cross-check)
+    assert local.emulator.calls[LISTING] == 2
+
+
+def test_a_discovering_source_that_finds_nothing_fails_loudly_everywhere(
+    local: LocalBackup, webhook: WebhookReceiver,
+) -> None:
+    local.environ["ROBOT_URL"] = webhook.url
+    config = local.config(local.wechat_source(collections="all"))
+    notify = Notify.model_validate({"on": "failure", "webhooks": [{"url": "${ROBOT_URL}",
+                                                                   "format": "json"}]},
+                                   context={"environ": local.environ})
+    ctx = local.context(config.model_copy(update={"notify": notify}))
+
+    run = backup_now(ctx)  # the env has no collection at all
+
+    assert run.status is RunStatus.FAILED and ctx.state.list_jobs(run.run_id) == []
+    error = run_manifest(local, run)["discovery"]["shop"]["error"]
+    assert "'shop'" in error and ENV_ID in error and LISTING in error and "permission sets" in error
+    (message,) = webhook.messages
+    assert message["failures"] == [{"source": "shop", "collection": "*", "error": error}]
+    assert "nothing backed up" in message["text"] and ENV_ID in message["text"]
+
+
+def test_include_exclude_that_leave_nothing_say_so(local: LocalBackup) -> None:
+    local.seed("tmp_a", [])
+    ctx = local.context(local.config(local.wechat_source(collections="all", exclude=["tmp_*"])))
+
+    run = backup_now(ctx)
+
+    assert run.status is RunStatus.FAILED
+    error = run_manifest(local, run)["discovery"]["shop"]["error"]
+    assert "tmp_a" in error and "include/exclude" in error
+
+
+def test_a_listing_answer_of_unknown_shape_fails_the_source_naming_its_fields(
+    local: LocalBackup,
+) -> None:
+    local.seed("orders", make_docs(2))
+    local.emulator.listing_answer = lambda answer: {"collection_list": answer["collections"],
+                                                    "count": 1}
+    ctx = local.context(local.config(local.wechat_source(collections="all")))
+
+    run = backup_now(ctx)
+
+    assert run.status is RunStatus.FAILED and ctx.state.list_jobs(run.run_id) == []
+    error = run_manifest(local, run)["discovery"]["shop"]["error"]
+    assert "collection_list" in error and "does not recognise" in error and ENV_ID in error
+
+
+def test_the_collections_own_count_is_recorded_and_a_far_one_warned_about(
+    local: LocalBackup,
+) -> None:
+    local.seed("orders", make_docs(100))
+    local.seed("users", make_docs(20, seed=2, prefix="u"))
+    local.seed("paid", make_docs(30, seed=3))
+    local.emulator.listing_answer = lambda answer: {**answer, "collections": [
+        {**c, "count": c["count"] + (500 if c["name"] == "users" else 0)}
+        for c in answer["collections"]]}
+    source = local.wechat_source(collections=["orders", "users", "paid"], queries={
+        "paid": "db.collection('paid').where({paid: true}).get()"})
+    ctx = local.context(local.config(source))
+
+    run = backup_now(ctx)
+
+    assert run.status is RunStatus.SUCCEEDED
+    manifests = {j.collection: json.loads(local.objects.read(j.result.manifest_key))
+                 for j in ctx.state.list_jobs(run.run_id) if j.result}
+    assert manifests["orders"]["platform_collection_count"] == 100
+    assert manifests["orders"]["count_warning"] is None
+    assert manifests["users"]["platform_collection_count"] == 520
+    assert "reported 20 records" in manifests["users"]["count_warning"]
+    assert "counts 520" in manifests["users"]["count_warning"]
+    assert manifests["paid"]["platform_collection_count"] is None  # filtered: not comparable
+    summary = run_manifest(local, run)["summary"]
+    assert list(summary["count_warnings"]) == ["shop/users"]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from devkit.sample_data import make_docs
+from shared.domain.errors import Fatal, Retryable, RetryLater
 from shared.domain.jobs import JobStatus, RunStatus
+from shared.platforms.wechat.api import InvalidRequest, Scope, classify
 from tests.support.backup import LocalBackup, backup_now
 
 TOKEN = "/cgi-bin/stable_token"
@@ -58,6 +60,38 @@ def test_busy_errcode_is_retried_with_backoff(local: LocalBackup) -> None:
     assert run.status is RunStatus.SUCCEEDED
     assert local.emulator.calls["/tcb/databasemigrateexport"] == 3
     assert len(local.emulator.export_jobs()) == 1
+
+
+@pytest.mark.parametrize("errcode", [-501001, -501002])
+def test_transient_cloud_errors_are_retried_not_fatal(local: LocalBackup, errcode: int) -> None:
+    local.seed("orders", make_docs(4))
+    local.emulator.inject_errcode("/tcb/databasemigrateexport", errcode, times=2, errmsg="cloud")
+    ctx = local.context(local.config())
+
+    run = backup_now(ctx)
+
+    assert run.status is RunStatus.SUCCEEDED
+    assert local.emulator.calls["/tcb/databasemigrateexport"] == 3
+
+
+@pytest.mark.parametrize(
+    ("errcode", "kind", "words"),
+    [
+        (-501016, RetryLater, "will try again later"),
+        (-501018, RetryLater, "will try again later"),
+        (-502011, Retryable, "will retry"),
+        (-501005, Fatal, "check the source's env id"),
+        (-502003, Fatal, "permission sets"),
+        (-501017, Fatal, "no storage left"),
+        (-502002, InvalidRequest, "rejected as invalid"),
+    ],
+)
+def test_cloud_errcodes_are_classified_by_meaning(errcode: int, kind: type, words: str) -> None:
+    scope = Scope(source="shop", appid="wx1", env="env-1", credentials="appid", allow_list="x")
+
+    error = classify("/tcb/databasemigrateexport", errcode, "msg", scope)
+
+    assert type(error) is kind and words in str(error), error
 
 
 def test_busy_beyond_in_call_retries_is_retried_by_later_polls(local: LocalBackup) -> None:

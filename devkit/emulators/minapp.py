@@ -100,7 +100,8 @@ _RECORDS_RE = re.compile(r"^/oserve/v2\.4/table/([^/]+)/record/$")
 
 # Names under which `calls` counts requests and faults are injected.
 ROUTES = ("authorize", "authorize_redirect", "access_token", "export", "job", "jobs",
-          "records", "download")
+          "records", "download", "tables")
+_TABLES = "/oserve/v1.8/table/"
 
 
 # --------------------------------------------------------------------------- errors
@@ -319,6 +320,7 @@ class _Table:
     table_id: str
     env: str
     records: list[dict[str, Any]]
+    name: str = ""
 
 
 @dataclass
@@ -399,6 +401,7 @@ class MinAppEmulator(LocalEmulator):
         self.redirect_downloads = False  # True: download links go through a 302 first
         self.port = port
         self.base_url = ""
+        self.link_base: str | None = None  # where download_url points; None: this emulator
         self.calls: collections.Counter[str] = collections.Counter()
         self.download_statuses: list[int] = []
         self.download_authorization: list[str | None] = []
@@ -437,7 +440,7 @@ class MinAppEmulator(LocalEmulator):
             self._envs.add(env_id)
 
     def add_table(self, table_id: int | str, records: list[dict[str, Any]], *,
-                  env: str = DEFAULT_ENV) -> None:
+                  env: str = DEFAULT_ENV, name: str | None = None) -> None:
         """Create or replace a table. Records get MinApp's system fields when they lack
         them: a stable ``id``, ``created_at`` (three records per second, so the field has
         duplicates like a real table) and ``updated_at``."""
@@ -453,7 +456,7 @@ class MinAppEmulator(LocalEmulator):
         with self._lock:
             if env not in self._envs:
                 raise KeyError(f"unknown env {env!r}: call add_env first")
-            self._tables[(env, table)] = _Table(table, env, normalised)
+            self._tables[(env, table)] = _Table(table, env, normalised, name or f"table_{table}")
 
     def records(self, table_id: int | str, *, env: str = DEFAULT_ENV) -> list[dict[str, Any]]:
         """A copy of the table's records, as an ``all`` export holds them."""
@@ -593,7 +596,7 @@ class MinAppEmulator(LocalEmulator):
         expires = int(time.time() + self.link_ttl)
         signature = self._sign(path, expires)
         shown = CDN_PREFIX + path[len(FILES_PREFIX):] if self.redirect_downloads else path
-        return f"{self.base_url}{quote(shown)}?{urlencode({'e': expires, 'sign': signature})}"
+        return f"{self.link_base or self.base_url}{quote(shown)}?{urlencode({'e': expires, 'sign': signature})}"
 
     # ----------------------------------------------------------------- OAuth
 
@@ -741,6 +744,23 @@ class MinAppEmulator(LocalEmulator):
             page = [self._job_info(j, j.status) for j in jobs[offset:offset + limit]]
         return {"meta": _meta(limit, offset, len(jobs)), "objects": page}
 
+    def _table_list(self, env: str, params: dict[str, list[str]]) -> dict[str, Any]:
+        """GET /oserve/v1.8/table/: the app's tables by id, paginated (default 20);
+        ``name`` finds one by exact name (hydrogen-sdk-doc open-api/data/table.md)."""
+        limit = _int_param(params, "limit", 20, 1, 1000)
+        offset = _int_param(params, "offset", 0, 0, None)
+        name = _first(params, "name")
+        with self._lock:
+            tables = sorted((t for (e, _), t in self._tables.items() if e == env),
+                            key=lambda t: int(t.table_id) if t.table_id.isdigit() else 0)
+            if name:
+                tables = [t for t in tables if t.name == name]
+            page: list[dict[str, Any]] = [{"id": int(t.table_id) if t.table_id.isdigit() else t.table_id,
+                     "name": t.name, "protected_fields": None, "schema": {"fields": []},
+                     "created_at": BASE_CREATED_AT, "updated_at": BASE_CREATED_AT}
+                    for t in tables[offset:offset + limit]]
+        return {"meta": _meta(limit, offset, len(tables)), "objects": page}
+
     def _records(self, env: str, table_id: str, params: dict[str, list[str]]) -> dict[str, Any]:
         limit = _int_param(params, "limit", 20, 1, MAX_RECORD_LIMIT)
         offset = _int_param(params, "offset", 0, 0, None)
@@ -783,6 +803,8 @@ class MinAppEmulator(LocalEmulator):
                 return 200, self._access_token(str(headers.get("Content-Type") or ""), body), {}
             token = self._bearer(headers)
             env = self._env_of(headers)
+            if route == "tables":
+                return 200, self._table_list(env, params), {}
             assert match is not None
             table_id = unquote(match.group(1))
             if route == "export":
@@ -841,6 +863,8 @@ def _route(method: str, path: str) -> tuple[str | None, re.Match[str] | None]:
         return "authorize_redirect", None
     if path == ACCESS_TOKEN and method == "POST":
         return "access_token", None
+    if path == _TABLES and method == "GET":
+        return "tables", None
     match = _EXPORT_RE.match(path)
     if match:
         return ("export" if method == "POST" else "jobs" if method == "GET" else None), match

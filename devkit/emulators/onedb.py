@@ -68,6 +68,7 @@ GENERATED_KEYS = ("userId", "seq")
 MAX_GENERATED = 8 * 10**10  # userId keeps its 10 digits, so string order is row order
 _CITIES = ("上海", "北京", "深圳", "杭州", "成都")
 DROP = 0  # _handle status: close the connection without answering
+RETRY_AFTER = 1  # seconds a 429 asks the caller to wait (HTTP allows whole seconds only)
 FAULTS = ("busy", "rate_limit", "http_502", "drop", "reject_token", "stuck_cursor")
 
 
@@ -234,8 +235,9 @@ class OneDBEmulator(LocalEmulator):
     """The emulated platform: environments, keys, tables, and the getMany cursor.
 
     Thread-safe. ``latency``, ``page_cap`` (at most this many rows scanned per call,
-    whatever ``rowsLimit`` says, like a response-size cap) and ``require_expiry`` are plain
-    attributes and may be changed at any time. ``calls`` counts requests per action;
+    whatever ``rowsLimit`` says, like a response-size cap), ``rate_limit`` (getMany calls
+    a second the environment allows; beyond it HTTP 429 with ``Retry-After``, counted in
+    ``refused``) and ``require_expiry`` are plain attributes and may be changed at any time. ``calls`` counts requests per action;
     ``tokens`` lists every bearer token received and ``claims`` their verified claims.
     """
 
@@ -245,6 +247,10 @@ class OneDBEmulator(LocalEmulator):
         self.latency = latency
         self.page_cap = page_cap
         self.require_expiry = True
+        self.rate_limit: float | None = None
+        self.bare_next_id = False  # nextId as the bare ids object (the other reading)
+        self.refused = 0
+        self._admitted: collections.deque[float] = collections.deque()  # last second's calls
         self.port = port
         self.base_url = ""
         self.calls: collections.Counter[str] = collections.Counter()
@@ -316,6 +322,20 @@ class OneDBEmulator(LocalEmulator):
     def _env(self, envid: str) -> _Env:
         with self._lock:
             return self._envs.setdefault(envid, _Env())
+
+    def _admit(self) -> bool:
+        """A sliding one-second window of at most `rate_limit` calls."""
+        with self._lock:
+            if self.rate_limit is None:
+                return True
+            now = time.monotonic()
+            while self._admitted and self._admitted[0] <= now - 1.0:
+                self._admitted.popleft()
+            if len(self._admitted) >= self.rate_limit:
+                self.refused += 1
+                return False
+            self._admitted.append(now)
+            return True
 
     def _take_fault(self) -> str | None:
         with self._lock:
@@ -426,7 +446,10 @@ class OneDBEmulator(LocalEmulator):
             row = table.row(index)
             if _passes(row["columns"], checked):
                 data.append(_select(row, columns))
-        next_id = {"ids": table.row(following)["ids"]} if following is not None else None
+        next_id: dict[str, Any] | None = None
+        if following is not None:
+            ids = table.row(following)["ids"]
+            next_id = ids if self.bare_next_id else {"ids": ids}
         return {"data": data, "nextId": next_id}
 
     def _handle(self, headers: Any, raw: bytes) -> tuple[int, dict[str, Any] | None]:
@@ -442,6 +465,8 @@ class OneDBEmulator(LocalEmulator):
             with self._lock:
                 self.tokens.append(token)
         fault = self._take_fault() if body.get("action") == "getMany" else None
+        if body.get("action") == "getMany" and not self._admit():
+            return 429, {"message": "Too Many Requests", "retryAfter": RETRY_AFTER}
         if fault == "http_502":
             return 502, {"message": "bad gateway"}
         if fault == "drop":
@@ -527,6 +552,8 @@ class _Handler(QuietHandler):
 
     def _send(self, status: int, data: bytes) -> None:
         self.send_response(status)
+        if status == 429:
+            self.send_header("Retry-After", str(RETRY_AFTER))
         self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -544,6 +571,8 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any)")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds every call takes at least")
     parser.add_argument("--page-cap", type=int, default=None, help="rows scanned per call at most")
+    parser.add_argument("--rate-limit", type=float, default=None,
+                        help="getMany calls a second allowed (beyond: HTTP 429)")
     parser.add_argument("--key", action="append", default=[], metavar="ENV:KEYID:SECRET")
     parser.add_argument("--generated", action="append", default=[], metavar="ENV:APP:TABLE:COUNT",
                         help="a table of COUNT rows computed from their index")
@@ -553,6 +582,7 @@ def _build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     emulator = OneDBEmulator(latency=args.latency, page_cap=args.page_cap, port=args.port)
+    emulator.rate_limit = args.rate_limit
     for spec in args.key:
         parts = spec.split(":", 2)
         if len(parts) != 3 or not all(parts):

@@ -70,6 +70,9 @@ class _Key:
     secret_key: str
     token: str | None
     allow: set[str] | None  # "region:namespace/function" the key may invoke; None: all
+    # False: like an account whose CAM does not honour a function-level resource for
+    # scf:InvokeFunction, only a "*" grant lets the key invoke anything
+    resource_level: bool = True
 
 
 @dataclass
@@ -150,11 +153,14 @@ class TencentCloudEmulator(LocalEmulator):
     # ----------------------------------------------------------------- setup
 
     def add_key(self, secret_id: str, secret_key: str, token: str | None = None,
-                *, allow: list[str] | None = None) -> None:
+                *, allow: list[str] | None = None, resource_level: bool = True) -> None:
         """A key pair (with `token`: a role's temporary key). `allow` lists the functions it
-        may invoke as "namespace/function" (any region) or "region:namespace/function"."""
+        may invoke as "namespace/function" (any region), "region:namespace/function", or
+        "*" (every function). `resource_level=False` refuses every grant but "*", as CAM
+        does where it does not support a resource-level scf:InvokeFunction."""
         with self._lock:
-            self._keys[secret_id] = _Key(secret_key, token, None if allow is None else set(allow))
+            self._keys[secret_id] = _Key(secret_key, token, None if allow is None else set(allow),
+                                         resource_level)
 
     def add_function(self, name: str, handler: Handler | None = None, *,
                      namespace: str = "default", region: str = DEFAULT_REGION) -> None:
@@ -287,7 +293,9 @@ class TencentCloudEmulator(LocalEmulator):
             function = self._functions.get((region, namespace, name))
             namespaces = {ns for (r, ns, _) in self._functions if r == region}
         resource = f"qcs::scf:{region}:uin/{self.uin}:namespace/{namespace}/function/{name}"
-        if key.allow is not None and not ({f"{namespace}/{name}", f"{region}:{namespace}/{name}"} & key.allow):
+        granted = {"*"} if not key.resource_level else {"*", f"{namespace}/{name}",
+                                                         f"{region}:{namespace}/{name}"}
+        if key.allow is not None and not (granted & key.allow):
             raise _ApiError("AuthFailure.UnauthorizedOperation",
                             f"you are not authorized to perform operation (scf:InvokeFunction) "
                             f"resource ({resource}) has no permission")

@@ -577,6 +577,8 @@ class WeChatEmulator(LocalEmulator):
       (an export runs until its end has been reported); one more is refused with
       ``export_limit_errcode`` (-501004), like the real platform's concurrency limit.
     - ``max_listing_page``: a collection listing asking for more is refused (40097).
+    - ``listing_answer``: rewrites each collection-listing answer (a platform whose answer
+      has another shape).
     - ``rotate_refresh_tokens``: ``api_authorizer_token`` hands back a new refresh token
       each time and the old one stops working.
     - ``latency``: seconds every API call (not a download) takes before it is answered, like
@@ -602,11 +604,13 @@ class WeChatEmulator(LocalEmulator):
         self.export_concurrency_limit: int | None = None
         self.export_limit_errcode = -501004
         self.max_listing_page: int | None = None
+        self.listing_answer: Callable[[dict[str, Any]], dict[str, Any]] | None = None
         self.rotate_refresh_tokens = False
         self.latency = 0.0
         self.api_in_flight = self.api_most_in_flight = 0
         self.api_spans: list[tuple[float, float]] = []
         self.base_url = ""
+        self.link_base: str | None = None  # where file_url points; None: this emulator
         self.calls: collections.Counter[str] = collections.Counter()
         self._lock = threading.RLock()
         self._apps: dict[str, _App] = {}
@@ -871,7 +875,7 @@ class WeChatEmulator(LocalEmulator):
                 self._expire_links_left -= 1
                 self._doomed_signatures[signature] += 1
         return (
-            f"{self.base_url}{quote(path)}?q-sign-algorithm=sha1&q-ak={SIGN_ACCESS_KEY}"
+            f"{self.link_base or self.base_url}{quote(path)}?q-sign-algorithm=sha1&q-ak={SIGN_ACCESS_KEY}"
             f"&q-sign-time={key_time}&q-key-time={key_time}&q-url-param-list="
             f"&q-signature={signature}"
         )
@@ -920,6 +924,9 @@ class WeChatEmulator(LocalEmulator):
             if not app.tcb_enabled:
                 raise _ApiError(85088, "no qbase privilege")
             result = handlers[path](app, payload)
+            if self.listing_answer and path in ("/tcb/databasecollectionget",
+                                                "/componenttcb/dbcollection"):
+                result = self.listing_answer(result)
             return 200, {"errcode": 0, "errmsg": "ok", **result}
         except _ApiError as err:
             return err.http_status, {"errcode": err.errcode, "errmsg": err.errmsg}

@@ -87,7 +87,7 @@ def _classify(code: str, message: str, request_id: str | None, target: ScfTarget
         )
     elif code.startswith("ResourceNotFound"):
         error = _Refused(
-            f"no {function} ({said}); deploy it (serverless.yml) or fix dispatch.finisher_function, "
+            f"no {function} ({said}); deploy it (scf-finisher/serverless.yml) or fix dispatch.finisher_function, "
             "dispatch.namespace or dispatch.region in the config"
         )
     elif code.startswith(("InvalidParameter", "MissingParameter", "UnknownParameter",
@@ -179,6 +179,43 @@ class ScfDispatcher:
             self._client_keys = keys
         return self._client
 
+    def probe(self) -> str:
+        """`doctor`: a synchronous Invoke of the finisher with `{"doctor": true}`, which the
+        finisher answers without touching anything. SCF's Invoke has no dry-run mode
+        (cloud.tencent.com/document/api/583/17243), and a RequestResponse invocation
+        needs the same scf:InvokeFunction grant as the poller's Event invocations."""
+        from tencentcloud.common.exception.tencent_cloud_sdk_exception import (
+            TencentCloudSDKException,
+        )
+        from tencentcloud.scf.v20180416.models import InvokeRequest
+
+        target = self.target
+        request = InvokeRequest()
+        request.FunctionName = target.function
+        request.Namespace = target.namespace
+        request.Qualifier = "$LATEST"
+        request.InvocationType = "RequestResponse"
+        request.ClientContext = json.dumps({"doctor": True})
+        try:
+            response = self._scf_client().Invoke(request)
+        except TencentCloudSDKException as exc:
+            code, message = str(exc.get_code() or "ClientError"), str(exc.get_message() or "")
+            if code.startswith(("AuthFailure.UnauthorizedOperation", "UnauthorizedOperation")):
+                raise _Refused(scoped_invoke_refused(code, message, target)) from None
+            raise _classify(code, message, exc.get_request_id(), target) from None
+        result = response.Result
+        error = str(getattr(result, "ErrMsg", "") or "")
+        if error or int(getattr(result, "InvokeResult", 0) or 0) != 0:
+            raise _Refused(f"the finisher {target.function!r} was invoked but failed: {error[:300]}; "
+                           "see its logs in the SCF console and deploy the current package")
+        answered = str(getattr(result, "RetMsg", "") or "")
+        if '"doctor"' not in answered:
+            raise _Refused(f"the finisher {target.function!r} was invoked but does not know the "
+                           f"doctor's event (it answered {answered[:200]!r}); deploy the current "
+                           "package to it")
+        return (f"invoked {target.function!r} (namespace {target.namespace}, {target.region}) "
+                "with these keys; it answered")
+
     def _invoke(self, job_id: str) -> dict[str, str]:
         from tencentcloud.common.exception.tencent_cloud_sdk_exception import (
             TencentCloudSDKException,
@@ -199,6 +236,23 @@ class ScfDispatcher:
         result = response.Result
         return {"request_id": str(response.RequestId or ""),
                 "function_request_id": str(getattr(result, "FunctionRequestId", "") or "")}
+
+
+def scoped_invoke_refused(code: str, message: str, target: ScfTarget) -> str:
+    """What to do when CAM refuses scf:InvokeFunction on the finisher: docs/cam-policy.json
+    scopes the grant to the finisher function, as SCF's policy examples do
+    (cloud.tencent.com/document/product/583/38177); where CAM does not honour that
+    resource for this action (its list of resource-level actions, product/598/57149),
+    only an account-wide grant works."""
+    statement = json.dumps({"effect": "allow", "action": ["scf:InvokeFunction"],
+                            "resource": ["*"]}, separators=(", ", ": "))
+    return (f"CAM refused scf:InvokeFunction on {target.function!r} (namespace {target.namespace}, "
+            f"{target.region}) to these keys ({code}: {message}). If the role's policy already "
+            "has the statement from docs/cam-policy.json (resource qcs::scf:<REGION>:uin/<UIN>:"
+            f"namespace/{target.namespace}/function/{target.function}), this account's CAM does not "
+            "honour a function-level resource for this action: replace that statement's resource "
+            f"with \"*\", i.e. {statement} (it then may invoke every function of the account), "
+            "and run doctor again. If the statement is missing, add it as shipped first")
 
 
 def resolve_mode(settings: DispatchSettings, environ: Mapping[str, str]) -> str:

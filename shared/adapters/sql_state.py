@@ -14,6 +14,10 @@ MySQL details that matter for correctness:
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.engine import Engine, make_url
 
+from shared.domain.errors import StateError
 from shared.domain.jobs import Job, JobStatus, Run, RunStatus
 
 _metadata = sa.MetaData()
@@ -84,12 +89,23 @@ def _sqlite_engine(url: str) -> Engine:
     path = url.removeprefix("sqlite:///")
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        _owner_only(Path(path))
     engine = sa.create_engine(url, connect_args={"timeout": 30})
 
     @sa.event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+        cursor.execute("PRAGMA busy_timeout=30000")
+        # Readers never block the writer. Functions opening a new file at once race to
+        # switch it to WAL, and that switch answers "locked" at once rather than waiting.
+        for attempt in range(200):
+            try:
+                cursor.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 199:
+                    raise
+                time.sleep(0.05)
         # In WAL mode NORMAL syncs at checkpoints, not at every commit: a crash of the
         # process loses nothing, a power cut may lose the last commits but never corrupts
         # (sqlite.org/pragma.html#pragma_synchronous). Commit fsyncs were most of a tick.
@@ -98,6 +114,17 @@ def _sqlite_engine(url: str) -> Engine:
         cursor.close()
 
     return engine
+
+
+def _owner_only(path: Path) -> None:
+    """The state holds live access tokens: the file is made (or tightened to) 0600 before
+    SQLite opens it; its -wal and -shm files take the database file's mode."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            if file.stat().st_mode & 0o077:
+                file.chmod(0o600)
 
 
 def _mysql_engine(url: str) -> Engine:
@@ -142,6 +169,29 @@ def _engine(url: str) -> Engine:
         return cached
 
 
+def _errors_mapped(cls: type[T]) -> type[T]:
+    """Every public method raises the domain's StateError instead of SQLAlchemy's errors,
+    so the service layer handles a database outage by class (a retry), not as a bug. The
+    message names the operation and the driver's error, never the URL or its password."""
+
+    def mapped(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(*args, **kwargs)
+            except sa.exc.SQLAlchemyError as exc:
+                cause = getattr(exc, "orig", None) or exc
+                raise StateError(f"state table: {name} failed: {type(cause).__name__}: "
+                                 f"{str(cause).splitlines()[0][:200]}") from None
+        return call
+
+    for name, member in list(vars(cls).items()):
+        if callable(member) and not name.startswith("_"):
+            setattr(cls, name, mapped(name, member))
+    return cls
+
+
+@_errors_mapped
 class SqlStateStore:
     def __init__(self, url: str) -> None:
         self.engine = _engine(url)
@@ -248,6 +298,14 @@ class SqlStateStore:
                 ).rowcount
 
         return stored if self._retrying(update) == 1 else None
+
+    def delete_run(self, run_id: str) -> None:
+        def delete() -> None:
+            with self.engine.begin() as conn:
+                conn.execute(jobs.delete().where(jobs.c.run_id == run_id))
+                conn.execute(runs.delete().where(runs.c.run_id == run_id))
+
+        self._retrying(delete)
 
     # token cache ------------------------------------------------------------
     def cache_get(self, key: str, now: datetime) -> str | None:

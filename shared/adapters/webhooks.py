@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from shared.config import Notify, Webhook
-from shared.domain.errors import Retryable
+from shared.domain.errors import Fatal, Retryable
 from shared.domain.jobs import Job, JobStatus, Run, RunStatus
 from shared.logs import register_secret
 from shared.retry import with_retries
@@ -30,15 +31,23 @@ def run_text(run: Run, jobs: list[Job]) -> str:
     failed = [j for j in jobs if j.status is JobStatus.FAILED]
     ok = run.status is RunStatus.SUCCEEDED
     lines = [
-        f"{'✅' if ok else '❌'} backup run {run.run_id} {run.status.value}: "
+        f"{('⚠️' if summary.get('suspect') else '✅') if ok else '❌'} backup run {run.run_id} {run.status.value}: "
         f"{summary.get('done', 0)}/{summary.get('jobs', len(jobs))} collections copied, "
         f"{summary.get('records', 0)} records, {summary.get('bytes', 0)} bytes"
     ]
     for source, found in sorted(run.discovery.items()):
         if "error" in found:
-            lines.append(f"- {source}: could not list its collections: {found['error']}")
+            lines.append(f"- {source}: nothing backed up: {found['error']}")
+    for where, warning in sorted(summary.get("count_warnings", {}).items()):
+        lines.append(f"- warning {where}: {warning}")
     for job in failed[:MAX_FAILURES_LISTED]:
         lines.append(f"- {job.source}/{job.collection}: {job.error or 'failed'}")
+    for problem in (summary.get("verify") or {}).get("problems", [])[:MAX_FAILURES_LISTED]:
+        lines.append(f"- verify: {problem}")
+    for item in summary.get("suspect", [])[:MAX_FAILURES_LISTED]:
+        lines.append(f"- ⚠️ suspect: {item['source']}/{item['collection']} has "
+                     f"{item['records']} records, down from {item['previous_records']} in its "
+                     "last good backup; acknowledge it if the drop was intended")
     if len(failed) > MAX_FAILURES_LISTED:
         lines.append(f"... and {len(failed) - MAX_FAILURES_LISTED} more; see the run manifest")
     if run.manifest_key:
@@ -46,45 +55,67 @@ def run_text(run: Run, jobs: list[Job]) -> str:
     return "\n".join(lines)
 
 
-def payload(webhook: Webhook, run: Run, jobs: list[Job]) -> dict[str, Any]:
-    text = run_text(run, jobs)
+def _robot_text(webhook: Webhook, text: str) -> dict[str, Any] | None:
+    """A robot's text message; None for plain JSON webhooks."""
     if webhook.format in ("wecom", "dingtalk"):  # both robots take the same text message
         return {"msgtype": "text", "text": {"content": text}}
     if webhook.format == "feishu":
         return {"msg_type": "text", "content": {"text": text}}
+    return None
+
+
+def payload(webhook: Webhook, run: Run, jobs: list[Job]) -> dict[str, Any]:
+    text = run_text(run, jobs)
+    robot = _robot_text(webhook, text)
+    if robot is not None:
+        return robot
     return {
         "run_id": run.run_id,
         "status": run.status.value,
         "summary": run.summary,
         "manifest_key": run.manifest_key,
-        "failures": [{"source": j.source, "collection": j.collection, "error": j.error}
-                     for j in jobs if j.status is JobStatus.FAILED],
+        "failures": [
+            *({"source": source, "collection": "*", "error": found["error"]}
+              for source, found in sorted(run.discovery.items()) if "error" in found),
+            *({"source": j.source, "collection": j.collection, "error": j.error}
+              for j in jobs if j.status is JobStatus.FAILED)],
         "text": text,
     }
 
 
 def notify_run(settings: Notify, run: Run, jobs: list[Job],
                client: httpx.Client | None = None, retry_base_seconds: float = 1.0) -> None:
-    if settings.on == "failure" and run.status is RunStatus.SUCCEEDED:
+    suspect = bool((run.summary or {}).get("suspect"))
+    if settings.on == "failure" and run.status is RunStatus.SUCCEEDED and not suspect:
         return
     from shared.adapters.http import make_client  # httpx only when a run is reported
 
-    http = client or make_client()
+    _deliver(settings, "run notification", lambda webhook: payload(webhook, run, jobs),
+             client or make_client(), retry_base_seconds)
+
+
+def _deliver(settings: Notify, what: str, body_for: Callable[[Webhook], dict[str, Any]],
+             http: httpx.Client, retry_base_seconds: float) -> None:
     for index, webhook in enumerate(settings.webhooks):
         url = webhook.url.get_secret_value()
         register_secret(url)
         try:
-            send = functools.partial(_post, http, url, payload(webhook, run, jobs))
+            send = functools.partial(_post, http, url, body_for(webhook))
             with_retries(send, attempts=3, base_seconds=retry_base_seconds)
         except Retryable as exc:
-            log.error("could not deliver the run notification",
+            log.error(f"could not deliver the {what}",
                       extra={"webhook": f"notify.webhooks[{index}]", "reason": str(exc)})
         else:
-            log.info("run notification sent", extra={"webhook": f"notify.webhooks[{index}]"})
+            log.info(f"{what} sent", extra={"webhook": f"notify.webhooks[{index}]"})
+
+
+def text_payload(webhook: Webhook, text: str) -> dict[str, Any]:
+    """An alert's message: a robot's text message, or `{"alert": true, "text": ...}`."""
+    return _robot_text(webhook, text) or {"alert": True, "text": text}
 
 
 class WebhookNotifier:
-    """The `Notifier` port over `notify.webhooks`."""
+    """The `Notifier` port over `notify.webhooks` and `notify.heartbeat`."""
 
     def __init__(self, settings: Notify, retry_base_seconds: float = 1.0) -> None:
         self._settings = settings
@@ -92,6 +123,18 @@ class WebhookNotifier:
 
     def notify(self, run: Run, jobs: list[Job]) -> None:
         notify_run(self._settings, run, jobs, retry_base_seconds=self._retry_base)
+        if self._settings.heartbeat is not None:
+            from shared.adapters.heartbeat import ping
+
+            ok = run.status is RunStatus.SUCCEEDED
+            ping(self._settings.heartbeat, ok, f"run {run.run_id} {run.status.value}",
+                 retry_base_seconds=self._retry_base)
+
+    def alert(self, text: str) -> None:
+        from shared.adapters.http import make_client
+
+        _deliver(self._settings, "alert", lambda webhook: text_payload(webhook, text),
+                 make_client(), self._retry_base)
 
 
 def _post(http: httpx.Client, url: str, body: dict[str, Any]) -> None:
@@ -115,3 +158,35 @@ def _post(http: httpx.Client, url: str, body: dict[str, Any]) -> None:
         if code not in (0, None, "0"):
             raise Retryable(f"webhook refused the message: code {code} "
                             f"({answer.get('errmsg') or answer.get('msg') or 'no message'})")
+
+
+TEST_TEXT = "baas-backup doctor: a test message; no backup ran"
+
+
+def probe_webhook(webhook: Webhook, index: int, send: bool, client: httpx.Client | None = None) -> str:
+    """`doctor`: the webhook answers an HTTP GET (any status: it is there); with `send`, it
+    accepts a test message in its format. The URL carries the robot's key: only its host
+    is ever shown."""
+    import httpx
+
+    from shared.adapters.http import describe_transport_error, make_client
+
+    url = webhook.url.get_secret_value()
+    register_secret(url)
+    where = f"notify.webhooks[{index}] ({webhook.format}, host {httpx.URL(url).host})"
+    http = client or make_client()
+    if send:
+        body = _robot_text(webhook, TEST_TEXT) or {"doctor": True, "text": TEST_TEXT}
+        try:
+            _post(http, url, body)
+        except Retryable as exc:
+            raise Fatal(f"{where}: {exc}; check the URL (its key) and the robot's security "
+                        "settings (keywords, IP allow-list)") from None
+        return f"{where} accepted a test message"
+    try:
+        response = http.get(url)
+    except httpx.TransportError as exc:
+        raise Fatal(f"{where} is unreachable from here: {describe_transport_error(exc)}; check "
+                    "the URL and that this network reaches it") from None
+    return (f"{where} answers (HTTP {response.status_code} to a GET); doctor --notify (or "
+            "\"notify\": true) sends it a test message")

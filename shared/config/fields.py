@@ -87,7 +87,20 @@ class SourceSettings(ConfigModel):
         return [self]
 
 
+# Plain http only to this machine (emulators, local servers): anywhere else a token,
+# secret or signature would cross the network readable by anyone on the path.
+_LOCAL_HTTP = re.compile(r"^http://(127\.0\.0\.1|localhost|\[::1\])(:[0-9]+)?(/|$)", re.IGNORECASE)
+HTTPS_ONLY = "must be https:// (http:// only for 127.0.0.1 or localhost): credentials travel with it"
+
+
+def is_secure_url(value: str) -> bool:
+    """https://, or http:// to this machine only."""
+    return value[:8].lower() == "https://" or _LOCAL_HTTP.match(value) is not None
+
+
 def base_url(value: str) -> str:
-    if not re.match(r"^https?://[^\s]+$", value):
-        raise ValueError("must be an http(s):// URL")
+    if not re.match(r"^https?://[^\s]+$", value, re.IGNORECASE):
+        raise ValueError("must be an https:// URL")
+    if not is_secure_url(value):
+        raise ValueError(HTTPS_ONLY)
     return value.rstrip("/")

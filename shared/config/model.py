@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from shared.config.fields import (
+    HTTPS_ONLY,
     REFERENCE,
     WHOLE_REFERENCE,
     ConfigModel,
@@ -35,6 +36,7 @@ from shared.config.fields import (
     Secret,
     SourceSettings,
     environ_of,
+    is_secure_url,
 )
 from shared.platforms import registry
 
@@ -47,6 +49,11 @@ class ConfigError(ValueError):
     def __init__(self, problems: list[str], source: str = "config") -> None:
         self.problems = problems
         super().__init__(f"{source} is invalid:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+# COS's storage classes (cloud.tencent.com/document/product/436/33417, 存储类型概述).
+StorageClass = Literal["STANDARD", "STANDARD_IA", "INTELLIGENT_TIERING", "ARCHIVE", "DEEP_ARCHIVE",
+                       "MAZ_STANDARD", "MAZ_STANDARD_IA", "MAZ_INTELLIGENT_TIERING"]
 
 
 class Destination(ConfigModel):
@@ -83,9 +90,23 @@ class Destination(ConfigModel):
         description="Multipart parts uploaded at once by the finisher (measured: 4 is about "
         "as fast as more, see README Benchmarks).",
     )
+    storage_class: StorageClass | None = Field(
+        default=None,
+        description="COS storage class of new backup objects (default: the bucket's, STANDARD). "
+        "ARCHIVE and DEEP_ARCHIVE objects must be restored before they can be read.",
+    )
     server_side_encryption: Literal["AES256"] | None = Field(
         default="AES256", description="COS server-side encryption; null to turn it off."
     )
+
+    @field_validator("storage_class")
+    @classmethod
+    def _readable_class(cls, value: str | None) -> str | None:
+        if value in ("ARCHIVE", "DEEP_ARCHIVE"):
+            raise ValueError("new backups are read back to be verified, which an archived object "
+                             "cannot be; use STANDARD_IA here and retention.cold_after_days to "
+                             "archive the backups you keep")
+        return value
 
     @field_validator("prefix")
     @classmethod
@@ -99,7 +120,9 @@ class Destination(ConfigModel):
     @classmethod
     def _check_endpoint(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^https?://[^/\s]+/?$", value):
-            raise ValueError("must look like http(s)://host[:port] with no path")
+            raise ValueError("must look like https://host[:port] with no path")
+        if value is not None and not is_secure_url(value):  # signed requests, object data
+            raise ValueError(HTTPS_ONLY)
         return value.rstrip("/") if value else value
 
     @model_validator(mode="after")
@@ -210,6 +233,89 @@ class StateSettings(ConfigModel):
         return self._resolved.get_secret_value()
 
 
+class KeepRules(ConfigModel):
+    """restic's `forget --keep-*` rules, per collection (README "Keeping backups")."""
+
+    keep_last: int | None = Field(default=None, ge=0, description="Keep the n newest good backups.")
+    keep_daily: int | None = Field(
+        default=None, ge=0, description="Keep the newest good backup of each of the last n days.")
+    keep_weekly: int | None = Field(
+        default=None, ge=0, description="Keep the newest good backup of each of the last n ISO weeks.")
+    keep_monthly: int | None = Field(
+        default=None, ge=0, description="Keep the newest good backup of each of the last n months.")
+
+
+class Retention(KeepRules):
+    """Which backups are kept; the rest are deleted after each run (and by `baas-backup
+    prune`). Without this section nothing is ever deleted."""
+
+    time_zone: str = Field(
+        default="Asia/Shanghai", description="Days, weeks and months are counted in this zone.")
+    sources: dict[str, KeepRules] = Field(
+        default_factory=dict, description="Per source name: rules that replace the ones above.")
+    cold_after_days: float | None = Field(
+        default=None, gt=0,
+        description="Kept backups older than this move to cold_storage_class (their manifests "
+        "stay where they are, so verify --quick still works).")
+    cold_storage_class: StorageClass = Field(
+        default="ARCHIVE", description="Where kept backups go after cold_after_days.")
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("must be an IANA time zone such as Asia/Shanghai or UTC") from None
+        return value
+
+    @model_validator(mode="after")
+    def _keeps_something(self) -> Retention:
+        for name in [None, *self.sources]:
+            rules = self.rules_for(name)
+            if not any((rules.keep_last, rules.keep_daily, rules.keep_weekly, rules.keep_monthly)):
+                where = f"sources.{name}" if name else "the top level"
+                raise ValueError(f"the policy at {where} would keep nothing, so every backup "
+                                 "would be deleted; set keep_last, keep_daily, keep_weekly or "
+                                 "keep_monthly to at least 1")
+        return self
+
+    def rules_for(self, source: str | None) -> KeepRules:
+        """The top-level rules, with what the source's own entry sets instead."""
+        override = self.sources.get(source or "")
+        if override is None:
+            return self
+        return KeepRules.model_validate({**self.model_dump(include=set(KeepRules.model_fields)),
+                                         **override.model_dump(exclude_unset=True)})
+
+
+class VerifySettings(ConfigModel):
+    """Checking each run's backups again as the run closes."""
+
+    after_run: Literal["off", "quick", "full"] = Field(
+        default="quick",
+        description="quick: sizes (and CRC64) from a HEAD per object; full: read every object "
+        "back (costs a download of the whole backup); off. A failed check fails the run.",
+    )
+
+
+class Alerts(ConfigModel):
+    """When a backup that succeeded is still worth a message."""
+
+    drop_percent: float = Field(
+        default=50, gt=0, le=100,
+        description="A collection whose record count fell by at least this much since its "
+        "newest good backup (or to zero) is marked suspect and reported.",
+    )
+    stale_after_hours: float = Field(
+        default=26, gt=0,
+        description="Alert (once, until it ends) when no run has succeeded for this long, or "
+        "a run is still running this long after it started.",
+    )
+
+
 class Timing(ConfigModel):
     """How patient the product is with platforms; the defaults suit SCF's one-minute timer."""
 
@@ -268,6 +374,25 @@ class Webhook(ConfigModel):
         default="json", description="wecom/dingtalk/feishu robot message, or the run summary as JSON."
     )
 
+    @field_validator("url")
+    @classmethod
+    def _https(cls, value: SecretStr) -> SecretStr:
+        # a robot URL carries its key, and the message names what failed
+        if not is_secure_url(value.get_secret_value()):
+            raise ValueError(HTTPS_ONLY)
+        return value
+
+
+class Heartbeat(ConfigModel):
+    """A dead-man switch: an outside monitor that alerts when the pings stop."""
+
+    url: Secret = Field(description="Ping URL as ${ENV_VAR}: ping URLs carry their key.")
+    style: Literal["healthchecks", "cronitor", "uptime-kuma"] = Field(
+        default="healthchecks",
+        description="healthchecks: the URL, or URL/fail; cronitor: ?state=complete|fail; "
+        "uptime-kuma (push monitor): ?status=up|down&msg=...",
+    )
+
 
 class Notify(ConfigModel):
     """Who is told when a run ends, and when."""
@@ -276,6 +401,8 @@ class Notify(ConfigModel):
         default="failure", description="Notify only runs with failed jobs, or every run."
     )
     webhooks: list[Webhook] = Field(default_factory=list)
+    heartbeat: Heartbeat | None = Field(
+        default=None, description="Pinged after every run, success or failure form.")
 
 
 _SCF_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,58}[A-Za-z0-9]$")
@@ -326,6 +453,8 @@ class DispatchSettings(ConfigModel):
     def _endpoint(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^https?://[^/\s]+/?$", value):
             raise ValueError("must look like https://host[:port] with no path")
+        if value is not None and not is_secure_url(value):  # signed API requests
+            raise ValueError(HTTPS_ONLY)
         return value.rstrip("/") if value else value
 
 
@@ -336,6 +465,9 @@ class Config(ConfigModel):
     state: StateSettings = Field(default_factory=StateSettings)
     timing: Timing = Field(default_factory=Timing)
     notify: Notify = Field(default_factory=Notify)
+    alerts: Alerts = Field(default_factory=Alerts)
+    verify: VerifySettings = Field(default_factory=VerifySettings)
+    retention: Retention | None = None
     dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
     # Validated as the registered platforms' settings models (see `config_model`).
     sources: list[SourceSettings] = Field(min_length=1)
@@ -355,6 +487,14 @@ class Config(ConfigModel):
         if dupes:
             raise ValueError(f"source names must be unique; rename {', '.join(dupes)}")
         return value
+
+    @model_validator(mode="after")
+    def _retention_names_sources(self) -> Config:
+        unknown = sorted(set(self.retention.sources if self.retention else {})
+                         - {s.name for s in self.sources})
+        if unknown:
+            raise ValueError(f"retention.sources names no configured source: {', '.join(unknown)}")
+        return self
 
     def source(self, name: str) -> SourceSettings:
         for source in self.sources:
@@ -419,12 +559,18 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
     return [m for argument in get_args(annotation) for m in _models_in(argument)]
 
 
+def _branch(part: int | str) -> bool:
+    """A union's branch label in an error location, e.g. `literal['all']` or `list[...]`
+    (MinApp's `tables: all | [...]`): it says nothing to a reader."""
+    return isinstance(part, str) and re.match(r"^(literal|list|function-[a-z]+)\[", part) is not None
+
+
 def _location(loc: tuple[int | str, ...]) -> str:
     text = ""
     for part in loc:
         if isinstance(part, int):
             text += f"[{part}]"
-        elif part in _source_types():
+        elif part in _source_types() or _branch(part):
             continue  # the discriminator tag adds nothing for a reader
         else:
             text += f".{part}" if text else part
@@ -435,7 +581,7 @@ def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
     """The model that owns the last element of `loc`, for "did you mean" hints."""
     model: type[BaseModel] = Config
     for part in loc[:-1]:
-        if isinstance(part, int) or part == "sources":
+        if isinstance(part, int) or part == "sources" or _branch(part):
             continue
         if part in _source_types():
             model = _source_types()[part]
@@ -460,7 +606,27 @@ def _nested_model(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _describe(error: Mapping[str, Any]) -> str:
+_NOT_WRITTEN = object()
+
+
+def _written(document: Any, loc: tuple[int | str, ...]) -> Any:
+    """The value at `loc` as the config's text has it (`${VAR}` unexpanded), or
+    `_NOT_WRITTEN` when `loc` names no single written value."""
+    current = document
+    for part in loc:
+        listed = isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current)
+        if listed or (isinstance(current, dict) and part in current):
+            current = current[part]
+        elif isinstance(part, str) and (part in _source_types() or _branch(part)):
+            continue  # a discriminator tag or union branch label: in the location only
+        elif isinstance(current, str):
+            return current  # a shorthand (token: legacy_token) stands for the section
+        else:
+            return _NOT_WRITTEN
+    return current
+
+
+def _describe(error: Mapping[str, Any], document: Any = None) -> str:
     loc = tuple(error["loc"])
     where = _location(loc)
     kind = error["type"]
@@ -478,8 +644,9 @@ def _describe(error: Mapping[str, Any]) -> str:
     last = str(loc[-1]) if loc else ""
     if last in _secret_fields():
         return f"{where}: {message}"  # never echo what was typed into a secret field
-    value = error.get("input")
-    if isinstance(value, (dict, list)):
+    # What was written, never what a ${VAR} expanded to (the variable may hold anything)
+    value = _written(document, loc)
+    if value is _NOT_WRITTEN or isinstance(value, (dict, list)):
         return f"{where}: {message}"  # a whole section could carry a literal secret
     shown = json.dumps(value, ensure_ascii=False, default=str)
     if len(shown) > 80:
@@ -496,7 +663,10 @@ def parse_config(
     try:
         return config_model().model_validate(data, context={"environ": environ})
     except ValidationError as exc:
-        raise ConfigError([_describe(e) for e in exc.errors(include_url=False)], source) from None
+        errors = exc.errors(include_url=False)
+        # `x: all | [...]` written as a list: the "should be 'all'" branch is noise
+        meant = [e for e in errors if not any(str(p).startswith("literal[") for p in e["loc"])]
+        raise ConfigError([_describe(e, data) for e in meant or errors], source) from None
 
 
 def load_config(path: str | os.PathLike[str] | None = None, *, environ: Mapping[str, str] | None = None) -> Config:

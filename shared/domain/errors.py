@@ -7,6 +7,7 @@ backoff, wait, refresh a token once, restart an export, or fail with what to fix
     │   ├── StorageError     the object store (COS) failed; `key` and `code` say where
     │   └── StateError       the state backend failed or broke its promises
     ├── RetryLater           the platform asks us to wait: not a failure
+    │   └── RateLimited      a call refused for a rate limit; `retry_after` is the hint
     ├── TokenRejected        refresh the token once, then give up
     ├── Forgotten            the platform no longer knows an export: start it again
     └── Fatal                retrying cannot fix it; the message says what to fix
@@ -26,6 +27,16 @@ class Retryable(BackupError):
 
 class RetryLater(BackupError):
     """The platform asks us to wait (quota, concurrency, rate limit): not a failure."""
+
+
+class RateLimited(RetryLater):
+    """One call refused for the platform's rate limit (e.g. HTTP 429). A paged copy waits
+    and asks again in place (at least `retry_after` seconds when the platform said so);
+    only a refusal that persists leaves the copy to a later invocation."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class TokenRejected(BackupError):

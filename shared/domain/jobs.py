@@ -72,6 +72,7 @@ class StoredObject(BaseModel):
     sha256: str
     records: int
     upload_parts: int = 1  # multipart upload parts it was sent in
+    crc64: str | None = None  # CRC64-ECMA computed while sending, equal to COS's
 
 
 class JobResult(BaseModel):
@@ -127,6 +128,7 @@ class Job(BaseModel):
         default=None, validation_alias=AliasChoices("platform_job_id", "remote_id"))
     expected_records: int | None = None  # what the platform says it exported
     part_records: list[int | None] | None = None  # per part, when an export came in parts
+    platform_collection_count: int | None = None  # the platform's own count (unfiltered only)
     checkpoint: dict[str, Any] | None = None  # the copier's own progress (paged copies)
     progress_records: int | None = None
     result: JobResult | None = None
@@ -135,6 +137,17 @@ class Job(BaseModel):
     updated_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # Suspect: done, but far fewer records than the collection's newest good backup had
+    # (`previous_records`); not good for retention until a user acknowledges the drop.
+    suspect: bool = False
+    previous_records: int | None = None
+    acknowledged_at: datetime | None = None
+    pruned_at: datetime | None = None  # retention deleted its objects
+
+    @property
+    def good(self) -> bool:
+        """A backup to count on: copied, verified, and not an unexplained drop."""
+        return self.status is JobStatus.DONE and (not self.suspect or self.acknowledged_at is not None)
 
     def moved_to(self, status: JobStatus, **changes: Any) -> Job:
         if status not in _ALLOWED[self.status]:
@@ -166,6 +179,22 @@ class Run(BaseModel):
     # Per discovering source: {"found": [...], "excluded": [...]}, or {"error": ...} when its
     # collections could not be listed. Written into the run manifest.
     discovery: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+COUNT_TOLERANCE = 0.01  # share of the platform's count an export may differ by unremarked
+COUNT_SLACK = 10  # ... or this many records (documents written while the export ran)
+
+
+def count_warning(job: Job) -> str | None:
+    """Why an unfiltered export's record count is suspicious, or None."""
+    count, exported = job.platform_collection_count, job.expected_records
+    if count is None or exported is None:
+        return None
+    if abs(count - exported) <= max(COUNT_SLACK, COUNT_TOLERANCE * count):
+        return None
+    return (f"the export of {job.source}/{job.collection} reported {exported} records but the "
+            f"platform counts {count} in the collection; if nothing was written or deleted "
+            "meanwhile, check the export (and the collection's permissions) before relying on it")
 
 
 def run_id_for(idempotency_key: str, at: datetime) -> str:

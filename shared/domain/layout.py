@@ -38,5 +38,9 @@ def manifest_key(data_object_key: str) -> str:
     return f"{data_object_key}.manifest.json"
 
 
+def prune_record_key(prefix: str, name: str) -> str:
+    return _join(prefix, "prunes", f"{name}.json")
+
+
 def run_manifest_key(prefix: str, run_id: str) -> str:
     return _join(run_folder(prefix, run_id), "run-manifest.json")

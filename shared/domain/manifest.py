@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
-from shared.domain.jobs import Job, JobResult, JobStatus, Run, RunStatus
+from shared.domain.jobs import Job, JobResult, JobStatus, Run, RunStatus, count_warning
 
 MANIFEST_FORMAT = 1
 # ISO 8601 exactly as datetime.isoformat() writes it, as manifests always had.
@@ -25,6 +25,7 @@ class ManifestObject(BaseModel):
     bytes: int
     sha256: str
     records: int
+    crc64: str | None = None  # CRC64-ECMA (decimal), as COS's x-cos-hash-crc64ecma says
 
 
 class JobManifest(BaseModel):
@@ -45,21 +46,32 @@ class JobManifest(BaseModel):
     sha256: str
     records: int
     platform_reported_records: int | None
+    # the platform's own count of the collection (unfiltered exports), and a warning when
+    # it is far from platform_reported_records
+    platform_collection_count: int | None = None
+    count_warning: str | None = None
     objects: list[ManifestObject]
     export_started_at: Time | None
     copied_at: Time | None
+    # far fewer records than the collection's newest good backup (`previous_records`)
+    suspect: bool = False
+    previous_records: int | None = None
 
     @classmethod
     def of(cls, job: Job, result: JobResult, *, platform: str, file_type: str,
-           copied_at: datetime) -> JobManifest:
+           copied_at: datetime, suspect: bool = False,
+           previous_records: int | None = None) -> JobManifest:
         return cls(
             source=job.source, platform=platform, collection=job.collection, run_id=job.run_id,
             job_id=job.job_id, platform_job_id=job.platform_job_id, file_type=file_type,
             object_key=result.key, bytes=result.bytes, sha256=result.sha256,
             records=result.records, platform_reported_records=job.expected_records,
+            platform_collection_count=job.platform_collection_count,
+            count_warning=count_warning(job),
             objects=[ManifestObject.model_validate(o.model_dump(exclude={"upload_parts"}))
                      for o in result.objects],
-            export_started_at=job.started_at, copied_at=copied_at,
+            export_started_at=job.started_at, copied_at=copied_at, suspect=suspect,
+            previous_records=previous_records,
         )
 
 
@@ -72,6 +84,7 @@ class RunManifestJob(BaseModel):
     platform_job_id: str | None
     attempts: int
     error: str | None
+    suspect: bool = False
 
     @classmethod
     def of(cls, job: Job) -> RunManifestJob:
@@ -79,6 +92,10 @@ class RunManifestJob(BaseModel):
             "source": job.source, "collection": job.collection, "status": job.status,
             "platform_job_id": job.platform_job_id, "attempts": job.attempts,
             "error": job.error if job.status is JobStatus.FAILED else None,
+            "suspect": job.suspect and job.acknowledged_at is None,
+            **({"platform_collection_count": job.platform_collection_count}
+               if job.platform_collection_count is not None else {}),
+            **({"count_warning": count_warning(job)} if count_warning(job) else {}),
             **(job.result.model_dump() if job.result else {}),
         })
 

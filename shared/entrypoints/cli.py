@@ -1,33 +1,45 @@
 """Command line for local use against real platforms or emulators:
-`validate`, `schema`, `run` (start a run and drive it to the end), `status`, `serve`."""
+`validate`, `schema`, `run` (start a run and drive it to the end), `poll` (move every open
+run forward once), `status`, `verify`, `prune`, `ack`, `serve`, `doctor` (check a real
+deployment).
+
+A local process that was killed leaves its jobs leased to it; `run` and `poll` take back
+at once every lease held by a process of this machine that no longer exists, instead of
+waiting for the lease to run out."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
+import socket
 import sys
 import time
 import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from pydantic import BaseModel
+
 from shared.adapters.state import open_store
-from shared.bootstrap import build_context
+from shared.bootstrap import build_context, doctor_subject
 from shared.config import ConfigError, config_json_schema, load_config
 from shared.domain.jobs import Job, Run, RunStatus
 from shared.logs import configure_logging
 from shared.ports import StateStore
 from shared.service.context import Context
+from shared.service.doctor import diagnose
 from shared.service.poll import poll
 from shared.service.start import UnknownSource, start_run
+from shared.service.suspicion import NotSuspect, acknowledge
 
 if TYPE_CHECKING:  # rich is a CLI-only dependency, kept out of the deployed functions
     from rich.console import Console
     from rich.table import Table
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="baas-backup", description=__doc__)
     parser.add_argument("--config", help="config file (default: $BAAS_BACKUP_CONFIG or backup.yaml)")
     parser.add_argument("--verbose", action="store_true", help="JSON logs at INFO on stderr")
@@ -37,20 +49,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = commands.add_parser("run", help="back up now and wait for the run to end")
     run.add_argument("--source", action="append", help="only this source (repeatable)")
     run.add_argument("--tick", type=float, default=1.0, help="seconds between polls")
+    commands.add_parser("poll", help="move every open run forward once (e.g. after a killed run)")
     status = commands.add_parser("status", help="recent runs, or the jobs of one run")
     status.add_argument("run_id", nargs="?")
     status.add_argument("--limit", type=int, default=10)
+    verify = commands.add_parser("verify", help="check a run's backups in the bucket again")
+    verify.add_argument("run_id", nargs="?", default="latest", help="a run id, or latest")
+    verify.add_argument("--source")
+    verify.add_argument("--collection")
+    verify.add_argument("--quick", action="store_true",
+                        help="sizes and CRC64 from a HEAD only, reading no data")
+    verify.add_argument("--json", action="store_true", help="the report as JSON")
+    prune = commands.add_parser("prune", help="apply the retention policy now")
+    prune.add_argument("--dry-run", action="store_true", help="say what would go; delete nothing")
+    ack = commands.add_parser("ack", help="acknowledge a suspect backup (an intended drop)")
+    ack.add_argument("run_id")
+    ack.add_argument("source")
+    ack.add_argument("collection")
     serve = commands.add_parser("serve", help="the HTTP API and status page on this machine")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--poll-seconds", type=float, default=5.0,
                        help="drive runs forward like the poller's timer (0: off)")
-    args = parser.parse_args(argv)
+    doctor = commands.add_parser(
+        "doctor", help="check a real deployment: config, bucket, state, sources, finisher, webhooks",
+        description="Checks the deployment for real with this machine's credentials "
+        "(destination.secret_id/secret_key, or TENCENTCLOUD_SECRETID/_SECRETKEY for the bucket "
+        "and the finisher) and says, for each check, ok or what is wrong and how to fix it. "
+        "Exits 1 when any check fails. Inside SCF: invoke the trigger with {\"doctor\": true}, "
+        "or POST /doctor on its Function URL.")
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor.add_argument("--notify", action="store_true",
+                        help="send each webhook a test message (default: only check it answers)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
 
     if args.command == "schema":
         print(json.dumps(config_json_schema(), indent=2, ensure_ascii=False))
         return 0
     configure_logging(logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr)
+    if args.command == "doctor":
+        return _doctor(args.config, as_json=args.json, notify=args.notify)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -61,15 +103,31 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{config.destination.bucket}/{config.destination.prefix}")
         for source in config.sources:
             listed = getattr(source, "collections", None) or getattr(source, "tables", None)
-            what = "every collection" if listed == "all" else ", ".join(map(str, listed or []))
-            print(f"  {source.name} ({source.type}): {what}")
+            if listed == "all":
+                print(f"  {source.name} ({source.type}): every collection/table it has"
+                      f"{_patterns(source)}")
+                continue
+            print(f"  {source.name} ({source.type}):")
+            for item in listed or []:
+                print(f"    - {_describe(item)}")
         return 0
     if args.command == "status":
         return _status(open_store(config.state, config.destination), args.run_id, args.limit)
+    if args.command == "verify":
+        return _verify(build_context(config), args)
+    if args.command == "prune":
+        return _prune(build_context(config), args.dry_run)
+    if args.command == "ack":
+        return _acknowledge(build_context(config), args.run_id, args.source, args.collection)
     if args.command == "serve":
         from shared.entrypoints.local_server import serve as serve_api
 
         return serve_api(config, args.config, args.host, args.port, args.poll_seconds)
+    if args.command == "poll":
+        ctx = build_context(config)
+        release_dead_local_leases(ctx)
+        poll(ctx)
+        return _status(ctx.state, None, 10)
     try:
         return _run(build_context(config), args.source, args.tick)
     except UnknownSource as exc:
@@ -77,7 +135,135 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def _verify(ctx: Context, args: argparse.Namespace) -> int:
+    from shared.service.verify import NothingToVerify, latest_run, verify_run
+
+    try:
+        run_id = latest_run(ctx) if args.run_id == "latest" else args.run_id
+        report = verify_run(ctx, run_id, source=args.source, collection=args.collection,
+                            quick=args.quick)
+    except NothingToVerify as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2, ensure_ascii=False))
+        return 0 if report.ok else 1
+    from rich.table import Table
+
+    table = Table(title=f"verify run {run_id}{' (quick)' if args.quick else ''}")
+    for column in ("source", "collection", "object", "bytes", "records", "crc64", "result"):
+        table.add_column(column)
+    for item in report.objects:
+        result = "ok" if item.ok else "; ".join(f"{p.what}: {p.detail}" for p in item.problems)
+        table.add_row(item.source, item.collection, item.key, str(item.bytes or ""),
+                      "" if item.records is None else str(item.records), item.crc64, result)
+    out = console()
+    out.print(table)
+    for problem in report.problems:
+        out.print(f"{problem.what}: {problem.where}: {problem.detail}")
+    print(f"{'all backups verified' if report.ok else 'PROBLEMS FOUND'}: "
+          f"{sum(o.ok for o in report.objects)}/{len(report.objects)} objects ok")
+    return 0 if report.ok else 1
+
+
+def _prune(ctx: Context, dry_run: bool) -> int:
+    from rich.table import Table
+
+    from shared.service.prune import prune
+
+    if ctx.config.retention is None:
+        print("no retention policy in the config: nothing is ever deleted (README "
+              "\"Keeping backups\")", file=sys.stderr)
+        return 2
+    decided = prune(ctx, dry_run=dry_run)
+    table = Table(title=f"retention{' (dry run: nothing deleted)' if dry_run else ''}")
+    for column in ("source", "collection", "run", "records", "verdict", "why"):
+        table.add_column(column)
+    for decision in decided.decisions:
+        job = decided.jobs[decision.backup.backup_id]
+        records = str(job.result.records) if job.result else ""
+        verdict = "keep" if decision.keep else ("would delete" if dry_run else "deleted")
+        table.add_row(job.source, job.collection, job.run_id, records, verdict,
+                      ", ".join(decision.reasons))
+    console().print(table)
+    gone = len(decided.doomed)
+    print(f"{'would delete' if dry_run else 'deleted'} {gone} backup(s); kept "
+          f"{len(decided.decisions) - gone}")
+    return 0
+
+
+def _acknowledge(ctx: Context, run_id: str, source: str, collection: str) -> int:
+    try:
+        job = acknowledge(ctx, run_id, source, collection)
+    except NotSuspect as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(f"acknowledged: {source}/{collection} in run {run_id} "
+          f"({job.result.records if job.result else 0} records, down from "
+          f"{job.previous_records}) now counts as a good backup")
+    return 0
+
+
+def _doctor(config_path: str | None, *, as_json: bool, notify: bool) -> int:
+    report = diagnose(lambda: doctor_subject(load_config(config_path)), notify=notify)
+    print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) if as_json else report.text(),
+          flush=True)
+    return 0 if report.ok else 1
+
+
+def _describe(item: object) -> str:
+    """A table or collection as a person reads it: its id or name, then what is set."""
+    if not isinstance(item, BaseModel):
+        return str(item)
+    fields = item.model_dump(mode="json", exclude_defaults=True, exclude_none=True)
+    head = str(fields.pop("id", None) or fields.pop("name", None) or "")
+    options = ", ".join(f"{key}: {json.dumps(value, ensure_ascii=False)}"
+                        for key, value in fields.items())
+    return f"{head} ({options})" if options else head
+
+
+def _patterns(source: object) -> str:
+    include, exclude = getattr(source, "include", None), getattr(source, "exclude", None)
+    said = [f"include {', '.join(include)}" if include else "",
+            f"exclude {', '.join(exclude)}" if exclude else ""]
+    return f" ({'; '.join(s for s in said if s)})" if any(said) else ""
+
+
+def release_dead_local_leases(ctx: Context) -> list[str]:
+    """Jobs of open runs leased to a process of this machine that no longer exists (a
+    killed `run`) become due now; the ids of those jobs."""
+    host = socket.gethostname()
+    now = ctx.clock()
+    released = []
+    for run in ctx.state.open_runs():
+        for job in ctx.state.list_jobs(run.run_id):
+            owner = (job.lease_owner or "").split(":")
+            if job.status.terminal or len(owner) < 2 or owner[0] != host or not owner[1].isdigit():
+                continue
+            if _alive(int(owner[1])) or job.lease_expired(now):
+                continue
+            saved = ctx.state.save_job(job.model_copy(update={"lease_until": now, "next_check_at": now}))
+            if saved is not None:
+                released.append(job.job_id)
+                print(f"  {job.source}/{job.collection} of run {run.run_id} was held by a process "
+                      f"that has ended (pid {owner[1]}); taking it back", flush=True)
+    return released
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
 def _run(ctx: Context, sources: list[str] | None, tick: float) -> int:
+    release_dead_local_leases(ctx)  # a killed earlier run finishes alongside this one
     run, _ = start_run(ctx, idempotency_key=f"cli:{uuid.uuid4()}", trigger="cli", sources=sources)
     display = ProgressDisplay(run.run_id)
     while True:
@@ -140,12 +326,15 @@ def job_table(title: str, jobs: list[Job]) -> Table:
         table.add_column(column, overflow="fold")
     for job in jobs:
         result = job.result
+        suspect = job.suspect and job.acknowledged_at is None
+        status = f"{job.status.value} ⚠ suspect (was {job.previous_records})" if suspect else (
+            job.status.value + (" (pruned)" if job.pruned_at else ""))
         table.add_row(
-            job.source, job.collection, job.status.value,
+            job.source, job.collection, status,
             str(result.records) if result else "", str(result.bytes) if result else "",
             result.sha256[:16] if result else "",
             result.key if result else (job.error or ""),
-            style="red" if job.status.value == "failed" else None,
+            style="red" if job.status.value == "failed" else ("yellow" if suspect else None),
         )
     return table
 
@@ -169,7 +358,33 @@ def _status(store: StateStore, run_id: str | None, limit: int) -> int:
         table.add_row(run.run_id, run.trigger, run.status.value, *(str(s.get(k, "")) for k in
                       ("jobs", "done", "failed", "records", "bytes")))
     out.print(table)
+    for run in store.open_runs():
+        print(f"run {run.run_id} is open; it waits for:")
+        for line in waiting_for(store.list_jobs(run.run_id)):
+            print(f"  - {line}")
     return 0
+
+
+def waiting_for(jobs: list[Job]) -> list[str]:
+    """What each unfinished job of an open run waits for, and until when (UTC)."""
+    lines = []
+    for job in jobs:
+        if job.status.terminal:
+            continue
+        when = f"{job.next_check_at:%Y-%m-%d %H:%M:%S} UTC"
+        what = {
+            "pending": f"its export to be started (next try {when})",
+            "exporting": f"the platform's export {job.platform_job_id} (next check {when})",
+            "ready": f"a finisher to copy it (handed out again {when} if none does)",
+        }.get(job.status.value)
+        if job.status.value == "copying":
+            until = f"{job.lease_until:%Y-%m-%d %H:%M:%S} UTC" if job.lease_until else when
+            what = (f"the copy by {job.lease_owner or 'a finisher'} (its lease runs until {until}; "
+                    "then the poller takes it back, or `baas-backup poll` at once if that "
+                    "local process has ended)")
+        note = f"; last error: {job.error}" if job.error else ""
+        lines.append(f"{job.source}/{job.collection} {job.status.value}: {what}{note}")
+    return lines
 
 
 if __name__ == "__main__":

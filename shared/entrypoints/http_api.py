@@ -1,10 +1,11 @@
-"""The HTTP trigger (API Gateway): start a backup, list runs, show one run, and the
-status page. Public on the internet, so it lets in only its owner: every data route
-needs the bearer token from $BAAS_BACKUP_API_TOKEN, and with no token configured every
-route answers 503 (closed, never open).
+"""The trigger function's HTTP API (its Function URL, or an API Gateway trigger a user
+still has): start a backup, list runs, show one run, and the status page. Public on the
+internet (the Function URL's authType is NONE), so it lets in only its owner: every data
+route needs the bearer token from $BAAS_BACKUP_API_TOKEN, and with no token configured
+every route answers 503 (closed, never open).
 
 Routes are pure functions from a parsed `Request` (and a service context, built only
-after the caller is let in) to a `Response`; `handle_event` adapts API Gateway events.
+after the caller is let in) to a `Response`; `handle_event` adapts both event kinds.
 docs/openapi.yaml describes these routes; a test keeps the two in step.
 """
 
@@ -40,7 +41,7 @@ TOKEN_ENV = "BAAS_BACKUP_API_TOKEN"  # noqa: S105 (the variable's name, not a to
 MIN_TOKEN_LENGTH = 16
 MAX_BODY_BYTES = 16 * 1024
 MAX_IDEMPOTENCY_KEY = 200
-HTTP_START_BUDGET_SECONDS = 10.0  # keep POST /runs well inside API Gateway's backend timeout
+HTTP_START_BUDGET_SECONDS = 10.0  # a person waits for POST /runs; the trigger's timeout is 120 s
 DEFAULT_PAGE = 20
 MAX_PAGE = 100
 RUN_ID = re.compile(r"^[0-9]{8}T[0-9]{6}([0-9]{3})?Z-[0-9a-f]{8}$")
@@ -70,10 +71,16 @@ class Response:
     body: str
     headers: dict[str, str] = field(default_factory=dict)
 
-    def to_event(self) -> dict[str, Any]:
-        """The shape API Gateway's SCF integration wants back."""
-        return {"isBase64Encoded": False, "statusCode": self.status,
-                "headers": dict(self.headers), "body": self.body}
+    def to_event(self, kind: str = "url") -> dict[str, Any]:
+        """The answer SCF turns into the HTTP response.
+
+        Function URL: `statusCode`, `headers`, `body` (cloud.tencent.com/document/product/
+        583/96099, 事件函数 -> 响应参数). API Gateway's integrated response adds
+        `isBase64Encoded` (product/583/12513), which Function URLs accept too ("函数 URL
+        兼容 apigw 响应集成", product/583/107631); it is sent only to API Gateway."""
+        answer: dict[str, Any] = {"statusCode": self.status, "headers": dict(self.headers),
+                                  "body": self.body}
+        return {"isBase64Encoded": False, **answer} if kind == GATEWAY else answer
 
 
 def json_response(status: int, document: Any, headers: Mapping[str, str] | None = None) -> Response:
@@ -96,9 +103,25 @@ class HttpError(Exception):
         return json_response(self.status, {"error": self.message, "field": self.field}, self.headers)
 
 
-# API Gateway events ----------------------------------------------------------------
-def request_from_event(event: Mapping[str, Any]) -> Request:
-    """An API Gateway event as a Request; an oversized or undecodable body is an HttpError."""
+# Function URL and API Gateway events ------------------------------------------------
+URL, GATEWAY = "url", "gateway"
+_FUNCTION_URL_DOC = "cloud.tencent.com/document/product/583/96099"
+
+
+def event_kind(event: Mapping[str, Any]) -> str:
+    """Which HTTP entry sent the event. Both carry `httpMethod`, `path`, `headers`,
+    `queryString` and `body`; the Function URL event is API Gateway's without
+    `requestContext`, `headerParameters`, `pathParameters`, `queryStringParameters` and
+    `isBase64Encoded` (product/583/96099: "兼容apigw协议 ... 去掉 ... 相关字段"), so
+    `requestContext` tells them apart (API Gateway: product/583/12513)."""
+    return GATEWAY if isinstance(event.get("requestContext"), Mapping) else URL
+
+
+def request_from_event(event: Mapping[str, Any], request_id: str = "") -> Request:
+    """A Function URL or API Gateway event as a Request; an oversized or undecodable body,
+    or an event whose shape we do not recognise, is an HttpError."""
+    kind = event_kind(event)
+    _check_shape(event, kind)
     headers = {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items()}
     context = event.get("requestContext") or {}
     raw = event.get("body") or ""
@@ -107,6 +130,8 @@ def request_from_event(event: Mapping[str, Any]) -> Request:
     # base64 grows a body by a third: refuse before decoding anything large
     if len(raw) > MAX_BODY_BYTES * 4 // 3 + 4:
         raise _too_large(len(raw))
+    # A Function URL passes the body as text with no base64 flag (product/583/96099);
+    # API Gateway flags a base64 body. The flag is honoured wherever it appears.
     if _truthy(event.get("isBase64Encoded", False)):
         try:
             body = base64.b64decode(raw, validate=True)
@@ -117,14 +142,37 @@ def request_from_event(event: Mapping[str, Any]) -> Request:
         body = raw.encode("utf-8", "surrogatepass")
     if len(body) > MAX_BODY_BYTES:
         raise _too_large(len(body))
+    path = str(event.get("path") or "/")
+    if kind == GATEWAY:
+        path = _route_path(path, str(context.get("path") or ""))
     return Request(
         method=str(event.get("httpMethod") or "GET").upper(),
-        path=_route_path(str(event.get("path") or "/"), str(context.get("path") or "")),
+        path=path if path.startswith("/") else "/" + path,
         headers=headers,
         query=_query(event),
         body=body,
-        request_id=str(context.get("requestId") or ""),
+        request_id=str(context.get("requestId") or "") or request_id,
     )
+
+
+def _check_shape(event: Mapping[str, Any], kind: str) -> None:
+    """Fail loudly, naming the field, when SCF sends a shape the docs do not describe."""
+    doc = _FUNCTION_URL_DOC if kind == URL else "cloud.tencent.com/document/product/583/12513"
+    expected: list[tuple[str, type | tuple[type, ...], bool]] = [
+        ("httpMethod", str, True), ("path", str, kind == URL),
+        ("headers", Mapping, False), ("queryString", Mapping, False),
+        ("queryStringParameters", Mapping, False),
+    ]
+    for name, kinds, required in expected:
+        value = event.get(name)
+        if value is None and not required:
+            continue
+        if not isinstance(value, kinds):
+            shown = "missing" if value is None else type(value).__name__
+            raise HttpError(500, f"the {'Function URL' if kind == URL else 'API Gateway'} event's "
+                                 f"{name!r} is {shown}, not the documented shape ({doc}); check "
+                                 "the trigger function's triggers and report this event's shape",
+                            name)
 
 
 def _too_large(size: int) -> HttpError:
@@ -140,7 +188,8 @@ def _route_path(path: str, api_path: str) -> str:
     """The path below the API's own path, so the API can be mounted at /backup as well as /.
 
     API Gateway prefix-matches plain API paths and passes the full request path (without
-    the stage); `requestContext.path` is the API's configured path.
+    the stage); `requestContext.path` is the API's configured path. A Function URL has no
+    mount point: its `path` is the request's path (product/583/96099).
     """
     if api_path and api_path != "/" and not re.search(r"[{}=^~]", api_path):
         base = api_path.rstrip("/")
@@ -150,6 +199,9 @@ def _route_path(path: str, api_path: str) -> str:
 
 
 def _query(event: Mapping[str, Any]) -> dict[str, str]:
+    """`queryString` in both kinds (API Gateway also sends `queryStringParameters`). A
+    repeated name arrives as a list from API Gateway; a Function URL's form is not
+    documented, so a list there is treated the same way: refused unless it has one value."""
     raw = event.get("queryString") or event.get("queryStringParameters") or {}
     query: dict[str, str] = {}
     for name, given in raw.items():
@@ -181,14 +233,16 @@ class Route:
 
 
 def handle_event(event: Mapping[str, Any], context: ContextFactory,
-                 environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """One API Gateway event in, one API Gateway response out."""
+                 environ: Mapping[str, str] | None = None, request_id: str = "") -> dict[str, Any]:
+    """One Function URL or API Gateway event in, the response its entry wants out.
+    `request_id` is SCF's (the invocation context's); API Gateway events carry their own."""
+    kind = event_kind(event)
     try:
-        request = request_from_event(event)
+        request = request_from_event(event, request_id)
     except HttpError as exc:
         token_problem = _token_problem(os.environ if environ is None else environ)
-        return (token_problem or exc).response().to_event()
-    return handle(request, context, environ).to_event()
+        return (token_problem or exc).response().to_event(kind)
+    return handle(request, context, environ).to_event(kind)
 
 
 def handle(request: Request, context: ContextFactory,
@@ -261,7 +315,9 @@ def _service(context: ContextFactory) -> Context:
         return context()
     except ConfigError as exc:
         # after authentication only: the owner needs to know, and config errors never echo secrets
-        raise HttpError(500, f"the trigger function's config is invalid: {exc}") from None
+        # the problems only: where the config file lives is none of a caller's business
+        raise HttpError(500, "the trigger function's config is invalid: "
+                             + "; ".join(exc.problems)) from None
 
 
 # POST /runs ------------------------------------------------------------------------
@@ -292,8 +348,8 @@ def _start_run(request: Request, params: Mapping[str, str], context: ContextFact
 
 
 def _quick(ctx: Context) -> Context:
-    """The same context with a short start budget: a person (and API Gateway's backend
-    timeout) waits for this answer; the poller starts whatever is left a minute later."""
+    """The same context with a short start budget: a person (and an API Gateway's backend
+    timeout, for users who still have one) waits for this answer; the poller starts whatever is left a minute later."""
     timing = ctx.config.timing
     if timing.start_budget_seconds <= HTTP_START_BUDGET_SECONDS:
         return ctx
@@ -315,6 +371,9 @@ def _parse_body(request: Request) -> StartRunBody:
     except json.JSONDecodeError as exc:
         raise HttpError(400, f"the body is not valid JSON: {exc.msg} at line {exc.lineno} "
                              f"column {exc.colno}", "body") from None
+    except (RecursionError, ValueError):  # nested past the parser's depth, a huge number
+        raise HttpError(400, "the body is JSON this API does not take: nested too deep or "
+                             'a number too long; send {"sources": [...]}', "body") from None
     if not isinstance(document, dict):
         raise HttpError(400, 'the body must be a JSON object like {"sources": ["shop"]}', "body")
     try:
@@ -456,6 +515,7 @@ def job_view(job: Job) -> dict[str, Any]:
     result = job.result
     return {
         "job_id": job.job_id,
+        "run_id": job.run_id,
         "source": job.source,
         "collection": job.collection,
         "status": job.status.value,
@@ -473,6 +533,11 @@ def job_view(job: Job) -> dict[str, Any]:
         "finished_at": _iso(job.finished_at),
         "updated_at": _iso(job.updated_at),
         "duration_seconds": _seconds(job.started_at or job.created_at, job.finished_at),
+        # far fewer records than the collection's last good backup, not acknowledged yet
+        "suspect": job.suspect and job.acknowledged_at is None,
+        "previous_records": job.previous_records,
+        "acknowledged_at": _iso(job.acknowledged_at),
+        "pruned": job.pruned_at is not None,  # retention deleted its objects
     }
 
 
@@ -484,6 +549,71 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
     if start is None or end is None:
         return None
     return round((end - start).total_seconds(), 3)
+
+
+# POST /runs/{run_id}/acknowledge ----------------------------------------------------
+class AcknowledgeBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source: StrictStr = Field(min_length=1, max_length=200)
+    collection: StrictStr = Field(min_length=1, max_length=1000)
+
+
+def _acknowledge(request: Request, params: Mapping[str, str], context: ContextFactory) -> Response:
+    """A suspect backup's drop was intended: it counts as good from now on."""
+    from shared.service.suspicion import NotSuspect, acknowledge
+
+    run_id = params["run_id"]
+    try:
+        body = AcknowledgeBody.model_validate_json(request.body or b"{}")
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        raise HttpError(400, f'the body must be {{"source": "...", "collection": "..."}}: '
+                             f"{where}: {first['msg']}", where) from None
+    ctx = _service(context)
+    if not RUN_ID.match(run_id) or ctx.state.get_run(run_id) is None:
+        raise HttpError(404, f"no run {run_id[:80]!r}; GET /runs lists the runs", "run_id")
+    try:
+        job = acknowledge(ctx, run_id, body.source, body.collection)
+    except NotSuspect as exc:
+        status = 404 if "has no backup" in str(exc) else 409
+        raise HttpError(status, str(exc), "collection") from None
+    return json_response(200, job_view(job))
+
+
+# GET /collections ----------------------------------------------------------------------
+def _collections(request: Request, params: Mapping[str, str], context: ContextFactory) -> Response:
+    from shared.service.overview import collections
+
+    ctx = _service(context)
+    now = ctx.clock()
+    return json_response(200, {"collections": [c.view(now) for c in collections(ctx)],
+                               "retention": ctx.config.retention is not None})
+
+
+# POST /doctor ------------------------------------------------------------------------
+class DoctorBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    notify: bool = False  # send each webhook a test message
+
+
+def _doctor(request: Request, params: Mapping[str, str], context: ContextFactory) -> Response:
+    """Every doctor check with the trigger function's role, network and egress IP; 200 with
+    the report whether or not the checks pass (`ok` says which)."""
+    body = DoctorBody()
+    if request.body.strip():
+        try:
+            body = DoctorBody.model_validate_json(request.body)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            where = ".".join(str(part) for part in first["loc"]) or "body"
+            raise HttpError(400, f'the body must be {{"notify": true}} or empty: {where}: '
+                                 f"{first['msg']}", where) from None
+    from shared.entrypoints.scf import run_doctor  # the same report as {"doctor": true}
+
+    return json_response(200, run_doctor(notify=body.notify))
 
 
 # GET / -------------------------------------------------------------------------------
@@ -502,4 +632,7 @@ ROUTES: list[Route] = [
     Route("/", {"GET": _page}, public=frozenset({"GET"})),
     Route("/runs", {"GET": _list_runs, "POST": _start_run}),
     Route("/runs/{run_id}", {"GET": _get_run}),
+    Route("/runs/{run_id}/acknowledge", {"POST": _acknowledge}),
+    Route("/collections", {"GET": _collections}),
+    Route("/doctor", {"POST": _doctor}),
 ]

@@ -1,14 +1,14 @@
-"""The HTTP API on this machine: real HTTP requests become API Gateway events for the
+"""The HTTP API on this machine: real HTTP requests become Function URL events for the
 same handler the trigger function runs, so the status page can be used and tested
 without a cloud. `baas-backup serve` runs it, with the poller's work done in a thread."""
 
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import os
 import threading
-import uuid
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -23,35 +23,31 @@ log = logging.getLogger(__name__)
 
 EventHandler = Callable[[dict[str, Any]], dict[str, Any]]
 STAGE = "local"
+BODY_TIMEOUT_SECONDS = 10.0
 
 
-def api_gateway_event(method: str, target: str, headers: dict[str, str], body: bytes,
-                      client_ip: str) -> dict[str, Any]:
-    """The event API Gateway would send for this request (fields as in API-NOTES.md)."""
+def function_url_event(method: str, target: str, headers: dict[str, str], body: bytes,
+                       client_ip: str) -> dict[str, Any]:
+    """The event a Function URL sends an event function for this request: `httpMethod`,
+    `path`, lower-case `headers` with the client's address in `x-scf-remote-addr`,
+    `queryString`, and the body as text with no base64 flag (cloud.tencent.com/document/
+    product/583/96099, 事件函数 -> 请求参数). A repeated query name is passed as a list
+    (its form on a real Function URL is not documented)."""
     parts = urlsplit(target)
     query: dict[str, Any] = {
         name: values[0] if len(values) == 1 else values
         for name, values in parse_qs(parts.query, keep_blank_values=True).items()
     }
-    try:
-        text, encoded = body.decode("utf-8"), False
-    except UnicodeDecodeError:
-        text, encoded = base64.b64encode(body).decode("ascii"), True
+    # Bytes that are not UTF-8 stay as lone surrogates, so the handler refuses them as
+    # "not UTF-8" instead of seeing replacement characters.
+    text = body.decode("utf-8", "surrogateescape")
     return {
         "httpMethod": method,
         "path": unquote(parts.path) or "/",
-        "headers": {name.lower(): value for name, value in headers.items()},
+        "headers": {**{name.lower(): value for name, value in headers.items()},
+                    "x-scf-remote-addr": client_ip},
         "queryString": query,
-        "queryStringParameters": query,
-        "pathParameters": {},
-        "headerParameters": {},
-        "stageVariables": {"stage": STAGE},
         "body": text,
-        "isBase64Encoded": encoded,
-        "requestContext": {
-            "serviceId": "local", "path": "/", "httpMethod": method, "stage": STAGE,
-            "requestId": str(uuid.uuid4()), "sourceIp": client_ip,
-        },
     }
 
 
@@ -60,13 +56,51 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     handle_event: EventHandler  # set on the subclass made per server
 
-    def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        # read one byte past the limit so the handler can refuse it; never the whole body
-        body = self.rfile.read(min(length, MAX_BODY_BYTES + 1)) if length > 0 else b""
+    # A client that stalls (headers or body) is dropped after this many seconds, so a
+    # slow sender cannot hold a thread forever.
+    timeout = BODY_TIMEOUT_SECONDS
+
+    def _body(self) -> bytes | None:
+        """The request body, or None after answering a body this server will not read:
+        chunked (API Gateway hands the function a whole body; this stand-in takes only
+        Content-Length, rather than guess where a chunked body ends), or a length that
+        is not one non-negative number. Read one byte past the limit, so the handler
+        can refuse it; never the whole body."""
+        if self.headers.get("Transfer-Encoding"):
+            self._refuse(411, "send the body with Content-Length, not Transfer-Encoding")
+            return None
+        lengths = self.headers.get_all("Content-Length") or []
+        if len(set(lengths)) > 1 or not all(v.strip().isdigit() for v in lengths):
+            self._refuse(400, "Content-Length must be one non-negative integer")
+            return None
+        length = int(lengths[0]) if lengths else 0
+        try:
+            body = self.rfile.read(min(length, MAX_BODY_BYTES + 1)) if length else b""
+        except TimeoutError:
+            self._refuse(408, f"the body did not arrive within {self.timeout:g} s")
+            return None
+        if len(body) < min(length, MAX_BODY_BYTES + 1):  # the client hung up early
+            self.close_connection = True
+            return None
         if length > len(body):
             self.close_connection = True
-        event = api_gateway_event(self.command, self.path, dict(self.headers.items()), body,
+        return body
+
+    def _refuse(self, status: int, message: str) -> None:
+        data = json.dumps({"error": message, "field": "body"}).encode()
+        self.close_connection = True
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _serve(self) -> None:
+        body = self._body()
+        if body is None:
+            return
+        event = function_url_event(self.command, self.path, dict(self.headers.items()), body,
                                   self.client_address[0])
         try:
             answer = self.handle_event(event)

@@ -11,11 +11,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from shared.bootstrap import build_context
+from shared.bootstrap import build_context, doctor_subject
 from shared.config import load_config
 from shared.logs import configure_logging, log_context
 from shared.service.close import close_finished_runs
 from shared.service.context import Context
+from shared.service.doctor import diagnose
 from shared.service.finish import finish
 from shared.service.poll import poll
 from shared.service.start import start_run
@@ -80,6 +81,14 @@ def _remaining_seconds(context: object) -> float | None:
         return None
 
 
+def _request_id(invocation: object) -> str:
+    """SCF's request id from the handler's context (`request_id`, product/583/9210); a
+    Function URL event carries none of its own (product/583/96099)."""
+    value = (invocation.get("request_id") if isinstance(invocation, Mapping)
+             else getattr(invocation, "request_id", None))
+    return value if isinstance(value, str) else ""
+
+
 def _context(invocation: object = None, started: float | None = None) -> Context:
     started = time.monotonic() if started is None else started
     configure_logging()
@@ -101,7 +110,10 @@ def handle_trigger(event: dict[str, Any], invocation: object = None) -> dict[str
             handle_event,  # only the HTTP trigger needs the API
         )
 
-        return handle_event(event, lambda: _context(invocation, started))
+        return handle_event(event, lambda: _context(invocation, started),
+                            request_id=_request_id(invocation))
+    if event.get("doctor") is True:
+        return run_doctor(notify=event.get("notify") is True)
     ctx = _context(invocation)
     if _is_timer(event):
         timer = TimerEvent.model_validate(event)
@@ -120,7 +132,19 @@ def handle_poller(event: dict[str, Any], invocation: object = None) -> dict[str,
     return {"advanced": summary.advanced, "closed_runs": summary.closed_runs}
 
 
+def run_doctor(*, notify: bool = False) -> dict[str, Any]:
+    """`{"doctor": true}` to the trigger: every doctor check with this function's role,
+    network and egress IP (shared/service/doctor.py); the report is logged and returned."""
+    configure_logging()
+    report = diagnose(lambda: doctor_subject(load_config()), notify=notify)
+    (log.info if report.ok else log.error)("doctor report", extra=report.to_dict())
+    return report.to_dict()
+
+
 def handle_finisher(event: dict[str, Any], invocation: object = None) -> dict[str, Any]:
+    if event.get("doctor") is True:
+        # `doctor` invokes the finisher this way to prove the role may: answer, touch nothing
+        return {"doctor": "finisher", "ok": True}
     ctx = _context(invocation)
     try:
         request = FinishRequest.model_validate(event)

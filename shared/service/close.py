@@ -6,16 +6,18 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from shared.domain.jobs import Job, JobStatus, Run, RunStatus
+from shared.domain.jobs import Job, JobStatus, Run, RunStatus, count_warning
 from shared.domain.layout import run_manifest_key
 from shared.domain.manifest import RunManifest, as_document
 from shared.logs import log_context
 from shared.service.context import Context
+from shared.service.prune import prune
 
 log = logging.getLogger(__name__)
 
 
 def close_finished_runs(ctx: Context) -> list[str]:
+    """Close what ended; then, if a run closed and a retention policy is set, prune."""
     closed = []
     for run in ctx.state.open_runs():
         jobs = ctx.state.list_jobs(run.run_id)
@@ -24,7 +26,27 @@ def close_finished_runs(ctx: Context) -> list[str]:
         with log_context(run_id=run.run_id):
             if _close_run(ctx, run, jobs):
                 closed.append(run.run_id)
+    if closed and ctx.config.retention is not None:
+        try:
+            prune(ctx)
+        except Exception:  # a prune that fails must not keep runs from closing; it runs again
+            log.exception("retention could not be applied; the next closing run tries again")
     return closed
+
+
+def _verify(ctx: Context, run: Run, jobs: list[Job]) -> dict[str, Any] | None:
+    """`verify.after_run`: the run's backups checked again before it is called done."""
+    mode = ctx.config.verify.after_run
+    if mode == "off" or not any(j.status is JobStatus.DONE for j in jobs):
+        return None
+    from shared.service.verify import verify_jobs
+
+    report = verify_jobs(ctx, run.run_id, jobs, quick=mode == "quick")
+    problems = [f"{o.source}/{o.collection} {p.what}: {p.detail}"
+                for o in report.objects for p in o.problems]
+    if problems:
+        log.error("verify after the run found problems", extra={"problems": problems})
+    return {"mode": mode, "ok": report.ok, "objects": len(report.objects), "problems": problems}
 
 
 def _close_run(ctx: Context, run: Run, jobs: list[Job]) -> bool:
@@ -40,7 +62,22 @@ def _close_run(ctx: Context, run: Run, jobs: list[Job]) -> bool:
     }
     if unlisted:
         summary["sources_not_listed"] = sorted(unlisted)
-    status = RunStatus.SUCCEEDED if jobs and not failed and not unlisted else RunStatus.FAILED
+    counts = {f"{j.source}/{j.collection}": w for j in jobs if (w := count_warning(j))}
+    if counts:
+        summary["count_warnings"] = counts
+    if not jobs and not unlisted:  # never quiet, even if no source said why
+        unlisted = {"*": "the run had no collection or table to back up"}
+        summary["sources_not_listed"] = ["*"]
+    suspect = [j for j in jobs if j.suspect and j.acknowledged_at is None]
+    if suspect:
+        summary["suspect"] = [{"source": j.source, "collection": j.collection,
+                               "records": j.result.records if j.result else 0,
+                               "previous_records": j.previous_records} for j in suspect]
+    verified = _verify(ctx, run, jobs)
+    if verified is not None:
+        summary["verify"] = verified
+    status = (RunStatus.SUCCEEDED if jobs and not failed and not unlisted
+              and (verified is None or verified["ok"]) else RunStatus.FAILED)
     key = run_manifest_key(ctx.config.destination.prefix, run.run_id)
     manifest = RunManifest.of(run, jobs, status=status, summary=summary, finished_at=now)
     ctx.objects.put_json(key, as_document(manifest))

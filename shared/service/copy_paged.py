@@ -10,7 +10,9 @@ its time budget parks the rows it has read but not uploaded in a small side obje
 even a very selective filter always moves on.
 
 The job is done only once the completed object, read back from COS, has the bytes, rows
-and per-part MD5s that were saved; its SHA-256 is computed in that same read.
+and per-part MD5s that were saved, and a CRC64-ECMA equal both to the one kept over the
+parts as they were sent and to COS's own `x-cos-hash-crc64ecma`; its SHA-256 is computed
+in that same read.
 
 Overlap: a thread reads pages ahead while this one encodes and uploads. The queue between
 them is bounded, so memory is about one part plus a few pages whatever the table's size.
@@ -34,12 +36,21 @@ from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import BaseModel, Field
 
-from shared.domain.errors import BackupError, Fatal, Retryable, StorageError, VerificationFailed
+from shared.domain.errors import (
+    BackupError,
+    Fatal,
+    RateLimited,
+    Retryable,
+    StorageError,
+    VerificationFailed,
+)
 from shared.domain.jobs import Job, JobResult, StoredObject
 from shared.domain.layout import CONTENT_TYPES, manifest_key
 from shared.domain.records import JsonLinesCounter
+from shared.integrity import Crc64, crc64
 from shared.ports import MIB, Page, PagedPlatform, ResumableUploads
 from shared.service.copying import CopyHold, CopyPaused
+from shared.service.pacing import Pacer
 
 if TYPE_CHECKING:
     from shared.service.context import Context
@@ -48,7 +59,7 @@ log = logging.getLogger(__name__)
 
 _deadlines: weakref.WeakKeyDictionary[CopyHold, float] = weakref.WeakKeyDictionary()
 CHECKPOINT = "paged"  # the job's checkpoint holds {"paged": PagedState}
-PREFETCH_PAGES = 3  # pages read ahead of the encoder
+PREFETCH_PAGES = 3  # pages read ahead of the encoder at most (fewer under a rate limit)
 MAX_PARTS = 10_000  # COS's limit per multipart upload
 READ_CHUNK = MIB
 
@@ -79,6 +90,8 @@ class PagedState(BaseModel):
     parts: list[SavedPart] = Field(default_factory=list)
     parked: Parked | None = None
     completed: bool = False  # the multipart upload was completed
+    # CRC64-ECMA of the saved parts in order (None: a checkpoint written before it was kept)
+    crc64: int | None = None
     steps: int = 0  # progress saves so far
     steps_at_claim: int = 0  # `steps` when the current finisher took the job
 
@@ -139,9 +152,13 @@ class _PagedCopy:
         if not state.completed:
             if state.upload_id is None:
                 self._begin(state)
-            if not state.exhausted:
-                self._page(state)
-            self._complete(state)
+            try:
+                if not state.exhausted:
+                    self._page(state)
+                self._complete(state)
+            except Fatal:  # the job fails: nobody will resume this upload
+                self._forget(state)
+                raise
             if self._spent():
                 raise CopyPaused("time budget spent after completing the upload; verified next")
         return self._verify(state)
@@ -190,13 +207,15 @@ class _PagedCopy:
 
         self._sink_call(abort_stale)
         state.upload_id = self._sink_call(lambda: self.uploads.begin_upload(self.key, self.content_type))
+        state.crc64 = 0
         self._save(state, progress=False)
         log.info("paged copy started", extra={"collection": self.collection, "key": self.key})
 
     def _page(self, state: PagedState) -> None:
         buffer, buffered_rows, cursor = self._unpark(state)
         fetch = functools.partial(self.platform.fetch_page, self.collection)
-        with _settled_heap(), _Prefetch(fetch, cursor, PREFETCH_PAGES) as pages:
+        pacer = Pacer(PREFETCH_PAGES, deadline=self.deadline)
+        with _settled_heap(), _Prefetch(fetch, cursor, pacer) as pages:
             for page in pages:
                 data, rows = self.platform.encode_page(page)
                 buffer += data
@@ -218,6 +237,10 @@ class _PagedCopy:
         parked = state.parked
         if parked is None:
             return bytearray(), 0, state.cursor
+        if parked.key != f"{self.key}.parked":  # never rows from some other object
+            log.warning("parked rows recorded at another key; reading them from OneDB again",
+                        extra={"parked_key": parked.key})
+            return bytearray(), 0, parked.cursor
         try:
             data = self.ctx.objects.read(parked.key)
         except StorageError:
@@ -257,6 +280,8 @@ class _PagedCopy:
         etag = self._sink_call(lambda: self.uploads.upload_part(self.key, upload_id, number, data))
         state.parts.append(SavedPart(number=number, etag=etag, bytes=len(data), rows=rows,
                                      md5=_md5(data)))
+        if state.crc64 is not None:
+            state.crc64 = crc64(data, state.crc64)
         state.cursor, state.exhausted, state.parked = following, last, None
         self._save(state)
         log.info("part uploaded", extra={"part": number, "rows_so_far": state.rows})
@@ -287,6 +312,7 @@ class _PagedCopy:
     def _verify(self, state: PagedState) -> StoredObject:
         """Read the object back: bytes, rows and each part's MD5 must be what was sent."""
         sha256 = hashlib.sha256()
+        read_crc = Crc64()
         counter = JsonLinesCounter()
         parts = iter(state.parts)
         current = next(parts, None)
@@ -297,6 +323,7 @@ class _PagedCopy:
         try:
             for chunk in self.ctx.objects.iter_read(self.key, READ_CHUNK):
                 sha256.update(chunk)
+                read_crc.update(chunk)
                 counter.feed(chunk)
                 total += len(chunk)
                 view = memoryview(chunk)
@@ -319,6 +346,12 @@ class _PagedCopy:
             problems.append(f"{counter.total} rows instead of {state.rows}")
         if bad_parts:
             problems.append(f"parts {bad_parts} differ from what was uploaded")
+        if state.crc64 is not None and read_crc.crc != state.crc64:
+            problems.append(f"CRC64 {read_crc.value} instead of {state.crc64} (what was sent)")
+        stored = self._sink_call(lambda: self.ctx.objects.head(self.key))
+        if stored is not None and stored.crc64 is not None and stored.crc64 != read_crc.value:
+            problems.append(f"a CRC64 of {stored.crc64} by COS's account, but {read_crc.value} "
+                            "as read back")
         if problems:
             self._sink_call(lambda: self.ctx.objects.delete(self.key))
             raise VerificationFailed(
@@ -329,7 +362,8 @@ class _PagedCopy:
         except StorageError as exc:
             log.warning("could not delete parked rows", extra={"reason": str(exc)})
         return StoredObject(key=self.key, bytes=total, sha256=sha256.hexdigest(),
-                            records=counter.total, upload_parts=len(state.parts))
+                            records=counter.total, upload_parts=len(state.parts),
+                            crc64=read_crc.value)
 
     @staticmethod
     def _sink_call(call: Callable[[], Any]) -> Any:
@@ -345,14 +379,17 @@ def _md5(data: bytes) -> str:
 
 
 class _Prefetch:
-    """Reads pages in a thread of its own, at most `depth` pages ahead of the reader;
-    the fetcher's error is raised in the reader's thread, in order."""
+    """Reads pages in a thread of its own, at most `pacer.depth` pages ahead of the reader;
+    a page refused for a rate limit is asked again in place after the pacer's wait (see
+    shared/service/pacing.py); the fetcher's error is raised in the reader's thread, in
+    order."""
 
     def __init__(self, fetch: Callable[[dict[str, Any] | None], Page],
-                 cursor: dict[str, Any] | None, depth: int) -> None:
+                 cursor: dict[str, Any] | None, pacer: Pacer) -> None:
         self._fetch = fetch
         self._cursor = cursor
-        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+        self.pacer = pacer
+        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=pacer.max_depth)
         self._stop = threading.Event()
         context = contextvars.copy_context()  # log lines keep the run and job ids
         self._thread = threading.Thread(target=context.run, args=(self._run,),
@@ -363,14 +400,34 @@ class _Prefetch:
         cursor = self._cursor
         try:
             while not self._stop.is_set():
-                page = self._fetch(cursor)
-                if not self._put(("page", page)) or page.next_cursor is None:
+                page = self._paced_fetch(cursor)
+                if page is None or not self._put(("page", page)) or page.next_cursor is None:
                     return
                 cursor = page.next_cursor
         except BackupError as exc:
             self._put(("error", exc))
         except Exception as exc:
             self._put(("error", Retryable(f"reading pages failed: {type(exc).__name__}: {exc}")))
+
+    def _paced_fetch(self, cursor: dict[str, Any] | None) -> Page | None:
+        """One page, asked again in place while the platform says "too many calls";
+        None when stopped meanwhile."""
+        while not self._stop.is_set():
+            while self._queue.qsize() >= self.pacer.depth:  # read-ahead shrunk: wait
+                if self._stop.wait(0.01):
+                    return None
+            self.pacer.wait_turn(self._stop)
+            try:
+                page = self._fetch(cursor)
+            except RateLimited as exc:
+                wait = self.pacer.refused(exc)  # raises once the refusal persists
+                log.info("platform rate limit; asking for the page again",
+                         extra={"wait_seconds": round(wait, 3), "read_ahead": self.pacer.depth})
+                self._stop.wait(wait)
+                continue
+            self.pacer.accepted()
+            return page
+        return None
 
     def _put(self, item: tuple[str, Any]) -> bool:
         while not self._stop.is_set():

@@ -15,6 +15,7 @@ from shared.retry import with_retries
 from shared.service.context import Context, fail, save
 from shared.service.copiers import copier_for
 from shared.service.copying import Copier, CopyHold, CopyPaused, LeaseLost
+from shared.service.suspicion import Verdict, judge
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def finish(ctx: Context, job_id: str) -> str:
         log.info("copy started", extra={"collection": job.collection})
         hold = CopyHold(ctx, claimed)
         try:
-            result = with_retries(lambda: _copy(ctx, copier, hold), attempts=2,
+            result, verdict = with_retries(lambda: _copy(ctx, copier, hold), attempts=2,
                                   base_seconds=ctx.config.timing.retry_base_seconds)
         except LeaseLost:
             log.warning("another finisher took this job over; stopping here")
@@ -75,22 +76,30 @@ def finish(ctx: Context, job_id: str) -> str:
             return _release_after_error(ctx, copier, hold.job, exc)
         done = save(ctx, hold.job.moved_to(JobStatus.DONE, result=result, error=None,
                                            finished_at=ctx.clock(), lease_owner=None,
-                                           lease_until=None))
+                                           lease_until=None, suspect=verdict.suspect,
+                                           previous_records=verdict.previous_records))
         log.info("copy done", extra={"key": result.key, "bytes": result.bytes,
                                      "records": result.records, "sha256": result.sha256})
+        if verdict.suspect:
+            log.warning("suspect backup: far fewer records than the last good backup",
+                        extra={"collection": job.collection, "records": result.records,
+                               "previous_records": verdict.previous_records})
         return JobStatus.DONE.value if done else "claimed-elsewhere"
 
 
-def _copy(ctx: Context, copier: Copier, hold: CopyHold) -> JobResult:
+def _copy(ctx: Context, copier: Copier, hold: CopyHold) -> tuple[JobResult, Verdict]:
+    """The verified copy, and how its record count compares with the last good backup."""
     job = hold.job
     platform = ctx.platforms.get(job.source)
     base = data_key(ctx.config.destination.prefix, job.run_id, job.source, job.collection,
                     platform.file_type)
     result = copier.copy(ctx, hold, base)
+    verdict = judge(ctx, hold.job, result.records)
     manifest = JobManifest.of(hold.job, result, platform=ctx.config.source(job.source).type,
-                              file_type=platform.file_type, copied_at=ctx.clock())
+                              file_type=platform.file_type, copied_at=ctx.clock(),
+                              suspect=verdict.suspect, previous_records=verdict.previous_records)
     ctx.objects.put_json(result.manifest_key, as_document(manifest))
-    return result
+    return result, verdict
 
 
 def _release_after_error(ctx: Context, copier: Copier, job: Job, exc: Exception) -> str:

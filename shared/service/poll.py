@@ -11,13 +11,15 @@ from datetime import datetime, timedelta
 from typing import cast
 
 from shared.domain.errors import BackupError, Forgotten, Retryable, RetryLater
-from shared.domain.jobs import Job, JobStatus, backoff
+from shared.domain.jobs import Job, JobStatus, backoff, count_warning
 from shared.logs import log_context, redact
 from shared.ports import ExportPlatform
 from shared.service.close import close_finished_runs
 from shared.service.context import Budget, Context, fail, save
 from shared.service.copiers import copier_for
 from shared.service.lanes import run_in_lanes
+from shared.service.sweep import sweep_uploads
+from shared.service.watch import watch
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,8 @@ def poll(ctx: Context, limit: int = 2000) -> PollSummary:
         keep_going=lambda: not budget.spent(),
     )
     summary.closed_runs = close_finished_runs(ctx)
+    sweep_uploads(ctx)
+    watch(ctx)
     return summary
 
 
@@ -132,14 +136,22 @@ def _check_export(ctx: Context, job: Job, now: datetime) -> None:
     if progress.platform_job_id and progress.platform_job_id != job.platform_job_id:
         job = job.model_copy(update={"platform_job_id": progress.platform_job_id})
     if progress.state == "running":
-        save(ctx, job.model_copy(update={"next_check_at": now + _check_interval(ctx, job, now)}))
+        interval = _check_interval(ctx, job, now)
+        if progress.check_within_seconds is not None:
+            interval = min(interval, timedelta(seconds=max(0.0, progress.check_within_seconds)))
+        save(ctx, job.model_copy(update={"next_check_at": now + interval}))
     elif progress.state == "failed":
         fail(ctx, job, progress.message, now)
     else:
         log.info("export ready", extra={"expected_records": progress.expected_records,
                                         "parts": len(progress.part_records or [None])})
-        hand_off(ctx, job.moved_to(JobStatus.READY, expected_records=progress.expected_records,
-                                   part_records=progress.part_records), now)
+        ready = job.moved_to(JobStatus.READY, expected_records=progress.expected_records,
+                             part_records=progress.part_records,
+                             platform_collection_count=progress.platform_count)
+        warning = count_warning(ready)
+        if warning:
+            log.warning("export count far from the platform's count", extra={"reason": warning})
+        hand_off(ctx, ready, now)
 
 
 def _check_interval(ctx: Context, job: Job, now: datetime) -> timedelta:

@@ -80,13 +80,16 @@ def _discover(
             found[name] = choose_collections(ctx, name, (wanted or {}).get(name))
         except BackupError as exc:
             message = redact(str(exc))
-            log.error("could not list the source's collections", extra={"source": name,
-                                                                        "reason": message})
+            log.error("source has nothing to back up", extra={"source": name, "reason": message})
             found[name], discovery[name] = [], {"error": message}
             continue
         listed = ctx.platforms.get(name).discovery()
         if listed is not None:
             discovery[name] = listed
+        if not found[name]:  # a run that backs up nothing from a source must say why
+            discovery[name] = {**(listed or {}), "error": (
+                f"source {name!r}: discovery yielded no collection or table to back up; "
+                "check the source's collections/tables and include/exclude")}
     return found, discovery
 
 

@@ -1,5 +1,6 @@
-"""The HTTP API as SCF runs it: events into the real trigger handler
-(functions/trigger/index.py), every answer checked against docs/openapi.yaml."""
+"""The HTTP API as SCF runs it: Function URL events (API Gateway events where a test says
+so) into the real trigger handler (functions/trigger/index.py), every answer checked
+against docs/openapi.yaml."""
 
 from __future__ import annotations
 
@@ -65,27 +66,56 @@ def check_against_spec(method: str, path: str, response: dict[str, Any]) -> None
         assert name.lower() in headers, f"{method} {path} {status} lacks header {name}"
 
 
-def api_event(method: str, path: str, *, token: str | None = TOKEN, body: Any = None,
-              raw_body: str | None = None, headers: dict[str, str] | None = None,
-              query: dict[str, Any] | None = None, base64_body: bool = False,
-              api_path: str = "/") -> dict[str, Any]:
-    """An API Gateway event as SCF delivers it (see API-NOTES.md)."""
-    text = raw_body if raw_body is not None else ("" if body is None else json.dumps(body))
-    all_headers = {"host": "service-test.gz.apigw.tencentcs.com", "user-agent": "pytest"}
+def _headers(token: str | None, body: Any, headers: dict[str, str] | None, host: str) -> dict[str, str]:
+    all_headers = {"host": host, "user-agent": "pytest"}
     if body is not None:
         all_headers["content-type"] = "application/json"
     if token is not None:
         all_headers["authorization"] = f"Bearer {token}"
     all_headers.update(headers or {})
+    return all_headers
+
+
+def url_event(method: str, path: str, *, token: str | None = TOKEN, body: Any = None,
+              raw_body: str | None = None, headers: dict[str, str] | None = None,
+              query: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A Function URL event for an event function, field for field as documented
+    (cloud.tencent.com/document/product/583/96099): no requestContext, no base64 flag."""
+    text = raw_body if raw_body is not None else ("" if body is None else json.dumps(body))
+    all_headers = _headers(token, body, headers, "1250000000-abcdefgh.ap-guangzhou.tencentscf.com")
+    all_headers["x-scf-remote-addr"] = "203.0.113.9"
+    return {"httpMethod": method, "path": path, "headers": all_headers,
+            "queryString": query or {}, "body": text}
+
+
+def gateway_event(method: str, path: str, *, token: str | None = TOKEN, body: Any = None,
+                  raw_body: str | None = None, headers: dict[str, str] | None = None,
+                  query: dict[str, Any] | None = None, base64_body: bool = False,
+                  api_path: str = "/") -> dict[str, Any]:
+    """An API Gateway event as SCF delivers it (product/583/12513), for users who still
+    have an API Gateway trigger."""
+    text = raw_body if raw_body is not None else ("" if body is None else json.dumps(body))
     if base64_body:
         text = base64.b64encode(text.encode()).decode()
     return {
-        "httpMethod": method, "path": path, "headers": all_headers,
+        "httpMethod": method, "path": path,
+        "headers": _headers(token, body, headers, "service-test.gz.apigw.tencentcs.com"),
         "queryString": query or {}, "queryStringParameters": query or {}, "pathParameters": {},
         "body": text, "isBase64Encoded": base64_body,
         "requestContext": {"serviceId": "service-test", "path": api_path, "httpMethod": method,
                            "requestId": "req-1", "sourceIp": "203.0.113.9", "stage": "release"},
     }
+
+
+def check_response_shape(response: dict[str, Any], gateway: bool) -> None:
+    """Function URL: statusCode, headers, body (product/583/96099); API Gateway's
+    integrated response adds isBase64Encoded (product/583/12513)."""
+    expected = {"statusCode", "headers", "body"} | ({"isBase64Encoded"} if gateway else set())
+    assert set(response) == expected, sorted(response)
+    assert isinstance(response["statusCode"], int) and isinstance(response["body"], str)
+    assert all(isinstance(v, str) for v in response["headers"].values())
+    if gateway:
+        assert response["isBase64Encoded"] is False
 
 
 @dataclass
@@ -96,9 +126,12 @@ class Api:
     def __post_init__(self) -> None:
         self.trigger = load_handler("trigger")
 
-    def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any, dict[str, str]]:
-        response = self.trigger.main_handler(api_event(method, path, **kwargs), None)
-        assert response["isBase64Encoded"] is False
+    def call(self, method: str, path: str, *, gateway: bool = False,
+             **kwargs: Any) -> tuple[int, Any, dict[str, str]]:
+        """One request through a Function URL event, or an API Gateway event if `gateway`."""
+        event = (gateway_event if gateway else url_event)(method, path, **kwargs)
+        response = self.trigger.main_handler(event, None)
+        check_response_shape(response, gateway)
         mount = kwargs.get("api_path", "/").rstrip("/")
         check_against_spec(method, path.removeprefix(mount) or "/", response)
         headers = {k.lower(): v for k, v in response["headers"].items()}

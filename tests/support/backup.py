@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from devkit.emulators.minapp import MinAppEmulator
 from devkit.emulators.wechat import WeChatEmulator
@@ -48,15 +49,32 @@ class LocalBackup:
             **overrides,
         }
 
-    def config(self, *sources: dict[str, Any], **timing: Any) -> Config:
-        destination = self.destination.model_dump(exclude={"secret_id", "secret_key"})
+    def config(self, *sources: dict[str, Any], sections: dict[str, Any] | None = None,
+               **timing: Any) -> Config:
+        """A config for `sources`; `sections` adds top-level sections (`destination`
+        entries are merged into the local destination)."""
+        extra = dict(sections or {})
+        destination = {**self.destination.model_dump(exclude={"secret_id", "secret_key"}),
+                       **extra.pop("destination", {})}
         document = {
             "destination": destination,
             "state": {"url": self.state_url},
             "timing": {**FAST_TIMING, **timing},
             "sources": list(sources) or [self.wechat_source()],
+            **extra,
         }
         return parse_config(document, environ=self.environ)
+
+    def config_file(self, config: Config, sources: list[dict[str, Any]], path: Path,
+                    monkeypatch: pytest.MonkeyPatch) -> Path:
+        """`config` as the file the CLI reads, its sources as written (secrets as
+        ${VAR}), with the environment it refers to set for the test."""
+        document = config.model_dump(mode="json", exclude_none=True, exclude={"sources", "notify"})
+        document["sources"] = sources
+        path.write_text(yaml.safe_dump(document, allow_unicode=True), encoding="utf-8")
+        for name, value in self.environ.items():
+            monkeypatch.setenv(name, value)
+        return path
 
     def context(self, config: Config, dispatcher: Dispatcher | None = None) -> Context:
         return build_context(config, environ=self.environ, dispatcher=dispatcher)

@@ -7,18 +7,33 @@ from collections.abc import Iterator
 
 import pytest
 
-from devkit.s3_server import REGION, create_bucket, start_s3_server, stop_s3_server
+from devkit.cos_layer import CosLayer
+from devkit.s3_server import REGION, CosLikeServer, create_bucket, start_s3_server, stop_s3_server
 from shared.adapters.cos.objects import CosObjectStore
 from shared.config import Destination
 
 
 @pytest.fixture(scope="session")
-def s3_server() -> Iterator[str]:
-    server, endpoint = start_s3_server()
+def cos_server() -> Iterator[CosLikeServer]:
+    server, _ = start_s3_server()
     try:
-        yield endpoint
+        yield server
     finally:
         stop_s3_server(server)
+
+
+@pytest.fixture(scope="session")
+def s3_server(cos_server: CosLikeServer) -> str:
+    host, port = cos_server.get_host_and_port()
+    return f"http://{host}:{port}"
+
+
+@pytest.fixture
+def cos_layer(cos_server: CosLikeServer) -> Iterator[CosLayer]:
+    """The COS behaviours in front of moto; a test's changes to it are undone after it."""
+    yield cos_server.layer
+    cos_server.layer.corrupt_crc.clear()
+    cos_server.layer.honour_if_none_match = False
 
 
 @pytest.fixture

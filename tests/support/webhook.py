@@ -14,7 +14,10 @@ import pytest
 class WebhookReceiver:
     def __init__(self) -> None:
         self.messages: list[dict[str, Any]] = []
+        self.pings: list[str] = []  # paths (with query) of GET requests: heartbeat pings
         self.answers: list[tuple[int, dict[str, Any]]] = []  # queued replies; default 200 ok
+        self.gets = 0
+        self.get_status = 405  # robots refuse a GET; a heartbeat test sets 200
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -28,6 +31,13 @@ class WebhookReceiver:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+
+            def do_GET(self) -> None:  # robots refuse a GET (405); heartbeat monitors answer 200
+                receiver.gets += 1
+                receiver.pings.append(self.path)
+                self.send_response(receiver.get_status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

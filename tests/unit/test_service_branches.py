@@ -248,3 +248,41 @@ def test_the_poll_budget_leaves_jobs_for_the_next_tick() -> None:
 
 def test_a_storage_error_is_in_the_error_tree() -> None:
     assert issubclass(StorageError, Retryable)
+
+
+@pytest.mark.parametrize("mode", ["quick", "full"])
+def test_a_run_whose_backup_fails_verify_at_close_fails(mode: str) -> None:
+    u = unit(ScriptedExport({"orders": ROWS, "users": ROWS[:2]}))
+    u.ctx.config = u.ctx.config.model_copy(update={
+        "verify": u.ctx.config.verify.model_copy(update={"after_run": mode})})
+    jobs = seed_run(u, JobStatus.READY)
+    for job in jobs:
+        assert finish(u.ctx, job.job_id) == "done"
+    orders = u.job(jobs[0].job_id).result
+    assert orders is not None
+    if mode == "quick":
+        del u.objects.objects[orders.key]  # gone: a HEAD sees it
+    else:
+        data = u.objects.objects[orders.key]
+        at = data.index(b"d0")  # a letter inside a value: still valid JSON, same size
+        u.objects.objects[orders.key] = data[:at] + bytes([data[at] ^ 1]) + data[at + 1:]
+
+    close_finished_runs(u.ctx)
+
+    run, _ = u.notifier.sent[0]
+    assert run.status is RunStatus.FAILED
+    verified = (run.summary or {})["verify"]
+    assert verified["mode"] == mode and not verified["ok"] and len(verified["problems"]) == 1
+    assert verified["problems"][0].startswith("shop/orders " + ("missing object" if mode == "quick" else "sha256"))
+
+
+def test_verify_after_run_can_be_turned_off() -> None:
+    u = unit(ScriptedExport({"orders": ROWS}))
+    u.ctx.config = u.ctx.config.model_copy(update={
+        "verify": u.ctx.config.verify.model_copy(update={"after_run": "off"})})
+    [job] = seed_run(u, JobStatus.READY)
+    assert finish(u.ctx, job.job_id) == "done"
+    u.objects.objects.clear()
+    close_finished_runs(u.ctx)
+    run, _ = u.notifier.sent[0]
+    assert run.status is RunStatus.SUCCEEDED and "verify" not in (run.summary or {})

@@ -17,6 +17,7 @@ from qcloud_cos.cos_exception import CosClientError, CosServiceError
 
 from shared.config import Destination
 from shared.domain.errors import StorageError
+from shared.logs import register_secret
 
 # At DEBUG the SDK logs request headers, signing keys and the session token.
 _sdk_log = logging.getLogger("qcloud_cos")
@@ -71,6 +72,8 @@ def _cos_config(destination: Destination, environ: Mapping[str, str]) -> CosConf
                 f"provides {', '.join(ROLE_ENV)}"
             )
         options.update(SecretId=secret_id, SecretKey=secret_key, Token=token or None)
+    for name in ("SecretId", "SecretKey", "Token"):
+        register_secret(options.get(name))  # masked in every log line from here on
     return CosConfig(**options)
 
 

@@ -19,9 +19,12 @@ from typing import Any
 from shared.adapters.cos.client import cos_client, cos_errors
 from shared.config import Destination
 from shared.domain.errors import StorageError
+from shared.integrity import Crc64
 from shared.ports import MIB, ObjectInfo, StreamSummary
 
 log = logging.getLogger(__name__)
+# COS's CRC64-ECMA of every object (https://cloud.tencent.com/document/product/436/40334)
+CRC64_HEADER = "x-cos-hash-crc64ecma"
 
 
 class _Parts:
@@ -36,6 +39,7 @@ class _Parts:
         self._size = size
         self._rest = memoryview(b"")  # unconsumed tail of the current chunk
         self._sha256 = hashlib.sha256()
+        self._crc64 = Crc64()  # fed in stream order, part by part
         self.bytes = 0
         self.count = 0
         self.finished = False
@@ -64,12 +68,14 @@ class _Parts:
         # Every stream hash is fed here, on the caller's thread, in stream order, before
         # the part goes to the upload pool: another hasher slots in beside this one.
         self._sha256.update(part)
+        self._crc64.update(part)
         self.bytes += len(part)
         self.count += 1
         return part
 
     def summary(self) -> StreamSummary:
-        return StreamSummary(bytes=self.bytes, sha256=self._sha256.hexdigest(), parts=self.count)
+        return StreamSummary(bytes=self.bytes, sha256=self._sha256.hexdigest(), parts=self.count,
+                             crc64=self._crc64.value)
 
 
 def _collect(
@@ -96,11 +102,15 @@ class CosObjectStore:
         self._bucket = destination.bucket
         self._part_size = destination.part_size_mb * MIB
         self._concurrency = destination.part_concurrency
+        # Headers of every new object: encryption and storage class.
         self._encryption: dict[str, str] = (
             {"ServerSideEncryption": destination.server_side_encryption}
             if destination.server_side_encryption
             else {}
         )
+        if destination.storage_class:
+            self._encryption["StorageClass"] = destination.storage_class
+        self._region = destination.region
 
     def put_stream(
         self,
@@ -130,7 +140,7 @@ class CosObjectStore:
             del first
             self._put_multipart(key, content_type, head, parts, before_commit)
         summary = parts.summary()
-        self._verify_size(key, summary.bytes)
+        self._verify_stored(key, summary)
         return summary
 
     def _put_multipart(
@@ -177,7 +187,7 @@ class CosObjectStore:
 
     def put_json(self, key: str, document: Mapping[str, Any]) -> None:
         body = json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8")
-        self._put(key, body, "application/json")
+        self._put(key, body, "application/json", data=False)
 
     def head(self, key: str) -> ObjectInfo | None:
         try:
@@ -188,10 +198,36 @@ class CosObjectStore:
                 return None
             raise
         lowered = {name.lower(): value for name, value in headers.items()}
-        return ObjectInfo(key=key, size=int(lowered["content-length"]))
+        return ObjectInfo(key=key, size=int(lowered["content-length"]),
+                          crc64=lowered.get(CRC64_HEADER),
+                          storage_class=lowered.get("x-cos-storage-class", "STANDARD"))
 
     def read(self, key: str) -> bytes:
         return b"".join(self.iter_read(key))
+
+    def set_storage_class(self, key: str, storage_class: str) -> None:
+        """COS changes an object's class by copying it onto itself, which needs the
+        metadata directive `Replaced` (cloud.tencent.com/document/product/436/10881, PUT
+        Object - Copy: "若拷贝的源与目标相同…必须为 Replaced"), so the content type and
+        encryption are given again. One request copies at most 5 GB."""
+        info = self.head(key)
+        if info is None:
+            raise StorageError(f"COS storage class change of {key!r} failed: no such object",
+                               key=key, code="NoSuchKey")
+        if info.size > 5 * 1024 * MIB:
+            raise StorageError(f"COS storage class change of {key!r}: over 5 GB, which one copy "
+                               "cannot move; a COS lifecycle rule can", key=key,
+                               code="EntityTooLarge")
+        with cos_errors("head", key):
+            headers = self._client.head_object(Bucket=self._bucket, Key=key)
+        content_type = {k.lower(): v for k, v in headers.items()}.get(
+            "content-type", "application/octet-stream")
+        options = {k: v for k, v in self._encryption.items() if k != "StorageClass"}
+        with cos_errors("storage class change", key):
+            self._client.copy_object(
+                Bucket=self._bucket, Key=key, CopyStatus="Replaced", ContentType=content_type,
+                CopySource={"Bucket": self._bucket, "Key": key, "Region": self._region},
+                StorageClass=storage_class, **options)
 
     def iter_read(self, key: str, chunk_size: int = MIB) -> Iterator[bytes]:
         with cos_errors("download", key):
@@ -222,7 +258,10 @@ class CosObjectStore:
                 return found
             marker = contents[-1]["Key"]  # NextMarker is only promised with a delimiter
 
-    def _put(self, key: str, body: bytes, content_type: str) -> None:
+    def _put(self, key: str, body: bytes, content_type: str, *, data: bool = True) -> None:
+        """Manifests and records (`data=False`) stay in the bucket's default class."""
+        options = self._encryption if data else {
+            k: v for k, v in self._encryption.items() if k != "StorageClass"}
         with cos_errors("upload", key):
             self._client.put_object(
                 Bucket=self._bucket,
@@ -230,7 +269,7 @@ class CosObjectStore:
                 Body=body,
                 EnableMD5=True,
                 ContentType=content_type,
-                **self._encryption,
+                **options,
             )
 
     def _create_multipart(self, key: str, content_type: str) -> str:
@@ -261,15 +300,22 @@ class CosObjectStore:
         except StorageError as exc:  # the original error matters more; COS expires stale parts
             log.warning("%s; upload %s left for the bucket lifecycle to clean", exc, upload_id)
 
-    def _verify_size(self, key: str, expected: int) -> None:
+    def _verify_stored(self, key: str, sent: StreamSummary) -> None:
+        """The stored object has the size and the CRC64 of what was sent (COS reports the
+        CRC64 of every object; a store that reports none is checked on size alone)."""
         stored = self.head(key)
-        if stored is not None and stored.size == expected:
+        if stored is not None and stored.size == sent.bytes and (
+                stored.crc64 is None or stored.crc64 == sent.crc64):
             return
         if stored is not None:
             self.delete(key)
+        if stored is not None and stored.size == sent.bytes:
+            raise StorageError(
+                f"COS object {key!r} has CRC64 {stored.crc64} after upload, but what was "
+                f"streamed has CRC64 {sent.crc64}; it was deleted", key=key, code="CrcMismatch")
         found = "nothing" if stored is None else f"{stored.size} bytes"
         raise StorageError(
-            f"COS object {key!r} holds {found} after upload, but {expected} bytes were streamed;"
+            f"COS object {key!r} holds {found} after upload, but {sent.bytes} bytes were streamed;"
             " it was deleted",
             key=key,
             code="SizeMismatch",
@@ -309,16 +355,22 @@ class CosObjectStore:
     def open_uploads(self, key: str) -> tuple[str, ...]:
         """Ids of the unfinished multipart uploads of exactly `key`, e.g. left by a process
         killed before it could record its upload id."""
-        found: tuple[str, ...] = ()
+        return tuple(upload for found, upload in self.uploads_under(key) if found == key)
+
+    def uploads_under(self, prefix: str) -> tuple[tuple[str, str], ...]:
+        """(key, upload id) of every unfinished multipart upload under `prefix`."""
+        found: tuple[tuple[str, str], ...] = ()
         key_marker = upload_marker = ""
         while True:
-            with cos_errors("list uploads", key):
+            with cos_errors("list uploads", prefix):
                 page = self._client.list_multipart_uploads(
-                    Bucket=self._bucket, Prefix=key, KeyMarker=key_marker,
+                    Bucket=self._bucket, Prefix=prefix, KeyMarker=key_marker,
                     UploadIdMarker=upload_marker,
                 )
             uploads = page.get("Upload", [])
-            found += tuple(str(u["UploadId"]) for u in uploads if u.get("Key") == key)
+            if isinstance(uploads, dict):  # the SDK gives one upload as a dict, not a list
+                uploads = [uploads]
+            found += tuple((str(u["Key"]), str(u["UploadId"])) for u in uploads)
             if page.get("IsTruncated") != "true" or not uploads:
                 return found
             key_marker, upload_marker = uploads[-1]["Key"], uploads[-1]["UploadId"]

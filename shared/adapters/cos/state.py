@@ -69,7 +69,8 @@ def _digest(text: str) -> str:
 class CosStateStore:
     """StateStore over objects under `<destination.prefix>/_state/` in the destination bucket."""
 
-    def __init__(self, destination: Destination, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(self, destination: Destination, environ: Mapping[str, str] | None = None,
+                 *, verify: bool = True) -> None:
         self._client = cos_client(destination, environ)
         self._bucket = destination.bucket
         self._root = f"{destination.prefix}/_state/" if destination.prefix else "_state/"
@@ -78,7 +79,9 @@ class CosStateStore:
             if destination.server_side_encryption
             else {}
         )
-        self._check_create_only(destination.endpoint or destination.region)
+        self._endpoint = destination.endpoint or destination.region
+        if verify:  # `doctor` opens the store unverified and runs the probe itself
+            self.check_create_only()
 
     def __repr__(self) -> str:
         return f"CosStateStore(bucket={self._bucket!r}, root={self._root!r})"
@@ -162,6 +165,25 @@ class CosStateStore:
         if stored.status.terminal:
             self._delete(f"{self._root}open-jobs/{_segment(job.job_id)}")
         return stored
+
+    def delete_run(self, run_id: str) -> None:
+        """Jobs first, then the run, then its markers and its claim: a run still listed
+        may have lost jobs already, never the reverse. Like a deleted SQL row, the
+        idempotency key is free again afterwards."""
+        run = self.get_run(run_id)
+        index = f"{self._root}run-jobs/{_segment(run_id)}/"
+        job_ids = self._names(index)
+        self._map(self._delete_record, [self._record("jobs", j) for j in job_ids])
+        self._map(self._delete, [index + _segment(j) for j in job_ids])
+        self._delete_record(self._record("runs", run_id))
+        for marker in ("closed", "open-runs"):
+            self._delete(f"{self._root}{marker}/{_segment(run_id)}")
+        if run is not None:
+            self._delete(f"{self._root}claims/{_digest(run.idempotency_key)}.json")
+
+    def _delete_record(self, record: str) -> None:
+        for number in self._versions(record):  # oldest first, as pruning does
+            self._delete(self._version_key(record, number))
 
     # token cache ------------------------------------------------------------
     def cache_get(self, key: str, now: datetime) -> str | None:
@@ -284,11 +306,12 @@ class CosStateStore:
             return list(pool.map(fn, items))
 
     # objects ---------------------------------------------------------------
-    def _check_create_only(self, endpoint: str) -> None:
-        """Prove that this bucket refuses a second create-only PUT, once per process."""
-        marker = (endpoint, self._bucket, self._root)
+    def check_create_only(self, *, again: bool = False) -> None:
+        """Prove that this bucket refuses a second create-only PUT, once per process (or
+        `again`, whatever this process proved before)."""
+        marker = (self._endpoint, self._bucket, self._root)
         with _verified_lock:
-            if marker in _verified:
+            if marker in _verified and not again:
                 return
         probe = f"{self._root}probe/{uuid.uuid4().hex}.json"
         try:
@@ -298,14 +321,37 @@ class CosStateStore:
                 raise StateError(
                     f"COS bucket {self._bucket!r} let a create-only PUT (If-None-Match: *, "
                     "x-cos-forbid-overwrite: true) overwrite an existing object, so the state "
-                    "store cannot tell which of two racing functions won. Use a bucket without "
-                    "versioning (COS ignores x-cos-forbid-overwrite on versioned buckets), or "
-                    "keep the state in MySQL: state.url: mysql+pymysql://..."
+                    "store cannot tell which of two racing functions won. COS ignores "
+                    "x-cos-forbid-overwrite on a bucket whose versioning is enabled or suspended "
+                    "(once enabled, versioning can only be suspended, never turned off: "
+                    "https://cloud.tencent.com/document/product/436/19883). Use a bucket that "
+                    "never had versioning, or keep the state in MySQL: state.url: "
+                    "mysql+pymysql://..."
                 )
         finally:
             self._delete(probe)
         with _verified_lock:
             _verified.add(marker)
+
+    def versioning(self) -> str | None:
+        """The bucket's versioning status (GetBucketVersioning): "Enabled", "Suspended", or
+        None when it was never enabled: GET Bucket versioning returns no status for a bucket
+        that never had it, and once enabled it can only be suspended, never switched off
+        (cloud.tencent.com/document/api/436/19889). COS ignores x-cos-forbid-overwrite on a
+        bucket that has had versioning (PUT Object, cloud.tencent.com/document/api/436/7749)."""
+        try:
+            with self._errors("read versioning of", self._bucket):
+                answer = self._client.get_bucket_versioning(Bucket=self._bucket)
+        except _Missing:
+            return None
+        status = answer.get("Status") if isinstance(answer, dict) else None
+        if status in (None, ""):
+            return None
+        if status not in ("Enabled", "Suspended"):
+            raise StateError(f"COS answered GetBucketVersioning of {self._bucket!r} with status "
+                             f"{status!r}, not Enabled or Suspended; check the bucket's "
+                             "versioning in the COS console")
+        return str(status)
 
     def _create_json(self, key: str, document: dict[str, Any]) -> bool:
         """Create-only PUT; true if this call created the object. An SDK retry of our own

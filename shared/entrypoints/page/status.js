@@ -142,9 +142,62 @@ function jobItem(job) {
       el("span", { class: "job-name" }, job.source + " / " + job.collection),
       el("span", { class: "badge " + job.status }, job.status)),
     el("div", { class: "meta" }, numbers.join(" · ")),
+    job.suspect ? el("div", { class: "suspect" },
+      "⚠ suspect: " + count(job.records) + " records, down from " + count(job.previous_records) +
+      " in the last good backup. ",
+      el("button", { type: "button", class: "acknowledge", "data-run-id": job.run_id },
+         "The drop was intended")) : null,
+    job.pruned ? el("div", { class: "meta" }, "deleted by retention") : null,
     job.status === "failed" && job.error ? el("div", { class: "error" }, job.error) : null,
     job.status !== "failed" && job.error ? el("div", { class: "meta" }, "last retry: " + job.error) : null,
     ...job.object_keys.map((key) => el("div", { class: "key" }, key)));
+}
+
+async function acknowledge(button, job) {
+  if (!confirm("Acknowledge that " + job.source + " / " + job.collection + " really has " +
+               count(job.records) + " records now (it had " + count(job.previous_records) +
+               ")? The backup will count as good, and later backups compare with it.")) return;
+  button.disabled = true;
+  try {
+    await api("runs/" + encodeURIComponent(job.run_id) + "/acknowledge", { method: "POST",
+      body: JSON.stringify({ source: job.source, collection: job.collection }),
+      headers: { "Content-Type": "application/json" } });
+    say("Acknowledged " + job.source + " / " + job.collection + ".");
+    await load();
+  } catch (error) {
+    button.disabled = false;
+    failed(error);
+  }
+}
+
+function age(s) {
+  if (s === null || s === undefined) return "never";
+  if (s < 3600) return Math.max(1, Math.round(s / 60)) + " min ago";
+  if (s < 172800) return Math.round(s / 3600) + " h ago";
+  return Math.round(s / 86400) + " days ago";
+}
+
+function collectionRow(c, retention) {
+  const good = c.last_good;
+  const latest = c.latest;
+  const stale = !good || good.age_seconds > 26 * 3600;
+  return el("tr", { class: "collection" + (latest && latest.suspect ? " suspect" : "") + (stale ? " stale" : ""),
+                    "data-source": c.source, "data-collection": c.collection,
+                    "data-suspect": latest && latest.suspect ? "yes" : "no" },
+    el("td", {}, c.source + " / " + c.collection),
+    el("td", {}, good ? age(good.age_seconds) + " · " + count(good.records) + " records" : "no good backup"),
+    el("td", {}, latest && latest.suspect
+      ? "⚠ suspect: " + count(latest.records) + " (was " + count(latest.previous_records) + ")"
+      : (latest ? latest.status : "–")),
+    el("td", {}, retention ? String(c.kept) + " kept" : "all kept"));
+}
+
+function collectionTable(listing) {
+  if (!listing.collections.length) return el("p", { class: "meta" }, "No backups yet.");
+  return el("table", {},
+    el("thead", {}, el("tr", {}, el("th", {}, "collection"), el("th", {}, "last good backup"),
+                       el("th", {}, "newest"), el("th", {}, "retention"))),
+    el("tbody", {}, ...listing.collections.map((c) => collectionRow(c, listing.retention))));
 }
 
 function runCard(run, detail) {
@@ -161,7 +214,13 @@ function runCard(run, detail) {
          count(t.records) + " records", bytes(t.bytes)].join(" · "))));
   const list = el("ul", { class: "jobs" });
   card.append(list);
-  const fill = (full) => list.replaceChildren(...full.jobs.map(jobItem));
+  const fill = (full) => {
+    list.replaceChildren(...full.jobs.map(jobItem));
+    list.querySelectorAll("button.acknowledge").forEach((button, i) => {
+      const job = full.jobs.filter((j) => j.suspect)[i];
+      button.addEventListener("click", () => acknowledge(button, job));
+    });
+  };
   if (detail) fill(detail);
   else card.addEventListener("toggle", () => {
     if (card.open && !list.childElementCount) api("runs/" + encodeURIComponent(run.run_id)).then(fill, failed);
@@ -174,7 +233,8 @@ async function load() {
   if (!sessionStorage.getItem(TOKEN_KEY)) { showLogin(""); return; }
   showApp();
   try {
-    const page = await api("runs?limit=" + LIST_SIZE);
+    const [page, listing] = await Promise.all([api("runs?limit=" + LIST_SIZE), api("collections")]);
+    $("collections").replaceChildren(collectionTable(listing));
     const runs = page.runs;
     const details = await Promise.all(runs.slice(0, DETAILED).map(
       (run) => api("runs/" + encodeURIComponent(run.run_id))));

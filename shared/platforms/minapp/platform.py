@@ -27,7 +27,14 @@ from typing import Any, TypeVar
 
 import httpx
 
-from shared.adapters.http import describe_transport_error, make_client
+from shared.adapters.http import (
+    OffOrigin,
+    describe_transport_error,
+    download_chunks,
+    make_client,
+    make_download_client,
+    same_origin_only,
+)
 from shared.domain.errors import BackupError, Fatal, Forgotten, Retryable, RetryLater
 from shared.logs import register_secret
 from shared.platforms.minapp.settings import MinAppSource, MinAppTable
@@ -41,7 +48,10 @@ ACCESS_TOKEN = "/api/oauth2/access_token/"  # noqa: S105 (a path)
 EXPORT = "/oserve/v1.5/table/{table}/export/"
 EXPORT_JOB = "/oserve/v1.5/table/{table}/export/{job}/"
 RECORDS = "/oserve/v2.4/table/{table}/record/"
+TABLES = "/oserve/v1.8/table/"  # the app's tables; `?name=` finds one by exact name
+TABLE_PAGE = 100
 ENV_HEADER = "X-Hydrogen-Env-ID"
+PROBE_JOB = "0" * 32  # shaped like MinApp's job ids; none is all zeros
 LIST_OPTIONS = ("include_keys", "exclude_keys", "order_by", "csv_customize_headers",
                 "timestamp_convert_keys")
 
@@ -53,7 +63,6 @@ TOKEN_EARLY_REFRESH = timedelta(minutes=5)
 # Markers bridge the moment between creating a platform job and the service recording
 # it (at most a poller's start claim, two minutes); an hour is plenty.
 MARKER_TTL = timedelta(hours=1)
-DOWNLOAD_CHUNK = 1 << 20
 STATUS_ACCESS_HINT = (
     "reading export job status through the API must be enabled in the MinApp console "
     "(设置 → SDK → 通用 / settings → SDK → general); enable it and run again"
@@ -64,6 +73,21 @@ T = TypeVar("T")
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+# MinApp's refusal of an export over its row limit, e.g. "导出数据量超过 100W" (the console's
+# data export notes cap one export at 1,000,000 rows); matched on the words, not the number.
+_TOO_LARGE = ("超过", "超出", "上限", "exceed", "too large", "too many")
+
+
+def _says_too_large(said: str) -> bool:
+    text = said.lower()
+    return any(word in text for word in _TOO_LARGE)
+
+
+def _rows_per_part(limit: int) -> int:
+    """A part size with room under the limit (rows added while a part exports)."""
+    return max(1, limit * 9 // 10)
 
 
 def _error_text(response: httpx.Response) -> str:
@@ -109,18 +133,88 @@ class MinAppClient:
         self._cache = services.tokens
         self._retry_base = services.retry_base_seconds
         self._http = client or make_client()
+        # download_url is chosen by MinApp: fetched only from public addresses, never
+        # inflated without a bound (see shared.adapters.http)
+        self._download = make_download_client(api_base=source.api_base)
         self._token_key = f"minapp:access_token:{source.api_base}:{source.client_id}"
         register_secret(source.client_secret.get_secret_value())
+        self._discovery: dict[str, Any] | None = None
 
     # discovery and export ------------------------------------------------------
     def discovery(self) -> dict[str, Any] | None:
-        return None  # tables are listed in the config
+        """What the last `collections()` found (None: only ids were configured)."""
+        return self._discovery
 
     def start_blocked(self) -> str | None:
         return None
 
     def collections(self) -> list[str]:
-        return [table.id for table in self.source.tables]
+        """Table ids for this run: `tables: all` lists the app's tables (include/exclude on
+        their names), and a table given by name is resolved to its id, each run anew."""
+        self._discovery = None
+        if self.source.tables == "all":
+            found = self._list_tables()
+            kept = {name: table for name, table in found.items() if self.source.wanted(name)}
+            self._discovery = {"found": sorted(found), "excluded": sorted(set(found) - set(kept)),
+                               "ids": {name: found[name] for name in sorted(found)}}
+            if not found:
+                raise Fatal(f"source {self.source.name!r}: MinApp {TABLES} listed no table"
+                            f"{self._env_note()}; check the client's data permissions and env_id")
+            if not kept:
+                raise Fatal(f"source {self.source.name!r}: include/exclude left none of the "
+                            f"{len(found)} tables MinApp {TABLES} found ({', '.join(sorted(found)[:20])})"
+                            "; fix the source's include/exclude patterns")
+            return list(kept.values())
+        ids, resolved = [], {}
+        for table in self.source.listed:
+            if table.id is not None:
+                ids.append(table.id)
+                continue
+            assert table.name is not None
+            resolved[table.name] = self._table_id(table.name)
+            ids.append(resolved[table.name])
+        if resolved:
+            self._discovery = {"resolved": resolved}
+        return ids
+
+    def _env_note(self) -> str:
+        return f" in test environment {self.source.env_id!r}" if self.source.env_id else ""
+
+    def _list_tables(self) -> dict[str, str]:
+        """Every table of the app, name -> id, paged by `meta.next` (MinApp OpenAPI table
+        list, ifanrx/hydrogen-sdk-doc open-api/data/table.md: {meta: {limit, offset, next,
+        total_count}, objects: [{id, name, ...}]})."""
+        found: dict[str, str] = {}
+        offset = 0
+        while True:
+            answer = self._read(TABLES, {"limit": TABLE_PAGE, "offset": offset}, "list tables")
+            objects = self._listed_tables(answer)
+            found.update({str(o["name"]): str(o["id"]) for o in objects})
+            meta = answer.get("meta") or {}
+            offset += len(objects)
+            if not objects or not meta.get("next"):
+                return found
+
+    def _table_id(self, name: str) -> str:
+        """The id of the table called exactly `name` (`?name=` is an exact match)."""
+        objects = self._listed_tables(self._read(TABLES, {"name": name}, f"find table {name!r}"))
+        ids = [str(o["id"]) for o in objects if o.get("name") == name]
+        if len(ids) != 1:
+            raise Fatal(f"source {self.source.name!r}: MinApp has {'no' if not ids else len(ids)} "
+                        f"table(s) named {name!r}{self._env_note()}; check the name (console: "
+                        "数据表) or give the table's id")
+        return ids[0]
+
+    def _listed_tables(self, answer: dict[str, Any]) -> list[dict[str, Any]]:
+        objects = answer.get("objects")
+        if not isinstance(objects, list) or not all(
+                isinstance(o, dict) and isinstance(o.get("name"), str)
+                and isinstance(o.get("id"), (int, str)) for o in objects):
+            fields = ", ".join(sorted(answer)) or "none"
+            raise Fatal(f"source {self.source.name!r}: MinApp {TABLES} answered in a shape this "
+                        f"product does not recognise (fields: {fields}; expected `objects`: "
+                        "tables with `id` and `name`, and `meta`)")
+        return objects
 
     def start(self, collection: str, job_id: str) -> str:
         """Create the table's export (its first part when split). A job already started
@@ -137,11 +231,12 @@ class MinAppClient:
             handle = self._create(collection, self._body(options), job_id)
         else:
             first = self._create(collection, self._body(options, plan[0]), f"{job_id}:1")
+            window_at = time.time()  # after MinApp's own clock started the table's window
             self._cache.cache_put(self._part_marker(job_id, 0), first, _now() + MARKER_TTL)
             parts: list[dict[str, Any]] = [{"where": w, "id": None, "done": False} for w in plan]
             parts[0]["id"] = first
             handle = _dump({"job": job_id, "key": options.split.key if options.split else "",
-                            "parts": parts})
+                            "parts": parts, "window_at": window_at})
         self._cache.cache_put(marker, handle, _now() + MARKER_TTL)
         return handle
 
@@ -157,17 +252,19 @@ class MinAppClient:
             url = self._download_url(collection, job)
             # The link is signed and may point at (or redirect to) another host, such as
             # a CDN: no token goes with it.
-            with self._http.stream("GET", url, follow_redirects=True) as response:
-                if response.status_code in (403, 404, 410) and attempt == 0:
-                    log.info("download link refused; asking MinApp for a fresh one",
-                             extra={"http_status": response.status_code})
-                    continue
+            with self._download.stream("GET", url) as response:
+                if response.status_code in (403, 404, 410):
+                    if attempt == 0:
+                        log.info("download link refused; asking MinApp for a fresh one",
+                                 extra={"http_status": response.status_code})
+                        continue
+                    raise Retryable(f"MinApp gave a refused download link twice for export "
+                                    f"{job} (HTTP {response.status_code} the second time)")
                 if response.status_code != 200:
                     raise Retryable(f"download of MinApp export {job} answered HTTP "
                                     f"{response.status_code}")
                 yield from self._checked_bytes(response, job)
                 return
-        raise Retryable(f"MinApp gave a refused download link twice for export {job}")
 
     # split exports -------------------------------------------------------------
     def _plan(self, collection: str, options: MinAppTable) -> list[dict[str, Any]] | None:
@@ -222,13 +319,25 @@ class MinAppClient:
                                 message=f"part {index + 1} of {len(parts)}: {progress.message}")
             part["done"] = progress.state == "ready"
         waiting = next((i for i, p in enumerate(parts) if not p["id"]), None)
+        reopens = None
         if waiting is not None:
-            self._start_part(collection, handle, waiting)
+            reopens = self._window_reopens(handle)
+            if reopens <= 0:
+                self._start_part(collection, handle, waiting)
+                reopens = self._window_reopens(handle)
         if all(p["done"] for p in parts):
             for index in range(len(parts)):
                 self._cache.cache_delete(self._part_marker(handle["job"], index))
             return Progress("ready", part_records=[None] * len(parts), platform_job_id=_dump(handle))
-        return Progress("running", platform_job_id=_dump(handle))
+        return Progress("running", platform_job_id=_dump(handle),
+                        check_within_seconds=reopens if waiting is not None else None)
+
+    def _window_reopens(self, handle: dict[str, Any]) -> float:
+        """Seconds until the table may take its next export job: MinApp refuses a second
+        one within a minute (data export API, 400: "1min 内多次创建任务"; see
+        ifanrx/hydrogen-sdk-doc open-api/data/table export). 0 or less: now."""
+        started = float(handle.get("window_at") or 0.0)
+        return started + self.source.export_interval_seconds - time.time()
 
     def _start_part(self, collection: str, handle: dict[str, Any], index: int) -> None:
         part = handle["parts"][index]
@@ -244,6 +353,8 @@ class MinAppClient:
             log.info("next part waits for MinApp's one export per table per minute",
                      extra={"part": index + 1, "reason": str(exc)})
             return
+        finally:  # taken after MinApp's own clock started the window; a refusal used it too
+            handle["window_at"] = time.time()
         self._cache.cache_put(marker, part["id"], _now() + MARKER_TTL)
         log.info("part export started", extra={"part": index + 1, "parts": len(handle["parts"]),
                                                "platform_job_id": part["id"]})
@@ -265,7 +376,19 @@ class MinAppClient:
 
     # one platform job ------------------------------------------------------------
     def _options(self, collection: str) -> MinAppTable:
-        return self.source.table(collection)
+        """The configured options of table id `collection`: by id, by a name that resolves
+        to it, or none at all (tables: all)."""
+        try:
+            return self.source.table(collection)
+        except KeyError:
+            pass
+        for table in self.source.listed:
+            if table.name is not None and self._table_id(table.name) == collection:
+                return table
+        if self.source.tables == "all":
+            return MinAppTable(id=collection)
+        raise Fatal(f"table {collection} is not in source {self.source.name!r} any more; was "
+                    "the config changed during the run?")
 
     def _body(self, options: MinAppTable,
               part_where: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -331,12 +454,17 @@ class MinAppClient:
                 )
             rows = self._count_or_none(collection, body.get("where") or {})
             limit = self.source.max_export_rows
-            if rows is not None and rows > limit:
+            over = rows is not None and rows > limit
+            if over or _says_too_large(said):
+                holds = f"it holds {rows} rows, more" if rows is not None else "it holds more"
                 return Fatal(
-                    f"{where}: it holds {rows} rows, more than MinApp exports in one job "
-                    f"({limit}). Split it: in source {self.source.name!r} write the table as "
-                    f"{{id: {collection}, split: {{key: created_at, rows_per_part: 900000}}}} "
-                    "(key: a field every record has, ideally unique, e.g. id or created_at)"
+                    f"{where}: {holds} than MinApp exports in one job "
+                    f"({limit} by this source's max_export_rows). Split it: in source "
+                    f"{self.source.name!r} write the table as "
+                    f"{{id: {collection}, split: {{key: created_at, rows_per_part: "
+                    f"{_rows_per_part(limit)}}}}} (key: a field every record has, ideally "
+                    "unique, e.g. id or created_at), and set max_export_rows to MinApp's limit "
+                    "if it is lower"
                 )
             return Fatal(f"{where}: check the table's export options (where, include_keys, "
                          "exclude_keys, order_by, csv_customize_headers, timestamp_convert_keys)")
@@ -388,13 +516,15 @@ class MinAppClient:
     def _checked_bytes(self, response: httpx.Response, job: str) -> Iterator[bytes]:
         received = 0
         try:
-            for chunk in response.iter_bytes(DOWNLOAD_CHUNK):
+            # MinApp reports no record count: only the transport can prove the file whole
+            for chunk in download_chunks(response, require_length=True):
                 if not received and chunk:
                     self._check_format(chunk, job)
                 received += len(chunk)
                 yield chunk
-        except httpx.TransportError as exc:
-            raise Retryable(f"download of MinApp export {job} was cut off after {received} "
+        except httpx.TransportError as exc:  # counted off the wire, not per handed-on chunk
+            raise Retryable(f"download of MinApp export {job} was cut off after "
+                            f"{response.num_bytes_downloaded} "
                             f"bytes ({describe_transport_error(exc)})") from None
 
     def _check_format(self, head: bytes, job: str) -> None:
@@ -407,6 +537,30 @@ class MinAppClient:
         if self.file_type == "json" and first and first != b"{":
             raise Fatal(f"MinApp's JSON export {job} is not one JSON object per line (it starts "
                         f"with {first.decode('latin-1')!r}); this version cannot count its records")
+
+    # doctor --------------------------------------------------------------------------
+    def probe(self) -> str:
+        """`doctor`: a sign-in (the doctor's token cache starts empty), a count of the first
+        table's records, and a status read of a job id that cannot exist (GET
+        /oserve/v1.5/table/:table_id/export/:job_id/, 获取单个导出任务信息 in MinApp's data
+        import/export docs): 404 means job status may be read through the API, 401/403
+        that it is not enabled in the console."""
+        tables = self.collections()
+        if not tables:
+            raise Fatal(f"source {self.source.name!r} lists no tables; add some to tables")
+        table = tables[0]
+        records = self._count(table, {})
+        path = EXPORT_JOB.format(table=table, job=PROBE_JOB)
+        response = self._retrying(lambda: self._api("GET", path))
+        if response.status_code in (401, 403):
+            raise Fatal(f"MinApp refused to read an export job's status (HTTP "
+                        f"{response.status_code}: {_error_text(response)}): {STATUS_ACCESS_HINT}")
+        if response.status_code not in (200, 404):
+            raise Fatal(f"MinApp answered HTTP {response.status_code} to a job status read "
+                        f"({_error_text(response)}); expected 404 for a job that does not "
+                        "exist; check api_base")
+        return (f"signed in as client {self.source.client_id}; table {table} has {records} "
+                "record(s); export job status can be read through the API")
 
     # platform job list and records ---------------------------------------------------
     def _jobs(self, collection: str) -> list[dict[str, Any]]:
@@ -525,6 +679,10 @@ class MinAppClient:
         source = self.source
         secret = source.client_secret.get_secret_value()
         with make_client(follow_redirects=True) as auth:
+            # MinApp's OpenAPI authorization (授权) may answer with redirects that set a
+            # cookie; followed within api_base's origin only, since a 307/308 re-posts the
+            # body, client secret included (RFC 9110 section 15.4.8).
+            auth.event_hooks["request"] = [same_origin_only(source.api_base)]
             answer = self._oauth(AUTHORIZE, lambda url: auth.post(
                 url, json={"client_id": source.client_id, "client_secret": secret}))
             code = answer.get("code")
@@ -548,6 +706,11 @@ class MinAppClient:
             response = send(f"{self.source.api_base}{path}")
         except httpx.TransportError as exc:
             raise Retryable(f"MinApp {path}: {describe_transport_error(exc)}") from None
+        except OffOrigin as exc:
+            raise Fatal(
+                f"MinApp sign-in ({path}) was {exc}, another origin; the client secret is not "
+                f"sent there. Check api_base of source {self.source.name!r} (MinApp's own is "
+                "https://cloud.minapp.com)") from None
         step = f"MinApp sign-in ({path}) answered HTTP {response.status_code} ({_error_text(response)})"
         if response.status_code >= 500:
             raise Retryable(step)

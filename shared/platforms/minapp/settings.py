@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from typing import Annotated, Any, Literal
 
@@ -13,35 +14,53 @@ from pydantic import (
 )
 
 from shared.config.fields import (
+    HTTPS_ONLY,
     ConfigModel,
     EnvStr,
     Secret,
     SourceSettings,
+    is_secure_url,
 )
 
 
 def _minapp_table_id(value: Any) -> Any:
+    if value is None:
+        return None
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if isinstance(value, str) and re.fullmatch(r"\s*[1-9][0-9]*\s*", value):
         return value.strip()
     raise ValueError(
         "must be a MinApp table id, a number such as 1001 (console: 数据表 → the table's ID); "
-        "table names are not accepted by the export API"
+        "for a table name write {name: ...} or the name itself"
     )
 
 
 def _minapp_table_entry(value: Any) -> Any:
-    return {"id": value} if isinstance(value, (int, str)) and not isinstance(value, bool) else value
+    """A plain number is a table id, any other plain string a table name."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return {"id": value}
+    if isinstance(value, str):
+        return {"id": value} if re.fullmatch(r"\s*[0-9]+\s*", value) else {"name": value}
+    return value
 
 
 MinAppTableId = Annotated[str, BeforeValidator(_minapp_table_id)]
 
 
 def _plain_ids_too(schema: dict[str, Any]) -> None:
-    """The schema of `tables`: an item is a table object or a plain id."""
-    schema["items"] = {"anyOf": [schema["items"], {"type": "integer", "minimum": 1},
-                                 {"type": "string", "pattern": r"^[1-9][0-9]*$"}]}
+    """The schema of `tables`: "all", or items that are a table object, a plain id or a
+    plain name."""
+    listed = next((s for s in schema.get("anyOf", []) if s.get("type") == "array"), None)
+    if listed is not None:
+        listed["items"] = {"anyOf": [listed["items"], {"type": "integer", "minimum": 1},
+                                     {"type": "string", "minLength": 1}]}
+def _id_schema(schema: dict[str, Any]) -> None:
+    """A table id is written as a number or a digit string (and may be left out for name)."""
+    schema.pop("anyOf", None)
+    schema["type"] = ["integer", "string"]
+
+
 MINAPP_MAX_EXPORT_ROWS = 1_000_000
 
 
@@ -63,8 +82,13 @@ class MinAppTable(ConfigModel):
     """One MinApp table; a plain id in `tables` is the same as `{id: ...}`. The export
     options are passed to MinApp's export API as written."""
 
-    id: MinAppTableId = Field(
-        description="Table id (a number).", json_schema_extra={"type": ["integer", "string"]}
+    id: MinAppTableId | None = Field(
+        default=None, description="Table id (a number); or give name instead.",
+        json_schema_extra=_id_schema,
+    )
+    name: str | None = Field(
+        default=None, min_length=1,
+        description="Table name, resolved to its id at each run (MinApp's table list).",
     )
     mode: Literal["all", "part"] | None = Field(
         default=None, description="all: every record; part: those matching where. Default: part "
@@ -88,10 +112,16 @@ class MinAppTable(ConfigModel):
         default=None, description="Export in parts; needed for tables over 1,000,000 rows."
     )
 
+    @property
+    def label(self) -> str:
+        return self.id or f"{self.name!r}"
+
     @model_validator(mode="after")
     def _where_needs_part(self) -> MinAppTable:
+        if (self.id is None) == (self.name is None):
+            raise ValueError("a table needs exactly one of id and name")
         if self.where is not None and self.mode == "all":
-            raise ValueError(f"table {self.id}: where only applies with mode: part; set mode: "
+            raise ValueError(f"table {self.label}: where only applies with mode: part; set mode: "
                              "part or remove where")
         return self
 
@@ -106,55 +136,79 @@ class MinAppSource(SourceSettings):
     env_id: EnvStr | None = Field(
         default=None, description="Test environment id (X-Hydrogen-Env-ID); omit for production."
     )
-    tables: list[Annotated[MinAppTable, BeforeValidator(_minapp_table_entry)]] = Field(
-        min_length=1, description="Tables to back up: ids, or {id, export options, split}.",
+    tables: Literal["all"] | list[Annotated[MinAppTable, BeforeValidator(_minapp_table_entry)]] = Field(
+        min_length=1, description="Tables to back up: all (every table the app has at each run, "
+        "filtered by include/exclude), or ids, names, or {id or name, export options, split}.",
         json_schema_extra=_plain_ids_too,
+    )
+    include: list[str] | None = Field(
+        default=None, min_length=1,
+        description="With tables: all, only table names matching one of these globs.",
+    )
+    exclude: list[str] | None = Field(
+        default=None, min_length=1,
+        description="With tables: all, leave out table names matching one of these globs.",
     )
     file_type: Literal["json", "csv"] = Field(default="json", description="Export format.")
     max_export_rows: int = Field(
         default=MINAPP_MAX_EXPORT_ROWS, ge=1,
         description="MinApp's row limit per export job; change only if MinApp changes it.",
     )
+    export_interval_seconds: float = Field(
+        default=60.0, ge=0,
+        description="MinApp allows one export job per table per minute: the parts of a split "
+        "table are started this far apart; change only if MinApp changes it.",
+    )
     api_base: EnvStr = Field(
         default="https://cloud.minapp.com", description="API base URL (private gateways, tests)."
     )
 
     def table(self, table_id: str) -> MinAppTable:
-        for table in self.tables:
+        for table in self.listed:
             if table.id == table_id:
                 return table
         raise KeyError(table_id)
 
+    @property
+    def listed(self) -> list[MinAppTable]:
+        """The tables written in the config ([] with tables: all)."""
+        return [] if self.tables == "all" else self.tables
+
+    def wanted(self, name: str) -> bool:
+        """Does include/exclude keep the table called `name` (tables: all)?"""
+        if self.include and not any(fnmatch.fnmatchcase(name, p) for p in self.include):
+            return False
+        return not (self.exclude and any(fnmatch.fnmatchcase(name, p) for p in self.exclude))
+
     @field_validator("tables", mode="before")
     @classmethod
-    def _no_listing(cls, value: Any) -> Any:
-        if isinstance(value, str) and value.strip().lower() == "all":
-            raise ValueError(
-                "MinApp's documented OpenAPI has no table listing, so 'all' cannot be "
-                "discovered; list the table ids (console: 数据表 → each table's ID)"
-            )
-        return value
+    def _all_is_a_word(cls, value: Any) -> Any:
+        return "all" if isinstance(value, str) and value.strip().lower() == "all" else value
 
     @field_validator("api_base")
     @classmethod
     def base_url(cls, value: str) -> str:
         if not re.match(r"^https?://[^\s/]+/?$", value):
-            raise ValueError("must be http(s)://host[:port] with no path")
+            raise ValueError("must be https://host[:port] with no path")
+        if not is_secure_url(value):  # the client secret and bearer token go there
+            raise ValueError(HTTPS_ONLY)
         return value.rstrip("/")
 
     @model_validator(mode="after")
     def _tables_are_consistent(self) -> MinAppSource:
-        ids = [t.id for t in self.tables]
+        if (self.include or self.exclude) and self.tables != "all":
+            raise ValueError("include/exclude apply to tables: all; list the tables or use all")
+        ids = [t.label for t in self.listed]
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
             raise ValueError(f"tables listed twice: {', '.join(dupes)}; list each once")
-        for table in self.tables:
+        for table in self.listed:
             if table.csv_customize_headers and self.file_type != "csv":
-                raise ValueError(f"table {table.id}: csv_customize_headers needs file_type: csv; "
+                raise ValueError(f"table {table.label}: csv_customize_headers needs file_type: csv; "
                                  "remove it or export CSV")
             if table.split and table.split.rows_per_part > self.max_export_rows:
                 raise ValueError(
-                    f"table {table.id}: split.rows_per_part {table.split.rows_per_part} is over "
+                    f"table {table.label}: split.rows_per_part {table.split.rows_per_part} is over "
                     f"max_export_rows {self.max_export_rows}; lower it"
                 )
         return self

@@ -14,12 +14,14 @@ with OneDB's own words, so a wrong guess is loud, never silent.
 
 from __future__ import annotations
 
+import email.utils
 import json
 import logging
 import time
 import uuid
 import warnings
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 import httpx
@@ -28,7 +30,7 @@ import jwt.warnings
 import orjson
 
 from shared.adapters.http import describe_transport_error, make_client
-from shared.domain.errors import BackupError, Fatal, Retryable, RetryLater, TokenRejected
+from shared.domain.errors import BackupError, Fatal, RateLimited, Retryable, TokenRejected
 from shared.logs import register_secret
 from shared.platforms.onedb.settings import OneDBSource, OneDBTable
 from shared.ports import Page, PlatformServices
@@ -87,13 +89,30 @@ def classify(answer: dict[str, Any], source: OneDBSource, table: str) -> BackupE
     if _has(text, _TOKEN):
         return TokenRejected(where)
     if _has(text, _LATER):
-        return RetryLater(f"{where}: rate limited, will try again later")
+        return RateLimited(f"{where}: rate limited, will try again later")
     if _has(text, _BUSY):
         return Retryable(f"{where}: platform busy, will retry")
     if _has(text, _BAD_REQUEST):
         return Fatal(f"{where}: OneDB rejected the request for table {table!r}; check its "
                      "keys (the primary key columns, in order), filter and getColumns")
     return Retryable(f"{where}: not a known OneDB error; retried, then the job fails with it")
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds the platform asks to wait, from `Retry-After` (delay-seconds or HTTP-date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return max(0.0, (moment - datetime.now(timezone.utc)).total_seconds())
 
 
 def _request_id(instance: Any) -> str | None:
@@ -155,7 +174,8 @@ class OneDBClient:
 
     def fetch_page(self, collection: str, cursor: dict[str, Any] | None) -> Page:
         answer = self._call(self.request_for(collection, cursor), collection)
-        following = _next_ids(answer.next_id, collection)
+        table = self._table(collection)
+        following = _next_ids(answer.next_id, collection, list(table.keys or self.source.keys or []))
         if following is not None and following == cursor:
             raise Fatal(f"OneDB getMany of {collection!r} gave back the cursor it was asked for "
                         "(nextId did not move); paging would never end")
@@ -180,6 +200,16 @@ class OneDBClient:
             return b"".join(_stdlib_line(item) for item in items)
         dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
         return b"".join([dumps(item, option=newline) for item in items])
+
+    # doctor ----------------------------------------------------------------------
+    def probe(self) -> str:
+        """`doctor`: one getMany of one row of the first table, signed with the key: it
+        fails with the AppHub advice when the key is not granted the cdb app."""
+        table = self.collections()[0]
+        body = {**self.request_for(table, None), "rowsLimit": 1}
+        self._call(body, table)
+        return (f"key {self.source.keyid!r} of environment {self.source.envid!r} read one row "
+                f"of table {table!r} with getMany")
 
     # calls -----------------------------------------------------------------------
     def _table(self, collection: str) -> OneDBTable:
@@ -218,8 +248,9 @@ class OneDBClient:
         status = response.status_code
         if status >= 500:
             raise Retryable(f"OneDB getMany of {collection!r}: HTTP {status}")
-        if status == 429:
-            raise RetryLater(f"OneDB getMany of {collection!r}: HTTP 429, rate limited")
+        if status == 429:  # RFC 9110 §10.2.3: Retry-After is seconds or an HTTP date
+            raise RateLimited(f"OneDB getMany of {collection!r}: HTTP 429, rate limited",
+                              retry_after=_retry_after(response.headers.get("Retry-After")))
         if status in (401, 403):
             raise TokenRejected(f"OneDB getMany of {collection!r}: HTTP {status}")
         if status != 200:
@@ -312,11 +343,21 @@ def _stdlib_line(item: dict[str, Any]) -> bytes:
         return (json.dumps(item, separators=(",", ":")) + "\n").encode("ascii")
 
 
-def _next_ids(value: Any, collection: str) -> dict[str, Any] | None:
-    """nextId is `{"ids": {...}}` while rows follow, null (or absent) after the last page."""
+def _next_ids(value: Any, collection: str, keys: list[str]) -> dict[str, Any] | None:
+    """nextId while rows follow, null (or absent) after the last page. The document's sample
+    (cloud database API, getMany: "nextId") can be read as `{"ids": {...}}` or as the bare
+    ids object; either is taken when its keys are exactly the table's key columns, anything
+    else stops the backup rather than guess where the next page starts."""
     if value in (None, {}, ""):
         return None
-    if isinstance(value, dict) and isinstance(value.get("ids"), dict) and value["ids"]:
+    wanted = set(keys)
+    if isinstance(value, dict) and isinstance(value.get("ids"), dict) and (
+            set(value["ids"]) == wanted or (not wanted and value["ids"])) and set(value) == {"ids"}:
         return dict(value["ids"])
-    raise Fatal(f"OneDB getMany of {collection!r} answered a nextId of an unknown shape; "
-                "the backup stops rather than guess where the next page starts")
+    if isinstance(value, dict) and wanted and set(value) == wanted:
+        return dict(value)
+    shape = sorted(value) if isinstance(value, dict) else type(value).__name__
+    raise Fatal(f"OneDB getMany of {collection!r} answered a nextId of an unknown shape "
+                f"(fields {shape}; expected {{\"ids\": {{...}}}} or the ids themselves, keyed "
+                f"by the key columns {sorted(wanted)}); check the table's keys in the config. "
+                "The backup stops rather than guess where the next page starts")

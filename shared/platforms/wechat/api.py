@@ -20,10 +20,37 @@ from shared.retry import with_retries
 
 log = logging.getLogger(__name__)
 
+# The cloud-development codes (-50xxxx, -60xxxx) as WeChat's errcode page describes them:
+# https://developers.weixin.qq.com/miniprogram/dev/wxcloud/reference/errcode.html
 TOKEN_ERRCODES = {40001, 40014, 41001, 42001}
-BUSY_ERRCODES = {-1, -1000}
-LATER_ERRCODES = {-501003, -501004, -501015, 45009, 45011}
-INVALID_REQUEST_ERRCODES = {40097, 40101, 43002, 44002, 47001}
+BUSY_ERRCODES = {
+    -1, -1000,
+    -501001,  # 云资源通用错误：云端系统错误 (cloud system error)
+    -501002,  # 云资源通用错误：云端响应超时 (cloud response timed out)
+    -502001,  # 云资源数据库错误：数据库请求失败 (database request failed)
+    -502011,  # 云资源数据库错误：操作超时 (database operation timed out)
+    -601001,  # 微信后台通用错误：系统错误 (WeChat back-end system error)
+    -601003,  # 微信后台通用错误：系统网络错误 (WeChat back-end network error)
+}
+LATER_ERRCODES = {
+    -501003,  # 请求次数超出环境配额 (requests over the env's quota)
+    -501004,  # 请求并发数超出环境配额 (concurrent requests over the env's quota)
+    -501015,  # 读请求次数配额耗尽 (read quota used up)
+    -501016,  # 写请求次数配额耗尽 (write quota used up: an export writes its file)
+    -501018,  # 资源不可用 (resource unavailable, e.g. an env being set up or suspended)
+    45009, 45011,
+}
+INVALID_REQUEST_ERRCODES = {
+    40097, 40101, 43002, 44002, 47001,
+    -501007,  # 云资源通用错误：参数错误 (parameter error)
+    -501020,  # 云资源通用错误：未知参数错误 (unknown parameter error)
+    -502002,  # 云资源数据库错误：非法的数据库指令 (invalid database command: the query)
+    -601002,  # 微信后台通用错误：系统参数错误 (system parameter error)
+}
+PERMISSION_ERRCODES = {
+    -501019,  # 云资源通用错误：未授权操作 (unauthorised operation)
+    -502003,  # 云资源数据库错误：无权限操作数据库 (no permission on the database)
+}
 CREDENTIAL_ERRCODES = {40013, 40125, 41002, 41004, 61011}
 STATUS_PATHS = {"/tcb/databasemigratequeryinfo", "/componenttcb/dbmigrationstate"}
 
@@ -70,14 +97,16 @@ def classify(path: str, errcode: int, errmsg: str, scope: Scope) -> BackupError:
     if errcode in BUSY_ERRCODES:
         return Retryable(f"{where}: platform busy, will retry")
     if errcode in LATER_ERRCODES:
-        return RetryLater(f"{where}: quota or concurrency limit, will try again later")
+        return RetryLater(f"{where}: quota, concurrency limit or resource unavailable; "
+                          "will try again later")
     if errcode in TOKEN_ERRCODES:
         return TokenRejected(where)
     if errcode in (40164, 61004):
         return Fatal(
             f"{where}: this function's outbound IP is not on {scope.allow_list}. Give the SCF "
-            "functions a fixed egress IP (SCF's fixed public egress IP setting, or a VPC with a "
-            "NAT gateway) and add that IP to the allow-list"
+            "functions a fixed egress IP (`eip: true` in all three scf-*/serverless.yml, or a "
+            "VPC with a NAT gateway), deploy, and add that IP (SCF console: function -> network "
+            "configuration) to the allow-list"
         )
     if errcode in CREDENTIAL_ERRCODES:
         return Fatal(f"{where}: the {scope.credentials} is wrong; fix it")
@@ -86,6 +115,24 @@ def classify(path: str, errcode: int, errmsg: str, scope: Scope) -> BackupError:
             f"{where}: cloud development is not enabled for appid {scope.appid}; "
             "enable it or fix the appid"
         )
+    if errcode in (-501005, -501009):  # 环境信息异常 / 操作的资源对象非法或不存在
+        return Fatal(
+            f"{where}: WeChat does not recognise env {scope.env!r} (or what was asked of it) "
+            f"for appid {scope.appid}; check the source's env id in the cloud development console"
+        )
+    if errcode in PERMISSION_ERRCODES:
+        return Fatal(
+            f"{where}: the caller may not use the database of env {scope.env!r}; check that "
+            f"appid {scope.appid} owns the env and, for a third-party platform, that the mini "
+            "program granted the platform its cloud development permission sets"
+        )
+    if errcode == -501017:  # 云资源通用错误：磁盘耗尽 (disk exhausted)
+        return Fatal(
+            f"{where}: env {scope.env!r} has no storage left for the export file; free space "
+            "in its cloud storage or raise its plan"
+        )
+    if errcode == -501021:  # 云资源通用错误：操作不支持 (operation not supported)
+        return Fatal(f"{where}: env {scope.env!r} does not support this operation; check its plan")
     if errcode == -502005:
         return Fatal(
             f"{where}: the collection does not exist in env {scope.env!r}; "

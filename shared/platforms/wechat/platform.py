@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from shared.adapters.http import describe_transport_error, make_client
-from shared.domain.errors import Fatal, Retryable, RetryLater
+from shared.adapters.http import (
+    describe_transport_error,
+    download_chunks,
+    make_client,
+    make_download_client,
+)
+from shared.domain.errors import BackupError, Fatal, Retryable, RetryLater
 from shared.platforms.wechat.api import InvalidRequest, WeChatApi
 from shared.platforms.wechat.settings import WeChatSource
 from shared.platforms.wechat.tokens import app_scope, app_token, platform_app_token
@@ -27,7 +33,6 @@ from shared.ports import PlatformServices, Progress
 log = logging.getLogger(__name__)
 
 FILE_TYPES = {"json": 1, "csv": 2}
-DOWNLOAD_CHUNK = 1 << 20
 LISTING_PAGE = 100  # collections asked for per listing call (WeChat's own default is 10 or 20)
 LISTING_TRIES = 3  # listings repeated while the environment changes under them
 
@@ -60,6 +65,9 @@ class WeChatClient:
         self.source = source
         self.file_type = source.file_type
         self._http = client or make_client()
+        # file_url is chosen by WeChat: fetched only from public addresses, never inflated
+        # without a bound (see shared.adapters.http)
+        self._download = make_download_client(api_base=source.api_base)
         scope = app_scope(source)
         if source.platform is None:
             tokens, via_component = app_token(source, services.tokens, self._http, scope), False
@@ -69,6 +77,8 @@ class WeChatClient:
         self._api = WeChatApi(source.api_base, tokens, scope, self._http,
                               retry_base_seconds=services.retry_base_seconds)
         self._discovery: dict[str, Any] | None = None
+        self._counts: dict[str, int] | None = None  # per collection, from the last listing
+        self._counts_lock = threading.Lock()  # the poller checks exports from several threads
         self._starts_paused: str | None = None
 
     # discovery -------------------------------------------------------------------------
@@ -86,6 +96,20 @@ class WeChatClient:
         }
         log.info("collections discovered", extra={
             "source": self.source.name, "found": len(found), "chosen": len(chosen)})
+        if not found:
+            raise Fatal(
+                f"source {self.source.name!r}: WeChat {self.routes.listing} listed no collection "
+                f"in env {self.source.env!r}; check the env id, that the env has collections, "
+                "and for a third-party platform that the mini program granted the platform its "
+                "cloud development permission sets"
+            )
+        if not chosen:
+            raise Fatal(
+                f"source {self.source.name!r}: include/exclude left none of the {len(found)} "
+                f"collections WeChat {self.routes.listing} found in env {self.source.env!r} "
+                f"({', '.join(found[:20])}{', ...' if len(found) > 20 else ''}); fix the "
+                "source's include/exclude patterns"
+            )
         return chosen
 
     def discovery(self) -> dict[str, Any] | None:
@@ -114,21 +138,54 @@ class WeChatClient:
 
     def _one_listing(self, page: int) -> tuple[list[str], bool]:
         names: list[str] = []
+        counts: dict[str, int] = {}
         totals: set[int | None] = set()
         offset = 0
         while True:
             answer = self._listing_page(offset, page)
-            items = answer.get("collections") or []
+            items = self._listed_items(answer)
             total = _total(answer)
             totals.add(total)
             names.extend(str(item["name"]) for item in items)
+            counts.update({str(item["name"]): item["count"] for item in items
+                           if isinstance(item.get("count"), int)})
             offset += len(items)
             if not items or (total is not None and offset >= total) or (
                     total is None and len(items) < page):
                 break
         unique = list(dict.fromkeys(names))
         consistent = len(totals) == 1 and (total is None or len(unique) == len(names) == total)
+        self._counts = counts
         return unique, consistent
+
+    # doctor ------------------------------------------------------------------------------
+    def probe(self) -> str:
+        """`doctor`: a token (fetched now: the doctor's token cache starts empty) and one
+        collection listing of the env (databasecollectionget, limit 1), from this network.
+        An IP allow-list refusal (errcode 40164 / 61004) comes back as the egress-IP advice."""
+        answer = self._listing_page(0, 1)
+        total = _total(answer)
+        counted = f"{total} collection(s)" if total is not None else "a collection listing"
+        return (f"token fetched for appid {self.source.appid}; env {self.source.env!r} answered "
+                f"with {counted}")
+
+    def _listed_items(self, answer: dict[str, Any]) -> list[dict[str, Any]]:
+        """`collections: [{name, count, ...}]` as documented for databasecollectionget
+        (https://developers.weixin.qq.com/miniprogram/dev/wxcloud/reference-http-api/database/databaseCollectionGet.html)
+        and componenttcb/dbcollection; any other shape fails loudly rather than reading as
+        "no collections"."""
+        items = answer.get("collections", [] if "pager" in answer or "total" in answer else None)
+        if not isinstance(items, list) or not all(
+                isinstance(item, dict) and isinstance(item.get("name"), str) for item in items):
+            fields = ", ".join(sorted(answer)) or "none"
+            raise Fatal(
+                f"source {self.source.name!r}: WeChat {self.routes.listing} for env "
+                f"{self.source.env!r} answered in a shape this product does not recognise "
+                f"(fields: {fields}; expected `collections`: a list of objects with `name`, and "
+                "`pager.Total` or `total`); check the env id and the platform's permission "
+                "sets, and report the answer's fields if they are right"
+            )
+        return items
 
     def _listing_page(self, offset: int, limit: int) -> dict[str, Any]:
         body: dict[str, Any] = {"env": self.source.env, "limit": limit, "offset": offset}
@@ -184,7 +241,8 @@ class WeChatClient:
                     "failed",
                     message=f"WeChat exported {collection!r} with {failed} failed records: {message}",
                 )
-            return Progress("ready", expected_records=int(info.get("record_success") or 0))
+            return Progress("ready", expected_records=int(info.get("record_success") or 0),
+                            platform_count=self._count_of(collection))
         if status == "fail":
             return Progress("failed", message=f"WeChat export job {platform_job_id} failed: {message}")
         raise Retryable(f"WeChat export job {platform_job_id} has an unknown status {status!r}")
@@ -195,26 +253,44 @@ class WeChatClient:
             raise Fatal(f"WeChat exports come in one part; part {part} does not exist")
         for attempt in range(2):
             url = self._file_url(platform_job_id)
-            with self._http.stream("GET", url) as response:
-                if response.status_code == 403 and attempt == 0:
-                    log.info("download link expired; asking WeChat for a fresh one")
-                    continue
+            with self._download.stream("GET", url) as response:
+                if response.status_code == 403:
+                    if attempt == 0:
+                        log.info("download link expired; asking WeChat for a fresh one")
+                        continue
+                    raise Retryable(f"WeChat gave an expired download link twice for export "
+                                    f"{platform_job_id} (HTTP 403 both times)")
                 if response.status_code != 200:
                     raise Retryable(
                         f"download of WeChat export {platform_job_id} answered HTTP {response.status_code}"
                     )
-                received = 0
                 try:
-                    for chunk in response.iter_bytes(DOWNLOAD_CHUNK):
-                        received += len(chunk)
-                        yield chunk
+                    yield from download_chunks(response)
                 except httpx.TransportError as exc:
+                    # bytes off the wire so far, not only those already handed on in chunks
                     raise Retryable(
-                        f"download of WeChat export {platform_job_id} was cut off after {received} "
-                        f"bytes ({describe_transport_error(exc)})"
+                        f"download of WeChat export {platform_job_id} was cut off after "
+                        f"{response.num_bytes_downloaded} bytes ({describe_transport_error(exc)})"
                     ) from None
                 return
-        raise Retryable(f"WeChat gave an expired download link twice for export {platform_job_id}")
+
+    def _count_of(self, collection: str) -> int | None:
+        """The collection's document `count` from databasecollectionget (WeChat's HTTP API
+        page databaseCollectionGet documents each listed collection's name, count, size,
+        index_count and index_size), for an unfiltered export only: a query of the user's own exports fewer on purpose. One
+        listing serves every export that finishes in this invocation; a listing that fails
+        only costs the cross-check."""
+        if collection in self.source.queries:
+            return None
+        with self._counts_lock:  # one listing, whichever export asks first
+            if self._counts is None or collection not in self._counts:
+                try:
+                    self._list_collections()
+                except BackupError as exc:
+                    log.warning("could not list collections to cross-check the export's count",
+                                extra={"reason": str(exc)})
+                    return None
+            return (self._counts or {}).get(collection)
 
     def _status(self, platform_job_id: str) -> dict[str, Any]:
         return self._api.call(self.routes.status, {"env": self.source.env, "job_id": int(platform_job_id)})

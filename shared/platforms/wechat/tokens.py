@@ -131,6 +131,8 @@ class OwnedToken:
         headers = {}
         if self._settings.authorization is not None:
             headers["Authorization"] = self._settings.authorization.get_secret_value()
+            register_secret(headers["Authorization"])
+            register_secret(headers["Authorization"].partition(" ")[2])  # without "Basic "
         where = f"token service {shown_url(url)}"
         try:
             response = self._http.get(url, headers=headers)

@@ -1,0 +1,156 @@
+"""The doctor's `Deployment` port against the real thing: the destination bucket (COS),
+the state backend, the finisher function (the Tencent Cloud API) and the webhooks. Each
+method makes a few real calls with the credentials this process has (the function's role
+on SCF; on a machine, destination.secret_id/secret_key or TENCENTCLOUD_SECRETID/_SECRETKEY)
+and says what it proved, or raises an error saying what is wrong and how to fix it."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+
+from shared.adapters.cos.client import ROLE_ENV, cos_client, cos_errors
+from shared.adapters.cos.objects import CosObjectStore
+from shared.adapters.dispatch import REGION_ENV, ScfDispatcher, ScfTarget
+from shared.adapters.state import open_store
+from shared.adapters.webhooks import probe_webhook
+from shared.config import Config
+from shared.domain.errors import StateError, StorageError
+
+# COS error codes (cloud.tencent.com/document/product/436/7730) and what to do about them
+_BUCKET_ADVICE = {
+    "NoSuchBucket": "no such bucket in that region: check destination.bucket (name-APPID, e.g. "
+                    "mybackups-1250000000) and destination.region",
+    "AccessDenied": "these keys may not list the bucket under the prefix: give the role the "
+                    "policy from build/cam-policy.json (scripts/package --uin ...), or check "
+                    "destination.prefix",
+    "InvalidAccessKeyId": "COS does not know these keys' SecretId: check the credentials",
+    "SignatureDoesNotMatch": "COS refused the signature: check the SecretKey (and the clock)",
+}
+
+
+class FreshTokens:
+    """A token cache of this process only: the doctor fetches every source's token itself
+    instead of using one another function cached, so a token fetch is really tested."""
+
+    def __init__(self) -> None:
+        self._tokens: dict[str, tuple[str, datetime]] = {}
+        self._lock = threading.Lock()
+
+    def cache_get(self, key: str, now: datetime) -> str | None:
+        with self._lock:
+            found = self._tokens.get(key)
+        return found[0] if found and found[1] > now else None
+
+    def cache_put(self, key: str, value: str, expires_at: datetime) -> None:
+        with self._lock:
+            self._tokens[key] = (value, expires_at)
+
+    def cache_delete(self, key: str) -> None:
+        with self._lock:
+            self._tokens.pop(key, None)
+
+
+class CloudDeployment:
+    def __init__(self, config: Config, environ: Mapping[str, str]) -> None:
+        self._config = config
+        self._environ = environ
+        destination = config.destination
+        self._bucket = destination.bucket
+        self._prefix = f"{destination.prefix}/" if destination.prefix else ""
+
+    def _keys(self) -> str:
+        destination = self._config.destination
+        if destination.anonymous:
+            return "anonymous access (destination.anonymous)"
+        if destination.secret_id is not None:
+            return "the keys in destination.secret_id/secret_key"
+        if self._environ.get(ROLE_ENV[2]):
+            return "the execution role's temporary keys"
+        return f"the keys in {ROLE_ENV[0]}/{ROLE_ENV[1]}"
+
+    def bucket(self) -> str:
+        client = cos_client(self._config.destination, self._environ)
+        try:
+            with cos_errors("listing", self._prefix or "/"):
+                client.list_objects(Bucket=self._bucket, Prefix=self._prefix, MaxKeys=1)
+        except StorageError as exc:
+            advice = _BUCKET_ADVICE.get(exc.code or "", "")
+            raise StorageError(f"bucket {self._bucket!r} ({self._config.destination.region}): "
+                               f"{exc}" + (f"; {advice}" if advice else ""), code=exc.code) from None
+        return (f"bucket {self._bucket!r} ({self._config.destination.region}) answers a listing "
+                f"under {self._prefix or '/'} with {self._keys()}")
+
+    def objects(self) -> str:
+        store = CosObjectStore(self._config.destination, self._environ)
+        key = f"{self._prefix}_doctor/{uuid.uuid4().hex}.json"
+        document = {"doctor": "probe", "written": uuid.uuid4().hex}
+        store.put_json(key, document)
+        try:
+            if json.loads(store.read(key)) != document:
+                raise StorageError(f"the probe object {key!r} read back differently from what was "
+                                   "written; is something rewriting objects in this bucket?", key=key)
+        finally:
+            store.delete(key)
+        if any(o.key == key for o in store.list(key)):  # a listing: a HEAD 404 logs a warning
+            raise StorageError(f"the probe object {key!r} is still there after DeleteObject: the "
+                               "role needs cos:DeleteObject on the prefix (build/cam-policy.json)",
+                               key=key)
+        return f"wrote, read back and deleted {key!r}"
+
+    def create_only(self) -> str | None:
+        if self._config.state.backend != "cos":
+            return None
+        from shared.adapters.cos.state import CosStateStore
+
+        store = CosStateStore(self._config.destination, self._environ, verify=False)
+        try:
+            status = store.versioning()
+        except StateError as exc:
+            raise StateError(f"{exc}; the role needs name/cos:GetBucketVersioning on the bucket "
+                             "(docs/cam-policy.json) so that doctor can tell whether "
+                             "x-cos-forbid-overwrite holds") from None
+        if status is not None:  # the cause to name, whatever the probe would say
+            raise StateError(
+                f"bucket {self._bucket!r} has had versioning enabled (it is {status} now; once "
+                "enabled it can only be suspended). COS ignores x-cos-forbid-overwrite on such a "
+                "bucket, so the COS state store cannot rely on create-only writes there: put the "
+                "backups in a new bucket that never had versioning, or keep the state in MySQL "
+                "(state.url: mysql+pymysql://...)")
+        store.check_create_only(again=True)
+        return ("a second create-only PUT of a probe object was refused, and the bucket never "
+                "had versioning (x-cos-forbid-overwrite holds)")
+
+    def state(self) -> str:
+        kind = self._config.state.backend
+        try:
+            store = open_store(self._config.state, self._config.destination, environ=self._environ)
+            runs = store.list_runs(1)
+        except (StateError, StorageError):
+            raise
+        except Exception as exc:  # the database driver's own errors: say which, never the URL
+            reason = str(exc).splitlines()[0][:300] if str(exc) else ""
+            raise StateError(f"the {kind} state backend does not answer: {type(exc).__name__}: "
+                             f"{reason}; check state.url (host, port, database, user, password "
+                             "variable), that this network reaches it (VPC) and the database's "
+                             "allow-list") from None
+        last = f"; last run {runs[0].run_id} {runs[0].status.value}" if runs else "; no runs yet"
+        return f"the {kind} state backend answers{last}"
+
+    def finisher(self) -> str | None:
+        settings = self._config.dispatch
+        if settings.mode == "local":
+            return None
+        # `auto` is checked too: the doctor checks the deployment, where the poller hands off.
+        region = settings.region or self._environ.get(REGION_ENV) or self._config.destination.region
+        dispatcher = ScfDispatcher(ScfTarget(settings, region), self._environ, attempts=1)
+        return dispatcher.probe()
+
+    def webhooks(self) -> int:
+        return len(self._config.notify.webhooks)
+
+    def webhook(self, index: int, send: bool) -> str:
+        return probe_webhook(self._config.notify.webhooks[index], index, send)

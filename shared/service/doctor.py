@@ -1,0 +1,123 @@
+"""`doctor`: checks a real deployment and says, for each check, ok or what is wrong and
+how to fix it. The checks' order and what a failure makes pointless live here; every
+call that reaches something goes through the ports (`Deployment`, `Platforms`,
+`CredentialProbe`), so this module names no platform, bucket or cloud API."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from functools import partial
+from typing import Any, Literal
+
+from shared.config import Config, ConfigError
+from shared.domain.errors import BackupError
+from shared.logs import redact
+from shared.ports import CredentialProbe, Deployment, Platforms
+
+log = logging.getLogger(__name__)
+
+Status = Literal["ok", "failed", "skipped"]
+
+
+@dataclass(frozen=True)
+class Finding:
+    check: str
+    status: Status
+    detail: str  # ok: what was proven; failed: what is wrong and how to fix it
+
+
+@dataclass(frozen=True)
+class Report:
+    findings: list[Finding]
+
+    @property
+    def ok(self) -> bool:
+        return all(f.status != "failed" for f in self.findings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "checks": [asdict(f) for f in self.findings]}
+
+    def text(self) -> str:
+        """One line per check, then the verdict: for a terminal or a log."""
+        width = max(len(f.check) for f in self.findings)
+        marks = {"ok": "ok     ", "failed": "FAILED ", "skipped": "skipped"}
+        lines = [f"{marks[f.status]}  {f.check.ljust(width)}  {f.detail}" for f in self.findings]
+        failed = sum(f.status == "failed" for f in self.findings)
+        lines.append("every check passed" if not failed else
+                     f"{failed} check(s) failed: fix them and run doctor again")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What the doctor examines, built from the config by the composition root."""
+
+    config: Config
+    deployment: Deployment
+    platforms: Platforms
+
+
+def diagnose(load: Callable[[], Subject], *, notify: bool = False) -> Report:
+    """Run every check; `load` reads the config and builds the ports (a ConfigError there
+    fails the first check and skips the rest)."""
+    findings: list[Finding] = []
+    try:
+        subject = load()
+    except (ConfigError, BackupError, ValueError) as exc:
+        findings.append(Finding("config", "failed", redact(str(exc))))
+        findings.append(Finding("everything else", "skipped", "the config must be valid first"))
+        return Report(findings)
+    config = subject.config
+    findings.append(Finding("config", "ok", f"{len(config.sources)} source(s), backing up to "
+                                            f"{config.destination.bucket}/{config.destination.prefix}"))
+    deployment = subject.deployment
+    bucket = _check("bucket", deployment.bucket)
+    findings.append(bucket)
+    bucket_down = "the bucket must be reachable first"
+    for name, probe in (("probe object", deployment.objects),
+                        ("create-only writes", deployment.create_only)):
+        findings.append(_skipped(name, bucket_down) if bucket.status == "failed"
+                        else _check(name, probe, unused="the state is not kept in the bucket"))
+    state_in_bucket = config.state.backend == "cos"
+    create_only = findings[-1]
+    if state_in_bucket and create_only.status == "failed":
+        findings.append(_skipped("state", "the COS state store needs create-only writes"))
+    elif state_in_bucket and bucket.status == "failed":
+        findings.append(_skipped("state", bucket_down))
+    else:
+        findings.append(_check("state", deployment.state))
+    for source in config.sources:
+        findings.append(_check(f"source {source.name}", partial(_probe, subject.platforms, source.name),
+                               unused="this platform offers no credential check"))
+    findings.append(_check("finisher", deployment.finisher,
+                           unused="dispatch.mode is local: the poller copies in-process"))
+    for index in range(deployment.webhooks()):
+        findings.append(_check(f"notify.webhooks[{index}]", partial(deployment.webhook, index, notify)))
+    return Report(findings)
+
+
+def _probe(platforms: Platforms, source: str) -> str | None:
+    client = platforms.get(source)
+    if not isinstance(client, CredentialProbe):
+        return None
+    return client.probe()
+
+
+def _check(name: str, probe: Callable[[], str | None], unused: str = "not used by this config") -> Finding:
+    try:
+        proved = probe()
+    except (BackupError, ConfigError, ValueError) as exc:
+        return Finding(name, "failed", redact(str(exc)))
+    except Exception as exc:  # a bug or an answer nobody foresaw: say so, keep checking
+        log.exception("doctor check raised", extra={"check": name})
+        return Finding(name, "failed", f"unexpected {type(exc).__name__}: {redact(str(exc))}; "
+                                       "see the log, and report it if it persists")
+    if proved is None:
+        return _skipped(name, unused)
+    return Finding(name, "ok", proved)
+
+
+def _skipped(name: str, why: str) -> Finding:
+    return Finding(name, "skipped", why)

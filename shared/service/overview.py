@@ -1,0 +1,70 @@
+"""Per collection, what a person checking on their backups wants first: how old its
+last good backup is, whether the newest one is suspect, and how many copies retention
+keeps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from shared.domain.jobs import Job
+from shared.service.context import Context
+from shared.service.prune import plan
+
+RUNS_LOOKED_AT = 200
+
+
+@dataclass
+class CollectionState:
+    source: str
+    collection: str
+    latest: Job | None = None  # the newest finished backup attempt
+    last_good: Job | None = None
+    kept: int | None = None  # backups retention keeps; None without a policy
+
+    def view(self, now: datetime) -> dict[str, Any]:
+        good = self.last_good
+        latest = self.latest
+        return {
+            "source": self.source,
+            "collection": self.collection,
+            "last_good": None if good is None or good.result is None else {
+                "run_id": good.run_id, "finished_at": _iso(good.finished_at),
+                "records": good.result.records,
+                "age_seconds": round((now - (good.finished_at or now)).total_seconds()),
+            },
+            "latest": None if latest is None else {
+                "run_id": latest.run_id, "status": latest.status.value,
+                "suspect": latest.suspect and latest.acknowledged_at is None,
+                "records": latest.result.records if latest.result else None,
+                "previous_records": latest.previous_records,
+            },
+            "kept": self.kept,
+        }
+
+
+def collections(ctx: Context) -> list[CollectionState]:
+    found: dict[tuple[str, str], CollectionState] = {}
+    for run in ctx.state.list_runs(limit=RUNS_LOOKED_AT):  # newest first
+        for job in ctx.state.list_jobs(run.run_id):
+            if not job.status.terminal:
+                continue
+            state = found.setdefault((job.source, job.collection),
+                                     CollectionState(job.source, job.collection))
+            if state.latest is None:
+                state.latest = job
+            if state.last_good is None and job.good and job.pruned_at is None:
+                state.last_good = job
+    if ctx.config.retention is not None:
+        decided = plan(ctx)
+        for state in found.values():
+            state.kept = sum(1 for d in decided.decisions
+                             if d.keep and d.backup.collection == (state.source, state.collection))
+    return [found[key] for key in sorted(found)]
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
+
+

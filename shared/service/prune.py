@@ -1,0 +1,171 @@
+"""Prune: apply the retention policy. Every backup of every collection is decided by
+`shared.domain.retention` (restic's keep rules over good backups, plus the guards that
+never drop the last good copy); the backups it does not keep lose their objects and
+manifests, runs left holding nothing lose their state rows and their folder, and a prune
+record saying what went and why is written into the bucket.
+
+Safe to run twice at once: deleting is idempotent, a job is marked pruned by
+compare-and-set, and what one prune keeps another keeps too (the rules are stable under
+their own deletions; a property test proves it)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from shared.domain.errors import StorageError
+from shared.domain.jobs import Job, JobStatus, Run, RunStatus
+from shared.domain.layout import prune_record_key, run_folder
+from shared.domain.retention import Backup, Decision, Policy, decide
+from shared.service.context import Context
+
+log = logging.getLogger(__name__)
+
+PAGE = 100
+
+
+@dataclass
+class Plan:
+    decisions: list[Decision] = field(default_factory=list)
+    jobs: dict[str, Job] = field(default_factory=dict)  # by job id (= backup id)
+    runs: dict[str, Run] = field(default_factory=dict)
+
+    @property
+    def doomed(self) -> list[Job]:
+        return [self.jobs[d.backup.backup_id] for d in self.decisions if not d.keep]
+
+    def emptied_runs(self) -> list[str]:
+        """Closed runs that hold no backup once the doomed ones are gone, except the
+        newest run (the latest failure stays visible)."""
+        doomed = {j.job_id for j in self.doomed}
+        newest = max(self.runs, default=None)
+        emptied = []
+        for run_id, run in sorted(self.runs.items()):
+            if run_id == newest or run.status is RunStatus.RUNNING:
+                continue
+            jobs = [j for j in self.jobs.values() if j.run_id == run_id]
+            if all(j.job_id in doomed or j.pruned_at is not None or j.status is JobStatus.FAILED
+                   for j in jobs):
+                emptied.append(run_id)
+        return emptied
+
+
+def plan(ctx: Context) -> Plan:
+    """Decide every backup of every source the policy covers; deletes nothing."""
+    retention = ctx.config.retention
+    result = Plan()
+    if retention is None:
+        return result
+    backups: dict[str, list[Backup]] = {}
+    for run in _all_runs(ctx):
+        result.runs[run.run_id] = run
+        for job in ctx.state.list_jobs(run.run_id):
+            result.jobs[job.job_id] = job
+            if job.pruned_at is not None or job.status is not JobStatus.DONE or job.result is None:
+                continue
+            backups.setdefault(job.source, []).append(Backup(
+                backup_id=job.job_id, collection=(job.source, job.collection),
+                taken_at=job.finished_at or run.created_at,
+                suspect=not job.good, running=run.status is RunStatus.RUNNING))
+    for source, found in sorted(backups.items()):
+        rules = retention.rules_for(source)
+        policy = Policy(keep_last=rules.keep_last or 0, keep_daily=rules.keep_daily or 0,
+                        keep_weekly=rules.keep_weekly or 0, keep_monthly=rules.keep_monthly or 0,
+                        time_zone=retention.time_zone)
+        result.decisions.extend(decide(found, policy))
+    return result
+
+
+def prune(ctx: Context, *, dry_run: bool = False) -> Plan:
+    """Plan, then (unless `dry_run`) delete what the plan does not keep."""
+    decided = plan(ctx)
+    if dry_run or not decided.decisions:
+        return decided
+    emptied = decided.emptied_runs()
+    deleted: list[dict[str, Any]] = []
+    for job in decided.doomed:
+        assert job.result is not None
+        for key in [o.key for o in job.result.objects] + [job.result.manifest_key]:
+            _delete(ctx, key)
+        _mark_pruned(ctx, job)
+        deleted.append({"run_id": job.run_id, "source": job.source,
+                        "collection": job.collection, "objects": [o.key for o in job.result.objects],
+                        "records": job.result.records})
+    for run_id in emptied:
+        for info in ctx.objects.list(run_folder(ctx.config.destination.prefix, run_id) + "/"):
+            _delete(ctx, info.key)
+        ctx.state.delete_run(run_id)
+    cooled = _cool(ctx, decided)
+    if deleted or emptied or cooled:
+        _record(ctx, decided, deleted, emptied, cooled)
+        log.info("pruned", extra={"backups": len(deleted), "runs": len(emptied),
+                                  "moved_to_cold": len(cooled)})
+    return decided
+
+
+def _cool(ctx: Context, decided: Plan) -> list[str]:
+    """`retention.cold_after_days`: kept backups that old move to the cold storage class
+    (data objects only: manifests stay readable); the keys moved."""
+    retention = ctx.config.retention
+    if retention is None or retention.cold_after_days is None:
+        return []
+    cutoff = ctx.clock() - timedelta(days=retention.cold_after_days)
+    moved = []
+    for decision in decided.decisions:
+        job = decided.jobs[decision.backup.backup_id]
+        if not decision.keep or job.result is None or (job.finished_at or cutoff) > cutoff:
+            continue
+        for stored in job.result.objects:
+            try:
+                info = ctx.objects.head(stored.key)
+                if info is not None and info.storage_class != retention.cold_storage_class:
+                    ctx.objects.set_storage_class(stored.key, retention.cold_storage_class)
+                    moved.append(stored.key)
+            except StorageError as exc:  # the next prune tries again
+                log.warning("could not move a backup to cold storage",
+                            extra={"key": stored.key, "reason": str(exc)})
+    return moved
+
+
+def _all_runs(ctx: Context) -> list[Run]:
+    runs: list[Run] = []
+    before: str | None = None
+    while True:
+        page = ctx.state.list_runs(limit=PAGE, before=before)
+        runs.extend(page)
+        if len(page) < PAGE:
+            return runs
+        before = page[-1].run_id
+
+
+def _delete(ctx: Context, key: str) -> None:
+    try:
+        ctx.objects.delete(key)
+    except StorageError as exc:  # the next prune tries again
+        log.warning("could not delete a pruned object", extra={"key": key, "reason": str(exc)})
+
+
+def _mark_pruned(ctx: Context, job: Job) -> None:
+    current: Job | None = job
+    while current is not None and current.pruned_at is None:
+        if ctx.state.save_job(current.model_copy(update={"pruned_at": ctx.clock()})) is not None:
+            return
+        current = ctx.state.get_job(job.job_id)  # another prune got there first, or a write
+
+
+def _record(ctx: Context, decided: Plan, deleted: list[dict[str, Any]], emptied: list[str],
+            cooled: list[str]) -> None:
+    now = ctx.clock()
+    key = prune_record_key(ctx.config.destination.prefix,
+                           f"{now:%Y%m%dT%H%M%S%f}-{ctx.worker.split(':')[-1]}")
+    ctx.objects.put_json(key, {
+        "pruned_at": now.isoformat(),
+        "deleted": deleted,
+        "runs_deleted": emptied,
+        "moved_to_cold": cooled,
+        "kept": [{"source": d.backup.collection[0], "collection": d.backup.collection[1],
+                  "run_id": decided.jobs[d.backup.backup_id].run_id, "why": d.reasons}
+                 for d in decided.decisions if d.keep],
+    })

@@ -1,0 +1,76 @@
+"""Suspect backups: a collection whose record count fell sharply since its newest good
+backup. The job is still done (the data is what the platform has), but the drop is
+flagged on the job and in its manifest, reported with the run, and the backup does not
+count as good for retention until a user acknowledges it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from shared.domain.jobs import Job
+from shared.service.context import Context
+
+RUNS_LOOKED_AT = 200  # how far back the newest good backup is looked for
+
+
+@dataclass(frozen=True)
+class Verdict:
+    suspect: bool
+    previous_records: int | None
+
+
+def dropped(previous: int | None, now: int, drop_percent: float) -> bool:
+    """Down to zero from something, or down by at least `drop_percent` percent."""
+    if not previous:
+        return False
+    return now == 0 or (previous - now) * 100 >= drop_percent * previous
+
+
+def judge(ctx: Context, job: Job, records: int) -> Verdict:
+    previous = newest_good(ctx, job)
+    previous_records = previous.result.records if previous and previous.result else None
+    return Verdict(dropped(previous_records, records, ctx.config.alerts.drop_percent),
+                   previous_records)
+
+
+def newest_good(ctx: Context, job: Job) -> Job | None:
+    """The newest good backup of the job's collection in an earlier run."""
+    before: str | None = job.run_id
+    looked = 0
+    while before is not None and looked < RUNS_LOOKED_AT:
+        runs = ctx.state.list_runs(limit=20, before=before)
+        for run in runs:
+            for other in ctx.state.list_jobs(run.run_id):
+                if (other.source, other.collection) == (job.source, job.collection) and other.good:
+                    return other
+        looked += len(runs)
+        before = runs[-1].run_id if len(runs) == 20 else None
+    return None
+
+
+class NotSuspect(ValueError):
+    """What was named is not a suspect backup; the message says what it is."""
+
+
+def acknowledge(ctx: Context, run_id: str, source: str, collection: str) -> Job:
+    """Mark a suspect backup as an intended drop: it counts as good from now on. Its job
+    manifest in the bucket says so too. Acknowledging twice is harmless."""
+    for _ in range(5):  # compare-and-set against a concurrent writer
+        job = next((j for j in ctx.state.list_jobs(run_id)
+                    if (j.source, j.collection) == (source, collection)), None)
+        if job is None:
+            raise NotSuspect(f"run {run_id!r} has no backup of {source}/{collection}")
+        if not job.suspect:
+            raise NotSuspect(f"the backup of {source}/{collection} in run {run_id} is not "
+                             f"suspect (status {job.status.value}); nothing to acknowledge")
+        if job.acknowledged_at is not None:
+            return job
+        saved = ctx.state.save_job(job.model_copy(update={"acknowledged_at": ctx.clock()}))
+        if saved is not None:
+            if saved.result is not None:
+                manifest = json.loads(ctx.objects.read(saved.result.manifest_key))
+                manifest["acknowledged_at"] = ctx.clock().isoformat()
+                ctx.objects.put_json(saved.result.manifest_key, manifest)
+            return saved
+    raise NotSuspect(f"the backup of {source}/{collection} kept changing; try again")

@@ -1,0 +1,199 @@
+"""Verify: check a run's backups again, long after they were written, from the bucket
+alone. For every backup object: its manifest exists and lists it, the object exists
+with the recorded size, and (unless quick) streaming it back gives the recorded SHA-256
+and record count; COS's CRC64 is compared with the manifest's where both exist.
+
+Quick mode reads no object data: sizes (and CRC64) from a HEAD each."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.domain.errors import StorageError
+from shared.domain.jobs import Job, JobStatus, RunStatus
+from shared.domain.layout import run_manifest_key
+from shared.domain.records import counter_for
+from shared.service.context import Context
+
+READ_CHUNK = 1 << 20
+ARCHIVED = frozenset({"ARCHIVE", "DEEP_ARCHIVE"})  # COS classes that must be restored to read
+
+
+class NothingToVerify(ValueError):
+    """The run named has nothing to verify; the message says why."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    what: str  # missing object | missing manifest | size | sha256 | crc64 | count | archived
+    where: str  # the object or manifest key
+    detail: str
+
+
+@dataclass
+class Checked:
+    source: str
+    collection: str
+    key: str
+    bytes: int | None = None
+    records: int | None = None
+    crc64: str = "not recorded"  # ok | mismatch | not recorded | not reported
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass
+class Report:
+    run_id: str
+    quick: bool
+    objects: list[Checked] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)  # not tied to one object
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and all(o.ok for o in self.objects)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id, "quick": self.quick, "ok": self.ok,
+            "problems": [p.__dict__ for p in self.problems],
+            "objects": [{**{k: v for k, v in o.__dict__.items() if k != "problems"},
+                         "ok": o.ok, "problems": [p.__dict__ for p in o.problems]}
+                        for o in self.objects],
+        }
+
+
+def latest_run(ctx: Context) -> str:
+    for run in ctx.state.list_runs(limit=50):
+        if run.status is not RunStatus.RUNNING:
+            return run.run_id
+    raise NothingToVerify("no finished run to verify yet")
+
+
+def verify_run(ctx: Context, run_id: str, *, source: str | None = None,
+               collection: str | None = None, quick: bool = False) -> Report:
+    report = Report(run_id=run_id, quick=quick)
+    entries = _backups(ctx, run_id, report)
+    chosen = [e for e in entries if (source is None or e["source"] == source)
+              and (collection is None or e["collection"] == collection)]
+    if not chosen:
+        raise NothingToVerify(f"run {run_id} has no finished backup"
+                              + (f" of {source or '*'}/{collection or '*'}" if source or collection else ""))
+    for entry in chosen:
+        report.objects.extend(_verify_backup(ctx, entry, quick))
+    return report
+
+
+def verify_jobs(ctx: Context, run_id: str, jobs: list[Job], *, quick: bool) -> Report:
+    """Verify the done jobs of a run that is closing (before its run manifest exists)."""
+    report = Report(run_id=run_id, quick=quick)
+    for entry in _entries(jobs):
+        report.objects.extend(_verify_backup(ctx, entry, quick))
+    return report
+
+
+def _entries(jobs: list[Job]) -> list[dict[str, Any]]:
+    return [{"source": j.source, "collection": j.collection, **j.result.model_dump()}
+            for j in jobs if j.status is JobStatus.DONE and j.result and j.pruned_at is None]
+
+
+def _backups(ctx: Context, run_id: str, report: Report) -> list[dict[str, Any]]:
+    """The run's done backups, from its run manifest in the bucket (what a user restores
+    from); from the state store when the run manifest itself is missing."""
+    key = run_manifest_key(ctx.config.destination.prefix, run_id)
+    try:
+        manifest = json.loads(ctx.objects.read(key))
+        return [j for j in manifest.get("jobs", []) if j.get("status") == JobStatus.DONE.value]
+    except StorageError:
+        pass
+    jobs = ctx.state.list_jobs(run_id)
+    if not jobs:
+        raise NothingToVerify(f"no run {run_id!r}: neither its run manifest nor its record exists")
+    report.problems.append(Problem("missing manifest", key, "the run manifest is missing; "
+                                   "checking the backups the state store lists"))
+    return _entries(jobs)
+
+
+def _verify_backup(ctx: Context, entry: dict[str, Any], quick: bool) -> list[Checked]:
+    listed = entry.get("objects") or []
+    manifest_key = str(entry.get("manifest_key", ""))
+    file_type = "csv" if str(entry.get("key", "")).endswith(".csv") else "json"
+    try:
+        manifest = json.loads(ctx.objects.read(manifest_key))
+        objects = manifest.get("objects") or listed
+        file_type = manifest.get("file_type", file_type)
+        missing_manifest = None
+    except (StorageError, ValueError):
+        objects = listed
+        missing_manifest = Problem("missing manifest", manifest_key,
+                                   "the backup's manifest is missing or unreadable")
+    checked = [_verify_object(ctx, entry, o, file_type, quick) for o in objects]
+    if missing_manifest and checked:
+        checked[0].problems.insert(0, missing_manifest)
+    manifest_keys = {o.get("key") for o in objects}
+    for other in listed:
+        if other.get("key") not in manifest_keys:
+            gone = Checked(entry["source"], entry["collection"], str(other.get("key")))
+            gone.problems.append(Problem("missing manifest", manifest_key,
+                                         "the run manifest lists an object its manifest does not"))
+            checked.append(gone)
+    return checked
+
+
+def _verify_object(ctx: Context, entry: dict[str, Any], recorded: dict[str, Any],
+                   file_type: str, quick: bool) -> Checked:
+    key = str(recorded.get("key"))
+    checked = Checked(entry["source"], entry["collection"], key)
+    info = ctx.objects.head(key)
+    if info is None:
+        checked.problems.append(Problem("missing object", key, "the object is not in the bucket"))
+        return checked
+    checked.bytes = info.size
+    if info.size != recorded.get("bytes"):
+        checked.problems.append(Problem("size", key, f"{info.size} bytes, the manifest says "
+                                                      f"{recorded.get('bytes')}"))
+    _compare_crc64(checked, recorded.get("crc64"), info.crc64)
+    if quick:
+        return checked
+    if info.storage_class in ARCHIVED:
+        checked.problems.append(Problem(
+            "archived", key, f"stored as {info.storage_class}, which cannot be read until it is "
+            "restored (COS console: 恢复 / POST Object restore, then wait for the copy); its size "
+            "and CRC64 were checked: verify --quick checks archived backups without reading"))
+        return checked
+    sha256, counter, total = hashlib.sha256(), counter_for(file_type), 0
+    try:
+        for chunk in ctx.objects.iter_read(key, READ_CHUNK):
+            sha256.update(chunk)
+            counter.feed(chunk)
+            total += len(chunk)
+    except StorageError as exc:
+        checked.problems.append(Problem("missing object", key, f"could not be read back: {exc}"))
+        return checked
+    checked.records = counter.total
+    if sha256.hexdigest() != recorded.get("sha256"):
+        checked.problems.append(Problem("sha256", key, "the content differs from what was "
+                                                        "recorded when it was copied"))
+    if counter.total != recorded.get("records"):
+        checked.problems.append(Problem("count", key, f"{counter.total} records, the manifest "
+                                                       f"says {recorded.get('records')}"))
+    return checked
+
+
+def _compare_crc64(checked: Checked, recorded: object, reported: object) -> None:
+    if recorded is None:
+        checked.crc64 = "not recorded"  # manifests written before CRC64 was recorded
+    elif reported is None:
+        checked.crc64 = "not reported"  # a store that does not return x-cos-hash-crc64ecma
+    elif str(recorded) == str(reported):
+        checked.crc64 = "ok"
+    else:
+        checked.crc64 = "mismatch"
+        checked.problems.append(Problem("crc64", checked.key, f"COS reports CRC64 {reported}, "
+                                                               f"the manifest recorded {recorded}"))

@@ -1,0 +1,67 @@
+"""The staleness alarm, run by the poller's timer: one alert when backups stop
+succeeding (no run succeeded for `alerts.stale_after_hours`, counting from the oldest
+run or from when the poller first looked) or a run stays open that long; one
+"recovered" message when that ends. The episode is kept in the state store's cache, so
+an alarm goes out once per episode, not once a minute."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from shared.domain.jobs import RunStatus
+from shared.service.context import Context
+
+log = logging.getLogger(__name__)
+
+ALARM_KEY = "alert:stale"
+WATCHING_KEY = "alert:watching-since"
+KEEP = timedelta(days=3650)  # cache entries expire; these should not
+RUNS_LOOKED_AT = 50
+
+
+def watch(ctx: Context) -> str | None:
+    """Raise or clear the alarm; what was sent ("raised", "recovered") or None."""
+    now = ctx.clock()
+    problem = _problem(ctx, now, timedelta(hours=ctx.config.alerts.stale_after_hours))
+    raised = ctx.state.cache_get(ALARM_KEY, now)
+    if problem and raised is None:
+        ctx.state.cache_put(ALARM_KEY, problem, now + KEEP)
+        log.error("backups are stale", extra={"reason": problem})
+        ctx.notifier.alert(f"⏰ baas-backup: {problem}. Check the poller's and trigger's logs, "
+                           "then `baas-backup status`.")
+        return "raised"
+    if problem is None and raised is not None:
+        ctx.state.cache_delete(ALARM_KEY)
+        log.info("backups recovered", extra={"was": raised})
+        ctx.notifier.alert(f"✅ baas-backup recovered: a run succeeded again (was: {raised}).")
+        return "recovered"
+    return None
+
+
+def _problem(ctx: Context, now: datetime, limit: timedelta) -> str | None:
+    runs = ctx.state.list_runs(limit=RUNS_LOOKED_AT)
+    hours = limit.total_seconds() / 3600
+    for run in runs:
+        if run.status is RunStatus.RUNNING and now - run.created_at > limit:
+            return f"run {run.run_id} is still running {hours:g} hours after it started"
+    succeeded = next((r for r in runs if r.status is RunStatus.SUCCEEDED), None)
+    if succeeded is not None:
+        last = succeeded.finished_at or succeeded.created_at
+        if now - last > limit:
+            return f"no run has succeeded for {hours:g} hours (the last one: {succeeded.run_id})"
+        return None
+    since = runs[-1].created_at if runs else _watching_since(ctx, now)
+    if now - since > limit:
+        return f"no run has succeeded in the last {hours:g} hours"
+    return None
+
+
+def _watching_since(ctx: Context, now: datetime) -> datetime:
+    """When the poller first looked, for a deployment that never recorded a run (a
+    trigger whose timer never fires)."""
+    saved = ctx.state.cache_get(WATCHING_KEY, now)
+    if saved is None:
+        ctx.state.cache_put(WATCHING_KEY, now.isoformat(), now + KEEP)
+        return now
+    return datetime.fromisoformat(saved)

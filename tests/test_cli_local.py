@@ -1,0 +1,96 @@
+"""The CLI on one machine: a killed `run` does not leave its run open, and `status` says
+what each open run waits for."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+from devkit.sample_data import make_docs
+from shared.domain.jobs import JobStatus, RunStatus
+from shared.entrypoints.cli import main as cli
+from shared.service.context import Context
+from shared.service.poll import poll
+from shared.service.start import start_run
+from tests.support.backup import FAST_TIMING, SECRET, LocalBackup
+
+
+class Ignore:
+    def dispatch(self, job_id: str) -> None:
+        """Nobody copies: the run's process is about to be 'killed'."""
+
+
+def _config_file(local: LocalBackup, tmp_path: Path) -> Path:
+    path = tmp_path / "backup.yaml"
+    path.write_text(yaml.safe_dump({
+        "destination": local.destination.model_dump(mode="json", exclude={"secret_id", "secret_key"}),
+        "state": {"url": local.state_url},
+        "timing": FAST_TIMING,
+        "sources": [local.wechat_source()],
+    }), encoding="utf-8")
+    return path
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def _killed_run(local: LocalBackup, ctx: Context) -> str:
+    """A run whose only job is being copied by a local process that was killed."""
+    run, _ = start_run(ctx, idempotency_key="killed", trigger="cli")
+    for _ in range(200):
+        poll(ctx)
+        (job,) = ctx.state.list_jobs(run.run_id)
+        if job.status is JobStatus.READY:
+            break
+    assert job.status is JobStatus.READY
+    later = ctx.clock() + timedelta(minutes=16)
+    held = ctx.state.save_job(job.moved_to(
+        JobStatus.COPYING, lease_owner=f"{ctx.worker.split(':')[0]}:{_dead_pid()}:abc123",
+        lease_until=later, next_check_at=later))
+    assert held is not None
+    return run.run_id
+
+
+def test_run_after_a_killed_run_finishes_the_killed_one_too(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WECHAT_SECRET", SECRET)
+    local.seed("orders", make_docs(20))
+    path = _config_file(local, tmp_path)
+    ctx = local.context(local.config(), dispatcher=Ignore())
+    killed = _killed_run(local, ctx)
+
+    assert cli(["--config", str(path), "run", "--tick", "0.05"]) == 0
+
+    runs = {r.run_id: r for r in ctx.state.list_runs(10)}
+    assert len(runs) == 2 and all(r.status is RunStatus.SUCCEEDED for r in runs.values())
+    assert ctx.state.open_runs() == [] and killed in runs
+
+
+def test_status_says_what_each_open_run_waits_for_and_poll_moves_it(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("WECHAT_SECRET", SECRET)
+    local.seed("orders", make_docs(20))
+    path = _config_file(local, tmp_path)
+    ctx = local.context(local.config(), dispatcher=Ignore())
+    killed = _killed_run(local, ctx)
+
+    assert cli(["--config", str(path), "status"]) == 0
+    out = capsys.readouterr().out
+    assert f"run {killed} is open; it waits for:" in out
+    assert "shop/orders copying: the copy by" in out and "its lease runs until" in out
+
+    for _ in range(50):
+        cli(["--config", str(path), "poll"])
+        if not ctx.state.open_runs():
+            break
+    assert ctx.state.open_runs() == []
+    assert "taking it back" in capsys.readouterr().out

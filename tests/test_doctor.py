@@ -1,0 +1,351 @@
+"""`baas-backup doctor` against a whole local deployment: moto's S3 server for the bucket
+(through the real COS SDK), the WeChat, MinApp and OneDB emulators, the local fake of the
+Tencent Cloud API holding the finisher function (the real handler), and a webhook on
+loopback. Every check is run ok and failing, from the CLI and through the trigger
+function's `{"doctor": true}` event; the HTTP route answers the same report."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from devkit.cos_layer import CosLayer
+from devkit.emulators.minapp import MinAppEmulator
+from devkit.emulators.onedb import OneDBEmulator
+from devkit.emulators.tencentcloud import TencentCloudEmulator
+from devkit.sample_data import make_docs
+from shared.adapters.cos.client import cos_client
+from shared.entrypoints.cli import main as cli
+from shared.entrypoints.http_api import TOKEN_ENV
+from shared.entrypoints.scf import handle_finisher
+from tests.support.api import TOKEN, check_against_spec, url_event
+from tests.support.backup import FAST_TIMING, SECRET, LocalBackup
+from tests.support.handlers import load_handler
+from tests.support.onedb import APP, KEY_ID, KEY_SECRET, onedb_source
+from tests.support.onedb import ENV_ID as ONEDB_ENV
+from tests.support.webhook import WebhookReceiver
+
+FINISHER = "baas-backup-finisher"
+REGION = "ap-guangzhou"
+ROLE = {"TENCENTCLOUD_SECRETID": "AKIDrole0000000000000007",
+        "TENCENTCLOUD_SECRETKEY": "role-secret-key-doctor-77",
+        "TENCENTCLOUD_SESSIONTOKEN": "role-session-token-doctor-77"}
+SCOPED = [f"default/{FINISHER}"]  # docs/cam-policy.json's grant: the finisher only
+CHECKS = ["config", "bucket", "probe object", "create-only writes", "state", "source shop",
+          "source app", "source crm", "finisher", "notify.webhooks[0]"]
+
+
+@dataclass
+class Site:
+    """The deployment the doctor examines, with its config file and environment."""
+
+    local: LocalBackup
+    cloud: TencentCloudEmulator
+    minapp: MinAppEmulator
+    onedb: OneDBEmulator
+    webhook: WebhookReceiver
+    path: Path
+    document: dict[str, Any]
+
+    def write(self) -> None:
+        self.path.write_text(yaml.safe_dump(self.document, allow_unicode=True), encoding="utf-8")
+
+    def doctor(self, entry: str, *, notify: bool = False,
+               capsys: pytest.CaptureFixture[str] | None = None) -> dict[str, Any]:
+        """The report from the CLI (`doctor --json`) or the trigger's `{"doctor": true}`."""
+        self.write()
+        if entry == "cli":
+            assert capsys is not None
+            capsys.readouterr()
+            code = cli(["--config", str(self.path), "doctor", "--json", *(["--notify"] * notify)])
+            report: dict[str, Any] = json.loads(capsys.readouterr().out)
+            assert code == (0 if report["ok"] else 1)
+        else:
+            event: dict[str, Any] = {"doctor": True, **({"notify": True} if notify else {})}
+            report = load_handler("trigger").main_handler(event, None)
+        assert [c["check"] for c in report["checks"]][:1] == ["config"]
+        return report
+
+
+def by_check(report: dict[str, Any]) -> dict[str, dict[str, str]]:
+    return {c["check"]: c for c in report["checks"]}
+
+
+@pytest.fixture
+def site(local: LocalBackup, minapp_emulator: MinAppEmulator, onedb_emulator: OneDBEmulator,
+         webhook: WebhookReceiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
+    local.seed("orders", make_docs(3))
+    minapp_emulator.add_table(1001, [{"n": i} for i in range(4)])
+    onedb_emulator.add_generated_table(ONEDB_ENV, APP, "events", 5)
+    cloud = TencentCloudEmulator()
+    cloud.add_key(ROLE["TENCENTCLOUD_SECRETID"], ROLE["TENCENTCLOUD_SECRETKEY"],
+                  ROLE["TENCENTCLOUD_SESSIONTOKEN"], allow=SCOPED)
+    cloud.add_function(FINISHER, handle_finisher, region=REGION)
+    cloud.start()
+    sources = [local.wechat_source(), local.minapp_source(minapp_emulator),
+               onedb_source(local, onedb_emulator)]
+    document = {
+        "destination": local.destination.model_dump(mode="json", exclude={"secret_id", "secret_key"}),
+        "state": {"url": "cos://"},
+        "timing": FAST_TIMING,
+        "sources": sources,
+        "dispatch": {"mode": "auto", "endpoint": cloud.url, "region": REGION},
+        "notify": {"webhooks": [{"url": "${WEBHOOK_URL}", "format": "wecom"}]},
+    }
+    path = tmp_path / "backup.yaml"
+    for name, value in {**local.environ, **ROLE, "WEBHOOK_URL": webhook.url,
+                        "BAAS_BACKUP_CONFIG": str(path)}.items():
+        monkeypatch.setenv(name, value)
+    try:
+        yield Site(local, cloud, minapp_emulator, onedb_emulator, webhook, path, document)
+    finally:
+        cloud.stop()
+
+
+ENTRIES = ["cli", "trigger"]
+
+
+# all well ------------------------------------------------------------------------------
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_every_check_passes_on_a_good_deployment(
+    site: Site, entry: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = site.doctor(entry, capsys=capsys)
+
+    assert report["ok"] is True, report
+    assert [c["check"] for c in report["checks"]] == CHECKS
+    assert {c["status"] for c in report["checks"]} == {"ok"}
+    checks = by_check(report)
+    assert "never had versioning" in checks["create-only writes"]["detail"]
+    assert "4 record(s)" in checks["source app"]["detail"]
+    assert "one row" in checks["source crm"]["detail"]
+    # the finisher was really invoked, synchronously, with the doctor's event, and did nothing
+    invocation = site.cloud.invocations[-1]
+    assert (invocation.function, invocation.invocation_type) == (FINISHER, "RequestResponse")
+    assert invocation.event == {"doctor": True} and invocation.result == {"doctor": "finisher", "ok": True}
+    # the webhook was only asked whether it is there; nothing was sent to anyone
+    assert site.webhook.gets == 1 and site.webhook.messages == []
+    # the probe objects are gone
+    listed = site.local.objects.list(f"{site.local.destination.prefix}/")
+    assert not [o.key for o in listed if "_doctor/" in o.key or "/probe/" in o.key]
+    assert SECRET not in json.dumps(report) and ROLE["TENCENTCLOUD_SECRETKEY"] not in json.dumps(report)
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_notify_sends_each_webhook_a_test_message(
+    site: Site, entry: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = site.doctor(entry, notify=True, capsys=capsys)
+
+    assert report["ok"] is True
+    assert site.webhook.messages == [{"msgtype": "text", "text": {
+        "content": "baas-backup doctor: a test message; no backup ran"}}]
+    assert "accepted a test message" in by_check(report)["notify.webhooks[0]"]["detail"]
+
+
+def test_the_cli_prints_one_line_per_check_and_exits_0(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
+    site.write()
+    code = cli(["--config", str(site.path), "doctor"])
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert [line.split()[0] for line in out[:-1]] == ["ok"] * len(CHECKS)
+    assert out[-1] == "every check passed"
+
+
+# each check failing ----------------------------------------------------------------------
+Mutation = Callable[[Site, pytest.MonkeyPatch], None]
+
+
+def config_invalid(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    site.document["sources"] = []
+
+
+def bucket_missing(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    site.document["destination"]["bucket"] = "no-such-bucket-1250000000"
+
+
+def delete_ignored(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    from moto.s3.responses import S3Response
+
+    monkeypatch.setattr(S3Response, "delete_object", lambda self: (204, {}, ""))
+
+
+def overwrite_allowed(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bucket that ignores both create-only headers."""
+    from moto.s3.responses import S3Response
+
+    original = S3Response.put_object
+
+    def ignoring_conditions(self: Any) -> Any:
+        self.headers = {k: v for k, v in self.headers.items() if k.lower() != "if-none-match"}
+        return original(self)
+
+    monkeypatch.setattr(S3Response, "put_object", ignoring_conditions)
+    monkeypatch.setattr(CosLayer, "ignore_forbid_overwrite", True)
+
+
+def versioning_suspended(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = cos_client(site.local.destination)
+    for status in ("Enabled", "Suspended"):  # once on, versioning can only be suspended
+        client.put_bucket_versioning(Bucket=site.local.destination.bucket, Status=status)
+
+
+def state_unreachable(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    site.document["state"] = {"url": f"mysql+pymysql://baas@127.0.0.1:{port}/backup"}
+
+
+def wechat_secret_wrong(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WECHAT_SECRET", "not-the-app-secret-000")
+
+
+def wechat_ip_not_allowed(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    site.local.emulator.inject_errcode("/cgi-bin/stable_token", 40164,
+                                       errmsg="invalid ip 203.0.113.9, not in whitelist")
+
+
+def minapp_status_not_enabled(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    site.minapp.deny_status_access(403)
+
+
+def onedb_key_not_granted(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    site.onedb.add_key(ONEDB_ENV, KEY_ID, KEY_SECRET, cdb=False)
+
+
+def cam_refuses_function_scope(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    site.cloud.add_key(ROLE["TENCENTCLOUD_SECRETID"], ROLE["TENCENTCLOUD_SECRETKEY"],
+                       ROLE["TENCENTCLOUD_SESSIONTOKEN"], allow=SCOPED, resource_level=False)
+
+
+def finisher_not_deployed(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    site.document["dispatch"]["finisher_function"] = "baas-backup-copier"
+    site.cloud.add_key(ROLE["TENCENTCLOUD_SECRETID"], ROLE["TENCENTCLOUD_SECRETKEY"],
+                       ROLE["TENCENTCLOUD_SESSIONTOKEN"])
+
+
+def no_role_keys(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ROLE:
+        monkeypatch.delenv(name)
+
+
+def webhook_unreachable(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("WEBHOOK_URL", f"http://127.0.0.1:{port}/cgi-bin/webhook/send?key=k-1")
+
+
+# (mutation, check that fails, words its detail must hold, checks skipped because of it)
+FAILURES: list[tuple[Mutation, str, list[str], list[str]]] = [
+    (config_invalid, "config", ["sources"], ["everything else"]),
+    (bucket_missing, "bucket", ["NoSuchBucket", "destination.bucket", "destination.region"],
+     ["probe object", "create-only writes", "state"]),
+    (delete_ignored, "probe object", ["still there after DeleteObject", "cos:DeleteObject"], []),
+    (overwrite_allowed, "create-only writes", ["overwrite an existing object", "mysql+pymysql://"],
+     ["state"]),
+    (versioning_suspended, "create-only writes", ["Suspended", "x-cos-forbid-overwrite",
+                                                  "never had versioning", "MySQL"], ["state"]),
+    (state_unreachable, "state", ["mysql state backend does not answer", "OperationalError",
+                                  "state.url"], []),
+    (wechat_secret_wrong, "source shop", ["appid or app secret of source 'shop' is wrong"], []),
+    (wechat_ip_not_allowed, "source shop", ["40164", "eip: true", "allow-list"], []),
+    (minapp_status_not_enabled, "source app", ["HTTP 403", "must be enabled in the MinApp console"], []),
+    (onedb_key_not_granted, "source crm", ["AppHub", "cdb", KEY_ID], []),
+    (cam_refuses_function_scope, "finisher", ["CAM refused scf:InvokeFunction",
+                                              "AuthFailure.UnauthorizedOperation",
+                                              '"resource": ["*"]'], []),
+    (finisher_not_deployed, "finisher", ["ResourceNotFound.Function", "baas-backup-copier",
+                                         "scf-finisher/serverless.yml"], []),
+    (no_role_keys, "finisher", ["no credentials to invoke the finisher", "TENCENTCLOUD_SECRETID"], []),
+    (webhook_unreachable, "notify.webhooks[0]", ["unreachable", "ConnectError", "host 127.0.0.1"], []),
+]
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+@pytest.mark.parametrize(("mutate", "check", "words", "skipped"), FAILURES,
+                         ids=[f[0].__name__ for f in FAILURES])
+def test_a_failing_check_says_what_is_wrong_and_how_to_fix_it(
+    site: Site, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], entry: str,
+    mutate: Mutation, check: str, words: list[str], skipped: list[str],
+) -> None:
+    mutate(site, monkeypatch)
+    report = site.doctor(entry, capsys=capsys)
+
+    assert report["ok"] is False
+    checks = by_check(report)
+    assert checks[check]["status"] == "failed", report
+    for word in words:
+        assert word in checks[check]["detail"], checks[check]
+    for name in skipped:
+        assert checks[name]["status"] == "skipped", checks[name]
+    failed = [c["check"] for c in report["checks"] if c["status"] == "failed"]
+    assert failed == [check], report  # one fault, one failed check: the others still ran
+    assert "webhook/send?key" not in json.dumps(report) and "k-1" not in json.dumps(report)
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_a_webhook_that_refuses_the_test_message_fails(
+    site: Site, entry: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    site.webhook.answers.append((200, {"errcode": 93000, "errmsg": "invalid webhook url"}))
+    report = site.doctor(entry, notify=True, capsys=capsys)
+
+    detail = by_check(report)["notify.webhooks[0]"]
+    assert report["ok"] is False and detail["status"] == "failed"
+    assert "93000" in detail["detail"] and "robot-key" not in detail["detail"]
+
+
+def test_the_state_check_runs_against_sql_and_create_only_is_then_not_needed(
+    site: Site, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    site.document["state"] = {"url": f"sqlite:///{tmp_path / 'state.sqlite3'}"}
+    report = site.doctor("cli", capsys=capsys)
+    checks = by_check(report)
+    assert report["ok"] is True
+    assert checks["create-only writes"]["status"] == "skipped"
+    assert "sqlite state backend answers" in checks["state"]["detail"]
+
+
+def test_dispatch_local_skips_the_finisher(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
+    site.document["dispatch"] = {"mode": "local"}
+    report = site.doctor("trigger", capsys=capsys)
+    assert report["ok"] is True
+    assert by_check(report)["finisher"] == {"check": "finisher", "status": "skipped",
+                                            "detail": "dispatch.mode is local: the poller copies in-process"}
+
+
+# the HTTP route ---------------------------------------------------------------------------
+def test_post_doctor_answers_the_report_to_the_owner_only(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    site.write()
+    trigger = load_handler("trigger")
+
+    refused = trigger.main_handler(url_event("POST", "/doctor", token=None), None)
+    assert refused["statusCode"] == 401 and site.cloud.invocations == []
+
+    answer = trigger.main_handler(url_event("POST", "/doctor"), None)
+    check_against_spec("POST", "/doctor", answer)
+    report = json.loads(answer["body"])
+    assert answer["statusCode"] == 200 and report["ok"] is True and site.webhook.messages == []
+
+    cam_refuses_function_scope(site, monkeypatch)
+    answer = trigger.main_handler(url_event("POST", "/doctor", body={"notify": True}), None)
+    check_against_spec("POST", "/doctor", answer)
+    report = json.loads(answer["body"])
+    assert answer["statusCode"] == 200 and report["ok"] is False
+    assert by_check(report)["finisher"]["status"] == "failed" and len(site.webhook.messages) == 1
+
+    bad = trigger.main_handler(url_event("POST", "/doctor", body={"notify": "yes please"}), None)
+    check_against_spec("POST", "/doctor", bad)
+    assert bad["statusCode"] == 400 and json.loads(bad["body"])["field"] == "notify"

@@ -1,0 +1,126 @@
+"""Retention applied for real: objects, manifests, run folders and state rows deleted
+through the real COS SDK on moto and SQLite; a dry run deletes nothing; two prunes at
+once are harmless; a collection wiped at the source never costs its last good copy."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devkit.sample_data import make_docs
+from shared.config import Config, ConfigError
+from shared.domain.jobs import Run
+from shared.entrypoints.cli import main as cli
+from shared.service.prune import prune
+from tests.support.backup import ENV_ID, LocalBackup, backup_now
+
+
+def with_retention(local: LocalBackup, **retention: Any) -> Config:
+    return local.config(local.wechat_source(collections=["orders", "users"]),
+                        sections={"retention": retention} if retention else None)
+
+
+def runs_made(local: LocalBackup, count: int) -> list[Run]:
+    local.seed("orders", make_docs(20))
+    local.seed("users", make_docs(4, prefix="u"))
+    ctx = local.context(with_retention(local))
+    return [backup_now(ctx, key=f"night-{i}") for i in range(count)]
+
+
+def keys_of(local: LocalBackup, run: Run) -> list[str]:
+    return [o.key for o in local.objects.list(f"{local.destination.prefix}/runs/{run.run_id}/")]
+
+
+def test_prune_deletes_what_the_policy_does_not_keep(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    runs = runs_made(local, 4)
+    config = with_retention(local, keep_last=2)
+    path = local.config_file(config, [local.wechat_source(collections=["orders", "users"])],
+                             tmp_path / "backup.yaml", monkeypatch)
+    before = {r.run_id: keys_of(local, r) for r in runs}
+
+    assert cli(["--config", str(path), "prune", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "would delete 4 backup(s); kept 4" in out and "last 1" in out
+    assert {r.run_id: keys_of(local, r) for r in runs} == before  # nothing deleted
+
+    assert cli(["--config", str(path), "prune"]) == 0
+    ctx = local.context(config)
+    for old in runs[:2]:
+        assert keys_of(local, old) == []  # data, manifests and run manifest gone
+        assert ctx.state.get_run(old.run_id) is None and ctx.state.list_jobs(old.run_id) == []
+    for kept in runs[2:]:
+        assert keys_of(local, kept) == before[kept.run_id]
+    records = local.objects.list(f"{local.destination.prefix}/prunes/")
+    assert len(records) == 1
+    record = json.loads(local.objects.read(records[0].key))
+    assert sorted(record["runs_deleted"]) == sorted(r.run_id for r in runs[:2])
+    assert len(record["deleted"]) == 4 and len(record["kept"]) == 4
+    assert cli(["--config", str(path), "verify"]) == 0  # what is left still verifies
+
+
+def test_two_prunes_at_once_are_harmless(local: LocalBackup) -> None:
+    runs = runs_made(local, 5)
+    config = with_retention(local, keep_last=1)
+    errors: list[BaseException] = []
+
+    def one() -> None:
+        try:
+            prune(local.context(config))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    ctx = local.context(config)
+    assert [r.run_id for r in ctx.state.list_runs()] == [runs[-1].run_id]
+    assert keys_of(local, runs[-1]) and all(keys_of(local, r) == [] for r in runs[:-1])
+    assert prune(ctx).doomed == []  # a third prune finds nothing left to do
+
+
+def test_a_wiped_collection_never_costs_its_last_good_copy(local: LocalBackup) -> None:
+    local.seed("orders", make_docs(20))
+    local.seed("users", make_docs(4, prefix="u"))
+    ctx = local.context(with_retention(local, keep_last=1))  # applied after every run
+    good = backup_now(ctx, key="good")
+    local.emulator.add_collection(ENV_ID, "orders", [])  # wiped at the source
+    wiped = [backup_now(ctx, key=f"wiped-{i}") for i in range(3)]
+
+    orders = {r.run_id: next(j for j in ctx.state.list_jobs(r.run_id) if j.collection == "orders")
+              for r in [good, *wiped]}
+    assert all(orders[r.run_id].suspect for r in wiped)
+    assert orders[good.run_id].pruned_at is None  # the last good copy stays
+    assert any(k.endswith("orders.jsonl") for k in keys_of(local, good))
+    assert not any(k.endswith("users.jsonl") for k in keys_of(local, good))  # users moved on
+    assert all(orders[r.run_id].pruned_at is None for r in wiped)  # suspect: kept as evidence
+
+
+@pytest.mark.parametrize(("retention", "message"), [
+    ({"keep_last": 0}, "would keep nothing"),
+    ({}, "would keep nothing"),
+    ({"keep_daily": 7, "sources": {"shop": {"keep_daily": 0}}}, "sources.shop would keep nothing"),
+    ({"keep_daily": 7, "sources": {"nope": {"keep_last": 1}}}, "names no configured source: nope"),
+    ({"keep_daily": 7, "time_zone": "Mars/Olympus"}, "IANA time zone"),
+])
+def test_bad_policies_are_config_errors(local: LocalBackup, retention: dict[str, Any],
+                                        message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        local.config(local.wechat_source(), sections={"retention": retention})
+
+
+def test_a_source_override_replaces_only_what_it_sets(local: LocalBackup) -> None:
+    config = with_retention(local, keep_daily=7, keep_monthly=6, sources={"shop": {"keep_daily": 2}})
+    assert config.retention is not None
+    rules = config.retention.rules_for("shop")
+    assert (rules.keep_daily, rules.keep_monthly) == (2, 6)
+    assert config.retention.rules_for("other").keep_daily == 7

@@ -1,0 +1,82 @@
+"""COS storage classes through the real SDK (the test server's COS layer maps them onto
+moto's, which refuses to read an archived object just as COS does): new backups in a
+chosen class, kept backups moved to a cold class by retention, verify handling both."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devkit.sample_data import make_docs
+from shared.config import Config, ConfigError
+from shared.domain.errors import StorageError
+from shared.entrypoints.cli import main as cli
+from shared.service.prune import prune
+from tests.support.backup import LocalBackup, backup_now
+
+
+def configured(local: LocalBackup, destination: dict[str, Any] | None = None,
+               **retention: Any) -> Config:
+    sections: dict[str, Any] = {"destination": destination or {}}
+    if retention:
+        sections["retention"] = retention
+    return local.config(local.wechat_source(collections=["orders", "users"]), sections=sections)
+
+
+def test_new_backups_go_in_the_chosen_class_and_manifests_stay_standard(local: LocalBackup) -> None:
+    local.seed("orders", make_docs(30))
+    local.seed("users", make_docs(3, prefix="u"))
+    run = backup_now(local.context(configured(local, {"storage_class": "STANDARD_IA"})))
+    classes = {}
+    for info in local.objects.list(f"{local.destination.prefix}/runs/{run.run_id}/"):
+        head = local.objects.head(info.key)
+        assert head is not None
+        classes[info.key.rsplit("/", 1)[-1]] = head.storage_class
+    assert classes["orders.jsonl"] == classes["users.jsonl"] == "STANDARD_IA"
+    assert classes["orders.jsonl.manifest.json"] == "STANDARD"
+    assert classes["run-manifest.json"] == "STANDARD"
+
+
+def test_new_backups_cannot_be_archived_at_once(local: LocalBackup) -> None:
+    with pytest.raises(ConfigError, match=r"retention\.cold_after_days"):
+        configured(local, {"storage_class": "ARCHIVE"})
+
+
+def test_kept_backups_move_to_the_cold_class_and_verify_says_how_to_read_them(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    local.seed("orders", make_docs(30))
+    local.seed("users", make_docs(3, prefix="u"))
+    plain = configured(local)
+    run = backup_now(local.context(plain))
+    time.sleep(1.2)
+    cold = configured(local, keep_last=5, cold_after_days=1 / 86400)  # older than a second
+
+    prune(local.context(cold))
+
+    data = [i.key for i in local.objects.list(f"{local.destination.prefix}/runs/{run.run_id}/")
+            if not i.key.endswith(".json")]
+    assert len(data) == 2
+    for key in data:
+        head = local.objects.head(key)
+        assert head is not None and head.storage_class == "ARCHIVE"
+        with pytest.raises(StorageError):  # an archived object cannot be read, as on COS
+            local.objects.read(key)
+    record = json.loads(local.objects.read(local.objects.list(
+        f"{local.destination.prefix}/prunes/")[0].key))
+    assert sorted(record["moved_to_cold"]) == sorted(data)
+    prune(local.context(cold))  # again: nothing left to move, nothing breaks
+
+    path = local.config_file(cold, [local.wechat_source(collections=["orders", "users"])],
+                             tmp_path / "backup.yaml", monkeypatch)
+    assert cli(["--config", str(path), "verify", run.run_id, "--quick"]) == 0
+    capsys.readouterr()
+    assert cli(["--config", str(path), "verify", run.run_id, "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    problems = [p for o in report["objects"] for p in o["problems"]]
+    assert {p["what"] for p in problems} == {"archived"}
+    assert "restored" in problems[0]["detail"] and "--quick" in problems[0]["detail"]

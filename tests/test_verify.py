@@ -1,0 +1,144 @@
+"""Verify finds every kind of damage to a backup in the bucket (COS on moto, through the
+real SDK), names it, and exits non-zero; quick mode reads no object data."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devkit.cos_layer import CosLayer
+from devkit.sample_data import make_docs
+from shared.adapters.cos.objects import CosObjectStore
+from shared.domain.jobs import Run
+from shared.entrypoints.cli import main as cli
+from tests.support.backup import LocalBackup, backup_now
+
+
+@pytest.fixture
+def backed_up(local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Run, Path]:
+    local.seed("orders", make_docs(50))
+    local.seed("users", make_docs(7, prefix="u"))
+    sources = [local.wechat_source(collections=["orders", "users"])]
+    config = local.config(*sources)
+    run = backup_now(local.context(config))
+    return run, local.config_file(config, sources, tmp_path / "backup.yaml", monkeypatch)
+
+
+def verify(path: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:
+    code = cli(["--config", str(path), "verify", *args, "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def orders_key(local: LocalBackup, run: Run) -> str:
+    return next(o.key for o in local.objects.list(f"{local.destination.prefix}/runs/{run.run_id}/")
+                if o.key.endswith("orders.jsonl"))
+
+
+def test_an_intact_run_verifies(backed_up: tuple[Run, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    run, path = backed_up
+    code, report = verify(path, capsys, "latest")
+    assert code == 0 and report["ok"] and report["run_id"] == run.run_id
+    assert sorted((o["collection"], o["records"]) for o in report["objects"]) == [("orders", 50), ("users", 7)]
+    assert {o["crc64"] for o in report["objects"]} == {"ok"}  # recorded, and COS agrees
+    assert cli(["--config", str(path), "verify"]) == 0  # the table, for a person
+    assert "all backups verified: 2/2 objects ok" in capsys.readouterr().out
+
+
+def _rewrite(local: LocalBackup, key: str, change: Callable[[bytes], bytes]) -> None:
+    data = change(local.objects.read(key))
+    local.objects.put_stream(key, [data], content_type="application/x-ndjson")
+
+
+@pytest.mark.parametrize(("damage", "problem"), [
+    ("flip", "sha256"),
+    ("truncate", "size"),
+    ("delete", "missing object"),
+    ("manifest", "missing manifest"),
+    ("count", "count"),
+])
+def test_damage_is_found_and_named(local: LocalBackup, backed_up: tuple[Run, Path],
+                                   capsys: pytest.CaptureFixture[str], damage: str, problem: str) -> None:
+    run, path = backed_up
+    key = orders_key(local, run)
+    if damage == "flip":
+        _rewrite(local, key, lambda d: d[:100] + bytes([d[100] ^ 1]) + d[101:])
+    elif damage == "truncate":
+        _rewrite(local, key, lambda d: d[: len(d) // 2])
+    elif damage == "delete":
+        local.objects.delete(key)
+    elif damage == "manifest":
+        local.objects.delete(f"{key}.manifest.json")
+    else:  # the manifest's count disagrees with the object
+        manifest = json.loads(local.objects.read(f"{key}.manifest.json"))
+        manifest["objects"][0]["records"] = 49
+        local.objects.put_json(f"{key}.manifest.json", manifest)
+
+    code, report = verify(path, capsys, run.run_id)
+
+    assert code == 1 and not report["ok"]
+    bad = [o for o in report["objects"] if not o["ok"]]
+    assert [o["collection"] for o in bad] == ["orders"]
+    assert problem in [p["what"] for p in bad[0]["problems"]]
+    users = next(o for o in report["objects"] if o["collection"] == "users")
+    assert users["ok"]
+
+
+def test_quick_reads_no_object_data(local: LocalBackup, backed_up: tuple[Run, Path],
+                                    capsys: pytest.CaptureFixture[str],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    run, path = backed_up
+    read: list[str] = []
+    original = CosObjectStore.iter_read
+
+    def spy(self: CosObjectStore, key: str, chunk_size: int = 1 << 20) -> Any:
+        read.append(key)
+        return original(self, key, chunk_size)
+
+    monkeypatch.setattr(CosObjectStore, "iter_read", spy)
+    _rewrite(local, orders_key(local, run), lambda d: d[:100] + bytes([d[100] ^ 1]) + d[101:])
+    read.clear()
+
+    code, report = verify(path, capsys, run.run_id, "--quick")
+
+    # a flipped byte keeps the size, but COS's CRC64 of the object no longer matches
+    assert code == 1 and report["quick"]
+    bad = next(o for o in report["objects"] if o["collection"] == "orders")
+    assert [p["what"] for p in bad["problems"]] == ["crc64"] and bad["records"] is None
+    assert all(k.endswith(".json") for k in read), read  # manifests only, never an object
+    _rewrite(local, orders_key(local, run), lambda d: d[:-10])
+    code, report = verify(path, capsys, run.run_id, "--quick", "--collection", "orders")
+    assert code == 1 and report["objects"][0]["problems"][0]["what"] == "size"
+
+
+def test_nothing_to_verify_is_said(backed_up: tuple[Run, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    _, path = backed_up
+    assert cli(["--config", str(path), "verify", "20200101T000000000Z-00000000"]) == 2
+    assert "no run" in capsys.readouterr().err
+
+
+def test_a_crc64_that_cos_disagrees_with_is_found_by_quick(
+        local: LocalBackup, backed_up: tuple[Run, Path], capsys: pytest.CaptureFixture[str],
+        cos_layer: CosLayer) -> None:
+    run, path = backed_up
+    cos_layer.corrupt_crc.add(orders_key(local, run))
+    code, report = verify(path, capsys, run.run_id, "--quick")
+    assert code == 1
+    bad = next(o for o in report["objects"] if o["collection"] == "orders")
+    assert bad["crc64"] == "mismatch" and bad["problems"][0]["what"] == "crc64"
+
+
+def test_a_manifest_from_before_crc64_says_so_and_passes(
+        local: LocalBackup, backed_up: tuple[Run, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    run, path = backed_up
+    manifest_key = f"{orders_key(local, run)}.manifest.json"
+    manifest = json.loads(local.objects.read(manifest_key))
+    for item in manifest["objects"]:
+        item.pop("crc64", None)
+    local.objects.put_json(manifest_key, manifest)
+    code, report = verify(path, capsys, run.run_id)
+    assert code == 0
+    assert next(o for o in report["objects"] if o["collection"] == "orders")["crc64"] == "not recorded"

@@ -1,0 +1,72 @@
+"""Suspect backups over fakes: the drop arithmetic, and what counts as the collection's
+newest good backup to compare with."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from shared.domain.jobs import Job, JobResult, JobStatus, Run, StoredObject, job_id_for
+from shared.service.suspicion import NotSuspect, acknowledge, dropped, newest_good
+from tests.unit.support import ScriptedExport, Unit, unit
+
+
+@pytest.mark.parametrize(("previous", "now", "percent", "expected"), [
+    (None, 0, 50, False),  # nothing to compare with
+    (0, 0, 50, False),  # was empty, still empty
+    (10, 0, 50, True),  # wiped
+    (10, 0, 100, True),
+    (10, 5, 50, True),  # exactly the threshold
+    (10, 6, 50, False),
+    (1_000_000, 499_999, 50, True),
+    (10, 20, 50, False),  # growth is fine
+    (10, 9, 10, True),
+])
+def test_drop_arithmetic(previous: int | None, now: int, percent: float, expected: bool) -> None:
+    assert dropped(previous, now, percent) is expected
+
+
+def _history(u: Unit, *records: tuple[int, bool, bool]) -> list[str]:
+    """Runs oldest first, each backing up `orders` with (records, suspect, acknowledged)."""
+    ids = []
+    for index, (count, suspect, acked) in enumerate(records):
+        now = u.clock() + timedelta(days=index)
+        run_id = f"202611{index + 1:02d}T020000000Z-unit"
+        run = Run(run_id=run_id, idempotency_key=run_id, trigger="test", sources=["shop"],
+                  created_at=now)
+        result = JobResult(manifest_key=f"m/{index}.json",
+                           objects=[StoredObject(key=f"o/{index}", bytes=count, sha256="0" * 64,
+                                                 records=count)])
+        job = u.put(Job(
+            job_id=job_id_for(run_id, "shop", "orders"), run_id=run_id, source="shop",
+            collection="orders", status=JobStatus.DONE, next_check_at=now, created_at=now,
+            updated_at=now, result=result, suspect=suspect,
+            acknowledged_at=now if acked else None))
+        u.state.create_run(run, [job])
+        u.objects.put_json(result.manifest_key, {"records": count})
+        ids.append(run_id)
+    return ids
+
+
+def test_the_comparison_skips_suspect_backups_but_not_acknowledged_ones() -> None:
+    u = unit(ScriptedExport({"orders": []}))
+    runs = _history(u, (100, False, False), (0, True, False), (3, True, True), (0, True, False))
+    last = u.state.list_jobs(runs[-1])[0]
+    found = newest_good(u.ctx, last)
+    assert found is not None and found.run_id == runs[2]  # the acknowledged drop to 3
+    second = u.state.list_jobs(runs[1])[0]
+    found = newest_good(u.ctx, second)
+    assert found is not None and found.run_id == runs[0]
+
+
+def test_acknowledging() -> None:
+    u = unit(ScriptedExport({"orders": []}))
+    runs = _history(u, (100, False, False), (0, True, False))
+    with pytest.raises(NotSuspect, match="not suspect"):
+        acknowledge(u.ctx, runs[0], "shop", "orders")
+    with pytest.raises(NotSuspect, match="no backup of shop/users"):
+        acknowledge(u.ctx, runs[1], "shop", "users")
+    job = acknowledge(u.ctx, runs[1], "shop", "orders")
+    assert job.good and job.acknowledged_at is not None
+    assert acknowledge(u.ctx, runs[1], "shop", "orders").version == job.version  # idempotent

@@ -1,0 +1,70 @@
+"""The staleness alarm under a moving clock: once per episode, one recovery."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from shared.domain.jobs import JobStatus, Run, RunStatus
+from shared.service.poll import poll
+from tests.unit.support import ScriptedExport, Unit, seed_run, unit
+
+
+def _run(u: Unit, name: str, status: RunStatus) -> Run:
+    run = Run(run_id=f"{u.clock():%Y%m%dT%H%M%S}000Z-{name}", idempotency_key=name,
+              trigger="test", sources=["shop"], created_at=u.clock())
+    u.state.create_run(run, [])
+    if status is not RunStatus.RUNNING:
+        saved = u.state.save_run(run.model_copy(update={"status": status,
+                                                        "finished_at": u.clock()}))
+        assert saved is not None
+        return saved
+    return run
+
+
+def test_no_success_for_too_long_alerts_once_and_recovers_once() -> None:
+    u = unit(ScriptedExport({"orders": []}))
+    _run(u, "good", RunStatus.SUCCEEDED)
+    for _ in range(3):
+        u.clock.advance(3600 * 10)
+        poll(u.ctx)
+    assert len(u.notifier.alerts) == 1 and "no run has succeeded for 26 hours" in u.notifier.alerts[0]
+    _run(u, "failed", RunStatus.FAILED)
+    u.clock.advance(3600)
+    poll(u.ctx)
+    assert len(u.notifier.alerts) == 1  # still the same episode
+    _run(u, "good-again", RunStatus.SUCCEEDED)
+    poll(u.ctx)
+    poll(u.ctx)
+    assert len(u.notifier.alerts) == 2 and "recovered" in u.notifier.alerts[1]
+    u.clock.advance(27 * 3600)
+    poll(u.ctx)
+    assert len(u.notifier.alerts) == 3  # a new episode
+
+
+def test_a_deployment_that_never_runs_alerts_after_the_limit() -> None:
+    u = unit(ScriptedExport({"orders": []}))
+    poll(u.ctx)  # the poller starts watching
+    u.clock.advance(25 * 3600)
+    poll(u.ctx)
+    assert u.notifier.alerts == []
+    u.clock.advance(2 * 3600)
+    poll(u.ctx)
+    assert len(u.notifier.alerts) == 1 and "in the last 26 hours" in u.notifier.alerts[0]
+
+
+def test_a_run_open_for_too_long_alerts() -> None:
+    u = unit(ScriptedExport({"orders": []}))
+    seed_run(u, JobStatus.COPYING, lease_owner="slow", lease_until=u.clock() + timedelta(days=2))
+    u.clock.advance(26 * 3600 + 1)
+    poll(u.ctx)
+    assert len(u.notifier.alerts) == 1 and "still running" in u.notifier.alerts[0]
+
+
+def test_the_limit_is_configurable() -> None:
+    u = unit(ScriptedExport({"orders": []}))
+    u.ctx.config = u.ctx.config.model_copy(update={
+        "alerts": u.ctx.config.alerts.model_copy(update={"stale_after_hours": 2})})
+    _run(u, "good", RunStatus.SUCCEEDED)
+    u.clock.advance(timedelta(hours=3).total_seconds())
+    poll(u.ctx)
+    assert len(u.notifier.alerts) == 1 and "2 hours" in u.notifier.alerts[0]
