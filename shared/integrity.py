@@ -15,17 +15,23 @@ the result against crcmod's.
 
 from __future__ import annotations
 
-from typing import cast
+import functools
+from typing import Any, cast
 
-import anycrc
 
-_crc64 = anycrc.CRC(width=64, poly=0x42F0E1EBA9EA3693, init=0xFFFFFFFFFFFFFFFF, refin=True,
-                    refout=True, xorout=0xFFFFFFFFFFFFFFFF)
+@functools.cache
+def _crc64() -> Any:
+    """Built on first use: only the finisher's copies hash (a cold poller or trigger
+    would import anycrc for nothing)."""
+    import anycrc
+
+    return anycrc.CRC(width=64, poly=0x42F0E1EBA9EA3693, init=0xFFFFFFFFFFFFFFFF, refin=True,
+                      refout=True, xorout=0xFFFFFFFFFFFFFFFF)
 
 
 def crc64(data: bytes | memoryview, previous: int = 0) -> int:
     """The CRC64 of `data` following bytes whose CRC64 was `previous` (0: none before)."""
-    return cast(int, _crc64.calc(data, previous))
+    return cast(int, _crc64().calc(data, previous))
 
 
 class Crc64:
