@@ -12,12 +12,13 @@ process of its own so its peak RSS (VmHWM) is its own. Measured in the same run:
 
 rclone is Debian's package, installed with apt-get when missing.
 
-    scripts/bench finisher [--gib 1] [--mib 267] [--pairs 3] [--concurrency 4]
+    scripts/bench finisher [--gib 1] [--mib 267] [--pairs 3] [--concurrency 4[,8]]
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import resource
@@ -140,8 +141,9 @@ def main() -> int:
     parser.add_argument("--gib", type=float, default=1.0, help="size of the export for peak RSS")
     parser.add_argument("--mib", type=float, default=267, help="size of the export raced against rclone")
     parser.add_argument("--pairs", type=int, default=3, help="alternating finisher/rclone pairs")
-    parser.add_argument("--concurrency", type=int, default=None,
-                        help="destination.part_concurrency (default: the product's default)")
+    parser.add_argument("--concurrency", type=_concurrencies, default=[None],
+                        help="destination.part_concurrency (default: the product's default); "
+                             "several, comma-separated (4,8), are raced in the same pairs")
     parser.add_argument("--child", nargs=2, metavar=("CONFIG", "JOB_ID"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -149,6 +151,10 @@ def main() -> int:
         return 0
 
     rclone = ensure_rclone() if args.pairs else ""
+    # The finisher starts from bytecode, as in the SCF package: without this, a machine
+    # with PYTHONDONTWRITEBYTECODE set compiles our modules again in every fresh process.
+    for folder in ("shared", "scripts", "devkit"):
+        compileall.compile_dir(ROOT / folder, quiet=1)
     work = ROOT / ".bench"
     work.mkdir(exist_ok=True)
     big = work / "big.jsonl"
@@ -167,46 +173,54 @@ def main() -> int:
         "--jsonl", f"{ENV_ID}:race:{race}:{race_count}",
     ])
     try:
-        config_path = work / "bench.yaml"
         (work / "state.sqlite3").unlink(missing_ok=True)
-        destination: dict[str, Any] = {"bucket": BUCKET, "region": "ap-guangzhou",
-                                       "endpoint": s3_url, "anonymous": True, "prefix": "bench"}
-        if args.concurrency:
-            destination["part_concurrency"] = args.concurrency
-        config_path.write_text(yaml.safe_dump({
-            "destination": destination,
-            "state": {"url": f"sqlite:///{work / 'state.sqlite3'}"},
-            "timing": {"first_check_seconds": 0.1},
-            "sources": [{"type": "wechat", "name": "bench", "appid": APPID,
-                         "secret": "${BENCH_SECRET}", "env": ENV_ID,
-                         "collections": ["small", "big", "race"], "api_base": wechat_url}],
-        }))
+        configs = {n: _write_config(work, s3_url, wechat_url, n) for n in args.concurrency}
+        config_path = configs[args.concurrency[0]]
         os.environ["BENCH_SECRET"] = SECRET
-        race_rates: list[tuple[float, float]] = []
+        race_rates: dict[int | None, list[tuple[float, float]]] = {n: [] for n in configs}
         for pair in range(args.pairs):
-            ready = _wait_until_ready(config_path, ["race"])
-            link = _download_link(config_path, ready["race"])
-            ours = _finish_in_child(config_path, ready["race"])
-            assert ours["outcome"] == "done", ours
-            theirs = rclone_copy(rclone, link, s3_url, f"rclone/race-{pair}.jsonl", 8)
-            mib = ours["bytes"] / (1 << 20)
-            race_rates.append((mib / ours["seconds"], mib / theirs))
-            print(f"pair {pair + 1}: finisher {mib / ours['seconds']:.1f} MiB/s "
-                  f"({mib / ours['invocation_s']:.1f} MiB/s without the process start), "
-                  f"rclone copyurl {mib / theirs:.1f} MiB/s", flush=True)
+            # Each finisher is paired with the rclone copy next to it; who goes first and
+            # the order of the concurrencies alternate from pair to pair.
+            shift = pair % len(configs)
+            for n in list(configs)[shift:] + list(configs)[:shift]:
+                ready = _wait_until_ready(config_path, ["race"])
+                link = _download_link(config_path, ready["race"])
+                # Each copy meets an empty S3 server (it holds objects in memory, and one
+                # more large object there slowed whichever copy came second).
+                _empty_bucket(config_path)
+                if pair % 2:  # rclone first
+                    theirs = rclone_copy(rclone, link, s3_url, f"rclone/race-{pair}.jsonl", 8)
+                    _empty_bucket(config_path)
+                ours = _finish_in_child(configs[n], ready["race"])
+                if pair % 2 == 0:
+                    _empty_bucket(config_path)
+                    theirs = rclone_copy(rclone, link, s3_url, f"rclone/race-{pair}.jsonl", 8)
+                assert ours["outcome"] == "done", ours
+                mib = ours["bytes"] / (1 << 20)
+                race_rates[n].append((mib / ours["seconds"], mib / theirs))
+                print(f"pair {pair + 1}{_label(n)}: finisher {mib / ours['seconds']:.1f} MiB/s "
+                      f"({mib / ours['invocation_s']:.1f} MiB/s without the process start), "
+                      f"rclone copyurl {mib / theirs:.1f} MiB/s"
+                      f"{' (rclone first)' if pair % 2 else ''}", flush=True)
         ready = _wait_until_ready(config_path, ["small", "big"])
+        _empty_bucket(config_path)
         baseline = _finish_in_child(config_path, ready["small"])
         large = _finish_in_child(config_path, ready["big"])
     finally:
         emulator.terminate()
         s3.terminate()
 
-    if race_rates:
-        ratios = [ours / theirs for ours, theirs in race_rates]
-        print(f"finisher / rclone copyurl over {args.mib:g} MiB, {len(ratios)} alternating pairs: "
-              f"median {statistics.median(ratios):.2f} (range {min(ratios):.2f}-{max(ratios):.2f}); "
-              f"finisher median {statistics.median(r for r, _ in race_rates):.1f} MiB/s, rclone "
-              f"median {statistics.median(r for _, r in race_rates):.1f} MiB/s")
+    for n, rates in race_rates.items():
+        if not rates:
+            continue
+        ratios = [ours / theirs for ours, theirs in rates]
+        print(f"finisher{_label(n)} / rclone copyurl over {args.mib:g} MiB, {len(ratios)} "
+              f"alternating pairs: median {statistics.median(ratios):.2f} "
+              f"(range {min(ratios):.2f}-{max(ratios):.2f}); finisher median "
+              f"{statistics.median(r for r, _ in rates):.1f} MiB/s, rclone median "
+              f"{statistics.median(r for _, r in rates):.1f} MiB/s")
+    if len(configs) > 1:
+        print(f"peak RSS measured with{_label(args.concurrency[0])}")
 
     for name, result in (("baseline (200 kB export)", baseline), (f"{args.gib:g} GiB export", large)):
         rate = result["bytes"] / (1 << 20) / result["seconds"]
@@ -216,6 +230,41 @@ def main() -> int:
     print(f"peak RSS ratio large/baseline: {ratio:.2f}; limit {LIMIT_MB} MB: "
           f"{'met' if large['peak_rss_mb'] < LIMIT_MB else 'MISSED'}")
     return 0 if large["outcome"] == "done" and large["peak_rss_mb"] < LIMIT_MB else 1
+
+
+def _concurrencies(text: str) -> list[int | None]:
+    return [int(n) for n in text.split(",")]
+
+
+def _label(concurrency: int | None) -> str:
+    return "" if concurrency is None else f" (part_concurrency {concurrency})"
+
+
+def _write_config(work: Path, s3_url: str, wechat_url: str, concurrency: int | None) -> Path:
+    """The bench's config file (one state file for all), with `concurrency` parts at once."""
+    destination: dict[str, Any] = {"bucket": BUCKET, "region": "ap-guangzhou",
+                                   "endpoint": s3_url, "anonymous": True, "prefix": "bench"}
+    if concurrency:
+        destination["part_concurrency"] = concurrency
+    path = work / ("bench.yaml" if concurrency is None else f"bench-{concurrency}.yaml")
+    path.write_text(yaml.safe_dump({
+        "destination": destination,
+        "state": {"url": f"sqlite:///{work / 'state.sqlite3'}"},
+        "timing": {"first_check_seconds": 0.1},
+        # the race empties the bucket behind the finisher: no check of closed runs
+        "verify": {"after_run": "off"},
+        "sources": [{"type": "wechat", "name": "bench", "appid": APPID,
+                     "secret": "${BENCH_SECRET}", "env": ENV_ID,
+                     "collections": ["small", "big", "race"], "api_base": wechat_url}],
+    }))
+    return path
+
+
+def _empty_bucket(config_path: Path) -> None:
+    """Delete every object the race wrote, so each pair meets the same S3 server."""
+    objects = build_context(load_config(config_path)).objects
+    for found in objects.list(""):
+        objects.delete(found.key)
 
 
 def _download_link(config_path: Path, job_id: str) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -37,3 +39,25 @@ def test_an_existing_readable_state_file_is_tightened(tmp_path: Path) -> None:
     SqlStateStore(f"sqlite:///{path}")
 
     assert mode(path) == 0o600
+
+
+def test_opening_a_second_store_keeps_the_first_ones_commits_visible(tmp_path: Path) -> None:
+    """Tightening the file's mode must not drop the locks of a store already open in this
+    process: another process closing last would delete the WAL under it, and its later
+    commits would go to a deleted file that nobody else reads."""
+    path = tmp_path / "state.sqlite3"
+    url = f"sqlite:///{path}"
+    first = SqlStateStore(url)
+    first.cache_put("before", "1", utcnow() + timedelta(hours=1))
+    SqlStateStore(url)  # e.g. the next invocation of a warm function
+    elsewhere = ("import sys; from datetime import datetime, timezone; "
+                 "from shared.adapters.sql_state import SqlStateStore; "
+                 "print(SqlStateStore(sys.argv[1]).cache_get(sys.argv[2], datetime.now(timezone.utc)))")
+    def read_elsewhere(key: str) -> str:
+        return subprocess.run([sys.executable, "-c", elsewhere, url, key], check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    assert read_elsewhere("before") == "1"  # that process closes the file last
+    first.cache_put("after", "2", utcnow() + timedelta(hours=1))
+
+    assert read_elsewhere("after") == "2"

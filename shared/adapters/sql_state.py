@@ -118,9 +118,14 @@ def _sqlite_engine(url: str) -> Engine:
 
 def _owner_only(path: Path) -> None:
     """The state holds live access tokens: the file is made (or tightened to) 0600 before
-    SQLite opens it; its -wal and -shm files take the database file's mode."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    os.close(fd)
+    SQLite opens it; its -wal and -shm files take the database file's mode.
+
+    An existing file is never opened here: closing any descriptor of it drops every POSIX
+    lock this process holds on it (sqlite.org/howtocorrupt.html, 2.2), among them the
+    shared lock of a store already open, and another process closing last would then
+    delete the WAL under that store, losing its next commits."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
     for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
         with contextlib.suppress(FileNotFoundError):
             if file.stat().st_mode & 0o077:

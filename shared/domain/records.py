@@ -15,31 +15,57 @@ class RecordCounter(Protocol):
 
 
 class JsonLinesCounter:
-    """Records, not newlines: a record is a non-empty line that parses as a JSON object
+    """Records, not newlines: a record is a non-empty line holding a JSON object
     (https://jsonlines.org/: one JSON value per line; an export's values are documents).
     Blank lines are not records, and a line that is not an object is counted in
     `invalid`, so a file padded with empty or broken lines does not pass as complete.
-    The last line may lack its newline."""
+    The last line may lack its newline; a UTF-8 byte order mark may open the file.
+
+    Parsing every line would cost more than the rest of the copy (about 120 MB/s), so
+    the whole lines of a chunk are counted at once when all of them are plainly objects:
+    each starts with `{` right after a newline and ends with `}` right before the next
+    (two byte counts in C; about 450 MB/s in all), and the first of them parses as one.
+    Otherwise (blank lines, whitespace or CRLF around a line, a line that is not `{...}`,
+    or that first line not parsing) every line of the chunk is parsed, as are the lines
+    cut by chunk boundaries and the last line. What gets through is only a line shaped
+    `{...}` whose inside is broken when it is not one of the lines parsed; a truncated
+    download, padding, or a file in another format are still caught.
+    """
 
     def __init__(self) -> None:
         self._records = 0
         self.invalid = 0
         self._partial = b""
-        self._started = False
+        self._first_line = True
 
     def feed(self, chunk: bytes) -> None:
-        if not chunk:
+        first = chunk.find(b"\n")
+        if first < 0:
+            self._partial += chunk
             return
-        lines = chunk.split(b"\n")
-        lines[0] = self._partial + lines[0]
-        if not self._started:  # a UTF-8 byte order mark may open the file
-            self._started = True
-            lines[0] = lines[0].removeprefix(b"\xef\xbb\xbf")
-        self._partial = lines.pop()
-        for line in lines:
+        self._take(self._partial + chunk[:first])
+        last = chunk.rfind(b"\n")
+        self._partial = chunk[last + 1:]
+        if last > first:
+            self._take_lines(chunk, first + 1, last + 1)
+
+    def _take_lines(self, chunk: bytes, start: int, end: int) -> None:
+        """The whole lines `chunk[start:end]`, each ending in a newline."""
+        lines = chunk.count(b"\n", start, end)
+        # Every newline but the last sits in `}\n{`, the first line opens with `{` and the
+        # last closes with `}`: every line is `{...}` (the pattern cannot overlap itself).
+        if (chunk[start] == _OPEN and chunk[end - 2] == _CLOSE
+                and chunk.count(b"}\n{", start, end) == lines - 1
+                and _is_object(chunk[start:chunk.index(b"\n", start)])):
+            self._records += lines
+            return
+        for line in chunk[start:end - 1].split(b"\n"):
             self._take(line)
 
     def _take(self, line: bytes) -> None:
+        if self._first_line:
+            self._first_line = False
+            line = line.removeprefix(_BOM)
         if not line.strip():
             return
         if _is_object(line):
@@ -49,8 +75,12 @@ class JsonLinesCounter:
 
     @property
     def total(self) -> int:
-        tail = self._partial
+        tail = self._partial.removeprefix(_BOM) if self._first_line else self._partial
         return self._records + (1 if tail.strip() and _is_object(tail) else 0)
+
+
+_BOM = b"\xef\xbb\xbf"
+_OPEN, _CLOSE = ord("{"), ord("}")
 
 
 def _is_object(line: bytes) -> bool:

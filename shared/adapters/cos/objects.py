@@ -50,7 +50,8 @@ class _Parts:
     def __next__(self) -> bytes:
         if self.finished:
             raise StopIteration
-        buffer = bytearray()
+        pieces: list[memoryview] = []  # views of the source chunks: one copy, by the join
+        filled = 0
         while True:
             if not self._rest:
                 try:
@@ -59,12 +60,13 @@ class _Parts:
                     self.finished = True
                     break
                 continue
-            if len(buffer) == self._size:  # full, and more data follows
+            if filled == self._size:  # full, and more data follows
                 break
-            room = self._size - len(buffer)
-            buffer += self._rest[:room]
-            self._rest = self._rest[room:]
-        part = bytes(buffer)
+            piece = self._rest[:self._size - filled]
+            pieces.append(piece)
+            filled += len(piece)
+            self._rest = self._rest[len(piece):]
+        part = b"".join(pieces)
         # Every stream hash is fed here, on the caller's thread, in stream order, before
         # the part goes to the upload pool: another hasher slots in beside this one.
         self._sha256.update(part)
