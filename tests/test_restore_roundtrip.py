@@ -18,6 +18,7 @@ from devkit.emulators.onedb import OneDBEmulator
 from devkit.sample_data import make_docs
 from shared.domain.jobs import RunStatus
 from shared.service.poll import poll
+from tests.fakes import RecordingDispatcher
 from tests.support.api import Api, deploy, deploy_sources
 from tests.support.backup import ENV_ID as ENV_ID_WECHAT
 from tests.support.backup import LocalBackup, drive
@@ -113,16 +114,6 @@ def test_minapp_split_backup_restored_into_a_new_table_then_into_the_original(
 LEASE = 2.0
 
 
-class Recorder:
-    """Notes hand-offs; the test starts each finisher itself, as a process, as SCF would."""
-
-    def __init__(self) -> None:
-        self.dispatched: list[str] = []
-
-    def dispatch(self, job_id: str) -> None:
-        self.dispatched.append(job_id)
-
-
 def _rows_saved(state_url: str, job_id: str) -> tuple[str, int]:
     doc = stored_job(state_url, job_id)
     return str(doc["status"]), int((doc.get("checkpoint") or {}).get("rows", 0))
@@ -142,7 +133,7 @@ def test_onedb_100k_rows_restore_killed_mid_way_resumes_without_losing_or_doubli
     status, body, _ = api.call("POST", "/restores", body={
         "run_id": run_id, "source": "crm", "collection": "events", "into": "events"})
     assert status == 202, body  # an emptied table takes mode new: nothing to overwrite
-    recorder = Recorder()
+    recorder = RecordingDispatcher()  # the test starts each finisher as a process, as SCF
     ctx = api.local.context(api.context().config, dispatcher=recorder)
     poll(ctx)
     [job_id] = recorder.dispatched

@@ -155,9 +155,10 @@ def seed_run(u: Unit, status: JobStatus = JobStatus.PENDING, **job: Any) -> list
     return jobs
 
 
-def backed_up(u: Unit) -> str:
-    """Back up every collection of the unit's platform; the run id."""
-    jobs = seed_run(u)
+def backed_up(u: Unit, jobs: list[Job] | None = None) -> str:
+    """Back up every collection of the unit's platform (the jobs of a run already
+    started, or of a new seeded run) to the end; the run id."""
+    jobs = jobs if jobs is not None else seed_run(u)
     for _ in range(5):
         poll(u.ctx)
         u.clock.advance(70)
