@@ -10,6 +10,8 @@ finisher that is killed or runs out of time is followed by one that carries on:
     sent     one entry per backup object sent: the platform's import id ("" for none)
     mark     how far it had got when this finisher took it (a reclaim after progress is
              a resumption, not a failed try)
+An object sent but not yet saved when a finisher died is sent again: the records of the
+second import land on the same ids (upserted, or kept in mode insert), never twice.
 """
 
 from __future__ import annotations
@@ -28,9 +30,6 @@ from shared.service.context import Budget, Context, fail, save
 from shared.service.copying import CopyHold, CopyPaused, LeaseLost
 
 log = logging.getLogger(__name__)
-
-EXTENSIONS = {"json": "json", "csv": "csv"}  # the name the platform sees for an upload
-
 
 def progress(job: Job) -> int:
     """How far a restore has got: objects sent plus rows written."""
@@ -143,7 +142,7 @@ def _send_files(ctx: Context, hold: CopyHold, platform: FileImportPlatform,
             continue  # sent by an earlier try
         if sent and budget.spent():
             raise CopyPaused()
-        name = f"{hold.job.run_id}-{index + 1:04d}.{EXTENSIONS[order.file_type]}"
+        name = f"{hold.job.run_id}-{index + 1:04d}.{order.file_type}"
         log.info("sending a backup object to the platform",
                  extra={"key": stored.key, "bytes": stored.bytes, "part": index + 1})
         import_id = platform.send_import(order.target, cast(Any, order.mode),
@@ -183,7 +182,7 @@ def _after_error(ctx: Context, job: Job, exc: BackupError) -> str:
     message = redact(str(exc))
     timing = ctx.config.timing
     tries = job.attempts + (0 if progressed(job) or isinstance(exc, RetryLater) else 1)
-    if isinstance(exc, (Fatal, VerificationFailed)) or tries >= timing.max_attempts:
+    if isinstance(exc, Fatal) or tries >= timing.max_attempts:
         fail(ctx, job, f"restore failed: {message}", now)
         return JobStatus.FAILED.value
     log.warning("restore step failed; will retry", extra={"reason": message})
