@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from shared.domain.jobs import Job, JobStatus, RestoreOrder, Run, RunStatus, job_id_for, run_id_for
+from shared.domain.jobs import Job, JobStatus, RestoreOrder, Run, job_id_for, run_id_for
 from shared.logs import log_context
 from shared.ports import RestorablePlatform, TargetNaming, TargetShape
 from shared.service.context import Context
@@ -178,5 +178,5 @@ def _quick_verify(ctx: Context, backup: Job) -> list[str]:
 def restoring(ctx: Context) -> set[str]:
     """The backup job ids an open restore reads from: retention keeps them."""
     return {job.restore.backup_job_id for run in ctx.state.open_runs()
-            if run.operation == "restore" and run.status is RunStatus.RUNNING
+            if run.operation == "restore"
             for job in ctx.state.list_jobs(run.run_id) if job.restore is not None}
