@@ -37,6 +37,7 @@ from shared.adapters.http import (
 )
 from shared.domain.errors import BackupError, Fatal, Forgotten, Retryable, RetryLater
 from shared.logs import register_secret
+from shared.platforms.minapp.answers import error_text, json_object
 from shared.platforms.minapp.restore import MinAppRestore
 from shared.platforms.minapp.settings import MinAppSource, MinAppTable
 from shared.ports import PlatformServices, Progress
@@ -89,19 +90,6 @@ def _says_too_large(said: str) -> bool:
 def _rows_per_part(limit: int) -> int:
     """A part size with room under the limit (rows added while a part exports)."""
     return max(1, limit * 9 // 10)
-
-
-def _error_text(response: httpx.Response) -> str:
-    """The platform's own words from an error answer, short."""
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:200] or "no message"
-    if isinstance(body, dict):
-        for name in ("error_msg", "message", "detail", "error_description", "error"):
-            if body.get(name):
-                return str(body[name])[:200]
-    return json.dumps(body, ensure_ascii=False)[:200]
 
 
 def _and(*conditions: dict[str, Any]) -> dict[str, Any]:
@@ -432,7 +420,7 @@ class MinAppClient(MinAppRestore):
                 self._cache.cache_put(unsure_key, repr(sent_at), _now() + MARKER_TTL)
                 raise
             if response.status_code in (200, 201):
-                job = _json(response).get("job_id")
+                job = json_object(response).get("job_id")
                 if not job:
                     self._cache.cache_put(unsure_key, repr(sent_at), _now() + MARKER_TTL)
                     raise Retryable(f"MinApp created an export of table {collection} without a job_id")
@@ -446,7 +434,7 @@ class MinAppClient(MinAppRestore):
 
     def _create_refused(self, collection: str, body: dict[str, Any],
                         response: httpx.Response) -> BackupError:
-        status, said = response.status_code, _error_text(response)
+        status, said = response.status_code, error_text(response)
         where = f"MinApp refused to export table {collection} (HTTP {status}: {said})"
         if status == 400:
             recent = self._recent_jobs(collection)
@@ -487,9 +475,9 @@ class MinAppClient(MinAppRestore):
     def _status(self, collection: str, job: str) -> dict[str, Any]:
         response = self._retrying(lambda: self._api("GET", EXPORT_JOB.format(table=collection, job=job)))
         if response.status_code == 200:
-            return _json(response)
+            return json_object(response)
         where = (f"MinApp export job {job} of table {collection}: HTTP {response.status_code} "
-                 f"({_error_text(response)})")
+                 f"({error_text(response)})")
         if response.status_code == 404:
             self._cache.cache_put(f"minapp:forgotten:{job}", "1", _now() + MARKER_TTL)
             raise Forgotten(f"{where}: MinApp no longer knows this job")
@@ -557,10 +545,10 @@ class MinAppClient(MinAppRestore):
         response = self._retrying(lambda: self._api("GET", path))
         if response.status_code in (401, 403):
             raise Fatal(f"MinApp refused to read an export job's status (HTTP "
-                        f"{response.status_code}: {_error_text(response)}): {STATUS_ACCESS_HINT}")
+                        f"{response.status_code}: {error_text(response)}): {STATUS_ACCESS_HINT}")
         if response.status_code not in (200, 404):
             raise Fatal(f"MinApp answered HTTP {response.status_code} to a job status read "
-                        f"({_error_text(response)}); expected 404 for a job that does not "
+                        f"({error_text(response)}); expected 404 for a job that does not "
                         "exist; check api_base")
         return (f"signed in as client {self.source.client_id}; table {table} has {records} "
                 "record(s); export job status can be read through the API")
@@ -623,9 +611,9 @@ class MinAppClient(MinAppRestore):
     def _read(self, path: str, params: dict[str, Any], purpose: str) -> dict[str, Any]:
         response = self._retrying(lambda: self._api("GET", path, params=params))
         if response.status_code == 200:
-            return _json(response)
+            return json_object(response)
         where = (f"MinApp refused to {purpose} ({path}: HTTP {response.status_code}: "
-                 f"{_error_text(response)})")
+                 f"{error_text(response)})")
         if response.status_code in (401, 403) and "/export/" in path:
             raise Fatal(f"{where}: {STATUS_ACCESS_HINT}")
         if response.status_code == 404:
@@ -714,27 +702,16 @@ class MinAppClient(MinAppRestore):
                 f"MinApp sign-in ({path}) was {exc}, another origin; the client secret is not "
                 f"sent there. Check api_base of source {self.source.name!r} (MinApp's own is "
                 "https://cloud.minapp.com)") from None
-        step = f"MinApp sign-in ({path}) answered HTTP {response.status_code} ({_error_text(response)})"
+        step = f"MinApp sign-in ({path}) answered HTTP {response.status_code} ({error_text(response)})"
         if response.status_code >= 500:
             raise Retryable(step)
         if response.status_code in (401, 403) or (
-                response.status_code == 400 and "client" in _error_text(response)):
+                response.status_code == 400 and "client" in error_text(response)):
             raise Fatal(f"{step}: client_id or client_secret of source {self.source.name!r} is "
                         "wrong; copy them from the MinApp console")
         if response.status_code != 200:
             raise Retryable(step)  # e.g. a code that expired on the way: sign in again
-        return _json(response)
-
-
-def _json(response: httpx.Response) -> dict[str, Any]:
-    try:
-        body = response.json()
-    except ValueError:
-        raise Retryable(f"MinApp answered HTTP {response.status_code} with something other "
-                        "than JSON") from None
-    if not isinstance(body, dict):
-        raise Retryable(f"MinApp answered HTTP {response.status_code} with unexpected JSON")
-    return body
+        return json_object(response)
 
 
 def _dump(handle: dict[str, Any]) -> str:

@@ -21,6 +21,7 @@ import httpx
 
 from shared.adapters.http import describe_transport_error
 from shared.domain.errors import Fatal, RateLimited, Retryable
+from shared.platforms.minapp.answers import error_text, json_object
 from shared.ports import ImportProgress, RestoreMode, TokenCache
 
 if TYPE_CHECKING:
@@ -184,11 +185,11 @@ class MinAppRestore:
                 **self._permissions(original, like)}
         response = self._retrying(lambda: self._api("POST", TABLES, json_body=body))
         if response.status_code in (200, 201):
-            made = _json_body(response).get("id")
+            made = json_object(response).get("id")
             log.info("MinApp table created for the restore",
                      extra={"collection": collection, "table_id": made, "like": like})
             return
-        said = _said(response)
+        said = error_text(response)
         where = f"MinApp refused to create table {collection!r} (HTTP {response.status_code}: {said})"
         if response.status_code == 400 and self._left_by_us(collection, body):
             log.info("MinApp table already made by an earlier try; using it",
@@ -266,7 +267,7 @@ class MinAppRestore:
                             f"{describe_transport_error(exc)} after {body.sent} of {size} "
                             "bytes") from None
         where = (f"MinApp refused the import of {filename} into table {table} "
-                 f"(HTTP {response.status_code}: {_said(response)})")
+                 f"(HTTP {response.status_code}: {error_text(response)})")
         if response.status_code in (200, 201):
             log.info("MinApp accepted the import; it runs as a task and e-mails its result",
                      extra={"collection": table, "file": filename, "bytes": size})
@@ -297,11 +298,11 @@ class MinAppRestore:
     def _detail(self, table: str, missing_ok: bool = False) -> dict[str, Any] | None:
         response = self._retrying(lambda: self._api("GET", TABLE.format(table=table)))
         if response.status_code == 200:
-            return _json_body(response)
+            return json_object(response)
         if response.status_code == 404 and missing_ok:
             return None
         where = (f"MinApp refused to read table {table} (HTTP {response.status_code}: "
-                 f"{_said(response)})")
+                 f"{error_text(response)})")
         if response.status_code == 404:
             env = f" in test environment {self.source.env_id!r}" if self.source.env_id else ""
             raise Fatal(f"{where}: no table {table}{env}; check the table id")
@@ -326,26 +327,3 @@ def _fields(table: dict[str, Any]) -> list[dict[str, Any]]:
     if not isinstance(fields, list):
         return []
     return [f for f in fields if isinstance(f, dict) and isinstance(f.get("name"), str)]
-
-
-def _said(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:200] or "no message"
-    if isinstance(body, dict):
-        for key in ("error_msg", "message", "detail", "error_description", "error"):
-            if body.get(key):
-                return str(body[key])[:200]
-    return str(body)[:200]
-
-
-def _json_body(response: httpx.Response) -> dict[str, Any]:
-    try:
-        body = response.json()
-    except ValueError:
-        raise Retryable(f"MinApp answered HTTP {response.status_code} with something other "
-                        "than JSON") from None
-    if not isinstance(body, dict):
-        raise Retryable(f"MinApp answered HTTP {response.status_code} with unexpected JSON")
-    return body
