@@ -34,7 +34,7 @@ import yaml
 
 from shared.bootstrap import build_context
 from shared.config import load_config
-from shared.domain.jobs import JobStatus
+from shared.domain.jobs import Job, JobStatus
 from shared.service.finish import finish
 from shared.service.poll import poll
 from shared.service.start import start_run
@@ -93,6 +93,17 @@ def _finish_in_child(config_path: Path, job_id: str) -> dict[str, Any]:
     result = _run_child("scripts.bench_finisher", config_path, job_id, {"BENCH_SECRET": SECRET})
     result["seconds"] = time.perf_counter() - started
     return result
+
+
+def timed_finish(config_path: str, job_id: str) -> tuple[str, float, Job]:
+    """One finisher invocation in this process: its outcome, seconds and the job after."""
+    ctx = build_context(load_config(config_path))
+    began = time.perf_counter()
+    outcome = finish(ctx, job_id)
+    seconds = time.perf_counter() - began
+    job = ctx.state.get_job(job_id)
+    assert job is not None
+    return outcome, seconds, job
 
 
 def child(config_path: str, job_id: str) -> None:

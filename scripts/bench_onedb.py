@@ -31,12 +31,11 @@ import jwt
 import yaml
 
 from devkit.emulators.onedb import MAX_ID, MIN_ID
-from scripts.bench_finisher import _peak_rss_mb, _run_child, _start
+from scripts.bench_finisher import _peak_rss_mb, _run_child, _start, timed_finish
 from shared.bootstrap import build_context
 from shared.config import load_config
 from shared.domain.jobs import JobStatus
 from shared.platforms.onedb.platform import ROWS_LIMIT
-from shared.service.finish import finish
 from shared.service.start import start_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,12 +73,7 @@ def _finish_in_child(config_path: Path, job_id: str) -> dict[str, Any]:
 
 def child(config_path: str, job_id: str) -> None:
     """Runs in its own process: one finisher invocation, timed, then its peak RSS."""
-    ctx = build_context(load_config(config_path))
-    began = time.perf_counter()
-    outcome = finish(ctx, job_id)
-    seconds = time.perf_counter() - began
-    job = ctx.state.get_job(job_id)
-    assert job is not None
+    outcome, seconds, job = timed_finish(config_path, job_id)
     print(json.dumps({"outcome": outcome, "seconds": seconds, "peak_rss_mb": _peak_rss_mb(),
                       "rows": job.result.records if job.result else 0,
                       "bytes": job.result.bytes if job.result else 0, "error": job.error}))

@@ -27,7 +27,7 @@ import httpx
 import jwt
 import yaml
 
-from scripts.bench_finisher import _run_child, _start
+from scripts.bench_finisher import _run_child, _start, timed_finish
 from shared.bootstrap import build_context
 from shared.config import load_config
 from shared.domain.jobs import JobStatus, RunStatus
@@ -76,12 +76,7 @@ def raw_rows_per_second(base_url: str, rows: int, concurrency: int) -> float:
 
 def child(config_path: str, job_id: str) -> None:
     """Runs in its own process: one finisher invocation, timed."""
-    ctx = build_context(load_config(config_path))
-    began = time.perf_counter()
-    outcome = finish(ctx, job_id)
-    seconds = time.perf_counter() - began
-    job = ctx.state.get_job(job_id)
-    assert job is not None
+    outcome, seconds, job = timed_finish(config_path, job_id)
     point = job.checkpoint or {}
     print(json.dumps({"outcome": outcome, "seconds": seconds, "rows": point.get("rows", 0),
                       "missing": point.get("missing"), "error": job.error}))
