@@ -3,9 +3,10 @@ the finisher's hold on the job it copies, and the signals a copy ends with."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-from shared.domain.jobs import Job, JobResult
+from shared.domain.jobs import Job, JobResult, JobStatus
 
 if TYPE_CHECKING:
     from shared.service.context import Context
@@ -33,6 +34,24 @@ class CopyHold:
         if saved is None:
             raise LeaseLost(self.job.job_id)
         self.job = saved
+
+
+def claimable(job: Job, now: datetime) -> bool:
+    """Ready, or copying under a lease that ran out (its finisher died or timed out)."""
+    return job.status is JobStatus.READY or (
+        job.status is JobStatus.COPYING and job.lease_expired(now))
+
+
+def claim(ctx: Context, job: Job, now: datetime, *, progressed: bool,
+          checkpoint: dict[str, Any] | None) -> Job | None:
+    """Take a claimable job for this finisher under a fresh lease (compare-and-set); None
+    when another got it first. Taking over a dead finisher's copy that saved no progress
+    counts as a try."""
+    lease_until = now + timedelta(seconds=ctx.config.timing.copy_lease_seconds)
+    return ctx.state.save_job(job.moved_to(
+        JobStatus.COPYING, lease_owner=ctx.worker, lease_until=lease_until,
+        next_check_at=lease_until, checkpoint=checkpoint,
+        attempts=job.attempts + (1 if job.status is JobStatus.COPYING and not progressed else 0)))
 
 
 class Copier(Protocol):

@@ -4,7 +4,6 @@ platform kind's copier, verify it, write its manifest, mark it done."""
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 
 from shared.domain.errors import BackupError, Fatal, Forgotten, Retryable, RetryLater
 from shared.domain.jobs import Job, JobResult, JobStatus, backoff
@@ -14,7 +13,7 @@ from shared.logs import log_context, redact
 from shared.retry import with_retries
 from shared.service.context import Context, fail, save
 from shared.service.copiers import copier_for
-from shared.service.copying import Copier, CopyHold, CopyPaused, LeaseLost
+from shared.service.copying import Copier, CopyHold, CopyPaused, LeaseLost, claim, claimable
 from shared.service.suspicion import Verdict, judge
 
 log = logging.getLogger(__name__)
@@ -32,22 +31,12 @@ def finish(ctx: Context, job_id: str) -> str:
         return finish_restore(ctx, job)
     with log_context(run_id=job.run_id, job_id=job.job_id):
         now = ctx.clock()
-        if job.status is not JobStatus.READY and not (
-            job.status is JobStatus.COPYING and job.lease_expired(now)
-        ):
+        if not claimable(job, now):
             log.info("nothing to copy", extra={"status": job.status.value})
             return str(job.status.value)
         copier = copier_for(ctx, job.source)
-        lease_until = now + timedelta(seconds=ctx.config.timing.copy_lease_seconds)
-        claimed = ctx.state.save_job(job.moved_to(
-            JobStatus.COPYING,
-            lease_owner=ctx.worker,
-            lease_until=lease_until,
-            next_check_at=lease_until,
-            attempts=job.attempts + (1 if job.status is JobStatus.COPYING
-                                     and not copier.progressed(job) else 0),
-            checkpoint=copier.rebased(job),
-        ))
+        claimed = claim(ctx, job, now, progressed=copier.progressed(job),
+                        checkpoint=copier.rebased(job))
         if claimed is None:
             return "claimed-elsewhere"
         log.info("copy started", extra={"collection": job.collection})

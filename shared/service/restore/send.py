@@ -27,7 +27,7 @@ from shared.domain.jobs import Job, JobStatus, RestoreOrder, StoredObject, backo
 from shared.logs import log_context, redact
 from shared.ports import FileImportPlatform, RestorablePlatform, RowImportPlatform, TargetShape
 from shared.service.context import Budget, Context, fail, save
-from shared.service.copying import CopyHold, CopyPaused, LeaseLost
+from shared.service.copying import CopyHold, CopyPaused, LeaseLost, claim, claimable
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +49,9 @@ def finish_restore(ctx: Context, job: Job) -> str:
     """Send a ready restore's backup to its platform; the outcome, as `finish` gives it."""
     with log_context(run_id=job.run_id, job_id=job.job_id):
         now = ctx.clock()
-        if job.status is not JobStatus.READY and not (
-            job.status is JobStatus.COPYING and job.lease_expired(now)
-        ):
+        if not claimable(job, now):
             return str(job.status.value)
-        lease_until = now + timedelta(seconds=ctx.config.timing.copy_lease_seconds)
-        claimed = ctx.state.save_job(job.moved_to(
-            JobStatus.COPYING, lease_owner=ctx.worker, lease_until=lease_until,
-            next_check_at=lease_until, checkpoint=rebased(job),
-            attempts=job.attempts + (1 if job.status is JobStatus.COPYING
-                                     and not progressed(job) else 0)))
+        claimed = claim(ctx, job, now, progressed=progressed(job), checkpoint=rebased(job))
         if claimed is None:
             return "claimed-elsewhere"
         hold = CopyHold(ctx, claimed)
