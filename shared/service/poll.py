@@ -140,7 +140,7 @@ def _check_export(ctx: Context, job: Job, now: datetime) -> None:
     if progress.platform_job_id and progress.platform_job_id != job.platform_job_id:
         job = job.model_copy(update={"platform_job_id": progress.platform_job_id})
     if progress.state == "running":
-        interval = _check_interval(ctx, job, now)
+        interval = check_interval(ctx, job, now)
         if progress.check_within_seconds is not None:
             interval = min(interval, timedelta(seconds=max(0.0, progress.check_within_seconds)))
         save(ctx, job.model_copy(update={"next_check_at": now + interval}))
@@ -158,8 +158,8 @@ def _check_export(ctx: Context, job: Job, now: datetime) -> None:
         hand_off(ctx, ready, now)
 
 
-def _check_interval(ctx: Context, job: Job, now: datetime) -> timedelta:
-    """Check often at first and ever less often as an export drags on."""
+def check_interval(ctx: Context, job: Job, now: datetime) -> timedelta:
+    """Check often at first and ever less often as an export (or an import) drags on."""
     timing = ctx.config.timing
     elapsed = (now - (job.started_at or now)).total_seconds()
     seconds = min(timing.max_check_interval_seconds, max(timing.first_check_seconds, elapsed / 4))

@@ -9,7 +9,7 @@ counting the target's records until they reach the count before plus the backup'
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, cast
 
 from shared.domain.jobs import Job, JobStatus, RestoreOrder
@@ -121,7 +121,6 @@ def _judge(order: RestoreOrder, point: dict[str, Any], after: int,
 
 
 def _later(ctx: Context, job: Job, now: datetime) -> None:
-    timing = ctx.config.timing
-    elapsed = (now - (job.started_at or now)).total_seconds()
-    seconds = min(timing.max_check_interval_seconds, max(timing.first_check_seconds, elapsed / 4))
-    save(ctx, job.model_copy(update={"next_check_at": now + timedelta(seconds=seconds)}))
+    from shared.service.poll import check_interval
+
+    save(ctx, job.model_copy(update={"next_check_at": now + check_interval(ctx, job, now)}))
