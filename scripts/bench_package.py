@@ -1,12 +1,22 @@
-"""Size of the SCF package and each handler's cold import time.
+"""Size of the SCF package and each handler's cold start.
 
 Builds the package (or takes the last build with --reuse), unzips the zip into a temp
-folder as SCF does, and imports each handler in fresh `python3.10 -I` processes with only
+folder as SCF does, and starts each handler in fresh `python3.10 -I` processes with only
 that folder (and the standard library) on sys.path and bytecode writing off (-B: SCF's
 code folder is read-only). The baseline is an empty interpreter started the same way in
-the same run (`-c pass`): "import" is measured inside the process (wall clock, and the
-CPU time it used, which other load on the machine disturbs less), "process" is the whole
-start-to-exit time, "over baseline" is process minus the baseline's process time.
+the same run (`-c pass`). Measured inside the process:
+
+- "import": importing the handler module (issue 15's figure: wall clock, and the CPU time
+  it used, which other load on the machine disturbs less);
+- "ready": import, then everything a cold invocation of that handler loads before its
+  first network request with the deployed default config (COS state and bucket, one
+  WeChat source): the config file read and validated, the COS SDK's client, the COS state
+  store, the platform's client module, the handler's use case and the job models built.
+  Handlers import some of this on first use rather than at import (shared/entrypoints/
+  scf.py), so "ready" is the honest total; it is reported, not held to the target.
+
+"process" is the whole start-to-exit time of an import-only process, "over baseline" is
+process minus the baseline's process time.
 
     scripts/bench package [--runs 7] [--reuse] [--source-only]
 """
@@ -15,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -28,30 +39,68 @@ from scripts.build_package import ARCHIVE, HANDLERS, build, find_python310, isol
 LIMIT_MB = 15.0
 LIMIT_MS = 200.0  # issue 15: cold import <= 200 ms per handler
 
+# Each handler's use case, loaded by its first invocation (shared/entrypoints/scf.py).
+USE_CASES = {"trigger": "shared.service.start", "poller": "shared.service.poll",
+             "finisher": "shared.service.finish"}
+# The deployed default: state in the bucket (cos://), one WeChat source. Nothing is sent.
+READY_CONFIG = """
+destination: {bucket: bench-1250000000, region: ap-guangzhou, secret_id: "${ID}", secret_key: "${KEY}"}
+sources: [{type: wechat, name: shop, appid: wx00000000000be4c4, secret: "${WECHAT_SECRET}", env: prod, collections: all}]
+"""
+
 # Runs in the child: only the package and the standard library on sys.path.
 PROBE = """
-import sys, time
-package = sys.argv[1]
+import importlib, os, sys, time
+package, module, use_case = sys.argv[1:4]
 sys.path[:] = [package] + [p for p in sys.path if p and "site-packages" not in p]
 started, cpu = time.perf_counter(), time.process_time()
-if sys.argv[2] != "-":
-    __import__(sys.argv[2])
-print((time.perf_counter() - started) * 1000, (time.process_time() - cpu) * 1000)
+if module != "-":
+    __import__(module)
+imported, imported_cpu = time.perf_counter(), time.process_time()
+if module != "-" and use_case != "-":
+    os.environ.update(ID="AKIDbench", KEY="bench-key", WECHAT_SECRET="bench-secret")
+    from shared.adapters.cos.client import cos_client
+    from shared.config import load_config
+    from shared.domain.jobs import Job, Run
+    from shared.platforms import registry
+
+    config = load_config("ready.yaml")
+    cos_client(config.destination)
+    importlib.import_module("shared.adapters.cos.state")
+    importlib.import_module(str(registry.entry("wechat").factory).partition(":")[0])
+    importlib.import_module(use_case)
+    Job.model_rebuild()
+    Run.model_rebuild()
+ready = time.perf_counter()
+print((imported - started) * 1000, (imported_cpu - cpu) * 1000, (ready - started) * 1000)
 """
 
 
-def measure(python: str, package: Path, module: str, runs: int) -> tuple[list[float], list[float], list[float]]:
-    """Wall-clock import times, CPU times of the same imports, whole-process wall times."""
-    imports, cpu, processes = [], [], []
+Times = tuple[list[float], list[float], list[float], list[float]]
+
+
+def measure(python: str, package: Path, module: str, runs: int) -> Times:
+    """Wall-clock import times, CPU times of the same imports, whole-process wall times of
+    import-only processes, and "ready" times (import and what the first invocation loads)."""
+    imports: list[float] = []
+    cpu: list[float] = []
+    processes: list[float] = []
+    ready: list[float] = []
+    env = {"PATH": os.environ.get("PATH", "")}
     for _ in range(runs):
         started = time.perf_counter()
-        out = subprocess.run([python, "-I", "-B", "-c", PROBE, str(package), module],
-                             check=True, capture_output=True, text=True, cwd=package).stdout
+        out = subprocess.run([python, "-I", "-B", "-c", PROBE, str(package), module, "-"],
+                             check=True, capture_output=True, text=True, cwd=package, env=env).stdout
         processes.append((time.perf_counter() - started) * 1000)
-        wall, used = out.strip().splitlines()[-1].split()
+        wall, used, _ = out.strip().splitlines()[-1].split()
         imports.append(float(wall))
         cpu.append(float(used))
-    return imports, cpu, processes
+        if module in USE_CASES:
+            out = subprocess.run([python, "-I", "-B", "-c", PROBE, str(package), module,
+                                  USE_CASES[module]],
+                                 check=True, capture_output=True, text=True, cwd=package, env=env).stdout
+            ready.append(float(out.strip().splitlines()[-1].split()[2]))
+    return imports, cpu, processes, ready
 
 
 def main() -> int:
@@ -73,6 +122,7 @@ def main() -> int:
         with zipfile.ZipFile(ARCHIVE) as archive:
             archive.extractall(package)
             unzipped_mb = sum(i.file_size for i in archive.infolist()) / 1e6
+        (package / "ready.yaml").write_text(READY_CONFIG)
         rows = [("baseline (-c pass)", *measure(python, package, "-", args.runs))]
         rows += [(name, *measure(python, package, name, args.runs)) for name in HANDLERS]
         if args.source_only:
@@ -84,18 +134,21 @@ def main() -> int:
           f"{unzipped_mb:.1f} MB unzipped")
     print(f"python: {python} -I -B, {args.runs} fresh processes each; medians (min)")
     baseline = statistics.median(rows[0][3])
-    print(f"{'':24} {'import ms':>16} {'import cpu ms':>14} {'process ms':>16} {'over baseline':>14}")
+    print(f"{'':24} {'import ms':>16} {'import cpu ms':>14} {'process ms':>16} {'over baseline':>14}"
+          f" {'ready ms':>16}")
     report: list[dict[str, float | str]] = []
     slow = []
-    for name, imports, cpu, processes in rows:
+    for name, imports, cpu, processes, ready in rows:
         over = statistics.median(processes) - baseline
+        ready_ms = statistics.median(ready) if ready else 0.0
         print(f"{name:24} {statistics.median(imports):9.0f} ({min(imports):4.0f}) "
               f"{statistics.median(cpu):14.0f} "
-              f"{statistics.median(processes):9.0f} ({min(processes):4.0f}) {over:14.0f}")
+              f"{statistics.median(processes):9.0f} ({min(processes):4.0f}) {over:14.0f}"
+              + (f" {ready_ms:9.0f} ({min(ready):4.0f})" if ready else ""))
         report.append({"name": name, "import_ms": round(statistics.median(imports), 1),
                        "import_cpu_ms": round(statistics.median(cpu), 1),
                        "process_ms": round(statistics.median(processes), 1),
-                       "over_baseline_ms": round(over, 1)})
+                       "over_baseline_ms": round(over, 1), "ready_ms": round(ready_ms, 1)})
         if name in HANDLERS and statistics.median(imports) > LIMIT_MS:
             slow.append(name)
     print(json.dumps({"zip_mb": round(zipped_mb, 2), "rows": report}))

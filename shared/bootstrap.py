@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from shared.adapters.cos.objects import CosObjectStore
 from shared.adapters.dispatch import dispatcher_for
@@ -16,8 +17,9 @@ from shared.config import Config
 from shared.platforms import registry
 from shared.ports import Dispatcher, Kind, Platform, PlatformServices
 from shared.service.context import Context
-from shared.service.doctor import Subject
-from shared.service.finish import finish
+
+if TYPE_CHECKING:
+    from shared.service.doctor import Subject
 
 
 class ConfiguredPlatforms:
@@ -54,10 +56,15 @@ def build_context(
                                 retry_base_seconds=config.timing.retry_base_seconds)
     # The in-process dispatcher closes over `context`, which exists by the time it runs;
     # config.dispatch picks it (local runs) or SCF's async Invoke of the finisher (hosted).
+    def finish_here(job_id: str) -> str:
+        from shared.service.finish import finish  # only a local run finishes in-process
+
+        return finish(context, job_id)
+
     context = Context(
         config=config, state=state, objects=CosObjectStore(config.destination, env),
         platforms=ConfiguredPlatforms(config, services),
-        dispatcher=dispatcher or dispatcher_for(config, env, lambda job_id: finish(context, job_id)),
+        dispatcher=dispatcher or dispatcher_for(config, env, finish_here),
         notifier=WebhookNotifier(config.notify, config.timing.retry_base_seconds),
         stop_by=stop_by)
     return context
@@ -67,6 +74,7 @@ def doctor_subject(config: Config, environ: Mapping[str, str] | None = None) -> 
     """What `doctor` examines: the real bucket, state, finisher and webhooks, and each
     source's client with a token cache of its own (so every token is fetched for real)."""
     from shared.adapters.doctor import CloudDeployment, FreshTokens
+    from shared.service.doctor import Subject
 
     env = environ if environ is not None else os.environ
     services = PlatformServices(tokens=FreshTokens(), retry_base_seconds=config.timing.retry_base_seconds)

@@ -70,7 +70,8 @@ Secret = Annotated[
 
 
 class ConfigModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Schemas are built on first validation, not at import (cold start, issue 15).
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class SourceSettings(ConfigModel):

@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-import yaml
 from pydantic import (
     BaseModel,
     Field,
@@ -143,9 +142,6 @@ _PASSWORD_SLOT = "baas-backup-password-slot"  # noqa: S105 (a placeholder)
 def _resolve_state_url(url: str, environ: Mapping[str, str]) -> str:
     """Expand ${VAR}s in a state URL and check its form. Messages never quote the URL: a
     misplaced literal password must not end up in an error."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
     from shared.logs import register_secret
 
     scheme = url.split("://", 1)[0] if "://" in url else ""
@@ -163,6 +159,11 @@ def _resolve_state_url(url: str, environ: Mapping[str, str]) -> str:
     if scheme != "mysql+pymysql":
         shown = f"a {scheme}:// URL" if scheme and scheme.isascii() and len(scheme) < 20 else "that"
         raise ValueError(f"url must be one of {_STATE_URL_FORMS}; got {shown}")
+    # Only a MySQL URL needs SQLAlchemy's parser (about 0.2 s to import: a cold start with
+    # the default cos:// state must not pay it).
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     password: str | None = None
     match = _MYSQL_PASSWORD.match(url)
     if match:
@@ -684,6 +685,8 @@ def load_config(path: str | os.PathLike[str] | None = None, *, environ: Mapping[
         raise ConfigError(
             [f"file not found; create it or set {CONFIG_PATH_ENV} to its path"], str(chosen)
         ) from None
+    import yaml  # here, not at the top: only loading a file needs it (cold start, issue 15)
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -72,7 +72,7 @@ class RunStatus(str, enum.Enum):
 class StoredObject(BaseModel):
     """One verified object in the bucket."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)  # built on first use: cold start
 
     key: str
     bytes: int
@@ -85,7 +85,7 @@ class StoredObject(BaseModel):
 class JobResult(BaseModel):
     """What a finished copy produced: one object, or numbered parts of one backup."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)  # built on first use: cold start
 
     manifest_key: str
     objects: list[StoredObject] = Field(min_length=1)
@@ -118,7 +118,7 @@ class RestoreOrder(BaseModel):
     """What a restore writes where: a done backup (its objects, as its manifest lists them)
     into `target` of the same source, in `mode`. Fixed when the restore is requested."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)  # built on first use: cold start
 
     backup_run_id: str
     backup_job_id: str
@@ -134,7 +134,7 @@ class RestoreOrder(BaseModel):
 class Job(BaseModel):
     """One collection/table of one source in one run."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)  # built on first use: cold start
 
     job_id: str
     run_id: str
@@ -190,7 +190,7 @@ class Job(BaseModel):
 
 
 class Run(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)  # built on first use: cold start
 
     run_id: str
     operation: Literal["backup", "restore"] = "backup"

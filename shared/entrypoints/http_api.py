@@ -325,7 +325,7 @@ def service(context: ContextFactory) -> Context:
 class StartRunBody(BaseModel):
     """What to back up; everything when both are left out."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     sources: list[StrictStr] | None = Field(default=None, min_length=1)
     collections: dict[StrictStr, list[StrictStr]] | None = Field(default=None, min_length=1)
@@ -575,7 +575,7 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
 
 # POST /runs/{run_id}/acknowledge ----------------------------------------------------
 class AcknowledgeBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     source: StrictStr = Field(min_length=1, max_length=200)
     collection: StrictStr = Field(min_length=1, max_length=1000)
@@ -616,7 +616,7 @@ def _collections(request: Request, params: Mapping[str, str], context: ContextFa
 
 # POST /doctor ------------------------------------------------------------------------
 class DoctorBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     notify: bool = False  # send each webhook a test message
 

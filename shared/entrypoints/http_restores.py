@@ -33,7 +33,7 @@ RUNS_LOOKED_AT = 200
 class RestoreBody(BaseModel):
     """POST /restores: which backup goes where, and how."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     run_id: StrictStr = Field(min_length=1, max_length=64)
     source: StrictStr = Field(min_length=1, max_length=200)
@@ -108,7 +108,7 @@ def restore_view(run: Run, jobs: list[Job]) -> dict[str, Any]:
 
 
 class VerifyBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     quick: StrictBool = True  # sizes and CRC64 from HEADs; false streams every object back
     source: StrictStr | None = None

@@ -1,6 +1,9 @@
 """SCF events in, one use case, JSON-able results out. The handlers in functions/ are
 one line each over these. Each is handed SCF's `context`, and stops its work before SCF's
-time limit for the invocation runs out (see `invocation_stop_by`)."""
+time limit for the invocation runs out (see `invocation_stop_by`).
+
+Each handler imports its own use case when first called, so a function's cold start
+loads the service code it runs and not the other two functions' (issue 15)."""
 
 from __future__ import annotations
 
@@ -14,18 +17,13 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from shared.bootstrap import build_context, doctor_subject
 from shared.config import load_config
 from shared.logs import configure_logging, log_context
-from shared.service.close import close_finished_runs
 from shared.service.context import Context
-from shared.service.doctor import diagnose
-from shared.service.finish import finish
-from shared.service.poll import poll
-from shared.service.start import start_run
 
 log = logging.getLogger(__name__)
 
 
 class TimerEvent(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
     Type: str
     TriggerName: str = "timer"
@@ -35,14 +33,14 @@ class TimerEvent(BaseModel):
 class RunRequest(BaseModel):
     """A direct invocation of the trigger: `{"sources": [...], "idempotency_key": "..."}`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     sources: list[str] | None = None
     idempotency_key: str
 
 
 class FinishRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     job_id: str
 
@@ -114,6 +112,8 @@ def handle_trigger(event: dict[str, Any], invocation: object = None) -> dict[str
                             request_id=_request_id(invocation))
     if event.get("doctor") is True:
         return run_doctor(notify=event.get("notify") is True)
+    from shared.service.start import start_run
+
     ctx = _context(invocation)
     if _is_timer(event):
         timer = TimerEvent.model_validate(event)
@@ -127,6 +127,8 @@ def handle_trigger(event: dict[str, Any], invocation: object = None) -> dict[str
 
 
 def handle_poller(event: dict[str, Any], invocation: object = None) -> dict[str, Any]:
+    from shared.service.poll import poll
+
     ctx = _context(invocation)
     summary = poll(ctx)
     return {"advanced": summary.advanced, "closed_runs": summary.closed_runs}
@@ -135,6 +137,8 @@ def handle_poller(event: dict[str, Any], invocation: object = None) -> dict[str,
 def run_doctor(*, notify: bool = False) -> dict[str, Any]:
     """`{"doctor": true}` to the trigger: every doctor check with this function's role,
     network and egress IP (shared/service/doctor.py); the report is logged and returned."""
+    from shared.service.doctor import diagnose
+
     configure_logging()
     report = diagnose(lambda: doctor_subject(load_config()), notify=notify)
     (log.info if report.ok else log.error)("doctor report", extra=report.to_dict())
@@ -145,6 +149,9 @@ def handle_finisher(event: dict[str, Any], invocation: object = None) -> dict[st
     if event.get("doctor") is True:
         # `doctor` invokes the finisher this way to prove the role may: answer, touch nothing
         return {"doctor": "finisher", "ok": True}
+    from shared.service.close import close_finished_runs
+    from shared.service.finish import finish
+
     ctx = _context(invocation)
     try:
         request = FinishRequest.model_validate(event)

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from shared.domain.errors import (
     BackupError,
@@ -65,6 +65,8 @@ READ_CHUNK = MIB
 
 
 class SavedPart(BaseModel):
+    model_config = ConfigDict(defer_build=True)  # built on first use: cold start
+
     number: int
     etag: str
     bytes: int
@@ -75,6 +77,7 @@ class SavedPart(BaseModel):
 class Parked(BaseModel):
     """Rows read but not yet in a part, kept in a side object by a finisher that paused."""
 
+    model_config = ConfigDict(defer_build=True)  # built on first use: cold start
     key: str
     bytes: int
     rows: int
@@ -83,6 +86,8 @@ class Parked(BaseModel):
 
 
 class PagedState(BaseModel):
+    model_config = ConfigDict(defer_build=True)  # built on first use: cold start
+
     key: str
     upload_id: str | None = None
     cursor: dict[str, Any] | None = None  # where the next page starts; None: at the start

@@ -9,15 +9,17 @@ import os
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from qcloud_cos import CosConfig, CosS3Client
-from qcloud_cos.cos_exception import CosClientError, CosServiceError
-
-from shared.config import Destination
 from shared.domain.errors import StorageError
 from shared.logs import register_secret
+
+if TYPE_CHECKING:
+    from qcloud_cos import CosConfig, CosS3Client
+    from qcloud_cos.cos_exception import CosServiceError
+
+    from shared.config import Destination
 
 # At DEBUG the SDK logs request headers, signing keys and the session token.
 _sdk_log = logging.getLogger("qcloud_cos")
@@ -41,6 +43,8 @@ def _error_details(exc: CosServiceError) -> tuple[str, str | None]:
 @contextmanager
 def cos_errors(action: str, key: str) -> Iterator[None]:
     """Turn SDK errors into StorageError: key, COS error code and request id, nothing signed."""
+    from qcloud_cos.cos_exception import CosClientError, CosServiceError
+
     try:
         yield
     except CosServiceError as exc:
@@ -53,6 +57,8 @@ def cos_errors(action: str, key: str) -> Iterator[None]:
 
 
 def _cos_config(destination: Destination, environ: Mapping[str, str]) -> CosConfig:
+    from qcloud_cos import CosConfig
+
     options: dict[str, Any] = {"Region": destination.region}
     if destination.endpoint:
         # IP/Port send the request there while the Host header still names the bucket.
@@ -80,6 +86,11 @@ def _cos_config(destination: Destination, environ: Mapping[str, str]) -> CosConf
 def cos_client(destination: Destination, environ: Mapping[str, str] | None = None) -> CosS3Client:
     """The SDK client for `destination`, used by the sink and the COS state store. Credentials
     are read now: build a new client per invocation, since the SCF role's keys expire."""
+    # The SDK (with requests under it) is imported here, by the first client, not with
+    # this module: a handler's cold import stays small (issue 15), and it is loaded only
+    # by an invocation whose config has it talk to COS.
+    from qcloud_cos import CosS3Client
+
     with cos_errors("setup", destination.bucket):
         config = _cos_config(destination, os.environ if environ is None else environ)
     return CosS3Client(config)
