@@ -31,7 +31,8 @@ import jwt
 import yaml
 
 from devkit.emulators.onedb import MAX_ID, MIN_ID
-from scripts.bench_finisher import _peak_rss_mb, _run_child, _start, timed_finish
+from scripts.bench_finisher import _run_child, _start, timed_finish
+from scripts.finisher_child import peak_rss_mb as _peak_rss_mb
 from shared.bootstrap import build_context
 from shared.config import load_config
 from shared.domain.jobs import JobStatus

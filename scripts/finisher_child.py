@@ -1,0 +1,54 @@
+"""One finisher invocation as SCF makes it, in a fresh process of its own: the deployed
+handler (functions/finisher/index.py) is loaded and called with `{"job_id": ...}`, and
+nothing else is imported before it, so the process pays what a cold finisher pays.
+Prints one JSON line: the outcome, bytes stored, the job's error, peak RSS, and the
+seconds spent loading the handler and in its call.
+
+    python -m scripts.finisher_child --child CONFIG JOB_ID
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+HANDLER = Path(__file__).resolve().parent.parent / "functions" / "finisher" / "index.py"
+
+
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main(config_path: str, job_id: str) -> None:
+    started = time.perf_counter()
+    os.environ["BAAS_BACKUP_CONFIG"] = config_path
+    spec = importlib.util.spec_from_file_location("index", HANDLER)
+    assert spec is not None and spec.loader is not None
+    handler = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(handler)
+    loaded = time.perf_counter()
+    answer = handler.main_handler({"job_id": job_id}, None)
+    invoked = time.perf_counter()
+
+    from shared.bootstrap import build_context  # after the clock: only to read the job
+    from shared.config import load_config
+
+    job = build_context(load_config(config_path)).state.get_job(job_id)
+    assert job is not None
+    print(json.dumps({"outcome": answer.get("outcome"), "peak_rss_mb": peak_rss_mb(),
+                      "load_s": loaded - started, "invocation_s": invoked - loaded,
+                      "bytes": job.result.bytes if job.result else 0, "error": job.error}))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["--child"] or len(sys.argv) != 4:
+        raise SystemExit("usage: python -m scripts.finisher_child --child CONFIG JOB_ID")
+    main(sys.argv[2], sys.argv[3])
