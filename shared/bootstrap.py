@@ -8,6 +8,7 @@ import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from shared.adapters.cos.client import cos_client
 from shared.adapters.cos.objects import CosObjectStore
 from shared.adapters.dispatch import dispatcher_for
 from shared.adapters.state import open_store
@@ -51,7 +52,10 @@ def build_context(
     stop_by: float | None = None,
 ) -> Context:
     env = environ if environ is not None else os.environ
-    state = open_store(config.state, config.destination, environ=environ)
+    # One COS client for the state and the backups: one connection pool (and one TLS
+    # setup) for the bucket per invocation.
+    bucket = cos_client(config.destination, env)
+    state = open_store(config.state, config.destination, environ=env, client=bucket)
     services = PlatformServices(tokens=MemoTokenCache(state),
                                 retry_base_seconds=config.timing.retry_base_seconds)
     # The in-process dispatcher closes over `context`, which exists by the time it runs;
@@ -62,7 +66,7 @@ def build_context(
         return finish(context, job_id)
 
     context = Context(
-        config=config, state=state, objects=CosObjectStore(config.destination, env),
+        config=config, state=state, objects=CosObjectStore(config.destination, env, client=bucket),
         platforms=ConfiguredPlatforms(config, services),
         dispatcher=dispatcher or dispatcher_for(config, env, finish_here),
         notifier=WebhookNotifier(config.notify, config.timing.retry_base_seconds),

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from qcloud_cos import CosS3Client
+
     from shared.config import Destination, StateSettings
     from shared.ports import StateStore
 
@@ -16,9 +18,11 @@ def open_store(
     destination: Destination | None = None,
     *,
     environ: Mapping[str, str] | None = None,
+    client: CosS3Client | None = None,
 ) -> StateStore:
-    """The backend `state.url` names. `cos://` keeps the state in `destination`'s bucket;
-    a plain string is an already resolved URL (password included)."""
+    """The backend `state.url` names. `cos://` keeps the state in `destination`'s bucket
+    (through `client` when given); a plain string is an already resolved URL (password
+    included)."""
     url = state if isinstance(state, str) else state.resolved_url()
     if url.startswith("cos://"):
         if destination is None:
@@ -26,7 +30,7 @@ def open_store(
                              "open_store needs that destination")
         from shared.adapters.cos.state import CosStateStore
 
-        return CosStateStore(destination, environ)
+        return CosStateStore(destination, environ, client=client)
     from shared.adapters.sql_state import SqlStateStore
 
     return SqlStateStore(url)

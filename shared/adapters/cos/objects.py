@@ -14,13 +14,16 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.adapters.cos.client import cos_client, cos_errors
 from shared.config import Destination
 from shared.domain.errors import StorageError
 from shared.integrity import Crc64
 from shared.ports import MIB, ObjectInfo, StreamSummary
+
+if TYPE_CHECKING:
+    from qcloud_cos import CosS3Client
 
 log = logging.getLogger(__name__)
 # COS's CRC64-ECMA of every object (https://cloud.tencent.com/document/product/436/40334)
@@ -99,8 +102,9 @@ class CosObjectStore:
 
     list_page_size = 1000
 
-    def __init__(self, destination: Destination, environ: Mapping[str, str] | None = None) -> None:
-        self._client = cos_client(destination, environ)
+    def __init__(self, destination: Destination, environ: Mapping[str, str] | None = None,
+                 *, client: CosS3Client | None = None) -> None:
+        self._client = client or cos_client(destination, environ)
         self._bucket = destination.bucket
         self._part_size = destination.part_size_mb * MIB
         self._concurrency = destination.part_concurrency

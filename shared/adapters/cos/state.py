@@ -35,6 +35,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote
 
+from qcloud_cos import CosS3Client
 from qcloud_cos.cos_exception import CosClientError, CosServiceError
 
 from shared.adapters.cos.client import cos_client
@@ -70,8 +71,8 @@ class CosStateStore:
     """StateStore over objects under `<destination.prefix>/_state/` in the destination bucket."""
 
     def __init__(self, destination: Destination, environ: Mapping[str, str] | None = None,
-                 *, verify: bool = True) -> None:
-        self._client = cos_client(destination, environ)
+                 *, verify: bool = True, client: CosS3Client | None = None) -> None:
+        self._client = client or cos_client(destination, environ)
         self._bucket = destination.bucket
         self._root = f"{destination.prefix}/_state/" if destination.prefix else "_state/"
         self._encryption: dict[str, str] = (
