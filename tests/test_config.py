@@ -147,3 +147,27 @@ def test_cli_validate_prints_minapp_and_onedb_tables_readably(
     assert "    - 1001\n" in out and '    - 1002 (split: {"key": "created_at"})' in out
     assert "    - events\n" in out and '    - posts (getColumns: ["title"])' in out
     assert "MinAppTable(" not in out and "OneDBTable(" not in out and "id=" not in out
+
+
+def test_a_config_loads_only_the_platforms_it_uses(tmp_path: Path) -> None:
+    """A cold start validates a WeChat-only config without importing the other platforms'
+    settings (fresh interpreter: this test process has them all loaded already), and a
+    problem in it is worded as the whole model words it."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "backup.json"
+    path.write_text(json.dumps(GOOD))
+    probe = (
+        "import sys\n"
+        "from shared.config import load_config\n"
+        f"config = load_config({str(path)!r}, environ={ENV!r})\n"
+        "print(config.sources[0].type, sorted(m for m in sys.modules if m.startswith('shared.platforms.')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parent.parent).stdout
+    assert out.split(" ", 1)[0] == "wechat"
+    assert "minapp" not in out and "onedb" not in out and "shared.platforms.wechat.settings" in out
+
+    assert problems(lambda d: d["sources"][0].update(colections=["x"])) == [
+        "sources[0].colections: unknown field; did you mean 'collections'?"]

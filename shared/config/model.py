@@ -509,21 +509,36 @@ class Config(ConfigModel):
         raise KeyError(name)
 
 
-_models: dict[int, type[Config]] = {}
+_models: dict[tuple[int, frozenset[str] | None], type[Config]] = {}
 
 
-def config_model() -> type[Config]:
-    """`Config` with `sources` validated against every registered platform's settings
-    model, told apart by `type`; rebuilt when the registry changes."""
-    version = registry.version()
-    if version not in _models:
-        models = tuple(e.settings_model() for e in registry.entries())
-        entry_type: Any = Annotated[Union[models], Field(discriminator="type")]  # noqa: UP007
-        _models.clear()
-        _models[version] = create_model(
+def config_model(types: frozenset[str] | None = None) -> type[Config]:
+    """`Config` with `sources` validated against the registered platforms' settings
+    models, told apart by `type`: all of them, or only `types` (a cold start then imports
+    and builds just the platforms its config uses); rebuilt when the registry changes."""
+    key = (registry.version(), types)
+    if key not in _models:
+        models = tuple(e.settings_model() for e in registry.entries()
+                       if types is None or e.type in types)
+        entry_type: Any = (models[0] if len(models) == 1 else
+                           Annotated[Union[models], Field(discriminator="type")])  # noqa: UP007
+        if any(version != key[0] for version, _ in _models):
+            _models.clear()
+        _models[key] = create_model(
             "Config", __base__=Config, __doc__=Config.__doc__,
             sources=(list[entry_type], Field(min_length=1)))
-    return _models[version]
+    return _models[key]
+
+
+def _types_used(data: dict[str, Any]) -> frozenset[str] | None:
+    """The registered source types `data` uses, or None when it names none or one that
+    is not registered (the whole model then says what is wrong)."""
+    sources = data.get("sources")
+    if not isinstance(sources, list) or not sources:
+        return None
+    known = {e.type for e in registry.entries()}
+    types = {s.get("type") if isinstance(s, dict) else None for s in sources}
+    return frozenset(t for t in types if isinstance(t, str)) if types <= known else None
 
 
 def _source_types() -> dict[str, type[BaseModel]]:
@@ -666,13 +681,20 @@ def parse_config(
     """Validate an already-loaded YAML document."""
     if not isinstance(data, dict):
         raise ConfigError(["(top level): expected a mapping with destination and sources"], source)
+    model = config_model(_types_used(data))
     try:
-        return config_model().model_validate(data, context={"environ": environ})
+        return model.model_validate(data, context={"environ": environ})
     except ValidationError as exc:
-        errors = exc.errors(include_url=False)
-        # `x: all | [...]` written as a list: the "should be 'all'" branch is noise
-        meant = [e for e in errors if not any(str(p).startswith("literal[") for p in e["loc"])]
-        raise ConfigError([_describe(e, data) for e in meant or errors], source) from None
+        problems = exc
+    if model is not config_model():  # the problems worded as the whole model words them
+        try:
+            config_model().model_validate(data, context={"environ": environ})
+        except ValidationError as exc:
+            problems = exc
+    errors = problems.errors(include_url=False)
+    # `x: all | [...]` written as a list: the "should be 'all'" branch is noise
+    meant = [e for e in errors if not any(str(p).startswith("literal[") for p in e["loc"])]
+    raise ConfigError([_describe(e, data) for e in meant or errors], source) from None
 
 
 def load_config(path: str | os.PathLike[str] | None = None, *, environ: Mapping[str, str] | None = None) -> Config:
