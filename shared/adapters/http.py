@@ -86,9 +86,22 @@ class GuardedTransport(httpx.HTTPTransport):
     """Checks each request's host (every redirect hop is a request) before connecting."""
 
     def __init__(self, *, allow_loopback: bool, resolver: Resolver | None = None) -> None:
-        # No kept-alive connections: a pooled one is matched by address, and a TLS
-        # session verified for one host name must not carry another host's request.
-        super().__init__(limits=httpx.Limits(max_keepalive_connections=0))
+        # The pool httpx.HTTPTransport would build (its default TLS context, limits and
+        # no proxy), built here to read the socket in 1 MiB steps (see wide_reads). No
+        # kept-alive connections: a pooled one is matched by address, and a TLS session
+        # verified for one host name must not carry another host's request.
+        import httpcore
+
+        from shared.adapters.wide_reads import WideReadBackend
+
+        limits = httpx.Limits(max_keepalive_connections=0)
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=WideReadBackend(),
+        )
         self._allow_loopback = allow_loopback
         self._resolve = resolver or system_resolver
 
