@@ -6,8 +6,8 @@ per-chunk work costs more CPU than the bytes themselves (about 2.9 ms per MiB ag
 0.8 with 1 MiB reads, measured on a loopback download). A read here asks for up to
 `WIDE_READ` bytes and still returns whatever has arrived, never waiting to fill it.
 h11 keeps any bytes past the current message in its own buffer, so asking for more
-than httpcore did changes nothing in what is parsed. (Over TLS each read returns at
-most one record, 16 KiB, whatever is asked.)
+than httpcore did changes nothing in what is parsed. Over TLS a socket read returns at
+most one record (16 KiB), so the records already received are read on in the same step.
 
 Imported only where an httpx transport is built, which imports httpcore anyway.
 """
@@ -28,7 +28,22 @@ class WideReadStream(httpcore.NetworkStream):
         self._stream = stream
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._stream.read(max(max_bytes, WIDE_READ), timeout)
+        want = max(max_bytes, WIDE_READ)
+        data = self._stream.read(want, timeout)
+        if not data or len(data) >= want:
+            return data
+        # Over TLS a read returns one record (16 KiB): take the records that have already
+        # arrived too, without waiting for more. (A socket at its end reads as ready and
+        # returns b"" again on the next read, so the end is not lost.)
+        pieces = [data]
+        got = len(data)
+        while got < want and self._stream.get_extra_info("is_readable"):
+            more = self._stream.read(want - got, timeout)
+            if not more:
+                break
+            pieces.append(more)
+            got += len(more)
+        return data if len(pieces) == 1 else b"".join(pieces)
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         self._stream.write(buffer, timeout)
