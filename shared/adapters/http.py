@@ -87,7 +87,7 @@ class GuardedTransport(httpx.HTTPTransport):
 
     def __init__(self, *, allow_loopback: bool, resolver: Resolver | None = None) -> None:
         # The pool httpx.HTTPTransport would build (its default TLS context, limits and
-        # no proxy), built here to read the socket in 1 MiB steps (see wide_reads). No
+        # no proxy), built here to read the socket in wide steps (see wide_reads). No
         # kept-alive connections: a pooled one is matched by address, and a TLS session
         # verified for one host name must not carry another host's request.
         import httpcore
