@@ -100,7 +100,21 @@ class GuardedTransport(httpx.HTTPTransport):
     def __init__(self, *, allow_loopback: bool, resolver: Resolver | None = None) -> None:
         # No kept-alive connections: a pooled one is matched by address, and a TLS
         # session verified for one host name must not carry another host's request.
-        super().__init__(verify=tls_context(), limits=httpx.Limits(max_keepalive_connections=0))
+        # The pool is httpx's own (same TLS context and limits) over a network backend
+        # that reads the socket in wide steps (see wide_reads).
+        import httpcore
+
+        from shared.adapters.wide_reads import WideReadBackend
+
+        limits = httpx.Limits(max_keepalive_connections=0)
+        super().__init__(verify=tls_context(), limits=limits)
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=tls_context(),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=WideReadBackend(),
+        )
         self._allow_loopback = allow_loopback
         self._resolve = resolver or system_resolver
 
