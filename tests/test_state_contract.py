@@ -9,6 +9,7 @@ done twice or created twice.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import multiprocessing
 import threading
 import time
@@ -491,6 +492,22 @@ def test_create_only_writes_rest_on_the_cos_header(destination: Destination, cos
 
     assert cos_layer.forbidden_overwrites > refused_before
     assert store._get_json("state-test/one.json") is not None
+
+
+def test_expected_refusals_are_not_logged_as_errors(
+        destination: Destination, caplog: pytest.LogCaptureFixture) -> None:
+    """Opening the store proves the bucket refuses a second create-only PUT, and a lookup
+    HEADs keys that may be absent: expected answers, which the SDK logged at ERROR and
+    WARNING on every cold start until its logger was quieted."""
+    with caplog.at_level(logging.DEBUG):
+        store = CosStateStore(destination)
+        store.check_create_only(again=True)
+        assert store._create_json("state-test/quiet.json", {"n": 1}) is True
+        assert store._create_json("state-test/quiet.json", {"n": 2}) is False
+        assert store.get_job("no-such-job") is None
+
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not loud, [f"{r.name}: {r.getMessage()[:120]}" for r in loud]
 
 
 @pytest.mark.parametrize("history", [["Enabled"], ["Enabled", "Suspended"]])

@@ -21,10 +21,14 @@ if TYPE_CHECKING:
 
     from shared.config import Destination
 
-# At DEBUG the SDK logs request headers, signing keys and the session token.
+# At DEBUG the SDK logs request headers, signing keys and the session token; at WARNING
+# and ERROR it logs each failure just before raising it (qcloud_cos/cos_client.py,
+# send_request), which `cos_errors` and the state store report themselves. Those lines
+# would be noise, and misleading: a HEAD of an absent key, or the create-only probe's
+# refused second PUT, is an expected answer, yet it read as an ERROR on every cold start.
 _sdk_log = logging.getLogger("qcloud_cos")
 if _sdk_log.level == logging.NOTSET:
-    _sdk_log.setLevel(logging.WARNING)
+    _sdk_log.setLevel(logging.CRITICAL)
 
 ROLE_ENV = ("TENCENTCLOUD_SECRETID", "TENCENTCLOUD_SECRETKEY", "TENCENTCLOUD_SESSIONTOKEN")
 MIB = 1 << 20
