@@ -1,8 +1,9 @@
 """One finisher invocation as SCF makes it, in a fresh process of its own: the deployed
 handler (functions/finisher/index.py) is loaded and called with `{"job_id": ...}`, and
 nothing else is imported before it, so the process pays what a cold finisher pays.
-Prints one JSON line: the outcome, bytes stored, the job's error, peak RSS, and the
-seconds spent loading the handler and in its call.
+Prints a marker line the moment the handler returns, then one JSON line: the outcome,
+bytes stored, the job's error, peak RSS, and the seconds spent loading the handler and
+in its call.
 
     python -m scripts.finisher_child --child CONFIG JOB_ID
 """
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 HANDLER = Path(__file__).resolve().parent.parent / "functions" / "finisher" / "index.py"
+RETURNED = "-- the handler returned --"  # printed the moment it does, for the parent's clock
 
 
 def peak_rss_mb() -> float:
@@ -37,6 +39,7 @@ def main(config_path: str, job_id: str) -> None:
     loaded = time.perf_counter()
     answer = handler.main_handler({"job_id": job_id}, None)
     invoked = time.perf_counter()
+    print(RETURNED, flush=True)
 
     from shared.bootstrap import build_context  # after the clock: only to read the job
     from shared.config import load_config

@@ -4,6 +4,7 @@ platform kind's copier, verify it, write its manifest, mark it done."""
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 from shared.domain.errors import BackupError, Fatal, Forgotten, Retryable, RetryLater
 from shared.domain.jobs import Job, JobResult, JobStatus, backoff
@@ -14,7 +15,7 @@ from shared.retry import with_retries
 from shared.service.context import Context, fail, save
 from shared.service.copiers import copier_for
 from shared.service.copying import Copier, CopyHold, CopyPaused, LeaseLost, claim, claimable
-from shared.service.suspicion import Verdict, judge
+from shared.service.suspicion import Verdict, judge, newest_good
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,12 @@ def _copy(ctx: Context, copier: Copier, hold: CopyHold) -> tuple[JobResult, Verd
     platform = ctx.platforms.get(job.source)
     base = data_key(ctx.config.destination.prefix, job.run_id, job.source, job.collection,
                     platform.file_type)
-    result = copier.copy(ctx, hold, base)
-    verdict = judge(ctx, hold.job, result.records)
+    # The newest good backup (state reads only, independent of the copy) is looked up
+    # while the data streams, so the lookup adds nothing to the invocation's time.
+    with ThreadPoolExecutor(max_workers=1) as side:
+        previous = side.submit(newest_good, ctx, job)
+        result = copier.copy(ctx, hold, base)
+        verdict = judge(ctx, previous.result(), result.records)
     manifest = JobManifest.of(hold.job, result, platform=ctx.config.source(job.source).type,
                               file_type=platform.file_type, copied_at=ctx.clock(),
                               suspect=verdict.suspect, previous_records=verdict.previous_records)

@@ -27,8 +27,8 @@ def dropped(previous: int | None, now: int, drop_percent: float) -> bool:
     return now == 0 or (previous - now) * 100 >= drop_percent * previous
 
 
-def judge(ctx: Context, job: Job, records: int) -> Verdict:
-    previous = newest_good(ctx, job)
+def judge(ctx: Context, previous: Job | None, records: int) -> Verdict:
+    """`records` against `previous`, the collection's newest good backup (`newest_good`)."""
     previous_records = previous.result.records if previous and previous.result else None
     return Verdict(dropped(previous_records, records, ctx.config.alerts.drop_percent),
                    previous_records)
