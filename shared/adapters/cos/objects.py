@@ -131,11 +131,12 @@ class CosObjectStore:
         Memory bound: peak ≈ (part_concurrency + 1) * part_size + one source chunk, i.e.
         the parts in flight plus the part being read plus the read buffer (a download's
         chunk is at most 1 MiB, `http.DOWNLOAD_PIECE`, read from the socket 512 KiB at a
-        time, `wide_reads.WIDE_READ`): 4 × 8 MiB parts give about 41 MiB. Parts are cut and hashed here, in
-        stream order, on the calling thread; only the PUTs run in the pool, so a hasher
-        fed by `_Parts` sees exactly the bytes of the object in order. The commit lists
-        parts by number whatever order their uploads ended in; any failure (a part, the
-        source, `before_commit`) stops reading, waits for the parts in flight, then aborts.
+        time, `wide_reads.WIDE_READ`): 4 parts of 8 MiB at once come to about 41 MiB.
+        Parts are cut and hashed here, in stream order, on the calling thread; only the
+        PUTs run in the pool, so a hasher fed by `_Parts` sees exactly the bytes of the
+        object in order. The commit lists parts by number whatever order their uploads
+        ended in; any failure (a part, the source, `before_commit`) stops reading, waits
+        for the parts in flight, then aborts.
         """
         parts = _Parts(chunks, self._part_size)
         first = next(parts)
