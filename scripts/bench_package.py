@@ -11,7 +11,8 @@ the same run (`-c pass`). Measured inside the process:
 - "ready": import, then everything a cold invocation of that handler loads before its
   first network request with the deployed default config (COS state and bucket, one
   WeChat source): the config file read and validated, the COS SDK's client, the COS state
-  store, the platform's client module, the handler's use case and the job models built.
+  store, the platform's client module and a first HTTP client, the handler's use case
+  and the job models built.
   Handlers import some of this on first use rather than at import (shared/entrypoints/
   scf.py), so "ready" is the honest total; it is reported, not held to the target.
 
@@ -68,6 +69,9 @@ if module != "-" and use_case != "-":
     cos_client(config.destination)
     importlib.import_module("shared.adapters.cos.state")
     importlib.import_module(str(registry.entry("wechat").factory).partition(":")[0])
+    from shared.adapters.http import make_client
+
+    make_client()  # the first HTTP client: httpcore, h11 and the TLS context
     importlib.import_module(use_case)
     Job.model_rebuild()
     Run.model_rebuild()
