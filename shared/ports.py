@@ -289,6 +289,10 @@ class StateStore(TokenCache, Protocol):
 
     def list_jobs(self, run_id: str) -> list[Job]: ...
 
+    def run_has_open_jobs(self, run_id: str) -> bool:
+        """Has some job of the run not ended yet? Answered without reading every job, so
+        a finisher can ask it after each copy even when the run has thousands of jobs."""
+
     def due_jobs(self, now: datetime, limit: int = 100) -> list[Job]:
         """Unfinished jobs whose next_check_at has come, oldest first."""
 

@@ -64,6 +64,9 @@ class MemoryState:
         return sorted((j for j in self.jobs.values() if j.run_id == run_id),
                       key=lambda j: j.job_id)
 
+    def run_has_open_jobs(self, run_id: str) -> bool:
+        return any(j.run_id == run_id and not j.status.terminal for j in self.jobs.values())
+
     def due_jobs(self, now: datetime, limit: int = 100) -> list[Job]:
         due = [j for j in self.jobs.values() if not j.status.terminal and j.next_check_at <= now]
         return sorted(due, key=lambda j: j.next_check_at)[:limit]

@@ -219,6 +219,59 @@ def test_due_jobs_are_unfinished_and_due_oldest_first(store: StateStore) -> None
     assert jobs[1].job_id in [j.job_id for j in store.due_jobs(now + timedelta(seconds=6))]
 
 
+def test_a_run_has_open_jobs_until_each_of_its_jobs_ended(store: StateStore) -> None:
+    now = utcnow()
+    run, jobs = make_run(jobs=3, at=now)
+    other, others = make_run(key="k2", run_id="r2", jobs=1, at=now)
+    store.create_run(run, jobs)
+    store.create_run(other, others)
+    assert store.run_has_open_jobs("r1") and store.run_has_open_jobs("r2")
+
+    store.save_job(jobs[0].failed("broken", now))
+    store.save_job(jobs[1].moved_to(JobStatus.READY).moved_to(JobStatus.COPYING)
+                   .moved_to(JobStatus.DONE, finished_at=now))
+    assert store.run_has_open_jobs("r1")  # jobs[2] is still pending
+    store.save_job(jobs[2].moved_to(JobStatus.EXPORTING).moved_to(JobStatus.READY)
+                   .moved_to(JobStatus.COPYING).moved_to(JobStatus.DONE, finished_at=now))
+    assert not store.run_has_open_jobs("r1")
+    assert store.run_has_open_jobs("r2")  # another run's job is not this run's
+    assert not store.run_has_open_jobs("no-such-run")
+
+
+def test_run_has_open_jobs_reads_only_hinted_jobs_and_clears_stale_hints(
+        destination: Destination, atomic_moto: None) -> None:
+    """COS: a run of many jobs, all but one ended, is judged from two listings and the
+    one job still hinted open, not by reading every job; a hint left behind by a function
+    that died after its job ended is read once, found stale and removed."""
+    store = CosStateStore(destination)
+    now = utcnow()
+    run, jobs = make_run(jobs=12, at=now)
+    store.create_run(run, jobs)
+    for job in jobs[1:]:
+        store.save_job(job.failed("broken", now))
+    hint = f"{destination.prefix}/_state/open-jobs/{jobs[1].job_id}"
+    store._put_json(hint, {})  # a stale hint, as a crash between the save and the delete leaves
+
+    read: list[str] = []
+    original = store.get_job
+
+    def counted(job_id: str) -> Job | None:
+        read.append(job_id)
+        return original(job_id)
+
+    store.get_job = counted  # type: ignore[method-assign]
+    assert store.run_has_open_jobs("r1")
+    assert len(read) <= 2 and jobs[0].job_id in read
+
+    store.save_job(jobs[0].failed("broken", now))
+    read.clear()
+    assert not store.run_has_open_jobs("r1")
+    assert read == [jobs[1].job_id]  # the stale hint, read once ...
+    assert CosObjectListing(destination).keys(f"{destination.prefix}/_state/open-jobs/") == []
+    read.clear()
+    assert not store.run_has_open_jobs("r1") and read == []  # ... and gone
+
+
 def test_runs_list_newest_first_in_pages(store: StateStore) -> None:
     base = utcnow()
     for i in range(5):

@@ -281,6 +281,12 @@ class SqlStateStore:
         with self.engine.connect() as conn:
             return [Job.model_validate_json(d) for d in conn.execute(query).scalars()]
 
+    def run_has_open_jobs(self, run_id: str) -> bool:
+        query = (sa.select(jobs.c.job_id)
+                 .where(jobs.c.run_id == run_id, jobs.c.status.in_(_UNFINISHED)).limit(1))
+        with self.engine.connect() as conn:
+            return conn.execute(query).first() is not None
+
     def due_jobs(self, now: datetime, limit: int = 100) -> list[Job]:
         query = (
             sa.select(jobs.c.doc)

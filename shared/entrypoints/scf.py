@@ -149,7 +149,6 @@ def handle_finisher(event: dict[str, Any], invocation: object = None) -> dict[st
     if event.get("doctor") is True:
         # `doctor` invokes the finisher this way to prove the role may: answer, touch nothing
         return {"doctor": "finisher", "ok": True}
-    from shared.service.close import close_finished_runs
     from shared.service.finish import finish
 
     ctx = _context(invocation)
@@ -159,6 +158,5 @@ def handle_finisher(event: dict[str, Any], invocation: object = None) -> dict[st
         log.error("finisher event is not {\"job_id\": ...}", extra={"problems": exc.errors()})
         return {"error": "expected an event like {\"job_id\": \"...\"}"}
     with log_context(job_id=request.job_id):
-        outcome = finish(ctx, request.job_id)
-        close_finished_runs(ctx)
+        outcome = finish(ctx, request.job_id, close_run=True)
     return {"job_id": request.job_id, "outcome": outcome}

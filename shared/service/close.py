@@ -16,10 +16,14 @@ from shared.service.prune import prune
 log = logging.getLogger(__name__)
 
 
-def close_finished_runs(ctx: Context) -> list[str]:
-    """Close what ended; then, if a run closed and a retention policy is set, prune."""
+def close_finished_runs(ctx: Context, run_id: str | None = None) -> list[str]:
+    """Close what ended (every open run, or only `run_id`); then, if a run closed and a
+    retention policy is set, prune."""
     closed = []
-    for run in ctx.state.open_runs():
+    for run in _open_runs(ctx, run_id):
+        # Asked first, so a busy run costs a glance, not a read of each of its jobs.
+        if ctx.state.run_has_open_jobs(run.run_id):
+            continue
         jobs = ctx.state.list_jobs(run.run_id)
         if not all(j.status.terminal for j in jobs):
             continue
@@ -34,6 +38,13 @@ def close_finished_runs(ctx: Context) -> list[str]:
         except Exception:  # a prune that fails must not keep runs from closing; it runs again
             log.exception("retention could not be applied; the next closing run tries again")
     return closed
+
+
+def _open_runs(ctx: Context, run_id: str | None) -> list[Run]:
+    if run_id is None:
+        return ctx.state.open_runs()
+    run = ctx.state.get_run(run_id)
+    return [run] if run is not None and run.status is RunStatus.RUNNING else []
 
 
 def _verify(ctx: Context, run: Run, jobs: list[Job]) -> dict[str, Any] | None:

@@ -20,8 +20,10 @@ from shared.service.suspicion import Verdict, judge, newest_good
 log = logging.getLogger(__name__)
 
 
-def finish(ctx: Context, job_id: str) -> str:
-    """Copy a ready job's data into the bucket, verify it, write its manifest; the outcome."""
+def finish(ctx: Context, job_id: str, *, close_run: bool = False) -> str:
+    """Copy a ready job's data into the bucket, verify it, write its manifest; the outcome.
+    With `close_run`, a job that ended closes its run when no other job is open (the
+    finisher does, so a run's notification does not wait for the poller's next tick)."""
     job = ctx.state.get_job(job_id)
     if job is None:
         log.warning("finisher got an unknown job", extra={"job_id": job_id})
@@ -29,15 +31,30 @@ def finish(ctx: Context, job_id: str) -> str:
     if job.restore is not None:
         from shared.service.restore.send import finish_restore
 
-        return finish_restore(ctx, job)
+        outcome = finish_restore(ctx, job)
+    else:
+        outcome = _finish(ctx, job)
+    if close_run and outcome in (JobStatus.DONE.value, JobStatus.FAILED.value):
+        from shared.service.close import close_finished_runs
+
+        close_finished_runs(ctx, job.run_id)
+    return outcome
+
+
+def _finish(ctx: Context, job: Job) -> str:
     with log_context(run_id=job.run_id, job_id=job.job_id):
         now = ctx.clock()
         if not claimable(job, now):
             log.info("nothing to copy", extra={"status": job.status.value})
             return str(job.status.value)
         copier = copier_for(ctx, job.source)
-        claimed = claim(ctx, job, now, progressed=copier.progressed(job),
-                        checkpoint=copier.rebased(job))
+        # The platform's client (its module, an HTTP client) is built while the claim's
+        # writes travel: CPU work beside a wait. A build that fails fails again in the copy,
+        # where its error is handled.
+        with ThreadPoolExecutor(max_workers=1) as side:
+            side.submit(ctx.platforms.get, job.source)
+            claimed = claim(ctx, job, now, progressed=copier.progressed(job),
+                            checkpoint=copier.rebased(job))
         if claimed is None:
             return "claimed-elsewhere"
         log.info("copy started", extra={"collection": job.collection})

@@ -12,7 +12,7 @@ from datetime import timedelta
 import pytest
 
 from shared.domain.errors import Forgotten, Retryable, RetryLater, StorageError
-from shared.domain.jobs import JobStatus, RunStatus
+from shared.domain.jobs import Job, JobStatus, RunStatus
 from shared.ports import Progress
 from shared.service.close import close_finished_runs
 from shared.service.finish import finish
@@ -209,6 +209,28 @@ def test_a_run_is_closed_and_notified_once() -> None:
     assert run.status is RunStatus.SUCCEEDED and len(listed) == 2
     manifest = json.loads(u.objects.read(run.manifest_key or ""))
     assert manifest["status"] == "succeeded" and manifest["summary"]["records"] == 7
+
+
+def test_the_finisher_closes_its_run_after_the_last_job_without_reading_a_busy_run() -> None:
+    """Each copy asks whether its run still has open jobs; only the last one reads the
+    run's jobs and closes it, so a run of thousands of jobs costs each copy a glance."""
+    u = unit(ScriptedExport({"orders": ROWS, "users": ROWS[:2]}))
+    jobs = seed_run(u, JobStatus.READY)
+    listed: list[str] = []
+    original = u.state.list_jobs
+
+    def counted(run_id: str) -> list[Job]:
+        listed.append(run_id)
+        return original(run_id)
+
+    u.state.list_jobs = counted  # type: ignore[method-assign]
+    assert finish(u.ctx, jobs[0].job_id, close_run=True) == "done"
+    assert listed == [] and u.notifier.sent == []  # the other job is still ready
+    assert finish(u.ctx, jobs[1].job_id, close_run=True) == "done"
+    assert listed == [jobs[0].run_id]
+    [(run, closed_jobs)] = u.notifier.sent
+    assert run.status is RunStatus.SUCCEEDED and len(closed_jobs) == 2
+    assert close_finished_runs(u.ctx) == []  # the poller finds nothing left to close
 
 
 def test_a_run_with_a_failed_job_closes_failed_and_says_why() -> None:

@@ -146,6 +146,19 @@ class CosStateStore:
         found = [j for j in self._map(self.get_job, ids) if j is not None]
         return sorted(found, key=lambda j: j.job_id)
 
+    def run_has_open_jobs(self, run_id: str) -> bool:
+        """Only the run's jobs that still have an open-jobs hint are read (two listings
+        and, while the run is busy, usually one record): a hint is written before its job
+        and removed only after the job ends, so a job without one has ended."""
+        index = f"{self._root}open-jobs/"
+        hinted, of_run = self._map(self._names, [index, f"{self._root}run-jobs/{_segment(run_id)}/"])
+        for job_id in sorted(set(hinted) & set(of_run)):
+            job = self.get_job(job_id)
+            if job is None or not job.status.terminal:  # None: being written right now
+                return True
+            self._delete(index + _segment(job_id))  # a stale hint: the job ended
+        return False
+
     def due_jobs(self, now: datetime, limit: int = 100) -> list[Job]:
         index = f"{self._root}open-jobs/"
         ids = self._names(index)
