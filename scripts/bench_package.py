@@ -4,7 +4,8 @@ Builds the package (or takes the last build with --reuse), unzips the zip into a
 folder as SCF does, and starts each handler in fresh `python3.10 -I` processes with only
 that folder (and the standard library) on sys.path and bytecode writing off (-B: SCF's
 code folder is read-only). The baseline is an empty interpreter started the same way in
-the same run (`-c pass`). Measured inside the process:
+the same run (`-c pass`), and the import of pydantic's BaseModel alone, which every
+handler needs (the floor under the import). Measured inside the process:
 
 - "import": importing the handler module (issue 15's figure: wall clock, and the CPU time
   it used, which other load on the machine disturbs less);
@@ -40,6 +41,9 @@ from scripts.build_package import ARCHIVE, HANDLERS, build, find_python310, isol
 LIMIT_MB = 15.0
 LIMIT_MS = 200.0  # issue 15: cold import <= 200 ms per handler
 
+# The floor under every handler: the config, the state's records and the services are
+# pydantic models, and `from pydantic import BaseModel` imports pydantic.main.
+REFERENCE = "pydantic.main alone"
 # Each handler's use case, loaded by its first invocation (shared/entrypoints/scf.py).
 USE_CASES = {"trigger": "shared.service.start", "poller": "shared.service.poll",
              "finisher": "shared.service.finish"}
@@ -83,28 +87,29 @@ print((imported - started) * 1000, (imported_cpu - cpu) * 1000, (ready - started
 Times = tuple[list[float], list[float], list[float], list[float]]
 
 
-def measure(python: str, package: Path, module: str, runs: int) -> Times:
-    """Wall-clock import times, CPU times of the same imports, whole-process wall times of
-    import-only processes, and "ready" times (import and what the first invocation loads)."""
-    imports: list[float] = []
-    cpu: list[float] = []
-    processes: list[float] = []
-    ready: list[float] = []
+def measure(python: str, package: Path, modules: list[str], runs: int) -> list[Times]:
+    """Per module: wall-clock import times, CPU times of the same imports, whole-process
+    wall times of import-only processes, and "ready" times (import and what the first
+    invocation loads). The modules take turns, run after run, so a slow stretch of the
+    machine falls on all of them rather than on whichever was being measured."""
+    times: list[Times] = [([], [], [], []) for _ in modules]
     env = {"PATH": os.environ.get("PATH", "")}
+
+    def probe(module: str, use_case: str) -> list[str]:
+        return subprocess.run([python, "-I", "-B", "-c", PROBE, str(package), module, use_case],
+                              check=True, capture_output=True, text=True, cwd=package,
+                              env=env).stdout.strip().splitlines()[-1].split()
+
     for _ in range(runs):
-        started = time.perf_counter()
-        out = subprocess.run([python, "-I", "-B", "-c", PROBE, str(package), module, "-"],
-                             check=True, capture_output=True, text=True, cwd=package, env=env).stdout
-        processes.append((time.perf_counter() - started) * 1000)
-        wall, used, _ = out.strip().splitlines()[-1].split()
-        imports.append(float(wall))
-        cpu.append(float(used))
-        if module in USE_CASES:
-            out = subprocess.run([python, "-I", "-B", "-c", PROBE, str(package), module,
-                                  USE_CASES[module]],
-                                 check=True, capture_output=True, text=True, cwd=package, env=env).stdout
-            ready.append(float(out.strip().splitlines()[-1].split()[2]))
-    return imports, cpu, processes, ready
+        for module, (imports, cpu, processes, ready) in zip(modules, times, strict=True):
+            started = time.perf_counter()
+            wall, used, _ = probe(module, "-")
+            processes.append((time.perf_counter() - started) * 1000)
+            imports.append(float(wall))
+            cpu.append(float(used))
+            if module in USE_CASES:
+                ready.append(float(probe(module, USE_CASES[module])[2]))
+    return times
 
 
 def main() -> int:
@@ -127,13 +132,14 @@ def main() -> int:
             archive.extractall(package)
             unzipped_mb = sum(i.file_size for i in archive.infolist()) / 1e6
         (package / "ready.yaml").write_text(READY_CONFIG)
-        rows = [("baseline (-c pass)", *measure(python, package, "-", args.runs))]
-        rows += [(name, *measure(python, package, name, args.runs)) for name in HANDLERS]
+        labels = ["baseline (-c pass)", REFERENCE, *HANDLERS]
+        rows = [(label, *times) for label, times in zip(
+            labels, measure(python, package, ["-", "pydantic.main", *HANDLERS], args.runs), strict=True)]
         if args.source_only:
             for pyc in package.rglob("*.pyc"):
                 pyc.unlink()
-            rows += [(f"{name} (no .pyc)", *measure(python, package, name, max(3, args.runs // 2)))
-                     for name in HANDLERS]
+            rows += [(f"{name} (no .pyc)", *times) for name, times in zip(
+                HANDLERS, measure(python, package, list(HANDLERS), max(3, args.runs // 2)), strict=True)]
     print(f"package: {ARCHIVE.name} {zipped_mb:.1f} MB zipped (limit {LIMIT_MB:g} MB), "
           f"{unzipped_mb:.1f} MB unzipped")
     print(f"python: {python} -I -B, {args.runs} fresh processes each; medians (min)")
@@ -155,6 +161,9 @@ def main() -> int:
                        "over_baseline_ms": round(over, 1), "ready_ms": round(ready_ms, 1)})
         if name in HANDLERS and statistics.median(imports) > LIMIT_MS:
             slow.append(name)
+    floor = statistics.median(rows[1][1])
+    print(f"pydantic alone takes {floor:.0f} ms of each handler's import; the rest: " + ", ".join(
+        f"{r['name']} {float(r['import_ms']) - floor:.0f} ms" for r in report if r["name"] in HANDLERS))
     print(json.dumps({"zip_mb": round(zipped_mb, 2), "rows": report}))
     if zipped_mb > LIMIT_MB or slow:
         print(f"over target: {'zip size' if zipped_mb > LIMIT_MB else ''} {' '.join(slow)}".strip(),
