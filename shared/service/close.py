@@ -20,10 +20,7 @@ def close_finished_runs(ctx: Context, run_id: str | None = None) -> list[str]:
     """Close what ended (every open run, or only `run_id`); then, if a run closed and a
     retention policy is set, prune."""
     closed = []
-    for run in _open_runs(ctx, run_id):
-        # Asked first, so a busy run costs a glance, not a read of each of its jobs.
-        if ctx.state.run_has_open_jobs(run.run_id):
-            continue
+    for run in _without_open_jobs(ctx, run_id):
         jobs = ctx.state.list_jobs(run.run_id)
         if not all(j.status.terminal for j in jobs):
             continue
@@ -40,10 +37,13 @@ def close_finished_runs(ctx: Context, run_id: str | None = None) -> list[str]:
     return closed
 
 
-def _open_runs(ctx: Context, run_id: str | None) -> list[Run]:
+def _without_open_jobs(ctx: Context, run_id: str | None) -> list[Run]:
+    """Open runs none of whose jobs is open (every open run, or only `run_id`). Asking
+    first makes a busy run cost a glance, not a read of each of its jobs; a finisher in
+    a busy run does not even read the run."""
     if run_id is None:
-        return ctx.state.open_runs()
-    run = ctx.state.get_run(run_id)
+        return [r for r in ctx.state.open_runs() if not ctx.state.run_has_open_jobs(r.run_id)]
+    run = None if ctx.state.run_has_open_jobs(run_id) else ctx.state.get_run(run_id)
     return [run] if run is not None and run.status is RunStatus.RUNNING else []
 
 

@@ -12,7 +12,7 @@ from datetime import timedelta
 import pytest
 
 from shared.domain.errors import Forgotten, Retryable, RetryLater, StorageError
-from shared.domain.jobs import Job, JobStatus, RunStatus
+from shared.domain.jobs import Job, JobStatus, Run, RunStatus
 from shared.ports import Progress
 from shared.service.close import close_finished_runs
 from shared.service.finish import finish
@@ -217,17 +217,22 @@ def test_the_finisher_closes_its_run_after_the_last_job_without_reading_a_busy_r
     u = unit(ScriptedExport({"orders": ROWS, "users": ROWS[:2]}))
     jobs = seed_run(u, JobStatus.READY)
     listed: list[str] = []
-    original = u.state.list_jobs
+    list_jobs, get_run = u.state.list_jobs, u.state.get_run
 
     def counted(run_id: str) -> list[Job]:
         listed.append(run_id)
-        return original(run_id)
+        return list_jobs(run_id)
+
+    def read(run_id: str) -> Run | None:
+        listed.append(f"run {run_id}")
+        return get_run(run_id)
 
     u.state.list_jobs = counted  # type: ignore[method-assign]
+    u.state.get_run = read  # type: ignore[method-assign]
     assert finish(u.ctx, jobs[0].job_id, close_run=True) == "done"
     assert listed == [] and u.notifier.sent == []  # the other job is still ready
     assert finish(u.ctx, jobs[1].job_id, close_run=True) == "done"
-    assert listed == [jobs[0].run_id]
+    assert listed == [f"run {jobs[0].run_id}", jobs[0].run_id]
     [(run, closed_jobs)] = u.notifier.sent
     assert run.status is RunStatus.SUCCEEDED and len(closed_jobs) == 2
     assert close_finished_runs(u.ctx) == []  # the poller finds nothing left to close
