@@ -8,7 +8,8 @@ so it pays a cold start as SCF's would and its peak RSS (VmHWM) is its own. Meas
 - `--pairs` alternating pairs over a `--mib` export: the finisher (one invocation, from
   the ready job to the verified object) and `rclone copyurl` (multipart like the
   finisher: `upload_cutoff 0`, the same part size, its default 4 parts at once; `no_head`
-  because moto answers its post-upload HEAD unlike COS); the ratio of their throughputs;
+  because moto answers its post-upload HEAD unlike COS); the ratio of their throughputs,
+  and the CPU seconds each used (the S3 server and the emulator run on the same cores);
 - peak RSS copying a `--gib` export, against the same finisher copying a 200 kB export.
 
 rclone is Debian's package, installed with apt-get when missing.
@@ -22,6 +23,7 @@ import argparse
 import compileall
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -131,8 +133,10 @@ def ensure_rclone() -> str:
     return found
 
 
-def rclone_copy(rclone: str, url: str, s3_url: str, key: str, part_mib: int) -> float:
-    """Seconds `rclone copyurl` takes to copy `url` into BUCKET/key on the S3 server."""
+def rclone_copy(rclone: str, url: str, s3_url: str, key: str, part_mib: int) -> tuple[float, float]:
+    """Seconds `rclone copyurl` takes to copy `url` into BUCKET/key on the S3 server, and
+    the CPU seconds it used."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run([
         rclone, "copyurl", url, f":s3:{BUCKET}/{key}",
@@ -142,7 +146,9 @@ def rclone_copy(rclone: str, url: str, s3_url: str, key: str, part_mib: int) -> 
         "--s3-upload-concurrency", "4", "--config", "/dev/null", "-q",
     ], check=True, env={k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"})
     # (plain HTTP on loopback: a custom CA bundle only makes rclone's S3 client refuse to start)
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # only rclone was waited for since
+    return seconds, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
 
 def main() -> int:
@@ -182,6 +188,7 @@ def main() -> int:
         config_path = configs[args.concurrency[0]]
         os.environ["BENCH_SECRET"] = SECRET
         race_rates: dict[int | None, list[tuple[float, float]]] = {n: [] for n in configs}
+        cpu: dict[int | None, list[tuple[float, float]]] = {n: [] for n in configs}
         for pair in range(args.pairs):
             # Each finisher is paired with the rclone copy next to it; who goes first and
             # the order of the concurrencies alternate from pair to pair.
@@ -193,19 +200,21 @@ def main() -> int:
                 # more large object there slowed whichever copy came second).
                 _empty_bucket(config_path)
                 if pair % 2:  # rclone first
-                    theirs = rclone_copy(rclone, link, s3_url, f"rclone/race-{pair}.jsonl", 8)
+                    theirs, their_cpu = rclone_copy(rclone, link, s3_url, f"rclone/race-{pair}.jsonl", 8)
                     _empty_bucket(config_path)
                 ours = _finish_in_child(configs[n], ready["race"])
                 if pair % 2 == 0:
                     _empty_bucket(config_path)
-                    theirs = rclone_copy(rclone, link, s3_url, f"rclone/race-{pair}.jsonl", 8)
+                    theirs, their_cpu = rclone_copy(rclone, link, s3_url, f"rclone/race-{pair}.jsonl", 8)
                 assert ours["outcome"] == "done", ours
                 mib = ours["bytes"] / (1 << 20)
                 race_rates[n].append((mib / ours["seconds"], mib / theirs))
+                cpu[n].append((ours["cpu_s"], their_cpu))
                 print(f"pair {pair + 1}{_label(n)}: finisher {mib / ours['seconds']:.1f} MiB/s "
                       f"({mib / ours['invocation_s']:.1f} MiB/s in the handler's call, without the process start), "
                       f"rclone copyurl {mib / theirs:.1f} MiB/s"
-                      f"{' (rclone first)' if pair % 2 else ''}", flush=True)
+                      f"{' (rclone first)' if pair % 2 else ''}; CPU seconds: finisher "
+                      f"{ours['cpu_s']:.2f}, rclone {their_cpu:.2f}", flush=True)
         ready = _wait_until_ready(config_path, ["small", "big"])
         _empty_bucket(config_path)
         baseline = _finish_in_child(config_path, ready["small"])
@@ -222,7 +231,10 @@ def main() -> int:
               f"alternating pairs: median {statistics.median(ratios):.2f} "
               f"(range {min(ratios):.2f}-{max(ratios):.2f}); finisher median "
               f"{statistics.median(r for r, _ in rates):.1f} MiB/s, rclone median "
-              f"{statistics.median(r for _, r in rates):.1f} MiB/s")
+              f"{statistics.median(r for _, r in rates):.1f} MiB/s; CPU seconds median: finisher "
+              f"{statistics.median(c for c, _ in cpu[n]):.2f}, rclone "
+              f"{statistics.median(c for _, c in cpu[n]):.2f} (two cores, shared with the S3 "
+              "server and the emulator)")
     if len(configs) > 1:
         print(f"peak RSS measured with{_label(args.concurrency[0])}")
 

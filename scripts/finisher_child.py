@@ -2,8 +2,8 @@
 handler (functions/finisher/index.py) is loaded and called with `{"job_id": ...}`, and
 nothing else is imported before it, so the process pays what a cold finisher pays.
 Prints a marker line the moment the handler returns, then one JSON line: the outcome,
-bytes stored, the job's error, peak RSS, and the seconds spent loading the handler and
-in its call.
+bytes stored, the job's error, peak RSS, the seconds spent loading the handler and in its
+call, and the CPU seconds (user and system, all threads) used until it returned.
 
     python -m scripts.finisher_child --child CONFIG JOB_ID
 """
@@ -40,6 +40,7 @@ def main(config_path: str, job_id: str) -> None:
     answer = handler.main_handler({"job_id": job_id}, None)
     invoked = time.perf_counter()
     print(RETURNED, flush=True)
+    used = resource.getrusage(resource.RUSAGE_SELF)
 
     from shared.bootstrap import build_context  # after the clock: only to read the job
     from shared.config import load_config
@@ -48,6 +49,7 @@ def main(config_path: str, job_id: str) -> None:
     assert job is not None
     print(json.dumps({"outcome": answer.get("outcome"), "peak_rss_mb": peak_rss_mb(),
                       "load_s": loaded - started, "invocation_s": invoked - loaded,
+                      "cpu_s": used.ru_utime + used.ru_stime,
                       "bytes": job.result.bytes if job.result else 0, "error": job.error}))
 
 
