@@ -70,3 +70,30 @@ def test_acknowledging() -> None:
     job = acknowledge(u.ctx, runs[1], "shop", "orders")
     assert job.good and job.acknowledged_at is not None
     assert acknowledge(u.ctx, runs[1], "shop", "orders").version == job.version  # idempotent
+
+
+def test_the_lookup_reads_one_job_per_earlier_run_not_every_job_of_it() -> None:
+    """A run of many collections: finding the newest good backup of one of them reads that
+    collection's job in each earlier run, never the other collections' jobs."""
+    u = unit(ScriptedExport({"orders": []}))
+    runs = _history(u, (100, False, False), (0, True, False), (0, True, False))
+    for index, run_id in enumerate(runs):  # each run backs up 30 other collections too
+        now = u.clock() + timedelta(days=index)
+        for n in range(30):
+            u.put(Job(job_id=job_id_for(run_id, "shop", f"c{n}"), run_id=run_id, source="shop",
+                      collection=f"c{n}", status=JobStatus.DONE, next_check_at=now,
+                      created_at=now, updated_at=now))
+    read: list[str] = []
+    get_job = u.state.get_job
+
+    def counted(job_id: str) -> Job | None:
+        read.append(job_id)
+        return get_job(job_id)
+
+    u.state.get_job = counted  # type: ignore[method-assign]
+    u.state.list_jobs = None  # type: ignore[assignment,method-assign]  # must not be needed
+    last = get_job(job_id_for(runs[-1], "shop", "orders"))
+    assert last is not None
+    found = newest_good(u.ctx, last)
+    assert found is not None and found.run_id == runs[0]
+    assert read == [job_id_for(runs[1], "shop", "orders"), job_id_for(runs[0], "shop", "orders")]
