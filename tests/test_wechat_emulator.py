@@ -435,6 +435,21 @@ def test_expire_next_links_and_download_statuses(api: Api) -> None:
     assert api.emulator.download_statuses == [403, 200]
 
 
+def test_an_expired_link_is_the_next_download_not_the_next_link_signed(api: Api) -> None:
+    """A status query whose link nobody fetches (the poller's) must not use the expiry up:
+    it is the next download that is refused, however many links were signed before it
+    and in whichever second (two links signed in one second are the same link, so the
+    first version of this emulator refused the finisher's link only when the poller's
+    and the finisher's queries fell in the same second: a flaky test)."""
+    api.emulator.add_collection(ENV, "orders", RICH_DOCS)
+    job_id = api.export("orders")
+    api.emulator.expire_next_links(1)
+    api.finish(job_id)  # the poller sees the export done; its link is never fetched
+    time.sleep(1.1)  # the finisher's query comes a second later: another signature
+    assert httpx.get(api.poll(job_id)["file_url"]).status_code == 403
+    assert httpx.get(api.poll(job_id)["file_url"]).content == RICH_JSONL
+
+
 def test_truncated_download_is_detected(api: Api) -> None:
     docs = [{"_id": str(i), "text": "数据" * 50} for i in range(200)]
     api.emulator.add_collection(ENV, "big", docs)

@@ -730,7 +730,6 @@ class WeChatEmulator(LocalEmulator):
         self._count_deltas: dict[tuple[str, str], int] = {}
         self._truncate_left = 0
         self._expire_links_left = 0
-        self._doomed_signatures: collections.Counter[str] = collections.Counter()
         self.download_statuses: list[int] = []
         self._secret_key = secrets.token_hex(20)
         self._stopping = threading.Event()
@@ -952,11 +951,13 @@ class WeChatEmulator(LocalEmulator):
             self._truncate_left += times
 
     def expire_next_links(self, times: int = 1) -> None:
-        """The next ``times`` download links look valid but are refused as expired (403).
+        """The next ``times`` downloads with a valid link are refused as expired (403).
 
-        Their ``q-sign-time`` window is normal, so a client cannot tell in advance: this
-        stands for a link that runs out between the status query and the download. Each
-        such link is refused once; querying the job again gives a link that works.
+        The links' ``q-sign-time`` window is normal, so a client cannot tell in advance:
+        this stands for a link that runs out between the status query and the download.
+        Counted at the download, not when a link is signed: a status query whose link
+        nobody fetches (the poller's) must not use one up, and two links signed in the
+        same second are the same link.
         """
         with self._lock:
             self._expire_links_left += times
@@ -979,7 +980,6 @@ class WeChatEmulator(LocalEmulator):
             self._count_deltas.clear()
             self._truncate_left = 0
             self._expire_links_left = 0
-            self._doomed_signatures.clear()
 
     def issued_tokens(self) -> list[str]:
         """Every access token handed out so far (tests look for leaks of them)."""
@@ -1047,10 +1047,6 @@ class WeChatEmulator(LocalEmulator):
         key_time = f"{start};{end}"
         path = f"{FILES_PREFIX}{job.job_id}/{job.file_path}"
         signature = _cos_signature(self._secret_key, key_time, path)
-        with self._lock:
-            if self._expire_links_left > 0:
-                self._expire_links_left -= 1
-                self._doomed_signatures[signature] += 1
         return (
             f"{self.link_base or self.base_url}{quote(path)}?q-sign-algorithm=sha1&q-ak={SIGN_ACCESS_KEY}"
             f"&q-sign-time={key_time}&q-key-time={key_time}&q-url-param-list="
@@ -1657,9 +1653,9 @@ class WeChatEmulator(LocalEmulator):
                 ),
             )
         with self._lock:
-            doomed = self._doomed_signatures[signature] > 0
+            doomed = self._expire_links_left > 0
             if doomed:
-                self._doomed_signatures[signature] -= 1
+                self._expire_links_left -= 1
         if doomed or time.time() > int(match.group(2)):
             return _Refusal(403, _cos_error_xml("AccessDenied", "Request has expired", path))
         job_part, _, rest = path[len(FILES_PREFIX) :].partition("/")
