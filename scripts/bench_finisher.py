@@ -2,10 +2,12 @@
 against `rclone copyurl` copying the same signed link into the same S3 server.
 
 The emulator and the S3 server run as separate processes; each finisher is the deployed
-handler (functions/finisher/index.py) called in a fresh process (scripts/finisher_child.py),
-so it pays a cold start as SCF's would and its peak RSS (VmHWM) is its own. Measured in the same run:
+handler called in a fresh process (scripts/finisher_child.py) of the built SCF package
+under Python 3.10, with nothing else on its path, so it pays a cold start as SCF's would
+and its peak RSS (VmHWM) is its own. Measured in the same run:
 
-- `--pairs` alternating pairs over a `--mib` export: the finisher (one invocation, from
+- `--pairs` alternating pairs over a `--mib` export, each copy after a pause of `--settle`
+  seconds on an emptied S3 server: the finisher (one invocation, from
   the ready job to the verified object) and `rclone copyurl` (multipart like the
   finisher: `upload_cutoff 0`, the same part size, its default 4 parts at once; `no_head`
   because moto answers its post-upload HEAD unlike COS); the ratio of their throughputs,
@@ -14,7 +16,7 @@ so it pays a cold start as SCF's would and its peak RSS (VmHWM) is its own. Meas
 
 rclone is Debian's package, installed with apt-get when missing.
 
-    scripts/bench finisher [--gib 1] [--mib 267] [--pairs 3] [--concurrency 4[,8]]
+    scripts/bench finisher [--gib 1] [--mib 267] [--pairs 3] [--settle 3] [--concurrency 4[,8]]
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
+from scripts.build_package import build, find_python310, isolated_python
 from scripts.finisher_child import RETURNED
 from shared.bootstrap import build_context
 from shared.config import load_config
@@ -69,8 +72,9 @@ def write_export_file(path: Path, size: int) -> int:
     return count
 
 
-def _start(cmd: list[str]) -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+def _start(cmd: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                               env={**os.environ, **(env or {})})
     assert process.stdout is not None
     return process, process.stdout.readline().strip()
 
@@ -85,13 +89,40 @@ def _run_child(module: str, config_path: Path, job_id: str, env: dict[str, str])
     return result
 
 
-def _finish_in_child(config_path: Path, job_id: str) -> dict[str, Any]:
+class Runtime(NamedTuple):
+    """How a finisher child starts: its interpreter and arguments, the package folder
+    (none: this venv), and a description for the report."""
+
+    python: list[str]
+    package: str | None
+    label: str
+
+    def command(self, config_path: Path, job_id: str) -> list[str]:
+        child = str(ROOT / "scripts" / "finisher_child.py")
+        return [*self.python, child, "--child", str(config_path), job_id,
+                *([self.package] if self.package else [])]
+
+
+def finisher_runtime(work: Path) -> Runtime:
+    """The built SCF package under Python 3.10 with nothing else on its path (what SCF
+    runs: neither the dev tools in this venv nor this newer Python are there), or this
+    venv when no Python 3.10 is found (said in the report)."""
+    python310 = find_python310()
+    if python310 is None:
+        return Runtime([sys.executable], None,
+                       f"this venv's Python {sys.version.split()[0]} (no Python 3.10 found)")
+    package = build(out=work / "package", archive=None)
+    return Runtime([isolated_python(python310), "-I", "-B"], str(package),
+                   f"the SCF package under Python 3.10 -I -B ({package})")
+
+
+def _finish_in_child(runtime: Runtime, config_path: Path, job_id: str) -> dict[str, Any]:
     """One finisher invocation in a fresh process, timed from the process's start to the
     handler's return (SCF's invocation ends there; the process is kept, and what the child
     does after, reading the job back for this report, is not the finisher's)."""
     started = time.perf_counter()
     child = subprocess.Popen(
-        [sys.executable, "-m", "scripts.finisher_child", "--child", str(config_path), job_id],
+        runtime.command(config_path, job_id),
         stdout=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "BENCH_SECRET": SECRET})
     assert child.stdout is not None
     returned = None
@@ -156,6 +187,8 @@ def main() -> int:
     parser.add_argument("--gib", type=float, default=1.0, help="size of the export for peak RSS")
     parser.add_argument("--mib", type=float, default=267, help="size of the export raced against rclone")
     parser.add_argument("--pairs", type=int, default=3, help="alternating finisher/rclone pairs")
+    parser.add_argument("--settle", type=float, default=3.0,
+                        help="seconds of pause before each copy (see _settle)")
     parser.add_argument("--concurrency", type=_concurrencies, default=[None],
                         help="destination.part_concurrency (default: the product's default); "
                              "several, comma-separated (4,8), are raced in the same pairs")
@@ -168,6 +201,8 @@ def main() -> int:
         compileall.compile_dir(ROOT / folder, quiet=1)
     work = ROOT / ".bench"
     work.mkdir(exist_ok=True)
+    runtime = finisher_runtime(work)
+    print(f"the finisher runs from {runtime.label}", flush=True)
     big = work / "big.jsonl"
     small = work / "small.jsonl"
     race = work / "race.jsonl"
@@ -176,7 +211,10 @@ def main() -> int:
     small_count = write_export_file(small, 200_000)
     race_count = write_export_file(race, int(args.mib * (1 << 20)))
 
-    s3, s3_url = _start([sys.executable, "-m", "devkit.s3_server", "--bucket", BUCKET])
+    # moto keeps an object or part over 5 MiB in a temporary file; on this machine's disk
+    # its writes competed with whichever copy came next (COS's disks are not ours).
+    s3, s3_url = _start([sys.executable, "-m", "devkit.s3_server", "--bucket", BUCKET],
+                        {"MOTO_S3_DEFAULT_KEY_BUFFER_SIZE": str(8 << 30)})
     emulator, wechat_url = _start([
         sys.executable, "-m", "devkit.emulators.wechat", "--port", "0",
         "--app", f"{APPID}:{SECRET}", "--env", f"{APPID}:{ENV_ID}",
@@ -196,15 +234,13 @@ def main() -> int:
             for n in list(configs)[shift:] + list(configs)[:shift]:
                 ready = _wait_until_ready(config_path, ["race"])
                 link = _download_link(config_path, ready["race"])
-                # Each copy meets an empty S3 server (it holds objects in memory, and one
-                # more large object there slowed whichever copy came second).
-                _empty_bucket(config_path)
                 if pair % 2:  # rclone first
+                    _settle(config_path, args.settle)
                     theirs, their_cpu = rclone_copy(rclone, link, s3_url, f"rclone/race-{pair}.jsonl", 8)
-                    _empty_bucket(config_path)
-                ours = _finish_in_child(configs[n], ready["race"])
+                _settle(config_path, args.settle)
+                ours = _finish_in_child(runtime, configs[n], ready["race"])
                 if pair % 2 == 0:
-                    _empty_bucket(config_path)
+                    _settle(config_path, args.settle)
                     theirs, their_cpu = rclone_copy(rclone, link, s3_url, f"rclone/race-{pair}.jsonl", 8)
                 assert ours["outcome"] == "done", ours
                 mib = ours["bytes"] / (1 << 20)
@@ -217,8 +253,8 @@ def main() -> int:
                       f"{ours['cpu_s']:.2f}, rclone {their_cpu:.2f}", flush=True)
         ready = _wait_until_ready(config_path, ["small", "big"])
         _empty_bucket(config_path)
-        baseline = _finish_in_child(config_path, ready["small"])
-        large = _finish_in_child(config_path, ready["big"])
+        baseline = _finish_in_child(runtime, config_path, ready["small"])
+        large = _finish_in_child(runtime, config_path, ready["big"])
     finally:
         emulator.terminate()
         s3.terminate()
@@ -277,6 +313,17 @@ def _write_config(work: Path, s3_url: str, wechat_url: str, concurrency: int | N
                      "collections": ["small", "big", "race"], "api_base": wechat_url}],
     }))
     return path
+
+
+def _settle(config_path: Path, seconds: float) -> None:
+    """Before each copy: an empty S3 server (it holds objects in memory, and one more
+    large object there slowed whichever copy came second), then a pause. Back to back, the
+    second of two identical `rclone copyurl` runs was 9-25% slower in every one of 5 pairs
+    although nothing on the machine was busy between them (a host-level effect); after a
+    3 s pause the difference was -3% to +6%. Without it the pairs' ratios fell into two
+    groups by who went first, and the median jumped between them from run to run."""
+    _empty_bucket(config_path)
+    time.sleep(seconds)
 
 
 def _empty_bucket(config_path: Path) -> None:

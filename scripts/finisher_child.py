@@ -5,7 +5,11 @@ Prints a marker line the moment the handler returns, then one JSON line: the out
 bytes stored, the job's error, peak RSS, the seconds spent loading the handler and in its
 call, and the CPU seconds (user and system, all threads) used until it returned.
 
-    python -m scripts.finisher_child --child CONFIG JOB_ID
+With PACKAGE (the built SCF package's folder, scripts/build_package.py), the handler and
+everything it imports come from that folder alone, as on SCF; run it then with the
+package's Python 3.10 as `python3.10 -I -B scripts/finisher_child.py ...`.
+
+    python -m scripts.finisher_child --child CONFIG JOB_ID [PACKAGE]
 """
 
 from __future__ import annotations
@@ -29,10 +33,14 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def main(config_path: str, job_id: str) -> None:
+def main(config_path: str, job_id: str, package: str | None = None) -> None:
     started = time.perf_counter()
+    handler_path = HANDLER
+    if package:  # only the package and the standard library, as SCF sees them
+        sys.path[:] = [package] + [p for p in sys.path if p and "site-packages" not in p]
+        handler_path = Path(package) / "finisher.py"
     os.environ["BAAS_BACKUP_CONFIG"] = config_path
-    spec = importlib.util.spec_from_file_location("index", HANDLER)
+    spec = importlib.util.spec_from_file_location("index", handler_path)
     assert spec is not None and spec.loader is not None
     handler = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(handler)
@@ -54,6 +62,6 @@ def main(config_path: str, job_id: str) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] != ["--child"] or len(sys.argv) != 4:
-        raise SystemExit("usage: python -m scripts.finisher_child --child CONFIG JOB_ID")
-    main(sys.argv[2], sys.argv[3])
+    if sys.argv[1:2] != ["--child"] or len(sys.argv) not in (4, 5):
+        raise SystemExit("usage: python -m scripts.finisher_child --child CONFIG JOB_ID [PACKAGE]")
+    main(*sys.argv[2:])
