@@ -1,15 +1,21 @@
 """moto's S3 server standing in for COS on loopback (behind `devkit.cos_layer`, which adds
 COS's x-cos-forbid-overwrite and x-cos-hash-crc64ecma), and the bucket the backups go to.
 
-    python -m devkit.s3_server --bucket NAME   # prints the endpoint URL, runs until killed
+    python -m devkit.s3_server --bucket NAME [--request-log FILE]
+    # prints the endpoint URL, runs until killed; FILE gets one JSON line per request
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import socket
 import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
@@ -21,7 +27,7 @@ from moto.server import ThreadedMotoServer
 from qcloud_cos import CosConfig, CosS3Client
 from werkzeug.serving import make_server
 
-from devkit.cos_layer import CosLayer
+from devkit.cos_layer import CosLayer, StartResponse, WsgiApp
 
 REGION = "ap-guangzhou"
 
@@ -32,24 +38,48 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class CosLikeServer(ThreadedMotoServer):
-    """moto's threaded server behind `CosLayer`: COS's forbid-overwrite header and CRC64."""
+class RequestLog:
+    """WSGI middleware writing one JSON line per request to `path`: when it arrived and
+    when its answer was ready (wall clock, seconds), its method, path and query names.
+    A benchmark reads it to time the phases of an upload the same way for every client."""
 
-    def __init__(self, ip_address: str, port: int) -> None:
+    def __init__(self, app: WsgiApp, path: Path) -> None:
+        self.app = app
+        self._out = path.open("a", buffering=1, encoding="utf-8")
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        arrived = time.time()
+        body = list(self.app(environ, start_response))  # moto answers with a finished body
+        line = json.dumps({"start": arrived, "end": time.time(),
+                           "method": environ.get("REQUEST_METHOD"), "path": environ.get("PATH_INFO"),
+                           "query": sorted(k.split("=")[0] for k in
+                                           environ.get("QUERY_STRING", "").split("&") if k)})
+        with self._lock:
+            self._out.write(line + "\n")
+        return body
+
+
+class CosLikeServer(ThreadedMotoServer):
+    """moto's threaded server behind `CosLayer`: COS's forbid-overwrite header and CRC64;
+    with `request_log`, every request is timed into that file (`RequestLog`)."""
+
+    def __init__(self, ip_address: str, port: int, request_log: Path | None = None) -> None:
         super().__init__(ip_address=ip_address, port=port, verbose=False)
         self.layer = CosLayer(DomainDispatcherApplication(create_backend_app))
+        self._app: WsgiApp = RequestLog(self.layer, request_log) if request_log else self.layer
 
     def _server_entry(self) -> None:
-        self._server = make_server(self._ip_address, self._port, self.layer, True,
+        self._server = make_server(self._ip_address, self._port, self._app, True,
                                    request_handler=MotoRequestHandler)
         self._server_ready_event.set()
         self._server.serve_forever()
 
 
-def start_s3_server(port: int = 0) -> tuple[CosLikeServer, str]:
+def start_s3_server(port: int = 0, request_log: Path | None = None) -> tuple[CosLikeServer, str]:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     port = port or free_port()
-    server = CosLikeServer("127.0.0.1", port)
+    server = CosLikeServer("127.0.0.1", port, request_log)
     server.start()
     return server, f"http://127.0.0.1:{port}"
 
@@ -77,8 +107,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--bucket", action="append", default=["bench-1250000000"])
+    parser.add_argument("--request-log", type=Path, help="time every request into this file")
     args = parser.parse_args()
-    _, url = start_s3_server(args.port)
+    _, url = start_s3_server(args.port, args.request_log)
     for bucket in args.bucket:
         create_bucket(url, bucket)
     print(url, flush=True)

@@ -11,7 +11,8 @@ and its peak RSS (VmHWM) is its own. Measured in the same run:
   the ready job to the verified object) and `rclone copyurl` (multipart like the
   finisher: `upload_cutoff 0`, the same part size, its default 4 parts at once; `no_head`
   because moto answers its post-upload HEAD unlike COS); the ratio of their throughputs,
-  and the CPU seconds each used (the S3 server and the emulator run on the same cores);
+  the CPU seconds each used (the S3 server and the emulator run on the same cores), and
+  where each copy's time went, read from the S3 server's request log (`Phases`);
 - peak RSS copying a `--gib` export, against the same finisher copying a 200 kB export.
 
 rclone is Debian's package, installed with apt-get when missing.
@@ -120,7 +121,7 @@ def _finish_in_child(runtime: Runtime, config_path: Path, job_id: str) -> dict[s
     """One finisher invocation in a fresh process, timed from the process's start to the
     handler's return (SCF's invocation ends there; the process is kept, and what the child
     does after, reading the job back for this report, is not the finisher's)."""
-    started = time.perf_counter()
+    began_at, started = time.time(), time.perf_counter()
     child = subprocess.Popen(
         runtime.command(config_path, job_id),
         stdout=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "BENCH_SECRET": SECRET})
@@ -129,12 +130,12 @@ def _finish_in_child(runtime: Runtime, config_path: Path, job_id: str) -> dict[s
     lines = []
     for line in child.stdout:
         if line.strip() == RETURNED and returned is None:
-            returned = time.perf_counter()
+            returned, ended_at = time.perf_counter(), time.time()
         lines.append(line)
     if child.wait() != 0 or returned is None:
         raise SystemExit(f"the finisher child failed (exit {child.returncode}):\n{''.join(lines[-20:])}")
     result: dict[str, Any] = json.loads(lines[-1])
-    result["seconds"] = returned - started
+    result.update(seconds=returned - started, began_at=began_at, ended_at=ended_at)
     return result
 
 
@@ -164,11 +165,11 @@ def ensure_rclone() -> str:
     return found
 
 
-def rclone_copy(rclone: str, url: str, s3_url: str, key: str, part_mib: int) -> tuple[float, float]:
-    """Seconds `rclone copyurl` takes to copy `url` into BUCKET/key on the S3 server, and
-    the CPU seconds it used."""
+def rclone_copy(rclone: str, url: str, s3_url: str, key: str, part_mib: int) -> dict[str, float]:
+    """`rclone copyurl` copying `url` into BUCKET/key on the S3 server: its seconds, the CPU
+    seconds it used, and when it began and ended (wall clock, for the request log)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
+    began_at, started = time.time(), time.perf_counter()
     subprocess.run([
         rclone, "copyurl", url, f":s3:{BUCKET}/{key}",
         "--s3-provider", "Other", "--s3-endpoint", s3_url, "--s3-region", "ap-guangzhou",
@@ -179,7 +180,41 @@ def rclone_copy(rclone: str, url: str, s3_url: str, key: str, part_mib: int) -> 
     # (plain HTTP on loopback: a custom CA bundle only makes rclone's S3 client refuse to start)
     seconds = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # only rclone was waited for since
-    return seconds, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return {"seconds": seconds, "began_at": began_at, "ended_at": time.time(),
+            "cpu_s": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime}
+
+
+class Phases(NamedTuple):
+    """Where one copy's time went, read from the S3 server's request log (one clock and one
+    reading for both copiers): until its first part arrived; its parts, from that arrival
+    to the last part's answer; the completion, to the answer of its complete-upload
+    request (the server assembles the object and its CRC64 then); and what followed."""
+
+    before: float
+    parts: float
+    completion: float
+    after: float
+
+
+def read_phases(log: Path, copy: dict[str, Any]) -> Phases:
+    began, ended = copy["began_at"], copy["ended_at"]
+    mine = [r for r in map(json.loads, log.read_text().splitlines()) if began <= r["start"] <= ended]
+    parts = [r for r in mine if r["method"] == "PUT" and "partNumber" in r["query"]]
+    completes = [r for r in mine if r["method"] == "POST" and "uploadId" in r["query"]]
+    if not parts or not completes:
+        raise SystemExit(f"the S3 server's request log {log} has no multipart upload between "
+                         f"{began} and {ended}; is the export smaller than one part?")
+    first = min(r["start"] for r in parts)
+    last = max(r["end"] for r in parts)
+    completed = max(r["end"] for r in completes)
+    return Phases(first - began, last - first, completed - last, ended - completed)
+
+
+def _phase_line(name: str, phases: list[Phases], mib: float) -> str:
+    median = Phases(*(statistics.median(column) for column in zip(*phases, strict=True)))
+    return (f"{name}: before the first part {median.before:.2f}, parts {median.parts:.2f} "
+            f"({mib / median.parts:.0f} MiB/s), completion {median.completion:.2f}, "
+            f"after {median.after:.2f}")
 
 
 def main() -> int:
@@ -213,7 +248,10 @@ def main() -> int:
 
     # moto keeps an object or part over 5 MiB in a temporary file; on this machine's disk
     # its writes competed with whichever copy came next (COS's disks are not ours).
-    s3, s3_url = _start([sys.executable, "-m", "devkit.s3_server", "--bucket", BUCKET],
+    request_log = work / "s3-requests.jsonl"
+    request_log.unlink(missing_ok=True)
+    s3, s3_url = _start([sys.executable, "-m", "devkit.s3_server", "--bucket", BUCKET,
+                         "--request-log", str(request_log)],
                         {"MOTO_S3_DEFAULT_KEY_BUFFER_SIZE": str(8 << 30)})
     emulator, wechat_url = _start([
         sys.executable, "-m", "devkit.emulators.wechat", "--port", "0",
@@ -227,6 +265,7 @@ def main() -> int:
         os.environ["BENCH_SECRET"] = SECRET
         race_rates: dict[int | None, list[tuple[float, float]]] = {n: [] for n in configs}
         cpu: dict[int | None, list[tuple[float, float]]] = {n: [] for n in configs}
+        phases: dict[int | None, list[tuple[Phases, Phases]]] = {n: [] for n in configs}
         for pair in range(args.pairs):
             # Each finisher is paired with the rclone copy next to it; who goes first and
             # the order of the concurrencies alternate from pair to pair.
@@ -236,21 +275,22 @@ def main() -> int:
                 link = _download_link(config_path, ready["race"])
                 if pair % 2:  # rclone first
                     _settle(config_path, args.settle)
-                    theirs, their_cpu = rclone_copy(rclone, link, s3_url, f"rclone/race-{pair}.jsonl", 8)
+                    theirs = rclone_copy(rclone, link, s3_url, f"rclone/race-{pair}.jsonl", 8)
                 _settle(config_path, args.settle)
                 ours = _finish_in_child(runtime, configs[n], ready["race"])
                 if pair % 2 == 0:
                     _settle(config_path, args.settle)
-                    theirs, their_cpu = rclone_copy(rclone, link, s3_url, f"rclone/race-{pair}.jsonl", 8)
+                    theirs = rclone_copy(rclone, link, s3_url, f"rclone/race-{pair}.jsonl", 8)
                 assert ours["outcome"] == "done", ours
                 mib = ours["bytes"] / (1 << 20)
-                race_rates[n].append((mib / ours["seconds"], mib / theirs))
-                cpu[n].append((ours["cpu_s"], their_cpu))
+                race_rates[n].append((mib / ours["seconds"], mib / theirs["seconds"]))
+                cpu[n].append((ours["cpu_s"], theirs["cpu_s"]))
+                phases[n].append((read_phases(request_log, ours), read_phases(request_log, theirs)))
                 print(f"pair {pair + 1}{_label(n)}: finisher {mib / ours['seconds']:.1f} MiB/s "
                       f"({mib / ours['invocation_s']:.1f} MiB/s in the handler's call, without the process start), "
-                      f"rclone copyurl {mib / theirs:.1f} MiB/s"
+                      f"rclone copyurl {mib / theirs['seconds']:.1f} MiB/s"
                       f"{' (rclone first)' if pair % 2 else ''}; CPU seconds: finisher "
-                      f"{ours['cpu_s']:.2f}, rclone {their_cpu:.2f}", flush=True)
+                      f"{ours['cpu_s']:.2f}, rclone {theirs['cpu_s']:.2f}", flush=True)
         ready = _wait_until_ready(config_path, ["small", "big"])
         _empty_bucket(config_path)
         baseline = _finish_in_child(runtime, config_path, ready["small"])
@@ -271,6 +311,9 @@ def main() -> int:
               f"{statistics.median(c for c, _ in cpu[n]):.2f}, rclone "
               f"{statistics.median(c for _, c in cpu[n]):.2f} (two cores, shared with the S3 "
               "server and the emulator)")
+        print("  where the time went, medians in seconds (the S3 server's request log):")
+        print("    " + _phase_line("finisher", [ours for ours, _ in phases[n]], args.mib))
+        print("    " + _phase_line("rclone  ", [theirs for _, theirs in phases[n]], args.mib))
     if len(configs) > 1:
         print(f"peak RSS measured with{_label(args.concurrency[0])}")
 
