@@ -15,6 +15,7 @@ from devkit.sample_data import make_docs
 from shared.config import Config, ConfigError
 from shared.domain.jobs import Run
 from shared.entrypoints.cli import main as cli
+from shared.service.overview import collections
 from shared.service.prune import prune
 from tests.support.backup import ENV_ID, LocalBackup, backup_now
 
@@ -124,3 +125,18 @@ def test_a_source_override_replaces_only_what_it_sets(local: LocalBackup) -> Non
     rules = config.retention.rules_for("shop")
     assert (rules.keep_daily, rules.keep_monthly) == (2, 6)
     assert config.retention.rules_for("other").keep_daily == 7
+
+
+def test_the_overview_counts_what_retention_would_keep(local: LocalBackup) -> None:
+    """With a policy, the status overview sees the jobs through the plan's one read of
+    every run (newest first) and counts the kept backups per collection."""
+    runs = runs_made(local, 3)
+    kept = {c.collection: c for c in collections(local.context(with_retention(local, keep_last=2)))}
+    plain = {c.collection: c for c in collections(local.context(with_retention(local)))}
+    assert sorted(kept) == sorted(plain) == ["orders", "users"]
+    for name, state in kept.items():
+        assert state.kept == 2 and plain[name].kept is None
+        for seen in (state, plain[name]):
+            assert seen.latest is not None and seen.last_good is not None
+            assert seen.latest.run_id == seen.last_good.run_id == runs[-1].run_id
+    assert all(local.context(with_retention(local)).state.get_run(r.run_id) for r in runs)

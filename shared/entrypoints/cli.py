@@ -198,10 +198,10 @@ def _prune(ctx: Context, dry_run: bool) -> int:
     for column in ("source", "collection", "run", "records", "verdict", "why"):
         table.add_column(column)
     for decision in decided.decisions:
-        job = decided.jobs[decision.backup.backup_id]
-        records = str(job.result.records) if job.result else ""
+        held = decided.jobs[decision.backup.backup_id]
+        records = "" if held.records is None else str(held.records)
         verdict = "keep" if decision.keep else ("would delete" if dry_run else "deleted")
-        table.add_row(job.source, job.collection, job.run_id, records, verdict,
+        table.add_row(held.source, held.collection, held.run_id, records, verdict,
                       ", ".join(decision.reasons))
     console().print(table)
     gone = len(decided.doomed)

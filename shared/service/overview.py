@@ -4,11 +4,12 @@ keeps."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from shared.domain.jobs import Job
+from shared.domain.jobs import Job, Run
 from shared.service.context import Context
 from shared.service.prune import plan
 
@@ -46,23 +47,25 @@ class CollectionState:
 
 def collections(ctx: Context) -> list[CollectionState]:
     found: dict[tuple[str, str], CollectionState] = {}
-    for run in ctx.state.list_runs(limit=RUNS_LOOKED_AT):  # newest first
-        if run.operation != "backup":
-            continue
-        for job in ctx.state.list_jobs(run.run_id):
-            if not job.status.terminal:
-                continue
-            state = found.setdefault((job.source, job.collection),
-                                     CollectionState(job.source, job.collection))
-            if state.latest is None:
-                state.latest = job
-            if state.last_good is None and job.good and job.pruned_at is None:
-                state.last_good = job
-    if ctx.config.retention is not None:
-        decided = plan(ctx)
+
+    def see(run: Run, job: Job) -> None:  # runs newest first
+        if run.operation != "backup" or not job.status.terminal:
+            return
+        state = found.setdefault((job.source, job.collection),
+                                 CollectionState(job.source, job.collection))
+        if state.latest is None:
+            state.latest = job
+        if state.last_good is None and job.good and job.pruned_at is None:
+            state.last_good = job
+
+    if ctx.config.retention is not None:  # the plan reads every backup run's jobs: see them there
+        kept = Counter(d.backup.collection for d in plan(ctx, see=see).decisions if d.keep)
         for state in found.values():
-            state.kept = sum(1 for d in decided.decisions
-                             if d.keep and d.backup.collection == (state.source, state.collection))
+            state.kept = kept[(state.source, state.collection)]
+    else:
+        for run in ctx.state.list_runs(limit=RUNS_LOOKED_AT):  # newest first
+            for job in ctx.state.list_jobs(run.run_id):
+                see(run, job)
     return [found[key] for key in sorted(found)]
 
 

@@ -11,8 +11,9 @@ their own deletions; a property test proves it)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from shared.domain.errors import StorageError
@@ -26,14 +27,38 @@ log = logging.getLogger(__name__)
 PAGE = 100
 
 
+@dataclass(frozen=True)
+class Held:
+    """What prune needs of one job of a backup run. A whole Job is about 4 kB in memory:
+    a thousand collections times 30 kept runs would not fit a 256 MB poller; this is a
+    fraction of it. The doomed jobs are read again when they are deleted."""
+
+    job_id: str
+    run_id: str
+    source: str
+    collection: str
+    records: int | None
+    finished_at: datetime | None
+    keys: tuple[str, ...]  # its data objects
+    holds_nothing: bool  # failed, or pruned already
+
+    @classmethod
+    def of(cls, job: Job) -> Held:
+        return cls(job_id=job.job_id, run_id=job.run_id, source=job.source,
+                   collection=job.collection, records=job.result.records if job.result else None,
+                   finished_at=job.finished_at,
+                   keys=tuple(o.key for o in job.result.objects) if job.result else (),
+                   holds_nothing=job.pruned_at is not None or job.status is JobStatus.FAILED)
+
+
 @dataclass
 class Plan:
     decisions: list[Decision] = field(default_factory=list)
-    jobs: dict[str, Job] = field(default_factory=dict)  # by job id (= backup id)
+    jobs: dict[str, Held] = field(default_factory=dict)  # by job id (= backup id)
     runs: dict[str, Run] = field(default_factory=dict)
 
     @property
-    def doomed(self) -> list[Job]:
+    def doomed(self) -> list[Held]:
         return [self.jobs[d.backup.backup_id] for d in self.decisions if not d.keep]
 
     def emptied_runs(self) -> list[str]:
@@ -41,19 +66,22 @@ class Plan:
         newest run (the latest failure stays visible)."""
         doomed = {j.job_id for j in self.doomed}
         newest = max(self.runs, default=None)
+        by_run: dict[str, list[Held]] = {}
+        for held in self.jobs.values():
+            by_run.setdefault(held.run_id, []).append(held)
         emptied = []
         for run_id, run in sorted(self.runs.items()):
             if run_id == newest or run.status is RunStatus.RUNNING:
                 continue
-            jobs = [j for j in self.jobs.values() if j.run_id == run_id]
-            if all(j.job_id in doomed or j.pruned_at is not None or j.status is JobStatus.FAILED
-                   for j in jobs):
+            if all(j.job_id in doomed or j.holds_nothing for j in by_run.get(run_id, [])):
                 emptied.append(run_id)
         return emptied
 
 
-def plan(ctx: Context) -> Plan:
-    """Decide every backup of every source the policy covers; deletes nothing."""
+def plan(ctx: Context, *, see: Callable[[Run, Job], None] | None = None) -> Plan:
+    """Decide every backup of every source the policy covers; deletes nothing. `see` is
+    shown every job of every backup run as it is read, newest run first (the status
+    overview reads them this way once, not twice)."""
     retention = ctx.config.retention
     result = Plan()
     if retention is None:
@@ -67,7 +95,9 @@ def plan(ctx: Context) -> Plan:
             continue
         result.runs[run.run_id] = run
         for job in ctx.state.list_jobs(run.run_id):
-            result.jobs[job.job_id] = job
+            if see is not None:
+                see(run, job)
+            result.jobs[job.job_id] = Held.of(job)
             if job.pruned_at is not None or job.status is not JobStatus.DONE or job.result is None:
                 continue
             backups.setdefault(job.source, []).append(Backup(
@@ -91,8 +121,10 @@ def prune(ctx: Context, *, dry_run: bool = False) -> Plan:
         return decided
     emptied = decided.emptied_runs()
     deleted: list[dict[str, Any]] = []
-    for job in decided.doomed:
-        assert job.result is not None
+    for held in decided.doomed:
+        job = ctx.state.get_job(held.job_id)
+        if job is None or job.result is None:  # another prune deleted its run meanwhile
+            continue
         for key in [o.key for o in job.result.objects] + [job.result.manifest_key]:
             _delete(ctx, key)
         _mark_pruned(ctx, job)
@@ -120,18 +152,18 @@ def _cool(ctx: Context, decided: Plan) -> list[str]:
     cutoff = ctx.clock() - timedelta(days=retention.cold_after_days)
     moved = []
     for decision in decided.decisions:
-        job = decided.jobs[decision.backup.backup_id]
-        if not decision.keep or job.result is None or (job.finished_at or cutoff) > cutoff:
+        held = decided.jobs[decision.backup.backup_id]
+        if not decision.keep or (held.finished_at or cutoff) > cutoff:
             continue
-        for stored in job.result.objects:
+        for key in held.keys:
             try:
-                info = ctx.objects.head(stored.key)
+                info = ctx.objects.head(key)
                 if info is not None and info.storage_class != retention.cold_storage_class:
-                    ctx.objects.set_storage_class(stored.key, retention.cold_storage_class)
-                    moved.append(stored.key)
+                    ctx.objects.set_storage_class(key, retention.cold_storage_class)
+                    moved.append(key)
             except StorageError as exc:  # the next prune tries again
                 log.warning("could not move a backup to cold storage",
-                            extra={"key": stored.key, "reason": str(exc)})
+                            extra={"key": key, "reason": str(exc)})
     return moved
 
 

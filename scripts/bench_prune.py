@@ -1,0 +1,112 @@
+"""Retention at scale: the prune plan and the status overview over many runs of many
+collections, in time and memory, against references measured in the same run.
+
+A SQLite state is filled with `--runs` closed nightly backup runs of `--collections`
+collections each (done jobs with one stored object; nothing is sent anywhere), with
+keep_daily 7, keep_weekly 4, keep_monthly 12. Measured:
+
+- the plan (`shared.service.prune.plan`: every backup decided, nothing deleted): its
+  seconds, against reading every job of every run and nothing else; and the memory it
+  holds at its peak (tracemalloc), against holding every job it read (the whole `Job`s,
+  as the plan did before). The prune runs in the poller (256 MB) or the finisher that
+  closes a run;
+- the status page's per-collection overview (`shared.service.overview.collections`).
+
+    scripts/bench prune [--runs 30] [--collections 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import TypeVar
+
+from shared.bootstrap import build_context
+from shared.config import parse_config
+from shared.domain.jobs import Job, JobResult, JobStatus, Run, RunStatus, StoredObject, job_id_for
+from shared.service import overview
+from shared.service.context import Context
+from shared.service.prune import plan
+
+FIRST = datetime(2026, 1, 1, 2, tzinfo=timezone.utc)
+T = TypeVar("T")
+ENV = {"BENCH_SECRET": "bench-secret-000000"}
+
+
+def context(db: Path) -> Context:
+    config = parse_config({
+        "destination": {"bucket": "bench-1250000000", "region": "ap-guangzhou",
+                        "endpoint": "http://127.0.0.1:9", "anonymous": True, "prefix": "bench"},
+        "state": {"url": f"sqlite:///{db}"},
+        "retention": {"keep_daily": 7, "keep_weekly": 4, "keep_monthly": 12},
+        "sources": [{"type": "wechat", "name": "shop", "appid": "wx00000000000be4c4",
+                     "secret": "${BENCH_SECRET}", "env": "bench-env", "collections": "all"}],
+    }, environ=ENV)
+    return build_context(config, environ=ENV)
+
+
+def fill(ctx: Context, runs: int, collections: int) -> None:
+    """`runs` nightly runs, closed and succeeded, each with a done job per collection."""
+    for night in range(runs):
+        at = FIRST + timedelta(days=night)
+        run_id = f"{at:%Y%m%dT%H%M%S}000Z-{night:08x}"
+        jobs = []
+        for number in range(collections):
+            name = f"collection_{number}"
+            key = f"bench/runs/{run_id}/shop/{name}.jsonl"
+            jobs.append(Job(
+                job_id=job_id_for(run_id, "shop", name), run_id=run_id, source="shop",
+                collection=name, status=JobStatus.DONE, next_check_at=at, created_at=at,
+                updated_at=at, finished_at=at, platform_job_id=f"{night}-{number}",
+                expected_records=1000, result=JobResult(manifest_key=f"{key}.manifest.json", objects=[
+                    StoredObject(key=key, bytes=123456, sha256="0" * 64, records=1000,
+                                 crc64="1234567890123456789")])))
+        run, _ = ctx.state.create_run(
+            Run(run_id=run_id, idempotency_key=run_id, trigger="timer", created_at=at,
+                sources=["shop"]), jobs)
+        ctx.state.save_run(run.model_copy(update={"status": RunStatus.SUCCEEDED, "finished_at": at}))
+
+
+def timed_peak(work: Callable[[], T]) -> tuple[T, float, float]:
+    """`work()`'s result, seconds and peak traced memory in MB."""
+    tracemalloc.start()
+    started = time.perf_counter()
+    result = work()
+    seconds = time.perf_counter() - started
+    peak = tracemalloc.get_traced_memory()[1] / 1e6
+    tracemalloc.stop()
+    return result, seconds, peak
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--collections", type=int, default=1000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-prune-") as tmp:
+        ctx = context(Path(tmp) / "state.sqlite3")
+        print(f"filling the state: {args.runs} runs x {args.collections} collections ...", flush=True)
+        fill(ctx, args.runs, args.collections)
+        ctx.clock = lambda: FIRST + timedelta(days=args.runs)
+        runs = [r.run_id for r in ctx.state.list_runs(limit=args.runs)]
+        held, read_s, held_mb = timed_peak(lambda: [ctx.state.list_jobs(r) for r in runs])
+        del held
+        decided, plan_s, plan_mb = timed_peak(lambda: plan(ctx))
+        _, overview_s, overview_mb = timed_peak(lambda: overview.collections(ctx))
+    jobs = args.runs * args.collections
+    kept = sum(1 for d in decided.decisions if d.keep)
+    print(f"plan over {jobs} backups ({kept} kept): {plan_s:.1f} s, {plan_s / read_s:.2f}x the "
+          f"{read_s:.1f} s of reading every job; peak memory {plan_mb:.0f} MB, "
+          f"{plan_mb / held_mb:.2f}x the {held_mb:.0f} MB of holding every job read")
+    print(f"status overview of {args.collections} collections: {overview_s:.1f} s, "
+          f"peak memory {overview_mb:.0f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
