@@ -142,9 +142,25 @@ class CosStateStore:
         return Job.model_validate(doc) if doc is not None else None
 
     def list_jobs(self, run_id: str) -> list[Job]:
-        ids = self._names(f"{self._root}run-jobs/{_segment(run_id)}/")
-        found = [j for j in self._map(self.get_job, ids) if j is not None]
-        return sorted(found, key=lambda j: j.job_id)
+        """The run's index, and beside it one listing of every version of the jobs whose
+        ids start with the run's (`job_id_for`'s ids all do): a page holds a thousand
+        keys, where a listing per job took a request each. A job that listing missed is
+        looked up on its own."""
+        with ThreadPoolExecutor(max_workers=1) as side:
+            listed = side.submit(self._list, f"{self._root}jobs/{_segment(run_id)}.")
+            ids = self._names(f"{self._root}run-jobs/{_segment(run_id)}/")
+            keys, _ = listed.result()
+        versions: dict[str, list[int]] = {}
+        for key in keys:
+            if found := _VERSION.search(key):
+                versions.setdefault(key[:found.start() + 1], []).append(int(found.group(1)))
+
+        def read(job_id: str) -> Job | None:
+            record = self._record("jobs", job_id)
+            doc = self._latest(record, sorted(versions[record]) if record in versions else None)
+            return Job.model_validate(doc) if doc is not None else None
+
+        return sorted((j for j in self._map(read, ids) if j is not None), key=lambda j: j.job_id)
 
     def run_has_open_jobs(self, run_id: str) -> bool:
         """Only the run's jobs that still have an open-jobs hint are read (two listings
@@ -247,8 +263,9 @@ class CosStateStore:
         keys, _ = self._list(record)
         return sorted(int(m.group(1)) for k in keys if (m := _VERSION.search(k)))
 
-    def _latest(self, record: str) -> dict[str, Any] | None:
-        for number in reversed(self._versions(record)):
+    def _latest(self, record: str, versions: list[int] | None = None) -> dict[str, Any] | None:
+        """The newest version's document (`versions`: the record's, listed already)."""
+        for number in reversed(self._versions(record) if versions is None else versions):
             stored = self._get_json(self._version_key(record, number))
             if stored is not None:  # else deleted since the listing (a ghost): look lower
                 document: dict[str, Any] = stored["doc"]
