@@ -143,6 +143,23 @@ def test_idempotency_keys_and_ids_are_exact(store: StateStore) -> None:
     assert stored is not None and stored.collection == "商品 products 🛒"
 
 
+def test_a_run_lists_its_jobs_whatever_their_ids(store: StateStore) -> None:
+    """The COS store lists the versions of every job whose id starts with the run's in one
+    pass; a job id that does not, and a job saved since, are still found, at their latest."""
+    run, jobs = make_run(run_id="r1", jobs=2)
+    now = utcnow()
+    odd = Job(job_id="elsewhere.j9", run_id="r1", source="s", collection="t9",
+              next_check_at=now, created_at=now, updated_at=now)
+    store.create_run(run, [*jobs, odd])
+    store.create_run(*make_run(key="k2", run_id="r1.j", jobs=1))  # a run whose id extends r1's
+    moved = store.save_job(jobs[1].moved_to(JobStatus.EXPORTING, platform_job_id="e1"))
+    assert moved is not None and store.save_job(odd.moved_to(JobStatus.EXPORTING)) is not None
+    listed = store.list_jobs("r1")
+    assert [j.job_id for j in listed] == ["elsewhere.j9", "r1.j0", "r1.j1"]
+    assert [j.version for j in listed] == [1, 0, 1] and listed[2].platform_job_id == "e1"
+    assert [j.job_id for j in store.list_jobs("r1.j")] == ["r1.j.j0"]
+
+
 def test_missing_records_read_as_none(store: StateStore) -> None:
     assert store.get_run("nope") is None and store.get_job("nope") is None
     assert store.list_jobs("nope") == [] and store.list_runs() == [] and store.open_runs() == []
