@@ -246,10 +246,10 @@ def main() -> int:
     small_count = write_export_file(small, 200_000)
     race_count = write_export_file(race, int(args.mib * (1 << 20)))
 
-    # moto keeps an object or part over 5 MiB in a temporary file; on this machine's disk
-    # its writes competed with whichever copy came next (COS's disks are not ours).
     request_log = work / "s3-requests.jsonl"
     request_log.unlink(missing_ok=True)
+    # moto keeps an object or part over 5 MiB in a temporary file; on this machine's disk
+    # its writes competed with whichever copy came next (COS's disks are not ours).
     s3, s3_url = _start([sys.executable, "-m", "devkit.s3_server", "--bucket", BUCKET,
                          "--request-log", str(request_log)],
                         {"MOTO_S3_DEFAULT_KEY_BUFFER_SIZE": str(8 << 30)})
@@ -361,10 +361,11 @@ def _write_config(work: Path, s3_url: str, wechat_url: str, concurrency: int | N
 def _settle(config_path: Path, seconds: float) -> None:
     """Before each copy: an empty S3 server (it holds objects in memory, and one more
     large object there slowed whichever copy came second), then a pause. Back to back, the
-    second of two identical `rclone copyurl` runs was 9-25% slower in every one of 5 pairs
-    although nothing on the machine was busy between them (a host-level effect); after a
-    3 s pause the difference was -3% to +6%. Without it the pairs' ratios fell into two
-    groups by who went first, and the median jumped between them from run to run."""
+    second of two identical `rclone copyurl` runs was 8-25% slower in every one of 5 pairs,
+    although no process used the CPU between them (cause not found; moto's temporary files
+    on disk, see main, are a candidate); after a 3 s pause the second was between 6% slower
+    and 3% faster. Without it the pairs' ratios fell into two groups by who went first, and
+    the median jumped between them from run to run."""
     _empty_bucket(config_path)
     time.sleep(seconds)
 
