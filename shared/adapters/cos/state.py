@@ -63,6 +63,15 @@ def _segment(ident: str) -> str:
     return quote(ident, safe="-_.~")
 
 
+def _versions_by_record(keys: list[str]) -> dict[str, list[int]]:
+    """Version keys (`<record>v0000000007.json`) as each record's version numbers, sorted."""
+    found: dict[str, list[int]] = {}
+    for key in keys:
+        if match := _VERSION.search(key):
+            found.setdefault(key[:match.start() + 1], []).append(int(match.group(1)))
+    return {record: sorted(numbers) for record, numbers in found.items()}
+
+
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -149,15 +158,11 @@ class CosStateStore:
         with ThreadPoolExecutor(max_workers=1) as side:
             listed = side.submit(self._list, f"{self._root}jobs/{_segment(run_id)}.")
             ids = self._names(f"{self._root}run-jobs/{_segment(run_id)}/")
-            keys, _ = listed.result()
-        versions: dict[str, list[int]] = {}
-        for key in keys:
-            if found := _VERSION.search(key):
-                versions.setdefault(key[:found.start() + 1], []).append(int(found.group(1)))
+            versions = _versions_by_record(listed.result()[0])
 
         def read(job_id: str) -> Job | None:
             record = self._record("jobs", job_id)
-            doc = self._latest(record, sorted(versions[record]) if record in versions else None)
+            doc = self._latest(record, versions.get(record))
             return Job.model_validate(doc) if doc is not None else None
 
         return sorted((j for j in self._map(read, ids) if j is not None), key=lambda j: j.job_id)
@@ -166,24 +171,22 @@ class CosStateStore:
         """Only the run's jobs that still have an open-jobs hint are read (two listings
         and, while the run is busy, usually one record): a hint is written before its job
         and removed only after the job ends, so a job without one has ended."""
-        index = f"{self._root}open-jobs/"
-        hinted, of_run = self._map(self._names, [index, f"{self._root}run-jobs/{_segment(run_id)}/"])
+        hinted, of_run = self._map(self._names, [self._hint(""), f"{self._root}run-jobs/{_segment(run_id)}/"])
         for job_id in sorted(set(hinted) & set(of_run)):
             job = self.get_job(job_id)
             if job is None or not job.status.terminal:  # None: being written right now
                 return True
-            self._delete(index + _segment(job_id))  # a stale hint: the job ended
+            self._delete(self._hint(job_id))  # a stale hint: the job ended
         return False
 
     def due_jobs(self, now: datetime, limit: int = 100) -> list[Job]:
-        index = f"{self._root}open-jobs/"
-        ids = self._names(index)
+        ids = self._names(self._hint(""))
         due = []
         for job_id, job in zip(ids, self._map(self.get_job, ids), strict=True):
             if job is None:
                 continue  # its run is being written right now
             if job.status.terminal:
-                self._delete(index + _segment(job_id))  # a stale hint: the job ended
+                self._delete(self._hint(job_id))  # a stale hint: the job ended
             elif job.next_check_at <= now:
                 due.append(job)
         return sorted(due, key=lambda j: j.next_check_at)[:limit]
@@ -193,7 +196,7 @@ class CosStateStore:
         if not self._compare_and_set(self._record("jobs", job.job_id), job.version, stored):
             return None
         if stored.status.terminal:
-            self._delete(f"{self._root}open-jobs/{_segment(job.job_id)}")
+            self._delete(self._hint(job.job_id))
         return stored
 
     def delete_run(self, run_id: str) -> None:
@@ -252,6 +255,10 @@ class CosStateStore:
             self._delete(self._version_key(record, number))
 
     # records ---------------------------------------------------------------
+    def _hint(self, job_id: str) -> str:
+        """The open-jobs hint of a job (of none: the index's prefix)."""
+        return f"{self._root}open-jobs/{_segment(job_id)}"
+
     def _record(self, kind: str, ident: str) -> str:
         return f"{self._root}{kind}/{_segment(ident)}/"
 
@@ -260,8 +267,7 @@ class CosStateStore:
         return f"{record}v{number:010d}.json"
 
     def _versions(self, record: str) -> list[int]:
-        keys, _ = self._list(record)
-        return sorted(int(m.group(1)) for k in keys if (m := _VERSION.search(k)))
+        return _versions_by_record(self._list(record)[0]).get(record, [])
 
     def _latest(self, record: str, versions: list[int] | None = None) -> dict[str, Any] | None:
         """The newest version's document (`versions`: the record's, listed already)."""
@@ -294,7 +300,7 @@ class CosStateStore:
         def index(job: Job) -> None:
             self._put_json(f"{self._root}run-jobs/{run_segment}/{_segment(job.job_id)}", {})
             if not job.status.terminal:
-                self._put_json(f"{self._root}open-jobs/{_segment(job.job_id)}", {})
+                self._put_json(self._hint(job.job_id), {})
 
         # Index entries first, so no record is ever out of the poller's sight.
         if run.status is RunStatus.RUNNING:
