@@ -14,7 +14,10 @@ keep_monthly 12. Measured:
 - on COS, the requests the plan sent (the S3 server's request log), against reading each
   job on its own (a listing of its versions and a read, 8 at a time: how the store read
   a run's jobs before);
-- the status page's per-collection overview (`shared.service.overview.collections`).
+- the status page's per-collection overview (`shared.service.overview.collections`),
+  with the policy (it sees every job through the plan) and without one, the default (it
+  reads a collection's jobs only until its latest and last good backups are known),
+  against reading every job.
 
     scripts/bench prune [--runs 30] [--collections 1000] [--stores sqlite,cos]
     scripts/bench prune --stores cos --runs 10 --collections 200   # moto fills slowly
@@ -23,6 +26,7 @@ keep_monthly 12. Measured:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import time
@@ -107,6 +111,10 @@ def measure(ctx: Context, runs: int, collections: int, requests: Path | None) ->
     decided, plan_s, plan_mb = timed_peak(lambda: plan(ctx))
     plan_requests = sent()
     _, overview_s, overview_mb = timed_peak(lambda: overview.collections(ctx))
+    sent()
+    default = dataclasses.replace(ctx, config=ctx.config.model_copy(update={"retention": None}))
+    _, default_s, _ = timed_peak(lambda: overview.collections(default))
+    default_requests = sent()
     kept = sum(1 for d in decided.decisions if d.keep)
     print(f"  plan over {runs * collections} backups ({kept} kept): {plan_s:.1f} s, "
           f"{plan_s / read_s:.2f}x the {read_s:.1f} s of reading every job; peak memory "
@@ -117,6 +125,10 @@ def measure(ctx: Context, runs: int, collections: int, requests: Path | None) ->
               f"(the plan: {plan_s / alone_s:.2f}x its time)")
     print(f"  status overview of {collections} collections: {overview_s:.1f} s, "
           f"peak memory {overview_mb:.0f} MB", flush=True)
+    print(f"  status overview without a policy (the default): {default_s:.2f} s, "
+          f"{default_s / read_s:.2f}x reading every job"
+          + (f"; {default_requests} requests, {default_requests / read_requests:.3f}x"
+             if requests is not None else ""), flush=True)
 
 
 class _Sent:

@@ -6,7 +6,7 @@ the tests' fakes see nothing else.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
@@ -287,7 +287,8 @@ class StateStore(TokenCache, Protocol):
 
     def get_job(self, job_id: str) -> Job | None: ...
 
-    def list_jobs(self, run_id: str) -> list[Job]: ...
+    def list_jobs(self, run_id: str, *, skip: Collection[str] = ()) -> list[Job]:
+        """The run's jobs by id, leaving out (and not reading) those in `skip`."""
 
     def run_has_open_jobs(self, run_id: str) -> bool:
         """Has some job of the run not ended yet? Answered without reading every job, so

@@ -8,7 +8,7 @@ import hashlib
 import itertools
 import json
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -60,8 +60,8 @@ class MemoryState:
     def get_job(self, job_id: str) -> Job | None:
         return self.jobs.get(job_id)
 
-    def list_jobs(self, run_id: str) -> list[Job]:
-        return sorted((j for j in self.jobs.values() if j.run_id == run_id),
+    def list_jobs(self, run_id: str, *, skip: Collection[str] = ()) -> list[Job]:
+        return sorted((j for j in self.jobs.values() if j.run_id == run_id and j.job_id not in skip),
                       key=lambda j: j.job_id)
 
     def run_has_open_jobs(self, run_id: str) -> bool:

@@ -160,6 +160,21 @@ def test_a_run_lists_its_jobs_whatever_their_ids(store: StateStore) -> None:
     assert [j.job_id for j in store.list_jobs("r1.j")] == ["r1.j.j0"]
 
 
+def test_a_run_lists_its_jobs_leaving_out_the_skipped(store: StateStore) -> None:
+    """Skipped jobs are neither read nor returned; a skip naming no job of the run is
+    harmless. Ten jobs: the COS store looks a few up one by one, many in one listing."""
+    run, jobs = make_run(run_id="r1", jobs=10)
+    store.create_run(run, jobs)
+    moved = store.save_job(jobs[9].moved_to(JobStatus.EXPORTING, platform_job_id="e9"))
+    assert moved is not None
+    ids = [j.job_id for j in jobs]
+    few = store.list_jobs("r1", skip=frozenset(ids[:8]))  # two left: looked up one by one
+    assert [(j.job_id, j.version) for j in few] == [(ids[8], 0), (ids[9], 1)]
+    many = store.list_jobs("r1", skip=[ids[0], "r2.j0", "nope"])  # nine left: one listing
+    assert [j.job_id for j in many] == ids[1:] and many[-1].platform_job_id == "e9"
+    assert store.list_jobs("r1", skip=ids) == [] and store.list_jobs("nope", skip=ids) == []
+
+
 def test_missing_records_read_as_none(store: StateStore) -> None:
     assert store.get_run("nope") is None and store.get_job("nope") is None
     assert store.list_jobs("nope") == [] and store.list_runs() == [] and store.open_runs() == []

@@ -20,7 +20,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
@@ -276,10 +276,13 @@ class SqlStateStore:
             doc = conn.execute(sa.select(jobs.c.doc).where(jobs.c.job_id == job_id)).scalar()
         return Job.model_validate_json(doc) if doc else None
 
-    def list_jobs(self, run_id: str) -> list[Job]:
-        query = sa.select(jobs.c.doc).where(jobs.c.run_id == run_id).order_by(jobs.c.job_id)
+    def list_jobs(self, run_id: str, *, skip: Collection[str] = ()) -> list[Job]:
+        query = (sa.select(jobs.c.job_id, jobs.c.doc).where(jobs.c.run_id == run_id)
+                 .order_by(jobs.c.job_id))
+        left_out = frozenset(skip)  # filtered here: an IN list has a size limit
         with self.engine.connect() as conn:
-            return [Job.model_validate_json(d) for d in conn.execute(query).scalars()]
+            return [Job.model_validate_json(doc) for job_id, doc in conn.execute(query)
+                    if job_id not in left_out]
 
     def run_has_open_jobs(self, run_id: str) -> bool:
         query = (sa.select(jobs.c.job_id)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from shared.domain.jobs import Job, Run
+from shared.domain.jobs import Job, Run, job_id_for
 from shared.service.context import Context
 from shared.service.prune import plan
 
@@ -63,9 +63,19 @@ def collections(ctx: Context) -> list[CollectionState]:
         for state in found.values():
             state.kept = kept[(state.source, state.collection)]
     else:
+        # A collection whose latest and last good backups are known is settled: its job in
+        # an older run (at a known id, `job_id_for`) cannot change the answer and is not
+        # read. Every other job is, so a collection seen only in older runs still shows.
+        settled: set[tuple[str, str]] = set()
         for run in ctx.state.list_runs(limit=RUNS_LOOKED_AT):  # newest first
-            for job in ctx.state.list_jobs(run.run_id):
+            if run.operation != "backup":
+                continue
+            skip = frozenset(job_id_for(run.run_id, *key) for key in settled)
+            for job in ctx.state.list_jobs(run.run_id, skip=skip):
                 see(run, job)
+                known = found.get((job.source, job.collection))
+                if known is not None and known.latest is not None and known.last_good is not None:
+                    settled.add((job.source, job.collection))
     return [found[key] for key in sorted(found)]
 
 

@@ -28,7 +28,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -150,15 +150,26 @@ class CosStateStore:
         doc = self._latest(self._record("jobs", job_id))
         return Job.model_validate(doc) if doc is not None else None
 
-    def list_jobs(self, run_id: str) -> list[Job]:
+    def list_jobs(self, run_id: str, *, skip: Collection[str] = ()) -> list[Job]:
         """The run's index, and beside it one listing of every version of the jobs whose
         ids start with the run's (`job_id_for`'s ids all do): a page holds a thousand
         keys, where a listing per job took a request each. A job that listing missed is
-        looked up on its own."""
-        with ThreadPoolExecutor(max_workers=1) as side:
-            listed = side.submit(self._list, f"{self._root}jobs/{_segment(run_id)}.")
-            ids = self._names(f"{self._root}run-jobs/{_segment(run_id)}/")
-            versions = _versions_by_record(listed.result()[0])
+        looked up on its own. With `skip`, the index is listed first, and when no more
+        jobs are left than one round of readers, each is looked up on its own instead
+        (two requests apiece, not every version of the run)."""
+        index = f"{self._root}run-jobs/{_segment(run_id)}/"
+        every = f"{self._root}jobs/{_segment(run_id)}."
+        versions: dict[str, list[int]] = {}
+        if skip:
+            left_out = frozenset(skip)
+            ids = [i for i in self._names(index) if i not in left_out]
+            if len(ids) > _READERS:
+                versions = _versions_by_record(self._list(every)[0])
+        else:
+            with ThreadPoolExecutor(max_workers=1) as side:
+                listed = side.submit(self._list, every)
+                ids = self._names(index)
+                versions = _versions_by_record(listed.result()[0])
 
         def read(job_id: str) -> Job | None:
             record = self._record("jobs", job_id)
