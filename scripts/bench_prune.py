@@ -13,7 +13,8 @@ keep_monthly 12. Measured:
   closes a run;
 - on COS, the requests the plan sent (the S3 server's request log), against reading each
   job on its own (a listing of its versions and a read, 8 at a time: how the store read
-  a run's jobs before);
+  a run's jobs before). The first reading of every job saves each ended run's snapshot
+  (`CosStateStore.list_jobs`); the plan and the overview then take the jobs from it;
 - the status page's per-collection overview (`shared.service.overview.collections`),
   with the policy (it sees every job through the plan) and without one, the default (it
   reads a collection's jobs only until its latest and last good backups are known),
@@ -100,9 +101,11 @@ def measure(ctx: Context, runs: int, collections: int, requests: Path | None) ->
     fill(ctx, runs, collections)
     ctx.clock = lambda: FIRST + timedelta(days=runs)
     run_ids = [r.run_id for r in ctx.state.list_runs(limit=runs)]
-    ids = {r: [j.job_id for j in ctx.state.list_jobs(r)] for r in run_ids}
     sent = _Sent(requests)
+    # The first read of the runs: on COS it also saves each run's snapshot, which every
+    # later read (the plan's, the overview's) takes its jobs from.
     held, read_s, held_mb = timed_peak(lambda: [ctx.state.list_jobs(r) for r in run_ids])
+    ids = {r: [j.job_id for j in jobs] for r, jobs in zip(run_ids, held, strict=True)}
     del held
     read_requests = sent()
     with ThreadPoolExecutor(8) as pool:
@@ -120,9 +123,9 @@ def measure(ctx: Context, runs: int, collections: int, requests: Path | None) ->
           f"{plan_s / read_s:.2f}x the {read_s:.1f} s of reading every job; peak memory "
           f"{plan_mb:.0f} MB, {plan_mb / held_mb:.2f}x the {held_mb:.0f} MB of holding every job read")
     if requests is not None:
-        print(f"  requests: the plan {plan_requests}, reading every job {read_requests}; "
-              f"each job on its own {alone_requests} in {alone_s:.1f} s "
-              f"(the plan: {plan_s / alone_s:.2f}x its time)")
+        print(f"  requests: the plan {plan_requests} (the runs' snapshots in place), the first "
+              f"reading of every job {read_requests} (which saved them); each job on its own "
+              f"{alone_requests} in {alone_s:.1f} s (the plan: {plan_s / alone_s:.2f}x its time)")
     print(f"  status overview of {collections} collections: {overview_s:.1f} s, "
           f"peak memory {overview_mb:.0f} MB", flush=True)
     print(f"  status overview without a policy (the default): {default_s:.2f} s, "

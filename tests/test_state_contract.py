@@ -270,6 +270,47 @@ def test_a_run_has_open_jobs_until_each_of_its_jobs_ended(store: StateStore) -> 
     assert not store.run_has_open_jobs("no-such-run")
 
 
+def test_an_ended_runs_jobs_are_taken_from_its_snapshot_unless_saved_since(
+        destination: Destination, atomic_moto: None) -> None:
+    """COS: once every job of a run of many has ended, one full read saves a snapshot;
+    later reads take each job from it while its listed version is the snapshot's, and
+    read a job saved since. A run with a job still open gets no snapshot; deleting the run
+    deletes it."""
+    store = CosStateStore(destination)
+    now = utcnow()
+    run, jobs = make_run(jobs=12, at=now)
+    store.create_run(run, jobs)
+    snapshot = f"{destination.prefix}/_state/snapshots/r1.json"
+    ended = [store.save_job(j.failed("broken", now)) for j in jobs[:-1]]
+    read: list[str] = []
+    get_json = store._get_json
+
+    def counted(key: str) -> dict[str, Any] | None:
+        if "/_state/jobs/" in key:
+            read.append(key)
+        return get_json(key)
+
+    store._get_json = counted  # type: ignore[method-assign]
+    assert len(store.list_jobs("r1")) == 12 and len(read) == 12
+    assert store._get_json(snapshot) is None  # jobs[-1] is still pending
+    store.save_job(jobs[-1].failed("broken", now))
+    first = store.list_jobs("r1")
+    assert store._get_json(snapshot) is not None
+
+    read.clear()
+    assert store.list_jobs("r1") == first and read == []  # all taken from the snapshot
+    again = ended[0]
+    assert again is not None
+    acknowledged = store.save_job(again.model_copy(update={"acknowledged_at": now}))
+    assert acknowledged is not None and acknowledged.version == 2
+    listed = store.list_jobs("r1")
+    assert len(read) == 1 and listed[0] == acknowledged and listed[1:] == first[1:]
+    assert store.list_jobs("r1", skip=[jobs[0].job_id]) == first[1:]
+
+    store.delete_run("r1")
+    assert store._get_json(snapshot) is None and store.list_jobs("r1") == []
+
+
 def test_run_has_open_jobs_reads_only_hinted_jobs_and_clears_stale_hints(
         destination: Destination, atomic_moto: None) -> None:
     """COS: a run of many jobs, all but one ended, is judged from two listings and the

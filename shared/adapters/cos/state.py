@@ -156,7 +156,13 @@ class CosStateStore:
         keys, where a listing per job took a request each. A job that listing missed is
         looked up on its own. With `skip`, the index is listed first, and when no more
         jobs are left than one round of readers, each is looked up on its own instead
-        (two requests apiece, not every version of the run)."""
+        (two requests apiece, not every version of the run).
+
+        A run of more jobs than that keeps a snapshot of them once they have all ended
+        (`_state/snapshots/<run_id>.json`): a job whose listed highest version is the
+        snapshot's is taken from it, not read. Versions are never rewritten, so a taken
+        job is the one a read would have returned; a job saved since (acknowledged,
+        pruned) is read, and the snapshot written again when many were."""
         index = f"{self._root}run-jobs/{_segment(run_id)}/"
         every = f"{self._root}jobs/{_segment(run_id)}."
         versions: dict[str, list[int]] = {}
@@ -170,13 +176,42 @@ class CosStateStore:
                 listed = side.submit(self._list, every)
                 ids = self._names(index)
                 versions = _versions_by_record(listed.result()[0])
+        snapshot = self._snapshot(run_id) if versions and len(ids) > _READERS else {}
+        records = {job_id: self._record("jobs", job_id) for job_id in ids}
+        taken = {job_id: kept for job_id in ids if (kept := snapshot.get(job_id)) is not None
+                 and kept[0] == (versions.get(records[job_id]) or [-1])[-1]}
+        afresh = [job_id for job_id in ids if job_id not in taken]
+        found = [*taken.values(), *filter(None, self._map(
+            lambda job_id: self._newest(records[job_id], versions.get(records[job_id])), afresh))]
+        jobs = sorted((Job.model_validate(doc) for _, doc in found), key=lambda j: j.job_id)
+        if (not skip and len(afresh) > _READERS and len(jobs) == len(ids)
+                and all(j.status.terminal for j in jobs)):
+            self._save_snapshot(run_id, found)
+        return jobs
 
-        def read(job_id: str) -> Job | None:
-            record = self._record("jobs", job_id)
-            doc = self._latest(record, versions.get(record))
-            return Job.model_validate(doc) if doc is not None else None
+    def _snapshot(self, run_id: str) -> dict[str, tuple[int, dict[str, Any]]]:
+        """The run's snapshot: each job's version number and document, by job id; empty
+        when there is none or it is not readable (then every job is read, as without one)."""
+        doc = self._get_json(self._snapshot_key(run_id))
+        try:
+            if doc is not None and doc["format"] == 1:
+                return {entry["doc"]["job_id"]: (int(entry["version"]), entry["doc"])
+                        for entry in doc["jobs"]}
+        except (KeyError, TypeError, ValueError):
+            log.warning("COS state: a run's snapshot is unreadable; its jobs are read instead",
+                        extra={"run_id": run_id})
+        return {}
 
-        return sorted((j for j in self._map(read, ids) if j is not None), key=lambda j: j.job_id)
+    def _save_snapshot(self, run_id: str, jobs: list[tuple[int, dict[str, Any]]]) -> None:
+        try:
+            self._put_json(self._snapshot_key(run_id), {"format": 1, "jobs": [
+                {"version": number, "doc": doc} for number, doc in jobs]})
+        except StateError as exc:  # only a saving missed: the next full read writes it
+            log.warning("COS state: could not save a run's snapshot",
+                        extra={"run_id": run_id, "reason": str(exc)})
+
+    def _snapshot_key(self, run_id: str) -> str:
+        return f"{self._root}snapshots/{_segment(run_id)}.json"
 
     def run_has_open_jobs(self, run_id: str) -> bool:
         """Only the run's jobs that still have an open-jobs hint are read (two listings
@@ -211,10 +246,11 @@ class CosStateStore:
         return stored
 
     def delete_run(self, run_id: str) -> None:
-        """Jobs first, then the run, then its markers and its claim: a run still listed
-        may have lost jobs already, never the reverse. Like a deleted SQL row, the
+        """Its jobs' snapshot and jobs first, then the run, then its markers and its
+        claim: a run still listed may have lost jobs already, never the reverse. Like a deleted SQL row, the
         idempotency key is free again afterwards."""
         run = self.get_run(run_id)
+        self._delete(self._snapshot_key(run_id))
         index = f"{self._root}run-jobs/{_segment(run_id)}/"
         job_ids = self._names(index)
         self._map(self._delete_record, [self._record("jobs", j) for j in job_ids])
@@ -282,11 +318,15 @@ class CosStateStore:
 
     def _latest(self, record: str, versions: list[int] | None = None) -> dict[str, Any] | None:
         """The newest version's document (`versions`: the record's, listed already)."""
+        newest = self._newest(record, versions)
+        return newest[1] if newest is not None else None
+
+    def _newest(self, record: str, versions: list[int] | None = None) -> tuple[int, dict[str, Any]] | None:
+        """The newest version's number and document."""
         for number in reversed(self._versions(record) if versions is None else versions):
             stored = self._get_json(self._version_key(record, number))
             if stored is not None:  # else deleted since the listing (a ghost): look lower
-                document: dict[str, Any] = stored["doc"]
-                return document
+                return number, stored["doc"]
         return None
 
     def _compare_and_set(self, record: str, version: int, stored: Run | Job) -> bool:
