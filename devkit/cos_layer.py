@@ -70,7 +70,33 @@ class CosLayer:
                                                      ("Content-Length", str(len(_CONFLICT)))])
                     return [_CONFLICT]
                 return self._with_crc(environ, start_response, bucket, key, method, query)
+        if method == "GET" and not key:
+            return self._listing(environ, start_response)
         return self._with_crc(environ, start_response, bucket, key, method, query)
+
+    def _listing(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """A bucket listing names each object's class as COS does (ARCHIVE, not GLACIER:
+        https://cloud.tencent.com/document/product/436/7734)."""
+        captured, chunks = self._captured(environ)
+        body = b"".join(chunks)
+        for s3_name, cos_name in _COS_CLASS.items():
+            body = body.replace(f"<StorageClass>{s3_name}</StorageClass>".encode(),
+                                f"<StorageClass>{cos_name}</StorageClass>".encode())
+        headers = [(n, str(len(body)) if n.lower() == "content-length" else v)
+                   for n, v in captured["headers"]]
+        start_response(captured["status"], headers, captured["exc_info"])
+        return [body]
+
+    def _captured(self, environ: dict[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
+        """moto's answer held back (status, headers, exc_info; and the body) to be mended."""
+        captured: dict[str, Any] = {}
+
+        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            captured["status"], captured["headers"], captured["exc_info"] = status, headers, exc_info
+            return lambda data: None  # moto returns its body; nothing writes through this
+
+        body = list(self.app(environ, capture))
+        return captured, body
 
     def _with_crc(self, environ: dict[str, Any], start_response: StartResponse, bucket: str,
                   key: str, method: str, query: dict[str, list[str]]) -> Iterable[bytes]:
@@ -79,13 +105,7 @@ class CosLayer:
             or (method == "POST" and "uploadId" in query))
         if not whole_object or "HTTP_RANGE" in environ:
             return self.app(environ, start_response)
-        captured: dict[str, Any] = {}
-
-        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            captured["status"], captured["headers"], captured["exc_info"] = status, headers, exc_info
-            return lambda data: None  # moto returns its body; nothing writes through this
-
-        body = list(self.app(environ, capture))
+        captured, body = self._captured(environ)
         headers = list(captured["headers"])
         for name, value in list(headers):  # moto answers S3's header; COS names its own
             if name.lower() == "x-amz-storage-class":

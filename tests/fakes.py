@@ -154,8 +154,8 @@ class MemoryObjects:
         yield from (data[i:i + chunk_size] for i in range(0, len(data), chunk_size))
 
     def list(self, prefix: str) -> list[ObjectInfo]:
-        return [ObjectInfo(key=k, size=len(v)) for k, v in sorted(self.objects.items())
-                if k.startswith(prefix)]
+        return [ObjectInfo(key=k, size=len(v), storage_class=self.classes.get(k, "STANDARD"))
+                for k, v in sorted(self.objects.items()) if k.startswith(prefix)]
 
     def delete(self, key: str) -> None:
         self.objects.pop(key, None)

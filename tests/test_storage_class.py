@@ -15,6 +15,7 @@ from devkit.sample_data import make_docs
 from shared.config import Config, ConfigError
 from shared.domain.errors import StorageError
 from shared.entrypoints.cli import main as cli
+from shared.ports import ObjectInfo
 from shared.service.prune import prune
 from tests.support.backup import LocalBackup, backup_now
 
@@ -69,7 +70,17 @@ def test_kept_backups_move_to_the_cold_class_and_verify_says_how_to_read_them(
     record = json.loads(local.objects.read(local.objects.list(
         f"{local.destination.prefix}/prunes/")[0].key))
     assert sorted(record["moved_to_cold"]) == sorted(data)
-    prune(local.context(cold))  # again: nothing left to move, nothing breaks
+    again = local.context(cold)
+    heads: list[str] = []
+    head_of = again.objects.head
+
+    def counted(key: str) -> ObjectInfo | None:
+        heads.append(key)
+        return head_of(key)
+
+    again.objects.head = counted  # type: ignore[method-assign]
+    prune(again)  # again: nothing left to move (the run's listing says so), nothing breaks
+    assert heads == [], [(i.key, i.storage_class) for i in local.objects.list(f"{local.destination.prefix}/runs/{run.run_id}/")]
 
     path = local.config_file(cold, [local.wechat_source(collections=["orders", "users"])],
                              tmp_path / "backup.yaml", monkeypatch)

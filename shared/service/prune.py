@@ -151,12 +151,19 @@ def _cool(ctx: Context, decided: Plan) -> list[str]:
         return []
     cutoff = ctx.clock() - timedelta(days=retention.cold_after_days)
     moved = []
+    cold: dict[str, set[str]] = {}  # by run: its folder's keys in the cold class, listed once
     for decision in decided.decisions:
         held = decided.jobs[decision.backup.backup_id]
         if not decision.keep or (held.finished_at or cutoff) > cutoff:
             continue
         for key in held.keys:
             try:
+                if held.run_id not in cold:
+                    folder = run_folder(ctx.config.destination.prefix, held.run_id) + "/"
+                    cold[held.run_id] = {i.key for i in ctx.objects.list(folder)
+                                         if i.storage_class == retention.cold_storage_class}
+                if key in cold[held.run_id]:
+                    continue  # moved already: a listing saves a HEAD per backup per prune
                 info = ctx.objects.head(key)
                 if info is not None and info.storage_class != retention.cold_storage_class:
                     ctx.objects.set_storage_class(key, retention.cold_storage_class)

@@ -262,7 +262,11 @@ class CosObjectStore:
                     Bucket=self._bucket, Prefix=prefix, Marker=marker, MaxKeys=self.list_page_size
                 )
             contents = page.get("Contents", [])
-            found.extend(ObjectInfo(key=c["Key"], size=int(c["Size"])) for c in contents)
+            # Each entry's StorageClass (https://cloud.tencent.com/document/product/436/7734);
+            # read as STANDARD when absent, which a caller must confirm before acting on it.
+            found.extend(ObjectInfo(key=c["Key"], size=int(c["Size"]),
+                                    storage_class=c.get("StorageClass") or "STANDARD")
+                         for c in contents)
             if page.get("IsTruncated") != "true" or not contents:
                 return found
             marker = contents[-1]["Key"]  # NextMarker is only promised with a delimiter
