@@ -49,6 +49,10 @@ PRUNE_AFTER = timedelta(days=2)  # longer than any SCF invocation can hold a ver
 _VERSION = re.compile(r"/v(\d{10})\.json$")
 _REFUSED = (409, 412)  # x-cos-forbid-overwrite answers 409; If-None-Match answers 412
 _READERS = 8  # parallel GETs when one call reads many records
+# A run's snapshot is read whole: 2,000 done jobs are about 2.6 MB of JSON and 18 MB at
+# the peak of parsing them, well within a 256 MB poller even with long errors in every
+# job; a larger run's jobs are read one by one.
+_SNAPSHOT_JOBS = 2000
 _CREATE_TRIES = 5
 
 T = TypeVar("T")
@@ -158,11 +162,11 @@ class CosStateStore:
         jobs are left than one round of readers, each is looked up on its own instead
         (two requests apiece, not every version of the run).
 
-        A run of more jobs than that keeps a snapshot of them once they have all ended
-        (`_state/snapshots/<run_id>.json`): a job whose listed highest version is the
-        snapshot's is taken from it, not read. Versions are never rewritten, so a taken
-        job is the one a read would have returned; a job saved since (acknowledged,
-        pruned) is read, and the snapshot written again when many were."""
+        A run of more jobs than that (up to `_SNAPSHOT_JOBS`) keeps a snapshot of them once
+        they have all ended (`_state/snapshots/<run_id>.json`): a job whose listed highest
+        version is the snapshot's is taken from it, not read. Versions are never
+        rewritten, so a taken job is the one a read would have returned; a job saved since
+        (acknowledged, pruned) is read, and the snapshot written again when many were."""
         index = f"{self._root}run-jobs/{_segment(run_id)}/"
         every = f"{self._root}jobs/{_segment(run_id)}."
         versions: dict[str, list[int]] = {}
@@ -176,7 +180,8 @@ class CosStateStore:
                 listed = side.submit(self._list, every)
                 ids = self._names(index)
                 versions = _versions_by_record(listed.result()[0])
-        snapshot = self._snapshot(run_id) if versions and len(ids) > _READERS else {}
+        snapshotted = versions and _READERS < len(ids) <= _SNAPSHOT_JOBS
+        snapshot = self._snapshot(run_id) if snapshotted else {}
         records = {job_id: self._record("jobs", job_id) for job_id in ids}
         taken = {job_id: kept for job_id in ids if (kept := snapshot.get(job_id)) is not None
                  and kept[0] == (versions.get(records[job_id]) or [-1])[-1]}
@@ -184,7 +189,7 @@ class CosStateStore:
         found = [*taken.values(), *filter(None, self._map(
             lambda job_id: self._newest(records[job_id], versions.get(records[job_id])), afresh))]
         jobs = sorted((Job.model_validate(doc) for _, doc in found), key=lambda j: j.job_id)
-        if (not skip and len(afresh) > _READERS and len(jobs) == len(ids)
+        if (snapshotted and not skip and len(afresh) > _READERS and len(jobs) == len(ids)
                 and all(j.status.terminal for j in jobs)):
             self._save_snapshot(run_id, found)
         return jobs
