@@ -180,11 +180,14 @@ class CosStateStore:
                 listed = side.submit(self._list, every)
                 ids = self._names(index)
                 versions = _versions_by_record(listed.result()[0])
-        snapshotted = versions and _READERS < len(ids) <= _SNAPSHOT_JOBS
+        snapshotted = bool(versions) and _READERS < len(ids) <= _SNAPSHOT_JOBS
         snapshot = self._snapshot(run_id) if snapshotted else {}
         records = {job_id: self._record("jobs", job_id) for job_id in ids}
-        taken = {job_id: kept for job_id in ids if (kept := snapshot.get(job_id)) is not None
-                 and kept[0] == (versions.get(records[job_id]) or [-1])[-1]}
+        taken = {}
+        for job_id in ids:
+            kept, numbers = snapshot.get(job_id), versions.get(records[job_id])
+            if kept is not None and numbers and kept[0] == numbers[-1]:
+                taken[job_id] = kept
         afresh = [job_id for job_id in ids if job_id not in taken]
         found = [*taken.values(), *filter(None, self._map(
             lambda job_id: self._newest(records[job_id], versions.get(records[job_id])), afresh))]
@@ -252,8 +255,8 @@ class CosStateStore:
 
     def delete_run(self, run_id: str) -> None:
         """Its jobs' snapshot and jobs first, then the run, then its markers and its
-        claim: a run still listed may have lost jobs already, never the reverse. Like a deleted SQL row, the
-        idempotency key is free again afterwards."""
+        claim: a run still listed may have lost jobs already, never the reverse. Like a
+        deleted SQL row, the idempotency key is free again afterwards."""
         run = self.get_run(run_id)
         self._delete(self._snapshot_key(run_id))
         index = f"{self._root}run-jobs/{_segment(run_id)}/"
