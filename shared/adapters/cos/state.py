@@ -167,7 +167,7 @@ class CosStateStore:
         version is the snapshot's is taken from it, not read. Versions are never
         rewritten, so a taken job is the one a read would have returned; a job saved since
         (acknowledged, pruned) is read, and the snapshot written again when many were."""
-        index = f"{self._root}run-jobs/{_segment(run_id)}/"
+        index = self._run_jobs(run_id)
         every = f"{self._root}jobs/{_segment(run_id)}."
         versions: dict[str, list[int]] = {}
         if skip:
@@ -225,7 +225,7 @@ class CosStateStore:
         """Only the run's jobs that still have an open-jobs hint are read (two listings
         and, while the run is busy, usually one record): a hint is written before its job
         and removed only after the job ends, so a job without one has ended."""
-        hinted, of_run = self._map(self._names, [self._hint(""), f"{self._root}run-jobs/{_segment(run_id)}/"])
+        hinted, of_run = self._map(self._names, [self._hint(""), self._run_jobs(run_id)])
         for job_id in sorted(set(hinted) & set(of_run)):
             job = self.get_job(job_id)
             if job is None or not job.status.terminal:  # None: being written right now
@@ -259,7 +259,7 @@ class CosStateStore:
         deleted SQL row, the idempotency key is free again afterwards."""
         run = self.get_run(run_id)
         self._delete(self._snapshot_key(run_id))
-        index = f"{self._root}run-jobs/{_segment(run_id)}/"
+        index = self._run_jobs(run_id)
         job_ids = self._names(index)
         self._map(self._delete_record, [self._record("jobs", j) for j in job_ids])
         self._map(self._delete, [index + _segment(j) for j in job_ids])
@@ -296,7 +296,7 @@ class CosStateStore:
             marker = self._get_json(base + _segment(run_id))
             if marker is None or now - datetime.fromisoformat(marker["finished_at"]) < PRUNE_AFTER:
                 continue
-            job_ids = self._names(f"{self._root}run-jobs/{_segment(run_id)}/")
+            job_ids = self._names(self._run_jobs(run_id))
             records = [self._record("runs", run_id)] + [self._record("jobs", j) for j in job_ids]
             self._map(self._prune_record, records)
             self._delete(base + _segment(run_id))
@@ -310,6 +310,10 @@ class CosStateStore:
             self._delete(self._version_key(record, number))
 
     # records ---------------------------------------------------------------
+    def _run_jobs(self, run_id: str) -> str:
+        """The prefix of a run's index of its jobs (an entry per job id)."""
+        return f"{self._root}run-jobs/{_segment(run_id)}/"
+
     def _hint(self, job_id: str) -> str:
         """The open-jobs hint of a job (of none: the index's prefix)."""
         return f"{self._root}open-jobs/{_segment(job_id)}"
@@ -357,7 +361,7 @@ class CosStateStore:
         run_segment = _segment(run.run_id)
 
         def index(job: Job) -> None:
-            self._put_json(f"{self._root}run-jobs/{run_segment}/{_segment(job.job_id)}", {})
+            self._put_json(self._run_jobs(run.run_id) + _segment(job.job_id), {})
             if not job.status.terminal:
                 self._put_json(self._hint(job.job_id), {})
 
