@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from shared.domain.jobs import Job, Run, job_id_for
+from shared.domain.jobs import Job, job_id_for
 from shared.service.context import Context
 from shared.service.prune import plan
 
@@ -48,8 +48,8 @@ class CollectionState:
 def collections(ctx: Context) -> list[CollectionState]:
     found: dict[tuple[str, str], CollectionState] = {}
 
-    def see(run: Run, job: Job) -> None:  # runs newest first
-        if run.operation != "backup" or not job.status.terminal:
+    def see(job: Job) -> None:  # backup runs' jobs, newest run first
+        if not job.status.terminal:
             return
         state = found.setdefault((job.source, job.collection),
                                  CollectionState(job.source, job.collection))
@@ -72,7 +72,7 @@ def collections(ctx: Context) -> list[CollectionState]:
                 continue
             skip = frozenset(job_id_for(run.run_id, *key) for key in settled)
             for job in ctx.state.list_jobs(run.run_id, skip=skip):
-                see(run, job)
+                see(job)
                 known = found.get((job.source, job.collection))
                 if known is not None and known.latest is not None and known.last_good is not None:
                     settled.add((job.source, job.collection))

@@ -78,7 +78,7 @@ class Plan:
         return emptied
 
 
-def plan(ctx: Context, *, see: Callable[[Run, Job], None] | None = None) -> Plan:
+def plan(ctx: Context, *, see: Callable[[Job], None] | None = None) -> Plan:
     """Decide every backup of every source the policy covers; deletes nothing. `see` is
     shown every job of every backup run as it is read, newest run first (the status
     overview reads them this way once, not twice)."""
@@ -96,7 +96,7 @@ def plan(ctx: Context, *, see: Callable[[Run, Job], None] | None = None) -> Plan
         result.runs[run.run_id] = run
         for job in ctx.state.list_jobs(run.run_id):
             if see is not None:
-                see(run, job)
+                see(job)
             result.jobs[job.job_id] = Held.of(job)
             if job.pruned_at is not None or job.status is not JobStatus.DONE or job.result is None:
                 continue
