@@ -3,10 +3,17 @@ the webhooks alike: exponential backoff over tenacity, on the `Retryable` class 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from shared.domain.errors import Retryable
+from shared.logs import redact
+
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -21,5 +28,15 @@ def with_retries(call: Callable[[], T], *, attempts: int, base_seconds: float) -
         stop=stop_after_attempt(attempts),
         wait=wait_exponential(multiplier=base_seconds, max=30),
         reraise=True,
+        before_sleep=_said,
     )
     return retrying(call)
+
+
+def _said(state: RetryCallState) -> None:
+    """Every retry leaves a line: a call repeated after a lost answer may have been carried
+    out twice (an export started twice), and only this line would say why."""
+    error = state.outcome.exception() if state.outcome is not None else None
+    wait = state.next_action.sleep if state.next_action is not None else 0.0
+    log.warning("transient failure; trying again", extra={
+        "reason": redact(str(error)), "attempt": state.attempt_number, "wait_seconds": round(wait, 2)})
