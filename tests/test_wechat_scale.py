@@ -95,8 +95,11 @@ def assert_all_backed_up(local: LocalBackup, ctx: Context, run: Run, data: dict[
 def assert_each_exported_once(local: LocalBackup, caplog: pytest.LogCaptureFixture, runs: int) -> None:
     """Every collection exported `runs` times; a collection exported more often is named,
     with the warnings that may say why (a retried start whose first answer was lost)."""
-    exported = Counter(job["collection"] for job in local.emulator.export_jobs())
-    extra = {name: count for name, count in exported.items() if count > runs}
+    exports = local.emulator.export_jobs()
+    exported = Counter(job["collection"] for job in exports)
+    extra = {name: [(job["job_id"], job["file_path"], job["status"], job["polls"])
+                    for job in exports if job["collection"] == name]
+             for name, count in exported.items() if count > runs}
     warnings = [f"{r.name}: {r.getMessage()} {r.__dict__.get('reason', '')}"
                 for r in caplog.records if r.levelno >= logging.WARNING]
     assert not extra, f"exported more than {runs} time(s): {extra}; warnings: {warnings[:20]}"
