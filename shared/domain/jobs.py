@@ -44,6 +44,10 @@ class JobStatus(str, enum.Enum):
         return self in (JobStatus.DONE, JobStatus.FAILED)
 
 
+# A paged copy's progress sits under this key of `Job.checkpoint` (shared.service.copy_paged);
+# named here so the poller's sweep reads it without loading the paged copier.
+PAGED_CHECKPOINT = "paged"
+
 _ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.PENDING: frozenset({JobStatus.PENDING, JobStatus.EXPORTING, JobStatus.READY,
                                   JobStatus.FAILED}),

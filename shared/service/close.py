@@ -8,10 +8,8 @@ from typing import Any
 
 from shared.domain.jobs import Job, JobStatus, Run, RunStatus, count_warning
 from shared.domain.layout import restore_manifest_key, run_manifest_key
-from shared.domain.manifest import RunManifest, as_document
 from shared.logs import log_context
 from shared.service.context import Context
-from shared.service.prune import prune
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +28,8 @@ def close_finished_runs(ctx: Context, run_id: str | None = None) -> list[str]:
             elif _close_run(ctx, run, jobs):
                 closed.append(run.run_id)
     if closed and ctx.config.retention is not None:
+        from shared.service.prune import prune  # loaded once a run closes: most ticks close none
+
         try:
             prune(ctx)
         except Exception:  # a prune that fails must not keep runs from closing; it runs again
@@ -91,6 +91,8 @@ def _close_run(ctx: Context, run: Run, jobs: list[Job]) -> bool:
     status = (RunStatus.SUCCEEDED if jobs and not failed and not unlisted
               and (verified is None or verified["ok"]) else RunStatus.FAILED)
     key = run_manifest_key(ctx.config.destination.prefix, run.run_id)
+    from shared.domain.manifest import RunManifest, as_document  # as prune, above
+
     manifest = RunManifest.of(run, jobs, status=status, summary=summary, finished_at=now)
     ctx.objects.put_json(key, as_document(manifest))
     saved = ctx.state.save_run(run.model_copy(update={

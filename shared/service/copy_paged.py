@@ -44,7 +44,7 @@ from shared.domain.errors import (
     StorageError,
     VerificationFailed,
 )
-from shared.domain.jobs import Job, JobResult, StoredObject
+from shared.domain.jobs import PAGED_CHECKPOINT, Job, JobResult, StoredObject
 from shared.domain.layout import CONTENT_TYPES, manifest_key
 from shared.domain.records import JsonLinesCounter
 from shared.integrity import Crc64, crc64
@@ -58,7 +58,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _deadlines: weakref.WeakKeyDictionary[CopyHold, float] = weakref.WeakKeyDictionary()
-CHECKPOINT = "paged"  # the job's checkpoint holds {"paged": PagedState}
 PREFETCH_PAGES = 3  # pages read ahead of the encoder at most (fewer under a rate limit)
 MAX_PARTS = 10_000  # COS's limit per multipart upload
 READ_CHUNK = MIB
@@ -122,15 +121,15 @@ class PagedCopier:
         return JobResult(manifest_key=manifest_key(base_key), objects=[stored])
 
     def progressed(self, job: Job) -> bool:
-        saved = (job.checkpoint or {}).get(CHECKPOINT)
+        saved = (job.checkpoint or {}).get(PAGED_CHECKPOINT)
         return isinstance(saved, dict) and int(saved.get("steps", 0)) > int(saved.get("steps_at_claim", 0))
 
     def rebased(self, job: Job) -> dict[str, Any] | None:
         """Each stretch of progress excuses one reclaim or error, not more."""
-        saved = (job.checkpoint or {}).get(CHECKPOINT)
+        saved = (job.checkpoint or {}).get(PAGED_CHECKPOINT)
         if not isinstance(saved, dict):
             return job.checkpoint
-        return {**(job.checkpoint or {}), CHECKPOINT: {**saved, "steps_at_claim": saved.get("steps", 0)}}
+        return {**(job.checkpoint or {}), PAGED_CHECKPOINT: {**saved, "steps_at_claim": saved.get("steps", 0)}}
 
 
 class _PagedCopy:
@@ -170,7 +169,7 @@ class _PagedCopy:
 
     # state -------------------------------------------------------------------------
     def _load(self) -> PagedState:
-        saved = (self.hold.job.checkpoint or {}).get(CHECKPOINT)
+        saved = (self.hold.job.checkpoint or {}).get(PAGED_CHECKPOINT)
         state = PagedState.model_validate(saved) if saved else PagedState(key=self.key)
         if state.key != self.key:  # e.g. the prefix changed: start over at the new key
             log.warning("paged copy checkpoint is for another key; starting over",
@@ -186,7 +185,7 @@ class _PagedCopy:
         lease = now + timedelta(seconds=self.ctx.config.timing.copy_lease_seconds)
         parked = state.parked.rows if state.parked else 0
         self.hold.checkpoint(
-            checkpoint={**(self.hold.job.checkpoint or {}), CHECKPOINT: state.model_dump(mode="json")},
+            checkpoint={**(self.hold.job.checkpoint or {}), PAGED_CHECKPOINT: state.model_dump(mode="json")},
             progress_records=state.rows + parked,
             lease_until=lease,
             next_check_at=lease,
@@ -309,7 +308,7 @@ class _PagedCopy:
     def _restart(self, state: PagedState, why: str) -> None:
         fresh = PagedState(key=self.key, steps=state.steps + 1, steps_at_claim=state.steps + 1)
         self.hold.checkpoint(checkpoint={**(self.hold.job.checkpoint or {}),
-                                         CHECKPOINT: fresh.model_dump(mode="json")},
+                                         PAGED_CHECKPOINT: fresh.model_dump(mode="json")},
                              progress_records=0)
         raise Retryable(f"{why}; the copy of {self.collection!r} starts over")
 

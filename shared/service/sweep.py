@@ -11,11 +11,10 @@ import time
 import weakref
 
 from shared.domain.errors import StorageError
-from shared.domain.jobs import Job, JobStatus
+from shared.domain.jobs import PAGED_CHECKPOINT, Job, JobStatus
 from shared.domain.layout import run_folder, safe_segment
 from shared.ports import ResumableUploads
 from shared.service.context import Context
-from shared.service.copy_paged import CHECKPOINT
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +74,7 @@ def _abandoned(ctx: Context, job: Job | None, upload_id: str) -> bool:
     not judged by this read."""
     if job is None or job.status.terminal:
         return True
-    kept = ((job.checkpoint or {}).get(CHECKPOINT) or {}).get("upload_id")
+    kept = ((job.checkpoint or {}).get(PAGED_CHECKPOINT) or {}).get("upload_id")
     if kept == upload_id:  # a paged copy resumes it in a later invocation
         return False
     return job.status is not JobStatus.COPYING or job.lease_expired(ctx.clock())
