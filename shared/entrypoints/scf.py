@@ -87,10 +87,12 @@ def _request_id(invocation: object) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _context(invocation: object = None, started: float | None = None) -> Context:
+def _context(invocation: object = None, started: float | None = None, *,
+             warm_http: bool = False) -> Context:
     started = time.monotonic() if started is None else started
     configure_logging()
-    return build_context(load_config(), stop_by=invocation_stop_by(invocation, started))
+    return build_context(load_config(), stop_by=invocation_stop_by(invocation, started),
+                         warm_http=warm_http)
 
 
 def _is_timer(event: dict[str, Any]) -> bool:
@@ -151,7 +153,7 @@ def handle_finisher(event: dict[str, Any], invocation: object = None) -> dict[st
         return {"doctor": "finisher", "ok": True}
     from shared.service.finish import finish
 
-    ctx = _context(invocation)
+    ctx = _context(invocation, warm_http=True)
     try:
         request = FinishRequest.model_validate(event)
     except ValidationError as exc:

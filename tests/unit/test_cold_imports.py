@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 LOADED_LATER = ("shared.domain.manifest", "shared.service.prune", "shared.domain.retention",
                 "shared.service.copy_paged", "shared.service.verify")
@@ -24,3 +25,48 @@ def test_the_poller_loads_closing_and_paged_copying_only_when_it_needs_them() ->
 
 def test_the_finisher_loads_the_manifest_it_writes_and_nothing_else_of_those() -> None:
     assert loaded_after("shared.entrypoints.scf", "shared.service.finish") == {"shared.domain.manifest"}
+
+
+WARM_UP = """
+import json, sys, threading
+import httpx
+
+made = []
+create = httpx.create_ssl_context
+httpx.create_ssl_context = lambda *a, **k: made.append(1) or create(*a, **k)
+from shared.adapters import http
+from shared.bootstrap import build_context
+from tests.unit.support import unit_config
+
+config = unit_config(["orders"])
+config = config.model_copy(update={"state": config.state.model_copy(update={"url": sys.argv[1]})})
+environ = {"SECRET": "unit-secret-0123456789", "TENCENTCLOUD_SECRETID": "AKIDunit",
+           "TENCENTCLOUD_SECRETKEY": "unit-key", "TENCENTCLOUD_SESSIONTOKEN": "unit-token"}
+ctx = build_context(config, environ=environ, warm_http=%s)
+for thread in threading.enumerate():
+    if thread.name == "warm-http":
+        thread.join(30)
+warmed = len(made)
+contexts = set()
+racers = [threading.Thread(target=lambda: contexts.add(id(http.tls_context()))) for _ in range(8)]
+for racer in racers:
+    racer.start()
+for racer in racers:
+    racer.join()
+print(json.dumps({"warmed": warmed, "made": len(made), "contexts": len(contexts)}))
+"""
+
+
+def warm_up_probe(tmp_path: Path, warm: bool) -> dict[str, int]:
+    state = f"sqlite:///{tmp_path / 'state.sqlite3'}"
+    answer = subprocess.run([sys.executable, "-c", WARM_UP % warm, state], capture_output=True,
+                            text=True, check=True, cwd=Path(__file__).resolve().parents[2])
+    result: dict[str, int] = json.loads(answer.stdout.splitlines()[-1])
+    return result
+
+
+def test_a_finisher_context_makes_the_tls_context_ahead_and_only_once(tmp_path: Path) -> None:
+    assert warm_up_probe(tmp_path, warm=True) == {"warmed": 1, "made": 1, "contexts": 1}
+    # without the warm-up nothing is made until asked, and eight threads asking at once
+    # still get one context
+    assert warm_up_probe(tmp_path, warm=False) == {"warmed": 0, "made": 1, "contexts": 1}
