@@ -1,5 +1,7 @@
 """A cold start loads what its invocation runs: a poller tick that closes no run and copies
-nothing paged does not load the run manifest, retention or the paged copier (issue 15)."""
+nothing paged does not load the run manifest, retention or the paged copier; a finisher's
+context makes the shared TLS context ahead, on a side thread, and only once (issue 15).
+Each check runs in a fresh interpreter, so what earlier tests imported does not count."""
 
 from __future__ import annotations
 
