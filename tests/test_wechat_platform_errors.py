@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
+from devkit.compare import assert_object_equals_docs
 from devkit.sample_data import make_docs
 from shared.domain.errors import Fatal, Retryable, RetryLater
 from shared.domain.jobs import JobStatus, RunStatus
@@ -60,6 +63,31 @@ def test_busy_errcode_is_retried_with_backoff(local: LocalBackup) -> None:
     assert run.status is RunStatus.SUCCEEDED
     assert local.emulator.calls["/tcb/databasemigrateexport"] == 3
     assert len(local.emulator.export_jobs()) == 1
+
+
+def test_an_export_start_whose_answer_was_lost_is_started_again_and_says_so(
+        local: LocalBackup, caplog: pytest.LogCaptureFixture) -> None:
+    """WeChat carried the start out, but its answer never came (the connection closed): the
+    start is tried again, which WeChat carries out a second time. The backup is taken from
+    the export whose id came back, and the retry is logged, naming the call and why."""
+    docs = make_docs(9)
+    local.seed("orders", docs)
+    local.emulator.lose_answers("/tcb/databasemigrateexport")
+    ctx = local.context(local.config())
+
+    with caplog.at_level(logging.WARNING, logger="shared.retry"):
+        run = backup_now(ctx)
+
+    assert run.status is RunStatus.SUCCEEDED
+    exports = local.emulator.export_jobs()
+    assert [e["collection"] for e in exports] == ["orders", "orders"]
+    (job,) = ctx.state.list_jobs(run.run_id)
+    assert job.platform_job_id == str(exports[1]["job_id"]) and job.result is not None
+    assert_object_equals_docs(local.objects.read(job.result.key), docs, "json")
+    (retry,) = caplog.records
+    assert retry.getMessage() == "transient failure; trying again"
+    assert "/tcb/databasemigrateexport" in retry.__dict__["reason"]
+    assert retry.__dict__["reason"].endswith("RemoteProtocolError")
 
 
 @pytest.mark.parametrize("errcode", [-501001, -501002])

@@ -3,7 +3,8 @@
 The poller's one-minute timer is played by a clock that jumps a minute between ticks, each
 tick a fresh invocation (new context) with its own time budget. WeChat answers -501004 once
 50 exports run at once: the jobs wait and start at later ticks, none fails, none starts
-twice, and every object equals its collection.
+twice (unless a start's answer was lost, which is logged), and every object equals its
+collection.
 """
 
 from __future__ import annotations
@@ -92,17 +93,29 @@ def assert_all_backed_up(local: LocalBackup, ctx: Context, run: Run, data: dict[
         assert_object_equals_docs(local.objects.read(result.key), docs, "json")
 
 
-def assert_each_exported_once(local: LocalBackup, caplog: pytest.LogCaptureFixture, runs: int) -> None:
-    """Every collection exported `runs` times; a collection exported more often is named,
-    with the warnings that may say why (a retried start whose first answer was lost)."""
+def assert_each_exported_once(local: LocalBackup, caplog: pytest.LogCaptureFixture,
+                              nights: dict[str, int]) -> None:
+    """Each collection exported once a night (`nights`: how many nights it has existed).
+    The one excuse: a start retried because its first answer was lost (on loopback, a
+    machine in trouble), which WeChat may have carried out; each such retry is logged and
+    excuses one export more, no more. Otherwise a collection exported too often is named,
+    with every export of it and the warnings logged."""
     exports = local.emulator.export_jobs()
     exported = Counter(job["collection"] for job in exports)
+    assert set(exported) == set(nights)
+    short = {name: count for name, count in exported.items() if count < nights[name]}
+    assert not short, f"exported fewer times than nights: {short}"
     extra = {name: [(job["job_id"], job["file_path"], job["status"], job["polls"])
                     for job in exports if job["collection"] == name]
-             for name, count in exported.items() if count > runs}
+             for name, count in exported.items() if count > nights[name]}
+    retried_starts = [r for r in caplog.records
+                      if r.name == "shared.retry" and EXPORT in str(r.__dict__.get("reason"))]
     warnings = [f"{r.name}: {r.getMessage()} {r.__dict__.get('reason', '')}"
                 for r in caplog.records if r.levelno >= logging.WARNING]
-    assert not extra, f"exported more than {runs} time(s): {extra}; warnings: {warnings[:20]}"
+    surplus = sum(exported.values()) - sum(nights.values())
+    assert surplus <= len(retried_starts), f"exported too often: {extra}; warnings: {warnings[:20]}"
+    if surplus:
+        print(f"\n{surplus} export(s) started again after a lost answer: {warnings[:5]}")
 
 
 def test_500_collections_in_one_run_and_a_new_one_the_next_night(
@@ -142,8 +155,7 @@ def test_500_collections_in_one_run_and_a_new_one_the_next_night(
     first, ticks, slowest = run_by_timer(local, config, clock, run)
 
     assert first.status is RunStatus.SUCCEEDED
-    assert_each_exported_once(local, caplog, runs=1)
-    assert len(local.emulator.export_jobs()) == COLLECTIONS
+    assert_each_exported_once(local, caplog, dict.fromkeys(data, 1))
     assert_all_backed_up(local, ctx, first, data)
     assert slowest < config.timing.poll_budget_seconds
     print(f"\n500 collections: trigger {trigger_seconds:.2f} s, {ticks} poller ticks, "
@@ -165,6 +177,5 @@ def test_500_collections_in_one_run_and_a_new_one_the_next_night(
 
     assert second.status is RunStatus.SUCCEEDED
     assert_all_backed_up(local, ctx, second, data)
-    assert_each_exported_once(local, caplog, runs=2)
-    assert len(local.emulator.export_jobs()) == 2 * COLLECTIONS + 1
+    assert_each_exported_once(local, caplog, {**dict.fromkeys(data, 2), "coll-new": 1})
     print(f"501 collections, trigger cut short: {ticks} poller ticks, slowest tick {slowest:.2f} s")

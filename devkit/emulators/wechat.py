@@ -726,6 +726,7 @@ class WeChatEmulator(LocalEmulator):
         self._jobs: dict[int, _Job] = {}
         self._next_job_id = 100_000_001
         self._injections: dict[str, collections.deque[_Injection]] = {}
+        self._answers_to_lose: collections.Counter[str] = collections.Counter()
         self._failing: dict[tuple[str, str], str] = {}
         self._count_deltas: dict[tuple[str, str], int] = {}
         self._truncate_left = 0
@@ -938,6 +939,19 @@ class WeChatEmulator(LocalEmulator):
             queue = self._injections.setdefault(path, collections.deque())
             queue.extend(_Injection(errcode, errmsg) for _ in range(times))
 
+    def lose_answers(self, path: str, times: int = 1) -> None:
+        """The next ``times`` calls to ``path`` are carried out, then the connection is
+        closed without an answer (the caller cannot tell whether it happened)."""
+        with self._lock:
+            self._answers_to_lose[path] += times
+
+    def _answer_lost(self, path: str) -> bool:
+        with self._lock:
+            if self._answers_to_lose[path] <= 0:
+                return False
+            self._answers_to_lose[path] -= 1
+            return True
+
     def fail_export(self, env: str, collection: str, message: str) -> None:
         with self._lock:
             self._failing[(env, collection)] = message
@@ -976,6 +990,7 @@ class WeChatEmulator(LocalEmulator):
             self._upload_refusals.clear()
             self._created_while_listing.clear()
             self._injections.clear()
+            self._answers_to_lose.clear()
             self._failing.clear()
             self._count_deltas.clear()
             self._truncate_left = 0
@@ -1791,6 +1806,9 @@ class _Handler(DispatchHandler):
             status, payload = emulator._answer_api(method, split.path, params, body)
         except Exception:
             status, payload = 500, {"errcode": -1, "errmsg": "system error"}
+        if emulator._answer_lost(split.path):
+            self.close_connection = True  # done, but the caller never hears of it
+            return
         self._send(status, json_bytes(payload), JSON_CONTENT_TYPE)
 
     def _upload(self, raw_path: str, query: str) -> None:
