@@ -88,11 +88,11 @@ def _request_id(invocation: object) -> str:
 
 
 def _context(invocation: object = None, started: float | None = None, *,
-             warm_http: bool = False) -> Context:
+             warm_platforms: bool = False) -> Context:
     started = time.monotonic() if started is None else started
     configure_logging()
     return build_context(load_config(), stop_by=invocation_stop_by(invocation, started),
-                         warm_http=warm_http)
+                         warm_platforms=warm_platforms)
 
 
 def _is_timer(event: dict[str, Any]) -> bool:
@@ -153,7 +153,7 @@ def handle_finisher(event: dict[str, Any], invocation: object = None) -> dict[st
         return {"doctor": "finisher", "ok": True}
     from shared.service.finish import finish
 
-    ctx = _context(invocation, warm_http=True)
+    ctx = _context(invocation, warm_platforms=True)
     try:
         request = FinishRequest.model_validate(event)
     except ValidationError as exc:

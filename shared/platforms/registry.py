@@ -31,6 +31,10 @@ class PlatformEntry:
     def build(self, settings: SourceSettings, services: PlatformServices) -> Platform:
         return cast(Factory, _load(self.factory))(settings, services)
 
+    def load(self) -> None:
+        """Import the factory's module, ahead of a `build` (a cold start's warm-up)."""
+        _load(self.factory)
+
 
 _ENTRIES: dict[str, PlatformEntry] = {}
 _changes = [0]  # bumped by every registration, so the config model is rebuilt

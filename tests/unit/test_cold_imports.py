@@ -1,6 +1,7 @@
 """A cold start loads what its invocation runs: a poller tick that closes no run and copies
 nothing paged does not load the run manifest, retention or the paged copier; a finisher's
-context makes the shared TLS context ahead, on a side thread, and only once (issue 15).
+context makes the shared TLS context and loads its platforms' modules ahead, on a side
+thread, and makes the TLS context only once (issue 15).
 Each check runs in a fresh interpreter, so what earlier tests imported does not count."""
 
 from __future__ import annotations
@@ -44,31 +45,35 @@ config = unit_config(["orders"])
 config = config.model_copy(update={"state": config.state.model_copy(update={"url": sys.argv[1]})})
 environ = {"SECRET": "unit-secret-0123456789", "TENCENTCLOUD_SECRETID": "AKIDunit",
            "TENCENTCLOUD_SECRETKEY": "unit-key", "TENCENTCLOUD_SESSIONTOKEN": "unit-token"}
-ctx = build_context(config, environ=environ, warm_http=%s)
+ctx = build_context(config, environ=environ, warm_platforms=%s)
 for thread in threading.enumerate():
-    if thread.name == "warm-http":
+    if thread.name == "warm-platforms":
         thread.join(30)
 warmed = len(made)
+platform = "shared.platforms.wechat.platform" in sys.modules
 contexts = set()
 racers = [threading.Thread(target=lambda: contexts.add(id(http.tls_context()))) for _ in range(8)]
 for racer in racers:
     racer.start()
 for racer in racers:
     racer.join()
-print(json.dumps({"warmed": warmed, "made": len(made), "contexts": len(contexts)}))
+print(json.dumps({"warmed": warmed, "platform": platform, "made": len(made),
+                  "contexts": len(contexts)}))
 """
 
 
-def warm_up_probe(tmp_path: Path, warm: bool) -> dict[str, int]:
+def warm_up_probe(tmp_path: Path, warm: bool) -> dict[str, int | bool]:
     state = f"sqlite:///{tmp_path / 'state.sqlite3'}"
     answer = subprocess.run([sys.executable, "-c", WARM_UP % warm, state], capture_output=True,
                             text=True, check=True, cwd=Path(__file__).resolve().parents[2])
-    result: dict[str, int] = json.loads(answer.stdout.splitlines()[-1])
+    result: dict[str, int | bool] = json.loads(answer.stdout.splitlines()[-1])
     return result
 
 
-def test_a_finisher_context_makes_the_tls_context_ahead_and_only_once(tmp_path: Path) -> None:
-    assert warm_up_probe(tmp_path, warm=True) == {"warmed": 1, "made": 1, "contexts": 1}
-    # without the warm-up nothing is made until asked, and eight threads asking at once
-    # still get one context
-    assert warm_up_probe(tmp_path, warm=False) == {"warmed": 0, "made": 1, "contexts": 1}
+def test_a_finisher_context_warms_its_platforms_up_and_makes_one_tls_context(tmp_path: Path) -> None:
+    assert warm_up_probe(tmp_path, warm=True) == {
+        "warmed": 1, "platform": True, "made": 1, "contexts": 1}
+    # without the warm-up nothing is made or loaded until asked, and eight threads asking
+    # at once still get one context
+    assert warm_up_probe(tmp_path, warm=False) == {
+        "warmed": 0, "platform": False, "made": 1, "contexts": 1}
