@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import compileall
 import json
+import math
 import os
 import resource
 import shutil
@@ -98,10 +99,24 @@ class Runtime(NamedTuple):
     package: str | None
     label: str
 
-    def command(self, config_path: Path, job_id: str) -> list[str]:
+    def command(self, config_path: Path, job_id: str, warm_with: str | None = None) -> list[str]:
         child = str(ROOT / "scripts" / "finisher_child.py")
         return [*self.python, child, "--child", str(config_path), job_id,
-                *([self.package] if self.package else [])]
+                *([self.package] if self.package else []),
+                *(["--warm-with", warm_with] if warm_with else [])]
+
+
+class Variant(NamedTuple):
+    """One way the finisher is raced: its part concurrency (None: the product's default),
+    and whether its process is a warm instance (`--warm`) rather than a cold start."""
+
+    concurrency: int | None
+    warm: bool = False
+
+    def label(self) -> str:
+        said = ([f"part_concurrency {self.concurrency}"] if self.concurrency else []) + (
+            ["warm instance"] if self.warm else [])
+        return f" ({', '.join(said)})" if said else ""
 
 
 def finisher_runtime(work: Path) -> Runtime:
@@ -117,13 +132,16 @@ def finisher_runtime(work: Path) -> Runtime:
                    f"the SCF package under Python 3.10 -I -B ({package})")
 
 
-def _finish_in_child(runtime: Runtime, config_path: Path, job_id: str) -> dict[str, Any]:
+def _finish_in_child(runtime: Runtime, config_path: Path, job_id: str,
+                     warm_with: str | None = None) -> dict[str, Any]:
     """One finisher invocation in a fresh process, timed from the process's start to the
     handler's return (SCF's invocation ends there; the process is kept, and what the child
-    does after, reading the job back for this report, is not the finisher's)."""
+    does after, reading the job back for this report, is not the finisher's). With
+    `warm_with`, the process finishes that job first, and the timed call is the second:
+    a warm instance, timed from the call to its return."""
     began_at, started = time.time(), time.perf_counter()
     child = subprocess.Popen(
-        runtime.command(config_path, job_id),
+        runtime.command(config_path, job_id, warm_with),
         stdout=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "BENCH_SECRET": SECRET})
     assert child.stdout is not None
     returned = None
@@ -135,7 +153,11 @@ def _finish_in_child(runtime: Runtime, config_path: Path, job_id: str) -> dict[s
     if child.wait() != 0 or returned is None:
         raise SystemExit(f"the finisher child failed (exit {child.returncode}):\n{''.join(lines[-20:])}")
     result: dict[str, Any] = json.loads(lines[-1])
-    result.update(seconds=returned - started, began_at=began_at, ended_at=ended_at)
+    if warm_with is None:
+        result.update(seconds=returned - started, began_at=began_at)
+    else:
+        result.update(seconds=result["invocation_s"])
+    result.update(ended_at=ended_at)
     return result
 
 
@@ -221,12 +243,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gib", type=float, default=1.0, help="size of the export for peak RSS")
     parser.add_argument("--mib", type=float, default=267, help="size of the export raced against rclone")
-    parser.add_argument("--pairs", type=int, default=3, help="alternating finisher/rclone pairs")
+    parser.add_argument("--pairs", type=int, default=7, help="alternating finisher/rclone pairs")
     parser.add_argument("--settle", type=float, default=3.0,
                         help="seconds of pause before each copy (see _settle)")
     parser.add_argument("--concurrency", type=_concurrencies, default=[None],
                         help="destination.part_concurrency (default: the product's default); "
                              "several, comma-separated (4,8), are raced in the same pairs")
+    parser.add_argument("--warm", action="store_true",
+                        help="also race a warm instance (the handler's second call in a process "
+                             "that has finished a small copy) in the same pairs")
     args = parser.parse_args()
 
     rclone = ensure_rclone() if args.pairs else ""
@@ -263,32 +288,38 @@ def main() -> int:
         configs = {n: _write_config(work, s3_url, wechat_url, n) for n in args.concurrency}
         config_path = configs[args.concurrency[0]]
         os.environ["BENCH_SECRET"] = SECRET
-        race_rates: dict[int | None, list[tuple[float, float]]] = {n: [] for n in configs}
-        cpu: dict[int | None, list[tuple[float, float]]] = {n: [] for n in configs}
-        phases: dict[int | None, list[tuple[Phases, Phases]]] = {n: [] for n in configs}
+        variants = [Variant(n) for n in args.concurrency] + (
+            [Variant(args.concurrency[0], warm=True)] if args.warm else [])
+        race_rates: dict[Variant, list[tuple[float, float]]] = {v: [] for v in variants}
+        cpu: dict[Variant, list[tuple[float, float]]] = {v: [] for v in variants}
+        phases: dict[Variant, list[tuple[Phases, Phases]]] = {v: [] for v in variants}
         for pair in range(args.pairs):
             # Each finisher is paired with the rclone copy next to it; who goes first and
-            # the order of the concurrencies alternate from pair to pair.
-            shift = pair % len(configs)
-            for n in list(configs)[shift:] + list(configs)[:shift]:
-                ready = _wait_until_ready(config_path, ["race"])
+            # the order of the variants alternate from pair to pair.
+            shift = pair % len(variants)
+            for v in variants[shift:] + variants[:shift]:
+                # a warm instance's first call copies the small export, in the same run
+                ready = _wait_until_ready(config_path, ["race", "small"] if v.warm else ["race"])
                 link = _download_link(config_path, ready["race"])
                 if pair % 2:  # rclone first
                     _settle(config_path, args.settle)
                     theirs = rclone_copy(rclone, link, s3_url, f"rclone/race-{pair}.jsonl", 8)
                 _settle(config_path, args.settle)
-                ours = _finish_in_child(runtime, configs[n], ready["race"])
+                ours = _finish_in_child(runtime, configs[v.concurrency], ready["race"],
+                                        ready["small"] if v.warm else None)
                 if pair % 2 == 0:
                     _settle(config_path, args.settle)
                     theirs = rclone_copy(rclone, link, s3_url, f"rclone/race-{pair}.jsonl", 8)
                 assert ours["outcome"] == "done", ours
                 mib = ours["bytes"] / (1 << 20)
-                race_rates[n].append((mib / ours["seconds"], mib / theirs["seconds"]))
-                cpu[n].append((ours["cpu_s"], theirs["cpu_s"]))
-                phases[n].append((read_phases(request_log, ours), read_phases(request_log, theirs)))
-                print(f"pair {pair + 1}{_label(n)}: finisher {mib / ours['seconds']:.1f} MiB/s "
-                      f"({mib / ours['invocation_s']:.1f} MiB/s in the handler's call, without the process start), "
-                      f"rclone copyurl {mib / theirs['seconds']:.1f} MiB/s"
+                race_rates[v].append((mib / ours["seconds"], mib / theirs["seconds"]))
+                cpu[v].append((ours["cpu_s"], theirs["cpu_s"]))
+                phases[v].append((read_phases(request_log, ours), read_phases(request_log, theirs)))
+                in_call = "" if v.warm else (
+                    f" ({mib / ours['invocation_s']:.1f} MiB/s in the handler's call, without the "
+                    "process start)")
+                print(f"pair {pair + 1}{v.label()}: finisher {mib / ours['seconds']:.1f} MiB/s"
+                      f"{in_call}, rclone copyurl {mib / theirs['seconds']:.1f} MiB/s"
                       f"{' (rclone first)' if pair % 2 else ''}; CPU seconds: finisher "
                       f"{ours['cpu_s']:.2f}, rclone {theirs['cpu_s']:.2f}", flush=True)
         ready = _wait_until_ready(config_path, ["small", "big"])
@@ -299,23 +330,25 @@ def main() -> int:
         emulator.terminate()
         s3.terminate()
 
-    for n, rates in race_rates.items():
+    for v, rates in race_rates.items():
         if not rates:
             continue
         ratios = [ours / theirs for ours, theirs in rates]
-        print(f"finisher{_label(n)} / rclone copyurl over {args.mib:g} MiB, {len(ratios)} "
+        low, high, confidence = median_interval(ratios)
+        print(f"finisher{v.label()} / rclone copyurl over {args.mib:g} MiB, {len(ratios)} "
               f"alternating pairs: median {statistics.median(ratios):.2f} "
-              f"(range {min(ratios):.2f}-{max(ratios):.2f}); finisher median "
+              f"(range {min(ratios):.2f}-{max(ratios):.2f}; {confidence:.0%} interval for the "
+              f"median {low:.2f}-{high:.2f}); finisher median "
               f"{statistics.median(r for r, _ in rates):.1f} MiB/s, rclone median "
               f"{statistics.median(r for _, r in rates):.1f} MiB/s; CPU seconds median: finisher "
-              f"{statistics.median(c for c, _ in cpu[n]):.2f}, rclone "
-              f"{statistics.median(c for _, c in cpu[n]):.2f} (two cores, shared with the S3 "
+              f"{statistics.median(c for c, _ in cpu[v]):.2f}, rclone "
+              f"{statistics.median(c for _, c in cpu[v]):.2f} (two cores, shared with the S3 "
               "server and the emulator)")
         print("  where the time went, medians in seconds (the S3 server's request log):")
-        print("    " + _phase_line("finisher", [ours for ours, _ in phases[n]], args.mib))
-        print("    " + _phase_line("rclone  ", [theirs for _, theirs in phases[n]], args.mib))
+        print("    " + _phase_line("finisher", [ours for ours, _ in phases[v]], args.mib))
+        print("    " + _phase_line("rclone  ", [theirs for _, theirs in phases[v]], args.mib))
     if len(configs) > 1:
-        print(f"peak RSS measured with{_label(args.concurrency[0])}")
+        print(f"peak RSS measured with{Variant(args.concurrency[0]).label()}")
 
     for name, result in (("baseline (200 kB export)", baseline), (f"{args.gib:g} GiB export", large)):
         rate = result["bytes"] / (1 << 20) / result["seconds"]
@@ -331,8 +364,21 @@ def _concurrencies(text: str) -> list[int | None]:
     return [int(n) for n in text.split(",")]
 
 
-def _label(concurrency: int | None) -> str:
-    return "" if concurrency is None else f" (part_concurrency {concurrency})"
+def median_interval(values: list[float]) -> tuple[float, float, float]:
+    """A distribution-free interval for the median of what `values` sample: their k-th
+    smallest and k-th largest, with k as large as keeps the chance that the median lies
+    outside it at 10% or less; (low, high, the chance that it lies inside). The count of
+    samples below the median is binomial(n, 1/2), so that chance is 1 - 2 P(count < k)."""
+    ordered = sorted(values)
+    n = len(ordered)
+
+    def below(k: int) -> float:  # P(fewer than k of the n samples fall below the median)
+        return sum(math.comb(n, i) for i in range(k)) / (1 << n)
+
+    k = 1
+    while k < (n + 1) // 2 and below(k + 1) <= 0.05:
+        k += 1
+    return ordered[k - 1], ordered[n - k], 1 - 2 * below(k)
 
 
 def _write_config(work: Path, s3_url: str, wechat_url: str, concurrency: int | None) -> Path:
