@@ -13,11 +13,15 @@ and its peak RSS (VmHWM) is its own. Measured in the same run:
   because moto answers its post-upload HEAD unlike COS); the ratio of their throughputs,
   the CPU seconds each used (the S3 server and the emulator run on the same cores), and
   where each copy's time went, read from the S3 server's request log (`Phases`);
+- with `--warm`, in the same pairs, the finisher as a warm instance (its process has
+  finished a small copy first), timed from the handler's call;
+- each ratio's median with a distribution-free interval, and the ratios again with the
+  server's completion set to one value for both copies (`equalized_ratios`);
 - peak RSS copying a `--gib` export, against the same finisher copying a 200 kB export.
 
 rclone is Debian's package, installed with apt-get when missing.
 
-    scripts/bench finisher [--gib 1] [--mib 267] [--pairs 3] [--settle 3] [--concurrency 4[,8]]
+    scripts/bench finisher [--gib 1] [--mib 267] [--pairs 7] [--settle 3] [--concurrency 4[,8]] [--warm]
 """
 
 from __future__ import annotations

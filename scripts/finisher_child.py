@@ -71,18 +71,17 @@ def main(config_path: str, job_id: str, package: str | None = None,
     assert job is not None
     print(json.dumps({"outcome": answer.get("outcome"), "peak_rss_mb": peak_rss_mb(),
                       "load_s": loaded - started, "invocation_s": invoked - loaded,
-                      "began_at": began_at, "warm": warm_with is not None,
-                      "cpu_s": cpu,
+                      "began_at": began_at, "cpu_s": cpu,
                       "bytes": job.result.bytes if job.result else 0, "error": job.error}))
 
 
 if __name__ == "__main__":
+    # No argparse: whatever this process imports before the handler, the handler's cold
+    # start would find loaded already.
     arguments = sys.argv[1:]
     warm = None
-    if "--warm-with" in arguments[:-1]:
-        at = arguments.index("--warm-with")
-        warm = arguments.pop(at + 1)
-        arguments.pop(at)
+    if arguments[-2:-1] == ["--warm-with"]:
+        warm, arguments = arguments[-1], arguments[:-2]
     if arguments[:1] != ["--child"] or len(arguments) not in (3, 4):
         raise SystemExit("usage: python -m scripts.finisher_child --child CONFIG JOB_ID [PACKAGE] "
                          "[--warm-with EARLIER_JOB_ID]")
