@@ -2,8 +2,8 @@
 handler (functions/finisher/index.py) is loaded and called with `{"job_id": ...}`, and
 nothing else is imported before it, so the process pays what a cold finisher pays.
 Prints a marker line the moment the handler returns, then one JSON line: the outcome,
-bytes stored, the job's error, peak RSS, the seconds spent loading the handler and in its
-call, and the CPU seconds (user and system, all threads) used until it returned.
+bytes stored, the job's error, peak RSS, the seconds of the handler's call and the CPU
+seconds (user and system, all threads) used until it returned.
 
 With PACKAGE (the built SCF package's folder, scripts/build_package.py), the handler and
 everything it imports come from that folder alone, as on SCF; run it then with the
@@ -31,6 +31,11 @@ HANDLER = Path(__file__).resolve().parent.parent / "functions" / "finisher" / "i
 RETURNED = "-- the handler returned --"  # printed the moment it does, for the parent's clock
 
 
+def cpu_seconds() -> float:
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    return used.ru_utime + used.ru_stime
+
+
 def peak_rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -40,7 +45,6 @@ def peak_rss_mb() -> float:
 
 def main(config_path: str, job_id: str, package: str | None = None,
          warm_with: str | None = None) -> None:
-    started = time.perf_counter()
     handler_path = HANDLER
     if package:  # only the package and the standard library, as SCF sees them
         sys.path[:] = [package] + [p for p in sys.path if p and "site-packages" not in p]
@@ -54,15 +58,13 @@ def main(config_path: str, job_id: str, package: str | None = None,
         earlier = handler.main_handler({"job_id": warm_with}, None)
         if earlier.get("outcome") != "done":
             raise SystemExit(f"the warm-up invocation ended {earlier!r}")
-    loaded, began_at = time.perf_counter(), time.time()
-    before = resource.getrusage(resource.RUSAGE_SELF) if warm_with is not None else None
+    # CPU since the process started (cold), or since the timed call did (warm)
+    cpu_before = cpu_seconds() if warm_with is not None else 0.0
+    called, began_at = time.perf_counter(), time.time()
     answer = handler.main_handler({"job_id": job_id}, None)
-    invoked = time.perf_counter()
+    returned = time.perf_counter()
     print(RETURNED, flush=True)
-    used = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = used.ru_utime + used.ru_stime  # since the process started, or the timed call did
-    if before is not None:
-        cpu -= before.ru_utime + before.ru_stime
+    cpu = cpu_seconds() - cpu_before
 
     from shared.bootstrap import build_context  # after the clock: only to read the job
     from shared.config import load_config
@@ -70,8 +72,7 @@ def main(config_path: str, job_id: str, package: str | None = None,
     job = build_context(load_config(config_path)).state.get_job(job_id)
     assert job is not None
     print(json.dumps({"outcome": answer.get("outcome"), "peak_rss_mb": peak_rss_mb(),
-                      "load_s": loaded - started, "invocation_s": invoked - loaded,
-                      "began_at": began_at, "cpu_s": cpu,
+                      "invocation_s": returned - called, "began_at": began_at, "cpu_s": cpu,
                       "bytes": job.result.bytes if job.result else 0, "error": job.error}))
 
 
