@@ -1,8 +1,9 @@
 """moto's S3 server standing in for COS on loopback (behind `devkit.cos_layer`, which adds
 COS's x-cos-forbid-overwrite and x-cos-hash-crc64ecma), and the bucket the backups go to.
 
-    python -m devkit.s3_server --bucket NAME [--request-log FILE]
-    # prints the endpoint URL, runs until killed; FILE gets one JSON line per request
+    python -m devkit.s3_server --bucket NAME [--request-log FILE] [--https FOLDER]
+    # prints the endpoint URL, runs until killed; FILE gets one JSON line per request;
+    # with --https, FOLDER/ca.pem is the CA its certificate comes from
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import json
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterable
@@ -62,26 +64,31 @@ class RequestLog:
 
 class CosLikeServer(ThreadedMotoServer):
     """moto's threaded server behind `CosLayer`: COS's forbid-overwrite header and CRC64;
-    with `request_log`, every request is timed into that file (`RequestLog`)."""
+    with `request_log`, every request is timed into that file (`RequestLog`); with `tls`
+    (a server-side context), it speaks HTTPS as COS does. moto keeps its buckets per
+    process, so every server started in one process serves the same ones."""
 
-    def __init__(self, ip_address: str, port: int, request_log: Path | None = None) -> None:
+    def __init__(self, ip_address: str, port: int, request_log: Path | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         super().__init__(ip_address=ip_address, port=port, verbose=False)
         self.layer = CosLayer(DomainDispatcherApplication(create_backend_app))
         self._app: WsgiApp = RequestLog(self.layer, request_log) if request_log else self.layer
+        self._tls = tls
 
     def _server_entry(self) -> None:
         self._server = make_server(self._ip_address, self._port, self._app, True,
-                                   request_handler=MotoRequestHandler)
+                                   request_handler=MotoRequestHandler, ssl_context=self._tls)
         self._server_ready_event.set()
         self._server.serve_forever()
 
 
-def start_s3_server(port: int = 0, request_log: Path | None = None) -> tuple[CosLikeServer, str]:
+def start_s3_server(port: int = 0, request_log: Path | None = None,
+                    tls: ssl.SSLContext | None = None) -> tuple[CosLikeServer, str]:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     port = port or free_port()
-    server = CosLikeServer("127.0.0.1", port, request_log)
+    server = CosLikeServer("127.0.0.1", port, request_log, tls)
     server.start()
-    return server, f"http://127.0.0.1:{port}"
+    return server, f"{'https' if tls else 'http'}://127.0.0.1:{port}"
 
 
 def stop_s3_server(server: ThreadedMotoServer) -> None:
@@ -93,14 +100,29 @@ def stop_s3_server(server: ThreadedMotoServer) -> None:
             backend.reset()
 
 
-def cos_client(endpoint: str) -> CosS3Client:
-    """An unsigned SDK client for the local server (moto cannot check COS signatures)."""
-    host, port = endpoint.removeprefix("http://").split(":")
-    return CosS3Client(CosConfig(Region=REGION, Scheme="http", IP=host, Port=int(port), Anonymous=True))
+def cos_client(endpoint: str, ca: str | None = None) -> CosS3Client:
+    """An unsigned SDK client for the local server (moto cannot check COS signatures);
+    over HTTPS it trusts the CA file `ca`."""
+    scheme, _, address = endpoint.partition("://")
+    host, port = address.split(":")
+    return CosS3Client(CosConfig(Region=REGION, Scheme=scheme, IP=host, Port=int(port),
+                                 Anonymous=True, VerifySSL=ca))
 
 
-def create_bucket(endpoint: str, bucket: str) -> None:
-    cos_client(endpoint).create_bucket(Bucket=bucket)
+def create_bucket(endpoint: str, bucket: str, ca: str | None = None) -> None:
+    cos_client(endpoint, ca).create_bucket(Bucket=bucket)
+
+
+def https_context(folder: Path) -> ssl.SSLContext:
+    """A server context with a certificate for 127.0.0.1 from a throwaway CA, whose
+    certificate goes to FOLDER/ca.pem for the clients to trust."""
+    import trustme  # a test tool: only a server asked for HTTPS needs it
+
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    return context
 
 
 def main() -> None:
@@ -108,10 +130,13 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--bucket", action="append", default=["bench-1250000000"])
     parser.add_argument("--request-log", type=Path, help="time every request into this file")
+    parser.add_argument("--https", type=Path, metavar="FOLDER",
+                        help="speak HTTPS; the CA to trust is written to FOLDER/ca.pem")
     args = parser.parse_args()
-    _, url = start_s3_server(args.port, args.request_log)
+    tls = https_context(args.https) if args.https else None
+    _, url = start_s3_server(args.port, args.request_log, tls)
     for bucket in args.bucket:
-        create_bucket(url, bucket)
+        create_bucket(url, bucket, str(args.https / "ca.pem") if args.https else None)
     print(url, flush=True)
     threading.Event().wait()
 

@@ -56,7 +56,7 @@ def _warm_platforms(config: Config) -> None:
     may wait for the other's import, never both for each other. A failure costs nothing:
     the copy builds its client itself and reports any error there."""
     try:
-        from shared.adapters.http import tls_context
+        from shared.adapters.tls import tls_context
 
         tls_context()
         for type_ in sorted({source.type for source in config.sources}):
@@ -77,9 +77,11 @@ def build_context(
     side thread while the state store opens (for the finisher, which needs them right
     after its claim)."""
     env = environ if environ is not None else os.environ
-    # One COS client for the state and the backups: one connection pool (and one TLS
-    # setup) for the bucket per invocation.
-    bucket = cos_client(config.destination, env)
+    # One COS client for the state and the backups, its pool as wide as the most
+    # requests sent at once: a poller's workers, or a copy's parts beside its lease and
+    # its side reads.
+    bucket = cos_client(config.destination, env, connections=max(
+        config.timing.poll_concurrency, config.destination.part_concurrency + 2))
     if warm_platforms:  # after the COS SDK's import: the store's round trips are the wait
         threading.Thread(target=_warm_platforms, args=(config,), name="warm-platforms",
                          daemon=True).start()

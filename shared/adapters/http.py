@@ -16,17 +16,15 @@ Two rules guard the links a platform chooses (export downloads and their redirec
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import socket
-import ssl
-import threading
 import zlib
 from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
 import httpx
 
+from shared.adapters.tls import tls_context
 from shared.domain.errors import Fatal, Retryable
 
 USER_AGENT = "baas-backup/0.1"
@@ -44,24 +42,6 @@ class RefusedTarget(Fatal):
 
 class InflationRefused(Fatal):
     """A compressed download that would grow past the bound (a decompression bomb)."""
-
-
-_tls_lock = threading.Lock()
-
-
-def tls_context() -> ssl.SSLContext:
-    """The one certificate-verifying TLS context every client shares (httpx's default:
-    certifi's CA bundle, or $SSL_CERT_FILE / $SSL_CERT_DIR). Each client would otherwise
-    load the bundle again, about 40 ms of a cold start apiece; a context is safe to share
-    across clients and threads. Made once even when threads ask at the same moment (a
-    finisher makes it ahead, beside its first state reads)."""
-    with _tls_lock:
-        return _tls_context()
-
-
-@functools.cache
-def _tls_context() -> ssl.SSLContext:
-    return httpx.create_ssl_context()
 
 
 def make_client(*, follow_redirects: bool = False) -> httpx.Client:

@@ -32,12 +32,12 @@ def test_the_finisher_loads_the_manifest_it_writes_and_nothing_else_of_those() -
 
 WARM_UP = """
 import json, sys, threading
-import httpx
+import ssl
 
-made = []
-create = httpx.create_ssl_context
-httpx.create_ssl_context = lambda *a, **k: made.append(1) or create(*a, **k)
-from shared.adapters import http
+made = []  # CA bundles loaded (the cost a shared TLS context pays once)
+load = ssl.SSLContext.load_verify_locations
+ssl.SSLContext.load_verify_locations = lambda *a, **k: made.append(1) or load(*a, **k)
+from shared.adapters import tls
 from shared.bootstrap import build_context
 from tests.unit.support import unit_config
 
@@ -52,7 +52,7 @@ for thread in threading.enumerate():
 warmed = len(made)
 platform = "shared.platforms.wechat.platform" in sys.modules
 contexts = set()
-racers = [threading.Thread(target=lambda: contexts.add(id(http.tls_context()))) for _ in range(8)]
+racers = [threading.Thread(target=lambda: contexts.add(id(tls.tls_context()))) for _ in range(8)]
 for racer in racers:
     racer.start()
 for racer in racers:
