@@ -12,7 +12,11 @@ COS state store on moto's S3 server (a separate process). Measured in the same r
 - platform calls per job per minute over `--minutes` simulated minutes of one tick a
   minute (the clock jumps a minute between ticks), which must stay at most 1.
 
-    scripts/bench poller [--jobs 1000] [--latency-ms 50] [--stores sqlite,cos]
+Store `cos-tls` is the COS state store over HTTPS, as COS is reached when deployed (the
+S3 server behind a certificate from a throwaway CA): next to `cos`, it shows what TLS
+adds to a tick, connections and all.
+
+    scripts/bench poller [--jobs 1000] [--latency-ms 50] [--stores sqlite,cos,cos-tls]
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import subprocess
 import sys
 import tempfile
@@ -211,25 +216,44 @@ def main() -> int:
     parser.add_argument("--sequential", type=int, default=100,
                         help="jobs the one-at-a-time reference advances (scaled to --jobs)")
     parser.add_argument("--minutes", type=int, default=15, help="simulated minutes of ticks")
-    parser.add_argument("--stores", default="sqlite,cos")
+    parser.add_argument("--stores", default="sqlite,cos,cos-tls")
     args = parser.parse_args()
 
-    s3 = subprocess.Popen([sys.executable, "-m", "devkit.s3_server", "--bucket", BUCKET],
-                          stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    assert s3.stdout is not None
-    s3_url = s3.stdout.readline().strip()
     results = []
     ok = True
+    servers: list[subprocess.Popen[str]] = []
     try:
         with tempfile.TemporaryDirectory(prefix="bench-poller-") as folder:
+            s3_url, https_url = _s3_server(servers), ""
+            if "cos-tls" in args.stores.split(","):
+                https_url = _s3_server(servers, "--https", folder)
+                _trust_only(Path(folder) / "ca.pem")
             for store in args.stores.split(","):
                 url = f"sqlite:///{folder}/state.sqlite3" if store == "sqlite" else "cos://"
-                results.append(bench_store(store, url, s3_url, args))
+                results.append(bench_store(store, url, https_url if store == "cos-tls" else s3_url, args))
                 ok = _report(results[-1], args) and ok  # at once: the next store may take long
     finally:
-        s3.terminate()
+        for server in servers:
+            server.terminate()
     print(json.dumps(results))
     return 0 if ok else 1
+
+
+def _s3_server(servers: list[subprocess.Popen[str]], *options: str) -> str:
+    """Starts the S3 server (a process of its own, like COS) and gives its URL."""
+    server = subprocess.Popen([sys.executable, "-m", "devkit.s3_server", "--bucket", BUCKET, *options],
+                              stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    servers.append(server)
+    assert server.stdout is not None
+    return server.stdout.readline().strip()
+
+
+def _trust_only(ca: Path) -> None:
+    """Every client in this process trusts the HTTPS server's CA, and only it: httpx's
+    variable and requests' name the same file (shared/adapters/tls.py)."""
+    for name in ("SSL_CERT_DIR", "CURL_CA_BUNDLE"):
+        os.environ.pop(name, None)
+    os.environ["SSL_CERT_FILE"] = os.environ["REQUESTS_CA_BUNDLE"] = str(ca)
 
 
 def _report(r: dict[str, Any], args: argparse.Namespace) -> bool:
