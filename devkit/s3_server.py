@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import socket
 import ssl
 import threading
@@ -123,6 +124,14 @@ def https_context(folder: Path) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ca.issue_cert("127.0.0.1").configure_cert(context)
     return context
+
+
+def trust_only(ca: Path) -> None:
+    """Every client in this process (and the processes it starts) trusts the CA file `ca`
+    and only it: httpx's variable and requests' name the same file (shared/adapters/tls.py)."""
+    for name in ("SSL_CERT_DIR", "CURL_CA_BUNDLE"):
+        os.environ.pop(name, None)
+    os.environ["SSL_CERT_FILE"] = os.environ["REQUESTS_CA_BUNDLE"] = str(ca)
 
 
 def main() -> None:

@@ -19,9 +19,12 @@ and its peak RSS (VmHWM) is its own. Measured in the same run:
   server's completion set to one value for both copies (`equalized_ratios`);
 - peak RSS copying a `--gib` export, against the same finisher copying a 200 kB export.
 
+With `--https`, the S3 server speaks HTTPS (a certificate from a throwaway CA that both
+copiers trust), as COS does: each copier then pays its TLS setup, connections and all.
+
 rclone is Debian's package, installed with apt-get when missing.
 
-    scripts/bench finisher [--gib 1] [--mib 267] [--pairs 7] [--settle 3] [--concurrency 4[,8]] [--warm]
+    scripts/bench finisher [--gib 1] [--mib 267] [--pairs 7] [--settle 3] [--concurrency 4[,8]] [--warm] [--https]
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
+from devkit.s3_server import trust_only
 from scripts.build_package import build, find_python310, isolated_python
 from scripts.finisher_child import RETURNED
 from shared.bootstrap import build_context
@@ -191,9 +195,11 @@ def ensure_rclone() -> str:
     return found
 
 
-def rclone_copy(rclone: str, url: str, s3_url: str, key: str, part_mib: int) -> dict[str, float]:
-    """`rclone copyurl` copying `url` into BUCKET/key on the S3 server: its seconds, the CPU
-    seconds it used, and when it began and ended (wall clock, for the request log)."""
+def rclone_copy(rclone: str, url: str, s3_url: str, key: str, part_mib: int,
+                ca: Path | None = None) -> dict[str, float]:
+    """`rclone copyurl` copying `url` into BUCKET/key on the S3 server (over HTTPS trusting
+    the CA file `ca`): its seconds, the CPU seconds it used, and when it began and ended
+    (wall clock, for the request log)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     began_at, started = time.time(), time.perf_counter()
     subprocess.run([
@@ -202,8 +208,10 @@ def rclone_copy(rclone: str, url: str, s3_url: str, key: str, part_mib: int) -> 
         "--s3-access-key-id", "bench", "--s3-secret-access-key", "bench",
         "--s3-no-head", "--s3-upload-cutoff", "0", "--s3-chunk-size", f"{part_mib}M",
         "--s3-upload-concurrency", "4", "--config", "/dev/null", "-q",
+        *(["--ca-cert", str(ca)] if ca else []),
     ], check=True, env={k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"})
-    # (plain HTTP on loopback: a custom CA bundle only makes rclone's S3 client refuse to start)
+    # (a CA bundle in AWS_CA_BUNDLE only makes rclone's S3 client refuse to start; --ca-cert
+    # is rclone's own way)
     seconds = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # only rclone was waited for since
     return {"seconds": seconds, "began_at": began_at, "ended_at": time.time(),
@@ -266,6 +274,9 @@ def main() -> int:
     parser.add_argument("--concurrency", type=_concurrencies, default=[None],
                         help="destination.part_concurrency (default: the product's default); "
                              "several, comma-separated (4,8), are raced in the same pairs")
+    parser.add_argument("--https", action="store_true",
+                        help="the S3 server speaks HTTPS, as COS does (a throwaway CA's "
+                             "certificate, trusted by both copiers)")
     parser.add_argument("--warm", action="store_true",
                         help="also race a warm instance (the handler's second call in a process "
                              "that has finished a small copy) in the same pairs")
@@ -292,9 +303,15 @@ def main() -> int:
     request_log.unlink(missing_ok=True)
     # moto keeps an object or part over 5 MiB in a temporary file; on this machine's disk
     # its writes competed with whichever copy came next (COS's disks are not ours).
+    ca = work / "tls" / "ca.pem" if args.https else None
+    if ca:
+        ca.parent.mkdir(exist_ok=True)
     s3, s3_url = _start([sys.executable, "-m", "devkit.s3_server", "--bucket", BUCKET,
-                         "--request-log", str(request_log)],
+                         "--request-log", str(request_log),
+                         *(["--https", str(ca.parent)] if ca else [])],
                         {"MOTO_S3_DEFAULT_KEY_BUFFER_SIZE": str(8 << 30)})
+    if ca:
+        trust_only(ca)  # here, in the finisher children and in rclone (--ca-cert)
     emulator, wechat_url = _start([
         sys.executable, "-m", "devkit.emulators.wechat", "--port", "0",
         "--app", f"{APPID}:{SECRET}", "--env", f"{APPID}:{ENV_ID}",
@@ -324,13 +341,13 @@ def main() -> int:
                 key = f"rclone/race-{pair}-{variants.index(v)}.jsonl"
                 if pair % 2:  # rclone first
                     _settle(config_path, args.settle)
-                    theirs = rclone_copy(rclone, link, s3_url, key, 8)
+                    theirs = rclone_copy(rclone, link, s3_url, key, 8, ca)
                 _settle(config_path, args.settle)
                 ours = _finish_in_child(runtime, configs[v.concurrency], ready["race"],
                                         ready["small"] if v.warm else None)
                 if pair % 2 == 0:
                     _settle(config_path, args.settle)
-                    theirs = rclone_copy(rclone, link, s3_url, key, 8)
+                    theirs = rclone_copy(rclone, link, s3_url, key, 8, ca)
                 assert ours["outcome"] == "done", ours
                 mib = ours["bytes"] / (1 << 20)
                 race_rates[v].append((mib / ours["seconds"], mib / theirs["seconds"]))

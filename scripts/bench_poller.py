@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from devkit.emulators.wechat import WeChatEmulator
+from devkit.s3_server import trust_only
 from shared.bootstrap import build_context
 from shared.config import Config, parse_config
 from shared.domain.jobs import JobStatus, utcnow
@@ -227,7 +227,7 @@ def main() -> int:
             s3_url, https_url = _s3_server(servers), ""
             if "cos-tls" in args.stores.split(","):
                 https_url = _s3_server(servers, "--https", folder)
-                _trust_only(Path(folder) / "ca.pem")
+                trust_only(Path(folder) / "ca.pem")
             for store in args.stores.split(","):
                 url = f"sqlite:///{folder}/state.sqlite3" if store == "sqlite" else "cos://"
                 results.append(bench_store(store, url, https_url if store == "cos-tls" else s3_url, args))
@@ -246,14 +246,6 @@ def _s3_server(servers: list[subprocess.Popen[str]], *options: str) -> str:
     servers.append(server)
     assert server.stdout is not None
     return server.stdout.readline().strip()
-
-
-def _trust_only(ca: Path) -> None:
-    """Every client in this process trusts the HTTPS server's CA, and only it: httpx's
-    variable and requests' name the same file (shared/adapters/tls.py)."""
-    for name in ("SSL_CERT_DIR", "CURL_CA_BUNDLE"):
-        os.environ.pop(name, None)
-    os.environ["SSL_CERT_FILE"] = os.environ["REQUESTS_CA_BUNDLE"] = str(ca)
 
 
 def _report(r: dict[str, Any], args: argparse.Namespace) -> bool:
