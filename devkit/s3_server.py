@@ -126,12 +126,19 @@ def https_context(folder: Path) -> ssl.SSLContext:
     return context
 
 
-def trust_only(ca: Path) -> None:
+def trust(ca: Path) -> Path:
     """Every client in this process (and the processes it starts) trusts the CA file `ca`
-    and only it: httpx's variable and requests' name the same file (shared/adapters/tls.py)."""
+    beside the public CAs the functions trust (certifi's bundle: loading it is the cost
+    a TLS client pays per context, so the bundle is as large as when deployed). httpx's
+    variable and requests' name the same file (shared/adapters/tls.py), which is returned."""
+    import certifi
+
+    bundle = ca.with_name("bundle.pem")
+    bundle.write_text(Path(certifi.where()).read_text() + ca.read_text())
     for name in ("SSL_CERT_DIR", "CURL_CA_BUNDLE"):
         os.environ.pop(name, None)
-    os.environ["SSL_CERT_FILE"] = os.environ["REQUESTS_CA_BUNDLE"] = str(ca)
+    os.environ["SSL_CERT_FILE"] = os.environ["REQUESTS_CA_BUNDLE"] = str(bundle)
+    return bundle
 
 
 def main() -> None:

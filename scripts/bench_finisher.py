@@ -45,7 +45,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from devkit.s3_server import trust_only
+from devkit.s3_server import trust
 from scripts.build_package import build, find_python310, isolated_python
 from scripts.finisher_child import RETURNED
 from shared.bootstrap import build_context
@@ -198,7 +198,7 @@ def ensure_rclone() -> str:
 def rclone_copy(rclone: str, url: str, s3_url: str, key: str, part_mib: int,
                 ca: Path | None = None) -> dict[str, float]:
     """`rclone copyurl` copying `url` into BUCKET/key on the S3 server (over HTTPS trusting
-    the CA file `ca`): its seconds, the CPU seconds it used, and when it began and ended
+    the CA bundle `ca`): its seconds, the CPU seconds it used, and when it began and ended
     (wall clock, for the request log)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     began_at, started = time.time(), time.perf_counter()
@@ -311,7 +311,7 @@ def main() -> int:
                          *(["--https", str(ca.parent)] if ca else [])],
                         {"MOTO_S3_DEFAULT_KEY_BUFFER_SIZE": str(8 << 30)})
     if ca:
-        trust_only(ca)  # here, in the finisher children and in rclone (--ca-cert)
+        ca = trust(ca)  # the same bundle here, in the finisher children and for rclone
     emulator, wechat_url = _start([
         sys.executable, "-m", "devkit.emulators.wechat", "--port", "0",
         "--app", f"{APPID}:{SECRET}", "--env", f"{APPID}:{ENV_ID}",

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from devkit.emulators.wechat import WeChatEmulator
-from devkit.s3_server import trust_only
+from devkit.s3_server import trust
 from shared.bootstrap import build_context
 from shared.config import Config, parse_config
 from shared.domain.jobs import JobStatus, utcnow
@@ -227,7 +227,7 @@ def main() -> int:
             s3_url, https_url = _s3_server(servers), ""
             if "cos-tls" in args.stores.split(","):
                 https_url = _s3_server(servers, "--https", folder)
-                trust_only(Path(folder) / "ca.pem")
+                trust(Path(folder) / "ca.pem")
             for store in args.stores.split(","):
                 url = f"sqlite:///{folder}/state.sqlite3" if store == "sqlite" else "cos://"
                 results.append(bench_store(store, url, https_url if store == "cos-tls" else s3_url, args))
