@@ -4,6 +4,7 @@ which loads the CA bundle once however many connections a copy opens."""
 
 from __future__ import annotations
 
+import os
 import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -97,6 +98,10 @@ def test_a_multipart_copy_over_tls_loads_the_ca_bundle_once(
     assert len(connections) >= 2, "the parts should have gone up on several connections"
     # requests' own adapter would have loaded the bundle for each of those connections
     assert len(loads) == 1, loads
+    # urllib3 sets a context's verification on each connection: the shared one (httpx's
+    # too) must still check certificates and names after COS used it
+    shared = tls.tls_context(os.environ.get("REQUESTS_CA_BUNDLE"))  # the one COS used
+    assert shared.verify_mode == ssl.CERT_REQUIRED and shared.check_hostname
 
 
 @pytest.mark.parametrize(("issuer", "names"), [
