@@ -22,6 +22,17 @@ def loaded_after(*modules: str) -> set[str]:
     return set(json.loads(answer.stdout))
 
 
+def test_a_handler_import_loads_no_http_stack_tls_or_yaml() -> None:
+    """Every invocation needs them, but after the import: loaded by the first client
+    (COS SDK and requests, httpx, ssl and the CA bundle) and by the config loader (YAML),
+    they stay out of the import figure `scripts/bench package` holds to 200 ms."""
+    probe = ("import json, sys\nimport shared.entrypoints.scf\n"
+             "print(json.dumps([m for m in ('ssl', 'shared.adapters.tls', 'requests', "
+             "'qcloud_cos', 'httpx', 'yaml') if m in sys.modules]))")
+    answer = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert json.loads(answer.stdout) == []
+
+
 def test_the_poller_loads_closing_and_paged_copying_only_when_it_needs_them() -> None:
     assert loaded_after("shared.entrypoints.scf", "shared.service.poll") == set()
 

@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from shared.adapters.tls import tls_context
 from shared.domain.errors import StorageError
 from shared.logs import register_secret
 
@@ -126,8 +125,11 @@ def _session(connections: int, pid: int) -> requests.Session:
 
 @functools.cache
 def _shared_tls_adapter() -> type[requests.adapters.HTTPAdapter]:
-    """Made on first use: requests is imported with the SDK, not with this module."""
+    """Made on first use: requests (and ssl) are imported with the SDK's first client, not
+    with this module, which every handler imports."""
     from requests.adapters import HTTPAdapter
+
+    from shared.adapters.tls import tls_context
 
     class SharedTlsAdapter(HTTPAdapter):
         """Verifies COS's certificate with the process's TLS context for the CA bundle
