@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
@@ -31,6 +31,9 @@ from qcloud_cos import CosConfig, CosS3Client
 from werkzeug.serving import make_server
 
 from devkit.cos_layer import CosLayer, StartResponse, WsgiApp
+
+if TYPE_CHECKING:
+    import trustme
 
 REGION = "ap-guangzhou"
 
@@ -114,16 +117,21 @@ def create_bucket(endpoint: str, bucket: str, ca: str | None = None) -> None:
     cos_client(endpoint, ca).create_bucket(Bucket=bucket)
 
 
+def server_context(ca: trustme.CA, *names: str) -> ssl.SSLContext:
+    """A server context with a certificate `ca` issued for `names` (default 127.0.0.1)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert(*(names or ("127.0.0.1",))).configure_cert(context)
+    return context
+
+
 def https_context(folder: Path) -> ssl.SSLContext:
-    """A server context with a certificate for 127.0.0.1 from a throwaway CA, whose
-    certificate goes to FOLDER/ca.pem for the clients to trust."""
+    """A server context for 127.0.0.1 from a throwaway CA, whose certificate goes to
+    FOLDER/ca.pem for the clients to trust."""
     import trustme  # a test tool: only a server asked for HTTPS needs it
 
     ca = trustme.CA()
     ca.cert_pem.write_to_path(str(folder / "ca.pem"))
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ca.issue_cert("127.0.0.1").configure_cert(context)
-    return context
+    return server_context(ca)
 
 
 def trust(ca: Path) -> Path:

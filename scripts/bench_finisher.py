@@ -310,8 +310,7 @@ def main() -> int:
                          "--request-log", str(request_log),
                          *(["--https", str(ca.parent)] if ca else [])],
                         {"MOTO_S3_DEFAULT_KEY_BUFFER_SIZE": str(8 << 30)})
-    if ca:
-        ca = trust(ca)  # the same bundle here, in the finisher children and for rclone
+    bundle = trust(ca) if ca else None  # the same here, in the finisher children and rclone
     emulator, wechat_url = _start([
         sys.executable, "-m", "devkit.emulators.wechat", "--port", "0",
         "--app", f"{APPID}:{SECRET}", "--env", f"{APPID}:{ENV_ID}",
@@ -341,13 +340,13 @@ def main() -> int:
                 key = f"rclone/race-{pair}-{variants.index(v)}.jsonl"
                 if pair % 2:  # rclone first
                     _settle(config_path, args.settle)
-                    theirs = rclone_copy(rclone, link, s3_url, key, 8, ca)
+                    theirs = rclone_copy(rclone, link, s3_url, key, 8, bundle)
                 _settle(config_path, args.settle)
                 ours = _finish_in_child(runtime, configs[v.concurrency], ready["race"],
                                         ready["small"] if v.warm else None)
                 if pair % 2 == 0:
                     _settle(config_path, args.settle)
-                    theirs = rclone_copy(rclone, link, s3_url, key, 8, ca)
+                    theirs = rclone_copy(rclone, link, s3_url, key, 8, bundle)
                 assert ours["outcome"] == "done", ours
                 mib = ours["bytes"] / (1 << 20)
                 race_rates[v].append((mib / ours["seconds"], mib / theirs["seconds"]))

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import trustme
 
-from devkit.s3_server import start_s3_server
+from devkit.s3_server import server_context, start_s3_server
 from shared.adapters import tls
 from shared.adapters.cos import client
 from shared.adapters.cos.objects import CosObjectStore
@@ -50,9 +50,7 @@ def trusted(request: pytest.FixtureRequest, tmp_path: Path,
 def https_s3(ca: trustme.CA, *names: str) -> Iterator[str]:
     """The S3 server on HTTPS with a certificate `ca` issued for `names` (moto's buckets
     are per process, so it serves the `bucket` fixture's bucket too)."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ca.issue_cert(*names).configure_cert(context)
-    server, url = start_s3_server(tls=context)
+    server, url = start_s3_server(tls=server_context(ca, *names))
     try:
         yield url
     finally:

@@ -144,15 +144,14 @@ def _shared_tls_adapter() -> type[requests.adapters.HTTPAdapter]:
             host, pool = super().build_connection_pool_key_attributes(request, verify, cert)
             if verify is not False and host["scheme"] == "https":
                 pool["ssl_context"] = tls_context(None if verify is True else verify)
-                pool.pop("ca_certs", None)
-                pool.pop("ca_cert_dir", None)
             return host, pool
 
         def cert_verify(self, conn: Any, url: str, verify: bool | str,
                         cert: str | tuple[str, str] | None) -> None:
             super().cert_verify(conn, url, verify, cert)  # type: ignore[no-untyped-call]
             if verify is not False and url.lower().startswith("https"):
-                # CERT_REQUIRED stays; the CAs are in the shared context already
+                # on the pool, before it connects: CERT_REQUIRED stays, and the CAs are in
+                # the shared context already (urllib3 would load these paths into it again)
                 conn.ca_certs = conn.ca_cert_dir = None
 
     return SharedTlsAdapter
