@@ -392,3 +392,35 @@ def test_an_object_whose_crc64_differs_is_deleted_not_kept(
 
     assert caught.value.code == "CrcMismatch"
     assert five_mib_store.head("backups/damaged.bin") is None
+
+
+def test_a_part_whose_reported_crc64_differs_aborts_the_upload(
+        five_mib_store: CosObjectStore, cos_layer: CosLayer, s3_server: str, bucket: str) -> None:
+    cos_layer.corrupt_part_crc.add(2)  # COS says part 2 arrived with other bytes
+
+    with pytest.raises(StorageError, match=r"CRC64 .* part 2 of 'backups/torn.bin'") as caught:
+        five_mib_store.put_stream("backups/torn.bin", [pattern(12 * MIB)],
+                                  content_type="application/octet-stream")
+
+    assert caught.value.code == "CrcMismatch"
+    assert five_mib_store.head("backups/torn.bin") is None
+    assert open_uploads(s3_server, bucket) == []
+    assert cos_layer.parts_with_md5 == 0  # the parts were checked by COS's CRC64 alone
+
+
+def test_parts_go_with_content_md5_when_the_store_reports_no_crc64(
+        five_mib_store: CosObjectStore, cos_layer: CosLayer,
+        caplog: pytest.LogCaptureFixture) -> None:
+    cos_layer.part_crc = False
+    cos_layer.parts_with_md5 = 0
+    data = pattern(16 * MIB)  # parts 1-4, each checked one way or the other
+
+    summary = five_mib_store.put_stream("backups/md5.bin", odd_chunks(data),
+                                        content_type="application/octet-stream")
+
+    assert summary.parts == 4 and summary.crc64 == crc(data)
+    # Each part went with Content-MD5 once: sent again with it when its answer had no
+    # CRC64, or with it from the start once an earlier answer had shown none.
+    assert cos_layer.parts_with_md5 == 4
+    assert five_mib_store.read("backups/md5.bin") == data
+    assert "reports no CRC64 for uploaded parts" in caplog.text

@@ -33,6 +33,8 @@ def cos_layer(cos_server: CosLikeServer) -> Iterator[CosLayer]:
     """The COS behaviours in front of moto; a test's changes to it are undone after it."""
     yield cos_server.layer
     cos_server.layer.corrupt_crc.clear()
+    cos_server.layer.corrupt_part_crc.clear()
+    cos_server.layer.part_crc = True
     cos_server.layer.honour_if_none_match = False
 
 

@@ -2,8 +2,8 @@
 
 An object only ever appears at its key complete and checked: a stream is cut into parts of
 `destination.part_size_mb` (one PUT when it fits in one part, a multipart upload otherwise),
-up to `destination.part_concurrency` parts upload at once (committed by part number), the
-caller sees the byte count and SHA-256 before the commit and may refuse it, any failure
+up to `destination.part_concurrency` parts upload at once (each checked against the CRC64
+COS reports for it, committed by part number), the caller sees the byte count and SHA-256 before the commit and may refuse it, any failure
 aborts the upload, and after the commit a HEAD confirms the stored size.
 """
 
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from shared.adapters.cos.client import cos_client, cos_errors
 from shared.config import Destination
 from shared.domain.errors import StorageError
-from shared.integrity import Crc64
+from shared.integrity import Crc64, crc64
 from shared.ports import MIB, ObjectInfo, StreamSummary
 
 if TYPE_CHECKING:
@@ -108,6 +108,7 @@ class CosObjectStore:
         self._bucket = destination.bucket
         self._part_size = destination.part_size_mb * MIB
         self._concurrency = destination.part_concurrency
+        self._part_md5 = False  # parts are checked by the CRC64 COS reports (_upload_part)
         # Headers of every new object: encryption and storage class.
         self._encryption: dict[str, str] = (
             {"ServerSideEncryption": destination.server_side_encryption}
@@ -293,6 +294,16 @@ class CosObjectStore:
         return str(created["UploadId"])
 
     def _upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> dict[str, Any]:
+        """Upload one part and check that it arrived intact before it can be committed.
+
+        COS answers an Upload Part with the part's CRC64 (x-cos-hash-crc64ecma;
+        https://cloud.tencent.com/document/product/436/40334, "Upload Part"), checked here
+        against the part's own: a tenth of the CPU of the Content-MD5 the SDK would compute
+        (anycrc against MD5, about 6 GB/s against 0.6 on one core), which on a large copy
+        was the finisher's largest cost. A store that reports no CRC64 for a part gets
+        that part again with Content-MD5, and Content-MD5 on every part from then on:
+        every part is checked one way or the other before the commit."""
+        md5 = self._part_md5
         with cos_errors(f"upload of part {number}", key):
             sent = self._client.upload_part(
                 Bucket=self._bucket,
@@ -300,8 +311,22 @@ class CosObjectStore:
                 Body=data,
                 PartNumber=number,
                 UploadId=upload_id,
-                EnableMD5=True,
+                EnableMD5=md5,
             )
+        if not md5:
+            reported = {name.lower(): value for name, value in sent.items()}.get(CRC64_HEADER)
+            if reported is None:
+                if not self._part_md5:
+                    log.warning("the bucket reports no CRC64 for uploaded parts; sending "
+                                "Content-MD5 with every part instead", extra={"key": key})
+                self._part_md5 = True
+                return self._upload_part(key, upload_id, number, data)
+            ours = str(crc64(data))
+            if reported != ours:
+                raise StorageError(
+                    f"COS reports CRC64 {reported} for part {number} of {key!r}, but the part "
+                    f"sent has CRC64 {ours}; the upload is not committed",
+                    key=key, code="CrcMismatch")
         return {"PartNumber": number, "ETag": sent["ETag"]}
 
     def _abort(self, key: str, upload_id: str) -> None:
