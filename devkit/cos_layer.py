@@ -132,7 +132,6 @@ class CosLayer:
         start_response(captured["status"], headers, captured["exc_info"])
         return body
 
-
     def _part(self, environ: dict[str, Any], start_response: StartResponse, bucket: str,
               query: dict[str, list[str]]) -> Iterable[bytes]:
         if "HTTP_CONTENT_MD5" in environ:
@@ -141,8 +140,9 @@ class CosLayer:
         captured, body = self._captured(environ)
         headers = list(captured["headers"])
         number = int(query["partNumber"][0])
-        value = _part_crc_of(bucket, query["uploadId"][0], number)
-        if captured["status"].startswith("200") and self.part_crc and value is not None:
+        value = (_part_crc_of(bucket, query["uploadId"][0], number)
+                 if captured["status"].startswith("200") and self.part_crc else None)
+        if value is not None:
             if number in self.corrupt_part_crc:
                 value = (value + 1) % (1 << 64)
             headers.append(("x-cos-hash-crc64ecma", str(value)))

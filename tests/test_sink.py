@@ -412,7 +412,6 @@ def test_parts_go_with_content_md5_when_the_store_reports_no_crc64(
         five_mib_store: CosObjectStore, cos_layer: CosLayer,
         caplog: pytest.LogCaptureFixture) -> None:
     cos_layer.part_crc = False
-    cos_layer.parts_with_md5 = 0
     data = pattern(16 * MIB)  # parts 1-4, each checked one way or the other
 
     summary = five_mib_store.put_stream("backups/md5.bin", odd_chunks(data),

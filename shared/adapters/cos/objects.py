@@ -3,8 +3,9 @@
 An object only ever appears at its key complete and checked: a stream is cut into parts of
 `destination.part_size_mb` (one PUT when it fits in one part, a multipart upload otherwise),
 up to `destination.part_concurrency` parts upload at once (each checked against the CRC64
-COS reports for it, committed by part number), the caller sees the byte count and SHA-256 before the commit and may refuse it, any failure
-aborts the upload, and after the commit a HEAD confirms the stored size.
+COS reports for it, committed by part number), the caller sees the byte count and SHA-256
+before the commit and may refuse it, any failure aborts the upload, and after the commit
+a HEAD confirms the stored size and CRC64.
 """
 
 from __future__ import annotations
