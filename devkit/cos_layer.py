@@ -124,11 +124,7 @@ class CosLayer:
             if name.lower() == "x-amz-storage-class":
                 headers.append(("x-cos-storage-class", _COS_CLASS.get(value, value)))
         if captured["status"].startswith("200"):
-            value = _crc_of(bucket, key)
-            if value is not None:
-                if key in self.corrupt_crc:
-                    value = (value + 1) % (1 << 64)
-                headers.append(("x-cos-hash-crc64ecma", str(value)))
+            _add_crc(headers, _crc_of(bucket, key), corrupt=key in self.corrupt_crc)
         start_response(captured["status"], headers, captured["exc_info"])
         return body
 
@@ -140,12 +136,9 @@ class CosLayer:
         captured, body = self._captured(environ)
         headers = list(captured["headers"])
         number = int(query["partNumber"][0])
-        value = (_part_crc_of(bucket, query["uploadId"][0], number)
-                 if captured["status"].startswith("200") and self.part_crc else None)
-        if value is not None:
-            if number in self.corrupt_part_crc:
-                value = (value + 1) % (1 << 64)
-            headers.append(("x-cos-hash-crc64ecma", str(value)))
+        if captured["status"].startswith("200") and self.part_crc:
+            _add_crc(headers, _part_crc_of(bucket, query["uploadId"][0], number),
+                     corrupt=number in self.corrupt_part_crc)
         start_response(captured["status"], headers, captured["exc_info"])
         return body
 
@@ -211,6 +204,12 @@ def _crc_of(bucket: str, key: str) -> int | None:
     if marker not in _crc_cache:
         _crc_cache[marker] = int(crc64(stored.value))
     return _crc_cache[marker]
+
+
+def _add_crc(headers: list[tuple[str, str]], value: int | None, *, corrupt: bool) -> None:
+    """COS's CRC64 header, when there is a value; off by one when `corrupt`."""
+    if value is not None:
+        headers.append(("x-cos-hash-crc64ecma", str((value + 1) % (1 << 64) if corrupt else value)))
 
 
 def _part_crc_of(bucket: str, upload_id: str, number: int) -> int | None:
