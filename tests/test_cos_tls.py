@@ -32,7 +32,8 @@ CA_VARIABLES = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_
 def trusted(request: pytest.FixtureRequest, tmp_path: Path,
             monkeypatch: pytest.MonkeyPatch) -> Iterator[trustme.CA]:
     """A CA this process trusts, named by one of the variables a user's own bundle may be
-    named by (SSL_CERT_FILE unless the test says), and fresh shared state: no TLS context and no COS connections kept."""
+    named by (SSL_CERT_FILE unless the test says), and fresh shared state: no TLS context
+    and no COS connections kept."""
     ca = trustme.CA()
     bundle = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(bundle))

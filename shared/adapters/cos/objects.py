@@ -84,6 +84,11 @@ class _Parts:
                              crc64=self._crc64.value)
 
 
+def _lowered(headers: Mapping[str, Any]) -> dict[str, Any]:
+    """An SDK answer's headers by lower-case name (the SDK keeps the server's spelling)."""
+    return {name.lower(): value for name, value in headers.items()}
+
+
 def _collect(
     in_flight: set[Future[dict[str, Any]]], return_when: str
 ) -> list[dict[str, Any]]:
@@ -208,7 +213,7 @@ class CosObjectStore:
             if exc.code in ("NoSuchResource", "NoSuchKey"):
                 return None
             raise
-        lowered = {name.lower(): value for name, value in headers.items()}
+        lowered = _lowered(headers)
         return ObjectInfo(key=key, size=int(lowered["content-length"]),
                           crc64=lowered.get(CRC64_HEADER),
                           storage_class=lowered.get("x-cos-storage-class", "STANDARD"))
@@ -231,7 +236,7 @@ class CosObjectStore:
                                code="EntityTooLarge")
         with cos_errors("head", key):
             headers = self._client.head_object(Bucket=self._bucket, Key=key)
-        content_type = {k.lower(): v for k, v in headers.items()}.get(
+        content_type = _lowered(headers).get(
             "content-type", "application/octet-stream")
         options = {k: v for k, v in self._encryption.items() if k != "StorageClass"}
         with cos_errors("storage class change", key):
@@ -315,7 +320,7 @@ class CosObjectStore:
                 EnableMD5=md5,
             )
         if not md5:
-            reported = {name.lower(): value for name, value in sent.items()}.get(CRC64_HEADER)
+            reported = _lowered(sent).get(CRC64_HEADER)
             if reported is None:
                 if not self._part_md5:
                     log.warning("the bucket reports no CRC64 for uploaded parts; sending "
