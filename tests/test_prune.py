@@ -13,10 +13,11 @@ import pytest
 
 from devkit.sample_data import make_docs
 from shared.config import Config, ConfigError
-from shared.domain.jobs import Run
+from shared.domain.jobs import Job, Run
 from shared.entrypoints.cli import main as cli
 from shared.service.overview import collections
 from shared.service.prune import prune
+from shared.service.verify import record, verify_run
 from tests.support.backup import ENV_ID, LocalBackup, backup_now
 
 
@@ -104,6 +105,32 @@ def test_a_wiped_collection_never_costs_its_last_good_copy(local: LocalBackup) -
     assert any(k.endswith("orders.jsonl") for k in keys_of(local, good))
     assert not any(k.endswith("users.jsonl") for k in keys_of(local, good))  # users moved on
     assert all(orders[r.run_id].pruned_at is None for r in wiped)  # suspect: kept as evidence
+
+
+def test_a_backup_whose_verify_failed_never_costs_the_verified_one(local: LocalBackup) -> None:
+    """keep_last 1: a later run whose orders a verify then finds damaged does not count
+    as the newest good backup, so the verified run before it keeps its orders; users,
+    verified in both, moves on."""
+    ctx = local.context(with_retention(local, keep_last=1))
+    first, second = runs_made(local, 2)  # no policy yet: nothing pruned
+    damaged = next(k for k in keys_of(local, second) if k.endswith("orders.jsonl"))
+    data = local.objects.read(damaged)
+    local.objects.put_stream(damaged, [data[:100] + bytes([data[100] ^ 1]) + data[101:]],
+                             content_type="application/x-ndjson")
+    report = verify_run(ctx, second.run_id)
+    record(ctx, report)
+    assert not report.ok
+
+    prune(ctx)
+
+    def job(run: Run, collection: str) -> Job:
+        return next(j for j in ctx.state.list_jobs(run.run_id) if j.collection == collection)
+
+    assert job(first, "orders").pruned_at is None  # the newest good backup of orders
+    assert any(k.endswith("orders.jsonl") for k in keys_of(local, first))
+    assert job(second, "orders").pruned_at is None  # kept until a newer good one
+    assert job(first, "users").pruned_at is not None  # second's users verified: it counts
+    assert job(second, "users").pruned_at is None
 
 
 @pytest.mark.parametrize(("retention", "message"), [

@@ -2,7 +2,8 @@
 collection, in the policy's time zone, over good backups only, plus the guards that
 make retention safe to run unattended.
 
-A backup is *good* when its job is done and it is not suspect. The `keep_*` rules are
+A backup is *good* when its job is done, it is not suspect, and no verify of its run
+found its data wrong. The `keep_*` rules are
 restic's (https://restic.readthedocs.io/en/stable/060_forget.html "Removing snapshots
 according to a policy"): going from the newest good backup to the oldest, `keep_last n`
 keeps the n newest; `keep_daily n` keeps the newest backup of each of the last n days
@@ -14,7 +15,9 @@ Never deleted, whatever the rules say:
 - every backup older than a suspect one of the same collection (until the suspect one
   is acknowledged, the older copies may be the last good data);
 - suspect backups themselves (they are evidence until acknowledged);
-- backups of a run still running, and backups being restored.
+- backups of a run still running, and backups being restored;
+- a backup whose verify failed, while no newer good backup of its collection exists (it
+  may hold data no good backup has); it never counts towards the `keep_*` rules.
 """
 
 from __future__ import annotations
@@ -36,10 +39,11 @@ class Backup:
     suspect: bool = False
     running: bool = False  # its run has not closed
     restoring: bool = False
+    unverified: bool = False  # a verify of its run found its data wrong
 
     @property
     def good(self) -> bool:
-        return self.done and not self.suspect
+        return self.done and not self.suspect and not self.unverified
 
 
 @dataclass(frozen=True)
@@ -107,16 +111,19 @@ def _decide_collection(history: list[Backup], policy: Policy, zone: ZoneInfo) ->
                 last, left = value, left - 1
     if good:
         good[0].reasons.append("newest good backup")
-    newer_suspect = False
+    newer_suspect = newer_good = False
     for decision in decisions:  # newest first
         backup = decision.backup
         if backup.suspect:
             decision.reasons.append("suspect: kept until acknowledged")
         elif newer_suspect:
             decision.reasons.append("a newer backup is suspect")
+        if backup.unverified and not newer_good:
+            decision.reasons.append("its verify failed: kept until a newer good backup")
         if backup.running:
             decision.reasons.append("its run is still running")
         if backup.restoring:
             decision.reasons.append("being restored")
         newer_suspect = newer_suspect or backup.suspect
+        newer_good = newer_good or backup.good
     return decisions

@@ -52,13 +52,14 @@ def _verify(ctx: Context, run: Run, jobs: list[Job]) -> dict[str, Any] | None:
     mode = ctx.config.verify.after_run
     if mode == "off" or not any(j.status is JobStatus.DONE for j in jobs):
         return None
-    from shared.service.verify import problem_lines, verify_jobs
+    from shared.service.verify import problem_lines, verdicts, verify_jobs
 
     report = verify_jobs(ctx, run.run_id, jobs, quick=mode == "quick")
     problems = problem_lines(report)
     if problems:
         log.error("verify after the run found problems", extra={"problems": problems})
-    return {"mode": mode, "ok": report.ok, "objects": len(report.objects), "problems": problems}
+    return {"mode": mode, "ok": report.ok, "objects": len(report.objects), "problems": problems,
+            **verdicts(report)}
 
 
 def _close_run(ctx: Context, run: Run, jobs: list[Job]) -> bool:

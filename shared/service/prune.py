@@ -94,6 +94,7 @@ def plan(ctx: Context, *, see: Callable[[Job], None] | None = None) -> Plan:
         if run.operation != "backup":
             continue
         result.runs[run.run_id] = run
+        failed = unverified(run)
         for job in ctx.state.list_jobs(run.run_id):
             if see is not None:
                 see(job)
@@ -104,7 +105,8 @@ def plan(ctx: Context, *, see: Callable[[Job], None] | None = None) -> Plan:
                 backup_id=job.job_id, collection=(job.source, job.collection),
                 taken_at=job.finished_at or run.created_at,
                 suspect=not job.good, running=run.status is RunStatus.RUNNING,
-                restoring=job.job_id in being_restored))
+                restoring=job.job_id in being_restored,
+                unverified=f"{job.source}/{job.collection}" in failed))
     for source, found in sorted(backups.items()):
         rules = retention.rules_for(source)
         policy = Policy(keep_last=rules.keep_last or 0, keep_daily=rules.keep_daily or 0,
@@ -112,6 +114,20 @@ def plan(ctx: Context, *, see: Callable[[Job], None] | None = None) -> Plan:
                         time_zone=retention.time_zone)
         result.decisions.extend(decide(found, policy))
     return result
+
+
+def unverified(run: Run) -> frozenset[str]:
+    """The collections ("source/collection") of `run` whose data its verify found wrong:
+    the check after the run (`verify`), then the latest one asked for later
+    (`last_verify`), which clears what it checked and found right. Verifies recorded
+    before the lists were kept name no collection."""
+    summary = run.summary or {}
+    failed: set[str] = set()
+    for name in ("verify", "last_verify"):  # oldest first
+        result = summary.get(name)
+        if isinstance(result, dict):
+            failed = (failed - set(result.get("checked") or ())) | set(result.get("failed") or ())
+    return frozenset(failed)
 
 
 def prune(ctx: Context, *, dry_run: bool = False) -> Plan:

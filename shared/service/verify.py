@@ -205,7 +205,8 @@ def record(ctx: Context, report: Report) -> None:
     problems, sent as an alert."""
     now = ctx.clock()
     problems = problem_lines(report)
-    result = {"at": now.isoformat(), "quick": report.quick, "ok": report.ok, "problems": problems}
+    result = {"at": now.isoformat(), "quick": report.quick, "ok": report.ok, "problems": problems,
+              **verdicts(report)}
     key = f"{run_folder(ctx.config.destination.prefix, report.run_id)}/verify-{now:%Y%m%dT%H%M%S%f}.json"
     ctx.objects.put_json(key, report.as_json())
     for _ in range(3):  # compare-and-set: another writer may have changed the run meanwhile
@@ -219,6 +220,15 @@ def record(ctx: Context, report: Report) -> None:
         lines = "\n".join(f"- {line}" for line in problems[:20])
         ctx.notifier.alert(f"❌ verify of backup run {report.run_id} found problems:\n{lines}\n"
                            f"report: {key}")
+
+
+def verdicts(report: Report) -> dict[str, list[str]]:
+    """The collections ("source/collection") the report checked, and those whose data it
+    found wrong, kept on the run for retention (`prune.unverified`). An archived object is
+    not wrong: it has to be restored before it can be read, that is all."""
+    return {"checked": sorted({f"{o.source}/{o.collection}" for o in report.objects}),
+            "failed": sorted({f"{o.source}/{o.collection}" for o in report.objects
+                              if any(p.what != "archived" for p in o.problems)})}
 
 
 def problem_lines(report: Report) -> list[str]:

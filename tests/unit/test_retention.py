@@ -4,12 +4,15 @@ guards that keep the last good copy whatever the policy says."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shared.domain.jobs import Run
 from shared.domain.retention import Backup, Policy, decide
+from shared.service.prune import unverified
 
 UTC = timezone.utc
 SHOP = ("shop", "orders")
@@ -24,7 +27,8 @@ def history(*times: str, collection: tuple[str, str] = SHOP, **flags: set[str]) 
                    suspect=t in flags.get("suspect", set()),
                    done=t not in flags.get("failed", set()),
                    running=t in flags.get("running", set()),
-                   restoring=t in flags.get("restoring", set())) for t in times]
+                   restoring=t in flags.get("restoring", set()),
+                   unverified=t in flags.get("unverified", set())) for t in times]
 
 
 def kept(backups: list[Backup], policy: Policy) -> list[str]:
@@ -98,6 +102,20 @@ def test_failed_backups_go_and_never_take_a_slot() -> None:
     assert kept(backups, Policy(keep_last=1)) == ["2026-11-01T02:00"]
 
 
+def test_a_backup_whose_verify_failed_never_takes_a_slot_from_a_verified_one() -> None:
+    """keep_last 1, and the newest backup's verify failed: the one before is still the
+    newest good backup; the failed one stays until a newer good one exists."""
+    times = ["2026-11-01T02:00", "2026-11-02T02:00", "2026-11-03T02:00"]
+    backups = history(*times, unverified={"2026-11-03T02:00"})
+    decisions = {d.backup.backup_id: d for d in decide(backups, Policy(keep_last=1))}
+    assert decisions["2026-11-02T02:00"].reasons == ["last 1", "newest good backup"]
+    assert decisions["2026-11-03T02:00"].reasons == [
+        "its verify failed: kept until a newer good backup"]
+    assert not decisions["2026-11-01T02:00"].keep
+    newer = history(*times, "2026-11-04T02:00", unverified={"2026-11-03T02:00"})
+    assert kept(newer, Policy(keep_last=1)) == ["2026-11-04T02:00"]
+
+
 def test_running_and_restoring_backups_stay() -> None:
     backups = history("2026-11-01T02:00", "2026-11-02T02:00", "2026-11-03T02:00",
                       running={"2026-11-01T02:00"}, restoring={"2026-11-02T02:00"})
@@ -123,7 +141,8 @@ def histories(draw: st.DrawFn) -> list[Backup]:
                 done=draw(st.booleans()) or draw(st.booleans()),
                 suspect=draw(st.integers(0, 9)) == 0,
                 running=draw(st.integers(0, 19)) == 0,
-                restoring=draw(st.integers(0, 19)) == 0))
+                restoring=draw(st.integers(0, 19)) == 0,
+                unverified=draw(st.integers(0, 9)) == 0))
     return backups
 
 
@@ -153,6 +172,11 @@ def test_the_newest_good_backup_of_every_collection_always_survives(
                             for b in backups)
         if newer_suspect:
             assert decision.keep
+        newer_good = any(b.good and b.collection == backup.collection
+                         and (b.taken_at, b.backup_id) > (backup.taken_at, backup.backup_id)
+                         for b in backups)
+        if backup.unverified and not newer_good:
+            assert decision.keep
         if not decision.keep:
             assert not backup.running and not backup.restoring
 
@@ -166,3 +190,18 @@ def test_keeping_is_stable_when_pruned_again(backups: list[Backup], policy: Poli
     survivors = [b for b in backups if b.backup_id in first]
     second = {d.backup.backup_id for d in decide(survivors, policy) if d.keep}
     assert second == first
+
+
+def test_a_later_verify_clears_what_it_checked_and_adds_what_it_found() -> None:
+    def run(**summary: dict[str, Any]) -> Run:
+        return Run(run_id="r", idempotency_key="k", trigger="test", sources=["shop"],
+                   created_at=at("2026-11-01T02:00"), summary=summary)
+
+    after_run = {"ok": False, "checked": ["shop/orders", "shop/users"], "failed": ["shop/orders"]}
+    assert unverified(run(verify=after_run)) == {"shop/orders"}
+    orders_ok = {"ok": True, "checked": ["shop/orders"], "failed": []}
+    assert unverified(run(verify=after_run, last_verify=orders_ok)) == set()
+    users_bad = {"ok": False, "checked": ["shop/users"], "failed": ["shop/users"]}
+    assert unverified(run(verify=after_run, last_verify=users_bad)) == {"shop/orders", "shop/users"}
+    assert unverified(run(verify={"ok": False, "problems": ["from before the lists"]})) == set()
+    assert unverified(run()) == set()
