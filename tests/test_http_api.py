@@ -16,6 +16,7 @@ import pytest
 from openapi_spec_validator import validate as validate_spec
 
 import shared.entrypoints.http_api
+from devkit.sample_data import make_docs
 from shared.entrypoints.http_api import MAX_BODY_BYTES, ROUTES, TOKEN_ENV
 from shared.entrypoints.local_server import LocalApiServer
 from tests.support.api import (
@@ -24,6 +25,7 @@ from tests.support.api import (
     Api,
     check_response_shape,
     deploy,
+    deploy_sources,
     gateway_event,
     url_event,
 )
@@ -204,6 +206,43 @@ def test_post_runs_answers_quickly_and_leaves_the_rest_to_the_poller(
     assert run["jobs_by_status"]["pending"] == 3
     finish_run(api, body["run_id"])
     assert api.call("GET", body["status_url"])[1]["status"] == "succeeded"
+
+
+LISTING = "/tcb/databasecollectionget"  # WeChat's collection list
+
+
+def test_a_resend_is_the_same_run_even_when_the_platform_listing_failed_or_changed(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A phone resends after a lost answer: compared with the first request as recorded,
+    not with what the platform lists now (it failed the first time, then came back)."""
+    local.seed("orders", make_docs(5))
+    api = deploy_sources(local, tmp_path, monkeypatch, local.wechat_source(collections="all"))
+    key = {"Idempotency-Key": "phone-tap-1"}
+    local.emulator.inject_errcode(LISTING, -1, times=100)  # WeChat's "system busy"
+
+    first = api.call("POST", "/runs", headers=key)
+    again = api.call("POST", "/runs", headers=key)  # the listing still fails
+    local.emulator.clear_faults()
+    back = api.call("POST", "/runs", headers=key)  # it lists again, with a new collection
+    local.seed("users", make_docs(3, prefix="u"))
+    later = api.call("POST", "/runs", headers=key)
+
+    assert first[0] == 202 and first[1]["created"] is True
+    for status, body, _ in (again, back, later):
+        assert (status, body["run_id"], body["created"]) == (202, first[1]["run_id"], False)
+    assert api.call("POST", "/runs", body={"collections": {"shop": ["orders"]}},
+                    headers=key)[0] == 409  # another request under the same key
+
+
+def test_a_listing_that_fails_while_checking_named_collections_is_a_503(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    local.seed("orders", make_docs(5))
+    api = deploy_sources(local, tmp_path, monkeypatch, local.wechat_source(collections="all"))
+    local.emulator.inject_errcode(LISTING, -1, times=100)
+    status, body, _ = api.call("POST", "/runs", body={"collections": {"shop": ["orders"]}})
+    assert status == 503 and body["field"] == "collections.shop"
+    assert "could not list its collections" in body["error"] and "try again" in body["error"]
+    assert api.runs() == []
 
 
 def test_a_resend_with_the_same_idempotency_key_returns_the_same_run(api: Api) -> None:

@@ -203,6 +203,8 @@ class Run(BaseModel):
     status: RunStatus = RunStatus.RUNNING
     version: int = 0
     sources: list[str] = Field(default_factory=list)
+    # The collections asked for, per source (the others' every collection); None: all.
+    collections: dict[str, list[str]] | None = None
     created_at: datetime
     finished_at: datetime | None = None
     manifest_key: str | None = None

@@ -30,11 +30,12 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
 from shared.config import ConfigError
+from shared.domain.errors import BackupError
 from shared.domain.jobs import Job, JobStatus, Run
 from shared.entrypoints import status_page
 from shared.logs import log_context, redact, register_secret
 from shared.service.context import Context
-from shared.service.start import UnknownSource, start_run
+from shared.service.start import UnknownSource, asked, start_run
 
 log = logging.getLogger(__name__)
 
@@ -442,7 +443,12 @@ def _check_selection(
         if body.sources is not None and name not in body.sources:
             raise HttpError(400, f"collections names source {name!r}, which is not in sources; "
                                  "add it to sources or leave sources out", f"collections.{name}")
-        available = ctx.platforms.get(name).collections()
+        try:
+            available = ctx.platforms.get(name).collections()
+        except BackupError as exc:  # the platform, not the request: try again later
+            raise HttpError(503, f"source {name!r} could not list its collections to check "
+                                 f"this request ({redact(str(exc))}); try again later",
+                            f"collections.{name}") from None
         for index, collection in enumerate(wanted):
             if collection not in available:
                 raise HttpError(400, f"source {name!r} has no collection {collection!r}; it backs "
@@ -452,12 +458,11 @@ def _check_selection(
 
 def _same_request_or_conflict(ctx: Context, run: Run, sources: list[str] | None,
                               collections: dict[str, list[str]] | None) -> None:
-    """A resend returns its run; another request under a used key is refused, not merged."""
+    """A resend returns its run; another request under a used key is refused, not merged.
+    The request is compared with what the run recorded of the first one, not with the
+    platforms' lists now: a listing that failed, or changed since, is no other request."""
     names = sources or list(collections or {}) or [s.name for s in ctx.config.sources]
-    wanted = {(name, collection) for name in names
-              for collection in ((collections or {}).get(name) or ctx.platforms.get(name).collections())}
-    recorded = {(job.source, job.collection) for job in ctx.state.list_jobs(run.run_id)}
-    if wanted != recorded:
+    if set(names) != set(run.sources) or asked(collections) != run.collections:
         raise HttpError(409, f"this Idempotency-Key was already used for run {run.run_id} with "
                              "other sources or collections; send a new key for a new run",
                         "Idempotency-Key")

@@ -50,7 +50,8 @@ def start_run(
         for collection in found[name]
     ]
     run = Run(run_id=run_id, idempotency_key=idempotency_key, trigger=trigger,
-              sources=chosen, created_at=now, discovery=discovery)
+              sources=chosen, collections=asked(collections), created_at=now,
+              discovery=discovery)
     run, created = ctx.state.create_run(run, jobs)
     with log_context(run_id=run.run_id):
         if not created:
@@ -65,6 +66,12 @@ def start_run(
             if job.status is JobStatus.PENDING:
                 advance(ctx, job)
     return run, True
+
+
+def asked(collections: dict[str, list[str]] | None) -> dict[str, list[str]] | None:
+    """The collections a request names, as the run records them (an empty list: all)."""
+    named = {name: sorted(set(wanted)) for name, wanted in (collections or {}).items() if wanted}
+    return named or None
 
 
 def _discover(
