@@ -135,6 +135,7 @@ def prune(ctx: Context, *, dry_run: bool = False) -> Plan:
     decided = plan(ctx)
     if dry_run or not decided.decisions:
         return decided
+    _spare_restores_started_since(ctx, decided)
     emptied = decided.emptied_runs()
     deleted: list[dict[str, Any]] = []
     for held in decided.doomed:
@@ -157,6 +158,17 @@ def prune(ctx: Context, *, dry_run: bool = False) -> Plan:
         log.info("pruned", extra={"backups": len(deleted), "runs": len(emptied),
                                   "moved_to_cold": len(cooled)})
     return decided
+
+
+def _spare_restores_started_since(ctx: Context, decided: Plan) -> None:
+    """Reading every job takes a while: a restore recorded since the plan looked reads a
+    backup it doomed. Asked again just before deleting, so such a backup is kept."""
+    from shared.service.restore.plan import restoring
+
+    reading = restoring(ctx)
+    for decision in decided.decisions:
+        if not decision.keep and decision.backup.backup_id in reading:
+            decision.reasons.append("being restored")
 
 
 def _cool(ctx: Context, decided: Plan) -> list[str]:

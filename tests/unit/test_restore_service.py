@@ -13,11 +13,14 @@ from typing import Any
 
 import pytest
 
+import shared.service.prune as prune_module
+from shared.config.model import Retention
 from shared.domain.jobs import JobStatus, RunStatus
 from shared.ports import ImportProgress, RestoreMode, RowOutcome
 from shared.service.finish import finish
 from shared.service.poll import poll
 from shared.service.restore.plan import RestoreRefused, plan_restore, restoring, start_restore
+from shared.service.start import start_run
 from shared.service.verify import latest_run
 from tests.unit.support import ScriptedExport, ScriptedPages, Unit, backed_up, unit
 
@@ -331,3 +334,30 @@ def test_retention_keeps_a_backup_while_a_restore_reads_it() -> None:
     assert verdicts()[newer][0] is True
     drive(u, run.run_id, rounds=60)  # the restore ends (its import is slow): the hold ends
     assert verdicts()[older][0] is False
+
+
+def test_a_restore_recorded_while_the_prune_reads_keeps_its_backup(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    platform = ImportingExport({"orders": list(ROWS)}, polls_before_done=50)
+    u = unit(platform)
+    older = backed_up(u)
+    u.clock.advance(3600)
+    newer, _ = start_run(u.ctx, idempotency_key="newer", trigger="test")
+    backed_up(u, u.state.list_jobs(newer.run_id))
+    u.ctx.config = u.ctx.config.model_copy(update={"retention": Retention(keep_last=1)})
+    real_plan = prune_module.plan
+
+    def plan_then_a_restore_starts(ctx: Any, **kw: Any) -> prune_module.Plan:
+        decided = real_plan(ctx, **kw)
+        assert [held.run_id for held in decided.doomed] == [older]
+        start_restore(ctx, plan_restore(ctx, older, "shop", "orders"),
+                      idempotency_key="reading", trigger="http")
+        return decided
+
+    monkeypatch.setattr(prune_module, "plan", plan_then_a_restore_starts)
+    decided = prune_module.prune(u.ctx)
+
+    [job] = u.state.list_jobs(older)
+    assert job.pruned_at is None and u.state.get_run(older) is not None
+    assert all(u.objects.head(o.key) is not None for o in job.result.objects)  # type: ignore[union-attr]
+    assert decided.doomed == []
