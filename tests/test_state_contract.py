@@ -15,7 +15,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -695,7 +695,7 @@ def test_run_whose_creator_died_after_the_claim_is_finished_by_the_poller(
     assert [j.job_id for j in poller.due_jobs(utcnow())] == [j.job_id for j in jobs]
 
 
-def test_pruning_keeps_the_last_version_and_stale_writers_lose(destination: Destination, atomic_moto: None) -> None:
+def test_pruning_keeps_the_last_two_versions_and_stale_writers_lose(destination: Destination, atomic_moto: None) -> None:
     store = CosStateStore(destination)
     run, jobs = make_run(jobs=1)
     store.create_run(run, jobs)
@@ -716,15 +716,122 @@ def test_pruning_keeps_the_last_version_and_stale_writers_lose(destination: Dest
     assert store.prune(utcnow()) == 0  # too early: a slow function may still hold a version
     assert len(listing.keys(state + "jobs/")) == 5
     assert store.prune(utcnow() + PRUNE_AFTER + timedelta(minutes=1)) == 1
-    assert [k.rsplit("/", 1)[1] for k in listing.keys(state + "jobs/")] == ["v0000000004.json"]
-    assert [k.rsplit("/", 1)[1] for k in listing.keys(state + "runs/")] == ["v0000000001.json"]
+    last_two = ["v0000000003.json", "v0000000004.json"]
+    assert [k.rsplit("/", 1)[1] for k in listing.keys(state + "jobs/")] == last_two
+    assert [k.rsplit("/", 1)[1] for k in listing.keys(state + "runs/")] == [
+        "v0000000000.json", "v0000000001.json"]
     assert listing.keys(state + "closed/") == [] and listing.keys(state + "open-jobs/") == []
 
     # A writer still holding version 0 finds version 1 free again, and must still lose.
     assert store.save_job(stale.moved_to(JobStatus.FAILED, error="late")) is None
     final = store.get_job(jobs[0].job_id)
     assert final is not None and final.status is JobStatus.DONE and final.version == 4
-    assert [k.rsplit("/", 1)[1] for k in listing.keys(state + "jobs/")] == ["v0000000004.json"]
+    assert [k.rsplit("/", 1)[1] for k in listing.keys(state + "jobs/")] == last_two
+
+    # One holding version 1 finds version 2 free, right below 3: it loses too, and what
+    # it leaves below the head is never read.
+    assert store.save_job(stale.model_copy(update={"version": 1, "error": "later"})) is None
+    final = store.get_job(jobs[0].job_id)
+    assert final is not None and final.status is JobStatus.DONE and final.version == 4
+
+
+def _closed_run(store: CosStateStore) -> tuple[Run, Job]:
+    """A run of one job, done and closed: both records have moved past version 0."""
+    run, jobs = make_run(jobs=1)
+    store.create_run(run, jobs)
+    job: Job | None = store.get_job(jobs[0].job_id)
+    for status in (JobStatus.EXPORTING, JobStatus.READY, JobStatus.COPYING):
+        assert job is not None
+        job = store.save_job(job.moved_to(status))
+    assert job is not None
+    done = store.save_job(job.moved_to(JobStatus.DONE, finished_at=utcnow()))
+    closed = store.save_run(run.model_copy(update={"status": RunStatus.SUCCEEDED}))
+    assert done is not None and closed is not None
+    return closed, done
+
+
+def _before_the_ghost_check(monkeypatch: pytest.MonkeyPatch, writer: CosStateStore,
+                            meanwhile: Any) -> None:
+    """Run `meanwhile` after the writer's create-only PUT of version N+1 landed and before
+    its HEAD of version N."""
+    real_exists = writer._exists
+
+    def exists(key: str) -> bool:
+        meanwhile()
+        return real_exists(key)
+
+    monkeypatch.setattr(writer, "_exists", exists)
+
+
+def _prune_later(store: CosStateStore) -> None:
+    store.prune(utcnow() + PRUNE_AFTER + timedelta(minutes=1))
+
+
+def test_a_save_of_an_old_closed_runs_job_survives_a_prune_listing_it(
+        destination: Destination, atomic_moto: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retention marking a job pruned, or an acknowledged suspect backup, two days after
+    its run closed, while a new run's trigger prunes: the prune lists the record after the
+    save's version landed. It must not take the version the save's ghost check looks for,
+    or the save deletes its own version and the job is gone."""
+    writer, pruner = CosStateStore(destination), CosStateStore(destination)
+    _, done = _closed_run(writer)
+    _before_the_ghost_check(monkeypatch, writer, lambda: _prune_later(pruner))
+
+    saved = writer.save_job(done.model_copy(update={"pruned_at": utcnow()}))
+
+    assert saved is not None and saved.version == done.version + 1
+    assert pruner.get_job(done.job_id) == saved
+    assert [j.job_id for j in pruner.list_jobs(done.run_id)] == [done.job_id]
+
+
+def test_a_save_of_an_old_closed_run_survives_a_prune_listing_it(
+        destination: Destination, atomic_moto: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """verify.record() saving last_verify on a run closed two days ago, racing a prune."""
+    writer, pruner = CosStateStore(destination), CosStateStore(destination)
+    closed, _ = _closed_run(writer)
+    _before_the_ghost_check(monkeypatch, writer, lambda: _prune_later(pruner))
+
+    saved = writer.save_run(closed.model_copy(update={"summary": {"last_verify": {"ok": True}}}))
+
+    assert saved is not None and pruner.get_run(closed.run_id) == saved
+    assert [r.run_id for r in pruner.list_runs()] == [closed.run_id]
+
+
+def test_a_version_written_on_top_of_a_save_keeps_its_base(
+        destination: Destination, atomic_moto: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between a save's PUT of version N+1 and its check of N, another function reads N+1
+    and puts N+2, and a prune listing both takes N. The first save, finding N gone, must
+    not delete N+1: N+2's own check, still to come, looks for it."""
+    writer, other, pruner = (CosStateStore(destination) for _ in range(3))
+    _, done = _closed_run(writer)
+    at_its_check, go_on = threading.Event(), threading.Event()
+    real_exists = other._exists
+
+    def other_exists(key: str) -> bool:
+        at_its_check.set()
+        go_on.wait(30)
+        return real_exists(key)
+
+    monkeypatch.setattr(other, "_exists", other_exists)
+
+    def on_top() -> None:
+        read = other.get_job(done.job_id)
+        assert read is not None and read.version == done.version + 1
+        saves.append(side.submit(other.save_job, read.model_copy(update={"attempts": 7})))
+        assert at_its_check.wait(30)
+        _prune_later(pruner)
+
+    _before_the_ghost_check(monkeypatch, writer, on_top)
+    saves: list[Future[Job | None]] = []
+    with ThreadPoolExecutor(1) as side:
+        first = writer.save_job(done.model_copy(update={"pruned_at": utcnow()}))
+        go_on.set()
+    assert first is None  # told it lost, though the record carries its change
+    assert saves[0].result() is not None
+
+    final = pruner.get_job(done.job_id)
+    assert final is not None and final.version == done.version + 2
+    assert final.attempts == 7 and final.pruned_at is not None
 
 
 @dataclasses.dataclass

@@ -13,7 +13,7 @@ every write that must not be lost to a race is a *create-only* PUT (`If-None-Mat
 - Index entries (`open-runs/`, `open-jobs/`, `run-jobs/`) keep the poller from reading
   every record ever written; they are hints, written before the records and removed after
   a record ends, and whoever reads a finished record through one deletes the stale hint.
-- Two days after a run closes, its records are pruned to their last version.
+- Two days after a run closes, its records are pruned to their last two versions.
 
 The store proves once per process that the bucket refuses a second create-only PUT, and
 refuses to work otherwise: a bucket that silently overwrites would break every guarantee.
@@ -54,6 +54,7 @@ _READERS = 8  # parallel GETs when one call reads many records
 # job; a larger run's jobs are read one by one.
 _SNAPSHOT_JOBS = 2000
 _CREATE_TRIES = 5
+_PRUNE_KEEPS = 2  # versions a prune leaves: the head and the one the ghost check looks for
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -288,8 +289,8 @@ class CosStateStore:
 
     # pruning ---------------------------------------------------------------
     def prune(self, now: datetime) -> int:
-        """Cut the records of runs closed more than PRUNE_AFTER ago down to their last
-        version; the number of runs pruned."""
+        """Cut the records of runs closed more than PRUNE_AFTER ago down to their last two
+        versions; the number of runs pruned."""
         base = f"{self._root}closed/"
         pruned = 0
         for run_id in self._names(base):
@@ -305,8 +306,9 @@ class CosStateStore:
 
     def _prune_record(self, record: str) -> None:
         # Oldest first: the ghost check in _compare_and_set relies on version N being gone
-        # before N+1 is.
-        for number in self._versions(record)[:-1]:
+        # before N+1 is. The two newest stay: a writer that has just put version N+1 on
+        # head N checks for N next, and a prune listing N+1 must not take N from under it.
+        for number in self._versions(record)[:-_PRUNE_KEEPS]:
             self._delete(self._version_key(record, number))
 
     # records ---------------------------------------------------------------
@@ -346,13 +348,21 @@ class CosStateStore:
         new_key = self._version_key(record, version + 1)
         if not self._create_json(new_key, {"doc": stored.model_dump(mode="json")}):
             return False  # somebody else wrote version+1: we lost the race
-        # The key was free. It is also free when the record never existed, or when pruning
-        # removed it (and, before it, version N): then this write is a ghost below the
-        # record's real head. Version N still being there rules both out.
-        if not self._exists(self._version_key(record, version)):
-            self._delete(new_key)
-            return False
-        return True
+        # The key was free. It is also free when the record never existed, was deleted, or
+        # when pruning removed it (and, before it, version N): then this write is a ghost.
+        # Version N still being there rules all three out.
+        if self._exists(self._version_key(record, version)):
+            return True
+        self._drop_ghost(record, version + 1)
+        return False
+
+    def _drop_ghost(self, record: str, number: int) -> None:
+        """Delete version `number`, whose base is gone, unless the version above it exists:
+        a prune keeps two versions, so it takes the base only once it also listed a version
+        written on top of ours, whose own ghost check needs ours. Kept, ours is never read
+        (the record's head is higher) and is at worst a ghost left below that head."""
+        if number + 1 not in self._versions(record):
+            self._delete(self._version_key(record, number))
 
     def _materialize(self, claim: str, intent: dict[str, Any]) -> None:
         """Write what a claim promises; safe to repeat, by anyone, at any time."""
