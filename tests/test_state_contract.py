@@ -695,6 +695,57 @@ def test_run_whose_creator_died_after_the_claim_is_finished_by_the_poller(
     assert [j.job_id for j in poller.due_jobs(utcnow())] == [j.job_id for j in jobs]
 
 
+def test_a_trigger_killed_right_after_its_claim_leaves_its_run_to_the_poller(
+        destination: Destination, atomic_moto: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The claim is the commit point: killed between the claim's PUT and anything after it,
+    the trigger has committed a run the poller must find and finish."""
+    crashing = CosStateStore(destination)
+    real_create = crashing._create_json
+
+    def create_then_die(key: str, document: dict[str, Any]) -> bool:
+        created = real_create(key, document)
+        if "/claims/" in key:
+            raise SystemExit("SCF killed the invocation")  # the process dies here
+        return created
+
+    monkeypatch.setattr(crashing, "_create_json", create_then_die)
+    run, jobs = make_run()
+    with pytest.raises(SystemExit):
+        crashing.create_run(run, jobs)
+
+    poller = CosStateStore(destination)
+    assert poller.get_run(run.run_id) is None  # only the claim (and a hint) were written
+    assert [r.run_id for r in poller.open_runs()] == [run.run_id]
+    assert [j.job_id for j in poller.due_jobs(utcnow())] == [j.job_id for j in jobs]
+
+
+def test_open_runs_drops_hints_that_lead_to_no_run(
+        destination: Destination, atomic_moto: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The open-runs hint goes before the claim, so a trigger that lost the claim, or died
+    before making it, leaves one behind: the poller must not read it on every poll."""
+    store = CosStateStore(destination)
+    state = f"{destination.prefix}/_state/"
+    listing = CosObjectListing(destination)
+    store.create_run(*make_run(key="k", run_id="r1"))
+    assert store.create_run(*make_run(key="k", run_id="r2"))[1] is False  # lost: its hint goes
+    assert listing.keys(state + "open-runs/") == [state + "open-runs/r1"]
+
+    def dies_claiming(key: str, document: dict[str, Any]) -> bool:
+        raise SystemExit("SCF killed the invocation")
+
+    dying = CosStateStore(destination)
+    monkeypatch.setattr(dying, "_create_json", dies_claiming)
+    with pytest.raises(SystemExit):
+        dying.create_run(*make_run(key="k3", run_id="r3"))
+    assert [r.run_id for r in store.open_runs()] == ["r1"]
+    assert len(listing.keys(state + "open-runs/")) == 2  # r3's creator may still be claiming
+
+    later = utcnow() + PRUNE_AFTER + timedelta(minutes=1)
+    monkeypatch.setattr("shared.adapters.cos.state.utcnow", lambda: later)
+    assert [r.run_id for r in store.open_runs()] == ["r1"]
+    assert listing.keys(state + "open-runs/") == [state + "open-runs/r1"]
+
+
 def test_pruning_keeps_the_last_two_versions_and_stale_writers_lose(destination: Destination, atomic_moto: None) -> None:
     store = CosStateStore(destination)
     run, jobs = make_run(jobs=1)

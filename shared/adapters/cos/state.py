@@ -8,8 +8,9 @@ every write that must not be lost to a race is a *create-only* PUT (`If-None-Mat
   the highest number is the record. Saving version N+1 is a create-only PUT of that key, so
   compare-and-set on `version` holds: two writers holding version N cannot both win.
 - A run's idempotency key is claimed by a create-only object holding the run and its jobs.
-  That claim is the commit point; writing the records and index entries afterwards is a
-  replay anyone may finish (a retried trigger, or the poller healing a crashed one).
+  That claim is the commit point, preceded by the run's open-runs entry so the poller can
+  find it; writing the records and index entries afterwards is a replay anyone may finish
+  (a retried trigger, or the poller healing a crashed one).
 - Index entries (`open-runs/`, `open-jobs/`, `run-jobs/`) keep the poller from reading
   every record ever written; they are hints, written before the records and removed after
   a record ends, and whoever reads a finished record through one deletes the stale hint.
@@ -77,6 +78,17 @@ def _versions_by_record(keys: list[str]) -> dict[str, list[int]]:
     return {record: sorted(numbers) for record, numbers in found.items()}
 
 
+def _abandoned(marker: dict[str, Any], intent: dict[str, Any] | None) -> bool:
+    """Whether an open-runs hint whose run has no record points at no run to finish: its
+    claim holds another trigger's run, or it has none long after any trigger that wrote the
+    hint can still be claiming. A hint without `at` was written after its claim (by
+    _materialize, or before hints went first), so a missing claim is gone for good."""
+    if intent is not None:
+        return True
+    written = marker.get("at")
+    return written is None or utcnow() - datetime.fromisoformat(written) > PRUNE_AFTER
+
+
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -109,14 +121,21 @@ class CosStateStore:
             "run": run.model_dump(mode="json"),
             "jobs": [job.model_dump(mode="json") for job in jobs],
         }
+        # The open-runs hint goes before the claim: a trigger killed right after claiming
+        # has then left the poller a pointer to the claim, which it finishes (_open_run).
+        marker = self._open_marker(run.run_id)
+        if run.status is RunStatus.RUNNING:
+            self._put_json(marker, {"claim": claim, "at": utcnow().isoformat()})
         won = self._create_json(claim, intent)
         if not won:
             stored_intent = self._get_json(claim)
             if stored_intent is None:
                 raise StateError(f"COS state: claim {claim!r} was refused but cannot be read")
             intent = stored_intent
-        self._materialize(claim, intent)
         run_id = str(intent["run"]["run_id"])
+        if run_id != run.run_id:
+            self._delete(marker)  # another trigger's claim: our hint points at no run of ours
+        self._materialize(claim, intent)
         stored = self.get_run(run_id)
         if stored is None:
             raise StateError(f"COS state: run {run_id!r} unreadable right after it was written")
@@ -147,7 +166,7 @@ class CosStateStore:
         if stored.status is not RunStatus.RUNNING:
             self._put_json(f"{self._root}closed/{_segment(run.run_id)}",
                            {"finished_at": utcnow().isoformat()})
-            self._delete(f"{self._root}open-runs/{_segment(run.run_id)}")
+            self._delete(self._open_marker(run.run_id))
         return stored
 
     # jobs -----------------------------------------------------------------
@@ -368,7 +387,6 @@ class CosStateStore:
         """Write what a claim promises; safe to repeat, by anyone, at any time."""
         run = Run.model_validate(intent["run"])
         jobs = [Job.model_validate(j) for j in intent["jobs"]]
-        run_segment = _segment(run.run_id)
 
         def index(job: Job) -> None:
             self._put_json(self._run_jobs(run.run_id) + _segment(job.job_id), {})
@@ -377,7 +395,7 @@ class CosStateStore:
 
         # Index entries first, so no record is ever out of the poller's sight.
         if run.status is RunStatus.RUNNING:
-            self._put_json(f"{self._root}open-runs/{run_segment}", {"claim": claim})
+            self._put_json(self._open_marker(run.run_id), {"claim": claim})
         self._map(index, jobs)
         # Version 0, create-only: a replay leaves records that have moved on alone.
         self._map(lambda j: self._create_json(
@@ -386,13 +404,20 @@ class CosStateStore:
         self._create_json(self._version_key(self._record("runs", run.run_id), 0),
                           {"doc": run.model_dump(mode="json")})
 
+    def _open_marker(self, run_id: str) -> str:
+        return f"{self._root}open-runs/{_segment(run_id)}"
+
     def _open_run(self, run_id: str) -> Run | None:
-        marker_key = f"{self._root}open-runs/{_segment(run_id)}"
+        marker_key = self._open_marker(run_id)
         run = self.get_run(run_id)
         if run is None:  # being created, or its creator died after the claim: finish it
             marker = self._get_json(marker_key)
             intent = self._get_json(marker["claim"]) if marker else None
-            if marker is None or intent is None:
+            if marker is None:
+                return None
+            if intent is None or intent["run"]["run_id"] != run_id:
+                if _abandoned(marker, intent):
+                    self._delete(marker_key)
                 return None
             log.info("finishing a run whose creation was cut short", extra={"run_id": run_id})
             self._materialize(marker["claim"], intent)
