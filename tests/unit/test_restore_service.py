@@ -196,6 +196,80 @@ def test_a_platform_without_import_status_is_checked_by_counting_until_the_deadl
     assert "e-mail" in (job.error or "")
 
 
+
+@dataclass
+class QueuedImports(ImportingExport):
+    """Like MinApp: send_import answers at once with no id; the import task runs later
+    (when the test calls run_queued), adding the records whose ids are not there yet."""
+
+    queued: list[tuple[str, list[dict[str, Any]]]] = field(default_factory=list)
+
+    def send_import(self, collection: str, mode: RestoreMode, *, file_type: str, name: str,
+                    chunks: Iterable[bytes], size: int) -> str | None:
+        body = b"".join(chunks)
+        self.queued.append((collection, [json.loads(x) for x in body.splitlines() if x.strip()]))
+        return None
+
+    def run_queued(self) -> None:
+        for collection, docs in self.queued:
+            rows = self.data.setdefault(collection, [])
+            there = {r["_id"] for r in rows}
+            rows.extend(d for d in docs if d["_id"] not in there)
+        self.queued.clear()
+
+
+def counted_insert(there: list[dict[str, Any]], **timing: Any) -> tuple[QueuedImports, Unit, str]:
+    """A restore in mode insert into `orders`, which holds `there`, on a platform that
+    reports nothing; its import sent, not yet run. The platform, the unit, the restore id."""
+    platform = QueuedImports({"orders": list(ROWS)}, reports=False,
+                             modes=frozenset({"new", "insert"}))
+    u = unit(platform, **timing)
+    backup = backed_up(u)
+    platform.data["orders"] = there
+    plan = plan_restore(u.ctx, backup, "shop", "orders", into="orders", mode="insert")
+    run, _ = start_restore(u.ctx, plan, idempotency_key="ins", trigger="test")
+    return platform, u, run.run_id
+
+
+def test_a_counted_insert_is_not_done_while_the_count_has_not_moved_since_the_import_was_sent() -> None:
+    # since the backup, its 5 records were lost and 10 others written
+    platform, u, restore_id = counted_insert([{"_id": f"new{i}", "n": i} for i in range(10)])
+    drive(u, restore_id, rounds=3)  # two equal counts: the import task has not run yet
+    [job] = u.state.list_jobs(restore_id)
+    assert job.status is JobStatus.IMPORTING, (job.status, (job.checkpoint or {}).get("note"))
+    assert "still holds the 10 records it held before the import was sent" in (job.error or "")
+
+    platform.run_queued()
+    drive(u, restore_id)
+    [job] = u.state.list_jobs(restore_id)
+    assert job.status is JobStatus.DONE, job.error
+    assert job.progress_records == len(ROWS) and len(platform.data["orders"]) == 15
+
+
+def test_a_counted_insert_that_rose_then_stopped_is_done_saying_records_were_kept() -> None:
+    platform, u, restore_id = counted_insert([dict(r) for r in ROWS[:2]])
+    drive(u, restore_id, rounds=2)
+    platform.run_queued()  # 3 of the 5 are new; the 2 already there are kept
+    drive(u, restore_id)
+    [job] = u.state.list_jobs(restore_id)
+    assert job.status is JobStatus.DONE, job.error
+    point = job.checkpoint or {}
+    assert point["imported"] == 3 and "went from 2 to 5 records" in point["note"]
+
+
+def test_a_counted_insert_whose_count_never_moves_fails_at_the_deadline_saying_what_is_known() -> None:
+    platform, u, restore_id = counted_insert([dict(r) for r in ROWS], export_deadline_minutes=10)
+    drive(u, restore_id, rounds=2)
+    platform.run_queued()  # every id of the backup is there: nothing added
+    drive(u, restore_id, rounds=20)
+    [job] = u.state.list_jobs(restore_id)
+    assert job.status is JobStatus.FAILED
+    error = job.error or ""
+    assert "did not end within 10 minutes" in error
+    assert "still holds the 5 records it held before the import was sent" in error
+    assert "e-mail" in error and "mode new" in error  # no upsert here: a new table instead
+
+
 def test_the_plan_refuses_what_would_lose_or_mix_data() -> None:
     platform = ImportingExport({"orders": list(ROWS), "full": [{"_id": "x"}]},
                                polls_before_done=50)
