@@ -197,6 +197,21 @@ def test_a_platform_without_import_status_is_checked_by_counting_until_the_deadl
 
 
 
+def test_an_insert_is_not_done_when_it_rejects_more_records_than_the_target_held() -> None:
+    platform = ImportingExport({"orders": list(ROWS)})
+    u = unit(platform)
+    backup = backed_up(u)
+    platform.data["orders"] = [{"_id": "other", "n": 99}]  # one unrelated record there
+    platform.shortfall = 4  # 4 of the 5 rejected: at most 1 can be an id already there
+    plan = plan_restore(u.ctx, backup, "shop", "orders", into="orders", mode="insert")
+    run, _ = start_restore(u.ctx, plan, idempotency_key="ins", trigger="test")
+    drive(u, run.run_id)
+    [job] = u.state.list_jobs(run.run_id)
+    assert job.status is JobStatus.FAILED, (job.checkpoint or {}).get("note")
+    assert "imported 1 of the backup's 5 records into orders and rejected 4" in (job.error or "")
+    assert "held only 1 before the import" in (job.error or "")
+
+
 @dataclass
 class QueuedImports(ImportingExport):
     """Like MinApp: send_import answers at once with no id; the import task runs later

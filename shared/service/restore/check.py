@@ -102,6 +102,13 @@ def _judge(order: RestoreOrder, point: dict[str, Any], after: int,
                                 f"{order.target} holds {after}; check the collection")
             return "done", None
         if order.mode == "insert" and before and imported + rejected == order.records:
+            if rejected > before:  # a rejection for an id already there needs a record there
+                return "fail", (f"the platform imported {imported} of the backup's "
+                                f"{order.records} records into {order.target} and rejected "
+                                f"{rejected}, but {order.target} held only {before} before the "
+                                "import: at most that many can have been kept as already "
+                                "there. Check the import's result in the platform's console "
+                                "for why the others were rejected")
             return "done", (f"{rejected} of the backup's records were not inserted: records "
                             f"with their ids were already in {order.target} and insert keeps "
                             "them (mode upsert overwrites them)")
