@@ -112,6 +112,7 @@ class MemoryObjects:
     def __init__(self) -> None:
         self.objects: dict[str, bytes] = {}
         self.classes: dict[str, str] = {}  # key -> storage class, when not STANDARD
+        self.thawed: set[str] = set()  # archived keys with a restored, readable copy
         self.uploads: dict[str, _Upload] = {}
         self.fail_puts = 0
         self._ids = itertools.count(1)
@@ -144,7 +145,7 @@ class MemoryObjects:
         return b"".join(self.iter_read(key))
 
     def iter_read(self, key: str, chunk_size: int = MIB) -> Iterator[bytes]:
-        if self.classes.get(key) in ("ARCHIVE", "DEEP_ARCHIVE"):
+        if self.classes.get(key) in ("ARCHIVE", "DEEP_ARCHIVE") and key not in self.thawed:
             raise StorageError(f"COS download of {key!r} failed: InvalidObjectState (HTTP 403)",
                                key=key, code="InvalidObjectState")
         if key not in self.objects:

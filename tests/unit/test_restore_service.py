@@ -334,6 +334,33 @@ def test_a_backup_that_fails_its_verify_is_refused_unless_forced_and_a_damaged_o
     assert platform.imports == {}  # the upload was cut before any import started
 
 
+
+def test_an_archived_backup_is_refused_before_anything_is_made_until_cos_restored_it() -> None:
+    platform = ImportingExport({"orders": list(ROWS)})
+    u = unit(platform)
+    backup = backed_up(u)
+    [job] = u.state.list_jobs(backup)
+    assert job.result is not None
+    [stored] = job.result.objects
+    u.objects.set_storage_class(stored.key, "ARCHIVE")  # retention's cold_after_days moved it
+    for force in (False, True):  # forcing cannot make COS read it
+        with pytest.raises(RestoreRefused) as refused:
+            plan_restore(u.ctx, backup, "shop", "orders", force=force)
+        assert refused.value.status == 409 and refused.value.field == "run_id"
+        message = str(refused.value)
+        assert f"{stored.key} (ARCHIVE)" in message and "POST Object restore" in message
+        assert "436/12633" in message and "force does not help" in message
+    assert set(platform.data) == {"orders"}  # no target made
+
+    u.objects.thawed.add(stored.key)  # POST Object restore made a readable copy
+    plan = plan_restore(u.ctx, backup, "shop", "orders")
+    run, _ = start_restore(u.ctx, plan, idempotency_key="thawed", trigger="test")
+    drive(u, run.run_id)
+    [restore] = u.state.list_jobs(run.run_id)
+    assert restore.status is JobStatus.DONE, restore.error
+    assert platform.data[plan.order.target] == ROWS
+
+
 def test_a_row_restore_killed_mid_way_resumes_without_losing_or_doubling_a_row() -> None:
     rows = [{"_id": f"r{i:05d}", "n": i} for i in range(2600)]
     platform = WritablePages({"orders": rows}, page_rows=500)

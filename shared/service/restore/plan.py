@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from shared.domain.errors import StorageError
 from shared.domain.jobs import Job, JobStatus, RestoreOrder, Run, job_id_for, run_id_for
 from shared.logs import log_context
 from shared.ports import RestorablePlatform, TargetNaming, TargetShape
@@ -17,6 +18,10 @@ from shared.service.context import Context
 log = logging.getLogger(__name__)
 
 MODES = ("new", "insert", "upsert")
+# COS answers a GET of an archived object that has no restored copy with a 403 that says
+# InvalidObjectState (COS docs, Troubleshooting > "403 Error for COS Access", which shows it
+# as <Code>AccessDenied</Code><Message>InvalidObjectState</Message>): either code is taken.
+UNREADABLE = frozenset({"InvalidObjectState", "AccessDenied"})
 
 
 class RestoreRefused(ValueError):
@@ -91,6 +96,7 @@ def plan_restore(ctx: Context, run_id: str, source: str, collection: str, *,
             "empty collection: choose another name (into), or write into it on purpose with "
             "mode insert or upsert", field="into", status=409)
     _not_busy(ctx, source, target, idempotency_key)
+    _not_archived(ctx, backup, source, collection)
     problems = _quick_verify(ctx, backup)
     if problems and not force:
         raise RestoreRefused(
@@ -163,6 +169,46 @@ def _not_busy(ctx: Context, source: str, target: str, idempotency_key: str | Non
                 raise RestoreRefused(f"restore {run.run_id} is writing into {source}/{target} "
                                      "right now; wait for it to end (GET /restores/"
                                      f"{run.run_id})", field="into", status=409)
+
+
+def _not_archived(ctx: Context, backup: Job, source: str, collection: str) -> None:
+    """A backup retention moved to ARCHIVE/DEEP_ARCHIVE (cold_after_days) cannot be read
+    until COS restores a temporary copy of it (POST Object restore,
+    https://cloud.tencent.com/document/product/436/12633); refused before anything is made.
+    Forcing does not help: the finisher could not read it either."""
+    assert backup.result is not None
+    cold = [f"{stored.key} ({storage_class})" for stored in backup.result.objects
+            if (storage_class := _unreadable_class(ctx, stored.key))]
+    if cold:
+        raise RestoreRefused(
+            f"the backup of {source}/{collection} in run {backup.run_id} is archived and cannot "
+            f"be read: {', '.join(cold)}. Restore each object in COS first (console: 恢复, or "
+            "POST Object restore, https://cloud.tencent.com/document/product/436/12633; README: "
+            "Keeping backups, Storage classes), wait until its copy is readable, then ask "
+            "again. force does not help: a forced restore could not read them either",
+            field="run_id", status=409)
+
+
+def _unreadable_class(ctx: Context, key: str) -> str | None:
+    """The archived class of an object COS will not read now; None when it reads. The class
+    stays ARCHIVE while a restored copy exists, so an archived object's first byte decides."""
+    from shared.service.verify import ARCHIVED
+
+    info = ctx.objects.head(key)
+    if info is None or info.storage_class not in ARCHIVED:
+        return None  # a missing object is the quick verify's to report
+    chunks = ctx.objects.iter_read(key, 1)
+    try:
+        next(iter(chunks), None)
+    except StorageError as exc:
+        if exc.code in UNREADABLE:
+            return info.storage_class
+        raise
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()  # stop the download after its first byte
+    return None
 
 
 def _quick_verify(ctx: Context, backup: Job) -> list[str]:
