@@ -16,7 +16,7 @@ import pytest
 import shared.service.prune as prune_module
 from shared.config.model import Retention
 from shared.domain.jobs import JobStatus, RunStatus
-from shared.ports import ImportProgress, RestoreMode, RowOutcome
+from shared.ports import ImportProgress, Progress, RestoreMode, RowOutcome
 from shared.service.finish import finish
 from shared.service.poll import poll
 from shared.service.restore.plan import RestoreRefused, plan_restore, restoring, start_restore
@@ -359,6 +359,57 @@ def test_an_archived_backup_is_refused_before_anything_is_made_until_cos_restore
     [restore] = u.state.list_jobs(run.run_id)
     assert restore.status is JobStatus.DONE, restore.error
     assert platform.data[plan.order.target] == ROWS
+
+
+
+@dataclass
+class SplitExport(ImportingExport):
+    """An export that comes in two parts (rows 0-1, rows 2-4), like a split WeChat export."""
+
+    def check(self, collection: str, platform_job_id: str) -> Any:
+        rows = len(self.data[collection])
+        return Progress("ready", expected_records=rows, part_records=[2, rows - 2])
+
+    def open(self, collection: str, platform_job_id: str, part: int = 0) -> Any:
+        rows = self.data[collection][:2] if part == 0 else self.data[collection][2:]
+        for row in rows:
+            yield json.dumps(row).encode() + b"\n"
+
+
+def test_a_split_backup_with_a_damaged_second_part_imports_nothing_and_makes_nothing() -> None:
+    platform = SplitExport({"orders": list(ROWS)}, polls_before_done=0)
+    u = unit(platform)
+    backup = backed_up(u)
+    [job] = u.state.list_jobs(backup)
+    assert job.result is not None and len(job.result.objects) == 2
+    second = job.result.objects[1]
+    good = u.objects.read(second.key)
+    u.objects.objects[second.key] = good[:-3] + b"X}\n"  # same size, one byte off
+    plan = plan_restore(u.ctx, backup, "shop", "orders")
+    assert not plan.problems  # size matches; the fake keeps no CRC64 (an older manifest)
+    run, _ = start_restore(u.ctx, plan, idempotency_key="split", trigger="test")
+    drive(u, run.run_id)
+
+    [restore] = u.state.list_jobs(run.run_id)
+    assert restore.status is JobStatus.FAILED
+    assert f"backup object {second.key} no longer matches its manifest" in (restore.error or "")
+    # an import the platform accepted runs on its own (WeChat, MinApp): nothing may be sent
+    assert platform.imports == {}, f"part 1 was sent before part 2 was checked: {platform.imports}"
+    assert plan.order.target not in platform.data  # nor the target made
+
+
+def test_a_split_backup_is_checked_whole_then_sent_part_by_part() -> None:
+    platform = SplitExport({"orders": list(ROWS)}, polls_before_done=0)
+    u = unit(platform)
+    backup = backed_up(u)
+    plan = plan_restore(u.ctx, backup, "shop", "orders")
+    run, _ = start_restore(u.ctx, plan, idempotency_key="split", trigger="test")
+    drive(u, run.run_id)
+    [restore] = u.state.list_jobs(run.run_id)
+    assert restore.status is JobStatus.DONE, restore.error
+    assert platform.data[plan.order.target] == ROWS
+    point = restore.checkpoint or {}
+    assert point["verified"] == 2 and len(point["sent"]) == 2
 
 
 def test_a_row_restore_killed_mid_way_resumes_without_losing_or_doubling_a_row() -> None:
