@@ -212,6 +212,65 @@ def test_an_insert_is_not_done_when_it_rejects_more_records_than_the_target_held
     assert "held only 1 before the import" in (job.error or "")
 
 
+
+@dataclass
+class ConflictImports(ImportingExport):
+    """Imports as WeChat's databasemigrateimport does: conflict_mode 1 (insert) rejects a
+    document whose _id is there (record_fail); 2 (upsert, also used for new) overwrites it."""
+
+    modes_sent: dict[str, str] = field(default_factory=dict)
+
+    def send_import(self, collection: str, mode: RestoreMode, *, file_type: str, name: str,
+                    chunks: Iterable[bytes], size: int) -> str | None:
+        import_id = super().send_import(collection, mode, file_type=file_type, name=name,
+                                        chunks=chunks, size=size)
+        assert import_id is not None
+        self.modes_sent[import_id] = mode
+        return import_id
+
+    def check_import(self, collection: str, import_id: str) -> ImportProgress:
+        target, docs, left = self.imports[import_id]
+        if left > 0:
+            self.imports[import_id] = (target, docs, left - 1)
+            return ImportProgress("running")
+        rows = self.data.setdefault(target, [])
+        there = {r["_id"] for r in rows}
+        fresh = [d for d in docs if d["_id"] not in there]
+        rows.extend(fresh)
+        if self.modes_sent[import_id] == "insert":
+            return ImportProgress("done", imported=len(fresh), rejected=len(docs) - len(fresh))
+        return ImportProgress("done", imported=len(docs), rejected=0)
+
+
+def test_an_insert_into_an_empty_target_sent_again_after_its_import_id_was_lost_is_done() -> None:
+    platform = ConflictImports({"orders": list(ROWS), "empty": []}, polls_before_done=0)
+    u = unit(platform)
+    backup = backed_up(u)
+    plan = plan_restore(u.ctx, backup, "shop", "orders", into="empty", mode="insert")
+    run, _ = start_restore(u.ctx, plan, idempotency_key="ins", trigger="test")
+    poll(u.ctx)
+    [job] = u.state.list_jobs(run.run_id)
+    real_send = platform.send_import
+
+    def send_then_die(*args: Any, **kw: Any) -> str | None:
+        real_send(*args, **kw)  # the platform accepted the import...
+        raise Killed()  # ...and the finisher died before it saved the id
+
+    platform.send_import = send_then_die  # type: ignore[method-assign]
+    with pytest.raises(Killed):
+        finish(u.ctx, job.job_id)
+    platform.check_import("empty", "import-1")  # the lost import runs to its end
+    platform.send_import = real_send  # type: ignore[method-assign]
+    u.clock.advance(u.ctx.config.timing.copy_lease_seconds + 1)
+    drive(u, run.run_id)
+
+    [job] = u.state.list_jobs(run.run_id)
+    assert platform.data["empty"] == ROWS  # every record of the backup there, once
+    assert job.status is JobStatus.DONE, job.error
+    assert (job.checkpoint or {})["resent"] == [0]
+    assert "(0 before the import and 5 put there by parts sent twice)" in (job.checkpoint or {})["note"]
+
+
 @dataclass
 class QueuedImports(ImportingExport):
     """Like MinApp: send_import answers at once with no id; the import task runs later

@@ -101,17 +101,23 @@ def _judge(order: RestoreOrder, point: dict[str, Any], after: int,
                 return "fail", (f"the platform reports {imported} records imported, but "
                                 f"{order.target} holds {after}; check the collection")
             return "done", None
-        if order.mode == "insert" and before and imported + rejected == order.records:
-            if rejected > before:  # a rejection for an id already there needs a record there
+        # a rejection for an id already there needs a record there: one there before, or
+        # one an import of a part sent twice (its first import id lost) put there
+        twice = sum(order.objects[i].records for i in point.get("resent", [])
+                    if i < len(order.objects))
+        if order.mode == "insert" and before + twice and imported + rejected == order.records:
+            held = f"{before} before the import" + (
+                f" and {twice} put there by parts sent twice" if twice else "")
+            if rejected > before + twice:
                 return "fail", (f"the platform imported {imported} of the backup's "
                                 f"{order.records} records into {order.target} and rejected "
-                                f"{rejected}, but {order.target} held only {before} before the "
-                                "import: at most that many can have been kept as already "
-                                "there. Check the import's result in the platform's console "
-                                "for why the others were rejected")
+                                f"{rejected}, but {order.target} held only {held}: at most "
+                                "that many can have been kept as already there. Check the "
+                                "import's result in the platform's console for why the others "
+                                "were rejected")
             return "done", (f"{rejected} of the backup's records were not inserted: records "
-                            f"with their ids were already in {order.target} and insert keeps "
-                            "them (mode upsert overwrites them)")
+                            f"with their ids were already in {order.target} ({held}) and "
+                            "insert keeps them (mode upsert overwrites them)")
         why = (" (in mode insert, a record whose id is already there is rejected: use mode "
                "upsert to overwrite it)" if rejected and order.mode == "insert" else "")
         return "fail", (f"the platform imported {imported} of the backup's {order.records} "

@@ -8,6 +8,8 @@ finisher that is killed or runs out of time is followed by one that carries on:
     created  the restore made the target (mode new)
     before   the target's record count before anything was written
     sent     one entry per backup object sent: the platform's import id ("" for none)
+    sending  the object being sent; resent: those a try found marked but not in sent
+             (sent again: the earlier import may have run, its id lost)
     verified how many backup objects (file imports) were read through and found to match
              their manifest, all of them before the first is sent
     mark     how far it had got when this finisher took it (a reclaim after progress is
@@ -165,6 +167,7 @@ def _send_files(ctx: Context, hold: CopyHold, platform: FileImportPlatform,
             continue  # sent by an earlier try
         if sent and budget.spent():
             raise CopyPaused()
+        _mark_sending(ctx, hold, index)
         name = f"{hold.job.run_id}-{index + 1:04d}.{order.file_type}"
         log.info("sending a backup object to the platform",
                  extra={"key": stored.key, "bytes": stored.bytes, "part": index + 1})
@@ -172,6 +175,19 @@ def _send_files(ctx: Context, hold: CopyHold, platform: FileImportPlatform,
                                          file_type=order.file_type, name=name,
                                          chunks=checked(ctx, stored), size=stored.bytes)
         save_point(ctx, hold, sent=[*sent, import_id or ""])
+
+
+def _mark_sending(ctx: Context, hold: CopyHold, index: int) -> None:
+    """Saved before object `index` goes: a later try that finds it marked but not in `sent`
+    knows the platform may have imported it already (its import id was lost), so in mode
+    insert that many more records may come back rejected as already there."""
+    point = hold.job.checkpoint or {}
+    resent = list(point.get("resent", []))
+    if point.get("sending") == index and index not in resent:
+        log.warning("sending a backup object again: an earlier try may have sent it",
+                    extra={"part": index + 1})
+        resent.append(index)
+    save_point(ctx, hold, sending=index, resent=resent)
 
 
 def checked(ctx: Context, stored: StoredObject) -> Iterator[bytes]:
