@@ -16,10 +16,12 @@ Two rules guard the links a platform chooses (export downloads and their redirec
 
 from __future__ import annotations
 
+import email.utils
 import ipaddress
 import socket
 import zlib
 from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 import httpx
@@ -241,3 +243,21 @@ def _origin(url: str) -> tuple[str, str, int]:
 def describe_transport_error(exc: httpx.TransportError) -> str:
     """The error's kind without its URL (URLs may carry tokens or signatures)."""
     return f"{type(exc).__name__}"
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Seconds a server asks to wait, from `Retry-After`: delay-seconds or an HTTP-date
+    (RFC 9110 section 10.2.3); None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return max(0.0, (moment - datetime.now(timezone.utc)).total_seconds())

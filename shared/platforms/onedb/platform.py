@@ -29,7 +29,7 @@ import jwt
 import jwt.warnings
 import orjson
 
-from shared.adapters.http import describe_transport_error, make_client
+from shared.adapters.http import describe_transport_error, make_client, retry_after_seconds
 from shared.domain.errors import Fatal, RateLimited, Retryable, TokenRejected
 from shared.logs import register_secret
 from shared.platforms.onedb.restore import RowRestore
@@ -44,7 +44,6 @@ from shared.platforms.onedb.wire import (
     _next_ids,
     _parse,
     _ParsedByStdlib,
-    _retry_after,
     _stdlib_line,
     _tail_next_id,
     classify,
@@ -209,7 +208,7 @@ class OneDBClient(RowRestore):
             raise Retryable(f"{call}: HTTP {status}")
         if status == 429:  # RFC 9110 §10.2.3: Retry-After is seconds or an HTTP date
             raise RateLimited(f"{call}: HTTP 429, rate limited",
-                              retry_after=_retry_after(response.headers.get("Retry-After")))
+                              retry_after=retry_after_seconds(response.headers.get("Retry-After")))
         if status in (401, 403):
             raise TokenRejected(f"{call}: HTTP {status}")
         if status != 200:

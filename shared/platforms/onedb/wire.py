@@ -4,10 +4,8 @@ the client (platform.py) and its restore half (restore.py)."""
 
 from __future__ import annotations
 
-import email.utils
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 import orjson
@@ -78,23 +76,6 @@ def classify(answer: dict[str, Any], source: OneDBSource, table: str) -> BackupE
         return Fatal(f"{where}: OneDB rejected the request for table {table!r}; check its "
                      "keys (the primary key columns, in order), filter and getColumns")
     return Retryable(f"{where}: not a known OneDB error; retried, then the job fails with it")
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds the platform asks to wait, from `Retry-After` (delay-seconds or HTTP-date)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        moment = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return max(0.0, (moment - datetime.now(timezone.utc)).total_seconds())
 
 
 def _request_id(instance: Any) -> str | None:
