@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -14,8 +16,10 @@ from devkit.emulators.minapp import MinAppEmulator
 from devkit.sample_data import make_docs
 from shared.domain.jobs import JobStatus, RunStatus
 from shared.domain.layout import data_key, part_key
-from shared.platforms.minapp.platform import MinAppClient
-from tests.support.backup import LocalBackup, backup_now
+from shared.platforms.minapp.platform import READ_TRIES, MinAppClient
+from shared.service.poll import poll
+from shared.service.start import start_run
+from tests.support.backup import LocalBackup, backup_now, drive
 from tests.support.minapp import CLIENT_ID, assert_export_equals_records, backup_jumping
 
 
@@ -492,3 +496,82 @@ def test_an_unknown_table_name_fails_the_source_naming_it(
     assert run.status is RunStatus.FAILED
     error = json.loads(local.objects.read(run.manifest_key or ""))["discovery"]["app"]["error"]
     assert "'ordres'" in error and "check the name" in error
+
+
+# --- HTTP 429 on reads: asked again within the call, then waited out, never fatal --------
+TOO_MANY = {"error_msg": "Too Many Requests"}
+
+
+def test_a_status_read_rate_limited_once_is_asked_again(
+        local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
+    minapp_emulator.add_table(1001, records(5))
+    minapp_emulator.inject("job", 429, times=1, body=TOO_MANY)
+    ctx = local.context(local.config(local.minapp_source(minapp_emulator)))
+
+    run = backup_now(ctx)
+
+    (job,) = ctx.state.list_jobs(run.run_id)
+    assert job.status is JobStatus.DONE, job.error
+    assert run.status is RunStatus.SUCCEEDED
+
+
+def test_a_status_read_still_rate_limited_waits_instead_of_failing(
+        local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
+    minapp_emulator.add_table(1001, records(5))
+    ctx = local.context(local.config(local.minapp_source(minapp_emulator)))
+    run, _ = start_run(ctx, idempotency_key="test", trigger="test")
+    minapp_emulator.inject("job", 429, times=READ_TRIES, body=TOO_MANY)
+    time.sleep(0.05)  # past first_check_seconds: the status check is due
+
+    poll(ctx)
+
+    (job,) = ctx.state.list_jobs(run.run_id)
+    assert job.status is JobStatus.EXPORTING, job.error  # waiting, not failed
+    assert job.attempts == 0  # a wait is not a failed try
+    assert "HTTP 429" in (job.error or "") and f"{READ_TRIES} time(s)" in (job.error or "")
+    assert job.next_check_at > ctx.clock() + timedelta(seconds=30)
+    assert minapp_emulator.calls["job"] == READ_TRIES  # asked again within the call
+
+
+def test_an_unknown_answer_to_a_status_read_still_fails_the_job(
+        local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
+    minapp_emulator.add_table(1001, records(5))
+    minapp_emulator.inject("job", 418, times=1, body={"error_msg": "I'm a teapot"})
+    ctx = local.context(local.config(local.minapp_source(minapp_emulator)))
+
+    run = backup_now(ctx)
+
+    (job,) = ctx.state.list_jobs(run.run_id)
+    assert job.status is JobStatus.FAILED
+    assert "HTTP 418" in (job.error or "") and "not a known answer" in (job.error or "")
+
+
+def test_a_table_listing_rate_limited_once_is_asked_again_after_retry_after(
+        local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
+    minapp_emulator.add_table(1001, records(5), name="orders")
+    minapp_emulator.inject("tables", 429, times=1, body=TOO_MANY, headers={"Retry-After": "1"})
+    ctx = local.context(local.config(local.minapp_source(minapp_emulator, tables="all")))
+
+    began = time.monotonic()
+    run, _ = start_run(ctx, idempotency_key="test", trigger="test")
+    waited = time.monotonic() - began
+    run = drive(ctx, run)
+
+    assert run.status is RunStatus.SUCCEEDED, [j.error for j in ctx.state.list_jobs(run.run_id)]
+    assert waited >= 1.0  # the platform's Retry-After, not the 0.01 s backoff
+    assert minapp_emulator.calls["tables"] == 2
+
+
+def test_a_table_listing_still_rate_limited_fails_the_run_saying_what_to_do(
+        local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
+    minapp_emulator.add_table(1001, records(5), name="orders")
+    minapp_emulator.inject("tables", 429, times=READ_TRIES, body=TOO_MANY)
+    ctx = local.context(local.config(local.minapp_source(minapp_emulator, tables="all")))
+
+    run = backup_now(ctx)
+
+    assert run.status is RunStatus.FAILED
+    error = json.loads(local.objects.read(run.manifest_key or ""))["discovery"]["app"]["error"]
+    assert "HTTP 429" in error and "could not be listed" in error
+    assert "start the backup again" in error and "again later" not in error
+    assert minapp_emulator.calls["tables"] == READ_TRIES

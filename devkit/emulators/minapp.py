@@ -398,6 +398,7 @@ class _Injection:
     status: int
     body: dict[str, Any]
     then_create: bool = False  # for "export": create the job, then answer the error
+    headers: dict[str, str] = field(default_factory=dict)  # e.g. Retry-After with a 429
 
 
 def _random_id(length: int = 32) -> str:
@@ -598,14 +599,17 @@ class MinAppEmulator(LocalEmulator):
     # ----------------------------------------------------------------- faults
 
     def inject(self, route: str, status: int, times: int = 1,
-               body: dict[str, Any] | None = None) -> None:
-        """The next ``times`` requests to ``route`` (see ``ROUTES``) answer ``status``."""
+               body: dict[str, Any] | None = None,
+               headers: dict[str, str] | None = None) -> None:
+        """The next ``times`` requests to ``route`` (see ``ROUTES``) answer ``status``
+        (with ``headers``, e.g. ``Retry-After``)."""
         if route not in ROUTES:
             raise ValueError(f"unknown route {route!r}; one of {', '.join(ROUTES)}")
         with self._lock:
             queue = self._injections.setdefault(route, collections.deque())
             answer = body or {"error_msg": "injected error"}
-            queue.extend(_Injection(status, answer) for _ in range(times))
+            queue.extend(_Injection(status, answer, headers=dict(headers or {}))
+                         for _ in range(times))
 
     def lose_create_answers(self, times: int = 1, status: int = 502) -> None:
         """The next ``times`` export creations create the job, then answer ``status``,
@@ -1034,7 +1038,7 @@ class MinAppEmulator(LocalEmulator):
         self._apply_due_imports()
         injected = self._take_injection(route)
         if injected is not None and not injected.then_create:
-            return injected.status, injected.body, {}
+            return injected.status, injected.body, injected.headers
         try:
             if route == "authorize":
                 return self._authorize(body)

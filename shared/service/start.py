@@ -4,18 +4,24 @@ start within the time budget; the poller starts the rest."""
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 from shared.config import Config
-from shared.domain.errors import BackupError
+from shared.domain.errors import BackupError, RetryLater
 from shared.domain.jobs import Job, JobStatus, Run, job_id_for, run_id_for
 from shared.logs import log_context, redact
 from shared.service.context import Budget, Context
 from shared.service.poll import advance
 
 log = logging.getLogger(__name__)
+
+
+# The promise a platform's wait-answer makes for a job (the poller asks again); discovery
+# is asked once per run, so it is taken off before the message is recorded.
+_LATER_PROMISE = re.compile(r"[;,:]?\s*(?:will try|trying) again later\.?\s*$", re.IGNORECASE)
 
 
 class UnknownSource(ValueError):
@@ -86,7 +92,7 @@ def _discover(
         try:
             found[name] = choose_collections(ctx, name, (wanted or {}).get(name))
         except BackupError as exc:
-            message = redact(str(exc))
+            message = redact(_not_listed(name, exc) if isinstance(exc, RetryLater) else str(exc))
             log.error("source has nothing to back up", extra={"source": name, "reason": message})
             found[name], discovery[name] = [], {"error": message}
             continue
@@ -98,6 +104,14 @@ def _discover(
                 f"source {name!r}: discovery yielded no collection or table to back up; "
                 "check the source's collections/tables and include/exclude")}
     return found, discovery
+
+
+def _not_listed(source: str, exc: RetryLater) -> str:
+    """A wait-answer to discovery: nothing asks again for this run, so say what to do."""
+    said = _LATER_PROMISE.sub("", str(exc))
+    return (f"source {source!r} could not be listed: the platform asked to wait ({said}). "
+            "This run backs up nothing from it and does not list it again; start the backup "
+            "again once the platform's rate limit or quota has passed")
 
 
 def choose_collections(ctx: Context, source: str, wanted: list[str] | None) -> list[str]:

@@ -33,9 +33,10 @@ from shared.adapters.http import (
     download_chunks,
     make_client,
     make_download_client,
+    retry_after_seconds,
     same_origin_only,
 )
-from shared.domain.errors import BackupError, Fatal, Forgotten, Retryable, RetryLater
+from shared.domain.errors import BackupError, Fatal, Forgotten, RateLimited, Retryable, RetryLater
 from shared.logs import register_secret
 from shared.platforms.minapp.answers import error_text, json_object
 from shared.platforms.minapp.restore import MinAppRestore
@@ -69,6 +70,13 @@ STATUS_ACCESS_HINT = (
     "reading export job status through the API must be enabled in the MinApp console "
     "(设置 → SDK → 通用 / settings → SDK → general); enable it and run again"
 )
+
+# MinApp's OpenAPI docs name no rate-limit answer; HTTP 429 is the generic one (RFC 6585
+# section 4), possibly with Retry-After (RFC 9110 section 10.2.3), and this adapter's export
+# create and restore already read it as "wait". A read refused so is asked again within
+# the call; one still refused raises RateLimited, which the poller waits out.
+READ_TRIES = 3
+READ_MAX_WAIT = 30.0  # a longer Retry-After is left to the next poller tick, not slept here
 
 T = TypeVar("T")
 
@@ -473,7 +481,8 @@ class MinAppClient(MinAppRestore):
         return Fatal(f"{where}: not a known answer")
 
     def _status(self, collection: str, job: str) -> dict[str, Any]:
-        response = self._retrying(lambda: self._api("GET", EXPORT_JOB.format(table=collection, job=job)))
+        response = self._get(EXPORT_JOB.format(table=collection, job=job), None,
+                             f"read the status of export job {job} of table {collection}")
         if response.status_code == 200:
             return json_object(response)
         where = (f"MinApp export job {job} of table {collection}: HTTP {response.status_code} "
@@ -542,7 +551,7 @@ class MinAppClient(MinAppRestore):
         table = tables[0]
         records = self._count(table, {})
         path = EXPORT_JOB.format(table=table, job=PROBE_JOB)
-        response = self._retrying(lambda: self._api("GET", path))
+        response = self._get(path, None, "read an export job's status")
         if response.status_code in (401, 403):
             raise Fatal(f"MinApp refused to read an export job's status (HTTP "
                         f"{response.status_code}: {error_text(response)}): {STATUS_ACCESS_HINT}")
@@ -609,7 +618,7 @@ class MinAppClient(MinAppRestore):
         return value
 
     def _read(self, path: str, params: dict[str, Any], purpose: str) -> dict[str, Any]:
-        response = self._retrying(lambda: self._api("GET", path, params=params))
+        response = self._get(path, params, purpose)
         if response.status_code == 200:
             return json_object(response)
         where = (f"MinApp refused to {purpose} ({path}: HTTP {response.status_code}: "
@@ -623,6 +632,28 @@ class MinAppClient(MinAppRestore):
     # HTTP and tokens -------------------------------------------------------------
     def _retrying(self, call: Callable[[], T]) -> T:
         return with_retries(call, attempts=3, base_seconds=self._retry_base)
+
+    def _get(self, path: str, params: dict[str, Any] | None, purpose: str) -> httpx.Response:
+        """A GET whose 429 is asked again after a backoff (or the Retry-After asked for,
+        when longer); RateLimited when the platform still refuses. Any other answer goes
+        back to the caller."""
+        attempt = 1
+        while True:
+            response = self._retrying(lambda: self._api("GET", path, params=params))
+            if response.status_code != 429:
+                return response
+            asked = retry_after_seconds(response.headers.get("Retry-After"))
+            wait = max(asked or 0.0, self._retry_base * 2 ** (attempt - 1))
+            if attempt >= READ_TRIES or wait > READ_MAX_WAIT:
+                raise RateLimited(
+                    f"MinApp rate-limited the request to {purpose} ({path}: HTTP 429: "
+                    f"{error_text(response)}) {attempt} time(s) in a row"
+                    + (f"; it asked to wait {asked:g} s" if asked is not None else ""),
+                    retry_after=asked)
+            log.warning("MinApp rate-limited a read; asking again", extra={
+                "path": path, "attempt": attempt, "wait_seconds": round(wait, 2)})
+            time.sleep(wait)
+            attempt += 1
 
     def _api(self, method: str, path: str, *, params: dict[str, Any] | None = None,
              json_body: dict[str, Any] | None = None) -> httpx.Response:

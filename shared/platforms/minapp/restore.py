@@ -133,6 +133,8 @@ class MinAppRestore:
 
         def _retrying(self, call: Callable[[], T]) -> T: ...
 
+        def _get(self, path: str, params: dict[str, Any] | None, purpose: str) -> httpx.Response: ...
+
         def _token(self, avoid: str | None = None) -> str: ...
 
         def _table_id(self, name: str) -> str: ...
@@ -296,7 +298,7 @@ class MinAppRestore:
         return [t for t in self._listed_tables(answer) if t.get("name") == name]
 
     def _detail(self, table: str, missing_ok: bool = False) -> dict[str, Any] | None:
-        response = self._retrying(lambda: self._api("GET", TABLE.format(table=table)))
+        response = self._get(TABLE.format(table=table), None, f"read table {table}")
         if response.status_code == 200:
             return json_object(response)
         if response.status_code == 404 and missing_ok:
