@@ -26,6 +26,8 @@ _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
 
 _PATTERNS: list[tuple[re.Pattern[str], str]] = [
+    # any URL's userinfo (user:password@host): httpx logs request URLs as given
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/?#\"'<>]+@"), rf"\1{REDACTED}@"),
     # any URL's query string: access_token=..., COS q-signature=..., MinApp codes
     (re.compile(r"(https?://[^\s\"'<>?]+)\?[^\s\"'<>]*"), rf"\1?{REDACTED}"),
     # credentials in Authorization headers: the whole value up to a space or quote (a

@@ -70,3 +70,32 @@ def test_errors_show_the_text_as_written_not_the_expanded_value() -> None:
     text = "\n".join(info.value.problems)
     assert '(got "${NAME}")' in text and '(got "${APPID}")' in text
     assert "Private Name" not in str(info.value) and "not-an-appid" not in str(info.value)
+
+
+USERINFO_PLACES = {**{name: PLACES[name] for name in PLACES if name != "webhook"},
+                   "onedb api_base": (lambda d, url: d["sources"].append({
+                       "type": "onedb", "name": "crm", "region": "cn-east-1", "envid": "env-1",
+                       "keyid": "key-1", "key_secret": "${WECHAT_SECRET}", "app_id": "user",
+                       "keys": ["id"], "tables": ["User"], "api_base": url}),
+                                      "sources[2].api_base")}
+
+
+@pytest.mark.parametrize("name", USERINFO_PLACES)
+def test_a_password_in_a_shown_url_is_refused_without_echoing_it(name: str) -> None:
+    """A URL's user:password@ travels as Basic auth and is part of the URL wherever it is
+    shown (errors, logs); credentials have fields of their own. Webhook and heartbeat URLs
+    are secrets as a whole and never shown, so they may carry it."""
+    place, field = USERINFO_PLACES[name]
+    with pytest.raises(ConfigError) as info:
+        parse(place, "https://ops:pa55-w0rd-77@api.example.com")
+    [problem] = info.value.problems
+    assert problem.startswith(field) and "must not carry a user name or password" in problem
+    assert "pa55-w0rd-77" not in str(info.value)
+
+
+def test_a_token_service_url_with_a_password_says_where_credentials_go() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse(PLACES["token service"][0], "https://ops:pa55-w0rd-77@tokens.example")
+    [problem] = info.value.problems
+    assert problem.startswith("sources[0].token.url")
+    assert "authorization field as ${ENV_VAR}" in problem and "pa55-w0rd-77" not in problem

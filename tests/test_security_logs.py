@@ -13,10 +13,11 @@ import pytest
 
 from shared.adapters.cos.client import cos_client
 from shared.config import Destination
+from shared.domain.errors import Fatal
 from shared.logs import REDACTED, JsonFormatter, redact, register_secret
 from shared.platforms.wechat.settings import TokenService
 from shared.platforms.wechat.tokens import OwnedToken
-from tests.support.hostile import Hostile, json_answer
+from tests.support.hostile import Hostile, json_answer, send
 
 
 @pytest.fixture
@@ -50,6 +51,8 @@ def test_secrets_json_would_escape_are_masked(log_lines: io.StringIO, secret: st
     ("sent Bearer tok3n-head:tok3n-tail-part", "tok3n-tail-part"),
     ("signed q-ak=AKIDexample1234567890&q-sign-time=1", "AKIDexample1234567890"),
     ("header x-cos-security-token: sessi0n-token-value", "sessi0n-token-value"),
+    ("HTTP Request: GET https://ops:pa55-w0rd-1@tokens.example/x", "pa55-w0rd-1"),
+    ("mysql+pymysql://backup:pa55-w0rd-2@db.example:3306/state", "pa55-w0rd-2"),
 ])
 def test_credential_shapes_are_masked(text: str, leak: str) -> None:
     assert leak not in redact(text)
@@ -81,3 +84,20 @@ def test_the_token_service_credential_is_registered(hostile: Hostile) -> None:
     assert hostile.seen[0].headers["Authorization"] == credential
     assert credential not in redact(f"token service said: {credential}")
     assert "c2VydmljZTpwYXNzLTc3ODg5OQ" not in redact(credential.split()[1])
+
+
+def test_a_token_service_url_with_a_password_keeps_it_out_of_the_error(hostile: Hostile) -> None:
+    """The config refuses userinfo in `url` (tests/test_security_config.py); a URL that
+    comes by another way (settings built in code) still never shows it."""
+    password = "pa55w0rd-9f8e7d6c"
+    hostile.answers["/wechat/shop"] = lambda handler: send(handler, 401, b'{"error": "no"}')
+    url = hostile.base.replace("://", f"://ops:{password}@") + "/wechat/shop"
+    settings = TokenService.model_construct(url=url, access_token=None, authorization=None)
+
+    with pytest.raises(Fatal) as caught:
+        OwnedToken(settings, "the access token of source 'shop'", httpx.Client()).token()
+
+    message = str(caught.value)
+    assert password not in message and "ops:" not in message, message
+    assert f"token service {hostile.base}/wechat/shop answered HTTP 401" in message
+    assert password not in redact(message)

@@ -7,6 +7,7 @@ import os
 import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -99,9 +100,29 @@ def is_secure_url(value: str) -> bool:
     return value[:8].lower() == "https://" or _LOCAL_HTTP.match(value) is not None
 
 
+# A URL's userinfo (user:password@host) is sent as Basic auth by the HTTP client and is
+# part of the URL wherever it is shown: in errors, the logs, the manifest.
+USERINFO = ("must not carry a user name or password (user:password@host): they would be sent "
+            "as Basic auth and show up wherever the URL is shown")
+
+
+def refuse_userinfo(value: str, instead: str = "remove them") -> None:
+    if "@" in urlsplit(value).netloc:
+        raise ValueError(f"{USERINFO}; {instead}")
+
+
+def without_userinfo(value: str) -> str:
+    """`value` with the userinfo of a URL in it masked (for showing what was written)."""
+    return _URL_USERINFO.sub(r"\1***@", value)
+
+
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/?#\"'<>]+@")
+
+
 def base_url(value: str) -> str:
     if not re.match(r"^https?://[^\s]+$", value, re.IGNORECASE):
         raise ValueError("must be an https:// URL")
+    refuse_userinfo(value)
     if not is_secure_url(value):
         raise ValueError(HTTPS_ONLY)
     return value.rstrip("/")

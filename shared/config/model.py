@@ -36,6 +36,8 @@ from shared.config.fields import (
     SourceSettings,
     environ_of,
     is_secure_url,
+    refuse_userinfo,
+    without_userinfo,
 )
 from shared.platforms import registry
 
@@ -120,6 +122,8 @@ class Destination(ConfigModel):
     def _check_endpoint(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^https?://[^/\s]+/?$", value):
             raise ValueError("must look like https://host[:port] with no path")
+        if value is not None:
+            refuse_userinfo(value)
         if value is not None and not is_secure_url(value):  # signed requests, object data
             raise ValueError(HTTPS_ONLY)
         return value.rstrip("/") if value else value
@@ -459,6 +463,8 @@ class DispatchSettings(ConfigModel):
     def _endpoint(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^https?://[^/\s]+/?$", value):
             raise ValueError("must look like https://host[:port] with no path")
+        if value is not None:
+            refuse_userinfo(value)
         if value is not None and not is_secure_url(value):  # signed API requests
             raise ValueError(HTTPS_ONLY)
         return value.rstrip("/") if value else value
@@ -669,6 +675,8 @@ def _describe(error: Mapping[str, Any], document: Any = None) -> str:
     value = _written(document, loc)
     if value is _NOT_WRITTEN or isinstance(value, (dict, list)):
         return f"{where}: {message}"  # a whole section could carry a literal secret
+    if isinstance(value, str):  # a password written into a URL is not echoed either
+        value = without_userinfo(value)
     shown = json.dumps(value, ensure_ascii=False, default=str)
     if len(shown) > 80:
         shown = shown[:77] + "..."

@@ -20,6 +20,7 @@ from shared.config.fields import (
     Secret,
     SourceSettings,
     is_secure_url,
+    refuse_userinfo,
 )
 
 
@@ -190,6 +191,7 @@ class MinAppSource(SourceSettings):
     def base_url(cls, value: str) -> str:
         if not re.match(r"^https?://[^\s/]+/?$", value):
             raise ValueError("must be https://host[:port] with no path")
+        refuse_userinfo(value)
         if not is_secure_url(value):  # the client secret and bearer token go there
             raise ValueError(HTTPS_ONLY)
         return value.rstrip("/")

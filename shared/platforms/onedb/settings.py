@@ -17,6 +17,7 @@ from shared.config.fields import (
     EnvStr,
     Secret,
     SourceSettings,
+    refuse_userinfo,
 )
 
 
@@ -105,6 +106,7 @@ class OneDBSource(SourceSettings):
     def _https_only(cls, value: str | None) -> str | None:
         if value is None:
             return None
+        refuse_userinfo(value)
         # The token can read and delete every table: never send it in clear over a network.
         if not re.match(r"^(https://[^\s/]+|http://(127\.0\.0\.1|localhost)(:[0-9]+)?)/?$", value):
             raise ValueError(

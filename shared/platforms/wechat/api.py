@@ -163,9 +163,11 @@ def classify(path: str, errcode: int, errmsg: str, scope: Scope) -> BackupError:
 
 
 def shown_url(url: str) -> str:
-    """A URL fit for a message: no query string (it may carry a key)."""
+    """A URL fit for a message: no query string (it may carry a key) and no userinfo
+    (user:password@, which the config refuses but a platform's URL could carry)."""
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{host}{parts.path}"
 
 
 def exchange(

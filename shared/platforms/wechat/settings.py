@@ -24,6 +24,7 @@ from shared.config.fields import (
     SourceSettings,
     base_url,
     expand_references,
+    refuse_userinfo,
 )
 
 WECHAT_APPID = r"^wx[0-9a-f]{16}$"
@@ -139,7 +140,12 @@ class TokenService(ConfigModel):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
-        return None if value is None else base_url(value)
+        if value is None:
+            return None
+        refuse_userinfo(value, "remove them from url and give them in the token settings' "
+                               "authorization field as ${ENV_VAR} (e.g. Basic <base64 of "
+                               "user:password>)")
+        return base_url(value)
 
     def _external_problem(self, others: str = "") -> str | None:
         given = [f for f in ("access_token", "url") if getattr(self, f) is not None]
