@@ -209,3 +209,19 @@ def test_the_collections_own_count_is_recorded_and_a_far_one_warned_about(
     assert manifests["paid"]["platform_collection_count"] is None  # filtered: not comparable
     summary = run_manifest(local, run)["summary"]
     assert list(summary["count_warnings"]) == ["shop/users"]
+
+
+def test_a_listing_refused_for_quota_fails_the_run_without_promising_a_retry(
+    local: LocalBackup,
+) -> None:
+    """Discovery is asked once per run: a "wait" answer to it must say that nothing will
+    list the source again and what to do, not the "will try again later" of a job."""
+    local.emulator.inject_errcode(LISTING, -501015, times=10, errmsg="read quota used up")
+    ctx = local.context(local.config(local.wechat_source(collections="all")))
+
+    run = backup_now(ctx)
+
+    assert run.status is RunStatus.FAILED
+    error = run_manifest(local, run)["discovery"]["shop"]["error"]
+    assert "-501015" in error and "could not be listed" in error
+    assert "start the backup again" in error and "again later" not in error
