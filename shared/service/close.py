@@ -6,27 +6,67 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from shared.domain.errors import BackupError
 from shared.domain.jobs import Job, JobStatus, Run, RunStatus, count_warning
 from shared.domain.layout import restore_manifest_key, run_manifest_key
-from shared.logs import log_context
+from shared.logs import log_context, redact
 from shared.service.context import Context
 
 log = logging.getLogger(__name__)
 
 
+class RunsNotClosed(Exception):
+    """Some runs could not be closed (each one logged with its reason); the others were.
+    They stay open, so the next poller tick tries them again."""
+
+    def __init__(self, reasons: dict[str, str], closed: list[str]) -> None:
+        listed = "; ".join(f"{run_id}: {reason}" for run_id, reason in reasons.items())
+        super().__init__(f"{len(reasons)} run(s) could not be closed, the next poller tick "
+                         f"tries again: {listed}")
+        self.reasons = reasons
+        self.closed = closed
+
+
 def close_finished_runs(ctx: Context, run_id: str | None = None) -> list[str]:
     """Close what ended (every open run, or only `run_id`); then, if a run closed and a
-    retention policy is set, prune."""
-    closed = []
+    retention policy is set, prune. A run that cannot close (its manifest cannot be
+    written, say) keeps no other from closing: RunsNotClosed is raised after the rest."""
+    closed: list[str] = []
+    reasons: dict[str, str] = {}
     for run in _without_open_jobs(ctx, run_id):
-        jobs = ctx.state.list_jobs(run.run_id)
-        if not all(j.status.terminal for j in jobs):
-            continue
         with log_context(run_id=run.run_id):
-            if run.operation == "restore":
-                _close_restore(ctx, run, jobs)
-            elif _close_run(ctx, run, jobs):
-                closed.append(run.run_id)
+            try:
+                if _close(ctx, run):
+                    closed.append(run.run_id)
+            except Exception as exc:  # one run's failure must not keep the others open
+                reasons[run.run_id] = _not_closed(exc)
+    _prune(ctx, closed)
+    if reasons:
+        raise RunsNotClosed(reasons, closed)
+    return closed
+
+
+def _close(ctx: Context, run: Run) -> bool:
+    """Close one run if all its jobs ended; whether a backup run was closed here."""
+    jobs = ctx.state.list_jobs(run.run_id)
+    if not all(j.status.terminal for j in jobs):
+        return False
+    if run.operation == "restore":
+        _close_restore(ctx, run, jobs)
+        return False
+    return _close_run(ctx, run, jobs)
+
+
+def _not_closed(exc: Exception) -> str:
+    """Log why a run could not close (a traceback for what is not a known error); the
+    reason, redacted."""
+    reason = redact(f"{type(exc).__name__}: {exc}")
+    log.error("run could not be closed; the next poller tick tries again",
+              extra={"reason": reason}, exc_info=not isinstance(exc, BackupError))
+    return reason
+
+
+def _prune(ctx: Context, closed: list[str]) -> None:
     if closed and ctx.config.retention is not None:
         from shared.service.prune import prune  # loaded once a run closes: most ticks close none
 
@@ -34,7 +74,6 @@ def close_finished_runs(ctx: Context, run_id: str | None = None) -> list[str]:
             prune(ctx)
         except Exception:  # a prune that fails must not keep runs from closing; it runs again
             log.exception("retention could not be applied; the next closing run tries again")
-    return closed
 
 
 def _without_open_jobs(ctx: Context, run_id: str | None) -> list[Run]:

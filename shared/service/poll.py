@@ -14,7 +14,7 @@ from shared.domain.errors import BackupError, Forgotten, Retryable, RetryLater
 from shared.domain.jobs import Job, JobStatus, backoff, count_warning
 from shared.logs import log_context, redact
 from shared.ports import ExportPlatform
-from shared.service.close import close_finished_runs
+from shared.service.close import RunsNotClosed, close_finished_runs
 from shared.service.context import Budget, Context, fail, save
 from shared.service.copiers import copier_for
 from shared.service.lanes import run_in_lanes
@@ -48,10 +48,31 @@ def poll(ctx: Context, limit: int = 2000) -> PollSummary:
         workers=timing.poll_concurrency,
         keep_going=lambda: not budget.spent(),
     )
-    summary.closed_runs = close_finished_runs(ctx)
-    sweep_uploads(ctx)
-    watch(ctx)
+    _close_sweep_and_watch(ctx, summary)
     return summary
+
+
+def _close_sweep_and_watch(ctx: Context, summary: PollSummary) -> None:
+    """The tick's housekeeping. The staleness alarm runs whatever became of closing and
+    sweeping (a run that cannot close must not silence it); their first failure is then
+    raised, so the invocation still ends in error."""
+    failures: list[Exception] = []
+    try:
+        summary.closed_runs = close_finished_runs(ctx)
+    except RunsNotClosed as exc:  # each run was logged; the others closed
+        summary.closed_runs = exc.closed
+        failures.append(exc)
+    except Exception as exc:  # the state store's outage, say
+        log.exception("could not close finished runs; the next tick tries again")
+        failures.append(exc)
+    try:
+        sweep_uploads(ctx)
+    except Exception as exc:
+        log.exception("could not sweep abandoned uploads; the next tick tries again")
+        failures.append(exc)
+    watch(ctx)
+    if failures:
+        raise failures[0]
 
 
 def _lanes(ctx: Context, job: Job) -> dict[Hashable, int]:

@@ -15,7 +15,7 @@ import pytest
 from shared.domain.errors import Forgotten, Retryable, RetryLater, StorageError
 from shared.domain.jobs import Job, JobStatus, Run, RunStatus
 from shared.ports import Progress
-from shared.service.close import close_finished_runs
+from shared.service.close import RunsNotClosed, close_finished_runs
 from shared.service.finish import finish
 from shared.service.poll import poll
 from tests.unit.support import ScriptedExport, ScriptedPages, seed_run, unit
@@ -210,6 +210,39 @@ def test_a_run_is_closed_and_notified_once() -> None:
     assert run.status is RunStatus.SUCCEEDED and len(listed) == 2
     manifest = json.loads(u.objects.read(run.manifest_key or ""))
     assert manifest["status"] == "succeeded" and manifest["summary"]["records"] == 7
+
+
+def test_a_run_that_cannot_close_keeps_no_other_from_closing(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """One run's manifest cannot be written (the bucket refuses it): the other run still
+    closes and is notified, the refused one is logged with its reason and stays open,
+    and the next tick closes it."""
+    u = unit(ScriptedExport({"orders": ROWS}))
+    stuck = seed_run(u, JobStatus.FAILED, error="boom")[0].run_id
+    other = Run(run_id="20261101T030000000Z-other", idempotency_key="other", trigger="test",
+                sources=["shop"], created_at=u.clock())
+    u.state.create_run(other, [])
+    put_json = u.objects.put_json
+
+    def refuse_one(key: str, document: dict[str, object]) -> None:
+        if stuck in key:
+            raise StorageError(f"COS put of {key!r} failed: AccessDenied (HTTP 403)",
+                               key=key, code="AccessDenied")
+        put_json(key, document)
+
+    u.objects.put_json = refuse_one  # type: ignore[method-assign,assignment]
+    with pytest.raises(RunsNotClosed) as raised:
+        close_finished_runs(u.ctx)
+
+    assert raised.value.closed == [other.run_id] and list(raised.value.reasons) == [stuck]
+    assert "AccessDenied" in str(raised.value)
+    assert [run.run_id for run, _ in u.notifier.sent] == [other.run_id]
+    assert u.state.runs[stuck].status is RunStatus.RUNNING  # open: tried again next tick
+    [logged] = [r for r in caplog.records if r.getMessage().startswith("run could not be closed")]
+    assert logged.levelno == logging.ERROR and "AccessDenied" in logged.reason  # type: ignore[attr-defined]
+
+    u.objects.put_json = put_json  # type: ignore[method-assign]
+    assert close_finished_runs(u.ctx) == [stuck]
 
 
 def test_the_finisher_closes_its_run_after_the_last_job_without_reading_a_busy_run() -> None:

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
+import pytest
+
+from shared.domain.errors import StateError, StorageError
 from shared.domain.jobs import JobStatus, Run, RunStatus
+from shared.service.close import RunsNotClosed
 from shared.service.poll import poll
 from tests.unit.support import ScriptedExport, Unit, seed_run, unit
 
@@ -68,3 +73,38 @@ def test_the_limit_is_configurable() -> None:
     u.clock.advance(timedelta(hours=3).total_seconds())
     poll(u.ctx)
     assert len(u.notifier.alerts) == 1 and "2 hours" in u.notifier.alerts[0]
+
+
+def test_a_run_that_cannot_close_still_raises_the_alarm() -> None:
+    """The bucket became unwritable: the failed run's manifest cannot be written, so it
+    never closes. Every tick still fails (SCF records the invocation error) but the
+    alarm is raised once the run has been open too long."""
+    u = unit(ScriptedExport({"orders": []}))
+    [job] = seed_run(u, JobStatus.FAILED, error="COS upload failed: AccessDenied (HTTP 403)")
+
+    def refuse(key: str, document: Any) -> None:
+        raise StorageError(f"COS put of {key!r} failed: AccessDenied (HTTP 403)", key=key,
+                           code="AccessDenied")
+
+    u.objects.put_json = refuse  # type: ignore[method-assign]
+    for _ in range(27):
+        u.clock.advance(3600)
+        with pytest.raises(RunsNotClosed, match="AccessDenied"):
+            poll(u.ctx)
+    assert u.notifier.sent == []
+    assert len(u.notifier.alerts) == 1
+    assert f"run {job.run_id} is still running" in u.notifier.alerts[0]
+
+
+def test_a_sweep_that_fails_does_not_silence_the_alarm(monkeypatch: pytest.MonkeyPatch) -> None:
+    u = unit(ScriptedExport({"orders": []}))
+    _run(u, "good", RunStatus.SUCCEEDED)
+
+    def sweep(ctx: object) -> int:
+        raise StateError("state store unreachable: ConnectTimeout")
+
+    monkeypatch.setattr("shared.service.poll.sweep_uploads", sweep)
+    u.clock.advance(27 * 3600)
+    with pytest.raises(StateError):
+        poll(u.ctx)
+    assert len(u.notifier.alerts) == 1 and "no run has succeeded" in u.notifier.alerts[0]
