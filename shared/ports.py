@@ -312,8 +312,10 @@ class Notifier(Protocol):
 
     def notify(self, run: Run, jobs: list[Job]) -> None: ...
 
-    def alert(self, text: str) -> None:
-        """A message about the backups as a whole (they stopped, they recovered)."""
+    def alert(self, text: str) -> bool:
+        """A message about the backups as a whole (they stopped, they recovered); whether
+        it reached someone: True when a webhook accepted it, or when none is configured
+        (nothing to deliver to: it is logged); False when every configured one failed."""
 
 
 # dispatch -----------------------------------------------------------------------------

@@ -230,5 +230,6 @@ class RecordingNotifier:
     def notify(self, run: Run, jobs: list[Job]) -> None:
         self.sent.append((run, jobs))
 
-    def alert(self, text: str) -> None:
+    def alert(self, text: str) -> bool:
         self.alerts.append(text)
+        return True

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from devkit.sample_data import make_docs
+from shared.adapters.webhooks import WebhookNotifier
 from shared.config import Config, Notify
 from shared.entrypoints.cli import main as cli
 from shared.logs import configure_logging
@@ -135,3 +136,21 @@ def test_the_heartbeat_is_pinged_after_every_run(
 
     assert [p.split("+")[0].split("%20")[0] for p in webhook.pings] == [ok_path, fail_path]
     assert webhook.messages == []  # no webhooks configured: only the pings
+
+
+def test_an_alert_says_whether_it_reached_someone(webhook: WebhookReceiver) -> None:
+    """True when one webhook accepted it (or none is configured: nothing to deliver to),
+    False when every configured webhook failed: the staleness alarm is then sent again."""
+    environ = {"HOOK": webhook.url, "DOWN": "http://127.0.0.1:9/hook"}  # port 9: refused
+
+    def notifier(*names: str) -> WebhookNotifier:
+        notify = Notify.model_validate(
+            {"webhooks": [{"url": f"${{{name}}}", "format": "wecom"} for name in names]},
+            context={"environ": environ})
+        return WebhookNotifier(notify, retry_base_seconds=0)
+
+    assert notifier().alert("nowhere to go") is True
+    assert notifier("DOWN", "HOOK").alert("one of two") is True
+    webhook.answers = [(502, {"errmsg": "bad gateway"})] * 3
+    assert notifier("DOWN", "HOOK").alert("none of two") is False
+    assert [m["text"]["content"] for m in webhook.messages] == ["one of two"] + ["none of two"] * 3

@@ -111,7 +111,9 @@ def notify_run(settings: Notify, run: Run, jobs: list[Job],
 
 
 def _deliver(settings: Notify, what: str, body_for: Callable[[Webhook], dict[str, Any]],
-             http: httpx.Client, retry_base_seconds: float) -> None:
+             http: httpx.Client, retry_base_seconds: float) -> int:
+    """Send to every webhook; how many accepted."""
+    accepted = 0
     for index, webhook in enumerate(settings.webhooks):
         url = webhook.url.get_secret_value()
         register_secret(url)
@@ -123,6 +125,8 @@ def _deliver(settings: Notify, what: str, body_for: Callable[[Webhook], dict[str
                       extra={"webhook": f"notify.webhooks[{index}]", "reason": str(exc)})
         else:
             log.info(f"{what} sent", extra={"webhook": f"notify.webhooks[{index}]"})
+            accepted += 1
+    return accepted
 
 
 def text_payload(webhook: Webhook, text: str) -> dict[str, Any]:
@@ -146,11 +150,15 @@ class WebhookNotifier:
             ping(self._settings.heartbeat, ok, f"run {run.run_id} {run.status.value}",
                  retry_base_seconds=self._retry_base)
 
-    def alert(self, text: str) -> None:
+    def alert(self, text: str) -> bool:
+        if not self._settings.webhooks:
+            log.warning("alert not sent: no notify.webhooks configured; it is only in this log",
+                        extra={"text": text})
+            return True  # nothing to deliver to: trying again would not change that
         from shared.adapters.http import make_client
 
-        _deliver(self._settings, "alert", lambda webhook: text_payload(webhook, text),
-                 make_client(), self._retry_base)
+        return _deliver(self._settings, "alert", lambda webhook: text_payload(webhook, text),
+                        make_client(), self._retry_base) > 0
 
 
 def _post(http: httpx.Client, url: str, body: dict[str, Any]) -> None:

@@ -2,7 +2,8 @@
 succeeding (no run succeeded for `alerts.stale_after_hours`, counting from the oldest
 run or from when the poller first looked) or a run stays open that long; one
 "recovered" message when that ends. The episode is kept in the state store's cache, so
-an alarm goes out once per episode, not once a minute."""
+an alarm goes out once per episode, not once a minute; one that reached no webhook is
+sent again at the next tick."""
 
 from __future__ import annotations
 
@@ -26,17 +27,30 @@ def watch(ctx: Context) -> str | None:
     problem = _problem(ctx, now, timedelta(hours=ctx.config.alerts.stale_after_hours))
     raised = ctx.state.cache_get(ALARM_KEY, now)
     if problem and raised is None:
-        ctx.state.cache_put(ALARM_KEY, problem, now + KEEP)
+        ctx.state.cache_put(ALARM_KEY, problem, now + KEEP)  # claimed: other pollers stay quiet
         log.error("backups are stale", extra={"reason": problem})
-        ctx.notifier.alert(f"⏰ baas-backup: {problem}. Check the poller's and trigger's logs, "
-                           "then `baas-backup status`.")
+        if not ctx.notifier.alert(f"⏰ baas-backup: {problem}. Check the poller's and "
+                                  "trigger's logs, then `baas-backup status`."):
+            ctx.state.cache_delete(ALARM_KEY)
+            _unsent("alarm")
+            return None
         return "raised"
     if problem is None and raised is not None:
         ctx.state.cache_delete(ALARM_KEY)
         log.info("backups recovered", extra={"was": raised})
-        ctx.notifier.alert(f"✅ baas-backup recovered: a run succeeded again (was: {raised}).")
+        if not ctx.notifier.alert(f"✅ baas-backup recovered: a run succeeded again "
+                                  f"(was: {raised})."):
+            ctx.state.cache_put(ALARM_KEY, raised, now + KEEP)
+            _unsent("\"recovered\" message")
+            return None
         return "recovered"
     return None
+
+
+def _unsent(what: str) -> None:
+    """The message reached no one and its claim was released: an episode counts as told
+    once its message is delivered, not once it is tried."""
+    log.error(f"the staleness {what} reached no webhook; the next poller tick tries again")
 
 
 def _problem(ctx: Context, now: datetime, limit: timedelta) -> str | None:

@@ -7,10 +7,13 @@ from typing import Any
 
 import pytest
 
+from shared.adapters.webhooks import WebhookNotifier
+from shared.config import Notify
 from shared.domain.errors import StateError, StorageError
 from shared.domain.jobs import JobStatus, Run, RunStatus
 from shared.service.close import RunsNotClosed
 from shared.service.poll import poll
+from tests.support.webhook import WebhookReceiver
 from tests.unit.support import ScriptedExport, Unit, seed_run, unit
 
 
@@ -108,3 +111,37 @@ def test_a_sweep_that_fails_does_not_silence_the_alarm(monkeypatch: pytest.Monke
     with pytest.raises(StateError):
         poll(u.ctx)
     assert len(u.notifier.alerts) == 1 and "no run has succeeded" in u.notifier.alerts[0]
+
+
+def _contents(webhook: WebhookReceiver, start: int = 0) -> list[str]:
+    return [m["text"]["content"] for m in webhook.messages[start:]]
+
+
+def test_an_alarm_no_webhook_took_is_sent_again_at_the_next_tick(webhook: WebhookReceiver) -> None:
+    """The robot is down at the minute backups turn stale, and again at the minute they
+    recover: each message is tried again until it is delivered, then once only."""
+    u = unit(ScriptedExport({"orders": []}))
+    notify = Notify.model_validate({"webhooks": [{"url": "${HOOK}", "format": "wecom"}]},
+                                   context={"environ": {"HOOK": webhook.url}})
+    u.ctx.notifier = WebhookNotifier(notify, retry_base_seconds=0)
+    _run(u, "good", RunStatus.SUCCEEDED)
+
+    u.clock.advance(27 * 3600)                       # backups have stopped
+    webhook.answers = [(502, {"errmsg": "bad gateway"})] * 3
+    poll(u.ctx)
+    assert len(webhook.messages) == 3                # tried three times, refused
+    for _ in range(5):                               # the robot is back
+        u.clock.advance(60)
+        poll(u.ctx)
+    stale = _contents(webhook, 3)
+    assert len(stale) == 1 and "no run has succeeded for 26 hours" in stale[0]
+
+    _run(u, "good-again", RunStatus.SUCCEEDED)
+    webhook.answers = [(200, {"errcode": 93000, "errmsg": "robot disabled"})] * 3
+    poll(u.ctx)
+    assert len(webhook.messages) == 7                # the recovery tried three times, refused
+    for _ in range(5):
+        u.clock.advance(60)
+        poll(u.ctx)
+    recovered = _contents(webhook, 7)
+    assert len(recovered) == 1 and "recovered" in recovered[0]
