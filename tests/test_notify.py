@@ -10,13 +10,16 @@ from pathlib import Path
 import pytest
 
 from devkit.sample_data import make_docs
-from shared.adapters.webhooks import WebhookNotifier
+from shared.adapters.http import make_client
+from shared.adapters.webhooks import WebhookNotifier, notify_run
 from shared.config import Config, Notify
+from shared.domain.jobs import JobStatus
 from shared.entrypoints.cli import main as cli
 from shared.logs import configure_logging
 from shared.service.close import close_finished_runs
 from tests.support.backup import ENV_ID, LocalBackup, backup_now
-from tests.support.webhook import WebhookReceiver
+from tests.support.webhook import GarbledEndpoint, WebhookReceiver
+from tests.unit.support import ScriptedExport, seed_run, unit
 
 
 def config_with_hook(local: LocalBackup, webhook: WebhookReceiver, on: str, fmt: str) -> Config:
@@ -154,3 +157,74 @@ def test_an_alert_says_whether_it_reached_someone(webhook: WebhookReceiver) -> N
     webhook.answers = [(502, {"errmsg": "bad gateway"})] * 3
     assert notifier("DOWN", "HOOK").alert("none of two") is False
     assert [m["text"]["content"] for m in webhook.messages] == ["one of two"] + ["none of two"] * 3
+
+
+def test_a_webhook_whose_answer_cannot_be_read_keeps_no_one_else_from_being_told(
+        webhook: WebhookReceiver, garbled: GarbledEndpoint) -> None:
+    """The first webhook answers a body labelled gzip that is not (httpx DecodingError):
+    it is retried, then logged without its key; the second webhook and the heartbeat
+    still hear of the failed run, and closing the run does not fail."""
+    captured = io.StringIO()
+    configure_logging(logging.INFO, stream=captured)
+    u = unit(ScriptedExport({"orders": []}))
+    environ = {"BAD": f"{garbled.base}/hook?key=garbled-key-0123456789",
+               "GOOD": webhook.url, "PING": f"http://127.0.0.1:{webhook.server.server_port}/ping/abc"}
+    webhook.get_status = 200
+    notify = Notify.model_validate({
+        "webhooks": [{"url": "${BAD}", "format": "json"}, {"url": "${GOOD}", "format": "wecom"}],
+        "heartbeat": {"url": "${PING}"}}, context={"environ": environ})
+    u.ctx.notifier = WebhookNotifier(notify, retry_base_seconds=0)
+    [job] = seed_run(u, JobStatus.FAILED, error="export failed: collection is locked")
+
+    assert close_finished_runs(u.ctx) == [job.run_id]
+
+    assert len(garbled.requests) == 3  # retried: an unreadable answer is a transient failure
+    [message] = webhook.messages
+    assert "collection is locked" in message["text"]["content"]
+    assert webhook.pings == ["/ping/abc/fail"]
+    logs = captured.getvalue()
+    assert "webhook answer unusable: DecodingError" in logs
+    assert "garbled-key-0123456789" not in logs
+
+
+def test_a_heartbeat_whose_answer_cannot_be_read_is_logged_not_raised(
+        garbled: GarbledEndpoint) -> None:
+    captured = io.StringIO()
+    configure_logging(logging.INFO, stream=captured)
+    u = unit(ScriptedExport({"orders": []}))
+    notify = Notify.model_validate({"heartbeat": {"url": "${PING}"}}, context={
+        "environ": {"PING": f"{garbled.base}/ping/garbled-key-0123456789"}})
+    u.ctx.notifier = WebhookNotifier(notify, retry_base_seconds=0)
+    [job] = seed_run(u, JobStatus.DONE)
+
+    assert close_finished_runs(u.ctx) == [job.run_id]  # the ping's failure is not raised
+
+    assert garbled.requests == ["GET /ping/garbled-key-0123456789"] * 3  # retried
+    logs = captured.getvalue()
+    assert "heartbeat answer unusable: DecodingError" in logs
+    assert "garbled-key-0123456789" not in logs
+
+
+def test_a_webhook_that_fails_in_an_unforeseen_way_is_logged_and_the_next_one_is_sent(
+        webhook: WebhookReceiver) -> None:
+    """Whatever one webhook raises, the Notifier never does, and the next one is sent."""
+    http = make_client()
+    post = http.post
+
+    def broken_for_one(url: str, **kwargs: object) -> object:
+        if "broken" in url:
+            raise RuntimeError("a bug in the robot's adapter")
+        return post(url, **kwargs)  # type: ignore[arg-type]
+
+    http.post = broken_for_one  # type: ignore[method-assign,assignment]
+    u = unit(ScriptedExport({"orders": []}))
+    notify = Notify.model_validate({"webhooks": [
+        {"url": "${BROKEN}", "format": "json"}, {"url": "${GOOD}", "format": "wecom"}]},
+        context={"environ": {"BROKEN": "http://127.0.0.1:9/broken", "GOOD": webhook.url}})
+    [job] = seed_run(u, JobStatus.FAILED, error="boom")
+    run = u.state.runs[job.run_id]
+
+    notify_run(notify, run, [u.job(job.job_id)], client=http, retry_base_seconds=0)
+
+    [message] = webhook.messages
+    assert run.run_id in message["text"]["content"]

@@ -10,10 +10,10 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import httpx
 
-from shared.adapters.http import describe_transport_error, make_client
+from shared.adapters.http import describe_http_error, describe_transport_error, make_client
 from shared.config.model import Heartbeat
 from shared.domain.errors import Retryable
-from shared.logs import register_secret
+from shared.logs import redact, register_secret
 from shared.retry import with_retries
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,8 @@ def ping(heartbeat: Heartbeat, ok: bool, message: str, *, client: httpx.Client |
             response = http.get(url)
         except httpx.TransportError as exc:
             raise Retryable(f"heartbeat unreachable: {describe_transport_error(exc)}") from None
+        except httpx.HTTPError as exc:  # an unreadable answer (bad gzip), too many redirects
+            raise Retryable(f"heartbeat answer unusable: {describe_http_error(exc)}") from None
         if response.status_code >= 300:
             raise Retryable(f"heartbeat answered HTTP {response.status_code}")
 
@@ -54,5 +56,8 @@ def ping(heartbeat: Heartbeat, ok: bool, message: str, *, client: httpx.Client |
         with_retries(send, attempts=3, base_seconds=retry_base_seconds)
     except Retryable as exc:
         log.error("could not ping the heartbeat monitor", extra={"reason": str(exc)})
+    except Exception as exc:  # the Notifier never raises: the run closed whatever the monitor does
+        log.exception("could not ping the heartbeat monitor",
+                      extra={"reason": redact(f"{type(exc).__name__}: {exc}")})
     else:
         log.info("heartbeat pinged", extra={"ok": ok})

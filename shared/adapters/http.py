@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import email.utils
 import ipaddress
+import re
 import socket
 import zlib
 from collections.abc import Callable, Iterator
@@ -28,6 +29,7 @@ import httpx
 
 from shared.adapters.tls import tls_context
 from shared.domain.errors import Fatal, Retryable
+from shared.logs import redact
 
 USER_AGENT = "baas-backup/0.1"
 DOWNLOAD_PIECE = 1 << 20  # the most a download hands on at once (and inflates at once)
@@ -261,3 +263,13 @@ def retry_after_seconds(value: str | None) -> float | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return max(0.0, (moment - datetime.now(timezone.utc)).total_seconds())
+
+
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://\S*")
+
+
+def describe_http_error(exc: httpx.HTTPError) -> str:
+    """Any httpx error's kind and message (an answer labelled gzip that is not says so),
+    every URL in it cut out: httpx names the request URL in some messages, and a webhook's
+    or a ping's URL carries its key."""
+    return redact(_URL.sub("<url>", f"{type(exc).__name__}: {exc}"))

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from shared.config import Notify, Webhook
 from shared.domain.errors import Fatal, Retryable
 from shared.domain.jobs import Job, JobStatus, Run, RunStatus
-from shared.logs import register_secret
+from shared.logs import redact, register_secret
 from shared.retry import with_retries
 
 if TYPE_CHECKING:
@@ -123,6 +123,10 @@ def _deliver(settings: Notify, what: str, body_for: Callable[[Webhook], dict[str
         except Retryable as exc:
             log.error(f"could not deliver the {what}",
                       extra={"webhook": f"notify.webhooks[{index}]", "reason": str(exc)})
+        except Exception as exc:  # must not keep the next webhook, nor the heartbeat, from going
+            log.exception(f"could not deliver the {what}", extra={
+                "webhook": f"notify.webhooks[{index}]",
+                "reason": redact(f"{type(exc).__name__}: {exc}")})
         else:
             log.info(f"{what} sent", extra={"webhook": f"notify.webhooks[{index}]"})
             accepted += 1
@@ -164,12 +168,14 @@ class WebhookNotifier:
 def _post(http: httpx.Client, url: str, body: dict[str, Any]) -> None:
     import httpx
 
-    from shared.adapters.http import describe_transport_error
+    from shared.adapters.http import describe_http_error, describe_transport_error
 
     try:
         response = http.post(url, json=body)
     except httpx.TransportError as exc:
         raise Retryable(f"webhook unreachable: {describe_transport_error(exc)}") from None
+    except httpx.HTTPError as exc:  # an unreadable answer (bad gzip), too many redirects
+        raise Retryable(f"webhook answer unusable: {describe_http_error(exc)}") from None
     if response.status_code >= 300:
         raise Retryable(f"webhook answered HTTP {response.status_code}")
     # Robots answer HTTP 200 with an error code in the body when they refuse a message.

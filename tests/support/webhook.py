@@ -53,3 +53,40 @@ def webhook() -> Iterator[WebhookReceiver]:
     yield receiver
     receiver.server.shutdown()
     receiver.server.server_close()
+
+
+class GarbledEndpoint:
+    """A loopback endpoint that answers every request (webhook POST, heartbeat GET) with
+    HTTP 200 and a body labelled gzip that is not: httpx raises DecodingError reading it,
+    an httpx error that is not a TransportError."""
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []  # "METHOD path"
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _garbled(self) -> None:
+                endpoint.requests.append(f"{self.command} {self.path}")
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self.send_response(200)
+                self.send_header("Content-Encoding", "gzip")
+                self.send_header("Content-Length", "7")
+                self.end_headers()
+                self.wfile.write(b"garbage")
+
+            do_POST = do_GET = _garbled
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def garbled() -> Iterator[GarbledEndpoint]:
+    endpoint = GarbledEndpoint()
+    yield endpoint
+    endpoint.server.shutdown()
+    endpoint.server.server_close()
