@@ -1,9 +1,9 @@
 """The staleness alarm, run by the poller's timer: one alert when backups stop
 succeeding (no run succeeded for `alerts.stale_after_hours`, counting from the oldest
-run or from when the poller first looked) or a run stays open that long; one
-"recovered" message when that ends. The episode is kept in the state store's cache, so
-an alarm goes out once per episode, not once a minute; one that reached no webhook is
-sent again at the next tick."""
+run or from when the poller first looked) or a run (a backup or a restore) stays open
+that long; one "recovered" message when that ends. The episode is kept in the state
+store's cache, so an alarm goes out once per episode, not once a minute; one that
+reached no webhook is sent again at the next tick."""
 
 from __future__ import annotations
 
@@ -54,11 +54,13 @@ def _unsent(what: str) -> None:
 
 
 def _problem(ctx: Context, now: datetime, limit: timedelta) -> str | None:
-    runs = [r for r in ctx.state.list_runs(limit=RUNS_LOOKED_AT) if r.operation == "backup"]
+    recent = ctx.state.list_runs(limit=RUNS_LOOKED_AT)
     hours = limit.total_seconds() / 3600
-    for run in runs:
+    for run in recent:  # a restore too: one the finisher never picks up stays open for ever
         if run.status is RunStatus.RUNNING and now - run.created_at > limit:
-            return f"run {run.run_id} is still running {hours:g} hours after it started"
+            what = "restore" if run.operation == "restore" else "run"
+            return f"{what} {run.run_id} is still running {hours:g} hours after it started"
+    runs = [r for r in recent if r.operation == "backup"]  # only backups "succeed" here
     succeeded = next((r for r in runs if r.status is RunStatus.SUCCEEDED), None)
     if succeeded is not None:
         last = succeeded.finished_at or succeeded.created_at

@@ -15,7 +15,7 @@ import pytest
 
 import shared.service.prune as prune_module
 from shared.config.model import Retention
-from shared.domain.jobs import JobStatus, RunStatus
+from shared.domain.jobs import JobStatus, Run, RunStatus
 from shared.ports import ImportProgress, Progress, RestoreMode, RowOutcome
 from shared.service.finish import finish
 from shared.service.poll import poll
@@ -587,3 +587,27 @@ def test_a_restore_recorded_while_the_prune_reads_keeps_its_backup(
     assert job.pruned_at is None and u.state.get_run(older) is not None
     assert all(u.objects.head(o.key) is not None for o in job.result.objects)  # type: ignore[union-attr]
     assert decided.doomed == []
+
+
+def test_a_restore_the_finisher_never_picks_up_raises_the_staleness_alarm_once() -> None:
+    """A restore left ready (its finisher crashing at start, its invocations dropped) is
+    handed out again every lease, uncounted: the alarm names it once it has been open
+    `alerts.stale_after_hours`, while the nightly backups keep succeeding, and only once."""
+    u = unit(ImportingExport({"orders": list(ROWS)}))
+    backup = backed_up(u)
+    restore, _ = start_restore(u.ctx, plan_restore(u.ctx, backup, "shop", "orders"),
+                               idempotency_key="r1", trigger="http")
+    for hour in range(1, 31):
+        u.clock.advance(3600)
+        poll(u.ctx)  # hands it to a finisher that never comes
+        if hour % 24 == 0:  # the nightly backup succeeds
+            nightly = Run(run_id=f"{u.clock():%Y%m%dT%H%M%S}000Z-nightly", idempotency_key="n",
+                          trigger="test", sources=["shop"], created_at=u.clock())
+            u.state.create_run(nightly, [])
+            assert u.state.save_run(nightly.model_copy(update={
+                "status": RunStatus.SUCCEEDED, "finished_at": u.clock()}))
+
+    [job] = u.state.list_jobs(restore.run_id)
+    assert job.status is JobStatus.READY
+    [alert] = u.notifier.alerts
+    assert f"restore {restore.run_id} is still running 26 hours" in alert
