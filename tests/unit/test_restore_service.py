@@ -65,12 +65,18 @@ class ImportingExport(ScriptedExport):
         return import_id
 
     def check_import(self, collection: str, import_id: str) -> ImportProgress:
+        if self._still_running(import_id):
+            return ImportProgress("running")
+        imported = self._apply(import_id)
+        return ImportProgress("done", imported=imported,
+                              rejected=len(self.imports[import_id][1]) - imported)
+
+    def _still_running(self, import_id: str) -> bool:
+        """One more check of a running import: it ends after `polls_before_done` checks."""
         target, docs, left = self.imports[import_id]
         if left > 0:
             self.imports[import_id] = (target, docs, left - 1)
-            return ImportProgress("running")
-        imported = self._apply(import_id)
-        return ImportProgress("done", imported=imported, rejected=len(docs) - imported)
+        return left > 0
 
     def _apply(self, import_id: str) -> int:
         target, docs, _ = self.imports[import_id]
@@ -229,10 +235,9 @@ class ConflictImports(ImportingExport):
         return import_id
 
     def check_import(self, collection: str, import_id: str) -> ImportProgress:
-        target, docs, left = self.imports[import_id]
-        if left > 0:
-            self.imports[import_id] = (target, docs, left - 1)
+        if self._still_running(import_id):
             return ImportProgress("running")
+        target, docs, _ = self.imports[import_id]
         rows = self.data.setdefault(target, [])
         there = {r["_id"] for r in rows}
         fresh = [d for d in docs if d["_id"] not in there]
