@@ -25,9 +25,11 @@ _context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("log_c
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
 
+# any URL's userinfo (user:password@host): httpx logs request URLs as given
+URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/?#\"'<>]+@")
+
 _PATTERNS: list[tuple[re.Pattern[str], str]] = [
-    # any URL's userinfo (user:password@host): httpx logs request URLs as given
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/?#\"'<>]+@"), rf"\1{REDACTED}@"),
+    (URL_USERINFO, rf"\1{REDACTED}@"),
     # any URL's query string: access_token=..., COS q-signature=..., MinApp codes
     (re.compile(r"(https?://[^\s\"'<>?]+)\?[^\s\"'<>]*"), rf"\1?{REDACTED}"),
     # credentials in Authorization headers: the whole value up to a space or quote (a

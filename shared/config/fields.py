@@ -18,6 +18,8 @@ from pydantic import (
     ValidationInfo,
 )
 
+from shared.logs import URL_USERINFO
+
 REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 WHOLE_REFERENCE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 
@@ -113,10 +115,7 @@ def refuse_userinfo(value: str, instead: str = "remove them") -> None:
 
 def without_userinfo(value: str) -> str:
     """`value` with the userinfo of a URL in it masked (for showing what was written)."""
-    return _URL_USERINFO.sub(r"\1***@", value)
-
-
-_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/?#\"'<>]+@")
+    return URL_USERINFO.sub(r"\1***@", value)
 
 
 def base_url(value: str) -> str:
