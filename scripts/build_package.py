@@ -210,9 +210,11 @@ def build(config: Path | None = None, *, out: Path = PACKAGE, archive: Path | No
     return out
 
 
-def render_cam_policy(config: Path, *, uin: str | None, region: str,
+def render_cam_policy(config: Path, *, uin: str | None, region: str | None,
                       environ: Mapping[str, str]) -> dict[str, object]:
-    """docs/cam-policy.json with the bucket, prefix and finisher of `config` filled in."""
+    """docs/cam-policy.json with the bucket, prefix and finisher of `config` filled in. The
+    finisher's region: `dispatch.region`, else `region` (the functions'), else the bucket's
+    (the README has the bucket made in the functions' region)."""
     raw = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
     secretless = {k: v for k, v in (raw.get("destination") or {}).items()
                   if k not in ("secret_id", "secret_key")}
@@ -227,9 +229,12 @@ def render_cam_policy(config: Path, *, uin: str | None, region: str,
     text = CAM_POLICY.read_text(encoding="utf-8")
     text = text.replace("namespace/default/function/baas-backup-finisher",
                         f"namespace/{dispatch.namespace}/function/{dispatch.finisher_function}")
+    # no prefix: the objects are the bucket's own (<BUCKET>/*, cos:prefix *)
+    text = text.replace("<PREFIX>/", f"{destination.prefix}/" if destination.prefix else "")
     for placeholder, value in {"<COS_REGION>": destination.region, "<APPID>": appid.group(1),
-                               "<BUCKET>": destination.bucket, "<PREFIX>": destination.prefix,
-                               "<REGION>": dispatch.region or region, "<UIN>": uin}.items():
+                               "<BUCKET>": destination.bucket,
+                               "<REGION>": dispatch.region or region or destination.region,
+                               "<UIN>": uin}.items():
         if value:
             text = text.replace(placeholder, value)
     rendered: dict[str, object] = json.loads(text)
@@ -241,8 +246,9 @@ def main() -> int:
     parser.add_argument("--config", type=Path, help="config file shipped as backup.yaml")
     parser.add_argument("--out", type=Path, default=PACKAGE, help="package directory (default build/package)")
     parser.add_argument("--uin", help="your account id (UIN), filled into build/cam-policy.json")
-    parser.add_argument("--region", default=os.environ.get("REGION", "ap-guangzhou"),
-                        help="region the functions are deployed in (.env's REGION)")
+    parser.add_argument("--region", default=os.environ.get("REGION"),
+                        help="region the functions are deployed in (.env's REGION; default: "
+                             "the config's dispatch.region, else destination.region)")
     args = parser.parse_args()
     if args.config and not args.config.is_file():
         parser.error(f"--config {args.config}: no such file")

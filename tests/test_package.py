@@ -310,6 +310,24 @@ def test_cam_policy_covers_every_cos_call_in_the_code() -> None:
     assert {COS_ACTIONS[m] for m in used} <= allowed
 
 
+def test_cam_policy_without_a_region_or_a_prefix_takes_the_buckets(tmp_path: Path) -> None:
+    """`scripts/package --config backup.yaml --uin ...` as the README has it: no --region
+    (.env's REGION is not read there), so the finisher is in the bucket's region; and an
+    empty prefix grants the bucket's objects, no placeholder left."""
+    config = tmp_path / "backup.yaml"
+    config.write_text(yaml.safe_dump({
+        "destination": {"bucket": "mybackups-1250000000", "region": "ap-shanghai", "prefix": ""},
+        "sources": [],
+    }), encoding="utf-8")
+    rendered = render_cam_policy(config, uin="100000000001", region=None, environ={})
+    assert set(grants(rendered)) == {
+        "qcs::cos:ap-shanghai:uid/1250000000:mybackups-1250000000/*",
+        "qcs::scf:ap-shanghai:uin/100000000001:namespace/default/function/baas-backup-finisher",
+    }
+    assert "<" not in json.dumps(rendered)
+    assert '"cos:prefix": "*"' in json.dumps(rendered)
+
+
 def test_cam_policy_is_rendered_from_a_config(tmp_path: Path) -> None:
     config = tmp_path / "backup.yaml"
     config.write_text(yaml.safe_dump({

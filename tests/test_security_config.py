@@ -32,6 +32,8 @@ PLACES: dict[str, tuple[Place, str]] = {
         "sources[0].token"),
     "webhook": (lambda d, url: d.update(notify={"webhooks": [{"url": "${ROBOT}"}]}),
                 "notify.webhooks[0].url"),
+    "heartbeat": (lambda d, url: d.update(notify={"heartbeat": {"url": "${ROBOT}"}}),
+                  "notify.heartbeat.url"),
     "COS endpoint": (lambda d, url: d["destination"].update(endpoint=url), "destination.endpoint"),
     "SCF endpoint": (lambda d, url: d.update(dispatch={"endpoint": url}), "dispatch.endpoint"),
 }
@@ -72,7 +74,7 @@ def test_errors_show_the_text_as_written_not_the_expanded_value() -> None:
     assert "Private Name" not in str(info.value) and "not-an-appid" not in str(info.value)
 
 
-USERINFO_PLACES = {**{name: PLACES[name] for name in PLACES if name != "webhook"},
+USERINFO_PLACES = {**{name: PLACES[name] for name in PLACES if name not in ("webhook", "heartbeat")},
                    "onedb api_base": (lambda d, url: d["sources"].append({
                        "type": "onedb", "name": "crm", "region": "cn-east-1", "envid": "env-1",
                        "keyid": "key-1", "key_secret": "${WECHAT_SECRET}", "app_id": "user",
@@ -99,3 +101,14 @@ def test_a_token_service_url_with_a_password_says_where_credentials_go() -> None
     [problem] = info.value.problems
     assert problem.startswith("sources[0].token.url")
     assert "authorization field as ${ENV_VAR}" in problem and "pa55-w0rd-77" not in problem
+
+
+def test_a_heartbeat_url_without_a_scheme_is_refused_without_echoing_it() -> None:
+    """Every ping to it would fail, and a monitor never pinged may never alert: the
+    dead-man switch left unarmed."""
+    place, field = PLACES["heartbeat"]
+    with pytest.raises(ConfigError) as info:
+        parse(place, "hc-ping.com")
+    [problem] = info.value.problems
+    assert problem.startswith(field) and "must be https://" in problem
+    assert "robot-key-1" not in str(info.value)

@@ -388,9 +388,7 @@ class Webhook(ConfigModel):
     @classmethod
     def _https(cls, value: SecretStr) -> SecretStr:
         # a robot URL carries its key, and the message names what failed
-        if not is_secure_url(value.get_secret_value()):
-            raise ValueError(HTTPS_ONLY)
-        return value
+        return _secure_secret_url(value)
 
 
 class Heartbeat(ConfigModel):
@@ -402,6 +400,19 @@ class Heartbeat(ConfigModel):
         description="healthchecks: the URL, or URL/fail; cronitor: ?state=complete|fail; "
         "uptime-kuma (push monitor): ?status=up|down&msg=...",
     )
+
+    @field_validator("url")
+    @classmethod
+    def _https(cls, value: SecretStr) -> SecretStr:
+        # a ping URL carries its key; one every ping fails on leaves the monitor unarmed
+        return _secure_secret_url(value)
+
+
+def _secure_secret_url(value: SecretStr) -> SecretStr:
+    """An https:// URL (http:// only to this machine), checked without being shown."""
+    if not is_secure_url(value.get_secret_value()):
+        raise ValueError(HTTPS_ONLY)
+    return value
 
 
 class Notify(ConfigModel):
