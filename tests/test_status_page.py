@@ -522,3 +522,27 @@ def test_verify_shows_a_missing_backup_object_and_a_restore_of_it_needs_force(
         assert tab.eval(f"{q('#restore-force-label')}.classList.contains('hidden')")
         assert tab.eval(f"{q('#restore-problems')}.classList.contains('hidden')")
         assert not tab.eval(f"{q('#restore-force')}.checked")
+
+
+def test_status_page_says_a_verify_found_the_newest_backup_damaged(
+    served: tuple[Api, str], tmp_path: Path
+) -> None:
+    api, url = served
+    binary = chromium()
+    run_id = back_up(url, {"sources": ["shop"]})
+    job = next(j for j in api.context().state.list_jobs(run_id) if j.collection == "orders")
+    assert job.result is not None
+    key = job.result.objects[0].key
+    data = api.local.objects.read(key)
+    api.local.objects.put_stream(key, [data[:50] + bytes([data[50] ^ 1]) + data[51:]],
+                                 content_type="application/x-ndjson")
+    status, report, _ = api.call("POST", f"/runs/{run_id}/verify", body={"quick": False})
+    assert status == 200 and not report["ok"]
+
+    elements = parse(headless(binary, f"{url}#token={TOKEN}", tmp_path / "profile", "--dump-dom"))
+
+    rows = {(e.attrs["data-source"], e.attrs["data-collection"]): e
+            for e in elements if e.tag == "tr" and "data-collection" in e.attrs}
+    assert "❌ verify found it damaged" in rows[("shop", "orders")].content
+    assert "no good backup" in rows[("shop", "orders")].content
+    assert "verify found" not in rows[("shop", "users")].content

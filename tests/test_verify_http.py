@@ -65,3 +65,33 @@ def test_verify_over_http_says_what_is_wrong_with_the_request(api: Api) -> None:
     assert status == 400 and body["field"] == "quick"
     status, body, _ = api.call("POST", "/runs/latest/verify", body={"fast": True})
     assert status == 400 and body["field"] == "fast" and "'quick'" in body["error"]
+
+
+def damaged_run(api: Api) -> str:
+    """A backed-up run whose shop/orders object a full verify over HTTP found damaged."""
+    run = backed_up(api)
+    jobs = run["jobs"]
+    assert isinstance(jobs, list)
+    key = next(j["object_keys"][0] for j in jobs
+               if (j["source"], j["collection"]) == ("shop", "orders"))
+    data = api.local.objects.read(key)
+    api.local.objects.put_stream(key, [data[:50] + bytes([data[50] ^ 1]) + data[51:]],
+                                 content_type="application/x-ndjson")
+    status, report, _ = api.call("POST", f"/runs/{run['run_id']}/verify", body={"quick": False})
+    assert status == 200 and not report["ok"]
+    return str(run["run_id"])
+
+
+def test_get_collections_does_not_call_a_damaged_backup_the_last_good_one(api: Api) -> None:
+    """README: GET /collections gives "its last good backup"; a good backup is one "not
+    found damaged by a verify of its run" ("Keeping backups")."""
+    run_id = damaged_run(api)
+    status, listing, _ = api.call("GET", "/collections")
+    assert status == 200
+    shown = {(c["source"], c["collection"]): c for c in listing["collections"]}
+    orders = shown[("shop", "orders")]
+    assert orders["last_good"] is None or orders["last_good"]["run_id"] != run_id, orders
+    assert orders["latest"]["run_id"] == run_id and orders["latest"]["verify_failed"] is True
+    others = [c for key, c in shown.items() if key != ("shop", "orders")]
+    assert others and all(c["last_good"]["run_id"] == run_id for c in others)
+    assert not any(c["latest"]["verify_failed"] for c in others)

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from shared.domain.jobs import Job, job_id_for
+from shared.domain.jobs import Job, Run, job_id_for
 from shared.service.context import Context
 from shared.service.prune import plan
+from shared.service.verify import unverified
 
 RUNS_LOOKED_AT = 200
 
@@ -21,6 +22,7 @@ class CollectionState:
     source: str
     collection: str
     latest: Job | None = None  # the newest finished backup attempt
+    latest_verify_failed: bool = False  # a verify of its run found the newest backup wrong
     last_good: Job | None = None
     kept: int | None = None  # backups retention keeps; None without a policy
 
@@ -40,6 +42,7 @@ class CollectionState:
                 "suspect": latest.suspect and latest.acknowledged_at is None,
                 "records": latest.result.records if latest.result else None,
                 "previous_records": latest.previous_records,
+                "verify_failed": self.latest_verify_failed,
             },
             "kept": self.kept,
         }
@@ -47,15 +50,21 @@ class CollectionState:
 
 def collections(ctx: Context) -> list[CollectionState]:
     found: dict[tuple[str, str], CollectionState] = {}
+    damaged: dict[str, frozenset[str]] = {}  # by run: what its verify found wrong, read once
 
-    def see(job: Job) -> None:  # backup runs' jobs, newest run first
+    def see(run: Run, job: Job) -> None:  # backup runs' jobs, newest run first
         if not job.status.terminal:
             return
         state = found.setdefault((job.source, job.collection),
                                  CollectionState(job.source, job.collection))
+        # Retention's notion of good: a backup a verify of its run found wrong is not.
+        if run.run_id not in damaged:
+            damaged[run.run_id] = unverified(run)
+        wrong = f"{job.source}/{job.collection}" in damaged[run.run_id]
         if state.latest is None:
             state.latest = job
-        if state.last_good is None and job.good and job.pruned_at is None:
+            state.latest_verify_failed = wrong
+        if state.last_good is None and job.good and job.pruned_at is None and not wrong:
             state.last_good = job
 
     if ctx.config.retention is not None:  # the plan reads every backup run's jobs: see them there
@@ -72,7 +81,7 @@ def collections(ctx: Context) -> list[CollectionState]:
                 continue
             skip = frozenset(job_id_for(run.run_id, *key) for key in settled)
             for job in ctx.state.list_jobs(run.run_id, skip=skip):
-                see(job)
+                see(run, job)
                 known = found.get((job.source, job.collection))
                 if known is not None and known.latest is not None and known.last_good is not None:
                     settled.add((job.source, job.collection))

@@ -21,6 +21,7 @@ from shared.domain.jobs import Job, JobStatus, Run, RunStatus
 from shared.domain.layout import prune_record_key, run_folder
 from shared.domain.retention import Backup, Decision, Policy, decide
 from shared.service.context import Context
+from shared.service.verify import unverified
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +79,9 @@ class Plan:
         return emptied
 
 
-def plan(ctx: Context, *, see: Callable[[Job], None] | None = None) -> Plan:
+def plan(ctx: Context, *, see: Callable[[Run, Job], None] | None = None) -> Plan:
     """Decide every backup of every source the policy covers; deletes nothing. `see` is
-    shown every job of every backup run as it is read, newest run first (the status
+    shown every job of every backup run (with its run) as it is read, newest run first (the status
     overview reads them this way once, not twice)."""
     retention = ctx.config.retention
     result = Plan()
@@ -97,7 +98,7 @@ def plan(ctx: Context, *, see: Callable[[Job], None] | None = None) -> Plan:
         failed = unverified(run)
         for job in ctx.state.list_jobs(run.run_id):
             if see is not None:
-                see(job)
+                see(run, job)
             result.jobs[job.job_id] = Held.of(job)
             if job.pruned_at is not None or job.status is not JobStatus.DONE or job.result is None:
                 continue
@@ -114,20 +115,6 @@ def plan(ctx: Context, *, see: Callable[[Job], None] | None = None) -> Plan:
                         time_zone=retention.time_zone)
         result.decisions.extend(decide(found, policy))
     return result
-
-
-def unverified(run: Run) -> frozenset[str]:
-    """The collections ("source/collection") of `run` whose data its verify found wrong:
-    the check after the run (`verify`), then the latest one asked for later
-    (`last_verify`), which clears what it checked and found right. Verifies recorded
-    before the lists were kept name no collection."""
-    summary = run.summary or {}
-    failed: set[str] = set()
-    for name in ("verify", "last_verify"):  # oldest first
-        result = summary.get(name)
-        if isinstance(result, dict):
-            failed = (failed - set(result.get("checked") or ())) | set(result.get("failed") or ())
-    return frozenset(failed)
 
 
 def prune(ctx: Context, *, dry_run: bool = False) -> Plan:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.domain.errors import StorageError
-from shared.domain.jobs import Job, JobStatus, RunStatus
+from shared.domain.jobs import Job, JobStatus, Run, RunStatus
 from shared.domain.layout import run_folder, run_manifest_key
 from shared.domain.records import counter_for
 from shared.service.context import Context
@@ -224,11 +224,25 @@ def record(ctx: Context, report: Report) -> None:
 
 def verdicts(report: Report) -> dict[str, list[str]]:
     """The collections ("source/collection") the report checked, and those whose data it
-    found wrong, kept on the run for retention (`prune.unverified`). An archived object is
-    not wrong: it has to be restored before it can be read, that is all."""
+    found wrong, kept on the run for retention and the overview (`unverified`). An
+    archived object is not wrong: it has to be restored before it can be read, that is all."""
     return {"checked": sorted({f"{o.source}/{o.collection}" for o in report.objects}),
             "failed": sorted({f"{o.source}/{o.collection}" for o in report.objects
                               if any(p.what != "archived" for p in o.problems)})}
+
+
+def unverified(run: Run) -> frozenset[str]:
+    """The collections ("source/collection") of `run` whose data its verify found wrong:
+    the check after the run (`verify`), then the latest one asked for later
+    (`last_verify`), which clears what it checked and found right. Verifies recorded
+    before the lists were kept name no collection."""
+    summary = run.summary or {}
+    failed: set[str] = set()
+    for name in ("verify", "last_verify"):  # oldest first
+        result = summary.get(name)
+        if isinstance(result, dict):
+            failed = (failed - set(result.get("checked") or ())) | set(result.get("failed") or ())
+    return frozenset(failed)
 
 
 def problem_lines(report: Report) -> list[str]:

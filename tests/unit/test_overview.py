@@ -4,14 +4,19 @@ read them all."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
+import pytest
+
+from shared.config.model import Retention
 from shared.domain.jobs import Job, JobResult, JobStatus, Run, RunStatus, StoredObject, job_id_for
 from shared.service.overview import collections
-from tests.fakes import MemoryState
-from tests.unit.support import ScriptedExport, unit
+from shared.service.start import start_run
+from shared.service.verify import record, verify_run
+from tests.fakes import MemoryObjects, MemoryState
+from tests.unit.support import ScriptedExport, Unit, backed_up, unit
 
 START = datetime(2026, 11, 1, 2, tzinfo=timezone.utc)
 
@@ -83,3 +88,67 @@ def test_the_overview_reads_only_what_can_change_it_and_answers_as_a_full_read()
     state.list_jobs = every  # type: ignore[method-assign]
     now = u.clock()
     assert [c.view(now) for c in collections(u.ctx)] == [shown[k].view(now) for k in sorted(shown)]
+
+
+def _night(u: Unit, key: str) -> str:
+    run, _ = start_run(u.ctx, idempotency_key=key, trigger="test")
+    run_id = backed_up(u, u.state.list_jobs(run.run_id))
+    u.clock.advance(86400)
+    return run_id
+
+
+@pytest.mark.parametrize("retention", [None, Retention(keep_last=5)], ids=["no policy", "policy"])
+def test_a_backup_a_later_verify_found_damaged_is_not_the_last_good_one(
+        retention: Retention | None) -> None:
+    """README: good backups are "not found damaged by a verify of its run": the overview
+    agrees with retention (both ways it reads the jobs: with a policy and without)."""
+    u = unit(ScriptedExport({"orders": [{"_id": str(i)} for i in range(5)]}))
+    u.ctx.config = u.ctx.config.model_copy(update={"retention": retention})
+    older = _night(u, "night-1")
+    newer = _night(u, "night-2")
+    damaged = u.state.list_jobs(newer)[0].result
+    assert damaged is not None
+    original = u.objects.objects[damaged.key]
+    u.objects.objects[damaged.key] = b'{"_id": "x"}\n'  # the newest backup got damaged
+    report = verify_run(u.ctx, newer, quick=False)
+    assert not report.ok
+    record(u.ctx, report)  # kept on the run: summary.last_verify.failed names shop/orders
+
+    (orders,) = collections(u.ctx)
+    shown = orders.view(u.clock())
+    assert shown["last_good"]["run_id"] == older, shown
+    assert shown["latest"]["run_id"] == newer and shown["latest"]["verify_failed"] is True
+
+    u.objects.objects[damaged.key] = original  # repaired, and a later verify says so
+    record(u.ctx, verify_run(u.ctx, newer, quick=False))
+    (orders,) = collections(u.ctx)
+    shown = orders.view(u.clock())
+    assert shown["last_good"]["run_id"] == newer and shown["latest"]["verify_failed"] is False
+
+
+def test_a_backup_whose_check_after_the_run_failed_is_not_the_last_good_one() -> None:
+    """verify.after_run (quick, the default) finds the newest backup's object short: the
+    run is failed and summary.verify.failed names the collection; the overview does not
+    call that backup the collection's last good one."""
+    u = unit(ScriptedExport({"orders": [{"_id": str(i)} for i in range(5)]}))
+    older = _night(u, "night-1")
+
+    class Truncating(MemoryObjects):  # the bucket keeps less than was sent
+        def put_stream(self, key: str, chunks: Iterable[bytes], **kw: Any) -> Any:
+            summary = super().put_stream(key, chunks, **kw)
+            self.objects[key] = self.objects[key][:-3]
+            return summary
+
+    truncating = Truncating()
+    truncating.objects = u.objects.objects
+    u.ctx.objects = truncating
+    run, _ = start_run(u.ctx, idempotency_key="night-2", trigger="test")
+    newer = backed_up(u, u.state.list_jobs(run.run_id))
+    closed = u.state.get_run(newer)
+    assert closed is not None and closed.status is RunStatus.FAILED and closed.summary
+    assert closed.summary["verify"]["failed"] == ["shop/orders"]
+
+    (orders,) = collections(u.ctx)
+    shown = orders.view(u.clock())
+    assert shown["last_good"]["run_id"] == older, shown
+    assert shown["latest"]["verify_failed"] is True

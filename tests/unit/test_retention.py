@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from shared.domain.jobs import Run
 from shared.domain.retention import Backup, Policy, decide
-from shared.service.prune import unverified
+from shared.service.verify import unverified
 
 UTC = timezone.utc
 SHOP = ("shop", "orders")

@@ -208,7 +208,8 @@ function collectionRow(c, retention) {
                     "data-suspect": latest && latest.suspect ? "yes" : "no" },
     el("td", {}, c.source + " / " + c.collection),
     el("td", {}, good ? age(good.age_seconds) + " · " + count(good.records) + " records" : "no good backup"),
-    el("td", {}, latest && latest.suspect
+    el("td", {}, latest && latest.verify_failed ? "❌ verify found it damaged"
+      : latest && latest.suspect
       ? "⚠ suspect: " + count(latest.records) + " (was " + count(latest.previous_records) + ")"
       : (latest ? latest.status : "–")),
     el("td", {}, retention ? String(c.kept) + " kept" : "all kept"));
