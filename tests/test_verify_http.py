@@ -95,3 +95,23 @@ def test_get_collections_does_not_call_a_damaged_backup_the_last_good_one(api: A
     others = [c for key, c in shown.items() if key != ("shop", "orders")]
     assert others and all(c["last_good"]["run_id"] == run_id for c in others)
     assert not any(c["latest"]["verify_failed"] for c in others)
+
+
+def test_get_run_shows_the_verifies_kept_on_the_run(api: Api) -> None:
+    """README "Verifying": a verify asked for over HTTP or the CLI "is kept on the run
+    (`summary.last_verify`, shown by `GET /runs/{run_id}`)"; the check after the run is
+    shown beside it."""
+    run = backed_up(api)
+    assert run["last_verify"] is None
+    after = run["verify"]
+    assert isinstance(after, dict) and after["ok"] is True and after["mode"] == "quick"
+    assert "shop/orders" in after["checked"] and after["failed"] == [] and after["problems"] == []
+
+    run_id = damaged_run(api)
+    status, detail, _ = api.call("GET", f"/runs/{run_id}")
+    assert status == 200
+    last = detail["last_verify"]
+    assert last["ok"] is False and last["quick"] is False and last["failed"] == ["shop/orders"]
+    assert any("sha256" in line for line in last["problems"]) and last["at"]
+    assert json.loads(api.local.objects.read(last["report_key"]))["ok"] is False
+    assert detail["verify"]["ok"] is True  # what the check after the run found stays

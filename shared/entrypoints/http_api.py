@@ -510,7 +510,10 @@ def _get_run(request: Request, params: Mapping[str, str], context: ContextFactor
     if run is None:
         raise HttpError(404, f"no run {run_id[:80]!r}; GET /runs lists the runs", "run_id")
     jobs = store.list_jobs(run_id)
-    return json_response(200, {**run_view(run, jobs), "jobs": [job_view(job) for job in jobs]})
+    summary = run.summary or {}
+    return json_response(200, {**run_view(run, jobs), "jobs": [job_view(job) for job in jobs],
+                               "verify": verify_view(summary.get("verify")),
+                               "last_verify": verify_view(summary.get("last_verify"))})
 
 
 def run_view(run: Run, jobs: list[Job]) -> dict[str, Any]:
@@ -534,6 +537,23 @@ def run_view(run: Run, jobs: list[Job]) -> dict[str, Any]:
             "bytes": sum(job.result.bytes for job in jobs if job.result),
         },
     }
+
+
+# What a verify kept on a run (`summary.verify` after the run, `summary.last_verify` asked
+# for later) that the run detail shows: named fields only, so the answer keeps its schema.
+VERIFY_FIELDS = ("ok", "mode", "quick", "at", "objects", "problems", "checked", "failed",
+                 "report_key")
+
+
+def verify_view(kept: object) -> dict[str, Any] | None:
+    """A verify kept on a run, as the run detail shows it; problem lines are redacted
+    again, like job errors (a storage error may quote what it was told)."""
+    if not isinstance(kept, dict):
+        return None
+    shown = {name: kept[name] for name in VERIFY_FIELDS if name in kept}
+    if isinstance(shown.get("problems"), list):
+        shown["problems"] = [redact(str(line)) for line in shown["problems"]]
+    return shown
 
 
 def job_view(job: Job) -> dict[str, Any]:
