@@ -179,6 +179,8 @@ def _verify(ctx: Context, args: argparse.Namespace) -> int:
     out.print(table)
     for problem in report.problems:
         out.print(f"{problem.what}: {problem.where}: {problem.detail}")
+    if report.pruned:
+        print(f"not checked, deleted by retention: {', '.join(report.pruned)}")
     print(f"{'all backups verified' if report.ok else 'PROBLEMS FOUND'}: "
           f"{sum(o.ok for o in report.objects)}/{len(report.objects)} objects ok")
     return 0 if report.ok else 1

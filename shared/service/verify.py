@@ -54,6 +54,7 @@ class Report:
     quick: bool
     objects: list[Checked] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)  # not tied to one object
+    pruned: list[str] = field(default_factory=list)  # "source/collection" retention deleted
 
     @property
     def ok(self) -> bool:
@@ -62,7 +63,7 @@ class Report:
     def as_json(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id, "quick": self.quick, "ok": self.ok,
-            "problems": [p.__dict__ for p in self.problems],
+            "problems": [p.__dict__ for p in self.problems], "pruned": self.pruned,
             "objects": [{**{k: v for k, v in o.__dict__.items() if k != "problems"},
                          "ok": o.ok, "problems": [p.__dict__ for p in o.problems]}
                         for o in self.objects],
@@ -85,22 +86,35 @@ def verify_run(ctx: Context, run_id: str, *, source: str | None = None,
     if not chosen:
         raise NothingToVerify(f"run {run_id} has no finished backup"
                               + (f" of {source or '*'}/{collection or '*'}" if source or collection else ""))
+    gone = _pruned(ctx, run_id)
     for entry in chosen:
-        report.objects.extend(_verify_backup(ctx, entry, quick))
+        name = f"{entry['source']}/{entry['collection']}"
+        if name in gone:  # retention deleted it on purpose: nothing there to check
+            report.pruned.append(name)
+        else:
+            report.objects.extend(_verify_backup(ctx, entry, quick))
     return report
+
+
+def _pruned(ctx: Context, run_id: str) -> frozenset[str]:
+    """The run's backups ("source/collection") retention deleted: prune marks their jobs
+    but leaves the run manifest listing them. A backup gone without that mark is still
+    a problem."""
+    return frozenset(f"{j.source}/{j.collection}" for j in ctx.state.list_jobs(run_id)
+                     if j.pruned_at is not None)
 
 
 def verify_jobs(ctx: Context, run_id: str, jobs: list[Job], *, quick: bool) -> Report:
     """Verify the done jobs of a run that is closing (before its run manifest exists)."""
     report = Report(run_id=run_id, quick=quick)
-    for entry in _entries(jobs):
+    for entry in _entries([j for j in jobs if j.pruned_at is None]):
         report.objects.extend(_verify_backup(ctx, entry, quick))
     return report
 
 
 def _entries(jobs: list[Job]) -> list[dict[str, Any]]:
     return [{"source": j.source, "collection": j.collection, **j.result.model_dump()}
-            for j in jobs if j.status is JobStatus.DONE and j.result and j.pruned_at is None]
+            for j in jobs if j.status is JobStatus.DONE and j.result]
 
 
 def _backups(ctx: Context, run_id: str, report: Report) -> list[dict[str, Any]]:

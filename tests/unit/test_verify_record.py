@@ -3,6 +3,9 @@ bucket, and as an alert only when it found problems."""
 
 from __future__ import annotations
 
+from shared.config.model import Retention
+from shared.service.prune import prune
+from shared.service.start import start_run
 from shared.service.verify import record, verify_run
 from tests.unit.support import ScriptedExport, backed_up, unit
 
@@ -27,3 +30,39 @@ def test_a_failed_verify_is_recorded_and_alerted_and_a_passing_one_is_only_recor
     [alert] = u.notifier.alerts
     assert f"verify of backup run {run_id} found problems" in alert
     assert "shop/orders missing object" in alert
+
+
+def test_verifying_a_run_retention_thinned_reports_no_problem_and_sends_no_alert() -> None:
+    """Retention deletes one backup of a run and keeps another (README "Keeping backups":
+    a backup that goes loses its objects and its manifest; the run manifest still lists
+    it). Verifying that run afterwards reports the deleted backup as pruned, not as a
+    missing object or manifest; a backup gone without being pruned is still a problem."""
+    u = unit(ScriptedExport({"orders": [{"_id": "1"}], "users": [{"_id": "2"}]}))
+    u.ctx.config = u.ctx.config.model_copy(update={"retention": Retention(keep_last=1)})
+    both, _ = start_run(u.ctx, idempotency_key="night-1", trigger="test")
+    first = backed_up(u, u.state.list_jobs(both.run_id))
+    u.clock.advance(86400)
+    only, _ = start_run(u.ctx, idempotency_key="night-2", trigger="test",
+                        collections={"shop": ["orders"]})
+    backed_up(u, u.state.list_jobs(only.run_id))
+    prune(u.ctx)
+    jobs = {j.collection: j for j in u.state.list_jobs(first)}
+    assert jobs["orders"].pruned_at is not None and jobs["users"].pruned_at is None
+
+    report = verify_run(u.ctx, first, quick=True)
+    record(u.ctx, report)
+    assert not u.notifier.alerts, u.notifier.alerts
+    assert report.ok, [(o.collection, [p.what for p in o.problems]) for o in report.objects]
+    assert report.pruned == ["shop/orders"]
+    assert {o.collection for o in report.objects} == {"users"}
+    assert report.as_json()["pruned"] == ["shop/orders"]
+    run = u.state.get_run(first)
+    assert run is not None and run.summary and run.summary["last_verify"]["failed"] == []
+
+    users = jobs["users"].result
+    assert users is not None
+    u.objects.delete(users.key)  # gone without retention deleting it: still a problem
+    report = verify_run(u.ctx, first, quick=True)
+    assert not report.ok and report.pruned == ["shop/orders"]
+    assert [(o.collection, [p.what for p in o.problems]) for o in report.objects] == [
+        ("users", ["missing object"])]
