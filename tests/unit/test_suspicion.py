@@ -22,6 +22,12 @@ from tests.unit.support import ScriptedExport, Unit, unit
     (1_000_000, 499_999, 50, True),
     (10, 20, 50, False),  # growth is fine
     (10, 9, 10, True),
+    # README: suspect "when a collection's record count falls by at least drop_percent";
+    # the schema takes any number in (0, 100]: an exact drop of a decimal percent counts
+    (1000, 839, 16.1, True),  # 16.1 * 1000 is 16100.000000000002 in floats
+    (1000, 678, 32.2, True),
+    (1000, 356, 64.4, True),
+    (1000, 840, 16.1, False),
 ])
 def test_drop_arithmetic(previous: int | None, now: int, percent: float, expected: bool) -> None:
     assert dropped(previous, now, percent) is expected
