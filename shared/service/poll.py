@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
 from shared.domain.errors import BackupError, Forgotten, Retryable, RetryLater
 from shared.domain.jobs import Job, JobStatus, backoff, count_warning
 from shared.logs import log_context, redact
-from shared.ports import ExportPlatform
+from shared.ports import ExportPlatform, StateStore
 from shared.service.close import RunsNotClosed, close_finished_runs
 from shared.service.context import Budget, Context, fail, save
 from shared.service.copiers import copier_for
@@ -85,8 +85,29 @@ def _lanes(ctx: Context, job: Job) -> dict[Hashable, int]:
             ("type", platform_type): timing.platform_calls_per_type}
 
 
+class _StepState:
+    """The state store as one step sees it: remembers the step's own last write of its
+    job, so a failure's verdict lands on the job as this step left it, never on what
+    another poller or a finisher made of it since."""
+
+    def __init__(self, inner: StateStore, job: Job) -> None:
+        self._inner = inner
+        self.job = job
+
+    def save_job(self, job: Job) -> Job | None:
+        saved = self._inner.save_job(job)
+        if saved is not None and saved.job_id == self.job.job_id:
+            self.job = saved
+        return saved
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 def advance(ctx: Context, job: Job) -> None:
     """One step of one job; a failure is classified, never raised to the caller."""
+    step = _StepState(ctx.state, job)
+    ctx = replace(ctx, state=cast(StateStore, step))
     with log_context(run_id=job.run_id, job_id=job.job_id):
         now = ctx.clock()
         try:
@@ -107,10 +128,10 @@ def advance(ctx: Context, job: Job) -> None:
             elif job.status is JobStatus.COPYING and job.lease_expired(now):
                 _reclaim_copy(ctx, job, now)
         except BackupError as exc:
-            on_error(ctx, job, exc, now)
+            on_error(ctx, step.job, exc, now)
         except Exception as exc:  # a bug must not stall the other jobs, nor stay silent
             log.exception("unexpected error while advancing job")
-            on_error(ctx, job, Retryable(f"internal error: {type(exc).__name__}: {exc}"), now)
+            on_error(ctx, step.job, Retryable(f"internal error: {type(exc).__name__}: {exc}"), now)
 
 
 def _past_deadline(job: Job, now: datetime) -> bool:
@@ -213,10 +234,18 @@ def _reclaim_copy(ctx: Context, job: Job, now: datetime) -> None:
 
 
 def on_error(ctx: Context, job: Job, exc: Exception, now: datetime) -> None:
-    current = ctx.state.get_job(job.job_id) or job  # a claim may have bumped the version
+    """A failed step's verdict (wait, retry, fail), for the job as the step left it
+    (`job`: what it read, or its own last write). A job that moved on since (a finisher
+    claimed it, another poller advanced it) is left to whoever moved it."""
+    message = redact(str(exc))
+    current = ctx.state.get_job(job.job_id)
+    if current is None or current.version != job.version:
+        log.warning("job moved on while this step failed; its error is not applied",
+                    extra={"reason": message,
+                           "status": current.status.value if current else "gone"})
+        return
     if current.status.terminal:
         return
-    message = redact(str(exc))
     timing = ctx.config.timing
     if isinstance(exc, RetryLater):
         log.info("platform asks to wait", extra={"reason": message})

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Collection
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -16,8 +18,9 @@ from shared.domain.errors import Forgotten, Retryable, RetryLater, StorageError
 from shared.domain.jobs import Job, JobStatus, Run, RunStatus
 from shared.ports import Progress
 from shared.service.close import RunsNotClosed, close_finished_runs
+from shared.service.copying import claim
 from shared.service.finish import finish
-from shared.service.poll import poll
+from shared.service.poll import advance, poll
 from tests.unit.support import ScriptedExport, ScriptedPages, seed_run, unit
 
 ROWS = [{"_id": f"d{i}", "n": i} for i in range(5)]
@@ -347,3 +350,91 @@ def test_verify_after_run_can_be_turned_off() -> None:
     close_finished_runs(u.ctx)
     run, _ = u.notifier.sent[0]
     assert run.status is RunStatus.SUCCEEDED and "verify" not in (run.summary or {})
+
+
+# A failed step's verdict lands on the job as that step left it ------------------------
+
+def test_a_dispatch_error_after_the_finisher_claimed_leaves_its_lease_alone() -> None:
+    """SCF's Invoke went through (the finisher claimed the job and is copying) but the
+    poller saw an error: it must not strip the live finisher's lease nor count a try."""
+    platform = ScriptedExport({"orders": ROWS})
+    u = unit(platform, max_attempts=2)
+    [job] = seed_run(u, JobStatus.READY, expected_records=5, platform_job_id="export-1")
+    copying, release = threading.Event(), threading.Event()
+    outcomes: list[str] = []
+
+    def slow_download(collection: str, part: int) -> None:
+        copying.set()
+        release.wait(10)
+
+    platform.on_open = slow_download
+    finisher_ctx = replace(u.ctx, worker="finisher-1")
+
+    class InvokedButErrored:
+        def __init__(self) -> None:
+            self.worker = threading.Thread(
+                target=lambda: outcomes.append(finish(finisher_ctx, job.job_id)))
+
+        def dispatch(self, job_id: str) -> None:
+            self.worker.start()
+            assert copying.wait(10)  # the finisher claimed the job and is copying
+            raise Retryable("invoking the finisher failed; will retry: InternalError")
+
+    dispatcher = InvokedButErrored()
+    u.ctx.dispatcher = dispatcher
+    poll(u.ctx)
+    during = u.job(job.job_id)
+    release.set()
+    dispatcher.worker.join(10)
+
+    assert (during.status, during.lease_owner, during.attempts) == (
+        JobStatus.COPYING, "finisher-1", 0)
+    assert outcomes == ["done"] and u.job(job.job_id).status is JobStatus.DONE
+
+
+def test_an_overlapping_pollers_stale_check_error_leaves_a_live_copy_alone() -> None:
+    """Two pollers read the same exporting job; one hands it off and a finisher claims
+    it; the other's check then fails: that error must not touch the copy."""
+    platform = ScriptedExport({"orders": ROWS})
+    u = unit(platform, max_attempts=3)
+    [job] = seed_run(u, JobStatus.EXPORTING, platform_job_id="export-1")
+    stale = u.job(job.job_id)  # what the second poller read
+    advance(u.ctx, stale)  # the first poller: ready, handed off
+    claimed = claim(replace(u.ctx, worker="finisher-1"), u.job(job.job_id), u.clock(),
+                    progressed=False, checkpoint=None)
+    assert claimed is not None and claimed.status is JobStatus.COPYING
+
+    def busy(collection: str, platform_job_id: str) -> Progress:
+        raise Retryable("errcode -1: system busy")
+
+    platform.check = busy  # type: ignore[method-assign]
+    advance(u.ctx, stale)  # the second poller, with its stale read
+
+    after = u.job(job.job_id)
+    assert (after.version, after.lease_owner, after.attempts) == (claimed.version, "finisher-1", 0)
+
+
+def test_a_steps_own_writes_still_take_its_error() -> None:
+    """The step's own writes (the claim before starting an export, the hand-off before
+    dispatching) are not someone else's: the error is counted on top of them."""
+    platform = ScriptedExport({"orders": ROWS})
+    u = unit(platform, max_attempts=3)
+    [job] = seed_run(u)
+
+    def refused(collection: str, job_id: str) -> str:
+        raise Retryable("errcode -1: system busy")
+
+    platform.start = refused  # type: ignore[method-assign]
+    poll(u.ctx)  # claimed, then start failed
+    started = u.job(job.job_id)
+    assert (started.status, started.attempts, started.lease_owner) == (JobStatus.PENDING, 1, None)
+
+    class Throttled:
+        def dispatch(self, job_id: str) -> None:
+            raise Retryable("invoking the finisher failed: throttled")
+
+    u = unit(ScriptedExport({"orders": ROWS}), max_attempts=3)
+    [ready] = seed_run(u, JobStatus.READY, expected_records=5)
+    u.ctx.dispatcher = Throttled()
+    advance(u.ctx, ready)  # saved its next check, then the dispatch failed
+    assert u.job(ready.job_id).attempts == 1
