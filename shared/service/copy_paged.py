@@ -151,8 +151,9 @@ class _PagedCopy:
 
     def run(self) -> StoredObject:
         state = self._load()
-        state.steps_at_claim = state.steps
-        self._save(state, progress=False)  # renews the lease and marks where this try began
+        # `steps_at_claim` was set once, by the claim (rebased): not here, or the in-call
+        # retry of a copy would forget what its first try saved and count a failed try.
+        self._save(state, progress=False)  # renews the lease
         if not state.completed:
             if state.upload_id is None:
                 self._begin(state)

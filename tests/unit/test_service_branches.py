@@ -9,14 +9,15 @@ import logging
 import threading
 import time
 from collections.abc import Collection
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
 from shared.domain.errors import Forgotten, Retryable, RetryLater, StorageError
 from shared.domain.jobs import Job, JobStatus, Run, RunStatus
-from shared.ports import Progress
+from shared.ports import Page, Progress
 from shared.service.close import RunsNotClosed, close_finished_runs
 from shared.service.copying import claim
 from shared.service.finish import finish
@@ -124,6 +125,50 @@ def test_a_paged_copy_paused_by_its_budget_resumes_where_it_stopped() -> None:
     lines = u.objects.read(done.result.key).splitlines()
     assert [json.loads(line) for line in lines] == rows  # no row lost or doubled
     assert platform.fetched < read_first + 5  # resumed, not started over
+
+
+BIG = "x" * (8 * 1024 * 1024 + 10)  # one row fills a part (part_size_mb 8, the default)
+
+
+@dataclass
+class FlakyPages(ScriptedPages):
+    """Every page past the first is refused twice (OneDB busy a moment) before it is served."""
+
+    refusals: dict[int, int] = field(default_factory=dict)
+
+    def fetch_page(self, collection: str, cursor: dict[str, Any] | None) -> Page:
+        offset = int((cursor or {}).get("offset", 0))
+        if offset > 0 and self.refusals.setdefault(offset, 0) < 2:
+            self.refusals[offset] += 1
+            raise Retryable(f"OneDB busy (offset {offset})")
+        return super().fetch_page(collection, cursor)
+
+
+def test_one_invocation_with_progress_then_a_blip_counts_no_try() -> None:
+    """The in-call retry of the copy must not forget what its first try saved."""
+    u = unit(FlakyPages({"events": [{"_id": f"r{i}", "blob": BIG} for i in range(3)]},
+                        page_rows=1), kind="paged", max_attempts=3)
+    assert u.ctx.config.destination.part_size_mb == 8
+    [job] = seed_run(u, JobStatus.READY)
+
+    assert finish(u.ctx, job.job_id) == "retry"
+    after = u.job(job.job_id)
+    assert (after.progress_records, after.attempts) == (1, 0)
+
+
+def test_a_paged_copy_that_progressed_before_each_transient_error_gets_done() -> None:
+    u = unit(FlakyPages({"events": [{"_id": f"r{i}", "blob": BIG} for i in range(4)]},
+                        page_rows=1), kind="paged", max_attempts=3)
+    [job] = seed_run(u, JobStatus.READY)
+
+    outcomes = []
+    for _ in range(6):
+        outcomes.append(finish(u.ctx, job.job_id))
+        if u.job(job.job_id).status.terminal:
+            break
+        u.clock.advance(3600)
+    final = u.job(job.job_id)
+    assert final.status is JobStatus.DONE, (outcomes, final.attempts, final.error)
 
 
 def test_a_transient_copy_failure_is_retried_and_counted() -> None:
