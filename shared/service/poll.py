@@ -79,7 +79,7 @@ def _lanes(ctx: Context, job: Job) -> dict[Hashable, int]:
     timing = ctx.config.timing
     try:
         platform_type = ctx.config.source(job.source).type
-    except KeyError:  # a source since removed from the config: advance() reports it
+    except KeyError:  # a source since removed from the config: advance() fails its job
         platform_type = "?"
     return {("source", job.source): timing.platform_calls_per_source,
             ("type", platform_type): timing.platform_calls_per_type}
@@ -111,6 +111,7 @@ def advance(ctx: Context, job: Job) -> None:
     with log_context(run_id=job.run_id, job_id=job.job_id):
         now = ctx.clock()
         try:
+            _check_source_configured(ctx, job, now)
             if job.restore is not None:
                 from shared.service.restore.check import advance_restore
 
@@ -132,6 +133,21 @@ def advance(ctx: Context, job: Job) -> None:
         except Exception as exc:  # a bug must not stall the other jobs, nor stay silent
             log.exception("unexpected error while advancing job")
             on_error(ctx, step.job, Retryable(f"internal error: {type(exc).__name__}: {exc}"), now)
+
+
+def _check_source_configured(ctx: Context, job: Job, now: datetime) -> None:
+    """A job whose source was since removed from the config cannot go on (nor be copied:
+    the finisher cannot look it up): its tries run out and it fails, saying so. A live
+    copy is left to its finisher."""
+    if job.status is JobStatus.COPYING and not job.lease_expired(now):
+        return
+    try:
+        ctx.config.source(job.source)
+    except KeyError:
+        raise Retryable(
+            f"source {job.source!r} is no longer in the config: put it back to go on with this "
+            f"job (it fails after {ctx.config.timing.max_attempts} tries without it), or let "
+            f"the run fail") from None
 
 
 def _past_deadline(job: Job, now: datetime) -> bool:

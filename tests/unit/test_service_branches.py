@@ -4,6 +4,7 @@ and notifying once. Each test is milliseconds: no HTTP, no bucket, no database."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from shared.config import Config
 from shared.domain.errors import Forgotten, Retryable, RetryLater, StorageError
 from shared.domain.jobs import Job, JobStatus, Run, RunStatus
 from shared.ports import Page, Progress
@@ -22,7 +24,7 @@ from shared.service.close import RunsNotClosed, close_finished_runs
 from shared.service.copying import claim
 from shared.service.finish import finish
 from shared.service.poll import advance, poll
-from tests.unit.support import ScriptedExport, ScriptedPages, seed_run, unit
+from tests.unit.support import FakePlatforms, ScriptedExport, ScriptedPages, seed_run, unit
 
 ROWS = [{"_id": f"d{i}", "n": i} for i in range(5)]
 
@@ -483,3 +485,50 @@ def test_a_steps_own_writes_still_take_its_error() -> None:
     u.ctx.dispatcher = Throttled()
     advance(u.ctx, ready)  # saved its next check, then the dispatch failed
     assert u.job(ready.job_id).attempts == 1
+
+
+# A job whose source left the config -----------------------------------------------------
+
+class StrictPlatforms(FakePlatforms):
+    """Like bootstrap.ConfiguredPlatforms: a source not in the config is a KeyError."""
+
+    def __init__(self, platform: ScriptedPages, config: Config) -> None:
+        super().__init__(platform, "paged")
+        self._config = config
+
+    def get(self, source: str) -> Any:
+        self._config.source(source)
+        return super().get(source)
+
+    def kind(self, source: str) -> Any:
+        self._config.source(source)
+        return super().kind(source)
+
+
+def test_a_ready_job_of_a_removed_source_fails_rather_than_loop_for_ever() -> None:
+    platform = ScriptedPages({"events": [{"_id": "r0"}]})
+    u = unit(platform, kind="paged", max_attempts=3)
+    [job] = seed_run(u, JobStatus.READY)
+    u.put(u.job(job.job_id).model_copy(update={"source": "gone"}))  # since removed
+    u.ctx.platforms = StrictPlatforms(platform, u.ctx.config)
+
+    for _ in range(20):  # a hand-off every copy lease: over 5 hours
+        poll(u.ctx)
+        for job_id in u.dispatcher.dispatched:
+            with contextlib.suppress(KeyError):  # the finisher cannot look the source up
+                finish(u.ctx, job_id, close_run=True)
+        u.dispatcher.dispatched.clear()
+        u.clock.advance(u.ctx.config.timing.copy_lease_seconds + 1)
+    final = u.job(job.job_id)
+    assert final.status is JobStatus.FAILED
+    assert "source 'gone' is no longer in the config: put it back" in (final.error or "")
+
+
+def test_a_live_copy_of_a_removed_source_is_left_to_its_finisher() -> None:
+    u = unit(ScriptedPages({"events": [{"_id": "r0"}]}), kind="paged", max_attempts=3)
+    [job] = seed_run(u, JobStatus.READY)
+    copying = claim(u.ctx, u.job(job.job_id).model_copy(update={"source": "gone"}), u.clock(),
+                    progressed=False, checkpoint=None)
+    assert copying is not None
+    advance(u.ctx, copying)
+    assert u.job(job.job_id) == copying
