@@ -35,13 +35,7 @@ def test_verify_over_http_passes_an_intact_run_and_names_damage(api: Api) -> Non
     assert status == 200 and report["ok"] and report["quick"] and report["run_id"] == run_id
     assert {o["crc64"] for o in report["objects"]} == {"ok"}
 
-    jobs = run["jobs"]
-    assert isinstance(jobs, list)
-    key = next(j["object_keys"][0] for j in jobs
-               if (j["source"], j["collection"]) == ("shop", "orders"))
-    data = api.local.objects.read(key)
-    api.local.objects.put_stream(key, [data[:50] + bytes([data[50] ^ 1]) + data[51:]],
-                                 content_type="application/x-ndjson")
+    damage_orders(api, run)
     status, report, _ = api.call("POST", f"/runs/{run_id}/verify",
                                  body={"quick": False, "source": "shop"})
     assert status == 200 and not report["ok"] and not report["quick"]
@@ -67,9 +61,8 @@ def test_verify_over_http_says_what_is_wrong_with_the_request(api: Api) -> None:
     assert status == 400 and body["field"] == "fast" and "'quick'" in body["error"]
 
 
-def damaged_run(api: Api) -> str:
-    """A backed-up run whose shop/orders object a full verify over HTTP found damaged."""
-    run = backed_up(api)
+def damage_orders(api: Api, run: dict[str, object]) -> None:
+    """One byte of the run's shop/orders object flipped in the bucket."""
     jobs = run["jobs"]
     assert isinstance(jobs, list)
     key = next(j["object_keys"][0] for j in jobs
@@ -77,6 +70,12 @@ def damaged_run(api: Api) -> str:
     data = api.local.objects.read(key)
     api.local.objects.put_stream(key, [data[:50] + bytes([data[50] ^ 1]) + data[51:]],
                                  content_type="application/x-ndjson")
+
+
+def damaged_run(api: Api) -> str:
+    """A backed-up run whose shop/orders object a full verify over HTTP found damaged."""
+    run = backed_up(api)
+    damage_orders(api, run)
     status, report, _ = api.call("POST", f"/runs/{run['run_id']}/verify", body={"quick": False})
     assert status == 200 and not report["ok"]
     return str(run["run_id"])
