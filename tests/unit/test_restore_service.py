@@ -398,7 +398,6 @@ def test_a_backup_that_fails_its_verify_is_refused_unless_forced_and_a_damaged_o
     assert platform.imports == {}  # the upload was cut before any import started
 
 
-
 def test_an_archived_backup_is_refused_before_anything_is_made_until_cos_restored_it() -> None:
     platform = ImportingExport({"orders": list(ROWS)})
     u = unit(platform)
