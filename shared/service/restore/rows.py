@@ -26,7 +26,7 @@ from shared.domain.jobs import RestoreOrder, StoredObject
 from shared.ports import RowImportPlatform, RowOutcome
 from shared.service.context import Budget, Context
 from shared.service.copying import CopyHold, CopyPaused
-from shared.service.restore.send import checked, save_point
+from shared.service.restore.send import save_point
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +36,6 @@ WINDOW = 1000  # rows between two saved positions
 def write_rows(ctx: Context, hold: CopyHold, platform: RowImportPlatform, order: RestoreOrder,
                budget: Budget) -> dict[str, Any]:
     """Write every row not yet written; the final checkpoint (with the comparison)."""
-    if not (hold.job.checkpoint or {}).get("checked"):
-        for stored in order.objects:
-            _check_object(ctx, stored)
-        save_point(ctx, hold, checked=True)
     workers = ctx.config.timing.restore_row_concurrency
     with ThreadPoolExecutor(workers, thread_name_prefix="restore-rows") as pool:
         rows = _Rows(ctx, hold, pool, _Writer(platform, order), budget, in_flight=2 * workers)
@@ -193,22 +189,6 @@ def _lines(ctx: Context, stored: StoredObject, skip: int) -> Iterator[bytes]:
                     yield row
     if rest.strip() and number + 1 > skip:
         yield rest
-
-
-def _check_object(ctx: Context, stored: StoredObject) -> None:
-    rows = sum(1 for row in _split(checked(ctx, stored)) if row.strip())
-    if rows != stored.records:
-        raise VerificationFailed(f"backup object {stored.key} holds {rows} rows but its manifest "
-                                 f"says {stored.records}; nothing was restored")
-
-
-def _split(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    rest = b""
-    for chunk in chunks:
-        rest += chunk
-        *whole, rest = rest.split(b"\n")
-        yield from whole
-    yield rest
 
 
 def _row_digest(line: bytes) -> bytes:

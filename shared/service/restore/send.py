@@ -10,8 +10,8 @@ finisher that is killed or runs out of time is followed by one that carries on:
     sent     one entry per backup object sent: the platform's import id ("" for none)
     sending  the object being sent; resent: those a try found marked but not in sent
              (sent again: the earlier import may have run, its id lost)
-    verified how many backup objects (file imports) were read through and found to match
-             their manifest, all of them before the first is sent
+    verified how many backup objects were read through and found to match their
+             manifest, all of them before the target is made and anything written
     mark     how far it had got when this finisher took it (a reclaim after progress is
              a resumption, not a failed try)
 An object sent but not yet saved when a finisher died is sent again: the records of the
@@ -89,8 +89,7 @@ def _send(ctx: Context, hold: CopyHold) -> str:
     order = _order(hold.job)
     platform = target_platform(ctx, hold.job.source, order.target, order.collection)
     budget = Budget(ctx, ctx.config.timing.finish_budget_seconds)
-    if not isinstance(platform, RowImportPlatform):  # rows.py checks its objects itself
-        _check_files(ctx, hold, order, budget)
+    _check_objects(ctx, hold, order, budget)
     _prepare(ctx, hold, platform, order)
     if isinstance(platform, RowImportPlatform):
         from shared.service.restore.rows import write_rows
@@ -135,11 +134,11 @@ def _prepare(ctx: Context, hold: CopyHold, platform: RestorablePlatform,
     save_point(ctx, hold, created=created, before=before)
 
 
-def _check_files(ctx: Context, hold: CopyHold, order: RestoreOrder, budget: Budget) -> None:
+def _check_objects(ctx: Context, hold: CopyHold, order: RestoreOrder, budget: Budget) -> None:
     """Read every object through once, checking its size, SHA-256 and record count, before
-    the target is made and the first object sent: an import the platform has accepted runs
-    on its own (WeChat, MinApp), so a damaged part 2 found while sending it would leave
-    part 1 imported. Streamed: a chunk at a time in memory. Saved object by object, so a
+    the target is made and anything written: an import the platform has accepted runs on
+    its own (WeChat, MinApp), so a damaged part 2 found while sending it would leave part 1
+    imported; rows written one by one (OneDB) cannot be taken back either. Streamed: a chunk at a time in memory. Saved object by object, so a
     finisher stopped mid-way carries on with the next object."""
     point = hold.job.checkpoint or {}
     if point.get("sent"):
@@ -147,16 +146,21 @@ def _check_files(ctx: Context, hold: CopyHold, order: RestoreOrder, budget: Budg
     for index in range(int(point.get("verified", 0)), len(order.objects)):
         if index and budget.spent():
             raise CopyPaused()
-        stored = order.objects[index]
-        counter = counter_for(order.file_type)
-        for chunk in checked(ctx, stored):
-            counter.feed(chunk)
-        if counter.total != stored.records:
-            raise VerificationFailed(
-                f"backup object {stored.key} holds {counter.total} records but its manifest "
-                f"says {stored.records}; nothing was restored. Run `baas-backup verify` on its "
-                "run, and restore from another run")
+        _check_object(ctx, order.objects[index], order.file_type)
         save_point(ctx, hold, verified=index + 1)
+
+
+def _check_object(ctx: Context, stored: StoredObject, file_type: str) -> None:
+    """Read a backup object through, a chunk at a time: its size, SHA-256 and record count
+    against its manifest, before anything of the backup is written."""
+    counter = counter_for(file_type)
+    for chunk in checked(ctx, stored):
+        counter.feed(chunk)
+    if counter.total != stored.records:
+        raise VerificationFailed(
+            f"backup object {stored.key} holds {counter.total} records but its manifest "
+            f"says {stored.records}; nothing was restored. Run `baas-backup verify` on its "
+            "run, and restore from another run")
 
 
 def _send_files(ctx: Context, hold: CopyHold, platform: FileImportPlatform,
