@@ -66,6 +66,11 @@ def test_valid_config_expands_references() -> None:
         (lambda d: d.update(state={"url": "postgres://x"}), "state: url must be one of cos://"),
         (lambda d: d["destination"].update(part_size_mb=1), "destination.part_size_mb: Input should be greater than or equal to 5"),
         (lambda d: d["destination"].update(bucket="${NOPE}"), "destination.bucket: environment variable NOPE is not set"),
+        (lambda d: d.update(timing={"unclaimed_ready_hours": 0.25}),
+         "timing: unclaimed_ready_hours (0.25) must be at least two copy leases "
+         "(copy_lease_seconds: 960, so at least 0.533 hours); raise unclaimed_ready_hours"),
+        (lambda d: d.update(timing={"unclaimed_ready_hours": 0}),
+         "timing.unclaimed_ready_hours: Input should be greater than 0"),
     ],
 )
 def test_invalid_configs_name_field_value_and_fix(mutate: Any, expected: str) -> None:

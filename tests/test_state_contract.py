@@ -220,6 +220,20 @@ def test_job_saves_are_compare_and_set(store: StateStore) -> None:
     assert stored.platform_job_id == "e1" and stored.attempts == 1
 
 
+def test_a_jobs_unclaimed_hand_offs_are_kept(store: StateStore) -> None:
+    """The poller fails a ready job by them: a store that dropped them would hand it out
+    for ever."""
+    run, jobs = make_run(jobs=1)
+    store.create_run(run, jobs)
+    since = jobs[0].created_at + timedelta(seconds=1.5)
+    saved = store.save_job(jobs[0].moved_to(JobStatus.READY, unclaimed_since=since,
+                                            unclaimed_hand_offs=3))
+    assert saved is not None
+    stored = store.get_job(jobs[0].job_id)
+    assert stored is not None and stored.unclaimed_since == since
+    assert stored.unclaimed_hand_offs == 3
+
+
 def test_run_saves_are_compare_and_set_and_close(store: StateStore) -> None:
     run, jobs = make_run()
     store.create_run(run, jobs)

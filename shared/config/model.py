@@ -337,6 +337,13 @@ class Timing(ConfigModel):
     max_attempts: int = Field(
         default=5, ge=1, description="Tries per job for starting and copying before failing."
     )
+    unclaimed_ready_hours: float = Field(
+        default=12, gt=0,
+        description="A job handed to the finisher that no finisher claims for this long fails "
+        "(a finisher that crashes on start, or is never run). Keep it above the finisher's "
+        "async retention (SCF: 6 hours unless changed) so a merely throttled finisher gets "
+        "to it first.",
+    )
     retry_base_seconds: float = Field(
         default=1.0, ge=0, description="First in-call retry delay; doubles each try."
     )
@@ -373,6 +380,18 @@ class Timing(ConfigModel):
         description="Rows written at once by a restore into a row-by-row platform (OneDB), "
         "within its rate limit.",
     )
+
+    @model_validator(mode="after")
+    def _hand_out_again_before_failing(self) -> Timing:
+        # a job is handed out again each copy lease: a bound under two leases would fail a
+        # job its finisher merely had not reached yet
+        if self.unclaimed_ready_hours * 3600 < 2 * self.copy_lease_seconds:
+            raise ValueError(
+                f"unclaimed_ready_hours ({self.unclaimed_ready_hours:g}) must be at least two "
+                f"copy leases (copy_lease_seconds: {self.copy_lease_seconds:g}, so at least "
+                f"{2 * self.copy_lease_seconds / 3600:.3g} hours); raise unclaimed_ready_hours "
+                "(12 by default) or lower copy_lease_seconds")
+        return self
 
 
 

@@ -12,6 +12,9 @@ A restore job goes pending ─► ready ─► copying (the finisher sends the b
 platform) ─► importing (the platform's own import job runs; the poller checks it) ─► done,
 or straight from copying to done when the rows are written one by one.
 
+A ready job is handed to the finisher again every copy lease until one claims it; one that
+no finisher claims for `timing.unclaimed_ready_hours` fails.
+
 Every change goes through `Job.moved_to`, which refuses transitions the machine does
 not have, so a bug surfaces as an error instead of a silently wrong backup.
 """
@@ -171,6 +174,11 @@ class Job(BaseModel):
     previous_records: int | None = None
     acknowledged_at: datetime | None = None
     pruned_at: datetime | None = None  # retention deleted its objects
+    # Hand-offs to the finisher that no finisher claimed since the job last became ready,
+    # and when the first was: past `timing.unclaimed_ready_hours` the poller fails the job
+    # (shared.service.poll.hand_off). A claim clears both.
+    unclaimed_since: datetime | None = None
+    unclaimed_hand_offs: int = 0
     restore: RestoreOrder | None = None  # set on a restore's job only
 
     @property

@@ -46,11 +46,12 @@ def claim(ctx: Context, job: Job, now: datetime, *, progressed: bool,
           checkpoint: dict[str, Any] | None) -> Job | None:
     """Take a claimable job for this finisher under a fresh lease (compare-and-set); None
     when another got it first. Taking over a dead finisher's copy that saved no progress
-    counts as a try."""
+    counts as a try. A claim ends the count of unclaimed hand-offs."""
     lease_until = now + timedelta(seconds=ctx.config.timing.copy_lease_seconds)
     return ctx.state.save_job(job.moved_to(
         JobStatus.COPYING, lease_owner=ctx.worker, lease_until=lease_until,
-        next_check_at=lease_until, checkpoint=checkpoint,
+        next_check_at=lease_until, checkpoint=checkpoint, unclaimed_since=None,
+        unclaimed_hand_offs=0,
         attempts=job.attempts + (1 if job.status is JobStatus.COPYING and not progressed else 0)))
 
 

@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 
 START_CLAIM = timedelta(seconds=120)  # how long one poller owns a pending job while starting it
 RETRY_LATER = timedelta(seconds=60)
+# A job that went unclaimed past `timing.unclaimed_ready_hours` is handed out this many times
+# at least before it fails: a poller that was itself stopped for hours gives the finisher
+# one more chance first.
+MIN_UNCLAIMED_HAND_OFFS = 2
 
 
 @dataclass
@@ -225,11 +229,40 @@ def check_interval(ctx: Context, job: Job, now: datetime) -> timedelta:
 
 
 def hand_off(ctx: Context, job: Job, now: datetime) -> None:
-    """Give a ready job to the finisher; if it never claims it, the poller tries again later."""
+    """Give a ready job to the finisher; if it never claims it, the poller tries again every
+    copy lease, and fails the job once no finisher claimed it for `unclaimed_ready_hours`."""
+    if _unclaimed_too_long(ctx, job, now):
+        fail(ctx, job, _unclaimed_error(ctx, job), now)
+        return
     lease = timedelta(seconds=ctx.config.timing.copy_lease_seconds)
-    saved = save(ctx, job.model_copy(update={"next_check_at": now + lease}))
+    saved = save(ctx, job.model_copy(update={
+        "next_check_at": now + lease, "unclaimed_since": job.unclaimed_since or now,
+        "unclaimed_hand_offs": job.unclaimed_hand_offs + 1}))
     if saved is not None:
         ctx.dispatcher.dispatch(saved.job_id)
+
+
+def _unclaimed_too_long(ctx: Context, job: Job, now: datetime) -> bool:
+    """Handed out, unclaimed, for longer than a throttled finisher can take. SCF keeps an
+    async invocation that the function's concurrency turned away (432; 429 for burst) and
+    retries it every minute for the function's 最长保留时间, 6 hours unless changed (错误类型与
+    重试策略 > 异步调用, https://cloud.tencent.com/document/product/583/41138); the poller
+    sends a fresh one every lease meanwhile. A finisher that has not claimed the job by the
+    bound (twice that by default) crashes before claiming, or is never run."""
+    bound = timedelta(hours=ctx.config.timing.unclaimed_ready_hours)
+    return (job.unclaimed_since is not None and now - job.unclaimed_since >= bound
+            and job.unclaimed_hand_offs >= MIN_UNCLAIMED_HAND_OFFS)
+
+
+def _unclaimed_error(ctx: Context, job: Job) -> str:
+    hours = ctx.config.timing.unclaimed_ready_hours
+    return (f"handed to the finisher {job.unclaimed_hand_offs} times but no finisher claimed it "
+            f"in {hours:g} hours: check the finisher function's logs (a package that fails to "
+            "load or crashes on start claims nothing), that the poller's role may invoke it "
+            "asynchronously (scf:InvokeFunction on dispatch.finisher_function) and its async "
+            "invocations reach it, and the finisher's concurrency (SCF retries a throttled "
+            "async invocation for its retention time, 6 hours unless changed); raise "
+            "timing.unclaimed_ready_hours if your finisher is throttled for longer")
 
 
 def _reclaim_copy(ctx: Context, job: Job, now: datetime) -> None:

@@ -167,3 +167,14 @@ def backed_up(u: Unit, jobs: list[Job] | None = None) -> str:
     close_finished_runs(u.ctx)
     assert all(u.job(job.job_id).status is JobStatus.DONE for job in jobs)
     return jobs[0].run_id
+
+
+def polled_unclaimed(u: Unit, job_id: str, hours: float) -> Job:
+    """Poll every copy lease for `hours` with a finisher that never runs (its package
+    crashes on start, say): each hand-off is dropped. The job as it ended, or as it is."""
+    end = u.clock() + timedelta(hours=hours)
+    while u.clock() < end and not u.job(job_id).status.terminal:
+        poll(u.ctx)
+        u.dispatcher.dispatched.clear()
+        u.clock.advance(u.ctx.config.timing.copy_lease_seconds + 1)
+    return u.job(job_id)

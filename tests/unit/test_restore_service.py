@@ -22,7 +22,14 @@ from shared.service.poll import poll
 from shared.service.restore.plan import RestoreRefused, plan_restore, restoring, start_restore
 from shared.service.start import start_run
 from shared.service.verify import latest_run
-from tests.unit.support import ScriptedExport, ScriptedPages, Unit, backed_up, unit
+from tests.unit.support import (
+    ScriptedExport,
+    ScriptedPages,
+    Unit,
+    backed_up,
+    polled_unclaimed,
+    unit,
+)
 
 ROWS = [{"_id": f"d{i}", "n": i} for i in range(5)]
 
@@ -595,9 +602,10 @@ def test_a_restore_recorded_while_the_prune_reads_keeps_its_backup(
 
 def test_a_restore_the_finisher_never_picks_up_raises_the_staleness_alarm_once() -> None:
     """A restore left ready (its finisher crashing at start, its invocations dropped) is
-    handed out again every lease, uncounted: the alarm names it once it has been open
-    `alerts.stale_after_hours`, while the nightly backups keep succeeding, and only once."""
-    u = unit(ImportingExport({"orders": list(ROWS)}))
+    handed out again every lease until `timing.unclaimed_ready_hours` (raised here past the
+    alarm): the alarm names it once it has been open `alerts.stale_after_hours`, while the
+    nightly backups keep succeeding, and only once."""
+    u = unit(ImportingExport({"orders": list(ROWS)}), unclaimed_ready_hours=48)
     backup = backed_up(u)
     restore, _ = start_restore(u.ctx, plan_restore(u.ctx, backup, "shop", "orders"),
                                idempotency_key="r1", trigger="http")
@@ -615,3 +623,25 @@ def test_a_restore_the_finisher_never_picks_up_raises_the_staleness_alarm_once()
     assert job.status is JobStatus.READY
     [alert] = u.notifier.alerts
     assert f"restore {restore.run_id} is still running 26 hours" in alert
+
+
+def test_a_restore_no_finisher_claims_fails_after_the_bound_and_its_run_closes_failed() -> None:
+    platform = ImportingExport({"orders": list(ROWS)})
+    u = unit(platform)
+    backup = backed_up(u)
+    plan = plan_restore(u.ctx, backup, "shop", "orders")
+    run, _ = start_restore(u.ctx, plan, idempotency_key="r", trigger="test")
+    u.notifier.sent.clear()
+    first_hand_off = u.clock()
+
+    job = polled_unclaimed(u, u.state.list_jobs(run.run_id)[0].job_id, hours=30)
+
+    assert job.status is JobStatus.FAILED and job.finished_at is not None
+    assert timedelta(hours=12) <= job.finished_at - first_hand_off < timedelta(hours=13)
+    assert "no finisher claimed it in 12 hours" in (job.error or "")
+    assert "finisher function's logs" in (job.error or "")
+    closed = u.state.get_run(run.run_id)
+    assert closed is not None and closed.status is RunStatus.FAILED
+    [(told, _)] = u.notifier.sent
+    assert told.run_id == run.run_id and told.status is RunStatus.FAILED
+    assert plan.order.target not in platform.data  # nothing was sent

@@ -24,7 +24,14 @@ from shared.service.close import RunsNotClosed, close_finished_runs
 from shared.service.copying import claim
 from shared.service.finish import finish
 from shared.service.poll import advance, poll
-from tests.unit.support import FakePlatforms, ScriptedExport, ScriptedPages, seed_run, unit
+from tests.unit.support import (
+    FakePlatforms,
+    ScriptedExport,
+    ScriptedPages,
+    polled_unclaimed,
+    seed_run,
+    unit,
+)
 
 ROWS = [{"_id": f"d{i}", "n": i} for i in range(5)]
 
@@ -532,3 +539,77 @@ def test_a_live_copy_of_a_removed_source_is_left_to_its_finisher() -> None:
     assert copying is not None
     advance(u.ctx, copying)
     assert u.job(job.job_id) == copying
+
+
+# A ready job no finisher ever claims ----------------------------------------------------
+
+UNCLAIMED_BOUND = timedelta(hours=12)  # timing.unclaimed_ready_hours' default
+
+
+def test_a_ready_job_no_finisher_claims_fails_after_the_bound_and_its_run_closes_failed() -> None:
+    u = unit(ScriptedExport({"orders": ROWS}))
+    [job] = seed_run(u, JobStatus.READY, expected_records=5)
+    first_hand_off = u.clock()
+
+    final = polled_unclaimed(u, job.job_id, hours=30)
+
+    assert final.status is JobStatus.FAILED
+    lease = timedelta(seconds=u.ctx.config.timing.copy_lease_seconds + 1)
+    assert final.finished_at is not None
+    assert first_hand_off + UNCLAIMED_BOUND <= final.finished_at < first_hand_off + UNCLAIMED_BOUND + lease
+    error = final.error or ""
+    assert "no finisher claimed it in 12 hours" in error
+    for what in ("finisher function's logs", "scf:InvokeFunction", "concurrency",
+                 "timing.unclaimed_ready_hours"):
+        assert what in error
+    run = u.state.get_run(job.run_id)
+    assert run is not None and run.status is RunStatus.FAILED
+    [(notified, [told])] = u.notifier.sent
+    assert notified.status is RunStatus.FAILED and told.error == error
+
+
+def test_a_job_claimed_just_before_the_bound_is_copied() -> None:
+    u = unit(ScriptedExport({"orders": ROWS}))
+    [job] = seed_run(u, JobStatus.READY, expected_records=5)
+    lease = u.ctx.config.timing.copy_lease_seconds + 1
+    polled_unclaimed(u, job.job_id, hours=(UNCLAIMED_BOUND.total_seconds() - lease) / 3600)
+
+    poll(u.ctx)  # the last hand-off before the bound: the finisher finally runs
+    assert u.job(job.job_id).status is JobStatus.READY
+    assert u.dispatcher.dispatched == [job.job_id]
+    assert finish(u.ctx, job.job_id, close_run=True) == "done"
+    run = u.state.get_run(job.run_id)
+    assert run is not None and run.status is RunStatus.SUCCEEDED
+
+
+def test_a_job_its_finisher_put_back_after_an_error_is_handed_out_as_before() -> None:
+    platform = ScriptedExport({"orders": ROWS})
+    u = unit(platform, max_attempts=3)
+    [job] = seed_run(u, JobStatus.READY, expected_records=5)
+    polled_unclaimed(u, job.job_id, hours=11)
+
+    def flaky(collection: str, part: int) -> None:
+        raise Retryable("download cut off")
+
+    platform.on_open = flaky
+    assert finish(u.ctx, job.job_id) == "retry"  # claimed at last, then put back
+    platform.on_open = None
+    again = polled_unclaimed(u, job.job_id, hours=11)  # 22 hours after the first hand-off
+
+    assert again.status is JobStatus.READY and again.attempts == 1
+    assert again.error == "download cut off"
+
+
+def test_a_poller_back_after_hours_hands_the_job_out_once_more_before_failing_it() -> None:
+    u = unit(ScriptedExport({"orders": ROWS}))
+    [job] = seed_run(u, JobStatus.READY, expected_records=5)
+    poll(u.ctx)  # handed out; then the poller itself stops for a day
+    u.dispatcher.dispatched.clear()
+    u.clock.advance(24 * 3600)
+
+    poll(u.ctx)
+    assert u.job(job.job_id).status is JobStatus.READY
+    assert u.dispatcher.dispatched == [job.job_id]
+    u.clock.advance(u.ctx.config.timing.copy_lease_seconds + 1)
+    poll(u.ctx)  # that one went unclaimed too
+    assert u.job(job.job_id).status is JobStatus.FAILED
