@@ -28,6 +28,9 @@ def finish(ctx: Context, job_id: str, *, close_run: bool = False) -> str:
     if job is None:
         log.warning("finisher got an unknown job", extra={"job_id": job_id})
         return "unknown"
+    missing = _source_missing(ctx, job)
+    if missing is not None:
+        return missing
     if job.restore is not None:
         from shared.service.restore.send import finish_restore
 
@@ -39,6 +42,24 @@ def finish(ctx: Context, job_id: str, *, close_run: bool = False) -> str:
 
         close_finished_runs(ctx, job.run_id)
     return outcome
+
+
+def _source_missing(ctx: Context, job: Job) -> str | None:
+    """Why a job to copy cannot be, its source having left the config since it was
+    dispatched; None when it is there. The job is left as it is: the poller counts its
+    tries and fails it after the last (poll._check_source_configured)."""
+    if not claimable(job, ctx.clock()):
+        return None  # nothing to copy: its status answers
+    try:
+        ctx.config.source(job.source)
+    except KeyError:
+        outcome = (f"source {job.source!r} is no longer in the config: put it back to go on "
+                   "with this job, or let the run fail (the poller fails the job after "
+                   f"{ctx.config.timing.max_attempts} tries)")
+        log.warning("finisher got a job of a source no longer configured",
+                    extra={"source": job.source, "reason": outcome})
+        return outcome
+    return None
 
 
 def _finish(ctx: Context, job: Job) -> str:

@@ -18,7 +18,7 @@ import pytest
 
 from shared.config import Config
 from shared.domain.errors import Forgotten, Retryable, RetryLater, StorageError
-from shared.domain.jobs import Job, JobStatus, Run, RunStatus
+from shared.domain.jobs import Job, JobStatus, RestoreOrder, Run, RunStatus, StoredObject
 from shared.ports import Page, Progress
 from shared.service.close import RunsNotClosed, close_finished_runs
 from shared.service.copying import claim
@@ -613,3 +613,23 @@ def test_a_poller_back_after_hours_hands_the_job_out_once_more_before_failing_it
     u.clock.advance(u.ctx.config.timing.copy_lease_seconds + 1)
     poll(u.ctx)  # that one went unclaimed too
     assert u.job(job.job_id).status is JobStatus.FAILED
+
+
+@pytest.mark.parametrize("restore", [False, True])
+def test_a_finisher_given_a_job_of_a_removed_source_answers_instead_of_crashing(
+        restore: bool) -> None:
+    platform = ScriptedPages({"events": [{"_id": "r0"}]})
+    u = unit(platform, kind="paged")
+    [job] = seed_run(u, JobStatus.READY)
+    order = RestoreOrder(backup_run_id="b", backup_job_id="b.j", collection="events",
+                         target="events_r", mode="new", file_type="json", records=1,
+                         objects=[StoredObject(key="k", bytes=1, sha256="0" * 64, records=1)])
+    gone = u.put(u.job(job.job_id).model_copy(update={
+        "source": "gone", "restore": order if restore else None}))
+    u.ctx.platforms = StrictPlatforms(platform, u.ctx.config)
+
+    outcome = finish(u.ctx, job.job_id, close_run=True)
+
+    assert "source 'gone' is no longer in the config: put it back" in outcome
+    assert "or let the run fail" in outcome
+    assert u.job(job.job_id) == gone  # left as it was: the poller counts its tries
