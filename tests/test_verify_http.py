@@ -114,3 +114,22 @@ def test_get_run_shows_the_verifies_kept_on_the_run(api: Api) -> None:
     assert any("sha256" in line for line in last["problems"]) and last["at"]
     assert json.loads(api.local.objects.read(last["report_key"]))["ok"] is False
     assert detail["verify"]["ok"] is True  # what the check after the run found stays
+
+
+def test_a_later_verify_of_other_collections_does_not_clear_a_failed_one(api: Api) -> None:
+    """A verify of shop/users alone passes after a verify found shop/orders damaged: orders
+    was not checked again, so it stays damaged in GET /collections and for retention."""
+    run_id = damaged_run(api)
+    status, report, _ = api.call("POST", f"/runs/{run_id}/verify",
+                                 body={"source": "shop", "collection": "users"})
+    assert status == 200 and report["ok"]
+    assert {o["collection"] for o in report["objects"]} == {"users"}
+
+    status, listing, _ = api.call("GET", "/collections")
+    assert status == 200
+    orders = next(c for c in listing["collections"]
+                  if (c["source"], c["collection"]) == ("shop", "orders"))
+    assert orders["latest"]["verify_failed"] is True, orders
+    assert orders["last_good"] is None or orders["last_good"]["run_id"] != run_id, orders
+    status, detail, _ = api.call("GET", f"/runs/{run_id}")
+    assert status == 200 and detail["last_verify"]["failed"] == ["shop/orders"], detail

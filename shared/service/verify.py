@@ -227,7 +227,8 @@ def record(ctx: Context, report: Report) -> None:
         run = ctx.state.get_run(report.run_id)
         if run is None:
             break
-        summary = {**(run.summary or {}), "last_verify": {**result, "report_key": key}}
+        kept = {**result, "failed": still_failed(run, result), "report_key": key}
+        summary = {**(run.summary or {}), "last_verify": kept}
         if ctx.state.save_run(run.model_copy(update={"summary": summary})) is not None:
             break
     if not report.ok:
@@ -243,6 +244,14 @@ def verdicts(report: Report) -> dict[str, list[str]]:
     return {"checked": sorted({f"{o.source}/{o.collection}" for o in report.objects}),
             "failed": sorted({f"{o.source}/{o.collection}" for o in report.objects
                               if any(p.what != "archived" for p in o.problems)})}
+
+
+def still_failed(run: Run, result: dict[str, Any]) -> list[str]:
+    """What this verify found wrong, and what an earlier one found wrong that this one did
+    not check again (a verify of one collection clears no other): `last_verify` replaces
+    the one before it, so it carries those forward."""
+    earlier = unverified(run) - set(result["checked"])
+    return sorted(earlier | set(result["failed"]))
 
 
 def unverified(run: Run) -> frozenset[str]:
