@@ -268,3 +268,28 @@ def test_restore_requests_are_checked_before_anything_is_written(
     assert code == 404 and missing["field"] == "restore_id"
     code, missing, _ = api.call("GET", f"/restores/{run_id}")  # a backup run is no restore
     assert code == 404
+
+
+def test_a_restore_request_resent_after_the_restore_wrote_its_data_is_the_same_restore(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A phone that lost the 202 sends POST /restores again with the same Idempotency-Key;
+    meanwhile the restore filled its new collection. The answer is that restore, not a 409
+    saying the target holds records (which reads as: nothing was restored)."""
+    api = deploy(local, tmp_path, monkeypatch)
+    run_id = backed_up(api, "shop", "orders")
+    ask = {"run_id": run_id, "source": "shop", "collection": "orders"}
+    key = {"Idempotency-Key": "phone-lost-the-answer"}
+    status, first, _ = api.call("POST", "/restores", body=ask, headers=key)
+    assert status == 202, first
+    ctx = api.context()
+    run = ctx.state.get_run(first["restore_id"])
+    assert run is not None and drive(ctx, run).status is RunStatus.SUCCEEDED
+    assert len(local.emulator.docs(ENV_ID_WECHAT, first["plan"]["target"])) == 20
+
+    status, again, _ = api.call("POST", "/restores", body=ask, headers=key)
+    assert status == 202, again
+    assert again["restore_id"] == first["restore_id"] and again["created"] is False
+    status, other, _ = api.call("POST", "/restores", body={**ask, "into": "elsewhere"},
+                                headers=key)
+    assert status == 409 and other["field"] == "Idempotency-Key", other
+    assert [r.operation for r in api.runs()].count("restore") == 1

@@ -18,6 +18,7 @@ from shared.service.context import Context
 log = logging.getLogger(__name__)
 
 MODES = ("new", "insert", "upsert")
+RUNS_LOOKED_AT = 200  # how far back a resent request's restore is looked for
 # COS answers a GET of an archived object that has no restored copy with a 403 that says
 # InvalidObjectState (COS docs, Troubleshooting > "403 Error for COS Access", which shows it
 # as <Code>AccessDenied</Code><Message>InvalidObjectState</Message>): either code is taken.
@@ -90,7 +91,8 @@ def plan_restore(ctx: Context, run_id: str, source: str, collection: str, *,
     if isinstance(platform, TargetShape):
         platform.restoring_into(target, collection)
     exists = platform.target_exists(target)
-    if mode == "new" and exists and platform.count(target) > 0:
+    if (mode == "new" and exists and platform.count(target) > 0
+            and not _own_target(ctx, source, target, idempotency_key)):
         raise RestoreRefused(
             f"{source}/{target} exists and holds records; mode new writes only into a new or "
             "empty collection: choose another name (into), or write into it on purpose with "
@@ -157,6 +159,20 @@ def _backup(ctx: Context, run_id: str, source: str, collection: str) -> Job:
         return job
     raise RestoreRefused(f"run {run_id} has no backup of {source}/{collection}",
                          field="collection", status=404)
+
+
+def _own_target(ctx: Context, source: str, target: str, idempotency_key: str | None) -> bool:
+    """Did the restore recorded under `idempotency_key` (this request, sent again after
+    its answer was lost) write into source/target? Then the records there are its own, and
+    the resend must find that restore (start_restore) rather than be refused. Looked for
+    among the newest runs, where a resend's first request is."""
+    if idempotency_key is None:
+        return False
+    for run in ctx.state.list_runs(RUNS_LOOKED_AT):
+        if run.operation == "restore" and run.idempotency_key == idempotency_key:
+            return any(job.source == source and job.collection == target
+                       for job in ctx.state.list_jobs(run.run_id))
+    return False
 
 
 def _not_busy(ctx: Context, source: str, target: str, idempotency_key: str | None) -> None:
