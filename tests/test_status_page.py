@@ -546,3 +546,29 @@ def test_status_page_says_a_verify_found_the_newest_backup_damaged(
     assert "❌ verify found it damaged" in rows[("shop", "orders")].content
     assert "no good backup" in rows[("shop", "orders")].content
     assert "verify found" not in rows[("shop", "users")].content
+
+
+def test_a_run_card_shows_what_a_verify_kept_on_the_run_found_after_a_reload(
+    served: tuple[Api, str], tmp_path: Path
+) -> None:
+    """A verify asked for earlier (here over HTTP; or from the page, then reloaded) found the
+    run's orders damaged: its card says so, with the problem lines, without verifying again."""
+    api, url = served
+    binary = chromium()
+    run_id = back_up(url, {"sources": ["shop"]})
+    job = next(j for j in api.context().state.list_jobs(run_id) if j.collection == "orders")
+    assert job.result is not None
+    key = job.result.objects[0].key
+    data = api.local.objects.read(key)
+    api.local.objects.put_stream(key, [data[:50] + bytes([data[50] ^ 1]) + data[51:]],
+                                 content_type="application/x-ndjson")
+    status, report, _ = api.call("POST", f"/runs/{run_id}/verify", body={"quick": False})
+    assert status == 200 and not report["ok"]
+
+    elements = parse(headless(binary, f"{url}#token={TOKEN}", tmp_path / "profile", "--dump-dom"))
+
+    card = next(e for e in elements if e.tag == "details" and e.attrs.get("data-run-id") == run_id)
+    kept = [e for e in elements if e.attrs.get("data-verify-kept") == run_id]
+    assert kept, card.content
+    assert "shop/orders" in kept[0].content and "sha256" in kept[0].content, kept[0].content
+    assert kept[0].content in card.content  # inside the run's card

@@ -239,7 +239,10 @@ function runCard(run, detail, wasOpen) {
   if (run.status !== "running") card.append(verifyActions(run));
   const list = el("ul", { class: "jobs" });
   card.append(list);
+  const kept = el("div", { class: "verify-kept" });
+  card.insertBefore(kept, list);
   const fill = (full) => {
+    kept.replaceChildren(...keptVerify(full));
     list.replaceChildren(...full.jobs.map(jobItem));
     list.querySelectorAll("button.acknowledge").forEach((button, i) => {
       const job = full.jobs.filter((j) => j.suspect)[i];
@@ -262,6 +265,21 @@ function verifyActions(run) {
   const button = el("button", { type: "button", class: "verify", "data-run-id": run.run_id }, "Verify");
   button.addEventListener("click", () => verifyRun(button, run, result));
   return el("div", { class: "run-actions" }, button, result);
+}
+
+// What the verifies kept on the run found (the one after the run, the latest asked for
+// later): a damaged backup is said on its card after a reload too, not only just after
+// Verify was tapped. `failed` names the collections still found damaged.
+function keptVerify(full) {
+  const newest = full.last_verify || full.verify;
+  if (!newest) return [];
+  const damaged = newest.failed || [];
+  if (newest.ok && !damaged.length) return [];
+  return [el("div", { class: "error", "data-verify-kept": full.run_id },
+    "✗ A verify of this run found " + (damaged.length ? damaged.join(", ") + " damaged" : "problems") +
+    (newest.at ? " (" + when(newest.at) + ")" : "") + (newest.problems.length ? ":" : "."),
+    newest.problems.length ? el("ul", { class: "problem-list" },
+      ...newest.problems.map((line) => el("li", {}, line))) : null)];
 }
 
 function problemText(p) { return p.what + ": " + p.detail + (p.where ? " (" + p.where + ")" : ""); }
