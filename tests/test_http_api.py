@@ -568,3 +568,23 @@ def test_the_local_server_speaks_real_http(api: Api, server: str) -> None:
                                for e in SEEN_EVENTS)
     assert SEEN_EVENTS[0]["headers"]["x-scf-remote-addr"] == "127.0.0.1"
     assert {"limit": "5"} in [e["queryString"] for e in SEEN_EVENTS]
+
+
+def test_a_run_that_could_not_list_a_source_says_why(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """README "Being told": a source whose collections cannot be listed fails the run with
+    the reason. A phone sees the run through GET /runs and GET /runs/{run_id}: the reason
+    must be there, not only `failed` with no job at all."""
+    local.seed("orders", make_docs(5))
+    api = deploy_sources(local, tmp_path, monkeypatch, local.wechat_source(collections="all"))
+    local.emulator.inject_errcode(LISTING, -1, times=100)
+    status, started, _ = api.call("POST", "/runs")
+    assert status == 202, started
+    finish_run(api, started["run_id"])
+
+    status, detail, _ = api.call("GET", started["status_url"])
+    assert status == 200 and detail["status"] == "failed" and detail["jobs"] == []
+    assert list(detail["sources_not_listed"]) == ["shop"], detail
+    assert "errcode -1" in detail["sources_not_listed"]["shop"]
+    status, page, _ = api.call("GET", "/runs")
+    assert page["runs"][0]["sources_not_listed"] == detail["sources_not_listed"]

@@ -528,6 +528,9 @@ def run_view(run: Run, jobs: list[Job]) -> dict[str, Any]:
         "finished_at": iso(run.finished_at),
         "duration_seconds": _seconds(run.created_at, run.finished_at),
         "manifest_key": run.manifest_key,
+        # a source whose collections could not be listed has no job to fail: say why here
+        "sources_not_listed": {name: redact(str(found["error"]))
+                               for name, found in run.discovery.items() if "error" in found},
         "jobs_by_status": {status.value: states.get(status.value, 0) for status in JobStatus},
         "totals": {
             "jobs": len(jobs),
