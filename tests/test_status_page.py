@@ -25,7 +25,7 @@ import pytest
 
 from shared.entrypoints.http_api import TOKEN_ENV
 from tests.support import toy_restore
-from tests.support.api import TOKEN, Api, deploy
+from tests.support.api import TOKEN, Api, deploy, deploy_sources
 from tests.support.backup import ENV_ID, LocalBackup
 from tests.support.cdp import Chromium, Tab
 
@@ -572,3 +572,23 @@ def test_a_run_card_shows_what_a_verify_kept_on_the_run_found_after_a_reload(
     assert kept, card.content
     assert "shop/orders" in kept[0].content and "sha256" in kept[0].content, kept[0].content
     assert kept[0].content in card.content  # inside the run's card
+
+
+def test_a_run_that_could_not_list_a_source_says_why_on_its_card(
+    local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run has no job for the source to show an error on: the card says why itself."""
+    local.seed("orders", [])
+    api = deploy_sources(local, tmp_path, monkeypatch, local.wechat_source(collections="all"))
+    binary = chromium()
+    local.emulator.inject_errcode("/tcb/databasecollectionget", -1, times=100)
+    with serving(api.config_path, tmp_path / "serve.log") as url:
+        run_id = back_up(url, {})
+        elements = parse(headless(binary, f"{url}#token={TOKEN}", tmp_path / "profile",
+                                  "--dump-dom"))
+
+    card = next(e for e in elements if e.tag == "details" and e.attrs.get("data-run-id") == run_id)
+    assert card.attrs["data-run-status"] == "failed"
+    said = [e for e in elements if e.attrs.get("data-not-listed") == "shop"]
+    assert said and "errcode -1" in said[0].content, card.content
+    assert said[0].content in card.content

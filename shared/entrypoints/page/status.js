@@ -236,6 +236,10 @@ function runCard(run, detail, wasOpen) {
         [run.trigger, when(run.created_at), seconds(run.duration_seconds),
          t.done + "/" + t.jobs + " done" + (t.failed ? ", " + t.failed + " failed" : ""),
          count(t.records) + " records", bytes(t.bytes)].join(" · "))));
+  // a source that could not be listed has no job to show its error on
+  for (const [source, why] of Object.entries(run.sources_not_listed || {})) {
+    card.append(el("div", { class: "error", "data-not-listed": source }, source + ": " + why));
+  }
   if (run.status !== "running") card.append(verifyActions(run));
   const list = el("ul", { class: "jobs" });
   card.append(list);
