@@ -588,3 +588,10 @@ def test_a_run_that_could_not_list_a_source_says_why(
     assert "errcode -1" in detail["sources_not_listed"]["shop"]
     status, page, _ = api.call("GET", "/runs")
     assert page["runs"][0]["sources_not_listed"] == detail["sources_not_listed"]
+
+
+def test_an_oversized_acknowledge_body_gets_the_documented_413(api: Api) -> None:
+    """Every answer is checked against docs/openapi.yaml on the way (Api.call)."""
+    status, body, _ = api.call("POST", "/runs/20261121T020000123Z-1a2b3c4d/acknowledge",
+                               raw_body=json.dumps({"source": "shop", "collection": "x" * 20_000}))
+    assert status == 413 and body["field"] == "body", body

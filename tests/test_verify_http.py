@@ -133,3 +133,15 @@ def test_a_later_verify_of_other_collections_does_not_clear_a_failed_one(api: Ap
     assert orders["last_good"] is None or orders["last_good"]["run_id"] != run_id, orders
     status, detail, _ = api.call("GET", f"/runs/{run_id}")
     assert status == 200 and detail["last_verify"]["failed"] == ["shop/orders"], detail
+
+
+def test_a_verify_request_the_api_cannot_take_gets_a_documented_answer(api: Api) -> None:
+    """Every answer is checked against docs/openapi.yaml on the way (Api.call): a body
+    that is not JSON is a 415 and one over 16 KiB a 413, naming what to fix."""
+    run_id = str(backed_up(api)["run_id"])
+    status, body, _ = api.call("POST", f"/runs/{run_id}/verify", raw_body="quick=false",
+                               headers={"content-type": "application/x-www-form-urlencoded"})
+    assert status == 415 and body["field"] == "Content-Type", body
+    status, body, _ = api.call("POST", f"/runs/{run_id}/verify",
+                               raw_body=json.dumps({"source": "x" * 20_000}))
+    assert status == 413 and body["field"] == "body", body
