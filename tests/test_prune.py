@@ -4,6 +4,7 @@ once are harmless; a collection wiped at the source never costs its last good co
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from pathlib import Path
@@ -15,8 +16,11 @@ from devkit.sample_data import make_docs
 from shared.config import Config, ConfigError
 from shared.domain.jobs import Job, Run
 from shared.entrypoints.cli import main as cli
+from shared.service.context import Context
+from shared.service.holds import PRUNING_FOR
 from shared.service.overview import collections
 from shared.service.prune import prune
+from shared.service.restore.plan import RestoreRefused, plan_restore, start_restore
 from shared.service.verify import record, verify_run
 from tests.support.backup import ENV_ID, LocalBackup, backup_now
 
@@ -167,3 +171,126 @@ def test_the_overview_counts_what_retention_would_keep(local: LocalBackup) -> No
             assert seen.latest is not None and seen.last_good is not None
             assert seen.latest.run_id == seen.last_good.run_id == runs[-1].run_id
     assert all(local.context(with_retention(local)).state.get_run(r.run_id) for r in runs)
+
+
+# retention racing a restore -------------------------------------------------------
+# Each side has its own context (its own store client), as two functions would; the
+# restore's step runs at the exact point of the prune named, through a wrapped call.
+@pytest.fixture(params=["sqlite", "cos"])
+def racing(request: pytest.FixtureRequest, local: LocalBackup) -> LocalBackup:
+    return local if request.param == "sqlite" else dataclasses.replace(local, state_url="cos://")
+
+
+def doomed(local: LocalBackup) -> tuple[Config, Run]:
+    """Two nightly runs and a policy that deletes the older one's backups; that run."""
+    older, _ = runs_made(local, 2)
+    return with_retention(local, keep_last=1), older
+
+
+def restore_of(ctx: Context, run: Run) -> Run:
+    plan = plan_restore(ctx, run.run_id, "shop", "orders")
+    restore, _ = start_restore(ctx, plan, idempotency_key="reading", trigger="test")
+    return restore
+
+
+def assert_no_restore_reads_a_deleted_backup(ctx: Context) -> None:
+    for run in ctx.state.open_runs():
+        for job in ctx.state.list_jobs(run.run_id):
+            if job.restore is None:
+                continue
+            backup = ctx.state.get_job(job.restore.backup_job_id)
+            assert backup is not None and backup.pruned_at is None
+            assert all(ctx.objects.head(o.key) is not None for o in job.restore.objects)
+
+
+def test_a_restore_asked_for_while_retention_deletes_its_backup_is_refused(
+        racing: LocalBackup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retention claimed the backup first: the restore, asked for as the prune deletes its
+    first object, is refused up front and nothing reads the backup that goes."""
+    config, older = doomed(racing)
+    pruner, restorer = racing.context(config), racing.context(config)
+    refused: list[RestoreRefused] = []
+    real_delete = pruner.objects.delete
+
+    def delete(key: str) -> None:
+        if not refused:
+            with pytest.raises(RestoreRefused) as caught:
+                restore_of(restorer, older)
+            refused.append(caught.value)
+        real_delete(key)
+
+    monkeypatch.setattr(pruner.objects, "delete", delete)
+    prune(pruner)
+
+    assert "being pruned by retention" in str(refused[0]) and refused[0].status == 409
+    assert restorer.state.get_run(older.run_id) is None and keys_of(racing, older) == []
+    assert [r for r in restorer.state.list_runs() if r.operation == "restore"] == []
+    assert_no_restore_reads_a_deleted_backup(restorer)
+
+
+def test_a_restore_that_claims_its_backup_first_keeps_it(
+        racing: LocalBackup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The restore's claim lands between the prune's read of the run and its own claim:
+    the prune's compare-and-set loses, it reads the run again and keeps that backup."""
+    config, older = doomed(racing)
+    pruner, restorer = racing.context(config), racing.context(config)
+    started: list[Run] = []
+    real_save = pruner.state.save_run
+
+    def save_run(run: Run) -> Run | None:
+        if run.run_id == older.run_id and not started:
+            started.append(restore_of(restorer, older))
+        return real_save(run)
+
+    monkeypatch.setattr(pruner.state, "save_run", save_run)
+    decided = prune(pruner)
+
+    assert started and restorer.state.get_run(started[0].run_id) is not None
+    orders = next(j for j in restorer.state.list_jobs(older.run_id) if j.collection == "orders")
+    users = next(j for j in restorer.state.list_jobs(older.run_id) if j.collection == "users")
+    assert orders.pruned_at is None and users.pruned_at is not None
+    assert any("being restored" in d.reasons for d in decided.decisions)
+    assert_no_restore_reads_a_deleted_backup(restorer)
+
+
+def test_a_restore_planned_before_retention_deleted_its_backup_is_refused(racing: LocalBackup) -> None:
+    """Checked and shown to the user, then a prune runs to its end, then the user says go."""
+    config, older = doomed(racing)
+    restorer = racing.context(config)
+    plan = plan_restore(restorer, older.run_id, "shop", "orders")
+    prune(racing.context(config))
+
+    with pytest.raises(RestoreRefused, match="retention") as refused:
+        start_restore(restorer, plan, idempotency_key="reading", trigger="test")
+    assert refused.value.status in (409, 410)
+    assert [r for r in restorer.state.list_runs() if r.operation == "restore"] == []
+
+
+class Killed(BaseException):
+    """The process died: nothing of the prune runs after it."""
+
+
+def test_a_prune_killed_after_its_claim_blocks_restores_only_for_a_while(
+        racing: LocalBackup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prune dies after claiming, before deleting: the backup is refused to restores
+    while the claim lasts, then restorable again (and kept by the next prune)."""
+    config, older = doomed(racing)
+    pruner, restorer = racing.context(config), racing.context(config)
+
+    def dies(key: str) -> None:
+        raise Killed()
+
+    monkeypatch.setattr(pruner.objects, "delete", dies)
+    with pytest.raises(Killed):
+        prune(pruner)
+    with pytest.raises(RestoreRefused, match="being pruned by retention"):
+        restore_of(restorer, older)
+
+    later = restorer.clock() + PRUNING_FOR
+    restorer.clock = lambda: later
+    restore = restore_of(restorer, older)
+    pruner = racing.context(config)
+    pruner.clock = lambda: later
+    prune(pruner)
+    assert restorer.state.get_run(restore.run_id) is not None
+    assert_no_restore_reads_a_deleted_backup(restorer)

@@ -201,6 +201,21 @@ class Job(BaseModel):
         return self.lease_until is None or self.lease_until <= now
 
 
+class Hold(BaseModel):
+    """A claim on one backup of a backup run: retention about to delete it (`by` PRUNING),
+    or a restore about to read it (`by` that restore's run id). Kept on the run, so both
+    sides claim by compare-and-set on the same record and the first to write wins."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: str
+    by: str
+    at: datetime
+
+
+PRUNING = "retention"  # Hold.by of retention's claim
+
+
 class Run(BaseModel):
     model_config = ConfigDict(frozen=True, defer_build=True)  # built on first use: cold start
 
@@ -220,6 +235,8 @@ class Run(BaseModel):
     # Per discovering source: {"found": [...], "excluded": [...]}, or {"error": ...} when its
     # collections could not be listed. Written into the run manifest.
     discovery: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Claims on its backups by retention and by restores (shared/service/holds.py).
+    holds: list[Hold] = Field(default_factory=list)
 
 
 COUNT_TOLERANCE = 0.01  # share of the platform's count an export may differ by unremarked

@@ -6,7 +6,8 @@ record saying what went and why is written into the bucket.
 
 Safe to run twice at once: deleting is idempotent, a job is marked pruned by
 compare-and-set, and what one prune keeps another keeps too (the rules are stable under
-their own deletions; a property test proves it)."""
+their own deletions; a property test proves it). Safe beside restores: a backup is deleted
+only once retention's claim on it won over any restore's (shared/service/holds.py)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from shared.domain.errors import StorageError
-from shared.domain.jobs import Job, JobStatus, Run, RunStatus
+from shared.domain.jobs import PRUNING, Job, JobStatus, Run, RunStatus
 from shared.domain.layout import prune_record_key, run_folder
 from shared.domain.retention import Backup, Decision, Policy, decide
 from shared.service.context import Context
+from shared.service.holds import DELETE_WITHIN, claim
 from shared.service.verify import unverified
 
 log = logging.getLogger(__name__)
@@ -122,10 +124,17 @@ def prune(ctx: Context, *, dry_run: bool = False) -> Plan:
     decided = plan(ctx)
     if dry_run or not decided.decisions:
         return decided
+    claimed_at = ctx.clock()
+    _claim_doomed(ctx, decided)
     _spare_restores_started_since(ctx, decided)
     emptied = decided.emptied_runs()
     deleted: list[dict[str, Any]] = []
     for held in decided.doomed:
+        if ctx.clock() - claimed_at >= DELETE_WITHIN:
+            log.warning("retention's claim is too old to go on deleting; the next prune "
+                        "deletes the rest", extra={"claimed_at": claimed_at.isoformat()})
+            emptied = []  # their backups are not all gone
+            break
         job = ctx.state.get_job(held.job_id)
         if job is None or job.result is None:  # another prune deleted its run meanwhile
             continue
@@ -147,9 +156,26 @@ def prune(ctx: Context, *, dry_run: bool = False) -> Plan:
     return decided
 
 
+def _claim_doomed(ctx: Context, decided: Plan) -> None:
+    """Retention's claim on each backup it will delete, one compare-and-set per run; a
+    backup a restore claimed first is kept. A run already gone (another prune deleted it)
+    is left to the deleting loop, which finds its jobs gone."""
+    by_run: dict[str, list[str]] = {}
+    for held in decided.doomed:
+        by_run.setdefault(held.run_id, []).append(held.job_id)
+    spared: set[str] = set()
+    for run_id, job_ids in sorted(by_run.items()):
+        won = claim(ctx, run_id, job_ids, PRUNING)
+        if won is not None:
+            spared.update(set(job_ids) - won)
+    for decision in decided.decisions:
+        if not decision.keep and decision.backup.backup_id in spared:
+            decision.reasons.append("being restored")
+
+
 def _spare_restores_started_since(ctx: Context, decided: Plan) -> None:
-    """Reading every job takes a while: a restore recorded since the plan looked reads a
-    backup it doomed. Asked again just before deleting, so such a backup is kept."""
+    """A restore recorded without a claim (by a version before claims) since the plan
+    looked reads a backup it doomed. Asked again just before deleting, so it is kept."""
     from shared.service.restore.plan import restoring
 
     reading = restoring(ctx)

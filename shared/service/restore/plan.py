@@ -114,9 +114,11 @@ def plan_restore(ctx: Context, run_id: str, source: str, collection: str, *,
 
 def start_restore(ctx: Context, plan: Plan, *, idempotency_key: str,
                   trigger: str) -> tuple[Run, bool]:
-    """Record the restore; the same key again returns the same restore."""
+    """Claim the backup, then record the restore; the same key again returns the same
+    restore. RestoreRefused when retention claimed the backup first."""
     now = ctx.clock()
     run_id = run_id_for(idempotency_key, now)
+    _claim_backup(ctx, plan.order, run_id)
     job = Job(job_id=job_id_for(run_id, plan.source, plan.order.target), run_id=run_id,
               source=plan.source, collection=plan.order.target, restore=plan.order,
               next_check_at=now,
@@ -173,6 +175,23 @@ def _own_target(ctx: Context, source: str, target: str, idempotency_key: str | N
             return any(job.source == source and job.collection == target
                        for job in ctx.state.list_jobs(run.run_id))
     return False
+
+
+def _claim_backup(ctx: Context, order: RestoreOrder, restore_run_id: str) -> None:
+    """A restore's claim on the backup it reads, before anything reads it: retention then
+    keeps it (shared/service/holds.py). Retention's claim, won first, refuses the restore."""
+    from shared.service.holds import claim
+
+    won = claim(ctx, order.backup_run_id, [order.backup_job_id], restore_run_id)
+    job = ctx.state.get_job(order.backup_job_id) if won else None
+    if won is None or (won and (job is None or job.pruned_at is not None)):
+        raise RestoreRefused(f"the backup of {order.collection} in run {order.backup_run_id} "
+                             "was deleted by retention; pick a newer run", field="run_id",
+                             status=410)
+    if not won:
+        raise RestoreRefused(f"backup run {order.backup_run_id} is being pruned by retention "
+                             f"(its backup of {order.collection} is about to be deleted); pick "
+                             "another run (GET /runs lists them)", field="run_id", status=409)
 
 
 def _not_busy(ctx: Context, source: str, target: str, idempotency_key: str | None) -> None:
