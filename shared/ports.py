@@ -301,7 +301,10 @@ class StateStore(TokenCache, Protocol):
         """Write if the stored version equals job.version; the stored job, or None."""
 
     def delete_run(self, run_id: str) -> None:
-        """Forget a closed run and its jobs (retention); deleting twice is harmless."""
+        """Forget a closed run and its jobs (retention); deleting twice is harmless. A save
+        racing it either lands first and is deleted with the rest, or is refused (None):
+        once it returns, nothing of the run is left. StateError when saves kept landing:
+        deleting again finishes the job."""
 
 
 # telling people ------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -204,6 +205,112 @@ def test_a_closed_run_can_be_deleted_with_its_jobs(store: StateStore) -> None:
     assert len(store.list_jobs("r2")) == 3
     again, created = store.create_run(*make_run(key="k1", run_id="r3"))
     assert created and again.run_id == "r3"  # the deleted run's key is free again
+
+
+@contextmanager
+def _midway_through_delete(deleter: StateStore, record: str, meanwhile: Any) -> Iterator[None]:
+    """Run `meanwhile` once, in the middle of `deleter.delete_run`: on COS once it listed
+    the versions of `record` ("runs/<id>/" or "jobs/<id>/"), before it deletes the first; on SQL
+    right before its first DELETE reaches the database (its transaction holds no lock yet,
+    so a save from another connection goes through)."""
+    fired: list[bool] = []
+
+    def once() -> None:
+        if not fired:
+            fired.append(True)
+            meanwhile()
+
+    if isinstance(deleter, CosStateStore):
+        real_delete = deleter._delete
+
+        def delete(key: str) -> None:
+            if f"/_state/{record}v" in key:
+                once()
+            real_delete(key)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(deleter, "_delete", delete)
+            yield
+        return
+    import sqlalchemy as sa
+
+    engine = deleter.engine  # type: ignore[attr-defined]
+
+    def before(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("DELETE"):
+            once()
+
+    sa.event.listen(engine, "before_cursor_execute", before)
+    try:  # a MySQL engine is shared by the process: the hook must not outlive the test
+        yield
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", before)
+
+
+@pytest.mark.parametrize("racing", ["run", "job"])
+def test_a_save_racing_delete_run_leaves_nothing_of_the_run(backend: Backend, racing: str) -> None:
+    """Retention deleting a closed run while another function saves it (a verify recording
+    its result on the run, a prune marking a job): the save lands in the middle of the
+    delete. Whichever way it went (saved then deleted, or refused), once both have
+    returned nothing of the run is left: no record reappears, as none does after a SQL
+    DELETE (a save after it matches no row)."""
+    writer, deleter = backend.open(), backend.open()
+    run, jobs = make_run(jobs=2)
+    writer.create_run(run, jobs)
+    for job in jobs:
+        assert writer.save_job(job.moved_to(JobStatus.FAILED, error="x")) is not None
+    closed = writer.save_run(run.model_copy(update={"status": RunStatus.FAILED}))
+    assert closed is not None
+    held_job = writer.get_job(jobs[1].job_id)
+    assert held_job is not None
+    saved: list[object] = []
+
+    def save() -> None:
+        if racing == "run":
+            saved.append(writer.save_run(closed.model_copy(update={"summary": {"late": True}})))
+        else:
+            saved.append(writer.save_job(held_job.model_copy(update={"attempts": 9})))
+
+    record = f"runs/{run.run_id}/" if racing == "run" else f"jobs/{held_job.job_id}/"
+    with _midway_through_delete(deleter, record, save):
+        deleter.delete_run(run.run_id)
+
+    assert saved  # the save did run in the middle of the delete
+    for reader in (writer, deleter):
+        assert reader.get_run(run.run_id) is None and reader.list_jobs(run.run_id) == []
+        assert all(reader.get_job(j.job_id) is None for j in jobs)
+        assert reader.list_runs() == [] and reader.open_runs() == []
+    if isinstance(deleter, CosStateStore):
+        assert CosObjectListing(backend.destination).keys(  # type: ignore[arg-type]
+            f"{backend.destination.prefix}/_state/{record}") == []  # type: ignore[union-attr]
+    _, created = writer.create_run(*make_run(run_id="r2"))  # its key is free again
+    assert created
+
+
+def test_a_delete_run_that_saves_keep_outrunning_says_so_and_a_second_finishes(
+        destination: Destination, atomic_moto: None) -> None:
+    """A save lands after each of the delete's listings of the run record: the delete gives
+    up loudly after its rounds (never returning as if the run were gone), and deleting
+    again, unraced, leaves nothing."""
+    writer, deleter = CosStateStore(destination), CosStateStore(destination)
+    run, jobs = make_run(jobs=1)
+    writer.create_run(run, jobs)
+    real_versions = deleter._versions
+
+    def versions(record: str) -> list[int]:
+        found = real_versions(record)
+        current = writer.get_run(run.run_id)
+        if record.endswith(f"/runs/{run.run_id}/") and current is not None:
+            assert writer.save_run(current.model_copy(update={"summary": {"n": len(found)}}))
+        return found
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(
+            StateError, match="kept being written while it was deleted"):
+        patch.setattr(deleter, "_versions", versions)
+        deleter.delete_run(run.run_id)
+    deleter.delete_run(run.run_id)
+    assert writer.get_run(run.run_id) is None and writer.list_runs() == []
+    assert CosObjectListing(destination).keys(f"{destination.prefix}/_state/runs/") == []
 
 
 def test_job_saves_are_compare_and_set(store: StateStore) -> None:

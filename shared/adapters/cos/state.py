@@ -56,6 +56,7 @@ _READERS = 8  # parallel GETs when one call reads many records
 _SNAPSHOT_JOBS = 2000
 _CREATE_TRIES = 5
 _PRUNE_KEEPS = 2  # versions a prune leaves: the head and the one the ghost check looks for
+_DELETE_ROUNDS = 5  # listings of a deleted record that may still find a save's version
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -276,7 +277,8 @@ class CosStateStore:
     def delete_run(self, run_id: str) -> None:
         """Its jobs' snapshot and jobs first, then the run, then its markers and its
         claim: a run still listed may have lost jobs already, never the reverse. Like a
-        deleted SQL row, the idempotency key is free again afterwards."""
+        deleted SQL row, the idempotency key is free again afterwards, and nothing of the
+        run is left for a save racing the delete to bring back (see _delete_record)."""
         run = self.get_run(run_id)
         self._delete(self._snapshot_key(run_id))
         index = self._run_jobs(run_id)
@@ -290,8 +292,20 @@ class CosStateStore:
             self._delete(f"{self._root}claims/{_digest(run.idempotency_key)}.json")
 
     def _delete_record(self, record: str) -> None:
-        for number in self._versions(record):  # oldest first, as pruning does
-            self._delete(self._version_key(record, number))
+        """Every version, oldest first as pruning does, listed again until none is left: a
+        save whose version N+1 landed after a listing, while N was still there, was told it
+        won, and its version is deleted in the next round, as a SQL delete deletes a save
+        committed before it. A save landing once N is gone is a ghost and drops itself."""
+        for round_ in range(_DELETE_ROUNDS + 1):
+            numbers = self._versions(record)
+            if not numbers:
+                return
+            if round_ == _DELETE_ROUNDS:
+                break
+            for number in numbers:
+                self._delete(self._version_key(record, number))
+        raise StateError(f"COS state: {record!r} kept being written while it was deleted; "
+                         "deleting it again finishes the job (retention tries at its next run)")
 
     # token cache ------------------------------------------------------------
     def cache_get(self, key: str, now: datetime) -> str | None:
