@@ -277,6 +277,9 @@ class StateStore(TokenCache, Protocol):
 
     def get_run(self, run_id: str) -> Run | None: ...
 
+    def find_run(self, idempotency_key: str) -> Run | None:
+        """The run created under `idempotency_key`, or None."""
+
     def list_runs(self, limit: int = 20, before: str | None = None) -> list[Run]:
         """Newest first; `before` is a run id to page from."""
 

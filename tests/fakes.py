@@ -40,6 +40,9 @@ class MemoryState:
     def get_run(self, run_id: str) -> Run | None:
         return self.runs.get(run_id)
 
+    def find_run(self, idempotency_key: str) -> Run | None:
+        return next((r for r in self.runs.values() if r.idempotency_key == idempotency_key), None)
+
     def list_runs(self, limit: int = 20, before: str | None = None) -> list[Run]:
         ids = sorted((i for i in self.runs if before is None or i < before), reverse=True)
         return [self.runs[i] for i in ids[:limit]]

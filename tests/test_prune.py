@@ -14,7 +14,7 @@ import pytest
 
 from devkit.sample_data import make_docs
 from shared.config import Config, ConfigError
-from shared.domain.jobs import Job, Run
+from shared.domain.jobs import Job, RestoreOrder, Run, RunStatus
 from shared.entrypoints.cli import main as cli
 from shared.service.context import Context
 from shared.service.holds import PRUNING_FOR
@@ -188,7 +188,7 @@ def doomed(local: LocalBackup) -> tuple[Config, Run]:
 
 
 def restore_of(ctx: Context, run: Run) -> Run:
-    plan = plan_restore(ctx, run.run_id, "shop", "orders")
+    plan = plan_restore(ctx, run.run_id, "shop", "orders", idempotency_key="reading")
     restore, _ = start_restore(ctx, plan, idempotency_key="reading", trigger="test")
     return restore
 
@@ -264,6 +264,32 @@ def test_a_restore_planned_before_retention_deleted_its_backup_is_refused(racing
         start_restore(restorer, plan, idempotency_key="reading", trigger="test")
     assert refused.value.status in (409, 410)
     assert [r for r in restorer.state.list_runs() if r.operation == "restore"] == []
+
+
+def test_a_restore_resent_after_retention_deleted_its_backup_is_the_same_restore(
+        racing: LocalBackup) -> None:
+    """The restore ran and ended, retention then deleted its backup, and the phone that
+    never got the first answer sends the request again: it finds that restore."""
+    config, older = doomed(racing)
+    restorer = racing.context(config)
+    restore = restore_of(restorer, older)
+    ended = restorer.state.get_run(restore.run_id)
+    assert ended is not None
+    assert restorer.state.save_run(ended.model_copy(update={"status": RunStatus.SUCCEEDED}))
+    prune(racing.context(config))
+    backup = restorer.state.get_job(restore_order(restorer, restore).backup_job_id)
+    assert backup is None or backup.pruned_at is not None  # its run deleted, or marked
+
+    again = restore_of(restorer, older)
+    assert again.run_id == restore.run_id
+    with pytest.raises(RestoreRefused):  # a new request is refused: the backup is gone
+        plan_restore(restorer, older.run_id, "shop", "orders", idempotency_key="another")
+
+
+def restore_order(ctx: Context, restore: Run) -> RestoreOrder:
+    (job,) = ctx.state.list_jobs(restore.run_id)
+    assert job.restore is not None
+    return job.restore
 
 
 class Killed(BaseException):

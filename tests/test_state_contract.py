@@ -130,6 +130,18 @@ def test_create_run_is_idempotent(store: StateStore) -> None:
     assert store.list_jobs("r2") == [] and store.get_run("r2") is None
 
 
+def test_a_run_is_found_by_its_idempotency_key_until_deleted(store: StateStore) -> None:
+    assert store.find_run("k") is None
+    store.create_run(*make_run())
+    found = store.find_run("k")
+    assert found is not None and found.run_id == "r1"
+    assert store.find_run("K") is None and store.find_run("k2") is None
+    closed = store.save_run(found.model_copy(update={"status": RunStatus.SUCCEEDED}))
+    assert closed is not None
+    store.delete_run("r1")
+    assert store.find_run("k") is None
+
+
 def test_idempotency_keys_and_ids_are_exact(store: StateStore) -> None:
     """Keys differing only in case are two runs (MySQL's default collation would merge
     them); unicode survives (utf8mb4)."""

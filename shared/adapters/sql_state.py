@@ -232,12 +232,17 @@ class SqlStateStore:
         try:
             self._retrying(insert)
         except sa.exc.IntegrityError:
-            with self.engine.connect() as conn:
-                doc = conn.execute(
-                    sa.select(runs.c.doc).where(runs.c.idempotency_key == run.idempotency_key)
-                ).scalar_one()
-            return Run.model_validate_json(doc), False
+            stored = self.find_run(run.idempotency_key)
+            if stored is None:  # the conflict was not the key's
+                raise
+            return stored, False
         return run, True
+
+    def find_run(self, idempotency_key: str) -> Run | None:
+        with self.engine.connect() as conn:
+            doc = conn.execute(sa.select(runs.c.doc).where(
+                runs.c.idempotency_key == idempotency_key)).scalar()
+        return Run.model_validate_json(doc) if doc else None
 
     def get_run(self, run_id: str) -> Run | None:
         with self.engine.connect() as conn:

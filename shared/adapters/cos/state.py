@@ -148,6 +148,18 @@ class CosStateStore:
         doc = self._latest(self._record("runs", run_id))
         return Run.model_validate(doc) if doc is not None else None
 
+    def find_run(self, idempotency_key: str) -> Run | None:
+        claim = f"{self._root}claims/{_digest(idempotency_key)}.json"
+        intent = self._get_json(claim)
+        if intent is None:
+            return None
+        run_id = str(intent["run"]["run_id"])
+        run = self.get_run(run_id)
+        if run is None:  # claimed by a creator that died before writing it: finish it
+            self._materialize(claim, intent)
+            run = self.get_run(run_id)
+        return run
+
     def list_runs(self, limit: int = 20, before: str | None = None) -> list[Run]:
         base = f"{self._root}runs/"
         _, folders = self._list(base, delimiter="/")

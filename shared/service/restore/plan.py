@@ -18,7 +18,6 @@ from shared.service.context import Context
 log = logging.getLogger(__name__)
 
 MODES = ("new", "insert", "upsert")
-RUNS_LOOKED_AT = 200  # how far back a resent request's restore is looked for
 # COS answers a GET of an archived object that has no restored copy with a 403 that says
 # InvalidObjectState (COS docs, Troubleshooting > "403 Error for COS Access", which shows it
 # as <Code>AccessDenied</Code><Message>InvalidObjectState</Message>): either code is taken.
@@ -74,6 +73,9 @@ def plan_restore(ctx: Context, run_id: str, source: str, collection: str, *,
     A restore recorded under `idempotency_key` is this request's own, resent."""
     if mode not in MODES:
         raise RestoreRefused(f"mode must be one of {', '.join(MODES)}, got {mode!r}", field="mode")
+    resent = _resent(ctx, idempotency_key, (source, run_id, collection, mode), into)
+    if resent is not None:
+        return resent
     backup = _backup(ctx, run_id, source, collection)
     assert backup.result is not None
     platform = ctx.platforms.get(source)
@@ -91,8 +93,7 @@ def plan_restore(ctx: Context, run_id: str, source: str, collection: str, *,
     if isinstance(platform, TargetShape):
         platform.restoring_into(target, collection)
     exists = platform.target_exists(target)
-    if (mode == "new" and exists and platform.count(target) > 0
-            and not _own_target(ctx, source, target, idempotency_key)):
+    if mode == "new" and exists and platform.count(target) > 0:
         raise RestoreRefused(
             f"{source}/{target} exists and holds records; mode new writes only into a new or "
             "empty collection: choose another name (into), or write into it on purpose with "
@@ -116,6 +117,9 @@ def start_restore(ctx: Context, plan: Plan, *, idempotency_key: str,
                   trigger: str) -> tuple[Run, bool]:
     """Claim the backup, then record the restore; the same key again returns the same
     restore. RestoreRefused when retention claimed the backup first."""
+    recorded = ctx.state.find_run(idempotency_key)
+    if recorded is not None:  # a resend: its restore holds its backup already
+        return _same_restore(ctx, recorded, plan), False
     now = ctx.clock()
     run_id = run_id_for(idempotency_key, now)
     _claim_backup(ctx, plan.order, run_id)
@@ -127,13 +131,8 @@ def start_restore(ctx: Context, plan: Plan, *, idempotency_key: str,
     run = Run(run_id=run_id, operation="restore", idempotency_key=idempotency_key,
               trigger=trigger, sources=[plan.source], created_at=now)
     run, created = ctx.state.create_run(run, [job])
-    if not created:
-        recorded = [j.restore for j in ctx.state.list_jobs(run.run_id)]
-        if run.operation != "restore" or recorded != [plan.order]:
-            raise RestoreRefused(f"this idempotency key was already used for {run.operation} "
-                                 f"{run.run_id}; send a new key for a new restore",
-                                 field="Idempotency-Key", status=409)
-        return run, False
+    if not created:  # the same request, resent while this one was on its way
+        return _same_restore(ctx, run, plan), False
     with log_context(run_id=run.run_id):
         # The poller's next tick hands it to the finisher (its job is due now): started
         # here, an in-process finisher would keep the HTTP answer waiting for the restore.
@@ -163,18 +162,34 @@ def _backup(ctx: Context, run_id: str, source: str, collection: str) -> Job:
                          field="collection", status=404)
 
 
-def _own_target(ctx: Context, source: str, target: str, idempotency_key: str | None) -> bool:
-    """Did the restore recorded under `idempotency_key` (this request, sent again after
-    its answer was lost) write into source/target? Then the records there are its own, and
-    the resend must find that restore (start_restore) rather than be refused. Looked for
-    among the newest runs, where a resend's first request is."""
-    if idempotency_key is None:
-        return False
-    for run in ctx.state.list_runs(RUNS_LOOKED_AT):
-        if run.operation == "restore" and run.idempotency_key == idempotency_key:
-            return any(job.source == source and job.collection == target
-                       for job in ctx.state.list_jobs(run.run_id))
-    return False
+def _resent(ctx: Context, idempotency_key: str | None, asked: tuple[str, str, str, str],
+            into: str | None) -> Plan | None:
+    """The plan of the restore recorded under `idempotency_key`, when this request (source,
+    backup run, collection, mode; `into`) is that one sent again after its answer was lost.
+    Planned afresh it would be refused for what the restore itself did since: filled its
+    new collection, or ended, so that retention could delete its backup. start_restore
+    then finds that restore. None for a new key, or a key used for another request (which
+    start_restore refuses)."""
+    run = ctx.state.find_run(idempotency_key) if idempotency_key is not None else None
+    if run is None or run.operation != "restore":
+        return None
+    jobs = ctx.state.list_jobs(run.run_id)
+    order = jobs[0].restore if len(jobs) == 1 else None
+    if (order is None or (jobs[0].source, order.backup_run_id, order.collection, order.mode) != asked
+            or into not in (None, order.target)):
+        return None
+    return Plan(source=jobs[0].source, order=order, target_exists=True, problems=[])
+
+
+def _same_restore(ctx: Context, run: Run, plan: Plan) -> Run:
+    """`run`, recorded under this request's key, if it is this very restore; else the key
+    was used for something else."""
+    recorded = [j.restore for j in ctx.state.list_jobs(run.run_id)]
+    if run.operation != "restore" or recorded != [plan.order]:
+        raise RestoreRefused(f"this idempotency key was already used for {run.operation} "
+                             f"{run.run_id}; send a new key for a new restore",
+                             field="Idempotency-Key", status=409)
+    return run
 
 
 def _claim_backup(ctx: Context, order: RestoreOrder, restore_run_id: str) -> None:
