@@ -29,6 +29,7 @@ from shared.domain.jobs import JobStatus, RunStatus
 from shared.entrypoints.scf import handle_finisher
 from shared.logs import configure_logging
 from tests.support.backup import FAST_TIMING, LocalBackup, backup_now
+from tests.support.hostile import Hostile, redirect
 
 FINISHER = "baas-backup-finisher"
 REGION = "ap-guangzhou"
@@ -192,6 +193,23 @@ def test_credentials_never_reach_logs_or_errors(tencentcloud: TencentCloudEmulat
     assert "job handed to the finisher" in text
     for secret in (ROLE_KEY, ROLE_TOKEN):
         assert secret not in text
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_a_redirect_to_another_origin_is_not_followed_with_the_role_keys(
+        hostile: Hostile, other_hostile: Hostile, status: int) -> None:
+    """Every Invoke carries the role's session token (X-TC-Token): a redirect, which the
+    SDK's requests session would follow with it, is refused and named instead."""
+    hostile.answers["/"] = redirect(f"{other_hostile.base}/", status)
+    chosen = DispatchSettings.model_validate({"mode": "scf", "endpoint": hostile.base})
+    handing = ScfDispatcher(ScfTarget(chosen, REGION), role_env(), base_seconds=0.01)
+
+    with pytest.raises(Fatal, match=r"redirect.*dispatch\.endpoint") as raised:
+        handing.dispatch("job-1")
+
+    assert other_hostile.seen == []  # nothing at all reached the other origin
+    assert len(hostile.seen) == 1  # refused, not retried: a redirect will not go away
+    assert ROLE_TOKEN not in str(raised.value) and ROLE_KEY not in str(raised.value)
 
 
 # -- config --------------------------------------------------------------------------

@@ -85,6 +85,9 @@ def _classify(code: str, message: str, request_id: str | None, target: ScfTarget
             f"the API rejected the function's credentials ({said}); set the execution role "
             f"(serverless.yml `role`) and do not override {', '.join(ROLE_ENV)}"
         )
+    elif code == "ClientNetworkError" and message.startswith(REDIRECT_REFUSED):
+        error = _Refused(f"{message}; check dispatch.endpoint (leave it out for the public "
+                         "API, or give the API's own address)")
     elif code.startswith("ResourceNotFound"):
         error = _Refused(
             f"no {function} ({said}); deploy it (scf-finisher/serverless.yml) or fix dispatch.finisher_function, "
@@ -98,6 +101,36 @@ def _classify(code: str, message: str, request_id: str | None, target: ScfTarget
         error = _Transient(f"invoking the finisher failed; will retry: {said}")
     error.code = code
     return error
+
+
+REDIRECT_REFUSED = "the Tencent Cloud API answered a redirect, not followed"
+
+
+def _refuse_redirects(client: Any) -> None:
+    """The SDK sends through a requests Session (tencentcloud/common/http/request.py,
+    ProxyConnection._session), which follows redirects, and keeps every header but
+    Authorization on the way: the role's session token (X-TC-Token) would go to whatever
+    host a redirect names. Invoke answers JSON (cloud.tencent.com/document/api/583/17243),
+    so a redirect is refused before its next hop is sent."""
+    session = getattr(getattr(getattr(client, "request", None), "conn", None), "_session", None)
+    if session is None or not hasattr(session, "hooks"):
+        raise _Refused("this tencentcloud-sdk-python no longer keeps its requests session at "
+                       "client.request.conn._session, so redirects could not be refused; "
+                       "install the version in requirements/runtime.lock")
+    session.hooks["response"].append(_no_redirect)
+
+
+def _no_redirect(response: Any, **_: Any) -> None:
+    if response.is_redirect or response.is_permanent_redirect:
+        response.close()
+        target = urlsplit(response.headers.get("Location") or "")  # no userinfo, no query
+        where = f"{target.scheme}://{target.hostname}" if target.hostname else "the same host"
+        raise _RedirectRefused(f"{REDIRECT_REFUSED} (HTTP {response.status_code} to {where}): "
+                               "its requests carry the execution role's keys")
+
+
+class _RedirectRefused(Exception):
+    """Raised inside the SDK's send; the SDK hands it on as a ClientNetworkError."""
 
 
 class ScfTarget:
@@ -176,6 +209,7 @@ class ScfDispatcher:
             # The region breaker would swallow errors (the SDK returns None); keep it off.
             profile = ClientProfile(httpProfile=http, disable_region_breaker=True)
             self._client = ScfClient(Credential(*keys), self.target.region, profile)
+            _refuse_redirects(self._client)
             self._client_keys = keys
         return self._client
 
