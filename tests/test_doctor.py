@@ -22,12 +22,14 @@ from devkit.emulators.onedb import OneDBEmulator
 from devkit.emulators.tencentcloud import TencentCloudEmulator
 from devkit.sample_data import make_docs
 from shared.adapters.cos.client import cos_client
+from shared.adapters.sql_state import SqlStateStore
 from shared.entrypoints.cli import main as cli
 from shared.entrypoints.http_api import TOKEN_ENV
 from shared.entrypoints.scf import handle_finisher
 from tests.support.api import TOKEN, check_against_spec, url_event
 from tests.support.backup import FAST_TIMING, SECRET, LocalBackup
 from tests.support.handlers import load_handler
+from tests.support.mysql import PASSWORD_ENV, MariaDB
 from tests.support.onedb import APP, KEY_ID, KEY_SECRET, onedb_source
 from tests.support.onedb import ENV_ID as ONEDB_ENV
 from tests.support.webhook import WebhookReceiver
@@ -313,6 +315,34 @@ def test_the_state_check_runs_against_sql_and_create_only_is_then_not_needed(
     assert report["ok"] is True
     assert checks["create-only writes"]["status"] == "skipped"
     assert "sqlite state backend answers" in checks["state"]["detail"]
+
+
+READ_ONLY = "The MySQL server is running with the --read-only option"
+
+
+def test_the_state_check_fails_on_a_database_that_refuses_writes(
+    site: Site, mariadb: MariaDB, mysql_database: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A read-only instance's address (or a user granted SELECT only) answers every read,
+    while every function fails at its first write: the doctor must not call that ok."""
+    SqlStateStore(mariadb.url(mysql_database)).list_runs(1)  # the tables, as a first run left them
+    with mariadb.connect(mysql_database) as conn, conn.cursor() as cursor:
+        for table in ("runs", "jobs", "cache"):
+            for event in ("INSERT", "UPDATE", "DELETE"):
+                cursor.execute(f"CREATE TRIGGER ro_{table}_{event.lower()} BEFORE {event} ON "
+                               f"{table} FOR EACH ROW SIGNAL SQLSTATE 'HY000' SET "
+                               f"MESSAGE_TEXT = '{READ_ONLY}'")
+    monkeypatch.setenv(PASSWORD_ENV, mariadb.password)
+    site.document["state"] = {"url": mariadb.config_url(mysql_database)}
+
+    report = site.doctor("cli", capsys=capsys)
+
+    state = by_check(report)["state"]
+    assert report["ok"] is False and state["status"] == "failed", state
+    for words in ("refused a write", READ_ONLY, "INSERT, UPDATE and DELETE", "state.url"):
+        assert words in state["detail"], state
+    assert mariadb.password not in json.dumps(report)
 
 
 def test_dispatch_local_skips_the_finisher(site: Site, capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,7 +10,7 @@ import json
 import threading
 import uuid
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
 from shared.adapters.cos.client import ROLE_ENV, cos_client, cos_errors
 from shared.adapters.cos.objects import CosObjectStore
@@ -19,6 +19,7 @@ from shared.adapters.state import open_store
 from shared.adapters.webhooks import probe_webhook
 from shared.config import Config
 from shared.domain.errors import StateError, StorageError
+from shared.ports import StateStore
 
 # COS error codes (cloud.tencent.com/document/product/436/7730) and what to do about them
 _BUCKET_ADVICE = {
@@ -52,6 +53,25 @@ class FreshTokens:
     def cache_delete(self, key: str) -> None:
         with self._lock:
             self._tokens.pop(key, None)
+
+
+def _write_probe(store: StateStore, kind: str) -> None:
+    """Every function writes the state (runs, jobs, cached tokens), so answering a read
+    proves too little: a read-only instance's address, or a user granted SELECT only,
+    reads fine and fails every run at its first write. One short-lived cache entry is
+    written and deleted (it expires by itself should the delete fail)."""
+    key = f"doctor:probe:{uuid.uuid4().hex}"
+    try:
+        store.cache_put(key, "probe", datetime.now(timezone.utc) + timedelta(minutes=5))
+        store.cache_delete(key)
+    except (StateError, StorageError) as exc:
+        advice = ("give the role cos:PutObject and cos:DeleteObject on <prefix>/_state/ "
+                  "(build/cam-policy.json)" if kind == "cos" else
+                  "give its user INSERT, UPDATE and DELETE on the database (CREATE too, for "
+                  "the first run), and make state.url name a writable primary, not a "
+                  "read-only instance")
+        raise StateError(f"the {kind} state backend answers reads but refused a write: {exc}; "
+                         f"the functions write runs, jobs and tokens there: {advice}") from None
 
 
 class CloudDeployment:
@@ -137,8 +157,9 @@ class CloudDeployment:
                              f"{reason}; check state.url (host, port, database, user, password "
                              "variable), that this network reaches it (VPC) and the database's "
                              "allow-list") from None
+        _write_probe(store, kind)
         last = f"; last run {runs[0].run_id} {runs[0].status.value}" if runs else "; no runs yet"
-        return f"the {kind} state backend answers{last}"
+        return f"the {kind} state backend answers reads and writes{last}"
 
     def finisher(self) -> str | None:
         settings = self._config.dispatch
