@@ -6,10 +6,12 @@ import io
 import json
 import logging
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from devkit.sample_data import make_docs
+from shared.adapters.heartbeat import ping
 from shared.adapters.http import make_client
 from shared.adapters.webhooks import WebhookNotifier, notify_run
 from shared.config import Config, Notify
@@ -139,6 +141,37 @@ def test_the_heartbeat_is_pinged_after_every_run(
 
     assert [p.split("+")[0].split("%20")[0] for p in webhook.pings] == [ok_path, fail_path]
     assert webhook.messages == []  # no webhooks configured: only the pings
+
+
+@pytest.mark.parametrize(("style", "copied", "said"), [
+    # the push URL Uptime Kuma's monitor page hands out, to be copied whole
+    ("uptime-kuma", "/api/push/k-0123456789?status=up&msg=OK&ping=", "status"),
+    ("cronitor", "/p/key-0123456789/nightly?state=complete", "state"),
+])
+def test_a_ping_url_carrying_its_own_status_reports_the_runs_outcome_once(
+        webhook: WebhookReceiver, style: str, copied: str, said: str) -> None:
+    """A failed run must read as a failure: never `status=up&...&status=down`, which the
+    monitor reads as either (its first value, or a list that is not "up")."""
+    webhook.get_status = 200
+    base = f"http://127.0.0.1:{webhook.server.server_port}"
+    notify = Notify.model_validate({"heartbeat": {"url": "${PING}", "style": style}},
+                                   context={"environ": {"PING": base + copied}})
+    assert notify.heartbeat is not None
+
+    logs = io.StringIO()
+    configure_logging(logging.INFO, stream=logs)  # httpx logs each request's URL
+    try:
+        ping(notify.heartbeat, True, "run a succeeded", retry_base_seconds=0)
+        ping(notify.heartbeat, False, "run b failed", retry_base_seconds=0)
+    finally:
+        configure_logging()
+    assert "heartbeat pinged" in logs.getvalue() and "0123456789" not in logs.getvalue()
+
+    sent = [parse_qs(urlsplit(path).query, keep_blank_values=True) for path in webhook.pings]
+    assert [query[said] for query in sent] == [["up" if style == "uptime-kuma" else "complete"],
+                                               ["down" if style == "uptime-kuma" else "fail"]]
+    assert all(len(values) == 1 for query in sent for values in query.values()), sent
+    assert [urlsplit(path).path for path in webhook.pings] == [urlsplit(copied).path] * 2
 
 
 def test_an_alert_says_whether_it_reached_someone(webhook: WebhookReceiver) -> None:

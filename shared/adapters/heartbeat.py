@@ -6,7 +6,7 @@ run from closing."""
 from __future__ import annotations
 
 import logging
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlencode, urlsplit, urlunsplit
 
 import httpx
 
@@ -30,8 +30,15 @@ def ping_url(heartbeat: Heartbeat, ok: bool, message: str) -> str:
     else:
         # Uptime Kuma push monitor (/api/push/<token>): ?status=up|down&msg=...
         query = {"status": "up" if ok else "down", "msg": message}
+    # The URL as the monitor hands it out may carry these names already (Uptime Kuma's
+    # push URL ends in ?status=up&msg=OK&ping=): ours replace them. Repeated, the name
+    # reads as a list, and Uptime Kuma's `request.query.status === "up"` (louislam/
+    # uptime-kuma, server/routers/api-router.js, /api/push/:pushToken) calls every run
+    # down; a server reading the first value would call a failed run up.
     parts = urlsplit(base)
-    joined = "&".join(q for q in (parts.query, urlencode(query)) if q)
+    kept = "&".join(pair for pair in parts.query.split("&")
+                    if pair and unquote_plus(pair.partition("=")[0]) not in query)
+    joined = "&".join(q for q in (kept, urlencode(query)) if q)
     return urlunsplit(parts._replace(query=joined))
 
 
