@@ -3,6 +3,7 @@ what each open run waits for."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from datetime import timedelta
@@ -94,3 +95,27 @@ def test_status_says_what_each_open_run_waits_for_and_poll_moves_it(
             break
     assert ctx.state.open_runs() == []
     assert "taking it back" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", [["status"], ["poll"], ["run"], ["verify"]])
+def test_a_state_backend_that_does_not_answer_is_one_clear_line_not_a_traceback(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
+    with socket.socket() as closed:  # a port nothing listens on: the database is down
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    password = "state-db-password-7c1f"
+    monkeypatch.setenv("WECHAT_SECRET", SECRET)
+    monkeypatch.setenv("STATE_PASSWORD", password)
+    path = _config_file(local, tmp_path)
+    document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    document["state"] = {"url": f"mysql+pymysql://backup:${{STATE_PASSWORD}}@127.0.0.1:{port}/b"}
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+
+    code = cli(["--config", str(path), *command])
+
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "Traceback" not in captured.err and password not in captured.err + captured.out
+    assert "state" in captured.err and "state.url" in captured.err, captured.err
+    assert "Can't connect to MySQL server" in captured.err  # the driver's own reason

@@ -107,9 +107,10 @@ def test_bad_urls_say_what_is_accepted_and_never_echo_a_password(url: str, expec
 def test_store_repr_and_login_errors_hide_the_password(mysql_url: str, mariadb: MariaDB) -> None:
     assert mariadb.password not in repr(open_store(mysql_url))
     wrong = mysql_url.replace(mariadb.password, "wrong-password-123")
-    with pytest.raises(sa.exc.OperationalError) as failed:
+    with pytest.raises(StateError) as failed:  # mapped at the edge, opening included
         open_store(wrong)
     assert "Access denied" in str(failed.value) and "wrong-password-123" not in str(failed.value)
+    assert "state.url" in str(failed.value)
 
 
 def test_connection_killed_by_the_server_is_replaced(mysql_url: str, mariadb: MariaDB, mysql_database: str) -> None:

@@ -199,7 +199,16 @@ def _errors_mapped(cls: type[T]) -> type[T]:
 @_errors_mapped
 class SqlStateStore:
     def __init__(self, url: str) -> None:
-        self.engine = _engine(url)
+        try:
+            self.engine = _engine(url)
+        except sa.exc.SQLAlchemyError as exc:  # not mapped by _errors_mapped: a private name
+            kind = "sqlite" if url.startswith("sqlite") else "mysql"
+            cause = getattr(exc, "orig", None) or exc
+            raise StateError(
+                f"the {kind} state backend does not answer: {type(cause).__name__}: "
+                f"{str(cause).splitlines()[0][:200]}; check state.url (host, port, database, "
+                "user, password variable), that this network reaches it (VPC) and the "
+                "database's allow-list") from None
         self._mysql = self.engine.dialect.name == "mysql"
 
     def __repr__(self) -> str:

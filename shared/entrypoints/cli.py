@@ -25,8 +25,9 @@ from pydantic import BaseModel
 from shared.adapters.state import open_store
 from shared.bootstrap import build_context, doctor_subject
 from shared.config import ConfigError, config_json_schema, load_config
+from shared.domain.errors import BackupError
 from shared.domain.jobs import Job, Run, RunStatus
-from shared.logs import configure_logging
+from shared.logs import configure_logging, redact
 from shared.ports import StateStore
 from shared.service.context import Context
 from shared.service.doctor import diagnose
@@ -101,6 +102,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _command(args)
+    except BackupError as exc:
+        # The state, the bucket or a platform failed: one line saying which and what to check
+        # (the errors name the field), not a traceback ending in it.
+        print(f"baas-backup {args.command}: {redact(str(exc))}", file=sys.stderr)
+        return 1
+
+
+def _command(args: argparse.Namespace) -> int:
 
     if args.command == "schema":
         print(json.dumps(config_json_schema(), indent=2, ensure_ascii=False))
