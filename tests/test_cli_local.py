@@ -119,3 +119,20 @@ def test_a_state_backend_that_does_not_answer_is_one_clear_line_not_a_traceback(
     assert "Traceback" not in captured.err and password not in captured.err + captured.out
     assert "state" in captured.err and "state.url" in captured.err, captured.err
     assert "Can't connect to MySQL server" in captured.err  # the driver's own reason
+
+
+@pytest.mark.parametrize("given", [["run", "--tick", "-1"], ["run", "--tick", "nan"],
+                                   ["status", "--limit", "0"], ["status", "--limit", "-3"]])
+def test_a_bad_number_is_refused_before_anything_starts(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], given: list[str]) -> None:
+    monkeypatch.setenv("WECHAT_SECRET", SECRET)
+    local.seed("orders", make_docs(3))
+    path = _config_file(local, tmp_path)
+
+    with pytest.raises(SystemExit) as exited:
+        cli(["--config", str(path), *given])
+
+    assert exited.value.code == 2
+    assert given[1] in capsys.readouterr().err  # names the option
+    assert local.context(local.config()).state.list_runs(10) == []  # no run was started

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import socket
 import sys
@@ -40,6 +41,24 @@ if TYPE_CHECKING:  # rich is a CLI-only dependency, kept out of the deployed fun
     from rich.table import Table
 
 
+def _seconds(text: str) -> float:
+    """A wait between polls: a run or restore starts before the first wait, so a value
+    time.sleep refuses must be refused here, before anything is started."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more (e.g. 1), not {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number, 1 or more (e.g. 10), not {text!r}")
+    return int(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="baas-backup", description=__doc__)
     parser.add_argument("--config", help="config file (default: $BAAS_BACKUP_CONFIG or backup.yaml)")
@@ -49,11 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("schema", help="print the config's JSON Schema")
     run = commands.add_parser("run", help="back up now and wait for the run to end")
     run.add_argument("--source", action="append", help="only this source (repeatable)")
-    run.add_argument("--tick", type=float, default=1.0, help="seconds between polls")
+    run.add_argument("--tick", type=_seconds, default=1.0, help="seconds between polls")
     commands.add_parser("poll", help="move every open run forward once (e.g. after a killed run)")
     status = commands.add_parser("status", help="recent runs, or the jobs of one run")
     status.add_argument("run_id", nargs="?")
-    status.add_argument("--limit", type=int, default=10)
+    status.add_argument("--limit", type=_count, default=10, help="how many runs (default 10)")
     verify = commands.add_parser("verify", help="check a run's backups in the bucket again")
     verify.add_argument("run_id", nargs="?", default="latest", help="a run id, or latest")
     verify.add_argument("--source")
@@ -75,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
                          help="restore even though the backup's verify found problems")
     restore.add_argument("--yes", action="store_true",
                          help="write into an existing collection without asking")
-    restore.add_argument("--tick", type=float, default=1.0, help="seconds between polls")
+    restore.add_argument("--tick", type=_seconds, default=1.0, help="seconds between polls")
     prune = commands.add_parser("prune", help="apply the retention policy now")
     prune.add_argument("--dry-run", action="store_true", help="say what would go; delete nothing")
     ack = commands.add_parser("ack", help="acknowledge a suspect backup (an intended drop)")
@@ -85,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="the HTTP API and status page on this machine")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--poll-seconds", type=float, default=5.0,
+    serve.add_argument("--poll-seconds", type=_seconds, default=5.0,
                        help="drive runs forward like the poller's timer (0: off)")
     doctor = commands.add_parser(
         "doctor", help="check a real deployment: config, bucket, state, sources, finisher, webhooks",
