@@ -301,6 +301,26 @@ def test_invalid_where_fails_without_retry(local: LocalBackup,
     assert minapp_emulator.calls["export"] == 1
 
 
+def test_a_refusal_whose_cause_cannot_be_told_waits_instead_of_blaming_the_options(
+        local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
+    """MinApp's 400 on create has three documented causes (data export API, 状态码说明:
+    "1min 内多次创建任务;数据量超过 100W;数据格式错误"). When the row count that tells them
+    apart is itself rate-limited, the cause is unknown: the create is asked again after a
+    wait, not failed as if the options were wrong."""
+    minapp_emulator.add_table(1001, records(5))
+    minapp_emulator.inject("export", 400, times=1, body={"error_msg": "请求失败"})
+    minapp_emulator.inject("records", 429, times=READ_TRIES, body=TOO_MANY)
+    ctx = local.context(local.config(local.minapp_source(minapp_emulator)))
+
+    run = backup_jumping(ctx)
+
+    (job,) = ctx.state.list_jobs(run.run_id)
+    assert job.status is JobStatus.DONE, job.error
+    assert run.status is RunStatus.SUCCEEDED
+    assert job.attempts == 0  # a wait is not a failed try
+    assert minapp_emulator.calls["export"] == 2 and len(our_jobs(minapp_emulator, 1001)) == 1
+
+
 def test_unknown_table_says_how_to_fix(local: LocalBackup,
                                        minapp_emulator: MinAppEmulator) -> None:
     ctx = local.context(local.config(local.minapp_source(minapp_emulator, tables=[4040])))

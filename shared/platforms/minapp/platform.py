@@ -445,28 +445,7 @@ class MinAppClient(MinAppRestore):
         status, said = response.status_code, error_text(response)
         where = f"MinApp refused to export table {collection} (HTTP {status}: {said})"
         if status == 400:
-            recent = self._recent_jobs(collection)
-            if recent:
-                return RetryLater(
-                    f"{where}: another export of this table started within the last minute "
-                    f"(platform job {recent[0]}); MinApp allows one a minute, trying again later"
-                )
-            rows = self._count_or_none(collection, body.get("where") or {})
-            limit = self.source.max_export_rows
-            over = rows is not None and rows > limit
-            if over or _says_too_large(said):
-                holds = f"it holds {rows} rows, more" if rows is not None else "it holds more"
-                return Fatal(
-                    f"{where}: {holds} than MinApp exports in one job "
-                    f"({limit} by this source's max_export_rows). Split it: in source "
-                    f"{self.source.name!r} write the table as "
-                    f"{{id: {collection}, split: {{key: created_at, rows_per_part: "
-                    f"{_rows_per_part(limit)}}}}} (key: a field every record has, ideally "
-                    "unique, e.g. id or created_at), and set max_export_rows to MinApp's limit "
-                    "if it is lower"
-                )
-            return Fatal(f"{where}: check the table's export options (where, include_keys, "
-                         "exclude_keys, order_by, csv_customize_headers, timestamp_convert_keys)")
+            return self._bad_request(collection, body, where, said)
         if status == 401:
             return Fatal(f"{where}: a freshly issued token was refused; check that the client "
                          f"{self.source.client_id!r} may use the OpenAPI")
@@ -479,6 +458,47 @@ class MinAppClient(MinAppRestore):
         if status == 429:
             return RetryLater(f"{where}: rate limited, trying again later")
         return Fatal(f"{where}: not a known answer")
+
+    def _bad_request(self, collection: str, body: dict[str, Any], where: str,
+                     said: str) -> BackupError:
+        """MinApp's 400 on create has three causes (data export API, 状态码说明: "1min 内多次
+        创建任务;数据量超过 100W;数据格式错误"): a wait, a split, or the options to fix."""
+        recent = self._recent_jobs(collection)
+        if recent:
+            return RetryLater(
+                f"{where}: another export of this table started within the last minute "
+                f"(platform job {recent[0]}); MinApp allows one a minute, trying again later"
+            )
+        limit = self.source.max_export_rows
+        try:
+            rows: int | None = self._count(collection, body.get("where") or {})
+        except (Retryable, RetryLater) as exc:
+            if not _says_too_large(said):
+                # Which of the three causes it is needs the count: unknown, so not
+                # "fix the options" but ask again once the count can be read.
+                return RetryLater(
+                    f"{where}: MinApp gives HTTP 400 for another export of the table within "
+                    f"a minute, more than {limit} rows, or bad options (data export API, "
+                    f"状态码说明), and the row count that tells them apart could not be "
+                    f"read ({exc}); the export is asked for again after a wait")
+            rows = None
+        except BackupError as exc:
+            log.warning("could not count the table's rows", extra={"reason": str(exc)})
+            rows = None
+        over = rows is not None and rows > limit
+        if over or _says_too_large(said):
+            holds = f"it holds {rows} rows, more" if rows is not None else "it holds more"
+            return Fatal(
+                f"{where}: {holds} than MinApp exports in one job "
+                f"({limit} by this source's max_export_rows). Split it: in source "
+                f"{self.source.name!r} write the table as "
+                f"{{id: {collection}, split: {{key: created_at, rows_per_part: "
+                f"{_rows_per_part(limit)}}}}} (key: a field every record has, ideally "
+                "unique, e.g. id or created_at), and set max_export_rows to MinApp's limit "
+                "if it is lower"
+            )
+        return Fatal(f"{where}: check the table's export options (where, include_keys, "
+                     "exclude_keys, order_by, csv_customize_headers, timestamp_convert_keys)")
 
     def _status(self, collection: str, job: str) -> dict[str, Any]:
         response = self._get(EXPORT_JOB.format(table=collection, job=job), None,
@@ -595,13 +615,6 @@ class MinAppClient(MinAppRestore):
             raise Fatal(f"MinApp's record API answered for table {collection} without "
                         "meta.total_count; counting rows for a split needs it")
         return total
-
-    def _count_or_none(self, collection: str, where: dict[str, Any]) -> int | None:
-        try:
-            return self._count(collection, where)
-        except BackupError as exc:
-            log.warning("could not count the table's rows", extra={"reason": str(exc)})
-            return None
 
     def _value_at(self, collection: str, where: dict[str, Any], key: str, offset: int) -> Any:
         params: dict[str, Any] = {"order_by": key, "limit": 1, "offset": offset, "keys": key}
