@@ -549,6 +549,7 @@ def test_a_status_read_still_rate_limited_waits_instead_of_failing(
     assert job.status is JobStatus.EXPORTING, job.error  # waiting, not failed
     assert job.attempts == 0  # a wait is not a failed try
     assert "HTTP 429" in (job.error or "") and f"{READ_TRIES} time(s)" in (job.error or "")
+    assert (job.error or "").endswith("; waiting, asked again later")  # the poller's word
     assert job.next_check_at > ctx.clock() + timedelta(seconds=30)
     assert minapp_emulator.calls["job"] == READ_TRIES  # asked again within the call
 

@@ -225,3 +225,20 @@ def test_a_listing_refused_for_quota_fails_the_run_without_promising_a_retry(
     error = run_manifest(local, run)["discovery"]["shop"]["error"]
     assert "-501015" in error and "could not be listed" in error
     assert "start the backup again" in error and "again later" not in error
+
+
+def test_a_listing_that_stays_busy_fails_the_run_without_promising_a_retry(
+    local: LocalBackup,
+) -> None:
+    """A busy answer (-1, retried within the call) that lasts leaves the source unlisted for
+    this run: the error says so and what to do, not the "will retry" of a job's step."""
+    local.emulator.inject_errcode(LISTING, -1, times=10, errmsg="system busy")
+    ctx = local.context(local.config(local.wechat_source(collections="all")))
+
+    run = backup_now(ctx)
+
+    assert run.status is RunStatus.FAILED
+    error = run_manifest(local, run)["discovery"]["shop"]["error"]
+    assert "errcode -1" in error and "could not be listed" in error
+    assert "start the backup again" in error
+    assert "will retry" not in error and "again later" not in error

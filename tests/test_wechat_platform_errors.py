@@ -105,9 +105,9 @@ def test_transient_cloud_errors_are_retried_not_fatal(local: LocalBackup, errcod
 @pytest.mark.parametrize(
     ("errcode", "kind", "words"),
     [
-        (-501016, RetryLater, "will try again later"),
-        (-501018, RetryLater, "will try again later"),
-        (-502011, Retryable, "will retry"),
+        (-501016, RetryLater, "quota, concurrency limit or resource unavailable"),
+        (-501018, RetryLater, "quota, concurrency limit or resource unavailable"),
+        (-502011, Retryable, "platform busy"),
         (-501005, Fatal, "check the source's env id"),
         (-502003, Fatal, "permission sets"),
         (-501017, Fatal, "no storage left"),

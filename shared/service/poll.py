@@ -299,7 +299,7 @@ def on_error(ctx: Context, job: Job, exc: Exception, now: datetime) -> None:
     if isinstance(exc, RetryLater):
         log.info("platform asks to wait", extra={"reason": message})
         save(ctx, current.model_copy(update={
-            "next_check_at": now + RETRY_LATER, "error": message,
+            "next_check_at": now + RETRY_LATER, "error": f"{message}; waiting, asked again later",
             "lease_owner": None, "lease_until": None}))
     elif isinstance(exc, Retryable) and current.attempts + 1 < timing.max_attempts:
         log.warning("transient error; will retry", extra={"reason": message})

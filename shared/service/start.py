@@ -4,13 +4,12 @@ start within the time budget; the poller starts the rest."""
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 from shared.config import Config
-from shared.domain.errors import BackupError, RetryLater
+from shared.domain.errors import BackupError, Retryable, RetryLater
 from shared.domain.jobs import Job, JobStatus, Run, job_id_for, run_id_for
 from shared.logs import log_context, redact
 from shared.service.context import Budget, Context
@@ -18,10 +17,6 @@ from shared.service.poll import advance
 
 log = logging.getLogger(__name__)
 
-
-# The promise a platform's wait-answer makes for a job (the poller asks again); discovery
-# is asked once per run, so it is taken off before the message is recorded.
-_LATER_PROMISE = re.compile(r"[;,:]?\s*(?:will try|trying) again later\.?\s*$", re.IGNORECASE)
 
 
 class UnknownSource(ValueError):
@@ -92,7 +87,8 @@ def _discover(
         try:
             found[name] = choose_collections(ctx, name, (wanted or {}).get(name))
         except BackupError as exc:
-            message = redact(_not_listed(name, exc) if isinstance(exc, RetryLater) else str(exc))
+            message = redact(_not_listed(name, exc) if isinstance(exc, (Retryable, RetryLater))
+                             else str(exc))
             log.error("source has nothing to back up", extra={"source": name, "reason": message})
             found[name], discovery[name] = [], {"error": message}
             continue
@@ -106,12 +102,15 @@ def _discover(
     return found, discovery
 
 
-def _not_listed(source: str, exc: RetryLater) -> str:
-    """A wait-answer to discovery: nothing asks again for this run, so say what to do."""
-    said = _LATER_PROMISE.sub("", str(exc))
-    return (f"source {source!r} could not be listed: the platform asked to wait ({said}). "
-            "This run backs up nothing from it and does not list it again; start the backup "
-            "again once the platform's rate limit or quota has passed")
+def _not_listed(source: str, exc: Retryable | RetryLater) -> str:
+    """A transient answer to discovery (after the client's own retries): nothing asks again
+    for this run, so say what to do. Platform errors state the cause only; what happens
+    next is the caller's to say (the poller's for a job, this for discovery)."""
+    cause = ("the platform asked to wait" if isinstance(exc, RetryLater)
+             else "the platform stayed busy or unreachable")
+    return (f"source {source!r} could not be listed: {cause} ({exc}). This run backs up "
+            "nothing from it and does not list it again; start the backup again once the "
+            "platform's rate limit, quota or outage has passed")
 
 
 def choose_collections(ctx: Context, source: str, wanted: list[str] | None) -> list[str]:

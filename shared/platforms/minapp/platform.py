@@ -456,7 +456,7 @@ class MinAppClient(MinAppRestore):
             env = f" in test environment {self.source.env_id!r}" if self.source.env_id else ""
             return Fatal(f"{where}: no table {collection}{env}; fix the table id in the source's tables")
         if status == 429:
-            return RetryLater(f"{where}: rate limited, trying again later")
+            return RetryLater(f"{where}: rate limited")
         return Fatal(f"{where}: not a known answer")
 
     def _bad_request(self, collection: str, body: dict[str, Any], where: str,
@@ -467,7 +467,7 @@ class MinAppClient(MinAppRestore):
         if recent:
             return RetryLater(
                 f"{where}: another export of this table started within the last minute "
-                f"(platform job {recent[0]}); MinApp allows one a minute, trying again later"
+                f"(platform job {recent[0]}); MinApp allows one a minute"
             )
         limit = self.source.max_export_rows
         try:

@@ -319,7 +319,7 @@ class MinAppRestore:
             return Fatal(f"{where}: the client {client!r} may not {what}; grant it data access "
                          "in the MinApp console")
         if status == 429:
-            return RateLimited(f"{where}: rate limited, trying again later")
+            return RateLimited(f"{where}: rate limited")
         return Fatal(f"{where}: not a known answer")
 
 

@@ -69,9 +69,9 @@ def classify(answer: dict[str, Any], source: OneDBSource, table: str) -> BackupE
     if _has(text, _TOKEN):
         return TokenRejected(where)
     if _has(text, _LATER):
-        return RateLimited(f"{where}: rate limited, will try again later")
+        return RateLimited(f"{where}: rate limited")
     if _has(text, _BUSY):
-        return Retryable(f"{where}: platform busy, will retry")
+        return Retryable(f"{where}: platform busy")
     if _has(text, _BAD_REQUEST):
         return Fatal(f"{where}: OneDB rejected the request for table {table!r}; check its "
                      "keys (the primary key columns, in order), filter and getColumns")

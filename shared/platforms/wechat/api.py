@@ -95,10 +95,9 @@ def classify(path: str, errcode: int, errmsg: str, scope: Scope) -> BackupError:
     """Map a WeChat errcode to what the service layer should do about it."""
     where = f"WeChat {path} errcode {errcode} ({errmsg})"
     if errcode in BUSY_ERRCODES:
-        return Retryable(f"{where}: platform busy, will retry")
+        return Retryable(f"{where}: platform busy")
     if errcode in LATER_ERRCODES:
-        return RetryLater(f"{where}: quota, concurrency limit or resource unavailable; "
-                          "will try again later")
+        return RetryLater(f"{where}: quota, concurrency limit or resource unavailable")
     if errcode in TOKEN_ERRCODES:
         return TokenRejected(where)
     if errcode in (40164, 61004):

@@ -135,7 +135,7 @@ class WeChatClient(WeChatRestore):
                 return names
             log.info("the collection list changed while it was read; reading it again")
         raise Retryable(f"the collections of env {self.source.env!r} kept changing while "
-                        "being listed; will list them again")
+                        f"being listed ({LISTING_TRIES} times)")
 
     def _one_listing(self, page: int) -> tuple[list[str], bool]:
         names: list[str] = []
