@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import crcmod
+import pytest
 
 from devkit.cos_layer import CosLayer
 from devkit.emulators.onedb import OneDBEmulator, generated_row
@@ -293,6 +294,26 @@ def test_wrong_primary_key_columns(local: LocalBackup, onedb_emulator: OneDBEmul
     ctx = local.context(local.config(onedb_source(local, onedb_emulator, keys=["id"])))
     error = _failed_with(local, ctx)
     assert "keys (the primary key columns" in error and "userId" in error
+
+
+@pytest.mark.parametrize(("fault", "fields"), [
+    ("rows_reshaped", "attributeColumns"),  # each row's columns under another name
+    ("no_data_list", "rows"),  # the rows under another key than `data`
+])
+def test_a_page_in_an_unknown_shape_fails_at_once_saying_what_to_check(
+        local: LocalBackup, onedb_emulator: OneDBEmulator, fault: str, fields: str) -> None:
+    """getMany's answer is `{data: [{ids, columns}], nextId}` (cloud database API, 返回内容):
+    anything else stops the copy, naming what came and what to check, and never stores
+    rows without their columns."""
+    onedb_emulator.add_generated_table(ENV_ID, APP, "events", 10)
+    onedb_emulator.inject(fault, times=20)
+    ctx = local.context(local.config(onedb_source(local, onedb_emulator)))
+
+    error = _failed_with(local, ctx)
+
+    assert "shape" in error and fields in error and "`columns`" in error
+    assert "api_base" in error  # what to check
+    assert onedb_emulator.calls["getMany"] == 1  # a shape is not retried
 
 
 def test_no_secret_or_token_leaks(local: LocalBackup, onedb_emulator: OneDBEmulator) -> None:

@@ -19,7 +19,8 @@ A real HTTP server (stdlib ``ThreadingHTTPServer`` in a background thread, bound
 - errors as HTTP 200 with ``errCode`` 1 and a ``title``/``type``/``detail``/``instance``
   body (bad or expired tokens, unknown environment/key/table, missing permission, bad
   arguments), plus injectable faults (busy, rate limit, HTTP 502, dropped connection,
-  a write applied and then its connection dropped), per action;
+  a write applied and then its connection dropped, a getMany answer in another shape),
+  per action;
 - a rate limit (calls a second, every action counted) answered with HTTP 429 and
   ``Retry-After``.
 
@@ -80,7 +81,7 @@ _CITIES = ("上海", "北京", "深圳", "杭州", "成都")
 DROP = 0  # _handle status: close the connection without answering
 RETRY_AFTER = 1  # seconds a 429 asks the caller to wait (HTTP allows whole seconds only)
 FAULTS = ("busy", "rate_limit", "http_502", "drop", "reject_token", "stuck_cursor",
-          "drop_after_write")
+          "drop_after_write", "rows_reshaped", "no_data_list")
 ACTIONS = ("get", "getMany", "create", "update", "delete")
 CONDITIONS = ("ignore", "exist", "notExist")
 NANO_ID = "CDB:nanoId"  # create: a 21-character random id
@@ -609,9 +610,21 @@ class OneDBEmulator(LocalEmulator):
                 return DROP, None
             if fault == "stuck_cursor":  # a platform bug: the cursor asked for comes back
                 answer["nextId"] = {"ids": body.get("ids")}
+            if fault in ("rows_reshaped", "no_data_list"):
+                answer = _reshaped(answer, fault)
             return 200, answer
         except _CdbError as exc:
             return 200, _error_body(exc, body, headers)
+
+
+def _reshaped(answer: dict[str, Any], fault: str) -> dict[str, Any]:
+    """A getMany answer in a shape other than the API document's (`data`: rows of `ids`
+    and `columns`), as a changed platform or a proxy might give: each row's columns under
+    another name (Tablestore's, the engine underneath), or the rows under another key."""
+    if fault == "rows_reshaped":
+        rows = [{"ids": r["ids"], "attributeColumns": r["columns"]} for r in answer["data"]]
+        return {**answer, "data": rows}
+    return {"rows": answer["data"], "nextId": answer["nextId"]}
 
 
 def _made_up_id(value: Any) -> Any:

@@ -47,6 +47,7 @@ from shared.platforms.onedb.wire import (
     _stdlib_line,
     _tail_next_id,
     classify,
+    page_rows,
 )
 from shared.ports import Page, PlatformServices
 from shared.retry import with_retries
@@ -125,9 +126,7 @@ class OneDBClient(RowRestore):
                 answer = _parse(answer)
             except ValueError:
                 raise Retryable("OneDB getMany answered a page that is not JSON") from None
-        rows = answer.get("data") if isinstance(answer, dict) else None
-        if not isinstance(rows, list) or not all(isinstance(r, dict) and "ids" in r for r in rows):
-            raise Retryable("OneDB getMany answered without a data list of rows")
+        rows = page_rows(answer)
         return self.encode_rows(rows), len(rows)
 
     def encode_rows(self, rows: list[Any]) -> bytes:

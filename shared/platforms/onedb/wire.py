@@ -100,6 +100,41 @@ class _Answer:
     next_id: Any
 
 
+ROW_FIELDS = frozenset({"ids", "columns"})
+
+
+def page_rows(answer: Any) -> list[dict[str, Any]]:
+    """The rows of a getMany answer, `{"data": [{"ids": {...}, "columns": {...}}], "nextId"}`
+    as the cloud database API document shows it (返回内容 → 成功, action getMany). Any other
+    shape stops the copy: a field this product does not know would otherwise be dropped
+    from every row, or the page read as holding none, and the backup still pass."""
+    rows = answer.get("data") if isinstance(answer, dict) else None
+    if isinstance(rows, list):
+        odd = next((row for row in rows if not _is_row(row)), None)
+        if odd is None:
+            return rows
+        seen = f"a row with fields {_fields(odd)}"
+    else:
+        seen = f"fields {_fields(answer)}"
+    raise Fatal(
+        f"OneDB getMany answered a page in a shape this product does not recognise ({seen}; "
+        "expected `data`: a list of rows with `ids` and `columns`, and `nextId`). Check the "
+        "source's region and api_base (another service may be answering); if they are right, "
+        "OneDB's answer changed: report these fields. Nothing of this page was stored"
+    )
+
+
+def _is_row(row: Any) -> bool:
+    return (isinstance(row, dict) and isinstance(row.get("ids"), dict) and row.keys() <= ROW_FIELDS
+            and isinstance(row.get("columns") or {}, dict))
+
+
+def _fields(value: Any) -> str:
+    if not isinstance(value, dict):
+        return type(value).__name__
+    return ", ".join(sorted(map(str, value))) or "none"
+
+
 def _tail_next_id(content: bytes) -> tuple[bool, Any]:
     """nextId read from the end of the answer without decoding its 5000 rows, so the next
     call goes out at once. Only a top-level `"nextId":` key leaves a tail that decodes as an
