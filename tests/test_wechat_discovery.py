@@ -242,3 +242,20 @@ def test_a_listing_that_stays_busy_fails_the_run_without_promising_a_retry(
     assert "errcode -1" in error and "could not be listed" in error
     assert "start the backup again" in error
     assert "will retry" not in error and "again later" not in error
+
+
+def test_a_token_answer_without_a_token_fails_the_source_saying_what_to_check(
+    local: LocalBackup,
+) -> None:
+    """stable_token answers `{access_token, expires_in}`; an answer without the token (a
+    proxy at api_base, a changed API) fails the source loudly, naming the call, the fields
+    that came and what to check, instead of crashing the start of the whole run."""
+    local.emulator.answer_with("/cgi-bin/stable_token", {"errcode": 0, "errmsg": "ok"}, times=10)
+    ctx = local.context(local.config(local.wechat_source(collections="all")))
+
+    run = backup_now(ctx)
+
+    assert run.status is RunStatus.FAILED
+    error = run_manifest(local, run)["discovery"]["shop"]["error"]
+    assert "/cgi-bin/stable_token" in error and "access_token" in error
+    assert "errcode, errmsg" in error and "api_base" in error

@@ -615,6 +615,7 @@ class _Grant:
 class _Injection:
     errcode: int
     errmsg: str
+    answer: dict[str, Any] | None = None  # set: answered as is (HTTP 200), not as an errcode
 
 
 @dataclass(frozen=True)
@@ -939,6 +940,13 @@ class WeChatEmulator(LocalEmulator):
             queue = self._injections.setdefault(path, collections.deque())
             queue.extend(_Injection(errcode, errmsg) for _ in range(times))
 
+    def answer_with(self, path: str, answer: dict[str, Any], times: int = 1) -> None:
+        """The next ``times`` calls to ``path`` answer HTTP 200 with ``answer`` as is: a
+        shape other than the documented one, as a changed API or a proxy might give."""
+        with self._lock:
+            queue = self._injections.setdefault(path, collections.deque())
+            queue.extend(_Injection(0, "ok", dict(answer)) for _ in range(times))
+
     def lose_answers(self, path: str, times: int = 1) -> None:
         """The next ``times`` calls to ``path`` are carried out, then the connection is
         closed without an answer (the caller cannot tell whether it happened)."""
@@ -1076,6 +1084,8 @@ class WeChatEmulator(LocalEmulator):
         self._count(path)
         try:
             injected = self._take_injection(path)
+            if injected is not None and injected.answer is not None:
+                return 200, injected.answer
             if injected is not None:
                 raise _ApiError(injected.errcode, injected.errmsg)
             if path == "/cgi-bin/token":

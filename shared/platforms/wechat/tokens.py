@@ -62,6 +62,22 @@ def _credential_error(error: BackupError, scope: Scope) -> BackupError:
     return error
 
 
+def _issued(answer: dict[str, Any], field: str, path: str, scope: Scope) -> tuple[str, int]:
+    """The token in `field` and its lifetime, from an answer documented as `{field,
+    expires_in}` (e.g. https://developers.weixin.qq.com/miniprogram/dev/OpenApiDoc/
+    mp-access-token/getStableAccessToken.html); one without the token is not an answer this
+    product knows, and is not taken for a token."""
+    token = answer.get(field)
+    if not isinstance(token, str) or not token:
+        fields = ", ".join(sorted(answer)) or "none"
+        raise Fatal(
+            f"WeChat {path} answered without {field} (fields: {fields}; expected {field} and "
+            f"expires_in) for source {scope.source!r}: check its api_base (another service may "
+            "be answering there); if that is right, WeChat's answer changed: report these fields"
+        )
+    return token, int(answer.get("expires_in") or DEFAULT_TTL)
+
+
 class CachedToken:
     """A token this product fetches itself, shared through the state table's cache."""
 
@@ -185,7 +201,7 @@ def app_token(source: WeChatSource, cache: TokenCache, http: httpx.Client, scope
             raise _credential_error(exc, scope) from None
         log.warning("fetched a token with the legacy cgi-bin/token: the previous token of this "
                     "mini program stops working in about 5 minutes", extra={"appid": source.appid})
-        return str(answer["access_token"]), int(answer.get("expires_in") or DEFAULT_TTL)
+        return _issued(answer, "access_token", path, scope)
 
     if mode == "legacy_token":
         return CachedToken(cache, f"wechat:legacy_token:{source.appid}", legacy)
@@ -201,7 +217,7 @@ def _stable_token(http: httpx.Client, base: str, appid: str, secret: str, scope:
         answer = exchange(http, "POST", f"{base}{path}", path=path, scope=scope, json=body)
     except BackupError as exc:
         raise _credential_error(exc, scope) from None
-    return str(answer["access_token"]), int(answer.get("expires_in") or DEFAULT_TTL)
+    return _issued(answer, "access_token", path, scope)
 
 
 def app_scope(source: WeChatSource) -> Scope:
@@ -236,7 +252,7 @@ def component_token(access: PlatformAccess, cache: TokenCache, http: httpx.Clien
                               json=body)
         except BackupError as exc:
             raise _credential_error(exc, scope) from None
-        return str(answer["component_access_token"]), int(answer.get("expires_in") or DEFAULT_TTL)
+        return _issued(answer, "component_access_token", path, scope)
 
     return CachedToken(cache, f"wechat:component_token:{platform.component_appid}", fetch)
 
@@ -305,12 +321,12 @@ class RefreshedAuthorizerToken(CachedToken):
                 answer = post(self._component.renew(component_token, str(exc)))
             except TokenRejected as again:
                 raise Fatal(f"{again}: a freshly issued component token was rejected too") from None
-        token = str(answer["authorizer_access_token"])
+        token, expires_in = _issued(answer, "authorizer_access_token", path, self._scope)
         handed_back = str(answer.get("authorizer_refresh_token") or "")
         if handed_back and handed_back != refresh:
             register_secret(handed_back)
             self._cache.cache_put(self._refresh_key, handed_back, _now() + REFRESH_TOKEN_TTL)
-        return token, int(answer.get("expires_in") or DEFAULT_TTL)
+        return token, expires_in
 
 
 def platform_app_token(source: WeChatSource, cache: TokenCache, http: httpx.Client, scope: Scope,
