@@ -129,6 +129,39 @@ def test_parts_budget_pauses_and_resumes_without_burning_attempts(
     assert local.objects.head(job.result.key + ".parked") is None
 
 
+def test_an_upload_aborted_while_the_copy_was_paused_starts_over(
+    local: LocalBackup, onedb_emulator: OneDBEmulator
+) -> None:
+    """A paused copy's multipart upload can vanish before it resumes (the bucket's lifecycle
+    rule for stale parts, or an abort by hand): the copy starts over and ends with every
+    row, instead of failing on every try at its next part."""
+    onedb_emulator.add_generated_table(ENV_ID, APP, "events", 120_000)  # ~12 MB: 3 parts
+    onedb_emulator.latency = 0.02
+    config = local.config(onedb_source(local, onedb_emulator), finish_budget_seconds=0.15)
+    config = config.model_copy(update={"destination": config.destination.model_copy(
+        update={"part_size_mb": 5})})
+    aborted: list[str] = []
+
+    class Aborting:
+        def dispatch(self, job_id: str) -> None:
+            if finish(ctx, job_id) != "paused" or aborted:
+                return
+            job = ctx.state.get_job(job_id)
+            assert job is not None
+            state = (job.checkpoint or {})["paged"]
+            if state["parts"] and not state["exhausted"]:
+                local.objects.abort_upload(state["key"], state["upload_id"])
+                aborted.append(state["upload_id"])
+
+    ctx = local.context(config, dispatcher=Aborting())
+    run, _ = start_run(ctx, idempotency_key="aborted", trigger="test")
+    run = drive(ctx, run)
+    assert aborted
+    job = ctx.state.list_jobs(run.run_id)[0]
+    assert job.status is JobStatus.DONE and job.result is not None, job.error
+    assert _lines(local, job.result.key) == [generated_row(i) for i in range(120_000)]
+
+
 def test_lost_parked_rows_are_read_again(local: LocalBackup, onedb_emulator: OneDBEmulator) -> None:
     onedb_emulator.add_generated_table(ENV_ID, APP, "events", 60_000)
     onedb_emulator.latency = 0.02

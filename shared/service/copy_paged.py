@@ -282,7 +282,11 @@ class _PagedCopy:
                         "destination.part_size_mb")
         assert state.upload_id is not None
         upload_id = state.upload_id
-        etag = self._sink_call(lambda: self.uploads.upload_part(self.key, upload_id, number, data))
+        try:
+            etag = self.uploads.upload_part(self.key, upload_id, number, data)
+        except StorageError as exc:
+            self._restart_if_gone(state)
+            raise Retryable(str(exc)) from None
         state.parts.append(SavedPart(number=number, etag=etag, bytes=len(data), rows=rows,
                                      md5=_md5(data)))
         if state.crc64 is not None:
@@ -305,6 +309,15 @@ class _PagedCopy:
                 self._restart(state, "the multipart upload is gone before it was completed")
         state.completed = True
         self._save(state)
+
+    def _restart_if_gone(self, state: PagedState) -> None:
+        """A part refused because its upload no longer exists (aborted while the copy was
+        paused: the bucket's lifecycle rule for stale parts, or by hand) would be refused
+        on every try: start over. Asked of the bucket's list of unfinished uploads, not
+        read from the error, whose code differs between COS (NoSuchUpload) and others."""
+        open_ids = self._sink_call(lambda: self.uploads.open_uploads(self.key))
+        if state.upload_id not in open_ids:
+            self._restart(state, "the multipart upload is gone before it was completed")
 
     def _restart(self, state: PagedState, why: str) -> None:
         fresh = PagedState(key=self.key, steps=state.steps + 1, steps_at_claim=state.steps + 1)
