@@ -7,11 +7,12 @@ import logging
 import pytest
 
 from devkit.compare import assert_object_equals_docs
+from devkit.emulators.wechat import MISSING
 from devkit.sample_data import make_docs
 from shared.domain.errors import Fatal, Retryable, RetryLater
 from shared.domain.jobs import JobStatus, RunStatus
 from shared.platforms.wechat.api import InvalidRequest, Scope, classify
-from tests.support.backup import LocalBackup, backup_now
+from tests.support.backup import ENV_ID, LocalBackup, backup_now
 
 TOKEN = "/cgi-bin/stable_token"
 
@@ -184,3 +185,36 @@ def test_export_past_its_deadline_is_failed(local: LocalBackup) -> None:
     (job,) = ctx.state.list_jobs(run.run_id)
     assert job.status is JobStatus.FAILED
     assert "did not finish within" in (job.error or "") and str(job.platform_job_id) in (job.error or "")
+
+
+def test_an_empty_export_whose_success_lacks_record_success_is_not_a_verified_backup(
+    local: LocalBackup,
+) -> None:
+    """databasemigratequeryinfo documents record_success on every answer; a success without
+    it is not "0 records": an empty file must not pass as a verified empty backup."""
+    local.seed("orders", [])
+    local.emulator.reshape_export_success(ENV_ID, "orders", record_success=MISSING)
+    ctx = local.context(local.config())
+
+    run = backup_now(ctx)
+
+    (job,) = ctx.state.list_jobs(run.run_id)
+    assert run.status is RunStatus.FAILED and job.status is JobStatus.FAILED
+    assert "record_success" in (job.error or "") and "check" in (job.error or "")
+
+
+@pytest.mark.parametrize("value", [MISSING, None, "", "many", 2.5, True])
+def test_a_success_without_an_integer_record_success_fails_naming_the_field(
+    local: LocalBackup, value: object,
+) -> None:
+    local.seed("orders", make_docs(3))
+    local.emulator.reshape_export_success(ENV_ID, "orders", record_success=value)
+    ctx = local.context(local.config())
+
+    run = backup_now(ctx)
+
+    (job,) = ctx.state.list_jobs(run.run_id)
+    error = job.error or ""
+    assert job.status is JobStatus.FAILED
+    assert "record_success" in error and "api_base" in error
+    assert "mismatch" not in error and "internal error" not in error

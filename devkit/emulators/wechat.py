@@ -84,6 +84,7 @@ REDIRECTED_PREFIX = "/_redirected/"  # where `redirect_uploads` sends an upload 
 IMPORT_DONE_MESSAGE = "导入完成."
 AUTHORIZER_TOKEN = "/cgi-bin/component/api_authorizer_token"
 FILES_CALL_KEY = "/_files"
+MISSING: Any = object()  # `reshape_export_success`: leave the field out of the answer
 
 
 # --------------------------------------------------------------------------- errors
@@ -101,6 +102,12 @@ class _ApiError(Exception):
 
 def _missing(name: str) -> _ApiError:
     return _ApiError(40101, f"missing parameter: {name}")
+
+
+def _reshaped(info: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+    """`info` with `fields` set, those given as MISSING left out."""
+    changed = {**info, **fields}
+    return {name: value for name, value in changed.items() if value is not MISSING}
 
 
 def _invalid(detail: str) -> _ApiError:
@@ -730,6 +737,7 @@ class WeChatEmulator(LocalEmulator):
         self._answers_to_lose: collections.Counter[str] = collections.Counter()
         self._failing: dict[tuple[str, str], str] = {}
         self._count_deltas: dict[tuple[str, str], int] = {}
+        self._success_reshapes: dict[tuple[str, str], dict[str, Any]] = {}
         self._truncate_left = 0
         self._expire_links_left = 0
         self.download_statuses: list[int] = []
@@ -968,6 +976,12 @@ class WeChatEmulator(LocalEmulator):
         with self._lock:
             self._count_deltas[(env, collection)] = delta
 
+    def reshape_export_success(self, env: str, collection: str, **fields: Any) -> None:
+        """Exports of this collection then answer `success` with these fields changed (a
+        value of ``MISSING`` leaves the field out): a changed API or a proxy's answer."""
+        with self._lock:
+            self._success_reshapes[(env, collection)] = fields
+
     def truncate_downloads(self, times: int = 1) -> None:
         with self._lock:
             self._truncate_left += times
@@ -1001,6 +1015,7 @@ class WeChatEmulator(LocalEmulator):
             self._answers_to_lose.clear()
             self._failing.clear()
             self._count_deltas.clear()
+            self._success_reshapes.clear()
             self._truncate_left = 0
             self._expire_links_left = 0
 
@@ -1623,13 +1638,14 @@ class WeChatEmulator(LocalEmulator):
                 job.status = "fail" if failure else "success"
                 if failure:
                     return self._job_info(job, "fail", 0, failure, "")
-                return self._job_info(
+                info = self._job_info(
                     job,
                     "success",
                     job.record_count + job.count_delta,
                     EXPORT_DONE_MESSAGE,
                     self._sign_url(job),
                 )
+                return _reshaped(info, self._success_reshapes.get((job.env, job.collection), {}))
             return self._job_info(job, job.status, 0, "", "")
 
     @staticmethod

@@ -236,17 +236,42 @@ class WeChatClient(WeChatRestore):
         self._starts_paused = None  # a slot is free again
         message = info.get("error_msg") or info.get("err_msg") or "no message"
         if status == "success":
-            failed = int(info.get("record_fail") or 0)
+            failed = self._record_count(info, "record_fail", platform_job_id, required=False)
             if failed:
                 return Progress(
                     "failed",
                     message=f"WeChat exported {collection!r} with {failed} failed records: {message}",
                 )
-            return Progress("ready", expected_records=int(info.get("record_success") or 0),
+            expected = self._record_count(info, "record_success", platform_job_id, required=True)
+            return Progress("ready", expected_records=expected,
                             platform_count=self._count_of(collection))
         if status == "fail":
             return Progress("failed", message=f"WeChat export job {platform_job_id} failed: {message}")
         raise Retryable(f"WeChat export job {platform_job_id} has an unknown status {status!r}")
+
+    def _record_count(self, info: dict[str, Any], field: str, platform_job_id: str,
+                      required: bool) -> int:
+        """record_success / record_fail of a successful export: whole numbers (or digits).
+        databasemigratequeryinfo returns both with every status answer, record_success being
+        the number of records exported (Return parameters and example,
+        https://developers.weixin.qq.com/miniprogram/dev/wxcloud/reference-http-api/database/databaseMigrateQueryInfo.html),
+        so a success without record_success is never read as 0: an empty file would pass as
+        a verified empty backup. An absent record_fail reports no failed record."""
+        value = info.get(field)
+        if value is None and not required:
+            return 0
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+        if isinstance(value, str) and value.isdigit():
+            return int(value)
+        said = "without it" if field not in info else f"with {field} = {value!r}"
+        raise Fatal(
+            f"WeChat {self.routes.status} answered status 'success' for export job "
+            f"{platform_job_id} {said} (fields: {', '.join(sorted(info)) or 'none'}; expected "
+            f"{field}: the whole number of records, always given on success), so the export "
+            "cannot be verified and is not stored; check that the source's api_base is WeChat's "
+            "API and not a proxy that rewrites answers, and report the answer's fields if it is"
+        )
 
     def open(self, collection: str, platform_job_id: str, part: int = 0) -> Iterator[bytes]:
         """Stream the export; a link that expired (403) is replaced once by a fresh one."""
