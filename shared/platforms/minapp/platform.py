@@ -38,7 +38,14 @@ from shared.adapters.http import (
 )
 from shared.domain.errors import BackupError, Fatal, Forgotten, RateLimited, Retryable, RetryLater
 from shared.logs import register_secret
-from shared.platforms.minapp.answers import error_text, json_object
+from shared.platforms.minapp.answers import (
+    count_of,
+    error_text,
+    json_object,
+    meta_of,
+    objects_of,
+    wrong_field,
+)
 from shared.platforms.minapp.restore import MinAppRestore
 from shared.platforms.minapp.settings import MinAppSource, MinAppTable
 from shared.ports import PlatformServices, Progress
@@ -189,9 +196,11 @@ class MinAppClient(MinAppRestore):
             answer = self._read(TABLES, {"limit": TABLE_PAGE, "offset": offset}, "list tables")
             objects = self._listed_tables(answer)
             found.update({str(o["name"]): str(o["id"]) for o in objects})
-            meta = answer.get("meta") or {}
+            following = meta_of(answer, TABLES).get("next")
+            if following is not None and not isinstance(following, str):
+                raise wrong_field(TABLES, "meta.next", "a link or null", following)
             offset += len(objects)
-            if not objects or not meta.get("next"):
+            if not objects or not following:
                 return found
 
     def _table_id(self, name: str) -> str:
@@ -429,7 +438,7 @@ class MinAppClient(MinAppRestore):
                 raise
             if response.status_code in (200, 201):
                 job = json_object(response).get("job_id")
-                if not job:
+                if isinstance(job, bool) or not isinstance(job, (str, int)) or not job:
                     self._cache.cache_put(unsure_key, repr(sent_at), _now() + MARKER_TTL)
                     raise Retryable(f"MinApp created an export of table {collection} without a job_id")
                 self._cache.cache_delete(unsure_key)
@@ -531,7 +540,10 @@ class MinAppClient(MinAppRestore):
         url = info.get("download_url")
         if info.get("status") != "finish" or not url:
             raise Retryable(f"MinApp export {job} has no download link yet")
-        return str(url)
+        if not isinstance(url, str):
+            raise wrong_field(EXPORT_JOB.format(table=collection, job=job), "download_url",
+                              "a link", url)
+        return url
 
     def _checked_bytes(self, response: httpx.Response, job: str) -> Iterator[bytes]:
         received = 0
@@ -587,41 +599,34 @@ class MinAppClient(MinAppRestore):
         """The table's export jobs: the first page and, when there are more, the last."""
         path = EXPORT.format(table=collection)
         pages = [self._read(path, {"limit": 20, "offset": 0}, "list its export jobs")]
-        total = int(pages[0].get("meta", {}).get("total_count") or 0)
+        total = _total_count(pages[0], path)
         if total > 20:
             pages.append(self._read(path, {"limit": 20, "offset": total - 20},
                                     "list its export jobs"))
-        return [job for page in pages for job in page.get("objects") or []]
+        return [_listed_job(job, path) for page in pages for job in objects_of(page, path)]
 
     def _recent_jobs(self, collection: str) -> list[str]:
         since = time.time() - RECENT_JOB_SECONDS
-        return [str(j.get("job_id")) for j in self._jobs(collection)
-                if float(j.get("created_at") or 0) >= since]
+        return [str(j["job_id"]) for j in self._jobs(collection) if j["created_at"] >= since]
 
     def _job_created_since(self, collection: str, since: float) -> str | None:
-        found = sorted((float(j.get("created_at") or 0), str(j.get("job_id")))
-                       for j in self._jobs(collection)
-                       if float(j.get("created_at") or 0) >= since
-                       and j.get("file_type") in (None, self.file_type))
+        found = sorted((j["created_at"], str(j["job_id"])) for j in self._jobs(collection)
+                       if j["created_at"] >= since and j.get("file_type") in (None, self.file_type))
         return found[0][1] if found else None
 
     def _count(self, collection: str, where: dict[str, Any]) -> int:
         params: dict[str, Any] = {"limit": 1, "return_total_count": 1}
         if where:
             params["where"] = json.dumps(where, ensure_ascii=False)
-        answer = self._read(RECORDS.format(table=collection), params, "count its records")
-        total = answer.get("meta", {}).get("total_count")
-        if not isinstance(total, int):
-            raise Fatal(f"MinApp's record API answered for table {collection} without "
-                        "meta.total_count; counting rows for a split needs it")
-        return total
+        path = RECORDS.format(table=collection)
+        return _total_count(self._read(path, params, "count its records"), path)
 
     def _value_at(self, collection: str, where: dict[str, Any], key: str, offset: int) -> Any:
         params: dict[str, Any] = {"order_by": key, "limit": 1, "offset": offset, "keys": key}
         if where:
             params["where"] = json.dumps(where, ensure_ascii=False)
-        objects = self._read(RECORDS.format(table=collection), params, "read split boundaries")
-        records = objects.get("objects") or []
+        path = RECORDS.format(table=collection)
+        records = objects_of(self._read(path, params, "read split boundaries"), path)
         value = records[0].get(key) if records and isinstance(records[0], dict) else None
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise Fatal(f"split of MinApp table {collection} on {key!r}: the record at position "
@@ -723,6 +728,8 @@ class MinAppClient(MinAppRestore):
             code = answer.get("code")
             if not code:
                 raise Retryable("MinApp authorize answered without a code")
+            if not isinstance(code, str):
+                raise wrong_field(AUTHORIZE, "code", "a string", code)
             register_secret(str(code))
             fields = {"client_id": source.client_id, "client_secret": secret,
                       "code": str(code), "grant_type": "authorization_code"}
@@ -731,10 +738,15 @@ class MinAppClient(MinAppRestore):
         token = answer.get("access_token")
         if not token:
             raise Retryable("MinApp access_token answered without an access_token")
-        register_secret(str(token))
+        if not isinstance(token, str):
+            raise wrong_field(ACCESS_TOKEN, "access_token", "a string", token)
+        register_secret(token)
         register_secret(str(answer.get("refresh_token") or ""))
-        log.info("signed in to MinApp", extra={"expires_in": answer.get("expires_in")})
-        return str(token), int(answer.get("expires_in") or 3600)
+        # absent: an hour, as before (the token's life is not documented as optional)
+        expires_in = (count_of(answer, "expires_in", ACCESS_TOKEN)
+                      if answer.get("expires_in") is not None else 3600)
+        log.info("signed in to MinApp", extra={"expires_in": expires_in})
+        return token, expires_in
 
     def _oauth(self, path: str, send: Callable[[str], httpx.Response]) -> dict[str, Any]:
         try:
@@ -756,6 +768,26 @@ class MinAppClient(MinAppRestore):
         if response.status_code != 200:
             raise Retryable(step)  # e.g. a code that expired on the way: sign in again
         return json_object(response)
+
+
+def _total_count(answer: dict[str, Any], call: str) -> int:
+    """`meta.total_count` of a list answer (MinApp's OpenAPI list answers are {meta: {limit,
+    offset, next, previous, total_count}, objects}; ifanrx/hydrogen-sdk-doc open-api/data)."""
+    total = meta_of(answer, call).get("total_count")
+    if isinstance(total, bool) or not isinstance(total, int) or total < 0:
+        raise wrong_field(call, "meta.total_count", "a whole number", total)
+    return total
+
+
+def _listed_job(job: dict[str, Any], call: str) -> dict[str, Any]:
+    """An export job of the list, with the `job_id` and `created_at` (Unix seconds) read to
+    find the job a lost answer made (MinApp data export API, 获取导出任务列表)."""
+    if isinstance(job.get("job_id"), bool) or not isinstance(job.get("job_id"), (str, int)):
+        raise wrong_field(call, "objects[].job_id", "a string", job.get("job_id"))
+    created = job.get("created_at")
+    if isinstance(created, bool) or not isinstance(created, (int, float)):
+        raise wrong_field(call, "objects[].created_at", "a number (Unix seconds)", created)
+    return {**job, "created_at": float(created)}
 
 
 def _dump(handle: dict[str, Any]) -> str:
