@@ -4,13 +4,17 @@ manifest says what was found and left out, and a listing that fails is never sil
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
+
+import pytest
 
 from devkit.compare import assert_object_equals_docs
 from devkit.sample_data import make_docs
 from shared.config import Notify
 from shared.domain.jobs import JobStatus, Run, RunStatus
 from shared.service.context import Context
+from shared.service.start import UnknownSource, start_run
 from tests.support.backup import ENV_ID, LocalBackup, backup_now
 from tests.support.webhook import WebhookReceiver
 
@@ -259,3 +263,43 @@ def test_a_token_answer_without_a_token_fails_the_source_saying_what_to_check(
     error = run_manifest(local, run)["discovery"]["shop"]["error"]
     assert "/cgi-bin/stable_token" in error and "access_token" in error
     assert "errcode, errmsg" in error and "api_base" in error
+
+
+def test_an_unexpected_error_in_one_sources_listing_fails_that_source_only(
+    local: LocalBackup, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bug or an unexpected library error while one source is listed must not stop the
+    start of the whole run: that source fails for the run (recorded, announced and logged
+    with its traceback) and the others are backed up."""
+    orders = make_docs(4, seed=1)
+    local.seed("orders", orders)
+    config = local.config(local.wechat_source(),
+                          local.wechat_source(name="broken", collections="all"))
+    ctx = local.context(config)
+
+    def listing_bug() -> list[str]:
+        raise KeyError("pager")
+
+    monkeypatch.setattr(ctx.platforms.get("broken"), "collections", listing_bug)
+    caplog.set_level(logging.ERROR)
+
+    run = backup_now(ctx)
+
+    assert run.status is RunStatus.FAILED
+    assert_backed_up(local, ctx, run, {"orders": orders})
+    error = run_manifest(local, run)["discovery"]["broken"]["error"]
+    assert "source 'broken'" in error and "KeyError" in error and "pager" in error
+    assert (run.summary or {})["sources_not_listed"] == ["broken"]
+    logged = [r for r in caplog.records if getattr(r, "source", None) == "broken"]
+    assert logged and logged[0].exc_info is not None
+
+
+def test_a_request_naming_a_collection_the_source_lacks_is_still_refused(local: LocalBackup) -> None:
+    """Only a source's own failure is recorded on the run; a request's mistake is refused."""
+    local.seed("orders", make_docs(2))
+    ctx = local.context(local.config())
+
+    with pytest.raises(UnknownSource, match="no collection"):
+        start_run(ctx, idempotency_key="k", trigger="test", collections={"shop": ["nope"]})
+
+    assert ctx.state.find_run("k") is None

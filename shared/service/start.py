@@ -86,13 +86,21 @@ def _discover(
     for name in chosen:
         try:
             found[name] = choose_collections(ctx, name, (wanted or {}).get(name))
+            listed = ctx.platforms.get(name).discovery()
         except BackupError as exc:
             message = redact(_not_listed(name, exc) if isinstance(exc, (Retryable, RetryLater))
                              else str(exc))
             log.error("source has nothing to back up", extra={"source": name, "reason": message})
             found[name], discovery[name] = [], {"error": message}
             continue
-        listed = ctx.platforms.get(name).discovery()
+        except UnknownSource:  # the request names what the source lacks: the caller's error
+            raise
+        except Exception as exc:  # a bug in one source's listing must not stop the others
+            message = redact(_broke(name, exc))
+            log.exception("source has nothing to back up", extra={"source": name,
+                                                                  "reason": message})
+            found[name], discovery[name] = [], {"error": message}
+            continue
         if listed is not None:
             discovery[name] = listed
         if not found[name]:  # a run that backs up nothing from a source must say why
@@ -111,6 +119,13 @@ def _not_listed(source: str, exc: Retryable | RetryLater) -> str:
     return (f"source {source!r} could not be listed: {cause} ({exc}). This run backs up "
             "nothing from it and does not list it again; start the backup again once the "
             "platform's rate limit, quota or outage has passed")
+
+
+def _broke(source: str, exc: Exception) -> str:
+    """An error the platform code did not expect (a bug, a library's own failure)."""
+    return (f"source {source!r} could not be listed: unexpected error "
+            f"{type(exc).__name__}: {exc}. This run backs up nothing from it; the traceback "
+            "is in the log: report it, and start the backup again once it is fixed")
 
 
 def choose_collections(ctx: Context, source: str, wanted: list[str] | None) -> list[str]:
