@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from shared.domain.errors import Fatal, Retryable, RetryLater
 from shared.domain.jobs import JobStatus, RunStatus
 from shared.entrypoints.scf import handle_finisher
 from shared.logs import configure_logging
+from shared.service.poll import poll
+from shared.service.start import start_run
 from tests.support.backup import FAST_TIMING, LocalBackup, backup_now
 from tests.support.hostile import Hostile, redirect
 
@@ -327,3 +330,48 @@ def test_a_role_that_may_not_invoke_fails_the_jobs_loudly(
     assert tencentcloud.invocations == []
     manifest = json.loads(local.objects.read(run.manifest_key or ""))
     assert all("scf:InvokeFunction" in (j.get("error") or "") for j in manifest["jobs"])
+
+
+def test_a_hand_off_that_keeps_failing_fails_the_job_without_promising_a_retry(
+    local: LocalBackup, tencentcloud: TencentCloudEmulator, hosted: tuple[Config, dict[str, str]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The dispatcher states the cause; the poller says what happens next. A job whose
+    tries ran out must not say "will retry", neither in its error nor in the log."""
+    config, environ = hosted
+    local.seed("orders", make_docs(5, seed=1))
+    local.seed("users", make_docs(5, seed=2))
+    tencentcloud.inject("InternalError", "backend busy", times=1000)
+    ctx = local.context(config, dispatcher_for(config, environ, lambda job_id: None))
+    caplog.set_level(logging.ERROR)
+
+    run = backup_now(ctx)
+
+    for job in ctx.state.list_jobs(run.run_id):
+        assert job.status is JobStatus.FAILED
+        assert "InternalError: backend busy" in (job.error or "")
+        assert "will retry" not in (job.error or "")
+    failed = [r for r in caplog.records if r.getMessage() == "job failed"]
+    assert failed and all("will retry" not in str(getattr(r, "reason", "")) for r in failed)
+
+
+def test_a_throttled_hand_off_says_once_that_it_waits(
+    local: LocalBackup, tencentcloud: TencentCloudEmulator, hosted: tuple[Config, dict[str, str]],
+) -> None:
+    config, environ = hosted
+    local.seed("orders", make_docs(5, seed=1))
+    local.seed("users", make_docs(5, seed=2))
+    tencentcloud.inject("RequestLimitExceeded", times=1000)
+    ctx = local.context(config, dispatcher_for(config, environ, lambda job_id: None))
+    run, _ = start_run(ctx, idempotency_key="throttled", trigger="test")
+
+    errors = [""]
+    deadline = time.monotonic() + 30
+    while not all("RequestLimitExceeded" in e for e in errors) and time.monotonic() < deadline:
+        poll(ctx)
+        errors = [job.error or "" for job in ctx.state.list_jobs(run.run_id)]
+        time.sleep(0.02)
+
+    for error in errors:
+        assert "RequestLimitExceeded" in error and error.endswith("; waiting, asked again later")
+        assert "will retry" not in error

@@ -68,7 +68,7 @@ def _classify(code: str, message: str, request_id: str | None, target: ScfTarget
     function = f"function {target.function!r} in namespace {target.namespace!r}, region {target.region}"
     error: DispatchError
     if code.startswith("RequestLimitExceeded"):
-        error = _Throttled(f"Tencent Cloud API rate limit while invoking the finisher; will retry: {said}")
+        error = _Throttled(f"Tencent Cloud API rate limit while invoking the finisher: {said}")
     elif code.startswith(("AuthFailure.UnauthorizedOperation", "UnauthorizedOperation")):
         error = _Refused(
             f"the execution role may not invoke the finisher ({said}); give the role "
@@ -97,8 +97,9 @@ def _classify(code: str, message: str, request_id: str | None, target: ScfTarget
                           "InvalidAction", "UnsupportedRegion", "NoSuchVersion")):
         error = _Refused(f"the API refused the invocation of {function} ({said}); "
                          "check the dispatch section of the config")
-    else:  # InternalError, ServiceUnavailable, network errors, anything new: retried, then fails
-        error = _Transient(f"invoking the finisher failed; will retry: {said}")
+    else:  # InternalError, ServiceUnavailable, network errors, anything new: transient
+        # The cause only: whether it is tried again is the caller's to say (the poller's).
+        error = _Transient(f"invoking the finisher failed: {said}")
     error.code = code
     return error
 
