@@ -264,7 +264,7 @@ class WeChatClient(WeChatRestore):
             return value
         if isinstance(value, str) and value.isdigit():
             return int(value)
-        said = "without it" if field not in info else f"with {field} = {value!r}"
+        said = f"without {field}" if field not in info else f"with {field} = {value!r}"
         raise Fatal(
             f"WeChat {self.routes.status} answered status 'success' for export job "
             f"{platform_job_id} {said} (fields: {', '.join(sorted(info)) or 'none'}; expected "
