@@ -122,7 +122,8 @@ def test_a_state_backend_that_does_not_answer_is_one_clear_line_not_a_traceback(
 
 
 @pytest.mark.parametrize("given", [["run", "--tick", "-1"], ["run", "--tick", "nan"],
-                                   ["status", "--limit", "0"], ["status", "--limit", "-3"]])
+                                   ["status", "--limit", "0"], ["status", "--limit", "-3"],
+                                   ["serve", "--port", "65536"], ["serve", "--port", "-1"]])
 def test_a_bad_number_is_refused_before_anything_starts(
         local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str], given: list[str]) -> None:

@@ -59,6 +59,15 @@ def _count(text: str) -> int:
     return int(text)
 
 
+def _port(text: str) -> int:
+    """A TCP port, or 0 for one the system picks (the URL printed at start shows it); a value
+    bind() refuses must be refused here, before the config is read or a poller started."""
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port, 1 to 65535 (or 0: any free one), "
+                                         f"not {text!r}")
+    return int(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="baas-backup", description=__doc__)
     parser.add_argument("--config", help="config file (default: $BAAS_BACKUP_CONFIG or backup.yaml)")
@@ -103,7 +112,8 @@ def _parser() -> argparse.ArgumentParser:
     ack.add_argument("collection")
     serve = commands.add_parser("serve", help="the HTTP API and status page on this machine")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--port", type=_port, default=8080,
+                       help="TCP port, 1-65535, or 0 for any free one (default 8080)")
     serve.add_argument("--poll-seconds", type=_seconds, default=5.0,
                        help="drive runs forward like the poller's timer (0: off)")
     doctor = commands.add_parser(
