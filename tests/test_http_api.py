@@ -176,6 +176,22 @@ def test_a_wiped_collection_is_flagged_and_acknowledged_over_http(api: Api) -> N
     assert shop_orders["last_good"]["run_id"] == second  # the acknowledged drop is good now
 
 
+@pytest.mark.parametrize("path,body", [
+    ("/runs/20261121T020000123Z-1a2b3c4d/acknowledge", {"source": "shop", "collection": "orders"}),
+    ("/doctor", {"notify": True}),
+])
+def test_every_post_route_refuses_a_body_that_is_not_json_with_415(
+        api: Api, path: str, body: dict[str, Any]) -> None:
+    """Like POST /runs, /restores and /runs/{id}/verify: a body sent as a form or text is
+    refused before the route acts on it (a doctor --notify would message every webhook)."""
+    for content_type in ("text/plain", "application/x-www-form-urlencoded"):
+        status, answer, _ = api.call("POST", path, raw_body=json.dumps(body),
+                                     headers={"content-type": content_type})
+
+        assert status == 415, answer
+        assert answer["field"] == "Content-Type" and content_type in answer["error"]
+
+
 def test_post_runs_with_a_subset(api: Api) -> None:
     _, by_source, _ = api.call("POST", "/runs", body={"sources": ["archive"]})
     _, by_collection, _ = api.call("POST", "/runs", body={"collections": {"shop": ["users"]}})

@@ -614,8 +614,8 @@ def _acknowledge(request: Request, params: Mapping[str, str], context: ContextFa
     from shared.service.suspicion import NotSuspect, acknowledge
 
     run_id = params["run_id"]
-    try:
-        body = AcknowledgeBody.model_validate_json(request.body or b"{}")
+    try:  # json_object: 415 for a body not sent as JSON, like every POST route
+        body = AcknowledgeBody.model_validate(json_object(request))
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(part) for part in first["loc"]) or "body"
@@ -652,15 +652,13 @@ class DoctorBody(BaseModel):
 def _doctor(request: Request, params: Mapping[str, str], context: ContextFactory) -> Response:
     """Every doctor check with the trigger function's role, network and egress IP; 200 with
     the report whether or not the checks pass (`ok` says which)."""
-    body = DoctorBody()
-    if request.body.strip():
-        try:
-            body = DoctorBody.model_validate_json(request.body)
-        except ValidationError as exc:
-            first = exc.errors(include_url=False)[0]
-            where = ".".join(str(part) for part in first["loc"]) or "body"
-            raise HttpError(400, f'the body must be {{"notify": true}} or empty: {where}: '
-                                 f"{first['msg']}", where) from None
+    try:  # json_object: {} when empty, 415 for a body not sent as JSON
+        body = DoctorBody.model_validate(json_object(request))
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        raise HttpError(400, f'the body must be {{"notify": true}} or empty: {where}: '
+                             f"{first['msg']}", where) from None
     from shared.entrypoints.scf import run_doctor  # the same report as {"doctor": true}
 
     return json_response(200, run_doctor(notify=body.notify))
