@@ -366,3 +366,7 @@ class Deployment(Protocol):
 
     def webhook(self, index: int, send: bool) -> str:
         """The webhook answers; with `send`, it accepts a test message."""
+
+    def heartbeat(self, send: bool) -> str | None:
+        """The heartbeat monitor takes a connection (no ping: any request would count as
+        one); with `send`, it accepts a success ping. None when none is configured."""

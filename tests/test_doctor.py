@@ -161,6 +161,99 @@ def test_the_cli_prints_one_line_per_check_and_exits_0(site: Site, capsys: pytes
     assert out[-1] == "every check passed"
 
 
+# the heartbeat ---------------------------------------------------------------------------
+MONITOR_KEY = "hb-key-9c8d7e6f5a4b"
+# each style's ping URL as its monitor hands it out, and what a success ping's path holds
+MONITOR_URLS = {"healthchecks": (f"/{MONITOR_KEY}", f"/{MONITOR_KEY}"),
+                "cronitor": (f"/p/api-key/{MONITOR_KEY}", "state=complete"),
+                "uptime-kuma": (f"/api/push/{MONITOR_KEY}?status=up&msg=OK&ping=", "status=up")}
+
+
+@pytest.fixture
+def monitor(site: Site, monkeypatch: pytest.MonkeyPatch) -> Iterator[WebhookReceiver]:
+    """A heartbeat monitor on loopback, configured as notify.heartbeat; it answers 200."""
+    receiver = WebhookReceiver()
+    receiver.get_status = 200
+    heartbeat_at(site, monkeypatch, "healthchecks", receiver.server.server_port)
+    yield receiver
+    receiver.server.shutdown()
+    receiver.server.server_close()
+
+
+def heartbeat_at(site: Site, monkeypatch: pytest.MonkeyPatch, style: str, port: int) -> None:
+    site.document["notify"]["heartbeat"] = {"url": "${HEARTBEAT_URL}", "style": style}
+    monkeypatch.setenv("HEARTBEAT_URL", f"http://127.0.0.1:{port}{MONITOR_URLS[style][0]}")
+
+
+def closed_port() -> int:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        return int(closed.getsockname()[1])
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_the_heartbeat_is_checked_without_pinging_it(
+    site: Site, monitor: WebhookReceiver, entry: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """healthchecks.io, Cronitor and Uptime Kuma all count a GET of the URL as a ping: the
+    check connects to the monitor's host and sends it nothing."""
+    report = site.doctor(entry, capsys=capsys)
+
+    assert report["ok"] is True, report
+    assert [c["check"] for c in report["checks"]] == [*CHECKS, "notify.heartbeat"]
+    detail = by_check(report)["notify.heartbeat"]
+    assert detail["status"] == "ok" and "host 127.0.0.1" in detail["detail"], detail
+    assert "--notify" in detail["detail"] and "no ping" in detail["detail"]
+    assert monitor.pings == []  # nothing the monitor would count as a run
+    assert MONITOR_KEY not in json.dumps(report)
+
+
+@pytest.mark.parametrize("style", sorted(MONITOR_URLS))
+def test_notify_sends_the_heartbeat_one_success_ping(
+    site: Site, monitor: WebhookReceiver, monkeypatch: pytest.MonkeyPatch, style: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    heartbeat_at(site, monkeypatch, style, monitor.server.server_port)
+    report = site.doctor("cli", notify=True, capsys=capsys)
+
+    assert report["ok"] is True, report
+    (ping,) = monitor.pings
+    assert MONITOR_KEY in ping and MONITOR_URLS[style][1] in ping and "fail" not in ping
+    detail = by_check(report)["notify.heartbeat"]["detail"]
+    assert "HTTP 200" in detail and MONITOR_KEY not in json.dumps(report)
+
+
+@pytest.mark.parametrize("notify", [False, True])
+def test_an_unreachable_heartbeat_fails_without_showing_its_key(
+    site: Site, monkeypatch: pytest.MonkeyPatch, notify: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    heartbeat_at(site, monkeypatch, "uptime-kuma", closed_port())
+    report = site.doctor("cli", notify=notify, capsys=capsys)
+
+    detail = by_check(report)["notify.heartbeat"]
+    assert report["ok"] is False and detail["status"] == "failed", detail
+    assert "unreachable" in detail["detail"] and "notify.heartbeat.url" in detail["detail"]
+    assert MONITOR_KEY not in json.dumps(report)
+
+
+@pytest.mark.parametrize(("status", "body", "words"), [
+    (404, None, ["HTTP 404"]),  # healthchecks.io: no check with that UUID
+    (200, {"ok": False, "msg": "Monitor not found or not active."}, ["Monitor not found"]),
+])
+def test_a_heartbeat_that_refuses_the_test_ping_fails(
+    site: Site, monitor: WebhookReceiver, status: int, body: dict[str, Any] | None,
+    words: list[str], capsys: pytest.CaptureFixture[str],
+) -> None:
+    monitor.get_status, monitor.get_body = status, body
+    report = site.doctor("trigger", notify=True, capsys=capsys)
+
+    detail = by_check(report)["notify.heartbeat"]
+    assert report["ok"] is False and detail["status"] == "failed", detail
+    for word in [*words, "notify.heartbeat.url"]:
+        assert word in detail["detail"], detail
+    assert len(monitor.pings) == 1 and MONITOR_KEY not in json.dumps(report)
+
+
 # each check failing ----------------------------------------------------------------------
 Mutation = Callable[[Site, pytest.MonkeyPatch], None]
 

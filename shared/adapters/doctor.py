@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 from shared.adapters.cos.client import ROLE_ENV, cos_client, cos_errors
 from shared.adapters.cos.objects import CosObjectStore
 from shared.adapters.dispatch import REGION_ENV, ScfDispatcher, ScfTarget
+from shared.adapters.heartbeat import probe_heartbeat
 from shared.adapters.state import open_store
 from shared.adapters.webhooks import probe_webhook
 from shared.config import Config
@@ -175,3 +176,7 @@ class CloudDeployment:
 
     def webhook(self, index: int, send: bool) -> str:
         return probe_webhook(self._config.notify.webhooks[index], index, send)
+
+    def heartbeat(self, send: bool) -> str | None:
+        heartbeat = self._config.notify.heartbeat
+        return None if heartbeat is None else probe_heartbeat(heartbeat, send)

@@ -6,13 +6,15 @@ run from closing."""
 from __future__ import annotations
 
 import logging
+import socket
 from urllib.parse import unquote_plus, urlencode, urlsplit, urlunsplit
 
 import httpx
 
 from shared.adapters.http import describe_http_error, describe_transport_error, make_client
+from shared.adapters.tls import tls_context
 from shared.config.model import Heartbeat
-from shared.domain.errors import Retryable
+from shared.domain.errors import Fatal, Retryable
 from shared.logs import redact, register_secret
 from shared.retry import with_retries
 
@@ -68,3 +70,78 @@ def ping(heartbeat: Heartbeat, ok: bool, message: str, *, client: httpx.Client |
                       extra={"reason": redact(f"{type(exc).__name__}: {exc}")})
     else:
         log.info("heartbeat pinged", extra={"ok": ok})
+
+
+TEST_MESSAGE = "baas-backup doctor: a test ping; no backup ran"
+_CHECK_URL = "check notify.heartbeat.url (its host, port and key) and notify.heartbeat.style"
+
+
+def probe_heartbeat(heartbeat: Heartbeat, send: bool, *, client: httpx.Client | None = None) -> str:
+    """`doctor`: the monitor's host takes a connection; with `send`, it accepts one success
+    ping. Without `send` no request is made: healthchecks.io ("HEAD, GET and POST requests
+    all work", healthchecks.io/docs/http_api/), Cronitor (GET or POST, cronitor.io/docs/
+    telemetry-api) and Uptime Kuma (the push route takes any method, louislam/uptime-kuma
+    server/routers/api-router.js, /api/push/:pushToken) count any request to the URL as a
+    ping, which would vouch for a run that never happened. The URL carries the monitor's
+    key: only its host is ever shown."""
+    base = heartbeat.url.get_secret_value()
+    register_secret(base)
+    where = f"notify.heartbeat ({heartbeat.style}, host {urlsplit(base).hostname})"
+    if send:
+        return _test_ping(heartbeat, where, client or make_client())
+    secured = _connect(base, where)
+    return (f"{where} accepts connections{secured}; no ping was sent, as the monitor counts "
+            "any request to the URL as a run: doctor --notify (or \"notify\": true) sends it "
+            "one success ping")
+
+
+def _connect(url: str, where: str) -> str:
+    """Resolve the host, connect, and for https verify its certificate; no HTTP is sent."""
+    parts = urlsplit(url)
+    https = parts.scheme == "https"
+    host = parts.hostname or ""
+    try:
+        port = parts.port or (443 if https else 80)
+        with socket.create_connection((host, port), timeout=10) as sock:
+            if https:
+                with tls_context().wrap_socket(sock, server_hostname=host):
+                    pass
+    except (OSError, ValueError) as exc:  # unresolvable, refused, timed out, bad certificate
+        reason = redact(str(exc))[:200]
+        raise Fatal(f"{where} is unreachable from here: {type(exc).__name__}"
+                    f"{f' ({reason})' if reason else ''}; {_CHECK_URL}, and that this network "
+                    "reaches it") from None
+    return " (TLS certificate verified)" if https else ""
+
+
+def _test_ping(heartbeat: Heartbeat, where: str, http: httpx.Client) -> str:
+    url = ping_url(heartbeat, True, TEST_MESSAGE)
+    register_secret(url)
+    try:
+        response = http.get(url)
+    except httpx.TransportError as exc:
+        raise Fatal(f"{where} is unreachable from here: {describe_transport_error(exc)}; "
+                    f"{_CHECK_URL}, and that this network reaches it") from None
+    except httpx.HTTPError as exc:  # an unreadable answer, a redirect loop
+        raise Fatal(f"{where}: its answer to the test ping is unusable: "
+                    f"{describe_http_error(exc)}; {_CHECK_URL}") from None
+    if response.status_code >= 300:  # healthchecks.io: 404 for a UUID it does not know
+        raise Fatal(f"{where} answered the test ping with HTTP {response.status_code}; "
+                    f"{_CHECK_URL}: the monitor may not know this key") from None
+    refused = _refusal(response)
+    if refused:
+        raise Fatal(f"{where} refused the test ping: {refused}; {_CHECK_URL}")
+    return (f"{where} answered a success ping with HTTP {response.status_code}: the monitor "
+            "counts it as a good run")
+
+
+def _refusal(response: httpx.Response) -> str | None:
+    """Uptime Kuma may answer {"ok": false, "msg": "Monitor not found or not active."}
+    (api-router.js, /api/push/:pushToken) where the others answer an HTTP error."""
+    try:
+        answer = response.json()
+    except ValueError:
+        return None
+    if isinstance(answer, dict) and answer.get("ok") is False:
+        return redact(str(answer.get("msg") or "ok: false"))[:200]
+    return None

@@ -117,7 +117,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--poll-seconds", type=_seconds, default=5.0,
                        help="drive runs forward like the poller's timer (0: off)")
     doctor = commands.add_parser(
-        "doctor", help="check a real deployment: config, bucket, state, sources, finisher, webhooks",
+        "doctor", help="check a real deployment: config, bucket, state, sources, finisher, "
+        "webhooks, heartbeat",
         description="Checks the deployment for real with this machine's credentials "
         "(destination.secret_id/secret_key, or TENCENTCLOUD_SECRETID/_SECRETKEY for the bucket "
         "and the finisher) and says, for each check, ok or what is wrong and how to fix it. "
@@ -125,7 +126,8 @@ def _parser() -> argparse.ArgumentParser:
         "or POST /doctor on its Function URL.")
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
     doctor.add_argument("--notify", action="store_true",
-                        help="send each webhook a test message (default: only check it answers)")
+                        help="send each webhook a test message and the heartbeat one success "
+                        "ping (default: only check they answer; the heartbeat gets no request)")
     return parser
 
 

@@ -646,7 +646,7 @@ def _collections(request: Request, params: Mapping[str, str], context: ContextFa
 class DoctorBody(BaseModel):
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
-    notify: bool = False  # send each webhook a test message
+    notify: bool = False  # send each webhook a test message, the heartbeat a success ping
 
 
 def _doctor(request: Request, params: Mapping[str, str], context: ContextFactory) -> Response:

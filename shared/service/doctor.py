@@ -95,6 +95,8 @@ def diagnose(load: Callable[[], Subject], *, notify: bool = False) -> Report:
                            unused="dispatch.mode is local: the poller copies in-process"))
     for index in range(deployment.webhooks()):
         findings.append(_check(f"notify.webhooks[{index}]", partial(deployment.webhook, index, notify)))
+    if config.notify.heartbeat is not None:  # the dead-man switch: a wrong URL never alerts
+        findings.append(_check("notify.heartbeat", partial(deployment.heartbeat, notify)))
     return Report(findings)
 
 

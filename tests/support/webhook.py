@@ -18,6 +18,7 @@ class WebhookReceiver:
         self.answers: list[tuple[int, dict[str, Any]]] = []  # queued replies; default 200 ok
         self.gets = 0
         self.get_status = 405  # robots refuse a GET; a heartbeat test sets 200
+        self.get_body: dict[str, Any] | None = None  # a JSON answer to a GET (Uptime Kuma's)
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -35,9 +36,13 @@ class WebhookReceiver:
             def do_GET(self) -> None:  # robots refuse a GET (405); heartbeat monitors answer 200
                 receiver.gets += 1
                 receiver.pings.append(self.path)
+                data = b"" if receiver.get_body is None else json.dumps(receiver.get_body).encode()
                 self.send_response(receiver.get_status)
-                self.send_header("Content-Length", "0")
+                if data:
+                    self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
+                self.wfile.write(data)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

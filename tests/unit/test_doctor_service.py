@@ -45,6 +45,9 @@ class FakeDeployment:
     def webhook(self, index: int, send: bool) -> str:
         return self._answer(f"webhook {index} send={send}") or ""
 
+    def heartbeat(self, send: bool) -> str | None:
+        return self._answer(f"heartbeat send={send}")
+
 
 class Probing(ScriptedExport):
     def probe(self) -> str:
