@@ -48,7 +48,7 @@ class Hostile:
                 else:
                     answer(self)
 
-            do_GET = do_POST = do_PUT = _any
+            do_GET = do_POST = do_PUT = do_HEAD = do_DELETE = _any
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

@@ -120,7 +120,36 @@ def _session(connections: int, pid: int) -> requests.Session:
     adapter = _shared_tls_adapter()(pool_connections=SDK_POOL_SIZE, pool_maxsize=connections)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
+    session.hooks["response"].append(_refuse_redirect)
     return session
+
+
+class RedirectRefused(Exception):
+    """A COS answer in 3xx. Not a requests ConnectionError, so the SDK does not retry it
+    and raises it as a CosClientError carrying this message."""
+
+
+def _refuse_redirect(response: requests.Response, *args: Any, **kwargs: Any) -> None:
+    """With AllowRedirects=False (CosConfig's default, kept: a followed redirect would carry
+    the signed request and the x-cos-security-token to whatever host it names), the SDK
+    returns a 3xx as a success (qcloud_cos/cos_client.py, send_request: "2xx和3xx都认为是成功的"):
+    a PUT that stored nothing, a read of the redirect's body. COS itself counts a 3xx as
+    an error response (cloud.tencent.com/document/product/436/7730, "Error Response":
+    "3XX, 4XX, and 5XX"), and one means the request did not reach the bucket it names:
+    fail, naming the endpoint that answered."""
+    if not 300 <= response.status_code < 400:
+        return
+    sent_to = urlsplit(response.url)
+    location = urlsplit(response.headers.get("Location", ""))
+    target = f" to host {location.hostname}{f':{location.port}' if location.port else ''}" \
+        if location.hostname else ""
+    raise RedirectRefused(
+        f"the endpoint {sent_to.scheme}://{sent_to.hostname}"
+        f"{f':{sent_to.port}' if sent_to.port else ''} answered HTTP {response.status_code}, a "
+        f"redirect{target}, which is never followed (it would take the signed request and "
+        "the keys elsewhere) and stores or reads nothing: check destination.endpoint (leave "
+        "it out for Tencent COS; for another server, its own address), destination.region "
+        "and destination.bucket")
 
 
 @functools.cache
