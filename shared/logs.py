@@ -25,25 +25,47 @@ _context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("log_c
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
 
-# any URL's userinfo (user:password@host): httpx logs request URLs as given
-URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/?#\"'<>]+@")
+# any URL's userinfo (user:password@host): httpx logs request URLs as given. The scheme is
+# bounded so a long run of letters and dashes is not rescanned from every position.
+URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]{0,30}://)[^\s/?#\"'<>]+@")
+
+# names whose value is a credential, matched whole (not inside errcode, status_code,
+# max_tokens): a prefix of words joined by _ or - (authorizer_refresh_, x-cos-security-,
+# TENCENTCLOUD_), then a word ending in one of these. Bounded, so matching stays linear.
+_COMPOUND = (r"(?:[a-z0-9]+[_-]){0,4}[a-z0-9]*?"
+             r"(?:secret[_-]?(?:key|id)|secret|token|ticket|passw(?:or)?d)")
+# masked after `=`, `:` or as a quoted key: WeChat (access_token, authorizer_refresh_token,
+# component_verify_ticket, component_appsecret, secret), MinApp (client_secret, code,
+# refresh_token), OneDB (key_secret), COS (SecretKey, x-cos-security-token, q-ak,
+# q-signature), Tencent Cloud API (SecretId, X-TC-Token), Authorization headers
+_ANY_FORM = re.compile(
+    rf"""(?i)(["']?\b(?:{_COMPOUND}|code|authorization|q-signature|q-ak)(?![\w-])["']?\s*[:=]\s*["']?)"""
+    r"""(?!Bearer |Basic |TC3-HMAC-SHA256 )[^\s"'&,}]+"""
+)
+# everyday words, masked only when assigned (sign=, TC3's Credential= and Signature=) or a
+# quoted key ("sign": ...), not after a colon in prose ("the signature: check ...")
+_ASSIGNED = re.compile(
+    r"""(?i)((?:\b(?:sign|signature|credential)\s*=|(["'])(?:sign|signature|credential)\2\s*:)"""
+    r"""\s*["']?)[^\s"'&,}]+"""
+)
 
 _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (URL_USERINFO, rf"\1{REDACTED}@"),
-    # any URL's query string: access_token=..., COS q-signature=..., MinApp codes
-    (re.compile(r"(https?://[^\s\"'<>?]+)\?[^\s\"'<>]*"), rf"\1?{REDACTED}"),
+    # any URL's query string (access_token=..., COS q-signature=..., sign=..., MinApp codes),
+    # whatever precedes it: a scheme in any case, none (urllib3 logs the path alone), or
+    # JSON-escaped slashes. It starts at `?` so no prefix is rescanned; an escaped quote ends it.
+    (re.compile(r"""(?<=[^\s"'<>])\?(?=[\w.~%-]*[=&])(?:[^\s"'<>\\]|\\(?!["']))*"""), f"?{REDACTED}"),
     # credentials in Authorization headers: the whole value up to a space or quote (a
     # bearer token may hold ':'; Basic is base64 of user:password)
     (re.compile(r"(?i)\b(Bearer|Basic)\s+[^\s\"'<>,;]+"), rf"\1 {REDACTED}"),
-    # token-like parameters outside URLs, in JSON bodies or form data
-    (
-        re.compile(
-            r"""(?i)(["']?\b(?:[a-z_]*access_token|refresh_token|[a-z_]*secret|secret_?key|"""
-            r"""client_secret|authorization|code|token|q-signature|q-ak|x-cos-security-token|"""
-            r"""password)["']?\s*[:=]\s*["']?)(?!Bearer |Basic )[^\s"'&,}]+"""
-        ),
-        rf"\1{REDACTED}",
-    ),
+    # token-like parameters outside URLs: query, form, JSON, dict reprs, headers
+    (_ANY_FORM, rf"\1{REDACTED}"),
+    (_ASSIGNED, rf"\1{REDACTED}"),
+    # a WeCom robot's key=, as a query or form parameter only (object keys are logged as key=)
+    (re.compile(r"(?i)([?&]key=)[^\s\"'&,}#]+"), rf"\1{REDACTED}"),
+    # the COS SDK's DEBUG lines "sign_key: <hex>", "sign_key<hex>", "sign: <hex>"
+    # (qcloud_cos/cos_auth.py): the key signs any request until its q-key-time ends
+    (re.compile(r"(?i)\b(sign(?:_?key)?\W{0,3})[0-9a-f]{32,}"), rf"\1{REDACTED}"),
 ]
 
 

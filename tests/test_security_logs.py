@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -101,3 +102,91 @@ def test_a_token_service_url_with_a_password_keeps_it_out_of_the_error(hostile: 
     assert password not in message and "ops:" not in message, message
     assert f"token service {hostile.base}/wechat/shop answered HTTP 401" in message
     assert password not in redact(message)
+
+
+# -- every secret-bearing name the product sends or receives, in every form it takes ------
+# WeChat: developers.weixin.qq.com/doc/oplatform/Third-party_Platforms/2.0/api/ThirdParty/token/
+# (component_verify_ticket, component_appsecret, component/authorizer tokens); MinApp:
+# client_secret, code, refresh_token; OneDB: key_secret; COS and Tencent Cloud API keys and
+# session tokens; DingTalk robots sign their webhook URL with timestamp and sign.
+SECRET_NAMES = [
+    "authorizer_refresh_token", "component_verify_ticket", "component_access_token",
+    "authorizer_access_token", "access_token", "refresh_token", "component_appsecret",
+    "secret", "key_secret", "client_secret", "password", "SecretKey", "SecretId",
+    "x-cos-security-token", "X-TC-Token", "TENCENTCLOUD_SESSIONTOKEN", "TENCENTCLOUD_SECRETKEY",
+    "Authorization", "ticket", "token", "code", "sign", "signature", "Credential",
+]
+# names that are also everyday words are masked when assigned or quoted, not after a
+# bare colon in prose ("COS refused the signature: check the SecretKey")
+PROSE_NAMES = {"sign", "signature", "Credential"}
+
+
+def _forms(name: str) -> list[str]:
+    value = f"Unreg1stered-{name}-v4lue"
+    forms = [f"?appid=wx1&{name}={value}&x=1", f"{name}={value}", f'{{"{name}": "{value}"}}',
+             f'{{"{name}":"{value}"}}', f"{{'{name}': '{value}', 'n': 1}}", f"a=1&{name}={value}"]
+    if name not in PROSE_NAMES:
+        forms.append(f"{name}: {value}")
+    return forms
+
+
+@pytest.mark.parametrize("name", SECRET_NAMES)
+def test_every_secret_name_is_masked_in_query_json_header_and_form(name: str) -> None:
+    value = f"Unreg1stered-{name}-v4lue"
+    for text in _forms(name):
+        assert value not in redact(text), text
+
+
+def test_a_webhook_key_parameter_is_masked_without_masking_object_keys() -> None:
+    assert "wecom-robot-key-1234" not in redact("send?key=wecom-robot-key-1234")
+    assert "wecom-robot-key-1234" not in redact("msgtype=text&key=wecom-robot-key-1234")
+    assert redact("copied key=backups/runs/r1/a.jsonl") == "copied key=backups/runs/r1/a.jsonl"
+
+
+def test_everyday_words_stay_readable() -> None:
+    for text in ("COS refused the signature: check the SecretKey (and the clock)",
+                 "HTTP status_code: 500, errcode: 40001", "max_tokens=5 token_type: bearer",
+                 "expires_in=7200"):
+        assert redact(text) == text
+
+
+@pytest.mark.parametrize("url", [
+    "HTTPS://oapi.dingtalk.com/robot/send?timestamp=1700000000000&sign=S1gnedUrlSecret%3D",
+    "Http://cos.example/o.json?q-sign-algorithm=sha1&sign=S1gnedUrlSecret",
+    "oapi.dingtalk.com/robot/send?timestamp=1700000000000&sign=S1gnedUrlSecret",
+    'https://b.cos.example:443 "GET /export/x.json?t=1&sign=S1gnedUrlSecret HTTP/1.1" 200 12',
+    '{"file_url": "https:\\/\\/x.tcb.qcloud.la\\/export\\/a.json?t=1&sign=S1gnedUrlSecret"}',
+    '{"file_url": "https://x.tcb.qcloud.la/a.json?t=1\\u0026sign=S1gnedUrlSecret"}',
+])
+def test_signed_url_queries_are_masked_whatever_the_url_looks_like(url: str) -> None:
+    shown = redact(url)
+    assert "S1gnedUrlSecret" not in shown, shown
+
+
+def test_a_json_escaped_url_keeps_its_closing_quote() -> None:
+    shown = redact('{"u": "https:\\/\\/x\\/a?sign=S1gned\\"}"}')
+    assert "S1gned" not in shown and shown.endswith('\\"}"}'), shown
+
+
+TC3 = ("Authorization: TC3-HMAC-SHA256 Credential=AKIDtc3secretid0001/2024-05-01/scf/tc3_request, "
+       "SignedHeaders=content-type;host, Signature=" + "ab12" * 16)
+
+
+@pytest.mark.parametrize("text", [TC3, repr({"Authorization": TC3.split(": ", 1)[1]}),
+                                  TC3.replace("Authorization: ", "Authorization=")])
+def test_a_tc3_authorization_header_hides_its_secret_id_and_signature(text: str) -> None:
+    shown = redact(text)
+    assert "AKIDtc3secretid0001" not in shown and "ab12ab12" not in shown, shown
+    assert "TC3-HMAC-SHA256" in shown and "SignedHeaders=content-type;host" in shown, shown
+
+
+@pytest.mark.parametrize("text", [
+    "a-" * 100_000, "a_" * 100_000, "?a=" * 50_000, "https://" + "a" * 200_000 + "?",
+    '"' * 100_000, "x" + "=" * 100_000, "sign_key" * 20_000, "a" * 200_000 + ":",
+    "token " * 40_000, "Authorization: " * 10_000, "https:\\/\\/" * 20_000, "&a" * 100_000,
+    "Credential=" + "a/" * 100_000,
+])
+def test_redaction_of_adversarial_lines_stays_linear(text: str) -> None:
+    started = time.monotonic()
+    redact(text)
+    assert time.monotonic() - started < 5, "a regex backtracks on this input"
