@@ -13,12 +13,13 @@ import httpx
 import pytest
 
 from shared.adapters.cos.client import cos_client
+from shared.adapters.cos.objects import CosObjectStore
 from shared.config import Destination
 from shared.domain.errors import Fatal
-from shared.logs import REDACTED, JsonFormatter, redact, register_secret
+from shared.logs import REDACTED, JsonFormatter, configure_logging, redact, register_secret
 from shared.platforms.wechat.settings import TokenService
 from shared.platforms.wechat.tokens import OwnedToken
-from tests.support.hostile import Hostile, json_answer, send
+from tests.support.hostile import Hostile, every_path, json_answer, plain, send
 
 
 @pytest.fixture
@@ -190,3 +191,45 @@ def test_redaction_of_adversarial_lines_stays_linear(text: str) -> None:
     started = time.monotonic()
     redact(text)
     assert time.monotonic() - started < 5, "a regex backtracks on this input"
+
+
+class _Raw(logging.Handler):
+    """What a library hands to logging, before the product's formatter redacts it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_the_cos_sdk_debug_lines_keep_no_signing_key(hostile: Hostile) -> None:
+    """qcloud_cos/cos_auth.py logs the HMAC signing key at DEBUG ("sign_key: <hex>" and
+    "sign_key<hex>"); with it anyone signs any request to the bucket until its key time ends.
+    The product keeps the SDK's logger quiet, unless someone turns it up to debug a refused
+    signature, as here."""
+    hostile.answers = every_path(plain(b""))  # any PUT is stored; only the signing matters
+    environ = {"ID": "AKIDcosdebug000000001", "KEY": "cos-debug-secret-key-1"}
+    destination = Destination.model_validate(
+        {"bucket": "b-1250000000", "region": "ap-guangzhou", "endpoint": hostile.base, "secret_id": "${ID}",
+         "secret_key": "${KEY}"}, context={"environ": environ})
+    stream, raw = io.StringIO(), _Raw()
+    sdk = logging.getLogger("qcloud_cos")
+    level = sdk.level
+    configure_logging(logging.DEBUG, stream=stream)
+    sdk.addHandler(raw)
+    sdk.setLevel(logging.DEBUG)
+    try:
+        CosObjectStore(destination).put_json("backups/probe.json", {"a": 1})
+    finally:
+        sdk.setLevel(level)
+        sdk.removeHandler(raw)
+        configure_logging()
+
+    keys = {m.split("sign_key", 1)[1].strip(": ") for m in raw.messages if m.startswith("sign_key")}
+    assert keys, "the COS SDK no longer logs its signing key; this test can go"
+    logs = stream.getvalue()
+    assert "sign_key" in logs  # the records were written, redacted
+    for key in keys:
+        assert key not in logs
