@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -196,6 +197,29 @@ def test_credentials_never_reach_logs_or_errors(tencentcloud: TencentCloudEmulat
     assert "job handed to the finisher" in text
     for secret in (ROLE_KEY, ROLE_TOKEN):
         assert secret not in text
+
+
+def test_the_sdk_debug_request_lines_keep_no_signature(tencentcloud: TencentCloudEmulator) -> None:
+    """tencentcloud/common/http/request.py logs each request at DEBUG with its headers:
+    `Authorization: TC3-HMAC-SHA256 Credential=<SecretId>/..., Signature=<hex>`."""
+    tencentcloud.add_function(FINISHER)
+    stream, sent = io.StringIO(), []
+    sdk = logging.getLogger("tencentcloud_sdk_common")
+    raw = logging.Handler(logging.DEBUG)
+    raw.emit = lambda record: sent.append(record.getMessage())  # type: ignore[method-assign]
+    configure_logging(logging.DEBUG, stream=stream)
+    sdk.addHandler(raw)
+    try:
+        dispatcher(tencentcloud, role_env()).dispatch("job-1")
+    finally:
+        sdk.removeHandler(raw)
+        configure_logging()
+    signatures = [found for line in sent for found in re.findall(r"Signature=([0-9a-f]{64})", line)]
+    assert signatures, "the SDK no longer logs its requests; this test can go"
+    logs = stream.getvalue()
+    for signature in signatures:
+        assert signature not in logs
+    assert "TC3-HMAC-SHA256 Credential=[redacted]" in logs  # written, and readable
 
 
 @pytest.mark.parametrize("status", [301, 302, 307, 308])
