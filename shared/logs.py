@@ -63,6 +63,10 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (_ASSIGNED, rf"\1{REDACTED}"),
     # a WeCom robot's key=, as a query or form parameter only (object keys are logged as key=)
     (re.compile(r"(?i)([?&]key=)[^\s\"'&,}#]+"), rf"\1{REDACTED}"),
+    # cookies (MinApp's authorize sets the session the sign-in code is handed to) as a
+    # header, a dict entry, or httpcore's DEBUG header tuples (b'Set-Cookie', b'...')
+    (re.compile(r"""(?i)(\b(?:set-)?cookie(?![\w-])["']?\s*[:=]\s*b?["']?|"""
+                r"""(["'])(?:set-)?cookie\2\s*,\s*b?["'])[^"'\r\n]+"""), rf"\1{REDACTED}"),
     # the COS SDK's DEBUG lines "sign_key: <hex>", "sign_key<hex>", "sign: <hex>"
     # (qcloud_cos/cos_auth.py): the key signs any request until its q-key-time ends
     (re.compile(r"(?i)\b(sign(?:_?key)?\W{0,3})[0-9a-f]{32,}"), rf"\1{REDACTED}"),

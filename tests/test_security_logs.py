@@ -233,3 +233,31 @@ def test_the_cos_sdk_debug_lines_keep_no_signing_key(hostile: Hostile) -> None:
     assert "sign_key" in logs  # the records were written, redacted
     for key in keys:
         assert key not in logs
+
+
+def test_httpcore_debug_lines_keep_no_session_cookie(hostile: Hostile) -> None:
+    """httpcore logs every answer's headers at DEBUG; MinApp's authorize sets the session
+    cookie that the sign-in code is then handed to (devkit/emulators/minapp.py)."""
+    cookie = "sessi0n-cookie-value-42"
+    hostile.answers["/api/oauth2/hydrogen/openapi/authorize/"] = lambda handler: send(
+        handler, 200, b"{}", {"Set-Cookie": f"sessionid={cookie}; Path=/; HttpOnly"})
+    stream = io.StringIO()
+    configure_logging(logging.DEBUG, stream=stream)
+    try:
+        httpx.Client().post(f"{hostile.base}/api/oauth2/hydrogen/openapi/authorize/", json={})
+    finally:
+        configure_logging()
+
+    logs = stream.getvalue()
+    assert "receive_response_headers.complete" in logs  # httpcore's line was written
+    assert cookie not in logs
+
+
+@pytest.mark.parametrize("text", [
+    "Set-Cookie: sessionid=sessi0n-cookie-value-42; Path=/", "Cookie: sessionid=sessi0n-cookie-value-42",
+    "{'set-cookie': 'sessionid=sessi0n-cookie-value-42; Path=/'}",
+    "[(b'Set-Cookie', b'sessionid=sessi0n-cookie-value-42; Path=/')]",
+])
+def test_cookies_are_masked(text: str) -> None:
+    assert "sessi0n-cookie-value-42" not in redact(text)
+    assert redact("keeps its cookies, for this one sign-in") == "keeps its cookies, for this one sign-in"
