@@ -12,6 +12,9 @@ UNREDACTED = [
     re.compile(r"[?&]sign=(?!\[redacted\])"),
     re.compile(r"[?&]code=(?!\[redacted\])"),
     re.compile(r"Bearer (?!\[redacted\])"),
+    re.compile(r"(?:authorizer_refresh_token|component_verify_ticket)=(?!\[redacted\])"),
+    re.compile(r"(?:Credential|Signature)=(?!\[redacted\])"),  # TC3 Authorization
+    re.compile(r"sign_key\W{0,3}[0-9a-f]{32}"),  # the COS SDK's DEBUG signing key
 ]
 
 
