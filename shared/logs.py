@@ -37,12 +37,16 @@ _COMPOUND = (r"(?:[a-z0-9]+[_-]){0,4}[a-z0-9]*?"
 # masked after `=`, `:` or as a quoted key: WeChat (access_token, authorizer_refresh_token,
 # component_verify_ticket, component_appsecret, secret), MinApp (client_secret, code,
 # refresh_token), OneDB (key_secret), COS (SecretKey, x-cos-security-token, q-ak,
-# q-signature), Tencent Cloud API (SecretId, X-TC-Token), Authorization headers
+# q-signature), Tencent Cloud API (SecretId, X-TC-Token), Authorization headers.
+# WeChat third-party names: developers.weixin.qq.com/doc/oplatform/Third-party_Platforms/2.0/
+# api/ThirdParty/token/component_access_token.html and .../api_get_authorizer_token.html
 _ANY_FORM = re.compile(
     rf"""(?i)(["']?\b(?:{_COMPOUND}|code|authorization|q-signature|q-ak)(?![\w-])["']?\s*[:=]\s*["']?)"""
     r"""(?!Bearer |Basic |TC3-HMAC-SHA256 )[^\s"'&,}]+"""
 )
-# everyday words, masked only when assigned (sign=, TC3's Credential= and Signature=) or a
+# everyday words, masked only when assigned (sign=, TC3's Credential= and Signature=, per
+# cloud.tencent.com/document/api/583/17238 "签名方法 v3"; DingTalk robots' sign=, per
+# open.dingtalk.com/document/robots/customize-robot-security-settings) or a
 # quoted key ("sign": ...), not after a colon in prose ("the signature: check ...")
 _ASSIGNED = re.compile(
     r"""(?i)((?:\b(?:sign|signature|credential)\s*=|(["'])(?:sign|signature|credential)\2\s*:)"""
@@ -61,7 +65,8 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     # token-like parameters outside URLs: query, form, JSON, dict reprs, headers
     (_ANY_FORM, rf"\1{REDACTED}"),
     (_ASSIGNED, rf"\1{REDACTED}"),
-    # a WeCom robot's key=, as a query or form parameter only (object keys are logged as key=)
+    # a WeCom robot's key= (developer.work.weixin.qq.com/document/path/91770), as a query or
+    # form parameter only (object keys are logged as key=)
     (re.compile(r"(?i)([?&]key=)[^\s\"'&,}#]+"), rf"\1{REDACTED}"),
     # cookies (MinApp's authorize sets the session the sign-in code is handed to) as a
     # header, a dict entry, or httpcore's DEBUG header tuples (b'Set-Cookie', b'...')
