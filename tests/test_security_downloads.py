@@ -141,7 +141,7 @@ def test_wechat_file_url_at_the_metadata_service_is_never_fetched(
     monkeypatch.setattr(http, "system_resolver",
                         resolver({"metadata.example.com": "169.254.169.254"}))
     local.seed("orders", make_docs(5, seed=1))
-    local.emulator.link_base = f"http://metadata.example.com:{hostile.port}"
+    local.emulator.link_base = f"https://metadata.example.com:{hostile.port}"  # https: the address is what is refused
     ctx = local.context(local.config())
 
     run = backup_now(ctx)
@@ -152,6 +152,25 @@ def test_wechat_file_url_at_the_metadata_service_is_never_fetched(
     assert "169.254.169.254, a link-local address" in job.error
     assert hostile.seen == []
     assert not [o for o in local.objects.list("") if o.key.endswith(".jsonl")]
+
+
+def test_wechat_file_url_over_plain_http_is_never_fetched(
+        local: LocalBackup, hostile: Hostile, monkeypatch: pytest.MonkeyPatch) -> None:
+    """WeChat's links are https COS URLs; a plain-http one (anyone on the path could read or
+    swap the export) is refused before connecting. The host resolves to loopback here only
+    so that a fetch, if made, would be seen."""
+    monkeypatch.setattr(http, "system_resolver", resolver({"cdn.example.com": "127.0.0.1"}))
+    local.seed("orders", make_docs(5, seed=1))
+    local.emulator.link_base = f"http://cdn.example.com:{hostile.port}"
+    ctx = local.context(local.config())
+
+    run = backup_now(ctx)
+
+    [job] = ctx.state.list_jobs(run.run_id)
+    assert job.status is JobStatus.FAILED and job.error is not None
+    assert "file_url" in job.error and "https" in job.error and "api_base" in job.error
+    assert "q-signature" not in job.error  # the link's signature is never shown
+    assert hostile.seen == []
 
 
 def test_minapp_download_redirected_to_a_private_address_is_never_fetched(

@@ -218,3 +218,42 @@ def test_a_success_without_an_integer_record_success_fails_naming_the_field(
     assert job.status is JobStatus.FAILED
     assert "record_success" in error and "api_base" in error
     assert "mismatch" not in error and "internal error" not in error
+
+
+@pytest.mark.parametrize("answer", [{}, {"job_id": None}, {"job_id": ""}, {"job_id": "abc"},
+                                    {"job_id": True}, {"job_id": 1.5}, {"job_id": [1]}])
+def test_an_export_start_without_a_numeric_job_id_fails_naming_the_field(
+    local: LocalBackup, answer: dict[str, object],
+) -> None:
+    """databasemigrateexport documents job_id as a number; anything else is not an export
+    this product can follow, and says where to look instead of retrying or crashing."""
+    local.seed("orders", make_docs(3))
+    local.emulator.answer_with("/tcb/databasemigrateexport", {"errcode": 0, "errmsg": "ok", **answer})
+    ctx = local.context(local.config())
+
+    run = backup_now(ctx)
+
+    (job,) = ctx.state.list_jobs(run.run_id)
+    error = job.error or ""
+    assert job.status is JobStatus.FAILED, error
+    assert "/tcb/databasemigrateexport" in error and "job_id" in error and "api_base" in error
+    assert ("without job_id" if "job_id" not in answer else repr(answer["job_id"])) in error
+    assert "internal error" not in error
+
+
+@pytest.mark.parametrize("value", [MISSING, None, "", 42, ["https://x"], "file:///etc/passwd",
+                                   "ftp://127.0.0.1/export.json"])
+def test_a_success_without_a_usable_file_url_fails_naming_the_field(
+    local: LocalBackup, value: object,
+) -> None:
+    local.seed("orders", make_docs(3))
+    local.emulator.reshape_export_success(ENV_ID, "orders", file_url=value)
+    ctx = local.context(local.config())
+
+    run = backup_now(ctx)
+
+    (job,) = ctx.state.list_jobs(run.run_id)
+    error = job.error or ""
+    assert job.status is JobStatus.FAILED, error
+    assert "/tcb/databasemigratequeryinfo" in error and "file_url" in error and "api_base" in error
+    assert "internal error" not in error

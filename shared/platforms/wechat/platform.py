@@ -14,18 +14,20 @@ import logging
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 import httpx
 
 from shared.adapters.http import (
     describe_transport_error,
     download_chunks,
+    is_loopback_url,
     make_client,
     make_download_client,
 )
 from shared.domain.errors import BackupError, Fatal, Retryable, RetryLater
-from shared.platforms.wechat.api import InvalidRequest, WeChatApi
+from shared.platforms.wechat.api import InvalidRequest, WeChatApi, shown_url
 from shared.platforms.wechat.restore import WeChatRestore
 from shared.platforms.wechat.settings import WeChatSource
 from shared.platforms.wechat.tokens import app_scope, app_token, platform_app_token
@@ -218,10 +220,25 @@ class WeChatClient(WeChatRestore):
             self._starts_paused = (f"{exc} (no further exports started in env "
                                    f"{self.source.env!r} until a running one finishes)")
             raise
+        return self._export_job_id(answer)
+
+    def _export_job_id(self, answer: dict[str, Any]) -> str:
+        """The export's `job_id`, documented as a number (Return parameters of
+        https://developers.weixin.qq.com/miniprogram/dev/wxcloud/reference-http-api/database/databaseMigrateExport.html
+        and of the third-party platform's "Database export" (dbExport) page); anything else
+        is not an export this product can follow, so it is not retried as one."""
         job = answer.get("job_id")
-        if job in (None, ""):
-            raise Retryable(f"WeChat {self.routes.export} answered without a job_id")
-        return str(job)
+        if isinstance(job, int) and not isinstance(job, bool) and job >= 0:
+            return str(job)
+        if isinstance(job, str) and job.isdigit():
+            return job
+        raise Fatal(
+            f"WeChat {self.routes.export} answered {_said(answer, 'job_id')} (fields: "
+            f"{', '.join(sorted(answer)) or 'none'}; expected job_id: a number) for source "
+            f"{self.source.name!r}, so the export cannot be followed; check its api_base "
+            "(another service may be answering there); if that is right, WeChat's answer "
+            "changed: report these fields"
+        )
 
     def start_blocked(self) -> str | None:
         """Why no export should be started now (WeChat's quota or concurrency limit was hit
@@ -322,11 +339,37 @@ class WeChatClient(WeChatRestore):
         return self._api.call(self.routes.status, {"env": self.source.env, "job_id": int(platform_job_id)})
 
     def _file_url(self, platform_job_id: str) -> str:
+        """The export file's link: `file_url`, a string given with status success (Return
+        parameters of databaseMigrateQueryInfo, cited at _record_count; its example and
+        every link WeChat hands out are https COS URLs). A plain-http link is refused, as
+        anyone on the path could read or swap the export, except to a loopback host when
+        the API itself is on loopback (the local emulator serves plain HTTP)."""
         info = self._status(platform_job_id)
-        url = info.get("file_url")
-        if info.get("status") != "success" or not url:
+        if info.get("status") != "success":
             raise Retryable(f"WeChat export {platform_job_id} has no download link yet")
-        return str(url)
+        url = info.get("file_url")
+        if not isinstance(url, str) or not url:
+            self._refuse_link(platform_job_id, _said(info, "file_url"), info)
+        scheme = urlsplit(url).scheme.lower()
+        local = scheme == "http" and is_loopback_url(url) and is_loopback_url(self.source.api_base)
+        if scheme != "https" and not local:
+            self._refuse_link(platform_job_id, f"a {scheme or 'schemeless'} file_url "
+                              f"({shown_url(url)}), not https", info)
+        return url
+
+    def _refuse_link(self, platform_job_id: str, said: str, info: dict[str, Any]) -> NoReturn:
+        raise Fatal(
+            f"WeChat {self.routes.status} answered status 'success' for export job "
+            f"{platform_job_id} with {said} (fields: {', '.join(sorted(info)) or 'none'}; "
+            "expected file_url: the https link of the export file), so nothing is downloaded; "
+            f"check that source {self.source.name!r}'s api_base is WeChat's API and not a "
+            "proxy that rewrites answers, and report the answer's fields if it is"
+        )
+
+
+def _said(answer: dict[str, Any], field: str) -> str:
+    """How `field` came in an answer, for a message: absent, or its value."""
+    return f"without {field}" if field not in answer else f"{field} = {answer[field]!r}"
 
 
 def _total(answer: dict[str, Any]) -> int | None:
