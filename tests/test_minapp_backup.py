@@ -16,11 +16,12 @@ from devkit.emulators.minapp import MinAppEmulator
 from devkit.sample_data import make_docs
 from shared.domain.jobs import JobStatus, RunStatus
 from shared.domain.layout import data_key, part_key
+from shared.platforms.minapp import platform as minapp_platform
 from shared.platforms.minapp.platform import READ_TRIES, MinAppClient
 from shared.service.poll import poll
 from shared.service.start import start_run
 from tests.support.backup import LocalBackup, backup_now, drive
-from tests.support.minapp import CLIENT_ID, assert_export_equals_records, backup_jumping
+from tests.support.minapp import CLIENT_ID, JumpClock, assert_export_equals_records, backup_jumping
 
 
 def records(count: int, seed: int = 21, prefix: str = "r") -> list[dict[str, Any]]:
@@ -596,3 +597,59 @@ def test_a_table_listing_still_rate_limited_fails_the_run_saying_what_to_do(
     assert "HTTP 429" in error and "could not be listed" in error
     assert "start the backup again" in error and "again later" not in error
     assert minapp_emulator.calls["tables"] == READ_TRIES
+
+
+def test_an_undocumented_job_status_waits_naming_it_then_goes_on(
+        local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
+    """The export job page documents pending, ready and finish; another status may be a new
+    in-between state, so the job waits (not spending its tries), its error saying what came."""
+    minapp_emulator.add_table(1001, records(3))
+    minapp_emulator.answer_status("queued", times=8)  # more than max_attempts (5) checks
+    ctx = local.context(local.config(local.minapp_source(minapp_emulator)))
+    clock = JumpClock()
+    ctx.clock = clock
+    run, _ = start_run(ctx, idempotency_key="test", trigger="test")
+    errors: list[str] = []
+
+    def watch() -> None:
+        errors.extend(j.error or "" for j in ctx.state.list_jobs(run.run_id))
+        clock.jump_to(min(j.next_check_at for j in ctx.state.list_jobs(run.run_id)))
+
+    run = drive(ctx, run, 60, between_polls=watch)
+
+    assert run.status is RunStatus.SUCCEEDED
+    said = [e for e in errors if "'queued'" in e]
+    assert said and all("api_base" in e and "pending, ready, finish" in e for e in said)
+
+
+def test_an_undocumented_job_status_at_the_deadline_fails_naming_it(
+        local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
+    minapp_emulator.add_table(1001, records(3))
+    minapp_emulator.answer_status("queued", times=10_000)
+    ctx = local.context(local.config(local.minapp_source(minapp_emulator),
+                                     export_deadline_minutes=3))
+
+    run = backup_jumping(ctx)
+
+    (job,) = ctx.state.list_jobs(run.run_id)
+    error = job.error or ""
+    assert job.status is JobStatus.FAILED
+    assert "did not finish within 3 minutes" in error
+    assert "'queued'" in error and "api_base" in error
+
+
+def test_an_undocumented_job_status_waits_only_a_bounded_time(
+        local: LocalBackup, minapp_emulator: MinAppEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(minapp_platform, "UNDOCUMENTED_STATUS_WAIT", timedelta(seconds=1),
+                        raising=False)
+    minapp_emulator.add_table(1001, records(3))
+    minapp_emulator.answer_status("queued", times=10_000)
+    ctx = local.context(local.config(local.minapp_source(minapp_emulator)))
+
+    run = backup_jumping(ctx)  # the pipeline's waits jumped; the bound runs on real time
+
+    (job,) = ctx.state.list_jobs(run.run_id)
+    error = job.error or ""
+    assert job.status is JobStatus.FAILED
+    assert "did not finish within" not in error  # the bound, not the six-hour deadline
+    assert "'queued'" in error and "api_base" in error and "pending, ready, finish" in error

@@ -472,6 +472,7 @@ class MinAppEmulator(LocalEmulator):
         self._injections: dict[str, collections.deque[_Injection]] = {}
         self._stalled: set[tuple[str, str]] = set()
         self._status_denied: int | None = None
+        self._odd_statuses: collections.deque[str] = collections.deque()
         self._truncate_left = 0
         self._expire_links_left = 0
         self._sign_key = secrets.token_bytes(20)
@@ -629,6 +630,12 @@ class MinAppEmulator(LocalEmulator):
         with self._lock:
             for job in self._jobs.values():
                 job.forgotten = True
+
+    def answer_status(self, status: str, times: int = 1) -> None:
+        """The next ``times`` reads of an export job's status answer ``status`` (one the
+        docs do not list, as a changed API might), the job otherwise unchanged."""
+        with self._lock:
+            self._odd_statuses.extend(status for _ in range(times))
 
     def deny_status_access(self, status: int = 401) -> None:
         """Reading job status through the API is not enabled in the console."""
@@ -833,6 +840,8 @@ class MinAppEmulator(LocalEmulator):
             job = self._jobs.get(job_id)
             if job is None or job.forgotten or job.table.table_id != table_id or job.table.env != env:
                 raise _error(404, "Not found.")
+            if self._odd_statuses:
+                return self._job_info(job, self._odd_statuses.popleft())
             job.polls += 1
             if job.polls == 1:
                 status = "pending"

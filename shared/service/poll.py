@@ -122,8 +122,7 @@ def advance(ctx: Context, job: Job) -> None:
                 advance_restore(ctx, job, now)
             elif job.status in (JobStatus.PENDING, JobStatus.EXPORTING) and _past_deadline(job, now):
                 minutes = ctx.config.timing.export_deadline_minutes
-                fail(ctx, job, f"export did not finish within {minutes:g} minutes "
-                               f"(platform job {job.platform_job_id or 'never started'})", now)
+                fail(ctx, job, _deadline_error(job, minutes), now)
             elif job.status is JobStatus.PENDING:
                 _start_export(ctx, job, now)
             elif job.status is JobStatus.EXPORTING:
@@ -152,6 +151,14 @@ def _check_source_configured(ctx: Context, job: Job, now: datetime) -> None:
             f"source {job.source!r} is no longer in the config: put it back to go on with this "
             f"job (it fails after {ctx.config.timing.max_attempts} tries without it), or let "
             f"the run fail") from None
+
+
+def _deadline_error(job: Job, minutes: float) -> str:
+    """The deadline's verdict, with the last problem the job met: what kept it waiting
+    (e.g. a status the platform does not document) is the lead to follow."""
+    said = (f"export did not finish within {minutes:g} minutes "
+            f"(platform job {job.platform_job_id or 'never started'})")
+    return f"{said}; last problem seen: {job.error}" if job.error else said
 
 
 def _past_deadline(job: Job, now: datetime) -> bool:

@@ -73,6 +73,12 @@ TOKEN_EARLY_REFRESH = timedelta(minutes=5)
 # Markers bridge the moment between creating a platform job and the service recording
 # it (at most a poller's start claim, two minutes); an hour is plenty.
 MARKER_TTL = timedelta(hours=1)
+# 获取单个导出任务信息 (GET /oserve/v1.5/table/:table_id/export/:job_id/, MinApp's 数据导入导出
+# docs) lists a job's status as pending (等待处理), ready (正在处理) or finish (已完成).
+DOCUMENTED_STATUSES = "pending, ready, finish"
+# How long a job answering another status is waited for (from the first such answer),
+# within MARKER_TTL, which keeps that moment: a new in-between state would pass by then.
+UNDOCUMENTED_STATUS_WAIT = timedelta(minutes=30)
 STATUS_ACCESS_HINT = (
     "reading export job status through the API must be enabled in the MinApp console "
     "(设置 → SDK → 通用 / settings → SDK → general); enable it and run again"
@@ -533,7 +539,25 @@ class MinAppClient(MinAppRestore):
             said = info.get("error_msg") or info.get("message") or "no message"
             return Progress("failed", message=f"MinApp export job {job} of table {collection} "
                                               f"failed: {said}")
-        raise Retryable(f"MinApp export job {job} has an unknown status {status!r}")
+        return self._undocumented_status(collection, job, status)
+
+    def _undocumented_status(self, collection: str, job: str, status: object) -> Progress:
+        """A status the docs do not list (see DOCUMENTED_STATUSES): waited for without
+        spending the job's tries, saying so in its error, for UNDOCUMENTED_STATUS_WAIT."""
+        key = f"minapp:odd-status:{job}"
+        first = self._cache.cache_get(key, _now())
+        if first is None:
+            first = _now().isoformat()
+            self._cache.cache_put(key, first, _now() + MARKER_TTL)
+        minutes = UNDOCUMENTED_STATUS_WAIT.total_seconds() / 60
+        said = (f"MinApp export job {job} of table {collection} answered status "
+                f"{repr(status)[:80]}, which MinApp's export job docs do not list "
+                f"({DOCUMENTED_STATUSES}); check the job in the MinApp console, and that source "
+                f"{self.source.name!r}'s api_base is MinApp's API and not a proxy that rewrites "
+                "answers")
+        if _now() - datetime.fromisoformat(first) >= UNDOCUMENTED_STATUS_WAIT:
+            return Progress("failed", message=f"{said} (still so after {minutes:g} minutes)")
+        raise RetryLater(f"{said}; waiting up to {minutes:g} minutes for a documented status")
 
     def _download_url(self, collection: str, job: str) -> str:
         info = self._status(collection, job)
