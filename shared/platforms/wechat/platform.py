@@ -348,8 +348,10 @@ class WeChatClient(WeChatRestore):
         if info.get("status") != "success":
             raise Retryable(f"WeChat export {platform_job_id} has no download link yet")
         url = info.get("file_url")
-        if not isinstance(url, str) or not url:
+        if url is None or url == "":
             self._refuse_link(platform_job_id, _said(info, "file_url"), info)
+        if not isinstance(url, str):  # its type only: it may hold a signed link
+            self._refuse_link(platform_job_id, f"a file_url of type {type(url).__name__}", info)
         scheme = urlsplit(url).scheme.lower()
         local = scheme == "http" and is_loopback_url(url) and is_loopback_url(self.source.api_base)
         if scheme != "https" and not local:
