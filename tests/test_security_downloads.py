@@ -7,14 +7,17 @@ from __future__ import annotations
 import json
 import re
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
+import trustme
 
 from devkit.emulators.minapp import MinAppEmulator
+from devkit.s3_server import server_context
 from devkit.sample_data import make_docs
-from shared.adapters import http
+from shared.adapters import http, tls
 from shared.adapters.http import (
     InflationRefused,
     RefusedTarget,
@@ -98,6 +101,40 @@ def test_every_redirect_hop_is_checked(hostile: Hostile, other_hostile: Hostile)
 
     assert [s.path for s in hostile.seen] == ["/file"]
     assert [s.path for s in other_hostile.seen] == ["/hop"]
+
+
+@pytest.fixture
+def https_hostiles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Hostile]]:
+    """Two HTTPS listeners, for cdn.example.com and cdn2.example.com, whose CA this process
+    trusts."""
+    ca = trustme.CA()
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    tls._context.cache_clear()
+    servers = [Hostile(tls=server_context(ca, name)) for name in ("cdn.example.com", "cdn2.example.com")]
+    yield servers
+    for server in servers:
+        server.close()
+    tls._context.cache_clear()
+
+
+def test_a_redirect_from_https_to_plain_http_is_refused(
+        https_hostiles: list[Hostile], other_hostile: Hostile) -> None:
+    """A link given over https stays on https: a redirect to plain http is refused before
+    its hop is sent; one to another https host is followed."""
+    secure, other_secure = https_hostiles
+    secure.answers["/file"] = redirect(f"http://plain.example.com:{other_hostile.port}/hop")
+    secure.answers["/moved"] = redirect(f"https://cdn2.example.com:{other_secure.port}/hop")
+    other_hostile.answers["/hop"] = other_secure.answers["/hop"] = plain(b'{"a": 1}\n')
+    client = make_download_client(api_base="http://127.0.0.1:9", resolver=resolver({
+        "cdn.example.com": "127.0.0.1", "cdn2.example.com": "127.0.0.1",
+        "plain.example.com": "127.0.0.1"}))
+
+    with pytest.raises(RefusedTarget, match="unencrypted"):
+        fetch(client, f"https://cdn.example.com:{secure.port}/file")
+    assert other_hostile.seen == []
+    assert fetch(client, f"https://cdn.example.com:{secure.port}/moved") == b'{"a": 1}\n'
 
 
 def test_a_gzip_bomb_is_refused_with_memory_bounded(hostile: Hostile) -> None:

@@ -9,6 +9,9 @@ Two rules guard the links a platform chooses (export downloads and their redirec
   the source's own API is on loopback (the local emulators), which allows loopback only.
   The connection goes to the address that was checked (Host header and TLS server name
   stay the host's), so a name answering differently a moment later changes nothing.
+- A link given over https stays on https: a redirect from https to plain http is refused
+  before it is followed (the export would then cross the network readable, and could be
+  swapped on the way).
 - A compressed answer is never inflated without a bound: downloads ask for `identity`,
   and a server that compresses anyway is decoded in bounded pieces and refused past
   `MAX_INFLATION` times its compressed size.
@@ -143,7 +146,21 @@ def make_download_client(*, api_base: str, resolver: Resolver | None = None) -> 
         timeout=httpx.Timeout(60.0, connect=10.0),
         headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
         follow_redirects=True,
+        event_hooks={"response": [_refuse_downgrade]},
     )
+
+
+def _refuse_downgrade(response: httpx.Response) -> None:
+    """Refuse a redirect from https to anything else, before it is followed (httpx calls
+    response hooks ahead of its next hop)."""
+    if response.request.url.scheme != "https" or not response.has_redirect_location:
+        return
+    target = response.request.url.join(response.headers["Location"])
+    if target.scheme != "https":
+        raise RefusedTarget(
+            f"refused a redirect from https://{response.request.url.host} to "
+            f"{target.scheme}://{target.host}: the download would go on unencrypted; a "
+            "platform's download link must stay on https")
 
 
 class UnconfirmedLength(Retryable):
