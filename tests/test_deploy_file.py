@@ -284,11 +284,15 @@ def six_field_cron(p: Project, env: dict[str, str]) -> None:
 
 
 def retry_without_async(p: Project, env: dict[str, str]) -> None:
-    del inputs(p, "scf-finisher")["asyncRunEnable"]
+    inputs(p, "scf-finisher")["retryNum"] = 1
 
 
 def retries_above_limit(p: Project, env: dict[str, str]) -> None:
-    inputs(p, "scf-finisher")["retryNum"] = 5
+    inputs(p, "scf-finisher").update(asyncRunEnable=True, retryNum=5)
+
+
+def async_execution(p: Project, env: dict[str, str]) -> None:
+    inputs(p, "scf-finisher")["asyncRunEnable"] = True
 
 
 def memory_not_a_step(p: Project, env: dict[str, str]) -> None:
@@ -365,6 +369,7 @@ BROKEN: list[tuple[Mutation, str]] = [
     (six_field_cron, "7 fields"),
     (retry_without_async, "only with asyncRunEnable: true"),
     (retries_above_limit, "retryNum: 5 is above 2"),
+    (async_execution, "no async execution (asyncRunEnable)"),
     (memory_not_a_step, "memorySize: 500 is not one of"),
     (region_not_scf, "'ap-nowhere' is not one of"),
     (literal_secret, "WECHAT_SECRET must be ${env:NAME}"),

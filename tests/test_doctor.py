@@ -34,6 +34,7 @@ from tests.support.onedb import APP, KEY_ID, KEY_SECRET, onedb_source
 from tests.support.onedb import ENV_ID as ONEDB_ENV
 from tests.support.webhook import WebhookReceiver
 
+ROOT = Path(__file__).resolve().parent.parent
 FINISHER = "baas-backup-finisher"
 REGION = "ap-guangzhou"
 ROLE = {"TENCENTCLOUD_SECRETID": "AKIDrole0000000000000007",
@@ -436,6 +437,21 @@ def test_the_state_check_fails_on_a_database_that_refuses_writes(
     for words in ("refused a write", READ_ONLY, "INSERT, UPDATE and DELETE", "state.url"):
         assert words in state["detail"], state
     assert mariadb.password not in json.dumps(report)
+
+
+def test_the_finisher_as_deployed_answers_the_doctor(
+        site: Site, capsys: pytest.CaptureFixture[str]) -> None:
+    """The finisher as scf-finisher/serverless.yml creates it. With async execution
+    (asyncRunEnable) SCF answers the doctor's synchronous Invoke with a request id only
+    (product/583/51519), so the check could never see the finisher's answer."""
+    deployed = yaml.safe_load((ROOT / "scf-finisher" / "serverless.yml").read_text(encoding="utf-8"))
+    site.cloud.add_function(FINISHER, handle_finisher, region=REGION,
+                            async_run=deployed["inputs"].get("asyncRunEnable") is True)
+
+    report = site.doctor("cli", capsys=capsys)
+
+    assert by_check(report)["finisher"]["status"] == "ok", by_check(report)["finisher"]
+    site.cloud.wait_idle()
 
 
 def test_dispatch_local_skips_the_finisher(site: Site, capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,7 +14,10 @@ A real HTTP server (stdlib ``ThreadingHTTPServer`` on 127.0.0.1) that the real
   region and namespace; a key may be limited to some functions (like a CAM policy);
 - every accepted invocation is recorded; a function may have a handler, which runs for
   each ``Event`` invocation in a background thread (retried twice when it raises, as SCF
-  does) and inline for ``RequestResponse``;
+  does) and inline for ``RequestResponse``; a function created with *async execution*
+  (异步执行, ``AsyncRunEnable``) answers every invocation, ``RequestResponse`` included,
+  with its request id only and runs the handler in the background, without retries
+  (cloud.tencent.com/document/product/583/51519, 注意事项);
 - faults can be injected: the next N calls answer a given error code.
 
 Tests drive it in-process through :class:`TencentCloudEmulator`; standalone:
@@ -78,6 +81,7 @@ class _Key:
 @dataclass
 class _Function:
     handler: Handler | None
+    async_run: bool = False  # created with AsyncRunEnable (异步执行)
 
 
 @dataclass
@@ -163,9 +167,11 @@ class TencentCloudEmulator(LocalEmulator):
                                          resource_level)
 
     def add_function(self, name: str, handler: Handler | None = None, *,
-                     namespace: str = "default", region: str = DEFAULT_REGION) -> None:
+                     namespace: str = "default", region: str = DEFAULT_REGION,
+                     async_run: bool = False) -> None:
+        """`async_run`: the function was created with async execution (AsyncRunEnable)."""
         with self._lock:
-            self._functions[(region, namespace, name)] = _Function(handler)
+            self._functions[(region, namespace, name)] = _Function(handler, async_run)
 
     def inject(self, code: str, message: str = "injected fault", times: int = 1) -> None:
         """The next `times` API calls answer this error (after the signature check)."""
@@ -315,8 +321,11 @@ class TencentCloudEmulator(LocalEmulator):
                                   "InvokeResult": 0}
         if function.handler is None:
             invocation.done.set()
-        elif invocation_type == "Event":
-            worker = threading.Thread(target=self._run_async, args=(function.handler, invocation),
+        elif invocation_type == "Event" or function.async_run:
+            # async execution: "事件调用成功，返回信息只包含 RequestId", no retry of errors
+            retries = 0 if function.async_run else self.async_retries
+            worker = threading.Thread(target=self._run_async,
+                                      args=(function.handler, invocation, retries),
                                       name=f"scf-{name}", daemon=True)
             with self._lock:
                 self._workers.append(worker)
@@ -339,9 +348,9 @@ class TencentCloudEmulator(LocalEmulator):
         finally:
             invocation.done.set()
 
-    def _run_async(self, handler: Handler, invocation: Invocation) -> None:
+    def _run_async(self, handler: Handler, invocation: Invocation, retries: int) -> None:
         """Run an Event invocation; a handler that raises is retried, like SCF's async retries."""
-        for attempt in range(1 + self.async_retries):
+        for attempt in range(1 + retries):
             if attempt:
                 time.sleep(self.async_retry_delay)
             invocation.done.clear()

@@ -668,10 +668,11 @@ def _check_roles(functions: dict[str, tuple[str, dict[str, Any]]], product: Prod
             problems.append(f"{where}: timeout {timeout!r} must exceed timing.finish_budget_seconds "
                             f"({product.finish_budget}) and stay below timing.copy_lease_seconds "
                             f"({product.copy_lease}), so a running copy is never handed out twice")
-        if inputs.get("asyncRunEnable") is not True:
-            problems.append(f"{where}: asyncRunEnable: true (with retryNum and msgTTL)")
-        if not {"retryNum", "msgTTL"} <= set(inputs):
-            problems.append(f"{where}: set retryNum and msgTTL explicitly")
+        if inputs.get("asyncRunEnable") is True:
+            # product/583/51519 注意事项: an async-execution function answers a synchronous
+            # Invoke with its request id only (the doctor's probe) and retries no error
+            problems.append(f"{where}: no async execution (asyncRunEnable): doctor's "
+                            "synchronous probe would get no answer and errors no retry")
     eips = {role: inputs.get("eip", False) for role, (_, inputs) in functions.items()}
     if len(set(eips.values())) > 1:
         problems.append(f"eip differs between the functions {eips}: all three call the platforms' APIs")
