@@ -121,6 +121,28 @@ def test_a_slow_download_stops_at_the_invocations_time_limit(
 
 
 
+def test_a_slow_download_stops_before_its_copy_lease_runs_out(
+        local: LocalBackup, hostile: Hostile) -> None:
+    """Once the lease runs out the poller hands the job to a second finisher: the first
+    must have stopped by then, whatever SCF's time limit (here: none) would allow."""
+    ctx, job = ready_job(local, docs=3)
+    local.emulator.link_base = hostile.base
+    body = b"".join(b'{"_id": "%d", "n": 1}\n' % i for i in range(3))
+    hostile.answers = every_path(drip(body, every=0.2))  # ~12 s for the whole file
+    timing = ctx.config.timing.model_copy(update={"copy_lease_seconds": 3.0})
+    leased = dataclasses.replace(ctx, config=ctx.config.model_copy(update={"timing": timing}))
+    started = time.monotonic()
+
+    outcome = finish(leased, job.job_id)
+
+    elapsed = time.monotonic() - started
+    assert elapsed < 3.0, f"the copy ran {elapsed:.1f} s under a 3 s lease"
+    assert outcome == "retry"
+    after = ctx.state.get_job(job.job_id)
+    assert after is not None and after.status is JobStatus.READY
+    assert local.objects.head(expected_key(ctx, job)) is None
+
+
 def test_paged_rows_parked_at_another_key_are_read_again_not_taken(
         local: LocalBackup, onedb_emulator: OneDBEmulator) -> None:
     """A checkpoint naming some other object (with its true size and MD5) as the parked

@@ -96,17 +96,38 @@ def _doubt(ctx: Context, part: StoredObject, key: str, expected: int | None) -> 
     return None
 
 
+# Left between stopping a copy and its lease running out, for aborting the upload and
+# saving the job: at most this, or this share of the lease.
+LEASE_MARGIN_SECONDS = 10.0
+LEASE_MARGIN_SHARE = 0.1
+
+
+def _stop_by(ctx: Context, job: Job) -> float | None:
+    """`time.monotonic()` by which a streaming copy stops: the invocation's end (SCF kills
+    it there, mid-upload) or, if sooner, its copy lease's end less a margin. An export
+    copy does not renew its lease, and after it the poller hands the job to another
+    finisher, which would copy the same export beside this one."""
+    stop_by = ctx.stop_by
+    if job.lease_until is not None:
+        margin = min(LEASE_MARGIN_SECONDS, LEASE_MARGIN_SHARE * ctx.config.timing.copy_lease_seconds)
+        left = (job.lease_until - ctx.clock()).total_seconds() - margin
+        by_lease = time.monotonic() + left
+        stop_by = by_lease if stop_by is None else min(stop_by, by_lease)
+    return stop_by
+
+
 def _copy_part(ctx: Context, platform: ExportPlatform, job: Job, *, part: int, key: str,
                expected: int | None, label: str) -> StoredObject:
     counter = counter_for(platform.file_type)
-    stop_by = ctx.stop_by  # the invocation's end: SCF kills it there, mid-upload
+    stop_by = _stop_by(ctx, job)
 
     def counted() -> Iterator[bytes]:
         for chunk in platform.open(job.collection, job.platform_job_id or "", part):
             if stop_by is not None and time.monotonic() >= stop_by:
-                raise OutOfTime(f"the download of {label} was not done when this invocation's "
-                                "time ran out; the upload is aborted and the next try starts it "
-                                "again (a slow link, or a very large export)")
+                raise OutOfTime(f"the download of {label} was not done when its time ran out "
+                                "(this invocation's limit, or its copy lease: timing."
+                                "copy_lease_seconds); the upload is aborted and the next try "
+                                "starts it again (a slow link, or a very large export)")
             counter.feed(chunk)
             yield chunk
 
