@@ -14,10 +14,13 @@ import pytest
 from devkit.sample_data import make_docs
 from shared.config import Config, ConfigError
 from shared.domain.errors import StorageError
+from shared.domain.jobs import RunStatus
 from shared.entrypoints.cli import main as cli
 from shared.ports import ObjectInfo
+from shared.service.holds import claim
 from shared.service.prune import prune
-from tests.support.backup import LocalBackup, backup_now
+from shared.service.restore.plan import plan_restore, start_restore
+from tests.support.backup import ENV_ID, LocalBackup, backup_now, drive
 
 
 def configured(local: LocalBackup, destination: dict[str, Any] | None = None,
@@ -91,3 +94,38 @@ def test_kept_backups_move_to_the_cold_class_and_verify_says_how_to_read_them(
     problems = [p for o in report["objects"] for p in o["problems"]]
     assert {p["what"] for p in problems} == {"archived"}
     assert "restored" in problems[0]["detail"] and "--quick" in problems[0]["detail"]
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_a_backup_a_restore_is_reading_is_not_moved_to_the_cold_class(
+        local: LocalBackup, recorded: bool) -> None:
+    """Retention keeps a backup a restore reads, and must not archive it under the restore
+    either: the restore's finisher reads the objects after the prune, and an archived
+    object cannot be read. A restore holds its backup from its claim on (holds.py), so
+    one claimed but not yet recorded is spared too."""
+    local.seed("orders", make_docs(30))
+    local.seed("users", make_docs(3, prefix="u"))
+    plain = configured(local)
+    ctx = local.context(plain)
+    run = backup_now(ctx)
+    plan = plan_restore(ctx, run.run_id, "shop", "orders")
+    if recorded:
+        restore, _ = start_restore(ctx, plan, idempotency_key="reading", trigger="test")
+    else:  # claimed, its run about to be recorded (holds.RECORDING_WITHIN)
+        claim(ctx, run.run_id, [plan.order.backup_job_id], "20990101T000000000Z-0000restore")
+    time.sleep(1.2)
+    cold = configured(local, keep_last=5, cold_after_days=1 / 86400)  # older than a second
+
+    prune(local.context(cold))
+
+    for obj in plan.order.objects:  # the restore's backup: still readable
+        head = local.objects.head(obj.key)
+        assert head is not None and head.storage_class != "ARCHIVE", obj.key
+    users = [i.key for i in local.objects.list(f"{local.destination.prefix}/runs/{run.run_id}/")
+             if i.key.endswith("users.jsonl")]
+    assert users and all(local.objects.head(k).storage_class == "ARCHIVE"  # type: ignore[union-attr]
+                         for k in users)  # the other backups are still moved
+    if recorded:
+        finished = drive(ctx, restore)
+        assert finished.status is RunStatus.SUCCEEDED
+        assert len(local.emulator.docs(ENV_ID, plan.order.target)) == 30

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
-from shared.domain.jobs import PRUNING, Hold, RunStatus
+from shared.domain.jobs import PRUNING, Hold, Run, RunStatus
 from shared.service.context import Context
 
 PRUNING_FOR = timedelta(hours=6)
@@ -46,6 +46,13 @@ def claim(ctx: Context, run_id: str, job_ids: Iterable[str], by: str) -> set[str
         if ctx.state.save_run(run.model_copy(update={"holds": holds})) is not None:
             return won
         # The run moved since it was read (the other side's claim, a verify): read it again.
+
+
+def read_by_restores(ctx: Context, run: Run) -> set[str]:
+    """The backups of `run` a restore holds now: retention keeps them as they are (neither
+    deleted nor moved to a cold class, which would make them unreadable)."""
+    now = ctx.clock()
+    return {h.job_id for h in run.holds if h.by != PRUNING and _alive(ctx, h, now)}
 
 
 def _alive(ctx: Context, hold: Hold, now: datetime) -> bool:

@@ -22,7 +22,7 @@ from shared.domain.jobs import PRUNING, Job, JobStatus, Run, RunStatus
 from shared.domain.layout import prune_record_key, run_folder
 from shared.domain.retention import Backup, Decision, Policy, decide
 from shared.service.context import Context
-from shared.service.holds import DELETE_WITHIN, claim
+from shared.service.holds import DELETE_WITHIN, claim, read_by_restores
 from shared.service.verify import unverified
 
 log = logging.getLogger(__name__)
@@ -193,6 +193,7 @@ def _cool(ctx: Context, decided: Plan) -> list[str]:
     cutoff = ctx.clock() - timedelta(days=retention.cold_after_days)
     moved = []
     cold: dict[str, set[str]] = {}  # by run: its folder's keys in the cold class, listed once
+    read = _ReadByRestores(ctx)
     for decision in decided.decisions:
         held = decided.jobs[decision.backup.backup_id]
         if not decision.keep or (held.finished_at or cutoff) > cutoff:
@@ -205,6 +206,8 @@ def _cool(ctx: Context, decided: Plan) -> list[str]:
                                          if i.storage_class == retention.cold_storage_class}
                 if key in cold[held.run_id]:
                     continue  # moved already: a listing saves a HEAD per backup per prune
+                if read(held):
+                    break  # an archived object cannot be read: the restore would fail
                 info = ctx.objects.head(key)
                 if info is not None and info.storage_class != retention.cold_storage_class:
                     ctx.objects.set_storage_class(key, retention.cold_storage_class)
@@ -213,6 +216,28 @@ def _cool(ctx: Context, decided: Plan) -> list[str]:
                 log.warning("could not move a backup to cold storage",
                             extra={"key": key, "reason": str(exc)})
     return moved
+
+
+class _ReadByRestores:
+    """Is a backup read by a restore, asked just before it would be moved to the cold class
+    (a restore may have claimed it since the plan looked): recorded restores, and claims of
+    restores not recorded yet (shared/service/holds.py). Each run is read once, and only
+    when one of its backups is about to move."""
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+        self._recorded: set[str] | None = None
+        self._held: dict[str, set[str]] = {}
+
+    def __call__(self, held: Held) -> bool:
+        from shared.service.restore.plan import restoring
+
+        if self._recorded is None:
+            self._recorded = restoring(self._ctx)
+        if held.run_id not in self._held:
+            run = self._ctx.state.get_run(held.run_id)
+            self._held[held.run_id] = read_by_restores(self._ctx, run) if run else set()
+        return held.job_id in self._recorded or held.job_id in self._held[held.run_id]
 
 
 def _all_runs(ctx: Context) -> list[Run]:
