@@ -12,10 +12,11 @@ import pytest
 from devkit.compare import assert_object_equals_docs
 from devkit.sample_data import make_docs
 from shared.config import Notify
+from shared.domain.errors import StateError
 from shared.domain.jobs import JobStatus, Run, RunStatus
 from shared.service.context import Context
 from shared.service.start import UnknownSource, start_run
-from tests.support.backup import ENV_ID, LocalBackup, backup_now
+from tests.support.backup import ENV_ID, LocalBackup, backup_now, drive
 from tests.support.webhook import WebhookReceiver
 
 LISTING = "/tcb/databasecollectionget"
@@ -303,3 +304,30 @@ def test_a_request_naming_a_collection_the_source_lacks_is_still_refused(local: 
         start_run(ctx, idempotency_key="k", trigger="test", collections={"shop": ["nope"]})
 
     assert ctx.state.find_run("k") is None
+
+
+def test_a_state_store_failure_while_listing_is_not_blamed_on_the_platform(
+    local: LocalBackup, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The listing needs the source's token, cached in the state store: a state failure
+    there (a locked database, a COS state outage) fails the source for the run, and the
+    error names the state backend to check, not a busy platform to wait for."""
+    local.seed("orders", make_docs(4, seed=1))
+    ctx = local.context(local.config(local.wechat_source(collections="all")))
+    read = ctx.state.cache_get
+    failed: list[str] = []
+
+    def cache_get(key: str, now: Any) -> str | None:
+        failed.append(key)
+        raise StateError("state table: cache_get failed: OperationalError: database is locked")
+
+    monkeypatch.setattr(ctx.state, "cache_get", cache_get)
+    started, _ = start_run(ctx, idempotency_key="test", trigger="test")
+    monkeypatch.setattr(ctx.state, "cache_get", read)  # the state store is back
+    run = drive(ctx, started)
+
+    assert failed and run.status is RunStatus.FAILED
+    error = run_manifest(local, run)["discovery"]["shop"]["error"]
+    assert "could not be listed" in error and "database is locked" in error
+    assert "state" in error.split("(")[0] and "state.url" in error
+    assert "platform stayed busy" not in error and "rate limit" not in error

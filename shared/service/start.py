@@ -9,7 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 from shared.config import Config
-from shared.domain.errors import BackupError, Retryable, RetryLater
+from shared.domain.errors import BackupError, Retryable, RetryLater, StateError
 from shared.domain.jobs import Job, JobStatus, Run, job_id_for, run_id_for
 from shared.logs import log_context, redact
 from shared.service.context import Budget, Context
@@ -114,6 +114,11 @@ def _not_listed(source: str, exc: Retryable | RetryLater) -> str:
     """A transient answer to discovery (after the client's own retries): nothing asks again
     for this run, so say what to do. Platform errors state the cause only; what happens
     next is the caller's to say (the poller's for a job, this for discovery)."""
+    if isinstance(exc, StateError):  # the source's tokens are cached there: not the platform
+        return (f"source {source!r} could not be listed: the state backend failed while its "
+                f"token was read or stored ({exc}). This run backs up nothing from it and "
+                "does not list it again; check the state backend (state.url, its database or "
+                "bucket and the function's access to it) and start the backup again")
     cause = ("the platform asked to wait" if isinstance(exc, RetryLater)
              else "the platform stayed busy or unreachable")
     return (f"source {source!r} could not be listed: {cause} ({exc}). This run backs up "
