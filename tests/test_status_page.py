@@ -524,11 +524,9 @@ def test_verify_shows_a_missing_backup_object_and_a_restore_of_it_needs_force(
         assert not tab.eval(f"{q('#restore-force')}.checked")
 
 
-def test_status_page_says_a_verify_found_the_newest_backup_damaged(
-    served: tuple[Api, str], tmp_path: Path
-) -> None:
-    api, url = served
-    binary = chromium()
+def damaged_and_verified(api: Api, url: str) -> str:
+    """A backup of shop whose orders object was then damaged, and verified over HTTP (the
+    verify finds it): its run id."""
     run_id = back_up(url, {"sources": ["shop"]})
     job = next(j for j in api.context().state.list_jobs(run_id) if j.collection == "orders")
     assert job.result is not None
@@ -538,6 +536,15 @@ def test_status_page_says_a_verify_found_the_newest_backup_damaged(
                                  content_type="application/x-ndjson")
     status, report, _ = api.call("POST", f"/runs/{run_id}/verify", body={"quick": False})
     assert status == 200 and not report["ok"]
+    return run_id
+
+
+def test_status_page_says_a_verify_found_the_newest_backup_damaged(
+    served: tuple[Api, str], tmp_path: Path
+) -> None:
+    api, url = served
+    binary = chromium()
+    damaged_and_verified(api, url)
 
     elements = parse(headless(binary, f"{url}#token={TOKEN}", tmp_path / "profile", "--dump-dom"))
 
@@ -555,15 +562,7 @@ def test_a_run_card_shows_what_a_verify_kept_on_the_run_found_after_a_reload(
     run's orders damaged: its card says so, with the problem lines, without verifying again."""
     api, url = served
     binary = chromium()
-    run_id = back_up(url, {"sources": ["shop"]})
-    job = next(j for j in api.context().state.list_jobs(run_id) if j.collection == "orders")
-    assert job.result is not None
-    key = job.result.objects[0].key
-    data = api.local.objects.read(key)
-    api.local.objects.put_stream(key, [data[:50] + bytes([data[50] ^ 1]) + data[51:]],
-                                 content_type="application/x-ndjson")
-    status, report, _ = api.call("POST", f"/runs/{run_id}/verify", body={"quick": False})
-    assert status == 200 and not report["ok"]
+    run_id = damaged_and_verified(api, url)
 
     elements = parse(headless(binary, f"{url}#token={TOKEN}", tmp_path / "profile", "--dump-dom"))
 
