@@ -206,7 +206,7 @@ class Hold(BaseModel):
     or a restore about to read it (`by` that restore's run id). Kept on the run, so both
     sides claim by compare-and-set on the same record and the first to write wins."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)  # built on first use: cold start
 
     job_id: str
     by: str
