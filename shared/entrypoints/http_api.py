@@ -609,18 +609,23 @@ class AcknowledgeBody(BaseModel):
     collection: StrictStr = Field(min_length=1, max_length=1000)
 
 
+def _shaped(model: type[M], request: Request, shape: str) -> M:
+    """A small body as `model`: {} when empty, 415 when not sent as JSON (json_object, as
+    every POST route), else 400 showing the `shape` it must have and the first wrong field."""
+    try:
+        return model.model_validate(json_object(request))
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        raise HttpError(400, f"the body must be {shape}: {where}: {first['msg']}", where) from None
+
+
 def _acknowledge(request: Request, params: Mapping[str, str], context: ContextFactory) -> Response:
     """A suspect backup's drop was intended: it counts as good from now on."""
     from shared.service.suspicion import NotSuspect, acknowledge
 
     run_id = params["run_id"]
-    try:  # json_object: 415 for a body not sent as JSON, like every POST route
-        body = AcknowledgeBody.model_validate(json_object(request))
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(part) for part in first["loc"]) or "body"
-        raise HttpError(400, f'the body must be {{"source": "...", "collection": "..."}}: '
-                             f"{where}: {first['msg']}", where) from None
+    body = _shaped(AcknowledgeBody, request, '{"source": "...", "collection": "..."}')
     ctx = service(context)
     if not RUN_ID.match(run_id) or ctx.state.get_run(run_id) is None:
         raise HttpError(404, f"no run {run_id[:80]!r}; GET /runs lists the runs", "run_id")
@@ -652,13 +657,7 @@ class DoctorBody(BaseModel):
 def _doctor(request: Request, params: Mapping[str, str], context: ContextFactory) -> Response:
     """Every doctor check with the trigger function's role, network and egress IP; 200 with
     the report whether or not the checks pass (`ok` says which)."""
-    try:  # json_object: {} when empty, 415 for a body not sent as JSON
-        body = DoctorBody.model_validate(json_object(request))
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(part) for part in first["loc"]) or "body"
-        raise HttpError(400, f'the body must be {{"notify": true}} or empty: {where}: '
-                             f"{first['msg']}", where) from None
+    body = _shaped(DoctorBody, request, '{"notify": true} or empty')
     from shared.entrypoints.scf import run_doctor  # the same report as {"doctor": true}
 
     return json_response(200, run_doctor(notify=body.notify))
