@@ -174,6 +174,40 @@ def test_a_ping_url_carrying_its_own_status_reports_the_runs_outcome_once(
     assert [urlsplit(path).path for path in webhook.pings] == [urlsplit(copied).path] * 2
 
 
+@pytest.mark.parametrize("said", [
+    "Monitor not found or not active.",
+    # a monitor echoing the URL's key back: only its host may ever be shown
+    "no active monitor has push token k-0123456789",
+])
+def test_a_ping_the_monitor_refuses_is_logged_as_an_error_not_as_pinged(
+        webhook: WebhookReceiver, said: str) -> None:
+    """Uptime Kuma answers HTTP 200 {"ok": false, "msg": ...} for a paused or unknown push
+    monitor: no run is recorded there, so the pings would stop unnoticed while the log
+    said "heartbeat pinged"."""
+    webhook.get_status = 200
+    webhook.get_body = {"ok": False, "msg": said}
+    base = f"http://127.0.0.1:{webhook.server.server_port}"
+    notify = Notify.model_validate({"heartbeat": {"url": "${PING}", "style": "uptime-kuma"}},
+                                   context={"environ": {"PING": base + "/api/push/k-0123456789"}})
+    assert notify.heartbeat is not None
+
+    logs = io.StringIO()
+    configure_logging(logging.INFO, stream=logs)
+    try:
+        ping(notify.heartbeat, True, "run a succeeded", retry_base_seconds=0)
+    finally:
+        configure_logging()
+
+    lines = [json.loads(line) for line in logs.getvalue().splitlines()]
+    [refused] = [line for line in lines if line["logger"] == "shared.adapters.heartbeat"]
+    assert (refused["level"], refused["message"]) == ("ERROR", "could not ping the heartbeat monitor")
+    assert "heartbeat refused the ping" in refused["reason"]
+    assert "notify.heartbeat.url" in refused["reason"]  # what to check
+    assert "Monitor not found" in refused["reason"] or "push token" in refused["reason"]
+    assert "0123456789" not in logs.getvalue()
+    assert len(webhook.pings) == 1  # an answer, not a transient failure: not sent again
+
+
 def test_an_alert_says_whether_it_reached_someone(webhook: WebhookReceiver) -> None:
     """True when one webhook accepted it (or none is configured: nothing to deliver to),
     False when every configured webhook failed: the staleness alarm is then sent again."""

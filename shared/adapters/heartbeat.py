@@ -60,10 +60,14 @@ def ping(heartbeat: Heartbeat, ok: bool, message: str, *, client: httpx.Client |
             raise Retryable(f"heartbeat answer unusable: {describe_http_error(exc)}") from None
         if response.status_code >= 300:
             raise Retryable(f"heartbeat answered HTTP {response.status_code}")
+        refused = _refusal(response, url)
+        if refused:  # an answer, not a transient failure: sending it again changes nothing
+            raise Fatal(f"heartbeat refused the ping: {refused}; {_CHECK_URL}, and that the "
+                        "monitor is active (not paused)")
 
     try:
         with_retries(send, attempts=3, base_seconds=retry_base_seconds)
-    except Retryable as exc:
+    except (Retryable, Fatal) as exc:
         log.error("could not ping the heartbeat monitor", extra={"reason": str(exc)})
     except Exception as exc:  # the Notifier never raises: the run closed whatever the monitor does
         log.exception("could not ping the heartbeat monitor",
@@ -128,20 +132,33 @@ def _test_ping(heartbeat: Heartbeat, where: str, http: httpx.Client) -> str:
     if response.status_code >= 300:  # healthchecks.io: 404 for a UUID it does not know
         raise Fatal(f"{where} answered the test ping with HTTP {response.status_code}; "
                     f"{_CHECK_URL}: the monitor may not know this key") from None
-    refused = _refusal(response)
+    refused = _refusal(response, url)
     if refused:
         raise Fatal(f"{where} refused the test ping: {refused}; {_CHECK_URL}")
     return (f"{where} answered a success ping with HTTP {response.status_code}: the monitor "
             "counts it as a good run")
 
 
-def _refusal(response: httpx.Response) -> str | None:
-    """Uptime Kuma may answer {"ok": false, "msg": "Monitor not found or not active."}
-    (api-router.js, /api/push/:pushToken) where the others answer an HTTP error."""
+def _refusal(response: httpx.Response, url: str) -> str | None:
+    """Uptime Kuma answers a push to a paused or unknown monitor with {"ok": false, "msg":
+    "Monitor not found or not active."} (louislam/uptime-kuma server/routers/api-router.js,
+    /api/push/:pushToken; the HTTP status has changed between releases, 404 or 500 in
+    those read, so the body decides, a 200 included) where the others answer an HTTP error. The message is the monitor's: any part of the URL in it
+    (the push token) is masked."""
     try:
         answer = response.json()
     except ValueError:
         return None
     if isinstance(answer, dict) and answer.get("ok") is False:
-        return redact(str(answer.get("msg") or "ok: false"))[:200]
+        return _masked(redact(str(answer.get("msg") or "ok: false")), url)[:200]
     return None
+
+
+def _masked(text: str, url: str) -> str:
+    """`text` without any path segment or query value of `url` long enough to be a key."""
+    parts = urlsplit(url)
+    pieces = [unquote_plus(p) for p in parts.path.split("/")]
+    pieces += [unquote_plus(pair.partition("=")[2]) for pair in parts.query.split("&")]
+    for piece in sorted((p for p in pieces if len(p) >= 6), key=len, reverse=True):
+        text = text.replace(piece, "***")
+    return text
