@@ -8,5 +8,6 @@ pytest_plugins = [
     "tests.support.onedb",
     "tests.support.mysql",
     "tests.support.webhook",
+    "tests.support.proxy",
     "tests.support.hostile",
 ]

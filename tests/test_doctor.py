@@ -22,7 +22,10 @@ from devkit.emulators.onedb import OneDBEmulator
 from devkit.emulators.tencentcloud import TencentCloudEmulator
 from devkit.sample_data import make_docs
 from shared.adapters.cos.client import cos_client
+from shared.adapters.heartbeat import ping, probe_heartbeat
 from shared.adapters.sql_state import SqlStateStore
+from shared.config import Notify
+from shared.domain.errors import Fatal
 from shared.entrypoints.cli import main as cli
 from shared.entrypoints.http_api import TOKEN_ENV
 from shared.entrypoints.scf import handle_finisher
@@ -32,6 +35,7 @@ from tests.support.handlers import load_handler
 from tests.support.mysql import PASSWORD_ENV, MariaDB
 from tests.support.onedb import APP, KEY_ID, KEY_SECRET, onedb_source
 from tests.support.onedb import ENV_ID as ONEDB_ENV
+from tests.support.proxy import RecordingProxy
 from tests.support.webhook import WebhookReceiver
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -253,6 +257,45 @@ def test_a_heartbeat_that_refuses_the_test_ping_fails(
     for word in [*words, "notify.heartbeat.url"]:
         assert word in detail["detail"], detail
     assert len(monitor.pings) == 1 and MONITOR_KEY not in json.dumps(report)
+
+
+PROXY_VARIABLES = ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"]
+
+
+def test_the_heartbeat_check_goes_through_the_proxy_the_pings_go_through(
+    recording_proxy: RecordingProxy, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Behind HTTP_PROXY/HTTPS_PROXY the pings (httpx) reach the monitor through the proxy:
+    doctor's check, which sends no request, must connect that way too, or it calls a
+    monitor unreachable that every run reaches; NO_PROXY sends both direct."""
+    monitor = WebhookReceiver()
+    monitor.get_status = 200
+    hidden = closed_port()  # nothing listens here: only the proxy reaches the monitor
+    recording_proxy.routes[("127.0.0.1", hidden)] = ("127.0.0.1", monitor.server.server_port)
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.setenv("http_proxy", recording_proxy.url)
+    notify = Notify.model_validate({"heartbeat": {"url": "${PING}"}}, context={
+        "environ": {"PING": f"http://127.0.0.1:{hidden}/{MONITOR_KEY}"}})
+    assert notify.heartbeat is not None
+    try:
+        said = probe_heartbeat(notify.heartbeat, send=False)
+        assert "accepts connections" in said and "through the proxy" in said, said
+        assert recording_proxy.requests == [f"CONNECT 127.0.0.1:{hidden}"]
+        assert monitor.pings == []  # a tunnel opened, no request sent: not a ping
+
+        ping(notify.heartbeat, True, "run a succeeded", retry_base_seconds=0)
+        assert monitor.pings == [f"/{MONITOR_KEY}"]
+        assert recording_proxy.requests[1:] == [f"GET http://127.0.0.1:{hidden}/{MONITOR_KEY}"]
+
+        monkeypatch.setenv("no_proxy", "127.0.0.1")
+        with pytest.raises(Fatal, match="unreachable"):
+            probe_heartbeat(notify.heartbeat, send=False)
+        assert len(recording_proxy.requests) == 2
+    finally:
+        monitor.server.shutdown()
+        monitor.server.server_close()
 
 
 # each check failing ----------------------------------------------------------------------

@@ -5,13 +5,20 @@ run from closing."""
 
 from __future__ import annotations
 
+import base64
 import logging
 import socket
 from urllib.parse import unquote_plus, urlencode, urlsplit, urlunsplit
 
 import httpx
 
-from shared.adapters.http import describe_http_error, describe_transport_error, make_client
+from shared.adapters.http import (
+    CONNECT_SECONDS,
+    describe_http_error,
+    describe_transport_error,
+    make_client,
+    proxy_for,
+)
 from shared.adapters.tls import tls_context
 from shared.config.model import Heartbeat
 from shared.domain.errors import Fatal, Retryable
@@ -100,22 +107,62 @@ def probe_heartbeat(heartbeat: Heartbeat, send: bool, *, client: httpx.Client | 
 
 
 def _connect(url: str, where: str) -> str:
-    """Resolve the host, connect, and for https verify its certificate; no HTTP is sent."""
+    """Resolve the host, connect (through the proxy the pings take, if any), and for https
+    verify its certificate; no HTTP request reaches the monitor."""
     parts = urlsplit(url)
     https = parts.scheme == "https"
     host = parts.hostname or ""
+    proxy = proxy_for(url)
+    via = f" through the proxy {proxy.host}:{proxy.port or ''}".rstrip(":") if proxy else ""
     try:
         port = parts.port or (443 if https else 80)
-        with socket.create_connection((host, port), timeout=10) as sock:
+        with _tunnel(proxy, host, port) if proxy else socket.create_connection(
+                (host, port), timeout=CONNECT_SECONDS) as sock:
             if https:
                 with tls_context().wrap_socket(sock, server_hostname=host):
                     pass
     except (OSError, ValueError) as exc:  # unresolvable, refused, timed out, bad certificate
         reason = redact(str(exc))[:200]
-        raise Fatal(f"{where} is unreachable from here: {type(exc).__name__}"
+        raise Fatal(f"{where} is unreachable from here{via}: {type(exc).__name__}"
                     f"{f' ({reason})' if reason else ''}; {_CHECK_URL}, and that this network "
-                    "reaches it") from None
-    return " (TLS certificate verified)" if https else ""
+                    f"{'(the proxy) ' if proxy else ''}reaches it") from None
+    return f"{via}{' (TLS certificate verified)' if https else ''}"
+
+
+def _tunnel(proxy: httpx.URL, host: str, port: int) -> socket.socket:
+    """A connection to host:port through an HTTP CONNECT tunnel (RFC 9110 section 9.3.6),
+    as httpx reaches an https URL through a proxy; the proxy's own answer is read, so
+    a refused tunnel is an error here too."""
+    secure = proxy.scheme == "https"
+    sock = socket.create_connection((proxy.host, proxy.port or (443 if secure else 80)),
+                                    timeout=CONNECT_SECONDS)
+    try:
+        if secure:
+            sock = tls_context().wrap_socket(sock, server_hostname=proxy.host)
+        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        head = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}"]
+        if proxy.username:  # as httpx sends it: Basic, from the proxy URL's user and password
+            pair = base64.b64encode(f"{proxy.username}:{proxy.password or ''}".encode()).decode()
+            head.append(f"Proxy-Authorization: Basic {pair}")
+        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
+        status = _answer_head(sock).split(" ", 2)
+        if len(status) < 2 or not status[1].startswith("2"):
+            raise ConnectionError(f"the proxy refused the tunnel: {' '.join(status[1:])[:100]}")
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _answer_head(sock: socket.socket) -> str:
+    """The status line of the proxy's answer, its headers read up to the blank line."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        piece = sock.recv(1)  # one byte at a time: what follows the head is the tunnel's
+        if not piece or len(received) > 8192:
+            raise ConnectionError("the proxy closed the connection or answered no HTTP head")
+        received += piece
+    return received.split(b"\r\n", 1)[0].decode("latin-1")
 
 
 def _test_ping(heartbeat: Heartbeat, where: str, http: httpx.Client) -> str:

@@ -51,13 +51,34 @@ class InflationRefused(Fatal):
     """A compressed download that would grow past the bound (a decompression bomb)."""
 
 
+CONNECT_SECONDS = 10.0  # to open a connection (TCP and TLS), by a client or a probe
+
+
 def make_client(*, follow_redirects: bool = False) -> httpx.Client:
+    """A client that goes through the proxy the environment names (see `proxy_for`)."""
     return httpx.Client(
         verify=tls_context(),
-        timeout=httpx.Timeout(60.0, connect=10.0),
+        timeout=httpx.Timeout(60.0, connect=CONNECT_SECONDS),
         headers={"User-Agent": USER_AGENT},
         follow_redirects=follow_redirects,
     )
+
+
+def proxy_for(url: str) -> httpx.URL | None:
+    """The proxy `make_client`'s requests to `url` go through, None for a direct connection:
+    HTTP_PROXY, HTTPS_PROXY, ALL_PROXY and NO_PROXY as httpx reads them for the clients
+    (trust_env, python-httpx.org/environment_variables/), with the very functions
+    httpx.Client maps them with (httpx 0.28 _client.py, _get_proxy_map and
+    _transport_for_url), so a check that may send no request connects as requests do."""
+    from httpx._utils import URLPattern, get_environment_proxies
+
+    target = httpx.URL(url)
+    patterns = sorted(((URLPattern(key), proxy) for key, proxy in get_environment_proxies().items()),
+                      key=lambda pair: pair[0])
+    for pattern, proxy in patterns:
+        if pattern.matches(target):
+            return None if proxy is None else httpx.URL(proxy)
+    return None
 
 
 def system_resolver(host: str, port: int) -> list[str]:
