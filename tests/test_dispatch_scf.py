@@ -336,6 +336,35 @@ def test_a_whole_backup_goes_through_async_invoke(
     assert json.loads(local.objects.read(run.manifest_key or ""))["status"] == "succeeded"
 
 
+def invoke_async(emulator: TencentCloudEmulator, event: dict[str, Any]) -> None:
+    """An async Invoke of the finisher with any event, through the real SDK."""
+    from tencentcloud.common.credential import Credential
+    from tencentcloud.common.profile.client_profile import ClientProfile
+    from tencentcloud.common.profile.http_profile import HttpProfile
+    from tencentcloud.scf.v20180416.models import InvokeRequest
+    from tencentcloud.scf.v20180416.scf_client import ScfClient
+
+    http = HttpProfile(protocol="http", endpoint=emulator.url.split("://", 1)[1])
+    client = ScfClient(Credential(ROLE_ID, ROLE_KEY, ROLE_TOKEN), REGION, ClientProfile(httpProfile=http))
+    request = InvokeRequest()
+    request.FunctionName, request.InvocationType = FINISHER, "Event"
+    request.ClientContext = json.dumps(event)
+    client.Invoke(request)
+
+
+def test_a_malformed_event_is_a_failed_invocation_for_scf(
+    tencentcloud: TencentCloudEmulator, hosted: tuple[Config, dict[str, str]]
+) -> None:
+    """SCF counts an invocation whose handler raises as failed (运行错误), retries an async
+    one and keeps it for the dead-letter queue; one that answers is a success."""
+    invoke_async(tencentcloud, {"jobId": "j-1"})
+    tencentcloud.wait_idle()
+
+    [call] = tencentcloud.invocations
+    assert call.error is not None and '"job_id"' in call.error and '"jobId"' in call.error, call
+    assert call.attempts == 3  # retried twice, as SCF retries a run error
+
+
 def test_a_role_that_may_not_invoke_fails_the_jobs_loudly(
     local: LocalBackup, tencentcloud: TencentCloudEmulator, hosted: tuple[Config, dict[str, str]]
 ) -> None:

@@ -88,9 +88,39 @@ def test_poller_and_finisher_twice_copy_once(deployed: LocalBackup, monkeypatch:
     assert len(deployed.emulator.export_jobs()) == 2
 
 
-def test_finisher_rejects_a_malformed_event(deployed: LocalBackup) -> None:
+@pytest.mark.parametrize(("event", "words"), [
+    ({"jobid": "value-0123"}, ['"job_id"', "missing", '"jobid"', "not expected", '{"job_id": "<job id>"}']),
+    ({"job_id": 7}, ['"job_id"', "string"]),
+    ({}, ['"job_id"', "missing"]),
+])
+def test_finisher_fails_the_invocation_on_a_malformed_event(
+        deployed: LocalBackup, event: dict[str, Any], words: list[str]) -> None:
+    """An answer is a success to SCF (no retry, no failure in its metrics): a finisher
+    handed a wrong event must raise, naming the field and the event it takes."""
     finisher = load_handler("finisher")
 
-    answer = finisher.main_handler({"jobid": "x"}, None)
+    with pytest.raises(ValueError) as raised:
+        finisher.main_handler(event, None)
 
-    assert "job_id" in answer["error"]
+    for word in words:
+        assert word in str(raised.value), raised.value
+    assert "value-0123" not in str(raised.value)  # field names only: values are not echoed
+
+
+@pytest.mark.parametrize(("event", "words"), [
+    ({"key1": "test value 1"}, ['"Type"', '"Timer"', "timer event", "583/31439"]),
+    ({"Type": "Cos", "Records": []}, ['"Type"', '"Timer"']),
+    ({"Type": "Timer", "TriggerName": "every-minute"}, ['"Time"', "missing"]),
+])
+def test_poller_fails_the_invocation_on_an_event_that_is_not_its_timer(
+        deployed: LocalBackup, event: dict[str, Any], words: list[str]) -> None:
+    """The poller runs on its timer; another event (a console test template, a trigger
+    wired to the wrong function) must not pass for a tick."""
+    poller = load_handler("poller")
+
+    with pytest.raises(ValueError) as raised:
+        poller.main_handler(event, None)
+
+    for word in words:
+        assert word in str(raised.value), raised.value
+    assert poller.main_handler(dict(TIMER_EVENT), None)["advanced"] == 0  # its timer still works

@@ -22,7 +22,21 @@ from shared.service.context import Context
 log = logging.getLogger(__name__)
 
 
+class MalformedEvent(ValueError):
+    """An event this function does not take. Raised, not answered: SCF counts an invocation
+    whose code raises as failed (运行错误, "函数代码抛出异常"), retries an async one and then
+    hands it to the dead-letter queue if one is set (错误类型与重试策略,
+    cloud.tencent.com/document/product/583/41138); an answer, whatever it says, is a success
+    no one is shown."""
+
+
+TIMER_DOC = "cloud.tencent.com/document/product/583/31439, Timer 触发器的事件消息结构"
+
+
 class TimerEvent(BaseModel):
+    """SCF's timer event: {"Type": "Timer", "TriggerName": ..., "Time": ..., "Message": ...}
+    (TIMER_DOC)."""
+
     model_config = ConfigDict(extra="allow", defer_build=True)
 
     Type: str
@@ -128,9 +142,38 @@ def handle_trigger(event: dict[str, Any], invocation: object = None) -> dict[str
     return {"run_id": run.run_id, "created": created}
 
 
+def _problems(exc: ValidationError) -> str:
+    """Each problem as `field "name": what`; the event's values are never repeated."""
+    said = {"missing": "missing", "extra_forbidden": "not expected", "string_type": "not a string"}
+    return "; ".join(f'field "{".".join(str(part) for part in error["loc"])}": '
+                     f'{said.get(error["type"], error["type"])}' for error in exc.errors())
+
+
+def _malformed(text: str) -> MalformedEvent:
+    configure_logging()
+    log.error("malformed event", extra={"reason": text})
+    return MalformedEvent(text)
+
+
+def _poller_tick(event: object) -> None:
+    """The poller takes its timer's event only: any other is a mistake to show, not a tick."""
+    keys = list(event)[:8] if isinstance(event, dict) else []
+    fields = ", ".join(f'"{str(key)[:40]}"' for key in keys) or "none"
+    fix = (f'the poller runs on its timer trigger and takes SCF\'s timer event {{"Type": "Timer", '
+           f'"TriggerName": ..., "Time": ...}} ({TIMER_DOC}); to run it by hand, invoke it with '
+           "such an event, or wait for its next minute")
+    if not isinstance(event, dict) or not _is_timer(event):
+        raise _malformed(f'field "Type" is not "Timer" (the event\'s fields: {fields}): {fix}')
+    try:
+        TimerEvent.model_validate(event)
+    except ValidationError as exc:
+        raise _malformed(f"{_problems(exc)}: {fix}") from None
+
+
 def handle_poller(event: dict[str, Any], invocation: object = None) -> dict[str, Any]:
     from shared.service.poll import poll
 
+    _poller_tick(event)
     ctx = _context(invocation)
     summary = poll(ctx)
     return {"advanced": summary.advanced, "closed_runs": summary.closed_runs}
@@ -147,18 +190,26 @@ def run_doctor(*, notify: bool = False) -> dict[str, Any]:
     return report.to_dict()
 
 
+def _finish_request(event: object) -> FinishRequest:
+    fix = ('the finisher takes {"job_id": "<job id>"}, as the poller\'s async Invoke sends it '
+           '(or {"doctor": true} from doctor): leave it to the poller, or invoke it with a job id '
+           "from GET /runs/{run_id}")
+    if not isinstance(event, dict):
+        raise _malformed(f'field "job_id" missing (the event is not a JSON object): {fix}')
+    try:
+        return FinishRequest.model_validate(event)
+    except ValidationError as exc:
+        raise _malformed(f"{_problems(exc)}: {fix}") from None
+
+
 def handle_finisher(event: dict[str, Any], invocation: object = None) -> dict[str, Any]:
-    if event.get("doctor") is True:
+    if isinstance(event, dict) and event.get("doctor") is True:
         # `doctor` invokes the finisher this way to prove the role may: answer, touch nothing
         return {"doctor": "finisher", "ok": True}
     from shared.service.finish import finish
 
+    request = _finish_request(event)  # before the context: a wrong event needs no config
     ctx = _context(invocation, warm_platforms=True)
-    try:
-        request = FinishRequest.model_validate(event)
-    except ValidationError as exc:
-        log.error("finisher event is not {\"job_id\": ...}", extra={"problems": exc.errors()})
-        return {"error": "expected an event like {\"job_id\": \"...\"}"}
     with log_context(job_id=request.job_id):
         outcome = finish(ctx, request.job_id, close_run=True)
     return {"job_id": request.job_id, "outcome": outcome}
