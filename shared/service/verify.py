@@ -227,7 +227,8 @@ def record(ctx: Context, report: Report) -> None:
         run = ctx.state.get_run(report.run_id)
         if run is None:
             break
-        kept = {**result, "failed": still_failed(run, result), "report_key": key}
+        kept = {**result, "checked": still_checked(run, result),
+                "failed": still_failed(run, result), "report_key": key}
         summary = {**(run.summary or {}), "last_verify": kept}
         if ctx.state.save_run(run.model_copy(update={"summary": summary})) is not None:
             break
@@ -252,6 +253,16 @@ def still_failed(run: Run, result: dict[str, Any]) -> list[str]:
     the one before it, so it carries those forward."""
     earlier = unverified(run) - set(result["checked"])
     return sorted(earlier | set(result["failed"]))
+
+
+def still_checked(run: Run, result: dict[str, Any]) -> list[str]:
+    """What this verify checked, and what an earlier one asked for later checked: the
+    after-run check's verdict on those was replaced, and `last_verify` replaces the one
+    before it, so it carries them forward (else a verify of users would bring back a
+    failure of orders that a verify of orders had cleared)."""
+    earlier = (run.summary or {}).get("last_verify")
+    before = earlier.get("checked") if isinstance(earlier, dict) else None
+    return sorted(set(result["checked"]) | set(before or ()))
 
 
 def unverified(run: Run) -> frozenset[str]:

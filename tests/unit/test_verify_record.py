@@ -4,10 +4,14 @@ bucket, and as an alert only when it found problems."""
 from __future__ import annotations
 
 from shared.config.model import Retention
+from shared.domain.jobs import JobStatus
+from shared.service.close import close_finished_runs
+from shared.service.finish import finish
+from shared.service.overview import collections
 from shared.service.prune import prune
 from shared.service.start import start_run
-from shared.service.verify import record, verify_run
-from tests.unit.support import ScriptedExport, backed_up, unit
+from shared.service.verify import record, unverified, verify_run
+from tests.unit.support import ScriptedExport, backed_up, seed_run, unit
 
 ROWS = [{"_id": f"d{i}", "n": i} for i in range(5)]
 
@@ -66,3 +70,36 @@ def test_verifying_a_run_retention_thinned_reports_no_problem_and_sends_no_alert
     assert not report.ok and report.pruned == ["shop/orders"]
     assert [(o.collection, [p.what for p in o.problems]) for o in report.objects] == [
         ("users", ["missing object"])]
+
+
+def test_a_backup_a_later_verify_found_right_stays_cleared_after_a_verify_of_another() -> None:
+    """The check after the run finds orders missing (the object was away as the run
+    closed); a verify of orders asked for later finds it right, which clears it (README
+    "Keeping backups": the latest verify asked for clears what it checked and found
+    right). A verify of users only, after that, must not bring orders' failure back:
+    retention would stop counting a backup verified right, and the status page would
+    show it damaged."""
+    u = unit(ScriptedExport({"orders": list(ROWS), "users": ROWS[:2]}))
+    jobs = seed_run(u, JobStatus.READY)
+    for job in jobs:
+        assert finish(u.ctx, job.job_id) == "done"
+    run_id = jobs[0].run_id
+    orders = u.job(jobs[0].job_id).result
+    assert orders is not None
+    data = u.objects.objects.pop(orders.key)
+    close_finished_runs(u.ctx)
+
+    def damaged() -> frozenset[str]:
+        run = u.state.get_run(run_id)
+        assert run is not None
+        return unverified(run)
+
+    assert damaged() == {"shop/orders"}
+    u.objects.objects[orders.key] = data  # back, intact
+    record(u.ctx, verify_run(u.ctx, run_id, collection="orders"))
+    assert damaged() == set()
+    record(u.ctx, verify_run(u.ctx, run_id, collection="users", quick=True))
+    assert damaged() == set()
+    shown = {c.collection: c for c in collections(u.ctx)}
+    assert not shown["orders"].latest_verify_failed
+    assert shown["orders"].last_good is not None and shown["orders"].last_good.run_id == run_id
