@@ -14,6 +14,7 @@ import pytest
 
 from devkit.sample_data import make_docs
 from shared.config import Config, ConfigError
+from shared.domain.errors import StorageError
 from shared.domain.jobs import Job, RestoreOrder, Run, RunStatus
 from shared.entrypoints.cli import main as cli
 from shared.service.context import Context
@@ -21,8 +22,9 @@ from shared.service.holds import PRUNING_FOR
 from shared.service.overview import collections
 from shared.service.prune import prune
 from shared.service.restore.plan import RestoreRefused, plan_restore, start_restore
+from shared.service.start import start_run
 from shared.service.verify import record, verify_run
-from tests.support.backup import ENV_ID, LocalBackup, backup_now
+from tests.support.backup import ENV_ID, LocalBackup, backup_now, drive
 
 
 def with_retention(local: LocalBackup, **retention: Any) -> Config:
@@ -320,3 +322,42 @@ def test_a_prune_killed_after_its_claim_blocks_restores_only_for_a_while(
     prune(pruner)
     assert restorer.state.get_run(restore.run_id) is not None
     assert_no_restore_reads_a_deleted_backup(restorer)
+
+
+# COS refusing a delete ------------------------------------------------------------
+@pytest.mark.parametrize("whole_run", [True, False], ids=["run-emptied", "run-thinned"])
+def test_an_object_cos_would_not_delete_is_deleted_by_the_next_prune(
+        local: LocalBackup, monkeypatch: pytest.MonkeyPatch, whole_run: bool) -> None:
+    """COS refuses the delete of one doomed object (an outage, a 5xx): the prune goes on,
+    and the next prune deletes it. Neither the job nor the run may be recorded as gone
+    while its data is still in the bucket: nothing would ever look for it again, and a
+    backup retention promised to delete would stay for good (and be paid for)."""
+    local.seed("orders", make_docs(20))
+    local.seed("users", make_docs(4, prefix="u"))
+    ctx = local.context(with_retention(local))  # no policy yet: nothing pruned
+    older = backup_now(ctx, key="night-1")
+    newer, _ = start_run(ctx, idempotency_key="night-2", trigger="test",
+                         collections=None if whole_run else {"shop": ["orders"]})
+    drive(ctx, newer)
+    config = with_retention(local, keep_last=1)
+    orders = next(k for k in keys_of(local, older) if k.endswith("orders.jsonl"))
+    pruner = local.context(config)
+    real_delete = pruner.objects.delete
+
+    def refuses(key: str) -> None:
+        if key == orders:
+            raise StorageError(f"COS delete of {key!r} failed: InternalError", key=key,
+                               code="InternalError")
+        real_delete(key)
+
+    monkeypatch.setattr(pruner.objects, "delete", refuses)
+    prune(pruner)
+    assert local.objects.head(orders) is not None  # COS refused: still there
+
+    prune(local.context(config))  # COS answers again
+
+    assert local.objects.head(orders) is None
+    job = next((j for j in ctx.state.list_jobs(older.run_id) if j.collection == "orders"), None)
+    assert job is None or job.pruned_at is not None
+    if whole_run:
+        assert keys_of(local, older) == [] and ctx.state.get_run(older.run_id) is None

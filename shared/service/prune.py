@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from shared.domain.errors import StorageError
-from shared.domain.jobs import PRUNING, Job, JobStatus, Run, RunStatus
+from shared.domain.jobs import PRUNING, Job, JobResult, JobStatus, Run, RunStatus
 from shared.domain.layout import prune_record_key, run_folder
 from shared.domain.retention import Backup, Decision, Policy, decide
 from shared.service.context import Context
@@ -138,16 +138,14 @@ def prune(ctx: Context, *, dry_run: bool = False) -> Plan:
         job = ctx.state.get_job(held.job_id)
         if job is None or job.result is None:  # another prune deleted its run meanwhile
             continue
-        for key in [o.key for o in job.result.objects] + [job.result.manifest_key]:
-            _delete(ctx, key)
+        if not _delete_backup(ctx, job.result):  # left unmarked: the next prune tries again
+            emptied = [r for r in emptied if r != job.run_id]
+            continue
         _mark_pruned(ctx, job)
         deleted.append({"run_id": job.run_id, "source": job.source,
                         "collection": job.collection, "objects": [o.key for o in job.result.objects],
                         "records": job.result.records})
-    for run_id in emptied:
-        for info in ctx.objects.list(run_folder(ctx.config.destination.prefix, run_id) + "/"):
-            _delete(ctx, info.key)
-        ctx.state.delete_run(run_id)
+    emptied = [run_id for run_id in emptied if _delete_run(ctx, run_id)]
     cooled = _cool(ctx, decided)
     if deleted or emptied or cooled:
         _record(ctx, decided, deleted, emptied, cooled)
@@ -251,11 +249,32 @@ def _all_runs(ctx: Context) -> list[Run]:
         before = page[-1].run_id
 
 
-def _delete(ctx: Context, key: str) -> None:
+def _delete_run(ctx: Context, run_id: str) -> bool:
+    """An emptied run's folder, then its state rows; whether it is gone. Its rows stay
+    while an object does: they are how the next prune finds what is left to delete."""
+    folder = ctx.objects.list(run_folder(ctx.config.destination.prefix, run_id) + "/")
+    if not all([_delete(ctx, info.key) for info in folder]):  # each tried
+        return False
+    ctx.state.delete_run(run_id)
+    return True
+
+
+def _delete_backup(ctx: Context, result: JobResult) -> bool:
+    """A doomed backup's data objects, then its manifest; whether all are gone. Its
+    manifest stays while a data object does (a quick verify still checks what is left)."""
+    if not all([_delete(ctx, o.key) for o in result.objects]):  # each tried
+        return False
+    return _delete(ctx, result.manifest_key)
+
+
+def _delete(ctx: Context, key: str) -> bool:
+    """Whether `key` is gone; a failure is left for the next prune, which tries again."""
     try:
         ctx.objects.delete(key)
-    except StorageError as exc:  # the next prune tries again
+    except StorageError as exc:
         log.warning("could not delete a pruned object", extra={"key": key, "reason": str(exc)})
+        return False
+    return True
 
 
 def _mark_pruned(ctx: Context, job: Job) -> None:
