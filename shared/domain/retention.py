@@ -2,8 +2,8 @@
 collection, in the policy's time zone, over good backups only, plus the guards that
 make retention safe to run unattended.
 
-A backup is *good* when its job is done, it is not suspect, and no verify of its run
-found its data wrong. The `keep_*` rules are
+A backup is *good* when its job is done, its run has closed, it is not suspect, and no
+verify of its run found its data wrong. The `keep_*` rules are
 restic's (https://restic.readthedocs.io/en/stable/060_forget.html "Removing snapshots
 according to a policy"): going from the newest good backup to the oldest, `keep_last n`
 keeps the n newest; `keep_daily n` keeps the newest backup of each of the last n days
@@ -43,7 +43,9 @@ class Backup:
 
     @property
     def good(self) -> bool:
-        return self.done and not self.suspect and not self.unverified
+        # A backup of a run still open has not had the check after its run: counted as
+        # good, it could cost the last copy that check found right.
+        return self.done and not self.suspect and not self.unverified and not self.running
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,51 @@
+"""Retention over the service layer's fakes: what a prune deletes while another run is
+still open."""
+
+from __future__ import annotations
+
+from shared.config.model import Retention
+from shared.domain.jobs import JobStatus, RunStatus, job_id_for
+from shared.service.close import close_finished_runs
+from shared.service.finish import finish
+from shared.service.poll import poll
+from shared.service.prune import prune
+from shared.service.start import start_run
+from shared.service.verify import unverified
+from tests.unit.support import ScriptedExport, backed_up, unit
+
+ROWS = [{"_id": f"d{i}", "n": i} for i in range(5)]
+
+
+def test_a_backup_of_a_run_still_open_never_costs_the_last_checked_copy() -> None:
+    """keep_last 1. Run 2 is still open (users not copied yet) when a prune runs (`baas-
+    backup prune`, or another run closing); its orders is done but the check after the
+    run has not looked at it. That check then finds it missing: run 1's orders, the last
+    backup checked and found right, must still be there (README "Keeping backups": good
+    means not found damaged by the verify after its run; the newest good backup of any
+    collection is never deleted)."""
+    u = unit(ScriptedExport({"orders": list(ROWS), "users": ROWS[:2]}))
+    u.ctx.config = u.ctx.config.model_copy(update={"retention": Retention(keep_last=1)})
+    first, _ = start_run(u.ctx, idempotency_key="night-1", trigger="test")
+    backed_up(u, u.state.list_jobs(first.run_id))
+    u.clock.advance(3600)
+    second, _ = start_run(u.ctx, idempotency_key="night-2", trigger="test")
+    orders, users = (job_id_for(second.run_id, "shop", c) for c in ("orders", "users"))
+    for _ in range(3):
+        poll(u.ctx)
+        u.clock.advance(70)
+    assert finish(u.ctx, orders) == "done" and u.job(users).status is JobStatus.READY
+    copied = u.job(orders).result
+    assert copied is not None
+    del u.objects.objects[copied.key]  # lost before the run's own check
+
+    prune(u.ctx)
+    assert finish(u.ctx, users) == "done"
+    close_finished_runs(u.ctx)
+
+    run = u.state.get_run(second.run_id)
+    assert run is not None and run.status is RunStatus.FAILED
+    assert unverified(run) == {"shop/orders"}
+    checked = u.state.get_job(job_id_for(first.run_id, "shop", "orders"))
+    assert checked is not None, "run 1 went, with the last orders backup checked right"
+    assert checked.pruned_at is None and checked.result is not None
+    assert u.objects.head(checked.result.key) is not None
