@@ -258,6 +258,47 @@ def test_split_on_a_key_with_too_many_equal_values_says_so(
     assert our_jobs(minapp_emulator, 1001) == []  # found out before exporting anything
 
 
+def test_split_names_records_without_the_key_even_while_records_arrive(
+        local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
+    """Records added while the split is planned must not hide records the key ranges miss:
+    those would be in no part, and the backup would pass without them."""
+    minapp_emulator.max_export_rows = 1000
+    minapp_emulator.job_window = 0.05
+    table_records = [{"seq": i} for i in range(1495)] + [{"note": "no seq"} for _ in range(5)]
+    minapp_emulator.add_table(1001, table_records)
+    minapp_emulator.change_while_read(1001, after_reads=1,  # after the first count
+                                      add=[{"seq": 5000 + i} for i in range(10)])
+    table = {"id": 1001, "split": {"key": "seq", "rows_per_part": 500}}
+    ctx = local.context(local.config(local.minapp_source(minapp_emulator, tables=[table],
+                                                         max_export_rows=1000, export_interval_seconds=0.05)))
+
+    run = backup_jumping(ctx)
+
+    (job,) = ctx.state.list_jobs(run.run_id)
+    assert job.status is JobStatus.FAILED, job.result
+    assert "5 record(s) have no value for 'seq'" in (job.error or "")
+    assert our_jobs(minapp_emulator, 1001) == []  # found out before exporting anything
+
+
+def test_split_of_a_table_losing_records_while_planned_exports_what_is_left(
+        local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
+    """Records deleted by the app while the split is planned are not records the ranges
+    miss: the backup goes on with the table as it is."""
+    minapp_emulator.max_export_rows = 1000
+    minapp_emulator.job_window = 0.05
+    minapp_emulator.add_table(1001, [{"seq": i} for i in range(1500)])
+    minapp_emulator.change_while_read(1001, after_reads=1, delete=10)
+    table = {"id": 1001, "split": {"key": "seq", "rows_per_part": 500}}
+    ctx = local.context(local.config(local.minapp_source(minapp_emulator, tables=[table],
+                                                         max_export_rows=1000, export_interval_seconds=0.05)))
+
+    run = backup_jumping(ctx)
+
+    (job,) = ctx.state.list_jobs(run.run_id)
+    assert run.status is RunStatus.SUCCEEDED, job.error
+    assert job.result is not None and job.result.records == 1490
+
+
 def test_table_over_the_limit_without_split_says_how_to_split(
         local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
     minapp_emulator.max_export_rows = 1000

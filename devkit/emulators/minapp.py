@@ -479,6 +479,8 @@ class MinAppEmulator(LocalEmulator):
         self._imports: list[_Import] = []
         self._import_reports: list[dict[str, Any]] = []
         self._fail_imports: collections.deque[str] = collections.deque()
+        # (env, table) -> [record reads left before the change, records added, ids deleted]
+        self._changes: dict[tuple[str, str], list[Any]] = {}
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -661,6 +663,31 @@ class MinAppEmulator(LocalEmulator):
         when a link runs out between the status query and the download."""
         with self._lock:
             self._expire_links_left += times
+
+    def change_while_read(self, table_id: int | str, *, after_reads: int = 1,
+                          add: list[dict[str, Any]] | None = None, delete: int = 0,
+                          env: str = DEFAULT_ENV) -> None:
+        """Other users write to the table while a backup reads it: once the record API
+        has answered ``after_reads`` reads of it, ``add`` records are appended (with
+        system fields, as ``add_table`` gives them) and the first ``delete`` removed."""
+        with self._lock:
+            self._changes[(env, str(table_id))] = [after_reads, list(add or []), delete]
+
+    def _apply_change(self, table: _Table) -> None:
+        """One more record read of `table`: the change waiting for it is made when due."""
+        change = self._changes.get((table.env, table.table_id))
+        if change is None:
+            return
+        change[0] -= 1
+        if change[0] > 0:
+            return
+        del self._changes[(table.env, table.table_id)]
+        added, delete = change[1], change[2]
+        for record in json.loads(json.dumps(added)):
+            created = record.get("created_at", int(time.time()))
+            table.records.append({"id": secrets.token_hex(12), "created_at": created,
+                                  "updated_at": created, **record})
+        del table.records[:delete]
 
     def truncate_downloads(self, times: int = 1) -> None:
         with self._lock:
@@ -1028,6 +1055,7 @@ class MinAppEmulator(LocalEmulator):
                 selected = [r for r in table.records if matches_where(r, where)]
             except WhereError as exc:
                 raise _error(400, f"where: {exc}") from None
+            self._apply_change(table)  # after this read was answered
         order = [s.strip() for s in _first(params, "order_by").split(",") if s.strip()]
         selected = sort_records(selected, order)
         keys = [k for k in _first(params, "keys").split(",") if k]
