@@ -123,6 +123,18 @@ def test_count_waits_out_a_rate_limit(onedb_emulator: OneDBEmulator) -> None:
     assert time.monotonic() - began >= 0.9
 
 
+def test_count_of_a_page_in_an_unknown_shape_fails_at_once_saying_what_to_check(
+        onedb_emulator: OneDBEmulator) -> None:
+    """The count reads getMany's answer as the backup does (`{data: [{ids, columns}],
+    nextId}`, cloud database API, 返回内容): another shape is not retried as a busy
+    platform, it fails naming what came and what to check."""
+    onedb_emulator.add_generated_table(ENV_ID, APP, "events", 10)
+    onedb_emulator.inject("no_data_list", times=20)
+    with pytest.raises(Fatal, match=r"shape this product does not recognise.*api_base"):
+        _client(onedb_emulator).count("events")
+    assert onedb_emulator.calls["getMany"] == 1
+
+
 # writing rows ---------------------------------------------------------------------------
 TRICKY: list[dict[str, Any]] = [
     {"ids": {"userId": "u-中文", "seq": 1},

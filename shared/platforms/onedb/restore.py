@@ -151,10 +151,7 @@ class RowRestore:
                 except ValueError:
                     raise Retryable(f"OneDB getMany of {collection!r} answered a page that "
                                     "is not JSON") from None
-            data = body.get("data") if isinstance(body, dict) else None
-            if not isinstance(data, list):
-                raise Retryable(f"OneDB getMany of {collection!r} answered without a data list")
-            rows += len(data)
+            rows += len(wire.page_rows(body))  # another shape: Fatal, as in a backup
             following = wire._next_ids(answer.next_id, collection, self._range_keys(collection))
             if following is None:
                 return rows
