@@ -234,6 +234,13 @@ def test_records_filter_sort_page_and_count(minapp_emulator: MinAppEmulator) -> 
     assert api.records(1001, where="{not json").status_code == 400
 
 
+def test_records_come_newest_first_without_order_by(minapp_emulator: MinAppEmulator) -> None:
+    """open-api/data/record.md, 排序返回查询数据: 查询接口默认按创建时间倒序."""
+    minapp_emulator.add_table(1001, [{"n": n, "created_at": 1_700_000_000 + n} for n in range(5)])
+    answer = Api(minapp_emulator).records(1001, keys="n").json()
+    assert answer["objects"] == [{"n": n} for n in (4, 3, 2, 1, 0)]
+
+
 def test_where_semantics() -> None:
     record = {"n": 5, "s": "abc", "tags": ["x", "y"], "none": None, "flag": True}
     assert matches_where(record, {"n": 5, "s": {"$eq": "abc"}})

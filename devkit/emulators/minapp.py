@@ -1056,8 +1056,9 @@ class MinAppEmulator(LocalEmulator):
             except WhereError as exc:
                 raise _error(400, f"where: {exc}") from None
             self._apply_change(table)  # after this read was answered
+        # without order_by, newest first: 查询接口默认按创建时间倒序 (open-api/data/record.md)
         order = [s.strip() for s in _first(params, "order_by").split(",") if s.strip()]
-        selected = sort_records(selected, order)
+        selected = sort_records(selected, order or ["-created_at"])
         keys = [k for k in _first(params, "keys").split(",") if k]
         page = [_project(r, keys or None, None) for r in selected[offset:offset + limit]]
         meta = _meta(limit, offset, len(selected))
