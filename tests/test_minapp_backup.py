@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 import time
 from datetime import timedelta
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 from devkit.compare import assert_object_equals_docs
 from devkit.emulators.minapp import MinAppEmulator
 from devkit.sample_data import make_docs
+from shared.domain.errors import Retryable
 from shared.domain.jobs import JobStatus, RunStatus
 from shared.domain.layout import data_key, part_key
 from shared.platforms.minapp import platform as minapp_platform
@@ -159,6 +161,24 @@ def test_recorded_start_is_not_repeated_when_the_state_write_was_lost(
 
     assert again == first
     assert len(our_jobs(minapp_emulator, 1001)) == 1
+
+
+def test_a_download_host_that_cannot_be_reached_is_a_named_transient_failure(
+        local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
+    """download_url is MinApp's (a CDN, say): a connection to it that fails is retried as a
+    download that failed, named so, not reported as an internal error with a traceback."""
+    minapp_emulator.add_table(1001, records(5))
+    provider = local.context(local.config(local.minapp_source(minapp_emulator))).platforms.get("app")
+    assert isinstance(provider, MinAppClient)
+    job = provider.start("1001", "run-1.app.abc")
+    while provider.check("1001", job).state != "ready":
+        pass
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        minapp_emulator.link_base = f"http://127.0.0.1:{closed.getsockname()[1]}"
+
+    with pytest.raises(Retryable, match=f"download of MinApp export {job}"):
+        b"".join(provider.open("1001", job))
 
 
 @pytest.mark.parametrize("file_type", ["json", "csv"])

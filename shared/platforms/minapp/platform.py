@@ -266,19 +266,24 @@ class MinAppClient(MinAppRestore):
             url = self._download_url(collection, job)
             # The link is signed and may point at (or redirect to) another host, such as
             # a CDN: no token goes with it.
-            with self._download.stream("GET", url) as response:
-                if response.status_code in (403, 404, 410):
-                    if attempt == 0:
-                        log.info("download link refused; asking MinApp for a fresh one",
-                                 extra={"http_status": response.status_code})
-                        continue
-                    raise Retryable(f"MinApp gave a refused download link twice for export "
-                                    f"{job} (HTTP {response.status_code} the second time)")
-                if response.status_code != 200:
-                    raise Retryable(f"download of MinApp export {job} answered HTTP "
-                                    f"{response.status_code}")
-                yield from self._checked_bytes(response, job)
-                return
+            try:
+                with self._download.stream("GET", url) as response:
+                    if response.status_code in (403, 404, 410):
+                        if attempt == 0:
+                            log.info("download link refused; asking MinApp for a fresh one",
+                                     extra={"http_status": response.status_code})
+                            continue
+                        raise Retryable(f"MinApp gave a refused download link twice for export "
+                                        f"{job} (HTTP {response.status_code} the second time)")
+                    if response.status_code != 200:
+                        raise Retryable(f"download of MinApp export {job} answered HTTP "
+                                        f"{response.status_code}")
+                    yield from self._checked_bytes(response, job)
+                    return
+            except httpx.TransportError as exc:  # connecting (the body's own are caught below)
+                raise Retryable(f"download of MinApp export {job} failed before its first byte "
+                                f"({describe_transport_error(exc)}); the link's host could not "
+                                "be reached") from None
 
     # split exports -------------------------------------------------------------
     def _plan(self, collection: str, options: MinAppTable) -> list[dict[str, Any]] | None:
