@@ -553,6 +553,31 @@ def test_all_tables_are_listed_at_each_run_with_include_and_exclude(
     assert minapp_emulator.calls["tables"] >= 1
 
 
+def test_a_table_deleted_while_the_tables_are_listed_hides_no_other(
+        local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
+    """The table list is paged by offset (open-api/data/table.md: meta.limit, offset,
+    total_count): a table deleted between two pages shifts the rest by one, and the table
+    at the page edge would be in neither page. The listing is read again when its
+    total_count moved."""
+    for number in range(150):
+        if number != 10:  # t10 is deleted while the first page is read
+            minapp_emulator.add_table(2000 + number, [], name=f"t{number}")
+    before = [{"id": 2000 + n, "name": f"t{n}"} for n in range(150)]
+    minapp_emulator.inject("tables", 200, body={  # first page: t10 still there
+        "objects": before[:100], "meta": {"limit": 100, "offset": 0, "total_count": 150,
+                                          "next": "?limit=100&offset=100", "previous": None}})
+    minapp_emulator.inject("tables", 200, body={  # second page: offset 100 is t101 now
+        "objects": before[101:], "meta": {"limit": 100, "offset": 100, "total_count": 149,
+                                          "next": None, "previous": "?limit=100&offset=0"}})
+    provider = local.context(local.config(
+        local.minapp_source(minapp_emulator, tables="all"))).platforms.get("app")
+    assert isinstance(provider, MinAppClient)
+
+    listed = provider.collections()
+
+    assert sorted(map(int, listed)) == [2000 + n for n in range(150) if n != 10]
+
+
 def test_tables_given_by_name_are_resolved_at_each_run(
         local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
     minapp_emulator.add_table(1001, records(30), name="orders")

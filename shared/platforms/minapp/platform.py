@@ -60,6 +60,7 @@ EXPORT_JOB = "/oserve/v1.5/table/{table}/export/{job}/"
 RECORDS = "/oserve/v2.4/table/{table}/record/"
 TABLES = "/oserve/v1.8/table/"  # the app's tables; `?name=` finds one by exact name
 TABLE_PAGE = 100
+TABLE_LIST_TRIES = 3  # listings of the app's tables while they keep changing
 ENV_HEADER = "X-Hydrogen-Env-ID"
 PROBE_JOB = "0" * 32  # shaped like MinApp's job ids; none is all zeros
 LIST_OPTIONS = ("include_keys", "exclude_keys", "order_by", "csv_customize_headers",
@@ -193,21 +194,39 @@ class MinAppClient(MinAppRestore):
         return f" in test environment {self.source.env_id!r}" if self.source.env_id else ""
 
     def _list_tables(self) -> dict[str, str]:
-        """Every table of the app, name -> id, paged by `meta.next` (MinApp OpenAPI table
-        list, ifanrx/hydrogen-sdk-doc open-api/data/table.md: {meta: {limit, offset, next,
-        total_count}, objects: [{id, name, ...}]})."""
+        """Every table of the app, name -> id. The list is paged by offset, so a table
+        created or deleted between two pages shifts the others and one at a page's edge
+        can be missed: a listing whose `meta.total_count` moved is read again."""
+        for _ in range(TABLE_LIST_TRIES):
+            found, totals = self._list_tables_once()
+            if len(totals) <= 1:
+                return found
+            log.warning("the app's tables changed while they were listed; listing again",
+                        extra={"total_counts": sorted(totals)})
+        log.warning("the app's tables kept changing while they were listed; this run backs "
+                    "up the last listing", extra={"tables": len(found)})
+        return found
+
+    def _list_tables_once(self) -> tuple[dict[str, str], set[int]]:
+        """One listing, paged by `meta.next` (MinApp OpenAPI table list, ifanrx/hydrogen-
+        sdk-doc open-api/data/table.md: {meta: {limit, offset, next, total_count},
+        objects: [{id, name, ...}]}), and the `total_count`s its pages gave."""
         found: dict[str, str] = {}
+        totals: set[int] = set()
         offset = 0
         while True:
             answer = self._read(TABLES, {"limit": TABLE_PAGE, "offset": offset}, "list tables")
             objects = self._listed_tables(answer)
             found.update({str(o["name"]): str(o["id"]) for o in objects})
-            following = meta_of(answer, TABLES).get("next")
+            meta = meta_of(answer, TABLES)
+            following = meta.get("next")
             if following is not None and not isinstance(following, str):
                 raise wrong_field(TABLES, "meta.next", "a link or null", following)
+            if meta.get("total_count") is not None:
+                totals.add(_total_count(answer, TABLES))
             offset += len(objects)
             if not objects or not following:
-                return found
+                return found, totals
 
     def _table_id(self, name: str) -> str:
         """The id of the table called exactly `name` (`?name=` is an exact match)."""
