@@ -4,6 +4,7 @@ chosen class, kept backups moved to a cold class by retention, verify handling b
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -14,12 +15,13 @@ import pytest
 from devkit.sample_data import make_docs
 from shared.config import Config, ConfigError
 from shared.domain.errors import StorageError
-from shared.domain.jobs import RunStatus
+from shared.domain.jobs import Run, RunStatus
 from shared.entrypoints.cli import main as cli
 from shared.ports import ObjectInfo
+from shared.service.context import Context
 from shared.service.holds import claim
 from shared.service.prune import prune
-from shared.service.restore.plan import plan_restore, start_restore
+from shared.service.restore.plan import RestoreRefused, plan_restore, start_restore
 from tests.support.backup import ENV_ID, LocalBackup, backup_now, drive
 
 
@@ -129,3 +131,97 @@ def test_a_backup_a_restore_is_reading_is_not_moved_to_the_cold_class(
         finished = drive(ctx, restore)
         assert finished.status is RunStatus.SUCCEEDED
         assert len(local.emulator.docs(ENV_ID, plan.order.target)) == 30
+
+
+# retention's move to the cold class racing a restore -------------------------------
+# As for deleting (tests/test_prune.py): each side has its own context, and the restore's
+# step runs at the exact point of the prune named, through a wrapped call.
+@pytest.fixture(params=["sqlite", "cos"])
+def racing(request: pytest.FixtureRequest, local: LocalBackup) -> LocalBackup:
+    return local if request.param == "sqlite" else dataclasses.replace(local, state_url="cos://")
+
+
+def cooled_soon(local: LocalBackup) -> tuple[Config, Run]:
+    """One backup run, and a policy that keeps it and moves it to ARCHIVE at the next prune."""
+    local.seed("orders", make_docs(30))
+    local.seed("users", make_docs(3, prefix="u"))
+    run = backup_now(local.context(configured(local)))
+    time.sleep(1.2)
+    return configured(local, keep_last=5, cold_after_days=1 / 86400), run
+
+
+def restores(ctx: Context) -> list[Run]:
+    return [r for r in ctx.state.list_runs() if r.operation == "restore"]
+
+
+def orders_storage_class(local: LocalBackup, run: Run) -> str:
+    (key,) = [i.key for i in local.objects.list(f"{local.destination.prefix}/runs/{run.run_id}/")
+              if i.key.endswith("orders.jsonl")]
+    head = local.objects.head(key)
+    assert head is not None
+    return head.storage_class
+
+
+def test_a_restore_planned_before_its_backup_moved_to_the_cold_class_is_refused_at_start(
+        racing: LocalBackup) -> None:
+    """Checked and shown to the user, then a prune moves the backup to ARCHIVE, then the
+    user says go: refused up front (409, archived), nothing recorded that could not read it."""
+    cold, run = cooled_soon(racing)
+    restorer = racing.context(cold)
+    plan = plan_restore(restorer, run.run_id, "shop", "orders")
+    prune(racing.context(cold))
+    assert orders_storage_class(racing, run) == "ARCHIVE"
+
+    with pytest.raises(RestoreRefused, match="archived") as refused:
+        start_restore(restorer, plan, idempotency_key="reading", trigger="test")
+    assert refused.value.status == 409
+    assert restores(restorer) == []
+
+
+def test_a_restore_asked_for_while_retention_moves_its_backup_to_the_cold_class_is_refused(
+        racing: LocalBackup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retention claimed the backup to move it: the restore, asked for just before its
+    object moves, is refused up front, naming the move, and nothing reads it archived."""
+    cold, run = cooled_soon(racing)
+    pruner, restorer = racing.context(cold), racing.context(cold)
+    refused: list[RestoreRefused] = []
+    real_move = pruner.objects.set_storage_class
+
+    def move(key: str, storage_class: str) -> None:
+        if key.endswith("orders.jsonl") and not refused:
+            with pytest.raises(RestoreRefused) as caught:
+                plan = plan_restore(restorer, run.run_id, "shop", "orders")
+                start_restore(restorer, plan, idempotency_key="reading", trigger="test")
+            refused.append(caught.value)
+        real_move(key, storage_class)
+
+    monkeypatch.setattr(pruner.objects, "set_storage_class", move)
+    prune(pruner)
+
+    assert refused and refused[0].status == 409
+    assert "cold storage class" in str(refused[0]) and "retention" in str(refused[0])
+    assert orders_storage_class(racing, run) == "ARCHIVE" and restores(restorer) == []
+
+
+def test_a_restore_that_claims_its_backup_before_the_move_keeps_it_readable(
+        racing: LocalBackup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The restore's claim lands between the prune's read of the backup run and its own
+    claim to move it: the move's compare-and-set loses, it reads the run again and leaves
+    that backup where it is; the restore then reads it to the end."""
+    cold, run = cooled_soon(racing)
+    pruner, restorer = racing.context(cold), racing.context(cold)
+    started: list[Run] = []
+    real_save = pruner.state.save_run
+
+    def save_run(saved: Run) -> Run | None:
+        if saved.run_id == run.run_id and not started:
+            plan = plan_restore(restorer, run.run_id, "shop", "orders")
+            started.append(start_restore(restorer, plan, idempotency_key="reading",
+                                         trigger="test")[0])
+        return real_save(saved)
+
+    monkeypatch.setattr(pruner.state, "save_run", save_run)
+    prune(pruner)
+
+    assert started and orders_storage_class(racing, run) != "ARCHIVE"
+    assert drive(restorer, started[0]).status is RunStatus.SUCCEEDED

@@ -202,8 +202,9 @@ class Job(BaseModel):
 
 
 class Hold(BaseModel):
-    """A claim on one backup of a backup run: retention about to delete it (`by` PRUNING),
-    or a restore about to read it (`by` that restore's run id). Kept on the run, so both
+    """A claim on one backup of a backup run: retention about to delete it (`by` PRUNING)
+    or move it to the cold storage class (`by` COOLING), or a restore about to read it
+    (`by` that restore's run id). Kept on the run, so both
     sides claim by compare-and-set on the same record and the first to write wins."""
 
     model_config = ConfigDict(frozen=True, defer_build=True)  # built on first use: cold start
@@ -213,7 +214,8 @@ class Hold(BaseModel):
     at: datetime
 
 
-PRUNING = "retention"  # Hold.by of retention's claim
+PRUNING = "retention"  # Hold.by of retention's claim to delete a backup
+COOLING = "retention:cold"  # ... and to move it to the cold storage class (unreadable there)
 
 
 class Run(BaseModel):

@@ -18,11 +18,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from shared.domain.errors import StorageError
-from shared.domain.jobs import PRUNING, Job, JobResult, JobStatus, Run, RunStatus
+from shared.domain.jobs import COOLING, PRUNING, Job, JobResult, JobStatus, Run, RunStatus
 from shared.domain.layout import prune_record_key, run_folder
 from shared.domain.retention import Backup, Decision, Policy, decide
 from shared.service.context import Context
-from shared.service.holds import DELETE_WITHIN, claim, read_by_restores
+from shared.service.holds import DELETE_WITHIN, claim, release
 from shared.service.verify import unverified
 
 log = logging.getLogger(__name__)
@@ -189,53 +189,83 @@ def _cool(ctx: Context, decided: Plan) -> list[str]:
     if retention is None or retention.cold_after_days is None:
         return []
     cutoff = ctx.clock() - timedelta(days=retention.cold_after_days)
-    moved = []
-    cold: dict[str, set[str]] = {}  # by run: its folder's keys in the cold class, listed once
-    read = _ReadByRestores(ctx)
+    due: dict[str, list[Held]] = {}  # by run
     for decision in decided.decisions:
         held = decided.jobs[decision.backup.backup_id]
-        if not decision.keep or (held.finished_at or cutoff) > cutoff:
-            continue
-        for key in held.keys:
-            try:
-                if held.run_id not in cold:
-                    folder = run_folder(ctx.config.destination.prefix, held.run_id) + "/"
-                    cold[held.run_id] = {i.key for i in ctx.objects.list(folder)
-                                         if i.storage_class == retention.cold_storage_class}
-                if key in cold[held.run_id]:
-                    continue  # moved already: a listing saves a HEAD per backup per prune
-                if read(held):
-                    break  # an archived object cannot be read: the restore would fail
-                info = ctx.objects.head(key)
-                if info is not None and info.storage_class != retention.cold_storage_class:
-                    ctx.objects.set_storage_class(key, retention.cold_storage_class)
-                    moved.append(key)
-            except StorageError as exc:  # the next prune tries again
-                log.warning("could not move a backup to cold storage",
-                            extra={"key": key, "reason": str(exc)})
+        if decision.keep and (held.finished_at or cutoff) <= cutoff and held.keys:
+            due.setdefault(held.run_id, []).append(held)
+    moved: list[str] = []
+    recorded = _RecordedRestores(ctx)
+    for run_id, helds in sorted(due.items()):
+        moved += _cool_run(ctx, run_id, helds, retention.cold_storage_class, recorded)
     return moved
 
 
-class _ReadByRestores:
-    """Is a backup read by a restore, asked just before it would be moved to the cold class
-    (a restore may have claimed it since the plan looked): recorded restores, and claims of
-    restores not recorded yet (shared/service/holds.py). Each run is read once, and only
-    when one of its backups is about to move."""
+def _cool_run(ctx: Context, run_id: str, helds: list[Held], cold_class: str,
+              recorded: _RecordedRestores) -> list[str]:
+    """Move one run's due backups to `cold_class`: only those retention's claim (COOLING)
+    won over any restore's, as an archived object cannot be read (holds.py); the claim is
+    released once they moved. The run's folder is listed once: an object it already shows
+    in the cold class costs no HEAD and no claim, so a prune with nothing to move writes
+    nothing."""
+    try:
+        folder = run_folder(ctx.config.destination.prefix, run_id) + "/"
+        cold = {i.key for i in ctx.objects.list(folder) if i.storage_class == cold_class}
+    except StorageError as exc:  # the next prune tries again
+        log.warning("could not list a run to move its backups to cold storage",
+                    extra={"run_id": run_id, "reason": str(exc)})
+        return []
+    warm = [h for h in helds if any(k not in cold for k in h.keys)]
+    if not warm:
+        return []
+    won = claim(ctx, run_id, [h.job_id for h in warm], COOLING) or set()
+    claimed_at = ctx.clock()
+    moved: list[str] = []
+    try:
+        for held in warm:
+            if held.job_id not in won or recorded(held.job_id):
+                continue  # a restore reads it
+            for key in [k for k in held.keys if k not in cold]:
+                if ctx.clock() - claimed_at >= DELETE_WITHIN:
+                    log.warning("retention's claim is too old to go on moving backups to "
+                                "cold storage; the next prune moves the rest",
+                                extra={"run_id": run_id})
+                    return moved
+                _move(ctx, key, cold_class, moved)
+    finally:
+        if won:
+            release(ctx, run_id, COOLING, won)
+    return moved
+
+
+def _move(ctx: Context, key: str, cold_class: str, moved: list[str]) -> None:
+    """Move one object to `cold_class` if a HEAD shows it outside it (the listing may be
+    older than a move by another prune); appended to `moved` when moved."""
+    try:
+        info = ctx.objects.head(key)
+        if info is not None and info.storage_class != cold_class:
+            ctx.objects.set_storage_class(key, cold_class)
+            moved.append(key)
+    except StorageError as exc:  # the next prune tries again
+        log.warning("could not move a backup to cold storage",
+                    extra={"key": key, "reason": str(exc)})
+
+
+class _RecordedRestores:
+    """Is a backup read by a recorded restore, asked just before it would be moved: a
+    restore recorded by a version before claims holds no claim on it. Read once, and only
+    when a backup is about to move."""
 
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
         self._recorded: set[str] | None = None
-        self._held: dict[str, set[str]] = {}
 
-    def __call__(self, held: Held) -> bool:
+    def __call__(self, job_id: str) -> bool:
         from shared.service.restore.plan import restoring
 
         if self._recorded is None:
             self._recorded = restoring(self._ctx)
-        if held.run_id not in self._held:
-            run = self._ctx.state.get_run(held.run_id)
-            self._held[held.run_id] = read_by_restores(self._ctx, run) if run else set()
-        return held.job_id in self._recorded or held.job_id in self._held[held.run_id]
+        return job_id in self._recorded
 
 
 def _all_runs(ctx: Context) -> list[Run]:

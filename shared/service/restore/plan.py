@@ -10,7 +10,17 @@ from datetime import timedelta
 from typing import Any
 
 from shared.domain.errors import StorageError
-from shared.domain.jobs import Job, JobStatus, RestoreOrder, Run, job_id_for, run_id_for
+from shared.domain.jobs import (
+    COOLING,
+    PRUNING,
+    Job,
+    JobStatus,
+    RestoreOrder,
+    Run,
+    StoredObject,
+    job_id_for,
+    run_id_for,
+)
 from shared.logs import log_context
 from shared.ports import RestorablePlatform, TargetNaming, TargetShape
 from shared.service.context import Context
@@ -99,7 +109,7 @@ def plan_restore(ctx: Context, run_id: str, source: str, collection: str, *,
             "empty collection: choose another name (into), or write into it on purpose with "
             "mode insert or upsert", field="into", status=409)
     _not_busy(ctx, source, target, idempotency_key)
-    _not_archived(ctx, backup, source, collection)
+    _not_archived(ctx, run_id, backup.result.objects, source, collection)
     problems = _quick_verify(ctx, backup)
     if problems and not force:
         raise RestoreRefused(
@@ -123,6 +133,12 @@ def start_restore(ctx: Context, plan: Plan, *, idempotency_key: str,
     now = ctx.clock()
     run_id = run_id_for(idempotency_key, now)
     _claim_backup(ctx, plan.order, run_id)
+    try:  # planned before retention moved it to the cold class, it could not be read now
+        order = plan.order
+        _not_archived(ctx, order.backup_run_id, order.objects, plan.source, order.collection)
+    except Exception:
+        _release_backup(ctx, plan.order, run_id)
+        raise
     job = Job(job_id=job_id_for(run_id, plan.source, plan.order.target), run_id=run_id,
               source=plan.source, collection=plan.order.target, restore=plan.order,
               next_check_at=now,
@@ -203,10 +219,29 @@ def _claim_backup(ctx: Context, order: RestoreOrder, restore_run_id: str) -> Non
         raise RestoreRefused(f"the backup of {order.collection} in run {order.backup_run_id} "
                              "was deleted by retention; pick a newer run", field="run_id",
                              status=410)
+    if not won and PRUNING not in (held := _held_by(ctx, order)) and COOLING in held:
+        raise RestoreRefused(
+            f"backup run {order.backup_run_id} is being moved to the cold storage class by "
+            f"retention (retention.cold_after_days), where its backup of {order.collection} "
+            "cannot be read; pick another run (GET /runs lists them), or restore its objects "
+            "in COS once moved (README: Keeping backups, Storage classes)", field="run_id",
+            status=409)
     if not won:
         raise RestoreRefused(f"backup run {order.backup_run_id} is being pruned by retention "
                              f"(its backup of {order.collection} is about to be deleted); pick "
                              "another run (GET /runs lists them)", field="run_id", status=409)
+
+
+def _held_by(ctx: Context, order: RestoreOrder) -> set[str]:
+    """Who holds the backup `order` reads now, as its run records it."""
+    run = ctx.state.get_run(order.backup_run_id)
+    return {h.by for h in run.holds if h.job_id == order.backup_job_id} if run else set()
+
+
+def _release_backup(ctx: Context, order: RestoreOrder, restore_run_id: str) -> None:
+    from shared.service.holds import release
+
+    release(ctx, order.backup_run_id, restore_run_id, [order.backup_job_id])
 
 
 def _not_busy(ctx: Context, source: str, target: str, idempotency_key: str | None) -> None:
@@ -221,17 +256,17 @@ def _not_busy(ctx: Context, source: str, target: str, idempotency_key: str | Non
                                      f"{run.run_id})", field="into", status=409)
 
 
-def _not_archived(ctx: Context, backup: Job, source: str, collection: str) -> None:
+def _not_archived(ctx: Context, run_id: str, objects: list[StoredObject], source: str,
+                  collection: str) -> None:
     """A backup retention moved to ARCHIVE/DEEP_ARCHIVE (cold_after_days) cannot be read
     until COS restores a temporary copy of it (POST Object restore,
     https://cloud.tencent.com/document/product/436/12633); refused before anything is made.
     Forcing does not help: the finisher could not read it either."""
-    assert backup.result is not None
-    cold = [f"{stored.key} ({storage_class})" for stored in backup.result.objects
+    cold = [f"{stored.key} ({storage_class})" for stored in objects
             if (storage_class := _unreadable_class(ctx, stored.key))]
     if cold:
         raise RestoreRefused(
-            f"the backup of {source}/{collection} in run {backup.run_id} is archived and cannot "
+            f"the backup of {source}/{collection} in run {run_id} is archived and cannot "
             f"be read: {', '.join(cold)}. Restore each object in COS first (console: 恢复, or "
             "POST Object restore, https://cloud.tencent.com/document/product/436/12633; README: "
             "Keeping backups, Storage classes), wait until its copy is readable, then ask "
