@@ -172,3 +172,22 @@ def _close_restore(ctx: Context, run: Run, jobs: list[Job]) -> None:
         return
     ctx.notifier.notify(saved, jobs)
     (log.info if ok else log.error)("restore " + status.value, extra=summary)
+    _release_backups(ctx, saved, jobs)
+
+
+def _release_backups(ctx: Context, run: Run, jobs: list[Job]) -> None:
+    """An ended restore's claims on the backups it read end with it (holds.py): they go
+    from their runs' records now, not at the next claim there, so no record keeps them.
+    A release that fails leaves only a claim that no longer holds (the next claim drops
+    it), so it is logged and the restore stays closed."""
+    from shared.service.holds import release
+
+    for job in jobs:
+        if job.restore is None:
+            continue
+        try:
+            release(ctx, job.restore.backup_run_id, run.run_id, [job.restore.backup_job_id])
+        except Exception:
+            log.warning("an ended restore's claim on its backup could not be released; the "
+                        "next claim on that run drops it",
+                        extra={"backup_run_id": job.restore.backup_run_id}, exc_info=True)

@@ -15,9 +15,10 @@ import pytest
 
 import shared.service.prune as prune_module
 from shared.config.model import Retention
-from shared.domain.jobs import JobStatus, Run, RunStatus
+from shared.domain.jobs import PRUNING, JobStatus, Run, RunStatus
 from shared.ports import ImportProgress, Progress, RestoreMode, RowOutcome
 from shared.service.finish import finish
+from shared.service.holds import claim
 from shared.service.poll import poll
 from shared.service.restore.plan import RestoreRefused, plan_restore, restoring, start_restore
 from shared.service.start import start_run
@@ -645,3 +646,51 @@ def test_a_restore_no_finisher_claims_fails_after_the_bound_and_its_run_closes_f
     [(told, _)] = u.notifier.sent
     assert told.run_id == run.run_id and told.status is RunStatus.FAILED
     assert plan.order.target not in platform.data  # nothing was sent
+
+
+@pytest.mark.parametrize("shortfall", [0, 2], ids=["succeeded", "failed"])
+def test_an_ended_restore_releases_its_claim_on_the_backup(shortfall: int) -> None:
+    """Its claim ended with it (holds.py): it goes from the backup run's record when the
+    restore ends, not at the next claim there, so the record does not grow with every
+    restore and nothing shows a claim that no longer holds."""
+    platform = ImportingExport({"orders": list(ROWS)}, shortfall=shortfall)
+    u = unit(platform)
+    backup = backed_up(u)
+    run, _ = start_restore(u.ctx, plan_restore(u.ctx, backup, "shop", "orders"),
+                           idempotency_key="r", trigger="test")
+    assert [h.by for h in u.state.get_run(backup).holds] == [run.run_id]  # type: ignore[union-attr]
+    drive(u, run.run_id)
+    ended = u.state.get_run(run.run_id)
+    assert ended is not None and ended.status is not RunStatus.RUNNING
+    assert u.state.get_run(backup).holds == []  # type: ignore[union-attr]
+
+
+def test_an_ended_restore_keeps_a_claim_written_while_it_releases_its_own(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retention claims another backup of the run just as the restore's release is about
+    to be written: the release's compare-and-set loses, reads the run again, and drops
+    only the restore's own claim."""
+    platform = ImportingExport({"orders": list(ROWS), "users": ROWS[:2]})
+    u = unit(platform)
+    backup = backed_up(u)
+    users = next(j.job_id for j in u.state.list_jobs(backup) if j.collection == "users")
+    run, _ = start_restore(u.ctx, plan_restore(u.ctx, backup, "shop", "orders"),
+                           idempotency_key="r", trigger="test")
+    real_save = u.state.save_run
+    claimed: list[set[str] | None] = []
+    asked: list[bool] = []
+
+    def save_run(saved: Run) -> Run | None:
+        ending = u.state.get_run(run.run_id)
+        if (saved.run_id == backup and not asked and ending is not None
+                and ending.status is not RunStatus.RUNNING):
+            asked.append(True)  # retention's own write comes through here too
+            claimed.append(claim(u.ctx, backup, [users], PRUNING))
+        return real_save(saved)
+
+    monkeypatch.setattr(u.state, "save_run", save_run)
+    drive(u, run.run_id)
+
+    assert claimed == [{users}]
+    holds = u.state.get_run(backup).holds  # type: ignore[union-attr]
+    assert [(h.job_id, h.by) for h in holds] == [(users, PRUNING)]
