@@ -262,6 +262,11 @@ def test_restore_requests_are_checked_before_anything_is_written(
     code, other, _ = api.call("POST", "/restores", body={**ask, "into": "elsewhere"},
                               headers=key)
     assert code == 409 and other["field"] == "Idempotency-Key"
+    for gone in ({"collection": "users"}, {"run_id": "20261121T020000123Z-1a2b3c4d"}):
+        # the key's conflict is the answer, not that the other backup does not exist
+        code, other, _ = api.call("POST", "/restores", body={**ask, **gone}, headers=key)
+        assert (code, other["field"]) == (409, "Idempotency-Key"), (gone, other)
+        assert first["restore_id"] in other["error"], other
     code, busy, _ = api.call("POST", "/restores", body=ask)
     assert code == 409 and "right now" in busy["error"]
     code, missing, _ = api.call("GET", "/restores/20261121T020000123Z-1a2b3c4d")

@@ -184,16 +184,17 @@ def _resent(ctx: Context, idempotency_key: str | None, asked: tuple[str, str, st
     backup run, collection, mode; `into`) is that one sent again after its answer was lost.
     Planned afresh it would be refused for what the restore itself did since: filled its
     new collection, or ended, so that retention could delete its backup. start_restore
-    then finds that restore. None for a new key, or a key used for another request (which
-    start_restore refuses)."""
+    then finds that restore. None for a new key. A key used for another request is refused
+    first (409), whatever else is wrong with this one (its backup gone, say): the conflict
+    is what the caller must fix."""
     run = ctx.state.find_run(idempotency_key) if idempotency_key is not None else None
-    if run is None or run.operation != "restore":
+    if run is None:
         return None
-    jobs = ctx.state.list_jobs(run.run_id)
+    jobs = ctx.state.list_jobs(run.run_id) if run.operation == "restore" else []
     order = jobs[0].restore if len(jobs) == 1 else None
     if (order is None or (jobs[0].source, order.backup_run_id, order.collection, order.mode) != asked
             or into not in (None, order.target)):
-        return None
+        raise _key_used(run)
     return Plan(source=jobs[0].source, order=order, target_exists=True, problems=[])
 
 
@@ -202,10 +203,14 @@ def _same_restore(ctx: Context, run: Run, plan: Plan) -> Run:
     was used for something else."""
     recorded = [j.restore for j in ctx.state.list_jobs(run.run_id)]
     if run.operation != "restore" or recorded != [plan.order]:
-        raise RestoreRefused(f"this idempotency key was already used for {run.operation} "
-                             f"{run.run_id}; send a new key for a new restore",
-                             field="Idempotency-Key", status=409)
+        raise _key_used(run)
     return run
+
+
+def _key_used(run: Run) -> RestoreRefused:
+    return RestoreRefused(f"this idempotency key was already used for {run.operation} "
+                          f"{run.run_id}; send a new key for a new restore",
+                          field="Idempotency-Key", status=409)
 
 
 def _claim_backup(ctx: Context, order: RestoreOrder, restore_run_id: str) -> None:
