@@ -694,3 +694,20 @@ def test_an_ended_restore_keeps_a_claim_written_while_it_releases_its_own(
     assert claimed == [{users}]
     holds = u.state.get_run(backup).holds  # type: ignore[union-attr]
     assert [(h.job_id, h.by) for h in holds] == [(users, PRUNING)]
+
+
+def test_a_restore_planned_before_another_started_into_its_target_is_refused_at_start() -> None:
+    """Two people on the status page: each previews a restore into `orders` (nothing is
+    writing into it then), one says go, then the other: the second is refused (409), as
+    it would be if asked for now, instead of both writing into it at once."""
+    platform = ImportingExport({"orders": list(ROWS)}, polls_before_done=50)
+    u = unit(platform)
+    backup = backed_up(u)
+    first = plan_restore(u.ctx, backup, "shop", "orders", into="orders", mode="upsert")
+    second = plan_restore(u.ctx, backup, "shop", "orders", into="orders", mode="insert")
+    started, _ = start_restore(u.ctx, first, idempotency_key="first", trigger="test")
+
+    with pytest.raises(RestoreRefused, match="is writing into shop/orders") as refused:
+        start_restore(u.ctx, second, idempotency_key="second", trigger="test")
+    assert refused.value.status == 409
+    assert [r.run_id for r in u.state.list_runs() if r.operation == "restore"] == [started.run_id]

@@ -130,6 +130,8 @@ def start_restore(ctx: Context, plan: Plan, *, idempotency_key: str,
     recorded = ctx.state.find_run(idempotency_key)
     if recorded is not None:  # a resend: its restore holds its backup already
         return _same_restore(ctx, recorded, plan), False
+    # Planned (and shown) a while ago: another restore may have started into its target since.
+    _not_busy(ctx, plan.source, plan.order.target, idempotency_key)
     now = ctx.clock()
     run_id = run_id_for(idempotency_key, now)
     _claim_backup(ctx, plan.order, run_id)
