@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +29,48 @@ def cos_server() -> Iterator[CosLikeServer]:
 def s3_server(cos_server: CosLikeServer) -> str:
     host, port = cos_server.get_host_and_port()
     return f"http://{host}:{port}"
+
+
+class S3Requests:
+    """What a second server over the same moto buckets answered, read from its request
+    log (devkit.s3_server.RequestLog): a test counts the requests a piece of code makes."""
+
+    def __init__(self, url: str, log: Path) -> None:
+        self.url = url
+        self._log = log
+
+    def _lines(self) -> list[str]:
+        return self._log.read_text(encoding="utf-8").splitlines() if self._log.exists() else []
+
+    @contextmanager
+    def counted(self) -> Iterator[list[str]]:
+        """The requests made inside the block, as `METHOD path` in order of their answers
+        (a listing's path is `/`: the bucket is in the host name, as the COS SDK sends it)."""
+        before = len(self._lines())
+        seen: list[str] = []
+        yield seen
+        seen.extend(f"{row['method']} {row['path']}"
+                    for row in map(json.loads, self._lines()[before:]))
+
+
+@pytest.fixture(scope="session")
+def s3_requests(cos_server: CosLikeServer, tmp_path_factory: pytest.TempPathFactory
+                ) -> Iterator[S3Requests]:
+    """A server logging every request, over the same buckets as `cos_server` (moto keeps
+    them per process); stopped without dropping them, which `cos_server` does last."""
+    log = tmp_path_factory.mktemp("s3-requests") / "requests.jsonl"
+    server, url = start_s3_server(request_log=log)
+    try:
+        yield S3Requests(url, log)
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def counted_destination(s3_requests: S3Requests, bucket: str) -> Destination:
+    """`destination`'s bucket reached through the logging server."""
+    return Destination.model_validate({"bucket": bucket, "region": REGION, "anonymous": True,
+                                       "endpoint": s3_requests.url, "prefix": "backups"})
 
 
 @pytest.fixture

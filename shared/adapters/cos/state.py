@@ -18,6 +18,8 @@ every write that must not be lost to a race is a *create-only* PUT (`If-None-Mat
 
 The store proves once per process that the bucket refuses a second create-only PUT, and
 refuses to work otherwise: a bucket that silently overwrites would break every guarantee.
+The proof is a create-only PUT of `_state/create-only.json`, which stays: refused, it took
+one request.
 """
 
 from __future__ import annotations
@@ -469,30 +471,42 @@ class CosStateStore:
     # objects ---------------------------------------------------------------
     def check_create_only(self, *, again: bool = False) -> None:
         """Prove that this bucket refuses a second create-only PUT, once per process (or
-        `again`, whatever this process proved before)."""
+        `again`, whatever this process proved before). The proof is a create-only PUT of a
+        marker object that stays: refused, it is one request. When it is not (the first
+        store ever, or a bucket that overwrites: never versioned, or versioned since), a
+        second create-only PUT of it must be refused."""
         marker = (self._endpoint, self._bucket, self._root)
         with _verified_lock:
             if marker in _verified and not again:
                 return
-        probe = f"{self._root}probe/{uuid.uuid4().hex}.json"
-        try:
-            if not self._create_json(probe, {"probe": "first"}):
-                raise StateError(f"COS state: a fresh probe object {probe!r} was refused")
-            if self._create_json(probe, {"probe": "second"}):
-                raise StateError(
-                    f"COS bucket {self._bucket!r} let a create-only PUT (If-None-Match: *, "
-                    "x-cos-forbid-overwrite: true) overwrite an existing object, so the state "
-                    "store cannot tell which of two racing functions won. COS ignores "
-                    "x-cos-forbid-overwrite on a bucket whose versioning is enabled or suspended "
-                    "(once enabled, versioning can only be suspended, never turned off: "
-                    "https://cloud.tencent.com/document/product/436/19883). Use a bucket that "
-                    "never had versioning, or keep the state in MySQL: state.url: "
-                    "mysql+pymysql://..."
-                )
-        finally:
-            self._delete(probe)
+        probe = f"{self._root}create-only.json"
+        if not self._refused(probe) and not self._refused(probe):
+            raise StateError(
+                f"COS bucket {self._bucket!r} let a create-only PUT (If-None-Match: *, "
+                "x-cos-forbid-overwrite: true) overwrite an existing object, so the state "
+                "store cannot tell which of two racing functions won. COS ignores "
+                "x-cos-forbid-overwrite on a bucket whose versioning is enabled or suspended "
+                "(once enabled, versioning can only be suspended, never turned off: "
+                "https://cloud.tencent.com/document/product/436/19883). Use a bucket that "
+                "never had versioning, or keep the state in MySQL: state.url: "
+                "mysql+pymysql://..."
+            )
         with _verified_lock:
             _verified.add(marker)
+
+    def _refused(self, key: str) -> bool:
+        """Whether a create-only PUT of `key` is refused. A refusal is all the probe asks
+        for, so unlike _create_json it reads nothing back: whatever made the key taken (the
+        marker of an earlier store, or an SDK resend of this very PUT), the bucket refused."""
+        try:
+            with self._errors("create-only upload", key):
+                self._client.put_object(
+                    Bucket=self._bucket, Key=key, Body=b'{"probe": "create-only"}',
+                    ContentType="application/json", IfNoneMatch="*",
+                    Metadata={"x-cos-forbid-overwrite": "true"}, **self._encryption)
+        except _Refused:
+            return True
+        return False
 
     def versioning(self) -> str | None:
         """The bucket's versioning status (GetBucketVersioning): "Enabled", "Suspended", or
