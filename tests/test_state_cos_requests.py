@@ -10,6 +10,7 @@ from shared.adapters.cos.client import cos_client
 from shared.adapters.cos.state import CosStateStore
 from shared.config import Destination
 from shared.domain.errors import StateError
+from shared.domain.jobs import Job, JobStatus, Run, utcnow
 from tests.support.cos import S3Requests
 
 
@@ -40,3 +41,31 @@ def test_a_bucket_versioned_after_it_was_proven_is_refused_loudly(
     with pytest.raises(StateError, match="overwrite an existing object"):
         CosStateStore(destination, verify=False).check_create_only(again=True)
 
+
+
+def _one_job_run(store: CosStateStore) -> tuple[Run, Job]:
+    now = utcnow()
+    run = Run(run_id="r1", idempotency_key="k", trigger="test", created_at=now)
+    job = Job(job_id="r1.j0", run_id="r1", source="s", collection="t", status=JobStatus.READY,
+              next_check_at=now, created_at=now, updated_at=now)
+    store.create_run(run, [job])
+    return run, job
+
+
+def test_a_version_this_store_wrote_is_not_read_back(
+        destination: Destination, counted_destination: Destination, s3_requests: S3Requests) -> None:
+    """Versions are never rewritten: one this store won is known; the listing that finds it
+    the newest is still made, so a newer one written elsewhere is read."""
+    _, job = _one_job_run(CosStateStore(destination))
+    store = CosStateStore(counted_destination)
+    ready = store.get_job(job.job_id)
+    assert ready is not None
+    saved = store.save_job(ready.moved_to(JobStatus.READY, attempts=1))
+
+    with s3_requests.counted() as seen:
+        assert store.get_job(job.job_id) == saved
+    assert seen == ["GET /"], seen
+
+    assert saved is not None
+    elsewhere = CosStateStore(destination).save_job(saved.moved_to(JobStatus.READY, attempts=2))
+    assert store.get_job(job.job_id) == elsewhere

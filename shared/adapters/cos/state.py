@@ -31,11 +31,12 @@ import re
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 from urllib.parse import quote, unquote
 
 from qcloud_cos import CosS3Client
@@ -59,9 +60,11 @@ _SNAPSHOT_JOBS = 2000
 _CREATE_TRIES = 5
 _PRUNE_KEEPS = 2  # versions a prune leaves: the head and the one the ghost check looks for
 _DELETE_ROUNDS = 5  # listings of a deleted record that may still find a save's version
+_KEPT = 64  # versions a store remembers writing (a job's is about 1 kB)
 
 T = TypeVar("T")
 R = TypeVar("R")
+K = TypeVar("K")
 
 _verified: set[tuple[str, str, str]] = set()  # (endpoint, bucket, root) proven to refuse overwrites
 _verified_lock = threading.Lock()
@@ -92,6 +95,30 @@ def _abandoned(marker: dict[str, Any], intent: dict[str, Any] | None) -> bool:
     return written is None or utcnow() - datetime.fromisoformat(written) > PRUNE_AFTER
 
 
+class _Recent(Generic[K, T]):
+    """The last `size` values put, by key, for a store's threads to share."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[K, T] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, key: K, value: T) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+    def get(self, key: K) -> T | None:
+        with self._lock:
+            return self._items.get(key)
+
+    def pop(self, key: K) -> None:
+        with self._lock:
+            self._items.pop(key, None)
+
+
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -110,6 +137,10 @@ class CosStateStore:
             else {}
         )
         self._endpoint = destination.endpoint or destination.region
+        # Versions this store created, by key, as written: a version is never rewritten,
+        # and every read of one follows a listing that still shows it, so it is read from
+        # here, not fetched again (a finisher closing its run reads the job it just saved).
+        self._written: _Recent[str, bytes] = _Recent(_KEPT)
         if verify:  # `doctor` opens the store unverified and runs the probe itself
             self.check_create_only()
 
@@ -400,6 +431,7 @@ class CosStateStore:
         # Version N still being there rules all three out.
         if self._exists(self._version_key(record, version)):
             return True
+        self._written.pop(new_key)  # not the record's: never to be read as ours
         self._drop_ghost(record, version + 1)
         return False
 
@@ -541,6 +573,8 @@ class CosStateStore:
                         IfNoneMatch="*", Metadata={"x-cos-forbid-overwrite": "true"},
                         **self._encryption,
                     )
+                if _VERSION.search(key):  # a record's version: never rewritten
+                    self._written.put(key, body)
                 return True
             except _Refused:
                 existing = self._get_json(key)
@@ -557,6 +591,9 @@ class CosStateStore:
                                     ContentType="application/json", **self._encryption)
 
     def _get_json(self, key: str) -> dict[str, Any] | None:
+        written = self._written.get(key)
+        if written is not None:  # a version this store created: what a GET would return
+            return dict(json.loads(written))
         try:
             with self._errors("download", key):
                 response = self._client.get_object(Bucket=self._bucket, Key=key)
