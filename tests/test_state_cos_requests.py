@@ -4,13 +4,15 @@ held to what its guarantees need (docs/state-on-cos.md)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from shared.adapters.cos.client import cos_client
 from shared.adapters.cos.state import CosStateStore
 from shared.config import Destination
 from shared.domain.errors import StateError
-from shared.domain.jobs import Job, JobStatus, Run, utcnow
+from shared.domain.jobs import Job, JobStatus, Run, RunStatus, utcnow
 from tests.support.cos import S3Requests
 
 
@@ -69,3 +71,49 @@ def test_a_version_this_store_wrote_is_not_read_back(
     assert saved is not None
     elsewhere = CosStateStore(destination).save_job(saved.moved_to(JobStatus.READY, attempts=2))
     assert store.get_job(job.job_id) == elsewhere
+
+
+def test_a_finishers_claim_save_and_close_of_a_one_job_run(
+        destination: Destination, counted_destination: Destination, s3_requests: S3Requests) -> None:
+    """What a finisher asks of the store for the last job of a run: read and claim it, save
+    it done, find no job open, read the run and its jobs, close it. Each compare-and-set is
+    a PUT and the HEAD of its base (the ghost check); the run's index is listed once and
+    nothing the finisher wrote is read back."""
+    run, job = _one_job_run(CosStateStore(destination))
+    finisher = CosStateStore(counted_destination)
+
+    with s3_requests.counted() as seen:
+        ready = finisher.get_job(job.job_id)
+        assert ready is not None
+        until = utcnow() + timedelta(minutes=10)
+        claimed = finisher.save_job(ready.moved_to(JobStatus.COPYING, lease_owner="f",
+                                                   lease_until=until, next_check_at=until))
+        assert claimed is not None
+        done = finisher.save_job(claimed.moved_to(JobStatus.DONE, finished_at=utcnow(),
+                                                  lease_owner=None, lease_until=None))
+        assert done is not None and not finisher.run_has_open_jobs(run.run_id)
+        open_run = finisher.get_run(run.run_id)
+        assert open_run is not None and finisher.list_jobs(run.run_id) == [done]
+        assert finisher.save_run(open_run.model_copy(update={
+            "status": RunStatus.SUCCEEDED, "finished_at": utcnow()})) is not None
+
+    # get_job 2, claim 2, done 3 (its hint's DELETE too), open jobs 2, get_run 2,
+    # list_jobs 1 (the versions' listing), close 4 (its closed marker and open-runs hint)
+    assert len(seen) == 16, "\n".join(seen)
+
+
+
+def test_an_index_listed_while_its_run_was_written_is_listed_again(destination: Destination) -> None:
+    """Only an index listed after a record of its run was seen is whole for sure (a run
+    being created writes its whole index before any record): a store that judged a run
+    from a part of its index lists it again for the run's jobs."""
+    store = CosStateStore(destination)
+    now = utcnow()
+    run = Run(run_id="r1", idempotency_key="k", trigger="test", created_at=now)
+    jobs = [Job(job_id=f"r1.j{i}", run_id="r1", source="s", collection=f"t{i}",
+                next_check_at=now, created_at=now, updated_at=now) for i in range(2)]
+    store._put_json(f"{destination.prefix}/_state/run-jobs/r1/r1.j0", {})  # the creator, midway
+    assert not store.run_has_open_jobs("r1")
+
+    CosStateStore(destination).create_run(run, jobs)
+    assert [j.job_id for j in store.list_jobs("r1")] == ["r1.j0", "r1.j1"]

@@ -60,7 +60,8 @@ _SNAPSHOT_JOBS = 2000
 _CREATE_TRIES = 5
 _PRUNE_KEEPS = 2  # versions a prune leaves: the head and the one the ghost check looks for
 _DELETE_ROUNDS = 5  # listings of a deleted record that may still find a save's version
-_KEPT = 64  # versions a store remembers writing (a job's is about 1 kB)
+_KEPT = 64  # versions a store remembers writing (a job's is about 1 kB), runs it saw
+_INDEXES_KEPT = 8  # runs' indexes kept from run_has_open_jobs for the list_jobs after it
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -114,9 +115,9 @@ class _Recent(Generic[K, T]):
         with self._lock:
             return self._items.get(key)
 
-    def pop(self, key: K) -> None:
+    def pop(self, key: K) -> T | None:
         with self._lock:
-            self._items.pop(key, None)
+            return self._items.pop(key, None)
 
 
 def _digest(text: str) -> str:
@@ -141,6 +142,12 @@ class CosStateStore:
         # and every read of one follows a listing that still shows it, so it is read from
         # here, not fetched again (a finisher closing its run reads the job it just saved).
         self._written: _Recent[str, bytes] = _Recent(_KEPT)
+        # Runs a record of which this store has seen: every creator writes a run's whole
+        # index before any record, so an index listed after that is whole (until deleted).
+        self._seen_runs: _Recent[str, bool] = _Recent(_KEPT)
+        # Such whole indexes, as run_has_open_jobs found them with no job open, for the
+        # list_jobs closing the run makes next (once): the index is not listed twice.
+        self._indexes: _Recent[str, list[str]] = _Recent(_INDEXES_KEPT)
         if verify:  # `doctor` opens the store unverified and runs the probe itself
             self.check_create_only()
 
@@ -179,7 +186,10 @@ class CosStateStore:
 
     def get_run(self, run_id: str) -> Run | None:
         doc = self._latest(self._record("runs", run_id))
-        return Run.model_validate(doc) if doc is not None else None
+        if doc is None:
+            return None
+        self._seen_runs.put(run_id, True)
+        return Run.model_validate(doc)
 
     def find_run(self, idempotency_key: str) -> Run | None:
         claim = f"{self._root}claims/{_digest(idempotency_key)}.json"
@@ -218,7 +228,11 @@ class CosStateStore:
     # jobs -----------------------------------------------------------------
     def get_job(self, job_id: str) -> Job | None:
         doc = self._latest(self._record("jobs", job_id))
-        return Job.model_validate(doc) if doc is not None else None
+        if doc is None:
+            return None
+        job = Job.model_validate(doc)
+        self._seen_runs.put(job.run_id, True)
+        return job
 
     def list_jobs(self, run_id: str, *, skip: Collection[str] = ()) -> list[Job]:
         """The run's index, and beside it one listing of every version of the jobs whose
@@ -236,11 +250,14 @@ class CosStateStore:
         index = self._run_jobs(run_id)
         every = f"{self._root}jobs/{_segment(run_id)}."
         versions: dict[str, list[int]] = {}
+        whole = None if skip else self._indexes.pop(run_id)
         if skip:
             left_out = frozenset(skip)
             ids = [i for i in self._names(index) if i not in left_out]
             if len(ids) > _READERS:
                 versions = _versions_by_record(self._list(every)[0])
+        elif whole is not None:
+            ids, versions = whole, _versions_by_record(self._list(every)[0])
         else:
             with ThreadPoolExecutor(max_workers=1) as side:
                 listed = side.submit(self._list, every)
@@ -291,12 +308,15 @@ class CosStateStore:
         """Only the run's jobs that still have an open-jobs hint are read (two listings
         and, while the run is busy, usually one record): a hint is written before its job
         and removed only after the job ends, so a job without one has ended."""
+        whole = self._seen_runs.get(run_id) is not None  # asked before the index is listed
         hinted, of_run = self._map(self._names, [self._hint(""), self._run_jobs(run_id)])
         for job_id in sorted(set(hinted) & set(of_run)):
             job = self.get_job(job_id)
             if job is None or not job.status.terminal:  # None: being written right now
                 return True
             self._delete(self._hint(job_id))  # a stale hint: the job ended
+        if whole and len(of_run) <= _SNAPSHOT_JOBS:
+            self._indexes.put(run_id, of_run)
         return False
 
     def due_jobs(self, now: datetime, limit: int = 100) -> list[Job]:
@@ -315,6 +335,7 @@ class CosStateStore:
         stored = job.model_copy(update={"version": job.version + 1, "updated_at": utcnow()})
         if not self._compare_and_set(self._record("jobs", job.job_id), job.version, stored):
             return None
+        self._seen_runs.put(job.run_id, True)
         if stored.status.terminal:
             self._delete(self._hint(job.job_id))
         return stored
@@ -325,6 +346,7 @@ class CosStateStore:
         deleted SQL row, the idempotency key is free again afterwards, and nothing of the
         run is left for a save racing the delete to bring back (see _delete_record)."""
         run = self.get_run(run_id)
+        self._indexes.pop(run_id)
         self._delete(self._snapshot_key(run_id))
         index = self._run_jobs(run_id)
         job_ids = self._names(index)
