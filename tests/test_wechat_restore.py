@@ -547,6 +547,21 @@ def test_a_listing_without_counts_fails_loudly(shop: LocalBackup) -> None:
         client_for(shop).count("orders")
 
 
+def test_a_count_listed_as_digits_is_read_as_a_number(shop: LocalBackup) -> None:
+    """databaseCollectionGet lists each collection's `count`; a number sent as its digits
+    (as WeChat does for job_id and record counts elsewhere) is still that number, not a
+    listing "without a count"; a `true` is not a count."""
+    shop.emulator.listing_answer = lambda answer: {**answer, "collections": [
+        {**item, "count": str(item["count"])} for item in answer["collections"]]}
+
+    assert client_for(shop).count("orders") == 40
+
+    shop.emulator.listing_answer = lambda answer: {**answer, "collections": [
+        {**item, "count": True} for item in answer["collections"]]}
+    with pytest.raises(Fatal, match="without a numeric `count`"):
+        client_for(shop).count("orders")
+
+
 # the emulator's reading of the storage and import documents ----------------------------------
 def _api(local: LocalBackup, path: str, body: dict[str, Any]) -> dict[str, Any]:
     token = httpx.post(f"{local.emulator.base_url}/cgi-bin/stable_token", json={

@@ -150,8 +150,8 @@ class WeChatClient(WeChatRestore):
             total = _total(answer)
             totals.add(total)
             names.extend(str(item["name"]) for item in items)
-            counts.update({str(item["name"]): item["count"] for item in items
-                           if isinstance(item.get("count"), int)})
+            counts.update({str(item["name"]): count for item in items
+                           if (count := _whole_number(item.get("count"))) is not None})
             offset += len(items)
             if not items or (total is not None and offset >= total) or (
                     total is None and len(items) < page):
@@ -374,8 +374,23 @@ def _said(answer: dict[str, Any], field: str) -> str:
     return f"without {field}" if field not in answer else f"{field} = {answer[field]!r}"
 
 
+def _whole_number(value: Any) -> int | None:
+    """A count in a listing: a JSON number or the same number as its digits. The pages
+    name the fields without a usable type (databaseCollectionGet lists each collection's
+    `count`, https://developers.weixin.qq.com/miniprogram/dev/wxcloud/reference-http-api/database/databaseCollectionGet.html;
+    seeds/wechat-databasemigratequeryinfo.en.txt types record_success as "初始值"), so both
+    readings are taken; `true`/`false` and anything else is no count."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    return None
+
+
 def _total(answer: dict[str, Any]) -> int | None:
     """How many collections the environment has: `pager.Total` (tcb) or `total` (componenttcb)."""
     pager = answer.get("pager")
     value = pager.get("Total") if isinstance(pager, dict) else answer.get("total")
-    return int(value) if isinstance(value, (int, str)) and str(value).isdigit() else None
+    return _whole_number(value)
