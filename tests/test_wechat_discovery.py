@@ -188,6 +188,29 @@ def test_a_listing_answer_of_unknown_shape_fails_the_source_naming_its_fields(
     assert "collection_list" in error and "does not recognise" in error and ENV_ID in error
 
 
+@pytest.mark.parametrize("reshape", [
+    pytest.param(lambda answer: {"collections": answer["collections"][:10]}, id="no pager"),
+    pytest.param(lambda answer: {**answer, "collections": answer["collections"][:10],
+                                 "pager": {"Offset": 0, "Limit": 10}}, id="pager without Total"),
+])
+def test_a_listing_without_its_total_fails_rather_than_missing_collections(
+    local: LocalBackup, reshape: Any,
+) -> None:
+    """databaseCollectionGet answers pager.Total (componenttcb/dbcollection: total), the only
+    way to know the listing is complete: a page cut short by the server without one must not
+    pass as "that is every collection"."""
+    for index in range(25):
+        local.seed(f"c{index:02d}", [])
+    local.emulator.listing_answer = reshape
+    ctx = local.context(local.config(local.wechat_source(collections="all")))
+
+    run = backup_now(ctx)
+
+    assert run.status is RunStatus.FAILED and ctx.state.list_jobs(run.run_id) == []
+    error = run_manifest(local, run)["discovery"]["shop"]["error"]
+    assert "does not recognise" in error and "pager.Total" in error and ENV_ID in error
+
+
 def test_the_collections_own_count_is_recorded_and_a_far_one_warned_about(
     local: LocalBackup,
 ) -> None:

@@ -142,22 +142,21 @@ class WeChatClient(WeChatRestore):
     def _one_listing(self, page: int) -> tuple[list[str], bool]:
         names: list[str] = []
         counts: dict[str, int] = {}
-        totals: set[int | None] = set()
+        totals: set[int] = set()
         offset = 0
         while True:
             answer = self._listing_page(offset, page)
             items = self._listed_items(answer)
-            total = _total(answer)
+            total = self._listed_total(answer)
             totals.add(total)
             names.extend(str(item["name"]) for item in items)
             counts.update({str(item["name"]): count for item in items
                            if (count := _whole_number(item.get("count"))) is not None})
             offset += len(items)
-            if not items or (total is not None and offset >= total) or (
-                    total is None and len(items) < page):
+            if not items or offset >= total:
                 break
         unique = list(dict.fromkeys(names))
-        consistent = len(totals) == 1 and (total is None or len(unique) == len(names) == total)
+        consistent = len(totals) == 1 and len(unique) == len(names) == total
         self._counts = counts
         return unique, consistent
 
@@ -167,10 +166,10 @@ class WeChatClient(WeChatRestore):
         collection listing of the env (databasecollectionget, limit 1), from this network.
         An IP allow-list refusal (errcode 40164 / 61004) comes back as the egress-IP advice."""
         answer = self._listing_page(0, 1)
-        total = _total(answer)
-        counted = f"{total} collection(s)" if total is not None else "a collection listing"
+        self._listed_items(answer)
+        total = self._listed_total(answer)
         return (f"token fetched for appid {self.source.appid}; env {self.source.env!r} answered "
-                f"with {counted}")
+                f"with {total} collection(s)")
 
     def _listed_items(self, answer: dict[str, Any]) -> list[dict[str, Any]]:
         """`collections: [{name, count, ...}]` as documented for databasecollectionget
@@ -180,15 +179,31 @@ class WeChatClient(WeChatRestore):
         items = answer.get("collections", [] if "pager" in answer or "total" in answer else None)
         if not isinstance(items, list) or not all(
                 isinstance(item, dict) and isinstance(item.get("name"), str) for item in items):
-            fields = ", ".join(sorted(answer)) or "none"
-            raise Fatal(
-                f"source {self.source.name!r}: WeChat {self.routes.listing} for env "
-                f"{self.source.env!r} answered in a shape this product does not recognise "
-                f"(fields: {fields}; expected `collections`: a list of objects with `name`, and "
-                "`pager.Total` or `total`); check the env id and the platform's permission "
-                "sets, and report the answer's fields if they are right"
-            )
+            self._unknown_listing(answer)
         return items
+
+    def _listed_total(self, answer: dict[str, Any]) -> int:
+        """How many collections the env has: `pager.Total` (databaseCollectionGet's Return
+        parameters, page cited at _listed_items) or `total` (componenttcb/dbcollection). It
+        is the only sign that the listing is complete: a page the server cut short would
+        otherwise pass as the last one, and the collections after it would go unseen."""
+        total = _total(answer)
+        if total is None:
+            self._unknown_listing(answer)
+        return total
+
+    def _unknown_listing(self, answer: dict[str, Any]) -> NoReturn:
+        pager = answer.get("pager")
+        fields = ", ".join(sorted(answer)) or "none"
+        if isinstance(pager, dict):
+            fields += f"; pager: {', '.join(sorted(pager)) or 'none'}"
+        raise Fatal(
+            f"source {self.source.name!r}: WeChat {self.routes.listing} for env "
+            f"{self.source.env!r} answered in a shape this product does not recognise "
+            f"(fields: {fields}; expected `collections`: a list of objects with `name`, and "
+            "`pager.Total` or `total`: a whole number); check the env id and the platform's "
+            "permission sets, and report the answer's fields if they are right"
+        )
 
     def _listing_page(self, offset: int, limit: int) -> dict[str, Any]:
         body: dict[str, Any] = {"env": self.source.env, "limit": limit, "offset": offset}
