@@ -7,6 +7,7 @@ import io
 import json
 import logging
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import httpx
@@ -16,6 +17,7 @@ from devkit.compare import assert_object_equals_docs
 from devkit.sample_data import make_docs
 from shared.domain.jobs import JobStatus, Run, RunStatus
 from shared.logs import configure_logging
+from shared.platforms.wechat import tokens as wechat_tokens
 from shared.platforms.wechat.settings import VERIFY_TICKET_ENV
 from shared.service.context import Context
 from tests.support.backup import LocalBackup, backup_now
@@ -184,6 +186,27 @@ def test_a_refresh_token_handed_back_by_wechat_is_kept(platform: Platform) -> No
     assert run.status is RunStatus.SUCCEEDED, [j.error for j in ctx.state.list_jobs(run.run_id)]
     # night-1; night-2: refused once for the expired component token, then with a fresh one
     assert emulator.calls[AUTHORIZER_TOKEN] == 3
+
+
+def test_a_kept_refresh_token_outlives_a_month(platform: Platform,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """An authorizer_refresh_token stays valid as long as the authorization does
+    (https://developers.weixin.qq.com/doc/knowledge/07e2d7fc2d6a1edf.html): the refresh token
+    WeChat handed back once, and hands back unchanged from then on, is still the one to use
+    weeks later; falling back to the configured one, used up, would fail every backup."""
+    emulator = platform.local.emulator
+    emulator.rotate_refresh_tokens = True
+    source = platform.source(platform.app_b())
+    assert backup_now(platform.context(source), key="night-1").status is RunStatus.SUCCEEDED
+    emulator.rotate_refresh_tokens = False  # the handed-back token stays the current one
+    for days, key in ((20, "night-2"), (45, "night-3")):
+        later = datetime.now(timezone.utc) + timedelta(days=days)
+        monkeypatch.setattr(wechat_tokens, "_now", lambda later=later: later)
+        ctx = platform.context(source)
+
+        run = backup_now(ctx, key=key)
+
+        assert run.status is RunStatus.SUCCEEDED, [j.error for j in ctx.state.list_jobs(run.run_id)]
 
 
 def test_an_authorizer_token_supplied_directly_needs_no_platform_secret(platform: Platform) -> None:

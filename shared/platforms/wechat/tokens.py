@@ -48,7 +48,11 @@ log = logging.getLogger(__name__)
 
 EARLY_REFRESH = timedelta(minutes=5)
 DEFAULT_TTL = 7200
-REFRESH_TOKEN_TTL = timedelta(days=30)
+# "只要商家不解除授权，authorizer_refresh_token 一直有效" (a new authorization replaces it):
+# https://developers.weixin.qq.com/doc/knowledge/07e2d7fc2d6a1edf.html. A kept refresh token
+# is therefore kept for good; a shorter life would fall back to the configured one, which
+# WeChat retired when it handed this one back. A refused kept one still falls back.
+REFRESH_TOKEN_TTL = timedelta(days=100 * 365)
 
 
 def _now() -> datetime:
