@@ -8,14 +8,16 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
 
 from devkit.compare import assert_object_equals_docs
 from devkit.sample_data import make_docs
+from shared.domain.errors import Fatal
 from shared.domain.jobs import JobStatus, Run, RunStatus
+from shared.platforms.wechat.platform import WeChatClient
 from shared.service.context import Context
 from tests.support.backup import APPID, SECRET, LocalBackup, backup_now
 
@@ -90,6 +92,40 @@ def assert_orders_backed_up(local: LocalBackup, ctx: Context, run: Run, docs: li
     job = only_job(ctx, run)
     assert job.result is not None
     assert_object_equals_docs(local.objects.read(job.result.key), docs, "json")
+
+
+def probe(local: LocalBackup) -> str:
+    """One listing with a fresh context (its own memo, the shared state table)."""
+    ctx = local.context(local.config())
+    return cast(WeChatClient, ctx.platforms.get("shop")).probe()
+
+
+@pytest.mark.parametrize("expires_in", [0, "0", 60])
+def test_a_token_said_to_expire_within_minutes_is_not_kept_for_two_hours(
+    local: LocalBackup, expires_in: Any,
+) -> None:
+    """getStableAccessToken answers expires_in: the token's remaining life in seconds
+    (https://developers.weixin.qq.com/miniprogram/dev/OpenApiDoc/mp-access-token/getStableAccessToken.html);
+    0 is a token about to lapse, not a missing field to replace with 7200."""
+    local.seed("orders", make_docs(2))
+    theirs = users_server_token(local)
+    local.emulator.answer_with(STABLE, {"errcode": 0, "errmsg": "ok", "access_token": theirs,
+                                        "expires_in": expires_in})
+    probe(local)
+    asked = local.emulator.calls[STABLE]
+
+    probe(local)
+
+    assert local.emulator.calls[STABLE] == asked + 1  # asked again, not served from the cache
+
+
+def test_a_token_lifetime_that_is_not_a_number_fails_naming_it(local: LocalBackup) -> None:
+    local.seed("orders", make_docs(2))
+    local.emulator.answer_with(STABLE, {"errcode": 0, "errmsg": "ok", "access_token": "t-1",
+                                        "expires_in": "2 hours"})
+
+    with pytest.raises(Fatal, match=r"expires_in = '2 hours'.*api_base"):
+        probe(local)
 
 
 def test_default_stable_token_leaves_the_users_own_token_alone(local: LocalBackup) -> None:

@@ -79,7 +79,25 @@ def _issued(answer: dict[str, Any], field: str, path: str, scope: Scope) -> tupl
             f"expires_in) for source {scope.source!r}: check its api_base (another service may "
             "be answering there); if that is right, WeChat's answer changed: report these fields"
         )
-    return token, int(answer.get("expires_in") or DEFAULT_TTL)
+    return token, _lifetime(answer, path, scope)
+
+
+def _lifetime(answer: dict[str, Any], path: str, scope: Scope) -> int:
+    """expires_in: the token's remaining life in seconds, a number (as digits too), 0 for a
+    token about to lapse (getStableAccessToken hands back the current token with what is
+    left of it, page cited at _issued). Only an absent one means WeChat's usual 7200."""
+    value = answer.get("expires_in")
+    if value is None:
+        return DEFAULT_TTL
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    raise Fatal(
+        f"WeChat {path} answered expires_in = {value!r} (expected the token's remaining life "
+        f"in seconds, a whole number) for source {scope.source!r}: check its api_base (another "
+        "service may be answering there); if that is right, WeChat's answer changed: report it"
+    )
 
 
 class CachedToken:
