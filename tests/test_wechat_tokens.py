@@ -128,6 +128,17 @@ def test_a_token_lifetime_that_is_not_a_number_fails_naming_it(local: LocalBacku
         probe(local)
 
 
+def test_an_errcode_that_is_not_a_number_fails_naming_it(local: LocalBackup) -> None:
+    """Every WeChat answer carries errcode, a number (0 ok, or a code of the page's table,
+    e.g. seeds/wechat-databasemigratequeryinfo.en.txt); "40001" as digits is still that
+    code, anything else is an answer this product does not know."""
+    local.seed("orders", make_docs(2))
+    local.emulator.answer_with("/tcb/databasecollectionget", {"errcode": "E_BUSY", "errmsg": "?"})
+
+    with pytest.raises(Fatal, match=r"errcode = 'E_BUSY'.*api_base"):
+        probe(local)
+
+
 def test_default_stable_token_leaves_the_users_own_token_alone(local: LocalBackup) -> None:
     docs = make_docs(20)
     local.seed("orders", docs)

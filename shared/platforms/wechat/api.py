@@ -192,10 +192,31 @@ def exchange(
         raise Retryable(f"WeChat {path}: answer is not JSON (HTTP {response.status_code})") from None
     if not isinstance(answer, dict):
         raise Retryable(f"WeChat {path}: answer is not a JSON object")
-    errcode = int(answer.get("errcode") or 0)
+    errcode = _errcode(answer, path, scope)
     if errcode:
         raise classify(path, errcode, str(answer.get("errmsg", "")), scope)
     return answer
+
+
+def _errcode(answer: dict[str, Any], path: str, scope: Scope) -> int:
+    """errcode: a number, 0 for ok (absent too), else one of the codes each page tables
+    (e.g. "Error code" of seeds/wechat-componenttcb-dbexport.en.txt); its digits are the
+    same code. Anything else is not an answer to classify, so it fails naming it."""
+    value = answer.get("errcode")
+    if value is None:
+        return 0
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():  # a JSON number written as 0.0
+        return int(value)
+    digits = value.removeprefix("-") if isinstance(value, str) else ""
+    if digits.isascii() and digits.isdigit():
+        return int(value)
+    raise Fatal(
+        f"WeChat {path} answered errcode = {str(value)[:80]!r} (expected a number) for source "
+        f"{scope.source!r}: check its api_base (another service may be answering there); if "
+        "that is right, WeChat's answer changed: report it"
+    )
 
 
 class WeChatApi:
