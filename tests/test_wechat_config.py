@@ -142,3 +142,26 @@ def test_schema_offers_the_platform_type() -> None:
     schema = config_json_schema()
     assert "WeChatPlatformSource" in schema["$defs"]
     assert schema["$defs"]["WeChatSource"]["properties"]["collections"]["anyOf"][0] == {"const": "all", "type": "string"}
+
+
+GEO_QUERY = ("const Point = db.Geo.Point\nconst _ = db.command;\n"
+             "db.collection('geo').where({name: 'x', age: _.gt(10).and(_.lt(20)), "
+             "loc: new Point(113,23)}).limit(10).get()")
+
+
+def test_a_query_may_declare_constants_first_as_wechats_example_does() -> None:
+    """The dbExport page's sample query opens with `const Point = db.Geo.Point` before
+    db.collection('geo')... (seeds/wechat-componenttcb-dbexport.en.txt, Sample Request Data)."""
+    (source,) = sources({**WECHAT, "collections": ["geo"], "queries": {"geo": GEO_QUERY}})
+    assert source.queries["geo"] == GEO_QUERY
+
+
+@pytest.mark.parametrize("query", [
+    "const c = db.collection('users')\ndb.collection('geo').get()",
+    "const Point = db.Geo.Point\ndb.collection('users').get()",
+    "const x = 1\ndb.collection('geo').get()",
+])
+def test_a_declaration_cannot_hide_another_collection_or_other_code(query: str) -> None:
+    found = problems({**WECHAT, "collections": ["geo"], "queries": {"geo": query}})
+    assert any("must start with db.collection('geo')" in p for p in found), found
+

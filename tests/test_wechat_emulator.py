@@ -280,6 +280,18 @@ def test_query_parser_accepts_the_supported_syntax() -> None:
         parse_query("db.collection('a').where({}).where({}).get()")
 
 
+def test_query_parser_skips_the_declarations_wechats_example_opens_with() -> None:
+    """seeds/wechat-componenttcb-dbexport.en.txt: `const Point = db.Geo.Point` precedes
+    db.collection(...) in the documented sample query."""
+    parsed = parse_query("const Point = db.Geo.Point\nconst _ = db.command;\n"
+                         "db.collection('orders').where({paid: true}).get()")
+    assert parsed.collection == "orders" and parsed.where == {"paid": True}
+    for hiding in ("const c = db.collection('users')\ndb.collection('orders').get()",
+                   "const x = 1\ndb.collection('orders').get()"):
+        with pytest.raises(QueryError, match=r"must start with db\.collection"):
+            parse_query(hiding)
+
+
 # --------------------------------------------------------------------------- exports
 
 

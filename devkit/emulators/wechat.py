@@ -167,6 +167,11 @@ def _values_equal(actual: Any, wanted: Any) -> bool:
 
 
 _IDENT_RE = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*")
+# A name declared before db.collection(...), as the dbExport page's sample query does with
+# "const Point = db.Geo.Point" (seeds/wechat-componenttcb-dbexport.en.txt): db member chains
+# only, so no call (no other collection) can come before the query's own.
+_DECLARATION_RE = re.compile(
+    r"(?:const|let|var)\s+[A-Za-z_$][A-Za-z0-9_$]*\s*=\s*db(?:\.[A-Za-z_$][A-Za-z0-9_$]*)+\s*;?")
 _NUMBER_RE = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 _UINT_RE = re.compile(r"[0-9]+")
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f", "0": "\0", "\n": ""}
@@ -287,6 +292,9 @@ class _QueryParser:
 
     def parse(self) -> ExportQuery:
         self.skip_ws()
+        while (declared := _DECLARATION_RE.match(self.text, self.pos)) is not None:
+            self.pos = declared.end()  # nothing they name is evaluated here
+            self.skip_ws()
         start = self.pos
         if _IDENT_RE.match(self.text, self.pos) is None or self.ident() != "db":
             raise self.error("query must start with db.collection('NAME')", start)

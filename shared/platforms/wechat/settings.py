@@ -29,6 +29,11 @@ from shared.config.fields import (
 
 WECHAT_APPID = r"^wx[0-9a-f]{16}$"
 WECHAT_API_BASE = "https://api.weixin.qq.com"
+# Names a query may declare before db.collection(...): only db.<member>.<member> chains, as
+# in the dbExport page's sample "const Point = db.Geo.Point" (seeds/wechat-componenttcb-
+# dbexport.en.txt, Sample Request Data; also `const _ = db.command`). No call is allowed in
+# them, so no other collection can be named ahead of the one the query is for.
+QUERY_DECLARATIONS = r"(?:\s*(?:const|let|var)\s+[A-Za-z_$][\w$]*\s*=\s*db(?:\.[A-Za-z_$][\w$]*)+\s*;?)*"
 COLLECTIONS_HELP = "a list of collection names, or all (every collection, listed anew at each run)"
 
 
@@ -110,7 +115,8 @@ class _WeChatCollections(ConfigModel):
                     "add them to collections or remove the query"
                 )
         for collection, query in self.queries.items():
-            if not re.match(rf"""^\s*db\.collection\(\s*(['"]){re.escape(collection)}\1\s*\)""", query):
+            if not re.match(rf"""^{QUERY_DECLARATIONS}\s*db\.collection\(\s*(['"]){re.escape(collection)}\1\s*\)""",
+                            query):
                 raise ValueError(
                     f"query for {collection!r} must start with db.collection('{collection}')"
                 )
