@@ -220,6 +220,25 @@ def test_a_success_without_an_integer_record_success_fails_naming_the_field(
     assert "mismatch" not in error and "internal error" not in error
 
 
+@pytest.mark.parametrize("value", [MISSING, None, 3, ""])
+def test_a_status_answer_without_a_status_fails_naming_the_field(
+    local: LocalBackup, value: object,
+) -> None:
+    """databasemigratequeryinfo answers `status`, a string (Return parameters of
+    seeds/wechat-databasemigratequeryinfo.en.txt): an answer without one is not a job
+    still running, and says what to check."""
+    local.seed("orders", make_docs(3))
+    local.emulator.reshape_export_success(ENV_ID, "orders", status=value)
+    ctx = local.context(local.config())
+
+    run = backup_now(ctx)
+
+    (job,) = ctx.state.list_jobs(run.run_id)
+    error = job.error or ""
+    assert job.status is JobStatus.FAILED, error
+    assert "/tcb/databasemigratequeryinfo" in error and "status" in error and "api_base" in error
+
+
 @pytest.mark.parametrize("answer", [{}, {"job_id": None}, {"job_id": ""}, {"job_id": "abc"},
                                     {"job_id": True}, {"job_id": 1.5}, {"job_id": [1]}])
 def test_an_export_start_without_a_numeric_job_id_fails_naming_the_field(

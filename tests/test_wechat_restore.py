@@ -443,6 +443,7 @@ def test_records_the_import_refused_are_reported(shop: LocalBackup) -> None:
 
 @pytest.mark.parametrize(("answer", "error", "words"), [
     ({"status": "paused"}, Retryable, "unknown status 'paused'"),
+    ({"record_success": 1}, Fatal, "without status.*api_base"),
     ({"status": "success", "record_success": "many"}, Fatal, "record_success = 'many'"),
 ])
 def test_an_import_status_of_another_shape_fails_loudly(

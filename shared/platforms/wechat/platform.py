@@ -279,7 +279,18 @@ class WeChatClient(WeChatRestore):
                             platform_count=self._count_of(collection))
         if status == "fail":
             return Progress("failed", message=f"WeChat export job {platform_job_id} failed: {message}")
-        raise Retryable(f"WeChat export job {platform_job_id} has an unknown status {status!r}")
+        if not isinstance(status, str) or not status:
+            raise Fatal(
+                f"WeChat {self.routes.status} answered {_said(info, 'status')} for export job "
+                f"{platform_job_id} (fields: {', '.join(sorted(info)) or 'none'}; expected "
+                "status: waiting, migrating, success or fail, per databaseMigrateQueryInfo's "
+                "Return parameters, cited at _record_count); check that source "
+                f"{self.source.name!r}'s api_base is WeChat's API and not a proxy that rewrites "
+                "answers, and report the answer's fields if it is"
+            )
+        raise Retryable(f"WeChat export job {platform_job_id} has an unknown status {status!r} "
+                        f"(from {self.routes.status}; known: waiting, migrating, success, fail); "
+                        "asked again later, and if it stays, check the source's api_base")
 
     def _record_count(self, info: dict[str, Any], field: str, platform_job_id: str,
                       required: bool) -> int:

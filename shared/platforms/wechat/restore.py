@@ -201,7 +201,16 @@ class WeChatRestore:
                 rejected=_record_count(info, "record_fail"),
                 message=f"WeChat import job {import_id} into {collection!r} failed: "
                         f"{message or 'no message'}")
-        raise Retryable(f"WeChat import job {import_id} has an unknown status {status!r}")
+        if not isinstance(status, str) or not status:  # status: a string, on every answer
+            said = "without status" if "status" not in info else f"status = {status!r}"
+            raise Fatal(
+                f"WeChat {self.routes.status} answered {said} for import job {import_id} "
+                f"(fields: {', '.join(sorted(info)) or 'none'}; expected status: waiting, "
+                "migrating, success or fail); check that the source's api_base is WeChat's API "
+                "and not a proxy that rewrites answers, and report the answer's fields if it is")
+        raise Retryable(f"WeChat import job {import_id} has an unknown status {status!r} (known: "
+                        "waiting, migrating, success, fail); asked again later, and if it stays, "
+                        "check the source's api_base")
 
     # upload ------------------------------------------------------------------------------
     def _upload_form(self, path: str) -> UploadForm:
