@@ -137,3 +137,34 @@ def test_a_bad_number_is_refused_before_anything_starts(
     assert exited.value.code == 2
     assert given[1] in capsys.readouterr().err  # names the option
     assert local.context(local.config()).state.list_runs(10) == []  # no run was started
+
+
+@pytest.mark.parametrize(("wrong_bucket", "endpoint", "expected"), [
+    # the first deploy's commonest slip: a bucket name or region that does not exist
+    ("nosuch-1250000000", None, "NoSuchBucket: no such bucket in that region: check "
+                                "destination.bucket (name-APPID"),
+    # nothing listens there: the write that failed is named, not the cleanup after it
+    (None, "closed", "COS create-only upload of"),
+])
+def test_a_cos_state_that_cannot_be_reached_is_one_line_saying_what_to_check(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], wrong_bucket: str | None, endpoint: str | None,
+        expected: str) -> None:
+    monkeypatch.setenv("WECHAT_SECRET", SECRET)
+    path = _config_file(local, tmp_path)
+    document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    document["state"] = {"url": "cos://"}
+    if wrong_bucket:
+        document["destination"]["bucket"] = wrong_bucket
+    if endpoint:
+        with socket.socket() as closed:  # a port nothing listens on
+            closed.bind(("127.0.0.1", 0))
+            document["destination"]["endpoint"] = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+
+    code = cli(["--config", str(path), "status"])
+
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("baas-backup status: ") and expected in err, err
+    assert "check destination." in err, err  # what to check, not only what failed
