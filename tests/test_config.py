@@ -176,3 +176,38 @@ def test_a_config_loads_only_the_platforms_it_uses(tmp_path: Path) -> None:
 
     assert problems(lambda d: d["sources"][0].update(colections=["x"])) == [
         "sources[0].colections: unknown field; did you mean 'collections'?"]
+
+
+_MINAPP = {"type": "minapp", "name": "app", "client_id": "c", "client_secret": "${WECHAT_SECRET}",
+           "tables": [{"name": "${TABLE}", "order_by": ["${FIELD}"]}]}
+_ONEDB = {"type": "onedb", "name": "crm", "region": "cn-east-1", "envid": "e", "keyid": "k",
+          "key_secret": "${WECHAT_SECRET}", "app_id": "user", "keys": ["${FIELD}"],
+          "tables": [{"name": "events", "getColumns": ["${FIELD}"], "filter": {
+              "conditionList": [{"column": "${FIELD}", "symbol": "=", "value": 1}]}}]}
+
+
+@pytest.mark.parametrize(("mutate", "read"), [
+    (lambda d: d["sources"][0].update(queries={"orders": "db.collection('orders').where({shop: '${TABLE}'}).get()"}),
+     lambda c: c.sources[0].queries["orders"].split("'")[3]),
+    (lambda d: d["sources"][0].update(collections="all", include=["${TABLE}*"], exclude=["x${FIELD}"], queries={}),
+     lambda c: (c.sources[0].include[0], c.sources[0].exclude[0])),
+    (lambda d: d.update(retention={"keep_last": 3, "time_zone": "${ZONE}"}),
+     lambda c: c.retention.time_zone),
+    (lambda d: d["sources"].append(copy.deepcopy(_MINAPP)),
+     lambda c: (c.sources[1].tables[0].name, c.sources[1].tables[0].order_by[0])),
+    (lambda d: d["sources"].append(copy.deepcopy(_ONEDB)),
+     lambda c: (c.sources[1].keys[0], c.sources[1].tables[0].getColumns[0],
+                c.sources[1].tables[0].filter.conditionList[0].column)),
+])
+def test_references_work_in_every_string_field_as_the_readme_says(mutate: Any, read: Any) -> None:
+    """README "Configuration": `${VAR}` works in any string field that is not a secret. A
+    query kept as written would back up what `${VAR}` literally matches: nothing."""
+    document = copy.deepcopy(GOOD)
+    mutate(document)
+    environ = {**ENV, "TABLE": "orders", "FIELD": "created_at", "ZONE": "UTC"}
+
+    found = read(parse_config(document, environ=environ))
+
+    assert "${" not in json.dumps(found), found
+    assert set(found if isinstance(found, tuple) else [found]) <= {
+        "orders", "orders*", "xcreated_at", "created_at", "UTC"}, found

@@ -254,7 +254,7 @@ class Retention(KeepRules):
     """Which backups are kept; the rest are deleted after each run (and by `baas-backup
     prune`). Without this section nothing is ever deleted."""
 
-    time_zone: str = Field(
+    time_zone: EnvStr = Field(
         default="Asia/Shanghai", description="Days, weeks and months are counted in this zone.")
     sources: dict[str, KeepRules] = Field(
         default_factory=dict, description="Per source name: rules that replace the ones above.")

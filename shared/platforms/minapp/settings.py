@@ -87,7 +87,7 @@ class MinAppTable(ConfigModel):
         default=None, description="Table id (a number); or give name instead.",
         json_schema_extra=_id_schema,
     )
-    name: str | None = Field(
+    name: EnvStr | None = Field(
         default=None, min_length=1,
         description="Table name, resolved to its id at each run (MinApp's table list).",
     )
@@ -98,15 +98,15 @@ class MinAppTable(ConfigModel):
     where: dict[str, Any] | None = Field(
         default=None, description='Query, e.g. {"status": {"$eq": "paid"}}; needs mode part.'
     )
-    include_keys: list[str] | None = Field(default=None, min_length=1, description="Only these fields.")
-    exclude_keys: list[str] | None = Field(default=None, min_length=1, description="Leave these fields out.")
-    order_by: list[str] | None = Field(
+    include_keys: list[EnvStr] | None = Field(default=None, min_length=1, description="Only these fields.")
+    exclude_keys: list[EnvStr] | None = Field(default=None, min_length=1, description="Leave these fields out.")
+    order_by: list[EnvStr] | None = Field(
         default=None, min_length=1, description="Sort fields; -field for descending."
     )
-    csv_customize_headers: list[str] | None = Field(
+    csv_customize_headers: list[EnvStr] | None = Field(
         default=None, min_length=1, description="Column names of a CSV export."
     )
-    timestamp_convert_keys: list[str] | None = Field(
+    timestamp_convert_keys: list[EnvStr] | None = Field(
         default=None, min_length=1, description="Fields whose timestamps MinApp converts to dates."
     )
     split: MinAppSplit | None = Field(
@@ -142,11 +142,11 @@ class MinAppSource(SourceSettings):
         "filtered by include/exclude), or ids, names, or {id or name, export options, split}.",
         json_schema_extra=_plain_ids_too,
     )
-    include: list[str] | None = Field(
+    include: list[EnvStr] | None = Field(
         default=None, min_length=1,
         description="With tables: all, only table names matching one of these globs.",
     )
-    exclude: list[str] | None = Field(
+    exclude: list[EnvStr] | None = Field(
         default=None, min_length=1,
         description="With tables: all, leave out table names matching one of these globs.",
     )

@@ -24,7 +24,7 @@ from shared.config.fields import (
 class OneDBCondition(ConfigModel):
     """One getMany filter condition: `column symbol value`."""
 
-    column: str = Field(min_length=1, description="Column compared.")
+    column: EnvStr = Field(min_length=1, description="Column compared.")
     symbol: Literal["=", "!=", ">", ">=", "<", "<="] = Field(description="Comparison.")
     value: bool | int | float | str = Field(description="Value compared with.")
 
@@ -48,12 +48,12 @@ class OneDBTable(ConfigModel):
     """One OneDB table to back up; a plain string in `tables` is the same as `{name: ...}`."""
 
     name: EnvStr = Field(min_length=1, description="Table id (tableId).")
-    keys: list[str] | None = Field(
+    keys: list[EnvStr] | None = Field(
         default=None, min_length=1,
         description="Primary key columns, in key order; default: the source's keys.",
     )
     filter: OneDBFilter | None = Field(default=None, description="Back up only matching rows.")
-    getColumns: list[str] | None = Field(
+    getColumns: list[EnvStr] | None = Field(
         default=None, min_length=1, description="Back up only these columns (ids always)."
     )
 
@@ -79,7 +79,7 @@ class OneDBSource(SourceSettings):
     keyid: EnvStr = Field(min_length=1, description="Environment key id (with the cdb app granted).")
     key_secret: Secret = Field(description="The environment key's secret, as ${ENV_VAR}.")
     app_id: EnvStr = Field(min_length=1, description="The app owning the tables (appId), e.g. user.")
-    keys: list[str] | None = Field(
+    keys: list[EnvStr] | None = Field(
         default=None, min_length=1,
         description="Primary key columns shared by the tables that do not list their own.",
     )

@@ -72,18 +72,18 @@ class _WeChatCollections(ConfigModel):
     collections: Collections = Field(
         description="Collections to back up: a list, or `all` (listed anew at every run)."
     )
-    include: list[str] = Field(
+    include: list[EnvStr] = Field(
         default_factory=list,
         description="With `collections: all`: only collections matching one of these glob "
         "patterns (`*`, `?`, `[abc]`), e.g. `order*`.",
     )
-    exclude: list[str] = Field(
+    exclude: list[EnvStr] = Field(
         default_factory=list,
         description="With `collections: all`: skip collections matching one of these glob "
         "patterns, e.g. `tmp_*`.",
     )
     file_type: Literal["json", "csv"] = Field(default="json", description="Export format.")
-    queries: dict[str, str] = Field(
+    queries: dict[EnvStr, EnvStr] = Field(
         default_factory=dict,
         description="Per-collection export query, e.g. db.collection('orders').where({...}).get().",
     )
