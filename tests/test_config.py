@@ -211,3 +211,40 @@ def test_references_work_in_every_string_field_as_the_readme_says(mutate: Any, r
     assert "${" not in json.dumps(found), found
     assert set(found if isinstance(found, tuple) else [found]) <= {
         "orders", "orders*", "xcreated_at", "created_at", "UTC"}, found
+
+
+def test_a_section_left_empty_means_its_defaults(tmp_path: Path) -> None:
+    """`timing:` with every line under it commented out is YAML null: it means what leaving
+    the section out means, as README's "all optional; defaults shown" invites."""
+    path = tmp_path / "backup.yaml"
+    path.write_text(
+        "destination: {bucket: '${BUCKET}', region: ap-guangzhou}\n"
+        "state:\n  # url: cos://\n"
+        "timing:\n  # max_attempts: 5\n"
+        "notify:\n  webhooks:\n"
+        "alerts:\nverify:\ndispatch:\n"
+        "sources:\n  - {type: wechat, name: shop, appid: wx0123456789abcdef,"
+        " secret: '${WECHAT_SECRET}', env: e, collections: [orders], queries: }\n",
+        encoding="utf-8")
+
+    config = load_config(path, environ=ENV)
+
+    defaults = parse_config(GOOD, environ=ENV)
+    for section in ("state", "timing", "notify", "alerts", "verify", "dispatch"):
+        assert getattr(config, section) == getattr(defaults, section), section
+    source = config.sources[0]
+    assert isinstance(source, WeChatSource) and source.queries == {}
+    assert config.destination.server_side_encryption == "AES256"
+
+
+def test_an_empty_required_section_says_to_fill_it_in(tmp_path: Path) -> None:
+    path = tmp_path / "backup.yaml"
+    path.write_text("destination:\nsources:\n", encoding="utf-8")
+
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ=ENV)
+
+    assert info.value.problems == [
+        "destination: the section is empty; fill it in (bucket, region)",
+        "sources: the section is empty; fill it in",
+    ], info.value.problems

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import os
 import re
+import types
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -16,7 +17,9 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationInfo,
+    model_validator,
 )
+from pydantic.fields import FieldInfo
 
 from shared.logs import URL_USERINFO
 
@@ -75,6 +78,29 @@ Secret = Annotated[
 class ConfigModel(BaseModel):
     # Schemas are built on first validation, not at import (cold start, issue 15).
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_means_default(cls, data: Any) -> Any:
+        """`timing:` with every line under it commented out is YAML null: it means what
+        leaving it out means, for a field with a default that null is no value of."""
+        if not isinstance(data, dict):
+            return data
+        return {key: value for key, value in data.items()
+                if value is not None or not _null_means_default(cls.model_fields.get(key))}
+
+
+def _null_means_default(field: FieldInfo | None) -> bool:
+    return field is not None and not field.is_required() and not _allows_none(field.annotation)
+
+
+def _allows_none(annotation: Any) -> bool:
+    """Whether null is a value of its own (`X | None`), looking through unions only."""
+    if annotation is type(None):
+        return True
+    if get_origin(annotation) in (Union, types.UnionType, Annotated):
+        return any(_allows_none(argument) for argument in get_args(annotation))
+    return False
 
 
 class SourceSettings(ConfigModel):

@@ -683,6 +683,14 @@ def _written(document: Any, loc: tuple[int | str, ...]) -> Any:
     return current
 
 
+def _required_in(loc: tuple[int | str, ...], kind: str) -> str:
+    """` (bucket, region)`: the fields an empty section needs, when it is one model."""
+    model = _model_at((*loc, "")) if kind == "model_type" else None
+    needed = [name for name, field in (model.model_fields.items() if model else ())
+              if field.is_required()]
+    return f" ({', '.join(needed)})" if needed else ""
+
+
 def _describe(error: Mapping[str, Any], document: Any = None) -> str:
     loc = tuple(error["loc"])
     where = _location(loc)
@@ -696,6 +704,8 @@ def _describe(error: Mapping[str, Any], document: Any = None) -> str:
         close = difflib.get_close_matches(name, list(model.model_fields) if model else [], n=1)
         hint = f"did you mean {close[0]!r}?" if close else "remove it"
         return f"{where}: unknown field; {hint}"
+    if error.get("input", "") is None and kind in ("model_type", "list_type", "dict_type"):
+        return f"{where}: the section is empty; fill it in{_required_in(loc, kind)}"
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         return f"{where}: type must be one of: {', '.join(_source_types())}"
     last = str(loc[-1]) if loc else ""
