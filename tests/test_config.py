@@ -248,3 +248,41 @@ def test_an_empty_required_section_says_to_fill_it_in(tmp_path: Path) -> None:
         "destination: the section is empty; fill it in (bucket, region)",
         "sources: the section is empty; fill it in",
     ], info.value.problems
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    # a second `sources:` silently replaced the first: its sources were never backed up
+    ("destination: {bucket: b-1250000000, region: ap-guangzhou}\n"
+     "sources: [{type: wechat, name: shop, appid: wx0123456789abcdef, secret: '${WECHAT_SECRET}',"
+     " env: e, collections: [orders]}]\n"
+     "sources: [{type: wechat, name: blog, appid: wx0123456789abcdef, secret: '${WECHAT_SECRET}',"
+     " env: e, collections: [posts]}]\n",
+     "not valid YAML at line 3, column 1: key 'sources' is given twice (first at line 2)"),
+    ("destination:\n  bucket: b-1250000000\n  region: ap-guangzhou\n  bucket: c-1250000000\n"
+     "sources: []\n",
+     "not valid YAML at line 4, column 3: key 'bucket' is given twice (first at line 2)"),
+])
+def test_a_key_given_twice_is_refused_not_silently_dropped(
+        tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "backup.yaml"
+    path.write_text(text, encoding="utf-8")
+
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ=ENV)
+
+    (problem,) = info.value.problems
+    assert problem.startswith(expected) and "keep one" in problem, problem
+
+
+def test_a_yaml_merge_key_may_still_be_overridden(tmp_path: Path) -> None:
+    path = tmp_path / "backup.yaml"
+    path.write_text(
+        "destination: {bucket: b-1250000000, region: ap-guangzhou}\n"
+        "x-shop: &shop {type: wechat, name: shop, appid: wx0123456789abcdef,"
+        " secret: '${WECHAT_SECRET}', env: e, collections: [orders]}\n"
+        "sources: [{<<: *shop, name: blog}]\n", encoding="utf-8")
+
+    with pytest.raises(ConfigError) as info:  # x-shop is an unknown field, nothing else
+        load_config(path, environ=ENV)
+
+    assert info.value.problems == ["x-shop: unknown field; remove it"], info.value.problems

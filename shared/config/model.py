@@ -745,6 +745,34 @@ def parse_config(
     raise ConfigError([_describe(e, data) for e in meant or errors], source) from None
 
 
+def _unique_key_loader() -> Any:
+    """PyYAML's SafeLoader, refusing a key given twice in one mapping: PyYAML keeps the last
+    silently, so a second `sources:` would drop every source of the first (YAML 1.2, 3.2.1.1:
+    "The content of a mapping node is an unordered set of key/value node pairs, with the
+    restriction that each of the keys is unique")."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            first: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *anchor`: the keys written beside it may override it
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    seen = first.setdefault(key, key_node)
+                except TypeError:
+                    continue  # an unhashable key: SafeLoader itself says what is wrong
+                if seen is not key_node:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} is given twice (first at line "
+                        f"{seen.start_mark.line + 1}); keep one, merging what both say",
+                        key_node.start_mark)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
 def load_config(path: str | os.PathLike[str] | None = None, *, environ: Mapping[str, str] | None = None) -> Config:
     """Load the config from `path`, else $BAAS_BACKUP_CONFIG, else ./backup.yaml."""
     env = environ if environ is not None else os.environ
@@ -758,7 +786,7 @@ def load_config(path: str | os.PathLike[str] | None = None, *, environ: Mapping[
     import yaml  # here, not at the top: only loading a file needs it (cold start, issue 15)
 
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
