@@ -210,6 +210,13 @@ def build(config: Path | None = None, *, out: Path = PACKAGE, archive: Path | No
     return out
 
 
+def _unfillable(config: Path, section: str, exc: ValidationError) -> str:
+    """Each problem as `destination.bucket: what to do`, as the config's own errors say it."""
+    said = "; ".join(f"{'.'.join(map(str, (section, *e['loc'])))}: "
+                     f"{str(e['msg']).removeprefix('Value error, ')}" for e in exc.errors())
+    return f"{config}: cannot fill in the CAM policy: {said}"
+
+
 def render_cam_policy(config: Path, *, uin: str | None, region: str | None,
                       environ: Mapping[str, str]) -> dict[str, object]:
     """docs/cam-policy.json with the bucket, prefix and finisher of `config` filled in. The
@@ -220,9 +227,12 @@ def render_cam_policy(config: Path, *, uin: str | None, region: str | None,
                   if k not in ("secret_id", "secret_key")}
     try:
         destination = Destination.model_validate(secretless, context={"environ": environ})
+    except ValidationError as exc:
+        raise SystemExit(_unfillable(config, "destination", exc)) from None
+    try:
         dispatch = DispatchSettings.model_validate(raw.get("dispatch") or {}, context={"environ": environ})
     except ValidationError as exc:
-        raise SystemExit(f"{config}: cannot fill in the CAM policy: {exc}") from None
+        raise SystemExit(_unfillable(config, "dispatch", exc)) from None
     appid = re.fullmatch(r".+-(\d+)", destination.bucket)
     if appid is None:
         raise SystemExit(f"{config}: destination.bucket {destination.bucket!r} must be named name-APPID")

@@ -286,3 +286,15 @@ def test_a_yaml_merge_key_may_still_be_overridden(tmp_path: Path) -> None:
         load_config(path, environ=ENV)
 
     assert info.value.problems == ["x-shop: unknown field; remove it"], info.value.problems
+
+
+@pytest.mark.parametrize(("field", "written", "expected"), [
+    ("bucket", "${EMPTY}", "destination.bucket: must be the bucket's full name, name-APPID"),
+    ("bucket", "mybackups", "destination.bucket: must be the bucket's full name, name-APPID"),
+    ("bucket", "My Backups-1250000000", "destination.bucket: must be the bucket's full name"),
+    ("region", "${EMPTY}", "destination.region: must be a COS region such as ap-guangzhou"),
+    ("region", "guangzhou", "destination.region: must be a COS region such as ap-guangzhou"),
+])
+def test_a_bucket_or_region_cos_cannot_have_is_refused(field: str, written: str, expected: str) -> None:
+    found = problems(lambda d: d["destination"].update({field: written}), {**ENV, "EMPTY": ""})
+    assert any(p.startswith(expected) for p in found), found

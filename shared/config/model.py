@@ -109,6 +109,26 @@ class Destination(ConfigModel):
                              "archive the backups you keep")
         return value
 
+    @field_validator("bucket")
+    @classmethod
+    def _bucket_name(cls, value: str) -> str:
+        # COS bucket names: lower-case letters, digits and '-', not starting or ending with
+        # '-', followed by -APPID (cloud.tencent.com/document/product/436/13312, 存储桶命名规范)
+        if not re.match(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?-[0-9]+$", value):
+            raise ValueError("must be the bucket's full name, name-APPID, e.g. "
+                             "mybackups-1250000000 (lower-case letters, digits and '-'), as the "
+                             "COS console's bucket list shows it")
+        return value
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        # COS region ids such as ap-guangzhou (cloud.tencent.com/document/product/436/6224, 地域和访问域名)
+        if not re.match(r"^[a-z]{2,}(-[a-z0-9]+)+$", value):
+            raise ValueError("must be a COS region such as ap-guangzhou or ap-shanghai, as the "
+                             "COS console shows it for the bucket")
+        return value
+
     @field_validator("prefix")
     @classmethod
     def _clean_prefix(cls, value: str) -> str:
