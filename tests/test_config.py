@@ -71,6 +71,8 @@ def test_valid_config_expands_references() -> None:
          "(copy_lease_seconds: 960, so at least 0.533 hours); raise unclaimed_ready_hours"),
         (lambda d: d.update(timing={"unclaimed_ready_hours": 0}),
          "timing.unclaimed_ready_hours: Input should be greater than 0"),
+        (lambda d: d.update(retention={"keep_last": 3, "sources": {"shop": {"keep_lst": 2}}}),
+         "retention.sources.shop.keep_lst: unknown field; did you mean 'keep_last'?"),
     ],
 )
 def test_invalid_configs_name_field_value_and_fix(mutate: Any, expected: str) -> None:

@@ -657,8 +657,10 @@ def _location(loc: tuple[int | str, ...]) -> str:
 def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
     """The model that owns the last element of `loc`, for "did you mean" hints."""
     model: type[BaseModel] = Config
+    keyed = False  # the next part is a key of a mapping of models (retention.sources.<name>)
     for part in loc[:-1]:
-        if isinstance(part, int) or part == "sources" or _branch(part):
+        if keyed or isinstance(part, int) or _branch(part) or (model is Config and part == "sources"):
+            keyed = False
             continue
         if part in _source_types():
             model = _source_types()[part]
@@ -667,7 +669,7 @@ def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
         nested = _nested_model(annotation)
         if nested is None:
             return None
-        model = nested
+        model, keyed = nested, get_origin(annotation) is dict
     return model
 
 
