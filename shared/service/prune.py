@@ -192,7 +192,7 @@ def _cool(ctx: Context, decided: Plan) -> list[str]:
     due: dict[str, list[Held]] = {}  # by run
     for decision in decided.decisions:
         held = decided.jobs[decision.backup.backup_id]
-        if decision.keep and (held.finished_at or cutoff) <= cutoff and held.keys:
+        if decision.keep and _old_enough(held, cutoff) and held.keys:
             due.setdefault(held.run_id, []).append(held)
     moved: list[str] = []
     recorded = _RecordedRestores(ctx)
@@ -236,6 +236,12 @@ def _cool_run(ctx: Context, run_id: str, helds: list[Held], cold_class: str,
         if won:
             release(ctx, run_id, COOLING, won)
     return moved
+
+
+def _old_enough(held: Held, cutoff: datetime) -> bool:
+    """Finished before `cutoff`. A job on record with no finish time has no age: it stays
+    readable rather than be archived on a guess (reading it back would take a restore)."""
+    return held.finished_at is not None and held.finished_at <= cutoff
 
 
 def _move(ctx: Context, key: str, cold_class: str, moved: list[str]) -> None:

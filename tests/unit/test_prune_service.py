@@ -49,3 +49,23 @@ def test_a_backup_of_a_run_still_open_never_costs_the_last_checked_copy() -> Non
     assert checked is not None, "run 1 went, with the last orders backup checked right"
     assert checked.pruned_at is None and checked.result is not None
     assert u.objects.head(checked.result.key) is not None
+
+
+def test_a_kept_backup_with_no_finish_time_is_not_moved_to_the_cold_class() -> None:
+    """`cold_after_days` moves kept backups *that old*: a job on record with no
+    `finished_at` has no age to go by, and an archived backup cannot be read until it is
+    restored (hours), so it stays where it is rather than be moved on a guess. Its
+    neighbour, finished long enough ago, still moves."""
+    u = unit(ScriptedExport({"orders": list(ROWS), "users": ROWS[:2]}))
+    run_id = backed_up(u)
+    orders = u.job(job_id_for(run_id, "shop", "orders"))
+    u.put(orders.model_copy(update={"finished_at": None}))  # a record written without it
+    u.clock.advance(3 * 86400)
+    u.ctx.config = u.ctx.config.model_copy(update={"retention": Retention(
+        keep_last=5, cold_after_days=1)})
+
+    prune(u.ctx)
+
+    assert orders.result is not None and u.objects.classes.get(orders.result.key) is None
+    users = u.job(job_id_for(run_id, "shop", "users")).result
+    assert users is not None and u.objects.classes.get(users.key) == "ARCHIVE"
