@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from decimal import Decimal
 
-from shared.domain.jobs import Job, job_id_for
+from shared.domain.jobs import Job, Run, job_id_for
 from shared.service.context import Context
 
 RUNS_LOOKED_AT = 200  # how far back the newest good backup is looked for
@@ -37,7 +37,8 @@ def judge(ctx: Context, previous: Job | None, records: int) -> Verdict:
 
 
 def newest_good(ctx: Context, job: Job) -> Job | None:
-    """The newest good backup of the job's collection in an earlier run. A run keeps the
+    """The newest good backup of the job's collection in an earlier run (not one a verify of
+    its run found damaged: the run's summary, already read, says so). A run keeps the
     collection's job at a known id (`job_id_for`), so each earlier run costs one read, not
     a read of each of its jobs: with a thousand collections a run, every copy reading the
     whole previous run would make a day's backup a million reads."""
@@ -49,12 +50,20 @@ def newest_good(ctx: Context, job: Job) -> Job | None:
             if run.operation != "backup":
                 continue
             other = ctx.state.get_job(job_id_for(run.run_id, job.source, job.collection))
-            if other is not None and other.good and (
+            if other is not None and _good(run, other) and (
                     other.source, other.collection) == (job.source, job.collection):
                 return other
         looked += len(runs)
         before = runs[-1].run_id if len(runs) == 20 else None
     return None
+
+
+def _good(run: Run, job: Job) -> bool:
+    """Good as retention means it (README "Keeping backups"): a backup a verify of its run
+    found damaged is no baseline, its record count may be what the damage left."""
+    from shared.service.verify import unverified  # the finisher's cold start skips verify
+
+    return job.good and f"{job.source}/{job.collection}" not in unverified(run)
 
 
 class NotSuspect(ValueError):

@@ -66,6 +66,22 @@ def test_the_comparison_skips_suspect_backups_but_not_acknowledged_ones() -> Non
     assert found is not None and found.run_id == runs[0]
 
 
+@pytest.mark.parametrize("verify", ["verify", "last_verify"])
+def test_the_comparison_skips_backups_a_verify_found_damaged(verify: str) -> None:
+    """README "Keeping backups": good means, among others, not found damaged by a verify of
+    its run (the one after the run, or the latest one asked for). A damaged backup's
+    count is no baseline: a drop measured against it is missed, or a false one flagged."""
+    u = unit(ScriptedExport({"orders": []}))
+    runs = _history(u, (100, False, False), (5, False, False), (90, False, False))
+    damaged = u.state.get_run(runs[1])
+    assert damaged is not None
+    u.state.save_run(damaged.model_copy(update={"summary": {verify: {
+        "ok": False, "checked": ["shop/orders"], "failed": ["shop/orders"]}}}))
+    last = u.state.list_jobs(runs[-1])[0]
+    found = newest_good(u.ctx, last)
+    assert found is not None and found.run_id == runs[0]
+
+
 def test_acknowledging() -> None:
     u = unit(ScriptedExport({"orders": []}))
     runs = _history(u, (100, False, False), (0, True, False))
