@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 from devkit.cos_layer import CosLayer
 from devkit.sample_data import make_docs
 from shared.adapters.cos.objects import CosObjectStore
-from shared.domain.jobs import Run
+from shared.domain.jobs import Job, JobStatus, Run, RunStatus, job_id_for
 from shared.entrypoints.cli import main as cli
 from tests.support.backup import LocalBackup, backup_now
 
@@ -112,6 +113,31 @@ def test_quick_reads_no_object_data(local: LocalBackup, backed_up: tuple[Run, Pa
     _rewrite(local, orders_key(local, run), lambda d: d[:-10])
     code, report = verify(path, capsys, run.run_id, "--quick", "--collection", "orders")
     assert code == 1 and report["objects"][0]["problems"][0]["what"] == "size"
+
+
+@pytest.mark.parametrize("collections", [["orders", "users"], []])
+def test_with_no_run_named_the_latest_run_with_backups_is_checked(
+        local: LocalBackup, backed_up: tuple[Run, Path], capsys: pytest.CaptureFixture[str],
+        collections: list[str]) -> None:
+    """A newer run that ended with no backup (every copy failed, or no source could be
+    listed) is no reason to verify nothing: `verify` with no run named checks the latest
+    run that has backups, and says which one it chose."""
+    run, path = backed_up
+    state = local.context(local.config(local.wechat_source())).state
+    now = datetime.now(timezone.utc)
+    failed = Run(run_id="29991231T000000000Z-0000fail", idempotency_key="all-failed",
+                 trigger="test", status=RunStatus.FAILED, sources=["shop"], created_at=now,
+                 finished_at=now)
+    state.create_run(failed, [Job(
+        job_id=job_id_for(failed.run_id, "shop", c), run_id=failed.run_id, source="shop",
+        collection=c, status=JobStatus.FAILED, error="export refused", next_check_at=now,
+        created_at=now, updated_at=now) for c in collections])
+
+    code, report = verify(path, capsys, "latest")
+    assert code == 0 and report["run_id"] == run.run_id
+    assert cli(["--config", str(path), "verify"]) == 0
+    said = capsys.readouterr()
+    assert run.run_id in said.err and "all backups verified: 2/2 objects ok" in said.out
 
 
 def test_nothing_to_verify_is_said(backed_up: tuple[Run, Path], capsys: pytest.CaptureFixture[str]) -> None:

@@ -199,6 +199,8 @@ def _verify(ctx: Context, args: argparse.Namespace) -> int:
 
     try:
         run_id = latest_run(ctx) if args.run_id == "latest" else args.run_id
+        if args.run_id == "latest":  # on stderr: --json keeps stdout the report alone
+            print(f"verifying run {run_id}, the latest with backups", file=sys.stderr)
         report = verify_run(ctx, run_id, source=args.source, collection=args.collection,
                             quick=args.quick)
     except NothingToVerify as exc:

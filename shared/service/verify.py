@@ -71,10 +71,18 @@ class Report:
 
 
 def latest_run(ctx: Context) -> str:
+    """The latest finished backup run that has a backup to check: a newer run that ended
+    with none (every copy failed, no source listed) would leave nothing to verify."""
     for run in ctx.state.list_runs(limit=50):
-        if run.status is not RunStatus.RUNNING and run.operation == "backup":
+        if (run.status is not RunStatus.RUNNING and run.operation == "backup"
+                and _has_backups(ctx, run.run_id)):
             return run.run_id
-    raise NothingToVerify("no finished run to verify yet")
+    raise NothingToVerify("no finished run with a backup to verify yet")
+
+
+def _has_backups(ctx: Context, run_id: str) -> bool:
+    return any(j.status is JobStatus.DONE and j.pruned_at is None
+               for j in ctx.state.list_jobs(run_id))
 
 
 def verify_run(ctx: Context, run_id: str, *, source: str | None = None,
