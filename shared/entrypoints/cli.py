@@ -216,7 +216,8 @@ def _verify(ctx: Context, args: argparse.Namespace) -> int:
     for column in ("source", "collection", "object", "bytes", "records", "crc64", "result"):
         table.add_column(column)
     for item in report.objects:
-        result = "ok" if item.ok else "; ".join(f"{p.what}: {p.detail}" for p in item.problems)
+        result = ("; ".join(f"{p.what}: {p.detail}" for p in item.problems)
+                  or ("not read" if item.not_read else "ok"))
         table.add_row(item.source, item.collection, item.key, str(item.bytes or ""),
                       "" if item.records is None else str(item.records), item.crc64, result)
     out = console()
@@ -225,8 +226,15 @@ def _verify(ctx: Context, args: argparse.Namespace) -> int:
         out.print(f"{problem.what}: {problem.where}: {problem.detail}")
     if report.pruned:
         print(f"not checked, deleted by retention: {', '.join(report.pruned)}")
-    print(f"{'all backups verified' if report.ok else 'PROBLEMS FOUND'}: "
-          f"{sum(o.ok for o in report.objects)}/{len(report.objects)} objects ok")
+    unread = [o for o in report.objects if o.not_read]
+    if unread:  # not wrong, not checked either: say so, and how to read them
+        print(f"not read back: {', '.join(report.not_read)}: {unread[0].not_read}")
+    verdict = ("PROBLEMS FOUND" if not report.ok
+               else "no problems found" if unread else "all backups verified")
+    print(f"{verdict}: {sum(o.ok and not o.not_read for o in report.objects)}/"
+          f"{len(report.objects)} objects ok"
+          + (f", {len(unread)} not read (archived: restore from the archive class first)"
+             if unread else ""))
     return 0 if report.ok else 1
 
 

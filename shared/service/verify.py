@@ -3,7 +3,9 @@ alone. For every backup object: its manifest exists and lists it, the object exi
 with the recorded size, and (unless quick) streaming it back gives the recorded SHA-256
 and record count; COS's CRC64 is compared with the manifest's where both exist.
 
-Quick mode reads no object data: sizes (and CRC64) from a HEAD each."""
+Quick mode reads no object data: sizes (and CRC64) from a HEAD each. An object in the
+archive class that COS will not read yet is not read by a full verify either: its size
+and CRC64 are checked, and the report says it was not read, and why; it is no problem."""
 
 from __future__ import annotations
 
@@ -20,6 +22,15 @@ from shared.service.context import Context
 
 READ_CHUNK = 1 << 20
 ARCHIVED = frozenset({"ARCHIVE", "DEEP_ARCHIVE"})  # COS classes that must be restored to read
+# COS answers a GET of an archived object that has no restored copy with a 403 that says
+# InvalidObjectState (COS docs, Troubleshooting > "403 Error for COS Access", which shows it
+# as <Code>AccessDenied</Code><Message>InvalidObjectState</Message>): either code is taken.
+UNREADABLE = frozenset({"InvalidObjectState", "AccessDenied"})
+# Reading one needs a restored copy first: POST Object restore
+# (https://cloud.tencent.com/document/product/436/12633) or the console's 恢复.
+NOT_READ = ("archived: restore from the archive class first ({storage_class}; COS console "
+            "恢复, or POST Object restore, https://cloud.tencent.com/document/product/436/12633, "
+            "then wait for the copy); its size and CRC64 were checked")
 
 
 class NothingToVerify(ValueError):
@@ -28,7 +39,7 @@ class NothingToVerify(ValueError):
 
 @dataclass(frozen=True)
 class Problem:
-    what: str  # missing object | missing manifest | size | sha256 | crc64 | count | archived
+    what: str  # missing object | missing manifest | size | sha256 | crc64 | count
     where: str  # the object or manifest key
     detail: str
 
@@ -41,6 +52,7 @@ class Checked:
     bytes: int | None = None
     records: int | None = None
     crc64: str = "not recorded"  # ok | mismatch | not recorded | not reported
+    not_read: str | None = None  # why a full verify could not read it back (archived)
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -60,10 +72,16 @@ class Report:
     def ok(self) -> bool:
         return not self.problems and all(o.ok for o in self.objects)
 
+    @property
+    def not_read(self) -> list[str]:
+        """The collections ("source/collection") with an object it could not read back."""
+        return sorted({f"{o.source}/{o.collection}" for o in self.objects if o.not_read})
+
     def as_json(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id, "quick": self.quick, "ok": self.ok,
             "problems": [p.__dict__ for p in self.problems], "pruned": self.pruned,
+            "not_read": self.not_read,
             "objects": [{**{k: v for k, v in o.__dict__.items() if k != "problems"},
                          "ok": o.ok, "problems": [p.__dict__ for p in o.problems]}
                         for o in self.objects],
@@ -183,12 +201,6 @@ def _verify_object(ctx: Context, entry: dict[str, Any], recorded: dict[str, Any]
     _compare_crc64(checked, recorded.get("crc64"), info.crc64)
     if quick:
         return checked
-    if info.storage_class in ARCHIVED:
-        checked.problems.append(Problem(
-            "archived", key, f"stored as {info.storage_class}, which cannot be read until it is "
-            "restored (COS console: 恢复 / POST Object restore, then wait for the copy); its size "
-            "and CRC64 were checked: verify --quick checks archived backups without reading"))
-        return checked
     sha256, counter, total = hashlib.sha256(), counter_for(file_type), 0
     try:
         for chunk in ctx.objects.iter_read(key, READ_CHUNK):
@@ -196,7 +208,11 @@ def _verify_object(ctx: Context, entry: dict[str, Any], recorded: dict[str, Any]
             counter.feed(chunk)
             total += len(chunk)
     except StorageError as exc:
-        checked.problems.append(Problem("missing object", key, f"could not be read back: {exc}"))
+        if info.storage_class in ARCHIVED and exc.code in UNREADABLE and not total:
+            checked.not_read = NOT_READ.format(storage_class=info.storage_class)
+        else:  # an archived object with a restored copy reads like any other
+            checked.problems.append(Problem("missing object", key,
+                                            f"could not be read back: {exc}"))
         return checked
     checked.records = counter.total
     if sha256.hexdigest() != recorded.get("sha256"):
@@ -228,7 +244,7 @@ def record(ctx: Context, report: Report) -> None:
     now = ctx.clock()
     problems = problem_lines(report)
     result = {"at": now.isoformat(), "quick": report.quick, "ok": report.ok, "problems": problems,
-              **verdicts(report)}
+              "not_read": report.not_read, **verdicts(report)}
     key = f"{run_folder(ctx.config.destination.prefix, report.run_id)}/verify-{now:%Y%m%dT%H%M%S%f}.json"
     ctx.objects.put_json(key, report.as_json())
     for _ in range(3):  # compare-and-set: another writer may have changed the run meanwhile
@@ -249,10 +265,12 @@ def record(ctx: Context, report: Report) -> None:
 def verdicts(report: Report) -> dict[str, list[str]]:
     """The collections ("source/collection") the report checked, and those whose data it
     found wrong, kept on the run for retention and the overview (`unverified`). An
-    archived object is not wrong: it has to be restored before it can be read, that is all."""
-    return {"checked": sorted({f"{o.source}/{o.collection}" for o in report.objects}),
+    archived object it could not read is not wrong, but not checked either: an earlier
+    verdict on its collection stands."""
+    unread = set(report.not_read)
+    return {"checked": sorted({f"{o.source}/{o.collection}" for o in report.objects} - unread),
             "failed": sorted({f"{o.source}/{o.collection}" for o in report.objects
-                              if any(p.what != "archived" for p in o.problems)})}
+                              if o.problems})}
 
 
 def still_failed(run: Run, result: dict[str, Any]) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from shared.config.model import Retention
 from shared.domain.jobs import JobStatus
+from shared.entrypoints.http_api import verify_view
 from shared.service.close import close_finished_runs
 from shared.service.finish import finish
 from shared.service.overview import collections
@@ -103,3 +104,41 @@ def test_a_backup_a_later_verify_found_right_stays_cleared_after_a_verify_of_ano
     shown = {c.collection: c for c in collections(u.ctx)}
     assert not shown["orders"].latest_verify_failed
     assert shown["orders"].last_good is not None and shown["orders"].last_good.run_id == run_id
+
+
+def test_a_full_verify_of_archived_backups_reports_them_not_read_not_failed() -> None:
+    """README "Verifying" names the problems a verify finds (missing object, missing
+    manifest, size, sha256, crc64, count); an object retention moved to the archive class
+    is none of them: it cannot be read until COS restores a copy (POST Object restore,
+    https://cloud.tencent.com/document/product/436/12633). A full verify checks its size
+    and CRC64, says it was not read and why, sends no alert for it and counts it as no
+    failure; nor does it clear a failure an earlier verify found in data it did not read.
+    A restored (readable) copy is read back as usual."""
+    u = unit(ScriptedExport({"orders": list(ROWS), "users": ROWS[:2]}))
+    run_id = backed_up(u)
+    jobs = {j.collection: j for j in u.state.list_jobs(run_id)}
+    keys = {name: job.result.key for name, job in jobs.items() if job.result}
+    u.objects.classes.update({keys["orders"]: "ARCHIVE", keys["users"]: "DEEP_ARCHIVE"})
+    u.objects.thawed.add(keys["users"])  # restored: readable while its copy lasts
+    run = u.state.get_run(run_id)
+    assert run is not None
+    u.state.save_run(run.model_copy(update={"summary": {**(run.summary or {}), "last_verify": {
+        "ok": False, "checked": ["shop/orders"], "failed": ["shop/orders"]}}}))
+
+    report = verify_run(u.ctx, run_id)
+    record(u.ctx, report)
+
+    assert report.ok and u.notifier.alerts == []
+    objects = {o.collection: o for o in report.objects}
+    assert objects["orders"].problems == [] and objects["orders"].records is None
+    assert objects["orders"].not_read and "restore" in objects["orders"].not_read
+    assert objects["users"].not_read is None and objects["users"].records == 2
+    assert report.as_json()["not_read"] == ["shop/orders"]
+    kept = u.state.get_run(run_id)
+    assert kept is not None and kept.summary is not None
+    assert kept.summary["last_verify"]["not_read"] == ["shop/orders"]
+    shown = verify_view(kept.summary["last_verify"])  # GET /runs/{run_id} shows it too
+    assert shown is not None and shown["not_read"] == ["shop/orders"]
+    assert unverified(kept) == {"shop/orders"}  # not read: the earlier verdict stands
+    quick = verify_run(u.ctx, run_id, quick=True)  # sizes and CRC64: nothing left out
+    assert quick.ok and all(o.not_read is None for o in quick.objects)

@@ -28,10 +28,6 @@ from shared.service.context import Context
 log = logging.getLogger(__name__)
 
 MODES = ("new", "insert", "upsert")
-# COS answers a GET of an archived object that has no restored copy with a 403 that says
-# InvalidObjectState (COS docs, Troubleshooting > "403 Error for COS Access", which shows it
-# as <Code>AccessDenied</Code><Message>InvalidObjectState</Message>): either code is taken.
-UNREADABLE = frozenset({"InvalidObjectState", "AccessDenied"})
 
 
 class RestoreRefused(ValueError):
@@ -284,7 +280,7 @@ def _not_archived(ctx: Context, run_id: str, objects: list[StoredObject], source
 def _unreadable_class(ctx: Context, key: str) -> str | None:
     """The archived class of an object COS will not read now; None when it reads. The class
     stays ARCHIVE while a restored copy exists, so an archived object's first byte decides."""
-    from shared.service.verify import ARCHIVED
+    from shared.service.verify import ARCHIVED, UNREADABLE
 
     info = ctx.objects.head(key)
     if info is None or info.storage_class not in ARCHIVED:
