@@ -316,7 +316,10 @@ class Notifier(Protocol):
     raises itself: a message that cannot be delivered is logged, and never keeps a run
     from closing."""
 
-    def notify(self, run: Run, jobs: list[Job]) -> None: ...
+    def notify(self, run: Run, jobs: list[Job], *, heartbeat: bool = True) -> bool:
+        """Tell the webhooks how `run` ended (and ping the heartbeat, unless `heartbeat` is
+        False: a notification sent again pings nothing); whether it reached someone, as
+        `alert` says it."""
 
     def alert(self, text: str) -> bool:
         """A message about the backups as a whole (they stopped, they recovered); whether

@@ -230,8 +230,9 @@ class RecordingNotifier:
         self.sent: list[tuple[Run, list[Job]]] = []
         self.alerts: list[str] = []
 
-    def notify(self, run: Run, jobs: list[Job]) -> None:
+    def notify(self, run: Run, jobs: list[Job], *, heartbeat: bool = True) -> bool:
         self.sent.append((run, jobs))
+        return True
 
     def alert(self, text: str) -> bool:
         self.alerts.append(text)

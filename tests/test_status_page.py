@@ -22,7 +22,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
+from devkit.sample_data import make_docs
 from shared.entrypoints.http_api import TOKEN_ENV
 from tests.support import toy_restore
 from tests.support.api import TOKEN, Api, deploy, deploy_sources
@@ -590,4 +592,28 @@ def test_a_run_that_could_not_list_a_source_says_why_on_its_card(
     assert card.attrs["data-run-status"] == "failed"
     said = [e for e in elements if e.attrs.get("data-not-listed") == "shop"]
     assert said and "errcode -1" in said[0].content, card.content
+    assert said[0].content in card.content
+
+
+def test_a_run_whose_notification_reached_no_webhook_says_so_on_its_card(
+    local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every webhook is down when the failed run closes: its card says the notification
+    is still undelivered (the poller keeps sending it), so the page does not look told."""
+    local.seed("orders", make_docs(5))
+    local.emulator.fail_export(ENV_ID, "orders", "collection is locked")
+    api = deploy_sources(local, tmp_path, monkeypatch, local.wechat_source(collections=["orders"]))
+    document = yaml.safe_load(api.config_path.read_text(encoding="utf-8"))
+    document["notify"] = {"webhooks": [{"url": "${ROBOT_URL}", "format": "wecom"}]}
+    api.config_path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    monkeypatch.setenv("ROBOT_URL", "http://127.0.0.1:9/cgi-bin/webhook/send?key=down")  # refused
+    binary = chromium()
+    with serving(api.config_path, tmp_path / "serve.log") as url:
+        run_id = back_up(url, {})
+        elements = parse(headless(binary, f"{url}#token={TOKEN}", tmp_path / "profile",
+                                  "--dump-dom"))
+
+    card = next(e for e in elements if e.tag == "details" and e.attrs.get("data-run-id") == run_id)
+    said = [e for e in elements if e.attrs.get("data-undelivered") == "run"]
+    assert said and "reached no webhook" in said[0].content, card.content
     assert said[0].content in card.content

@@ -100,14 +100,18 @@ def payload(webhook: Webhook, run: Run, jobs: list[Job]) -> dict[str, Any]:
 
 
 def notify_run(settings: Notify, run: Run, jobs: list[Job],
-               client: httpx.Client | None = None, retry_base_seconds: float = 1.0) -> None:
+               client: httpx.Client | None = None, retry_base_seconds: float = 1.0) -> bool:
+    """Whether the notification reached someone: a webhook accepted it, or there was
+    nothing to send (a quiet success, no webhook configured)."""
     suspect = bool((run.summary or {}).get("suspect"))
     if settings.on == "failure" and run.status is RunStatus.SUCCEEDED and not suspect:
-        return
+        return True
+    if not settings.webhooks:
+        return True
     from shared.adapters.http import make_client  # httpx only when a run is reported
 
-    _deliver(settings, "run notification", lambda webhook: payload(webhook, run, jobs),
-             client or make_client(), retry_base_seconds)
+    return _deliver(settings, "run notification", lambda webhook: payload(webhook, run, jobs),
+                    client or make_client(), retry_base_seconds) > 0
 
 
 def _deliver(settings: Notify, what: str, body_for: Callable[[Webhook], dict[str, Any]],
@@ -145,14 +149,15 @@ class WebhookNotifier:
         self._settings = settings
         self._retry_base = retry_base_seconds
 
-    def notify(self, run: Run, jobs: list[Job]) -> None:
-        notify_run(self._settings, run, jobs, retry_base_seconds=self._retry_base)
-        if self._settings.heartbeat is not None and run.operation == "backup":
+    def notify(self, run: Run, jobs: list[Job], *, heartbeat: bool = True) -> bool:
+        delivered = notify_run(self._settings, run, jobs, retry_base_seconds=self._retry_base)
+        if heartbeat and self._settings.heartbeat is not None and run.operation == "backup":
             from shared.adapters.heartbeat import ping
 
             ok = run.status is RunStatus.SUCCEEDED
             ping(self._settings.heartbeat, ok, f"run {run.run_id} {run.status.value}",
                  retry_base_seconds=self._retry_base)
+        return delivered
 
     def alert(self, text: str) -> bool:
         if not self._settings.webhooks:

@@ -218,6 +218,20 @@ PRUNING = "retention"  # Hold.by of retention's claim to delete a backup
 COOLING = "retention:cold"  # ... and to move it to the cold storage class (unreadable there)
 
 
+class UndeliveredAlert(BaseModel):
+    """A message about its run that no webhook accepted yet (every one down, or refusing
+    it). Kept on the run, so the poller sends it again (shared/service/outbox.py) and one
+    sender at a time claims it by compare-and-set (`claimed_until`)."""
+
+    model_config = ConfigDict(frozen=True, defer_build=True)  # built on first use: cold start
+
+    text: str | None = None  # a verify's alert; a run's notification is rebuilt from the run
+    since: datetime
+    tries: int = 1
+    claimed_until: datetime | None = None
+    gave_up_at: datetime | None = None  # past the bound: no longer sent, still shown
+
+
 class Run(BaseModel):
     model_config = ConfigDict(frozen=True, defer_build=True)  # built on first use: cold start
 
@@ -239,6 +253,8 @@ class Run(BaseModel):
     discovery: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # Claims on its backups by retention and by restores (shared/service/holds.py).
     holds: list[Hold] = Field(default_factory=list)
+    # Its notification ("run") or verify alert ("verify") while no webhook has accepted it.
+    undelivered: dict[str, UndeliveredAlert] = Field(default_factory=dict)
 
 
 COUNT_TOLERANCE = 0.01  # share of the platform's count an export may differ by unremarked

@@ -532,6 +532,11 @@ def run_view(run: Run, jobs: list[Job]) -> dict[str, Any]:
         "sources_not_listed": {name: redact(str(found["error"]))
                                for name, found in run.discovery.items() if "error" in found},
         "jobs_by_status": {status.value: states.get(status.value, 0) for status in JobStatus},
+        # its notification or verify alert that no webhook has accepted yet (or ever will:
+        # `gave_up_at`); the poller sends it again meanwhile
+        "undelivered_alerts": [{"kind": kind, "since": iso(alert.since), "tries": alert.tries,
+                                "gave_up_at": iso(alert.gave_up_at)}
+                               for kind, alert in sorted(run.undelivered.items())],
         "totals": {
             "jobs": len(jobs),
             "done": states.get(JobStatus.DONE.value, 0),

@@ -11,6 +11,7 @@ from shared.domain.jobs import Job, JobStatus, Run, RunStatus, count_warning
 from shared.domain.layout import restore_manifest_key, run_manifest_key
 from shared.logs import log_context, redact
 from shared.service.context import Context
+from shared.service.outbox import claimed, settle, with_alert
 
 log = logging.getLogger(__name__)
 
@@ -135,11 +136,11 @@ def _close_run(ctx: Context, run: Run, jobs: list[Job]) -> bool:
 
     manifest = RunManifest.of(run, jobs, status=status, summary=summary, finished_at=now)
     ctx.objects.put_json(key, as_document(manifest))
-    saved = ctx.state.save_run(run.model_copy(update={
-        "status": status, "finished_at": now, "manifest_key": key, "summary": summary}))
+    saved = _closed(ctx, run, {"status": status, "finished_at": now, "manifest_key": key,
+                               "summary": summary})
     if saved is None:
         return False
-    ctx.notifier.notify(saved, jobs)
+    _announce(ctx, saved, jobs)
     if status is RunStatus.SUCCEEDED:
         log.info("run succeeded", extra=summary)
     else:
@@ -166,11 +167,11 @@ def _close_restore(ctx: Context, run: Run, jobs: list[Job]) -> None:
     ctx.objects.put_json(key, {"format": 1, "restore_id": run.run_id, "trigger": run.trigger,
                                "status": status.value, "started_at": run.created_at.isoformat(),
                                "finished_at": now.isoformat(), **summary})
-    saved = ctx.state.save_run(run.model_copy(update={
-        "status": status, "finished_at": now, "manifest_key": key, "summary": summary}))
+    saved = _closed(ctx, run, {"status": status, "finished_at": now, "manifest_key": key,
+                               "summary": summary})
     if saved is None:
         return
-    ctx.notifier.notify(saved, jobs)
+    _announce(ctx, saved, jobs)
     (log.info if ok else log.error)("restore " + status.value, extra=summary)
     _release_backups(ctx, saved, jobs)
 
@@ -191,3 +192,16 @@ def _release_backups(ctx: Context, run: Run, jobs: list[Job]) -> None:
             log.warning("an ended restore's claim on its backup could not be released; the "
                         "next claim on that run drops it",
                         extra={"backup_run_id": job.restore.backup_run_id}, exc_info=True)
+
+
+def _closed(ctx: Context, run: Run, update: dict[str, Any]) -> Run | None:
+    """The closing compare-and-set; it also records the run's notification as not yet
+    delivered and claimed by this closer, so an alert is never lost between the two."""
+    closing = run.model_copy(update=update)
+    return ctx.state.save_run(with_alert(closing, "run", claimed(ctx.clock())))
+
+
+def _announce(ctx: Context, saved: Run, jobs: list[Job]) -> None:
+    """Send the notification; one no webhook accepted stays on the run for the poller."""
+    sent = saved.undelivered["run"]
+    settle(ctx, saved, "run", sent, ctx.notifier.notify(saved, jobs))

@@ -18,8 +18,9 @@ from shared.service.close import RunsNotClosed, close_finished_runs
 from shared.service.context import Budget, Context, fail, save
 from shared.service.copiers import copier_for
 from shared.service.lanes import run_in_lanes
+from shared.service.outbox import resend
 from shared.service.sweep import sweep_uploads
-from shared.service.watch import watch
+from shared.service.watch import RUNS_LOOKED_AT, watch
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +58,16 @@ def poll(ctx: Context, limit: int = 2000) -> PollSummary:
 
 
 def _close_sweep_and_watch(ctx: Context, summary: PollSummary) -> None:
-    """The tick's housekeeping. The staleness alarm runs whatever became of closing and
+    """The tick's housekeeping: alerts no webhook accepted are sent again, runs close,
+    abandoned uploads are swept, the staleness alarm is checked. The staleness alarm runs whatever became of closing and
     sweeping (a run that cannot close must not silence it); their first failure is then
     raised, so the invocation still ends in error."""
     failures: list[Exception] = []
+    try:  # first: an alert a run closing below fails to deliver waits for the next tick
+        resend(ctx, ctx.state.list_runs(limit=RUNS_LOOKED_AT))
+    except Exception as exc:  # closing and the alarm must still run
+        log.exception("could not send undelivered alerts again; the next tick tries again")
+        failures.append(exc)
     try:
         summary.closed_runs = close_finished_runs(ctx)
     except RunsNotClosed as exc:  # each run was logged; the others closed

@@ -19,6 +19,7 @@ from shared.domain.jobs import Job, JobStatus, Run, RunStatus
 from shared.domain.layout import run_folder, run_manifest_key
 from shared.domain.records import counter_for
 from shared.service.context import Context
+from shared.service.outbox import claimed, settle, with_alert
 
 READ_CHUNK = 1 << 20
 ARCHIVED = frozenset({"ARCHIVE", "DEEP_ARCHIVE"})  # COS classes that must be restored to read
@@ -247,6 +248,13 @@ def record(ctx: Context, report: Report) -> None:
               "not_read": report.not_read, **verdicts(report)}
     key = f"{run_folder(ctx.config.destination.prefix, report.run_id)}/verify-{now:%Y%m%dT%H%M%S%f}.json"
     ctx.objects.put_json(key, report.as_json())
+    text = None
+    if not report.ok:
+        lines = "\n".join(f"- {line}" for line in problems[:20])
+        text = f"❌ verify of backup run {report.run_id} found problems:\n{lines}\nreport: {key}"
+    # kept on the run before it is sent: one no webhook accepts is sent again by the poller
+    alert = claimed(now, text) if text is not None else None
+    saved = None
     for _ in range(3):  # compare-and-set: another writer may have changed the run meanwhile
         run = ctx.state.get_run(report.run_id)
         if run is None:
@@ -254,12 +262,14 @@ def record(ctx: Context, report: Report) -> None:
         kept = {**result, "checked": still_checked(run, result),
                 "failed": still_failed(run, result), "report_key": key}
         summary = {**(run.summary or {}), "last_verify": kept}
-        if ctx.state.save_run(run.model_copy(update={"summary": summary})) is not None:
+        changed = run.model_copy(update={"summary": summary})
+        saved = ctx.state.save_run(with_alert(changed, "verify", alert) if alert else changed)
+        if saved is not None:
             break
-    if not report.ok:
-        lines = "\n".join(f"- {line}" for line in problems[:20])
-        ctx.notifier.alert(f"❌ verify of backup run {report.run_id} found problems:\n{lines}\n"
-                           f"report: {key}")
+    if text is not None and alert is not None:
+        delivered = ctx.notifier.alert(text)
+        if saved is not None:
+            settle(ctx, saved, "verify", alert, delivered)
 
 
 def verdicts(report: Report) -> dict[str, list[str]]:

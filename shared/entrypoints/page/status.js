@@ -240,6 +240,14 @@ function runCard(run, detail, wasOpen) {
   for (const [source, why] of Object.entries(run.sources_not_listed || {})) {
     card.append(el("div", { class: "error", "data-not-listed": source }, source + ": " + why));
   }
+  // an alert about this run that no webhook accepted: the poller sends it again, for a day
+  for (const alert of run.undelivered_alerts || []) {
+    card.append(el("div", { class: "error", "data-undelivered": alert.kind },
+      (alert.kind === "verify" ? "⚠ The verify's alert" : "⚠ This run's notification") +
+      " reached no webhook (" + alert.tries + " tries since " + when(alert.since) + "): " +
+      (alert.gave_up_at ? "no longer sent; check notify.webhooks (doctor --notify)"
+                        : "the poller sends it again")));
+  }
   if (run.status !== "running") card.append(verifyActions(run));
   const list = el("ul", { class: "jobs" });
   card.append(list);

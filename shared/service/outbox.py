@@ -1,0 +1,91 @@
+"""Alerts no webhook accepted, sent again. A run's notification ("run") and a verify's
+alert ("verify") are kept on their run (`Run.undelivered`) from before they are first sent
+until a webhook accepts one; each poller tick sends again those still waiting, for
+`GIVE_UP_AFTER`, then marks them given up (still shown by the API). Every write is a
+compare-and-set on the run, and a sender claims an alert in the same write before sending
+it, so overlapping pollers do not send it twice."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from shared.domain.jobs import Run, UndeliveredAlert
+from shared.logs import log_context
+from shared.service.context import Context
+
+log = logging.getLogger(__name__)
+
+# Longer than one send takes (three tries per webhook, each bounded by the HTTP timeout),
+# so a claim lapses only when its sender died: then the next tick sends the alert again.
+CLAIM = timedelta(minutes=10)
+GIVE_UP_AFTER = timedelta(days=1)
+SAVE_TRIES = 5  # compare-and-set: other writers (a verify, retention's holds) may race
+
+
+def claimed(now: datetime, text: str | None = None) -> UndeliveredAlert:
+    """A new alert, claimed by its first sender."""
+    return UndeliveredAlert(text=text, since=now, claimed_until=now + CLAIM)
+
+
+def with_alert(run: Run, kind: str, alert: UndeliveredAlert | None) -> Run:
+    """`run` with its `kind` alert set, or forgotten (None)."""
+    kept = {k: a for k, a in run.undelivered.items() if k != kind}
+    return run.model_copy(update={"undelivered": kept if alert is None else {**kept, kind: alert}})
+
+
+def settle(ctx: Context, run: Run, kind: str, sent: UndeliveredAlert, delivered: bool) -> None:
+    """After a send: forget the alert once a webhook took it, else release the claim for
+    the next tick. Only the alert that was sent: a newer one of the same kind stays."""
+    current: Run | None = run
+    for _ in range(SAVE_TRIES):
+        if current is None or current.undelivered.get(kind) != sent:
+            return
+        kept = None if delivered else sent.model_copy(update={"claimed_until": None})
+        if ctx.state.save_run(with_alert(current, kind, kept)) is not None:
+            if not delivered:
+                log.error(f"no webhook accepted the {kind} alert; the next poller tick sends it "
+                          "again", extra={"tries": sent.tries, "since": sent.since.isoformat()})
+            return
+        current = ctx.state.get_run(run.run_id)
+    log.error(f"could not record what became of the {kind} alert; its claim lapses and the "
+              "next poller tick decides", extra={"delivered": delivered})
+
+
+def resend(ctx: Context, runs: list[Run]) -> int:
+    """Send again every waiting alert of `runs` (the newest runs); how many were accepted."""
+    now = ctx.clock()
+    accepted = 0
+    for listed in runs:
+        current = listed
+        for kind in sorted(listed.undelivered):
+            with log_context(run_id=listed.run_id):
+                current, took = _again(ctx, current, kind, now)
+            accepted += took
+    return accepted
+
+
+def _again(ctx: Context, run: Run, kind: str, now: datetime) -> tuple[Run, bool]:
+    """One waiting alert: given up past the bound, else claimed, sent and settled. The run
+    as stored after this (its version moved), and whether a webhook took the alert."""
+    alert = run.undelivered.get(kind)
+    if alert is None or alert.gave_up_at is not None or (alert.claimed_until is not None and alert.claimed_until > now):
+        return run, False
+    if now - alert.since >= GIVE_UP_AFTER:
+        gave_up = ctx.state.save_run(with_alert(run, kind, alert.model_copy(
+            update={"gave_up_at": now, "claimed_until": None})))
+        if gave_up is not None:
+            log.error(f"gave up sending the {kind} alert: no webhook accepted it in "
+                      f"{GIVE_UP_AFTER.total_seconds() / 3600:g} hours; check notify.webhooks "
+                      "(doctor --notify), then the run's status", extra={"tries": alert.tries})
+        return gave_up or run, False
+    mine = alert.model_copy(update={"tries": alert.tries + 1, "claimed_until": now + CLAIM})
+    saved = ctx.state.save_run(with_alert(run, kind, mine))
+    if saved is None:  # another poller claimed it, or the run changed: the next tick looks again
+        return run, False
+    if kind == "run":
+        delivered = ctx.notifier.notify(saved, ctx.state.list_jobs(saved.run_id), heartbeat=False)
+    else:
+        delivered = ctx.notifier.alert(mine.text or f"an alert about run {saved.run_id}")
+    settle(ctx, saved, kind, mine, delivered)
+    return ctx.state.get_run(saved.run_id) or saved, delivered
