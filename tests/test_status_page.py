@@ -617,3 +617,24 @@ def test_a_run_whose_notification_reached_no_webhook_says_so_on_its_card(
     said = [e for e in elements if e.attrs.get("data-undelivered") == "run"]
     assert said and "reached no webhook" in said[0].content, card.content
     assert said[0].content in card.content
+
+
+def test_a_staleness_alarm_no_webhook_took_is_shown_above_the_collections(
+    local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No run has succeeded for `stale_after_hours` (here about a second) and every webhook
+    is down: the page says the alarm is still undelivered."""
+    api = deploy_sources(local, tmp_path, monkeypatch, local.wechat_source(collections=["orders"]))
+    document = yaml.safe_load(api.config_path.read_text(encoding="utf-8"))
+    document["notify"] = {"webhooks": [{"url": "${ROBOT_URL}", "format": "wecom"}]}
+    document["alerts"] = {"stale_after_hours": 0.0003}
+    api.config_path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    monkeypatch.setenv("ROBOT_URL", "http://127.0.0.1:9/cgi-bin/webhook/send?key=down")  # refused
+    binary = chromium()
+    with serving(api.config_path, tmp_path / "serve.log") as url:
+        time.sleep(3)  # the poller starts watching, then the limit passes
+        elements = parse(headless(binary, f"{url}#token={TOKEN}", tmp_path / "profile",
+                                  "--dump-dom"))
+
+    said = [e for e in elements if e.attrs.get("data-undelivered") == "stale"]
+    assert said and "in the last" in said[0].content, (tmp_path / "serve.log").read_text()

@@ -645,11 +645,13 @@ def _acknowledge(request: Request, params: Mapping[str, str], context: ContextFa
 # GET /collections ----------------------------------------------------------------------
 def _collections(request: Request, params: Mapping[str, str], context: ContextFactory) -> Response:
     from shared.service.overview import collections
+    from shared.service.watch import undelivered_alarm
 
     ctx = service(context)
     now = ctx.clock()
     return json_response(200, {"collections": [c.view(now) for c in collections(ctx)],
-                               "retention": ctx.config.retention is not None})
+                               "retention": ctx.config.retention is not None,
+                               "undelivered_alarm": undelivered_alarm(ctx)})
 
 
 # POST /doctor ------------------------------------------------------------------------

@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 ALARM_KEY = "alert:stale"
 WATCHING_KEY = "alert:watching-since"
+UNSENT_KEY = "alert:stale:undelivered"  # the alarm no webhook took yet, for the API to show
 KEEP = timedelta(days=3650)  # cache entries expire; these should not
 RUNS_LOOKED_AT = 50
 
@@ -32,9 +33,13 @@ def watch(ctx: Context) -> str | None:
         if not ctx.notifier.alert(f"⏰ baas-backup: {problem}. Check the poller's and "
                                   "trigger's logs, then `baas-backup status`."):
             ctx.state.cache_delete(ALARM_KEY)
+            ctx.state.cache_put(UNSENT_KEY, problem, now + KEEP)
             _unsent("alarm")
             return None
+        _forget_unsent(ctx, now)
         return "raised"
+    if problem is None:
+        _forget_unsent(ctx, now)  # the episode is over, told or not
     if problem is None and raised is not None:
         ctx.state.cache_delete(ALARM_KEY)
         log.info("backups recovered", extra={"was": raised})
@@ -45,6 +50,17 @@ def watch(ctx: Context) -> str | None:
             return None
         return "recovered"
     return None
+
+
+def undelivered_alarm(ctx: Context) -> str | None:
+    """The staleness alarm no webhook has accepted yet (the poller sends it again every
+    tick while the problem lasts), or None."""
+    return ctx.state.cache_get(UNSENT_KEY, ctx.clock())
+
+
+def _forget_unsent(ctx: Context, now: datetime) -> None:
+    if ctx.state.cache_get(UNSENT_KEY, now) is not None:
+        ctx.state.cache_delete(UNSENT_KEY)
 
 
 def _unsent(what: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -11,8 +12,10 @@ from shared.adapters.webhooks import WebhookNotifier
 from shared.config import Notify
 from shared.domain.errors import StateError, StorageError
 from shared.domain.jobs import JobStatus, Run, RunStatus
+from shared.entrypoints.http_api import TOKEN_ENV, Request, handle
 from shared.service.close import RunsNotClosed
 from shared.service.poll import poll
+from tests.support.api import TOKEN
 from tests.support.webhook import WebhookReceiver
 from tests.unit.support import ScriptedExport, Unit, seed_run, unit
 
@@ -145,3 +148,32 @@ def test_an_alarm_no_webhook_took_is_sent_again_at_the_next_tick(webhook: Webhoo
         poll(u.ctx)
     recovered = _contents(webhook, 7)
     assert len(recovered) == 1 and "recovered" in recovered[0]
+
+
+def test_an_alarm_no_webhook_took_is_shown_by_the_api_until_one_takes_it(
+        webhook: WebhookReceiver) -> None:
+    """GET /collections (the status page's table) says the staleness alarm is still
+    undelivered, so no one reads a quiet page as "all is well"."""
+    u = unit(ScriptedExport({"orders": []}))
+    notify = Notify.model_validate({"webhooks": [{"url": "${HOOK}", "format": "feishu"}]},
+                                   context={"environ": {"HOOK": webhook.url}})
+    u.ctx.notifier = WebhookNotifier(notify, retry_base_seconds=0)
+    _run(u, "good", RunStatus.SUCCEEDED)
+    u.clock.advance(27 * 3600)
+    webhook.answers = [(200, {"code": 9499, "msg": "Bad Request", "data": {}})] * 3
+
+    poll(u.ctx)
+    unsent = _collections(u)["undelivered_alarm"]
+    assert unsent is not None and "no run has succeeded for 26 hours" in unsent
+
+    u.clock.advance(60)
+    poll(u.ctx)  # the robot takes it
+    assert _collections(u)["undelivered_alarm"] is None
+
+
+def _collections(u: Unit) -> dict[str, Any]:
+    request = Request("GET", "/collections", headers={"authorization": f"Bearer {TOKEN}"})
+    response = handle(request, lambda: u.ctx, environ={TOKEN_ENV: TOKEN})
+    assert response.status == 200, response.body
+    answer: dict[str, Any] = json.loads(response.body)
+    return answer

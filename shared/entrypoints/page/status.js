@@ -215,6 +215,13 @@ function collectionRow(c, retention) {
     el("td", {}, retention ? String(c.kept) + " kept" : "all kept"));
 }
 
+// the staleness alarm no webhook took: the page must not look quiet while it is unsent
+function unsentAlarm(listing) {
+  if (!listing.undelivered_alarm) return [];
+  return [el("div", { class: "error", "data-undelivered": "stale" },
+    "⚠ Alarm not delivered to any webhook (the poller sends it again): " + listing.undelivered_alarm)];
+}
+
 function collectionTable(listing) {
   if (!listing.collections.length) return el("p", { class: "meta" }, "No backups yet.");
   return el("table", {},
@@ -579,7 +586,7 @@ async function load() {
   try {
     const [page, listing] = await Promise.all([api("runs?limit=" + LIST_SIZE), api("collections"),
                                                loadRestores()]);
-    $("collections").replaceChildren(collectionTable(listing));
+    $("collections").replaceChildren(...unsentAlarm(listing), collectionTable(listing));
     const runs = page.runs;
     const details = await Promise.all(runs.slice(0, DETAILED).map(
       (run) => api("runs/" + encodeURIComponent(run.run_id))));
