@@ -183,7 +183,14 @@ def _post(http: httpx.Client, url: str, body: dict[str, Any]) -> None:
         raise Retryable(f"webhook answer unusable: {describe_http_error(exc)}") from None
     if response.status_code >= 300:
         raise Retryable(f"webhook answered HTTP {response.status_code}")
-    # Robots answer HTTP 200 with an error code in the body when they refuse a message.
+    # Robots answer HTTP 200 with an error code in the body when they refuse a message:
+    # WeCom `{"errcode": 93000, "errmsg": ...}` (群机器人配置说明,
+    # https://developer.work.weixin.qq.com/document/path/91770; codes: /document/path/90313),
+    # DingTalk `{"errcode": 310000, "errmsg": "keywords not in content"}` (自定义机器人发送群消息,
+    # https://open.dingtalk.com/document/orgapp/custom-robot-access), Feishu
+    # `{"code": 19024, "msg": "Key Words Not Found"}` or `{"code": 9499, "msg": "Bad Request"}`,
+    # and `"StatusCode"` in older answers (自定义机器人使用指南,
+    # https://open.feishu.cn/document/client-docs/bot-v3/add-custom-bot). Zero means sent.
     try:
         answer = response.json()
     except ValueError:
