@@ -229,10 +229,13 @@ class RecordingNotifier:
     def __init__(self) -> None:
         self.sent: list[tuple[Run, list[Job]]] = []
         self.alerts: list[str] = []
+        self.pinged: list[bool] = []  # per notification: whether the heartbeat was pinged
+        self.accepting = True  # False: every webhook is down (or refuses)
 
     def notify(self, run: Run, jobs: list[Job], *, heartbeat: bool = True) -> bool:
         self.sent.append((run, jobs))
-        return True
+        self.pinged.append(heartbeat)
+        return self.accepting
 
     def alert(self, text: str) -> bool:
         self.alerts.append(text)
