@@ -124,3 +124,23 @@ def test_poller_fails_the_invocation_on_an_event_that_is_not_its_timer(
     for word in words:
         assert word in str(raised.value), raised.value
     assert poller.main_handler(dict(TIMER_EVENT), None)["advanced"] == 0  # its timer still works
+
+
+@pytest.mark.parametrize(("event", "words"), [
+    ({"idempotency_key": "k", "api_token": "value-0123"}, ['"api_token"', "not expected"]),
+    ({"idempotency_key": "k", "sources": "value-0123"}, ['"sources"']),
+    ({"Type": "Timer", "TriggerName": "value-0123"}, ['"Time"', "missing"]),
+])
+def test_trigger_fails_the_invocation_on_a_malformed_event_without_repeating_it(
+        deployed: LocalBackup, event: dict[str, Any], words: list[str]) -> None:
+    """SCF writes the error of a failed invocation to the function's log as it is, past
+    the log's redaction: it names the fields, never their values (a token put in the
+    event by mistake stays out of the log)."""
+    trigger = load_handler("trigger")
+
+    with pytest.raises(ValueError) as raised:
+        trigger.main_handler(event, None)
+
+    for word in words:
+        assert word in str(raised.value), raised.value
+    assert "value-0123" not in str(raised.value)

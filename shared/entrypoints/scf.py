@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -20,6 +20,7 @@ from shared.logs import configure_logging, log_context
 from shared.service.context import Context
 
 log = logging.getLogger(__name__)
+E = TypeVar("E", bound=BaseModel)
 
 
 class MalformedEvent(ValueError):
@@ -132,14 +133,26 @@ def handle_trigger(event: dict[str, Any], invocation: object = None) -> dict[str
 
     ctx = _context(invocation)
     if _is_timer(event):
-        timer = TimerEvent.model_validate(event)
+        timer = _trigger_event(TimerEvent, event)
         key = f"timer:{timer.TriggerName}:{timer.Time}"
         run, created = start_run(ctx, idempotency_key=key, trigger="timer")
     else:
-        request = RunRequest.model_validate(event)
+        request = _trigger_event(RunRequest, event)
         run, created = start_run(ctx, idempotency_key=f"invoke:{request.idempotency_key}",
                                  trigger="invoke", sources=request.sources)
     return {"run_id": run.run_id, "created": created}
+
+
+def _trigger_event(model: type[E], event: dict[str, Any]) -> E:
+    """The trigger's event, or MalformedEvent naming its fields: pydantic's own error
+    repeats the values, and SCF writes a failed invocation's error to the log as it is."""
+    try:
+        return model.model_validate(event)
+    except ValidationError as exc:
+        raise _malformed(
+            f"{_problems(exc)}: the trigger takes its timer's event ({TIMER_DOC}), "
+            '{"sources": [...], "idempotency_key": "..."} to start a run, or {"doctor": true}'
+        ) from None
 
 
 def _problems(exc: ValidationError) -> str:
