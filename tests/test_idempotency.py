@@ -144,3 +144,33 @@ def test_trigger_fails_the_invocation_on_a_malformed_event_without_repeating_it(
     for word in words:
         assert word in str(raised.value), raised.value
     assert "value-0123" not in str(raised.value)
+
+
+@pytest.mark.parametrize("name", ["trigger", "poller", "finisher"])
+def test_a_secret_bearing_config_that_fails_to_load_keeps_its_secrets_out_of_the_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        name: str) -> None:
+    """The error goes to SCF's log unredacted, and nothing registered the secrets yet:
+    neither the expanded ${VAR}s nor a secret written by mistake may be in it."""
+    path = tmp_path / "backup.yaml"
+    path.write_text(
+        "destination: {bucket: backups-1250000000, region: ap-guangzhou, secret_key: cos-key-value-0123}\n"
+        "state: {url: 'mysql+pymysql://u:${DB_PASSWORD}@db:3306/x'}\n"
+        "notify: {webhooks: [{url: '${ROBOT_URL}', format: wecomm}]}\n"
+        "sources: [{type: wechat, name: shop, appid: wx0123456789abcdef, secret: '${WECHAT_SECRET}',\n"
+        "           env: e, collections: [orders], secrett: typed-secret-value-0123}]\n",
+        encoding="utf-8")
+    monkeypatch.setenv("BAAS_BACKUP_CONFIG", str(path))
+    monkeypatch.setenv("DB_PASSWORD", "db-password-value-0123")
+    monkeypatch.setenv("ROBOT_URL", "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=robot-key-0123")
+    monkeypatch.setenv("WECHAT_SECRET", "wechat-secret-value-0123")
+    event = {"job_id": "20261121T020000123Z-1a2b3c4d-j"} if name == "finisher" else dict(TIMER_EVENT)
+
+    with pytest.raises(Exception) as raised:
+        load_handler(name).main_handler(event, None)
+
+    shown = str(raised.value) + "".join(capsys.readouterr())
+    assert "is invalid" in shown, shown
+    for secret in ("cos-key-value", "db-password-value", "robot-key-0123", "wechat-secret-value",
+                   "typed-secret-value"):
+        assert secret not in shown, secret
