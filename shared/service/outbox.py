@@ -52,13 +52,16 @@ def settle(ctx: Context, run: Run, kind: str, sent: UndeliveredAlert, delivered:
               "next poller tick decides", extra={"delivered": delivered})
 
 
-def resend(ctx: Context, runs: list[Run]) -> int:
-    """Send again every waiting alert of `runs` (the newest runs); how many were accepted."""
+def resend(ctx: Context, runs: list[Run], *, tried_before: datetime | None = None) -> int:
+    """Send again every waiting alert of `runs` (the newest runs) first tried before
+    `tried_before` (one tried since waits for the next tick); how many were accepted."""
     now = ctx.clock()
     accepted = 0
     for listed in runs:
         current = listed
         for kind in sorted(listed.undelivered):
+            if tried_before is not None and listed.undelivered[kind].since >= tried_before:
+                continue
             with log_context(run_id=listed.run_id):
                 current, took = _again(ctx, current, kind, now)
             accepted += took

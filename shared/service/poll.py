@@ -58,16 +58,12 @@ def poll(ctx: Context, limit: int = 2000) -> PollSummary:
 
 
 def _close_sweep_and_watch(ctx: Context, summary: PollSummary) -> None:
-    """The tick's housekeeping: alerts no webhook accepted are sent again, runs close,
-    abandoned uploads are swept, the staleness alarm is checked. The staleness alarm runs whatever became of closing and
+    """The tick's housekeeping: runs close, abandoned uploads are swept, alerts no webhook
+    accepted are sent again, the staleness alarm is checked. The staleness alarm runs whatever became of closing and
     sweeping (a run that cannot close must not silence it); their first failure is then
     raised, so the invocation still ends in error."""
     failures: list[Exception] = []
-    try:  # first: an alert a run closing below fails to deliver waits for the next tick
-        resend(ctx, ctx.state.list_runs(limit=RUNS_LOOKED_AT))
-    except Exception as exc:  # closing and the alarm must still run
-        log.exception("could not send undelivered alerts again; the next tick tries again")
-        failures.append(exc)
+    started = ctx.clock()
     try:
         summary.closed_runs = close_finished_runs(ctx)
     except RunsNotClosed as exc:  # each run was logged; the others closed
@@ -81,7 +77,13 @@ def _close_sweep_and_watch(ctx: Context, summary: PollSummary) -> None:
     except Exception as exc:
         log.exception("could not sweep abandoned uploads; the next tick tries again")
         failures.append(exc)
-    watch(ctx)
+    recent = ctx.state.list_runs(limit=RUNS_LOOKED_AT)  # once, for both: a COS listing each
+    try:  # an alert first tried by a run closing above waits for the next tick
+        resend(ctx, recent, tried_before=started)
+    except Exception as exc:  # the alarm must still run
+        log.exception("could not send undelivered alerts again; the next tick tries again")
+        failures.append(exc)
+    watch(ctx, recent)
     if failures:
         raise failures[0]
 

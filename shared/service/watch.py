@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from shared.domain.jobs import RunStatus
+from shared.domain.jobs import Run, RunStatus
 from shared.service.context import Context
 
 log = logging.getLogger(__name__)
@@ -22,10 +22,13 @@ KEEP = timedelta(days=3650)  # cache entries expire; these should not
 RUNS_LOOKED_AT = 50
 
 
-def watch(ctx: Context) -> str | None:
-    """Raise or clear the alarm; what was sent ("raised", "recovered") or None."""
+def watch(ctx: Context, recent: list[Run] | None = None) -> str | None:
+    """Raise or clear the alarm; what was sent ("raised", "recovered") or None. `recent`:
+    the newest RUNS_LOOKED_AT runs, when the caller has listed them already."""
     now = ctx.clock()
-    problem = _problem(ctx, now, timedelta(hours=ctx.config.alerts.stale_after_hours))
+    if recent is None:
+        recent = ctx.state.list_runs(limit=RUNS_LOOKED_AT)
+    problem = _problem(ctx, now, timedelta(hours=ctx.config.alerts.stale_after_hours), recent)
     raised = ctx.state.cache_get(ALARM_KEY, now)
     if problem and raised is None:
         ctx.state.cache_put(ALARM_KEY, problem, now + KEEP)  # claimed: other pollers stay quiet
@@ -69,8 +72,7 @@ def _unsent(what: str) -> None:
     log.error(f"the staleness {what} reached no webhook; the next poller tick tries again")
 
 
-def _problem(ctx: Context, now: datetime, limit: timedelta) -> str | None:
-    recent = ctx.state.list_runs(limit=RUNS_LOOKED_AT)
+def _problem(ctx: Context, now: datetime, limit: timedelta, recent: list[Run]) -> str | None:
     hours = limit.total_seconds() / 3600
     for run in recent:  # a restore too: one the finisher never picks up stays open for ever
         if run.status is RunStatus.RUNNING and now - run.created_at > limit:

@@ -73,3 +73,20 @@ def _sent(u: Unit, run: Run) -> list[bool]:
     """The notifications of `run` sent so far: whether each pinged the heartbeat."""
     return [pinged for (sent, _), pinged in zip(u.notifier.sent, u.notifier.pinged)
             if sent.run_id == run.run_id]
+
+
+def test_a_tick_lists_the_newest_runs_once_for_the_resends_and_the_staleness_alarm() -> None:
+    """Both read the newest runs: one listing serves them (on COS state a listing and a read
+    per run, every minute)."""
+    u = unit(ScriptedExport({"orders": []}))
+    _failed_restore(u)
+    listed: list[int] = []
+    list_runs = u.state.list_runs
+
+    def counted(limit: int = 20, before: str | None = None) -> list[Run]:
+        listed.append(limit)
+        return list_runs(limit=limit, before=before)
+
+    u.state.list_runs = counted  # type: ignore[method-assign]
+    poll(u.ctx)
+    assert len(listed) == 1
