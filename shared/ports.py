@@ -159,6 +159,16 @@ class TargetNaming(Protocol):
 
 
 @runtime_checkable
+class RestoreCaveats(Protocol):
+    """A platform whose export options can make a backup its import does not take back as
+    the collection was (MinApp: renamed CSV columns, converted timestamps)."""
+
+    def restore_caveats(self, collection: str) -> list[dict[str, Any]]:
+        """Each option set for `collection` that does so: {option, value, why}; [] if none."""
+        ...
+
+
+@runtime_checkable
 class TargetShape(Protocol):
     """A platform that must be told which collection a restore's target is shaped like
     before it can read it (OneDB: the target's key columns are the original's)."""

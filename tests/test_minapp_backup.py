@@ -99,6 +99,30 @@ def test_export_options_are_passed_through(local: LocalBackup,
     assert_export_equals_records(local.objects.read(job.result.key), expected, "json")
 
 
+def test_a_backup_made_with_options_an_import_cannot_undo_says_so_in_its_manifest(
+        local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
+    minapp_emulator.add_table(1001, records(5))
+    minapp_emulator.add_table(1002, records(5))
+    renamed = {"id": 1001, "csv_customize_headers": ["编号", "名字"],
+               "timestamp_convert_keys": ["created_at"]}
+    ctx = local.context(local.config(local.minapp_source(
+        minapp_emulator, file_type="csv", tables=[renamed, 1002])))
+
+    run = backup_now(ctx)
+
+    assert run.status is RunStatus.SUCCEEDED
+    jobs = {j.collection: j for j in ctx.state.list_jobs(run.run_id)}
+    manifests = {}
+    for table, job in jobs.items():
+        assert job.result is not None
+        manifests[table] = json.loads(local.objects.read(job.result.manifest_key))
+    caveats = manifests["1001"]["restore_caveats"]
+    assert [c["option"] for c in caveats] == ["csv_customize_headers", "timestamp_convert_keys"]
+    assert caveats[0]["value"] == ["编号", "名字"] and caveats[1]["value"] == ["created_at"]
+    assert all("remove" in c["why"] for c in caveats)  # each names its fix
+    assert manifests["1002"]["restore_caveats"] == []
+
+
 def test_test_environment_is_chosen_by_env_id(local: LocalBackup,
                                               minapp_emulator: MinAppEmulator) -> None:
     minapp_emulator.add_env("test-env-7")

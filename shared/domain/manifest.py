@@ -28,6 +28,16 @@ class ManifestObject(BaseModel):
     crc64: str | None = None  # CRC64-ECMA (decimal), as COS's x-cos-hash-crc64ecma says
 
 
+class RestoreCaveat(BaseModel):
+    """An export option that keeps the backup from restoring as the collection was."""
+
+    model_config = ConfigDict(extra="allow", defer_build=True)  # built on first use: cold start
+
+    option: str
+    value: Any
+    why: str  # what a restore would lose, and the fix
+
+
 class JobManifest(BaseModel):
     """`<object>.manifest.json`: one collection's backup in one run."""
 
@@ -56,11 +66,15 @@ class JobManifest(BaseModel):
     # far fewer records than the collection's newest good backup (`previous_records`)
     suspect: bool = False
     previous_records: int | None = None
+    # options the backup was exported with that a restore cannot undo; manifests written
+    # before this was recorded have none and read as []
+    restore_caveats: list[RestoreCaveat] = Field(default_factory=list)
 
     @classmethod
     def of(cls, job: Job, result: JobResult, *, platform: str, file_type: str,
            copied_at: datetime, suspect: bool = False,
-           previous_records: int | None = None) -> JobManifest:
+           previous_records: int | None = None,
+           restore_caveats: list[dict[str, Any]] | None = None) -> JobManifest:
         return cls(
             source=job.source, platform=platform, collection=job.collection, run_id=job.run_id,
             job_id=job.job_id, platform_job_id=job.platform_job_id, file_type=file_type,
@@ -72,6 +86,7 @@ class JobManifest(BaseModel):
                      for o in result.objects],
             export_started_at=job.started_at, copied_at=copied_at, suspect=suspect,
             previous_records=previous_records,
+            restore_caveats=[RestoreCaveat.model_validate(c) for c in restore_caveats or []],
         )
 
 

@@ -11,6 +11,7 @@ from shared.domain.jobs import Job, JobResult, JobStatus, backoff
 from shared.domain.layout import data_key
 from shared.domain.manifest import JobManifest, as_document
 from shared.logs import log_context, redact
+from shared.ports import RestoreCaveats
 from shared.retry import with_retries
 from shared.service.context import Context, fail, save
 from shared.service.copiers import copier_for
@@ -127,13 +128,17 @@ def _copy(ctx: Context, copier: Copier, hold: CopyHold) -> tuple[JobResult, Verd
                     platform.file_type)
     # The newest good backup (state reads only, independent of the copy) is looked up
     # while the data streams, so the lookup adds nothing to the invocation's time.
+    # Asked before the copy: a lookup that fails then costs no copied byte.
+    caveats = (platform.restore_caveats(job.collection) if isinstance(platform, RestoreCaveats)
+               else [])
     with ThreadPoolExecutor(max_workers=1) as side:
         previous = side.submit(newest_good, ctx, job)
         result = copier.copy(ctx, hold, base)
         verdict = judge(ctx, previous.result(), result.records)
     manifest = JobManifest.of(hold.job, result, platform=ctx.config.source(job.source).type,
                               file_type=platform.file_type, copied_at=ctx.clock(),
-                              suspect=verdict.suspect, previous_records=verdict.previous_records)
+                              suspect=verdict.suspect, previous_records=verdict.previous_records,
+                              restore_caveats=caveats)
     ctx.objects.put_json(result.manifest_key, as_document(manifest))
     return result, verdict
 

@@ -161,6 +161,10 @@ class MinAppClient(MinAppRestore):
     def start_blocked(self) -> str | None:
         return None
 
+    def restore_caveats(self, collection: str) -> list[dict[str, Any]]:
+        """The export options of table `collection` its backup cannot be restored past."""
+        return self._options(collection).restore_caveats()
+
     def collections(self) -> list[str]:
         """Table ids for this run: `tables: all` lists the app's tables (include/exclude on
         their names), and a table given by name is resolved to its id, each run anew."""

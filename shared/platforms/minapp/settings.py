@@ -79,6 +79,28 @@ class MinAppSplit(ConfigModel):
     )
 
 
+# Export options whose backup MinApp's import does not take back as the table was. The
+# export writes them (seeds/minapp-table-export-import.zh.txt, 数据导出: csv_customize_headers
+# "导出数据为 CSV 时,可指定列名", timestamp_convert_keys "需要进行时间类型转换的字段列表"); the import
+# (数据导入) takes the file as it is, with no column mapping, and MinApp keeps a value only
+# under a field the table has, of its type ("对于不合法的数据, 知晓云会进行过滤", js-sdk
+# create-record docs; our reading, as devkit/emulators/minapp_import.py): the records come
+# back, those values do not, and the record count cannot tell.
+UNRESTORABLE_OPTIONS = {
+    "csv_customize_headers": (
+        "the CSV's columns carry these names, not the table's field names, and MinApp's import "
+        "fills fields by column name, so a restore leaves those values out while the record "
+        "count still matches; remove csv_customize_headers from the table's options for "
+        "backups that restore"
+    ),
+    "timestamp_convert_keys": (
+        "MinApp writes these fields converted from timestamps to dates, and its import takes "
+        "the dates as they are, so a restore drops or changes the values of those fields; "
+        "remove timestamp_convert_keys from the table's options for backups that restore"
+    ),
+}
+
+
 class MinAppTable(ConfigModel):
     """One MinApp table; a plain id in `tables` is the same as `{id: ...}`. The export
     options are passed to MinApp's export API as written."""
@@ -116,6 +138,13 @@ class MinAppTable(ConfigModel):
     @property
     def label(self) -> str:
         return self.id or f"{self.name!r}"
+
+    def restore_caveats(self) -> list[dict[str, Any]]:
+        """The options set here that keep a backup from restoring as the table was: each
+        with its value and why (UNRESTORABLE_OPTIONS); [] for a table that restores."""
+        return [{"option": name, "value": list(value), "why": why}
+                for name, why in UNRESTORABLE_OPTIONS.items()
+                if (value := getattr(self, name))]
 
     @model_validator(mode="after")
     def _where_needs_part(self) -> MinAppTable:
