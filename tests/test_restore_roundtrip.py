@@ -5,6 +5,7 @@ record. Every answer is checked against docs/openapi.yaml on the way."""
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
@@ -79,6 +80,49 @@ def test_minapp_json_backup_wiped_and_restored_over_http(
     assert view["status"] == "succeeded" and view["step"] == "done", view
     assert view["progress"]["records_before"] == 0 and view["progress"]["records_after"] == 300
     assert minapp_emulator.records(1001) == original
+
+
+def test_a_minapp_backup_an_import_cannot_restore_is_refused_naming_why_unless_forced(
+        local: LocalBackup, minapp_emulator: MinAppEmulator, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """csv_customize_headers renames the CSV's columns: MinApp's import would keep the
+    records and drop their values, so the count after a restore would still look right."""
+    minapp_emulator.import_delay = 0.05
+    minapp_emulator.add_table(1001, records(20), name="orders")
+    table = {"id": 1001, "csv_customize_headers": ["编号", "名字"]}
+    api = deploy_sources(local, tmp_path, monkeypatch, local.minapp_source(
+        minapp_emulator, file_type="csv", tables=[table]))
+    run_id = backed_up(api, "app", "1001")
+    ask = {"run_id": run_id, "source": "app", "collection": "1001"}
+
+    status, refused, _ = api.call("POST", "/restores", body={**ask, "preview": True})
+    assert status == 409 and refused["field"] == "force", refused
+    assert "csv_customize_headers" in refused["error"] and "force" in refused["error"]
+    assert "remove csv_customize_headers" in refused["error"]
+
+    status, forced, _ = api.call("POST", "/restores", body={**ask, "preview": True, "force": True})
+    assert status == 200, forced
+    assert forced["plan"]["forced"] is True
+    assert [c["option"] for c in forced["plan"]["restore_caveats"]] == ["csv_customize_headers"]
+
+
+def test_a_minapp_backup_whose_manifest_predates_restore_caveats_still_restores(
+        local: LocalBackup, minapp_emulator: MinAppEmulator, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    minapp_emulator.add_table(1001, records(20), name="orders")
+    api = minapp_api(local, minapp_emulator, tmp_path, monkeypatch)
+    run_id = backed_up(api, "app", "1001")
+    (job,) = api.context().state.list_jobs(run_id)
+    assert job.result is not None
+    manifest = json.loads(local.objects.read(job.result.manifest_key))
+    del manifest["restore_caveats"]  # as written before the field existed
+    local.objects.put_json(job.result.manifest_key, manifest)
+
+    status, body, _ = api.call("POST", "/restores", body={
+        "run_id": run_id, "source": "app", "collection": "1001", "preview": True})
+
+    assert status == 200, body
+    assert body["plan"]["restore_caveats"] == [] and body["plan"]["forced"] is False
 
 
 def test_minapp_split_backup_restored_into_a_new_table_then_into_the_original(

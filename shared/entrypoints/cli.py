@@ -100,7 +100,8 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument("--into", help="the collection/table to write (default: a new one)")
     restore.add_argument("--mode", choices=("new", "insert", "upsert"), default="new")
     restore.add_argument("--force", action="store_true",
-                         help="restore even though the backup's verify found problems")
+                         help="restore even though the backup's verify found problems, or its "
+                         "manifest says a restore cannot undo its export options")
     restore.add_argument("--yes", action="store_true",
                          help="write into an existing collection without asking")
     restore.add_argument("--tick", type=_seconds, default=1.0, help="seconds between polls")
@@ -351,6 +352,9 @@ def _restore(ctx: Context, args: argparse.Namespace) -> int:
           f"{', the collection exists' if plan.target_exists else ', a new collection'})")
     for problem in plan.problems:
         print(f"  forced past a verify problem: {problem}")
+    for caveat in plan.caveats:
+        print(f"  forced past an export option a restore cannot undo: {caveat['option']}: "
+              f"{caveat['why']}")
     if plan.writes_into_existing and not args.yes and (
             not sys.stdin.isatty() or input(f"write into {order.target}? type its name: ") != order.target):
         print(f"not confirmed: nothing written. Add --yes to write into {order.target}",

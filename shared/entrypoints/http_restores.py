@@ -41,7 +41,7 @@ class RestoreBody(BaseModel):
     into: StrictStr | None = Field(default=None, min_length=1, max_length=1000)
     mode: Literal["new", "insert", "upsert"] = "new"
     confirm: StrictStr | None = None  # the target's name, to write into an existing one
-    force: StrictBool = False  # restore although the backup's verify found problems
+    force: StrictBool = False  # restore although its verify found problems or its manifest caveats
     preview: StrictBool = False  # only say what would be written where
 
 

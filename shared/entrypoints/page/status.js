@@ -364,7 +364,7 @@ function restoreItem(r) {
                                           r.finished_at ? "ended " + when(r.finished_at) : null]
                                          .filter(Boolean).join(" · ")) : null,
     el("div", { class: "meta restore-progress" }, restoreFacts(r).join(" · ")),
-    r.forced ? el("div", { class: "meta" }, "forced although the backup failed its verify") : null,
+    r.forced ? el("div", { class: "meta" }, "forced although the backup failed its verify or cannot be restored as it was") : null,
     r.error ? el("div", { class: r.status === "failed" ? "error" : "meta" },
                  (r.status === "failed" ? "" : "last retry: ") + r.error) : null,
     el("div", { class: "key" }, "restore " + r.restore_id));
@@ -432,7 +432,7 @@ function showProblems(lines) {
   const box = $("restore-problems");
   box.classList.toggle("hidden", !lines.length);
   box.replaceChildren(...(lines.length ? [
-    el("div", {}, "This backup fails its verify:"),
+    el("div", {}, "This backup fails its verify or cannot be restored as it was:"),
     el("ul", { class: "problem-list" }, ...lines.map((line) => el("li", {}, line)))] : []));
   $("restore-force-label").classList.toggle("hidden", !lines.length && !$("restore-force").checked);
 }
@@ -459,7 +459,8 @@ async function previewRestore() {
     restore.plan = plan;
     $("restore-plan").replaceChildren(...planView(plan));
     $("restore-plan").classList.remove("stale");
-    showProblems(plan.verify_problems);
+    showProblems(plan.verify_problems.concat(
+      (plan.restore_caveats || []).map((c) => "exported with " + c.option + ": " + c.why)));
     $("restore-confirm-box").classList.toggle("hidden", !plan.confirm_needed);
     $("restore-confirm-name").textContent = plan.target;
     if (!$("restore-into").value.trim()) $("restore-into").placeholder = plan.target;

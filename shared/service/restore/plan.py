@@ -4,8 +4,9 @@ poller and the finisher carry out like a backup's."""
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -21,6 +22,7 @@ from shared.domain.jobs import (
     job_id_for,
     run_id_for,
 )
+from shared.domain.manifest import RestoreCaveat
 from shared.logs import log_context
 from shared.ports import RestorablePlatform, TargetNaming, TargetShape
 from shared.service.context import Context
@@ -48,6 +50,8 @@ class Plan:
     order: RestoreOrder
     target_exists: bool
     problems: list[str]  # what the backup's quick verify found (empty: it passed)
+    # export options its manifest says a restore cannot undo (empty: it restores as it was)
+    caveats: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def writes_into_existing(self) -> bool:
@@ -61,6 +65,7 @@ class Plan:
             "target_exists": self.target_exists, "records": order.records,
             "bytes": sum(o.bytes for o in order.objects), "objects": [o.key for o in order.objects],
             "file_type": order.file_type, "verify_problems": self.problems,
+            "restore_caveats": self.caveats,
             "forced": order.forced,
             "confirm_needed": self.writes_into_existing,
         }
@@ -112,11 +117,19 @@ def plan_restore(ctx: Context, run_id: str, source: str, collection: str, *,
             f"the backup of {source}/{collection} in run {run_id} failed its verify: "
             + "; ".join(problems) + ". Restore it anyway only if you know why (force)",
             field="force", status=409)
+    caveats = _restore_caveats(ctx, backup)
+    if caveats and not force:
+        raise RestoreRefused(
+            f"the backup of {source}/{collection} in run {run_id} cannot be restored as the "
+            "collection was: " + "; ".join(f"it was exported with {c['option']} {c['value']}: "
+                                           f"{c['why']}" for c in caveats)
+            + ". Restore it anyway only if you accept that (force)", field="force", status=409)
     order = RestoreOrder(
         backup_run_id=run_id, backup_job_id=backup.job_id, collection=collection, target=target,
         mode=mode, file_type=platform.file_type, objects=backup.result.objects,
-        records=backup.result.records, forced=bool(problems))
-    return Plan(source=source, order=order, target_exists=exists, problems=problems)
+        records=backup.result.records, forced=bool(problems or caveats))
+    return Plan(source=source, order=order, target_exists=exists, problems=problems,
+                caveats=caveats)
 
 
 def start_restore(ctx: Context, plan: Plan, *, idempotency_key: str,
@@ -307,6 +320,19 @@ def _quick_verify(ctx: Context, backup: Job) -> list[str]:
     report = verify_jobs(ctx, backup.run_id, [backup], quick=True)
     return [f"{p.what}: {p.detail}" for o in report.objects for p in o.problems] + [
         f"{p.what}: {p.detail}" for p in report.problems]
+
+
+def _restore_caveats(ctx: Context, backup: Job) -> list[dict[str, Any]]:
+    """The export options the backup's manifest says a restore cannot undo. A manifest
+    written before they were recorded has none; one that cannot be read is the quick
+    verify's to report."""
+    assert backup.result is not None
+    try:
+        manifest = json.loads(ctx.objects.read(backup.result.manifest_key))
+    except (StorageError, ValueError):
+        return []
+    caveats = manifest.get("restore_caveats") if isinstance(manifest, dict) else None
+    return [RestoreCaveat.model_validate(c).model_dump() for c in caveats or []]
 
 
 def restoring(ctx: Context) -> set[str]:
