@@ -167,6 +167,11 @@ class RestoreCaveats(Protocol):
         """Each option set for `collection` that does so: {option, value, why}; [] if none."""
         ...
 
+    def configured_caveats(self) -> list[str]:
+        """The same for every collection the config sets options for: one sentence each,
+        naming the collection, the option and the fix; [] if none."""
+        ...
+
 
 @runtime_checkable
 class TargetShape(Protocol):

@@ -146,6 +146,41 @@ def test_every_check_passes_on_a_good_deployment(
 
 
 @pytest.mark.parametrize("entry", ENTRIES)
+def test_a_source_whose_backups_cannot_be_restored_as_they_are_is_warned_about(
+    site: Site, entry: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    minapp = site.document["sources"][1]
+    assert minapp["type"] == "minapp"
+    minapp.update(file_type="csv", tables=[
+        {"id": 1001, "csv_customize_headers": ["名字"], "timestamp_convert_keys": ["created_at"]}])
+
+    report = site.doctor(entry, capsys=capsys)
+
+    assert report["ok"] is True, report  # the backups still run: a warning, not a failure
+    checks = [c["check"] for c in report["checks"]]
+    assert checks[checks.index("source app") + 1] == "source app restores"
+    warned = by_check(report)["source app restores"]
+    assert warned["status"] == "warning", warned
+    for words in ("table 1001", "csv_customize_headers", "timestamp_convert_keys",
+                  "remove csv_customize_headers", "remove timestamp_convert_keys"):
+        assert words in warned["detail"], (words, warned)
+
+
+def test_the_cli_text_marks_a_warning(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
+    site.document["sources"][1].update(
+        tables=[{"id": 1001, "timestamp_convert_keys": ["created_at"]}])
+    site.write()
+    capsys.readouterr()
+
+    code = cli(["--config", str(site.path), "doctor"])
+
+    out = capsys.readouterr().out
+    assert code == 0, out
+    (line,) = [x for x in out.splitlines() if "source app restores" in x]
+    assert line.startswith("WARNING") and "timestamp_convert_keys" in line
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
 def test_notify_sends_each_webhook_a_test_message(
     site: Site, entry: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -14,11 +14,12 @@ from typing import Any, Literal
 from shared.config import Config, ConfigError
 from shared.domain.errors import BackupError
 from shared.logs import redact
-from shared.ports import CredentialProbe, Deployment, Platforms
+from shared.ports import CredentialProbe, Deployment, Platforms, RestoreCaveats
 
 log = logging.getLogger(__name__)
 
-Status = Literal["ok", "failed", "skipped"]
+# warning: works, but something the user relies on does not hold (the run goes on)
+Status = Literal["ok", "failed", "skipped", "warning"]
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class Report:
     def text(self) -> str:
         """One line per check, then the verdict: for a terminal or a log."""
         width = max(len(f.check) for f in self.findings)
-        marks = {"ok": "ok     ", "failed": "FAILED ", "skipped": "skipped"}
+        marks = {"ok": "ok     ", "failed": "FAILED ", "skipped": "skipped", "warning": "WARNING"}
         lines = [f"{marks[f.status]}  {f.check.ljust(width)}  {f.detail}" for f in self.findings]
         failed = sum(f.status == "failed" for f in self.findings)
         lines.append("every check passed" if not failed else
@@ -91,6 +92,7 @@ def diagnose(load: Callable[[], Subject], *, notify: bool = False) -> Report:
     for source in config.sources:
         findings.append(_check(f"source {source.name}", partial(_probe, subject.platforms, source.name),
                                unused="this platform offers no credential check"))
+        findings.extend(_restorability(subject.platforms, source.name))
     findings.append(_check("finisher", deployment.finisher,
                            unused="dispatch.mode is local: the poller copies in-process"))
     for index in range(deployment.webhooks()):
@@ -98,6 +100,20 @@ def diagnose(load: Callable[[], Subject], *, notify: bool = False) -> Report:
     if config.notify.heartbeat is not None:  # the dead-man switch: a wrong URL never alerts
         findings.append(_check("notify.heartbeat", partial(deployment.heartbeat, notify)))
     return Report(findings)
+
+
+def _restorability(platforms: Platforms, source: str) -> list[Finding]:
+    """A warning when the source's export options make backups a restore cannot put back
+    as they were: better learnt now than when a restore is needed."""
+    try:
+        client = platforms.get(source)
+        caveats = client.configured_caveats() if isinstance(client, RestoreCaveats) else []
+    except (BackupError, ConfigError, ValueError):
+        return []  # the source's own check says what is wrong
+    if not caveats:
+        return []
+    return [Finding(f"source {source} restores", "warning",
+                    "its backups cannot be restored as the data was: " + "; ".join(caveats))]
 
 
 def _probe(platforms: Platforms, source: str) -> str | None:

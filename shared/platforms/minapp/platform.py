@@ -165,6 +165,10 @@ class MinAppClient(MinAppRestore):
         """The export options of table `collection` its backup cannot be restored past."""
         return self._options(collection).restore_caveats()
 
+    def configured_caveats(self) -> list[str]:
+        return [f"table {table.label}: exported with {c['option']} {c['value']}: {c['why']}"
+                for table in self.source.listed for c in table.restore_caveats()]
+
     def collections(self) -> list[str]:
         """Table ids for this run: `tables: all` lists the app's tables (include/exclude on
         their names), and a table given by name is resolved to its id, each run anew."""
