@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import time
 
 import pytest
 
 from devkit.compare import assert_object_equals_docs
 from devkit.sample_data import make_docs
+from shared.domain.errors import Retryable
 from shared.domain.jobs import JobStatus, RunStatus
 from shared.domain.layout import data_key
+from shared.platforms.wechat.platform import WeChatClient
 from tests.support.backup import ENV_ID, LocalBackup, backup_now
 
 
@@ -139,6 +143,28 @@ def test_expired_download_link_is_replaced(local: LocalBackup) -> None:
     assert job.status is JobStatus.DONE and job.result is not None
     assert_object_equals_docs(local.objects.read(job.result.key), docs, "json")
     assert local.emulator.download_statuses.count(403) == 1
+
+
+def test_a_download_host_that_cannot_be_reached_is_a_named_transient_failure(
+        local: LocalBackup) -> None:
+    """file_url is WeChat's (its storage's host): a connection to it that fails is retried
+    as a download that failed, named so, not reported as an internal error with a
+    traceback, and the signed link is not in the message."""
+    local.seed("orders", make_docs(5))
+    provider = local.context(local.config()).platforms.get("shop")
+    assert isinstance(provider, WeChatClient)
+    job = provider.start("orders", "run-1.shop.abc")
+    deadline = time.monotonic() + 10
+    while provider.check("orders", job).state != "ready":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        local.emulator.link_base = f"http://127.0.0.1:{closed.getsockname()[1]}"
+
+    with pytest.raises(Retryable, match=f"download of WeChat export {job}") as failed:
+        b"".join(provider.open("orders", job))
+    assert "q-sign" not in str(failed.value) and "127.0.0.1" not in str(failed.value)
 
 
 def test_a_link_expired_twice_says_so(local: LocalBackup) -> None:

@@ -322,26 +322,31 @@ class WeChatClient(WeChatRestore):
             raise Fatal(f"WeChat exports come in one part; part {part} does not exist")
         for attempt in range(2):
             url = self._file_url(platform_job_id)
-            with self._download.stream("GET", url) as response:
-                if response.status_code == 403:
-                    if attempt == 0:
-                        log.info("download link expired; asking WeChat for a fresh one")
-                        continue
-                    raise Retryable(f"WeChat gave an expired download link twice for export "
-                                    f"{platform_job_id} (HTTP 403 both times)")
-                if response.status_code != 200:
-                    raise Retryable(
-                        f"download of WeChat export {platform_job_id} answered HTTP {response.status_code}"
-                    )
-                try:
-                    yield from download_chunks(response)
-                except httpx.TransportError as exc:
-                    # bytes off the wire so far, not only those already handed on in chunks
-                    raise Retryable(
-                        f"download of WeChat export {platform_job_id} was cut off after "
-                        f"{response.num_bytes_downloaded} bytes ({describe_transport_error(exc)})"
-                    ) from None
-                return
+            try:
+                with self._download.stream("GET", url) as response:
+                    if response.status_code == 403:
+                        if attempt == 0:
+                            log.info("download link expired; asking WeChat for a fresh one")
+                            continue
+                        raise Retryable(f"WeChat gave an expired download link twice for export "
+                                        f"{platform_job_id} (HTTP 403 both times)")
+                    if response.status_code != 200:
+                        raise Retryable(
+                            f"download of WeChat export {platform_job_id} answered HTTP {response.status_code}"
+                        )
+                    try:
+                        yield from download_chunks(response)
+                    except httpx.TransportError as exc:
+                        # bytes off the wire so far, not only those already handed on in chunks
+                        raise Retryable(
+                            f"download of WeChat export {platform_job_id} was cut off after "
+                            f"{response.num_bytes_downloaded} bytes ({describe_transport_error(exc)})"
+                        ) from None
+                    return
+            except httpx.TransportError as exc:  # connecting (the body's own are caught above)
+                raise Retryable(f"download of WeChat export {platform_job_id} failed before its "
+                                f"first byte ({describe_transport_error(exc)}); the link's host "
+                                "could not be reached") from None
 
     def _count_of(self, collection: str) -> int | None:
         """The collection's document `count` from databasecollectionget (WeChat's HTTP API
