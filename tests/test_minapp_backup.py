@@ -3,7 +3,9 @@ pipeline -> real COS SDK -> S3 server."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import math
 import socket
 import time
@@ -18,6 +20,7 @@ from devkit.sample_data import make_docs
 from shared.domain.errors import Retryable
 from shared.domain.jobs import JobStatus, RunStatus
 from shared.domain.layout import data_key, part_key
+from shared.logs import configure_logging
 from shared.platforms.minapp import platform as minapp_platform
 from shared.platforms.minapp.platform import READ_TRIES, MinAppClient
 from shared.service.poll import poll
@@ -121,6 +124,26 @@ def test_a_backup_made_with_options_an_import_cannot_undo_says_so_in_its_manifes
     assert caveats[0]["value"] == ["编号", "名字"] and caveats[1]["value"] == ["created_at"]
     assert all("remove" in c["why"] for c in caveats)  # each names its fix
     assert manifests["1002"]["restore_caveats"] == []
+
+
+def test_a_run_of_a_source_whose_backups_cannot_be_restored_warns_naming_the_fix(
+        local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
+    captured = io.StringIO()
+    configure_logging(logging.INFO, stream=captured)
+    minapp_emulator.add_table(1001, records(5))
+    table = {"id": 1001, "timestamp_convert_keys": ["created_at"]}
+    ctx = local.context(local.config(local.minapp_source(minapp_emulator, tables=[table])))
+
+    run = backup_now(ctx)
+
+    assert run.status is RunStatus.SUCCEEDED
+    warnings = [json.loads(line) for line in captured.getvalue().splitlines()
+                if '"WARNING"' in line and "cannot be restored" in line]
+    assert len(warnings) == 1, captured.getvalue()
+    (warning,) = warnings
+    assert warning["source"] == "app" and warning["run_id"] == run.run_id
+    assert "table 1001" in warning["caveats"][0]
+    assert "remove timestamp_convert_keys" in warning["caveats"][0]
 
 
 def test_test_environment_is_chosen_by_env_id(local: LocalBackup,

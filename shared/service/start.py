@@ -12,6 +12,7 @@ from shared.config import Config
 from shared.domain.errors import BackupError, Retryable, RetryLater, StateError
 from shared.domain.jobs import Job, JobStatus, Run, job_id_for, run_id_for
 from shared.logs import log_context, redact
+from shared.ports import RestoreCaveats
 from shared.service.context import Budget, Context
 from shared.service.poll import advance
 
@@ -59,6 +60,7 @@ def start_run(
             log.info("run already recorded for this request; nothing new started")
             return run, False
         log.info("run recorded", extra={"jobs": len(jobs), "sources": chosen})
+        _warn_unrestorable(ctx, chosen)
         budget = Budget(ctx, ctx.config.timing.start_budget_seconds)
         for job in ctx.state.list_jobs(run.run_id):
             if budget.spent():
@@ -67,6 +69,17 @@ def start_run(
             if job.status is JobStatus.PENDING:
                 advance(ctx, job)
     return run, True
+
+
+def _warn_unrestorable(ctx: Context, chosen: list[str]) -> None:
+    """Every run says so while a source's export options make backups a restore cannot
+    put back as the data was: the user should hear it now, not at restore time."""
+    for name in chosen:
+        platform = ctx.platforms.get(name)
+        caveats = platform.configured_caveats() if isinstance(platform, RestoreCaveats) else []
+        if caveats:
+            log.warning("backups of this source cannot be restored as the data was",
+                        extra={"source": name, "caveats": caveats})
 
 
 def asked(collections: dict[str, list[str]] | None) -> dict[str, list[str]] | None:
