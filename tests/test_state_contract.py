@@ -416,14 +416,14 @@ def test_an_ended_runs_jobs_are_taken_from_its_snapshot_unless_saved_since(
     snapshot = f"{destination.prefix}/_state/snapshots/r1.json"
     ended = [store.save_job(j.failed("broken", now)) for j in jobs[:-1]]
     read: list[str] = []
-    get_json = store._get_json
+    read_version = store._read_version
 
-    def counted(key: str) -> dict[str, Any] | None:
+    def counted(key: str, etag: str | None) -> dict[str, Any] | None:
         if "/_state/jobs/" in key:
             read.append(key)
-        return get_json(key)
+        return read_version(key, etag)
 
-    store._get_json = counted  # type: ignore[method-assign]
+    store._read_version = counted  # type: ignore[method-assign]
     assert len(store.list_jobs("r1")) == 12 and len(read) == 12
     assert store._get_json(snapshot) is None  # jobs[-1] is still pending
     store.save_job(jobs[-1].failed("broken", now))

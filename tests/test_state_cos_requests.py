@@ -117,3 +117,81 @@ def test_an_index_listed_while_its_run_was_written_is_listed_again(destination: 
 
     CosStateStore(destination).create_run(run, jobs)
     assert [j.job_id for j in store.list_jobs("r1")] == ["r1.j0", "r1.j1"]
+
+
+def _running_run(store: CosStateStore, jobs: int = 3, *, attempts: int = 0) -> list[Job]:
+    """A run of `jobs` READY jobs, all due now."""
+    now = utcnow()
+    run = Run(run_id="r1", idempotency_key="k", trigger="test", created_at=now)
+    made = [Job(job_id=f"r1.j{i}", run_id="r1", source="s", collection=f"t{i}",
+                status=JobStatus.READY, attempts=attempts, next_check_at=now, created_at=now,
+                updated_at=now) for i in range(jobs)]
+    store.create_run(run, made)
+    return made
+
+
+def _objects_read(requests: list[str]) -> list[str]:
+    """The GETs of objects among `requests` (a listing is `GET /`)."""
+    return [r for r in requests if r.startswith("GET ") and r != "GET /"]
+
+
+def test_a_warm_pollers_next_tick_reads_only_the_jobs_that_changed(
+        destination: Destination, counted_destination: Destination, s3_requests: S3Requests) -> None:
+    """Versions are never rewritten: a poller that read a job's newest version lists the
+    job again each tick (the listing decides which version is newest) but GETs it only
+    when the listing shows a newer one, written here or by another process."""
+    _running_run(CosStateStore(destination))
+    poller = CosStateStore(counted_destination)
+    first = poller.due_jobs(utcnow())
+    assert [j.job_id for j in first] == ["r1.j0", "r1.j1", "r1.j2"]
+
+    with s3_requests.counted() as again:
+        assert poller.due_jobs(utcnow()) == first
+        assert poller.get_job("r1.j1") == first[1]
+    assert again == ["GET /"] * 5, "\n".join(again)  # the hints, then each job's versions
+
+    elsewhere = CosStateStore(destination).save_job(first[0].moved_to(JobStatus.READY, attempts=1))
+    with s3_requests.counted() as changed:
+        assert poller.due_jobs(utcnow())[0] == elsewhere
+    assert _objects_read(changed) == ["GET /backups/_state/jobs/r1.j0/v0000000001.json"], changed
+
+
+def test_a_deleted_runs_jobs_do_not_come_back_from_memory(
+        destination: Destination, counted_destination: Destination) -> None:
+    """Nothing of a deleted run is answered from what a store read or wrote before, whether
+    this store deleted it or another did."""
+    _running_run(CosStateStore(destination))
+    poller = CosStateStore(counted_destination)
+    assert len(poller.due_jobs(utcnow())) == 3
+    CosStateStore(destination).delete_run("r1")
+    assert poller.get_job("r1.j0") is None and poller.due_jobs(utcnow()) == []
+
+    _running_run(CosStateStore(destination))
+    job = poller.get_job("r1.j0")
+    assert job is not None and poller.save_job(job) is not None
+    poller.delete_run("r1")
+    assert poller.get_job("r1.j0") is None and poller.list_jobs("r1") == []
+    assert not [key for key in poller._memory.remembered() if "/r1" in key], "deleted, yet remembered"
+
+
+def test_a_version_deleted_and_written_again_elsewhere_is_read_afresh(
+        destination: Destination, counted_destination: Destination) -> None:
+    """A deleted run can be written again under the same ids (a creator replaying a claim
+    it read before the delete, then a save on top), so a version number may come back with
+    other content: what a store remembers of a version is used only for the very object
+    the listing shows (its ETag), never for one written since under the same key."""
+    _running_run(CosStateStore(destination))
+    poller = CosStateStore(counted_destination)
+    ready = poller.get_job("r1.j0")
+    assert ready is not None and poller.save_job(ready.moved_to(JobStatus.READY, attempts=1))
+
+    other = CosStateStore(destination)
+    other.delete_run("r1")
+    _running_run(other, attempts=5)
+    again = other.get_job("r1.j0")
+    assert again is not None
+    rewritten = other.save_job(again.moved_to(JobStatus.READY, attempts=6))
+    assert rewritten is not None and rewritten.version == 1
+
+    assert poller.get_job("r1.j0") == rewritten
+

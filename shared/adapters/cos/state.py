@@ -15,6 +15,8 @@ every write that must not be lost to a race is a *create-only* PUT (`If-None-Mat
   every record ever written; they are hints, written before the records and removed after
   a record ends, and whoever reads a finished record through one deletes the stale hint.
 - Two days after a run closes, its records are pruned to their last two versions.
+- Versions are never rewritten, so one a store created or read (up to 8 MB of them, by the
+  ETag the listing shows) is not fetched again.
 
 The store proves once per process that the bucket refuses a second create-only PUT, and
 refuses to work otherwise: a bucket that silently overwrites would break every guarantee.
@@ -60,7 +62,10 @@ _SNAPSHOT_JOBS = 2000
 _CREATE_TRIES = 5
 _PRUNE_KEEPS = 2  # versions a prune leaves: the head and the one the ghost check looks for
 _DELETE_ROUNDS = 5  # listings of a deleted record that may still find a save's version
-_KEPT = 64  # versions a store remembers writing (a job's is about 1 kB), runs it saw
+_KEPT = 64  # runs a store remembers seeing a record of
+# Versions a store remembers (read or written), by their JSON's size: a job's is about 1 kB,
+# so a warm poller keeps every running job of a few thousand, well within a 256 MB function.
+_REMEMBERED_BYTES = 8 * 1024 * 1024
 _INDEXES_KEPT = 8  # runs' indexes kept from run_has_open_jobs for the list_jobs after it
 
 T = TypeVar("T")
@@ -120,6 +125,61 @@ class _Recent(Generic[K, T]):
             return self._items.pop(key, None)
 
 
+class _Versions:
+    """The versions a store has read or written, as the listing names them (key and ETag),
+    least recently used first out once their JSON passes `limit` bytes; for its threads
+    to share. Only the very object remembered answers: an ETag "identifies the object
+    content upon creation, and can be used to check whether the object content is changed"
+    (COS common response headers, https://www.tencentcloud.com/document/product/436/7729),
+    and every version holds a fresh writer token, so a version deleted and written again
+    under its key has another ETag."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._size = 0
+        self._items: OrderedDict[str, tuple[str, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, key: str, etag: str, body: bytes) -> None:
+        with self._lock:
+            self._drop(key)
+            if len(body) > self._limit:
+                return
+            self._items[key] = (etag, body)
+            self._size += len(body)
+            while self._size > self._limit:
+                self._drop(next(iter(self._items)))
+
+    def get(self, key: str, etag: str) -> bytes | None:
+        with self._lock:
+            kept = self._items.get(key)
+            if kept is None or kept[0] != etag:
+                return None
+            self._items.move_to_end(key)
+            return kept[1]
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._drop(key)
+
+    def remembered(self) -> list[str]:
+        with self._lock:
+            return list(self._items)
+
+    def _drop(self, key: str) -> None:
+        kept = self._items.pop(key, None)
+        if kept is not None:
+            self._size -= len(kept[1])
+
+
+def _etag(headers: Mapping[str, Any]) -> str | None:
+    """An answer's ETag, unquoted as a listing's is compared (header names vary in case)."""
+    for name, value in headers.items():
+        if name.lower() == "etag" and value:
+            return str(value).strip('"')
+    return None
+
+
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -138,10 +198,11 @@ class CosStateStore:
             else {}
         )
         self._endpoint = destination.endpoint or destination.region
-        # Versions this store created, by key, as written: a version is never rewritten,
-        # and every read of one follows a listing that still shows it, so it is read from
-        # here, not fetched again (a finisher closing its run reads the job it just saved).
-        self._written: _Recent[str, bytes] = _Recent(_KEPT)
+        # Versions this store created or read: a version is never rewritten, and every
+        # read of one follows a listing that still shows it (with its ETag), so it is taken
+        # from here, not fetched again (a finisher closing its run reads the job it just
+        # saved; a warm poller's next tick reads only the jobs that changed).
+        self._memory = _Versions(_REMEMBERED_BYTES)
         # Runs a record of which this store has seen: every creator writes a run's whole
         # index before any record, so an index listed after that is whole (until deleted).
         self._seen_runs: _Recent[str, bool] = _Recent(_KEPT)
@@ -250,17 +311,18 @@ class CosStateStore:
         index = self._run_jobs(run_id)
         every = f"{self._root}jobs/{_segment(run_id)}."
         versions: dict[str, list[int]] = {}
+        etags: dict[str, str] = {}
         whole = None if skip else self._indexes.pop(run_id)
         if skip:
             left_out = frozenset(skip)
             ids = [i for i in self._names(index) if i not in left_out]
             if len(ids) > _READERS:
-                versions = _versions_by_record(self._list(every)[0])
+                versions = _versions_by_record(self._list(every, etags=etags)[0])
         elif whole is not None:
-            ids, versions = whole, _versions_by_record(self._list(every)[0])
+            ids, versions = whole, _versions_by_record(self._list(every, etags=etags)[0])
         else:
             with ThreadPoolExecutor(max_workers=1) as side:
-                listed = side.submit(self._list, every)
+                listed = side.submit(self._list, every, "", etags)
                 ids = self._names(index)
                 versions = _versions_by_record(listed.result()[0])
         snapshotted = bool(versions) and _READERS < len(ids) <= _SNAPSHOT_JOBS
@@ -273,7 +335,8 @@ class CosStateStore:
                 taken[job_id] = kept
         afresh = [job_id for job_id in ids if job_id not in taken]
         found = [*taken.values(), *filter(None, self._map(
-            lambda job_id: self._newest(records[job_id], versions.get(records[job_id])), afresh))]
+            lambda job_id: self._newest(records[job_id], versions.get(records[job_id]), etags),
+            afresh))]
         jobs = sorted((Job.model_validate(doc) for _, doc in found), key=lambda j: j.job_id)
         if (snapshotted and not skip and len(afresh) > _READERS and len(jobs) == len(ids)
                 and all(j.status.terminal for j in jobs)):
@@ -428,20 +491,45 @@ class CosStateStore:
         return f"{record}v{number:010d}.json"
 
     def _versions(self, record: str) -> list[int]:
-        return _versions_by_record(self._list(record)[0]).get(record, [])
+        return self._listed(record)[0]
 
-    def _latest(self, record: str, versions: list[int] | None = None) -> dict[str, Any] | None:
-        """The newest version's document (`versions`: the record's, listed already)."""
-        newest = self._newest(record, versions)
+    def _listed(self, record: str) -> tuple[list[int], dict[str, str]]:
+        """The record's version numbers, and the ETag of each version key."""
+        etags: dict[str, str] = {}
+        return _versions_by_record(self._list(record, etags=etags)[0]).get(record, []), etags
+
+    def _latest(self, record: str) -> dict[str, Any] | None:
+        """The newest version's document."""
+        newest = self._newest(record)
         return newest[1] if newest is not None else None
 
-    def _newest(self, record: str, versions: list[int] | None = None) -> tuple[int, dict[str, Any]] | None:
-        """The newest version's number and document."""
-        for number in reversed(self._versions(record) if versions is None else versions):
-            stored = self._get_json(self._version_key(record, number))
+    def _newest(self, record: str, versions: list[int] | None = None,
+                etags: Mapping[str, str] | None = None) -> tuple[int, dict[str, Any]] | None:
+        """The newest version's number and document (`versions` and their `etags`: the
+        record's, listed already)."""
+        if versions is None:
+            versions, etags = self._listed(record)
+        for number in reversed(versions):
+            key = self._version_key(record, number)
+            stored = self._read_version(key, (etags or {}).get(key))
             if stored is not None:  # else deleted since the listing (a ghost): look lower
                 return number, stored["doc"]
         return None
+
+    def _read_version(self, key: str, etag: str | None) -> dict[str, Any] | None:
+        """A version the listing showed with `etag`: from memory when this store has that
+        very object, else fetched (and remembered)."""
+        known = self._memory.get(key, etag) if etag else None
+        if known is not None:
+            return dict(json.loads(known))
+        fetched = self._download(key)
+        if fetched is None:
+            return None
+        body, tag = fetched
+        document = self._parse(key, body)
+        if tag:
+            self._memory.put(key, tag, body)
+        return document
 
     def _compare_and_set(self, record: str, version: int, stored: Run | Job) -> bool:
         """Write version+1 if nobody has; true when this call's write is the record now."""
@@ -453,7 +541,7 @@ class CosStateStore:
         # Version N still being there rules all three out.
         if self._exists(self._version_key(record, version)):
             return True
-        self._written.pop(new_key)  # not the record's: never to be read as ours
+        self._memory.forget(new_key)  # not the record's: never to be read as ours
         self._drop_ghost(record, version + 1)
         return False
 
@@ -590,13 +678,14 @@ class CosStateStore:
         for attempt in range(_CREATE_TRIES):
             try:
                 with self._errors("create-only upload", key):
-                    self._client.put_object(
+                    answer = self._client.put_object(
                         Bucket=self._bucket, Key=key, Body=body, ContentType="application/json",
                         IfNoneMatch="*", Metadata={"x-cos-forbid-overwrite": "true"},
                         **self._encryption,
                     )
-                if _VERSION.search(key):  # a record's version: never rewritten
-                    self._written.put(key, body)
+                tag = _etag(answer) if isinstance(answer, Mapping) else None
+                if tag and _VERSION.search(key):  # a record's version: never rewritten
+                    self._memory.put(key, tag, body)
                 return True
             except _Refused:
                 existing = self._get_json(key)
@@ -613,15 +702,21 @@ class CosStateStore:
                                     ContentType="application/json", **self._encryption)
 
     def _get_json(self, key: str) -> dict[str, Any] | None:
-        written = self._written.get(key)
-        if written is not None:  # a version this store created: what a GET would return
-            return dict(json.loads(written))
+        fetched = self._download(key)
+        return None if fetched is None else self._parse(key, fetched[0])
+
+    def _download(self, key: str) -> tuple[bytes, str | None] | None:
+        """The object's body and ETag; None when there is no such object."""
         try:
             with self._errors("download", key):
                 response = self._client.get_object(Bucket=self._bucket, Key=key)
                 body = b"".join(response["Body"].get_stream(64 * 1024))
         except _Missing:
             return None
+        return body, _etag(response)
+
+    @staticmethod
+    def _parse(key: str, body: bytes) -> dict[str, Any]:
         try:
             document: dict[str, Any] = json.loads(body)
         except ValueError:
@@ -642,9 +737,13 @@ class CosStateStore:
                 self._client.delete_object(Bucket=self._bucket, Key=key)
         except _Missing:
             pass
+        finally:  # every deleted version goes through here: none is answered from memory
+            self._memory.forget(key)
 
-    def _list(self, prefix: str, delimiter: str = "") -> tuple[list[str], list[str]]:
-        """Every key and common prefix under `prefix`, across pages."""
+    def _list(self, prefix: str, delimiter: str = "",
+              etags: dict[str, str] | None = None) -> tuple[list[str], list[str]]:
+        """Every key and common prefix under `prefix`, across pages; with `etags`, each
+        key's ETag is put there too."""
         keys: list[str] = []
         folders: list[str] = []
         marker = ""
@@ -652,7 +751,10 @@ class CosStateStore:
             with self._errors("list", prefix):
                 page = self._client.list_objects(Bucket=self._bucket, Prefix=prefix,
                                                  Delimiter=delimiter, Marker=marker, MaxKeys=1000)
-            keys.extend(c["Key"] for c in page.get("Contents", []))
+            for content in page.get("Contents", []):
+                keys.append(content["Key"])
+                if etags is not None and (tag := _etag(content)):
+                    etags[content["Key"]] = tag
             folders.extend(p["Prefix"] for p in page.get("CommonPrefixes", []))
             if page.get("IsTruncated") != "true":
                 return keys, folders
