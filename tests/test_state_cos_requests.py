@@ -195,3 +195,15 @@ def test_a_version_deleted_and_written_again_elsewhere_is_read_afresh(
 
     assert poller.get_job("r1.j0") == rewritten
 
+
+def test_deleting_a_running_run_leaves_the_poller_no_hints_of_its_jobs(
+        destination: Destination, counted_destination: Destination, s3_requests: S3Requests) -> None:
+    """A run deleted before its jobs ended takes their open-jobs hints with it: left, each
+    would cost every later poll a listing of a record that is gone, for ever."""
+    _running_run(CosStateStore(destination))
+    CosStateStore(destination).delete_run("r1")
+    poller = CosStateStore(counted_destination)
+
+    with s3_requests.counted() as seen:
+        assert poller.due_jobs(utcnow()) == []
+    assert seen == ["GET /"], "\n".join(seen)

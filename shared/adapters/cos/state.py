@@ -404,17 +404,23 @@ class CosStateStore:
         return stored
 
     def delete_run(self, run_id: str) -> None:
-        """Its jobs' snapshot and jobs first, then the run, then its markers and its
-        claim: a run still listed may have lost jobs already, never the reverse. Like a
-        deleted SQL row, the idempotency key is free again afterwards, and nothing of the
-        run is left for a save racing the delete to bring back (see _delete_record)."""
+        """Its jobs' snapshot and jobs first, then their index entries and the open-jobs
+        hints of those that had not ended, then the run, then its markers and its claim: a
+        run still listed may have lost jobs already, never the reverse. Like a deleted SQL
+        row, the idempotency key is free again afterwards, and nothing of the run is left
+        for a save racing the delete to bring back (see _delete_record)."""
         run = self.get_run(run_id)
         self._indexes.pop(run_id)
         self._delete(self._snapshot_key(run_id))
         index = self._run_jobs(run_id)
         job_ids = self._names(index)
         self._map(self._delete_record, [self._record("jobs", j) for j in job_ids])
-        self._map(self._delete, [index + _segment(j) for j in job_ids])
+        # A hint goes after its record, as when a job ends: a delete cut short leaves every
+        # job it did not delete in the poller's sight. Left, a hint would cost every poll a
+        # listing of its gone record, for ever; listed once, only the ones left are deleted.
+        of_run = frozenset(job_ids)
+        hinted = [j for j in self._names(self._hint("")) if j in of_run]
+        self._map(self._delete, [self._hint(j) for j in hinted] + [index + _segment(j) for j in job_ids])
         self._delete_record(self._record("runs", run_id))
         for marker in ("closed", "open-runs"):
             self._delete(f"{self._root}{marker}/{_segment(run_id)}")
