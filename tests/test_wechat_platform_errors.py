@@ -41,9 +41,12 @@ def test_rejected_token_is_refreshed_once(local: LocalBackup, fault: str) -> Non
 
 
 def test_token_rejected_twice_fails_with_a_clear_message(local: LocalBackup) -> None:
+    """A renewed token that is rejected too fails at once. legacy_token issues a new token at
+    each fetch; stable_token hands back the same one, which is waited for instead (its tests
+    are in test_wechat_tokens.py)."""
     local.seed("orders", make_docs(3))
     local.emulator.inject_errcode("/tcb/databasemigrateexport", 40014, times=10, errmsg="invalid credential")
-    ctx = local.context(local.config())
+    ctx = local.context(local.config(local.wechat_source(token="legacy_token")))
 
     run = backup_now(ctx)
 

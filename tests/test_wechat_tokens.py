@@ -15,7 +15,7 @@ import pytest
 
 from devkit.compare import assert_object_equals_docs
 from devkit.sample_data import make_docs
-from shared.domain.errors import Fatal
+from shared.domain.errors import Fatal, Retryable
 from shared.domain.jobs import JobStatus, Run, RunStatus
 from shared.platforms.wechat.platform import WeChatClient
 from shared.service.context import Context
@@ -149,6 +149,41 @@ def test_default_stable_token_leaves_the_users_own_token_alone(local: LocalBacku
 
     assert local.emulator.calls[STABLE] == 1 and local.emulator.calls[LEGACY] == 1  # theirs only
     assert local.emulator.token_info(theirs)["revoke_at"] is None
+
+
+def test_a_rejected_stable_token_handed_back_again_is_waited_for_never_forced(
+    local: LocalBackup,
+) -> None:
+    """getStableAccessToken's forced refresh "会导致上次获取的 access_token 失效" (retires the
+    token every other server of the mini program holds) and is limited to 20 a day, 30 s
+    apart (https://developers.weixin.qq.com/miniprogram/dev/OpenApiDoc/mp-access-token/
+    getStableAccessToken.html, 注意事项). A rejected token that normal mode hands back
+    again is therefore waited for, and the call tried again, never forced."""
+    local.seed("orders", make_docs(2))
+    theirs = users_server_token(local)
+    local.emulator.inject_errcode("/tcb/databasecollectionget", 40001, errmsg="invalid credential")
+
+    probe(local)  # the rejection passed: the call was tried again with the same token
+
+    assert local.emulator.token_info(theirs)["valid"] is True
+    assert local.emulator.token_info(theirs)["revoke_at"] is None
+
+
+def test_a_stable_token_rejected_for_good_fails_saying_why_it_is_not_forced(
+    local: LocalBackup,
+) -> None:
+    local.seed("orders", make_docs(2))
+    theirs = users_server_token(local)
+    local.emulator.inject_errcode("/tcb/databasecollectionget", 40001, times=20,
+                                  errmsg="invalid credential")
+
+    with pytest.raises(Retryable) as raised:
+        probe(local)
+
+    message = str(raised.value)
+    assert "40001" in message and "force_refresh" in message and "other servers" in message
+    assert theirs not in message
+    assert local.emulator.token_info(theirs)["valid"] is True
 
 
 def test_legacy_token_works_but_retires_the_users_token(local: LocalBackup) -> None:

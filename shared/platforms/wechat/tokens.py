@@ -1,7 +1,8 @@
 """Where a WeChat source's access token comes from, and who may renew it.
 
 - `stable_token` (default): `cgi-bin/stable_token` hands every caller the same token, so
-  fetching it never disturbs the user's other servers.
+  fetching it never disturbs the user's other servers. It is never forced (force_refresh
+  would retire their token): a rejected token handed back again is waited for.
 - `legacy_token`: `cgi-bin/token`; each call invalidates the previous token about five minutes
   later, breaking every other server of the mini program. Only when chosen explicitly.
 - an external token the user owns (${ENV} or their token service's URL): read, never renewed;
@@ -100,6 +101,23 @@ def _lifetime(answer: dict[str, Any], path: str, scope: Scope) -> int:
     )
 
 
+# getStableAccessToken (https://developers.weixin.qq.com/miniprogram/dev/OpenApiDoc/
+# mp-access-token/getStableAccessToken.html): normal mode hands every caller the token it holds
+# valid and renews it itself 5 minutes before it lapses (注意事项); force_refresh "会导致上次获取的
+# access_token 失效" (retires the token every other server holds) and is limited to 20 a day,
+# 30 s apart. So a rejected token normal mode hands back again is waited for, never forced.
+class _StableTokenHandedBack(Retryable):
+    """Normal-mode stable_token handed back the token WeChat just rejected."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "cgi-bin/stable_token hands back the same token, which it holds valid; baas-backup "
+            "does not force a refresh (force_refresh retires the token your other servers hold, "
+            "and is limited to 20 a day) and tries again later. If this persists, check that "
+            "api_base is WeChat's and that no other server of the mini program forces refreshes"
+        )
+
+
 class CachedToken:
     """A token this product fetches itself, shared through the state table's cache."""
 
@@ -121,7 +139,10 @@ class CachedToken:
         if cached and cached != rejected:
             return cached  # another function renewed it meanwhile
         self._cache.cache_delete(self._key)
-        return self._fetch_and_store(rejected)
+        try:
+            return self._fetch_and_store(rejected)
+        except _StableTokenHandedBack as exc:
+            raise Retryable(f"{reason}: {exc}") from None  # with the errcode WeChat gave
 
     def _fetch_and_store(self, avoid: str | None) -> str:
         token, expires_in = self._fetch(avoid)
@@ -210,8 +231,8 @@ def app_token(source: WeChatSource, cache: TokenCache, http: httpx.Client, scope
 
     def stable(avoid: str | None) -> tuple[str, int]:
         token, expires_in = _stable_token(http, base, source.appid, secret, scope, force=False)
-        if token == avoid:  # stable_token hands back the same token while it thinks it valid
-            token, expires_in = _stable_token(http, base, source.appid, secret, scope, force=True)
+        if token == avoid:
+            raise _StableTokenHandedBack()
         return token, expires_in
 
     def legacy(avoid: str | None) -> tuple[str, int]:
