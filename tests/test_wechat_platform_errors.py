@@ -206,12 +206,15 @@ def test_an_empty_export_whose_success_lacks_record_success_is_not_a_verified_ba
     assert "record_success" in (job.error or "") and "check" in (job.error or "")
 
 
-@pytest.mark.parametrize("value", [MISSING, None, "", "many", 2.5, True])
-def test_a_success_without_an_integer_record_success_fails_naming_the_field(
-    local: LocalBackup, value: object,
+@pytest.mark.parametrize(("field", "value"), [
+    *(("record_success", value) for value in (MISSING, None, "", "many", 2.5, True)),
+    ("record_success", "²"), ("record_fail", "²"),  # str.isdigit() holds, int() refuses
+])
+def test_a_success_without_an_integer_record_count_fails_naming_the_field(
+    local: LocalBackup, field: str, value: object,
 ) -> None:
     local.seed("orders", make_docs(3))
-    local.emulator.reshape_export_success(ENV_ID, "orders", record_success=value)
+    local.emulator.reshape_export_success(ENV_ID, "orders", **{field: value})
     ctx = local.context(local.config())
 
     run = backup_now(ctx)
@@ -219,7 +222,7 @@ def test_a_success_without_an_integer_record_success_fails_naming_the_field(
     (job,) = ctx.state.list_jobs(run.run_id)
     error = job.error or ""
     assert job.status is JobStatus.FAILED
-    assert "record_success" in error and "api_base" in error
+    assert field in error and "api_base" in error
     assert "mismatch" not in error and "internal error" not in error
 
 
@@ -243,7 +246,8 @@ def test_a_status_answer_without_a_status_fails_naming_the_field(
 
 
 @pytest.mark.parametrize("answer", [{}, {"job_id": None}, {"job_id": ""}, {"job_id": "abc"},
-                                    {"job_id": True}, {"job_id": 1.5}, {"job_id": [1]}])
+                                    {"job_id": True}, {"job_id": 1.5}, {"job_id": [1]},
+                                    {"job_id": "²"}])
 def test_an_export_start_without_a_numeric_job_id_fails_naming_the_field(
     local: LocalBackup, answer: dict[str, object],
 ) -> None:

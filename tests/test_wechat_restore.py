@@ -384,9 +384,10 @@ def test_an_upload_answer_without_cos_file_id_leaves_the_field_out(shop: LocalBa
     assert restore(client, "orders", data, mode="upsert").imported == 40
 
 
+@pytest.mark.parametrize("answer", [{}, {"job_id": "²"}])
 def test_an_import_answer_without_a_job_id_fails_without_starting_another(
-        shop: LocalBackup, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(shop.emulator, "_api_import", lambda app, payload: {})
+        shop: LocalBackup, monkeypatch: pytest.MonkeyPatch, answer: dict[str, Any]) -> None:
+    monkeypatch.setattr(shop.emulator, "_api_import", lambda app, payload: answer)
 
     with pytest.raises(Fatal, match=r"without a numeric job_id.*may have started"):
         client_for(shop).send_import("orders", "insert", file_type="json", name="a.json",
@@ -445,6 +446,8 @@ def test_records_the_import_refused_are_reported(shop: LocalBackup) -> None:
     ({"status": "paused"}, Retryable, "unknown status 'paused'"),
     ({"record_success": 1}, Fatal, "without status.*api_base"),
     ({"status": "success", "record_success": "many"}, Fatal, "record_success = 'many'"),
+    ({"status": "success", "record_success": "²"}, Fatal, "record_success = '²'"),
+    ({"status": "fail", "record_fail": "³"}, Fatal, "record_fail = '³'"),
 ])
 def test_an_import_status_of_another_shape_fails_loudly(
         shop: LocalBackup, monkeypatch: pytest.MonkeyPatch, answer: dict[str, Any],
@@ -463,6 +466,8 @@ def test_an_import_wechat_forgot_is_named(shop: LocalBackup) -> None:
         client_for(shop).check_import("orders", "999")
     with pytest.raises(Fatal, match="not a WeChat import job id"):
         client_for(shop).check_import("orders", "abc")
+    with pytest.raises(Fatal, match="not a WeChat import job id"):
+        client_for(shop).check_import("orders", "²")
 
 
 # a third-party platform --------------------------------------------------------------------

@@ -261,3 +261,19 @@ class WeChatApi:
     ) -> dict[str, Any]:
         return exchange(self._http, "POST", f"{self._base}{path}", path=path, scope=self.scope,
                         params={**(params or {}), "access_token": token}, json=body)
+
+
+def whole_number(value: Any) -> int | None:
+    """A count or job id in an answer: a JSON number or the same number as its ASCII digits
+    (str.isdigit alone also takes "²", which int() refuses). The pages
+    name the fields without a usable type (databaseCollectionGet lists each collection's
+    `count`, https://developers.weixin.qq.com/miniprogram/dev/wxcloud/reference-http-api/database/databaseCollectionGet.html;
+    seeds/wechat-databasemigratequeryinfo.en.txt types record_success as "初始值"), so both
+    readings are taken; `true`/`false` and anything else is no count."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    return None

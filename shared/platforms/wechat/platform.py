@@ -27,7 +27,7 @@ from shared.adapters.http import (
     make_download_client,
 )
 from shared.domain.errors import BackupError, Fatal, Retryable, RetryLater
-from shared.platforms.wechat.api import InvalidRequest, WeChatApi, shown_url
+from shared.platforms.wechat.api import InvalidRequest, WeChatApi, shown_url, whole_number
 from shared.platforms.wechat.restore import WeChatRestore
 from shared.platforms.wechat.settings import WeChatSource
 from shared.platforms.wechat.tokens import app_scope, app_token, platform_app_token
@@ -151,7 +151,7 @@ class WeChatClient(WeChatRestore):
             totals.add(total)
             names.extend(str(item["name"]) for item in items)
             counts.update({str(item["name"]): count for item in items
-                           if (count := _whole_number(item.get("count"))) is not None})
+                           if (count := whole_number(item.get("count"))) is not None})
             offset += len(items)
             if not items or offset >= total:
                 break
@@ -243,10 +243,8 @@ class WeChatClient(WeChatRestore):
         and of the third-party platform's "Database export" (dbExport) page); anything else
         is not an export this product can follow, so it is not retried as one."""
         job = answer.get("job_id")
-        if isinstance(job, int) and not isinstance(job, bool) and job >= 0:
+        if whole_number(job) is not None:
             return str(job)
-        if isinstance(job, str) and job.isdigit():
-            return job
         raise Fatal(
             f"WeChat {self.routes.export} answered {_said(answer, 'job_id')} (fields: "
             f"{', '.join(sorted(answer)) or 'none'}; expected job_id: a number) for source "
@@ -303,10 +301,8 @@ class WeChatClient(WeChatRestore):
         value = info.get(field)
         if value is None and not required:
             return 0
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return value
-        if isinstance(value, str) and value.isdigit():
-            return int(value)
+        if (count := whole_number(value)) is not None:
+            return count
         said = f"without {field}" if field not in info else f"with {field} = {value!r}"
         raise Fatal(
             f"WeChat {self.routes.status} answered status 'success' for export job "
@@ -405,23 +401,8 @@ def _said(answer: dict[str, Any], field: str) -> str:
     return f"without {field}" if field not in answer else f"{field} = {answer[field]!r}"
 
 
-def _whole_number(value: Any) -> int | None:
-    """A count in a listing: a JSON number or the same number as its digits. The pages
-    name the fields without a usable type (databaseCollectionGet lists each collection's
-    `count`, https://developers.weixin.qq.com/miniprogram/dev/wxcloud/reference-http-api/database/databaseCollectionGet.html;
-    seeds/wechat-databasemigratequeryinfo.en.txt types record_success as "初始值"), so both
-    readings are taken; `true`/`false` and anything else is no count."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if value >= 0 else None
-    if isinstance(value, str) and value.isascii() and value.isdigit():
-        return int(value)
-    return None
-
-
 def _total(answer: dict[str, Any]) -> int | None:
     """How many collections the environment has: `pager.Total` (tcb) or `total` (componenttcb)."""
     pager = answer.get("pager")
     value = pager.get("Total") if isinstance(pager, dict) else answer.get("total")
-    return _whole_number(value)
+    return whole_number(value)

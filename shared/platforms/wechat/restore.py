@@ -30,7 +30,7 @@ import httpx
 from shared.adapters.http import describe_transport_error, is_loopback_url
 from shared.domain.errors import Fatal, Forgotten, Retryable
 from shared.logs import register_secret
-from shared.platforms.wechat.api import shown_url
+from shared.platforms.wechat.api import shown_url, whole_number
 from shared.ports import ImportProgress, RestoreMode
 
 if TYPE_CHECKING:
@@ -170,7 +170,7 @@ class WeChatRestore:
             "conflict_mode": CONFLICT_MODES[mode],
         })
         job = answer.get("job_id")
-        if isinstance(job, bool) or not (isinstance(job, int) or (isinstance(job, str) and job.isdigit())):
+        if whole_number(job) is None:
             # The import may have started: never start another one blindly.
             raise Fatal(f"WeChat {routes.import_} answered without a numeric job_id (fields: "
                         f"{', '.join(sorted(answer)) or 'none'}); the import of {path} into "
@@ -182,7 +182,7 @@ class WeChatRestore:
     def check_import(self, collection: str, import_id: str) -> ImportProgress:
         """databasemigratequeryinfo: waiting / migrating run on; success reports
         record_success and record_fail; fail reports error_msg."""
-        if not import_id.isdigit():
+        if whole_number(import_id) is None:
             raise Fatal(f"{import_id!r} is not a WeChat import job id")
         try:
             info = self._status(import_id)
@@ -326,10 +326,11 @@ def _record_count(info: dict[str, Any], field: str) -> int | None:
     value = info.get(field)
     if value is None:
         return None
-    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.isdigit())):
+    count = whole_number(value)
+    if count is None:
         raise Fatal(f"WeChat databasemigratequeryinfo answered {field} = {value!r}, not a number; "
                     "this product does not recognise that answer")
-    return int(value)
+    return count
 
 
 def _signature_of(authorization: str) -> str | None:
