@@ -3,6 +3,7 @@ manifest says what was found and left out, and a listing that fails is never sil
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from typing import Any
@@ -209,6 +210,40 @@ def test_a_listing_without_its_total_fails_rather_than_missing_collections(
     assert run.status is RunStatus.FAILED and ctx.state.list_jobs(run.run_id) == []
     error = run_manifest(local, run)["discovery"]["shop"]["error"]
     assert "does not recognise" in error and "pager.Total" in error and ENV_ID in error
+
+
+def test_a_listing_that_never_reaches_its_total_says_so_and_what_to_check(
+    local: LocalBackup,
+) -> None:
+    """A server that lists fewer collections than its pager.Total, the same each time, is
+    not an environment that "kept changing": the error says what it saw and where to look."""
+    for index in range(5):
+        local.seed(f"c{index:02d}", [])
+    local.emulator.listing_answer = lambda answer: {
+        **answer, "collections": [c for c in answer["collections"] if c["name"] != "c03"]}
+    ctx = local.context(local.config(local.wechat_source(collections="all")))
+
+    run = backup_now(ctx)
+
+    assert run.status is RunStatus.FAILED and ctx.state.list_jobs(run.run_id) == []
+    error = run_manifest(local, run)["discovery"]["shop"]["error"]
+    assert "kept changing" not in error and "busy" not in error
+    assert "listed 4" in error and "total of 5" in error and "api_base" in error
+
+
+def test_a_listing_whose_total_moves_every_time_says_what_changed(local: LocalBackup) -> None:
+    for index in range(5):
+        local.seed(f"c{index:02d}", [])
+    totals = itertools.count(100)
+    local.emulator.listing_answer = lambda answer: {
+        **answer, "pager": {**answer["pager"], "Total": next(totals)}}
+    ctx = local.context(local.config(local.wechat_source(collections="all")))
+
+    run = backup_now(ctx)
+
+    assert run.status is RunStatus.FAILED and ctx.state.list_jobs(run.run_id) == []
+    error = run_manifest(local, run)["discovery"]["shop"]["error"]
+    assert "listed 5" in error and "created or dropped" in error and "api_base" in error
 
 
 def test_the_collections_own_count_is_recorded_and_a_far_one_warned_about(

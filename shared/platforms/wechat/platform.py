@@ -123,32 +123,56 @@ class WeChatClient(WeChatRestore):
         """Page until the reported total; a listing during which the environment changed
         (collections created or dropped between pages) is taken again."""
         page = LISTING_PAGE
+        listings: list[tuple[list[str], list[int]]] = []
         for _ in range(LISTING_TRIES):
             try:
-                names, consistent = self._one_listing(page)
+                names, totals, consistent = self._one_listing(page)
             except InvalidRequest as exc:
                 if page == self.routes.listing_default_page:
                     raise
                 log.warning("WeChat refused the listing page size; using its default",
                             extra={"reason": str(exc), "page": page})
                 page = self.routes.listing_default_page
-                names, consistent = self._one_listing(page)
+                names, totals, consistent = self._one_listing(page)
             if consistent:
                 return names
-            log.info("the collection list changed while it was read; reading it again")
-        raise Retryable(f"the collections of env {self.source.env!r} kept changing while "
-                        f"being listed ({LISTING_TRIES} times)")
+            listings.append((names, totals))
+            log.info("the collection list did not add up to its total; reading it again")
+        raise self._listing_short(listings)
 
-    def _one_listing(self, page: int) -> tuple[list[str], bool]:
+    def _listing_short(self, listings: list[tuple[list[str], list[int]]]) -> BackupError:
+        """No listing added up to its total. The same listing every time means the server
+        lists fewer collections than its total (a proxy dropping items, or a changed API),
+        which no retry fixes; different ones mean collections were created or dropped."""
+        names, totals = listings[-1]
+        seen = (f"WeChat {self.routes.listing} listed {len(names)} distinct collection(s) of "
+                f"env {self.source.env!r} but reported a total of "
+                f"{' then '.join(map(str, totals))}")
+        if all(listing == listings[0] for listing in listings):
+            return Fatal(
+                f"{seen}, the same in all {len(listings)} listings, so the list is incomplete "
+                f"and nothing is chosen from it; check that source {self.source.name!r}'s "
+                "api_base is WeChat's API and not a proxy that drops items or pages, and "
+                "report the answers if it is"
+            )
+        return Retryable(
+            f"{seen} in the last of {len(listings)} listings, which all differed: collections "
+            "were created or dropped while they were listed; start the backup again when that "
+            f"has stopped, and if nothing changes them, check source {self.source.name!r}'s "
+            "api_base (a proxy that drops items or pages)"
+        )
+
+    def _one_listing(self, page: int) -> tuple[list[str], list[int], bool]:
         names: list[str] = []
         counts: dict[str, int] = {}
-        totals: set[int] = set()
+        totals: list[int] = []  # each page's, in order
         offset = 0
         while True:
             answer = self._listing_page(offset, page)
             items = self._listed_items(answer)
             total = self._listed_total(answer)
-            totals.add(total)
+            if total not in totals:
+                totals.append(total)
             names.extend(str(item["name"]) for item in items)
             counts.update({str(item["name"]): count for item in items
                            if (count := whole_number(item.get("count"))) is not None})
@@ -158,7 +182,7 @@ class WeChatClient(WeChatRestore):
         unique = list(dict.fromkeys(names))
         consistent = len(totals) == 1 and len(unique) == len(names) == total
         self._counts = counts
-        return unique, consistent
+        return unique, totals, consistent
 
     # doctor ------------------------------------------------------------------------------
     def probe(self) -> str:
