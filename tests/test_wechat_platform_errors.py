@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 import pytest
 
@@ -11,8 +12,10 @@ from devkit.emulators.wechat import MISSING
 from devkit.sample_data import make_docs
 from shared.domain.errors import Fatal, Retryable, RetryLater
 from shared.domain.jobs import JobStatus, RunStatus
+from shared.platforms.wechat import platform as wechat_platform
 from shared.platforms.wechat.api import InvalidRequest, Scope, classify
 from tests.support.backup import ENV_ID, LocalBackup, backup_now
+from tests.support.minapp import backup_jumping
 
 TOKEN = "/cgi-bin/stable_token"
 
@@ -243,6 +246,43 @@ def test_a_status_answer_without_a_status_fails_naming_the_field(
     error = job.error or ""
     assert job.status is JobStatus.FAILED, error
     assert "/tcb/databasemigratequeryinfo" in error and "status" in error and "api_base" in error
+
+
+def test_an_undocumented_export_status_waits_naming_it_then_goes_on(local: LocalBackup) -> None:
+    """databaseMigrateQueryInfo documents waiting, migrating, success and fail; another status
+    may be a new in-between state, so the job waits without spending its tries, as MinApp's
+    jobs do (UNDOCUMENTED_STATUS_WAIT there)."""
+    docs = make_docs(3)
+    local.seed("orders", docs)
+    local.emulator.answer_with("/tcb/databasemigratequeryinfo",
+                               {"errcode": 0, "errmsg": "ok", "status": "queued"},
+                               times=6)  # more checks than max_attempts (3)
+    ctx = local.context(local.config())
+
+    run = backup_jumping(ctx)
+
+    (job,) = ctx.state.list_jobs(run.run_id)
+    assert run.status is RunStatus.SUCCEEDED, job.error
+    assert job.result is not None
+    assert_object_equals_docs(local.objects.read(job.result.key), docs, "json")
+
+
+def test_an_undocumented_export_status_waits_only_a_bounded_time(
+    local: LocalBackup, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(wechat_platform, "UNDOCUMENTED_STATUS_WAIT", timedelta(seconds=1),
+                        raising=False)
+    local.seed("orders", make_docs(3))
+    local.emulator.reshape_export_success(ENV_ID, "orders", status="queued")
+    ctx = local.context(local.config())
+
+    run = backup_jumping(ctx)  # the pipeline's waits jumped; the bound runs on real time
+
+    (job,) = ctx.state.list_jobs(run.run_id)
+    error = job.error or ""
+    assert job.status is JobStatus.FAILED
+    assert "'queued'" in error and "api_base" in error and "still so after" in error
+    assert "waiting, migrating, success" in error and "did not finish within" not in error
 
 
 @pytest.mark.parametrize("answer", [{}, {"job_id": None}, {"job_id": ""}, {"job_id": "abc"},
