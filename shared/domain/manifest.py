@@ -116,7 +116,7 @@ class RunManifestJob(BaseModel):
 
 
 class RunManifest(BaseModel):
-    """`<prefix>/runs/<run_id>/run.manifest.json`: how a run ended."""
+    """`<prefix>/runs/<run_id>/run-manifest.json`: how a run ended."""
 
     model_config = ConfigDict(extra="allow", defer_build=True)  # built on first use: cold start
 
