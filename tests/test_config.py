@@ -5,11 +5,12 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
+from pydantic import BaseModel, ValidationError
 
-from shared.config import ConfigError, config_json_schema, load_config, parse_config
+from shared.config import ConfigError, config_json_schema, config_model, load_config, parse_config
 from shared.entrypoints.cli import main as cli
 from shared.platforms.wechat.settings import WeChatSource
 
@@ -300,3 +301,70 @@ def test_a_yaml_merge_key_may_still_be_overridden(tmp_path: Path) -> None:
 def test_a_bucket_or_region_cos_cannot_have_is_refused(field: str, written: str, expected: str) -> None:
     found = problems(lambda d: d["destination"].update({field: written}), {**ENV, "EMPTY": ""})
     assert any(p.startswith(expected) for p in found), found
+
+
+def _types_in(annotation: Any) -> list[Any]:
+    """Every type an annotation names, through unions, Annotated, lists and dicts."""
+    arguments = get_args(annotation)
+    return [annotation, *(t for argument in arguments for t in _types_in(argument))]
+
+
+def _number_fields() -> list[tuple[type[BaseModel], str]]:
+    """(model, field) for every int or float field (a true/false field excluded) of every
+    model the config is made of, the platforms' sources included."""
+    found: list[tuple[type[BaseModel], str]] = []
+    seen: set[type[BaseModel]] = set()
+    pending: list[type[BaseModel]] = [config_model()]
+    while pending:
+        model = pending.pop()
+        if model in seen:
+            continue
+        seen.add(model)
+        for name, field in model.model_fields.items():
+            named = _types_in(field.annotation)
+            pending += [t for t in named if isinstance(t, type) and issubclass(t, BaseModel)]
+            if (int in named or float in named) and bool not in named:
+                found.append((model, name))
+    return found
+
+
+def test_every_number_field_is_found() -> None:
+    names = {f"{model.__name__}.{name}" for model, name in _number_fields()}
+    assert {"Timing.max_attempts", "Destination.part_size_mb", "KeepRules.keep_last",
+            "Alerts.drop_percent", "MinAppSource.max_export_rows"} <= names, names
+
+
+@pytest.mark.parametrize(("model", "name"), _number_fields(),
+                         ids=lambda v: v if isinstance(v, str) else v.__name__)
+@pytest.mark.parametrize("written", [True, False])
+def test_true_or_false_is_no_number(model: type[BaseModel], name: str, written: bool) -> None:
+    """pydantic reads true as 1 and false as 0 in its lax mode: `max_attempts: yes` would be
+    one attempt, `keep_last: no` none kept."""
+    with pytest.raises(ValidationError) as info:
+        model.model_validate({name: written}, context={"environ": {}})
+
+    [error] = [e for e in info.value.errors() if e["loc"][:1] == (name,)]
+    assert "not true or false" in error["msg"], error
+
+
+def test_yes_for_a_number_is_refused_naming_the_field(tmp_path: Path) -> None:
+    path = tmp_path / "backup.yaml"
+    path.write_text("timing:\n  max_attempts: yes\n" + "\n".join(
+        f"{key}: {json.dumps(value)}" for key, value in GOOD.items()) + "\n", encoding="utf-8")
+
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ=ENV)
+
+    assert info.value.problems == [
+        "timing.max_attempts: must be a number, not true or false; write the number (got true)"
+    ], info.value.problems
+
+
+def test_true_for_a_number_comes_with_the_sections_other_problems() -> None:
+    found = problems(lambda d: d.update(timing={"max_attempts": True, "poll_concurrency": 0,
+                                                "max_atempts": 3}))
+    assert sorted(found) == [
+        "timing.max_atempts: unknown field; did you mean 'max_attempts'?",
+        "timing.max_attempts: must be a number, not true or false; write the number (got true)",
+        "timing.poll_concurrency: Input should be greater than or equal to 1 (got 0)",
+    ], found

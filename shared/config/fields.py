@@ -15,11 +15,14 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
     SecretStr,
+    ValidationError,
     ValidationInfo,
     model_validator,
 )
 from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 from shared.logs import URL_USERINFO
 
@@ -89,9 +92,57 @@ class ConfigModel(BaseModel):
         return {key: value for key, value in data.items()
                 if value is not None or not _null_means_default(cls.model_fields.get(key))}
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _no_true_for_a_number(cls, data: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
+        """pydantic's lax mode reads true as 1 and false as 0 (`max_attempts: yes` would be
+        one attempt): a number field refuses them, with the section's other problems. Here,
+        not in each field: a field validator for every field ("*") is refused on a source's
+        `type`, the tag pydantic picks the platform by."""
+        refused = _true_for_a_number(cls, data)
+        if not refused:
+            return handler(data)
+        try:
+            handler(data)
+        except ValidationError as exc:
+            seen = {tuple(error["loc"]) for error in refused}
+            refused += [_again(error) for error in exc.errors() if tuple(error["loc"]) not in seen]
+        raise ValidationError.from_exception_data(cls.__name__, refused)
+
 
 def _null_means_default(field: FieldInfo | None) -> bool:
     return field is not None and not field.is_required() and not _allows_none(field.annotation)
+
+
+BOOL_FOR_NUMBER = "must be a number, not true or false; write the number"
+
+
+def _true_for_a_number(model: type[BaseModel], data: Any) -> list[InitErrorDetails]:
+    if not isinstance(data, dict):
+        return []
+    fields = model.model_fields
+    return [InitErrorDetails(type=PydanticCustomError("bool_for_number", BOOL_FOR_NUMBER),
+                             loc=(key,), input=value)
+            for key, value in data.items()
+            if isinstance(value, bool) and key in fields and _number_not_bool(fields[key].annotation)]
+
+
+def _again(error: ErrorDetails) -> InitErrorDetails:
+    """A problem pydantic found, to be raised again beside ours, worded as it was."""
+    return InitErrorDetails(type=PydanticCustomError(error["type"], error["msg"], error.get("ctx")),
+                            loc=error["loc"], input=error["input"])
+
+
+def _number_not_bool(annotation: Any) -> bool:
+    """Whether a field takes an int or a float but not a bool, looking through unions only."""
+    named = _union_members(annotation)
+    return bool(named & {int, float}) and bool not in named
+
+
+def _union_members(annotation: Any) -> set[Any]:
+    if get_origin(annotation) in (Union, types.UnionType, Annotated):
+        return {member for argument in get_args(annotation) for member in _union_members(argument)}
+    return {annotation}
 
 
 def _allows_none(annotation: Any) -> bool:
