@@ -11,6 +11,7 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from shared.config import ConfigError, config_json_schema, config_model, load_config, parse_config
+from shared.config.fields import pattern_words
 from shared.entrypoints.cli import main as cli
 from shared.platforms.wechat.settings import WeChatSource
 
@@ -58,7 +59,7 @@ def test_valid_config_expands_references() -> None:
         (lambda d: d["destination"].pop("bucket"), "destination.bucket: required field is missing"),
         (lambda d: d["destination"].update(prefix="a/../b"), "destination.prefix: must not contain '.' or '..'"),
         (lambda d: d["destination"].update(endpoint="ftp://x"), "destination.endpoint: must look like https://"),
-        (lambda d: d["sources"][0].update(appid="12345"), "sources[0].appid: String should match pattern"),
+        (lambda d: d["sources"][0].update(appid="12345"), "sources[0].appid: must be wx and 16 of 0-9 and a-f"),
         (lambda d: d["sources"][0].update(collections=[]), "sources[0].collections: List should have at least 1 item"),
         (lambda d: d["sources"][0].update(collections=["a", "a"]), "collections listed twice: a"),
         (lambda d: d["sources"][0].update(queries={"orders": "db.collection('users').get()"}),
@@ -368,3 +369,44 @@ def test_true_for_a_number_comes_with_the_sections_other_problems() -> None:
         "timing.max_attempts: must be a number, not true or false; write the number (got true)",
         "timing.poll_concurrency: Input should be greater than or equal to 1 (got 0)",
     ], found
+
+
+def _patterns() -> list[tuple[str, str]]:
+    """(model.field, pattern) for every field of the config that must match a pattern."""
+    found: list[tuple[str, str]] = []
+    seen: set[type[BaseModel]] = set()
+    pending: list[type[BaseModel]] = [config_model()]
+    while pending:
+        model = pending.pop()
+        if model in seen:
+            continue
+        seen.add(model)
+        for name, field in model.model_fields.items():
+            pending += [t for t in _types_in(field.annotation)
+                        if isinstance(t, type) and issubclass(t, BaseModel)]
+            found += [(f"{model.__name__}.{name}", rule.pattern) for rule in field.metadata
+                      if isinstance(getattr(rule, "pattern", None), str)]
+    return found
+
+
+def test_every_pattern_is_said_in_words() -> None:
+    patterned = _patterns()
+    assert {"WeChatSource.name", "WeChatSource.appid", "OneDBSource.region"} <= {
+        where for where, _ in patterned}, patterned
+    unsaid = [where for where, pattern in patterned if pattern_words(pattern) is None]
+    assert unsaid == [], f"say what these allow with pattern_in_words: {unsaid}"
+
+
+@pytest.mark.parametrize(("mutate", "expected"), [
+    (lambda d: d["sources"][0].update(name="Shop"),
+     'sources[0].name: must be 1 to 63 of a-z, 0-9 and -, starting with a letter or digit '
+     '(got "Shop")'),
+    (lambda d: d["sources"][0].update(appid="12345"),
+     "sources[0].appid: must be wx and 16 of 0-9 and a-f, e.g. wx0123456789abcdef"),
+    (lambda d: d["sources"].append({**_ONEDB, "region": "East_1"}),
+     "sources[1].region: must be 1 to 63 of a-z, 0-9 and -, starting with a letter or digit"),
+])
+def test_a_value_failing_a_pattern_is_told_what_is_allowed_in_words(mutate: Any, expected: str) -> None:
+    found = problems(mutate, {**ENV, "FIELD": "id"})
+    assert any(p.startswith(expected) for p in found), found
+    assert not any("should match pattern" in p for p in found), found

@@ -111,7 +111,7 @@ def app(**changes: Any) -> dict[str, Any]:
          "sources[0]: give component_secret (the product fetches component tokens) or "
          "component_token (a token you own), not both"),
         (app(colections=["x"]), "sources[0].apps[0].colections: unknown field; did you mean 'collections'?"),
-        (app(appid="wxNOPE"), 'sources[0].apps[0].appid: String should match pattern'),
+        (app(appid="wxNOPE"), 'sources[0].apps[0].appid: must be wx and 16 of 0-9 and a-f'),
         (app(authorizer_token={"refresh_token": "${R}", "access_token": "${T}"}),
          "sources[0].apps[0].authorizer_token: give exactly one of refresh_token, access_token or url"),
         (app(authorizer_token={"refresh_token": "${NOT_SET}"}),

@@ -26,6 +26,24 @@ from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 from shared.logs import URL_USERINFO
 
+_PATTERNS_IN_WORDS: dict[str, str] = {}
+
+
+def pattern_in_words(pattern: str, words: str) -> str:
+    """`pattern`, kept with what it allows in words: a value failing it is told those
+    words, not pydantic's "String should match pattern '^...$'"."""
+    _PATTERNS_IN_WORDS[pattern] = words
+    return pattern
+
+
+def pattern_words(pattern: str) -> str | None:
+    return _PATTERNS_IN_WORDS.get(pattern)
+
+
+# A source's name is a folder of every object key it writes.
+SHORT_ID = pattern_in_words(r"^[a-z0-9][a-z0-9-]{0,62}$",
+                            "must be 1 to 63 of a-z, 0-9 and -, starting with a letter or digit")
+
 REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 WHOLE_REFERENCE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 

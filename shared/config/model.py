@@ -36,6 +36,7 @@ from shared.config.fields import (
     SourceSettings,
     environ_of,
     is_secure_url,
+    pattern_words,
     refuse_userinfo,
     without_userinfo,
 )
@@ -730,6 +731,8 @@ def _describe(error: Mapping[str, Any], document: Any = None) -> str:
         return f"{where}: the section is empty; fill it in{_required_in(loc, kind)}"
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         return f"{where}: type must be one of: {', '.join(_source_types())}"
+    if kind == "string_pattern_mismatch":
+        message = pattern_words(str((error.get("ctx") or {}).get("pattern"))) or message
     last = str(loc[-1]) if loc else ""
     if last in _secret_fields():
         return f"{where}: {message}"  # never echo what was typed into a secret field

@@ -15,6 +15,7 @@ from pydantic import (
 
 from shared.config.fields import (
     HTTPS_ONLY,
+    SHORT_ID,
     ConfigModel,
     EnvStr,
     Secret,
@@ -160,7 +161,7 @@ class MinAppSource(SourceSettings):
     """Tables of a MinApp (知晓云) app, exported through its OpenAPI."""
 
     type: Literal["minapp"]
-    name: EnvStr = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="Short id for keys.")
+    name: EnvStr = Field(pattern=SHORT_ID, description="Short id for keys.")
     client_id: EnvStr = Field(min_length=1, description="OpenAPI client ID.")
     client_secret: Secret = Field(description="OpenAPI client secret, as ${ENV_VAR}.")
     env_id: EnvStr | None = Field(

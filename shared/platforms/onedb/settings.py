@@ -13,6 +13,7 @@ from pydantic import (
 )
 
 from shared.config.fields import (
+    SHORT_ID,
     ConfigModel,
     EnvStr,
     Secret,
@@ -62,14 +63,14 @@ def _table_entry(value: Any) -> Any:
     return {"name": value} if isinstance(value, str) else value
 
 
-ONEDB_REGION = r"^[a-z0-9][a-z0-9-]{0,62}$"
+ONEDB_REGION = SHORT_ID  # region codes such as cn-east-1
 
 
 class OneDBSource(SourceSettings):
     """Tables of a 清林云 OneDB environment, paged through by the finisher itself."""
 
     type: Literal["onedb"]
-    name: EnvStr = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="Short id for keys.")
+    name: EnvStr = Field(pattern=SHORT_ID, description="Short id for keys.")
     region: EnvStr = Field(
         pattern=ONEDB_REGION,
         description="Region code from the console overview, e.g. cn-east-1; the API is "

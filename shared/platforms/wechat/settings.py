@@ -18,16 +18,19 @@ from pydantic import (
 )
 
 from shared.config.fields import (
+    SHORT_ID,
     ConfigModel,
     EnvStr,
     Secret,
     SourceSettings,
     base_url,
     expand_references,
+    pattern_in_words,
     refuse_userinfo,
 )
 
-WECHAT_APPID = r"^wx[0-9a-f]{16}$"
+WECHAT_APPID = pattern_in_words(r"^wx[0-9a-f]{16}$",
+                                "must be wx and 16 of 0-9 and a-f, e.g. wx0123456789abcdef")
 WECHAT_API_BASE = "https://api.weixin.qq.com"
 # Names a query may declare before db.collection(...): only db.<member>.<member> chains, as
 # in the dbExport page's sample "const Point = db.Geo.Point" (seeds/wechat-componenttcb-
@@ -65,7 +68,7 @@ class _WeChatCollections(ConfigModel):
     """One cloud environment of one mini program and what to back up in it."""
 
     name: EnvStr = Field(
-        pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="Short id used in object keys: a-z 0-9 -."
+        pattern=SHORT_ID, description="Short id used in object keys: a-z 0-9 -."
     )
     appid: EnvStr = Field(pattern=WECHAT_APPID, description="Mini program appid.")
     env: EnvStr = Field(min_length=1, description="Cloud environment id.")
