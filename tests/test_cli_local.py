@@ -168,3 +168,25 @@ def test_a_cos_state_that_cannot_be_reached_is_one_line_saying_what_to_check(
     assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert err.startswith("baas-backup status: ") and expected in err, err
     assert "check destination." in err, err  # what to check, not only what failed
+
+
+UNKNOWN_RUN = "20200101T000000000Z-00000000"
+
+
+@pytest.mark.parametrize("given", [["status", UNKNOWN_RUN], ["verify", UNKNOWN_RUN],
+                                   ["ack", UNKNOWN_RUN, "shop", "orders"],
+                                   ["restore", UNKNOWN_RUN, "shop", "orders"]])
+def test_an_unknown_run_is_one_line_naming_the_command_and_exit_2(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], given: list[str]) -> None:
+    """README "Command line": a one-line error reads `baas-backup <command>: ...`; a run id
+    that names no run is a wrong argument, as a bad number is: exit 2, whatever the command."""
+    monkeypatch.setenv("WECHAT_SECRET", SECRET)
+    path = _config_file(local, tmp_path)
+
+    code = cli(["--config", str(path), *given])
+
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, (code, err)
+    assert err.startswith(f"baas-backup {given[0]}: ") and UNKNOWN_RUN in err, err
+    assert "baas-backup status" in err, err  # where to find the runs there are

@@ -143,6 +143,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _refused(command: str, why: object) -> int:
+    """A wrong argument (a run, source or collection that is not there; a restore not
+    confirmed): one line as README "Command line" words errors, and exit 2 as a bad option."""
+    print(f"baas-backup {command}: {why}", file=sys.stderr)
+    return 2
+
+
 def _command(args: argparse.Namespace) -> int:
 
     if args.command == "schema":
@@ -191,8 +198,7 @@ def _command(args: argparse.Namespace) -> int:
     try:
         return _run(build_context(config), args.source, args.tick)
     except UnknownSource as exc:
-        print(exc, file=sys.stderr)
-        return 2
+        return _refused("run", exc)
 
 
 def _verify(ctx: Context, args: argparse.Namespace) -> int:
@@ -205,8 +211,7 @@ def _verify(ctx: Context, args: argparse.Namespace) -> int:
         report = verify_run(ctx, run_id, source=args.source, collection=args.collection,
                             quick=args.quick)
     except NothingToVerify as exc:
-        print(exc, file=sys.stderr)
-        return 2
+        return _refused("verify", exc)
     record(ctx, report)
     if args.json:
         print(json.dumps(report.as_json(), indent=2, ensure_ascii=False))
@@ -245,9 +250,8 @@ def _prune(ctx: Context, dry_run: bool) -> int:
     from shared.service.prune import prune
 
     if ctx.config.retention is None:
-        print("no retention policy in the config: nothing is ever deleted (README "
-              "\"Keeping backups\")", file=sys.stderr)
-        return 2
+        return _refused("prune", "no retention policy in the config: nothing is ever deleted "
+                        "(README \"Keeping backups\")")
     decided = prune(ctx, dry_run=dry_run)
     table = Table(title=f"retention{' (dry run: nothing deleted)' if dry_run else ''}")
     for column in ("source", "collection", "run", "records", "verdict", "why"):
@@ -269,8 +273,7 @@ def _acknowledge(ctx: Context, run_id: str, source: str, collection: str) -> int
     try:
         job = acknowledge(ctx, run_id, source, collection)
     except NotSuspect as exc:
-        print(exc, file=sys.stderr)
-        return 2
+        return _refused("ack", exc)
     print(f"acknowledged: {source}/{collection} in run {run_id} "
           f"({job.result.records if job.result else 0} records, down from "
           f"{job.previous_records}) now counts as a good backup")
@@ -343,8 +346,7 @@ def _restore(ctx: Context, args: argparse.Namespace) -> int:
         plan = plan_restore(ctx, args.run_id, args.source, args.collection, into=args.into,
                             mode=args.mode, force=args.force)
     except RestoreRefused as exc:
-        print(exc, file=sys.stderr)
-        return 2
+        return _refused("restore", exc)
     order = plan.order
     print(f"restore {args.source}/{order.collection} from run {order.backup_run_id} "
           f"({order.records} records in {len(order.objects)} object(s)) into "
@@ -357,9 +359,8 @@ def _restore(ctx: Context, args: argparse.Namespace) -> int:
               f"{caveat['why']}")
     if plan.writes_into_existing and not args.yes and (
             not sys.stdin.isatty() or input(f"write into {order.target}? type its name: ") != order.target):
-        print(f"not confirmed: nothing written. Add --yes to write into {order.target}",
-              file=sys.stderr)
-        return 2
+        return _refused("restore", f"not confirmed: nothing written. Add --yes to write into "
+                        f"{order.target}")
     run, _ = start_restore(ctx, plan, idempotency_key=f"cli:{uuid.uuid4()}", trigger="cli")
     return _drive(ctx, run, args.tick)
 
@@ -456,8 +457,8 @@ def _status(store: StateStore, run_id: str | None, limit: int) -> int:
     if run_id:
         jobs = store.list_jobs(run_id)
         if not jobs:
-            print(f"no run {run_id!r} in the state table", file=sys.stderr)
-            return 1
+            return _refused("status", f"no run {run_id!r} in the state table; `baas-backup status` "
+                            "lists the recent runs")
         out.print(job_table(f"run {run_id}", jobs))
         return 0
     table = Table(title="recent runs")

@@ -77,7 +77,8 @@ def acknowledge(ctx: Context, run_id: str, source: str, collection: str) -> Job:
         job = next((j for j in ctx.state.list_jobs(run_id)
                     if (j.source, j.collection) == (source, collection)), None)
         if job is None:
-            raise NotSuspect(f"run {run_id!r} has no backup of {source}/{collection}")
+            raise NotSuspect(f"run {run_id!r} has no backup of {source}/{collection}; GET /runs/"
+                             f"{{run_id}} (or `baas-backup status RUN_ID`) lists a run's backups")
         if not job.suspect:
             raise NotSuspect(f"the backup of {source}/{collection} in run {run_id} is not "
                              f"suspect (status {job.status.value}); nothing to acknowledge")

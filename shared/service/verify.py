@@ -155,7 +155,8 @@ def _backups(ctx: Context, run_id: str, report: Report) -> list[dict[str, Any]]:
         pass
     jobs = ctx.state.list_jobs(run_id)
     if not jobs:
-        raise NothingToVerify(f"no run {run_id!r}: neither its run manifest nor its record exists")
+        raise NothingToVerify(f"no run {run_id!r}: neither its run manifest nor its record exists; "
+                             "GET /runs (or `baas-backup status`) lists the runs")
     report.problems.append(Problem("missing manifest", key, "the run manifest is missing; "
                                    "checking the backups the state store lists"))
     return _entries(jobs)
