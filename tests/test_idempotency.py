@@ -126,23 +126,17 @@ def test_poller_fails_the_invocation_on_an_event_that_is_not_its_timer(
     assert poller.main_handler(dict(TIMER_EVENT), None)["advanced"] == 0  # its timer still works
 
 
-@pytest.mark.parametrize(("event", "words"), [
-    ({"idempotency_key": "k", "api_token": "value-0123"}, ['"api_token"', "not expected"]),
-    ({"idempotency_key": "k", "sources": "value-0123"}, ['"sources"']),
-    ({"Type": "Timer", "TriggerName": "value-0123"}, ['"Time"', "missing"]),
-])
-def test_trigger_fails_the_invocation_on_a_malformed_event_without_repeating_it(
-        deployed: LocalBackup, event: dict[str, Any], words: list[str]) -> None:
+def test_trigger_fails_the_invocation_on_a_malformed_timer_event_without_repeating_it(
+        deployed: LocalBackup) -> None:
     """SCF writes the error of a failed invocation to the function's log as it is, past
     the log's redaction: it names the fields, never their values (a token put in the
-    event by mistake stays out of the log)."""
+    event by mistake stays out of the log). Run requests: the test below."""
     trigger = load_handler("trigger")
 
     with pytest.raises(ValueError) as raised:
-        trigger.main_handler(event, None)
+        trigger.main_handler({"Type": "Timer", "TriggerName": "value-0123"}, None)
 
-    for word in words:
-        assert word in str(raised.value), raised.value
+    assert '"Time"' in str(raised.value) and "missing" in str(raised.value), raised.value
     assert "value-0123" not in str(raised.value)
 
 
@@ -174,3 +168,28 @@ def test_a_secret_bearing_config_that_fails_to_load_keeps_its_secrets_out_of_the
     for secret in ("cos-key-value", "db-password-value", "robot-key-0123", "wechat-secret-value",
                    "typed-secret-value"):
         assert secret not in shown, secret
+
+
+@pytest.mark.parametrize(("event", "words"), [
+    # the console's Hello World test template
+    ({"key1": "value-0123", "key2": "value2"},
+     ['"idempotency_key"', "missing", '"key1"', "not expected", '{"idempotency_key": "<any key>"']),
+    ({"idempotency_key": 7}, ['"idempotency_key"', "not a string"]),
+    ({"idempotency_key": "k", "sources": "value-0123"}, ['"sources"', "not a list"]),
+    ({"idempotency_key": "k", "sources": ["shop", 7]}, ['"sources.1"', "not a string"]),
+])
+def test_trigger_fails_the_invocation_on_a_malformed_run_request(
+        deployed: LocalBackup, event: dict[str, Any], words: list[str]) -> None:
+    """A direct invocation that is not a run request names the field and the event the
+    trigger takes, as the finisher and the poller do; the event's values are not echoed."""
+    trigger = load_handler("trigger")
+
+    with pytest.raises(ValueError) as raised:
+        trigger.main_handler(event, None)
+
+    said = str(raised.value)
+    for word in words:
+        assert word in said, said
+    assert "value-0123" not in said and "input_value" not in said, said
+    assert "POST /runs" in said, said  # the other way to start a run
+    assert open_store(deployed.state_url).list_runs(10) == []  # nothing was started

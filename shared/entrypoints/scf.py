@@ -131,14 +131,14 @@ def handle_trigger(event: dict[str, Any], invocation: object = None) -> dict[str
         return run_doctor(notify=event.get("notify") is True)
     from shared.service.start import start_run
 
-    ctx = _context(invocation)
     if _is_timer(event):
         timer = _trigger_event(TimerEvent, event)
         key = f"timer:{timer.TriggerName}:{timer.Time}"
-        run, created = start_run(ctx, idempotency_key=key, trigger="timer")
+        run, created = start_run(_context(invocation), idempotency_key=key, trigger="timer")
     else:
-        request = _trigger_event(RunRequest, event)
-        run, created = start_run(ctx, idempotency_key=f"invoke:{request.idempotency_key}",
+        request = _run_request(event)  # before the context: a wrong event needs no config
+        run, created = start_run(_context(invocation),
+                                 idempotency_key=f"invoke:{request.idempotency_key}",
                                  trigger="invoke", sources=request.sources)
     return {"run_id": run.run_id, "created": created}
 
@@ -157,9 +157,21 @@ def _trigger_event(model: type[E], event: dict[str, Any]) -> E:
 
 def _problems(exc: ValidationError) -> str:
     """Each problem as `field "name": what`; the event's values are never repeated."""
-    said = {"missing": "missing", "extra_forbidden": "not expected", "string_type": "not a string"}
+    said = {"missing": "missing", "extra_forbidden": "not expected", "string_type": "not a string",
+            "list_type": "not a list"}
     return "; ".join(f'field "{".".join(str(part) for part in error["loc"])}": '
                      f'{said.get(error["type"], error["type"])}' for error in exc.errors())
+
+
+def _run_request(event: dict[str, Any]) -> RunRequest:
+    fix = ('the trigger takes a run request {"idempotency_key": "<any key>", "sources": '
+           '["<source name>", ...]} (sources optional: every source; the same key again answers '
+           'the same run), SCF\'s timer event or {"doctor": true}: invoke it with one of those, '
+           "or POST /runs on the Function URL")
+    try:
+        return RunRequest.model_validate(event)
+    except ValidationError as exc:
+        raise _malformed(f"{_problems(exc)}: {fix}") from None
 
 
 def _malformed(text: str) -> MalformedEvent:
