@@ -136,7 +136,7 @@ def handle_trigger(event: dict[str, Any], invocation: object = None) -> dict[str
         key = f"timer:{timer.TriggerName}:{timer.Time}"
         run, created = start_run(_context(invocation), idempotency_key=key, trigger="timer")
     else:
-        request = _run_request(event)  # before the context: a wrong event needs no config
+        request = _trigger_event(RunRequest, event)  # first: a wrong event needs no config
         run, created = start_run(_context(invocation),
                                  idempotency_key=f"invoke:{request.idempotency_key}",
                                  trigger="invoke", sources=request.sources)
@@ -150,8 +150,10 @@ def _trigger_event(model: type[E], event: dict[str, Any]) -> E:
         return model.model_validate(event)
     except ValidationError as exc:
         raise _malformed(
-            f"{_problems(exc)}: the trigger takes its timer's event ({TIMER_DOC}), "
-            '{"sources": [...], "idempotency_key": "..."} to start a run, or {"doctor": true}'
+            f'{_problems(exc)}: the trigger takes a run request {{"idempotency_key": "<any key>", '
+            '"sources": ["<source name>", ...]} (sources optional: every source; the same key '
+            f"again answers the same run), its timer's event ({TIMER_DOC}) or {{\"doctor\": true}}: "
+            "invoke it with one of those, or POST /runs on the Function URL"
         ) from None
 
 
@@ -161,17 +163,6 @@ def _problems(exc: ValidationError) -> str:
             "list_type": "not a list"}
     return "; ".join(f'field "{".".join(str(part) for part in error["loc"])}": '
                      f'{said.get(error["type"], error["type"])}' for error in exc.errors())
-
-
-def _run_request(event: dict[str, Any]) -> RunRequest:
-    fix = ('the trigger takes a run request {"idempotency_key": "<any key>", "sources": '
-           '["<source name>", ...]} (sources optional: every source; the same key again answers '
-           'the same run), SCF\'s timer event or {"doctor": true}: invoke it with one of those, '
-           "or POST /runs on the Function URL")
-    try:
-        return RunRequest.model_validate(event)
-    except ValidationError as exc:
-        raise _malformed(f"{_problems(exc)}: {fix}") from None
 
 
 def _malformed(text: str) -> MalformedEvent:
