@@ -236,7 +236,9 @@ class Run(BaseModel):
     model_config = ConfigDict(frozen=True, defer_build=True)  # built on first use: cold start
 
     run_id: str
-    operation: Literal["backup", "restore"] = "backup"
+    # "restore-target": not a run but the record restores claim a target on (holds.py);
+    # never open, its run id sorts before every real run's.
+    operation: Literal["backup", "restore", "restore-target"] = "backup"
     idempotency_key: str
     trigger: str  # timer | http | cli
     status: RunStatus = RunStatus.RUNNING

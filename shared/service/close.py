@@ -177,11 +177,11 @@ def _close_restore(ctx: Context, run: Run, jobs: list[Job]) -> None:
 
 
 def _release_backups(ctx: Context, run: Run, jobs: list[Job]) -> None:
-    """An ended restore's claims on the backups it read end with it (holds.py): they go
-    from their runs' records now, not at the next claim there, so no record keeps them.
-    A release that fails leaves only a claim that no longer holds (the next claim drops
-    it), so it is logged and the restore stays closed."""
-    from shared.service.holds import release
+    """An ended restore's claims on the backups it read and on its target end with it
+    (holds.py): they go from their records now, not at the next claim there, so no record
+    keeps them. A release that fails leaves only a claim that no longer holds (the next
+    claim drops it), so it is logged and the restore stays closed."""
+    from shared.service.holds import release, release_target
 
     for job in jobs:
         if job.restore is None:
@@ -192,6 +192,12 @@ def _release_backups(ctx: Context, run: Run, jobs: list[Job]) -> None:
             log.warning("an ended restore's claim on its backup could not be released; the "
                         "next claim on that run drops it",
                         extra={"backup_run_id": job.restore.backup_run_id}, exc_info=True)
+        try:  # its target too: the next restore into it finds the claim gone
+            release_target(ctx, job.source, job.collection, run.run_id)
+        except Exception:
+            log.warning("an ended restore's claim on its target could not be released; the "
+                        "next claim on it drops it",
+                        extra={"source": job.source, "target": job.collection}, exc_info=True)
 
 
 def _closed(ctx: Context, run: Run, update: dict[str, Any]) -> Run | None:

@@ -143,12 +143,21 @@ def start_restore(ctx: Context, plan: Plan, *, idempotency_key: str,
     _not_busy(ctx, plan.source, plan.order.target, idempotency_key)
     now = ctx.clock()
     run_id = run_id_for(idempotency_key, now)
-    _claim_backup(ctx, plan.order, run_id)
+    # The read above misses a restore started in the same instant: the claim does not.
+    resent = _claim_target(ctx, plan, run_id, idempotency_key)
+    if resent is not None:
+        return resent, False
+    try:
+        _claim_backup(ctx, plan.order, run_id)
+    except Exception:
+        _release_target(ctx, plan, run_id)
+        raise
     try:  # planned before retention moved it to the cold class, it could not be read now
         order = plan.order
         _not_archived(ctx, order.backup_run_id, order.objects, plan.source, order.collection)
     except Exception:
         _release_backup(ctx, plan.order, run_id)
+        _release_target(ctx, plan, run_id)
         raise
     job = Job(job_id=job_id_for(run_id, plan.source, plan.order.target), run_id=run_id,
               source=plan.source, collection=plan.order.target, restore=plan.order,
@@ -159,6 +168,7 @@ def start_restore(ctx: Context, plan: Plan, *, idempotency_key: str,
               trigger=trigger, sources=[plan.source], created_at=now)
     run, created = ctx.state.create_run(run, [job])
     if not created:  # the same request, resent while this one was on its way
+        _release_target(ctx, plan, run_id)  # that restore holds it under its own run id
         return _same_restore(ctx, run, plan), False
     with log_context(run_id=run.run_id):
         # The poller's next tick hands it to the finisher (its job is due now): started
@@ -246,6 +256,31 @@ def _claim_backup(ctx: Context, order: RestoreOrder, restore_run_id: str) -> Non
         raise RestoreRefused(f"backup run {order.backup_run_id} is being pruned by retention "
                              f"(its backup of {order.collection} is about to be deleted); pick "
                              "another run (GET /runs lists them)", field="run_id", status=409)
+
+
+def _claim_target(ctx: Context, plan: Plan, restore_run_id: str,
+                  idempotency_key: str) -> Run | None:
+    """A restore's claim on the collection it will write into (holds.claim_target);
+    RestoreRefused when another live restore holds it, unless that one is this very
+    request sent twice at once (its restore is returned)."""
+    from shared.service.holds import claim_target
+
+    source, target = plan.source, plan.order.target
+    holder = claim_target(ctx, source, target, restore_run_id)
+    if holder is None:
+        return None
+    recorded = ctx.state.find_run(idempotency_key)
+    if recorded is not None:
+        return _same_restore(ctx, recorded, plan)
+    raise RestoreRefused(f"restore {holder} is writing into {source}/{target} right now; "
+                         f"wait for it to end (GET /restores/{holder})", field="into",
+                         status=409)
+
+
+def _release_target(ctx: Context, plan: Plan, restore_run_id: str) -> None:
+    from shared.service.holds import release_target
+
+    release_target(ctx, plan.source, plan.order.target, restore_run_id)
 
 
 def _held_by(ctx: Context, order: RestoreOrder) -> set[str]:
