@@ -9,12 +9,14 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from devkit.sample_data import make_docs
 from shared.config import Config
 from shared.domain.jobs import Job, Run, RunStatus
+from shared.entrypoints.cli import main as cli
 from shared.service.context import Context
 from shared.service.holds import RECORDING_WITHIN
 from shared.service.restore.plan import Plan, RestoreRefused, plan_restore, start_restore
@@ -144,3 +146,21 @@ def test_a_start_that_died_before_recording_frees_its_target_after_a_while(
     restore, created = start_restore(other, planned(other, backup, "other"),
                                      idempotency_key="other", trigger="test")
     assert created and [r.run_id for r in restores(other)] == [restore.run_id]
+
+
+def test_status_lists_restores_not_their_targets_records(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`baas-backup status` shows runs and restores; a target's claim record is neither."""
+    config, backup = backed_up(local)
+    ctx = local.context(config)
+    restore, _ = start_restore(ctx, planned(ctx, backup, "first"), idempotency_key="first",
+                               trigger="test")
+    path = local.config_file(config, [local.wechat_source(collections=["orders"])],
+                             tmp_path / "config.yaml", monkeypatch)
+    monkeypatch.setenv("COLUMNS", "300")  # rich wraps the table to the terminal otherwise
+
+    assert cli(["--config", str(path), "status"]) == 0
+    out = capsys.readouterr().out
+    assert restore.run_id in out and backup.run_id in out
+    assert "restore-target" not in out

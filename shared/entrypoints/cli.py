@@ -466,6 +466,8 @@ def _status(store: StateStore, run_id: str | None, limit: int) -> int:
                    "bytes"):
         table.add_column(column)
     for run in store.list_runs(limit):
+        if run.operation == "restore-target":
+            continue  # where restores claim a target (holds.py), not a run
         s = run.summary or {}
         table.add_row(run.run_id, run.operation, run.trigger, run.status.value,
                       *(str(s.get(k, "")) for k in ("jobs", "done", "failed", "records", "bytes")))
