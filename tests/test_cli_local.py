@@ -123,7 +123,9 @@ def test_a_state_backend_that_does_not_answer_is_one_clear_line_not_a_traceback(
 
 @pytest.mark.parametrize("given", [["run", "--tick", "-1"], ["run", "--tick", "nan"],
                                    ["status", "--limit", "0"], ["status", "--limit", "-3"],
-                                   ["serve", "--port", "65536"], ["serve", "--port", "-1"]])
+                                   ["serve", "--port", "65536"], ["serve", "--port", "-1"],
+                                   # str.isdigit takes these; int() does not
+                                   ["status", "--limit", "\u00b2"], ["serve", "--port", "\u00b2"]])
 def test_a_bad_number_is_refused_before_anything_starts(
         local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str], given: list[str]) -> None:
@@ -135,7 +137,8 @@ def test_a_bad_number_is_refused_before_anything_starts(
         cli(["--config", str(path), *given])
 
     assert exited.value.code == 2
-    assert given[1] in capsys.readouterr().err  # names the option
+    err = capsys.readouterr().err
+    assert given[1] in err and "must be" in err, err  # names the option and what it takes
     assert local.context(local.config()).state.list_runs(10) == []  # no run was started
 
 

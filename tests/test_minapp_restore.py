@@ -100,6 +100,9 @@ def test_count_by_id_or_name_and_a_missing_table_fails(client: MinAppClient,
     assert client.count("1001") == client.count("orders") == 7
     with pytest.raises(Fatal, match="no table"):
         client.count("ghosts")
+    # "\u00b2" passes str.isdigit but is no table id: it is looked up as the name it is
+    with pytest.raises(Fatal, match="no table\\(s\\) named '\u00b2'"):
+        client.count("\u00b2")
 
 
 def test_create_target_copies_columns_and_permissions_without_built_in_fields(

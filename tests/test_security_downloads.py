@@ -172,6 +172,16 @@ def test_a_body_without_length_or_framing_is_refused_when_completeness_rests_on_
         fetch(client, f"{hostile.base}/file", require_length=True)
 
 
+def test_a_content_length_that_is_not_ascii_digits_is_refused_naming_it() -> None:
+    """Over the wire h11 refuses such a header first ("bad Content-Length"); the check
+    must not lean on that: "\u00b2" passes str.isdigit, and int() refuses it."""
+    response = httpx.Response(200, headers=[(b"Content-Length", b"\xb2")],
+                              stream=httpx.ByteStream(b"ab"))
+
+    with pytest.raises(UnconfirmedLength, match="Content-Length '\u00b2'"):
+        b"".join(download_chunks(response, require_length=True))
+
+
 # end to end: the platforms use the guarded client ------------------------------------
 def test_wechat_file_url_at_the_metadata_service_is_never_fetched(
         local: LocalBackup, hostile: Hostile, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -48,7 +48,7 @@ def exchange(address: tuple[str, int], raw: bytes, *, pause_after: float = 0.0) 
 
 def post_runs(headers: str, body: bytes) -> bytes:
     return (f"POST /runs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
-            f"Content-Type: application/json\r\n{headers}\r\n").encode() + body
+            f"Content-Type: application/json\r\n{headers}\r\n").encode("latin-1") + body
 
 
 def test_a_chunked_body_is_refused_not_read_as_empty(api: Api, served: tuple[str, int]) -> None:
@@ -63,7 +63,8 @@ def test_a_chunked_body_is_refused_not_read_as_empty(api: Api, served: tuple[str
 
 
 @pytest.mark.parametrize("header", ["Content-Length: -5\r\n", "Content-Length: 12abc\r\n",
-                                    "Content-Length: 2\r\nContent-Length: 30\r\n"])
+                                    "Content-Length: 2\r\nContent-Length: 30\r\n",
+                                    "Content-Length: \u00b2\r\n"])  # a digit to str.isdigit, not int()
 def test_a_bad_content_length_is_refused(api: Api, served: tuple[str, int], header: str) -> None:
     answer = exchange(served, post_runs(header, b'{"sources": ["archive"]}'))
 

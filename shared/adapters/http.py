@@ -211,7 +211,11 @@ def _whole(response: httpx.Response) -> Iterator[bytes]:
             "not be told from its end; refused (the platform reports no record count to check)")
     yield from _decoded(response)
     received = response.num_bytes_downloaded
-    if declared is not None and declared.isdigit() and received != int(declared):
+    if declared is not None and not (declared.isascii() and declared.isdigit()):
+        # str.isdigit alone takes "²", which int() refuses (RFC 9110 8.6: 1*DIGIT)
+        raise UnconfirmedLength(f"the download's Content-Length {declared!r} is not a number "
+                                "of bytes, so a cut-off could not be told from its end; refused")
+    if declared is not None and received != int(declared):
         raise UnconfirmedLength(f"the download ended after {received} of the {declared} bytes "
                                 "its Content-Length announced")
 

@@ -53,8 +53,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit alone takes "²", which int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def _count(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
+    if not _digits(text) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number, 1 or more (e.g. 10), not {text!r}")
     return int(text)
 
@@ -62,7 +67,7 @@ def _count(text: str) -> int:
 def _port(text: str) -> int:
     """A TCP port, or 0 for one the system picks (the URL printed at start shows it); a value
     bind() refuses must be refused here, before the config is read or a poller started."""
-    if not text.isdigit() or int(text) > 65535:
+    if not _digits(text) or int(text) > 65535:
         raise argparse.ArgumentTypeError(f"must be a TCP port, 1 to 65535 (or 0: any free one), "
                                          f"not {text!r}")
     return int(text)

@@ -51,6 +51,12 @@ def function_url_event(method: str, target: str, headers: dict[str, str], body: 
     }
 
 
+def _digits(text: str) -> bool:
+    """ASCII digits only (RFC 9110 8.6: Content-Length = 1*DIGIT): str.isdigit alone
+    takes "²", which int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
 class _Handler(BaseHTTPRequestHandler):
     server_version = "baas-backup-local"
     protocol_version = "HTTP/1.1"
@@ -70,7 +76,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._refuse(411, "send the body with Content-Length, not Transfer-Encoding")
             return None
         lengths = self.headers.get_all("Content-Length") or []
-        if len(set(lengths)) > 1 or not all(v.strip().isdigit() for v in lengths):
+        if len(set(lengths)) > 1 or not all(_digits(v.strip()) for v in lengths):
             self._refuse(400, "Content-Length must be one non-negative integer")
             return None
         length = int(lengths[0]) if lengths else 0

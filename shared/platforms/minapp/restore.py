@@ -56,7 +56,8 @@ PART_TYPES = {"json": "application/json", "csv": "text/csv"}
 
 
 def is_table_id(collection: str) -> bool:
-    return collection.isdigit()
+    """ASCII digits only: str.isdigit alone takes "²", which is no table id."""
+    return collection.isascii() and collection.isdigit()
 
 
 def restore_table_name(original: str, run_id: str) -> str:
