@@ -23,6 +23,7 @@ from tests.fakes import RecordingDispatcher
 from tests.support.api import Api, deploy, deploy_sources
 from tests.support.backup import ENV_ID as ENV_ID_WECHAT
 from tests.support.backup import LocalBackup, drive
+from tests.support.minapp import drive_jumping
 from tests.support.onedb import APP, ENV_ID, finisher_process, onedb_source, stored_job
 
 
@@ -250,6 +251,30 @@ def test_wechat_backup_wiped_and_restored_over_http_into_a_new_collection_and_th
                                                                 fresh["restore_id"]]
     status, runs, _ = api.call("GET", "/runs")
     assert [r["run_id"] for r in runs["runs"]] == [run_id]  # restores are not backup runs
+
+
+def test_an_undocumented_wechat_import_status_is_waited_for_without_spending_tries(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """databaseMigrateQueryInfo documents waiting, migrating, success and fail; another status
+    may be a new in-between state, so the import waits as an export does, not failing after
+    max_attempts (3) answers of it."""
+    api = deploy(local, tmp_path, monkeypatch)
+    original = local.emulator.docs(ENV_ID_WECHAT, "orders")
+    run_id = backed_up(api, "shop", "orders")
+    local.emulator.answer_with("/tcb/databasemigratequeryinfo",
+                               {"errcode": 0, "errmsg": "ok", "status": "queued"}, times=6)
+
+    status, body, _ = api.call("POST", "/restores", headers={"Idempotency-Key": "queued"},
+                               body={"run_id": run_id, "source": "shop", "collection": "orders"})
+    assert status == 202, body
+    ctx = api.context()
+    restore = ctx.state.get_run(body["restore_id"])
+    assert restore is not None
+    drive_jumping(ctx, restore)  # the pipeline's one-minute waits jumped
+
+    status, view, _ = api.call("GET", body["status_url"])
+    assert view["status"] == "succeeded" and view["progress"]["imported"] == 20, view
+    assert local.emulator.docs(ENV_ID_WECHAT, view["target"]) == original
 
 
 def test_a_third_party_platform_app_is_restored_over_http(

@@ -9,6 +9,7 @@ import io
 import logging
 import tracemalloc
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any, cast
 
 import httpx
@@ -16,7 +17,7 @@ import pytest
 
 from devkit.compare import docs_as_csv_rows
 from devkit.sample_data import make_docs
-from shared.domain.errors import Fatal, Forgotten, Retryable, VerificationFailed
+from shared.domain.errors import Fatal, Forgotten, Retryable, RetryLater, VerificationFailed
 from shared.logs import configure_logging
 from shared.platforms.wechat import platform as wechat_platform
 from shared.platforms.wechat.platform import WeChatClient
@@ -443,7 +444,7 @@ def test_records_the_import_refused_are_reported(shop: LocalBackup) -> None:
 
 
 @pytest.mark.parametrize(("answer", "error", "words"), [
-    ({"status": "paused"}, Retryable, "unknown status 'paused'"),
+    ({"status": "paused"}, RetryLater, "import job .* status 'paused'.*waiting up to 30 minutes"),
     ({"record_success": 1}, Fatal, "without status.*api_base"),
     ({"status": "success", "record_success": "many"}, Fatal, "record_success = 'many'"),
     ({"status": "success", "record_success": "²"}, Fatal, "record_success = '²'"),
@@ -459,6 +460,21 @@ def test_an_import_status_of_another_shape_fails_loudly(
 
     with pytest.raises(error, match=words):
         client.check_import("orders", job or "")
+
+
+def test_an_undocumented_import_status_fails_naming_it_once_the_wait_is_over(
+        shop: LocalBackup, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wechat_platform, "UNDOCUMENTED_STATUS_WAIT", timedelta(0))
+    client = client_for(shop)
+    job = client.send_import("orders", "upsert", file_type="json", name="a.json",
+                             chunks=[b"{}\n"], size=3)
+    monkeypatch.setattr(shop.emulator, "_import_info", lambda job: {"status": "paused"})
+
+    progress = client.check_import("orders", job or "")
+
+    assert progress.state == "failed", progress
+    assert "import job" in progress.message and "'paused'" in progress.message
+    assert "still so after" in progress.message and "api_base" in progress.message
 
 
 def test_an_import_wechat_forgot_is_named(shop: LocalBackup) -> None:

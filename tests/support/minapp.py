@@ -74,9 +74,15 @@ class JumpClock:
 
 def backup_jumping(ctx: Context, key: str = "test", timeout: float = 60) -> Run:
     """Start a run and poll it to its end, jumping the clock over idle waits."""
-    clock = JumpClock()
-    ctx.clock = clock
+    ctx.clock = JumpClock()
     run, _ = start_run(ctx, idempotency_key=key, trigger="test")
+    return drive_jumping(ctx, run, timeout)
+
+
+def drive_jumping(ctx: Context, run: Run, timeout: float = 60) -> Run:
+    """Poll `run` (a backup's or a restore's) to its end, jumping the clock over idle waits."""
+    clock = ctx.clock if isinstance(ctx.clock, JumpClock) else JumpClock()
+    ctx.clock = clock
 
     def jump_over_waits() -> None:
         due = [j.next_check_at for j in ctx.state.list_jobs(run.run_id) if not j.status.terminal]

@@ -320,24 +320,25 @@ class WeChatClient(WeChatRestore):
                 f"{self.source.name!r}'s api_base is WeChat's API and not a proxy that rewrites "
                 "answers, and report the answer's fields if it is"
             )
-        return self._undocumented_status(platform_job_id, status)
+        return Progress("failed", message=self._undocumented_status("export", platform_job_id, status))
 
-    def _undocumented_status(self, platform_job_id: str, status: str) -> Progress:
-        """A status not in DOCUMENTED_STATUSES: waited for, without spending the job's tries
-        and saying so in its error, for UNDOCUMENTED_STATUS_WAIT from its first answer."""
-        key = f"wechat:odd-status:{self.source.appid}:{platform_job_id}"
+    def _undocumented_status(self, kind: str, platform_job_id: str, status: str) -> str:
+        """A status not in DOCUMENTED_STATUSES for an export or import (`kind`) job: waited
+        for, without spending the job's tries and saying so in its error (RetryLater), for
+        UNDOCUMENTED_STATUS_WAIT from its first answer; then the message to fail it with."""
+        key = f"wechat:odd-status:{kind}:{self.source.appid}:{platform_job_id}"
         first = self._cache.cache_get(key, _now())
         if first is None:
             first = _now().isoformat()
             self._cache.cache_put(key, first, _now() + MARKER_TTL)
         minutes = UNDOCUMENTED_STATUS_WAIT.total_seconds() / 60
-        said = (f"WeChat export job {platform_job_id} answered status {status[:80]!r} (from "
+        said = (f"WeChat {kind} job {platform_job_id} answered status {status[:80]!r} (from "
                 f"{self.routes.status}), which is not one WeChat's answers are known to give "
                 f"({DOCUMENTED_STATUSES}); check the job in the env's database console, and that "
                 f"source {self.source.name!r}'s api_base is WeChat's API and not a proxy that "
                 "rewrites answers")
         if _now() - datetime.fromisoformat(first) >= UNDOCUMENTED_STATUS_WAIT:
-            return Progress("failed", message=f"{said} (still so after {minutes:g} minutes)")
+            return f"{said} (still so after {minutes:g} minutes)"
         raise RetryLater(f"{said}; waiting up to {minutes:g} minutes for a known status")
 
     def _record_count(self, info: dict[str, Any], field: str, platform_job_id: str,

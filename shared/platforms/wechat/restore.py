@@ -97,6 +97,8 @@ class WeChatRestore:
 
         def _status(self, platform_job_id: str) -> dict[str, Any]: ...
 
+        def _undocumented_status(self, kind: str, platform_job_id: str, status: str) -> str: ...
+
     @property
     def restore_modes(self) -> frozenset[str]:
         return MODES
@@ -208,9 +210,8 @@ class WeChatRestore:
                 f"(fields: {', '.join(sorted(info)) or 'none'}; expected status: waiting, "
                 "migrating, success or fail); check that the source's api_base is WeChat's API "
                 "and not a proxy that rewrites answers, and report the answer's fields if it is")
-        raise Retryable(f"WeChat import job {import_id} has an unknown status {status!r} (known: "
-                        "waiting, migrating, success, fail); asked again later, and if it stays, "
-                        "check the source's api_base")
+        # as an export's: waited for, then failed naming it (DOCUMENTED_STATUSES, platform.py)
+        return ImportProgress("failed", message=self._undocumented_status("import", import_id, status))
 
     # upload ------------------------------------------------------------------------------
     def _upload_form(self, path: str) -> UploadForm:
