@@ -132,11 +132,15 @@ def _not_listed(source: str, exc: Retryable | RetryLater) -> str:
                 f"token was read or stored ({exc}). This run backs up nothing from it and "
                 "does not list it again; check the state backend (state.url, its database or "
                 "bucket and the function's access to it) and start the backup again")
-    cause = ("the platform asked to wait" if isinstance(exc, RetryLater)
-             else "the platform stayed busy or unreachable")
-    return (f"source {source!r} could not be listed: {cause} ({exc}). This run backs up "
-            "nothing from it and does not list it again; start the backup again once the "
-            "platform's rate limit, quota or outage has passed")
+    if isinstance(exc, RetryLater):
+        return (f"source {source!r} could not be listed: the platform asked to wait ({exc}). "
+                "This run backs up nothing from it and does not list it again; start the backup "
+                "again once the platform's rate limit, quota or outage has passed")
+    # a Retryable's cause varies (busy, unreachable, collections changing while listed):
+    # the platform's message names it, so nothing here may name another
+    return (f"source {source!r} could not be listed, for a reason that may pass ({exc}). This "
+            "run backs up nothing from it and does not list it again; start the backup again "
+            "once the cause in parentheses has passed")
 
 
 def _broke(source: str, exc: Exception) -> str:
