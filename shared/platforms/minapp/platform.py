@@ -48,6 +48,7 @@ from shared.platforms.minapp.answers import (
 )
 from shared.platforms.minapp.restore import MinAppRestore
 from shared.platforms.minapp.settings import MinAppSource, MinAppTable
+from shared.platforms.statuses import wait_for_documented
 from shared.ports import PlatformServices, Progress
 from shared.retry import with_retries
 
@@ -594,20 +595,13 @@ class MinAppClient(MinAppRestore):
     def _undocumented_status(self, collection: str, job: str, status: object) -> Progress:
         """A status the docs do not list (see DOCUMENTED_STATUSES): waited for without
         spending the job's tries, saying so in its error, for UNDOCUMENTED_STATUS_WAIT."""
-        key = f"minapp:odd-status:{job}"
-        first = self._cache.cache_get(key, _now())
-        if first is None:
-            first = _now().isoformat()
-            self._cache.cache_put(key, first, _now() + MARKER_TTL)
-        minutes = UNDOCUMENTED_STATUS_WAIT.total_seconds() / 60
         said = (f"MinApp export job {job} of table {collection} answered status "
                 f"{repr(status)[:80]}, which MinApp's export job docs do not list "
                 f"({DOCUMENTED_STATUSES}); check the job in the MinApp console, and that source "
                 f"{self.source.name!r}'s api_base is MinApp's API and not a proxy that rewrites "
                 "answers")
-        if _now() - datetime.fromisoformat(first) >= UNDOCUMENTED_STATUS_WAIT:
-            return Progress("failed", message=f"{said} (still so after {minutes:g} minutes)")
-        raise RetryLater(f"{said}; waiting up to {minutes:g} minutes for a documented status")
+        return Progress("failed", message=wait_for_documented(
+            self._cache, f"minapp:odd-status:{job}", said, _now(), UNDOCUMENTED_STATUS_WAIT))
 
     def _download_url(self, collection: str, job: str) -> str:
         info = self._status(collection, job)

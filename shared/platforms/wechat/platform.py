@@ -28,6 +28,7 @@ from shared.adapters.http import (
     make_download_client,
 )
 from shared.domain.errors import BackupError, Fatal, Retryable, RetryLater
+from shared.platforms.statuses import wait_for_documented
 from shared.platforms.wechat.api import InvalidRequest, WeChatApi, shown_url, whole_number
 from shared.platforms.wechat.restore import WeChatRestore
 from shared.platforms.wechat.settings import WeChatSource
@@ -43,10 +44,9 @@ LISTING_TRIES = 3  # listings repeated while the environment changes under them
 # (seeds/wechat-databasemigratequeryinfo.en.txt); the statuses seen are waiting, migrating,
 # success and fail (API-NOTES.md, WeChat). Another may be a new in-between state, so, as for
 # MinApp's undocumented job statuses, it is waited for (from its first answer, kept in the
-# state table's cache for MARKER_TTL) without spending the job's tries, then fails naming it.
+# state table's cache) without spending the job's tries, then fails naming it (statuses.py).
 DOCUMENTED_STATUSES = "waiting, migrating, success, fail"
 UNDOCUMENTED_STATUS_WAIT = timedelta(minutes=30)
-MARKER_TTL = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -326,20 +326,14 @@ class WeChatClient(WeChatRestore):
         """A status not in DOCUMENTED_STATUSES for an export or import (`kind`) job: waited
         for, without spending the job's tries and saying so in its error (RetryLater), for
         UNDOCUMENTED_STATUS_WAIT from its first answer; then the message to fail it with."""
-        key = f"wechat:odd-status:{kind}:{self.source.appid}:{platform_job_id}"
-        first = self._cache.cache_get(key, _now())
-        if first is None:
-            first = _now().isoformat()
-            self._cache.cache_put(key, first, _now() + MARKER_TTL)
-        minutes = UNDOCUMENTED_STATUS_WAIT.total_seconds() / 60
         said = (f"WeChat {kind} job {platform_job_id} answered status {status[:80]!r} (from "
                 f"{self.routes.status}), which is not one WeChat's answers are known to give "
                 f"({DOCUMENTED_STATUSES}); check the job in the env's database console, and that "
                 f"source {self.source.name!r}'s api_base is WeChat's API and not a proxy that "
                 "rewrites answers")
-        if _now() - datetime.fromisoformat(first) >= UNDOCUMENTED_STATUS_WAIT:
-            return f"{said} (still so after {minutes:g} minutes)"
-        raise RetryLater(f"{said}; waiting up to {minutes:g} minutes for a known status")
+        return wait_for_documented(
+            self._cache, f"wechat:odd-status:{kind}:{self.source.appid}:{platform_job_id}", said,
+            _now(), UNDOCUMENTED_STATUS_WAIT)
 
     def _record_count(self, info: dict[str, Any], field: str, platform_job_id: str,
                       required: bool) -> int:
