@@ -34,6 +34,12 @@ def with_alert(run: Run, kind: str, alert: UndeliveredAlert | None) -> Run:
     return run.model_copy(update={"undelivered": kept if alert is None else {**kept, kind: alert}})
 
 
+def waiting(run: Run) -> bool:
+    """Whether `run` keeps an alert the poller still sends: retention must not delete the
+    run meanwhile, or the news it carries (a failure, say) is lost with it."""
+    return any(alert.gave_up_at is None for alert in run.undelivered.values())
+
+
 def settle(ctx: Context, run: Run, kind: str, sent: UndeliveredAlert, delivered: bool) -> None:
     """After a send: forget the alert once a webhook took it, else release the claim for
     the next tick. Only the alert that was sent: a newer one of the same kind stays."""

@@ -23,6 +23,7 @@ from shared.domain.layout import prune_record_key, run_folder
 from shared.domain.retention import Backup, Decision, Policy, decide
 from shared.service.context import Context
 from shared.service.holds import DELETE_WITHIN, claim, release
+from shared.service.outbox import waiting
 from shared.service.verify import unverified
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,8 @@ class Plan:
 
     def emptied_runs(self) -> list[str]:
         """Closed runs that hold no backup once the doomed ones are gone, except the
-        newest run (the latest failure stays visible)."""
+        newest run (the latest failure stays visible) and a run whose notification or
+        alert no webhook took yet (deleted, it would never be sent: outbox.py)."""
         doomed = {j.job_id for j in self.doomed}
         newest = max(self.runs, default=None)
         by_run: dict[str, list[Held]] = {}
@@ -74,7 +76,7 @@ class Plan:
             by_run.setdefault(held.run_id, []).append(held)
         emptied = []
         for run_id, run in sorted(self.runs.items()):
-            if run_id == newest or run.status is RunStatus.RUNNING:
+            if run_id == newest or run.status is RunStatus.RUNNING or waiting(run):
                 continue
             if all(j.job_id in doomed or j.holds_nothing for j in by_run.get(run_id, [])):
                 emptied.append(run_id)

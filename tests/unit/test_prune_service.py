@@ -11,7 +11,7 @@ from shared.service.poll import poll
 from shared.service.prune import prune
 from shared.service.start import start_run
 from shared.service.verify import unverified
-from tests.unit.support import ScriptedExport, backed_up, unit
+from tests.unit.support import ScriptedExport, backed_up, seed_run, unit
 
 ROWS = [{"_id": f"d{i}", "n": i} for i in range(5)]
 
@@ -69,3 +69,34 @@ def test_a_kept_backup_with_no_finish_time_is_not_moved_to_the_cold_class() -> N
     assert orders.result is not None and u.objects.classes.get(orders.result.key) is None
     users = u.job(job_id_for(run_id, "shop", "users")).result
     assert users is not None and u.objects.classes.get(users.key) == "ARCHIVE"
+
+
+def test_a_run_whose_failure_no_webhook_took_yet_is_not_deleted_by_retention() -> None:
+    """A failed run holds no backup, so retention deletes it once a newer run closes; but
+    while its notification waits for a webhook (shared/service/outbox.py keeps it on the
+    run for a day), deleting the run deletes the only news of the failure: it must stay
+    until the poller has delivered it (or given up), then go at a later prune."""
+    u = unit(ScriptedExport({"orders": list(ROWS)}))
+    u.ctx.config = u.ctx.config.model_copy(update={"retention": Retention(keep_last=1)})
+    (failed,) = seed_run(u, JobStatus.FAILED, error="the export failed")
+    u.notifier.accepting = False
+    poll(u.ctx)  # the run closes failed; every webhook is down
+    waiting = u.state.get_run(failed.run_id)
+    assert waiting is not None and waiting.status is RunStatus.FAILED
+    assert "run" in waiting.undelivered
+
+    u.clock.advance(3600)
+    second, _ = start_run(u.ctx, idempotency_key="night-2", trigger="test")
+    backed_up(u, u.state.list_jobs(second.run_id))  # closes, then prunes
+
+    assert u.state.get_run(failed.run_id) is not None, "deleted with its news undelivered"
+    tries = [r.run_id for r, _ in u.notifier.sent].count(failed.run_id)
+    u.notifier.accepting = True
+    u.clock.advance(60)
+    poll(u.ctx)
+    assert [r.run_id for r, _ in u.notifier.sent].count(failed.run_id) == tries + 1
+    settled = u.state.get_run(failed.run_id)
+    assert settled is not None and settled.undelivered == {}
+
+    prune(u.ctx)  # told: now it may go
+    assert u.state.get_run(failed.run_id) is None
