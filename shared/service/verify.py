@@ -264,13 +264,25 @@ def record(ctx: Context, report: Report) -> None:
                 "failed": still_failed(run, result), "report_key": key}
         summary = {**(run.summary or {}), "last_verify": kept}
         changed = run.model_copy(update={"summary": summary})
-        saved = ctx.state.save_run(with_alert(changed, "verify", alert) if alert else changed)
+        if alert is not None:
+            changed = with_alert(changed, "verify", alert)
+        elif answered(run, kept):
+            changed = with_alert(changed, "verify", None)
+        saved = ctx.state.save_run(changed)
         if saved is not None:
             break
     if text is not None and alert is not None:
         delivered = ctx.notifier.alert(text)
         if saved is not None:
             settle(ctx, saved, "verify", alert, delivered)
+
+
+def answered(run: Run, kept: dict[str, Any]) -> bool:
+    """Whether a clean verify answers the verify alert still waiting on `run`: nothing it
+    or an earlier one found wrong stands, so that alert would report damage no longer
+    there. One given up stays listed, as outbox.py keeps it."""
+    waiting = run.undelivered.get("verify")
+    return waiting is not None and waiting.gave_up_at is None and not kept["failed"]
 
 
 def verdicts(report: Report) -> dict[str, list[str]]:

@@ -9,6 +9,7 @@ from shared.entrypoints.http_api import verify_view
 from shared.service.close import close_finished_runs
 from shared.service.finish import finish
 from shared.service.overview import collections
+from shared.service.poll import poll
 from shared.service.prune import prune
 from shared.service.start import start_run
 from shared.service.verify import record, unverified, verify_run
@@ -142,3 +143,35 @@ def test_a_full_verify_of_archived_backups_reports_them_not_read_not_failed() ->
     assert unverified(kept) == {"shop/orders"}  # not read: the earlier verdict stands
     quick = verify_run(u.ctx, run_id, quick=True)  # sizes and CRC64: nothing left out
     assert quick.ok and all(o.not_read is None for o in quick.objects)
+
+
+def test_a_verify_alert_a_later_clean_verify_answered_is_not_sent_again() -> None:
+    """A verify found a backup damaged while every webhook was down: its alert waits on the
+    run (outbox.py). The object is put back and a verify of the run finds it right: the
+    waiting alert now reports damage that is not there, so it is not sent again."""
+    u = unit(ScriptedExport({"orders": list(ROWS)}))
+    run_id = backed_up(u)
+    [job] = u.state.list_jobs(run_id)
+    assert job.result is not None
+    kept = u.objects.objects.pop(job.result.key)
+    sent: list[str] = []
+    accepting = False
+
+    def alert(text: str) -> bool:
+        sent.append(text)
+        return accepting
+
+    u.notifier.alert = alert  # type: ignore[method-assign]
+    record(u.ctx, verify_run(u.ctx, run_id, quick=True))
+    waiting = u.state.get_run(run_id)
+    assert waiting is not None and "verify" in waiting.undelivered
+
+    u.objects.objects[job.result.key] = kept
+    record(u.ctx, verify_run(u.ctx, run_id, quick=True))
+    accepting = True
+    u.clock.advance(60)
+    poll(u.ctx)
+
+    assert [t for t in sent if "found problems" in t] == [sent[0]], sent
+    run = u.state.get_run(run_id)
+    assert run is not None and run.undelivered == {}
