@@ -331,6 +331,10 @@ class Notifier(Protocol):
     raises itself: a message that cannot be delivered is logged, and never keeps a run
     from closing."""
 
+    def sends(self, run: Run) -> bool:
+        """Whether `notify` would send `run`'s notification to a webhook (not for a quiet
+        success, nor with no webhook configured): only then is it kept to send again."""
+
     def notify(self, run: Run, jobs: list[Job], *, heartbeat: bool = True) -> bool:
         """Tell the webhooks how `run` ended (and ping the heartbeat, unless `heartbeat` is
         False: a notification sent again pings nothing); whether it reached someone, as

@@ -231,6 +231,10 @@ class RecordingNotifier:
         self.alerts: list[str] = []
         self.pinged: list[bool] = []  # per notification: whether the heartbeat was pinged
         self.accepting = True  # False: every webhook is down (or refuses)
+        self.quiet = False  # True: nothing to send (no webhook, or a quiet success)
+
+    def sends(self, run: Run) -> bool:
+        return not self.quiet
 
     def notify(self, run: Run, jobs: list[Job], *, heartbeat: bool = True) -> bool:
         self.sent.append((run, jobs))

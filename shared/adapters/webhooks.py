@@ -103,15 +103,20 @@ def notify_run(settings: Notify, run: Run, jobs: list[Job],
                client: httpx.Client | None = None, retry_base_seconds: float = 1.0) -> bool:
     """Whether the notification reached someone: a webhook accepted it, or there was
     nothing to send (a quiet success, no webhook configured)."""
-    suspect = bool((run.summary or {}).get("suspect"))
-    if settings.on == "failure" and run.status is RunStatus.SUCCEEDED and not suspect:
-        return True
-    if not settings.webhooks:
+    if not has_news(settings, run):
         return True
     from shared.adapters.http import make_client  # httpx only when a run is reported
 
     return _deliver(settings, "run notification", lambda webhook: payload(webhook, run, jobs),
                     client or make_client(), retry_base_seconds) > 0
+
+
+def has_news(settings: Notify, run: Run) -> bool:
+    """Whether `run`'s notification goes to a webhook: not a quiet success (`on: failure`,
+    succeeded and nothing suspect), and a webhook is configured."""
+    suspect = bool((run.summary or {}).get("suspect"))
+    quiet = settings.on == "failure" and run.status is RunStatus.SUCCEEDED and not suspect
+    return bool(settings.webhooks) and not quiet
 
 
 def _deliver(settings: Notify, what: str, body_for: Callable[[Webhook], dict[str, Any]],
@@ -148,6 +153,9 @@ class WebhookNotifier:
     def __init__(self, settings: Notify, retry_base_seconds: float = 1.0) -> None:
         self._settings = settings
         self._retry_base = retry_base_seconds
+
+    def sends(self, run: Run) -> bool:
+        return has_news(self._settings, run)
 
     def notify(self, run: Run, jobs: list[Job], *, heartbeat: bool = True) -> bool:
         delivered = notify_run(self._settings, run, jobs, retry_base_seconds=self._retry_base)

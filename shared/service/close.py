@@ -201,13 +201,18 @@ def _release_backups(ctx: Context, run: Run, jobs: list[Job]) -> None:
 
 
 def _closed(ctx: Context, run: Run, update: dict[str, Any]) -> Run | None:
-    """The closing compare-and-set; it also records the run's notification as not yet
-    delivered and claimed by this closer, so an alert is never lost between the two."""
+    """The closing compare-and-set; a notification that goes to a webhook is recorded in
+    it as not yet delivered and claimed by this closer, so it is never lost between the
+    two (a quiet success costs no second write)."""
     closing = run.model_copy(update=update)
-    return ctx.state.save_run(with_alert(closing, "run", claimed(ctx.clock())))
+    if ctx.notifier.sends(closing):
+        closing = with_alert(closing, "run", claimed(ctx.clock()))
+    return ctx.state.save_run(closing)
 
 
 def _announce(ctx: Context, saved: Run, jobs: list[Job]) -> None:
     """Send the notification; one no webhook accepted stays on the run for the poller."""
-    sent = saved.undelivered["run"]
-    settle(ctx, saved, "run", sent, ctx.notifier.notify(saved, jobs))
+    sent = saved.undelivered.get("run")
+    delivered = ctx.notifier.notify(saved, jobs)  # the heartbeat is pinged either way
+    if sent is not None:
+        settle(ctx, saved, "run", sent, delivered)

@@ -90,3 +90,24 @@ def test_a_tick_lists_the_newest_runs_once_for_the_resends_and_the_staleness_ala
     u.state.list_runs = counted  # type: ignore[method-assign]
     poll(u.ctx)
     assert len(listed) == 1
+
+
+def test_a_run_with_nothing_to_send_closes_in_one_write() -> None:
+    """A quiet success (or no webhook) has no notification to keep for sending again: no
+    claim is recorded, so no second write settles it; the heartbeat is still pinged."""
+    u = unit(ScriptedExport({"orders": []}))
+    restore = _failed_restore(u)
+    u.notifier.quiet = True
+    saves: list[Run] = []
+    save_run = u.state.save_run
+
+    def counted(run: Run) -> Run | None:
+        saves.append(run)
+        return save_run(run)
+
+    u.state.save_run = counted  # type: ignore[method-assign]
+    poll(u.ctx)
+
+    closing = [s for s in saves if s.run_id == restore.run_id]
+    assert [s.status.value for s in closing] == ["failed"] and closing[0].undelivered == {}
+    assert _sent(u, restore) == [True]
