@@ -10,8 +10,9 @@ from typing import Any, get_args
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from shared.config import ConfigError, config_json_schema, config_model, load_config, parse_config
+from shared.config import ConfigError, config_json_schema, load_config, parse_config
 from shared.config.fields import pattern_words
+from shared.config.model import config_fields
 from shared.entrypoints.cli import main as cli
 from shared.platforms.wechat.settings import WeChatSource
 
@@ -313,20 +314,9 @@ def _types_in(annotation: Any) -> list[Any]:
 def _number_fields() -> list[tuple[type[BaseModel], str]]:
     """(model, field) for every int or float field (a true/false field excluded) of every
     model the config is made of, the platforms' sources included."""
-    found: list[tuple[type[BaseModel], str]] = []
-    seen: set[type[BaseModel]] = set()
-    pending: list[type[BaseModel]] = [config_model()]
-    while pending:
-        model = pending.pop()
-        if model in seen:
-            continue
-        seen.add(model)
-        for name, field in model.model_fields.items():
-            named = _types_in(field.annotation)
-            pending += [t for t in named if isinstance(t, type) and issubclass(t, BaseModel)]
-            if (int in named or float in named) and bool not in named:
-                found.append((model, name))
-    return found
+    return [(model, name) for model, name, field in config_fields()
+            if (int in (named := _types_in(field.annotation)) or float in named)
+            and bool not in named]
 
 
 def test_every_number_field_is_found() -> None:
@@ -373,20 +363,8 @@ def test_true_for_a_number_comes_with_the_sections_other_problems() -> None:
 
 def _patterns() -> list[tuple[str, str]]:
     """(model.field, pattern) for every field of the config that must match a pattern."""
-    found: list[tuple[str, str]] = []
-    seen: set[type[BaseModel]] = set()
-    pending: list[type[BaseModel]] = [config_model()]
-    while pending:
-        model = pending.pop()
-        if model in seen:
-            continue
-        seen.add(model)
-        for name, field in model.model_fields.items():
-            pending += [t for t in _types_in(field.annotation)
-                        if isinstance(t, type) and issubclass(t, BaseModel)]
-            found += [(f"{model.__name__}.{name}", rule.pattern) for rule in field.metadata
-                      if isinstance(getattr(rule, "pattern", None), str)]
-    return found
+    return [(f"{model.__name__}.{name}", rule.pattern) for model, name, field in config_fields()
+            for rule in field.metadata if isinstance(getattr(rule, "pattern", None), str)]
 
 
 def test_every_pattern_is_said_in_words() -> None:

@@ -10,7 +10,7 @@ import difflib
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -25,6 +25,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 
 from shared.config.fields import (
     HTTPS_ONLY,
@@ -602,15 +603,15 @@ def _source_types() -> dict[str, type[BaseModel]]:
     return {e.type: e.settings_model() for e in registry.entries()}
 
 
-# Field names holding secrets: their typed value is never echoed in an error.
 # Field names holding secrets (every `SecretStr` field of every model, platforms' included):
 # their typed value is never echoed in an error.
 _GENERIC_SECRETS = frozenset({"secret", "secret_id", "secret_key", "url", "access_token",
                               "refresh_token", "authorization"})
 
 
-def _secret_fields() -> frozenset[str]:
-    found: set[str] = set(_GENERIC_SECRETS)
+def config_fields() -> Iterator[tuple[type[BaseModel], str, FieldInfo]]:
+    """(model, field name, field) for every field of every model the config is made of,
+    the platforms' sources included, each model once."""
     seen: set[type[BaseModel]] = set()
     pending: list[type[BaseModel]] = [config_model()]
     while pending:
@@ -619,10 +620,13 @@ def _secret_fields() -> frozenset[str]:
             continue
         seen.add(model)
         for name, info in model.model_fields.items():
-            if _mentions(info.annotation, SecretStr):
-                found.add(name)
+            yield model, name, info
             pending.extend(_models_in(info.annotation))
-    return frozenset(found)
+
+
+def _secret_fields() -> frozenset[str]:
+    return _GENERIC_SECRETS | {name for _, name, info in config_fields()
+                               if _mentions(info.annotation, SecretStr)}
 
 
 def _mentions(annotation: Any, kind: type) -> bool:
