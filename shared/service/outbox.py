@@ -8,6 +8,7 @@ it, so overlapping pollers do not send it twice."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 from shared.domain.jobs import Run, UndeliveredAlert
@@ -58,12 +59,16 @@ def settle(ctx: Context, run: Run, kind: str, sent: UndeliveredAlert, delivered:
               "next poller tick decides", extra={"delivered": delivered})
 
 
-def resend(ctx: Context, runs: list[Run], *, tried_before: datetime | None = None) -> int:
-    """Send again every waiting alert of `runs` (the newest runs) first tried before
-    `tried_before` (one tried since waits for the next tick); how many were accepted."""
+def resend(ctx: Context, newest: list[Run], *, page: int,
+           tried_before: datetime | None = None) -> int:
+    """Send again every waiting alert first tried before `tried_before` (one tried since
+    waits for the next tick); how many were accepted. `newest`: the newest `page` runs, as
+    the caller listed them; older pages are read back as far as a run can carry an alert
+    still within its `GIVE_UP_AFTER` (`reach`), so a busy deployment's alerts are not lost
+    behind the newest page, and years of runs cost no more than the last days'."""
     now = ctx.clock()
     accepted = 0
-    for listed in runs:
+    for listed in _within(ctx, newest, page, reach(ctx, now)):
         current = listed
         for kind in sorted(listed.undelivered):
             if tried_before is not None and listed.undelivered[kind].since >= tried_before:
@@ -72,6 +77,28 @@ def resend(ctx: Context, runs: list[Run], *, tried_before: datetime | None = Non
                 current, took = _again(ctx, current, kind, now)
             accepted += took
     return accepted
+
+
+def reach(ctx: Context, now: datetime) -> datetime:
+    """The oldest start of a run whose alert can still be waiting. Runs page by their start
+    (newest first), alerts age from their run's close: a run closes at the latest when its
+    jobs run out of time (the export deadline, then `unclaimed_ready_hours` with no finisher
+    claiming, then a copy lease per try), and its alert waits `GIVE_UP_AFTER` after that."""
+    timing = ctx.config.timing
+    longest_open = timedelta(minutes=timing.export_deadline_minutes,
+                             hours=timing.unclaimed_ready_hours,
+                             seconds=timing.max_attempts * timing.copy_lease_seconds)
+    return now - GIVE_UP_AFTER - longest_open
+
+
+def _within(ctx: Context, newest: list[Run], page: int, since: datetime) -> Iterator[Run]:
+    """`newest`, then older pages until one reaches back past `since` (or the oldest run)."""
+    listed = newest
+    while True:
+        yield from listed
+        if len(listed) < page or listed[-1].created_at < since:
+            return
+        listed = ctx.state.list_runs(limit=page, before=listed[-1].run_id)
 
 
 def _again(ctx: Context, run: Run, kind: str, now: datetime) -> tuple[Run, bool]:

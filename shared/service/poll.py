@@ -79,7 +79,7 @@ def _close_sweep_and_watch(ctx: Context, summary: PollSummary) -> None:
         failures.append(exc)
     recent = ctx.state.list_runs(limit=RUNS_LOOKED_AT)  # once, for both: a COS listing each
     try:  # an alert first tried by a run closing above waits for the next tick
-        resend(ctx, recent, tried_before=started)
+        resend(ctx, recent, page=RUNS_LOOKED_AT, tried_before=started)
     except Exception as exc:  # the alarm must still run
         log.exception("could not send undelivered alerts again; the next tick tries again")
         failures.append(exc)

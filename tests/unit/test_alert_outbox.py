@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from shared.domain.jobs import JobStatus, Run
+from shared.domain.jobs import JobStatus, Run, RunStatus, UndeliveredAlert, run_id_for
 from shared.service.poll import poll
 from tests.unit.support import ScriptedExport, Unit, seed_run, unit
 
@@ -111,3 +111,78 @@ def test_a_run_with_nothing_to_send_closes_in_one_write() -> None:
     closing = [s for s in saves if s.run_id == restore.run_id]
     assert [s.status.value for s in closing] == ["failed"] and closing[0].undelivered == {}
     assert _sent(u, restore) == [True]
+
+
+def _runs_every_quarter_hour(u: Unit, hours: float) -> list[Run]:
+    """Closed quiet runs every 15 minutes for the last `hours`, newest first (a busy
+    deployment: far more runs than one listing page)."""
+    now = u.clock()
+    runs = []
+    for n in range(int(hours * 4)):
+        at = now - timedelta(minutes=15 * n)
+        run = Run(run_id=run_id_for(f"busy-{n}", at), idempotency_key=f"busy-{n}",
+                  trigger="timer", sources=["shop"], created_at=at, finished_at=at,
+                  status=RunStatus.SUCCEEDED)
+        u.state.create_run(run, [])
+        runs.append(run)
+    return runs
+
+
+def _waiting_since(u: Unit, run: Run, hours_ago: float) -> Run:
+    """`run` with its notification waiting since `hours_ago` (every webhook was down)."""
+    since = u.clock() - timedelta(hours=hours_ago)
+    stored = u.state.get_run(run.run_id)
+    assert stored is not None
+    alert = UndeliveredAlert(since=since, claimed_until=None)
+    saved = u.state.save_run(stored.model_copy(update={"undelivered": {"run": alert}}))
+    assert saved is not None
+    return saved
+
+
+def test_alerts_on_runs_older_than_the_newest_page_are_sent_again_or_given_up() -> None:
+    """Runs every 15 minutes and a webhook down for half a day: the waiting alert sits on a
+    run far behind the newest 50; it is sent again while within its day, and one past its
+    day is given up (not left waiting for ever, holding its run from retention)."""
+    u = unit(ScriptedExport({"orders": []}))
+    runs = _runs_every_quarter_hour(u, hours=30)
+    fresh = _waiting_since(u, runs[70], hours_ago=17)  # 17.5 hours old: not in the newest 50
+    stale = _waiting_since(u, runs[110], hours_ago=25)  # past the day
+
+    poll(u.ctx)
+
+    assert [run.run_id for run, _ in u.notifier.sent] == [fresh.run_id]
+    sent, given_up = u.state.get_run(fresh.run_id), u.state.get_run(stale.run_id)
+    assert sent is not None and sent.undelivered == {}
+    assert given_up is not None and given_up.undelivered["run"].gave_up_at == u.clock()
+
+
+def test_a_run_that_closed_long_after_it_started_is_sent_again() -> None:
+    """Its alert dates from its close, its id from its start: one started 26 hours ago
+    (an export near its deadline, then a finisher that never claimed it) whose close 8 hours
+    ago reached no webhook is still within its day."""
+    u = unit(ScriptedExport({"orders": []}))
+    runs = _runs_every_quarter_hour(u, hours=27)
+    late = _waiting_since(u, runs[104], hours_ago=8)  # started 26 hours ago
+
+    poll(u.ctx)
+
+    assert [run.run_id for run, _ in u.notifier.sent] == [late.run_id]
+
+
+def test_paging_back_for_alerts_stops_at_the_window_not_at_the_oldest_run() -> None:
+    """A tick reads back only as far as an alert can still be sent: years of runs cost
+    the same listing as the last couple of days."""
+    u = unit(ScriptedExport({"orders": []}))
+    _runs_every_quarter_hour(u, hours=24 * 10)
+    listed: list[str | None] = []
+    list_runs = u.state.list_runs
+
+    def counted(limit: int = 20, before: str | None = None) -> list[Run]:
+        listed.append(before)
+        return list_runs(limit=limit, before=before)
+
+    u.state.list_runs = counted  # type: ignore[method-assign]
+    poll(u.ctx)
+    # 1 day + the longest a run stays open (6 h export, 12 h unclaimed, 3 leases of 16 min):
+    # about 43 hours of runs every 15 minutes, 172 runs, four pages of 50
+    assert len(listed) == 4 and listed[0] is None
