@@ -6,6 +6,7 @@ import io
 import json
 import logging
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -63,7 +64,8 @@ def test_successful_run_is_quiet_unless_asked(local: LocalBackup, webhook: Webho
     assert message["summary"]["records"] == 13
 
 
-def test_refused_notification_is_retried_then_logged(local: LocalBackup, webhook: WebhookReceiver) -> None:
+def test_refused_notification_is_logged_and_the_run_still_closes(
+        local: LocalBackup, webhook: WebhookReceiver) -> None:
     local.seed("orders", make_docs(10))
     local.seed("users", make_docs(3))
     local.emulator.fail_export(ENV_ID, "users", "boom")
@@ -71,12 +73,54 @@ def test_refused_notification_is_retried_then_logged(local: LocalBackup, webhook
     captured = io.StringIO()
     configure_logging(logging.INFO, stream=captured)
 
-    run = backup_now(local.context(config_with_hook(local, webhook, "failure", "dingtalk")))
+    run = backup_now(local.context(config_with_hook(local, webhook, "failure", "wecom")))
 
-    assert len(webhook.messages) == 3  # tried three times
+    assert len(webhook.messages) == 1  # an invalid key stays invalid: tried once
     assert run.status.value == "failed"  # the run still closed
     assert "could not deliver the run notification" in captured.getvalue()
     assert "93000" in captured.getvalue()
+    assert "Traceback" not in captured.getvalue()  # an answer, not a bug
+
+
+# A refusal that trying again within the send cannot change: the URL's key is wrong or gone.
+PERMANENT: dict[str, tuple[int, dict[str, Any]]] = {
+    "http-404": (404, {"errmsg": "not found"}),
+    "http-400": (400, {"errmsg": "bad request"}),
+    "http-403": (403, {"errmsg": "forbidden"}),
+    "wecom-invalid-key": (200, {"errcode": 93000, "errmsg": "invalid webhook url"}),
+    "feishu-invalid-token": (200, {"code": 19001, "data": {},
+                                   "msg": "param invalid: incoming webhook access token invalid"}),
+}
+# ... and what may pass a moment later: the robot overloaded, slow, or rate limiting.
+TRANSIENT: dict[str, tuple[int, dict[str, Any]]] = {
+    "http-502": (502, {"errmsg": "bad gateway"}),
+    "http-500": (500, {"errmsg": "internal error"}),
+    "http-408": (408, {"errmsg": "request timeout"}),
+    "http-429": (429, {"errmsg": "too many requests"}),
+}
+
+
+def _robot(webhook: WebhookReceiver, answer: str) -> WebhookNotifier:
+    fmt = "feishu" if answer.startswith("feishu") else "wecom"
+    notify = Notify.model_validate({"webhooks": [{"url": "${HOOK}", "format": fmt}]},
+                                   context={"environ": {"HOOK": webhook.url}})
+    return WebhookNotifier(notify, retry_base_seconds=0)
+
+
+@pytest.mark.parametrize("answer", sorted(PERMANENT))
+def test_a_refusal_that_cannot_change_is_tried_once(webhook: WebhookReceiver, answer: str) -> None:
+    """A wrong robot key is as wrong on the third try: one try, then the poller's next tick
+    (after someone fixes notify.webhooks), not two more posts and backoff sleeps now."""
+    webhook.answers = [PERMANENT[answer]] * 3
+    assert _robot(webhook, answer).alert("the run failed") is False
+    assert len(webhook.messages) == 1
+
+
+@pytest.mark.parametrize("answer", sorted(TRANSIENT))
+def test_a_refusal_that_may_pass_is_tried_three_times(webhook: WebhookReceiver, answer: str) -> None:
+    webhook.answers = [TRANSIENT[answer]] * 2  # then the default: accepted
+    assert _robot(webhook, answer).alert("the run failed") is True
+    assert len(webhook.messages) == 3
 
 
 def test_a_collection_wiped_at_the_source_is_reported_as_suspect(

@@ -127,9 +127,9 @@ def _deliver(settings: Notify, what: str, body_for: Callable[[Webhook], dict[str
         url = webhook.url.get_secret_value()
         register_secret(url)
         try:
-            send = functools.partial(_post, http, url, body_for(webhook))
+            send = functools.partial(_post, http, url, body_for(webhook), webhook.format)
             with_retries(send, attempts=3, base_seconds=retry_base_seconds)
-        except Retryable as exc:
+        except (Retryable, Fatal) as exc:  # Fatal: refused for good, after one try
             log.error(f"could not deliver the {what}",
                       extra={"webhook": f"notify.webhooks[{index}]", "reason": str(exc)})
         except Exception as exc:  # must not keep the next webhook, nor the heartbeat, from going
@@ -178,7 +178,18 @@ class WebhookNotifier:
                         make_client(), self._retry_base) > 0
 
 
-def _post(http: httpx.Client, url: str, body: dict[str, Any]) -> None:
+# A refusal that holds until someone fixes the URL is tried once (a 4xx answer, but 408 and
+# 429, which may pass a moment later; or a robot's code for a key it does not know): the
+# poller's next tick sends the message again, with the config as fixed by then. The codes:
+# WeCom 93000, the webhook URL (its key) is invalid (全局错误码,
+# https://developer.work.weixin.qq.com/document/path/90313); Feishu 19001, "param invalid:
+# incoming webhook access token invalid" (自定义机器人使用指南 > 常见问题,
+# https://open.feishu.cn/document/client-docs/bot-v3/add-custom-bot).
+INVALID_KEY_CODES = {"wecom": frozenset({"93000"}), "feishu": frozenset({"19001"})}
+_CHECK_WEBHOOK = "trying again does not change that: check its URL in notify.webhooks (the robot's key)"
+
+
+def _post(http: httpx.Client, url: str, body: dict[str, Any], fmt: str) -> None:
     import httpx
 
     from shared.adapters.http import describe_http_error, describe_transport_error
@@ -189,6 +200,8 @@ def _post(http: httpx.Client, url: str, body: dict[str, Any]) -> None:
         raise Retryable(f"webhook unreachable: {describe_transport_error(exc)}") from None
     except httpx.HTTPError as exc:  # an unreadable answer (bad gzip), too many redirects
         raise Retryable(f"webhook answer unusable: {describe_http_error(exc)}") from None
+    if 400 <= response.status_code < 500 and response.status_code not in (408, 429):
+        raise Fatal(f"webhook refused the message: HTTP {response.status_code}; {_CHECK_WEBHOOK}")
     if response.status_code >= 300:
         raise Retryable(f"webhook answered HTTP {response.status_code}")
     # Robots answer HTTP 200 with an error code in the body when they refuse a message:
@@ -205,6 +218,10 @@ def _post(http: httpx.Client, url: str, body: dict[str, Any]) -> None:
         return
     if isinstance(answer, dict):
         code = answer.get("errcode", answer.get("code", answer.get("StatusCode", 0)))
+        if str(code) in INVALID_KEY_CODES.get(fmt, ()):  # the next try is refused the same way
+            raise Fatal(f"webhook refused the message: code {code} "
+                        f"({answer.get('errmsg') or answer.get('msg') or 'no message'}); "
+                        f"{_CHECK_WEBHOOK}")
         if code not in (0, None, "0"):
             raise Retryable(f"webhook refused the message: code {code} "
                             f"({answer.get('errmsg') or answer.get('msg') or 'no message'})")
@@ -228,7 +245,9 @@ def probe_webhook(webhook: Webhook, index: int, send: bool, client: httpx.Client
     if send:
         body = _robot_text(webhook, TEST_TEXT) or {"doctor": True, "text": TEST_TEXT}
         try:
-            _post(http, url, body)
+            _post(http, url, body, webhook.format)
+        except Fatal as exc:  # says what to check already
+            raise Fatal(f"{where}: {exc}") from None
         except Retryable as exc:
             raise Fatal(f"{where}: {exc}; check the URL (its key) and the robot's security "
                         "settings (keywords, IP allow-list)") from None
