@@ -11,7 +11,7 @@ from shared.domain.jobs import Job, JobStatus, Run, RunStatus, count_warning
 from shared.domain.layout import restore_manifest_key, run_manifest_key
 from shared.logs import log_context, redact
 from shared.service.context import Context
-from shared.service.outbox import claimed, settle, with_alert
+from shared.service.outbox import claimed, keep_in_reach, settle, with_alert
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +213,8 @@ def _closed(ctx: Context, run: Run, update: dict[str, Any]) -> Run | None:
 def _announce(ctx: Context, saved: Run, jobs: list[Job]) -> None:
     """Send the notification; one no webhook accepted stays on the run for the poller."""
     sent = saved.undelivered.get("run")
+    if sent is not None:
+        keep_in_reach(ctx, saved, sent)
     delivered = ctx.notifier.notify(saved, jobs)  # the heartbeat is pinged either way
     if sent is not None:
         settle(ctx, saved, "run", sent, delivered)

@@ -7,6 +7,7 @@ it, so overlapping pollers do not send it twice."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -21,6 +22,8 @@ log = logging.getLogger(__name__)
 # so a claim lapses only when its sender died: then the next tick sends the alert again.
 CLAIM = timedelta(minutes=10)
 GIVE_UP_AFTER = timedelta(days=1)
+# Runs a tick's pages do not reach that carry an alert (`keep_in_reach`): {run id: until}.
+FAR_KEY = "alert:outbox:far"
 SAVE_TRIES = 5  # compare-and-set: other writers (a verify, retention's holds) may race
 
 
@@ -65,25 +68,71 @@ def resend(ctx: Context, newest: list[Run], *, page: int,
     waits for the next tick); how many were accepted. `newest`: the newest `page` runs, as
     the caller listed them; older pages are read back as far as a run can carry an alert
     still within its `GIVE_UP_AFTER` (`reach`), so a busy deployment's alerts are not lost
-    behind the newest page, and years of runs cost no more than the last days'."""
+    behind the newest page, and years of runs cost no more than the last days'. Runs
+    further back that were given an alert anyway (`keep_in_reach`) are read by id."""
     now = ctx.clock()
-    accepted = 0
+    accepted, seen = 0, set()
     for listed in _within(ctx, newest, page, reach(ctx, now)):
-        current = listed
-        for kind in sorted(listed.undelivered):
-            if tried_before is not None and listed.undelivered[kind].since >= tried_before:
-                continue
-            with log_context(run_id=listed.run_id):
-                current, took = _again(ctx, current, kind, now)
-            accepted += took
+        seen.add(listed.run_id)
+        accepted += _alerts_of(ctx, listed, now, tried_before)
+    for run_id in sorted(set(_far(ctx, now)) - seen):
+        far = ctx.state.get_run(run_id)
+        if far is not None:
+            accepted += _alerts_of(ctx, far, now, tried_before)
     return accepted
 
 
+def _alerts_of(ctx: Context, listed: Run, now: datetime, tried_before: datetime | None) -> int:
+    """Send again the waiting alerts of one run; how many were accepted."""
+    current, accepted = listed, 0
+    for kind in sorted(listed.undelivered):
+        if tried_before is not None and listed.undelivered[kind].since >= tried_before:
+            continue
+        with log_context(run_id=listed.run_id):
+            current, took = _again(ctx, current, kind, now)
+        accepted += took
+    return accepted
+
+
+def keep_in_reach(ctx: Context, run: Run, alert: UndeliveredAlert) -> None:
+    """Note `run` by id when the pages a tick reads stop short of it before `alert`'s day
+    is over: a verify of a backup from days ago, a run that stayed open past the timing
+    bounds (a copy still making progress). A cache entry, written only then (rarely), and
+    kept a day past the alert's give-up, so a poller stopped meanwhile still gives it up."""
+    if run.created_at >= reach(ctx, alert.since + GIVE_UP_AFTER + CLAIM):
+        return  # every tick until it is given up pages back to the run
+    now = ctx.clock()
+    # Read, then written whole: of two such alerts noted at the same moment, one may be
+    # lost (the cache has no compare-and-set); both are rare, and each is sent once now.
+    try:
+        far = {**_far(ctx, now), run.run_id: alert.since + 2 * GIVE_UP_AFTER}
+        ctx.state.cache_put(FAR_KEY, json.dumps({run_id: at.isoformat() for run_id, at in far.items()}),
+                            max(far.values()))
+    except Exception:  # the message is still sent now; only a resend would miss the run
+        log.exception("could not note an old run's alert for sending again; if no webhook "
+                      "takes it now, the poller does not send it again",
+                      extra={"run_id": run.run_id})
+
+
+def _far(ctx: Context, now: datetime) -> dict[str, datetime]:
+    """The runs `keep_in_reach` noted whose entry has not lapsed, by id."""
+    saved = ctx.state.cache_get(FAR_KEY, now)
+    try:
+        noted = {run_id: datetime.fromisoformat(at) for run_id, at in json.loads(saved or "{}").items()}
+    except (ValueError, AttributeError, TypeError):  # not what keep_in_reach writes: start anew
+        log.warning("the list of old runs with alerts to send again is unreadable; it is "
+                    "started anew", extra={"key": FAR_KEY})
+        return {}
+    return {run_id: at for run_id, at in noted.items() if at > now}
+
+
 def reach(ctx: Context, now: datetime) -> datetime:
-    """The oldest start of a run whose alert can still be waiting. Runs page by their start
-    (newest first), alerts age from their run's close: a run closes at the latest when its
-    jobs run out of time (the export deadline, then `unclaimed_ready_hours` with no finisher
-    claiming, then a copy lease per try), and its alert waits `GIVE_UP_AFTER` after that."""
+    """How far back (by start) a tick pages for runs whose alert can still be waiting.
+    Runs page by their start (newest first), alerts age from their run's close: a run
+    closes by the time its jobs run out of time (the export deadline, then
+    `unclaimed_ready_hours` with no finisher claiming, then a copy lease per try) unless it
+    keeps making progress, and its alert waits `GIVE_UP_AFTER` after that. An alert given
+    to a run before this (a later close, a verify of an old backup) is `keep_in_reach`'s."""
     timing = ctx.config.timing
     longest_open = timedelta(minutes=timing.export_deadline_minutes,
                              hours=timing.unclaimed_ready_hours,

@@ -19,7 +19,7 @@ from shared.domain.jobs import Job, JobStatus, Run, RunStatus
 from shared.domain.layout import run_folder, run_manifest_key
 from shared.domain.records import counter_for
 from shared.service.context import Context
-from shared.service.outbox import claimed, settle, with_alert
+from shared.service.outbox import claimed, keep_in_reach, settle, with_alert
 
 READ_CHUNK = 1 << 20
 ARCHIVED = frozenset({"ARCHIVE", "DEEP_ARCHIVE"})  # COS classes that must be restored to read
@@ -272,6 +272,8 @@ def record(ctx: Context, report: Report) -> None:
         if saved is not None:
             break
     if text is not None and alert is not None:
+        if saved is not None:
+            keep_in_reach(ctx, saved, alert)
         delivered = ctx.notifier.alert(text)
         if saved is not None:
             settle(ctx, saved, "verify", alert, delivered)

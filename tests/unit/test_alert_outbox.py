@@ -9,6 +9,7 @@ import pytest
 
 from shared.domain.jobs import JobStatus, Run, RunStatus, UndeliveredAlert, run_id_for
 from shared.service.poll import poll
+from shared.service.verify import Problem, Report, record
 from tests.unit.support import ScriptedExport, Unit, seed_run, unit
 
 
@@ -186,3 +187,63 @@ def test_paging_back_for_alerts_stops_at_the_window_not_at_the_oldest_run() -> N
     # 1 day + the longest a run stays open (6 h export, 12 h unclaimed, 3 leases of 16 min):
     # about 43 hours of runs every 15 minutes, 172 runs, four pages of 50
     assert len(listed) == 4 and listed[0] is None
+
+
+def test_a_verify_alert_on_an_old_run_is_sent_again_then_given_up() -> None:
+    """A verify asked for today of a backup from days ago (far behind the pages a tick
+    reads) finds it damaged while every webhook is down: its alert is still sent again at
+    the next tick, and given up after its day (not left waiting for ever, which would also
+    keep the run from retention)."""
+    u = unit(ScriptedExport({"orders": []}))
+    runs = _runs_every_quarter_hour(u, hours=24 * 3)
+    old = runs[250]  # 62.5 hours old
+    sent: list[str] = []
+    accepting = [False, True, False]  # down at the verify; up at the next tick; then down
+
+    def alert(text: str) -> bool:
+        sent.append(text)
+        return accepting[min(len(sent), len(accepting)) - 1]
+
+    u.notifier.alert = alert  # type: ignore[method-assign]
+    record(u.ctx, Report(run_id=old.run_id, quick=True,
+                         problems=[Problem("missing manifest", "runs/x/manifest.json", "gone")]))
+    u.clock.advance(60)
+    poll(u.ctx)
+    assert len(sent) == 2 and "found problems" in sent[1]  # sent again
+    stored = u.state.get_run(old.run_id)
+    assert stored is not None and stored.undelivered == {}
+
+    accepting[:] = [False]  # a second verify, every webhook down from then on
+    sent.clear()
+    record(u.ctx, Report(run_id=old.run_id, quick=True,
+                         problems=[Problem("missing manifest", "runs/x/manifest.json", "gone")]))
+    for _ in range(26):
+        u.clock.advance(3600)
+        poll(u.ctx)
+    given_up = u.state.get_run(old.run_id)
+    assert given_up is not None and given_up.undelivered["verify"].gave_up_at is not None
+    # the verify's, then one a tick for its day (the staleness alarm aside)
+    assert len([text for text in sent if "found problems" in text]) == 24
+
+
+def test_a_run_open_past_the_timing_bounds_is_sent_again() -> None:
+    """A run can stay open longer than the timing settings bound (a copy that keeps making
+    progress is handed out again and again): started 62 hours ago, it closes now, failed,
+    while every webhook is down; the next tick still sends its notification again."""
+    u = unit(ScriptedExport({"orders": []}))
+    _runs_every_quarter_hour(u, hours=24 * 3)
+    started = u.clock() - timedelta(hours=62, minutes=5)
+    run = Run(run_id=run_id_for("long", started), idempotency_key="long", trigger="timer",
+              sources=["shop"], created_at=started)
+    (job,) = seed_run(u, JobStatus.FAILED, error="the copy failed at last")
+    u.state.create_run(run, [job.model_copy(update={"job_id": "long-job", "run_id": run.run_id})])
+    u.notifier.accepting = False
+
+    poll(u.ctx)  # it closes; no webhook takes its notification
+    u.notifier.accepting = True
+    u.clock.advance(60)
+    poll(u.ctx)
+
+    assert _sent(u, run) == [True, False]
+    stored = u.state.get_run(run.run_id)
+    assert stored is not None and stored.undelivered == {}
