@@ -168,3 +168,24 @@ def test_a_manifest_from_before_crc64_says_so_and_passes(
     code, report = verify(path, capsys, run.run_id)
     assert code == 0
     assert next(o for o in report["objects"] if o["collection"] == "orders")["crc64"] == "not recorded"
+
+
+def test_verify_of_one_collection_checks_the_latest_run_that_backed_it_up(
+        local: LocalBackup, backed_up: tuple[Run, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """A newer run that backed up only users is not the run to verify orders in: `verify
+    --collection orders` with no run named checks the latest run holding a backup of
+    orders; a source/collection no run holds is refused in one line, exit 2."""
+    run, path = backed_up
+    users_only = backup_now(local.context(local.config(local.wechat_source(collections=["users"]))),
+                            key="users-only")
+    assert users_only.run_id > run.run_id
+
+    code, report = verify(path, capsys, "--source", "shop", "--collection", "orders")
+    assert code == 0 and report["run_id"] == run.run_id
+    assert [(o["collection"], o["records"]) for o in report["objects"]] == [("orders", 50)]
+    code, report = verify(path, capsys, "--collection", "users")
+    assert code == 0 and report["run_id"] == users_only.run_id
+
+    assert cli(["--config", str(path), "verify", "--source", "shop", "--collection", "gone"]) == 2
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 1 and said[0].startswith("baas-backup verify: ") and "shop/gone" in said[0]

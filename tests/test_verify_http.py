@@ -145,3 +145,23 @@ def test_a_verify_request_the_api_cannot_take_gets_a_documented_answer(api: Api)
     status, body, _ = api.call("POST", f"/runs/{run_id}/verify",
                                raw_body=json.dumps({"source": "x" * 20_000}))
     assert status == 413 and body["field"] == "body", body
+
+
+def test_verify_of_one_collection_over_http_checks_the_latest_run_that_backed_it_up(
+        api: Api) -> None:
+    """POST /runs/latest/verify with a source and collection checks the newest run holding
+    a backup of it, not a newer run that backed up something else; none is a 404 naming it."""
+    run_id = str(backed_up(api)["run_id"])
+    status, body, _ = api.call("POST", "/runs", body={"sources": ["archive"]})
+    assert status == 202
+    newer = api.context().state.get_run(body["run_id"])
+    assert newer is not None and newer.run_id > run_id
+    drive(api.context(), newer)
+
+    status, report, _ = api.call("POST", "/runs/latest/verify",
+                                 body={"source": "shop", "collection": "orders"})
+    assert status == 200 and report["ok"] and report["run_id"] == run_id, report
+    assert {(o["source"], o["collection"]) for o in report["objects"]} == {("shop", "orders")}
+    status, body, _ = api.call("POST", "/runs/latest/verify",
+                               body={"source": "shop", "collection": "gone"})
+    assert status == 404 and "shop/gone" in body["error"], body

@@ -210,9 +210,12 @@ def _verify(ctx: Context, args: argparse.Namespace) -> int:
     from shared.service.verify import NothingToVerify, latest_run, record, verify_run
 
     try:
-        run_id = latest_run(ctx) if args.run_id == "latest" else args.run_id
+        run_id = (latest_run(ctx, args.source, args.collection) if args.run_id == "latest"
+                  else args.run_id)
         if args.run_id == "latest":  # on stderr: --json keeps stdout the report alone
-            print(f"verifying run {run_id}, the latest with backups", file=sys.stderr)
+            of = (f" of {args.source or '*'}/{args.collection or '*'}"
+                  if args.source or args.collection else "s")
+            print(f"verifying run {run_id}, the latest with backup{of}", file=sys.stderr)
         report = verify_run(ctx, run_id, source=args.source, collection=args.collection,
                             quick=args.quick)
     except NothingToVerify as exc:

@@ -125,7 +125,7 @@ def post_verify(request: Request, params: Mapping[str, str], context: ContextFac
     run_id = params["run_id"]
     try:
         if run_id == "latest":
-            run_id = latest_run(ctx)
+            run_id = latest_run(ctx, body.source, body.collection)
         elif not RUN_ID.match(run_id) or ctx.state.get_run(run_id) is None:
             raise HttpError(404, f"no run {run_id[:80]!r}; GET /runs lists the runs", "run_id")
         report = verify_run(ctx, run_id, source=body.source, collection=body.collection,

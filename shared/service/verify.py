@@ -89,18 +89,24 @@ class Report:
         }
 
 
-def latest_run(ctx: Context) -> str:
-    """The latest finished backup run that has a backup to check: a newer run that ended
-    with none (every copy failed, no source listed) would leave nothing to verify."""
+def latest_run(ctx: Context, source: str | None = None, collection: str | None = None) -> str:
+    """The latest finished backup run that has a backup to check (of `source` and
+    `collection` when given): a newer run that ended with none, or backed up only other
+    collections, would leave nothing to verify."""
     for run in ctx.state.list_runs(limit=50):
         if (run.status is not RunStatus.RUNNING and run.operation == "backup"
-                and _has_backups(ctx, run.run_id)):
+                and _has_backups(ctx, run.run_id, source, collection)):
             return run.run_id
-    raise NothingToVerify("no finished run with a backup to verify yet")
+    if source is None and collection is None:
+        raise NothingToVerify("no finished run with a backup to verify yet")
+    raise NothingToVerify(f"no finished run among the latest 50 has a backup of "
+                          f"{source or '*'}/{collection or '*'} to verify; GET /runs (or "
+                          "`baas-backup status`) lists the runs")
 
 
-def _has_backups(ctx: Context, run_id: str) -> bool:
+def _has_backups(ctx: Context, run_id: str, source: str | None, collection: str | None) -> bool:
     return any(j.status is JobStatus.DONE and j.pruned_at is None
+               and source in (None, j.source) and collection in (None, j.collection)
                for j in ctx.state.list_jobs(run_id))
 
 
