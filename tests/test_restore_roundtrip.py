@@ -126,6 +126,39 @@ def test_a_minapp_backup_whose_manifest_predates_restore_caveats_still_restores(
     assert body["plan"]["restore_caveats"] == [] and body["plan"]["forced"] is False
 
 
+def test_a_minapp_backup_from_before_restore_caveats_is_refused_when_its_config_has_them(
+        local: LocalBackup, minapp_emulator: MinAppEmulator, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A manifest written before restore_caveats existed cannot say the backup was made
+    with csv_customize_headers; the table's current config does, and the backup is refused
+    unless forced as if its manifest said so. A manifest that records none restores."""
+    minapp_emulator.import_delay = 0.05
+    minapp_emulator.add_table(1001, records(20), name="orders")
+    table = {"id": 1001, "csv_customize_headers": ["编号", "名字"]}
+    api = deploy_sources(local, tmp_path, monkeypatch, local.minapp_source(
+        minapp_emulator, file_type="csv", tables=[table]))
+    run_id = backed_up(api, "app", "1001")
+    (job,) = api.context().state.list_jobs(run_id)
+    assert job.result is not None
+    manifest = json.loads(local.objects.read(job.result.manifest_key))
+    del manifest["restore_caveats"]  # as written before the field existed
+    local.objects.put_json(job.result.manifest_key, manifest)
+    ask = {"run_id": run_id, "source": "app", "collection": "1001", "preview": True}
+
+    status, refused, _ = api.call("POST", "/restores", body=ask)
+    assert status == 409 and refused["field"] == "force", refused
+    assert "remove csv_customize_headers" in refused["error"] and "(force)" in refused["error"]
+    assert "current config" in refused["error"], refused
+    status, forced, _ = api.call("POST", "/restores", body={**ask, "force": True})
+    assert status == 200 and forced["plan"]["forced"] is True, forced
+    assert [c["option"] for c in forced["plan"]["restore_caveats"]] == ["csv_customize_headers"]
+
+    local.objects.put_json(job.result.manifest_key, {**manifest, "restore_caveats": []})
+    status, body, _ = api.call("POST", "/restores", body=ask)
+    assert status == 200 and body["plan"]["restore_caveats"] == [], body
+    assert body["plan"]["forced"] is False
+
+
 def test_minapp_split_backup_restored_into_a_new_table_then_into_the_original(
         local: LocalBackup, minapp_emulator: MinAppEmulator, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from shared.domain.errors import StorageError
+from shared.domain.errors import Fatal, StorageError
 from shared.domain.jobs import (
     COOLING,
     PRUNING,
@@ -24,7 +24,7 @@ from shared.domain.jobs import (
 )
 from shared.domain.manifest import RestoreCaveat
 from shared.logs import log_context
-from shared.ports import RestorablePlatform, TargetNaming, TargetShape
+from shared.ports import RestorablePlatform, RestoreCaveats, TargetNaming, TargetShape
 from shared.service.context import Context
 
 log = logging.getLogger(__name__)
@@ -117,11 +117,14 @@ def plan_restore(ctx: Context, run_id: str, source: str, collection: str, *,
             f"the backup of {source}/{collection} in run {run_id} failed its verify: "
             + "; ".join(problems) + ". Restore it anyway only if you know why (force)",
             field="force", status=409)
-    caveats = _restore_caveats(ctx, backup)
+    recorded = _restore_caveats(ctx, backup)
+    caveats = recorded if recorded is not None else _configured_caveats(platform, collection)
     if caveats and not force:
+        how = ("it was exported with" if recorded is not None else "its manifest predates "
+               "restore_caveats, and the source's current config exports it with")
         raise RestoreRefused(
             f"the backup of {source}/{collection} in run {run_id} cannot be restored as the "
-            "collection was: " + "; ".join(f"it was exported with {c['option']} {c['value']}: "
+            "collection was: " + "; ".join(f"{how} {c['option']} {c['value']}: "
                                            f"{c['why']}" for c in caveats)
             + ". Restore it anyway only if you accept that (force)", field="force", status=409)
     order = RestoreOrder(
@@ -357,17 +360,33 @@ def _quick_verify(ctx: Context, backup: Job) -> list[str]:
         f"{p.what}: {p.detail}" for p in report.problems]
 
 
-def _restore_caveats(ctx: Context, backup: Job) -> list[dict[str, Any]]:
-    """The export options the backup's manifest says a restore cannot undo. A manifest
-    written before they were recorded has none; one that cannot be read is the quick
-    verify's to report."""
+def _restore_caveats(ctx: Context, backup: Job) -> list[dict[str, Any]] | None:
+    """The export options the backup's manifest says a restore cannot undo; None for a
+    manifest written before they were recorded (it cannot say). One that cannot be read
+    is the quick verify's to report."""
     assert backup.result is not None
     try:
         manifest = json.loads(ctx.objects.read(backup.result.manifest_key))
     except (StorageError, ValueError):
         return []
-    caveats = manifest.get("restore_caveats") if isinstance(manifest, dict) else None
-    return [RestoreCaveat.model_validate(c).model_dump() for c in caveats or []]
+    if not isinstance(manifest, dict):
+        return []
+    if "restore_caveats" not in manifest:
+        return None
+    return [RestoreCaveat.model_validate(c).model_dump()
+            for c in manifest["restore_caveats"] or []]
+
+
+def _configured_caveats(platform: object, collection: str) -> list[dict[str, Any]]:
+    """For a manifest that predates restore_caveats: the options the source's current
+    config sets for `collection` that a restore cannot undo. The backup was most likely
+    made with them; a table the config no longer lists has none to report."""
+    if not isinstance(platform, RestoreCaveats):
+        return []
+    try:
+        return platform.restore_caveats(collection)
+    except Fatal:
+        return []
 
 
 def restoring(ctx: Context) -> set[str]:
