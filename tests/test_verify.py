@@ -189,3 +189,25 @@ def test_verify_of_one_collection_checks_the_latest_run_that_backed_it_up(
     assert cli(["--config", str(path), "verify", "--source", "shop", "--collection", "gone"]) == 2
     said = capsys.readouterr().err.strip().splitlines()
     assert len(said) == 1 and said[0].startswith("baas-backup verify: ") and "shop/gone" in said[0]
+
+
+def test_a_run_still_running_is_not_verified_into_a_false_alarm(
+        local: LocalBackup, backed_up: tuple[Run, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """A run still running has no run manifest yet (it is written as the run closes):
+    verifying it would report "the run manifest is missing" and send that as an alert.
+    It is refused in one line, exit 2, and nothing is kept on the run."""
+    run, path = backed_up
+    state = local.context(local.config(local.wechat_source())).state
+    now = datetime.now(timezone.utc)
+    running = Run(run_id="29991231T000000000Z-00000run", idempotency_key="still-running",
+                  trigger="test", status=RunStatus.RUNNING, sources=["shop"], created_at=now)
+    done = next(j for j in state.list_jobs(run.run_id) if j.collection == "orders")
+    state.create_run(running, [done.model_copy(update={
+        "job_id": job_id_for(running.run_id, "shop", "orders"), "run_id": running.run_id})])
+
+    assert cli(["--config", str(path), "verify", running.run_id]) == 2
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 1 and "still running" in said[0] and running.run_id in said[0], said
+    kept = state.get_run(running.run_id)
+    assert kept is not None and not (kept.summary or {}).get("last_verify")
+    assert "verify" not in kept.undelivered

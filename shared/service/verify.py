@@ -112,6 +112,7 @@ def _has_backups(ctx: Context, run_id: str, source: str | None, collection: str 
 
 def verify_run(ctx: Context, run_id: str, *, source: str | None = None,
                collection: str | None = None, quick: bool = False) -> Report:
+    _not_running(ctx, run_id)
     report = Report(run_id=run_id, quick=quick)
     entries = _backups(ctx, run_id, report)
     chosen = [e for e in entries if (source is None or e["source"] == source)
@@ -127,6 +128,16 @@ def verify_run(ctx: Context, run_id: str, *, source: str | None = None,
         else:
             report.objects.extend(_verify_backup(ctx, entry, quick))
     return report
+
+
+def _not_running(ctx: Context, run_id: str) -> None:
+    """A run still running has no run manifest yet (the run's close writes it, and checks
+    its backups then: verify.after_run): verified now, it would be reported, and alerted,
+    as missing."""
+    run = ctx.state.get_run(run_id)
+    if run is not None and run.status is RunStatus.RUNNING:
+        raise NothingToVerify(f"run {run_id} is still running: its backups are checked as it "
+                              "closes (verify.after_run); verify it once it has finished")
 
 
 def _pruned(ctx: Context, run_id: str) -> frozenset[str]:
