@@ -211,3 +211,24 @@ def test_a_run_still_running_is_not_verified_into_a_false_alarm(
     kept = state.get_run(running.run_id)
     assert kept is not None and not (kept.summary or {}).get("last_verify")
     assert "verify" not in kept.undelivered
+
+
+@pytest.mark.parametrize("which", ["run", "job"])
+@pytest.mark.parametrize("content", [b"{\"jobs\": [", b"[]"])
+def test_a_manifest_that_is_not_a_json_object_is_named_not_a_crash(
+        local: LocalBackup, backed_up: tuple[Run, Path], capsys: pytest.CaptureFixture[str],
+        which: str, content: bytes) -> None:
+    """A damaged manifest (cut short, or JSON that is not an object) is damage verify is
+    there to find: named as `missing manifest`, exit 1, not a traceback."""
+    run, path = backed_up
+    key = (f"{local.destination.prefix}/runs/{run.run_id}/run-manifest.json" if which == "run"
+           else f"{orders_key(local, run)}.manifest.json")
+    assert local.objects.head(key) is not None, key
+    local.objects.put_stream(key, [content], content_type="application/json")
+
+    code, report = verify(path, capsys, run.run_id)
+
+    assert code == 1 and not report["ok"]
+    named = report["problems"] + [p for o in report["objects"] for p in o["problems"]]
+    assert [p["where"] for p in named if p["what"] == "missing manifest"] == [key], named
+    assert sorted(o["collection"] for o in report["objects"]) == ["orders", "users"]

@@ -166,17 +166,27 @@ def _backups(ctx: Context, run_id: str, report: Report) -> list[dict[str, Any]]:
     from); from the state store when the run manifest itself is missing."""
     key = run_manifest_key(ctx.config.destination.prefix, run_id)
     try:
-        manifest = json.loads(ctx.objects.read(key))
+        manifest = _json_object(ctx.objects.read(key))
         return [j for j in manifest.get("jobs", []) if j.get("status") == JobStatus.DONE.value]
     except StorageError:
-        pass
+        why = "missing"
+    except ValueError:  # damaged: cut short, or not a JSON object
+        why = "unreadable"
     jobs = ctx.state.list_jobs(run_id)
     if not jobs:
         raise NothingToVerify(f"no run {run_id!r}: neither its run manifest nor its record exists; "
                              "GET /runs (or `baas-backup status`) lists the runs")
-    report.problems.append(Problem("missing manifest", key, "the run manifest is missing; "
+    report.problems.append(Problem("missing manifest", key, f"the run manifest is {why}; "
                                    "checking the backups the state store lists"))
     return _entries(jobs)
+
+
+def _json_object(data: bytes) -> dict[str, Any]:
+    """A manifest's JSON object; ValueError for one that is not (damaged)."""
+    document = json.loads(data)
+    if not isinstance(document, dict):
+        raise ValueError(f"a JSON {type(document).__name__}, not an object")
+    return document
 
 
 def _verify_backup(ctx: Context, entry: dict[str, Any], quick: bool) -> list[Checked]:
@@ -184,7 +194,7 @@ def _verify_backup(ctx: Context, entry: dict[str, Any], quick: bool) -> list[Che
     manifest_key = str(entry.get("manifest_key", ""))
     file_type = "csv" if str(entry.get("key", "")).endswith(".csv") else "json"
     try:
-        manifest = json.loads(ctx.objects.read(manifest_key))
+        manifest = _json_object(ctx.objects.read(manifest_key))
         objects = manifest.get("objects") or listed
         file_type = manifest.get("file_type", file_type)
         missing_manifest = None
