@@ -212,6 +212,25 @@ def test_upsert_of_a_partial_backup_keeps_the_columns_it_does_not_hold(
     assert onedb_emulator.calls["update"] == 2 and onedb_emulator.calls["create"] == 0
 
 
+def test_upsert_of_a_partial_backup_into_another_table_keeps_its_other_columns(
+    onedb_emulator: OneDBEmulator,
+) -> None:
+    """`--into` a table not in `tables`: the backup still holds only the getColumns of the
+    table it came from, so the rows go back with `update` (a whole-row `create` would drop
+    the target's other columns), and the target is read back as that backup holds it."""
+    now = {"ids": {"userId": "u1", "seq": 0}, "columns": {"name": "new name", "score": 7}}
+    onedb_emulator.add_table(ENV_ID, APP, "events", KEYS, [])
+    onedb_emulator.add_table(ENV_ID, APP, "events_copy", KEYS, [now])
+    client = _client(onedb_emulator, tables=[{"name": "events", "getColumns": ["name"]}])
+    client.restoring_into("events_copy", "events")  # what the restore service tells it
+    backed_up = {"ids": {"userId": "u1", "seq": 0}, "columns": {"name": "old name"}}
+    assert client.write_row("events_copy", "upsert", _line(backed_up)) == "written"
+    assert _rows(onedb_emulator, "events_copy") == [
+        {"ids": {"userId": "u1", "seq": 0}, "columns": {"name": "old name", "score": 7}}]
+    assert onedb_emulator.calls["update"] == 1 and onedb_emulator.calls["create"] == 0
+    assert [json.loads(x) for x in _backup_lines(client, "events_copy")] == [backed_up]
+
+
 def test_a_conflict_in_other_words_is_confirmed_with_a_get(onedb_emulator: OneDBEmulator) -> None:
     onedb_emulator.add_table(ENV_ID, APP, "events", KEYS, [generated_row(0)])
     onedb_emulator.conflict_title = "操作失败 (operation failed)"  # a title we cannot read

@@ -82,6 +82,7 @@ class OneDBClient(RowRestore):
         self._bearer_expires = 0.0
         self._token_lock = threading.Lock()  # restores write rows from many threads
         self._target_keys: dict[str, list[str]] = {}  # restore targets not in tables
+        self._backed_up_as: dict[str, OneDBTable] = {}  # such a target: the table its rows came from
         register_secret(source.key_secret.get_secret_value())
 
     # the PagedPlatform protocol ---------------------------------------------------
@@ -149,8 +150,9 @@ class OneDBClient(RowRestore):
 
     # calls -----------------------------------------------------------------------
     def _table(self, collection: str) -> OneDBTable:
-        """The table's settings; a table not in `tables` (a restore's target) is read
-        whole, with the key columns `restore_keys` finds for it."""
+        """The table's settings; a table not in `tables` (a restore's target) is read with
+        the key columns `restore_keys` finds for it, whole, or only the columns the backup
+        restored into it holds (its table's getColumns: what a restore compares)."""
         try:
             return self.source.table(collection)
         except KeyError:
@@ -160,7 +162,9 @@ class OneDBClient(RowRestore):
             raise Fatal(f"table {collection!r} is not in source {self.source.name!r} and its "
                         "primary key columns are unknown; add it to tables with its keys "
                         f"({{name: {collection}, keys: [...]}}) or set keys on the source")
-        return OneDBTable(name=collection, keys=keys)
+        original = self._backed_up_as.get(collection)
+        return OneDBTable(name=collection, keys=keys,
+                          getColumns=original.getColumns if original is not None else None)
 
     def _keys(self, table: OneDBTable) -> list[str]:
         return list(table.keys or self.source.keys or [])

@@ -66,6 +66,7 @@ class RowRestore:
     if TYPE_CHECKING:
         source: OneDBSource
         _target_keys: dict[str, list[str]]
+        _backed_up_as: dict[str, OneDBTable]
         _told_conflict: bool
 
         def _call(self, body: dict[str, Any], collection: str,
@@ -104,6 +105,8 @@ class RowRestore:
         keys = self.restore_keys(original)
         if keys:
             self._target_keys[target] = keys
+        with contextlib.suppress(KeyError):  # its getColumns: see _partial
+            self._backed_up_as[target] = self.source.table(original)
 
     def target_exists(self, collection: str) -> bool:
         """One getMany of at most one row; "table not found" means it does not exist."""
@@ -222,11 +225,13 @@ class RowRestore:
         return {k: ids[k] for k in keys}
 
     def _partial(self, collection: str) -> bool:
-        """Does the table's backup hold only some of its columns (`getColumns`)?"""
+        """Does the backup written into `collection` hold only some columns (`getColumns` of
+        the table, or of the listed table it was backed up from when restored elsewhere)?"""
         try:
             return bool(self.source.table(collection).getColumns)
         except KeyError:
-            return False
+            original = self._backed_up_as.get(collection)
+            return original is not None and bool(original.getColumns)
 
     def _row_exists(self, collection: str, ids: dict[str, Any], refusal: dict[str, Any]) -> bool:
         """Is the row a notExist create was refused for there (`get`, API doc: null when not)?"""
