@@ -339,3 +339,30 @@ def test_a_webhook_that_fails_in_an_unforeseen_way_is_logged_and_the_next_one_is
 
     [message] = webhook.messages
     assert run.run_id in message["text"]["content"]
+
+
+def test_a_long_failure_reaches_the_robot_cut_at_its_size_limit(webhook: WebhookReceiver) -> None:
+    """WeCom's text message takes 2048 bytes of UTF-8 at most, Feishu's request body 20 KB:
+    a run whose errors run longer is cut at a character boundary, says so, and still names
+    the run (a refused message would leave nobody told)."""
+    u = unit(ScriptedExport({"orders": []}))
+    [job] = seed_run(u, JobStatus.FAILED, error="导出失败：集合被锁定。" * 2000)  # 3 bytes a character
+    run = u.state.runs[job.run_id]
+    limits = {"wecom": 2048, "feishu": 20 * 1024}
+    notify = Notify.model_validate(
+        {"webhooks": [{"url": "${HOOK}", "format": fmt} for fmt in limits]},
+        context={"environ": {"HOOK": webhook.url}})
+
+    assert notify_run(notify, run, [u.job(job.job_id)], retry_base_seconds=0)
+    WebhookNotifier(notify, retry_base_seconds=0).alert("告警：" * 10000)
+
+    wecom, feishu, wecom_alert, feishu_alert = webhook.messages
+    for message, limit in ((wecom["text"]["content"], 2048), (wecom_alert["text"]["content"], 2048)):
+        assert len(message.encode()) <= limit < len(message.encode()) + 40
+        assert "cut" in message
+    assert run.run_id in wecom["text"]["content"]
+    for body in (feishu, feishu_alert):
+        text = body["content"]["text"]
+        assert len(json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()) <= limits["feishu"]
+        assert "cut" in text and "\ufffd" not in text
+    assert run.run_id in feishu["content"]["text"]

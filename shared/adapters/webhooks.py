@@ -8,6 +8,7 @@ error; it never keeps the run from closing.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -71,13 +72,52 @@ def _restore_text(run: Run, jobs: list[Job], ok: bool) -> str:
     return "\n".join(lines)
 
 
+# What a robot takes at most, in bytes of UTF-8; a longer message is refused, and nobody
+# is told. WeCom: a text message's content "最长不超过2048个字节，必须是utf8编码" (群机器人
+# 配置说明, 文本类型, https://developer.work.weixin.qq.com/document/path/91770). Feishu: "请求体
+# 的数据大小不能超过 20 KB" (自定义机器人使用指南, 注意事项,
+# https://open.feishu.cn/document/client-docs/bot-v3/add-custom-bot): the whole JSON body,
+# so its envelope (and a signature's timestamp and sign) are left room.
+_WECOM_TEXT_BYTES = 2048
+_FEISHU_BODY_BYTES = 20 * 1024
+_FEISHU_ROOM = 512  # msg_type, the envelope, timestamp and sign
+
+
 def _robot_text(webhook: Webhook, text: str) -> dict[str, Any] | None:
-    """A robot's text message; None for plain JSON webhooks."""
+    """A robot's text message, cut to the robot's size limit; None for plain JSON webhooks."""
     if webhook.format in ("wecom", "dingtalk"):  # both robots take the same text message
+        if webhook.format == "wecom":
+            text = _fit(text, _WECOM_TEXT_BYTES, _utf8_size)
         return {"msgtype": "text", "text": {"content": text}}
     if webhook.format == "feishu":
+        text = _fit(text, _FEISHU_BODY_BYTES - _FEISHU_ROOM, _json_size)
         return {"msg_type": "text", "content": {"text": text}}
     return None
+
+
+def _utf8_size(text: str) -> int:
+    return len(text.encode())
+
+
+def _json_size(text: str) -> int:
+    """Bytes `text` takes in a JSON body as httpx sends it (UTF-8, escapes included)."""
+    return len(json.dumps(text, ensure_ascii=False).encode())
+
+
+def _fit(text: str, limit: int, size: Callable[[str], int]) -> str:
+    """`text` if it fits in `limit` bytes; else its head (cut between characters, never
+    inside one) and a note that it was cut."""
+    if size(text) <= limit:
+        return text
+    note = f"\n… (cut: the robot takes {limit} bytes at most; the run's status page has the rest)"
+    low, high = 0, len(text)  # the longest head that fits with the note
+    while low < high:
+        middle = (low + high + 1) // 2
+        if size(text[:middle] + note) <= limit:
+            low = middle
+        else:
+            high = middle - 1
+    return text[:low] + note
 
 
 def payload(webhook: Webhook, run: Run, jobs: list[Job]) -> dict[str, Any]:
