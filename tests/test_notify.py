@@ -14,7 +14,7 @@ import pytest
 from devkit.sample_data import make_docs
 from shared.adapters.heartbeat import ping
 from shared.adapters.http import make_client
-from shared.adapters.webhooks import WebhookNotifier, notify_run
+from shared.adapters.webhooks import WebhookNotifier, notify_run, probe_webhook
 from shared.config import Config, Notify
 from shared.domain.jobs import JobStatus
 from shared.entrypoints.cli import main as cli
@@ -366,3 +366,35 @@ def test_a_long_failure_reaches_the_robot_cut_at_its_size_limit(webhook: Webhook
         assert len(json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()) <= limits["feishu"]
         assert "cut" in text and "\ufffd" not in text
     assert run.run_id in feishu["content"]["text"]
+
+
+@pytest.mark.parametrize("robot", ["dingtalk", "feishu"])
+def test_a_robot_with_signing_turned_on_takes_the_signed_message(
+        webhook: WebhookReceiver, robot: str) -> None:
+    """A DingTalk (加签) or Feishu (签名校验) robot with its signing secret refuses every
+    message that does not carry a valid timestamp and sign: the run notification, an
+    alert and doctor's test message all carry one, and the secret is never logged."""
+    secret = "SECsigning-secret-0123456789abcdef"
+    webhook.signing = (robot, secret)
+    captured = io.StringIO()
+    configure_logging(logging.INFO, stream=captured)
+    u = unit(ScriptedExport({"orders": []}))
+    [job] = seed_run(u, JobStatus.FAILED, error="collection is locked")
+    notify = Notify.model_validate(
+        {"webhooks": [{"url": "${HOOK}", "format": robot, "secret": "${ROBOT_SECRET}"}]},
+        context={"environ": {"HOOK": webhook.url, "ROBOT_SECRET": secret}})
+
+    assert notify_run(notify, u.state.runs[job.run_id], [u.job(job.job_id)], retry_base_seconds=0)
+    assert WebhookNotifier(notify, retry_base_seconds=0).alert("stale backups")
+    assert "accepted a test message" in probe_webhook(notify.webhooks[0], 0, send=True)
+
+    assert len(webhook.messages) == 3  # each accepted at the first try
+    assert secret not in captured.getvalue()
+    assert "robot-key-5e6f7a8b" not in captured.getvalue()
+
+
+def test_only_a_signing_robot_takes_a_signing_secret() -> None:
+    with pytest.raises(ValueError, match="only dingtalk and feishu robots sign"):
+        Notify.model_validate(
+            {"webhooks": [{"url": "${HOOK}", "format": "wecom", "secret": "${ROBOT_SECRET}"}]},
+            context={"environ": {"HOOK": "https://example.com/hook", "ROBOT_SECRET": "SECabcdef"}})

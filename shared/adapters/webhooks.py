@@ -7,11 +7,16 @@ error; it never keeps the run from closing.
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
+import hmac
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 from shared.config import Notify, Webhook
 from shared.domain.errors import Fatal, Retryable
@@ -167,7 +172,7 @@ def _deliver(settings: Notify, what: str, body_for: Callable[[Webhook], dict[str
         url = webhook.url.get_secret_value()
         register_secret(url)
         try:
-            send = functools.partial(_post, http, url, body_for(webhook), webhook.format)
+            send = functools.partial(_send, http, webhook, body_for(webhook))
             with_retries(send, attempts=3, base_seconds=retry_base_seconds)
         except (Retryable, Fatal) as exc:  # Fatal: refused for good, after one try
             log.error(f"could not deliver the {what}",
@@ -229,6 +234,36 @@ INVALID_KEY_CODES = {"wecom": frozenset({"93000"}), "feishu": frozenset({"19001"
 _CHECK_WEBHOOK = "trying again does not change that: check its URL in notify.webhooks (the robot's key)"
 
 
+def _send(http: httpx.Client, webhook: Webhook, body: dict[str, Any]) -> None:
+    """Post `body`, signed afresh at each try when the robot signs (its signature ages)."""
+    url, signed = _signed(webhook, webhook.url.get_secret_value(), body, time.time())
+    _post(http, url, signed, webhook.format)
+
+
+def _signed(webhook: Webhook, url: str, body: dict[str, Any],
+            now: float) -> tuple[str, dict[str, Any]]:
+    """The URL and body as a robot with signing turned on takes them; as they are without
+    a secret. Either robot refuses a timestamp more than an hour from its clock."""
+    if webhook.secret is None:
+        return url, body
+    secret = webhook.secret.get_secret_value()
+    register_secret(secret)
+    if webhook.format == "dingtalk":
+        # 加签 (https://open.dingtalk.com/document/robots/customize-robot-security-settings):
+        # timestamp in ms; sign = urlEncode(base64(HmacSHA256(key=secret, msg=timestamp +
+        # "\n" + secret))); both in the query
+        stamp = str(int(now * 1000))
+        digest = hmac.new(secret.encode(), f"{stamp}\n{secret}".encode(), hashlib.sha256).digest()
+        query = urlencode({"timestamp": stamp, "sign": base64.b64encode(digest).decode()})
+        return f"{url}{'&' if '?' in url else '?'}{query}", body
+    # Feishu 签名校验 (自定义机器人使用指南, https://open.feishu.cn/document/client-docs/bot-v3/
+    # add-custom-bot): timestamp in seconds; the KEY is timestamp + "\n" + secret and the
+    # message empty; sign = base64(HmacSHA256); both in the body
+    stamp = str(int(now))
+    digest = hmac.new(f"{stamp}\n{secret}".encode(), b"", hashlib.sha256).digest()
+    return url, {**body, "timestamp": stamp, "sign": base64.b64encode(digest).decode()}
+
+
 def _post(http: httpx.Client, url: str, body: dict[str, Any], fmt: str) -> None:
     import httpx
 
@@ -285,7 +320,7 @@ def probe_webhook(webhook: Webhook, index: int, send: bool, client: httpx.Client
     if send:
         body = _robot_text(webhook, TEST_TEXT) or {"doctor": True, "text": TEST_TEXT}
         try:
-            _post(http, url, body, webhook.format)
+            _send(http, webhook, body)
         except Fatal as exc:  # says what to check already
             raise Fatal(f"{where}: {exc}") from None
         except Retryable as exc:

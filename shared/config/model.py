@@ -424,12 +424,24 @@ class Webhook(ConfigModel):
     format: Literal["wecom", "dingtalk", "feishu", "json"] = Field(
         default="json", description="wecom/dingtalk/feishu robot message, or the run summary as JSON."
     )
+    secret: Secret | None = Field(
+        default=None,
+        description="Signing secret as ${ENV_VAR}, for a dingtalk robot with 加签 or a feishu "
+        "robot with 签名校验 turned on: such a robot refuses every unsigned message.",
+    )
 
     @field_validator("url")
     @classmethod
     def _https(cls, value: SecretStr) -> SecretStr:
         # a robot URL carries its key, and the message names what failed
         return _secure_secret_url(value)
+
+    @model_validator(mode="after")
+    def _signing_robot(self) -> Webhook:
+        if self.secret is not None and self.format not in ("dingtalk", "feishu"):
+            raise ValueError(f"secret: only dingtalk and feishu robots sign their messages; remove "
+                             f"it, or set format (now {self.format}) to the robot's")
+        return self
 
 
 class Heartbeat(ConfigModel):

@@ -2,18 +2,50 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
+
+
+def robot_refusal(signing: tuple[str, str], path: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    """How a robot with signing turned on answers a message it cannot verify; None when
+    the signature holds. DingTalk (加签, https://open.dingtalk.com/document/robots/
+    customize-robot-security-settings): `timestamp` (ms) and `sign` in the query, sign =
+    urlencode(base64(HmacSHA256(key=secret, msg=timestamp + "\n" + secret))), within an
+    hour. Feishu (签名校验, https://open.feishu.cn/document/client-docs/bot-v3/add-custom-bot):
+    `timestamp` (s) and `sign` in the body, sign = base64(HmacSHA256(key=timestamp + "\n" +
+    secret, msg="")), within an hour."""
+    robot, secret = signing
+    if robot == "dingtalk":
+        query = parse_qs(urlsplit(path).query)
+        stamp, sign = query.get("timestamp", [""])[0], query.get("sign", [""])[0]
+        key, message, now = secret.encode(), f"{stamp}\n{secret}".encode(), time.time() * 1000
+        window, refusal = 3600 * 1000, {"errcode": 310000, "errmsg": "sign not match"}
+    else:
+        stamp, sign = str(body.get("timestamp", "")), str(body.get("sign", ""))
+        key, message, now = f"{stamp}\n{secret}".encode(), b"", time.time()
+        window = 3600
+        refusal = {"code": 19021, "msg": "sign match fail or timestamp is not within one hour "
+                                        "from current time", "data": {}}
+    expected = base64.b64encode(hmac.new(key, message, hashlib.sha256).digest()).decode()
+    fresh = stamp.isdigit() and abs(now - int(stamp)) < window
+    return None if fresh and hmac.compare_digest(sign, expected) else refusal
 
 
 class WebhookReceiver:
     def __init__(self) -> None:
         self.messages: list[dict[str, Any]] = []
+        self.posted_paths: list[str] = []  # paths (with query) of POST requests
+        self.signing: tuple[str, str] | None = None  # (robot, secret): verify as that robot does
         self.pings: list[str] = []  # paths (with query) of GET requests: heartbeat pings
         self.answers: list[tuple[int, dict[str, Any]]] = []  # queued replies; default 200 ok
         self.gets = 0
@@ -24,8 +56,13 @@ class WebhookReceiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
-                receiver.messages.append(json.loads(self.rfile.read(length)))
+                message = json.loads(self.rfile.read(length))
+                receiver.messages.append(message)
+                receiver.posted_paths.append(self.path)
                 status, body = receiver.answers.pop(0) if receiver.answers else (200, {"errcode": 0})
+                refused = receiver.signing and robot_refusal(receiver.signing, self.path, message)
+                if refused:  # both robots answer HTTP 200 with the code in the body
+                    status, body = 200, refused
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
