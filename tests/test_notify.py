@@ -398,3 +398,18 @@ def test_only_a_signing_robot_takes_a_signing_secret() -> None:
         Notify.model_validate(
             {"webhooks": [{"url": "${HOOK}", "format": "wecom", "secret": "${ROBOT_SECRET}"}]},
             context={"environ": {"HOOK": "https://example.com/hook", "ROBOT_SECRET": "SECabcdef"}})
+
+
+def test_a_json_webhook_that_answers_its_own_success_code_is_told_once(webhook: WebhookReceiver) -> None:
+    """`errcode`/`code` in an answer are the robots' (WeCom, DingTalk, Feishu): a `json`
+    endpoint says yes in its own words (PushPlus answers HTTP 200 `{"code": 200, "msg":
+    "请求成功"}`). Read as a refusal, the message went three times and every poller tick
+    after, for a day."""
+    webhook.answers = [(200, {"code": 200, "msg": "请求成功"})] * 3
+    u = unit(ScriptedExport({"orders": []}))
+    [job] = seed_run(u, JobStatus.FAILED, error="collection is locked")
+    notify = Notify.model_validate({"webhooks": [{"url": "${HOOK}", "format": "json"}]},
+                                   context={"environ": {"HOOK": webhook.url}})
+
+    assert notify_run(notify, u.state.runs[job.run_id], [u.job(job.job_id)], retry_base_seconds=0)
+    assert len(webhook.messages) == 1
