@@ -16,6 +16,7 @@ from shared.adapters.heartbeat import ping
 from shared.adapters.http import make_client
 from shared.adapters.webhooks import WebhookNotifier, notify_run, probe_webhook
 from shared.config import Config, Notify
+from shared.domain.errors import Fatal
 from shared.domain.jobs import JobStatus
 from shared.entrypoints.cli import main as cli
 from shared.logs import configure_logging
@@ -413,3 +414,17 @@ def test_a_json_webhook_that_answers_its_own_success_code_is_told_once(webhook: 
 
     assert notify_run(notify, u.state.runs[job.run_id], [u.job(job.job_id)], retry_base_seconds=0)
     assert len(webhook.messages) == 1
+
+
+@pytest.mark.parametrize("answer", ["<html><body>Sign in to the Wi-Fi</body></html>", {"ok": True}])
+def test_a_robot_url_answered_by_something_else_is_not_called_delivered(
+        webhook: WebhookReceiver, answer: dict[str, object] | str) -> None:
+    """Every robot answers a message it took with a JSON code of 0 (WeCom and DingTalk
+    `errcode`, Feishu `code`/`StatusCode`): an HTTP 200 page without one (a proxy's
+    sign-in page, a mistyped host) is not the robot, and doctor must not pass it."""
+    notify = Notify.model_validate({"webhooks": [{"url": "${HOOK}", "format": "wecom"}]},
+                                   context={"environ": {"HOOK": webhook.url}})
+    webhook.answers = [(200, answer)]
+
+    with pytest.raises(Fatal, match="not the robot's"):
+        probe_webhook(notify.webhooks[0], 0, send=True)

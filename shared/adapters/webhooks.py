@@ -266,6 +266,9 @@ def _signed(webhook: Webhook, url: str, body: dict[str, Any],
     return url, {**body, "timestamp": stamp, "sign": base64.b64encode(digest).decode()}
 
 
+_CODES = {"errcode", "code", "StatusCode"}  # where each robot puts its answer (below)
+
+
 def _post(http: httpx.Client, url: str, body: dict[str, Any], fmt: str) -> None:
     import httpx
 
@@ -289,19 +292,23 @@ def _post(http: httpx.Client, url: str, body: dict[str, Any], fmt: str) -> None:
     # `{"code": 19024, "msg": "Key Words Not Found"}` or `{"code": 9499, "msg": "Bad Request"}`,
     # and `"StatusCode"` in older answers (自定义机器人使用指南,
     # https://open.feishu.cn/document/client-docs/bot-v3/add-custom-bot). Zero means sent.
+    if fmt == "json":  # a `json` endpoint takes the message with any 2xx
+        return
     try:
         answer = response.json()
     except ValueError:
-        return
-    if fmt != "json" and isinstance(answer, dict):
-        code = answer.get("errcode", answer.get("code", answer.get("StatusCode", 0)))
-        if str(code) in INVALID_KEY_CODES.get(fmt, ()):  # the next try is refused the same way
-            raise Fatal(f"webhook refused the message: code {code} "
-                        f"({answer.get('errmsg') or answer.get('msg') or 'no message'}); "
-                        f"{_CHECK_WEBHOOK}")
-        if code not in (0, None, "0"):
-            raise Retryable(f"webhook refused the message: code {code} "
-                            f"({answer.get('errmsg') or answer.get('msg') or 'no message'})")
+        answer = None
+    if not isinstance(answer, dict) or not _CODES & answer.keys():  # every robot answers one
+        raise Retryable(f"webhook answered HTTP {response.status_code}, but not the robot's "
+                        "answer (no errcode or code): is the URL the robot's webhook?")
+    code = answer.get("errcode", answer.get("code", answer.get("StatusCode", 0)))
+    if str(code) in INVALID_KEY_CODES.get(fmt, ()):  # the next try is refused the same way
+        raise Fatal(f"webhook refused the message: code {code} "
+                    f"({answer.get('errmsg') or answer.get('msg') or 'no message'}); "
+                    f"{_CHECK_WEBHOOK}")
+    if code not in (0, None, "0"):
+        raise Retryable(f"webhook refused the message: code {code} "
+                        f"({answer.get('errmsg') or answer.get('msg') or 'no message'})")
 
 
 TEST_TEXT = "baas-backup doctor: a test message; no backup ran"

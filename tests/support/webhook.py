@@ -47,7 +47,8 @@ class WebhookReceiver:
         self.posted_paths: list[str] = []  # paths (with query) of POST requests
         self.signing: tuple[str, str] | None = None  # (robot, secret): verify as that robot does
         self.pings: list[str] = []  # paths (with query) of GET requests: heartbeat pings
-        self.answers: list[tuple[int, dict[str, Any]]] = []  # queued replies; default 200 ok
+        # queued replies, a str sent as an HTML page; default 200 ok
+        self.answers: list[tuple[int, dict[str, Any] | str]] = []
         self.gets = 0
         self.get_status = 405  # robots refuse a GET; a heartbeat test sets 200
         self.get_body: dict[str, Any] | None = None  # a JSON answer to a GET (Uptime Kuma's)
@@ -63,9 +64,10 @@ class WebhookReceiver:
                 refused = receiver.signing and robot_refusal(receiver.signing, self.path, message)
                 if refused:  # both robots answer HTTP 200 with the code in the body
                     status, body = 200, refused
-                data = json.dumps(body).encode()
+                page = isinstance(body, str)
+                data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", "text/html" if page else "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
