@@ -428,3 +428,22 @@ def test_a_robot_url_answered_by_something_else_is_not_called_delivered(
 
     with pytest.raises(Fatal, match="not the robot's"):
         probe_webhook(notify.webhooks[0], 0, send=True)
+
+
+def test_a_healthchecks_url_with_a_query_signals_a_failure_on_its_path(webhook: WebhookReceiver) -> None:
+    """healthchecks.io signals a failure with /fail on the path (docs/signaling_failures/);
+    its ping URLs may carry a query (?create=1 to auto-provision a check by slug, ?rid= for
+    a run id). Appended after the query, /fail became part of create's value: the monitor
+    took the failed run's ping as a success."""
+    webhook.get_status = 200
+    base = f"http://127.0.0.1:{webhook.server.server_port}"
+    notify = Notify.model_validate(
+        {"heartbeat": {"url": "${PING}"}},
+        context={"environ": {"PING": base + "/ping-key-0123456789/nightly-backup?create=1"}})
+    assert notify.heartbeat is not None
+
+    ping(notify.heartbeat, True, "run a succeeded", retry_base_seconds=0)
+    ping(notify.heartbeat, False, "run b failed", retry_base_seconds=0)
+
+    assert webhook.pings == ["/ping-key-0123456789/nightly-backup?create=1",
+                             "/ping-key-0123456789/nightly-backup/fail?create=1"]

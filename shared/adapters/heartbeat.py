@@ -31,8 +31,12 @@ log = logging.getLogger(__name__)
 def ping_url(heartbeat: Heartbeat, ok: bool, message: str) -> str:
     base = heartbeat.url.get_secret_value()
     if heartbeat.style == "healthchecks":
-        # healthchecks.io/docs/signaling_failures/: append /fail to signal a failure
-        return base if ok else base.rstrip("/") + "/fail"
+        # healthchecks.io/docs/signaling_failures/: append /fail to the path to signal a
+        # failure; the query (?create=1, healthchecks.io/docs/autoprovisioning/) stays after it
+        if ok:
+            return base
+        parts = urlsplit(base)
+        return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/fail"))
     if heartbeat.style == "cronitor":
         # cronitor.io/docs/telemetry-api: ?state=complete | ?state=fail, optional message
         query = {"state": "complete" if ok else "fail", "message": message}
