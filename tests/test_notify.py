@@ -447,3 +447,14 @@ def test_a_healthchecks_url_with_a_query_signals_a_failure_on_its_path(webhook: 
 
     assert webhook.pings == ["/ping-key-0123456789/nightly-backup?create=1",
                              "/ping-key-0123456789/nightly-backup/fail?create=1"]
+
+
+def test_doctor_names_the_signing_secret_when_a_signing_robot_refuses(webhook: WebhookReceiver) -> None:
+    """A robot with signing turned on and no `secret` configured refuses every message:
+    doctor's advice names the setting that fixes it."""
+    webhook.signing = ("dingtalk", "SECsigning-secret-0123456789abcdef")
+    notify = Notify.model_validate({"webhooks": [{"url": "${HOOK}", "format": "dingtalk"}]},
+                                   context={"environ": {"HOOK": webhook.url}})
+
+    with pytest.raises(Fatal, match=r"310000.*notify\.webhooks\[0\]\.secret"):
+        probe_webhook(notify.webhooks[0], 0, send=True)

@@ -334,7 +334,8 @@ def probe_webhook(webhook: Webhook, index: int, send: bool, client: httpx.Client
             raise Fatal(f"{where}: {exc}") from None
         except Retryable as exc:
             raise Fatal(f"{where}: {exc}; check the URL (its key) and the robot's security "
-                        "settings (keywords, IP allow-list)") from None
+                        "settings (keywords, IP allow-list; with signing turned on, "
+                        f"notify.webhooks[{index}].secret holds its signing secret)") from None
         return f"{where} accepted a test message"
     try:
         response = http.get(url)
