@@ -443,6 +443,27 @@ def test_bad_list_parameters_are_named(api: Api, query: dict[str, Any], field: s
     assert status == 400 and body["field"] == field
 
 
+@pytest.mark.parametrize("method,path,query,field", [
+    ("POST", "/runs", {"sources": "archive"}, "sources"),  # would back up everything
+    ("POST", "/restores", {"preview": "true"}, "preview"),  # would start a real restore
+    ("POST", "/runs/latest/verify", {"quick": "false"}, "quick"),
+    ("GET", "/restores", {"limit": "5"}, "limit"),
+    ("GET", "/collections", {"source": "shop"}, "source"),
+    ("GET", "/runs/20261121T020000123Z-1a2b3c4d", {"jobs": "failed"}, "jobs"),
+    ("POST", "/runs", {"limit": "5"}, "limit"),  # GET /runs' parameters only on GET
+])
+def test_query_parameters_a_route_does_not_take_are_refused_not_ignored(
+    api: Api, method: str, path: str, query: dict[str, Any], field: str
+) -> None:
+    """A parameter sent in the query string where the route reads only its body (or takes
+    none) was ignored: POST /runs?sources=archive backed up every source, and POST
+    /restores?preview=true started the restore it meant to preview."""
+    status, body, _ = api.call(method, path, query=query, body={} if method == "POST" else None)
+    assert status == 400, body
+    assert body["field"] == field and repr(field) in body["error"]
+    assert api.runs() == [] and api.exports() == 0
+
+
 def test_an_unknown_run_is_404(api: Api) -> None:
     for run_id in ("20261121T020000123Z-1a2b3c4d", "not-a-run", "..%2F..%2Fetc"):
         status, body, _ = api.call("GET", f"/runs/{run_id}")

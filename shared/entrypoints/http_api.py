@@ -227,6 +227,9 @@ class Route:
     pattern: str  # OpenAPI style: /runs/{run_id}
     methods: Mapping[str, Handler]
     public: frozenset[str] = frozenset()  # methods served without the token (the page shell)
+    # query parameters each method reads; any other is refused, never ignored (a route
+    # that reads its body would otherwise act on `?sources=` or `?preview=` as if unsent)
+    query: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def match(self, path: str) -> dict[str, str] | None:
         regex = "^" + re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(self.pattern)) + "/?$"
@@ -278,9 +281,23 @@ def _dispatch(request: Request, context: ContextFactory, environ: Mapping[str, s
                             None, {"Allow": allowed})
         if request.method not in route.public:
             _authenticate(request, environ[TOKEN_ENV])
+            _known_query(request, route)
         return handler(request, params, context)
     routes = ", ".join(f"{' '.join(r.methods)} {r.pattern}" for r in ROUTES)
     raise HttpError(404, f"no route for {request.path!r}; the routes are: {routes}", None)
+
+
+def _known_query(request: Request, route: Route) -> None:
+    """400 naming the first query parameter `route` does not read for this method."""
+    taken = route.query.get(request.method, ())
+    for name in request.query:
+        if name in taken:
+            continue
+        where = f"{request.method} {route.pattern}"
+        fix = (f"it takes only {' and '.join(taken)}" if taken else
+               "send it in the JSON body" if request.method == "POST" else "it takes none")
+        raise HttpError(400, f"unknown query parameter {name[:80]!r} on {where}; {fix}",
+                        name[:80])
 
 
 def _token_problem(environ: Mapping[str, str]) -> HttpError | None:
@@ -470,9 +487,6 @@ def _same_request_or_conflict(ctx: Context, run: Run, sources: list[str] | None,
 
 # GET /runs, GET /runs/{run_id} -------------------------------------------------------
 def _list_runs(request: Request, params: Mapping[str, str], context: ContextFactory) -> Response:
-    for name in request.query:
-        if name not in ("limit", "before"):
-            raise HttpError(400, f"unknown query parameter {name!r}; use limit and before", name)
     limit = _limit(request.query.get("limit"))
     before = request.query.get("before") or None
     if before is not None and not RUN_ID.match(before):
@@ -694,7 +708,7 @@ def _later(name: str) -> Handler:
 
 ROUTES: list[Route] = [
     Route("/", {"GET": _page}, public=frozenset({"GET"})),
-    Route("/runs", {"GET": _list_runs, "POST": _start_run}),
+    Route("/runs", {"GET": _list_runs, "POST": _start_run}, query={"GET": ("limit", "before")}),
     Route("/runs/{run_id}", {"GET": _get_run}),
     Route("/runs/{run_id}/acknowledge", {"POST": _acknowledge}),
     Route("/runs/{run_id}/verify", {"POST": _later("post_verify")}),
