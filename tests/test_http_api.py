@@ -250,6 +250,34 @@ def test_a_resend_is_the_same_run_even_when_the_platform_listing_failed_or_chang
                     headers=key)[0] == 409  # another request under the same key
 
 
+def test_a_resend_naming_collections_is_the_same_run_while_the_listing_fails_or_changed(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first request named its collections and started; its answer was lost. The
+    resend was checked against the platform's listing again: 503 while WeChat was busy
+    (the phone then sends a new key: a second run), 400 once the collection was gone."""
+    local.seed("orders", make_docs(5))
+    local.seed("users", make_docs(3, prefix="u"))
+    api = deploy_sources(local, tmp_path, monkeypatch, local.wechat_source(collections="all"))
+    key = {"Idempotency-Key": "phone-tap-2"}
+    body = {"collections": {"shop": ["users"]}}
+    first = api.call("POST", "/runs", body=body, headers=key)
+    assert first[0] == 202 and first[1]["created"] is True
+
+    local.emulator.inject_errcode(LISTING, -1, times=100)  # WeChat's "system busy"
+    busy = api.call("POST", "/runs", body=body, headers=key)
+    local.emulator.clear_faults()
+    local.emulator.drop_collection(ENV_ID, "users")
+    gone = api.call("POST", "/runs", body=body, headers=key)
+
+    for status, answer, _ in (busy, gone):
+        assert (status, answer.get("run_id"), answer.get("created")) == (
+            202, first[1]["run_id"], False), answer
+    assert len(api.runs()) == 1
+    # another request under the same key is still refused
+    assert api.call("POST", "/runs", body={"collections": {"shop": ["orders"]}},
+                    headers=key)[0] == 409
+
+
 def test_a_listing_that_fails_while_checking_named_collections_is_a_503(
         local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     local.seed("orders", make_docs(5))

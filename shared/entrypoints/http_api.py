@@ -353,6 +353,10 @@ def _start_run(request: Request, params: Mapping[str, str], context: ContextFact
     body = _parse_body(request)
     key = idempotency_key(request)
     ctx = service(context)
+    recorded = ctx.state.find_run(f"http:{key}") if key else None
+    if recorded is not None:  # a resend: compared with the run, not the platforms' lists now
+        _same_request_or_conflict(ctx, recorded, body.sources, body.collections)
+        return _started(recorded, created=False)
     sources, collections = _check_selection(ctx, body)
     try:
         run, created = start_run(_quick(ctx), trigger="http",
@@ -360,8 +364,12 @@ def _start_run(request: Request, params: Mapping[str, str], context: ContextFact
                                  sources=sources, collections=collections)
     except UnknownSource as exc:
         raise HttpError(400, str(exc), None) from None
-    if not created:
+    if not created:  # the same key, sent again while this request was on its way
         _same_request_or_conflict(ctx, run, sources, collections)
+    return _started(run, created=created)
+
+
+def _started(run: Run, *, created: bool) -> Response:
     return json_response(202, {"run_id": run.run_id, "created": created,
                                "status_url": f"/runs/{run.run_id}"})
 
