@@ -400,3 +400,18 @@ def test_a_restore_request_resent_after_the_restore_wrote_its_data_is_the_same_r
                                 headers=key)
     assert status == 409 and other["field"] == "Idempotency-Key", other
     assert [r.operation for r in api.runs()].count("restore") == 1
+
+
+def test_a_platform_that_cannot_answer_a_restore_preview_is_a_503_naming_it(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planning asks the platform whether the target exists; WeChat answering "system busy"
+    was a 500 "internal error" (the phone's user learned nothing, and nothing to retry)."""
+    api = deploy(local, tmp_path, monkeypatch)
+    run_id = backed_up(api, "shop", "orders")
+    local.emulator.inject_errcode("/tcb/databasecollectionget", -1, times=100)  # the listing
+    for preview in (True, False):
+        status, body, _ = api.call("POST", "/restores", body={
+            "run_id": run_id, "source": "shop", "collection": "orders", "preview": preview})
+        assert (status, body["field"]) == (503, "source"), body
+        assert "errcode -1" in body["error"] and "try again" in body["error"], body
+    assert [r.operation for r in api.runs()] == ["backup"]  # nothing was started

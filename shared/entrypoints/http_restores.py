@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
+from shared.domain.errors import BackupError, Retryable, RetryLater, StateError, StorageError
 from shared.domain.jobs import Job, Run
 from shared.entrypoints.http_api import (
     RUN_ID,
@@ -66,8 +67,24 @@ def post_restore(request: Request, params: Mapping[str, str], context: ContextFa
         run, created = start_restore(ctx, plan, trigger="http", idempotency_key=recorded_key)
     except RestoreRefused as exc:
         raise HttpError(exc.status, str(exc), exc.field) from None
+    except BackupError as exc:  # the platform, bucket or state store: not the request
+        raise _not_answered(body.source, exc) from None
     return json_response(202, {"restore_id": run.run_id, "created": created,
                                "status_url": f"/restores/{run.run_id}", "plan": plan.view()})
+
+
+def _not_answered(source: str, exc: BackupError) -> HttpError:
+    """503 to try again for a transient failure, 502 for a refusal retrying cannot fix;
+    the error quoted (redacted), never a bare 500."""
+    field = None if isinstance(exc, (StorageError, StateError)) else "source"
+    if isinstance(exc, (Retryable, RetryLater)):
+        return HttpError(503, f"the restore of source {source!r} could not be planned or started: "
+                              f"{redact(str(exc))}; try again in a minute (with the same "
+                              "Idempotency-Key, if you sent one)",
+                         field)
+    return HttpError(502, f"the restore of source {source!r} could not be planned or started: "
+                          f"{redact(str(exc))}; fix what it says (`baas-backup doctor` checks "
+                          "the source), then send the request again", field)
 
 
 def list_restores(request: Request, params: Mapping[str, str], context: ContextFactory) -> Response:
