@@ -492,6 +492,18 @@ def test_query_parameters_a_route_does_not_take_are_refused_not_ignored(
     assert api.runs() == [] and api.exports() == 0
 
 
+def test_a_run_id_with_a_trailing_newline_is_no_run_id(api: Api) -> None:
+    """`$` matches before a final newline: `before=<id>%0A` passed as a run id and the
+    "next page" began with the run that ended the page before."""
+    for _ in range(2):
+        api.call("POST", "/runs", body={"sources": ["archive"]})
+    _, first, _ = api.call("GET", "/runs", query={"limit": "1"})
+    status, body, _ = api.call("GET", "/runs", query={"limit": "1", "before": first["next"] + "\n"})
+    assert (status, body.get("field")) == (400, "before"), body
+    status, body, _ = api.call("GET", f"/runs/{first['next']}\n")
+    assert (status, body["field"]) == (404, "run_id"), body
+
+
 def test_an_unknown_run_is_404(api: Api) -> None:
     for run_id in ("20261121T020000123Z-1a2b3c4d", "not-a-run", "..%2F..%2Fetc"):
         status, body, _ = api.call("GET", f"/runs/{run_id}")

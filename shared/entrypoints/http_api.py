@@ -46,7 +46,8 @@ MAX_IDEMPOTENCY_KEY = 200
 HTTP_START_BUDGET_SECONDS = 10.0  # a person waits for POST /runs; the trigger's timeout is 120 s
 DEFAULT_PAGE = 20
 MAX_PAGE = 100
-RUN_ID = re.compile(r"^[0-9]{8}T[0-9]{6}([0-9]{3})?Z-[0-9a-f]{8}$")
+# \Z, not $: `$` also matches before a final newline, and "<id>\n" sorts after "<id>"
+RUN_ID = re.compile(r"^[0-9]{8}T[0-9]{6}([0-9]{3})?Z-[0-9a-f]{8}\Z")
 _KEY_CHARS = re.compile(r"^[\x21-\x7e]+$")  # visible ASCII: safe in a header and a log line
 
 JSON_TYPE = "application/json; charset=utf-8"
