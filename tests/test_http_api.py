@@ -5,8 +5,10 @@ answer is checked against docs/openapi.yaml on the way."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import re
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -586,6 +588,24 @@ def test_the_page_shell_is_served_without_the_token_and_without_data(api: Api) -
     assert "default-src 'none'" in csp and "connect-src 'self'" in csp
     assert "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
     assert headers["referrer-policy"] == "no-referrer"
+
+
+def test_a_state_store_that_does_not_answer_is_a_503_saying_so(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MySQL down (or out of the VPC's reach): its message says what to check, but every
+    route answered a bare 500 "internal error" (the phone's user had no log to read)."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    api = deploy(dataclasses.replace(local, state_url=f"mysql+pymysql://baas@127.0.0.1:{port}/b"),
+                 tmp_path, monkeypatch)
+    status, body, _ = api.call("GET", "/runs")
+    assert status == 503, body
+    assert "state backend does not answer" in body["error"] and "state.url" in body["error"]
+    for method, path in (("GET", "/runs"), ("POST", "/runs"), ("GET", "/collections")):
+        status, body, _ = api.call(method, path, body={} if method == "POST" else None)
+        assert status == 503, (method, path, body)
+        assert "OperationalError" in body["error"] and "try again" in body["error"]
 
 
 def test_an_invalid_config_is_reported_to_the_owner_only(api: Api) -> None:

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
 from shared.config import ConfigError
-from shared.domain.errors import BackupError
+from shared.domain.errors import BackupError, Retryable, RetryLater
 from shared.domain.jobs import Job, JobStatus, Run
 from shared.entrypoints import status_page
 from shared.logs import log_context, redact, register_secret
@@ -258,6 +258,10 @@ def handle(request: Request, context: ContextFactory,
             response = _dispatch(request, context, os.environ if environ is None else environ)
         except HttpError as exc:
             response = exc.response()
+        except (Retryable, RetryLater) as exc:  # a store or platform down: not a bug
+            log.warning("HTTP request could not be answered now", extra={
+                "method": request.method, "path": request.path, "reason": redact(str(exc))})
+            response = _unavailable(exc).response()
         except Exception:  # a bug answers 500 without details; the log has them
             log.exception("HTTP request failed", extra={"method": request.method, "path": request.path})
             response = json_response(500, {"error": "internal error; see the trigger function's logs",
@@ -265,6 +269,13 @@ def handle(request: Request, context: ContextFactory,
         log.info("HTTP request", extra={"method": request.method, "path": request.path,
                                         "status": response.status})
         return response
+
+
+def _unavailable(exc: Retryable | RetryLater) -> HttpError:
+    """503 quoting what did not answer (errors name what to check, never a secret; redacted
+    again all the same): the owner on a phone has no log to read."""
+    return HttpError(503, f"{redact(str(exc))}; try again in a minute (a POST with an "
+                          "Idempotency-Key is safe to send again)", None)
 
 
 def _dispatch(request: Request, context: ContextFactory, environ: Mapping[str, str]) -> Response:
