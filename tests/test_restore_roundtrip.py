@@ -415,3 +415,23 @@ def test_a_platform_that_cannot_answer_a_restore_preview_is_a_503_naming_it(
         assert (status, body["field"]) == (503, "source"), body
         assert "errcode -1" in body["error"] and "try again" in body["error"], body
     assert [r.operation for r in api.runs()] == ["backup"]  # nothing was started
+
+
+def test_a_restore_id_under_runs_is_no_backup_run_and_points_to_restores(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GET /restores/{backup run id} is a 404; GET /runs/{restore id} answered 200 with the
+    restore dressed as a backup run (0 records, 0 bytes), and acknowledge said "the backup
+    of <its target> is not suspect"."""
+    api = deploy(local, tmp_path, monkeypatch)
+    run_id = backed_up(api, "shop", "orders")
+    status, started, _ = api.call("POST", "/restores", body={
+        "run_id": run_id, "source": "shop", "collection": "orders"})
+    assert status == 202, started
+    restore_id, target = started["restore_id"], started["plan"]["target"]
+    for method, path, body in (
+            ("GET", f"/runs/{restore_id}", None),
+            ("POST", f"/runs/{restore_id}/acknowledge", {"source": "shop", "collection": target}),
+            ("POST", f"/runs/{restore_id}/verify", {})):
+        status, answer, _ = api.call(method, path, body=body)
+        assert (status, answer["field"]) == (404, "run_id"), (method, path, answer)
+        assert f"/restores/{restore_id}" in answer["error"], answer

@@ -34,6 +34,7 @@ from shared.domain.errors import BackupError, Retryable, RetryLater
 from shared.domain.jobs import Job, JobStatus, Run
 from shared.entrypoints import status_page
 from shared.logs import log_context, redact, register_secret
+from shared.ports import StateStore
 from shared.service.context import Context
 from shared.service.start import UnknownSource, asked, start_run
 
@@ -540,14 +541,24 @@ def _limit(text: str | None) -> int:
 def _get_run(request: Request, params: Mapping[str, str], context: ContextFactory) -> Response:
     run_id = params["run_id"]
     store = service(context).state
-    run = store.get_run(run_id) if RUN_ID.match(run_id) else None
-    if run is None:
-        raise HttpError(404, f"no run {run_id[:80]!r}; GET /runs lists the runs", "run_id")
+    run = backup_run(store, run_id)
     jobs = store.list_jobs(run_id)
     summary = run.summary or {}
     return json_response(200, {**run_view(run, jobs), "jobs": [job_view(job) for job in jobs],
                                "verify": verify_view(summary.get("verify")),
                                "last_verify": verify_view(summary.get("last_verify"))})
+
+
+def backup_run(store: StateStore, run_id: str) -> Run:
+    """The backup run `run_id`, or a 404 naming it; a restore's id points to /restores,
+    as a backup's id under /restores is a 404 there."""
+    run = store.get_run(run_id) if RUN_ID.match(run_id) else None
+    if run is not None and run.operation == "restore":
+        raise HttpError(404, f"{run_id} is a restore, not a backup run; GET /restores/{run_id} "
+                             "shows it", "run_id")
+    if run is None:
+        raise HttpError(404, f"no run {run_id[:80]!r}; GET /runs lists the runs", "run_id")
+    return run
 
 
 def run_view(run: Run, jobs: list[Job]) -> dict[str, Any]:
@@ -666,8 +677,7 @@ def _acknowledge(request: Request, params: Mapping[str, str], context: ContextFa
     run_id = params["run_id"]
     body = _shaped(AcknowledgeBody, request, '{"source": "...", "collection": "..."}')
     ctx = service(context)
-    if not RUN_ID.match(run_id) or ctx.state.get_run(run_id) is None:
-        raise HttpError(404, f"no run {run_id[:80]!r}; GET /runs lists the runs", "run_id")
+    backup_run(ctx.state, run_id)
     try:
         job = acknowledge(ctx, run_id, body.source, body.collection)
     except NotSuspect as exc:

@@ -17,6 +17,7 @@ from shared.entrypoints.http_api import (
     HttpError,
     Request,
     Response,
+    backup_run,
     idempotency_key,
     iso,
     json_object,
@@ -143,8 +144,8 @@ def post_verify(request: Request, params: Mapping[str, str], context: ContextFac
     try:
         if run_id == "latest":
             run_id = latest_run(ctx, body.source, body.collection)
-        elif not RUN_ID.match(run_id) or ctx.state.get_run(run_id) is None:
-            raise HttpError(404, f"no run {run_id[:80]!r}; GET /runs lists the runs", "run_id")
+        else:
+            backup_run(ctx.state, run_id)
         report = verify_run(ctx, run_id, source=body.source, collection=body.collection,
                             quick=body.quick)
     except NothingToVerify as exc:
