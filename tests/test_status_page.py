@@ -638,3 +638,47 @@ def test_a_staleness_alarm_no_webhook_took_is_shown_above_the_collections(
 
     said = [e for e in elements if e.attrs.get("data-undelivered") == "stale"]
     assert said and "in the last" in said[0].content, (tmp_path / "serve.log").read_text()
+
+
+# A fetch that reaches the server but loses its answer: POST /runs is carried out, the
+# page sees what a phone sees when the network drops after sending ("Failed to fetch").
+LOSE_THE_FIRST_RUN_ANSWER = """(() => {
+  const real = window.fetch;
+  window.postedRuns = 0;  // POST /runs answered (or lost) so far
+  window.fetch = async (input, init) => {
+    const answer = await real(input, init);
+    if (init && init.method === "POST" && String(input).endsWith("/runs")) {
+      window.postedRuns++;
+      if (window.postedRuns === 1) throw new TypeError("Failed to fetch");
+    }
+    return answer;
+  };
+  return true;
+})()"""
+
+
+def test_back_up_now_tapped_again_after_a_lost_answer_is_the_same_run(
+    served: tuple[Api, str], tmp_path: Path
+) -> None:
+    """The first tap's run was recorded but its answer lost; the page then made a new
+    Idempotency-Key for the second tap, so a flaky phone network started two backups."""
+    _, url = served
+    back_up(url, {"sources": ["archive"]})
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+
+    def runs() -> list[str]:
+        listed = httpx.get(url + "runs", headers=auth, timeout=30).json()["runs"]
+        return [r["run_id"] for r in listed]
+
+    with phone(tmp_path, url) as tab:
+        assert tab.eval(LOSE_THE_FIRST_RUN_ANSWER)
+        tap(tab, "#run-now")
+        tab.wait("window.postedRuns === 1", "the first tap's request")
+        tab.wait(f"!{q('#run-now')}.disabled", "the button again")
+        tap(tab, "#run-now")  # the user taps again: no answer came
+        tab.wait("window.postedRuns === 2", "the second tap's request")
+        assert len(runs()) == 2, runs()  # the one before, and the one the taps asked for
+        tab.wait(f"!{q('#run-now')}.disabled", "the button again")
+        tap(tab, "#run-now")  # answered before: this tap is a new backup
+        tab.wait("window.postedRuns === 3", "the third tap's request")
+        assert len(runs()) == 3, runs()

@@ -609,15 +609,21 @@ async function load() {
   }
 }
 
+// Kept while a tap got no answer from the API (the network dropped it, or a 5xx): the
+// run may have started, so the next tap sends the same key and lands on that run.
+let runKey = null;
+
 async function backUpNow() {
   const button = $("run-now");
   button.disabled = true;
+  runKey = runKey || freshKey("page-");
   try {
-    // one key per tap: a resent request lands on the same run
-    const answer = await postJson("runs", {}, { "Idempotency-Key": freshKey("page-") });
+    const answer = await postJson("runs", {}, { "Idempotency-Key": runKey });
+    runKey = null;  // answered: the next tap is a new backup
     say("Started run " + answer.run_id + ".");
     await load();
   } catch (error) {
+    if (error.status >= 400 && error.status < 500) runKey = null;  // refused: nothing started
     failed(error);
   } finally {
     button.disabled = false;
