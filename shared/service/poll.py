@@ -30,6 +30,11 @@ RETRY_LATER = timedelta(seconds=60)
 # at least before it fails: a poller that was itself stopped for hours gives the finisher
 # one more chance first.
 MIN_UNCLAIMED_HAND_OFFS = 2
+# A tick may work up to `timing.poll_budget_seconds` while the timer fires every minute, so
+# the next tick reads the same due jobs afresh and advances them first. A job this tick
+# read longer ago than this is read again before its step: one the other tick advanced
+# meanwhile costs the platform no second call (its write would lose the compare-and-set).
+SNAPSHOT_FRESH = timedelta(seconds=30)
 
 
 @dataclass
@@ -46,15 +51,34 @@ def poll(ctx: Context, limit: int = 2000) -> PollSummary:
     summary = PollSummary()
     timing = ctx.config.timing
     budget = Budget(ctx, timing.poll_budget_seconds)
+    read_at = ctx.clock()
     summary.advanced = run_in_lanes(
-        ctx.state.due_jobs(ctx.clock(), limit),
-        lambda job: advance(ctx, job),
+        ctx.state.due_jobs(read_at, limit),
+        lambda job: _advance_unless_moved(ctx, job, read_at),
         lanes=lambda job: _lanes(ctx, job),
         workers=timing.poll_concurrency,
         keep_going=lambda: not budget.spent(),
     )
     _close_sweep_and_watch(ctx, summary)
     return summary
+
+
+def _advance_unless_moved(ctx: Context, job: Job, read_at: datetime) -> None:
+    """Advance `job`, read at `read_at`; read again first when that was a while ago, and
+    left alone when another poller (or a finisher) wrote it since."""
+    if ctx.clock() - read_at >= SNAPSHOT_FRESH:
+        with log_context(run_id=job.run_id, job_id=job.job_id):
+            try:
+                current = ctx.state.get_job(job.job_id)
+            except Exception as exc:  # the state store's outage: the next tick tries again
+                log.warning("could not read the job again; the next tick tries it",
+                            extra={"reason": redact(str(exc))})
+                return
+            if current is None or current.version != job.version:
+                log.info("job moved on since this tick read it; left to whoever moved it")
+                return
+        job = current
+    advance(ctx, job)
 
 
 def _close_sweep_and_watch(ctx: Context, summary: PollSummary) -> None:
