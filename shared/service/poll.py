@@ -235,9 +235,7 @@ def _check_export(ctx: Context, job: Job, now: datetime) -> None:
     try:
         progress = platform.check(job.collection, job.platform_job_id)
     except Forgotten as exc:
-        log.warning("platform forgot the export; starting it again", extra={"reason": str(exc)})
-        save(ctx, job.moved_to(JobStatus.PENDING, platform_job_id=None, next_check_at=now,
-                               error=redact(str(exc))))
+        _restart_forgotten(ctx, job, exc, now)
         return
     if progress.platform_job_id and progress.platform_job_id != job.platform_job_id:
         job = job.model_copy(update={"platform_job_id": progress.platform_job_id})
@@ -258,6 +256,25 @@ def _check_export(ctx: Context, job: Job, now: datetime) -> None:
         if warning:
             log.warning("export count far from the platform's count", extra={"reason": warning})
         hand_off(ctx, ready, now)
+
+
+def _restart_forgotten(ctx: Context, job: Job, exc: Forgotten, now: datetime) -> None:
+    """Start a forgotten export again, as one more try: a platform that answers every
+    status check with "unknown job" (for a reason of its own) must not get a fresh export
+    started every other tick until the deadline, each one using up its export quota."""
+    timing = ctx.config.timing
+    message = redact(str(exc))
+    tries = job.attempts + 1
+    if tries >= timing.max_attempts:
+        fail(ctx, job, f"the platform forgot the export {tries} times, each time started "
+                       f"again (timing.max_attempts: {timing.max_attempts}); last answer: "
+                       f"{message}. Check the platform's console for the export jobs and "
+                       "the source's api_base", now)
+        return
+    log.warning("platform forgot the export; starting it again", extra={"reason": message})
+    save(ctx, job.moved_to(JobStatus.PENDING, platform_job_id=None, attempts=tries, error=message,
+                           next_check_at=now + backoff(job.attempts, timing.first_check_seconds,
+                                                       timing.max_check_interval_seconds)))
 
 
 def check_interval(ctx: Context, job: Job, now: datetime) -> timedelta:

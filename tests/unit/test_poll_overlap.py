@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import replace
 
+from shared.domain.errors import Forgotten
 from shared.domain.jobs import JobStatus
 from shared.ports import Progress
 from shared.service.poll import poll
@@ -34,3 +35,22 @@ def test_a_job_another_poller_checked_since_this_tick_read_it_is_not_checked_aga
     # "a" was in flight here while the next tick checked it too; "b" and "c" the next
     # tick had checked (and rescheduled) before this one reached them
     assert checks["b"] == checks["c"] == 1
+
+
+def test_a_platform_that_forgets_every_export_does_not_get_one_started_every_tick() -> None:
+    platform = ScriptedExport({"orders": []})
+    u = unit(platform, max_attempts=3)
+    [job] = seed_run(u)
+
+    def forgets(collection: str, platform_job_id: str) -> Progress:
+        raise Forgotten(f"WeChat no longer knows this export job {platform_job_id}")
+
+    platform.check = forgets  # type: ignore[method-assign]
+    for _ in range(60):  # an hour of one tick a minute
+        poll(u.ctx)
+        u.clock.advance(60)
+
+    assert len(platform.started) == 3  # one export per try, not one every other minute
+    failed = u.job(job.job_id)
+    assert failed.status is JobStatus.FAILED
+    assert "forgot the export 3 times" in (failed.error or "")
