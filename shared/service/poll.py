@@ -5,6 +5,7 @@ time budget, then close runs whose jobs all ended. Jobs not reached stay due."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Hashable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -210,9 +211,9 @@ def _start_export(ctx: Context, job: Job, now: datetime) -> None:
     if reason:  # the platform said "no more exports for now" in this invocation: wait, one write
         save(ctx, job.model_copy(update={"next_check_at": now + RETRY_LATER, "error": redact(reason)}))
         return
+    claim = _start_claim(ctx)
     claimed = ctx.state.save_job(job.model_copy(update={
-        "lease_owner": ctx.worker, "lease_until": now + START_CLAIM,
-        "next_check_at": now + START_CLAIM,
+        "lease_owner": ctx.worker, "lease_until": now + claim, "next_check_at": now + claim,
     }))
     if claimed is None:
         return  # lost the race to another poller
@@ -227,6 +228,17 @@ def _start_export(ctx: Context, job: Job, now: datetime) -> None:
         lease_owner=None,
         lease_until=None,
     ))
+
+
+def _start_claim(ctx: Context) -> timedelta:
+    """How long this invocation owns a pending job while starting it. One start call may
+    take minutes (each try waiting out the HTTP timeout, then retried) while the timer's
+    next ticks overlap it: a claim that ran out first would have them start a second
+    export. On SCF it lasts until START_CLAIM past this invocation's stop (`stop_by`:
+    SCF's time limit less a margin under START_CLAIM), when SCF has ended the call."""
+    if ctx.stop_by is None:
+        return START_CLAIM
+    return START_CLAIM + timedelta(seconds=max(0.0, ctx.stop_by - time.monotonic()))
 
 
 def _check_export(ctx: Context, job: Job, now: datetime) -> None:

@@ -4,6 +4,7 @@ platform, over in-memory fakes."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import replace
 
@@ -54,3 +55,28 @@ def test_a_platform_that_forgets_every_export_does_not_get_one_started_every_tic
     failed = u.job(job.job_id)
     assert failed.status is JobStatus.FAILED
     assert "forgot the export 3 times" in (failed.error or "")
+
+
+def test_an_export_start_that_outlasts_the_claim_is_not_started_again_by_the_next_tick() -> None:
+    """A start call can take minutes (each try waits out the HTTP timeout, then retries)
+    while the poller's SCF invocation lives on: its claim must outlast it."""
+    platform = ScriptedExport({"orders": []})
+    u = unit(platform)
+    [job] = seed_run(u)
+    u.ctx.stop_by = time.monotonic() + 270  # SCF: 300 s less the margin
+    slow = {"first": True}
+    original = platform.start
+
+    def start(collection: str, job_id: str) -> str:
+        if slow["first"]:  # the answer takes 150 s; the timer's next ticks run meanwhile
+            slow["first"] = False
+            for _ in range(3):
+                u.clock.advance(50)
+                poll(replace(u.ctx, worker="next-tick", stop_by=time.monotonic() + 270))
+        return original(collection, job_id)
+
+    platform.start = start  # type: ignore[method-assign]
+    poll(u.ctx)
+
+    assert platform.started == ["orders"]  # one export, not one per overlapping poller
+    assert u.job(job.job_id).status is JobStatus.EXPORTING
