@@ -19,7 +19,8 @@ from collections.abc import Callable
 from shared.domain.errors import RateLimited
 
 FIRST_WAIT = 0.1  # seconds after a refusal without Retry-After
-MAX_WAIT = 30.0  # the longest single wait between two tries of one call
+MAX_WAIT = 30.0  # the longest spacing the pacer picks itself; a longer Retry-After is
+# still waited out in full (or, past the patience or deadline, the copy is left for later)
 PATIENCE = 120.0  # seconds of nothing but refusals before the copy is left for later
 SLOW_DOWN = 1.5  # spacing after a refusal, relative to before
 SPEED_UP = 0.95  # spacing kept after each run of SPEED_UP_AFTER accepted calls
@@ -92,7 +93,8 @@ class Pacer:
         self._recent.clear()
         self.interval = min(MAX_WAIT, max(FIRST_WAIT, spacing))
         self._floor = self.interval
-        wait = min(MAX_WAIT, max(exc.retry_after or 0.0, self.interval))
+        # never before the platform's Retry-After: a call sooner is only refused again
+        wait = max(exc.retry_after or 0.0, self.interval)
         gave_up = now + wait - self._refused_since > self._patience
         if gave_up or (self._deadline is not None and now + wait >= self._deadline):
             raise exc

@@ -49,3 +49,9 @@ def test_no_wait_past_the_invocations_deadline() -> None:
     pacer = Pacer(3, clock=Clock(), deadline=1.0)
     with pytest.raises(RateLimited):
         pacer.refused(RateLimited("429", retry_after=5))
+
+
+def test_a_retry_after_longer_than_the_pacers_own_longest_wait_is_honoured() -> None:
+    """OneDB's `Retry-After: 45` means no call before 45 s: asking at 30 s is refused again."""
+    pacer = Pacer(3, clock=Clock())
+    assert pacer.refused(RateLimited("429", retry_after=45)) == 45
