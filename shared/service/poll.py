@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 START_CLAIM = timedelta(seconds=120)  # how long one poller owns a pending job while starting it
 RETRY_LATER = timedelta(seconds=60)
+# The poller's timer fires once a minute (scf-poller/serverless.yml, `every-minute`): a
+# retry due sooner is made at the next tick all the same, so backoff starts from a tick.
+TICK_SECONDS = 60.0
 # A job that went unclaimed past `timing.unclaimed_ready_hours` is handed out this many times
 # at least before it fails: a poller that was itself stopped for hours gives the finisher
 # one more chance first.
@@ -285,8 +288,7 @@ def _restart_forgotten(ctx: Context, job: Job, exc: Forgotten, now: datetime) ->
         return
     log.warning("platform forgot the export; starting it again", extra={"reason": message})
     save(ctx, job.moved_to(JobStatus.PENDING, platform_job_id=None, attempts=tries, error=message,
-                           next_check_at=now + backoff(job.attempts, timing.first_check_seconds,
-                                                       timing.max_check_interval_seconds)))
+                           next_check_at=now + _backoff(ctx, job.attempts)))
 
 
 def check_interval(ctx: Context, job: Job, now: datetime) -> timedelta:
@@ -351,6 +353,15 @@ def _reclaim_copy(ctx: Context, job: Job, now: datetime) -> None:
                                lease_owner=None, lease_until=None), now)
 
 
+def _backoff(ctx: Context, attempts: int) -> timedelta:
+    """When a job whose step failed `attempts` times before is tried again: one tick, then
+    two, four ... up to `timing.max_check_interval_seconds`, so a platform down for a few
+    minutes does not use up every running export's tries (seconds would be every tick)."""
+    timing = ctx.config.timing
+    first = max(timing.first_check_seconds, TICK_SECONDS)
+    return backoff(attempts, first, timing.max_check_interval_seconds)
+
+
 def on_error(ctx: Context, job: Job, exc: Exception, now: datetime) -> None:
     """A failed step's verdict (wait, retry, fail), for the job as the step left it
     (`job`: what it read, or its own last write). A job that moved on since (a finisher
@@ -374,8 +385,7 @@ def on_error(ctx: Context, job: Job, exc: Exception, now: datetime) -> None:
         log.warning("transient error; will retry", extra={"reason": message})
         save(ctx, current.model_copy(update={
             "attempts": current.attempts + 1, "error": message,
-            "next_check_at": now + backoff(current.attempts, timing.first_check_seconds,
-                                           timing.max_check_interval_seconds),
+            "next_check_at": now + _backoff(ctx, current.attempts),
             "lease_owner": None, "lease_until": None}))
     else:
         fail(ctx, current, message, now)

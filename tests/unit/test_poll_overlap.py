@@ -8,7 +8,7 @@ import time
 from collections import Counter
 from dataclasses import replace
 
-from shared.domain.errors import Forgotten
+from shared.domain.errors import Forgotten, Retryable
 from shared.domain.jobs import JobStatus
 from shared.ports import Progress
 from shared.service.poll import poll
@@ -80,3 +80,24 @@ def test_an_export_start_that_outlasts_the_claim_is_not_started_again_by_the_nex
 
     assert platform.started == ["orders"]  # one export, not one per overlapping poller
     assert u.job(job.job_id).status is JobStatus.EXPORTING
+
+
+def test_a_check_that_keeps_failing_is_asked_again_ever_less_often() -> None:
+    """The timer ticks once a minute: a backoff of seconds is no backoff at all, and a
+    platform down for a few minutes would use up every running export's tries."""
+    platform = ScriptedExport({"orders": []})
+    u = unit(platform, max_attempts=5, max_check_interval_seconds=300)
+    [job] = seed_run(u, JobStatus.EXPORTING, platform_job_id="export-1", started_at=u.clock())
+    checks = []
+
+    def down(collection: str, platform_job_id: str) -> Progress:
+        checks.append(u.clock())
+        raise Retryable("WeChat: errcode -1 system busy")
+
+    platform.check = down  # type: ignore[method-assign]
+    for _ in range(6):  # six minutes of one tick a minute
+        poll(u.ctx)
+        u.clock.advance(60)
+
+    assert len(checks) == 3  # at 0, 1 and 3 minutes: one, then two minutes apart
+    assert u.job(job.job_id).status is JobStatus.EXPORTING  # tries left for when it is back
