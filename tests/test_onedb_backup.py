@@ -349,6 +349,20 @@ def test_a_page_in_an_unknown_shape_fails_at_once_saying_what_to_check(
     assert onedb_emulator.calls["getMany"] == 1  # a shape is not retried
 
 
+def test_a_next_id_naming_its_own_last_row_fails_rather_than_store_it_twice(
+        local: LocalBackup, onedb_emulator: OneDBEmulator) -> None:
+    """The API document's nextId sample (getMany, `"nextId": {"ids": "idsValue"}`) also
+    reads as the ids of the page's last row; sent back as the next page's inclusive start
+    (`ids`), that row would be stored twice at every page edge, and the backup pass."""
+    onedb_emulator.add_generated_table(ENV_ID, APP, "events", 12_000)
+    onedb_emulator.next_id_last_row = True
+    ctx = local.context(local.config(onedb_source(local, onedb_emulator)))
+
+    error = _failed_with(local, ctx)
+
+    assert "nextId" in error and "last row" in error and "twice" in error
+
+
 def test_no_secret_or_token_leaks(local: LocalBackup, onedb_emulator: OneDBEmulator) -> None:
     onedb_emulator.add_generated_table(ENV_ID, APP, "events", 7_000)
     onedb_emulator.inject("reject_token")

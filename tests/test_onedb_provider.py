@@ -209,3 +209,16 @@ def test_tricky_rows_and_keys_page_exactly(onedb_emulator: OneDBEmulator) -> Non
                              SERVICES)
     assert _all_rows(provider, "tricky") == [rows[-1], *rows[:-1]]
     assert onedb_emulator.calls["getMany"] == 4
+
+
+def test_a_next_id_naming_its_own_last_row_stops_the_paging(onedb_emulator: OneDBEmulator) -> None:
+    """nextId read as the next page's start: one that names the last row of its own page
+    would read that row again, so it stops the copy (and a restore's count) instead."""
+    onedb_emulator.add_generated_table(ENV_ID, APP, "events", 12_000)
+    onedb_emulator.next_id_last_row = True
+    provider = OneDBClient(_source(onedb_emulator), SERVICES)
+    with pytest.raises(Fatal, match="last row of its own page") as caught:
+        _all_rows(provider)
+    assert "u0000000624" in str(caught.value)  # the row, to report
+    with pytest.raises(Fatal, match="last row of its own page"):
+        provider.count("events")

@@ -305,6 +305,9 @@ class OneDBEmulator(LocalEmulator):
         self.require_expiry = True
         self.rate_limit: float | None = None
         self.bare_next_id = False  # nextId as the bare ids object (the other reading)
+        # nextId as the ids of the page's last row scanned, not of the next one: the API
+        # document's sample (getMany, "nextId": {"ids": "idsValue"}) allows this reading too
+        self.next_id_last_row = False
         self.conflict_title = ROW_EXISTS  # create/update notExist on an existing row
         self.missing_title = ROW_MISSING  # create/update/delete exist on a missing row
         self.refused = 0
@@ -574,7 +577,7 @@ class OneDBEmulator(LocalEmulator):
                 data.append(_select(row, columns))
         next_id: dict[str, Any] | None = None
         if following is not None:
-            ids = table.row(following)["ids"]
+            ids = table.row(window[-1] if self.next_id_last_row else following)["ids"]
             next_id = ids if self.bare_next_id else {"ids": ids}
         return {"data": data, "nextId": next_id}
 

@@ -46,6 +46,7 @@ from shared.platforms.onedb.wire import (
     _ParsedByStdlib,
     _stdlib_line,
     _tail_next_id,
+    check_next_id,
     classify,
     page_rows,
 )
@@ -128,6 +129,7 @@ class OneDBClient(RowRestore):
             except ValueError:
                 raise Retryable("OneDB getMany answered a page that is not JSON") from None
         rows = page_rows(answer)
+        check_next_id(rows, page.next_cursor)
         return self.encode_rows(rows), len(rows)
 
     def encode_rows(self, rows: list[Any]) -> bytes:

@@ -154,8 +154,10 @@ class RowRestore:
                 except ValueError:
                     raise Retryable(f"OneDB getMany of {collection!r} answered a page that "
                                     "is not JSON") from None
-            rows += len(wire.page_rows(body))  # another shape: Fatal, as in a backup
+            page = wire.page_rows(body)  # another shape: Fatal, as in a backup
             following = wire._next_ids(answer.next_id, collection, self._range_keys(collection))
+            wire.check_next_id(page, following)
+            rows += len(page)
             if following is None:
                 return rows
             if following == cursor:

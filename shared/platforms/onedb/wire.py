@@ -204,3 +204,17 @@ def _next_ids(value: Any, collection: str, keys: list[str]) -> dict[str, Any] | 
                 f"(fields {shape}; expected {{\"ids\": {{...}}}} or the ids themselves, keyed "
                 f"by the key columns {sorted(wanted)}); check the table's keys in the config. "
                 "The backup stops rather than guess where the next page starts")
+
+
+def check_next_id(rows: list[dict[str, Any]], following: dict[str, Any] | None) -> None:
+    """The next page starts at nextId, inclusive (getMany: "ids 即查询范围的起始 id"; nextId
+    read as the ids of the row after the page, as Tablestore's next start key is). The
+    document's sample (返回内容, getMany: `"nextId": {"ids": "idsValue"}`) also reads as the
+    ids of the page's own last row: read that way, the row would be read again at every
+    page edge and stored twice. Unverified, so that reading stops the copy, loudly."""
+    if following is None or not rows or rows[-1].get("ids") != following:
+        return
+    raise Fatal(f"OneDB getMany answered a nextId that names the last row of its own page "
+                f"({following}); started from it, the next page would read that row again "
+                "and the backup would hold it twice. OneDB's nextId reading differs from this "
+                "product's: report it. Nothing of this page was stored")
