@@ -349,18 +349,45 @@ def test_a_page_in_an_unknown_shape_fails_at_once_saying_what_to_check(
     assert onedb_emulator.calls["getMany"] == 1  # a shape is not retried
 
 
-def test_a_next_id_naming_its_own_last_row_fails_rather_than_store_it_twice(
-        local: LocalBackup, onedb_emulator: OneDBEmulator) -> None:
+@pytest.mark.parametrize("exclusive", [False, True], ids=["inclusive", "exclusive"])
+def test_a_next_id_naming_its_own_last_row_backs_up_every_row_once(
+        local: LocalBackup, onedb_emulator: OneDBEmulator, exclusive: bool) -> None:
     """The API document's nextId sample (getMany, `"nextId": {"ids": "idsValue"}`) also
-    reads as the ids of the page's last row; sent back as the next page's inclusive start
-    (`ids`), that row would be stored twice at every page edge, and the backup pass."""
+    reads as the ids of the page's last row; sent back as the next page's start (`ids`),
+    that row is read again (inclusive) or not (exclusive): stored once either way."""
     onedb_emulator.add_generated_table(ENV_ID, APP, "events", 12_000)
     onedb_emulator.next_id_last_row = True
+    onedb_emulator.start_exclusive = exclusive
     ctx = local.context(local.config(onedb_source(local, onedb_emulator)))
+    run = backup_now(ctx)
+    assert run.status.value == "succeeded", [j.error for j in ctx.state.list_jobs(run.run_id)]
+    job = ctx.state.list_jobs(run.run_id)[0]
+    assert job.result is not None and job.result.records == 12_000
+    assert _lines(local, job.result.key) == [generated_row(i) for i in range(12_000)]
 
-    error = _failed_with(local, ctx)
 
-    assert "nextId" in error and "last row" in error and "twice" in error
+def test_a_paused_copy_remembers_that_its_cursor_row_is_stored(
+        local: LocalBackup, onedb_emulator: OneDBEmulator) -> None:
+    """nextId naming the page's last row, read again (inclusive start): the checkpoint
+    saved by a finisher that paused says so, so the next invocation drops that row too."""
+    onedb_emulator.add_generated_table(ENV_ID, APP, "events", 60_000)
+    onedb_emulator.next_id_last_row = True
+    onedb_emulator.latency = 0.02
+    config = local.config(onedb_source(local, onedb_emulator), finish_budget_seconds=0.1)
+    outcomes: list[str] = []
+
+    class Counting:
+        def dispatch(self, job_id: str) -> None:
+            outcomes.append(finish(ctx, job_id))
+
+    ctx = local.context(config, dispatcher=Counting())
+    run, _ = start_run(ctx, idempotency_key="stored-cursor", trigger="test")
+    run = drive(ctx, run)
+    assert run.status.value == "succeeded", [j.error for j in ctx.state.list_jobs(run.run_id)]
+    assert outcomes.count("paused") >= 2 and outcomes[-1] == "done"
+    job = ctx.state.list_jobs(run.run_id)[0]
+    assert job.result is not None and job.result.records == 60_000
+    assert _lines(local, job.result.key) == [generated_row(i) for i in range(60_000)]
 
 
 def test_no_secret_or_token_leaks(local: LocalBackup, onedb_emulator: OneDBEmulator) -> None:

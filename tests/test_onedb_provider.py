@@ -211,14 +211,29 @@ def test_tricky_rows_and_keys_page_exactly(onedb_emulator: OneDBEmulator) -> Non
     assert onedb_emulator.calls["getMany"] == 4
 
 
-def test_a_next_id_naming_its_own_last_row_stops_the_paging(onedb_emulator: OneDBEmulator) -> None:
-    """nextId read as the next page's start: one that names the last row of its own page
-    would read that row again, so it stops the copy (and a restore's count) instead."""
+@pytest.mark.parametrize("exclusive", [False, True], ids=["inclusive", "exclusive"])
+def test_a_next_id_naming_its_own_last_row_pages_every_row_once(
+        onedb_emulator: OneDBEmulator, exclusive: bool) -> None:
+    """The document's nextId sample (getMany, `"nextId": {"ids": "idsValue"}`) also reads as
+    the ids of the page's own last row, and its start `ids` (查询范围的起始 id) as inclusive
+    or exclusive: the row is read again or not, and either way held once (and counted once)."""
     onedb_emulator.add_generated_table(ENV_ID, APP, "events", 12_000)
     onedb_emulator.next_id_last_row = True
+    onedb_emulator.start_exclusive = exclusive
     provider = OneDBClient(_source(onedb_emulator), SERVICES)
-    with pytest.raises(Fatal, match="last row of its own page") as caught:
-        _all_rows(provider)
-    assert "u0000000624" in str(caught.value)  # the row, to report
-    with pytest.raises(Fatal, match="last row of its own page"):
-        provider.count("events")
+    assert _all_rows(provider) == [generated_row(i) for i in range(12_000)]
+    assert provider.count("events") == 12_000
+
+
+def test_a_last_row_the_answers_tail_cannot_tell_is_found_by_decoding_the_page(
+        onedb_emulator: OneDBEmulator) -> None:
+    """Rows holding many `{"ids": ...}` objects of their own: the page's last row is not
+    read from the answer's end but from the decoded page; still each row held once."""
+    nested = {f"c{n}": {"ids": {"id": -n}} for n in range(6)}
+    rows = [{"ids": {"id": i}, "columns": {**nested, "n": i}} for i in range(7)]
+    onedb_emulator.add_table(ENV_ID, APP, "nested", ["id"], rows)
+    onedb_emulator.page_cap = 2
+    onedb_emulator.next_id_last_row = True
+    provider = OneDBClient(_source(onedb_emulator, tables=[{"name": "nested", "keys": ["id"]}]),
+                           SERVICES)
+    assert _all_rows(provider, "nested") == rows

@@ -308,6 +308,9 @@ class OneDBEmulator(LocalEmulator):
         # nextId as the ids of the page's last row scanned, not of the next one: the API
         # document's sample (getMany, "nextId": {"ids": "idsValue"}) allows this reading too
         self.next_id_last_row = False
+        # getMany's start `ids` exclusive (the rows after it), not inclusive: the document
+        # only says "即查询范围的起始 id" (getMany), so both readings are emulated
+        self.start_exclusive = False
         self.conflict_title = ROW_EXISTS  # create/update notExist on an existing row
         self.missing_title = ROW_MISSING  # create/update/delete exist on a missing row
         self.refused = 0
@@ -562,8 +565,9 @@ class OneDBEmulator(LocalEmulator):
             raise _bad_args(f"rowsLimit 必须在 1 到 {MAX_ROWS_LIMIT} 之间 (got {limit!r})")
         checked = _check_filter(body.get("filter"))
         scan = min(limit, self.page_cap or limit)
-        if order == "asc":  # rows start .. end, both inclusive
-            low, high = self._position(table, start, first=True), self._position(table, end, first=False)
+        if order == "asc":  # rows start .. end, both inclusive (start: unless start_exclusive)
+            low = self._position(table, start, first=not self.start_exclusive)
+            high = self._position(table, end, first=False)
             window = range(low, min(high, low + scan))
             following = window.stop if window.stop < high else None
         else:  # rows start .. end going down

@@ -22,6 +22,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -45,10 +46,15 @@ from shared.platforms.onedb.wire import (
     _parse,
     _ParsedByStdlib,
     _stdlib_line,
+    _tail_last_ids,
     _tail_next_id,
-    check_next_id,
+    check_cursor,
     classify,
+    cursor_start,
+    drop_stored,
+    next_cursor,
     page_rows,
+    stored_cursor,
 )
 from shared.ports import Page, PlatformServices
 from shared.retry import with_retries
@@ -64,6 +70,15 @@ TOKEN_RENEW_SECONDS = 60  # signed again when less than this is left
 _SHORT_KEY = getattr(jwt.warnings, "InsecureKeyLengthWarning", None)
 if _SHORT_KEY is not None:
     warnings.filterwarnings("ignore", category=_SHORT_KEY)
+
+
+@dataclass(frozen=True)
+class _AfterStored:
+    """A page asked from a row already stored (see wire.STORED): it may start with it."""
+
+    body: dict[str, Any] | bytes | None
+    stored: dict[str, Any]
+
 
 class OneDBClient(RowRestore):
     """A paged platform (see `shared.ports.PagedPlatform`): `fetch_page` and `encode_page`;
@@ -97,11 +112,12 @@ class OneDBClient(RowRestore):
         """The getMany body for the page starting at `cursor` (None: the first row)."""
         table = self._table(collection)
         keys = self._keys(table)
+        start, _ = cursor_start(cursor)
         body: dict[str, Any] = {
             "appId": self.source.app_id,
             "tableId": table.name,
             "action": "getMany",
-            "ids": cursor if cursor is not None else {k: MIN_ID for k in keys},
+            "ids": start if start is not None else {k: MIN_ID for k in keys},
             "endIds": {k: MAX_ID for k in keys},
             "orderType": "asc",
             "rowsLimit": ROWS_LIMIT,
@@ -116,20 +132,44 @@ class OneDBClient(RowRestore):
         answer = self._call(self.request_for(collection, cursor), collection)
         table = self._table(collection)
         following = _next_ids(answer.next_id, collection, self._keys(table))
-        if following is not None and following == cursor:
+        start, stored = cursor_start(cursor)
+        if following is not None and following == start:
             raise Fatal(f"OneDB getMany of {collection!r} gave back the cursor it was asked for "
                         "(nextId did not move); paging would never end")
-        return Page(answer=answer.body, next_cursor=following)
+        body, following = self._next_cursor(answer.body, following)
+        return Page(answer=body if stored is None else _AfterStored(body, stored),
+                    next_cursor=following)
+
+    @staticmethod
+    def _next_cursor(body: dict[str, Any] | bytes | None, following: dict[str, Any] | None
+                     ) -> tuple[dict[str, Any] | bytes | None, dict[str, Any] | None]:
+        """(the answer, the next cursor): nextId, marked stored when it names the page's
+        own last row (wire.STORED), found from the tail, else by decoding the page here."""
+        if following is None:
+            return body, None
+        if isinstance(body, bytes):
+            found, last = _tail_last_ids(body)
+            if found:
+                return body, stored_cursor(following) if last == following else following
+            try:
+                body = _parse(body)
+            except ValueError:
+                raise Retryable("OneDB getMany answered a page that is not JSON") from None
+        return body, next_cursor(page_rows(body), following)
 
     def encode_page(self, page: Page) -> tuple[bytes, int]:
-        answer = page.answer
+        answer: Any = page.answer
+        stored: dict[str, Any] | None = None
+        if isinstance(answer, _AfterStored):
+            answer, stored = answer.body, answer.stored
         if isinstance(answer, bytes):  # decoded here, off the thread that reads pages
             try:
                 answer = _parse(answer)
             except ValueError:
                 raise Retryable("OneDB getMany answered a page that is not JSON") from None
         rows = page_rows(answer)
-        check_next_id(rows, page.next_cursor)
+        check_cursor(rows, page.next_cursor)
+        drop_stored(rows, stored)
         return self.encode_rows(rows), len(rows)
 
     def encode_rows(self, rows: list[Any]) -> bytes:

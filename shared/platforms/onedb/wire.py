@@ -206,15 +206,73 @@ def _next_ids(value: Any, collection: str, keys: list[str]) -> dict[str, Any] | 
                 "The backup stops rather than guess where the next page starts")
 
 
-def check_next_id(rows: list[dict[str, Any]], following: dict[str, Any] | None) -> None:
-    """The next page starts at nextId, inclusive (getMany: "ids 即查询范围的起始 id"; nextId
-    read as the ids of the row after the page, as Tablestore's next start key is). The
-    document's sample (返回内容, getMany: `"nextId": {"ids": "idsValue"}`) also reads as the
-    ids of the page's own last row: read that way, the row would be read again at every
-    page edge and stored twice. Unverified, so that reading stops the copy, loudly."""
-    if following is None or not rows or rows[-1].get("ids") != following:
-        return
-    raise Fatal(f"OneDB getMany answered a nextId that names the last row of its own page "
-                f"({following}); started from it, the next page would read that row again "
-                "and the backup would hold it twice. OneDB's nextId reading differs from this "
-                "product's: report it. Nothing of this page was stored")
+# Where the next page starts. The document says only that getMany's `ids` is "查询范围的起始
+# id" (getMany) and shows `"nextId": {"ids": "idsValue"}` (返回内容 → getMany): nextId may
+# name the next page's first row (the start read inclusive), or the last row of its own
+# page, the start then read inclusive (that row comes again) or exclusive (it does not).
+# An answer whose nextId is its own last row says which of the two it is; the cursor then
+# remembers that the row is stored, and the next page drops it if it starts with it. The
+# memory is part of the cursor, so it survives in a paged copy's checkpoint; a cursor
+# saved before it (the bare ids) names a row not yet stored, as it always did.
+STORED = "@stored"  # not a column name: a cursor {STORED: ids} names a row already stored
+
+
+def stored_cursor(ids: dict[str, Any]) -> dict[str, Any]:
+    return {STORED: ids}
+
+
+def cursor_start(cursor: dict[str, Any] | None) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(the ids to send as getMany's `ids`, the ids of a row already stored or None)."""
+    if cursor is not None and set(cursor) == {STORED} and isinstance(cursor[STORED], dict):
+        return cursor[STORED], cursor[STORED]
+    return cursor, None
+
+
+def ends_with(rows: list[dict[str, Any]], ids: dict[str, Any]) -> bool:
+    return bool(rows) and rows[-1].get("ids") == ids
+
+
+def drop_stored(rows: list[dict[str, Any]], stored: dict[str, Any] | None) -> None:
+    """The page asked from a stored row starts with it again (an inclusive start): drop it."""
+    if stored is not None and rows and rows[0].get("ids") == stored:
+        del rows[0]  # in place: keeps a _ParsedByStdlib list what it is
+
+
+def next_cursor(rows: list[dict[str, Any]], following: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The cursor for nextId `following`, given the page's rows."""
+    if following is not None and ends_with(rows, following):
+        return stored_cursor(following)
+    return following
+
+
+def check_cursor(rows: list[dict[str, Any]], following: dict[str, Any] | None) -> None:
+    """The cursor chosen before the page was decoded (from its tail) agrees with its rows."""
+    ids, stored = cursor_start(following)
+    if ids is not None and ends_with(rows, ids) != (stored is not None):
+        raise Fatal(f"OneDB getMany's last row, read from the end of the answer, is not the "
+                    f"one decoded (nextId {ids}); the answer's layout is not what this product "
+                    "reads: report it. Nothing of this page was stored")
+
+
+def _tail_last_ids(content: bytes, tries: int = 4) -> tuple[bool, Any]:
+    """The ids of the page's last row, read from just before `,"nextId":` without decoding
+    the page, as _tail_next_id reads nextId: only the last row's own `{"ids":` leaves a
+    segment that decodes as one row (a nested one leaves closing brackets over; an earlier
+    row's leaves two values). (False, None): decode the whole answer."""
+    head = content[:content.rfind(b'"nextId":')].rstrip()
+    if not head.endswith(b","):
+        return False, None
+    head = head[:-1].rstrip()
+    if not head.endswith(b"]"):
+        return False, None
+    end = at = len(head) - 1
+    for _ in range(tries):
+        at = head.rfind(b'{"ids":', 0, at)
+        if at < 0:
+            break
+        try:
+            row = _parse(head[at:end])
+        except ValueError:
+            continue
+        return (True, row["ids"]) if _is_row(row) else (False, None)
+    return False, None
