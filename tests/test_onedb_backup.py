@@ -390,6 +390,19 @@ def test_a_paused_copy_remembers_that_its_cursor_row_is_stored(
     assert _lines(local, job.result.key) == [generated_row(i) for i in range(60_000)]
 
 
+def test_a_start_read_as_exclusive_fails_rather_than_lose_a_row_at_every_page_edge(
+        local: LocalBackup, onedb_emulator: OneDBEmulator) -> None:
+    """nextId naming the next page's first row, sent back as an exclusive start (getMany's
+    `ids`, "查询范围的起始 id", says not which): that row would be missing, the backup pass."""
+    onedb_emulator.add_generated_table(ENV_ID, APP, "events", 12_000)
+    onedb_emulator.start_exclusive = True
+    ctx = local.context(local.config(onedb_source(local, onedb_emulator)))
+
+    error = _failed_with(local, ctx)
+
+    assert "exclusive" in error and "lost" in error and "u0000000625" in error
+
+
 def test_no_secret_or_token_leaks(local: LocalBackup, onedb_emulator: OneDBEmulator) -> None:
     onedb_emulator.add_generated_table(ENV_ID, APP, "events", 7_000)
     onedb_emulator.inject("reject_token")

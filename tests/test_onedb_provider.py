@@ -237,3 +237,32 @@ def test_a_last_row_the_answers_tail_cannot_tell_is_found_by_decoding_the_page(
     provider = OneDBClient(_source(onedb_emulator, tables=[{"name": "nested", "keys": ["id"]}]),
                            SERVICES)
     assert _all_rows(provider, "nested") == rows
+
+
+def test_a_start_read_as_exclusive_losing_a_row_at_every_page_edge_stops_the_paging(
+        onedb_emulator: OneDBEmulator) -> None:
+    """nextId naming the next page's first row, but the start `ids` exclusive (the document
+    says only "查询范围的起始 id", getMany): that row would be skipped, silently."""
+    onedb_emulator.add_generated_table(ENV_ID, APP, "events", 12_000)
+    onedb_emulator.start_exclusive = True
+    provider = OneDBClient(_source(onedb_emulator), SERVICES)
+    with pytest.raises(Fatal, match="exclusive") as caught:
+        _all_rows(provider)
+    assert "u0000000625" in str(caught.value)  # the row, to report
+    with pytest.raises(Fatal, match="exclusive"):
+        provider.count("events")
+
+
+def test_a_start_row_deleted_between_two_pages_is_not_taken_for_a_lost_one(
+        onedb_emulator: OneDBEmulator) -> None:
+    rows = [{"ids": {"id": i}, "columns": {"n": i}} for i in range(5)]
+    onedb_emulator.add_table(ENV_ID, APP, "live", ["id"], rows)
+    onedb_emulator.page_cap = 2
+    provider = OneDBClient(_source(onedb_emulator, tables=[{"name": "live", "keys": ["id"]}]),
+                           SERVICES)
+    first = provider.fetch_page("live", None)
+    assert first.next_cursor == {"id": 2}
+    onedb_emulator._env(ENV_ID).tables[(APP, "live")].remove({"id": 2})  # deleted meanwhile
+    second = provider.fetch_page("live", first.next_cursor)
+    assert _rows(provider, first) + _rows(provider, second) == [rows[0], rows[1], rows[3], rows[4]]
+    assert provider.count("live") == 4

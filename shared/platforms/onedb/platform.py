@@ -54,6 +54,8 @@ from shared.platforms.onedb.wire import (
     drop_stored,
     next_cursor,
     page_rows,
+    skipped,
+    skipped_row,
     stored_cursor,
 )
 from shared.ports import Page, PlatformServices
@@ -73,11 +75,13 @@ if _SHORT_KEY is not None:
 
 
 @dataclass(frozen=True)
-class _AfterStored:
-    """A page asked from a row already stored (see wire.STORED): it may start with it."""
+class _Asked:
+    """A page asked from a row (a cursor), to check how the page starts (wire.STORED)."""
 
     body: dict[str, Any] | bytes | None
-    stored: dict[str, Any]
+    collection: str
+    start: dict[str, Any]
+    stored: dict[str, Any] | None  # the start, a row already stored
 
 
 class OneDBClient(RowRestore):
@@ -137,7 +141,7 @@ class OneDBClient(RowRestore):
             raise Fatal(f"OneDB getMany of {collection!r} gave back the cursor it was asked for "
                         "(nextId did not move); paging would never end")
         body, following = self._next_cursor(answer.body, following)
-        return Page(answer=body if stored is None else _AfterStored(body, stored),
+        return Page(answer=body if start is None else _Asked(body, collection, start, stored),
                     next_cursor=following)
 
     @staticmethod
@@ -158,10 +162,8 @@ class OneDBClient(RowRestore):
         return body, next_cursor(page_rows(body), following)
 
     def encode_page(self, page: Page) -> tuple[bytes, int]:
-        answer: Any = page.answer
-        stored: dict[str, Any] | None = None
-        if isinstance(answer, _AfterStored):
-            answer, stored = answer.body, answer.stored
+        asked = page.answer if isinstance(page.answer, _Asked) else None
+        answer: Any = page.answer if asked is None else asked.body
         if isinstance(answer, bytes):  # decoded here, off the thread that reads pages
             try:
                 answer = _parse(answer)
@@ -169,8 +171,18 @@ class OneDBClient(RowRestore):
                 raise Retryable("OneDB getMany answered a page that is not JSON") from None
         rows = page_rows(answer)
         check_cursor(rows, page.next_cursor)
-        drop_stored(rows, stored)
+        if asked is not None:
+            self._check_start(asked, rows)
+            drop_stored(rows, asked.stored)
         return self.encode_rows(rows), len(rows)
+
+    def _check_start(self, asked: _Asked, rows: list[dict[str, Any]]) -> None:
+        """A page that should start with its start row and does not: the row was deleted
+        meanwhile, or lost (wire.skipped). With a filter the row may just not match."""
+        if (skipped(rows, asked.start, asked.stored)
+                and self._table(asked.collection).filter is None
+                and self._exists(asked.collection, asked.start)):
+            raise skipped_row(asked.collection, asked.start)
 
     def encode_rows(self, rows: list[Any]) -> bytes:
         """One JSON line per row: `{"ids": {...}, "columns": {...}}`, compact, UTF-8."""

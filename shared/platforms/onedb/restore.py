@@ -158,6 +158,8 @@ class RowRestore:
             page = wire.page_rows(body)  # another shape: Fatal, as in a backup
             following = wire._next_ids(answer.next_id, collection, self._range_keys(collection))
             last_is_next = following is not None and wire.ends_with(page, following)
+            if wire.skipped(page, cursor, stored) and self._exists(collection, cursor or {}):
+                raise wire.skipped_row(collection, cursor or {})
             wire.drop_stored(page, stored)
             rows += len(page)
             if following is None:
@@ -238,19 +240,24 @@ class RowRestore:
             return original is not None and bool(original.getColumns)
 
     def _row_exists(self, collection: str, ids: dict[str, Any], refusal: dict[str, Any]) -> bool:
-        """Is the row a notExist create was refused for there (`get`, API doc: null when not)?"""
+        """Is the row a notExist create was refused for there?"""
+        if not self._exists(collection, ids):
+            return False
+        if not getattr(self, "_told_conflict", False):
+            self._told_conflict = True
+            log.info("OneDB refused a notExist create of a row that exists with an errCode "
+                     "answer whose title is not a known conflict; taken as the row kept",
+                     extra={"title": str(refusal.get("title") or "")[:200], "table": collection})
+        return True
+
+    def _exists(self, collection: str, ids: dict[str, Any]) -> bool:
+        """Is the row there (`get`, API doc: null when not)?"""
         body = {"appId": self.source.app_id, "tableId": collection, "action": "get",
                 "ids": ids, "getColumns": list(ids)}
         found = self._call(body, collection).body
         if found is None or found == {}:
             return False
         if isinstance(found, dict) and isinstance(found.get("ids"), dict):
-            if not getattr(self, "_told_conflict", False):
-                self._told_conflict = True
-                log.info("OneDB refused a notExist create of a row that exists with an errCode "
-                         "answer whose title is not a known conflict; taken as the row kept",
-                         extra={"title": str(refusal.get("title") or "")[:200],
-                                "table": collection})
             return True
         raise Retryable(f"OneDB get of a row of {collection!r} answered a shape that is not a row")
 

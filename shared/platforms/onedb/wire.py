@@ -254,6 +254,22 @@ def check_cursor(rows: list[dict[str, Any]], following: dict[str, Any] | None) -
                     "reads: report it. Nothing of this page was stored")
 
 
+def skipped(rows: list[dict[str, Any]], start: dict[str, Any] | None,
+            stored: dict[str, Any] | None) -> bool:
+    """Does a page asked from a row not yet stored start after it? Read as the next page's
+    first row (getMany, "查询范围的起始 id"), the start should come back first; a page
+    without it lost that row if the start is exclusive, or the row was deleted meanwhile."""
+    return start is not None and stored is None and bool(rows) and rows[0].get("ids") != start
+
+
+def skipped_row(collection: str, start: dict[str, Any]) -> Fatal:
+    return Fatal(f"OneDB getMany of {collection!r} asked from row {start} (its nextId) answered "
+                 "rows after it without it, and the row exists: this platform reads getMany's "
+                 "start ids as exclusive while its nextId names the next page's first row, so "
+                 "a row would be lost at every page edge. Report it; nothing of this page was "
+                 "stored")
+
+
 def _tail_last_ids(content: bytes, tries: int = 4) -> tuple[bool, Any]:
     """The ids of the page's last row, read from just before `,"nextId":` without decoding
     the page, as _tail_next_id reads nextId: only the last row's own `{"ids":` leaves a
