@@ -10,7 +10,9 @@ A real HTTP server (stdlib ``ThreadingHTTPServer`` in a background thread, bound
   ``CDB:tableMinId`` / ``CDB:tableMaxId``), ``orderType`` asc/desc, ``rowsLimit`` ≤ 5000,
   ``filter`` (applied to the scanned rows, so a page may come back short or empty with a
   ``nextId``), ``getColumns``, and the ``nextId`` cursor (``{"ids": ...}`` of the next row,
-  null after the last page); ``action: get`` for one row;
+  null after the last page; ``next_id_last_row``: of the page's last row instead, and
+  ``start_exclusive``: ``ids`` read as exclusive, the other readings the document allows);
+  ``action: get`` for one row;
 - writes: ``create`` (``condition.type`` ignore / exist / notExist, the id values
   ``CDB:nanoId`` and ``CDB:timeId``), ``update`` (the same conditions plus column
   conditions; columns merged into the row) and ``delete``, as the API document describes
