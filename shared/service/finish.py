@@ -17,6 +17,7 @@ from shared.service.context import Context, fail, save
 from shared.service.copiers import copier_for
 from shared.service.copying import Copier, CopyHold, CopyPaused, LeaseLost, claim, claimable
 from shared.service.suspicion import Verdict, judge, newest_good
+from shared.service.tries import restart_forgotten
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +88,9 @@ def _finish(ctx: Context, job: Job) -> str:
         except LeaseLost:
             log.warning("another finisher took this job over; stopping here")
             return "claimed-elsewhere"
-        except Forgotten as exc:  # the export vanished before we could copy it: start over
-            log.warning("platform forgot the export during the copy; starting it again",
-                        extra={"reason": redact(str(exc))})
-            save(ctx, hold.job.moved_to(
-                JobStatus.PENDING, platform_job_id=None, expected_records=None, part_records=None,
-                checkpoint=None, lease_owner=None, lease_until=None, next_check_at=ctx.clock(),
-                error=redact(str(exc))))
-            return "restarted"
+        except Forgotten as exc:  # the export vanished before we could copy it: one more try
+            restarted = restart_forgotten(ctx, hold.job, exc, ctx.clock())
+            return "restarted" if restarted else JobStatus.FAILED.value
         except CopyPaused:  # out of time; the poller hands it to the next invocation
             save(ctx, hold.job.moved_to(JobStatus.READY, lease_owner=None, lease_until=None,
                                         next_check_at=ctx.clock()))

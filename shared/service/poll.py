@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from shared.domain.errors import BackupError, Forgotten, Retryable, RetryLater
-from shared.domain.jobs import Job, JobStatus, backoff, count_warning
+from shared.domain.jobs import Job, JobStatus, count_warning
 from shared.logs import log_context, redact
 from shared.ports import ExportPlatform, StateStore
 from shared.service.close import RunsNotClosed, close_finished_runs
@@ -21,15 +21,13 @@ from shared.service.copiers import copier_for
 from shared.service.lanes import run_in_lanes
 from shared.service.outbox import resend
 from shared.service.sweep import sweep_uploads
+from shared.service.tries import restart_forgotten, retry_backoff
 from shared.service.watch import RUNS_LOOKED_AT, watch
 
 log = logging.getLogger(__name__)
 
 START_CLAIM = timedelta(seconds=120)  # how long one poller owns a pending job while starting it
 RETRY_LATER = timedelta(seconds=60)
-# The poller's timer fires once a minute (scf-poller/serverless.yml, `every-minute`): a
-# retry due sooner is made at the next tick all the same, so backoff starts from a tick.
-TICK_SECONDS = 60.0
 # A job that went unclaimed past `timing.unclaimed_ready_hours` is handed out this many times
 # at least before it fails: a poller that was itself stopped for hours gives the finisher
 # one more chance first.
@@ -250,7 +248,7 @@ def _check_export(ctx: Context, job: Job, now: datetime) -> None:
     try:
         progress = platform.check(job.collection, job.platform_job_id)
     except Forgotten as exc:
-        _restart_forgotten(ctx, job, exc, now)
+        restart_forgotten(ctx, job, exc, now)
         return
     if progress.platform_job_id and progress.platform_job_id != job.platform_job_id:
         job = job.model_copy(update={"platform_job_id": progress.platform_job_id})
@@ -271,24 +269,6 @@ def _check_export(ctx: Context, job: Job, now: datetime) -> None:
         if warning:
             log.warning("export count far from the platform's count", extra={"reason": warning})
         hand_off(ctx, ready, now)
-
-
-def _restart_forgotten(ctx: Context, job: Job, exc: Forgotten, now: datetime) -> None:
-    """Start a forgotten export again, as one more try: a platform that answers every
-    status check with "unknown job" (for a reason of its own) must not get a fresh export
-    started every other tick until the deadline, each one using up its export quota."""
-    timing = ctx.config.timing
-    message = redact(str(exc))
-    tries = job.attempts + 1
-    if tries >= timing.max_attempts:
-        fail(ctx, job, f"the platform forgot the export {tries} times, each time started "
-                       f"again (timing.max_attempts: {timing.max_attempts}); last answer: "
-                       f"{message}. Check the platform's console for the export jobs and "
-                       "the source's api_base", now)
-        return
-    log.warning("platform forgot the export; starting it again", extra={"reason": message})
-    save(ctx, job.moved_to(JobStatus.PENDING, platform_job_id=None, attempts=tries, error=message,
-                           next_check_at=now + _backoff(ctx, job.attempts)))
 
 
 def check_interval(ctx: Context, job: Job, now: datetime) -> timedelta:
@@ -353,15 +333,6 @@ def _reclaim_copy(ctx: Context, job: Job, now: datetime) -> None:
                                lease_owner=None, lease_until=None), now)
 
 
-def _backoff(ctx: Context, attempts: int) -> timedelta:
-    """When a job whose step failed `attempts` times before is tried again: one tick, then
-    two, four ... up to `timing.max_check_interval_seconds`, so a platform down for a few
-    minutes does not use up every running export's tries (seconds would be every tick)."""
-    timing = ctx.config.timing
-    first = max(timing.first_check_seconds, TICK_SECONDS)
-    return backoff(attempts, first, timing.max_check_interval_seconds)
-
-
 def on_error(ctx: Context, job: Job, exc: Exception, now: datetime) -> None:
     """A failed step's verdict (wait, retry, fail), for the job as the step left it
     (`job`: what it read, or its own last write). A job that moved on since (a finisher
@@ -385,7 +356,7 @@ def on_error(ctx: Context, job: Job, exc: Exception, now: datetime) -> None:
         log.warning("transient error; will retry", extra={"reason": message})
         save(ctx, current.model_copy(update={
             "attempts": current.attempts + 1, "error": message,
-            "next_check_at": now + _backoff(ctx, current.attempts),
+            "next_check_at": now + retry_backoff(ctx, current.attempts),
             "lease_owner": None, "lease_until": None}))
     else:
         fail(ctx, current, message, now)

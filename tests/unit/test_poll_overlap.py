@@ -11,6 +11,7 @@ from dataclasses import replace
 from shared.domain.errors import Forgotten, Retryable
 from shared.domain.jobs import JobStatus
 from shared.ports import Progress
+from shared.service.finish import finish
 from shared.service.poll import poll
 from tests.unit.support import ScriptedExport, seed_run, unit
 
@@ -52,6 +53,28 @@ def test_a_platform_that_forgets_every_export_does_not_get_one_started_every_tic
         u.clock.advance(60)
 
     assert len(platform.started) == 3  # one export per try, not one every other minute
+    failed = u.job(job.job_id)
+    assert failed.status is JobStatus.FAILED
+    assert "forgot the export 3 times" in (failed.error or "")
+
+
+def test_a_platform_that_forgets_every_export_mid_copy_does_not_get_one_started_every_tick() -> None:
+    platform = ScriptedExport({"orders": [{"_id": "d0"}]})
+    u = unit(platform, max_attempts=3)
+    [job] = seed_run(u)
+
+    def forgets(collection: str, part: int) -> None:
+        raise Forgotten("WeChat no longer knows this export job")
+
+    platform.on_open = forgets
+    for _ in range(60):  # an hour of one tick a minute, each hand-off copied at once
+        poll(u.ctx)
+        for job_id in u.dispatcher.dispatched:
+            finish(u.ctx, job_id)
+        u.dispatcher.dispatched.clear()
+        u.clock.advance(60)
+
+    assert len(platform.started) == 3  # one export per try, not one every tick
     failed = u.job(job.job_id)
     assert failed.status is JobStatus.FAILED
     assert "forgot the export 3 times" in (failed.error or "")

@@ -108,8 +108,10 @@ def test_an_export_forgotten_mid_copy_is_started_again() -> None:
     assert finish(u.ctx, job.job_id) == "restarted"
     restarted = u.job(job.job_id)
     assert restarted.status is JobStatus.PENDING and restarted.platform_job_id is None
+    assert restarted.attempts == 1 and restarted.next_check_at > u.clock()  # a try, backed off
     assert not u.objects.objects  # nothing half-written
     platform.on_open = None
+    u.clock.advance(60)  # the next tick
     poll(u.ctx)
     assert platform.started == ["orders"]  # a fresh export
 
