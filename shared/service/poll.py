@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from shared.domain.errors import BackupError, Forgotten, Retryable, RetryLater
-from shared.domain.jobs import Job, JobStatus, count_warning
+from shared.domain.jobs import Job, JobStatus, Run, count_warning
 from shared.logs import log_context, redact
 from shared.ports import ExportPlatform, StateStore
 from shared.service.close import RunsNotClosed, close_finished_runs
@@ -103,15 +103,32 @@ def _close_sweep_and_watch(ctx: Context, summary: PollSummary) -> None:
     except Exception as exc:
         log.exception("could not sweep abandoned uploads; the next tick tries again")
         failures.append(exc)
-    recent = ctx.state.list_runs(limit=RUNS_LOOKED_AT)  # once, for both: a COS listing each
-    try:  # an alert first tried by a run closing above waits for the next tick
-        resend(ctx, recent, page=RUNS_LOOKED_AT, tried_before=started)
-    except Exception as exc:  # the alarm must still run
-        log.exception("could not send undelivered alerts again; the next tick tries again")
+    recent = _recent_runs(ctx, failures)  # once, for both: a COS listing each
+    if recent is not None:
+        try:  # an alert first tried by a run closing above waits for the next tick
+            resend(ctx, recent, page=RUNS_LOOKED_AT, tried_before=started)
+        except Exception as exc:  # the alarm must still run
+            log.exception("could not send undelivered alerts again; the next tick tries again")
+            failures.append(exc)
+    try:  # without the listing, watch() lists the runs itself: a blip may have passed
+        watch(ctx, recent)
+    except Exception as exc:
+        log.exception("the staleness alarm could not run this tick (it judges from the recent "
+                      "runs in the state store): check the state store; the next tick tries again")
         failures.append(exc)
-    watch(ctx, recent)
     if failures:
         raise failures[0]
+
+
+def _recent_runs(ctx: Context, failures: list[Exception]) -> list[Run] | None:
+    """The newest RUNS_LOOKED_AT runs; None (the failure logged and collected) when the
+    state store cannot list them, so the alarm still gets its own try."""
+    try:
+        return ctx.state.list_runs(limit=RUNS_LOOKED_AT)
+    except Exception as exc:  # the state store's outage, say
+        log.exception("could not list the recent runs; undelivered alerts wait for the next tick")
+        failures.append(exc)
+        return None
 
 
 def _lanes(ctx: Context, job: Job) -> dict[Hashable, int]:

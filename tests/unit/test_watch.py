@@ -15,6 +15,7 @@ from shared.domain.jobs import JobStatus, Run, RunStatus
 from shared.entrypoints.http_api import TOKEN_ENV, Request, handle
 from shared.service.close import RunsNotClosed
 from shared.service.poll import poll
+from shared.service.watch import RUNS_LOOKED_AT
 from tests.support.api import TOKEN
 from tests.support.webhook import WebhookReceiver
 from tests.unit.support import ScriptedExport, Unit, seed_run, unit
@@ -114,6 +115,53 @@ def test_a_sweep_that_fails_does_not_silence_the_alarm(monkeypatch: pytest.Monke
     with pytest.raises(StateError):
         poll(u.ctx)
     assert len(u.notifier.alerts) == 1 and "no run has succeeded" in u.notifier.alerts[0]
+
+
+def _listing_fails(u: Unit, times: int) -> None:
+    """The state store cannot list runs for the next `times` listings (a blip, or longer)."""
+    list_runs = u.state.list_runs
+    left = {"failures": times}
+
+    def flaky(limit: int = RUNS_LOOKED_AT, before: str | None = None) -> list[Run]:
+        if left["failures"] > 0:
+            left["failures"] -= 1
+            raise StateError("state store unreachable: ConnectTimeout")
+        return list_runs(limit=limit, before=before)
+
+    u.state.list_runs = flaky  # type: ignore[method-assign]
+
+
+def test_a_runs_listing_that_fails_once_does_not_silence_the_alarm(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The tick's one listing of the recent runs meets a blip of the state store: it is
+    logged and collected like the sweep's failure (raised first), and the alarm still runs."""
+    u = unit(ScriptedExport({"orders": []}))
+    _run(u, "good", RunStatus.SUCCEEDED)
+
+    def sweep(ctx: object) -> int:
+        raise StorageError("COS list of uploads failed: AccessDenied (HTTP 403)")
+
+    monkeypatch.setattr("shared.service.poll.sweep_uploads", sweep)
+    u.clock.advance(27 * 3600)
+    _listing_fails(u, 1)
+    with pytest.raises(StorageError, match="AccessDenied"):  # the first failure of the tick
+        poll(u.ctx)
+    assert len(u.notifier.alerts) == 1 and "no run has succeeded" in u.notifier.alerts[0]
+    assert any(r.levelname == "ERROR" and "could not list the recent runs" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_a_runs_listing_that_keeps_failing_says_the_alarm_could_not_run(
+        caplog: pytest.LogCaptureFixture) -> None:
+    u = unit(ScriptedExport({"orders": []}))
+    _run(u, "good", RunStatus.SUCCEEDED)
+    u.clock.advance(27 * 3600)
+    _listing_fails(u, 2)
+    with pytest.raises(StateError, match="unreachable"):
+        poll(u.ctx)
+    assert u.notifier.alerts == []
+    assert any(r.levelname == "ERROR" and "staleness alarm could not run" in r.getMessage()
+               for r in caplog.records)
 
 
 def _contents(webhook: WebhookReceiver, start: int = 0) -> list[str]:
