@@ -18,13 +18,14 @@ from devkit.compare import assert_object_equals_docs
 from devkit.emulators.minapp import MinAppEmulator
 from devkit.sample_data import make_docs
 from shared.domain.errors import Retryable
-from shared.domain.jobs import JobStatus, RunStatus
+from shared.domain.jobs import JobStatus, RunStatus, utcnow
 from shared.domain.layout import data_key, part_key
 from shared.logs import configure_logging
 from shared.platforms.minapp import platform as minapp_platform
 from shared.platforms.minapp.platform import READ_TRIES, MinAppClient
 from shared.service.poll import poll
 from shared.service.start import start_run
+from tests.fakes import MovingClock
 from tests.support.backup import LocalBackup, backup_now, drive
 from tests.support.minapp import CLIENT_ID, JumpClock, assert_export_equals_records, backup_jumping
 
@@ -530,14 +531,22 @@ def test_export_that_never_finishes_fails_at_its_deadline(
     minapp_emulator.stall_exports(1001)
     ctx = local.context(local.config(local.minapp_source(minapp_emulator, tables=[1001, 1002]),
                                      export_deadline_minutes=0.01))
+    # The pipeline's time moves one check interval a poll and never on its own: the 0.6 s
+    # deadline counts polls, so a loaded machine cannot run out 1002's time before its
+    # export is copied (it did, in real time).
+    clock = MovingClock(utcnow())
+    ctx.clock = clock
+    run, _ = start_run(ctx, idempotency_key="test", trigger="test")
 
-    run = backup_now(ctx)
+    run = drive(ctx, run, between_polls=lambda: clock.advance(ctx.config.timing.first_check_seconds))
 
     assert run.status is RunStatus.FAILED
     jobs = {j.collection: j for j in ctx.state.list_jobs(run.run_id)}
     assert jobs["1002"].status is JobStatus.DONE
     failed = jobs["1001"]
     assert failed.status is JobStatus.FAILED
+    assert failed.deadline_at is not None and failed.finished_at is not None
+    assert failed.finished_at >= failed.deadline_at  # failed at its deadline, not before
     assert "did not finish within 0.01 minutes" in (failed.error or "")
     assert (failed.platform_job_id or "?") in (failed.error or "")
     manifest = json.loads(local.objects.read(run.manifest_key or ""))
