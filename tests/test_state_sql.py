@@ -129,6 +129,23 @@ def test_connection_killed_by_the_server_is_replaced(mysql_url: str, mariadb: Ma
         assert conn.execute(sa.text("SELECT CONNECTION_ID()")).scalar() != pooled_id
 
 
+def test_an_open_that_failed_is_tried_again_by_the_next_open(
+        mysql_url: str, mariadb: MariaDB, mysql_database: str) -> None:
+    """A cold start that cannot create the tables (MySQL not answering, the database not
+    made yet) must not leave a warm instance an engine without tables: the next open
+    points at state.url again while it still fails, and creates them once it can."""
+    with mariadb.connect() as admin, admin.cursor() as cursor:
+        cursor.execute(f"DROP DATABASE {mysql_database}")
+    for _ in range(2):
+        with pytest.raises(StateError, match=r"Unknown database.*check state\.url"):
+            open_store(mysql_url)
+    with mariadb.connect() as admin, admin.cursor() as cursor:
+        cursor.execute(f"CREATE DATABASE {mysql_database} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+    store = open_store(mysql_url)
+    store.create_run(Run(run_id="r1", idempotency_key="k", trigger="t", created_at=utcnow()), [])
+    assert store.get_run("r1") is not None
+
+
 def test_tables_are_byte_exact_utf8mb4(mysql_url: str, mariadb: MariaDB, mysql_database: str) -> None:
     open_store(mysql_url)
     with mariadb.connect(mysql_database) as conn, conn.cursor() as cursor:

@@ -169,8 +169,15 @@ def _engine(url: str) -> Engine:
     with _engines_lock:
         cached = _engines.get(url)
         if cached is None:
-            cached = _engines[url] = _mysql_engine(url)
-            _create_tables(cached)
+            cached = _mysql_engine(url)
+            try:
+                _create_tables(cached)
+            except BaseException:
+                cached.dispose()
+                raise
+            # kept only once the tables exist: a failed cold start is tried again by the
+            # next open, which names state.url again if it still fails
+            _engines[url] = cached
         return cached
 
 
