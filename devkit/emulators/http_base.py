@@ -23,10 +23,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, ClassVar, Generic, TypeVar
 
-__all__ = ["BackgroundServer", "DispatchHandler", "EmulatorServer", "LocalEmulator", "QuietHandler",
-           "json_bytes", "serve_until_terminated"]
+__all__ = ["LISTEN_BACKLOG", "BackgroundServer", "DispatchHandler", "EmulatorServer", "LocalEmulator",
+           "QuietHandler", "json_bytes", "serve_until_terminated"]
 
 HOST = "127.0.0.1"
+# Connections the kernel queues until the accept loop takes them. socketserver's default
+# (5) overflowed under a restore's 24 threads on a loaded machine, and Linux reset queued
+# connections before the request was read (docs.python.org/3/library/socketserver.html,
+# request_queue_size; man 2 listen, "backlog"). Above httpx's default pool of 100
+# connections (python-httpx.org/advanced/resource-limits/); capped by net.core.somaxconn.
+LISTEN_BACKLOG = 128
 
 _Emulator = TypeVar("_Emulator")
 _Self = TypeVar("_Self", bound="LocalEmulator")
@@ -42,6 +48,7 @@ class EmulatorServer(ThreadingHTTPServer, Generic[_Emulator]):
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = LISTEN_BACKLOG
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler],
                  emulator: _Emulator) -> None:

@@ -42,7 +42,7 @@ from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from devkit.emulators.http_base import BackgroundServer, LocalEmulator, json_bytes
+from devkit.emulators.http_base import LISTEN_BACKLOG, BackgroundServer, LocalEmulator, json_bytes
 
 __all__ = ["Invocation", "TencentCloudEmulator", "main"]
 
@@ -361,6 +361,7 @@ class TencentCloudEmulator(LocalEmulator):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG  # see http_base: the default 5 overflows under load
 
     def __init__(self, address: tuple[str, int], emulator: TencentCloudEmulator) -> None:
         super().__init__(address, _RequestHandler)
