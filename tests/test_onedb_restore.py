@@ -170,10 +170,17 @@ def test_many_threads_write_at_once_and_a_row_sent_twice_stays_one(
     sent = lines + lines[::-1]  # a resumed restore re-sends rows, maybe at the same time
     with ThreadPoolExecutor(max_workers=24) as pool:
         outcomes = list(pool.map(lambda ln: client.write_row("events_restored", "new", ln), sent))
-    assert Counter(outcomes) == {"written": 1_200, "kept": 1_200}
     assert _rows(onedb_emulator, "events_restored") == [generated_row(i) for i in range(1_200)]
-    assert onedb_emulator.calls["create"] == 2_400
-    assert len(onedb_emulator.claims) == 2_400  # every call's token was accepted
+    # On a loaded machine an answer can be lost after the emulator wrote the row: the call
+    # is tried again and finds the row its first try wrote, "kept" (an answer alone cannot
+    # tell that from a row already there). Whatever the timing: every row stored once,
+    # every outcome counted once, and a row reported written only by the call that wrote
+    # it, so "written" falls short of 1,200 by at most the calls made again.
+    counted = Counter(outcomes)
+    retried = onedb_emulator.calls["create"] - 2_400
+    assert set(counted) <= {"written", "kept"} and counted.total() == 2_400
+    assert retried >= 0 and 1_200 - retried <= counted["written"] <= 1_200
+    assert len(onedb_emulator.claims) == onedb_emulator.calls["create"]  # every token taken
 
 
 def test_insert_never_overwrites(onedb_emulator: OneDBEmulator) -> None:
