@@ -83,17 +83,24 @@ def test_minapp_json_backup_wiped_and_restored_over_http(
     assert minapp_emulator.records(1001) == original
 
 
-def test_a_minapp_backup_an_import_cannot_restore_is_refused_naming_why_unless_forced(
-        local: LocalBackup, minapp_emulator: MinAppEmulator, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """csv_customize_headers renames the CSV's columns: MinApp's import would keep the
-    records and drop their values, so the count after a restore would still look right."""
+def _renamed_headers_backup(local: LocalBackup, minapp_emulator: MinAppEmulator, tmp_path: Path,
+                            monkeypatch: pytest.MonkeyPatch) -> tuple[Api, str]:
+    """A MinApp table backed up with csv_customize_headers (its import would drop the
+    values): the API and the run."""
     minapp_emulator.import_delay = 0.05
     minapp_emulator.add_table(1001, records(20), name="orders")
     table = {"id": 1001, "csv_customize_headers": ["编号", "名字"]}
     api = deploy_sources(local, tmp_path, monkeypatch, local.minapp_source(
         minapp_emulator, file_type="csv", tables=[table]))
-    run_id = backed_up(api, "app", "1001")
+    return api, backed_up(api, "app", "1001")
+
+
+def test_a_minapp_backup_an_import_cannot_restore_is_refused_naming_why_unless_forced(
+        local: LocalBackup, minapp_emulator: MinAppEmulator, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """csv_customize_headers renames the CSV's columns: MinApp's import would keep the
+    records and drop their values, so the count after a restore would still look right."""
+    api, run_id = _renamed_headers_backup(local, minapp_emulator, tmp_path, monkeypatch)
     ask = {"run_id": run_id, "source": "app", "collection": "1001"}
 
     status, refused, _ = api.call("POST", "/restores", body={**ask, "preview": True})
@@ -132,12 +139,7 @@ def test_a_minapp_backup_from_before_restore_caveats_is_refused_when_its_config_
     """A manifest written before restore_caveats existed cannot say the backup was made
     with csv_customize_headers; the table's current config does, and the backup is refused
     unless forced as if its manifest said so. A manifest that records none restores."""
-    minapp_emulator.import_delay = 0.05
-    minapp_emulator.add_table(1001, records(20), name="orders")
-    table = {"id": 1001, "csv_customize_headers": ["编号", "名字"]}
-    api = deploy_sources(local, tmp_path, monkeypatch, local.minapp_source(
-        minapp_emulator, file_type="csv", tables=[table]))
-    run_id = backed_up(api, "app", "1001")
+    api, run_id = _renamed_headers_backup(local, minapp_emulator, tmp_path, monkeypatch)
     (job,) = api.context().state.list_jobs(run_id)
     assert job.result is not None
     manifest = json.loads(local.objects.read(job.result.manifest_key))

@@ -76,19 +76,25 @@ def _sent(u: Unit, run: Run) -> list[bool]:
             if sent.run_id == run.run_id]
 
 
+def _listings(u: Unit) -> list[str | None]:
+    """Each `list_runs` call from now on, by its `before` (None: the newest page)."""
+    listed: list[str | None] = []
+    list_runs = u.state.list_runs
+
+    def counted(limit: int = 20, before: str | None = None) -> list[Run]:
+        listed.append(before)
+        return list_runs(limit=limit, before=before)
+
+    u.state.list_runs = counted  # type: ignore[method-assign]
+    return listed
+
+
 def test_a_tick_lists_the_newest_runs_once_for_the_resends_and_the_staleness_alarm() -> None:
     """Both read the newest runs: one listing serves them (on COS state a listing and a read
     per run, every minute)."""
     u = unit(ScriptedExport({"orders": []}))
     _failed_restore(u)
-    listed: list[int] = []
-    list_runs = u.state.list_runs
-
-    def counted(limit: int = 20, before: str | None = None) -> list[Run]:
-        listed.append(limit)
-        return list_runs(limit=limit, before=before)
-
-    u.state.list_runs = counted  # type: ignore[method-assign]
+    listed = _listings(u)
     poll(u.ctx)
     assert len(listed) == 1
 
@@ -175,14 +181,7 @@ def test_paging_back_for_alerts_stops_at_the_window_not_at_the_oldest_run() -> N
     the same listing as the last couple of days."""
     u = unit(ScriptedExport({"orders": []}))
     _runs_every_quarter_hour(u, hours=24 * 10)
-    listed: list[str | None] = []
-    list_runs = u.state.list_runs
-
-    def counted(limit: int = 20, before: str | None = None) -> list[Run]:
-        listed.append(before)
-        return list_runs(limit=limit, before=before)
-
-    u.state.list_runs = counted  # type: ignore[method-assign]
+    listed = _listings(u)
     poll(u.ctx)
     # 1 day + the longest a run stays open (6 h export, 12 h unclaimed, 3 leases of 16 min):
     # about 43 hours of runs every 15 minutes, 172 runs, four pages of 50
