@@ -263,7 +263,7 @@ def test_a_missing_table_fails_before_the_file_is_read(client: MinAppClient,
 
 
 @pytest.mark.parametrize(("status", "error", "words"), [
-    (401, Fatal, "token was refused"),
+    (401, Retryable, "the next try signs in again"),
     (403, Fatal, "may not import data; grant it data access"),
     (429, RateLimited, "rate limited"),
     (502, Retryable, "HTTP 502"),
@@ -285,7 +285,7 @@ def test_a_refused_token_on_the_import_is_dropped_so_the_next_try_signs_in_again
     data = render_export(minapp_emulator.records(1001), "json")
     minapp_emulator.wipe_table(1001)
     minapp_emulator.inject("import", 401)
-    with pytest.raises(Fatal):
+    with pytest.raises(Retryable, match="the next try signs in again"):
         send(client, "1001", data)
     signed_in = minapp_emulator.calls["access_token"]
 
@@ -294,6 +294,22 @@ def test_a_refused_token_on_the_import_is_dropped_so_the_next_try_signs_in_again
     assert minapp_emulator.calls["access_token"] == signed_in + 1
     minapp_emulator.settle_imports()
     assert client.count("1001") == 2
+
+
+def test_a_fresh_token_refused_on_the_import_too_fails_naming_the_client(
+        client: MinAppClient, minapp_emulator: MinAppEmulator) -> None:
+    minapp_emulator.add_table(1001, records(2), name="orders")
+    data = render_export(minapp_emulator.records(1001), "json")
+    minapp_emulator.inject("import", 401, times=2)
+    with pytest.raises(Retryable):
+        send(client, "1001", data)
+    signed_in = minapp_emulator.calls["access_token"]
+
+    with pytest.raises(Fatal, match="freshly issued token was refused"):
+        send(client, "1001", data)
+
+    assert minapp_emulator.calls["access_token"] == signed_in + 1  # signed in once only
+    assert minapp_emulator.pending_imports() == 0
 
 
 def test_an_expired_token_is_renewed_by_the_check_before_the_body_goes(
@@ -452,7 +468,7 @@ def test_restore_logs_hold_no_secret(client: MinAppClient, minapp_emulator: MinA
     data = render_export(minapp_emulator.records(1001), "json")
     client.create_target("orders_r", "orders")
     minapp_emulator.inject("import", 401)
-    with pytest.raises(Fatal) as refused:
+    with pytest.raises(Retryable) as refused:
         send(client, "orders_r", data)
     minapp_emulator.expire_tokens()
     send(client, "orders_r", data)

@@ -83,6 +83,45 @@ def test_minapp_json_backup_wiped_and_restored_over_http(
     assert minapp_emulator.records(1001) == original
 
 
+def test_a_minapp_import_refusing_the_token_once_signs_in_again_and_restores(
+        local: LocalBackup, minapp_emulator: MinAppEmulator, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A token MinApp refuses (401) on the import, e.g. one that ran out while a big file
+    went up, is replaced once, as README's Sign-in says, and the file is sent again."""
+    minapp_emulator.add_table(1001, records(40))
+    api = minapp_api(local, minapp_emulator, tmp_path, monkeypatch)
+    run_id = backed_up(api, "app", "1001")
+    original = minapp_emulator.records(1001)
+    minapp_emulator.wipe_table(1001)
+    signed_in = minapp_emulator.calls["access_token"]
+    minapp_emulator.inject("import", 401, body={"error_msg": "Authentication credentials were not provided."})
+
+    view = restored(api, run_id=run_id, source="app", collection="1001", into="1001")
+
+    assert view["status"] == "succeeded" and view["step"] == "done", view
+    assert minapp_emulator.calls["access_token"] == signed_in + 1  # once, not in a loop
+    assert minapp_emulator.records(1001) == original
+
+
+def test_a_minapp_import_refusing_a_fresh_token_too_fails_saying_so(
+        local: LocalBackup, minapp_emulator: MinAppEmulator, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    minapp_emulator.add_table(1001, records(10))
+    api = minapp_api(local, minapp_emulator, tmp_path, monkeypatch)
+    run_id = backed_up(api, "app", "1001")
+    minapp_emulator.wipe_table(1001)
+    signed_in = minapp_emulator.calls["access_token"]
+    minapp_emulator.inject("import", 401, times=5)
+
+    view = restored(api, run_id=run_id, source="app", collection="1001", into="1001")
+
+    assert view["status"] == "failed", view
+    assert "freshly issued token was refused" in json.dumps(view, ensure_ascii=False)
+    assert minapp_emulator.calls["access_token"] == signed_in + 1  # once, not in a loop
+    assert minapp_emulator.calls["import"] == 2
+    assert minapp_emulator.records(1001) == []
+
+
 def _renamed_headers_backup(local: LocalBackup, minapp_emulator: MinAppEmulator, tmp_path: Path,
                             monkeypatch: pytest.MonkeyPatch) -> tuple[Api, str]:
     """A MinApp table backed up with csv_customize_headers (its import would drop the

@@ -15,6 +15,7 @@ import logging
 import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
@@ -53,6 +54,9 @@ FIELD_KEYS = ("name", "type", "items", "format", "description", "constraints", "
 # 查看)": the file goes back under the extension the export gave it.
 EXTENSIONS = {"json": "json", "csv": "csv"}
 PART_TYPES = {"json": "application/json", "csv": "text/csv"}
+# How long an import's refused token is remembered: the next try (a finisher's retry,
+# minutes later) must find it, to sign in once and not again and again.
+REFUSED_TOKEN_MEMORY = timedelta(hours=1)
 
 
 def is_table_id(collection: str) -> bool:
@@ -272,6 +276,7 @@ class MinAppRestore:
         where = (f"MinApp refused the import of {filename} into table {table} "
                  f"(HTTP {response.status_code}: {error_text(response)})")
         if response.status_code in (200, 201):
+            self._cache.cache_delete(self._refused_key(table))
             log.info("MinApp accepted the import; it runs as a task and e-mails its result",
                      extra={"collection": table, "file": filename, "bytes": size})
             return None
@@ -283,7 +288,25 @@ class MinAppRestore:
                         "backup verifies and that the table's columns match its fields")
         if response.status_code == 401:
             self._cache.cache_delete(self._token_key)
+            if self._first_token_refusal(table):
+                raise Retryable(f"{where}: the token was dropped; the next try signs in again "
+                                "and sends the file again")
         raise self._refused(where, response.status_code, "import data")
+
+    def _first_token_refusal(self, table: str) -> bool:
+        """A token refused (401) on the import, e.g. one that ran out while the file went
+        up: the first such refusal is tried again with a new sign-in (the body cannot be
+        sent twice within this call, so by the next try); a fresh token refused too fails
+        (README, Sign-in: "fetched again once when MinApp answers 401")."""
+        key = self._refused_key(table)
+        if self._cache.cache_get(key, datetime.now(timezone.utc)) is not None:
+            self._cache.cache_delete(key)
+            return False
+        self._cache.cache_put(key, "1", datetime.now(timezone.utc) + REFUSED_TOKEN_MEMORY)
+        return True
+
+    def _refused_key(self, table: str) -> str:
+        return f"minapp:import-401:{self.source.client_id}:{self.source.env_id or ''}:{table}"
 
     def check_import(self, collection: str, import_id: str) -> ImportProgress:
         """Never called: send_import gives no id, since MinApp reports imports by e-mail."""
