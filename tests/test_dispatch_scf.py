@@ -267,6 +267,18 @@ def test_dispatch_defaults_are_local_here_and_scf_on_scf() -> None:
     assert isinstance(dispatcher_for(local, {"SCF_FUNCTIONNAME": "p"}, lambda job_id: None), InProcessDispatcher)
 
 
+def test_auto_mode_knows_scf_by_its_documented_marker() -> None:
+    """SCF's documented built-in variable for "running on SCF" is TENCENTCLOUD_RUNENV=SCF
+    (环境变量, 已内置环境变量: tencentcloud.com/document/product/583/32748); SCF_FUNCTIONNAME
+    is not in that list. A poller that saw only the documented marker would copy every
+    export inside its own 300 s / 256 MB instead of handing it to the finisher."""
+    config = parse_config(minimal(), environ={"S": "x"})
+    on_scf = {"TENCENTCLOUD_RUNENV": "SCF", "TENCENTCLOUD_REGION": "ap-beijing"}
+    assert resolve_mode(config.dispatch, on_scf) == "scf"
+    assert isinstance(dispatcher_for(config, on_scf, lambda job_id: None), ScfDispatcher)
+    assert resolve_mode(config.dispatch, {"TENCENTCLOUD_RUNENV": ""}) == "local"
+
+
 def test_dispatch_settings_take_env_references() -> None:
     config = parse_config(minimal(mode="scf", finisher_function="${FN}", region="${REGION}"),
                           environ={"S": "x", "FN": "prod-finisher", "REGION": "ap-chengdu"})

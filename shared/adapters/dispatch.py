@@ -24,7 +24,11 @@ log = logging.getLogger(__name__)
 
 # The execution role's temporary keys; SCF sets them for every invocation and they expire.
 ROLE_ENV = ("TENCENTCLOUD_SECRETID", "TENCENTCLOUD_SECRETKEY", "TENCENTCLOUD_SESSIONTOKEN")
-# Set by SCF in every function's environment; how mode `auto` knows it is hosted.
+# How mode `auto` knows it is hosted: TENCENTCLOUD_RUNENV=SCF is the marker SCF documents
+# among its built-in variables (环境变量, 已内置环境变量:
+# tencentcloud.com/document/product/583/32748); SCF_FUNCTIONNAME is set in practice but is
+# not in that list, so either one will do.
+RUNENV_ENV, RUNENV_SCF = "TENCENTCLOUD_RUNENV", "SCF"
 SCF_MARKER_ENV = "SCF_FUNCTIONNAME"
 REGION_ENV = "TENCENTCLOUD_REGION"
 REQUEST_TIMEOUT_SECONDS = 15
@@ -293,7 +297,8 @@ def scoped_invoke_refused(code: str, message: str, target: ScfTarget) -> str:
 def resolve_mode(settings: DispatchSettings, environ: Mapping[str, str]) -> str:
     if settings.mode != "auto":
         return settings.mode
-    return "scf" if environ.get(SCF_MARKER_ENV) else "local"
+    hosted = environ.get(RUNENV_ENV) == RUNENV_SCF or bool(environ.get(SCF_MARKER_ENV))
+    return "scf" if hosted else "local"
 
 
 def dispatcher_for(

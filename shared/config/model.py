@@ -488,7 +488,8 @@ class DispatchSettings(ConfigModel):
     mode: Literal["auto", "local", "scf"] = Field(
         default="auto",
         description="local: the finisher runs inside the poller; scf: async Invoke of the finisher "
-        "function; auto: scf when running on SCF (SCF_FUNCTIONNAME is set), local otherwise.",
+        "function; auto: scf when running on SCF (TENCENTCLOUD_RUNENV=SCF or SCF_FUNCTIONNAME is set), "
+        "local otherwise.",
     )
     finisher_function: EnvStr = Field(
         default="baas-backup-finisher", description="Name of the finisher's SCF function."
