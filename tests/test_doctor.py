@@ -489,6 +489,28 @@ def test_the_state_check_runs_against_sql_and_create_only_is_then_not_needed(
     assert "sqlite state backend answers" in checks["state"]["detail"]
 
 
+@pytest.mark.parametrize("marker", [{"TENCENTCLOUD_RUNENV": "SCF"},
+                                    {"SCF_FUNCTIONNAME": "baas-backup-trigger"}])
+def test_a_sqlite_state_fails_the_doctor_inside_scf(
+    site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, marker: dict[str, str]
+) -> None:
+    """Inside SCF a SQLite file lives in one instance's /tmp: the trigger, the poller and
+    the finisher would each keep a state of their own, so a run is started and never
+    moves, with no error anywhere (README, Choosing the state backend: "Not on SCF").
+    The doctor answering reads and writes of its own instance's file must not call it ok."""
+    for name, value in marker.items():  # SCF's environment (tencentcloud.com/document/product/583/32748)
+        monkeypatch.setenv(name, value)
+    site.document["state"] = {"url": f"sqlite:///{tmp_path / 'state.sqlite3'}"}
+
+    report = site.doctor("trigger")
+
+    state = by_check(report)["state"]
+    assert report["ok"] is False and state["status"] == "failed", state
+    for words in ("state.url", "SQLite", "SCF", "cos://", "mysql+pymysql://"):
+        assert words in state["detail"], state
+    site.cloud.wait_idle()
+
+
 READ_ONLY = "The MySQL server is running with the --read-only option"
 
 

@@ -297,8 +297,12 @@ def scoped_invoke_refused(code: str, message: str, target: ScfTarget) -> str:
 def resolve_mode(settings: DispatchSettings, environ: Mapping[str, str]) -> str:
     if settings.mode != "auto":
         return settings.mode
-    hosted = environ.get(RUNENV_ENV) == RUNENV_SCF or bool(environ.get(SCF_MARKER_ENV))
-    return "scf" if hosted else "local"
+    return "scf" if on_scf(environ) else "local"
+
+
+def on_scf(environ: Mapping[str, str]) -> bool:
+    """Whether this process runs inside an SCF function (see RUNENV_ENV)."""
+    return environ.get(RUNENV_ENV) == RUNENV_SCF or bool(environ.get(SCF_MARKER_ENV))
 
 
 def dispatcher_for(

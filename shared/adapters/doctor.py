@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 
 from shared.adapters.cos.client import ROLE_ENV, cos_client, cos_errors
 from shared.adapters.cos.objects import CosObjectStore
-from shared.adapters.dispatch import REGION_ENV, ScfDispatcher, ScfTarget
+from shared.adapters.dispatch import REGION_ENV, ScfDispatcher, ScfTarget, on_scf
 from shared.adapters.heartbeat import probe_heartbeat
 from shared.adapters.state import open_store
 from shared.adapters.webhooks import probe_webhook
@@ -32,6 +32,18 @@ _BUCKET_ADVICE = {
     "InvalidAccessKeyId": "COS does not know these keys' SecretId: check the credentials",
     "SignatureDoesNotMatch": "COS refused the signature: check the SecretKey (and the clock)",
 }
+
+
+# Inside SCF everything but /tmp is read-only, and each instance has a /tmp of its own that
+# is gone with it (tencentcloud.com/document/product/583/9180, FAQ on /tmp; 512 MB:
+# cloud.tencent.com/document/product/583/11637): a SQLite file answers this instance's
+# probes while the three functions each keep a state of their own.
+_SQLITE_ON_SCF = (
+    "state.url is a SQLite file, and this runs on SCF: each function instance has its own "
+    "/tmp, so the trigger, the poller and the finisher would each keep a state of their own "
+    "and a run would start and never move on, with no error; use cos:// (the default, in the "
+    "bucket) or mysql+pymysql://USER:${MYSQL_PASSWORD}@HOST:3306/DB (README: Choosing the "
+    "state backend), then scripts/package and scf deploy again")
 
 
 class FreshTokens:
@@ -147,6 +159,8 @@ class CloudDeployment:
 
     def state(self) -> str:
         kind = self._config.state.backend
+        if kind == "sqlite" and on_scf(self._environ):
+            raise StateError(_SQLITE_ON_SCF)
         try:
             store = open_store(self._config.state, self._config.destination, environ=self._environ)
             runs = store.list_runs(1)
