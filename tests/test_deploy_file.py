@@ -1,7 +1,8 @@
 """The deploy description, checked offline against the deploy tool's own rules.
 
 serverless.yml and scf-*/serverless.yml are read the way serverless-cloud-framework reads
-them, with the values of .env.example, their variables resolved by a port of the CLI's
+them, with the values of the .env `scf deploy` would load here (else .env.example: see
+deploy_environ), their variables resolved by a port of the CLI's
 resolveVariables(), and every input checked against the `scf` component's input rules and
 the product's needs (tests/support/deploy_rules.py names the source of each rule). The
 broken variants below must each fail: they are the defects the deploy file once had or
@@ -26,6 +27,7 @@ from tests.support.deploy_rules import (
     check_multi_scf,
     check_project,
     cron_problems,
+    deploy_environ,
     dotenv_inline_comments,
     env_file_for,
     load_project,
@@ -63,8 +65,46 @@ def shipped() -> Project:
 
 # -- the shipped files -----------------------------------------------------------------
 def test_the_shipped_deploy_files_pass_every_rule() -> None:
-    problems = check_project(shipped(), example_environ(), product())
+    problems = check_project(shipped(), deploy_environ(ROOT), product())  # no values in the assert
     assert problems == []
+
+
+def adds_a_minapp_secret(variables: dict[str, Any], dotenv: str) -> str:
+    """README step 5: another secret goes into .env and, as NAME: ${env:NAME}, into
+    environment.variables of the three instance files."""
+    variables["MINAPP_CLIENT_SECRET"] = "${env:MINAPP_CLIENT_SECRET}"
+    return dotenv + "MINAPP_CLIENT_SECRET=minapp-secret-123\n"
+
+
+def backs_up_no_wechat(variables: dict[str, Any], dotenv: str) -> str:
+    """.env.example: "Not backing up WeChat? Remove the WECHAT_SECRET line from the three
+    scf-*/serverless.yml"."""
+    del variables["WECHAT_SECRET"]
+    return dotenv.replace("WECHAT_SECRET=replace-with-the-app-secret\n", "")
+
+
+@pytest.mark.parametrize("edit", [adds_a_minapp_secret, backs_up_no_wechat])
+def test_the_check_reads_the_dotenv_scf_deploy_would(
+        tmp_path: Path, edit: Callable[[dict[str, Any], str], str]) -> None:
+    """README, Deploying from zero, step 5: after editing .env and the instance files as
+    the README and .env.example say, `scripts/test -k deploy_file` checks them before
+    `scf deploy`. It must read that .env, as the CLI does, not call a name it sets unset
+    nor ask for one the files no longer use."""
+    (tmp_path / "serverless.yml").write_text((ROOT / "serverless.yml").read_text(encoding="utf-8"))
+    template = ENV_EXAMPLE.read_text(encoding="utf-8")
+    dotenv = template
+    for folder in ("scf-trigger", "scf-poller", "scf-finisher"):
+        document = yaml.safe_load((ROOT / folder / "serverless.yml").read_text(encoding="utf-8"))
+        dotenv = edit(document["inputs"]["environment"]["variables"], template)
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "serverless.yml").write_text(yaml.safe_dump(document), encoding="utf-8")
+    (tmp_path / ".env.example").write_text(template, encoding="utf-8")
+    (tmp_path / ".env").write_text(dotenv, encoding="utf-8")
+
+    problems = check_project(load_project(tmp_path), deploy_environ(tmp_path), product())
+
+    assert problems == []
+    assert variable_problems(tmp_path) == []
 
 
 def test_the_project_deploys_the_three_handlers_the_package_builds() -> None:
@@ -79,20 +119,35 @@ def test_the_project_deploys_the_three_handlers_the_package_builds() -> None:
             assert (PACKAGE / f"{name}.py").is_file()
 
 
-def test_env_example_documents_every_variable_and_has_no_inline_comments() -> None:
-    environ = example_environ()
-    assert dotenv_inline_comments(environ) == []
-    project = shipped()
+def referenced_variables(project: Project) -> set[str]:
+    """Every NAME the deploy files use as ${env:NAME}."""
     referenced: set[str] = set()
     for raw in [project.root, *project.instances.values()]:
-        text = yaml.safe_dump(raw)
-        referenced |= {n for n in environ if "${env:" + n + "}" in text}
-        resolution = resolve_variables(raw, {}, "")
-        for problem in resolution.problems:
+        for problem in resolve_variables(raw, {}, "").problems:
             if "is not set" in problem:
                 referenced.add(problem.split("environment variable ")[1].split()[0])
-    assert referenced <= set(environ), referenced - set(environ)
-    assert {"STAGE", "REGION", "SCF_ROLE", "WECHAT_SECRET", "BAAS_BACKUP_API_TOKEN"} <= referenced
+    return referenced
+
+
+def variable_problems(root: Path) -> list[str]:
+    """What the deploy files in `root` and the .env `scf deploy` reads there (else the
+    template) say about the variables: inline comments, names set nowhere, and the names
+    every deploy needs. Names only, never values."""
+    environ = deploy_environ(root)
+    problems = [f"{n}: an inline comment would be part of the value" for n in dotenv_inline_comments(environ)]
+    referenced = referenced_variables(load_project(root))
+    problems += [f"{n}: used by the deploy files, set in no .env" for n in sorted(referenced - set(environ))]
+    problems += [f"{n}: not used by the deploy files" for n in
+                 sorted({"STAGE", "REGION", "SCF_ROLE", "BAAS_BACKUP_API_TOKEN"} - referenced)]
+    return problems
+
+
+def test_env_example_documents_every_variable_and_has_no_inline_comments() -> None:
+    template = example_environ()
+    assert dotenv_inline_comments(template) == []
+    assert referenced_variables(shipped()) <= set(template) | set(deploy_environ(ROOT))
+    assert {"STAGE", "REGION", "SCF_ROLE", "WECHAT_SECRET", "BAAS_BACKUP_API_TOKEN"} <= set(template)
+    assert variable_problems(ROOT) == []
 
 
 def test_dotenv_is_ignored_by_git_and_found_where_the_cli_looks(tmp_path: Path) -> None:

@@ -80,6 +80,20 @@ def env_file_for(directory: Path, raw_stage: object, target: str | None = None) 
     return next((c for c in candidates if c.is_file() or c.is_symlink()), None)
 
 
+def deploy_environ(directory: Path) -> dict[str, str]:
+    """The variables the deploy files in `directory` are checked with: the .env file
+    `scf deploy` there would load (env_file_for(), with the stage as serverless.yml writes
+    it) when it is in that folder, as README's step 5 has it, else the committed template
+    .env.example (a fresh clone, CI). A file found only in a parent folder is not taken (an
+    unrelated ~/.env would fail every check), nor the shell, so the tests do not depend
+    on it; at deploy time a name set in the shell wins. Never put the result in an
+    assert: it holds the secrets."""
+    raw = yaml.safe_load((directory / "serverless.yml").read_text(encoding="utf-8")) or {}
+    found = env_file_for(directory, raw.get("stage"))
+    chosen = found if found is not None and found.parent == directory else directory / ".env.example"
+    return parse_dotenv(chosen.read_text(encoding="utf-8"))
+
+
 # -- the CLI: variables ----------------------------------------------------------------
 
 # resolveVariables() in serverless-cloud-framework src/libs/utils/basic.js (and
