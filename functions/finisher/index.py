@@ -1,4 +1,5 @@
-"""SCF handler of the finisher function (handler: index.main_handler)."""
+"""SCF handler of the finisher function. The package (scripts/build_package.py) ships this file
+as finisher.py, so scf-finisher/serverless.yml names it `handler: finisher.main_handler`."""
 
 import os
 from typing import Any

@@ -1,4 +1,5 @@
-"""SCF handler of the poller function (handler: index.main_handler)."""
+"""SCF handler of the poller function. The package (scripts/build_package.py) ships this file
+as poller.py, so scf-poller/serverless.yml names it `handler: poller.main_handler`."""
 
 import os
 from typing import Any

@@ -1,4 +1,5 @@
-"""SCF handler of the trigger function (handler: index.main_handler)."""
+"""SCF handler of the trigger function. The package (scripts/build_package.py) ships this file
+as trigger.py, so scf-trigger/serverless.yml names it `handler: trigger.main_handler`."""
 
 import os
 from typing import Any
