@@ -260,6 +260,10 @@ def main() -> int:
                         help="region the functions are deployed in (.env's REGION; default: "
                              "the config's dispatch.region, else destination.region)")
     args = parser.parse_args()
+    # scripts/package runs this from the repository root; relative paths are the caller's.
+    caller = Path(os.environ.get("BAAS_CALLER_DIR") or Path.cwd())
+    args.config = caller / args.config if args.config else None
+    args.out = caller / args.out
     if args.config and not args.config.is_file():
         parser.error(f"--config {args.config}: no such file")
     archive = ARCHIVE if args.out == PACKAGE else args.out.with_suffix(".zip")

@@ -345,3 +345,12 @@ def test_cam_policy_is_rendered_from_a_config(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match=r"destination\.bucket"):
         config.write_text(yaml.safe_dump({"destination": {"bucket": "no-appid", "region": "ap-shanghai"}}))
         render_cam_policy(config, uin="100000000001", region="ap-guangzhou", environ={})
+
+
+def test_a_relative_config_is_read_from_where_scripts_package_was_run(tmp_path: Path) -> None:
+    """scripts/package works from the repository root (its setup moves there), yet a
+    relative `--config` names the caller's file, not a file of that name in the repository."""
+    ran = subprocess.run(["bash", str(ROOT / "scripts" / "package"), "--config", "mine-not-here.yaml"],
+                         check=False, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert ran.returncode != 0
+    assert f"--config {tmp_path / 'mine-not-here.yaml'}: no such file" in ran.stderr, ran.stderr
