@@ -217,6 +217,21 @@ def _unfillable(config: Path, section: str, exc: ValidationError) -> str:
     return f"{config}: cannot fill in the CAM policy: {said}"
 
 
+def local_state(config: Path) -> str | None:
+    """Why `config`'s state cannot work on SCF, or None. Each SCF instance has a /tmp of its
+    own, gone with it (cloud.tencent.com/document/product/583/9180): with a SQLite state
+    the trigger, the poller and the finisher would each keep their own, and a run would
+    start and never move on, with no error anywhere."""
+    raw = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+    url = str((raw.get("state") or {}).get("url") or "")
+    if not url.startswith("sqlite:"):
+        return None
+    return (f"--config {config}: state.url {url!r} is a SQLite file, which the three functions "
+            "cannot share on SCF (each instance has its own /tmp); keep the default cos:// or "
+            "use mysql+pymysql://USER:${MYSQL_PASSWORD}@HOST:3306/DB (README: Choosing the "
+            "state backend)")
+
+
 def render_cam_policy(config: Path, *, uin: str | None, region: str | None,
                       environ: Mapping[str, str]) -> dict[str, object]:
     """docs/cam-policy.json with the bucket, prefix and finisher of `config` filled in. The
@@ -266,6 +281,8 @@ def main() -> int:
     args.out = caller / args.out
     if args.config and not args.config.is_file():
         parser.error(f"--config {args.config}: no such file")
+    if args.config and (local := local_state(args.config)):
+        parser.error(local)
     archive = ARCHIVE if args.out == PACKAGE else args.out.with_suffix(".zip")
     out = build(args.config, out=args.out, archive=archive)
     print(f"{out} ready; {archive}: {archive.stat().st_size / 1e6:.1f} MB zipped")

@@ -354,3 +354,15 @@ def test_a_relative_config_is_read_from_where_scripts_package_was_run(tmp_path: 
                          check=False, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert ran.returncode != 0
     assert f"--config {tmp_path / 'mine-not-here.yaml'}: no such file" in ran.stderr, ran.stderr
+
+
+def test_a_config_with_a_sqlite_state_is_refused_before_packaging(tmp_path: Path) -> None:
+    """The functions could not share a SQLite file on SCF: packaging such a config stops,
+    saying what to use, rather than deploying functions whose runs never move on."""
+    config = tmp_path / "backup.yaml"
+    config.write_text("state:\n  url: sqlite:///tmp/state.db\n", encoding="utf-8")
+    ran = subprocess.run(["bash", str(ROOT / "scripts" / "package"), "--config", "backup.yaml"],
+                         check=False, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert ran.returncode != 0
+    assert "state.url 'sqlite:///tmp/state.db' is a SQLite file" in ran.stderr, ran.stderr
+    assert "keep the default cos://" in ran.stderr
