@@ -476,3 +476,22 @@ def test_a_restore_id_under_runs_is_no_backup_run_and_points_to_restores(
         status, answer, _ = api.call(method, path, body=body)
         assert (status, answer["field"]) == (404, "run_id"), (method, path, answer)
         assert f"/restores/{restore_id}" in answer["error"], answer
+
+
+def test_a_finished_onedb_restore_says_its_objects_were_all_written(
+        local: LocalBackup, onedb_emulator: OneDBEmulator, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """OneDB writes rows, not files: its restore keeps its place as `object`, never `sent`.
+    GET /restores/{id} (and so the status page) said "objects sent 0/1" for a restore that
+    had written every row of its one object."""
+    onedb_emulator.add_generated_table(ENV_ID, APP, "events", 50)
+    api = deploy_sources(local, tmp_path, monkeypatch, onedb_source(local, onedb_emulator))
+    run_id = backed_up(api, "crm", "events")
+    assert onedb_emulator.wipe(ENV_ID, APP, "events") == 50
+
+    view = restored(api, run_id=run_id, source="crm", collection="events", into="events")
+
+    assert view["status"] == "succeeded", view
+    progress = view["progress"]
+    assert progress["rows_written"] == 50 and progress["objects"] == 1, progress
+    assert progress["objects_sent"] == 1, progress

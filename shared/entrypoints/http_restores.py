@@ -117,12 +117,19 @@ def restore_view(run: Run, jobs: list[Job]) -> dict[str, Any]:
     return {**view, "source": job.source, "collection": order.collection, "target": order.target,
             "mode": order.mode, "backup_run_id": order.backup_run_id, "records": order.records,
             "forced": order.forced, "step": job.status.value, "attempts": job.attempts,
-            "progress": {"objects_sent": len(point.get("sent", [])),
+            "progress": {"objects_sent": _objects_sent(point),
                          "objects": len(order.objects), "rows_written": point.get("rows"),
                          "records_before": point.get("before"), "records_after": point.get("after"),
                          "imported": point.get("imported"), "rejected": point.get("rejected"),
                          "restored": job.progress_records, "note": point.get("note")},
             "error": redact(job.error) if job.error else None}
+
+
+def _objects_sent(point: Mapping[str, Any]) -> int:
+    """Objects the platform has all of: files handed to its import (`sent`), or, for a
+    row-by-row restore (OneDB), objects whose every row is written (`object`, the next
+    one to write: shared/service/restore/rows.py). A restore keeps one or the other."""
+    return len(point.get("sent", [])) or int(point.get("object", 0))
 
 
 class VerifyBody(BaseModel):
