@@ -682,3 +682,40 @@ def test_back_up_now_tapped_again_after_a_lost_answer_is_the_same_run(
         tap(tab, "#run-now")  # answered before: this tap is a new backup
         tab.wait("window.postedRuns === 3", "the third tap's request")
         assert len(runs()) == 3, runs()
+
+
+# The page's own refresh loses its answer (a dropped connection; a 5xx is the same to it).
+FAIL_THE_NEXT_RUNS_LISTING = """(() => {
+  const real = window.fetch;
+  window.listings = 0;  // GET /runs?limit= asked so far, since this was installed
+  window.fetch = async (input, init) => {
+    if (String(input).includes("/runs?limit=")) {
+      window.listings++;
+      if (window.listings === 1) throw new TypeError("Failed to fetch");
+    }
+    return real(input, init);
+  };
+  return true;
+})()"""
+
+
+def test_a_refresh_that_got_no_answer_is_tried_again_while_a_run_is_going(
+    served: tuple[Api, str], tmp_path: Path
+) -> None:
+    """One refresh of the page got no answer while a run was going: the page said so and
+    never refreshed again, its "refreshing while runs are going" still showing, so the
+    phone watched a run that looked stuck until someone tapped Refresh."""
+    api, url = served
+    # WeChat says "concurrent requests over the env's quota": the export waits, the run goes on
+    api.local.emulator.inject_errcode("/tcb/databasemigrateexport", -501004, times=1000)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    started = httpx.post(url + "runs", json={"sources": ["archive"]}, headers=auth, timeout=30)
+    assert started.status_code == 202, started.text
+    run_id = started.json()["run_id"]
+
+    with phone(tmp_path, url) as tab:
+        tab.wait(q(f'details[data-run-id="{run_id}"][data-run-status="running"]'), "the run going")
+        assert tab.eval(FAIL_THE_NEXT_RUNS_LISTING)
+        tab.wait("window.listings === 1", "the next refresh", timeout=15)
+        tab.wait(q("#message.bad"), "the refresh's error")
+        tab.wait("window.listings >= 2", "a refresh after the one that got no answer", timeout=20)

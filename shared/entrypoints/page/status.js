@@ -7,6 +7,7 @@ const RESTORE_POLL_MS = 3000;  // how often a running restore is asked how far i
 const BASE = location.pathname.endsWith("/") ? location.pathname : location.pathname + "/";
 const $ = (id) => document.getElementById(id);
 let refreshTimer = null;
+let runsGoing = false;     // what the last answered refresh saw: it sets the next one's pace
 let restoresTimer = null;
 
 // The token: once from the form or from #token=..., then only in this tab's sessionStorage.
@@ -603,9 +604,13 @@ async function load() {
     const running = runs.some((r) => r.status === "running");
     $("updated").textContent = "updated " + new Date().toLocaleTimeString() + (running ? " · refreshing while runs are going" : "");
     if (!$("message").classList.contains("bad")) say("");
+    runsGoing = running;
     refreshTimer = setTimeout(load, running ? 5000 : 60000);
   } catch (error) {
     failed(error);
+    // a refresh that got no answer (the network, a 5xx) is tried again at the same pace:
+    // one blip must not stop the page following a run; a refused token asks for it instead
+    if (error.status !== 401) refreshTimer = setTimeout(load, runsGoing ? 5000 : 60000);
   }
 }
 
