@@ -495,3 +495,23 @@ def test_a_finished_onedb_restore_says_its_objects_were_all_written(
     progress = view["progress"]
     assert progress["rows_written"] == 50 and progress["objects"] == 1, progress
     assert progress["objects_sent"] == 1, progress
+
+
+def test_a_used_idempotency_key_is_a_409_even_for_a_source_not_configured(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """README (Restoring): a key already used for another restore is answered 409 "before
+    anything else about the request is checked"; naming a source that is not configured
+    was a 400 about the source instead, hiding that the key was the thing to fix."""
+    api = deploy(local, tmp_path, monkeypatch)
+    run_id = backed_up(api, "shop", "orders")
+    ask = {"run_id": run_id, "source": "shop", "collection": "orders"}
+    key = {"Idempotency-Key": "restore-once"}
+    status, first, _ = api.call("POST", "/restores", body=ask, headers=key)
+    assert status == 202, first
+
+    status, other, _ = api.call("POST", "/restores", body={**ask, "source": "nope"}, headers=key)
+
+    assert (status, other["field"]) == (409, "Idempotency-Key"), other
+    assert first["restore_id"] in other["error"], other
+    status, fresh, _ = api.call("POST", "/restores", body={**ask, "source": "nope"})
+    assert (status, fresh["field"]) == (400, "source"), fresh  # a new request: the source

@@ -51,10 +51,13 @@ def post_restore(request: Request, params: Mapping[str, str], context: ContextFa
     body = valid(RestoreBody, json_object(request))
     key = idempotency_key(request)
     ctx = service(context)
-    if body.source not in [s.name for s in ctx.config.sources]:
+    recorded_key = f"http-restore:{key or uuid.uuid4()}"
+    # A used key is answered first (plan_restore: 409 for another request, its restore for
+    # a resend), also when this request names a source that is not configured (README).
+    resent = key is not None and ctx.state.find_run(recorded_key) is not None
+    if body.source not in [s.name for s in ctx.config.sources] and not resent:
         raise HttpError(400, f"unknown source {body.source!r}; configured sources are: "
                              f"{', '.join(s.name for s in ctx.config.sources)}", "source")
-    recorded_key = f"http-restore:{key or uuid.uuid4()}"
     try:
         plan = plan_restore(ctx, body.run_id, body.source, body.collection, into=body.into,
                             mode=body.mode, force=body.force, idempotency_key=recorded_key)
