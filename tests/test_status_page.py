@@ -719,3 +719,57 @@ def test_a_refresh_that_got_no_answer_is_tried_again_while_a_run_is_going(
         tab.wait("window.listings === 1", "the next refresh", timeout=15)
         tab.wait(q("#message.bad"), "the refresh's error")
         tab.wait("window.listings >= 2", "a refresh after the one that got no answer", timeout=20)
+
+
+# The restore's start request waits in the page until the test lets it go, as on a slow
+# phone network: the user has closed the dialog by the time it reaches the server.
+HOLD_THE_RESTORE_START = """(() => {
+  const real = window.fetch;
+  window.startsSent = 0;
+  let release;
+  window.letItGo = new Promise((resolve) => { release = resolve; });
+  window.release = () => release();
+  window.fetch = async (input, init) => {
+    if (init && init.method === "POST" && String(input).endsWith("/restores")
+        && !JSON.parse(init.body).preview) {
+      await window.letItGo;
+      window.startsSent++;
+    }
+    return real(input, init);
+  };
+  return true;
+})()"""
+
+
+def test_a_restore_refused_after_its_dialog_was_closed_says_so_on_the_page(
+    toy_served: tuple[Path, str], tmp_path: Path
+) -> None:
+    """Start tapped, then the dialog closed before the answer came: a restore that started
+    is announced on the page, but one the server refused wrote its reason into the closed
+    dialog, where nobody saw it, and the next preview wiped it."""
+    _, url = toy_served
+    run_id = back_up(url, {})
+    target = f"orders_r{run_id[:8]}{run_id[9:13]}"
+
+    with phone(tmp_path, url) as tab:
+        open_run(tab, run_id)
+        tap(tab, restore_button(run_id))
+        wait_for_plan(tab, target)
+        assert tab.eval(HOLD_THE_RESTORE_START)
+        tap(tab, "#restore-start")
+        tap(tab, "#restore-cancel")
+        assert not tab.eval(f"{q('#restore')}.open")
+        # meanwhile the same restore was started elsewhere and has filled the new collection
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        other = httpx.post(url + "restores", json={"run_id": run_id, "source": "toy",
+                                                   "collection": "orders"}, headers=auth, timeout=30)
+        assert other.status_code == 202, other.text
+        deadline = time.monotonic() + 60
+        while httpx.get(url + other.json()["status_url"].lstrip("/"), headers=auth,
+                        timeout=30).json()["status"] == "running":
+            assert time.monotonic() < deadline, "the other restore did not end in 60 s"
+            time.sleep(0.1)
+        tab.eval("window.release()")
+        tab.wait("window.startsSent === 1", "the held start sent")
+        tab.wait(f"{q('#message.bad')}?.textContent.match(/did not start: .*holds records/)",
+                 "why the restore did not start", describe=f"{q('#message')}.textContent")

@@ -508,7 +508,7 @@ async function startRestore() {
   restoreReady();
   $("restore-error").textContent = "";
   restore.key = restore.key || freshKey("page-restore-");  // kept if this request is sent again
-  const opened = restore.opened;
+  const opened = restore.opened, job = restore.job;
   $("restore-setup").inert = true;  // what was asked for stays what is shown
   try {
     const answer = await postJson("restores", restoreRequest(false), { "Idempotency-Key": restore.key });
@@ -529,7 +529,13 @@ async function startRestore() {
     followRestore(answer.restore_id);
   } catch (error) {
     if (error.status === 401) { $("restore").close(); failed(error); return; }
-    if (opened !== restore.opened) return;
+    if (opened !== restore.opened || !$("restore").open) {  // closed meanwhile: say it here
+      const refused = error.status >= 400 && error.status < 500;  // else it may have started
+      say("The restore of " + job.source + " / " + job.collection + (refused
+          ? " did not start: " : " got no answer (it may have started: see Restores): ") +
+          error.message, true);
+      return;
+    }
     if (error.field === "force") showProblems([error.message]);
     else $("restore-error").textContent = error.message;
   } finally {
