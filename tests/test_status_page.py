@@ -773,3 +773,43 @@ def test_a_restore_refused_after_its_dialog_was_closed_says_so_on_the_page(
         tab.wait("window.startsSent === 1", "the held start sent")
         tab.wait(f"{q('#message.bad')}?.textContent.match(/did not start: .*holds records/)",
                  "why the restore did not start", describe=f"{q('#message')}.textContent")
+
+
+# The Restores section's own refresh loses its answer, as the runs' refresh above.
+FAIL_THE_NEXT_RESTORES_LISTING = """(() => {
+  const real = window.fetch;
+  window.restoreListings = 0;  // GET /restores asked so far, since this was installed
+  window.fetch = async (input, init) => {
+    if (!(init && init.method === "POST") && String(input).endsWith("/restores")) {
+      window.restoreListings++;
+      if (window.restoreListings === 1) throw new TypeError("Failed to fetch");
+    }
+    return real(input, init);
+  };
+  return true;
+})()"""
+
+
+def test_the_restores_list_keeps_following_a_restore_after_a_refresh_got_no_answer(
+    toy_served: tuple[Path, str], tmp_path: Path
+) -> None:
+    """A restore going, its dialog closed ("you may close this, it goes on"): the Restores
+    section asks every few seconds how it stands. One of those that got no answer stopped
+    it; the restore showed as running until the page's next full refresh, a minute on."""
+    data_file, url = toy_served
+    run_id = back_up(url, {})
+    held = Path(f"{data_file}.hold")
+    held.touch()  # its import runs until this is deleted
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    started = httpx.post(url + "restores", json={"run_id": run_id, "source": "toy",
+                                                 "collection": "orders"}, headers=auth, timeout=30)
+    assert started.status_code == 202, started.text
+    listed = q(f"#restores [data-restore-id={json.dumps(started.json()['restore_id'])}]")
+
+    with phone(tmp_path, url) as tab:
+        tab.wait(f"{listed}?.dataset.restoreStatus === 'running'", "the restore going")
+        assert tab.eval(FAIL_THE_NEXT_RESTORES_LISTING)
+        tab.wait("window.restoreListings === 1", "the Restores section's next refresh")
+        held.unlink()  # the import ends
+        tab.wait(f"{listed}?.dataset.restoreStatus === 'succeeded'", "the restore's end",
+                 timeout=20)

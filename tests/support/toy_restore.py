@@ -3,7 +3,8 @@ while the real platforms' restore methods are written elsewhere: an export-kind 
 (ExportPlatform) that imports whole backup files (FileImportPlatform, shared/ports.py),
 its database one JSON file (`data_file`), so the test and `baas-backup serve` in its own
 process see the same collections. An import moves through its statuses like WeChat's:
-running at the first check, done at the next, reporting what it wrote and rejected.
+running at the first check, done at the next (while a file `<data_file>.hold` exists, not
+before it is deleted), reporting what it wrote and rejected.
 
 `python -m tests.support.toy_restore <baas-backup arguments>` is the CLI with this
 platform registered (type `toy-files`)."""
@@ -114,7 +115,8 @@ class ToyFiles:
             data = read(self.path)
             job = data["imports"][import_id]
             job["checks"] += 1
-            if job["state"] == "running" and job["checks"] >= 2:
+            held = Path(f"{self.path}.hold").exists()  # a test keeps the import running
+            if job["state"] == "running" and job["checks"] >= 2 and not held:
                 table = data["tables"].setdefault(job["collection"], [])
                 where = {row.get("_id"): index for index, row in enumerate(table)}
                 imported = rejected = 0

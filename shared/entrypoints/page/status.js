@@ -9,6 +9,7 @@ const $ = (id) => document.getElementById(id);
 let refreshTimer = null;
 let runsGoing = false;     // what the last answered refresh saw: it sets the next one's pace
 let restoresTimer = null;
+let restoresGoing = false;  // the last answered Restores listing had a restore running
 
 // The token: once from the form or from #token=..., then only in this tab's sessionStorage.
 (function tokenFromFragment() {
@@ -380,9 +381,12 @@ async function loadRestores() {
     if (!restores.length) {
       $("restores").append(el("p", { class: "meta" }, "No restores yet: open a run below and tap Restore on a finished backup."));
     }
-    if (restores.some((r) => r.status === "running")) restoresTimer = setTimeout(loadRestores, RESTORE_POLL_MS);
+    restoresGoing = restores.some((r) => r.status === "running");
+    if (restoresGoing) restoresTimer = setTimeout(loadRestores, RESTORE_POLL_MS);
   } catch (error) {
     failed(error);
+    // one listing that got no answer must not stop following a running restore
+    if (error.status !== 401 && restoresGoing) restoresTimer = setTimeout(loadRestores, RESTORE_POLL_MS);
   }
 }
 
