@@ -164,3 +164,36 @@ def test_status_lists_restores_not_their_targets_records(
     out = capsys.readouterr().out
     assert restore.run_id in out and backup.run_id in out
     assert "restore-target" not in out
+
+
+def test_a_cli_restore_whose_target_was_taken_while_it_asked_is_refused_in_one_line(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`restore` plans, shows the plan and asks for the target's name; meanwhile a restore
+    from the status page starts into the same target. The CLI's start is refused: README
+    (Command line) words that as one line and exit 2; it was a Python traceback."""
+    import shared.service.restore.plan as plan_module
+
+    config, backup = backed_up(local)
+    path = local.config_file(config, [local.wechat_source(collections=["orders"])],
+                             tmp_path / "config.yaml", monkeypatch)
+    real_plan = plan_module.plan_restore
+    page = local.context(config)
+    from_the_page: list[Run] = []
+
+    def planned_then_the_page_starts(ctx: Context, *args: object, **kwargs: object) -> Plan:
+        plan = real_plan(ctx, *args, **kwargs)  # type: ignore[arg-type]
+        from_the_page.append(start_restore(page, planned(page, backup, "page"),
+                                           idempotency_key="page", trigger="http")[0])
+        return plan
+
+    monkeypatch.setattr(plan_module, "plan_restore", planned_then_the_page_starts)
+
+    code = cli(["--config", str(path), "restore", backup.run_id, "shop", "orders",
+                "--into", TARGET])
+
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("baas-backup restore: ") and len(err.splitlines()) == 1, err
+    assert from_the_page[0].run_id in err and f"shop/{TARGET}" in err, err
+    assert [r.run_id for r in restores(page)] == [from_the_page[0].run_id]

@@ -369,7 +369,10 @@ def _restore(ctx: Context, args: argparse.Namespace) -> int:
             not sys.stdin.isatty() or input(f"write into {order.target}? type its name: ") != order.target):
         return _refused("restore", f"not confirmed: nothing written. Add --yes to write into "
                         f"{order.target}")
-    run, _ = start_restore(ctx, plan, idempotency_key=f"cli:{uuid.uuid4()}", trigger="cli")
+    try:  # checked again: while it asked, another restore may have taken the target
+        run, _ = start_restore(ctx, plan, idempotency_key=f"cli:{uuid.uuid4()}", trigger="cli")
+    except RestoreRefused as exc:
+        return _refused("restore", exc)
     return _drive(ctx, run, args.tick)
 
 
