@@ -23,7 +23,7 @@ from tests.fakes import RecordingDispatcher
 from tests.support.api import Api, deploy, deploy_sources
 from tests.support.backup import ENV_ID as ENV_ID_WECHAT
 from tests.support.backup import LocalBackup, drive
-from tests.support.minapp import drive_jumping
+from tests.support.minapp import assert_export_equals_records, drive_jumping
 from tests.support.onedb import APP, ENV_ID, finisher_process, onedb_source, stored_job
 
 
@@ -58,13 +58,13 @@ def records(count: int) -> list[dict[str, Any]]:
 
 
 def minapp_api(local: LocalBackup, emulator: MinAppEmulator, tmp_path: Path,
-               monkeypatch: pytest.MonkeyPatch, **table: Any) -> Api:
+               monkeypatch: pytest.MonkeyPatch, file_type: str = "json", **table: Any) -> Api:
     emulator.import_delay = 0.05
     emulator.max_export_rows = 1000
     emulator.job_window = 0.05
     return deploy_sources(local, tmp_path, monkeypatch, local.minapp_source(
         emulator, tables=[{"id": 1001, **table}], max_export_rows=1000,
-        export_interval_seconds=0.05))
+        export_interval_seconds=0.05, file_type=file_type))
 
 
 def test_minapp_json_backup_wiped_and_restored_over_http(
@@ -229,6 +229,55 @@ def test_minapp_split_backup_restored_into_a_new_table_then_into_the_original(
         original, key=lambda r: r["id"])
 
 
+def _backup_then_switched(local: LocalBackup, emulator: MinAppEmulator, tmp_path: Path,
+                          monkeypatch: pytest.MonkeyPatch, made: str, now: str) -> tuple[Api, str]:
+    """Table 1001 backed up with file_type `made`, then the source's config switched to
+    `now` (README advises JSON for backups you may restore): the API as deployed now, and
+    the run."""
+    emulator.add_table(1001, records(30), name="orders")
+    api = minapp_api(local, emulator, tmp_path, monkeypatch, file_type=made)
+    run_id = backed_up(api, "app", "1001")
+    return minapp_api(local, emulator, tmp_path, monkeypatch, file_type=now), run_id
+
+
+@pytest.mark.parametrize(("made", "now"), [("csv", "json"), ("json", "csv")])
+def test_a_minapp_backup_restores_in_its_own_file_type_after_the_source_switched_type(
+        local: LocalBackup, minapp_emulator: MinAppEmulator, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, made: str, now: str) -> None:
+    api, run_id = _backup_then_switched(local, minapp_emulator, tmp_path, monkeypatch, made, now)
+    (job,) = api.context().state.list_jobs(run_id)
+    assert job.result is not None
+    data = local.objects.read(job.result.key)
+    minapp_emulator.wipe_table(1001)
+    ask: dict[str, Any] = {"run_id": run_id, "source": "app", "collection": "1001",
+                           "into": "1001", "mode": "insert"}
+
+    status, preview, _ = api.call("POST", "/restores", body={**ask, "preview": True})
+    assert status == 200 and preview["plan"]["file_type"] == made, preview
+    view = restored(api, **ask, confirm="1001")
+
+    assert view["status"] == "succeeded" and view["progress"]["records_after"] == 30, view
+    assert_export_equals_records(data, minapp_emulator.records(1001), made)
+
+
+def test_a_minapp_backup_whose_manifest_omits_its_file_type_restores_by_its_key_extension(
+        local: LocalBackup, minapp_emulator: MinAppEmulator, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    api, run_id = _backup_then_switched(local, minapp_emulator, tmp_path, monkeypatch,
+                                        "csv", "json")
+    (job,) = api.context().state.list_jobs(run_id)
+    assert job.result is not None and job.result.key.endswith(".csv")
+    manifest = json.loads(local.objects.read(job.result.manifest_key))
+    del manifest["file_type"]  # a manifest that does not say: the key's .csv does
+    local.objects.put_json(job.result.manifest_key, manifest)
+    minapp_emulator.wipe_table(1001)
+
+    view = restored(api, run_id=run_id, source="app", collection="1001", into="1001",
+                    mode="insert", confirm="1001")
+
+    assert view["status"] == "succeeded" and view["progress"]["records_after"] == 30, view
+
+
 # OneDB ----------------------------------------------------------------------------------
 LEASE = 2.0
 
@@ -325,6 +374,33 @@ def test_wechat_backup_wiped_and_restored_over_http_into_a_new_collection_and_th
                                                                 fresh["restore_id"]]
     status, runs, _ = api.call("GET", "/runs")
     assert [r["run_id"] for r in runs["runs"]] == [run_id]  # restores are not backup runs
+
+
+@pytest.mark.parametrize(("made", "now"), [("csv", "json"), ("json", "csv")])
+def test_a_wechat_backup_restores_in_its_own_file_type_after_the_source_switched_type(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, made: str,
+        now: str) -> None:
+    """The import is told the backup's file type (databasemigrateimport file_type 1 JSON,
+    2 CSV), not the one the source's config exports in now."""
+    local.seed("orders", make_docs(20))
+    original = local.emulator.docs(ENV_ID_WECHAT, "orders")
+    api = deploy_sources(local, tmp_path, monkeypatch, local.wechat_source(file_type=made))
+    run_id = backed_up(api, "shop", "orders")
+    api = deploy_sources(local, tmp_path, monkeypatch, local.wechat_source(file_type=now))
+    local.emulator.clear_collection(ENV_ID_WECHAT, "orders")
+    ask: dict[str, Any] = {"run_id": run_id, "source": "shop", "collection": "orders",
+                           "into": "orders", "mode": "upsert"}
+
+    status, preview, _ = api.call("POST", "/restores", body={**ask, "preview": True})
+    assert status == 200 and preview["plan"]["file_type"] == made, preview
+    view = restored(api, **ask, confirm="orders")
+
+    assert view["status"] == "succeeded" and view["progress"]["imported"] == 20, view
+    (job,) = local.emulator.import_jobs()
+    assert job["file_type"] == {"json": 1, "csv": 2}[made]
+    docs = local.emulator.docs(ENV_ID_WECHAT, "orders")
+    assert (docs == original if made == "json"  # CSV keeps cells, not types
+            else docs_as_csv_rows(docs) == docs_as_csv_rows(original))
 
 
 def test_an_undocumented_wechat_import_status_is_waited_for_without_spending_tries(

@@ -6,10 +6,10 @@ same flows run against the emulators over HTTP in tests/test_restore_*.py."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -24,6 +24,7 @@ from shared.service.restore.plan import RestoreRefused, plan_restore, restoring,
 from shared.service.start import start_run
 from shared.service.verify import latest_run
 from tests.unit.support import (
+    FakePlatforms,
     ScriptedExport,
     ScriptedPages,
     Unit,
@@ -404,6 +405,64 @@ def test_a_backup_that_fails_its_verify_is_refused_unless_forced_and_a_damaged_o
     assert restore.status is JobStatus.FAILED
     assert "no longer matches its manifest" in (restore.error or "")
     assert platform.imports == {}  # the upload was cut before any import started
+
+
+@dataclass
+class CsvExport(ImportingExport):
+    """An export platform whose backups are CSV: a header row, then a row a record."""
+
+    file_type: str = "csv"
+
+    def open(self, collection: str, platform_job_id: str, part: int = 0) -> Iterator[bytes]:
+        rows = self.data[collection]
+        yield ",".join(rows[0]).encode() + b"\n"
+        for row in rows:
+            yield ",".join(str(v) for v in row.values()).encode() + b"\n"
+
+
+def test_a_restore_reads_the_backup_in_the_file_type_it_was_made_with_not_the_configs() -> None:
+    platform = ImportingExport({"orders": list(ROWS)})
+    u = unit(platform)
+    backup = backed_up(u)
+    [job] = u.state.list_jobs(backup)
+    assert job.result is not None and job.result.key.endswith(".jsonl")
+    platform.file_type = "csv"  # the source's config switched since
+
+    plan = plan_restore(u.ctx, backup, "shop", "orders")
+    assert plan.order.file_type == "json" and plan.view()["file_type"] == "json"
+
+    u.objects.put_json(job.result.manifest_key, {"damaged": True})  # no file_type: the key says
+    plan = plan_restore(u.ctx, backup, "shop", "orders", force=True)
+    assert plan.order.file_type == "json"
+
+
+def test_a_backup_whose_file_type_neither_its_manifest_nor_its_key_says_is_refused() -> None:
+    u = unit(ImportingExport({"orders": list(ROWS)}))
+    backup = backed_up(u)
+    [job] = u.state.list_jobs(backup)
+    assert job.result is not None
+    [stored] = job.result.objects
+    moved = stored.model_copy(update={"key": stored.key.removesuffix(".jsonl") + ".bak"})
+    u.objects.put_stream(moved.key, [u.objects.read(stored.key)], content_type="x")
+    u.put(job.model_copy(update={"result": job.result.model_copy(update={"objects": [moved]})}))
+    u.objects.put_json(job.result.manifest_key, {"objects": []})  # says no file_type
+
+    with pytest.raises(RestoreRefused, match="cannot tell which file type") as refused:
+        plan_restore(u.ctx, backup, "shop", "orders", force=True)
+    assert refused.value.status == 409 and refused.value.field == "run_id"
+    assert job.result.manifest_key in str(refused.value) and moved.key in str(refused.value)
+
+
+def test_a_csv_backup_is_refused_by_a_source_that_restores_row_by_row() -> None:
+    """A row-by-row restore (OneDB) sends each line as one row's JSON: a CSV backup made
+    when the source's name was another kind of source cannot go back through it."""
+    u = unit(CsvExport({"orders": list(ROWS)}))
+    backup = backed_up(u)
+    cast(FakePlatforms, u.ctx.platforms).platform = WritablePages({"orders": []})
+
+    with pytest.raises(RestoreRefused, match=r"is a csv file.*restores only json") as refused:
+        plan_restore(u.ctx, backup, "shop", "orders", into="copy", force=True)
+    assert refused.value.status == 409 and refused.value.field == "source"
 
 
 def test_an_archived_backup_is_refused_before_anything_is_made_until_cos_restored_it() -> None:

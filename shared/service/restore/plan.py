@@ -22,9 +22,16 @@ from shared.domain.jobs import (
     job_id_for,
     run_id_for,
 )
+from shared.domain.layout import EXTENSIONS
 from shared.domain.manifest import RestoreCaveat
 from shared.logs import log_context
-from shared.ports import RestorablePlatform, RestoreCaveats, TargetNaming, TargetShape
+from shared.ports import (
+    RestorablePlatform,
+    RestoreCaveats,
+    RowImportPlatform,
+    TargetNaming,
+    TargetShape,
+)
 from shared.service.context import Context
 
 log = logging.getLogger(__name__)
@@ -111,13 +118,16 @@ def plan_restore(ctx: Context, run_id: str, source: str, collection: str, *,
             "mode insert or upsert", field="into", status=409)
     _not_busy(ctx, source, target, idempotency_key)
     _not_archived(ctx, run_id, backup.result.objects, source, collection)
+    manifest = _manifest(ctx, backup)
+    file_type = _backup_file_type(manifest, backup)
+    _importable(platform, file_type, source, backup)
     problems = _quick_verify(ctx, backup)
     if problems and not force:
         raise RestoreRefused(
             f"the backup of {source}/{collection} in run {run_id} failed its verify: "
             + "; ".join(problems) + ". Restore it anyway only if you know why (force)",
             field="force", status=409)
-    recorded = _restore_caveats(ctx, backup)
+    recorded = _restore_caveats(manifest)
     caveats = recorded if recorded is not None else _configured_caveats(platform, collection)
     if caveats and not force:
         how = ("it was exported with" if recorded is not None else "its manifest predates "
@@ -129,7 +139,7 @@ def plan_restore(ctx: Context, run_id: str, source: str, collection: str, *,
             + ". Restore it anyway only if you accept that (force)", field="force", status=409)
     order = RestoreOrder(
         backup_run_id=run_id, backup_job_id=backup.job_id, collection=collection, target=target,
-        mode=mode, file_type=platform.file_type, objects=backup.result.objects,
+        mode=mode, file_type=file_type, objects=backup.result.objects,
         records=backup.result.records, forced=bool(problems or caveats))
     return Plan(source=source, order=order, target_exists=exists, problems=problems,
                 caveats=caveats)
@@ -360,16 +370,63 @@ def _quick_verify(ctx: Context, backup: Job) -> list[str]:
         f"{p.what}: {p.detail}" for p in report.problems]
 
 
-def _restore_caveats(ctx: Context, backup: Job) -> list[dict[str, Any]] | None:
-    """The export options the backup's manifest says a restore cannot undo; None for a
-    manifest written before they were recorded (it cannot say). One that cannot be read
-    is the quick verify's to report."""
+def _manifest(ctx: Context, backup: Job) -> dict[str, Any] | None:
+    """The backup's job manifest; None when it cannot be read or is not a JSON object
+    (the quick verify reports that)."""
     assert backup.result is not None
     try:
         manifest = json.loads(ctx.objects.read(backup.result.manifest_key))
     except (StorageError, ValueError):
-        return []
-    if not isinstance(manifest, dict):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def _backup_file_type(manifest: dict[str, Any] | None, backup: Job) -> str:
+    """The file type the backup was made with: its manifest's `file_type`, else its
+    objects' extension (shared/domain/layout.py data_key). Never the source's current
+    config: switched since (to JSON, say), it would read a CSV backup as JSON Lines."""
+    assert backup.result is not None
+    recorded = manifest.get("file_type") if manifest is not None else None
+    if isinstance(recorded, str) and recorded:
+        return recorded
+    named = {next((kind for kind, extension in EXTENSIONS.items()
+                   if stored.key.endswith(f".{extension}")), None)
+             for stored in backup.result.objects}
+    if len(named) == 1 and None not in named:
+        return str(named.pop())
+    raise RestoreRefused(
+        f"cannot tell which file type the backup of {backup.source}/{backup.collection} in "
+        f"run {backup.run_id} was made with: its manifest {backup.result.manifest_key} is "
+        "unreadable or has no file_type, and its objects' names do not all end in "
+        f"{' or '.join('.' + e for e in EXTENSIONS.values())} "
+        f"({', '.join(o.key for o in backup.result.objects)}). Check that the manifest is "
+        "the backup's own and names its file_type (json or csv); `baas-backup verify` on "
+        "the run checks it", field="run_id", status=409)
+
+
+def _importable(platform: RestorablePlatform, file_type: str, source: str,
+                backup: Job) -> None:
+    """Refuse a backup whose file type the platform cannot take back. WeChat imports
+    file_type 1 JSON or 2 CSV (databaseMigrateImport, API-NOTES.md;
+    https://developers.weixin.qq.com/miniprogram/dev/wxcloud/reference-http-api/database/databaseMigrateImport.html);
+    MinApp imports "csv、json" files (seeds/minapp-table-export-import.zh.txt, 数据导入). A
+    row-by-row restore (OneDB) writes each backup line as one row's JSON body ("请求内容类型
+    统一为 application/json", seeds/onedb-cloud-database-api.zh.txt): JSON Lines only."""
+    takes = ["json"] if isinstance(platform, RowImportPlatform) else list(EXTENSIONS)
+    if file_type not in takes:
+        raise RestoreRefused(
+            f"the backup of {source}/{backup.collection} in run {backup.run_id} is a "
+            f"{file_type} file, and source {source!r} restores "
+            f"only {' or '.join(takes)} backups: was {source!r} another kind of source when "
+            "it was made? Restore it into a source of that kind", field="source",
+            status=409)
+
+
+def _restore_caveats(manifest: dict[str, Any] | None) -> list[dict[str, Any]] | None:
+    """The export options the backup's manifest says a restore cannot undo; None for a
+    manifest written before they were recorded (it cannot say). One that cannot be read
+    is the quick verify's to report."""
+    if manifest is None:
         return []
     if "restore_caveats" not in manifest:
         return None
