@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import threading
 from datetime import timedelta
 from pathlib import Path
 
@@ -193,3 +194,26 @@ def test_an_unknown_run_is_one_line_naming_the_command_and_exit_2(
     assert code == 2 and len(err.strip().splitlines()) == 1, (code, err)
     assert err.startswith(f"baas-backup {given[0]}: ") and UNKNOWN_RUN in err, err
     assert "baas-backup status" in err, err  # where to find the runs there are
+
+
+@pytest.mark.parametrize(("host", "why"), [("127.0.0.1", "in use"), ("nosuch.invalid", "no such host")])
+def test_serve_on_a_port_it_cannot_have_is_one_line_and_exit_2_with_no_poller_left(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], host: str, why: str) -> None:
+    """README "Command line": a bad `--port` exits 2 before anything is started; a port
+    another process holds (or a host that does not resolve) is as bad as 65536."""
+    monkeypatch.setenv("WECHAT_SECRET", SECRET)
+    path = _config_file(local, tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+
+        code = cli(["--config", str(path), "serve", "--host", host, "--port", port,
+                    "--poll-seconds", "0.05"])
+
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, (code, err)
+    assert err.startswith("baas-backup serve: ") and f"{host}:{port}" in err and why in err, err
+    assert "--port" in err, err  # what to change
+    assert not [t for t in threading.enumerate() if t.name == "local-poller"]  # nothing started

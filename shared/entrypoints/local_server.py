@@ -8,6 +8,8 @@ import base64
 import json
 import logging
 import os
+import socket
+import sys
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -163,25 +165,31 @@ def serve(config: Config, config_path: str | None, host: str, port: int, poll_se
     from shared.entrypoints.scf import handle_trigger
     from shared.service.poll import poll
 
+    try:  # first: a port or host it cannot have is refused before a poller starts
+        server = LocalApiServer(handle_trigger, host, port)
+    except OSError as exc:  # in use, not this machine's address, or a name that does not resolve
+        reason = "no such host" if isinstance(exc, socket.gaierror) else exc.strerror or str(exc)
+        print(f"baas-backup serve: cannot listen on {host}:{port}: {reason}; choose another "
+              "--port (0: any free one) or --host", file=sys.stderr)
+        return 2
     if config_path:  # the handler finds its config the way SCF gives it: by environment
         os.environ[CONFIG_PATH_ENV] = os.path.abspath(config_path)
     stop = threading.Event()
-    if poll_seconds > 0:
-        ctx = build_context(config)
+    try:  # the socket is closed however this ends, a context that cannot be built included
+        if poll_seconds > 0:
+            ctx = build_context(config)
 
-        def poller() -> None:
-            while not stop.wait(poll_seconds):
-                try:
-                    poll(ctx)
-                except Exception:  # keep serving; the next tick tries again
-                    log.exception("local poll failed")
+            def poller() -> None:
+                while not stop.wait(poll_seconds):
+                    try:
+                        poll(ctx)
+                    except Exception:  # keep serving; the next tick tries again
+                        log.exception("local poll failed")
 
-        threading.Thread(target=poller, name="local-poller", daemon=True).start()
-    server = LocalApiServer(handle_trigger, host, port)
-    token_note = ("" if os.environ.get(TOKEN_ENV, "").strip()
-                  else f" -- {TOKEN_ENV} is not set: every route answers 503 until it is")
-    print(f"serving the HTTP API and status page on {server.url}{token_note}", flush=True)
-    try:
+            threading.Thread(target=poller, name="local-poller", daemon=True).start()
+        token_note = ("" if os.environ.get(TOKEN_ENV, "").strip()
+                      else f" -- {TOKEN_ENV} is not set: every route answers 503 until it is")
+        print(f"serving the HTTP API and status page on {server.url}{token_note}", flush=True)
         server.httpd.serve_forever()
     except KeyboardInterrupt:
         pass
