@@ -217,3 +217,28 @@ def test_serve_on_a_port_it_cannot_have_is_one_line_and_exit_2_with_no_poller_le
     assert err.startswith("baas-backup serve: ") and f"{host}:{port}" in err and why in err, err
     assert "--port" in err, err  # what to change
     assert not [t for t in threading.enumerate() if t.name == "local-poller"]  # nothing started
+
+
+@pytest.mark.parametrize("command", [["validate"], ["run"], ["doctor"]])
+@pytest.mark.parametrize(("given", "fix"), [
+    ("a folder", "the path of the YAML file"),
+    # Windows editors on a Chinese system save GBK unless told otherwise
+    ("gbk", "save it as UTF-8"),
+])
+def test_a_config_that_is_not_a_utf8_file_is_named_with_the_fix_not_a_traceback(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], command: list[str], given: str, fix: str) -> None:
+    monkeypatch.setenv("WECHAT_SECRET", SECRET)
+    path = _config_file(local, tmp_path)
+    if given == "a folder":
+        path = tmp_path
+    else:
+        text = path.read_text(encoding="utf-8").replace("shop", "商城")
+        path.write_bytes(text.encode("gbk"))
+
+    code = cli(["--config", str(path), *command])
+
+    out = capsys.readouterr()
+    said = out.err if command[0] != "doctor" else out.out
+    assert code == (1 if command[0] == "doctor" else 2), (code, out)
+    assert "Traceback" not in out.err + out.out and str(path) in said and fix in said, said

@@ -825,6 +825,13 @@ def load_config(path: str | os.PathLike[str] | None = None, *, environ: Mapping[
         raise ConfigError(
             [f"file not found; create it or set {CONFIG_PATH_ENV} to its path"], str(chosen)
         ) from None
+    except UnicodeDecodeError as exc:  # e.g. saved as GBK by an editor on a Chinese system
+        raise ConfigError([f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                           f"{exc.start}); save it as UTF-8"], str(chosen)) from None
+    except OSError as exc:  # a folder, or a file this user may not read
+        raise ConfigError([f"cannot be read ({exc.strerror or exc}); give the path of the YAML "
+                           f"file (--config or {CONFIG_PATH_ENV}) and make it readable"],
+                          str(chosen)) from None
     import yaml  # here, not at the top: only loading a file needs it (cold start, issue 15)
 
     try:
