@@ -19,7 +19,7 @@ from shared.entrypoints.cli import main as cli
 from shared.service.context import Context
 from shared.service.poll import poll
 from shared.service.start import start_run
-from tests.support.backup import FAST_TIMING, SECRET, LocalBackup
+from tests.support.backup import FAST_TIMING, SECRET, LocalBackup, backup_now
 
 
 class Ignore:
@@ -242,3 +242,24 @@ def test_a_config_that_is_not_a_utf8_file_is_named_with_the_fix_not_a_traceback(
     said = out.err if command[0] != "doctor" else out.out
     assert code == (1 if command[0] == "doctor" else 2), (code, out)
     assert "Traceback" not in out.err + out.out and str(path) in said and fix in said, said
+
+
+def test_restoring_a_backup_of_a_source_no_longer_configured_names_it_not_a_traceback(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A source renamed or dropped from the config since its backup: the restore cannot
+    reach its platform, and says so (README "Command line": one line, exit 2)."""
+    monkeypatch.setenv("WECHAT_SECRET", SECRET)
+    local.seed("orders", make_docs(5))
+    run = backup_now(local.context(local.config()))
+    assert run.status is RunStatus.SUCCEEDED
+    path = _config_file(local, tmp_path)
+    path.write_text(path.read_text(encoding="utf-8").replace("name: shop", "name: shop-renamed"),
+                    encoding="utf-8")
+
+    code = cli(["--config", str(path), "restore", run.run_id, "shop", "orders"])
+
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, (code, err)
+    assert err.startswith("baas-backup restore: ") and "'shop'" in err, err
+    assert "shop-renamed" in err and "sources" in err, err  # what is configured, where to fix

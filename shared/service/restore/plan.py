@@ -96,6 +96,7 @@ def plan_restore(ctx: Context, run_id: str, source: str, collection: str, *,
         return resent
     backup = _backup(ctx, run_id, source, collection)
     assert backup.result is not None
+    _configured(ctx, source)
     platform = ctx.platforms.get(source)
     if not isinstance(platform, RestorablePlatform):
         raise RestoreRefused(f"source {source!r} is of a platform type that cannot restore "
@@ -189,6 +190,17 @@ def start_restore(ctx: Context, plan: Plan, *, idempotency_key: str,
         log.info("restore recorded; the poller starts it", extra={"source": plan.source,
                                                                    **plan.view()})
     return run, True
+
+
+def _configured(ctx: Context, source: str) -> None:
+    """A restore writes through the source's settings (its platform and credentials): a
+    source renamed or dropped from the config since its backup cannot be written to."""
+    names = [s.name for s in ctx.config.sources]
+    if source not in names:
+        raise RestoreRefused(f"source {source!r} is not in the config (its sources: "
+                             f"{', '.join(names)}); add it back under sources, as it was when "
+                             "it was backed up, to restore its backups", field="source",
+                             status=400)  # as an unknown source is for POST /runs
 
 
 def _backup(ctx: Context, run_id: str, source: str, collection: str) -> Job:
