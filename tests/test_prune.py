@@ -361,3 +361,34 @@ def test_an_object_cos_would_not_delete_is_deleted_by_the_next_prune(
     assert job is None or job.pruned_at is not None
     if whole_run:
         assert keys_of(local, older) == [] and ctx.state.get_run(older.run_id) is None
+
+
+def test_the_cli_does_not_say_deleted_of_a_backup_cos_refused_to_delete(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A role without cos:DeleteObject, or an outage: the backup stays (README "Keeping
+    backups": the next prune deletes it), so `prune` must not report it gone and exit 0."""
+    from shared.adapters.cos.objects import CosObjectStore
+
+    runs = runs_made(local, 3)
+    config = with_retention(local, keep_last=2)
+    path = local.config_file(config, [local.wechat_source(collections=["orders", "users"])],
+                             tmp_path / "backup.yaml", monkeypatch)
+    orders = next(k for k in keys_of(local, runs[0]) if k.endswith("orders.jsonl"))
+    real_delete = CosObjectStore.delete
+
+    def refuses(self: CosObjectStore, key: str) -> None:
+        if key == orders:
+            raise StorageError(f"COS delete of {key!r} failed: AccessDenied", key=key,
+                               code="AccessDenied")
+        real_delete(self, key)
+
+    monkeypatch.setattr(CosObjectStore, "delete", refuses)
+
+    code = cli(["--config", str(path), "prune"])
+
+    out = capsys.readouterr().out
+    assert local.objects.head(orders) is not None  # still there, as the prune knows
+    assert code == 1, out
+    assert "deleted 1 backup(s)" in out and "1 not deleted" in out, out
+    assert "next prune" in out, out  # what happens to it

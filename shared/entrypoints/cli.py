@@ -40,6 +40,8 @@ if TYPE_CHECKING:  # rich is a CLI-only dependency, kept out of the deployed fun
     from rich.console import Console
     from rich.table import Table
 
+    from shared.service.prune import Held
+
 
 def _seconds(text: str) -> float:
     """A wait between polls: a run or restore starts before the first wait, so a value
@@ -261,20 +263,36 @@ def _prune(ctx: Context, dry_run: bool) -> int:
         return _refused("prune", "no retention policy in the config: nothing is ever deleted "
                         "(README \"Keeping backups\")")
     decided = prune(ctx, dry_run=dry_run)
+    left = set() if dry_run else _not_deleted(ctx, decided.doomed)
     table = Table(title=f"retention{' (dry run: nothing deleted)' if dry_run else ''}")
     for column in ("source", "collection", "run", "records", "verdict", "why"):
         table.add_column(column)
     for decision in decided.decisions:
         held = decided.jobs[decision.backup.backup_id]
         records = "" if held.records is None else str(held.records)
-        verdict = "keep" if decision.keep else ("would delete" if dry_run else "deleted")
+        verdict = "keep" if decision.keep else ("would delete" if dry_run else
+                                                "NOT deleted" if held.job_id in left else "deleted")
         table.add_row(held.source, held.collection, held.run_id, records, verdict,
                       ", ".join(decision.reasons))
     console().print(table)
-    gone = len(decided.doomed)
-    print(f"{'would delete' if dry_run else 'deleted'} {gone} backup(s); kept "
-          f"{len(decided.decisions) - gone}")
-    return 0
+    doomed = len(decided.doomed)
+    print(f"{'would delete' if dry_run else 'deleted'} {doomed - len(left)} backup(s); kept "
+          f"{len(decided.decisions) - doomed}"
+          + (f"; {len(left)} not deleted: COS refused or the prune ran out of time (the log "
+             "says which); the next prune deletes them" if left else ""))
+    return 1 if left else 0
+
+
+def _not_deleted(ctx: Context, doomed: list[Held]) -> set[str]:
+    """The doomed backups still on record: a delete COS refused leaves the job unmarked
+    for the next prune (README "Keeping backups"); a deleted one is marked pruned, or went
+    with its run."""
+    left = set()
+    for held in doomed:
+        job = ctx.state.get_job(held.job_id)
+        if job is not None and job.pruned_at is None:
+            left.add(held.job_id)
+    return left
 
 
 def _acknowledge(ctx: Context, run_id: str, source: str, collection: str) -> int:
