@@ -263,3 +263,26 @@ def test_restoring_a_backup_of_a_source_no_longer_configured_names_it_not_a_trac
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, (code, err)
     assert err.startswith("baas-backup restore: ") and "'shop'" in err, err
     assert "shop-renamed" in err and "sources" in err, err  # what is configured, where to fix
+
+
+def test_status_of_a_run_that_backed_up_nothing_shows_the_run_and_why(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A run whose sources listed no collection has no jobs, but it is a run (failed, with
+    the reason on it): `status RUN_ID` must not answer that it does not exist."""
+    monkeypatch.setenv("WECHAT_SECRET", SECRET)
+    path = _config_file(local, tmp_path)
+    document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    document["sources"][0]["collections"] = "all"  # and the environment has none
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    assert cli(["--config", str(path), "run", "--tick", "0.05"]) == 1
+    (run,) = local.context(local.config()).state.list_runs(10)
+    assert run.status is RunStatus.FAILED
+    capsys.readouterr()
+
+    code = cli(["--config", str(path), "status", run.run_id])
+
+    out = capsys.readouterr()
+    assert code == 0 and out.err == "", (code, out.err)
+    assert run.run_id in out.out and "failed" in out.out, out.out
+    assert "shop: nothing backed up: " in out.out and "listed no collection" in out.out, out.out

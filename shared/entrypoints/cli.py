@@ -485,10 +485,14 @@ def _status(store: StateStore, run_id: str | None, limit: int) -> int:
     out = console()
     if run_id:
         jobs = store.list_jobs(run_id)
-        if not jobs:
+        run = store.get_run(run_id)
+        if run is None and not jobs:
             return _refused("status", f"no run {run_id!r} in the state table; `baas-backup status` "
                             "lists the recent runs")
-        out.print(job_table(f"run {run_id}", jobs))
+        out.print(job_table(f"run {run_id}" + (f" ({run.status.value})" if run else ""), jobs))
+        for source, found in (run.discovery if run else {}).items():
+            if "error" in found:  # a source that got no jobs: the run's only word on why
+                print(f"{source}: nothing backed up: {found['error']}")
         return 0
     table = Table(title="recent runs")
     for column in ("run", "operation", "trigger", "status", "jobs", "done", "failed", "records",
