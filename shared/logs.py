@@ -40,8 +40,10 @@ _COMPOUND = (r"(?:[a-z0-9]+[_-]){0,4}[a-z0-9]*?"
 # q-signature), Tencent Cloud API (SecretId, X-TC-Token), Authorization headers.
 # WeChat third-party names: developers.weixin.qq.com/doc/oplatform/Third-party_Platforms/2.0/
 # api/ThirdParty/token/component_access_token.html and .../api_get_authorizer_token.html
+# Not a name right after `/`: that is a path (WeChat's /cgi-bin/stable_token), and what
+# follows it in an error ("/cgi-bin/stable_token: HTTP 502") is the reason, not a secret.
 _ANY_FORM = re.compile(
-    rf"""(?i)(["']?\b(?:{_COMPOUND}|code|authorization|q-signature|q-ak)(?![\w-])["']?\s*[:=]\s*["']?)"""
+    rf"""(?i)(?<!/)(["']?\b(?:{_COMPOUND}|code|authorization|q-signature|q-ak)(?![\w-])["']?\s*[:=]\s*["']?)"""
     r"""(?!Bearer |Basic |TC3-HMAC-SHA256 )[^\s"'&,}]+"""
 )
 # everyday words, masked only when assigned (sign=, TC3's Credential= and Signature=, per

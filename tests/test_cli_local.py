@@ -286,3 +286,20 @@ def test_status_of_a_run_that_backed_up_nothing_shows_the_run_and_why(
     assert code == 0 and out.err == "", (code, out.err)
     assert run.run_id in out.out and "failed" in out.out, out.out
     assert "shop: nothing backed up: " in out.out and "listed no collection" in out.out, out.out
+
+
+def test_a_token_call_that_fails_says_how_not_redacted(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The path `/cgi-bin/stable_token` is no credential: what follows it in an error is the
+    reason (`HTTP 502`, the transport error's kind), the one thing a user can act on."""
+    monkeypatch.setenv("WECHAT_SECRET", SECRET)
+    local.seed("orders", make_docs(3))
+    local.emulator.lose_answers("/cgi-bin/stable_token", times=1000)
+    path = _config_file(local, tmp_path)
+
+    assert cli(["--config", str(path), "run", "--tick", "0.05"]) == 1
+
+    out = capsys.readouterr().out
+    assert "stable_token: [redacted]" not in out, out
+    assert "WeChat /cgi-bin/stable_token: RemoteProtocolError" in out, out  # the connection dropped
