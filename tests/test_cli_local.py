@@ -19,7 +19,7 @@ from shared.entrypoints.cli import main as cli
 from shared.service.context import Context
 from shared.service.poll import poll
 from shared.service.start import start_run
-from tests.support.backup import FAST_TIMING, SECRET, LocalBackup, backup_now
+from tests.support.backup import ENV_ID, FAST_TIMING, SECRET, LocalBackup, backup_now
 
 
 class Ignore:
@@ -303,3 +303,23 @@ def test_a_token_call_that_fails_says_how_not_redacted(
     out = capsys.readouterr().out
     assert "stable_token: [redacted]" not in out, out
     assert "WeChat /cgi-bin/stable_token: RemoteProtocolError" in out, out  # the connection dropped
+
+
+@pytest.mark.parametrize("said", ["collection [orders] is locked by a migration",
+                                  "quota exceeded [/tcb/quota]"])
+def test_a_platform_message_with_brackets_is_printed_as_written(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], said: str) -> None:
+    """The platform's own words reach the tables of `run` and `status RUN_ID`: text, not
+    rich markup to interpret (which dropped `[orders]`, and crashed on `[/tcb/quota]`)."""
+    monkeypatch.setenv("WECHAT_SECRET", SECRET)
+    local.seed("orders", make_docs(3))
+    local.emulator.fail_export(ENV_ID, "orders", said)
+    path = _config_file(local, tmp_path)
+
+    assert cli(["--config", str(path), "run", "--tick", "0.05"]) == 1
+    (run,) = local.context(local.config()).state.list_runs(10)
+    assert cli(["--config", str(path), "status", run.run_id]) == 0
+
+    out = capsys.readouterr().out
+    assert out.count(said) >= 3, out  # the progress line, and each table

@@ -39,6 +39,7 @@ from shared.service.suspicion import NotSuspect, acknowledge
 if TYPE_CHECKING:  # rich is a CLI-only dependency, kept out of the deployed functions
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from shared.service.prune import Held
 
@@ -234,12 +235,13 @@ def _verify(ctx: Context, args: argparse.Namespace) -> int:
     for item in report.objects:
         result = ("; ".join(f"{p.what}: {p.detail}" for p in item.problems)
                   or ("not read" if item.not_read else "ok"))
-        table.add_row(item.source, item.collection, item.key, str(item.bytes or ""),
-                      "" if item.records is None else str(item.records), item.crc64, result)
+        table.add_row(*_text(item.source, item.collection, item.key, str(item.bytes or ""),
+                             "" if item.records is None else str(item.records), item.crc64,
+                             result))
     out = console()
     out.print(table)
     for problem in report.problems:
-        out.print(f"{problem.what}: {problem.where}: {problem.detail}")
+        out.print(f"{problem.what}: {problem.where}: {problem.detail}", markup=False)
     if report.pruned:
         print(f"not checked, deleted by retention: {', '.join(report.pruned)}")
     unread = [o for o in report.objects if o.not_read]
@@ -272,8 +274,8 @@ def _prune(ctx: Context, dry_run: bool) -> int:
         records = "" if held.records is None else str(held.records)
         verdict = "keep" if decision.keep else ("would delete" if dry_run else
                                                 "NOT deleted" if held.job_id in left else "deleted")
-        table.add_row(held.source, held.collection, held.run_id, records, verdict,
-                      ", ".join(decision.reasons))
+        table.add_row(*_text(held.source, held.collection, held.run_id, records, verdict,
+                             ", ".join(decision.reasons)))
     console().print(table)
     doomed = len(decided.doomed)
     print(f"{'would delete' if dry_run else 'deleted'} {doomed - len(left)} backup(s); kept "
@@ -470,13 +472,21 @@ def job_table(title: str, jobs: list[Job]) -> Table:
         where = (f"restored from {job.restore.collection} of run {job.restore.backup_run_id} "
                  f"(mode {job.restore.mode})" if job.restore else "")
         table.add_row(
-            job.source, job.collection, status,
-            "" if records is None else str(records), str(result.bytes) if result else "",
-            result.sha256[:16] if result else "",
-            result.key if result else (job.error or where),
+            *_text(job.source, job.collection, status,
+                   "" if records is None else str(records), str(result.bytes) if result else "",
+                   result.sha256[:16] if result else "",
+                   result.key if result else (job.error or where)),
             style="red" if job.status.value == "failed" else ("yellow" if suspect else None),
         )
     return table
+
+
+def _text(*cells: str) -> list[Text]:
+    """Table cells as plain text: a platform's message or a collection's name is shown as
+    written, never read as rich markup (`[orders]` vanished, `[/x]` raised MarkupError)."""
+    from rich.text import Text
+
+    return [Text(cell) for cell in cells]
 
 
 def _status(store: StateStore, run_id: str | None, limit: int) -> int:
