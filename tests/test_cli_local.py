@@ -323,3 +323,24 @@ def test_a_platform_message_with_brackets_is_printed_as_written(
 
     out = capsys.readouterr().out
     assert out.count(said) >= 3, out  # the progress line, and each table
+
+
+def test_the_run_summary_line_shows_a_chinese_collection_name_as_written(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The last line of `run` names the suspect collections: readable, not \\u escapes."""
+    monkeypatch.setenv("WECHAT_SECRET", SECRET)
+    local.seed("商品", make_docs(20))
+    path = _config_file(local, tmp_path)
+    document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    document["sources"][0]["collections"] = ["商品"]
+    path.write_text(yaml.safe_dump(document, allow_unicode=True), encoding="utf-8")
+    assert cli(["--config", str(path), "run", "--tick", "0.05"]) == 0
+    local.seed("商品", make_docs(1))  # a sharp drop: the next backup is suspect
+    capsys.readouterr()
+
+    cli(["--config", str(path), "run", "--tick", "0.05"])
+
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("run ") and '"suspect"' in last, last
+    assert '"collection": "商品"' in last, last

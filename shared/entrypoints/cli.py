@@ -446,7 +446,8 @@ class ProgressDisplay:
             self.live.stop()
         else:
             self.console.print(job_table(f"run {run.run_id}", jobs))
-        print(f"run {run.run_id} {run.status.value}: {json.dumps(run.summary)}", flush=True)
+        print(f"run {run.run_id} {run.status.value}: {json.dumps(run.summary, ensure_ascii=False)}",
+              flush=True)
 
 
 def console() -> Console:
