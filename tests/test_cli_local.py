@@ -196,7 +196,8 @@ def test_an_unknown_run_is_one_line_naming_the_command_and_exit_2(
     assert "baas-backup status" in err, err  # where to find the runs there are
 
 
-@pytest.mark.parametrize(("host", "why"), [("127.0.0.1", "in use"), ("nosuch.invalid", "no such host")])
+@pytest.mark.parametrize(("host", "why"), [("127.0.0.1", "in use"), ("nosuch.invalid", "not known"),
+                                             ("10.255.255.1", "assign")])
 def test_serve_on_a_port_it_cannot_have_is_one_line_and_exit_2_with_no_poller_left(
         local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str], host: str, why: str) -> None:

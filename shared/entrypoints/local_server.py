@@ -8,7 +8,6 @@ import base64
 import json
 import logging
 import os
-import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -168,7 +167,7 @@ def serve(config: Config, config_path: str | None, host: str, port: int, poll_se
     try:  # first: a port or host it cannot have is refused before a poller starts
         server = LocalApiServer(handle_trigger, host, port)
     except OSError as exc:  # in use, not this machine's address, or a name that does not resolve
-        reason = "no such host" if isinstance(exc, socket.gaierror) else exc.strerror or str(exc)
+        reason = exc.strerror or str(exc)  # the system's words: in use, not known, ...
         print(f"baas-backup serve: cannot listen on {host}:{port}: {reason}; choose another "
               "--port (0: any free one) or --host", file=sys.stderr)
         return 2
