@@ -126,7 +126,11 @@ def test_a_state_backend_that_does_not_answer_is_one_clear_line_not_a_traceback(
                                    ["status", "--limit", "0"], ["status", "--limit", "-3"],
                                    ["serve", "--port", "65536"], ["serve", "--port", "-1"],
                                    # str.isdigit takes these; int() does not
-                                   ["status", "--limit", "\u00b2"], ["serve", "--port", "\u00b2"]])
+                                   ["status", "--limit", "\u00b2"], ["serve", "--port", "\u00b2"],
+                                   # finite, but past what time.sleep / Event.wait take
+                                   ["run", "--tick", "1e10"],
+                                   # (a host that fails fast, should it get as far as serving)
+                                   ["serve", "--poll-seconds", "1e10", "--host", "nosuch.invalid"]])
 def test_a_bad_number_is_refused_before_anything_starts(
         local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str], given: list[str]) -> None:

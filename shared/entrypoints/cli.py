@@ -16,6 +16,7 @@ import math
 import os
 import socket
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -51,8 +52,10 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more (e.g. 1), not {text!r}")
+    # threading.TIMEOUT_MAX (about 292 years): the most time.sleep and Event.wait accept
+    if not math.isfinite(value) or not 0 <= value <= threading.TIMEOUT_MAX:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 to "
+                                         f"{threading.TIMEOUT_MAX:.0f} (e.g. 1), not {text!r}")
     return value
 
 
