@@ -129,6 +129,8 @@ def test_a_state_backend_that_does_not_answer_is_one_clear_line_not_a_traceback(
                                    ["status", "--limit", "\u00b2"], ["serve", "--port", "\u00b2"],
                                    # finite, but past what time.sleep / Event.wait take
                                    ["run", "--tick", "1e10"],
+                                   # past a signed 64-bit LIMIT (SQLite, MySQL)
+                                   ["status", "--limit", str(2 ** 63)],
                                    # (a host that fails fast, should it get as far as serving)
                                    ["serve", "--poll-seconds", "1e10", "--host", "nosuch.invalid"]])
 def test_a_bad_number_is_refused_before_anything_starts(

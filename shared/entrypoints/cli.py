@@ -64,9 +64,13 @@ def _digits(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
+MAX_COUNT = 2 ** 63 - 1  # the largest LIMIT SQLite and MySQL take (signed 64-bit)
+
+
 def _count(text: str) -> int:
-    if not _digits(text) or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number, 1 or more (e.g. 10), not {text!r}")
+    if not _digits(text) or not 1 <= int(text) <= MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"must be a whole number, 1 to {MAX_COUNT} (e.g. 10), "
+                                         f"not {text!r}")
     return int(text)
 
 
