@@ -77,12 +77,14 @@ def main() -> int:
             emulator.fail_export(ENV_ID, "users", "demo: this collection's export fails")
             cli(["--config", str(config_path), "run", "--tick", "0.3"])
             emulator.clear_faults()
-            where = f"http://127.0.0.1:{args.port}/"
+            # the link is printed once the port is bound: with --port 0 only then is it known
             if generated:
-                print(f"\nopen {where}#token={os.environ[TOKEN_ENV]}  (demo token, this session only)")
+                print("\nopen the link below (demo token, this session only)")
             else:
-                print(f"\nopen {where} and enter the value of {TOKEN_ENV}")
-            return serve(load_config(config_path), str(config_path), "127.0.0.1", args.port, 1.0)
+                print(f"\nopen the address below and enter the value of {TOKEN_ENV}")
+            fragment = f"#token={os.environ[TOKEN_ENV]}" if generated else ""
+            return serve(load_config(config_path), str(config_path), "127.0.0.1", args.port, 1.0,
+                         fragment=fragment)
     finally:
         stop_s3_server(s3)
 

@@ -157,8 +157,10 @@ class LocalApiServer:
             self._thread.join(timeout=10)
 
 
-def serve(config: Config, config_path: str | None, host: str, port: int, poll_seconds: float) -> int:
-    """`baas-backup serve`: the trigger's HTTP API here, and the poller every few seconds."""
+def serve(config: Config, config_path: str | None, host: str, port: int, poll_seconds: float,
+          *, fragment: str = "") -> int:
+    """`baas-backup serve`: the trigger's HTTP API here, and the poller every few seconds.
+    `fragment` ends the URL printed once the port is bound (the demo's `#token=...`)."""
     from shared.bootstrap import build_context
     from shared.config import CONFIG_PATH_ENV
     from shared.entrypoints.scf import handle_trigger
@@ -188,7 +190,8 @@ def serve(config: Config, config_path: str | None, host: str, port: int, poll_se
             threading.Thread(target=poller, name="local-poller", daemon=True).start()
         token_note = ("" if os.environ.get(TOKEN_ENV, "").strip()
                       else f" -- {TOKEN_ENV} is not set: every route answers 503 until it is")
-        print(f"serving the HTTP API and status page on {server.url}{token_note}", flush=True)
+        print(f"serving the HTTP API and status page on {server.url}{fragment}{token_note}",
+              flush=True)
         server.httpd.serve_forever()
     except KeyboardInterrupt:
         pass

@@ -1,0 +1,39 @@
+"""`python -m scripts.serve_api`, the README's "Try it here": the link it prints with the
+session's token opens the page it serves, whatever port it was given (0: any free one)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_printed_link_is_where_the_page_is_served_on_port_0(tmp_path: Path) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-m", "scripts.serve_api", "--port", "0", "--workdir", str(tmp_path)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
+    try:
+        assert child.stdout is not None
+        lines: list[str] = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any("serving" in x for x in lines):
+            line = child.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+        said = "".join(lines)
+        link = re.search(r"(http://127\.0\.0\.1:\d+/)#token=(\S+)", said)
+        assert link, said
+        answer = httpx.get(f"{link.group(1)}runs",
+                           headers={"Authorization": f"Bearer {link.group(2)}"}, timeout=30)
+        assert answer.status_code == 200, (said, answer.text)
+    finally:
+        child.terminate()
+        child.wait(timeout=30)
