@@ -22,18 +22,6 @@ from shared.config import Config
 from shared.domain.errors import StateError, StorageError
 from shared.ports import StateStore
 
-# COS error codes (cloud.tencent.com/document/product/436/7730) and what to do about them
-_BUCKET_ADVICE = {
-    "NoSuchBucket": "no such bucket in that region: check destination.bucket (name-APPID, e.g. "
-                    "mybackups-1250000000) and destination.region",
-    "AccessDenied": "these keys may not list the bucket under the prefix: give the role the "
-                    "policy from build/cam-policy.json (scripts/package --uin ...), or check "
-                    "destination.prefix",
-    "InvalidAccessKeyId": "COS does not know these keys' SecretId: check the credentials",
-    "SignatureDoesNotMatch": "COS refused the signature: check the SecretKey (and the clock)",
-}
-
-
 # Inside SCF everything but /tmp is read-only, and each instance has a /tmp of its own that
 # is gone with it (tencentcloud.com/document/product/583/9180, FAQ on /tmp; 512 MB:
 # cloud.tencent.com/document/product/583/11637): a SQLite file answers this instance's
@@ -110,10 +98,9 @@ class CloudDeployment:
         try:
             with cos_errors("listing", self._prefix or "/"):
                 client.list_objects(Bucket=self._bucket, Prefix=self._prefix, MaxKeys=1)
-        except StorageError as exc:
-            advice = _BUCKET_ADVICE.get(exc.code or "", "")
+        except StorageError as exc:  # cos_errors has said what to check
             raise StorageError(f"bucket {self._bucket!r} ({self._config.destination.region}): "
-                               f"{exc}" + (f"; {advice}" if advice else ""), code=exc.code) from None
+                               f"{exc}", code=exc.code) from None
         return (f"bucket {self._bucket!r} ({self._config.destination.region}) answers a listing "
                 f"under {self._prefix or '/'} with {self._keys()}")
 

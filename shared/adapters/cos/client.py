@@ -48,9 +48,25 @@ def _error_details(exc: CosServiceError) -> tuple[str, str | None]:
     return (match.group(1) if match else "Unknown"), None
 
 
+# What to check for the COS error codes a deployment's own settings cause
+# (cloud.tencent.com/document/product/436/7730); any other code is COS's to explain.
+ADVICE = {
+    "NoSuchBucket": "check destination.bucket (name-APPID, e.g. mybackups-1250000000) and "
+                    "destination.region",
+    "AccessDenied": "the keys (on SCF, the functions' role) may not do this under the prefix: "
+                    "give the role the policy from build/cam-policy.json (scripts/package "
+                    "--uin ...), or check destination.prefix",
+    "InvalidAccessKeyId": "COS does not know these keys' SecretId: check the credentials",
+    "SignatureDoesNotMatch": "COS refused the signature: check the SecretKey (and the clock)",
+}
+UNREACHED = ("check destination.region (and destination.endpoint, if set) and that this "
+             "network reaches COS")
+
+
 @contextmanager
 def cos_errors(action: str, key: str) -> Iterator[None]:
-    """Turn SDK errors into StorageError: key, COS error code and request id, nothing signed."""
+    """Turn SDK errors into StorageError: key, COS error code and request id, nothing
+    signed, and what to check when the cause is a setting of ours."""
     from qcloud_cos.cos_exception import CosClientError, CosServiceError
 
     try:
@@ -59,9 +75,11 @@ def cos_errors(action: str, key: str) -> Iterator[None]:
         code, request_id = _error_details(exc)
         message = f"COS {action} of {key!r} failed: {code} (HTTP {exc.get_status_code()}"
         message += f", request id {request_id})" if request_id else ")"
+        if code in ADVICE:
+            message += f"; {ADVICE[code]}"
         raise StorageError(message, key=key, code=code) from None
-    except CosClientError as exc:
-        raise StorageError(f"COS {action} of {key!r} failed: {exc}", key=key) from None
+    except CosClientError as exc:  # no answer from COS: a network error, a wrong endpoint
+        raise StorageError(f"COS {action} of {key!r} failed: {exc}; {UNREACHED}", key=key) from None
 
 
 def _cos_config(destination: Destination, environ: Mapping[str, str]) -> CosConfig:
