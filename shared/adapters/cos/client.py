@@ -51,16 +51,16 @@ def _error_details(exc: CosServiceError) -> tuple[str, str | None]:
 # What to check for the COS error codes a deployment's own settings cause
 # (cloud.tencent.com/document/product/436/7730); any other code is COS's to explain.
 ADVICE = {
-    "NoSuchBucket": "check destination.bucket (name-APPID, e.g. mybackups-1250000000) and "
-                    "destination.region",
+    "NoSuchBucket": "no such bucket in that region: check destination.bucket (name-APPID, e.g. "
+                    "mybackups-1250000000) and destination.region",
     "AccessDenied": "the keys (on SCF, the functions' role) may not do this under the prefix: "
                     "give the role the policy from build/cam-policy.json (scripts/package "
                     "--uin ...), or check destination.prefix",
     "InvalidAccessKeyId": "COS does not know these keys' SecretId: check the credentials",
     "SignatureDoesNotMatch": "COS refused the signature: check the SecretKey (and the clock)",
 }
-UNREACHED = ("check destination.region (and destination.endpoint, if set) and that this "
-             "network reaches COS")
+UNREACHED = ("check destination.region (or destination.endpoint) and that this network "
+             "reaches COS")
 
 
 @contextmanager

@@ -44,7 +44,7 @@ from urllib.parse import quote, unquote
 from qcloud_cos import CosS3Client
 from qcloud_cos.cos_exception import CosClientError, CosServiceError
 
-from shared.adapters.cos.client import _error_details, cos_client
+from shared.adapters.cos.client import ADVICE, UNREACHED, _error_details, cos_client
 from shared.config import Destination
 from shared.domain.errors import StateError
 from shared.domain.jobs import Job, Run, RunStatus, utcnow
@@ -779,26 +779,18 @@ class CosStateStore:
                 raise _Missing from None
             if status in _REFUSED and action == "create-only upload":
                 raise _Refused from None
-            advice = _ADVICE.get(code) or (_STATE_ACCESS if status == 403 else "")
+            advice = (_STATE_ACCESS if (status == 403 and code not in ADVICE) or code == "AccessDenied"
+                      else ADVICE.get(code, ""))
             raise StateError(
                 f"COS {action} of {key!r} in {self._bucket!r} failed: HTTP {status} {code}"
                 + (f": {advice}" if advice else "")) from None
         except CosClientError as exc:
-            raise StateError(f"COS {action} of {key!r} failed: {exc}; {_UNREACHABLE}") from None
+            raise StateError(f"COS {action} of {key!r} failed: {exc}; {UNREACHED}") from None
 
 
-# What to check when the state cannot be read or written: COS's error codes
-# (cloud.tencent.com/document/product/436/7730, 错误码列表).
+# What to check when the state cannot be read or written, beside cos_errors' ADVICE.
 _STATE_ACCESS = ("check that the keys (destination.secret_id/secret_key, or the SCF role's) "
                  "may read and write <prefix>/_state/ in destination.bucket")
-_ADVICE = {
-    "NoSuchBucket": "no such bucket in that region: check destination.bucket (name-APPID, e.g. "
-                    "mybackups-1250000000) and destination.region",
-    "InvalidAccessKeyId": "COS does not know these keys' SecretId: check the credentials",
-    "SignatureDoesNotMatch": "COS refused the signature: check the SecretKey (and the clock)",
-}
-_UNREACHABLE = ("check destination.region (or destination.endpoint) and that this network "
-                "reaches COS")
 
 
 class _Missing(Exception):
