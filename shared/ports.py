@@ -85,8 +85,10 @@ class ExportPlatform(Platform, Protocol):
 
     def check(self, collection: str, platform_job_id: str) -> Progress: ...
 
-    def open(self, collection: str, platform_job_id: str, part: int = 0) -> Iterator[bytes]:
-        """Stream the bytes of a finished export (of its `part`-th part, from 0)."""
+    def open(self, collection: str, platform_job_id: str, part: int = 0, *,
+             file_type: str | None = None) -> Iterator[bytes]:
+        """Stream the bytes of a finished export (of its `part`-th part, from 0), made in
+        `file_type` (the type it was started with; None: the configured one)."""
 
 
 @dataclass(frozen=True)

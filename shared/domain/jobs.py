@@ -157,6 +157,10 @@ class Job(BaseModel):
     lease_until: datetime | None = None
     platform_job_id: str | None = Field(  # the platform's export job id
         default=None, validation_alias=AliasChoices("platform_job_id", "remote_id"))
+    # The file type (json | csv) its export was started with: the copy stores and counts
+    # the file as that, whatever the config says by then. None: not started yet, a paged
+    # copy, or a job recorded before this field (the source's configured type then).
+    file_type: str | None = None
     expected_records: int | None = None  # what the platform says it exported
     part_records: list[int | None] | None = None  # per part, when an export came in parts
     platform_collection_count: int | None = None  # the platform's own count (unfiltered only)
@@ -180,6 +184,10 @@ class Job(BaseModel):
     unclaimed_since: datetime | None = None
     unclaimed_hand_offs: int = 0
     restore: RestoreOrder | None = None  # set on a restore's job only
+
+    def export_file_type(self, configured: str) -> str:
+        """The type of this job's file: its export's, else the source's `configured` one."""
+        return self.file_type or configured
 
     @property
     def good(self) -> bool:

@@ -118,11 +118,13 @@ def _stop_by(ctx: Context, job: Job) -> float | None:
 
 def _copy_part(ctx: Context, platform: ExportPlatform, job: Job, *, part: int, key: str,
                expected: int | None, label: str) -> StoredObject:
-    counter = counter_for(platform.file_type)
+    file_type = job.export_file_type(platform.file_type)  # as the export was started
+    counter = counter_for(file_type)
     stop_by = _stop_by(ctx, job)
 
     def counted() -> Iterator[bytes]:
-        for chunk in platform.open(job.collection, job.platform_job_id or "", part):
+        for chunk in platform.open(job.collection, job.platform_job_id or "", part,
+                                   file_type=file_type):
             if stop_by is not None and time.monotonic() >= stop_by:
                 raise OutOfTime(f"the download of {label} was not done when its time ran out "
                                 "(this invocation's limit, or its copy lease: timing."
@@ -140,7 +142,7 @@ def _copy_part(ctx: Context, platform: ExportPlatform, job: Job, *, part: int, k
                 f"the export file holds {counter.total}{detail}; not stored"
             )
 
-    summary = ctx.objects.put_stream(key, counted(), content_type=CONTENT_TYPES[platform.file_type],
+    summary = ctx.objects.put_stream(key, counted(), content_type=CONTENT_TYPES[file_type],
                                      before_commit=verify)
     return StoredObject(key=key, bytes=summary.bytes, sha256=summary.sha256,
                         records=counter.total, upload_parts=summary.parts, crc64=summary.crc64)

@@ -120,8 +120,9 @@ def _copy(ctx: Context, copier: Copier, hold: CopyHold) -> tuple[JobResult, Verd
     """The verified copy, and how its record count compares with the last good backup."""
     job = hold.job
     platform = ctx.platforms.get(job.source)
+    file_type = job.export_file_type(platform.file_type)  # the config may have changed since
     base = data_key(ctx.config.destination.prefix, job.run_id, job.source, job.collection,
-                    platform.file_type)
+                    file_type)
     # The newest good backup (state reads only, independent of the copy) is looked up
     # while the data streams, so the lookup adds nothing to the invocation's time.
     # Asked before the copy: a lookup that fails then costs no copied byte.
@@ -132,7 +133,7 @@ def _copy(ctx: Context, copier: Copier, hold: CopyHold) -> tuple[JobResult, Verd
         result = copier.copy(ctx, hold, base)
         verdict = judge(ctx, previous.result(), result.records)
     manifest = JobManifest.of(hold.job, result, platform=ctx.config.source(job.source).type,
-                              file_type=platform.file_type, copied_at=ctx.clock(),
+                              file_type=file_type, copied_at=ctx.clock(),
                               suspect=verdict.suspect, previous_records=verdict.previous_records,
                               restore_caveats=caveats)
     ctx.objects.put_json(result.manifest_key, as_document(manifest))

@@ -235,12 +235,14 @@ def _start_export(ctx: Context, job: Job, now: datetime) -> None:
     }))
     if claimed is None:
         return  # lost the race to another poller
+    file_type = platform.file_type  # what this start asks for; the copy follows it
     platform_job_id = platform.start(job.collection, job.job_id)
     log.info("export started", extra={"platform_job_id": platform_job_id,
                                       "collection": job.collection})
     save(ctx, claimed.moved_to(
         JobStatus.EXPORTING,
         platform_job_id=platform_job_id,
+        file_type=file_type,
         started_at=claimed.started_at or now,
         next_check_at=now + timedelta(seconds=ctx.config.timing.first_check_seconds),
         lease_owner=None,

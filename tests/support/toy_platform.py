@@ -54,7 +54,8 @@ class ToyExports:
             return Progress("running")
         return Progress("ready", expected_records=len(ToyData.tables[collection]))
 
-    def open(self, collection: str, platform_job_id: str, part: int = 0) -> Iterator[bytes]:
+    def open(self, collection: str, platform_job_id: str, part: int = 0, *,
+             file_type: str | None = None) -> Iterator[bytes]:
         for row in ToyData.tables[collection]:
             yield json.dumps(row).encode() + b"\n"
 

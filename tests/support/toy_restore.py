@@ -81,7 +81,8 @@ class ToyFiles:
     def check(self, collection: str, platform_job_id: str) -> Progress:
         return Progress("ready", expected_records=len(self._tables()[collection]))
 
-    def open(self, collection: str, platform_job_id: str, part: int = 0) -> Iterator[bytes]:
+    def open(self, collection: str, platform_job_id: str, part: int = 0, *,
+             file_type: str | None = None) -> Iterator[bytes]:
         for row in self._tables()[collection]:
             yield json.dumps(row, ensure_ascii=False).encode() + b"\n"
 

@@ -67,7 +67,8 @@ class ScriptedExport:
             return self.checks.pop(0)
         return Progress("ready", expected_records=len(self.data[collection]))
 
-    def open(self, collection: str, platform_job_id: str, part: int = 0) -> Iterator[bytes]:
+    def open(self, collection: str, platform_job_id: str, part: int = 0, *,
+             file_type: str | None = None) -> Iterator[bytes]:
         if self.on_open:
             self.on_open(collection, part)
         for row in self.data[collection]:

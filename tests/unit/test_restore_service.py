@@ -413,7 +413,8 @@ class CsvExport(ImportingExport):
 
     file_type: str = "csv"
 
-    def open(self, collection: str, platform_job_id: str, part: int = 0) -> Iterator[bytes]:
+    def open(self, collection: str, platform_job_id: str, part: int = 0, *,
+             file_type: str | None = None) -> Iterator[bytes]:
         rows = self.data[collection]
         yield ",".join(rows[0]).encode() + b"\n"
         for row in rows:
@@ -500,7 +501,8 @@ class SplitExport(ImportingExport):
         rows = len(self.data[collection])
         return Progress("ready", expected_records=rows, part_records=[2, rows - 2])
 
-    def open(self, collection: str, platform_job_id: str, part: int = 0) -> Any:
+    def open(self, collection: str, platform_job_id: str, part: int = 0, *,
+             file_type: str | None = None) -> Any:
         rows = self.data[collection][:2] if part == 0 else self.data[collection][2:]
         for row in rows:
             yield json.dumps(row).encode() + b"\n"

@@ -287,8 +287,10 @@ class MinAppClient(MinAppRestore):
             return self._check_parts(collection, json.loads(platform_job_id))
         return self._progress(collection, platform_job_id, self._status(collection, platform_job_id))
 
-    def open(self, collection: str, platform_job_id: str, part: int = 0) -> Iterator[bytes]:
-        """Stream a finished export; a link refused as expired is replaced once."""
+    def open(self, collection: str, platform_job_id: str, part: int = 0, *,
+             file_type: str | None = None) -> Iterator[bytes]:
+        """Stream a finished export; a link refused as expired is replaced once. Its first
+        bytes are checked as `file_type` (the type it was started with), else as configured."""
         job = self._part_job(platform_job_id, part)
         for attempt in range(2):
             url = self._download_url(collection, job)
@@ -306,7 +308,7 @@ class MinAppClient(MinAppRestore):
                     if response.status_code != 200:
                         raise Retryable(f"download of MinApp export {job} answered HTTP "
                                         f"{response.status_code}")
-                    yield from self._checked_bytes(response, job)
+                    yield from self._checked_bytes(response, job, file_type or self.file_type)
                     return
             except httpx.TransportError as exc:  # connecting (the body's own are caught below)
                 raise Retryable(f"download of MinApp export {job} failed before its first byte "
@@ -613,13 +615,14 @@ class MinAppClient(MinAppRestore):
                               "a link", url)
         return url
 
-    def _checked_bytes(self, response: httpx.Response, job: str) -> Iterator[bytes]:
+    def _checked_bytes(self, response: httpx.Response, job: str,
+                       file_type: str) -> Iterator[bytes]:
         received = 0
         try:
             # MinApp reports no record count: only the transport can prove the file whole
             for chunk in download_chunks(response, require_length=True):
                 if not received and chunk:
-                    self._check_format(chunk, job)
+                    self._check_format(chunk, job, file_type)
                 received += len(chunk)
                 yield chunk
         except httpx.TransportError as exc:  # counted off the wire, not per handed-on chunk
@@ -627,14 +630,14 @@ class MinAppClient(MinAppRestore):
                             f"{response.num_bytes_downloaded} "
                             f"bytes ({describe_transport_error(exc)})") from None
 
-    def _check_format(self, head: bytes, job: str) -> None:
+    def _check_format(self, head: bytes, job: str, file_type: str) -> None:
         """The format is taken on trust from MinApp's docs; a file that is not what the
         record counter expects stops the copy instead of being stored miscounted."""
         if head.startswith((b"PK\x03\x04", b"\x1f\x8b")):
             raise Fatal(f"MinApp sent export {job} compressed (zip/gzip); this version stores "
                         "plain JSON Lines or CSV only")
         first = head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
-        if self.file_type == "json" and first and first != b"{":
+        if file_type == "json" and first and first != b"{":
             raise Fatal(f"MinApp's JSON export {job} is not one JSON object per line (it starts "
                         f"with {first.decode('latin-1')!r}); this version cannot count its records")
 

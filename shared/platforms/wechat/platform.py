@@ -357,8 +357,10 @@ class WeChatClient(WeChatRestore):
             "API and not a proxy that rewrites answers, and report the answer's fields if it is"
         )
 
-    def open(self, collection: str, platform_job_id: str, part: int = 0) -> Iterator[bytes]:
-        """Stream the export; a link that expired (403) is replaced once by a fresh one."""
+    def open(self, collection: str, platform_job_id: str, part: int = 0, *,
+             file_type: str | None = None) -> Iterator[bytes]:
+        """Stream the export; a link that expired (403) is replaced once by a fresh one.
+        The bytes are handed on as they come: `file_type` changes nothing here."""
         if part:
             raise Fatal(f"WeChat exports come in one part; part {part} does not exist")
         for attempt in range(2):

@@ -1,0 +1,85 @@
+"""A source's `file_type` changed in the config (a redeploy) while a run's exports are in
+flight: the copy follows the type each export was started with, end to end over real
+HTTP (emulators -> pipeline -> real COS SDK -> S3 server, SQLite state)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from devkit.compare import assert_object_equals_docs
+from devkit.emulators.minapp import MinAppEmulator
+from devkit.sample_data import make_docs
+from shared.domain.jobs import Job, JobStatus, RunStatus
+from shared.domain.layout import data_key
+from shared.service.start import start_run
+from tests.support.backup import LocalBackup, drive
+from tests.support.minapp import assert_export_equals_records
+
+OTHER = {"json": "csv", "csv": "json"}
+
+
+@pytest.mark.parametrize("started", ["json", "csv"])
+def test_wechat_copy_follows_the_type_its_export_was_started_with(
+        local: LocalBackup, started: str) -> None:
+    docs = make_docs(120, seed=5)
+    local.seed("orders", docs)
+    before = local.context(local.config(local.wechat_source(file_type=started)))
+    run, _ = start_run(before, idempotency_key="k", trigger="test")
+    (job,) = before.state.list_jobs(run.run_id)
+    assert job.status is JobStatus.EXPORTING  # started with the old type
+
+    # redeployed with the other type before the copy
+    after = local.context(local.config(local.wechat_source(file_type=OTHER[started])))
+    closed = drive(after, run)
+
+    (job,) = after.state.list_jobs(run.run_id)
+    assert closed.status is RunStatus.SUCCEEDED, job.error
+    assert job.result is not None
+    assert job.result.key == data_key(after.config.destination.prefix, run.run_id, "shop",
+                                      "orders", started)
+    assert job.result.records == len(docs)
+    assert_object_equals_docs(local.objects.read(job.result.key), docs, started)
+    manifest = json.loads(local.objects.read(job.result.manifest_key))
+    assert manifest["file_type"] == started
+
+
+def _records(count: int) -> list[dict[str, Any]]:
+    return [{k: v for k, v in doc.items() if k != "_id"} for doc in make_docs(count, seed=9)]
+
+
+@pytest.mark.parametrize("started", ["json", "csv"])
+def test_minapp_copy_follows_the_type_its_export_was_started_with(
+        local: LocalBackup, minapp_emulator: MinAppEmulator, started: str) -> None:
+    minapp_emulator.add_table(1001, _records(80))
+    before = local.context(local.config(local.minapp_source(minapp_emulator, file_type=started)))
+    run, _ = start_run(before, idempotency_key="k", trigger="test")
+    (job,) = before.state.list_jobs(run.run_id)
+    assert job.status is JobStatus.EXPORTING
+
+    after = local.context(local.config(
+        local.minapp_source(minapp_emulator, file_type=OTHER[started])))
+    closed = drive(after, run)
+
+    (job,) = after.state.list_jobs(run.run_id)
+    assert closed.status is RunStatus.SUCCEEDED, job.error
+    assert job.result is not None
+    assert job.result.key == data_key(after.config.destination.prefix, run.run_id, "app",
+                                      "1001", started)
+    assert job.result.records == 80
+    assert_export_equals_records(local.objects.read(job.result.key),
+                                 minapp_emulator.records(1001), started)
+    manifest = json.loads(local.objects.read(job.result.manifest_key))
+    assert manifest["file_type"] == started
+
+
+def test_a_job_recorded_before_the_field_counts_its_file_as_configured() -> None:
+    recorded = {"job_id": "r.shop.x", "run_id": "r", "source": "shop", "collection": "orders",
+                "status": "ready", "next_check_at": "2026-01-01T00:00:00Z",
+                "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z",
+                "platform_job_id": "7"}
+    job = Job.model_validate(recorded)
+    assert job.export_file_type("csv") == "csv"
+    assert job.model_copy(update={"file_type": "json"}).export_file_type("csv") == "json"
