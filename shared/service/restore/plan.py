@@ -97,6 +97,8 @@ def plan_restore(ctx: Context, run_id: str, source: str, collection: str, *,
     backup = _backup(ctx, run_id, source, collection)
     assert backup.result is not None
     _configured(ctx, source)
+    manifest = _manifest(ctx, backup)
+    _same_kind(ctx, manifest, backup)
     platform = ctx.platforms.get(source)
     if not isinstance(platform, RestorablePlatform):
         raise RestoreRefused(f"source {source!r} is of a platform type that cannot restore "
@@ -119,7 +121,6 @@ def plan_restore(ctx: Context, run_id: str, source: str, collection: str, *,
             "mode insert or upsert", field="into", status=409)
     _not_busy(ctx, source, target, idempotency_key)
     _not_archived(ctx, run_id, backup.result.objects, source, collection)
-    manifest = _manifest(ctx, backup)
     file_type = _backup_file_type(manifest, backup)
     _importable(platform, file_type, source, backup)
     problems = _quick_verify(ctx, backup)
@@ -391,6 +392,25 @@ def _manifest(ctx: Context, backup: Job) -> dict[str, Any] | None:
     except (StorageError, ValueError):
         return None
     return manifest if isinstance(manifest, dict) else None
+
+
+def _same_kind(ctx: Context, manifest: dict[str, Any] | None, backup: Job) -> None:
+    """Refuse a backup made when the source's name was another kind of source (`shop` was
+    WeChat, is MinApp now): its file is the other platform's export, and an import would
+    write foreign records into the collection. Its manifest's `platform` says which; one
+    that cannot be read or does not say is the quick verify's to report."""
+    made = manifest.get("platform") if manifest is not None else None
+    now = ctx.config.source(backup.source).type
+    if not isinstance(made, str) or not made or made == now:
+        return
+    assert backup.result is not None
+    raise RestoreRefused(
+        f"the backup of {backup.source}/{backup.collection} in run {backup.run_id} was made "
+        f"when source {backup.source!r} was a {made} source, and it is a {now} source now: "
+        f"a {made} backup cannot be restored into {now}. To restore it, configure "
+        f"{backup.source!r} as the {made} source it was (type: {made}) and ask again, or "
+        f"import its objects ({', '.join(o.key for o in backup.result.objects)}) into {made} "
+        "by hand", field="source", status=409)
 
 
 def _backup_file_type(manifest: dict[str, Any] | None, backup: Job) -> str:
