@@ -83,3 +83,35 @@ def test_a_job_recorded_before_the_field_counts_its_file_as_configured() -> None
     job = Job.model_validate(recorded)
     assert job.export_file_type("csv") == "csv"
     assert job.model_copy(update={"file_type": "json"}).export_file_type("csv") == "json"
+
+
+@pytest.mark.parametrize("started", ["json", "csv"])
+def test_minapp_split_parts_started_after_the_change_keep_the_first_parts_type(
+        local: LocalBackup, minapp_emulator: MinAppEmulator, started: str) -> None:
+    minapp_emulator.max_export_rows = 1000
+    minapp_emulator.job_window = 0.4
+    minapp_emulator.add_table(1001, _records(1100))
+    table = {"id": 1001, "split": {"key": "created_at", "rows_per_part": 400}}
+
+    def source(file_type: str) -> dict[str, Any]:
+        return local.minapp_source(minapp_emulator, tables=[table], file_type=file_type,
+                                   max_export_rows=1000, export_interval_seconds=0.4)
+
+    before = local.context(local.config(source(started)))
+    run, _ = start_run(before, idempotency_key="k", trigger="test")
+    (job,) = before.state.list_jobs(run.run_id)
+    assert job.status is JobStatus.EXPORTING  # its first part started, the others wait
+
+    after = local.context(local.config(source(OTHER[started])))
+    closed = drive(after, run)
+
+    (job,) = after.state.list_jobs(run.run_id)
+    assert closed.status is RunStatus.SUCCEEDED, job.error
+    assert job.result is not None and len(job.result.objects) == 3
+    assert {j["file_type"] for j in minapp_emulator.export_jobs(1001)} == {started}
+    everything, start = minapp_emulator.records(1001), 0
+    for stored in job.result.objects:
+        piece = everything[start:start + stored.records]
+        assert_export_equals_records(local.objects.read(stored.key), piece, started)
+        start += stored.records
+    assert start == 1100

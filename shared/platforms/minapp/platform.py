@@ -277,8 +277,11 @@ class MinAppClient(MinAppRestore):
             self._cache.cache_put(self._part_marker(job_id, 0), first, _now() + MARKER_TTL)
             parts: list[dict[str, Any]] = [{"where": w, "id": None, "done": False} for w in plan]
             parts[0]["id"] = first
+            # the later parts are created by `check`, maybe after a redeploy changed
+            # file_type: they keep the type the first part was created with
             handle = _dump({"job": job_id, "key": options.split.key if options.split else "",
-                            "parts": parts, "window_at": window_at})
+                            "parts": parts, "window_at": window_at,
+                            "file_type": self.file_type})
         self._cache.cache_put(marker, handle, _now() + MARKER_TTL)
         return handle
 
@@ -413,7 +416,8 @@ class MinAppClient(MinAppRestore):
         if known and not self._forgotten(known):
             part["id"] = known
             return
-        body = self._body(self._options(collection), part["where"])
+        body = self._body(self._options(collection), part["where"],
+                          file_type=handle.get("file_type") or self.file_type)
         try:
             part["id"] = self._create(collection, body, f"{handle['job']}:{index + 1}")
         except RetryLater as exc:
@@ -457,14 +461,14 @@ class MinAppClient(MinAppRestore):
         raise Fatal(f"table {collection} is not in source {self.source.name!r} any more; was "
                     "the config changed during the run?")
 
-    def _body(self, options: MinAppTable,
-              part_where: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _body(self, options: MinAppTable, part_where: dict[str, Any] | None = None, *,
+              file_type: str | None = None) -> dict[str, Any]:
         if part_where is not None:
             mode, where = "part", part_where
         else:
             where = options.where or {}
             mode = options.mode or ("part" if where else "all")
-        body: dict[str, Any] = {"file_type": self.file_type, "mode": mode}
+        body: dict[str, Any] = {"file_type": file_type or self.file_type, "mode": mode}
         if mode == "part" and where:
             body["where"] = where
         for name in LIST_OPTIONS:
