@@ -289,8 +289,15 @@ def _all_runs(ctx: Context) -> list[Run]:
 
 def _delete_run(ctx: Context, run_id: str) -> bool:
     """An emptied run's folder, then its state rows; whether it is gone. Its rows stay
-    while an object does: they are how the next prune finds what is left to delete."""
-    folder = ctx.objects.list(run_folder(ctx.config.destination.prefix, run_id) + "/")
+    while an object does: they are how the next prune finds what is left to delete. A
+    folder COS will not list is left for the next prune too: raised, it would cost the
+    record of the backups this prune already deleted, which no later prune sees again."""
+    try:
+        folder = ctx.objects.list(run_folder(ctx.config.destination.prefix, run_id) + "/")
+    except StorageError as exc:
+        log.warning("could not list an emptied run to delete it; the next prune tries again",
+                    extra={"run_id": run_id, "reason": str(exc)})
+        return False
     if not all([_delete(ctx, info.key) for info in folder]):  # each tried
         return False
     ctx.state.delete_run(run_id)

@@ -3,8 +3,13 @@ still open."""
 
 from __future__ import annotations
 
+import json
+
 from shared.config.model import Retention
+from shared.domain.errors import StorageError
 from shared.domain.jobs import JobStatus, RunStatus, job_id_for
+from shared.domain.layout import run_folder
+from shared.ports import ObjectInfo
 from shared.service.close import close_finished_runs
 from shared.service.finish import finish
 from shared.service.poll import poll
@@ -100,3 +105,42 @@ def test_a_run_whose_failure_no_webhook_took_yet_is_not_deleted_by_retention() -
 
     prune(u.ctx)  # told: now it may go
     assert u.state.get_run(failed.run_id) is None
+
+
+def test_a_run_folder_cos_would_not_list_leaves_the_prune_recorded_and_the_run_for_later(
+        ) -> None:
+    """keep_last 1, three runs: run 1's orders goes, and run 1, left holding nothing, goes
+    too. COS refuses to list run 1's folder: the backup already deleted must still be in
+    the prune record under `<prefix>/prunes/` (README "Keeping backups": each prune writes
+    a record; the next prune never sees that backup again, so nothing else would say it
+    went), and run 1 stays on record for the next prune, like a delete COS refused."""
+    u = unit(ScriptedExport({"orders": list(ROWS)}))
+    runs = []
+    for night in range(3):
+        run, _ = start_run(u.ctx, idempotency_key=f"night-{night}", trigger="test")
+        backed_up(u, u.state.list_jobs(run.run_id))
+        runs.append(run.run_id)
+        u.clock.advance(86400)
+    u.ctx.config = u.ctx.config.model_copy(update={"retention": Retention(keep_last=1)})
+    first = runs[0]
+    folder = run_folder(u.ctx.config.destination.prefix, first) + "/"
+    listing = u.objects.list
+
+    def refusing(prefix: str) -> list[ObjectInfo]:
+        if prefix == folder:
+            raise StorageError(f"COS list of {prefix!r} failed: InternalError (fake)",
+                               key=prefix, code="InternalError")
+        return listing(prefix)
+
+    u.objects.list = refusing  # type: ignore[method-assign]
+    prune(u.ctx)
+
+    records = [json.loads(u.objects.objects[k]) for k in u.objects.objects if "/prunes/" in k]
+    deleted = {(d["run_id"], d["collection"]) for r in records for d in r["deleted"]}
+    assert (first, "orders") in deleted, "a deleted backup is in no prune record"
+    assert u.state.get_run(first) is not None, "run 1 is gone with its folder unlisted"
+
+    u.objects.list = listing  # type: ignore[method-assign]
+    prune(u.ctx)
+    assert u.state.get_run(first) is None
+    assert not u.objects.list(folder)
