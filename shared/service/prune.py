@@ -130,6 +130,9 @@ def prune(ctx: Context, *, dry_run: bool = False) -> Plan:
     _claim_doomed(ctx, decided)
     _spare_restores_started_since(ctx, decided)
     emptied = decided.emptied_runs()
+    record = _Record(ctx, decided)
+    if decided.doomed:  # said before the first delete: SCF may stop the function mid-way
+        record.write([], [], [], finished=False)
     deleted: list[dict[str, Any]] = []
     for held in decided.doomed:
         if ctx.clock() - claimed_at >= DELETE_WITHIN:
@@ -149,8 +152,8 @@ def prune(ctx: Context, *, dry_run: bool = False) -> Plan:
                         "records": job.result.records})
     emptied = [run_id for run_id in emptied if _delete_run(ctx, run_id)]
     cooled = _cool(ctx, decided)
-    if deleted or emptied or cooled:
-        _record(ctx, decided, deleted, emptied, cooled)
+    if decided.doomed or deleted or emptied or cooled:
+        record.write(deleted, emptied, cooled, finished=True)
         log.info("pruned", extra={"backups": len(deleted), "runs": len(emptied),
                                   "moved_to_cold": len(cooled)})
     return decided
@@ -330,17 +333,30 @@ def _mark_pruned(ctx: Context, job: Job) -> None:
         current = ctx.state.get_job(job.job_id)  # another prune got there first, or a write
 
 
-def _record(ctx: Context, decided: Plan, deleted: list[dict[str, Any]], emptied: list[str],
-            cooled: list[str]) -> None:
-    now = ctx.clock()
-    key = prune_record_key(ctx.config.destination.prefix,
-                           f"{now:%Y%m%dT%H%M%S%f}-{ctx.worker.split(':')[-1]}")
-    ctx.objects.put_json(key, {
-        "pruned_at": now.isoformat(),
-        "deleted": deleted,
-        "runs_deleted": emptied,
-        "moved_to_cold": cooled,
-        "kept": [{"source": d.backup.collection[0], "collection": d.backup.collection[1],
-                  "run_id": decided.jobs[d.backup.backup_id].run_id, "why": d.reasons}
-                 for d in decided.decisions if d.keep],
-    })
+class _Record:
+    """The prune's record under `<prefix>/prunes/`. Written first, before anything is
+    deleted, with what the prune sets out to delete (`deleting`, `finished` false), then
+    again at the same key once it is done: a prune stopped mid-way (SCF's time limit)
+    still leaves in the bucket which backups' objects it was deleting, as a backup it
+    marked pruned is in no later prune's record."""
+
+    def __init__(self, ctx: Context, decided: Plan) -> None:
+        self._ctx, self._decided = ctx, decided
+        self._key = prune_record_key(ctx.config.destination.prefix,
+                                     f"{ctx.clock():%Y%m%dT%H%M%S%f}-{ctx.worker.split(':')[-1]}")
+
+    def write(self, deleted: list[dict[str, Any]], emptied: list[str], cooled: list[str], *,
+              finished: bool) -> None:
+        decided = self._decided
+        self._ctx.objects.put_json(self._key, {
+            "pruned_at": self._ctx.clock().isoformat(),
+            "finished": finished,
+            "deleting": [{"run_id": h.run_id, "source": h.source, "collection": h.collection,
+                          "objects": list(h.keys)} for h in decided.doomed],
+            "deleted": deleted,
+            "runs_deleted": emptied,
+            "moved_to_cold": cooled,
+            "kept": [{"source": d.backup.collection[0], "collection": d.backup.collection[1],
+                      "run_id": decided.jobs[d.backup.backup_id].run_id, "why": d.reasons}
+                     for d in decided.decisions if d.keep],
+        })

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from shared.config.model import Retention
 from shared.domain.errors import StorageError
 from shared.domain.jobs import JobStatus, RunStatus, job_id_for
@@ -144,3 +146,46 @@ def test_a_run_folder_cos_would_not_list_leaves_the_prune_recorded_and_the_run_f
     prune(u.ctx)
     assert u.state.get_run(first) is None
     assert not u.objects.list(folder)
+
+
+
+class Stopped(BaseException):
+    """SCF stopping the function (its time limit): no handler of the product runs."""
+
+
+def test_a_prune_stopped_mid_delete_leaves_a_record_of_what_it_was_deleting() -> None:
+    """keep_last 1, three runs: runs 1 and 2 lose their orders. SCF stops the function
+    (its time limit) right after the first object went. The bucket must still say which
+    backups this prune was deleting (README "Keeping backups": each prune writes a record
+    under `<prefix>/prunes/`): otherwise a run manifest lists an object that is gone with
+    nothing saying why, and a backup already marked pruned is never in a later record."""
+    u = unit(ScriptedExport({"orders": list(ROWS)}))
+    runs = []
+    for night in range(3):
+        run, _ = start_run(u.ctx, idempotency_key=f"night-{night}", trigger="test")
+        backed_up(u, u.state.list_jobs(run.run_id))
+        runs.append(run.run_id)
+        u.clock.advance(86400)
+    u.ctx.config = u.ctx.config.model_copy(update={"retention": Retention(keep_last=1)})
+    deleting = u.objects.delete
+    gone: list[str] = []
+
+    def then_stopped(key: str) -> None:
+        deleting(key)
+        gone.append(key)
+        raise Stopped
+
+    u.objects.delete = then_stopped  # type: ignore[method-assign]
+    with pytest.raises(Stopped):
+        prune(u.ctx)
+
+    records = [json.loads(u.objects.objects[k]) for k in u.objects.objects if "/prunes/" in k]
+    named = {o for r in records for d in r.get("deleting", []) for o in d["objects"]}
+    assert gone and set(gone) <= named, "an object went with no prune record naming it"
+
+    u.objects.delete = deleting  # type: ignore[method-assign]
+    prune(u.ctx)
+    assert u.state.get_run(runs[0]) is None and u.state.get_run(runs[1]) is None
+    finals = [json.loads(u.objects.objects[k]) for k in u.objects.objects if "/prunes/" in k]
+    assert {(d["run_id"], d["collection"]) for r in finals for d in r["deleted"]} == {
+        (runs[0], "orders"), (runs[1], "orders")}
