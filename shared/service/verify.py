@@ -272,8 +272,9 @@ def record(ctx: Context, report: Report) -> None:
     problems, sent as an alert."""
     now = ctx.clock()
     problems = problem_lines(report)
+    found = verdicts(report)
     result = {"at": now.isoformat(), "quick": report.quick, "ok": report.ok, "problems": problems,
-              "not_read": report.not_read, **verdicts(report)}
+              "not_read": report.not_read, **found}
     key = f"{run_folder(ctx.config.destination.prefix, report.run_id)}/verify-{now:%Y%m%dT%H%M%S%f}.json"
     ctx.objects.put_json(key, report.as_json())
     text = None
@@ -287,8 +288,12 @@ def record(ctx: Context, report: Report) -> None:
         run = ctx.state.get_run(report.run_id)
         if run is None:
             break
-        kept = {**result, "checked": still_checked(run, result),
-                "failed": still_failed(run, result), "report_key": key}
+        # reading no data, a quick verify with no CRC64 to compare clears no reading's finding
+        checked = set(found["checked"]) - (read_wrong(run) & size_only(report))
+        this = {**result, "checked": sorted(checked)}
+        kept = {**this, "checked": still_checked(run, this), "failed": still_failed(run, this),
+                "read_wrong": sorted((read_wrong(run) - checked) | set(found["read_wrong"])),
+                "report_key": key}
         summary = {**(run.summary or {}), "last_verify": kept}
         changed = run.model_copy(update={"summary": summary})
         if alert is not None:
@@ -322,7 +327,34 @@ def verdicts(report: Report) -> dict[str, list[str]]:
     unread = set(report.not_read)
     return {"checked": sorted({f"{o.source}/{o.collection}" for o in report.objects} - unread),
             "failed": sorted({f"{o.source}/{o.collection}" for o in report.objects
-                              if o.problems})}
+                              if o.problems}),
+            "read_wrong": sorted({f"{o.source}/{o.collection}" for o in report.objects
+                                  if any(p.what in READ_PROBLEMS for p in o.problems)})}
+
+
+READ_PROBLEMS = frozenset({"sha256", "count"})  # found only by reading the data back
+
+
+def size_only(report: Report) -> set[str]:
+    """The collections a quick verify saw the size of only: it reads no data, and had no
+    CRC64 to compare (a manifest from before CRC64 was recorded, a store that reports
+    none). What reading found wrong there (`read_wrong`) it cannot clear: the content
+    can be wrong at the right size."""
+    return {f"{o.source}/{o.collection}" for o in report.objects
+            if report.quick and o.crc64 != "ok"}
+
+
+def read_wrong(run: Run) -> set[str]:
+    """The collections of `run` whose data a verify read back and found wrong (sha256,
+    count) and no later verify cleared: kept like `unverified`, oldest verify first."""
+    summary = run.summary or {}
+    found: set[str] = set()
+    for name in ("verify", "last_verify"):
+        result = summary.get(name)
+        if isinstance(result, dict):
+            found = ((found - set(result.get("checked") or ()))
+                     | set(result.get("read_wrong") or ()))
+    return found
 
 
 def still_failed(run: Run, result: dict[str, Any]) -> list[str]:

@@ -175,3 +175,36 @@ def test_a_verify_alert_a_later_clean_verify_answered_is_not_sent_again() -> Non
     assert [t for t in sent if "found problems" in t] == [sent[0]], sent
     run = u.state.get_run(run_id)
     assert run is not None and run.undelivered == {}
+
+
+def test_a_quick_verify_that_compared_no_crc64_does_not_clear_damage_a_full_one_found() -> None:
+    """keep_last 1. Run 2's orders is damaged in place (same size); a full verify finds
+    it (sha256), so run 1's orders stays as the newest good backup. A quick verify of run
+    2 afterwards (the status page's Verify button) reads no data, and with no CRC64 to
+    compare (a manifest from before CRC64 was recorded: README "Verifying") it saw the
+    size only: it must not clear that finding, or retention counts the damaged backup
+    as good and deletes run 1's, the last intact one (README "Keeping backups")."""
+    u = unit(ScriptedExport({"orders": list(ROWS)}))
+    runs = []
+    for night in range(2):
+        run, _ = start_run(u.ctx, idempotency_key=f"night-{night}", trigger="test")
+        backed_up(u, u.state.list_jobs(run.run_id))
+        runs.append(run.run_id)
+        u.clock.advance(86400)
+    u.ctx.config = u.ctx.config.model_copy(update={"retention": Retention(keep_last=1)})
+    first, second = (u.job(u.state.list_jobs(r)[0].job_id).result for r in runs)
+    assert first is not None and second is not None
+    data = u.objects.objects[second.key]
+    u.objects.objects[second.key] = data.replace(b'"n": 1', b'"n": 7')  # same size
+
+    full = verify_run(u.ctx, runs[1])
+    assert [p.what for o in full.objects for p in o.problems] == ["sha256"]
+    record(u.ctx, full)
+    quick = verify_run(u.ctx, runs[1], quick=True)
+    assert quick.ok and quick.objects[0].crc64 == "not recorded"
+    record(u.ctx, quick)
+
+    damaged = u.state.get_run(runs[1])
+    assert damaged is not None and unverified(damaged) == {"shop/orders"}, "cleared unread"
+    prune(u.ctx)
+    assert u.objects.head(first.key) is not None, "the last intact backup was deleted"
