@@ -336,9 +336,10 @@ def _mark_pruned(ctx: Context, job: Job) -> None:
 class _Record:
     """The prune's record under `<prefix>/prunes/`. Written first, before anything is
     deleted, with what the prune sets out to delete (`deleting`, `finished` false), then
-    again at the same key once it is done: a prune stopped mid-way (SCF's time limit)
-    still leaves in the bucket which backups' objects it was deleting, as a backup it
-    marked pruned is in no later prune's record."""
+    again at the same key once it is done: a prune stopped mid-way still leaves in the
+    bucket which backups' objects it was deleting, as a backup it marked pruned is in no
+    later prune's record. SCF stops a function at its time limit (`time_limit_in_ms` in
+    the handler's context, cloud.tencent.com/document/product/583/9210), mid-delete."""
 
     def __init__(self, ctx: Context, decided: Plan) -> None:
         self._ctx, self._decided = ctx, decided
