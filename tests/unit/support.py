@@ -9,13 +9,14 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from shared.config import Config, parse_config
+from shared.config import Config, Retention, parse_config
 from shared.domain.jobs import Job, JobStatus, Run, job_id_for
 from shared.ports import Kind, Page, Platform, Progress
 from shared.service.close import close_finished_runs
 from shared.service.context import Context
 from shared.service.finish import finish
 from shared.service.poll import poll
+from shared.service.start import start_run
 from tests.fakes import (
     MemoryObjects,
     MemoryState,
@@ -168,6 +169,19 @@ def backed_up(u: Unit, jobs: list[Job] | None = None) -> str:
     close_finished_runs(u.ctx)
     assert all(u.job(job.job_id).status is JobStatus.DONE for job in jobs)
     return jobs[0].run_id
+
+
+def nightly_runs(u: Unit, nights: int, keep_last: int) -> list[str]:
+    """`nights` runs a day apart, each backed up to the end, then `retention.keep_last`
+    set; their run ids, oldest first."""
+    runs = []
+    for night in range(nights):
+        run, _ = start_run(u.ctx, idempotency_key=f"night-{night}", trigger="test")
+        backed_up(u, u.state.list_jobs(run.run_id))
+        runs.append(run.run_id)
+        u.clock.advance(86400)
+    u.ctx.config = u.ctx.config.model_copy(update={"retention": Retention(keep_last=keep_last)})
+    return runs
 
 
 def polled_unclaimed(u: Unit, job_id: str, hours: float) -> Job:

@@ -18,7 +18,7 @@ from shared.service.poll import poll
 from shared.service.prune import prune
 from shared.service.start import start_run
 from shared.service.verify import unverified
-from tests.unit.support import ScriptedExport, backed_up, seed_run, unit
+from tests.unit.support import ScriptedExport, backed_up, nightly_runs, seed_run, unit
 
 ROWS = [{"_id": f"d{i}", "n": i} for i in range(5)]
 
@@ -117,13 +117,7 @@ def test_a_run_folder_cos_would_not_list_leaves_the_prune_recorded_and_the_run_f
     a record; the next prune never sees that backup again, so nothing else would say it
     went), and run 1 stays on record for the next prune, like a delete COS refused."""
     u = unit(ScriptedExport({"orders": list(ROWS)}))
-    runs = []
-    for night in range(3):
-        run, _ = start_run(u.ctx, idempotency_key=f"night-{night}", trigger="test")
-        backed_up(u, u.state.list_jobs(run.run_id))
-        runs.append(run.run_id)
-        u.clock.advance(86400)
-    u.ctx.config = u.ctx.config.model_copy(update={"retention": Retention(keep_last=1)})
+    runs = nightly_runs(u, 3, keep_last=1)
     first = runs[0]
     folder = run_folder(u.ctx.config.destination.prefix, first) + "/"
     listing = u.objects.list
@@ -160,13 +154,7 @@ def test_a_prune_stopped_mid_delete_leaves_a_record_of_what_it_was_deleting() ->
     under `<prefix>/prunes/`): otherwise a run manifest lists an object that is gone with
     nothing saying why, and a backup already marked pruned is never in a later record."""
     u = unit(ScriptedExport({"orders": list(ROWS)}))
-    runs = []
-    for night in range(3):
-        run, _ = start_run(u.ctx, idempotency_key=f"night-{night}", trigger="test")
-        backed_up(u, u.state.list_jobs(run.run_id))
-        runs.append(run.run_id)
-        u.clock.advance(86400)
-    u.ctx.config = u.ctx.config.model_copy(update={"retention": Retention(keep_last=1)})
+    runs = nightly_runs(u, 3, keep_last=1)
     deleting = u.objects.delete
     gone: list[str] = []
 

@@ -13,7 +13,7 @@ from shared.service.poll import poll
 from shared.service.prune import prune
 from shared.service.start import start_run
 from shared.service.verify import record, unverified, verify_run
-from tests.unit.support import ScriptedExport, backed_up, seed_run, unit
+from tests.unit.support import ScriptedExport, backed_up, nightly_runs, seed_run, unit
 
 ROWS = [{"_id": f"d{i}", "n": i} for i in range(5)]
 
@@ -185,13 +185,7 @@ def test_a_quick_verify_that_compared_no_crc64_does_not_clear_damage_a_full_one_
     size only: it must not clear that finding, or retention counts the damaged backup
     as good and deletes run 1's, the last intact one (README "Keeping backups")."""
     u = unit(ScriptedExport({"orders": list(ROWS)}))
-    runs = []
-    for night in range(2):
-        run, _ = start_run(u.ctx, idempotency_key=f"night-{night}", trigger="test")
-        backed_up(u, u.state.list_jobs(run.run_id))
-        runs.append(run.run_id)
-        u.clock.advance(86400)
-    u.ctx.config = u.ctx.config.model_copy(update={"retention": Retention(keep_last=1)})
+    runs = nightly_runs(u, 2, keep_last=1)
     first, second = (u.job(u.state.list_jobs(r)[0].job_id).result for r in runs)
     assert first is not None and second is not None
     data = u.objects.objects[second.key]
