@@ -21,29 +21,44 @@ from tests.support.minapp import assert_export_equals_records
 OTHER = {"json": "csv", "csv": "json"}
 
 
-@pytest.mark.parametrize("started", ["json", "csv"])
-def test_wechat_copy_follows_the_type_its_export_was_started_with(
-        local: LocalBackup, started: str) -> None:
-    docs = make_docs(120, seed=5)
-    local.seed("orders", docs)
-    before = local.context(local.config(local.wechat_source(file_type=started)))
+def _copied_after_switch(local: LocalBackup, started: dict[str, Any],
+                         switched: dict[str, Any]) -> Job:
+    """A run started with the source `started`, then driven to its end after a redeploy
+    with the source `switched` (the other file_type): its one job, which succeeded."""
+    before = local.context(local.config(started))
     run, _ = start_run(before, idempotency_key="k", trigger="test")
     (job,) = before.state.list_jobs(run.run_id)
-    assert job.status is JobStatus.EXPORTING  # started with the old type
+    assert job.status is JobStatus.EXPORTING  # its export started with the old type
 
-    # redeployed with the other type before the copy
-    after = local.context(local.config(local.wechat_source(file_type=OTHER[started])))
+    after = local.context(local.config(switched))
     closed = drive(after, run)
 
     (job,) = after.state.list_jobs(run.run_id)
     assert closed.status is RunStatus.SUCCEEDED, job.error
     assert job.result is not None
-    assert job.result.key == data_key(after.config.destination.prefix, run.run_id, "shop",
-                                      "orders", started)
-    assert job.result.records == len(docs)
-    assert_object_equals_docs(local.objects.read(job.result.key), docs, started)
+    return job
+
+
+def _stored_as(local: LocalBackup, job: Job, collection: str, file_type: str) -> None:
+    """The job's object is named, and its manifest says it is, of `file_type`."""
+    assert job.result is not None
+    assert job.result.key == data_key(local.config().destination.prefix, job.run_id,
+                                      job.source, collection, file_type)
     manifest = json.loads(local.objects.read(job.result.manifest_key))
-    assert manifest["file_type"] == started
+    assert manifest["file_type"] == file_type
+
+
+@pytest.mark.parametrize("started", ["json", "csv"])
+def test_wechat_copy_follows_the_type_its_export_was_started_with(
+        local: LocalBackup, started: str) -> None:
+    docs = make_docs(120, seed=5)
+    local.seed("orders", docs)
+    job = _copied_after_switch(local, local.wechat_source(file_type=started),
+                               local.wechat_source(file_type=OTHER[started]))
+
+    assert job.result is not None and job.result.records == len(docs)
+    _stored_as(local, job, "orders", started)
+    assert_object_equals_docs(local.objects.read(job.result.key), docs, started)
 
 
 def _records(count: int) -> list[dict[str, Any]]:
@@ -54,25 +69,13 @@ def _records(count: int) -> list[dict[str, Any]]:
 def test_minapp_copy_follows_the_type_its_export_was_started_with(
         local: LocalBackup, minapp_emulator: MinAppEmulator, started: str) -> None:
     minapp_emulator.add_table(1001, _records(80))
-    before = local.context(local.config(local.minapp_source(minapp_emulator, file_type=started)))
-    run, _ = start_run(before, idempotency_key="k", trigger="test")
-    (job,) = before.state.list_jobs(run.run_id)
-    assert job.status is JobStatus.EXPORTING
+    job = _copied_after_switch(local, local.minapp_source(minapp_emulator, file_type=started),
+                               local.minapp_source(minapp_emulator, file_type=OTHER[started]))
 
-    after = local.context(local.config(
-        local.minapp_source(minapp_emulator, file_type=OTHER[started])))
-    closed = drive(after, run)
-
-    (job,) = after.state.list_jobs(run.run_id)
-    assert closed.status is RunStatus.SUCCEEDED, job.error
-    assert job.result is not None
-    assert job.result.key == data_key(after.config.destination.prefix, run.run_id, "app",
-                                      "1001", started)
-    assert job.result.records == 80
+    assert job.result is not None and job.result.records == 80
+    _stored_as(local, job, "1001", started)
     assert_export_equals_records(local.objects.read(job.result.key),
                                  minapp_emulator.records(1001), started)
-    manifest = json.loads(local.objects.read(job.result.manifest_key))
-    assert manifest["file_type"] == started
 
 
 def test_a_job_recorded_before_the_field_counts_its_file_as_configured() -> None:
@@ -97,16 +100,8 @@ def test_minapp_split_parts_started_after_the_change_keep_the_first_parts_type(
         return local.minapp_source(minapp_emulator, tables=[table], file_type=file_type,
                                    max_export_rows=1000, export_interval_seconds=0.4)
 
-    before = local.context(local.config(source(started)))
-    run, _ = start_run(before, idempotency_key="k", trigger="test")
-    (job,) = before.state.list_jobs(run.run_id)
-    assert job.status is JobStatus.EXPORTING  # its first part started, the others wait
+    job = _copied_after_switch(local, source(started), source(OTHER[started]))
 
-    after = local.context(local.config(source(OTHER[started])))
-    closed = drive(after, run)
-
-    (job,) = after.state.list_jobs(run.run_id)
-    assert closed.status is RunStatus.SUCCEEDED, job.error
     assert job.result is not None and len(job.result.objects) == 3
     assert {j["file_type"] for j in minapp_emulator.export_jobs(1001)} == {started}
     everything, start = minapp_emulator.records(1001), 0
