@@ -240,6 +240,14 @@ def _backup_then_switched(local: LocalBackup, emulator: MinAppEmulator, tmp_path
     return minapp_api(local, emulator, tmp_path, monkeypatch, file_type=now), run_id
 
 
+def _restored_as_made(api: Api, ask: dict[str, Any], made: str, *, confirm: str) -> dict[str, Any]:
+    """The restore `ask` carried to its end, after its preview showed the backup's own
+    file type `made`; its view."""
+    status, preview, _ = api.call("POST", "/restores", body={**ask, "preview": True})
+    assert status == 200 and preview["plan"]["file_type"] == made, preview
+    return restored(api, **ask, confirm=confirm)
+
+
 @pytest.mark.parametrize(("made", "now"), [("csv", "json"), ("json", "csv")])
 def test_a_minapp_backup_restores_in_its_own_file_type_after_the_source_switched_type(
         local: LocalBackup, minapp_emulator: MinAppEmulator, tmp_path: Path,
@@ -252,9 +260,7 @@ def test_a_minapp_backup_restores_in_its_own_file_type_after_the_source_switched
     ask: dict[str, Any] = {"run_id": run_id, "source": "app", "collection": "1001",
                            "into": "1001", "mode": "insert"}
 
-    status, preview, _ = api.call("POST", "/restores", body={**ask, "preview": True})
-    assert status == 200 and preview["plan"]["file_type"] == made, preview
-    view = restored(api, **ask, confirm="1001")
+    view = _restored_as_made(api, ask, made, confirm="1001")
 
     assert view["status"] == "succeeded" and view["progress"]["records_after"] == 30, view
     assert_export_equals_records(data, minapp_emulator.records(1001), made)
@@ -391,9 +397,7 @@ def test_a_wechat_backup_restores_in_its_own_file_type_after_the_source_switched
     ask: dict[str, Any] = {"run_id": run_id, "source": "shop", "collection": "orders",
                            "into": "orders", "mode": "upsert"}
 
-    status, preview, _ = api.call("POST", "/restores", body={**ask, "preview": True})
-    assert status == 200 and preview["plan"]["file_type"] == made, preview
-    view = restored(api, **ask, confirm="orders")
+    view = _restored_as_made(api, ask, made, confirm="orders")
 
     assert view["status"] == "succeeded" and view["progress"]["imported"] == 20, view
     (job,) = local.emulator.import_jobs()
