@@ -267,3 +267,28 @@ def test_platform_secrets_and_tokens_never_reach_logs_state_or_manifests(platfor
     for text in (logs, stored, objects):
         for secret in secrets:
             assert secret not in text
+
+
+def test_a_kept_refresh_token_survives_a_failure_that_is_not_its_refusal(platform: Platform) -> None:
+    """Only WeChat refusing the kept refresh token (61023 / 61003) is a reason to fall back to
+    the configured one; an expired verify ticket (or an IP not allow-listed) says nothing
+    about it. Dropping it then would leave only the configured refresh token, which WeChat
+    retired when it handed the kept one back: every backup after the ticket is fixed would
+    fail until the mini program authorized the platform again."""
+    emulator = platform.local.emulator
+    emulator.rotate_refresh_tokens = True  # the configured refresh token stops working once used
+    source = platform.source(platform.app_b())
+    assert backup_now(platform.context(source), key="night-1").status is RunStatus.SUCCEEDED
+    emulator.rotate_refresh_tokens = False
+    emulator.expire_tokens()
+    emulator.set_verify_ticket(COMPONENT, TICKET, expired=True)
+    ctx = platform.context(source)
+    failed = backup_now(ctx, key="night-2")
+    assert failed.status is RunStatus.FAILED
+    assert all("61005" in (j.error or "") for j in ctx.state.list_jobs(failed.run_id))
+
+    emulator.set_verify_ticket(COMPONENT, TICKET)  # the user puts in a fresh ticket
+    ctx = platform.context(source)
+    run = backup_now(ctx, key="night-3")
+
+    assert run.status is RunStatus.SUCCEEDED, [j.error for j in ctx.state.list_jobs(run.run_id)]

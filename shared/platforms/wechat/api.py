@@ -81,6 +81,12 @@ class InvalidRequest(Fatal):
         self.errcode = errcode
 
 
+class AuthorizationRefused(Fatal):
+    """WeChat refused a mini program's authorization of the platform or its
+    authorizer_refresh_token (61023, 61003): the one answer that says a refresh token is no
+    good, as opposed to a failure on the way to using it (ticket, IP allow-list, ...)."""
+
+
 class TokenSource(Protocol):
     """Hands out the token a call needs; `renew` is asked once when WeChat rejects it."""
 
@@ -144,7 +150,7 @@ def classify(path: str, errcode: int, errmsg: str, scope: Scope) -> BackupError:
             "verify_ticket (or $WECHAT_COMPONENT_VERIFY_TICKET)"
         )
     if errcode in (61023, 61003):
-        return Fatal(
+        return AuthorizationRefused(
             f"{where}: mini program {scope.appid} has not authorized the platform, or its "
             "authorizer_refresh_token is no longer valid; have it authorize the platform again "
             "and update authorizer_token.refresh_token"

@@ -32,6 +32,7 @@ from shared.logs import register_secret
 from shared.platforms.wechat.api import (
     PLATFORM_ALLOW_LIST,
     WECHAT_ALLOW_LIST,
+    AuthorizationRefused,
     Scope,
     TokenSource,
     exchange,
@@ -339,7 +340,7 @@ class RefreshedAuthorizerToken(CachedToken):
         kept = self._cache.cache_get(self._refresh_key, _now())
         try:
             return self._exchange_with(kept or self._configured_refresh)
-        except Fatal:
+        except AuthorizationRefused:  # only WeChat refusing it retires the kept one
             if not kept or kept == self._configured_refresh:
                 raise
             log.warning("the kept authorizer refresh token was refused; trying the configured one")
