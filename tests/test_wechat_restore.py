@@ -703,3 +703,32 @@ def test_a_backup_restored_by_the_service_equals_the_original(shop: LocalBackup,
         assert (job.checkpoint or {}).get("imported") == 40
         assert same(shop.emulator.docs(ENV_ID, plan.order.target)), plan.order.target
     assert shop.emulator.has_collection(ENV_ID, plan.order.target) and plan.order.target != "orders"
+
+
+def test_an_import_start_whose_answer_was_lost_does_not_fail_a_restore_that_wrote_everything(
+        shop: LocalBackup) -> None:
+    """WeChat carried the databasemigrateimport out but its answer never came (the
+    connection closed). Sending it again on the spot starts a second import whose id is the
+    only one kept, and in mode insert that job finds every record already there and rejects
+    it: the restore failed, "imported 0 and rejected 40", with all 40 in the collection.
+    The part has to be sent again the way a lost import id is (marked resent), so that the
+    records the first import wrote are counted as there."""
+    from shared.domain.jobs import JobStatus, RunStatus
+    from shared.service.restore.plan import plan_restore, start_restore
+    from tests.support.backup import backup_now, drive
+
+    ctx = shop.context(shop.config(shop.wechat_source()))
+    original = shop.emulator.docs(ENV_ID, "orders")
+    backup = backup_now(ctx)
+    assert backup.status is RunStatus.SUCCEEDED
+    shop.emulator.clear_collection(ENV_ID, "orders")
+    shop.emulator.lose_answers(IMPORT)
+
+    plan = plan_restore(ctx, backup.run_id, "shop", "orders", mode="insert")
+    run, _ = start_restore(ctx, plan, idempotency_key="lost-answer", trigger="test")
+    closed = drive(ctx, run)
+
+    (job,) = ctx.state.list_jobs(run.run_id)
+    assert shop.emulator.docs(ENV_ID, "orders") == original
+    assert job.status is JobStatus.DONE, job.error
+    assert closed.status is RunStatus.SUCCEEDED

@@ -1434,9 +1434,20 @@ class WeChatEmulator(LocalEmulator):
             elif job.polls <= 1 + job.polls_until_ready:
                 job.status = "migrating"
             else:
+                self._run_earlier_imports(job)
                 self._run_import(job)
         return {"status": job.status, "record_success": job.record_success,
                 "record_fail": job.record_fail, "error_msg": job.error, "file_url": ""}
+
+    def _run_earlier_imports(self, job: _ImportJob) -> None:
+        """WeChat runs an import job on its own, whether or not anyone asks about it: one
+        started earlier in the same env (say, one whose answer was lost, so nobody knows
+        its id) has run by the time a later one does."""
+        for earlier in sorted(self._imports.values(), key=lambda j: j.job_id):
+            if earlier.job_id >= job.job_id:
+                break
+            if earlier.env == job.env and earlier.status not in FINAL_STATUSES:
+                self._run_import(earlier)
 
     def _run_import(self, job: _ImportJob) -> None:
         if job.fail_message is not None:

@@ -87,6 +87,23 @@ class AuthorizationRefused(Fatal):
     good, as opposed to a failure on the way to using it (ticket, IP allow-list, ...)."""
 
 
+class AnswerLost(Retryable):
+    """The request went out but no answer came (connection dropped or timed out after it
+    was sent): WeChat may have carried it out."""
+
+
+class _NotRepeated(Exception):
+    """Carries an AnswerLost of a call that must not be sent twice past `with_retries`."""
+
+    def __init__(self, lost: AnswerLost) -> None:
+        super().__init__(str(lost))
+        self.lost = lost
+
+
+# httpx's errors raised before a request is on the wire: it cannot have been carried out.
+UNSENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
 class TokenSource(Protocol):
     """Hands out the token a call needs; `renew` is asked once when WeChat rejects it."""
 
@@ -188,8 +205,10 @@ def exchange(
     """One request to WeChat: network trouble and 5xx are Retryable, errcodes classified."""
     try:
         response = http.request(method, url, params=params, json=json)
-    except httpx.TransportError as exc:
+    except UNSENT_ERRORS as exc:
         raise Retryable(f"WeChat {path}: {describe_transport_error(exc)}") from None
+    except httpx.TransportError as exc:
+        raise AnswerLost(f"WeChat {path}: {describe_transport_error(exc)}") from None
     if response.status_code >= 500:
         raise Retryable(f"WeChat {path}: HTTP {response.status_code}")
     try:
@@ -244,23 +263,40 @@ class WeChatApi:
         self._retry_base = retry_base_seconds
 
     def call(
-        self, path: str, body: dict[str, Any], params: dict[str, str] | None = None
+        self, path: str, body: dict[str, Any], params: dict[str, str] | None = None, *,
+        repeatable: bool = True,
     ) -> dict[str, Any]:
-        """Busy answers are retried with backoff; a rejected token is renewed once."""
+        """Busy answers are retried with backoff; a rejected token is renewed once. A call
+        that is not `repeatable` (it starts something each time it is carried out) is not
+        sent again when its answer was lost: the AnswerLost goes to the caller, who knows
+        what a second one would mean."""
 
         def attempt() -> dict[str, Any]:
-            token = self._tokens.token()
             try:
-                return self._post(path, body, token, params)
-            except TokenRejected as exc:
-                log.warning("WeChat rejected the access token; asking its owner for another once")
-                fresh = self._tokens.renew(token, str(exc))
-                try:
-                    return self._post(path, body, fresh, params)
-                except TokenRejected as again:
-                    raise Fatal(f"{again}: a freshly issued token was rejected too") from None
+                return self._attempt(path, body, params)
+            except AnswerLost as lost:
+                if repeatable:
+                    raise
+                raise _NotRepeated(lost) from None
 
-        return with_retries(attempt, attempts=3, base_seconds=self._retry_base)
+        try:
+            return with_retries(attempt, attempts=3, base_seconds=self._retry_base)
+        except _NotRepeated as stop:
+            raise stop.lost from None
+
+    def _attempt(
+        self, path: str, body: dict[str, Any], params: dict[str, str] | None
+    ) -> dict[str, Any]:
+        token = self._tokens.token()
+        try:
+            return self._post(path, body, token, params)
+        except TokenRejected as exc:
+            log.warning("WeChat rejected the access token; asking its owner for another once")
+            fresh = self._tokens.renew(token, str(exc))
+            try:
+                return self._post(path, body, fresh, params)
+            except TokenRejected as again:
+                raise Fatal(f"{again}: a freshly issued token was rejected too") from None
 
     def _post(
         self, path: str, body: dict[str, Any], token: str, params: dict[str, str] | None

@@ -30,7 +30,7 @@ import httpx
 from shared.adapters.http import describe_transport_error, is_loopback_url
 from shared.domain.errors import Fatal, Forgotten, Retryable
 from shared.logs import register_secret
-from shared.platforms.wechat.api import shown_url, whole_number
+from shared.platforms.wechat.api import AnswerLost, shown_url, whole_number
 from shared.ports import ImportProgress, RestoreMode
 
 if TYPE_CHECKING:
@@ -166,11 +166,18 @@ class WeChatRestore:
         form = self._upload_form(path)
         self._post_form(form, path, chunks, size)
         routes = self._restore_routes
-        answer = self._api.call(routes.import_, {
-            "env": self.source.env, "collection_name": collection, "file_path": path,
-            "file_type": FILE_TYPES[file_type], "stop_on_error": False,
-            "conflict_mode": CONFLICT_MODES[mode],
-        })
+        body = {"env": self.source.env, "collection_name": collection, "file_path": path,
+                "file_type": FILE_TYPES[file_type], "stop_on_error": False,
+                "conflict_mode": CONFLICT_MODES[mode]}
+        try:
+            # Each call WeChat carries out starts an import job: one repeated here after a
+            # lost answer would leave the id of a job that (in mode insert) rejects every
+            # record the first one wrote. The caller sends the part again instead, knowing
+            # an earlier import of it may have run.
+            answer = self._api.call(routes.import_, body, repeatable=False)
+        except AnswerLost as lost:
+            raise Retryable(f"{lost}: the import of {path} into {collection!r} may have "
+                            "started; its answer was lost") from None
         job = answer.get("job_id")
         if whole_number(job) is None:
             # The import may have started: never start another one blindly.
