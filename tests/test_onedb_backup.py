@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -463,3 +464,40 @@ def test_reclaim_after_progress_does_not_burn_attempts(
     poll(ctx)
     again = ctx.state.get_job(job.job_id)
     assert again is not None and again.status is JobStatus.READY and again.attempts == 1
+
+
+def test_a_copy_slower_than_its_lease_is_not_handed_to_a_second_finisher(
+    local: LocalBackup, onedb_emulator: OneDBEmulator
+) -> None:
+    """A part that takes longer than `timing.copy_lease_seconds` to read (a slow platform, a
+    selective filter): the finisher keeps its lease while it reads, so the poller does not
+    hand the job to another finisher beside it (a burnt try, and two finishers uploading
+    the same part numbers into one upload)."""
+    onedb_emulator.add_generated_table(ENV_ID, APP, "events", 60_000)  # ~6 MB: 2 parts
+    onedb_emulator.latency = 0.4  # a 5 MiB part is ~11 pages: over 4 s, twice the lease
+    handed: list[str] = []
+
+    class Recording:
+        def dispatch(self, job_id: str) -> None:
+            handed.append(job_id)
+
+    config = local.config(onedb_source(local, onedb_emulator), copy_lease_seconds=2)
+    config = config.model_copy(update={"destination": config.destination.model_copy(
+        update={"part_size_mb": 5})})
+    ctx = local.context(config, dispatcher=Recording())
+    run, _ = start_run(ctx, idempotency_key="slow", trigger="test")
+    job = ctx.state.list_jobs(run.run_id)[0]
+    handed.clear()
+    outcome: list[str] = []
+    finisher = threading.Thread(target=lambda: outcome.append(
+        finish(local.context(config), job.job_id)))
+    finisher.start()
+    try:
+        time.sleep(3.0)  # past the first lease, before the first part is saved
+        poll(ctx)
+    finally:
+        finisher.join(timeout=120)
+    assert handed == [] and outcome == ["done"]
+    done = ctx.state.get_job(job.job_id)
+    assert done is not None and done.attempts == 0 and done.result is not None
+    assert _lines(local, done.result.key) == [generated_row(i) for i in range(60_000)]

@@ -5,7 +5,9 @@ After every uploaded part, the cursor, the upload id and the parts so far are sa
 the job (compare-and-set, renewing the copy lease), so a finisher that is killed or runs
 out of time is resumed by the next one from the last saved part. A part uploaded but not
 yet saved when a finisher died is simply uploaded again under the same number from the
-saved cursor, which replaces it: no row is lost or written twice. A finisher that stops at
+saved cursor, which replaces it: no row is lost or written twice. A part slower to read
+than half the lease renews the lease meanwhile, so the poller does not hand the job to
+a second finisher beside this one. A finisher that stops at
 its time budget parks the rows it has read but not uploaded in a small side object, so
 even a very selective filter always moves on.
 
@@ -148,6 +150,7 @@ class _PagedCopy:
         if ctx.stop_by is not None:
             deadline = min(deadline, ctx.stop_by)
         self.deadline = _deadlines.setdefault(hold, deadline)
+        self.renew_at = float("-inf")  # `time.monotonic()` by which the lease is renewed
 
     def run(self) -> StoredObject:
         state = self._load()
@@ -183,7 +186,8 @@ class _PagedCopy:
         if progress:
             state.steps += 1
         now = self.ctx.clock()
-        lease = now + timedelta(seconds=self.ctx.config.timing.copy_lease_seconds)
+        seconds = self.ctx.config.timing.copy_lease_seconds
+        lease = now + timedelta(seconds=seconds)
         parked = state.parked.rows if state.parked else 0
         self.hold.checkpoint(
             checkpoint={**(self.hold.job.checkpoint or {}), PAGED_CHECKPOINT: state.model_dump(mode="json")},
@@ -191,6 +195,15 @@ class _PagedCopy:
             lease_until=lease,
             next_check_at=lease,
         )
+        self.renew_at = time.monotonic() + seconds / 2
+
+    def _keep_lease(self, state: PagedState) -> None:
+        """Renew the lease once half of it has passed without a save (a part slower to read
+        than `timing.copy_lease_seconds`): else the poller hands the job to another
+        finisher while this one still uploads parts into the same upload. Saves the
+        checkpoint as last saved: nothing read since then is in it."""
+        if time.monotonic() >= self.renew_at:
+            self._save(state, progress=False)
 
     def _spent(self) -> bool:
         return time.monotonic() >= self.deadline
@@ -231,6 +244,7 @@ class _PagedCopy:
                     buffer, buffered_rows = bytearray(), 0
                     if last:
                         return
+                self._keep_lease(state)
                 if self._spent():
                     self._park(state, bytes(buffer), buffered_rows, page.next_cursor)
                     log.info("time budget spent; the next invocation resumes the copy",
