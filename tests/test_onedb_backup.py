@@ -501,3 +501,36 @@ def test_a_copy_slower_than_its_lease_is_not_handed_to_a_second_finisher(
     done = ctx.state.get_job(job.job_id)
     assert done is not None and done.attempts == 0 and done.result is not None
     assert _lines(local, done.result.key) == [generated_row(i) for i in range(60_000)]
+
+
+def test_a_refusal_at_the_end_of_the_budget_keeps_the_rows_read(
+    local: LocalBackup, onedb_emulator: OneDBEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The budget ends while the platform asks to wait (its Retry-After reaches past it): the
+    rows read so far are parked like at any end of the budget, so the next invocation goes
+    on from them. Else a rate-limited table that needs more than one budget per part (a
+    selective filter) reads the same pages again in every invocation and never ends."""
+    onedb_emulator.add_generated_table(ENV_ID, APP, "events", 20_000)  # 4 pages, one part
+    onedb_emulator.rate_limit = 2  # two calls a second, then 429 with a Retry-After...
+    monkeypatch.setattr("devkit.emulators.onedb.RETRY_AFTER", 60)  # ...past the budget
+    outcomes: list[str] = []
+
+    class Direct:
+        def dispatch(self, job_id: str) -> None:
+            outcomes.append(finish(ctx, job_id))
+
+    config = local.config(onedb_source(local, onedb_emulator), finish_budget_seconds=20)
+    ctx = local.context(config, dispatcher=Direct())
+    run, _ = start_run(ctx, idempotency_key="refused-late", trigger="test")
+
+    (job,) = ctx.state.list_jobs(run.run_id)
+    assert outcomes == ["retry"] and job.attempts == 0 and "429" in (job.error or "")
+    parked = (job.checkpoint or {})["paged"]["parked"]
+    assert parked is not None and parked["rows"] == 10_000  # the two pages read
+    assert job.progress_records == 10_000
+
+    onedb_emulator.rate_limit = None
+    run = drive(ctx, run)
+    assert run.status.value == "succeeded" and outcomes[-1] == "done"
+    assert _lines(local, _object_key(ctx, run.run_id, "events")) == [
+        generated_row(i) for i in range(20_000)]

@@ -7,9 +7,9 @@ out of time is resumed by the next one from the last saved part. A part uploaded
 yet saved when a finisher died is simply uploaded again under the same number from the
 saved cursor, which replaces it: no row is lost or written twice. A part slower to read
 than half the lease renews the lease meanwhile, so the poller does not hand the job to
-a second finisher beside this one. A finisher that stops at
-its time budget parks the rows it has read but not uploaded in a small side object, so
-even a very selective filter always moves on.
+a second finisher beside this one. A finisher that stops at its time budget (or that the
+platform asks to wait past it) parks the rows it has read but not uploaded in a small
+side object, so even a very selective filter always moves on.
 
 The job is done only once the completed object, read back from COS, has the bytes, rows
 and per-part MD5s that were saved, and a CRC64-ECMA equal both to the one kept over the
@@ -43,6 +43,7 @@ from shared.domain.errors import (
     Fatal,
     RateLimited,
     Retryable,
+    RetryLater,
     StorageError,
     VerificationFailed,
 )
@@ -233,23 +234,43 @@ class _PagedCopy:
         buffer, buffered_rows, cursor = self._unpark(state)
         fetch = functools.partial(self.platform.fetch_page, self.collection)
         pacer = Pacer(PREFETCH_PAGES, deadline=self.deadline)
+        read_any, following = False, cursor  # following: the cursor after the last page read
         with _settled_heap(), _Prefetch(fetch, cursor, pacer) as pages:
-            for page in pages:
-                data, rows = self.platform.encode_page(page)
-                buffer += data
-                buffered_rows += rows
-                last = page.next_cursor is None
-                if len(buffer) >= self.part_size or last:
-                    self._upload_part(state, bytes(buffer), buffered_rows, page.next_cursor, last)
-                    buffer, buffered_rows = bytearray(), 0
-                    if last:
-                        return
-                self._keep_lease(state)
-                if self._spent():
-                    self._park(state, bytes(buffer), buffered_rows, page.next_cursor)
-                    log.info("time budget spent; the next invocation resumes the copy",
-                             extra={"rows_so_far": state.rows})
-                    raise CopyPaused("time budget spent while paging")
+            try:
+                for page in pages:
+                    data, rows = self.platform.encode_page(page)
+                    buffer += data
+                    buffered_rows += rows
+                    read_any, following = True, page.next_cursor
+                    last = page.next_cursor is None
+                    if len(buffer) >= self.part_size or last:
+                        self._upload_part(state, bytes(buffer), buffered_rows, page.next_cursor,
+                                          last)
+                        buffer, buffered_rows = bytearray(), 0
+                        if last:
+                            return
+                    self._keep_lease(state)
+                    if self._spent():
+                        self._park(state, bytes(buffer), buffered_rows, page.next_cursor)
+                        log.info("time budget spent; the next invocation resumes the copy",
+                                 extra={"rows_so_far": state.rows})
+                        raise CopyPaused("time budget spent while paging")
+            except RetryLater:  # the platform asks to wait past the budget, or for too long
+                if read_any:
+                    self._park_before_waiting(state, bytes(buffer), buffered_rows, following)
+                raise
+
+    def _park_before_waiting(self, state: PagedState, data: bytes, rows: int,
+                             following: dict[str, Any] | None) -> None:
+        """Keep the rows read, as at the end of the budget: else an invocation that ends
+        waiting on the platform leaves them to be read again, and a table needing more
+        than one invocation per part never moves on. Best effort: the wait is what the
+        caller is told about."""
+        try:
+            self._park(state, data, rows, following)
+        except Retryable as exc:
+            log.warning("could not park the rows read; the next invocation reads them again",
+                        extra={"reason": str(exc)})
 
     def _unpark(self, state: PagedState) -> tuple[bytearray, int, dict[str, Any] | None]:
         """Start from the parked rows, or read them again if their object is gone."""
