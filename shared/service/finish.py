@@ -7,7 +7,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from shared.domain.errors import BackupError, Fatal, Forgotten, Retryable, RetryLater
-from shared.domain.jobs import Job, JobResult, JobStatus, backoff
+from shared.domain.jobs import Job, JobResult, JobStatus
 from shared.domain.layout import data_key
 from shared.domain.manifest import JobManifest, as_document
 from shared.logs import log_context, redact
@@ -17,7 +17,7 @@ from shared.service.context import Context, fail, save
 from shared.service.copiers import copier_for
 from shared.service.copying import Copier, CopyHold, CopyPaused, LeaseLost, claim, claimable
 from shared.service.suspicion import Verdict, judge, newest_good
-from shared.service.tries import restart_forgotten
+from shared.service.tries import restart_forgotten, retry_backoff
 
 log = logging.getLogger(__name__)
 
@@ -150,11 +150,11 @@ def _release_after_error(ctx: Context, copier: Copier, job: Job, exc: Exception)
         fail(ctx, job, f"copy failed after {job.attempts + 1} tries: {message}", now)
         return JobStatus.FAILED.value
     log.warning("copy failed; will retry", extra={"reason": message})
-    timing = ctx.config.timing
+    # Backed off from the poller's one-minute tick, as a failed poller step: a backoff of
+    # seconds would have every tick try again (tries.retry_backoff).
     save(ctx, job.moved_to(
         JobStatus.READY, attempts=tries, error=message, lease_owner=None,
         lease_until=None, checkpoint=copier.rebased(job),
-        next_check_at=now + backoff(job.attempts, timing.first_check_seconds,
-                                    timing.max_check_interval_seconds),
+        next_check_at=now + retry_backoff(ctx, job.attempts),
     ))
     return "retry"

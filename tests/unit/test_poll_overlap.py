@@ -124,3 +124,27 @@ def test_a_check_that_keeps_failing_is_asked_again_ever_less_often() -> None:
 
     assert len(checks) == 3  # at 0, 1 and 3 minutes: one, then two minutes apart
     assert u.job(job.job_id).status is JobStatus.EXPORTING  # tries left for when it is back
+
+
+def test_a_copy_that_keeps_failing_is_tried_again_ever_less_often() -> None:
+    """As a failed check: a download host down for a few minutes must not use up the
+    copy's tries at one a tick (README: "one tick, two, four … apart")."""
+    platform = ScriptedExport({"orders": [{"_id": "d0"}]})
+    u = unit(platform, max_attempts=5, max_check_interval_seconds=300)
+    [job] = seed_run(u, JobStatus.READY, platform_job_id="export-1", expected_records=1)
+    copies = []
+
+    def down(collection: str, part: int) -> None:
+        copies.append(u.clock())
+        raise Retryable("download host answered HTTP 502")
+
+    platform.on_open = down
+    for _ in range(6):  # six minutes of one tick a minute, each hand-off copied at once
+        poll(u.ctx)
+        for job_id in u.dispatcher.dispatched:
+            finish(u.ctx, job_id)
+        u.dispatcher.dispatched.clear()
+        u.clock.advance(60)
+
+    assert len(copies) == 2 * 3  # two in-call tries at 0, 1 and 3 minutes
+    assert u.job(job.job_id).status is JobStatus.READY  # tries left for when it is back
