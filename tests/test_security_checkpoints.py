@@ -88,7 +88,7 @@ def test_a_part_that_holds_up_is_kept_without_downloading_again(local: LocalBack
     done = ctx.state.get_job(job.job_id)
     assert done is not None and done.result is not None
     again = ctx.state.save_job(done.model_copy(update={
-        "status": JobStatus.READY, "result": None,
+        "status": JobStatus.READY, "result": None, "next_check_at": ctx.clock(),
         "checkpoint": {"copied": [o.model_dump() for o in done.result.objects]}}))
     assert again is not None
     downloads = local.emulator.calls["/_files"]
@@ -181,7 +181,7 @@ def test_a_part_of_the_right_size_whose_crc64_differs_is_copied_again(local: Loc
     assert len(swapped) == len(original) and swapped != original
     local.objects.put_stream(key, [swapped], content_type="text/plain")
     again = ctx.state.save_job(done.model_copy(update={
-        "status": JobStatus.READY, "result": None,
+        "status": JobStatus.READY, "result": None, "next_check_at": ctx.clock(),
         "checkpoint": {"copied": [o.model_dump() for o in done.result.objects]}}))
     assert again is not None
     downloads = local.emulator.calls["/_files"]

@@ -37,9 +37,19 @@ class CopyHold:
 
 
 def claimable(job: Job, now: datetime) -> bool:
-    """Ready, or copying under a lease that ran out (its finisher died or timed out)."""
-    return job.status is JobStatus.READY or (
+    """Ready (and not backing off), or copying under a lease that ran out (its finisher
+    died or timed out)."""
+    return (job.status is JobStatus.READY and not backing_off(job, now)) or (
         job.status is JobStatus.COPYING and job.lease_expired(now))
+
+
+def backing_off(job: Job, now: datetime) -> bool:
+    """A ready job a failed copy put back, not due again yet and not handed out since: an
+    event for it is a late or repeated one (SCF retries an async invocation for up to its
+    retention time, 6 hours by default: cloud.tencent.com/document/product/583/41138, 异步
+    调用), which must not try it again ahead of its backoff. The poller hands it out when
+    it is due."""
+    return job.unclaimed_hand_offs == 0 and job.next_check_at > now
 
 
 def claim(ctx: Context, job: Job, now: datetime, *, progressed: bool,

@@ -15,7 +15,15 @@ from shared.ports import RestoreCaveats
 from shared.retry import with_retries
 from shared.service.context import Context, fail, save
 from shared.service.copiers import copier_for
-from shared.service.copying import Copier, CopyHold, CopyPaused, LeaseLost, claim, claimable
+from shared.service.copying import (
+    Copier,
+    CopyHold,
+    CopyPaused,
+    LeaseLost,
+    backing_off,
+    claim,
+    claimable,
+)
 from shared.service.suspicion import Verdict, judge, newest_good
 from shared.service.tries import restart_forgotten, retry_backoff
 
@@ -68,7 +76,9 @@ def _finish(ctx: Context, job: Job) -> str:
     with log_context(run_id=job.run_id, job_id=job.job_id):
         now = ctx.clock()
         if not claimable(job, now):
-            log.info("nothing to copy", extra={"status": job.status.value})
+            log.info("nothing to copy" if not backing_off(job, now) else
+                     "a late hand-off: the job waits out its backoff, then the poller hands "
+                     "it out again", extra={"status": job.status.value})
             return str(job.status.value)
         copier = copier_for(ctx, job.source)
         # The platform's client (its module, an HTTP client) is built while the claim's

@@ -193,3 +193,11 @@ def polled_unclaimed(u: Unit, job_id: str, hours: float) -> Job:
         u.dispatcher.dispatched.clear()
         u.clock.advance(u.ctx.config.timing.copy_lease_seconds + 1)
     return u.job(job_id)
+
+
+def when_due(u: Unit, job_id: str) -> None:
+    """Move the clock on to when the job is due again (a failed copy's backoff waited out):
+    a finisher event before then finds it backing off and leaves it."""
+    due = u.job(job_id).next_check_at
+    if due > u.clock():
+        u.clock.now = due

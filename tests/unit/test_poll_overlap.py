@@ -148,3 +148,30 @@ def test_a_copy_that_keeps_failing_is_tried_again_ever_less_often() -> None:
 
     assert len(copies) == 2 * 3  # two in-call tries at 0, 1 and 3 minutes
     assert u.job(job.job_id).status is JobStatus.READY  # tries left for when it is back
+
+
+def test_hand_offs_queued_while_the_finisher_was_throttled_do_not_skip_a_failed_copys_backoff() -> None:
+    """SCF keeps an async event its finisher's concurrency turned away and retries it every
+    minute (product/583/41138): after a throttled hour the hand-offs of every copy lease
+    arrive within a minute. The first copy fails; the rest must not try it again at once,
+    each using up a try, ahead of the backoff the failure set."""
+    platform = ScriptedExport({"orders": [{"_id": "d0"}]})
+    u = unit(platform, max_attempts=5, max_check_interval_seconds=300)
+    [job] = seed_run(u, JobStatus.READY, platform_job_id="export-1", expected_records=1)
+    for _ in range(4):  # a throttled hour: one hand-off a copy lease, none run yet
+        poll(u.ctx)
+        u.clock.advance(u.ctx.config.timing.copy_lease_seconds + 1)
+    queued = list(u.dispatcher.dispatched)
+    assert len(queued) == 4
+
+    def down(collection: str, part: int) -> None:
+        raise Retryable("download host answered HTTP 502")
+
+    platform.on_open = down
+    for job_id in queued:  # the throttling ends: SCF delivers them seconds apart
+        finish(u.ctx, job_id)
+        u.clock.advance(10)
+
+    after = u.job(job.job_id)
+    assert after.attempts == 1  # one failed copy, backed off; the late events waited
+    assert after.status is JobStatus.READY

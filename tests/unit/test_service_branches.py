@@ -31,6 +31,7 @@ from tests.unit.support import (
     polled_unclaimed,
     seed_run,
     unit,
+    when_due,
 )
 
 ROWS = [{"_id": f"d{i}", "n": i} for i in range(5)]
@@ -195,7 +196,10 @@ def test_a_transient_copy_failure_is_retried_and_counted() -> None:
     first = u.job(job.job_id)
     assert first.status is JobStatus.READY and first.attempts == 1
     assert first.next_check_at > u.clock()  # backed off
+    assert finish(u.ctx, job.job_id) == JobStatus.READY.value  # a late event waits
+    when_due(u, job.job_id)
     assert finish(u.ctx, job.job_id) == "retry"
+    when_due(u, job.job_id)
     assert finish(u.ctx, job.job_id) == "failed"
     assert "after 3 tries" in (u.job(job.job_id).error or "")
 
@@ -211,6 +215,7 @@ def test_a_platform_asking_to_wait_is_not_a_failed_try() -> None:
     platform.on_open = busy
     for _ in range(4):
         assert finish(u.ctx, job.job_id) == "retry"
+        when_due(u, job.job_id)
     assert u.job(job.job_id).attempts == 0 and u.job(job.job_id).status is JobStatus.READY
 
 
@@ -245,6 +250,7 @@ def test_a_storage_failure_during_an_export_copy_is_a_plain_retry(
     assert "InternalError" in (u.job(job.job_id).error or "")
     assert not [r for r in caplog.records if "unexpected" in r.getMessage()]
     u.objects.fail_puts = 0
+    when_due(u, job.job_id)
     assert finish(u.ctx, job.job_id) == "done"
 
 
