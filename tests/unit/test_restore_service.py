@@ -15,6 +15,7 @@ import pytest
 
 import shared.service.prune as prune_module
 from shared.config.model import Retention
+from shared.domain.errors import Retryable
 from shared.domain.jobs import PRUNING, JobStatus, Run, RunStatus
 from shared.ports import ImportProgress, Progress, RestoreMode, RowOutcome
 from shared.service.finish import finish
@@ -772,3 +773,39 @@ def test_a_restore_planned_before_another_started_into_its_target_is_refused_at_
         start_restore(u.ctx, second, idempotency_key="second", trigger="test")
     assert refused.value.status == 409
     assert [r.run_id for r in u.state.list_runs() if r.operation == "restore"] == [started.run_id]
+
+
+@dataclass
+class DownImports(ImportingExport):
+    """An import endpoint that answers 502 for a while: each send is a failed step."""
+
+    sends: int = 0
+
+    def send_import(self, collection: str, mode: RestoreMode, *, file_type: str, name: str,
+                    chunks: Iterable[bytes], size: int) -> str | None:
+        self.sends += 1
+        raise Retryable("import endpoint answered HTTP 502")
+
+
+def test_a_restore_step_that_keeps_failing_is_tried_again_ever_less_often() -> None:
+    """As a failed copy: an import endpoint down for a few minutes must not use up the
+    restore's tries at one a tick (README: "one tick, two, four … apart")."""
+    platform = DownImports({"orders": list(ROWS)})
+    u = unit(platform, max_attempts=5, max_check_interval_seconds=300)
+    backup = backed_up(u)
+    run, _ = start_restore(u.ctx, plan_restore(u.ctx, backup, "shop", "orders"),
+                           idempotency_key="r1", trigger="test")
+    sent_at = []
+    for minute in range(6):  # six minutes of one tick a minute, each hand-off run at once
+        poll(u.ctx)
+        before = platform.sends
+        for job_id in list(u.dispatcher.dispatched):
+            finish(u.ctx, job_id)
+        u.dispatcher.dispatched.clear()
+        sent_at += [minute] * (platform.sends - before)
+        u.clock.advance(60)
+
+    [job] = u.state.list_jobs(run.run_id)
+    assert job.status is JobStatus.READY, job.error  # tries left for when it is back
+    # the first failure is not a try (the object may have been sent), then 1, 2, 4 ticks
+    assert sent_at == [0, 1, 2, 4]

@@ -27,12 +27,13 @@ from datetime import timedelta
 from typing import Any, cast
 
 from shared.domain.errors import BackupError, Fatal, Retryable, RetryLater, VerificationFailed
-from shared.domain.jobs import Job, JobStatus, RestoreOrder, StoredObject, backoff
+from shared.domain.jobs import Job, JobStatus, RestoreOrder, StoredObject
 from shared.domain.records import counter_for
 from shared.logs import log_context, redact
 from shared.ports import FileImportPlatform, RestorablePlatform, RowImportPlatform, TargetShape
 from shared.service.context import Budget, Context, fail, save
 from shared.service.copying import CopyHold, CopyPaused, LeaseLost, claim, claimable
+from shared.service.tries import retry_backoff
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +232,5 @@ def _after_error(ctx: Context, job: Job, exc: BackupError) -> str:
     log.warning("restore step failed; will retry", extra={"reason": message})
     save(ctx, job.moved_to(
         JobStatus.READY, attempts=tries, error=message, lease_owner=None, lease_until=None,
-        checkpoint=rebased(job),
-        next_check_at=now + backoff(job.attempts, timing.first_check_seconds,
-                                    timing.max_check_interval_seconds)))
+        checkpoint=rebased(job), next_check_at=now + retry_backoff(ctx, job.attempts)))
     return "retry"
