@@ -252,6 +252,7 @@ def test_update_merges_columns_and_delete_removes(posts: OneDBEmulator) -> None:
 
 def test_the_rate_limit_counts_writes_too(posts: OneDBEmulator) -> None:
     posts.rate_limit = 2
+    posts.clock = lambda: 100.0  # the four calls fall in one second, however slow the host
     headers = {"envid": ENV_ID, "keyid": KEY_ID, "Authorization": f"Bearer {_token()}"}
     statuses = [httpx.post(f"{posts.base_url}/cdb", headers=headers, timeout=10,
                            json=_write("create", {"userId": "r", "postId": i}, {})).status_code

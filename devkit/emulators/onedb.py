@@ -51,7 +51,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
 
@@ -306,6 +306,7 @@ class OneDBEmulator(LocalEmulator):
         self.page_cap = page_cap
         self.require_expiry = True
         self.rate_limit: float | None = None
+        self.clock: Callable[[], float] = time.monotonic  # the rate limit's; a test may stop it
         self.bare_next_id = False  # nextId as the bare ids object (the other reading)
         # nextId as the ids of the page's last row scanned, not of the next one: the API
         # document's sample (getMany, "nextId": {"ids": "idsValue"}) allows this reading too
@@ -415,7 +416,7 @@ class OneDBEmulator(LocalEmulator):
         with self._lock:
             if self.rate_limit is None:
                 return True
-            now = time.monotonic()
+            now = self.clock()
             while self._admitted and self._admitted[0] <= now - 1.0:
                 self._admitted.popleft()
             if len(self._admitted) >= self.rate_limit:
