@@ -171,6 +171,16 @@ def backed_up(u: Unit, jobs: list[Job] | None = None) -> str:
     return jobs[0].run_id
 
 
+def minutes_of_ticks(u: Unit, minutes: int) -> None:
+    """`minutes` poller ticks a minute apart, each hand-off finished at once."""
+    for _ in range(minutes):
+        poll(u.ctx)
+        for job_id in list(u.dispatcher.dispatched):
+            finish(u.ctx, job_id)
+        u.dispatcher.dispatched.clear()
+        u.clock.advance(60)
+
+
 def nightly_runs(u: Unit, nights: int, keep_last: int) -> list[str]:
     """`nights` runs a day apart, each backed up to the end, then `retention.keep_last`
     set; their run ids, oldest first."""

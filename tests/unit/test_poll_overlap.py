@@ -13,7 +13,7 @@ from shared.domain.jobs import JobStatus
 from shared.ports import Progress
 from shared.service.finish import finish
 from shared.service.poll import poll
-from tests.unit.support import ScriptedExport, seed_run, unit
+from tests.unit.support import ScriptedExport, minutes_of_ticks, seed_run, unit
 
 
 def test_a_job_another_poller_checked_since_this_tick_read_it_is_not_checked_again() -> None:
@@ -67,12 +67,7 @@ def test_a_platform_that_forgets_every_export_mid_copy_does_not_get_one_started_
         raise Forgotten("WeChat no longer knows this export job")
 
     platform.on_open = forgets
-    for _ in range(60):  # an hour of one tick a minute, each hand-off copied at once
-        poll(u.ctx)
-        for job_id in u.dispatcher.dispatched:
-            finish(u.ctx, job_id)
-        u.dispatcher.dispatched.clear()
-        u.clock.advance(60)
+    minutes_of_ticks(u, 60)  # an hour of one tick a minute, each hand-off copied at once
 
     assert len(platform.started) == 3  # one export per try, not one every tick
     failed = u.job(job.job_id)
@@ -139,12 +134,7 @@ def test_a_copy_that_keeps_failing_is_tried_again_ever_less_often() -> None:
         raise Retryable("download host answered HTTP 502")
 
     platform.on_open = down
-    for _ in range(6):  # six minutes of one tick a minute, each hand-off copied at once
-        poll(u.ctx)
-        for job_id in u.dispatcher.dispatched:
-            finish(u.ctx, job_id)
-        u.dispatcher.dispatched.clear()
-        u.clock.advance(60)
+    minutes_of_ticks(u, 6)  # six minutes of one tick a minute, each hand-off copied at once
 
     assert len(copies) == 2 * 3  # two in-call tries at 0, 1 and 3 minutes
     assert u.job(job.job_id).status is JobStatus.READY  # tries left for when it is back

@@ -30,6 +30,7 @@ from tests.unit.support import (
     ScriptedPages,
     Unit,
     backed_up,
+    minutes_of_ticks,
     polled_unclaimed,
     unit,
 )
@@ -797,13 +798,9 @@ def test_a_restore_step_that_keeps_failing_is_tried_again_ever_less_often() -> N
                            idempotency_key="r1", trigger="test")
     sent_at = []
     for minute in range(6):  # six minutes of one tick a minute, each hand-off run at once
-        poll(u.ctx)
         before = platform.sends
-        for job_id in list(u.dispatcher.dispatched):
-            finish(u.ctx, job_id)
-        u.dispatcher.dispatched.clear()
+        minutes_of_ticks(u, 1)
         sent_at += [minute] * (platform.sends - before)
-        u.clock.advance(60)
 
     [job] = u.state.list_jobs(run.run_id)
     assert job.status is JobStatus.READY, job.error  # tries left for when it is back
