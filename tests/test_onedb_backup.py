@@ -210,6 +210,21 @@ def test_rate_limit_waits_without_failing(local: LocalBackup, onedb_emulator: On
     assert job.attempts == 0
 
 
+def _finishing_at_once(local: LocalBackup, emulator: OneDBEmulator,
+                       **timing: Any) -> tuple[Context, list[str]]:
+    """A context whose hand-offs run the finisher at once, in this process; the outcomes
+    of its invocations, in order."""
+    outcomes: list[str] = []
+
+    class Direct:
+        def dispatch(self, job_id: str) -> None:
+            outcomes.append(finish(ctx, job_id))
+
+    ctx = local.context(local.config(onedb_source(local, emulator), **timing),
+                        dispatcher=Direct())
+    return ctx, outcomes
+
+
 def test_a_rate_limited_table_is_copied_in_one_go_at_about_the_allowed_rate(
     local: LocalBackup, onedb_emulator: OneDBEmulator
 ) -> None:
@@ -217,13 +232,7 @@ def test_a_rate_limited_table_is_copied_in_one_go_at_about_the_allowed_rate(
     onedb_emulator.add_generated_table(ENV_ID, APP, "events", 30_000)
     onedb_emulator.page_cap = 1_000  # 30 calls
     onedb_emulator.rate_limit = 10  # calls a second
-    outcomes: list[str] = []
-
-    class Direct:
-        def dispatch(self, job_id: str) -> None:
-            outcomes.append(finish(ctx, job_id))
-
-    ctx = local.context(local.config(onedb_source(local, onedb_emulator)), dispatcher=Direct())
+    ctx, outcomes = _finishing_at_once(local, onedb_emulator)
     began = time.monotonic()
     run, _ = start_run(ctx, idempotency_key="limited", trigger="test")
     seconds = time.monotonic() - began
@@ -241,14 +250,7 @@ def test_a_refusal_that_persists_leaves_the_copy_to_a_later_invocation(
 ) -> None:
     onedb_emulator.add_generated_table(ENV_ID, APP, "events", 6_000)
     onedb_emulator.rate_limit = 0  # every call refused, Retry-After: 1
-    outcomes: list[str] = []
-
-    class Direct:
-        def dispatch(self, job_id: str) -> None:
-            outcomes.append(finish(ctx, job_id))
-
-    config = local.config(onedb_source(local, onedb_emulator), finish_budget_seconds=0.5)
-    ctx = local.context(config, dispatcher=Direct())
+    ctx, outcomes = _finishing_at_once(local, onedb_emulator, finish_budget_seconds=0.5)
     run, _ = start_run(ctx, idempotency_key="refused", trigger="test")
 
     (job,) = ctx.state.list_jobs(run.run_id)
@@ -513,14 +515,7 @@ def test_a_refusal_at_the_end_of_the_budget_keeps_the_rows_read(
     onedb_emulator.add_generated_table(ENV_ID, APP, "events", 20_000)  # 4 pages, one part
     onedb_emulator.rate_limit = 2  # two calls a second, then 429 with a Retry-After...
     monkeypatch.setattr("devkit.emulators.onedb.RETRY_AFTER", 60)  # ...past the budget
-    outcomes: list[str] = []
-
-    class Direct:
-        def dispatch(self, job_id: str) -> None:
-            outcomes.append(finish(ctx, job_id))
-
-    config = local.config(onedb_source(local, onedb_emulator), finish_budget_seconds=20)
-    ctx = local.context(config, dispatcher=Direct())
+    ctx, outcomes = _finishing_at_once(local, onedb_emulator, finish_budget_seconds=20)
     run, _ = start_run(ctx, idempotency_key="refused-late", trigger="test")
 
     (job,) = ctx.state.list_jobs(run.run_id)
