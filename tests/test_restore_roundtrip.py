@@ -67,14 +67,22 @@ def minapp_api(local: LocalBackup, emulator: MinAppEmulator, tmp_path: Path,
         export_interval_seconds=0.05, file_type=file_type))
 
 
+def minapp_wiped(local: LocalBackup, emulator: MinAppEmulator, tmp_path: Path,
+                 monkeypatch: pytest.MonkeyPatch, rows: int) -> tuple[Api, str, list[dict[str, Any]]]:
+    """Table 1001 of `rows` records backed up, then emptied as an accident would: the API,
+    the backup's run id and the records the table held."""
+    emulator.add_table(1001, records(rows))
+    api = minapp_api(local, emulator, tmp_path, monkeypatch)
+    run_id = backed_up(api, "app", "1001")
+    original = emulator.records(1001)
+    assert emulator.wipe_table(1001) == rows
+    return api, run_id, original
+
+
 def test_minapp_json_backup_wiped_and_restored_over_http(
         local: LocalBackup, minapp_emulator: MinAppEmulator, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    minapp_emulator.add_table(1001, records(300))
-    api = minapp_api(local, minapp_emulator, tmp_path, monkeypatch)
-    run_id = backed_up(api, "app", "1001")
-    original = minapp_emulator.records(1001)
-    assert minapp_emulator.wipe_table(1001) == 300
+    api, run_id, original = minapp_wiped(local, minapp_emulator, tmp_path, monkeypatch, 300)
 
     view = restored(api, run_id=run_id, source="app", collection="1001", into="1001")
 
@@ -88,11 +96,7 @@ def test_a_minapp_import_refusing_the_token_once_signs_in_again_and_restores(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A token MinApp refuses (401) on the import, e.g. one that ran out while a big file
     went up, is replaced once, as README's Sign-in says, and the file is sent again."""
-    minapp_emulator.add_table(1001, records(40))
-    api = minapp_api(local, minapp_emulator, tmp_path, monkeypatch)
-    run_id = backed_up(api, "app", "1001")
-    original = minapp_emulator.records(1001)
-    minapp_emulator.wipe_table(1001)
+    api, run_id, original = minapp_wiped(local, minapp_emulator, tmp_path, monkeypatch, 40)
     signed_in = minapp_emulator.calls["access_token"]
     minapp_emulator.inject("import", 401, body={"error_msg": "Authentication credentials were not provided."})
 
@@ -106,10 +110,7 @@ def test_a_minapp_import_refusing_the_token_once_signs_in_again_and_restores(
 def test_a_minapp_import_refusing_a_fresh_token_too_fails_saying_so(
         local: LocalBackup, minapp_emulator: MinAppEmulator, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    minapp_emulator.add_table(1001, records(10))
-    api = minapp_api(local, minapp_emulator, tmp_path, monkeypatch)
-    run_id = backed_up(api, "app", "1001")
-    minapp_emulator.wipe_table(1001)
+    api, run_id, _ = minapp_wiped(local, minapp_emulator, tmp_path, monkeypatch, 10)
     signed_in = minapp_emulator.calls["access_token"]
     minapp_emulator.inject("import", 401, times=5)
 
