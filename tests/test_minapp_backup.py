@@ -197,6 +197,43 @@ def test_lost_answer_to_create_adopts_the_job_it_made(
     assert job.platform_job_id == our_jobs(minapp_emulator, 1001)[0]["job_id"]
 
 
+def test_a_created_answer_that_is_not_json_adopts_the_job_it_made(
+        local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
+    """201 is "导出任务创建成功" (MinApp's export docs): a body a gateway replaced with a page
+    of its own still means a job exists, found in the table's job list, never made twice."""
+    minapp_emulator.job_window = 0.0  # a second create would be taken: only the client can refuse it
+    minapp_emulator.add_table(1001, records(5))
+    minapp_emulator.lose_create_answers(1, status=201, raw=b"<html><body>OK</body></html>")
+    provider = local.context(local.config(local.minapp_source(minapp_emulator))).platforms.get("app")
+    assert isinstance(provider, MinAppClient)
+
+    started = provider.start("1001", "run-1.app.abc")
+
+    (made,) = our_jobs(minapp_emulator, 1001)
+    assert started == made["job_id"]
+
+
+def test_a_created_answer_without_a_job_id_never_starts_a_second_export(
+        local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
+    """Also while the job a 201 made cannot be found in the list yet: the start waits for it
+    (a named, retried failure) rather than create another on the user's account."""
+    minapp_emulator.job_window = 0.0
+    minapp_emulator.add_table(1001, records(5))
+    minapp_emulator.lose_create_answers(1, status=201, raw=b"")
+    # the job list leaves it out for the start's two more tries (three in all)
+    minapp_emulator.inject("jobs", 200, times=2, body={"meta": {"total_count": 0}, "objects": []})
+    provider = local.context(local.config(local.minapp_source(minapp_emulator))).platforms.get("app")
+    assert isinstance(provider, MinAppClient)
+
+    with pytest.raises(Retryable, match="not in the table's export job list"):
+        provider.start("1001", "run-1.app.abc")
+    assert len(our_jobs(minapp_emulator, 1001)) == 1
+    again = provider.start("1001", "run-1.app.abc")  # the list shows it now
+
+    (made,) = our_jobs(minapp_emulator, 1001)
+    assert again == made["job_id"]
+
+
 def test_recorded_start_is_not_repeated_when_the_state_write_was_lost(
         local: LocalBackup, minapp_emulator: MinAppEmulator) -> None:
     minapp_emulator.add_table(1001, records(5))

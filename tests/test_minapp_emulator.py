@@ -266,6 +266,11 @@ def test_faults_are_injected_per_route(minapp_emulator: MinAppEmulator) -> None:
     minapp_emulator.lose_create_answers(1)
     assert api.export(1001).status_code == 502
     assert len(minapp_emulator.export_jobs(1001)) == 1  # created all the same
+    minapp_emulator.job_window = 0.0
+    minapp_emulator.lose_create_answers(1, status=201, raw=b"<html>OK</html>")
+    garbled = api.export(1001)
+    assert (garbled.status_code, garbled.content) == (201, b"<html>OK</html>")
+    assert len(minapp_emulator.export_jobs(1001)) == 2
     with pytest.raises(ValueError, match="unknown route"):
         minapp_emulator.inject("nope", 500)
 

@@ -398,6 +398,7 @@ class _Injection:
     status: int
     body: dict[str, Any]
     then_create: bool = False  # for "export": create the job, then answer the error
+    raw: bytes | None = None  # an answer that is not JSON (e.g. a gateway's HTML page)
     headers: dict[str, str] = field(default_factory=dict)  # e.g. Retry-After with a 429
 
 
@@ -614,12 +615,15 @@ class MinAppEmulator(LocalEmulator):
             queue.extend(_Injection(status, answer, headers=dict(headers or {}))
                          for _ in range(times))
 
-    def lose_create_answers(self, times: int = 1, status: int = 502) -> None:
+    def lose_create_answers(self, times: int = 1, status: int = 502,
+                            raw: bytes | None = None) -> None:
         """The next ``times`` export creations create the job, then answer ``status``,
-        like a gateway that dropped the platform's answer."""
+        like a gateway that dropped the platform's answer; with ``raw``, that body (not
+        JSON) instead, e.g. a 201 whose JSON a proxy replaced."""
         with self._lock:
             queue = self._injections.setdefault("export", collections.deque())
-            queue.extend(_Injection(status, {"error_msg": "Bad Gateway"}, then_create=True)
+            queue.extend(_Injection(status, {"error_msg": "Bad Gateway"}, then_create=True,
+                                    raw=raw)
                          for _ in range(times))
 
     def stall_exports(self, table_id: int | str, *, env: str = DEFAULT_ENV) -> None:
@@ -819,8 +823,8 @@ class MinAppEmulator(LocalEmulator):
 
     # ----------------------------------------------------------------- data API
 
-    def _create_export(self, token: _Token, env: str, table_id: str,
-                       body: bytes, injected: _Injection | None) -> tuple[int, dict[str, Any]]:
+    def _create_export(self, token: _Token, env: str, table_id: str, body: bytes,
+                       injected: _Injection | None) -> tuple[int, dict[str, Any] | bytes]:
         payload = _json_object(body)
         file_type = payload.get("file_type")
         if file_type not in ("json", "csv"):
@@ -847,7 +851,7 @@ class MinAppEmulator(LocalEmulator):
             job = self._new_job(table, token.client_id, file_type, mode, options)
         self._materialise(job, selected)
         if injected is not None:
-            return injected.status, injected.body
+            return injected.status, injected.raw if injected.raw is not None else injected.body
         return 201, {"status": "ok", "job_id": job.job_id}
 
     def _job_info(self, job: _Job, status: str) -> dict[str, Any]:
@@ -1068,7 +1072,7 @@ class MinAppEmulator(LocalEmulator):
 
     def _handle_api(self, method: str, path: str, params: dict[str, list[str]],
                     headers: Any, body: bytes,
-                    cookies: dict[str, str]) -> tuple[int, dict[str, Any], dict[str, str]]:
+                    cookies: dict[str, str]) -> tuple[int, dict[str, Any] | bytes, dict[str, str]]:
         route, match = _route(method, path)
         if route is None:
             return 404, {"error_msg": f"no such API: {method} {path}"}, {}
@@ -1292,6 +1296,9 @@ class _Handler(DispatchHandler):
                                                           self.headers, body, cookies)
         except Exception:
             status, payload, extra = 500, {"error_msg": "Internal Server Error"}, {}
+        if isinstance(payload, bytes):  # an injected answer that is not JSON
+            self._send(status, payload, "text/html; charset=utf-8", extra)
+            return
         data = json_bytes(payload) if payload else b""
         self._send(status, data, JSON_CONTENT_TYPE, extra)
 

@@ -478,39 +478,65 @@ class MinAppClient(MinAppRestore):
         return body
 
     def _create(self, collection: str, body: dict[str, Any], attempt: str) -> str:
-        """Create one export job. When an earlier try's answer was lost, the job it may
-        have created is adopted rather than a second one made."""
+        """Create one export job. When an earlier try's answer was lost or unreadable, the
+        job it made (or may have made) is adopted rather than a second one made."""
 
         def once() -> str:
-            unsure_key = f"minapp:unsure:{attempt}"
-            unsure = self._cache.cache_get(unsure_key, _now())
-            if unsure:
-                adopted = self._job_created_since(collection, float(unsure) - ADOPT_SKEW_SECONDS)
-                if adopted:
-                    log.info("adopting the export job an unanswered request created",
-                             extra={"platform_job_id": adopted, "collection": collection})
-                    self._cache.cache_delete(unsure_key)
-                    return adopted
+            adopted = self._adopt(collection, body, attempt)
+            if adopted:
+                return adopted
             self._token()  # sign in first, so a failure below is the export call's own
             sent_at = time.time()
             try:
                 response = self._api("POST", EXPORT.format(table=collection), json_body=body)
             except Retryable:
                 # The platform may have created the job before the answer was lost.
-                self._cache.cache_put(unsure_key, repr(sent_at), _now() + MARKER_TTL)
+                self._cache.cache_put(f"minapp:unsure:{attempt}", repr(sent_at), _now() + MARKER_TTL)
                 raise
             if response.status_code in (200, 201):
-                job = json_object(response).get("job_id")
-                if isinstance(job, bool) or not isinstance(job, (str, int)) or not job:
-                    self._cache.cache_put(unsure_key, repr(sent_at), _now() + MARKER_TTL)
-                    raise Retryable(f"MinApp created an export of table {collection} without a job_id")
-                self._cache.cache_delete(unsure_key)
-                log.info("MinApp export job created", extra={"platform_job_id": job,
-                                                             "collection": collection})
-                return str(job)
+                return self._created(collection, response, attempt, sent_at)
             raise self._create_refused(collection, body, response)
 
         return self._retrying(once)
+
+    def _created(self, collection: str, response: httpx.Response, attempt: str,
+                 sent_at: float) -> str:
+        """The job id of a create MinApp accepted. 201 is 导出任务创建成功 (data export API,
+        状态码说明): without a readable job_id the job still exists, so it is looked for in
+        the table's job list from now on and no other is made for this attempt."""
+        job = _created_job_id(response)
+        if job is None:
+            self._cache.cache_put(f"minapp:made:{attempt}", repr(sent_at), _now() + MARKER_TTL)
+            raise Retryable(f"MinApp created an export of table {collection} (HTTP "
+                            f"{response.status_code}) but its answer has no readable job_id")
+        self._cache.cache_delete(f"minapp:unsure:{attempt}")
+        log.info("MinApp export job created", extra={"platform_job_id": job,
+                                                     "collection": collection})
+        return job
+
+    def _adopt(self, collection: str, body: dict[str, Any], attempt: str) -> str | None:
+        """The job an earlier try of `attempt` made (its answer unreadable) or may have made
+        (its answer lost), from the table's export job list: the oldest made since that try
+        in the file type it asked for. None: no such try, or nothing found after a lost
+        answer (so none was made). A job known made but not listed yet is waited for."""
+        made = self._cache.cache_get(f"minapp:made:{attempt}", _now())
+        sent_at = made or self._cache.cache_get(f"minapp:unsure:{attempt}", _now())
+        if not sent_at:
+            return None
+        adopted = self._job_created_since(collection, float(sent_at) - ADOPT_SKEW_SECONDS)
+        if adopted:
+            log.info("adopting the export job an earlier request created",
+                     extra={"platform_job_id": adopted, "collection": collection})
+            self._cache.cache_delete(f"minapp:made:{attempt}")
+            self._cache.cache_delete(f"minapp:unsure:{attempt}")
+            return adopted
+        if made:
+            raise Retryable(
+                f"MinApp said it created an export of table {collection} but gave no readable "
+                f"job_id, and the job is not in the table's export job list "
+                f"({EXPORT.format(table=collection)}) yet; it is looked for again rather "
+                "than a second export started")
+        return None
 
     def _create_refused(self, collection: str, body: dict[str, Any],
                         response: httpx.Response) -> BackupError:
@@ -863,6 +889,18 @@ def _listed_job(job: dict[str, Any], call: str) -> dict[str, Any]:
     if isinstance(created, bool) or not isinstance(created, (int, float)):
         raise wrong_field(call, "objects[].created_at", "a number (Unix seconds)", created)
     return {**job, "created_at": float(created)}
+
+
+def _created_job_id(response: httpx.Response) -> str | None:
+    """`job_id` of a create's answer ({"status": "ok", "job_id": ...}, data export API,
+    返回示例); None when the body is not JSON or has no usable id."""
+    try:
+        job = json_object(response).get("job_id")
+    except Retryable:
+        return None
+    if isinstance(job, bool) or not isinstance(job, (str, int)) or not job:
+        return None
+    return str(job)
 
 
 def _dump(handle: dict[str, Any]) -> str:
