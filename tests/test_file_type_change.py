@@ -4,12 +4,14 @@ HTTP (emulators -> pipeline -> real COS SDK -> S3 server, SQLite state)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
 import pytest
 
 from devkit.compare import assert_object_equals_docs
+from devkit.emulators import minapp
 from devkit.emulators.minapp import MinAppEmulator
 from devkit.sample_data import make_docs
 from shared.domain.jobs import Job, JobStatus, RunStatus
@@ -110,3 +112,40 @@ def test_minapp_split_parts_started_after_the_change_keep_the_first_parts_type(
         assert_export_equals_records(local.objects.read(stored.key), piece, started)
         start += stored.records
     assert start == 1100
+
+
+def test_minapp_part_whose_create_answer_was_lost_after_the_change_is_adopted_not_made_twice(
+        local: LocalBackup, minapp_emulator: MinAppEmulator,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lost answer is matched against the table's jobs by the type the create asked for
+    (the first part's), not the type the config has now, nor taken from another part."""
+    # ids in creation order: part 1's job, listed in the same second (created_at is whole
+    # seconds), sorts before the one part 2's lost create made
+    numbers = itertools.count(1)
+    monkeypatch.setattr(minapp, "_random_id", lambda: f"job{next(numbers):029d}")
+    minapp_emulator.max_export_rows = 1000
+    minapp_emulator.job_window = 0.0  # a second create would be taken: only the client can refuse it
+    minapp_emulator.add_table(1001, _records(900))
+    table = {"id": 1001, "split": {"key": "created_at", "rows_per_part": 400}}
+
+    def source(file_type: str) -> dict[str, Any]:
+        return local.minapp_source(minapp_emulator, tables=[table], file_type=file_type,
+                                   max_export_rows=1000, export_interval_seconds=0.05)
+
+    before = local.context(local.config(source("json")))
+    run, _ = start_run(before, idempotency_key="k", trigger="test")  # part 1 of 3 started
+    minapp_emulator.lose_create_answers(1)  # part 2's create: made, its answer lost
+    after = local.context(local.config(source("csv")))
+    closed = drive(after, run)
+
+    (job,) = after.state.list_jobs(run.run_id)
+    assert closed.status is RunStatus.SUCCEEDED, job.error
+    made = minapp_emulator.export_jobs(1001)
+    assert len(made) == 3 and {j["file_type"] for j in made} == {"json"}
+    assert job.result is not None and len(job.result.objects) == 3
+    everything, start = minapp_emulator.records(1001), 0
+    for stored in job.result.objects:
+        piece = everything[start:start + stored.records]
+        assert_export_equals_records(local.objects.read(stored.key), piece, "json")
+        start += stored.records
+    assert start == 900

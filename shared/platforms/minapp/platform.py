@@ -418,8 +418,11 @@ class MinAppClient(MinAppRestore):
             return
         body = self._body(self._options(collection), part["where"],
                           file_type=handle.get("file_type") or self.file_type)
+        # created_at is in whole seconds (获取单个导出任务信息): another part's job can look
+        # as new as this one's, and is never this part's
+        taken = frozenset(str(p["id"]) for p in handle["parts"] if p["id"])
         try:
-            part["id"] = self._create(collection, body, f"{handle['job']}:{index + 1}")
+            part["id"] = self._create(collection, body, f"{handle['job']}:{index + 1}", taken)
         except RetryLater as exc:
             log.info("next part waits for MinApp's one export per table per minute",
                      extra={"part": index + 1, "reason": str(exc)})
@@ -477,12 +480,14 @@ class MinAppClient(MinAppRestore):
                 body[name] = list(value)
         return body
 
-    def _create(self, collection: str, body: dict[str, Any], attempt: str) -> str:
+    def _create(self, collection: str, body: dict[str, Any], attempt: str,
+                taken: frozenset[str] = frozenset()) -> str:
         """Create one export job. When an earlier try's answer was lost or unreadable, the
-        job it made (or may have made) is adopted rather than a second one made."""
+        job it made (or may have made) is adopted rather than a second one made; never one
+        of `taken` (the jobs of the split's other parts)."""
 
         def once() -> str:
-            adopted = self._adopt(collection, body, attempt)
+            adopted = self._adopt(collection, body, attempt, taken)
             if adopted:
                 return adopted
             self._token()  # sign in first, so a failure below is the export call's own
@@ -514,7 +519,8 @@ class MinAppClient(MinAppRestore):
                                                      "collection": collection})
         return job
 
-    def _adopt(self, collection: str, body: dict[str, Any], attempt: str) -> str | None:
+    def _adopt(self, collection: str, body: dict[str, Any], attempt: str,
+               taken: frozenset[str]) -> str | None:
         """The job an earlier try of `attempt` made (its answer unreadable) or may have made
         (its answer lost), from the table's export job list: the oldest made since that try
         in the file type it asked for. None: no such try, or nothing found after a lost
@@ -523,7 +529,10 @@ class MinAppClient(MinAppRestore):
         sent_at = made or self._cache.cache_get(f"minapp:unsure:{attempt}", _now())
         if not sent_at:
             return None
-        adopted = self._job_created_since(collection, float(sent_at) - ADOPT_SKEW_SECONDS)
+        # matched on what this create asked for: a split's later parts keep the type of
+        # its first (see `start`), whatever the config says now
+        adopted = self._job_created_since(collection, float(sent_at) - ADOPT_SKEW_SECONDS,
+                                          str(body["file_type"]), taken)
         if adopted:
             log.info("adopting the export job an earlier request created",
                      extra={"platform_job_id": adopted, "collection": collection})
@@ -710,9 +719,11 @@ class MinAppClient(MinAppRestore):
         since = time.time() - RECENT_JOB_SECONDS
         return [str(j["job_id"]) for j in self._jobs(collection) if j["created_at"] >= since]
 
-    def _job_created_since(self, collection: str, since: float) -> str | None:
+    def _job_created_since(self, collection: str, since: float, file_type: str,
+                           taken: frozenset[str]) -> str | None:
         found = sorted((j["created_at"], str(j["job_id"])) for j in self._jobs(collection)
-                       if j["created_at"] >= since and j.get("file_type") in (None, self.file_type))
+                       if j["created_at"] >= since and j.get("file_type") in (None, file_type)
+                       and str(j["job_id"]) not in taken)
         return found[0][1] if found else None
 
     def _count(self, collection: str, where: dict[str, Any]) -> int:
