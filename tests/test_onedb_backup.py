@@ -505,6 +505,41 @@ def test_a_copy_slower_than_its_lease_is_not_handed_to_a_second_finisher(
     assert _lines(local, done.result.key) == [generated_row(i) for i in range(60_000)]
 
 
+def test_a_page_slower_than_the_lease_does_not_lose_it(
+    local: LocalBackup, onedb_emulator: OneDBEmulator
+) -> None:
+    """The platform takes longer than the whole lease to answer one page: the finisher
+    renews its lease while it waits for the page, not only once a page arrives, so the
+    poller never finds the lease run out and never hands the job to a second finisher."""
+    onedb_emulator.add_generated_table(ENV_ID, APP, "events", 10_000)  # two pages, one part
+    onedb_emulator.latency = 3.0  # every call: one and a half leases
+    handed: list[str] = []
+
+    class Recording:
+        def dispatch(self, job_id: str) -> None:
+            handed.append(job_id)
+
+    config = local.config(onedb_source(local, onedb_emulator), copy_lease_seconds=2)
+    ctx = local.context(config, dispatcher=Recording())
+    run, _ = start_run(ctx, idempotency_key="slow-page", trigger="test")
+    job = ctx.state.list_jobs(run.run_id)[0]
+    handed.clear()
+    outcome: list[str] = []
+    finisher = threading.Thread(target=lambda: outcome.append(
+        finish(local.context(config), job.job_id)))
+    finisher.start()
+    try:
+        while finisher.is_alive():  # the poller's ticks, while every page is outstanding
+            time.sleep(0.5)
+            poll(ctx)
+    finally:
+        finisher.join(timeout=120)
+    assert handed == [] and outcome == ["done"]
+    done = ctx.state.get_job(job.job_id)
+    assert done is not None and done.attempts == 0 and done.result is not None
+    assert _lines(local, done.result.key) == [generated_row(i) for i in range(10_000)]
+
+
 def test_a_refusal_at_the_end_of_the_budget_keeps_the_rows_read(
     local: LocalBackup, onedb_emulator: OneDBEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -6,8 +6,9 @@ the job (compare-and-set, renewing the copy lease), so a finisher that is killed
 out of time is resumed by the next one from the last saved part. A part uploaded but not
 yet saved when a finisher died is simply uploaded again under the same number from the
 saved cursor, which replaces it: no row is lost or written twice. A part slower to read
-than half the lease renews the lease meanwhile, so the poller does not hand the job to
-a second finisher beside this one. A finisher that stops at its time budget (or that the
+than half the lease renews the lease meanwhile, also while a slow page (or a rate
+limit's wait) is outstanding, so the poller does not hand the job to a second finisher
+beside this one. A finisher that stops at its time budget (or that the
 platform asks to wait past it) parks the rows it has read but not uploaded in a small
 side object, so even a very selective filter always moves on.
 
@@ -64,6 +65,7 @@ _deadlines: weakref.WeakKeyDictionary[CopyHold, float] = weakref.WeakKeyDictiona
 PREFETCH_PAGES = 3  # pages read ahead of the encoder at most (fewer under a rate limit)
 MAX_PARTS = 10_000  # COS's limit per multipart upload
 READ_CHUNK = MIB
+IDLE_TICK = 0.25  # seconds: how often a copy waiting for a page checks its lease
 
 
 class SavedPart(BaseModel):
@@ -200,9 +202,11 @@ class _PagedCopy:
 
     def _keep_lease(self, state: PagedState) -> None:
         """Renew the lease once half of it has passed without a save (a part slower to read
-        than `timing.copy_lease_seconds`): else the poller hands the job to another
-        finisher while this one still uploads parts into the same upload. Saves the
-        checkpoint as last saved: nothing read since then is in it."""
+        than `timing.copy_lease_seconds`, or one page slower than the lease): else the
+        poller hands the job to another finisher while this one still uploads parts into
+        the same upload. Saves the checkpoint as last saved: nothing read since then is in
+        it. Called as pages arrive and while one is awaited, always in the copy's thread,
+        so its compare-and-set saves follow one another on the job's latest version."""
         if time.monotonic() >= self.renew_at:
             self._save(state, progress=False)
 
@@ -235,7 +239,8 @@ class _PagedCopy:
         fetch = functools.partial(self.platform.fetch_page, self.collection)
         pacer = Pacer(PREFETCH_PAGES, deadline=self.deadline)
         read_any, following = False, cursor  # following: the cursor after the last page read
-        with _settled_heap(), _Prefetch(fetch, cursor, pacer) as pages:
+        idle = functools.partial(self._keep_lease, state)
+        with _settled_heap(), _Prefetch(fetch, cursor, pacer, idle) as pages:
             try:
                 for page in pages:
                     data, rows = self.platform.encode_page(page)
@@ -435,13 +440,15 @@ class _Prefetch:
     """Reads pages in a thread of its own, at most `pacer.depth` pages ahead of the reader;
     a page refused for a rate limit is asked again in place after the pacer's wait (see
     shared/service/pacing.py); the fetcher's error is raised in the reader's thread, in
-    order."""
+    order. While the reader waits for a page, it calls `idle` every IDLE_TICK seconds."""
 
     def __init__(self, fetch: Callable[[dict[str, Any] | None], Page],
-                 cursor: dict[str, Any] | None, pacer: Pacer) -> None:
+                 cursor: dict[str, Any] | None, pacer: Pacer,
+                 idle: Callable[[], None] = lambda: None) -> None:
         self._fetch = fetch
         self._cursor = cursor
         self.pacer = pacer
+        self._idle = idle
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=pacer.max_depth)
         self._stop = threading.Event()
         context = contextvars.copy_context()  # log lines keep the run and job ids
@@ -491,9 +498,16 @@ class _Prefetch:
                 continue
         return False
 
+    def _next(self) -> tuple[str, Any]:
+        while True:
+            try:
+                return self._queue.get(timeout=IDLE_TICK)
+            except queue.Empty:
+                self._idle()  # a page slower than the lease must not cost the lease
+
     def __iter__(self) -> Iterator[Page]:
         while True:
-            kind, value = self._queue.get()
+            kind, value = self._next()
             if kind == "error":
                 raise value
             yield value
