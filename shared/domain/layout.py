@@ -34,6 +34,11 @@ def part_key(data_object_key: str, number: int) -> str:
     return f"{stem}.part-{number:04d}.{extension}"
 
 
+def parked_key(data_object_key: str) -> str:
+    """Where a paused paged copy keeps the rows it read but has not uploaded yet."""
+    return f"{data_object_key}.parked"
+
+
 def manifest_key(data_object_key: str) -> str:
     return f"{data_object_key}.manifest.json"
 

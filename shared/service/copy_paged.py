@@ -49,7 +49,7 @@ from shared.domain.errors import (
     VerificationFailed,
 )
 from shared.domain.jobs import PAGED_CHECKPOINT, Job, JobResult, StoredObject
-from shared.domain.layout import CONTENT_TYPES, manifest_key
+from shared.domain.layout import CONTENT_TYPES, manifest_key, parked_key
 from shared.domain.records import JsonLinesCounter
 from shared.integrity import Crc64, crc64
 from shared.ports import MIB, Page, PagedPlatform, ResumableUploads
@@ -282,7 +282,7 @@ class _PagedCopy:
         parked = state.parked
         if parked is None:
             return bytearray(), 0, state.cursor
-        if parked.key != f"{self.key}.parked":  # never rows from some other object
+        if parked.key != parked_key(self.key):  # never rows from some other object
             log.warning("parked rows recorded at another key; reading them from OneDB again",
                         extra={"parked_key": parked.key})
             return bytearray(), 0, parked.cursor
@@ -302,10 +302,10 @@ class _PagedCopy:
             self._save(state)
             return
         before = state.parked.cursor if state.parked else state.cursor
-        parked_key = f"{self.key}.parked"
+        side = parked_key(self.key)
         self._sink_call(lambda: self.ctx.objects.put_stream(
-            parked_key, [data], content_type="application/octet-stream"))
-        state.parked = Parked(key=parked_key, bytes=len(data), rows=rows, md5=_md5(data),
+            side, [data], content_type="application/octet-stream"))
+        state.parked = Parked(key=side, bytes=len(data), rows=rows, md5=_md5(data),
                               cursor=before)
         state.cursor = following
         self._save(state)
@@ -416,7 +416,7 @@ class _PagedCopy:
                 f"the stored copy of {self.collection!r} holds {', '.join(problems)}; it was deleted"
             )
         try:  # parked rows, perhaps left by a finisher killed before saving them
-            self.ctx.objects.delete(f"{self.key}.parked")
+            self.ctx.objects.delete(parked_key(self.key))
         except StorageError as exc:
             log.warning("could not delete parked rows", extra={"reason": str(exc)})
         return StoredObject(key=self.key, bytes=total, sha256=sha256.hexdigest(),
