@@ -188,6 +188,43 @@ def test_lost_parked_rows_are_read_again(local: LocalBackup, onedb_emulator: One
     assert _lines(local, job.result.key) == [generated_row(i) for i in range(60_000)]
 
 
+@pytest.mark.parametrize(("fault", "error"), [
+    ("rows_reshaped", "attributeColumns"),  # fails at once (Fatal)
+    ("http_502", "after 1 tries"),  # fails after its last try
+])
+def test_a_failed_paged_copy_leaves_no_parked_rows_behind(
+    local: LocalBackup, onedb_emulator: OneDBEmulator, fault: str, error: str
+) -> None:
+    """A copy that paused with rows parked, then failed: nobody will read those rows again,
+    so the side object goes too; the run's folder holds only what a manifest names."""
+    onedb_emulator.add_generated_table(ENV_ID, APP, "events", 60_000)
+    onedb_emulator.latency = 0.02
+    config = local.config(onedb_source(local, onedb_emulator), finish_budget_seconds=0.1,
+                          max_attempts=1)
+    parked: list[str] = []
+
+    class Failing:
+        def dispatch(self, job_id: str) -> None:
+            if finish(ctx, job_id) != "paused" or parked:
+                return
+            job = ctx.state.get_job(job_id)
+            assert job is not None
+            state = (job.checkpoint or {})["paged"]
+            if state.get("parked"):  # the next invocation fails
+                assert local.objects.head(state["parked"]["key"]) is not None
+                parked.append(state["parked"]["key"])
+                onedb_emulator.inject(fault, 100)
+
+    ctx = local.context(config, dispatcher=Failing())
+    run, _ = start_run(ctx, idempotency_key=f"failed-{fault}", trigger="test")
+    run = drive(ctx, run)
+    (job,) = ctx.state.list_jobs(run.run_id)
+    assert parked and job.status is JobStatus.FAILED and error in (job.error or ""), job.error
+    assert local.objects.head(parked[0]) is None
+    folder = run.manifest_key.rpartition("/")[0] if run.manifest_key else ""
+    assert [o.key for o in local.objects.list(folder + "/")] == [run.manifest_key]
+
+
 def test_transient_platform_errors_are_retried(local: LocalBackup, onedb_emulator: OneDBEmulator) -> None:
     onedb_emulator.add_generated_table(ENV_ID, APP, "events", 11_000)
     onedb_emulator.inject("busy", 2)

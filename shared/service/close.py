@@ -6,9 +6,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from shared.domain.errors import BackupError
-from shared.domain.jobs import Job, JobStatus, Run, RunStatus, count_warning
-from shared.domain.layout import restore_manifest_key, run_manifest_key
+from shared.domain.errors import BackupError, StorageError
+from shared.domain.jobs import PAGED_CHECKPOINT, Job, JobStatus, Run, RunStatus, count_warning
+from shared.domain.layout import (
+    EXTENSIONS,
+    data_key,
+    parked_key,
+    restore_manifest_key,
+    run_manifest_key,
+)
 from shared.logs import log_context, redact
 from shared.service.context import Context
 from shared.service.outbox import claimed, keep_in_reach, settle, with_alert
@@ -102,6 +108,36 @@ def _verify(ctx: Context, run: Run, jobs: list[Job]) -> dict[str, Any] | None:
             **verdicts(report)}
 
 
+def _drop_parked_rows(ctx: Context, jobs: list[Job]) -> None:
+    """A paged copy that failed may have left the rows it parked (`<key>.parked`, see
+    copy_paged) in the bucket: nobody reads them again, and the user would pay for them.
+    Deleted at the close, where every way a job fails ends (finisher or poller). Only the
+    failed job's own data key plus `.parked`, never a key its checkpoint merely names (a
+    state row could be tampered with): no manifest names such a key, as names are encoded
+    without dots (layout.safe_segment). Best effort: a delete that fails is logged, the
+    run closes all the same."""
+    for job in jobs:
+        key = _parked_rows_of(ctx, job)
+        if key is None:
+            continue
+        try:
+            ctx.objects.delete(key)
+        except StorageError as exc:
+            log.warning("could not delete the rows a failed copy parked",
+                        extra={"key": key, "reason": str(exc)})
+
+
+def _parked_rows_of(ctx: Context, job: Job) -> str | None:
+    """The side object a failed paged copy may have parked rows in; None for other jobs."""
+    saved = (job.checkpoint or {}).get(PAGED_CHECKPOINT)
+    if job.status is not JobStatus.FAILED or not isinstance(saved, dict):
+        return None
+    own = {data_key(ctx.config.destination.prefix, job.run_id, job.source, job.collection,
+                    file_type) for file_type in EXTENSIONS}
+    key = saved.get("key")
+    return parked_key(key) if isinstance(key, str) and key in own else None
+
+
 def _close_run(ctx: Context, run: Run, jobs: list[Job]) -> bool:
     now = ctx.clock()
     failed = [j for j in jobs if j.status is JobStatus.FAILED]
@@ -129,6 +165,7 @@ def _close_run(ctx: Context, run: Run, jobs: list[Job]) -> bool:
     verified = _verify(ctx, run, jobs)
     if verified is not None:
         summary["verify"] = verified
+    _drop_parked_rows(ctx, jobs)
     status = (RunStatus.SUCCEEDED if jobs and not failed and not unlisted
               and (verified is None or verified["ok"]) else RunStatus.FAILED)
     key = run_manifest_key(ctx.config.destination.prefix, run.run_id)

@@ -19,6 +19,7 @@ import pytest
 from shared.config import Config
 from shared.domain.errors import Forgotten, Retryable, RetryLater, StorageError
 from shared.domain.jobs import Job, JobStatus, RestoreOrder, Run, RunStatus, StoredObject
+from shared.domain.layout import data_key, parked_key
 from shared.ports import Page, Progress
 from shared.service.close import RunsNotClosed, close_finished_runs
 from shared.service.copying import claim
@@ -275,6 +276,23 @@ def test_a_run_is_closed_and_notified_once() -> None:
     assert run.status is RunStatus.SUCCEEDED and len(listed) == 2
     manifest = json.loads(u.objects.read(run.manifest_key or ""))
     assert manifest["status"] == "succeeded" and manifest["summary"]["records"] == 7
+
+
+def test_the_close_deletes_the_rows_a_failed_paged_copy_parked_and_nothing_else() -> None:
+    """Nobody reads a failed copy's parked rows again: the close deletes its own
+    `<key>.parked`, never an object its checkpoint merely names (a tampered state row)."""
+    u = unit(ScriptedPages({"events": ROWS, "orders": ROWS}), kind="paged")
+    events, orders = seed_run(u, JobStatus.FAILED, error="boom")
+    prefix = u.ctx.config.destination.prefix
+    own = data_key(prefix, events.run_id, "shop", "events", "json")
+    elsewhere = f"{prefix}/runs/another/shop/orders.jsonl"
+    for job, key in ((events, own), (orders, elsewhere)):
+        u.put(job.model_copy(update={"checkpoint": {"paged": {"key": key}}}))
+        u.objects.put_json(parked_key(key), {"rows": "parked"})
+
+    assert close_finished_runs(u.ctx) == [events.run_id]
+    assert u.objects.head(parked_key(own)) is None
+    assert u.objects.head(parked_key(elsewhere)) is not None
 
 
 def test_a_run_that_cannot_close_keeps_no_other_from_closing(
