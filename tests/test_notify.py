@@ -369,6 +369,26 @@ def test_a_long_failure_reaches_the_robot_cut_at_its_size_limit(webhook: Webhook
     assert run.run_id in feishu["content"]["text"]
 
 
+def test_a_long_failure_reaches_a_dingtalk_robot_cut_at_its_size_limit(webhook: WebhookReceiver) -> None:
+    """A DingTalk robot refuses a request body over 20000 bytes (HTTP 200, errcode 460101
+    "message too long, exceed 20000 bytes"), however often it is sent: the run whose
+    errors run longer, and a long alert, are cut to fit and still reach the group."""
+    webhook.body_limit = (20000, {"errcode": 460101, "errmsg": "message too long, exceed 20000 bytes"})
+    u = unit(ScriptedExport({"orders": []}))
+    [job] = seed_run(u, JobStatus.FAILED, error="导出失败：集合被锁定。" * 2000)  # 3 bytes a character
+    run = u.state.runs[job.run_id]
+    notify = Notify.model_validate({"webhooks": [{"url": "${HOOK}", "format": "dingtalk"}]},
+                                   context={"environ": {"HOOK": webhook.url}})
+
+    assert notify_run(notify, run, [u.job(job.job_id)], retry_base_seconds=0)
+    assert WebhookNotifier(notify, retry_base_seconds=0).alert("告警：" * 10000)
+
+    run_message, alert = webhook.messages
+    assert run.run_id in run_message["text"]["content"]
+    for body in (run_message, alert):
+        assert "cut" in body["text"]["content"] and "\ufffd" not in body["text"]["content"]
+
+
 @pytest.mark.parametrize("robot", ["dingtalk", "feishu"])
 def test_a_robot_with_signing_turned_on_takes_the_signed_message(
         webhook: WebhookReceiver, robot: str) -> None:

@@ -82,10 +82,17 @@ def _restore_text(run: Run, jobs: list[Job], ok: bool) -> str:
 # 配置说明, 文本类型, https://developer.work.weixin.qq.com/document/path/91770). Feishu: "请求体
 # 的数据大小不能超过 20 KB" (自定义机器人使用指南, 注意事项,
 # https://open.feishu.cn/document/client-docs/bot-v3/add-custom-bot): the whole JSON body,
-# so its envelope (and a signature's timestamp and sign) are left room.
+# so its envelope (and a signature's timestamp and sign) are left room. DingTalk: the
+# robot (自定义机器人发送群消息, https://open.dingtalk.com/document/orgapp/custom-robot-access)
+# refuses a body over 20000 bytes, HTTP 200 with `{"errcode": 460101, "errmsg": "message too
+# long, exceed 20000 bytes"}` ("body 大小不合法;请保持大小在 20000bytes 以内"), as its
+# answers quoted in timonwong/prometheus-webhook-dingtalk#30 and Le0nsec/SecCrawler#12
+# show; its page states no limit. Its signature goes in the query, not the body.
 _WECOM_TEXT_BYTES = 2048
 _FEISHU_BODY_BYTES = 20 * 1024
 _FEISHU_ROOM = 512  # msg_type, the envelope, timestamp and sign
+_DINGTALK_BODY_BYTES = 20000
+_DINGTALK_ROOM = 256  # msgtype and the envelope
 
 
 def _robot_text(webhook: Webhook, text: str) -> dict[str, Any] | None:
@@ -93,6 +100,8 @@ def _robot_text(webhook: Webhook, text: str) -> dict[str, Any] | None:
     if webhook.format in ("wecom", "dingtalk"):  # both robots take the same text message
         if webhook.format == "wecom":
             text = _fit(text, _WECOM_TEXT_BYTES, _utf8_size)
+        else:
+            text = _fit(text, _DINGTALK_BODY_BYTES - _DINGTALK_ROOM, _json_size)
         return {"msgtype": "text", "text": {"content": text}}
     if webhook.format == "feishu":
         text = _fit(text, _FEISHU_BODY_BYTES - _FEISHU_ROOM, _json_size)

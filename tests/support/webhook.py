@@ -52,18 +52,23 @@ class WebhookReceiver:
         self.gets = 0
         self.get_status = 405  # robots refuse a GET; a heartbeat test sets 200
         self.get_body: dict[str, Any] | None = None  # a JSON answer to a GET (Uptime Kuma's)
+        # (bytes, answer): a body longer than that many bytes is refused with that answer
+        self.body_limit: tuple[int, dict[str, Any]] | None = None
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
-                message = json.loads(self.rfile.read(length))
+                raw = self.rfile.read(length)
+                message = json.loads(raw)
                 receiver.messages.append(message)
                 receiver.posted_paths.append(self.path)
                 status, body = receiver.answers.pop(0) if receiver.answers else (200, {"errcode": 0})
                 refused = receiver.signing and robot_refusal(receiver.signing, self.path, message)
                 if refused:  # both robots answer HTTP 200 with the code in the body
                     status, body = 200, refused
+                if receiver.body_limit and len(raw) > receiver.body_limit[0]:
+                    status, body = 200, receiver.body_limit[1]
                 page = isinstance(body, str)
                 data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
                 self.send_response(status)
