@@ -279,6 +279,7 @@ def test_an_unreachable_heartbeat_fails_without_showing_its_key(
 @pytest.mark.parametrize(("status", "body", "words"), [
     (404, None, ["HTTP 404"]),  # healthchecks.io: no check with that UUID
     (200, {"ok": False, "msg": "Monitor not found or not active."}, ["Monitor not found"]),
+    (404, {"ok": False, "msg": "Monitor not found or not active."}, ["Monitor not found"]),
 ])
 def test_a_heartbeat_that_refuses_the_test_ping_fails(
     site: Site, monitor: WebhookReceiver, status: int, body: dict[str, Any] | None,

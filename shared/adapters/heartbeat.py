@@ -69,12 +69,12 @@ def ping(heartbeat: Heartbeat, ok: bool, message: str, *, client: httpx.Client |
             raise Retryable(f"heartbeat unreachable: {describe_transport_error(exc)}") from None
         except httpx.HTTPError as exc:  # an unreadable answer (bad gzip), too many redirects
             raise Retryable(f"heartbeat answer unusable: {describe_http_error(exc)}") from None
-        if response.status_code >= 300:
-            raise Retryable(f"heartbeat answered HTTP {response.status_code}")
-        refused = _refusal(response, url)
+        refused = _refusal(response, url)  # before the status: Uptime Kuma's comes with a 404
         if refused:  # an answer, not a transient failure: sending it again changes nothing
             raise Fatal(f"heartbeat refused the ping: {refused}; {_CHECK_URL}, and that the "
                         "monitor is active (not paused)")
+        if response.status_code >= 300:
+            raise Retryable(f"heartbeat answered HTTP {response.status_code}")
 
     try:
         with_retries(send, attempts=3, base_seconds=retry_base_seconds)
@@ -180,12 +180,12 @@ def _test_ping(heartbeat: Heartbeat, where: str, http: httpx.Client) -> str:
     except httpx.HTTPError as exc:  # an unreadable answer, a redirect loop
         raise Fatal(f"{where}: its answer to the test ping is unusable: "
                     f"{describe_http_error(exc)}; {_CHECK_URL}") from None
+    refused = _refusal(response, url)  # before the status: Uptime Kuma's comes with a 404
+    if refused:
+        raise Fatal(f"{where} refused the test ping: {refused}; {_CHECK_URL}")
     if response.status_code >= 300:  # healthchecks.io: 404 for a UUID it does not know
         raise Fatal(f"{where} answered the test ping with HTTP {response.status_code}; "
                     f"{_CHECK_URL}: the monitor may not know this key") from None
-    refused = _refusal(response, url)
-    if refused:
-        raise Fatal(f"{where} refused the test ping: {refused}; {_CHECK_URL}")
     return (f"{where} answered a success ping with HTTP {response.status_code}: the monitor "
             "counts it as a good run")
 
@@ -193,8 +193,9 @@ def _test_ping(heartbeat: Heartbeat, where: str, http: httpx.Client) -> str:
 def _refusal(response: httpx.Response, url: str) -> str | None:
     """Uptime Kuma answers a push to a paused or unknown monitor with {"ok": false, "msg":
     "Monitor not found or not active."} (louislam/uptime-kuma server/routers/api-router.js,
-    /api/push/:pushToken; the HTTP status has changed between releases, 404 or 500 in
-    those read, so the body decides, a 200 included) where the others answer an HTTP error. The message is the monitor's: any part of the URL in it
+    /api/push/:pushToken, `response.status(404).json({ok: false, msg: e.message})`; the
+    HTTP status has changed between releases, 404 or 500 in those read, so the body
+    decides, whatever the status) where the others answer an HTTP error. The message is the monitor's: any part of the URL in it
     (the push token) is masked."""
     try:
         answer = response.json()
