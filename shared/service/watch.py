@@ -78,8 +78,7 @@ def _problem(ctx: Context, now: datetime, limit: timedelta, recent: list[Run]) -
         if run.status is RunStatus.RUNNING and now - run.created_at > limit:
             what = "restore" if run.operation == "restore" else "run"
             return f"{what} {run.run_id} is still running {hours:g} hours after it started"
-    runs = [r for r in recent if r.operation == "backup"]  # only backups "succeed" here
-    succeeded = next((r for r in runs if r.status is RunStatus.SUCCEEDED), None)
+    runs, succeeded = _backups(ctx, recent, now - limit)
     if succeeded is not None:
         last = succeeded.finished_at or succeeded.created_at
         if now - last > limit:
@@ -89,6 +88,27 @@ def _problem(ctx: Context, now: datetime, limit: timedelta, recent: list[Run]) -
     if now - since > limit:
         return f"no run has succeeded in the last {hours:g} hours"
     return None
+
+
+def _backups(ctx: Context, recent: list[Run], cutoff: datetime) -> tuple[list[Run], Run | None]:
+    """The backup runs (only backups "succeed" here), newest first, down to the newest that
+    succeeded, and that one (None if none did). `recent` is the newest page; older pages
+    are read only when it holds no success: restores (a run each) or frequent failed runs
+    may fill a page, and must neither hide the last success nor leave its age unknown.
+    Paging stops once a page reaches back past `cutoff` with a backup seen: nothing
+    started since then succeeded, which is all the alarm needs."""
+    backups: list[Run] = []
+    page = recent
+    while True:
+        for run in page:
+            if run.operation != "backup":
+                continue
+            backups.append(run)
+            if run.status is RunStatus.SUCCEEDED:
+                return backups, run
+        if len(page) < RUNS_LOOKED_AT or (backups and page[-1].created_at < cutoff):
+            return backups, None
+        page = ctx.state.list_runs(limit=RUNS_LOOKED_AT, before=page[-1].run_id)
 
 
 def _watching_since(ctx: Context, now: datetime) -> datetime:

@@ -53,6 +53,46 @@ def test_no_success_for_too_long_alerts_once_and_recovers_once() -> None:
     assert len(u.notifier.alerts) == 3  # a new episode
 
 
+def _restores(u: Unit, count: int) -> None:
+    """`count` closed restores, one run each (a whole environment restored after an
+    accident): together more runs than the newest page the tick lists."""
+    for index in range(count):
+        name = f"restore-{index:03d}"
+        run = Run(run_id=f"{u.clock():%Y%m%dT%H%M%S}000Z-{name}", operation="restore",
+                  idempotency_key=name, trigger="http", sources=["shop"], created_at=u.clock(),
+                  status=RunStatus.SUCCEEDED, finished_at=u.clock())
+        u.state.create_run(run, [])
+
+
+def test_many_restores_do_not_hide_the_last_successful_backup() -> None:
+    """A success two hours ago, then more restores than the tick's page of newest runs:
+    backups are not stale, so no alarm (judging by the restores alone, or by when the
+    poller first looked, would raise a false one)."""
+    u = unit(ScriptedExport({"orders": []}))
+    poll(u.ctx)  # the poller starts watching before the first run
+    u.clock.advance(30 * 3600)
+    _run(u, "good", RunStatus.SUCCEEDED)
+    u.clock.advance(3600)
+    _restores(u, RUNS_LOOKED_AT + 10)
+    u.clock.advance(3600)
+    poll(u.ctx)
+    assert u.notifier.alerts == []
+
+
+def test_many_restores_do_not_hide_that_backups_stopped() -> None:
+    """The last success is 28 hours old behind more restores than the tick's page: the
+    alarm names it, as it would without the restores."""
+    u = unit(ScriptedExport({"orders": []}))
+    _run(u, "good", RunStatus.SUCCEEDED)
+    u.clock.advance(27 * 3600)
+    _restores(u, RUNS_LOOKED_AT + 10)
+    u.clock.advance(3600)
+    poll(u.ctx)
+    assert len(u.notifier.alerts) == 1
+    assert "no run has succeeded for 26 hours" in u.notifier.alerts[0]
+    assert "-good)" in u.notifier.alerts[0]
+
+
 def test_a_deployment_that_never_runs_alerts_after_the_limit() -> None:
     u = unit(ScriptedExport({"orders": []}))
     poll(u.ctx)  # the poller starts watching
