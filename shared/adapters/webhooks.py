@@ -52,6 +52,8 @@ def run_text(run: Run, jobs: list[Job]) -> str:
         lines.append(f"- {job.source}/{job.collection}: {job.error or 'failed'}")
     for problem in (summary.get("verify") or {}).get("problems", [])[:MAX_FAILURES_LISTED]:
         lines.append(f"- verify: {problem}")
+    if (summary.get("verify") or {}).get("next_step"):  # out of time: some only quick-checked
+        lines.append(f"- verify: {summary['verify']['next_step']}")
     for item in summary.get("suspect", [])[:MAX_FAILURES_LISTED]:
         lines.append(f"- ⚠️ suspect: {item['source']}/{item['collection']} has "
                      f"{item['records']} records, down from {item['previous_records']} in its "

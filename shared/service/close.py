@@ -4,7 +4,8 @@ notification (whoever wins the compare-and-set on the run sends it)."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
 from shared.domain.errors import BackupError, StorageError
 from shared.domain.jobs import PAGED_CHECKPOINT, Job, JobStatus, Run, RunStatus, count_warning
@@ -19,7 +20,15 @@ from shared.logs import log_context, redact
 from shared.service.context import Context
 from shared.service.outbox import claimed, keep_in_reach, settle, with_alert
 
+if TYPE_CHECKING:
+    from shared.service.verify import Report
+
 log = logging.getLogger(__name__)
+
+# What a full verify at close leaves of the invocation's time (`ctx.stop_by`, which keeps
+# SCF's own margin: entrypoints/scf.py) once it stops reading objects back: the quick
+# checks of what is left (a HEAD each), the run manifest, the close and its notification.
+VERIFY_MARGIN_SECONDS = 10.0
 
 
 class RunsNotClosed(Exception):
@@ -100,12 +109,39 @@ def _verify(ctx: Context, run: Run, jobs: list[Job]) -> dict[str, Any] | None:
         return None
     from shared.service.verify import problem_lines, verdicts, verify_jobs
 
-    report = verify_jobs(ctx, run.run_id, jobs, quick=mode == "quick")
+    report = verify_jobs(ctx, run.run_id, jobs, quick=mode == "quick",
+                         out_of_time=lambda: _verify_out_of_time(ctx))
     problems = problem_lines(report)
     if problems:
         log.error("verify after the run found problems", extra={"problems": problems})
-    return {"mode": mode, "ok": report.ok, "objects": len(report.objects), "problems": problems,
-            **verdicts(report)}
+    result = {"mode": mode, "ok": report.ok, "objects": len(report.objects),
+              "problems": problems, **verdicts(report)}
+    if mode == "full":
+        result.update(_what_was_read(run, report))
+    return result
+
+
+def _verify_out_of_time(ctx: Context) -> bool:
+    """Whether a full verify at close must stop reading objects back, so the run still
+    closes before SCF stops the invocation (a backup too big to read in one would else
+    keep its run open for good, every tick killed the same way). SCF ends an invocation
+    at the function's timeout (API-NOTES.md, SCF: "timeout 1-900 s"; tencent-scf
+    docs/configure.md `timeout`, as scf-poller/serverless.yml notes)."""
+    return ctx.stop_by is not None and time.monotonic() >= ctx.stop_by - VERIFY_MARGIN_SECONDS
+
+
+def _what_was_read(run: Run, report: Report) -> dict[str, Any]:
+    """How many objects a full verify read back; those it only quick-checked, its time
+    having run out, and how to read them back: the CLI's verify has no such limit."""
+    read: dict[str, Any] = {"fully_read": report.fully_read}
+    if report.quick_only:
+        read["quick_only"] = report.quick_only
+        read["next_step"] = (
+            f"{len(report.quick_only)} of {len(report.objects)} objects were only "
+            "quick-checked (size and CRC64), the closing invocation's time having run out "
+            f"before they were read back; to read them back: baas-backup verify {run.run_id}")
+        log.warning("verify after the run ran out of time", extra=read)
+    return read
 
 
 def _drop_parked_rows(ctx: Context, jobs: list[Job]) -> None:

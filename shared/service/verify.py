@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,9 @@ NOT_READ = ("archived: restore from the archive class first ({storage_class}; CO
             "then wait for the copy); its size and CRC64 were checked")
 
 
+OutOfTime = Callable[[], bool]  # whether a full verify must stop reading objects back
+
+
 class NothingToVerify(ValueError):
     """The run named has nothing to verify; the message says why."""
 
@@ -54,6 +58,7 @@ class Checked:
     records: int | None = None
     crc64: str = "not recorded"  # ok | mismatch | not recorded | not reported
     not_read: str | None = None  # why a full verify could not read it back (archived)
+    quick_only: bool = False  # a full verify ran out of time before reading it all back
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -78,12 +83,25 @@ class Report:
         """The collections ("source/collection") with an object it could not read back."""
         return sorted({f"{o.source}/{o.collection}" for o in self.objects if o.not_read})
 
+    @property
+    def quick_only(self) -> list[str]:
+        """The objects a full verify only quick-checked: its time ran out before it read
+        them back (in the order checked)."""
+        return [o.key for o in self.objects if o.quick_only]
+
+    @property
+    def fully_read(self) -> int:
+        """How many objects were read back to the end (their SHA-256 and count checked)."""
+        return sum(o.records is not None for o in self.objects)
+
     def as_json(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id, "quick": self.quick, "ok": self.ok,
             "problems": [p.__dict__ for p in self.problems], "pruned": self.pruned,
             "not_read": self.not_read,
-            "objects": [{**{k: v for k, v in o.__dict__.items() if k != "problems"},
+            # quick_only: only a verify at close has a time limit (close.py), and says so there
+            "objects": [{**{k: v for k, v in o.__dict__.items()
+                            if k not in ("problems", "quick_only")},
                          "ok": o.ok, "problems": [p.__dict__ for p in o.problems]}
                         for o in self.objects],
         }
@@ -148,11 +166,13 @@ def _pruned(ctx: Context, run_id: str) -> frozenset[str]:
                      if j.pruned_at is not None)
 
 
-def verify_jobs(ctx: Context, run_id: str, jobs: list[Job], *, quick: bool) -> Report:
-    """Verify the done jobs of a run that is closing (before its run manifest exists)."""
+def verify_jobs(ctx: Context, run_id: str, jobs: list[Job], *, quick: bool,
+                out_of_time: OutOfTime | None = None) -> Report:
+    """Verify the done jobs of a run that is closing (before its run manifest exists);
+    a full verify stops reading objects back once `out_of_time()` says so."""
     report = Report(run_id=run_id, quick=quick)
     for entry in _entries([j for j in jobs if j.pruned_at is None]):
-        report.objects.extend(_verify_backup(ctx, entry, quick))
+        report.objects.extend(_verify_backup(ctx, entry, quick, out_of_time))
     return report
 
 
@@ -189,7 +209,8 @@ def _json_object(data: bytes) -> dict[str, Any]:
     return document
 
 
-def _verify_backup(ctx: Context, entry: dict[str, Any], quick: bool) -> list[Checked]:
+def _verify_backup(ctx: Context, entry: dict[str, Any], quick: bool,
+                   out_of_time: OutOfTime | None = None) -> list[Checked]:
     listed = entry.get("objects") or []
     manifest_key = str(entry.get("manifest_key", ""))
     file_type = "csv" if str(entry.get("key", "")).endswith(".csv") else "json"
@@ -202,7 +223,8 @@ def _verify_backup(ctx: Context, entry: dict[str, Any], quick: bool) -> list[Che
         objects = listed
         missing_manifest = Problem("missing manifest", manifest_key,
                                    "the backup's manifest is missing or unreadable")
-    checked = [_verify_object(ctx, entry, o, file_type, quick) for o in objects]
+    checked = [_verify_object(ctx, entry, o, file_type, quick=quick, out_of_time=out_of_time)
+               for o in objects]
     if missing_manifest and checked:
         checked[0].problems.insert(0, missing_manifest)
     manifest_keys = {o.get("key") for o in objects}
@@ -216,7 +238,7 @@ def _verify_backup(ctx: Context, entry: dict[str, Any], quick: bool) -> list[Che
 
 
 def _verify_object(ctx: Context, entry: dict[str, Any], recorded: dict[str, Any],
-                   file_type: str, quick: bool) -> Checked:
+                   file_type: str, *, quick: bool, out_of_time: OutOfTime | None) -> Checked:
     key = str(recorded.get("key"))
     checked = Checked(entry["source"], entry["collection"], key)
     info = ctx.objects.head(key)
@@ -230,9 +252,16 @@ def _verify_object(ctx: Context, entry: dict[str, Any], recorded: dict[str, Any]
     _compare_crc64(checked, recorded.get("crc64"), info.crc64)
     if quick:
         return checked
+    stop = out_of_time or (lambda: False)
+    if stop():  # checked quickly above: the report says it was not read back
+        checked.quick_only = True
+        return checked
     sha256, counter, total = hashlib.sha256(), counter_for(file_type), 0
     try:
         for chunk in ctx.objects.iter_read(key, READ_CHUNK):
+            if stop():  # cut short: what was read proves nothing either way
+                checked.quick_only = True
+                return checked
             sha256.update(chunk)
             counter.feed(chunk)
             total += len(chunk)

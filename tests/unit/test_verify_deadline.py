@@ -1,0 +1,103 @@
+"""`verify.after_run: full` inside the closing invocation's time: what it cannot read back
+before the invocation must stop is still checked quickly (HEAD: size, CRC64), the run
+closes, and its verify summary names those objects and how to read them back."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from shared.adapters.webhooks import run_text
+from shared.domain.jobs import JobStatus, RunStatus
+from shared.entrypoints.http_api import verify_view
+from shared.service import verify
+from shared.service.close import close_finished_runs
+from shared.service.finish import finish
+from tests.unit.support import ScriptedExport, Unit, seed_run, unit
+
+ROWS = [{"_id": f"d{i}", "n": i} for i in range(5)]
+COLLECTIONS = ("items", "orders", "users")
+RUN_ID = "20261101T020000000Z-unit"  # seed_run's
+
+
+def backed_up_full(monkeypatch: pytest.MonkeyPatch) -> tuple[Unit, list[str]]:
+    """A run of three done backups, closing with `verify.after_run: full` in an invocation
+    with an hour left; each object's key, in the order the verify reads them."""
+    u = unit(ScriptedExport({c: ROWS for c in COLLECTIONS}))
+    u.ctx.config = u.ctx.config.model_copy(update={
+        "verify": u.ctx.config.verify.model_copy(update={"after_run": "full"})})
+    for job in seed_run(u, JobStatus.READY):
+        assert finish(u.ctx, job.job_id) == "done"
+    keys = [j.result.key for j in u.state.list_jobs(RUN_ID) if j.result is not None]
+    u.ctx.stop_by = time.monotonic() + 3600
+    monkeypatch.setattr(verify, "READ_CHUNK", 16)  # each object is read in several chunks
+    return u, keys
+
+
+def time_runs_out_in(u: Unit, key: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The invocation's time runs out while `key` is read back, after its first chunk;
+    the keys whose reading was begun."""
+    read, begun = u.objects.iter_read, []
+
+    def reading(name: str, chunk_size: int = verify.READ_CHUNK) -> Iterator[bytes]:
+        begun.append(name)
+        for index, chunk in enumerate(read(name, chunk_size)):
+            if name == key and index == 1:
+                u.ctx.stop_by = time.monotonic()
+            yield chunk
+
+    monkeypatch.setattr(u.objects, "iter_read", reading)
+    return begun
+
+
+def test_a_full_verify_out_of_time_quick_checks_the_rest_and_the_run_closes_saying_so(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    u, keys = backed_up_full(monkeypatch)
+    begun = time_runs_out_in(u, keys[1], monkeypatch)
+
+    assert close_finished_runs(u.ctx) == [RUN_ID]
+    # out of time: the third object's download is not even begun (its manifest is read)
+    assert [key for key in begun if key in keys] == keys[:2]
+
+    run, jobs = u.notifier.sent[0]
+    assert run.status is RunStatus.SUCCEEDED
+    verified = (run.summary or {})["verify"]
+    assert verified["mode"] == "full" and verified["ok"] and verified["objects"] == 3
+    assert verified["fully_read"] == 1
+    assert verified["quick_only"] == keys[1:]  # the one cut short, and the one never begun
+    assert f"baas-backup verify {RUN_ID}" in verified["next_step"]
+    assert "2 of 3 objects" in verified["next_step"]
+    assert verified["next_step"] in run_text(run, jobs)  # the notification says so too
+    shown = verify_view(verified)  # and GET /runs/{run_id}
+    assert shown is not None and shown["quick_only"] == keys[1:]
+    assert shown["fully_read"] == 1 and shown["next_step"] == verified["next_step"]
+
+
+def test_an_object_only_quick_checked_is_still_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    u, keys = backed_up_full(monkeypatch)
+    time_runs_out_in(u, keys[0], monkeypatch)
+    u.objects.objects[keys[2]] = u.objects.objects[keys[2]][:-1]  # one byte short
+
+    close_finished_runs(u.ctx)
+
+    run, _ = u.notifier.sent[0]
+    verified = (run.summary or {})["verify"]
+    assert run.status is RunStatus.FAILED and verified["fully_read"] == 0
+    assert verified["quick_only"] == keys
+    [problem] = verified["problems"]
+    assert problem.startswith(f"shop/{keys[2].rsplit('/', 1)[1].split('.')[0]} size:")
+
+
+def test_a_full_verify_with_time_to_spare_reads_everything_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    u, _ = backed_up_full(monkeypatch)
+
+    close_finished_runs(u.ctx)
+
+    run, jobs = u.notifier.sent[0]
+    verified = (run.summary or {})["verify"]
+    assert run.status is RunStatus.SUCCEEDED and verified["ok"]
+    assert verified["fully_read"] == 3 and "quick_only" not in verified
+    assert "next_step" not in verified and "verify:" not in run_text(run, jobs)
