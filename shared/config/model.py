@@ -324,7 +324,9 @@ class VerifySettings(ConfigModel):
     after_run: Literal["off", "quick", "full"] = Field(
         default="quick",
         description="quick: sizes (and CRC64) from a HEAD per object; full: read every object "
-        "back (costs a download of the whole backup); off. A failed check fails the run.",
+        "back (costs a download of the whole backup) within the closing invocation's time, "
+        "what is left only quick-checked and listed in the run's summary; off. A failed "
+        "check fails the run.",
     )
 
 
