@@ -300,6 +300,10 @@ class StateStore(TokenCache, Protocol):
     def list_runs(self, limit: int = 20, before: str | None = None) -> list[Run]:
         """Newest first; `before` is a run id to page from."""
 
+    def list_restores(self, limit: int = 20, before: str | None = None) -> list[Run]:
+        """The runs whose operation is "restore", newest first, paged as list_runs is;
+        found without reading the backup runs recorded between them."""
+
     def open_runs(self) -> list[Run]: ...
 
     def save_run(self, run: Run) -> Run | None:

@@ -47,6 +47,10 @@ class MemoryState:
         ids = sorted((i for i in self.runs if before is None or i < before), reverse=True)
         return [self.runs[i] for i in ids[:limit]]
 
+    def list_restores(self, limit: int = 20, before: str | None = None) -> list[Run]:
+        restores = [r for r in self.list_runs(len(self.runs), before) if r.operation == "restore"]
+        return restores[:limit]
+
     def open_runs(self) -> list[Run]:
         return [r for r in self.runs.values() if r.status is RunStatus.RUNNING]
 

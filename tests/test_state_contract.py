@@ -491,6 +491,32 @@ def test_runs_list_newest_first_in_pages(store: StateStore) -> None:
         "20261120T020000Z-aaaa"]
 
 
+def test_restores_list_newest_first_in_pages_whatever_runs_lie_between(store: StateStore) -> None:
+    """Restores are listed on their own, as runs are (newest first, `before` pages on): an
+    old restore is found however many backups were recorded after it."""
+    assert store.list_restores() == []  # on COS: restores since are indexed as recorded
+    base = utcnow()
+    restores = ["20261101T020000Z-aaaa", "20261103T020000Z-aaaa", "20261104T020000Z-aaaa"]
+    for day in range(1, 8):
+        run_id = f"2026110{day}T020000Z-aaaa"
+        store.create_run(*make_run(key=f"k{day}", run_id=run_id, jobs=1, at=base + timedelta(days=day),
+                                   operation="restore" if run_id in restores else "backup"))
+    store.create_run(*make_run(key="target", run_id="0-restore-target-ab", jobs=0,
+                               operation="restore-target", status=RunStatus.SUCCEEDED))
+    assert [r.run_id for r in store.list_restores()] == restores[::-1]
+    first = store.list_restores(limit=2)
+    assert [r.run_id for r in first] == restores[:0:-1]
+    assert [r.run_id for r in store.list_restores(limit=2, before=first[-1].run_id)] == restores[:1]
+    assert store.list_restores(before=restores[0]) == []
+    closed = store.get_run(restores[1])
+    assert closed is not None
+    ended = store.save_run(closed.model_copy(update={"status": RunStatus.SUCCEEDED}))
+    assert ended is not None and ended.operation == "restore"
+    assert [r.status for r in store.list_restores(limit=2)] == [RunStatus.RUNNING, RunStatus.SUCCEEDED]
+    store.delete_run(restores[1])
+    assert [r.run_id for r in store.list_restores()] == [restores[2], restores[0]]
+
+
 def test_token_cache_expires_and_overwrites(store: StateStore) -> None:
     now = utcnow()
     assert store.cache_get("wechat:wx1", now) is None
@@ -1016,6 +1042,30 @@ def test_a_version_written_on_top_of_a_save_keeps_its_base(
     final = pruner.get_job(done.job_id)
     assert final is not None and final.version == done.version + 2
     assert final.attempts == 7 and final.pruned_at is not None
+
+
+def test_restores_recorded_before_the_index_are_indexed_once(
+        destination: Destination, atomic_moto: None) -> None:
+    """A bucket whose restores were recorded before `restores/` existed: the first listing
+    reads every run once, indexes the restores among them and says so in
+    restores-indexed.json; a deleted restore leaves the index with its run."""
+    store, state = CosStateStore(destination), f"{destination.prefix}/_state/"
+    listing, client = CosObjectListing(destination), cos_client(destination)
+    restores = ["20261102T020000Z-aaaa", "20261101T020000Z-aaaa"]
+    for day in range(1, 5):
+        run_id = f"2026110{day}T020000Z-aaaa"
+        store.create_run(*make_run(key=f"k{day}", run_id=run_id, jobs=1,
+                                   operation="restore" if run_id in restores else "backup"))
+    for key in listing.keys(state + "restores/"):  # as a version without the index left it
+        client.delete_object(Bucket=destination.bucket, Key=key)
+
+    assert [r.run_id for r in CosStateStore(destination).list_restores()] == restores
+    assert listing.keys(state + "restores-indexed.json") == [state + "restores-indexed.json"]
+    assert listing.keys(state + "restores/") == [state + "restores/" + r for r in restores[::-1]]
+    later = CosStateStore(destination)
+    later.delete_run(restores[0])
+    assert [r.run_id for r in later.list_restores()] == restores[1:]
+    assert listing.keys(state + "restores/") == [state + "restores/" + restores[1]]
 
 
 @dataclasses.dataclass

@@ -207,3 +207,30 @@ def test_deleting_a_running_run_leaves_the_poller_no_hints_of_its_jobs(
     with s3_requests.counted() as seen:
         assert poller.due_jobs(utcnow()) == []
     assert seen == ["GET /"], "\n".join(seen)
+
+
+def _runs(store: CosStateStore, backups: int, restores: int) -> list[str]:
+    """`restores` restore runs, then `backups` backup runs; the restores' ids, newest first."""
+    base, ids = utcnow(), [f"2026110{i // 10}T02{i % 10}000Z-aaaa" for i in range(restores + backups)]
+    for i, run_id in enumerate(ids):
+        run = Run(run_id=run_id, idempotency_key=f"k{i}", trigger="test",
+                  created_at=base + timedelta(minutes=i))
+        store.create_run(run.model_copy(update={"operation": "restore"}) if i < restores else run, [])
+    return ids[:restores][::-1]
+
+
+def test_listing_restores_reads_no_backup_run(
+        destination: Destination, counted_destination: Destination, s3_requests: S3Requests) -> None:
+    """GET /restores on a cold function: the index marker's HEAD, one listing of the
+    restores' index, and a listing and a GET per restore; the backups recorded after the
+    restores (any number of them) are never listed or read."""
+    restores = _runs(CosStateStore(destination), backups=30, restores=2)
+    CosStateStore(destination).list_restores()  # the first listing ever indexes earlier ones
+    store = CosStateStore(counted_destination)
+    with s3_requests.counted() as seen:
+        assert [r.run_id for r in store.list_restores()] == restores
+    assert sorted(r.split()[0] for r in seen) == ["GET"] * 5 + ["HEAD"], seen
+    with s3_requests.counted() as again:
+        store.list_restores()
+    assert "HEAD" not in " ".join(again) and len(again) == 3, again  # the index marker is known
+

@@ -70,6 +70,8 @@ cache = sa.Table(
 )
 
 _UNFINISHED = [s.value for s in JobStatus if not s.terminal]
+# A run's operation as its JSON holds it (`Run.model_dump_json` writes every field).
+_OPERATION = sa.type_coerce(runs.c.doc, sa.JSON)["operation"].as_string()
 # The poller's hot write, built once: SQLAlchemy then reuses its compiled form instead of
 # building and caching a new statement for every save.
 _SAVE_JOB = (
@@ -267,6 +269,17 @@ class SqlStateStore:
 
     def list_runs(self, limit: int = 20, before: str | None = None) -> list[Run]:
         query = sa.select(runs.c.doc).order_by(runs.c.run_id.desc()).limit(limit)
+        if before:
+            query = query.where(runs.c.run_id < before)
+        with self.engine.connect() as conn:
+            return [Run.model_validate_json(d) for d in conn.execute(query).scalars()]
+
+    def list_restores(self, limit: int = 20, before: str | None = None) -> list[Run]:
+        # The operation is read from the row's JSON (SQLite json_extract; MySQL/MariaDB
+        # JSON_UNQUOTE(JSON_EXTRACT)), so existing tables need no new column. Walking the
+        # primary key newest first, the database stops at the limit-th restore.
+        query = (sa.select(runs.c.doc).where(_OPERATION == "restore")
+                 .order_by(runs.c.run_id.desc()).limit(limit))
         if before:
             query = query.where(runs.c.run_id < before)
         with self.engine.connect() as conn:

@@ -14,6 +14,8 @@ every write that must not be lost to a race is a *create-only* PUT (`If-None-Mat
 - Index entries (`open-runs/`, `open-jobs/`, `run-jobs/`) keep the poller from reading
   every record ever written; they are hints, written before the records and removed after
   a record ends, and whoever reads a finished record through one deletes the stale hint.
+  `restores/` names every restore run the same way (written before its record, deleted
+  after it), so listing restores reads no backup run.
 - Two days after a run closes, its records are pruned to their last two versions.
 - Versions are never rewritten, so one a store created or read (up to 8 MB of them, by the
   ETag the listing shows) is not fetched again.
@@ -67,6 +69,8 @@ _KEPT = 64  # runs a store remembers seeing a record of
 # so a warm poller keeps every running job of a few thousand, well within a 256 MB function.
 _REMEMBERED_BYTES = 8 * 1024 * 1024
 _INDEXES_KEPT = 8  # runs' indexes kept from run_has_open_jobs for the list_jobs after it
+# Written once every restore recorded before `restores/` existed has its entry there.
+_RESTORES_INDEXED = "restores-indexed.json"
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -209,6 +213,7 @@ class CosStateStore:
         # Such whole indexes, as run_has_open_jobs found them with no job open, for the
         # list_jobs closing the run makes next (once): the index is not listed twice.
         self._indexes: _Recent[str, list[str]] = _Recent(_INDEXES_KEPT)
+        self._restores_indexed = False  # seen _RESTORES_INDEXED: never looked for again
         if verify:  # `doctor` opens the store unverified and runs the probe itself
             self.check_create_only()
 
@@ -271,6 +276,38 @@ class CosStateStore:
         if before:
             ids = [i for i in ids if i < before]
         return [r for r in self._map(self.get_run, ids[:limit]) if r is not None]
+
+    def list_restores(self, limit: int = 20, before: str | None = None) -> list[Run]:
+        """The `restores/` index listed (about a page per thousand restores), and only the
+        runs it names read: the backups between restores cost nothing. An entry with no
+        run (one being created, or deleted) is passed over."""
+        self._index_earlier_restores()
+        ids = sorted(self._names(self._restore_marker("")), reverse=True)
+        if before:
+            ids = [i for i in ids if i < before]
+        found: list[Run] = []
+        while ids and len(found) < limit:
+            batch, ids = ids[:limit - len(found)], ids[limit - len(found):]
+            found += [r for r in self._map(self.get_run, batch)
+                      if r is not None and r.operation == "restore"]
+        return found
+
+    def _index_earlier_restores(self) -> None:
+        """Give every restore recorded before the `restores/` index existed its entry: once
+        per bucket, reading every run, then _RESTORES_INDEXED says it is done. Restores
+        recorded since have theirs from _materialize; two stores doing this at once write
+        the same entries."""
+        if self._restores_indexed:
+            return
+        done = self._root + _RESTORES_INDEXED
+        if not self._exists(done):
+            base = f"{self._root}runs/"
+            _, folders = self._list(base, delimiter="/")
+            runs = self._map(self.get_run, [unquote(f[len(base):].rstrip("/")) for f in folders])
+            self._map(lambda run: self._put_json(self._restore_marker(run.run_id), {}),
+                      [r for r in runs if r is not None and r.operation == "restore"])
+            self._put_json(done, {"at": utcnow().isoformat()})
+        self._restores_indexed = True
 
     def open_runs(self) -> list[Run]:
         found = self._map(self._open_run, self._names(f"{self._root}open-runs/"))
@@ -422,7 +459,7 @@ class CosStateStore:
         hinted = [j for j in self._names(self._hint("")) if j in of_run]
         self._map(self._delete, [self._hint(j) for j in hinted] + [index + _segment(j) for j in job_ids])
         self._delete_record(self._record("runs", run_id))
-        for marker in ("closed", "open-runs"):
+        for marker in ("closed", "open-runs", "restores"):
             self._delete(f"{self._root}{marker}/{_segment(run_id)}")
         if run is not None:
             self._delete(f"{self._root}claims/{_digest(run.idempotency_key)}.json")
@@ -572,6 +609,8 @@ class CosStateStore:
         # Index entries first, so no record is ever out of the poller's sight.
         if run.status is RunStatus.RUNNING:
             self._put_json(self._open_marker(run.run_id), {"claim": claim})
+        if run.operation == "restore":
+            self._put_json(self._restore_marker(run.run_id), {})
         self._map(index, jobs)
         # Version 0, create-only: a replay leaves records that have moved on alone.
         self._map(lambda j: self._create_json(
@@ -582,6 +621,10 @@ class CosStateStore:
 
     def _open_marker(self, run_id: str) -> str:
         return f"{self._root}open-runs/{_segment(run_id)}"
+
+    def _restore_marker(self, run_id: str) -> str:
+        """A restore run's entry in the `restores/` index (of none: the index's prefix)."""
+        return f"{self._root}restores/{_segment(run_id)}"
 
     def _open_run(self, run_id: str) -> Run | None:
         marker_key = self._open_marker(run_id)
