@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from devkit.compare import docs_as_csv_rows
 from devkit.emulators.minapp import MinAppEmulator
 from devkit.emulators.onedb import OneDBEmulator
 from devkit.sample_data import make_docs
-from shared.domain.jobs import RunStatus
+from shared.domain.jobs import Run, RunStatus, run_id_for, utcnow
 from shared.service.poll import poll
 from tests.fakes import RecordingDispatcher
 from tests.support.api import Api, deploy, deploy_sources
@@ -557,6 +558,27 @@ def test_a_restore_id_under_runs_is_no_backup_run_and_points_to_restores(
         status, answer, _ = api.call(method, path, body=body)
         assert (status, answer["field"]) == (404, "run_id"), (method, path, answer)
         assert f"/restores/{restore_id}" in answer["error"], answer
+
+
+def test_a_restore_older_than_201_backup_runs_is_still_listed(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GET /restores looked for restores among the newest 200 runs only: on a deployment
+    backing up hourly, a restore vanished from the list after about eight days."""
+    api = deploy(local, tmp_path, monkeypatch)
+    run_id = backed_up(api, "shop", "orders")
+    status, started, _ = api.call("POST", "/restores", body={
+        "run_id": run_id, "source": "shop", "collection": "orders"})
+    assert status == 202, started
+    state, later = api.context().state, utcnow()
+    for hour in range(1, 202):  # 201 backups recorded after the restore
+        at = later + timedelta(hours=hour)
+        state.create_run(Run(run_id=run_id_for(f"timer-{hour}", at), idempotency_key=f"timer-{hour}",
+                             trigger="timer", status=RunStatus.SUCCEEDED, created_at=at,
+                             finished_at=at), [])
+    status, listed, _ = api.call("GET", "/restores")
+    assert status == 200
+    assert [r["restore_id"] for r in listed["restores"]] == [started["restore_id"]], listed
+    assert listed["restores"][0]["backup_run_id"] == run_id
 
 
 def test_a_finished_onedb_restore_says_its_objects_were_all_written(

@@ -29,7 +29,6 @@ from shared.logs import redact
 from shared.service.restore.plan import RestoreRefused, plan_restore, start_restore
 
 RESTORES_LISTED = 20
-RUNS_LOOKED_AT = 200
 
 
 class RestoreBody(BaseModel):
@@ -93,9 +92,8 @@ def _not_answered(source: str, exc: BackupError) -> HttpError:
 
 def list_restores(request: Request, params: Mapping[str, str], context: ContextFactory) -> Response:
     store = service(context).state
-    restores = [run for run in store.list_runs(RUNS_LOOKED_AT) if run.operation == "restore"]
     return json_response(200, {"restores": [restore_view(run, store.list_jobs(run.run_id))
-                                            for run in restores[:RESTORES_LISTED]]})
+                                            for run in store.list_restores(RESTORES_LISTED)]})
 
 
 def get_restore(request: Request, params: Mapping[str, str], context: ContextFactory) -> Response:
