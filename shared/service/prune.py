@@ -21,6 +21,7 @@ from shared.domain.errors import StorageError
 from shared.domain.jobs import COOLING, PRUNING, Job, JobResult, JobStatus, Run, RunStatus
 from shared.domain.layout import prune_record_key, run_folder
 from shared.domain.retention import Backup, Decision, Policy, decide
+from shared.logs import redact
 from shared.service.context import Context
 from shared.service.holds import DELETE_WITHIN, claim, release
 from shared.service.outbox import waiting
@@ -60,6 +61,9 @@ class Plan:
     decisions: list[Decision] = field(default_factory=list)
     jobs: dict[str, Held] = field(default_factory=dict)  # by job id (= backup id)
     runs: dict[str, Run] = field(default_factory=dict)
+    # what COS refused while deleting, one line each (the backups and runs concerned stay
+    # for the next prune): a run closing tells it (close.py), as nobody reads the log
+    refused: list[str] = field(default_factory=list)
 
     @property
     def doomed(self) -> list[Held]:
@@ -143,14 +147,14 @@ def prune(ctx: Context, *, dry_run: bool = False) -> Plan:
         job = ctx.state.get_job(held.job_id)
         if job is None or job.result is None:  # another prune deleted its run meanwhile
             continue
-        if not _delete_backup(ctx, job.result):  # left unmarked: the next prune tries again
+        if not _delete_backup(ctx, job.result, decided.refused):  # left unmarked: tried again
             emptied = [r for r in emptied if r != job.run_id]
             continue
         _mark_pruned(ctx, job)
         deleted.append({"run_id": job.run_id, "source": job.source,
                         "collection": job.collection, "objects": [o.key for o in job.result.objects],
                         "records": job.result.records})
-    emptied = [run_id for run_id in emptied if _delete_run(ctx, run_id)]
+    emptied = [run_id for run_id in emptied if _delete_run(ctx, run_id, decided.refused)]
     cooled = _cool(ctx, decided)
     if decided.doomed or deleted or emptied or cooled:
         record.write(deleted, emptied, cooled, finished=True)
@@ -290,7 +294,7 @@ def _all_runs(ctx: Context) -> list[Run]:
         before = page[-1].run_id
 
 
-def _delete_run(ctx: Context, run_id: str) -> bool:
+def _delete_run(ctx: Context, run_id: str, refused: list[str]) -> bool:
     """An emptied run's folder, then its state rows; whether it is gone. Its rows stay
     while an object does: they are how the next prune finds what is left to delete. A
     folder COS will not list is left for the next prune too: raised, it would cost the
@@ -300,27 +304,30 @@ def _delete_run(ctx: Context, run_id: str) -> bool:
     except StorageError as exc:
         log.warning("could not list an emptied run to delete it; the next prune tries again",
                     extra={"run_id": run_id, "reason": str(exc)})
+        refused.append(f"listing run {run_id}'s folder: {redact(str(exc))}")
         return False
-    if not all([_delete(ctx, info.key) for info in folder]):  # each tried
+    if not all([_delete(ctx, info.key, refused) for info in folder]):  # each tried
         return False
     ctx.state.delete_run(run_id)
     return True
 
 
-def _delete_backup(ctx: Context, result: JobResult) -> bool:
+def _delete_backup(ctx: Context, result: JobResult, refused: list[str]) -> bool:
     """A doomed backup's data objects, then its manifest; whether all are gone. Its
     manifest stays while a data object does (a quick verify still checks what is left)."""
-    if not all([_delete(ctx, o.key) for o in result.objects]):  # each tried
+    if not all([_delete(ctx, o.key, refused) for o in result.objects]):  # each tried
         return False
-    return _delete(ctx, result.manifest_key)
+    return _delete(ctx, result.manifest_key, refused)
 
 
-def _delete(ctx: Context, key: str) -> bool:
-    """Whether `key` is gone; a failure is left for the next prune, which tries again."""
+def _delete(ctx: Context, key: str, refused: list[str]) -> bool:
+    """Whether `key` is gone; a failure is left for the next prune, which tries again,
+    and noted in `refused`."""
     try:
         ctx.objects.delete(key)
     except StorageError as exc:
         log.warning("could not delete a pruned object", extra={"key": key, "reason": str(exc)})
+        refused.append(redact(str(exc)))
         return False
     return True
 

@@ -4,6 +4,7 @@ still open."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -18,9 +19,17 @@ from shared.service.poll import poll
 from shared.service.prune import prune
 from shared.service.start import start_run
 from shared.service.verify import unverified
-from tests.unit.support import ScriptedExport, backed_up, nightly_runs, seed_run, unit
+from tests.unit.support import (
+    ScriptedExport,
+    Unit,
+    backed_up,
+    nightly_runs,
+    seed_run,
+    unit,
+)
 
 ROWS = [{"_id": f"d{i}", "n": i} for i in range(5)]
+SIGNATURE = "9f8e7d6c5b4a39281706f5e4d3c2b1a098765432"
 
 
 def test_a_backup_of_a_run_still_open_never_costs_the_last_checked_copy() -> None:
@@ -177,3 +186,104 @@ def test_a_prune_stopped_mid_delete_leaves_a_record_of_what_it_was_deleting() ->
     finals = [json.loads(u.objects.objects[k]) for k in u.objects.objects if "/prunes/" in k]
     assert {(d["run_id"], d["collection"]) for r in finals for d in r["deleted"]} == {
         (runs[0], "orders"), (runs[1], "orders")}
+
+
+# a prune that fails after a run closed is told, not only logged ---------------------
+def _refusing_deletes(u: Unit, code: str = "AccessDenied") -> None:
+    """COS refuses every delete: the bucket key lacks cos:DeleteObject, say. The message
+    carries the signed request URL, as an SDK's may: the alert must not."""
+
+    def refuses(key: str) -> None:
+        raise StorageError(f"COS delete of {key!r} failed: {code} (HTTP 403) at "
+                           f"https://backups-1250000000.cos.ap-guangzhou.myqcloud.com/{key}"
+                           f"?q-ak=AKIDunit&q-signature={SIGNATURE}", key=key, code=code)
+
+    u.objects.delete = refuses  # type: ignore[method-assign]
+
+
+def _next_night(u: Unit, night: int) -> str:
+    """One more nightly run, backed up to the end; it closes, then prunes. Its run id."""
+    run, _ = start_run(u.ctx, idempotency_key=f"night-{night}", trigger="test")
+    backed_up(u, u.state.list_jobs(run.run_id))
+    return run.run_id
+
+
+def test_a_prune_cos_refuses_after_a_run_closed_sends_one_retention_alert() -> None:
+    """README "Being told": deployed once and forgotten, the user must hear the day old
+    backups stop going (and the bill starts growing), not find it in a log. The run itself
+    is unaffected: it succeeded, and says so."""
+    u = unit(ScriptedExport({"orders": list(ROWS)}))
+    nightly_runs(u, 2, keep_last=1)
+    _refusing_deletes(u)
+
+    closed = _next_night(u, 2)
+
+    (alert,) = u.notifier.alerts
+    assert "retention" in alert and "AccessDenied" in alert, alert
+    assert "cos:DeleteObject" in alert and "baas-backup prune" in alert, alert  # the fix
+    assert SIGNATURE not in alert and "AKIDunit" not in alert
+    run = u.state.get_run(closed)
+    assert run is not None and run.status is RunStatus.SUCCEEDED
+    assert run.undelivered == {}  # a webhook took it
+
+
+def test_a_prune_that_deletes_what_it_meant_to_sends_no_alert() -> None:
+    u = unit(ScriptedExport({"orders": list(ROWS)}))
+    runs = nightly_runs(u, 2, keep_last=1)
+
+    _next_night(u, 2)
+
+    assert u.state.get_run(runs[0]) is None  # pruned
+    assert u.notifier.alerts == []
+
+
+def test_a_prune_that_raises_after_a_run_closed_sends_the_reason() -> None:
+    """The prune record cannot be written (the bucket refuses a PUT under prunes/): the
+    prune stops before deleting anything, and that is told too."""
+    u = unit(ScriptedExport({"orders": list(ROWS)}))
+    nightly_runs(u, 2, keep_last=1)
+    put_json = u.objects.put_json
+
+    def refuses(key: str, document: Any) -> None:
+        if "/prunes/" in key:
+            raise StorageError(f"COS put of {key!r} failed: AccessDenied", key=key,
+                               code="AccessDenied")
+        put_json(key, document)
+
+    u.objects.put_json = refuses  # type: ignore[method-assign]
+    closed = _next_night(u, 2)
+
+    (alert,) = u.notifier.alerts
+    assert "retention could not be applied" in alert and "AccessDenied" in alert, alert
+    run = u.state.get_run(closed)
+    assert run is not None and run.status is RunStatus.SUCCEEDED
+
+
+def test_a_retention_alert_no_webhook_took_waits_on_its_run_and_is_sent_again() -> None:
+    """The same outbox as a run's notification (shared/service/outbox.py): kept on the
+    run as kind "retention" until a webhook takes it, sent again by the next tick."""
+    u = unit(ScriptedExport({"orders": list(ROWS)}))
+    nightly_runs(u, 2, keep_last=1)
+    _refusing_deletes(u)
+    sent: list[str] = []
+    accepting = [False]
+
+    def alert(text: str) -> bool:
+        sent.append(text)
+        return accepting[0]
+
+    u.notifier.alert = alert  # type: ignore[method-assign]
+    closed = _next_night(u, 2)
+
+    waiting = u.state.get_run(closed)
+    assert waiting is not None and list(waiting.undelivered) == ["retention"]
+    assert waiting.status is RunStatus.SUCCEEDED
+    tries = len(sent)  # the ticks that closed the run sent it again too
+    accepting[0] = True
+    u.clock.advance(60)
+    poll(u.ctx)
+    assert len(sent) == tries + 1 and set(sent) == {sent[0]}
+    settled = u.state.get_run(closed)
+    assert settled is not None and settled.undelivered == {}
+    poll(u.ctx)  # accepted once: never again
+    assert len(sent) == tries + 1
