@@ -12,6 +12,7 @@ import pytest
 
 from devkit.sample_data import make_docs
 from shared.config import Config, Notify
+from shared.domain.errors import StorageError
 from shared.domain.jobs import Run
 from shared.entrypoints.http_api import run_view
 from shared.service.context import Context
@@ -28,9 +29,10 @@ REFUSALS: dict[str, tuple[int, dict[str, Any]]] = {
 }
 
 
-def hooked(local: LocalBackup, webhook: WebhookReceiver, fmt: str) -> Config:
+def hooked(local: LocalBackup, webhook: WebhookReceiver, fmt: str,
+           sections: dict[str, Any] | None = None) -> Config:
     local.environ["ROBOT_URL"] = webhook.url
-    config = local.config(local.wechat_source(collections=["orders", "users"]))
+    config = local.config(local.wechat_source(collections=["orders", "users"]), sections=sections)
     notify = Notify.model_validate({"webhooks": [{"url": "${ROBOT_URL}", "format": fmt}]},
                                    context={"environ": local.environ})
     return config.model_copy(update={"notify": notify})
@@ -102,3 +104,35 @@ def test_an_alert_undelivered_for_a_day_is_no_longer_sent_but_still_shown(
     assert len(webhook.messages) == 3  # not sent again
     (shown,) = undelivered(ctx, run)
     assert shown["gave_up_at"] is not None
+
+
+def test_a_prune_cos_refused_after_a_run_closed_is_sent_again_until_a_webhook_takes_it(
+        local: LocalBackup, webhook: WebhookReceiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bucket key lacks cos:DeleteObject: the run closes fine, but retention deletes
+    nothing, so old backups pile up. The user is told through the robot, and the alert
+    waits on the run (kind "retention") until the robot takes it."""
+    from shared.adapters.cos.objects import CosObjectStore
+
+    local.seed("orders", make_docs(10))
+    local.seed("users", make_docs(3))
+    ctx = local.context(hooked(local, webhook, "feishu", {"retention": {"keep_last": 1}}))
+    backup_now(ctx, key="night-1")
+
+    def refuses(self: CosObjectStore, key: str) -> None:
+        raise StorageError(f"COS delete of {key!r} failed: AccessDenied (HTTP 403)", key=key,
+                           code="AccessDenied")
+
+    monkeypatch.setattr(CosObjectStore, "delete", refuses)
+    webhook.answers = [REFUSALS["feishu"]] * 3
+    run = backup_now(ctx, key="night-2")
+
+    assert run.status.value == "succeeded"  # the run's own result is not the prune's
+    assert [a["kind"] for a in undelivered(ctx, run)] == ["retention"]
+    told = len(webhook.messages)
+    assert told >= 3  # refused three times
+    poll(ctx)
+    assert len(webhook.messages) == told + 1
+    text = webhook.messages[-1]["content"]["text"]
+    assert "retention could not delete" in text and "AccessDenied" in text, text
+    assert "cos:DeleteObject" in text, text
+    assert undelivered(ctx, run) == []
