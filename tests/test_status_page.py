@@ -619,6 +619,48 @@ def test_a_run_whose_notification_reached_no_webhook_says_so_on_its_card(
     assert said[0].content in card.content
 
 
+def test_a_retention_alert_that_reached_no_webhook_says_so_on_its_card(
+    local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bucket key lacks cos:DeleteObject, so the prune after a run closed deleted
+    nothing, and every webhook is down: the run's card says the retention alert is still
+    undelivered, not the run's own notification (the run succeeded; it has none)."""
+    from shared.adapters.cos.objects import CosObjectStore
+    from shared.domain.errors import StorageError
+    from tests.support.backup import backup_now
+
+    local.seed("orders", make_docs(5))
+    local.environ["ROBOT_URL"] = "http://127.0.0.1:9/cgi-bin/webhook/send?key=down"  # refused
+    notify = {"webhooks": [{"url": "${ROBOT_URL}", "format": "wecom"}]}
+    source = local.wechat_source(collections=["orders"])
+    ctx = local.context(local.config(source, sections={"retention": {"keep_last": 1},
+                                                       "notify": notify}))
+    backup_now(ctx, key="night-1")
+
+    def refuses(self: CosObjectStore, key: str) -> None:
+        raise StorageError(f"COS delete of {key!r} failed: AccessDenied", key=key,
+                           code="AccessDenied")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(CosObjectStore, "delete", refuses)
+        run_id = backup_now(ctx, key="night-2").run_id
+    api = deploy_sources(local, tmp_path, monkeypatch, source)
+    document = yaml.safe_load(api.config_path.read_text(encoding="utf-8"))
+    document["notify"] = notify
+    api.config_path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    binary = chromium()
+    with serving(api.config_path, tmp_path / "serve.log") as url:
+        elements = parse(headless(binary, f"{url}#token={TOKEN}", tmp_path / "profile",
+                                  "--dump-dom"))
+
+    card = next(e for e in elements if e.tag == "details" and e.attrs.get("data-run-id") == run_id)
+    assert card.attrs["data-run-status"] == "succeeded"
+    said = [e for e in elements if e.attrs.get("data-undelivered") == "retention"]
+    assert said and "reached no webhook" in said[0].content, card.content
+    assert "retention" in said[0].content and "notification" not in said[0].content, said[0].content
+    assert said[0].content in card.content
+
+
 def test_a_staleness_alarm_no_webhook_took_is_shown_above_the_collections(
     local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -232,6 +232,13 @@ function collectionTable(listing) {
     el("tbody", {}, ...listing.collections.map((c) => collectionRow(c, listing.retention))));
 }
 
+// what each kind of undelivered alert is (`kind` in GET /runs' undelivered_alerts)
+const UNDELIVERED = {
+  run: "This run's notification",
+  verify: "The verify's alert",
+  retention: "The retention alert (old backups could not be deleted after this run)",
+};
+
 function runCard(run, detail, wasOpen) {
   const t = run.totals;
   const open = wasOpen === undefined ? detail && run.status !== "succeeded" : wasOpen;
@@ -252,7 +259,7 @@ function runCard(run, detail, wasOpen) {
   // an alert about this run that no webhook accepted: the poller sends it again, for a day
   for (const alert of run.undelivered_alerts || []) {
     card.append(el("div", { class: "error", "data-undelivered": alert.kind },
-      (alert.kind === "verify" ? "⚠ The verify's alert" : "⚠ This run's notification") +
+      "⚠ " + (UNDELIVERED[alert.kind] || "An alert about this run") +
       " reached no webhook (" + alert.tries + " tries since " + when(alert.since) + "): " +
       (alert.gave_up_at ? "no longer sent; check notify.webhooks (doctor --notify)"
                         : "the poller sends it again")));
