@@ -263,7 +263,8 @@ class Run(BaseModel):
     discovery: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # Claims on its backups by retention and by restores (shared/service/holds.py).
     holds: list[Hold] = Field(default_factory=list)
-    # Its notification ("run") or verify alert ("verify") while no webhook has accepted it.
+    # Its notification ("run"), verify alert ("verify") or alert of a prune that failed
+    # after it closed ("retention") while no webhook has accepted it.
     undelivered: dict[str, UndeliveredAlert] = Field(default_factory=dict)
 
 

@@ -1,5 +1,6 @@
-"""Alerts no webhook accepted, sent again. A run's notification ("run") and a verify's
-alert ("verify") are kept on their run (`Run.undelivered`) from before they are first sent
+"""Alerts no webhook accepted, sent again. A run's notification ("run"), a verify's
+alert ("verify") and the alert of a prune that failed after the run closed ("retention",
+close.py) are kept on their run (`Run.undelivered`) from before they are first sent
 until a webhook accepts one; each poller tick sends again those still waiting, for
 `GIVE_UP_AFTER`, then marks them given up (still shown by the API). Every write is a
 compare-and-set on the run, and a sender claims an alert in the same write before sending
