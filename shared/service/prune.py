@@ -128,7 +128,8 @@ def plan(ctx: Context, *, see: Callable[[Run, Job], None] | None = None) -> Plan
 def prune(ctx: Context, *, dry_run: bool = False) -> Plan:
     """Plan, then (unless `dry_run`) delete what the plan does not keep."""
     decided = plan(ctx)
-    if dry_run or not decided.decisions:
+    # with no backup at all (every run failed), runs left holding nothing still go
+    if dry_run or not (decided.decisions or decided.emptied_runs()):
         return decided
     claimed_at = ctx.clock()
     _claim_doomed(ctx, decided)

@@ -287,3 +287,26 @@ def test_a_retention_alert_no_webhook_took_waits_on_its_run_and_is_sent_again() 
     assert settled is not None and settled.undelivered == {}
     poll(u.ctx)  # accepted once: never again
     assert len(sent) == tries + 1
+
+
+def test_failed_runs_go_even_when_no_backup_exists_at_all() -> None:
+    """README "Keeping backups": a run left holding nothing loses its folder and its state
+    rows, except the newest run (and one whose news no webhook took yet). A deployment
+    whose every run failed (a wrong secret from day one) holds no backup at all: its failed
+    runs must not pile up for ever either."""
+    u = unit(ScriptedExport({"orders": list(ROWS)}))
+    u.ctx.config = u.ctx.config.model_copy(update={"retention": Retention(keep_last=1)})
+    runs = []
+    for night in range(3):
+        run, _ = start_run(u.ctx, idempotency_key=f"night-{night}", trigger="test")
+        for job in u.state.list_jobs(run.run_id):
+            u.put(job.model_copy(update={"status": JobStatus.FAILED, "error": "the export failed",
+                                         "finished_at": u.clock()}))
+        close_finished_runs(u.ctx)  # closes failed, told, then prunes
+        runs.append(run.run_id)
+        u.clock.advance(86400)
+
+    assert [u.state.get_run(r) is not None for r in runs] == [False, False, True]
+    for gone in runs[:2]:
+        assert not u.objects.list(run_folder(u.ctx.config.destination.prefix, gone) + "/")
+    assert u.notifier.alerts == []
