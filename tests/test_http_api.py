@@ -692,3 +692,24 @@ def test_an_oversized_acknowledge_body_gets_the_documented_413(api: Api) -> None
     status, body, _ = api.call("POST", "/runs/20261121T020000123Z-1a2b3c4d/acknowledge",
                                raw_body=json.dumps({"source": "shop", "collection": "x" * 20_000}))
     assert status == 413 and body["field"] == "body", body
+
+
+def test_a_runs_waiting_retention_alert_is_listed_as_documented(api: Api) -> None:
+    """A prune that failed after the run closed leaves a "retention" alert on the run
+    until a webhook takes it (shared/service/close.py): GET /runs and GET /runs/{run_id}
+    list it under `undelivered_alerts`, in the shape docs/openapi.yaml gives (checked by
+    Api.call), as they do a run's notification."""
+    from shared.service.outbox import claimed, with_alert
+
+    _, started, _ = api.call("POST", "/runs", body={"sources": ["shop"]})
+    finish_run(api, started["run_id"])
+    ctx = api.context()
+    run = ctx.state.get_run(started["run_id"])
+    assert run is not None
+    assert ctx.state.save_run(with_alert(run, "retention", claimed(ctx.clock(), "⚠ retention ...")))
+
+    status, detail, _ = api.call("GET", started["status_url"])
+    _, page, _ = api.call("GET", "/runs")
+
+    assert status == 200 and [a["kind"] for a in detail["undelivered_alerts"]] == ["retention"]
+    assert page["runs"][0]["undelivered_alerts"] == detail["undelivered_alerts"]
