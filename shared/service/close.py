@@ -108,7 +108,7 @@ _RETENTION_FIX = ("Fix: give the bucket key cos:DeleteObject on {prefix}/* and c
                   "on the prefix (docs/cam-policy.json; `baas-backup doctor` checks the "
                   "bucket), or wait out a COS outage; then `baas-backup prune` deletes them now "
                   "and lists what is still not deleted, or the next run's prune does.")
-_SHOWN = 10  # reasons listed in one alert: the prune record and the log have every one
+_SHOWN = 10  # reasons listed in one alert (robots cut long messages); the log has every one
 
 
 def _refused_text(ctx: Context, run_id: str, refused: list[str]) -> str:
