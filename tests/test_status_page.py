@@ -855,3 +855,35 @@ def test_the_restores_list_keeps_following_a_restore_after_a_refresh_got_no_answ
         held.unlink()  # the import ends
         tab.wait(f"{listed}?.dataset.restoreStatus === 'succeeded'", "the restore's end",
                  timeout=20)
+
+
+# The page's requests wait until the test lets them go, as on a slow phone network.
+HOLD_EVERY_REQUEST = """(() => {
+  const real = window.fetch;
+  let release;
+  window.held = new Promise((resolve) => { release = resolve; });
+  window.release = () => release();
+  window.fetch = async (input, init) => { await window.held; return real(input, init); };
+  return true;
+})()"""
+
+
+def test_forget_token_leaves_no_data_in_the_tab(served: tuple[Api, str], tmp_path: Path) -> None:
+    """"Forget token" only hid the runs: they stayed in the tab, and the next token typed
+    into the form, any token at all, showed them again until its refusal came back."""
+    _, url = served
+    run_id = back_up(url, {"sources": ["archive"]})
+
+    with phone(tmp_path, url) as tab:
+        tab.wait(q(f'details[data-run-id="{run_id}"]'), "the run")
+        tap(tab, "#forget")
+        tab.wait(f"!{q('#login')}.classList.contains('hidden')", "the token form")
+        assert run_id not in tab.eval("document.documentElement.outerHTML")
+        assert tab.eval(HOLD_EVERY_REQUEST)
+        type_into(tab, "#token", "a-guess-that-is-not-the-token")
+        tap(tab, "#login button[type=submit]")
+        tab.wait(f"{q('#login')}.classList.contains('hidden')", "the form sent")
+        assert run_id not in tab.eval("document.body.innerText")  # nothing shown to a guess
+        tab.eval("window.release()")
+        tab.wait(f"{q('#login-error')}.textContent.includes('refused')", "the guess refused")
+        assert run_id not in tab.eval("document.documentElement.outerHTML")

@@ -100,13 +100,25 @@ async function api(path, options) {
 
 function showLogin(reason) {
   sessionStorage.removeItem(TOKEN_KEY);
+  clearTimeout(refreshTimer);
   clearTimeout(restoresTimer);
   if ($("restore").open) $("restore").close();
+  forgetData();
   $("login").classList.remove("hidden");
   $("app").classList.add("hidden");
   $("actions").classList.add("hidden");
   $("login-error").textContent = reason || "";
   $("token").focus();
+}
+
+// Without the token the tab holds no data: what the last token fetched is dropped, not
+// hidden, so the next token typed into the form (a guess, too) is shown none of it.
+function forgetData() {
+  for (const id of ["collections", "restores", "runs", "updated"]) $(id).replaceChildren();
+  for (const id of ["chart-bytes", "chart-duration"]) $(id).querySelector("svg").replaceChildren();
+  verifyResults.clear();
+  runsGoing = restoresGoing = false;
+  say("");
 }
 
 function showApp() {
