@@ -12,9 +12,14 @@ let restoresTimer = null;
 let restoresGoing = false;  // the last answered Restores listing had a restore running
 
 // The token: once from the form or from #token=..., then only in this tab's sessionStorage.
+// All of the address after "#token=", as it is: read as a form query, a + became a space
+// and an & ended the token, and tokens made with base64 hold + / =. Only %XX is decoded
+// (the browser escapes a space or a non-ASCII character typed into the address).
 (function tokenFromFragment() {
-  const params = new URLSearchParams(location.hash.replace(/^#/, ""));
-  const token = params.get("token");
+  const prefix = "#token=";
+  if (!location.hash.startsWith(prefix)) return;
+  let token = location.hash.slice(prefix.length);
+  try { token = decodeURIComponent(token); } catch (e) { /* a % that escapes nothing is the token's */ }
   if (token) {
     sessionStorage.setItem(TOKEN_KEY, token);
     history.replaceState(null, "", location.pathname + location.search);
