@@ -856,6 +856,8 @@ def test_the_restores_list_keeps_following_a_restore_after_a_refresh_got_no_answ
         held.unlink()  # the import ends
         tab.wait(f"{listed}?.dataset.restoreStatus === 'succeeded'", "the restore's end",
                  timeout=20)
+        # and the listing's error, answered since, is no longer shown as if it still stood
+        assert tab.eval(f"!{q('#message.bad')}"), tab.eval(f"{q('#message')}.textContent")
 
 
 # The page's requests wait until the test lets them go, as on a slow phone network.
@@ -903,3 +905,25 @@ def test_a_token_with_base64_characters_is_taken_from_the_address_as_it_is(
         with phone(tmp_path, url, token) as tab:
             tab.wait(q(f'details[data-run-id="{run_id}"]'), "the run")
             assert tab.eval("location.hash") == ""  # taken, and removed from the address
+
+
+def test_a_refresh_error_goes_once_a_refresh_is_answered_again(
+    served: tuple[Api, str], tmp_path: Path
+) -> None:
+    """One refresh got no answer, the next ones did: the page kept saying "Failed to
+    fetch" in red for as long as it stayed open, as if it had stopped following the run."""
+    api, url = served
+    api.local.emulator.inject_errcode("/tcb/databasemigrateexport", -501004, times=1000)  # waits
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    started = httpx.post(url + "runs", json={"sources": ["archive"]}, headers=auth, timeout=30)
+    assert started.status_code == 202, started.text
+    run_id = started.json()["run_id"]
+
+    with phone(tmp_path, url) as tab:
+        tab.wait(q(f'details[data-run-id="{run_id}"][data-run-status="running"]'), "the run going")
+        assert tab.eval(FAIL_THE_NEXT_RUNS_LISTING)
+        tab.wait(q("#message.bad"), "the refresh's error", timeout=15)
+        answered = tab.eval(f"{q('#updated')}.textContent")
+        tab.wait(f"{q('#updated')}.textContent !== {json.dumps(answered)}", "a refresh answered",
+                 timeout=20)
+        assert tab.eval(f"!{q('#message.bad')}"), tab.eval(f"{q('#message')}.textContent")

@@ -10,6 +10,10 @@ let refreshTimer = null;
 let runsGoing = false;     // what the last answered refresh saw: it sets the next one's pace
 let restoresTimer = null;
 let restoresGoing = false;  // the last answered Restores listing had a restore running
+// The error a refresh put up (the runs', the Restores section's): the next refresh of the
+// same kind that is answered takes it down. A message an action left stays until read.
+let refreshSaid = null;
+let restoresSaid = null;
 
 // The token: once from the form or from #token=..., then only in this tab's sessionStorage.
 // All of the address after "#token=", as it is: read as a form query, a + became a space
@@ -406,9 +410,12 @@ async function loadRestores() {
       $("restores").append(el("p", { class: "meta" }, "No restores yet: open a run below and tap Restore on a finished backup."));
     }
     restoresGoing = restores.some((r) => r.status === "running");
+    if (restoresSaid !== null && $("message").textContent === restoresSaid) say("");
+    restoresSaid = null;
     if (restoresGoing) restoresTimer = setTimeout(loadRestores, RESTORE_POLL_MS);
   } catch (error) {
     failed(error);
+    if (error.status !== 401) restoresSaid = $("message").textContent;
     // one listing that got no answer must not stop following a running restore
     if (error.status !== 401 && restoresGoing) restoresTimer = setTimeout(loadRestores, RESTORE_POLL_MS);
   }
@@ -637,11 +644,13 @@ async function load() {
     if (!runs.length) $("runs").append(el("p", { class: "meta" }, "No runs yet. Start one with “Back up now”."));
     const running = runs.some((r) => r.status === "running");
     $("updated").textContent = "updated " + new Date().toLocaleTimeString() + (running ? " · refreshing while runs are going" : "");
-    if (!$("message").classList.contains("bad")) say("");
+    if (!$("message").classList.contains("bad") || $("message").textContent === refreshSaid) say("");
+    refreshSaid = null;
     runsGoing = running;
     refreshTimer = setTimeout(load, running ? 5000 : 60000);
   } catch (error) {
     failed(error);
+    if (error.status !== 401) refreshSaid = $("message").textContent;
     // a refresh that got no answer (the network, a 5xx) is tried again at the same pace:
     // one blip must not stop the page following a run; a refused token asks for it instead
     if (error.status !== 401) refreshTimer = setTimeout(load, runsGoing ? 5000 : 60000);
