@@ -927,3 +927,26 @@ def test_a_refresh_error_goes_once_a_refresh_is_answered_again(
         tab.wait(f"{q('#updated')}.textContent !== {json.dumps(answered)}", "a refresh answered",
                  timeout=20)
         assert tab.eval(f"!{q('#message.bad')}"), tab.eval(f"{q('#message')}.textContent")
+
+
+def test_what_verify_found_is_shown_on_the_collections_and_the_card_at_once(
+    toy_served: tuple[Path, str], local: LocalBackup, tmp_path: Path
+) -> None:
+    """Verify found the only backup of toy/orders missing, but the Collections table went on
+    calling it the last good backup (and the card showed no finding) until the page's next
+    refresh, a minute later while no run is going."""
+    _, url = toy_served
+    run_id = back_up(url, {})
+    local.objects.delete(f"backups/runs/{run_id}/toy/orders.jsonl")
+    row = q('tr.collection[data-source="toy"][data-collection="orders"]')
+
+    with phone(tmp_path, url) as tab:
+        assert "records" in tab.eval(f"{row}.textContent")  # a good backup, as far as known
+        open_run(tab, run_id)
+        tap(tab, f'button.verify[data-run-id="{run_id}"]')
+        result = f'details[data-run-id="{run_id}"] .verify-result'
+        tab.wait(f"{q(result)}.dataset.verify === 'problems'", "the verify's problems")
+        tab.wait(f"{row}.textContent.includes('verify found it damaged')",
+                 "the collection shown damaged", timeout=10, describe=f"{row}.textContent")
+        assert "no good backup" in tab.eval(f"{row}.textContent")
+        tab.wait(q(f'[data-verify-kept="{run_id}"]'), "the finding on the run's card", timeout=10)

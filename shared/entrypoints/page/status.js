@@ -354,6 +354,9 @@ async function verifyRun(button, run, result) {
            (problems.length === 1 ? " problem" : " problems") + ":"),
         el("ul", { class: "problem-list" }, ...problems.map((p) => el("li", {}, problemText(p)))));
     }
+    // the verify is kept on the run: the Collections table and the run's card show what it
+    // found now, not at the next refresh (a minute away while no run is going)
+    load();
   } catch (error) {
     if (error.status === 401) { failed(error); return; }
     result.setAttribute("data-verify", "error");
