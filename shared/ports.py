@@ -176,6 +176,17 @@ class RestoreCaveats(Protocol):
 
 
 @runtime_checkable
+class ConsoleMadeTargets(Protocol):
+    """A platform whose collections/tables cannot be created through its API (OneDB: made
+    in its console). A restore into one that does not exist is refused by its plan, so the
+    preview never promises a collection the restore cannot make."""
+
+    def missing_target(self, collection: str, like: str) -> str:
+        """That `collection` cannot be made here, and how to make it (shaped like `like`)."""
+        ...
+
+
+@runtime_checkable
 class TargetShape(Protocol):
     """A platform that must be told which collection a restore's target is shaped like
     before it can read it (OneDB: the target's key columns are the original's)."""

@@ -618,3 +618,22 @@ def test_a_used_idempotency_key_is_a_409_even_for_a_source_not_configured(
     assert first["restore_id"] in other["error"], other
     status, fresh, _ = api.call("POST", "/restores", body={**ask, "source": "nope"})
     assert (status, fresh["field"]) == (400, "source"), fresh  # a new request: the source
+
+
+def test_a_onedb_restore_into_a_table_not_made_yet_is_refused_by_its_preview(
+        local: LocalBackup, onedb_emulator: OneDBEmulator, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """OneDB tables cannot be created through its API. The preview (the status page's
+    "what will be written where") said the new table "will be created", the restore was
+    recorded and only then failed: the preview now says to make the table first, and
+    nothing is started."""
+    onedb_emulator.add_generated_table(ENV_ID, APP, "events", 5)
+    api = deploy_sources(local, tmp_path, monkeypatch, onedb_source(local, onedb_emulator))
+    run_id = backed_up(api, "crm", "events")
+    ask = {"run_id": run_id, "source": "crm", "collection": "events"}
+
+    for preview in (True, False):
+        status, body, _ = api.call("POST", "/restores", body={**ask, "preview": preview})
+        assert (status, body["field"]) == (409, "into"), body
+        assert "create the empty table" in body["error"] and "console" in body["error"], body
+    assert [r for r in api.runs() if r.operation == "restore"] == []

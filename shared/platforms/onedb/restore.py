@@ -119,14 +119,18 @@ class RowRestore:
     def create_target(self, collection: str, like: str) -> None:
         """The cloud database API has no action that creates a table (API doc: get, getMany,
         create, update, delete, search): tables are made in the console."""
+        raise Fatal(self.missing_target(collection, like))
+
+    def missing_target(self, collection: str, like: str) -> str:
         keys = self.restore_keys(like) or self.restore_keys(collection)
         shape = f"primary key columns {', '.join(keys)}, in that order" if keys else \
             f"the same primary key columns as {like!r}"
-        raise Fatal(
+        return (
             f"OneDB tables cannot be created through its API: create the empty table "
             f"{collection!r} in app {self.source.app_id!r} in the 清林云 console (the same table "
             f"type as {like!r}, {shape}), then start the restore again into it "
-            f"(--into {collection} --mode new)"
+            f"(--into {collection} --mode new; over HTTP and on the status page, into "
+            f"{collection!r})"
         )
 
     def count(self, collection: str) -> int:

@@ -26,6 +26,7 @@ from shared.domain.layout import EXTENSIONS
 from shared.domain.manifest import RestoreCaveat
 from shared.logs import log_context
 from shared.ports import (
+    ConsoleMadeTargets,
     RestorablePlatform,
     RestoreCaveats,
     RowImportPlatform,
@@ -114,6 +115,10 @@ def plan_restore(ctx: Context, run_id: str, source: str, collection: str, *,
     if isinstance(platform, TargetShape):
         platform.restoring_into(target, collection)
     exists = platform.target_exists(target)
+    if not exists and isinstance(platform, ConsoleMadeTargets):
+        # refused here, not once started: the preview must not promise a table it cannot make
+        raise RestoreRefused(platform.missing_target(target, collection), field="into",
+                             status=409)
     if mode == "new" and exists and platform.count(target) > 0:
         raise RestoreRefused(
             f"{source}/{target} exists and holds records; mode new writes only into a new or "
