@@ -351,3 +351,36 @@ def test_the_run_summary_line_shows_a_chinese_collection_name_as_written(
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("run ") and '"suspect"' in last, last
     assert '"collection": "商品"' in last, last
+
+
+@pytest.mark.parametrize("given", [["validate", "--config", "{path}"],
+                                   ["--verbose", "validate", "--config", "{path}"],
+                                   ["validate", "--config", "{path}", "--verbose"],
+                                   ["--config", "{path}", "validate", "--verbose"],
+                                   # after, it wins: as a later option does before the command
+                                   ["--config", "nosuch.yaml", "validate", "--config", "{path}"]])
+def test_the_global_options_may_follow_the_command(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], given: list[str]) -> None:
+    """`baas-backup validate --config x.yaml` is what people type after `validate --help`;
+    it must read x.yaml, not refuse the option (nor fall back to backup.yaml)."""
+    monkeypatch.setenv("WECHAT_SECRET", SECRET)
+    path = _config_file(local, tmp_path)
+
+    code = cli([str(path) if word == "{path}" else word for word in given])
+
+    out = capsys.readouterr()
+    assert code == 0 and out.out.startswith("config OK: 1 source(s)"), (code, out)
+
+
+def test_verbose_after_the_command_turns_the_json_logs_on(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("WECHAT_SECRET", SECRET)
+    local.seed("orders", make_docs(3))
+    path = _config_file(local, tmp_path)
+
+    assert cli(["run", "--config", str(path), "--tick", "0.05", "--verbose"]) == 0
+
+    err = capsys.readouterr().err
+    assert '"level": "INFO"' in err or '"level":"INFO"' in err, err[-2000:]

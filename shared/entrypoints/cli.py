@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
@@ -83,28 +83,44 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def _global_options(parser: argparse.ArgumentParser, *, after: bool) -> argparse.ArgumentParser:
+    """`--config` and `--verbose`, before the command or (`after`) after it. After it they
+    default to SUPPRESS: not given there, the command's parser sets nothing, so a value
+    given before the command stands."""
+    parser.add_argument("--config", default=argparse.SUPPRESS if after else None,
+                        help="config file (default: $BAAS_BACKUP_CONFIG or backup.yaml)")
+    parser.add_argument("--verbose", action="store_true",
+                        default=argparse.SUPPRESS if after else False,
+                        help="JSON logs at INFO on stderr")
+    return parser
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="baas-backup", description=__doc__)
-    parser.add_argument("--config", help="config file (default: $BAAS_BACKUP_CONFIG or backup.yaml)")
-    parser.add_argument("--verbose", action="store_true", help="JSON logs at INFO on stderr")
+    parser = _global_options(argparse.ArgumentParser(prog="baas-backup", description=__doc__),
+                             after=False)
+    after = _global_options(argparse.ArgumentParser(add_help=False), after=True)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("validate", help="check the config and say what it backs up")
-    commands.add_parser("schema", help="print the config's JSON Schema")
-    run = commands.add_parser("run", help="back up now and wait for the run to end")
+
+    def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return commands.add_parser(name, parents=[after], **kwargs)
+
+    command("validate", help="check the config and say what it backs up")
+    command("schema", help="print the config's JSON Schema")
+    run = command("run", help="back up now and wait for the run to end")
     run.add_argument("--source", action="append", help="only this source (repeatable)")
     run.add_argument("--tick", type=_seconds, default=1.0, help="seconds between polls")
-    commands.add_parser("poll", help="move every open run forward once (e.g. after a killed run)")
-    status = commands.add_parser("status", help="recent runs, or the jobs of one run")
+    command("poll", help="move every open run forward once (e.g. after a killed run)")
+    status = command("status", help="recent runs, or the jobs of one run")
     status.add_argument("run_id", nargs="?")
     status.add_argument("--limit", type=_count, default=10, help="how many runs (default 10)")
-    verify = commands.add_parser("verify", help="check a run's backups in the bucket again")
+    verify = command("verify", help="check a run's backups in the bucket again")
     verify.add_argument("run_id", nargs="?", default="latest", help="a run id, or latest")
     verify.add_argument("--source")
     verify.add_argument("--collection")
     verify.add_argument("--quick", action="store_true",
                         help="sizes and CRC64 from a HEAD only, reading no data")
     verify.add_argument("--json", action="store_true", help="the report as JSON")
-    restore = commands.add_parser(
+    restore = command(
         "restore", help="put a backup back into its platform and wait for it to end",
         description="By default the backup goes into a new collection/table named after the "
         "original and the run (shown before anything is written); the original is written "
@@ -120,19 +136,19 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument("--yes", action="store_true",
                          help="write into an existing collection without asking")
     restore.add_argument("--tick", type=_seconds, default=1.0, help="seconds between polls")
-    prune = commands.add_parser("prune", help="apply the retention policy now")
+    prune = command("prune", help="apply the retention policy now")
     prune.add_argument("--dry-run", action="store_true", help="say what would go; delete nothing")
-    ack = commands.add_parser("ack", help="acknowledge a suspect backup (an intended drop)")
+    ack = command("ack", help="acknowledge a suspect backup (an intended drop)")
     ack.add_argument("run_id")
     ack.add_argument("source")
     ack.add_argument("collection")
-    serve = commands.add_parser("serve", help="the HTTP API and status page on this machine")
+    serve = command("serve", help="the HTTP API and status page on this machine")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=_port, default=8080,
                        help="TCP port, 1-65535, or 0 for any free one (default 8080)")
     serve.add_argument("--poll-seconds", type=_seconds, default=5.0,
                        help="drive runs forward like the poller's timer (0: off)")
-    doctor = commands.add_parser(
+    doctor = command(
         "doctor", help="check a real deployment: config, bucket, state, sources, finisher, "
         "webhooks, heartbeat",
         description="Checks the deployment for real with this machine's credentials "
