@@ -21,6 +21,7 @@ from devkit.s3_server import create_bucket, start_s3_server, stop_s3_server
 from devkit.sample_data import make_docs
 from shared.config import load_config
 from shared.entrypoints.cli import main as cli
+from shared.entrypoints.cli import tcp_port
 from shared.entrypoints.http_api import TOKEN_ENV
 from shared.entrypoints.local_server import serve
 
@@ -51,7 +52,8 @@ def _write_config(folder: Path, wechat_url: str, s3_url: str) -> Path:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--port", type=tcp_port, default=8080,  # as `baas-backup serve` takes it
+                        help="TCP port, 1-65535, or 0 for any free one (default 8080)")
     parser.add_argument("--workdir", default=str(ROOT / ".demo" / "api"), help="where state and config go")
     args = parser.parse_args()
     folder = Path(args.workdir)

@@ -37,3 +37,16 @@ def test_the_printed_link_is_where_the_page_is_served_on_port_0(tmp_path: Path) 
     finally:
         child.terminate()
         child.wait(timeout=30)
+
+
+def test_a_port_past_65535_is_refused_as_serve_refuses_it(tmp_path: Path) -> None:
+    """The same words as `baas-backup serve --port 70000`, exit 2, before anything starts
+    (it raised OverflowError from bind, after two demo backups)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "scripts.serve_api", "--port", "70000", "--workdir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
+
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "argument --port: must be a TCP port, 1 to 65535" in done.stderr, done.stderr
+    assert "70000" in done.stderr and not (tmp_path / "state.sqlite3").exists()

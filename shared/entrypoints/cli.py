@@ -74,7 +74,7 @@ def _count(text: str) -> int:
     return int(text)
 
 
-def _port(text: str) -> int:
+def tcp_port(text: str) -> int:
     """A TCP port, or 0 for one the system picks (the URL printed at start shows it); a value
     bind() refuses must be refused here, before the config is read or a poller started."""
     if not _digits(text) or int(text) > 65535:
@@ -144,7 +144,7 @@ def _parser() -> argparse.ArgumentParser:
     ack.add_argument("collection")
     serve = command("serve", help="the HTTP API and status page on this machine")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    serve.add_argument("--port", type=_port, default=8080,
+    serve.add_argument("--port", type=tcp_port, default=8080,
                        help="TCP port, 1-65535, or 0 for any free one (default 8080)")
     serve.add_argument("--poll-seconds", type=_seconds, default=5.0,
                        help="drive runs forward like the poller's timer (0: off)")
