@@ -1012,6 +1012,15 @@ class WeChatEmulator(LocalEmulator):
         with self._lock:
             self._created_while_listing.setdefault(env, []).extend(names)
 
+    def release_jobs(self) -> None:
+        """Every export and import job not yet ready gets ready at its next query: the end
+        of a job a test held open with a large ``polls_until_ready``."""
+        with self._lock:
+            for job in self._jobs.values():
+                job.polls_until_ready = 0
+            for restore in self._imports.values():
+                restore.polls_until_ready = 0
+
     def clear_faults(self) -> None:
         """Forget injected errcodes, failing exports and imports, misreported counts,
         truncations, doomed links, refused uploads and pending collection creations."""

@@ -163,6 +163,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+INTERRUPTED = 130  # 128 + SIGINT: the status a shell gives a command Ctrl-C stopped
+
+# What Ctrl-C leaves when it comes before a command knows more (a run not started yet,
+# say); a run or restore under way, a verify reading and `serve` say it themselves.
+LEFT_BY_CTRL_C = {
+    "run": "interrupted while starting its run: `baas-backup status` shows whether one was "
+           "started, and `baas-backup poll` moves an open one on",
+    "restore": "interrupted before the restore was under way, and nothing is written until "
+               "it is: `baas-backup status` shows whether it was started, and `baas-backup "
+               "poll` carries an open one on",
+    "poll": "interrupted; open runs stay open where they were: `baas-backup poll` moves them on",
+    "prune": "interrupted; a backup it had not deleted yet is still there: the next prune "
+             "deletes it",
+}
+
+
+class Interrupted(Exception):
+    """Ctrl-C, and in words what it left: `main` prints them and exits 130."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -172,6 +192,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # (the errors name the field), not a traceback ending in it.
         print(f"baas-backup {args.command}: {redact(str(exc))}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        left = LEFT_BY_CTRL_C.get(args.command, "interrupted")
+    except Interrupted as exc:
+        left = str(exc)
+    print(f"baas-backup {args.command}: {left}", file=sys.stderr, flush=True)
+    return INTERRUPTED
 
 
 def _refused(command: str, why: object) -> int:
@@ -246,6 +272,9 @@ def _verify(ctx: Context, args: argparse.Namespace) -> int:
                             quick=args.quick)
     except NothingToVerify as exc:
         return _refused("verify", exc)
+    except KeyboardInterrupt:  # verify_run only reads; record() below is its one write
+        raise Interrupted("interrupted before its report was recorded: nothing was written "
+                          "(a verify only reads the backups); verify again") from None
     record(ctx, report)
     if args.json:
         print(json.dumps(report.as_json(), indent=2, ensure_ascii=False))
@@ -416,27 +445,45 @@ def _restore(ctx: Context, args: argparse.Namespace) -> int:
         run, _ = start_restore(ctx, plan, idempotency_key=f"cli:{uuid.uuid4()}", trigger="cli")
     except RestoreRefused as exc:
         return _refused("restore", exc)
-    return _drive(ctx, run, args.tick)
+    # No way to stop a restore once started (none in the HTTP API either): it stays open
+    # and the poller, or any later poll, carries it on, its progress kept (README "Restoring").
+    return _drive(ctx, run, args.tick, interrupted=(
+        f"interrupted; restore {run.run_id} was not stopped: it stays open, holding "
+        f"{args.source}/{order.target}, and `baas-backup poll` carries it on from where it "
+        f"is; `baas-backup status {run.run_id}` shows how far it got"))
 
 
 def _run(ctx: Context, sources: list[str] | None, tick: float) -> int:
     release_dead_local_leases(ctx)  # a killed earlier run finishes alongside this one
     run, _ = start_run(ctx, idempotency_key=f"cli:{uuid.uuid4()}", trigger="cli", sources=sources)
-    return _drive(ctx, run, tick)
+    # A run is in the state store, not in this process: the next poll of anyone moves it on
+    # (a copy this process held is taken back at once by `release_dead_local_leases`).
+    return _drive(ctx, run, tick, interrupted=(
+        f"interrupted; run {run.run_id} was not stopped: it stays open, and `baas-backup poll` "
+        f"(or the next `run`) moves it on from where it is; `baas-backup status {run.run_id}` "
+        "shows what it waits for"))
 
 
-def _drive(ctx: Context, run: Run, tick: float) -> int:
-    """Poll until the run (a backup or a restore) ends; its outcome as the exit code."""
-    display = ProgressDisplay(run.run_id)
-    while True:
-        poll(ctx)
-        current = ctx.state.get_run(run.run_id)
-        jobs = ctx.state.list_jobs(run.run_id)
-        display.update(jobs)
-        if current is not None and current.status is not RunStatus.RUNNING:
-            display.close(current, jobs)
-            return 0 if current.status is RunStatus.SUCCEEDED else 1
-        time.sleep(tick)
+def _drive(ctx: Context, run: Run, tick: float, *, interrupted: str) -> int:
+    """Poll until the run (a backup or a restore) ends; its outcome as the exit code.
+    Ctrl-C raises Interrupted with `interrupted`, what it leaves, in words."""
+    display: ProgressDisplay | None = None
+    try:
+        display = ProgressDisplay(run.run_id)
+        while True:
+            poll(ctx)
+            current = ctx.state.get_run(run.run_id)
+            jobs = ctx.state.list_jobs(run.run_id)
+            display.update(jobs)
+            if current is not None and current.status is not RunStatus.RUNNING:
+                display.close(current, jobs)
+                return 0 if current.status is RunStatus.SUCCEEDED else 1
+            time.sleep(tick)
+    except KeyboardInterrupt:
+        raise Interrupted(interrupted) from None
+    finally:
+        if display is not None:
+            display.stop()  # a live table gives the terminal back, however this ends
 
 
 class ProgressDisplay:
@@ -464,9 +511,13 @@ class ProgressDisplay:
                 self.seen[job.job_id] = state
                 print(f"  {job.source}/{job.collection}: {state}", flush=True)
 
+    def stop(self) -> None:
+        if self.live:
+            self.live.stop()  # rich: a no-op once stopped
+
     def close(self, run: Run, jobs: list[Job]) -> None:
         if self.live:
-            self.live.stop()
+            self.stop()
         else:
             self.console.print(job_table(f"run {run.run_id}", jobs))
         print(f"run {run.run_id} {run.status.value}: {json.dumps(run.summary, ensure_ascii=False)}",

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EventHandler = Callable[[dict[str, Any]], dict[str, Any]]
+INTERRUPTED = 130  # 128 + SIGINT: the status a shell gives a command Ctrl-C stopped
 STAGE = "local"
 BODY_TIMEOUT_SECONDS = 10.0
 
@@ -193,8 +194,12 @@ def serve(config: Config, config_path: str | None, host: str, port: int, poll_se
         print(f"serving the HTTP API and status page on {server.url}{fragment}{token_note}",
               flush=True)
         server.httpd.serve_forever()
-    except KeyboardInterrupt:
-        pass
+    except KeyboardInterrupt:  # Ctrl-C: how this is meant to end; a run it left open is in
+        # the state store, moved on by the next poll (a copy it held is taken back at once)
+        print("baas-backup serve: interrupted; stopped serving. Runs still open stay open: "
+              "`baas-backup poll` (or the next `serve`) moves them on", file=sys.stderr,
+              flush=True)
+        return INTERRUPTED
     finally:
         stop.set()
         server.httpd.server_close()

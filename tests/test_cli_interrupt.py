@@ -1,0 +1,180 @@
+"""Ctrl-C on the CLI, sent as SIGINT to a real `baas-backup` process: one line saying what
+was interrupted and what is left (which the test then checks is true), exit 130 (128 +
+SIGINT, as a shell reports it); never a traceback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+
+import pytest
+import yaml
+
+from devkit.sample_data import make_docs
+from shared.domain.jobs import RunStatus
+from shared.entrypoints.cli import main as cli
+from tests.support.backup import FAST_TIMING, SECRET, LocalBackup, backup_now
+from tests.support.hostile import Hostile, every_path
+
+ROOT = Path(__file__).resolve().parent.parent
+INTERRUPTED = 130
+HELD = 10 ** 6  # the emulator's export/import polls before it is ready: never, here
+
+
+def _config_file(local: LocalBackup, tmp_path: Path, endpoint: str | None = None) -> Path:
+    destination = local.destination.model_dump(mode="json", exclude={"secret_id", "secret_key"})
+    if endpoint:
+        destination["endpoint"] = endpoint
+    path = tmp_path / "backup.yaml"
+    path.write_text(yaml.safe_dump({"destination": destination, "state": {"url": local.state_url},
+                                    "timing": FAST_TIMING, "sources": [local.wechat_source()]}),
+                    encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def started() -> Iterator[list[subprocess.Popen[str]]]:
+    """The CLI processes a test starts; killed if the test left one running."""
+    processes: list[subprocess.Popen[str]] = []
+    yield processes
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+
+
+def _cli_process(started: list[subprocess.Popen[str]], path: Path,
+                 *args: str) -> subprocess.Popen[str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shared.entrypoints.cli", "--config", str(path), *args],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "WECHAT_SECRET": SECRET})
+    started.append(process)
+    return process
+
+
+def _line_with(process: subprocess.Popen[str], said: str) -> str:
+    """The first line of its output holding `said` (the process must still be running)."""
+    assert process.stdout is not None
+    while line := process.stdout.readline():
+        if said in line:
+            return line
+    raise AssertionError(f"it ended before saying {said!r}: {process.communicate()[1][-2000:]}")
+
+
+def _interrupted(process: subprocess.Popen[str]) -> str:
+    """Ctrl-C: SIGINT, as the terminal sends it; what it said on stderr, as one line."""
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == INTERRUPTED, (process.returncode, err[-3000:])
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err[-3000:]
+    return err.strip()
+
+
+def _poll_until_closed(path: Path, local: LocalBackup, run_id: str) -> RunStatus:
+    """`baas-backup poll` until run `run_id` ends, as the interrupted command said."""
+    state = local.context(local.config()).state
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert cli(["--config", str(path), "poll"]) == 0
+        run = state.get_run(run_id)
+        assert run is not None
+        if run.status is not RunStatus.RUNNING:
+            return run.status
+        time.sleep(0.05)
+    raise AssertionError(f"run {run_id} still open after 60 s of polls")
+
+
+def test_ctrl_c_during_run_says_the_run_stays_open_and_poll_finishes_it(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        started: list[subprocess.Popen[str]]) -> None:
+    monkeypatch.setenv("WECHAT_SECRET", SECRET)
+    local.seed("orders", make_docs(20))
+    local.emulator.polls_until_ready = HELD  # the export runs on while the CLI waits
+    path = _config_file(local, tmp_path)
+    process = _cli_process(started, path, "run", "--tick", "0.05")
+    run_id = _line_with(process, " started").split()[1]
+    _line_with(process, "shop/orders: exporting")  # the platform is exporting it
+
+    err = _interrupted(process)
+
+    assert err.startswith(f"baas-backup run: interrupted; run {run_id} ") and "open" in err, err
+    assert "baas-backup poll" in err and f"baas-backup status {run_id}" in err, err
+    local.emulator.polls_until_ready = 2
+    local.emulator.release_jobs()
+    assert _poll_until_closed(path, local, run_id) is RunStatus.SUCCEEDED
+
+
+def test_ctrl_c_during_restore_says_it_carries_on_and_poll_finishes_it(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        started: list[subprocess.Popen[str]]) -> None:
+    monkeypatch.setenv("WECHAT_SECRET", SECRET)
+    local.seed("orders", make_docs(20))
+    backup = backup_now(local.context(local.config()))
+    local.emulator.polls_until_ready = HELD  # the import runs on while the CLI waits
+    path = _config_file(local, tmp_path)
+    process = _cli_process(started, path, "restore", backup.run_id, "shop", "orders",
+                           "--tick", "0.05")
+    target = _line_with(process, "restore shop/orders").split(" into shop/")[1].split()[0]
+    restore_id = _line_with(process, " started").split()[1]
+    _line_with(process, f"shop/{target}: importing")  # the platform is writing it
+
+    err = _interrupted(process)
+
+    assert err.startswith(f"baas-backup restore: interrupted; restore {restore_id} ") \
+        and "not stopped" in err and f"shop/{target}" in err, err
+    assert "baas-backup poll" in err and f"baas-backup status {restore_id}" in err, err
+    local.emulator.polls_until_ready = 2
+    local.emulator.release_jobs()
+    assert _poll_until_closed(path, local, restore_id) is RunStatus.SUCCEEDED
+    assert len(local.emulator.docs("shop-prod-1a2b3c", target)) == 20
+
+
+def test_ctrl_c_during_verify_says_nothing_was_recorded(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        started: list[subprocess.Popen[str]], hostile: Hostile) -> None:
+    monkeypatch.setenv("WECHAT_SECRET", SECRET)
+    local.seed("orders", make_docs(20))
+    backup = backup_now(local.context(local.config()))
+    release = threading.Event()
+
+    def held(_: BaseHTTPRequestHandler) -> None:  # a bucket that does not answer yet
+        release.wait(60)
+
+    hostile.answers = every_path(held)
+    path = _config_file(local, tmp_path, endpoint=hostile.base)
+    try:
+        process = _cli_process(started, path, "verify", backup.run_id)
+        deadline = time.monotonic() + 60
+        while not hostile.seen:  # verify is reading the bucket
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.02)
+
+        err = _interrupted(process)
+    finally:
+        release.set()
+
+    assert err.startswith("baas-backup verify: interrupted ") and "nothing" in err, err
+    assert "recorded" in err and "again" in err, err
+    assert [s.method for s in hostile.seen if s.method in ("PUT", "POST")] == []
+
+
+def test_ctrl_c_during_serve_says_it_stopped_and_exits_130(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        started: list[subprocess.Popen[str]]) -> None:
+    monkeypatch.setenv("WECHAT_SECRET", SECRET)
+    path = _config_file(local, tmp_path)
+    process = _cli_process(started, path, "serve", "--port", "0", "--poll-seconds", "0.05")
+    _line_with(process, "serving the HTTP API")
+
+    err = _interrupted(process)
+
+    assert err.startswith("baas-backup serve: interrupted; stopped serving"), err
+    assert "baas-backup poll" in err, err
