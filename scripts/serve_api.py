@@ -20,8 +20,8 @@ from devkit.emulators.wechat import WeChatEmulator
 from devkit.s3_server import create_bucket, start_s3_server, stop_s3_server
 from devkit.sample_data import make_docs
 from shared.config import load_config
+from shared.entrypoints.cli import INTERRUPTED, tcp_port
 from shared.entrypoints.cli import main as cli
-from shared.entrypoints.cli import tcp_port
 from shared.entrypoints.http_api import TOKEN_ENV
 from shared.entrypoints.local_server import serve
 
@@ -64,6 +64,16 @@ def main() -> int:
     if generated:  # a throwaway token for this loopback demo; a real one is never printed
         os.environ[TOKEN_ENV] = secrets.token_urlsafe(24)
 
+    try:
+        return _demo(folder, args.port, generated)
+    except KeyboardInterrupt:  # Ctrl-C while it sets up: nothing of it is worth keeping
+        print("serve_api: interrupted before serving; nothing is kept (each start begins "
+              "afresh)", file=sys.stderr, flush=True)
+        return INTERRUPTED
+
+
+def _demo(folder: Path, port: int, generated: bool) -> int:
+    """The sample environment, two backups, then `serve` until Ctrl-C."""
     s3, s3_url = start_s3_server()
     create_bucket(s3_url, BUCKET)
     try:
@@ -75,9 +85,11 @@ def main() -> int:
             emulator.add_collection(ENV_ID, "商品 products", make_docs(120, seed=13, prefix="sku"))
             config_path = _write_config(folder, emulator.base_url, s3_url)
             print("two backups first, so the page has something to show:")
-            cli(["--config", str(config_path), "run", "--tick", "0.3"])
+            if cli(["--config", str(config_path), "run", "--tick", "0.3"]) == INTERRUPTED:
+                return INTERRUPTED  # Ctrl-C: the CLI said so; stop here, serving nothing
             emulator.fail_export(ENV_ID, "users", "demo: this collection's export fails")
-            cli(["--config", str(config_path), "run", "--tick", "0.3"])
+            if cli(["--config", str(config_path), "run", "--tick", "0.3"]) == INTERRUPTED:
+                return INTERRUPTED
             emulator.clear_faults()
             # the link is printed once the port is bound: with --port 0 only then is it known
             if generated:
@@ -85,7 +97,7 @@ def main() -> int:
             else:
                 print(f"\nopen the address below and enter the value of {TOKEN_ENV}")
             fragment = f"#token={os.environ[TOKEN_ENV]}" if generated else ""
-            return serve(load_config(config_path), str(config_path), "127.0.0.1", args.port, 1.0,
+            return serve(load_config(config_path), str(config_path), "127.0.0.1", port, 1.0,
                          fragment=fragment)
     finally:
         stop_s3_server(s3)

@@ -4,6 +4,7 @@ session's token opens the page it serves, whatever port it was given (0: any fre
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -50,3 +51,26 @@ def test_a_port_past_65535_is_refused_as_serve_refuses_it(tmp_path: Path) -> Non
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert "argument --port: must be a TCP port, 1 to 65535" in done.stderr, done.stderr
     assert "70000" in done.stderr and not (tmp_path / "state.sqlite3").exists()
+
+
+def test_ctrl_c_while_it_backs_up_stops_it_with_one_line_and_exit_130(tmp_path: Path) -> None:
+    """Ctrl-C before the page is served (the demo's two backups take a while): it stops
+    there, saying so; it does not go on to the next backup and serve anyway."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "scripts.serve_api", "--port", "0", "--workdir", str(tmp_path)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
+    try:
+        assert child.stdout is not None
+        while "run " not in (line := child.stdout.readline()):  # the first backup started
+            assert line, child.communicate()[1][-2000:]
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=30)
+
+    assert child.returncode == 130 and "Traceback" not in err, (child.returncode, err[-3000:])
+    assert len(err.strip().splitlines()) == 1 and "interrupted" in err, err
+    assert "serving" not in out, out
