@@ -384,3 +384,21 @@ def test_verbose_after_the_command_turns_the_json_logs_on(
 
     err = capsys.readouterr().err
     assert '"level": "INFO"' in err or '"level":"INFO"' in err, err[-2000:]
+
+
+@pytest.mark.parametrize("host", ["ü" * 64, "例子." * 2 + "ü" * 70])
+def test_serve_on_a_host_name_no_system_can_encode_is_refused_before_anything_starts(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], host: str) -> None:
+    """A non-ASCII name goes to bind() IDNA-encoded; a label past 63 characters cannot be,
+    and bind() raised TypeError ("encoding of hostname failed") as a traceback."""
+    monkeypatch.setenv("WECHAT_SECRET", SECRET)
+    path = _config_file(local, tmp_path)
+
+    with pytest.raises(SystemExit) as exited:
+        cli(["serve", "--config", str(path), "--host", host, "--port", "0"])
+
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "Traceback" not in err, err
+    assert "argument --host: must be a host name or IP address" in err and host in err, err
+    assert not [t for t in threading.enumerate() if t.name == "local-poller"]

@@ -83,6 +83,19 @@ def tcp_port(text: str) -> int:
     return int(text)
 
 
+def _host(text: str) -> str:
+    """An address or host name to listen on. bind() IDNA-encodes a non-ASCII name (RFC 5891;
+    Python's "idna" codec) and raised TypeError, not an OSError, for one it cannot encode
+    (a label past 63 characters): refused here, as a bad --port is."""
+    try:
+        if not text.isascii():
+            text.encode("idna")
+    except UnicodeError:
+        raise argparse.ArgumentTypeError(f"must be a host name or IP address (e.g. 127.0.0.1), "
+                                          f"not {text!r}") from None
+    return text
+
+
 def _global_options(parser: argparse.ArgumentParser, *, after: bool) -> argparse.ArgumentParser:
     """`--config` and `--verbose`, before the command or (`after`) after it. After it they
     default to SUPPRESS: not given there, the command's parser sets nothing, so a value
@@ -143,7 +156,7 @@ def _parser() -> argparse.ArgumentParser:
     ack.add_argument("source")
     ack.add_argument("collection")
     serve = command("serve", help="the HTTP API and status page on this machine")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--host", type=_host, default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=tcp_port, default=8080,
                        help="TCP port, 1-65535, or 0 for any free one (default 8080)")
     serve.add_argument("--poll-seconds", type=_seconds, default=5.0,
