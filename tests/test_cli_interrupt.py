@@ -5,6 +5,7 @@ SIGINT, as a shell reports it); never a traceback."""
 from __future__ import annotations
 
 import os
+import pty
 import signal
 import subprocess
 import sys
@@ -67,6 +68,16 @@ def _line_with(process: subprocess.Popen[str], said: str) -> str:
         if said in line:
             return line
     raise AssertionError(f"it ended before saying {said!r}: {process.communicate()[1][-2000:]}")
+
+
+def _prompted(process: subprocess.Popen[str], prompt: str) -> None:
+    """Wait until it asks `prompt` (no newline follows a prompt: read it as it comes)."""
+    assert process.stdout is not None
+    seen = ""
+    while not seen.endswith(prompt):
+        char = process.stdout.read(1)
+        assert char, f"it ended before asking: {seen[-500:]} {process.communicate()[1][-2000:]}"
+        seen += char
 
 
 def _interrupted(process: subprocess.Popen[str]) -> str:
@@ -178,3 +189,38 @@ def test_ctrl_c_during_serve_says_it_stopped_and_exits_130(
 
     assert err.startswith("baas-backup serve: interrupted; stopped serving"), err
     assert "baas-backup poll" in err, err
+
+
+@pytest.mark.parametrize(("key", "code", "said"), [
+    # Ctrl-D: the end of input is a no, as any other answer but the name
+    (b"\x04", 2, "baas-backup restore: not confirmed: nothing written. Add --yes"),
+    (None, INTERRUPTED, "baas-backup restore: interrupted before the restore was under way"),
+])
+def test_ctrl_d_or_ctrl_c_at_the_restore_prompt_writes_nothing(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        started: list[subprocess.Popen[str]], key: bytes | None, code: int, said: str) -> None:
+    monkeypatch.setenv("WECHAT_SECRET", SECRET)
+    local.seed("orders", make_docs(20))
+    backup = backup_now(local.context(local.config()))
+    path = _config_file(local, tmp_path)
+    terminal, stdin = pty.openpty()  # the prompt is asked at a terminal only
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "shared.entrypoints.cli", "--config", str(path), "restore",
+             backup.run_id, "shop", "orders", "--into", "orders", "--mode", "upsert"],
+            cwd=ROOT, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "WECHAT_SECRET": SECRET})
+        started.append(process)
+        _prompted(process, "write into orders? type its name: ")
+        if key:
+            os.write(terminal, key)
+        else:
+            process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        os.close(terminal)
+        os.close(stdin)
+
+    assert process.returncode == code and "Traceback" not in err, (process.returncode, err)
+    assert err.strip().startswith(said) and len(err.strip().splitlines()) == 1, err
+    assert local.context(local.config()).state.list_runs(10) == [backup]  # no restore started

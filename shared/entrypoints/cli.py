@@ -450,8 +450,7 @@ def _restore(ctx: Context, args: argparse.Namespace) -> int:
     for caveat in plan.caveats:
         print(f"  forced past an export option a restore cannot undo: {caveat['option']}: "
               f"{caveat['why']}")
-    if plan.writes_into_existing and not args.yes and (
-            not sys.stdin.isatty() or input(f"write into {order.target}? type its name: ") != order.target):
+    if plan.writes_into_existing and not args.yes and not _confirmed(order.target):
         return _refused("restore", f"not confirmed: nothing written. Add --yes to write into "
                         f"{order.target}")
     try:  # checked again: while it asked, another restore may have taken the target
@@ -464,6 +463,17 @@ def _restore(ctx: Context, args: argparse.Namespace) -> int:
         f"interrupted; restore {run.run_id} was not stopped: it stays open, holding "
         f"{args.source}/{order.target}, and `baas-backup poll` carries it on from where it "
         f"is; `baas-backup status {run.run_id}` shows how far it got"))
+
+
+def _confirmed(target: str) -> bool:
+    """Its name typed at a terminal; no terminal, or Ctrl-D (end of input), is a no."""
+    if not sys.stdin.isatty():
+        return False
+    try:
+        return input(f"write into {target}? type its name: ") == target
+    except EOFError:
+        print()  # end the prompt's line, as Enter would have
+        return False
 
 
 def _run(ctx: Context, sources: list[str] | None, tick: float) -> int:
