@@ -4,6 +4,7 @@ SIGINT, as a shell reports it); never a traceback."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pty
 import signal
@@ -224,3 +225,21 @@ def test_ctrl_d_or_ctrl_c_at_the_restore_prompt_writes_nothing(
     assert process.returncode == code and "Traceback" not in err, (process.returncode, err)
     assert err.strip().startswith(said) and len(err.strip().splitlines()) == 1, err
     assert local.context(local.config()).state.list_runs(10) == [backup]  # no restore started
+
+
+def test_output_into_a_reader_that_stops_early_ends_quietly(
+        started: list[subprocess.Popen[str]]) -> None:
+    """`baas-backup schema | head -1`: the reader leaving is no error of ours to show
+    (it was a BrokenPipeError traceback)."""
+    reader, writer = os.pipe()
+    fcntl.fcntl(writer, fcntl.F_SETPIPE_SZ, 4096)  # smaller than the schema: it must wait
+    process = subprocess.Popen([sys.executable, "-m", "shared.entrypoints.cli", "schema"],
+                               cwd=ROOT, stdout=writer, stderr=subprocess.PIPE, text=True)
+    started.append(process)
+    os.close(writer)
+    with os.fdopen(reader, "rb") as head:
+        assert head.read(1) == b"{"  # one byte, then the reader is gone, as `head -c 1`
+
+    _, err = process.communicate(timeout=60)
+
+    assert process.returncode == 1 and "Traceback" not in err and "Error" not in err, err

@@ -205,12 +205,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         # (the errors name the field), not a traceback ending in it.
         print(f"baas-backup {args.command}: {redact(str(exc))}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        return _reader_gone()
     except KeyboardInterrupt:
         left = LEFT_BY_CTRL_C.get(args.command, "interrupted")
     except Interrupted as exc:
         left = str(exc)
     print(f"baas-backup {args.command}: {left}", file=sys.stderr, flush=True)
     return INTERRUPTED
+
+
+def _reader_gone() -> int:
+    """Output piped into a reader that stopped early (`schema | head`): quietly, exit 1.
+    What is left to write goes to /dev/null, so the flush at exit does not raise again
+    (docs.python.org/3/library/signal.html, "Note on SIGPIPE")."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 1
 
 
 def _refused(command: str, why: object) -> int:
