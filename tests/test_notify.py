@@ -91,6 +91,7 @@ PERMANENT: dict[str, tuple[int, dict[str, Any]]] = {
     "wecom-invalid-key": (200, {"errcode": 93000, "errmsg": "invalid webhook url"}),
     "feishu-invalid-token": (200, {"code": 19001, "data": {},
                                    "msg": "param invalid: incoming webhook access token invalid"}),
+    "dingtalk-unknown-token": (200, {"errcode": 300001, "errmsg": "token is not exist"}),
 }
 # ... and what may pass a moment later: the robot overloaded, slow, or rate limiting.
 TRANSIENT: dict[str, tuple[int, dict[str, Any]]] = {
@@ -102,7 +103,7 @@ TRANSIENT: dict[str, tuple[int, dict[str, Any]]] = {
 
 
 def _robot(webhook: WebhookReceiver, answer: str) -> WebhookNotifier:
-    fmt = "feishu" if answer.startswith("feishu") else "wecom"
+    fmt = next((f for f in ("feishu", "dingtalk") if answer.startswith(f)), "wecom")
     notify = Notify.model_validate({"webhooks": [{"url": "${HOOK}", "format": fmt}]},
                                    context={"environ": {"HOOK": webhook.url}})
     return WebhookNotifier(notify, retry_base_seconds=0)

@@ -240,8 +240,12 @@ class WebhookNotifier:
 # WeCom 93000, the webhook URL (its key) is invalid (全局错误码,
 # https://developer.work.weixin.qq.com/document/path/90313); Feishu 19001, "param invalid:
 # incoming webhook access token invalid" (自定义机器人使用指南 > 常见问题,
-# https://open.feishu.cn/document/client-docs/bot-v3/add-custom-bot).
-INVALID_KEY_CODES = {"wecom": frozenset({"93000"}), "feishu": frozenset({"19001"})}
+# https://open.feishu.cn/document/client-docs/bot-v3/add-custom-bot); DingTalk 300001,
+# "token is not exist", the access_token in the URL names no robot (自定义机器人发送群消息,
+# https://open.dingtalk.com/document/orgapp/custom-robot-access, lists no codes: the answer
+# as quoted in timonwong/prometheus-webhook-dingtalk#91 and sdvdxl/falcon-message#7).
+INVALID_KEY_CODES = {"wecom": frozenset({"93000"}), "feishu": frozenset({"19001"}),
+                     "dingtalk": frozenset({"300001"})}
 _CHECK_WEBHOOK = "trying again does not change that: check its URL in notify.webhooks (the robot's key)"
 
 
