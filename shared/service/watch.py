@@ -74,10 +74,9 @@ def _unsent(what: str) -> None:
 
 def _problem(ctx: Context, now: datetime, limit: timedelta, recent: list[Run]) -> str | None:
     hours = limit.total_seconds() / 3600
-    for run in recent:  # a restore too: one the finisher never picks up stays open for ever
-        if run.status is RunStatus.RUNNING and now - run.created_at > limit:
-            what = "restore" if run.operation == "restore" else "run"
-            return f"{what} {run.run_id} is still running {hours:g} hours after it started"
+    stuck = _stuck(ctx, now, limit, recent)
+    if stuck is not None:
+        return f"{_named(stuck)} is still running {hours:g} hours after it started"
     runs, succeeded = _backups(ctx, recent, now - limit)
     if succeeded is not None:
         last = succeeded.finished_at or succeeded.created_at
@@ -88,6 +87,21 @@ def _problem(ctx: Context, now: datetime, limit: timedelta, recent: list[Run]) -
     if now - since > limit:
         return f"no run has succeeded in the last {hours:g} hours"
     return None
+
+
+def _stuck(ctx: Context, now: datetime, limit: timedelta, recent: list[Run]) -> Run | None:
+    """The oldest run (a restore too: one the finisher never picks up stays open for ever)
+    open longer than `limit`. Looked for among the open runs, where a stuck run behind a
+    page of newer runs is found too; a page shorter than RUNS_LOOKED_AT holds every run,
+    so its open ones are all there are, and the state store is not asked again."""
+    candidates = ctx.state.open_runs() if len(recent) >= RUNS_LOOKED_AT else recent
+    stuck = [r for r in candidates
+             if r.status is RunStatus.RUNNING and now - r.created_at > limit]
+    return min(stuck, key=lambda r: (r.created_at, r.run_id), default=None)
+
+
+def _named(run: Run) -> str:
+    return f"{'restore' if run.operation == 'restore' else 'run'} {run.run_id}"
 
 
 def _backups(ctx: Context, recent: list[Run], cutoff: datetime) -> tuple[list[Run], Run | None]:

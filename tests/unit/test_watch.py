@@ -15,7 +15,7 @@ from shared.domain.jobs import JobStatus, Run, RunStatus
 from shared.entrypoints.http_api import TOKEN_ENV, Request, handle
 from shared.service.close import RunsNotClosed
 from shared.service.poll import poll
-from shared.service.watch import RUNS_LOOKED_AT
+from shared.service.watch import RUNS_LOOKED_AT, watch
 from tests.support.api import TOKEN
 from tests.support.webhook import WebhookReceiver
 from tests.unit.support import ScriptedExport, Unit, seed_run, unit
@@ -110,6 +110,18 @@ def test_a_run_open_for_too_long_alerts() -> None:
     u.clock.advance(26 * 3600 + 1)
     poll(u.ctx)
     assert len(u.notifier.alerts) == 1 and "still running" in u.notifier.alerts[0]
+
+
+def test_a_run_stuck_behind_a_page_of_newer_runs_is_named() -> None:
+    """A backup stuck for 27 hours, then a success and more restores than the tick's page
+    of newest runs: the stuck run is still found (by the open runs), and named."""
+    u = unit(ScriptedExport({"orders": []}))
+    stuck = _run(u, "stuck", RunStatus.RUNNING)
+    u.clock.advance(27 * 3600)
+    _run(u, "good", RunStatus.SUCCEEDED)
+    _restores(u, RUNS_LOOKED_AT + 10)
+    assert watch(u.ctx) == "raised"
+    assert u.notifier.alerts[0].startswith(f"⏰ baas-backup: run {stuck.run_id} is still running")
 
 
 def test_the_limit_is_configurable() -> None:
