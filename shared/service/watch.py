@@ -8,6 +8,7 @@ reached no webhook is sent again at the next tick."""
 from __future__ import annotations
 
 import logging
+import re
 from datetime import datetime, timedelta
 
 from shared.domain.jobs import Run, RunStatus
@@ -20,6 +21,8 @@ WATCHING_KEY = "alert:watching-since"
 UNSENT_KEY = "alert:stale:undelivered"  # the alarm no webhook took yet, for the API to show
 KEEP = timedelta(days=3650)  # cache entries expire; these should not
 RUNS_LOOKED_AT = 50
+_STILL_RUNNING = "is still running"
+_STUCK = re.compile(rf"(run|restore) (\S+) {_STILL_RUNNING} ")  # the alarm _problem words
 
 
 def watch(ctx: Context, recent: list[Run] | None = None) -> str | None:
@@ -46,7 +49,7 @@ def watch(ctx: Context, recent: list[Run] | None = None) -> str | None:
     if problem is None and raised is not None:
         ctx.state.cache_delete(ALARM_KEY)
         log.info("backups recovered", extra={"was": raised})
-        if not ctx.notifier.alert(f"✅ baas-backup recovered: a run succeeded again "
+        if not ctx.notifier.alert(f"✅ baas-backup recovered: {_ended(ctx, raised)} "
                                   f"(was: {raised})."):
             ctx.state.cache_put(ALARM_KEY, raised, now + KEEP)
             _unsent("\"recovered\" message")
@@ -76,7 +79,7 @@ def _problem(ctx: Context, now: datetime, limit: timedelta, recent: list[Run]) -
     hours = limit.total_seconds() / 3600
     stuck = _stuck(ctx, now, limit, recent)
     if stuck is not None:
-        return f"{_named(stuck)} is still running {hours:g} hours after it started"
+        return f"{_named(stuck)} {_STILL_RUNNING} {hours:g} hours after it started"
     runs, succeeded = _backups(ctx, recent, now - limit)
     if succeeded is not None:
         last = succeeded.finished_at or succeeded.created_at
@@ -87,6 +90,21 @@ def _problem(ctx: Context, now: datetime, limit: timedelta, recent: list[Run]) -
     if now - since > limit:
         return f"no run has succeeded in the last {hours:g} hours"
     return None
+
+
+def _ended(ctx: Context, raised: str) -> str:
+    """What ended the episode `raised` describes: the stuck run it names closed (or is gone),
+    or, for stale backups, a run succeeded."""
+    named = _STUCK.match(raised)
+    if named is None:
+        return "a run succeeded again"
+    what, run_id = named.groups()
+    run = ctx.state.get_run(run_id)
+    if run is None:
+        return f"{what} {run_id} is no longer recorded"
+    if run.status is RunStatus.RUNNING:  # alerts.stale_after_hours was raised since
+        return f"{what} {run_id} is no longer open for too long"
+    return f"{what} {run_id} ended: {run.status.value}"
 
 
 def _stuck(ctx: Context, now: datetime, limit: timedelta, recent: list[Run]) -> Run | None:

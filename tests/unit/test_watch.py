@@ -124,6 +124,41 @@ def test_a_run_stuck_behind_a_page_of_newer_runs_is_named() -> None:
     assert u.notifier.alerts[0].startswith(f"⏰ baas-backup: run {stuck.run_id} is still running")
 
 
+def _stuck_restore(u: Unit) -> Run:
+    """A restore left open for 27 hours (no finisher picked it up)."""
+    run = Run(run_id=f"{u.clock():%Y%m%dT%H%M%S}000Z-stuck-restore", operation="restore",
+              idempotency_key="stuck-restore", trigger="http", sources=["shop"],
+              created_at=u.clock())
+    u.state.create_run(run, [])
+    _run(u, "good", RunStatus.SUCCEEDED)  # backups themselves are fine
+    u.clock.advance(27 * 3600)
+    _run(u, "good-again", RunStatus.SUCCEEDED)
+    assert watch(u.ctx) == "raised" and "still running" in u.notifier.alerts[0]
+    return run
+
+
+def test_recovery_from_a_stuck_restore_says_how_the_restore_ended() -> None:
+    """The episode ended because the restore closed, not because "a run succeeded again"."""
+    u = unit(ScriptedExport({"orders": []}))
+    restore = _stuck_restore(u)
+    closed = u.state.save_run(restore.model_copy(update={"status": RunStatus.FAILED,
+                                                         "finished_at": u.clock()}))
+    assert closed is not None
+    u.clock.advance(60)
+    assert watch(u.ctx) == "recovered"
+    recovered = u.notifier.alerts[1]
+    assert f"restore {restore.run_id} ended: failed" in recovered
+    assert "succeeded again" not in recovered
+
+
+def test_recovery_from_a_stuck_restore_that_was_deleted_says_so() -> None:
+    u = unit(ScriptedExport({"orders": []}))
+    restore = _stuck_restore(u)
+    u.state.delete_run(restore.run_id)
+    assert watch(u.ctx) == "recovered"
+    assert f"restore {restore.run_id} is no longer recorded" in u.notifier.alerts[1]
+
+
 def test_the_limit_is_configurable() -> None:
     u = unit(ScriptedExport({"orders": []}))
     u.ctx.config = u.ctx.config.model_copy(update={
