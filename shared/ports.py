@@ -317,6 +317,11 @@ class StateStore(TokenCache, Protocol):
 
     def open_runs(self) -> list[Run]: ...
 
+    def cache_claim(self, key: str, value: str, expires_at: datetime, now: datetime) -> bool:
+        """Put `value` under `key` only if no entry live at `now` holds it (an expired one
+        does not): compare-and-set on the key, so of callers racing for it exactly one is
+        told True. Released with cache_delete."""
+
     def save_run(self, run: Run) -> Run | None:
         """Write if the stored version equals run.version; the stored run, or None."""
 

@@ -105,6 +105,14 @@ class MemoryState:
     def cache_delete(self, key: str) -> None:
         self.cache.pop(key, None)
 
+    def cache_claim(self, key: str, value: str, expires_at: datetime, now: datetime) -> bool:
+        with self._lock:
+            found = self.cache.get(key)
+            if found is not None and found[1] > now:
+                return False
+            self.cache[key] = (value, expires_at)
+            return True
+
 
 @dataclass
 class _Upload:

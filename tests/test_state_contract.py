@@ -543,6 +543,35 @@ def test_racing_token_fetches_leave_one_token(backend: Backend) -> None:
     assert backend.open().cache_get("wechat:wx1", utcnow()) in {f"token-{i}" for i in range(16)}
 
 
+def test_a_cache_claim_is_won_once_until_deleted_or_expired(store: StateStore) -> None:
+    now = utcnow()
+    assert store.cache_claim("alert:stale", "first", now + timedelta(seconds=60), now) is True
+    assert store.cache_claim("alert:stale", "second", now + timedelta(seconds=60), now) is False
+    assert store.cache_get("alert:stale", now) == "first"
+    later = now + timedelta(seconds=61)  # the first claim has expired
+    assert store.cache_claim("alert:stale", "third", later + timedelta(seconds=60), later) is True
+    assert store.cache_get("alert:stale", later) == "third"
+    store.cache_delete("alert:stale")
+    assert store.cache_claim("alert:stale", "fourth", later + timedelta(seconds=60), later) is True
+    assert store.cache_get("alert:stale", later) == "fourth"
+
+
+def test_racing_cache_claims_are_won_once(backend: Backend) -> None:
+    """Overlapping poller ticks claiming the staleness alarm at once: one wins."""
+    stores = [backend.open() for _ in range(8)]
+    now = utcnow()
+    start = threading.Barrier(len(stores), timeout=20)
+
+    def claim(i: int) -> bool:
+        start.wait()
+        return stores[i].cache_claim("alert:stale", f"tick-{i}", now + timedelta(hours=1), now)
+
+    with ThreadPoolExecutor(len(stores)) as pool:
+        won = list(pool.map(claim, range(len(stores))))
+    assert won.count(True) == 1
+    assert backend.open().cache_get("alert:stale", now) == f"tick-{won.index(True)}"
+
+
 # races: threads and processes ----------------------------------------------------
 def _first_open(backend: Backend, name: str, start_at: float) -> bool:
     time.sleep(max(0.0, start_at - time.time()))

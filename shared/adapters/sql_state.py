@@ -392,6 +392,23 @@ class SqlStateStore:
         with self.engine.begin() as conn:
             conn.execute(cache.delete().where(cache.c.key == key))
 
+    def cache_claim(self, key: str, value: str, expires_at: datetime, now: datetime) -> bool:
+        """An expired entry is dropped and a plain INSERT made, in one transaction: the
+        primary key lets one of racing inserts in, the others fail on it."""
+        row = {"key": key, "value": value, "expires_at": expires_at.timestamp()}
+
+        def insert() -> bool:
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(cache.delete().where(
+                        cache.c.key == key, cache.c.expires_at <= now.timestamp()))
+                    conn.execute(cache.insert().values(**row))
+            except sa.exc.IntegrityError:  # a live entry holds the key
+                return False
+            return True
+
+        return self._retrying(insert)
+
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)

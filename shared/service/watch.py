@@ -2,8 +2,9 @@
 succeeding (no run succeeded for `alerts.stale_after_hours`, counting from the oldest
 run or from when the poller first looked) or a run (a backup or a restore) stays open
 that long; one "recovered" message when that ends. The episode is kept in the state
-store's cache, so an alarm goes out once per episode, not once a minute; one that
-reached no webhook is sent again at the next tick."""
+store's cache, claimed by compare-and-set (overlapping ticks send it once), so an alarm
+goes out once per episode, not once a minute; one that reached no webhook is sent again
+at the next tick."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def watch(ctx: Context, recent: list[Run] | None = None) -> str | None:
     problem = _problem(ctx, now, timedelta(hours=ctx.config.alerts.stale_after_hours), recent)
     raised = ctx.state.cache_get(ALARM_KEY, now)
     if problem and raised is None:
-        ctx.state.cache_put(ALARM_KEY, problem, now + KEEP)  # claimed: other pollers stay quiet
+        if not ctx.state.cache_claim(ALARM_KEY, problem, now + KEEP, now):
+            return None  # an overlapping tick claimed it first and sends it
         log.error("backups are stale", extra={"reason": problem})
         if not ctx.notifier.alert(f"⏰ baas-backup: {problem}. Check the poller's and "
                                   "trigger's logs, then `baas-backup status`."):

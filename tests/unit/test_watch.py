@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from datetime import timedelta
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from shared.adapters.state import open_store
 from shared.adapters.webhooks import WebhookNotifier
 from shared.config import Notify
 from shared.domain.errors import StateError, StorageError
 from shared.domain.jobs import JobStatus, Run, RunStatus
 from shared.entrypoints.http_api import TOKEN_ENV, Request, handle
+from shared.ports import StateStore
 from shared.service.close import RunsNotClosed
 from shared.service.poll import poll
-from shared.service.watch import RUNS_LOOKED_AT, watch
+from shared.service.watch import ALARM_KEY, RUNS_LOOKED_AT, watch
+from tests.fakes import MemoryState
 from tests.support.api import TOKEN
 from tests.support.webhook import WebhookReceiver
 from tests.unit.support import ScriptedExport, Unit, seed_run, unit
@@ -157,6 +164,51 @@ def test_recovery_from_a_stuck_restore_that_was_deleted_says_so() -> None:
     u.state.delete_run(restore.run_id)
     assert watch(u.ctx) == "recovered"
     assert f"restore {restore.run_id} is no longer recorded" in u.notifier.alerts[1]
+
+
+def _two_stores(kind: str, tmp_path: Path) -> list[StateStore]:
+    """One state as two poller invocations see it: the in-memory fake shared, or two
+    connections to one SQLite file."""
+    if kind == "memory":
+        return [MemoryState()] * 2
+    url = f"sqlite:///{tmp_path / 'state.sqlite3'}"
+    return [open_store(url), open_store(url)]
+
+
+def _alarm_read_then_wait(read: Callable[[str, datetime], str | None],
+                          barrier: threading.Barrier) -> Callable[[str, datetime], str | None]:
+    def wrapped(key: str, now: datetime) -> str | None:
+        found = read(key, now)
+        if key == ALARM_KEY:
+            barrier.wait()  # both ticks have read "no alarm raised" before either claims
+        return found
+    return wrapped
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_two_ticks_racing_to_raise_the_alarm_send_it_once(
+        kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two overlapping poller ticks both find backups stale and no alarm raised yet: the
+    claim is a compare-and-set, so one sends the alarm and the other stays quiet."""
+    u = unit(ScriptedExport({"orders": []}))
+    stores = _two_stores(kind, tmp_path)
+    u = dataclasses.replace(u, ctx=dataclasses.replace(u.ctx, state=stores[0]))
+    u.state = stores[0]  # type: ignore[assignment]
+    _run(u, "good", RunStatus.SUCCEEDED)
+    u.clock.advance(27 * 3600)
+    ticks = [dataclasses.replace(u.ctx, state=store) for store in stores]
+    both_read = threading.Barrier(2, timeout=20)
+    for tick in {id(t.state): t for t in ticks}.values():
+        monkeypatch.setattr(tick.state, "cache_get",
+                            _alarm_read_then_wait(tick.state.cache_get, both_read))
+    results: list[str | None] = []
+    threads = [threading.Thread(target=lambda t=tick: results.append(watch(t))) for tick in ticks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results, key=str) == [None, "raised"]
+    assert len(u.notifier.alerts) == 1 and "no run has succeeded" in u.notifier.alerts[0]
 
 
 def test_the_limit_is_configurable() -> None:

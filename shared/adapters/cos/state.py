@@ -493,6 +493,19 @@ class CosStateStore:
     def cache_delete(self, key: str) -> None:
         self._delete(self._cache_key(key))
 
+    def cache_claim(self, key: str, value: str, expires_at: datetime, now: datetime) -> bool:
+        """A create-only PUT, which exactly one writer wins. An expired entry is deleted and
+        the PUT made once more; two claims meeting the same expired entry may then both
+        delete, so keys claimed this way should outlive their use (the alarm's: years)."""
+        document = {"value": value, "expires_at": expires_at.isoformat()}
+        cache_key = self._cache_key(key)
+        if self._create_json(cache_key, document):
+            return True
+        if self.cache_get(key, now) is not None:
+            return False
+        self._delete(cache_key)
+        return self._create_json(cache_key, document)
+
     # pruning ---------------------------------------------------------------
     def prune(self, now: datetime) -> int:
         """Cut the records of runs closed more than PRUNE_AFTER ago down to their last two
