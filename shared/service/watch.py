@@ -49,10 +49,10 @@ def watch(ctx: Context, recent: list[Run] | None = None) -> str | None:
     if problem is None:
         _forget_unsent(ctx, now)  # the episode is over, told or not
     if problem is None and raised is not None:
+        ended = _ended(ctx, raised)  # first: a failed read must not lose the episode's end
         ctx.state.cache_delete(ALARM_KEY)
         log.info("backups recovered", extra={"was": raised})
-        if not ctx.notifier.alert(f"✅ baas-backup recovered: {_ended(ctx, raised)} "
-                                  f"(was: {raised})."):
+        if not ctx.notifier.alert(f"✅ baas-backup recovered: {ended} (was: {raised})."):
             ctx.state.cache_put(ALARM_KEY, raised, now + KEEP)
             _unsent("\"recovered\" message")
             return None

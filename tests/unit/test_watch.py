@@ -158,6 +158,28 @@ def test_recovery_from_a_stuck_restore_says_how_the_restore_ended() -> None:
     assert "succeeded again" not in recovered
 
 
+def test_recovery_from_a_stuck_restore_survives_a_state_store_blip(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading how the restore ended fails once: the episode's end is told at the next
+    tick, not lost with the raised alarm."""
+    u = unit(ScriptedExport({"orders": []}))
+    restore = _stuck_restore(u)
+    closed = u.state.save_run(restore.model_copy(update={"status": RunStatus.SUCCEEDED,
+                                                         "finished_at": u.clock()}))
+    assert closed is not None
+    get_run = u.state.get_run
+
+    def unreachable(run_id: str) -> Run | None:
+        raise StateError("state store unreachable: ConnectTimeout")
+
+    monkeypatch.setattr(u.state, "get_run", unreachable)
+    with pytest.raises(StateError):
+        watch(u.ctx)
+    monkeypatch.setattr(u.state, "get_run", get_run)
+    assert watch(u.ctx) == "recovered"
+    assert f"restore {restore.run_id} ended: succeeded" in u.notifier.alerts[1]
+
+
 def test_recovery_from_a_stuck_restore_that_was_deleted_says_so() -> None:
     u = unit(ScriptedExport({"orders": []}))
     restore = _stuck_restore(u)
