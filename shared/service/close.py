@@ -83,9 +83,10 @@ def _not_closed(exc: Exception) -> str:
 
 
 def _prune(ctx: Context, closed: list[str]) -> None:
-    """Apply retention once runs closed. A prune that fails, or that COS refused deletes,
-    is told through the webhooks as a "retention" alert on the newest run closed (one per
-    failing close): old backups would pile up, and be paid for, with only a log saying so."""
+    """Apply retention once runs closed. A prune that fails, or whose deletes or moves to
+    the cold class COS refused, is told through the webhooks as a "retention" alert on the
+    newest run closed (one per failing close): old backups would pile up, and be paid for,
+    with only a log saying so."""
     if not closed or ctx.config.retention is None:
         return
     from shared.service.prune import prune  # loaded once a run closes: most ticks close none
@@ -103,20 +104,26 @@ def _prune(ctx: Context, closed: list[str]) -> None:
 
 
 # The actions COS checks for deleting and listing under the prefix ("Working with COS API
-# Authorization Policies", https://www.tencentcloud.com/document/product/436/30580).
-_RETENTION_FIX = ("Fix: give the bucket key cos:DeleteObject on {prefix}/* and cos:GetBucket "
-                  "on the prefix (docs/cam-policy.json; `baas-backup doctor` checks the "
-                  "bucket), or wait out a COS outage; then `baas-backup prune` deletes them now "
-                  "and lists what is still not deleted, or the next run's prune does.")
+# Authorization Policies", https://www.tencentcloud.com/document/product/436/30580); a
+# move to the cold class is a HEAD and a copy of the object onto itself (PUT Object - Copy,
+# cloud.tencent.com/document/product/436/10881: cos:GetObject on the source, cos:PutObject
+# on the target).
+_RETENTION_FIX = ("Fix: give the bucket key cos:DeleteObject on {prefix}/* (to move backups "
+                  "to the cold class also cos:HeadObject, cos:GetObject and cos:PutObject) "
+                  "and cos:GetBucket on the prefix (docs/cam-policy.json; `baas-backup "
+                  "doctor` checks the bucket), or wait out a COS outage; then `baas-backup "
+                  "prune` does it now and lists what COS still refuses, or the next run's "
+                  "prune does.")
 _SHOWN = 10  # reasons listed in one alert (robots cut long messages); the log has every one
 
 
 def _refused_text(ctx: Context, run_id: str, refused: list[str]) -> str:
     lines = "\n".join(f"- {reason}" for reason in refused[:_SHOWN])
     more = f"\n- and {len(refused) - _SHOWN} more (the log has them)" if len(refused) > _SHOWN else ""
-    return (f"⚠ retention could not delete what it set out to after backup run {run_id} "
-            f"closed ({len(refused)} refused): old backups stay in the bucket, and are paid "
-            f"for, until this is fixed. The run itself is not affected.\n{lines}{more}\n"
+    return (f"⚠ retention could not delete or move to the cold class what it set out to "
+            f"after backup run {run_id} closed ({len(refused)} refused): old backups stay in "
+            f"the bucket, or in a dearer storage class, and are paid for, until this is "
+            f"fixed. The run itself is not affected.\n{lines}{more}\n"
             + _RETENTION_FIX.format(prefix=ctx.config.destination.prefix))
 
 

@@ -61,8 +61,9 @@ class Plan:
     decisions: list[Decision] = field(default_factory=list)
     jobs: dict[str, Held] = field(default_factory=dict)  # by job id (= backup id)
     runs: dict[str, Run] = field(default_factory=dict)
-    # what COS refused while deleting, one line each (the backups and runs concerned stay
-    # for the next prune): a run closing tells it (close.py), as nobody reads the log
+    # what COS refused while deleting or moving to the cold class, one line each (the
+    # backups and runs concerned stay for the next prune): a run closing tells it
+    # (close.py), as nobody reads the log
     refused: list[str] = field(default_factory=list)
 
     @property
@@ -207,23 +208,26 @@ def _cool(ctx: Context, decided: Plan) -> list[str]:
     moved: list[str] = []
     recorded = _RecordedRestores(ctx)
     for run_id, helds in sorted(due.items()):
-        moved += _cool_run(ctx, run_id, helds, retention.cold_storage_class, recorded)
+        moved += _cool_run(ctx, run_id, helds, retention.cold_storage_class, recorded,
+                           refused=decided.refused)
     return moved
 
 
 def _cool_run(ctx: Context, run_id: str, helds: list[Held], cold_class: str,
-              recorded: _RecordedRestores) -> list[str]:
+              recorded: _RecordedRestores, *, refused: list[str]) -> list[str]:
     """Move one run's due backups to `cold_class`: only those retention's claim (COOLING)
     won over any restore's, as an archived object cannot be read (holds.py); the claim is
     released once they moved. The run's folder is listed once: an object it already shows
     in the cold class costs no HEAD and no claim, so a prune with nothing to move writes
-    nothing."""
+    nothing. What COS refuses is noted in `refused`: the backups stay in a dearer class."""
     try:
         folder = run_folder(ctx.config.destination.prefix, run_id) + "/"
         cold = {i.key for i in ctx.objects.list(folder) if i.storage_class == cold_class}
     except StorageError as exc:  # the next prune tries again
         log.warning("could not list a run to move its backups to cold storage",
                     extra={"run_id": run_id, "reason": str(exc)})
+        refused.append(f"listing run {run_id}'s folder to move its backups to {cold_class}: "
+                       f"{redact(str(exc))}")
         return []
     warm = [h for h in helds if any(k not in cold for k in h.keys)]
     if not warm:
@@ -241,7 +245,7 @@ def _cool_run(ctx: Context, run_id: str, helds: list[Held], cold_class: str,
                                 "cold storage; the next prune moves the rest",
                                 extra={"run_id": run_id})
                     return moved
-                _move(ctx, key, cold_class, moved)
+                _move(ctx, key, cold_class, moved, refused)
     finally:
         if won:
             release(ctx, run_id, COOLING, won)
@@ -254,9 +258,13 @@ def _old_enough(held: Held, cutoff: datetime) -> bool:
     return held.finished_at is not None and held.finished_at <= cutoff
 
 
-def _move(ctx: Context, key: str, cold_class: str, moved: list[str]) -> None:
+def _move(ctx: Context, key: str, cold_class: str, moved: list[str],
+          refused: list[str]) -> None:
     """Move one object to `cold_class` if a HEAD shows it outside it (the listing may be
-    older than a move by another prune); appended to `moved` when moved."""
+    older than a move by another prune); appended to `moved` when moved, to `refused`
+    when COS refused. An object over what one copy moves is not refused: README "Storage
+    classes" says it stays in its class (a COS lifecycle rule can move it), so it is no
+    failure to alert about at every run's close."""
     try:
         info = ctx.objects.head(key)
         if info is not None and info.storage_class != cold_class:
@@ -265,6 +273,8 @@ def _move(ctx: Context, key: str, cold_class: str, moved: list[str]) -> None:
     except StorageError as exc:  # the next prune tries again
         log.warning("could not move a backup to cold storage",
                     extra={"key": key, "reason": str(exc)})
+        if exc.code != "EntityTooLarge":
+            refused.append(f"moving to {cold_class}: {redact(str(exc))}")
 
 
 class _RecordedRestores:

@@ -310,3 +310,71 @@ def test_failed_runs_go_even_when_no_backup_exists_at_all() -> None:
     for gone in runs[:2]:
         assert not u.objects.list(run_folder(u.ctx.config.destination.prefix, gone) + "/")
     assert u.notifier.alerts == []
+
+
+# a move to the cold class that fails is told like a refused delete -----------------
+def _cold_nights(u: Unit) -> str:
+    """Two nightly runs kept (keep_last 5) whose backups are a day old, with
+    `cold_after_days` 1: the next prune moves the first run's backups to ARCHIVE. That
+    run's id."""
+    first, _ = nightly_runs(u, 2, keep_last=5)
+    u.ctx.config = u.ctx.config.model_copy(update={"retention": Retention(
+        keep_last=5, cold_after_days=1)})
+    return first
+
+
+def _signed(what: str, key: str) -> StorageError:
+    return StorageError(f"COS {what} of {key!r} failed: AccessDenied (HTTP 403) at "
+                        f"https://backups-1250000000.cos.ap-guangzhou.myqcloud.com/{key}"
+                        f"?q-ak=AKIDunit&q-signature={SIGNATURE}", key=key, code="AccessDenied")
+
+
+@pytest.mark.parametrize("refused", ["move", "listing"])
+def test_a_move_to_the_cold_class_cos_refuses_after_a_run_closed_sends_a_retention_alert(
+        refused: str) -> None:
+    """README "Storage classes": kept backups move to `cold_storage_class` once old
+    enough. COS refusing the move (the key lacks cos:PutObject, say) or the listing of the
+    run it looks in keeps them in the dearer class, paid for every month, like a delete
+    COS refused: the user must hear it, not find it in a log."""
+    u = unit(ScriptedExport({"orders": list(ROWS)}))
+    first = _cold_nights(u)
+    folder = run_folder(u.ctx.config.destination.prefix, first) + "/"
+    listing = u.objects.list
+
+    def refuses_move(key: str, storage_class: str) -> None:
+        raise _signed("storage class change", key)
+
+    def refuses_listing(prefix: str) -> list[ObjectInfo]:
+        if prefix == folder:
+            raise _signed("list", prefix)
+        return listing(prefix)
+
+    if refused == "move":
+        u.objects.set_storage_class = refuses_move  # type: ignore[method-assign]
+    else:
+        u.objects.list = refuses_listing  # type: ignore[method-assign]
+    closed = _next_night(u, 2)
+
+    (alert,) = u.notifier.alerts
+    assert "retention" in alert and "AccessDenied" in alert and "ARCHIVE" in alert, alert
+    assert "cos:PutObject" in alert and "baas-backup prune" in alert, alert  # the fix
+    assert SIGNATURE not in alert and "AKIDunit" not in alert
+    run = u.state.get_run(closed)
+    assert run is not None and run.status is RunStatus.SUCCEEDED
+
+
+def test_a_backup_too_big_for_one_move_sends_no_retention_alert() -> None:
+    """README "Storage classes": one move copies at most 5 GB, larger objects stay in
+    their class (a COS lifecycle rule can move them). That is the product's stated limit,
+    not a failure to fix: no alert at every run's close for it."""
+    u = unit(ScriptedExport({"orders": list(ROWS)}))
+    _cold_nights(u)
+
+    def too_big(key: str, storage_class: str) -> None:
+        raise StorageError(f"COS storage class change of {key!r}: over 5 GB, which one copy "
+                           "cannot move; a COS lifecycle rule can", key=key, code="EntityTooLarge")
+
+    u.objects.set_storage_class = too_big  # type: ignore[method-assign]
+    _next_night(u, 2)
+
+    assert u.notifier.alerts == []
