@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -392,3 +393,112 @@ def test_the_cli_does_not_say_deleted_of_a_backup_cos_refused_to_delete(
     assert code == 1, out
     assert "deleted 1 backup(s)" in out and "1 not deleted" in out, out
     assert "next prune" in out, out  # what happens to it
+
+
+# what `baas-backup prune` says --------------------------------------------------------
+SIGNATURE = "9f8e7d6c5b4a39281706f5e4d3c2b1a098765432"
+
+
+def cli_config(local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+               **retention: Any) -> Path:
+    config = with_retention(local, **retention)
+    return local.config_file(config, [local.wechat_source(collections=["orders", "users"])],
+                             tmp_path / "backup.yaml", monkeypatch)
+
+
+@pytest.mark.parametrize("refused", ["orders.jsonl", "run-manifest.json"],
+                         ids=["backup-object", "run-folder"])
+def test_the_cli_prints_why_cos_refused_a_delete_and_exits_1(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], refused: str) -> None:
+    """COS's own reason (AccessDenied: the key lacks cos:DeleteObject) is what tells the
+    user what to fix; "the log says which" sends them to a log `prune` never showed. A
+    run folder COS will not empty (its backups gone) is a refusal too: exit 1, not 0. The
+    reason is printed redacted: the SDK's message may carry the signed request URL."""
+    from shared.adapters.cos.objects import CosObjectStore
+
+    runs = runs_made(local, 3)
+    path = cli_config(local, tmp_path, monkeypatch, keep_last=2)
+    key = next(k for k in keys_of(local, runs[0]) if k.endswith(refused))
+    real_delete = CosObjectStore.delete
+
+    def refuses(self: CosObjectStore, deleting: str) -> None:
+        if deleting == key:
+            raise StorageError(
+                f"COS delete of {deleting!r} failed: AccessDenied (HTTP 403) at https://"
+                f"backups-1250000000.cos.ap-guangzhou.myqcloud.com/{deleting}?q-ak=AKIDcli"
+                f"&q-signature={SIGNATURE}", key=deleting, code="AccessDenied")
+        real_delete(self, deleting)
+
+    monkeypatch.setattr(CosObjectStore, "delete", refuses)
+
+    code = cli(["--config", str(path), "prune"])
+
+    out = capsys.readouterr().out
+    assert code == 1, out
+    assert "AccessDenied" in out and key in out, out
+    assert SIGNATURE not in out and "AKIDcli" not in out, out
+
+
+def a_failed_run(local: LocalBackup) -> Run:
+    """A run of one more collection, "lost", whose export failed: it holds no backup."""
+    local.seed("lost", make_docs(2))
+    local.emulator.fail_export(ENV_ID, "lost", "导出失败: collection locked")
+    ctx = local.context(local.config(local.wechat_source(collections=["orders", "users", "lost"])))
+    run, _ = start_run(ctx, idempotency_key="failed", trigger="test",
+                       collections={"shop": ["lost"]})
+    failed = drive(ctx, run)
+    assert failed.status is RunStatus.FAILED
+    return failed
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_a_dry_run_lists_the_runs_it_would_delete_for_holding_nothing(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], as_json: bool) -> None:
+    """keep_last 2: run 1 loses both backups, so it goes too, and so does the failed run
+    (README "Keeping backups": a run left holding nothing, a failed run too, loses its
+    folder and its state rows). A dry run that says what would go must name them: a run
+    manifest and a failure's record are what the user may still be looking for."""
+    first, _ = runs_made(local, 2)
+    ctx = local.context(with_retention(local))  # no policy yet: nothing pruned
+    failed = a_failed_run(local)
+    backup_now(ctx, key="night-3")
+    path = cli_config(local, tmp_path, monkeypatch, keep_last=2)
+
+    code = cli(["--config", str(path), "prune", "--dry-run", *(["--json"] if as_json else [])])
+
+    out = capsys.readouterr().out
+    assert code == 0, out
+    if as_json:
+        runs = {r["run_id"]: r for r in json.loads(out)["runs"]}
+        assert sorted(runs) == sorted([first.run_id, failed.run_id]), out
+        assert {r["verdict"] for r in runs.values()} == {"would delete"}
+        assert runs[failed.run_id]["status"] == "failed"
+    else:
+        assert failed.run_id in out and "would delete 2 run(s)" in out, out
+    assert ctx.state.get_run(failed.run_id) is not None  # a dry run deletes nothing
+    assert ctx.state.get_run(first.run_id) is not None
+
+
+@pytest.mark.parametrize("doing", ["deleting", "moving"])
+def test_a_prune_stopped_at_its_claim_window_says_so_and_that_the_next_continues(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], doing: str) -> None:
+    """Retention deletes (or moves) a backup only within DELETE_WITHIN of claiming it
+    (shared/service/holds.py): past it, the prune stops and leaves the rest. The user must
+    be told it stopped and that the next prune goes on, not that COS refused, nor nothing
+    at all. The window is made zero here: the prune stops before its first delete/move."""
+    runs_made(local, 3)
+    retention: dict[str, Any] = (
+        {"keep_last": 2} if doing == "deleting"
+        else {"keep_last": 5, "cold_after_days": 1 / 86400})  # older than a second
+    path = cli_config(local, tmp_path, monkeypatch, **retention)
+    monkeypatch.setattr("shared.service.prune.DELETE_WITHIN", timedelta(0))
+
+    code = cli(["--config", str(path), "prune"])
+
+    out = capsys.readouterr().out
+    assert code == 1, out  # not all done
+    assert "stopped" in out and "next prune" in out and "continues" in out, out
+    assert "COS refused" not in out, out

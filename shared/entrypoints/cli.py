@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # rich is a CLI-only dependency, kept out of the deployed fun
     from rich.table import Table
     from rich.text import Text
 
-    from shared.service.prune import Held
+    from shared.service.prune import Held, Plan
 
 
 def _seconds(text: str) -> float:
@@ -151,6 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument("--tick", type=_seconds, default=1.0, help="seconds between polls")
     prune = command("prune", help="apply the retention policy now")
     prune.add_argument("--dry-run", action="store_true", help="say what would go; delete nothing")
+    prune.add_argument("--json", action="store_true", help="print what it did as JSON")
     ack = command("ack", help="acknowledge a suspect backup (an intended drop)")
     ack.add_argument("run_id")
     ack.add_argument("source")
@@ -262,7 +263,7 @@ def _command(args: argparse.Namespace) -> int:
     if args.command == "verify":
         return _verify(build_context(config), args)
     if args.command == "prune":
-        return _prune(build_context(config), args.dry_run)
+        return _prune(build_context(config), args.dry_run, args.json)
     if args.command == "restore":
         return _restore(build_context(config), args)
     if args.command == "ack":
@@ -332,9 +333,10 @@ def _verify(ctx: Context, args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _prune(ctx: Context, dry_run: bool) -> int:
-    from rich.table import Table
-
+def _prune(ctx: Context, dry_run: bool, as_json: bool) -> int:
+    """Apply retention (or only say what it would do) and print, backup by backup and run
+    by run, what went; exit 1 when anything it set out to do is left for the next prune
+    (COS refused it, or the prune stopped at its claim window)."""
     from shared.service.prune import prune
 
     if ctx.config.retention is None:
@@ -342,23 +344,102 @@ def _prune(ctx: Context, dry_run: bool) -> int:
                         "(README \"Keeping backups\")")
     decided = prune(ctx, dry_run=dry_run)
     left = set() if dry_run else _not_deleted(ctx, decided.doomed)
-    table = Table(title=f"retention{' (dry run: nothing deleted)' if dry_run else ''}")
-    for column in ("source", "collection", "run", "records", "verdict", "why"):
-        table.add_column(column)
+    told = _Pruned(backups=_backup_rows(decided, dry_run, left),
+                   runs=_run_rows(ctx, decided, dry_run),
+                   refused=[redact(reason) for reason in decided.refused],
+                   stopped=decided.stopped, dry_run=dry_run, left=len(left))
+    if as_json:
+        print(json.dumps(told.as_json(), indent=2, ensure_ascii=False))
+    else:
+        _print_pruned(told)
+    return 0 if told.ok else 1
+
+
+class _Pruned(BaseModel):
+    """What `prune` tells: a row per backup decided and per run left holding nothing."""
+
+    backups: list[dict[str, Any]]  # source, collection, run_id, records, verdict, why
+    runs: list[dict[str, str]]  # run_id, status, verdict, why
+    refused: list[str]  # COS's reasons, redacted
+    stopped: bool  # at the claim window: the next prune continues
+    dry_run: bool
+    left: int  # doomed backups still on record
+
+    @property
+    def ok(self) -> bool:
+        return not (self.left or self.refused or self.stopped)
+
+    def as_json(self) -> dict[str, object]:
+        return {"dry_run": self.dry_run, "ok": self.ok, "backups": self.backups,
+                "runs": self.runs, "refused": self.refused, "stopped": self.stopped}
+
+
+def _backup_rows(decided: Plan, dry_run: bool, left: set[str]) -> list[dict[str, Any]]:
+    rows = []
     for decision in decided.decisions:
         held = decided.jobs[decision.backup.backup_id]
-        records = "" if held.records is None else str(held.records)
         verdict = "keep" if decision.keep else ("would delete" if dry_run else
                                                 "NOT deleted" if held.job_id in left else "deleted")
-        table.add_row(*_text(held.source, held.collection, held.run_id, records, verdict,
-                             ", ".join(decision.reasons)))
-    console().print(table)
-    doomed = len(decided.doomed)
-    print(f"{'would delete' if dry_run else 'deleted'} {doomed - len(left)} backup(s); kept "
-          f"{len(decided.decisions) - doomed}"
-          + (f"; {len(left)} not deleted: COS refused or the prune ran out of time (the log "
-             "says which); the next prune deletes them" if left else ""))
-    return 1 if left else 0
+        rows.append({"source": held.source, "collection": held.collection, "run_id": held.run_id,
+                     "records": held.records, "verdict": verdict, "why": decision.reasons})
+    return rows
+
+
+def _run_rows(ctx: Context, decided: Plan, dry_run: bool) -> list[dict[str, str]]:
+    """The runs retention deletes (would delete) for holding no backup once the doomed
+    ones go (README "Keeping backups"): failed runs too. After a prune, one still on
+    record is NOT deleted (COS refused its folder, or the prune stopped first)."""
+    holding: dict[str, bool] = {}  # by run: whether it holds a backup now
+    for held in decided.jobs.values():
+        holding[held.run_id] = holding.get(held.run_id, False) or not held.holds_nothing
+    rows = []
+    for run_id in decided.emptied_runs():
+        verdict = ("would delete" if dry_run else
+                   "deleted" if ctx.state.get_run(run_id) is None else "NOT deleted")
+        rows.append({"run_id": run_id, "status": decided.runs[run_id].status.value,
+                     "verdict": verdict, "why": ("its backups go (above)" if holding.get(run_id)
+                                                 else "holds no backup")})
+    return rows
+
+
+def _print_pruned(told: _Pruned) -> None:
+    from rich.table import Table
+
+    from shared.service.holds import DELETE_WITHIN
+
+    out = console()
+    table = Table(title=f"retention{' (dry run: nothing deleted)' if told.dry_run else ''}")
+    for column in ("source", "collection", "run", "records", "verdict", "why"):
+        table.add_column(column)
+    for row in told.backups:
+        records = "" if row["records"] is None else str(row["records"])
+        table.add_row(*_text(row["source"], row["collection"], row["run_id"], records,
+                             row["verdict"], ", ".join(row["why"])))
+    out.print(table)
+    if told.runs:
+        runs = Table(title="runs left holding no backup")
+        for column in ("run", "status", "verdict", "why"):
+            runs.add_column(column)
+        for row in told.runs:
+            runs.add_row(*_text(*row.values()))
+        out.print(runs)
+    verb = "would delete" if told.dry_run else "deleted"
+    doomed = [r for r in told.backups if r["verdict"] != "keep"]
+    gone = [r for r in told.runs if r["verdict"] != "NOT deleted"]
+    print(f"{verb} {len(doomed) - told.left} backup(s); kept {len(told.backups) - len(doomed)}"
+          + (f"; {verb} {len(gone)} run(s) left holding no backup" if told.runs else "")
+          + (f"; {told.left} not deleted (the next prune deletes them)" if told.left else ""))
+    if told.refused:
+        # the actions as close.py's retention alert names them (docs/cam-policy.json)
+        print("COS refused (the next prune tries again; the bucket key needs cos:DeleteObject "
+              "on the prefix, cos:HeadObject, cos:GetObject and cos:PutObject to move to the "
+              "cold class, and cos:GetBucket; `baas-backup doctor` checks the bucket):\n"
+              + "\n".join(f"- {reason}" for reason in told.refused))
+    if told.stopped:
+        print(f"stopped: retention deletes or moves a backup only within "
+              f"{DELETE_WITHIN.total_seconds() / 3600:g} h of claiming it, and that ran out "
+              "before it was done; the next prune (`baas-backup prune`, or the next run's "
+              "close) continues with the rest")
 
 
 def _not_deleted(ctx: Context, doomed: list[Held]) -> set[str]:

@@ -65,6 +65,9 @@ class Plan:
     # backups and runs concerned stay for the next prune): a run closing tells it
     # (close.py), as nobody reads the log
     refused: list[str] = field(default_factory=list)
+    # it stopped at its claim window (DELETE_WITHIN) with work left, which the next prune
+    # does: `baas-backup prune` says so
+    stopped: bool = False
 
     @property
     def doomed(self) -> list[Held]:
@@ -145,6 +148,7 @@ def prune(ctx: Context, *, dry_run: bool = False) -> Plan:
             log.warning("retention's claim is too old to go on deleting; the next prune "
                         "deletes the rest", extra={"claimed_at": claimed_at.isoformat()})
             emptied = []  # their backups are not all gone
+            decided.stopped = True
             break
         job = ctx.state.get_job(held.job_id)
         if job is None or job.result is None:  # another prune deleted its run meanwhile
@@ -209,25 +213,26 @@ def _cool(ctx: Context, decided: Plan) -> list[str]:
     recorded = _RecordedRestores(ctx)
     for run_id, helds in sorted(due.items()):
         moved += _cool_run(ctx, run_id, helds, retention.cold_storage_class, recorded,
-                           refused=decided.refused)
+                           decided=decided)
     return moved
 
 
 def _cool_run(ctx: Context, run_id: str, helds: list[Held], cold_class: str,
-              recorded: _RecordedRestores, *, refused: list[str]) -> list[str]:
+              recorded: _RecordedRestores, *, decided: Plan) -> list[str]:
     """Move one run's due backups to `cold_class`: only those retention's claim (COOLING)
     won over any restore's, as an archived object cannot be read (holds.py); the claim is
     released once they moved. The run's folder is listed once: an object it already shows
     in the cold class costs no HEAD and no claim, so a prune with nothing to move writes
-    nothing. What COS refuses is noted in `refused`: the backups stay in a dearer class."""
+    nothing. What COS refuses is noted in the plan's `refused` (the backups stay in a
+    dearer class), a stop at the claim window in its `stopped`."""
     try:
         folder = run_folder(ctx.config.destination.prefix, run_id) + "/"
         cold = {i.key for i in ctx.objects.list(folder) if i.storage_class == cold_class}
     except StorageError as exc:  # the next prune tries again
         log.warning("could not list a run to move its backups to cold storage",
                     extra={"run_id": run_id, "reason": str(exc)})
-        refused.append(f"listing run {run_id}'s folder to move its backups to {cold_class}: "
-                       f"{redact(str(exc))}")
+        decided.refused.append(f"listing run {run_id}'s folder to move its backups to "
+                               f"{cold_class}: {redact(str(exc))}")
         return []
     warm = [h for h in helds if any(k not in cold for k in h.keys)]
     if not warm:
@@ -244,8 +249,9 @@ def _cool_run(ctx: Context, run_id: str, helds: list[Held], cold_class: str,
                     log.warning("retention's claim is too old to go on moving backups to "
                                 "cold storage; the next prune moves the rest",
                                 extra={"run_id": run_id})
+                    decided.stopped = True
                     return moved
-                _move(ctx, key, cold_class, moved, refused)
+                _move(ctx, key, cold_class, moved, decided.refused)
     finally:
         if won:
             release(ctx, run_id, COOLING, won)
