@@ -151,7 +151,9 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument("--tick", type=_seconds, default=1.0, help="seconds between polls")
     prune = command("prune", help="apply the retention policy now")
     prune.add_argument("--dry-run", action="store_true", help="say what would go; delete nothing")
-    prune.add_argument("--json", action="store_true", help="print what it did as JSON")
+    prune.add_argument("--json", action="store_true",
+                       help="print the backups and runs decided, what COS refused and whether "
+                       "it stopped, as JSON")
     ack = command("ack", help="acknowledge a suspect backup (an intended drop)")
     ack.add_argument("run_id")
     ack.add_argument("source")
