@@ -11,7 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-LOADED_LATER = ("shared.domain.manifest", "shared.service.prune", "shared.domain.retention",
+LOADED_LATER = ("shared.domain.manifest", "shared.service.prune", "shared.service.prune_alert",
+                "shared.domain.retention",
                 "shared.service.copy_paged", "shared.service.verify")
 
 
