@@ -165,3 +165,27 @@ def test_verify_of_one_collection_over_http_checks_the_latest_run_that_backed_it
     status, body, _ = api.call("POST", "/runs/latest/verify",
                                body={"source": "shop", "collection": "gone"})
     assert status == 404 and "shop/gone" in body["error"], body
+
+
+def test_a_full_verify_over_http_stops_reading_before_the_trigger_times_out(api: Api) -> None:
+    """A full verify runs inside the trigger's SCF timeout (scf-trigger/serverless.yml):
+    with too little time left to read the objects back it quick-checks them instead and
+    says which, and how to read them back, rather than being killed mid-request."""
+    run_id = str(backed_up(api)["run_id"])
+    status, report, _ = api.call("POST", f"/runs/{run_id}/verify", body={"quick": False},
+                                 invocation={"time_limit_in_ms": 1000})
+    assert status == 200 and report["ok"] and not report["quick"], report
+    keys = [o["key"] for o in report["objects"]]
+    assert keys and report["quick_only"] == keys
+    assert all(o["quick_only"] and o["records"] is None and o["crc64"] == "ok"
+               for o in report["objects"])
+    assert f"baas-backup verify {run_id}" in report["next_step"]
+    assert f"{len(keys)} of {len(keys)} objects" in report["next_step"]
+    status, detail, _ = api.call("GET", f"/runs/{run_id}")
+    assert status == 200 and detail["last_verify"]["quick_only"] == keys
+    assert detail["last_verify"]["next_step"] == report["next_step"]
+
+    status, report, _ = api.call("POST", f"/runs/{run_id}/verify", body={"quick": False},
+                                 invocation={"time_limit_in_ms": 120_000})
+    assert status == 200 and report["quick_only"] == [] and report["next_step"] is None
+    assert all(o["records"] is not None and not o["quick_only"] for o in report["objects"])

@@ -143,8 +143,16 @@ class VerifyBody(BaseModel):
 
 def post_verify(request: Request, params: Mapping[str, str], context: ContextFactory) -> Response:
     """Verify a run's backups now; 200 with the report (`ok` says whether they passed).
-    A failed verify is recorded on the run and sent as an alert."""
-    from shared.service.verify import NothingToVerify, latest_run, record, verify_run
+    A failed verify is recorded on the run and sent as an alert. A full one stops reading
+    objects back in time to answer within the trigger's timeout, like the one at close."""
+    from shared.service.close import verify_out_of_time
+    from shared.service.verify import (
+        NothingToVerify,
+        latest_run,
+        read_back_step,
+        record,
+        verify_run,
+    )
 
     body = valid(VerifyBody, json_object(request))
     ctx = service(context)
@@ -155,8 +163,10 @@ def post_verify(request: Request, params: Mapping[str, str], context: ContextFac
         else:
             backup_run(ctx.state, run_id)
         report = verify_run(ctx, run_id, source=body.source, collection=body.collection,
-                            quick=body.quick)
+                            quick=body.quick, out_of_time=lambda: verify_out_of_time(ctx))
     except NothingToVerify as exc:
         raise HttpError(404, str(exc), "run_id") from None
+    report.next_step = read_back_step(report, "this request's time (the trigger function's "
+                                              "timeout)")
     record(ctx, report)
     return json_response(200, report.as_json())

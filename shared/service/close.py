@@ -108,36 +108,36 @@ def _verify(ctx: Context, run: Run, jobs: list[Job]) -> dict[str, Any] | None:
     from shared.service.verify import problem_lines, verdicts, verify_jobs
 
     report = verify_jobs(ctx, run.run_id, jobs, quick=mode == "quick",
-                         out_of_time=lambda: _verify_out_of_time(ctx))
+                         out_of_time=lambda: verify_out_of_time(ctx))
     problems = problem_lines(report)
     if problems:
         log.error("verify after the run found problems", extra={"problems": problems})
     result = {"mode": mode, "ok": report.ok, "objects": len(report.objects),
               "problems": problems, **verdicts(report)}
     if mode == "full":
-        result.update(_what_was_read(run, report))
+        result.update(_what_was_read(report))
     return result
 
 
-def _verify_out_of_time(ctx: Context) -> bool:
-    """Whether a full verify at close must stop reading objects back, so the run still
-    closes before SCF stops the invocation (a backup too big to read in one would else
-    keep its run open for good, every tick killed the same way). SCF ends an invocation
+def verify_out_of_time(ctx: Context) -> bool:
+    """Whether a full verify must stop reading objects back, so the run still closes (a
+    backup too big to read in one would else keep its run open for good, every tick
+    killed the same way), or the HTTP API still answers (else a bare gateway error),
+    before SCF stops the invocation. SCF ends an invocation
     at the function's timeout (API-NOTES.md, SCF: "timeout 1-900 s"; tencent-scf
     docs/configure.md `timeout`, as scf-poller/serverless.yml notes)."""
     return ctx.stop_by is not None and time.monotonic() >= ctx.stop_by - VERIFY_MARGIN_SECONDS
 
 
-def _what_was_read(run: Run, report: Report) -> dict[str, Any]:
+def _what_was_read(report: Report) -> dict[str, Any]:
     """How many objects a full verify read back; those it only quick-checked, its time
     having run out, and how to read them back: the CLI's verify has no such limit."""
+    from shared.service.verify import read_back_step
+
     read: dict[str, Any] = {"fully_read": report.fully_read}
     if report.quick_only:
         read["quick_only"] = report.quick_only
-        read["next_step"] = (
-            f"{len(report.quick_only)} of {len(report.objects)} objects were only "
-            "quick-checked (size and CRC64), the closing invocation's time having run out "
-            f"before they were read back; to read them back: baas-backup verify {run.run_id}")
+        read["next_step"] = read_back_step(report, "the closing invocation's time")
         log.warning("verify after the run ran out of time", extra=read)
     return read
 

@@ -73,6 +73,7 @@ class Report:
     objects: list[Checked] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)  # not tied to one object
     pruned: list[str] = field(default_factory=list)  # "source/collection" retention deleted
+    next_step: str | None = None  # how to read back what it only quick-checked (quick_only)
 
     @property
     def ok(self) -> bool:
@@ -98,10 +99,9 @@ class Report:
         return {
             "run_id": self.run_id, "quick": self.quick, "ok": self.ok,
             "problems": [p.__dict__ for p in self.problems], "pruned": self.pruned,
-            "not_read": self.not_read,
-            # quick_only: only a verify at close has a time limit (close.py), and says so there
-            "objects": [{**{k: v for k, v in o.__dict__.items()
-                            if k not in ("problems", "quick_only")},
+            "not_read": self.not_read, "quick_only": self.quick_only,
+            "next_step": self.next_step,
+            "objects": [{**{k: v for k, v in o.__dict__.items() if k != "problems"},
                          "ok": o.ok, "problems": [p.__dict__ for p in o.problems]}
                         for o in self.objects],
         }
@@ -129,7 +129,10 @@ def _has_backups(ctx: Context, run_id: str, source: str | None, collection: str 
 
 
 def verify_run(ctx: Context, run_id: str, *, source: str | None = None,
-               collection: str | None = None, quick: bool = False) -> Report:
+               collection: str | None = None, quick: bool = False,
+               out_of_time: OutOfTime | None = None) -> Report:
+    """A full verify stops reading objects back once `out_of_time()` says so (the HTTP
+    API's, inside the trigger's timeout); what is left is quick-checked (`quick_only`)."""
     _not_running(ctx, run_id)
     report = Report(run_id=run_id, quick=quick)
     entries = _backups(ctx, run_id, report)
@@ -144,8 +147,19 @@ def verify_run(ctx: Context, run_id: str, *, source: str | None = None,
         if name in gone:  # retention deleted it on purpose: nothing there to check
             report.pruned.append(name)
         else:
-            report.objects.extend(_verify_backup(ctx, entry, quick))
+            report.objects.extend(_verify_backup(ctx, entry, quick, out_of_time))
     return report
+
+
+def read_back_step(report: Report, whose_time: str) -> str | None:
+    """What to do about the objects a full verify only quick-checked, `whose_time` (e.g.
+    "the closing invocation's time") having run out; None when it read everything back.
+    The CLI's verify has no time limit."""
+    if not report.quick_only:
+        return None
+    return (f"{len(report.quick_only)} of {len(report.objects)} objects were only "
+            f"quick-checked (size and CRC64), {whose_time} having run out before they were "
+            f"read back; to read them back: baas-backup verify {report.run_id}")
 
 
 def _not_running(ctx: Context, run_id: str) -> None:
@@ -304,6 +318,8 @@ def record(ctx: Context, report: Report) -> None:
     found = verdicts(report)
     result = {"at": now.isoformat(), "quick": report.quick, "ok": report.ok, "problems": problems,
               "not_read": report.not_read, **found}
+    if report.quick_only:  # its time ran out (HTTP): what it only quick-checked, what to do
+        result.update(quick_only=report.quick_only, next_step=report.next_step)
     key = f"{run_folder(ctx.config.destination.prefix, report.run_id)}/verify-{now:%Y%m%dT%H%M%S%f}.json"
     ctx.objects.put_json(key, report.as_json())
     text = None
@@ -365,12 +381,13 @@ READ_PROBLEMS = frozenset({"sha256", "count"})  # found only by reading the data
 
 
 def size_only(report: Report) -> set[str]:
-    """The collections a quick verify saw the size of only: it reads no data, and had no
-    CRC64 to compare (a manifest from before CRC64 was recorded, a store that reports
-    none). What reading found wrong there (`read_wrong`) it cannot clear: the content
-    can be wrong at the right size."""
+    """The collections a verify saw the size of only: it read none of an object's data (a
+    quick verify, or a full one whose time ran out before it read the object back:
+    `quick_only`), and had no CRC64 to compare (a manifest from before CRC64 was
+    recorded, a store that reports none). What reading found wrong there (`read_wrong`)
+    it cannot clear: the content can be wrong at the right size."""
     return {f"{o.source}/{o.collection}" for o in report.objects
-            if report.quick and o.crc64 != "ok"}
+            if (report.quick or o.quick_only) and o.crc64 != "ok"}
 
 
 def read_wrong(run: Run) -> set[str]:

@@ -126,11 +126,12 @@ class Api:
     def __post_init__(self) -> None:
         self.trigger = load_handler("trigger")
 
-    def call(self, method: str, path: str, *, gateway: bool = False,
+    def call(self, method: str, path: str, *, gateway: bool = False, invocation: Any = None,
              **kwargs: Any) -> tuple[int, Any, dict[str, str]]:
-        """One request through a Function URL event, or an API Gateway event if `gateway`."""
+        """One request through a Function URL event, or an API Gateway event if `gateway`;
+        `invocation` is SCF's context argument (e.g. its `time_limit_in_ms`)."""
         event = (gateway_event if gateway else url_event)(method, path, **kwargs)
-        response = self.trigger.main_handler(event, None)
+        response = self.trigger.main_handler(event, invocation)
         check_response_shape(response, gateway)
         mount = kwargs.get("api_path", "/").rstrip("/")
         check_against_spec(method, path.removeprefix(mount) or "/", response)

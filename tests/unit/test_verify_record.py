@@ -202,3 +202,25 @@ def test_a_quick_verify_that_compared_no_crc64_does_not_clear_damage_a_full_one_
     assert damaged is not None and unverified(damaged) == {"shop/orders"}, "cleared unread"
     prune(u.ctx)
     assert u.objects.head(first.key) is not None, "the last intact backup was deleted"
+
+
+def test_a_full_verify_out_of_time_does_not_clear_damage_an_earlier_one_found() -> None:
+    """As above, but the later verify is a full one over HTTP that ran out of the
+    trigger's time before reading orders back (`quick_only`): it saw the size only, so
+    the damage a reading found stands and retention keeps run 1's intact backup."""
+    u = unit(ScriptedExport({"orders": list(ROWS)}))
+    runs = nightly_runs(u, 2, keep_last=1)
+    first, second = (u.job(u.state.list_jobs(r)[0].job_id).result for r in runs)
+    assert first is not None and second is not None
+    data = u.objects.objects[second.key]
+    u.objects.objects[second.key] = data.replace(b'"n": 1', b'"n": 7')  # same size
+    record(u.ctx, verify_run(u.ctx, runs[1]))
+
+    cut_short = verify_run(u.ctx, runs[1], out_of_time=lambda: True)
+    assert cut_short.ok and cut_short.quick_only == [second.key]
+    record(u.ctx, cut_short)
+
+    damaged = u.state.get_run(runs[1])
+    assert damaged is not None and unverified(damaged) == {"shop/orders"}, "cleared unread"
+    prune(u.ctx)
+    assert u.objects.head(first.key) is not None, "the last intact backup was deleted"
