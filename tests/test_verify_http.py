@@ -4,12 +4,16 @@ damaged one is named, recorded on the run and in the bucket; quick is the defaul
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from shared.adapters.cos.objects import CosObjectStore
+from shared.domain.errors import StorageError
 from tests.support.api import Api, deploy
 from tests.support.backup import LocalBackup, drive
+from tests.support.leaks import assert_no_secrets
 
 
 @pytest.fixture
@@ -189,3 +193,38 @@ def test_a_full_verify_over_http_stops_reading_before_the_trigger_times_out(api:
                                  invocation={"time_limit_in_ms": 120_000})
     assert status == 200 and report["quick_only"] == [] and report["next_step"] is None
     assert all(o["records"] is not None and not o["quick_only"] for o in report["objects"])
+
+
+SIGNED = ("https://backups-1250000000.cos.ap-guangzhou.myqcloud.com/orders.jsonl"
+          "?q-sign-algorithm=sha1&q-ak=AKIDleaked0000&q-signature=0123456789abcdef0123")
+
+
+def test_a_verify_answer_redacts_its_problems_as_get_run_does(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A storage error quoting a signed URL or a token reaches a problem's detail: the
+    verify's answer, the report in the bucket and the run detail show it redacted."""
+    run_id = str(backed_up(api)["run_id"])
+
+    read = CosObjectStore.iter_read
+
+    def broken(self: CosObjectStore, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        if key.endswith(".json"):  # manifests read as before: only the data breaks off
+            yield from read(self, key, chunk_size)
+            return
+        raise StorageError(f"COS download of {key!r} failed at {SIGNED} "
+                           "(x-cos-security-token: tok-leaked-123456)", key=key)
+
+    monkeypatch.setattr(CosObjectStore, "iter_read", broken)
+    status, report, _ = api.call("POST", f"/runs/{run_id}/verify", body={"quick": False})
+    assert status == 200 and not report["ok"], report
+    details = [p["detail"] for o in report["objects"] for p in o["problems"]]
+    assert details and all("could not be read back" in d for d in details), details
+    assert all("myqcloud.com/orders.jsonl" in d for d in details), details
+    status, detail, _ = api.call("GET", f"/runs/{run_id}")
+    assert status == 200 and detail["last_verify"]["problems"]
+    stored = api.local.objects.read(detail["last_verify"]["report_key"]).decode()
+    run = api.context().state.get_run(run_id)  # kept on the run (and alerted): redacted too
+    assert run is not None and run.summary is not None
+    kept = json.dumps(run.summary["last_verify"])
+    for shown in (json.dumps(report), json.dumps(detail["last_verify"]), stored, kept):
+        assert_no_secrets(shown, ["AKIDleaked0000", "0123456789abcdef0123", "tok-leaked-123456"])

@@ -19,6 +19,7 @@ from shared.domain.errors import StorageError
 from shared.domain.jobs import Job, JobStatus, Run, RunStatus
 from shared.domain.layout import run_folder, run_manifest_key
 from shared.domain.records import counter_for
+from shared.logs import redact
 from shared.service.context import Context
 from shared.service.outbox import claimed, keep_in_reach, settle, with_alert
 
@@ -47,6 +48,11 @@ class Problem:
     what: str  # missing object | missing manifest | size | sha256 | crc64 | count
     where: str  # the object or manifest key
     detail: str
+
+    def as_json(self) -> dict[str, str]:
+        """Redacted, as the run detail shows it (http_api.verify_view): a storage error
+        quoted in `detail` may carry what it was told, a signed URL or a token."""
+        return {"what": self.what, "where": self.where, "detail": redact(self.detail)}
 
 
 @dataclass
@@ -98,11 +104,11 @@ class Report:
     def as_json(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id, "quick": self.quick, "ok": self.ok,
-            "problems": [p.__dict__ for p in self.problems], "pruned": self.pruned,
+            "problems": [p.as_json() for p in self.problems], "pruned": self.pruned,
             "not_read": self.not_read, "quick_only": self.quick_only,
             "next_step": self.next_step,
             "objects": [{**{k: v for k, v in o.__dict__.items() if k != "problems"},
-                         "ok": o.ok, "problems": [p.__dict__ for p in o.problems]}
+                         "ok": o.ok, "problems": [p.as_json() for p in o.problems]}
                         for o in self.objects],
         }
 
@@ -436,5 +442,7 @@ def unverified(run: Run) -> frozenset[str]:
 
 
 def problem_lines(report: Report) -> list[str]:
-    return ([f"{o.source}/{o.collection} {p.what}: {p.detail}" for o in report.objects
-             for p in o.problems] + [f"{p.what}: {p.where}: {p.detail}" for p in report.problems])
+    """One line per problem, redacted: kept on the run and sent as an alert."""
+    return [redact(line) for line in
+            [f"{o.source}/{o.collection} {p.what}: {p.detail}" for o in report.objects
+             for p in o.problems] + [f"{p.what}: {p.where}: {p.detail}" for p in report.problems]]
