@@ -62,7 +62,11 @@ DATA_ROUTES = [("GET", "/runs"), ("POST", "/runs"), ("GET", "/runs/20261121T0200
 EVERY_ROUTE = [("GET", "/"), *DATA_ROUTES]
 
 
-@pytest.mark.parametrize("value", [None, "", "   ", "short-token"])
+NOT_SENDABLE = ["токен-которого-браузер-не-отправит", "a-long-enough-token-🔑-0000",
+                "a-long-enough-tokén-0000", "a-long-enough-token\n0000"]
+
+
+@pytest.mark.parametrize("value", [None, "", "   ", "short-token", *NOT_SENDABLE])
 def test_every_route_is_closed_without_a_configured_token(
     api: Api, monkeypatch: pytest.MonkeyPatch, value: str | None
 ) -> None:
@@ -79,6 +83,20 @@ def test_every_route_is_closed_without_a_configured_token(
     status, body, _ = api.call("POST", "/runs", raw_body="x" * (MAX_BODY_BYTES * 2))
     assert status == 503
     assert api.runs() == [] and api.exports() == 0
+
+
+@pytest.mark.parametrize("value", NOT_SENDABLE)
+def test_a_token_a_browser_cannot_send_closes_the_api_naming_the_fix(
+    api: Api, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """A browser's fetch refuses a header value with a character past U+00FF (and a line
+    break), and sends U+0080-U+00FF as one byte where curl sends UTF-8: the status page
+    could never use such a token. Closed, saying how to set one, without quoting it."""
+    monkeypatch.setenv(TOKEN_ENV, value)
+    status, body, _ = api.call("GET", "/runs", token=value)
+    assert status == 503, body
+    assert "ASCII" in body["error"] and "token_urlsafe" in body["error"], body
+    assert value not in body["error"] and not {"🔑", "é", "т"} & set(body["error"])
 
 
 @pytest.mark.parametrize("method,path", DATA_ROUTES)

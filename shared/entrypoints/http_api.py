@@ -50,6 +50,12 @@ MAX_PAGE = 100
 # \Z, not $: `$` also matches before a final newline, and "<id>\n" sorts after "<id>"
 RUN_ID = re.compile(r"^[0-9]{8}T[0-9]{6}([0-9]{3})?Z-[0-9a-f]{8}\Z")
 _KEY_CHARS = re.compile(r"^[\x21-\x7e]+$")  # visible ASCII: safe in a header and a log line
+# A token the status page can send: fetch() throws on a header value past U+00FF (Headers
+# take a ByteString, https://webidl.spec.whatwg.org/#idl-ByteString) or holding a line
+# break (https://fetch.spec.whatwg.org/#header-value), and sends U+0080-U+00FF as one byte
+# each where curl sends UTF-8; how SCF decodes such bytes is not documented
+# (product/583/96099 shows `headers` as strings only). Only ASCII works from both.
+_SENDABLE = re.compile(r"[\x20-\x7e]+\Z")
 
 JSON_TYPE = "application/json; charset=utf-8"
 _NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
@@ -324,6 +330,11 @@ def _token_problem(environ: Mapping[str, str]) -> HttpError | None:
                               f"{MIN_TOKEN_LENGTH} characters without surrounding spaces; set a "
                               "long random token (python -c 'import secrets; "
                               "print(secrets.token_urlsafe(32))')")
+    if not _SENDABLE.match(token):  # the token itself is never quoted: this answer is public
+        return HttpError(503, f"the HTTP API is closed: {TOKEN_ENV} has a character a browser "
+                              "cannot send in a header (a line break, or one outside ASCII); "
+                              "set a token of ASCII letters, digits and punctuation only "
+                              "(python -c 'import secrets; print(secrets.token_urlsafe(32))')")
     register_secret(token)  # masked wherever it might appear in a log line
     return None
 
