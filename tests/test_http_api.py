@@ -10,6 +10,7 @@ import json
 import re
 import socket
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from openapi_spec_validator import validate as validate_spec
 
 import shared.entrypoints.http_api
 from devkit.sample_data import make_docs
+from shared.domain.jobs import Run, RunStatus, run_id_for, utcnow
 from shared.entrypoints.http_api import MAX_BODY_BYTES, ROUTES, TOKEN_ENV
 from shared.entrypoints.local_server import LocalApiServer
 from tests.support.api import (
@@ -481,6 +483,38 @@ def test_runs_are_listed_newest_first_in_pages(api: Api) -> None:
     assert all(r["totals"]["jobs"] == 1 and r["trigger"] == "http" for r in everything["runs"])
 
 
+def test_restores_are_listed_newest_first_in_pages_like_runs(api: Api) -> None:
+    """GET /restores showed the 20 newest only: older restores could not be reached."""
+    state, now = api.context().state, utcnow()
+    made = []
+    for index in range(3):  # with backup runs between them, which are not listed
+        for operation in ("restore", "backup"):
+            at, key = now + timedelta(minutes=2 * index), f"{operation}-{index}"
+            if operation == "backup":
+                at += timedelta(minutes=1)
+            run = Run(run_id=run_id_for(key, at), idempotency_key=key, trigger="http",
+                      status=RunStatus.SUCCEEDED, operation=operation, created_at=at)
+            state.create_run(run, [])
+            made += [run.run_id] if operation == "restore" else []
+    newest_first = sorted(made, reverse=True)
+
+    _, first, _ = api.call("GET", "/restores", query={"limit": "2"})
+    _, second, _ = api.call("GET", "/restores", query={"limit": "2", "before": first["next"]})
+    _, everything, _ = api.call("GET", "/restores")
+
+    assert [r["restore_id"] for r in first["restores"]] == newest_first[:2]
+    assert first["next"] == newest_first[1]
+    assert [r["restore_id"] for r in second["restores"]] == newest_first[2:]
+    assert second["next"] is None
+    assert [r["restore_id"] for r in everything["restores"]] == newest_first
+    assert everything["next"] is None
+    for query, field in [({"limit": "0"}, "limit"), ({"limit": "101"}, "limit"),
+                         ({"before": "yesterday"}, "before"),
+                         ({"before": newest_first[0] + "\n"}, "before")]:
+        status, body, _ = api.call("GET", "/restores", query=query)
+        assert (status, body["field"]) == (400, field), body
+
+
 @pytest.mark.parametrize("query,field", [
     ({"limit": "0"}, "limit"), ({"limit": "101"}, "limit"), ({"limit": "ten"}, "limit"),
     ({"limit": "-1"}, "limit"), ({"before": "yesterday"}, "before"), ({"page": "2"}, "page"),
@@ -495,7 +529,7 @@ def test_bad_list_parameters_are_named(api: Api, query: dict[str, Any], field: s
     ("POST", "/runs", {"sources": "archive"}, "sources"),  # would back up everything
     ("POST", "/restores", {"preview": "true"}, "preview"),  # would start a real restore
     ("POST", "/runs/latest/verify", {"quick": "false"}, "quick"),
-    ("GET", "/restores", {"limit": "5"}, "limit"),
+    ("GET", "/restores", {"page": "2"}, "page"),
     ("GET", "/collections", {"source": "shop"}, "source"),
     ("GET", "/runs/20261121T020000123Z-1a2b3c4d", {"jobs": "failed"}, "jobs"),
     ("POST", "/runs", {"limit": "5"}, "limit"),  # GET /runs' parameters only on GET

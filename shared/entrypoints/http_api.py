@@ -519,11 +519,7 @@ def _same_request_or_conflict(ctx: Context, run: Run, sources: list[str] | None,
 
 # GET /runs, GET /runs/{run_id} -------------------------------------------------------
 def _list_runs(request: Request, params: Mapping[str, str], context: ContextFactory) -> Response:
-    limit = _limit(request.query.get("limit"))
-    before = request.query.get("before") or None
-    if before is not None and not RUN_ID.match(before):
-        raise HttpError(400, f"before must be a run id like 20261121T020000123Z-1a2b3c4d "
-                             f"(the 'next' of the previous page), got {before[:80]!r}", "before")
+    limit, before = page_query(request)
     store = service(context).state
     runs: list[Run] = []  # backups only: restores are listed by GET /restores
     cursor = before
@@ -538,6 +534,16 @@ def _list_runs(request: Request, params: Mapping[str, str], context: ContextFact
         "runs": [run_view(run, store.list_jobs(run.run_id)) for run in page],
         "next": page[-1].run_id if len(runs) > limit else None,
     })
+
+
+def page_query(request: Request) -> tuple[int, str | None]:
+    """A list's `limit` and `before` (GET /runs, GET /restores), or a 400 naming the one wrong."""
+    limit = _limit(request.query.get("limit"))
+    before = request.query.get("before") or None
+    if before is not None and not RUN_ID.match(before):
+        raise HttpError(400, f"before must be a run id like 20261121T020000123Z-1a2b3c4d "
+                             f"(the 'next' of the previous page), got {before[:80]!r}", "before")
+    return limit, before
 
 
 def _limit(text: str | None) -> int:
@@ -753,7 +759,8 @@ ROUTES: list[Route] = [
     Route("/runs/{run_id}", {"GET": _get_run}),
     Route("/runs/{run_id}/acknowledge", {"POST": _acknowledge}),
     Route("/runs/{run_id}/verify", {"POST": _later("post_verify")}),
-    Route("/restores", {"GET": _later("list_restores"), "POST": _later("post_restore")}),
+    Route("/restores", {"GET": _later("list_restores"), "POST": _later("post_restore")},
+          query={"GET": ("limit", "before")}),
     Route("/restores/{restore_id}", {"GET": _later("get_restore")}),
     Route("/collections", {"GET": _collections}),
     Route("/doctor", {"POST": _doctor}),

@@ -22,13 +22,12 @@ from shared.entrypoints.http_api import (
     iso,
     json_object,
     json_response,
+    page_query,
     service,
     valid,
 )
 from shared.logs import redact
 from shared.service.restore.plan import RestoreRefused, plan_restore, start_restore
-
-RESTORES_LISTED = 20
 
 
 class RestoreBody(BaseModel):
@@ -91,9 +90,15 @@ def _not_answered(source: str, exc: BackupError) -> HttpError:
 
 
 def list_restores(request: Request, params: Mapping[str, str], context: ContextFactory) -> Response:
+    """One page of restores, newest first, paged as GET /runs is."""
+    limit, before = page_query(request)
     store = service(context).state
-    return json_response(200, {"restores": [restore_view(run, store.list_jobs(run.run_id))
-                                            for run in store.list_restores(RESTORES_LISTED)]})
+    listed = store.list_restores(limit + 1, before)  # one more: is there a next page?
+    page = listed[:limit]
+    return json_response(200, {
+        "restores": [restore_view(run, store.list_jobs(run.run_id)) for run in page],
+        "next": page[-1].run_id if len(listed) > limit else None,
+    })
 
 
 def get_restore(request: Request, params: Mapping[str, str], context: ContextFactory) -> Response:
