@@ -123,9 +123,9 @@ def verify_out_of_time(ctx: Context) -> bool:
     """Whether a full verify must stop reading objects back, so the run still closes (a
     backup too big to read in one would else keep its run open for good, every tick
     killed the same way), or the HTTP API still answers (else a bare gateway error),
-    before SCF stops the invocation. SCF ends an invocation
-    at the function's timeout (API-NOTES.md, SCF: "timeout 1-900 s"; tencent-scf
-    docs/configure.md `timeout`, as scf-poller/serverless.yml notes)."""
+    before SCF stops the invocation. SCF ends an invocation at the function's timeout
+    (API-NOTES.md, SCF: "timeout 1-900 s"; tencent-scf docs/configure.md `timeout`, as
+    scf-poller/serverless.yml notes)."""
     return ctx.stop_by is not None and time.monotonic() >= ctx.stop_by - VERIFY_MARGIN_SECONDS
 
 
