@@ -950,3 +950,33 @@ def test_what_verify_found_is_shown_on_the_collections_and_the_card_at_once(
                  "the collection shown damaged", timeout=10, describe=f"{row}.textContent")
         assert "no good backup" in tab.eval(f"{row}.textContent")
         tab.wait(q(f'[data-verify-kept="{run_id}"]'), "the finding on the run's card", timeout=10)
+
+
+def test_a_run_card_says_what_the_verify_after_the_run_only_quick_checked(
+    local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`verify.after_run: full` ran out of the closing invocation's time: the run closed
+    naming the objects it only quick-checked and how to read them back (GET /runs/{id}:
+    verify.next_step), but its card showed none of it, as if all had been read back."""
+    from shared.service import close
+    from tests.support.backup import backup_now
+
+    local.seed("orders", make_docs(5))
+    source = local.wechat_source(collections=["orders"])
+    ctx = local.context(local.config(source, sections={"verify": {"after_run": "full"}}))
+    with monkeypatch.context() as patched:  # no time left to read anything back
+        patched.setattr(close, "_verify_out_of_time", lambda ctx: True)
+        run_id = backup_now(ctx).run_id
+    api = deploy_sources(local, tmp_path, monkeypatch, source)
+    binary = chromium()
+    with serving(api.config_path, tmp_path / "serve.log") as url:
+        elements = parse(headless(binary, f"{url}#token={TOKEN}", tmp_path / "profile",
+                                  "--dump-dom"))
+
+    card = next(e for e in elements if e.tag == "details" and e.attrs.get("data-run-id") == run_id)
+    said = [e for e in elements if e.attrs.get("data-verify-quick-only") == run_id]
+    assert said, card.content
+    assert "1 of 1 objects were only quick-checked" in said[0].content, said[0].content
+    assert f"baas-backup verify {run_id}" in said[0].content, said[0].content
+    assert f"backups/runs/{run_id}/shop/orders.jsonl" in said[0].content, said[0].content
+    assert said[0].content in card.content

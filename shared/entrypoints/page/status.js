@@ -320,6 +320,10 @@ function verifyActions(run) {
 // later): a damaged backup is said on its card after a reload too, not only just after
 // Verify was tapped. `failed` names the collections still found damaged.
 function keptVerify(full) {
+  return verifyFound(full).concat(quickChecked(full));
+}
+
+function verifyFound(full) {
   const newest = full.last_verify || full.verify;
   if (!newest) return [];
   const damaged = newest.failed || [];
@@ -329,6 +333,23 @@ function keptVerify(full) {
     (newest.at ? " (" + when(newest.at) + ")" : "") + (newest.problems.length ? ":" : "."),
     newest.problems.length ? el("ul", { class: "problem-list" },
       ...newest.problems.map((line) => el("li", {}, line))) : null)];
+}
+
+const QUICK_ONLY_LISTED = 10;  // keys named on the card; `next_step` gives the count
+
+// A full verify after the run that ran out of the closing invocation's time read some
+// objects back and only quick-checked the rest (size, CRC64): `next_step` says how many
+// and how to read them back (shared/service/close.py). A later full verify supersedes it.
+function quickChecked(full) {
+  const after = full.verify;
+  if (!after || !after.next_step) return [];
+  if (full.last_verify && full.last_verify.quick === false) return [];
+  const keys = after.quick_only || [];
+  const more = keys.length - QUICK_ONLY_LISTED;
+  return [el("div", { class: "notice", "data-verify-quick-only": full.run_id },
+    "⚠ Verify after the run: " + after.next_step + ".",
+    ...keys.slice(0, QUICK_ONLY_LISTED).map((key) => el("div", { class: "key" }, key)),
+    more > 0 ? el("div", { class: "meta" }, "… and " + more + " more") : null)];
 }
 
 function problemText(p) { return p.what + ": " + p.detail + (p.where ? " (" + p.where + ")" : ""); }
