@@ -980,3 +980,48 @@ def test_a_run_card_says_what_the_verify_after_the_run_only_quick_checked(
     assert f"baas-backup verify {run_id}" in said[0].content, said[0].content
     assert f"backups/runs/{run_id}/shop/orders.jsonl" in said[0].content, said[0].content
     assert said[0].content in card.content
+
+
+# The page's verify requests wait until the test lets them go, as on a slow phone network.
+HOLD_THE_VERIFY = """(() => {
+  const real = window.fetch;
+  window.verifiesSent = 0;
+  let release;
+  window.verifyHeld = new Promise((resolve) => { release = resolve; });
+  window.release = () => release();
+  window.fetch = async (input, init) => {
+    if (init && init.method === "POST" && String(input).endsWith("/verify")) {
+      await window.verifyHeld;
+      window.verifiesSent++;
+    }
+    return real(input, init);
+  };
+  return true;
+})()"""
+
+
+def test_a_refresh_while_a_verify_is_going_keeps_its_button_disabled(
+    toy_served: tuple[Path, str], tmp_path: Path
+) -> None:
+    """Verify tapped, then the list redrawn before its answer came (a refresh): the card's
+    new Verify button was enabled, so a second tap started a second verify (and, on a
+    damaged backup, a second alert) while the first was still going."""
+    _, url = toy_served
+    run_id = back_up(url, {})
+    button = q(f'button.verify[data-run-id="{run_id}"]')
+
+    with phone(tmp_path, url) as tab:
+        open_run(tab, run_id)
+        assert tab.eval(HOLD_THE_VERIFY)
+        tap(tab, f'button.verify[data-run-id="{run_id}"]')
+        tab.wait(f"{button}.disabled", "the Verify button disabled")
+        tab.eval(f"{q('#updated')}.textContent = ''")
+        tap(tab, "#refresh")
+        tab.wait(f"{q('#updated')}.textContent", "the list redrawn")
+        assert tab.eval(f"{button}.disabled"), tab.eval(f"{button}.outerHTML")
+        assert "Verifying" in tab.eval(f"{button}.textContent")
+        tab.eval("window.release()")
+        result = q(f'details[data-run-id="{run_id}"] .verify-result')
+        tab.wait(f"{result}.dataset.verify === 'ok'", "the verify's answer")
+        tab.wait(f"!{button}.disabled", "the Verify button enabled again")
+        assert tab.eval("window.verifiesSent") == 1

@@ -307,13 +307,22 @@ function runCard(run, detail, wasOpen) {
 
 // Verify: the run's backups checked again in the bucket (sizes and CRC64, no data read).
 const verifyResults = new Map();  // run id -> its verify's answer, kept when the list is redrawn
+// Runs whose verify has not answered yet: a card redrawn meanwhile (a refresh) keeps its
+// button disabled, or a second tap would start a second verify, and a second alert.
+const verifying = new Set();
 
 function verifyActions(run) {
   const result = verifyResults.get(run.run_id) || el("div", { class: "verify-result", "aria-live": "polite" });
   verifyResults.set(run.run_id, result);
   const button = el("button", { type: "button", class: "verify", "data-run-id": run.run_id }, "Verify");
+  verifyBusy(button, verifying.has(run.run_id));
   button.addEventListener("click", () => verifyRun(button, run, result));
   return el("div", { class: "run-actions" }, button, result);
+}
+
+function verifyBusy(button, busy) {
+  button.disabled = busy;
+  button.textContent = busy ? "Verifying …" : "Verify";
 }
 
 // What the verifies kept on the run found (the one after the run, the latest asked for
@@ -355,8 +364,9 @@ function quickChecked(full) {
 function problemText(p) { return p.what + ": " + p.detail + (p.where ? " (" + p.where + ")" : ""); }
 
 async function verifyRun(button, run, result) {
-  button.disabled = true;
-  button.textContent = "Verifying …";
+  if (verifying.has(run.run_id)) return;
+  verifying.add(run.run_id);
+  verifyBusy(button, true);
   result.removeAttribute("data-verify");
   result.replaceChildren(el("span", { class: "meta" }, "checking the backups in the bucket …"));
   try {
@@ -383,8 +393,11 @@ async function verifyRun(button, run, result) {
     result.setAttribute("data-verify", "error");
     result.replaceChildren(el("div", { class: "error" }, "Verify did not run: " + error.message));
   } finally {
-    button.disabled = false;
-    button.textContent = "Verify";
+    verifying.delete(run.run_id);
+    // the card may have been redrawn meanwhile: its button now is not the one tapped
+    document.querySelectorAll('button.verify[data-run-id="' + CSS.escape(run.run_id) + '"]')
+      .forEach((shown) => verifyBusy(shown, false));
+    verifyBusy(button, false);
   }
 }
 
