@@ -1025,3 +1025,29 @@ def test_a_refresh_while_a_verify_is_going_keeps_its_button_disabled(
         tab.wait(f"{result}.dataset.verify === 'ok'", "the verify's answer")
         tab.wait(f"!{button}.disabled", "the Verify button enabled again")
         assert tab.eval("window.verifiesSent") == 1
+
+
+def test_started_run_stays_said_for_a_few_refreshes_until_the_next_tap(
+    served: tuple[Api, str], tmp_path: Path
+) -> None:
+    """Back up now said "Started run X.", and the refresh it asked for at once took it
+    down: the user never saw which run the tap started, or that it started at all."""
+    api, url = served
+    back_up(url, {"sources": ["archive"]})
+    # WeChat says "concurrent requests over the env's quota": the export waits, the run goes on
+    api.local.emulator.inject_errcode("/tcb/databasemigrateexport", -501004, times=1000)
+    message = f"{q('#message')}.textContent"
+
+    with phone(tmp_path, url) as tab:
+        tap(tab, "#run-now")
+        tab.wait("document.querySelectorAll('#runs details[data-run-status=running]').length",
+                 "the new run going")
+        run_id = tab.eval(f"{q('#runs details[data-run-status=running]')}.dataset.runId")
+        assert tab.eval(message) == f"Started run {run_id}.", tab.eval(message)
+        assert tab.eval(f"!{q('#message.bad')}")
+        tab.eval(f"{q('#updated')}.textContent = ''")
+        tab.wait(f"{q('#updated')}.textContent", "the next refresh (5 s while a run goes)",
+                 timeout=15)
+        assert tab.eval(message) == f"Started run {run_id}.", tab.eval(message)
+        tap(tab, "#refresh")  # the user's next tap: the confirmation has been read
+        assert tab.eval(message) == "", tab.eval(message)

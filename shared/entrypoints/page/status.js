@@ -68,10 +68,31 @@ function seconds(s) {
 function count(n) { return n === null || n === undefined ? "–" : n.toLocaleString(); }
 function when(iso) { return iso ? new Date(iso).toLocaleString() : "–"; }
 
+// A confirmation ("Started run X.") outlasts the refresh its action asks for at once, and
+// a few more, so it is read; the next tap on a button takes it down (clicked()).
+const TOLD_REFRESHES = 4;
+let toldLeft = 0;  // answered refreshes the confirmation shown stays for
+
 function say(text, bad) {
   const box = $("message");
   box.textContent = text || "";
   box.className = bad ? "bad" : "";
+  toldLeft = 0;
+}
+
+function tell(text) {
+  say(text);
+  toldLeft = TOLD_REFRESHES;
+}
+
+// An answered refresh: whether the confirmation shown has stayed long enough.
+function toldEnough() {
+  toldLeft = Math.max(0, toldLeft - 1);
+  return toldLeft === 0;
+}
+
+function clicked(event) {
+  if (toldLeft && event.target instanceof Element && event.target.closest("button")) say("");
 }
 
 class ApiError extends Error {
@@ -207,7 +228,7 @@ async function acknowledge(button, job) {
     await api("runs/" + encodeURIComponent(job.run_id) + "/acknowledge", { method: "POST",
       body: JSON.stringify({ source: job.source, collection: job.collection }),
       headers: { "Content-Type": "application/json" } });
-    say("Acknowledged " + job.source + " / " + job.collection + ".");
+    tell("Acknowledged " + job.source + " / " + job.collection + ".");
     await load();
   } catch (error) {
     button.disabled = false;
@@ -585,7 +606,7 @@ async function startRestore() {
   try {
     const answer = await postJson("restores", restoreRequest(false), { "Idempotency-Key": restore.key });
     if (opened !== restore.opened || !$("restore").open) {  // closed meanwhile: it started all the same
-      say("Started restore " + answer.restore_id + ".");
+      tell("Started restore " + answer.restore_id + ".");
       loadRestores();
       return;
     }
@@ -597,7 +618,7 @@ async function startRestore() {
     showRestoreProgress({ restore_id: answer.restore_id, status: "running", source: plan.source,
                           collection: plan.collection, target: plan.target, mode: plan.mode,
                           backup_run_id: plan.backup_run_id, records: plan.records, forced: plan.forced });
-    say("Started restore " + answer.restore_id + " into " + plan.source + " / " + plan.target + ".");
+    tell("Started restore " + answer.restore_id + " into " + plan.source + " / " + plan.target + ".");
     followRestore(answer.restore_id);
   } catch (error) {
     if (error.status === 401) { $("restore").close(); failed(error); return; }
@@ -681,7 +702,8 @@ async function load() {
     if (!runs.length) $("runs").append(el("p", { class: "meta" }, "No runs yet. Start one with “Back up now”."));
     const running = runs.some((r) => r.status === "running");
     $("updated").textContent = "updated " + new Date().toLocaleTimeString() + (running ? " · refreshing while runs are going" : "");
-    if (!$("message").classList.contains("bad") || $("message").textContent === refreshSaid) say("");
+    const shown = $("message");
+    if (shown.textContent === refreshSaid || (!shown.classList.contains("bad") && toldEnough())) say("");
     refreshSaid = null;
     runsGoing = running;
     refreshTimer = setTimeout(load, running ? 5000 : 60000);
@@ -705,7 +727,7 @@ async function backUpNow() {
   try {
     const answer = await postJson("runs", {}, { "Idempotency-Key": runKey });
     runKey = null;  // answered: the next tap is a new backup
-    say("Started run " + answer.run_id + ".");
+    tell("Started run " + answer.run_id + ".");
     await load();
   } catch (error) {
     if (error.status >= 400 && error.status < 500) runKey = null;  // refused: nothing started
@@ -715,6 +737,7 @@ async function backUpNow() {
   }
 }
 
+document.addEventListener("click", clicked, true);  // before the tap's own handler says anything
 $("login").addEventListener("submit", (event) => {
   event.preventDefault();
   const token = $("token").value.trim();
