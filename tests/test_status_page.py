@@ -1051,3 +1051,52 @@ def test_started_run_stays_said_for_a_few_refreshes_until_the_next_tap(
         assert tab.eval(message) == f"Started run {run_id}.", tab.eval(message)
         tap(tab, "#refresh")  # the user's next tap: the confirmation has been read
         assert tab.eval(message) == "", tab.eval(message)
+
+
+# The restore's start reaches the server, which starts it, but its answer is lost, as on a
+# phone whose network drops after sending ("Failed to fetch").
+LOSE_THE_FIRST_RESTORE_START_ANSWER = """(() => {
+  const real = window.fetch;
+  window.startsSent = 0;
+  window.fetch = async (input, init) => {
+    const answer = await real(input, init);
+    if (init && init.method === "POST" && String(input).endsWith("/restores")
+        && !JSON.parse(init.body).preview) {
+      window.startsSent++;
+      if (window.startsSent === 1) throw new TypeError("Failed to fetch");
+    }
+    return answer;
+  };
+  return true;
+})()"""
+
+
+def test_a_restore_start_that_got_no_answer_says_it_may_have_started_and_start_is_safe(
+    toy_served: tuple[Path, str], tmp_path: Path
+) -> None:
+    """The restore started but its answer was lost: the dialog said only "Failed to fetch",
+    so the user could not tell whether to tap Start again (and fear a second restore) or
+    not (and have none). It may have started, and Start again is the same restore."""
+    _, url = toy_served
+    run_id = back_up(url, {})
+    target = f"orders_r{run_id[:8]}{run_id[9:13]}"
+
+    with phone(tmp_path, url) as tab:
+        open_run(tab, run_id)
+        tap(tab, restore_button(run_id))
+        wait_for_plan(tab, target)
+        assert tab.eval(LOSE_THE_FIRST_RESTORE_START_ANSWER)
+        tap(tab, "#restore-start")
+        said = tab.wait(f"{q('#restore-error')}.textContent", "what became of the start")
+        assert "may have started" in said and "Start again" in said, said
+        assert "Failed to fetch" in said, said  # what the browser said, too
+        tab.wait(f"!{q('#restore-start')}.disabled", "Start enabled again", describe=DIALOG)
+        tap(tab, "#restore-start")  # as the dialog says: safe
+        restore_id = tab.wait(f"({q('#restore-progress [data-restore-id]')} || {{}}).dataset?.restoreId",
+                              "the restore's progress", describe=DIALOG)
+        assert tab.eval("window.startsSent") == 2
+        assert not tab.eval(f"{q('#restore-error')}.textContent")
+
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    listed = httpx.get(url + "restores", headers=auth, timeout=30).json()["restores"]
+    assert [r["restore_id"] for r in listed] == [restore_id]  # two taps, one restore

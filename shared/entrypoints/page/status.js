@@ -622,15 +622,15 @@ async function startRestore() {
     followRestore(answer.restore_id);
   } catch (error) {
     if (error.status === 401) { $("restore").close(); failed(error); return; }
+    const refused = error.status >= 400 && error.status < 500;  // else it may have started
     if (opened !== restore.opened || !$("restore").open) {  // closed meanwhile: say it here
-      const refused = error.status >= 400 && error.status < 500;  // else it may have started
       say("The restore of " + job.source + " / " + job.collection + (refused
           ? " did not start: " : " got no answer (it may have started: see Restores): ") +
           error.message, true);
       return;
     }
     if (error.field === "force") showProblems([error.message]);
-    else $("restore-error").textContent = error.message;
+    else $("restore-error").textContent = refused ? error.message : noAnswerText(error);
   } finally {
     if (opened === restore.opened) {
       $("restore-setup").inert = false;
@@ -638,6 +638,17 @@ async function startRestore() {
       restoreReady();
     }
   }
+}
+
+// No answer (the network dropped it, a 5xx): the restore may have started. Start again
+// sends the same Idempotency-Key (restore.key: a changed form gets a new one), and the API
+// answers a resent key with the restore it started, or starts it now (POST /restores:
+// shared/service/restore/plan.py, _resent and start_restore).
+function noAnswerText(error) {
+  return (error.status ? "HTTP " + error.status : "No answer") + " (" + error.message +
+         "): the restore may have started. Tapping Start " +
+         "again without changing anything is safe: it is sent with the same Idempotency-Key, so " +
+         "it shows that restore, or starts it if it did not start. Restores lists what started.";
 }
 
 function showRestoreProgress(r) {
