@@ -1100,3 +1100,32 @@ def test_a_restore_start_that_got_no_answer_says_it_may_have_started_and_start_i
     auth = {"Authorization": f"Bearer {TOKEN}"}
     listed = httpx.get(url + "restores", headers=auth, timeout=30).json()["restores"]
     assert [r["restore_id"] for r in listed] == [restore_id]  # two taps, one restore
+
+
+def test_verify_of_a_partly_pruned_run_says_what_retention_deleted(
+    local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retention deleted the run's backup of shop/orders (a newer one is kept), not that of
+    shop/users: Verify said "✓ 1 backup object ... in the bucket", silent on the backup it
+    did not check, as if the run held only one, or orders had been checked too."""
+    api = deploy(local, tmp_path, monkeypatch)
+    document = yaml.safe_load(api.config_path.read_text(encoding="utf-8"))
+    document["retention"] = {"keep_last": 1}
+    api.config_path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    with serving(api.config_path, tmp_path / "serve.log") as url:
+        old = back_up(url, {"sources": ["shop"]})
+        back_up(url, {"collections": {"shop": ["orders"]}})  # its close prunes old's orders
+        jobs = httpx.get(url + f"runs/{old}", headers={"Authorization": f"Bearer {TOKEN}"},
+                         timeout=30).json()["jobs"]
+        assert {j["collection"]: j["pruned"] for j in jobs} == {"orders": True, "users": False}
+        result = q(f'details[data-run-id="{old}"] .verify-result')
+
+        with phone(tmp_path, url) as tab:
+            open_run(tab, old)
+            tap(tab, f'button.verify[data-run-id="{old}"]')
+            tab.wait(f"{result}.dataset.verify === 'ok'", "the verify's answer",
+                     describe=f"{result}.textContent")
+            said = tab.eval(f"{result}.textContent")
+            assert "✓ 1 backup object" in said, said
+            assert "shop/orders" in said and "deleted by retention" in said, said
+            assert "shop/users" not in said, said

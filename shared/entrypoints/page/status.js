@@ -382,6 +382,16 @@ function quickChecked(full) {
     more > 0 ? el("div", { class: "meta" }, "… and " + more + " more") : null)];
 }
 
+// The run's backups retention deleted on purpose (`pruned` in the verify's report,
+// "source/collection"): not checked, as nothing of them is left, and not a problem.
+function prunedNote(report) {
+  const pruned = report.pruned || [];
+  if (!pruned.length) return [];
+  return [el("div", { class: "meta", "data-verify-pruned": pruned.join(" ") },
+    (report.objects.length ? "Not checked: " : "Nothing left to check: ") + pruned.join(", ") +
+    (pruned.length === 1 ? " was" : " were") + " deleted by retention, as the retention rules in the config decided.")];
+}
+
 function problemText(p) { return p.what + ": " + p.detail + (p.where ? " (" + p.where + ")" : ""); }
 
 async function verifyRun(button, run, result) {
@@ -396,15 +406,17 @@ async function verifyRun(button, run, result) {
     result.setAttribute("data-verify", report.ok ? "ok" : "problems");
     if (report.ok) {
       const unchecked = report.objects.filter((o) => o.crc64 !== "ok").length;
-      result.replaceChildren(el("div", { class: "ok" },
+      result.replaceChildren(report.objects.length ? el("div", { class: "ok" },
         "✓ " + report.objects.length + (report.objects.length === 1 ? " backup object" : " backup objects") +
         " and their manifests are in the bucket with the recorded sizes" +
-        (unchecked ? " (" + unchecked + " without a CRC64 to compare)" : " and CRC64") + "."));
+        (unchecked ? " (" + unchecked + " without a CRC64 to compare)" : " and CRC64") + ".") : null,
+        ...prunedNote(report));
     } else {
       result.replaceChildren(
         el("div", { class: "error" }, "✗ Verify found " + problems.length +
            (problems.length === 1 ? " problem" : " problems") + ":"),
-        el("ul", { class: "problem-list" }, ...problems.map((p) => el("li", {}, problemText(p)))));
+        el("ul", { class: "problem-list" }, ...problems.map((p) => el("li", {}, problemText(p)))),
+        ...prunedNote(report));
     }
     // the verify is kept on the run: the Collections table and the run's card show what it
     // found now, not at the next refresh (a minute away while no run is going)
