@@ -7,6 +7,7 @@ function's `{"doctor": true}` event; the HTTP route answers the same report."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -407,6 +408,20 @@ def finisher_not_deployed(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
                        ROLE["TENCENTCLOUD_SESSIONTOKEN"])
 
 
+def finisher_cannot_load_its_config(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The finisher deployed without a variable the config names (its environment edited in
+    the console, or `scf deploy --target` of another instance after adding a source): it
+    answers an Invoke, yet fails every copy, since each starts by loading the config."""
+    def finisher_without_the_secret(event: dict[str, Any]) -> Any:
+        saved = os.environ.pop("WECHAT_SECRET")  # the doctor waits on this Invoke meanwhile
+        try:
+            return handle_finisher(event)
+        finally:
+            os.environ["WECHAT_SECRET"] = saved
+
+    site.cloud.add_function(FINISHER, finisher_without_the_secret, region=REGION)
+
+
 def no_role_keys(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ROLE:
         monkeypatch.delenv(name)
@@ -440,6 +455,8 @@ FAILURES: list[tuple[Mutation, str, list[str], list[str]]] = [
                                               '"resource": ["*"]'], []),
     (finisher_not_deployed, "finisher", ["ResourceNotFound.Function", "baas-backup-copier",
                                          "scf-finisher/serverless.yml"], []),
+    (finisher_cannot_load_its_config, "finisher", ["cannot load its config", "sources[0].secret",
+                                                    "WECHAT_SECRET", "scf-finisher/serverless.yml"], []),
     (no_role_keys, "finisher", ["no credentials to invoke the finisher", "TENCENTCLOUD_SECRETID"], []),
     (webhook_unreachable, "notify.webhooks[0]", ["unreachable", "ConnectError", "host 127.0.0.1"], []),
 ]

@@ -252,6 +252,13 @@ class ScfDispatcher:
             raise _Refused(f"the finisher {target.function!r} was invoked but does not know the "
                            f"doctor's event (it answered {answered[:200]!r}); deploy the current "
                            "package to it")
+        refused = _finisher_config_error(answered)
+        if refused is not None:
+            raise _Refused(f"the finisher {target.function!r} answered, but cannot load its config, "
+                           f"so it would fail every copy: {refused[:1500]}. Give it the same "
+                           "environment variables as the trigger (scf-finisher/serverless.yml "
+                           "environment.variables, or its console) and the same package "
+                           "(scripts/package --config backup.yaml, then scf deploy of all three)")
         return (f"invoked {target.function!r} (namespace {target.namespace}, {target.region}) "
                 "with these keys; it answered")
 
@@ -275,6 +282,18 @@ class ScfDispatcher:
         result = response.Result
         return {"request_id": str(response.RequestId or ""),
                 "function_request_id": str(getattr(result, "FunctionRequestId", "") or "")}
+
+
+def _finisher_config_error(answered: str) -> str | None:
+    """The config error the finisher's doctor answer reports (shared/entrypoints/scf.py),
+    or None when it loaded its config (a finisher older than that check says only ok)."""
+    try:
+        answer = json.loads(answered)
+    except ValueError:
+        return None
+    if not isinstance(answer, dict) or answer.get("ok") is not False:
+        return None
+    return str(answer.get("error") or "no reason given")
 
 
 def scoped_invoke_refused(code: str, message: str, target: ScfTarget) -> str:

@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from shared.bootstrap import build_context, doctor_subject
-from shared.config import load_config
-from shared.logs import configure_logging, log_context
+from shared.config import ConfigError, load_config
+from shared.logs import configure_logging, log_context, redact
 from shared.service.context import Context
 
 log = logging.getLogger(__name__)
@@ -218,10 +218,20 @@ def _finish_request(event: object) -> FinishRequest:
         raise _malformed(f"{_problems(exc)}: {fix}") from None
 
 
+def _finisher_doctor() -> dict[str, Any]:
+    """`doctor` invokes the finisher to prove the role may, and that this finisher (its own
+    environment and package) can load the config every copy starts with: a variable
+    missing here alone would fail every copy while the Invoke succeeds. Touches nothing."""
+    try:
+        load_config()
+    except ConfigError as exc:  # the problems as written, never a value; not the file's path
+        return {"doctor": "finisher", "ok": False, "error": redact("; ".join(exc.problems))}
+    return {"doctor": "finisher", "ok": True}
+
+
 def handle_finisher(event: dict[str, Any], invocation: object = None) -> dict[str, Any]:
     if isinstance(event, dict) and event.get("doctor") is True:
-        # `doctor` invokes the finisher this way to prove the role may: answer, touch nothing
-        return {"doctor": "finisher", "ok": True}
+        return _finisher_doctor()
     from shared.service.finish import finish
 
     request = _finish_request(event)  # before the context: a wrong event needs no config
