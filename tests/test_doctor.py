@@ -143,6 +143,8 @@ def test_every_check_passes_on_a_good_deployment(
     # the probe objects are gone
     listed = site.local.objects.list(f"{site.local.destination.prefix}/")
     assert not [o.key for o in listed if "_doctor/" in o.key or "/probe/" in o.key]
+    assert site.local.objects.uploads_under(f"{site.local.destination.prefix}/_doctor/") == ()
+    assert "aborted it" in checks["probe object"]["detail"]  # the multipart path was tried too
     assert SECRET not in json.dumps(report) and ROLE["TENCENTCLOUD_SECRETKEY"] not in json.dumps(report)
 
 
@@ -353,6 +355,26 @@ def delete_ignored(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(S3Response, "delete_object", lambda self: (204, {}, ""))
 
 
+ACCESS_DENIED = ('<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
+                 "<Message>Access Denied.</Message><RequestId>doctor-test</RequestId></Error>")
+
+
+def multipart_not_granted(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys that may put, get and delete an object but not start a multipart upload (a policy
+    written without the multipart actions): every copy larger than one part fails."""
+    from moto.s3.responses import S3Response
+
+    original = S3Response._key_response_post
+
+    def refusing_uploads(self: Any, request: Any, body: bytes, bucket: str, query: dict[str, Any],
+                         key: str) -> Any:
+        if "uploads" in query:
+            return 403, {"Content-Type": "application/xml"}, ACCESS_DENIED
+        return original(self, request, body, bucket, query, key)
+
+    monkeypatch.setattr(S3Response, "_key_response_post", refusing_uploads)
+
+
 def overwrite_allowed(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
     """A bucket that ignores both create-only headers."""
     from moto.s3.responses import S3Response
@@ -440,6 +462,8 @@ FAILURES: list[tuple[Mutation, str, list[str], list[str]]] = [
     (bucket_missing, "bucket", ["NoSuchBucket", "destination.bucket", "destination.region"],
      ["probe object", "create-only writes", "state"]),
     (delete_ignored, "probe object", ["still there after DeleteObject", "cos:DeleteObject"], []),
+    (multipart_not_granted, "probe object", ["multipart upload", "AccessDenied",
+                                             "name/cos:InitiateMultipartUpload"], []),
     (overwrite_allowed, "create-only writes", ["overwrite an existing object", "mysql+pymysql://"],
      ["state"]),
     (versioning_suspended, "create-only writes", ["Suspended", "x-cos-forbid-overwrite",

@@ -75,6 +75,32 @@ def _write_probe(store: StateStore, kind: str) -> None:
                          f"the functions write runs, jobs and tokens there: {advice}") from None
 
 
+# What a copy longer than one part and the poller's sweep of abandoned uploads ask of COS
+# (COS API authorization policies, cloud.tencent.com/document/product/436/30580).
+_MULTIPART_ACTIONS = ("name/cos:InitiateMultipartUpload, name/cos:UploadPart, "
+                      "name/cos:CompleteMultipartUpload, name/cos:ListMultipartUploads and "
+                      "name/cos:AbortMultipartUpload")
+
+
+def _multipart_probe(store: CosObjectStore, key: str) -> None:
+    """Every copy longer than one part (destination.part_size_mb) is a multipart upload, and
+    the poller lists and aborts the ones left behind: keys allowed single PUTs only pass the
+    probe object, then fail every larger backup. The upload is aborted, never completed: a
+    completed one would take destination.storage_class, and an archive class bills the
+    early delete."""
+    try:
+        upload = store.begin_upload(key, "application/octet-stream")
+        try:
+            store.upload_part(key, upload, 1, b'{"doctor": "probe"}\n')
+            store.open_uploads(key)
+        finally:
+            store.abort_upload(key, upload)
+    except StorageError as exc:
+        raise StorageError(f"a multipart upload, which every copy longer than one part uses, "
+                           f"failed: {exc}; the role needs {_MULTIPART_ACTIONS} on the prefix "
+                           "(build/cam-policy.json)", key=key, code=exc.code) from None
+
+
 class CloudDeployment:
     def __init__(self, config: Config, environ: Mapping[str, str]) -> None:
         self._config = config
@@ -119,7 +145,9 @@ class CloudDeployment:
             raise StorageError(f"the probe object {key!r} is still there after DeleteObject: the "
                                "role needs cos:DeleteObject on the prefix (build/cam-policy.json)",
                                key=key)
-        return f"wrote, read back and deleted {key!r}"
+        _multipart_probe(store, f"{self._prefix}_doctor/{uuid.uuid4().hex}.multipart")
+        return (f"wrote, read back and deleted {key!r}; started a multipart upload, uploaded a "
+                "part, listed the open uploads and aborted it")
 
     def create_only(self) -> str | None:
         if self._config.state.backend != "cos":
