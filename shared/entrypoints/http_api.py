@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 TOKEN_ENV = "BAAS_BACKUP_API_TOKEN"  # noqa: S105 (the variable's name, not a token)
 MIN_TOKEN_LENGTH = 16
+# .env.example's placeholders start so (BAAS_BACKUP_API_TOKEN=replace-with-a-long-random-token):
+# long enough, but published with the code, and the Function URL is open to the internet.
+PLACEHOLDER_PREFIX = "replace-with"
 MAX_BODY_BYTES = 16 * 1024
 MAX_IDEMPOTENCY_KEY = 200
 HTTP_START_BUDGET_SECONDS = 10.0  # a person waits for POST /runs; the trigger's timeout is 120 s
@@ -330,6 +333,11 @@ def _token_problem(environ: Mapping[str, str]) -> HttpError | None:
                               f"{MIN_TOKEN_LENGTH} characters without surrounding spaces; set a "
                               "long random token (python -c 'import secrets; "
                               "print(secrets.token_urlsafe(32))')")
+    if token.lower().startswith(PLACEHOLDER_PREFIX):
+        return HttpError(503, f"the HTTP API is closed: {TOKEN_ENV} is still the placeholder "
+                              ".env.example ships, which anyone can read in the repository; set a "
+                              "long random token of your own in .env (python -c 'import secrets; "
+                              "print(secrets.token_urlsafe(32))') and scf deploy again")
     if not _SENDABLE.match(token):  # the token itself is never quoted: this answer is public
         return HttpError(503, f"the HTTP API is closed: {TOKEN_ENV} has a character a browser "
                               "cannot send in a header (a line break, or one outside ASCII); "
