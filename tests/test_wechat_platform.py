@@ -8,7 +8,7 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -18,9 +18,11 @@ from devkit.sample_data import make_docs
 from shared.domain.jobs import JobStatus, Run, RunStatus
 from shared.logs import configure_logging
 from shared.platforms.wechat import tokens as wechat_tokens
+from shared.platforms.wechat.platform import WeChatClient
 from shared.platforms.wechat.settings import VERIFY_TICKET_ENV
 from shared.service.context import Context
 from tests.support.backup import LocalBackup, backup_now
+from tests.support.wechat import at_once
 
 COMPONENT = "wx00000000000000c1"
 COMPONENT_SECRET = "component-secret-8a7b6c"
@@ -292,3 +294,29 @@ def test_a_kept_refresh_token_survives_a_failure_that_is_not_its_refusal(platfor
     run = backup_now(ctx, key="night-3")
 
     assert run.status is RunStatus.SUCCEEDED, [j.error for j in ctx.state.list_jobs(run.run_id)]
+
+
+def test_calls_at_once_after_the_tokens_expired_exchange_the_refresh_token_once(
+    platform: Platform,
+) -> None:
+    """The poller calls one source's client from several threads. When WeChat hands back a
+    new authorizer_refresh_token with each exchange (the old one then refused), a second
+    exchange at the same moment offers the used-up one: refused, it must neither fail that
+    call nor drop the refresh token the first exchange kept, or every backup after it fails
+    until the mini program authorizes the platform again."""
+    emulator = platform.local.emulator
+    emulator.rotate_refresh_tokens = True
+    source = platform.source(platform.app_b())
+    assert backup_now(platform.context(source), key="night-1").status is RunStatus.SUCCEEDED
+    emulator.expire_tokens()
+    emulator.latency = 0.2  # the calls overlap on the wire, as a distant WeChat's do
+    client = cast(WeChatClient, platform.context(source).platforms.get("shop-b"))
+
+    assert at_once(client.probe, 6) == []
+
+    emulator.latency = 0
+    ctx = platform.context(source)
+    run = backup_now(ctx, key="night-2")
+    assert run.status is RunStatus.SUCCEEDED, [j.error for j in ctx.state.list_jobs(run.run_id)]
+    # night-1; then refused once for the expired component token, and with a fresh one
+    assert emulator.calls[AUTHORIZER_TOKEN] == 3 and emulator.calls[COMPONENT_TOKEN] == 2

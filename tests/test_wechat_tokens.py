@@ -20,6 +20,7 @@ from shared.domain.jobs import JobStatus, Run, RunStatus
 from shared.platforms.wechat.platform import WeChatClient
 from shared.service.context import Context
 from tests.support.backup import APPID, SECRET, LocalBackup, backup_now
+from tests.support.wechat import at_once
 
 STABLE = "/cgi-bin/stable_token"
 LEGACY = "/cgi-bin/token"
@@ -295,3 +296,19 @@ def test_a_token_service_refusing_us_says_what_to_check(
     assert run.status is RunStatus.FAILED
     assert "answered HTTP 401" in error and "check the url and authorization" in error
     assert "key=abc" not in error and "wrong-key" not in error
+
+
+def test_calls_at_once_without_a_token_fetch_one_legacy_token(local: LocalBackup) -> None:
+    """Each cgi-bin/token call retires the token before it about five minutes later
+    (API-NOTES.md, WeChat: "Token, legacy"). The poller calls one source's client from
+    several threads: a token fetched by each of them would retire the ones the others
+    cached and use, and the mini program's other servers' too, several times over."""
+    local.seed("orders", [])
+    local.emulator.latency = 0.2  # the calls overlap on the wire, as a distant WeChat's do
+    client = cast(WeChatClient, local.context(local.config(
+        local.wechat_source(token="legacy_token"))).platforms.get("shop"))
+
+    assert at_once(client.probe, 6) == []
+
+    assert local.emulator.calls[LEGACY] == 1
+    assert local.emulator.calls["/tcb/databasecollectionget"] == 6

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -22,3 +23,25 @@ def wechat_emulator() -> Iterator[WeChatEmulator]:
         yield emulator
     finally:
         emulator.stop()
+
+
+def at_once(call: Callable[[], object], times: int) -> list[Exception]:
+    """`call` from `times` threads released together, as the poller's workers call one
+    source's client; what each raised (empty when every call succeeded). With the
+    emulator's ``latency`` set, the calls overlap on the wire."""
+    start = threading.Barrier(times)
+    raised: list[Exception] = []
+
+    def one() -> None:
+        start.wait()
+        try:
+            call()
+        except Exception as exc:  # handed back to the test
+            raised.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(times)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return raised

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
@@ -127,23 +128,35 @@ class CachedToken:
         self._cache = cache
         self._key = key
         self._fetch = fetch  # (token to avoid) -> (token, expires_in)
+        # The poller calls one source's client from several threads. One fetch at a time,
+        # the others then take what it stored: each cgi-bin/token call retires the token
+        # before it (API-NOTES.md, WeChat, "Token, legacy"), and an authorizer refresh token
+        # WeChat replaces in an exchange is refused to the exchanges racing it.
+        self._fetching = threading.Lock()
 
     def token(self) -> str:
         cached = self._cache.cache_get(self._key, _now())
         if cached:
             register_secret(cached)
             return cached
-        return self._fetch_and_store(None)
+        with self._fetching:
+            cached = self._cache.cache_get(self._key, _now())
+            if cached:  # fetched by another thread while this one waited
+                register_secret(cached)
+                return cached
+            return self._fetch_and_store(None)
 
     def renew(self, rejected: str, reason: str) -> str:
-        cached = self._cache.cache_get(self._key, _now())
-        if cached and cached != rejected:
-            return cached  # another function renewed it meanwhile
-        self._cache.cache_delete(self._key)
-        try:
-            return self._fetch_and_store(rejected)
-        except _StableTokenHandedBack as exc:
-            raise Retryable(f"{reason}: {exc}") from None  # with the errcode WeChat gave
+        with self._fetching:
+            cached = self._cache.cache_get(self._key, _now())
+            if cached and cached != rejected:
+                register_secret(cached)
+                return cached  # another thread or function renewed it meanwhile
+            self._cache.cache_delete(self._key)
+            try:
+                return self._fetch_and_store(rejected)
+            except _StableTokenHandedBack as exc:
+                raise Retryable(f"{reason}: {exc}") from None  # with the errcode WeChat gave
 
     def _fetch_and_store(self, avoid: str | None) -> str:
         token, expires_in = self._fetch(avoid)
