@@ -312,3 +312,23 @@ def test_calls_at_once_without_a_token_fetch_one_legacy_token(local: LocalBackup
 
     assert local.emulator.calls[LEGACY] == 1
     assert local.emulator.calls["/tcb/databasecollectionget"] == 6
+
+
+def test_two_envs_of_one_mini_program_called_at_once_fetch_one_legacy_token(
+    local: LocalBackup,
+) -> None:
+    """Two sources, the prod and test envs of one mini program, share its token: their
+    clients fetching one each at the same moment would retire each other's."""
+    local.emulator.add_env(APPID, "shop-test-9z8y")
+    local.emulator.add_collection("shop-test-9z8y", "orders", [])
+    local.seed("orders", [])
+    local.emulator.latency = 0.2
+    ctx = local.context(local.config(
+        local.wechat_source(token="legacy_token"),
+        local.wechat_source("shop-test", env="shop-test-9z8y", token="legacy_token")))
+    clients = [cast(WeChatClient, ctx.platforms.get(name)) for name in ("shop", "shop-test")]
+    pending = clients * 3  # list.pop is atomic: each thread takes one
+
+    assert at_once(lambda: pending.pop().probe(), 6) == []
+
+    assert local.emulator.calls[LEGACY] == 1

@@ -120,6 +120,20 @@ class _StableTokenHandedBack(Retryable):
         )
 
 
+_FETCH_LOCKS: dict[str, threading.Lock] = {}
+_FETCH_LOCKS_GUARD = threading.Lock()
+
+
+def _fetch_lock(key: str) -> threading.Lock:
+    """One fetch of a cached token at a time in this process, whichever source's client
+    asks (the poller calls them from several threads; two sources may be two envs of one
+    mini program); the others then take what it stored. Each cgi-bin/token call retires the
+    token before it (API-NOTES.md, WeChat, "Token, legacy"), and an authorizer refresh
+    token WeChat replaces in an exchange is refused to the exchanges racing it."""
+    with _FETCH_LOCKS_GUARD:
+        return _FETCH_LOCKS.setdefault(key, threading.Lock())
+
+
 class CachedToken:
     """A token this product fetches itself, shared through the state table's cache."""
 
@@ -128,11 +142,7 @@ class CachedToken:
         self._cache = cache
         self._key = key
         self._fetch = fetch  # (token to avoid) -> (token, expires_in)
-        # The poller calls one source's client from several threads. One fetch at a time,
-        # the others then take what it stored: each cgi-bin/token call retires the token
-        # before it (API-NOTES.md, WeChat, "Token, legacy"), and an authorizer refresh token
-        # WeChat replaces in an exchange is refused to the exchanges racing it.
-        self._fetching = threading.Lock()
+        self._fetching = _fetch_lock(key)
 
     def token(self) -> str:
         cached = self._cache.cache_get(self._key, _now())
