@@ -120,6 +120,27 @@ def test_collections_created_while_listing_are_not_missed(local: LocalBackup) ->
     assert local.emulator.calls[LISTING] == 2 + 2  # one inconsistent listing, then a clean one
 
 
+def test_a_collection_dropped_and_one_created_while_listing_miss_no_other(
+    local: LocalBackup,
+) -> None:
+    """databasecollectionget pages by offset (limit, offset; pager.Total: databaseCollectionGet's
+    Request parameters). A collection dropped ahead of the next page's offset shifts every
+    later one back by one: the first of them falls between the pages. One created after
+    them keeps the total as it was, so only the pages' seams can tell."""
+    for index in range(150):
+        local.seed(f"c{index:03d}", [])
+    local.emulator.create_while_listing(ENV_ID, ["zz-new"])  # sorts last: after the seam
+    local.emulator.drop_while_listing(ENV_ID, ["c000"])  # sorts first: ahead of the seam
+    ctx = local.context(local.config(local.wechat_source(collections="all", include=["c1??"])))
+
+    run = backup_now(ctx)
+
+    assert run.status is RunStatus.SUCCEEDED
+    jobs = sorted(j.collection for j in ctx.state.list_jobs(run.run_id))
+    assert jobs == [f"c{index}" for index in range(100, 150)]  # c100 first among them
+    assert "zz-new" in run_manifest(local, run)["discovery"]["shop"]["found"]
+
+
 def test_a_source_that_cannot_be_listed_fails_the_run_while_others_are_backed_up(
     local: LocalBackup,
 ) -> None:

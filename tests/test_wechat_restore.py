@@ -97,8 +97,9 @@ def test_target_exists_and_count_page_through_the_listing(
     assert client.target_exists("orders") and client.target_exists("extra-4")
     assert not client.target_exists("missing")
     assert client.count("orders") == 40 and client.count("extra-3") == 3
-    # each answer is a fresh listing: 6 collections in pages of 2
-    assert shop.emulator.calls["/tcb/databasecollectionget"] == 5 * 3
+    # each answer is a fresh listing: 6 collections in pages of 2, each after the first
+    # starting at the last one read (1 new per page)
+    assert shop.emulator.calls["/tcb/databasecollectionget"] == 5 * 5
     with pytest.raises(Fatal, match="'missing' does not exist"):
         client.count("missing")
 

@@ -739,6 +739,7 @@ class WeChatEmulator(LocalEmulator):
         self._tokens: dict[str, _Token] = {}
         self._components: dict[str, _Component] = {}
         self._created_while_listing: dict[str, list[str]] = {}
+        self._dropped_while_listing: dict[str, list[str]] = {}
         self._jobs: dict[int, _Job] = {}
         self._next_job_id = 100_000_001
         self._injections: dict[str, collections.deque[_Injection]] = {}
@@ -1021,13 +1022,20 @@ class WeChatEmulator(LocalEmulator):
             for restore in self._imports.values():
                 restore.polls_until_ready = 0
 
+    def drop_while_listing(self, env: str, names: list[str]) -> None:
+        """The next listing page answered for ``env`` is followed at once by the drop of
+        these collections (with ``create_while_listing``: the total can stay the same)."""
+        with self._lock:
+            self._dropped_while_listing.setdefault(env, []).extend(names)
+
     def clear_faults(self) -> None:
         """Forget injected errcodes, failing exports and imports, misreported counts,
-        truncations, doomed links, refused uploads and pending collection creations."""
+        truncations, doomed links, refused uploads and pending collection creations and drops."""
         with self._lock:
             self._failing_imports.clear()
             self._upload_refusals.clear()
             self._created_while_listing.clear()
+            self._dropped_while_listing.clear()
             self._injections.clear()
             self._answers_to_lose.clear()
             self._failing.clear()
@@ -1347,6 +1355,8 @@ class WeChatEmulator(LocalEmulator):
             page = ordered[offset : offset + limit]
             for name in self._created_while_listing.pop(env.env, []):
                 env.collections[name] = _Collection(name, 0, 0, docs=[])  # after this page
+            for name in self._dropped_while_listing.pop(env.env, []):
+                env.collections.pop(name, None)
             return {
                 "collections": [
                     {

@@ -173,16 +173,28 @@ class WeChatClient(WeChatRestore):
         )
 
     def _one_listing(self, page: int) -> tuple[list[str], list[int], bool]:
+        """Pages by offset, each page after the first asked from one before the next offset:
+        its first collection must be the last one read. Else a collection was dropped (or
+        created) ahead of the offset and the list moved by it between the pages, which a
+        total kept by a creation elsewhere would not show: a collection on the seam would be
+        skipped without a sign (databaseCollectionGet pages by limit and offset, page cited
+        at _listed_items)."""
         names: list[str] = []
         counts: dict[str, int] = {}
         totals: list[int] = []  # each page's, in order
         offset = 0
+        seams_held = True
         while True:
-            answer = self._listing_page(offset, page)
+            answer = self._listing_page(offset - 1 if names else 0, page)
             items = self._listed_items(answer)
             total = self._listed_total(answer)
             if total not in totals:
                 totals.append(total)
+            if names:
+                if not items or items[0]["name"] != names[-1]:
+                    seams_held = False  # the list moved between the pages: read it again
+                    break
+                items = items[1:]
             names.extend(str(item["name"]) for item in items)
             counts.update({str(item["name"]): count for item in items
                            if (count := whole_number(item.get("count"))) is not None})
@@ -190,7 +202,7 @@ class WeChatClient(WeChatRestore):
             if not items or offset >= total:
                 break
         unique = list(dict.fromkeys(names))
-        consistent = len(totals) == 1 and len(unique) == len(names) == total
+        consistent = seams_held and len(totals) == 1 and len(unique) == len(names) == total
         self._counts = counts
         return unique, totals, consistent
 
