@@ -39,8 +39,13 @@ _Self = TypeVar("_Self", bound="LocalEmulator")
 
 
 def json_bytes(document: Any) -> bytes:
-    """A JSON answer body: UTF-8, non-ASCII characters kept as they are."""
-    return json.dumps(document, ensure_ascii=False).encode("utf-8")
+    """A JSON answer body: UTF-8, non-ASCII characters kept as they are; a text holding a
+    lone surrogate (half an emoji) goes out with `\\uXXXX` escapes, as JSON.stringify
+    writes it, instead of failing the answer."""
+    try:
+        return json.dumps(document, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(document).encode("ascii")
 
 
 class EmulatorServer(ThreadingHTTPServer, Generic[_Emulator]):

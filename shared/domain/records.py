@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Protocol
 
 from pydantic_core import from_json
@@ -87,7 +88,13 @@ def _is_object(line: bytes) -> bool:
     try:
         # pydantic-core's Rust parser: about three times the standard library's speed here
         return isinstance(from_json(line), dict)
-    except ValueError:  # not JSON, or not UTF-8
+    except ValueError:  # not JSON, not UTF-8, or a lone surrogate escape (below)
+        pass
+    try:
+        # "\ud800" alone is valid JSON (RFC 8259 section 7 allows any \uXXXX escape), and
+        # JavaScript's JSON.stringify writes a lone surrogate that way; pydantic-core refuses it
+        return isinstance(json.loads(line.decode("utf-8")), dict)
+    except ValueError:  # not JSON, or not UTF-8 (UnicodeDecodeError is a ValueError)
         return False
 
 
