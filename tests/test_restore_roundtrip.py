@@ -600,6 +600,27 @@ def test_a_finished_onedb_restore_says_its_objects_were_all_written(
     assert progress["objects_sent"] == 1, progress
 
 
+def test_a_onedb_row_holding_half_an_emoji_is_restored_and_found_as_backed_up(
+        local: LocalBackup, onedb_emulator: OneDBEmulator, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lone surrogate (`\\ud83d`, valid JSON, as JSON.stringify writes it) and an integer
+    beyond 64 bits: written back exactly, then found in the table paged back. The check
+    that pages it back failed on the surrogate (orjson refuses it) and the restore with it."""
+    rows: list[dict[str, Any]] = [
+        {"ids": {"userId": "u1", "seq": 1}, "columns": {"nick": "cut \ud83d", "n": 2**70 + 1}},
+        {"ids": {"userId": "u2", "seq": 1}, "columns": {"nick": "whole 🐼", "n": None}}]
+    onedb_emulator.add_table(ENV_ID, APP, "events", ["userId", "seq"], rows)
+    api = deploy_sources(local, tmp_path, monkeypatch, onedb_source(local, onedb_emulator))
+    run_id = backed_up(api, "crm", "events")
+    assert onedb_emulator.wipe(ENV_ID, APP, "events") == 2
+
+    view = restored(api, run_id=run_id, source="crm", collection="events", into="events")
+
+    assert view["status"] == "succeeded", view
+    assert view["progress"]["rows_written"] == 2, view["progress"]
+    assert onedb_emulator.table_rows(ENV_ID, APP, "events") == rows
+
+
 def test_a_used_idempotency_key_is_a_409_even_for_a_source_not_configured(
         local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """README (Restoring): a key already used for another restore is answered 409 "before

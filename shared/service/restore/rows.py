@@ -13,6 +13,7 @@ doubled. At the end the target is paged back and every backup row must be in it.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 import time
@@ -194,7 +195,13 @@ def _lines(ctx: Context, stored: StoredObject, skip: int) -> Iterator[bytes]:
 def _row_digest(line: bytes) -> bytes:
     import orjson
 
-    return hashlib.sha256(orjson.dumps(orjson.loads(line), option=orjson.OPT_SORT_KEYS)).digest()
+    try:
+        return hashlib.sha256(orjson.dumps(orjson.loads(line), option=orjson.OPT_SORT_KEYS)).digest()
+    except orjson.JSONDecodeError:
+        # a lone surrogate escape (half an emoji, `\ud83d`) or NaN: valid in a backup line,
+        # refused by orjson; the standard library reads both (the same row gets the same form)
+        canonical = json.dumps(json.loads(line), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode("ascii")).digest()
 
 
 def _compare(ctx: Context, hold: CopyHold, platform: RowImportPlatform,
