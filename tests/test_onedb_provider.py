@@ -211,6 +211,21 @@ def test_tricky_rows_and_keys_page_exactly(onedb_emulator: OneDBEmulator) -> Non
     assert onedb_emulator.calls["getMany"] == 4
 
 
+def test_a_key_holding_half_an_emoji_at_a_page_edge_is_sent_back_as_the_next_start(
+        onedb_emulator: OneDBEmulator) -> None:
+    """A key value cut in the middle of an emoji (a lone surrogate; JSON.stringify writes it
+    as `\\ud83d`) named by nextId goes back as the next page's `ids`, escaped. The request
+    body could not be encoded (UnicodeEncodeError) and the table could not be copied."""
+    rows = [{"ids": {"id": key}, "columns": {"n": n}}
+            for n, key in enumerate(["a", "b \ud83d", "c", "d"])]
+    onedb_emulator.add_table(ENV_ID, APP, "nicks", ["id"], rows)
+    onedb_emulator.page_cap = 1  # every row opens a page: its key is a nextId
+    provider = OneDBClient(_source(onedb_emulator, tables=[{"name": "nicks", "keys": ["id"]}]),
+                           SERVICES)
+    assert _all_rows(provider, "nicks") == rows
+    assert provider.count("nicks") == 4
+
+
 @pytest.mark.parametrize("exclusive", [False, True], ids=["inclusive", "exclusive"])
 def test_a_next_id_naming_its_own_last_row_pages_every_row_once(
         onedb_emulator: OneDBEmulator, exclusive: bool) -> None:

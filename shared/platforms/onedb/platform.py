@@ -54,6 +54,7 @@ from shared.platforms.onedb.wire import (
     drop_stored,
     next_cursor,
     page_rows,
+    request_body,
     skipped,
     skipped_row,
     stored_cursor,
@@ -252,12 +253,10 @@ class OneDBClient(RowRestore):
         headers = {"envid": self.source.envid, "keyid": self.source.keyid,
                    "Authorization": f"Bearer {token}"}
         call = f"OneDB {body.get('action')} of {collection!r}"
+        sent = raw if raw is not None else request_body(body)
         try:
-            if raw is not None:
-                response = self._http.post(self.source.endpoint, content=raw,
-                                           headers={**headers, "Content-Type": "application/json"})
-            else:
-                response = self._http.post(self.source.endpoint, json=body, headers=headers)
+            response = self._http.post(self.source.endpoint, content=sent,
+                                       headers={**headers, "Content-Type": "application/json"})
         except httpx.TransportError as exc:
             raise Retryable(f"{call}: {describe_transport_error(exc)}") from None
         status = response.status_code

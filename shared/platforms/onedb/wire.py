@@ -186,6 +186,16 @@ def _stdlib_line(item: dict[str, Any]) -> bytes:
         return (json.dumps(item, separators=(",", ":")) + "\n").encode("ascii")
 
 
+def request_body(body: dict[str, Any]) -> bytes:
+    """A request as httpx's `json=` sends it (compact, UTF-8), except that a lone surrogate
+    (half an emoji in a key value a cursor or a row names; JSON.stringify writes it as
+    `\\ud83d`) goes as its escape instead of failing the call with UnicodeEncodeError."""
+    try:
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(body, separators=(",", ":")).encode("ascii")
+
+
 def _next_ids(value: Any, collection: str, keys: list[str]) -> dict[str, Any] | None:
     """nextId while rows follow, null (or absent) after the last page. The document's sample
     (cloud database API, getMany: "nextId") can be read as `{"ids": {...}}` or as the bare
