@@ -110,6 +110,29 @@ def test_a_rejected_token_is_signed_again_once(onedb_emulator: OneDBEmulator) ->
         provider.fetch_page("events", None)
 
 
+def test_errors_keeping_their_own_http_status_are_told_apart_by_their_title(
+        onedb_emulator: OneDBEmulator) -> None:
+    """The document changes only 400 to 200 (返回内容 → 失败), so a refusal may come as 401,
+    403 or 404 with the errCode body. Each was taken by its status alone: a key without the
+    cdb app, or an unknown key, was told to check key_secret and the clock; a table that
+    does not exist, to check region and api_base."""
+    onedb_emulator.problem_status = True
+    onedb_emulator.add_generated_table(ENV_ID, APP, "events", 10)
+    onedb_emulator.add_key(ENV_ID, "no-cdb", KEY_SECRET, cdb=False)
+    with pytest.raises(Fatal, match="AppHub"):
+        OneDBClient(_source(onedb_emulator, keyid="no-cdb"), SERVICES).fetch_page("events", None)
+    with pytest.raises(Fatal, match="fix keyid"):
+        OneDBClient(_source(onedb_emulator, keyid="no-such-key"), SERVICES).fetch_page("events", None)
+    with pytest.raises(TableUnknown, match="has no table 'orderz'"):
+        OneDBClient(_source(onedb_emulator, tables=["orderz"]), SERVICES).fetch_page("orderz", None)
+    provider = OneDBClient(_source(onedb_emulator), SERVICES)
+    onedb_emulator.inject("reject_token")  # a 401 about the token: signed again once
+    assert len(_rows(provider, provider.fetch_page("events", None))) == 10
+    onedb_emulator.set_key_secret(ENV_ID, KEY_ID, "rotated-000000000")
+    with pytest.raises(Fatal, match="freshly signed token was rejected too"):
+        provider.fetch_page("events", None)
+
+
 def test_busy_is_retried_in_the_call(onedb_emulator: OneDBEmulator) -> None:
     onedb_emulator.add_generated_table(ENV_ID, APP, "events", 10)
     onedb_emulator.inject("busy")

@@ -193,6 +193,20 @@ def test_insert_never_overwrites(onedb_emulator: OneDBEmulator) -> None:
     assert _rows(onedb_emulator, "events") == [generated_row(0), changed, generated_row(2)]
 
 
+def test_refusals_keeping_their_own_http_status_restore_alike(onedb_emulator: OneDBEmulator) -> None:
+    """Only 400 is answered as 200 (API doc, 返回内容 → 失败): a notExist create of a row that
+    is there may come as 409, a missing table as 404, with the errCode body. Both were taken
+    for a wrong address ("check region and api_base"): an insert into a table holding some
+    of the rows failed, and a missing target was not recognised as missing."""
+    onedb_emulator.problem_status = True
+    onedb_emulator.add_table(ENV_ID, APP, "events", KEYS, [generated_row(0)])
+    client = _client(onedb_emulator)
+    assert client.write_row("events", "insert", _line(generated_row(0))) == "kept"
+    assert client.write_row("events", "insert", _line(generated_row(1))) == "written"
+    assert _rows(onedb_emulator, "events") == [generated_row(0), generated_row(1)]
+    assert not client.target_exists("nowhere")
+
+
 def test_upsert_overwrites_the_whole_row(onedb_emulator: OneDBEmulator) -> None:
     changed = {"ids": generated_row(1)["ids"], "columns": {"name": "changed", "added": 1}}
     onedb_emulator.add_table(ENV_ID, APP, "events", KEYS, [changed])

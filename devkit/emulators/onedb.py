@@ -20,9 +20,10 @@ A real HTTP server (stdlib ``ThreadingHTTPServer`` in a background thread, bound
 - composite primary keys, compared column by column (numbers before strings);
 - errors as HTTP 200 with ``errCode`` 1 and a ``title``/``type``/``detail``/``instance``
   body (bad or expired tokens, unknown environment/key/table, missing permission, bad
-  arguments), plus injectable faults (busy, rate limit, HTTP 502, dropped connection,
-  a write applied and then its connection dropped, a getMany answer in another shape),
-  per action;
+  arguments; ``problem_status``: in the HTTP status each names instead, 401, 403, 404,
+  409, 429 or 503, as the document allows by changing only 400 to 200), plus injectable
+  faults (busy, rate limit, HTTP 502, dropped connection, a write applied and then its
+  connection dropped, a getMany answer in another shape), per action;
 - a rate limit (calls a second, every action counted) answered with HTTP 429 and
   ``Retry-After``.
 
@@ -110,10 +111,11 @@ def generated_row(index: int) -> dict[str, Any]:
 class _CdbError(Exception):
     """An answer with errCode (HTTP 200, as the API does)."""
 
-    def __init__(self, title: str, err_code: int = 1) -> None:
+    def __init__(self, title: str, err_code: int = 1, status: int | None = None) -> None:
         super().__init__(title)
         self.title = title
         self.err_code = err_code
+        self.status = status  # with problem_status: this answer's own HTTP status
 
 
 def _bad_args(detail: str) -> _CdbError:
@@ -134,6 +136,12 @@ ROW_EXISTS = "条件检查失败：该ID的数据已存在 (condition check fail
 ROW_MISSING = "条件检查失败：该ID的数据不存在 (condition check failed: no such row)"
 BUSY = "系统繁忙，请稍后重试 (system busy, try again later)"
 RATE_LIMITED = "请求过于频繁 (too many requests)"
+# The HTTP status each error keeps when only 400 is answered as 200 (problem_status).
+PROBLEM_STATUS = {
+    TOKEN_MISSING: 401, TOKEN_INVALID: 401, TOKEN_EXPIRED: 401, TOKEN_NO_EXPIRY: 401,
+    TOKEN_IDENTITY: 401, ENV_UNKNOWN: 401, KEY_UNKNOWN: 401, NO_PERMISSION: 403,
+    TABLE_UNKNOWN: 404, BUSY: 503, RATE_LIMITED: 429,
+}
 
 
 # --------------------------------------------------------------------------- tables
@@ -314,6 +322,10 @@ class OneDBEmulator(LocalEmulator):
         # getMany's start `ids` exclusive (the rows after it), not inclusive: the document
         # only says "即查询范围的起始 id" (getMany), so both readings are emulated
         self.start_exclusive = False
+        # Errors in the HTTP status they name (401, 403, 404, 409, 429, 503), the body still
+        # the errCode problem: the document changes only 400 to 200 ("失败": "更改了状态码 400
+        # 为 200"), so the other statuses of the problem standard it follows may stay
+        self.problem_status = False
         self.conflict_title = ROW_EXISTS  # create/update notExist on an existing row
         self.missing_title = ROW_MISSING  # create/update/delete exist on a missing row
         self.refused = 0
@@ -514,9 +526,9 @@ class OneDBEmulator(LocalEmulator):
                 raise _bad_args(f"主键 {name} 的值必须是字符串或整数 (key values are strings or integers)")
         index, found = table.find(ids)
         if kind == "notExist" and found:
-            raise _CdbError(self.conflict_title)
+            raise _CdbError(self.conflict_title, status=409)
         if kind == "exist" and not found:
-            raise _CdbError(self.missing_title)
+            raise _CdbError(self.missing_title, status=404)
         if action == "delete":
             table.remove(ids)
             return {"success": True}
@@ -532,7 +544,7 @@ class OneDBEmulator(LocalEmulator):
                                  if k in condition} or None)
         current = table.row(index)["columns"] if found else {}
         if found and not _passes(current, checked):
-            raise _CdbError(self.missing_title)
+            raise _CdbError(self.missing_title, status=404)
         table.put({"ids": ids, "columns": {**current, **columns}})
         return {"ids": ids}
 
@@ -624,7 +636,12 @@ class OneDBEmulator(LocalEmulator):
                 answer = _reshaped(answer, fault)
             return 200, answer
         except _CdbError as exc:
-            return 200, _error_body(exc, body, headers)
+            return self._error_status(exc), _error_body(exc, body, headers)
+
+    def _error_status(self, exc: _CdbError) -> int:
+        if not self.problem_status:
+            return 200
+        return exc.status or PROBLEM_STATUS.get(exc.title, 200)
 
 
 def _reshaped(answer: dict[str, Any], fault: str) -> dict[str, Any]:

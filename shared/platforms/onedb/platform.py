@@ -52,8 +52,10 @@ from shared.platforms.onedb.wire import (
     classify,
     cursor_start,
     drop_stored,
+    known_refusal,
     next_cursor,
     page_rows,
+    problem,
     request_body,
     skipped,
     skipped_row,
@@ -260,6 +262,9 @@ class OneDBClient(RowRestore):
         except httpx.TransportError as exc:
             raise Retryable(f"{call}: {describe_transport_error(exc)}") from None
         status = response.status_code
+        taken = self._titled_refusal(response, collection, accept)
+        if taken is not None:
+            return taken
         if status >= 500:
             raise Retryable(f"{call}: HTTP {status}")
         if status == 429:  # RFC 9110 §10.2.3: Retry-After is seconds or an HTTP date
@@ -283,10 +288,29 @@ class OneDBClient(RowRestore):
         if not isinstance(answer, dict):
             raise Retryable(f"{call}: answer is not a JSON object")
         if _failed(answer):
-            if accept is not None and accept(answer):
-                return _Answer(answer, None)
-            raise classify(answer, self.source, collection)
+            return self._refused(answer, collection, accept)
         return _Answer(answer, answer.get("nextId"))
+
+    def _titled_refusal(self, response: httpx.Response, collection: str,
+                        accept: Callable[[dict[str, Any]], bool] | None) -> _Answer | None:
+        """A 4xx other than 429 carrying the errCode body. The API document changes only 400
+        to 200 ("遵循最新的通用 HTTP 异常返回标准草案,但是更改了状态码 400 为 200",
+        https://www.baasapi.com/docs/cdb, 返回内容 → 失败), so 401, 403, 404, 409 may stay,
+        each with its title. A title this product knows (or `accept` takes) says more than
+        the status; None: judge by the status."""
+        if not 400 <= response.status_code < 500 or response.status_code == 429:
+            return None
+        answer = problem(response.content)
+        if answer is None or not (known_refusal(answer) or (accept is not None and accept(answer))):
+            return None
+        return self._refused(answer, collection, accept)
+
+    def _refused(self, answer: dict[str, Any], collection: str,
+                 accept: Callable[[dict[str, Any]], bool] | None) -> _Answer:
+        """An errCode answer: returned when `accept` takes it, else raised as classified."""
+        if accept is not None and accept(answer):
+            return _Answer(answer, None)
+        raise classify(answer, self.source, collection)
 
     def _token(self, *, fresh: bool = False) -> str:
         """The bearer token, signed again when it is close to expiring (or when asked)."""

@@ -92,6 +92,15 @@ def _failed(answer: dict[str, Any]) -> bool:
     return answer.get("errCode") not in (None, 0, "0", "")
 
 
+def problem(content: bytes) -> dict[str, Any] | None:
+    """The errCode body of an answer in another HTTP status than 200, or None."""
+    try:
+        answer = json.loads(content)
+    except ValueError:
+        return None
+    return answer if isinstance(answer, dict) and _failed(answer) else None
+
+
 @dataclass(frozen=True)
 class _Answer:
     """A successful getMany: decoded, or still raw with its nextId read from the tail."""
