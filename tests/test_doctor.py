@@ -33,7 +33,7 @@ from shared.entrypoints.scf import handle_finisher
 from tests.support.api import TOKEN, check_against_spec, url_event
 from tests.support.backup import FAST_TIMING, SECRET, LocalBackup
 from tests.support.handlers import load_handler
-from tests.support.mysql import PASSWORD_ENV, MariaDB
+from tests.support.mysql import PASSWORD_ENV, MariaDB, full_login_without_rsa
 from tests.support.onedb import APP, KEY_ID, KEY_SECRET, onedb_source
 from tests.support.onedb import ENV_ID as ONEDB_ENV
 from tests.support.proxy import RecordingProxy
@@ -578,6 +578,28 @@ def test_the_state_check_fails_on_a_database_that_refuses_writes(
     assert report["ok"] is False and state["status"] == "failed", state
     for words in ("refused a write", READ_ONLY, "INSERT, UPDATE and DELETE", "state.url"):
         assert words in state["detail"], state
+    assert mariadb.password not in json.dumps(report)
+
+
+def test_the_state_check_names_the_fix_for_a_login_that_needs_cryptography(
+    site: Site, mariadb: MariaDB, mysql_database: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """MySQL 8 without TLS asking for its full login: the doctor says which auth plugin
+    and how to fix it, not "install cryptography" (the SCF package cannot) or "check the
+    host and the allow-list" (they are fine)."""
+    monkeypatch.setenv(PASSWORD_ENV, mariadb.password)
+    site.document["state"] = {"url": mariadb.config_url(mysql_database)}
+
+    with monkeypatch.context() as patched:  # undone before the database is dropped
+        full_login_without_rsa(patched)
+        report = site.doctor("cli", capsys=capsys)
+
+    state = by_check(report)["state"]
+    assert report["ok"] is False and state["status"] == "failed", state
+    for words in ("caching_sha2_password", "enable SSL encryption", "mysql_native_password"):
+        assert words in state["detail"], state
+    assert "allow-list" not in state["detail"]
     assert mariadb.password not in json.dumps(report)
 
 

@@ -14,13 +14,14 @@ import pymysql
 import pytest
 import sqlalchemy as sa
 
+from shared.adapters import sql_state
 from shared.adapters.sql_state import SqlStateStore
 from shared.adapters.state import open_store
 from shared.config import ConfigError, StateSettings, parse_config
 from shared.domain.errors import StateError
 from shared.domain.jobs import IllegalTransition, Job, JobStatus, Run, utcnow
 from shared.logs import JsonFormatter, redact
-from tests.support.mysql import MariaDB
+from tests.support.mysql import MariaDB, full_login_without_rsa
 
 PASSWORD = "Tr0ub4dor-and-3-horses"
 ENV = {"MYSQL_PASSWORD": PASSWORD, "WECHAT_SECRET": "app-secret-123456", "DB_HOST": "db.internal"}
@@ -127,6 +128,35 @@ def test_connection_killed_by_the_server_is_replaced(mysql_url: str, mariadb: Ma
     assert store.get_run("r1") is not None
     with store.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT CONNECTION_ID()")).scalar() != pooled_id
+
+
+def test_a_login_that_needs_cryptography_names_the_auth_plugin_and_the_fix(
+        mysql_url: str, mariadb: MariaDB, mysql_database: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """MySQL 8 restarted (or its auth cache flushed): the next connection of a warm store,
+    and every cold open, must do the full caching_sha2_password login, which PyMySQL can
+    only do over TLS or with `cryptography` (not in the SCF package). That is a StateError
+    naming the plugin and both fixes, not a bare RuntimeError saying to install a package."""
+    store = open_store(mysql_url)
+    assert isinstance(store, SqlStateStore)
+    with store.engine.connect() as conn:
+        pooled_id = conn.execute(sa.text("SELECT CONNECTION_ID()")).scalar()
+    with mariadb.connect() as admin, admin.cursor() as cursor:
+        cursor.execute(f"KILL CONNECTION {int(pooled_id)}")  # type: ignore[arg-type]
+    full_login_without_rsa(monkeypatch)
+
+    def cold_open() -> None:  # a new instance: no engine kept for the URL
+        sql_state._engines.pop(mysql_url).dispose()
+        open_store(mysql_url)
+
+    for attempt in (lambda: store.get_run("r1"), cold_open):
+        with pytest.raises(StateError) as failed:
+            attempt()
+        message = str(failed.value)
+        for words in ("caching_sha2_password", "TLS", "SSL",
+                      f"ALTER USER '{mariadb.user}'@'%' IDENTIFIED WITH mysql_native_password"):
+            assert words in message, message
+        assert mariadb.password not in message and "check state.url (host" not in message
 
 
 def test_an_open_that_failed_is_tried_again_by_the_next_open(

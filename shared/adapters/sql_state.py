@@ -138,7 +138,7 @@ def _mysql_engine(url: str) -> Engine:
     parsed = make_url(url)
     if "charset" not in parsed.query:
         parsed = parsed.update_query_dict({"charset": "utf8mb4"})  # emoji in collection names
-    return sa.create_engine(
+    engine = sa.create_engine(
         parsed,
         pool_pre_ping=True,
         pool_recycle=600,
@@ -147,6 +147,38 @@ def _mysql_engine(url: str) -> Engine:
         isolation_level="READ COMMITTED",
         connect_args={"connect_timeout": 10},
     )
+    sa.event.listen(engine, "do_connect", _connect_or_explain)
+    return engine
+
+
+# MySQL 8's default auth plugin asks for a full login while its cache lacks the user (after
+# a restart or a FLUSH PRIVILEGES, until a full login fills it again). PyMySQL then sends the
+# password inside TLS if the server offers it (PyMySQL 1.2 tries TLS by default), else
+# encrypts it with RSA, which needs `cryptography`, left out of the SCF package
+# (pymysql/_auth.py, caching_sha2_password_auth and sha2_rsa_encrypt). SSL is a switch in
+# the console, off until turned on: TDSQL-C cloud.tencent.com/document/product/1003/109673
+# ("此功能状态默认为未打开"), TencentDB for MySQL tencentcloud.com/document/product/236/48452.
+_NO_RSA = "'cryptography' package is required"
+
+
+def _connect_or_explain(dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+    try:
+        return dialect.connect(*cargs, **cparams)
+    except RuntimeError as exc:
+        if _NO_RSA not in str(exc):
+            raise
+        raise StateError(_no_rsa_advice(str(cparams.get("user") or "USER"))) from None
+
+
+def _no_rsa_advice(user: str) -> str:
+    return (
+        "the mysql state backend refused the login: MySQL asked for a full "
+        "caching_sha2_password (or sha256_password) login, which over a connection without "
+        "TLS needs the 'cryptography' package, not in the SCF package; either enable SSL "
+        "encryption on the instance (TencentDB for MySQL / TDSQL-C console, data security, "
+        "SSL; the state store then logs in over TLS), or give the state user MySQL's native "
+        f"plugin: ALTER USER '{user}'@'%' IDENTIFIED WITH mysql_native_password BY "
+        "'<its password>' (use the user's host if it is not '%')")
 
 
 def _create_tables(engine: Engine) -> None:

@@ -90,3 +90,17 @@ def mysql_database(mariadb: MariaDB) -> Iterator[str]:
 def mysql_url(mariadb: MariaDB, mysql_database: str) -> str:
     """A resolved URL of a fresh database."""
     return mariadb.url(mysql_database)
+
+
+def full_login_without_rsa(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every new connection meets what a MySQL 8 server without TLS (TencentDB's default)
+    asks after a restart or FLUSH PRIVILEGES: the full caching_sha2_password login, which
+    PyMySQL answers with RSA, and the SCF package has no `cryptography` for it. The error
+    is PyMySQL's own (pymysql/_auth.py, sha2_rsa_encrypt); MariaDB has no such plugin."""
+    from pymysql import _auth, connections
+
+    def full_login(self: connections.Connection) -> None:
+        _auth.sha2_rsa_encrypt(self.password, self.salt, b"")
+
+    monkeypatch.setattr(_auth, "_have_cryptography", False)
+    monkeypatch.setattr(connections.Connection, "_request_authentication", full_login)
