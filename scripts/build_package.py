@@ -32,6 +32,7 @@ import tempfile
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
@@ -251,19 +252,29 @@ def render_cam_policy(config: Path, *, uin: str | None, region: str | None,
     appid = re.fullmatch(r".+-(\d+)", destination.bucket)
     if appid is None:
         raise SystemExit(f"{config}: destination.bucket {destination.bucket!r} must be named name-APPID")
-    text = CAM_POLICY.read_text(encoding="utf-8")
-    text = text.replace("namespace/default/function/baas-backup-finisher",
-                        f"namespace/{dispatch.namespace}/function/{dispatch.finisher_function}")
-    # no prefix: the objects are the bucket's own (<BUCKET>/*, cos:prefix *)
-    text = text.replace("<PREFIX>/", f"{destination.prefix}/" if destination.prefix else "")
-    for placeholder, value in {"<COS_REGION>": destination.region, "<APPID>": appid.group(1),
-                               "<BUCKET>": destination.bucket,
-                               "<REGION>": dispatch.region or region or destination.region,
-                               "<UIN>": uin}.items():
-        if value:
-            text = text.replace(placeholder, value)
-    rendered: dict[str, object] = json.loads(text)
+    values = {"namespace/default/function/baas-backup-finisher":
+              f"namespace/{dispatch.namespace}/function/{dispatch.finisher_function}",
+              # no prefix: the objects are the bucket's own (<BUCKET>/*, cos:prefix *)
+              "<PREFIX>/": f"{destination.prefix}/" if destination.prefix else "",
+              "<COS_REGION>": destination.region, "<APPID>": appid.group(1),
+              "<BUCKET>": destination.bucket,
+              "<REGION>": dispatch.region or region or destination.region}
+    if uin:
+        values["<UIN>"] = uin
+    rendered: dict[str, object] = _filled(json.loads(CAM_POLICY.read_text(encoding="utf-8")), values)
     return rendered
+
+
+def _filled(node: Any, values: Mapping[str, str]) -> Any:
+    """`node` (parsed JSON) with each placeholder in its strings replaced: the values stay
+    data, so a `"` or `\\` in one cannot break the document."""
+    if isinstance(node, dict):
+        return {key: _filled(item, values) for key, item in node.items()}
+    if isinstance(node, list):
+        return [_filled(item, values) for item in node]
+    if isinstance(node, str):  # one pass: a value is never scanned for placeholders
+        return re.sub("|".join(map(re.escape, values)), lambda m: values[m.group(0)], node)
+    return node
 
 
 def main() -> int:

@@ -347,6 +347,33 @@ def test_cam_policy_is_rendered_from_a_config(tmp_path: Path) -> None:
         render_cam_policy(config, uin="100000000001", region="ap-guangzhou", environ={})
 
 
+def test_cam_policy_keeps_quotes_and_backslashes_of_a_prefix_as_text(tmp_path: Path) -> None:
+    """The policy is JSON data: a prefix with `"` or `\\` is a string in it, not broken JSON."""
+    config = tmp_path / "backup.yaml"
+    config.write_text(yaml.safe_dump({
+        "destination": {"bucket": "mybackups-1250000000", "region": "ap-shanghai", "prefix": 'say "hi"\\now'},
+        "sources": [],
+    }), encoding="utf-8")
+    rendered = render_cam_policy(config, uin="100000000001", region=None, environ={})
+    assert 'qcs::cos:ap-shanghai:uid/1250000000:mybackups-1250000000/say "hi"\\now/*' in grants(rendered)
+    conditions = [s["condition"]["string_like"]["cos:prefix"] for s in rendered["statement"]  # type: ignore[attr-defined]
+                  if "condition" in s]
+    assert conditions == ['say "hi"\\now/*']
+
+
+@pytest.mark.parametrize("prefix", ["nightly*", "*", "night?y", "${WILD}"])
+def test_cam_policy_refuses_a_prefix_that_would_widen_the_grant(tmp_path: Path, prefix: str) -> None:
+    """CAM reads `*` (and `?` in string_like) as wildcards: `backups*` would grant
+    `backups-of-others/...` too, so such a prefix is refused, naming the field."""
+    config = tmp_path / "backup.yaml"
+    config.write_text(yaml.safe_dump({
+        "destination": {"bucket": "mybackups-1250000000", "region": "ap-shanghai", "prefix": prefix},
+        "sources": [],
+    }), encoding="utf-8")
+    with pytest.raises(SystemExit, match=r"destination\.prefix: .*wildcard"):
+        render_cam_policy(config, uin="100000000001", region=None, environ={"WILD": "a*b"})
+
+
 def test_a_relative_config_is_read_from_where_scripts_package_was_run(tmp_path: Path) -> None:
     """scripts/package works from the repository root (its setup moves there), yet a
     relative `--config` names the caller's file, not a file of that name in the repository."""

@@ -137,6 +137,14 @@ class Destination(ConfigModel):
         parts = [p for p in value.split("/") if p]
         if any(p in (".", "..") for p in parts):
             raise ValueError("must not contain '.' or '..' segments; use a plain folder name")
+        # The CAM policy grants `<prefix>/*`: in a resource `*` is a wildcard
+        # (cloud.tencent.com/document/product/598/10606, 资源描述方式), and string_like
+        # conditions such as cos:prefix also match `?` (product/598/10608, 条件), so
+        # `backups*` would grant other folders of the bucket too.
+        if wild := sorted({c for c in value if c in "*?"}):
+            raise ValueError(f"must not contain {', '.join(map(repr, wild))}: CAM reads it as a "
+                             "wildcard, widening the functions' grant beyond this folder; use "
+                             "a plain folder name")
         return "/".join(parts)
 
     @field_validator("endpoint")
