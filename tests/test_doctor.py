@@ -618,6 +618,44 @@ def test_the_finisher_as_deployed_answers_the_doctor(
     site.cloud.wait_idle()
 
 
+def finisher_only_in_chengdu(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The functions deployed to ap-chengdu, the bucket in the tests' region; the doctor run
+    on a machine (no TENCENTCLOUD_REGION) with no dispatch.region."""
+    del site.document["dispatch"]["region"]
+    site.document["dispatch"]["finisher_function"] = "chengdu-finisher"
+    site.cloud.add_function("chengdu-finisher", handle_finisher, region="ap-chengdu")
+    site.cloud.add_key(ROLE["TENCENTCLOUD_SECRETID"], ROLE["TENCENTCLOUD_SECRETKEY"],
+                       ROLE["TENCENTCLOUD_SESSIONTOKEN"], allow=["default/chengdu-finisher"])
+    monkeypatch.delenv("TENCENTCLOUD_REGION", raising=False)
+
+
+def test_from_a_machine_the_finisher_is_looked_for_where_the_deploy_put_it(
+        site: Site, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """No dispatch.region, functions deployed to another region than the bucket's: the
+    deploy's own REGION (.env, read by scripts/package and scf-*/serverless.yml) says where."""
+    finisher_only_in_chengdu(site, monkeypatch)
+    monkeypatch.setenv("REGION", "ap-chengdu")
+
+    finisher = by_check(site.doctor("cli", capsys=capsys))["finisher"]
+
+    assert finisher["status"] == "ok" and "ap-chengdu" in finisher["detail"], finisher
+
+
+def test_a_finisher_not_in_the_buckets_region_says_where_it_was_looked_for(
+        site: Site, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Nothing says where the functions are: the failure names the region searched (the
+    bucket's) and how to point the doctor elsewhere."""
+    finisher_only_in_chengdu(site, monkeypatch)
+    monkeypatch.delenv("REGION", raising=False)
+
+    finisher = by_check(site.doctor("cli", capsys=capsys))["finisher"]
+
+    assert finisher["status"] == "failed", finisher
+    for words in (f"looked for in {site.local.destination.region}, the bucket's region",
+                  "dispatch.region", "REGION"):
+        assert words in finisher["detail"], finisher
+
+
 def test_dispatch_local_skips_the_finisher(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
     site.document["dispatch"] = {"mode": "local"}
     report = site.doctor("trigger", capsys=capsys)

@@ -14,12 +14,18 @@ from datetime import datetime, timedelta, timezone
 
 from shared.adapters.cos.client import ROLE_ENV, cos_client, cos_errors
 from shared.adapters.cos.objects import CosObjectStore
-from shared.adapters.dispatch import REGION_ENV, ScfDispatcher, ScfTarget, on_scf
+from shared.adapters.dispatch import (
+    REGION_ENV,
+    DispatchError,
+    ScfDispatcher,
+    ScfTarget,
+    on_scf,
+)
 from shared.adapters.heartbeat import probe_heartbeat
 from shared.adapters.state import open_store
 from shared.adapters.webhooks import probe_webhook
 from shared.config import Config
-from shared.domain.errors import StateError, StorageError
+from shared.domain.errors import Fatal, StateError, StorageError
 from shared.ports import StateStore
 
 # Inside SCF everything but /tmp is read-only, and each instance has a /tmp of its own that
@@ -32,6 +38,13 @@ _SQLITE_ON_SCF = (
     "and a run would start and never move on, with no error; use cos:// (the default, in the "
     "bucket) or mysql+pymysql://USER:${MYSQL_PASSWORD}@HOST:3306/DB (README: Choosing the "
     "state backend), then scripts/package and scf deploy again")
+
+
+# The region the functions are deployed to, from a machine: scf-*/serverless.yml deploy to
+# `region: ${env:REGION}`, which `scf deploy` resolves from the environment and .env
+# (resolveVariables, serverless/components src/cli/utils.js), and scripts/package reads
+# the same REGION for the CAM policy. On SCF, TENCENTCLOUD_REGION says it instead.
+DEPLOY_REGION_ENV = "REGION"
 
 
 class FreshTokens:
@@ -196,9 +209,21 @@ class CloudDeployment:
         if settings.mode == "local":
             return None
         # `auto` is checked too: the doctor checks the deployment, where the poller hands off.
-        region = settings.region or self._environ.get(REGION_ENV) or self._config.destination.region
-        dispatcher = ScfDispatcher(ScfTarget(settings, region), self._environ, attempts=1)
-        return dispatcher.probe()
+        region = (settings.region or self._environ.get(REGION_ENV)
+                  or self._environ.get(DEPLOY_REGION_ENV))
+        dispatcher = ScfDispatcher(ScfTarget(settings, region or self._config.destination.region),
+                                   self._environ, attempts=1)
+        try:
+            return dispatcher.probe()
+        except DispatchError as exc:
+            if region or not exc.code.startswith("ResourceNotFound"):
+                raise
+            raise Fatal(f"{exc}. It was looked for in {self._config.destination.region}, the "
+                        f"bucket's region, as neither dispatch.region, {REGION_ENV} nor "
+                        f"{DEPLOY_REGION_ENV} is set: if the functions were deployed to another "
+                        f"region (.env's {DEPLOY_REGION_ENV}, scripts/package --region), set "
+                        f"dispatch.region in the config or run the doctor with "
+                        f"{DEPLOY_REGION_ENV}=<their region>") from None
 
     def webhooks(self) -> int:
         return len(self._config.notify.webhooks)
