@@ -110,6 +110,19 @@ def test_config_path_comes_from_the_environment(tmp_path: Path) -> None:
     assert config.sources[0].name == "shop"
 
 
+def test_the_digest_tells_documents_apart_but_not_their_layout_or_secrets(tmp_path: Path) -> None:
+    """What the doctor compares between functions: the document as packaged."""
+    path = tmp_path / "c.yaml"
+    path.write_text(json.dumps(GOOD), encoding="utf-8")
+    digest = load_config(path, environ=ENV).digest
+    assert len(digest) == 16
+    relaid = "# edited\n" + json.dumps(dict(reversed(list(GOOD.items()))), indent=4)
+    path.write_text(relaid, encoding="utf-8")
+    assert load_config(path, environ={**ENV, "WECHAT_SECRET": "another-secret-456"}).digest == digest
+    assert parse_config({**GOOD, "sources": [{**GOOD["sources"][0], "name": "shop2"}]},
+                        environ=ENV).digest != digest
+
+
 def test_json_schema_describes_the_config_and_is_committed() -> None:
     schema = config_json_schema()
     assert "destination" in schema["properties"]

@@ -25,7 +25,7 @@ from devkit.sample_data import make_docs
 from shared.adapters.cos.client import cos_client
 from shared.adapters.heartbeat import ping, probe_heartbeat
 from shared.adapters.sql_state import SqlStateStore
-from shared.config import Notify
+from shared.config import Notify, load_config
 from shared.domain.errors import Fatal
 from shared.entrypoints.cli import main as cli
 from shared.entrypoints.http_api import TOKEN_ENV
@@ -137,7 +137,9 @@ def test_every_check_passes_on_a_good_deployment(
     # the finisher was really invoked, synchronously, with the doctor's event, and did nothing
     invocation = site.cloud.invocations[-1]
     assert (invocation.function, invocation.invocation_type) == (FINISHER, "RequestResponse")
-    assert invocation.event == {"doctor": True} and invocation.result == {"doctor": "finisher", "ok": True}
+    assert invocation.event == {"doctor": True}
+    assert invocation.result == {"doctor": "finisher", "ok": True, "config": load_config(site.path).digest}
+    assert "with the same config" in checks["finisher"]["detail"]  # as this doctor's
     # the webhook was only asked whether it is there; nothing was sent to anyone
     assert site.webhook.gets == 1 and site.webhook.messages == []
     # the probe objects are gone
@@ -444,6 +446,23 @@ def finisher_cannot_load_its_config(site: Site, monkeypatch: pytest.MonkeyPatch)
     site.cloud.add_function(FINISHER, finisher_without_the_secret, region=REGION)
 
 
+def finisher_runs_an_older_config(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`scf deploy --target scf-trigger` after editing backup.yaml: the trigger (and this
+    machine) have the new config, the finisher still the package before it."""
+    older = site.path.with_name("older.yaml")
+    older.write_text(yaml.safe_dump({**site.document, "sources": site.document["sources"][:1]},
+                                    allow_unicode=True), encoding="utf-8")
+
+    def finisher_of_the_older_package(event: dict[str, Any]) -> Any:
+        monkeypatch.setenv("BAAS_BACKUP_CONFIG", str(older))  # the doctor waits on this Invoke
+        try:
+            return handle_finisher(event)
+        finally:
+            monkeypatch.setenv("BAAS_BACKUP_CONFIG", str(site.path))
+
+    site.cloud.add_function(FINISHER, finisher_of_the_older_package, region=REGION)
+
+
 def no_role_keys(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ROLE:
         monkeypatch.delenv(name)
@@ -481,6 +500,8 @@ FAILURES: list[tuple[Mutation, str, list[str], list[str]]] = [
                                          "scf-finisher/serverless.yml"], []),
     (finisher_cannot_load_its_config, "finisher", ["cannot load its config", "sources[0].secret",
                                                     "WECHAT_SECRET", "scf-finisher/serverless.yml"], []),
+    (finisher_runs_an_older_config, "finisher", ["another config", "scripts/package",
+                                                  "scf deploy", "--target"], []),
     (no_role_keys, "finisher", ["no credentials to invoke the finisher", "TENCENTCLOUD_SECRETID"], []),
     (webhook_unreachable, "notify.webhooks[0]", ["unreachable", "ConnectError", "host 127.0.0.1"], []),
 ]

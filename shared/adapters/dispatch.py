@@ -218,11 +218,12 @@ class ScfDispatcher:
             self._client_keys = keys
         return self._client
 
-    def probe(self) -> str:
+    def probe(self, config_digest: str = "") -> str:
         """`doctor`: a synchronous Invoke of the finisher with `{"doctor": true}`, which the
         finisher answers without touching anything. SCF's Invoke has no dry-run mode
         (cloud.tencent.com/document/api/583/17243), and a RequestResponse invocation
-        needs the same scf:InvokeFunction grant as the poller's Event invocations."""
+        needs the same scf:InvokeFunction grant as the poller's Event invocations.
+        `config_digest`: the doctor's own config's, which the finisher's must match."""
         from tencentcloud.common.exception.tencent_cloud_sdk_exception import (
             TencentCloudSDKException,
         )
@@ -259,8 +260,16 @@ class ScfDispatcher:
                            "environment variables as the trigger (scf-finisher/serverless.yml "
                            "environment.variables, or its console) and the same package "
                            "(scripts/package --config backup.yaml, then scf deploy of all three)")
+        theirs = _finisher_config_digest(answered)
+        if config_digest and theirs and theirs != config_digest:
+            raise _Refused(f"the finisher {target.function!r} runs another config than the one this "
+                           f"doctor loaded (digest {theirs} there, {config_digest} here): it "
+                           "was left out of the last deploy (scf deploy --target scf-trigger or "
+                           "scf-poller), or this backup.yaml was edited since. Run scripts/package "
+                           "--config backup.yaml, then scf deploy with no --target, so all three "
+                           "functions run the same package")
         return (f"invoked {target.function!r} (namespace {target.namespace}, {target.region}) "
-                "with these keys; it answered")
+                "with these keys; it answered" + (", with the same config" if theirs else ""))
 
     def _invoke(self, job_id: str) -> dict[str, str]:
         from tencentcloud.common.exception.tencent_cloud_sdk_exception import (
@@ -294,6 +303,15 @@ def _finisher_config_error(answered: str) -> str | None:
     if not isinstance(answer, dict) or answer.get("ok") is not False:
         return None
     return str(answer.get("error") or "no reason given")
+
+
+def _finisher_config_digest(answered: str) -> str:
+    """The config digest in the finisher's doctor answer; "" from a finisher older than it."""
+    try:
+        answer = json.loads(answered)
+    except ValueError:
+        return ""
+    return str(answer.get("config") or "") if isinstance(answer, dict) else ""
 
 
 def scoped_invoke_refused(code: str, message: str, target: ScfTarget) -> str:

@@ -214,7 +214,7 @@ class CloudDeployment:
         dispatcher = ScfDispatcher(ScfTarget(settings, region or self._config.destination.region),
                                    self._environ, attempts=1)
         try:
-            return dispatcher.probe()
+            return dispatcher.probe(self._config.digest)
         except DispatchError as exc:
             if region or not exc.code.startswith("ResourceNotFound"):
                 raise

@@ -7,6 +7,7 @@ secret fields) and the fix, so a user can repair a config without reading code.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import os
 import re
@@ -558,6 +559,14 @@ class Config(ConfigModel):
     dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
     # Validated as the registered platforms' settings models (see `config_model`).
     sources: list[SourceSettings] = Field(min_length=1)
+    _digest: str = PrivateAttr(default="")
+
+    @property
+    def digest(self) -> str:
+        """Fingerprint of the document as written (${VAR}s unresolved, so no secret goes
+        into it; comments and layout ignored): two functions with different ones were
+        packaged from different backup.yaml files. Empty when not parsed from a document."""
+        return self._digest
 
     @field_validator("sources")
     @classmethod
@@ -783,7 +792,9 @@ def parse_config(
         raise ConfigError(["(top level): expected a mapping with destination and sources"], source)
     model = config_model(_types_used(data))
     try:
-        return model.model_validate(data, context={"environ": environ})
+        config = model.model_validate(data, context={"environ": environ})
+        config._digest = _document_digest(data)
+        return config
     except ValidationError as exc:
         problems = exc
     if model is not config_model():  # the problems worded as the whole model words them
@@ -795,6 +806,14 @@ def parse_config(
     # `x: all | [...]` written as a list: the "should be 'all'" branch is noise
     meant = [e for e in errors if not any(str(p).startswith("literal[") for p in e["loc"])]
     raise ConfigError([_describe(e, data) for e in meant or errors], source) from None
+
+
+def _document_digest(data: Any) -> str:
+    try:
+        canonical = json.dumps(data, sort_keys=True, default=str, ensure_ascii=False)
+    except TypeError:  # keys of mixed types cannot be sorted: as they came
+        canonical = json.dumps(data, default=str, ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
 def _unique_key_loader() -> Any:

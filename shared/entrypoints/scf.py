@@ -223,10 +223,11 @@ def _finisher_doctor() -> dict[str, Any]:
     environment and package) can load the config every copy starts with: a variable
     missing here alone would fail every copy while the Invoke succeeds. Touches nothing."""
     try:
-        load_config()
+        config = load_config()
     except ConfigError as exc:  # the problems as written, never a value; not the file's path
         return {"doctor": "finisher", "ok": False, "error": redact("; ".join(exc.problems))}
-    return {"doctor": "finisher", "ok": True}
+    # which backup.yaml this finisher runs, for the doctor to compare with its own
+    return {"doctor": "finisher", "ok": True, "config": config.digest}
 
 
 def handle_finisher(event: dict[str, Any], invocation: object = None) -> dict[str, Any]:
