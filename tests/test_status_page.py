@@ -965,7 +965,7 @@ def test_a_run_card_says_what_the_verify_after_the_run_only_quick_checked(
     source = local.wechat_source(collections=["orders"])
     ctx = local.context(local.config(source, sections={"verify": {"after_run": "full"}}))
     with monkeypatch.context() as patched:  # no time left to read anything back
-        patched.setattr(close, "_verify_out_of_time", lambda ctx: True)
+        patched.setattr(close, "verify_out_of_time", lambda ctx: True)
         run_id = backup_now(ctx).run_id
     api = deploy_sources(local, tmp_path, monkeypatch, source)
     binary = chromium()
