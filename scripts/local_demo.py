@@ -254,6 +254,8 @@ def main() -> int:
         restored = _restore_round_trip(config_path, emulator)
         print("\n$ baas-backup doctor")
         os.environ.update(ROLE)
+        # The finisher function's environment: on SCF it finds its package's backup.yaml.
+        os.environ["BAAS_BACKUP_CONFIG"] = str(config_path)
         checked = cli(["--config", str(config_path), "doctor"])
         cloud.stop()
     stop_s3_server(s3)
