@@ -91,7 +91,7 @@ def _is_object(line: bytes) -> bool:
     except ValueError:  # not JSON, not UTF-8, or a lone surrogate escape (below)
         pass
     try:
-        # "\ud800" alone is valid JSON (RFC 8259 section 7 allows any \uXXXX escape), and
+        # "\ud800" alone is valid JSON (RFC 8259 section 7 allows a \u escape of any four hex digits), and
         # JavaScript's JSON.stringify writes a lone surrogate that way; pydantic-core refuses it
         return isinstance(json.loads(line.decode("utf-8")), dict)
     except ValueError:  # not JSON, or not UTF-8 (UnicodeDecodeError is a ValueError)
