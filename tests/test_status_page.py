@@ -764,24 +764,32 @@ def test_a_refresh_that_got_no_answer_is_tried_again_while_a_run_is_going(
         tab.wait("window.listings >= 2", "a refresh after the one that got no answer", timeout=20)
 
 
-# The restore's start request waits in the page until the test lets it go, as on a slow
-# phone network: the user has closed the dialog by the time it reaches the server.
-HOLD_THE_RESTORE_START = """(() => {
+def hold_requests(which: str = "true") -> str:
+    """A script making the page's requests for which `which` (a JS condition on `input` and
+    `init`) wait until the test calls `window.release()`, as on a slow phone network;
+    `window.sent` counts those that went on."""
+    return """(() => {
   const real = window.fetch;
-  window.startsSent = 0;
+  window.sent = 0;
   let release;
-  window.letItGo = new Promise((resolve) => { release = resolve; });
+  const held = new Promise((resolve) => { release = resolve; });
   window.release = () => release();
   window.fetch = async (input, init) => {
-    if (init && init.method === "POST" && String(input).endsWith("/restores")
-        && !JSON.parse(init.body).preview) {
-      await window.letItGo;
-      window.startsSent++;
+    if (WHICH) {
+      await held;
+      window.sent++;
     }
     return real(input, init);
   };
   return true;
-})()"""
+})()""".replace("WHICH", which)
+
+
+# The restore's start request waits in the page until the test lets it go, as on a slow
+# phone network: the user has closed the dialog by the time it reaches the server.
+HOLD_THE_RESTORE_START = hold_requests(
+    'init && init.method === "POST" && String(input).endsWith("/restores") '
+    "&& !JSON.parse(init.body).preview")
 
 
 def test_a_restore_refused_after_its_dialog_was_closed_says_so_on_the_page(
@@ -813,7 +821,7 @@ def test_a_restore_refused_after_its_dialog_was_closed_says_so_on_the_page(
             assert time.monotonic() < deadline, "the other restore did not end in 60 s"
             time.sleep(0.1)
         tab.eval("window.release()")
-        tab.wait("window.startsSent === 1", "the held start sent")
+        tab.wait("window.sent === 1", "the held start sent")
         tab.wait(f"{q('#message.bad')}?.textContent.match(/did not start: .*holds records/)",
                  "why the restore did not start", describe=f"{q('#message')}.textContent")
 
@@ -861,14 +869,7 @@ def test_the_restores_list_keeps_following_a_restore_after_a_refresh_got_no_answ
 
 
 # The page's requests wait until the test lets them go, as on a slow phone network.
-HOLD_EVERY_REQUEST = """(() => {
-  const real = window.fetch;
-  let release;
-  window.held = new Promise((resolve) => { release = resolve; });
-  window.release = () => release();
-  window.fetch = async (input, init) => { await window.held; return real(input, init); };
-  return true;
-})()"""
+HOLD_EVERY_REQUEST = hold_requests()
 
 
 def test_forget_token_leaves_no_data_in_the_tab(served: tuple[Api, str], tmp_path: Path) -> None:
@@ -983,21 +984,8 @@ def test_a_run_card_says_what_the_verify_after_the_run_only_quick_checked(
 
 
 # The page's verify requests wait until the test lets them go, as on a slow phone network.
-HOLD_THE_VERIFY = """(() => {
-  const real = window.fetch;
-  window.verifiesSent = 0;
-  let release;
-  window.verifyHeld = new Promise((resolve) => { release = resolve; });
-  window.release = () => release();
-  window.fetch = async (input, init) => {
-    if (init && init.method === "POST" && String(input).endsWith("/verify")) {
-      await window.verifyHeld;
-      window.verifiesSent++;
-    }
-    return real(input, init);
-  };
-  return true;
-})()"""
+HOLD_THE_VERIFY = hold_requests(
+    'init && init.method === "POST" && String(input).endsWith("/verify")')
 
 
 def test_a_refresh_while_a_verify_is_going_keeps_its_button_disabled(
@@ -1024,7 +1012,7 @@ def test_a_refresh_while_a_verify_is_going_keeps_its_button_disabled(
         result = q(f'details[data-run-id="{run_id}"] .verify-result')
         tab.wait(f"{result}.dataset.verify === 'ok'", "the verify's answer")
         tab.wait(f"!{button}.disabled", "the Verify button enabled again")
-        assert tab.eval("window.verifiesSent") == 1
+        assert tab.eval("window.sent") == 1
 
 
 def test_started_run_stays_said_for_a_few_refreshes_until_the_next_tap(
