@@ -4,7 +4,7 @@ bucket, and as an alert only when it found problems."""
 from __future__ import annotations
 
 from shared.config.model import Retention
-from shared.domain.jobs import JobStatus
+from shared.domain.jobs import JobResult, JobStatus
 from shared.entrypoints.http_api import verify_view
 from shared.service.close import close_finished_runs
 from shared.service.finish import finish
@@ -13,7 +13,7 @@ from shared.service.poll import poll
 from shared.service.prune import prune
 from shared.service.start import start_run
 from shared.service.verify import record, unverified, verify_run
-from tests.unit.support import ScriptedExport, backed_up, nightly_runs, seed_run, unit
+from tests.unit.support import ScriptedExport, Unit, backed_up, nightly_runs, seed_run, unit
 
 ROWS = [{"_id": f"d{i}", "n": i} for i in range(5)]
 
@@ -184,12 +184,7 @@ def test_a_quick_verify_that_compared_no_crc64_does_not_clear_damage_a_full_one_
     compare (a manifest from before CRC64 was recorded: README "Verifying") it saw the
     size only: it must not clear that finding, or retention counts the damaged backup
     as good and deletes run 1's, the last intact one (README "Keeping backups")."""
-    u = unit(ScriptedExport({"orders": list(ROWS)}))
-    runs = nightly_runs(u, 2, keep_last=1)
-    first, second = (u.job(u.state.list_jobs(r)[0].job_id).result for r in runs)
-    assert first is not None and second is not None
-    data = u.objects.objects[second.key]
-    u.objects.objects[second.key] = data.replace(b'"n": 1', b'"n": 7')  # same size
+    u, runs, first, _ = _second_run_damaged_in_place()
 
     full = verify_run(u.ctx, runs[1])
     assert [p.what for o in full.objects for p in o.problems] == ["sha256"]
@@ -198,29 +193,38 @@ def test_a_quick_verify_that_compared_no_crc64_does_not_clear_damage_a_full_one_
     assert quick.ok and quick.objects[0].crc64 == "not recorded"
     record(u.ctx, quick)
 
-    damaged = u.state.get_run(runs[1])
-    assert damaged is not None and unverified(damaged) == {"shop/orders"}, "cleared unread"
-    prune(u.ctx)
-    assert u.objects.head(first.key) is not None, "the last intact backup was deleted"
+    _damage_stands_and_the_intact_backup_is_kept(u, runs[1], first)
 
 
 def test_a_full_verify_out_of_time_does_not_clear_damage_an_earlier_one_found() -> None:
     """As above, but the later verify is a full one over HTTP that ran out of the
     trigger's time before reading orders back (`quick_only`): it saw the size only, so
     the damage a reading found stands and retention keeps run 1's intact backup."""
-    u = unit(ScriptedExport({"orders": list(ROWS)}))
-    runs = nightly_runs(u, 2, keep_last=1)
-    first, second = (u.job(u.state.list_jobs(r)[0].job_id).result for r in runs)
-    assert first is not None and second is not None
-    data = u.objects.objects[second.key]
-    u.objects.objects[second.key] = data.replace(b'"n": 1', b'"n": 7')  # same size
+    u, runs, first, second = _second_run_damaged_in_place()
     record(u.ctx, verify_run(u.ctx, runs[1]))
 
     cut_short = verify_run(u.ctx, runs[1], out_of_time=lambda: True)
     assert cut_short.ok and cut_short.quick_only == [second.key]
     record(u.ctx, cut_short)
 
-    damaged = u.state.get_run(runs[1])
+    _damage_stands_and_the_intact_backup_is_kept(u, runs[1], first)
+
+
+def _second_run_damaged_in_place() -> tuple[Unit, list[str], JobResult, JobResult]:
+    """keep_last 1, two nightly runs of orders; run 2's object changed in place (same
+    size): the unit, the run ids, and each run's stored object."""
+    u = unit(ScriptedExport({"orders": list(ROWS)}))
+    runs = nightly_runs(u, 2, keep_last=1)
+    first, second = (u.job(u.state.list_jobs(r)[0].job_id).result for r in runs)
+    assert first is not None and second is not None
+    data = u.objects.objects[second.key]
+    u.objects.objects[second.key] = data.replace(b'"n": 1', b'"n": 7')  # same size
+    return u, runs, first, second
+
+
+def _damage_stands_and_the_intact_backup_is_kept(u: Unit, run_id: str,
+                                                 first: JobResult) -> None:
+    damaged = u.state.get_run(run_id)
     assert damaged is not None and unverified(damaged) == {"shop/orders"}, "cleared unread"
     prune(u.ctx)
     assert u.objects.head(first.key) is not None, "the last intact backup was deleted"
