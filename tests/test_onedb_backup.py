@@ -9,6 +9,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 
 from devkit.cos_layer import CosLayer
 from devkit.emulators.onedb import OneDBEmulator, generated_row
+from shared.config.model import Config
 from shared.domain.jobs import JobStatus
 from shared.domain.layout import data_key
 from shared.logs import configure_logging
@@ -50,6 +52,32 @@ def _object_key(ctx: Context, run_id: str, target: str) -> str:
     assert job.status is JobStatus.DONE, job.error
     assert job.result is not None
     return job.result.key
+
+
+class AfterFirstPause:
+    """A dispatcher finishing each job at once; after a copy paused, `act` is given the
+    job's paged checkpoint, until it answers True (then never again)."""
+
+    def __init__(self, act: Callable[[dict[str, Any]], bool]) -> None:
+        self.act = act
+        self.ctx: Context | None = None
+        self.acted = False
+
+    def dispatch(self, job_id: str) -> None:
+        assert self.ctx is not None
+        if finish(self.ctx, job_id) != "paused" or self.acted:
+            return
+        job = self.ctx.state.get_job(job_id)
+        assert job is not None
+        self.acted = self.act((job.checkpoint or {})["paged"])
+
+
+def paused_context(local: LocalBackup, config: Config, act: Callable[[dict[str, Any]], bool]
+                   ) -> Context:
+    """A context whose hand-offs finish at once, with `act` run after the first pause."""
+    dispatcher = AfterFirstPause(act)
+    dispatcher.ctx = local.context(config, dispatcher=dispatcher)
+    return dispatcher.ctx
 
 
 def test_tables_are_backed_up_in_key_order(local: LocalBackup, onedb_emulator: OneDBEmulator) -> None:
@@ -143,18 +171,13 @@ def test_an_upload_aborted_while_the_copy_was_paused_starts_over(
         update={"part_size_mb": 5})})
     aborted: list[str] = []
 
-    class Aborting:
-        def dispatch(self, job_id: str) -> None:
-            if finish(ctx, job_id) != "paused" or aborted:
-                return
-            job = ctx.state.get_job(job_id)
-            assert job is not None
-            state = (job.checkpoint or {})["paged"]
-            if state["parts"] and not state["exhausted"]:
-                local.objects.abort_upload(state["key"], state["upload_id"])
-                aborted.append(state["upload_id"])
+    def abort(state: dict[str, Any]) -> bool:
+        if state["parts"] and not state["exhausted"]:
+            local.objects.abort_upload(state["key"], state["upload_id"])
+            aborted.append(state["upload_id"])
+        return bool(aborted)
 
-    ctx = local.context(config, dispatcher=Aborting())
+    ctx = paused_context(local, config, abort)
     run, _ = start_run(ctx, idempotency_key="aborted", trigger="test")
     run = drive(ctx, run)
     assert aborted
@@ -169,17 +192,13 @@ def test_lost_parked_rows_are_read_again(local: LocalBackup, onedb_emulator: One
     config = local.config(onedb_source(local, onedb_emulator), finish_budget_seconds=0.1)
     deleted: list[str] = []
 
-    class Losing:
-        def dispatch(self, job_id: str) -> None:
-            if finish(ctx, job_id) == "paused":
-                job = ctx.state.get_job(job_id)
-                assert job is not None
-                parked = (job.checkpoint or {})["paged"].get("parked")
-                if parked and not deleted:
-                    local.objects.delete(parked["key"])
-                    deleted.append(parked["key"])
+    def lose(state: dict[str, Any]) -> bool:
+        if state.get("parked"):
+            local.objects.delete(state["parked"]["key"])
+            deleted.append(state["parked"]["key"])
+        return bool(deleted)
 
-    ctx = local.context(config, dispatcher=Losing())
+    ctx = paused_context(local, config, lose)
     run, _ = start_run(ctx, idempotency_key="lost", trigger="test")
     run = drive(ctx, run)
     assert deleted
@@ -203,19 +222,14 @@ def test_a_failed_paged_copy_leaves_no_parked_rows_behind(
                           max_attempts=1)
     parked: list[str] = []
 
-    class Failing:
-        def dispatch(self, job_id: str) -> None:
-            if finish(ctx, job_id) != "paused" or parked:
-                return
-            job = ctx.state.get_job(job_id)
-            assert job is not None
-            state = (job.checkpoint or {})["paged"]
-            if state.get("parked"):  # the next invocation fails
-                assert local.objects.head(state["parked"]["key"]) is not None
-                parked.append(state["parked"]["key"])
-                onedb_emulator.inject(fault, 100)
+    def fail_next(state: dict[str, Any]) -> bool:
+        if state.get("parked"):  # the next invocation fails
+            assert local.objects.head(state["parked"]["key"]) is not None
+            parked.append(state["parked"]["key"])
+            onedb_emulator.inject(fault, 100)
+        return bool(parked)
 
-    ctx = local.context(config, dispatcher=Failing())
+    ctx = paused_context(local, config, fail_next)
     run, _ = start_run(ctx, idempotency_key=f"failed-{fault}", trigger="test")
     run = drive(ctx, run)
     (job,) = ctx.state.list_jobs(run.run_id)
