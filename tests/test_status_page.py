@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import pytest
 import yaml
 
 from devkit.sample_data import make_docs
+from shared.domain.jobs import Run, RunStatus, run_id_for, utcnow
 from shared.entrypoints.http_api import TOKEN_ENV
 from tests.support import toy_restore
 from tests.support.api import TOKEN, Api, deploy, deploy_sources
@@ -478,6 +480,35 @@ def test_writing_into_the_existing_collection_needs_its_name_typed(
         assert listed == ["succeeded", "succeeded"]
 
     assert toy_restore.read(data_file)["tables"]["orders"] == ROWS
+
+
+def test_older_restores_are_reached_from_the_page_and_stay_shown_on_a_refresh(
+    served: tuple[Api, str], tmp_path: Path
+) -> None:
+    """GET /restores answers a page at a time (`next`), but the page showed only the first
+    20 restores and never asked for more: older ones could not be seen from the phone."""
+    api, url = served
+    back_up(url, {"sources": ["archive"]})  # phone() waits for a run card
+    state, now = api.context().state, utcnow()
+    made = []
+    for index in range(23):
+        at = now - timedelta(minutes=index)
+        run = Run(run_id=run_id_for(f"restore-{index}", at), idempotency_key=f"restore-{index}",
+                  trigger="http", status=RunStatus.SUCCEEDED, operation="restore", created_at=at)
+        state.create_run(run, [])
+        made.append(run.run_id)
+    listed = "[...document.querySelectorAll('#restores [data-restore-id]')].map((r) => r.dataset.restoreId)"
+
+    with phone(tmp_path, url) as tab:
+        tab.wait(f"{listed}.length === 20", "the first page of restores")
+        tap(tab, "#restores button.older")
+        tab.wait(f"{listed}.length === 23", "the older restores", describe=listed)
+        assert tab.eval(listed) == made  # newest first, each once
+        assert not tab.eval(q("#restores button.older"))  # nothing older left to ask for
+        tab.eval(f"{q('#updated')}.textContent = ''")
+        tap(tab, "#refresh")  # the Restores section is asked again: what was fetched stays
+        tab.wait(f"{q('#updated')}.textContent", "the page redrawn")
+        assert tab.eval(listed) == made
 
 
 def test_verify_shows_a_missing_backup_object_and_a_restore_of_it_needs_force(

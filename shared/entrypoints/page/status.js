@@ -10,6 +10,14 @@ let refreshTimer = null;
 let runsGoing = false;     // what the last answered refresh saw: it sets the next one's pace
 let restoresTimer = null;
 let restoresGoing = false;  // the last answered Restores listing had a restore running
+// GET /restores answers a page at a time, newest first, with `next` for the page after it
+// (shared/entrypoints/http_restores.py). Once older pages are asked for, what they brought
+// stays shown when the first page is asked again (by id; the newer answer wins), and the
+// next older page follows the oldest one fetched: a restore that newer ones pushed off the
+// first page meanwhile is still shown, and none is skipped.
+const restoresShown = new Map();  // restore id -> the restore as last answered
+let restoresOlder = false;        // the user asked for older pages
+let restoresNext = null;          // `next` of the oldest page fetched: there is more
 // The error a refresh put up (the runs', the Restores section's): the next refresh of the
 // same kind that is answered takes it down. A message an action left stays until read.
 let refreshSaid = null;
@@ -147,6 +155,9 @@ function forgetData() {
   for (const id of ["collections", "restores", "runs", "updated"]) $(id).replaceChildren();
   for (const id of ["chart-bytes", "chart-duration"]) $(id).querySelector("svg").replaceChildren();
   verifyResults.clear();
+  restoresShown.clear();
+  restoresOlder = false;
+  restoresNext = null;
   runsGoing = restoresGoing = false;
   say("");
 }
@@ -470,16 +481,47 @@ function restoreItem(r) {
     el("div", { class: "key" }, "restore " + r.restore_id));
 }
 
+function keepRestores(restores) {
+  for (const r of restores) restoresShown.set(r.restore_id, r);
+}
+
+function showRestores() {
+  const restores = [...restoresShown.values()].sort((a, b) =>
+    (b.created_at || "").localeCompare(a.created_at || "") || b.restore_id.localeCompare(a.restore_id));
+  $("restores").replaceChildren(...restores.map(restoreItem));
+  if (!restores.length) {
+    $("restores").append(el("p", { class: "meta" }, "No restores yet: open a run below and tap Restore on a finished backup."));
+  }
+  if (restoresNext) {
+    const button = el("button", { type: "button", class: "older" }, "Show older restores");
+    button.addEventListener("click", () => loadOlderRestores(button));
+    $("restores").append(button);
+  }
+}
+
+// The page of restores after the oldest one shown (GET /restores?before=).
+async function loadOlderRestores(button) {
+  button.disabled = true;
+  try {
+    const listing = await api("restores?before=" + encodeURIComponent(restoresNext));
+    restoresOlder = true;
+    restoresNext = listing.next;
+    keepRestores(listing.restores);
+    showRestores();
+  } catch (error) {
+    button.disabled = false;
+    failed(error);
+  }
+}
+
 async function loadRestores() {
   clearTimeout(restoresTimer);
   try {
     const listing = await api("restores");
-    const restores = listing.restores.slice().sort((a, b) => (b.created_at || "").localeCompare(a.created_at || ""));
-    $("restores").replaceChildren(...restores.map(restoreItem));
-    if (!restores.length) {
-      $("restores").append(el("p", { class: "meta" }, "No restores yet: open a run below and tap Restore on a finished backup."));
-    }
-    restoresGoing = restores.some((r) => r.status === "running");
+    if (!restoresOlder) { restoresShown.clear(); restoresNext = listing.next; }
+    keepRestores(listing.restores);
+    showRestores();
+    restoresGoing = listing.restores.some((r) => r.status === "running");
     if (restoresSaid !== null && $("message").textContent === restoresSaid) say("");
     restoresSaid = null;
     if (restoresGoing) restoresTimer = setTimeout(loadRestores, RESTORE_POLL_MS);
@@ -680,6 +722,7 @@ async function followRestore(id) {
     if (restore.following !== id) return;
     showRestoreProgress(r);
     const listed = document.querySelector('#restores [data-restore-id="' + CSS.escape(id) + '"]');
+    if (restoresShown.has(id)) restoresShown.set(id, r);
     if (listed) listed.replaceWith(restoreItem(r));
     else loadRestores();
     if (r.status === "running") restore.followTimer = setTimeout(() => followRestore(id), RESTORE_POLL_MS);
