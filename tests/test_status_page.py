@@ -990,28 +990,65 @@ def test_a_run_card_says_what_the_verify_after_the_run_only_quick_checked(
     """`verify.after_run: full` ran out of the closing invocation's time: the run closed
     naming the objects it only quick-checked and how to read them back (GET /runs/{id}:
     verify.next_step), but its card showed none of it, as if all had been read back."""
+    api, run_id = cut_short_after_run(local, tmp_path, monkeypatch, ["orders"])
+    with serving(api.config_path, tmp_path / "serve.log") as url:
+        card, said = quick_only_note(url, tmp_path / "profile", run_id)
+
+    assert said is not None, card.content
+    assert "1 of 1 objects were only quick-checked" in said.content, said.content
+    assert f"baas-backup verify {run_id}" in said.content, said.content
+    assert f"backups/runs/{run_id}/shop/orders.jsonl" in said.content, said.content
+    assert said.content in card.content
+
+
+def test_the_quick_only_note_stays_until_what_was_quick_only_is_read_back(
+    local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The note went away after any later full verify, even one of users alone: orders,
+    never read back, looked fully verified."""
+    api, run_id = cut_short_after_run(local, tmp_path, monkeypatch, ["orders", "users"])
+    orders, users = (f"backups/runs/{run_id}/shop/{name}.jsonl" for name in ("orders", "users"))
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with serving(api.config_path, tmp_path / "serve.log") as url:
+        def read_back(collection: str) -> None:
+            done = httpx.post(url + f"runs/{run_id}/verify", headers=auth, timeout=60,
+                              json={"quick": False, "source": "shop", "collection": collection})
+            assert done.status_code == 200 and done.json()["ok"], done.text
+            assert not done.json()["quick_only"], done.text
+
+        read_back("users")
+        card, said = quick_only_note(url, tmp_path / "p1", run_id)
+        assert said is not None, card.content  # orders is still unread
+        assert orders in said.content and users not in said.content, said.content
+        assert "1 of them is still to be read back" in said.content, said.content
+
+        read_back("orders")
+        card, said = quick_only_note(url, tmp_path / "p2", run_id)
+        assert said is None, said.content  # everything quick-only has been read back
+
+
+def cut_short_after_run(local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                        collections: list[str]) -> tuple[Api, str]:
+    """A backup of shop's `collections` whose `verify.after_run: full` had no time left
+    to read anything back; the trigger deployed for it, and the run's id."""
     from shared.service import close
     from tests.support.backup import backup_now
 
-    local.seed("orders", make_docs(5))
-    source = local.wechat_source(collections=["orders"])
+    for name in collections:
+        local.seed(name, make_docs(5, prefix=name[0]))
+    source = local.wechat_source(collections=collections)
     ctx = local.context(local.config(source, sections={"verify": {"after_run": "full"}}))
     with monkeypatch.context() as patched:  # no time left to read anything back
         patched.setattr(close, "verify_out_of_time", lambda ctx: True)
         run_id = backup_now(ctx).run_id
-    api = deploy_sources(local, tmp_path, monkeypatch, source)
-    binary = chromium()
-    with serving(api.config_path, tmp_path / "serve.log") as url:
-        elements = parse(headless(binary, f"{url}#token={TOKEN}", tmp_path / "profile",
-                                  "--dump-dom"))
+    return deploy_sources(local, tmp_path, monkeypatch, source), run_id
 
+
+def quick_only_note(url: str, profile: Path, run_id: str) -> tuple[Element, Element | None]:
+    """The run's card as the page shows it, and its quick-only note, if shown."""
+    elements = parse(headless(chromium(), f"{url}#token={TOKEN}", profile, "--dump-dom"))
     card = next(e for e in elements if e.tag == "details" and e.attrs.get("data-run-id") == run_id)
-    said = [e for e in elements if e.attrs.get("data-verify-quick-only") == run_id]
-    assert said, card.content
-    assert "1 of 1 objects were only quick-checked" in said[0].content, said[0].content
-    assert f"baas-backup verify {run_id}" in said[0].content, said[0].content
-    assert f"backups/runs/{run_id}/shop/orders.jsonl" in said[0].content, said[0].content
-    assert said[0].content in card.content
+    return card, next((e for e in elements if e.attrs.get("data-verify-quick-only") == run_id), None)
 
 
 # The page's verify requests wait until the test lets them go, as on a slow phone network.

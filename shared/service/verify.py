@@ -344,7 +344,7 @@ def record(ctx: Context, report: Report) -> None:
         this = {**result, "checked": sorted(checked)}
         kept = {**this, "checked": still_checked(run, this), "failed": still_failed(run, this),
                 "read_wrong": sorted((read_wrong(run) - checked) | set(found["read_wrong"])),
-                "report_key": key}
+                "report_key": key, **after_run_unread(run, report)}
         summary = {**(run.summary or {}), "last_verify": kept}
         changed = run.model_copy(update={"summary": summary})
         if alert is not None:
@@ -360,6 +360,24 @@ def record(ctx: Context, report: Report) -> None:
         delivered = ctx.notifier.alert(text)
         if saved is not None:
             settle(ctx, saved, "verify", alert, delivered)
+
+
+def after_run_unread(run: Run, report: Report) -> dict[str, list[str]]:
+    """`after_run_quick_only`: the objects the check after the run only quick-checked (its
+    time ran out: close.py) that no verify since has read back. `last_verify` replaces the
+    one before it, so it carries them forward: a full verify of users reads no orders, a
+    quick one reads nothing. Absent when the check after the run read everything back."""
+    summary = run.summary or {}
+    earlier = summary.get("last_verify")
+    if isinstance(earlier, dict) and isinstance(earlier.get("after_run_quick_only"), list):
+        left = earlier["after_run_quick_only"]
+    else:
+        after = summary.get("verify")
+        left = after.get("quick_only") if isinstance(after, dict) else None
+    if not isinstance(left, list) or not left:
+        return {}
+    read = {o.key for o in report.objects if o.records is not None}  # read to the end
+    return {"after_run_quick_only": [key for key in left if key not in read]}
 
 
 def answered(run: Run, kept: dict[str, Any]) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -101,3 +102,30 @@ def test_a_full_verify_with_time_to_spare_reads_everything_back(
     assert run.status is RunStatus.SUCCEEDED and verified["ok"]
     assert verified["fully_read"] == 3 and "quick_only" not in verified
     assert "next_step" not in verified and "verify:" not in run_text(run, jobs)
+
+
+def test_what_was_only_quick_checked_stays_kept_until_a_verify_reads_it_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A later full verify of one collection, or a quick one, reads none of the others
+    back: the run keeps naming those (last_verify.after_run_quick_only, GET /runs/{id})
+    until one that reads them does."""
+    u, keys = backed_up_full(monkeypatch)
+    time_runs_out_in(u, keys[0], monkeypatch)
+    close_finished_runs(u.ctx)
+    u.ctx.stop_by = None  # the later verifies have time to read everything back
+    assert (run_summary(u)["verify"]["quick_only"]) == keys  # none read back
+    first, second = (key.rsplit("/", 1)[1].split(".")[0] for key in keys[:2])
+    kept = []
+    for collection, quick in [(first, False), (None, True), (second, False), (None, False)]:
+        verify.record(u.ctx, verify.verify_run(u.ctx, RUN_ID, collection=collection, quick=quick))
+        shown = verify_view(run_summary(u)["last_verify"])
+        assert shown is not None
+        kept.append(shown["after_run_quick_only"])
+
+    assert kept == [keys[1:], keys[1:], keys[2:], []]
+
+
+def run_summary(u: Unit) -> dict[str, Any]:
+    run = u.state.get_run(RUN_ID)
+    assert run is not None
+    return run.summary or {}

@@ -380,17 +380,31 @@ const QUICK_ONLY_LISTED = 10;  // keys named on the card; `next_step` gives the 
 
 // A full verify after the run that ran out of the closing invocation's time read some
 // objects back and only quick-checked the rest (size, CRC64): `next_step` says how many
-// and how to read them back (shared/service/close.py). A later full verify supersedes it.
+// and how to read them back (shared/service/close.py). It stays until later verifies have
+// read all of those back: `last_verify.after_run_quick_only` names what is still unread
+// (shared/service/verify.py, after_run_unread); a verify of another collection reads none.
 function quickChecked(full) {
   const after = full.verify;
   if (!after || !after.next_step) return [];
-  if (full.last_verify && full.last_verify.quick === false) return [];
-  const keys = after.quick_only || [];
+  const keys = stillQuickOnly(full);
+  if (!keys.length) return [];
   const more = keys.length - QUICK_ONLY_LISTED;
+  const fewer = (after.quick_only || []).length > keys.length;  // some were read back since
   return [el("div", { class: "notice", "data-verify-quick-only": full.run_id },
-    "⚠ Verify after the run: " + after.next_step + ".",
+    "⚠ Verify after the run: " + after.next_step + "." + (fewer ? " " + keys.length +
+      (keys.length === 1 ? " of them is" : " of them are") + " still to be read back:" : ""),
     ...keys.slice(0, QUICK_ONLY_LISTED).map((key) => el("div", { class: "key" }, key)),
     more > 0 ? el("div", { class: "meta" }, "… and " + more + " more") : null)];
+}
+
+// What the check after the run only quick-checked and no verify since has read back. A
+// verify kept before the list was (no `after_run_quick_only`) is taken as before: a full
+// one read everything back.
+function stillQuickOnly(full) {
+  const later = full.last_verify;
+  if (later && Array.isArray(later.after_run_quick_only)) return later.after_run_quick_only;
+  if (later && later.quick === false) return [];
+  return full.verify.quick_only || [];
 }
 
 // The run's backups retention deleted on purpose (`pruned` in the verify's report,
