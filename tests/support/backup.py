@@ -53,17 +53,22 @@ class LocalBackup:
                **timing: Any) -> Config:
         """A config for `sources`; `sections` adds top-level sections (`destination`
         entries are merged into the local destination)."""
+        return parse_config(self.document(*sources, sections=sections, **timing),
+                            environ=self.environ)
+
+    def document(self, *sources: dict[str, Any], sections: dict[str, Any] | None = None,
+                 **timing: Any) -> dict[str, Any]:
+        """The config file's content `config` parses (a spawned process parses its own)."""
         extra = dict(sections or {})
         destination = {**self.destination.model_dump(exclude={"secret_id", "secret_key"}),
                        **extra.pop("destination", {})}
-        document = {
+        return {
             "destination": destination,
             "state": {"url": self.state_url},
             "timing": {**FAST_TIMING, **timing},
             "sources": list(sources) or [self.wechat_source()],
             **extra,
         }
-        return parse_config(document, environ=self.environ)
 
     def config_file(self, config: Config, sources: list[dict[str, Any]], path: Path,
                     monkeypatch: pytest.MonkeyPatch) -> Path:
