@@ -47,6 +47,11 @@ class TokenCache(Protocol):
 
     def cache_delete(self, key: str) -> None: ...
 
+    def cache_claim(self, key: str, value: str, expires_at: datetime, now: datetime) -> bool:
+        """Put `value` under `key` only if no entry live at `now` holds it (an expired one
+        does not): compare-and-set on the key, so of callers racing for it exactly one is
+        told True, whichever process or function they run in. Released with cache_delete."""
+
 
 @dataclass(frozen=True)
 class PlatformServices:
@@ -316,11 +321,6 @@ class StateStore(TokenCache, Protocol):
         found without reading the backup runs recorded between them."""
 
     def open_runs(self) -> list[Run]: ...
-
-    def cache_claim(self, key: str, value: str, expires_at: datetime, now: datetime) -> bool:
-        """Put `value` under `key` only if no entry live at `now` holds it (an expired one
-        does not): compare-and-set on the key, so of callers racing for it exactly one is
-        told True. Released with cache_delete."""
 
     def save_run(self, run: Run) -> Run | None:
         """Write if the stored version equals run.version; the stored run, or None."""

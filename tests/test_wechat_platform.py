@@ -22,7 +22,7 @@ from shared.platforms.wechat.platform import WeChatClient
 from shared.platforms.wechat.settings import VERIFY_TICKET_ENV
 from shared.service.context import Context
 from tests.support.backup import LocalBackup, backup_now
-from tests.support.wechat import at_once
+from tests.support.wechat import at_once, probe_as_functions
 
 COMPONENT = "wx00000000000000c1"
 COMPONENT_SECRET = "component-secret-8a7b6c"
@@ -188,6 +188,22 @@ def test_a_refresh_token_handed_back_by_wechat_is_kept(platform: Platform) -> No
     assert run.status is RunStatus.SUCCEEDED, [j.error for j in ctx.state.list_jobs(run.run_id)]
     # night-1; night-2: refused once for the expired component token, then with a fresh one
     assert emulator.calls[AUTHORIZER_TOKEN] == 3
+
+
+def test_two_functions_at_once_exchange_the_refresh_token_once(platform: Platform) -> None:
+    """The trigger, the poller and the finisher are separate processes sharing only the
+    state table. When WeChat hands back a new authorizer_refresh_token the one exchanged is
+    used up, so two functions exchanging at once: one of them is refused (61023) and the
+    other keeps a refresh token only if it wins the race to store it."""
+    emulator = platform.local.emulator
+    emulator.rotate_refresh_tokens = True
+    emulator.latency = 0.5  # the calls overlap on the wire, as a distant WeChat's do
+    document = platform.local.document(platform.source(platform.app_b()))
+
+    answers = probe_as_functions(document, platform.local.environ, ["shop-b", "shop-b"])
+
+    assert all(a.startswith("token fetched") for a in answers), answers
+    assert emulator.calls[AUTHORIZER_TOKEN] == 1 and emulator.calls[COMPONENT_TOKEN] == 1
 
 
 def test_a_kept_refresh_token_outlives_a_month(platform: Platform,

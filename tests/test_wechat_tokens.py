@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, cast
 
 import httpx
@@ -15,12 +18,15 @@ import pytest
 
 from devkit.compare import assert_object_equals_docs
 from devkit.sample_data import make_docs
+from shared.adapters.sql_state import SqlStateStore
+from shared.adapters.token_memo import MemoTokenCache
 from shared.domain.errors import Fatal, Retryable
 from shared.domain.jobs import JobStatus, Run, RunStatus
 from shared.platforms.wechat.platform import WeChatClient
+from shared.platforms.wechat.tokens import CachedToken
 from shared.service.context import Context
 from tests.support.backup import APPID, SECRET, LocalBackup, backup_now
-from tests.support.wechat import at_once
+from tests.support.wechat import at_once, probe_as_functions
 
 STABLE = "/cgi-bin/stable_token"
 LEGACY = "/cgi-bin/token"
@@ -332,3 +338,52 @@ def test_two_envs_of_one_mini_program_called_at_once_fetch_one_legacy_token(
     assert at_once(lambda: pending.pop().probe(), 6) == []
 
     assert local.emulator.calls[LEGACY] == 1
+
+
+def test_two_functions_at_once_fetch_one_legacy_token(local: LocalBackup) -> None:
+    """The trigger, the poller and the finisher are separate SCF functions: separate
+    processes, each with its own state-store client, sharing only the state table. Each
+    cgi-bin/token call retires the token before it (API-NOTES.md, WeChat: "Token,
+    legacy"), so two of them fetching at once would retire each other's token."""
+    local.seed("orders", [])
+    local.emulator.latency = 0.5  # the calls overlap on the wire, as a distant WeChat's do
+    document = local.document(local.wechat_source(token="legacy_token"))
+
+    answers = probe_as_functions(document, local.environ, ["shop", "shop"])
+
+    assert all(a.startswith("token fetched") for a in answers), answers
+    assert local.emulator.calls[LEGACY] == 1
+    assert local.emulator.calls["/tcb/databasecollectionget"] == 2
+
+
+def test_a_renewal_takes_the_token_another_function_is_fetching(tmp_path: Path) -> None:
+    """WeChat rejected the cached token in two functions at once; the other one claimed the
+    fetch first. This one takes the token that one stores, promptly: it fetches none itself
+    (a legacy fetch would retire the other's) and its memo does not keep answering with the
+    rejected token while it waits."""
+    url = f"sqlite:///{tmp_path / 'state.sqlite3'}"
+    key = "wechat:legacy_token:wx1"
+    other = SqlStateStore(url)  # the other function's client of the state table
+    now = datetime.now(timezone.utc)
+    other.cache_put(key, "rejected", now + timedelta(hours=1))
+    fetched: list[str | None] = []
+
+    def fetch(avoid: str | None) -> tuple[str, int]:
+        fetched.append(avoid)
+        return "a-second-one", 7200
+
+    token = CachedToken(MemoTokenCache(SqlStateStore(url)), key, fetch)
+    assert token.token() == "rejected"  # now remembered in this function's memo
+    assert other.cache_claim(f"{key}:fetching", "fetching", now + timedelta(minutes=5), now)
+
+    def the_other_function_stores_its_token() -> None:
+        time.sleep(0.5)
+        other.cache_put(key, "theirs", datetime.now(timezone.utc) + timedelta(hours=1))
+        other.cache_delete(f"{key}:fetching")
+
+    threading.Thread(target=the_other_function_stores_its_token).start()
+    started = time.monotonic()
+
+    assert token.renew("rejected", "errcode 40001") == "theirs"
+    assert fetched == []
+    assert time.monotonic() - started < 5

@@ -68,6 +68,14 @@ class FreshTokens:
         with self._lock:
             self._tokens.pop(key, None)
 
+    def cache_claim(self, key: str, value: str, expires_at: datetime, now: datetime) -> bool:
+        with self._lock:
+            found = self._tokens.get(key)
+            if found is not None and found[1] > now:
+                return False
+            self._tokens[key] = (value, expires_at)
+            return True
+
 
 def _write_probe(store: StateStore, kind: str) -> None:
     """Every function writes the state (runs, jobs, cached tokens), so answering a read

@@ -55,6 +55,17 @@ class MemoTokenCache:
         self._store.cache_delete(key)
         self._forget(key)
 
+    def cache_claim(self, key: str, value: str, expires_at: datetime, now: datetime) -> bool:
+        """Claimed in the store, where every function sees it. A claim guards a value that
+        is about to change (a token fetch): whether this one won it or another function
+        holds it, what is remembered is read from the store again, so waiting for that
+        function's token is never answered from the memo with the old one."""
+        claimed = self._store.cache_claim(key, value, expires_at, now)
+        with self._lock:
+            self._memo.clear()
+            self._writes += 1
+        return claimed
+
     def _forget(self, key: str) -> None:
         """After the store changed: drop the memo, and stop reads in flight remembering."""
         with self._lock:

@@ -12,7 +12,7 @@
   refresh token with the component token, or external).
 
 Tokens the product fetches itself are shared through the state table's cache by all three
-functions, until five minutes before they expire.
+functions, until five minutes before they expire, and fetched by one function at a time.
 """
 
 from __future__ import annotations
@@ -123,24 +123,50 @@ class _StableTokenHandedBack(Retryable):
 _FETCH_LOCKS: dict[str, threading.Lock] = {}
 _FETCH_LOCKS_GUARD = threading.Lock()
 
+# The trigger, the poller and the finisher are separate SCF functions, so separate
+# processes: a fetch is claimed in the state table (cache_claim, create-only on every
+# backend), one function fetches and the others wait for what it stores. Each cgi-bin/token
+# call retires the token before it (API-NOTES.md, WeChat, "Token, legacy"), and an
+# authorizer refresh token WeChat replaces in an exchange (the authorizer_refresh_token of
+# https://developers.weixin.qq.com/doc/oplatform/Third-party_Platforms/2.0/api/ThirdParty/
+# token/api_authorizer_token.html) is refused to the exchanges racing it. The claim
+# outlives a fetch (at most a component token and an authorizer exchange, each renewed
+# once: four requests, each given up after 60 s without an answer, shared/adapters/http.py),
+# so it is not taken from a function still fetching; one left by a function stopped
+# mid-fetch lapses.
+FETCH_CLAIM_FOR = timedelta(minutes=5)
+FETCH_WAIT_SECONDS = 30.0  # a fetch takes a second or two; then the call is tried again
+FETCH_POLL_SECONDS = 0.2
+
 
 def _fetch_lock(key: str) -> threading.Lock:
     """One fetch of a cached token at a time in this process, whichever source's client
     asks (the poller calls them from several threads; two sources may be two envs of one
-    mini program); the others then take what it stored. Each cgi-bin/token call retires the
-    token before it (API-NOTES.md, WeChat, "Token, legacy"), and an authorizer refresh
-    token WeChat replaces in an exchange is refused to the exchanges racing it."""
+    mini program): they queue here rather than each polling the state table's claim."""
     with _FETCH_LOCKS_GUARD:
         return _FETCH_LOCKS.setdefault(key, threading.Lock())
 
 
+class _FetchedElsewhere(Retryable):
+    """Another function held the fetch claim for longer than this one waits."""
+
+    def __init__(self, claim: str) -> None:
+        super().__init__(
+            f"another baas-backup function has been fetching this token for over "
+            f"{FETCH_WAIT_SECONDS:g} s (claim {claim!r} in the state table's cache); the call "
+            f"is tried again later. A function stopped mid-fetch leaves the claim for at most "
+            f"{FETCH_CLAIM_FOR.total_seconds() / 60:g} minutes")
+
+
 class CachedToken:
-    """A token this product fetches itself, shared through the state table's cache."""
+    """A token this product fetches itself, shared through the state table's cache and
+    fetched by one function at a time."""
 
     def __init__(self, cache: TokenCache, key: str,
                  fetch: Callable[[str | None], tuple[str, int]]) -> None:
         self._cache = cache
         self._key = key
+        self._claim = f"{key}:fetching"
         self._fetch = fetch  # (token to avoid) -> (token, expires_in)
         self._fetching = _fetch_lock(key)
 
@@ -150,25 +176,43 @@ class CachedToken:
             register_secret(cached)
             return cached
         with self._fetching:
-            cached = self._cache.cache_get(self._key, _now())
-            if cached:  # fetched by another thread while this one waited
-                register_secret(cached)
-                return cached
-            return self._fetch_and_store(None)
+            return self._fetched_once(None)
 
     def renew(self, rejected: str, reason: str) -> str:
         with self._fetching:
-            cached = self._cache.cache_get(self._key, _now())
-            if cached and cached != rejected:
-                register_secret(cached)
-                return cached  # another thread or function renewed it meanwhile
-            self._cache.cache_delete(self._key)
             try:
-                return self._fetch_and_store(rejected)
+                return self._fetched_once(rejected)
             except _StableTokenHandedBack as exc:
                 raise Retryable(f"{reason}: {exc}") from None  # with the errcode WeChat gave
 
+    def _fetched_once(self, rejected: str | None) -> str:
+        """The cached token unless it is `rejected`; else fetched by whichever function
+        claims the fetch, and waited for by the others."""
+        deadline = time.monotonic() + FETCH_WAIT_SECONDS
+        while True:
+            cached = self._cached(rejected)
+            if cached:  # another thread or function fetched it meanwhile
+                return cached
+            now = _now()
+            if self._cache.cache_claim(self._claim, "fetching", now + FETCH_CLAIM_FOR, now):
+                try:  # the cache again: the previous holder may have stored it since
+                    return self._cached(rejected) or self._fetch_and_store(rejected)
+                finally:
+                    self._cache.cache_delete(self._claim)
+            if time.monotonic() >= deadline:
+                raise _FetchedElsewhere(self._claim)
+            time.sleep(FETCH_POLL_SECONDS)
+
+    def _cached(self, rejected: str | None) -> str | None:
+        cached = self._cache.cache_get(self._key, _now())
+        if not cached or cached == rejected:
+            return None
+        register_secret(cached)
+        return cached
+
     def _fetch_and_store(self, avoid: str | None) -> str:
+        if avoid is not None:  # no function takes the rejected token while this one fetches
+            self._cache.cache_delete(self._key)
         token, expires_in = self._fetch(avoid)
         register_secret(token)
         self._cache.cache_put(self._key, token, _now() + timedelta(seconds=expires_in) - EARLY_REFRESH)
