@@ -22,6 +22,7 @@ from shared.adapters.sql_state import SqlStateStore
 from shared.adapters.token_memo import MemoTokenCache
 from shared.domain.errors import Fatal, Retryable
 from shared.domain.jobs import JobStatus, Run, RunStatus
+from shared.platforms.wechat import tokens as wechat_tokens
 from shared.platforms.wechat.platform import WeChatClient
 from shared.platforms.wechat.tokens import CachedToken
 from shared.service.context import Context
@@ -387,3 +388,30 @@ def test_a_renewal_takes_the_token_another_function_is_fetching(tmp_path: Path) 
     assert token.renew("rejected", "errcode 40001") == "theirs"
     assert fetched == []
     assert time.monotonic() - started < 5
+
+
+def test_a_fetch_left_claimed_by_a_stopped_function_is_waited_for_then_taken_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A function stopped mid-fetch (its SCF timeout) leaves its claim: the others wait a
+    little, then the call is tried again later, saying why; once the claim lapses the next
+    function fetches."""
+    monkeypatch.setattr(wechat_tokens, "FETCH_WAIT_SECONDS", 0.5)
+    url = f"sqlite:///{tmp_path / 'state.sqlite3'}"
+    key = "wechat:legacy_token:wx1"
+    fetched: list[str | None] = []
+
+    def fetch(avoid: str | None) -> tuple[str, int]:
+        fetched.append(avoid)
+        return "mine", 7200
+
+    now = datetime.now(timezone.utc)
+    assert SqlStateStore(url).cache_claim(f"{key}:fetching", "fetching", now + timedelta(seconds=2), now)
+    token = CachedToken(MemoTokenCache(SqlStateStore(url)), key, fetch)
+
+    with pytest.raises(Retryable, match=r"another baas-backup function.*tried again later"):
+        token.token()
+    assert fetched == []
+    time.sleep(2)  # the claim lapsed
+
+    assert token.token() == "mine" and fetched == [None]
