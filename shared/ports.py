@@ -385,6 +385,16 @@ class CredentialProbe(Protocol):
     def probe(self) -> str: ...
 
 
+@dataclass(frozen=True)
+class Deployed:
+    """A deployed function's answer to the doctor: what was proven, and a digest of the
+    config it loaded ("" when it is too old to say), for the doctor to compare."""
+
+    detail: str
+    config: str
+    proven: bool = True  # False: not checked, `detail` says why and how to check it
+
+
 class Deployment(Protocol):
     """What `doctor` checks besides the config and the sources."""
 
@@ -401,9 +411,16 @@ class Deployment(Protocol):
     def state(self) -> str:
         """The state backend answers a read."""
 
-    def finisher(self) -> str | None:
-        """The finisher function can be invoked with these credentials; None when the
-        config copies in-process (dispatch.mode local)."""
+    def finisher(self) -> Deployed | None:
+        """The finisher function can be invoked with these credentials and loads its config;
+        None when the config copies in-process (dispatch.mode local)."""
+
+    def poller(self) -> Deployed | None:
+        """The poller function can be invoked, loads its config and reaches the state store,
+        advancing no job; None with dispatch.mode local."""
+
+    def trigger(self) -> str | None:
+        """The digest of the config the deployed trigger runs; None when it cannot be told."""
 
     def webhooks(self) -> int:
         """How many webhooks are configured."""

@@ -29,7 +29,7 @@ from shared.config import Notify, load_config
 from shared.domain.errors import Fatal
 from shared.entrypoints.cli import main as cli
 from shared.entrypoints.http_api import TOKEN_ENV
-from shared.entrypoints.scf import handle_finisher
+from shared.entrypoints.scf import handle_finisher, handle_poller, handle_trigger
 from tests.support.api import TOKEN, check_against_spec, url_event
 from tests.support.backup import FAST_TIMING, SECRET, LocalBackup
 from tests.support.handlers import load_handler
@@ -41,13 +41,16 @@ from tests.support.webhook import WebhookReceiver
 
 ROOT = Path(__file__).resolve().parent.parent
 FINISHER = "baas-backup-finisher"
+POLLER, TRIGGER = "baas-backup-poller", "baas-backup-trigger"  # scf-*/serverless.yml inputs.name
 REGION = "ap-guangzhou"
 ROLE = {"TENCENTCLOUD_SECRETID": "AKIDrole0000000000000007",
         "TENCENTCLOUD_SECRETKEY": "role-secret-key-doctor-77",
         "TENCENTCLOUD_SESSIONTOKEN": "role-session-token-doctor-77"}
 SCOPED = [f"default/{FINISHER}"]  # docs/cam-policy.json's grant: the finisher only
+# keys that may invoke every function (an owner's, on a machine)
+EVERY_FUNCTION = [*SCOPED, f"default/{POLLER}", f"default/{TRIGGER}"]
 CHECKS = ["config", "bucket", "probe object", "create-only writes", "state", "source shop",
-          "source app", "source crm", "finisher", "notify.webhooks[0]"]
+          "source app", "source crm", "finisher", "poller", "deployed config", "notify.webhooks[0]"]
 
 
 @dataclass
@@ -94,8 +97,10 @@ def site(local: LocalBackup, minapp_emulator: MinAppEmulator, onedb_emulator: On
     onedb_emulator.add_generated_table(ONEDB_ENV, APP, "events", 5)
     cloud = TencentCloudEmulator()
     cloud.add_key(ROLE["TENCENTCLOUD_SECRETID"], ROLE["TENCENTCLOUD_SECRETKEY"],
-                  ROLE["TENCENTCLOUD_SESSIONTOKEN"], allow=SCOPED)
+                  ROLE["TENCENTCLOUD_SESSIONTOKEN"], allow=EVERY_FUNCTION)
     cloud.add_function(FINISHER, handle_finisher, region=REGION)
+    cloud.add_function(POLLER, handle_poller, region=REGION)
+    cloud.add_function(TRIGGER, handle_trigger, region=REGION)
     cloud.start()
     sources = [local.wechat_source(), local.minapp_source(minapp_emulator),
                onedb_source(local, onedb_emulator)]
@@ -134,12 +139,19 @@ def test_every_check_passes_on_a_good_deployment(
     assert "never had versioning" in checks["create-only writes"]["detail"]
     assert "4 record(s)" in checks["source app"]["detail"]
     assert "one row" in checks["source crm"]["detail"]
-    # the finisher was really invoked, synchronously, with the doctor's event, and did nothing
-    invocation = site.cloud.invocations[-1]
-    assert (invocation.function, invocation.invocation_type) == (FINISHER, "RequestResponse")
-    assert invocation.event == {"doctor": True}
-    assert invocation.result == {"doctor": "finisher", "ok": True, "config": load_config(site.path).digest}
-    assert "with the same config" in checks["finisher"]["detail"]  # as this doctor's
+    # the finisher and the poller were really invoked, synchronously, with the doctor's
+    # event, and did nothing (the poller answered the doctor, not with a tick's summary)
+    digest = load_config(site.path).digest
+    invoked = {i.function: i for i in site.cloud.invocations}
+    for function, role in ((FINISHER, "finisher"), (POLLER, "poller")):
+        invocation = invoked[function]
+        assert invocation.invocation_type == "RequestResponse" and invocation.event == {"doctor": True}
+        assert invocation.result == {"doctor": role, "ok": True, "config": digest}
+        assert "having loaded its config" in checks[role]["detail"]
+    assert invoked[TRIGGER].event == {"doctor": "config"}  # asked which config it runs, only
+    assert invoked[TRIGGER].result == {"doctor": "trigger", "ok": True, "config": digest}
+    assert checks["deployed config"]["detail"] == (
+        f"the trigger, finisher and poller run this backup.yaml (digest {digest})")
     # the webhook was only asked whether it is there; nothing was sent to anyone
     assert site.webhook.gets == 1 and site.webhook.messages == []
     # the probe objects are gone
@@ -463,6 +475,55 @@ def finisher_runs_an_older_config(site: Site, monkeypatch: pytest.MonkeyPatch) -
     site.cloud.add_function(FINISHER, finisher_of_the_older_package, region=REGION)
 
 
+def poller_package_broken(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A poller package that fails to load (built without its dependencies): every minute's
+    tick fails, and no job moves."""
+    def poller_failing_to_import(event: dict[str, Any]) -> Any:
+        raise ModuleNotFoundError("No module named 'pydantic'")
+
+    site.cloud.add_function(POLLER, poller_failing_to_import, region=REGION)
+
+
+def deployed_with(site: Site, monkeypatch: pytest.MonkeyPatch, handler: Callable[..., Any],
+                  document: dict[str, Any]) -> Callable[[dict[str, Any]], Any]:
+    """`handler` as deployed with a package holding `document` as its backup.yaml."""
+    older = site.path.with_name("deployed.yaml")
+    older.write_text(yaml.safe_dump(document, allow_unicode=True), encoding="utf-8")
+
+    def deployed(event: dict[str, Any]) -> Any:
+        monkeypatch.setenv("BAAS_BACKUP_CONFIG", str(older))  # the doctor waits on this Invoke
+        try:
+            return handler(event)
+        finally:
+            monkeypatch.setenv("BAAS_BACKUP_CONFIG", str(site.path))
+
+    return deployed
+
+
+def poller_runs_an_older_config(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`scf deploy --target scf-trigger --target scf-finisher` after editing backup.yaml:
+    the poller still runs the package before it."""
+    older = {**site.document, "sources": site.document["sources"][:1]}
+    site.cloud.add_function(POLLER, deployed_with(site, monkeypatch, handle_poller, older),
+                            region=REGION)
+
+
+def poller_cannot_reach_the_state(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same config, yet the poller's own network or environment does not reach the state
+    store (here: the variable in state.url names a folder only the others have)."""
+    monkeypatch.setenv("STATE_DIR", str(site.path.parent))
+    site.document["state"] = {"url": "sqlite:///${STATE_DIR}/state.sqlite3"}
+
+    def poller_elsewhere(event: dict[str, Any]) -> Any:
+        monkeypatch.setenv("STATE_DIR", str(site.path))  # a file: no database opens under it
+        try:
+            return handle_poller(event)
+        finally:
+            monkeypatch.setenv("STATE_DIR", str(site.path.parent))
+
+    site.cloud.add_function(POLLER, poller_elsewhere, region=REGION)
+
+
 def no_role_keys(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ROLE:
         monkeypatch.delenv(name)
@@ -500,8 +561,17 @@ FAILURES: list[tuple[Mutation, str, list[str], list[str]]] = [
                                          "scf-finisher/serverless.yml"], []),
     (finisher_cannot_load_its_config, "finisher", ["cannot load its config", "sources[0].secret",
                                                     "WECHAT_SECRET", "scf-finisher/serverless.yml"], []),
-    (finisher_runs_an_older_config, "finisher", ["another config", "scripts/package",
-                                                  "scf deploy", "--target"], []),
+    (finisher_runs_an_older_config, "deployed config", [
+        "the finisher runs another config", "left out of the last deploy", "scripts/package",
+        "scf deploy", "--target"], []),
+    (poller_package_broken, "poller", ["poller 'baas-backup-poller' was invoked but failed",
+                                       "No module named", "deploy the current package"], []),
+    (poller_runs_an_older_config, "deployed config", [
+        "the poller runs another config", "left out of the last deploy", "scripts/package",
+        "--target"], []),
+    (poller_cannot_reach_the_state, "poller", [
+        "cannot reach the state store", "sqlite state backend does not answer", "state.url",
+        "network settings"], []),
     (no_role_keys, "finisher", ["no credentials to invoke the finisher", "TENCENTCLOUD_SECRETID"], []),
     (webhook_unreachable, "notify.webhooks[0]", ["unreachable", "ConnectError", "host 127.0.0.1"], []),
 ]
@@ -637,6 +707,42 @@ def test_the_finisher_as_deployed_answers_the_doctor(
 
     assert by_check(report)["finisher"]["status"] == "ok", by_check(report)["finisher"]
     site.cloud.wait_idle()
+
+
+def test_a_backup_yaml_edited_and_not_deployed_is_named_as_such(
+        site: Site, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """All three functions run the same package, and this machine's backup.yaml was edited
+    since: not a function left out of the deploy, and the doctor says so."""
+    deployed = {**site.document, "sources": list(site.document["sources"])}
+    for name, handler in ((FINISHER, handle_finisher), (POLLER, handle_poller),
+                          (TRIGGER, handle_trigger)):
+        site.cloud.add_function(name, deployed_with(site, monkeypatch, handler, deployed), region=REGION)
+    site.document["sources"] = site.document["sources"][:2]  # the edit, not deployed
+
+    compared = by_check(site.doctor("cli", capsys=capsys))["deployed config"]
+
+    assert compared["status"] == "failed", compared
+    for words in ("this backup.yaml", "is not deployed", "the trigger, poller and finisher all run",
+                  "edited since the last deploy", "scripts/package --config backup.yaml"):
+        assert words in compared["detail"], compared
+    assert "left out" not in compared["detail"]
+
+
+def test_with_the_shipped_policy_the_poller_check_says_where_to_run_it(site: Site) -> None:
+    """docs/cam-policy.json lets the role invoke the finisher only, all the functions need:
+    the doctor inside the trigger cannot invoke the poller, and says how it can be checked
+    instead of failing a deployment that is right."""
+    site.cloud.add_key(ROLE["TENCENTCLOUD_SECRETID"], ROLE["TENCENTCLOUD_SECRETKEY"],
+                       ROLE["TENCENTCLOUD_SESSIONTOKEN"], allow=SCOPED)
+
+    report = site.doctor("trigger")
+
+    poller = by_check(report)["poller"]
+    assert report["ok"] is True and poller["status"] == "skipped", poller
+    for words in ("may not invoke the poller", "docs/cam-policy.json", "baas-backup doctor",
+                  "scf:InvokeFunction"):
+        assert words in poller["detail"], poller
+    assert by_check(report)["deployed config"]["status"] == "ok"  # the finisher's is compared
 
 
 def finisher_only_in_chengdu(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from shared.config import Config, DispatchSettings
-from shared.domain.errors import BackupError, Fatal, Retryable, RetryLater
+from shared.domain.errors import BackupError, Fatal, Retryable, RetryLater, StateError
 from shared.logs import register_secret
 from shared.ports import Dispatcher
 
@@ -66,16 +66,25 @@ class _Refused(Fatal, DispatchError):
     pass
 
 
+NO_CREDENTIALS = "NoCredentials"
+
+
+def _no_credentials(text: str) -> _Refused:
+    error = _Refused(text)
+    error.code = NO_CREDENTIALS  # the doctor tells this cause apart by it
+    return error
+
+
 def _classify(code: str, message: str, request_id: str | None, target: ScfTarget) -> DispatchError:
     """One SDK error → the class the service layer acts on, with what to fix in the message."""
     said = f"{code}: {message}" + (f" (request id {request_id})" if request_id else "")
     function = f"function {target.function!r} in namespace {target.namespace!r}, region {target.region}"
     error: DispatchError
     if code.startswith("RequestLimitExceeded"):
-        error = _Throttled(f"Tencent Cloud API rate limit while invoking the finisher: {said}")
+        error = _Throttled(f"Tencent Cloud API rate limit while invoking the {target.role}: {said}")
     elif code.startswith(("AuthFailure.UnauthorizedOperation", "UnauthorizedOperation")):
         error = _Refused(
-            f"the execution role may not invoke the finisher ({said}); give the role "
+            f"the execution role may not invoke the {target.role} ({said}); give the role "
             f"scf:InvokeFunction on qcs::scf:{target.region}:uin/<UIN>:namespace/{target.namespace}"
             f"/function/{target.function} (see docs/cam-policy.json)"
         )
@@ -94,7 +103,8 @@ def _classify(code: str, message: str, request_id: str | None, target: ScfTarget
                          "API, or give the API's own address)")
     elif code.startswith("ResourceNotFound"):
         error = _Refused(
-            f"no {function} ({said}); deploy it (scf-finisher/serverless.yml) or fix dispatch.finisher_function, "
+            f"no {function} ({said}); deploy it (scf-{target.role}/serverless.yml) or fix "
+            f"dispatch.{target.role}_function, "
             "dispatch.namespace or dispatch.region in the config"
         )
     elif code.startswith(("InvalidParameter", "MissingParameter", "UnknownParameter",
@@ -103,7 +113,7 @@ def _classify(code: str, message: str, request_id: str | None, target: ScfTarget
                          "check the dispatch section of the config")
     else:  # InternalError, ServiceUnavailable, network errors, anything new: transient
         # The cause only: whether it is tried again is the caller's to say (the poller's).
-        error = _Transient(f"invoking the finisher failed: {said}")
+        error = _Transient(f"invoking the {target.role} failed: {said}")
     error.code = code
     return error
 
@@ -139,10 +149,13 @@ class _RedirectRefused(Exception):
 
 
 class ScfTarget:
-    """Where the finisher lives and how to reach the API."""
+    """Where a function (the finisher; for `doctor`, also the poller or the trigger) lives
+    and how to reach the API."""
 
-    def __init__(self, settings: DispatchSettings, region: str) -> None:
-        self.function = settings.finisher_function
+    def __init__(self, settings: DispatchSettings, region: str, role: str = "finisher") -> None:
+        self.role = role
+        self.function = {"finisher": settings.finisher_function, "poller": settings.poller_function,
+                         "trigger": settings.trigger_function}[role]
         self.namespace = settings.namespace
         self.region = region
         self.endpoint = settings.endpoint
@@ -188,7 +201,7 @@ class ScfDispatcher:
         """Read at every call: the role's keys expire and SCF sets fresh ones per invocation."""
         secret_id, secret_key, token = (self._environ.get(name) or None for name in ROLE_ENV)
         if not (secret_id and secret_key):
-            raise _Refused(
+            raise _no_credentials(
                 "no credentials to invoke the finisher: attach an execution role to the poller "
                 f"function (serverless.yml `role`), which provides {', '.join(ROLE_ENV)}; "
                 "or set dispatch.mode: local to copy inside the poller"
@@ -218,58 +231,61 @@ class ScfDispatcher:
             self._client_keys = keys
         return self._client
 
-    def probe(self, config_digest: str = "") -> str:
-        """`doctor`: a synchronous Invoke of the finisher with `{"doctor": true}`, which the
-        finisher answers without touching anything. SCF's Invoke has no dry-run mode
-        (cloud.tencent.com/document/api/583/17243), and a RequestResponse invocation
-        needs the same scf:InvokeFunction grant as the poller's Event invocations.
-        `config_digest`: the doctor's own config's, which the finisher's must match."""
+    def probe(self, event: object = True) -> tuple[str, str]:
+        """`doctor`: a synchronous Invoke of the target with `{"doctor": event}`, which the
+        function answers without touching anything (the poller advances no job). SCF's
+        Invoke has no dry-run mode (cloud.tencent.com/document/api/583/17243), and a
+        RequestResponse invocation needs the same scf:InvokeFunction grant as the poller's
+        Event invocations. Returns what was proven and the digest of the config the function
+        loaded ("" from one older than the digest), for the doctor to compare."""
         from tencentcloud.common.exception.tencent_cloud_sdk_exception import (
             TencentCloudSDKException,
         )
         from tencentcloud.scf.v20180416.models import InvokeRequest
 
         target = self.target
+        what = f"the {target.role} {target.function!r}"
         request = InvokeRequest()
         request.FunctionName = target.function
         request.Namespace = target.namespace
         request.Qualifier = "$LATEST"
         request.InvocationType = "RequestResponse"
-        request.ClientContext = json.dumps({"doctor": True})
+        request.ClientContext = json.dumps({"doctor": event})
         try:
             response = self._scf_client().Invoke(request)
         except TencentCloudSDKException as exc:
             code, message = str(exc.get_code() or "ClientError"), str(exc.get_message() or "")
             if code.startswith(("AuthFailure.UnauthorizedOperation", "UnauthorizedOperation")):
-                raise _Refused(scoped_invoke_refused(code, message, target)) from None
+                denied = _Refused(scoped_invoke_refused(code, message, target))
+                denied.code = code  # the doctor tells a refusal apart by it
+                raise denied from None
             raise _classify(code, message, exc.get_request_id(), target) from None
         result = response.Result
         error = str(getattr(result, "ErrMsg", "") or "")
         if error or int(getattr(result, "InvokeResult", 0) or 0) != 0:
-            raise _Refused(f"the finisher {target.function!r} was invoked but failed: {error[:300]}; "
+            raise _Refused(f"{what} was invoked but failed: {error[:300]}; "
                            "see its logs in the SCF console and deploy the current package")
         answered = str(getattr(result, "RetMsg", "") or "")
         if '"doctor"' not in answered:
-            raise _Refused(f"the finisher {target.function!r} was invoked but does not know the "
-                           f"doctor's event (it answered {answered[:200]!r}); deploy the current "
-                           "package to it")
-        refused = _finisher_config_error(answered)
-        if refused is not None:
-            raise _Refused(f"the finisher {target.function!r} answered, but cannot load its config, "
-                           f"so it would fail every copy: {refused[:1500]}. Give it the same "
-                           "environment variables as the trigger (scf-finisher/serverless.yml "
+            raise _Refused(f"{what} was invoked but does not know the doctor's event (it "
+                           f"answered {answered[:200]!r}); deploy the current package to it")
+        refused = _answer_field(answered, "error")
+        if refused:
+            raise _Refused(f"{what} answered, but cannot load its config, so it would fail "
+                           f"every {_WORK[target.role]}: {refused[:1500]}. Give it the same "
+                           f"environment variables as the trigger (scf-{target.role}/serverless.yml "
                            "environment.variables, or its console) and the same package "
                            "(scripts/package --config backup.yaml, then scf deploy of all three)")
-        theirs = _finisher_config_digest(answered)
-        if config_digest and theirs and theirs != config_digest:
-            raise _Refused(f"the finisher {target.function!r} runs another config than the one this "
-                           f"doctor loaded (digest {theirs} there, {config_digest} here): it "
-                           "was left out of the last deploy (scf deploy --target scf-trigger or "
-                           "scf-poller), or this backup.yaml was edited since. Run scripts/package "
-                           "--config backup.yaml, then scf deploy with no --target, so all three "
-                           "functions run the same package")
+        unreachable = _answer_field(answered, "state")
+        if unreachable:  # the poller's own probe of the state store (shared/entrypoints/scf.py)
+            raise StateError(f"{what} loads its config but cannot reach the state store, so no "
+                           f"job would move: {unreachable[:1500]}. Its network is its own: give "
+                           "it the trigger's network settings (the database's VPC, in the SCF "
+                           f"console) and environment variables (scf-{target.role}/serverless.yml)")
+        theirs = _answer_field(answered, "config")
         return (f"invoked {target.function!r} (namespace {target.namespace}, {target.region}) "
-                "with these keys; it answered" + (", with the same config" if theirs else ""))
+                "with these keys; it answered" + (", having loaded its config" if theirs else ""),
+                theirs)
 
     def _invoke(self, job_id: str) -> dict[str, str]:
         from tencentcloud.common.exception.tencent_cloud_sdk_exception import (
@@ -293,25 +309,23 @@ class ScfDispatcher:
                 "function_request_id": str(getattr(result, "FunctionRequestId", "") or "")}
 
 
-def _finisher_config_error(answered: str) -> str | None:
-    """The config error the finisher's doctor answer reports (shared/entrypoints/scf.py),
-    or None when it loaded its config (a finisher older than that check says only ok)."""
-    try:
-        answer = json.loads(answered)
-    except ValueError:
-        return None
-    if not isinstance(answer, dict) or answer.get("ok") is not False:
-        return None
-    return str(answer.get("error") or "no reason given")
+# What each function would fail, should it not load its config.
+_WORK = {"finisher": "copy", "poller": "minute's tick", "trigger": "run"}
 
 
-def _finisher_config_digest(answered: str) -> str:
-    """The config digest in the finisher's doctor answer; "" from a finisher older than it."""
+def _answer_field(answered: str, field: str) -> str:
+    """A field of a function's doctor answer (shared/entrypoints/scf.py), "" when absent
+    (an older function's answer) or not JSON. "error" (its config does not load) and
+    "state" (the poller's state store does not answer) come only with "ok": false."""
     try:
         answer = json.loads(answered)
     except ValueError:
         return ""
-    return str(answer.get("config") or "") if isinstance(answer, dict) else ""
+    if not isinstance(answer, dict):
+        return ""
+    if field == "error" and answer.get("ok") is False and not answer.get("state"):
+        return str(answer.get("error") or "no reason given")
+    return str(answer.get(field) or "")
 
 
 def scoped_invoke_refused(code: str, message: str, target: ScfTarget) -> str:

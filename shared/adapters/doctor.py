@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 from shared.adapters.cos.client import ROLE_ENV, cos_client, cos_errors
 from shared.adapters.cos.objects import CosObjectStore
 from shared.adapters.dispatch import (
+    NO_CREDENTIALS,
     REGION_ENV,
     DispatchError,
     ScfDispatcher,
@@ -26,7 +27,7 @@ from shared.adapters.state import open_store
 from shared.adapters.webhooks import probe_webhook
 from shared.config import Config
 from shared.domain.errors import Fatal, StateError, StorageError
-from shared.ports import StateStore
+from shared.ports import Deployed, StateStore
 
 # Inside SCF everything but /tmp is read-only, and each instance has a /tmp of its own that
 # is gone with it (tencentcloud.com/document/product/583/9180, FAQ on /tmp; 512 MB:
@@ -45,6 +46,7 @@ _SQLITE_ON_SCF = (
 # (resolveVariables, serverless/components src/cli/utils.js), and scripts/package reads
 # the same REGION for the CAM policy. On SCF, TENCENTCLOUD_REGION says it instead.
 DEPLOY_REGION_ENV = "REGION"
+_CAM_REFUSED = ("AuthFailure.UnauthorizedOperation", "UnauthorizedOperation")
 
 
 class FreshTokens:
@@ -212,17 +214,49 @@ class CloudDeployment:
         last = f"; last run {runs[0].run_id} {runs[0].status.value}" if runs else "; no runs yet"
         return f"the {kind} state backend answers reads and writes{last}"
 
-    def finisher(self) -> str | None:
-        settings = self._config.dispatch
-        if settings.mode == "local":
+    def finisher(self) -> Deployed | None:
+        if self._config.dispatch.mode == "local":
             return None
         # `auto` is checked too: the doctor checks the deployment, where the poller hands off.
+        return Deployed(*self._invoke("finisher"))
+
+    def poller(self) -> Deployed | None:
+        if self._config.dispatch.mode == "local":
+            return None
+        try:
+            return Deployed(*self._invoke("poller"))
+        except DispatchError as exc:
+            if exc.code == NO_CREDENTIALS:  # one cause, one failed check: the finisher's
+                return Deployed("no keys to invoke it with: see the finisher check", "",
+                                proven=False)
+            if not exc.code.startswith(_CAM_REFUSED):
+                raise
+            # docs/cam-policy.json lets the role invoke the finisher only, which is all the
+            # functions need: the doctor inside the trigger cannot reach the poller.
+            return Deployed(f"these keys may not invoke the poller "
+                            f"{self._config.dispatch.poller_function!r} ({exc.code}; the "
+                            "execution role needs to invoke the finisher only, docs/cam-policy.json)"
+                            ": run `baas-backup doctor` on a machine with keys allowed "
+                            "scf:InvokeFunction on it to check it", "", proven=False)
+
+    def trigger(self) -> str | None:
+        if self._config.dispatch.mode == "local":
+            return None
+        if on_scf(self._environ):  # the doctor runs in the trigger: its config is this one
+            return self._config.digest
+        try:
+            return self._invoke("trigger", "config")[1] or None
+        except DispatchError:  # not told: the comparison names both possible causes
+            return None
+
+    def _invoke(self, role: str, event: object = True) -> tuple[str, str]:
+        settings = self._config.dispatch
         region = (settings.region or self._environ.get(REGION_ENV)
                   or self._environ.get(DEPLOY_REGION_ENV))
-        dispatcher = ScfDispatcher(ScfTarget(settings, region or self._config.destination.region),
-                                   self._environ, attempts=1)
+        dispatcher = ScfDispatcher(ScfTarget(settings, region or self._config.destination.region,
+                                             role), self._environ, attempts=1)
         try:
-            return dispatcher.probe(self._config.digest)
+            return dispatcher.probe(event)
         except DispatchError as exc:
             if region or not exc.code.startswith("ResourceNotFound"):
                 raise

@@ -505,7 +505,16 @@ class DispatchSettings(ConfigModel):
     finisher_function: EnvStr = Field(
         default="baas-backup-finisher", description="Name of the finisher's SCF function."
     )
-    namespace: EnvStr = Field(default="default", description="SCF namespace of the finisher.")
+    # The names scf-poller/ and scf-trigger/serverless.yml give them (inputs.name): only
+    # `doctor` invokes them, with {"doctor": ...} events that advance nothing.
+    poller_function: EnvStr = Field(
+        default="baas-backup-poller", description="Name of the poller's SCF function (doctor checks it)."
+    )
+    trigger_function: EnvStr = Field(
+        default="baas-backup-trigger",
+        description="Name of the trigger's SCF function (doctor asks it which config it runs).",
+    )
+    namespace: EnvStr = Field(default="default", description="SCF namespace of the functions.")
     region: EnvStr | None = Field(
         default=None,
         description="Region of the finisher; default: the poller's own (TENCENTCLOUD_REGION on "
@@ -517,7 +526,7 @@ class DispatchSettings(ConfigModel):
         "inside a VPC, or http://127.0.0.1:PORT for a local fake.",
     )
 
-    @field_validator("finisher_function", "namespace")
+    @field_validator("finisher_function", "poller_function", "trigger_function", "namespace")
     @classmethod
     def _scf_name(cls, value: str) -> str:
         if not _SCF_NAME.match(value):

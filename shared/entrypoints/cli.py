@@ -166,10 +166,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="drive runs forward like the poller's timer (0: off)")
     doctor = command(
         "doctor", help="check a real deployment: config, bucket, state, sources, finisher, "
-        "webhooks, heartbeat",
+        "poller, deployed config, webhooks, heartbeat",
         description="Checks the deployment for real with this machine's credentials "
         "(destination.secret_id/secret_key, or TENCENTCLOUD_SECRETID/_SECRETKEY for the bucket "
-        "and the finisher) and says, for each check, ok or what is wrong and how to fix it. "
+        "and the functions) and says, for each check, ok or what is wrong and how to fix it. "
         "Exits 1 when any check fails. Inside SCF: invoke the trigger with {\"doctor\": true}, "
         "or POST /doctor on its Function URL.")
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from shared.bootstrap import build_context, doctor_subject
-from shared.config import ConfigError, load_config
+from shared.config import Config, ConfigError, load_config
 from shared.logs import configure_logging, log_context, redact
 from shared.service.context import Context
 
@@ -129,6 +129,8 @@ def handle_trigger(event: dict[str, Any], invocation: object = None) -> dict[str
                             request_id=_request_id(invocation))
     if event.get("doctor") is True:
         return run_doctor(notify=event.get("notify") is True)
+    if event.get("doctor") == "config":  # doctor, from a machine: which config runs here
+        return _doctor_answer("trigger")[1]
     from shared.service.start import start_run
 
     if _is_timer(event):
@@ -189,6 +191,8 @@ def _poller_tick(event: object) -> None:
 def handle_poller(event: dict[str, Any], invocation: object = None) -> dict[str, Any]:
     from shared.service.poll import poll
 
+    if isinstance(event, dict) and event.get("doctor") is True:
+        return _poller_doctor()
     _poller_tick(event)
     ctx = _context(invocation)
     summary = poll(ctx)
@@ -218,16 +222,38 @@ def _finish_request(event: object) -> FinishRequest:
         raise _malformed(f"{_problems(exc)}: {fix}") from None
 
 
-def _finisher_doctor() -> dict[str, Any]:
-    """`doctor` invokes the finisher to prove the role may, and that this finisher (its own
-    environment and package) can load the config every copy starts with: a variable
-    missing here alone would fail every copy while the Invoke succeeds. Touches nothing."""
+def _doctor_answer(function: str) -> tuple[Config | None, dict[str, Any]]:
+    """What a function says to `doctor`'s `{"doctor": ...}` Invoke: whether this function
+    (its own environment and package) can load the config, and a digest of it, for the
+    doctor to compare with the other functions' and its own. Touches nothing."""
     try:
         config = load_config()
     except ConfigError as exc:  # the problems as written, never a value; not the file's path
-        return {"doctor": "finisher", "ok": False, "error": redact("; ".join(exc.problems))}
-    # which backup.yaml this finisher runs, for the doctor to compare with its own
-    return {"doctor": "finisher", "ok": True, "config": config.digest}
+        return None, {"doctor": function, "ok": False, "error": redact("; ".join(exc.problems))}
+    return config, {"doctor": function, "ok": True, "config": config.digest}
+
+
+def _finisher_doctor() -> dict[str, Any]:
+    """`doctor` invokes the finisher to prove the role may, and that it can load the config
+    every copy starts with: a variable missing here alone would fail every copy while the
+    Invoke succeeds."""
+    return _doctor_answer("finisher")[1]
+
+
+def _poller_doctor() -> dict[str, Any]:
+    """`doctor` invokes the poller as it does the finisher, and the poller also proves it
+    reaches the state store (its network, VPC and the database's allow-list are its own)
+    with the doctor's read and write probe. No job is advanced: `poll` is never called."""
+    from shared.domain.errors import BackupError
+
+    config, answer = _doctor_answer("poller")
+    if config is None:
+        return answer
+    try:
+        doctor_subject(config).deployment.state()
+    except (BackupError, ConfigError, ValueError) as exc:
+        return {**answer, "ok": False, "state": redact(str(exc))}
+    return answer
 
 
 def handle_finisher(event: dict[str, Any], invocation: object = None) -> dict[str, Any]:

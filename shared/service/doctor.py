@@ -12,9 +12,9 @@ from functools import partial
 from typing import Any, Literal
 
 from shared.config import Config, ConfigError
-from shared.domain.errors import BackupError
+from shared.domain.errors import BackupError, StateError
 from shared.logs import redact
-from shared.ports import CredentialProbe, Deployment, Platforms, RestoreCaveats
+from shared.ports import CredentialProbe, Deployed, Deployment, Platforms, RestoreCaveats
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +93,90 @@ def diagnose(load: Callable[[], Subject], *, notify: bool = False) -> Report:
         findings.append(_check(f"source {source.name}", partial(_probe, subject.platforms, source.name),
                                unused="this platform offers no credential check"))
         findings.extend(_restorability(subject.platforms, source.name))
-    findings.append(_check("finisher", deployment.finisher,
-                           unused="dispatch.mode is local: the poller copies in-process"))
+    state_down = next(f for f in findings if f.check == "state").status != "ok"
+    findings.extend(_functions(config, deployment, state_down))
     for index in range(deployment.webhooks()):
         findings.append(_check(f"notify.webhooks[{index}]", partial(deployment.webhook, index, notify)))
     if config.notify.heartbeat is not None:  # the dead-man switch: a wrong URL never alerts
         findings.append(_check("notify.heartbeat", partial(deployment.heartbeat, notify)))
     return Report(findings)
+
+
+LOCAL_MODE = "dispatch.mode is local: the poller copies in-process"
+REDEPLOY = "scripts/package --config backup.yaml, then scf deploy with no --target"
+
+
+def _functions(config: Config, deployment: Deployment, state_down: bool) -> list[Finding]:
+    """The finisher and the poller each answer an Invoke, load their config (and the
+    poller reaches the state store); then whether the functions and this doctor run the
+    same backup.yaml."""
+    findings: list[Finding] = []
+    digests: dict[str, str] = {}
+    for name, probe in (("finisher", deployment.finisher), ("poller", deployment.poller)):
+        finding, digest = _deployed(name, probe, state_down)
+        findings.append(finding)
+        if digest:
+            digests[name] = digest
+    if digests:  # none from functions that failed, or are too old to say
+        findings.append(_compare(config.digest, deployment.trigger(), digests))
+    return findings
+
+
+def _deployed(name: str, probe: Callable[[], Deployed | None],
+              state_down: bool) -> tuple[Finding, str]:
+    answers: list[Deployed] = []
+
+    def detail() -> str | None:
+        try:
+            answer = probe()
+        except StateError:  # the poller's state probe: with the doctor's own failing, one fault
+            if not state_down:
+                raise
+            answer = Deployed("it does not reach the state store either: the state check must "
+                              "pass first", "", proven=False)
+        if answer is None:
+            return None
+        answers.append(answer)
+        return answer.detail
+
+    finding = _check(name, detail, unused=LOCAL_MODE)
+    if answers and not answers[0].proven:
+        return _skipped(name, answers[0].detail), ""
+    return finding, answers[0].config if answers else ""
+
+
+def _compare(mine: str, trigger: str | None, digests: dict[str, str]) -> Finding:
+    """Which functions run another config than this doctor's, and why, where it can be
+    told: the deployed functions agreeing with each other but not with this file means
+    the file was edited and not deployed; some agreeing with it means the others were left
+    out of the last deploy. Either way every function must get the same package."""
+    name = "deployed config"
+    deployed = {**({"trigger": trigger} if trigger else {}), **digests}
+    if all(digest == mine for digest in deployed.values()):
+        return Finding(name, "ok", f"the {_and(list(deployed))} run this backup.yaml (digest {mine})")
+    shown = ", ".join(f"{function} {digest}" for function, digest in deployed.items())
+    if mine in deployed.values():
+        stale = [function for function, digest in deployed.items() if digest != mine]
+        return Finding(name, "failed",
+                       f"the {_and(stale)} run{'s' if len(stale) == 1 else ''} another config than "
+                       f"this backup.yaml (digest {mine}; deployed: {shown}): left out of the last "
+                       f"deploy (scf deploy --target of another function). Run {REDEPLOY}, so all "
+                       "three functions run the same package")
+    if trigger and len(set(deployed.values())) == 1:
+        return Finding(name, "failed",
+                       f"this backup.yaml (digest {mine}) is not deployed: the trigger, poller and "
+                       f"finisher all run the config before it (digest {trigger}), so it was edited "
+                       f"since the last deploy. Deploy it: {REDEPLOY}")
+    return Finding(name, "failed",
+                   f"the functions run another config than this backup.yaml (digest {mine}; "
+                   f"deployed: {shown}): this file was edited since the last deploy, or a "
+                   "function was left out of it (scf deploy --target of another function)"
+                   + ("" if trigger else "; the trigger did not say which config it runs, to "
+                      "tell which") + f". Run {REDEPLOY}, so all three functions run the same package")
+
+
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _restorability(platforms: Platforms, source: str) -> list[Finding]:

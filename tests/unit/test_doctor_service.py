@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from shared.domain.errors import Fatal, StorageError
+from shared.ports import Deployed
 from shared.service.doctor import Subject, diagnose
 from tests.unit.support import FakePlatforms, ScriptedExport, unit_config
 
@@ -16,6 +17,7 @@ class FakeDeployment:
 
     answers: dict[str, object] = field(default_factory=dict)
     asked: list[str] = field(default_factory=list)
+    digests: dict[str, str] = field(default_factory=dict)  # trigger/poller/finisher: its config
 
     def _answer(self, name: str) -> str | None:
         self.asked.append(name)
@@ -36,8 +38,21 @@ class FakeDeployment:
     def state(self) -> str:
         return self._answer("state") or ""
 
-    def finisher(self) -> str | None:
-        return self._answer("finisher")
+    def finisher(self) -> Deployed | None:
+        return self._deployed("finisher")
+
+    def poller(self) -> Deployed | None:
+        return self._deployed("poller")
+
+    def trigger(self) -> str | None:
+        self.asked.append("trigger")
+        return self.digests.get("trigger")
+
+    def _deployed(self, name: str) -> Deployed | None:
+        """The function's answer, with the config digest `digests` gives it ("" by default:
+        a function too old to say, so nothing is compared)."""
+        detail = self._answer(name)
+        return None if detail is None else Deployed(detail, self.digests.get(name, ""))
 
     def webhooks(self) -> int:
         return 2
@@ -74,7 +89,7 @@ def test_an_unexpected_error_fails_its_check_and_the_others_still_run() -> None:
     found = {f.check: f for f in report.findings}
     assert found["probe object"].status == "failed"
     assert found["probe object"].detail.startswith("unexpected RuntimeError: boom")
-    assert deployment.asked == ["bucket", "objects", "create_only", "state", "finisher",
+    assert deployment.asked == ["bucket", "objects", "create_only", "state", "finisher", "poller",
                                 "webhook 0 send=True", "webhook 1 send=True"]
     assert report.text().splitlines()[-1] == "1 check(s) failed: fix them and run doctor again"
 
@@ -87,3 +102,55 @@ def test_an_unreachable_bucket_skips_what_needs_it_and_none_means_not_used() -> 
     assert status["state"] == "ok"  # SQL state: the bucket is not needed for it
     assert status["finisher"] == "skipped"
     assert "objects" not in deployment.asked and "create_only" not in deployment.asked
+
+
+# which config the deployed functions run -----------------------------------------------
+MINE = unit_config(["orders"]).digest
+
+
+def compared(digests: dict[str, str]) -> str:
+    """The `deployed config` finding's detail, failed, for functions answering `digests`."""
+    report = diagnose(lambda: subject(FakeDeployment(digests=digests)))
+    found = {f.check: f for f in report.findings}["deployed config"]
+    assert found.status == "failed" and report.ok is False, found
+    return found.detail
+
+
+def test_a_local_edit_not_deployed_is_told_apart_from_a_function_left_out() -> None:
+    """All three functions run one config and this file another: the file was edited and
+    not deployed. Nothing else can explain it, so the doctor says that, and the one fix."""
+    detail = compared({"trigger": "0ld0ld0ld0ld0ld0", "poller": "0ld0ld0ld0ld0ld0",
+                       "finisher": "0ld0ld0ld0ld0ld0"})
+
+    assert f"this backup.yaml (digest {MINE}) is not deployed" in detail
+    assert "the trigger, poller and finisher all run the config before it" in detail
+    assert "edited since the last deploy" in detail and "scripts/package --config backup.yaml" in detail
+    assert "left out" not in detail and "--target of" not in detail  # not the other cause
+
+
+def test_a_function_left_out_of_the_deploy_is_named() -> None:
+    """The trigger runs this file (the doctor inside the trigger, or asked from a machine):
+    the poller, on another config, was left out of the last deploy."""
+    detail = compared({"trigger": MINE, "poller": "0ld0ld0ld0ld0ld0", "finisher": MINE})
+
+    assert detail.startswith("the poller runs another config than this backup.yaml")
+    assert "left out of the last deploy" in detail and "scf deploy with no --target" in detail
+    assert "edited" not in detail
+
+
+def test_without_the_triggers_answer_both_causes_are_named() -> None:
+    detail = compared({"poller": "0ld0ld0ld0ld0ld0", "finisher": "0ld0ld0ld0ld0ld0"})
+
+    assert "edited since the last deploy, or a function was left out" in detail
+    assert "the trigger did not say which config it runs" in detail
+
+
+def test_functions_running_this_config_pass_and_old_ones_are_not_compared() -> None:
+    report = diagnose(lambda: subject(FakeDeployment(digests={"trigger": MINE, "poller": MINE,
+                                                              "finisher": MINE})))
+    found = {f.check: f for f in report.findings}
+    assert found["deployed config"].status == "ok", found
+    assert found["deployed config"].detail == f"the trigger, finisher and poller run this backup.yaml (digest {MINE})"
+    assert found["poller"].status == "ok"
+    report = diagnose(lambda: subject(FakeDeployment()))  # functions too old to give a digest
+    assert "deployed config" not in {f.check for f in report.findings}
