@@ -4,12 +4,14 @@ run or from when the poller first looked) or a run (a backup or a restore) stays
 that long; one "recovered" message when that ends. The episode is kept in the state
 store's cache, claimed by compare-and-set (overlapping ticks send it once), so an alarm
 goes out once per episode, not once a minute; one that reached no webhook is sent again
-at the next tick."""
+at the next tick. Its end is told under a create-only claim too (TELLING_KEY), so
+overlapping ticks send "recovered" once."""
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from shared.domain.jobs import Run, RunStatus
@@ -20,7 +22,11 @@ log = logging.getLogger(__name__)
 ALARM_KEY = "alert:stale"
 WATCHING_KEY = "alert:watching-since"
 UNSENT_KEY = "alert:stale:undelivered"  # the alarm no webhook took yet, for the API to show
+TELLING_KEY = "alert:stale:telling"  # held by the one tick telling how the episode went on
 KEEP = timedelta(days=3650)  # cache entries expire; these should not
+# A tick killed while it holds TELLING_KEY frees it once no invocation can still be running:
+# SCF ends one at the function's timeout, at most 900 s (API-NOTES.md, SCF: "timeout 1-900 s").
+TELLING_FOR = timedelta(seconds=900)
 RUNS_LOOKED_AT = 50
 _STILL_RUNNING = "is still running"
 _STUCK = re.compile(rf"(run|restore) (\S+) {_STILL_RUNNING} ")  # the alarm _problem words
@@ -49,15 +55,35 @@ def watch(ctx: Context, recent: list[Run] | None = None) -> str | None:
     if problem is None:
         _forget_unsent(ctx, now)  # the episode is over, told or not
     if problem is None and raised is not None:
-        ended = _ended(ctx, raised)  # first: a failed read must not lose the episode's end
-        ctx.state.cache_delete(ALARM_KEY)
-        log.info("backups recovered", extra={"was": raised})
-        if not ctx.notifier.alert(f"✅ baas-backup recovered: {ended} (was: {raised})."):
-            ctx.state.cache_put(ALARM_KEY, raised, now + KEEP)
-            _unsent("\"recovered\" message")
-            return None
-        return "recovered"
+        return _tell_once(ctx, raised, now, _recover)
     return None
+
+
+def _tell_once(ctx: Context, raised: str, now: datetime,
+               tell: Callable[[Context, str, datetime], str | None]) -> str | None:
+    """Run `tell` (which sends a message about the episode `raised` and updates the alarm)
+    in one tick only: the one that claims TELLING_KEY and still finds `raised` the alarm
+    (an overlapping tick that read it first may have told it and moved the alarm on)."""
+    if not ctx.state.cache_claim(TELLING_KEY, raised, now + TELLING_FOR, now):
+        return None  # an overlapping tick is telling it
+    try:
+        if ctx.state.cache_get(ALARM_KEY, now) != raised:
+            return None  # told already
+        return tell(ctx, raised, now)
+    finally:
+        ctx.state.cache_delete(TELLING_KEY)
+
+
+def _recover(ctx: Context, raised: str, now: datetime) -> str | None:
+    """Tell the episode ended; the alarm goes only once that is delivered (one that
+    reached no webhook is sent again at the next tick)."""
+    ended = _ended(ctx, raised)  # first: a failed read must not lose the episode's end
+    log.info("backups recovered", extra={"was": raised})
+    if not ctx.notifier.alert(f"✅ baas-backup recovered: {ended} (was: {raised})."):
+        _unsent("\"recovered\" message")
+        return None
+    ctx.state.cache_delete(ALARM_KEY)
+    return "recovered"
 
 
 def undelivered_alarm(ctx: Context) -> str | None:

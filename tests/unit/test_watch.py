@@ -233,6 +233,52 @@ def test_two_ticks_racing_to_raise_the_alarm_send_it_once(
     assert len(u.notifier.alerts) == 1 and "no run has succeeded" in u.notifier.alerts[0]
 
 
+def _first_alarm_read_waits(read: Callable[[str, datetime], str | None],
+                            barrier: threading.Barrier) -> Callable[[str, datetime], str | None]:
+    """Each tick's first read of the alarm waits for the other's: both have read "raised"
+    before either acts on it. Later reads (a tick looking again) do not wait."""
+    waited: set[int] = set()
+
+    def wrapped(key: str, now: datetime) -> str | None:
+        found = read(key, now)
+        if key == ALARM_KEY and threading.get_ident() not in waited:
+            waited.add(threading.get_ident())
+            barrier.wait()
+        return found
+    return wrapped
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_two_ticks_racing_to_tell_the_recovery_send_it_once(
+        kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two overlapping poller ticks both find the raised alarm's problem over: one sends
+    "recovered", the other stays quiet."""
+    u = unit(ScriptedExport({"orders": []}))
+    stores = _two_stores(kind, tmp_path)
+    u = dataclasses.replace(u, ctx=dataclasses.replace(u.ctx, state=stores[0]))
+    u.state = stores[0]  # type: ignore[assignment]
+    _run(u, "good", RunStatus.SUCCEEDED)
+    u.clock.advance(27 * 3600)
+    assert watch(u.ctx) == "raised"
+    _run(u, "good-again", RunStatus.SUCCEEDED)
+    ticks = [dataclasses.replace(u.ctx, state=store) for store in stores]
+    both_read = threading.Barrier(2, timeout=20)
+    for tick in {id(t.state): t for t in ticks}.values():
+        monkeypatch.setattr(tick.state, "cache_get",
+                            _first_alarm_read_waits(tick.state.cache_get, both_read))
+    results: list[str | None] = []
+    threads = [threading.Thread(target=lambda t=tick: results.append(watch(t))) for tick in ticks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results, key=str) == [None, "recovered"]
+    assert len(u.notifier.alerts) == 2 and "recovered" in u.notifier.alerts[1]
+    monkeypatch.undo()  # the ticks' reads wait no more
+    u.clock.advance(60)
+    assert watch(ticks[0]) is None and len(u.notifier.alerts) == 2  # the episode is over
+
+
 def test_the_limit_is_configurable() -> None:
     u = unit(ScriptedExport({"orders": []}))
     u.ctx.config = u.ctx.config.model_copy(update={
