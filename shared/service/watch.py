@@ -4,8 +4,10 @@ run or from when the poller first looked) or a run (a backup or a restore) stays
 that long; one "recovered" message when that ends. The episode is kept in the state
 store's cache, claimed by compare-and-set (overlapping ticks send it once), so an alarm
 goes out once per episode, not once a minute; one that reached no webhook is sent again
-at the next tick. Its end is told under a create-only claim too (TELLING_KEY), so
-overlapping ticks send "recovered" once."""
+at the next tick. One message too when the episode's cause changes (a stuck run ended
+while backups went stale meanwhile, or the reverse), so the alarm never stands for a
+cause that is gone. Its end, or a change, is told under a create-only claim too
+(TELLING_KEY), so overlapping ticks send it once."""
 
 from __future__ import annotations
 
@@ -33,8 +35,9 @@ _STUCK = re.compile(rf"(run|restore) (\S+) {_STILL_RUNNING} ")  # the alarm _pro
 
 
 def watch(ctx: Context, recent: list[Run] | None = None) -> str | None:
-    """Raise or clear the alarm; what was sent ("raised", "recovered") or None. `recent`:
-    the newest RUNS_LOOKED_AT runs, when the caller has listed them already."""
+    """Raise, change or clear the alarm; what was sent ("raised", "changed", "recovered")
+    or None. `recent`: the newest RUNS_LOOKED_AT runs, when the caller has listed them
+    already."""
     now = ctx.clock()
     if recent is None:
         recent = ctx.state.list_runs(limit=RUNS_LOOKED_AT)
@@ -44,8 +47,7 @@ def watch(ctx: Context, recent: list[Run] | None = None) -> str | None:
         if not ctx.state.cache_claim(ALARM_KEY, problem, now + KEEP, now):
             return None  # an overlapping tick claimed it first and sends it
         log.error("backups are stale", extra={"reason": problem})
-        if not ctx.notifier.alert(f"⏰ baas-backup: {problem}. Check the poller's and "
-                                  "trigger's logs, then `baas-backup status`."):
+        if not ctx.notifier.alert(_alarm_text(problem)):
             ctx.state.cache_delete(ALARM_KEY)
             ctx.state.cache_put(UNSENT_KEY, problem, now + KEEP)
             _unsent("alarm")
@@ -56,6 +58,8 @@ def watch(ctx: Context, recent: list[Run] | None = None) -> str | None:
         _forget_unsent(ctx, now)  # the episode is over, told or not
     if problem is None and raised is not None:
         return _tell_once(ctx, raised, now, _recover)
+    if problem is not None and raised is not None and _cause(problem) != _cause(raised):
+        return _tell_once(ctx, raised, now, lambda c, r, n: _change(c, r, problem, n))
     return None
 
 
@@ -84,6 +88,33 @@ def _recover(ctx: Context, raised: str, now: datetime) -> str | None:
         return None
     ctx.state.cache_delete(ALARM_KEY)
     return "recovered"
+
+
+def _change(ctx: Context, raised: str, problem: str, now: datetime) -> str | None:
+    """Tell the alarm now stands for `problem`, and how the stuck run `raised` named ended;
+    the alarm moves on only once that is delivered (else the next tick sends it again)."""
+    ended = f"; {_ended(ctx, raised)}" if _STUCK.match(raised) else ""
+    log.error("the staleness alarm's cause changed", extra={"reason": problem, "was": raised})
+    if not ctx.notifier.alert(_alarm_text(f"{problem} (the alarm was: {raised}{ended})")):
+        ctx.state.cache_put(UNSENT_KEY, problem, now + KEEP)
+        _unsent("alarm's new cause")
+        return None
+    ctx.state.cache_put(ALARM_KEY, problem, now + KEEP)
+    _forget_unsent(ctx, now)
+    return "changed"
+
+
+def _cause(problem: str) -> str:
+    """What an alarm is about: the stuck run it names, or stale backups. Only a change of
+    cause is told again: a changed limit (`alerts.stale_after_hours`) or last success
+    named, the same cause, is not."""
+    named = _STUCK.match(problem)
+    return " ".join(named.groups()) if named else "stale"
+
+
+def _alarm_text(problem: str) -> str:
+    return (f"⏰ baas-backup: {problem}. Check the poller's and trigger's logs, then "
+            "`baas-backup status`.")
 
 
 def undelivered_alarm(ctx: Context) -> str | None:

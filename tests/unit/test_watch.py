@@ -21,7 +21,7 @@ from shared.entrypoints.http_api import TOKEN_ENV, Request, handle
 from shared.ports import StateStore
 from shared.service.close import RunsNotClosed
 from shared.service.poll import poll
-from shared.service.watch import ALARM_KEY, RUNS_LOOKED_AT, watch
+from shared.service.watch import ALARM_KEY, RUNS_LOOKED_AT, undelivered_alarm, watch
 from tests.fakes import MemoryState
 from tests.support.api import TOKEN
 from tests.support.webhook import WebhookReceiver
@@ -277,6 +277,76 @@ def test_two_ticks_racing_to_tell_the_recovery_send_it_once(
     monkeypatch.undo()  # the ticks' reads wait no more
     u.clock.advance(60)
     assert watch(ticks[0]) is None and len(u.notifier.alerts) == 2  # the episode is over
+
+
+def _closed_now(u: Unit, run: Run, status: RunStatus) -> None:
+    closed = u.state.save_run(run.model_copy(update={"status": status,
+                                                     "finished_at": u.clock()}))
+    assert closed is not None
+
+
+def test_a_stuck_run_that_ends_while_backups_went_stale_says_so_once() -> None:
+    """The alarm names a stuck run; it fails, and no backup succeeded meanwhile: the user
+    is told the alarm now stands for stale backups (and how the run ended), once."""
+    u = unit(ScriptedExport({"orders": []}))
+    _run(u, "good", RunStatus.SUCCEEDED)
+    u.clock.advance(3600)
+    stuck = _run(u, "stuck", RunStatus.RUNNING)
+    u.clock.advance(26 * 3600 + 1)
+    assert watch(u.ctx) == "raised" and f"run {stuck.run_id} is still running" in u.notifier.alerts[0]
+    _closed_now(u, stuck, RunStatus.FAILED)
+    u.clock.advance(60)
+    assert watch(u.ctx) == "changed"
+    changed = u.notifier.alerts[1]
+    assert changed.startswith("⏰ baas-backup: no run has succeeded for 26 hours")
+    assert f"run {stuck.run_id} ended: failed" in changed and "recovered" not in changed
+    for _ in range(3):
+        u.clock.advance(60)
+        assert watch(u.ctx) is None
+    assert len(u.notifier.alerts) == 2
+    _run(u, "good-again", RunStatus.SUCCEEDED)
+    assert watch(u.ctx) == "recovered"
+    assert "a run succeeded again (was: no run has succeeded" in u.notifier.alerts[2]
+
+
+def test_backups_stale_then_a_run_stuck_says_so_once() -> None:
+    """The reverse: backups went stale, then a run stays open too long; the user is told
+    the new cause once, and the recovery says how that run ended."""
+    u = unit(ScriptedExport({"orders": []}))
+    _run(u, "good", RunStatus.SUCCEEDED)
+    u.clock.advance(2 * 3600)
+    stuck = _run(u, "stuck", RunStatus.RUNNING)
+    u.clock.advance(25 * 3600)
+    assert watch(u.ctx) == "raised" and "no run has succeeded" in u.notifier.alerts[0]
+    u.clock.advance(3600 + 1)
+    assert watch(u.ctx) == "changed"
+    assert u.notifier.alerts[1].startswith(f"⏰ baas-backup: run {stuck.run_id} is still running")
+    u.clock.advance(60)
+    assert watch(u.ctx) is None and len(u.notifier.alerts) == 2
+    _closed_now(u, stuck, RunStatus.SUCCEEDED)
+    assert watch(u.ctx) == "recovered"
+    assert f"run {stuck.run_id} ended: succeeded" in u.notifier.alerts[2]
+
+
+def test_a_change_of_cause_no_webhook_took_is_sent_again_at_the_next_tick(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    u = unit(ScriptedExport({"orders": []}))
+    _run(u, "good", RunStatus.SUCCEEDED)
+    u.clock.advance(3600)
+    stuck = _run(u, "stuck", RunStatus.RUNNING)
+    u.clock.advance(26 * 3600 + 1)
+    assert watch(u.ctx) == "raised"
+    _closed_now(u, stuck, RunStatus.FAILED)
+    monkeypatch.setattr(u.notifier, "alert", lambda text: False)  # every webhook refuses
+    assert watch(u.ctx) is None
+    assert undelivered_alarm(u.ctx) is not None
+    assert "no run has succeeded" in str(undelivered_alarm(u.ctx))
+    monkeypatch.undo()
+    u.clock.advance(60)
+    assert watch(u.ctx) == "changed" and f"run {stuck.run_id} ended: failed" in u.notifier.alerts[1]
+    assert undelivered_alarm(u.ctx) is None
+    u.clock.advance(60)
+    assert watch(u.ctx) is None and len(u.notifier.alerts) == 2
 
 
 def test_the_limit_is_configurable() -> None:
