@@ -620,8 +620,8 @@ def run_view(run: Run, jobs: list[Job]) -> dict[str, Any]:
 # What a verify kept on a run (`summary.verify` after the run, `summary.last_verify` asked
 # for later) that the run detail shows: named fields only, so the answer keeps its schema.
 VERIFY_FIELDS = ("ok", "mode", "quick", "at", "objects", "problems", "checked", "failed",
-                 "not_read", "report_key", "fully_read", "quick_only", "next_step",
-                 "after_run_quick_only")
+                 "not_read", "report_key", "fully_read", "quick_only", "unchecked",
+                 "next_step", "after_run_quick_only")
 
 
 def verify_view(kept: object) -> dict[str, Any] | None:

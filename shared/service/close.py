@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 # What a full verify at close leaves of the invocation's time (`ctx.stop_by`, which keeps
 # SCF's own margin: entrypoints/scf.py) once it stops reading objects back: the quick
-# checks of what is left (a HEAD each), the run manifest, the close and its notification.
+# checks of what is left (a HEAD each, for verify.QUICK_CHECKS_SECONDS at most), the run
+# manifest, the close and its notification.
 VERIFY_MARGIN_SECONDS = 10.0
 
 
@@ -135,8 +136,10 @@ def _what_was_read(report: Report) -> dict[str, Any]:
     from shared.service.verify import read_back_step
 
     read: dict[str, Any] = {"fully_read": report.fully_read}
-    if report.quick_only:
+    if report.quick_only or report.unchecked:
         read["quick_only"] = report.quick_only
+        if report.unchecked:
+            read["unchecked"] = report.unchecked
         read["next_step"] = read_back_step(report, "the closing invocation's time")
         log.warning("verify after the run ran out of time", extra=read)
     return read

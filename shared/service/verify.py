@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,28 @@ NOT_READ = ("archived: restore from the archive class first ({storage_class}; CO
 
 
 OutOfTime = Callable[[], bool]  # whether a full verify must stop reading objects back
+# How long a full verify goes on quick-checking (a HEAD each) once `OutOfTime` stopped its
+# reading back: with thousands of objects left those HEADs alone would outlast the margin
+# its callers keep (close.VERIFY_MARGIN_SECONDS, 10 s) and SCF would end the invocation
+# before the run closed or the API answered. What is left then is not checked (`unchecked`).
+QUICK_CHECKS_SECONDS = 5.0
+
+
+@dataclass
+class _TimeLeft:
+    """A full verify's time: reading back while `out_of_time()` allows it, then quick
+    checks for QUICK_CHECKS_SECONDS more, then nothing."""
+
+    out_of_time: OutOfTime | None
+    stopped_at: float | None = None
+
+    def to_read(self) -> bool:
+        if self.stopped_at is None and self.out_of_time is not None and self.out_of_time():
+            self.stopped_at = time.monotonic()
+        return self.stopped_at is None
+
+    def to_check(self) -> bool:
+        return self.to_read() or time.monotonic() - (self.stopped_at or 0) < QUICK_CHECKS_SECONDS
 
 
 class NothingToVerify(ValueError):
@@ -65,6 +88,7 @@ class Checked:
     crc64: str = "not recorded"  # ok | mismatch | not recorded | not reported
     not_read: str | None = None  # why a full verify could not read it back (archived)
     quick_only: bool = False  # a full verify ran out of time before reading it all back
+    unchecked: bool = False  # ... and before even its quick check: nothing is known of it
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -97,6 +121,12 @@ class Report:
         return [o.key for o in self.objects if o.quick_only]
 
     @property
+    def unchecked(self) -> list[str]:
+        """The objects a full verify did not check at all, its time having run out even
+        for quick checks (in the order they would have been checked)."""
+        return [o.key for o in self.objects if o.unchecked]
+
+    @property
     def fully_read(self) -> int:
         """How many objects were read back to the end (their SHA-256 and count checked)."""
         return sum(o.records is not None for o in self.objects)
@@ -106,6 +136,7 @@ class Report:
             "run_id": self.run_id, "quick": self.quick, "ok": self.ok,
             "problems": [p.as_json() for p in self.problems], "pruned": self.pruned,
             "not_read": self.not_read, "quick_only": self.quick_only,
+            "unchecked": self.unchecked,
             "next_step": self.next_step,
             "objects": [{**{k: v for k, v in o.__dict__.items() if k != "problems"},
                          "ok": o.ok, "problems": [p.as_json() for p in o.problems]}
@@ -148,24 +179,27 @@ def verify_run(ctx: Context, run_id: str, *, source: str | None = None,
         raise NothingToVerify(f"run {run_id} has no finished backup"
                               + (f" of {source or '*'}/{collection or '*'}" if source or collection else ""))
     gone = _pruned(ctx, run_id)
+    time_left = _TimeLeft(out_of_time)
     for entry in chosen:
         name = f"{entry['source']}/{entry['collection']}"
         if name in gone:  # retention deleted it on purpose: nothing there to check
             report.pruned.append(name)
         else:
-            report.objects.extend(_verify_backup(ctx, entry, quick, out_of_time))
+            report.objects.extend(_verify_backup(ctx, entry, quick, time_left))
     return report
 
 
 def read_back_step(report: Report, whose_time: str) -> str | None:
-    """What to do about the objects a full verify only quick-checked, `whose_time` (e.g.
-    "the closing invocation's time") having run out; None when it read everything back.
-    The CLI's verify has no time limit."""
-    if not report.quick_only:
+    """What to do about the objects a full verify only quick-checked or did not check,
+    `whose_time` (e.g. "the closing invocation's time") having run out; None when it read
+    everything back. The CLI's verify has no time limit."""
+    if not report.quick_only and not report.unchecked:
         return None
+    unchecked = (f" and {len(report.unchecked)} not checked at all" if report.unchecked
+                 else "")
     return (f"{len(report.quick_only)} of {len(report.objects)} objects were only "
-            f"quick-checked (size and CRC64), {whose_time} having run out before they were "
-            f"read back; to read them back: baas-backup verify {report.run_id}")
+            f"quick-checked (size and CRC64){unchecked}, {whose_time} having run out before "
+            f"they were read back; to read them back: baas-backup verify {report.run_id}")
 
 
 def _not_running(ctx: Context, run_id: str) -> None:
@@ -191,8 +225,9 @@ def verify_jobs(ctx: Context, run_id: str, jobs: list[Job], *, quick: bool,
     """Verify the done jobs of a run that is closing (before its run manifest exists);
     a full verify stops reading objects back once `out_of_time()` says so."""
     report = Report(run_id=run_id, quick=quick)
+    time_left = _TimeLeft(out_of_time)
     for entry in _entries([j for j in jobs if j.pruned_at is None]):
-        report.objects.extend(_verify_backup(ctx, entry, quick, out_of_time))
+        report.objects.extend(_verify_backup(ctx, entry, quick, time_left))
     return report
 
 
@@ -230,8 +265,11 @@ def _json_object(data: bytes) -> dict[str, Any]:
 
 
 def _verify_backup(ctx: Context, entry: dict[str, Any], quick: bool,
-                   out_of_time: OutOfTime | None = None) -> list[Checked]:
+                   time_left: _TimeLeft) -> list[Checked]:
     listed = entry.get("objects") or []
+    if not quick and not time_left.to_check():  # not even its manifest is read
+        return [Checked(entry["source"], entry["collection"], str(o.get("key")), unchecked=True)
+                for o in listed]
     manifest_key = str(entry.get("manifest_key", ""))
     file_type = "csv" if str(entry.get("key", "")).endswith(".csv") else "json"
     try:
@@ -243,7 +281,7 @@ def _verify_backup(ctx: Context, entry: dict[str, Any], quick: bool,
         objects = listed
         missing_manifest = Problem("missing manifest", manifest_key,
                                    "the backup's manifest is missing or unreadable")
-    checked = [_verify_object(ctx, entry, o, file_type, quick=quick, out_of_time=out_of_time)
+    checked = [_verify_object(ctx, entry, o, file_type, quick=quick, time_left=time_left)
                for o in objects]
     if missing_manifest and checked:
         checked[0].problems.insert(0, missing_manifest)
@@ -258,9 +296,12 @@ def _verify_backup(ctx: Context, entry: dict[str, Any], quick: bool,
 
 
 def _verify_object(ctx: Context, entry: dict[str, Any], recorded: dict[str, Any],
-                   file_type: str, *, quick: bool, out_of_time: OutOfTime | None) -> Checked:
+                   file_type: str, *, quick: bool, time_left: _TimeLeft) -> Checked:
     key = str(recorded.get("key"))
     checked = Checked(entry["source"], entry["collection"], key)
+    if not quick and not time_left.to_check():
+        checked.unchecked = True
+        return checked
     info = ctx.objects.head(key)
     if info is None:
         checked.problems.append(Problem("missing object", key, "the object is not in the bucket"))
@@ -272,14 +313,13 @@ def _verify_object(ctx: Context, entry: dict[str, Any], recorded: dict[str, Any]
     _compare_crc64(checked, recorded.get("crc64"), info.crc64)
     if quick:
         return checked
-    stop = out_of_time or (lambda: False)
-    if stop():  # checked quickly above: the report says it was not read back
+    if not time_left.to_read():  # checked quickly above: the report says it was not read back
         checked.quick_only = True
         return checked
     sha256, counter, total = hashlib.sha256(), counter_for(file_type), 0
     try:
         for chunk in ctx.objects.iter_read(key, READ_CHUNK):
-            if stop():  # cut short: what was read proves nothing either way
+            if not time_left.to_read():  # cut short: what was read proves nothing either way
                 checked.quick_only = True
                 return checked
             sha256.update(chunk)
@@ -324,8 +364,9 @@ def record(ctx: Context, report: Report) -> None:
     found = verdicts(report)
     result = {"at": now.isoformat(), "quick": report.quick, "ok": report.ok, "problems": problems,
               "not_read": report.not_read, **found}
-    if report.quick_only:  # its time ran out (HTTP): what it only quick-checked, what to do
-        result.update(quick_only=report.quick_only, next_step=report.next_step)
+    if report.quick_only or report.unchecked:  # its time ran out (HTTP): what to do
+        result.update(quick_only=report.quick_only, unchecked=report.unchecked,
+                      next_step=report.next_step)
     key = f"{run_folder(ctx.config.destination.prefix, report.run_id)}/verify-{now:%Y%m%dT%H%M%S%f}.json"
     ctx.objects.put_json(key, report.as_json())
     text = None
@@ -391,9 +432,10 @@ def answered(run: Run, kept: dict[str, Any]) -> bool:
 def verdicts(report: Report) -> dict[str, list[str]]:
     """The collections ("source/collection") the report checked, and those whose data it
     found wrong, kept on the run for retention and the overview (`unverified`). An
-    archived object it could not read is not wrong, but not checked either: an earlier
-    verdict on its collection stands."""
-    unread = set(report.not_read)
+    archived object it could not read is not wrong, but not checked either, nor is one its
+    time ran out before it checked (`unchecked`): an earlier verdict on its collection stands."""
+    unread = set(report.not_read) | {f"{o.source}/{o.collection}" for o in report.objects
+                                     if o.unchecked}
     return {"checked": sorted({f"{o.source}/{o.collection}" for o in report.objects} - unread),
             "failed": sorted({f"{o.source}/{o.collection}" for o in report.objects
                               if o.problems}),

@@ -13,6 +13,7 @@ import pytest
 from shared.adapters.webhooks import run_text
 from shared.domain.jobs import JobStatus, RunStatus
 from shared.entrypoints.http_api import verify_view
+from shared.ports import ObjectInfo
 from shared.service import verify
 from shared.service.close import close_finished_runs
 from shared.service.finish import finish
@@ -129,3 +130,39 @@ def run_summary(u: Unit) -> dict[str, Any]:
     run = u.state.get_run(RUN_ID)
     assert run is not None
     return run.summary or {}
+
+
+def test_quick_checks_out_of_time_too_stop_and_the_run_still_closes_saying_so(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Time runs out reading the first object back, and each HEAD is slow (thousands of
+    objects left would take longer than the margin): the quick checks stop too, after
+    verify.QUICK_CHECKS_SECONDS, instead of running past the invocation's end; the run
+    closes and names what was not checked at all."""
+    u, keys = backed_up_full(monkeypatch)
+    time_runs_out_in(u, keys[0], monkeypatch)
+    monkeypatch.setattr(verify, "QUICK_CHECKS_SECONDS", 0.05, raising=False)
+    head, headed = u.objects.head, []
+
+    def slow_head(key: str) -> ObjectInfo | None:
+        headed.append(key)
+        time.sleep(0.1)
+        return head(key)
+
+    monkeypatch.setattr(u.objects, "head", slow_head)
+
+    assert close_finished_runs(u.ctx) == [RUN_ID]
+    assert headed == keys[:2]  # the third object is not even HEADed
+
+    run, jobs = u.notifier.sent[0]
+    verified = (run.summary or {})["verify"]
+    assert run.status is RunStatus.SUCCEEDED and verified["ok"]
+    assert verified["fully_read"] == 0 and verified["quick_only"] == keys[:2]
+    assert verified["unchecked"] == keys[2:]
+    assert "2 of 3 objects were only quick-checked (size and CRC64) and 1 not checked at all" \
+        in verified["next_step"]
+    assert verified["next_step"] in run_text(run, jobs)
+    [never] = [f"{j.source}/{j.collection}" for j in jobs if j.result and j.result.key == keys[2]]
+    assert never not in verified["checked"] and len(verified["checked"]) == 2  # not verified
+    shown = verify_view(verified)
+    assert shown is not None and shown["unchecked"] == keys[2:]
+
