@@ -404,8 +404,8 @@ def record(ctx: Context, report: Report) -> None:
 
 
 def after_run_unread(run: Run, report: Report) -> dict[str, list[str]]:
-    """`after_run_quick_only`: the objects the check after the run only quick-checked (its
-    time ran out: close.py) that no verify since has read back. `last_verify` replaces the
+    """`after_run_quick_only`: the objects the check after the run only quick-checked, or
+    did not check at all (its time ran out: close.py), that no verify since has read back. `last_verify` replaces the
     one before it, so it carries them forward: a full verify of users reads no orders, a
     quick one reads nothing. Absent when the check after the run read everything back."""
     summary = run.summary or {}
@@ -414,7 +414,8 @@ def after_run_unread(run: Run, report: Report) -> dict[str, list[str]]:
         left = earlier["after_run_quick_only"]
     else:
         after = summary.get("verify")
-        left = after.get("quick_only") if isinstance(after, dict) else None
+        after = after if isinstance(after, dict) else {}
+        left = [*(after.get("quick_only") or []), *(after.get("unchecked") or [])]
     if not isinstance(left, list) or not left:
         return {}
     read = {o.key for o in report.objects if o.records is not None}  # read to the end

@@ -166,3 +166,19 @@ def test_quick_checks_out_of_time_too_stop_and_the_run_still_closes_saying_so(
     shown = verify_view(verified)
     assert shown is not None and shown["unchecked"] == keys[2:]
 
+
+def test_what_the_check_after_the_run_did_not_check_at_all_is_kept_to_be_read_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An object the check after the run had no time left even to quick-check is as unread
+    as one it quick-checked: the run keeps naming it until a verify reads it back."""
+    u, keys = backed_up_full(monkeypatch)
+    time_runs_out_in(u, keys[0], monkeypatch)
+    monkeypatch.setattr(verify, "QUICK_CHECKS_SECONDS", 0.0, raising=False)
+    close_finished_runs(u.ctx)
+    assert run_summary(u)["verify"]["unchecked"]  # some were not checked at all
+    u.ctx.stop_by = None
+    first = keys[0].rsplit("/", 1)[1].split(".")[0]
+    verify.record(u.ctx, verify.verify_run(u.ctx, RUN_ID, collection=first, quick=False))
+
+    shown = verify_view(run_summary(u)["last_verify"])
+    assert shown is not None and shown["after_run_quick_only"] == keys[1:]
