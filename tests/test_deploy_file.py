@@ -50,7 +50,8 @@ def product() -> Product:
         poll_budget=timing.poll_budget_seconds,
         finish_budget=timing.finish_budget_seconds,
         copy_lease=timing.copy_lease_seconds,
-        finisher_function=dispatch.finisher_function,
+        function_names={"trigger": dispatch.trigger_function, "poller": dispatch.poller_function,
+                        "finisher": dispatch.finisher_function},
         namespace=dispatch.namespace,
     )
 

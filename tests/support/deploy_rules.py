@@ -499,7 +499,7 @@ class Product:
     poll_budget: float
     finish_budget: float
     copy_lease: float
-    finisher_function: str         # shared.config.DispatchSettings
+    function_names: dict[str, str]  # role -> shared.config.DispatchSettings' *_function
     namespace: str
 
 
@@ -619,9 +619,10 @@ def _check_function(where: str, inputs: dict[str, Any], product: Product) -> lis
         problems.append(f"{where}: environment variables take {size} bytes, SCF allows {ENV_LIMIT_BYTES}")
     if "BAAS_BACKUP_CONFIG" not in variables:
         problems.append(f"{where}: BAAS_BACKUP_CONFIG is not set")
-    if variables.get("BAAS_BACKUP_FINISHER", product.finisher_function) != product.finisher_function:
+    finisher = product.function_names["finisher"]
+    if variables.get("BAAS_BACKUP_FINISHER", finisher) != finisher:
         problems.append(f"{where}: BAAS_BACKUP_FINISHER {variables.get('BAAS_BACKUP_FINISHER')!r} "
-                        f"is not the finisher {product.finisher_function!r}")
+                        f"is not the finisher {finisher!r}")
     return problems
 
 
@@ -638,7 +639,7 @@ def _urls(inputs: dict[str, Any]) -> list[dict[str, Any]]:
 def _check_roles(functions: dict[str, tuple[str, dict[str, Any]]], product: Product) -> list[str]:
     problems: list[str] = []
     for role, (where, inputs) in functions.items():
-        expected_name = product.finisher_function if role == "finisher" else f"baas-backup-{role}"
+        expected_name = product.function_names[role]
         if inputs.get("name") != expected_name:
             problems.append(f"{where}: function name {inputs.get('name')!r}, expected {expected_name!r}")
         for timer in _timers(inputs):
