@@ -52,6 +52,23 @@ def test_new_backups_cannot_be_archived_at_once(local: LocalBackup) -> None:
         configured(local, {"storage_class": "ARCHIVE"})
 
 
+@pytest.mark.parametrize(("new_class", "retention", "message"), [
+    # without cold_after_days nothing ever moves: the class written would be ignored
+    ({}, {"cold_storage_class": "DEEP_ARCHIVE"},
+     r"retention: cold_storage_class .*DEEP_ARCHIVE.* moves nothing without cold_after_days"),
+    # the class every object starts in is no colder: nothing would ever move
+    ({}, {"cold_after_days": 30, "cold_storage_class": "STANDARD"},
+     r"retention: cold_storage_class .*STANDARD.* is not a colder class"),
+    ({"storage_class": "STANDARD_IA"}, {"cold_after_days": 30, "cold_storage_class": "STANDARD_IA"},
+     r"retention\.cold_storage_class: .*STANDARD_IA.* new backups are written in already"),
+])
+def test_a_cold_class_that_would_move_nothing_is_a_config_error(
+        local: LocalBackup, new_class: dict[str, Any], retention: dict[str, Any],
+        message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        configured(local, new_class, keep_last=5, **retention)
+
+
 def test_kept_backups_move_to_the_cold_class_and_verify_says_how_to_read_them(
         local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:

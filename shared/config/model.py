@@ -308,6 +308,23 @@ class Retention(KeepRules):
         return value
 
     @model_validator(mode="after")
+    def _cold_class_moves_something(self) -> Retention:
+        """A cold class that could never be applied is a mistake, not a setting: said
+        rather than ignored, like an unknown field."""
+        chosen = self.cold_storage_class
+        if "cold_storage_class" in self.model_fields_set and self.cold_after_days is None:
+            raise ValueError(f"cold_storage_class {chosen} moves nothing without "
+                             "cold_after_days; add cold_after_days (e.g. 30) or remove "
+                             "cold_storage_class")
+        # STANDARD is the class COS writes an object in when none is given, and the dearest
+        # (cloud.tencent.com/document/product/436/33417, 存储类型概述): never a colder one.
+        if self.cold_after_days is not None and chosen in ("STANDARD", "MAZ_STANDARD"):
+            raise ValueError(f"cold_storage_class {chosen} is not a colder class than the one "
+                             "backups are written in; use ARCHIVE (the default), DEEP_ARCHIVE "
+                             "or STANDARD_IA")
+        return self
+
+    @model_validator(mode="after")
     def _keeps_something(self) -> Retention:
         for name in [None, *self.sources]:
             rules = self.rules_for(name)
@@ -599,6 +616,16 @@ class Config(ConfigModel):
                          - {s.name for s in self.sources})
         if unknown:
             raise ValueError(f"retention.sources names no configured source: {', '.join(unknown)}")
+        return self
+
+    @model_validator(mode="after")
+    def _cold_class_is_another(self) -> Config:
+        retention, written = self.retention, self.destination.storage_class
+        if retention and retention.cold_after_days is not None and retention.cold_storage_class == written:
+            raise ValueError(f"retention.cold_storage_class: {written} is the class "
+                             "destination.storage_class says new backups are written in already, "
+                             "so nothing would ever move; use a colder one (ARCHIVE, the default, "
+                             "or DEEP_ARCHIVE)")
         return self
 
     def source(self, name: str) -> SourceSettings:

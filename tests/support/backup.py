@@ -74,7 +74,9 @@ class LocalBackup:
                     monkeypatch: pytest.MonkeyPatch) -> Path:
         """`config` as the file the CLI reads, its sources as written (secrets as
         ${VAR}), with the environment it refers to set for the test."""
-        document = config.model_dump(mode="json", exclude_none=True, exclude={"sources", "notify"})
+        # as written: a default written out is a choice made (retention.cold_storage_class)
+        document = config.model_dump(mode="json", exclude_none=True, exclude_unset=True,
+                                     exclude={"sources", "notify"})
         document["sources"] = sources
         path.write_text(yaml.safe_dump(document, allow_unicode=True), encoding="utf-8")
         for name, value in self.environ.items():
