@@ -162,6 +162,14 @@ def test_a_source_override_replaces_only_what_it_sets(local: LocalBackup) -> Non
     assert config.retention.rules_for("other").keep_daily == 7
 
 
+def test_a_source_override_left_empty_means_the_top_level_rules(local: LocalBackup) -> None:
+    """README "Configuration": a section left empty (every line under it commented out,
+    YAML null) means its defaults; for a source's override that is: nothing replaced."""
+    config = with_retention(local, keep_daily=7, sources={"shop": None})
+    assert config.retention is not None
+    assert config.retention.rules_for("shop").keep_daily == 7
+
+
 def test_the_overview_counts_what_retention_would_keep(local: LocalBackup) -> None:
     """With a policy, the status overview sees the jobs through the plan's one read of
     every run (newest first) and counts the kept backups per collection."""

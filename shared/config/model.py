@@ -296,6 +296,15 @@ class Retention(KeepRules):
     cold_storage_class: StorageClass = Field(
         default="ARCHIVE", description="Where kept backups go after cold_after_days.")
 
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _empty_override_replaces_nothing(cls, value: Any) -> Any:
+        # `shop:` with every line under it commented out is YAML null: like any section
+        # left empty, it means its defaults, which for an override is replacing nothing
+        if not isinstance(value, dict):
+            return value
+        return {name: {} if rules is None else rules for name, rules in value.items()}
+
     @field_validator("time_zone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
