@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from devkit.sample_data import make_docs
-from shared.config import Config, ConfigError
+from shared.adapters.cos.objects import CosObjectStore
+from shared.config import Config, ConfigError, Destination
 from shared.domain.errors import StorageError
 from shared.domain.jobs import Run, RunStatus
 from shared.entrypoints.cli import main as cli
@@ -23,6 +24,7 @@ from shared.service.holds import claim
 from shared.service.prune import prune
 from shared.service.restore.plan import RestoreRefused, plan_restore, start_restore
 from tests.support.backup import ENV_ID, LocalBackup, backup_now, drive
+from tests.support.cos import S3Requests
 
 
 def configured(local: LocalBackup, destination: dict[str, Any] | None = None,
@@ -246,3 +248,14 @@ def test_a_restore_that_claims_its_backup_before_the_move_keeps_it_readable(
 
     assert started and orders_storage_class(racing, run) != "ARCHIVE"
     assert drive(restorer, started[0]).status is RunStatus.SUCCEEDED
+
+
+def test_a_move_to_the_cold_class_heads_the_object_once(
+        counted_destination: Destination, s3_requests: S3Requests) -> None:
+    """README "Storage classes": an object not already cold "gets a HEAD" before it moves;
+    the move itself (a copy onto itself) needs no second and third one."""
+    objects = CosObjectStore(counted_destination, {})
+    objects.put_json("backups/runs/r/shop/orders.jsonl", {"n": 1})
+    with s3_requests.counted() as seen:
+        objects.set_storage_class("backups/runs/r/shop/orders.jsonl", "STANDARD_IA")
+    assert [r for r in seen if r.startswith("HEAD ")] == ["HEAD /backups/runs/r/shop/orders.jsonl"]

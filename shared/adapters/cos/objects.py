@@ -225,19 +225,21 @@ class CosObjectStore:
         """COS changes an object's class by copying it onto itself, which needs the
         metadata directive `Replaced` (cloud.tencent.com/document/product/436/10881, PUT
         Object - Copy: "若拷贝的源与目标相同…必须为 Replaced"), so the content type and
-        encryption are given again. One request copies at most 5 GB."""
-        info = self.head(key)
-        if info is None:
-            raise StorageError(f"COS storage class change of {key!r} failed: no such object",
-                               key=key, code="NoSuchKey")
-        if info.size > 5 * 1024 * MIB:
+        encryption are given again. One request copies at most 5 GB. One HEAD gives
+        both the size and the content type."""
+        try:
+            with cos_errors("head", key):
+                headers = _lowered(self._client.head_object(Bucket=self._bucket, Key=key))
+        except StorageError as exc:
+            if exc.code in ("NoSuchResource", "NoSuchKey"):
+                raise StorageError(f"COS storage class change of {key!r} failed: no such "
+                                   "object", key=key, code="NoSuchKey") from None
+            raise
+        if int(headers["content-length"]) > 5 * 1024 * MIB:
             raise StorageError(f"COS storage class change of {key!r}: over 5 GB, which one copy "
                                "cannot move; a COS lifecycle rule can", key=key,
                                code="EntityTooLarge")
-        with cos_errors("head", key):
-            headers = self._client.head_object(Bucket=self._bucket, Key=key)
-        content_type = _lowered(headers).get(
-            "content-type", "application/octet-stream")
+        content_type = headers.get("content-type", "application/octet-stream")
         options = {k: v for k, v in self._encryption.items() if k != "StorageClass"}
         with cos_errors("storage class change", key):
             self._client.copy_object(
