@@ -591,6 +591,32 @@ def test_a_row_restore_upserts_into_the_original_and_insert_keeps_what_is_there(
     assert sorted(platform.data["orders"], key=lambda r: r["n"]) == rows
 
 
+@dataclass
+class DoublePages(WritablePages):
+    """A platform that keeps integers as doubles: 2**64 + 1 comes back as 2**64."""
+
+    def write_row(self, collection: str, mode: RestoreMode, line: bytes) -> RowOutcome:
+        row = json.loads(line)
+        row["n"] = int(float(row["n"]))
+        return super().write_row(collection, mode, json.dumps(row).encode())
+
+
+def test_a_row_restore_whose_integer_beyond_64_bits_came_back_changed_fails_its_check() -> None:
+    """orjson reads an integer beyond 64 bits as a float: the read-back took 2**64 + 1 and
+    2**64 for the same value and passed a row the platform had changed."""
+    rows = [{"_id": "r0", "n": 2**64 + 1}, {"_id": "r1", "n": 2**70}]
+    platform = DoublePages({"orders": [dict(r) for r in rows]})
+    u = unit(platform, kind="paged")
+    backup = backed_up(u)
+    run, _ = start_restore(u.ctx, plan_restore(u.ctx, backup, "shop", "orders", into="copy"),
+                           idempotency_key="big", trigger="test")
+    drive(u, run.run_id)
+    [job] = u.state.list_jobs(run.run_id)
+    assert platform.data["copy"] == [{"_id": "r0", "n": 2**64}, rows[1]]
+    assert job.status is JobStatus.FAILED, job.checkpoint
+    assert "1 of the backup's 2 rows are not in shop/copy" in (job.error or "")
+
+
 def test_the_lease_of_a_restore_renews_with_each_saved_window() -> None:
     rows = [{"_id": f"r{i:05d}", "n": i} for i in range(2100)]
     platform = WritablePages({"orders": rows}, page_rows=1000)
