@@ -227,6 +227,23 @@ class RowImportPlatform(RestorablePlatform, PagedPlatform, Protocol):
         from several threads at once."""
 
 
+@runtime_checkable
+class PartialWrites(Protocol):
+    """A row-by-row platform whose restore, in some modes, sets only the columns each backup
+    row holds and keeps the others the target row has (OneDB: upsert of a backup made with
+    getColumns). Its read-back judges each target row by what the restore wrote."""
+
+    def writes_part(self, collection: str, mode: RestoreMode) -> bool:
+        """Does a restore into `collection` in `mode` write only part of each row?"""
+
+    def written(self, collection: str, line: bytes) -> tuple[bytes, frozenset[str]]:
+        """(the row's identity, the same for its backup line and the target's line; the
+        columns writing this backup line sets)."""
+
+    def written_part(self, collection: str, found: bytes, columns: frozenset[str]) -> bytes:
+        """`found` (a target line) holding only `columns`: what a partial write of it set."""
+
+
 class Platforms(Protocol):
     """The configured sources' platforms, built on first use."""
 

@@ -252,6 +252,25 @@ def test_upsert_of_a_partial_backup_into_another_table_keeps_its_other_columns(
     assert [json.loads(x) for x in _backup_lines(client, "events_copy")] == [backed_up]
 
 
+def test_a_partial_upsert_is_read_back_as_the_columns_it_wrote(onedb_emulator: OneDBEmulator) -> None:
+    """What the restore's read-back judges (shared/service/restore/rows.py): a target row
+    cut to the columns its backup line set, its ids matched key order aside and exactly."""
+    onedb_emulator.add_table(ENV_ID, APP, "events", KEYS, [])
+    client = _client(onedb_emulator, tables=[{"name": "events", "getColumns": ["name", "n"]}])
+    assert client.writes_part("events", "upsert")
+    assert not client.writes_part("events", "insert")
+    assert not _client(onedb_emulator).writes_part("events", "upsert")  # whole rows
+    backed_up = b'{"ids":{"userId":"u1","seq":1},"columns":{"name":"Ann"}}'
+    found = b'{"ids":{"seq":1,"userId":"u1"},"columns":{"n":123456789012345678901,"name":"Ann"}}'
+    key, columns = client.written("events", backed_up)
+    assert client.written("events", found)[0] == key and columns == {"name"}
+    assert json.loads(client.written_part("events", found, columns)) == json.loads(backed_up)
+    wrong = found.replace(b'"Ann"', b'"Bob"')
+    assert json.loads(client.written_part("events", wrong, columns))["columns"] == {"name": "Bob"}
+    whole = client.written_part("events", found, frozenset({"name", "n"}))
+    assert b"123456789012345678901" in whole  # exact, not a float
+
+
 def test_a_conflict_in_other_words_is_confirmed_with_a_get(onedb_emulator: OneDBEmulator) -> None:
     onedb_emulator.add_table(ENV_ID, APP, "events", KEYS, [generated_row(0)])
     onedb_emulator.conflict_title = "操作失败 (operation failed)"  # a title we cannot read

@@ -621,6 +621,34 @@ def test_a_onedb_row_holding_half_an_emoji_is_restored_and_found_as_backed_up(
     assert onedb_emulator.table_rows(ENV_ID, APP, "events") == rows
 
 
+def test_a_onedb_upsert_of_a_partial_backup_is_checked_on_what_it_wrote(
+        local: LocalBackup, onedb_emulator: OneDBEmulator, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backup of only some columns (getColumns) goes back with `update`, which sets the
+    backed-up columns and keeps the others. A row that lacked one of them at backup time
+    and has it now keeps it: the read-back found the row unlike its backup line and the
+    restore could never pass. It judges only the columns the restore wrote."""
+    u1, u2 = {"userId": "u1", "seq": 1}, {"userId": "u2", "seq": 1}
+    then: list[dict[str, Any]] = [
+        {"ids": u1, "columns": {"name": "Ann", "note": "x"}},  # no score yet
+        {"ids": u2, "columns": {"name": "Bo", "score": 2, "note": "y"}}]
+    onedb_emulator.add_table(ENV_ID, APP, "events", ["userId", "seq"], then)
+    api = deploy_sources(local, tmp_path, monkeypatch, onedb_source(
+        local, onedb_emulator, tables=[{"name": "events", "getColumns": ["name", "score"]}]))
+    run_id = backed_up(api, "crm", "events")
+    onedb_emulator.add_table(ENV_ID, APP, "events", ["userId", "seq"], [
+        {"ids": u1, "columns": {"name": "Ann B.", "score": 9, "note": "x2"}},
+        {"ids": u2, "columns": {"name": "Bob", "score": 3, "note": "y2"}}])
+
+    view = restored(api, run_id=run_id, source="crm", collection="events", mode="upsert",
+                    confirm="events")
+
+    assert view["status"] == "succeeded", view
+    assert onedb_emulator.table_rows(ENV_ID, APP, "events") == [
+        {"ids": u1, "columns": {"name": "Ann", "score": 9, "note": "x2"}},
+        {"ids": u2, "columns": {"name": "Bo", "score": 2, "note": "y2"}}]
+
+
 def test_a_used_idempotency_key_is_a_409_even_for_a_source_not_configured(
         local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """README (Restoring): a key already used for another restore is answered 409 "before

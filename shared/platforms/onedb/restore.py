@@ -204,6 +204,23 @@ class RowRestore:
                             "of the row written")
         return "written"
 
+    # PartialWrites: the read-back of an upsert that sets only the backed-up columns ------
+    def writes_part(self, collection: str, mode: RestoreMode) -> bool:
+        """Upsert of a backup made with getColumns goes back with `update`, which sets the
+        given columns only (API doc, "update"; see write_row)."""
+        return mode == "upsert" and self._partial(collection)
+
+    def written(self, collection: str, line: bytes) -> tuple[bytes, frozenset[str]]:
+        """(the row's ids, key order aside, exactly; the columns the line sets)."""
+        ids, columns, _ = _read_line(line, collection)
+        return _exact(ids), frozenset(columns)
+
+    def written_part(self, collection: str, found: bytes, columns: frozenset[str]) -> bytes:
+        """The target's line with only `columns`: a column the backup row lacked is one
+        `update` never set, kept as the target had it."""
+        ids, there, _ = _read_line(found, collection)
+        return _exact({"ids": ids, "columns": {k: v for k, v in there.items() if k in columns}})
+
     # helpers -------------------------------------------------------------------------
     def _range_keys(self, collection: str) -> list[str]:
         return self._keys(self._table(collection))
@@ -303,3 +320,9 @@ def _encode(body: dict[str, Any], exact: bool) -> bytes:
         return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate: kept as its \\u escape
         return json.dumps(body, separators=(",", ":")).encode("ascii")
+
+
+def _exact(value: Any) -> bytes:
+    """JSON with every value as read (integers beyond 64 bits, NaN, lone surrogates as
+    their escapes) and keys sorted: the same row gives the same bytes."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode("ascii")

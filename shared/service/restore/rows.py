@@ -24,7 +24,7 @@ from typing import Any, cast
 
 from shared.domain.errors import RateLimited, VerificationFailed
 from shared.domain.jobs import RestoreOrder, StoredObject
-from shared.ports import RowImportPlatform, RowOutcome
+from shared.ports import PartialWrites, RestoreMode, RowImportPlatform, RowOutcome
 from shared.service.context import Budget, Context
 from shared.service.copying import CopyHold, CopyPaused
 from shared.service.restore.send import save_point
@@ -218,27 +218,13 @@ def _row_digest(line: bytes) -> bytes:
 def _compare(ctx: Context, hold: CopyHold, platform: RowImportPlatform,
              order: RestoreOrder) -> dict[str, Any]:
     """Page the target back: every backup row must be in it, as the backup has it (in insert
-    mode a row that was already there and kept may differ)."""
-    wanted: dict[bytes, int] = {}
-    for stored in order.objects:
-        for row in _lines(ctx, stored, skip=0):
-            digest = _row_digest(row)
-            wanted[digest] = wanted.get(digest, 0) + 1
-    target_rows = 0
-    cursor: dict[str, Any] | None = None
-    while True:
-        page = platform.fetch_page(order.target, cursor)
-        data, _count = platform.encode_page(page)
-        for row in data.split(b"\n"):
-            if row.strip():
-                target_rows += 1
-                digest = _row_digest(row)
-                if wanted.get(digest):
-                    wanted[digest] -= 1
-        if page.next_cursor is None:
-            break
-        cursor = page.next_cursor
-    missing = sum(wanted.values())
+    mode a row that was already there and kept may differ; where the restore wrote only
+    part of each row, only that part is judged)."""
+    mode = cast(RestoreMode, order.mode)
+    if isinstance(platform, PartialWrites) and platform.writes_part(order.target, mode):
+        missing, target_rows = _missing_written(ctx, platform, platform, order)
+    else:
+        missing, target_rows = _missing_rows(ctx, platform, order)
     point = dict(hold.job.checkpoint or {})
     kept = int(point.get("kept", 0))
     if missing > (kept if order.mode == "insert" else 0):
@@ -248,3 +234,54 @@ def _compare(ctx: Context, hold: CopyHold, platform: RowImportPlatform,
             "there); run the restore again (rows already written stay one row each)")
     point.update(after=target_rows, missing=missing)
     return point
+
+
+def _missing_rows(ctx: Context, platform: RowImportPlatform, order: RestoreOrder) -> tuple[int, int]:
+    """(backup rows not in the target as the backup has them, rows in the target)."""
+    wanted: dict[bytes, int] = {}
+    for stored in order.objects:
+        for row in _lines(ctx, stored, skip=0):
+            digest = _row_digest(row)
+            wanted[digest] = wanted.get(digest, 0) + 1
+    target_rows = 0
+    for row in _target_lines(platform, order.target):
+        target_rows += 1
+        digest = _row_digest(row)
+        if wanted.get(digest):
+            wanted[digest] -= 1
+    return sum(wanted.values()), target_rows
+
+
+def _missing_written(ctx: Context, platform: RowImportPlatform, partial: PartialWrites,
+                     order: RestoreOrder) -> tuple[int, int]:
+    """As _missing_rows, each target row cut to the columns its backup row set (a partial
+    write keeps the others, a column the row lacked at backup time included)."""
+    wanted: dict[bytes, tuple[bytes, frozenset[str]]] = {}
+    shapes: dict[frozenset[str], frozenset[str]] = {}  # one set per shape: rows share them
+    twice = 0  # a row backed up twice is one row in the target
+    for stored in order.objects:
+        for row in _lines(ctx, stored, skip=0):
+            key, columns = partial.written(order.target, row)
+            twice += key in wanted
+            wanted[key] = (_row_digest(row), shapes.setdefault(columns, columns))
+    target_rows = 0
+    for row in _target_lines(platform, order.target):
+        target_rows += 1
+        key, _ = partial.written(order.target, row)
+        backed_up = wanted.get(key)
+        if backed_up is not None and _row_digest(
+                partial.written_part(order.target, row, backed_up[1])) == backed_up[0]:
+            del wanted[key]
+    return len(wanted) + twice, target_rows
+
+
+def _target_lines(platform: RowImportPlatform, target: str) -> Iterator[bytes]:
+    """The target's rows, one line each, as its backup would hold them."""
+    cursor: dict[str, Any] | None = None
+    while True:
+        page = platform.fetch_page(target, cursor)
+        data, _count = platform.encode_page(page)
+        yield from (row for row in data.split(b"\n") if row.strip())
+        if page.next_cursor is None:
+            return
+        cursor = page.next_cursor
