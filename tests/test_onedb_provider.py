@@ -304,3 +304,34 @@ def test_a_start_row_deleted_between_two_pages_is_not_taken_for_a_lost_one(
     second = provider.fetch_page("live", first.next_cursor)
     assert _rows(provider, first) + _rows(provider, second) == [rows[0], rows[1], rows[3], rows[4]]
     assert provider.count("live") == 4
+
+
+@pytest.mark.parametrize("exclusive", [False, True])
+def test_a_next_id_naming_a_range_marker_pages_on_from_the_row_before(
+        onedb_emulator: OneDBEmulator, exclusive: bool) -> None:
+    """A key value that is literally `CDB:tableMaxId` (the API doc gives it no escape, and
+    does not say a key cannot hold it): a nextId naming that row, sent back as getMany's
+    `ids`, reads as "the largest" and the copy ended there, its rows silently left out.
+    The next page is asked from the page's last row instead (stored already)."""
+    rows = [{"ids": {"userId": u, "seq": 1}, "columns": {"n": i}}
+            for i, u in enumerate(["A", "B", "CDB:tableMaxId", "D"])]  # in key order
+    onedb_emulator.add_table(ENV_ID, APP, "events", ["userId", "seq"], rows)
+    onedb_emulator.page_cap = 2  # the marker row is the next page's first
+    onedb_emulator.start_exclusive = exclusive
+    provider = OneDBClient(_source(onedb_emulator), SERVICES)
+    assert _all_rows(provider) == rows
+    assert provider.count("events") == 4
+
+
+def test_a_range_marker_row_with_no_row_before_it_on_its_page_stops_the_copy_loudly(
+        onedb_emulator: OneDBEmulator) -> None:
+    """nextId naming the page's own last row, keyed by a marker: no other row of the page to
+    go on from, so the copy stops saying why rather than end early."""
+    rows = [{"ids": {"userId": u, "seq": 1}, "columns": {}} for u in ["A", "CDB:tableMinId", "D"]]
+    onedb_emulator.add_table(ENV_ID, APP, "events", ["userId", "seq"], rows)
+    onedb_emulator.page_cap, onedb_emulator.next_id_last_row = 2, True
+    provider = OneDBClient(_source(onedb_emulator), SERVICES)
+    with pytest.raises(Fatal, match="CDB:tableMinId/CDB:tableMaxId"):
+        _all_rows(provider)
+    with pytest.raises(Fatal, match="range end"):
+        provider.count("events")

@@ -147,11 +147,13 @@ PROBLEM_STATUS = {
 # --------------------------------------------------------------------------- tables
 
 
-def _value_rank(value: Any) -> tuple[int, Any]:
-    """Orders key values like the database: min < numbers < strings < max."""
-    if value == MIN_ID:
+def _value_rank(value: Any, *, markers: bool = False) -> tuple[int, Any]:
+    """Orders key values like the database: min < numbers < strings < max. `markers`: a
+    range's ends as asked (getMany's ids/endIds), where CDB:tableMinId/MaxId mean the ends;
+    a stored key holding those words is a string like any other."""
+    if markers and value == MIN_ID:
         return (0, 0)
-    if value == MAX_ID:
+    if markers and value == MAX_ID:
         return (9, 0)
     if isinstance(value, bool):
         return (3, int(value))
@@ -171,8 +173,8 @@ class _Table:
     def row(self, index: int) -> dict[str, Any]:
         return self._rows[index] if self._rows is not None else generated_row(index)
 
-    def sort_key(self, ids: dict[str, Any]) -> tuple[tuple[int, Any], ...]:
-        return tuple(_value_rank(ids[k]) for k in self.keys)
+    def sort_key(self, ids: dict[str, Any], *, markers: bool = False) -> tuple[tuple[int, Any], ...]:
+        return tuple(_value_rank(ids[k], markers=markers) for k in self.keys)
 
     # writes (the caller holds the emulator's lock) ---------------------------------
     def find(self, ids: dict[str, Any]) -> tuple[int, bool]:
@@ -565,7 +567,7 @@ class OneDBEmulator(LocalEmulator):
     @staticmethod
     def _position(table: _Table, ids: dict[str, Any], *, first: bool) -> int:
         """first=True: index of the first row >= ids; else index after the last row <= ids."""
-        wanted = table.sort_key(ids)
+        wanted = table.sort_key(ids, markers=True)
         finder = bisect.bisect_left if first else bisect.bisect_right
         return finder(_SortKeys(table), wanted)
 

@@ -48,11 +48,13 @@ from shared.platforms.onedb.wire import (
     _stdlib_line,
     _tail_last_ids,
     _tail_next_id,
+    before_marker,
     check_cursor,
     classify,
     cursor_start,
     drop_stored,
     known_refusal,
+    names_marker,
     next_cursor,
     page_rows,
     problem,
@@ -144,6 +146,9 @@ class OneDBClient(RowRestore):
             raise Fatal(f"OneDB getMany of {collection!r} gave back the cursor it was asked for "
                         "(nextId did not move); paging would never end")
         body, following = self._next_cursor(answer.body, following)
+        if following is not None and names_marker(cursor_start(following)[0]):
+            body = self._decoded(body)
+            following = stored_cursor(before_marker(collection, page_rows(body), start, following))
         return Page(answer=body if start is None else _Asked(body, collection, start, stored),
                     next_cursor=following)
 
@@ -163,6 +168,16 @@ class OneDBClient(RowRestore):
             except ValueError:
                 raise Retryable("OneDB getMany answered a page that is not JSON") from None
         return body, next_cursor(page_rows(body), following)
+
+    @staticmethod
+    def _decoded(body: dict[str, Any] | bytes | None) -> dict[str, Any] | None:
+        if not isinstance(body, bytes):
+            return body
+        try:
+            answer: dict[str, Any] | None = _parse(body)
+        except ValueError:
+            raise Retryable("OneDB getMany answered a page that is not JSON") from None
+        return answer
 
     def encode_page(self, page: Page) -> tuple[bytes, int]:
         asked = page.answer if isinstance(page.answer, _Asked) else None

@@ -161,6 +161,8 @@ class RowRestore:
                                     "is not JSON") from None
             page = wire.page_rows(body)  # another shape: Fatal, as in a backup
             following = wire._next_ids(answer.next_id, collection, self._range_keys(collection))
+            if following is not None and wire.names_marker(following):
+                following = wire.before_marker(collection, page, cursor, following)
             last_is_next = following is not None and wire.ends_with(page, following)
             if wire.skipped(page, cursor, stored) and self._exists(collection, cursor or {}):
                 raise wire.skipped_row(collection, cursor or {})

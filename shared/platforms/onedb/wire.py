@@ -289,6 +289,31 @@ def skipped_row(collection: str, start: dict[str, Any]) -> Fatal:
                  "stored")
 
 
+# getMany reads these `ids` values as range ends (API doc, getMany: "CDB:tableMaxId" 特殊值,
+# 代表最大; "CDB:tableMinId" 特殊值,代表最小), and gives no way to mean the string itself,
+# nor says a key cannot hold it. A nextId naming a row keyed so, sent back as `ids`, would
+# start the next page at a range end: the copy would end early (or start over), silently.
+RANGE_MARKERS = frozenset({MIN_ID, MAX_ID})
+
+
+def names_marker(ids: dict[str, Any] | None) -> bool:
+    return ids is not None and any(isinstance(v, str) and v in RANGE_MARKERS for v in ids.values())
+
+
+def before_marker(collection: str, rows: list[dict[str, Any]], start: dict[str, Any] | None,
+                  following: dict[str, Any]) -> dict[str, Any]:
+    """The cursor to use instead of a nextId naming a range marker: the page's last row,
+    stored already (the next page drops it if it starts with it, wire.STORED)."""
+    last = rows[-1].get("ids") if rows else None
+    if not isinstance(last, dict) or names_marker(last) or last == start:
+        raise Fatal(f"OneDB getMany of {collection!r} answered nextId {following}, a key value "
+                    "getMany reads as a range end (CDB:tableMinId/CDB:tableMaxId), and the page "
+                    "gives no other row to go on from; rows keyed so cannot be paged past. "
+                    "Change that key value in the table (or report it); nothing of this page "
+                    "was stored")
+    return dict(last)
+
+
 def _tail_last_ids(content: bytes, tries: int = 4) -> tuple[bool, Any]:
     """The ids of the page's last row, read from just before `,"nextId":` without decoding
     the page, as _tail_next_id reads nextId: only the last row's own `{"ids":` leaves a
