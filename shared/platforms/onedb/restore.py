@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from shared.domain.errors import Fatal, RateLimited, Retryable
+from shared.domain.records import may_hold_long_integer
 from shared.platforms.onedb import wire
 from shared.ports import RestoreMode, RowOutcome
 
@@ -296,7 +297,7 @@ def _read_line(line: bytes, collection: str) -> tuple[dict[str, Any], dict[str, 
     text = line.strip()
     row: Any = None
     exact = False
-    if text.translate(wire._DIGITS_TO_ZERO).find(wire._LONG_RUN) < 0:
+    if not may_hold_long_integer(text):
         with contextlib.suppress(orjson.JSONDecodeError):  # NaN, lone surrogates
             row = orjson.loads(text)
     if row is None:

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from shared.domain.errors import BackupError, Fatal, RateLimited, Retryable, TokenRejected
+from shared.domain.records import may_hold_long_integer
 from shared.platforms.onedb.settings import OneDBSource
 
 MIN_ID = "CDB:tableMinId"
@@ -168,15 +169,8 @@ class _ParsedByStdlib(list):  # type: ignore[type-arg]
     parsed and written back with the standard library, so no value changes on the way."""
 
 
-# orjson reads integers beyond 64 bits as floats, silently: any run of 19 digits (perhaps
-# only inside a string) sends the page to the exact, slower standard library instead.
-# Found by mapping every digit to 0 and looking for 19 zeros: far faster than a regex.
-_DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
-_LONG_RUN = b"0" * 19
-
-
 def _parse(content: bytes) -> Any:
-    if content.translate(_DIGITS_TO_ZERO).find(_LONG_RUN) < 0:
+    if not may_hold_long_integer(content):
         try:
             return orjson.loads(content)
         except orjson.JSONDecodeError:

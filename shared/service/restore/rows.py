@@ -24,6 +24,7 @@ from typing import Any, cast
 
 from shared.domain.errors import RateLimited, VerificationFailed
 from shared.domain.jobs import RestoreOrder, StoredObject
+from shared.domain.records import may_hold_long_integer
 from shared.ports import PartialWrites, RestoreMode, RowImportPlatform, RowOutcome
 from shared.service.context import Budget, Context
 from shared.service.copying import CopyHold, CopyPaused
@@ -192,17 +193,10 @@ def _lines(ctx: Context, stored: StoredObject, skip: int) -> Iterator[bytes]:
         yield rest
 
 
-# orjson reads an integer beyond 64 bits as a float, silently (2**64 + 1 and 2**64 alike):
-# a line with a run of 19 digits (perhaps inside a string) is read by the exact standard
-# library instead. Found by mapping every digit to 0, as the OneDB client reads its pages.
-_DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
-_LONG_RUN = b"0" * 19
-
-
 def _row_digest(line: bytes) -> bytes:
     import orjson
 
-    if line.translate(_DIGITS_TO_ZERO).find(_LONG_RUN) < 0:
+    if not may_hold_long_integer(line):  # orjson would read 2**64 + 1 as 2**64
         try:
             return hashlib.sha256(orjson.dumps(orjson.loads(line),
                                                option=orjson.OPT_SORT_KEYS)).digest()
