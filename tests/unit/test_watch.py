@@ -197,40 +197,44 @@ def _two_stores(kind: str, tmp_path: Path) -> list[StateStore]:
     return [open_store(url), open_store(url)]
 
 
-def _alarm_read_then_wait(read: Callable[[str, datetime], str | None],
-                          barrier: threading.Barrier) -> Callable[[str, datetime], str | None]:
-    def wrapped(key: str, now: datetime) -> str | None:
-        found = read(key, now)
-        if key == ALARM_KEY:
-            barrier.wait()  # both ticks have read "no alarm raised" before either claims
-        return found
-    return wrapped
-
-
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
 def test_two_ticks_racing_to_raise_the_alarm_send_it_once(
         kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two overlapping poller ticks both find backups stale and no alarm raised yet: the
     claim is a compare-and-set, so one sends the alarm and the other stays quiet."""
+    u, stores = _backed_up_on_two_stores(kind, tmp_path)
+    u.clock.advance(27 * 3600)
+    assert _watched_at_once(u, stores, monkeypatch) == [None, "raised"]
+    assert len(u.notifier.alerts) == 1 and "no run has succeeded" in u.notifier.alerts[0]
+
+
+def _backed_up_on_two_stores(kind: str, tmp_path: Path) -> tuple[Unit, list[StateStore]]:
+    """A unit whose state is `_two_stores`, with one good backup."""
     u = unit(ScriptedExport({"orders": []}))
     stores = _two_stores(kind, tmp_path)
     u = dataclasses.replace(u, ctx=dataclasses.replace(u.ctx, state=stores[0]))
     u.state = stores[0]  # type: ignore[assignment]
     _run(u, "good", RunStatus.SUCCEEDED)
-    u.clock.advance(27 * 3600)
+    return u, stores
+
+
+def _watched_at_once(u: Unit, stores: list[StateStore],
+                     monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
+    """What watch() answered in two ticks run at once, one on each store, each reading the
+    alarm before either acts on it; sorted, None first."""
     ticks = [dataclasses.replace(u.ctx, state=store) for store in stores]
     both_read = threading.Barrier(2, timeout=20)
     for tick in {id(t.state): t for t in ticks}.values():
         monkeypatch.setattr(tick.state, "cache_get",
-                            _alarm_read_then_wait(tick.state.cache_get, both_read))
+                            _first_alarm_read_waits(tick.state.cache_get, both_read))
     results: list[str | None] = []
     threads = [threading.Thread(target=lambda t=tick: results.append(watch(t))) for tick in ticks]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(results, key=str) == [None, "raised"]
-    assert len(u.notifier.alerts) == 1 and "no run has succeeded" in u.notifier.alerts[0]
+    monkeypatch.undo()  # later reads wait no more
+    return sorted(results, key=str)
 
 
 def _first_alarm_read_waits(read: Callable[[str, datetime], str | None],
@@ -253,30 +257,14 @@ def test_two_ticks_racing_to_tell_the_recovery_send_it_once(
         kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two overlapping poller ticks both find the raised alarm's problem over: one sends
     "recovered", the other stays quiet."""
-    u = unit(ScriptedExport({"orders": []}))
-    stores = _two_stores(kind, tmp_path)
-    u = dataclasses.replace(u, ctx=dataclasses.replace(u.ctx, state=stores[0]))
-    u.state = stores[0]  # type: ignore[assignment]
-    _run(u, "good", RunStatus.SUCCEEDED)
+    u, stores = _backed_up_on_two_stores(kind, tmp_path)
     u.clock.advance(27 * 3600)
     assert watch(u.ctx) == "raised"
     _run(u, "good-again", RunStatus.SUCCEEDED)
-    ticks = [dataclasses.replace(u.ctx, state=store) for store in stores]
-    both_read = threading.Barrier(2, timeout=20)
-    for tick in {id(t.state): t for t in ticks}.values():
-        monkeypatch.setattr(tick.state, "cache_get",
-                            _first_alarm_read_waits(tick.state.cache_get, both_read))
-    results: list[str | None] = []
-    threads = [threading.Thread(target=lambda t=tick: results.append(watch(t))) for tick in ticks]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert sorted(results, key=str) == [None, "recovered"]
+    assert _watched_at_once(u, stores, monkeypatch) == [None, "recovered"]
     assert len(u.notifier.alerts) == 2 and "recovered" in u.notifier.alerts[1]
-    monkeypatch.undo()  # the ticks' reads wait no more
     u.clock.advance(60)
-    assert watch(ticks[0]) is None and len(u.notifier.alerts) == 2  # the episode is over
+    assert watch(u.ctx) is None and len(u.notifier.alerts) == 2  # the episode is over
 
 
 def _closed_now(u: Unit, run: Run, status: RunStatus) -> None:
