@@ -461,18 +461,9 @@ def finisher_cannot_load_its_config(site: Site, monkeypatch: pytest.MonkeyPatch)
 def finisher_runs_an_older_config(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
     """`scf deploy --target scf-trigger` after editing backup.yaml: the trigger (and this
     machine) have the new config, the finisher still the package before it."""
-    older = site.path.with_name("older.yaml")
-    older.write_text(yaml.safe_dump({**site.document, "sources": site.document["sources"][:1]},
-                                    allow_unicode=True), encoding="utf-8")
-
-    def finisher_of_the_older_package(event: dict[str, Any]) -> Any:
-        monkeypatch.setenv("BAAS_BACKUP_CONFIG", str(older))  # the doctor waits on this Invoke
-        try:
-            return handle_finisher(event)
-        finally:
-            monkeypatch.setenv("BAAS_BACKUP_CONFIG", str(site.path))
-
-    site.cloud.add_function(FINISHER, finisher_of_the_older_package, region=REGION)
+    older = {**site.document, "sources": site.document["sources"][:1]}
+    site.cloud.add_function(FINISHER, deployed_with(site, monkeypatch, handle_finisher, older),
+                            region=REGION)
 
 
 def poller_package_broken(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
