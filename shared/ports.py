@@ -166,6 +166,16 @@ class TargetNaming(Protocol):
 
 
 @runtime_checkable
+class TargetNameRules(Protocol):
+    """A platform that documents what a collection/table name may be (MinApp: table.md
+    创建数据表) checks a restore's target name against it before anything is written."""
+
+    def target_name_rule(self, name: str) -> str | None:
+        """The platform's rule `name` breaks, in words; None if it may name a target."""
+        ...
+
+
+@runtime_checkable
 class RestoreCaveats(Protocol):
     """A platform whose export options can make a backup its import does not take back as
     the collection was (MinApp: renamed CSV columns, converted timestamps)."""

@@ -402,3 +402,30 @@ def test_serve_on_a_host_name_no_system_can_encode_is_refused_before_anything_st
     assert exited.value.code == 2 and "Traceback" not in err, err
     assert "argument --host: must be a host name or IP address" in err and host in err, err
     assert not [t for t in threading.enumerate() if t.name == "local-poller"]
+
+
+@pytest.mark.parametrize(("into", "shown", "rule"), [
+    ("a/b", "'a/b'", "no /"),
+    ("", "''", "1 to 255 characters"),
+    ("a\x01b", "'a\\x01b'", "no control characters"),
+    ("x" * 256, "'xxxxxxxx", "1 to 255 characters"),
+])
+def test_restore_into_what_cannot_be_a_collection_name_is_refused_before_anything_is_written(
+        local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], into: str, shown: str, rule: str) -> None:
+    """`--into a/b` was accepted and the restore started; a WeChat collection name has no
+    documented rule, but some strings cannot be a name at all."""
+    monkeypatch.setenv("WECHAT_SECRET", SECRET)
+    local.seed("orders", make_docs(5))
+    backup = backup_now(local.context(local.config()))
+    path = _config_file(local, tmp_path)
+    capsys.readouterr()
+
+    code = cli(["--config", str(path), "restore", backup.run_id, "shop", "orders",
+                "--into", into, "--tick", "0.05"])
+
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, (code, err)
+    assert err.startswith(f"baas-backup restore: --into {shown}") and rule in err, err
+    assert local.context(local.config()).state.list_runs(10) == [backup]  # no restore started
+    assert not local.emulator.has_collection(ENV_ID, into)

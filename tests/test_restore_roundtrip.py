@@ -465,6 +465,7 @@ def test_restore_requests_are_checked_before_anything_is_written(
         ({"mode": "upsert"}, 400, "confirm", '"confirm": "orders"'),
         ({"mode": "upsert", "confirm": "order"}, 400, "confirm", "confirm"),
         ({"into": "users"}, 409, "into", "holds records"),
+        ({"into": "a/b"}, 400, "into", "into 'a/b': a collection/table name is 1 to 255"),
         ({"source": "nope"}, 400, "source", "configured sources are: shop, archive"),
         ({"collection": "users"}, 404, "collection", "has no backup of shop/users"),
         ({"run_id": "20261121T020000123Z-1a2b3c4d"}, 404, "run_id", "no backup run"),
@@ -686,3 +687,19 @@ def test_a_onedb_restore_into_a_table_not_made_yet_is_refused_by_its_preview(
         assert (status, body["field"]) == (409, "into"), body
         assert "create the empty table" in body["error"] and "console" in body["error"], body
     assert [r for r in api.runs() if r.operation == "restore"] == []
+
+
+def test_a_minapp_restore_into_a_name_minapp_cannot_take_is_refused_before_it_starts(
+        local: LocalBackup, minapp_emulator: MinAppEmulator, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """It was accepted and failed only once started, when the table was to be made."""
+    minapp_emulator.add_table(1001, records(5))
+    api = minapp_api(local, minapp_emulator, tmp_path, monkeypatch)
+    run_id = backed_up(api, "app", "1001")
+
+    status, body, _ = api.call("POST", "/restores", body={
+        "run_id": run_id, "source": "app", "collection": "1001", "into": "9-lives"})
+
+    assert (status, body["field"]) == (400, "into"), body
+    assert body["error"].startswith("into '9-lives': ") and "starts with a letter" in body["error"]
+    assert [r.operation for r in api.runs()] == ["backup"]  # nothing was started

@@ -526,12 +526,19 @@ def _alive(pid: int) -> bool:
 
 
 def _restore(ctx: Context, args: argparse.Namespace) -> int:
-    from shared.service.restore.plan import RestoreRefused, plan_restore, start_restore
+    from shared.service.restore.plan import (
+        RestoreRefused,
+        TargetNameRefused,
+        plan_restore,
+        start_restore,
+    )
 
     release_dead_local_leases(ctx)
     try:
         plan = plan_restore(ctx, args.run_id, args.source, args.collection, into=args.into,
                             mode=args.mode, force=args.force)
+    except TargetNameRefused as exc:  # named as the option the user typed
+        return _refused("restore", f"--into {exc.shown}: {exc.rule}; choose another name")
     except RestoreRefused as exc:
         return _refused("restore", exc)
     order = plan.order

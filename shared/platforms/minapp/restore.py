@@ -166,6 +166,13 @@ class MinAppRestore:
             name = str(detail.get("name") or f"table{collection}")
         return restore_table_name(name, run_id)
 
+    def target_name_rule(self, name: str) -> str | None:
+        """A table id, or a name MinApp takes for a new table (TABLE_NAME, table.md 创建数据表)."""
+        if is_table_id(name) or TABLE_NAME.fullmatch(name):
+            return None
+        return ("a MinApp table is named by its id (digits) or by a name that starts with a "
+                "letter and holds only letters, digits and _ (at most 32)")
+
     def target_exists(self, collection: str) -> bool:
         """A table id: its detail answers (404: no). A name: the table list's exact
         `?name=` match finds it (table.md 获取数据表列表)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -30,6 +31,7 @@ from shared.ports import (
     RestorablePlatform,
     RestoreCaveats,
     RowImportPlatform,
+    TargetNameRules,
     TargetNaming,
     TargetShape,
 )
@@ -48,6 +50,38 @@ class RestoreRefused(ValueError):
         super().__init__(message)
         self.field = field
         self.status = status
+
+
+class TargetNameRefused(RestoreRefused):
+    """`into` cannot name a collection/table of the source's platform: `shown` is the value
+    as the message quotes it, `rule` the rule it breaks (the CLI names its --into option)."""
+
+    def __init__(self, shown: str, rule: str) -> None:
+        super().__init__(f"into {shown}: {rule}; choose another name", field="into")
+        self.shown = shown
+        self.rule = rule
+
+
+# The seeds and API-NOTES document no rule for a WeChat collection's name
+# (tcb/databasecollectionadd: "collection_name 集合名称", nothing more) nor for a OneDB
+# table's: refused here is only what cannot be a name anywhere. 255: the longest MongoDB
+# namespace, whose naming rules CloudBase's collections follow (docs.cloudbase.net,
+# http-api/nosql 集合操作: "集合名称必须符合 MongoDB 命名规范").
+MAX_TARGET_NAME = 255
+ANY_NAME_RULE = (f"a collection/table name is 1 to {MAX_TARGET_NAME} characters, with no / "
+                 "and no control characters")
+
+
+def check_target_name(platform: object, name: str) -> None:
+    """`name` as a restore's target, before anything is written: TargetNameRefused if it
+    cannot be one on `platform` (the POST /restores `into` and the CLI's --into alike)."""
+    shown = repr(name) if len(name) <= 80 else f"{name[:80]!r}… ({len(name)} characters)"
+    if not 1 <= len(name) <= MAX_TARGET_NAME or "/" in name or any(
+            unicodedata.category(char) == "Cc" for char in name):
+        raise TargetNameRefused(shown, ANY_NAME_RULE)
+    rule = platform.target_name_rule(name) if isinstance(platform, TargetNameRules) else None
+    if rule is not None:
+        raise TargetNameRefused(shown, rule)
 
 
 @dataclass(frozen=True)
@@ -108,6 +142,8 @@ def plan_restore(ctx: Context, run_id: str, source: str, collection: str, *,
         raise RestoreRefused(f"source {source!r} ({ctx.config.source(source).type}) restores only "
                              f"in mode {' or '.join(sorted(platform.restore_modes))}, not {mode!r}",
                              field="mode")
+    if into is not None:
+        check_target_name(platform, into)
     target = into or collection
     if into is None and mode == "new":
         target = (platform.default_target(collection, run_id) if isinstance(platform, TargetNaming)
