@@ -26,7 +26,7 @@ from devkit.s3_server import create_bucket, start_s3_server, stop_s3_server
 from devkit.sample_data import make_docs
 from shared.adapters.cos.objects import CosObjectStore
 from shared.config import load_config
-from shared.entrypoints.cli import console
+from shared.entrypoints.cli import INTERRUPTED, console
 from shared.entrypoints.cli import main as cli
 from shared.entrypoints.scf import handle_finisher
 
@@ -184,6 +184,19 @@ def _minapp_equal(store: CosObjectStore, manifest: dict[str, Any], minapp: MinAp
     return start == len(records)
 
 
+class Stopped(Exception):
+    """Ctrl-C stopped a step (the CLI caught it and said what it left): the demo ends
+    there, as a shell script stops at a command Ctrl-C ended, not in the next step."""
+
+
+def _step(step: str, *argv: str) -> int:
+    """One CLI command of the demo; Stopped (naming `step`) when Ctrl-C ended it."""
+    code = cli(list(argv))
+    if code == INTERRUPTED:
+        raise Stopped(step)
+    return code
+
+
 def _restore_round_trip(config_path: Path, emulator: WeChatEmulator) -> bool:
     """An accident and its repair: the `users` collection is emptied, then restored from
     the run just made into the emptied collection (mode new takes an empty one), and
@@ -196,8 +209,8 @@ def _restore_round_trip(config_path: Path, emulator: WeChatEmulator) -> bool:
     print(f"\n(the users collection was emptied by accident: {len(emulator.docs(ENV_ID, 'users'))} "
           "documents left)")
     print(f"$ baas-backup restore {run_id} shop users --into users")
-    code = cli(["--config", str(config_path), "restore", run_id, "shop", "users",
-                "--into", "users", "--tick", "0.3"])
+    code = _step("the restore", "--config", str(config_path), "restore", run_id, "shop", "users",
+                 "--into", "users", "--tick", "0.3")
     same = emulator.docs(ENV_ID, "users") == COLLECTIONS["users"]
     print(f"users after the restore: {len(emulator.docs(ENV_ID, 'users'))} documents, "
           + ("equal to the original" if same else "NOT equal to the original"))
@@ -216,11 +229,29 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workdir", default=str(ROOT / ".demo"), help="where state and config go")
     args = parser.parse_args()
-    folder = Path(args.workdir)
+    try:
+        return _demo(Path(args.workdir))
+    except Stopped as exc:
+        during = f" during {exc}"
+    except KeyboardInterrupt:  # between two CLI commands
+        during = ""
+    print(f"demo: stopped by Ctrl-C{during}; the steps after it were not run",
+          file=sys.stderr, flush=True)
+    return INTERRUPTED
+
+
+def _demo(folder: Path) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "state.sqlite3").unlink(missing_ok=True)
 
     s3, s3_url = start_s3_server()
+    try:  # the servers stop however the demo ends (Ctrl-C included)
+        return _steps(folder, s3_url)
+    finally:
+        stop_s3_server(s3)
+
+
+def _steps(folder: Path, s3_url: str) -> int:
     create_bucket(s3_url, BUCKET)
     # One export per table per second instead of MinApp's per minute, so parts start quickly.
     minapp = MinAppEmulator(job_window=MINAPP_WINDOW, max_export_rows=MINAPP_MAX_ROWS)
@@ -233,32 +264,39 @@ def main() -> int:
         for name, docs in COLLECTIONS.items():
             emulator.add_collection(ENV_ID, name, docs)
         cloud = _tencent_cloud()
-        config_path = _write_config(folder, emulator.base_url, s3_url, minapp.base_url, cloud.url)
-        _add_onedb_source(config_path, onedb.base_url)
-        os.environ["DEMO_ONEDB_SECRET"] = ONEDB_SECRET
-        os.environ["DEMO_WECHAT_SECRET"] = SECRET
-        os.environ["DEMO_MINAPP_SECRET"] = MINAPP_SECRET
-        print(f"WeChat emulator at {emulator.base_url}, S3 server at {s3_url}")
-        print(f"MinApp emulator at {minapp.base_url} (table 1001 is over its {MINAPP_MAX_ROWS}-row "
-              "export limit: split into parts)")
-        print(f"OneDB emulator at {onedb.base_url} (tables paged by the finisher, "
-              f"{ONEDB_EVENTS} rows in events)")
-        print(f"config: {config_path}\n")
-        code = cli(["--config", str(config_path), "run", "--tick", "0.3"])
-        print()
-        equal = _show_bucket(config_path, emulator, minapp, onedb)
-        cli(["--config", str(config_path), "status"])
-        print("every object equals its source collection" if equal else "MISMATCH: see the table")
-        print("\n$ baas-backup verify latest")
-        verified = cli(["--config", str(config_path), "verify", "latest"])
-        restored = _restore_round_trip(config_path, emulator)
-        print("\n$ baas-backup doctor")
-        os.environ.update(ROLE)
-        # The finisher function's environment: on SCF it finds its package's backup.yaml.
-        os.environ["BAAS_BACKUP_CONFIG"] = str(config_path)
-        checked = cli(["--config", str(config_path), "doctor"])
-        cloud.stop()
-    stop_s3_server(s3)
+        try:
+            return _shown(folder, s3_url, emulator, minapp, onedb, cloud)
+        finally:
+            cloud.stop()
+
+
+def _shown(folder: Path, s3_url: str, emulator: WeChatEmulator, minapp: MinAppEmulator,
+           onedb: OneDBEmulator, cloud: TencentCloudEmulator) -> int:
+    """Each step of the demo, with what it shows; Stopped when Ctrl-C ended one."""
+    config_path = _write_config(folder, emulator.base_url, s3_url, minapp.base_url, cloud.url)
+    _add_onedb_source(config_path, onedb.base_url)
+    os.environ["DEMO_ONEDB_SECRET"] = ONEDB_SECRET
+    os.environ["DEMO_WECHAT_SECRET"] = SECRET
+    os.environ["DEMO_MINAPP_SECRET"] = MINAPP_SECRET
+    print(f"WeChat emulator at {emulator.base_url}, S3 server at {s3_url}")
+    print(f"MinApp emulator at {minapp.base_url} (table 1001 is over its {MINAPP_MAX_ROWS}-row "
+          "export limit: split into parts)")
+    print(f"OneDB emulator at {onedb.base_url} (tables paged by the finisher, "
+          f"{ONEDB_EVENTS} rows in events)")
+    print(f"config: {config_path}\n")
+    code = _step("the backup", "--config", str(config_path), "run", "--tick", "0.3")
+    print()
+    equal = _show_bucket(config_path, emulator, minapp, onedb)
+    _step("status", "--config", str(config_path), "status")
+    print("every object equals its source collection" if equal else "MISMATCH: see the table")
+    print("\n$ baas-backup verify latest")
+    verified = _step("the verify", "--config", str(config_path), "verify", "latest")
+    restored = _restore_round_trip(config_path, emulator)
+    print("\n$ baas-backup doctor")
+    os.environ.update(ROLE)
+    # The finisher function's environment: on SCF it finds its package's backup.yaml.
+    os.environ["BAAS_BACKUP_CONFIG"] = str(config_path)
+    checked = _step("the doctor", "--config", str(config_path), "doctor")
     return 0 if code == 0 and equal and verified == 0 and restored and checked == 0 else 1
 
 
