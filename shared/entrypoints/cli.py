@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import select
 import socket
 import sys
 import threading
@@ -570,11 +571,24 @@ def _confirmed(target: str) -> bool:
     """Its name typed at a terminal; no terminal, or Ctrl-D (end of input), is a no."""
     if not sys.stdin.isatty():
         return False
-    try:
-        return input(f"write into {target}? type its name: ") == target
-    except EOFError:
+    print(f"write into {target}? type its name: ", end="", flush=True)
+    answer = _typed_line()
+    if answer is None:
         print()  # end the prompt's line, as Enter would have
         return False
+    return answer == target
+
+
+def _typed_line() -> str | None:
+    """A line typed at the terminal, None at Ctrl-D. Not input(): a Ctrl-C that came before
+    its read began (the prompt's write slow, the machine loaded) was taken by Python's
+    handler but acted on only once the read returned, and the read waited for good
+    (docs.python.org/3/library/signal.html: handlers run between bytecode instructions).
+    Short selects return to Python often, so Ctrl-C raises KeyboardInterrupt at once."""
+    while not select.select([sys.stdin], [], [], 0.2)[0]:
+        pass
+    line = sys.stdin.readline()
+    return line.removesuffix("\n") if line else None
 
 
 def _run(ctx: Context, sources: list[str] | None, tick: float) -> int:
