@@ -195,6 +195,34 @@ def test_a_full_verify_over_http_stops_reading_before_the_trigger_times_out(api:
     assert all(o["records"] is not None and not o["quick_only"] for o in report["objects"])
 
 
+def test_a_quick_verify_over_http_stops_checking_before_the_trigger_times_out(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A quick verify (the default) HEADs every object inside the trigger's SCF timeout:
+    with thousands of objects, out of time, it stops once verify.QUICK_CHECKS_SECONDS of
+    checks are spent (none here) and answers, naming what it did not check and how."""
+    from shared.service import verify
+
+    run_id = str(backed_up(api)["run_id"])
+    monkeypatch.setattr(verify, "QUICK_CHECKS_SECONDS", 0.0)
+    status, report, _ = api.call("POST", f"/runs/{run_id}/verify",
+                                 invocation={"time_limit_in_ms": 1000})
+    assert status == 200 and report["ok"] and report["quick"], report
+    keys = [o["key"] for o in report["objects"]]
+    assert keys and report["unchecked"] == keys and report["quick_only"] == []
+    assert all(o["unchecked"] and o["bytes"] is None for o in report["objects"])
+    assert f"{len(keys)} of {len(keys)} objects were not checked" in report["next_step"]
+    assert f"baas-backup verify {run_id} --quick" in report["next_step"]
+    status, detail, _ = api.call("GET", f"/runs/{run_id}")
+    assert status == 200 and detail["last_verify"]["unchecked"] == keys
+    assert detail["last_verify"]["next_step"] == report["next_step"]
+    assert detail["last_verify"]["checked"] == []  # nothing checked, nothing verified
+
+    status, report, _ = api.call("POST", f"/runs/{run_id}/verify",
+                                 invocation={"time_limit_in_ms": 120_000})
+    assert status == 200 and report["unchecked"] == [] and report["next_step"] is None
+    assert all(o["bytes"] is not None and o["crc64"] == "ok" for o in report["objects"])
+
+
 SIGNED = ("https://backups-1250000000.cos.ap-guangzhou.myqcloud.com/orders.jsonl"
           "?q-sign-algorithm=sha1&q-ak=AKIDleaked0000&q-signature=0123456789abcdef0123")
 

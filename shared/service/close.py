@@ -25,10 +25,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# What a full verify at close leaves of the invocation's time (`ctx.stop_by`, which keeps
-# SCF's own margin: entrypoints/scf.py) once it stops reading objects back: the quick
-# checks of what is left (a HEAD each, for verify.QUICK_CHECKS_SECONDS at most), the run
-# manifest, the close and its notification.
+# What a verify at close leaves of the invocation's time (`ctx.stop_by`, which keeps
+# SCF's own margin: entrypoints/scf.py) once it stops reading objects back (a full one):
+# the quick checks of what is left (a HEAD each, for verify.QUICK_CHECKS_SECONDS at most),
+# the run manifest, the close and its notification.
 VERIFY_MARGIN_SECONDS = 10.0
 
 
@@ -117,12 +117,15 @@ def _verify(ctx: Context, run: Run, jobs: list[Job]) -> dict[str, Any] | None:
               "problems": problems, **verdicts(report)}
     if mode == "full":
         result.update(_what_was_read(report))
+    elif report.unchecked:
+        result.update(_what_was_not_checked(report))
     return result
 
 
 def verify_out_of_time(ctx: Context) -> bool:
-    """Whether a full verify must stop reading objects back, so the run still closes (a
-    backup too big to read in one would else keep its run open for good, every tick
+    """Whether a full verify must stop reading objects back, and any verify start its last
+    QUICK_CHECKS_SECONDS of quick checks (verify._TimeLeft), so the run still closes (a
+    backup too big to check in one would else keep its run open for good, every tick
     killed the same way), or the HTTP API still answers (else a bare gateway error),
     before SCF stops the invocation. SCF ends an invocation at the function's timeout
     (API-NOTES.md, SCF: "timeout 1-900 s"; tencent-scf docs/configure.md `timeout`, as
@@ -143,6 +146,17 @@ def _what_was_read(report: Report) -> dict[str, Any]:
         read["next_step"] = read_back_step(report, "the closing invocation's time")
         log.warning("verify after the run ran out of time", extra=read)
     return read
+
+
+def _what_was_not_checked(report: Report) -> dict[str, Any]:
+    """The objects a quick verify did not check, its time having run out (thousands of
+    HEADs can outlast the invocation), and how to check them: the CLI has no such limit."""
+    from shared.service.verify import read_back_step
+
+    left = {"unchecked": report.unchecked,
+            "next_step": read_back_step(report, "the closing invocation's time")}
+    log.warning("verify after the run ran out of time", extra=left)
+    return left
 
 
 def _drop_parked_rows(ctx: Context, jobs: list[Job]) -> None:

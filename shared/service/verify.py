@@ -37,18 +37,19 @@ NOT_READ = ("archived: restore from the archive class first ({storage_class}; CO
             "then wait for the copy); its size and CRC64 were checked")
 
 
-OutOfTime = Callable[[], bool]  # whether a full verify must stop reading objects back
-# How long a full verify goes on quick-checking (a HEAD each) once `OutOfTime` stopped its
-# reading back: with thousands of objects left those HEADs alone would outlast the margin
-# its callers keep (close.VERIFY_MARGIN_SECONDS, 10 s) and SCF would end the invocation
-# before the run closed or the API answered. What is left then is not checked (`unchecked`).
+OutOfTime = Callable[[], bool]  # whether a verify must stop reading objects back
+# How long a verify goes on quick-checking (a HEAD each) once `OutOfTime` said so (a full
+# one stops reading back then; a quick one reads nothing anyway): with thousands of objects
+# left those HEADs alone would outlast the margin its callers keep
+# (close.VERIFY_MARGIN_SECONDS, 10 s) and SCF would end the invocation before the run
+# closed or the API answered. What is left then is not checked (`unchecked`).
 QUICK_CHECKS_SECONDS = 5.0
 
 
 @dataclass
 class _TimeLeft:
-    """A full verify's time: reading back while `out_of_time()` allows it, then quick
-    checks for QUICK_CHECKS_SECONDS more, then nothing."""
+    """A verify's time: reading back (a full one) while `out_of_time()` allows it, then
+    quick checks for QUICK_CHECKS_SECONDS more, then nothing."""
 
     out_of_time: OutOfTime | None
     stopped_at: float | None = None
@@ -169,7 +170,8 @@ def verify_run(ctx: Context, run_id: str, *, source: str | None = None,
                collection: str | None = None, quick: bool = False,
                out_of_time: OutOfTime | None = None) -> Report:
     """A full verify stops reading objects back once `out_of_time()` says so (the HTTP
-    API's, inside the trigger's timeout); what is left is quick-checked (`quick_only`)."""
+    API's, inside the trigger's timeout); what is left is quick-checked (`quick_only`).
+    Quick checks, a quick verify's too, stop QUICK_CHECKS_SECONDS later (`unchecked`)."""
     _not_running(ctx, run_id)
     report = Report(run_id=run_id, quick=quick)
     entries = _backups(ctx, run_id, report)
@@ -190,11 +192,15 @@ def verify_run(ctx: Context, run_id: str, *, source: str | None = None,
 
 
 def read_back_step(report: Report, whose_time: str) -> str | None:
-    """What to do about the objects a full verify only quick-checked or did not check,
+    """What to do about the objects a verify only quick-checked or did not check,
     `whose_time` (e.g. "the closing invocation's time") having run out; None when it read
     everything back. The CLI's verify has no time limit."""
     if not report.quick_only and not report.unchecked:
         return None
+    if report.quick:  # it reads nothing back: what is left is checking the rest
+        return (f"{len(report.unchecked)} of {len(report.objects)} objects were not checked, "
+                f"{whose_time} having run out before they were; to check them: "
+                f"baas-backup verify {report.run_id} --quick")
     unchecked = (f" and {len(report.unchecked)} not checked at all" if report.unchecked
                  else "")
     return (f"{len(report.quick_only)} of {len(report.objects)} objects were only "
@@ -223,7 +229,8 @@ def _pruned(ctx: Context, run_id: str) -> frozenset[str]:
 def verify_jobs(ctx: Context, run_id: str, jobs: list[Job], *, quick: bool,
                 out_of_time: OutOfTime | None = None) -> Report:
     """Verify the done jobs of a run that is closing (before its run manifest exists);
-    a full verify stops reading objects back once `out_of_time()` says so."""
+    a full verify stops reading objects back once `out_of_time()` says so, and any
+    stops checking QUICK_CHECKS_SECONDS later."""
     report = Report(run_id=run_id, quick=quick)
     time_left = _TimeLeft(out_of_time)
     for entry in _entries([j for j in jobs if j.pruned_at is None]):
@@ -267,7 +274,7 @@ def _json_object(data: bytes) -> dict[str, Any]:
 def _verify_backup(ctx: Context, entry: dict[str, Any], quick: bool,
                    time_left: _TimeLeft) -> list[Checked]:
     listed = entry.get("objects") or []
-    if not quick and not time_left.to_check():  # not even its manifest is read
+    if not time_left.to_check():  # not even its manifest is read
         return [Checked(entry["source"], entry["collection"], str(o.get("key")), unchecked=True)
                 for o in listed]
     manifest_key = str(entry.get("manifest_key", ""))
@@ -299,7 +306,7 @@ def _verify_object(ctx: Context, entry: dict[str, Any], recorded: dict[str, Any]
                    file_type: str, *, quick: bool, time_left: _TimeLeft) -> Checked:
     key = str(recorded.get("key"))
     checked = Checked(entry["source"], entry["collection"], key)
-    if not quick and not time_left.to_check():
+    if not time_left.to_check():
         checked.unchecked = True
         return checked
     info = ctx.objects.head(key)

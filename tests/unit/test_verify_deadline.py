@@ -24,12 +24,14 @@ COLLECTIONS = ("items", "orders", "users")
 RUN_ID = "20261101T020000000Z-unit"  # seed_run's
 
 
-def backed_up_full(monkeypatch: pytest.MonkeyPatch) -> tuple[Unit, list[str]]:
-    """A run of three done backups, closing with `verify.after_run: full` in an invocation
-    with an hour left; each object's key, in the order the verify reads them."""
+def backed_up_full(monkeypatch: pytest.MonkeyPatch,
+                   after_run: str = "full") -> tuple[Unit, list[str]]:
+    """A run of three done backups, closing with `verify.after_run: full` (or `after_run`)
+    in an invocation with an hour left; each object's key, in the order the verify reads
+    them."""
     u = unit(ScriptedExport({c: ROWS for c in COLLECTIONS}))
     u.ctx.config = u.ctx.config.model_copy(update={
-        "verify": u.ctx.config.verify.model_copy(update={"after_run": "full"})})
+        "verify": u.ctx.config.verify.model_copy(update={"after_run": after_run})})
     for job in seed_run(u, JobStatus.READY):
         assert finish(u.ctx, job.job_id) == "done"
     keys = [j.result.key for j in u.state.list_jobs(RUN_ID) if j.result is not None]
@@ -182,3 +184,51 @@ def test_what_the_check_after_the_run_did_not_check_at_all_is_kept_to_be_read_ba
 
     shown = verify_view(run_summary(u)["last_verify"])
     assert shown is not None and shown["after_run_quick_only"] == keys[1:]
+
+
+def test_a_quick_verify_at_close_out_of_time_stops_and_the_run_still_closes_saying_so(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`verify.after_run: quick` (the default) HEADs each object: with thousands of them
+    those HEADs alone outlast the invocation. Time runs out while the first is HEADed and
+    each HEAD is slow: like a full verify's quick checks, they stop after
+    verify.QUICK_CHECKS_SECONDS; the run closes and names what was not checked at all."""
+    u, keys = backed_up_full(monkeypatch, after_run="quick")
+    monkeypatch.setattr(verify, "QUICK_CHECKS_SECONDS", 0.05)
+    head, headed = u.objects.head, []
+
+    def slow_head(key: str) -> ObjectInfo | None:
+        headed.append(key)
+        if key == keys[0]:  # the invocation's time runs out while it is HEADed
+            u.ctx.stop_by = time.monotonic()
+        time.sleep(0.1)
+        return head(key)
+
+    monkeypatch.setattr(u.objects, "head", slow_head)
+
+    assert close_finished_runs(u.ctx) == [RUN_ID]
+    assert headed == keys[:2]  # the third object is not even HEADed
+
+    run, jobs = u.notifier.sent[0]
+    verified = (run.summary or {})["verify"]
+    assert run.status is RunStatus.SUCCEEDED and verified["ok"] and verified["mode"] == "quick"
+    assert verified["unchecked"] == keys[2:] and "quick_only" not in verified
+    assert "1 of 3 objects were not checked" in verified["next_step"]
+    assert f"baas-backup verify {RUN_ID} --quick" in verified["next_step"]
+    assert verified["next_step"] in run_text(run, jobs)  # the notification says so
+    [never] = [f"{j.source}/{j.collection}" for j in jobs if j.result and j.result.key == keys[2]]
+    assert never not in verified["checked"] and len(verified["checked"]) == 2  # not verified
+    shown = verify_view(verified)  # and GET /runs/{run_id}
+    assert shown is not None and shown["unchecked"] == keys[2:]
+
+
+def test_a_quick_verify_at_close_with_time_to_spare_checks_everything(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    u, _ = backed_up_full(monkeypatch, after_run="quick")
+
+    close_finished_runs(u.ctx)
+
+    run, jobs = u.notifier.sent[0]
+    verified = (run.summary or {})["verify"]
+    assert run.status is RunStatus.SUCCEEDED and verified["ok"] and verified["objects"] == 3
+    assert "unchecked" not in verified and "next_step" not in verified
+    assert len(verified["checked"]) == 3 and "verify:" not in run_text(run, jobs)
