@@ -412,21 +412,25 @@ def record(ctx: Context, report: Report) -> None:
 
 def after_run_unread(run: Run, report: Report) -> dict[str, list[str]]:
     """`after_run_quick_only`: the objects the check after the run only quick-checked, or
-    did not check at all (its time ran out: close.py), that no verify since has read back. `last_verify` replaces the
+    did not check at all (its time ran out: close.py), that no verify since has read back
+    (or, after a quick check, checked). `last_verify` replaces the
     one before it, so it carries them forward: a full verify of users reads no orders, a
     quick one reads nothing. Absent when the check after the run read everything back."""
     summary = run.summary or {}
+    after = summary.get("verify")
+    after = after if isinstance(after, dict) else {}
     earlier = summary.get("last_verify")
     if isinstance(earlier, dict) and isinstance(earlier.get("after_run_quick_only"), list):
         left = earlier["after_run_quick_only"]
     else:
-        after = summary.get("verify")
-        after = after if isinstance(after, dict) else {}
         left = [*(after.get("quick_only") or []), *(after.get("unchecked") or [])]
     if not isinstance(left, list) or not left:
         return {}
-    read = {o.key for o in report.objects if o.records is not None}  # read to the end
-    return {"after_run_quick_only": [key for key in left if key not in read]}
+    if after.get("mode") == "quick":  # what the check after the run meant to do: a HEAD
+        done = {o.key for o in report.objects if not o.unchecked}
+    else:
+        done = {o.key for o in report.objects if o.records is not None}  # read to the end
+    return {"after_run_quick_only": [key for key in left if key not in done]}
 
 
 def answered(run: Run, kept: dict[str, Any]) -> bool:

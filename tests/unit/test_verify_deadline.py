@@ -232,3 +232,26 @@ def test_a_quick_verify_at_close_with_time_to_spare_checks_everything(
     assert run.status is RunStatus.SUCCEEDED and verified["ok"] and verified["objects"] == 3
     assert "unchecked" not in verified and "next_step" not in verified
     assert len(verified["checked"]) == 3 and "verify:" not in run_text(run, jobs)
+
+
+def test_what_a_quick_check_at_close_left_unchecked_is_cleared_by_the_quick_verify_it_names(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check after the run was quick: the `--quick` verify its next_step names checks
+    what it left, and the run stops naming those objects."""
+    u, _ = backed_up_full(monkeypatch, after_run="quick")
+    monkeypatch.setattr(verify, "QUICK_CHECKS_SECONDS", 0.0)
+    head = u.objects.head
+
+    def out_of_time_at_first(key: str) -> ObjectInfo | None:
+        u.ctx.stop_by = time.monotonic()
+        return head(key)
+
+    monkeypatch.setattr(u.objects, "head", out_of_time_at_first)
+    close_finished_runs(u.ctx)
+    assert run_summary(u)["verify"]["unchecked"]
+    monkeypatch.setattr(u.objects, "head", head)
+    u.ctx.stop_by = None
+    verify.record(u.ctx, verify.verify_run(u.ctx, RUN_ID, quick=True))
+
+    shown = verify_view(run_summary(u)["last_verify"])
+    assert shown is not None and shown["after_run_quick_only"] == []
