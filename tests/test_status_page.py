@@ -511,6 +511,44 @@ def test_older_restores_are_reached_from_the_page_and_stay_shown_on_a_refresh(
         assert tab.eval(listed) == made
 
 
+def made_runs(api: Api, count: int, name: str = "backup") -> list[str]:
+    """`count` finished backup runs recorded a minute apart, newest first, their idempotency
+    keys `name`-0, `name`-1 ...; their ids."""
+    state, now = api.context().state, utcnow()
+    made = []
+    for index in range(count):
+        at = now - timedelta(minutes=index)
+        run = Run(run_id=run_id_for(f"{name}-{index}", at), idempotency_key=f"{name}-{index}",
+                  trigger="http", status=RunStatus.SUCCEEDED, created_at=at)
+        state.create_run(run, [])
+        made.append(run.run_id)
+    return made
+
+
+RUN_CARDS = "[...document.querySelectorAll('#runs details[data-run-id]')].map((r) => r.dataset.runId)"
+
+
+def test_older_runs_are_reached_from_the_page_and_stay_shown_on_a_refresh(
+    served: tuple[Api, str], tmp_path: Path
+) -> None:
+    """GET /runs answers a page at a time (`next`), but the page asked for the newest 30
+    runs and never for more: an older run could not be seen, or restored, from the phone."""
+    api, url = served
+    made = made_runs(api, 33)
+
+    with phone(tmp_path, url) as tab:
+        tab.wait(f"{RUN_CARDS}.length === 30", "the first page of runs")
+        tap(tab, "#runs button.older")
+        tab.wait(f"{RUN_CARDS}.length === 33", "the older runs", describe=RUN_CARDS)
+        assert tab.eval(RUN_CARDS) == made  # newest first, each once
+        assert not tab.eval(q("#runs button.older"))  # nothing older left to ask for
+        newer = made_runs(api, 1, "newer")  # pushes one run off the first page
+        tab.eval(f"{q('#updated')}.textContent = ''")
+        tap(tab, "#refresh")  # the runs are asked again: what was fetched stays
+        tab.wait(f"{q('#updated')}.textContent", "the page redrawn")
+        assert tab.eval(RUN_CARDS) == newer + made
+
+
 def test_verify_shows_a_missing_backup_object_and_a_restore_of_it_needs_force(
     toy_served: tuple[Path, str], local: LocalBackup, tmp_path: Path
 ) -> None:

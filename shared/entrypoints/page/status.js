@@ -18,6 +18,12 @@ let restoresGoing = false;  // the last answered Restores listing had a restore 
 const restoresShown = new Map();  // restore id -> the restore as last answered
 let restoresOlder = false;        // the user asked for older pages
 let restoresNext = null;          // `next` of the oldest page fetched: there is more
+// GET /runs pages the same way (shared/entrypoints/http_api.py, _list_runs), and the
+// runs are kept as the restores are above.
+const runsShown = new Map();   // run id -> the run as last answered
+const runDetails = new Map();  // run id -> GET /runs/{id} of the last refresh (its jobs)
+let runsOlder = false;         // the user asked for older pages
+let runsNext = null;           // `next` of the oldest page fetched: there is more
 // The error a refresh put up (the runs', the Restores section's): the next refresh of the
 // same kind that is answered takes it down. A message an action left stays until read.
 let refreshSaid = null;
@@ -158,6 +164,10 @@ function forgetData() {
   restoresShown.clear();
   restoresOlder = false;
   restoresNext = null;
+  runsShown.clear();
+  runDetails.clear();
+  runsOlder = false;
+  runsNext = null;
   runsGoing = restoresGoing = false;
   say("");
 }
@@ -760,6 +770,40 @@ function closedRestore() {
   loadRestores();
 }
 
+function newestFirst(a, b) {
+  return (b.created_at || "").localeCompare(a.created_at || "") || b.run_id.localeCompare(a.run_id);
+}
+
+function showRuns() {
+  const runs = [...runsShown.values()].sort(newestFirst);
+  // a card the user opened or closed stays so when the list is redrawn
+  const opened = new Map([...$("runs").querySelectorAll("details[data-run-id]")]
+    .map((card) => [card.dataset.runId, card.open]));
+  $("runs").replaceChildren(...runs.map((run) => runCard(run, runDetails.get(run.run_id), opened.get(run.run_id))));
+  if (!runs.length) $("runs").append(el("p", { class: "meta" }, "No runs yet. Start one with “Back up now”."));
+  if (runsNext) {
+    const button = el("button", { type: "button", class: "older" }, "Show older runs");
+    button.addEventListener("click", () => loadOlderRuns(button));
+    $("runs").append(button);
+  }
+}
+
+// The page of runs after the oldest one shown (GET /runs?before=); their jobs are fetched
+// when a card is opened.
+async function loadOlderRuns(button) {
+  button.disabled = true;
+  try {
+    const page = await api("runs?limit=" + LIST_SIZE + "&before=" + encodeURIComponent(runsNext));
+    runsOlder = true;
+    runsNext = page.next;
+    for (const run of page.runs) runsShown.set(run.run_id, run);
+    showRuns();
+  } catch (error) {
+    button.disabled = false;
+    failed(error);
+  }
+}
+
 async function load() {
   clearTimeout(refreshTimer);
   if (!sessionStorage.getItem(TOKEN_KEY)) { showLogin(""); return; }
@@ -775,11 +819,11 @@ async function load() {
           "bytes per run", bytes);
     chart($("chart-duration"), runs.filter((r) => r.finished_at), (r) => r.duration_seconds,
           "duration per run", seconds);
-    // a card the user opened or closed stays so when the list is redrawn
-    const opened = new Map([...$("runs").querySelectorAll("details[data-run-id]")]
-      .map((card) => [card.dataset.runId, card.open]));
-    $("runs").replaceChildren(...runs.map((run, i) => runCard(run, details[i], opened.get(run.run_id))));
-    if (!runs.length) $("runs").append(el("p", { class: "meta" }, "No runs yet. Start one with “Back up now”."));
+    if (!runsOlder) { runsShown.clear(); runsNext = page.next; }
+    for (const run of runs) runsShown.set(run.run_id, run);
+    runDetails.clear();
+    details.forEach((detail) => runDetails.set(detail.run_id, detail));
+    showRuns();
     const running = runs.some((r) => r.status === "running");
     $("updated").textContent = "updated " + new Date().toLocaleTimeString() + (running ? " · refreshing while runs are going" : "");
     const shown = $("message");
