@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Literal
 
 import httpx
 import pytest
@@ -511,15 +512,16 @@ def test_older_restores_are_reached_from_the_page_and_stay_shown_on_a_refresh(
         assert tab.eval(listed) == made
 
 
-def made_runs(api: Api, count: int, name: str = "backup") -> list[str]:
-    """`count` finished backup runs recorded a minute apart, newest first, their idempotency
-    keys `name`-0, `name`-1 ...; their ids."""
+def made_runs(api: Api, count: int, name: str = "backup",
+              operation: Literal["backup", "restore"] = "backup") -> list[str]:
+    """`count` finished backup runs (or restores) recorded a minute apart, newest first,
+    their idempotency keys `name`-0, `name`-1 ...; their ids."""
     state, now = api.context().state, utcnow()
     made = []
     for index in range(count):
         at = now - timedelta(minutes=index)
         run = Run(run_id=run_id_for(f"{name}-{index}", at), idempotency_key=f"{name}-{index}",
-                  trigger="http", status=RunStatus.SUCCEEDED, created_at=at)
+                  trigger="http", status=RunStatus.SUCCEEDED, operation=operation, created_at=at)
         state.create_run(run, [])
         made.append(run.run_id)
     return made
@@ -960,6 +962,48 @@ def test_forget_token_leaves_no_data_in_the_tab(served: tuple[Api, str], tmp_pat
         tab.eval("window.release()")
         tab.wait(f"{q('#login-error')}.textContent.includes('refused')", "the guess refused")
         assert run_id not in tab.eval("document.documentElement.outerHTML")
+
+
+# Counts the page's requests that have been answered (installed over hold_requests).
+COUNT_ANSWERS = """(() => {
+  const inner = window.fetch;
+  window.answered = 0;
+  window.fetch = async (input, init) => {
+    const response = await inner(input, init);
+    window.answered++;
+    return response;
+  };
+  return true;
+})()"""
+
+
+@pytest.mark.parametrize(("tapped", "asked"), [("#refresh", 3), ("#runs button.older", 1),
+                                               ("#restores button.older", 1)])
+def test_an_answer_to_a_request_made_before_forget_token_is_not_shown(
+    served: tuple[Api, str], tmp_path: Path, tapped: str, asked: int
+) -> None:
+    """A refresh (or an older page) still on its way when "Forget token" was tapped drew
+    its answer into the tab after the forget: the collections and restores were back in
+    it, and "Token forgotten in this tab." was wiped as its next request found no token."""
+    api, url = served
+    runs = made_runs(api, 31)
+    restores = made_runs(api, 21, "restore", "restore")
+
+    with phone(tmp_path, url) as tab:
+        tab.wait(q("#restores button.older"), "the restores")
+        assert tab.eval(hold_requests("!init.method"))  # the listings, not a POST
+        assert tab.eval(COUNT_ANSWERS)
+        tap(tab, tapped)
+        tap(tab, "#forget")
+        tab.wait(f"!{q('#login')}.classList.contains('hidden')", "the token form")
+        tab.eval("window.release()")
+        tab.wait(f"window.answered === {asked}", "the answers to what was asked before the forget")
+        tab.eval("new Promise((done) => setTimeout(() => done(true), 1000))")  # time to draw them
+        assert tab.eval(f"{q('#login-error')}.textContent") == "Token forgotten in this tab."
+        shown = "['collections', 'restores', 'runs'].map((id) => document.getElementById(id).childElementCount)"
+        assert tab.eval(shown) == [0, 0, 0]
+        page = tab.eval("document.documentElement.outerHTML")
+        assert not [run_id for run_id in runs + restores if run_id in page]
 
 
 def test_a_token_with_base64_characters_is_taken_from_the_address_as_it_is(

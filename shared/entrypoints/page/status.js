@@ -24,6 +24,9 @@ const runsShown = new Map();   // run id -> the run as last answered
 const runDetails = new Map();  // run id -> GET /runs/{id} of the last refresh (its jobs)
 let runsOlder = false;         // the user asked for older pages
 let runsNext = null;           // `next` of the oldest page fetched: there is more
+// Counts the forgets of the token (forgetData): an answer to a request asked before the
+// last one is about data the tab no longer holds, and is dropped, not drawn or said.
+let session = 0;
 // The error a refresh put up (the runs', the Restores section's): the next refresh of the
 // same kind that is answered takes it down. A message an action left stays until read.
 let refreshSaid = null;
@@ -160,6 +163,7 @@ function showLogin(reason) {
 function forgetData() {
   for (const id of ["collections", "restores", "runs", "updated"]) $(id).replaceChildren();
   for (const id of ["chart-bytes", "chart-duration"]) $(id).querySelector("svg").replaceChildren();
+  session++;
   verifyResults.clear();
   restoresShown.clear();
   restoresOlder = false;
@@ -526,13 +530,16 @@ function showRestores() {
 // The page of restores after the oldest one shown (GET /restores?before=).
 async function loadOlderRestores(button) {
   button.disabled = true;
+  const asked = session;
   try {
     const listing = await api("restores?before=" + encodeURIComponent(restoresNext));
+    if (asked !== session) return;
     restoresOlder = true;
     restoresNext = listing.next;
     keepRestores(listing.restores);
     showRestores();
   } catch (error) {
+    if (asked !== session) return;
     button.disabled = false;
     failed(error);
   }
@@ -540,8 +547,10 @@ async function loadOlderRestores(button) {
 
 async function loadRestores() {
   clearTimeout(restoresTimer);
+  const asked = session;
   try {
     const listing = await api("restores");
+    if (asked !== session) return;
     if (!restoresOlder) { restoresShown.clear(); restoresNext = listing.next; }
     keepRestores(listing.restores);
     showRestores();
@@ -550,6 +559,7 @@ async function loadRestores() {
     restoresSaid = null;
     if (restoresGoing) restoresTimer = setTimeout(loadRestores, RESTORE_POLL_MS);
   } catch (error) {
+    if (asked !== session) return;
     failed(error);
     if (error.status !== 401) restoresSaid = $("message").textContent;
     // one listing that got no answer must not stop following a running restore
@@ -792,13 +802,16 @@ function showRuns() {
 // when a card is opened.
 async function loadOlderRuns(button) {
   button.disabled = true;
+  const asked = session;
   try {
     const page = await api("runs?limit=" + LIST_SIZE + "&before=" + encodeURIComponent(runsNext));
+    if (asked !== session) return;
     runsOlder = true;
     runsNext = page.next;
     for (const run of page.runs) runsShown.set(run.run_id, run);
     showRuns();
   } catch (error) {
+    if (asked !== session) return;
     button.disabled = false;
     failed(error);
   }
@@ -808,13 +821,16 @@ async function load() {
   clearTimeout(refreshTimer);
   if (!sessionStorage.getItem(TOKEN_KEY)) { showLogin(""); return; }
   showApp();
+  const asked = session;
   try {
     const [page, listing] = await Promise.all([api("runs?limit=" + LIST_SIZE), api("collections"),
                                                loadRestores()]);
+    if (asked !== session) return;
     $("collections").replaceChildren(...unsentAlarm(listing), collectionTable(listing));
     const runs = page.runs;
     const details = await Promise.all(runs.slice(0, DETAILED).map(
       (run) => api("runs/" + encodeURIComponent(run.run_id))));
+    if (asked !== session) return;
     chart($("chart-bytes"), runs.filter((r) => r.finished_at), (r) => r.totals.bytes,
           "bytes per run", bytes);
     chart($("chart-duration"), runs.filter((r) => r.finished_at), (r) => r.duration_seconds,
@@ -832,6 +848,7 @@ async function load() {
     runsGoing = running;
     refreshTimer = setTimeout(load, running ? 5000 : 60000);
   } catch (error) {
+    if (asked !== session) return;
     failed(error);
     if (error.status !== 401) refreshSaid = $("message").textContent;
     // a refresh that got no answer (the network, a 5xx) is tried again at the same pace:
