@@ -1083,6 +1083,22 @@ def test_a_run_card_says_what_the_verify_after_the_run_only_quick_checked(
     assert said.content in card.content
 
 
+def test_a_run_card_says_what_the_quick_check_after_the_run_had_no_time_to_check(
+    local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`verify.after_run: quick` ran out of the closing invocation's time before it
+    HEADed orders: the run closed saying so (verify.unchecked, next_step), but the card
+    showed nothing, as if orders had been checked."""
+    api, run_id = cut_short_after_run(local, tmp_path, monkeypatch, ["orders"], "quick")
+    with serving(api.config_path, tmp_path / "serve.log") as url:
+        card, said = quick_only_note(url, tmp_path / "profile", run_id)
+
+    assert said is not None, card.content
+    assert "1 of 1 objects were not checked" in said.content, said.content
+    assert f"baas-backup verify {run_id} --quick" in said.content, said.content
+    assert f"backups/runs/{run_id}/shop/orders.jsonl" in said.content, said.content
+
+
 def test_the_quick_only_note_stays_until_what_was_quick_only_is_read_back(
     local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1110,18 +1126,21 @@ def test_the_quick_only_note_stays_until_what_was_quick_only_is_read_back(
 
 
 def cut_short_after_run(local: LocalBackup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                        collections: list[str]) -> tuple[Api, str]:
+                        collections: list[str], after_run: str = "full") -> tuple[Api, str]:
     """A backup of shop's `collections` whose `verify.after_run: full` had no time left
-    to read anything back; the trigger deployed for it, and the run's id."""
-    from shared.service import close
+    to read anything back (`quick`: to check anything); the trigger deployed for it, and
+    the run's id."""
+    from shared.service import close, verify
     from tests.support.backup import backup_now
 
     for name in collections:
         local.seed(name, make_docs(5, prefix=name[0]))
     source = local.wechat_source(collections=collections)
-    ctx = local.context(local.config(source, sections={"verify": {"after_run": "full"}}))
+    ctx = local.context(local.config(source, sections={"verify": {"after_run": after_run}}))
     with monkeypatch.context() as patched:  # no time left to read anything back
         patched.setattr(close, "verify_out_of_time", lambda ctx: True)
+        if after_run == "quick":
+            patched.setattr(verify, "QUICK_CHECKS_SECONDS", 0.0)
         run_id = backup_now(ctx).run_id
     return deploy_sources(local, tmp_path, monkeypatch, source), run_id
 
@@ -1136,6 +1155,64 @@ def quick_only_note(url: str, profile: Path, run_id: str) -> tuple[Element, Elem
 # The page's verify requests wait until the test lets them go, as on a slow phone network.
 HOLD_THE_VERIFY = hold_requests(
     'init && init.method === "POST" && String(input).endsWith("/verify")')
+
+# The verify's answer as the trigger gives it when its time ran out before it checked the
+# last object (docs/openapi.yaml, VerifyReport: `unchecked`, `next_step`).
+LAST_OBJECT_UNCHECKED = """(() => {
+  const real = window.fetch;
+  window.fetch = async (input, init) => {
+    const response = await real(input, init);
+    if (!(init && init.method === "POST" && String(input).endsWith("/verify"))) return response;
+    const report = await response.json();
+    report.objects[report.objects.length - 1].unchecked = true;
+    report.next_step = "1 of " + report.objects.length + " objects were not checked, the " +
+      "time having run out before they were; to check them: baas-backup verify RUN --quick";
+    return new Response(JSON.stringify(report), { status: response.status, headers: response.headers });
+  };
+  return true;
+})()"""
+
+
+def test_a_verify_that_ran_out_of_time_does_not_vouch_for_what_it_did_not_check(
+    toy_served: tuple[Path, str], tmp_path: Path
+) -> None:
+    """The trigger's time ran out before the verify HEADed toy/orders: the page said
+    "✓ 1 backup object ... in the bucket with the recorded sizes" of an object nobody
+    looked at."""
+    _, url = toy_served
+    run_id = back_up(url, {})
+    result = q(f'details[data-run-id="{run_id}"] .verify-result')
+
+    with phone(tmp_path, url) as tab:
+        open_run(tab, run_id)
+        assert tab.eval(LAST_OBJECT_UNCHECKED)
+        tap(tab, f'button.verify[data-run-id="{run_id}"]')
+        tab.wait(f"{result}.dataset.verify === 'ok'", "the verify's answer")
+        said = tab.eval(f"{result}.textContent")
+    assert "✓" not in said, said
+    assert "1 of 1 objects were not checked" in said and "--quick" in said, said
+
+
+def test_a_verify_answered_after_forget_token_is_not_shown(
+    toy_served: tuple[Path, str], tmp_path: Path
+) -> None:
+    """A verify still on its way when "Forget token" was tapped drew its answer and asked
+    for a refresh, which found no token and wiped "Token forgotten in this tab."."""
+    _, url = toy_served
+    run_id = back_up(url, {})
+
+    with phone(tmp_path, url) as tab:
+        open_run(tab, run_id)
+        assert tab.eval(HOLD_THE_VERIFY)
+        assert tab.eval(COUNT_ANSWERS)
+        tap(tab, f'button.verify[data-run-id="{run_id}"]')
+        tap(tab, "#forget")
+        tab.wait(f"!{q('#login')}.classList.contains('hidden')", "the token form")
+        tab.eval("window.release()")
+        tab.wait("window.answered === 1", "the verify's answer")
+        tab.eval("new Promise((done) => setTimeout(() => done(true), 1000))")  # time to draw it
+        assert tab.eval(f"{q('#login-error')}.textContent") == "Token forgotten in this tab."
+        assert run_id not in tab.eval("document.documentElement.outerHTML")
 
 
 def test_a_refresh_while_a_verify_is_going_keeps_its_button_disabled(

@@ -249,13 +249,16 @@ async function acknowledge(button, job) {
                count(job.records) + " records now (it had " + count(job.previous_records) +
                ")? The backup will count as good, and later backups compare with it.")) return;
   button.disabled = true;
+  const asked = session;
   try {
     await api("runs/" + encodeURIComponent(job.run_id) + "/acknowledge", { method: "POST",
       body: JSON.stringify({ source: job.source, collection: job.collection }),
       headers: { "Content-Type": "application/json" } });
+    if (asked !== session) return;  // the token was forgotten meanwhile
     tell("Acknowledged " + job.source + " / " + job.collection + ".");
     await load();
   } catch (error) {
+    if (asked !== session) return;
     button.disabled = false;
     failed(error);
   }
@@ -346,7 +349,11 @@ function runCard(run, detail, wasOpen) {
   };
   if (detail) fill(detail);
   else card.addEventListener("toggle", () => {
-    if (card.open && !list.childElementCount) api("runs/" + encodeURIComponent(run.run_id)).then(fill, failed);
+    if (!card.open || list.childElementCount) return;
+    const asked = session;  // an answer after Forget token is dropped
+    api("runs/" + encodeURIComponent(run.run_id)).then(
+      (full) => { if (asked === session) fill(full); },
+      (error) => { if (asked === session) failed(error); });
   });
   return card;
 }
@@ -403,7 +410,7 @@ function quickChecked(full) {
   const keys = stillQuickOnly(full);
   if (!keys.length) return [];
   const more = keys.length - QUICK_ONLY_LISTED;
-  const fewer = (after.quick_only || []).length > keys.length;  // some were read back since
+  const fewer = leftAfterRun(after).length > keys.length;  // some were read back since
   return [el("div", { class: "notice", "data-verify-quick-only": full.run_id },
     "⚠ Verify after the run: " + after.next_step + "." + (fewer ? " " + keys.length +
       (keys.length === 1 ? " of them is" : " of them are") + " still to be read back:" : ""),
@@ -418,7 +425,12 @@ function stillQuickOnly(full) {
   const later = full.last_verify;
   if (later && Array.isArray(later.after_run_quick_only)) return later.after_run_quick_only;
   if (later && later.quick === false) return [];
-  return full.verify.quick_only || [];
+  return leftAfterRun(full.verify);
+}
+
+// What the check after the run only quick-checked, or had no time left to check at all.
+function leftAfterRun(after) {
+  return (after.quick_only || []).concat(after.unchecked || []);
 }
 
 // The run's backups retention deleted on purpose (`pruned` in the verify's report,
@@ -439,16 +451,22 @@ async function verifyRun(button, run, result) {
   verifyBusy(button, true);
   result.removeAttribute("data-verify");
   result.replaceChildren(el("span", { class: "meta" }, "checking the backups in the bucket …"));
+  const asked = session;
   try {
     const report = await postJson("runs/" + encodeURIComponent(run.run_id) + "/verify", { quick: true });
+    if (asked !== session) return;  // the token was forgotten meanwhile: nothing is shown
     const problems = report.problems.concat(...report.objects.map((o) => o.problems));
     result.setAttribute("data-verify", report.ok ? "ok" : "problems");
     if (report.ok) {
-      const unchecked = report.objects.filter((o) => o.crc64 !== "ok").length;
-      result.replaceChildren(report.objects.length ? el("div", { class: "ok" },
-        "✓ " + report.objects.length + (report.objects.length === 1 ? " backup object" : " backup objects") +
+      // objects the trigger's time ran out before it checked are not vouched for
+      const checked = report.objects.filter((o) => !o.unchecked);
+      const noCrc = checked.filter((o) => o.crc64 !== "ok").length;
+      result.replaceChildren(checked.length ? el("div", { class: "ok" },
+        "✓ " + checked.length + (checked.length === 1 ? " backup object" : " backup objects") +
         " and their manifests are in the bucket with the recorded sizes" +
-        (unchecked ? " (" + unchecked + " without a CRC64 to compare)" : " and CRC64") + ".") : null,
+        (noCrc ? " (" + noCrc + " without a CRC64 to compare)" : " and CRC64") + ".") : null,
+        checked.length < report.objects.length ? el("div", { class: "notice", "data-verify-unchecked": "" },
+          "⚠ " + (report.next_step || (report.objects.length - checked.length) + " not checked: time ran out") + ".") : null,
         ...prunedNote(report));
     } else {
       result.replaceChildren(
@@ -461,6 +479,7 @@ async function verifyRun(button, run, result) {
     // found now, not at the next refresh (a minute away while no run is going)
     load();
   } catch (error) {
+    if (asked !== session) return;
     if (error.status === 401) { failed(error); return; }
     result.setAttribute("data-verify", "error");
     result.replaceChildren(el("div", { class: "error" }, "Verify did not run: " + error.message));
