@@ -132,6 +132,19 @@ def test_json_schema_describes_the_config_and_is_committed() -> None:
     )
 
 
+def test_the_schema_accepts_a_source_override_left_empty_as_the_loader_does() -> None:
+    """`shop:` under retention.sources with every line commented out is YAML null, which
+    the loader reads as the top-level rules: an editor using the schema must not flag it."""
+    jsonschema = pytest.importorskip("jsonschema")
+    document = copy.deepcopy(GOOD)
+    document["retention"] = {"keep_daily": 7, "sources": {"shop": None}}
+    parse_config(document, environ=ENV)
+    jsonschema.validate(document, config_json_schema())
+    document["retention"]["sources"]["shop"] = ["keep_daily"]  # still not any value at all
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(document, config_json_schema())
+
+
 def test_cli_validate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     for name, value in ENV.items():
         monkeypatch.setenv(name, value)

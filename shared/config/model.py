@@ -281,6 +281,12 @@ class KeepRules(ConfigModel):
         default=None, ge=0, description="Keep the newest good backup of each of the last n months.")
 
 
+def _entry_may_be_empty(schema: dict[str, Any]) -> None:
+    """Editors read the schema: an entry left empty (null, see _empty_override_replaces_nothing)
+    is accepted by the loader, so the schema says so too."""
+    schema["additionalProperties"] = {"anyOf": [schema["additionalProperties"], {"type": "null"}]}
+
+
 class Retention(KeepRules):
     """Which backups are kept; the rest are deleted after each run (and by `baas-backup
     prune`). Without this section nothing is ever deleted."""
@@ -288,7 +294,8 @@ class Retention(KeepRules):
     time_zone: EnvStr = Field(
         default="Asia/Shanghai", description="Days, weeks and months are counted in this zone.")
     sources: dict[str, KeepRules] = Field(
-        default_factory=dict, description="Per source name: rules that replace the ones above.")
+        default_factory=dict, description="Per source name: rules that replace the ones above.",
+        json_schema_extra=_entry_may_be_empty)
     cold_after_days: float | None = Field(
         default=None, gt=0,
         description="Kept backups older than this move to cold_storage_class (their manifests "
