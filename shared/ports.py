@@ -447,7 +447,8 @@ class Deployment(Protocol):
         advancing no job; None with dispatch.mode local."""
 
     def trigger(self) -> str | None:
-        """The digest of the config the deployed trigger runs; None when it cannot be told."""
+        """The digest of the config the deployed trigger runs; None when it cannot be told.
+        Raises, saying the fix, when the trigger answers that it cannot load its config."""
 
     def webhooks(self) -> int:
         """How many webhooks are configured."""

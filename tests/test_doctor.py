@@ -719,6 +719,33 @@ def test_a_backup_yaml_edited_and_not_deployed_is_named_as_such(
     assert "left out" not in compared["detail"]
 
 
+def test_a_trigger_that_cannot_load_its_config_fails_its_own_check(
+        site: Site, capsys: pytest.CaptureFixture[str]) -> None:
+    """From a machine the doctor asks the trigger which config it runs: a trigger deployed
+    without a variable the config names answers, yet fails every run (timer or request),
+    and the doctor says so and how to fix it instead of leaving its digest out."""
+    def trigger_without_the_secret(event: dict[str, Any]) -> Any:
+        saved = os.environ.pop("WECHAT_SECRET")  # the doctor waits on this Invoke meanwhile
+        try:
+            return handle_trigger(event)
+        finally:
+            os.environ["WECHAT_SECRET"] = saved
+
+    site.cloud.add_function(TRIGGER, trigger_without_the_secret, region=REGION)
+
+    report = site.doctor("cli", capsys=capsys)
+
+    trigger = by_check(report)["trigger"]
+    assert report["ok"] is False and trigger["status"] == "failed", report
+    for words in ("cannot load its config", "every run", "sources[0].secret", "WECHAT_SECRET",
+                  "scf-trigger/serverless.yml", "scripts/package"):
+        assert words in trigger["detail"], trigger
+    assert "same environment variables as the trigger" not in trigger["detail"]
+    failed = [c["check"] for c in report["checks"] if c["status"] == "failed"]
+    assert failed == ["trigger"], report  # the finisher and poller run this backup.yaml
+    assert by_check(report)["deployed config"]["status"] == "ok"
+
+
 def test_with_the_shipped_policy_the_poller_check_says_where_to_run_it(site: Site) -> None:
     """docs/cam-policy.json lets the role invoke the finisher only, all the functions need:
     the doctor inside the trigger cannot invoke the poller, and says how it can be checked

@@ -67,6 +67,7 @@ class _Refused(Fatal, DispatchError):
 
 
 NO_CREDENTIALS = "NoCredentials"
+CONFIG_NOT_LOADED = "ConfigNotLoaded"  # a function answered the doctor: its config fails to load
 
 
 def _no_credentials(text: str) -> _Refused:
@@ -271,11 +272,15 @@ class ScfDispatcher:
                            f"answered {answered[:200]!r}); deploy the current package to it")
         refused = _answer_field(answered, "error")
         if refused:
-            raise _Refused(f"{what} answered, but cannot load its config, so it would fail "
-                           f"every {_WORK[target.role]}: {refused[:1500]}. Give it the same "
-                           f"environment variables as the trigger (scf-{target.role}/serverless.yml "
-                           "environment.variables, or its console) and the same package "
-                           "(scripts/package --config backup.yaml, then scf deploy of all three)")
+            variables = ("the environment variables backup.yaml names" if target.role == "trigger"
+                         else "the same environment variables as the trigger")
+            unloaded = _Refused(f"{what} answered, but cannot load its config, so it would fail "
+                               f"every {_WORK[target.role]}: {refused[:1500]}. Give it {variables} "
+                               f"(scf-{target.role}/serverless.yml environment.variables, or its "
+                               "console) and the same package (scripts/package --config "
+                               "backup.yaml, then scf deploy of all three)")
+            unloaded.code = CONFIG_NOT_LOADED  # the doctor tells this cause apart by it
+            raise unloaded
         unreachable = _answer_field(answered, "state")
         if unreachable:  # the poller's own probe of the state store (shared/entrypoints/scf.py)
             raise StateError(f"{what} loads its config but cannot reach the state store, so no "

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 from shared.adapters.cos.client import ROLE_ENV, cos_client, cos_errors
 from shared.adapters.cos.objects import CosObjectStore
 from shared.adapters.dispatch import (
+    CONFIG_NOT_LOADED,
     NO_CREDENTIALS,
     REGION_ENV,
     DispatchError,
@@ -26,7 +27,7 @@ from shared.adapters.heartbeat import probe_heartbeat
 from shared.adapters.state import open_store
 from shared.adapters.webhooks import probe_webhook
 from shared.config import Config
-from shared.domain.errors import Fatal, StateError, StorageError
+from shared.domain.errors import BackupError, Fatal, StateError, StorageError
 from shared.ports import Deployed, StateStore
 
 # Inside SCF everything but /tmp is read-only, and each instance has a /tmp of its own that
@@ -246,8 +247,10 @@ class CloudDeployment:
             return self._config.digest
         try:
             return self._invoke("trigger", "config")[1] or None
-        except DispatchError:  # not told: the comparison names both possible causes
-            return None
+        except BackupError as exc:  # not found, refused, throttled: the finisher check says
+            if isinstance(exc, DispatchError) and exc.code == CONFIG_NOT_LOADED:
+                raise  # it answered: every run it starts fails, a fault of its own
+            return None  # not told: the comparison names both possible causes
 
     def _invoke(self, role: str, event: object = True) -> tuple[str, str]:
         settings = self._config.dispatch

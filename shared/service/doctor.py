@@ -108,8 +108,8 @@ REDEPLOY = "scripts/package --config backup.yaml, then scf deploy with no --targ
 
 def _functions(config: Config, deployment: Deployment, state_down: bool) -> list[Finding]:
     """The finisher and the poller each answer an Invoke, load their config (and the
-    poller reaches the state store); then whether the functions and this doctor run the
-    same backup.yaml."""
+    poller reaches the state store); the trigger loads its config; then whether the
+    functions and this doctor run the same backup.yaml."""
     findings: list[Finding] = []
     digests: dict[str, str] = {}
     for name, probe in (("finisher", deployment.finisher), ("poller", deployment.poller)):
@@ -117,9 +117,22 @@ def _functions(config: Config, deployment: Deployment, state_down: bool) -> list
         findings.append(finding)
         if digest:
             digests[name] = digest
+    trigger = _trigger(deployment)
+    if isinstance(trigger, Finding):
+        findings.append(trigger)
     if digests:  # none from functions that failed, or are too old to say
-        findings.append(_compare(config.digest, deployment.trigger(), digests))
+        findings.append(_compare(config.digest, trigger if isinstance(trigger, str) else None,
+                                 digests))
     return findings
+
+
+def _trigger(deployment: Deployment) -> str | Finding | None:
+    """The digest of the config the trigger runs, or its failed check when it answers that
+    it cannot load that config (every run it starts would fail)."""
+    try:
+        return deployment.trigger()
+    except (BackupError, ConfigError, ValueError) as exc:
+        return Finding("trigger", "failed", redact(str(exc)))
 
 
 def _deployed(name: str, probe: Callable[[], Deployed | None],

@@ -46,6 +46,9 @@ class FakeDeployment:
 
     def trigger(self) -> str | None:
         self.asked.append("trigger")
+        refused = self.answers.get("trigger")
+        if isinstance(refused, BaseException):  # it answered that it cannot load its config
+            raise refused
         return self.digests.get("trigger")
 
     def _deployed(self, name: str) -> Deployed | None:
@@ -90,7 +93,7 @@ def test_an_unexpected_error_fails_its_check_and_the_others_still_run() -> None:
     assert found["probe object"].status == "failed"
     assert found["probe object"].detail.startswith("unexpected RuntimeError: boom")
     assert deployment.asked == ["bucket", "objects", "create_only", "state", "finisher", "poller",
-                                "webhook 0 send=True", "webhook 1 send=True"]
+                                "trigger", "webhook 0 send=True", "webhook 1 send=True"]
     assert report.text().splitlines()[-1] == "1 check(s) failed: fix them and run doctor again"
 
 
@@ -154,3 +157,18 @@ def test_functions_running_this_config_pass_and_old_ones_are_not_compared() -> N
     assert found["poller"].status == "ok"
     report = diagnose(lambda: subject(FakeDeployment()))  # functions too old to give a digest
     assert "deployed config" not in {f.check for f in report.findings}
+
+
+def test_a_trigger_that_cannot_load_its_config_fails_and_the_others_are_still_compared() -> None:
+    """Asked even when no other function gave a digest: each function's own environment
+    must be fixed, and all of them are named in one run of the doctor."""
+    refused = Fatal("the trigger answered, but cannot load its config: give it its variables")
+    report = diagnose(lambda: subject(FakeDeployment({"trigger": refused},
+                                                     digests={"poller": MINE, "finisher": MINE})))
+    found = {f.check: f for f in report.findings}
+    assert found["trigger"].status == "failed" and "give it its variables" in found["trigger"].detail
+    assert found["deployed config"].detail == f"the finisher and poller run this backup.yaml (digest {MINE})"
+    assert report.ok is False
+    report = diagnose(lambda: subject(FakeDeployment({"trigger": refused})))  # too old to say
+    assert {f.check: f.status for f in report.findings}["trigger"] == "failed"
+    assert "trigger" not in {f.check for f in diagnose(lambda: subject(FakeDeployment())).findings}
