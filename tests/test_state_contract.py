@@ -429,6 +429,7 @@ def test_an_ended_runs_jobs_are_taken_from_its_snapshot_unless_saved_since(
     store.save_job(jobs[-1].failed("broken", now))
     first = store.list_jobs("r1")
     assert store._get_json(snapshot) is not None
+    assert _not_in_the_documented_layout(store, destination) == []
 
     read.clear()
     assert store.list_jobs("r1") == first and read == []  # all taken from the snapshot
@@ -442,6 +443,16 @@ def test_an_ended_runs_jobs_are_taken_from_its_snapshot_unless_saved_since(
 
     store.delete_run("r1")
     assert store._get_json(snapshot) is None and store.list_jobs("r1") == []
+
+
+def _not_in_the_documented_layout(store: CosStateStore, destination: Destination) -> list[str]:
+    """The kinds of key under _state/ (claims/, snapshots/, create-only.json, ...) missing
+    from docs/state-on-cos.md's Layout block, which an operator reads the bucket by."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "state-on-cos.md").read_text("utf-8")
+    layout = doc.split("## Layout", 1)[1].split("```")[1]
+    root = f"{destination.prefix}/_state/"
+    kinds = {key[len(root):].split("/")[0] for key in store._list(root)[0]}
+    return sorted(kind for kind in kinds if f"_state/{kind}" not in layout)
 
 
 def test_run_has_open_jobs_reads_only_hinted_jobs_and_clears_stale_hints(
