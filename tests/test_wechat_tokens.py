@@ -362,30 +362,32 @@ def test_a_renewal_takes_the_token_another_function_is_fetching(tmp_path: Path) 
     fetch first. This one takes the token that one stores, promptly: it fetches none itself
     (a legacy fetch would retire the other's) and its memo does not keep answering with the
     rejected token while it waits."""
+    # tokens taken are registered as secrets for the whole process: names no message holds
+    rejected, theirs, second = "tok-rejected-7c1e", "tok-theirs-84d2", "tok-second-5e29"
     url = f"sqlite:///{tmp_path / 'state.sqlite3'}"
     key = "wechat:legacy_token:wx1"
     other = SqlStateStore(url)  # the other function's client of the state table
     now = datetime.now(timezone.utc)
-    other.cache_put(key, "rejected", now + timedelta(hours=1))
+    other.cache_put(key, rejected, now + timedelta(hours=1))
     fetched: list[str | None] = []
 
     def fetch(avoid: str | None) -> tuple[str, int]:
         fetched.append(avoid)
-        return "a-second-one", 7200
+        return second, 7200
 
     token = CachedToken(MemoTokenCache(SqlStateStore(url)), key, fetch)
-    assert token.token() == "rejected"  # now remembered in this function's memo
+    assert token.token() == rejected  # now remembered in this function's memo
     assert other.cache_claim(f"{key}:fetching", "fetching", now + timedelta(minutes=5), now)
 
     def the_other_function_stores_its_token() -> None:
         time.sleep(0.5)
-        other.cache_put(key, "theirs", datetime.now(timezone.utc) + timedelta(hours=1))
+        other.cache_put(key, theirs, datetime.now(timezone.utc) + timedelta(hours=1))
         other.cache_delete(f"{key}:fetching")
 
     threading.Thread(target=the_other_function_stores_its_token).start()
     started = time.monotonic()
 
-    assert token.renew("rejected", "errcode 40001") == "theirs"
+    assert token.renew(rejected, "errcode 40001") == theirs
     assert fetched == []
     assert time.monotonic() - started < 5
 
