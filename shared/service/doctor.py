@@ -166,7 +166,8 @@ def _compare(mine: str, trigger: str | None, digests: dict[str, str]) -> Finding
     name = "deployed config"
     deployed = {**({"trigger": trigger} if trigger else {}), **digests}
     if all(digest == mine for digest in deployed.values()):
-        return Finding(name, "ok", f"the {_and(list(deployed))} run this backup.yaml (digest {mine})")
+        verb = "runs" if len(deployed) == 1 else "run"
+        return Finding(name, "ok", f"the {_and(list(deployed))} {verb} this backup.yaml (digest {mine})")
     shown = ", ".join(f"{function} {digest}" for function, digest in deployed.items())
     if mine in deployed.values():
         stale = [function for function, digest in deployed.items() if digest != mine]

@@ -172,3 +172,9 @@ def test_a_trigger_that_cannot_load_its_config_fails_and_the_others_are_still_co
     report = diagnose(lambda: subject(FakeDeployment({"trigger": refused})))  # too old to say
     assert {f.check: f.status for f in report.findings}["trigger"] == "failed"
     assert "trigger" not in {f.check for f in diagnose(lambda: subject(FakeDeployment())).findings}
+
+
+def test_one_function_that_runs_this_config_is_told_in_the_singular() -> None:
+    report = diagnose(lambda: subject(FakeDeployment(digests={"finisher": MINE})))
+    found = {f.check: f for f in report.findings}
+    assert found["deployed config"].detail == f"the finisher runs this backup.yaml (digest {MINE})"
