@@ -56,6 +56,23 @@ def time_runs_out_in(u: Unit, key: str, monkeypatch: pytest.MonkeyPatch) -> list
     return begun
 
 
+def slow_heads(u: Unit, monkeypatch: pytest.MonkeyPatch,
+               out_of_time_in: str | None = None) -> list[str]:
+    """Each HEAD takes 0.1 s (thousands of them would outlast the invocation), and the
+    invocation's time runs out while `out_of_time_in` is HEADed; the keys HEADed."""
+    head, headed = u.objects.head, []
+
+    def slow_head(key: str) -> ObjectInfo | None:
+        headed.append(key)
+        if key == out_of_time_in:
+            u.ctx.stop_by = time.monotonic()
+        time.sleep(0.1)
+        return head(key)
+
+    monkeypatch.setattr(u.objects, "head", slow_head)
+    return headed
+
+
 def test_a_full_verify_out_of_time_quick_checks_the_rest_and_the_run_closes_saying_so(
         monkeypatch: pytest.MonkeyPatch) -> None:
     u, keys = backed_up_full(monkeypatch)
@@ -143,14 +160,7 @@ def test_quick_checks_out_of_time_too_stop_and_the_run_still_closes_saying_so(
     u, keys = backed_up_full(monkeypatch)
     time_runs_out_in(u, keys[0], monkeypatch)
     monkeypatch.setattr(verify, "QUICK_CHECKS_SECONDS", 0.05, raising=False)
-    head, headed = u.objects.head, []
-
-    def slow_head(key: str) -> ObjectInfo | None:
-        headed.append(key)
-        time.sleep(0.1)
-        return head(key)
-
-    monkeypatch.setattr(u.objects, "head", slow_head)
+    headed = slow_heads(u, monkeypatch)
 
     assert close_finished_runs(u.ctx) == [RUN_ID]
     assert headed == keys[:2]  # the third object is not even HEADed
@@ -194,16 +204,7 @@ def test_a_quick_verify_at_close_out_of_time_stops_and_the_run_still_closes_sayi
     verify.QUICK_CHECKS_SECONDS; the run closes and names what was not checked at all."""
     u, keys = backed_up_full(monkeypatch, after_run="quick")
     monkeypatch.setattr(verify, "QUICK_CHECKS_SECONDS", 0.05)
-    head, headed = u.objects.head, []
-
-    def slow_head(key: str) -> ObjectInfo | None:
-        headed.append(key)
-        if key == keys[0]:  # the invocation's time runs out while it is HEADed
-            u.ctx.stop_by = time.monotonic()
-        time.sleep(0.1)
-        return head(key)
-
-    monkeypatch.setattr(u.objects, "head", slow_head)
+    headed = slow_heads(u, monkeypatch, out_of_time_in=keys[0])
 
     assert close_finished_runs(u.ctx) == [RUN_ID]
     assert headed == keys[:2]  # the third object is not even HEADed
