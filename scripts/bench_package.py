@@ -21,7 +21,11 @@ handler needs at least that (the floor under the import). Measured inside the pr
 "process" is the whole start-to-exit time of an import-only process, "over baseline" is
 process minus the baseline's process time.
 
-    scripts/bench package [--runs 7] [--reuse] [--source-only]
+- "(collector on)": with `--collector-on`, the handlers again with their pause of the
+  garbage collector during the cold start undone (shared/entrypoints/coldstart.py), for
+  comparison in the same run.
+
+    scripts/bench package [--runs 7] [--reuse] [--source-only] [--collector-on]
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ class Floor(BaseModel):
 
 Floor.model_validate({"parts": 8})
 """
+COLLECTOR_ON = "+collector-on"  # a module measured with the handler's pause undone
 # Each handler's use case, loaded by its first invocation (shared/entrypoints/scf.py).
 USE_CASES = {"trigger": "shared.service.start", "poller": "shared.service.poll",
              "finisher": "shared.service.finish"}
@@ -71,8 +76,11 @@ sources: [{type: wechat, name: shop, appid: wx00000000000be4c4, secret: "${WECHA
 # Runs in the child: only the package and the standard library on sys.path.
 PROBE = """
 import importlib, os, sys, time
-package, module, use_case = sys.argv[1:4]
+package, module, use_case, collector = sys.argv[1:5]
 sys.path[:] = [package] + [p for p in sys.path if p and "site-packages" not in p]
+if collector == "on":  # for comparison: the handler's pause of the collector undone
+    import gc
+    gc.disable = lambda: None
 started, cpu = time.perf_counter(), time.process_time()
 if module != "-":
     __import__(module)
@@ -94,6 +102,9 @@ if module != "-" and use_case != "-":
     importlib.import_module(use_case)
     Job.model_rebuild()
     Run.model_rebuild()
+    from shared.entrypoints.coldstart import resume
+
+    resume()  # as the first invocation does once its context is built
 ready = time.perf_counter()
 print((imported - started) * 1000, (imported_cpu - cpu) * 1000, (ready - started) * 1000)
 """
@@ -111,7 +122,9 @@ def measure(python: str, package: Path, modules: list[str], runs: int) -> list[T
     env = {"PATH": os.environ.get("PATH", "")}
 
     def probe(module: str, use_case: str) -> list[str]:
-        return subprocess.run([python, "-I", "-B", "-c", PROBE, str(package), module, use_case],
+        module, on, _ = module.partition(COLLECTOR_ON)
+        return subprocess.run([python, "-I", "-B", "-c", PROBE, str(package), module, use_case,
+                               "on" if on else "paused"],
                               check=True, capture_output=True, text=True, cwd=package,
                               env=env).stdout.strip().splitlines()[-1].split()
 
@@ -122,8 +135,9 @@ def measure(python: str, package: Path, modules: list[str], runs: int) -> list[T
             processes.append((time.perf_counter() - started) * 1000)
             imports.append(float(wall))
             cpu.append(float(used))
-            if module in USE_CASES:
-                ready.append(float(probe(module, USE_CASES[module])[2]))
+            use_case = USE_CASES.get(module.partition(COLLECTOR_ON)[0])
+            if use_case:
+                ready.append(float(probe(module, use_case)[2]))
     return times
 
 
@@ -133,6 +147,9 @@ def main() -> int:
     parser.add_argument("--reuse", action="store_true", help="measure the last build/baas-backup.zip")
     parser.add_argument("--source-only", action="store_true",
                         help="also measure without the shipped bytecode, for comparison")
+    parser.add_argument("--collector-on", action="store_true",
+                        help="also measure the handlers without their pause of the garbage "
+                             "collector, for comparison")
     args = parser.parse_args()
     python = find_python310()
     if python is None:
@@ -150,6 +167,9 @@ def main() -> int:
         (package / f"{FLOOR_MODULE}.py").write_text(FLOOR_SOURCE)
         labels = ["baseline (-c pass)", REFERENCE, FLOOR, *HANDLERS]
         modules = ["-", "pydantic.main", FLOOR_MODULE, *HANDLERS]
+        if args.collector_on:  # in the same turns as the rest
+            labels += [f"{name} (collector on)" for name in HANDLERS]
+            modules += [f"{name}{COLLECTOR_ON}" for name in HANDLERS]
         rows = [(label, *times) for label, times in zip(
             labels, measure(python, package, modules, args.runs), strict=True)]
         if args.source_only:

@@ -8,7 +8,11 @@ from typing import Any
 # points on the first model build (a cold-start cost).
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
-from shared.entrypoints.scf import handle_finisher
+from shared.entrypoints import coldstart
+
+coldstart.pause()  # until the first invocation has built its context: see coldstart
+
+from shared.entrypoints.scf import handle_finisher  # noqa: E402 (after the pause)
 
 
 def main_handler(event: dict[str, Any], context: object) -> dict[str, Any]:

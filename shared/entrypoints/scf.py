@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from shared.bootstrap import build_context, doctor_subject
 from shared.config import Config, ConfigError, load_config
+from shared.entrypoints.coldstart import ends_cold_start, resume
 from shared.logs import configure_logging, log_context, redact
 from shared.service.context import Context
 
@@ -106,14 +107,18 @@ def _context(invocation: object = None, started: float | None = None, *,
              warm_platforms: bool = False) -> Context:
     started = time.monotonic() if started is None else started
     configure_logging()
-    return build_context(load_config(), stop_by=invocation_stop_by(invocation, started),
-                         warm_platforms=warm_platforms)
+    try:
+        return build_context(load_config(), stop_by=invocation_stop_by(invocation, started),
+                             warm_platforms=warm_platforms)
+    finally:
+        resume()  # the work ahead runs with the collector on (coldstart)
 
 
 def _is_timer(event: dict[str, Any]) -> bool:
     return str(event.get("Type", "")).lower() == "timer"
 
 
+@ends_cold_start
 def handle_trigger(event: dict[str, Any], invocation: object = None) -> dict[str, Any]:
     """Timer: the scheduled backup (a retried timer event maps to the same run).
     HTTP (Function URL or API Gateway): the HTTP API (shared/entrypoints/http_api.py);
@@ -188,6 +193,7 @@ def _poller_tick(event: object) -> None:
         raise _malformed(f"{_problems(exc)}: {fix}") from None
 
 
+@ends_cold_start
 def handle_poller(event: dict[str, Any], invocation: object = None) -> dict[str, Any]:
     from shared.service.poll import poll
 
@@ -256,6 +262,7 @@ def _poller_doctor() -> dict[str, Any]:
     return answer
 
 
+@ends_cold_start
 def handle_finisher(event: dict[str, Any], invocation: object = None) -> dict[str, Any]:
     if isinstance(event, dict) and event.get("doctor") is True:
         return _finisher_doctor()
