@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from shared.adapters.thread_pools import ThreadPools
 from shared.adapters.tls import tls_context
 from shared.domain.errors import Fatal, Retryable
 from shared.logs import redact
@@ -55,9 +56,13 @@ CONNECT_SECONDS = 10.0  # to open a connection (TCP and TLS), by a client or a p
 
 
 def make_client(*, follow_redirects: bool = False) -> httpx.Client:
-    """A client that goes through the proxy the environment names (see `proxy_for`)."""
+    """A client that goes through the proxy the environment names (see `proxy_for`), with a
+    connection pool per thread (`ThreadPools`; a proxy's pool is shared, as httpx makes
+    it from `verify`)."""
+    context = tls_context()
     return httpx.Client(
-        verify=tls_context(),
+        transport=ThreadPools(lambda: httpx.HTTPTransport(verify=context)),
+        verify=context,
         timeout=httpx.Timeout(60.0, connect=CONNECT_SECONDS),
         headers={"User-Agent": USER_AGENT},
         follow_redirects=follow_redirects,
