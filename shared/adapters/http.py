@@ -57,16 +57,31 @@ CONNECT_SECONDS = 10.0  # to open a connection (TCP and TLS), by a client or a p
 
 def make_client(*, follow_redirects: bool = False) -> httpx.Client:
     """A client that goes through the proxy the environment names (see `proxy_for`), with a
-    connection pool per thread (`ThreadPools`; a proxy's pool is shared, as httpx makes
-    it from `verify`)."""
+    connection pool per thread (`ThreadPools`), direct or through a proxy alike."""
     context = tls_context()
+
+    def pools(proxy: httpx.Proxy | None = None) -> ThreadPools:
+        return ThreadPools(lambda: httpx.HTTPTransport(verify=context, proxy=proxy))
+
     return httpx.Client(
-        transport=ThreadPools(lambda: httpx.HTTPTransport(verify=context)),
-        verify=context,
+        transport=pools(),
+        mounts=_proxy_mounts(pools),
         timeout=httpx.Timeout(60.0, connect=CONNECT_SECONDS),
         headers={"User-Agent": USER_AGENT},
         follow_redirects=follow_redirects,
     )
+
+
+def _proxy_mounts(
+    pools: Callable[[httpx.Proxy | None], httpx.BaseTransport],
+) -> dict[str, httpx.BaseTransport | None]:
+    """The environment's proxies as httpx.Client mounts them itself, which it does only
+    for a client given no transport of its own (httpx 0.28 _client.py, `allow_env_proxies`
+    and `_get_proxy_map`): a pattern whose proxy is None (NO_PROXY) goes direct."""
+    from httpx._utils import get_environment_proxies
+
+    return {pattern: None if url is None else pools(httpx.Proxy(url=url))
+            for pattern, url in get_environment_proxies().items()}
 
 
 def proxy_for(url: str) -> httpx.URL | None:

@@ -15,6 +15,7 @@ import pytest
 
 from shared.adapters.http import make_client
 from shared.adapters.thread_pools import ThreadPools
+from tests.support.proxy import RecordingProxy
 
 
 class Counting(BaseHTTPRequestHandler):
@@ -106,3 +107,21 @@ def test_closing_the_client_closes_every_pool() -> None:
     assert pools.pools() == 3 and closed == []
     client.close()
     assert len(closed) == 3 and pools.pools() == 0
+
+
+def test_the_environments_proxy_is_still_taken_and_no_proxy_goes_direct(
+        server: str, recording_proxy: RecordingProxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """httpx mounts the environment's proxies only for a client without a transport of its
+    own; make_client mounts them itself, each with pools per thread too."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.setenv("http_proxy", recording_proxy.url)
+    with make_client() as client:
+        in_threads(2, lambda: client.get(server))
+    assert recording_proxy.requests == [f"GET {server}"] * 2
+
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    with make_client() as client:
+        assert client.get(server).text == "ok"
+    assert len(recording_proxy.requests) == 2  # direct
