@@ -210,6 +210,7 @@ def run_doctor(*, notify: bool = False) -> dict[str, Any]:
     network and egress IP (shared/service/doctor.py); the report is logged and returned."""
     from shared.service.doctor import diagnose
 
+    resume()  # a doctor run is no cold start to hurry: its leftovers must stay collectable
     configure_logging()
     report = diagnose(lambda: doctor_subject(load_config()), notify=notify)
     (log.info if report.ok else log.error)("doctor report", extra=report.to_dict())
@@ -232,6 +233,7 @@ def _doctor_answer(function: str) -> tuple[Config | None, dict[str, Any]]:
     """What a function says to `doctor`'s `{"doctor": ...}` Invoke: whether this function
     (its own environment and package) can load the config, and a digest of it, for the
     doctor to compare with the other functions' and its own. Touches nothing."""
+    resume()  # as in run_doctor
     try:
         config = load_config()
     except ConfigError as exc:  # the problems as written, never a value; not the file's path

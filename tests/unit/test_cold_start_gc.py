@@ -1,7 +1,7 @@
 """A cold start runs with the garbage collector paused (shared/entrypoints/coldstart.py):
 the handler file pauses it before its imports, the first invocation resumes it, freezing
-what the start made, before its work (a poller tick, a copy) begins, and on every other
-way out (a malformed event). A process that already holds the handlers' code is left
+what the start made, before its work (a poller tick, a copy) begins, on every other way
+out (a malformed event), and before a doctor's checks. A process that already holds the handlers' code is left
 alone. Each check loads a handler file the way SCF does, in a fresh interpreter."""
 
 from __future__ import annotations
@@ -28,8 +28,14 @@ import shared.service.poll as poll_module
 from tests.unit.support import unit_config
 
 config = unit_config(["orders"])
-scf.load_config = lambda: config.model_copy(update={"state": config.state.model_copy(
-    update={"url": sys.argv[4]})})
+
+
+def load_config():
+    seen["loading_config"] = gc.isenabled()
+    return config.model_copy(update={"state": config.state.model_copy(update={"url": sys.argv[4]})})
+
+
+scf.load_config = load_config
 
 
 class Summary:
@@ -65,7 +71,8 @@ def probe(tmp_path: Path, handler: str, event: object, *, warm: bool = False) ->
 
 def test_a_cold_poller_imports_paused_and_ticks_with_the_collector_on(tmp_path: Path) -> None:
     assert probe(tmp_path, "poller", TIMER) == {
-        "after_import": False, "during_work": True, "after_call": True, "frozen": True}
+        "after_import": False, "loading_config": False, "during_work": True,
+        "after_call": True, "frozen": True}
 
 
 def test_an_invocation_that_builds_no_context_resumes_the_collector_too(tmp_path: Path) -> None:
@@ -75,4 +82,12 @@ def test_an_invocation_that_builds_no_context_resumes_the_collector_too(tmp_path
 
 def test_a_process_that_holds_the_handlers_code_already_is_left_alone(tmp_path: Path) -> None:
     assert probe(tmp_path, "poller", TIMER, warm=True) == {
-        "after_import": True, "during_work": True, "after_call": True, "frozen": False}
+        "after_import": True, "loading_config": True, "during_work": True,
+        "after_call": True, "frozen": False}
+
+
+def test_a_doctor_invocation_runs_with_the_collector_on(tmp_path: Path) -> None:
+    """A doctor run is no cold start to hurry, and what it leaves as garbage must not be
+    frozen for the instance's life."""
+    assert probe(tmp_path, "finisher", {"doctor": True}) == {
+        "after_import": False, "loading_config": True, "after_call": True, "frozen": True}
