@@ -5,9 +5,9 @@ almost none of them is garbage, yet the collector passes over them again and aga
 they pile up: about a tenth of a handler's cold start on the build machine
 (`scripts/bench package`, "ready"). So each handler file pauses it before its imports,
 and the first invocation resumes it once its context is built (a doctor run, before its
-checks: it is no cold start to hurry), freezing what the start
-made (`gc.freeze`): those objects are never traversed again, so the invocation's own
-collections stay as small as in a warm instance. What the start left as garbage (some
+checks: it is no cold start to hurry), freezing what the start made (`gc.freeze`): those
+objects are never traversed again, so the invocation's own collections stay as small as
+in a warm instance. What the start left as garbage (some
 650 objects, cycles pydantic's schema building leaves) stays frozen with it: a
 one-time cost per instance, smaller than the full collection that would free it (60-80
 ms on the build machine)."""

@@ -1,8 +1,9 @@
 """A cold start runs with the garbage collector paused (shared/entrypoints/coldstart.py):
 the handler file pauses it before its imports, the first invocation resumes it, freezing
 what the start made, before its work (a poller tick, a copy) begins, on every other way
-out (a malformed event), and before a doctor's checks. A process that already holds the handlers' code is left
-alone. Each check loads a handler file the way SCF does, in a fresh interpreter."""
+out (a malformed event), and before a doctor's checks. A process that already holds the
+handlers' code is left alone. Each check loads a handler file the way SCF does, in a
+fresh interpreter."""
 
 from __future__ import annotations
 
