@@ -46,7 +46,7 @@ from typing import Any, NamedTuple
 import yaml
 
 from devkit.s3_server import trust
-from scripts.build_package import build, find_python310, isolated_python
+from scripts.build_package import build, find_python310, hash_cas, isolated_python
 from scripts.finisher_child import RETURNED
 from shared.bootstrap import build_context
 from shared.config import load_config
@@ -283,6 +283,12 @@ def main() -> int:
     args = parser.parse_args()
 
     rclone = ensure_rclone() if args.pairs else ""
+    # A machine may name a CA bundle for every program (SSL_CERT_FILE, ...); the finishers
+    # would load it instead of the package's CA folder (shared/adapters/tls.py), and no
+    # deployed function's environment names one (serverless.yml sets none). --https names
+    # the bench's own CA again (devkit.s3_server.trust).
+    for name in ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        os.environ.pop(name, None)
     # The finisher starts from bytecode, as in the SCF package: without this, a machine
     # with PYTHONDONTWRITEBYTECODE set compiles our modules again in every fresh process.
     for folder in ("shared", "scripts", "devkit"):
@@ -311,6 +317,8 @@ def main() -> int:
                          *(["--https", str(ca.parent)] if ca else [])],
                         {"MOTO_S3_DEFAULT_KEY_BUFFER_SIZE": str(8 << 30)})
     bundle = trust(ca) if ca else None  # the same here, in the finisher children and rclone
+    if bundle is not None:  # ... which the finishers read as deployed: a folder by subject hash
+        _trust_as_packaged(bundle)
     emulator, wechat_url = _start([
         sys.executable, "-m", "devkit.emulators.wechat", "--port", "0",
         "--app", f"{APPID}:{SECRET}", "--env", f"{APPID}:{ENV_ID}",
@@ -444,6 +452,20 @@ def _write_config(work: Path, s3_url: str, wechat_url: str, concurrency: int | N
                      "collections": ["small", "big", "race"], "api_base": wechat_url}],
     }))
     return path
+
+
+def _trust_as_packaged(bundle: Path) -> None:
+    """The finishers (and this process) trust `bundle` split into a folder of CAs by subject
+    hash, as the package's CAs are (scripts/build_package.py hash_cas), so that a cold
+    start reads only the CA it needs, as deployed. rclone keeps the file (`--ca-cert`)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise SystemExit("--https needs an openssl command (Debian: apt-get install openssl)")
+    folder = bundle.with_name("ca-certificates")
+    shutil.rmtree(folder, ignore_errors=True)
+    hash_cas(openssl, bundle, folder)
+    os.environ.pop("SSL_CERT_FILE", None)
+    os.environ["SSL_CERT_DIR"] = os.environ["REQUESTS_CA_BUNDLE"] = str(folder)
 
 
 def _settle(config_path: Path, seconds: float) -> None:

@@ -11,6 +11,11 @@
   (about 2.4x slower imports). Hash-checked .pyc files are used, since zip timestamps
   are too coarse for timestamp-checked ones; our own code is checked against its source
   at import (an edit in the SCF console takes effect), the dependencies are not.
+- certifi's CA bundle is also split into `ca-certificates/`, one file per CA named by its
+  subject hash (`openssl x509 -subject_hash`), which the functions verify TLS with
+  (shared/adapters/tls.py): OpenSSL then reads a CA only when a chain needs it, where
+  loading the whole bundle costs 30-50 ms of every cold start. Without an `openssl`
+  command here the folder is left out (with a warning) and the functions load the bundle.
 - Each handler goes to the package root as `<function>.py` (SCF wants `file.function`
   with no folder in it); your config goes in as backup.yaml.
 
@@ -44,6 +49,7 @@ BUILD = ROOT / "build"
 PACKAGE = BUILD / "package"
 ARCHIVE = BUILD / "baas-backup.zip"
 DEPS_CACHE = BUILD / "deps"
+CA_FOLDER = "ca-certificates"  # shared/adapters/tls.py finds it at the package root
 HANDLERS = ("trigger", "poller", "finisher")
 CAM_POLICY = ROOT / "docs" / "cam-policy.json"
 # The one source of the package's versions (and of what scripts/setup installs).
@@ -69,7 +75,7 @@ PRUNE = (
     "*/tests", "*/test",  # libraries' own tests
     "**/*.pyi",  # type stubs
 )
-PRUNE_VERSION = 2  # bump when NOT_NEEDED/PRUNE change, so cached deps are rebuilt
+PRUNE_VERSION = 3  # bump when NOT_NEEDED, PRUNE or hash_cas change, so cached deps are rebuilt
 TARGET = {"python_version": "3.10", "sys_platform": "linux", "platform_system": "Linux",
           "platform_machine": "x86_64", "implementation_name": "cpython",
           "platform_python_implementation": "CPython", "os_name": "posix"}
@@ -149,7 +155,8 @@ def _prune(tree: Path) -> None:
 def dependencies(python310: str | None) -> Path:
     """The installed, pruned (and compiled) dependencies, cached by what goes into them."""
     pins = pinned_runtime_closure()
-    key = hashlib.sha256(json.dumps([pins, PRUNE_VERSION, bool(python310)]).encode()).hexdigest()[:16]
+    openssl = shutil.which("openssl")
+    key = hashlib.sha256(json.dumps([pins, PRUNE_VERSION, bool(python310), bool(openssl)]).encode()).hexdigest()[:16]
     cached = DEPS_CACHE / key
     if (cached / ".complete").exists():
         return cached
@@ -166,12 +173,41 @@ def dependencies(python310: str | None) -> Path:
                 "--python-version", "3.10", "--only-binary=:all:", *wheels)
     pip_install(*(p for p in pins if p.split("==")[0] in SOURCE_ONLY))
     _prune(staging)
+    if openssl:
+        hash_cas(openssl, staging / "certifi" / "cacert.pem", staging / CA_FOLDER)
+    else:
+        print(f"warning: no openssl command here to name CA certificates with; the package "
+              f"has no {CA_FOLDER}/, so each cold start loads certifi's whole bundle "
+              "(30-50 ms more)", file=sys.stderr)
     if python310:
         compile_tree(python310, staging, [Path()], "unchecked-hash")
     (staging / ".complete").write_text("\n".join(pins) + "\n")
     DEPS_CACHE.mkdir(parents=True, exist_ok=True)
     staging.rename(cached)
     return cached
+
+
+def hash_cas(openssl: str, bundle: Path, folder: Path) -> int:
+    """Each certificate of `bundle` (PEM) in a file of its own in `folder`, named
+    `<subject hash>.<n>`, n counting certificates whose subjects hash alike: the layout
+    OpenSSL looks a CA up in (the CApath of SSL_CTX_load_verify_locations,
+    https://docs.openssl.org/3.0/man3/SSL_CTX_load_verify_locations/). Regular files,
+    not c_rehash's links: a zip keeps no links. Returns how many certificates."""
+    pem = bundle.read_text(encoding="ascii")
+    certificates = re.findall(r"-----BEGIN CERTIFICATE-----\n.+?\n-----END CERTIFICATE-----\n", pem, re.S)
+    if len(certificates) != pem.count("-----BEGIN"):
+        raise SystemExit(f"{bundle}: could not split it into its certificates")
+    folder.mkdir()
+    for certificate in certificates:
+        digest = subprocess.run([openssl, "x509", "-noout", "-subject_hash"], input=certificate,
+                                capture_output=True, text=True, check=True).stdout.strip()
+        if not re.fullmatch(r"[0-9a-f]{8}", digest):
+            raise SystemExit(f"{openssl} x509 -subject_hash printed {digest!r}, not a subject hash")
+        number = 0
+        while (folder / f"{digest}.{number}").exists():
+            number += 1
+        (folder / f"{digest}.{number}").write_text(certificate, encoding="ascii")
+    return len(certificates)
 
 
 def write_zip(tree: Path, archive: Path) -> None:

@@ -4,7 +4,9 @@ which loads the CA bundle once however many connections a copy opens."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,9 +17,11 @@ import pytest
 import trustme
 
 from devkit.s3_server import server_context, start_s3_server
+from scripts.build_package import hash_cas
 from shared.adapters import tls
 from shared.adapters.cos import client
 from shared.adapters.cos.objects import CosObjectStore
+from shared.adapters.http import make_client
 from shared.config import Destination
 from shared.domain.errors import StorageError
 
@@ -113,3 +117,62 @@ def test_a_certificate_that_does_not_verify_is_refused(
     with https_s3(ca, *names) as url, pytest.raises(StorageError) as refused:
         store_at(url, bucket).put_json("tls/never.json", {"a": 1})
     assert "CERTIFICATE_VERIFY_FAILED" in str(refused.value)
+
+
+def openssl() -> str:
+    found = shutil.which("openssl")
+    assert found, "no openssl command here: scripts/setup installs it (Debian's openssl package)"
+    return found
+
+
+@pytest.fixture
+def packaged_cas(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[trustme.CA]:
+    """A CA in a folder laid out as the package's (scripts/build_package.py hash_cas), after
+    another CA of the same bundle, taking the package's place; no variable names a bundle."""
+    ca = trustme.CA()
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(trustme.CA().cert_pem.bytes() + ca.cert_pem.bytes())
+    folder = tmp_path / "ca-certificates"
+    assert hash_cas(openssl(), bundle, folder) == 2
+    for name in CA_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(tls, "PACKAGED_CAS", str(folder))
+    tls._context.cache_clear()
+    client._session.cache_clear()
+    yield ca
+    tls._context.cache_clear()
+    client._session.cache_clear()
+
+
+def test_the_packaged_ca_folder_verifies_servers_reading_only_the_cas_they_need(
+        packaged_cas: trustme.CA, bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with https_s3(packaged_cas, "127.0.0.1") as url:
+        loads, connections = count_tls(monkeypatch)
+        context = tls.tls_context()
+        assert context.cert_store_stats()["x509_ca"] == 0  # nothing read yet
+        store_at(url, bucket).put_json("tls/folder.json", {"a": 1})
+        assert json.loads(store_at(url, bucket).read("tls/folder.json")) == {"a": 1}
+        with make_client() as http:  # the platforms' client: the same context
+            answered = http.get(f"{url}/{bucket}/tls/folder.json")  # unsigned: refused, but
+            assert "x-amzn-requestid" in answered.headers  # ... by the server, over TLS
+    assert connections and loads == [repr((None, tls.PACKAGED_CAS, None))]  # the folder, once
+    # the server's CA, found by its subject hash, and not the other CA of the bundle
+    assert context.cert_store_stats()["x509_ca"] == 1
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+
+
+def test_a_server_whose_ca_is_not_in_the_packaged_folder_is_refused(
+        packaged_cas: trustme.CA, bucket: str) -> None:
+    with https_s3(trustme.CA(), "127.0.0.1") as url, pytest.raises(StorageError) as refused:
+        store_at(url, bucket).put_json("tls/never.json", {"a": 1})
+    assert "CERTIFICATE_VERIFY_FAILED" in str(refused.value)
+
+
+def test_a_named_bundle_still_wins_over_the_packaged_folder(
+        packaged_cas: trustme.CA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    own = tmp_path / "own.pem"
+    trustme.CA().cert_pem.write_to_path(str(own))
+    monkeypatch.setenv("SSL_CERT_FILE", str(own))
+    assert tls._source(None) == (str(own), None)
+    monkeypatch.delenv("SSL_CERT_FILE")
+    assert tls._source(None) == (None, tls.PACKAGED_CAS)

@@ -9,6 +9,8 @@ import ast
 import importlib.util
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -23,6 +25,7 @@ from devkit.compare import assert_object_equals_docs
 from devkit.emulators.tencentcloud import TencentCloudEmulator
 from devkit.sample_data import make_docs
 from scripts.build_package import (
+    CA_FOLDER,
     HANDLERS,
     PY310_EXTENSION,
     build,
@@ -128,6 +131,33 @@ def test_bytecode_is_python_310_checked_for_our_code_only(built: tuple[Path, Pat
             header = pyc.read_bytes()[:8]
             assert header[:4].hex() == magic, pyc
             assert int.from_bytes(header[4:8], "little") == flags, pyc
+
+
+def test_the_cas_are_in_a_folder_where_openssl_finds_each_by_its_subject_hash(
+        built: tuple[Path, Path]) -> None:
+    _, code = built
+    folder = code / CA_FOLDER
+    bundle = (code / "certifi" / "cacert.pem").read_text(encoding="ascii")
+    certificates = re.findall(r"-----BEGIN CERTIFICATE-----\n.+?-----END CERTIFICATE-----\n", bundle, re.S)
+    files = sorted(folder.iterdir())
+    assert len(certificates) > 100
+    assert sorted(f.read_text(encoding="ascii") for f in files) == sorted(certificates)
+    assert all(re.fullmatch(r"[0-9a-f]{8}\.\d", f.name) for f in files)
+    # Each is a root, its own issuer: found only if named by its subject hash (OpenSSL's
+    # own stores left out, which hold most of these CAs too)
+    openssl = shutil.which("openssl")
+    assert openssl, "no openssl command here: scripts/setup installs it (Debian's openssl package)"
+    checked = subprocess.run([openssl, "verify", "-no-CAfile", "-no-CApath", "-no-CAstore",
+                              "-CApath", str(folder), *map(str, files)],
+                             capture_output=True, text=True, check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # and the functions' TLS context trusts the folder, not certifi's bundle
+    source = subprocess.run([python310(), "-I", "-B", "-c", "import sys; sys.path.insert(0, '.'); "
+                             "from shared.adapters import tls; "
+                             "print(tls._source(None), tls.tls_context().cert_store_stats())"],
+                            cwd=code, env={"PATH": os.environ.get("PATH", "")},  # as on SCF:
+                            capture_output=True, text=True, check=True).stdout  # no bundle named
+    assert source.strip() == f"{(None, str(folder))} {{'x509': 0, 'crl': 0, 'x509_ca': 0}}"
 
 
 # -- a whole backup through the package's handlers ------------------------------------
