@@ -24,8 +24,10 @@ process minus the baseline's process time.
 - "(collector on)": with `--collector-on`, the handlers again with their pause of the
   garbage collector during the cold start undone (shared/entrypoints/coldstart.py), for
   comparison in the same run.
+- "(CA bundle)": with `--ca-bundle`, the handlers again trusting certifi's whole bundle
+  ($SSL_CERT_FILE) instead of the package's CA folder (shared/adapters/tls.py).
 
-    scripts/bench package [--runs 7] [--reuse] [--source-only] [--collector-on]
+    scripts/bench package [--runs 7] [--reuse] [--source-only] [--collector-on] [--ca-bundle]
 """
 
 from __future__ import annotations
@@ -63,7 +65,9 @@ class Floor(BaseModel):
 
 Floor.model_validate({"parts": 8})
 """
-COLLECTOR_ON = "+collector-on"  # a module measured with the handler's pause undone
+# Variants of a handler measured in the same turns, marked after its name:
+COLLECTOR_ON = "+collector-on"  # the handler's pause of the collector undone
+CA_BUNDLE = "+ca-bundle"  # certifi's whole bundle trusted, not the package's CA folder
 # Each handler's use case, loaded by its first invocation (shared/entrypoints/scf.py).
 USE_CASES = {"trigger": "shared.service.start", "poller": "shared.service.poll",
              "finisher": "shared.service.finish"}
@@ -122,11 +126,12 @@ def measure(python: str, package: Path, modules: list[str], runs: int) -> list[T
     env = {"PATH": os.environ.get("PATH", "")}
 
     def probe(module: str, use_case: str) -> list[str]:
-        module, on, _ = module.partition(COLLECTOR_ON)
+        module, variant = _variant(module)
+        bundle = {"SSL_CERT_FILE": str(package / "certifi" / "cacert.pem")} if variant == CA_BUNDLE else {}
         return subprocess.run([python, "-I", "-B", "-c", PROBE, str(package), module, use_case,
-                               "on" if on else "paused"],
+                               "on" if variant == COLLECTOR_ON else "paused"],
                               check=True, capture_output=True, text=True, cwd=package,
-                              env=env).stdout.strip().splitlines()[-1].split()
+                              env={**env, **bundle}).stdout.strip().splitlines()[-1].split()
 
     for _ in range(runs):
         for module, (imports, cpu, processes, ready) in zip(modules, times, strict=True):
@@ -135,10 +140,18 @@ def measure(python: str, package: Path, modules: list[str], runs: int) -> list[T
             processes.append((time.perf_counter() - started) * 1000)
             imports.append(float(wall))
             cpu.append(float(used))
-            use_case = USE_CASES.get(module.partition(COLLECTOR_ON)[0])
+            use_case = USE_CASES.get(_variant(module)[0])
             if use_case:
                 ready.append(float(probe(module, use_case)[2]))
     return times
+
+
+def _variant(module: str) -> tuple[str, str]:
+    """(the module, its variant's marker or "")."""
+    for marker in (COLLECTOR_ON, CA_BUNDLE):
+        if module.endswith(marker):
+            return module.removesuffix(marker), marker
+    return module, ""
 
 
 def main() -> int:
@@ -150,6 +163,9 @@ def main() -> int:
     parser.add_argument("--collector-on", action="store_true",
                         help="also measure the handlers without their pause of the garbage "
                              "collector, for comparison")
+    parser.add_argument("--ca-bundle", action="store_true",
+                        help="also measure the handlers trusting certifi's whole bundle instead "
+                             "of the package's CA folder, for comparison")
     args = parser.parse_args()
     python = find_python310()
     if python is None:
@@ -170,6 +186,9 @@ def main() -> int:
         if args.collector_on:  # in the same turns as the rest
             labels += [f"{name} (collector on)" for name in HANDLERS]
             modules += [f"{name}{COLLECTOR_ON}" for name in HANDLERS]
+        if args.ca_bundle:
+            labels += [f"{name} (CA bundle)" for name in HANDLERS]
+            modules += [f"{name}{CA_BUNDLE}" for name in HANDLERS]
         rows = [(label, *times) for label, times in zip(
             labels, measure(python, package, modules, args.runs), strict=True)]
         if args.source_only:
