@@ -32,6 +32,7 @@ import hashlib
 import hmac
 import json
 import re
+import ssl
 import sys
 import threading
 import time
@@ -121,8 +122,9 @@ class TencentCloudEmulator(LocalEmulator):
     """
 
     def __init__(self, *, port: int = 0, uin: str = DEFAULT_UIN, async_retries: int = 2,
-                 async_retry_delay: float = 0.05) -> None:
+                 async_retry_delay: float = 0.05, tls: ssl.SSLContext | None = None) -> None:
         self.port = port
+        self.tls = tls  # a server context: the API over HTTPS, as Tencent Cloud's is
         self.uin = uin
         self.async_retries = async_retries
         self.async_retry_delay = async_retry_delay
@@ -144,9 +146,12 @@ class TencentCloudEmulator(LocalEmulator):
         with self._lock:
             if self._serving is not None:
                 raise RuntimeError("emulator already started")
-            self._serving = BackgroundServer(_Server(("127.0.0.1", self.port), self),
-                                             "tencentcloud-emulator")
-            self.endpoint, self.url = self._serving.endpoint, self._serving.url
+            server = _Server(("127.0.0.1", self.port), self)
+            if self.tls is not None:
+                server.socket = self.tls.wrap_socket(server.socket, server_side=True)
+            self._serving = BackgroundServer(server, "tencentcloud-emulator")
+            self.endpoint = self._serving.endpoint
+            self.url = f"{'https' if self.tls else 'http'}://{self.endpoint}"
             return self.url
 
     def stop(self, wait: float = 30) -> None:

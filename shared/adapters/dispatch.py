@@ -122,21 +122,32 @@ def _classify(code: str, message: str, request_id: str | None, target: ScfTarget
 REDIRECT_REFUSED = "the Tencent Cloud API answered a redirect, not followed"
 
 
-def _refuse_redirects(client: Any) -> None:
-    """The SDK sends through a requests Session (tencentcloud/common/http/request.py,
-    ProxyConnection._session), which follows redirects, and keeps every header but
-    Authorization on the way: the role's session token (X-TC-Token) would go to whatever
-    host a redirect names. Invoke answers JSON (cloud.tencent.com/document/api/583/17243),
-    so a redirect is refused before its next hop is sent."""
+def _session(client: Any) -> Any:
+    """The requests Session the SDK sends through (tencentcloud/common/http/request.py,
+    ProxyConnection._session), which this module fits: it refuses redirects
+    (`_no_redirect`) and verifies with the process's TLS context (`_share_tls`)."""
     session = getattr(getattr(getattr(client, "request", None), "conn", None), "_session", None)
-    if session is None or not hasattr(session, "hooks"):
+    if session is None or not hasattr(session, "hooks") or not hasattr(session, "mount"):
         raise _Refused("this tencentcloud-sdk-python no longer keeps its requests session at "
                        "client.request.conn._session, so redirects could not be refused; "
                        "install the version in requirements/runtime.lock")
-    session.hooks["response"].append(_no_redirect)
+    return session
+
+
+def _share_tls(session: Any) -> None:
+    """urllib3 2.x loads the CA bundle into a new context for each new connection (about
+    40 ms of CPU; a poller tick handing off several jobs at once opens several); the
+    process's one context for those CAs is used instead (shared/adapters/tls.py)."""
+    from shared.adapters.tls import requests_adapter
+
+    session.mount("https://", requests_adapter()())
 
 
 def _no_redirect(response: Any, **_: Any) -> None:
+    """The SDK's session follows redirects, and keeps every header but Authorization on
+    the way: the role's session token (X-TC-Token) would go to whatever host a redirect
+    names. Invoke answers JSON (cloud.tencent.com/document/api/583/17243), so a redirect
+    is refused before its next hop is sent."""
     if response.is_redirect or response.is_permanent_redirect:
         response.close()
         target = urlsplit(response.headers.get("Location") or "")  # no userinfo, no query
@@ -220,15 +231,22 @@ class ScfDispatcher:
             from tencentcloud.common.profile.http_profile import HttpProfile
             from tencentcloud.scf.v20180416.scf_client import ScfClient
 
-            http = HttpProfile(reqTimeout=REQUEST_TIMEOUT_SECONDS)
+            from shared.adapters.tls import default_bundle
+
+            # The CAs every client of this process trusts (the SDK's own default is certifi's
+            # bundle), verified with their one TLS context (_share_tls below).
+            settings: dict[str, Any] = {"reqTimeout": REQUEST_TIMEOUT_SECONDS,
+                                        "certification": default_bundle()}
             if self.target.endpoint:
                 url = urlsplit(self.target.endpoint)
-                http = HttpProfile(protocol=url.scheme, endpoint=url.netloc,
-                                   reqTimeout=REQUEST_TIMEOUT_SECONDS)
+                settings.update(protocol=url.scheme, endpoint=url.netloc)
+            http = HttpProfile(**settings)
             # The region breaker would swallow errors (the SDK returns None); keep it off.
             profile = ClientProfile(httpProfile=http, disable_region_breaker=True)
             self._client = ScfClient(Credential(*keys), self.target.region, profile)
-            _refuse_redirects(self._client)
+            session = _session(self._client)
+            session.hooks["response"].append(_no_redirect)
+            _share_tls(session)
             self._client_keys = keys
         return self._client
 

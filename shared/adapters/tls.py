@@ -24,6 +24,11 @@ import functools
 import os
 import ssl
 import threading
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import requests
+    from requests.adapters import _HostParams, _PoolKwargs
 
 _lock = threading.Lock()
 # Where scripts/build_package.py puts certifi's CAs, by subject hash: the package's root.
@@ -36,19 +41,59 @@ def tls_context(bundle: str | None = None) -> ssl.SSLContext:
         return _context(*_source(bundle))
 
 
+def default_bundle() -> str:
+    """The CA file or folder trusted when none is named: $SSL_CERT_FILE, else $SSL_CERT_DIR,
+    else the package's folder, else certifi's bundle."""
+    named = os.environ.get("SSL_CERT_FILE") or os.environ.get("SSL_CERT_DIR")
+    if named:
+        return named
+    if os.path.isdir(PACKAGED_CAS):
+        return PACKAGED_CAS
+    import certifi
+
+    return certifi.where()
+
+
 def _source(bundle: str | None) -> tuple[str | None, str | None]:
     """(CA file, CA folder) for `bundle` or the default, the key a context is kept by."""
     if bundle is None:
-        bundle = os.environ.get("SSL_CERT_FILE") or os.environ.get("SSL_CERT_DIR")
-    if bundle is None and os.path.isdir(PACKAGED_CAS):
-        bundle = PACKAGED_CAS
-    if bundle is None:
-        import certifi
-
-        bundle = certifi.where()
+        bundle = default_bundle()
     return (None, bundle) if os.path.isdir(bundle) else (bundle, None)
 
 
 @functools.cache
 def _context(cafile: str | None, capath: str | None) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=cafile, capath=capath)
+
+
+@functools.cache
+def requests_adapter() -> type[requests.adapters.HTTPAdapter]:
+    """A requests adapter verifying with these contexts; made on first use, so that requests
+    is imported by the first client that needs it (the COS SDK's, the Tencent Cloud SDK's),
+    not with this module."""
+    from requests.adapters import HTTPAdapter
+
+    class SharedTlsAdapter(HTTPAdapter):
+        """Verifies a server's certificate with the process's TLS context for the CA bundle
+        requests was given, instead of loading that bundle again for each new connection:
+        about 40 ms of CPU apiece, 160 ms for a finisher's 4 parts in flight. A caller that
+        asks for no verification gets requests' behaviour."""
+
+        def build_connection_pool_key_attributes(
+            self, request: requests.PreparedRequest, verify: bool | str,
+            cert: str | tuple[str, str] | None = None,
+        ) -> tuple[_HostParams, _PoolKwargs]:
+            host, pool = super().build_connection_pool_key_attributes(request, verify, cert)
+            if verify is not False and host["scheme"] == "https":
+                pool["ssl_context"] = tls_context(None if verify is True else verify)
+            return host, pool
+
+        def cert_verify(self, conn: Any, url: str, verify: bool | str,
+                        cert: str | tuple[str, str] | None) -> None:
+            super().cert_verify(conn, url, verify, cert)  # type: ignore[no-untyped-call]
+            if verify is not False and url.lower().startswith("https"):
+                # on the pool, before it connects: CERT_REQUIRED stays, and the CAs are in
+                # the shared context already (urllib3 would load these paths into it again)
+                conn.ca_certs = conn.ca_cert_dir = None
+
+    return SharedTlsAdapter

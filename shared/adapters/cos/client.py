@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     import requests
     from qcloud_cos import CosConfig, CosS3Client
     from qcloud_cos.cos_exception import CosServiceError
-    from requests.adapters import _HostParams, _PoolKwargs
 
     from shared.config import Destination
 
@@ -129,13 +128,15 @@ def cos_client(destination: Destination, environ: Mapping[str, str] | None = Non
 def _session(connections: int, pid: int) -> requests.Session:
     """One per pool size and process (a forked child must not share its parent's sockets),
     like the SDK's own session (CosS3Client.generate_built_in_connection_pool) but with
-    the process's one TLS context (`SharedTlsAdapter`) and room for `connections`: the
+    the process's one TLS context (shared/adapters/tls.py `requests_adapter`) and room for `connections`: the
     SDK keeps 10, so a poller sending 32 requests at once would open and discard the
     rest, each a new TLS handshake."""
     import requests
 
+    from shared.adapters.tls import requests_adapter
+
     session = requests.Session()
-    adapter = _shared_tls_adapter()(pool_connections=SDK_POOL_SIZE, pool_maxsize=connections)
+    adapter = requests_adapter()(pool_connections=SDK_POOL_SIZE, pool_maxsize=connections)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     session.hooks["response"].append(_refuse_redirect)
@@ -168,37 +169,3 @@ def _refuse_redirect(response: requests.Response, *args: Any, **kwargs: Any) -> 
         "the keys elsewhere) and stores or reads nothing: check destination.endpoint (leave "
         "it out for Tencent COS; for another server, its own address), destination.region "
         "and destination.bucket")
-
-
-@functools.cache
-def _shared_tls_adapter() -> type[requests.adapters.HTTPAdapter]:
-    """Made on first use: requests (and ssl) are imported with the SDK's first client, not
-    with this module, which every handler imports."""
-    from requests.adapters import HTTPAdapter
-
-    from shared.adapters.tls import tls_context
-
-    class SharedTlsAdapter(HTTPAdapter):
-        """Verifies COS's certificate with the process's TLS context for the CA bundle
-        requests chose (shared/adapters/tls.py), instead of loading that bundle again for
-        each new connection: about 40 ms of CPU apiece, 160 ms for a finisher's 4 parts in
-        flight. A caller that asks for no verification gets requests' behaviour."""
-
-        def build_connection_pool_key_attributes(
-            self, request: requests.PreparedRequest, verify: bool | str,
-            cert: str | tuple[str, str] | None = None,
-        ) -> tuple[_HostParams, _PoolKwargs]:
-            host, pool = super().build_connection_pool_key_attributes(request, verify, cert)
-            if verify is not False and host["scheme"] == "https":
-                pool["ssl_context"] = tls_context(None if verify is True else verify)
-            return host, pool
-
-        def cert_verify(self, conn: Any, url: str, verify: bool | str,
-                        cert: str | tuple[str, str] | None) -> None:
-            super().cert_verify(conn, url, verify, cert)  # type: ignore[no-untyped-call]
-            if verify is not False and url.lower().startswith("https"):
-                # on the pool, before it connects: CERT_REQUIRED stays, and the CAs are in
-                # the shared context already (urllib3 would load these paths into it again)
-                conn.ca_certs = conn.ca_cert_dir = None
-
-    return SharedTlsAdapter
