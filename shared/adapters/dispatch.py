@@ -125,22 +125,13 @@ REDIRECT_REFUSED = "the Tencent Cloud API answered a redirect, not followed"
 def _session(client: Any) -> Any:
     """The requests Session the SDK sends through (tencentcloud/common/http/request.py,
     ProxyConnection._session), which this module fits: it refuses redirects
-    (`_no_redirect`) and verifies with the process's TLS context (`_share_tls`)."""
+    (`_no_redirect`) and verifies with the process's TLS context."""
     session = getattr(getattr(getattr(client, "request", None), "conn", None), "_session", None)
     if session is None or not hasattr(session, "hooks") or not hasattr(session, "mount"):
         raise _Refused("this tencentcloud-sdk-python no longer keeps its requests session at "
                        "client.request.conn._session, so redirects could not be refused; "
                        "install the version in requirements/runtime.lock")
     return session
-
-
-def _share_tls(session: Any) -> None:
-    """urllib3 2.x loads the CA bundle into a new context for each new connection (about
-    40 ms of CPU; a poller tick handing off several jobs at once opens several); the
-    process's one context for those CAs is used instead (shared/adapters/tls.py)."""
-    from shared.adapters.tls import requests_adapter
-
-    session.mount("https://", requests_adapter()())
 
 
 def _no_redirect(response: Any, **_: Any) -> None:
@@ -231,10 +222,12 @@ class ScfDispatcher:
             from tencentcloud.common.profile.http_profile import HttpProfile
             from tencentcloud.scf.v20180416.scf_client import ScfClient
 
-            from shared.adapters.tls import default_bundle
+            from shared.adapters.tls import default_bundle, requests_adapter
 
             # The CAs every client of this process trusts (the SDK's own default is certifi's
-            # bundle), verified with their one TLS context (_share_tls below).
+            # bundle), verified with their one TLS context: urllib3 2.x would load them into
+            # a new context for each new connection (about 40 ms of CPU apiece, and a tick
+            # handing off several jobs at once opens several).
             settings: dict[str, Any] = {"reqTimeout": REQUEST_TIMEOUT_SECONDS,
                                         "certification": default_bundle()}
             if self.target.endpoint:
@@ -246,7 +239,7 @@ class ScfDispatcher:
             self._client = ScfClient(Credential(*keys), self.target.region, profile)
             session = _session(self._client)
             session.hooks["response"].append(_no_redirect)
-            _share_tls(session)
+            session.mount("https://", requests_adapter()())
             self._client_keys = keys
         return self._client
 

@@ -128,9 +128,9 @@ def cos_client(destination: Destination, environ: Mapping[str, str] | None = Non
 def _session(connections: int, pid: int) -> requests.Session:
     """One per pool size and process (a forked child must not share its parent's sockets),
     like the SDK's own session (CosS3Client.generate_built_in_connection_pool) but with
-    the process's one TLS context (shared/adapters/tls.py `requests_adapter`) and room for `connections`: the
-    SDK keeps 10, so a poller sending 32 requests at once would open and discard the
-    rest, each a new TLS handshake."""
+    the process's one TLS context (shared/adapters/tls.py `requests_adapter`) and room
+    for `connections`: the SDK keeps 10, so a poller sending 32 requests at once would
+    open and discard the rest, each a new TLS handshake."""
     import requests
 
     from shared.adapters.tls import requests_adapter
