@@ -156,7 +156,8 @@ def dependencies(python310: str | None) -> Path:
     """The installed, pruned (and compiled) dependencies, cached by what goes into them."""
     pins = pinned_runtime_closure()
     openssl = shutil.which("openssl")
-    key = hashlib.sha256(json.dumps([pins, PRUNE_VERSION, bool(python310), bool(openssl)]).encode()).hexdigest()[:16]
+    made_with = [pins, PRUNE_VERSION, bool(python310), bool(openssl)]
+    key = hashlib.sha256(json.dumps(made_with).encode()).hexdigest()[:16]
     cached = DEPS_CACHE / key
     if (cached / ".complete").exists():
         return cached
@@ -194,7 +195,8 @@ def hash_cas(openssl: str, bundle: Path, folder: Path) -> int:
     https://docs.openssl.org/3.0/man3/SSL_CTX_load_verify_locations/). Regular files,
     not c_rehash's links: a zip keeps no links. Returns how many certificates."""
     pem = bundle.read_text(encoding="ascii")
-    certificates = re.findall(r"-----BEGIN CERTIFICATE-----\n.+?\n-----END CERTIFICATE-----\n", pem, re.S)
+    certificates = re.findall(r"-----BEGIN CERTIFICATE-----\n.+?\n-----END CERTIFICATE-----\n",
+                              pem, re.S)
     if len(certificates) != pem.count("-----BEGIN"):
         raise SystemExit(f"{bundle}: could not split it into its certificates")
     folder.mkdir()

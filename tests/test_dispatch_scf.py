@@ -7,6 +7,7 @@ import functools
 import io
 import json
 import logging
+import os
 import re
 import ssl
 import time
@@ -83,20 +84,31 @@ def test_invoke_is_signed_with_the_role_keys_and_carries_the_job(tencentcloud: T
     assert tencentcloud.rejections == []
 
 
-def test_hand_offs_over_tls_verify_with_the_process_context_loading_the_cas_once(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The SDK verified with certifi's bundle, which urllib3 loaded again for each new
-    connection: about 40 ms of CPU apiece, as many as hand-offs at once in a tick."""
+@pytest.fixture
+def trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> trustme.CA:
+    """A CA whose file alone is the CAs every client here trusts (SSL_CERT_FILE), with a
+    fresh TLS context cache."""
     ca = trustme.CA()
-    bundle = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(bundle))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     for name in ("SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))  # the CAs every client here trusts
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
     monkeypatch.setattr(tls, "_context", functools.cache(tls._context.__wrapped__))
+    return ca
+
+
+def https_api(ca: trustme.CA) -> TencentCloudEmulator:
+    """The fake API over HTTPS, with a certificate from `ca`, knowing the role and the finisher."""
     emulator = TencentCloudEmulator(tls=server_context(ca))
     emulator.add_key(ROLE_ID, ROLE_KEY, ROLE_TOKEN)
     emulator.add_function(FINISHER)
+    return emulator
+
+
+def test_hand_offs_over_tls_verify_with_the_process_context_loading_the_cas_once(
+        trusted: trustme.CA, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SDK verified with certifi's bundle, which urllib3 loaded again for each new
+    connection: about 40 ms of CPU apiece, as many as hand-offs at once in a tick."""
     loads: list[object] = []
     load = ssl.SSLContext.load_verify_locations
 
@@ -105,29 +117,22 @@ def test_hand_offs_over_tls_verify_with_the_process_context_loading_the_cas_once
         load(self, *args, **kwargs)
 
     monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counted_load)
-    with emulator:
+    with https_api(trusted) as emulator:
         assert emulator.url.startswith("https://")
         handing = dispatcher(emulator, role_env())
         with ThreadPoolExecutor(6) as pool:  # a tick's workers handing off at once
             list(pool.map(handing.dispatch, [f"job-{n}" for n in range(12)]))
         assert sorted(c.event["job_id"] for c in emulator.invocations) == sorted(
             f"job-{n}" for n in range(12))
-    assert loads == [(str(bundle), None, None)]  # one context, whatever the connections
+    # one context, whatever the connections
+    assert loads == [(os.environ["SSL_CERT_FILE"], None, None)]
     context = tls.tls_context()
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
 
 
-def test_a_hand_off_to_a_server_whose_certificate_does_not_verify_fails(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    trusted = tmp_path / "ca.pem"
-    trustme.CA().cert_pem.write_to_path(str(trusted))
-    monkeypatch.setenv("SSL_CERT_FILE", str(trusted))
-    monkeypatch.setattr(tls, "_context", functools.cache(tls._context.__wrapped__))
-    emulator = TencentCloudEmulator(tls=server_context(trustme.CA()))  # another CA's
-    emulator.add_key(ROLE_ID, ROLE_KEY, ROLE_TOKEN)
-    emulator.add_function(FINISHER)
-    with emulator, pytest.raises(Retryable) as refused:  # the poller tries again next tick
-        dispatcher(emulator, role_env()).dispatch("job-1")
+def test_a_hand_off_to_a_server_whose_certificate_does_not_verify_fails(trusted: trustme.CA) -> None:
+    with https_api(trustme.CA()) as emulator, pytest.raises(Retryable) as refused:  # another CA's
+        dispatcher(emulator, role_env()).dispatch("job-1")  # the poller tries again next tick
     assert "CERTIFICATE_VERIFY_FAILED" in str(refused.value)
     assert emulator.invocations == []
 

@@ -129,7 +129,8 @@ def _session(client: Any) -> Any:
     session = getattr(getattr(getattr(client, "request", None), "conn", None), "_session", None)
     if session is None or not hasattr(session, "hooks") or not hasattr(session, "mount"):
         raise _Refused("this tencentcloud-sdk-python no longer keeps its requests session at "
-                       "client.request.conn._session, so redirects could not be refused; "
+                       "client.request.conn._session, so redirects could not be refused "
+                       "nor its TLS shared; "
                        "install the version in requirements/runtime.lock")
     return session
 

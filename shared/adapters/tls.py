@@ -10,10 +10,11 @@ makes it ahead, beside its first state reads).
 
 The default bundle is httpx's: $SSL_CERT_FILE, else $SSL_CERT_DIR, else certifi's
 (httpx/_config.py `create_ssl_context`). In the SCF package certifi's bundle is also a
-folder, one file per CA named by its subject hash (scripts/build_package.py), and that is
-used instead: OpenSSL reads from a folder only the CAs a chain needs ("only looked up
-when required", CApath in https://docs.openssl.org/3.0/man3/SSL_CTX_load_verify_locations/),
-so a cold start skips loading the whole bundle (30-50 ms of CPU here). requests may be told another
+folder, one file per CA named by its subject hash (scripts/build_package.py), and that
+is used instead: OpenSSL reads from a folder only the CAs a chain needs ("only looked up
+when required", CApath in
+https://docs.openssl.org/3.0/man3/SSL_CTX_load_verify_locations/), so a cold start skips
+loading the whole bundle (30-50 ms of CPU here). requests may be told another
 ($REQUESTS_CA_BUNDLE, $CURL_CA_BUNDLE); it then gets a context of that bundle, and the
 same one when both name the same file.
 """
@@ -32,7 +33,8 @@ if TYPE_CHECKING:
 
 _lock = threading.Lock()
 # Where scripts/build_package.py puts certifi's CAs, by subject hash: the package's root.
-PACKAGED_CAS = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "ca-certificates"))
+PACKAGED_CAS = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..",
+                                             "ca-certificates"))
 
 
 def tls_context(bundle: str | None = None) -> ssl.SSLContext:
