@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, get_args
 
+import jsonschema
 import pytest
 from pydantic import BaseModel, ValidationError
 
@@ -135,7 +136,6 @@ def test_json_schema_describes_the_config_and_is_committed() -> None:
 def test_the_schema_accepts_a_source_override_left_empty_as_the_loader_does() -> None:
     """`shop:` under retention.sources with every line commented out is YAML null, which
     the loader reads as the top-level rules: an editor using the schema must not flag it."""
-    jsonschema = pytest.importorskip("jsonschema")
     document = copy.deepcopy(GOOD)
     document["retention"] = {"keep_daily": 7, "sources": {"shop": None}}
     parse_config(document, environ=ENV)
@@ -143,6 +143,25 @@ def test_the_schema_accepts_a_source_override_left_empty_as_the_loader_does() ->
     document["retention"]["sources"]["shop"] = ["keep_daily"]  # still not any value at all
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(document, config_json_schema())
+
+
+def test_the_schema_accepts_sections_and_fields_left_empty_as_the_loader_does() -> None:
+    """`timing:` with every line under it commented out is YAML null, read as the
+    section's defaults; so is a field left empty. An editor must not flag either, and
+    still flags a value of the wrong kind."""
+    document = copy.deepcopy(GOOD)
+    document.update(timing=None, verify=None, alerts=None)
+    document["destination"] = {**document["destination"], "prefix": None}
+    document["sources"] = [{**document["sources"][0], "queries": None}]
+    config = parse_config(document, environ=ENV)
+    assert config.timing == parse_config(GOOD, environ=ENV).timing
+    jsonschema.validate(document, config_json_schema())
+    document["timing"] = ["poll_concurrency"]
+    with pytest.raises(jsonschema.ValidationError) as refused:
+        jsonschema.validate(document, config_json_schema())
+    assert list(refused.value.absolute_path) == ["timing"]
+    with pytest.raises(ConfigError, match="timing"):
+        parse_config(document, environ=ENV)
 
 
 def test_cli_validate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

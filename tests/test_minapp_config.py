@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import jsonschema
 import pytest
 
 from shared.config import ConfigError, config_json_schema, parse_config
@@ -115,7 +116,6 @@ def test_schema_knows_minapp_sources() -> None:
 
 
 def test_a_minapp_config_validates_against_the_schema() -> None:
-    jsonschema = pytest.importorskip("jsonschema")
     document = copy.deepcopy(GOOD)
     jsonschema.validate(document, config_json_schema())
     document["sources"][0]["tables"].append({"id": 1004, "colour": "red"})

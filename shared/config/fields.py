@@ -22,7 +22,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic.fields import FieldInfo
-from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError, core_schema
 
 from shared.logs import URL_USERINFO
 
@@ -130,6 +131,33 @@ class ConfigModel(BaseModel):
 
 def _null_means_default(field: FieldInfo | None) -> bool:
     return field is not None and not field.is_required() and not _allows_none(field.annotation)
+
+
+# Keys that describe a property rather than constrain its value: they stay outside anyOf.
+_ABOUT = ("title", "description", "default", "examples", "writeOnly", "deprecated")
+
+
+class ConfigJsonSchema(GenerateJsonSchema):
+    """The schema editors read: a field that `_empty_means_default` reads null as its
+    default (`timing:` with every line under it commented out) may be null in it too."""
+
+    def model_schema(self, schema: core_schema.ModelSchema) -> JsonSchemaValue:
+        generated = super().model_schema(schema)
+        model = schema["cls"]
+        properties = generated.get("properties", {})
+        if issubclass(model, ConfigModel):
+            for name, field in model.model_fields.items():
+                key = field.alias or name
+                if key in properties and _null_means_default(field):
+                    properties[key] = _or_null(properties[key])
+        return generated
+
+
+def _or_null(prop: JsonSchemaValue) -> JsonSchemaValue:
+    about = {key: prop[key] for key in _ABOUT if key in prop}
+    value = {key: v for key, v in prop.items() if key not in _ABOUT}
+    choices = value["anyOf"] if list(value) == ["anyOf"] else [value]
+    return {"anyOf": [*choices, {"type": "null"}], **about}
 
 
 BOOL_FOR_NUMBER = "must be a number, not true or false; write the number"

@@ -32,6 +32,7 @@ from shared.config.fields import (
     HTTPS_ONLY,
     REFERENCE,
     WHOLE_REFERENCE,
+    ConfigJsonSchema,
     ConfigModel,
     EnvStr,
     Secret,
@@ -926,7 +927,7 @@ def load_config(path: str | os.PathLike[str] | None = None, *, environ: Mapping[
 
 def config_json_schema() -> dict[str, Any]:
     """JSON Schema of the config file, for editors (yaml-language-server)."""
-    schema = config_model().model_json_schema(mode="validation")
+    schema = config_model().model_json_schema(mode="validation", schema_generator=ConfigJsonSchema)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "baas-backup configuration"
     return schema
