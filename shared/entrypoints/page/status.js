@@ -10,20 +10,29 @@ let refreshTimer = null;
 let runsGoing = false;     // what the last answered refresh saw: it sets the next one's pace
 let restoresTimer = null;
 let restoresGoing = false;  // the last answered Restores listing had a restore running
-// GET /restores answers a page at a time, newest first, with `next` for the page after it
-// (shared/entrypoints/http_restores.py). Once older pages are asked for, what they brought
-// stays shown when the first page is asked again (by id; the newer answer wins), and the
-// next older page follows the oldest one fetched: a restore that newer ones pushed off the
-// first page meanwhile is still shown, and none is skipped.
-const restoresShown = new Map();  // restore id -> the restore as last answered
-let restoresOlder = false;        // the user asked for older pages
-let restoresNext = null;          // `next` of the oldest page fetched: there is more
-// GET /runs pages the same way (shared/entrypoints/http_api.py, _list_runs), and the
-// runs are kept as the restores are above.
-const runsShown = new Map();   // run id -> the run as last answered
+// GET /restores (shared/entrypoints/http_restores.py) and GET /runs (shared/entrypoints/
+// http_api.py, _list_runs) answer a page at a time, newest first, with `next` for the page
+// after it. Once older pages are asked for, what they brought stays shown when the first
+// page is asked again (by id; the newer answer wins), and the next older page follows the
+// oldest one fetched: an item that newer ones pushed off the first page meanwhile is still
+// shown, and none is skipped.
+function pagedListing(idOf) {
+  return {
+    idOf,
+    shown: new Map(),  // id -> the item as last answered
+    older: false,      // the user asked for older pages
+    next: null,        // `next` of the oldest page fetched: there is more
+    keep(items) { for (const item of items) this.shown.set(this.idOf(item), item); },
+    firstPage(items, next) {
+      if (!this.older) { this.shown.clear(); this.next = next; }
+      this.keep(items);
+    },
+    forget() { this.shown.clear(); this.older = false; this.next = null; },
+  };
+}
+const restoresListed = pagedListing((r) => r.restore_id);
+const runsListed = pagedListing((run) => run.run_id);
 const runDetails = new Map();  // run id -> GET /runs/{id} of the last refresh (its jobs)
-let runsOlder = false;         // the user asked for older pages
-let runsNext = null;           // `next` of the oldest page fetched: there is more
 // Counts the forgets of the token (forgetData): an answer to a request asked before the
 // last one is about data the tab no longer holds, and is dropped, not drawn or said.
 let session = 0;
@@ -165,13 +174,9 @@ function forgetData() {
   for (const id of ["chart-bytes", "chart-duration"]) $(id).querySelector("svg").replaceChildren();
   session++;
   verifyResults.clear();
-  restoresShown.clear();
-  restoresOlder = false;
-  restoresNext = null;
-  runsShown.clear();
+  restoresListed.forget();
+  runsListed.forget();
   runDetails.clear();
-  runsOlder = false;
-  runsNext = null;
   runsGoing = restoresGoing = false;
   say("");
 }
@@ -528,39 +533,39 @@ function restoreItem(r) {
     el("div", { class: "key" }, "restore " + r.restore_id));
 }
 
-function keepRestores(restores) {
-  for (const r of restores) restoresShown.set(r.restore_id, r);
+// The button under a listing that fetches its next older page (GET path?before=), then
+// draws the listing again with `show`.
+function olderButton(listing, label, path, items, show) {
+  const button = el("button", { type: "button", class: "older" }, label);
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    const asked = session;
+    try {
+      const page = await api(path + "before=" + encodeURIComponent(listing.next));
+      if (asked !== session) return;
+      listing.older = true;
+      listing.next = page.next;
+      listing.keep(items(page));
+      show();
+    } catch (error) {
+      if (asked !== session) return;
+      button.disabled = false;
+      failed(error);
+    }
+  });
+  return button;
 }
 
 function showRestores() {
-  const restores = [...restoresShown.values()].sort((a, b) =>
+  const restores = [...restoresListed.shown.values()].sort((a, b) =>
     (b.created_at || "").localeCompare(a.created_at || "") || b.restore_id.localeCompare(a.restore_id));
   $("restores").replaceChildren(...restores.map(restoreItem));
   if (!restores.length) {
     $("restores").append(el("p", { class: "meta" }, "No restores yet: open a run below and tap Restore on a finished backup."));
   }
-  if (restoresNext) {
-    const button = el("button", { type: "button", class: "older" }, "Show older restores");
-    button.addEventListener("click", () => loadOlderRestores(button));
-    $("restores").append(button);
-  }
-}
-
-// The page of restores after the oldest one shown (GET /restores?before=).
-async function loadOlderRestores(button) {
-  button.disabled = true;
-  const asked = session;
-  try {
-    const listing = await api("restores?before=" + encodeURIComponent(restoresNext));
-    if (asked !== session) return;
-    restoresOlder = true;
-    restoresNext = listing.next;
-    keepRestores(listing.restores);
-    showRestores();
-  } catch (error) {
-    if (asked !== session) return;
-    button.disabled = false;
-    failed(error);
+  if (restoresListed.next) {
+    $("restores").append(olderButton(restoresListed, "Show older restores", "restores?",
+                                     (page) => page.restores, showRestores));
   }
 }
 
@@ -570,8 +575,7 @@ async function loadRestores() {
   try {
     const listing = await api("restores");
     if (asked !== session) return;
-    if (!restoresOlder) { restoresShown.clear(); restoresNext = listing.next; }
-    keepRestores(listing.restores);
+    restoresListed.firstPage(listing.restores, listing.next);
     showRestores();
     restoresGoing = listing.restores.some((r) => r.status === "running");
     if (restoresSaid !== null && $("message").textContent === restoresSaid) say("");
@@ -775,7 +779,7 @@ async function followRestore(id) {
     if (restore.following !== id) return;
     showRestoreProgress(r);
     const listed = document.querySelector('#restores [data-restore-id="' + CSS.escape(id) + '"]');
-    if (restoresShown.has(id)) restoresShown.set(id, r);
+    if (restoresListed.shown.has(id)) restoresListed.shown.set(id, r);
     if (listed) listed.replaceWith(restoreItem(r));
     else loadRestores();
     if (r.status === "running") restore.followTimer = setTimeout(() => followRestore(id), RESTORE_POLL_MS);
@@ -804,35 +808,15 @@ function newestFirst(a, b) {
 }
 
 function showRuns() {
-  const runs = [...runsShown.values()].sort(newestFirst);
+  const runs = [...runsListed.shown.values()].sort(newestFirst);
   // a card the user opened or closed stays so when the list is redrawn
   const opened = new Map([...$("runs").querySelectorAll("details[data-run-id]")]
     .map((card) => [card.dataset.runId, card.open]));
   $("runs").replaceChildren(...runs.map((run) => runCard(run, runDetails.get(run.run_id), opened.get(run.run_id))));
   if (!runs.length) $("runs").append(el("p", { class: "meta" }, "No runs yet. Start one with “Back up now”."));
-  if (runsNext) {
-    const button = el("button", { type: "button", class: "older" }, "Show older runs");
-    button.addEventListener("click", () => loadOlderRuns(button));
-    $("runs").append(button);
-  }
-}
-
-// The page of runs after the oldest one shown (GET /runs?before=); their jobs are fetched
-// when a card is opened.
-async function loadOlderRuns(button) {
-  button.disabled = true;
-  const asked = session;
-  try {
-    const page = await api("runs?limit=" + LIST_SIZE + "&before=" + encodeURIComponent(runsNext));
-    if (asked !== session) return;
-    runsOlder = true;
-    runsNext = page.next;
-    for (const run of page.runs) runsShown.set(run.run_id, run);
-    showRuns();
-  } catch (error) {
-    if (asked !== session) return;
-    button.disabled = false;
-    failed(error);
+  if (runsListed.next) {  // older runs' jobs are fetched when their card is opened
+    $("runs").append(olderButton(runsListed, "Show older runs", "runs?limit=" + LIST_SIZE + "&",
+                                 (page) => page.runs, showRuns));
   }
 }
 
@@ -854,8 +838,7 @@ async function load() {
           "bytes per run", bytes);
     chart($("chart-duration"), runs.filter((r) => r.finished_at), (r) => r.duration_seconds,
           "duration per run", seconds);
-    if (!runsOlder) { runsShown.clear(); runsNext = page.next; }
-    for (const run of runs) runsShown.set(run.run_id, run);
+    runsListed.firstPage(runs, page.next);
     runDetails.clear();
     details.forEach((detail) => runDetails.set(detail.run_id, detail));
     showRuns();
