@@ -226,6 +226,36 @@ def test_a_restore_asked_for_while_retention_moves_its_backup_to_the_cold_class_
     assert orders_storage_class(racing, run) == "ARCHIVE" and restores(restorer) == []
 
 
+def test_a_restore_asked_for_while_retention_moves_its_backup_to_a_readable_class_goes_ahead(
+        racing: LocalBackup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """STANDARD_IA is read as it is: a move into it takes no claim, so a restore asked for
+    while the backup's object is being copied onto itself starts, reads it to the end,
+    and the object still ends in the cold class."""
+    local = racing
+    local.seed("orders", make_docs(30))
+    local.seed("users", make_docs(3, prefix="u"))
+    run = backup_now(local.context(configured(local)))
+    time.sleep(1.2)
+    cold = configured(local, keep_last=5, cold_after_days=1 / 86400, cold_storage_class="STANDARD_IA")
+    pruner, restorer = local.context(cold), local.context(cold)
+    plan = plan_restore(restorer, run.run_id, "shop", "orders")
+    started: list[Run] = []
+    real_move = pruner.objects.set_storage_class
+
+    def move(key: str, storage_class: str) -> None:
+        if key.endswith("orders.jsonl") and not started:
+            started.append(start_restore(restorer, plan, idempotency_key="reading",
+                                         trigger="test")[0])
+        real_move(key, storage_class)
+
+    monkeypatch.setattr(pruner.objects, "set_storage_class", move)
+    prune(pruner)
+
+    assert started and orders_storage_class(local, run) == "STANDARD_IA"
+    assert drive(restorer, started[0]).status is RunStatus.SUCCEEDED
+    assert len(local.emulator.docs(ENV_ID, plan.order.target)) == 30
+
+
 def test_a_restore_that_claims_its_backup_before_the_move_keeps_it_readable(
         racing: LocalBackup, monkeypatch: pytest.MonkeyPatch) -> None:
     """The restore's claim lands between the prune's read of the backup run and its own

@@ -25,7 +25,7 @@ from shared.logs import redact
 from shared.service.context import Context
 from shared.service.holds import DELETE_WITHIN, claim, release
 from shared.service.outbox import waiting
-from shared.service.verify import unverified
+from shared.service.verify import ARCHIVED, unverified
 
 log = logging.getLogger(__name__)
 
@@ -219,9 +219,12 @@ def _cool(ctx: Context, decided: Plan) -> list[str]:
 
 def _cool_run(ctx: Context, run_id: str, helds: list[Held], cold_class: str,
               recorded: _RecordedRestores, *, decided: Plan) -> list[str]:
-    """Move one run's due backups to `cold_class`: only those retention's claim (COOLING)
-    won over any restore's, as an archived object cannot be read (holds.py); the claim is
-    released once they moved. The run's folder is listed once: an object it already shows
+    """Move one run's due backups to `cold_class`. Into an archive class, only those
+    retention's claim (COOLING) won over any restore's, as an archived object cannot be
+    read (holds.py); the claim is released once they moved. A class that stays readable
+    (STANDARD_IA) needs no claim: a restore reads the object before, during and after its
+    copy onto itself, the same bytes. A backup a recorded restore reads is left for the
+    next prune either way. The run's folder is listed once: an object it already shows
     in the cold class costs no HEAD and no claim, so a prune with nothing to move writes
     nothing. What COS refuses is noted in the plan's `refused` (the backups stay in a
     dearer class), a stop at the claim window in its `stopped`."""
@@ -237,7 +240,11 @@ def _cool_run(ctx: Context, run_id: str, helds: list[Held], cold_class: str,
     warm = [h for h in helds if any(k not in cold for k in h.keys)]
     if not warm:
         return []
-    won = claim(ctx, run_id, [h.job_id for h in warm], COOLING) or set()
+    # COS's archive classes must be restored before a GET; the others are read as they are
+    # (cloud.tencent.com/document/product/436/33417, 存储类型概述).
+    claimed = cold_class in ARCHIVED
+    wanted = [h.job_id for h in warm]
+    won = (claim(ctx, run_id, wanted, COOLING) or set()) if claimed else set(wanted)
     claimed_at = ctx.clock()
     moved: list[str] = []
     try:
@@ -245,7 +252,7 @@ def _cool_run(ctx: Context, run_id: str, helds: list[Held], cold_class: str,
             if held.job_id not in won or recorded(held.job_id):
                 continue  # a restore reads it
             for key in [k for k in held.keys if k not in cold]:
-                if ctx.clock() - claimed_at >= DELETE_WITHIN:
+                if claimed and ctx.clock() - claimed_at >= DELETE_WITHIN:
                     log.warning("retention's claim is too old to go on moving backups to "
                                 "cold storage; the next prune moves the rest",
                                 extra={"run_id": run_id})
@@ -253,7 +260,7 @@ def _cool_run(ctx: Context, run_id: str, helds: list[Held], cold_class: str,
                     return moved
                 _move(ctx, key, cold_class, moved, decided.refused)
     finally:
-        if won:
+        if claimed and won:
             release(ctx, run_id, COOLING, won)
     return moved
 
