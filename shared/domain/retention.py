@@ -34,7 +34,10 @@ class Backup:
 
     backup_id: str  # the job id
     collection: tuple[str, str]  # (source, collection)
-    taken_at: datetime  # aware
+    # Aware; when its run started (restic's snapshot time): one run's backups fall on one
+    # day, however long they took, and a nightly run that ends after midnight is still
+    # that night's.
+    taken_at: datetime
     done: bool = True
     suspect: bool = False
     running: bool = False  # its run has not closed

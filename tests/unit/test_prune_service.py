@@ -4,7 +4,9 @@ still open."""
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -65,6 +67,30 @@ def test_a_backup_of_a_run_still_open_never_costs_the_last_checked_copy() -> Non
     assert checked is not None, "run 1 went, with the last orders backup checked right"
     assert checked.pruned_at is None and checked.result is not None
     assert u.objects.head(checked.result.key) is not None
+
+
+def test_the_days_of_keep_daily_are_the_days_the_runs_started() -> None:
+    """keep_daily 2 in Shanghai: Monday's nightly run starts at 23:59 and ends after
+    midnight, Tuesday's runs at 10:00. They are two days' backups (restic dates a snapshot
+    by its start), so both stay; dated by their ends they would share Tuesday and
+    Monday's would go."""
+    u = unit(ScriptedExport({"orders": list(ROWS)}))
+    u.clock.now = datetime(2026, 11, 2, 15, 59, tzinfo=timezone.utc)  # Mon 23:59 in Shanghai
+    monday, _ = start_run(u.ctx, idempotency_key="monday", trigger="test")
+    backed_up(u, u.state.list_jobs(monday.run_id))
+    ended = u.job(job_id_for(monday.run_id, "shop", "orders")).finished_at
+    assert ended is not None and ended.astimezone(ZoneInfo("Asia/Shanghai")).day == 3
+    u.clock.now = datetime(2026, 11, 3, 2, 0, tzinfo=timezone.utc)  # Tue 10:00 in Shanghai
+    tuesday, _ = start_run(u.ctx, idempotency_key="tuesday", trigger="test")
+    backed_up(u, u.state.list_jobs(tuesday.run_id))
+    u.ctx.config = u.ctx.config.model_copy(update={"retention": Retention(keep_daily=2)})
+
+    prune(u.ctx)
+
+    for run in (monday, tuesday):
+        job = u.job(job_id_for(run.run_id, "shop", "orders"))
+        assert job.pruned_at is None and job.result is not None, run.run_id
+        assert u.objects.head(job.result.key) is not None
 
 
 def test_a_kept_backup_with_no_finish_time_is_not_moved_to_the_cold_class() -> None:
