@@ -483,35 +483,6 @@ def test_writing_into_the_existing_collection_needs_its_name_typed(
     assert toy_restore.read(data_file)["tables"]["orders"] == ROWS
 
 
-def test_older_restores_are_reached_from_the_page_and_stay_shown_on_a_refresh(
-    served: tuple[Api, str], tmp_path: Path
-) -> None:
-    """GET /restores answers a page at a time (`next`), but the page showed only the first
-    20 restores and never asked for more: older ones could not be seen from the phone."""
-    api, url = served
-    back_up(url, {"sources": ["archive"]})  # phone() waits for a run card
-    state, now = api.context().state, utcnow()
-    made = []
-    for index in range(23):
-        at = now - timedelta(minutes=index)
-        run = Run(run_id=run_id_for(f"restore-{index}", at), idempotency_key=f"restore-{index}",
-                  trigger="http", status=RunStatus.SUCCEEDED, operation="restore", created_at=at)
-        state.create_run(run, [])
-        made.append(run.run_id)
-    listed = "[...document.querySelectorAll('#restores [data-restore-id]')].map((r) => r.dataset.restoreId)"
-
-    with phone(tmp_path, url) as tab:
-        tab.wait(f"{listed}.length === 20", "the first page of restores")
-        tap(tab, "#restores button.older")
-        tab.wait(f"{listed}.length === 23", "the older restores", describe=listed)
-        assert tab.eval(listed) == made  # newest first, each once
-        assert not tab.eval(q("#restores button.older"))  # nothing older left to ask for
-        tab.eval(f"{q('#updated')}.textContent = ''")
-        tap(tab, "#refresh")  # the Restores section is asked again: what was fetched stays
-        tab.wait(f"{q('#updated')}.textContent", "the page redrawn")
-        assert tab.eval(listed) == made
-
-
 def made_runs(api: Api, count: int, name: str = "backup",
               operation: Literal["backup", "restore"] = "backup") -> list[str]:
     """`count` finished backup runs (or restores) recorded a minute apart, newest first,
@@ -525,6 +496,28 @@ def made_runs(api: Api, count: int, name: str = "backup",
         state.create_run(run, [])
         made.append(run.run_id)
     return made
+
+
+def test_older_restores_are_reached_from_the_page_and_stay_shown_on_a_refresh(
+    served: tuple[Api, str], tmp_path: Path
+) -> None:
+    """GET /restores answers a page at a time (`next`), but the page showed only the first
+    20 restores and never asked for more: older ones could not be seen from the phone."""
+    api, url = served
+    back_up(url, {"sources": ["archive"]})  # phone() waits for a run card
+    made = made_runs(api, 23, "restore", "restore")
+    listed = "[...document.querySelectorAll('#restores [data-restore-id]')].map((r) => r.dataset.restoreId)"
+
+    with phone(tmp_path, url) as tab:
+        tab.wait(f"{listed}.length === 20", "the first page of restores")
+        tap(tab, "#restores button.older")
+        tab.wait(f"{listed}.length === 23", "the older restores", describe=listed)
+        assert tab.eval(listed) == made  # newest first, each once
+        assert not tab.eval(q("#restores button.older"))  # nothing older left to ask for
+        tab.eval(f"{q('#updated')}.textContent = ''")
+        tap(tab, "#refresh")  # the Restores section is asked again: what was fetched stays
+        tab.wait(f"{q('#updated')}.textContent", "the page redrawn")
+        assert tab.eval(listed) == made
 
 
 RUN_CARDS = "[...document.querySelectorAll('#runs details[data-run-id]')].map((r) => r.dataset.runId)"
