@@ -34,9 +34,8 @@ class Backup:
 
     backup_id: str  # the job id
     collection: tuple[str, str]  # (source, collection)
-    # Aware; when its run started (restic's snapshot time): one run's backups fall on one
-    # day, however long they took, and a nightly run that ends after midnight is still
-    # that night's.
+    # Aware; when its export started, its run's start for a job with none (restic dates a
+    # snapshot by its start): a nightly backup that ends after midnight is that night's.
     taken_at: datetime
     done: bool = True
     suspect: bool = False

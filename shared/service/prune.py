@@ -116,7 +116,8 @@ def plan(ctx: Context, *, see: Callable[[Run, Job], None] | None = None) -> Plan
                 continue
             backups.setdefault(job.source, []).append(Backup(
                 backup_id=job.job_id, collection=(job.source, job.collection),
-                taken_at=run.created_at,  # when it was taken, as restic dates a snapshot
+                # when its data was taken, as restic dates a snapshot by its start
+                taken_at=job.started_at or run.created_at,
                 suspect=not job.good, running=run.status is RunStatus.RUNNING,
                 restoring=job.job_id in being_restored,
                 unverified=f"{job.source}/{job.collection}" in failed))

@@ -4,7 +4,7 @@ still open."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -69,8 +69,8 @@ def test_a_backup_of_a_run_still_open_never_costs_the_last_checked_copy() -> Non
     assert u.objects.head(checked.result.key) is not None
 
 
-def test_the_days_of_keep_daily_are_the_days_the_runs_started() -> None:
-    """keep_daily 2 in Shanghai: Monday's nightly run starts at 23:59 and ends after
+def test_the_days_of_keep_daily_are_the_days_the_backups_started() -> None:
+    """keep_daily 2 in Shanghai: Monday's nightly backup starts at 23:59 and ends after
     midnight, Tuesday's runs at 10:00. They are two days' backups (restic dates a snapshot
     by its start), so both stay; dated by their ends they would share Tuesday and
     Monday's would go."""
@@ -78,8 +78,10 @@ def test_the_days_of_keep_daily_are_the_days_the_runs_started() -> None:
     u.clock.now = datetime(2026, 11, 2, 15, 59, tzinfo=timezone.utc)  # Mon 23:59 in Shanghai
     monday, _ = start_run(u.ctx, idempotency_key="monday", trigger="test")
     backed_up(u, u.state.list_jobs(monday.run_id))
-    ended = u.job(job_id_for(monday.run_id, "shop", "orders")).finished_at
-    assert ended is not None and ended.astimezone(ZoneInfo("Asia/Shanghai")).day == 3
+    backup = u.job(job_id_for(monday.run_id, "shop", "orders"))
+    assert backup.started_at is not None and backup.finished_at is not None
+    assert [at.astimezone(ZoneInfo("Asia/Shanghai")).day
+            for at in (backup.started_at, backup.finished_at)] == [2, 3]
     u.clock.now = datetime(2026, 11, 3, 2, 0, tzinfo=timezone.utc)  # Tue 10:00 in Shanghai
     tuesday, _ = start_run(u.ctx, idempotency_key="tuesday", trigger="test")
     backed_up(u, u.state.list_jobs(tuesday.run_id))
@@ -91,6 +93,34 @@ def test_the_days_of_keep_daily_are_the_days_the_runs_started() -> None:
         job = u.job(job_id_for(run.run_id, "shop", "orders"))
         assert job.pruned_at is None and job.result is not None, run.run_id
         assert u.objects.head(job.result.key) is not None
+
+
+def test_the_newest_backup_is_the_one_whose_export_started_last() -> None:
+    """keep_last 1. Run A starts first but its export waits to be started (as behind a
+    platform's limit on exports at once); run B starts and is backed up; then A's export
+    starts. A's backup holds the newer data: it is the newest, kept, and B's goes, though
+    B's run started later."""
+    u = unit(ScriptedExport({"orders": list(ROWS)}))
+    first, _ = start_run(u.ctx, idempotency_key="a", trigger="test")
+    (waiting,) = u.state.list_jobs(first.run_id)
+    u.put(waiting.model_copy(update={"status": JobStatus.PENDING, "platform_job_id": None,
+                                     "started_at": None,
+                                     "next_check_at": u.clock() + timedelta(hours=2)}))
+    u.clock.advance(3600)
+    second, _ = start_run(u.ctx, idempotency_key="b", trigger="test")
+    backed_up(u, u.state.list_jobs(second.run_id))
+    u.clock.advance(3600)
+    backed_up(u, u.state.list_jobs(first.run_id))
+    u.ctx.config = u.ctx.config.model_copy(update={"retention": Retention(keep_last=1)})
+
+    prune(u.ctx)
+
+    kept = u.job(waiting.job_id)
+    assert kept.pruned_at is None and kept.result is not None
+    assert u.objects.head(kept.result.key) is not None
+    (gone,) = u.state.list_jobs(second.run_id)
+    assert gone.pruned_at is not None and gone.result is not None
+    assert u.objects.head(gone.result.key) is None
 
 
 def test_a_kept_backup_with_no_finish_time_is_not_moved_to_the_cold_class() -> None:
