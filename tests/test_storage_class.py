@@ -164,13 +164,15 @@ def racing(request: pytest.FixtureRequest, local: LocalBackup) -> LocalBackup:
     return local if request.param == "sqlite" else dataclasses.replace(local, state_url="cos://")
 
 
-def cooled_soon(local: LocalBackup) -> tuple[Config, Run]:
-    """One backup run, and a policy that keeps it and moves it to ARCHIVE at the next prune."""
+def cooled_soon(local: LocalBackup, cold_class: str = "ARCHIVE") -> tuple[Config, Run]:
+    """One backup run, and a policy that keeps it and moves it to `cold_class` at the next
+    prune."""
     local.seed("orders", make_docs(30))
     local.seed("users", make_docs(3, prefix="u"))
     run = backup_now(local.context(configured(local)))
     time.sleep(1.2)
-    return configured(local, keep_last=5, cold_after_days=1 / 86400), run
+    return configured(local, keep_last=5, cold_after_days=1 / 86400,
+                      cold_storage_class=cold_class), run
 
 
 def restores(ctx: Context) -> list[Run]:
@@ -231,13 +233,8 @@ def test_a_restore_asked_for_while_retention_moves_its_backup_to_a_readable_clas
     """STANDARD_IA is read as it is: a move into it takes no claim, so a restore asked for
     while the backup's object is being copied onto itself starts, reads it to the end,
     and the object still ends in the cold class."""
-    local = racing
-    local.seed("orders", make_docs(30))
-    local.seed("users", make_docs(3, prefix="u"))
-    run = backup_now(local.context(configured(local)))
-    time.sleep(1.2)
-    cold = configured(local, keep_last=5, cold_after_days=1 / 86400, cold_storage_class="STANDARD_IA")
-    pruner, restorer = local.context(cold), local.context(cold)
+    cold, run = cooled_soon(racing, "STANDARD_IA")
+    pruner, restorer = racing.context(cold), racing.context(cold)
     plan = plan_restore(restorer, run.run_id, "shop", "orders")
     started: list[Run] = []
     real_move = pruner.objects.set_storage_class
@@ -251,9 +248,9 @@ def test_a_restore_asked_for_while_retention_moves_its_backup_to_a_readable_clas
     monkeypatch.setattr(pruner.objects, "set_storage_class", move)
     prune(pruner)
 
-    assert started and orders_storage_class(local, run) == "STANDARD_IA"
+    assert started and orders_storage_class(racing, run) == "STANDARD_IA"
     assert drive(restorer, started[0]).status is RunStatus.SUCCEEDED
-    assert len(local.emulator.docs(ENV_ID, plan.order.target)) == 30
+    assert len(racing.emulator.docs(ENV_ID, plan.order.target)) == 30
 
 
 def test_a_restore_that_claims_its_backup_before_the_move_keeps_it_readable(

@@ -149,11 +149,12 @@ class ConfigJsonSchema(GenerateJsonSchema):
             for name, field in model.model_fields.items():
                 key = field.alias or name
                 if key in properties and _null_means_default(field):
-                    properties[key] = _or_null(properties[key])
+                    properties[key] = or_null(properties[key])
         return generated
 
 
-def _or_null(prop: JsonSchemaValue) -> JsonSchemaValue:
+def or_null(prop: JsonSchemaValue) -> JsonSchemaValue:
+    """`prop` that may also be null; what describes it stays outside the anyOf."""
     about = {key: prop[key] for key in _ABOUT if key in prop}
     value = {key: v for key, v in prop.items() if key not in _ABOUT}
     choices = value["anyOf"] if list(value) == ["anyOf"] else [value]

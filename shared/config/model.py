@@ -39,6 +39,7 @@ from shared.config.fields import (
     SourceSettings,
     environ_of,
     is_secure_url,
+    or_null,
     pattern_words,
     refuse_userinfo,
     without_userinfo,
@@ -285,7 +286,7 @@ class KeepRules(ConfigModel):
 def _entry_may_be_empty(schema: dict[str, Any]) -> None:
     """Editors read the schema: an entry left empty (null, see _empty_override_replaces_nothing)
     is accepted by the loader, so the schema says so too."""
-    schema["additionalProperties"] = {"anyOf": [schema["additionalProperties"], {"type": "null"}]}
+    schema["additionalProperties"] = or_null(schema["additionalProperties"])
 
 
 class Retention(KeepRules):
